@@ -1,0 +1,208 @@
+"""The one simplifier and prover for integer expressions, used by every pass.
+
+Integer expressions are normalised to a sum of monomials: `{(atom, ...): coeff}` where an atom is
+a `Var` or an opaque non-polynomial node (floordiv, floormod, min, max, ...) whose children are
+themselves simplified. Two expressions are provably equal when their difference normalises to 0.
+Symbolic dims are sizes, so every `Var` is assumed >= 0 when proving inequalities.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from .expr import Bin, Cast, Const, Expr, Select, Var, children, substitute
+
+Monomial = tuple[Expr, ...]
+Poly = dict[Monomial, int]
+
+
+def _key(e: Expr) -> str:
+    return repr(e)
+
+
+def _const_poly(c: int) -> Poly:
+    return {(): c} if c else {}
+
+
+def _add(p: Poly, q: Poly, sign: int = 1) -> Poly:
+    out = dict(p)
+    for m, c in q.items():
+        v = out.get(m, 0) + sign * c
+        if v:
+            out[m] = v
+        else:
+            out.pop(m, None)
+    return out
+
+
+def _mul(p: Poly, q: Poly) -> Poly:
+    out: Poly = {}
+    for m1, c1 in p.items():
+        for m2, c2 in q.items():
+            m = tuple(sorted(m1 + m2, key=_key))
+            v = out.get(m, 0) + c1 * c2
+            if v:
+                out[m] = v
+            else:
+                out.pop(m, None)
+    return out
+
+
+def _as_const(p: Poly) -> int | None:
+    if not p:
+        return 0
+    if len(p) == 1 and () in p:
+        return p[()]
+    return None
+
+
+def _to_poly(e: Expr) -> Poly:
+    if isinstance(e, Const) and not isinstance(e.value, bool) and isinstance(e.value, int):
+        return _const_poly(int(e.value))
+    if isinstance(e, Var):
+        return {(e,): 1}
+    if isinstance(e, Bin) and e.op in ("add", "sub"):
+        return _add(_to_poly(e.a), _to_poly(e.b), 1 if e.op == "add" else -1)
+    if isinstance(e, Bin) and e.op == "mul":
+        return _mul(_to_poly(e.a), _to_poly(e.b))
+    if isinstance(e, Bin) and e.op in ("floordiv", "floormod"):
+        a, b = _to_poly(e.a), _to_poly(e.b)
+        ca, cb = _as_const(a), _as_const(b)
+        if cb is not None and cb != 0:
+            if ca is not None:
+                return _const_poly(ca // cb if e.op == "floordiv" else ca % cb)
+            if cb == 1:
+                return a if e.op == "floordiv" else {}
+            if all(c % cb == 0 for c in a.values()):
+                return {m: c // cb for m, c in a.items()} if e.op == "floordiv" else {}
+        return {(Bin(e.op, _from_poly(a), _from_poly(b)),): 1}
+    if isinstance(e, Bin) and e.op in ("min", "max"):
+        a, b = _to_poly(e.a), _to_poly(e.b)
+        d = _as_const(_add(a, b, -1))
+        if d is not None:
+            return a if (d <= 0) == (e.op == "min") else b
+        if _nonneg(_add(b, a, -1)):  # a <= b
+            return a if e.op == "min" else b
+        if _nonneg(_add(a, b, -1)):
+            return b if e.op == "min" else a
+        return {(Bin(e.op, _from_poly(a), _from_poly(b)),): 1}
+    if isinstance(e, Cast) and e.a.dtype.startswith(("i", "u")) and e.dtype.startswith(("i", "u")):
+        return _to_poly(e.a)
+    # opaque atom: simplify inside, keep as a unit
+    return {(_rebuild(e),): 1}
+
+
+def _rebuild(e: Expr) -> Expr:
+    if isinstance(e, Bin):
+        return Bin(e.op, simplify(e.a), simplify(e.b), e.loc)
+    if isinstance(e, Select):
+        return Select(simplify(e.cond), simplify(e.t), simplify(e.f), e.loc)
+    return e
+
+
+def _nonneg(p: Poly) -> bool:
+    """True when every coefficient is >= 0 (so the value is >= 0 for non-negative atoms)."""
+    return all(c >= 0 for c in p.values()) and all(
+        all(isinstance(a, Var) for a in m) for m in p
+    )
+
+
+def _from_poly(p: Poly) -> Expr:
+    if not p:
+        return Const(0)
+    terms: list[tuple[int, Expr | None]] = []
+    for m in sorted(p, key=lambda m: (len(m) == 0, [_key(a) for a in m])):
+        c = p[m]
+        if not m:
+            terms.append((c, None))
+            continue
+        prod: Expr = m[0]
+        for a in m[1:]:
+            prod = Bin("mul", prod, a)
+        terms.append((c, prod))
+    out: Expr | None = None
+    for c, t in terms:
+        if t is None:
+            piece: Expr = Const(abs(c))
+        elif abs(c) == 1:
+            piece = t
+        else:
+            piece = Bin("mul", Const(abs(c)), t)
+        if out is None:
+            out = piece if c > 0 else Bin("sub", Const(0), piece) if t is not None else Const(c)
+        else:
+            out = Bin("add" if c > 0 else "sub", out, piece)
+    assert out is not None
+    return out
+
+
+def _is_int_expr(e: Expr) -> bool:
+    try:
+        return e.dtype in ("i8", "i16", "i32", "i64", "u8")
+    except AttributeError:
+        return False
+
+
+def simplify(e: Expr) -> Expr:
+    """Canonical form of an integer expression; other expressions get their integer parts simplified."""
+    if isinstance(e, Var | Const):
+        return e
+    if _is_int_expr(e) and not any(isinstance(x, Select) for x in (e,)):
+        return _from_poly(_to_poly(e))
+    if isinstance(e, Bin) and e.op in ("eq", "ne", "lt", "le", "gt", "ge"):
+        a, b = simplify(e.a), simplify(e.b)
+        if _is_int_expr(a) and _is_int_expr(b):
+            d = _as_const(_add(_to_poly(a), _to_poly(b), -1))
+            if d is not None:
+                val = {"eq": d == 0, "ne": d != 0, "lt": d < 0, "le": d <= 0, "gt": d > 0, "ge": d >= 0}[e.op]
+                return Const(val, "bool")
+        return Bin(e.op, a, b, e.loc)
+    return e if not children(e) else _rebuild(e)
+
+
+def prove_equal(a: Expr, b: Expr) -> bool:
+    return _as_const(_add(_to_poly(a), _to_poly(b), -1)) == 0
+
+
+def prove_le(a: Expr, b: Expr) -> bool:
+    """True when a <= b for all non-negative values of the symbols."""
+    d = _add(_to_poly(b), _to_poly(a), -1)
+    c = _as_const(d)
+    return c >= 0 if c is not None else _nonneg(d)
+
+
+def prove_lt(a: Expr, b: Expr) -> bool:
+    return prove_le(Bin("add", a, Const(1)), b)
+
+
+def provably_different(a: Expr, b: Expr) -> bool:
+    """True when a != b is certain (both constant and unequal); a symbolic mismatch is not provable."""
+    d = _as_const(_add(_to_poly(a), _to_poly(b), -1))
+    return d is not None and d != 0
+
+
+def as_int(e: Expr) -> int | None:
+    """The value of a constant integer expression, else None."""
+    if isinstance(e, Const) and isinstance(e.value, int) and not isinstance(e.value, bool):
+        return e.value
+    if not _is_int_expr(e):
+        return None
+    return _as_const(_to_poly(e))
+
+
+def evaluate(e: Expr, env: Mapping[Var, int] | Mapping[str, int]) -> int:
+    """Value of an integer expression given values of its vars (by Var or by name)."""
+    m: dict[Var, Expr] = {}
+    for k, v in env.items():
+        m[k if isinstance(k, Var) else Var(k)] = Const(int(v))
+    r = as_int(substitute(e, m))
+    if r is None:
+        missing = sorted(v.name for v in _vars(e) if v not in m)
+        raise ValueError(f"cannot evaluate {e!r}: unbound {', '.join(missing) or 'terms'}")
+    return r
+
+
+def _vars(e: Expr) -> set[Var]:
+    from .expr import free_vars
+
+    return free_vars(e)
