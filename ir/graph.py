@@ -178,8 +178,8 @@ class Function:
 
     def sym_vars(self) -> list[Var]:
         """Symbolic dims named by the parameter types, in first-seen order."""
-        from .types import TensorType
         from .expr import free_vars
+        from .types import TensorType
 
         seen: list[Var] = []
         for p in self.params:

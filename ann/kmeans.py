@@ -1,0 +1,156 @@
+"""k-means for codebook training: Lloyd iterations on BLAS distances, plus the IRVQ variant.
+
+`pca_kmeans` is the improved-RVQ codebook learner: project the data on its principal axes,
+run k-means on the leading few dimensions, then repeatedly widen the subspace, warm-starting
+from the previous centroids (their new coordinates are the means of their current members),
+and finally rotate the centroids back. Clustering the high-variance directions first avoids
+the poor local minima plain k-means falls into on high-dimensional residuals.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+_CHUNK = 4096
+
+
+def sq_norms(x: np.ndarray) -> np.ndarray:
+    return np.einsum("ij,ij->i", x, x)
+
+
+def assign(x: np.ndarray, c: np.ndarray, c_norms: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest centroid of each row and its squared distance (clamped at 0)."""
+    if c_norms is None:
+        c_norms = sq_norms(c)
+    idx = np.empty(len(x), np.int64)
+    dist = np.empty(len(x), x.dtype)
+    for s in range(0, len(x), _CHUNK):
+        xs = x[s:s + _CHUNK]
+        d = c_norms[None, :] - 2.0 * (xs @ c.T)
+        j = np.argmin(d, axis=1)
+        idx[s:s + _CHUNK] = j
+        dist[s:s + _CHUNK] = np.maximum(d[np.arange(len(xs)), j] + sq_norms(xs), 0)
+    return idx, dist
+
+
+def _sums(x: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    onehot = sp.csr_matrix((np.ones(len(x), x.dtype), (labels, np.arange(len(x)))), shape=(k, len(x)))
+    return np.asarray(onehot @ x), np.bincount(labels, minlength=k)
+
+
+def _update(x: np.ndarray, labels: np.ndarray, c: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Centroid means; an empty cluster takes a perturbed copy of the largest one (faiss' rule)."""
+    k = len(c)
+    sums, counts = _sums(x, labels, k)
+    new = c.copy()
+    full = counts > 0
+    new[full] = sums[full] / counts[full, None]
+    for j in np.flatnonzero(~full):
+        big = int(np.argmax(counts))
+        eps = 1e-3 * (np.std(x, axis=0) + 1e-12)
+        new[j] = new[big] + eps * rng.standard_normal(x.shape[1])
+        new[big] = new[big] - eps * rng.standard_normal(x.shape[1])
+        counts[j] = counts[big] // 2
+        counts[big] -= counts[j]
+    return new
+
+
+def kmeans_pp(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """k-means++ seeding (D^2 sampling)."""
+    n = len(x)
+    first = int(rng.integers(n))
+    c = np.empty((k, x.shape[1]), x.dtype)
+    c[0] = x[first]
+    d = sq_norms(x - x[first])
+    for j in range(1, k):
+        total = float(d.sum())
+        pick = int(rng.integers(n)) if total <= 0 else int(np.searchsorted(np.cumsum(d), rng.random() * total))
+        c[j] = x[min(pick, n - 1)]
+        d = np.minimum(d, sq_norms(x - c[j]))
+    return c
+
+
+def lloyd(x: np.ndarray, c: np.ndarray, iters: int, rng: np.random.Generator,
+          tol: float = 1e-5) -> tuple[np.ndarray, np.ndarray, float]:
+    """Lloyd iterations from centroids `c`; returns centroids, labels and the mean squared error."""
+    prev = np.inf
+    labels, dist = assign(x, c)
+    for _ in range(iters):
+        c = _update(x, labels, c, rng)
+        labels, dist = assign(x, c)
+        err = float(dist.mean())
+        if np.isfinite(prev) and prev - err <= tol * prev:
+            break
+        prev = err
+    return c, labels, float(dist.mean())
+
+
+def kmeans(x: np.ndarray, k: int, iters: int = 25, seed: int = 0) -> np.ndarray:
+    """Plain k-means (k-means++ seeding); the RVQ/PQ codebook learner."""
+    x = np.ascontiguousarray(x, np.float32)
+    if len(x) < k:
+        raise ValueError(f"k-means needs at least k={k} training vectors, got {len(x)}")
+    rng = np.random.default_rng(seed)
+    c, _, _ = lloyd(x, kmeans_pp(x, k, rng), iters, rng)
+    return c
+
+
+@dataclass(frozen=True)
+class PCA:
+    mean: np.ndarray  # (d,)
+    axes: np.ndarray  # (d, d): columns are principal directions, by decreasing variance
+    variances: np.ndarray  # (d,)
+
+
+def pca(x: np.ndarray) -> PCA:
+    mean = x.mean(axis=0, dtype=np.float64)
+    xc = x.astype(np.float64) - mean
+    cov = xc.T @ xc / max(len(x) - 1, 1)
+    w, v = np.linalg.eigh(cov)
+    order = np.argsort(w)[::-1]
+    return PCA(mean, v[:, order], np.maximum(w[order], 0))
+
+
+def dims_schedule(d: int, start: int = 4) -> list[int]:
+    """Leading-dimension counts for the warm start: start, 2*start, ... up to d."""
+    out, s = [], min(start, d)
+    while s < d:
+        out.append(s)
+        s *= 2
+    return out + [d]
+
+
+def pca_kmeans(x: np.ndarray, k: int, iters: int = 20, seed: int = 0, start_dims: int = 4,
+               init: np.ndarray | None = None) -> np.ndarray:
+    """IRVQ k-means: warm-started over a growing number of leading principal dimensions.
+
+    `init` (k, d), if given, seeds the first subspace with those centroids projected (used by
+    dictionary annealing to stay close to the codebook it re-fits).
+    """
+    x = np.ascontiguousarray(x, np.float32)
+    if len(x) < k:
+        raise ValueError(f"k-means needs at least k={k} training vectors, got {len(x)}")
+    rng = np.random.default_rng(seed)
+    p = pca(x)
+    y = ((x.astype(np.float64) - p.mean) @ p.axes).astype(np.float32)
+    sched = dims_schedule(x.shape[1], start_dims)
+    labels: np.ndarray | None = None
+    c = np.empty((0, 0), np.float32)
+    for step, dd in enumerate(sched):
+        ys = np.ascontiguousarray(y[:, :dd])
+        if labels is None:
+            if init is not None:
+                c0 = ((init.astype(np.float64) - p.mean) @ p.axes[:, :dd]).astype(np.float32)
+            else:
+                c0 = kmeans_pp(ys, k, rng)
+        else:
+            sums, counts = _sums(ys, labels, k)
+            c0 = np.zeros((k, dd), np.float32)
+            c0[:, : c.shape[1]] = c
+            full = counts > 0
+            c0[full, c.shape[1]:] = sums[full, c.shape[1]:] / counts[full, None]
+        c, labels, _ = lloyd(ys, c0, iters if step == len(sched) - 1 else max(iters // 2, 4), rng)
+    return (c.astype(np.float64) @ p.axes.T + p.mean).astype(np.float32)

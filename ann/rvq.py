@@ -1,0 +1,52 @@
+"""Residual vector quantization (RVQ) and improved RVQ (IRVQ).
+
+RVQ learns stage m by k-means on the residuals left by stages < m. IRVQ changes two things:
+each stage's codebook comes from `pca_kmeans` (k-means on the residuals' principal
+coordinates, warm-started over a growing number of leading dimensions, rotated back), and
+the residuals that feed the next stage come from multi-path (beam) encoding with all stages
+learned so far, so training sees the codes that encoding will produce.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .additive import AdditiveQuantizer, beam_encode
+from .kmeans import assign, kmeans, pca_kmeans
+from .progress import QUIET, Reporter
+from .quantizer import register
+
+
+@register
+class RVQ(AdditiveQuantizer):
+    method = "rvq"
+
+    def train(self, x: np.ndarray, progress: Reporter = QUIET) -> None:
+        r = np.array(x, np.float32)
+        progress.step("rvq: stages", self.M)
+        for m in range(self.M):
+            self.codebooks[m] = kmeans(r, self.K, self.iters, self.seed + m)
+            r -= self.codebooks[m][assign(r, self.codebooks[m])[0]]
+            progress.advance()
+
+
+@register
+class IRVQ(AdditiveQuantizer):
+    method = "irvq"
+
+    def train(self, x: np.ndarray, progress: Reporter = QUIET) -> None:
+        x = np.ascontiguousarray(x, np.float32)
+        r = x.copy()
+        progress.step(f"irvq: stages (beam {self.beam})", self.M)
+        for m in range(self.M):
+            self.codebooks[m] = pca_kmeans(r, self.K, self.iters, self.seed + m)
+            codes = beam_encode(x, self.codebooks[: m + 1], self.beam)
+            r = (x - _decode_prefix(self.codebooks, codes)).astype(np.float32)
+            progress.advance()
+
+
+def _decode_prefix(cbs: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    out = np.zeros((len(codes), cbs.shape[2]), np.float64)
+    for m in range(codes.shape[1]):
+        out += cbs[m][codes[:, m]]
+    return out

@@ -1,0 +1,235 @@
+"""Subcommands of `mlc`. Stage subcommands are generated from the pass registry."""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+from mlc.ir.diagnostics import MlcError
+
+from .io import atomic_write_bytes, read_module, write_module, write_text
+from .main import cli, handle_errors, input_argument, output_option, print_timings, run_stage
+
+
+@cli.command("import")
+@click.argument("model")
+@output_option
+@click.option("--dim", "dims", multiple=True, metavar="NAME=SYMBOL", help="Name a dynamic axis' symbol.")
+@handle_errors
+def import_cmd(model: str, output: str | None, dims: tuple[str, ...]) -> None:
+    """Import an ONNX model into graph IR (weights go to a side file next to the output)."""
+    from mlc.frontend.onnx_import import import_onnx
+
+    mapping: dict[str, str] = {}
+    for d in dims:
+        if "=" not in d:
+            raise click.BadParameter(f"expected NAME=SYMBOL, got {d!r}", param_hint="--dim")
+        k, v = d.split("=", 1)
+        if not v.isidentifier():
+            raise click.BadParameter(f"symbol {v!r} is not an identifier", param_hint="--dim")
+        mapping[k] = v
+    if not Path(model).is_file():
+        raise MlcError(f"cannot read '{model}': no such file")
+    module, consts = import_onnx(model, mapping or None)
+    from mlc.ir.verify import verify_module
+
+    verify_module(module)
+    write_module(module, output, None, consts, stem=Path(model).stem)
+
+
+@cli.command("verify")
+@input_argument
+@handle_errors
+def verify_cmd(input: str) -> None:
+    """Parse and verify a module; prints nothing and exits 0 when it is well formed."""
+    from mlc.ir.verify import verify_module
+
+    verify_module(read_module(input).module)
+
+
+@cli.command("opt")
+@input_argument
+@output_option
+@click.option("--pipeline", "-p", required=True, help="Pipeline YAML (configs/pipelines/*.yaml).")
+@click.option("--print-after-all", is_flag=True, help="Print the module to stderr after each pass.")
+@click.option("--ir-dump-dir", type=click.Path(file_okay=False), default=None, help="Write the module after each pass here.")
+@click.option("--verify-each/--no-verify-each", default=True, show_default=True, help="Verify after each pass.")
+@click.option("--timing", is_flag=True, help="Print a table of wall time per pass.")
+@handle_errors
+def opt_cmd(input: str, output: str | None, pipeline: str, print_after_all: bool, ir_dump_dir: str | None,
+            verify_each: bool, timing: bool) -> None:
+    """Run a pipeline of passes from YAML."""
+    from mlc.ir.printer import print_module
+    from mlc.passes.pipeline import load_pipeline, run_pipeline
+    from mlc.passes.registry import PassContext
+
+    steps = load_pipeline(pipeline)
+    src = read_module(input)
+    ctx = PassContext(search_dirs=src.search_dirs)
+    if any(s.info.needs_constants for s in steps):
+        ctx.constants = src.constants()
+
+    def show(name: str, m: Any) -> None:
+        click.echo(f"// ----- IR dump after {name} -----", err=True)
+        click.echo(print_module(m), err=True, nl=False)
+
+    module, report = run_pipeline(src.module, steps, ctx, verify_each, show if print_after_all else None,
+                                  Path(ir_dump_dir) if ir_dump_dir else None)
+    if timing:
+        print_timings(report.timings)
+    write_module(module, output, src, ctx.constants if ctx.constants_changed else None)
+
+
+@cli.command("run")
+@click.argument("module")
+@click.option("--inputs", "-i", "inputs", default=None, help="Inputs as .npz keyed by parameter name.")
+@output_option
+@click.option("--func", default="main", show_default=True, help="Graph function to run.")
+@handle_errors
+def run_cmd(module: str, inputs: str | None, output: str | None, func: str) -> None:
+    """Run a module with the numpy reference interpreter; outputs go to an .npz keyed by result name."""
+    from mlc.ir.interp import run_function
+
+    feeds = load_npz(inputs) if inputs else {}
+    src = read_module(module)
+    outs = run_function(src.module, feeds, src.constants(), func)
+    save_npz(output, outs)
+
+
+def load_npz(path: str) -> dict[str, np.ndarray]:
+    import zipfile
+
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except FileNotFoundError:
+        raise MlcError(f"cannot read inputs '{path}': no such file") from None
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
+        raise MlcError(f"inputs '{path}' are not a valid .npz: {e}") from None
+
+
+def save_npz(output: str | None, arrays: dict[str, np.ndarray]) -> None:
+    import io
+
+    if output is None:
+        for k, v in arrays.items():
+            click.echo(f"{k}: {v.dtype}{list(v.shape)}\n{np.array2string(v, threshold=20)}")
+        return
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    atomic_write_bytes(output, buf.getvalue())
+
+
+@cli.command("zoo")
+@click.argument("name")
+@click.option("-o", "--output", "output", required=True, type=click.Path(file_okay=False), help="Directory to write NAME.onnx into.")
+@handle_errors
+def zoo_cmd(name: str, output: str) -> None:
+    """Write a model of the built-in zoo as ONNX."""
+    from mlc.frontend import zoo
+
+    if name not in zoo.NAMES:
+        raise MlcError(f"unknown zoo model '{name}' (available: {', '.join(zoo.NAMES)})")
+    Path(output).mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(Path(output) / f"{name}.onnx", zoo.build(name).SerializeToString())
+    click.echo(str(Path(output) / f"{name}.onnx"))
+
+
+@cli.command("doctor")
+@handle_errors
+def doctor_cmd() -> None:
+    """Report versions, the host CPU's features, and whether CUDA is usable."""
+    import llvmlite
+    import llvmlite.binding as llvm
+    from rich.console import Console
+    from rich.table import Table
+
+    from mlc import __version__
+
+    t = Table(show_header=False)
+    t.add_row("mlc", __version__)
+    t.add_row("python", platform.python_version())
+    t.add_row("numpy", np.__version__)
+    t.add_row("llvmlite / LLVM", f"{llvmlite.__version__} / {'.'.join(map(str, llvm.llvm_version_info))}")
+    t.add_row("host triple", llvm.get_process_triple())
+    t.add_row("host cpu", llvm.get_host_cpu_name())
+    feats = llvm.get_host_cpu_features()
+    want = ["sse4.2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "neon"]
+    t.add_row("cpu features", " ".join(f for f in want if feats.get(f, False)) or "(none of the SIMD ones)")
+    t.add_row("cpu cores", str(_cores()))
+    t.add_row("cuda / pycuda", _cuda_status())
+    Console().print(t)
+
+
+def _cores() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _cuda_status() -> str:
+    try:
+        import pycuda.driver as drv  # type: ignore[import-not-found]
+    except ImportError:
+        return "pycuda not installed (pip install 'mlc\\[cuda]')"
+    try:
+        drv.init()
+        n = drv.Device.count()
+        if n == 0:
+            return "pycuda installed, no CUDA device"
+        d = drv.Device(0)
+        return f"usable: {n} device(s), {d.name()} (sm_{''.join(map(str, d.compute_capability()))})"
+    except Exception as e:  # pycuda raises its own error types when the driver is missing
+        return f"pycuda installed, CUDA unusable: {e}"
+
+
+def _make_stage_command(name: str) -> None:
+    """`mlc NAME IN -o OUT --option ...` for a registered pass."""
+    from mlc.passes.registry import get_pass
+
+    info = get_pass(name)
+    assert info is not None
+
+    @handle_errors
+    def cmd(input: str, output: str | None, no_verify: bool, timing: bool, **opts: Any) -> None:
+        run_stage(name, input, output, opts, verify=not no_verify, timing=timing)
+
+    params: list[click.Parameter] = [
+        click.Argument(["input"], default="-", required=False),
+        click.Option(["-o", "--output", "output"], default=None, help="Output file (default: stdout)."),
+        click.Option(["--no-verify"], is_flag=True, help="Skip verification of the result."),
+        click.Option(["--timing"], is_flag=True, help="Print the pass's wall time."),
+    ]
+    for o in info.options:
+        flag = "--" + o.name.replace("_", "-")
+        if o.type is bool:
+            params.append(click.Option([f"{flag}/--no-{flag[2:]}", o.name], default=o.default, help=o.help))
+        else:
+            typ: Any = click.Choice(o.choices) if o.choices else o.type
+            params.append(click.Option([flag, o.name], type=typ, default=o.default, show_default=True, help=o.help))
+    cli.add_command(click.Command(name, callback=cmd, params=params, help=info.doc or f"Run the {name} pass.",
+                                  short_help=(info.doc.splitlines()[0] if info.doc else None)))
+
+
+def _register_stages() -> None:
+    from mlc.passes.registry import all_passes
+
+    for name in all_passes():
+        if name not in cli.commands:
+            _make_stage_command(name)
+
+
+def _register_groups() -> None:
+    try:
+        from mlc.ann.cli import ann_index
+    except ImportError:
+        return
+    cli.add_command(ann_index, "ann-index")
+
+
+_register_stages()
+_register_groups()
+_ = write_text  # re-exported for stage modules

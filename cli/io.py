@@ -1,0 +1,94 @@
+"""File plumbing every subcommand shares: read a file or stdin, write a file or stdout atomically,
+and keep modules pointing at their constants side file across directories and pipes."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from mlc.ir.constants import load_constants, rebase, resolve, save_constants
+from mlc.ir.diagnostics import MlcError
+from mlc.ir.module import ConstantsRef, Module
+
+
+@dataclass
+class Source:
+    """A module as read: where it came from decides where its side file is looked for."""
+
+    module: Module
+    filename: str
+    search_dirs: list[Path]
+
+    def constants(self) -> dict[str, np.ndarray]:
+        if self.module.constants is None:
+            return {}
+        return load_constants(self.module.constants, self.search_dirs)
+
+
+def read_text(path: str) -> tuple[str, str]:
+    """Text of `path` ('-' = stdin) and the name diagnostics use for it."""
+    try:
+        data = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
+    except OSError as e:
+        raise MlcError(f"cannot read '{path}': {e.strerror}") from None
+    return data.decode("utf-8", errors="replace"), ("<stdin>" if path == "-" else path)
+
+
+def read_module(path: str) -> Source:
+    from mlc.ir.parser import parse_module
+
+    text, name = read_text(path)
+    module = parse_module(text, name)
+    dirs = [Path.cwd()] if path == "-" else [Path(path).resolve().parent, Path.cwd()]
+    return Source(module, name, dirs)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write via a temp file in the same directory and rename: readers never see a partial file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_text(out: str | None, text: str) -> None:
+    if out is None or out == "-":
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    else:
+        try:
+            atomic_write_bytes(out, text.encode())
+        except OSError as e:
+            raise MlcError(f"cannot write '{out}': {e.strerror}") from None
+
+
+def write_module(module: Module, out: str | None, source: Source | None = None,
+                 new_constants: dict[str, np.ndarray] | None = None, stem: str = "module") -> None:
+    """Print `module` to `out`, pointing it at its side file from the output's directory.
+
+    `new_constants` (set when a stage created or changed constants) are written to a fresh
+    side file next to the output first; otherwise the existing side file is referenced again.
+    """
+    from mlc.ir.printer import print_module
+
+    out_dir = None if out in (None, "-") else Path(out).resolve().parent
+    if new_constants is not None:
+        base = out_dir or Path.cwd()
+        name = (Path(out).stem if out not in (None, "-") else stem) + ".weights.npz"
+        digest = save_constants(base / name, new_constants)
+        ref = ConstantsRef(name if out_dir else str(base / name), digest)
+        ref = rebase(ref, base / name, out_dir)
+        module = Module(module.functions, module.meta, ref, module.loc)
+    elif module.constants is not None and source is not None:
+        found = resolve(module.constants, source.search_dirs)
+        module = Module(module.functions, module.meta, rebase(module.constants, found, out_dir), module.loc)
+    write_text(out, print_module(module))

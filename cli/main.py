@@ -1,0 +1,121 @@
+"""The `mlc` command: one subcommand per stage, plus the drivers that chain them.
+
+Exit status: 0 success; 1 user error (one located message, no traceback unless --debug);
+2 usage error (click); 3 internal error (a bug in mlc).
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Any
+
+import click
+from mlc.ir.diagnostics import MlcError
+
+from mlc import __version__
+
+from .io import read_module, write_module
+
+_DEBUG = {"on": False}
+
+
+def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn MlcError into one message and exit 1; anything else is a bug: exit 3."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except MlcError as e:
+            if _DEBUG["on"]:
+                traceback.print_exc()
+            click.echo(e.render(), err=True)
+            sys.exit(1)
+        except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit):
+            raise
+        except KeyboardInterrupt:
+            click.echo("mlc: interrupted", err=True)
+            sys.exit(130)
+        except Exception as e:  # a bug in mlc, not in the user's input
+            if _DEBUG["on"]:
+                traceback.print_exc()
+            click.echo(f"mlc: internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)", err=True)
+            sys.exit(3)
+
+    return wrapper
+
+
+class StageGroup(click.Group):
+    """Lists subcommands in the order stages run, not alphabetically."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(self.commands)
+
+
+@click.group(cls=StageGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="mlc", message="%(prog)s %(version)s (IR v1)")
+@click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+def cli(debug: bool) -> None:
+    """mlc: a machine-learning compiler toolchain.
+
+    Every stage reads a textual IR file (or - for stdin) and writes one (-o FILE, default stdout).
+    """
+    _DEBUG["on"] = debug
+
+
+def main() -> None:
+    from . import commands  # noqa: F401  (registers subcommands)
+
+    cli.main(prog_name="mlc")
+
+
+def output_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("-o", "--output", "output", default=None, help="Output file (default: stdout).")(fn)
+
+
+def input_argument(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.argument("input", default="-", required=False)(fn)
+
+
+def run_stage(name: str, input: str, output: str | None, options: dict[str, Any], verify: bool = True,
+              timing: bool = False) -> None:
+    """Read, run one registered pass, verify, write: the body of every stage subcommand."""
+    from mlc.passes.pipeline import Step, run_pipeline
+    from mlc.passes.registry import PassContext, get_pass
+
+    info = get_pass(name)
+    assert info is not None
+    src = read_module(input)
+    ctx = PassContext(search_dirs=src.search_dirs)
+    if info.needs_constants or src.module.constants is not None:
+        ctx.constants = src.constants() if info.needs_constants else None
+    step = Step(info, info.validate_options(options))
+    module, report = run_pipeline(src.module, [step], ctx, verify_each=verify)
+    if timing:
+        print_timings(report.timings)
+    write_module(module, output, src, ctx.constants if ctx.constants_changed else None)
+
+
+def print_timings(timings: list[tuple[str, float]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title="pass timing")
+    t.add_column("pass")
+    t.add_column("ms", justify="right")
+    t.add_column("%", justify="right")
+    total = sum(s for _, s in timings) or 1e-9
+    for n, s in timings:
+        t.add_row(n, f"{s * 1e3:.2f}", f"{100 * s / total:.1f}")
+    t.add_row("total", f"{total * 1e3:.2f}", "100.0")
+    Console(stderr=True).print(t)
+
+
+def default_pipeline(name: str) -> Path:
+    """Pipelines shipped in configs/pipelines/, found relative to the installed package."""
+    here = Path(__file__).resolve().parent.parent / "configs" / "pipelines" / f"{name}.yaml"
+    return here

@@ -1,0 +1,95 @@
+"""Thread-pool runtime for `parallel` loops of compiled kernels.
+
+A compiled kernel outlines each parallel loop body into a native chunk function
+`void chunk(i8* closure, i64 begin, i64 end)` and calls the launcher whose address sits in the
+module's global `__mlc_parallel_launch`: `void launch(chunk_fn, closure, extent)`. The launcher
+(a ctypes callback) splits [0, extent) into one contiguous chunk per thread, runs the first on
+the calling thread and the rest on a persistent pool. Every chunk runs through ctypes, which
+releases the GIL, so chunks execute truly in parallel with no Python in the inner loop; only
+one callback per parallel-loop instance pays Python overhead. A parallel loop reached from
+inside a chunk (nested parallelism) runs serially on that thread rather than deadlocking the pool.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+LAUNCH_SYMBOL = "__mlc_parallel_launch"
+LAUNCH_CFUNC = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)
+CHUNK_CFUNC = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64)
+
+
+class _Runtime:
+    """The process-wide pool; `num_threads` may be changed between kernel calls."""
+
+    def __init__(self) -> None:
+        try:
+            n = len(os.sched_getaffinity(0))
+        except AttributeError:  # pragma: no cover - non-Linux
+            n = os.cpu_count() or 1
+        self.num_threads = max(1, n)
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_size = 0
+        self._local = threading.local()
+        self._chunks: dict[int, ctypes._CFuncPtr] = {}
+        self._lock = threading.Lock()
+        self.launch = LAUNCH_CFUNC(self._launch)  # kept alive as long as the runtime
+
+    def _pool_for(self, workers: int) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._pool is None or self._pool_size != workers:
+                if self._pool is not None:
+                    self._pool.shutdown(wait=True)
+                self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mlc-par",
+                                                initializer=self._mark_worker)
+                self._pool_size = workers
+            return self._pool
+
+    def _mark_worker(self) -> None:
+        self._local.in_chunk = True
+
+    def _chunk_fn(self, addr: int) -> ctypes._CFuncPtr:
+        fn = self._chunks.get(addr)
+        if fn is None:
+            fn = self._chunks[addr] = CHUNK_CFUNC(addr)
+        return fn
+
+    def _launch(self, fn_addr: int, closure: int, extent: int) -> None:
+        if extent <= 0:
+            return
+        fn = self._chunk_fn(fn_addr)
+        threads = min(self.num_threads, extent)
+        if threads <= 1 or getattr(self._local, "in_chunk", False):
+            fn(closure, 0, extent)
+            return
+        step = -(-extent // threads)
+        bounds = [(b, min(b + step, extent)) for b in range(0, extent, step)]
+        pool = self._pool_for(threads - 1)
+        futures = [pool.submit(fn, closure, b, e) for b, e in bounds[1:]]
+        self._local.in_chunk = True
+        try:
+            fn(closure, *bounds[0])
+        finally:
+            self._local.in_chunk = False
+        for f in futures:
+            f.result()
+
+
+RUNTIME = _Runtime()
+
+
+def launcher_address() -> int:
+    """Address of the native-callable launcher that kernels call for each parallel loop."""
+    return ctypes.cast(RUNTIME.launch, ctypes.c_void_p).value or 0
+
+
+def set_num_threads(n: int) -> None:
+    """Threads used by subsequent parallel loops (1 runs them serially)."""
+    RUNTIME.num_threads = max(1, int(n))
+
+
+def get_num_threads() -> int:
+    return RUNTIME.num_threads

@@ -1,0 +1,83 @@
+"""Declarations of the graph ops: name, fusion kind, arity and attribute schema.
+
+Semantics follow ONNX (broadcasting, negative axes, rounding) so the importer maps nodes almost
+one to one; attributes use readable names and may hold symbolic `Expr`s where a size can be
+dynamic (reshape's `shape`, slice bounds, `full`'s shape). Shape inference lives in shapes.py,
+numpy reference semantics in reference.py.
+"""
+
+from __future__ import annotations
+
+from .registry import REQUIRED, define
+
+UNARY: dict[str, str] = {
+    "sqrt": "square root", "exp": "e**x", "log": "natural logarithm", "erf": "Gauss error function",
+    "neg": "-x", "abs": "|x|", "relu": "max(x, 0)", "sigmoid": "1 / (1 + e**-x)", "tanh": "hyperbolic tangent",
+    "reciprocal": "1 / x", "floor": "round down", "ceil": "round up", "round": "round half to even",
+    "sin": "sine", "cos": "cosine", "logical_not": "boolean not",
+}
+BINARY: dict[str, str] = {
+    "add": "a + b", "sub": "a - b", "mul": "a * b",
+    "div": "a / b (integers truncate toward zero, as ONNX)", "pow": "a ** b",
+    "minimum": "elementwise min", "maximum": "elementwise max",
+    "equal": "a == b", "less": "a < b", "greater": "a > b", "less_equal": "a <= b",
+    "greater_equal": "a >= b", "logical_and": "a and b", "logical_or": "a or b",
+}
+COMPARE: tuple[str, ...] = ("equal", "less", "greater", "less_equal", "greater_equal", "logical_and", "logical_or")
+REDUCE: dict[str, str] = {
+    "sum": "sum", "mean": "arithmetic mean", "max": "maximum", "min": "minimum", "prod": "product",
+}
+_RED_ATTRS = {"axes": None, "keepdims": True}  # axes None = all axes
+_CONV_ATTRS = {"strides": (1, 1), "pads": (0, 0, 0, 0), "dilations": (1, 1), "groups": 1}
+_POOL_ATTRS = {"kernel_shape": REQUIRED, "strides": (1, 1), "pads": (0, 0, 0, 0), "ceil_mode": False}
+
+for _n, _d in UNARY.items():
+    define(_n, "elementwise", 1, doc=_d)
+for _n, _d in BINARY.items():
+    define(_n, "broadcast", 2, doc=_d + ", numpy broadcasting")
+for _n, _d in REDUCE.items():
+    define(_n, "reduction", 1, _RED_ATTRS, doc=f"{_d} over `axes` (all when None)")
+
+define("leaky_relu", "elementwise", 1, {"alpha": 0.01}, "x if x >= 0 else alpha * x")
+define("gelu", "elementwise", 1, {"approximate": "none"}, "x * Phi(x); approximate='tanh' uses the tanh formula")
+define("clip", "elementwise", 1, {"min": None, "max": None}, "clamp to [min, max]; None = unbounded")
+define("cast", "elementwise", 1, {"dtype": REQUIRED}, "convert element type (float->int truncates)")
+define("where", "broadcast", 3, doc="cond ? a : b with broadcasting")
+define("softmax", "opaque", 1, {"axis": -1}, "exp(x - max) / sum along axis")
+define("log_softmax", "opaque", 1, {"axis": -1}, "log of softmax along axis")
+define("argmax", "reduction", 1, {"axis": 0, "keepdims": True}, "index of the first maximum along axis (i64)")
+define("argmin", "reduction", 1, {"axis": 0, "keepdims": True}, "index of the first minimum along axis (i64)")
+
+define("matmul", "out_ewise_fusable", 2, doc="numpy matmul: batch dims broadcast, 1-D operands promoted")
+define("conv2d", "out_ewise_fusable", 2, _CONV_ATTRS,
+       "NCHW x OIHW grouped convolution; pads = (top, left, bottom, right)")
+define("conv2d_transpose", "out_ewise_fusable", 2, {**_CONV_ATTRS, "output_padding": (0, 0)},
+       "transposed convolution; weight (C_in, C_out/groups, kh, kw)")
+define("max_pool2d", "out_ewise_fusable", 1, {**_POOL_ATTRS, "dilations": (1, 1)}, "NCHW max pooling, pads with -inf")
+define("avg_pool2d", "out_ewise_fusable", 1, {**_POOL_ATTRS, "count_include_pad": False}, "NCHW average pooling")
+define("global_avg_pool2d", "reduction", 1, doc="mean over H and W, keeping them as 1")
+define("batch_norm", "injective", 5, {"epsilon": 1e-5},
+       "inference batch norm: (x - mean) / sqrt(var + eps) * scale + bias, args x, scale, bias, mean, var; channel axis 1")
+define("layer_norm", "opaque", (2, 3), {"axis": -1, "epsilon": 1e-5},
+       "normalise over axes axis..rank-1, then * scale (+ bias)")
+
+define("concat", "injective", (1, -1), {"axis": REQUIRED}, "join along axis")
+define("split", "injective", 1, {"axis": 0, "sections": REQUIRED}, "split into pieces of the given sizes (a tuple)")
+define("reshape", "injective", 1, {"shape": REQUIRED}, "new shape (explicit dims; -1 allowed once)")
+define("transpose", "injective", 1, {"perm": None}, "permute axes (None reverses them)")
+define("squeeze", "injective", 1, {"axes": REQUIRED}, "drop the given size-1 axes")
+define("expand_dims", "injective", 1, {"axes": REQUIRED}, "insert size-1 axes at the given output positions")
+define("take", "injective", 2, {"axis": 0}, "gather: data[..., indices, ...] along axis (negative indices wrap)")
+define("strided_slice", "injective", 1, {"axes": REQUIRED, "begin": REQUIRED, "end": REQUIRED, "strides": None},
+       "ONNX Slice: per axis begin/end/stride, clamped, negative indices wrap")
+define("broadcast_to", "broadcast", 1, {"shape": REQUIRED}, "numpy broadcast_to")
+define("pad", "injective", 1, {"pads": REQUIRED, "value": 0.0},
+       "constant padding; pads = (begin_0.., end_0..) as ONNX")
+define("full", "injective", 0, {"shape": REQUIRED, "value": 0.0, "dtype": "f32"}, "tensor filled with value")
+define("arange", "injective", 0, {"start": 0, "stop": REQUIRED, "step": 1, "dtype": "i64"}, "ONNX Range")
+define("shape_tensor", "injective", 0, {"values": REQUIRED},
+       "1-D i64 tensor of symbolic values (a shape used as data)")
+define("dynamic_slice", "injective", 2, {"axis": 0, "size": 1},
+       "data[index:index+size] along axis; index is a ScalarType run-time value (a loop counter)")
+define("dynamic_update_slice", "injective", 3, {"axis": 0},
+       "copy of data with update written at index along axis; index is a ScalarType value")

@@ -1,0 +1,411 @@
+"""numpy reference semantics of the graph ops (ONNX semantics), read by the reference interpreter.
+
+Each function takes the evaluated arguments, the op's attributes, the inferred result type and
+`env` (symbolic dim name -> run-time value, for attributes that hold `Expr`s). Results are cast
+to the inferred dtype, so numpy's promotion rules never leak into the IR's types.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from ..arith import evaluate
+from ..dtype import to_numpy
+from ..expr import Expr
+from ..types import TensorType, TupleType, Type
+from .defs import REDUCE
+from .registry import register_ref
+
+Env = dict[str, int]
+Ref = Callable[[list[Any], dict[str, Any], Type, Env], Any]
+
+try:  # scipy is optional at run time; math.erf is the exact fallback
+    from scipy.special import erf as _erf
+except ImportError:  # pragma: no cover
+    _erf = np.vectorize(math.erf, otypes=[np.float64])
+
+
+def ev(v: Any, env: Env) -> int:
+    """An attribute value as a Python int (symbolic dims evaluated in env)."""
+    return evaluate(v, env) if isinstance(v, Expr) else int(v)
+
+
+def _cast_out(res: Any, t: Type) -> Any:
+    if isinstance(t, TupleType):
+        return tuple(_cast_out(r, f) for r, f in zip(res, t.fields))
+    if isinstance(t, TensorType):
+        return np.asarray(res, dtype=to_numpy(t.dtype))
+    return res
+
+
+def ref(*names: str) -> Callable[[Ref], Ref]:
+    """Register `fn` as the reference of `names`, casting its result to the inferred type."""
+
+    def deco(fn: Ref) -> Ref:
+        def wrapped(args: list[Any], attrs: dict[str, Any], out_type: Type, env: Env) -> Any:
+            return _cast_out(fn(args, attrs, out_type, env), out_type)
+
+        wrapped.__name__ = fn.__name__
+        wrapped.__doc__ = fn.__doc__
+        register_ref(*names)(wrapped)
+        return fn
+
+    return deco
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return np.exp(-np.logaddexp(0, -x)).astype(x.dtype)
+
+
+def _gelu(x: np.ndarray, approximate: str) -> np.ndarray:
+    if approximate == "tanh":
+        return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
+    return 0.5 * x * (1 + _erf(x / math.sqrt(2)))
+
+
+_UNARY: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "sqrt": np.sqrt, "exp": np.exp, "log": np.log, "erf": lambda x: _erf(x), "neg": np.negative,
+    "abs": np.abs, "relu": lambda x: np.maximum(x, 0), "sigmoid": _sigmoid, "tanh": np.tanh,
+    "reciprocal": lambda x: 1 / x, "floor": np.floor, "ceil": np.ceil, "round": np.round,
+    "sin": np.sin, "cos": np.cos, "logical_not": np.logical_not,
+}
+
+
+def _int_div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    if np.issubdtype(np.result_type(a, b), np.integer):
+        q = np.abs(a) // np.abs(b)
+        return np.where((a < 0) != (b < 0), -q, q)
+    return a / b
+
+
+_BINARY: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
+    "add": np.add, "sub": np.subtract, "mul": np.multiply, "div": _int_div, "pow": np.power,
+    "minimum": np.minimum, "maximum": np.maximum, "equal": np.equal, "less": np.less,
+    "greater": np.greater, "less_equal": np.less_equal, "greater_equal": np.greater_equal,
+    "logical_and": np.logical_and, "logical_or": np.logical_or,
+}
+
+
+def _unary_ref(fn: Callable[[np.ndarray], np.ndarray]) -> Ref:
+    return lambda args, attrs, t, env: fn(np.asarray(args[0]))
+
+
+def _binary_ref(fn: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> Ref:
+    return lambda args, attrs, t, env: fn(np.asarray(args[0]), np.asarray(args[1]))
+
+
+for _n, _f in _UNARY.items():
+    ref(_n)(_unary_ref(_f))
+for _n, _g in _BINARY.items():
+    ref(_n)(_binary_ref(_g))
+
+
+@ref("leaky_relu")
+def _leaky(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
+    x = args[0]
+    return np.where(x >= 0, x, x * float(attrs.get("alpha", 0.01)))
+
+
+@ref("gelu")
+def _gelu_ref(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
+    return _gelu(args[0], str(attrs.get("approximate", "none")))
+
+
+@ref("clip")
+def _clip(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
+    x = args[0]
+    lo, hi = attrs.get("min"), attrs.get("max")
+    if lo is not None:
+        x = np.maximum(x, np.asarray(lo).astype(x.dtype))
+    if hi is not None:
+        x = np.minimum(x, np.asarray(hi).astype(x.dtype))
+    return x
+
+
+@ref("cast")
+def _cast(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
+    return np.asarray(args[0]).astype(to_numpy(str(attrs["dtype"])))
+
+
+@ref("where")
+def _where(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
+    return np.where(args[0], args[1], args[2])
+
+
+def _axis(a: Any, rank: int) -> int:
+    a = int(a)
+    return a + rank if a < 0 else a
+
+
+def _softmax_parts(args: list[Any], attrs: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    x = args[0]
+    ax = _axis(attrs.get("axis", -1), x.ndim)
+    z = x - np.max(x, axis=ax, keepdims=True)
+    e = np.exp(z)
+    return z, e, np.sum(e, axis=ax, keepdims=True)
+
+
+@ref("softmax")
+def _softmax(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
+    _, e, s = _softmax_parts(args, attrs)
+    return e / s
+
+
+@ref("log_softmax")
+def _log_softmax(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
+    z, _, s = _softmax_parts(args, attrs)
+    return z - np.log(s)
+
+
+_RED: dict[str, Callable[..., np.ndarray]] = {
+    "sum": np.sum, "mean": np.mean, "max": np.max, "min": np.min, "prod": np.prod,
+}
+assert set(_RED) == set(REDUCE)
+
+
+def _reduce_ref(fn: Callable[..., np.ndarray]) -> Ref:
+    def run(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
+        x = args[0]
+        axes = attrs.get("axes")
+        ax = tuple(range(x.ndim)) if axes is None else tuple(sorted({_axis(a, x.ndim) for a in axes}))
+        return fn(x, axis=ax, keepdims=bool(attrs.get("keepdims", True)))
+
+    return run
+
+
+for _n, _r in _RED.items():
+    ref(_n)(_reduce_ref(_r))
+
+
+def _arg_ref(fn: Callable[..., np.ndarray]) -> Ref:
+    def run(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
+        x = args[0]
+        return fn(x, axis=_axis(attrs.get("axis", 0), x.ndim), keepdims=bool(attrs.get("keepdims", True)))
+
+    return run
+
+
+ref("argmax")(_arg_ref(np.argmax))
+ref("argmin")(_arg_ref(np.argmin))
+
+
+@ref("matmul")
+def _matmul(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
+    return np.matmul(args[0], args[1])
+
+
+def _windows(xp: np.ndarray, k: tuple[int, int], s: tuple[int, int], d: tuple[int, int],
+             out: tuple[int, int]) -> np.ndarray:
+    """Stack of strided views (N, C, kh*kw, Ho, Wo) of a padded NCHW tensor."""
+    cols = []
+    for i in range(k[0]):
+        for j in range(k[1]):
+            cols.append(xp[:, :, i * d[0]: i * d[0] + s[0] * (out[0] - 1) + 1: s[0],
+                           j * d[1]: j * d[1] + s[1] * (out[1] - 1) + 1: s[1]])
+    return np.stack(cols, axis=2)
+
+
+def _conv_params(attrs: dict[str, Any]) -> tuple[tuple[int, int], tuple[int, ...], tuple[int, int], int]:
+    s = tuple(int(v) for v in attrs.get("strides", (1, 1)))
+    p = tuple(int(v) for v in attrs.get("pads", (0, 0, 0, 0)))
+    d = tuple(int(v) for v in attrs.get("dilations", (1, 1)))
+    return s, p, d, int(attrs.get("groups", 1))  # type: ignore[return-value]
+
+
+def _out_hw(t: Type) -> tuple[int, int]:
+    assert isinstance(t, TensorType) and t.shape is not None
+    return t.shape[2], t.shape[3]  # type: ignore[return-value]
+
+
+@ref("conv2d")
+def _conv2d(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
+    x, w = args
+    s, p, d, g = _conv_params(attrs)
+    n, c, h, wd = x.shape
+    o, cg, kh, kw = w.shape
+    ho = (h + p[0] + p[2] - d[0] * (kh - 1) - 1) // s[0] + 1
+    wo = (wd + p[1] + p[3] - d[1] * (kw - 1) - 1) // s[1] + 1
+    xp = np.pad(x, ((0, 0), (0, 0), (p[0], p[2]), (p[1], p[3])))
+    cols = _windows(xp, (kh, kw), s, d, (ho, wo)).reshape(n, g, cg, kh * kw, ho, wo)
+    wg = w.reshape(g, o // g, cg, kh * kw)
+    return np.einsum("ngckhw,gock->ngohw", cols, wg, optimize=True).reshape(n, o, ho, wo)
+
+
+@ref("conv2d_transpose")
+def _conv2d_t(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
+    x, w = args
+    s, p, d, g = _conv_params(attrs)
+    op = tuple(int(v) for v in attrs.get("output_padding", (0, 0)))
+    n, c, h, wd = x.shape
+    _, og, kh, kw = w.shape
+    hf = s[0] * (h - 1) + d[0] * (kh - 1) + 1 + op[0]
+    wf = s[1] * (wd - 1) + d[1] * (kw - 1) + 1 + op[1]
+    out = np.zeros((n, g, og, hf, wf), dtype=np.result_type(x, w))
+    xg = x.reshape(n, g, c // g, h, wd)
+    wg = w.reshape(g, c // g, og, kh, kw)
+    for i in range(kh):
+        for j in range(kw):
+            contrib = np.einsum("ngchw,gco->ngohw", xg, wg[:, :, :, i, j], optimize=True)
+            out[:, :, :, i * d[0]: i * d[0] + s[0] * (h - 1) + 1: s[0],
+                j * d[1]: j * d[1] + s[1] * (wd - 1) + 1: s[1]] += contrib
+    out = out.reshape(n, g * og, hf, wf)
+    return out[:, :, p[0]: hf - p[2], p[1]: wf - p[3]]
+
+
+def _pool_setup(x: np.ndarray, attrs: dict[str, Any], t: Type, env: Env
+                ) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int], tuple[int, int], tuple[int, ...]]:
+    k = tuple(int(v) for v in attrs["kernel_shape"])
+    s, p, d, _ = _conv_params(attrs)
+    assert isinstance(t, TensorType) and t.shape is not None
+    out = (ev(t.shape[2], env), ev(t.shape[3], env))
+    # extra end padding so ceil_mode windows stay in bounds (never counted as real padding)
+    extra = tuple(max(0, (out[i] - 1) * s[i] + d[i] * (k[i] - 1) + 1 - (x.shape[2 + i] + p[i] + p[i + 2]))
+                  for i in range(2))
+    return k, s, d, out, p + extra  # type: ignore[return-value]
+
+
+@ref("max_pool2d")
+def _maxpool(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
+    x = args[0]
+    k, s, d, out, p = _pool_setup(x, attrs, t, env)
+    lo = -np.inf if np.issubdtype(x.dtype, np.floating) else np.iinfo(x.dtype).min
+    xp = np.pad(x, ((0, 0), (0, 0), (p[0], p[2] + p[4]), (p[1], p[3] + p[5])), constant_values=lo)
+    return _windows(xp, k, s, d, out).max(axis=2)
+
+
+@ref("avg_pool2d")
+def _avgpool(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
+    x = args[0]
+    k, s, d, out, p = _pool_setup(x, attrs, t, env)
+    pads = ((0, 0), (0, 0), (p[0], p[2] + p[4]), (p[1], p[3] + p[5]))
+    total = _windows(np.pad(x, pads), k, s, d, out).sum(axis=2)
+    mask = np.ones((1, 1) + x.shape[2:], dtype=x.dtype)
+    if attrs.get("count_include_pad", False):
+        mask = np.pad(mask, ((0, 0), (0, 0), (p[0], p[2]), (p[1], p[3])), constant_values=1)
+        pads = ((0, 0), (0, 0), (0, p[4]), (0, p[5]))
+    count = _windows(np.pad(mask, pads), k, s, d, out).sum(axis=2)
+    return total / count
+
+
+@ref("global_avg_pool2d")
+def _gap(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
+    return np.mean(args[0], axis=(2, 3), keepdims=True)
+
+
+@ref("batch_norm")
+def _bn(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
+    x, scale, bias, mean, var = args
+    shp = (1, -1) + (1,) * (x.ndim - 2)
+    inv = scale / np.sqrt(var + float(attrs.get("epsilon", 1e-5)))
+    return (x - mean.reshape(shp)) * inv.reshape(shp) + bias.reshape(shp)
+
+
+@ref("layer_norm")
+def _ln(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
+    x = args[0]
+    ax = tuple(range(_axis(attrs.get("axis", -1), x.ndim), x.ndim))
+    mu = x.mean(axis=ax, keepdims=True)
+    var = ((x - mu) ** 2).mean(axis=ax, keepdims=True)
+    y = (x - mu) / np.sqrt(var + float(attrs.get("epsilon", 1e-5))) * args[1]
+    return y + args[2] if len(args) > 2 else y
+
+
+@ref("concat")
+def _concat(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
+    return np.concatenate(args, axis=int(attrs["axis"]))
+
+
+@ref("split")
+def _split(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
+    x = args[0]
+    ax = _axis(attrs.get("axis", 0), x.ndim)
+    bounds = np.cumsum([ev(v, env) for v in attrs["sections"]])[:-1]
+    return tuple(np.split(x, bounds, axis=ax))
+
+
+@ref("reshape")
+def _reshape(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
+    return np.reshape(args[0], [ev(v, env) for v in attrs["shape"]])
+
+
+@ref("transpose")
+def _transpose(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
+    perm = attrs.get("perm")
+    return np.transpose(args[0], None if perm is None else [int(a) for a in perm])
+
+
+@ref("squeeze")
+def _squeeze(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
+    return np.squeeze(args[0], axis=tuple(int(a) for a in attrs["axes"]))
+
+
+@ref("expand_dims")
+def _expand_dims(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
+    return np.expand_dims(args[0], axis=tuple(int(a) for a in attrs["axes"]))
+
+
+@ref("take")
+def _take(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
+    return np.take(args[0], np.asarray(args[1]).astype(np.int64), axis=int(attrs.get("axis", 0)))
+
+
+@ref("strided_slice")
+def _slice(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
+    x = args[0]
+    idx: list[slice] = [slice(None)] * x.ndim
+    strides = attrs.get("strides") or (1,) * len(attrs["axes"])
+    for a, b, e, st in zip(attrs["axes"], attrs["begin"], attrs["end"], strides):
+        idx[_axis(a, x.ndim)] = slice(ev(b, env), ev(e, env), int(st))
+    return x[tuple(idx)]
+
+
+@ref("broadcast_to")
+def _broadcast_to(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
+    return np.broadcast_to(args[0], [ev(v, env) for v in attrs["shape"]])
+
+
+@ref("pad")
+def _pad(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
+    x = args[0]
+    p = [int(v) for v in attrs["pads"]]
+    return np.pad(x, [(p[i], p[i + x.ndim]) for i in range(x.ndim)], constant_values=attrs.get("value", 0.0))
+
+
+@ref("full")
+def _full(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
+    return np.full([ev(v, env) for v in attrs["shape"]], attrs.get("value", 0.0))
+
+
+@ref("arange")
+def _arange(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
+    vals = [attrs.get("start", 0), attrs["stop"], attrs.get("step", 1)]
+    start, stop, step = (ev(v, env) if isinstance(v, Expr) else v for v in vals)
+    n = max(0, math.ceil((stop - start) / step))
+    return start + step * np.arange(n)
+
+
+@ref("shape_tensor")
+def _shape_tensor(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
+    return np.array([ev(v, env) for v in attrs["values"]], dtype=np.int64)
+
+
+@ref("dynamic_slice")
+def _dyn_slice(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
+    x, i = args[0], int(args[1])
+    idx: list[slice] = [slice(None)] * x.ndim
+    idx[_axis(attrs.get("axis", 0), x.ndim)] = slice(i, i + ev(attrs.get("size", 1), env))
+    return x[tuple(idx)]
+
+
+@ref("dynamic_update_slice")
+def _dyn_update(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
+    x, u, i = args[0], args[1], int(args[2])
+    out = np.array(x, copy=True)
+    idx: list[slice] = [slice(None)] * x.ndim
+    idx[_axis(attrs.get("axis", 0), x.ndim)] = slice(i, i + u.shape[_axis(attrs.get("axis", 0), x.ndim)])
+    out[tuple(idx)] = u
+    return out

@@ -1,0 +1,525 @@
+"""Shape and dtype inference of the graph ops, over symbolic dims.
+
+Dims are integer `Expr`s built from the arguments' dims and simplified. A provable mismatch
+(two different constants) is a user error located at the op; an unprovable one (`n` vs `m`) is
+accepted and left to the run-time checks that shape-infer inserts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from ..arith import as_int, provably_different, prove_equal, simplify
+from ..diagnostics import Loc, MlcError
+from ..expr import Bin, Const, Expr, const
+from ..types import ScalarType, TensorType, TupleType, Type
+from .defs import BINARY, COMPARE, REDUCE, UNARY
+from .registry import register_infer
+
+Shape = tuple[Expr, ...]
+ONE = Const(1)
+
+
+def dims_str(shape: Sequence[Expr]) -> str:
+    def one(d: Expr) -> str:
+        v = as_int(d)
+        return str(v) if v is not None else _expr_str(simplify(d))
+
+    return " x ".join(one(d) for d in shape) or "scalar"
+
+
+def _expr_str(e: Expr) -> str:
+    from ..expr import Var
+
+    if isinstance(e, Var):
+        return e.name
+    if isinstance(e, Const):
+        return str(e.value)
+    if isinstance(e, Bin):
+        sym = {"add": "+", "sub": "-", "mul": "*", "floordiv": "//", "floormod": "%"}.get(e.op)
+        if sym:
+            return f"({_expr_str(e.a)} {sym} {_expr_str(e.b)})"
+        return f"{e.op}({_expr_str(e.a)}, {_expr_str(e.b)})"
+    return repr(e)
+
+
+def tensor(t: Type, loc: Loc, what: str = "argument") -> TensorType:
+    if not isinstance(t, TensorType):
+        raise MlcError(f"{what} must be a tensor, got {type(t).__name__}", loc)
+    return t
+
+
+def shape_of(t: Type, loc: Loc, what: str = "argument") -> Shape:
+    tt = tensor(t, loc, what)
+    if tt.shape is None:
+        raise MlcError(f"{what} has unknown rank; run shape-infer first", loc)
+    return tt.shape
+
+
+def norm_axis(axis: Any, rank: int, loc: Loc, extra: int = 0) -> int:
+    """Normalise a possibly negative axis into [0, rank + extra)."""
+    n = rank + extra
+    a = int(axis)
+    if not -n <= a < n:
+        raise MlcError(f"axis {a} out of range for rank {rank}", loc)
+    return a + n if a < 0 else a
+
+
+def dim(v: Any) -> Expr:
+    return simplify(const(v)) if isinstance(v, Expr) else Const(int(v))
+
+
+def broadcast_shapes(shapes: Sequence[Shape], loc: Loc) -> Shape:
+    """numpy broadcasting over symbolic dims: 1 broadcasts, constants > 1 win over symbols."""
+    rank = max((len(s) for s in shapes), default=0)
+    out: list[Expr] = []
+    for i in range(rank):
+        ds = [s[len(s) - rank + i] for s in shapes if len(s) - rank + i >= 0]
+        non1 = [d for d in ds if as_int(d) != 1]
+        if not non1:
+            out.append(ONE)
+            continue
+        pick = next((d for d in non1 if as_int(d) is not None), non1[0])
+        for d in non1:
+            if provably_different(pick, d):
+                raise MlcError(
+                    f"cannot broadcast shapes {' and '.join('(' + dims_str(s) + ')' for s in shapes)}: "
+                    f"dim {dims_str([pick])} vs {dims_str([d])}", loc)
+        out.append(simplify(pick))
+    return tuple(out)
+
+
+def _elementwise(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
+    t = tensor(args[0], loc)
+    return TensorType(t.shape, t.dtype)
+
+
+register_infer(*[n for n in UNARY if n != "logical_not"], "leaky_relu", "gelu", "clip", "softmax",
+               "log_softmax")(_elementwise)
+
+
+@register_infer("logical_not")
+def _not(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
+    return TensorType(tensor(args[0], loc).shape, "bool")
+
+
+@register_infer("cast")
+def _cast(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
+    return TensorType(tensor(args[0], loc).shape, str(attrs["dtype"]))
+
+
+def _same_dtype(ts: Sequence[TensorType], loc: Loc) -> str:
+    dts = {t.dtype for t in ts}
+    if len(dts) > 1:
+        raise MlcError(f"operands have different dtypes {', '.join(sorted(dts))}", loc)
+    return ts[0].dtype
+
+
+@register_infer(*[n for n in BINARY if n not in COMPARE])
+def _binary(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
+    ts = [tensor(a, loc) for a in args]
+    dt = _same_dtype(ts, loc)
+    if any(t.shape is None for t in ts):
+        return TensorType(None, dt)
+    return TensorType(broadcast_shapes([t.shape for t in ts], loc), dt)  # type: ignore[misc]
+
+
+@register_infer(*COMPARE)
+def _compare(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
+    t = _binary(args, attrs, loc)
+    assert isinstance(t, TensorType)
+    return TensorType(t.shape, "bool")
+
+
+@register_infer("where")
+def _where(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
+    c, a, b = (tensor(x, loc) for x in args)
+    if c.dtype != "bool":
+        raise MlcError(f"where: condition must be bool, got {c.dtype}", loc)
+    dt = _same_dtype([a, b], loc)
+    return TensorType(broadcast_shapes([shape_of(x, loc) for x in (c, a, b)], loc), dt)
+
+
+def reduce_axes(axes: Any, rank: int, loc: Loc) -> list[int]:
+    if axes is None:
+        return list(range(rank))
+    return sorted({norm_axis(a, rank, loc) for a in axes})
+
+
+@register_infer(*REDUCE)
+def _reduce(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
+    t = tensor(args[0], loc)
+    s = shape_of(t, loc)
+    axes = reduce_axes(attrs.get("axes"), len(s), loc)
+    keep = bool(attrs.get("keepdims", True))
+    out = [ONE if i in axes else d for i, d in enumerate(s)] if keep else [d for i, d in enumerate(s) if i not in axes]
+    return TensorType(tuple(out), t.dtype)
+
+
+@register_infer("argmax", "argmin")
+def _argreduce(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
+    s = shape_of(args[0], loc)
+    ax = norm_axis(attrs.get("axis", 0), len(s), loc)
+    keep = bool(attrs.get("keepdims", True))
+    out = [ONE if i == ax else d for i, d in enumerate(s)] if keep else [d for i, d in enumerate(s) if i != ax]
+    return TensorType(tuple(out), "i64")
+
+
+def _check_dim(a: Expr, b: Expr, what: str, loc: Loc) -> None:
+    if provably_different(a, b):
+        raise MlcError(f"{what}: {dims_str([a])} vs {dims_str([b])}", loc)
+
+
+@register_infer("matmul")
+def _matmul(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
+    ta, tb = tensor(args[0], loc), tensor(args[1], loc)
+    dt = _same_dtype([ta, tb], loc)
+    a, b = shape_of(ta, loc), shape_of(tb, loc)
+    if not a or not b:
+        raise MlcError("matmul: operands must have rank >= 1", loc)
+    a2 = (ONE,) + a if len(a) == 1 else a
+    b2 = b + (ONE,) if len(b) == 1 else b
+    if provably_different(a2[-1], b2[-2]):
+        raise MlcError(
+            f"matmul: contraction dims differ: ({dims_str(a)}) by ({dims_str(b)}): "
+            f"{dims_str([a2[-1]])} vs {dims_str([b2[-2]])}", loc)
+    batch = broadcast_shapes([a2[:-2], b2[:-2]], loc)
+    out = batch + ((a2[-2],) if len(a) > 1 else ()) + ((b2[-1],) if len(b) > 1 else ())
+    return TensorType(out, dt)
+
+
+def _ints(v: Any, n: int, name: str, loc: Loc) -> tuple[int, ...]:
+    t = tuple(int(x) for x in v)
+    if len(t) != n:
+        raise MlcError(f"attribute {name} needs {n} values, got {len(t)}", loc)
+    return t
+
+
+def window_out(size: Expr, pad: int, k: int, stride: int, dil: int, ceil_mode: bool = False) -> Expr:
+    """Output length of a sliding window (ONNX conv/pool formula)."""
+    span = size + pad - (dil * (k - 1) + 1)
+    if not ceil_mode:
+        return simplify(span // stride + 1)
+    return simplify((span + stride - 1) // stride + 1)
+
+
+def _pool_dims(s: Shape, attrs: dict[str, Any], loc: Loc, kernel: tuple[int, int], ceil_mode: bool) -> Shape:
+    strides = _ints(attrs.get("strides", (1, 1)), 2, "strides", loc)
+    pads = _ints(attrs.get("pads", (0, 0, 0, 0)), 4, "pads", loc)
+    dil = _ints(attrs.get("dilations", (1, 1)), 2, "dilations", loc)
+    out = []
+    for i in range(2):
+        d = window_out(s[2 + i], pads[i] + pads[i + 2], kernel[i], strides[i], dil[i], ceil_mode)
+        n, size = as_int(d), as_int(s[2 + i])
+        if ceil_mode and n is not None and size is not None and (n - 1) * strides[i] >= size + pads[i]:
+            d = Const(n - 1)
+        if as_int(d) is not None and as_int(d) <= 0:  # type: ignore[operator]
+            raise MlcError(f"window of {kernel[i]} does not fit input dim {dims_str([s[2 + i]])}", loc)
+        out.append(d)
+    return tuple(out)
+
+
+def _nchw(t: Type, loc: Loc) -> Shape:
+    s = shape_of(t, loc)
+    if len(s) != 4:
+        raise MlcError(f"expected an NCHW tensor of rank 4, got ({dims_str(s)})", loc)
+    return s
+
+
+@register_infer("conv2d")
+def _conv2d(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
+    x, w = _nchw(args[0], loc), _nchw(args[1], loc)
+    dt = _same_dtype([tensor(args[0], loc), tensor(args[1], loc)], loc)
+    g = int(attrs.get("groups", 1))
+    _check_dim(x[1], simplify(w[1] * g), f"conv2d: input channels vs weight channels x groups ({g})", loc)
+    wo = as_int(w[0])
+    if wo is not None and wo % g:
+        raise MlcError(f"conv2d: output channels {wo} not divisible by groups {g}", loc)
+    k = (as_int(w[2]), as_int(w[3]))
+    if None in k:
+        raise MlcError("conv2d: kernel size must be constant", loc)
+    hw = _pool_dims(x, attrs, loc, k, False)  # type: ignore[arg-type]
+    return TensorType((x[0], w[0]) + hw, dt)
+
+
+@register_infer("conv2d_transpose")
+def _conv2d_t(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
+    x, w = _nchw(args[0], loc), _nchw(args[1], loc)
+    dt = _same_dtype([tensor(args[0], loc), tensor(args[1], loc)], loc)
+    g = int(attrs.get("groups", 1))
+    _check_dim(x[1], w[0], "conv2d_transpose: input channels vs weight dim 0", loc)
+    strides = _ints(attrs.get("strides", (1, 1)), 2, "strides", loc)
+    pads = _ints(attrs.get("pads", (0, 0, 0, 0)), 4, "pads", loc)
+    dil = _ints(attrs.get("dilations", (1, 1)), 2, "dilations", loc)
+    opad = _ints(attrs.get("output_padding", (0, 0)), 2, "output_padding", loc)
+    hw = []
+    for i in range(2):
+        k = as_int(w[2 + i])
+        if k is None:
+            raise MlcError("conv2d_transpose: kernel size must be constant", loc)
+        hw.append(simplify(strides[i] * (x[2 + i] - 1) + opad[i] + (k - 1) * dil[i] + 1 - pads[i] - pads[i + 2]))
+    return TensorType((x[0], simplify(w[1] * g), hw[0], hw[1]), dt)
+
+
+@register_infer("max_pool2d", "avg_pool2d")
+def _pool(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
+    t = tensor(args[0], loc)
+    s = _nchw(t, loc)
+    k = _ints(attrs["kernel_shape"], 2, "kernel_shape", loc)
+    return TensorType(s[:2] + _pool_dims(s, attrs, loc, k, bool(attrs.get("ceil_mode", False))), t.dtype)
+
+
+@register_infer("global_avg_pool2d")
+def _gap(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
+    t = tensor(args[0], loc)
+    s = _nchw(t, loc)
+    return TensorType(s[:2] + (ONE, ONE), t.dtype)
+
+
+@register_infer("batch_norm")
+def _bn(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
+    t = tensor(args[0], loc)
+    s = shape_of(t, loc)
+    if len(s) < 2:
+        raise MlcError("batch_norm: input needs a channel axis (rank >= 2)", loc)
+    for name, a in zip(("scale", "bias", "mean", "var"), args[1:]):
+        ps = shape_of(a, loc, name)
+        if len(ps) != 1:
+            raise MlcError(f"batch_norm: {name} must be 1-D, got ({dims_str(ps)})", loc)
+        _check_dim(ps[0], s[1], f"batch_norm: {name} length vs channels", loc)
+    return TensorType(s, t.dtype)
+
+
+@register_infer("layer_norm")
+def _ln(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
+    t = tensor(args[0], loc)
+    s = shape_of(t, loc)
+    ax = norm_axis(attrs.get("axis", -1), len(s), loc)
+    norm = s[ax:]
+    for name, a in zip(("scale", "bias"), args[1:]):
+        ps = shape_of(a, loc, name)
+        try:
+            broadcast_shapes([norm, ps], loc)
+        except MlcError:
+            raise MlcError(f"layer_norm: {name} ({dims_str(ps)}) does not match normalised dims ({dims_str(norm)})",
+                           loc) from None
+    return TensorType(s, t.dtype)
+
+
+@register_infer("concat")
+def _concat(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
+    ts = [tensor(a, loc) for a in args]
+    dt = _same_dtype(ts, loc)
+    shapes = [shape_of(t, loc) for t in ts]
+    rank = len(shapes[0])
+    if any(len(s) != rank for s in shapes):
+        raise MlcError("concat: operands have different ranks", loc)
+    ax = norm_axis(attrs["axis"], rank, loc)
+    for i in range(rank):
+        if i != ax:
+            for s in shapes[1:]:
+                _check_dim(shapes[0][i], s[i], f"concat: dim {i} differs", loc)
+    total: Expr = Const(0)
+    for s in shapes:
+        total = total + s[ax]
+    out = list(shapes[0])
+    out[ax] = simplify(total)
+    return TensorType(tuple(out), dt)
+
+
+@register_infer("split")
+def _split(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
+    t = tensor(args[0], loc)
+    s = shape_of(t, loc)
+    ax = norm_axis(attrs.get("axis", 0), len(s), loc)
+    secs = [dim(v) for v in attrs["sections"]]
+    total: Expr = Const(0)
+    for d in secs:
+        total = total + d
+    _check_dim(simplify(total), s[ax], "split: sections do not add up to the axis length", loc)
+    return TupleType(tuple(TensorType(s[:ax] + (d,) + s[ax + 1:], t.dtype) for d in secs))
+
+
+def numel(s: Sequence[Expr]) -> Expr:
+    p: Expr = ONE
+    for d in s:
+        p = p * d
+    return simplify(p)
+
+
+def resolve_reshape(src: Shape, target: Sequence[Any], loc: Loc) -> Shape:
+    """Explicit target dims (one -1 is solved from the element count); provable count mismatch is an error."""
+    dims = [dim(v) for v in target]
+    neg = [i for i, d in enumerate(dims) if as_int(d) == -1]
+    if len(neg) > 1:
+        raise MlcError("reshape: more than one -1 in the target shape", loc)
+    if neg:
+        rest = numel([d for i, d in enumerate(dims) if i != neg[0]])
+        dims[neg[0]] = simplify(Bin("floordiv", numel(src), rest))
+    if provably_different(numel(src), numel(dims)):
+        raise MlcError(f"reshape: cannot reshape ({dims_str(src)}) into ({dims_str(dims)})", loc)
+    return tuple(dims)
+
+
+@register_infer("reshape")
+def _reshape(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
+    t = tensor(args[0], loc)
+    return TensorType(resolve_reshape(shape_of(t, loc), attrs["shape"], loc), t.dtype)
+
+
+@register_infer("transpose")
+def _transpose(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
+    t = tensor(args[0], loc)
+    s = shape_of(t, loc)
+    perm = attrs.get("perm")
+    p = list(range(len(s)))[::-1] if perm is None else [norm_axis(a, len(s), loc) for a in perm]
+    if sorted(p) != list(range(len(s))):
+        raise MlcError(f"transpose: perm {tuple(p)} is not a permutation of {len(s)} axes", loc)
+    return TensorType(tuple(s[i] for i in p), t.dtype)
+
+
+@register_infer("squeeze")
+def _squeeze(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
+    t = tensor(args[0], loc)
+    s = shape_of(t, loc)
+    axes = {norm_axis(a, len(s), loc) for a in attrs["axes"]}
+    for a in axes:
+        _check_dim(s[a], ONE, f"squeeze: axis {a} is not 1", loc)
+    return TensorType(tuple(d for i, d in enumerate(s) if i not in axes), t.dtype)
+
+
+@register_infer("expand_dims")
+def _expand_dims(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
+    t = tensor(args[0], loc)
+    s = list(shape_of(t, loc))
+    n = len(s) + len(attrs["axes"])
+    axes = sorted({norm_axis(a, n, loc) for a in attrs["axes"]})
+    for a in axes:
+        s.insert(a, ONE)
+    return TensorType(tuple(s), t.dtype)
+
+
+@register_infer("take")
+def _take(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
+    t, idx = tensor(args[0], loc), tensor(args[1], loc, "indices")
+    if idx.dtype not in ("i32", "i64"):
+        raise MlcError(f"take: indices must be i32 or i64, got {idx.dtype}", loc)
+    s = shape_of(t, loc)
+    ax = norm_axis(attrs.get("axis", 0), len(s), loc)
+    return TensorType(s[:ax] + shape_of(idx, loc) + s[ax + 1:], t.dtype)
+
+
+BIG = 2**62
+
+
+def slice_len(d: Expr, begin: Any, end: Any, step: int) -> Expr:
+    """Length of ONNX Slice along one axis of length d (clamping, negative wrap)."""
+    n = as_int(d)
+    b, e = (as_int(dim(v)) for v in (begin, end))
+    if n is not None and b is not None and e is not None:
+        return Const(len(range(n)[slice(max(min(b, BIG), -BIG), max(min(e, BIG), -BIG), step)]))
+    if step > 0:
+        start = (d + b if b < 0 else Bin("min", const(b), d)) if b is not None else dim(begin)
+        stop = (d if e >= BIG // 2 else d + e if e < 0 else Bin("min", const(e), d)) if e is not None else dim(end)
+        return simplify(Bin("max", Const(0), (stop - start + (step - 1)) // step))
+    start = (d + b if b < 0 else Bin("min", const(b), d - 1)) if b is not None else dim(begin)
+    stop = (Const(-1) if e <= -BIG // 2 else d + e if e < 0 else const(e)) if e is not None else dim(end)
+    return simplify(Bin("max", Const(0), (start - stop + (-step - 1)) // (-step)))
+
+
+@register_infer("strided_slice")
+def _slice(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
+    t = tensor(args[0], loc)
+    s = list(shape_of(t, loc))
+    axes = attrs["axes"]
+    strides = attrs.get("strides") or (1,) * len(axes)
+    if not len(axes) == len(attrs["begin"]) == len(attrs["end"]) == len(strides):
+        raise MlcError("strided_slice: axes, begin, end and strides differ in length", loc)
+    for a, b, e, st in zip(axes, attrs["begin"], attrs["end"], strides):
+        if int(st) == 0:
+            raise MlcError("strided_slice: stride 0", loc)
+        ax = norm_axis(a, len(s), loc)
+        s[ax] = slice_len(s[ax], b, e, int(st))
+    return TensorType(tuple(s), t.dtype)
+
+
+@register_infer("broadcast_to")
+def _broadcast_to(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
+    t = tensor(args[0], loc)
+    s = shape_of(t, loc)
+    target = tuple(dim(v) for v in attrs["shape"])
+    if len(target) < len(s):
+        raise MlcError(f"broadcast_to: target ({dims_str(target)}) has lower rank than ({dims_str(s)})", loc)
+    for d, td in zip(s[::-1], target[::-1]):
+        if as_int(d) != 1:
+            _check_dim(d, td, "broadcast_to: dim cannot broadcast", loc)
+    return TensorType(target, t.dtype)
+
+
+@register_infer("pad")
+def _pad(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
+    t = tensor(args[0], loc)
+    s = shape_of(t, loc)
+    p = _ints(attrs["pads"], 2 * len(s), "pads", loc)
+    return TensorType(tuple(simplify(d + p[i] + p[i + len(s)]) for i, d in enumerate(s)), t.dtype)
+
+
+@register_infer("full")
+def _full(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
+    return TensorType(tuple(dim(v) for v in attrs["shape"]), str(attrs.get("dtype", "f32")))
+
+
+@register_infer("arange")
+def _arange(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
+    start, stop, step = (attrs.get("start", 0), attrs["stop"], attrs.get("step", 1))
+    dt = str(attrs.get("dtype", "i64"))
+    if all(isinstance(v, int | float) for v in (start, stop, step)):
+        if step == 0:
+            raise MlcError("arange: step 0", loc)
+        import math
+
+        return TensorType((Const(max(0, math.ceil((stop - start) / step))),), dt)
+    st = as_int(dim(step))
+    if st is None or st == 0:
+        raise MlcError("arange: a symbolic range needs a constant non-zero integer step", loc)
+    n = (dim(stop) - dim(start) + (st - 1)) // st if st > 0 else (dim(start) - dim(stop) + (-st - 1)) // (-st)
+    return TensorType((simplify(Bin("max", Const(0), n)),), dt)
+
+
+@register_infer("shape_tensor")
+def _shape_tensor(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
+    return TensorType((Const(len(attrs["values"])),), "i64")
+
+
+def _scalar_index(t: Type, loc: Loc) -> None:
+    if not isinstance(t, ScalarType) and not (isinstance(t, TensorType) and t.shape == ()):
+        raise MlcError(f"index must be a scalar, got {type(t).__name__}", loc)
+
+
+@register_infer("dynamic_slice")
+def _dyn_slice(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
+    t = tensor(args[0], loc)
+    s = list(shape_of(t, loc))
+    _scalar_index(args[1], loc)
+    ax = norm_axis(attrs.get("axis", 0), len(s), loc)
+    s[ax] = dim(attrs.get("size", 1))
+    return TensorType(tuple(s), t.dtype)
+
+
+@register_infer("dynamic_update_slice")
+def _dyn_update(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
+    t, u = tensor(args[0], loc), tensor(args[1], loc, "update")
+    s, us = shape_of(t, loc), shape_of(u, loc, "update")
+    _scalar_index(args[2], loc)
+    if len(s) != len(us):
+        raise MlcError(f"dynamic_update_slice: update ({dims_str(us)}) and data ({dims_str(s)}) ranks differ", loc)
+    ax = norm_axis(attrs.get("axis", 0), len(s), loc)
+    for i, (a, b) in enumerate(zip(s, us)):
+        if i != ax:
+            _check_dim(a, b, f"dynamic_update_slice: dim {i} differs", loc)
+    _same_dtype([t, u], loc)
+    return TensorType(s, t.dtype)
+
+
+__all__ = ["broadcast_shapes", "resolve_reshape", "slice_len", "window_out", "numel", "dims_str", "prove_equal"]

@@ -1,0 +1,486 @@
+"""Reference interpreter for tensor programs: THE numpy oracle every codegen and schedule is checked against.
+
+Semantics are sequential (loops run in order, a block's `init` runs when all its reduce iterators
+are 0, stores are cast to the buffer dtype). For speed, a perfect loop nest whose leaf is one block
+(or one store) is evaluated over the whole iteration domain at once with broadcasting numpy arrays:
+plain stores become one fancy assignment (last write wins on duplicates, as in a sequential run) and
+updates of the form `X[i] = X[i] op f` (op in add/mul/max/min) become an axis reduction plus
+`ufunc.at`. Everything else runs through a scalar fallback that shares the same expression evaluator.
+The vectorised path assumes the init of an element precedes its updates in loop order, which every
+schedule primitive preserves; `vectorize=False` forces the exact scalar path for cross-checking.
+Integer `floordiv`/`floormod` use floor semantics; `div` is true division on floats and truncation on
+integers (as C and LLVM `sdiv`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import arith
+from .diagnostics import MlcError
+from .dtype import is_float, to_numpy
+from .expr import INTRINSICS, Bin, Call, Cast, Const, Expr, Load, Not, Select, Var, children
+from .tir import BlockStmt, Buffer, For, IfStmt, Let, PrimFunc, Seq, Stmt, Store
+
+# largest iteration domain evaluated at once (elements); bigger nests are chunked along the outer loop
+CHUNK = 1 << 22
+
+_REDUCE_UFUNCS: dict[str, np.ufunc] = {"add": np.add, "mul": np.multiply, "max": np.maximum, "min": np.minimum}
+
+_BIN_UFUNCS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
+    "add": np.add, "sub": np.subtract, "mul": np.multiply, "floordiv": np.floor_divide,
+    "floormod": np.mod, "min": np.minimum, "max": np.maximum, "pow": np.power,
+    "eq": np.equal, "ne": np.not_equal, "lt": np.less, "le": np.less_equal, "gt": np.greater,
+    "ge": np.greater_equal, "or": np.logical_or,
+}
+
+
+def _erf(x: np.ndarray) -> np.ndarray:
+    try:
+        from scipy.special import erf
+    except ImportError:  # scipy is optional at run time
+        return np.vectorize(math.erf, otypes=[np.asarray(x).dtype])(x)
+    return erf(x).astype(np.asarray(x).dtype)
+
+
+def _round(x: np.ndarray) -> np.ndarray:
+    """Round half away from zero (C `round`, LLVM `llvm.round`), not numpy's half-to-even."""
+    return np.sign(x) * np.floor(np.abs(x) + x.dtype.type(0.5))
+
+
+_INTRINSICS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "exp": np.exp, "log": np.log, "sqrt": np.sqrt, "rsqrt": lambda x: x.dtype.type(1) / np.sqrt(x),
+    "tanh": np.tanh, "sigmoid": lambda x: x.dtype.type(1) / (x.dtype.type(1) + np.exp(-x)),
+    "erf": _erf, "abs": np.abs, "neg": np.negative, "floor": np.floor, "ceil": np.ceil,
+    "round": _round, "sin": np.sin, "cos": np.cos, "isnan": np.isnan,
+}
+assert set(_INTRINSICS) == set(INTRINSICS), "interpreter and INTRINSICS disagree"
+
+
+class _NotVectorizable(Exception):
+    pass
+
+
+@dataclass
+class _Plan:
+    """How a vectorisable leaf runs: wrappers peeled, the block (if any) and the store kind."""
+
+    wrappers: tuple[Stmt, ...]  # IfStmt (no else) / Let, outside the block
+    block: BlockStmt | None
+    inner: tuple[Stmt, ...]  # wrappers inside the block body
+    store: Store
+    reduce_op: str | None  # set when the store is `X[i] = X[i] op g`
+    rest: Expr | None  # g
+
+
+def _mask_and(m: np.ndarray | None, c: np.ndarray) -> np.ndarray:
+    c = np.asarray(c, dtype=bool)
+    return c if m is None else np.logical_and(m, c)
+
+
+class _Interp:
+    def __init__(self, bufs: dict[str, np.ndarray], env: dict[Var, object], vectorize: bool):
+        self.bufs = bufs
+        self.env = env
+        self.vectorize = vectorize
+
+    # ---- expressions (scalars or broadcasting arrays) -------------------------------------------
+    def ev(self, e: Expr, mask: np.ndarray | None = None) -> np.ndarray:
+        if isinstance(e, Var):
+            try:
+                return self.env[e]  # type: ignore[return-value]
+            except KeyError:
+                raise MlcError(f"unbound variable {e.name} in tensor program") from None
+        if isinstance(e, Const):
+            return np.asarray(e.value, dtype=to_numpy(e.dtype))[()]
+        if isinstance(e, Load):
+            return self._load(e, mask)
+        if isinstance(e, Bin):
+            if e.op == "and":
+                a = self.ev(e.a, mask)
+                return np.logical_and(a, self.ev(e.b, _mask_and(mask, a)))
+            a, b = self.ev(e.a, mask), self.ev(e.b, mask)
+            if e.op == "div":
+                if is_float(e.dtype):
+                    return np.true_divide(a, b).astype(to_numpy(e.dtype), copy=False)
+                q = np.floor_divide(a, b)
+                return q + ((q < 0) & (q * b != a))  # truncate toward zero
+            return _BIN_UFUNCS[e.op](a, b)
+        if isinstance(e, Not):
+            return np.logical_not(self.ev(e.a, mask))
+        if isinstance(e, Select):
+            c = np.asarray(self.ev(e.cond, mask), dtype=bool)
+            t = self.ev(e.t, _mask_and(mask, c))
+            f = self.ev(e.f, _mask_and(mask, np.logical_not(c)))
+            return np.where(c, t, f)[()]
+        if isinstance(e, Cast):
+            return np.asarray(self.ev(e.a, mask)).astype(to_numpy(e.dtype))[()]
+        if isinstance(e, Call):
+            if e.name not in _INTRINSICS:
+                raise MlcError(f"unknown intrinsic {e.name}")
+            args = [np.asarray(self.ev(a, mask)) for a in e.args]
+            with np.errstate(all="ignore"):
+                return np.asarray(_INTRINSICS[e.name](*args))[()]
+        raise MlcError(f"cannot evaluate expression {type(e).__name__}")
+
+    def _index(self, buf: Buffer, idx_exprs: Sequence[Expr], mask: np.ndarray | None) -> tuple[np.ndarray, ...]:
+        """Evaluate and bounds-check indices (only where `mask` holds); clip the rest."""
+        arr = self._buf(buf)
+        if len(idx_exprs) != arr.ndim:
+            raise MlcError(f"buffer {buf.name} has {arr.ndim} dims but is indexed with {len(idx_exprs)}")
+        out = []
+        for d, ie in enumerate(idx_exprs):
+            v = np.asarray(self.ev(ie, mask)).astype(np.int64, copy=False)
+            bad = (v < 0) | (v >= arr.shape[d])
+            if mask is not None:
+                bad = bad & mask
+            if np.any(bad):
+                first = np.asarray(np.broadcast_to(v, np.broadcast(bad, v).shape))[np.broadcast_to(bad, np.broadcast(bad, v).shape)]
+                raise MlcError(
+                    f"index out of bounds: buffer {buf.name} dim {d} index {int(first.flat[0])} "
+                    f"not in [0, {arr.shape[d]})"
+                )
+            out.append(np.clip(v, 0, arr.shape[d] - 1) if mask is not None else v)
+        return tuple(out)
+
+    def _buf(self, buf: Buffer) -> np.ndarray:
+        try:
+            return self.bufs[buf.name]
+        except KeyError:
+            raise MlcError(f"buffer {buf.name} is not allocated here") from None
+
+    def _load(self, e: Load, mask: np.ndarray | None) -> np.ndarray:
+        return self._buf(e.buffer)[self._index(e.buffer, e.indices, mask)]
+
+    # ---- statements ---------------------------------------------------------------------------
+    def run(self, s: Stmt) -> None:
+        if isinstance(s, Seq):
+            for x in s.stmts:
+                self.run(x)
+        elif isinstance(s, For):
+            self._for(s)
+        elif isinstance(s, BlockStmt):
+            if self.vectorize and (plan := _plan(s)) is not None:
+                self._vector([], plan)
+            else:
+                self._block(s)
+        elif isinstance(s, Store):
+            arr = self._buf(s.buffer)
+            idx = self._index(s.buffer, s.indices, None)
+            arr[idx] = self.ev(s.value)
+        elif isinstance(s, IfStmt):
+            if bool(self.ev(s.cond)):
+                self.run(s.then)
+            elif s.orelse is not None:
+                self.run(s.orelse)
+        elif isinstance(s, Let):
+            old = self.env.get(s.var)
+            self.env[s.var] = self.ev(s.value)
+            self.run(s.body)
+            self._restore(s.var, old)
+        else:
+            raise MlcError(f"cannot execute statement {type(s).__name__}")
+
+    def _restore(self, v: Var, old: object) -> None:
+        if old is None:
+            self.env.pop(v, None)
+        else:
+            self.env[v] = old
+
+    def _block(self, b: BlockStmt) -> None:
+        saved = {iv.var: self.env.get(iv.var) for iv in b.iters}
+        vals = []
+        for iv in b.iters:
+            val = int(self.ev(iv.binding))
+            ext = int(self.ev(iv.extent))
+            if not 0 <= val < ext:
+                raise MlcError(f"block {b.name}: iterator {iv.var.name} = {val} outside its domain [0, {ext})")
+            vals.append(val)
+        for iv, val in zip(b.iters, vals):
+            self.env[iv.var] = np.int64(val)
+        allocated = self._alloc(b.alloc_buffers)
+        if b.init is not None and all(v == 0 for iv, v in zip(b.iters, vals) if iv.kind == "R"):
+            self.run(b.init)
+        self.run(b.body)
+        for name in allocated:
+            del self.bufs[name]
+        for v, old in saved.items():
+            self._restore(v, old)
+
+    def _alloc(self, bufs: Sequence[Buffer]) -> list[str]:
+        names = []
+        for buf in bufs:
+            shape = tuple(int(self.ev(d)) for d in buf.shape)
+            dt = to_numpy(buf.dtype)
+            # floats start as NaN so that reading never-written data shows up in results
+            self.bufs[buf.name] = np.full(shape, np.nan, dt) if dt.kind == "f" else np.zeros(shape, dt)
+            names.append(buf.name)
+        return names
+
+    def _for(self, s: For) -> None:
+        if self.vectorize:
+            loops = [s]
+            while isinstance(loops[-1].body, For):
+                loops.append(loops[-1].body)
+            own = {lp.var for lp in loops}
+            plan = _plan(loops[-1].body)
+            if plan is not None and not any(
+                arith_free(lp.start) & own or arith_free(lp.extent) & own for lp in loops
+            ):
+                self._vector(loops, plan)
+                return
+        start, ext = int(self.ev(s.start)), int(self.ev(s.extent))
+        old = self.env.get(s.var)
+        for i in range(start, start + ext):
+            self.env[s.var] = np.int64(i)
+            self.run(s.body)
+        self._restore(s.var, old)
+
+    # ---- vectorised perfect nests -------------------------------------------------------------
+    def _vector(self, loops: list[For], plan: _Plan) -> None:
+        starts = [int(self.ev(lp.start)) for lp in loops]
+        exts = [int(self.ev(lp.extent)) for lp in loops]
+        if any(e <= 0 for e in exts):
+            return
+        inner = math.prod(exts[1:])
+        if loops and inner > CHUNK and len(loops) > 1:
+            old = self.env.get(loops[0].var)
+            for i in range(starts[0], starts[0] + exts[0]):
+                self.env[loops[0].var] = np.int64(i)
+                self._vector(loops[1:], plan)
+            self._restore(loops[0].var, old)
+            return
+        step = max(1, CHUNK // max(inner, 1)) if loops else 1
+        n = len(loops)
+        saved = dict(self.env)
+        for c0 in range(0, exts[0] if loops else 1, step):
+            for a, lp in enumerate(loops):
+                lo, hi = (starts[a] + c0, starts[a] + min(c0 + step, exts[0])) if a == 0 else (starts[a], starts[a] + exts[a])
+                shape = [1] * n
+                shape[a] = hi - lo
+                self.env[lp.var] = np.arange(lo, hi, dtype=np.int64).reshape(shape)
+            dom = tuple(int(np.shape(self.env[lp.var])[a]) for a, lp in enumerate(loops))
+            try:
+                self._leaf(plan, dom)
+            finally:
+                self.env = dict(saved)
+
+    def _wrap(self, ws: Sequence[Stmt], mask: np.ndarray | None) -> np.ndarray | None:
+        for w in ws:
+            if isinstance(w, IfStmt):
+                mask = _mask_and(mask, self.ev(w.cond, mask))
+            else:
+                assert isinstance(w, Let)
+                self.env[w.var] = self.ev(w.value, mask)
+        return mask
+
+    def _leaf(self, plan: _Plan, dom: tuple[int, ...]) -> None:
+        mask = self._wrap(plan.wrappers, None)
+        b = plan.block
+        if b is not None:
+            for iv in b.iters:
+                val = np.asarray(self.ev(iv.binding, mask)).astype(np.int64, copy=False)
+                ext = int(self.ev(iv.extent))
+                bad = (val < 0) | (val >= ext)
+                if mask is not None:
+                    bad = bad & mask
+                if np.any(bad):
+                    raise MlcError(f"block {b.name}: iterator {iv.var.name} leaves its domain [0, {ext})")
+                self.env[iv.var] = val
+            if b.init is not None:
+                assert isinstance(b.init, Store)
+                m = mask
+                for iv in b.iters:
+                    if iv.kind == "R":
+                        m = _mask_and(m, self.env[iv.var] == 0)  # type: ignore[operator]
+                self._store_direct(b.init, m, dom)
+        mask = self._wrap(plan.inner, mask)
+        if plan.reduce_op is None:
+            self._store_direct(plan.store, mask, dom)
+        else:
+            assert plan.rest is not None
+            self._store_reduce(plan.store, plan.reduce_op, plan.rest, mask, dom)
+
+    def _store_direct(self, s: Store, mask: np.ndarray | None, dom: tuple[int, ...]) -> None:
+        arr = self._buf(s.buffer)
+        idx = self._index(s.buffer, s.indices, mask)
+        val = np.asarray(self.ev(s.value, mask))
+        full = np.broadcast_shapes(dom, val.shape, *(i.shape for i in idx))
+        if mask is not None:
+            sel = np.broadcast_to(mask, full)
+            idx = tuple(np.broadcast_to(i, full)[sel] for i in idx)
+            val = np.broadcast_to(val, full)[sel]
+        else:
+            idx = tuple(np.broadcast_to(i, full).ravel() for i in idx)
+            val = np.broadcast_to(val, full).ravel()
+        if not idx:  # 0-d buffer
+            if val.size:
+                arr[()] = val.ravel()[-1]
+            return
+        flat = np.ravel_multi_index(idx, arr.shape) if arr.size else np.zeros(0, np.int64)
+        if flat.size and np.bincount(flat, minlength=arr.size).max() > 1:
+            # several iterations write one element: keep the last in loop order
+            _, first_rev = np.unique(flat[::-1], return_index=True)
+            keep = np.sort(flat.size - 1 - first_rev)
+            idx = tuple(i[keep] for i in idx)
+            val = val[keep]
+        arr[idx] = val
+
+    def _store_reduce(self, s: Store, op: str, rest: Expr, mask: np.ndarray | None, dom: tuple[int, ...]) -> None:
+        arr = self._buf(s.buffer)
+        uf = _REDUCE_UFUNCS[op]
+        idx = [np.asarray(self.ev(ie, mask)).astype(np.int64, copy=False) for ie in s.indices]
+        g = np.asarray(self.ev(rest, mask)).astype(arr.dtype, copy=False)
+        full = np.broadcast_shapes(dom, g.shape, *(i.shape for i in idx))
+        if mask is not None:
+            g = np.where(mask, g, _identity(op, arr.dtype))
+        g = np.broadcast_to(g, full)
+        # axes no index depends on are folded first with a plain reduction
+        axes = tuple(a for a in range(len(full)) if all(i.ndim < len(full) - a or i.shape[a - len(full) + i.ndim] == 1 for i in idx) and full[a] > 1)
+        valid = None if mask is None else np.broadcast_to(mask, full)
+        if axes:
+            g = uf.reduce(g, axis=axes, keepdims=True)
+            if valid is not None:
+                valid = np.any(valid, axis=axes, keepdims=True)
+        shape = g.shape
+        checked = []
+        for d, v in enumerate(idx):
+            vb = np.broadcast_to(v, np.broadcast_shapes(v.shape, shape))
+            vb = np.broadcast_to(vb, shape) if vb.shape != shape else vb
+            bad = (vb < 0) | (vb >= arr.shape[d])
+            if valid is not None:
+                bad = bad & valid
+            if np.any(bad):
+                raise MlcError(
+                    f"index out of bounds: buffer {s.buffer.name} dim {d} index {int(vb[bad].flat[0])} "
+                    f"not in [0, {arr.shape[d]})"
+                )
+            checked.append(np.clip(vb, 0, arr.shape[d] - 1).ravel())
+        gv = g.ravel()
+        if valid is not None:
+            sel = valid.ravel()
+            checked = [c[sel] for c in checked]
+            gv = gv[sel]
+        if not checked:
+            arr[()] = uf.reduce(np.concatenate([[arr[()]], gv]).astype(arr.dtype))
+            return
+        uf.at(arr, tuple(checked), gv)
+
+
+def _identity(op: str, dt: np.dtype) -> object:
+    if op == "add":
+        return dt.type(0)
+    if op == "mul":
+        return dt.type(1)
+    big = np.inf if dt.kind == "f" else (np.iinfo(dt).max if dt.kind in "iu" else True)
+    small = -np.inf if dt.kind == "f" else (np.iinfo(dt).min if dt.kind in "iu" else False)
+    return dt.type(small if op == "max" else big)
+
+
+def arith_free(e: Expr) -> set[Var]:
+    from .expr import free_vars
+
+    return free_vars(e)
+
+
+def _loads_of(e: Expr, name: str) -> list[Load]:
+    out, stack = [], [e]
+    while stack:
+        x = stack.pop()
+        if isinstance(x, Load) and x.buffer.name == name:
+            out.append(x)
+        stack.extend(children(x))
+    return out
+
+
+def _peel(s: Stmt) -> tuple[tuple[Stmt, ...], Stmt]:
+    ws: list[Stmt] = []
+    while (isinstance(s, IfStmt) and s.orelse is None) or isinstance(s, Let):
+        ws.append(s)
+        s = s.then if isinstance(s, IfStmt) else s.body
+    return tuple(ws), s
+
+
+def _plan(s: Stmt) -> _Plan | None:
+    """The vectorisation plan of a loop-nest leaf, or None when it needs the scalar path."""
+    wrappers, leaf = _peel(s)
+    block: BlockStmt | None = None
+    inner: tuple[Stmt, ...] = ()
+    if isinstance(leaf, BlockStmt):
+        block = leaf
+        if block.alloc_buffers or (block.init is not None and not isinstance(block.init, Store)):
+            return None
+        inner, leaf = _peel(block.body)
+    if not isinstance(leaf, Store):
+        return None
+    name = leaf.buffer.name
+    if block is not None and block.init is not None:
+        if _loads_of(block.init.value, name):  # type: ignore[union-attr]
+            return None
+    for w in wrappers + inner:
+        if _loads_of(w.cond if isinstance(w, IfStmt) else w.value, name):  # type: ignore[union-attr]
+            return None
+    own = _loads_of(leaf.value, name)
+    if not own:
+        return _Plan(wrappers, block, inner, leaf, None, None)
+    v = leaf.value
+    if isinstance(v, Bin) and v.op in _REDUCE_UFUNCS:
+        for mine, rest in ((v.a, v.b), (v.b, v.a)):
+            if isinstance(mine, Load) and mine.buffer.name == name and mine.indices == leaf.indices:
+                if not _loads_of(rest, name):
+                    return _Plan(wrappers, block, inner, leaf, v.op, rest)
+    return None
+
+
+def bind_params(func: PrimFunc, args: Sequence[np.ndarray], scalars: dict[str, int] | None = None) -> dict[Var, object]:
+    """Bind symbolic dims from the argument shapes and scalar params from `scalars`; check consistency."""
+    if len(args) != len(func.params):
+        raise MlcError(f"prim {func.name} takes {len(func.params)} buffers, got {len(args)}")
+    env: dict[Var, object] = {}
+    origin: dict[Var, str] = {}
+    for v in func.scalar_params:
+        if scalars is None or v.name not in scalars:
+            raise MlcError(f"prim {func.name}: missing value for scalar parameter {v.name}")
+        env[v] = np.int64(scalars[v.name])
+        origin[v] = "the scalar arguments"
+    for buf, a in zip(func.params, args):
+        if not isinstance(a, np.ndarray):
+            raise MlcError(f"buffer {buf.name}: expected a numpy array, got {type(a).__name__}")
+        if a.ndim != len(buf.shape):
+            raise MlcError(f"buffer {buf.name}: expected {len(buf.shape)} dims, got an array of shape {a.shape}")
+        if a.dtype != to_numpy(buf.dtype):
+            raise MlcError(f"buffer {buf.name}: expected dtype {buf.dtype}, got {a.dtype}")
+        for d, (dim, n) in enumerate(zip(buf.shape, a.shape)):
+            if isinstance(dim, Var):
+                if dim in env and int(env[dim]) != n:  # type: ignore[call-overload]
+                    raise MlcError(f"buffer {buf.name} dim {d}: {dim.name} = {n} but {origin[dim]} says {dim.name} = {int(env[dim])}")  # type: ignore[call-overload]
+                env[dim] = np.int64(n)
+                origin.setdefault(dim, buf.name)
+    for buf, a in zip(func.params, args):
+        for d, (dim, n) in enumerate(zip(buf.shape, a.shape)):
+            if isinstance(dim, Var):
+                continue
+            try:
+                want = arith.evaluate(dim, {k: int(v) for k, v in env.items()})  # type: ignore[call-overload]
+            except ValueError as err:
+                raise MlcError(f"buffer {buf.name} dim {d}: cannot determine {dim!r} from the arguments") from err
+            if want != n:
+                raise MlcError(f"buffer {buf.name} dim {d}: expected {want}, got {n}")
+    return env
+
+
+def run_prim(
+    func: PrimFunc, args: list[np.ndarray], scalars: dict[str, int] | None = None, *, vectorize: bool = True
+) -> None:
+    """Execute `func` on `args` (inputs then outputs), writing the outputs in place."""
+    env = bind_params(func, args, scalars)
+    names = [b.name for b in func.params]
+    if len(set(names)) != len(names):
+        raise MlcError(f"prim {func.name}: duplicate buffer names")
+    bufs = {b.name: a for b, a in zip(func.params, args)}
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        _Interp(bufs, env, vectorize).run(func.body)

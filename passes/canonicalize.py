@@ -1,0 +1,151 @@
+"""Graph-level clean-ups: dead-code elimination, common-subexpression elimination, constant folding.
+
+All three are pure rewrites of graph functions: ops are side-effect free, so a binding nobody
+reads can go, and two bindings computing the same node from the same operands are one value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+from mlc.ir.diagnostics import MlcError
+from mlc.ir.graph import Binding, Block, CallExtern, Constant, Function, If, Loop, Node, OpCall, Value
+from mlc.ir.module import Module
+from mlc.ir.rewrite import operands, remap_args, used_names
+
+from .registry import Option, PassContext, register_pass
+
+
+def _map_functions(module: Module, f) -> Module:  # type: ignore[no-untyped-def]
+    return dataclasses.replace(
+        module, functions=tuple(f(fn) if isinstance(fn, Function) else fn for fn in module.functions)
+    )
+
+
+def dce_block(block: Block) -> Block:
+    live = {r.name for r in block.results}
+    kept: list[Binding] = []
+    for b in reversed(block.bindings):
+        node = b.node
+        if b.var.name not in live and not isinstance(node, CallExtern):
+            continue
+        if isinstance(node, If):
+            node = dataclasses.replace(node, then_block=dce_block(node.then_block), else_block=dce_block(node.else_block))
+            live |= used_names(node.then_block) | used_names(node.else_block)
+        elif isinstance(node, Loop):
+            node = dataclasses.replace(node, body=dce_block(node.body))
+            live |= used_names(node.body)
+        live.update(v.name for v in operands(node))
+        kept.append(Binding(b.var, node, b.loc))
+    return Block(tuple(reversed(kept)), block.results, block.loc)
+
+
+@register_pass("dce")
+def dce(module: Module, ctx: PassContext) -> Module:
+    """Remove bindings whose values are never used."""
+    return _map_functions(module, lambda fn: dataclasses.replace(fn, body=dce_block(fn.body)))
+
+
+def _cse_key(node: Node) -> tuple | None:
+    if isinstance(node, If | Loop | CallExtern):
+        return None
+    fields = []
+    for fld in dataclasses.fields(node):
+        if fld.name == "loc":
+            continue
+        v = getattr(node, fld.name)
+        if isinstance(v, Value):
+            v = ("%", v.name)
+        elif isinstance(v, tuple):
+            v = tuple(("%", x.name) if isinstance(x, Value) else x for x in v)
+        fields.append(v)
+    return (type(node).__name__, *fields)
+
+
+def cse_block(block: Block, env: dict[str, Value], seen: dict[tuple, Value]) -> Block:
+    out: list[Binding] = []
+    for b in block.bindings:
+        node = remap_args(b.node, lambda v: env.get(v.name, v))
+        if isinstance(node, If):
+            node = dataclasses.replace(
+                node,
+                then_block=cse_block(node.then_block, dict(env), dict(seen)),
+                else_block=cse_block(node.else_block, dict(env), dict(seen)),
+            )
+        elif isinstance(node, Loop):
+            node = dataclasses.replace(node, body=cse_block(node.body, dict(env), dict(seen)))
+        key = _cse_key(node)
+        try:
+            hash(key)
+        except TypeError:
+            key = None
+        if key is not None and key in seen and seen[key].type == b.var.type:
+            env[b.var.name] = seen[key]
+            continue
+        if key is not None:
+            seen[key] = b.var
+        out.append(Binding(b.var, node, b.loc))
+    return Block(tuple(out), tuple(env.get(r.name, r) for r in block.results), block.loc)
+
+
+@register_pass("cse")
+def cse(module: Module, ctx: PassContext) -> Module:
+    """Merge bindings that compute the same node from the same operands."""
+    return _map_functions(module, lambda fn: dataclasses.replace(fn, body=cse_block(fn.body, {}, {})))
+
+
+@register_pass(
+    "fold-constants",
+    options=(Option("max_elements", int, 1 << 20, "Largest result (elements) worth folding."),),
+    needs_constants=True,
+)
+def fold_constants(module: Module, ctx: PassContext, max_elements: int = 1 << 20) -> Module:
+    """Evaluate ops whose operands are all constants at compile time; results join the side file."""
+    from mlc.ir import ops  # noqa: F401
+    from mlc.ir.ops.registry import get
+
+    consts = dict(ctx.constants or {})
+    changed = False
+
+    def fold_fn(fn: Function) -> Function:
+        nonlocal changed
+        known: dict[str, np.ndarray] = {}
+        out: list[Binding] = []
+        for b in fn.body.bindings:
+            node = b.node
+            if isinstance(node, Constant) and node.key in consts:
+                known[b.var.name] = consts[node.key]
+            elif isinstance(node, OpCall) and node.args and all(a.name in known for a in node.args):
+                op = get(node.op)
+                if op is not None and op.ref is not None:
+                    try:
+                        val = op.ref([known[a.name] for a in node.args], dict(node.attrs), b.var.type, {})
+                    except (ValueError, MlcError):
+                        val = None  # depends on run-time dims; leave it
+                    if isinstance(val, np.ndarray) and val.size <= max_elements:
+                        key = f"{fn.name}.{b.var.name}.folded"
+                        consts[key] = val
+                        known[b.var.name] = val
+                        changed = True
+                        out.append(Binding(b.var, Constant(key, node.loc), b.loc))
+                        continue
+            out.append(b)
+        return dataclasses.replace(fn, body=Block(tuple(out), fn.body.results, fn.body.loc))
+
+    module = _map_functions(module, fold_fn)
+    if changed:
+        module = dce(module, ctx)
+        used = {b.node.key for f in module.graph_functions() for b in _walk(f.body) if isinstance(b.node, Constant)}
+        ctx.set_constants({k: v for k, v in consts.items() if k in used})
+    return module
+
+
+def _walk(block: Block):  # type: ignore[no-untyped-def]
+    for b in block.bindings:
+        yield b
+        if isinstance(b.node, If):
+            yield from _walk(b.node.then_block)
+            yield from _walk(b.node.else_block)
+        elif isinstance(b.node, Loop):
+            yield from _walk(b.node.body)

@@ -1,0 +1,86 @@
+"""The one simplifier/prover: canonical forms, proofs, evaluation, checked against brute force."""
+
+import itertools
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mlc.ir import arith
+from mlc.ir.expr import Bin, Const, Expr, Var
+
+n, m, k = Var("n"), Var("m"), Var("k")
+
+
+def test_canonical_forms() -> None:
+    assert arith.prove_equal((n + 1) * (n + 1), n * n + 2 * n + 1)
+    assert arith.prove_equal(n * 4 // 4, n)
+    assert arith.prove_equal((n * 8 + 4) // 4, n * 2 + 1)
+    assert arith.simplify(n * m - m * n) == Const(0)
+    assert arith.as_int((n * 8) % 4) == 0
+    assert not arith.prove_equal(n, m)
+
+
+def test_inequalities_assume_sizes_nonnegative() -> None:
+    assert arith.prove_le(n, n * 2)
+    assert arith.prove_le(n, n + m)
+    assert not arith.prove_le(n * 2, n)
+    assert arith.prove_lt(n, n + 1)
+    assert arith.provably_different(Const(64), Const(32))
+    assert not arith.provably_different(n, Const(32))
+
+
+def test_min_max_fold() -> None:
+    assert arith.prove_equal(Bin("min", n, n + 3), n)
+    assert arith.prove_equal(Bin("max", n, n + 3), n + 3)
+
+
+def test_evaluate_names_missing_symbols() -> None:
+    assert arith.evaluate(n * m // 4 + 3, {"n": 4, "m": 5}) == 8
+    try:
+        arith.evaluate(n + k, {"n": 1})
+    except ValueError as e:
+        assert "k" in str(e)
+    else:
+        raise AssertionError("expected an error naming k")
+
+
+def _exprs() -> st.SearchStrategy[Expr]:
+    leaves = st.one_of(st.sampled_from([n, m, k]), st.integers(-5, 9).map(Const))
+
+    def grow(children: st.SearchStrategy[Expr]) -> st.SearchStrategy[Expr]:
+        ops = st.sampled_from(["add", "sub", "mul", "floordiv", "floormod", "min", "max"])
+        return st.builds(
+            lambda op, a, b: Bin(op, a, Const(abs(b.value) + 1) if op in ("floordiv", "floormod") and isinstance(b, Const) else b),
+            ops, children, children,
+        ).filter(lambda e: not (e.op in ("floordiv", "floormod") and not isinstance(e.b, Const)))
+
+    return st.recursive(leaves, grow, max_leaves=8)
+
+
+def _brute(e: Expr, env: dict[str, int]) -> int:
+    if isinstance(e, Const):
+        return int(e.value)
+    if isinstance(e, Var):
+        return env[e.name]
+    assert isinstance(e, Bin)
+    a, b = _brute(e.a, env), _brute(e.b, env)
+    return {"add": a + b, "sub": a - b, "mul": a * b, "floordiv": a // b if b else 0, "floormod": a % b if b else 0,
+            "min": min(a, b), "max": max(a, b)}[e.op]
+
+
+@settings(max_examples=300, deadline=None)
+@given(_exprs())
+def test_simplify_preserves_value(e: Expr) -> None:
+    s = arith.simplify(e)
+    for vals in itertools.product([0, 1, 3, 7], repeat=3):
+        env = dict(zip("nmk", vals))
+        assert _brute(s, env) == _brute(e, env), (e, s, env)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_exprs(), _exprs())
+def test_prove_le_is_sound(a: Expr, b: Expr) -> None:
+    if arith.prove_le(a, b):
+        for vals in itertools.product([0, 1, 2, 5, 11], repeat=3):
+            env = dict(zip("nmk", vals))
+            assert _brute(a, env) <= _brute(b, env)
