@@ -22,7 +22,7 @@ _CHUNK = 1024
 
 
 def _beam_chunk(x: np.ndarray, cbs: np.ndarray, cross: list[list[np.ndarray]], cnorm: np.ndarray,
-                beam: int) -> np.ndarray:
+                beam: int, all_paths: bool = False) -> np.ndarray:
     n, m_total, k = len(x), len(cbs), cbs.shape[1]
     codes = np.zeros((n, 1, 0), np.int64)
     score = np.einsum("ij,ij->i", x, x).astype(np.float64)[:, None]  # (n, B): |x - partial|^2
@@ -43,18 +43,31 @@ def _beam_chunk(x: np.ndarray, cbs: np.ndarray, cross: list[list[np.ndarray]], c
         parent, word = np.divmod(top, k)
         score = np.take_along_axis(total, top, 1)
         codes = np.concatenate([np.take_along_axis(codes, parent[:, :, None], 1), word[:, :, None]], axis=2)
-    return codes[:, 0, :]
+    return codes if all_paths else codes[:, 0, :]
+
+
+def _tables(cbs: np.ndarray) -> tuple[list[list[np.ndarray]], np.ndarray]:
+    m_total = len(cbs)
+    cross = [[(cbs[i] @ cbs[m].T).astype(np.float64) if i < m else None for m in range(m_total)]
+             for i in range(m_total)]
+    return cross, np.einsum("mkd,mkd->mk", cbs, cbs)
+
+
+def beam_paths(x: np.ndarray, codebooks: np.ndarray, beam: int) -> np.ndarray:
+    """All `beam` surviving paths (n, L, M), best first (L < beam when fewer codes exist)."""
+    x = np.ascontiguousarray(x, np.float32)
+    cbs = codebooks.astype(np.float32)
+    cross, cnorm = _tables(cbs)
+    parts = [_beam_chunk(x[s:s + _CHUNK], cbs, cross, cnorm, beam, True) for s in range(0, len(x), _CHUNK)]
+    return np.concatenate(parts, axis=0)
 
 
 def beam_encode(x: np.ndarray, codebooks: np.ndarray, beam: int = 1) -> np.ndarray:
     """Codes (n, M) of x under additive codebooks (M, K, d), keeping `beam` partial paths."""
     x = np.ascontiguousarray(x, np.float32)
     cbs = codebooks.astype(np.float32)
-    m_total = len(cbs)
-    cross = [[(cbs[i] @ cbs[m].T).astype(np.float64) if i < m else None for m in range(m_total)]
-             for i in range(m_total)]
-    cnorm = np.einsum("mkd,mkd->mk", cbs, cbs)
-    out = np.empty((len(x), m_total), np.int64)
+    cross, cnorm = _tables(cbs)
+    out = np.empty((len(x), len(cbs)), np.int64)
     for s in range(0, len(x), _CHUNK):
         xs = x[s:s + _CHUNK]
         greedy = _beam_chunk(xs, cbs, cross, cnorm, 1)
@@ -96,7 +109,8 @@ class AdditiveQuantizer(Quantizer):
 
     def luts(self, q: np.ndarray) -> np.ndarray:
         q = np.ascontiguousarray(q, np.float32)
-        return (-2.0 * np.einsum("nd,mkd->nmk", q, self.codebooks)).astype(np.float32)
+        flat = self.codebooks.reshape(self.M * self.K, self.dim)
+        return (-2.0 * (q @ flat.T)).reshape(len(q), self.M, self.K)
 
     def query_bias(self, q: np.ndarray) -> np.ndarray:
         q = np.asarray(q, np.float32)

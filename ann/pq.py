@@ -70,7 +70,7 @@ class PQ(Quantizer):
         sub = self._sub(q)  # (M, nq, dsub)
         cn = np.einsum("mkd,mkd->mk", self.codebooks, self.codebooks)
         qn = np.einsum("mnd,mnd->mn", sub, sub)
-        ip = np.einsum("mnd,mkd->nmk", sub, self.codebooks)
+        ip = np.matmul(sub, self.codebooks.transpose(0, 2, 1)).transpose(1, 0, 2)  # (nq, M, K)
         return np.maximum(qn.T[:, :, None] + cn[None] - 2 * ip, 0).astype(np.float32)
 
     def params(self) -> Params:

@@ -102,7 +102,7 @@ def register(cls: type[Quantizer]) -> type[Quantizer]:
 
 
 def quantizer_class(method: str) -> type[Quantizer]:
-    from . import pq, rvq  # noqa: F401  (registration side effect)
+    from . import da, pq, rvq  # noqa: F401  (registration side effect)
 
     if method not in REGISTRY:
         raise MlcError(f"unknown quantization method '{method}' (expected one of {', '.join(sorted(REGISTRY))})")

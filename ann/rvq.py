@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from .additive import AdditiveQuantizer, beam_encode
+from .additive import AdditiveQuantizer, beam_paths
 from .kmeans import assign, kmeans, pca_kmeans
 from .progress import QUIET, Reporter
 from .quantizer import register
+
+__all__ = ["RVQ", "IRVQ", "register"]
 
 
 @register
@@ -32,16 +34,23 @@ class RVQ(AdditiveQuantizer):
 
 @register
 class IRVQ(AdditiveQuantizer):
+    """`shrink` weights the empirical-Bayes shrinkage of each stage's codewords (kmeans.shrink), 0 = off."""
+
     method = "irvq"
+
+    def __init__(self, dim: int, m: int, k: int, beam: int = 1, iters: int = 10, seed: int = 0, shrink: float = 3.0):
+        super().__init__(dim, m, k, beam, iters, seed)
+        self.shrink = shrink
 
     def train(self, x: np.ndarray, progress: Reporter = QUIET) -> None:
         x = np.ascontiguousarray(x, np.float32)
         r = x.copy()
         progress.step(f"irvq: stages (beam {self.beam})", self.M)
         for m in range(self.M):
-            self.codebooks[m] = pca_kmeans(r, self.K, self.iters, self.seed + m)
-            codes = beam_encode(x, self.codebooks[: m + 1], self.beam)
-            r = (x - _decode_prefix(self.codebooks, codes)).astype(np.float32)
+            self.codebooks[m] = pca_kmeans(r, self.K, self.iters, self.seed + m, shrinkage=self.shrink)
+            paths = beam_paths(x, self.codebooks[: m + 1], self.beam)  # (n, L, m+1)
+            flat = paths.reshape(-1, m + 1)
+            r = (np.repeat(x, paths.shape[1], axis=0) - _decode_prefix(self.codebooks, flat)).astype(np.float32)
             progress.advance()
 
 

@@ -28,6 +28,7 @@ INFIX: dict[str, tuple[str, int]] = {
 }
 FUNC_FORM: tuple[str, ...] = ("min", "max", "pow", "floordiv", "floormod")
 PRIMARY = 6
+DIM_PREC = 4  # dims inside tensor<...> parenthesize comparisons: '>' closes the type
 # Words a bare scalar name must not be spelled as (they mean something else where names appear).
 KEYWORDS: frozenset[str] = frozenset(
     ("x", "true", "false", "inf", "nan", "none", "in", "expr", "select", "cast", "call", "S", "R")
@@ -75,7 +76,7 @@ def number(v: object) -> str:
         if math.isinf(v):
             return "inf" if v > 0 else "-inf"
         return repr(v)
-    return f"<?{escape_string(repr(v))}>"
+    return f"<?{type(v).__name__}>"  # no repr: it may hold an address, and output must be deterministic
 
 
 def _py_scalar(v: Any) -> Any:
@@ -155,7 +156,7 @@ class Printer(_ExprPrinter):
     # ---- types and attributes
     def type(self, t: Type) -> str:
         if isinstance(t, TensorType):
-            dims = "?" if t.shape is None else " x ".join(self.expr(d) for d in t.shape)
+            dims = "?" if t.shape is None else " x ".join(self.expr(d, DIM_PREC) for d in t.shape)
             return f"tensor<{dims + ' x ' if dims else ''}{word(t.dtype)}>"
         if isinstance(t, TupleType):
             return f"tuple<{', '.join(self.type(f) for f in t.fields)}>"
@@ -166,7 +167,7 @@ class Printer(_ExprPrinter):
         return f"<?{type(t).__name__}>"
 
     def buffer_type(self, b: Buffer) -> str:
-        dims = " x ".join(self.expr(d) for d in b.shape)
+        dims = " x ".join(self.expr(d, DIM_PREC) for d in b.shape)
         scope = "" if b.scope == "global" else f", {word(b.scope)}"
         return f"buffer<{dims + ' x ' if dims else ''}{word(b.dtype)}{scope}>"
 
@@ -184,7 +185,7 @@ class Printer(_ExprPrinter):
         if isinstance(v, Expr):
             s = self.expr(v)
             return f"expr({s})" if isinstance(v, Const) or s.startswith(("(", "-", "!")) else s
-        return f"<?{escape_string(repr(v))}>"
+        return f"<?{type(v).__name__}>"
 
     def attrs(self, attrs: Attrs) -> str:
         try:
@@ -197,7 +198,7 @@ class Printer(_ExprPrinter):
     def node(self, n: Node) -> str:
         args = lambda vs: ", ".join(value_ref(v) for v in vs)  # noqa: E731
         if isinstance(n, OpCall):
-            head = n.op if is_plain_ident(n.op) and n.op not in _NODE_WORDS else escape_string(n.op)
+            head = n.op if is_plain_ident(n.op) and n.op not in NODE_WORDS else escape_string(n.op)
             return f"{head}({args(n.args)})" + (f" {self.attrs(n.attrs)}" if n.attrs else "")
         if isinstance(n, CallTensor):
             s = f"call_tensor {func_ref(n.func)}({args(n.args)})"
@@ -297,7 +298,7 @@ class Printer(_ExprPrinter):
             rng = f"0..{ext}" if s.start == Const(0) else f"{start}..+{ext}"
             extra = ""
             if s.kind != "serial" or s.thread_tag:
-                extra += " " + word(s.kind)
+                extra += " " + (word(s.kind) if s.kind != "annotations" else escape_string(s.kind))
             if s.thread_tag:
                 extra += " " + escape_string(s.thread_tag)
             if s.annotations:
@@ -376,7 +377,7 @@ class Printer(_ExprPrinter):
 
 
 # Words that start a non-op binding node; an op named like one prints quoted.
-_NODE_WORDS = frozenset(("call_tensor", "call_extern", "call", "const", "scalar", "tuple", "match_cast", "if", "for"))
+NODE_WORDS = frozenset(("call_tensor", "call_extern", "call", "const", "scalar", "tuple", "match_cast", "if", "for"))
 
 
 def print_module(m: Module) -> str:

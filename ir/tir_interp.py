@@ -340,7 +340,8 @@ class _Interp:
             g = np.where(mask, g, _identity(op, arr.dtype))
         g = np.broadcast_to(g, full)
         # axes no index depends on are folded first with a plain reduction
-        axes = tuple(a for a in range(len(full)) if all(i.ndim < len(full) - a or i.shape[a - len(full) + i.ndim] == 1 for i in idx) and full[a] > 1)
+        padded = [i.reshape((1,) * (len(full) - i.ndim) + i.shape) for i in idx]
+        axes = tuple(a for a in range(len(full)) if full[a] > 1 and all(i.shape[a] == 1 for i in padded))
         valid = None if mask is None else np.broadcast_to(mask, full)
         if axes:
             g = uf.reduce(g, axis=axes, keepdims=True)

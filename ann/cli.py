@@ -1,0 +1,129 @@
+"""`mlc ann-index build|search|eval`: the ANN index stage from the shell."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import click
+import numpy as np
+
+from ..cli.main import handle_errors
+from ..ir.diagnostics import MlcError
+from .index import MODES, AnnIndex
+from .index_file import read_index, write_index
+from .io import read_vectors, write_vectors
+from .metrics import k_recall_at_k, recall_at
+from .program import search_ir_text
+from .progress import training_progress
+
+
+@click.group("ann-index")
+def ann_index() -> None:
+    """Vector-quantization nearest-neighbour indexes (PQ, RVQ, IRVQ, DA; E-Tree, A-Tree search)."""
+
+
+@ann_index.command("build")
+@click.argument("base", type=click.Path(dir_okay=False))
+@click.option("--method", type=click.Choice(["pq", "rvq", "irvq", "da"]), default="irvq", show_default=True)
+@click.option("--codebooks", "-M", type=int, default=8, show_default=True, help="Codebooks (codes per vector).")
+@click.option("--codewords", "-K", type=int, default=256, show_default=True, help="Codewords per codebook.")
+@click.option("--beam", "-L", type=int, default=8, show_default=True, help="Multi-path encoding width (rvq/irvq/da).")
+@click.option("--rotate", is_flag=True, help="pq: learn a rotation (OPQ).")
+@click.option("--sweeps", type=int, default=3, show_default=True, help="da: annealing sweeps.")
+@click.option("--train-size", type=int, default=None, help="Train on the first N vectors (default: all).")
+@click.option("--keep-base/--no-keep-base", default=True, show_default=True,
+              help="Store the raw vectors (exact re-ranking, quantization error in eval).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--progress/--no-progress", default=None, help="Show training progress (default: on a terminal).")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Index file (IDX.ir gets the IR).")
+@handle_errors
+def build_cmd(base: str, method: str, codebooks: int, codewords: int, beam: int, rotate: bool, sweeps: int,
+              train_size: int | None, keep_base: bool, seed: int, progress: bool | None, output: str) -> None:
+    """Train a quantizer on BASE, encode it and write the index and its search program."""
+    if beam < 1:
+        raise MlcError(f"--beam must be at least 1, got {beam}")
+    x = read_vectors(base)
+    opts: dict[str, object] = {"seed": seed}
+    if method == "pq":
+        opts["rotate"] = rotate
+    if method == "da":
+        opts["sweeps"] = sweeps
+    with training_progress(progress) as rep:
+        idx = AnnIndex.build(x, method, codebooks, codewords, beam, train_size, keep_base, rep, **opts)
+    q = idx.quantizer
+    ir_text = search_ir_text(q.method, q.dim, q.M, q.K, "u8" if q.code_dtype == np.uint8 else "u16")
+    write_index(output, idx)
+    _write_text(f"{output}.ir", ir_text)
+    click.echo(f"{output}: {method} {q.M}x{q.K} over {idx.size} vectors of dim {q.dim}", err=True)
+
+
+def _write_text(path: str, text: str) -> None:
+    tmp = Path(f"{path}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _search_options(fn):  # noqa: ANN001, ANN202
+    fn = click.option("--rerank", type=int, default=0, show_default=True,
+                      help="Re-rank this many ADC candidates exactly (needs --keep-base).")(fn)
+    fn = click.option("--mode", type=click.Choice(MODES), default=None,
+                      help="flat | etree | eforest | atree | ir (compiled program). Default: atree with --beam, else ir.")(fn)
+    fn = click.option("--beam", "-B", type=int, default=None, help="A-Tree beam width (nodes kept per level).")(fn)
+    return fn
+
+
+def _run_search(idx: AnnIndex, queries: np.ndarray, k: int, mode: str | None, beam: int | None,
+                rerank: int) -> tuple[np.ndarray, float]:
+    if mode is None:
+        mode = "atree" if beam is not None else "ir"
+    if beam is not None and beam < 1:
+        raise MlcError(f"--beam must be at least 1, got {beam}")
+    if mode == "ir":
+        idx.search(queries[:1], k, mode)  # compile once, outside the timing
+    t0 = time.perf_counter()
+    ids, _ = idx.search(queries, k, mode, beam, rerank)
+    return ids, time.perf_counter() - t0
+
+
+@ann_index.command("search")
+@click.argument("index", type=click.Path(dir_okay=False))
+@click.argument("queries", type=click.Path(dir_okay=False))
+@click.option("--k", "k", type=int, default=10, show_default=True)
+@_search_options
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Result (.ivecs or .npy).")
+@handle_errors
+def search_cmd(index: str, queries: str, k: int, beam: int | None, mode: str | None, rerank: int, output: str) -> None:
+    """Write the k nearest base ids of each query, nearest first."""
+    if Path(output).suffix.lower() not in (".ivecs", ".npy"):
+        raise MlcError(f"result file must end in .ivecs or .npy, got '{output}'")
+    idx = read_index(index)
+    ids, _ = _run_search(idx, read_vectors(queries), k, mode, beam, rerank)
+    write_vectors(output, ids.astype(np.int32))
+
+
+@ann_index.command("eval")
+@click.argument("index", type=click.Path(dir_okay=False))
+@click.argument("queries", type=click.Path(dir_okay=False))
+@click.argument("groundtruth", type=click.Path(dir_okay=False))
+@_search_options
+@handle_errors
+def eval_cmd(index: str, queries: str, groundtruth: str, beam: int | None, mode: str | None, rerank: int) -> None:
+    """Recall@1/10/100, 10-recall@10, queries per second and quantization error."""
+    idx = read_index(index)
+    q = read_vectors(queries)
+    gt = read_vectors(groundtruth)
+    if gt.dtype.kind not in "iu" or len(gt) != len(q):
+        raise MlcError(f"ground truth must be integer ids, one row per query ({len(q)}), got {gt.shape} {gt.dtype}")
+    if gt.size and (gt.min() < 0 or gt.max() >= idx.size):
+        raise MlcError(f"ground truth ids out of range for an index of {idx.size} vectors")
+    ids, secs = _run_search(idx, q, 100, mode, beam, rerank)
+    click.echo(f"recall@1      {recall_at(ids, gt, 1):.4f}")
+    click.echo(f"recall@10     {recall_at(ids, gt, 10):.4f}")
+    click.echo(f"recall@100    {recall_at(ids, gt, 100):.4f}")
+    if gt.shape[1] >= 10:
+        click.echo(f"10-recall@10  {k_recall_at_k(ids, gt, 10):.4f}")
+    click.echo(f"qps           {len(q) / max(secs, 1e-9):.1f}")
+    err = idx.quantization_error()
+    click.echo(f"quant_error   {'n/a (index built with --no-keep-base)' if err is None else f'{err:.2f}'}")

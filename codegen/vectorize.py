@@ -1,0 +1,219 @@
+"""Can a `vectorized` loop become explicit vector code? (a legality check, no rewriting)
+
+Vector code runs one iteration of the body for all W lanes at once, so iterations are interleaved
+statement by statement. That equals the serial order when no lane touches a location another lane
+writes. The check is conservative: every store index must be affine in the loop var with a
+non-zero constant stride (lanes write distinct elements); a stored buffer must be stored and loaded
+through one identical index expression (each lane only re-reads what it wrote); conditions, inner
+loop bounds and reduction-init tests must be lane-invariant; and the body may not allocate or
+contain parallel/vectorized loops. Anything else falls back to a scalar loop with vectorizer hints.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from ..ir.expr import Bin, Cast, Const, Expr, Load, Var, children
+from ..ir.tir import BlockStmt, Buffer, For, IfStmt, Let, Seq, Stmt, Store
+
+# A lane kind: "U" (same in every lane), an int stride s (lane l holds base + s*l), or "V" (anything).
+Kind = str | int
+
+
+@dataclass
+class _Check:
+    kinds: dict[Var, Kind]
+    defs: dict[Var, Expr]
+    ranges: dict[Var, tuple[int, int]]
+    stores: dict[Buffer, set[tuple[Expr, ...]]] = field(default_factory=dict)
+    loads: dict[Buffer, set[tuple[Expr, ...]]] = field(default_factory=dict)
+
+    def kind(self, e: Expr) -> Kind:
+        if isinstance(e, Var):
+            return self.kinds.get(e, "U")
+        if isinstance(e, Const):
+            return "U"
+        if isinstance(e, Load):
+            self.loads.setdefault(e.buffer, set()).add(e.indices)
+            return "U" if self.flat_kind(e.buffer, e.indices) == "U" else "V"
+        if isinstance(e, Bin) and e.op in ("add", "sub", "mul") and e.dtype not in ("f16", "bf16", "f32", "f64"):
+            a, b = self.kind(e.a), self.kind(e.b)
+            if a == "V" or b == "V":
+                return "V"
+            if e.op == "mul":
+                return _mul(a, e.b, b, e.a)
+            return _add(a, b, -1 if e.op == "sub" else 1)
+        if isinstance(e, Bin) and e.op in ("floordiv", "floormod") and isinstance(e.b, Const):
+            qr = split_div(e.a, int(e.b.value), self.defs, self.ranges) if _int_const(e.b) else None
+            if qr is not None:
+                return self.kind(qr[0] if e.op == "floordiv" else qr[1])
+        if isinstance(e, Cast) and e.dtype in ("i32", "i64") and e.a.dtype in ("i8", "i16", "i32", "i64"):
+            return self.kind(e.a)
+        ks = [self.kind(c) for c in children(e)]
+        return "U" if all(k == "U" for k in ks) else "V"
+
+    def flat_kind(self, buf: Buffer, indices: tuple[Expr, ...]) -> Kind:
+        if not indices:
+            return "U"
+        k = self.kind(indices[0])
+        for d, i in zip(buf.shape[1:], indices[1:], strict=False):
+            k = _add(_mul(k, d, "U", None), self.kind(i), 1)
+        return k
+
+    def stmt(self, s: Stmt) -> bool:
+        if isinstance(s, Seq):
+            return all(self.stmt(x) for x in s.stmts)
+        if isinstance(s, Store):
+            k = self.flat_kind(s.buffer, s.indices)
+            self.kind(s.value)
+            self.stores.setdefault(s.buffer, set()).add(s.indices)
+            return isinstance(k, int) and k != 0 and not isinstance(k, bool)
+        if isinstance(s, For):
+            if s.kind in ("parallel", "vectorized", "thread"):
+                return False
+            if self.kind(s.start) != "U" or self.kind(s.extent) != "U":
+                return False
+            self.kinds[s.var] = "U"
+            start, ext = _int_of(s.start), _int_of(s.extent)
+            if start is not None and ext is not None:
+                self.ranges[s.var] = (start, start + ext)
+            return self.stmt(s.body)
+        if isinstance(s, IfStmt):
+            return (self.kind(s.cond) == "U" and self.stmt(s.then)
+                    and (s.orelse is None or self.stmt(s.orelse)))
+        if isinstance(s, Let):
+            self.kinds[s.var] = self.kind(s.value)
+            self.defs[s.var] = s.value
+            return self.stmt(s.body)
+        if isinstance(s, BlockStmt):
+            if s.alloc_buffers:
+                return False
+            for iv in s.iters:
+                self.kinds[iv.var] = self.kind(iv.binding)
+                self.defs[iv.var] = iv.binding
+            if s.init is not None and any(self.kinds[iv.var] != "U" for iv in s.iters if iv.kind == "R"):
+                return False
+            return (s.init is None or self.stmt(s.init)) and self.stmt(s.body)
+        return False
+
+
+def _add(a: Kind, b: Kind, sign: int) -> Kind:
+    if a == "V" or b == "V":
+        return "V"
+    sa = 0 if a == "U" else int(a)
+    sb = 0 if b == "U" else int(b)
+    s = sa + sign * sb
+    return "U" if s == 0 and a == "U" and b == "U" else s
+
+
+def _mul(a: Kind, a_other: Expr, b: Kind, b_other: Expr | None) -> Kind:
+    """Kind of x*y where `a` is the kind of x and `a_other` is y (and vice versa)."""
+    if a == "V" or b == "V":
+        return "V"
+    if a == "U" and b == "U":
+        return "U"
+    if a != "U" and b == "U":
+        return int(a) * int(a_other.value) if isinstance(a_other, Const) and b == "U" else "V"
+    if b != "U" and a == "U" and b_other is not None:
+        return int(b) * int(b_other.value) if isinstance(b_other, Const) else "V"
+    return "V"
+
+
+def _int_of(e: Expr) -> int | None:
+    return int(e.value) if _int_const(e) else None  # type: ignore[attr-defined]
+
+
+def _int_const(e: Expr) -> bool:
+    return isinstance(e, Const) and not isinstance(e.value, bool) and float(e.value).is_integer()
+
+
+def can_vectorize(loop: For, defs: Mapping[Var, Expr] | None = None,
+                  ranges: Mapping[Var, tuple[int, int]] | None = None) -> bool:
+    """True when the body of `loop` may run as lock-step vector lanes with serial semantics.
+
+    `defs` (block iterator bindings, lets) and `ranges` ([lo, hi) of loop vars) describe the enclosing
+    scopes, so that floordiv/floormod of iterators can be resolved as affine expressions.
+    """
+    rng = dict(ranges or {})
+    start, ext = _int_of(loop.start), _int_of(loop.extent)
+    if start is not None and ext is not None:
+        rng[loop.var] = (start, start + ext)
+    chk = _Check({loop.var: 1}, dict(defs or {}), rng)
+    if not chk.stmt(loop.body):
+        return False
+    for buf, idx in chk.stores.items():
+        if len(idx) != 1 or not chk.loads.get(buf, set()) <= idx:
+            return False
+    return True
+
+
+def linear_form(e: Expr, defs: Mapping[Var, Expr]) -> dict[Var | None, int] | None:
+    """`e` as {var: coeff, None: constant} when it is linear in vars (after expanding `defs`), else None."""
+    if isinstance(e, Const):
+        return None if isinstance(e.value, bool) or not float(e.value).is_integer() else {None: int(e.value)}
+    if isinstance(e, Var):
+        return linear_form(defs[e], defs) if e in defs else {e: 1}
+    if isinstance(e, Cast) and e.dtype in ("i32", "i64") and e.a.dtype in ("i8", "i16", "i32", "i64"):
+        return linear_form(e.a, defs)
+    if not isinstance(e, Bin) or e.op not in ("add", "sub", "mul"):
+        return None
+    a, b = linear_form(e.a, defs), linear_form(e.b, defs)
+    if a is None or b is None:
+        return None
+    if e.op == "mul":
+        ka = a.get(None, 0) if set(a) <= {None} else None
+        kb = b.get(None, 0) if set(b) <= {None} else None
+        if ka is None and kb is None:
+            return None
+        k, other = (ka, b) if ka is not None else (kb, a)
+        return {v: c * k for v, c in other.items() if c * k}
+    sign = -1 if e.op == "sub" else 1
+    out = dict(a)
+    for v, c in b.items():
+        out[v] = out.get(v, 0) + sign * c
+    return {v: c for v, c in out.items() if c}
+
+
+def split_div(e: Expr, c: int, defs: Mapping[Var, Expr], ranges: Mapping[Var, tuple[int, int]]
+              ) -> tuple[Expr, Expr] | None:
+    """(q, r) with e == c*q + r and 0 <= r < c provable from var ranges [lo, hi): floordiv/floormod by c.
+
+    This is the iter-map fact `(jo*32 + ji) // 32 == jo` for ji in [0, 32) that lets an index written
+    through block iterators stay affine in the vectorized loop var.
+    """
+    if c <= 0:
+        return None
+    lf = linear_form(e, defs)
+    if lf is None:
+        return None
+    q_terms: list[Expr] = []
+    r_terms: list[Expr] = []
+    lo_sum = hi_sum = 0
+    for v, k in lf.items():
+        if v is None:
+            q0, r0 = divmod(k, c)
+            if q0:
+                q_terms.append(Const(q0))
+            lo_sum, hi_sum = lo_sum + r0, hi_sum + r0
+            if r0:
+                r_terms.append(Const(r0))
+        elif k % c == 0:
+            q_terms.append(Bin("mul", v, Const(k // c, v.dtype)) if k != c else v)
+        else:
+            if v not in ranges:
+                return None
+            lo, hi = ranges[v]
+            lo_sum += min(k * lo, k * (hi - 1))
+            hi_sum += max(k * lo, k * (hi - 1))
+            r_terms.append(Bin("mul", v, Const(k, v.dtype)) if k != 1 else v)
+    if lo_sum < 0 or hi_sum >= c:
+        return None
+
+    def total(ts: list[Expr]) -> Expr:
+        out: Expr = Const(0)
+        for t in ts:
+            out = t if isinstance(out, Const) and out.value == 0 else Bin("add", out, t)
+        return out
+
+    return total(q_terms), total(r_terms)

@@ -1,0 +1,133 @@
+"""ONNX ops imported as compositions of graph ops (activations, Trilu, Tile).
+
+These have no graph op of their own: fusion turns the few elementwise ops back into one kernel,
+so a dedicated op would only add lowering and gradient work.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import onnx
+
+from ..ir.expr import Const
+from ..ir.graph import Value
+from .onnx_import import Ctx
+
+Handler = Callable[[Ctx, onnx.NodeProto, dict[str, Any]], None]
+COMPOSED: dict[str, Handler] = {}
+
+
+def composes(name: str) -> Callable[[Handler], Handler]:
+    def deco(fn: Handler) -> Handler:
+        COMPOSED[name] = fn
+        return fn
+
+    return deco
+
+
+def _negative_part(ctx: Ctx, x: Value, neg: Value, o: str) -> Value:
+    """where(x < 0, neg, x)."""
+    lt = ctx.emit("less", [x, ctx.scalar_like(0.0, x, "zero")], {}, o + "_neg")
+    return ctx.emit("where", [lt, neg, x], {}, o)
+
+
+@composes("PRelu")
+def _prelu(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
+    x, slope = ctx.input(0), ctx.input(1)
+    o = node.output[0]
+    ctx.out(0, _negative_part(ctx, x, ctx.emit("mul", [x, slope], {}, o + "_scaled"), o))
+
+
+def _expm1_scaled(ctx: Ctx, x: Value, alpha: float, o: str) -> Value:
+    e = ctx.emit("sub", [ctx.emit("exp", [x], {}, o + "_exp"), ctx.scalar_like(1.0, x, "one")], {}, o + "_em1")
+    return ctx.emit("mul", [e, ctx.scalar_like(alpha, x, "alpha")], {}, o + "_aem1")
+
+
+@composes("Elu")
+def _elu(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
+    x, o = ctx.input(0), node.output[0]
+    ctx.out(0, _negative_part(ctx, x, _expm1_scaled(ctx, x, float(attrs.get("alpha", 1.0)), o), o))
+
+
+@composes("Selu")
+def _selu(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
+    x, o = ctx.input(0), node.output[0]
+    alpha = float(attrs.get("alpha", 1.67326319217681884765625))
+    gamma = float(attrs.get("gamma", 1.05070102214813232421875))
+    inner = _negative_part(ctx, x, _expm1_scaled(ctx, x, alpha, o), o + "_elu")
+    ctx.out(0, ctx.emit("mul", [inner, ctx.scalar_like(gamma, x, "gamma")], {}, o))
+
+
+def _hard_sigmoid(ctx: Ctx, x: Value, alpha: float, beta: float, o: str) -> Value:
+    lin = ctx.emit("add", [ctx.emit("mul", [x, ctx.scalar_like(alpha, x, "alpha")], {}, o + "_ax"),
+                           ctx.scalar_like(beta, x, "beta")], {}, o + "_lin")
+    return ctx.emit("clip", [lin], {"min": 0.0, "max": 1.0}, o)
+
+
+@composes("HardSigmoid")
+def _hsig(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
+    a, b = float(attrs.get("alpha", 0.2)), float(attrs.get("beta", 0.5))
+    ctx.out(0, _hard_sigmoid(ctx, ctx.input(0), a, b, node.output[0]))
+
+
+@composes("HardSwish")
+def _hswish(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
+    x, o = ctx.input(0), node.output[0]
+    ctx.out(0, ctx.emit("mul", [x, _hard_sigmoid(ctx, x, 1 / 6, 0.5, o + "_hs")], {}, o))
+
+
+@composes("Softplus")
+def _softplus(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
+    # log(1 + e^x) = max(x, 0) + log(1 + e^-|x|): no overflow for large |x|
+    x, o = ctx.input(0), node.output[0]
+    t = ctx.emit("exp", [ctx.emit("neg", [ctx.emit("abs", [x], {}, o + "_abs")], {}, o + "_nabs")], {}, o + "_e")
+    t = ctx.emit("log", [ctx.emit("add", [t, ctx.scalar_like(1.0, x, "one")], {}, o + "_1pe")], {}, o + "_log")
+    ctx.out(0, ctx.emit("add", [ctx.emit("relu", [x], {}, o + "_relu"), t], {}, o))
+
+
+@composes("Softsign")
+def _softsign(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
+    x, o = ctx.input(0), node.output[0]
+    den = ctx.emit("add", [ctx.emit("abs", [x], {}, o + "_abs"), ctx.scalar_like(1.0, x, "one")], {}, o + "_den")
+    ctx.out(0, ctx.emit("div", [x, den], {}, o))
+
+
+@composes("Trilu")
+def _trilu(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
+    """Keep j - i <= k (lower) or j - i >= k (upper) over the last two axes; others become 0."""
+    x, o = ctx.input(0), node.output[0]
+    k = 0
+    if (kn := ctx.opt_input(1)) is not None:
+        c = ctx.const(kn)
+        if c is None:
+            raise ctx.error("Trilu k must be a constant")
+        k = int(np.asarray(c).reshape(-1)[0])
+    rows, cols = x.type.shape[-2:]  # type: ignore[attr-defined]
+    i = ctx.emit("arange", [], {"start": 0, "stop": rows, "step": 1, "dtype": "i64"}, o + "_rows")
+    i = ctx.emit("expand_dims", [i], {"axes": (1,)}, o + "_rows2")
+    j = ctx.emit("arange", [], {"start": 0, "stop": cols, "step": 1, "dtype": "i64"}, o + "_cols")
+    d = ctx.emit("sub", [j, i], {}, o + "_diag")
+    kk = ctx.constant(np.array(k, dtype=np.int64), "k")
+    keep = ctx.emit("greater_equal" if attrs.get("upper", 1) else "less_equal", [d, kk], {}, o + "_keep")
+    ctx.out(0, ctx.emit("where", [keep, x, ctx.scalar_like(0, x, "zero")], {}, o))
+
+
+@composes("Tile")
+def _tile(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
+    """tile = broadcast each axis to (repeats, dim) then merge: expand_dims, broadcast_to, reshape."""
+    x, o = ctx.input(0), node.output[0]
+    reps = ctx.const(node.input[1])
+    if reps is None:
+        raise ctx.error("Tile repeats must be a constant")
+    shape = list(x.type.shape)  # type: ignore[attr-defined]
+    rank = len(shape)
+    rep = [int(v) for v in reps.reshape(-1)]
+    if len(rep) != rank:
+        raise ctx.error(f"Tile repeats has {len(rep)} values for rank {rank}")
+    y = ctx.emit("expand_dims", [x], {"axes": tuple(2 * a for a in range(rank))}, o + "_ex")
+    big = tuple(v for a in range(rank) for v in (Const(rep[a]), shape[a]))
+    y = ctx.emit("broadcast_to", [y], {"shape": big}, o + "_bc")
+    ctx.out(0, ctx.emit("reshape", [y], {"shape": tuple(shape[a] * rep[a] for a in range(rank))}, o))

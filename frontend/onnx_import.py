@@ -1,0 +1,451 @@
+"""ONNX -> graph IR: the driver and the import context.
+
+The context maps ONNX tensor names to what is known about them: an IR `Value`, a constant
+array, or a *symbolic value* (a small integer tensor whose elements are `Expr`s, e.g. the result
+of `Shape`). Shape arithmetic (Shape/Gather/Concat/Slice/... on shapes) is folded on symbolic
+values, so reshape targets stay symbolic (`(n, 4, 64)`) instead of becoming run-time tensors.
+Ops whose arguments are all constants are folded with their reference semantics; dead bindings
+are dropped at the end. Node handlers live in onnx_ops.py, LSTM/GRU in onnx_rnn.py.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from google.protobuf.message import DecodeError
+from onnx import numpy_helper
+
+from ..ir import ops
+from ..ir.arith import as_int, simplify
+from ..ir.diagnostics import Loc, MlcError
+from ..ir.dtype import from_numpy, to_numpy
+from ..ir.expr import Const, Expr, Var
+from ..ir.graph import Binding, Block, Constant, Function, GetItem, If, Loop, Node, OpCall, Value, attrs_of
+from ..ir.module import Module
+from ..ir.types import TensorType, TupleType, Type
+
+OPSET_MIN, OPSET_MAX = 13, 21
+FOLD_LIMIT = 1 << 16  # fold constant ops only when the result stays small
+
+ONNX_DTYPES: dict[int, str] = {
+    onnx.TensorProto.FLOAT: "f32", onnx.TensorProto.DOUBLE: "f64", onnx.TensorProto.FLOAT16: "f16",
+    onnx.TensorProto.BFLOAT16: "bf16", onnx.TensorProto.INT8: "i8", onnx.TensorProto.INT16: "i16",
+    onnx.TensorProto.INT32: "i32", onnx.TensorProto.INT64: "i64", onnx.TensorProto.UINT8: "u8",
+    onnx.TensorProto.BOOL: "bool",
+}
+
+
+def onnx_dtype(code: int, what: str) -> str:
+    if code not in ONNX_DTYPES:
+        name = onnx.TensorProto.DataType.Name(code) if code in onnx.TensorProto.DataType.values() else str(code)
+        raise MlcError(f"{what}: unsupported element type {name}")
+    return ONNX_DTYPES[code]
+
+
+def sanitize(name: str) -> str:
+    """An ONNX name as an IR identifier: `/layer1/Conv_output_0` -> `layer1_Conv_output_0`."""
+    s = re.sub(r"[^A-Za-z0-9_]+", "_", name).strip("_") or "v"
+    return "v" + s if s[0].isdigit() else s
+
+
+@dataclass(frozen=True)
+class SymVal:
+    """A 0-d or 1-d integer tensor known element-wise as symbolic expressions."""
+
+    elems: tuple[Expr, ...]
+    scalar: bool = False
+    dtype: str = "i64"
+
+    def ints(self) -> list[int] | None:
+        vals = [as_int(e) for e in self.elems]
+        return None if any(v is None for v in vals) else vals  # type: ignore[return-value]
+
+
+@dataclass
+class Ctx:
+    """State of one import: known values per ONNX name, the bindings being built, the constants."""
+
+    src: str
+    opset: int
+    vals: dict[str, Value] = field(default_factory=dict)
+    consts: dict[str, np.ndarray] = field(default_factory=dict)
+    syms: dict[str, SymVal] = field(default_factory=dict)
+    const_of: dict[str, np.ndarray] = field(default_factory=dict)  # IR value name -> array (Constant)
+    const_tuples: dict[str, tuple[np.ndarray, ...]] = field(default_factory=dict)  # folded tuple-valued ops
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)  # constant key -> array
+    names: set[str] = field(default_factory=set)
+    reserved: set[str] = field(default_factory=set)  # graph output names, claimed by the first binding
+    stack: list[list[Binding]] = field(default_factory=lambda: [[]])
+    node: onnx.NodeProto | None = None
+
+    # --- naming and errors -------------------------------------------------------------------
+    def fresh(self, hint: str) -> str:
+        base = sanitize(hint)
+        if base in self.reserved and base not in self.names:
+            self.names.add(base)
+            return base
+        name, i = base, 1
+        while name in self.names or name in self.reserved:
+            name, i = f"{base}_{i}", i + 1
+        self.names.add(name)
+        return name
+
+    @property
+    def loc(self) -> Loc:
+        return Loc(self.src)
+
+    def where(self) -> str:
+        n = self.node
+        return f"node {n.op_type} '{n.name or (n.output[0] if n.output else '?')}'" if n is not None else "graph"
+
+    def error(self, msg: str) -> MlcError:
+        return MlcError(f"{self.where()}: {msg}", self.loc)
+
+    # --- building ------------------------------------------------------------------------------
+    def bind(self, hint: str, node: Node, ty: Type, fresh: bool = True) -> Value:
+        v = Value(self.fresh(hint) if fresh else hint, ty, self.loc)
+        self.stack[-1].append(Binding(v, node, self.loc))
+        return v
+
+    def emit(self, op: str, args: Sequence[Value], attrs: dict[str, Any] | None, hint: str) -> Value:
+        """Bind `op(args)`, inferring its type; all-constant small results fold to a constant."""
+        a = {k: _plain(v) for k, v in (attrs or {}).items()}
+        d = ops.get(op)
+        assert d is not None and d.infer is not None and d.ref is not None, op
+        try:
+            ty = d.infer([x.type for x in args], a, self.loc)
+        except MlcError as e:
+            raise MlcError(f"{self.where()}: {e.message}", self.loc) from None
+        foldable = all(x.name in self.const_of for x in args) and not _symbolic(a)
+        if foldable and isinstance(ty, TensorType) and ty.shape is not None:
+            dims = [as_int(s) for s in ty.shape]
+            if None not in dims and int(np.prod(dims)) <= FOLD_LIMIT:  # type: ignore[arg-type]
+                out = d.ref([self.const_of[x.name] for x in args], a, ty, {})
+                return self.constant(np.asarray(out), hint)
+        v = self.bind(hint, OpCall(op, tuple(args), attrs_of(a), self.loc), ty)
+        if foldable and isinstance(ty, TupleType):
+            self.const_tuples[v.name] = tuple(d.ref([self.const_of[x.name] for x in args], a, ty, {}))
+        return v
+
+    def constant(self, arr: np.ndarray, hint: str, key: str | None = None) -> Value:
+        """A Constant binding for `arr` under `key` (a fresh key, also the value's name, when None)."""
+        name = self.fresh(hint if key is not None or sanitize(hint) in self.reserved else "c_" + hint)
+        while key is None and name in self.arrays:  # never shadow an initializer's key
+            name = self.fresh(name)
+        key = key or name
+        arr = np.asarray(arr)
+        self.arrays[key] = arr
+        ty = TensorType(tuple(Const(int(s)) for s in arr.shape), from_numpy(arr.dtype))
+        v = self.bind(name, Constant(key, self.loc), ty, fresh=False)
+        self.const_of[v.name] = arr
+        return v
+
+    def scalar_like(self, value: float, like: Value, hint: str) -> Value:
+        assert isinstance(like.type, TensorType)
+        return self.constant(np.array(value, dtype=to_numpy(like.type.dtype)), hint)
+
+    def tuple_items(self, t: Value, n: int, hints: Sequence[str]) -> list[Value]:
+        assert isinstance(t.type, TupleType)
+        if t.name in self.const_tuples:  # the op binding becomes dead and is dropped
+            return [self.constant(self.const_tuples[t.name][i], hints[i]) for i in range(n)]
+        return [self.bind(hints[i], GetItem(t, i, self.loc), t.type.fields[i]) for i in range(n)]
+
+    # --- what is known about an ONNX name ------------------------------------------------------
+    def has(self, name: str) -> bool:
+        return bool(name) and (name in self.vals or name in self.consts or name in self.syms)
+
+    def const(self, name: str) -> np.ndarray | None:
+        if name in self.consts:
+            return self.consts[name]
+        s = self.syms.get(name)
+        if s is not None and (ints := s.ints()) is not None:
+            return np.array(ints[0] if s.scalar else ints, dtype=to_numpy(s.dtype))
+        return None
+
+    def sym(self, name: str) -> SymVal | None:
+        if name in self.syms:
+            return self.syms[name]
+        c = self.consts.get(name)
+        if c is not None and c.ndim <= 1 and np.issubdtype(c.dtype, np.integer):
+            return SymVal(tuple(Const(int(x)) for x in c.reshape(-1)), c.ndim == 0, from_numpy(c.dtype))
+        return None
+
+    def set_sym(self, name: str, s: SymVal) -> None:
+        ints = s.ints()
+        if ints is not None:
+            self.consts[name] = np.array(ints[0] if s.scalar else ints, dtype=to_numpy(s.dtype))
+        else:
+            self.syms[name] = s
+
+    def type_of(self, name: str) -> TensorType:
+        if name in self.vals:
+            t = self.vals[name].type
+            assert isinstance(t, TensorType)
+            return t
+        if name in self.consts:
+            c = self.consts[name]
+            return TensorType(tuple(Const(int(s)) for s in c.shape), from_numpy(c.dtype))
+        if name in self.syms:
+            s = self.syms[name]
+            return TensorType(() if s.scalar else (Const(len(s.elems)),), s.dtype)
+        raise self.error(f"input '{name}' is not defined")
+
+    def value(self, name: str) -> Value:
+        """The IR value of an ONNX name, materialising constants and symbolic values on demand."""
+        if name in self.vals:
+            return self.vals[name]
+        if name in self.consts:
+            v = self.constant(self.consts[name], name, key=name if name not in self.arrays else None)
+        elif name in self.syms:
+            s = self.syms[name]
+            v = self.emit("shape_tensor", [], {"values": s.elems}, name + "_shape")
+            if s.scalar:
+                v = self.emit("reshape", [v], {"shape": ()}, name)
+            if s.dtype != "i64":
+                v = self.emit("cast", [v], {"dtype": s.dtype}, name)
+        else:
+            raise self.error(f"input '{name}' is not defined")
+        self.vals[name] = v
+        return v
+
+    def input(self, i: int) -> Value:
+        n = self.node
+        assert n is not None
+        if i >= len(n.input) or not n.input[i]:
+            raise self.error(f"missing input {i}")
+        return self.value(n.input[i])
+
+    def opt_input(self, i: int) -> str | None:
+        n = self.node
+        assert n is not None
+        return n.input[i] if i < len(n.input) and n.input[i] else None
+
+    def out(self, i: int, v: Value) -> None:
+        n = self.node
+        assert n is not None
+        if i < len(n.output) and n.output[i]:
+            self.vals[n.output[i]] = v
+
+
+def _plain(v: Any) -> Any:
+    """Attribute values in their simplest form: constant Exprs as ints, tuples elementwise."""
+    if isinstance(v, tuple | list):
+        return tuple(_plain(x) for x in v)
+    if isinstance(v, Expr):
+        e = simplify(v)
+        c = as_int(e)
+        return c if c is not None else e
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
+
+def _symbolic(v: Any) -> bool:
+    """Whether an attribute value mentions a symbolic dim (then the op cannot be folded)."""
+    if isinstance(v, dict):
+        return any(_symbolic(x) for x in v.values())
+    if isinstance(v, tuple | list):
+        return any(_symbolic(x) for x in v)
+    return isinstance(v, Expr)
+
+
+def attrs_dict(node: onnx.NodeProto) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for a in node.attribute:
+        v = onnx.helper.get_attribute_value(a)
+        if isinstance(v, bytes):
+            v = v.decode()
+        elif isinstance(v, onnx.TensorProto):
+            v = numpy_helper.to_array(v)
+        elif isinstance(v, list):
+            v = [x.decode() if isinstance(x, bytes) else x for x in v]
+        elif isinstance(v, float):  # f32 in the proto: keep the short decimal form (1e-05)
+            v = float(str(np.float32(v)))
+        out[a.name] = v
+    return out
+
+
+def load_model(path_or_model: str | Path | bytes | onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
+    """Parse and check a model; any defect becomes one MlcError."""
+    if isinstance(path_or_model, onnx.ModelProto):
+        model, src = path_or_model, f"<onnx model {path_or_model.graph.name or 'main'}>"
+    else:
+        if isinstance(path_or_model, bytes):
+            data, src = path_or_model, "<onnx bytes>"
+        else:
+            src = str(path_or_model)
+            try:
+                data = Path(path_or_model).read_bytes()
+            except OSError as e:
+                raise MlcError(f"cannot read ONNX model: {e.strerror}", Loc(src)) from None
+        model = onnx.ModelProto()
+        try:
+            model.ParseFromString(data)
+        except (DecodeError, RuntimeError, ValueError) as e:
+            raise MlcError(f"not a valid ONNX model (protobuf decode failed: {e})", Loc(src)) from None
+        if not model.graph.node and not model.graph.output:
+            raise MlcError("not a valid ONNX model (empty graph)", Loc(src))
+    try:
+        onnx.checker.check_model(model)
+    except (onnx.checker.ValidationError, Exception) as e:  # the checker raises several types
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise MlcError(f"malformed ONNX model: {first}", Loc(src)) from None
+    return model, src
+
+
+def _opset(model: onnx.ModelProto, src: str) -> int:
+    for o in model.opset_import:
+        if o.domain in ("", "ai.onnx"):
+            if not OPSET_MIN <= o.version <= OPSET_MAX:
+                raise MlcError(f"ONNX opset {o.version} is not supported (supported: {OPSET_MIN}..{OPSET_MAX}); "
+                               "convert the model with onnx.version_converter", Loc(src))
+            return int(o.version)
+    raise MlcError("model imports no default-domain opset", Loc(src))
+
+
+def _check_supported(graph: onnx.GraphProto, src: str) -> None:
+    from .onnx_ops import HANDLERS
+
+    bad = [f"{n.op_type}{'' if n.domain in ('', 'ai.onnx') else ' (domain ' + n.domain + ')'} "
+           f"(node '{n.name or n.output[0]}')"
+           for n in graph.node if n.domain not in ("", "ai.onnx") or n.op_type not in HANDLERS]
+    if bad:
+        kinds = sorted({b.split(" (node")[0] for b in bad})
+        raise MlcError(f"unsupported ONNX ops {', '.join(kinds)}: {len(bad)} node(s): " + "; ".join(bad), Loc(src))
+
+
+def _param_type(vi: onnx.ValueInfoProto, dims: dict[str, str], src: str) -> TensorType:
+    tt = vi.type.tensor_type
+    if not vi.type.HasField("tensor_type"):
+        raise MlcError(f"graph input '{vi.name}' is not a tensor", Loc(src))
+    dt = onnx_dtype(tt.elem_type, f"graph input '{vi.name}'")
+    if not tt.HasField("shape"):
+        raise MlcError(f"graph input '{vi.name}' has no shape (rank unknown)", Loc(src))
+    shape: list[Expr] = []
+    for i, d in enumerate(tt.shape.dim):
+        over = dims.get(f"{vi.name}:{i}") or dims.get(f"{vi.name}.{i}")
+        if over is None and d.HasField("dim_param"):
+            over = dims.get(d.dim_param, d.dim_param)
+        if over is None and d.HasField("dim_value"):
+            shape.append(Const(int(d.dim_value)))
+            continue
+        sym = over if over is not None else f"{vi.name}_d{i}"
+        shape.append(Const(int(sym)) if re.fullmatch(r"\d+", sym) else Var(sanitize(sym)))
+    return TensorType(tuple(shape), dt)
+
+
+def _uses(node: Node) -> set[str]:
+    out: set[str] = set()
+    if isinstance(node, Loop):
+        out |= {v.name for v in node.inits} | _block_uses(node.body)
+    elif isinstance(node, If):
+        out |= {node.cond.name} | _block_uses(node.then_block) | _block_uses(node.else_block)
+    else:
+        for f in ("args", "fields"):
+            out |= {v.name for v in getattr(node, f, ())}
+        for f in ("tuple_value", "value"):
+            v = getattr(node, f, None)
+            if isinstance(v, Value):
+                out.add(v.name)
+    return out
+
+
+def _block_uses(b: Block) -> set[str]:
+    out = {v.name for v in b.results}
+    for bd in b.bindings:
+        out |= _uses(bd.node)
+    return out
+
+
+def dce(bindings: Sequence[Binding], results: Sequence[Value]) -> tuple[Binding, ...]:
+    """Drop bindings nothing uses (every import node is pure); nested loop bodies too."""
+    live = {v.name for v in results}
+    kept: list[Binding] = []
+    for b in reversed(bindings):
+        if b.var.name not in live:
+            continue
+        node = b.node
+        if isinstance(node, Loop):
+            body = Block(dce(node.body.bindings, node.body.results), node.body.results, node.body.loc)
+            node = Loop(node.index, node.extent, node.carried, node.inits, body, node.loc)
+            b = Binding(b.var, node, b.loc)
+        live |= _uses(node)
+        kept.append(b)
+    return tuple(reversed(kept))
+
+
+def _constant_keys(bindings: Sequence[Binding]) -> set[str]:
+    keys: set[str] = set()
+    for b in bindings:
+        if isinstance(b.node, Constant):
+            keys.add(b.node.key)
+        elif isinstance(b.node, Loop):
+            keys |= _constant_keys(b.node.body.bindings)
+    return keys
+
+
+def import_onnx(path_or_model: str | Path | bytes | onnx.ModelProto,
+                dims: dict[str, str] | None = None) -> tuple[Module, dict[str, np.ndarray]]:
+    """Import an ONNX model as a module with graph function `main` and its constants (name -> array).
+
+    `dims` renames dynamic axes: keys are dim_param names or `input:axis`, values are symbol
+    names or integers (to fix a dim).
+    """
+    from .onnx_ops import HANDLERS
+
+    model, src = load_model(path_or_model)
+    ctx = Ctx(src, _opset(model, src))
+    g = model.graph
+    _check_supported(g, src)
+    for init in g.initializer:
+        try:
+            ctx.consts[init.name] = numpy_helper.to_array(init)
+        except Exception as e:  # noqa: BLE001 - corrupt tensor data
+            raise MlcError(f"initializer '{init.name}' cannot be read: {e}", Loc(src)) from None
+        onnx_dtype(init.data_type, f"initializer '{init.name}'")
+    params: list[Value] = []
+    for vi in g.input:
+        if vi.name in ctx.consts:
+            continue  # an initializer listed as an input: a constant with a default
+        v = Value(ctx.fresh(vi.name), _param_type(vi, dims or {}, src), Loc(src))
+        ctx.vals[vi.name] = v
+        params.append(v)
+    for out in g.output:
+        ctx.reserved.add(sanitize(out.name))
+    for node in g.node:
+        ctx.node = node
+        for i in node.input:
+            if i and not ctx.has(i):
+                raise ctx.error(f"input '{i}' is used before it is defined")
+        HANDLERS[node.op_type](ctx, node, attrs_dict(node))
+        for o in node.output:
+            if o and not ctx.has(o):
+                raise ctx.error(f"output '{o}' is not produced (unsupported configuration)")
+    ctx.node = None
+    results = [_result(ctx, o.name) for o in g.output]
+    bindings = dce(ctx.stack[0], results)
+    keys = _constant_keys(bindings)
+    fn = Function("main", tuple(params), Block(bindings, tuple(results), Loc(src)), (), Loc(src))
+    meta = attrs_of({"source": Path(src).name if not src.startswith("<") else src, "opset": ctx.opset})
+    return Module((fn,), meta, None, Loc(src)), {k: ctx.arrays[k] for k in sorted(keys)}
+
+
+def _result(ctx: Ctx, name: str) -> Value:
+    """The value of a graph output, bound under the output's own name."""
+    want = sanitize(name)
+    v = ctx.value(name)
+    if v.name == want:
+        return v
+    if v.name in ctx.const_of:
+        return ctx.constant(ctx.const_of[v.name], want)
+    assert isinstance(v.type, TensorType)
+    return ctx.bind(want, OpCall("cast", (v,), attrs_of({"dtype": v.type.dtype}), ctx.loc), v.type)
+
+
+__all__ = ["import_onnx", "load_model", "sanitize", "Ctx", "SymVal"]

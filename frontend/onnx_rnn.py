@@ -1,0 +1,187 @@
+"""LSTM and GRU as a `Loop` over the (possibly dynamic) sequence axis.
+
+The input projection X @ W^T + Wb is one matmul over the whole sequence, hoisted out of the
+loop; the loop body slices step t with `dynamic_slice`, applies the recurrence and writes h_t
+into the carried output with `dynamic_update_slice`. Reverse directions run the same loop on
+the time-reversed sequence; bidirectional concatenates both, as ONNX lays them out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import onnx
+
+from ..ir.arith import as_int
+from ..ir.expr import Const, Expr
+from ..ir.graph import Block, Loop, Value
+from ..ir.ops.shapes import BIG
+from ..ir.types import ScalarType, TensorType, TupleType
+from .onnx_import import Ctx
+
+# cell(ctx, x_t @ W^T + Wb, states, R^T, Rb or None, name prefix) -> new states (h first)
+Cell = Callable[[Ctx, Value, list[Value], Value, Value | None, str], list[Value]]
+
+
+def _shape(v: Value) -> tuple[Expr, ...]:
+    assert isinstance(v.type, TensorType) and v.type.shape is not None
+    return v.type.shape
+
+
+def _check(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any], default_acts: list[str]) -> None:
+    if (sl := ctx.opt_input(4)) is not None:  # sequence_lens: fine only when it is the full length
+        c = ctx.const(sl)
+        seq = as_int(_shape(ctx.value(node.input[0]))[0 if not attrs.get("layout", 0) else 1])
+        if c is None or seq is None or bool((c != seq).any()):
+            raise ctx.error("sequence_lens is only supported as a constant equal to the (static) sequence length")
+    if "clip" in attrs or attrs.get("input_forget", 0):
+        raise ctx.error("clip / input_forget are not supported")
+    acts = [str(a) for a in attrs.get("activations", [])]
+    ndir = 2 if str(attrs.get("direction", "forward")) == "bidirectional" else 1
+    if acts and acts != default_acts * ndir:
+        raise ctx.error(f"only the default activations {default_acts} are supported, got {acts}")
+
+
+def _dir_param(ctx: Ctx, v: Value, d: int, hint: str, transpose: bool) -> Value:
+    s = ctx.emit("strided_slice", [v], {"axes": (0,), "begin": (d,), "end": (d + 1,), "strides": (1,)}, hint + "_s")
+    s = ctx.emit("squeeze", [s], {"axes": (0,)}, hint + "_q")
+    return ctx.emit("transpose", [s], {"perm": (1, 0)}, hint) if transpose else s
+
+
+def _reverse(ctx: Ctx, v: Value, hint: str) -> Value:
+    return ctx.emit("strided_slice", [v], {"axes": (0,), "begin": (-1,), "end": (-BIG,), "strides": (-1,)}, hint)
+
+
+def _run(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any], gates: int, states: int, cell: Cell) -> None:
+    """Shared driver: per direction, hoist X @ W^T, loop over time, then lay out Y, Y_h (, Y_c)."""
+    o = node.output[0] if node.output[0] else node.name or "rnn"
+    x, w, r = ctx.input(0), ctx.input(1), ctx.input(2)
+    batch_first = bool(attrs.get("layout", 0))
+    if batch_first:  # (batch, seq, in) -> (seq, batch, in); states (batch, dir, H) -> (dir, batch, H)
+        x = ctx.emit("transpose", [x], {"perm": (1, 0, 2)}, o + "_xT")
+    hidden = int(attrs["hidden_size"])
+    seq, batch = _shape(x)[0], _shape(x)[1]
+    direction = str(attrs.get("direction", "forward"))
+    dirs = {"forward": [False], "reverse": [True], "bidirectional": [False, True]}[direction]
+    bias = ctx.value(b) if (b := ctx.opt_input(3)) else None
+    init = [ctx.value(n) if (n := ctx.opt_input(5 + k)) else None for k in range(states)]
+    if batch_first:
+        init = [None if v is None else ctx.emit("transpose", [v], {"perm": (1, 0, 2)}, f"{o}_init{k}T")
+                for k, v in enumerate(init)]
+    ys, finals = [], [[] for _ in range(states)]  # type: list[Value], list[list[Value]]
+    for d, rev in enumerate(dirs):
+        p = f"{o}_d{d}"
+        wt = _dir_param(ctx, w, d, p + "_Wt", True)  # (input, gates*H)
+        rt = _dir_param(ctx, r, d, p + "_Rt", True)  # (H, gates*H)
+        xd = _reverse(ctx, x, p + "_xrev") if rev else x
+        xw = ctx.emit("matmul", [xd, wt], {}, p + "_xw")  # (seq, batch, gates*H)
+        rb = None
+        if bias is not None:
+            bd = _dir_param(ctx, bias, d, p + "_B", False)  # (2*gates*H,)
+            split = ctx.emit("split", [bd], {"axis": 0, "sections": (gates * hidden, gates * hidden)}, p + "_Bparts")
+            wb, rb = ctx.tuple_items(split, 2, [p + "_Wb", p + "_Rb"])
+            xw = ctx.emit("add", [xw, wb], {}, p + "_xwb")
+        h0s = []
+        for k in range(states):
+            if init[k] is not None:
+                h0s.append(_dir_param(ctx, init[k], d, f"{p}_init{k}", False))  # type: ignore[arg-type]
+            else:
+                h0s.append(ctx.emit("full", [], {"shape": (batch, Const(hidden)), "value": 0.0,
+                                                 "dtype": x.type.dtype}, f"{p}_zero{k}"))  # type: ignore[attr-defined]
+        y0 = ctx.emit("full", [], {"shape": (seq, batch, Const(hidden)), "value": 0.0,
+                                   "dtype": x.type.dtype}, p + "_y0")  # type: ignore[attr-defined]
+        ctx.stack.append([])
+        t = Value(ctx.fresh(p + "_t"), ScalarType("i64"), ctx.loc)
+        carried = [Value(ctx.fresh(f"{p}_s{k}"), h.type, ctx.loc) for k, h in enumerate(h0s)]
+        ycar = Value(ctx.fresh(p + "_y"), y0.type, ctx.loc)
+        step = ctx.emit("dynamic_slice", [xw, t], {"axis": 0, "size": 1}, p + "_xt1")
+        step = ctx.emit("squeeze", [step], {"axes": (0,)}, p + "_xt")
+        new = cell(ctx, step, carried, rt, rb, p)
+        hexp = ctx.emit("expand_dims", [new[0]], {"axes": (0,)}, p + "_hexp")
+        ynew = ctx.emit("dynamic_update_slice", [ycar, hexp, t], {"axis": 0}, p + "_ynew")
+        body = Block(tuple(ctx.stack.pop()), tuple(new) + (ynew,), ctx.loc)
+        ty = TupleType(tuple(v.type for v in carried) + (ycar.type,))
+        loop = ctx.bind(p + "_loop", Loop(t, seq, tuple(carried) + (ycar,), tuple(h0s) + (y0,), body, ctx.loc), ty)
+        outs = ctx.tuple_items(loop, states + 1, [f"{p}_last{k}" for k in range(states)] + [p + "_Y"])
+        y = _reverse(ctx, outs[-1], p + "_Yrev") if rev else outs[-1]
+        ys.append(ctx.emit("expand_dims", [y], {"axes": (1,)}, p + "_Yd"))
+        for k in range(states):
+            finals[k].append(ctx.emit("expand_dims", [outs[k]], {"axes": (0,)}, f"{p}_fin{k}"))
+    results = [ys] + finals
+    for i, parts in enumerate(results):
+        if i < len(node.output) and node.output[i]:
+            v = parts[0] if len(parts) == 1 else ctx.emit("concat", parts, {"axis": 1 if i == 0 else 0},
+                                                          node.output[i] + ("_cat" if batch_first else ""))
+            if batch_first:
+                perm = (2, 0, 1, 3) if i == 0 else (1, 0, 2)
+                v = ctx.emit("transpose", [v], {"perm": perm}, node.output[i])
+            ctx.out(i, v)
+
+
+def _split_gates(ctx: Ctx, v: Value, n: int, hidden: int, hint: str) -> list[Value]:
+    parts = ctx.emit("split", [v], {"axis": 1, "sections": (hidden,) * n}, hint + "_g")
+    return ctx.tuple_items(parts, n, [f"{hint}_g{i}" for i in range(n)])
+
+
+def lstm(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
+    """ONNX LSTM (gates i, o, f, c; no peepholes)."""
+    _check(ctx, node, attrs, ["Sigmoid", "Tanh", "Tanh"])
+    if ctx.opt_input(7) is not None:
+        raise ctx.error("LSTM peephole weights (input P) are not supported")
+    hidden = int(attrs["hidden_size"])
+
+    def cell(c: Ctx, xt: Value, st: list[Value], rt: Value, rb: Value | None, p: str) -> list[Value]:
+        h, cprev = st
+        g = c.emit("add", [xt, _affine(c, h, rt, rb, p + "_hr")], {}, p + "_gates")
+        i, o, f, cc = _split_gates(c, g, 4, hidden, p)
+        i, o, f = (c.emit("sigmoid", [v], {}, p + n) for v, n in ((i, "_i"), (o, "_o"), (f, "_f")))
+        cc = c.emit("tanh", [cc], {}, p + "_cc")
+        cn = c.emit("add", [c.emit("mul", [f, cprev], {}, p + "_fc"), c.emit("mul", [i, cc], {}, p + "_ic")], {},
+                    p + "_cn")
+        hn = c.emit("mul", [o, c.emit("tanh", [cn], {}, p + "_tc")], {}, p + "_hn")
+        return [hn, cn]
+
+    _run(ctx, node, attrs, 4, 2, cell)
+
+
+def gru(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
+    """ONNX GRU (gates z, r, h), both linear_before_reset settings."""
+    _check(ctx, node, attrs, ["Sigmoid", "Tanh"])
+    hidden = int(attrs["hidden_size"])
+    lbr = bool(attrs.get("linear_before_reset", 0))
+
+    def cell(c: Ctx, xt: Value, st: list[Value], rt: Value, rb: Value | None, p: str) -> list[Value]:
+        h = st[0]
+        xz, xr, xh = _split_gates(c, xt, 3, hidden, p + "_x")
+        if lbr:
+            hz, hr, hh = _split_gates(c, _affine(c, h, rt, rb, p + "_hR"), 3, hidden, p + "_h")
+        else:  # the candidate gate multiplies r into h before the recurrence matmul
+            rzr, rh = _split_cols(c, rt, 2 * hidden, hidden, p + "_Rt")
+            bzr, bh = _split_cols(c, rb, 2 * hidden, hidden, p + "_Rb") if rb is not None else (None, None)
+            hz, hr = _split_gates(c, _affine(c, h, rzr, bzr, p + "_hR"), 2, hidden, p + "_h")
+        z = c.emit("sigmoid", [c.emit("add", [xz, hz], {}, p + "_za")], {}, p + "_z")
+        r = c.emit("sigmoid", [c.emit("add", [xr, hr], {}, p + "_ra")], {}, p + "_r")
+        if lbr:
+            pre = c.emit("mul", [r, hh], {}, p + "_rh")
+        else:
+            pre = _affine(c, c.emit("mul", [r, h], {}, p + "_rxh"), rh, bh, p + "_rhR")
+        hc = c.emit("tanh", [c.emit("add", [xh, pre], {}, p + "_ha")], {}, p + "_hc")
+        hn = c.emit("add", [hc, c.emit("mul", [z, c.emit("sub", [h, hc], {}, p + "_dh")], {}, p + "_zdh")], {},
+                    p + "_hn")
+        return [hn]
+
+    _run(ctx, node, attrs, 3, 1, cell)
+
+
+def _affine(ctx: Ctx, h: Value, wt: Value, b: Value | None, hint: str) -> Value:
+    y = ctx.emit("matmul", [h, wt], {}, hint)
+    return y if b is None else ctx.emit("add", [y, b], {}, hint + "_b")
+
+
+def _split_cols(ctx: Ctx, v: Value, a: int, b: int, hint: str) -> tuple[Value, Value]:
+    """Split the last axis of v into widths a and b."""
+    ax = len(_shape(v)) - 1
+    t = ctx.emit("split", [v], {"axis": ax, "sections": (a, b)}, hint)
+    x, y = ctx.tuple_items(t, 2, [hint + "_0", hint + "_1"])
+    return x, y

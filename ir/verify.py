@@ -1,0 +1,592 @@
+"""The verifier: run after every stage, it rejects ill-formed modules at the offending node's loc.
+
+Graph level: SSA (one definition per name, uses after definitions and in scope), calls that
+reference existing functions with the right arity, ops that exist with legal arity/attrs, and
+declared types that do not provably contradict the op's inferred type. Tensor programs: loops
+and blocks well nested, every scalar and buffer in scope, index counts and provable bounds,
+dtype agreement. A symbolic mismatch (`n` vs `m`) is not an error: only provable ones are.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from .arith import as_int, provably_different
+from .diagnostics import UNKNOWN, Loc, MlcError
+from .dtype import DTYPES_ALL, is_float, is_int
+from .expr import INTRINSICS, Bin, Call, Cast, Const, Expr, Load, Not, Select, Var, children
+from .graph import (
+    Binding, Block, CallExtern, CallGraph, CallTensor, Constant, Function, GetItem, If, Loop, MakeTuple,
+    MatchCast, OpCall, Scalar, Value,
+)
+from .module import Module
+from .tir import FOR_KINDS, BlockStmt, Buffer, For, IfStmt, Let, PrimFunc, Seq, Stmt, Store
+from .types import ScalarType, TensorType, TupleType, Type, UnknownType
+
+_LOGIC = ("and", "or")
+_CMP = ("eq", "ne", "lt", "le", "gt", "ge")
+
+
+def _registry() -> Any:
+    """The op registry, loaded with every op definition available now (imported lazily)."""
+    try:
+        return importlib.import_module(f"{__package__}.ops")
+    except ImportError:
+        return importlib.import_module(f"{__package__}.ops.registry")
+
+
+def type_clash(declared: Type, actual: Type) -> str | None:
+    """Why two types provably differ, or None (unknown parts and symbolic dims never clash)."""
+    if isinstance(declared, UnknownType) or isinstance(actual, UnknownType):
+        return None
+    if type(declared) is not type(actual):
+        return f"{_kind(declared)} vs {_kind(actual)}"
+    if isinstance(declared, TupleType) and isinstance(actual, TupleType):
+        if len(declared.fields) != len(actual.fields):
+            return f"tuple of {len(declared.fields)} vs tuple of {len(actual.fields)}"
+        for i, (a, b) in enumerate(zip(declared.fields, actual.fields)):
+            why = type_clash(a, b)
+            if why:
+                return f"field {i}: {why}"
+        return None
+    if isinstance(declared, ScalarType) and isinstance(actual, ScalarType):
+        return None if declared.dtype == actual.dtype else f"dtype {declared.dtype} vs {actual.dtype}"
+    if isinstance(declared, TensorType) and isinstance(actual, TensorType):
+        if declared.dtype != actual.dtype:
+            return f"dtype {declared.dtype} vs {actual.dtype}"
+        if declared.shape is None or actual.shape is None:
+            return None
+        if len(declared.shape) != len(actual.shape):
+            return f"rank {len(declared.shape)} vs rank {len(actual.shape)}"
+        for i, (a, b) in enumerate(zip(declared.shape, actual.shape)):
+            if _provably_different(a, b):
+                return f"dim {i}: {as_int(a)} vs {as_int(b)}"
+    return None
+
+
+def _provably_different(a: Expr, b: Expr) -> bool:
+    try:
+        return provably_different(a, b)
+    except (TypeError, ValueError, AttributeError, ZeroDivisionError):
+        return False
+
+
+def _kind(t: Type) -> str:
+    return {TensorType: "tensor", TupleType: "tuple", ScalarType: "scalar"}.get(type(t), type(t).__name__)
+
+
+def _dtype(e: Expr) -> str:
+    try:
+        return str(e.dtype)  # type: ignore[attr-defined]
+    except AttributeError:
+        return "?"
+
+
+class Verifier:
+    def __init__(self, m: Module, source: str | None):
+        self.m = m
+        self.lines = source.split("\n") if source is not None else None
+        self.funcs: dict[str, Function | PrimFunc] = {}
+        self.ops: Any = None
+
+    def fail(self, msg: str, *locs: Loc) -> None:
+        loc = next((x for x in locs if x is not None and x.line), None) or next(
+            (x for x in locs if x is not None and x is not UNKNOWN), UNKNOWN
+        )
+        line = None
+        if self.lines is not None and 0 < loc.line <= len(self.lines):
+            line = self.lines[loc.line - 1]
+        raise MlcError(msg, loc if loc is not UNKNOWN else None, line)
+
+    # ---- module
+    def module(self) -> None:
+        for f in self.m.functions:
+            if not isinstance(f, Function | PrimFunc):
+                self.fail(f"not a function: {type(f).__name__}", self.m.loc)
+            if f.name in self.funcs:
+                self.fail(f"redefinition of function @{f.name}", f.loc, self.m.loc)
+            self.funcs[f.name] = f
+        for f in self.m.functions:
+            if isinstance(f, Function):
+                GraphVerifier(self, f).run()
+            else:
+                PrimVerifier(self, f).run()
+
+    def op_registry(self) -> Any:
+        if self.ops is None:
+            self.ops = _registry()
+        return self.ops
+
+
+class GraphVerifier:
+    """SSA scoping and typing of one graph function."""
+
+    def __init__(self, v: Verifier, f: Function):
+        self.v, self.f = v, f
+        self.scopes: list[dict[str, Value]] = [{}]
+        self.defined: set[str] = set()
+
+    def fail(self, msg: str, *locs: Loc) -> None:
+        self.v.fail(f"@{self.f.name}: {msg}", *locs, self.f.loc)
+
+    def define(self, val: Value, loc: Loc) -> None:
+        if val.name in self.defined:
+            self.fail(f"redefinition of %{val.name}", val.loc, loc)
+        self._check_type(val.type, val.loc, loc)
+        self.defined.add(val.name)
+        self.scopes[-1][val.name] = val
+
+    def _check_type(self, t: Type, *locs: Loc) -> None:
+        if isinstance(t, TensorType | ScalarType) and t.dtype not in DTYPES_ALL:
+            self.fail(f"unknown dtype {t.dtype}", *locs)
+        if isinstance(t, TupleType):
+            for x in t.fields:
+                self._check_type(x, *locs)
+        elif not isinstance(t, TensorType | ScalarType | UnknownType | TupleType):
+            self.fail(f"not a type: {type(t).__name__}", *locs)
+
+    def use(self, val: Value, loc: Loc) -> None:
+        for scope in reversed(self.scopes):
+            d = scope.get(val.name)
+            if d is not None:
+                if d != val:
+                    self.fail(f"use of %{val.name} does not match its definition (type {d.type} vs {val.type})", loc)
+                return
+        why = "defined later or in an inner block" if val.name in self.defined else "undefined"
+        self.fail(f"%{val.name} is {why} here", loc)
+
+    @contextmanager
+    def scope(self) -> Iterator[None]:
+        self.scopes.append({})
+        try:
+            yield
+        finally:
+            self.scopes.pop()
+
+    def run(self) -> None:
+        for p in self.f.params:
+            self.define(p, self.f.loc)
+        self.block(self.f.body)
+
+    def block(self, b: Block) -> None:
+        for bd in b.bindings:
+            self.binding(bd)
+        for r in b.results:
+            self.use(r, b.loc)
+
+    def binding(self, b: Binding) -> None:
+        n = b.node
+        loc = getattr(n, "loc", UNKNOWN)
+        locs = (loc, b.loc)
+        ty = b.var.type
+        if isinstance(n, OpCall | CallTensor | CallExtern | CallGraph):
+            for a in n.args:
+                self.use(a, loc)
+        if isinstance(n, OpCall):
+            self.op_call(n, ty, locs)
+        elif isinstance(n, CallTensor):
+            self.call_tensor(n, ty, locs)
+        elif isinstance(n, CallGraph):
+            callee = self.v.funcs.get(n.func)
+            if not isinstance(callee, Function):
+                self.fail(f"call of @{n.func}: no graph function of that name", *locs)
+            if len(n.args) != len(callee.params):
+                self.fail(f"call of @{n.func}: {len(n.args)} arguments, it takes {len(callee.params)}", *locs)
+            for a, p in zip(n.args, callee.params):
+                why = type_clash(p.type, a.type)
+                if why:
+                    self.fail(f"call of @{n.func}: argument %{a.name} does not fit %{p.name}: {why}", *locs)
+            self.expect(ty, self._results_type(callee.body.results), f"call of @{n.func}", locs)
+        elif isinstance(n, CallExtern):
+            if not n.name:
+                self.fail("call_extern with an empty kernel name", *locs)
+        elif isinstance(n, Constant):
+            if self.v.m.constants is None:
+                self.fail(f"const \"{n.key}\": the module names no constants file", *locs)
+        elif isinstance(n, Scalar):
+            if not isinstance(ty, ScalarType | UnknownType):
+                self.fail("a scalar binding needs a scalar type", *locs)
+            if not is_int(_dtype(n.value)) and _dtype(n.value) != "bool" and not is_float(_dtype(n.value)):
+                self.fail(f"scalar of dtype {_dtype(n.value)}", *locs)
+        elif isinstance(n, MakeTuple):
+            for a in n.fields:
+                self.use(a, loc)
+            self.expect(ty, TupleType(tuple(a.type for a in n.fields)), "tuple", locs)
+        elif isinstance(n, GetItem):
+            self.get_item(n, ty, locs)
+        elif isinstance(n, MatchCast):
+            self.use(n.value, loc)
+            if isinstance(n.value.type, TensorType) and isinstance(ty, TensorType):
+                if n.value.type.dtype != ty.dtype:
+                    self.fail(f"match_cast cannot change dtype {n.value.type.dtype} to {ty.dtype}", *locs)
+        elif isinstance(n, If):
+            self.if_node(n, ty, locs)
+        elif isinstance(n, Loop):
+            self.loop(n, ty, locs)
+        else:
+            self.fail(f"unknown node {type(n).__name__}", *locs)
+        self.define(b.var, b.loc)
+
+    def expect(self, declared: Type, actual: Type, what: str, locs: tuple[Loc, ...]) -> None:
+        why = type_clash(declared, actual)
+        if why:
+            self.fail(f"declared type of {what} result contradicts its inferred type: {why}", *locs)
+
+    def op_call(self, n: OpCall, ty: Type, locs: tuple[Loc, ...]) -> None:
+        ops = self.v.op_registry()
+        d = ops.get(n.op)
+        if d is None:
+            self.fail(f"unknown op '{n.op}'", *locs)
+        lo, hi = d.num_inputs
+        if len(n.args) < lo or (hi >= 0 and len(n.args) > hi):
+            want = f"{lo}" if lo == hi else f"{lo}..{'' if hi < 0 else hi}"
+            self.fail(f"op {n.op} takes {want} arguments, got {len(n.args)}", *locs)
+        given = dict(n.attrs)
+        for k in given:
+            if k not in d.attrs:
+                known = ", ".join(sorted(d.attrs)) or "none"
+                self.fail(f"op {n.op} has no attribute '{k}' (known: {known})", *locs)
+        required = getattr(ops, "REQUIRED", None)
+        attrs: dict[str, Any] = {}
+        for k, default in d.attrs.items():
+            if k in given:
+                attrs[k] = given[k]
+            elif required is not None and default is required:
+                self.fail(f"op {n.op} needs attribute '{k}'", *locs)
+            else:
+                attrs[k] = default
+        if d.infer is None or any(isinstance(a.type, UnknownType) for a in n.args):
+            return
+        try:
+            inferred = d.infer([a.type for a in n.args], attrs, locs[0] if locs[0].line else locs[1])
+        except MlcError as e:
+            self.fail(f"op {n.op}: {e.message}", *locs)
+        except (TypeError, ValueError, KeyError, IndexError, AttributeError, ZeroDivisionError) as e:
+            self.fail(f"op {n.op}: bad arguments or attributes ({type(e).__name__}: {e})", *locs)
+        self.expect(ty, inferred, f"op {n.op}", locs)
+
+    def call_tensor(self, n: CallTensor, ty: Type, locs: tuple[Loc, ...]) -> None:
+        callee = self.v.funcs.get(n.func)
+        if not isinstance(callee, PrimFunc):
+            self.fail(f"call_tensor of @{n.func}: no tensor program of that name", *locs)
+        outs = list(ty.fields) if isinstance(ty, TupleType) else [ty]
+        if len(n.args) + len(outs) != len(callee.params):
+            self.fail(
+                f"call_tensor of @{n.func}: {len(n.args)} inputs + {len(outs)} outputs, "
+                f"it takes {len(callee.params)} buffers", *locs,
+            )
+        if len(outs) != callee.num_outputs:
+            self.fail(f"call_tensor of @{n.func}: {len(outs)} results, it writes {callee.num_outputs}", *locs)
+        if len(n.sym_args) != len(callee.scalar_params):
+            self.fail(
+                f"call_tensor of @{n.func}: {len(n.sym_args)} symbolic args, it takes {len(callee.scalar_params)}",
+                *locs,
+            )
+        for i, (t, buf) in enumerate(zip([a.type for a in n.args] + outs, callee.params)):
+            if isinstance(t, TensorType):
+                if t.dtype != buf.dtype:
+                    self.fail(f"call_tensor of @{n.func}: buffer {i} (%{buf.name}) is {buf.dtype}, got {t.dtype}", *locs)
+                if t.shape is not None and len(t.shape) != len(buf.shape):
+                    self.fail(
+                        f"call_tensor of @{n.func}: buffer {i} (%{buf.name}) has rank {len(buf.shape)}, "
+                        f"got rank {len(t.shape)}", *locs,
+                    )
+            elif not isinstance(t, UnknownType):
+                self.fail(f"call_tensor of @{n.func}: argument {i} is not a tensor", *locs)
+
+    def get_item(self, n: GetItem, ty: Type, locs: tuple[Loc, ...]) -> None:
+        self.use(n.tuple_value, locs[0])
+        tt = n.tuple_value.type
+        if isinstance(tt, UnknownType):
+            return
+        if not isinstance(tt, TupleType):
+            self.fail(f"%{n.tuple_value.name} is not a tuple", *locs)
+        if not 0 <= n.index < len(tt.fields):
+            self.fail(f"index {n.index} out of range for a tuple of {len(tt.fields)}", *locs)
+        self.expect(ty, tt.fields[n.index], "tuple item", locs)
+
+    def _results_type(self, vals: tuple[Value, ...]) -> Type:
+        if not vals:
+            return TupleType(())
+        return vals[0].type if len(vals) == 1 else TupleType(tuple(v.type for v in vals))
+
+    def if_node(self, n: If, ty: Type, locs: tuple[Loc, ...]) -> None:
+        self.use(n.cond, locs[0])
+        ct = n.cond.type
+        ok = isinstance(ct, UnknownType) or (isinstance(ct, ScalarType | TensorType) and ct.dtype == "bool")
+        if isinstance(ct, TensorType) and ct.shape is not None and len(ct.shape) != 0:
+            ok = False
+        if not ok:
+            self.fail(f"if condition %{n.cond.name} must be a bool scalar", *locs)
+        for blk in (n.then_block, n.else_block):
+            with self.scope():
+                self.block(blk)
+        if len(n.then_block.results) != len(n.else_block.results):
+            self.fail(
+                f"if branches yield {len(n.then_block.results)} and {len(n.else_block.results)} values", *locs
+            )
+        for blk in (n.then_block, n.else_block):
+            self.expect(ty, self._results_type(blk.results), "if", (blk.loc,) + locs)
+
+    def loop(self, n: Loop, ty: Type, locs: tuple[Loc, ...]) -> None:
+        if not is_int(_dtype(n.extent)):
+            self.fail("loop extent must be an integer expression", *locs)
+        if len(n.carried) != len(n.inits):
+            self.fail(f"loop carries {len(n.carried)} values but has {len(n.inits)} initial values", *locs)
+        for c, i in zip(n.carried, n.inits):
+            self.use(i, locs[0])
+            why = type_clash(c.type, i.type)
+            if why:
+                self.fail(f"carried %{c.name} and its initial value %{i.name} differ: {why}", c.loc, *locs)
+        with self.scope():
+            self.define(n.index, locs[0])
+            for c in n.carried:
+                self.define(c, locs[0])
+            self.block(n.body)
+        if len(n.body.results) != len(n.carried):
+            self.fail(f"loop body yields {len(n.body.results)} values, it carries {len(n.carried)}", n.body.loc, *locs)
+        for c, r in zip(n.carried, n.body.results):
+            why = type_clash(c.type, r.type)
+            if why:
+                self.fail(f"yielded %{r.name} does not match carried %{c.name}: {why}", n.body.loc, *locs)
+        if n.carried:
+            self.expect(ty, self._results_type(n.carried), "loop", locs)
+
+
+class PrimVerifier:
+    """Scoping, nesting, indexing and dtypes of one tensor program."""
+
+    def __init__(self, v: Verifier, f: PrimFunc):
+        self.v, self.f = v, f
+        self.vars: dict[str, Var] = {}
+        self.buffers: dict[str, Buffer] = {}
+        self.loop_vars: list[Var] = []  # enclosing loops, innermost last
+
+    def fail(self, msg: str, *locs: Loc) -> None:
+        self.v.fail(f"@{self.f.name}: {msg}", *locs, self.f.loc)
+
+    def run(self) -> None:
+        f = self.f
+        if not 0 <= f.num_outputs <= len(f.params):
+            self.fail(f"outputs {f.num_outputs}: the function has {len(f.params)} buffers", f.loc)
+        for v in f.scalar_params:
+            if v.name in self.vars:
+                self.fail(f"duplicate scalar parameter {v.name}", v.loc)
+            if not is_int(v.dtype):
+                self.fail(f"scalar parameter {v.name} must be an integer, not {v.dtype}", v.loc)
+            self.vars[v.name] = v
+        for b in f.params:
+            self.declare_buffer(b, f.loc, params=True)
+        self.stmt(f.body, f.loc)
+
+    def declare_buffer(self, b: Buffer, loc: Loc, params: bool = False) -> None:
+        if b.name in self.buffers:
+            self.fail(f"redefinition of buffer %{b.name}", b.loc, loc)
+        if b.dtype not in DTYPES_ALL:
+            self.fail(f"buffer %{b.name}: unknown dtype {b.dtype}", b.loc, loc)
+        if b.scope not in ("global", "local", "shared"):
+            self.fail(f"buffer %{b.name}: unknown scope {b.scope}", b.loc, loc)
+        for d in b.shape:
+            if params:  # dims of parameter buffers bind their symbols
+                for x in _vars(d):
+                    self.vars.setdefault(x.name, x)
+            self.int_expr(d, (b.loc, loc), f"dim of %{b.name}")
+            c = as_int(d)
+            if c is not None and c < 0:
+                self.fail(f"buffer %{b.name} has a negative dim {c}", b.loc, loc)
+        self.buffers[b.name] = b
+
+    @contextmanager
+    def bind(self, var: Var, loc: Loc) -> Iterator[None]:
+        if var.name in self.vars:
+            self.fail(f"{var.name} is already bound in an enclosing scope", var.loc, loc)
+        self.vars[var.name] = var
+        try:
+            yield
+        finally:
+            del self.vars[var.name]
+
+    def int_expr(self, e: Expr, locs: tuple[Loc, ...], what: str) -> None:
+        self.expr(e, locs)
+        if not is_int(_dtype(e)):
+            self.fail(f"{what} must be an integer expression, got {_dtype(e)}", getattr(e, "loc", UNKNOWN), *locs)
+
+    def expr(self, e: Expr, locs: tuple[Loc, ...]) -> None:
+        """Scoping and dtype rules of one expression tree (iterative: trees may be deep)."""
+        stack = [e]
+        while stack:
+            x = stack.pop()
+            here = (getattr(x, "loc", UNKNOWN),) + locs
+            if isinstance(x, Var):
+                bound = self.vars.get(x.name)
+                if bound is None:
+                    self.fail(f"{x.name} is not bound here", *here)
+                if bound != x:
+                    self.fail(f"{x.name} is used as {x.dtype} but bound as {bound.dtype}", *here)
+            elif isinstance(x, Const):
+                if x.dtype not in DTYPES_ALL:
+                    self.fail(f"unknown dtype {x.dtype}", *here)
+            elif isinstance(x, Bin):
+                self._bin(x, here)
+            elif isinstance(x, Not):
+                if _dtype(x.a) != "bool":
+                    self.fail(f"! needs a bool operand, got {_dtype(x.a)}", *here)
+            elif isinstance(x, Select):
+                if _dtype(x.cond) != "bool":
+                    self.fail(f"select condition must be bool, got {_dtype(x.cond)}", *here)
+                if _dtype(x.t) != _dtype(x.f):
+                    self.fail(f"select branches differ in dtype: {_dtype(x.t)} vs {_dtype(x.f)}", *here)
+            elif isinstance(x, Cast):
+                if x.dtype not in DTYPES_ALL:
+                    self.fail(f"cast to unknown dtype {x.dtype}", *here)
+            elif isinstance(x, Call):
+                if x.name not in INTRINSICS:
+                    self.fail(f"unknown intrinsic {x.name} (known: {', '.join(INTRINSICS)})", *here)
+                if x.dtype not in DTYPES_ALL:
+                    self.fail(f"unknown dtype {x.dtype}", *here)
+            elif isinstance(x, Load):
+                self.access(x.buffer, x.indices, here)
+            else:
+                self.fail(f"unknown expression {type(x).__name__}", *here)
+            stack.extend(children(x))
+
+    def _bin(self, x: Bin, here: tuple[Loc, ...]) -> None:
+        from .expr import BIN_OPS
+
+        if x.op not in BIN_OPS:
+            self.fail(f"unknown binary op {x.op}", *here)
+        da, db = _dtype(x.a), _dtype(x.b)
+        if da != db:
+            self.fail(f"operands of {x.op} differ in dtype: {da} vs {db} (insert a cast)", *here)
+        if x.op in _LOGIC and da != "bool":
+            self.fail(f"{x.op} needs bool operands, got {da}", *here)
+        if x.op in ("floordiv", "floormod") and not is_int(da):
+            self.fail(f"{x.op} needs integer operands, got {da}", *here)
+
+    def access(self, buf: Buffer, indices: tuple[Expr, ...], here: tuple[Loc, ...]) -> None:
+        declared = self.buffers.get(buf.name)
+        if declared is None:
+            self.fail(f"buffer %{buf.name} is not in scope", *here)
+        if declared != buf:
+            self.fail(f"buffer %{buf.name} does not match its declaration", *here)
+        if len(indices) != len(buf.shape):
+            self.fail(f"%{buf.name} has {len(buf.shape)} dims, indexed with {len(indices)}", *here)
+        for k, (i, d) in enumerate(zip(indices, buf.shape)):
+            if not is_int(_dtype(i)):
+                self.fail(f"index {k} of %{buf.name} must be an integer, got {_dtype(i)}", *here)
+            ci, cd = as_int(i), as_int(d)
+            if ci is not None and (ci < 0 or (cd is not None and ci >= cd)):
+                self.fail(f"index {k} of %{buf.name} is {ci}, out of bounds [0, {cd if cd is not None else d})", *here)
+
+    def stmt(self, s: Stmt, parent: Loc) -> None:
+        loc = getattr(s, "loc", UNKNOWN)
+        locs = (loc, parent)
+        if isinstance(s, Store):
+            self.access(s.buffer, s.indices, locs)
+            for i in s.indices:
+                self.expr(i, locs)
+            self.expr(s.value, locs)
+            if _dtype(s.value) != s.buffer.dtype:
+                self.fail(f"storing {_dtype(s.value)} into %{s.buffer.name} of dtype {s.buffer.dtype}", *locs)
+        elif isinstance(s, Seq):
+            for x in s.stmts:
+                self.stmt(x, loc if loc.line else parent)
+        elif isinstance(s, For):
+            self.int_expr(s.start, locs, "loop start")
+            self.int_expr(s.extent, locs, "loop extent")
+            if s.kind not in FOR_KINDS:
+                self.fail(f"unknown loop kind {s.kind} (known: {', '.join(FOR_KINDS)})", *locs)
+            if (s.kind == "thread") != bool(s.thread_tag):
+                self.fail("thread loops, and only they, carry a thread tag", *locs)
+            if not is_int(s.var.dtype):
+                self.fail(f"loop variable {s.var.name} must be an integer", *locs)
+            with self.bind(s.var, loc):
+                self.loop_vars.append(s.var)
+                self.stmt(s.body, loc if loc.line else parent)
+                self.loop_vars.pop()
+        elif isinstance(s, BlockStmt):
+            self.block(s, locs)
+        elif isinstance(s, IfStmt):
+            self.expr(s.cond, locs)
+            if _dtype(s.cond) != "bool":
+                self.fail(f"if condition must be bool, got {_dtype(s.cond)}", *locs)
+            self.stmt(s.then, loc if loc.line else parent)
+            if s.orelse is not None:
+                self.stmt(s.orelse, loc if loc.line else parent)
+        elif isinstance(s, Let):
+            self.expr(s.value, locs)
+            if _dtype(s.value) != s.var.dtype:
+                self.fail(f"let {s.var.name}: {s.var.dtype} bound to a {_dtype(s.value)} value", *locs)
+            with self.bind(s.var, loc):
+                self.stmt(s.body, loc if loc.line else parent)
+        else:
+            self.fail(f"unknown statement {type(s).__name__}", *locs)
+
+    def block(self, s: BlockStmt, locs: tuple[Loc, ...]) -> None:
+        loop_names = {v.name for v in self.loop_vars}
+        for it in s.iters:
+            here = (it.loc,) + locs
+            if it.kind not in ("S", "R"):
+                self.fail(f"block \"{s.name}\": iterator kind must be S or R, not {it.kind}", *here)
+            self.int_expr(it.extent, here, "iterator extent")
+            self.int_expr(it.binding, here, "iterator binding")
+            for x in _vars(it.binding):
+                if x.name not in loop_names and x not in self.f.scalar_params and not self._is_param_dim(x):
+                    self.fail(
+                        f"block \"{s.name}\": iterator {it.var.name} is bound to {x.name}, "
+                        "which is not an enclosing loop variable", *here,
+                    )
+            b, e = as_int(it.binding), as_int(it.extent)
+            if b is not None and e is not None and not 0 <= b < e:
+                self.fail(f"block \"{s.name}\": iterator {it.var.name} bound to {b}, outside [0, {e})", *here)
+        if s.init is not None and not any(it.kind == "R" for it in s.iters):
+            self.fail(f"block \"{s.name}\" has an init but no reduce (R) iterator", *locs)
+        saved_buffers = dict(self.buffers)
+        bound: list[Var] = []
+        try:
+            for it in s.iters:
+                if it.var.name in self.vars:
+                    self.fail(f"block \"{s.name}\": {it.var.name} is already bound in an enclosing scope", it.loc, *locs)
+                self.vars[it.var.name] = it.var
+                bound.append(it.var)
+            for b in s.alloc_buffers:
+                self.declare_buffer(b, locs[0])
+            inner = locs[0] if locs[0].line else locs[1]
+            if s.init is not None:
+                self.stmt(s.init, inner)
+            self.loop_vars.extend(bound)  # nested blocks may bind to this block's iterators
+            self.stmt(s.body, inner)
+            del self.loop_vars[len(self.loop_vars) - len(bound):]
+        finally:
+            for v in bound:
+                self.vars.pop(v.name, None)
+            self.buffers = saved_buffers
+
+    def _is_param_dim(self, x: Var) -> bool:
+        return any(x in _vars(d) for b in self.f.params for d in b.shape)
+
+
+def _vars(e: Expr) -> set[Var]:
+    from .expr import free_vars
+
+    return free_vars(e)
+
+
+def verify_module(m: Module, source: str | None = None) -> None:
+    """Raise MlcError at the first ill-formed node; `source` (the text) adds the offending line."""
+    Verifier(m, source).module()
+
+
+def verify_function(m: Module, name: str, source: str | None = None) -> None:
+    """Verify one function of `m` (calls are checked against the whole module)."""
+    v = Verifier(m, source)
+    for f in m.functions:
+        v.funcs.setdefault(f.name, f)
+    f = m.get(name)
+    if isinstance(f, Function):
+        GraphVerifier(v, f).run()
+    else:
+        PrimVerifier(v, f).run()

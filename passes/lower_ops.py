@@ -1,0 +1,647 @@
+"""Per-op lowerings to the compute layer (passes/compute.py), registered in the op registry.
+
+Each lowering is `fn(b, args, attrs, out_type) -> Tensor | list[Tensor]`: `args` are Tensors (or a
+scalar `Expr` for ScalarType operands), `out_type` the inferred result type. Elementwise and layout
+ops return virtual tensors (inlined by consumers); reductions, matmul, conv and pools return pending
+reductions; softmax/log_softmax/layer_norm chain several. Semantics follow ir/ops/reference.py.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+from mlc.ir import arith
+from mlc.ir.dtype import is_float
+from mlc.ir.expr import Bin, Call, Cast, Const, Expr, Not, Select, const
+from mlc.ir.ops.defs import BINARY, REDUCE
+from mlc.ir.ops.registry import register_lower
+from mlc.ir.ops.shapes import slice_len
+from mlc.ir.types import TensorType, TupleType, Type
+
+from .compute import Builder, CannotLower, Index, Shape, Tensor, all_of, as_dtype, broadcast, cst
+
+Args = list[Any]
+Attrs = dict[str, Any]
+
+
+def out_shape(t: Type) -> Shape:
+    if not isinstance(t, TensorType) or t.shape is None:
+        raise CannotLower("result has no known tensor type")
+    return t.shape
+
+
+def _axis(a: Any, rank: int) -> int:
+    a = int(a)
+    return a + rank if a < 0 else a
+
+
+def _tensor(x: Any) -> Tensor:
+    if not isinstance(x, Tensor):
+        raise CannotLower("expected a tensor operand")
+    return x
+
+
+def _e(v: Any) -> Expr:
+    return arith.simplify(const(v)) if isinstance(v, Expr) else Const(int(v))
+
+
+# ---- elementwise -------------------------------------------------------------------------------
+
+def _round_even(x: Expr) -> Expr:
+    """numpy's round-half-to-even from floor: ties go to the even neighbour."""
+    f = Call("floor", (x,), x.dtype)
+    half = cst(0.5, x.dtype)
+    odd = f - cst(2, x.dtype) * Call("floor", (f * half,), x.dtype)  # 1 when f is odd
+    return Select(Bin("eq", x - f, half), f + odd, Call("round", (x,), x.dtype))
+
+
+def _intrinsic(name: str) -> Callable[[Expr], Expr]:
+    return lambda x: Call(name, (x,), x.dtype)
+
+
+UNARY_EXPR: dict[str, Callable[[Expr], Expr]] = {
+    **{n: _intrinsic(n) for n in ("sqrt", "exp", "log", "erf", "abs", "sigmoid", "tanh", "floor", "ceil", "sin", "cos")},
+    "neg": lambda x: cst(0, x.dtype) - x,
+    "relu": lambda x: Bin("max", x, cst(0, x.dtype)),
+    "reciprocal": lambda x: Bin("div", cst(1, x.dtype), x),
+    "round": _round_even,
+    "logical_not": lambda x: Not(as_dtype(x, "bool")),
+}
+
+
+def _gelu(x: Expr, approximate: str) -> Expr:
+    dt = x.dtype
+    if approximate == "tanh":
+        inner = cst(math.sqrt(2 / math.pi), dt) * (x + cst(0.044715, dt) * x * x * x)
+        return cst(0.5, dt) * x * (cst(1, dt) + Call("tanh", (inner,), dt))
+    return cst(0.5, dt) * x * (cst(1, dt) + Call("erf", (x * cst(1 / math.sqrt(2), dt),), dt))
+
+
+def _unary_expr(op: str, attrs: Attrs, x: Expr) -> Expr:
+    if op in UNARY_EXPR:
+        return UNARY_EXPR[op](x)
+    dt = x.dtype
+    if op == "leaky_relu":
+        return Select(Bin("ge", x, cst(0, dt)), x, x * cst(float(attrs.get("alpha", 0.01)), dt))
+    if op == "gelu":
+        if not is_float(dt):
+            raise CannotLower("gelu of a non-float tensor")
+        return _gelu(x, str(attrs.get("approximate", "none")))
+    if op == "clip":
+        lo, hi = attrs.get("min"), attrs.get("max")
+        if lo is not None:
+            x = Bin("max", x, cst(lo, dt))
+        if hi is not None:
+            x = Bin("min", x, cst(hi, dt))
+        return x
+    if op == "cast":
+        return Cast(str(attrs["dtype"]), x)
+    raise CannotLower(f"no elementwise lowering of {op}")
+
+
+def _lower_unary(op: str) -> Callable[..., Tensor]:
+    def lower(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
+        x = _tensor(args[0])
+        assert isinstance(t, TensorType)
+        return b.compute(x.shape, t.dtype, lambda i: _unary_expr(op, attrs, x.at(i)), op)
+
+    return lower
+
+
+for _op in (*UNARY_EXPR, "leaky_relu", "gelu", "clip", "cast"):
+    register_lower(_op)(_lower_unary(_op))
+
+_BIN_EXPR: dict[str, Callable[[Expr, Expr], Expr]] = {
+    "add": lambda a, b: a + b, "sub": lambda a, b: a - b, "mul": lambda a, b: a * b,
+    "div": lambda a, b: Bin("div", a, b), "pow": lambda a, b: Bin("pow", a, b),
+    "minimum": lambda a, b: Bin("min", a, b), "maximum": lambda a, b: Bin("max", a, b),
+    "equal": lambda a, b: Bin("eq", a, b), "less": lambda a, b: Bin("lt", a, b),
+    "greater": lambda a, b: Bin("gt", a, b), "less_equal": lambda a, b: Bin("le", a, b),
+    "greater_equal": lambda a, b: Bin("ge", a, b),
+    "logical_and": lambda a, b: Bin("and", as_dtype(a, "bool"), as_dtype(b, "bool")),
+    "logical_or": lambda a, b: Bin("or", as_dtype(a, "bool"), as_dtype(b, "bool")),
+}
+assert set(_BIN_EXPR) == set(BINARY)
+
+
+def _lower_binary(op: str) -> Callable[..., Tensor]:
+    def lower(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
+        x, y = _tensor(args[0]), _tensor(args[1])
+        shp = out_shape(t)
+        fx, fy = broadcast(x, shp), broadcast(y, shp)
+        return b.compute(shp, t.dtype, lambda i: _BIN_EXPR[op](fx(i), fy(i)), op)  # type: ignore[attr-defined]
+
+    return lower
+
+
+for _op in BINARY:
+    register_lower(_op)(_lower_binary(_op))
+
+
+@register_lower("where")
+def _where(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
+    shp = out_shape(t)
+    c, x, y = (broadcast(_tensor(a), shp) for a in args)
+    return b.compute(shp, t.dtype, lambda i: Select(as_dtype(c(i), "bool"), x(i), y(i)), "where")  # type: ignore[attr-defined]
+
+
+@register_lower("broadcast_to")
+def _broadcast_to(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
+    shp = out_shape(t)
+    return b.compute(shp, t.dtype, broadcast(_tensor(args[0]), shp), "broadcast_to")  # type: ignore[attr-defined]
+
+
+@register_lower("batch_norm")
+def _batch_norm(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
+    x, scale, bias, mean, var = (_tensor(a) for a in args)
+    eps = cst(float(attrs.get("epsilon", 1e-5)), x.dtype)
+
+    def fn(i: Index) -> Expr:
+        c = (i[1],)
+        inv = Bin("div", scale.at(c), Call("sqrt", (var.at(c) + eps,), x.dtype))
+        return (x.at(i) - mean.at(c)) * inv + bias.at(c)
+
+    return b.compute(x.shape, x.dtype, fn, "batch_norm")
+
+
+# ---- reductions --------------------------------------------------------------------------------
+
+def _reduce_axes(attrs: Attrs, rank: int) -> list[int]:
+    axes = attrs.get("axes")
+    return list(range(rank)) if axes is None else sorted({_axis(a, rank) for a in axes})
+
+
+def _scatter(i: Index, r: Index, axes: list[int], rank: int, keep: bool) -> Index:
+    """The input index of output index `i` and reduce index `r` (reduced axes in order)."""
+    out: list[Expr] = []
+    ri, si = iter(r), 0
+    for d in range(rank):
+        if d in axes:
+            out.append(next(ri))
+            if keep:
+                si += 1
+        else:
+            out.append(i[si])
+            si += 1
+    return tuple(out)
+
+
+_COMBINER = {"sum": "add", "mean": "add", "max": "max", "min": "min", "prod": "mul"}
+assert set(_COMBINER) == set(REDUCE)
+
+
+def reduce_op(b: Builder, x: Tensor, op: str, axes: list[int], keep: bool, shp: Shape, dtype: str) -> Tensor:
+    """`op` in sum/mean/max/min/prod of `x` over `axes` (mean divides after summing)."""
+    ext = tuple(x.shape[a] for a in axes)
+    acc = dtype
+    red = b.reduce(shp, acc, _COMBINER[op], ext, lambda i, r: x.at(_scatter(i, r, axes, x.ndim, keep)),
+                   "sum" if op == "mean" else op)
+    if op != "mean":
+        return red
+    count: Expr = Const(1)
+    for e in ext:
+        count = count * e
+    n = Cast(dtype, arith.simplify(count)) if is_float(dtype) else arith.simplify(count)
+    return b.compute(shp, dtype, lambda i: Bin("div", red.at(i), n), "mean")
+
+
+def _lower_reduce(op: str) -> Callable[..., Tensor]:
+    def lower(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
+        x = _tensor(args[0])
+        axes = _reduce_axes(attrs, x.ndim)
+        return reduce_op(b, x, op, axes, bool(attrs.get("keepdims", True)), out_shape(t), t.dtype)  # type: ignore[attr-defined]
+
+    return lower
+
+
+for _op in REDUCE:
+    register_lower(_op)(_lower_reduce(_op))
+
+
+def _lower_arg(op: str) -> Callable[..., Tensor]:
+    def lower(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
+        x = _tensor(args[0])
+        ax = _axis(attrs.get("axis", 0), x.ndim)
+        keep = bool(attrs.get("keepdims", True))
+        shp = out_shape(t)
+        comb = "max" if op == "argmax" else "min"
+        ext = (x.shape[ax],)
+        best = b.reduce(shp, x.dtype, comb, ext, lambda i, r: x.at(_scatter(i, r, [ax], x.ndim, keep)), op + "_v")
+        b.materialize(best)
+        big = Cast("i64", x.shape[ax])
+
+        def first(i: Index, r: Index) -> Expr:
+            hit = Bin("eq", x.at(_scatter(i, r, [ax], x.ndim, keep)), best.at(i))
+            return Select(hit, r[0], big)
+
+        return b.reduce(shp, "i64", "min", ext, first, op)
+
+    return lower
+
+
+for _op in ("argmax", "argmin"):
+    register_lower(_op)(_lower_arg(_op))
+
+
+# ---- contractions ------------------------------------------------------------------------------
+
+@register_lower("matmul")
+def _matmul(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
+    x, y = _tensor(args[0]), _tensor(args[1])
+    shp = out_shape(t)
+    xa = x.shape if x.ndim > 1 else (Const(1),) + x.shape
+    ya = y.shape if y.ndim > 1 else y.shape + (Const(1),)
+    batch = len(shp) - (x.ndim > 1) - (y.ndim > 1)
+    full = shp[:batch] + (xa[-2], ya[-1])
+
+    def value(i: Index, r: Index) -> Expr:
+        bi = i[:batch]
+        m = i[batch] if x.ndim > 1 else Const(0)
+        n = i[-1] if y.ndim > 1 else Const(0)
+        xi = _bidx(bi, xa[:-2], full[:batch]) + (m, r[0])
+        yi = _bidx(bi, ya[:-2], full[:batch]) + (r[0], n)
+        return x.at(xi if x.ndim > 1 else xi[-1:]) * y.at(yi if y.ndim > 1 else yi[-2:-1])
+
+    return b.reduce(shp, t.dtype, "add", (xa[-1],), value, "matmul")  # type: ignore[attr-defined]
+
+
+def _bidx(bi: Index, in_batch: Shape, out_batch: Shape) -> Index:
+    from .compute import bcast_index
+
+    return bcast_index(bi, in_batch, out_batch) if in_batch else ()
+
+
+def _conv_attrs(attrs: Attrs) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], int]:
+    s = tuple(int(v) for v in attrs.get("strides", (1, 1)))
+    p = tuple(int(v) for v in attrs.get("pads", (0, 0, 0, 0)))
+    d = tuple(int(v) for v in attrs.get("dilations", (1, 1)))
+    return s, p, d, int(attrs.get("groups", 1))
+
+
+def _in_range(e: Expr, hi: Expr) -> list[Expr]:
+    return [Bin("ge", e, Const(0)), Bin("lt", e, hi)]
+
+
+@register_lower("conv2d")
+def _conv2d(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
+    x, w = _tensor(args[0]), _tensor(args[1])
+    s, p, d, g = _conv_attrs(attrs)
+    shp = out_shape(t)
+    cg, kh, kw = w.shape[1], w.shape[2], w.shape[3]
+    og = arith.simplify(Bin("floordiv", w.shape[0], Const(g)))
+    padded = any(p)
+
+    def value(i: Index, r: Index) -> Expr:
+        n, o, oh, ow = i
+        c, ih, iw = r
+        h = oh * s[0] - p[0] + ih * d[0]
+        wd = ow * s[1] - p[1] + iw * d[1]
+        ch = c if g == 1 else Bin("floordiv", o, og) * cg + c
+        val = x.at((n, ch, h, wd)) * w.at((o, c, ih, iw))
+        if not padded:
+            return val
+        cond = all_of(_in_range(h, x.shape[2]) + _in_range(wd, x.shape[3]))
+        assert cond is not None
+        return Select(cond, val, cst(0, t.dtype))  # type: ignore[attr-defined]
+
+    return b.reduce(shp, t.dtype, "add", (cg, kh, kw), value, "conv2d")  # type: ignore[attr-defined]
+
+
+@register_lower("conv2d_transpose")
+def _conv2d_t(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
+    x, w = _tensor(args[0]), _tensor(args[1])
+    s, p, d, g = _conv_attrs(attrs)
+    shp = out_shape(t)
+    og, kh, kw = w.shape[1], w.shape[2], w.shape[3]
+    cg = arith.simplify(Bin("floordiv", x.shape[1], Const(g)))
+
+    def value(i: Index, r: Index) -> Expr:
+        n, o, oy, ox = i
+        c, ih, iw = r
+        grp = Bin("floordiv", o, og)
+        ch = grp * cg + c
+        ty = oy + p[0] - ih * d[0]
+        tx = ox + p[1] - iw * d[1]
+        hy, hx = Bin("floordiv", ty, Const(s[0])), Bin("floordiv", tx, Const(s[1]))
+        conds = [Bin("ge", ty, Const(0)), Bin("eq", Bin("floormod", ty, Const(s[0])), Const(0)),
+                 Bin("lt", hy, x.shape[2])]
+        conds += [Bin("ge", tx, Const(0)), Bin("eq", Bin("floormod", tx, Const(s[1])), Const(0)),
+                  Bin("lt", hx, x.shape[3])]
+        cond = all_of(conds)
+        assert cond is not None
+        val = x.at((n, ch, hy, hx)) * w.at((ch, Bin("floormod", o, og), ih, iw))
+        return Select(cond, val, cst(0, t.dtype))  # type: ignore[attr-defined]
+
+    return b.reduce(shp, t.dtype, "add", (cg, kh, kw), value, "conv2d_transpose")  # type: ignore[attr-defined]
+
+
+def _pool_window(attrs: Attrs) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+    k = tuple(int(v) for v in attrs["kernel_shape"])
+    s, p, d, _ = _conv_attrs(attrs)
+    return k, s, p, d
+
+
+@register_lower("max_pool2d")
+def _max_pool(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
+    x = _tensor(args[0])
+    k, s, p, d = _pool_window(attrs)
+
+    def value(i: Index, r: Index) -> Expr:
+        h = i[2] * s[0] - p[0] + r[0] * d[0]
+        w = i[3] * s[1] - p[1] + r[1] * d[1]
+        cond = all_of(_in_range(h, x.shape[2]) + _in_range(w, x.shape[3]))
+        assert cond is not None
+        from .compute import identity
+
+        return Select(cond, x.at((i[0], i[1], h, w)), identity("max", x.dtype))
+
+    return b.reduce(out_shape(t), x.dtype, "max", (Const(k[0]), Const(k[1])), value, "max_pool2d")
+
+
+@register_lower("avg_pool2d")
+def _avg_pool(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
+    """Window sum over real elements divided by a count (of real or of padded positions)."""
+    x = _tensor(args[0])
+    k, s, p, d = _pool_window(attrs)
+    shp = out_shape(t)
+    incl = bool(attrs.get("count_include_pad", False))
+
+    def pos(i: Index, r: Index) -> tuple[Expr, Expr]:
+        return i[2] * s[0] - p[0] + r[0] * d[0], i[3] * s[1] - p[1] + r[1] * d[1]
+
+    def real(i: Index, r: Index) -> Expr:
+        h, w = pos(i, r)
+        c = all_of(_in_range(h, x.shape[2]) + _in_range(w, x.shape[3]))
+        assert c is not None
+        return c
+
+    def counted(i: Index, r: Index) -> Expr:
+        if not incl:
+            return real(i, r)
+        h, w = pos(i, r)
+        c = all_of([Bin("ge", h, Const(-p[0])), Bin("lt", h, x.shape[2] + p[2]),
+                    Bin("ge", w, Const(-p[1])), Bin("lt", w, x.shape[3] + p[3])])
+        assert c is not None
+        return c
+
+    win = (Const(k[0]), Const(k[1]))
+    zero = cst(0, x.dtype)
+    total = b.reduce(shp, x.dtype, "add", win,
+                     lambda i, r: Select(real(i, r), x.at((i[0], i[1]) + pos(i, r)), zero), "pool_sum")
+    count = b.reduce(shp[2:], x.dtype, "add", win,
+                     lambda i, r: Select(counted((Const(0), Const(0)) + i, r), cst(1, x.dtype), zero), "pool_count")
+    return b.compute(shp, x.dtype, lambda i: Bin("div", total.at(i), count.at(i[2:])), "avg_pool2d")
+
+
+@register_lower("global_avg_pool2d")
+def _gap(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
+    x = _tensor(args[0])
+    return reduce_op(b, x, "mean", [2, 3], True, out_shape(t), x.dtype)
+
+
+# ---- multi-stage normalisations ----------------------------------------------------------------
+
+def _softmax_parts(b: Builder, x: Tensor, axis: Any) -> tuple[Callable[[Index], Expr], Tensor]:
+    ax = _axis(axis, x.ndim)
+    kshape = tuple(Const(1) if d == ax else s for d, s in enumerate(x.shape))
+    mx = reduce_op(b, x, "max", [ax], True, kshape, x.dtype)
+
+    def z(i: Index) -> Expr:
+        return x.at(i) - mx.at(tuple(Const(0) if d == ax else e for d, e in enumerate(i)))
+
+    def ez(i: Index) -> Expr:
+        return Call("exp", (z(i),), x.dtype)
+
+    kept = lambda i: tuple(Const(0) if d == ax else e for d, e in enumerate(i))  # noqa: E731
+    e = b.compute(x.shape, x.dtype, ez, "exp")
+    ssum = reduce_op(b, e, "sum", [ax], True, kshape, x.dtype)
+    return z, b.compute(x.shape, x.dtype, lambda i: ssum.at(kept(i)), "expsum")
+
+
+@register_lower("softmax")
+def _softmax(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
+    x = _tensor(args[0])
+    z, s = _softmax_parts(b, x, attrs.get("axis", -1))
+    return b.compute(x.shape, x.dtype, lambda i: Bin("div", Call("exp", (z(i),), x.dtype), s.at(i)), "softmax")
+
+
+@register_lower("log_softmax")
+def _log_softmax(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
+    x = _tensor(args[0])
+    z, s = _softmax_parts(b, x, attrs.get("axis", -1))
+    return b.compute(x.shape, x.dtype, lambda i: z(i) - Call("log", (s.at(i),), x.dtype), "log_softmax")
+
+
+@register_lower("layer_norm")
+def _layer_norm(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
+    x = _tensor(args[0])
+    ax = _axis(attrs.get("axis", -1), x.ndim)
+    axes = list(range(ax, x.ndim))
+    kshape = tuple(Const(1) if d in axes else s for d, s in enumerate(x.shape))
+    kept = lambda i: tuple(Const(0) if d in axes else e for d, e in enumerate(i))  # noqa: E731
+    mu = reduce_op(b, x, "mean", axes, True, kshape, x.dtype)
+    b.materialize(mu)
+    cen = b.compute(x.shape, x.dtype, lambda i: x.at(i) - mu.at(kept(i)), "centered")
+    sq = b.compute(x.shape, x.dtype, lambda i: cen.at(i) * cen.at(i), "sq")
+    var = reduce_op(b, sq, "mean", axes, True, kshape, x.dtype)
+    eps = cst(float(attrs.get("epsilon", 1e-5)), x.dtype)
+    scale = broadcast(_tensor(args[1]), x.shape)
+    bias = broadcast(_tensor(args[2]), x.shape) if len(args) > 2 else None
+
+    def fn(i: Index) -> Expr:
+        y = Bin("div", cen.at(i), Call("sqrt", (var.at(kept(i)) + eps,), x.dtype)) * scale(i)
+        return y + bias(i) if bias is not None else y
+
+    return b.compute(x.shape, x.dtype, fn, "layer_norm")
+
+
+# ---- layout ------------------------------------------------------------------------------------
+
+@register_lower("transpose")
+def _transpose(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
+    x = _tensor(args[0])
+    perm = attrs.get("perm")
+    p = list(range(x.ndim))[::-1] if perm is None else [_axis(a, x.ndim) for a in perm]
+    inv = [p.index(d) for d in range(x.ndim)]
+    return b.compute(out_shape(t), x.dtype, lambda i: x.at(tuple(i[inv[d]] for d in range(x.ndim))), "transpose")
+
+
+def reshape_index(i: Index, src: Shape, dst: Shape) -> Index:
+    """The source index of destination index `i` (row-major), keeping provably equal outer and inner dims."""
+    lo = 0
+    while lo < min(len(src), len(dst)) and arith.prove_equal(src[lo], dst[lo]):
+        lo += 1
+    hi = 0
+    while hi < min(len(src), len(dst)) - lo and arith.prove_equal(src[-1 - hi], dst[-1 - hi]):
+        hi += 1
+    mid_s, mid_d = src[lo:len(src) - hi], dst[lo:len(dst) - hi]
+    flat: Expr = Const(0)
+    for e, d in zip(i[lo:len(dst) - hi], mid_d):
+        flat = flat * d + e
+    flat = arith.simplify(flat)
+    mid: list[Expr] = []
+    stride: Expr = Const(1)
+    for d in reversed(mid_s):
+        q = flat if arith.as_int(stride) == 1 else Bin("floordiv", flat, stride)
+        mid.append(q if len(mid) == len(mid_s) - 1 else Bin("floormod", q, d))
+        stride = arith.simplify(stride * d)
+    return tuple(i[:lo]) + tuple(reversed(mid)) + tuple(i[len(dst) - hi:])
+
+
+@register_lower("reshape", "squeeze", "expand_dims")
+def _reshape(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
+    x = _tensor(args[0])
+    shp = out_shape(t)
+    return b.compute(shp, x.dtype, lambda i: x.at(reshape_index(i, x.shape, shp)), "reshape")
+
+
+@register_lower("concat")
+def _concat(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
+    xs = [_tensor(a) for a in args]
+    shp = out_shape(t)
+    ax = _axis(attrs["axis"], len(shp))
+
+    def fn(i: Index) -> Expr:
+        offs: list[Expr] = [Const(0)]
+        for x in xs[:-1]:
+            offs.append(arith.simplify(offs[-1] + x.shape[ax]))
+        val = xs[-1].at(i[:ax] + (i[ax] - offs[-1],) + i[ax + 1:])
+        for x, off, nxt in reversed(list(zip(xs[:-1], offs[:-1], offs[1:]))):
+            val = Select(Bin("lt", i[ax], nxt), x.at(i[:ax] + (i[ax] - off,) + i[ax + 1:]), val)
+        return val
+
+    return b.compute(shp, t.dtype, fn, "concat")  # type: ignore[attr-defined]
+
+
+@register_lower("split")
+def _split(b: Builder, args: Args, attrs: Attrs, t: Type) -> list[Tensor]:
+    x = _tensor(args[0])
+    if not isinstance(t, TupleType):
+        raise CannotLower("split result is not a tuple")
+    ax = _axis(attrs.get("axis", 0), x.ndim)
+    outs, off = [], Const(0)
+    for ft in t.fields:
+        shp = out_shape(ft)
+        o = off
+        outs.append(b.compute(shp, x.dtype, lambda i, o=o: x.at(i[:ax] + (i[ax] + o,) + i[ax + 1:]), "split"))
+        off = arith.simplify(off + shp[ax])
+    return outs
+
+
+@register_lower("take")
+def _take(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
+    x, ind = _tensor(args[0]), _tensor(args[1])
+    ax = _axis(attrs.get("axis", 0), x.ndim)
+    k = ind.ndim
+
+    def fn(i: Index) -> Expr:
+        v = as_dtype(ind.at(i[ax:ax + k]), "i64")
+        v = Select(Bin("lt", v, Const(0)), v + x.shape[ax], v)
+        return x.at(i[:ax] + (v,) + i[ax + k:])
+
+    return b.compute(out_shape(t), x.dtype, fn, "take")
+
+
+def _slice_start(d: Expr, begin: Any, step: int) -> Expr:
+    """ONNX Slice start after negative wrap and clamping (symbolic begins are taken as >= 0)."""
+    bv, n = arith.as_int(_e(begin)), arith.as_int(d)
+    if bv is not None and n is not None:
+        return Const(range(n)[slice(bv, None, step)].start if len(range(n)[slice(bv, None, step)]) else 0)
+    if bv is None:
+        e = _e(begin)
+        return Bin("min", e, d if step > 0 else d - 1)
+    if bv < 0:
+        return Bin("max", d + bv, Const(0))
+    return Bin("min", Const(bv), d if step > 0 else d - 1)
+
+
+@register_lower("strided_slice")
+def _strided_slice(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
+    x = _tensor(args[0])
+    strides = attrs.get("strides") or (1,) * len(attrs["axes"])
+    starts: dict[int, tuple[Expr, int]] = {}
+    for a, bg, en, st in zip(attrs["axes"], attrs["begin"], attrs["end"], strides):
+        ax = _axis(a, x.ndim)
+        starts[ax] = (arith.simplify(_slice_start(x.shape[ax], bg, int(st))), int(st))
+        del en  # the length is in the result type (slice_len)
+    assert slice_len  # same clamping rules as shape inference
+
+    def fn(i: Index) -> Expr:
+        return x.at(tuple(starts[d][0] + e * starts[d][1] if d in starts else e for d, e in enumerate(i)))
+
+    return b.compute(out_shape(t), x.dtype, fn, "strided_slice")
+
+
+@register_lower("pad")
+def _pad(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
+    x = _tensor(args[0])
+    p = [int(v) for v in attrs["pads"]]
+    fill = cst(attrs.get("value", 0.0), x.dtype)
+
+    def fn(i: Index) -> Expr:
+        src = tuple(e - p[d] for d, e in enumerate(i))
+        conds = [c for d, e in enumerate(src) if p[d] or p[d + x.ndim] for c in _in_range(e, x.shape[d])]
+        cond = all_of(conds)
+        return x.at(src) if cond is None else Select(cond, x.at(src), fill)
+
+    return b.compute(out_shape(t), x.dtype, fn, "pad")
+
+
+@register_lower("full")
+def _full(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
+    v = cst(attrs.get("value", 0.0), t.dtype)  # type: ignore[attr-defined]
+    return b.compute(out_shape(t), t.dtype, lambda i: v, "full")  # type: ignore[attr-defined]
+
+
+@register_lower("arange")
+def _arange(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
+    dt = t.dtype  # type: ignore[attr-defined]
+
+    def num(v: Any) -> Expr:
+        return as_dtype(_e(v), dt) if isinstance(v, Expr) else cst(v, dt)
+
+    start, step = num(attrs.get("start", 0)), num(attrs.get("step", 1))
+    return b.compute(out_shape(t), dt, lambda i: start + as_dtype(i[0], dt) * step, "arange")
+
+
+@register_lower("shape_tensor")
+def _shape_tensor(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
+    vals = [_e(v) for v in attrs["values"]]
+
+    def fn(i: Index) -> Expr:
+        out = vals[-1]
+        for k in range(len(vals) - 2, -1, -1):
+            out = Select(Bin("eq", i[0], Const(k)), vals[k], out)
+        return out
+
+    return b.compute(out_shape(t), "i64", fn, "shape_tensor")
+
+
+def _scalar(x: Any) -> Expr:
+    if isinstance(x, Tensor):
+        if x.ndim:
+            raise CannotLower("index operand must be a scalar")
+        return as_dtype(x.at(()), "i64")
+    return x
+
+
+@register_lower("dynamic_slice")
+def _dyn_slice(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
+    x, start = _tensor(args[0]), _scalar(args[1])
+    ax = _axis(attrs.get("axis", 0), x.ndim)
+    return b.compute(out_shape(t), x.dtype, lambda i: x.at(i[:ax] + (i[ax] + start,) + i[ax + 1:]), "dynamic_slice")
+
+
+@register_lower("dynamic_update_slice")
+def _dyn_update(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
+    x, u, start = _tensor(args[0]), _tensor(args[1]), _scalar(args[2])
+    ax = _axis(attrs.get("axis", 0), x.ndim)
+
+    def fn(i: Index) -> Expr:
+        rel = i[ax] - start
+        inside = Bin("and", Bin("ge", rel, Const(0)), Bin("lt", rel, u.shape[ax]))
+        return Select(inside, u.at(i[:ax] + (rel,) + i[ax + 1:]), x.at(i))
+
+    return b.compute(out_shape(t), x.dtype, fn, "dynamic_update_slice")

@@ -1,0 +1,277 @@
+"""`Schedule`: TensorIR-style primitives over one PrimFunc, recorded into a replayable `Trace`.
+
+The IR is immutable: each primitive checks its preconditions (raising `MlcError`), builds a new
+PrimFunc and only then replaces `self.func`, so a failed primitive leaves the schedule unchanged.
+Handles are names re-resolved against the current function on every use.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import Any, TypeVar
+
+import numpy as np
+from mlc.ir import arith
+from mlc.ir.diagnostics import MlcError
+from mlc.ir.expr import Var
+from mlc.ir.tir import BlockStmt, For, PrimFunc
+
+from . import compute, loops
+from .trace import BlockRV, Instruction, IntRV, LoopRV, Trace, encode
+from .tree import ancestors, blocks, find_block, find_loop, fresh, get, walk
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def instruction(fn: F) -> F:
+    """Record a top-level call of the primitive (not the ones it makes internally) in the trace."""
+
+    @functools.wraps(fn)
+    def wrapper(self: Schedule, *args: Any, **kwargs: Any) -> Any:
+        if self._depth:
+            return fn(self, *args, **kwargs)
+        self._depth += 1
+        try:
+            out = fn(self, *args, **kwargs)
+        finally:
+            self._depth -= 1
+        decision = kwargs.pop("decision", None)
+        if fn.__name__ in ("sample_perfect_tile", "sample_categorical"):
+            decision = self._last_decision
+        outs = out if isinstance(out, list | tuple) else ([] if out is None else [out])
+        self.trace = self.trace.append(
+            Instruction(fn.__name__, tuple(encode(list(args))), {k: encode(v) for k, v in kwargs.items()},
+                        tuple(encode(list(outs))), decision))
+        return out
+
+    wrapper._is_instruction = True  # type: ignore[attr-defined]
+    return wrapper  # type: ignore[return-value]
+
+
+def normalize(func: PrimFunc) -> PrimFunc:
+    """Give the function a root block and unique loop-variable names (handles are names)."""
+    body = func.body
+    if not (isinstance(body, BlockStmt) and not body.iters and body.name == "root"):
+        body = BlockStmt("root", (), body)
+    names = [b.name for _, b in blocks(body)]
+    dup = {n for n in names if names.count(n) > 1}
+    if dup:
+        raise MlcError(f"schedule: block names must be unique; repeated: {', '.join(sorted(dup))}")
+    func = replace(func, body=body)
+    seen: set[str] = set()
+    used = {b.name for b in func.params} | {v.name for v in func.scalar_params} | set(names)
+    used |= {s.var.name for _, s in walk(body) if isinstance(s, For)}
+    for path, s in list(walk(func.body)):
+        if isinstance(s, For):
+            if s.var.name in seen:
+                from .tree import put, subst
+
+                cur = get(func.body, path)
+                nv = Var(fresh(used, s.var.name), s.var.dtype)
+                new = replace(cur, var=nv, body=subst(cur.body, {cur.var: nv}))  # type: ignore[arg-type]
+                func = replace(func, body=put(func.body, path, new))
+            seen.add(s.var.name)
+    return func
+
+
+class Schedule:
+    """A schedule of one tensor program. `seed` seeds the sampling instructions."""
+
+    def __init__(self, func: PrimFunc, seed: int = 0):
+        self.func = normalize(func)
+        self.trace = Trace()
+        self.rng = np.random.default_rng(seed)
+        self._depth = 0
+        self._rv = 0
+        self._last_decision: Any = None
+
+    # ---- lookups ----------------------------------------------------------------------------
+    @instruction
+    def get_block(self, name: str) -> BlockRV:
+        find_block(self.func.body, name)
+        return BlockRV(name)
+
+    @instruction
+    def get_loops(self, block: BlockRV) -> list[LoopRV]:
+        path = find_block(self.func.body, block.name)
+        out: list[LoopRV] = []
+        for _, s in ancestors(self.func.body, path):
+            if isinstance(s, BlockStmt):
+                out = []
+            elif isinstance(s, For):
+                out.append(LoopRV(s.var.name))
+        return out
+
+    def get(self, rv: LoopRV | BlockRV) -> For | BlockStmt:
+        """The current statement a handle refers to."""
+        p = find_loop(self.func.body, rv.name) if isinstance(rv, LoopRV) else find_block(self.func.body, rv.name)
+        s = get(self.func.body, p)
+        assert isinstance(s, For | BlockStmt)
+        return s
+
+    # ---- loops ------------------------------------------------------------------------------
+    @instruction
+    def split(self, loop: LoopRV, factors: Sequence[int | None]) -> list[LoopRV]:
+        self.func, names = loops.split(self.func, _loop(loop), list(factors))
+        return [LoopRV(n) for n in names]
+
+    @instruction
+    def fuse(self, *loops_: LoopRV) -> LoopRV:
+        self.func, name = loops.fuse(self.func, [_loop(x) for x in loops_])
+        return LoopRV(name)
+
+    @instruction
+    def reorder(self, *loops_: LoopRV) -> None:
+        self.func = loops.reorder(self.func, [_loop(x) for x in loops_])
+
+    @instruction
+    def parallel(self, loop: LoopRV) -> None:
+        self.func = loops.set_kind(self.func, _loop(loop), "parallel")
+
+    @instruction
+    def vectorize(self, loop: LoopRV) -> None:
+        self.func = loops.set_kind(self.func, _loop(loop), "vectorized")
+
+    @instruction
+    def unroll(self, loop: LoopRV) -> None:
+        self.func = loops.set_kind(self.func, _loop(loop), "unrolled")
+
+    @instruction
+    def bind(self, loop: LoopRV, thread_tag: str) -> None:
+        self.func = loops.set_kind(self.func, _loop(loop), "thread", thread_tag)
+
+    # ---- blocks -----------------------------------------------------------------------------
+    @instruction
+    def cache_read(self, block: BlockRV, buffer_index: int, scope: str) -> BlockRV:
+        self.func, name = compute.cache_read(self.func, _block(block), int(buffer_index), scope)
+        return BlockRV(name)
+
+    @instruction
+    def cache_write(self, block: BlockRV, buffer_index: int, scope: str) -> BlockRV:
+        self.func, name = compute.cache_write(self.func, _block(block), int(buffer_index), scope)
+        return BlockRV(name)
+
+    @instruction
+    def compute_at(self, block: BlockRV, loop: LoopRV) -> None:
+        self.func = compute.compute_at(self.func, _block(block), _loop(loop))
+
+    @instruction
+    def reverse_compute_at(self, block: BlockRV, loop: LoopRV) -> None:
+        self.func = compute.reverse_compute_at(self.func, _block(block), _loop(loop))
+
+    @instruction
+    def compute_inline(self, block: BlockRV) -> None:
+        self.func = compute.compute_inline(self.func, _block(block))
+
+    @instruction
+    def reverse_compute_inline(self, block: BlockRV) -> None:
+        self.func = compute.reverse_compute_inline(self.func, _block(block))
+
+    @instruction
+    def decompose_reduction(self, block: BlockRV, loop: LoopRV) -> BlockRV:
+        self.func, name = compute.decompose_reduction(self.func, _block(block), _loop(loop))
+        return BlockRV(name)
+
+    @instruction
+    def rfactor(self, loop: LoopRV, factor_axis: int = 0, block: BlockRV | None = None) -> BlockRV:
+        """Factor the reduction of the (single) block under `loop` over that loop; returns the rf block."""
+        lp = self.get(LoopRV(_loop(loop)))
+        if block is None:
+            inner = [b.name for _, b in blocks(lp)]
+            if len(inner) != 1:
+                raise MlcError(f"rfactor: loop {_loop(loop)} must contain exactly one block, found {inner}")
+            name = inner[0]
+        else:
+            name = _block(block)
+        self.func, rf = compute.rfactor(self.func, name, _loop(loop), int(factor_axis))
+        return BlockRV(rf)
+
+    @instruction
+    def storage_align(self, block: BlockRV, buffer_index: int, axis: int, factor: int, offset: int) -> None:
+        self.func = compute.storage_align(self.func, _block(block), int(buffer_index), int(axis), int(factor), int(offset))
+
+    # ---- sampling ---------------------------------------------------------------------------
+    def _new_rv(self, value: int) -> IntRV:
+        self._rv += 1
+        return IntRV(int(value), f"v{self._rv}")
+
+    @instruction
+    def sample_perfect_tile(self, loop: LoopRV, n: int, max_innermost_factor: int = 16,
+                            decision: Sequence[int] | None = None) -> list[IntRV]:
+        """n factors whose product is the loop's (constant) extent, innermost <= max_innermost_factor."""
+        lp = self.get(LoopRV(_loop(loop)))
+        assert isinstance(lp, For)
+        ext = arith.as_int(lp.extent)
+        if ext is None:
+            raise MlcError(f"sample_perfect_tile: loop {lp.var.name} has a symbolic extent")
+        if n < 1 or max_innermost_factor < 1:
+            raise MlcError("sample_perfect_tile: need n >= 1 and max_innermost_factor >= 1")
+        if decision is not None:
+            d = [int(x) for x in decision]
+            prod = int(np.prod(d)) if d else 1
+            if len(d) != n or prod != ext or d[-1] > max_innermost_factor:
+                raise MlcError(f"sample_perfect_tile: decision {d} is not a perfect {n}-tiling of {ext} "
+                               f"with innermost <= {max_innermost_factor}")
+        else:
+            d = _sample_tile(self.rng, ext, n, max_innermost_factor)
+        self._last_decision = d
+        return [self._new_rv(x) for x in d]
+
+    @instruction
+    def sample_categorical(self, candidates: Sequence[int], probs: Sequence[float],
+                           decision: int | None = None) -> IntRV:
+        if len(candidates) == 0 or len(candidates) != len(probs):
+            raise MlcError("sample_categorical: need as many probabilities as candidates (at least one)")
+        p = np.asarray(probs, dtype=float)
+        if np.any(p < 0) or p.sum() <= 0:
+            raise MlcError("sample_categorical: probabilities must be non-negative and not all zero")
+        if decision is None:
+            decision = int(self.rng.choice(len(candidates), p=p / p.sum()))
+        elif not 0 <= int(decision) < len(candidates):
+            raise MlcError(f"sample_categorical: decision {decision} out of range")
+        self._last_decision = int(decision)
+        return self._new_rv(int(candidates[int(decision)]))
+
+
+def _loop(x: LoopRV | str) -> str:
+    if isinstance(x, LoopRV):
+        return x.name
+    if isinstance(x, str):
+        return x
+    raise MlcError(f"schedule: expected a loop handle, got {type(x).__name__}")
+
+
+def _block(x: BlockRV | str) -> str:
+    if isinstance(x, BlockRV):
+        return x.name
+    if isinstance(x, str):
+        return x
+    raise MlcError(f"schedule: expected a block handle, got {type(x).__name__}")
+
+
+def _factorize(n: int) -> list[int]:
+    out, p = [], 2
+    while p * p <= n:
+        while n % p == 0:
+            out.append(p)
+            n //= p
+        p += 1
+    if n > 1:
+        out.append(n)
+    return out
+
+
+def _sample_tile(rng: np.random.Generator, ext: int, n: int, max_inner: int) -> list[int]:
+    """Distribute the prime factors of `ext` over n positions at random, rejecting big innermost tiles."""
+    primes = _factorize(ext)
+    for _ in range(64):
+        d = [1] * n
+        for p in primes:
+            d[int(rng.integers(n))] *= p
+        if d[-1] <= max_inner:
+            return d
+    d = [1] * n  # fall back: move the innermost factors outwards until they fit
+    d[0] = ext
+    return d

@@ -1,0 +1,98 @@
+"""The runtime for graph functions: the reference interpreter's walk, with compiled kernels.
+
+Shape expressions are evaluated at run time from the inputs' dims, match_casts are checked, tensor
+programs run as native kernels, and intermediates live in storage planned ahead of time
+(`memory_plan`), so a call allocates one arena per storage token instead of one array per value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+import numpy as np
+from mlc.ir import arith
+from mlc.ir.diagnostics import MlcError
+from mlc.ir.dtype import to_numpy
+from mlc.ir.graph import CallTensor, Function, Value
+from mlc.ir.interp import Frame, Interpreter
+from mlc.ir.module import Module
+from mlc.ir.tir import PrimFunc
+from mlc.ir.types import TensorType, TupleType
+
+from .memory_plan import MemoryPlan, plan_function
+
+Kernel = Callable[[list[np.ndarray], dict[str, int]], None]
+
+
+class KernelProvider(Protocol):
+    def kernel(self, name: str) -> Kernel: ...
+
+
+class VM(Interpreter):
+    """Runs graph functions, dispatching `call_tensor` to compiled kernels."""
+
+    def __init__(self, module: Module, params: Mapping[str, np.ndarray], kernels: KernelProvider | None):
+        super().__init__(module, params)
+        self.kernels = kernels
+        self.plans: dict[str, MemoryPlan] = {
+            f.name: plan_function(f) for f in module.functions if isinstance(f, Function)
+        }
+        self._arenas: dict[int, np.ndarray] = {}
+        self._active_plan: MemoryPlan | None = None
+        self._cache: dict[str, Kernel] = {}
+
+    def run(self, inputs: Mapping[str, np.ndarray], func: str = "main") -> dict[str, np.ndarray]:
+        fn = self.module.get(func)
+        if not isinstance(fn, Function):
+            raise MlcError(f"@{func} is not a graph function")
+        names = [p.name for p in fn.params]
+        missing = [n for n in names if n not in inputs]
+        unknown = [n for n in inputs if n not in names]
+        if missing or unknown:
+            raise MlcError(
+                f"@{func} takes inputs {', '.join(names)}"
+                + (f"; missing {', '.join(missing)}" if missing else "")
+                + (f"; unknown {', '.join(unknown)}" if unknown else "")
+            )
+        self._active_plan = self.plans.get(func)
+        try:
+            outs = self.call(func, [np.ascontiguousarray(inputs[n]) for n in names])
+        finally:
+            self._active_plan = None
+        return {v.name: np.array(o, copy=True) if isinstance(o, np.ndarray) else o for v, o in zip(fn.body.results, outs)}
+
+    def _buffer(self, var: Value, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        plan = self._active_plan
+        tok = plan.token_of.get(var.name) if plan is not None else None
+        if tok is None:
+            return np.empty(shape, dtype)
+        need = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        arena = self._arenas.get(tok)
+        if arena is None or arena.size < need:
+            arena = np.empty(max(need, 1), np.uint8)
+            self._arenas[tok] = arena
+        return arena[:need].view(dtype).reshape(shape)
+
+    def _call_tensor(self, n: CallTensor, var: Value, frame: Frame) -> Any:
+        if self.kernels is None:
+            return super()._call_tensor(n, var, frame)
+        fn = self.module.get(n.func)
+        if not isinstance(fn, PrimFunc):
+            raise MlcError(f"@{n.func} is not a tensor program", n.loc)
+        out_types = var.type.fields if isinstance(var.type, TupleType) else (var.type,)
+        outs = []
+        for t in out_types:
+            assert isinstance(t, TensorType) and t.shape is not None
+            shape = tuple(arith.evaluate(d, frame.dims) for d in t.shape)
+            buf = self._buffer(var, shape, to_numpy(t.dtype)) if len(out_types) == 1 else np.empty(shape, to_numpy(t.dtype))
+            outs.append(buf)
+        args = [np.ascontiguousarray(self._get(a, frame)) for a in n.args]
+        dims = dict(frame.dims)
+        for p, e in zip(fn.scalar_params, n.sym_args):
+            dims[p.name] = arith.evaluate(e, frame.dims)
+        k = self._cache.get(n.func)
+        if k is None:
+            k = self._cache[n.func] = self.kernels.kernel(n.func)
+        k(args + outs, dims)
+        return outs[0] if len(outs) == 1 else tuple(outs)
