@@ -23,14 +23,7 @@ def import_cmd(model: str, output: str | None, dims: tuple[str, ...]) -> None:
     """Import an ONNX model into graph IR (weights go to a side file next to the output)."""
     from mlc.frontend.onnx_import import import_onnx
 
-    mapping: dict[str, str] = {}
-    for d in dims:
-        if "=" not in d:
-            raise click.BadParameter(f"expected NAME=SYMBOL, got {d!r}", param_hint="--dim")
-        k, v = d.split("=", 1)
-        if not v.isidentifier():
-            raise click.BadParameter(f"symbol {v!r} is not an identifier", param_hint="--dim")
-        mapping[k] = v
+    mapping = _dim_map(dims)
     if not Path(model).is_file():
         raise MlcError(f"cannot read '{model}': no such file")
     module, consts = import_onnx(model, mapping or None)
@@ -90,13 +83,133 @@ def opt_cmd(input: str, output: str | None, pipeline: str, print_after_all: bool
 @click.option("--func", default="main", show_default=True, help="Graph function to run.")
 @handle_errors
 def run_cmd(module: str, inputs: str | None, output: str | None, func: str) -> None:
-    """Run a module with the numpy reference interpreter; outputs go to an .npz keyed by result name."""
-    from mlc.ir.interp import run_function
+    """Run a compiled artifact (.mlc), or a text module with the numpy reference interpreter.
 
+    Outputs go to an .npz keyed by result name (or are printed).
+    """
     feeds = load_npz(inputs) if inputs else {}
-    src = read_module(module)
-    outs = run_function(src.module, feeds, src.constants(), func)
+    if _is_artifact(module):
+        from mlc.runtime.model import load
+
+        outs = load(module).vm.run(feeds, func)
+    else:
+        from mlc.ir.interp import run_function
+
+        src = read_module(module)
+        outs = run_function(src.module, feeds, src.constants(), func)
     save_npz(output, outs)
+
+
+def _is_artifact(path: str) -> bool:
+    from mlc.runtime.artifact import MAGIC
+
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(MAGIC)) == MAGIC
+    except OSError:
+        return False
+
+
+def _emit_option(fn: Any) -> Any:
+    return click.option("--emit", default="", help="Also write kernels' LLVM IR / assembly: llvm,asm (next to -o).")(fn)
+
+
+def _write_build(res: Any, output: str, emit: str) -> None:
+    atomic_write_bytes(output, res.data)
+    base = Path(output)
+    if "llvm" in emit:
+        atomic_write_bytes(base.with_suffix(".ll"), res.llvm_ir.encode())
+    if "asm" in emit:
+        atomic_write_bytes(base.with_suffix(".s"), res.asm.encode())
+
+
+def _emit_set(emit: str) -> tuple[str, ...]:
+    kinds = tuple(e for e in emit.split(",") if e)
+    bad = [e for e in kinds if e not in ("llvm", "asm")]
+    if bad:
+        raise click.BadParameter(f"unknown kind(s) {', '.join(bad)}; use llvm and/or asm", param_hint="--emit")
+    return kinds
+
+
+@cli.command("codegen")
+@input_argument
+@click.option("-o", "--output", "output", required=True, help="Artifact to write (.mlc).")
+@click.option("--target", default="cpu", show_default=True, help="cpu (the host, detected) or cuda.")
+@_emit_option
+@handle_errors
+def codegen_cmd(input: str, output: str, target: str, emit: str) -> None:
+    """Compile a module's tensor programs to native code and write the artifact."""
+    from mlc.runtime.build import build_artifact
+
+    kinds = _emit_set(emit)
+    src = read_module(input)
+    _write_build(build_artifact(src.module, src.constants(), target, kinds), output, emit)
+
+
+@cli.command("build")
+@click.argument("model")
+@click.option("-o", "--output", "output", required=True, help="Artifact to write (.mlc).")
+@click.option("--target", default="cpu", show_default=True, help="cpu (the host, detected) or cuda.")
+@click.option("--pipeline", "-p", default=None, help="Pipeline YAML (default: configs/pipelines/build-<target>.yaml).")
+@click.option("--db", default=None, help="Tuning database (JSON lines) whose best records schedule the kernels.")
+@click.option("--dim", "dims", multiple=True, metavar="NAME=SYMBOL", help="Name a dynamic ONNX axis' symbol.")
+@click.option("--timing", is_flag=True, help="Print a table of wall time per pass.")
+@_emit_option
+@handle_errors
+def build_cmd(model: str, output: str, target: str, pipeline: str | None, db: str | None, dims: tuple[str, ...],
+              timing: bool, emit: str) -> None:
+    """ONNX or IR -> import, shape-infer, fuse, schedule, codegen -> one artifact."""
+    from mlc.passes.pipeline import load_pipeline, run_pipeline
+    from mlc.passes.registry import PassContext
+    from mlc.runtime.build import build_artifact
+
+    from .main import default_pipeline
+
+    kinds = _emit_set(emit)
+    if model.endswith(".onnx"):
+        from mlc.frontend.onnx_import import import_onnx
+
+        if not Path(model).is_file():
+            raise MlcError(f"cannot read '{model}': no such file")
+        module, consts = import_onnx(model, _dim_map(dims) or None)
+        module = _with_memory_constants(module, consts)
+        ctx = PassContext(constants=consts, search_dirs=[Path.cwd()], target=target)
+    else:
+        src = read_module(model)
+        module = src.module
+        ctx = PassContext(constants=src.constants(), search_dirs=src.search_dirs, target=target)
+    steps = load_pipeline(pipeline or default_pipeline(f"build-{target}"))
+    if db is not None:
+        for s in steps:
+            if "db" in {o.name for o in s.info.options}:
+                s.options["db"] = db
+    module, report = run_pipeline(module, steps, ctx, verify_each=True)
+    if timing:
+        print_timings(report.timings)
+    _write_build(build_artifact(module, ctx.constants or {}, target, kinds), output, emit)
+
+
+def _with_memory_constants(module: Any, consts: dict[str, np.ndarray]) -> Any:
+    """Name the in-memory constants in the module, as a side file would be (for the verifier)."""
+    import dataclasses
+    import hashlib
+
+    from mlc.ir.module import ConstantsRef
+    from mlc.runtime.artifact import pack_params
+
+    return dataclasses.replace(module, constants=ConstantsRef("<memory>", hashlib.sha256(pack_params(consts)).hexdigest()))
+
+
+def _dim_map(dims: tuple[str, ...]) -> dict[str, str]:
+    mapping: dict[str, str] = {}
+    for d in dims:
+        if "=" not in d:
+            raise click.BadParameter(f"expected NAME=SYMBOL, got {d!r}", param_hint="--dim")
+        k, v = d.split("=", 1)
+        if not v.isidentifier():
+            raise click.BadParameter(f"symbol {v!r} is not an identifier", param_hint="--dim")
+        mapping[k] = v
+    return mapping
 
 
 def load_npz(path: str) -> dict[str, np.ndarray]:

@@ -1,7 +1,21 @@
 """mlc: a machine-learning compiler toolchain.
 
 The top-level folders of the repository (cli/, ir/, passes/, codegen/, runtime/, frontend/, ann/)
-install as subpackages of this namespace.
+install as subpackages of this namespace. `mlc.load("MODEL.mlc")` returns a callable model.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from mlc.runtime.model import Model
+
+
+def load(path: str) -> Model:
+    """Load a compiled artifact (`mlc build`/`mlc codegen` output): `load(p)(x=array) -> {name: array}`."""
+    from mlc.runtime.model import load as _load
+
+    return _load(path)

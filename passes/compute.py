@@ -19,7 +19,7 @@ import numpy as np
 
 from mlc.ir import arith
 from mlc.ir.dtype import is_float, to_numpy
-from mlc.ir.expr import Bin, Cast, Const, Expr, Load, Select, Var, free_vars
+from mlc.ir.expr import Bin, Cast, Const, Expr, Load, Select, Var, free_vars, substitute
 from mlc.ir.tir import BlockStmt, Buffer, For, IterVar, PrimFunc, Seq, Stmt, Store
 
 Index = tuple[Expr, ...]
@@ -117,6 +117,7 @@ class Builder:
         self.allocs: list[Buffer] = []
         self.params: list[Buffer] = []
         self.outputs: list[Buffer] = []
+        self.block_names: set[str] = set()
 
     def fresh(self, base: str) -> str:
         name, i = base, 0
@@ -124,6 +125,15 @@ class Builder:
             i += 1
             name = f"{base}_{i}"
         self.taken.add(name)
+        return name
+
+    def block_name(self, base: str) -> str:
+        """Blocks have their own namespace (a block may share its buffer's name, as in TVM)."""
+        name, i = base, 0
+        while name in self.block_names:
+            i += 1
+            name = f"{base}_{i}"
+        self.block_names.add(name)
         return name
 
     # ---- tensors -------------------------------------------------------------------------------
@@ -180,26 +190,36 @@ class Builder:
             stmt = For(lv, Const(0), iv.extent, stmt)
         return stmt
 
+    def _value(self, fn: Callable[..., Expr], ranks: Sequence[int]) -> tuple[Expr, list[tuple[Var, ...]]]:
+        """Evaluate `fn` on placeholder indices first, so that the stages it reads are emitted (and
+        named) before this one; the caller substitutes its iterators for the placeholders."""
+        holes = [tuple(Var(f"\0{k}_{j}") for j in range(r)) for k, r in enumerate(ranks)]
+        return fn(*holes), holes
+
     def _compute_nest(self, t: Tensor, buf: Buffer) -> Stmt:
-        loops, iters = self._iters(t.shape, "S")
-        idx = tuple(iv.var for iv in iters)
         if t.buffer is not None:
-            val: Expr = Load(t.buffer, idx)
+            src = t.buffer
+            val, holes = self._value(lambda i: Load(src, i), [t.ndim])
         else:
             assert t.fn is not None
-            val = t.fn(idx)
-        block = BlockStmt(self.fresh(t.name), tuple(iters), Store(buf, idx, as_dtype(val, buf.dtype)))
+            val, holes = self._value(t.fn, [t.ndim])
+        loops, iters = self._iters(t.shape, "S")
+        idx = tuple(iv.var for iv in iters)
+        val = substitute(val, dict(zip(holes[0], idx)))
+        block = BlockStmt(self.block_name(t.name), tuple(iters), Store(buf, idx, as_dtype(val, buf.dtype)))
         return self._nest(loops, iters, block)
 
     def _reduce_nest(self, t: Tensor, buf: Buffer) -> Stmt:
         red = t.reduction
         assert red is not None
+        val, holes = self._value(red.value, [t.ndim, len(red.extents)])
         sl, si = self._iters(t.shape, "S")
         rl, ri = self._iters(red.extents, "R")
         idx = tuple(iv.var for iv in si)
-        val = as_dtype(red.value(idx, tuple(iv.var for iv in ri)), buf.dtype)
+        sub = dict(zip(holes[0] + holes[1], idx + tuple(iv.var for iv in ri)))
+        val = as_dtype(substitute(val, sub), buf.dtype)
         upd = Store(buf, idx, Bin(red.op, Load(buf, idx), val))
-        block = BlockStmt(self.fresh(t.name), tuple(si + ri), upd, Store(buf, idx, identity(red.op, buf.dtype)))
+        block = BlockStmt(self.block_name(t.name), tuple(si + ri), upd, Store(buf, idx, identity(red.op, buf.dtype)))
         return self._nest(sl + rl, si + ri, block)
 
     # ---- the function --------------------------------------------------------------------------

@@ -88,9 +88,8 @@ class VM(Interpreter):
             buf = self._buffer(var, shape, to_numpy(t.dtype)) if len(out_types) == 1 else np.empty(shape, to_numpy(t.dtype))
             outs.append(buf)
         args = [np.ascontiguousarray(self._get(a, frame)) for a in n.args]
-        dims = dict(frame.dims)
-        for p, e in zip(fn.scalar_params, n.sym_args):
-            dims[p.name] = arith.evaluate(e, frame.dims)
+        # the kernel reads buffer dims from the arrays; only explicit scalars are passed
+        dims = {p.name: arith.evaluate(e, frame.dims) for p, e in zip(fn.scalar_params, n.sym_args)}
         k = self._cache.get(n.func)
         if k is None:
             k = self._cache[n.func] = self.kernels.kernel(n.func)

@@ -9,8 +9,23 @@ from mlc.codegen.jit import compile_module, link_object
 from mlc.codegen.llvm import kernel_signature, lower_to_llvm
 from mlc.codegen.parallel import get_num_threads, set_num_threads
 from mlc.ir import (
-    Bin, BlockStmt, Buffer, Call, Cast, Const, For, IfStmt, IterVar, Let, Load, MlcError, PrimFunc, Select, Seq,
-    Store, Var,
+    Bin,
+    BlockStmt,
+    Buffer,
+    Call,
+    Cast,
+    Const,
+    For,
+    IfStmt,
+    IterVar,
+    Let,
+    Load,
+    MlcError,
+    PrimFunc,
+    Select,
+    Seq,
+    Store,
+    Var,
 )
 from mlc.ir.dtype import to_numpy
 from mlc.ir.expr import INTRINSICS

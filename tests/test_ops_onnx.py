@@ -175,12 +175,32 @@ CASES: list[Case] = [
     Case("Tile", {"x": r(2, 3)}, consts={"r": i64(3, 2)}),
     Case("Tile", {"x": r(2, 3)}, consts={"r": i64(2, 1)}, dims={"x": ["n", None]}, id="Tile-dynamic"),
     Case("Relu", {"x": r(3, 4)}, dims={"x": ["n", None]}, id="Relu-dynamic"),
+    Case("Pad", {"x": r(2, 3, 4)}, consts={"p": i64(1, 2, 0, 1), "v": np.array(0.0, np.float32), "ax": i64(0, -1)},
+         opset=18, id="Pad-axes"),
+    Case("Add", {"a": r(2, 3), "b": r(3)}, opset=21, id="Add-opset21"),
+    Case("Squeeze", {"x": r(2, 1, 3)}, consts={"ax": i64(1)}, opset=13, id="Squeeze-opset13"),
 ]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id or c.op for c in CASES])
 def test_op_matches_onnxruntime(case: Case) -> None:
     check(case)
+
+
+def test_imported_modules_print_parse_and_verify() -> None:
+    import dataclasses
+
+    from mlc.ir.module import ConstantsRef
+    from mlc.ir.parser import parse_module
+    from mlc.ir.printer import print_module
+    from mlc.ir.verify import verify_module
+
+    for c in CASES + RNN_CASES:
+        mod, _ = import_onnx(model_of(c))
+        mod = dataclasses.replace(mod, constants=ConstantsRef("c.npz", "0" * 64))
+        verify_module(mod)
+        text = print_module(mod)
+        assert parse_module(text) == mod, c.id or c.op
 
 
 def test_every_graph_op_has_infer_and_ref() -> None:
@@ -423,3 +443,16 @@ def test_gelu_reference_formula() -> None:
     got = ops.get("gelu").ref([x], {"approximate": "none"}, TensorType((Const(17),), "f32"), {})
     want = np.array([0.5 * v * (1 + math.erf(v / math.sqrt(2))) for v in x.astype(np.float64)])
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+
+
+def test_docs_list_every_supported_onnx_op() -> None:
+    import re
+    from pathlib import Path
+
+    from mlc.frontend.onnx_ops import HANDLERS
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "ops.md").read_text()
+    table = set(re.findall(r"\b[A-Z][A-Za-z]+\b", text))
+    assert sorted(set(HANDLERS) - table) == []
+    for name in ops.all_ops():
+        assert re.search(rf"\b{name}\b", text), name

@@ -386,3 +386,86 @@ def test_random_loop_schedules_keep_results() -> None:
                 s.fuse(loops[a], loops[a + 1])
         same(f, s.func)
         assert s.trace.apply(f) == s.func
+
+
+def test_copy_forks_independently_and_get_blocks() -> None:
+    f = mm_relu(24, 12, 16)
+    s = Schedule(f, seed=5)
+    assert [b.name for b in s.get_blocks()] == ["C", "D"]
+    t = s.copy()
+    tile_program(s)
+    tile_program(t)
+    assert s.func == t.func and s.trace == t.trace  # same rng state -> same samples
+    u = s.copy()
+    u.parallel(u.get_loops(u.get_block("D"))[0])
+    assert u.func != s.func and len(u.trace) == len(s.trace) + 3
+
+
+def test_compute_at_symbolic_and_cache_read_of_intermediate() -> None:
+    n = Var("n")
+    f = mm_relu(n, 12, 8)
+    s = Schedule(f)
+    d = s.get_block("D")
+    i, j = s.get_loops(d)
+    io, ii = s.split(i, [None, 4])
+    cr = s.cache_read(d, 0, "local")  # D reads the intermediate C
+    s.compute_at(cr, io)
+    s.compute_at(s.get_block("C"), io)
+    for nv in (1, 7, 8):
+        same(f, s.func, {"n": nv})
+    with pytest.raises(MlcError, match="runs before block"):
+        s2 = Schedule(f)
+        s2.cache_write(s2.get_block("C"), 0, "local")
+        s2.compute_at(s2.get_block("C_local_wb"), s2.get_loops(s2.get_block("C"))[0])
+
+
+def _random_step(s: Schedule, rng: np.random.Generator) -> None:
+    blocks_ = s.get_blocks()
+    b = blocks_[int(rng.integers(len(blocks_)))]
+    loops = s.get_loops(b)
+    lp = loops[int(rng.integers(len(loops)))] if loops else None
+    other = blocks_[int(rng.integers(len(blocks_)))]
+    olp = s.get_loops(other)
+    op = int(rng.integers(11))
+    if op == 0 and lp is not None:
+        s.split(lp, [None, int(rng.integers(2, 5))])
+    elif op == 1 and len(loops) > 1:
+        s.reorder(*[loops[p] for p in rng.permutation(len(loops))])
+    elif op == 2:
+        s.cache_read(b, int(rng.integers(2)), "local")
+    elif op == 3:
+        s.cache_write(b, 0, "local")
+    elif op == 4 and olp:
+        s.compute_at(b, olp[int(rng.integers(len(olp)))])
+    elif op == 5 and olp:
+        s.reverse_compute_at(b, olp[int(rng.integers(len(olp)))])
+    elif op == 6:
+        s.compute_inline(b)
+    elif op == 7:
+        s.reverse_compute_inline(b)
+    elif op == 8 and lp is not None:
+        s.decompose_reduction(b, lp)
+    elif op == 9 and lp is not None:
+        s.rfactor(lp, block=b)
+    elif op == 10 and lp is not None:
+        s.parallel(lp)
+
+
+@pytest.mark.parametrize("make", [mm_relu, conv_func, softmax_func], ids=["mm", "conv", "softmax"])
+def test_random_block_schedules_keep_results(make: Callable[[], PrimFunc]) -> None:
+    """Fuzz: random primitive sequences either apply (and keep the result) or refuse without change."""
+    f = make()
+    rng = np.random.default_rng(11)
+    applied = 0
+    for _ in range(12):
+        s = Schedule(f)
+        for _step in range(6):
+            before, n = s.func, len(s.trace)
+            try:
+                _random_step(s, rng)
+                applied += 1
+            except MlcError:
+                assert s.func == before and len(s.trace) >= n
+        same(f, s.func)
+        assert Trace.from_json(s.trace.to_json()).apply(f) == s.func
+    assert applied > 20

@@ -62,6 +62,21 @@ def test_zoo_dynamic_dims_are_symbolic(built: tuple[str, onnx.ModelProto]) -> No
         assert isinstance(r.type, TensorType) and r.type.shape is not None
 
 
+def test_zoo_import_prints_parses_and_verifies(built: tuple[str, onnx.ModelProto]) -> None:
+    import dataclasses
+
+    from mlc.ir.module import ConstantsRef
+    from mlc.ir.parser import parse_module
+    from mlc.ir.printer import print_module
+    from mlc.ir.verify import verify_module
+
+    mod, consts = import_onnx(built[1])
+    mod = dataclasses.replace(mod, constants=ConstantsRef("c.npz", "0" * 64))
+    verify_module(mod)
+    text = print_module(mod)
+    assert parse_module(text) == mod and print_module(parse_module(text)) == text
+
+
 def test_zoo_is_deterministic_and_listed() -> None:
     assert set(zoo.NAMES) >= {"mlp", "resnext", "inception", "seq2seq", "gpt_block", "default"}
     assert zoo.build("gpt_block").SerializeToString() == zoo.build("gpt_block").SerializeToString()

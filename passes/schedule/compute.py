@@ -133,8 +133,10 @@ def cache_read(func: PrimFunc, block: str, index: int, scope: str) -> tuple[Prim
     for p, w in _writers(func, buf.name):
         if top_index(func, p) >= first:
             raise MlcError(f"cache_read: producer {w.name} of {buf.name} shares a loop nest with, or follows, its first consumer")
-    ts = tops(func)
-    ts = [map_buffers(t, lambda x: new if x.name == buf.name else x, stores=False) for t in ts]
+    body = func.body
+    for p, c in consumers:
+        body = put(body, p, map_buffers(c, lambda x: new if x.name == buf.name else x, stores=False))
+    ts = tops(replace(func, body=body))
     ts.insert(first, make_copy_nest(used, new.name, buf, new))
     return with_tops(func, ts, root(func).alloc_buffers + (new,)), new.name
 

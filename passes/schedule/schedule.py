@@ -87,7 +87,20 @@ class Schedule:
         self._rv = 0
         self._last_decision: Any = None
 
+    def copy(self) -> Schedule:
+        """An independent schedule in the same state (search forks candidates from one prefix)."""
+        out = Schedule.__new__(Schedule)
+        out.func, out.trace, out._depth, out._rv, out._last_decision = self.func, self.trace, 0, self._rv, None
+        out.rng = np.random.default_rng()
+        out.rng.bit_generator.state = self.rng.bit_generator.state
+        return out
+
     # ---- lookups ----------------------------------------------------------------------------
+    @instruction
+    def get_blocks(self) -> list[BlockRV]:
+        """Every block except the root, in program order."""
+        return [BlockRV(b.name) for p, b in blocks(self.func.body) if p]
+
     @instruction
     def get_block(self, name: str) -> BlockRV:
         find_block(self.func.body, name)

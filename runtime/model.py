@@ -1,0 +1,48 @@
+"""`mlc.load(path)`: a compiled model as a Python callable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from mlc.ir.diagnostics import MlcError
+from mlc.ir.graph import Function
+
+from .artifact import Artifact, read
+from .vm import VM
+
+
+class Model:
+    """`outputs = model(x=array, ...)`: runs the artifact's `main` with its compiled kernels."""
+
+    def __init__(self, art: Artifact, name: str = "<artifact>"):
+        from mlc.codegen.jit import link_object
+        from mlc.ir.parser import parse_module
+
+        try:
+            program = art.sections["program"].decode()
+        except (KeyError, UnicodeDecodeError):
+            raise MlcError(f"{name}: artifact has no readable program section") from None
+        self.module = parse_module(program, f"{name}:program")
+        self.meta = art.meta
+        obj = art.sections.get("object", b"")
+        self.library = link_object(obj) if obj else None
+        self.params = art.params()
+        self.vm = VM(self.module, self.params, self.library)
+
+    @property
+    def input_names(self) -> list[str]:
+        fn = self.module.get("main")
+        assert isinstance(fn, Function)
+        return [p.name for p in fn.params]
+
+    def __call__(self, **inputs: np.ndarray) -> dict[str, np.ndarray]:
+        return self.vm.run(inputs)
+
+    def memory_plan(self, dims: dict[str, int]) -> tuple[int, int]:
+        """(planned bytes, bytes without reuse) of `main`'s intermediates for these dims."""
+        return self.vm.plans["main"].evaluate(dims)
+
+
+def load(path: str | Path) -> Model:
+    return Model(read(path), str(path))

@@ -1,0 +1,265 @@
+"""fuse: grouping rules, one PrimFunc per group, and whole zoo models against the un-lowered graph."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from mlc.frontend import zoo
+from mlc.frontend.onnx_import import import_onnx
+from mlc.ir import (
+    Binding,
+    Block,
+    BlockStmt,
+    CallTensor,
+    Const,
+    For,
+    Function,
+    Module,
+    OpCall,
+    PrimFunc,
+    Seq,
+    Stmt,
+    TensorType,
+    UnknownType,
+    Value,
+    Var,
+    attrs_of,
+)
+from mlc.ir import arith
+from mlc.ir.dtype import to_numpy
+from mlc.ir.interp import run_function
+from mlc.ir.parser import parse_module
+from mlc.ir.printer import print_module
+from mlc.passes.fuse import count_calls
+from mlc.passes.registry import PassContext, get_pass
+
+N = Var("n")
+F32 = "f32"
+
+
+def run_pass(name: str, m: Module, ctx: PassContext | None = None, **opts: Any) -> Module:
+    info = get_pass(name)
+    assert info is not None
+    return info.fn(m, ctx or PassContext(), **info.validate_options(opts))
+
+
+def t(*shape: Any) -> TensorType:
+    return TensorType(tuple(d if isinstance(d, Var) else Const(d) for d in shape), F32)
+
+
+def graph(params: tuple[Value, ...], ops: list[tuple[str, str, tuple[str, ...], dict[str, Any]]],
+          results: tuple[str, ...]) -> Module:
+    """A graph from (result, op, arg names, attrs) rows."""
+    env = {p.name: p for p in params}
+    bs = []
+    for name, op, args, attrs in ops:
+        v = Value(name, UnknownType())
+        bs.append(Binding(v, OpCall(op, tuple(env[a] for a in args), attrs_of(attrs))))
+        env[name] = v
+    return run_pass("shape-infer", Module((Function("main", params, Block(tuple(bs), tuple(env[r] for r in results))),)))
+
+
+def calls(m: Module) -> list[CallTensor]:
+    return [b.node for b in m.get("main").body.bindings if isinstance(b.node, CallTensor)]  # type: ignore[union-attr]
+
+
+def same_results(a: Module, b: Module, inputs: dict[str, np.ndarray], consts: dict[str, np.ndarray] | None = None) -> None:
+    want, got = run_function(a, inputs, consts), run_function(b, inputs, consts)
+    assert want.keys() == got.keys()
+    for k in want:
+        assert want[k].shape == got[k].shape and want[k].dtype == got[k].dtype
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-4, atol=1e-5, err_msg=k)
+
+
+def rand(*shape: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+X = Value("x", t(N, 8))
+W = Value("w", t(8, 6))
+B = Value("b", t(6))
+
+
+def test_matmul_epilogue_is_one_kernel_with_internal_buffer() -> None:
+    m = graph((X, W, B), [("mm", "matmul", ("x", "w"), {}), ("y", "add", ("mm", "b"), {}),
+                          ("z", "relu", ("y",), {})], ("z",))
+    f = run_pass("fuse", m)
+    (c,) = calls(f)
+    pf = f.get(c.func)
+    assert isinstance(pf, PrimFunc) and pf.name == "fused_matmul_add_relu"
+    assert [v.name for v in c.args] == ["x", "w", "b"]
+    assert isinstance(pf.body, BlockStmt) and [a.name for a in pf.body.alloc_buffers] == ["matmul"]
+    assert len(_nests(pf.body)) == 2  # the matmul nest, then one epilogue nest (add and relu inlined)
+    same_results(m, f, {"x": rand(3, 8), "w": rand(8, 6, seed=1), "b": rand(6, seed=2)})
+
+
+def test_diamond_of_elementwise_ops_fuses_into_one_inlined_nest() -> None:
+    m = graph((X,), [("e", "exp", ("x",), {}), ("a", "sin", ("e",), {}), ("c", "cos", ("e",), {}),
+                     ("y", "add", ("a", "c"), {}), ("s", "sum", ("y",), {"axes": (1,), "keepdims": False})], ("s",))
+    f = run_pass("fuse", m)
+    (c,) = calls(f)
+    pf = f.get(c.func)
+    assert isinstance(pf, PrimFunc)
+    # exp has two readers inside the group, so it is materialised once; the rest is inlined into the reduction
+    assert len(_nests(pf.body)) == 2
+    same_results(m, f, {"x": rand(4, 8)})
+
+
+def test_value_used_outside_is_a_group_boundary() -> None:
+    m = graph((X,), [("e", "exp", ("x",), {}), ("l", "log", ("e",), {})], ("e", "l"))
+    f = run_pass("fuse", m)
+    assert len(calls(f)) == 2
+    same_results(m, f, {"x": rand(2, 8)})
+
+
+def test_two_contractions_never_share_a_kernel() -> None:
+    w2 = Value("w2", t(6, 6))
+    m = graph((X, W, w2), [("a", "matmul", ("x", "w"), {}), ("r", "relu", ("a",), {}),
+                           ("b", "matmul", ("r", "w2"), {}), ("c", "tanh", ("b",), {})], ("c",))
+    f = run_pass("fuse", m)
+    assert [c.func for c in calls(f)] == ["fused_matmul_relu", "fused_matmul_tanh"]
+    same_results(m, f, {"x": rand(3, 8), "w": rand(8, 6, seed=1), "w2": rand(6, 6, seed=2)})
+
+
+def test_elementwise_producer_and_layout_fuse_into_reduction_consumers() -> None:
+    m = graph((X, W), [("s", "sigmoid", ("x",), {}), ("tr", "transpose", ("w",), {"perm": (1, 0)}),
+                       ("tt", "transpose", ("tr",), {"perm": (1, 0)}), ("mm", "matmul", ("s", "tt"), {})], ("mm",))
+    f = run_pass("fuse", m)
+    assert len(calls(f)) == 1
+    same_results(m, f, {"x": rand(5, 8), "w": rand(8, 6, seed=1)})
+
+
+def test_opaque_ops_stay_alone_and_stats_are_reported(capsys: pytest.CaptureFixture[str]) -> None:
+    m = graph((X,), [("a", "exp", ("x",), {}), ("s", "softmax", ("a",), {"axis": -1}), ("y", "neg", ("s",), {})], ("y",))
+    logs: list[str] = []
+    f = run_pass("fuse", m, PassContext(log=logs.append), verbose=True)
+    assert [c.func for c in calls(f)] == ["exp", "softmax", "neg"]
+    assert logs and logs[0].startswith("fuse: 3 ops -> 3 kernels")
+    assert "fuse: 3 ops -> 3 kernels" in capsys.readouterr().err
+    same_results(m, f, {"x": rand(3, 8)})
+
+
+def test_fused_module_round_trips_through_text() -> None:
+    m = graph((X, W, B), [("mm", "matmul", ("x", "w"), {}), ("y", "add", ("mm", "b"), {}),
+                          ("z", "gelu", ("y",), {})], ("z",))
+    f = run_pass("fuse", m)
+    text = print_module(f)
+    assert parse_module(text) == f and print_module(parse_module(text)) == text
+
+
+# ---- zoo models ----------------------------------------------------------------------------------
+
+SETTINGS: dict[str, list[dict[str, int]]] = {
+    "mlp": [{"N": 1}, {"N": 3}],
+    "resnext": [{"N": 1}, {"N": 2}],
+    "inception": [{"N": 1}, {"N": 2}],
+    "seq2seq": [{"S": 1, "N": 2}, {"S": 4, "N": 1}],
+    "gpt_block": [{"B": 1, "T": 1}, {"B": 2, "T": 5}],
+}
+MODELS = [n for n in zoo.NAMES if n != "default"]
+
+
+def _zoo(name: str) -> tuple[Module, dict[str, np.ndarray]]:
+    m, consts = import_onnx(zoo.build(name))
+    return run_pass("shape-infer", m, PassContext(constants=consts)), consts
+
+
+def _inputs(m: Module, env: dict[str, int], seed: int) -> dict[str, np.ndarray]:
+    fn = m.get("main")
+    assert isinstance(fn, Function)
+    rng = np.random.default_rng(seed)
+    out = {}
+    for p in fn.params:
+        assert isinstance(p.type, TensorType) and p.type.shape is not None
+        shape = [arith.evaluate(d, env) for d in p.type.shape]
+        dt = to_numpy(p.type.dtype)
+        out[p.name] = rng.integers(0, 10, shape).astype(dt) if dt.kind in "iu" else rng.standard_normal(shape).astype(dt)
+    return out
+
+
+def test_zoo_settings_cover_every_model() -> None:
+    assert set(SETTINGS) == set(MODELS)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_zoo_fuse_and_lower_match_the_graph(name: str) -> None:
+    m, consts = _zoo(name)
+    fused, lowered = run_pass("fuse", m, strict=True), run_pass("lower", m, strict=True)
+    for low in (fused, lowered):
+        assert count_calls(low).ops == 0
+        for pf in low.prim_functions():
+            _assert_fast_path_shape(pf)
+    for k, env in enumerate(SETTINGS[name]):
+        assert {v.name for v in m.get("main").sym_vars()} == set(env)  # type: ignore[union-attr]
+        inputs = _inputs(m, env, k)
+        same_results(m, fused, inputs, consts)
+        same_results(m, lowered, inputs, consts)
+
+
+@pytest.mark.parametrize("name", ["gpt_block", "resnext"])
+def test_zoo_fusion_at_least_halves_the_kernel_count(name: str) -> None:
+    m, _ = _zoo(name)
+    ops = count_calls(m).ops
+    kernels = count_calls(run_pass("fuse", m)).kernels
+    assert 2 * kernels <= ops, f"{name}: {ops} ops -> {kernels} kernels"
+
+
+def _nests(s: Stmt) -> list[Stmt]:
+    if isinstance(s, BlockStmt) and s.name == "root" and not s.iters:
+        return _nests(s.body)
+    if isinstance(s, Seq):
+        return list(s.stmts)
+    return [s]
+
+
+def _assert_fast_path_shape(pf: PrimFunc) -> None:
+    """Every nest is a perfect loop nest around exactly one block (what the interpreter vectorises)."""
+    for nest in _nests(pf.body):
+        while isinstance(nest, For):
+            nest = nest.body
+        assert isinstance(nest, BlockStmt) and not nest.alloc_buffers, pf.name
+        assert not isinstance(nest.body, Seq | For | BlockStmt), pf.name
+
+
+# ---- FileCheck-style tests: tests/passes/*.ir -----------------------------------------------------
+
+PASS_DIR = Path(__file__).parent / "passes"
+
+
+def filecheck(text: str, checks: list[tuple[str, str]]) -> None:
+    """CHECK (in order), CHECK-NEXT (the following line), CHECK-NOT (absent up to the next match)."""
+    lines = text.splitlines()
+    pos, banned = 0, []
+    for kind, pat in checks:
+        if kind == "CHECK-NOT":
+            banned.append(pat)
+            continue
+        if kind == "CHECK-NEXT":
+            assert pos < len(lines) and pat in lines[pos], f"CHECK-NEXT: {pat!r} not on line {pos + 1}:\n{text}"
+            hit = pos
+        else:
+            hit = next((i for i in range(pos, len(lines)) if pat in lines[i]), -1)
+            assert hit >= 0, f"CHECK: {pat!r} not found after line {pos}:\n{text}"
+        for b in banned:
+            assert not any(b in ln for ln in lines[pos:hit]), f"CHECK-NOT: {b!r} found:\n{text}"
+        banned, pos = [], hit + 1
+    for b in banned:
+        assert not any(b in ln for ln in lines[pos:]), f"CHECK-NOT: {b!r} found:\n{text}"
+
+
+@pytest.mark.parametrize("path", sorted(PASS_DIR.glob("*.ir")), ids=lambda p: p.name)
+def test_pass_filecheck(path: Path) -> None:
+    src = path.read_text()
+    run = re.search(r"^# RUN: (.+)$", src, re.M)
+    assert run, f"{path.name}: no RUN line"
+    checks = re.findall(r"^# (CHECK(?:-NEXT|-NOT)?): (.*)$", src, re.M)
+    m = parse_module(src, str(path))
+    for step in run.group(1).split("|"):
+        name, *opts = step.split()
+        kw = dict(o.lstrip("-").split("=", 1) for o in opts)
+        m = run_pass(name, m, **kw)
+    filecheck(print_module(m), checks)
