@@ -31,6 +31,7 @@ class DA(IRVQ):
                  sweeps: int = 3, holdout: float = 0.1):
         super().__init__(dim, m, k, beam, iters, seed, shrink)
         self.sweeps, self.holdout = sweeps, holdout
+        self.refit_shrink, self.blend = shrink, 1.0
 
     def train(self, x: np.ndarray, progress: Reporter = QUIET) -> None:
         x = np.ascontiguousarray(x, np.float32)
@@ -54,7 +55,8 @@ class DA(IRVQ):
                 own = self.codebooks[m][flat[:, m]].astype(np.float64)
                 target = (rows - (recon - own)).astype(np.float32)
                 new = pca_kmeans(target, self.K, self.iters, self.seed + 1000 * (sweep + 1) + m,
-                                 init=self.codebooks[m], shrinkage=self.shrink)
+                                 init=self.codebooks[m], shrinkage=self.refit_shrink)
+                new = (self.blend * new + (1 - self.blend) * self.codebooks[m]).astype(np.float32)
                 trial = self.codebooks.copy()
                 trial[m] = new
                 val_trial = val_codes.copy()

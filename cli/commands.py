@@ -29,7 +29,7 @@ def import_cmd(model: str, output: str | None, dims: tuple[str, ...]) -> None:
     module, consts = import_onnx(model, mapping or None)
     from mlc.ir.verify import verify_module
 
-    verify_module(module)
+    verify_module(_with_memory_constants(module, consts))
     write_module(module, output, None, consts, stem=Path(model).stem)
 
 
@@ -198,6 +198,43 @@ def _with_memory_constants(module: Any, consts: dict[str, np.ndarray]) -> Any:
     from mlc.runtime.artifact import pack_params
 
     return dataclasses.replace(module, constants=ConstantsRef("<memory>", hashlib.sha256(pack_params(consts)).hexdigest()))
+
+
+@cli.command("bench")
+@click.argument("artifact")
+@click.option("--shape", "shapes", multiple=True, metavar="NAME=VALUE", help="Value of a symbolic dim.")
+@click.option("--onnx", "onnx_path", default=None, help="ONNX model to time with onnxruntime (default: the source).")
+@click.option("--runs", default=20, show_default=True, help="Timed runs (after 3 warm-up runs).")
+@handle_errors
+def bench_cmd(artifact: str, shapes: tuple[str, ...], onnx_path: str | None, runs: int) -> None:
+    """Median latency of a compiled model, beside onnxruntime's on the same inputs."""
+    from mlc.runtime.bench import random_inputs, time_fn
+    from mlc.runtime.model import load
+
+    dims = {}
+    for s in shapes:
+        k, _, v = s.partition("=")
+        if not v.isdigit():
+            raise click.BadParameter(f"expected NAME=INTEGER, got {s!r}", param_hint="--shape")
+        dims[k] = int(v)
+    model = load(artifact)
+    main = model.module.get("main")
+    feeds = random_inputs(main, dims)  # type: ignore[arg-type]
+    ours = time_fn(lambda: model(**feeds), runs=runs)
+    click.echo(f"mlc          median {ours.median_ms:9.3f} ms  (min {ours.min_ms:.3f}, {ours.runs} runs)")
+    src = onnx_path or str(model.meta.get("source") or "")
+    if src and Path(src).is_file():
+        import onnxruntime as ort
+
+        sess = ort.InferenceSession(src, providers=["CPUExecutionProvider"])
+        names = [i.name for i in sess.get_inputs()]
+        if sorted(names) != sorted(feeds):
+            raise MlcError(f"onnx model inputs {names} differ from the artifact's {list(feeds)}")
+        peer = time_fn(lambda: sess.run(None, feeds), runs=runs)
+        click.echo(f"onnxruntime  median {peer.median_ms:9.3f} ms  (min {peer.min_ms:.3f}, {peer.runs} runs)")
+        click.echo(f"speed ratio (onnxruntime / mlc): {peer.median_ms / ours.median_ms:.2f}x")
+    elif onnx_path:
+        raise MlcError(f"cannot read '{onnx_path}': no such file")
 
 
 def _dim_map(dims: tuple[str, ...]) -> dict[str, str]:

@@ -7,8 +7,7 @@ cross-compiling an object file for another x86 machine.
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cache
 
 import llvmlite.binding as llvm
@@ -24,12 +23,11 @@ def init_llvm() -> None:
 
 @dataclass(frozen=True)
 class CpuTarget:
-    """What to compile for: triple, CPU name, LLVM feature string and worker threads."""
+    """What to compile for: triple, CPU name and LLVM feature string (threads are a run-time setting)."""
 
     triple: str
     cpu: str
     features: str
-    num_threads: int = field(default=1)
 
     @property
     def feature_set(self) -> frozenset[str]:
@@ -60,16 +58,11 @@ class CpuTarget:
 
 
 @cache
-def host_target(num_threads: int | None = None) -> CpuTarget:
-    """The machine we run on; `num_threads` defaults to the CPUs this process may use."""
+def host_target() -> CpuTarget:
+    """The machine we run on, with every feature LLVM detects (AVX2, FMA, AVX-512, ...)."""
     init_llvm()
-    if num_threads is None:
-        try:
-            num_threads = len(os.sched_getaffinity(0))
-        except AttributeError:  # pragma: no cover - non-Linux
-            num_threads = os.cpu_count() or 1
     try:
         features = llvm.get_host_cpu_features().flatten()
     except RuntimeError:  # pragma: no cover - LLVM cannot read features on this host
         features = ""
-    return CpuTarget(llvm.get_process_triple(), llvm.get_host_cpu_name(), features, max(1, num_threads))
+    return CpuTarget(llvm.get_process_triple(), llvm.get_host_cpu_name(), features)

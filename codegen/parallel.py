@@ -67,11 +67,20 @@ class _Runtime:
             return
         step = -(-extent // threads)
         bounds = [(b, min(b + step, extent)) for b in range(0, extent, step)]
-        pool = self._pool_for(threads - 1)
-        futures = [pool.submit(fn, closure, b, e) for b, e in bounds[1:]]
+        futures = []
+        try:
+            pool = self._pool_for(len(bounds) - 1)
+            for b, e in bounds[1:]:
+                futures.append(pool.submit(fn, closure, b, e))
+        except RuntimeError:  # pool unavailable (interpreter shutting down): run the rest here
+            pass
         self._local.in_chunk = True
         try:
             fn(closure, *bounds[0])
+            # an exception escaping a ctypes callback would be swallowed and leave work undone,
+            # so chunks that could not be queued run on this thread instead
+            for b, e in bounds[1 + len(futures):]:
+                fn(closure, b, e)
         finally:
             self._local.in_chunk = False
         for f in futures:

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+import onnx.external_data_helper
 from google.protobuf.message import DecodeError
 from onnx import numpy_helper
 
@@ -291,6 +292,12 @@ def load_model(path_or_model: str | Path | bytes | onnx.ModelProto) -> tuple[onn
             raise MlcError(f"not a valid ONNX model (protobuf decode failed: {e})", Loc(src)) from None
         if not model.graph.node and not model.graph.output:
             raise MlcError("not a valid ONNX model (empty graph)", Loc(src))
+        if not isinstance(path_or_model, bytes) and any(
+                t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
+            try:  # weights stored next to the model file
+                onnx.external_data_helper.load_external_data_for_model(model, str(Path(src).parent))
+            except Exception as e:  # noqa: BLE001 - onnx raises OSError, ValueError or ValidationError
+                raise MlcError(f"cannot load external weights: {e}", Loc(src)) from None
     try:
         onnx.checker.check_model(model)
     except (onnx.checker.ValidationError, Exception) as e:  # the checker raises several types

@@ -16,6 +16,7 @@ import numpy as np
 import onnx
 
 from ..ir.arith import as_int, prove_equal, simplify
+from ..ir.dtype import from_numpy
 from ..ir.expr import Bin, Const, Expr
 from ..ir.ops.shapes import BIG, broadcast_shapes, numel, resolve_reshape
 from .onnx_compose import COMPOSED
@@ -173,7 +174,12 @@ def _constant(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
         v = np.array(attrs["value_ints"], dtype=np.int64)
     else:
         raise ctx.error(f"unsupported Constant form {sorted(attrs)}")
-    ctx.consts[node.output[0]] = np.asarray(v)
+    v = np.asarray(v)
+    try:
+        from_numpy(v.dtype)
+    except ValueError:
+        raise ctx.error(f"unsupported constant element type {v.dtype}") from None
+    ctx.consts[node.output[0]] = v
 
 
 @handles("Identity", "Dropout")
@@ -342,8 +348,6 @@ def _expand(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
 def _const_of_shape(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
     shape = _shape_input(ctx, node, 0)
     v = np.asarray(attrs.get("value", np.zeros(1, np.float32))).reshape(-1)
-    from ..ir.dtype import from_numpy
-
     val = v[0].item()
     ctx.out(0, ctx.emit("full", [], {"shape": tuple(simplify(d) for d in shape), "value": val,
                                      "dtype": from_numpy(v.dtype)}, node.output[0]))

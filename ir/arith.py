@@ -75,6 +75,9 @@ def _to_poly(e: Expr) -> Poly:
                 return a if e.op == "floordiv" else {}
             if all(c % cb == 0 for c in a.values()):
                 return {m: c // cb for m, c in a.items()} if e.op == "floordiv" else {}
+        q = _exact_quotient(a, b)
+        if q is not None:
+            return q if e.op == "floordiv" else {}
         return {(Bin(e.op, _from_poly(a), _from_poly(b)),): 1}
     if isinstance(e, Bin) and e.op in ("min", "max"):
         a, b = _to_poly(e.a), _to_poly(e.b)
@@ -90,6 +93,26 @@ def _to_poly(e: Expr) -> Poly:
         return _to_poly(e.a)
     # opaque atom: simplify inside, keep as a unit
     return {(_rebuild(e),): 1}
+
+
+def _exact_quotient(a: Poly, b: Poly) -> Poly | None:
+    """a / b when b is one monomial dividing every term of a exactly (e.g. 32*n*s / (n*s) = 32)."""
+    if len(b) != 1:
+        return None
+    (bm, bc), = b.items()
+    if not bm or bc == 0:
+        return None
+    out: Poly = {}
+    for m, c in a.items():
+        rest = list(m)
+        for atom in bm:
+            if atom not in rest:
+                return None
+            rest.remove(atom)
+        if c % bc:
+            return None
+        out[tuple(rest)] = c // bc
+    return out
 
 
 def _rebuild(e: Expr) -> Expr:

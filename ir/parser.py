@@ -18,12 +18,28 @@ from .diagnostics import Loc, MlcError
 from .dtype import DTYPES_ALL
 from .expr import Bin, Call, Cast, Const, Expr, Load, Not, Select, Var
 from .graph import (
-    AttrValue, Attrs, Binding, Block, CallExtern, CallGraph, CallTensor, Constant, Function, GetItem, If,
-    Loop, MakeTuple, MatchCast, Node, OpCall, Scalar, Value,
+    Attrs,
+    AttrValue,
+    Binding,
+    Block,
+    CallExtern,
+    CallGraph,
+    CallTensor,
+    Constant,
+    Function,
+    GetItem,
+    If,
+    Loop,
+    MakeTuple,
+    MatchCast,
+    Node,
+    OpCall,
+    Scalar,
+    Value,
 )
 from .lexer import Token, tokenize
 from .module import IR_VERSION, ConstantsRef, Module
-from .printer import FUNC_FORM, INFIX, NODE_WORDS
+from .printer import DIM_PREC, FUNC_FORM, INFIX, NODE_WORDS
 from .tir import BlockStmt, Buffer, For, IfStmt, IterVar, Let, PrimFunc, Seq, Stmt, Store
 from .types import ScalarType, TensorType, TupleType, Type, UnknownType
 
@@ -34,7 +50,6 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 _BINARY: dict[str, tuple[str, int]] = {sym: (op, p) for op, (sym, p) in INFIX.items()}
 _LITERAL_WORDS = ("true", "false", "inf", "nan")
 _ATTR_END = (",", ")", "}")
-_DIM_PREC = 4  # dims parse above comparison precedence
 T = TypeVar("T")
 
 
@@ -394,7 +409,7 @@ class Parser:
         dims: list[Expr] = []
         while not (self.tok.kind == "ident" and self.tok.text in DTYPES_ALL):
             t = self.tok
-            dims.append(self._expr(_DIM_PREC)[0])  # '>' closes the type: comparisons need parens
+            dims.append(self._expr(DIM_PREC)[0])  # '>' closes the type: comparisons need parens
             if isinstance(dims[-1], Var) and self.at(">") or self.at(","):
                 self.error(f"unknown dtype '{t.text}' (known: {', '.join(DTYPES_ALL)})", t)
             self.expect("x", " between dims (write tensor<n x 4 x f32>)")
@@ -791,11 +806,7 @@ def _run(text: str | bytes, filename: str, fn: Callable[[Parser], Any]) -> Any:
 def parse_module(text: str | bytes, filename: str = "<stdin>") -> Module:
     """Parse a whole module; raises MlcError (and nothing else) on bad input."""
 
-    def go(p: Parser) -> Module:
-        m = p.module()
-        return m
-
-    return _run(text, filename, go)
+    return _run(text, filename, Parser.module)
 
 
 def parse_expr(text: str, filename: str = "<expr>") -> Expr:

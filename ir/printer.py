@@ -13,8 +13,23 @@ from typing import Any
 from .dtype import DTYPES_ALL
 from .expr import Bin, Call, Cast, Const, Expr, Load, Not, Select, Var
 from .graph import (
-    Attrs, Binding, Block, CallExtern, CallGraph, CallTensor, Constant, Function, GetItem, If, Loop,
-    MakeTuple, MatchCast, Node, OpCall, Scalar, Value,
+    Attrs,
+    Binding,
+    Block,
+    CallExtern,
+    CallGraph,
+    CallTensor,
+    Constant,
+    Function,
+    GetItem,
+    If,
+    Loop,
+    MakeTuple,
+    MatchCast,
+    Node,
+    OpCall,
+    Scalar,
+    Value,
 )
 from .lexer import escape_string, is_plain_ident, is_plain_pct
 from .module import IR_VERSION, Module
@@ -35,6 +50,8 @@ KEYWORDS: frozenset[str] = frozenset(
     + FUNC_FORM + DTYPES_ALL
 )
 INDENT = "  "
+# Words that start a non-op binding node; an op named like one prints quoted.
+NODE_WORDS = frozenset(("call_tensor", "call_extern", "call", "const", "scalar", "tuple", "match_cast", "if", "for"))
 
 
 def _name(prefix: str, name: str) -> str:
@@ -375,9 +392,6 @@ class Printer(_ExprPrinter):
             else:
                 self.emit(f"<?{type(f).__name__}>")
 
-
-# Words that start a non-op binding node; an op named like one prints quoted.
-NODE_WORDS = frozenset(("call_tensor", "call_extern", "call", "const", "scalar", "tuple", "match_cast", "if", "for"))
 
 
 def print_module(m: Module) -> str:

@@ -19,8 +19,21 @@ from .diagnostics import UNKNOWN, Loc, MlcError
 from .dtype import DTYPES_ALL, is_float, is_int
 from .expr import INTRINSICS, Bin, Call, Cast, Const, Expr, Load, Not, Select, Var, children
 from .graph import (
-    Binding, Block, CallExtern, CallGraph, CallTensor, Constant, Function, GetItem, If, Loop, MakeTuple,
-    MatchCast, OpCall, Scalar, Value,
+    Binding,
+    Block,
+    CallExtern,
+    CallGraph,
+    CallTensor,
+    Constant,
+    Function,
+    GetItem,
+    If,
+    Loop,
+    MakeTuple,
+    MatchCast,
+    OpCall,
+    Scalar,
+    Value,
 )
 from .module import Module
 from .tir import FOR_KINDS, BlockStmt, Buffer, For, IfStmt, Let, PrimFunc, Seq, Stmt, Store

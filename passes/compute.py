@@ -16,7 +16,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-
 from mlc.ir import arith
 from mlc.ir.dtype import is_float, to_numpy
 from mlc.ir.expr import Bin, Cast, Const, Expr, Load, Select, Var, free_vars, substitute

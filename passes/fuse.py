@@ -26,12 +26,11 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from mlc.ir.graph import Binding, Block, CallTensor, Function, GetItem, If, Loop, OpCall, Value
+from mlc.ir.graph import Binding, Block, CallTensor, Function, If, Loop, OpCall
 from mlc.ir.module import Module
 from mlc.ir.ops.registry import KINDS
 from mlc.ir.ops.registry import get as get_op
 from mlc.ir.rewrite import operands, used_names
-from mlc.ir.types import TupleType
 
 from .compute import CannotLower
 from .lower import EXTERN_OPTION, STRICT_OPTION, GroupLowerer, lowerable, map_blocks, parse_externs, to_externs
@@ -261,10 +260,10 @@ class Fuser:
         outs = [bindings[k].var for k, i in enumerate(idxs) if g.extern_ref[i] or any(j not in inside for j in g.outputs[i])]
         if not outs:  # dead group: keep its last value so the block stays well formed
             outs = [bindings[-1].var]
-        if len(bindings) > 1:
+        if len(bindings) > 1 and len(outs) == 1:  # convex groups under a post-dominator have one result
             try:
                 call = self.gl.lower(bindings, outs, _fused_name(bindings))
-                return self.bind(call, outs, bindings[-1])
+                return [Binding(outs[0], call, bindings[-1].loc)]
             except CannotLower:
                 pass
         out = []
@@ -272,12 +271,6 @@ class Fuser:
             nb = self.gl.single(b) if isinstance(b.node, OpCall) else None
             out.append(nb or b)
         return out
-
-    def bind(self, call: CallTensor, outs: list[Value], last: Binding) -> list[Binding]:
-        if len(outs) == 1:
-            return [Binding(outs[0], call, last.loc)]
-        tup = Value(self.gl.fresh(f"{outs[0].name}_group"), TupleType(tuple(o.type for o in outs)), last.loc)
-        return [Binding(tup, call, last.loc)] + [Binding(o, GetItem(tup, k, o.loc), last.loc) for k, o in enumerate(outs)]
 
     @staticmethod
     def order(items: dict[int, list[Binding]], item_of: list[int], bs: tuple[Binding, ...], g: Graph) -> tuple[Binding, ...]:

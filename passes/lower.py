@@ -106,8 +106,8 @@ def lower_group(bindings: Sequence[Binding], outputs: Sequence[Value], name: str
     uses: dict[str, int] = {}
     for b in bindings:
         assert isinstance(b.node, OpCall)
-        for a in b.node.args:
-            uses[a.name] = uses.get(a.name, 0) + 1
+        for name in {a.name for a in b.node.args}:  # readers, not operand slots
+            uses[name] = uses.get(name, 0) + 1
     env: dict[str, Any] = {}
     args: list[Value] = []
     scalars: dict[Var, Expr] = {}

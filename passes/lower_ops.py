@@ -17,10 +17,21 @@ from mlc.ir.dtype import is_float
 from mlc.ir.expr import Bin, Call, Cast, Const, Expr, Not, Select, const
 from mlc.ir.ops.defs import BINARY, REDUCE
 from mlc.ir.ops.registry import register_lower
-from mlc.ir.ops.shapes import slice_len
 from mlc.ir.types import TensorType, TupleType, Type
 
-from .compute import Builder, CannotLower, Index, Shape, Tensor, all_of, as_dtype, broadcast, cst
+from .compute import (
+    Builder,
+    CannotLower,
+    Index,
+    Shape,
+    Tensor,
+    all_of,
+    as_dtype,
+    bcast_index,
+    broadcast,
+    cst,
+    identity,
+)
 
 Args = list[Any]
 Attrs = dict[str, Any]
@@ -30,6 +41,12 @@ def out_shape(t: Type) -> Shape:
     if not isinstance(t, TensorType) or t.shape is None:
         raise CannotLower("result has no known tensor type")
     return t.shape
+
+
+def out_dtype(t: Type) -> str:
+    if not isinstance(t, TensorType):
+        raise CannotLower("result is not a tensor")
+    return t.dtype
 
 
 def _axis(a: Any, rank: int) -> int:
@@ -105,7 +122,7 @@ def _lower_unary(op: str) -> Callable[..., Tensor]:
     def lower(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
         x = _tensor(args[0])
         assert isinstance(t, TensorType)
-        return b.compute(x.shape, t.dtype, lambda i: _unary_expr(op, attrs, x.at(i)), op)
+        return b.compute(x.shape, out_dtype(t), lambda i: _unary_expr(op, attrs, x.at(i)), op)
 
     return lower
 
@@ -131,7 +148,7 @@ def _lower_binary(op: str) -> Callable[..., Tensor]:
         x, y = _tensor(args[0]), _tensor(args[1])
         shp = out_shape(t)
         fx, fy = broadcast(x, shp), broadcast(y, shp)
-        return b.compute(shp, t.dtype, lambda i: _BIN_EXPR[op](fx(i), fy(i)), op)  # type: ignore[attr-defined]
+        return b.compute(shp, out_dtype(t), lambda i: _BIN_EXPR[op](fx(i), fy(i)), op)
 
     return lower
 
@@ -144,13 +161,13 @@ for _op in BINARY:
 def _where(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
     shp = out_shape(t)
     c, x, y = (broadcast(_tensor(a), shp) for a in args)
-    return b.compute(shp, t.dtype, lambda i: Select(as_dtype(c(i), "bool"), x(i), y(i)), "where")  # type: ignore[attr-defined]
+    return b.compute(shp, out_dtype(t), lambda i: Select(as_dtype(c(i), "bool"), x(i), y(i)), "where")
 
 
 @register_lower("broadcast_to")
 def _broadcast_to(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
     shp = out_shape(t)
-    return b.compute(shp, t.dtype, broadcast(_tensor(args[0]), shp), "broadcast_to")  # type: ignore[attr-defined]
+    return b.compute(shp, out_dtype(t), broadcast(_tensor(args[0]), shp), "broadcast_to")
 
 
 @register_lower("batch_norm")
@@ -211,7 +228,7 @@ def _lower_reduce(op: str) -> Callable[..., Tensor]:
     def lower(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
         x = _tensor(args[0])
         axes = _reduce_axes(attrs, x.ndim)
-        return reduce_op(b, x, op, axes, bool(attrs.get("keepdims", True)), out_shape(t), t.dtype)  # type: ignore[attr-defined]
+        return reduce_op(b, x, op, axes, bool(attrs.get("keepdims", True)), out_shape(t), out_dtype(t))
 
     return lower
 
@@ -264,12 +281,10 @@ def _matmul(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
         yi = _bidx(bi, ya[:-2], full[:batch]) + (r[0], n)
         return x.at(xi if x.ndim > 1 else xi[-1:]) * y.at(yi if y.ndim > 1 else yi[-2:-1])
 
-    return b.reduce(shp, t.dtype, "add", (xa[-1],), value, "matmul")  # type: ignore[attr-defined]
+    return b.reduce(shp, out_dtype(t), "add", (xa[-1],), value, "matmul")
 
 
 def _bidx(bi: Index, in_batch: Shape, out_batch: Shape) -> Index:
-    from .compute import bcast_index
-
     return bcast_index(bi, in_batch, out_batch) if in_batch else ()
 
 
@@ -304,9 +319,9 @@ def _conv2d(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
             return val
         cond = all_of(_in_range(h, x.shape[2]) + _in_range(wd, x.shape[3]))
         assert cond is not None
-        return Select(cond, val, cst(0, t.dtype))  # type: ignore[attr-defined]
+        return Select(cond, val, cst(0, out_dtype(t)))
 
-    return b.reduce(shp, t.dtype, "add", (cg, kh, kw), value, "conv2d")  # type: ignore[attr-defined]
+    return b.reduce(shp, out_dtype(t), "add", (cg, kh, kw), value, "conv2d")
 
 
 @register_lower("conv2d_transpose")
@@ -332,9 +347,9 @@ def _conv2d_t(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
         cond = all_of(conds)
         assert cond is not None
         val = x.at((n, ch, hy, hx)) * w.at((ch, Bin("floormod", o, og), ih, iw))
-        return Select(cond, val, cst(0, t.dtype))  # type: ignore[attr-defined]
+        return Select(cond, val, cst(0, out_dtype(t)))
 
-    return b.reduce(shp, t.dtype, "add", (cg, kh, kw), value, "conv2d_transpose")  # type: ignore[attr-defined]
+    return b.reduce(shp, out_dtype(t), "add", (cg, kh, kw), value, "conv2d_transpose")
 
 
 def _pool_window(attrs: Attrs) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
@@ -353,8 +368,6 @@ def _max_pool(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
         w = i[3] * s[1] - p[1] + r[1] * d[1]
         cond = all_of(_in_range(h, x.shape[2]) + _in_range(w, x.shape[3]))
         assert cond is not None
-        from .compute import identity
-
         return Select(cond, x.at((i[0], i[1], h, w)), identity("max", x.dtype))
 
     return b.reduce(out_shape(t), x.dtype, "max", (Const(k[0]), Const(k[1])), value, "max_pool2d")
@@ -512,7 +525,7 @@ def _concat(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
             val = Select(Bin("lt", i[ax], nxt), x.at(i[:ax] + (i[ax] - off,) + i[ax + 1:]), val)
         return val
 
-    return b.compute(shp, t.dtype, fn, "concat")  # type: ignore[attr-defined]
+    return b.compute(shp, out_dtype(t), fn, "concat")
 
 
 @register_lower("split")
@@ -562,11 +575,9 @@ def _strided_slice(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
     x = _tensor(args[0])
     strides = attrs.get("strides") or (1,) * len(attrs["axes"])
     starts: dict[int, tuple[Expr, int]] = {}
-    for a, bg, en, st in zip(attrs["axes"], attrs["begin"], attrs["end"], strides):
+    for a, bg, st in zip(attrs["axes"], attrs["begin"], strides):
         ax = _axis(a, x.ndim)
-        starts[ax] = (arith.simplify(_slice_start(x.shape[ax], bg, int(st))), int(st))
-        del en  # the length is in the result type (slice_len)
-    assert slice_len  # same clamping rules as shape inference
+        starts[ax] = (arith.simplify(_slice_start(x.shape[ax], bg, int(st))), int(st))  # end: in the type
 
     def fn(i: Index) -> Expr:
         return x.at(tuple(starts[d][0] + e * starts[d][1] if d in starts else e for d, e in enumerate(i)))
@@ -591,13 +602,13 @@ def _pad(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
 
 @register_lower("full")
 def _full(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
-    v = cst(attrs.get("value", 0.0), t.dtype)  # type: ignore[attr-defined]
-    return b.compute(out_shape(t), t.dtype, lambda i: v, "full")  # type: ignore[attr-defined]
+    v = cst(attrs.get("value", 0.0), out_dtype(t))
+    return b.compute(out_shape(t), out_dtype(t), lambda i: v, "full")
 
 
 @register_lower("arange")
 def _arange(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
-    dt = t.dtype  # type: ignore[attr-defined]
+    dt = out_dtype(t)
 
     def num(v: Any) -> Expr:
         return as_dtype(_e(v), dt) if isinstance(v, Expr) else cst(v, dt)

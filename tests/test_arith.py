@@ -4,7 +4,6 @@ import itertools
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from mlc.ir import arith
 from mlc.ir.expr import Bin, Const, Expr, Var
 

@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
 from mlc.cli.main import cli
 from mlc.ir.constants import save_constants
 

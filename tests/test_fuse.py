@@ -27,9 +27,9 @@ from mlc.ir import (
     UnknownType,
     Value,
     Var,
+    arith,
     attrs_of,
 )
-from mlc.ir import arith
 from mlc.ir.dtype import to_numpy
 from mlc.ir.interp import run_function
 from mlc.ir.parser import parse_module

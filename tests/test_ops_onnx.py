@@ -12,6 +12,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from mlc.frontend.onnx_import import import_onnx, sanitize
 from mlc.ir.arith import prove_equal
 from mlc.ir.diagnostics import Loc, MlcError
@@ -153,6 +155,8 @@ CASES: list[Case] = [
     Case("Slice", {"x": r(6, 7, 5)}, consts={"st": i64(-2, 1), "en": i64(-100, 100), "ax": i64(0, -1),
                                              "sp": i64(-1, 2)}),
     Case("Slice", {"x": r(6, 7)}, consts={"st": i64(1), "en": i64(-1)}, id="Slice-defaults"),
+    Case("Slice", {"x": r(6, 7)}, consts={"st": i64(1, -1), "en": i64(2**63 - 1, -(2**63)), "ax": i64(0, 1),
+                                          "sp": i64(2, -1)}, dims={"x": ["n", "m"]}, id="Slice-dynamic"),
     Case("Expand", {"x": r(3, 1)}, consts={"s": i64(2, 1, 4)}),
     Case("Where", {"c": r(3, 1) > 0, "a": r(1, 4), "b": r(4)}),
     Case("ReduceSum", {"x": r(2, 3, 4)}, {"keepdims": 0}, consts={"ax": i64(-1, 0)}),
@@ -456,3 +460,35 @@ def test_docs_list_every_supported_onnx_op() -> None:
     assert sorted(set(HANDLERS) - table) == []
     for name in ops.all_ops():
         assert re.search(rf"\b{name}\b", text), name
+
+
+def test_import_from_file_with_external_weights(tmp_path: Any) -> None:
+    from mlc.frontend import zoo
+
+    m = zoo.build("mlp")
+    onnx.save_model(m, tmp_path / "m.onnx", save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="m.weights", size_threshold=0)
+    mod, consts = import_onnx(tmp_path / "m.onnx")
+    ref_mod, ref_consts = import_onnx(zoo.build("mlp"))
+    assert mod.get("main") == ref_mod.get("main")
+    assert all(np.array_equal(consts[k], ref_consts[k]) for k in ref_consts)
+    (tmp_path / "m.weights").unlink()
+    with pytest.raises(MlcError):
+        import_onnx(tmp_path / "m.onnx")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.lists(st.integers(1, 4), min_size=0, max_size=4), min_size=1, max_size=3))
+def test_broadcast_inference_agrees_with_numpy(shapes: list[list[int]]) -> None:
+    from mlc.ir.ops.shapes import broadcast_shapes
+
+    try:
+        want: tuple[int, ...] | None = np.broadcast_shapes(*[tuple(s) for s in shapes])
+    except ValueError:
+        want = None
+    try:
+        got = broadcast_shapes([tuple(Const(d) for d in s) for s in shapes], Loc())
+    except MlcError:
+        assert want is None
+        return
+    assert want is not None and tuple(d.value for d in got) == want

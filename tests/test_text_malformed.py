@@ -13,7 +13,6 @@ import re
 from pathlib import Path
 
 import pytest
-
 from mlc.ir import MlcError
 from mlc.ir.parser import MAX_NESTING, parse_expr, parse_module
 from mlc.ir.printer import print_module

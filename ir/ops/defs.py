@@ -56,7 +56,7 @@ define("conv2d_transpose", "out_ewise_fusable", 2, {**_CONV_ATTRS, "output_paddi
 define("max_pool2d", "out_ewise_fusable", 1, {**_POOL_ATTRS, "dilations": (1, 1)}, "NCHW max pooling, pads with -inf")
 define("avg_pool2d", "out_ewise_fusable", 1, {**_POOL_ATTRS, "count_include_pad": False}, "NCHW average pooling")
 define("global_avg_pool2d", "reduction", 1, doc="mean over H and W, keeping them as 1")
-define("batch_norm", "injective", 5, {"epsilon": 1e-5},
+define("batch_norm", "broadcast", 5, {"epsilon": 1e-5},
        "inference batch norm: (x - mean) / sqrt(var + eps) * scale + bias, args x, scale, bias, mean, var; channel axis 1")
 define("layer_norm", "opaque", (2, 3), {"axis": -1, "epsilon": 1e-5},
        "normalise over axes axis..rank-1, then * scale (+ bias)")

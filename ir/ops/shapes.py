@@ -414,18 +414,30 @@ BIG = 2**62
 
 
 def slice_len(d: Expr, begin: Any, end: Any, step: int) -> Expr:
-    """Length of ONNX Slice along one axis of length d (clamping, negative wrap)."""
+    """Length of ONNX Slice along one axis of length d.
+
+    With all values constant this is exact (clamping, negative wrap). With a symbolic dim or
+    bound, the bounds are assumed in range (so `x[1:]` on `n` has length `n - 1`, not
+    `max(0, n - 1)`); the interpreter's type check catches a slice that is not.
+    """
     n = as_int(d)
     b, e = (as_int(dim(v)) for v in (begin, end))
     if n is not None and b is not None and e is not None:
         return Const(len(range(n)[slice(max(min(b, BIG), -BIG), max(min(e, BIG), -BIG), step)]))
+
+    def pos(v: Any, c: int | None, sentinel: Expr) -> Expr:
+        if c is None:
+            return dim(v)
+        if abs(c) >= BIG // 2:
+            return sentinel
+        return d + c if c < 0 else Const(c)
+
     if step > 0:
-        start = (d + b if b < 0 else Bin("min", const(b), d)) if b is not None else dim(begin)
-        stop = (d if e >= BIG // 2 else d + e if e < 0 else Bin("min", const(e), d)) if e is not None else dim(end)
-        return simplify(Bin("max", Const(0), (stop - start + (step - 1)) // step))
-    start = (d + b if b < 0 else Bin("min", const(b), d - 1)) if b is not None else dim(begin)
-    stop = (Const(-1) if e <= -BIG // 2 else d + e if e < 0 else const(e)) if e is not None else dim(end)
-    return simplify(Bin("max", Const(0), (start - stop + (-step - 1)) // (-step)))
+        start, stop = pos(begin, b, Const(0) if (b or 0) < 0 else d), pos(end, e, d if (e or 0) > 0 else Const(0))
+        return simplify((stop - start + (step - 1)) // step)
+    start = pos(begin, b, d - 1 if (b or 0) > 0 else Const(-1))
+    stop = pos(end, e, Const(-1) if (e or 0) < 0 else d - 1)
+    return simplify((start - stop + (-step - 1)) // (-step))
 
 
 @register_infer("strided_slice")

@@ -215,6 +215,22 @@ def _old_loop_names(func: PrimFunc, bpath: Path, b: BlockStmt) -> dict[Var, str]
     return {iv.var: iv.binding.name for iv in b.iters if isinstance(iv.binding, Var)}
 
 
+def _check_between(func: PrimFunc, lo: int, hi: int, skip: set[str], b: BlockStmt, what: str) -> None:
+    """Moving `b` across root statements lo..hi must not reorder it with a dependent block."""
+    reads = {x.name for x in block_reads(b)}
+    writes = {x.name for x in block_writes(b)}
+    for t in tops(func)[lo: hi + 1]:
+        for _, x in blocks(t):
+            if x.name in skip or x.name == b.name:
+                continue
+            xw = {y.name for y in block_writes(x)}
+            xr = {y.name for y in block_reads(x)}
+            clash = (xw & reads) | (xw & writes) | (xr & writes)
+            if clash:
+                raise MlcError(f"{what}: block {b.name} cannot move across block {x.name}, "
+                               f"which also accesses {', '.join(sorted(clash))}")
+
+
 def _move(func: PrimFunc, src_top: int, loop: str, nest: Stmt, at_end: bool) -> PrimFunc:
     ts = tops(func)
     del ts[src_top]
@@ -244,6 +260,7 @@ def compute_at(func: PrimFunc, block: str, loop: str) -> PrimFunc:
     for p, c in consumers:
         if p[: len(lpath)] != lpath:
             raise MlcError(f"compute_at: consumer {c.name} of {buf.name} is not under loop {loop}")
+    _check_between(func, ti + 1, top_index(func, lpath), {c.name for _, c in consumers}, b, "compute_at")
     region = _region(func, lpath, consumers, buf, loads=True)
     ranges = {iv.var: r for iv, r in zip(b.iters, region)}
     used = used_names(func) - {lp.var.name for _, lp in walk(tops(func)[ti]) if isinstance(lp, For)}
@@ -287,6 +304,7 @@ def reverse_compute_at(func: PrimFunc, block: str, loop: str) -> PrimFunc:
     if any(ld.indices != idx for ld in lds) or not all(isinstance(i, Var) and i in ivars for i in idx) \
             or len(set(idx)) != len(idx):
         raise MlcError(f"reverse_compute_at: block {block} must read {buf.name} at distinct iterators")
+    _check_between(func, top_index(func, lpath), ti - 1, {w.name for _, w in producers}, c, "reverse_compute_at")
     region = _region(func, lpath, producers, buf, loads=False)
     ranges = {i: r for i, r in zip(idx, region)}  # type: ignore[misc]
     used = used_names(func) - {lp.var.name for _, lp in walk(tops(func)[ti]) if isinstance(lp, For)}
@@ -333,6 +351,10 @@ def compute_inline(func: PrimFunc, block: str) -> PrimFunc:
         raise MlcError(f"compute_inline: {buf.name} has several writers")
     if any(ld.buffer.name == buf.name for ld in loads_in(st.value)):
         raise MlcError(f"compute_inline: block {block} reads its own output")
+    consumers = _readers(func, buf.name)
+    if consumers:
+        last = max(top_index(func, p) for p, _ in consumers)
+        _check_between(func, top_index(func, path) + 1, last, {c.name for _, c in consumers}, b, "compute_inline")
     ivars = [iv.var for iv in b.iters]
 
     def inline(e: Expr) -> Expr:
@@ -371,6 +393,7 @@ def reverse_compute_inline(func: PrimFunc, block: str) -> PrimFunc:
     if any(ld.indices != idx for ld in lds) or sorted(map(repr, idx)) != sorted(map(repr, civ)) \
             or len(idx) != len(civ):
         raise MlcError(f"reverse_compute_inline: block {block} must read {buf.name} at exactly its iterators")
+    _check_between(func, top_index(func, ppath), top_index(func, cpath) - 1, {p.name}, c, "reverse_compute_inline")
     m = dict(zip(idx, pst.indices))  # consumer iterator -> producer index expression
     cst = c.body
 
@@ -484,6 +507,10 @@ def rfactor(func: PrimFunc, block: str, loop: str, factor_axis: int = 0) -> tupl
     for lp in rloops:
         if (free_vars(lp.extent) | free_vars(lp.start)) & rvars:
             raise MlcError(f"rfactor: bounds of loop {lp.var.name} depend on another reduction loop")
+    ti = top_index(func, bpath)
+    for _, x in blocks(tops(func)[ti]):
+        if x.name != block and st.buffer.name in {y.name for y in block_reads(x) + block_writes(x)}:
+            raise MlcError(f"rfactor: block {block} shares a loop nest with {x.name}, which accesses {st.buffer.name}")
     ndim = len(st.indices)
     if not 0 <= factor_axis <= ndim:
         raise MlcError(f"rfactor: factor_axis {factor_axis} out of range [0, {ndim}]")
@@ -514,6 +541,5 @@ def rfactor(func: PrimFunc, block: str, loop: str, factor_axis: int = 0) -> tupl
         wb = For(lv, Const(0), ext, wb)
     func = replace(func, body=put(func.body, bpath, rf_block))
     ts = tops(func)
-    ti = top_index(func, bpath)
     ts.insert(ti + 1, wb)
     return with_tops(func, ts, root(func).alloc_buffers + (rf_buf,)), rf_block.name

@@ -1,0 +1,56 @@
+"""Latency measurement of a compiled model beside onnxruntime on the same inputs."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from mlc.ir import arith
+from mlc.ir.diagnostics import MlcError
+from mlc.ir.dtype import to_numpy
+from mlc.ir.graph import Function
+from mlc.ir.types import TensorType
+
+
+@dataclass
+class Timing:
+    median_ms: float
+    min_ms: float
+    runs: int
+
+
+def time_fn(fn: Callable[[], object], warmup: int = 3, runs: int = 20, min_seconds: float = 0.0) -> Timing:
+    """Median wall time of `fn` after warm-up (more runs if `min_seconds` asks for them)."""
+    for _ in range(warmup):
+        fn()
+    samples: list[float] = []
+    t_start = time.perf_counter()
+    while len(samples) < runs or time.perf_counter() - t_start < min_seconds:
+        t0 = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - t0)
+    return Timing(float(np.median(samples)) * 1e3, float(np.min(samples)) * 1e3, len(samples))
+
+
+def random_inputs(fn: Function, dims: dict[str, int], seed: int = 0) -> dict[str, np.ndarray]:
+    """Inputs for `fn` with symbolic dims set from `dims` (unset ones are an error naming them)."""
+    rng = np.random.default_rng(seed)
+    out: dict[str, np.ndarray] = {}
+    for p in fn.params:
+        t = p.type
+        if not isinstance(t, TensorType) or t.shape is None:
+            raise MlcError(f"input %{p.name} has no known tensor shape")
+        try:
+            shape = tuple(arith.evaluate(d, dims) for d in t.shape)
+        except ValueError as e:
+            raise MlcError(f"input %{p.name}: {e}; give it with --shape NAME=VALUE") from None
+        dt = to_numpy(t.dtype)
+        if np.issubdtype(dt, np.integer):
+            out[p.name] = rng.integers(0, 4, shape).astype(dt)
+        elif dt == np.bool_:
+            out[p.name] = rng.integers(0, 2, shape).astype(bool)
+        else:
+            out[p.name] = rng.standard_normal(shape).astype(dt)
+    return out
