@@ -7,21 +7,30 @@ TM rows unrolled, TN columns one `vectorized` loop, so the tile lives in vector 
 k loop of broadcasts of Ap and vector loads of Bp, then writes the tile to C. One kernel serves every n that
 is a multiple of TN (n is a runtime dim). Prints GFLOP/s of both from the same run and the ratio.
 
-    python benchmarks/bench_matmul_cpu.py [--sizes 256 512 1024 2048] [--repeat 7]
+    python benchmarks/bench_matmul_cpu.py [--sizes 256 512 1024 2048] [--repeat 9] [--threads N]
+
+`--threads N` sets both mlc's pool and OpenBLAS (through OPENBLAS_NUM_THREADS, before numpy loads);
+by default both use every CPU. Timings interleave the two so background load affects both alike.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import sys
 import time
 from functools import partial
 
-import numpy as np
-from mlc.codegen.cpu import host_target
-from mlc.codegen.jit import compile_module
-from mlc.codegen.parallel import get_num_threads
-from mlc.ir import Bin, BlockStmt, Buffer, Const, For, IterVar, Load, PrimFunc, Seq, Store, Var
+if __name__ == "__main__" and "--threads" in sys.argv:  # OpenBLAS reads this once, when numpy loads
+    _t = sys.argv[sys.argv.index("--threads") + 1]
+    os.environ["OPENBLAS_NUM_THREADS"] = os.environ["OMP_NUM_THREADS"] = _t
+
+import numpy as np  # noqa: E402
+from mlc.codegen.cpu import host_target  # noqa: E402
+from mlc.codegen.jit import compile_module  # noqa: E402
+from mlc.codegen.parallel import get_num_threads, set_num_threads  # noqa: E402
+from mlc.ir import Bin, BlockStmt, Buffer, Const, For, IterVar, Load, PrimFunc, Seq, Store, Var  # noqa: E402
 
 TM, TN = 8, 32  # register tile: 8 rows x 32 f32 columns = 16 AVX-512 (or 32 AVX2) accumulators
 
@@ -86,7 +95,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="*", default=[256, 512, 1024, 2048])
     ap.add_argument("--repeat", type=int, default=9)
+    ap.add_argument("--threads", type=int, default=None, help="threads for mlc and OpenBLAS (default: all CPUs)")
     args = ap.parse_args()
+    if args.threads:
+        set_num_threads(args.threads)
     tgt = host_target()
     t0 = time.perf_counter()
     lib = compile_module([scheduled_matmul()], tgt)

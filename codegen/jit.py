@@ -22,8 +22,9 @@ from ..ir.diagnostics import MlcError
 from ..ir.dtype import to_numpy
 from ..ir.expr import Expr, Var
 from ..ir.tir import PrimFunc
+from .abi import META_SYMBOL, expr_from_json
 from .cpu import CpuTarget, host_target, init_llvm
-from .llvm import META_SYMBOL, expr_from_json, lower_to_llvm
+from .llvm import lower_to_llvm
 from .parallel import LAUNCH_SYMBOL, launcher_address
 
 _KERNEL_CFUNC = ctypes.CFUNCTYPE(None, ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_int64))
@@ -46,36 +47,66 @@ class Kernel:
     num_outputs: int
     _fn: ctypes._CFuncPtr = field(repr=False)
     _lib: CompiledLibrary = field(repr=False)
+    _checks: list[tuple[int, int, int | str | Expr]] = field(init=False, repr=False)
+    _np_dtypes: list[np.dtype] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # per axis: a constant to compare, a dim name to bind/compare, or an expression to evaluate last
+        self._checks = []
+        for p_idx, p in enumerate(self.params):
+            for axis, d in enumerate(p.shape):
+                c = arith.as_int(d)
+                self._checks.append((p_idx, axis, c if c is not None else d.name if isinstance(d, Var) else d))
+        self._checks.sort(key=lambda c: isinstance(c[2], Expr))
+        self._np_dtypes = [to_numpy(p.dtype) for p in self.params]
 
     def bind_dims(self, arrays: Sequence[np.ndarray], dims: Mapping[str, int] | None = None) -> list[int]:
         """Dim values in ABI order: given ones, else read from array shapes; every shape is checked."""
-        env: dict[str, int] = {k: int(v) for k, v in (dims or {}).items()}
-        for p, a in zip(self.params, arrays, strict=True):
-            if a.ndim != len(p.shape):
-                raise MlcError(f"kernel {self.name}: {p.name} must have rank {len(p.shape)}, got shape {a.shape}")
-            for d, n in zip(p.shape, a.shape, strict=True):
-                if isinstance(d, Var) and d.name not in env:
-                    env[d.name] = int(n)
-        missing = [d for d in self.dims if d not in env]
-        if missing:
-            raise MlcError(f"kernel {self.name}: value of {', '.join(missing)} not given and not a buffer dim")
-        for p, a in zip(self.params, arrays, strict=True):
-            want = tuple(arith.evaluate(d, env) for d in p.shape)
-            if want != tuple(a.shape):
-                raise MlcError(f"kernel {self.name}: {p.name} must have shape {want}, got {tuple(a.shape)}")
-        return [env[d] for d in self.dims]
+        env: dict[str, int] = {k: int(v) for k, v in dims.items()} if dims else {}
+        for p_idx, axis, want in self._checks:
+            shape = arrays[p_idx].shape
+            if len(shape) != len(self.params[p_idx].shape):
+                self._shape_error(p_idx, shape, env)
+            got = shape[axis]
+            if isinstance(want, str):
+                if env.setdefault(want, got) != got:
+                    self._shape_error(p_idx, shape, env)
+            elif isinstance(want, int):
+                if want != got:
+                    self._shape_error(p_idx, shape, env)
+            else:
+                try:
+                    ok = arith.evaluate(want, env) == got
+                except ValueError:
+                    ok = False
+                if not ok:
+                    self._shape_error(p_idx, shape, env)
+        try:
+            return [env[d] for d in self.dims]
+        except KeyError:
+            missing = [d for d in self.dims if d not in env]
+            raise MlcError(f"kernel {self.name}: value of {', '.join(missing)} not given and not a buffer dim") from None
+
+    def _shape_error(self, p_idx: int, shape: tuple[int, ...], env: dict[str, int]) -> None:
+        p = self.params[p_idx]
+        try:
+            want = str(tuple(arith.evaluate(d, env) for d in p.shape))
+        except ValueError:
+            want = "(" + ", ".join(d.name if isinstance(d, Var) else str(arith.as_int(d) or d) for d in p.shape) + ")"
+        raise MlcError(f"kernel {self.name}: {p.name} must have shape {want}, got {tuple(shape)}")
 
     def __call__(self, arrays: Sequence[np.ndarray], dims: Mapping[str, int] | None = None) -> None:
         if len(arrays) != len(self.params):
             raise MlcError(f"kernel {self.name} takes {len(self.params)} buffers, got {len(arrays)}")
-        for k, (p, a) in enumerate(zip(self.params, arrays, strict=True)):
-            if not isinstance(a, np.ndarray) or a.dtype != to_numpy(p.dtype):
+        first_out = len(self.params) - self.num_outputs
+        for k, (dt, a) in enumerate(zip(self._np_dtypes, arrays, strict=True)):
+            if not isinstance(a, np.ndarray) or a.dtype != dt:
                 got = a.dtype if isinstance(a, np.ndarray) else type(a).__name__
-                raise MlcError(f"kernel {self.name}: {p.name} must be a {to_numpy(p.dtype)} array, got {got}")
+                raise MlcError(f"kernel {self.name}: {self.params[k].name} must be a {dt} array, got {got}")
             if not a.flags.c_contiguous:
-                raise MlcError(f"kernel {self.name}: {p.name} must be C-contiguous")
-            if k >= len(self.params) - self.num_outputs and not a.flags.writeable:
-                raise MlcError(f"kernel {self.name}: output {p.name} is read-only")
+                raise MlcError(f"kernel {self.name}: {self.params[k].name} must be C-contiguous")
+            if k >= first_out and not a.flags.writeable:
+                raise MlcError(f"kernel {self.name}: output {self.params[k].name} is read-only")
         vals = self.bind_dims(arrays, dims)
         ptrs = (ctypes.c_void_p * max(1, len(arrays)))(*[a.ctypes.data for a in arrays])
         dvals = (ctypes.c_int64 * max(1, len(vals)))(*vals)

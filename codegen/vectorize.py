@@ -4,9 +4,10 @@ Vector code runs one iteration of the body for all W lanes at once, so iteration
 statement by statement. That equals the serial order when no lane touches a location another lane
 writes. The check is conservative: every store index must be affine in the loop var with a
 non-zero constant stride (lanes write distinct elements); a stored buffer must be stored and loaded
-through one identical index expression (each lane only re-reads what it wrote); conditions, inner
-loop bounds and reduction-init tests must be lane-invariant; and the body may not allocate or
-contain parallel/vectorized loops. Anything else falls back to a scalar loop with vectorizer hints.
+through one identical index expression (each lane only re-reads what it wrote); inner loop bounds
+and reduction-init tests must be lane-invariant; and the body may not allocate or contain
+parallel/vectorized loops. An `if` whose condition differs between lanes runs under a lane mask:
+inside it memory is only touched through masked contiguous loads/stores and lane-invariant loads. Anything else falls back to a scalar loop with vectorizer hints.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ class _Check:
     kinds: dict[Var, Kind]
     defs: dict[Var, Expr]
     ranges: dict[Var, tuple[int, int]]
+    masked: bool = False  # inside an if whose condition differs between lanes
+    ok: bool = True
     stores: dict[Buffer, set[tuple[Expr, ...]]] = field(default_factory=dict)
     loads: dict[Buffer, set[tuple[Expr, ...]]] = field(default_factory=dict)
 
@@ -36,7 +39,10 @@ class _Check:
             return "U"
         if isinstance(e, Load):
             self.loads.setdefault(e.buffer, set()).add(e.indices)
-            return "U" if self.flat_kind(e.buffer, e.indices) == "U" else "V"
+            k = self.flat_kind(e.buffer, e.indices)
+            if self.masked and k not in ("U", 1):
+                self.ok = False  # a masked-off lane may not touch memory: only masked contiguous loads
+            return "U" if k == "U" else "V"
         if isinstance(e, Bin) and e.op in ("add", "sub", "mul") and e.dtype not in ("f16", "bf16", "f32", "f64"):
             a, b = self.kind(e.a), self.kind(e.b)
             if a == "V" or b == "V":
@@ -68,9 +74,11 @@ class _Check:
             k = self.flat_kind(s.buffer, s.indices)
             self.kind(s.value)
             self.stores.setdefault(s.buffer, set()).add(s.indices)
+            if self.masked:
+                return k == 1 and not isinstance(k, bool)
             return isinstance(k, int) and k != 0 and not isinstance(k, bool)
         if isinstance(s, For):
-            if s.kind in ("parallel", "vectorized", "thread"):
+            if s.kind in ("parallel", "vectorized", "thread") or self.masked:
                 return False
             if self.kind(s.start) != "U" or self.kind(s.extent) != "U":
                 return False
@@ -80,8 +88,12 @@ class _Check:
                 self.ranges[s.var] = (start, start + ext)
             return self.stmt(s.body)
         if isinstance(s, IfStmt):
-            return (self.kind(s.cond) == "U" and self.stmt(s.then)
-                    and (s.orelse is None or self.stmt(s.orelse)))
+            outer = self.masked
+            self.masked = outer or self.kind(s.cond) != "U"
+            try:
+                return self.stmt(s.then) and (s.orelse is None or self.stmt(s.orelse))
+            finally:
+                self.masked = outer
         if isinstance(s, Let):
             self.kinds[s.var] = self.kind(s.value)
             self.defs[s.var] = s.value
@@ -92,7 +104,8 @@ class _Check:
             for iv in s.iters:
                 self.kinds[iv.var] = self.kind(iv.binding)
                 self.defs[iv.var] = iv.binding
-            if s.init is not None and any(self.kinds[iv.var] != "U" for iv in s.iters if iv.kind == "R"):
+            if s.init is not None and (self.masked or any(self.kinds[iv.var] != "U" for iv in s.iters
+                                                          if iv.kind == "R")):
                 return False
             return (s.init is None or self.stmt(s.init)) and self.stmt(s.body)
         return False
@@ -140,7 +153,7 @@ def can_vectorize(loop: For, defs: Mapping[Var, Expr] | None = None,
     if start is not None and ext is not None:
         rng[loop.var] = (start, start + ext)
     chk = _Check({loop.var: 1}, dict(defs or {}), rng)
-    if not chk.stmt(loop.body):
+    if not chk.stmt(loop.body) or not chk.ok:
         return False
     for buf, idx in chk.stores.items():
         if len(idx) != 1 or not chk.loads.get(buf, set()) <= idx:

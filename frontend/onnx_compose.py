@@ -6,7 +6,6 @@ so a dedicated op would only add lowering and gradient work.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -14,18 +13,10 @@ import onnx
 
 from ..ir.expr import Const
 from ..ir.graph import Value
-from .onnx_import import Ctx
+from .onnx_import import Ctx, Handler, registrar, shape_of
 
-Handler = Callable[[Ctx, onnx.NodeProto, dict[str, Any]], None]
 COMPOSED: dict[str, Handler] = {}
-
-
-def composes(name: str) -> Callable[[Handler], Handler]:
-    def deco(fn: Handler) -> Handler:
-        COMPOSED[name] = fn
-        return fn
-
-    return deco
+composes = registrar(COMPOSED)
 
 
 def _negative_part(ctx: Ctx, x: Value, neg: Value, o: str) -> Value:
@@ -105,7 +96,7 @@ def _trilu(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
         if c is None:
             raise ctx.error("Trilu k must be a constant")
         k = int(np.asarray(c).reshape(-1)[0])
-    rows, cols = x.type.shape[-2:]  # type: ignore[attr-defined]
+    rows, cols = shape_of(x)[-2:]
     i = ctx.emit("arange", [], {"start": 0, "stop": rows, "step": 1, "dtype": "i64"}, o + "_rows")
     i = ctx.emit("expand_dims", [i], {"axes": (1,)}, o + "_rows2")
     j = ctx.emit("arange", [], {"start": 0, "stop": cols, "step": 1, "dtype": "i64"}, o + "_cols")
@@ -122,7 +113,7 @@ def _tile(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
     reps = ctx.const(node.input[1])
     if reps is None:
         raise ctx.error("Tile repeats must be a constant")
-    shape = list(x.type.shape)  # type: ignore[attr-defined]
+    shape = list(shape_of(x))
     rank = len(shape)
     rep = [int(v) for v in reps.reshape(-1)]
     if len(rep) != rank:

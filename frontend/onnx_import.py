@@ -11,7 +11,7 @@ are dropped at the end. Node handlers live in onnx_ops.py, LSTM/GRU in onnx_rnn.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +53,17 @@ def sanitize(name: str) -> str:
     """An ONNX name as an IR identifier: `/layer1/Conv_output_0` -> `layer1_Conv_output_0`."""
     s = re.sub(r"[^A-Za-z0-9_]+", "_", name).strip("_") or "v"
     return "v" + s if s[0].isdigit() else s
+
+
+def shape_of(v: Value) -> tuple[Expr, ...]:
+    """Dims of a tensor value (every value the importer builds has a known rank)."""
+    assert isinstance(v.type, TensorType) and v.type.shape is not None, v
+    return v.type.shape
+
+
+def dtype_of(v: Value) -> str:
+    assert isinstance(v.type, TensorType), v
+    return v.type.dtype
 
 
 @dataclass(frozen=True)
@@ -254,6 +265,23 @@ def _symbolic(v: Any) -> bool:
     if isinstance(v, tuple | list):
         return any(_symbolic(x) for x in v)
     return isinstance(v, Expr)
+
+
+Handler = Callable[["Ctx", onnx.NodeProto, dict[str, Any]], None]
+
+
+def registrar(table: dict[str, Handler]) -> Callable[..., Callable[[Handler], Handler]]:
+    """A decorator `@handles("Op", ...)` that files a handler in `table` under each ONNX op name."""
+
+    def handles(*names: str) -> Callable[[Handler], Handler]:
+        def deco(fn: Handler) -> Handler:
+            for n in names:
+                table[n] = fn
+            return fn
+
+        return deco
+
+    return handles
 
 
 def attrs_dict(node: onnx.NodeProto) -> dict[str, Any]:

@@ -14,25 +14,20 @@ from typing import Any
 import onnx
 
 from ..ir.arith import as_int
-from ..ir.expr import Const, Expr
+from ..ir.expr import Const
 from ..ir.graph import Block, Loop, Value
 from ..ir.ops.shapes import BIG
-from ..ir.types import ScalarType, TensorType, TupleType
-from .onnx_import import Ctx
+from ..ir.types import ScalarType, TupleType
+from .onnx_import import Ctx, dtype_of, shape_of
 
 # cell(ctx, x_t @ W^T + Wb, states, R^T, Rb or None, name prefix) -> new states (h first)
 Cell = Callable[[Ctx, Value, list[Value], Value, Value | None, str], list[Value]]
 
 
-def _shape(v: Value) -> tuple[Expr, ...]:
-    assert isinstance(v.type, TensorType) and v.type.shape is not None
-    return v.type.shape
-
-
 def _check(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any], default_acts: list[str]) -> None:
     if (sl := ctx.opt_input(4)) is not None:  # sequence_lens: fine only when it is the full length
         c = ctx.const(sl)
-        seq = as_int(_shape(ctx.value(node.input[0]))[0 if not attrs.get("layout", 0) else 1])
+        seq = as_int(shape_of(ctx.value(node.input[0]))[0 if not attrs.get("layout", 0) else 1])
         if c is None or seq is None or bool((c != seq).any()):
             raise ctx.error("sequence_lens is only supported as a constant equal to the (static) sequence length")
     if "clip" in attrs or attrs.get("input_forget", 0):
@@ -61,7 +56,7 @@ def _run(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any], gates: int, stat
     if batch_first:  # (batch, seq, in) -> (seq, batch, in); states (batch, dir, H) -> (dir, batch, H)
         x = ctx.emit("transpose", [x], {"perm": (1, 0, 2)}, o + "_xT")
     hidden = int(attrs["hidden_size"])
-    seq, batch = _shape(x)[0], _shape(x)[1]
+    seq, batch = shape_of(x)[0], shape_of(x)[1]
     direction = str(attrs.get("direction", "forward"))
     dirs = {"forward": [False], "reverse": [True], "bidirectional": [False, True]}[direction]
     bias = ctx.value(b) if (b := ctx.opt_input(3)) else None
@@ -88,9 +83,9 @@ def _run(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any], gates: int, stat
                 h0s.append(_dir_param(ctx, init[k], d, f"{p}_init{k}", False))  # type: ignore[arg-type]
             else:
                 h0s.append(ctx.emit("full", [], {"shape": (batch, Const(hidden)), "value": 0.0,
-                                                 "dtype": x.type.dtype}, f"{p}_zero{k}"))  # type: ignore[attr-defined]
+                                                 "dtype": dtype_of(x)}, f"{p}_zero{k}"))
         y0 = ctx.emit("full", [], {"shape": (seq, batch, Const(hidden)), "value": 0.0,
-                                   "dtype": x.type.dtype}, p + "_y0")  # type: ignore[attr-defined]
+                                   "dtype": dtype_of(x)}, p + "_y0")
         ctx.stack.append([])
         t = Value(ctx.fresh(p + "_t"), ScalarType("i64"), ctx.loc)
         carried = [Value(ctx.fresh(f"{p}_s{k}"), h.type, ctx.loc) for k, h in enumerate(h0s)]
@@ -181,7 +176,7 @@ def _affine(ctx: Ctx, h: Value, wt: Value, b: Value | None, hint: str) -> Value:
 
 def _split_cols(ctx: Ctx, v: Value, a: int, b: int, hint: str) -> tuple[Value, Value]:
     """Split the last axis of v into widths a and b."""
-    ax = len(_shape(v)) - 1
+    ax = len(shape_of(v)) - 1
     t = ctx.emit("split", [v], {"axis": ax, "sections": (a, b)}, hint)
     x, y = ctx.tuple_items(t, 2, [hint + "_0", hint + "_1"])
     return x, y

@@ -238,9 +238,25 @@ def gpt_block() -> onnx.ModelProto:
     return b.model()
 
 
+def graphsage() -> onnx.ModelProto:
+    """Two GraphSAGE layers over V nodes (dynamic): h' = relu([h, A h] W), A a dense row-normalised
+    adjacency (the sparse formats are the compiler's business), then per-node log-probabilities."""
+    b = GraphBuilder("graphsage", seed=6)
+    h = b.input("features", ["V", 16])
+    adj = b.input("adjacency", ["V", "V"])
+    width = 16
+    for out in (32, 32):
+        agg = b.n("MatMul", adj, h)
+        h = b.n("Relu", b.linear(b.n("Concat", h, agg, axis=1), 2 * width, out))
+        width = out
+    b.node("LogSoftmax", [b.linear(h, width, 7)], out="node_log_probs", axis=1)
+    b.output("node_log_probs", ["V", 7])
+    return b.model()
+
+
 BUILDERS: dict[str, Callable[[], onnx.ModelProto]] = {
     "mlp": mlp, "resnext": resnext, "inception": inception, "seq2seq": seq2seq, "gpt_block": gpt_block,
-    "default": mlp,
+    "graphsage": graphsage, "default": mlp,
 }
 NAMES: tuple[str, ...] = tuple(BUILDERS)
 

@@ -197,7 +197,7 @@ class Interpreter:
             outs.append(np.zeros(shape, dtype=to_numpy(t.dtype)))
         args = [self._get(a, frame) for a in n.args]
         scalars = {p.name: arith.evaluate(e, frame.dims) for p, e in zip(fn.scalar_params, n.sym_args)}
-        run_prim(fn, [np.ascontiguousarray(a) for a in args] + outs, scalars)
+        run_prim(fn, [np.require(a, requirements="C") for a in args] + outs, scalars)
         return outs[0] if len(outs) == 1 else tuple(outs)
 
 

@@ -7,7 +7,7 @@ quoting, how strings escape) and so every lexical error is located before parsin
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .diagnostics import Loc, MlcError
 
@@ -34,6 +34,7 @@ _TOKEN_RE = re.compile(
             rf"(?P<ident>{IDENT_RE})",
             rf"(?P<string>{_STRING_RE})",
             "(?P<punct>" + "|".join(re.escape(p) for p in PUNCT) + ")",
+            r"(?P<err>.)",
         ]
     )
 )
@@ -42,8 +43,7 @@ _FULL_IDENT = re.compile(IDENT_RE + r"\Z")
 _FULL_PCT = re.compile(PCT_NAME_RE + r"\Z")
 
 
-@dataclass(frozen=True)
-class Token:
+class Token(NamedTuple):
     kind: str  # int float string ident qident($"..") pct(%x) at(@f) punct eof
     text: str  # raw text (punct/ident/number) or the decoded name/string
     line: int
@@ -52,6 +52,7 @@ class Token:
 
 def escape_string(s: str) -> str:
     """A double-quoted literal that `unescape` reads back to exactly `s`."""
+    s = str(s)
     out = ['"']
     for ch in s:
         if ch == '"':
@@ -92,46 +93,47 @@ def unescape(body: str, loc: Loc, line_text: str) -> str:
 
 
 def is_plain_ident(name: str) -> bool:
-    return bool(_FULL_IDENT.match(name))
+    return isinstance(name, str) and bool(_FULL_IDENT.match(name))
 
 
 def is_plain_pct(name: str) -> bool:
-    return bool(_FULL_PCT.match(name))
+    return isinstance(name, str) and bool(_FULL_PCT.match(name))
 
 
 def tokenize(text: str, filename: str) -> tuple[list[Token], list[str]]:
     """Tokens of `text` ending with an `eof` token, plus the source lines (for diagnostics)."""
     lines = text.split("\n")
     toks: list[Token] = []
-    pos, line, line_start, n = 0, 1, 0, len(text)
-    match = _TOKEN_RE.match
-    while pos < n:
-        m = match(text, pos)
-        col = pos - line_start + 1
-        if m is None:
-            ch = text[pos]
-            what = repr(ch) if ch.isprintable() else f"U+{ord(ch):04X}"
-            if ch == '"':
-                what = "unterminated string"
-                raise MlcError(what, Loc(filename, line, col), lines[line - 1])
-            raise MlcError(f"unexpected character {what}", Loc(filename, line, col), lines[line - 1])
+    append = toks.append
+    line, line_start, pos = 1, 0, 0
+    for m in _TOKEN_RE.finditer(text):
         kind = m.lastgroup
+        start = m.start()
+        if kind == "ws":
+            raw = m.group()
+            nl = raw.count("\n")
+            if nl:
+                line += nl
+                line_start = start + raw.rfind("\n") + 1
+            pos = m.end()
+            continue
+        col = start - line_start + 1
+        if kind == "err":
+            ch = text[start]
+            if ch == '"':
+                raise MlcError("unterminated string", Loc(filename, line, col), lines[line - 1])
+            what = repr(ch) if ch.isprintable() else f"U+{ord(ch):04X}"
+            raise MlcError(f"unexpected character {what}", Loc(filename, line, col), lines[line - 1])
         raw = m.group()
-        assert kind is not None
-        if kind != "ws":
-            loc = Loc(filename, line, col)
-            if kind in ("pct", "at", "dollar"):
-                body = raw[1:]
-                val = unescape(body[1:-1], loc, lines[line - 1]) if body.startswith('"') else body
-                toks.append(Token("qident" if kind == "dollar" else kind, val, line, col))
-            elif kind == "string":
-                toks.append(Token("string", unescape(raw[1:-1], loc, lines[line - 1]), line, col))
-            else:
-                toks.append(Token(kind, raw, line, col))
-        nl = raw.count("\n")
-        if nl:
-            line += nl
-            line_start = pos + raw.rfind("\n") + 1
+        if kind in ("pct", "at", "dollar"):
+            body = raw[1:]
+            if body.startswith('"'):
+                body = unescape(body[1:-1], Loc(filename, line, col), lines[line - 1])
+            append(Token("qident" if kind == "dollar" else kind, body, line, col))  # type: ignore[arg-type]
+        elif kind == "string":
+            append(Token("string", unescape(raw[1:-1], Loc(filename, line, col), lines[line - 1]), line, col))
+        else:
+            append(Token(kind, raw, line, col))  # type: ignore[arg-type]
         pos = m.end()
     toks.append(Token("eof", "", line, pos - line_start + 1))
     return toks, lines

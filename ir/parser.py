@@ -10,6 +10,7 @@ The grammar is in docs/ir.md.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, NoReturn, TypeVar
@@ -140,6 +141,8 @@ class Parser:
     # ---- literals, names, dtypes
     def int_lit(self, neg: bool = False) -> int:
         t = self.take("int", "an integer")
+        if len(t.text.lstrip("0")) > 19:  # before int(): Python refuses to convert huge digit strings
+            self.error("integer literal out of the i64 range", t)
         v = -int(t.text) if neg else int(t.text)
         if not INT64_MIN <= v <= INT64_MAX:
             self.error("integer literal out of the i64 range", t)
@@ -229,8 +232,13 @@ class Parser:
         return self.dtype() if self.accept(":") else default
 
     def primary(self) -> tuple[Expr, int]:
-        with self.nest():
+        self.nesting += 1  # inline `nest()`: this is the hottest path
+        try:
+            if self.nesting > MAX_NESTING:
+                self.error(f"nesting deeper than {MAX_NESTING} levels")
             return self._primary()
+        finally:
+            self.nesting -= 1
 
     def _primary(self) -> tuple[Expr, int]:
         t = self.tok
@@ -745,7 +753,7 @@ class Parser:
             self.error(f"expected the header 'mlc.module v{IR_VERSION}', found {self.describe(head)}")
         self.i += 1
         vt = self.tok
-        if vt.kind != "ident" or not vt.text.startswith("v") or not vt.text[1:].isdigit():
+        if vt.kind != "ident" or not re.fullmatch(r"v[0-9]{1,9}", vt.text):
             self.error(f"expected a version (v{IR_VERSION}) after 'mlc.module'")
         if int(vt.text[1:]) != IR_VERSION:
             self.error(f"unsupported IR version {vt.text} (this mlc reads v{IR_VERSION})", vt)
@@ -771,7 +779,7 @@ class Parser:
                 self.error(f"redefinition of function @{f.name}", t)
             names.add(f.name)
             functions.append(f)
-        return Module(tuple(functions), meta, constants, Loc(self.file, 1, 1))
+        return Module(tuple(functions), meta, constants, self.loc(head))
 
 
 def _default_dtype(v: object) -> str:

@@ -55,6 +55,7 @@ NODE_WORDS = frozenset(("call_tensor", "call_extern", "call", "const", "scalar",
 
 
 def _name(prefix: str, name: str) -> str:
+    name = str(name)  # ill-formed IR may hold a non-string; it still prints
     return prefix + (name if is_plain_pct(name) else escape_string(name))
 
 
@@ -67,11 +68,13 @@ def func_ref(name: str) -> str:
 
 
 def sym_name(name: str) -> str:
+    name = str(name)
     return name if is_plain_ident(name) and name not in KEYWORDS else "$" + escape_string(name)
 
 
 def word(s: str) -> str:
     """An identifier-like word (dtype, kind, attr key), quoted when it is not a plain identifier."""
+    s = str(s)
     return s if is_plain_ident(s) else escape_string(s)
 
 

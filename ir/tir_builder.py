@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from inspect import signature
+from inspect import Parameter, signature
 
 from .diagnostics import MlcError
 from .expr import Bin, Call, Cast, Const, Expr, ExprLike, Load, Select, Var, const, free_vars, substitute
@@ -155,7 +155,11 @@ def compute(
     name: str, shape: Sequence[ExprLike], fcompute: Callable[..., Expr | Reduce], dtype: str | None = None
 ) -> Tensor:
     """A tensor whose element at the spatial index is `fcompute(*index)` (an Expr or a Reduce)."""
-    params = list(signature(fcompute).parameters)
+    sig = list(signature(fcompute).parameters.values())
+    if len(sig) == 1 and sig[0].kind is Parameter.VAR_POSITIONAL:  # rank-generic `lambda *idx: ...`
+        params = [f"i{d}" for d in range(len(shape))]
+    else:
+        params = [p.name for p in sig]
     if len(params) != len(shape):
         raise MlcError(f"compute {name}: {len(shape)} dims but fcompute takes {len(params)} arguments")
     axes = tuple(Var(p) for p in params)

@@ -15,6 +15,7 @@ integers (as C and LLVM `sdiv`).
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -23,7 +24,7 @@ import numpy as np
 from . import arith
 from .diagnostics import MlcError
 from .dtype import is_float, to_numpy
-from .expr import INTRINSICS, Bin, Call, Cast, Const, Expr, Load, Not, Select, Var, children
+from .expr import INTRINSICS, Bin, Call, Cast, Const, Expr, Load, Not, Select, Var, children, free_vars
 from .tir import BlockStmt, Buffer, For, IfStmt, Let, PrimFunc, Seq, Stmt, Store
 
 # largest iteration domain evaluated at once (elements); bigger nests are chunked along the outer loop
@@ -61,8 +62,72 @@ _INTRINSICS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 assert set(_INTRINSICS) == set(INTRINSICS), "interpreter and INTRINSICS disagree"
 
 
-class _NotVectorizable(Exception):
-    pass
+_PY_OPS: dict[str, Callable[[object, object], object]] = {
+    "add": operator.add, "sub": operator.sub, "mul": operator.mul, "floordiv": operator.floordiv,
+    "floormod": operator.mod, "min": np.minimum, "max": np.maximum, "pow": operator.pow, "eq": operator.eq,
+    "ne": operator.ne, "lt": operator.lt, "le": operator.le, "gt": operator.gt, "ge": operator.ge,
+}
+
+Scalar = Callable[["_Interp"], object]
+
+
+def _compile(e: Expr) -> Scalar:
+    """A closure evaluating `e` on numpy scalars: the scalar path's fast evaluator (lazy select/and/or)."""
+    if isinstance(e, Var):
+        def var(it: _Interp) -> object:
+            try:
+                return it.env[e]
+            except KeyError:
+                raise MlcError(f"unbound variable {e.name} in tensor program") from None
+        return var
+    if isinstance(e, Const):
+        c = np.asarray(e.value, dtype=to_numpy(e.dtype))[()]
+        return lambda it: c
+    if isinstance(e, Load):
+        buf, idx = e.buffer, [_compile(i) for i in e.indices]
+
+        def load(it: _Interp) -> object:
+            arr = it._buf(buf)
+            ix = tuple(int(g(it)) for g in idx)  # type: ignore[call-overload]
+            if len(ix) != arr.ndim:
+                raise MlcError(f"buffer {buf.name} has {arr.ndim} dims but is indexed with {len(ix)}")
+            for d, (i, n) in enumerate(zip(ix, arr.shape)):
+                if not 0 <= i < n:
+                    raise MlcError(f"index out of bounds: buffer {buf.name} dim {d} index {i} not in [0, {n})")
+            return arr[ix]
+        return load
+    if isinstance(e, Bin):
+        fa, fb = _compile(e.a), _compile(e.b)
+        if e.op == "and":
+            return lambda it: np.bool_(fa(it) and fb(it))
+        if e.op == "or":
+            return lambda it: np.bool_(fa(it) or fb(it))
+        if e.op == "div":
+            if is_float(e.dtype):
+                return lambda it: operator.truediv(fa(it), fb(it))
+
+            def tdiv(it: _Interp) -> object:
+                a, b = fa(it), fb(it)
+                q = a // b  # type: ignore[operator]
+                return q + 1 if q < 0 and q * b != a else q  # type: ignore[operator]
+            return tdiv
+        op = _PY_OPS[e.op]
+        return lambda it: op(fa(it), fb(it))
+    if isinstance(e, Not):
+        fa = _compile(e.a)
+        return lambda it: np.bool_(not fa(it))
+    if isinstance(e, Select):
+        fc, ft, ff = _compile(e.cond), _compile(e.t), _compile(e.f)
+        return lambda it: ft(it) if fc(it) else ff(it)
+    if isinstance(e, Cast):
+        fa, ty = _compile(e.a), to_numpy(e.dtype).type
+        return lambda it: ty(fa(it))
+    if isinstance(e, Call):
+        if e.name not in _INTRINSICS:
+            raise MlcError(f"unknown intrinsic {e.name}")
+        fn, args = _INTRINSICS[e.name], [_compile(a) for a in e.args]
+        return lambda it: fn(*[a(it) for a in args])  # type: ignore[arg-type]
+    raise MlcError(f"cannot evaluate expression {type(e).__name__}")
 
 
 @dataclass
@@ -87,6 +152,24 @@ class _Interp:
         self.bufs = bufs
         self.env = env
         self.vectorize = vectorize
+        self._compiled: dict[int, tuple[Expr, Scalar]] = {}
+        self._plans: dict[int, tuple[Stmt, _Plan | None]] = {}
+
+    def plan(self, s: Stmt) -> _Plan | None:
+        """The (cached) vectorisation plan of a loop-nest leaf."""
+        hit = self._plans.get(id(s))
+        if hit is None or hit[0] is not s:
+            hit = (s, _plan(s))
+            self._plans[id(s)] = hit
+        return hit[1]
+
+    def sc(self, e: Expr) -> object:
+        """Evaluate on scalars through the compiled closure (cached per expression object)."""
+        hit = self._compiled.get(id(e))
+        if hit is None or hit[0] is not e:
+            hit = (e, _compile(e))
+            self._compiled[id(e)] = hit
+        return hit[1](self)
 
     # ---- expressions (scalars or broadcasting arrays) -------------------------------------------
     def ev(self, e: Expr, mask: np.ndarray | None = None) -> np.ndarray:
@@ -164,22 +247,27 @@ class _Interp:
         elif isinstance(s, For):
             self._for(s)
         elif isinstance(s, BlockStmt):
-            if self.vectorize and (plan := _plan(s)) is not None:
+            if self.vectorize and (plan := self.plan(s)) is not None:
                 self._vector([], plan)
             else:
                 self._block(s)
         elif isinstance(s, Store):
             arr = self._buf(s.buffer)
-            idx = self._index(s.buffer, s.indices, None)
-            arr[idx] = self.ev(s.value)
+            ix = tuple(int(self.sc(i)) for i in s.indices)  # type: ignore[call-overload]
+            if len(ix) != arr.ndim:
+                raise MlcError(f"buffer {s.buffer.name} has {arr.ndim} dims but is indexed with {len(ix)}")
+            for d, (i, n) in enumerate(zip(ix, arr.shape)):
+                if not 0 <= i < n:
+                    raise MlcError(f"index out of bounds: buffer {s.buffer.name} dim {d} index {i} not in [0, {n})")
+            arr[ix] = self.sc(s.value)
         elif isinstance(s, IfStmt):
-            if bool(self.ev(s.cond)):
+            if bool(self.sc(s.cond)):
                 self.run(s.then)
             elif s.orelse is not None:
                 self.run(s.orelse)
         elif isinstance(s, Let):
             old = self.env.get(s.var)
-            self.env[s.var] = self.ev(s.value)
+            self.env[s.var] = self.sc(s.value)
             self.run(s.body)
             self._restore(s.var, old)
         else:
@@ -195,8 +283,8 @@ class _Interp:
         saved = {iv.var: self.env.get(iv.var) for iv in b.iters}
         vals = []
         for iv in b.iters:
-            val = int(self.ev(iv.binding))
-            ext = int(self.ev(iv.extent))
+            val = int(self.sc(iv.binding))
+            ext = int(self.sc(iv.extent))
             if not 0 <= val < ext:
                 raise MlcError(f"block {b.name}: iterator {iv.var.name} = {val} outside its domain [0, {ext})")
             vals.append(val)
@@ -214,7 +302,7 @@ class _Interp:
     def _alloc(self, bufs: Sequence[Buffer]) -> list[str]:
         names = []
         for buf in bufs:
-            shape = tuple(int(self.ev(d)) for d in buf.shape)
+            shape = tuple(int(self.sc(d)) for d in buf.shape)
             dt = to_numpy(buf.dtype)
             # floats start as NaN so that reading never-written data shows up in results
             self.bufs[buf.name] = np.full(shape, np.nan, dt) if dt.kind == "f" else np.zeros(shape, dt)
@@ -227,13 +315,14 @@ class _Interp:
             while isinstance(loops[-1].body, For):
                 loops.append(loops[-1].body)
             own = {lp.var for lp in loops}
-            plan = _plan(loops[-1].body)
-            if plan is not None and not any(
-                arith_free(lp.start) & own or arith_free(lp.extent) & own for lp in loops
-            ):
+            plan = self.plan(loops[-1].body)
+            extents = [e for lp in loops for e in (lp.start, lp.extent)]
+            if plan is not None and plan.block is not None:
+                extents += [iv.extent for iv in plan.block.iters]
+            if plan is not None and not any(free_vars(e) & own for e in extents):
                 self._vector(loops, plan)
                 return
-        start, ext = int(self.ev(s.start)), int(self.ev(s.extent))
+        start, ext = int(self.sc(s.start)), int(self.sc(s.extent))
         old = self.env.get(s.var)
         for i in range(start, start + ext):
             self.env[s.var] = np.int64(i)
@@ -380,12 +469,6 @@ def _identity(op: str, dt: np.dtype) -> object:
     big = np.inf if dt.kind == "f" else (np.iinfo(dt).max if dt.kind in "iu" else True)
     small = -np.inf if dt.kind == "f" else (np.iinfo(dt).min if dt.kind in "iu" else False)
     return dt.type(small if op == "max" else big)
-
-
-def arith_free(e: Expr) -> set[Var]:
-    from .expr import free_vars
-
-    return free_vars(e)
 
 
 def _loads_of(e: Expr, name: str) -> list[Load]:

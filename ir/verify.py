@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from .arith import as_int, provably_different
@@ -109,6 +110,8 @@ class Verifier:
         loc = next((x for x in locs if x is not None and x.line), None) or next(
             (x for x in locs if x is not None and x is not UNKNOWN), UNKNOWN
         )
+        if self.lines is None and loc.line:
+            self.lines = _read_lines(loc.file)
         line = None
         if self.lines is not None and 0 < loc.line <= len(self.lines):
             line = self.lines[loc.line - 1]
@@ -580,6 +583,17 @@ class PrimVerifier:
 
     def _is_param_dim(self, x: Var) -> bool:
         return any(x in _vars(d) for b in self.f.params for d in b.shape)
+
+
+def _read_lines(file: str) -> list[str] | None:
+    """The source of a location when no text was given: the file it names, if it is one."""
+    try:
+        p = Path(file)
+        if p.is_file() and p.stat().st_size < 256 << 20:
+            return p.read_text(encoding="utf-8", errors="replace").split("\n")
+    except (OSError, ValueError):
+        pass
+    return None
 
 
 def _vars(e: Expr) -> set[Var]:

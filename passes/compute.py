@@ -119,21 +119,12 @@ class Builder:
         self.block_names: set[str] = set()
 
     def fresh(self, base: str) -> str:
-        name, i = base, 0
-        while name in self.taken:
-            i += 1
-            name = f"{base}_{i}"
-        self.taken.add(name)
-        return name
+        """A name for a buffer, loop or iterator var, distinct from every symbol in the program."""
+        return _fresh(base, self.taken)
 
     def block_name(self, base: str) -> str:
         """Blocks have their own namespace (a block may share its buffer's name, as in TVM)."""
-        name, i = base, 0
-        while name in self.block_names:
-            i += 1
-            name = f"{base}_{i}"
-        self.block_names.add(name)
-        return name
+        return _fresh(base, self.block_names)
 
     # ---- tensors -------------------------------------------------------------------------------
     def placeholder(self, shape: Shape, dtype: str, name: str = "in") -> Tensor:
@@ -239,6 +230,15 @@ class Builder:
         free |= _stmt_vars(body)
         scalars = tuple(sorted((v for v in free - bound - local), key=lambda v: v.name))
         return PrimFunc(name, params, len(self.outputs), body, scalars)
+
+
+def _fresh(base: str, used: set[str]) -> str:
+    name, i = base, 0
+    while name in used:
+        i += 1
+        name = f"{base}_{i}"
+    used.add(name)
+    return name
 
 
 def _local_vars(s: Stmt) -> set[Var]:

@@ -289,14 +289,16 @@ class Fuser:
         ready = [k for k, n in left.items() if n == 0]
         heapq.heapify(ready)
         out: list[Binding] = []
+        done = 0
         while ready:
             k = heapq.heappop(ready)
+            done += 1
             out.extend(items[k])
             for u in users[k]:
                 left[u] -= 1
                 if left[u] == 0:
                     heapq.heappush(ready, u)
-        assert len(out) >= len(items), "fusion created a cycle"
+        assert done == len(items), "fusion created a cycle between groups"
         return tuple(out)
 
 

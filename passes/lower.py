@@ -16,7 +16,7 @@ from typing import Any
 
 from mlc.ir import ops  # noqa: F401  (loads the op registry)
 from mlc.ir.diagnostics import MlcError
-from mlc.ir.expr import Expr, Var, free_vars
+from mlc.ir.expr import Expr, Load, Var, free_vars
 from mlc.ir.externs import get_extern
 from mlc.ir.graph import Binding, Block, CallExtern, CallTensor, Function, If, Loop, OpCall, Value
 from mlc.ir.module import Module
@@ -152,8 +152,6 @@ def _cheap(t: Tensor) -> bool:
     """A virtual tensor worth recomputing per reader: a plain load from a buffer."""
     if not t.is_virtual:
         return True
-    from mlc.ir.expr import Load
-
     probe = tuple(Var(f"_p{i}") for i in range(t.ndim))
     try:
         return isinstance(t.at(probe), Load)

@@ -57,7 +57,7 @@ class VM(Interpreter):
             )
         self._active_plan = self.plans.get(func)
         try:
-            outs = self.call(func, [np.ascontiguousarray(inputs[n]) for n in names])
+            outs = self.call(func, [np.require(inputs[n], requirements="C") for n in names])
         finally:
             self._active_plan = None
         return {v.name: np.array(o, copy=True) if isinstance(o, np.ndarray) else o for v, o in zip(fn.body.results, outs)}
@@ -87,7 +87,7 @@ class VM(Interpreter):
             shape = tuple(arith.evaluate(d, frame.dims) for d in t.shape)
             buf = self._buffer(var, shape, to_numpy(t.dtype)) if len(out_types) == 1 else np.empty(shape, to_numpy(t.dtype))
             outs.append(buf)
-        args = [np.ascontiguousarray(self._get(a, frame)) for a in n.args]
+        args = [np.require(self._get(a, frame), requirements="C") for a in n.args]
         # the kernel reads buffer dims from the arrays; only explicit scalars are passed
         dims = {p.name: arith.evaluate(e, frame.dims) for p, e in zip(fn.scalar_params, n.sym_args)}
         k = self._cache.get(n.func)

@@ -66,7 +66,7 @@ def test_matmul_symbolic_dims_one_kernel():
 
 @pytest.mark.parametrize("kinds", [
     {"i": "parallel"}, {"j": "vectorized"}, {"i": "parallel", "j": "vectorized"}, {"k": "unrolled"},
-    {"i": "parallel", "j": "vectorized", "k": "unrolled"}, {"k": "vectorized"},
+    {"i": "parallel", "j": "vectorized", "k": "unrolled"}, {"k": "vectorized"}, {"i": "unrolled", "j": "unrolled"},
 ])
 def test_annotated_loops_match_serial(kinds):
     fs = [matmul_func("ser"), matmul_func("ann", kinds), matmul_func("iser", dtype="i32"),
@@ -376,3 +376,50 @@ def test_vectorized_loops_emit_vector_code():
     carried = PrimFunc("c", g.params, 1, For(j, Const(1), n - 1, Store(g.params[1], (j,), Load(g.params[1], (j - 1,))),
                                             kind="vectorized"))
     assert "llvm.loop.vectorize.enable" in lower_to_llvm([carried], host_target())
+
+
+def test_vectorized_guarded_tail_and_lane_varying_if():
+    """Split loops with a bounds guard and a data-dependent if/else run as masked vector code."""
+    X, Y = Buffer("X", (n,), "f32"), Buffer("Y", (n,), "f32")
+    jo, ji = Var("jo"), Var("ji")
+    idx = jo * 16 + ji
+    inner = IfStmt(Bin("lt", idx, n),
+                   IfStmt(Bin("gt", Load(X, (idx,)), Const(0.0, "f32")),
+                          Store(Y, (idx,), Call("exp", (Load(X, (idx,)),), "f32")),
+                          Store(Y, (idx,), Load(X, (idx,)) * Const(-2.0, "f32"))))
+    body = For(jo, Const(0), Bin("floordiv", n + 15, Const(16)), For(ji, Const(0), Const(16), inner, kind="vectorized"))
+    f = PrimFunc("guarded", (X, Y), 1, body)
+    text = lower_to_llvm([f], host_target())
+    assert "llvm.masked.store" in text and "llvm.masked.load" in text
+    lib = compile_module([f])
+    for size in (1, 16, 37):
+        x = RNG.standard_normal(size).astype("f4")
+        y = np.zeros(size + 16, "f4")[:size]  # a view: writes past `size` would show up in the parent
+        parent = y.base
+        lib.kernel("guarded")([x, y])
+        np.testing.assert_allclose(y, np.where(x > 0, np.exp(x), -2 * x), rtol=1e-6)
+        assert not parent[size:].any()
+
+
+def test_object_file_loads_in_fresh_process(tmp_path):
+    """Object code written to disk runs in another process without the IR or a recompile."""
+    import subprocess
+    import sys
+    X = Buffer("X", (n,), "f32")
+    i = Var("i")
+    body = For(i, Const(3), n - 3, Store(X, (i,), Call("sigmoid", (Cast("f32", i),), "f32")), kind="parallel")
+    lib = compile_module([PrimFunc("fill", (X,), 1, body)])
+    obj = tmp_path / "k.o"
+    obj.write_bytes(lib.object_code)
+    code = (
+        "import sys, numpy as np\n"
+        "from mlc.codegen.jit import link_object\n"
+        "lib = link_object(open(sys.argv[1], 'rb').read())\n"
+        "x = np.zeros(11, 'f4'); lib.kernel('fill')([x])\n"
+        "print(' '.join(repr(float(v)) for v in x))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(obj)], capture_output=True, text=True, check=True).stdout
+    got = np.array([float(v) for v in out.split()], "f4")
+    want = np.zeros(11, "f4")
+    want[3:] = 1 / (1 + np.exp(-np.arange(3, 11, dtype="f4")))  # start 3, extent n - 3
+    np.testing.assert_allclose(got, want, rtol=1e-6)

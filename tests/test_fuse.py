@@ -18,6 +18,7 @@ from mlc.ir import (
     Const,
     For,
     Function,
+    If,
     Module,
     OpCall,
     PrimFunc,
@@ -159,6 +160,7 @@ SETTINGS: dict[str, list[dict[str, int]]] = {
     "inception": [{"N": 1}, {"N": 2}],
     "seq2seq": [{"S": 1, "N": 2}, {"S": 4, "N": 1}],
     "gpt_block": [{"B": 1, "T": 1}, {"B": 2, "T": 5}],
+    "graphsage": [{"V": 1}, {"V": 5}],
 }
 MODELS = [n for n in zoo.NAMES if n != "default"]
 
@@ -263,3 +265,79 @@ def test_pass_filecheck(path: Path) -> None:
         kw = dict(o.lstrip("-").split("=", 1) for o in opts)
         m = run_pass(name, m, **kw)
     filecheck(print_module(m), checks)
+
+
+def test_ops_inside_if_branches_are_fused() -> None:
+    x = Value("x", t(N, 8))
+    c = Value("c", TensorType((), "bool"))
+    a, b, r = Value("a", UnknownType()), Value("b", UnknownType()), Value("r", UnknownType())
+    then = Block((Binding(a, OpCall("exp", (x,))), Binding(b, OpCall("neg", (a,)))), (b,))
+    a2, b2 = Value("a2", UnknownType()), Value("b2", UnknownType())
+    other = Block((Binding(a2, OpCall("sum", (x,), attrs_of({"axes": (1,)}))), Binding(b2, OpCall("mul", (x, a2)))), (b2,))
+    m = run_pass("shape-infer", Module((Function("main", (x, c), Block((Binding(r, If(c, then, other)),), (r,))),)))
+    f = run_pass("fuse", m, strict=True)
+    node = f.get("main").body.bindings[0].node  # type: ignore[union-attr]
+    assert isinstance(node, If)
+    assert [bd.node.func for bd in node.then_block.bindings] == ["fused_exp_neg"]  # type: ignore[union-attr]
+    assert [bd.node.func for bd in node.else_block.bindings] == ["fused_sum_mul"]  # type: ignore[union-attr]
+    for cond in (True, False):
+        same_results(m, f, {"x": rand(3, 8), "c": np.array(cond)})
+
+
+def test_graph_symbols_named_like_loop_variables() -> None:
+    """Dims called i, k, v_i or in must not be captured by generated loop, iterator or buffer names."""
+    syms = [Var(s) for s in ("i", "k", "v_i", "in")]
+    x = Value("x", TensorType(tuple(syms), F32))
+    m = graph((x,), [("e", "exp", ("x",), {}), ("s", "sum", ("e",), {"axes": (1, 3), "keepdims": False})], ("s",))
+    f = run_pass("fuse", m)
+    same_results(m, f, {"x": rand(2, 3, 4, 5)})
+
+
+def test_extern_ops_are_fusion_boundaries() -> None:
+    m = graph((X, W, B), [("mm", "matmul", ("x", "w"), {}), ("y", "add", ("mm", "b"), {}),
+                          ("z", "relu", ("y",), {})], ("z",))
+    f = run_pass("fuse", m, extern="matmul=blas.matmul")
+    kinds = [type(bd.node).__name__ for bd in f.get("main").body.bindings]  # type: ignore[union-attr]
+    assert kinds == ["CallExtern", "CallTensor"]
+    same_results(m, f, {"x": rand(3, 8), "w": rand(8, 6, seed=1), "b": rand(6, seed=2)})
+
+
+def _random_graph(seed: int) -> Module:
+    """A random DAG over (n, 6) tensors: unary, broadcasting binary, reductions, matmuls, softmax."""
+    rng = np.random.default_rng(seed)
+    x, w, v = Value("x", t(N, 6)), Value("w", t(6, 6)), Value("v", t(6))
+    rows: list[tuple[str, str, tuple[str, ...], dict[str, Any]]] = []
+    pool = ["x"]
+    for k in range(int(rng.integers(4, 10))):
+        a = pool[int(rng.integers(len(pool)))]
+        name = f"t{k}"
+        kind = int(rng.integers(7))
+        if kind == 0:
+            rows.append((name, str(rng.choice(["tanh", "sigmoid", "neg", "abs"])), (a,), {}))
+        elif kind == 1:
+            rows.append((name, str(rng.choice(["add", "mul", "maximum"])), (a, pool[int(rng.integers(len(pool)))]), {}))
+        elif kind == 2:
+            rows.append((name, "sub", (a, "v"), {}))
+        elif kind == 3:
+            rows.append((f"{name}r", str(rng.choice(["sum", "max"])), (a,), {"axes": (-1,), "keepdims": True}))
+            rows.append((name, "add", (a, f"{name}r"), {}))
+        elif kind == 4:
+            rows.append((name, "matmul", (a, "w"), {}))
+        elif kind == 5:
+            rows.append((f"{name}t", "transpose", (a,), {"perm": (1, 0)}))
+            rows.append((name, "transpose", (f"{name}t",), {"perm": (1, 0)}))
+        else:
+            rows.append((name, "softmax", (a,), {"axis": -1}))
+        pool.append(name)
+    extra = tuple(p for p in pool[1:-1] if rng.random() < 0.25)
+    return graph((x, w, v), rows, extra + (pool[-1],))
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_random_graphs_fuse_correctly(seed: int) -> None:
+    m = _random_graph(seed)
+    f = run_pass("fuse", m, strict=True)
+    st = count_calls(f)
+    assert st.ops == 0 and st.kernels <= count_calls(m).ops
+    for n in (1, 3):
+        same_results(m, f, {"x": rand(n, 6, seed=seed), "w": rand(6, 6, seed=seed + 1) * 0.5, "v": rand(6, seed=seed + 2)})

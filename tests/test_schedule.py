@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 import numpy as np
 import pytest
 from mlc.ir import BlockStmt, For, IfStmt, MlcError, PrimFunc, Var
 from mlc.ir.tir_builder import build, compute, fconst, maximum, placeholder, reduce_axis, rsum
 from mlc.ir.tir_interp import run_prim
-from mlc.passes.schedule import BlockRV, LoopRV, Schedule, Trace
+from mlc.passes.schedule import BlockRV, LoopRV, Schedule, Trace, gemm_intrin
 from mlc.passes.schedule.tree import walk
 from test_tir_interp import conv_func, matmul_func, softmax_func
 
@@ -469,3 +470,59 @@ def test_random_block_schedules_keep_results(make: Callable[[], PrimFunc]) -> No
         same(f, s.func)
         assert Trace.from_json(s.trace.to_json()).apply(f) == s.func
     assert applied > 20
+
+
+def _tiled_for_tensorize(f: PrimFunc) -> tuple[Schedule, LoopRV]:
+    s = Schedule(f)
+    c = s.get_block("C")
+    i, j, k = s.get_loops(c)
+    io, ii = s.split(i, [None, 4])
+    jo, ji = s.split(j, [None, 4])
+    ko, ki = s.split(k, [None, 3])
+    s.reorder(io, jo, ko, ii, ji, ki)
+    s.decompose_reduction(c, ko)
+    return s, ii
+
+
+def test_blockize_and_tensorize_gemm() -> None:
+    f = mm_relu(16, 12, 8)
+    s, ii = _tiled_for_tensorize(f)
+    o = s.tensorize(ii, gemm_intrin(4, 4, 3))
+    b = s.get(o)
+    assert isinstance(b, BlockStmt) and dict(b.annotations)["tensor_intrin"] == "gemm_4x4x3_f32"
+    assert [iv.kind for iv in b.iters] == ["S", "S", "R"]
+    same(f, s.func)
+    same(f, s.func, vectorize=False)
+    assert Trace.from_json(s.trace.to_json()).apply(f) == s.func
+    s2, ii2 = _tiled_for_tensorize(f)
+    with pytest.raises(MlcError, match="do not have the extents"):
+        s2.tensorize(ii2, gemm_intrin(4, 4, 4))
+    s3 = Schedule(f)
+    i, j, k = s3.get_loops(s3.get_block("C"))
+    with pytest.raises(MlcError, match="still has an init"):
+        s3.tensorize(i, gemm_intrin(20, 8, 12))
+    with pytest.raises(MlcError, match="unknown tensor intrinsic"):
+        s2.tensorize(ii2, "nope")
+
+
+def test_tensorize_rejects_a_different_computation() -> None:
+    A, B = placeholder("A", (8, 6)), placeholder("B", (6, 8))
+    r = reduce_axis(6, "k")
+    C = compute("C", (8, 8), lambda i, j: rsum(A[i, r] * B[j, r], r))  # B transposed
+    f = build("mmT", [A, B], [C])
+    s, ii = _tiled_for_tensorize(f)
+    with pytest.raises(MlcError, match="does not match intrinsic"):
+        s.tensorize(ii, gemm_intrin(4, 4, 3))
+
+
+def test_blockize_rejects_unsplittable_binding() -> None:
+    f = mm_relu(16, 12, 8)
+    s = Schedule(f)
+    i, j, k = s.get_loops(s.get_block("C"))
+    fused = s.fuse(i, j)
+    a, b = s.split(fused, [None, 3])  # 3 does not divide the inner extent 8 of j
+    with pytest.raises(MlcError, match="does not split|not tiled evenly"):
+        s.blockize(b)
+    o = s.blockize(s.get_loops(s.get_block("C"))[-1])  # blockizing the reduction loop alone is fine
+    same(f, s.func)
+    assert s.get(o).iters[-1].kind == "R"  # type: ignore[union-attr]

@@ -109,3 +109,17 @@ def test_fuzzed_texts_only_raise_mlc_error() -> None:
         except MlcError:
             pass
     assert parsed > 50  # the mutations must also reach the verifier
+
+
+@pytest.mark.parametrize("text", ["1" * 6000, "-" + "9" * 20, "9223372036854775808", "1e" + "9" * 400, "1e400"])
+def test_out_of_range_literals_are_located_errors(text: str) -> None:
+    with pytest.raises(MlcError, match="out of") as info:
+        parse_expr(text, "lit.ir")
+    assert info.value.loc is not None and info.value.loc.line == 1
+
+
+def test_extreme_int64_literals_are_accepted() -> None:
+    assert parse_expr("-9223372036854775808").value == -(2**63)  # type: ignore[attr-defined]
+    assert parse_expr("9223372036854775807").value == 2**63 - 1  # type: ignore[attr-defined]
+    with pytest.raises(MlcError, match="expected a version"):
+        parse_module("mlc.module v" + "1" * 5000)

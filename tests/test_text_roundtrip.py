@@ -478,3 +478,28 @@ def test_random_prim_modules_roundtrip(data: st.DataObject) -> None:
 def test_random_mixed_modules_roundtrip(data: st.DataObject) -> None:
     g = Gen(data.draw)
     _roundtrip(g.module(graphs=data.draw(st.integers(1, 2)), prims=data.draw(st.integers(1, 2))))
+
+
+def test_examples_in_the_docs_parse() -> None:
+    from mlc.ir.verify import verify_module
+
+    doc = (Path(__file__).parent.parent / "docs" / "ir.md").read_text()
+    blocks = [b for b in doc.split("```") if b.startswith("\nmlc.module") or b.startswith("\nprim")]
+    assert len(blocks) >= 3
+    for b in blocks:
+        text = b.lstrip("\n") if b.startswith("\nmlc.module") else "mlc.module v1\n" + b.lstrip("\n")
+        m = parse_module(text, "doc.ir")
+        assert parse_module(print_module(m)) == m
+        if "@helper" not in text:  # the graph example calls functions it does not define
+            verify_module(m, text)
+
+
+def test_structurally_broken_objects_still_print() -> None:
+    """Wrong Python types in fields (a pass bug) print as markers instead of crashing the printer."""
+    x = Value(None, None)  # type: ignore[arg-type]
+    ty = TensorType((Var(None, None), None), None)  # type: ignore[arg-type]
+    f = Function(3, (x,), Block((Binding(Value("y", ty), OpCall(None, (x,), (("k", [1, 2]),))),), (x,)))  # type: ignore[arg-type]
+    b = Buffer("B", (None,), None, None)  # type: ignore[arg-type]
+    p = PrimFunc("p", (b,), None, Seq((Store(b, (None,), Call(None, (), None)), None, For(Var("i"), None, None, None))))  # type: ignore[arg-type]
+    text = print_module(Module((f, p), (("a", object()),)))
+    assert "graph @3(%None: <?NoneType>)" in text and "<?object>" in text and "%B[<?NoneType>]" in text

@@ -271,3 +271,15 @@ def test_seq_of_blocks_and_exp_max_relu() -> None:
     run_prim(f, [x, r])
     np.testing.assert_allclose(r, np.maximum(np.exp(x) - 2, 0), rtol=1e-6)
     assert Call("exp", (Const(1.0, "f32"),), "f32").dtype == "f32"
+
+
+def test_rank_generic_compute_and_zero_dim_output() -> None:
+    X = placeholder("X", (2, 3, 4))
+    Y = compute("Y", (2, 3, 4), lambda *idx: X[idx] * fconst(2.0))
+    r = [reduce_axis(d, f"r{d}") for d in (2, 3, 4)]
+    Z = compute("Z", (), lambda: rsum(Y[r[0], r[1], r[2]], r))
+    f = build("total", [X], [Z])
+    x, z = RNG.standard_normal((2, 3, 4)).astype(np.float32), np.zeros((), np.float32)
+    for vec in (True, False):
+        run_prim(f, [x, z], vectorize=vec)
+        np.testing.assert_allclose(z, 2 * x.sum(), rtol=1e-5)

@@ -7,6 +7,7 @@ and a single injected fault must then be caught.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -28,6 +29,7 @@ from mlc.ir import (
     IterVar,
     Let,
     Load,
+    Loop,
     MlcError,
     Module,
     OpCall,
@@ -301,3 +303,64 @@ def test_random_kernels_verify_and_faults_are_caught(f: PrimFunc, fault: int) ->
     with pytest.raises(MlcError) as info:
         verify_module(parse_module(bad, "k.ir"), bad)
     assert info.value.loc is not None and info.value.loc.line > 0
+
+
+@st.composite
+def graph_programs(draw: Any) -> Function:
+    """A random graph function over registered elementwise ops, with if/else and a carried loop."""
+    n = Var("n")
+    t = TensorType((n, Const(4)), "f32")
+    x, c = Value("x", t), Value("c", ScalarType("bool"))
+    k = 0
+
+    def fresh() -> Value:
+        nonlocal k
+        k += 1
+        return Value(f"v{k}", t)
+
+    def block(scope: list[Value], depth: int, size: int) -> tuple[list[Binding], list[Value]]:
+        scope = list(scope)
+        out: list[Binding] = []
+        for _ in range(size):
+            kind = draw(st.sampled_from(["unary", "binary", "binary"] + (["if", "loop"] if depth else [])))
+            v = fresh()
+            if kind == "unary":
+                node: Any = OpCall(draw(st.sampled_from(["relu", "exp", "tanh", "neg"])), (draw(st.sampled_from(scope)),))
+            elif kind == "binary":
+                node = OpCall(draw(st.sampled_from(["add", "mul", "sub", "maximum"])),
+                              (draw(st.sampled_from(scope)), draw(st.sampled_from(scope))))
+            elif kind == "if":
+                tb, tr = block(scope, depth - 1, draw(st.integers(0, 2)))
+                eb, er = block(scope, depth - 1, draw(st.integers(0, 2)))
+                node = If(c, Block(tuple(tb), (draw(st.sampled_from(tr or scope)),)),
+                          Block(tuple(eb), (draw(st.sampled_from(er or scope)),)))
+            else:
+                idx, h = Value(f"i{k}", ScalarType("i64")), Value(f"h{k}", t)
+                lb, lr = block(scope + [h], depth - 1, draw(st.integers(0, 2)))
+                node = Loop(idx, Const(draw(st.integers(1, 4))), (h,), (draw(st.sampled_from(scope)),),
+                            Block(tuple(lb), (draw(st.sampled_from(lr or [h])),)))
+            out.append(Binding(v, node))
+            scope.append(v)
+        return out, [b.var for b in out]
+
+    bindings, defined = block([x], 2, draw(st.integers(1, 5)))
+    return Function("main", (x, c), Block(tuple(bindings), (defined[-1],)))
+
+
+@settings(max_examples=40, deadline=None)
+@given(graph_programs())
+def test_random_graph_programs_verify_and_type_faults_are_caught(f: Function) -> None:
+    m = Module((f,))
+    verify_module(m)
+    text = print_module(m)
+    assert parse_module(text) == m
+    lines = text.split("\n")
+    ops = [i for i, line in enumerate(lines) if re.match(r"\s*%v\d+: tensor<n x 4 x f32> = [a-z]+\(%", line)]
+    if not ops:
+        return
+    target = ops[len(ops) // 2]
+    lines[target] = lines[target].replace("tensor<n x 4 x f32>", "tensor<n x 5 x f32>", 1)
+    bad = "\n".join(lines)
+    with pytest.raises(MlcError, match="dim 1: 5 vs 4") as info:
+        verify_module(parse_module(bad, "g.ir"), bad)
+    assert info.value.loc is not None and info.value.loc.line == target + 1

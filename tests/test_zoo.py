@@ -15,7 +15,7 @@ from mlc.ir.graph import Loop
 from mlc.ir.interp import run_function
 from mlc.ir.types import TensorType
 
-SETTINGS = ({"N": 2, "S": 5, "B": 2, "T": 7}, {"N": 3, "S": 1, "B": 1, "T": 12})
+SETTINGS = ({"N": 2, "S": 5, "B": 2, "T": 7, "V": 6}, {"N": 3, "S": 1, "B": 1, "T": 12, "V": 11})
 MODELS = [n for n in zoo.NAMES if n != "default"]
 
 

@@ -12,7 +12,7 @@ from dataclasses import replace
 from mlc.ir import arith
 from mlc.ir.diagnostics import MlcError
 from mlc.ir.expr import Bin, Const, Expr, Load, Var, free_vars, substitute
-from mlc.ir.tir import BlockStmt, Buffer, For, IfStmt, IterVar, PrimFunc, Seq, Stmt, Store
+from mlc.ir.tir import BlockStmt, Buffer, For, IfStmt, IterVar, Let, PrimFunc, Seq, Stmt, Store
 
 from .tree import (
     Interval,
@@ -78,13 +78,18 @@ def _block(func: PrimFunc, name: str) -> tuple[Path, BlockStmt]:
     return p, b
 
 
+def leaf_blocks(s: Stmt) -> list[tuple[Path, BlockStmt]]:
+    """Blocks holding no other block (outer blocks from blockize only summarise their inner one)."""
+    return [(p, b) for p, b in blocks(s) if not any(True for _ in blocks(b.body))]
+
+
 def _writers(func: PrimFunc, buf: str) -> list[tuple[Path, BlockStmt]]:
-    return [(p, b) for p, b in blocks(func.body) if p and any(w.name == buf for w in block_writes(b))]
+    return [(p, b) for p, b in leaf_blocks(func.body) if p and any(w.name == buf for w in block_writes(b))]
 
 
 def _readers(func: PrimFunc, buf: str) -> list[tuple[Path, BlockStmt]]:
     """Consumers of `buf`: blocks reading it without writing it (an accumulator is not consumed)."""
-    return [(p, b) for p, b in blocks(func.body)
+    return [(p, b) for p, b in leaf_blocks(func.body)
             if p and reads_buffer(b, buf) and all(w.name != buf for w in block_writes(b))]
 
 
@@ -220,7 +225,7 @@ def _check_between(func: PrimFunc, lo: int, hi: int, skip: set[str], b: BlockStm
     reads = {x.name for x in block_reads(b)}
     writes = {x.name for x in block_writes(b)}
     for t in tops(func)[lo: hi + 1]:
-        for _, x in blocks(t):
+        for _, x in leaf_blocks(t):
             if x.name in skip or x.name == b.name:
                 continue
             xw = {y.name for y in block_writes(x)}
@@ -543,3 +548,43 @@ def rfactor(func: PrimFunc, block: str, loop: str, factor_axis: int = 0) -> tupl
     ts = tops(func)
     ts.insert(ti + 1, wb)
     return with_tops(func, ts, root(func).alloc_buffers + (rf_buf,)), rf_block.name
+
+
+def blockize(func: PrimFunc, loop: str) -> tuple[PrimFunc, str]:
+    """Wrap the nest under `loop` (holding one block) in an outer block whose iterators are the outer
+    parts of the inner block's bindings (binding = outer * E + inner, inner in [0, E))."""
+    lpath = find_loop(func.body, loop)
+    lp = get(func.body, lpath)
+    assert isinstance(lp, For)
+    inside = list(blocks(lp))
+    if len(inside) != 1:
+        raise MlcError(f"blockize: loop {loop} must hold exactly one block, found {[b.name for _, b in inside]}")
+    rel, b = inside[0]
+    bpath = lpath + rel
+    chain = [s for p, s in ancestors(func.body, bpath) if len(p) >= len(lpath)]
+    if any(isinstance(s, Seq | Let) for s in chain):
+        raise MlcError(f"blockize: the loops under {loop} are not perfectly nested")
+    inner_loops = [s for s in chain if isinstance(s, For)]
+    ivars = {s.var for s in inner_loops}
+    ranges = loop_ranges(inner_loops)
+    zero: dict[Var, Expr] = {v: Const(0) for v in ivars}
+    outer_iters, new_iters = [], []
+    used = used_names(func)
+    for iv in b.iters:
+        outer = simp(substitute(iv.binding, zero))
+        inner = simp(iv.binding - outer)
+        rng = bound(inner, ranges)
+        if free_vars(outer) & ivars or not free_vars(inner) <= ivars or rng is None \
+                or arith.as_int(rng[0]) != 0 or arith.as_int(rng[1]) is None:
+            raise MlcError(f"blockize: binding of {iv.var.name} in block {b.name} does not split into "
+                           f"an outer part and an inner part starting at 0")
+        e = int(arith.as_int(rng[1])) + 1  # type: ignore[arg-type]
+        if not arith.prove_equal((outer // e) * e, outer) or not arith.prove_equal((iv.extent // e) * e, iv.extent):
+            raise MlcError(f"blockize: iterator {iv.var.name} of block {b.name} is not tiled evenly by {e}")
+        vo = Var(fresh(used, f"{iv.var.name}_o"), iv.var.dtype)
+        outer_iters.append(IterVar(vo, simp(iv.extent // e), iv.kind, simp(outer // e)))
+        new_iters.append(replace(iv, binding=simp(vo * e + inner)))
+    inner_block = replace(b, iters=tuple(new_iters))
+    new_lp = put(lp, rel, inner_block)
+    name = fresh(used, f"{b.name}_o")
+    return replace(func, body=put(func.body, lpath, BlockStmt(name, tuple(outer_iters), new_lp))), name

@@ -19,6 +19,7 @@ from mlc.ir.expr import Var
 from mlc.ir.tir import BlockStmt, For, PrimFunc
 
 from . import compute, loops
+from . import tensorize as tensorize_
 from .trace import BlockRV, Instruction, IntRV, LoopRV, Trace, encode
 from .tree import ancestors, blocks, find_block, find_loop, fresh, get, walk
 
@@ -200,6 +201,18 @@ class Schedule:
             name = _block(block)
         self.func, rf = compute.rfactor(self.func, name, _loop(loop), int(factor_axis))
         return BlockRV(rf)
+
+    @instruction
+    def blockize(self, loop: LoopRV) -> BlockRV:
+        self.func, name = compute.blockize(self.func, _loop(loop))
+        return BlockRV(name)
+
+    @instruction
+    def tensorize(self, target: LoopRV | BlockRV, intrin: str) -> BlockRV:
+        """Mark a tile as the tensor intrinsic `intrin` (a loop is blockized first); returns the outer block."""
+        block = self.blockize(target) if isinstance(target, LoopRV) else target
+        self.func = tensorize_.tensorize(self.func, _block(block), intrin)
+        return block
 
     @instruction
     def storage_align(self, block: BlockRV, buffer_index: int, axis: int, factor: int, offset: int) -> None:

@@ -1,0 +1,481 @@
+"""Scalar and vector expression lowering for the LLVM codegen (the half of codegen/llvm.py that computes values).
+
+Values are LLVM scalars, LLVM vectors (inside a vectorized loop) or `Lin` (an integer vector kept
+as `base + stride * lane`, so contiguous accesses are recognised and emitted as plain vector
+loads/stores). Integer floordiv/floormod use floor semantics; u8/bool are unsigned; f16 values are
+computed with LLVM half arithmetic, but libm-style functions run in f32.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import llvmlite.ir as ir
+
+from ..ir.diagnostics import MlcError
+from ..ir.dtype import is_float
+from ..ir.expr import INTRINSICS, Bin, Call, Cast, Const, Expr, Load, Not, Select, Var
+from ..ir.tir import Buffer, PrimFunc
+from .cpu import CpuTarget
+from .vectorize import split_div
+
+I1, I8, I32, I64 = ir.IntType(1), ir.IntType(8), ir.IntType(32), ir.IntType(64)
+VOIDP = I8.as_pointer()
+
+_LLVM_TYPES: dict[str, ir.Type] = {
+    "bool": I1, "i8": I8, "u8": I8, "i16": ir.IntType(16), "i32": I32, "i64": I64,
+    "f16": ir.HalfType(), "bf16": ir.FloatType(), "f32": ir.FloatType(), "f64": ir.DoubleType(),
+}
+_FLOAT_SUFFIX = {"half": "f16", "float": "f32", "double": "f64"}
+_ICMP = {"eq": "==", "ne": "!=", "lt": "<", "le": "<=", "gt": ">", "ge": ">="}
+_LIBM_UNARY = {"exp": "exp", "log": "log", "sqrt": "sqrt", "sin": "sin", "cos": "cos", "floor": "floor",
+               "ceil": "ceil", "round": "roundeven", "abs": "fabs", "tanh": "tanh"}
+FAST = ("reassoc", "contract", "nsz")
+CONTRACT = ("contract",)
+
+
+def llvm_type(dtype: str) -> ir.Type:
+    """The LLVM type of a value of `dtype`."""
+    try:
+        return _LLVM_TYPES[dtype]
+    except KeyError:
+        raise MlcError(f"codegen: unsupported dtype {dtype}") from None
+
+
+def mem_type(dtype: str) -> ir.Type:
+    """The LLVM type of an element of a buffer of `dtype` in memory (bool is a byte)."""
+    return I8 if dtype == "bool" else llvm_type(dtype)
+
+
+@dataclass
+class Lin:
+    """An integer vector whose lane l holds `base + stride * l` (kept symbolic to find contiguous accesses)."""
+
+    base: ir.Value
+    stride: int
+
+
+@dataclass
+class ModuleCtx:
+    """State shared by the functions of one LLVM module: declarations, fresh names, loop metadata."""
+
+    module: ir.Module
+    target: CpuTarget
+    counter: int = 0
+    decls: dict[str, ir.Function] = field(default_factory=dict)
+    launcher: ir.GlobalVariable | None = None
+
+    def fresh(self, prefix: str) -> str:
+        self.counter += 1
+        return f"{prefix}.{self.counter}"
+
+    def declare(self, name: str, ret: ir.Type, args: Sequence[ir.Type]) -> ir.Function:
+        fn = self.decls.get(name)
+        if fn is None:
+            fn = self.module.globals.get(name) or ir.Function(self.module, ir.FunctionType(ret, list(args)), name)
+            self.decls[name] = fn
+        return fn
+
+    def loop_md(self, hints: Sequence[tuple[str, ir.Value | None]]) -> ir.MDValue:
+        m = self.module
+        ops = [m.add_metadata([ir.MetaDataString(m, k)] + ([v] if v is not None else [])) for k, v in hints]
+        return m.add_metadata([ir.MetaDataString(m, self.fresh("mlc.loopid"))] + ops)
+
+
+def type_suffix(t: ir.Type) -> str:
+    if isinstance(t, ir.VectorType):
+        return f"v{t.count}{type_suffix(t.element)}"
+    if isinstance(t, ir.IntType):
+        return f"i{t.width}"
+    return _FLOAT_SUFFIX[str(t)]
+
+
+def is_vec(v: object) -> bool:
+    return isinstance(v, Lin) or isinstance(getattr(v, "type", None), ir.VectorType)
+
+
+class ExprEmitter:
+    """Expression lowering into one LLVM function; `width` > 0 while emitting a vectorized loop body."""
+
+    def __init__(self, ctx: ModuleCtx, fn: ir.Function, func: PrimFunc):
+        self.ctx, self.fn, self.func = ctx, fn, func
+        entry = fn.append_basic_block("entry")
+        self.alloca_b = ir.IRBuilder(entry)
+        body = fn.append_basic_block("body")
+        self.alloca_b.branch(body)
+        self.alloca_b.position_at_start(entry)
+        self.b = ir.IRBuilder(body)
+        self.env: dict[Var, ir.Value | Lin] = {}
+        self.bufs: dict[Buffer, ir.Value] = {}
+        self.width = 0
+        self.mask: ir.Value | None = None  # <W x i1> active lanes inside a lane-varying `if`
+        self.fast = False
+        self.defs: dict[Var, Expr] = {}  # integer block iterators / lets -> their definitions
+        self.ranges: dict[Var, tuple[int, int]] = {}  # loop vars with constant bounds -> [lo, hi)
+
+    # ---------------------------------------------------------------- helpers
+    def err(self, msg: str, loc: object = None) -> MlcError:
+        return MlcError(f"codegen of prim @{self.func.name}: {msg}", loc if loc is not None else self.func.loc)
+
+    def flags(self) -> tuple[str, ...]:
+        return FAST if self.fast else CONTRACT
+
+    def intrinsic(self, name: str, t: ir.Type, nargs: int = 1) -> ir.Function:
+        return self.ctx.declare(f"llvm.{name}.{type_suffix(t)}", t, [t] * nargs)
+
+    def splat(self, v: ir.Value, w: int) -> ir.Value:
+        vt = ir.VectorType(v.type, w)
+        x = self.b.insert_element(ir.Constant(vt, ir.Undefined), v, ir.Constant(I32, 0))
+        return self.b.shuffle_vector(x, ir.Constant(vt, ir.Undefined), ir.Constant(ir.VectorType(I32, w), [0] * w))
+
+    def vec(self, v: ir.Value | Lin) -> ir.Value:
+        """Materialise a value as a W-lane vector."""
+        if isinstance(v, Lin):
+            base = self.splat(v.base, self.width)
+            steps = ir.Constant(ir.VectorType(v.base.type, self.width), [v.stride * i for i in range(self.width)])
+            return self.b.add(base, steps)
+        if isinstance(v.type, ir.VectorType):
+            return v
+        return self.splat(v, self.width)
+
+    def scalar(self, v: ir.Value | Lin) -> ir.Value:
+        if is_vec(v):
+            raise self.err("internal: a lane-varying value where a uniform one is needed")
+        return v  # type: ignore[return-value]
+
+    def const_of(self, t: ir.Type, value: float | int) -> ir.Value:
+        elem = t.element if isinstance(t, ir.VectorType) else t
+        c = ir.Constant(elem, value)
+        return ir.Constant(t, [c] * t.count) if isinstance(t, ir.VectorType) else c
+
+    def convert(self, v: ir.Value | Lin, src: str, dst: str) -> ir.Value | Lin:
+        """Value conversion between dtypes, with C/numpy semantics (u8 unsigned, bool as 0/1)."""
+        src_t, dst_t = llvm_type(src), llvm_type(dst)
+        if isinstance(v, Lin):
+            if isinstance(src_t, ir.IntType) and isinstance(dst_t, ir.IntType) and dst_t.width >= 32 and src != "u8":
+                conv = self.convert(v.base, src, dst)
+                return Lin(conv, v.stride)  # type: ignore[arg-type]
+            v = self.vec(v)
+        if src_t == dst_t and (src == "u8") == (dst == "u8"):
+            return v
+        if (src == "f16") != (dst == "f16") and "f32" not in (src, dst) and dst != "bool":
+            # go through f32: direct f16<->f64/int conversions become compiler-rt calls the JIT cannot resolve
+            return self.convert(self.convert(v, src, "f32"), "f32", dst)
+        w = v.type.count if isinstance(v.type, ir.VectorType) else 0
+        tt = ir.VectorType(dst_t, w) if w else dst_t
+        b = self.b
+        if dst == "bool":
+            zero = self.const_of(v.type, 0)
+            return b.fcmp_unordered("!=", v, zero) if is_float(src) else b.icmp_unsigned("!=", v, zero)
+        if is_float(src) and is_float(dst):
+            if src_t == dst_t:
+                return v
+            return b.fpext(v, tt) if fbits(src_t) < fbits(dst_t) else b.fptrunc(v, tt)
+        if is_float(src):
+            return b.fptoui(v, tt) if dst == "u8" else b.fptosi(v, tt)
+        unsigned = src in ("u8", "bool")
+        if is_float(dst):
+            return b.uitofp(v, tt) if unsigned else b.sitofp(v, tt)
+        if src_t.width == dst_t.width:
+            return v
+        if src_t.width > dst_t.width:
+            return b.trunc(v, tt)
+        return b.zext(v, tt) if unsigned else b.sext(v, tt)
+
+    # ---------------------------------------------------------------- expressions
+    def expr(self, e: Expr) -> ir.Value | Lin:
+        if isinstance(e, Var):
+            if e not in self.env:
+                raise self.err(f"unbound variable %{e.name} (not a dim, scalar param, loop or block var)", e.loc)
+            return self.env[e]
+        if isinstance(e, Const):
+            t = llvm_type(e.dtype)
+            if not is_float(e.dtype) and isinstance(e.value, float) and not float(e.value).is_integer():
+                raise self.err(f"constant {e.value} has integer dtype {e.dtype}", e.loc)
+            return ir.Constant(t, bool(e.value) if e.dtype == "bool" else
+                               float(e.value) if is_float(e.dtype) else int(e.value))
+        if isinstance(e, Bin):
+            return self.binop(e)
+        if isinstance(e, Not):
+            a = self.vec_if(self.convert(self.expr(e.a), e.a.dtype, "bool"))
+            return self.b.xor(a, self.const_of(a.type, 1))
+        if isinstance(e, Select):
+            c = self.convert(self.expr(e.cond), e.cond.dtype, "bool")
+            t = self.convert(self.expr(e.t), e.t.dtype, e.dtype)
+            f = self.convert(self.expr(e.f), e.f.dtype, e.dtype)
+            if is_vec(c) or is_vec(t) or is_vec(f):
+                t, f = self.vec(t), self.vec(f)
+                c = self.vec(c) if is_vec(c) else c
+            return self.b.select(c, t, f)
+        if isinstance(e, Cast):
+            return self.convert(self.expr(e.a), e.a.dtype, e.dtype)
+        if isinstance(e, Call):
+            return self.call(e)
+        if isinstance(e, Load):
+            return self.load(e)
+        raise self.err(f"cannot lower expression {type(e).__name__}")
+
+    def vec_if(self, v: ir.Value | Lin) -> ir.Value:
+        return self.vec(v) if isinstance(v, Lin) else v
+
+    def operands(self, e: Bin) -> tuple[ir.Value | Lin, ir.Value | Lin, str]:
+        """Both operands converted to one dtype (a constant adopts the other side's type)."""
+        a, b = self.expr(e.a), self.expr(e.b)
+        da, db = e.a.dtype, e.b.dtype
+        if da != db:
+            if isinstance(e.a, Const) and not isinstance(e.b, Const):
+                return self.convert(a, da, db), b, db
+            if not isinstance(e.b, Const) and is_float(db) and not is_float(da):
+                return self.convert(a, da, db), b, db
+            b = self.convert(b, db, da)
+        return a, b, da
+
+    def binop(self, e: Bin) -> ir.Value | Lin:
+        if e.op in ("floordiv", "floormod") and isinstance(e.b, Const) and not is_float(e.dtype):
+            qr = split_div(e.a, int(e.b.value), self.defs, self.ranges)
+            if qr is not None:  # (affine + in-range remainder) // c: no division, stays affine in lanes
+                part = qr[0] if e.op == "floordiv" else qr[1]
+                return self.convert(self.expr(part), part.dtype, e.dtype)
+        a, c, dt = self.operands(e)
+        op = e.op
+        # affine lane algebra keeps `base + stride * lane` symbolic for address analysis
+        if (isinstance(a, Lin) or isinstance(c, Lin)) and op in ("add", "sub", "mul") and not is_float(dt):
+            r = self.lin_op(op, a, c)
+            if r is not None:
+                return r
+        if is_vec(a) or is_vec(c):
+            a, c = self.vec(a), self.vec(c)
+        b = self.b
+        if op in ("and", "or"):
+            a, c = self.convert(a, dt, "bool"), self.convert(c, dt, "bool")
+            return b.and_(a, c) if op == "and" else b.or_(a, c)
+        if op in _ICMP:
+            if is_float(dt):
+                return (b.fcmp_unordered if op == "ne" else b.fcmp_ordered)(_ICMP[op], a, c)
+            return (b.icmp_unsigned if dt in ("u8", "bool") else b.icmp_signed)(_ICMP[op], a, c)
+        if is_float(dt):
+            return self.float_binop(op, a, c)
+        return self.int_binop(op, a, c, dt)
+
+    def lin_op(self, op: str, a: ir.Value | Lin, c: ir.Value | Lin) -> Lin | None:
+        b = self.b
+        la = a if isinstance(a, Lin) else Lin(a, 0)
+        lc = c if isinstance(c, Lin) else Lin(c, 0)
+        if is_vec(la.base) or is_vec(lc.base):
+            return None
+        if op == "add":
+            return Lin(b.add(la.base, lc.base), la.stride + lc.stride)
+        if op == "sub":
+            return Lin(b.sub(la.base, lc.base), la.stride - lc.stride)
+        k, other = (c, la) if int_const(c) else (a, lc) if int_const(a) else (None, None)
+        if k is None or other is None:
+            return None
+        return Lin(b.mul(other.base, k), other.stride * int(k.constant))
+
+    def float_binop(self, op: str, a: ir.Value, c: ir.Value) -> ir.Value:
+        b = self.b
+        simple = {"add": b.fadd, "sub": b.fsub, "mul": b.fmul, "div": b.fdiv}
+        if op in simple:
+            r = simple[op](a, c)
+            r.flags.extend(self.flags())
+            return r
+        if op in ("min", "max"):  # NaN-propagating, like numpy.minimum/maximum
+            return b.call(self.intrinsic("minimum" if op == "min" else "maximum", a.type, 2), [a, c])
+        if op == "pow":
+            return self.float_call(lambda x, t: b.call(self.intrinsic("pow", t, 2), x), [a, c])
+        if op in ("floordiv", "floormod"):
+            q = b.fdiv(a, c)
+            fq = self.float_call(lambda x, t: b.call(self.intrinsic("floor", t), x), [q])
+            return fq if op == "floordiv" else b.fsub(a, b.fmul(fq, c))
+        raise self.err(f"unknown float operator {op}")
+
+    def int_binop(self, op: str, a: ir.Value, c: ir.Value, dt: str) -> ir.Value:
+        b = self.b
+        unsigned = dt in ("u8", "bool")
+        simple = {"add": b.add, "sub": b.sub, "mul": b.mul}
+        if op in simple:
+            return simple[op](a, c)
+        if op in ("min", "max"):
+            cmp = (b.icmp_unsigned if unsigned else b.icmp_signed)("<" if op == "min" else ">", a, c)
+            return b.select(cmp, a, c)
+        if op == "div":  # integer division truncates, as in C and TVM's Div
+            return b.udiv(a, c) if unsigned else b.sdiv(a, c)
+        if op in ("floordiv", "floormod"):
+            if unsigned:
+                return b.udiv(a, c) if op == "floordiv" else b.urem(a, c)
+            q, r = b.sdiv(a, c), b.srem(a, c)
+            zero = self.const_of(a.type, 0)
+            # the remainder's sign differs from the divisor's: step toward -inf
+            fix = b.and_(b.icmp_signed("!=", r, zero),
+                         b.icmp_signed("!=", b.icmp_signed("<", r, zero), b.icmp_signed("<", c, zero)))
+            if op == "floordiv":
+                return b.sub(q, b.zext(fix, q.type))
+            return b.select(fix, b.add(r, c), r)
+        if op == "pow":  # exact for results below 2**53
+            f64 = ir.DoubleType()
+            ft = ir.VectorType(f64, a.type.count) if isinstance(a.type, ir.VectorType) else f64
+            conv = b.uitofp if unsigned else b.sitofp
+            r = b.call(self.intrinsic("pow", ft, 2), [conv(a, ft), conv(c, ft)])
+            return b.fptoui(r, a.type) if unsigned else b.fptosi(r, a.type)
+        raise self.err(f"unknown integer operator {op}")
+
+    def float_call(self, fn: Callable[[list[ir.Value], ir.Type], ir.Value], args: list[ir.Value]) -> ir.Value:
+        """Apply `fn`, computing half-precision values in f32 (libm and most intrinsics lack f16)."""
+        t = args[0].type
+        elem = t.element if isinstance(t, ir.VectorType) else t
+        if isinstance(elem, ir.HalfType):
+            ft = ir.VectorType(ir.FloatType(), t.count) if isinstance(t, ir.VectorType) else ir.FloatType()
+            r = fn([self.b.fpext(x, ft) for x in args], ft)
+            return self.b.fptrunc(r, t)
+        return fn(args, t)
+
+    def call(self, e: Call) -> ir.Value | Lin:
+        if e.name not in INTRINSICS:
+            raise self.err(f"unknown intrinsic {e.name}", e.loc)
+        if len(e.args) != 1:
+            raise self.err(f"intrinsic {e.name} takes 1 argument, got {len(e.args)}", e.loc)
+        arg = e.args[0]
+        x = self.vec_if(self.expr(arg))
+        b = self.b
+        if not is_float(arg.dtype):
+            return self.int_call(e.name, x, arg.dtype, e.dtype)
+        if e.dtype != arg.dtype and e.name != "isnan":
+            raise self.err(f"intrinsic {e.name} of {arg.dtype} cannot yield {e.dtype}", e.loc)
+        name = e.name
+        if name == "isnan":
+            return self.convert(b.fcmp_unordered("uno", x, x), "bool", e.dtype)
+        if name == "neg":
+            return b.fneg(x)
+        if name in _LIBM_UNARY:
+            return self.float_call(lambda a, t: b.call(self.intrinsic(_LIBM_UNARY[name], t), a), [x])
+        if name == "rsqrt":
+            def rsqrt(a: list[ir.Value], t: ir.Type) -> ir.Value:
+                r = b.fdiv(self.const_of(t, 1.0), b.call(self.intrinsic("sqrt", t), a))
+                r.flags.append("arcp")
+                return r
+            return self.float_call(rsqrt, [x])
+        if name == "sigmoid":
+            def sigmoid(a: list[ir.Value], t: ir.Type) -> ir.Value:
+                ex = b.call(self.intrinsic("exp", t), [b.fneg(a[0])])
+                return b.fdiv(self.const_of(t, 1.0), b.fadd(self.const_of(t, 1.0), ex))
+            return self.float_call(sigmoid, [x])
+        if name == "erf":
+            return self.float_call(self.erf, [x])
+        raise self.err(f"intrinsic {name} is not supported by the CPU codegen", e.loc)
+
+    def erf(self, args: list[ir.Value], t: ir.Type) -> ir.Value:
+        """libm erf/erff, lane by lane for vectors (LLVM has no erf intrinsic)."""
+        elem = t.element if isinstance(t, ir.VectorType) else t
+        fn = self.ctx.declare("erff" if isinstance(elem, ir.FloatType) else "erf", elem, [elem])
+        x = args[0]
+        if not isinstance(t, ir.VectorType):
+            return self.b.call(fn, [x])
+        out = ir.Constant(t, ir.Undefined)
+        for i in range(t.count):
+            lane = self.b.call(fn, [self.b.extract_element(x, ir.Constant(I32, i))])
+            out = self.b.insert_element(out, lane, ir.Constant(I32, i))
+        return out
+
+    def int_call(self, name: str, x: ir.Value, dt: str, out_dt: str) -> ir.Value:
+        b = self.b
+        if name == "isnan":
+            return self.const_of(ir.VectorType(I1, x.type.count) if isinstance(x.type, ir.VectorType) else I1, 0)
+        if name in ("floor", "ceil", "round"):
+            return x
+        if name == "neg":
+            return b.neg(x)
+        if name == "abs":
+            if dt in ("u8", "bool"):
+                return x
+            return b.select(b.icmp_signed("<", x, self.const_of(x.type, 0)), b.neg(x), x)
+        # transcendental functions of integers are computed in f64 and converted back
+        f = self.convert(x, dt, "f64")
+        sub = Call(name, (Var("%x", "f64"),), "f64")
+        saved = self.env.get(sub.args[0])  # type: ignore[arg-type]
+        self.env[sub.args[0]] = f  # type: ignore[index]
+        try:
+            r = self.call(sub)
+        finally:
+            self.env.pop(sub.args[0], None)  # type: ignore[arg-type]
+            if saved is not None:
+                self.env[sub.args[0]] = saved  # type: ignore[index]
+        return self.convert(r, "f64", out_dt)  # type: ignore[return-value]
+
+    # ---------------------------------------------------------------- memory
+    def flat_index(self, buf: Buffer, indices: Sequence[Expr], loc: object) -> ir.Value | Lin:
+        if len(indices) != len(buf.shape):
+            raise self.err(f"buffer {buf.name} has rank {len(buf.shape)} but is indexed with {len(indices)}", loc)
+        if not indices:
+            return ir.Constant(I64, 0)
+        idx = self.convert(self.expr(indices[0]), indices[0].dtype, "i64")
+        for d, i in zip(buf.shape[1:], indices[1:], strict=True):
+            dim = self.scalar(self.convert(self.expr(d), d.dtype, "i64"))
+            iv = self.convert(self.expr(i), i.dtype, "i64")
+            idx = self.add_nsw(self.mul_nsw(idx, dim), iv)
+        return idx
+
+    def add_nsw(self, a: ir.Value | Lin, c: ir.Value | Lin) -> ir.Value | Lin:
+        if isinstance(a, Lin) or isinstance(c, Lin):
+            r = self.lin_op("add", a, c)
+            if r is not None:
+                return r
+        if is_vec(a) or is_vec(c):
+            a, c = self.vec(a), self.vec(c)
+        return self.b.add(a, c, flags=["nsw"])
+
+    def mul_nsw(self, a: ir.Value | Lin, c: ir.Value) -> ir.Value | Lin:
+        if isinstance(a, Lin):
+            r = self.lin_op("mul", a, c)
+            if r is not None:
+                return r
+            a = self.vec(a)
+        if is_vec(a):
+            return self.b.mul(a, self.vec(c), flags=["nsw"])
+        return self.b.mul(a, c, flags=["nsw"])
+
+    def buffer_ptr(self, buf: Buffer, loc: object) -> ir.Value:
+        p = self.bufs.get(buf)
+        if p is None:
+            raise self.err(f"buffer {buf.name} is neither a parameter nor allocated by an enclosing block", loc)
+        return p
+
+    def load(self, e: Load) -> ir.Value:
+        buf = e.buffer
+        ptr = self.buffer_ptr(buf, e.loc)
+        idx = self.flat_index(buf, e.indices, e.loc)
+        b, et = self.b, mem_type(buf.dtype)
+        if isinstance(idx, Lin) and idx.stride == 1:
+            vt = ir.VectorType(et, self.width)
+            p = b.bitcast(b.gep(ptr, [idx.base], inbounds=True), vt.as_pointer())
+            if self.mask is not None:
+                fn = self.ctx.declare(f"llvm.masked.load.{type_suffix(vt)}.p0", vt,
+                                      [vt.as_pointer(), I32, self.mask.type, vt])
+                v = b.call(fn, [p, ir.Constant(I32, nbytes(et)), self.mask, ir.Constant(vt, None)])
+            else:
+                v = b.load(p, align=nbytes(et))
+        elif isinstance(idx, Lin) and idx.stride == 0:
+            v = b.load(b.gep(ptr, [idx.base], inbounds=True))
+        elif is_vec(idx):
+            iv = self.vec(idx)
+            v = ir.Constant(ir.VectorType(et, self.width), ir.Undefined)
+            for lane in range(self.width):
+                li = b.extract_element(iv, ir.Constant(I32, lane))
+                v = b.insert_element(v, b.load(b.gep(ptr, [li], inbounds=True)), ir.Constant(I32, lane))
+        else:
+            v = b.load(b.gep(ptr, [idx], inbounds=True))
+        if buf.dtype == "bool":
+            return b.icmp_unsigned("!=", v, self.const_of(v.type, 0))
+        return v
+
+
+def int_const(v: object) -> bool:
+    return isinstance(v, ir.Constant) and isinstance(v.type, ir.IntType) and isinstance(v.constant, int)
+
+
+def nbytes(t: ir.Type) -> int:
+    return t.width // 8 if isinstance(t, ir.IntType) else fbits(t) // 8
+
+
+def fbits(t: ir.Type) -> int:
+    return {"half": 16, "float": 32, "double": 64}[str(t)]
