@@ -17,9 +17,10 @@ thread-pool launcher of codegen/parallel.py).
 Loops: `serial` loops are plain loops; `unrolled` loops with a constant extent are fully unrolled
 here (others get llvm.loop.unroll metadata); `vectorized` loops whose body allows it become explicit
 <W x T> vector code (contiguous loads/stores, broadcast of loop-invariant values, gathers/scatters
-otherwise), strip-mined with a scalar tail when the extent is symbolic; other vectorized loops are
-scalar with llvm.loop.vectorize metadata. `parallel` loop bodies are outlined into chunk functions run
-on all cores by the launcher. Float ops get `contract` (FMA); ops inside reduction blocks also get
+otherwise; an `if` whose condition differs between lanes becomes masked loads/stores), strip-mined
+with a scalar tail when the extent is symbolic; other vectorized loops (codegen/vectorize.py decides)
+are scalar with llvm.loop.vectorize metadata. `parallel` loop bodies are outlined into chunk
+functions run on all cores by the launcher. GPU `thread` loops run serially. Float ops get `contract` (FMA); ops inside reduction blocks also get
 `reassoc nsz` so LLVM may reorder the reduction.
 """
 
@@ -72,12 +73,11 @@ class _Emitter(ExprEmitter):
                 else:
                     b.store(v, p, align=align)
                 return
-            if self.mask is not None:
-                raise self.err("internal: a masked store that is not contiguous")
             iv = self.vec(idx)
             for lane in range(self.width):
-                li = b.extract_element(iv, ir.Constant(I32, lane))
-                b.store(b.extract_element(v, ir.Constant(I32, lane)), b.gep(ptr, [li], inbounds=True))
+                k = ir.Constant(I32, lane)
+                with self.lane_guard(lane):
+                    b.store(b.extract_element(v, k), b.gep(ptr, [b.extract_element(iv, k)], inbounds=True))
             return
         if isinstance(idx, Lin):
             idx = idx.base
@@ -281,10 +281,11 @@ class _Emitter(ExprEmitter):
     def vector_loop(self, s: For, ext_c: int | None) -> None:
         """Explicit vector code; long or symbolic extents are strip-mined (vector main loop + tail)."""
         start = self.scalar(self.convert(self.expr(s.start), s.start.dtype, "i64"))
+        start_c = arith.as_int(s.start)
+        rng = (start_c, start_c + ext_c) if start_c is not None and ext_c is not None else None
         if ext_c is not None and ext_c <= MAX_VECTOR:
             if ext_c > 0:
-                start_c = arith.as_int(s.start)
-                self.vector_body(s, start, ext_c, None if start_c is None else (start_c, start_c + ext_c))
+                self.vector_body(s, start, ext_c, rng)
             return
         elem_bits = min((_bits(b.dtype) for b in _stored_buffers(s.body)), default=32)
         w = min(MAX_VECTOR, max(4, 2 * self.ctx.target.vector_bits // elem_bits))
@@ -295,13 +296,13 @@ class _Emitter(ExprEmitter):
 
         def main() -> None:
             base = b.add(start, b.mul(self.env[chunk_var], ir.Constant(I64, w)))  # type: ignore[arg-type]
-            self.vector_body(s, base, w)
+            self.vector_body(s, base, w, rng)
 
         self.serial_loop(chunk_var, ir.Constant(I64, 0), "i64", chunks, "i64", main)
         done = b.mul(chunks, ir.Constant(I64, w))
         tail_start = b.add(start, done)
         self.serial_loop(s.var, tail_start, "i64", b.sub(ext, done), "i64", lambda: self.stmt(s.body),
-                         [("llvm.loop.vectorize.enable", ir.Constant(I1, 0))])
+                         [("llvm.loop.vectorize.enable", ir.Constant(I1, 0))], rng)
 
     def vector_body(self, s: For, base: ir.Value, width: int, rng: tuple[int, int] | None = None) -> None:
         old_w = self.width

@@ -8,7 +8,8 @@ computed with LLVM half arithmetic, but libm-style functions run in f32.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import llvmlite.ir as ir
@@ -21,7 +22,6 @@ from .cpu import CpuTarget
 from .vectorize import split_div
 
 I1, I8, I32, I64 = ir.IntType(1), ir.IntType(8), ir.IntType(32), ir.IntType(64)
-VOIDP = I8.as_pointer()
 
 _LLVM_TYPES: dict[str, ir.Type] = {
     "bool": I1, "i8": I8, "u8": I8, "i16": ir.IntType(16), "i32": I32, "i64": I64,
@@ -440,6 +440,15 @@ class ExprEmitter:
             raise self.err(f"buffer {buf.name} is neither a parameter nor allocated by an enclosing block", loc)
         return p
 
+    @contextmanager
+    def lane_guard(self, lane: int) -> Iterator[None]:
+        """Emit the body only for an active lane (unconditionally outside masked code)."""
+        if self.mask is None:
+            yield
+            return
+        with self.b.if_then(self.b.extract_element(self.mask, ir.Constant(I32, lane))):
+            yield
+
     def load(self, e: Load) -> ir.Value:
         buf = e.buffer
         ptr = self.buffer_ptr(buf, e.loc)
@@ -456,12 +465,24 @@ class ExprEmitter:
                 v = b.load(p, align=nbytes(et))
         elif isinstance(idx, Lin) and idx.stride == 0:
             v = b.load(b.gep(ptr, [idx.base], inbounds=True))
-        elif is_vec(idx):
+        elif is_vec(idx):  # gather, lane by lane (masked-off lanes load nothing)
             iv = self.vec(idx)
-            v = ir.Constant(ir.VectorType(et, self.width), ir.Undefined)
-            for lane in range(self.width):
-                li = b.extract_element(iv, ir.Constant(I32, lane))
-                v = b.insert_element(v, b.load(b.gep(ptr, [li], inbounds=True)), ir.Constant(I32, lane))
+            vt = ir.VectorType(et, self.width)
+            if self.mask is None:
+                v = ir.Constant(vt, ir.Undefined)
+                for lane in range(self.width):
+                    li = b.extract_element(iv, ir.Constant(I32, lane))
+                    v = b.insert_element(v, b.load(b.gep(ptr, [li], inbounds=True)), ir.Constant(I32, lane))
+            else:
+                tmp = self.alloca_b.alloca(vt)
+                b.store(ir.Constant(vt, None), tmp)
+                elems = b.bitcast(tmp, et.as_pointer())
+                for lane in range(self.width):
+                    k = ir.Constant(I32, lane)
+                    with self.lane_guard(lane):
+                        x = b.load(b.gep(ptr, [b.extract_element(iv, k)], inbounds=True))
+                        b.store(x, b.gep(elems, [k], inbounds=True))
+                v = b.load(tmp)
         else:
             v = b.load(b.gep(ptr, [idx], inbounds=True))
         if buf.dtype == "bool":

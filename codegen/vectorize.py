@@ -6,8 +6,9 @@ writes. The check is conservative: every store index must be affine in the loop 
 non-zero constant stride (lanes write distinct elements); a stored buffer must be stored and loaded
 through one identical index expression (each lane only re-reads what it wrote); inner loop bounds
 and reduction-init tests must be lane-invariant; and the body may not allocate or contain
-parallel/vectorized loops. An `if` whose condition differs between lanes runs under a lane mask:
-inside it memory is only touched through masked contiguous loads/stores and lane-invariant loads. Anything else falls back to a scalar loop with vectorizer hints.
+parallel/vectorized loops. An `if` whose condition differs between lanes runs under a lane mask
+(masked vector loads/stores, guarded per-lane gathers/scatters), so it may not contain loops or
+reduction inits. Anything else falls back to a scalar loop with vectorizer hints.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ class _Check:
     defs: dict[Var, Expr]
     ranges: dict[Var, tuple[int, int]]
     masked: bool = False  # inside an if whose condition differs between lanes
-    ok: bool = True
     stores: dict[Buffer, set[tuple[Expr, ...]]] = field(default_factory=dict)
     loads: dict[Buffer, set[tuple[Expr, ...]]] = field(default_factory=dict)
 
@@ -39,10 +39,7 @@ class _Check:
             return "U"
         if isinstance(e, Load):
             self.loads.setdefault(e.buffer, set()).add(e.indices)
-            k = self.flat_kind(e.buffer, e.indices)
-            if self.masked and k not in ("U", 1):
-                self.ok = False  # a masked-off lane may not touch memory: only masked contiguous loads
-            return "U" if k == "U" else "V"
+            return "U" if self.flat_kind(e.buffer, e.indices) == "U" else "V"
         if isinstance(e, Bin) and e.op in ("add", "sub", "mul") and e.dtype not in ("f16", "bf16", "f32", "f64"):
             a, b = self.kind(e.a), self.kind(e.b)
             if a == "V" or b == "V":
@@ -74,8 +71,6 @@ class _Check:
             k = self.flat_kind(s.buffer, s.indices)
             self.kind(s.value)
             self.stores.setdefault(s.buffer, set()).add(s.indices)
-            if self.masked:
-                return k == 1 and not isinstance(k, bool)
             return isinstance(k, int) and k != 0 and not isinstance(k, bool)
         if isinstance(s, For):
             if s.kind in ("parallel", "vectorized", "thread") or self.masked:
@@ -153,7 +148,7 @@ def can_vectorize(loop: For, defs: Mapping[Var, Expr] | None = None,
     if start is not None and ext is not None:
         rng[loop.var] = (start, start + ext)
     chk = _Check({loop.var: 1}, dict(defs or {}), rng)
-    if not chk.stmt(loop.body) or not chk.ok:
+    if not chk.stmt(loop.body):
         return False
     for buf, idx in chk.stores.items():
         if len(idx) != 1 or not chk.loads.get(buf, set()) <= idx:

@@ -40,7 +40,7 @@ from .graph import (
 )
 from .lexer import Token, tokenize
 from .module import IR_VERSION, ConstantsRef, Module
-from .printer import DIM_PREC, FUNC_FORM, INFIX, NODE_WORDS
+from .printer import DIM_PREC, FUNC_FORM, INFIX, NODE_WORDS, literal_dtype
 from .tir import BlockStmt, Buffer, For, IfStmt, IterVar, Let, PrimFunc, Seq, Stmt, Store
 from .types import ScalarType, TensorType, TupleType, Type, UnknownType
 
@@ -245,7 +245,7 @@ class Parser:
         loc = self.loc(t)
         if t.kind in ("int", "float") or (t.kind == "ident" and t.text in _LITERAL_WORDS) or self.at("-"):
             val = self.literal()
-            return Const(val, self._suffix(_default_dtype(val)), loc), 1
+            return Const(val, self._suffix(literal_dtype(val)), loc), 1
         if self.accept("("):
             e, d = self._expr(0)
             self.expect(")")
@@ -782,12 +782,6 @@ class Parser:
         return Module(tuple(functions), meta, constants, self.loc(head))
 
 
-def _default_dtype(v: object) -> str:
-    if isinstance(v, bool):
-        return "bool"
-    return "i64" if isinstance(v, int) else "f32"
-
-
 def _decode(data: bytes, filename: str) -> str:
     try:
         return data.decode("utf-8")
@@ -804,6 +798,8 @@ def _decode(data: bytes, filename: str) -> str:
 def _run(text: str | bytes, filename: str, fn: Callable[[Parser], Any]) -> Any:
     if isinstance(text, bytes):
         text = _decode(text, filename)
+    if text.startswith("\ufeff"):  # a byte-order mark some editors write; keep columns as they were
+        text = " " + text[1:]
     p = Parser(text, filename)
     try:
         return fn(p)

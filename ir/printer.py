@@ -78,7 +78,8 @@ def word(s: str) -> str:
     return s if is_plain_ident(s) else escape_string(s)
 
 
-def _default_dtype(v: object) -> str:
+def literal_dtype(v: object) -> str:
+    """The dtype a literal has without a suffix: 1 is i64, 1.5 is f32, true is bool."""
     if isinstance(v, bool):
         return "bool"
     return "i64" if isinstance(v, int) else "f32"
@@ -131,7 +132,7 @@ class _ExprPrinter:
         if isinstance(e, Const):
             val = _py_scalar(e.value)
             s = number(val)
-            if e.dtype != _default_dtype(val):
+            if e.dtype != literal_dtype(val):
                 s += ":" + word(e.dtype)
             return s, PRIMARY
         if isinstance(e, Bin):

@@ -158,6 +158,13 @@ class GraphVerifier:
     def _check_type(self, t: Type, *locs: Loc) -> None:
         if isinstance(t, TensorType | ScalarType) and t.dtype not in DTYPES_ALL:
             self.fail(f"unknown dtype {t.dtype}", *locs)
+        if isinstance(t, TensorType) and t.shape is not None:
+            for d in t.shape:
+                if not is_int(_dtype(d)):
+                    self.fail(f"dims must be integer expressions, got a {_dtype(d)} dim", *locs)
+                c = as_int(d)
+                if c is not None and c < 0:
+                    self.fail(f"negative dim {c}", *locs)
         if isinstance(t, TupleType):
             for x in t.fields:
                 self._check_type(x, *locs)
@@ -301,6 +308,9 @@ class GraphVerifier:
                 f"call_tensor of @{n.func}: {len(n.sym_args)} symbolic args, it takes {len(callee.scalar_params)}",
                 *locs,
             )
+        for e in n.sym_args:
+            if not is_int(_dtype(e)):
+                self.fail(f"call_tensor of @{n.func}: symbolic args must be integers, got {_dtype(e)}", *locs)
         for i, (t, buf) in enumerate(zip([a.type for a in n.args] + outs, callee.params)):
             if isinstance(t, TensorType):
                 if t.dtype != buf.dtype:

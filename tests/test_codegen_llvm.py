@@ -423,3 +423,22 @@ def test_object_file_loads_in_fresh_process(tmp_path):
     want = np.zeros(11, "f4")
     want[3:] = 1 / (1 + np.exp(-np.arange(3, 11, dtype="f4")))  # start 3, extent n - 3
     np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_masked_gather_and_scatter():
+    """Under a lane mask, strided stores and reversed loads touch only active lanes' elements."""
+    X, Y = Buffer("X", (n,), "i32"), Buffer("Y", (n * 2,), "i32")
+    jo, ji = Var("jo"), Var("ji")
+    idx = jo * 8 + ji
+    inner = IfStmt(Bin("lt", idx, n), Store(Y, (idx * 2,), Load(X, (n - 1 - idx,)) + Const(1, "i32")))
+    body = For(jo, Const(0), Bin("floordiv", n + 7, Const(8)), For(ji, Const(0), Const(8), inner, kind="vectorized"))
+    f = PrimFunc("rev", (X, Y), 1, body)
+    assert "x i32>" in lower_to_llvm([f], host_target())
+    lib = compile_module([f])
+    for size in (3, 8, 21):
+        x = RNG.integers(-100, 100, size, dtype="i4")
+        y = np.full(2 * size, -7, "i4")
+        lib.kernel("rev")([x, y])
+        want = np.full(2 * size, -7, "i4")
+        want[::2] = x[::-1] + 1
+        np.testing.assert_array_equal(y, want)

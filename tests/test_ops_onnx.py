@@ -492,3 +492,24 @@ def test_broadcast_inference_agrees_with_numpy(shapes: list[list[int]]) -> None:
         assert want is None
         return
     assert want is not None and tuple(d.value for d in got) == want
+
+
+def test_names_are_sanitized_and_results_named_after_outputs() -> None:
+    x = helper.make_tensor_value_info("input:0", F, ["batch size", 3])
+    nodes = [helper.make_node("Relu", ["input:0"], ["/act/Relu_output.0"]),
+             helper.make_node("Identity", ["w"], ["weights_out"])]
+    outs = [helper.make_tensor_value_info("/act/Relu_output.0", F, ["batch size", 3]),
+            helper.make_tensor_value_info("weights_out", F, [3]),
+            helper.make_tensor_value_info("input:0", F, ["batch size", 3])]
+    w = numpy_helper.from_array(np.arange(3, dtype=np.float32), "w")
+    m = helper.make_model(helper.make_graph(nodes, "g", [x], outs, [w]), opset_imports=[helper.make_opsetid("", 17)])
+    mod, consts = import_onnx(m)
+    fn = mod.get("main")
+    assert [p.name for p in fn.params] == ["input_0"]
+    assert fn.params[0].type.shape[0] == Var("batch_size")
+    assert [r.name for r in fn.body.results] == ["act_Relu_output_0", "weights_out", "input_0"]
+    xv = r(2, 3)
+    want = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"input:0": xv})
+    got = run_function(mod, {"input_0": xv}, consts)
+    for k, w_ in zip(("act_Relu_output_0", "weights_out", "input_0"), want):
+        np.testing.assert_array_equal(got[k], w_)

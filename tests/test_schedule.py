@@ -427,7 +427,7 @@ def _random_step(s: Schedule, rng: np.random.Generator) -> None:
     lp = loops[int(rng.integers(len(loops)))] if loops else None
     other = blocks_[int(rng.integers(len(blocks_)))]
     olp = s.get_loops(other)
-    op = int(rng.integers(11))
+    op = int(rng.integers(12))
     if op == 0 and lp is not None:
         s.split(lp, [None, int(rng.integers(2, 5))])
     elif op == 1 and len(loops) > 1:
@@ -450,6 +450,8 @@ def _random_step(s: Schedule, rng: np.random.Generator) -> None:
         s.rfactor(lp, block=b)
     elif op == 10 and lp is not None:
         s.parallel(lp)
+    elif op == 11 and lp is not None:
+        s.blockize(lp)
 
 
 @pytest.mark.parametrize("make", [mm_relu, conv_func, softmax_func], ids=["mm", "conv", "softmax"])

@@ -180,6 +180,8 @@ def test_call_tensor_signature() -> None:
     ("  %y: tensor<8 x f32> = concat(%x, %x) {axis = 3}", "concat", "op concat:"),
     ("  %t: tuple<tensor<4 x f32>> = tuple(%x)\n  %y: tensor<5 x f32> = %t[0]", "%t[0]", "dim 0: 5 vs 4"),
     ("  %y: tensor<4 x f32> = const \"w\"", "const", "no constants file"),
+    ("  %y: tensor<1.5 x f32> = relu(%x)", "%y", "dims must be integer expressions, got a f32 dim"),
+    ("  %y: tensor<0 - 2 x f32> = relu(%x)", "%y", "negative dim -2"),
     ("  %y: tensor<4 x f32> = for %i: i64 in 0..3 carry(%h: tensor<4 x f32> = %x) {\n    %h2: tensor<4 x i8> = cast(%h) {dtype = \"i8\"}\n    yield %h2\n  }",
      "carry(", "yielded %h2 does not match carried %h"),
 ])
@@ -364,3 +366,16 @@ def test_random_graph_programs_verify_and_type_faults_are_caught(f: Function) ->
     with pytest.raises(MlcError, match="dim 1: 5 vs 4") as info:
         verify_module(parse_module(bad, "g.ir"), bad)
     assert info.value.loc is not None and info.value.loc.line == target + 1
+
+
+def test_errors_without_source_text_read_the_named_file(tmp_path: Any) -> None:
+    path = tmp_path / "bad.ir"
+    text = H + "graph @main(%x: tensor<4 x f32>) {\n  %y: tensor<4 x i8> = relu(%x)\n  return %y\n}\n"
+    path.write_text(text)
+    with pytest.raises(MlcError) as info:
+        verify_module(parse_module(text, str(path)))
+    assert info.value.render() == (
+        f"{path}:3:25: error: @main: declared type of op relu result contradicts its inferred type: dtype i8 vs f32\n"
+        "  %y: tensor<4 x i8> = relu(%x)\n"
+        "                        ^"
+    )

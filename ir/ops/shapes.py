@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ..arith import as_int, provably_different, prove_equal, simplify
+from ..arith import as_int, provably_different, simplify
 from ..diagnostics import Loc, MlcError
 from ..expr import Bin, Const, Expr, const
 from ..types import ScalarType, TensorType, TupleType, Type
@@ -534,4 +534,4 @@ def _dyn_update(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
     return TensorType(s, t.dtype)
 
 
-__all__ = ["broadcast_shapes", "resolve_reshape", "slice_len", "window_out", "numel", "dims_str", "prove_equal"]
+__all__ = ["BIG", "broadcast_shapes", "dims_str", "numel", "resolve_reshape", "slice_len", "window_out"]

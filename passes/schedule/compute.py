@@ -552,7 +552,8 @@ def rfactor(func: PrimFunc, block: str, loop: str, factor_axis: int = 0) -> tupl
 
 def blockize(func: PrimFunc, loop: str) -> tuple[PrimFunc, str]:
     """Wrap the nest under `loop` (holding one block) in an outer block whose iterators are the outer
-    parts of the inner block's bindings (binding = outer * E + inner, inner in [0, E))."""
+    parts of the inner block's bindings (binding = outer * E + inner, inner in [0, E)): the tile unit
+    that tensorize and codegen see."""
     lpath = find_loop(func.body, loop)
     lp = get(func.body, lpath)
     assert isinstance(lp, For)
@@ -568,7 +569,7 @@ def blockize(func: PrimFunc, loop: str) -> tuple[PrimFunc, str]:
     ivars = {s.var for s in inner_loops}
     ranges = loop_ranges(inner_loops)
     zero: dict[Var, Expr] = {v: Const(0) for v in ivars}
-    outer_iters, new_iters = [], []
+    outer_iters = []
     used = used_names(func)
     for iv in b.iters:
         outer = simp(substitute(iv.binding, zero))
@@ -583,8 +584,12 @@ def blockize(func: PrimFunc, loop: str) -> tuple[PrimFunc, str]:
             raise MlcError(f"blockize: iterator {iv.var.name} of block {b.name} is not tiled evenly by {e}")
         vo = Var(fresh(used, f"{iv.var.name}_o"), iv.var.dtype)
         outer_iters.append(IterVar(vo, simp(iv.extent // e), iv.kind, simp(outer // e)))
-        new_iters.append(replace(iv, binding=simp(vo * e + inner)))
-    inner_block = replace(b, iters=tuple(new_iters))
-    new_lp = put(lp, rel, inner_block)
+    # the inner block keeps its loop-variable bindings, so later primitives may still move it freely
+    new_lp = lp
     name = fresh(used, f"{b.name}_o")
-    return replace(func, body=put(func.body, lpath, BlockStmt(name, tuple(outer_iters), new_lp))), name
+    new: Stmt = BlockStmt(name, tuple(outer_iters), new_lp)
+    # guards of imperfect splits that only test outer loops also guard the outer block
+    conds = [c for g in chain if isinstance(g, IfStmt) for c in _conjuncts(g.cond) if not free_vars(c) & ivars]
+    for c in reversed(conds):
+        new = IfStmt(c, new)
+    return replace(func, body=put(func.body, lpath, new)), name
