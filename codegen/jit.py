@@ -95,6 +95,12 @@ class Kernel:
             want = "(" + ", ".join(d.name if isinstance(d, Var) else str(arith.as_int(d) or d) for d in p.shape) + ")"
         raise MlcError(f"kernel {self.name}: {p.name} must have shape {want}, got {tuple(shape)}")
 
+    @property
+    def raw(self) -> ctypes._CFuncPtr:
+        """The native entry `(void **buffers, int64_t *dims)`, unchecked: for runtimes whose types
+        already guarantee every argument's dtype, shape and contiguity."""
+        return self._fn
+
     def __call__(self, arrays: Sequence[np.ndarray], dims: Mapping[str, int] | None = None) -> None:
         if len(arrays) != len(self.params):
             raise MlcError(f"kernel {self.name} takes {len(self.params)} buffers, got {len(arrays)}")

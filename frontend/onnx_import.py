@@ -5,7 +5,8 @@ array, or a *symbolic value* (a small integer tensor whose elements are `Expr`s,
 of `Shape`). Shape arithmetic (Shape/Gather/Concat/Slice/... on shapes) is folded on symbolic
 values, so reshape targets stay symbolic (`(n, 4, 64)`) instead of becoming run-time tensors.
 Ops whose arguments are all constants are folded with their reference semantics; dead bindings
-are dropped at the end. Node handlers live in onnx_ops.py, LSTM/GRU in onnx_rnn.py.
+are dropped at the end. Node handlers: onnx_ops.py (math, NN; the table of all handlers),
+onnx_layout.py (shape and layout ops), onnx_compose.py (compositions), onnx_rnn.py (LSTM, GRU).
 """
 
 from __future__ import annotations

@@ -601,7 +601,7 @@ class Parser:
                 self.expect(":")
                 if any(v.name == st.text for v in scalars):
                     self.error(f"duplicate scalar parameter {st.text}", st)
-                scalars.append(Var(st.text, self.dtype(), self.loc(st)))
+                scalars.append(self.intern(st.text, self.dtype(), st))  # the graph's symbol `n` is this `n`
 
         self.comma_list(")", param)
         for v in scalars:

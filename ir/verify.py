@@ -205,6 +205,7 @@ class GraphVerifier:
         loc = getattr(n, "loc", UNKNOWN)
         locs = (loc, b.loc)
         ty = b.var.type
+        self._check_type(ty, b.var.loc, b.loc)
         if isinstance(n, OpCall | CallTensor | CallExtern | CallGraph):
             for a in n.args:
                 self.use(a, loc)

@@ -20,6 +20,7 @@ from mlc.ir.module import Module
 from mlc.ir.tir import PrimFunc
 from mlc.ir.types import TensorType, TupleType
 
+from .executor import Executor
 from .memory_plan import MemoryPlan, plan_function
 
 Kernel = Callable[[list[np.ndarray], dict[str, int]], None]
@@ -41,6 +42,7 @@ class VM(Interpreter):
         self._arenas: dict[int, np.ndarray] = {}
         self._active_plan: MemoryPlan | None = None
         self._cache: dict[str, Kernel] = {}
+        self._executors: dict[str, Executor] = {}
 
     def run(self, inputs: Mapping[str, np.ndarray], func: str = "main") -> dict[str, np.ndarray]:
         fn = self.module.get(func)
@@ -56,8 +58,15 @@ class VM(Interpreter):
                 + (f"; unknown {', '.join(unknown)}" if unknown else "")
             )
         self._active_plan = self.plans.get(func)
+        args = [np.require(inputs[n], requirements="C") for n in names]
         try:
-            outs = self.call(func, [np.require(inputs[n], requirements="C") for n in names])
+            if self.kernels is not None:
+                ex = self._executors.get(func)
+                if ex is None:
+                    ex = self._executors[func] = Executor(self, fn)
+                outs = ex.run(args)
+            else:
+                outs = self.call(func, args)
         finally:
             self._active_plan = None
         return {v.name: np.array(o, copy=True) if isinstance(o, np.ndarray) else o for v, o in zip(fn.body.results, outs)}

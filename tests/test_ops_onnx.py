@@ -513,3 +513,22 @@ def test_names_are_sanitized_and_results_named_after_outputs() -> None:
     got = run_function(mod, {"input_0": xv}, consts)
     for k, w_ in zip(("act_Relu_output_0", "weights_out", "input_0"), want):
         np.testing.assert_array_equal(got[k], w_)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, 9), st.integers(-12, 12), st.integers(-12, 12), st.sampled_from([-3, -2, -1, 1, 2, 3]),
+       st.booleans(), st.booleans())
+def test_slice_length_agrees_with_numpy(n: int, b: int, e: int, step: int, big_b: bool, big_e: bool) -> None:
+    from mlc.ir.ops.shapes import BIG, slice_len
+
+    lo, hi = (-BIG, BIG) if step > 0 else (BIG, -BIG)
+    b, e = (lo if big_b else b), (hi if big_e else e)
+    want = len(np.arange(n)[b:e:step])
+    assert slice_len(Const(n), b, e, step) == Const(want)
+    # the symbolic form agrees wherever the bounds are in range (its stated assumption)
+    in_range = all(-n <= v <= n for v, big in ((b, big_b), (e, big_e)) if not big) and (
+        step > 0 or all(v < n for v, big in ((b, big_b),) if not big))
+    if in_range and want > 0:
+        from mlc.ir.arith import evaluate
+
+        assert evaluate(slice_len(Var("n"), b, e, step), {"n": n}) == want

@@ -65,6 +65,9 @@ CORPUS = Path(__file__).parent / "ir_corpus" / "valid"
 INT_DTYPES = ("i8", "i16", "i32", "i64", "u8")
 # names that need quoting or clash with keywords, next to ordinary ones
 NAMES = ("n", "m", "x", "in", "f32", "true", "a b", "x.1", "0", "ü", "", "tensor", "for", "select", "S", "R")
+# scalar names that are keywords somewhere in the grammar (or look like them)
+TRICKY = ("x", "in", "true", "nan", "inf", "f32", "S", "R", "carry", "annotations", "parallel", "exp", "none", "expr",
+          "seq", "for", "block", "alloc", "init", "outputs", "tensor", "select", "call", "min")
 OP_NAMES = ("relu", "add", "nn.conv2d", "if", "tuple", "call", "weird op", "scalar", "x")
 
 
@@ -124,6 +127,14 @@ def test_symbols_are_shared_between_levels() -> None:
     n_graph = g.params[0].type.shape[0]  # type: ignore[union-attr]
     n_prim = p.params[0].shape[0]
     assert isinstance(n_graph, Var) and n_graph is n_prim
+    text = ("mlc.module v1\ngraph @g(%x: tensor<k x f32>) {\n  %y: tensor<k x f32> = call_tensor @p(%x) [k]\n"
+            "  return %y\n}\nprim @p(%A: buffer<k x f32>, %B: buffer<k x f32>, k: i64) outputs 1 {\n"
+            "  for i in 0..k {\n    %B[i] = %A[i]\n  }\n}\n")
+    m2 = parse_module(text)
+    g2, p2 = m2.get("g"), m2.get("p")
+    k = g2.params[0].type.shape[0]  # type: ignore[union-attr]
+    assert k is p2.scalar_params[0] is p2.params[0].shape[0] is p2.body.extent  # type: ignore[union-attr]
+    assert g2.body.bindings[0].node.sym_args[0] is k  # type: ignore[union-attr]
 
 
 def test_names_resolve_to_definitions() -> None:
@@ -253,7 +264,7 @@ class Gen:
     def __init__(self, draw: Draw):
         self.draw = draw
         self.k = 0
-        self.syms = [Var("n"), Var("m"), Var("batch", "i32"), Var("x"), Var("a b")]
+        self.syms = [Var("n"), Var("m"), Var("batch", "i32"), Var("a b")] + [Var(w) for w in TRICKY]
 
     def pick(self, xs: Any) -> Any:
         return self.draw(st.sampled_from(list(xs)))
@@ -397,7 +408,10 @@ class Gen:
         return Buffer(self.fresh(), shape, self.pick(DTYPES_ALL), self.pick(("global", "local", "shared", "x")))
 
     def bind_var(self, scope: list[Var]) -> Var:
-        name = self.pick([v.name for v in scope]) if scope and self.chance(0.2) else self.fresh("v")
+        if scope and self.chance(0.2):
+            name = self.pick([v.name for v in scope])  # shadowing
+        else:
+            name = self.pick(TRICKY) if self.chance(0.2) else self.fresh("v")
         return Var(name, self.pick(INT_DTYPES))
 
     def stmt(self, scope: list[Var], buffers: list[Buffer], depth: int) -> Any:

@@ -375,7 +375,7 @@ def test_errors_without_source_text_read_the_named_file(tmp_path: Any) -> None:
     with pytest.raises(MlcError) as info:
         verify_module(parse_module(text, str(path)))
     assert info.value.render() == (
-        f"{path}:3:25: error: @main: declared type of op relu result contradicts its inferred type: dtype i8 vs f32\n"
+        f"{path}:3:24: error: @main: declared type of op relu result contradicts its inferred type: dtype i8 vs f32\n"
         "  %y: tensor<4 x i8> = relu(%x)\n"
-        "                        ^"
+        "                       ^"
     )

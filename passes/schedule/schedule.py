@@ -18,7 +18,9 @@ from mlc.ir.diagnostics import MlcError
 from mlc.ir.expr import Var
 from mlc.ir.tir import BlockStmt, For, PrimFunc
 
-from . import compute, loops
+from . import blockize as blockize_
+from . import cache, inline, loops, reduction
+from . import compute_at as compute_at_
 from . import tensorize as tensorize_
 from .trace import BlockRV, Instruction, IntRV, LoopRV, Trace, encode
 from .tree import ancestors, blocks, find_block, find_loop, fresh, get, walk
@@ -159,33 +161,33 @@ class Schedule:
     # ---- blocks -----------------------------------------------------------------------------
     @instruction
     def cache_read(self, block: BlockRV, buffer_index: int, scope: str) -> BlockRV:
-        self.func, name = compute.cache_read(self.func, _block(block), int(buffer_index), scope)
+        self.func, name = cache.cache_read(self.func, _block(block), int(buffer_index), scope)
         return BlockRV(name)
 
     @instruction
     def cache_write(self, block: BlockRV, buffer_index: int, scope: str) -> BlockRV:
-        self.func, name = compute.cache_write(self.func, _block(block), int(buffer_index), scope)
+        self.func, name = cache.cache_write(self.func, _block(block), int(buffer_index), scope)
         return BlockRV(name)
 
     @instruction
     def compute_at(self, block: BlockRV, loop: LoopRV) -> None:
-        self.func = compute.compute_at(self.func, _block(block), _loop(loop))
+        self.func = compute_at_.compute_at(self.func, _block(block), _loop(loop))
 
     @instruction
     def reverse_compute_at(self, block: BlockRV, loop: LoopRV) -> None:
-        self.func = compute.reverse_compute_at(self.func, _block(block), _loop(loop))
+        self.func = compute_at_.reverse_compute_at(self.func, _block(block), _loop(loop))
 
     @instruction
     def compute_inline(self, block: BlockRV) -> None:
-        self.func = compute.compute_inline(self.func, _block(block))
+        self.func = inline.compute_inline(self.func, _block(block))
 
     @instruction
     def reverse_compute_inline(self, block: BlockRV) -> None:
-        self.func = compute.reverse_compute_inline(self.func, _block(block))
+        self.func = inline.reverse_compute_inline(self.func, _block(block))
 
     @instruction
     def decompose_reduction(self, block: BlockRV, loop: LoopRV) -> BlockRV:
-        self.func, name = compute.decompose_reduction(self.func, _block(block), _loop(loop))
+        self.func, name = reduction.decompose_reduction(self.func, _block(block), _loop(loop))
         return BlockRV(name)
 
     @instruction
@@ -199,12 +201,12 @@ class Schedule:
             name = inner[0]
         else:
             name = _block(block)
-        self.func, rf = compute.rfactor(self.func, name, _loop(loop), int(factor_axis))
+        self.func, rf = reduction.rfactor(self.func, name, _loop(loop), int(factor_axis))
         return BlockRV(rf)
 
     @instruction
     def blockize(self, loop: LoopRV) -> BlockRV:
-        self.func, name = compute.blockize(self.func, _loop(loop))
+        self.func, name = blockize_.blockize(self.func, _loop(loop))
         return BlockRV(name)
 
     @instruction
@@ -216,7 +218,7 @@ class Schedule:
 
     @instruction
     def storage_align(self, block: BlockRV, buffer_index: int, axis: int, factor: int, offset: int) -> None:
-        self.func = compute.storage_align(self.func, _block(block), int(buffer_index), int(axis), int(factor), int(offset))
+        self.func = cache.storage_align(self.func, _block(block), int(buffer_index), int(axis), int(factor), int(offset))
 
     # ---- sampling ---------------------------------------------------------------------------
     def _new_rv(self, value: int) -> IntRV:

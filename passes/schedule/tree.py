@@ -300,10 +300,6 @@ def loop_ranges(loops: list[For]) -> dict[Var, Interval]:
     return {lp.var: (lp.start, simp(lp.start + lp.extent - 1)) for lp in loops}
 
 
-def block_var_map(b: BlockStmt) -> dict[Var, Expr]:
-    return {iv.var: iv.binding for iv in b.iters}
-
-
 def union(a: Interval | None, b: Interval | None) -> Interval | None:
     if a is None or b is None:
         return None

@@ -1,0 +1,96 @@
+"""cache_read / cache_write (staging copies in another memory scope) and storage_align."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from mlc.ir.diagnostics import MlcError
+from mlc.ir.tir import Buffer, PrimFunc, Seq
+
+from .scope import (
+    is_param,
+    named_block,
+    readers,
+    root,
+    top_index,
+    tops,
+    with_tops,
+    writers,
+)
+from .tree import (
+    block_reads,
+    block_writes,
+    fresh,
+    make_copy_nest,
+    map_buffers,
+    put,
+    used_names,
+)
+
+SCOPES = ("global", "shared", "local")
+
+
+def cache_read(func: PrimFunc, block: str, index: int, scope: str) -> tuple[PrimFunc, str]:
+    _, b = named_block(func, block)
+    reads = block_reads(b)
+    if not 0 <= index < len(reads):
+        raise MlcError(f"cache_read: block {block} reads {len(reads)} buffers; index {index} is out of range")
+    if scope not in SCOPES:
+        raise MlcError(f"cache_read: unknown scope {scope!r}; expected one of {', '.join(SCOPES)}")
+    buf = reads[index]
+    used = used_names(func)
+    new = Buffer(fresh(used, f"{buf.name}_{scope}"), buf.shape, buf.dtype, scope)
+    consumers = readers(func, buf.name)
+    first = min(top_index(func, p) for p, _ in consumers)
+    for p, w in writers(func, buf.name):
+        if top_index(func, p) >= first:
+            raise MlcError(f"cache_read: producer {w.name} of {buf.name} shares a loop nest with, or follows, its first consumer")
+    body = func.body
+    for p, c in consumers:
+        body = put(body, p, map_buffers(c, lambda x: new if x.name == buf.name else x, stores=False))
+    ts = tops(replace(func, body=body))
+    ts.insert(first, make_copy_nest(used, new.name, buf, new))
+    return with_tops(func, ts, root(func).alloc_buffers + (new,)), new.name
+
+
+def cache_write(func: PrimFunc, block: str, index: int, scope: str) -> tuple[PrimFunc, str]:
+    path, b = named_block(func, block)
+    writes = block_writes(b)
+    if not 0 <= index < len(writes):
+        raise MlcError(f"cache_write: block {block} writes {len(writes)} buffers; index {index} is out of range")
+    if scope not in SCOPES:
+        raise MlcError(f"cache_write: unknown scope {scope!r}; expected one of {', '.join(SCOPES)}")
+    buf = writes[index]
+    if len(writers(func, buf.name)) > 1:
+        raise MlcError(f"cache_write: {buf.name} has several writers")
+    ti = top_index(func, path)
+    for p, r in readers(func, buf.name):
+        if r.name != block and top_index(func, p) == ti:
+            raise MlcError(f"cache_write: consumer {r.name} shares a loop nest with {block}")
+    used = used_names(func)
+    new = Buffer(fresh(used, f"{buf.name}_{scope}"), buf.shape, buf.dtype, scope)
+    nb = map_buffers(b, lambda x: new if x.name == buf.name else x)
+    ts = tops(func)
+    ts[ti] = put(ts[ti], path[2:] if isinstance(root(func).body, Seq) else path[1:], nb)
+    wb = fresh(used, f"{buf.name}_{scope}_wb")
+    ts.insert(ti + 1, make_copy_nest(used, wb, new, buf))
+    return with_tops(func, ts, root(func).alloc_buffers + (new,)), wb
+
+
+def storage_align(func: PrimFunc, block: str, index: int, axis: int, factor: int, offset: int) -> PrimFunc:
+    path, b = named_block(func, block)
+    writes = block_writes(b)
+    if not 0 <= index < len(writes):
+        raise MlcError(f"storage_align: block {block} writes {len(writes)} buffers; index {index} is out of range")
+    buf = writes[index]
+    if is_param(func, buf.name):
+        raise MlcError(f"storage_align: {buf.name} is a function parameter, not an allocated buffer")
+    if not -len(buf.shape) <= axis < len(buf.shape):
+        raise MlcError(f"storage_align: axis {axis} out of range for {buf.name} with {len(buf.shape)} dims")
+    if factor <= 0 or not 0 <= offset < factor:
+        raise MlcError(f"storage_align: need factor > 0 and 0 <= offset < factor, got {factor}, {offset}")
+    ann = dict(b.annotations)
+    prev = ann.get("storage_align", ())
+    entry = (buf.name, axis % len(buf.shape), factor, offset)
+    ann["storage_align"] = tuple(x for x in prev if x[:2] != entry[:2]) + (entry,)  # type: ignore[union-attr,index]
+    return replace(func, body=put(func.body, path, replace(b, annotations=tuple(sorted(ann.items())))))
