@@ -24,7 +24,8 @@ from .progress import QUIET, Reporter
 from .quantizer import Params
 from .rvq import IRVQ, register
 
-Plan = list[list[int]]  # per sweep, the codebooks whose re-fit is kept, in visiting order
+Plan = list[list[tuple[int, float]]]  # per sweep: (codebook, step) of each kept re-fit, in visiting order
+STEPS: tuple[float, ...] = (1.0, 0.5, 0.25)
 
 
 @register
@@ -53,22 +54,25 @@ class DA(IRVQ):
         for sweep, kept in enumerate(self.plan):
             paths = beam_paths(x, self.codebooks, self.beam)
             rows, flat, recon = self._rows(x, paths)
-            for m in kept:
-                _, recon = self._refit(rows, flat, recon, m, sweep)
+            for m, step in kept:
+                _, recon = self._refit(rows, flat, recon, m, sweep, step)
                 progress.advance()
 
     def _rows(self, x: np.ndarray, paths: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         flat = paths.reshape(-1, self.M).copy()
         return np.repeat(x, paths.shape[1], axis=0), flat, additive_decode(self.codebooks, flat)
 
-    def _refit(self, rows: np.ndarray, flat: np.ndarray, recon: np.ndarray, m: int,
-               sweep: int) -> tuple[np.ndarray, np.ndarray]:
-        """Re-fit codebook m in place on rows minus the other codewords; returns the old codebook and new recon."""
+    def _refit(self, rows: np.ndarray, flat: np.ndarray, recon: np.ndarray, m: int, sweep: int,
+               step: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+        """Re-fit codebook m in place on rows minus the other codewords, moving it `step` of the way
+        (the k-means starts from the old codewords, so codeword j of both still correspond);
+        returns the old codebook and the new reconstructions."""
         own = self.codebooks[m][flat[:, m]].astype(np.float64)
         target = (rows - (recon - own)).astype(np.float32)
         old = self.codebooks[m].copy()
-        self.codebooks[m] = pca_kmeans(target, self.K, self.iters, self.seed + 1000 * (sweep + 1) + m,
-                                       init=old, shrinkage=self.shrink)
+        new = pca_kmeans(target, self.K, self.iters, self.seed + 1000 * (sweep + 1) + m, init=old,
+                         shrinkage=self.shrink)
+        self.codebooks[m] = (step * new + (1 - step) * old).astype(np.float32)
         flat[:, m] = assign(target, self.codebooks[m])[0]
         return old, recon - own + self.codebooks[m][flat[:, m]]
 
@@ -86,16 +90,24 @@ class DA(IRVQ):
             cur, kept = best, []
             for m in self._order(paths[:, 0]):
                 saved_flat = flat[:, m].copy()
-                old, new_recon = self._refit(rows, flat, recon, m, sweep)
-                rest = check - (additive_decode(self.codebooks, codes) - self.codebooks[m][codes[:, m]])
-                trial = codes.copy()
-                trial[:, m] = assign(rest.astype(np.float32), self.codebooks[m])[0]
-                err = float(sq_error(check, self.codebooks, trial).mean())
-                if err < cur:
-                    cur, codes, recon = err, trial, new_recon
-                    kept.append(m)
-                else:
+                old, _ = self._refit(rows, flat, recon, m, sweep)
+                new = self.codebooks[m].copy()
+                rest = (check - (additive_decode(self.codebooks, codes) - new[codes[:, m]])).astype(np.float32)
+                choice = None
+                for step in STEPS:
+                    self.codebooks[m] = (step * new + (1 - step) * old).astype(np.float32)
+                    trial = codes.copy()
+                    trial[:, m] = assign(rest, self.codebooks[m])[0]
+                    err = float(sq_error(check, self.codebooks, trial).mean())
+                    if err < cur:
+                        cur, choice = err, (step, self.codebooks[m].copy(), trial)
+                if choice is None:
                     self.codebooks[m], flat[:, m] = old, saved_flat
+                else:
+                    step, self.codebooks[m], codes = choice
+                    flat[:, m] = assign((rows - (recon - old[saved_flat])).astype(np.float32), self.codebooks[m])[0]
+                    recon = recon - old[saved_flat] + self.codebooks[m][flat[:, m]]
+                    kept.append((m, step))
                 progress.advance()
             codes_new = beam_encode(check, self.codebooks, self.beam)
             err = float(sq_error(check, self.codebooks, codes_new).mean())

@@ -16,12 +16,12 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from click.testing import CliRunner
-
-import mlc
 from mlc.cli import commands  # noqa: F401
 from mlc.cli.main import cli
 from mlc.frontend import zoo
 from mlc.runtime.bench import time_fn
+
+import mlc
 
 
 def feeds_for(model: onnx.ModelProto, dim: int) -> dict[str, np.ndarray]:
@@ -57,8 +57,8 @@ def main() -> None:
             model = mlc.load(art)
             feeds = feeds_for(proto, args.dim)
             sess = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"])
-            ours = time_fn(lambda: model(**feeds), runs=args.runs)
-            peer = time_fn(lambda: sess.run(None, feeds), runs=args.runs)
+            ours = time_fn(lambda m=model, f=feeds: m(**f), runs=args.runs)
+            peer = time_fn(lambda s=sess, f=feeds: s.run(None, f), runs=args.runs)
             print(f"{name:12s} {ours.median_ms:10.3f} {peer.median_ms:10.3f} {peer.median_ms / ours.median_ms:8.2f}")
 
 

@@ -52,8 +52,14 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 class StageGroup(click.Group):
     """Lists subcommands in the order stages run, not alphabetically."""
 
+    ORDER: tuple[str, ...] = (
+        "import", "shape-infer", "fold-constants", "cse", "dce", "lower", "fuse", "schedule", "tune", "codegen",
+        "build", "run", "bench", "opt", "verify", "ann-index", "zoo", "doctor",
+    )
+
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return list(self.commands)
+        rank = {n: i for i, n in enumerate(self.ORDER)}
+        return sorted(self.commands, key=lambda n: (rank.get(n, len(rank)), n))
 
 
 @click.group(cls=StageGroup, context_settings={"help_option_names": ["-h", "--help"]})

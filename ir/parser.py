@@ -438,6 +438,8 @@ class Parser:
             v = scope.get(t.text)
             if v is not None:
                 return v
+        if t.text in self.defined:
+            self.error(f"%{t.text} is not in scope here (it is defined inside an inner block)", t)
         self.error(f"undefined value %{t.text}", t)
 
     def value_use(self) -> Value:
@@ -489,7 +491,7 @@ class Parser:
 
     def binding(self) -> Binding:
         t = self.take("pct", "a value name")
-        self.expect(":")
+        self.expect(":", f" and a type after %{t.text} (a binding reads %name: TYPE = NODE)")
         ty = self.type()
         self.expect("=")
         if t.text in self.defined:

@@ -8,6 +8,7 @@ The grammar is in docs/ir.md.
 from __future__ import annotations
 
 import math
+from itertools import zip_longest
 from typing import Any
 
 from .dtype import DTYPES_ALL
@@ -251,12 +252,11 @@ class Printer(_ExprPrinter):
             self.block(n.else_block, "yield")
             self.emit("}")
         elif isinstance(n, Loop):
-            carry = ", ".join(
-                f"{value_ref(c)}: {self.type(c.type)} = {value_ref(i)}" for c, i in zip(n.carried, n.inits)
+            carry = ", ".join(  # an arity mismatch (ill-formed) shows as '?'
+                (f"{value_ref(c)}: {self.type(c.type)}" if c is not None else "?")
+                + (f" = {value_ref(i)}" if i is not None else " = ?")
+                for c, i in zip_longest(n.carried, n.inits)
             )
-            extra = [value_ref(v) for v in n.carried[len(n.inits):]]  # ill-formed: arity mismatch
-            extra += [f"? = {value_ref(v)}" for v in n.inits[len(n.carried):]]
-            carry = ", ".join([carry] + extra if carry else extra)
             idx = f"{value_ref(n.index)}: {self.type(n.index.type)}"
             self.emit(f"{head}for {idx} in 0..{self.expr(n.extent)}" + (f" carry({carry})" if carry else "") + " {")
             self.block(n.body, "yield")

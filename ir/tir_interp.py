@@ -154,6 +154,7 @@ class _Interp:
         self.vectorize = vectorize
         self._compiled: dict[int, tuple[Expr, Scalar]] = {}
         self._plans: dict[int, tuple[Stmt, _Plan | None]] = {}
+        self._nests: dict[int, tuple[For, list[For], _Plan | None]] = {}
 
     def plan(self, s: Stmt) -> _Plan | None:
         """The (cached) vectorisation plan of a loop-nest leaf."""
@@ -215,20 +216,8 @@ class _Interp:
         arr = self._buf(buf)
         if len(idx_exprs) != arr.ndim:
             raise MlcError(f"buffer {buf.name} has {arr.ndim} dims but is indexed with {len(idx_exprs)}")
-        out = []
-        for d, ie in enumerate(idx_exprs):
-            v = np.asarray(self.ev(ie, mask)).astype(np.int64, copy=False)
-            bad = (v < 0) | (v >= arr.shape[d])
-            if mask is not None:
-                bad = bad & mask
-            if np.any(bad):
-                first = np.asarray(np.broadcast_to(v, np.broadcast(bad, v).shape))[np.broadcast_to(bad, np.broadcast(bad, v).shape)]
-                raise MlcError(
-                    f"index out of bounds: buffer {buf.name} dim {d} index {int(first.flat[0])} "
-                    f"not in [0, {arr.shape[d]})"
-                )
-            out.append(np.clip(v, 0, arr.shape[d] - 1) if mask is not None else v)
-        return tuple(out)
+        return tuple(_checked(np.asarray(self.ev(ie, mask)), arr.shape[d], mask, f"buffer {buf.name} dim {d}")
+                     for d, ie in enumerate(idx_exprs))
 
     def _buf(self, buf: Buffer) -> np.ndarray:
         try:
@@ -309,18 +298,26 @@ class _Interp:
             names.append(buf.name)
         return names
 
+    def _nest_plan(self, s: For) -> tuple[list[For], _Plan | None]:
+        """The perfect nest below `s` and its plan, when its bounds do not depend on its own loops."""
+        loops = [s]
+        while isinstance(loops[-1].body, For):
+            loops.append(loops[-1].body)  # type: ignore[arg-type]
+        own = {lp.var for lp in loops}
+        plan = self.plan(loops[-1].body)
+        extents = [e for lp in loops for e in (lp.start, lp.extent)]
+        if plan is not None and plan.block is not None:
+            extents += [iv.extent for iv in plan.block.iters]
+        return loops, plan if plan is not None and not any(free_vars(e) & own for e in extents) else None
+
     def _for(self, s: For) -> None:
         if self.vectorize:
-            loops = [s]
-            while isinstance(loops[-1].body, For):
-                loops.append(loops[-1].body)
-            own = {lp.var for lp in loops}
-            plan = self.plan(loops[-1].body)
-            extents = [e for lp in loops for e in (lp.start, lp.extent)]
-            if plan is not None and plan.block is not None:
-                extents += [iv.extent for iv in plan.block.iters]
-            if plan is not None and not any(free_vars(e) & own for e in extents):
-                self._vector(loops, plan)
+            hit = self._nests.get(id(s))
+            if hit is None or hit[0] is not s:
+                hit = (s, *self._nest_plan(s))
+                self._nests[id(s)] = hit
+            if hit[2] is not None:
+                self._vector(hit[1], hit[2])
                 return
         start, ext = int(self.sc(s.start)), int(self.sc(s.extent))
         old = self.env.get(s.var)
@@ -374,11 +371,10 @@ class _Interp:
             for iv in b.iters:
                 val = np.asarray(self.ev(iv.binding, mask)).astype(np.int64, copy=False)
                 ext = int(self.ev(iv.extent))
-                bad = (val < 0) | (val >= ext)
-                if mask is not None:
-                    bad = bad & mask
-                if np.any(bad):
-                    raise MlcError(f"block {b.name}: iterator {iv.var.name} leaves its domain [0, {ext})")
+                if val.size and (val.min() < 0 or val.max() >= ext):
+                    bad = (val < 0) | (val >= ext)
+                    if np.any(bad if mask is None else bad & mask):
+                        raise MlcError(f"block {b.name}: iterator {iv.var.name} leaves its domain [0, {ext})")
                 self.env[iv.var] = val
             if b.init is not None:
                 assert isinstance(b.init, Store)
@@ -411,7 +407,7 @@ class _Interp:
                 arr[()] = val.ravel()[-1]
             return
         flat = np.ravel_multi_index(idx, arr.shape) if arr.size else np.zeros(0, np.int64)
-        if flat.size and np.bincount(flat, minlength=arr.size).max() > 1:
+        if flat.size > 1 and _has_duplicates(flat, arr.size):
             # several iterations write one element: keep the last in loop order
             _, first_rev = np.unique(flat[::-1], return_index=True)
             keep = np.sort(flat.size - 1 - first_rev)
@@ -439,17 +435,8 @@ class _Interp:
         shape = g.shape
         checked = []
         for d, v in enumerate(idx):
-            vb = np.broadcast_to(v, np.broadcast_shapes(v.shape, shape))
-            vb = np.broadcast_to(vb, shape) if vb.shape != shape else vb
-            bad = (vb < 0) | (vb >= arr.shape[d])
-            if valid is not None:
-                bad = bad & valid
-            if np.any(bad):
-                raise MlcError(
-                    f"index out of bounds: buffer {s.buffer.name} dim {d} index {int(vb[bad].flat[0])} "
-                    f"not in [0, {arr.shape[d]})"
-                )
-            checked.append(np.clip(vb, 0, arr.shape[d] - 1).ravel())
+            vb = np.broadcast_to(v, shape)
+            checked.append(_checked(vb, arr.shape[d], valid, f"buffer {s.buffer.name} dim {d}").ravel())
         gv = g.ravel()
         if valid is not None:
             sel = valid.ravel()
@@ -459,6 +446,28 @@ class _Interp:
             arr[()] = uf.reduce(np.concatenate([[arr[()]], gv]).astype(arr.dtype))
             return
         uf.at(arr, tuple(checked), gv)
+
+
+def _has_duplicates(flat: np.ndarray, size: int) -> bool:
+    if flat.size * 8 < size:  # few writes into a big buffer: sort instead of counting
+        srt = np.sort(flat)
+        return bool(np.any(srt[1:] == srt[:-1]))
+    return bool(np.bincount(flat, minlength=size).max() > 1)
+
+
+def _checked(v: np.ndarray, n: int, mask: np.ndarray | None, what: str) -> np.ndarray:
+    """`v` as int64 after checking 0 <= v < n where `mask` holds; masked-off entries are clipped."""
+    v = v.astype(np.int64, copy=False)
+    if v.size == 0 or (v.min() >= 0 and v.max() < n):  # the common case: nothing to mask
+        return v
+    bad = (v < 0) | (v >= n)
+    if mask is not None:
+        bad = bad & mask
+    if np.any(bad):
+        shape = np.broadcast_shapes(bad.shape, v.shape)
+        first = np.broadcast_to(v, shape)[np.broadcast_to(bad, shape)]
+        raise MlcError(f"index out of bounds: {what} index {int(first.flat[0])} not in [0, {n})")
+    return np.minimum(np.maximum(v, 0), n - 1)
 
 
 def _identity(op: str, dt: np.dtype) -> object:

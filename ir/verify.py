@@ -18,7 +18,7 @@ from typing import Any
 from .arith import as_int, provably_different
 from .diagnostics import UNKNOWN, Loc, MlcError
 from .dtype import DTYPES_ALL, is_float, is_int
-from .expr import INTRINSICS, Bin, Call, Cast, Const, Expr, Load, Not, Select, Var, children
+from .expr import BIN_OPS, INTRINSICS, Bin, Call, Cast, Const, Expr, Load, Not, Select, Var, children, free_vars
 from .graph import (
     Binding,
     Block,
@@ -41,7 +41,6 @@ from .tir import FOR_KINDS, BlockStmt, Buffer, For, IfStmt, Let, PrimFunc, Seq, 
 from .types import ScalarType, TensorType, TupleType, Type, UnknownType
 
 _LOGIC = ("and", "or")
-_CMP = ("eq", "ne", "lt", "le", "gt", "ge")
 
 
 def _registry() -> Any:
@@ -418,7 +417,7 @@ class PrimVerifier:
             self.fail(f"buffer %{b.name}: unknown scope {b.scope}", b.loc, loc)
         for d in b.shape:
             if params:  # dims of parameter buffers bind their symbols
-                for x in _vars(d):
+                for x in free_vars(d):
                     self.vars.setdefault(x.name, x)
             self.int_expr(d, (b.loc, loc), f"dim of %{b.name}")
             c = as_int(d)
@@ -481,8 +480,6 @@ class PrimVerifier:
             stack.extend(children(x))
 
     def _bin(self, x: Bin, here: tuple[Loc, ...]) -> None:
-        from .expr import BIN_OPS
-
         if x.op not in BIN_OPS:
             self.fail(f"unknown binary op {x.op}", *here)
         da, db = _dtype(x.a), _dtype(x.b)
@@ -560,7 +557,7 @@ class PrimVerifier:
                 self.fail(f"block \"{s.name}\": iterator kind must be S or R, not {it.kind}", *here)
             self.int_expr(it.extent, here, "iterator extent")
             self.int_expr(it.binding, here, "iterator binding")
-            for x in _vars(it.binding):
+            for x in free_vars(it.binding):
                 if x.name not in loop_names and x not in self.f.scalar_params and not self._is_param_dim(x):
                     self.fail(
                         f"block \"{s.name}\": iterator {it.var.name} is bound to {x.name}, "
@@ -593,7 +590,7 @@ class PrimVerifier:
             self.buffers = saved_buffers
 
     def _is_param_dim(self, x: Var) -> bool:
-        return any(x in _vars(d) for b in self.f.params for d in b.shape)
+        return any(x in free_vars(d) for b in self.f.params for d in b.shape)
 
 
 def _read_lines(file: str) -> list[str] | None:
@@ -605,12 +602,6 @@ def _read_lines(file: str) -> list[str] | None:
     except (OSError, ValueError):
         pass
     return None
-
-
-def _vars(e: Expr) -> set[Var]:
-    from .expr import free_vars
-
-    return free_vars(e)
 
 
 def verify_module(m: Module, source: str | None = None) -> None:

@@ -528,3 +528,23 @@ def test_blockize_rejects_unsplittable_binding() -> None:
     o = s.blockize(s.get_loops(s.get_block("C"))[-1])  # blockizing the reduction loop alone is fine
     same(f, s.func)
     assert s.get(o).iters[-1].kind == "R"  # type: ignore[union-attr]
+
+
+def test_scheduled_program_round_trips_through_text() -> None:
+    """Every construct the primitives emit (guards, annotations, thread loops, nested blocks) prints and parses."""
+    from mlc.ir import Module
+    from mlc.ir.parser import parse_module
+    from mlc.ir.printer import print_module
+
+    f = mm_relu(16, 12, 8)
+    s, ii = _tiled_for_tensorize(f)
+    s.tensorize(ii, gemm_intrin(4, 4, 3))
+    a = s.cache_read(s.get_block("D"), 0, "shared")
+    s.storage_align(a, 0, 0, 32, 8)
+    io, _ = s.split(s.get_loops(s.get_block("D"))[0], [None, 5])
+    s.parallel(io)
+    s.bind(s.get_loops(s.get_block("D"))[-1], "threadIdx.x")
+    m = Module((s.func,))
+    text = print_module(m)
+    assert parse_module(text) == m and print_module(parse_module(text)) == text
+    same(f, parse_module(text).functions[0])  # type: ignore[arg-type]
