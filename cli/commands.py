@@ -40,7 +40,8 @@ def verify_cmd(input: str) -> None:
     """Parse and verify a module; prints nothing and exits 0 when it is well formed."""
     from mlc.ir.verify import verify_module
 
-    verify_module(read_module(input).module)
+    src = read_module(input)
+    verify_module(src.module, source=src.text)
 
 
 @cli.command("opt")

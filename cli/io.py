@@ -22,6 +22,7 @@ class Source:
     module: Module
     filename: str
     search_dirs: list[Path]
+    text: str = ""
 
     def constants(self) -> dict[str, np.ndarray]:
         if self.module.constants is None:
@@ -44,7 +45,7 @@ def read_module(path: str) -> Source:
     text, name = read_text(path)
     module = parse_module(text, name)
     dirs = [Path.cwd()] if path == "-" else [Path(path).resolve().parent, Path.cwd()]
-    return Source(module, name, dirs)
+    return Source(module, name, dirs, text)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

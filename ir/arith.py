@@ -213,16 +213,52 @@ def as_int(e: Expr) -> int | None:
     return _as_const(_to_poly(e))
 
 
+_EVAL_OPS = {
+    "add": lambda a, b: a + b, "sub": lambda a, b: a - b, "mul": lambda a, b: a * b,
+    "floordiv": lambda a, b: a // b, "floormod": lambda a, b: a % b, "min": min, "max": max,
+}
+
+
 def evaluate(e: Expr, env: Mapping[Var, int] | Mapping[str, int]) -> int:
     """Value of an integer expression given values of its vars (by Var or by name)."""
-    m: dict[Var, Expr] = {}
-    for k, v in env.items():
-        m[k if isinstance(k, Var) else Var(k)] = Const(int(v))
-    r = as_int(substitute(e, m))
+    names = {(k.name if isinstance(k, Var) else k): int(v) for k, v in env.items()}
+    return _eval(e, names)
+
+
+def _eval(e: Expr, env: dict[str, int]) -> int:
+    if isinstance(e, Const) and isinstance(e.value, int) and not isinstance(e.value, bool):
+        return e.value
+    if isinstance(e, Var):
+        try:
+            return env[e.name]
+        except KeyError:
+            raise ValueError(f"cannot evaluate {e.name}: unbound {e.name}") from None
+    if isinstance(e, Bin) and e.op in _EVAL_OPS:
+        a, b = _eval(e.a, env), _eval(e.b, env)
+        if e.op in ("floordiv", "floormod") and b == 0:
+            raise ValueError("division by zero in a shape expression")
+        return _EVAL_OPS[e.op](a, b)
+    if isinstance(e, Cast) and _is_int_expr(e):
+        return _eval(e.a, env)
+    if isinstance(e, Select):
+        return _eval(e.t, env) if _eval_bool(e.cond, env) else _eval(e.f, env)
+    r = as_int(substitute(e, {Var(k): Const(v) for k, v in env.items()}))
     if r is None:
-        missing = sorted(v.name for v in _vars(e) if v not in m)
+        missing = sorted(v.name for v in _vars(e) if v.name not in env)
         raise ValueError(f"cannot evaluate {e!r}: unbound {', '.join(missing) or 'terms'}")
     return r
+
+
+def _eval_bool(e: Expr, env: dict[str, int]) -> bool:
+    if isinstance(e, Bin) and e.op in ("eq", "ne", "lt", "le", "gt", "ge"):
+        a, b = _eval(e.a, env), _eval(e.b, env)
+        return {"eq": a == b, "ne": a != b, "lt": a < b, "le": a <= b, "gt": a > b, "ge": a >= b}[e.op]
+    if isinstance(e, Bin) and e.op in ("and", "or"):
+        x, y = _eval_bool(e.a, env), _eval_bool(e.b, env)
+        return (x and y) if e.op == "and" else (x or y)
+    if isinstance(e, Const):
+        return bool(e.value)
+    raise ValueError(f"cannot evaluate condition {e!r}")
 
 
 def _vars(e: Expr) -> set[Var]:

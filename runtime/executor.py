@@ -19,7 +19,7 @@ import numpy as np
 from mlc.ir.diagnostics import MlcError
 from mlc.ir.dtype import to_numpy
 from mlc.ir.expr import Bin, Const, Expr, Var
-from mlc.ir.graph import CallTensor, Function, If, Loop
+from mlc.ir.graph import Block, CallTensor, Function, If, Loop
 from mlc.ir.interp import Frame, match_type
 from mlc.ir.tir import PrimFunc
 from mlc.ir.types import ScalarType, TensorType
@@ -49,36 +49,80 @@ class Executor:
     def __init__(self, vm: Any, fn: Function):
         self.vm = vm
         self.fn = fn
-        self.steps: list[Callable[[Frame], None]] = [self._step(b) for b in fn.body.bindings]
-        self.result_names = [r.name for r in fn.body.results]
+        self.body = self._block(fn.body)
 
     def run(self, args: list[np.ndarray]) -> list[Any]:
         frame = Frame()
         for p, a in zip(self.fn.params, args):
             match_type(a, p.type, frame.dims, f"argument %{p.name} of @{self.fn.name}", p.loc)
             frame.values[p.name] = a
-        for step in self.steps:
-            step(frame)
-        return [frame.values[n] for n in self.result_names]
+        return self.body(frame)
+
+    def _block(self, block: Block) -> Callable[[Frame], list[Any]]:
+        steps = [self._step(b) for b in block.bindings]
+        results = [r.name for r in block.results]
+
+        def run(frame: Frame) -> list[Any]:
+            for step in steps:
+                step(frame)
+            return [frame.values[n] for n in results]
+
+        return run
 
     def _step(self, b: Any) -> Callable[[Frame], None]:
         node = b.node
-        fast = self._kernel_step(b) if isinstance(node, CallTensor) else None
-        if fast is not None:
-            return fast
+        if isinstance(node, CallTensor):
+            fast = self._kernel_step(b)
+            if fast is not None:
+                return fast
+        if isinstance(node, Loop):
+            return self._loop_step(b)
+        if isinstance(node, If):
+            return self._if_step(b)
         vm, var, loc = self.vm, b.var, b.loc
-        checked = not isinstance(node, Loop | If)
         scalar = isinstance(var.type, ScalarType)
 
         def generic(frame: Frame) -> None:
             val = vm.node(node, var, frame)
-            if checked:
-                match_type(val, var.type, frame.dims, f"%{var.name}", loc)
+            match_type(val, var.type, frame.dims, f"%{var.name}", loc)
             frame.values[var.name] = val
             if scalar:
                 frame.dims[var.name] = int(val)
 
         return generic
+
+    def _loop_step(self, b: Any) -> Callable[[Frame], None]:
+        node: Loop = b.node
+        body = self._block(node.body)
+        extent = compile_int(node.extent)
+        inits = [v.name for v in node.inits]
+        carried = [v.name for v in node.carried]
+        index, out = node.index.name, b.var.name
+
+        def step(frame: Frame) -> None:
+            vals = [frame.values[n] for n in inits]
+            sub = Frame(dict(frame.values), dict(frame.dims))
+            for i in range(extent(frame.dims)):
+                sub.values[index] = i
+                sub.dims[index] = i
+                for n, v in zip(carried, vals):
+                    sub.values[n] = v
+                vals = body(sub)
+            frame.values[out] = vals[0] if len(vals) == 1 else tuple(vals)
+
+        return step
+
+    def _if_step(self, b: Any) -> Callable[[Frame], None]:
+        node: If = b.node
+        then_b, else_b = self._block(node.then_block), self._block(node.else_block)
+        cond, out = node.cond.name, b.var.name
+
+        def step(frame: Frame) -> None:
+            sub = Frame(dict(frame.values), frame.dims)
+            vals = (then_b if bool(np.asarray(frame.values[cond])) else else_b)(sub)
+            frame.values[out] = vals[0] if len(vals) == 1 else tuple(vals)
+
+        return step
 
     def _kernel_step(self, b: Any) -> Callable[[Frame], None] | None:
         vm, node, var = self.vm, b.node, b.var

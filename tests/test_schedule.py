@@ -548,3 +548,35 @@ def test_scheduled_program_round_trips_through_text() -> None:
     text = print_module(m)
     assert parse_module(text) == m and print_module(parse_module(text)) == text
     same(f, parse_module(text).functions[0])  # type: ignore[arg-type]
+
+
+def test_trace_with_bad_arguments_is_a_clean_error() -> None:
+    f = mm_relu()
+    good = Schedule(f)
+    good.split(good.get_loops(good.get_block("C"))[0], [4, 5])
+    data = json.loads(good.trace.to_json())
+    data["insts"][-1]["inputs"][1] = ["four", 5]
+    with pytest.raises(MlcError, match=r"instruction 2 \(split\) has bad arguments"):
+        Trace.from_json(json.dumps(data)).apply(f)
+    data["insts"][-1]["inputs"] = [{"loop": "i"}, [{"rv": "v9"}, 5]]
+    with pytest.raises(MlcError, match="v9 used before it is sampled"):
+        Trace.from_json(json.dumps(data)).apply(f)
+
+
+def test_normalize_wraps_root_and_renames_duplicate_loops() -> None:
+    from mlc.ir import Const, IterVar, Load, Seq, Store
+    from mlc.ir.tir import Buffer
+
+    X, Y = Buffer("X", (Const(4),), "f32"), Buffer("Y", (Const(4),), "f32")
+    i, v = Var("i"), Var("v")
+    nest1 = For(i, Const(0), Const(4), BlockStmt("a", (IterVar(v, Const(4), "S", i),), Store(Y, (v,), Load(X, (v,)))))
+    nest2 = For(i, Const(0), Const(4), BlockStmt("b", (IterVar(v, Const(4), "S", i),),
+                                                  Store(Y, (v,), Load(Y, (v,)) * Const(2.0, "f32"))))
+    f = PrimFunc("two", (X, Y), 1, Seq((nest1, nest2)))
+    s = Schedule(f)
+    assert isinstance(s.func.body, BlockStmt) and s.func.body.name == "root"
+    assert [lp.name for lp in s.get_loops(s.get_block("a")) + s.get_loops(s.get_block("b"))] == ["i", "i_1"]
+    same(f, s.func)
+    dup = PrimFunc("dup", (X, Y), 1, Seq((nest1, nest1)))
+    with pytest.raises(MlcError, match="block names must be unique"):
+        Schedule(dup)

@@ -23,7 +23,7 @@ from . import cache, inline, loops, reduction
 from . import compute_at as compute_at_
 from . import tensorize as tensorize_
 from .trace import BlockRV, Instruction, IntRV, LoopRV, Trace, encode
-from .tree import ancestors, blocks, find_block, find_loop, fresh, get, walk
+from .tree import ancestors, blocks, find_block, find_loop, fresh, get, put, subst, walk
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -69,8 +69,6 @@ def normalize(func: PrimFunc) -> PrimFunc:
     for path, s in list(walk(func.body)):
         if isinstance(s, For):
             if s.var.name in seen:
-                from .tree import put, subst
-
                 cur = get(func.body, path)
                 nv = Var(fresh(used, s.var.name), s.var.dtype)
                 new = replace(cur, var=nv, body=subst(cur.body, {cur.var: nv}))  # type: ignore[arg-type]

@@ -117,7 +117,7 @@ class Trace:
 
         sch = Schedule(func, seed=seed)
         env: dict[str, int] = {}
-        for inst in self.insts:
+        for n, inst in enumerate(self.insts):
             method = getattr(sch, inst.kind, None)
             if method is None or inst.kind.startswith("_") or not getattr(method, "_is_instruction", False):
                 raise MlcError(f"trace: unknown instruction {inst.kind!r}")
@@ -125,7 +125,10 @@ class Trace:
             kwargs = {k: decode(v, env) for k, v in inst.attrs.items()}
             if inst.kind in SAMPLING:
                 kwargs["decision"] = inst.decision
-            out = method(*args, **kwargs)
+            try:
+                out = method(*args, **kwargs)
+            except (TypeError, ValueError, AttributeError) as e:  # malformed arguments from a stored trace
+                raise MlcError(f"trace: instruction {n} ({inst.kind}) has bad arguments: {e}") from None
             outs = out if isinstance(out, list | tuple) else [out]
             for rec, val in zip(inst.outputs, outs):
                 if isinstance(rec, dict) and "rv" in rec:
