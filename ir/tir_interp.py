@@ -5,9 +5,11 @@ are 0, stores are cast to the buffer dtype). For speed, a perfect loop nest whos
 (or one store) is evaluated over the whole iteration domain at once with broadcasting numpy arrays:
 plain stores become one fancy assignment (last write wins on duplicates, as in a sequential run) and
 updates of the form `X[i] = X[i] op f` (op in add/mul/max/min) become an axis reduction plus
-`ufunc.at`. Everything else runs through a scalar fallback that shares the same expression evaluator.
-The vectorised path assumes the init of an element precedes its updates in loop order, which every
-schedule primitive preserves; `vectorize=False` forces the exact scalar path for cross-checking.
+`ufunc.at`. Everything else (loop-carried dependences, if/else, non-perfect nests around the
+vectorised inner nests) runs on a scalar path of expressions compiled to closures. The vectorised
+path assumes the init of an element precedes its updates in loop order, which every schedule
+primitive preserves; `vectorize=False` forces the exact scalar path for cross-checking. Allocated
+float buffers start as NaN so that reading never-written data shows up in the results.
 Integer `floordiv`/`floormod` use floor semantics; `div` is true division on floats and truncation on
 integers (as C and LLVM `sdiv`).
 """

@@ -13,13 +13,14 @@ from __future__ import annotations
 import ctypes
 import operator
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from mlc.ir.diagnostics import MlcError
 from mlc.ir.dtype import to_numpy
 from mlc.ir.expr import Bin, Const, Expr, Var
-from mlc.ir.graph import Block, CallTensor, Function, If, Loop
+from mlc.ir.graph import Block, CallTensor, Constant, Function, If, Loop
 from mlc.ir.interp import Frame, match_type
 from mlc.ir.tir import PrimFunc
 from mlc.ir.types import ScalarType, TensorType
@@ -46,17 +47,44 @@ def compile_int(e: Expr) -> IntFn:
 
 
 class Executor:
+    MAX_TAPES = 8
+
     def __init__(self, vm: Any, fn: Function):
         self.vm = vm
         self.fn = fn
+        self._param_index = {p.name: i for i, p in enumerate(fn.params)}
+        self._recording: list[_TapeEntry] | None = None
+        self._fast = {}
+        self._tapes: dict[tuple[tuple[str, int], ...], _Tape] = {}
         self.body = self._block(fn.body)
+        # a straight-line function of kernel calls and constants can be replayed as a tape per dims
+        self._replayable = all(
+            isinstance(b.node, Constant) or (isinstance(b.node, CallTensor) and self._fast.get(b.var.name))
+            for b in fn.body.bindings
+        )
 
     def run(self, args: list[np.ndarray]) -> list[Any]:
         frame = Frame()
         for p, a in zip(self.fn.params, args):
             match_type(a, p.type, frame.dims, f"argument %{p.name} of @{self.fn.name}", p.loc)
             frame.values[p.name] = a
-        return self.body(frame)
+        if not self._replayable:
+            return self.body(frame)
+        key = tuple(sorted(frame.dims.items()))
+        tape = self._tapes.get(key)
+        if tape is not None:
+            return tape.replay(args)
+        self._recording = []
+        try:
+            outs = self.body(frame)
+        finally:
+            entries, self._recording = self._recording, None
+        if len(self._tapes) < self.MAX_TAPES:
+            results = [(self._param_index.get(r.name, -1), frame.values[r.name]) for r in self.fn.body.results]
+            self._tapes[key] = _Tape(entries, results)
+        return outs
+
+    _fast: dict[str, bool]
 
     def _block(self, block: Block) -> Callable[[Frame], list[Any]]:
         steps = [self._step(b) for b in block.bindings]
@@ -157,12 +185,43 @@ class Executor:
         out_name = var.name
         alloc = vm._buffer
 
+        from_params = [(slot, self._param_index[n]) for slot, n in enumerate(names) if n in self._param_index]
+
         def step(frame: Frame) -> None:
             vals, dims = frame.values, frame.dims
             arrs = [a if a.flags.c_contiguous else np.ascontiguousarray(a) for a in (vals[n] for n in names)]
             out = alloc(var, tuple(f(dims) for f in shape_fns), dtype)
             arrs.append(out)
-            raw(ptr_t(*[a.ctypes.data for a in arrs]), dim_t(*[g(arrs, dims) for g in getters]))
+            ptrs, dvals = ptr_t(*[a.ctypes.data for a in arrs]), dim_t(*[g(arrs, dims) for g in getters])
+            raw(ptrs, dvals)
             vals[out_name] = out
+            if self._recording is not None:
+                self._recording.append(_TapeEntry(raw, ptrs, dvals, from_params, arrs))
 
+        self._fast[var.name] = True
         return step
+
+
+@dataclass
+class _TapeEntry:
+    fn: Any
+    ptrs: Any
+    dims: Any
+    from_params: list[tuple[int, int]]  # (pointer slot, parameter index) refreshed per call
+    keep: list[np.ndarray]  # keeps the buffers the pointers name alive
+
+
+@dataclass
+class _Tape:
+    """The kernel calls of one run, replayed for later calls with the same dims."""
+
+    entries: list[_TapeEntry]
+    results: list[tuple[int, Any]]  # (parameter index or -1, array)
+
+    def replay(self, args: list[np.ndarray]) -> list[Any]:
+        data = [a.ctypes.data for a in args]
+        for e in self.entries:
+            for slot, pi in e.from_params:
+                e.ptrs[slot] = data[pi]
+            e.fn(e.ptrs, e.dims)
+        return [args[pi] if pi >= 0 else arr for pi, arr in self.results]

@@ -580,3 +580,13 @@ def test_normalize_wraps_root_and_renames_duplicate_loops() -> None:
     dup = PrimFunc("dup", (X, Y), 1, Seq((nest1, nest1)))
     with pytest.raises(MlcError, match="block names must be unique"):
         Schedule(dup)
+
+
+def test_producers_consumers_and_str() -> None:
+    s = Schedule(softmax_func())
+    names = lambda rvs: [r.name for r in rvs]  # noqa: E731
+    assert names(s.get_producers(s.get_block("y"))) == ["e", "s"]
+    assert names(s.get_consumers(s.get_block("e"))) == ["s", "y"]
+    assert names(s.get_consumers(s.get_block("y"))) == [] and names(s.get_producers(s.get_block("mx"))) == []
+    text = str(s)
+    assert 'block "mx"' in text and text.startswith("mlc.module")

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 from mlc.ir import BlockStmt, Const, For, IfStmt, IterVar, Load, MlcError, PrimFunc, Seq, Store, Var
-from mlc.ir.expr import INTRINSICS, Bin, Call
+from mlc.ir.expr import INTRINSICS, Bin, Call, Cast, Select
 from mlc.ir.tir import Buffer, Let
 from mlc.ir.tir_builder import (
     all_of,
@@ -283,3 +283,75 @@ def test_rank_generic_compute_and_zero_dim_output() -> None:
     for vec in (True, False):
         run_prim(f, [x, z], vectorize=vec)
         np.testing.assert_allclose(z, 2 * x.sum(), rtol=1e-5)
+
+
+def _expr_strategy():  # type: ignore[no-untyped-def]
+    from hypothesis import strategies as st
+
+    X, Y = placeholder("X", (6,), "i32"), placeholder("Y", (6,), "i32")
+    i = Var("i")
+    leaves = st.sampled_from([X[i], Y[i], X[(i + 1) % 6], Const(3, "i32"), Const(-2, "i32"), cast("i32", i)])
+
+    def extend(children):  # type: ignore[no-untyped-def]
+        binop = st.tuples(st.sampled_from(["add", "sub", "mul", "min", "max", "floordiv", "floormod"]), children, children)
+        sel = st.tuples(st.just("select"), children, children)
+        return st.one_of(
+            binop.map(lambda t: Bin(t[0], t[1], t[2]) if t[0] not in ("floordiv", "floormod")
+                      else Bin(t[0], t[1], Const(3, "i32"))),
+            sel.map(lambda t: Select(Bin("lt", t[1], t[2]), t[1], t[2])),
+        )
+
+    return X, Y, i, st.recursive(leaves, extend, max_leaves=8)
+
+
+def test_vector_and_scalar_paths_agree_on_random_expressions() -> None:
+    from hypothesis import given, settings
+
+    X, Y, i, exprs = _expr_strategy()
+
+    @settings(max_examples=60, deadline=None)
+    @given(exprs)
+    def check(e: object) -> None:
+        out = placeholder("Z", (6,), "i32")
+        blk = BlockStmt("z", (IterVar(Var("vi"), Const(6), "S", i),),
+                        Store(out.buffer, (Var("vi"),), _rename(e, i, Var("vi"))))  # type: ignore[arg-type]
+        f = PrimFunc("rand", (X.buffer, Y.buffer, out.buffer), 1, For(i, Const(0), Const(6), blk))
+        x = np.array([5, -7, 0, 12, -1, 3], np.int32)
+        y = np.array([-4, 9, 2, -3, 8, 1], np.int32)
+        a, b = np.zeros(6, np.int32), np.zeros(6, np.int32)
+        run_prim(f, [x, y, a])
+        run_prim(f, [x, y, b], vectorize=False)
+        np.testing.assert_array_equal(a, b)
+        # and against Python's own integer semantics, element by element
+        for k in range(6):
+            assert a[k] == np.int32(_py_eval(e, k, x, y))  # type: ignore[arg-type]
+
+    check()
+
+
+def _rename(e: object, old: Var, new: Var) -> object:
+    from mlc.ir.expr import substitute
+
+    return substitute(e, {old: new})  # type: ignore[arg-type]
+
+
+def _py_eval(e: object, k: int, x: np.ndarray, y: np.ndarray) -> int:
+    """Plain-Python integer semantics (floor division/modulo), an oracle independent of numpy."""
+    if isinstance(e, Const):
+        return int(e.value)
+    if isinstance(e, Load):
+        idx = _py_eval(e.indices[0], k, x, y)
+        return int((x if e.buffer.name == "X" else y)[idx])
+    if isinstance(e, Var):
+        return k
+
+    if isinstance(e, Cast):
+        return _py_eval(e.a, k, x, y)
+    if isinstance(e, Select):
+        return _py_eval(e.t, k, x, y) if _py_eval(e.cond, k, x, y) else _py_eval(e.f, k, x, y)
+    assert isinstance(e, Bin)
+    a, b = _py_eval(e.a, k, x, y), _py_eval(e.b, k, x, y)
+    ops = {"add": a + b, "sub": a - b, "mul": a * b, "min": min(a, b), "max": max(a, b), "lt": int(a < b)}
+    if e.op in ops:
+        return ops[e.op]
+    return a // b if e.op == "floordiv" else a % b

@@ -19,11 +19,11 @@ from mlc.ir.expr import Var
 from mlc.ir.tir import BlockStmt, For, PrimFunc
 
 from . import blockize as blockize_
-from . import cache, inline, loops, reduction
+from . import cache, inline, loops, reduction, scope
 from . import compute_at as compute_at_
 from . import tensorize as tensorize_
 from .trace import BlockRV, Instruction, IntRV, LoopRV, Trace, encode
-from .tree import ancestors, blocks, find_block, find_loop, fresh, get, put, subst, walk
+from .tree import ancestors, block_reads, block_writes, blocks, find_block, find_loop, fresh, get, put, subst, walk
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -117,6 +117,26 @@ class Schedule:
             elif isinstance(s, For):
                 out.append(LoopRV(s.var.name))
         return out
+
+    @instruction
+    def get_producers(self, block: BlockRV) -> list[BlockRV]:
+        """Blocks writing a buffer that `block` reads (outer blocks of blockize summarise, so leaves only)."""
+        _, b = scope.named_block(self.func, _block(block))
+        names = {x.name for x in block_reads(b)}
+        return _unique([BlockRV(w.name) for n in names for _, w in scope.writers(self.func, n) if w.name != b.name])
+
+    @instruction
+    def get_consumers(self, block: BlockRV) -> list[BlockRV]:
+        """Blocks reading a buffer that `block` writes."""
+        _, b = scope.named_block(self.func, _block(block))
+        names = {x.name for x in block_writes(b)}
+        return _unique([BlockRV(r.name) for n in names for _, r in scope.readers(self.func, n) if r.name != b.name])
+
+    def __str__(self) -> str:
+        from mlc.ir.module import Module
+        from mlc.ir.printer import print_module
+
+        return print_module(Module((self.func,)))
 
     def get(self, rv: LoopRV | BlockRV) -> For | BlockStmt:
         """The current statement a handle refers to."""
@@ -275,6 +295,11 @@ def _block(x: BlockRV | str) -> str:
     if isinstance(x, str):
         return x
     raise MlcError(f"schedule: expected a block handle, got {type(x).__name__}")
+
+
+def _unique(rvs: list[BlockRV]) -> list[BlockRV]:
+    """Deduplicated and sorted by name, so traces stay deterministic."""
+    return sorted(set(rvs), key=lambda r: r.name)
 
 
 def _factorize(n: int) -> list[int]:
