@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .etree import RadixTree, build_tree
-from .search import add_biases, topk
+from .search import topk
 
 
 def _ranges(starts: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -31,10 +31,14 @@ def _ranges(starts: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndar
 class ATree:
     tree: RadixTree
     node_bias: tuple[np.ndarray, ...]  # per level: |partial reconstruction|^2 of each node
+    depth: int  # levels descended before scoring vectors
 
     @staticmethod
-    def build(codes: np.ndarray, codebooks: np.ndarray | None) -> ATree:
-        """`codebooks` (M, K, d) for additive quantizers; None for PQ (partial sums are lower bounds)."""
+    def build(codes: np.ndarray, codebooks: np.ndarray | None, min_fanin: int = 8) -> ATree:
+        """`codebooks` (M, K, d) for additive quantizers; None for PQ (partial sums are lower bounds).
+
+        The descent depth is the deepest level whose nodes still hold `min_fanin` vectors on average.
+        """
         tree = build_tree(codes, tuple(range(codes.shape[1])))
         biases = []
         recon = None
@@ -44,10 +48,12 @@ class ATree:
                 continue
             recon = codebooks[l_][c].astype(np.float64) + (0 if recon is None else recon[p])
             biases.append(np.einsum("ij,ij->i", recon, recon).astype(np.float32))
-        return ATree(tree, tuple(biases))
+        counts = tree.node_counts
+        depth = max([1] + [l_ + 1 for l_, c in enumerate(counts) if c * min_fanin <= len(codes)])
+        return ATree(tree, tuple(biases), depth)
 
     def max_width(self) -> int:
-        return max(self.tree.node_counts)
+        return max(self.tree.node_counts[: self.depth])
 
     def search(self, luts: np.ndarray, codes: np.ndarray, query_bias: np.ndarray,
                vector_bias: np.ndarray | None, k: int, beam: int) -> tuple[np.ndarray, np.ndarray]:
@@ -60,7 +66,7 @@ class ATree:
         partial = luts[:, 0, t.codes[0]]
         valid = np.ones(nodes.shape, bool)
         nodes, partial, valid = self._keep(nodes, partial, valid, self.node_bias[0], beam)
-        for l_ in range(1, len(t.codes)):
+        for l_ in range(1, self.depth):
             st = t.child_start[l_ - 1]
             cnt = np.where(valid, st[nodes + 1] - st[nodes], 0)
             idx, mask = _ranges(st[nodes], cnt)  # (nq, B, W)
@@ -68,20 +74,31 @@ class ATree:
             child_partial = partial[:, :, None] + luts[qi[:, :, None], l_, t.codes[l_][idx]]
             nodes, partial, valid = self._keep(idx.reshape(nq, -1), child_partial.reshape(nq, -1),
                                                mask.reshape(nq, -1), self.node_bias[l_], beam)
-        cnt = np.where(valid, t.leaf_start[nodes + 1] - t.leaf_start[nodes], 0)
-        idx, mask = _ranges(t.leaf_start[nodes], cnt)
-        ids = t.order[np.where(mask, idx, 0)].reshape(nq, -1)
-        mask = mask.reshape(nq, -1)
+        rs = t.row_start[self.depth - 1]
+        cnt = np.where(valid, rs[nodes + 1] - rs[nodes], 0).ravel()
+        per_query = cnt.reshape(nq, -1).sum(axis=1)
+        total = int(cnt.sum())
+        first = np.repeat(np.cumsum(cnt) - cnt, cnt)
+        pos = np.arange(total) - first + np.repeat(rs[nodes].ravel(), cnt)
+        ids = t.order[pos]
+        qidx = np.repeat(np.arange(nq), per_query)
         m_total, kk = luts.shape[1], luts.shape[2]
         flat = luts.reshape(nq, -1)
-        c = codes[ids].astype(np.intp)  # (nq, C, M)
-        dist = np.take_along_axis(flat, c[:, :, 0], 1)
+        c = codes[ids].astype(np.intp)
+        dist = flat[qidx, c[:, 0]]
         for m in range(1, m_total):
-            dist += np.take_along_axis(flat, c[:, :, m] + m * kk, 1)
-        dist = add_biases(dist, query_bias, vector_bias, ids)
-        dist[~mask] = np.inf
-        ids = np.where(mask, ids, -1)
-        out_i, out_d = topk(dist, k, ids)
+            dist += flat[qidx, c[:, m] + m * kk]
+        if vector_bias is not None:
+            dist += vector_bias[ids]
+        dist += query_bias[qidx]
+        # scatter into one padded row per query, then the shared top-k
+        width = int(per_query.max()) if nq else 0
+        slot = np.arange(total) - np.repeat(np.cumsum(per_query) - per_query, per_query)
+        pad_d = np.full((nq, max(width, 1)), np.inf, np.float32)
+        pad_i = np.full((nq, max(width, 1)), -1, np.int64)
+        pad_d[qidx, slot] = dist
+        pad_i[qidx, slot] = ids
+        out_i, out_d = topk(pad_d, k, pad_i)
         out_i[~np.isfinite(out_d)] = -1
         return out_i, out_d
 

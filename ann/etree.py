@@ -25,9 +25,13 @@ class RadixTree:
     codes: tuple[np.ndarray, ...]  # per level: (n_l,) codeword of each node
     parents: tuple[np.ndarray, ...]  # per level: (n_l,) index of the parent node (level 0: zeros)
     child_start: tuple[np.ndarray, ...]  # per level < last: (n_l + 1,) offsets into level l+1
+    row_start: tuple[np.ndarray, ...]  # per level: (n_l + 1,) offsets into `order` of each node's vectors
     leaf_of: np.ndarray  # (n,) leaf node of each base vector
-    order: np.ndarray  # base ids sorted by leaf
-    leaf_start: np.ndarray  # (n_leaves + 1,) offsets into `order`
+    order: np.ndarray  # base ids sorted lexicographically by code
+
+    @property
+    def leaf_start(self) -> np.ndarray:
+        return self.row_start[-1]
 
     @property
     def node_counts(self) -> list[int]:
@@ -39,7 +43,7 @@ def build_tree(codes: np.ndarray, books: tuple[int, ...]) -> RadixTree:
     n = len(sub)
     order = np.lexsort(sub.T[::-1]) if n else np.zeros(0, np.int64)
     s = sub[order]
-    lv_codes, lv_par, lv_start = [], [], []
+    lv_codes, lv_par, lv_start, lv_rows = [], [], [], []
     prev_ids = np.zeros(n, np.int64)  # node index (at previous level) of each sorted row
     for l_ in range(len(books)):
         new = np.ones(n, bool)
@@ -47,6 +51,7 @@ def build_tree(codes: np.ndarray, books: tuple[int, ...]) -> RadixTree:
             new[1:] = (s[1:, : l_ + 1] != s[:-1, : l_ + 1]).any(axis=1)
         node_of_row = np.cumsum(new) - 1
         first = np.flatnonzero(new)
+        lv_rows.append(np.append(first, n).astype(np.int64))
         lv_codes.append(s[first, l_].astype(np.int32))
         lv_par.append(prev_ids[first])
         if l_ > 0:
@@ -54,9 +59,7 @@ def build_tree(codes: np.ndarray, books: tuple[int, ...]) -> RadixTree:
         prev_ids = node_of_row
     leaf_of = np.empty(n, np.int64)
     leaf_of[order] = prev_ids
-    n_leaves = len(lv_codes[-1]) if lv_codes else 0
-    leaf_start = np.searchsorted(prev_ids, np.arange(n_leaves + 1)).astype(np.int64)
-    return RadixTree(tuple(books), tuple(lv_codes), tuple(lv_par), tuple(lv_start), leaf_of, order, leaf_start)
+    return RadixTree(tuple(books), tuple(lv_codes), tuple(lv_par), tuple(lv_start), tuple(lv_rows), leaf_of, order)
 
 
 def tree_leaf_sums(tree: RadixTree, luts: np.ndarray) -> np.ndarray:

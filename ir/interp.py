@@ -76,6 +76,17 @@ def match_type(val: Any, ty: Type, dims: dict[str, int], what: str, loc: Loc | N
             match_type(v, t, dims, f"{what}[{k}]", loc)
 
 
+def _concrete_type(a: Any) -> Type:
+    from .dtype import from_numpy
+    from .expr import Const
+
+    if isinstance(a, np.ndarray):
+        return TensorType(tuple(Const(int(d)) for d in a.shape), from_numpy(a.dtype))
+    if isinstance(a, tuple):
+        return TupleType(tuple(_concrete_type(x) for x in a))
+    return ScalarType("i64")
+
+
 def _fmt(d: Expr) -> str:
     try:
         from .printer import print_expr
@@ -130,6 +141,9 @@ class Interpreter:
             if op is None or op.ref is None:
                 raise MlcError(f"op '{n.op}' has no reference semantics", n.loc)
             args = [self._get(a, frame) for a in n.args]
+            if op.infer is not None:
+                # the op's shape rules on the actual shapes: an unprovable clash of symbols fails here, named
+                op.infer([_concrete_type(a) for a in args], dict(n.attrs), n.loc)
             return op.ref(args, dict(n.attrs), var.type, frame.dims)
         if isinstance(n, Constant):
             if n.key not in self.constants:

@@ -500,6 +500,19 @@ def _peel(s: Stmt) -> tuple[tuple[Stmt, ...], Stmt]:
     return tuple(ws), s
 
 
+def _monotone(e: Expr) -> bool:
+    """Whether a reduce binding only grows with its loops (so all-zero is its first value)."""
+    if isinstance(e, Var):
+        return True
+    if isinstance(e, Const):
+        return not isinstance(e.value, bool) and e.value >= 0
+    if isinstance(e, Bin) and e.op in ("add", "mul", "floordiv", "floormod", "min", "max"):
+        return _monotone(e.a) and _monotone(e.b)
+    if isinstance(e, Cast):
+        return _monotone(e.a)
+    return False
+
+
 def _plan(s: Stmt) -> _Plan | None:
     """The vectorisation plan of a loop-nest leaf, or None when it needs the scalar path."""
     wrappers, leaf = _peel(s)
@@ -512,6 +525,9 @@ def _plan(s: Stmt) -> _Plan | None:
         inner, leaf = _peel(block.body)
     if not isinstance(leaf, Store):
         return None
+    if block is not None and block.init is not None and not all(
+            _monotone(iv.binding) for iv in block.iters if iv.kind == "R"):
+        return None  # the init might not come first for an element: run it sequentially
     name = leaf.buffer.name
     if block is not None and block.init is not None:
         if _loads_of(block.init.value, name):  # type: ignore[union-attr]

@@ -108,7 +108,7 @@ class _Inferer:
             node = remap_args(b.node, lambda v: env.get(v.name, v))
             inferred: Type | None = None
             if isinstance(node, OpCall):
-                inferred = self.op_type(node, b)
+                node, inferred = self.op_type(node, b, out, taken)
             elif isinstance(node, MakeTuple):
                 inferred = TupleType(tuple(f.type for f in node.fields))
             elif isinstance(node, GetItem):
@@ -157,19 +157,37 @@ class _Inferer:
         results = tuple(env.get(r.name, r) for r in block.results)
         return Block(tuple(out), results, block.loc)
 
-    def op_type(self, node: OpCall, b: Binding) -> Type | None:
+    def op_type(self, node: OpCall, b: Binding, out: list[Binding], taken: set[str]) -> tuple[OpCall, Type | None]:
+        """The op's result type. Equalities it needs but cannot prove become match_casts of its
+        arguments, emitted into `out` before it, so the op (and its kernel) sees consistent dims."""
         from mlc.ir import ops  # noqa: F401  (loads the op registry)
         from mlc.ir.ops.registry import get
+        from mlc.ir.ops.shapes import infer_with_assumptions
 
         op = get(node.op)
         if op is None:
             raise MlcError(f"unknown op '{node.op}'", node.loc)
         if op.infer is None:
-            return None
+            return node, None
         if not all(_known(a.type) for a in node.args):
             unknown = [f"%{a.name}" for a in node.args if not _known(a.type)]
             raise MlcError(f"{node.op}: argument(s) {', '.join(unknown)} have no known type", node.loc)
-        return op.infer([a.type for a in node.args], dict(node.attrs), node.loc)
+        ty, assumed = infer_with_assumptions(op.infer, [a.type for a in node.args], dict(node.attrs), node.loc)
+        if not assumed:
+            return node, ty
+        args = list(node.args)
+        for want, have in assumed:
+            for i, a in enumerate(args):
+                t = a.type
+                if isinstance(t, TensorType) and t.shape is not None and have in t.shape:
+                    shape = tuple(want if d == have else d for d in t.shape)
+                    cast = Value(self.fresh(a.name, taken), TensorType(shape, t.dtype), a.loc)
+                    taken.add(cast.name)
+                    out.append(Binding(cast, MatchCast(a, node.loc), b.loc))
+                    args[i] = cast
+                    break
+        node = dataclasses.replace(node, args=tuple(args))
+        return node, op.infer([a.type for a in node.args], dict(node.attrs), node.loc)
 
 
 def _block_type(block: Block) -> Type:

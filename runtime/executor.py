@@ -17,9 +17,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from mlc.ir.arith import prove_equal
 from mlc.ir.diagnostics import MlcError
 from mlc.ir.dtype import to_numpy
-from mlc.ir.expr import Bin, Const, Expr, Var
+from mlc.ir.expr import Bin, Const, Expr, Var, substitute
 from mlc.ir.graph import Block, CallTensor, Constant, Function, If, Loop
 from mlc.ir.interp import Frame, match_type
 from mlc.ir.tir import PrimFunc
@@ -177,6 +178,7 @@ class Executor:
                 getters.append(lambda _a, d, f=f: f(d))
             else:
                 return None
+        checks = self._unproven_dims(node, var, kernel)
         shape_fns = [compile_int(d) for d in var.type.shape]
         dtype = to_numpy(var.type.dtype)
         names = [a.name for a in node.args]
@@ -185,6 +187,7 @@ class Executor:
         out_name = var.name
         alloc = vm._buffer
 
+        check_dims = _dim_checker(checks, kernel.dims, node, b.loc)
         from_params = [(slot, self._param_index[n]) for slot, n in enumerate(names) if n in self._param_index]
 
         def step(frame: Frame) -> None:
@@ -192,7 +195,10 @@ class Executor:
             arrs = [a if a.flags.c_contiguous else np.ascontiguousarray(a) for a in (vals[n] for n in names)]
             out = alloc(var, tuple(f(dims) for f in shape_fns), dtype)
             arrs.append(out)
-            ptrs, dvals = ptr_t(*[a.ctypes.data for a in arrs]), dim_t(*[g(arrs, dims) for g in getters])
+            kd = [g(arrs, dims) for g in getters]
+            if checks:
+                check_dims(arrs, kd)
+            ptrs, dvals = ptr_t(*[a.ctypes.data for a in arrs]), dim_t(*kd)
             raw(ptrs, dvals)
             vals[out_name] = out
             if self._recording is not None:
@@ -200,6 +206,49 @@ class Executor:
 
         self._fast[var.name] = True
         return step
+
+    def _unproven_dims(self, node: CallTensor, var: Any, kernel: Any) -> list[tuple[int, int, Expr]]:
+        """Kernel argument dims the graph types do not prove; they are checked at every call.
+
+        The kernel's dims are bound from argument axes; every other axis of its params must then
+        equal the param's shape expression. Where the graph's types make that provable (the usual
+        case after shape-infer), no run-time check is needed.
+        """
+        types = [a.type for a in node.args] + [var.type]
+        graph_dim: dict[str, Expr] = {}
+        for dname in kernel.dims:
+            for i, p in enumerate(kernel.params):
+                for ax, d in enumerate(p.shape):
+                    if isinstance(d, Var) and d.name == dname and dname not in graph_dim:
+                        t = types[i]
+                        if isinstance(t, TensorType) and t.shape is not None and ax < len(t.shape):
+                            graph_dim[dname] = t.shape[ax]
+        out: list[tuple[int, int, Expr]] = []
+        for i, p in enumerate(kernel.params):
+            t = types[i]
+            if not isinstance(t, TensorType) or t.shape is None or len(t.shape) != len(p.shape):
+                out.extend((i, ax, d) for ax, d in enumerate(p.shape))
+                continue
+            for ax, d in enumerate(p.shape):
+                want = substitute(d, {Var(k): v for k, v in graph_dim.items()})
+                if not prove_equal(want, t.shape[ax]):
+                    out.append((i, ax, d))
+        return out
+
+
+def _dim_checker(checks: list[tuple[int, int, Expr]], dim_names: tuple[str, ...], node: CallTensor,
+                 loc: Any) -> Callable[[list[np.ndarray], list[int]], None]:
+    fns = [(i, ax, compile_int(d), d) for i, ax, d in checks]
+    names = [a.name for a in node.args] + ["result"]
+
+    def check(arrs: list[np.ndarray], kd: list[int]) -> None:
+        env = dict(zip(dim_names, kd))
+        for i, ax, f, d in fns:
+            want, got = f(env), arrs[i].shape[ax] if ax < arrs[i].ndim else None
+            if want != got:
+                raise MlcError(f"@{node.func}: %{names[i]} dim {ax} is {got}, but the kernel needs {d!r} = {want}", loc)
+
+    return check
 
 
 @dataclass

@@ -8,9 +8,10 @@ accepted and left to the run-time checks that shape-infer inserts.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextvars import ContextVar
 from typing import Any
 
-from ..arith import as_int, provably_different, simplify
+from ..arith import as_int, provably_different, prove_equal, simplify
 from ..diagnostics import Loc, MlcError
 from ..expr import Bin, Const, Expr, const
 from ..types import ScalarType, TensorType, TupleType, Type
@@ -169,6 +170,28 @@ def _argreduce(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
 def _check_dim(a: Expr, b: Expr, what: str, loc: Loc) -> None:
     if provably_different(a, b):
         raise MlcError(f"{what}: {dims_str([a])} vs {dims_str([b])}", loc)
+    assume_equal(a, b)
+
+
+# Equalities an op needs but cannot prove (k vs m); shape-infer turns them into run-time checks.
+_ASSUMED: ContextVar[list[tuple[Expr, Expr]] | None] = ContextVar("_ASSUMED", default=None)
+
+
+def assume_equal(a: Expr, b: Expr) -> None:
+    """Record that the op is only valid when a == b (nothing to record when provable)."""
+    pending = _ASSUMED.get()
+    if pending is not None and not prove_equal(a, b):
+        pending.append((a, b))
+
+
+def infer_with_assumptions(infer: Any, args: list[Type], attrs: dict[str, Any], loc: Loc) -> tuple[Type, list[tuple[Expr, Expr]]]:
+    """Run an op's infer and return its type plus the unproven equalities it relied on."""
+    token = _ASSUMED.set([])
+    try:
+        ty = infer(args, attrs, loc)
+        return ty, list(_ASSUMED.get() or [])
+    finally:
+        _ASSUMED.reset(token)
 
 
 @register_infer("matmul")
@@ -184,6 +207,7 @@ def _matmul(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
         raise MlcError(
             f"matmul: contraction dims differ: ({dims_str(a)}) by ({dims_str(b)}): "
             f"{dims_str([a2[-1]])} vs {dims_str([b2[-2]])}", loc)
+    assume_equal(a2[-1], b2[-2])
     batch = broadcast_shapes([a2[:-2], b2[:-2]], loc)
     out = batch + ((a2[-2],) if len(a) > 1 else ()) + ((b2[-1],) if len(b) > 1 else ())
     return TensorType(out, dt)

@@ -1,0 +1,453 @@
+"""Schedule rules: the design space of a tensor program, and its deterministic default point.
+
+As in MetaSchedule, a design space is what the rules write into a `Schedule` with sampling
+instructions (`sample_perfect_tile`, `sample_categorical`) where a choice is open: the trace of one
+run is one point, and search mutates its decisions and replays. `default_schedule` runs the same
+rules but passes each sampling instruction a hand-picked decision, so its trace is a valid starting
+point for search too. Rules, in order, per block:
+
+- auto-inline: elementwise blocks writing intermediates fold into their consumers;
+- multi-level tiling: blocks with a reduction and data reuse (matmul, dense, conv) get SSRSRS tiles
+  on CPU (SSSRRSRS on GPU, outer/virtual/thread levels bound), an accumulator in a local buffer
+  written back under the tile (where elementwise epilogues then fold in);
+- random compute location: producers without reuse (softmax/layernorm statistics) move under
+  their consumer's outer loop;
+- parallel-vectorize-unroll: outer spatial loops fused and run in parallel, the innermost spatial
+  loop vectorized, small register tiles unrolled;
+- cross-thread reduction (GPU): row reductions rfactored over a thread-bound loop.
+Every primitive a rule tries is checked by the primitive itself; a rule that does not apply leaves
+the schedule as it was (primitives are atomic), so rules compose on any program `lower` emits.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from mlc.ir import arith
+from mlc.ir.diagnostics import MlcError
+from mlc.ir.expr import Var, free_vars
+from mlc.ir.tir import BlockStmt, For, PrimFunc
+
+from .schedule import Schedule
+from .scope import is_param
+from .trace import BlockRV, LoopRV
+from .tree import block_reads, block_writes, loads_in, stmt_exprs
+
+RULES: tuple[str, ...] = ("auto-inline", "multi-level-tiling", "random-compute-location",
+                          "parallel-vectorize-unroll", "cross-thread-reduction")
+
+
+@dataclass(frozen=True)
+class TargetInfo:
+    """What the rules need to know about a target: kind, vector lanes (f32) and cores."""
+
+    kind: str = "cpu"  # cpu | cuda
+    lanes: int = 8
+    cores: int = 2
+    max_threads: int = 1024
+
+    @property
+    def gpu(self) -> bool:
+        return self.kind == "cuda"
+
+
+def target_info(target: str | TargetInfo | None = None) -> TargetInfo:
+    """`cpu` (the host: lanes from LLVM's feature detection) or `cuda`."""
+    if isinstance(target, TargetInfo):
+        return target
+    kind = (target or "cpu").split()[0].lower()
+    if kind in ("cuda", "gpu", "nvidia"):
+        return TargetInfo("cuda", lanes=1, cores=1)
+    if kind not in ("cpu", "llvm", "host", "x86", "x86_64"):
+        raise MlcError(f"schedule: unknown target '{target}' (expected cpu or cuda)")
+    import os
+
+    from mlc.codegen.cpu import host_target
+
+    return TargetInfo("cpu", lanes=host_target().lanes(32), cores=os.cpu_count() or 1)
+
+
+# ---- program analysis -------------------------------------------------------------------------
+def _const(e: object) -> int | None:
+    return arith.as_int(e)  # type: ignore[arg-type]
+
+
+def _loop_kinds(sch: Schedule, block: BlockRV, loops: list[LoopRV]) -> list[str]:
+    """Per loop: "S" if it only feeds spatial iterators, "R" if it feeds a reduce one, "" if none."""
+    b = sch.get(block)
+    assert isinstance(b, BlockStmt)
+    out = []
+    for lp in loops:
+        v = Var(lp.name)
+        kinds = {iv.kind for iv in b.iters if v in {Var(x.name) for x in free_vars(iv.binding)}}
+        out.append("R" if "R" in kinds else "S" if kinds else "")
+    return out
+
+
+def _is_reduction(b: BlockStmt) -> bool:
+    return any(iv.kind == "R" for iv in b.iters)
+
+
+def needs_tiling(b: BlockStmt) -> bool:
+    """A reduction with reuse: some input is not indexed by every (non-unit) spatial iterator."""
+    if not _is_reduction(b):
+        return False
+    spatial = {iv.var.name for iv in b.iters if iv.kind == "S" and _const(iv.extent) != 1}
+    if len(spatial) < 2:
+        return False
+    out = {x.name for x in block_writes(b)}
+    reads = [ld for e in stmt_exprs(b.body) for ld in loads_in(e) if ld.buffer.name not in out]
+    if len({ld.buffer.name for ld in reads}) < 2:
+        return False
+    return any(not spatial <= {v.name for i in ld.indices for v in free_vars(i)} for ld in reads)
+
+
+def _leaf_blocks(sch: Schedule) -> list[BlockRV]:
+    return [rv for rv in sch.get_blocks() if not any(isinstance(s, BlockStmt) for s in _stmts(sch.get(rv).body))]
+
+
+def _stmts(s: object) -> list[object]:
+    from .tree import walk
+
+    return [x for _, x in walk(s)]  # type: ignore[arg-type]
+
+
+def _try(fn: Callable[..., object], *args: object, **kw: object) -> object | None:
+    """Apply a primitive if its preconditions hold (a failed primitive changes nothing)."""
+    try:
+        return fn(*args, **kw)
+    except MlcError:
+        return None
+
+
+# ---- sampling helpers: a decision given (default) or left to the schedule's rng (design space) --
+@dataclass
+class Chooser:
+    """`pick` supplies decisions: None samples at random (design space), else a deterministic default."""
+
+    default: bool
+
+    def tile(self, sch: Schedule, loop: LoopRV, n: int, max_inner: int, want: Sequence[int] | None) -> list[int]:
+        return list(sch.sample_perfect_tile(loop, n, max_inner, decision=want if self.default else None))
+
+    def cat(self, sch: Schedule, candidates: Sequence[int], want: int) -> int:
+        probs = [1.0] * len(candidates)
+        dec = candidates.index(want) if self.default else None
+        return int(sch.sample_categorical(list(candidates), probs, decision=dec))
+
+
+def _divisor_at_most(n: int, cap: int, multiple: int = 1) -> int:
+    """The largest divisor of n that is <= cap, preferring multiples of `multiple`."""
+    best = 1
+    for d in range(1, min(n, cap) + 1):
+        if n % d == 0 and (d % multiple == 0 or best % multiple != 0):
+            best = d
+    return best
+
+
+def _perfect(ext: int, levels: int, inner: Sequence[int]) -> list[int]:
+    """A perfect tiling with the given inner factors (each reduced to a divisor), the rest outermost."""
+    out = [1] * levels
+    rest = ext
+    for pos, want in zip(range(levels - 1, 0, -1), reversed(inner)):
+        f = math.gcd(rest, want) if want else 1
+        out[pos] = f
+        rest //= f
+    out[0] = rest
+    return out
+
+
+# ---- rules ------------------------------------------------------------------------------------
+def auto_inline(sch: Schedule) -> None:
+    """Fold elementwise intermediates into their consumers (producers first, to a fixed point)."""
+    changed = True
+    while changed:
+        changed = False
+        for rv in _leaf_blocks(sch):
+            b = sch.get(rv)
+            assert isinstance(b, BlockStmt)
+            if _is_reduction(b) or any(is_param(sch.func, x.name) for x in block_writes(b)):
+                continue
+            if _try(sch.compute_inline, rv) is not None or rv not in sch.get_blocks():
+                changed = True
+                break
+
+
+def _default_tiles(exts: list[int | None], kinds: list[str], tgt: TargetInfo) -> list[list[int] | None]:
+    """Default SSRSRS factors per loop (None: symbolic, inner factors only via `_inner_plan`).
+
+    The contiguous (last spatial) axis gets a vector tile two registers wide, the axis before it
+    an 8-row register tile; every other row tile of that axis stays in S1 (one core streams a panel
+    of B through its caches across them) unless the outer spatial loops give too little parallel work.
+    """
+    spatial = [i for i, k in enumerate(kinds) if k == "S"]
+    last = spatial[-1] if spatial else -1
+    row = spatial[-2] if len(spatial) > 1 else -1
+    out: list[list[int] | None] = []
+    for pos, (ext, kind) in enumerate(zip(exts, kinds)):
+        if ext is None:
+            out.append(None)
+        elif kind == "R":
+            out.append([ext, 1])
+        elif pos == last:
+            out.append(_perfect(ext, 4, [1, 1, 2 * tgt.lanes]))
+        elif pos == row:
+            out.append(_perfect(ext, 4, [ext, 8, 1]))
+        else:
+            out.append([ext, 1, 1, 1])
+    par = math.prod(t[0] for t in out if t is not None and len(t) == 4)
+    if row >= 0 and out[row] is not None:
+        t = out[row]
+        assert t is not None
+        for d in range(1, t[1] + 1):
+            if t[1] % d == 0 and (par * d >= 4 * tgt.cores or d == t[1]):
+                out[row] = [d, t[1] // d, t[2], t[3]]
+                break
+    return out
+
+
+def _inner_plan(kind: str, pos: int, kinds: list[str], tgt: TargetInfo) -> list[int]:
+    """Inner factors of a symbolic-extent loop (the outermost takes the rest)."""
+    spatial = [i for i, k in enumerate(kinds) if k == "S"]
+    if kind == "R":
+        return [1]
+    if spatial and pos == spatial[-1]:
+        return [1, 1, 2 * tgt.lanes]
+    if len(spatial) > 1 and pos == spatial[-2]:
+        return [1, 8, 1]
+    return [1, 1, 1]
+
+
+def multi_level_tiling(sch: Schedule, block: BlockRV, tgt: TargetInfo, ch: Chooser) -> LoopRV | None:
+    """SSRSRS (CPU) / SSSRRSRS (GPU) tiling with a local accumulator; returns the loop it writes back under."""
+    loops = sch.get_loops(block)
+    kinds = _loop_kinds(sch, block, loops)
+    if "" in kinds:
+        return None
+    s_levels, r_levels = (5, 3) if tgt.gpu else (4, 2)
+    spatial = [i for i, k in enumerate(kinds) if k == "S"]
+    last_s = spatial[-1] if spatial else -1
+    per_level_s: list[list[LoopRV]] = [[] for _ in range(s_levels)]
+    per_level_r: list[list[LoopRV]] = [[] for _ in range(r_levels)]
+    exts = [_const(sch.get(lp).extent) for lp in loops]  # type: ignore[union-attr]
+    wants = _default_tiles(exts, kinds, tgt)
+    for pos, (lp, kind) in enumerate(zip(loops, kinds)):
+        n = s_levels if kind == "S" else r_levels
+        want = wants[pos]
+        if tgt.gpu:
+            want = None if exts[pos] is None else _perfect(exts[pos], n, [32, 1, 1] if pos == last_s else [1])  # type: ignore[arg-type]
+        if exts[pos] is not None:
+            fac: list[int | None] = list(ch.tile(sch, lp, n, 64 if kind == "S" else 16, want))
+        else:  # symbolic extent: sample the inner factors, the outermost takes the rest
+            plan = [1] * (n - 1) if tgt.gpu else _inner_plan(kind, pos, kinds, tgt)
+            cands = [1, 2, 4, 8, 16, 32, 64]
+            fac = [None] + [ch.cat(sch, cands, p if p in cands else 1) for p in plan]
+        parts = sch.split(lp, fac) if n > 1 else [lp]
+        levels = per_level_s if kind == "S" else per_level_r
+        for lvl, part in enumerate(parts):
+            levels[lvl].append(part)
+    order_spec = "SSSRRSRS" if tgt.gpu else "SSRSRS"
+    order: list[LoopRV] = []
+    si = ri = 0
+    for c in order_spec:
+        if c == "S":
+            order += per_level_s[si]
+            si += 1
+        else:
+            order += per_level_r[ri]
+            ri += 1
+    sch.reorder(*order)
+    b = sch.get(block)
+    assert isinstance(b, BlockStmt)
+    if not b.iters or not per_level_s[0]:
+        return None
+    # accumulate a tile in a local buffer, written back after the reduction of the tile
+    at = per_level_s[(2 if tgt.gpu else 1)][-1]
+    wb = _try(sch.cache_write, block, 0, "local")
+    if isinstance(wb, BlockRV):
+        if _try(sch.reverse_compute_at, wb, at) is None:
+            pass
+        else:
+            for c in sch.get_consumers(wb):
+                _try(sch.reverse_compute_inline, c)
+    if per_level_r[0]:
+        _try(sch.decompose_reduction, block, per_level_r[0][0])
+    if tgt.gpu:
+        _bind_gpu_tiles(sch, per_level_s)
+        return at
+    # inner register tile: unroll the row level, vectorize the contiguous level
+    if kinds[last_s] == "S" and per_level_s[3]:
+        _try(sch.vectorize, per_level_s[3][-1])
+    for lp in per_level_s[2]:
+        ext = _const(sch.get(lp).extent)  # type: ignore[union-attr]
+        if ext is not None and 1 < ext <= 16:
+            _try(sch.unroll, lp)
+    outer = per_level_s[0]
+    fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
+    _try(sch.parallel, fused)
+    _vectorize_write_back(sch)
+    return at
+
+
+def _bind_gpu_tiles(sch: Schedule, levels: list[list[LoopRV]]) -> None:
+    """S0 -> blockIdx.x, S1 -> vthread.x, S2 -> threadIdx.x (each level fused first)."""
+    for lvl, tag in ((0, "blockIdx.x"), (1, "vthread.x"), (2, "threadIdx.x")):
+        loops = levels[lvl]
+        if loops:
+            fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
+            _try(sch.bind, fused, tag)
+
+
+def _vectorize_write_back(sch: Schedule) -> None:
+    for rv in sch.get_blocks():
+        if rv.name.endswith("_wb"):
+            loops = sch.get_loops(rv)
+            if loops and sch.get(loops[-1]).kind == "serial":  # type: ignore[union-attr]
+                _try(sch.vectorize, loops[-1])
+
+
+def random_compute_location(sch: Schedule, block: BlockRV, ch: Chooser) -> bool:
+    """Move a producer under its consumer's outer loop (choice: root, or the first k consumer loops)."""
+    consumers = sch.get_consumers(block)
+    if len(consumers) != 1:
+        return False
+    c_loops = sch.get_loops(consumers[0])
+    if not c_loops:
+        return False
+    cands = list(range(min(2, len(c_loops)) + 1))  # 0: stay at root, i: under consumer loop i-1
+    pick = ch.cat(sch, cands, 1)
+    if pick == 0:
+        return False
+    return _try(sch.compute_at, block, c_loops[pick - 1]) is not None
+
+
+def parallel_vectorize_unroll(sch: Schedule, block: BlockRV, tgt: TargetInfo, ch: Chooser) -> None:
+    """Fuse and parallelize the outer spatial loops of a block; vectorize its innermost spatial loop."""
+    loops = sch.get_loops(block)
+    if not loops or any(sch.get(lp).kind != "serial" for lp in loops):  # type: ignore[union-attr]
+        return
+    kinds = _loop_kinds(sch, block, loops)
+    n_outer = 0
+    while n_outer < len(loops) and kinds[n_outer] == "S":
+        n_outer += 1
+    if n_outer == len(loops) and n_outer >= 1:  # elementwise: the last loop is the vector loop
+        last = loops[-1]
+        ext = _const(sch.get(last).extent)  # type: ignore[union-attr]
+        w = ch.cat(sch, [0, tgt.lanes, 2 * tgt.lanes, 4 * tgt.lanes], tgt.lanes)
+        if w and (ext is None or ext > w):
+            parts = _try(sch.split, last, [None, w])
+            if isinstance(parts, list):
+                loops = loops[:-1] + parts
+                n_outer = len(loops) - 1
+        if w:
+            _try(sch.vectorize, loops[-1])
+        n_outer = min(n_outer, len(loops) - 1) if len(loops) > 1 else n_outer
+    if n_outer == 0 or tgt.gpu:
+        return
+    # fuse just enough outer loops for every core to get work
+    k = 1
+    prod = _const(sch.get(loops[0]).extent)  # type: ignore[union-attr]
+    while k < n_outer and prod is not None and prod < 4 * tgt.cores:
+        e = _const(sch.get(loops[k]).extent)  # type: ignore[union-attr]
+        prod = None if e is None else prod * e
+        k += 1
+    fused = sch.fuse(*loops[:k]) if k > 1 else loops[0]
+    if _const(sch.get(fused).extent) != 1:  # type: ignore[union-attr]
+        _try(sch.parallel, fused)
+
+
+def cross_thread_reduction(sch: Schedule, block: BlockRV, ch: Chooser) -> bool:
+    """GPU: split a row reduction's innermost reduce loop and rfactor it over threadIdx.x."""
+    loops = sch.get_loops(block)
+    kinds = _loop_kinds(sch, block, loops)
+    if not loops or kinds[-1] != "R":
+        return False
+    width = ch.cat(sch, [32, 64, 128, 256], 32)
+    parts = _try(sch.split, loops[-1], [None, width])
+    if not isinstance(parts, list):
+        return False
+    rf = _try(sch.rfactor, parts[-1], 0, block)
+    if not isinstance(rf, BlockRV):
+        return False
+    rf_loops = sch.get_loops(rf)
+    for lp in rf_loops:
+        if lp.name == parts[-1].name:
+            _try(sch.bind, lp, "threadIdx.x")
+    return True
+
+
+# ---- driving the rules ------------------------------------------------------------------------
+def apply_rules(func: PrimFunc, target: str | TargetInfo | None = None, seed: int = 0, default: bool = False,
+                rules: Sequence[str] = RULES) -> Schedule:
+    """Run the rules on `func`: a random point of the design space, or the default one."""
+    tgt = target_info(target)
+    unknown = set(rules) - set(RULES)
+    if unknown:
+        raise MlcError(f"schedule: unknown rules {', '.join(sorted(unknown))} (known: {', '.join(RULES)})")
+    sch = Schedule(func, seed=seed)
+    ch = Chooser(default)
+    if "auto-inline" in rules:
+        auto_inline(sch)
+    done: set[str] = set()
+    if "multi-level-tiling" in rules:
+        for rv in _leaf_blocks(sch):
+            b = sch.get(rv)
+            if isinstance(b, BlockStmt) and needs_tiling(b):
+                before = {x.name for x in sch.get_blocks()}
+                if multi_level_tiling(sch, rv, tgt, ch) is not None:
+                    done |= {x.name for x in sch.get_blocks()} - before | {rv.name}
+                    done |= {x.name for x in sch.get_blocks() if x.name.startswith(rv.name)}
+    moved: set[str] = set()
+    if "random-compute-location" in rules:
+        for rv in _leaf_blocks(sch):
+            b = sch.get(rv)
+            if rv.name in done or not isinstance(b, BlockStmt) or any(is_param(sch.func, x.name)
+                                                                     for x in block_writes(b)):
+                continue
+            if random_compute_location(sch, rv, ch):
+                moved.add(rv.name)
+    if tgt.gpu and "cross-thread-reduction" in rules:
+        for rv in _leaf_blocks(sch):
+            b = sch.get(rv)
+            if rv.name not in done and isinstance(b, BlockStmt) and _is_reduction(b):
+                cross_thread_reduction(sch, rv, ch)
+    if "parallel-vectorize-unroll" in rules:
+        _parallel_roots(sch, tgt, ch, done | moved)
+    return sch
+
+
+def _parallel_roots(sch: Schedule, tgt: TargetInfo, ch: Chooser, skip: set[str]) -> None:
+    """Parallelize every root-level nest not already scheduled (blocks moved under another nest go with it)."""
+    for rv in _leaf_blocks(sch):
+        if rv.name in skip:
+            continue
+        loops = sch.get_loops(rv)
+        # a nest holding several blocks (after compute_at): parallelize its shared outer loop only
+        outer = loops[0] if loops else None
+        if outer is None:
+            continue
+        shared = [x for x in _leaf_blocks(sch) if x.name != rv.name and sch.get_loops(x)[:1] == [outer]]
+        if shared:
+            k = _loop_kinds(sch, rv, [outer])[0]
+            if k == "S" and sch.get(outer).kind == "serial":  # type: ignore[union-attr]
+                _try(sch.parallel, outer)
+            skip |= {x.name for x in shared}
+            continue
+        parallel_vectorize_unroll(sch, rv, tgt, ch)
+
+
+def default_schedule(func: PrimFunc, target: str | TargetInfo | None = None) -> Schedule:
+    """Deterministic good defaults: tiled + vectorized + parallel matmul/conv, parallel rows elsewhere."""
+    return apply_rules(func, target, default=True)
+
+
+def sample_schedule(func: PrimFunc, target: str | TargetInfo | None = None, seed: int = 0,
+                    rules: Sequence[str] = RULES) -> Schedule:
+    """One random point of the design space (its trace is what search mutates)."""
+    return apply_rules(func, target, seed=seed, default=False, rules=rules)
+
+
+__all__ = ["RULES", "TargetInfo", "apply_rules", "default_schedule", "needs_tiling", "sample_schedule",
+           "target_info", "block_reads"]
