@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import mlc.ir.ops  # noqa: F401  (loads the op registry)
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-import mlc.ir.ops  # noqa: F401  (loads the op registry)
 from mlc.ir import Binding, Block, Const, Function, Module, OpCall, TensorType, Value, Var, attrs_of
 from mlc.ir.interp import run_function
 from mlc.ir.ops.registry import get

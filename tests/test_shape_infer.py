@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from mlc.ir import MlcError
 from mlc.ir.interp import run_function
 from mlc.ir.parser import parse_module
