@@ -22,10 +22,15 @@ demo: $(VENV)/.installed
 	@mkdir -p $(OUT)
 	$(BIN)/mlc zoo default -o $(OUT)
 	$(BIN)/mlc import $(OUT)/default.onnx -o $(OUT)/default.ir
-	$(BIN)/mlc opt $(OUT)/default.ir --pipeline configs/pipelines/default.yaml --timing -o $(OUT)/default.opt.ir
-	$(BIN)/python -c "import numpy as np; np.savez('$(OUT)/in.npz', x=np.random.default_rng(0).standard_normal((4, 64)).astype('float32'))"
-	$(BIN)/mlc run $(OUT)/default.opt.ir --inputs $(OUT)/in.npz -o $(OUT)/out.npz
-	@echo "demo: wrote $(OUT)/out.npz"
+	$(BIN)/mlc opt $(OUT)/default.ir -p configs/pipelines/build-cpu.yaml --timing -o $(OUT)/default.opt.ir
+	$(BIN)/mlc codegen $(OUT)/default.opt.ir --target cpu --emit llvm,asm -o $(OUT)/default.mlc
+	$(BIN)/python -c "import numpy as np; np.savez('$(OUT)/in.npz', x=np.random.default_rng(0).standard_normal((32, 64)).astype('float32'))"
+	$(BIN)/mlc run $(OUT)/default.mlc --inputs $(OUT)/in.npz -o $(OUT)/out.npz
+	$(BIN)/mlc run $(OUT)/default.ir --inputs $(OUT)/in.npz -o $(OUT)/ref.npz
+	$(BIN)/python -c "import numpy as np; a, b = np.load('$(OUT)/out.npz'), np.load('$(OUT)/ref.npz'); \
+	  [np.testing.assert_allclose(a[k], b[k], rtol=1e-4, atol=1e-5) for k in b.files]; \
+	  print('demo: compiled output matches the reference interpreter:', ', '.join(f'{k}{a[k].shape}' for k in a.files))"
+	$(BIN)/mlc bench $(OUT)/default.mlc --shape N=32 --onnx $(OUT)/default.onnx
 
 test: $(VENV)/.installed
 	$(BIN)/ruff check .

@@ -61,8 +61,14 @@ def build_cmd(base: str, method: str, codebooks: int, codewords: int, beam: int,
 
 def _write_text(path: str, text: str) -> None:
     tmp = Path(f"{path}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise MlcError(f"{path}: cannot write: {e.strerror or e}") from None
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 def _search_options(fn):  # noqa: ANN001, ANN202

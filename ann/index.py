@@ -75,15 +75,20 @@ class AnnIndex:
             width = beam if beam is not None else self.atree().max_width()
             ids, dist = self.atree().search(luts, self.codes, qb, self.vector_bias, short, max(int(width), 1))
         else:
-            if mode == "flat":
-                sums = table_sum(luts, self.codes)
-            elif mode == "ir":
-                from .program import run_scan
+            fused = None
+            if mode == "ir":
+                from .program import run_scan, run_search
 
-                sums = run_scan(luts, self.codes)
+                fused = run_search(luts, self.codes, self.vector_bias, qb, short)
+                if fused is None:  # no native codegen here: interpret the scan program, top-k in numpy
+                    dist_all = run_scan(luts, self.codes, self.vector_bias, qb, backend="interp")
             else:
-                sums = self.forest(1 if mode == "etree" else groups).table_sum(luts)
-            ids, dist = topk(add_biases(sums, qb, self.vector_bias), short)
+                sums = table_sum(luts, self.codes) if mode == "flat" else \
+                    self.forest(1 if mode == "etree" else groups).table_sum(luts)
+                dist_all = add_biases(sums, qb, self.vector_bias)
+            ids, dist = fused if fused is not None else topk(dist_all, short)
+            if fused is not None and short > self.size:
+                ids[:, self.size:], dist[:, self.size:] = -1, np.inf
         if rerank_k:
             ids, dist = rerank(q, self.base, ids, k)
         return ids[:, :k], dist[:, :k]

@@ -69,6 +69,8 @@ def write_index(path: str | os.PathLike, index: AnnIndex) -> None:
     try:
         tmp.write_bytes(body + hashlib.sha256(body).digest())
         os.replace(tmp, path)
+    except OSError as e:
+        raise MlcError(f"cannot write the index: {e.strerror or e}", Loc(str(path))) from None
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -104,6 +104,8 @@ def write_vectors(path: str | os.PathLike, data: np.ndarray) -> None:
             out[:, 4:] = np.ascontiguousarray(arr.astype(dtype)).view(np.uint8).reshape(n, -1)
             tmp.write_bytes(out.tobytes())
         os.replace(tmp, path)
+    except OSError as e:
+        raise _fail(path, f"cannot write: {e.strerror or e}") from None
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -1,12 +1,15 @@
 """The index search as a tensor program of the toolchain.
 
-Two PrimFuncs are emitted for an index: `ann_lut` (query -> lookup tables: -2 <q, c> for
-additive quantizers, sub-vector squared distances for PQ, on already rotated queries) and
+Three PrimFuncs are emitted for an index: `ann_lut` (query -> lookup tables: -2 <q, c> for
+additive quantizers, sub-vector squared distances for PQ, on already rotated queries),
 `ann_scan` (table sums over the codes in codebook order, then + vector bias + query bias:
-one block with a reduce iterator over the codebooks, then an epilogue block). They are
-printed as the index's text IR and run by `codegen.jit.compile_module` (native code, the same
-lowering every other tensor program gets) or, where that is unavailable, by the reference
-interpreter `ir.tir_interp.run_prim`. Top-k selection stays in numpy (search.topk).
+one block with a reduce iterator over the codebooks, then an epilogue block) and
+`ann_search` (the same sums fused with a top-k insertion, so no n-wide distance row is ever
+written). They are printed as the index's text IR and run by `codegen.jit.compile_module`
+(native code, the same lowering every other tensor program gets) or, where that is
+unavailable, by the reference interpreter `ir.tir_interp.run_prim` (scan) or numpy (top-k).
+Search mode `ir` runs `ann_search` compiled; the lookup tables are computed by numpy (BLAS),
+`ann_lut` is checked against them.
 """
 
 from __future__ import annotations
@@ -57,14 +60,14 @@ def lut_func(method: str, dim: int, m: int, k: int) -> PrimFunc:
     return build("ann_lut", [qs, cb], [lut])
 
 
-def search_module(method: str, dim: int, m: int, k: int, code_dtype: str = "u8") -> Module:
-    return Module((lut_func(method, dim, m, k), scan_func(m, k, code_dtype)))
+def search_module(method: str, dim: int, m: int, k: int, code_dtype: str = "u8", topk: int = 10) -> Module:
+    return Module((lut_func(method, dim, m, k), scan_func(m, k, code_dtype), search_func(m, k, topk, code_dtype)))
 
 
-def search_ir_text(method: str, dim: int, m: int, k: int, code_dtype: str = "u8") -> str:
+def search_ir_text(method: str, dim: int, m: int, k: int, code_dtype: str = "u8", topk: int = 10) -> str:
     from ..ir.printer import print_module
 
-    return print_module(search_module(method, dim, m, k, code_dtype))
+    return print_module(search_module(method, dim, m, k, code_dtype, topk))
 
 
 @lru_cache(maxsize=8)
@@ -108,3 +111,67 @@ def run_lut(method: str, queries: np.ndarray, codebooks: np.ndarray) -> np.ndarr
     run_prim(lut_func(method, queries.shape[1], m, k), [np.ascontiguousarray(queries, np.float32),
                                                          np.ascontiguousarray(codebooks, np.float32), out])
     return out
+
+
+def search_func(m: int, k: int, topk: int, code_dtype: str = "u8") -> PrimFunc:
+    """Fused scan + top-k: each distance is computed in a register and inserted into a sorted
+    k-list when it beats the current k-th (ties keep the smaller id first, as search.topk).
+
+    The insertion walks j = k-1 .. 0: slot j takes slot j-1's entry if that one is larger than
+    d (a shift), else takes (d, i) if its own entry is larger than d, else stays; reading only
+    slots not yet written, so one backward pass inserts in place.
+    """
+    from ..ir.expr import Bin, Const, Load, Select
+    from ..ir.tir import Buffer, For, IfStmt, Let, Seq, Store
+
+    lut = Buffer("lut", (NQ, Const(m), Const(k)), "f32")
+    codes = Buffer("codes", (N, Const(m)), code_dtype)
+    vbias, qbias = Buffer("vbias", (N,), "f32"), Buffer("qbias", (NQ,), "f32")
+    best_d = Buffer("best_d", (NQ, Const(topk)), "f32")
+    best_i = Buffer("best_i", (NQ, Const(topk)), "i64")
+    q, i, jj, t = Var("q"), Var("i"), Var("jj"), Var("t")
+    d = Var("d", "f32")
+    # d = ((sum_m lut[q, m, codes[i, m]]) + vbias[i]) + qbias[q], summed in codebook order
+    total = Load(lut, (q, Const(0), Cast("i64", Load(codes, (i, Const(0))))))
+    for j_ in range(1, m):
+        total = Bin("add", total, Load(lut, (q, Const(j_), Cast("i64", Load(codes, (i, Const(j_)))))))
+    total = Bin("add", Bin("add", total, Load(vbias, (i,))), Load(qbias, (q,)))
+    j = Bin("sub", Const(topk - 1), jj)
+    prev = Bin("max", Bin("sub", j, Const(1)), Const(0))
+    shift = Bin("and", Bin("gt", j, Const(0)), Bin("gt", Load(best_d, (q, prev)), d))
+    place = Bin("gt", Load(best_d, (q, j)), d)
+    insert = For(jj, Const(0), Const(topk), Seq((
+        Store(best_i, (q, j), Select(shift, Load(best_i, (q, prev)), Select(place, i, Load(best_i, (q, j))))),
+        Store(best_d, (q, j), Select(shift, Load(best_d, (q, prev)), Select(place, d, Load(best_d, (q, j))))),
+    )))
+    scan = For(i, Const(0), N, Let(d, total, IfStmt(Bin("lt", d, Load(best_d, (q, Const(topk - 1)))), insert)))
+    init = For(t, Const(0), Const(topk), Seq((Store(best_d, (q, t), Const(float("inf"), "f32")),
+                                               Store(best_i, (q, t), Const(-1)))))
+    body = For(q, Const(0), NQ, Seq((init, scan)))
+    return PrimFunc("ann_search", (lut, codes, vbias, qbias, best_d, best_i), 2, body)
+
+
+@lru_cache(maxsize=8)
+def _compiled_search(m: int, k: int, topk: int, code_dtype: str):  # noqa: ANN202
+    try:
+        from ..codegen.jit import compile_module
+
+        return compile_module([search_func(m, k, topk, code_dtype)]).kernel("ann_search")
+    except (ImportError, MlcError, NotImplementedError):
+        return None
+
+
+def run_search(luts: np.ndarray, codes: np.ndarray, vbias: np.ndarray | None, qbias: np.ndarray,
+               topk: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """Top-k ids and distances by the compiled fused program; None where codegen cannot build it."""
+    nq, m, k = luts.shape
+    cdt = "u8" if codes.dtype == np.uint8 else "u16"
+    kern = _compiled_search(m, k, topk, cdt)
+    if kern is None:
+        return None
+    bd = np.empty((nq, topk), np.float32)
+    bi = np.empty((nq, topk), np.int64)
+    vb = np.zeros(len(codes), np.float32) if vbias is None else np.ascontiguousarray(vbias, np.float32)
+    kern([np.ascontiguousarray(luts, np.float32), np.ascontiguousarray(codes), vb,
+          np.ascontiguousarray(qbias, np.float32), bd, bi])
+    return bi, bd

@@ -155,10 +155,12 @@ def codegen_cmd(input: str, output: str, target: str, emit: str) -> None:
 @click.option("--db", default=None, help="Tuning database (JSON lines) whose best records schedule the kernels.")
 @click.option("--dim", "dims", multiple=True, metavar="NAME=SYMBOL", help="Name a dynamic ONNX axis' symbol.")
 @click.option("--timing", is_flag=True, help="Print a table of wall time per pass.")
+@click.option("--dim-bound", "bounds", multiple=True, metavar="NAME=VALUE",
+              help="Upper bound of a symbolic dim, to report the memory plan's static upper bound.")
 @_emit_option
 @handle_errors
 def build_cmd(model: str, output: str, target: str, pipeline: str | None, db: str | None, dims: tuple[str, ...],
-              timing: bool, emit: str) -> None:
+              timing: bool, bounds: tuple[str, ...], emit: str) -> None:
     """ONNX or IR -> import, shape-infer, fuse, schedule, codegen -> one artifact."""
     from mlc.passes.pipeline import load_pipeline, run_pipeline
     from mlc.passes.registry import PassContext
@@ -187,7 +189,41 @@ def build_cmd(model: str, output: str, target: str, pipeline: str | None, db: st
     module, report = run_pipeline(module, steps, ctx, verify_each=True)
     if timing:
         print_timings(report.timings)
-    _write_build(build_artifact(module, ctx.constants or {}, target, kinds), output, emit)
+    res = build_artifact(module, ctx.constants or {}, target, kinds)
+    _write_build(res, output, emit)
+    _report_plan(module, res, _bounds(bounds))
+
+
+def _bounds(items: tuple[str, ...]) -> dict[str, int]:
+    out = {}
+    for s in items:
+        k, _, v = s.partition("=")
+        if not v.isdigit():
+            raise click.BadParameter(f"expected NAME=INTEGER, got {s!r}", param_hint="--dim-bound")
+        out[k] = int(v)
+    return out
+
+
+def _report_plan(module: Any, res: Any, bounds: dict[str, int]) -> None:
+    """One line on stderr: kernels, and the memory plan as an expression of the symbolic dims."""
+    from mlc.ir.graph import Function
+    from mlc.ir.printer import print_expr
+    from mlc.runtime.memory_plan import plan_function
+
+    main = next((f for f in module.functions if isinstance(f, Function) and f.name == "main"), None)
+    msg = f"mlc build: {len(res.kernels)} kernels"
+    if main is not None:
+        plan = plan_function(main)
+        msg += (f"; memory plan {print_expr(plan.total_bytes)} bytes in {len(plan.token_bytes)} buffers"
+                f" (without reuse {print_expr(plan.naive_bytes)})")
+        if bounds:
+            try:
+                hi, naive = plan.evaluate(bounds)
+                msg += f"; at most {hi / 1024:.1f} KiB for {', '.join(f'{k}<={v}' for k, v in bounds.items())}"
+                msg += f" ({naive / 1024:.1f} KiB without reuse)"
+            except ValueError as e:
+                raise MlcError(f"--dim-bound: {e}") from None
+    click.echo(msg, err=True)
 
 
 def _with_memory_constants(module: Any, consts: dict[str, np.ndarray]) -> Any:
@@ -222,6 +258,10 @@ def bench_cmd(artifact: str, shapes: tuple[str, ...], onnx_path: str | None, run
     main = model.module.get("main")
     feeds = random_inputs(main, dims)  # type: ignore[arg-type]
     ours = time_fn(lambda: model(**feeds), runs=runs)
+    from mlc.ir.interp import bind_dims
+
+    planned, naive = model.memory_plan(bind_dims(main, feeds))  # type: ignore[arg-type]
+    click.echo(f"memory plan  {planned / 1024:.1f} KiB of intermediates ({naive / 1024:.1f} KiB without reuse)")
     click.echo(f"mlc          median {ours.median_ms:9.3f} ms  (min {ours.min_ms:.3f}, {ours.runs} runs)")
     src = onnx_path or str(model.meta.get("source") or "")
     if src and Path(src).is_file():

@@ -80,19 +80,37 @@ def _to_poly(e: Expr) -> Poly:
             return q if e.op == "floordiv" else {}
         return {(Bin(e.op, _from_poly(a), _from_poly(b)),): 1}
     if isinstance(e, Bin) and e.op in ("min", "max"):
-        a, b = _to_poly(e.a), _to_poly(e.b)
-        d = _as_const(_add(a, b, -1))
-        if d is not None:
-            return a if (d <= 0) == (e.op == "min") else b
-        if _nonneg(_add(b, a, -1)):  # a <= b
-            return a if e.op == "min" else b
-        if _nonneg(_add(a, b, -1)):
-            return b if e.op == "min" else a
-        return {(Bin(e.op, _from_poly(a), _from_poly(b)),): 1}
+        # flatten nested min/max, drop duplicates and terms another term provably dominates
+        terms: list[Poly] = []
+        for t in _flatten(e, e.op):
+            p = _to_poly(t)
+            if p not in terms:
+                terms.append(p)
+
+        def beaten(p: Poly, q: Poly) -> bool:  # q makes p redundant
+            d = _add(q, p, -1) if e.op == "max" else _add(p, q, -1)
+            c = _as_const(d)
+            return (c >= 0) if c is not None else _nonneg(d)
+
+        keep = [p for i, p in enumerate(terms)
+                if not any(beaten(p, q) and (not beaten(q, p) or j < i) for j, q in enumerate(terms) if j != i)]
+        exprs = sorted((_from_poly(p) for p in keep), key=_key)
+        if len(exprs) == 1:
+            return _to_poly(exprs[0])
+        out = exprs[0]
+        for x in exprs[1:]:
+            out = Bin(e.op, out, x)
+        return {(out,): 1}
     if isinstance(e, Cast) and e.a.dtype.startswith(("i", "u")) and e.dtype.startswith(("i", "u")):
         return _to_poly(e.a)
     # opaque atom: simplify inside, keep as a unit
     return {(_rebuild(e),): 1}
+
+
+def _flatten(e: Expr, op: str) -> list[Expr]:
+    if isinstance(e, Bin) and e.op == op:
+        return _flatten(e.a, op) + _flatten(e.b, op)
+    return [e]
 
 
 def _exact_quotient(a: Poly, b: Poly) -> Poly | None:
@@ -247,6 +265,11 @@ def _eval(e: Expr, env: dict[str, int]) -> int:
         missing = sorted(v.name for v in _vars(e) if v.name not in env)
         raise ValueError(f"cannot evaluate {e!r}: unbound {', '.join(missing) or 'terms'}")
     return r
+
+
+def evaluate_bool(e: Expr, env: Mapping[str, int]) -> bool:
+    """Truth of a condition over integer dims (comparisons joined by and/or)."""
+    return _eval_bool(e, dict(env))
 
 
 def _eval_bool(e: Expr, env: dict[str, int]) -> bool:

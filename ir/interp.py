@@ -144,7 +144,12 @@ class Interpreter:
             if op.infer is not None:
                 # the op's shape rules on the actual shapes: an unprovable clash of symbols fails here, named
                 op.infer([_concrete_type(a) for a in args], dict(n.attrs), n.loc)
-            return op.ref(args, dict(n.attrs), var.type, frame.dims)
+            try:
+                return op.ref(args, dict(n.attrs), var.type, frame.dims)
+            except MlcError as e:
+                if e.loc is None:
+                    raise MlcError(e.message, n.loc) from None
+                raise
         if isinstance(n, Constant):
             if n.key not in self.constants:
                 raise MlcError(f"constant '{n.key}' is not in the constants file", n.loc)

@@ -28,7 +28,7 @@ def dce_block(block: Block) -> Block:
     kept: list[Binding] = []
     for b in reversed(block.bindings):
         node = b.node
-        if b.var.name not in live and not isinstance(node, CallExtern):
+        if b.var.name not in live and not isinstance(node, CallExtern) and not _effectful(node):
             continue
         if isinstance(node, If):
             node = dataclasses.replace(node, then_block=dce_block(node.then_block), else_block=dce_block(node.else_block))
@@ -39,6 +39,17 @@ def dce_block(block: Block) -> Block:
         live.update(v.name for v in operands(node))
         kept.append(Binding(b.var, node, b.loc))
     return Block(tuple(reversed(kept)), block.results, block.loc)
+
+
+def _effectful(node: Node) -> bool:
+    """Op calls with an effect (run-time checks) stay even when nobody reads their value."""
+    if not isinstance(node, OpCall):
+        return False
+    from mlc.ir import ops  # noqa: F401
+    from mlc.ir.ops.registry import get
+
+    op = get(node.op)
+    return op is not None and not op.pure
 
 
 @register_pass("dce")

@@ -27,6 +27,7 @@ from mlc.ir.graph import (
     OpCall,
     Scalar,
     Value,
+    attrs_of,
 )
 from mlc.ir.module import Module
 from mlc.ir.rewrite import remap_args
@@ -176,7 +177,14 @@ class _Inferer:
         if not assumed:
             return node, ty
         args = list(node.args)
-        for want, have in assumed:
+        for asm in assumed:
+            if asm.equal is None:
+                chk = Value(self.fresh(b.var.name + "_check", taken), TensorType((), "bool"), b.var.loc)
+                taken.add(chk.name)
+                out.append(Binding(chk, OpCall("check", (), attrs_of({"cond": asm.cond, "message": asm.message}),
+                                               node.loc), b.loc))
+                continue
+            want, have = asm.equal
             for i, a in enumerate(args):
                 t = a.type
                 if isinstance(t, TensorType) and t.shape is not None and have in t.shape:

@@ -84,3 +84,27 @@ def test_compiled_model_checks_unprovable_dims(tmp_path: Path) -> None:
     np.testing.assert_allclose(model(x=np.ones((2, 3), "float32"), w=np.ones((3, 8), "float32"))["y"], np.full((2, 8), 3.0))
     with pytest.raises(MlcError, match="dim 0 is 4"):
         model(x=np.ones((2, 3), "float32"), w=np.ones((4, 8), "float32"))
+
+
+def test_unprovable_broadcast_is_checked_at_run_time() -> None:
+    src = "graph @main(%x: tensor<n x 4 x f32>, %z: tensor<m x 4 x f32>) {\n  %y: ? = add(%x, %z)\n  return %y\n}\n"
+    out = infer(src)
+    assert "check() {cond = m == n || m == 1" in out
+    m = parse_module(out, "o.ir")
+    for mv in (1, 3):  # broadcasts, or equal
+        run_function(m, {"x": np.ones((3, 4), "float32"), "z": np.ones((mv, 4), "float32")})
+    with pytest.raises(MlcError, match="m must equal n or be 1") as e:
+        run_function(m, {"x": np.ones((3, 4), "float32"), "z": np.ones((2, 4), "float32")})
+    assert e.value.loc is not None and e.value.loc.line == 4
+
+
+def test_symbolic_slice_end_is_checked_at_run_time() -> None:
+    src = ("graph @main(%x: tensor<64 x f32>, %y: tensor<t x f32>) {\n"
+           "  %s: ? = strided_slice(%x) {axes = (0,), begin = (0,), end = (t,)}\n"
+           "  %r: ? = add(%s, %y)\n  return %r\n}\n")
+    out = infer(src)
+    assert "cond = t <= 64" in out
+    m = parse_module(out, "o.ir")
+    run_function(m, {"x": np.ones(64, "float32"), "y": np.ones(10, "float32")})
+    with pytest.raises(MlcError, match="t <= 64"):
+        run_function(m, {"x": np.ones(64, "float32"), "y": np.ones(70, "float32")})

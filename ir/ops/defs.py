@@ -81,3 +81,7 @@ define("dynamic_slice", "injective", 2, {"axis": 0, "size": 1},
        "data[index:index+size] along axis; index is a ScalarType run-time value (a loop counter)")
 define("dynamic_update_slice", "injective", 3, {"axis": 0},
        "copy of data with update written at index along axis; index is a ScalarType value")
+
+define("check", "opaque", 0, {"cond": REQUIRED, "message": ""},
+       "run-time check of a condition on symbolic dims (inserted by shape-infer); fails with `message`",
+       pure=False)

@@ -409,3 +409,18 @@ def _dyn_update(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> An
     idx[_axis(attrs.get("axis", 0), x.ndim)] = slice(i, i + u.shape[_axis(attrs.get("axis", 0), x.ndim)])
     out[tuple(idx)] = u
     return out
+
+
+@ref("check")
+def _check(args: list[Any], attrs: dict[str, Any], out_type: Any, env: dict[str, int]) -> np.ndarray:
+    from ..arith import evaluate_bool
+    from ..diagnostics import MlcError
+
+    try:
+        ok = evaluate_bool(attrs["cond"], env)
+    except ValueError as e:
+        raise MlcError(f"check: {e}") from None
+    if not ok:
+        vals = ", ".join(f"{k} = {v}" for k, v in sorted(env.items()) if not k.startswith("_"))
+        raise MlcError(f"run-time shape check failed: {attrs.get('message') or 'condition'} (with {vals})")
+    return np.array(True)

@@ -27,6 +27,7 @@ class OpDef:
     num_inputs: tuple[int, int]  # (min, max); max -1 = variadic
     attrs: dict[str, Any] = field(default_factory=dict)  # name -> default (REQUIRED = no default)
     doc: str = ""
+    pure: bool = True  # False: has an effect (a run-time check), so DCE keeps it
     infer: Callable[..., Any] | None = None
     ref: Callable[..., Any] | None = None
     lower: Callable[..., Any] | None = None
@@ -42,13 +43,14 @@ REQUIRED = _Required()
 _OPS: dict[str, OpDef] = {}
 
 
-def define(name: str, kind: str, num_inputs: int | tuple[int, int], attrs: dict[str, Any] | None = None, doc: str = "") -> OpDef:
+def define(name: str, kind: str, num_inputs: int | tuple[int, int], attrs: dict[str, Any] | None = None, doc: str = "",
+           pure: bool = True) -> OpDef:
     if name in _OPS:
         raise ValueError(f"op {name} defined twice")
     if kind not in KINDS:
         raise ValueError(f"op {name}: unknown kind {kind}")
     n = (num_inputs, num_inputs) if isinstance(num_inputs, int) else num_inputs
-    op = OpDef(name, kind, n, dict(attrs or {}), doc)
+    op = OpDef(name, kind, n, dict(attrs or {}), doc, pure)
     _OPS[name] = op
     return op
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any
 
-from ..arith import as_int, provably_different, prove_equal, simplify
+from ..arith import as_int, provably_different, prove_equal, prove_le, simplify
 from ..diagnostics import Loc, MlcError
 from ..expr import Bin, Const, Expr, const
 from ..types import ScalarType, TensorType, TupleType, Type
@@ -87,6 +88,10 @@ def broadcast_shapes(shapes: Sequence[Shape], loc: Loc) -> Shape:
                 raise MlcError(
                     f"cannot broadcast shapes {' and '.join('(' + dims_str(s) + ')' for s in shapes)}: "
                     f"dim {dims_str([pick])} vs {dims_str([d])}", loc)
+            if not prove_equal(pick, d):
+                # the result takes `pick`'s size: valid when d equals it or broadcasts (d == 1)
+                assume(Bin("or", Bin("eq", d, pick), Bin("eq", d, ONE)),
+                       f"broadcast: {dims_str([d])} must equal {dims_str([pick])} or be 1")
         out.append(simplify(pick))
     return tuple(out)
 
@@ -173,19 +178,40 @@ def _check_dim(a: Expr, b: Expr, what: str, loc: Loc) -> None:
     assume_equal(a, b)
 
 
-# Equalities an op needs but cannot prove (k vs m); shape-infer turns them into run-time checks.
-_ASSUMED: ContextVar[list[tuple[Expr, Expr]] | None] = ContextVar("_ASSUMED", default=None)
+# What an op needs of symbolic dims but cannot prove (k == m, T <= 64); shape-infer turns these into
+# run-time checks: equalities into match_casts of the argument, other conditions into `check` ops.
+_ASSUMED: ContextVar[list[Assumption] | None] = ContextVar("_ASSUMED", default=None)
+
+
+@dataclass(frozen=True)
+class Assumption:
+    cond: Expr  # a boolean expression over dims
+    message: str
+    equal: tuple[Expr, Expr] | None = None  # set when cond is `a == b`
 
 
 def assume_equal(a: Expr, b: Expr) -> None:
     """Record that the op is only valid when a == b (nothing to record when provable)."""
     pending = _ASSUMED.get()
     if pending is not None and not prove_equal(a, b):
-        pending.append((a, b))
+        pending.append(Assumption(Bin("eq", a, b), f"{dims_str([a])} == {dims_str([b])}", (a, b)))
 
 
-def infer_with_assumptions(infer: Any, args: list[Type], attrs: dict[str, Any], loc: Loc) -> tuple[Type, list[tuple[Expr, Expr]]]:
-    """Run an op's infer and return its type plus the unproven equalities it relied on."""
+def assume_le(a: Expr, b: Expr, what: str) -> None:
+    """Record that the op is only valid when a <= b."""
+    pending = _ASSUMED.get()
+    if pending is not None and not prove_le(a, b):
+        pending.append(Assumption(Bin("le", a, b), f"{what}: {dims_str([a])} <= {dims_str([b])}"))
+
+
+def assume(cond: Expr, message: str) -> None:
+    pending = _ASSUMED.get()
+    if pending is not None:
+        pending.append(Assumption(cond, message))
+
+
+def infer_with_assumptions(infer: Any, args: list[Type], attrs: dict[str, Any], loc: Loc) -> tuple[Type, list[Assumption]]:
+    """Run an op's infer and return its type plus the unproven conditions it relied on."""
     token = _ASSUMED.set([])
     try:
         ty = infer(args, attrs, loc)
@@ -458,9 +484,13 @@ def slice_len(d: Expr, begin: Any, end: Any, step: int) -> Expr:
 
     if step > 0:
         start, stop = pos(begin, b, Const(0) if (b or 0) < 0 else d), pos(end, e, d if (e or 0) > 0 else Const(0))
+        assume_le(start, stop, "slice bounds")
+        assume_le(stop, d, "slice end within the dim")
         return simplify((stop - start + (step - 1)) // step)
     start = pos(begin, b, d - 1 if (b or 0) > 0 else Const(-1))
     stop = pos(end, e, Const(-1) if (e or 0) < 0 else d - 1)
+    assume_le(stop, start, "slice bounds")
+    assume_le(start, d - 1, "slice start within the dim")
     return simplify((start - stop + (-step - 1)) // (-step))
 
 
@@ -559,3 +589,8 @@ def _dyn_update(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
 
 
 __all__ = ["BIG", "broadcast_shapes", "dims_str", "numel", "resolve_reshape", "slice_len", "window_out"]
+
+
+@register_infer("check")
+def _check(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
+    return TensorType((), "bool")

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from mlc.ir import arith
 from mlc.ir.diagnostics import MlcError
 from mlc.ir.expr import Var, free_vars
-from mlc.ir.tir import BlockStmt, For, PrimFunc
+from mlc.ir.tir import BlockStmt, PrimFunc
 
 from .schedule import Schedule
 from .scope import is_param

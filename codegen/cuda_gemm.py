@@ -1,0 +1,316 @@
+"""GEMM stages on the GPU: a block tensorized with a `gemm_*` intrinsic becomes a tiled kernel.
+
+`match_gemm` recognises `C[.., i, j] += A[.., i, k] * B[.., k, j]` (row-major operands, either shared
+leading dims = batch, or leading dims of A and C only = rows folded into M). The schedule marks such
+a tile with `tensorize`; the stage is then emitted as one of two templates: f16/bf16 operands use tensor
+cores (wmma 16x16x16, f32 accumulators, a 3-stage cp.async pipeline through shared memory), f32 uses
+register tiles of 8x8 per thread. The tile loops of the schedule only certify the pattern; the
+template chooses its own block tile, which is what makes it fast on the hardware.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..ir import arith
+from ..ir.expr import Bin, Cast, Const, Expr, Load, Var
+from ..ir.tir import BlockStmt, Buffer, For, IfStmt, Let, PrimFunc, Seq, Stmt, Store
+from .cuda_expr import MEM_TYPE, ExprEmitter, buf_name
+
+
+@dataclass(frozen=True)
+class GemmInfo:
+    a: Buffer
+    b: Buffer
+    c: Buffer
+    batched: bool  # A, B and C share leading dims (else B is 2-D and A's leading dims fold into M)
+
+    @property
+    def rows(self) -> Expr:
+        """Rows of the folded A/C matrices (M times the leading dims unless batched)."""
+        r: Expr = self.c.shape[-2]
+        if not self.batched:
+            for d in self.c.shape[:-2]:
+                r = r * d
+        return arith.simplify(r)
+
+    @property
+    def batch(self) -> Expr:
+        n: Expr = Const(1)
+        if self.batched:
+            for d in self.c.shape[:-2]:
+                n = n * d
+        return arith.simplify(n)
+
+    @property
+    def n(self) -> Expr:
+        return self.c.shape[-1]
+
+    @property
+    def k(self) -> Expr:
+        return self.a.shape[-1]
+
+
+def _strip(e: Expr) -> Expr:
+    return e.a if isinstance(e, Cast) else e
+
+
+def match_gemm(b: BlockStmt) -> GemmInfo | None:
+    """The GEMM a single-store reduction block computes, or None."""
+    st = b.body
+    if not isinstance(st, Store) or not isinstance(st.value, Bin) or st.value.op != "add":
+        return None
+    me = Load(st.buffer, st.indices)
+    v = st.value
+    prod = v.b if v.a == me else v.a if v.b == me else None
+    if not isinstance(prod, Bin) or prod.op != "mul":
+        return None
+    la, lb = _strip(prod.a), _strip(prod.b)
+    if not (isinstance(la, Load) and isinstance(lb, Load)):
+        return None
+    red = [iv.var for iv in b.iters if iv.kind == "R"]
+    if len(red) != 1 or len(st.indices) < 2 or len(la.indices) < 2 or len(lb.indices) < 2:
+        return None
+    k = red[0]
+    ci, ai, bi = st.indices, la.indices, lb.indices
+    if not all(isinstance(x, Var) for x in (*ci, *ai, *bi)):
+        return None
+    if not (ai[-1] == k and bi[-2] == k and ai[-2] == ci[-2] and bi[-1] == ci[-1] and ci[-2] != ci[-1]):
+        return None
+    a, bb, c = la.buffer, lb.buffer, st.buffer
+    if a.dtype != bb.dtype or a.dtype not in ("f16", "bf16", "f32") or c.dtype not in ("f16", "bf16", "f32"):
+        return None
+    if len({a.name, bb.name, c.name}) != 3:
+        return None
+    lead_c, lead_a, lead_b = ci[:-2], ai[:-2], bi[:-2]
+    same = _shapes_equal(c.shape[-2:-1], a.shape[-2:-1]) and _shapes_equal(a.shape[-1:], bb.shape[-2:-1]) \
+        and _shapes_equal(c.shape[-1:], bb.shape[-1:])
+    if not same or lead_a != lead_c or not _shapes_equal(a.shape[:-2], c.shape[:-2]):
+        return None
+    if not lead_b:
+        return GemmInfo(a, bb, c, False)
+    if lead_b == lead_c and _shapes_equal(bb.shape[:-2], c.shape[:-2]):
+        return GemmInfo(a, bb, c, True)
+    return None
+
+
+def _shapes_equal(x: tuple[Expr, ...], y: tuple[Expr, ...]) -> bool:
+    return len(x) == len(y) and all(arith.prove_equal(p, q) for p, q in zip(x, y))
+
+
+def tensor_core_ok(g: GemmInfo) -> bool:
+    """The wmma template moves 16-byte chunks: N and K must be constant multiples of 8."""
+    n, k = arith.as_int(g.n), arith.as_int(g.k)
+    return n is not None and k is not None and n % 8 == 0 and k % 8 == 0
+
+
+def _walk(s: Stmt):  # type: ignore[no-untyped-def]
+    yield s
+    for k in ((s.body,) if isinstance(s, For | Let | BlockStmt) else s.stmts if isinstance(s, Seq)
+              else (s.then,) + ((s.orelse,) if s.orelse is not None else ()) if isinstance(s, IfStmt) else ()):
+        yield from _walk(k)
+
+
+def _gemm_config(g: GemmInfo, tensor_cores: bool) -> tuple[int, int, int, int, int, int]:
+    """(BM, BN, BK, WM, WN, STAGES): big tiles when both matrix sides are large."""
+    rows, n = arith.as_int(g.rows), arith.as_int(g.n)
+    big = rows is not None and n is not None and rows >= 2048 and n >= 2048
+    if not tensor_cores:
+        return (128, 128, 8, 8, 8, 1)
+    return (128, 256, 32, 64, 64, 3) if big else (128, 128, 32, 64, 32, 3)
+
+
+def emit_gemm_stage(func: PrimFunc, stage: Stmt) -> tuple[list[str], tuple[Expr, Expr, Expr], tuple[int, int, int], int] | None:
+    """Kernel body, grid, block and dynamic shared bytes for a stage holding a tensorized GEMM."""
+    outer = [x for x in _walk(stage) if isinstance(x, BlockStmt)
+             and str(dict(x.annotations).get("tensor_intrin", "")).startswith("gemm_")]
+    if not outer:
+        return None
+    leaves = [x for x in _walk(outer[0].body) if isinstance(x, BlockStmt)]
+    g = match_gemm(leaves[-1]) if leaves else None
+    if g is None:
+        return None
+    tc = g.a.dtype in ("f16", "bf16")
+    if tc and not tensor_core_ok(g):
+        return None
+    # the decomposed init (C = 0) lives in the same stage; without it the GEMM accumulates into C
+    inits = [x for x in _walk(stage) if isinstance(x, BlockStmt) and x is not leaves[-1]
+             and isinstance(x.body, Store) and x.body.buffer.name == g.c.name]
+    accumulate = not (inits and all(isinstance(x.body, Store) and isinstance(x.body.value, Const)
+                                    and float(x.body.value.value) == 0.0 for x in inits))
+    bm, bn, bk, wm, wn, stages = _gemm_config(g, tc)
+    ex = ExprEmitter(lambda e: "0")
+    rows, n, k, batch = ex(g.rows), ex(g.n), ex(g.k), g.batch
+    sa = f"(long long)({rows}) * ({k})" if g.batched else "0"
+    sb = f"(long long)({k}) * ({n})" if g.batched else "0"
+    sc = f"(long long)({rows}) * ({n})" if g.batched else "0"
+    a, b, c = buf_name(g.a), buf_name(g.b), buf_name(g.c)
+    acc = "true" if accumulate else "false"
+    tcty = MEM_TYPE[g.c.dtype]
+    body = ["  const long long bz = blockIdx.z;"]
+    if tc:
+        nthreads = (bm // wm) * (bn // wn) * 32
+        smem = max(stages * (bm * (bk + 8) + bk * (bn + 8)) * 2, bm * (bn + 4) * 4)
+        body.append(f"  mlc_wmma_gemm<{MEM_TYPE[g.a.dtype]}, {tcty}, {bm}, {bn}, {bk}, {wm}, {wn}, {stages}>("
+                    f"{a} + bz * {sa}, {b} + bz * {sb}, {c} + bz * {sc}, {rows}, {n}, {k}, {acc});")
+    else:
+        nthreads = (bm // wm) * (bn // wn)
+        smem = 0
+        body.append(f"  mlc_simt_gemm<{tcty}, {bm}, {bn}, {bk}, {wm}, {wn}>("
+                    f"{a} + bz * {sa}, {b} + bz * {sb}, {c} + bz * {sc}, {rows}, {n}, {k}, {acc});")
+    grid = (arith.simplify((g.n + (bn - 1)) // bn), arith.simplify((g.rows + (bm - 1)) // bm), batch)
+    return body, grid, (nthreads, 1, 1), smem
+
+
+GEMM_PRELUDE = r"""#include <mma.h>
+__device__ __forceinline__ void mlc_cp_async16(void* smem, const void* gmem, bool ok) {
+  unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+  int n = ok ? 16 : 0;
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" :: "r"(s), "l"(gmem), "r"(n));
+}
+__device__ __forceinline__ void mlc_cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N> __device__ __forceinline__ void mlc_cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" :: "n"(N)); }
+__device__ __forceinline__ float mlc_to_float(float v) { return v; }
+__device__ __forceinline__ float mlc_to_float(__half v) { return __half2float(v); }
+__device__ __forceinline__ float mlc_to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+template <typename T> __device__ __forceinline__ T mlc_from_float(float v);
+template <> __device__ __forceinline__ float mlc_from_float<float>(float v) { return v; }
+template <> __device__ __forceinline__ __half mlc_from_float<__half>(float v) { return __float2half_rn(v); }
+template <> __device__ __forceinline__ __nv_bfloat16 mlc_from_float<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+
+// C[M,N] (+)= A[M,K] B[K,N], row-major, f16/bf16 operands, f32 accumulation on tensor cores.
+template <typename TA, typename TC, int BM, int BN, int BK, int WM, int WN, int STAGES>
+__device__ __forceinline__ void mlc_wmma_gemm(const TA* __restrict__ A, const TA* __restrict__ B, TC* __restrict__ C,
+                                              int M, int N, int K, bool accumulate) {
+  using namespace nvcuda;
+  constexpr int WARPS_N = BN / WN, NT = (BM / WM) * (BN / WN) * 32;
+  constexpr int LDA = BK + 8, LDB = BN + 8, LDC = BN + 4, FM = WM / 16, FN = WN / 16;
+  extern __shared__ __align__(128) unsigned char mlc_smem[];
+  TA* As = reinterpret_cast<TA*>(mlc_smem);
+  TA* Bs = As + STAGES * BM * LDA;
+  const int tid = threadIdx.x, warp = tid >> 5, wm = warp / WARPS_N, wn = warp % WARPS_N;
+  const int bm = blockIdx.y * BM, bn = blockIdx.x * BN;
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[FM][FN];
+#pragma unroll
+  for (int i = 0; i < FM; ++i)
+#pragma unroll
+    for (int j = 0; j < FN; ++j) wmma::fill_fragment(acc[i][j], 0.0f);
+  const int KT = (K + BK - 1) / BK;
+  auto load_tile = [&](int stage, int kt) {
+    const int k0 = kt * BK;
+    TA* as = As + stage * BM * LDA;
+    TA* bs = Bs + stage * BK * LDB;
+#pragma unroll
+    for (int c = tid; c < BM * BK / 8; c += NT) {
+      const int r = c / (BK / 8), col = (c % (BK / 8)) * 8, gr = bm + r, gc = k0 + col;
+      const bool ok = gr < M && gc < K;
+      mlc_cp_async16(as + r * LDA + col, ok ? A + (size_t)gr * K + gc : A, ok);
+    }
+#pragma unroll
+    for (int c = tid; c < BK * BN / 8; c += NT) {
+      const int r = c / (BN / 8), col = (c % (BN / 8)) * 8, gr = k0 + r, gc = bn + col;
+      const bool ok = gr < K && gc < N;
+      mlc_cp_async16(bs + r * LDB + col, ok ? B + (size_t)gr * N + gc : B, ok);
+    }
+  };
+#pragma unroll
+  for (int s = 0; s < STAGES - 1; ++s) {
+    if (s < KT) load_tile(s, s);
+    mlc_cp_async_commit();
+  }
+  for (int kt = 0; kt < KT; ++kt) {
+    mlc_cp_async_wait<STAGES - 2>();
+    __syncthreads();
+    const int nk = kt + STAGES - 1;
+    if (nk < KT) load_tile(nk % STAGES, nk);
+    mlc_cp_async_commit();
+    const TA* as = As + (kt % STAGES) * BM * LDA;
+    const TA* bs = Bs + (kt % STAGES) * BK * LDB;
+#pragma unroll
+    for (int kk = 0; kk < BK; kk += 16) {
+      wmma::fragment<wmma::matrix_a, 16, 16, 16, TA, wmma::row_major> fa[FM];
+      wmma::fragment<wmma::matrix_b, 16, 16, 16, TA, wmma::row_major> fb[FN];
+#pragma unroll
+      for (int i = 0; i < FM; ++i) wmma::load_matrix_sync(fa[i], as + (wm * WM + i * 16) * LDA + kk, LDA);
+#pragma unroll
+      for (int j = 0; j < FN; ++j) wmma::load_matrix_sync(fb[j], bs + kk * LDB + wn * WN + j * 16, LDB);
+#pragma unroll
+      for (int i = 0; i < FM; ++i)
+#pragma unroll
+        for (int j = 0; j < FN; ++j) wmma::mma_sync(acc[i][j], fa[i], fb[j], acc[i][j]);
+    }
+  }
+  mlc_cp_async_wait<0>();
+  __syncthreads();
+  float* Cs = reinterpret_cast<float*>(mlc_smem);
+#pragma unroll
+  for (int i = 0; i < FM; ++i)
+#pragma unroll
+    for (int j = 0; j < FN; ++j)
+      wmma::store_matrix_sync(Cs + (wm * WM + i * 16) * LDC + wn * WN + j * 16, acc[i][j], LDC, wmma::mem_row_major);
+  __syncthreads();
+  for (int e = tid; e < BM * BN; e += NT) {
+    const int r = e / BN, c = e % BN, gr = bm + r, gc = bn + c;
+    if (gr < M && gc < N) {
+      float v = Cs[r * LDC + c];
+      const size_t o = (size_t)gr * N + gc;
+      if (accumulate) v += mlc_to_float(C[o]);
+      C[o] = mlc_from_float<TC>(v);
+    }
+  }
+}
+
+// C[M,N] (+)= A[M,K] B[K,N] in f32 on CUDA cores: TM x TN outputs per thread, tiles staged in shared memory.
+template <typename TC, int BM, int BN, int BK, int TM, int TN>
+__device__ __forceinline__ void mlc_simt_gemm(const float* __restrict__ A, const float* __restrict__ B, TC* __restrict__ C,
+                                              int M, int N, int K, bool accumulate) {
+  constexpr int NT = (BM / TM) * (BN / TN), TX = BN / TN;
+  __shared__ __align__(16) float As[BK][BM + 4];
+  __shared__ __align__(16) float Bs[BK][BN + 4];
+  const int tid = threadIdx.x, tx = tid % TX, ty = tid / TX;
+  const int bm = blockIdx.y * BM, bn = blockIdx.x * BN;
+  float acc[TM][TN];
+#pragma unroll
+  for (int i = 0; i < TM; ++i)
+#pragma unroll
+    for (int j = 0; j < TN; ++j) acc[i][j] = 0.0f;
+  for (int k0 = 0; k0 < K; k0 += BK) {
+#pragma unroll
+    for (int e = tid; e < BM * BK; e += NT) {
+      const int r = e / BK, c = e % BK;
+      As[c][r] = (bm + r < M && k0 + c < K) ? A[(size_t)(bm + r) * K + k0 + c] : 0.0f;
+    }
+#pragma unroll
+    for (int e = tid; e < BK * BN; e += NT) {
+      const int r = e / BN, c = e % BN;
+      Bs[r][c] = (k0 + r < K && bn + c < N) ? B[(size_t)(k0 + r) * N + bn + c] : 0.0f;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < BK; ++kk) {
+      float a[TM], b[TN];
+#pragma unroll
+      for (int i = 0; i < TM; i += 4) *reinterpret_cast<float4*>(&a[i]) = *reinterpret_cast<const float4*>(&As[kk][ty * TM + i]);
+#pragma unroll
+      for (int j = 0; j < TN; j += 4) *reinterpret_cast<float4*>(&b[j]) = *reinterpret_cast<const float4*>(&Bs[kk][tx * TN + j]);
+#pragma unroll
+      for (int i = 0; i < TM; ++i)
+#pragma unroll
+        for (int j = 0; j < TN; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
+    }
+    __syncthreads();
+  }
+#pragma unroll
+  for (int i = 0; i < TM; ++i)
+#pragma unroll
+    for (int j = 0; j < TN; ++j) {
+      const int gr = bm + ty * TM + i, gc = bn + tx * TN + j;
+      if (gr < M && gc < N) {
+        const size_t o = (size_t)gr * N + gc;
+        float v = acc[i][j];
+        if (accumulate) v += mlc_to_float(C[o]);
+        C[o] = mlc_from_float<TC>(v);
+      }
+    }
+}
+"""

@@ -1,0 +1,90 @@
+"""schedule: give every tensor program of the module a schedule.
+
+Per PrimFunc, in order of precedence: the trace file's trace for it, the tuning database's best
+record for its workload (on this target and mlc version), else the default rules. A function that
+already carries a `schedule` attribute is left alone, so the pass is idempotent. A database record
+that no longer replays (the program or the primitives changed) is a warning naming the failing
+instruction, and the next-best source is used.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from mlc.ir.diagnostics import MlcError
+from mlc.ir.module import Module
+from mlc.ir.tir import PrimFunc
+
+from .registry import Option, PassContext, register_pass
+from .schedule.rules import default_schedule
+from .schedule.trace import Trace
+
+
+def load_traces(path: str) -> dict[str, Trace] | Trace:
+    """A trace file: one trace (for every function) or {"function name": trace, ...}."""
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise MlcError(f"cannot read trace file '{path}': {e.strerror}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise MlcError(f"{path}:{e.lineno}:{e.colno}: error: invalid JSON: {e.msg}") from None
+    if isinstance(data, dict) and "insts" in data:
+        return Trace.from_json(text)
+    if not isinstance(data, dict):
+        raise MlcError(f"{path}: error: expected a trace or an object of function name -> trace")
+    return {str(k): Trace.from_json(json.dumps(v)) for k, v in data.items()}
+
+
+def _mark(func: PrimFunc, how: str) -> PrimFunc:
+    attrs = tuple(sorted(dict(func.attrs, schedule=how).items()))
+    return replace(func, attrs=attrs)
+
+
+def schedule_func(func: PrimFunc, target: str, db: object | None = None, trace: Trace | None = None,
+                  rules: bool = True, warn: object = None) -> PrimFunc:
+    """One function's schedule from a trace, the database, or the rules (see module doc)."""
+    from .tune.database import Database, target_key, workload_key
+
+    say = warn if callable(warn) else (lambda m: print(f"mlc: warning: {m}", file=sys.stderr))
+    if trace is not None:
+        return _mark(trace.apply(func), "trace")
+    if isinstance(db, Database):
+        for rec in db.best(workload_key(func), target_key(target), k=3):
+            try:
+                return _mark(rec.trace.apply(func), "tuned")
+            except MlcError as e:
+                say(f"schedule: tuning record for {func.name} no longer replays: {e.message}")
+    if rules:
+        return _mark(default_schedule(func, target).func, "default")
+    return func
+
+
+@register_pass("schedule", options=(
+    Option("target", str, "", "cpu or cuda (default: the pipeline's target)"),
+    Option("db", str, "", "tuning database (JSON lines) whose best records to apply"),
+    Option("trace", str, "", "trace JSON file: one trace, or an object function name -> trace"),
+    Option("rules", bool, True, "schedule functions without a trace or record by the default rules"),
+))
+def schedule_pass(module: Module, ctx: PassContext, target: str = "", db: str = "", trace: str = "",
+                  rules: bool = True) -> Module:
+    """Apply schedules: trace file, else tuning database, else default per-target rules."""
+    from .tune.database import Database
+
+    tgt = target or ctx.target or "cpu"
+    traces = load_traces(trace) if trace else {}
+    database = Database(db) if db and Path(db).exists() else None
+    for f in module.prim_functions():
+        if any(k == "schedule" for k, _ in f.attrs):
+            continue
+        tr = traces if isinstance(traces, Trace) else traces.get(f.name)
+        try:
+            new = schedule_func(f, tgt, database, tr, rules)
+        except MlcError as e:
+            raise MlcError(f"schedule: @{f.name}: {e.message}", e.loc, e.source_line) from None
+        module = module.with_function(new)
+    return module

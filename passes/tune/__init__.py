@@ -1,0 +1,1 @@
+"""MetaSchedule-style tuning: database, features, cost model, evolutionary search, measurement."""

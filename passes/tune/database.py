@@ -1,0 +1,136 @@
+"""The tuning database: JSON lines of measured schedules, keyed by workload + target + mlc version.
+
+A workload's key is the sha256 of its printed (unscheduled) PrimFunc with the function name
+removed, so the same program from two models shares records. The file is append-only (one
+record per line, flushed as measured), which makes an interrupted run resumable: loading tolerates
+a truncated last line. Records store the trace JSON, never code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from mlc.ir.diagnostics import MlcError
+from mlc.ir.tir import PrimFunc
+
+from ..schedule.trace import Trace
+
+
+def mlc_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("mlc")
+    except Exception:  # noqa: BLE001 - not installed as a distribution (source tree)
+        return "0.1.0"
+
+
+def workload_key(func: PrimFunc) -> str:
+    """Structural hash of a tensor program: its printed text under a fixed name."""
+    from mlc.ir.module import Module
+    from mlc.ir.printer import print_module
+
+    text = print_module(Module((replace(func, name="workload", attrs=()),)))
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class Record:
+    """One measurement: the trace applied to the workload and its run times (inf: failed)."""
+
+    workload: str
+    target: str
+    version: str
+    trace: Trace
+    times: tuple[float, ...]
+    func_name: str = ""
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.error and bool(self.times) and all(math.isfinite(t) for t in self.times)
+
+    @property
+    def mean(self) -> float:
+        return sum(self.times) / len(self.times) if self.ok else math.inf
+
+    def to_json(self) -> str:
+        return json.dumps({"workload": self.workload, "target": self.target, "version": self.version,
+                           "func": self.func_name, "trace": json.loads(self.trace.to_json()),
+                           "times": [t if math.isfinite(t) else None for t in self.times], "error": self.error})
+
+    @staticmethod
+    def from_json(line: str) -> Record:
+        d: Any = json.loads(line)
+        if not isinstance(d, dict) or not isinstance(d.get("workload"), str):
+            raise ValueError("not a record")
+        times = tuple(math.inf if t is None else float(t) for t in d.get("times") or ())
+        return Record(d["workload"], str(d.get("target", "")), str(d.get("version", "")),
+                      Trace.from_json(json.dumps(d["trace"])), times, str(d.get("func", "")),
+                      str(d.get("error") or ""))
+
+
+class Database:
+    """Records in memory plus the JSON-lines file they are appended to (if a path is given)."""
+
+    def __init__(self, path: str | Path | None = None):
+        self.path = Path(path) if path else None
+        self.records: list[Record] = []
+        self.skipped = 0
+        if self.path is not None and self.path.exists():
+            self._load()
+
+    def _load(self) -> None:
+        assert self.path is not None
+        try:
+            lines = self.path.read_text().splitlines()
+        except OSError as e:
+            raise MlcError(f"cannot read tuning database '{self.path}': {e.strerror}") from None
+        for n, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                self.records.append(Record.from_json(line))
+            except (ValueError, MlcError, KeyError, TypeError) as e:
+                if n == len(lines):  # an interrupted write: the last line is cut short
+                    self.skipped += 1
+                    continue
+                raise MlcError(f"{self.path}:{n}:1: error: malformed tuning record: {e}") from None
+
+    def add(self, rec: Record) -> None:
+        self.records.append(rec)
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "a") as fh:
+                fh.write(rec.to_json() + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+
+    def for_workload(self, workload: str, target: str, version: str | None = None) -> list[Record]:
+        v = version or mlc_version()
+        return [r for r in self.records if r.workload == workload and r.target == target and r.version == v]
+
+    def best(self, workload: str, target: str, k: int = 1) -> list[Record]:
+        """The k fastest successful records, fastest first."""
+        recs = [r for r in self.for_workload(workload, target) if r.ok]
+        return sorted(recs, key=lambda r: r.mean)[:k]
+
+    def measured(self, workload: str, target: str) -> set[str]:
+        """Trace JSON of every record of the workload (search skips re-measuring them)."""
+        return {r.trace.to_json() for r in self.for_workload(workload, target)}
+
+
+def target_key(target: str) -> str:
+    """Records apply only to the machine kind they were measured on: `cpu:<llvm cpu name>`."""
+    kind = (target or "cpu").split()[0].lower()
+    if kind in ("cpu", "llvm", "host"):
+        from mlc.codegen.cpu import host_target
+
+        return f"cpu:{host_target().cpu}"
+    return kind
