@@ -56,8 +56,10 @@ class ATree:
         return max(self.tree.node_counts[: self.depth])
 
     def search(self, luts: np.ndarray, codes: np.ndarray, query_bias: np.ndarray,
-               vector_bias: np.ndarray | None, k: int, beam: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k ids and ADC distances per query, exploring `beam` nodes per level."""
+               vector_bias: np.ndarray | None, k: int, beam: int,
+               compiled: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k ids and ADC distances per query, exploring `beam` nodes per level; the vectors
+        reached are scored by the compiled `ann_search_candidates` program when codegen is there."""
         t = self.tree
         nq = len(luts)
         qi = np.arange(nq)[:, None]
@@ -82,6 +84,19 @@ class ATree:
         pos = np.arange(total) - first + np.repeat(rs[nodes].ravel(), cnt)
         ids = t.order[pos]
         qidx = np.repeat(np.arange(nq), per_query)
+        width = int(per_query.max()) if nq else 0
+        slot = np.arange(total) - np.repeat(np.cumsum(per_query) - per_query, per_query)
+        if compiled:
+            from .program import run_search
+
+            # ascending ids per query (padding last) give the same tie order as the scan
+            pad = np.full((nq, max(width, 1)), np.iinfo(np.int64).max, np.int64)
+            pad[qidx, slot] = ids
+            pad.sort(axis=1)
+            pad[pad == np.iinfo(np.int64).max] = -1
+            got = run_search(luts, codes, vector_bias, query_bias, k, pad)
+            if got is not None:
+                return got
         m_total, kk = luts.shape[1], luts.shape[2]
         flat = luts.reshape(nq, -1)
         c = codes[ids].astype(np.intp)
@@ -92,8 +107,6 @@ class ATree:
             dist += vector_bias[ids]
         dist += query_bias[qidx]
         # scatter into one padded row per query, then the shared top-k
-        width = int(per_query.max()) if nq else 0
-        slot = np.arange(total) - np.repeat(np.cumsum(per_query) - per_query, per_query)
         pad_d = np.full((nq, max(width, 1)), np.inf, np.float32)
         pad_i = np.full((nq, max(width, 1)), -1, np.int64)
         pad_d[qidx, slot] = dist

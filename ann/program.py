@@ -113,13 +113,14 @@ def run_lut(method: str, queries: np.ndarray, codebooks: np.ndarray) -> np.ndarr
     return out
 
 
-def search_func(m: int, k: int, topk: int, code_dtype: str = "u8") -> PrimFunc:
+def search_func(m: int, k: int, topk: int, code_dtype: str = "u8", candidates: bool = False) -> PrimFunc:
     """Fused scan + top-k: each distance is computed in a register and inserted into a sorted
     k-list when it beats the current k-th (ties keep the smaller id first, as search.topk).
 
     The insertion walks j = k-1 .. 0: slot j takes slot j-1's entry if that one is larger than
     d (a shift), else takes (d, i) if its own entry is larger than d, else stays; reading only
-    slots not yet written, so one backward pass inserts in place.
+    slots not yet written, so one backward pass inserts in place. With `candidates`, only the
+    base ids listed per query in `cand[q, c]` (ascending, -1 padding) are scored (A-Tree).
     """
     from ..ir.expr import Bin, Const, Load, Select
     from ..ir.tir import Buffer, For, IfStmt, Let, Seq, Store
@@ -129,7 +130,9 @@ def search_func(m: int, k: int, topk: int, code_dtype: str = "u8") -> PrimFunc:
     vbias, qbias = Buffer("vbias", (N,), "f32"), Buffer("qbias", (NQ,), "f32")
     best_d = Buffer("best_d", (NQ, Const(topk)), "f32")
     best_i = Buffer("best_i", (NQ, Const(topk)), "i64")
-    q, i, jj, t = Var("q"), Var("i"), Var("jj"), Var("t")
+    q, jj, t, c = Var("q"), Var("jj"), Var("t"), Var("c")
+    i = Var("i")
+    cand = Buffer("cand", (NQ, Var("nc")), "i64")
     d = Var("d", "f32")
     # d = ((sum_m lut[q, m, codes[i, m]]) + vbias[i]) + qbias[q], summed in codebook order
     total = Load(lut, (q, Const(0), Cast("i64", Load(codes, (i, Const(0))))))
@@ -144,34 +147,45 @@ def search_func(m: int, k: int, topk: int, code_dtype: str = "u8") -> PrimFunc:
         Store(best_i, (q, j), Select(shift, Load(best_i, (q, prev)), Select(place, i, Load(best_i, (q, j))))),
         Store(best_d, (q, j), Select(shift, Load(best_d, (q, prev)), Select(place, d, Load(best_d, (q, j))))),
     )))
-    scan = For(i, Const(0), N, Let(d, total, IfStmt(Bin("lt", d, Load(best_d, (q, Const(topk - 1)))), insert)))
+    visit = Let(d, total, IfStmt(Bin("lt", d, Load(best_d, (q, Const(topk - 1)))), insert))
+    if candidates:
+        scan = For(c, Const(0), Var("nc"), Let(i, Load(cand, (q, c)), IfStmt(Bin("ge", i, Const(0)), visit)))
+    else:
+        scan = For(i, Const(0), N, visit)
     init = For(t, Const(0), Const(topk), Seq((Store(best_d, (q, t), Const(float("inf"), "f32")),
                                                Store(best_i, (q, t), Const(-1)))))
     body = For(q, Const(0), NQ, Seq((init, scan)))
+    if candidates:
+        return PrimFunc("ann_search_candidates", (lut, codes, vbias, qbias, cand, best_d, best_i), 2, body)
     return PrimFunc("ann_search", (lut, codes, vbias, qbias, best_d, best_i), 2, body)
 
 
-@lru_cache(maxsize=8)
-def _compiled_search(m: int, k: int, topk: int, code_dtype: str):  # noqa: ANN202
+@lru_cache(maxsize=16)
+def _compiled_search(m: int, k: int, topk: int, code_dtype: str, candidates: bool):  # noqa: ANN202
     try:
         from ..codegen.jit import compile_module
 
-        return compile_module([search_func(m, k, topk, code_dtype)]).kernel("ann_search")
+        f = search_func(m, k, topk, code_dtype, candidates)
+        return compile_module([f]).kernel(f.name)
     except (ImportError, MlcError, NotImplementedError):
         return None
 
 
 def run_search(luts: np.ndarray, codes: np.ndarray, vbias: np.ndarray | None, qbias: np.ndarray,
-               topk: int) -> tuple[np.ndarray, np.ndarray] | None:
-    """Top-k ids and distances by the compiled fused program; None where codegen cannot build it."""
+               topk: int, cand: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray] | None:
+    """Top-k ids and distances by the compiled fused program (over `cand` (nq, C) ascending ids,
+    -1 padded, when given); None where codegen cannot build it."""
     nq, m, k = luts.shape
     cdt = "u8" if codes.dtype == np.uint8 else "u16"
-    kern = _compiled_search(m, k, topk, cdt)
+    kern = _compiled_search(m, k, topk, cdt, cand is not None)
     if kern is None:
         return None
     bd = np.empty((nq, topk), np.float32)
     bi = np.empty((nq, topk), np.int64)
     vb = np.zeros(len(codes), np.float32) if vbias is None else np.ascontiguousarray(vbias, np.float32)
-    kern([np.ascontiguousarray(luts, np.float32), np.ascontiguousarray(codes), vb,
-          np.ascontiguousarray(qbias, np.float32), bd, bi])
+    args = [np.ascontiguousarray(luts, np.float32), np.ascontiguousarray(codes), vb,
+            np.ascontiguousarray(qbias, np.float32)]
+    if cand is not None:
+        args.append(np.ascontiguousarray(cand, np.int64))
+    kern([*args, bd, bi])
     return bi, bd

@@ -53,3 +53,14 @@ def with_body(fn: Function, body: Block) -> Function:
 
 def rebind(b: Binding, var: Value, node: Node) -> Binding:
     return Binding(var, node, b.loc)
+
+
+def walk_bindings(block: Block) -> Iterator[Binding]:
+    """Every binding of a block, nested If/Loop blocks included, in order."""
+    for b in block.bindings:
+        yield b
+        if isinstance(b.node, If):
+            yield from walk_bindings(b.node.then_block)
+            yield from walk_bindings(b.node.else_block)
+        elif isinstance(b.node, Loop):
+            yield from walk_bindings(b.node.body)

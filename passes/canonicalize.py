@@ -12,7 +12,7 @@ import numpy as np
 from mlc.ir.diagnostics import MlcError
 from mlc.ir.graph import Binding, Block, CallExtern, Constant, Function, If, Loop, Node, OpCall, Value
 from mlc.ir.module import Module
-from mlc.ir.rewrite import operands, remap_args, used_names
+from mlc.ir.rewrite import operands, remap_args, used_names, walk_bindings
 
 from .registry import Option, PassContext, register_pass
 
@@ -147,16 +147,6 @@ def fold_constants(module: Module, ctx: PassContext, max_elements: int = 1 << 20
     module = _map_functions(module, fold_fn)
     if changed:
         module = dce(module, ctx)
-        used = {b.node.key for f in module.graph_functions() for b in _walk(f.body) if isinstance(b.node, Constant)}
+        used = {b.node.key for f in module.graph_functions() for b in walk_bindings(f.body) if isinstance(b.node, Constant)}
         ctx.set_constants({k: v for k, v in consts.items() if k in used})
     return module
-
-
-def _walk(block: Block):  # type: ignore[no-untyped-def]
-    for b in block.bindings:
-        yield b
-        if isinstance(b.node, If):
-            yield from _walk(b.node.then_block)
-            yield from _walk(b.node.else_block)
-        elif isinstance(b.node, Loop):
-            yield from _walk(b.node.body)

@@ -56,7 +56,6 @@ def build_artifact(module: Module, constants: dict[str, np.ndarray], target: str
 
 def _used_constants(module: Module) -> set[str]:
     from mlc.ir.graph import Constant
-
-    from .walk import walk_bindings
+    from mlc.ir.rewrite import walk_bindings
 
     return {b.node.key for f in module.graph_functions() for b in walk_bindings(f.body) if isinstance(b.node, Constant)}

@@ -96,7 +96,6 @@ class CudaVM(Interpreter):
 
     def __init__(self, module: Module, params: Mapping[str, np.ndarray], library: Any):
         import pycuda.driver as drv
-
         from mlc.codegen.cuda_jit import _context
 
         _context()
@@ -231,6 +230,5 @@ class CudaVM(Interpreter):
         k = self.library.kernel(n.func)
         scalars = {p.name: arith.evaluate(e, frame.dims) for p, e in zip(fn.scalar_params, n.sym_args)}
         env = k.bind_dims([a.shape for a in args + outs], scalars)
-        k.launch([a.ptr for a in args + outs], env, self.stream.handle_int if hasattr(self.stream, "handle_int")
-                 else self.stream, self._workspace)
+        k.launch([a.ptr for a in args + outs], env, self.stream, self._workspace)
         return outs[0] if len(outs) == 1 else tuple(outs)

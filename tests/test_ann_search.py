@@ -181,3 +181,14 @@ def test_fused_compiled_search_identical_to_flat(index: AnnIndex) -> None:
     assert np.array_equal(got[0], ids_flat) and np.array_equal(got[1], d_flat)
     ids, d = index.search(q, 25, "ir")
     assert np.array_equal(ids, ids_flat)
+
+
+def test_atree_compiled_scoring_matches_numpy(index: AnnIndex) -> None:
+    q = _queries()
+    qz = index.quantizer
+    luts, qb = qz.luts(q), qz.query_bias(q)
+    at = index.atree()
+    for beam in (1, 3, at.max_width()):
+        a = at.search(luts, index.codes, qb, index.vector_bias, 12, beam, compiled=True)
+        b = at.search(luts, index.codes, qb, index.vector_bias, 12, beam, compiled=False)
+        assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
