@@ -44,6 +44,9 @@ def build_cmd(base: str, method: str, codebooks: int, codewords: int, beam: int,
     """Train a quantizer on BASE, encode it and write the index and its search program."""
     if beam < 1:
         raise MlcError(f"--beam must be at least 1, got {beam}")
+    parent = Path(output).resolve().parent
+    if not parent.is_dir():
+        raise MlcError(f"{output}: cannot write the index: directory {parent} does not exist")
     x = read_vectors(base)
     opts: dict[str, object] = {"seed": seed}
     if method == "pq":

@@ -108,6 +108,13 @@ def _leaf_blocks(sch: Schedule) -> list[BlockRV]:
     return [rv for rv in sch.get_blocks() if not any(isinstance(s, BlockStmt) for s in _stmts(sch.get(rv).body))]
 
 
+def _exists(sch: Schedule, rv: BlockRV) -> bool:
+    """Whether a block is still there (an earlier rule may have inlined it); records nothing."""
+    from .tree import blocks
+
+    return any(b.name == rv.name for _, b in blocks(sch.func.body))
+
+
 def _stmts(s: object) -> list[object]:
     from .tree import walk
 
@@ -267,11 +274,9 @@ def multi_level_tiling(sch: Schedule, block: BlockRV, tgt: TargetInfo, ch: Choos
     at = per_level_s[(2 if tgt.gpu else 1)][-1]
     wb = _try(sch.cache_write, block, 0, "local")
     if isinstance(wb, BlockRV):
-        if _try(sch.reverse_compute_at, wb, at) is None:
-            pass
-        else:
-            for c in sch.get_consumers(wb):
-                _try(sch.reverse_compute_inline, c)
+        for c in sch.get_consumers(wb):  # elementwise epilogues fold into the write-back first
+            _try(sch.reverse_compute_inline, c)
+        _try(sch.reverse_compute_at, wb, at)
     if per_level_r[0]:
         _try(sch.decompose_reduction, block, per_level_r[0][0])
     if tgt.gpu:
@@ -393,6 +398,8 @@ def apply_rules(func: PrimFunc, target: str | TargetInfo | None = None, seed: in
     done: set[str] = set()
     if "multi-level-tiling" in rules:
         for rv in _leaf_blocks(sch):
+            if not _exists(sch, rv):
+                continue
             b = sch.get(rv)
             if isinstance(b, BlockStmt) and needs_tiling(b):
                 before = {x.name for x in sch.get_blocks()}
@@ -402,6 +409,8 @@ def apply_rules(func: PrimFunc, target: str | TargetInfo | None = None, seed: in
     moved: set[str] = set()
     if "random-compute-location" in rules:
         for rv in _leaf_blocks(sch):
+            if not _exists(sch, rv):
+                continue
             b = sch.get(rv)
             if rv.name in done or not isinstance(b, BlockStmt) or any(is_param(sch.func, x.name)
                                                                      for x in block_writes(b)):
@@ -410,6 +419,8 @@ def apply_rules(func: PrimFunc, target: str | TargetInfo | None = None, seed: in
                 moved.add(rv.name)
     if tgt.gpu and "cross-thread-reduction" in rules:
         for rv in _leaf_blocks(sch):
+            if not _exists(sch, rv):
+                continue
             b = sch.get(rv)
             if rv.name not in done and isinstance(b, BlockStmt) and _is_reduction(b):
                 cross_thread_reduction(sch, rv, ch)
@@ -421,7 +432,7 @@ def apply_rules(func: PrimFunc, target: str | TargetInfo | None = None, seed: in
 def _parallel_roots(sch: Schedule, tgt: TargetInfo, ch: Chooser, skip: set[str]) -> None:
     """Parallelize every root-level nest not already scheduled (blocks moved under another nest go with it)."""
     for rv in _leaf_blocks(sch):
-        if rv.name in skip:
+        if rv.name in skip or not _exists(sch, rv):
             continue
         loops = sch.get_loops(rv)
         # a nest holding several blocks (after compute_at): parallelize its shared outer loop only

@@ -1,0 +1,97 @@
+"""Build and time candidates in a worker subprocess with a time limit per candidate.
+
+The worker (worker.py) is started once and reused; a candidate that exceeds the limit or kills
+the worker is recorded as failed (`times` empty, `error` set), the worker is restarted, and the
+search goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import selectors
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+from mlc.ir.module import Module
+from mlc.ir.printer import print_module
+from mlc.ir.tir import PrimFunc
+
+from ..schedule.trace import Trace
+
+
+@dataclass(frozen=True)
+class Result:
+    times: tuple[float, ...]
+    error: str = ""
+
+    @property
+    def mean(self) -> float:
+        return sum(self.times) / len(self.times) if self.times and not self.error else math.inf
+
+
+@dataclass
+class Runner:
+    """Times `trace` applied to `func` in a worker process; `timeout` seconds per candidate."""
+
+    timeout: float = 20.0
+    repeat: int = 3
+    min_seconds: float = 0.02  # repeat a fast kernel inside one sample so timer noise is small
+    dims: dict[str, int] = field(default_factory=dict)
+    _proc: subprocess.Popen[str] | None = field(default=None, repr=False)
+
+    def _start(self) -> subprocess.Popen[str]:
+        if self._proc is None or self._proc.poll() is not None:
+            env = dict(os.environ, PYTHONUNBUFFERED="1")
+            self._proc = subprocess.Popen([sys.executable, "-m", "mlc.passes.tune.worker"], stdin=subprocess.PIPE,
+                                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+        return self._proc
+
+    def close(self) -> None:
+        if self._proc is not None:
+            if self._proc.poll() is None:
+                self._proc.kill()
+            self._proc.wait()
+            self._proc = None
+
+    def _ask(self, job: dict, timeout: float) -> dict:  # type: ignore[type-arg]
+        proc = self._start()
+        assert proc.stdin is not None and proc.stdout is not None
+        try:
+            proc.stdin.write(json.dumps(job) + "\n")
+            proc.stdin.flush()
+        except BrokenPipeError:
+            self.close()
+            return {"error": "worker died"}
+        sel = selectors.DefaultSelector()
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        ready = sel.select(timeout)
+        sel.close()
+        if not ready:
+            self.close()
+            return {"error": f"timed out after {timeout:g}s"}
+        line = proc.stdout.readline()
+        if not line:
+            code = proc.poll()
+            self.close()
+            return {"error": f"worker crashed (exit {code})"}
+        return json.loads(line)
+
+    def measure(self, func: PrimFunc, trace: Trace) -> Result:
+        job = {"module": print_module(Module((func,))), "trace": trace.to_json(), "dims": self.dims,
+               "repeat": 1, "number": 1}
+        t0 = time.perf_counter()
+        first = self._ask(job, self.timeout)
+        if "error" in first:
+            return Result((), str(first["error"]))
+        one = max(first["times"][0], 1e-7)
+        job["number"] = max(1, min(1000, int(self.min_seconds / one)))
+        job["repeat"] = self.repeat
+        left = max(1.0, self.timeout - (time.perf_counter() - t0))
+        out = self._ask(job, left)
+        if "error" in out:
+            return Result((), str(out["error"]))
+        return Result(tuple(float(t) for t in out["times"]))

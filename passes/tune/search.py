@@ -1,0 +1,199 @@
+"""Evolutionary search over sampled traces, guided by the cost model, across a module's kernels.
+
+Per round and task: candidates are fresh samples of the design space (the rules with random
+decisions) and mutations of the best measured traces (one sampling decision re-sampled, the rest
+replayed); the cost model ranks them, the top ones (plus a few random ones, to keep exploring)
+are measured in the worker, added to the database and to the model's training set.
+
+Task scheduling: each task first gets the default schedule and one round; after that every round
+goes to the task with the most to gain, estimated as weight x best time (a kernel's share of the
+model's run time), divided by how many rounds it already had (diminishing returns).
+Ctrl-C stops after the current measurement; everything measured is already in the database.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+from mlc.ir.diagnostics import MlcError
+from mlc.ir.tir import PrimFunc
+
+from ..schedule.rules import default_schedule, sample_schedule
+from ..schedule.trace import SAMPLING, Trace
+from .cost_model import CostModel
+from .database import Database, Record, mlc_version, target_key, workload_key
+from .features import extract
+from .measure import Result, Runner
+
+
+@dataclass
+class Task:
+    func: PrimFunc
+    weight: float = 1.0
+    workload: str = ""
+    trials: int = 0
+    rounds: int = 0
+    best: float = math.inf
+    best_trace: Trace | None = None
+    seen: set[str] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.workload = self.workload or workload_key(self.func)
+
+
+@dataclass
+class SearchConfig:
+    trials: int = 64
+    time_budget: float = math.inf
+    batch: int = 8
+    population: int = 48
+    explore: float = 0.25
+    seed: int = 0
+    target: str = "cpu"
+
+
+def mutate(trace: Trace, func: PrimFunc, rng: np.random.Generator) -> Trace | None:
+    """Re-sample one decision of `trace` and replay (later instructions follow); None if it fails."""
+    idx = [i for i, x in enumerate(trace.insts) if x.kind in SAMPLING]
+    if not idx:
+        return None
+    i = int(rng.choice(idx))
+    try:
+        return trace.with_decision(i, None).replay(func, seed=int(rng.integers(1 << 31))).trace
+    except MlcError:
+        return None
+
+
+class Tuner:
+    """Tunes several tasks into one database; `on_progress(tasks, elapsed)` after each measurement."""
+
+    def __init__(self, tasks: list[Task], db: Database, runner: Runner, cfg: SearchConfig,
+                 on_progress: Callable[[list[Task], float], None] | None = None):
+        self.tasks, self.db, self.runner, self.cfg = tasks, db, runner, cfg
+        self.model = CostModel()
+        self.rng = np.random.default_rng(cfg.seed)
+        self.xs: list[np.ndarray] = []
+        self.ys: list[float] = []
+        self.yt: list[int] = []
+        self.on_progress = on_progress
+        self.t0 = time.perf_counter()
+        self.interrupted = False
+        self.tkey = target_key(cfg.target)
+        for t in tasks:  # resume: what the database already knows counts
+            for r in db.for_workload(t.workload, self.tkey):
+                t.seen.add(r.trace.to_json())
+                if r.ok and r.mean < t.best:
+                    t.best, t.best_trace = r.mean, r.trace
+                try:
+                    self._learn(t, r.trace.apply(t.func), r.mean)
+                except MlcError:
+                    pass
+
+    @property
+    def trials_done(self) -> int:
+        return sum(t.trials for t in self.tasks)
+
+    def _out_of_budget(self) -> bool:
+        return self.trials_done >= self.cfg.trials or time.perf_counter() - self.t0 >= self.cfg.time_budget
+
+    def _learn(self, task: Task, func: PrimFunc, mean: float) -> None:
+        self.xs.append(extract(func))
+        self.ys.append(0.0 if not math.isfinite(mean) else 1.0 / mean)
+        self.yt.append(self.tasks.index(task))
+
+    def _refit(self) -> None:
+        if len(self.xs) < 4:
+            return
+        y = np.asarray(self.ys)
+        tid = np.asarray(self.yt)
+        norm = np.zeros_like(y)
+        for t in set(self.yt):  # throughput relative to the task's best
+            m = tid == t
+            top = y[m].max()
+            norm[m] = y[m] / top if top > 0 else 0.0
+        self.model.fit(np.asarray(self.xs), norm)
+
+    def _candidates(self, task: Task) -> list[tuple[Trace, PrimFunc]]:
+        cands: dict[str, tuple[Trace, PrimFunc]] = {}
+        parents = [r.trace for r in self.db.best(task.workload, self.tkey, k=8)]
+        tries = 0
+        while len(cands) < self.cfg.population and tries < 4 * self.cfg.population:
+            tries += 1
+            if parents and self.rng.random() < 0.7:
+                tr = mutate(parents[int(self.rng.integers(len(parents)))], task.func, self.rng)
+            else:
+                try:
+                    tr = sample_schedule(task.func, self.cfg.target, seed=int(self.rng.integers(1 << 31))).trace
+                except MlcError:
+                    tr = None
+            if tr is None:
+                continue
+            key = tr.to_json()
+            if key in task.seen or key in cands:
+                continue
+            try:
+                cands[key] = (tr, tr.apply(task.func))
+            except MlcError:
+                continue
+        return list(cands.values())
+
+    def _measure(self, task: Task, trace: Trace) -> Result:
+        res = self.runner.measure(task.func, trace)
+        task.trials += 1
+        task.seen.add(trace.to_json())
+        self.db.add(Record(task.workload, self.tkey, mlc_version(), trace, res.times, task.func.name, res.error))
+        if res.mean < task.best:
+            task.best, task.best_trace = res.mean, trace
+        try:
+            self._learn(task, trace.apply(task.func), res.mean)
+        except MlcError:
+            pass
+        if self.on_progress:
+            self.on_progress(self.tasks, time.perf_counter() - self.t0)
+        return res
+
+    def _round(self, task: Task) -> None:
+        task.rounds += 1
+        if task.trials == 0 and not task.seen:
+            self._measure(task, default_schedule(task.func, self.cfg.target).trace)
+        cands = self._candidates(task)
+        if not cands:
+            return
+        self._refit()
+        scores = self.model.predict(np.asarray([extract(f) for _, f in cands]))
+        order = list(np.argsort(-scores))
+        n = min(self.cfg.batch, len(cands))
+        n_rand = int(round(n * self.cfg.explore))
+        pick = order[: n - n_rand]
+        rest = order[n - n_rand:]
+        if rest and n_rand:
+            pick += list(self.rng.choice(rest, size=min(n_rand, len(rest)), replace=False))
+        for i in pick:
+            if self._out_of_budget():
+                return
+            self._measure(task, cands[int(i)][0])
+
+    def _next_task(self) -> Task:
+        fresh = [t for t in self.tasks if t.rounds == 0]
+        if fresh:
+            return fresh[0]
+        return max(self.tasks, key=lambda t: (t.weight * (t.best if math.isfinite(t.best) else 1.0)) / t.rounds)
+
+    def run(self) -> list[Task]:
+        try:
+            while not self._out_of_budget():
+                before = self.trials_done
+                self._round(self._next_task())
+                if self.trials_done == before and all(t.rounds > 0 for t in self.tasks):
+                    # nothing new to measure anywhere (tiny design spaces): stop instead of spinning
+                    if all(not self._candidates(t) for t in self.tasks):
+                        break
+        except KeyboardInterrupt:
+            self.interrupted = True
+        finally:
+            self.runner.close()
+        return self.tasks

@@ -1,0 +1,109 @@
+"""On an NVIDIA GPU: compiled CUDA kernels and whole zoo models against independent oracles
+(numpy, the TIR interpreter, onnxruntime). Skipped with the reason when pycuda or a GPU is absent."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from cuda_helpers import SETTINGS, matmul, zoo_case, zoo_module, zoo_names
+from mlc.codegen.cuda_jit import cuda_unavailable
+from mlc.ir import arith
+from mlc.ir.expr import Var
+from mlc.ir.tir_interp import run_prim
+
+_WHY = cuda_unavailable()
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(_WHY is not None, reason=f"needs a CUDA GPU: {_WHY}")]
+
+
+@pytest.mark.parametrize("name", zoo_names())
+def test_zoo_model_on_gpu_matches_onnxruntime(name: str) -> None:
+    from mlc.codegen.cuda_jit import compile_cuda
+    from mlc.runtime.cuda_vm import CudaVM
+
+    mod, consts = zoo_module(name)
+    vm = CudaVM(mod, consts, compile_cuda(mod.prim_functions()))
+    for k in range(len(SETTINGS)):
+        feeds, want = zoo_case(name, k)
+        got = vm.run(feeds)
+        for o, w in want.items():
+            assert got[o].shape == w.shape
+            np.testing.assert_allclose(got[o], w, rtol=1e-4, atol=1e-5, err_msg=f"{name}:{o} {SETTINGS[k]}")
+
+
+def test_zoo_artifact_roundtrip_on_gpu(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from mlc.runtime.artifact import read
+    from mlc.runtime.cuda_build import CudaModel, build_cuda_artifact
+
+    mod, consts = zoo_module("gpt_block")
+    (tmp_path / "g.mlc").write_bytes(build_cuda_artifact(mod, consts).data)
+    model = CudaModel(read(tmp_path / "g.mlc"))
+    feeds, want = zoo_case("gpt_block", 0)
+    got = model(**feeds)
+    for o, w in want.items():
+        np.testing.assert_allclose(got[o], w, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("m,n,k", [(300, 256, 128), (128, 264, 40), (2048, 512, 1024)])
+def test_f16_gemm_on_tensor_cores(m: int, n: int, k: int) -> None:
+    from mlc.codegen.cuda_jit import compile_cuda
+
+    lib = compile_cuda([matmul("h", Var("m"), n, k, "f16")])
+    assert "mlc_wmma_gemm" in lib.source
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((m, k)).astype(np.float16)
+    b = rng.standard_normal((k, n)).astype(np.float16)
+    c = np.zeros((m, n), np.float16)
+    lib.kernel("h")([a, b, c])
+    want = a.astype(np.float32) @ b.astype(np.float32)
+    np.testing.assert_allclose(c.astype(np.float32), want, rtol=2e-2, atol=2e-2 * np.sqrt(k))
+
+
+@pytest.mark.parametrize("m,n,k", [(300, 256, 128), (1024, 1024, 1024)])
+def test_f32_gemm_register_tiles(m: int, n: int, k: int) -> None:
+    from mlc.codegen.cuda_jit import compile_cuda
+
+    lib = compile_cuda([matmul("s", Var("m"), n, k, "f32")])
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((m, k)).astype(np.float32)
+    b = rng.standard_normal((k, n)).astype(np.float32)
+    c = np.zeros((m, n), np.float32)
+    lib.kernel("s")([a, b, c])
+    np.testing.assert_allclose(c, a @ b, rtol=1e-4, atol=1e-3)
+
+
+def test_every_gpt_kernel_matches_the_interpreter() -> None:
+    from mlc.codegen.cuda_jit import compile_cuda
+
+    mod, _ = zoo_module("gpt_block")
+    prims = mod.prim_functions()
+    lib = compile_cuda(prims)
+    rng = np.random.default_rng(4)
+    env = {"B": 3, "T": 37}
+    for f in prims:
+        arrays = []
+        for b in f.params:
+            shape = tuple(arith.evaluate(d, env) for d in b.shape)
+            arrays.append(rng.standard_normal(shape).astype(np.float32) if b.dtype == "f32"
+                          else rng.integers(0, 2, shape).astype(bool))
+        ins = arrays[: len(arrays) - f.num_outputs]
+        want = [np.zeros_like(a) for a in arrays[len(ins):]]
+        got = [np.zeros_like(a) for a in arrays[len(ins):]]
+        run_prim(f, ins + want)
+        lib.kernel(f.name)(ins + got)
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5, err_msg=f.name)
+
+
+def test_device_memory_is_planned_and_reused() -> None:
+    from mlc.codegen.cuda_jit import compile_cuda
+    from mlc.runtime.cuda_vm import CudaVM
+
+    mod, consts = zoo_module("gpt_block")
+    vm = CudaVM(mod, consts, compile_cuda(mod.prim_functions()))
+    x = np.random.default_rng(5).standard_normal((2, 9, 32)).astype(np.float32)
+    first = vm.run({"x": x})
+    arenas = dict(vm._arenas)
+    second = vm.run({"x": x})
+    assert vm._arenas == arenas and len(arenas) < len(vm.plans["main"].token_of) + 1
+    for k in first:
+        np.testing.assert_array_equal(first[k], second[k])

@@ -1,0 +1,135 @@
+"""Schedule rules: default schedules and random design-space points keep the interpreter's results."""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+
+import numpy as np
+import pytest
+from mlc.frontend import zoo
+from mlc.frontend.onnx_import import import_onnx
+from mlc.ir import MlcError, PrimFunc, arith
+from mlc.ir.expr import free_vars
+from mlc.ir.module import Module
+from mlc.ir.tir import For
+from mlc.ir.tir_interp import run_prim
+from mlc.passes.pipeline import parse_pipeline, run_pipeline
+from mlc.passes.registry import PassContext, get_pass
+from mlc.passes.schedule import Trace
+from mlc.passes.schedule.rules import TargetInfo, default_schedule, needs_tiling, sample_schedule
+from mlc.passes.schedule.tree import walk
+from test_tir_interp import conv_func, matmul_func, softmax_func
+
+CPU = TargetInfo("cpu", lanes=8, cores=2)
+
+
+@cache
+def zoo_funcs(name: str) -> tuple[PrimFunc, ...]:
+    m, consts = import_onnx(zoo.build(name))
+    m, _ = run_pipeline(m, parse_pipeline("passes: [shape-infer, fuse]", "t"), PassContext(constants=consts),
+                        verify_each=False)
+    return tuple(m.prim_functions())
+
+
+def pick(name: str, prefix: str) -> PrimFunc:
+    return next(f for f in zoo_funcs(name) if f.name.startswith(prefix))
+
+
+def same(orig: PrimFunc, new: PrimFunc, dim: int = 3) -> None:
+    dims = {v.name: dim for b in orig.params for d in b.shape for v in free_vars(d)}
+    dims |= {v.name: dim for v in orig.scalar_params}
+    rng = np.random.default_rng(0)
+    args = [rng.standard_normal(tuple(arith.evaluate(d, dims) for d in b.shape)).astype(np.float32)
+            if b.dtype == "f32" else np.zeros(tuple(arith.evaluate(d, dims) for d in b.shape), bool)
+            for b in orig.params]
+    ref, got = [a.copy() for a in args], [a.copy() for a in args]
+    run_prim(orig, ref, dims)
+    run_prim(new, got, dims)
+    for r, g in zip(ref[-orig.num_outputs:], got[-orig.num_outputs:]):
+        np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-4)
+
+
+def kinds(f: PrimFunc) -> set[str]:
+    return {s.kind for _, s in walk(f.body) if isinstance(s, For)}
+
+
+CASES = [("mlp", "fused_matmul_add_relu"), ("mlp", "softmax"), ("gpt_block", "layer_norm"),
+         ("gpt_block", "fused_matmul_add_div_erf"), ("gpt_block", "fused_reshape_transpose_matmul"),
+         ("resnext", "fused_conv2d")]
+
+
+@pytest.mark.parametrize("model,prefix", CASES)
+def test_default_schedule_keeps_results_on_lowered_programs(model: str, prefix: str) -> None:
+    f = pick(model, prefix)
+    s = default_schedule(f, CPU)
+    same(f, s.func)
+    assert "parallel" in kinds(s.func)
+    # the default point is a point of the design space: its trace replays to the same program
+    assert Trace.from_json(s.trace.to_json()).apply(f) == s.func
+
+
+def test_matmul_default_is_tiled_vectorized_parallel_with_epilogue_folded() -> None:
+    f = pick("mlp", "fused_matmul_add_relu")
+    assert needs_tiling(next(b for _, b in walk(f.body) if getattr(b, "name", "") == "matmul"))  # type: ignore[arg-type]
+    s = default_schedule(f, CPU)
+    ks = kinds(s.func)
+    assert {"parallel", "vectorized", "unrolled"} <= ks
+    names = [b.name for _, b in walk(s.func.body) if hasattr(b, "iters")]
+    assert "relu" not in names  # folded into the tile's write-back
+    same(f, s.func, dim=11)  # N=11: partial row tiles
+
+
+@pytest.mark.parametrize("make", [lambda: matmul_func(24, 16, 32), conv_func, lambda: softmax_func(6, 10)])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_random_design_space_points_replay_and_verify(make, seed: int) -> None:  # type: ignore[no-untyped-def]
+    f = make()
+    s = sample_schedule(f, CPU, seed=seed)
+    same(f, s.func)
+    tr = Trace.from_json(s.trace.to_json())
+    assert tr.apply(f) == s.func
+    # mutating any sampling decision (re-sampled) and replaying still gives a correct program
+    rng = np.random.default_rng(seed)
+    for i in list(tr.decisions())[:3]:
+        try:
+            s2 = tr.with_decision(i, None).replay(f, seed=int(rng.integers(1000)))
+        except MlcError:
+            continue
+        same(f, s2.func)
+
+
+def test_design_space_is_not_a_single_point() -> None:
+    f = matmul_func(64, 64, 64)
+    progs = {json.dumps(sample_schedule(f, CPU, seed=s).trace.to_json()) for s in range(6)}
+    assert len(progs) > 2
+
+
+def test_gpu_rules_bind_threads_and_keep_results() -> None:
+    f = matmul_func(32, 16, 64)
+    s = default_schedule(f, TargetInfo("cuda", lanes=1, cores=1))
+    tags = {x.thread_tag for _, x in walk(s.func.body) if isinstance(x, For) and x.kind == "thread"}
+    assert {"blockIdx.x", "threadIdx.x"} <= tags
+    same(f, s.func)
+    r = default_schedule(softmax_func(4, 64), TargetInfo("cuda", lanes=1, cores=1))
+    assert any("_rf" in b.name for _, b in walk(r.func.body) if hasattr(b, "iters"))
+    same(softmax_func(4, 64), r.func)
+
+
+def test_schedule_pass_trace_file_and_errors(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    f = matmul_func(16, 8, 16)
+    info = get_pass("schedule")
+    assert info is not None
+    tr = sample_schedule(f, CPU, seed=3).trace
+    p = tmp_path / "t.json"
+    p.write_text(json.dumps({f.name: json.loads(tr.to_json())}))
+    out = info.fn(Module((f,)), PassContext(), **info.validate_options({"trace": str(p)}))
+    g = out.prim_functions()[0]
+    assert dict(g.attrs)["schedule"] == "trace"
+    same(f, g)
+    again = info.fn(out, PassContext(), **info.validate_options({}))
+    assert again.prim_functions()[0] == g  # idempotent: scheduled functions are left alone
+    d = info.fn(Module((f,)), PassContext(), **info.validate_options({}))
+    assert dict(d.prim_functions()[0].attrs)["schedule"] == "default"
+    p.write_text("{not json")
+    with pytest.raises(MlcError, match="invalid JSON"):
+        info.fn(Module((f,)), PassContext(), **info.validate_options({"trace": str(p)}))

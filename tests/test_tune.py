@@ -1,0 +1,139 @@
+"""Tuning: database round trip and resume, failing/hanging candidates, search, the `tune` command."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from mlc.ir import BlockStmt, Const, For, MlcError, PrimFunc, Var
+from mlc.ir.module import Module
+from mlc.ir.printer import print_module
+from mlc.ir.tir_interp import run_prim
+from mlc.passes.registry import PassContext, get_pass
+from mlc.passes.schedule import Trace
+from mlc.passes.schedule.rules import TargetInfo, sample_schedule
+from mlc.passes.schedule.tree import walk
+from mlc.passes.tune.cli import tune_cmd
+from mlc.passes.tune.cost_model import CostModel
+from mlc.passes.tune.database import Database, Record, mlc_version, target_key, workload_key
+from mlc.passes.tune.features import N_FEATURES, extract
+from mlc.passes.tune.measure import Result, Runner
+from mlc.passes.tune.search import SearchConfig, Task, Tuner
+from test_tir_interp import matmul_func
+
+CPU = TargetInfo("cpu", lanes=8, cores=2)
+
+
+def _record(f: PrimFunc, seed: int, t: float) -> Record:
+    return Record(workload_key(f), target_key("cpu"), mlc_version(), sample_schedule(f, CPU, seed).trace, (t, t))
+
+
+def test_database_round_trip_resume_and_truncated_line(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    f = matmul_func(16, 8, 16)
+    p = tmp_path / "db.jsonl"
+    db = Database(p)
+    for s, t in ((0, 3e-3), (1, 1e-3), (2, 2e-3)):
+        db.add(_record(f, s, t))
+    db.add(Record(workload_key(f), target_key("cpu"), mlc_version(), Trace(), (), f.name, "timed out"))
+    with open(p, "a") as fh:
+        fh.write('{"workload": "abc", "tra')  # an interrupted write
+    again = Database(p)
+    assert again.skipped == 1 and len(again.records) == 4
+    assert [r.trace for r in again.records] == [r.trace for r in db.records]
+    best = again.best(workload_key(f), target_key("cpu"))
+    assert best[0].mean == pytest.approx(1e-3) and not again.records[-1].ok
+    # the key is structural: same program under another name, same key; another program, another key
+    assert workload_key(f) == workload_key(PrimFunc("other", f.params, f.num_outputs, f.body))
+    assert workload_key(f) != workload_key(matmul_func(16, 8, 8))
+    (tmp_path / "bad.jsonl").write_text("garbage\n{}\n")
+    with pytest.raises(MlcError, match="bad.jsonl:1:1"):
+        Database(tmp_path / "bad.jsonl")
+
+
+def test_cost_model_learns_a_ranking() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.random((120, 6))
+    y = np.exp(-3 * x[:, 0]) + 0.3 * x[:, 2]
+    m = CostModel()
+    m.fit(x[:90], y[:90])
+    assert np.corrcoef(m.predict(x[90:]), y[90:])[0, 1] > 0.8
+    assert extract(sample_schedule(matmul_func(16, 8, 16), CPU, 0).func).shape == (N_FEATURES,)
+
+
+def _hanging(f: PrimFunc) -> PrimFunc:
+    """The same program repeated 10^12 times: a candidate that never finishes."""
+    root = f.body
+    assert isinstance(root, BlockStmt)
+    return replace(f, body=replace(root, body=For(Var("spin"), Const(0), Const(10**12), root.body)))
+
+
+def test_hanging_and_crashing_candidates_are_recorded_and_search_goes_on(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    f = matmul_func(32, 16, 32)
+    runner = Runner(timeout=3.0, repeat=1)
+    r = runner.measure(_hanging(f), Trace())
+    assert r.error.startswith("timed out") and math.isinf(r.mean)
+    ok = runner.measure(f, sample_schedule(f, CPU, 0).trace)
+    assert not ok.error and ok.mean > 0  # the worker was restarted
+
+    class Injecting(Runner):
+        calls = 0
+
+        def measure(self, func: PrimFunc, trace: Trace) -> Result:
+            Injecting.calls += 1
+            return super().measure(_hanging(func) if Injecting.calls == 2 else func, trace)
+
+    db = Database(tmp_path / "db.jsonl")
+    tasks = Tuner([Task(f)], db, Injecting(timeout=3.0, repeat=1), SearchConfig(trials=5, batch=4)).run()
+    assert tasks[0].trials == 5 and math.isfinite(tasks[0].best)
+    errs = [x.error for x in Database(tmp_path / "db.jsonl").records]
+    assert sum(e.startswith("timed out") for e in errs) == 1 and errs.count("") == 4
+    runner.close()
+
+
+def test_tune_cli_resumes_and_schedule_pass_uses_db(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    f = matmul_func(32, 16, 32)
+    src = tmp_path / "m.ir"
+    src.write_text(print_module(Module((f,))))
+    db, out = tmp_path / "tune.jsonl", tmp_path / "t.ir"
+    args = [str(src), "--trials", "3", "--db", str(db), "-o", str(out), "--quiet", "--timeout", "20"]
+    r = CliRunner().invoke(tune_cmd, args)
+    assert r.exit_code == 0, r.output
+    assert len(db.read_text().splitlines()) == 3
+    r = CliRunner().invoke(tune_cmd, [*args[:2], "5", *args[3:]])  # resume: 5 more, none repeated
+    assert r.exit_code == 0, r.output
+    recs = Database(db).records
+    assert len({x.trace.to_json() for x in recs}) == len(recs) == 8
+    from mlc.ir.parser import parse_module
+
+    tuned = parse_module(out.read_text()).prim_functions()[0]
+    assert dict(tuned.attrs)["schedule"] == "tuned"
+    best = Database(db).best(workload_key(f), target_key("cpu"))[0]
+    assert tuned.body == best.trace.apply(f).body
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((32, 16)).astype(np.float32), rng.standard_normal((16, 32)).astype(np.float32)
+    c = np.zeros((32, 32), np.float32)
+    run_prim(tuned, [a, b, c])
+    np.testing.assert_allclose(c, a @ b, rtol=1e-4, atol=1e-4)
+    # the schedule pass applies the database's best record
+    info = get_pass("schedule")
+    m = info.fn(Module((f,)), PassContext(), **info.validate_options({"db": str(db)}))  # type: ignore[union-attr]
+    assert dict(m.prim_functions()[0].attrs)["schedule"] == "tuned"
+
+
+def test_stale_record_is_a_warning_naming_the_instruction(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    f = matmul_func(16, 8, 16)
+    tr = json.loads(sample_schedule(f, CPU, 0).trace.to_json())
+    tr["insts"].insert(1, {"kind": "get_block", "inputs": ["no_such_block"], "attrs": {}, "outputs": []})
+    rec = Record(workload_key(f), target_key("cpu"), mlc_version(), Trace.from_json(json.dumps(tr)), (1e-6,))
+    db = Database(tmp_path / "db.jsonl")
+    db.add(rec)
+    info = get_pass("schedule")
+    m = info.fn(Module((f,)), PassContext(), **info.validate_options({"db": str(tmp_path / "db.jsonl")}))  # type: ignore[union-attr]
+    assert dict(m.prim_functions()[0].attrs)["schedule"] == "default"
+    err = capsys.readouterr().err
+    assert "no longer replays" in err and "no_such_block" in err
+    assert any(isinstance(s, For) and s.kind == "parallel" for _, s in walk(m.prim_functions()[0].body))
