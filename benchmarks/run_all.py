@@ -19,7 +19,7 @@ BENCHES: list[tuple[str, list[str], list[str]]] = [
     ("bench_matmul_cpu.py", ["--sizes", "256", "512", "1024", "2048"], ["--sizes", "256", "1024", "--repeat", "3"]),
     ("bench_models_cpu.py", [], ["--runs", "10"]),
     ("bench_tune.py", [], ["--quick"]),
-    ("bench_ann.py", [], ["--quick"]),
+    ("bench_ann.py", [], []),
 ]
 
 

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 import hashlib
+from pathlib import Path
 
 import numpy as np
-
 from mlc.ir.expr import Expr
 from mlc.ir.module import ConstantsRef, Module
 from mlc.ir.tir import PrimFunc
