@@ -71,6 +71,7 @@ def _hanging(f: PrimFunc) -> PrimFunc:
     return replace(f, body=replace(root, body=For(Var("spin"), Const(0), Const(10**12), root.body)))
 
 
+@pytest.mark.slow
 def test_hanging_and_crashing_candidates_are_recorded_and_search_goes_on(tmp_path) -> None:  # type: ignore[no-untyped-def]
     f = matmul_func(32, 16, 32)
     runner = Runner(timeout=3.0, repeat=1)
