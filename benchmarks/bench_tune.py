@@ -72,9 +72,12 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as d:
             db = Database(Path(d) / "tune.jsonl")
             t0 = time.perf_counter()
+            done = 0
             for trials in sorted(args.trials):
-                tasks = Tuner([Task(f)], db, Runner(timeout=60), SearchConfig(trials=trials, seed=n)).run()
-                # a new Tuner resumes from the database, so trials count from what it holds
+                # a new Tuner resumes from the database; it runs only the trials not yet done
+                cfg = SearchConfig(trials=trials - done, seed=n + trials)
+                tasks = Tuner([Task(f)], db, Runner(timeout=60), cfg).run()
+                done = trials
                 best = tasks[0].best_trace
                 wall = time.perf_counter() - t0
                 if best is None:

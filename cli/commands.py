@@ -414,6 +414,9 @@ def _register_stages() -> None:
 
 
 def _register_groups() -> None:
+    from mlc.passes.tune.cli import tune_cmd
+
+    cli.add_command(tune_cmd, "tune")
     try:
         from mlc.ann.cli import ann_index
     except ImportError:
