@@ -439,7 +439,7 @@ def _launch_of(extents: dict[str, Expr]) -> tuple[tuple[Expr, Expr, Expr], tuple
     return grid, block  # type: ignore[return-value]
 
 
-def lower_func(func: PrimFunc) -> tuple[CudaFunc, list[str]]:
+def lower_func(func: PrimFunc, gemm_config: tuple[int, ...] | None = None) -> tuple[CudaFunc, list[str]]:
     """CUDA C of every stage kernel of `func` and how to launch them."""
     from .cuda_gemm import emit_gemm_stage
 
@@ -464,7 +464,7 @@ def lower_func(func: PrimFunc) -> tuple[CudaFunc, list[str]]:
     launches: list[Launch] = []
     for k, stage in enumerate(stages):
         sym = ident("mlc_", f"{func.name}_k{k}")
-        gemm = emit_gemm_stage(func, stage)
+        gemm = emit_gemm_stage(func, stage, gemm_config)  # type: ignore[arg-type]
         if gemm is not None:
             body, grid, block, smem = gemm
             launches.append(Launch(sym, grid, block, smem))
@@ -492,15 +492,16 @@ def lower_func(func: PrimFunc) -> tuple[CudaFunc, list[str]]:
     return CudaFunc(func.name, func.params, func.num_outputs, tuple(d.name for d in dims), temps, tuple(launches)), src
 
 
-def lower_to_cuda(funcs: Sequence[PrimFunc], arch: str = "sm_90") -> CudaSource:
-    """CUDA C source of all kernels of `funcs`, with launch metadata."""
+def lower_to_cuda(funcs: Sequence[PrimFunc], arch: str = "sm_90", gemm_config: tuple[int, ...] | None = None) -> CudaSource:
+    """CUDA C source of all kernels of `funcs`, with launch metadata (`gemm_config`: a tile of
+    `cuda_gemm.TC_CONFIGS` / `SIMT_CONFIGS` for tensorized GEMM stages instead of the default)."""
     lines = [PRELUDE]
     from .cuda_gemm import GEMM_PRELUDE
 
     lines.append(GEMM_PRELUDE)
     out = []
     for f in funcs:
-        cf, src = lower_func(f)
+        cf, src = lower_func(f, gemm_config)
         out.append(cf)
         lines += src
     return CudaSource("\n".join(lines), tuple(out), arch)

@@ -111,16 +111,26 @@ def _walk(s: Stmt):  # type: ignore[no-untyped-def]
         yield from _walk(k)
 
 
-def _gemm_config(g: GemmInfo, tensor_cores: bool) -> tuple[int, int, int, int, int, int]:
-    """(BM, BN, BK, WM, WN, STAGES): big tiles when both matrix sides are large."""
+GemmConfig = tuple[int, int, int, int, int, int]  # (BM, BN, BK, WM, WN, STAGES); WM, WN per warp (TM, TN per thread for f32)
+# the tensor-core tile configurations a tuner may choose from
+TC_CONFIGS: tuple[GemmConfig, ...] = (
+    (128, 256, 32, 64, 64, 3), (128, 256, 32, 64, 64, 4), (128, 128, 32, 64, 32, 4), (256, 128, 32, 64, 64, 3),
+    (128, 128, 64, 64, 32, 3), (64, 128, 32, 32, 64, 4),
+)
+SIMT_CONFIGS: tuple[GemmConfig, ...] = ((128, 128, 8, 8, 8, 1), (64, 64, 8, 4, 4, 1), (128, 64, 8, 8, 4, 1))
+
+
+def _gemm_config(g: GemmInfo, tensor_cores: bool) -> GemmConfig:
+    """Default tile: big tiles when both matrix sides are large."""
     rows, n = arith.as_int(g.rows), arith.as_int(g.n)
     big = rows is not None and n is not None and rows >= 2048 and n >= 2048
     if not tensor_cores:
-        return (128, 128, 8, 8, 8, 1)
-    return (128, 256, 32, 64, 64, 3) if big else (128, 128, 32, 64, 32, 3)
+        return SIMT_CONFIGS[0]
+    return TC_CONFIGS[0] if big else TC_CONFIGS[2]
 
 
-def emit_gemm_stage(func: PrimFunc, stage: Stmt) -> tuple[list[str], tuple[Expr, Expr, Expr], tuple[int, int, int], int] | None:
+def emit_gemm_stage(func: PrimFunc, stage: Stmt, config: GemmConfig | None = None
+                    ) -> tuple[list[str], tuple[Expr, Expr, Expr], tuple[int, int, int], int] | None:
     """Kernel body, grid, block and dynamic shared bytes for a stage holding a tensorized GEMM."""
     outer = [x for x in _walk(stage) if isinstance(x, BlockStmt)
              and str(dict(x.annotations).get("tensor_intrin", "")).startswith("gemm_")]
@@ -138,7 +148,9 @@ def emit_gemm_stage(func: PrimFunc, stage: Stmt) -> tuple[list[str], tuple[Expr,
              and isinstance(x.body, Store) and x.body.buffer.name == g.c.name]
     accumulate = not (inits and all(isinstance(x.body, Store) and isinstance(x.body.value, Const)
                                     and float(x.body.value.value) == 0.0 for x in inits))
-    bm, bn, bk, wm, wn, stages = _gemm_config(g, tc)
+    if config is not None and (config in TC_CONFIGS) != tc:
+        config = None  # a tile of the other template
+    bm, bn, bk, wm, wn, stages = config or _gemm_config(g, tc)
     ex = ExprEmitter(lambda e: "0")
     rows, n, k, batch = ex(g.rows), ex(g.n), ex(g.k), g.batch
     sa = f"(long long)({rows}) * ({k})" if g.batched else "0"
@@ -150,7 +162,7 @@ def emit_gemm_stage(func: PrimFunc, stage: Stmt) -> tuple[list[str], tuple[Expr,
     body = ["  const long long bz = blockIdx.z;"]
     if tc:
         nthreads = (bm // wm) * (bn // wn) * 32
-        smem = max(stages * (bm * (bk + 8) + bk * (bn + 8)) * 2, bm * (bn + 4) * 4)
+        smem = max(stages * (bm * (bk + 8) + bk * (bn + 8)) * 2, (nthreads // 32) * 16 * 20 * 4)
         body.append(f"  mlc_wmma_gemm<{MEM_TYPE[g.a.dtype]}, {tcty}, {bm}, {bn}, {bk}, {wm}, {wn}, {stages}>("
                     f"{a} + bz * {sa}, {b} + bz * {sb}, {c} + bz * {sc}, {rows}, {n}, {k}, {acc});")
     else:
@@ -177,6 +189,24 @@ template <typename T> __device__ __forceinline__ T mlc_from_float(float v);
 template <> __device__ __forceinline__ float mlc_from_float<float>(float v) { return v; }
 template <> __device__ __forceinline__ __half mlc_from_float<__half>(float v) { return __float2half_rn(v); }
 template <> __device__ __forceinline__ __nv_bfloat16 mlc_from_float<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+
+// dst[0..n) (+)= src[0..8) for n >= 8 as one vector store when nothing is added, else element by element
+template <typename TC> __device__ __forceinline__ void mlc_store8(TC* dst, const float* src, int n, bool accumulate) {
+  if (n >= 8 && !accumulate) {
+    if constexpr (sizeof(TC) == 2) {
+      __align__(16) TC v[8];
+#pragma unroll
+      for (int t = 0; t < 8; ++t) v[t] = mlc_from_float<TC>(src[t]);
+      *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(v);
+    } else {
+#pragma unroll
+      for (int t = 0; t < 8; t += 4)
+        *reinterpret_cast<float4*>(dst + t) = make_float4(src[t], src[t + 1], src[t + 2], src[t + 3]);
+    }
+    return;
+  }
+  for (int t = 0; t < 8 && t < n; ++t) dst[t] = mlc_from_float<TC>(src[t] + (accumulate ? mlc_to_float(dst[t]) : 0.0f));
+}
 
 // C[M,N] (+)= A[M,K] B[K,N], row-major, f16/bf16 operands, f32 accumulation on tensor cores.
 template <typename TA, typename TC, int BM, int BN, int BK, int WM, int WN, int STAGES>
@@ -242,22 +272,19 @@ __device__ __forceinline__ void mlc_wmma_gemm(const TA* __restrict__ A, const TA
   }
   mlc_cp_async_wait<0>();
   __syncthreads();
-  float* Cs = reinterpret_cast<float*>(mlc_smem);
+  // epilogue: each warp stages one 16x16 accumulator at a time and writes rows of 8 (16/32-byte stores)
+  float* Cw = reinterpret_cast<float*>(mlc_smem) + warp * 16 * 20;
+  const int lane = tid & 31, er = lane >> 1, ec = (lane & 1) * 8;
 #pragma unroll
   for (int i = 0; i < FM; ++i)
 #pragma unroll
-    for (int j = 0; j < FN; ++j)
-      wmma::store_matrix_sync(Cs + (wm * WM + i * 16) * LDC + wn * WN + j * 16, acc[i][j], LDC, wmma::mem_row_major);
-  __syncthreads();
-  for (int e = tid; e < BM * BN; e += NT) {
-    const int r = e / BN, c = e % BN, gr = bm + r, gc = bn + c;
-    if (gr < M && gc < N) {
-      float v = Cs[r * LDC + c];
-      const size_t o = (size_t)gr * N + gc;
-      if (accumulate) v += mlc_to_float(C[o]);
-      C[o] = mlc_from_float<TC>(v);
+    for (int j = 0; j < FN; ++j) {
+      wmma::store_matrix_sync(Cw, acc[i][j], 20, wmma::mem_row_major);
+      __syncwarp();
+      const int gr = bm + wm * WM + i * 16 + er, gc = bn + wn * WN + j * 16 + ec;
+      if (gr < M) mlc_store8<TC>(C + (size_t)gr * N + gc, Cw + er * 20 + ec, N - gc, accumulate);
+      __syncwarp();
     }
-  }
 }
 
 // C[M,N] (+)= A[M,K] B[K,N] in f32 on CUDA cores: TM x TN outputs per thread, tiles staged in shared memory.

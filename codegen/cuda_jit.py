@@ -123,6 +123,19 @@ class CudaKernel:
                 raise MlcError(f"kernel {self.name}: grid {grid} exceeds the device limits")
             ln.fn._launch_kernel(grid, ln.block, struct.pack(self._fmt, *args), ln.shared, stream)
 
+    def dim_sources(self) -> list[tuple[int, int] | None]:
+        """Per dim: (buffer index, axis) whose extent is that dim, None when only a scalar gives it."""
+        out: list[tuple[int, int] | None] = []
+        for d in self.dims:
+            src = None
+            for i, (_, _, shape) in enumerate(self.params):
+                ax = next((a for a, x in enumerate(shape) if isinstance(x, Var) and x.name == d), None)
+                if ax is not None:
+                    src = (i, ax)
+                    break
+            out.append(src)
+        return out
+
     def bind_dims(self, shapes: Sequence[tuple[int, ...]], given: Mapping[str, int] | None = None) -> dict[str, int]:
         env = {k: int(v) for k, v in (given or {}).items()}
         later = []
@@ -223,17 +236,19 @@ class CudaLibrary:
         return k
 
 
-def build_cuda(funcs: Sequence[PrimFunc], arch: str | None = None, schedule: bool = True) -> tuple[CudaSource, bytes]:
+def build_cuda(funcs: Sequence[PrimFunc], arch: str | None = None, schedule: bool = True,
+               gemm_config: tuple[int, ...] | None = None) -> tuple[CudaSource, bytes]:
     """Default GPU schedules for unscheduled PrimFuncs, CUDA C, and its cubin."""
     from ..passes.schedule.gpu_rules import default_gpu_schedule
 
     _context()
     prims = [default_gpu_schedule(f) for f in funcs] if schedule else list(funcs)
-    src = lower_to_cuda(prims, arch or device_arch())
+    src = lower_to_cuda(prims, arch or device_arch(), gemm_config)
     return src, compile_source(src)
 
 
-def compile_cuda(funcs: Sequence[PrimFunc], arch: str | None = None, schedule: bool = True) -> CudaLibrary:
+def compile_cuda(funcs: Sequence[PrimFunc], arch: str | None = None, schedule: bool = True,
+                 gemm_config: tuple[int, ...] | None = None) -> CudaLibrary:
     """Compile PrimFuncs for the GPU and load them."""
-    src, cubin = build_cuda(funcs, arch, schedule)
+    src, cubin = build_cuda(funcs, arch, schedule, gemm_config)
     return CudaLibrary(cubin, src.metadata(), src.source)

@@ -34,7 +34,7 @@ import llvmlite.ir as ir
 from ..ir import arith
 from ..ir.diagnostics import MlcError
 from ..ir.dtype import is_float
-from ..ir.expr import Expr, Var
+from ..ir.expr import Bin, Const, Expr, Var
 from ..ir.tir import BlockStmt, Buffer, For, IfStmt, Let, PrimFunc, Seq, Stmt, Store
 from .abi import META_SYMBOL, kernel_metadata, kernel_signature, signature_vars
 from .cpu import CpuTarget
@@ -359,8 +359,42 @@ class _Emitter(ExprEmitter):
         for k, (_, val) in enumerate(cap_bufs + cap_vars):
             b.store(val, b.gep(closure, [ir.Constant(I32, 0), ir.Constant(I32, k)], inbounds=True))
         ext = self.scalar(self.convert(self.expr(s.extent), s.extent.dtype, "i64"))
-        launch = b.load(ctx.launcher)
-        b.call(launch, [b.bitcast(tramp, VOIDP), b.bitcast(closure, VOIDP), ext])
+        # a pool launch costs tens of microseconds: small loops run their one chunk right here
+        inner = _work_estimate(s.body, set(self.env))
+        work = b.mul(ext, self.scalar(self.convert(self.expr(inner), inner.dtype, "i64")))
+        small = b.icmp_signed("<", work, ir.Constant(I64, PARALLEL_MIN_WORK))
+        with b.if_else(small) as (serial, pooled):
+            with serial:
+                b.call(tramp, [b.bitcast(closure, VOIDP), ir.Constant(I64, 0), ext])
+            with pooled:
+                launch = b.load(ctx.launcher)
+                b.call(launch, [b.bitcast(tramp, VOIDP), b.bitcast(closure, VOIDP), ext])
+
+
+# Below this many innermost iterations a parallel loop runs serially (pool launch ~ 20-50 us).
+PARALLEL_MIN_WORK = 1 << 15
+
+
+def _work_estimate(s: Stmt, known: set[Var]) -> Expr:
+    """Iterations of the loop nests in `s` (sum over sequences, product down nests), as an expression
+    of the vars known outside; an extent that depends on inner vars counts as 1."""
+    from ..ir.expr import free_vars
+
+    if isinstance(s, For):
+        ext = s.extent if free_vars(s.extent) <= known else Const(1)
+        return arith.simplify(Bin("mul", ext, _work_estimate(s.body, known)))
+    if isinstance(s, Seq):
+        total: Expr = Const(0)
+        for x in s.stmts:
+            total = Bin("add", total, _work_estimate(x, known))
+        return arith.simplify(total)
+    if isinstance(s, BlockStmt):
+        return _work_estimate(s.body, known)
+    if isinstance(s, Let):
+        return _work_estimate(s.body, known)
+    if isinstance(s, IfStmt):
+        return _work_estimate(s.then, known)
+    return Const(1)
 
 
 def _bits(dtype: str) -> int:

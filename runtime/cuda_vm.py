@@ -73,16 +73,9 @@ def _to_dev(v: Any) -> Any:
     return v
 
 
-class _Shape:
-    """What `match_type` needs of a device tensor (shape, dtype, ndim), without copying it."""
-
-    def __init__(self, t: DeviceTensor):
-        self.shape, self.dtype, self.ndim = t.shape, t.dtype, len(t.shape)
-
-
 def match_device(val: Any, ty: Any, dims: dict[str, int], what: str, loc: Any) -> None:
     if isinstance(val, DeviceTensor):
-        proxy = np.lib.stride_tricks.as_strided(np.zeros(1, val.dtype), val.shape, (0,) * len(val.shape))
+        proxy = np.broadcast_to(np.zeros((), val.dtype), val.shape)  # shape and dtype only, no copy
         match_type(proxy, ty, dims, what, loc)
     elif isinstance(val, tuple) and isinstance(ty, TupleType):
         for k, (v, t) in enumerate(zip(val, ty.fields)):
@@ -109,6 +102,7 @@ class CudaVM(Interpreter):
         self._ws: Any = None
         self._ws_size = 0
         self._plan: MemoryPlan | None = None
+        self._sites: dict[int, tuple[Any, ...]] = {}
 
     # ---- entry points -------------------------------------------------------------------------
     def run(self, inputs: Mapping[str, np.ndarray], func: str = "main") -> dict[str, np.ndarray]:
@@ -152,7 +146,8 @@ class CudaVM(Interpreter):
     def block(self, block: Block, frame: Frame) -> list[Any]:
         for b in block.bindings:
             val = self.node(b.node, b.var, frame)
-            if not isinstance(b.node, Loop | If):
+            # kernel results are allocated from their type's shape, constants are checked once at upload
+            if not isinstance(b.node, Loop | If | CallTensor | Constant):
                 match_device(val, b.var.type, frame.dims, f"%{b.var.name}", b.loc)
             frame.values[b.var.name] = val
             if isinstance(b.var.type, ScalarType):
@@ -165,7 +160,9 @@ class CudaVM(Interpreter):
             if d is None:
                 if n.key not in self.constants:
                     raise MlcError(f"constant '{n.key}' is not in the constants file", n.loc)
-                d = self._consts[n.key] = to_device(np.asarray(self.constants[n.key]))
+                d = to_device(np.asarray(self.constants[n.key]))
+                match_device(d, var.type, {}, f"constant '{n.key}'", n.loc)
+                self._consts[n.key] = d
             return d
         if isinstance(n, CallTensor):
             return self._call_tensor(n, var, frame)
@@ -214,21 +211,42 @@ class CudaVM(Interpreter):
         return out
 
     def _call_tensor(self, n: CallTensor, var: Value, frame: Frame) -> Any:
-        fn = self.module.get(n.func)
-        if not isinstance(fn, PrimFunc):
-            raise MlcError(f"@{n.func} is not a tensor program", n.loc)
-        out_types = var.type.fields if isinstance(var.type, TupleType) else (var.type,)
-        outs = []
-        for t in out_types:
-            assert isinstance(t, TensorType) and t.shape is not None
-            shape = tuple(arith.evaluate(d, frame.dims) for d in t.shape)
-            outs.append(self._alloc(var, shape, to_numpy(t.dtype), len(out_types) == 1))
+        site = self._sites.get(id(n))
+        if site is None:
+            site = self._sites[id(n)] = self._prepare(n, var)
+        kernel, out_shapes, out_dtypes, sources, scalar_fns = site
+        dims = frame.dims
+        shapes = [tuple(f(dims) for f in fs) for fs in out_shapes]
+        single = len(shapes) == 1
+        outs = [self._alloc(var, sh, dt, single) for sh, dt in zip(shapes, out_dtypes)]
         args = [self._get(a, frame) for a in n.args]
         for a in args:
             if not isinstance(a, DeviceTensor):
                 raise MlcError(f"call_tensor @{n.func}: argument is not a tensor on the device", n.loc)
-        k = self.library.kernel(n.func)
-        scalars = {p.name: arith.evaluate(e, frame.dims) for p, e in zip(fn.scalar_params, n.sym_args)}
-        env = k.bind_dims([a.shape for a in args + outs], scalars)
-        k.launch([a.ptr for a in args + outs], env, self.stream, self._workspace)
-        return outs[0] if len(outs) == 1 else tuple(outs)
+        every = args + outs
+        env = {d: every[src[0]].shape[src[1]] if src is not None else scalar_fns[d](dims)
+               for d, src in zip(kernel.dims, sources)}
+        kernel.launch([a.ptr for a in every], env, self.stream, self._workspace)
+        return outs[0] if single else tuple(outs)
+
+    def _prepare(self, n: CallTensor, var: Value) -> tuple[Any, ...]:
+        """Per call site, once: the kernel, output shape closures, and where each kernel dim comes from."""
+        from .executor import compile_int
+
+        fn = self.module.get(n.func)
+        if not isinstance(fn, PrimFunc):
+            raise MlcError(f"@{n.func} is not a tensor program", n.loc)
+        out_types = var.type.fields if isinstance(var.type, TupleType) else (var.type,)
+        shapes, dtypes = [], []
+        for t in out_types:
+            if not isinstance(t, TensorType) or t.shape is None:
+                raise MlcError(f"call_tensor result needs a known tensor shape, got {t}", n.loc)
+            shapes.append([compile_int(arith.simplify(d)) for d in t.shape])
+            dtypes.append(to_numpy(t.dtype))
+        kernel = self.library.kernel(n.func)
+        scalars = {p.name: compile_int(arith.simplify(e)) for p, e in zip(fn.scalar_params, n.sym_args)}
+        sources = kernel.dim_sources()
+        for d, src in zip(kernel.dims, sources):
+            if src is None and d not in scalars:
+                raise MlcError(f"kernel {n.func}: value of {d} not given and not a buffer dim", n.loc)
+        return kernel, shapes, dtypes, sources, scalars

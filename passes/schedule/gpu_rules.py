@@ -6,6 +6,7 @@ Per leaf block of a tensor program (each top-level loop nest holding one block):
 - a reduction over >= 32 elements becomes a cross-thread reduction: spatial loops fused and bound
   to `blockIdx.x`, reduce loops fused, split and the inner part bound to `threadIdx.x` (the codegen
   combines the partial results with warp shuffles);
+- elementwise blocks feeding other blocks are inlined into them first (`compute_inline`);
 - everything else (elementwise, short reductions) is fused, split and bound to blockIdx.x/threadIdx.x,
   each thread computing one output (a short reduction runs serially in that thread).
 With `sample=True` the thread counts come from `sample_categorical`, which makes the rule a design
@@ -38,8 +39,24 @@ def schedule_gpu(func: PrimFunc, sample: bool = False, seed: int = 0) -> Schedul
     """Apply the GPU rules to every block of `func` (blocks already bound to threads are left alone)."""
     sch = Schedule(func, seed)
     for b in sch.get_blocks():
+        _inline(sch, b)
+    for b in sch.get_blocks():
         _schedule_block(sch, b, sample)
     return sch
+
+
+def _inline(sch: Schedule, b: BlockRV) -> None:
+    """Inline an elementwise block into its consumers (one kernel and one round trip to memory fewer);
+    `compute_inline` refuses what it cannot do (reductions, outputs of the function, ...)."""
+    blk = sch.get(b)
+    if not isinstance(blk, BlockStmt) or any(iv.kind == "R" for iv in blk.iters) or blk.init is not None:
+        return
+    if not sch.get_consumers(b):
+        return
+    try:
+        sch.compute_inline(b)
+    except MlcError:
+        pass
 
 
 def default_gpu_schedule(func: PrimFunc) -> PrimFunc:
