@@ -21,10 +21,10 @@ from mlc.ir.arith import prove_equal
 from mlc.ir.diagnostics import MlcError
 from mlc.ir.dtype import to_numpy
 from mlc.ir.expr import Bin, Const, Expr, Var, substitute
-from mlc.ir.graph import Block, CallTensor, Constant, Function, If, Loop, OpCall
+from mlc.ir.graph import Block, CallTensor, Constant, Function, GetItem, If, Loop, OpCall
 from mlc.ir.interp import Frame, match_type
 from mlc.ir.tir import PrimFunc
-from mlc.ir.types import ScalarType, TensorType
+from mlc.ir.types import ScalarType, TensorType, TupleType, Type
 
 IntFn = Callable[[dict[str, int]], int]
 _OPS: dict[str, Callable[[int, int], int]] = {
@@ -61,7 +61,7 @@ class Executor:
         # a straight-line function of kernel calls and constants can be replayed as a tape per dims
         # (checks depend only on dims, the tape's key: one that passed once passes on replay)
         self._replayable = all(
-            isinstance(b.node, Constant) or (isinstance(b.node, CallTensor) and self._fast.get(b.var.name))
+            isinstance(b.node, Constant | GetItem) or (isinstance(b.node, CallTensor) and self._fast.get(b.var.name))
             or (isinstance(b.node, OpCall) and b.node.op == "check")
             for b in fn.body.bindings
         )
@@ -157,7 +157,8 @@ class Executor:
 
     def _kernel_step(self, b: Any) -> Callable[[Frame], None] | None:
         vm, node, var = self.vm, b.node, b.var
-        if vm.kernels is None or not isinstance(var.type, TensorType) or var.type.shape is None:
+        out_types = _out_types(var.type)
+        if vm.kernels is None or out_types is None:
             return None
         prim = vm.module.get(node.func)
         if not isinstance(prim, PrimFunc) or not hasattr(vm.kernels, "kernel"):
@@ -180,11 +181,11 @@ class Executor:
                 getters.append(lambda _a, d, f=f: f(d))
             else:
                 return None
-        checks = self._unproven_dims(node, var, kernel)
-        shape_fns = [compile_int(d) for d in var.type.shape]
-        dtype = to_numpy(var.type.dtype)
+        checks = self._unproven_dims(node, out_types, kernel)
+        outs_spec = [([compile_int(d) for d in t.shape or ()], to_numpy(t.dtype)) for t in out_types]
+        single = not isinstance(var.type, TupleType)
         names = [a.name for a in node.args]
-        n_ptr = len(names) + 1
+        n_ptr = len(names) + len(out_types)
         ptr_t, dim_t = ctypes.c_void_p * n_ptr, ctypes.c_int64 * max(1, len(getters))
         out_name = var.name
         alloc = vm._buffer
@@ -195,28 +196,32 @@ class Executor:
         def step(frame: Frame) -> None:
             vals, dims = frame.values, frame.dims
             arrs = [a if a.flags.c_contiguous else np.ascontiguousarray(a) for a in (vals[n] for n in names)]
-            out = alloc(var, tuple(f(dims) for f in shape_fns), dtype)
-            arrs.append(out)
+            if single:
+                fns, dt = outs_spec[0]
+                outs = [alloc(var, tuple(f(dims) for f in fns), dt)]
+            else:
+                outs = [np.empty(tuple(f(dims) for f in fns), dt) for fns, dt in outs_spec]
+            arrs.extend(outs)
             kd = [g(arrs, dims) for g in getters]
             if checks:
                 check_dims(arrs, kd)
             ptrs, dvals = ptr_t(*[a.ctypes.data for a in arrs]), dim_t(*kd)
             raw(ptrs, dvals)
-            vals[out_name] = out
+            vals[out_name] = outs[0] if single else tuple(outs)
             if self._recording is not None:
                 self._recording.append(_TapeEntry(raw, ptrs, dvals, from_params, arrs))
 
         self._fast[var.name] = True
         return step
 
-    def _unproven_dims(self, node: CallTensor, var: Any, kernel: Any) -> list[tuple[int, int, Expr]]:
+    def _unproven_dims(self, node: CallTensor, out_types: list[TensorType], kernel: Any) -> list[tuple[int, int, Expr]]:
         """Kernel argument dims the graph types do not prove; they are checked at every call.
 
         The kernel's dims are bound from argument axes; every other axis of its params must then
         equal the param's shape expression. Where the graph's types make that provable (the usual
         case after shape-infer), no run-time check is needed.
         """
-        types = [a.type for a in node.args] + [var.type]
+        types = [a.type for a in node.args] + list(out_types)
         graph_dim: dict[str, Expr] = {}
         for dname in kernel.dims:
             for i, p in enumerate(kernel.params):
@@ -241,7 +246,7 @@ class Executor:
 def _dim_checker(checks: list[tuple[int, int, Expr]], dim_names: tuple[str, ...], node: CallTensor,
                  loc: Any) -> Callable[[list[np.ndarray], list[int]], None]:
     fns = [(i, ax, compile_int(d), d) for i, ax, d in checks]
-    names = [a.name for a in node.args] + ["result"]
+    names = [a.name for a in node.args] + ["result"] * 8
 
     def check(arrs: list[np.ndarray], kd: list[int]) -> None:
         env = dict(zip(dim_names, kd))
@@ -251,6 +256,14 @@ def _dim_checker(checks: list[tuple[int, int, Expr]], dim_names: tuple[str, ...]
                 raise MlcError(f"@{node.func}: %{names[i]} dim {ax} is {got}, but the kernel needs {d!r} = {want}", loc)
 
     return check
+
+
+def _out_types(t: Type) -> list[TensorType] | None:
+    """A kernel call's result tensors (one, or a tuple), when all shapes are known."""
+    fields = t.fields if isinstance(t, TupleType) else (t,)
+    if all(isinstance(f, TensorType) and f.shape is not None for f in fields):
+        return list(fields)  # type: ignore[arg-type]
+    return None
 
 
 @dataclass
