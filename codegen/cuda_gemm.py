@@ -219,7 +219,10 @@ __device__ __forceinline__ void mlc_wmma_gemm(const TA* __restrict__ A, const TA
   TA* As = reinterpret_cast<TA*>(mlc_smem);
   TA* Bs = As + STAGES * BM * LDA;
   const int tid = threadIdx.x, warp = tid >> 5, wm = warp / WARPS_N, wn = warp % WARPS_N;
-  const int bm = blockIdx.y * BM, bn = blockIdx.x * BN;
+  // grouped rasterization: 8 block rows walk the columns together, so A and B tiles are reused from L2
+  const int gx = gridDim.x, bid = blockIdx.y * gx + blockIdx.x, group = bid / (8 * gx);
+  const int rows_in_group = min((int)gridDim.y - group * 8, 8), in_group = bid % (8 * gx);
+  const int bm = (group * 8 + in_group % rows_in_group) * BM, bn = (in_group / rows_in_group) * BN;
   wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[FM][FN];
 #pragma unroll
   for (int i = 0; i < FM; ++i)

@@ -111,8 +111,11 @@ class CudaKernel:
     def temp_bytes(self, env: dict[str, int]) -> list[int]:
         return [max(1, f(env)) * to_numpy(dt).itemsize for _, dt, f in self.temps]
 
-    def launch(self, ptrs: Sequence[int], env: dict[str, int], stream: Any, workspace: Callable[[list[int]], list[int]]) -> None:
-        """Launch every stage kernel; `workspace(sizes)` returns device pointers for the temporaries."""
+    def launch(self, ptrs: Sequence[int], env: dict[str, int], stream: Any, workspace: Callable[[list[int]], list[int]],
+               tape: list[tuple[Any, ...]] | None = None) -> None:
+        """Launch every stage kernel; `workspace(sizes)` returns device pointers for the temporaries.
+        With `tape`, each launch is also recorded as (function, grid, block, shared bytes, arg format,
+        number of pointer args, args) so that a runtime can replay it."""
         temps = workspace(self.temp_bytes(env)) if self.temps else []
         args = (*ptrs, *temps, *[env[d] for d in self.dims])
         for ln in self.launches:
@@ -122,6 +125,8 @@ class CudaKernel:
             if grid[0] >= INDEX_LIMIT or grid[1] > 65535 or grid[2] > 65535:
                 raise MlcError(f"kernel {self.name}: grid {grid} exceeds the device limits")
             ln.fn._launch_kernel(grid, ln.block, struct.pack(self._fmt, *args), ln.shared, stream)
+            if tape is not None:
+                tape.append((ln.fn, grid, ln.block, ln.shared, self._fmt, len(ptrs) + len(temps), args))
 
     def dim_sources(self) -> list[tuple[int, int] | None]:
         """Per dim: (buffer index, axis) whose extent is that dim, None when only a scalar gives it."""

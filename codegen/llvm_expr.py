@@ -347,6 +347,11 @@ class ExprEmitter:
             return self.convert(b.fcmp_unordered("uno", x, x), "bool", e.dtype)
         if name == "neg":
             return b.fneg(x)
+        if name in ("exp", "sigmoid", "tanh", "erf") and self._is_f32_like(x.type):
+            from .fastmath import FastMath
+
+            fm = FastMath(b, self.intrinsic)
+            return self.float_call(lambda a, t: getattr(fm, name)(a[0]), [x])
         if name in _LIBM_UNARY:
             return self.float_call(lambda a, t: b.call(self.intrinsic(_LIBM_UNARY[name], t), a), [x])
         if name == "rsqrt":
@@ -363,6 +368,12 @@ class ExprEmitter:
         if name == "erf":
             return self.float_call(self.erf, [x])
         raise self.err(f"intrinsic {name} is not supported by the CPU codegen", e.loc)
+
+    @staticmethod
+    def _is_f32_like(t: ir.Type) -> bool:
+        """f32 or f16 (computed in f32): the inline fast-math forms apply."""
+        elem = t.element if isinstance(t, ir.VectorType) else t
+        return isinstance(elem, ir.FloatType | ir.HalfType)
 
     def erf(self, args: list[ir.Value], t: ir.Type) -> ir.Value:
         """libm erf/erff, lane by lane for vectors (LLVM has no erf intrinsic)."""

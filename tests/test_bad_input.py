@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import re
 import subprocess
@@ -69,6 +70,10 @@ class Result:
     stderr: str
     before: dict[str, bytes]
     after: dict[str, bytes]
+    cwd: str = ""
+
+    def norm_stderr(self) -> str:
+        return self.stderr.replace(self.cwd, "<cwd>")
 
 
 # ----- ways to break things ---------------------------------------------------------------------------
@@ -508,9 +513,55 @@ assert len({c.id for c in CASES}) == len(CASES), "duplicate case ids"
 # ----- running -------------------------------------------------------------------------------------------
 
 
+ENV = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
+
+
 def mlc(*args: str, cwd: Path, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
-    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
-    return subprocess.run([*MLC, *args], cwd=cwd, input=stdin, capture_output=True, env=env, timeout=120)
+    return subprocess.run([*MLC, *args], cwd=cwd, input=stdin, capture_output=True, env=ENV, timeout=120)
+
+
+# `python -m mlc.cli` spends ~0.5 s importing (numpy, scipy, the op registry) before it looks at its
+# arguments; 350 cases of that would take minutes on 2 cores. So one process imports exactly what
+# `python -m mlc.cli` imports, then forks a child per case that redirects fds 0/1/2, chdirs, and runs
+# the same `mlc.cli.__main__` with the case's argv: a fresh process per case with the real exit
+# status, streams and files, minus the import cost. test_zygote_matches_real_binary checks that
+# this agrees with real `python -m mlc.cli` runs.
+ZYGOTE = r"""
+import json, os, runpy, sys
+import mlc.cli.commands, mlc.cli.main  # what `python -m mlc.cli` imports before parsing argv
+jobs, workers, running, done = json.load(open(sys.argv[1])), int(sys.argv[2]), {}, {}
+
+def start(job):
+    pid = os.fork()
+    if pid:
+        running[pid] = job["id"]
+        return
+    code = 3
+    try:
+        os.chdir(job["cwd"])
+        for fd, name, mode in ((0, "stdin", os.O_RDONLY), (1, "stdout", os.O_WRONLY | os.O_CREAT),
+                               (2, "stderr", os.O_WRONLY | os.O_CREAT)):
+            os.dup2(os.open(job[name], mode, 0o644), fd)
+        sys.argv = ["mlc", *job["argv"]]
+        try:
+            runpy.run_module("mlc.cli", run_name="__main__", alter_sys=True)
+            code = 0
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    finally:
+        sys.stdout.flush(), sys.stderr.flush()
+        os._exit(code)
+
+for job in jobs:
+    while len(running) >= workers:
+        pid, status = os.wait()
+        done[running.pop(pid)] = os.waitstatus_to_exitcode(status)
+    start(job)
+while running:
+    pid, status = os.wait()
+    done[running.pop(pid)] = os.waitstatus_to_exitcode(status)
+json.dump(done, open(sys.argv[1] + ".rc", "w"))
+"""
 
 
 def snapshot(d: Path) -> dict[str, bytes]:
@@ -551,18 +602,33 @@ def make_shared(d: Path) -> Shared:
     return s
 
 
-def run_case(case: Case, shared: Shared, root: Path) -> Result:
+def prepare(case: Case, shared: Shared, root: Path) -> dict[str, object]:
+    """The case's fresh directory with its files, and the job the zygote runs."""
     d = root / re.sub(r"[^A-Za-z0-9_.-]+", "_", case.id)
+    io_dir = root.parent / (root.name + "-io") / d.name
     d.mkdir()
+    io_dir.mkdir(parents=True)
     for name, data in case.files.items():
         p = d / name
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_bytes(data(shared) if callable(data) else data)
-    argv = [a.replace(S, str(shared.dir)) for a in case.argv]
-    stdin = case.stdin(shared) if callable(case.stdin) else case.stdin
-    before = snapshot(d)
-    r = mlc(*argv, cwd=d, stdin=stdin)
-    return Result(r.returncode, r.stdout.decode(errors="replace"), r.stderr.decode(errors="replace"), before, snapshot(d))
+    (io_dir / "stdin").write_bytes(case.stdin(shared) if callable(case.stdin) else case.stdin)
+    return {"id": case.id, "cwd": str(d), "argv": [a.replace(S, str(shared.dir)) for a in case.argv],
+            "stdin": str(io_dir / "stdin"), "stdout": str(io_dir / "stdout"), "stderr": str(io_dir / "stderr")}
+
+
+def run_all(cases: list[Case], shared: Shared, root: Path) -> dict[str, Result]:
+    jobs = [prepare(c, shared, root) for c in cases]
+    before = {j["id"]: snapshot(Path(str(j["cwd"]))) for j in jobs}
+    spec = root.parent / (root.name + "-jobs.json")
+    spec.write_text(json.dumps(jobs))
+    workers = max(2, os.cpu_count() or 2)
+    r = subprocess.run([sys.executable, "-c", ZYGOTE, str(spec), str(workers)], env=ENV, capture_output=True, timeout=600)
+    assert r.returncode == 0, r.stderr.decode()
+    rcs = json.loads(Path(f"{spec}.rc").read_text())
+    return {str(j["id"]): Result(rcs[j["id"]], Path(str(j["stdout"])).read_text(errors="replace"),
+                                 Path(str(j["stderr"])).read_text(errors="replace"), before[str(j["id"])],
+                                 snapshot(Path(str(j["cwd"]))), str(j["cwd"])) for j in jobs}
 
 
 @pytest.fixture(scope="module")
@@ -572,11 +638,8 @@ def shared(tmp_path_factory: pytest.TempPathFactory) -> Shared:
 
 @pytest.fixture(scope="module")
 def results(shared: Shared, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Result]:
-    root = tmp_path_factory.mktemp("cases")
     before = snapshot(shared.dir)
-    workers = max(2, min(8, os.cpu_count() or 2))
-    with ThreadPoolExecutor(workers) as pool:
-        res = dict(zip([c.id for c in CASES], pool.map(lambda c: run_case(c, shared, root), CASES)))
+    res = run_all(CASES, shared, tmp_path_factory.mktemp("cases"))
     assert snapshot(shared.dir) == before, "a failing command changed the shared inputs"
     return res
 
@@ -612,3 +675,28 @@ def test_sweep_covers_every_subcommand() -> None:
     swept = {c.argv[0] for c in CASES}
     missing = set(cli.commands) - swept - {"tune"}  # tune: searched by its own tests (needs a scheduled module)
     assert not missing, missing
+
+
+REAL = ("verify:garbage", "import:truncated-0.5", "run-mlc:inputs-wrong-dim", "run:artifact-flip-payload",
+        "opt:pipeline-unknown-pass", "ann-search:index-garbage", "shape-infer:stdin-garbage", "bench:shape-syntax")
+
+
+@pytest.mark.parametrize("case_id", REAL)
+def test_zygote_matches_real_binary(case_id: str, results: dict[str, Result], shared: Shared,
+                                    tmp_path: Path) -> None:
+    """A sample of cases, rerun as real `python -m mlc.cli` processes, give the same result."""
+    case = next(c for c in CASES if c.id == case_id)
+    real = run_real(case, shared, tmp_path)
+    z = results[case_id]
+    assert (real.rc, real.stdout, real.after == real.before) == (z.rc, z.stdout, z.after == z.before)
+    assert real.norm_stderr() == z.norm_stderr()
+
+
+def run_real(case: Case, shared: Shared, root: Path) -> Result:
+    (root / "cases").mkdir()
+    job = prepare(case, shared, root / "cases")
+    d = Path(str(job["cwd"]))
+    before = snapshot(d)
+    r = mlc(*job["argv"], cwd=d, stdin=Path(str(job["stdin"])).read_bytes())  # type: ignore[arg-type]
+    return Result(r.returncode, r.stdout.decode(errors="replace"), r.stderr.decode(errors="replace"), before,
+                  snapshot(d), str(d))
