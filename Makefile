@@ -44,6 +44,7 @@ bench: $(VENV)/.installed-bench
 
 bench-gpu: $(VENV)/.installed-bench
 	$(BIN)/pytest -q -m gpu tests
+	$(BIN)/python benchmarks/bench_gpu.py
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .

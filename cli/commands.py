@@ -82,8 +82,10 @@ def opt_cmd(input: str, output: str | None, pipeline: str, print_after_all: bool
 @click.option("--inputs", "-i", "inputs", default=None, help="Inputs as .npz keyed by parameter name.")
 @output_option
 @click.option("--func", default="main", show_default=True, help="Graph function to run.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None,
+              help="Where to run an artifact (default: the target it was built for).")
 @handle_errors
-def run_cmd(module: str, inputs: str | None, output: str | None, func: str) -> None:
+def run_cmd(module: str, inputs: str | None, output: str | None, func: str, device: str | None) -> None:
     """Run a compiled artifact (.mlc), or a text module with the numpy reference interpreter.
 
     Outputs go to an .npz keyed by result name (or are printed).
@@ -92,7 +94,8 @@ def run_cmd(module: str, inputs: str | None, output: str | None, func: str) -> N
     if _is_artifact(module):
         from mlc.runtime.model import load
 
-        outs = load(module).vm.run(feeds, func)
+        model = load(module, device)
+        outs = model.vm.run(feeds, func) if func != "main" else model(**feeds)
     else:
         from mlc.ir.interp import run_function
 
@@ -122,13 +125,15 @@ def _write_build(res: Any, output: str, emit: str) -> None:
         atomic_write_bytes(base.with_suffix(".ll"), res.llvm_ir.encode())
     if "asm" in emit:
         atomic_write_bytes(base.with_suffix(".s"), res.asm.encode())
+    if "cuda" in emit:  # the CUDA build keeps its source where the CPU build keeps assembly
+        atomic_write_bytes(base.with_suffix(".cu"), res.asm.encode())
 
 
 def _emit_set(emit: str) -> tuple[str, ...]:
     kinds = tuple(e for e in emit.split(",") if e)
-    bad = [e for e in kinds if e not in ("llvm", "asm")]
+    bad = [e for e in kinds if e not in ("llvm", "asm", "cuda")]
     if bad:
-        raise click.BadParameter(f"unknown kind(s) {', '.join(bad)}; use llvm and/or asm", param_hint="--emit")
+        raise click.BadParameter(f"unknown kind(s) {', '.join(bad)}; use llvm, asm (cpu) or cuda", param_hint="--emit")
     return kinds
 
 
@@ -242,8 +247,10 @@ def _with_memory_constants(module: Any, consts: dict[str, np.ndarray]) -> Any:
 @click.option("--shape", "shapes", multiple=True, metavar="NAME=VALUE", help="Value of a symbolic dim.")
 @click.option("--onnx", "onnx_path", default=None, help="ONNX model to time with onnxruntime (default: the source).")
 @click.option("--runs", default=20, show_default=True, help="Timed runs (after 3 warm-up runs).")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None,
+              help="Where to run (default: the target the artifact was built for).")
 @handle_errors
-def bench_cmd(artifact: str, shapes: tuple[str, ...], onnx_path: str | None, runs: int) -> None:
+def bench_cmd(artifact: str, shapes: tuple[str, ...], onnx_path: str | None, runs: int, device: str | None) -> None:
     """Median latency of a compiled model, beside onnxruntime's on the same inputs."""
     from mlc.runtime.bench import random_inputs, time_fn
     from mlc.runtime.model import load
@@ -254,14 +261,15 @@ def bench_cmd(artifact: str, shapes: tuple[str, ...], onnx_path: str | None, run
         if not v.isdigit():
             raise click.BadParameter(f"expected NAME=INTEGER, got {s!r}", param_hint="--shape")
         dims[k] = int(v)
-    model = load(artifact)
+    model = load(artifact, device)
     main = model.module.get("main")
     feeds = random_inputs(main, dims)  # type: ignore[arg-type]
-    ours = time_fn(lambda: model(**feeds), runs=runs)
+    ours = time_fn(lambda: model(**feeds), runs=runs)  # includes host<->device copies on cuda
     from mlc.ir.interp import bind_dims
 
-    planned, naive = model.memory_plan(bind_dims(main, feeds))  # type: ignore[arg-type]
-    click.echo(f"memory plan  {planned / 1024:.1f} KiB of intermediates ({naive / 1024:.1f} KiB without reuse)")
+    if hasattr(model, "memory_plan"):
+        planned, naive = model.memory_plan(bind_dims(main, feeds))  # type: ignore[arg-type]
+        click.echo(f"memory plan  {planned / 1024:.1f} KiB of intermediates ({naive / 1024:.1f} KiB without reuse)")
     click.echo(f"mlc          median {ours.median_ms:9.3f} ms  (min {ours.min_ms:.3f}, {ours.runs} runs)")
     src = onnx_path or str(model.meta.get("source") or "")
     if src and Path(src).is_file():

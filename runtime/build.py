@@ -27,8 +27,12 @@ def build_artifact(module: Module, constants: dict[str, np.ndarray], target: str
     """Compile every tensor program for `target`; the graph functions become the runtime program."""
     from mlc.ir.printer import print_module
 
+    if target == "cuda":
+        from .cuda_build import build_cuda_artifact
+
+        return build_cuda_artifact(module, constants, emit)
     if target != "cpu":
-        raise MlcError(f"target '{target}' is not available in this build of mlc (available: cpu)")
+        raise MlcError(f"unknown target '{target}' (available: cpu, cuda)")
     from mlc.codegen.cpu import host_target
     from mlc.codegen.jit import compile_module
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from mlc.ir.diagnostics import MlcError
@@ -44,5 +45,15 @@ class Model:
         return self.vm.plans["main"].evaluate(dims)
 
 
-def load(path: str | Path) -> Model:
-    return Model(read(path), str(path))
+def load(path: str | Path, device: str | None = None) -> Any:
+    """The artifact as a callable: a `Model` (CPU) or a `CudaModel`, by the target it was built for."""
+    art = read(path)
+    target = str(art.meta.get("target", "cpu"))
+    want = device or target
+    if want != target:
+        raise MlcError(f"{path}: built for {target}, cannot run on {want} (rebuild with --target {want})")
+    if target == "cuda":
+        from .cuda_build import CudaModel
+
+        return CudaModel(art, str(path))
+    return Model(art, str(path))

@@ -143,7 +143,9 @@ def set_kind(func: PrimFunc, loop: str, kind: str, thread_tag: str = "") -> Prim
     path = find_loop(func.body, loop)
     lp = get(func.body, path)
     assert isinstance(lp, For)
-    if kind in ("parallel", "vectorized", "thread"):
+    # threads of one block may share a reduction (cross-thread reduction); grid-level loops may not
+    cross_thread = kind == "thread" and thread_tag.startswith("threadIdx")
+    if kind in ("parallel", "vectorized", "thread") and not cross_thread:
         _check_spatial(func, lp, {"parallel": "parallel", "vectorized": "vectorize", "thread": "bind"}[kind])
     if kind == "thread" and thread_tag not in THREAD_TAGS:
         raise MlcError(f"bind: unknown thread tag {thread_tag!r}; expected one of {', '.join(THREAD_TAGS)}")
