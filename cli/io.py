@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from mlc.ir.constants import load_constants, rebase, resolve, save_constants
+from mlc.ir.constants import check_constants, load_constants, pack_constants, rebase
 from mlc.ir.diagnostics import MlcError
 from mlc.ir.module import ConstantsRef, Module
 
@@ -50,18 +50,35 @@ def read_module(path: str) -> Source:
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write via a temp file in the same directory and rename: readers never see a partial file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    atomic_write_files([(Path(path), data)])
+
+
+def atomic_write_files(files: list[tuple[Path, bytes]]) -> None:
+    """Write every file to a temp file beside it, then rename them all into place.
+
+    Any error (missing directory, a directory in the way, no permission, full disk) comes before
+    the first rename, so a failure leaves every existing file as it was. Errors are MlcErrors.
+    """
+    tmps: list[str] = []
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
         umask = os.umask(0)
         os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        for path, data in files:
+            if path.is_dir():
+                raise MlcError(f"cannot write '{path}': is a directory")
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            tmps.append(tmp)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
+        for tmp, (path, _) in zip(tmps, files, strict=True):
+            os.replace(tmp, path)
+    except OSError as e:
+        name = next((p for p, _ in files if e.filename is not None and str(p.parent) in str(e.filename)), files[0][0])
+        raise MlcError(f"cannot write '{name}': {e.strerror or e}") from None
+    finally:
+        for tmp in tmps:
+            Path(tmp).unlink(missing_ok=True)
 
 
 def write_text(out: str | None, text: str) -> None:
@@ -69,10 +86,7 @@ def write_text(out: str | None, text: str) -> None:
         sys.stdout.write(text)
         sys.stdout.flush()
     else:
-        try:
-            atomic_write_bytes(out, text.encode())
-        except OSError as e:
-            raise MlcError(f"cannot write '{out}': {e.strerror}") from None
+        atomic_write_bytes(out, text.encode())
 
 
 def write_module(module: Module, out: str | None, source: Source | None = None,
@@ -84,15 +98,22 @@ def write_module(module: Module, out: str | None, source: Source | None = None,
     """
     from mlc.ir.printer import print_module
 
+    import hashlib
+
     out_dir = None if out in (None, "-") else Path(out).resolve().parent
     if new_constants is not None:
         base = out_dir or Path.cwd()
         name = (Path(out).stem if out not in (None, "-") else stem) + ".weights.npz"
-        digest = save_constants(base / name, new_constants)
-        ref = ConstantsRef(name if out_dir else str(base / name), digest)
-        ref = rebase(ref, base / name, out_dir)
-        module = Module(module.functions, module.meta, ref, module.loc)
-    elif module.constants is not None and source is not None:
-        found = resolve(module.constants, source.search_dirs)
+        data = pack_constants(new_constants)
+        ref = rebase(ConstantsRef(str(base / name), hashlib.sha256(data).hexdigest()), base / name, out_dir)
+        text = print_module(Module(module.functions, module.meta, ref, module.loc))
+        if out in (None, "-"):
+            atomic_write_bytes(base / name, data)
+            write_text(out, text)
+        else:  # the side file and the text land together or not at all
+            atomic_write_files([(base / name, data), (Path(out), text.encode())])
+        return
+    if module.constants is not None and source is not None:
+        found = check_constants(module.constants, source.search_dirs)
         module = Module(module.functions, module.meta, rebase(module.constants, found, out_dir), module.loc)
     write_text(out, print_module(module))

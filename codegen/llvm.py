@@ -372,7 +372,7 @@ class _Emitter(ExprEmitter):
 
 
 # Below this many innermost iterations a parallel loop runs serially (pool launch ~ 20-50 us).
-PARALLEL_MIN_WORK = 1 << 15
+PARALLEL_MIN_WORK = 1 << 20
 
 
 def _work_estimate(s: Stmt, known: set[Var]) -> Expr:

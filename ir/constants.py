@@ -26,12 +26,17 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
     return h.hexdigest()
 
 
+def pack_constants(arrays: dict[str, np.ndarray]) -> bytes:
+    """The side file's bytes (an .npz, keys sorted so equal constants give equal files)."""
+    buf = io.BytesIO()
+    np.savez(buf, **{k: np.ascontiguousarray(v) for k, v in sorted(arrays.items())})
+    return buf.getvalue()
+
+
 def save_constants(path: str | os.PathLike[str], arrays: dict[str, np.ndarray]) -> str:
     """Write arrays to an .npz atomically; returns the file's sha256."""
     path = Path(path)
-    buf = io.BytesIO()
-    np.savez(buf, **{k: np.ascontiguousarray(v) for k, v in sorted(arrays.items())})
-    data = buf.getvalue()
+    data = pack_constants(arrays)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_bytes(data)
     os.replace(tmp, path)
@@ -48,11 +53,20 @@ def resolve(ref: ConstantsRef, search_dirs: list[Path]) -> Path:
     raise MlcError(f"constants file '{ref.path}' not found (looked in {', '.join(str(c.parent) for c in candidates)})")
 
 
-def load_constants(ref: ConstantsRef, search_dirs: list[Path]) -> dict[str, np.ndarray]:
+def check_constants(ref: ConstantsRef, search_dirs: list[Path]) -> Path:
+    """The side file, found and checked against the hash the module names (a stale file is an error)."""
     path = resolve(ref, search_dirs)
-    digest = sha256_file(path)
+    try:
+        digest = sha256_file(path)
+    except OSError as e:
+        raise MlcError(f"cannot read constants file '{path}': {e.strerror}") from None
     if digest != ref.sha256:
         raise MlcError(f"constants file '{path}' has sha256 {digest[:16]}..., the module expects {ref.sha256[:16]}...")
+    return path
+
+
+def load_constants(ref: ConstantsRef, search_dirs: list[Path]) -> dict[str, np.ndarray]:
+    path = check_constants(ref, search_dirs)
     try:
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}

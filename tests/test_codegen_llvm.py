@@ -72,7 +72,7 @@ def test_annotated_loops_match_serial(kinds):
     fs = [matmul_func("ser"), matmul_func("ann", kinds), matmul_func("iser", dtype="i32"),
           matmul_func("iann", kinds, dtype="i32")]
     lib = compile_module(fs)
-    for nn, mm in ((5, 16), (13, 37), (64, 48)):  # the last is big enough for the thread pool
+    for nn, mm in ((5, 16), (13, 37), (200, 180)):  # the last is big enough for the thread pool
         a, b = RNG.random((nn, 33), "f4"), RNG.random((33, mm), "f4")
         c1, c2 = np.zeros((nn, mm), "f4"), np.zeros((nn, mm), "f4")
         lib.kernel("ser")([a, b, c1])
