@@ -13,7 +13,7 @@ from ..cli.main import handle_errors
 from ..ir.diagnostics import MlcError
 from .index import MODES, AnnIndex
 from .index_file import read_index, write_index
-from .io import read_vectors, write_vectors
+from .io import as_float_vectors, read_vectors, write_vectors
 from .metrics import k_recall_at_k, recall_at
 from .program import search_ir_text
 from .progress import training_progress
@@ -47,7 +47,9 @@ def build_cmd(base: str, method: str, codebooks: int, codewords: int, beam: int,
     parent = Path(output).resolve().parent
     if not parent.is_dir():
         raise MlcError(f"{output}: cannot write the index: directory {parent} does not exist")
-    x = read_vectors(base)
+    if Path(f"{output}.ir").is_dir():  # found now, not after the index file was written
+        raise MlcError(f"{output}.ir: cannot write the search program: it is a directory")
+    x = as_float_vectors(read_vectors(base), what="base vectors", path=base)  # errors name the file
     opts: dict[str, object] = {"seed": seed}
     if method == "pq":
         opts["rotate"] = rotate
@@ -74,8 +76,13 @@ def _write_text(path: str, text: str) -> None:
             tmp.unlink()
 
 
+def _queries(path: str, idx: AnnIndex) -> np.ndarray:
+    """The query file, checked against the index's dimension with the file named in errors."""
+    return as_float_vectors(read_vectors(path), idx.dim, "queries", path)
+
+
 def _search_options(fn):  # noqa: ANN001, ANN202
-    fn = click.option("--rerank", type=int, default=0, show_default=True,
+    fn = click.option("--rerank", type=click.IntRange(min=0), default=0, show_default=True,
                       help="Re-rank this many ADC candidates exactly (needs --keep-base).")(fn)
     fn = click.option("--mode", type=click.Choice(MODES), default=None,
                       help="flat | etree | eforest | atree | ir (compiled program). Default: atree with --beam, else ir.")(fn)
@@ -108,7 +115,7 @@ def search_cmd(index: str, queries: str, k: int, beam: int | None, mode: str | N
     if Path(output).suffix.lower() not in (".ivecs", ".npy"):
         raise MlcError(f"result file must end in .ivecs or .npy, got '{output}'")
     idx = read_index(index)
-    ids, _ = _run_search(idx, read_vectors(queries), k, mode, beam, rerank)
+    ids, _ = _run_search(idx, _queries(queries, idx), k, mode, beam, rerank)
     write_vectors(output, ids.astype(np.int32))
 
 
@@ -121,7 +128,7 @@ def search_cmd(index: str, queries: str, k: int, beam: int | None, mode: str | N
 def eval_cmd(index: str, queries: str, groundtruth: str, beam: int | None, mode: str | None, rerank: int) -> None:
     """Recall@1/10/100, 10-recall@10, queries per second and quantization error."""
     idx = read_index(index)
-    q = read_vectors(queries)
+    q = _queries(queries, idx)
     gt = read_vectors(groundtruth)
     if gt.dtype.kind not in "iu" or len(gt) != len(q):
         raise MlcError(f"ground truth must be integer ids, one row per query ({len(q)}), got {gt.shape} {gt.dtype}")

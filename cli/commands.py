@@ -8,9 +8,9 @@ from typing import Any
 
 import click
 import numpy as np
-from mlc.ir.diagnostics import MlcError
+from mlc.ir.diagnostics import Loc, MlcError
 
-from .io import atomic_write_bytes, read_module, write_module, write_text
+from .io import atomic_write_bytes, atomic_write_files, read_module, write_module, write_text
 from .main import cli, handle_errors, input_argument, output_option, print_timings, run_stage
 
 
@@ -24,9 +24,7 @@ def import_cmd(model: str, output: str | None, dims: tuple[str, ...]) -> None:
     from mlc.frontend.onnx_import import import_onnx
 
     mapping = _dim_map(dims)
-    if not Path(model).is_file():
-        raise MlcError(f"cannot read '{model}': no such file")
-    module, consts = import_onnx(model, mapping or None)
+    module, consts = import_onnx(_existing_file(model), mapping or None)
     from mlc.ir.verify import verify_module
 
     verify_module(_with_memory_constants(module, consts))
@@ -42,6 +40,7 @@ def verify_cmd(input: str) -> None:
 
     src = read_module(input)
     verify_module(src.module, source=src.text)
+    src.constants()  # a module is only as good as the side file it names: present, unaltered, matching
 
 
 @cli.command("opt")
@@ -61,7 +60,12 @@ def opt_cmd(input: str, output: str | None, pipeline: str, print_after_all: bool
     from mlc.passes.registry import PassContext
 
     steps = load_pipeline(pipeline)
-    src = read_module(input)
+    if ir_dump_dir is not None:
+        try:
+            Path(ir_dump_dir).mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise MlcError(f"cannot create --ir-dump-dir '{ir_dump_dir}': {e.strerror}") from None
+    src = read_module(input, verify=verify_each)
     ctx = PassContext(search_dirs=src.search_dirs)
     if any(s.info.needs_constants for s in steps):
         ctx.constants = src.constants()
@@ -95,6 +99,9 @@ def run_cmd(module: str, inputs: str | None, output: str | None, func: str, devi
         from mlc.runtime.model import load
 
         model = load(module, device)
+        funcs = [f.name for f in model.module.graph_functions()]
+        if func not in funcs:
+            raise MlcError(f"{module}: no graph function '{func}' (it has {', '.join(funcs)})")
         outs = model.vm.run(feeds, func) if func != "main" else model(**feeds)
     else:
         from mlc.ir.interp import run_function
@@ -105,8 +112,11 @@ def run_cmd(module: str, inputs: str | None, output: str | None, func: str, devi
 
 
 def _is_artifact(path: str) -> bool:
+    """By content, or by name: a damaged `.mlc` is reported as a damaged artifact, not as bad text IR."""
     from mlc.runtime.artifact import MAGIC
 
+    if path.endswith(".mlc"):
+        return True
     try:
         with open(path, "rb") as f:
             return f.read(len(MAGIC)) == MAGIC
@@ -119,14 +129,15 @@ def _emit_option(fn: Any) -> Any:
 
 
 def _write_build(res: Any, output: str, emit: str) -> None:
-    atomic_write_bytes(output, res.data)
     base = Path(output)
+    files = [(base, res.data)]
     if "llvm" in emit:
-        atomic_write_bytes(base.with_suffix(".ll"), res.llvm_ir.encode())
+        files.append((base.with_suffix(".ll"), res.llvm_ir.encode()))
     if "asm" in emit:
-        atomic_write_bytes(base.with_suffix(".s"), res.asm.encode())
+        files.append((base.with_suffix(".s"), res.asm.encode()))
     if "cuda" in emit:  # the CUDA build keeps its source where the CPU build keeps assembly
-        atomic_write_bytes(base.with_suffix(".cu"), res.asm.encode())
+        files.append((base.with_suffix(".cu"), res.asm.encode()))
+    atomic_write_files(files)
 
 
 def _emit_set(emit: str) -> tuple[str, ...]:
@@ -148,7 +159,7 @@ def codegen_cmd(input: str, output: str, target: str, emit: str) -> None:
     from mlc.runtime.build import build_artifact
 
     kinds = _emit_set(emit)
-    src = read_module(input)
+    src = read_module(input, verify=True)
     _write_build(build_artifact(src.module, src.constants(), target, kinds), output, emit)
 
 
@@ -174,16 +185,20 @@ def build_cmd(model: str, output: str, target: str, pipeline: str | None, db: st
     from .main import default_pipeline
 
     kinds = _emit_set(emit)
+    dim_bounds = _bounds(bounds)
+    if db is not None:
+        _existing_file(db, "tuning database")
+    if pipeline is None and not default_pipeline(f"build-{target}").is_file():
+        known = sorted(p.stem.removeprefix("build-") for p in default_pipeline("build-cpu").parent.glob("build-*.yaml"))
+        raise MlcError(f"unknown target '{target}' (available: {', '.join(known)})")
     if model.endswith(".onnx"):
         from mlc.frontend.onnx_import import import_onnx
 
-        if not Path(model).is_file():
-            raise MlcError(f"cannot read '{model}': no such file")
-        module, consts = import_onnx(model, _dim_map(dims) or None)
+        module, consts = import_onnx(_existing_file(model), _dim_map(dims) or None)
         module = _with_memory_constants(module, consts)
         ctx = PassContext(constants=consts, search_dirs=[Path.cwd()], target=target)
     else:
-        src = read_module(model)
+        src = read_module(model, verify=True)
         module = src.module
         ctx = PassContext(constants=src.constants(), search_dirs=src.search_dirs, target=target)
     steps = load_pipeline(pipeline or default_pipeline(f"build-{target}"))
@@ -195,8 +210,9 @@ def build_cmd(model: str, output: str, target: str, pipeline: str | None, db: st
     if timing:
         print_timings(report.timings)
     res = build_artifact(module, ctx.constants or {}, target, kinds)
+    report_line = _plan_report(module, res, dim_bounds)  # may fail: before anything is written
     _write_build(res, output, emit)
-    _report_plan(module, res, _bounds(bounds))
+    click.echo(report_line, err=True)
 
 
 def _bounds(items: tuple[str, ...]) -> dict[str, int]:
@@ -209,8 +225,8 @@ def _bounds(items: tuple[str, ...]) -> dict[str, int]:
     return out
 
 
-def _report_plan(module: Any, res: Any, bounds: dict[str, int]) -> None:
-    """One line on stderr: kernels, and the memory plan as an expression of the symbolic dims."""
+def _plan_report(module: Any, res: Any, bounds: dict[str, int]) -> str:
+    """One line for stderr: kernels, and the memory plan as an expression of the symbolic dims."""
     from mlc.ir.graph import Function
     from mlc.ir.printer import print_expr
     from mlc.runtime.memory_plan import plan_function
@@ -228,7 +244,7 @@ def _report_plan(module: Any, res: Any, bounds: dict[str, int]) -> None:
                 msg += f" ({naive / 1024:.1f} KiB without reuse)"
             except ValueError as e:
                 raise MlcError(f"--dim-bound: {e}") from None
-    click.echo(msg, err=True)
+    return msg
 
 
 def _with_memory_constants(module: Any, consts: dict[str, np.ndarray]) -> Any:
@@ -246,7 +262,8 @@ def _with_memory_constants(module: Any, consts: dict[str, np.ndarray]) -> Any:
 @click.argument("artifact")
 @click.option("--shape", "shapes", multiple=True, metavar="NAME=VALUE", help="Value of a symbolic dim.")
 @click.option("--onnx", "onnx_path", default=None, help="ONNX model to time with onnxruntime (default: the source).")
-@click.option("--runs", default=20, show_default=True, help="Timed runs (after 3 warm-up runs).")
+@click.option("--runs", type=click.IntRange(min=1), default=20, show_default=True,
+              help="Timed runs (after 3 warm-up runs).")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None,
               help="Where to run (default: the target the artifact was built for).")
 @handle_errors
@@ -264,6 +281,10 @@ def bench_cmd(artifact: str, shapes: tuple[str, ...], onnx_path: str | None, run
     model = load(artifact, device)
     main = model.module.get("main")
     feeds = random_inputs(main, dims)  # type: ignore[arg-type]
+    if onnx_path:
+        _existing_file(onnx_path)
+    src = onnx_path or str(model.meta.get("source") or "")
+    sess = _ort_session(src, list(feeds)) if src and Path(src).is_file() else None  # checked before any output
     ours = time_fn(lambda: model(**feeds), runs=runs)  # includes host<->device copies on cuda
     from mlc.ir.interp import bind_dims
 
@@ -271,19 +292,23 @@ def bench_cmd(artifact: str, shapes: tuple[str, ...], onnx_path: str | None, run
         planned, naive = model.memory_plan(bind_dims(main, feeds))  # type: ignore[arg-type]
         click.echo(f"memory plan  {planned / 1024:.1f} KiB of intermediates ({naive / 1024:.1f} KiB without reuse)")
     click.echo(f"mlc          median {ours.median_ms:9.3f} ms  (min {ours.min_ms:.3f}, {ours.runs} runs)")
-    src = onnx_path or str(model.meta.get("source") or "")
-    if src and Path(src).is_file():
-        import onnxruntime as ort
-
-        sess = ort.InferenceSession(src, providers=["CPUExecutionProvider"])
-        names = [i.name for i in sess.get_inputs()]
-        if sorted(names) != sorted(feeds):
-            raise MlcError(f"onnx model inputs {names} differ from the artifact's {list(feeds)}")
+    if sess is not None:
         peer = time_fn(lambda: sess.run(None, feeds), runs=runs)
         click.echo(f"onnxruntime  median {peer.median_ms:9.3f} ms  (min {peer.min_ms:.3f}, {peer.runs} runs)")
         click.echo(f"speed ratio (onnxruntime / mlc): {peer.median_ms / ours.median_ms:.2f}x")
-    elif onnx_path:
-        raise MlcError(f"cannot read '{onnx_path}': no such file")
+
+
+def _ort_session(path: str, inputs: list[str]) -> Any:
+    """An onnxruntime session on `path`, checked (by mlc's ONNX loader) and matched to the artifact's inputs."""
+    import onnxruntime as ort
+    from mlc.frontend.onnx_import import load_model
+
+    model, _ = load_model(path)
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = [i.name for i in sess.get_inputs()]
+    if sorted(names) != sorted(inputs):
+        raise MlcError(f"onnx model inputs {names} differ from the artifact's {inputs}", Loc(path))
+    return sess
 
 
 def _dim_map(dims: tuple[str, ...]) -> dict[str, str]:
@@ -299,15 +324,18 @@ def _dim_map(dims: tuple[str, ...]) -> dict[str, str]:
 
 
 def load_npz(path: str) -> dict[str, np.ndarray]:
-    import zipfile
+    from mlc.ir.constants import read_npz
 
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
-    except FileNotFoundError:
-        raise MlcError(f"cannot read inputs '{path}': no such file") from None
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
-        raise MlcError(f"inputs '{path}' are not a valid .npz: {e}") from None
+    return read_npz(_existing_file(path, "inputs"), f"inputs '{path}'")
+
+
+def _existing_file(path: str, what: str = "") -> str:
+    """`path`, or an MlcError saying why it cannot be read (before any work is done)."""
+    p = Path(path)
+    if p.is_dir() or not p.exists():
+        why = "is a directory" if p.is_dir() else "no such file"
+        raise MlcError(f"cannot read {what + ' ' if what else ''}'{path}': {why}")
+    return path
 
 
 def save_npz(output: str | None, arrays: dict[str, np.ndarray]) -> None:
@@ -332,7 +360,10 @@ def zoo_cmd(name: str, output: str) -> None:
 
     if name not in zoo.NAMES:
         raise MlcError(f"unknown zoo model '{name}' (available: {', '.join(zoo.NAMES)})")
-    Path(output).mkdir(parents=True, exist_ok=True)
+    try:
+        Path(output).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise MlcError(f"cannot create directory '{output}': {e.strerror}") from None
     atomic_write_bytes(Path(output) / f"{name}.onnx", zoo.build(name).SerializeToString())
     click.echo(str(Path(output) / f"{name}.onnx"))
 

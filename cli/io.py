@@ -3,6 +3,7 @@ and keep modules pointing at their constants side file across directories and pi
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 import tempfile
@@ -10,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from mlc.ir.constants import check_constants, load_constants, pack_constants, rebase
+from mlc.ir.constants import check_constant_types, check_constants, load_constants, pack_constants, rebase
 from mlc.ir.diagnostics import MlcError
 from mlc.ir.module import ConstantsRef, Module
 
@@ -25,9 +26,12 @@ class Source:
     text: str = ""
 
     def constants(self) -> dict[str, np.ndarray]:
+        """The side file's arrays, checked against the module's `const` declarations."""
         if self.module.constants is None:
             return {}
-        return load_constants(self.module.constants, self.search_dirs)
+        arrays = load_constants(self.module.constants, self.search_dirs)
+        check_constant_types(self.module, arrays, self.text)
+        return arrays
 
 
 def read_text(path: str) -> tuple[str, str]:
@@ -39,11 +43,16 @@ def read_text(path: str) -> tuple[str, str]:
     return data.decode("utf-8", errors="replace"), ("<stdin>" if path == "-" else path)
 
 
-def read_module(path: str) -> Source:
+def read_module(path: str, verify: bool = False) -> Source:
+    """Parse `path`; with `verify`, an ill-formed input is reported at its own line, before any stage runs."""
     from mlc.ir.parser import parse_module
 
     text, name = read_text(path)
     module = parse_module(text, name)
+    if verify:
+        from mlc.ir.verify import verify_module
+
+        verify_module(module, source=text)
     dirs = [Path.cwd()] if path == "-" else [Path(path).resolve().parent, Path.cwd()]
     return Source(module, name, dirs, text)
 
@@ -58,33 +67,44 @@ def atomic_write_files(files: list[tuple[Path, bytes]]) -> None:
 
     Any error (missing directory, a directory in the way, no permission, full disk) comes before
     the first rename, so a failure leaves every existing file as it was. Errors are MlcErrors.
+    A device or pipe (`-o /dev/null`, `-o /dev/stdout`) is written in place, never replaced.
     """
-    tmps: list[str] = []
+    tmps: dict[Path, str] = {}
+    current = files[0][0]
     try:
         umask = os.umask(0)
         os.umask(umask)
         for path, data in files:
+            current = path
             if path.is_dir():
                 raise MlcError(f"cannot write '{path}': is a directory")
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-            tmps.append(tmp)
+            if path.exists() and not path.is_file():
+                continue
+            fd, tmps[path] = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
-            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
-        for tmp, (path, _) in zip(tmps, files, strict=True):
-            os.replace(tmp, path)
+            os.chmod(tmps[path], 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
+        for path, data in files:
+            current = path
+            if path in tmps:
+                os.replace(tmps[path], path)
+            else:
+                with open(path, "wb") as f:
+                    f.write(data)
     except OSError as e:
-        name = next((p for p, _ in files if e.filename is not None and str(p.parent) in str(e.filename)), files[0][0])
-        raise MlcError(f"cannot write '{name}': {e.strerror or e}") from None
+        raise MlcError(f"cannot write '{current}': {e.strerror or e}") from None
     finally:
-        for tmp in tmps:
+        for tmp in tmps.values():
             Path(tmp).unlink(missing_ok=True)
 
 
 def write_text(out: str | None, text: str) -> None:
     if out is None or out == "-":
-        sys.stdout.write(text)
-        sys.stdout.flush()
+        try:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+        except OSError as e:  # a full disk or a closed pipe behind a redirection
+            raise MlcError(f"cannot write to stdout: {e.strerror or e}") from None
     else:
         atomic_write_bytes(out, text.encode())
 
@@ -98,8 +118,6 @@ def write_module(module: Module, out: str | None, source: Source | None = None,
     """
     from mlc.ir.printer import print_module
 
-    import hashlib
-
     out_dir = None if out in (None, "-") else Path(out).resolve().parent
     if new_constants is not None:
         base = out_dir or Path.cwd()
@@ -111,6 +129,8 @@ def write_module(module: Module, out: str | None, source: Source | None = None,
             atomic_write_bytes(base / name, data)
             write_text(out, text)
         else:  # the side file and the text land together or not at all
+            if not base.is_dir():  # name the file the user asked for, not the side file
+                raise MlcError(f"cannot write '{out}': {'not a directory' if base.exists() else 'no such directory'}")
             atomic_write_files([(base / name, data), (Path(out), text.encode())])
         return
     if module.constants is not None and source is not None:

@@ -95,7 +95,7 @@ def run_stage(name: str, input: str, output: str | None, options: dict[str, Any]
 
     info = get_pass(name)
     assert info is not None
-    src = read_module(input)
+    src = read_module(input, verify=verify)
     ctx = PassContext(search_dirs=src.search_dirs)
     if info.needs_constants or src.module.constants is not None:
         ctx.constants = src.constants() if info.needs_constants else None

@@ -43,10 +43,10 @@ ONNX_DTYPES: dict[int, str] = {
 }
 
 
-def onnx_dtype(code: int, what: str) -> str:
+def onnx_dtype(code: int, what: str, src: str | None = None) -> str:
     if code not in ONNX_DTYPES:
         name = onnx.TensorProto.DataType.Name(code) if code in onnx.TensorProto.DataType.values() else str(code)
-        raise MlcError(f"{what}: unsupported element type {name}")
+        raise MlcError(f"{what}: unsupported element type {name}", Loc(src) if src else None)
     return ONNX_DTYPES[code]
 
 
@@ -356,11 +356,24 @@ def _check_supported(graph: onnx.GraphProto, src: str) -> None:
         raise MlcError(f"unsupported ONNX ops {', '.join(kinds)}: {len(bad)} node(s): " + "; ".join(bad), Loc(src))
 
 
+def _check_dim_names(g: onnx.GraphProto, dims: dict[str, str], src: str) -> None:
+    """Every `--dim` key names a dynamic axis (dim_param) or an `input:axis` of the model: a typo is an error."""
+    known: set[str] = set()
+    for vi in g.input:
+        for i, d in enumerate(vi.type.tensor_type.shape.dim):
+            known |= {f"{vi.name}:{i}", f"{vi.name}.{i}"} | ({d.dim_param} if d.HasField("dim_param") else set())
+    unknown = sorted(set(dims) - known)
+    if unknown:
+        params = sorted({d.dim_param for vi in g.input for d in vi.type.tensor_type.shape.dim if d.HasField("dim_param")})
+        raise MlcError(f"--dim {', '.join(unknown)}: no such dynamic axis in the model "
+                       f"(its dynamic axes: {', '.join(params) or 'none'}; or use INPUT:AXIS)", Loc(src))
+
+
 def _param_type(vi: onnx.ValueInfoProto, dims: dict[str, str], src: str) -> TensorType:
     tt = vi.type.tensor_type
     if not vi.type.HasField("tensor_type"):
         raise MlcError(f"graph input '{vi.name}' is not a tensor", Loc(src))
-    dt = onnx_dtype(tt.elem_type, f"graph input '{vi.name}'")
+    dt = onnx_dtype(tt.elem_type, f"graph input '{vi.name}'", src)
     if not tt.HasField("shape"):
         raise MlcError(f"graph input '{vi.name}' has no shape (rank unknown)", Loc(src))
     shape: list[Expr] = []
@@ -444,7 +457,8 @@ def import_onnx(path_or_model: str | Path | bytes | onnx.ModelProto,
             ctx.consts[init.name] = numpy_helper.to_array(init)
         except Exception as e:  # noqa: BLE001 - corrupt tensor data
             raise MlcError(f"initializer '{init.name}' cannot be read: {e}", Loc(src)) from None
-        onnx_dtype(init.data_type, f"initializer '{init.name}'")
+        onnx_dtype(init.data_type, f"initializer '{init.name}'", src)
+    _check_dim_names(g, dims or {}, src)
     params: list[Value] = []
     for vi in g.input:
         if vi.name in ctx.consts:

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .diagnostics import MlcError
-from .module import ConstantsRef
+from .arith import as_int
+from .diagnostics import Loc, MlcError
+from .module import ConstantsRef, Module
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
@@ -43,10 +44,33 @@ def save_constants(path: str | os.PathLike[str], arrays: dict[str, np.ndarray]) 
     return hashlib.sha256(data).hexdigest()
 
 
+def read_npz(src: str | os.PathLike[str] | bytes, what: str) -> dict[str, np.ndarray]:
+    """Every array of an .npz (a path or its bytes), never unpickling; any defect is one MlcError naming `what`.
+
+    numpy reads anything that is not a zip archive as a pickle and then suggests loading it
+    unsafely; a file that is not a zip archive is reported as such instead.
+    """
+    try:
+        if isinstance(src, bytes):
+            head = src[:4]
+        else:
+            with open(src, "rb") as f:
+                head = f.read(4)
+    except OSError as e:
+        raise MlcError(f"cannot read {what}: {e.strerror}") from None
+    if head not in (b"PK\x03\x04", b"PK\x05\x06"):
+        raise MlcError(f"{what} is not an .npz archive" + (" (empty file)" if not head else ""))
+    try:
+        with np.load(io.BytesIO(src) if isinstance(src, bytes) else src, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
+        raise MlcError(f"{what} is corrupt: {e}") from None
+
+
 def resolve(ref: ConstantsRef, search_dirs: list[Path]) -> Path:
     """Find the side file: absolute path, else relative to each search dir (the IR file's dir, then cwd)."""
     p = Path(ref.path)
-    candidates = [p] if p.is_absolute() else [d / p for d in search_dirs]
+    candidates = [p] if p.is_absolute() else list(dict.fromkeys(d / p for d in search_dirs))
     for c in candidates:
         if c.is_file():
             return c
@@ -66,12 +90,7 @@ def check_constants(ref: ConstantsRef, search_dirs: list[Path]) -> Path:
 
 
 def load_constants(ref: ConstantsRef, search_dirs: list[Path]) -> dict[str, np.ndarray]:
-    path = check_constants(ref, search_dirs)
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
-        raise MlcError(f"constants file '{path}' is corrupt: {e}") from None
+    return read_npz(check_constants(ref, search_dirs), f"constants file '{ref.path}'")
 
 
 def rebase(ref: ConstantsRef, found_at: Path, out_dir: Path | None) -> ConstantsRef:
@@ -83,3 +102,39 @@ def rebase(ref: ConstantsRef, found_at: Path, out_dir: Path | None) -> Constants
     except ValueError:
         rel = str(target)
     return ConstantsRef(rel, ref.sha256)
+
+
+def check_constant_types(module: Module, arrays: dict[str, np.ndarray], source: str | None = None) -> None:
+    """Every `const "key"` names an array of the side file with the declared shape and dtype."""
+    from .dtype import to_numpy
+    from .graph import Block, Constant, Function, If, Loop
+    from .types import TensorType
+
+    lines = source.splitlines() if source else []
+
+    def fail(msg: str, loc: Loc) -> MlcError:
+        text = lines[loc.line - 1] if 0 < loc.line <= len(lines) else None
+        return MlcError(msg, loc, text)
+
+    def walk(block: Block) -> None:
+        for b in block.bindings:
+            n = b.node
+            if isinstance(n, If):
+                walk(n.then_block)
+                walk(n.else_block)
+            elif isinstance(n, Loop):
+                walk(n.body)
+            elif isinstance(n, Constant):
+                if n.key not in arrays:
+                    raise fail(f"constant '{n.key}' is not in the constants file", n.loc)
+                a, t = arrays[n.key], b.var.type
+                if not isinstance(t, TensorType) or t.shape is None:
+                    continue
+                want = tuple(as_int(d) for d in t.shape)
+                if (None not in want and a.shape != want) or a.dtype != to_numpy(t.dtype):
+                    raise fail(f"constant '{n.key}' is {a.dtype}{list(a.shape)} in the constants file, "
+                               f"declared {t.dtype}{list(want)}", n.loc)
+
+    for f in module.functions:
+        if isinstance(f, Function):
+            walk(f.body)

@@ -68,7 +68,8 @@ def match_type(val: Any, ty: Type, dims: dict[str, int], what: str, loc: Loc | N
             except ValueError:
                 continue  # a dim that only a later binding determines
             if want != actual:
-                raise MlcError(f"{what}: dim {i} is {actual}, but the type says {_fmt(d)} = {want}", loc)
+                says = _fmt(d) if _fmt(d) == str(want) else f"{_fmt(d)} = {want}"
+                raise MlcError(f"{what}: dim {i} is {actual}, but the type says {says}", loc)
     elif isinstance(ty, TupleType):
         if not isinstance(val, tuple) or len(val) != len(ty.fields):
             raise MlcError(f"{what}: expected a tuple of {len(ty.fields)}", loc)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from mlc.ir.diagnostics import MlcError
+from mlc.ir.diagnostics import Loc, MlcError
 from mlc.ir.module import Module
 
 from .registry import PassContext, PassInfo, get_pass
@@ -36,8 +36,12 @@ def parse_pipeline(text: str, filename: str) -> list[Step]:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
-        line = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
-        raise MlcError(f"{filename}{line}: invalid YAML: {getattr(e, 'problem', e)}") from None
+        if mark is None:
+            raise MlcError(f"{filename}: invalid YAML: {e}") from None
+        lines = text.splitlines()
+        src = lines[mark.line] if 0 <= mark.line < len(lines) else None
+        raise MlcError(f"invalid YAML: {getattr(e, 'problem', e)}", Loc(filename, mark.line + 1, mark.column + 1),
+                       src) from None
     if not isinstance(doc, dict) or not isinstance(doc.get("passes"), list):
         raise MlcError(f"{filename}: a pipeline is a mapping with a 'passes:' list")
     steps: list[Step] = []
@@ -54,7 +58,10 @@ def parse_pipeline(text: str, filename: str) -> list[Step]:
         info = get_pass(str(name))
         if info is None:
             raise MlcError(f"{filename}: pass #{i + 1}: unknown pass '{name}'")
-        steps.append(Step(info, info.validate_options(opts)))
+        try:
+            steps.append(Step(info, info.validate_options(opts)))
+        except MlcError as e:
+            raise MlcError(f"{filename}: pass #{i + 1}: {e.message}") from None
     return steps
 
 
@@ -64,6 +71,8 @@ def load_pipeline(path: str | Path) -> list[Step]:
         text = p.read_text()
     except OSError as e:
         raise MlcError(f"cannot read pipeline '{path}': {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise MlcError(f"cannot read pipeline '{path}': not a UTF-8 text file") from None
     return parse_pipeline(text, str(path))
 
 

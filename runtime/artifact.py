@@ -21,11 +21,11 @@ import hashlib
 import io
 import json
 import struct
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from mlc.ir.constants import read_npz
 from mlc.ir.diagnostics import MlcError
 
 MAGIC = b"MLCART\0\0"
@@ -36,22 +36,19 @@ FORMAT_VERSION = 1
 class Artifact:
     sections: dict[str, bytes]
     meta: dict[str, object] = field(default_factory=dict)
+    name: str = "<artifact>"  # the file it came from, for messages
 
     def params(self) -> dict[str, np.ndarray]:
         data = self.sections.get("params")
         if not data:
             return {}
-        try:
-            with np.load(io.BytesIO(data), allow_pickle=False) as z:
-                return {k: z[k] for k in z.files}
-        except (ValueError, OSError, zipfile.BadZipFile) as e:
-            raise MlcError(f"artifact parameters are corrupt: {e}") from None
+        return read_npz(data, f"{self.name}: the artifact's parameter section")
 
     def json_section(self, name: str) -> object:
         try:
             return json.loads(self.sections[name].decode())
         except (KeyError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise MlcError(f"artifact section '{name}' is missing or corrupt: {e}") from None
+            raise MlcError(f"{self.name}: artifact section '{name}' is missing or corrupt: {e}") from None
 
 
 def pack_params(arrays: dict[str, np.ndarray]) -> bytes:
@@ -102,7 +99,7 @@ def loads(data: bytes, name: str = "<artifact>") -> Artifact:
         if hashlib.sha256(chunk).hexdigest() != digest:
             raise bad(f"section '{sname}' checksum mismatch (the file was altered)")
         sections[sname] = chunk
-    return Artifact(sections, dict(doc.get("meta") or {}))
+    return Artifact(sections, dict(doc.get("meta") or {}), name)
 
 
 def read(path: str | Path) -> Artifact:

@@ -35,7 +35,14 @@ def time_fn(fn: Callable[[], object], warmup: int = 3, runs: int = 20, min_secon
 
 
 def random_inputs(fn: Function, dims: dict[str, int], seed: int = 0) -> dict[str, np.ndarray]:
-    """Inputs for `fn` with symbolic dims set from `dims` (unset ones are an error naming them)."""
+    """Inputs for `fn` with symbolic dims set from `dims` (unset or unknown ones are an error naming them)."""
+    from mlc.ir.expr import free_vars
+
+    known = {v.name for p in fn.params if isinstance(p.type, TensorType) and p.type.shape is not None
+             for d in p.type.shape for v in free_vars(d)}
+    unknown = sorted(set(dims) - known)
+    if unknown:  # a typo in --shape must not silently time a different size
+        raise MlcError(f"unknown dim(s) {', '.join(unknown)}; the inputs' dims are {', '.join(sorted(known)) or 'all static'}")
     rng = np.random.default_rng(seed)
     out: dict[str, np.ndarray] = {}
     for p in fn.params:

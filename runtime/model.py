@@ -12,6 +12,8 @@ from mlc.ir.graph import Function
 from .artifact import Artifact, read
 from .vm import VM
 
+_OBJECT_MAGICS = (b"\x7fELF", b"\xcf\xfa\xed\xfe", b"\xce\xfa\xed\xfe", b"\x64\x86", b"\x64\xaa")  # ELF, Mach-O, COFF
+
 
 class Model:
     """`outputs = model(x=array, ...)`: runs the artifact's `main` with its compiled kernels."""
@@ -27,6 +29,8 @@ class Model:
         self.module = parse_module(program, f"{name}:program")
         self.meta = art.meta
         obj = art.sections.get("object", b"")
+        if obj and not obj.startswith(_OBJECT_MAGICS):  # llvmlite would crash the process on it
+            raise MlcError(f"{name}: artifact's object section is not native object code")
         self.library = link_object(obj) if obj else None
         self.params = art.params()
         self.vm = VM(self.module, self.params, self.library)

@@ -61,6 +61,8 @@ class Case:
     code: int = 1
     stdin: bytes | FileMaker = b""
     mention: str = ""  # a substring the error line must contain (the file it is about, the key, ...)
+    xfail: str = ""  # a known bug in a file this sweep's owner may not edit: why, and where the fix goes
+    stdout_to: str = ""  # where the command's stdout goes (default: a file the test reads)
 
 
 @dataclass
@@ -119,6 +121,18 @@ def _unsupported_op(m: object) -> None:
     m.graph.node[0].op_type = "NoSuchOpAnywhere"  # type: ignore[attr-defined]
 
 
+def _no_input_shape(m: object) -> None:
+    m.graph.input[0].type.tensor_type.ClearField("shape")  # type: ignore[attr-defined]
+
+
+def _complex_input(m: object) -> None:
+    m.graph.input[0].type.tensor_type.elem_type = 14  # type: ignore[attr-defined]  # COMPLEX64
+
+
+def _dangling_input(m: object) -> None:
+    m.graph.node[0].input[0] = "nothere"  # type: ignore[attr-defined]
+
+
 def _bad_opset(m: object) -> None:
     m.opset_import[0].version = 3  # type: ignore[attr-defined]
 
@@ -152,18 +166,35 @@ def ir_program_edit(old: str, new: str) -> FileMaker:
 
 
 X = np.zeros((3, 64), np.float32)
+PICKLED = npz(w_2=np.array([{}], dtype=object))
+
+
+def other_weights(s: Shared) -> bytes:
+    """The module's side file with one constant of the wrong shape (its hash made to match)."""
+    with np.load(io.BytesIO(s.weights)) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["w_2"] = np.zeros(7, np.float32)
+    return npz(**arrays)
+
+
 S = "{S}"  # the shared directory, substituted at run time
 GOOD_IN = f"{S}/in.npz"
 
 # ----- the sweep ----------------------------------------------------------------------------------------
 
+FULL_DEVICE = Path("/dev/full").is_char_device()  # writes to it fail with ENOSPC
 IR_STAGES = ("shape-infer", "fold-constants", "cse", "dce", "lower", "fuse")
 
 
-def ir_reader_cases(cmd: tuple[str, ...], out: tuple[str, ...] = ("-o", "out.ir"), name: str = "") -> list[Case]:
-    """Broken text modules, for every command that reads one."""
+def ir_reader_cases(cmd: tuple[str, ...], out: tuple[str, ...] = ("-o", "out.ir"), name: str = "",
+                    loads_constants: bool = False) -> list[Case]:
+    """Broken text modules, for every command that reads one.
+
+    Every reader checks that the side file exists and has the hash the module names; only commands
+    that load the constants can tell that a file with the right hash is not a usable .npz.
+    """
     name = name or cmd[0]
-    ir = Case  # readability below
+    ir = Case  # short, so each case fits on a line or two
     return [
         ir(f"{name}:missing", (*cmd, "nothere.ir", *out), mention="nothere.ir"),
         ir(f"{name}:directory", (*cmd, S, *out), mention=S),
@@ -176,12 +207,15 @@ def ir_reader_cases(cmd: tuple[str, ...], out: tuple[str, ...] = ("-o", "out.ir"
         ir(f"{name}:side-file-altered", (*cmd, "m.ir", *out),
            {"m.ir": lambda s: s.ir.encode(), "m.weights.npz": lambda s: flipped(s.weights, 0.7)},
            mention="m.weights.npz"),
+    ] + ([
         ir(f"{name}:side-file-not-npz", (*cmd, "m.ir", *out),
-           {"m.ir": lambda s: s.ir_for_weights(GARBAGE), "m.weights.npz": GARBAGE}, mention="m.weights.npz"),
+           {"m.ir": lambda s: s.ir_for_weights(GARBAGE), "m.weights.npz": GARBAGE},
+           mention="'m.weights.npz' is not an .npz archive"),
         ir(f"{name}:side-file-pickled", (*cmd, "m.ir", *out),
-           {"m.ir": lambda s: s.ir_for_weights(npz(w_2=np.array([{}], dtype=object))),
-            "m.weights.npz": npz(w_2=np.array([{}], dtype=object))}, mention="m.weights.npz"),
-    ]
+           {"m.ir": lambda s: s.ir_for_weights(PICKLED), "m.weights.npz": PICKLED}, mention="m.weights.npz"),
+        ir(f"{name}:side-file-wrong-const", (*cmd, "m.ir", *out),
+           {"m.ir": lambda s: s.ir_for_weights(other_weights(s)), "m.weights.npz": other_weights}, mention="w_2"),
+    ] if loads_constants else [])
 
 
 def ir_semantic_cases(cmd: tuple[str, ...], out: tuple[str, ...] = ("-o", "out.ir"), name: str = "") -> list[Case]:
@@ -218,11 +252,13 @@ def keep_existing(cmd: tuple[str, ...], ext: str) -> Case:
 def stage_cases() -> list[Case]:
     cases: list[Case] = []
     for st in IR_STAGES:
-        cases += ir_reader_cases((st,))
+        cases += ir_reader_cases((st,), loads_constants=st == "fold-constants")
         cases += output_cases((st,), (f"{S}/m.ir",), ".ir")
         cases.append(keep_existing((st,), ".ir"))
         cases.append(Case(f"{st}:stdin-garbage", (st, "-o", "out.ir"), stdin=GARBAGE, mention="<stdin>"))
         cases.append(Case(f"{st}:stdin-empty", (st,), stdin=b"", mention="<stdin>"))
+        if FULL_DEVICE:
+            cases.append(Case(f"{st}:stdout-full", (st, f"{S}/m.ir"), stdout_to="/dev/full", mention="stdout"))
         cases.append(Case(f"{st}:unknown-option", (st, f"{S}/m.ir", "--no-such-option"), code=2))
     cases += ir_semantic_cases(("shape-infer",)) + ir_semantic_cases(("fuse",))
     cases += [
@@ -234,7 +270,7 @@ def stage_cases() -> list[Case]:
 
 
 def verify_cases() -> list[Case]:
-    return ir_reader_cases(("verify",), ()) + ir_semantic_cases(("verify",), ()) + [
+    return ir_reader_cases(("verify",), (), loads_constants=True) + ir_semantic_cases(("verify",), ()) + [
         Case("verify:two-inputs", ("verify", f"{S}/m.ir", f"{S}/m.ir"), code=2),
     ]
 
@@ -253,18 +289,23 @@ PIPELINES: dict[str, bytes] = {
 }
 
 
+PIPELINE_XFAIL: dict[str, str] = {}  # none left
+
+
 def opt_cases() -> list[Case]:
     cases = ir_reader_cases(("opt", "-p", f"{S}/p.yaml")) + ir_semantic_cases(("opt", "-p", f"{S}/p.yaml"))
     cases += output_cases(("opt", "-p", f"{S}/p.yaml"), (f"{S}/m.ir",), ".ir")
     for k, text in PIPELINES.items():
         cases.append(Case(f"opt:pipeline-{k}", ("opt", f"{S}/m.ir", "-p", "p.yaml", "-o", "out.ir"), {"p.yaml": text},
-                          mention="p.yaml"))
+                          mention="p.yaml", xfail=PIPELINE_XFAIL.get(k, "")))
     cases += [
         Case("opt:pipeline-missing", ("opt", f"{S}/m.ir", "-p", "nothere.yaml", "-o", "out.ir"), mention="nothere.yaml"),
         Case("opt:pipeline-is-dir", ("opt", f"{S}/m.ir", "-p", S, "-o", "out.ir"), mention=S),
         Case("opt:no-pipeline", ("opt", f"{S}/m.ir"), code=2),
         Case("opt:dump-dir-is-file", ("opt", f"{S}/m.ir", "-p", f"{S}/p.yaml", "--ir-dump-dir", "afile", "-o", "out.ir"),
              {"afile": PRECIOUS}, code=2),
+        Case("opt:dump-dir-under-file", ("opt", f"{S}/m.ir", "-p", f"{S}/p.yaml", "--ir-dump-dir", "afile/d", "-o", "o.ir"),
+             {"afile": PRECIOUS}, mention="afile/d"),
         Case("opt:keeps-existing-output", ("opt", f"{S}/m.ir", "-p", "p.yaml", "-o", "out.ir"),
              {"p.yaml": PIPELINES["unknown-pass"], "out.ir": PRECIOUS}, mention="p.yaml"),
     ]
@@ -274,24 +315,36 @@ def opt_cases() -> list[Case]:
 def import_cases() -> list[Case]:
     cases = [
         Case("import:missing", ("import", "nothere.onnx", "-o", "m.ir"), mention="nothere.onnx"),
-        Case("import:directory", ("import", S, "-o", "m.ir"), mention=S),
+        Case("import:directory", ("import", S, "-o", "m.ir"), mention="is a directory"),
         Case("import:empty", ("import", "e.onnx", "-o", "m.ir"), {"e.onnx": b""}, mention="e.onnx"),
         Case("import:garbage", ("import", "g.onnx", "-o", "m.ir"), {"g.onnx": GARBAGE}, mention="g.onnx"),
         Case("import:unsupported-op", ("import", "u.onnx", "-o", "m.ir"), {"u.onnx": onnx_model(_unsupported_op)},
              mention="NoSuchOpAnywhere"),
         Case("import:old-opset", ("import", "o.onnx", "-o", "m.ir"), {"o.onnx": onnx_model(_bad_opset)}, mention="o.onnx"),
+        Case("import:no-input-shape", ("import", "s.onnx", "-o", "m.ir"), {"s.onnx": onnx_model(_no_input_shape)},
+             mention="s.onnx"),
+        Case("import:complex-input", ("import", "c.onnx", "-o", "m.ir"), {"c.onnx": onnx_model(_complex_input)},
+             mention="c.onnx"),
+        Case("import:dangling-input", ("import", "d.onnx", "-o", "m.ir"), {"d.onnx": onnx_model(_dangling_input)},
+             mention="d.onnx"),
+        Case("import:dim-not-in-model", ("import", f"{S}/mlp.onnx", "--dim", "Q=q", "-o", "m.ir"),
+             mention="mlp.onnx: error: --dim Q: no such dynamic axis"),
+        Case("build:dim-not-in-model", ("build", f"{S}/mlp.onnx", "--dim", "x:7=q", "-o", "m.mlc"),
+             mention="--dim x:7: no such dynamic axis"),
         Case("import:bad-dim-syntax", ("import", f"{S}/mlp.onnx", "--dim", "N"), code=2),
         Case("import:bad-dim-symbol", ("import", f"{S}/mlp.onnx", "--dim", "N=1x"), code=2),
         Case("import:no-model", ("import",), code=2),
         Case("import:keeps-existing-output", ("import", "g.onnx", "-o", "m.ir"), {"g.onnx": GARBAGE, "m.ir": PRECIOUS},
              mention="g.onnx"),
+        Case("import:weights-path-is-dir", ("import", f"{S}/mlp.onnx", "-o", "m.ir"), {"m.weights.npz/x": b""},
+             mention="m.weights.npz"),
         Case("import:keeps-existing-weights", ("import", "g.onnx", "-o", "m.ir"),
              {"g.onnx": GARBAGE, "m.weights.npz": PRECIOUS}, mention="g.onnx"),
     ]
     for frac in (0.1, 0.5, 0.9, 0.999):
         cases.append(Case(f"import:truncated-{frac}", ("import", "t.onnx", "-o", "m.ir"),
                           {"t.onnx": lambda s, f=frac: truncated(s.onnx, f)}, mention="t.onnx"))
-    for at in (0.0, 0.001, 0.01):  # the protobuf framing near the start: decode or check fails
+    for at in (0.0, 0.001):  # the protobuf framing near the start (a flip inside weight data is undetectable)
         cases.append(Case(f"import:bitflip-{at}", ("import", "b.onnx", "-o", "m.ir"),
                           {"b.onnx": lambda s, a=at: flipped(s.onnx, a)}, mention="b.onnx"))
     cases += output_cases(("import",), (f"{S}/mlp.onnx",), ".ir")
@@ -301,12 +354,12 @@ def import_cases() -> list[Case]:
 def build_cases() -> list[Case]:
     cases = [
         Case("build:missing-onnx", ("build", "nothere.onnx", "-o", "m.mlc"), mention="nothere.onnx"),
-        Case("build:dir-onnx", ("build", "d.onnx", "-o", "m.mlc"), {"d.onnx/x": b""}, mention="d.onnx"),
+        Case("build:dir-onnx", ("build", "d.onnx", "-o", "m.mlc"), {"d.onnx/x": b""}, mention="'d.onnx': is a directory"),
         Case("build:truncated-onnx", ("build", "t.onnx", "-o", "m.mlc"), {"t.onnx": lambda s: truncated(s.onnx)},
              mention="t.onnx"),
         Case("build:unsupported-op", ("build", "u.onnx", "-o", "m.mlc"), {"u.onnx": onnx_model(_unsupported_op)},
              mention="NoSuchOpAnywhere"),
-        Case("build:bad-target", ("build", f"{S}/mlp.onnx", "--target", "tpu", "-o", "m.mlc"), mention="tpu"),
+        Case("build:bad-target", ("build", f"{S}/mlp.onnx", "--target", "tpu", "-o", "m.mlc"), mention="unknown target 'tpu'"),
         Case("build:bad-emit", ("build", f"{S}/mlp.onnx", "--emit", "pdf", "-o", "m.mlc"), code=2),
         Case("build:bad-dim-bound", ("build", f"{S}/mlp.onnx", "--dim-bound", "N=big", "-o", "m.mlc"), code=2),
         Case("build:no-output", ("build", f"{S}/mlp.onnx"), code=2),
@@ -317,16 +370,20 @@ def build_cases() -> list[Case]:
         Case("build:db-missing", ("build", f"{S}/mlp.onnx", "--db", "nothere.jsonl", "-o", "m.mlc"), mention="nothere.jsonl"),
         Case("build:db-garbage", ("build", f"{S}/mlp.onnx", "--db", "g.jsonl", "-o", "m.mlc"), {"g.jsonl": GARBAGE},
              mention="g.jsonl"),
+        Case("build:db-malformed", ("build", f"{S}/mlp.onnx", "--db", "g.jsonl", "-o", "m.mlc"), {"g.jsonl": b"{not json\n{x\n"},
+             mention="g.jsonl:1"),
         Case("build:keeps-existing-output", ("build", "t.onnx", "-o", "m.mlc"),
              {"t.onnx": lambda s: truncated(s.onnx), "m.mlc": PRECIOUS}, mention="t.onnx"),
     ]
-    cases += ir_reader_cases(("build",), ("-o", "m.mlc"))
+    cases += ir_reader_cases(("build",), ("-o", "m.mlc"), loads_constants=True)
     cases += output_cases(("build",), (f"{S}/mlp.onnx",), ".mlc")
     return cases
 
 
 def codegen_cases() -> list[Case]:
-    return ir_reader_cases(("codegen",), ("-o", "m.mlc")) + output_cases(("codegen",), (f"{S}/m.ir",), ".mlc") + [
+    return ir_reader_cases(("codegen",), ("-o", "m.mlc"), loads_constants=True) + output_cases(("codegen",), (f"{S}/m.ir",), ".mlc") + [
+        Case("codegen:emit-path-is-dir", ("codegen", f"{S}/m.ir", "--emit", "llvm", "-o", "m.mlc"), {"m.ll/x": b""},
+             mention="m.ll"),
         Case("codegen:bad-target", ("codegen", f"{S}/m.ir", "--target", "tpu", "-o", "m.mlc"), mention="tpu"),
         Case("codegen:bad-emit", ("codegen", f"{S}/m.ir", "--emit", "llvm,pdf", "-o", "m.mlc"), code=2),
         Case("codegen:no-output", ("codegen", f"{S}/m.ir"), code=2),
@@ -341,10 +398,10 @@ BAD_INPUTS: dict[str, tuple[bytes | FileMaker, str]] = {  # name -> (inputs .npz
     "wrong-dtype": (npz(x=X.astype(np.float64)), "x"),
     "int-dtype": (npz(x=X.astype(np.int32)), "x"),
     "wrong-rank": (npz(x=X[0]), "x"),
-    "wrong-dim": (npz(x=np.zeros((3, 63), np.float32)), "x"),
+    "wrong-dim": (npz(x=np.zeros((3, 63), np.float32)), "dim 1 is 63, but the type says 64"),
     "pickled": (npz(x=np.array([{"a": 1}], dtype=object)), "in.npz"),
-    "not-zip": (GARBAGE, "in.npz"),
-    "empty": (b"", "in.npz"),
+    "not-zip": (GARBAGE, "'in.npz' is not an .npz archive"),
+    "empty": (b"", "'in.npz' is not an .npz archive (empty file)"),
     "truncated": (truncated(npz(x=X)), "in.npz"),
     "npy-not-npz": (npy(X), "in.npz"),
 }
@@ -358,6 +415,7 @@ def run_cases() -> list[Case]:
                               {"in.npz": data}, mention=mention))
         cases += [
             Case(f"run-{target}:inputs-missing", ("run", model, "--inputs", "nothere.npz"), mention="nothere.npz"),
+            Case(f"run-{target}:inputs-devnull", ("run", model, "--inputs", "/dev/null"), mention="(empty file)"),
             Case(f"run-{target}:inputs-dir", ("run", model, "--inputs", S), mention=S),
             Case(f"run-{target}:no-inputs", ("run", model, "-o", "out.npz"), mention="x"),
             Case(f"run-{target}:bad-func", ("run", model, "--inputs", GOOD_IN, "--func", "nothere", "-o", "out.npz"),
@@ -366,7 +424,7 @@ def run_cases() -> list[Case]:
                  {"in.npz": npz(y=X), "out.npz": PRECIOUS}, mention="x"),
         ]
         cases += output_cases(("run",), (model, "--inputs", GOOD_IN), ".npz", f"run-{target}")
-    cases += ir_reader_cases(("run",), ("--inputs", GOOD_IN, "-o", "out.npz"))
+    cases += ir_reader_cases(("run",), ("--inputs", GOOD_IN, "-o", "out.npz"), loads_constants=True)
     cases += artifact_cases(("run",), ("--inputs", GOOD_IN, "-o", "out.npz"))
     cases.append(Case("run:no-module", ("run",), code=2))
     return cases
@@ -375,7 +433,7 @@ def run_cases() -> list[Case]:
 def artifact_cases(cmd: tuple[str, ...], rest: tuple[str, ...]) -> list[Case]:
     name = cmd[0]
     arts: dict[str, tuple[bytes | FileMaker, str]] = {
-        "empty": (b"", "a.mlc"),
+        "empty": (b"", "a.mlc: not a valid mlc artifact"),
         "truncated-header": (lambda s: s.artifact[:40], "a.mlc"),
         "truncated-payload": (lambda s: truncated(s.artifact, 0.8), "a.mlc"),
         "truncated-last-byte": (lambda s: s.artifact[:-1], "a.mlc"),
@@ -385,11 +443,10 @@ def artifact_cases(cmd: tuple[str, ...], rest: tuple[str, ...]) -> list[Case]:
         "program-garbage": (artifact_with("program", b"not ir at all"), "a.mlc"),
         "program-binary": (artifact_with("program", GARBAGE), "a.mlc"),
         "program-wrong-shape": (ir_program_edit("x: tensor<N x 64 x f32>", "x: tensor<N x 64 x f32, 7>"), "a.mlc"),
-        "params-not-npz": (artifact_with("params", GARBAGE), "a.mlc"),
+        "params-not-npz": (artifact_with("params", GARBAGE), "a.mlc: the artifact's parameter section is not an .npz"),
         "params-pickled": (artifact_with("params", npz(w=np.array([{}], dtype=object))), "a.mlc"),
         "params-missing-const": (artifact_with("params", npz(nothing=X)), "a.mlc"),
         "object-garbage": (artifact_with("object", GARBAGE), "a.mlc"),
-        "kernels-garbage": (artifact_with("kernels", GARBAGE), "a.mlc"),
     }
     return [Case(f"{name}:artifact-{k}", (*cmd, "a.mlc", *rest), {"a.mlc": data}, mention=m)
             for k, (data, m) in arts.items()]
@@ -447,33 +504,40 @@ def ann_cases() -> list[Case]:
         Case("ann-build:base-ext", ("ann-index", "build", "b.txt", *small, "-o", "i.bin"), {"b.txt": b"1 2 3\n"},
              mention="b.txt"),
         Case("ann-build:base-too-small", ("ann-index", "build", "b.npy", *small, "-o", "i.bin"),
-             {"b.npy": npy(np.ones((3, 8), np.float32))}, mention="b.npy"),
+             {"b.npy": npy(np.ones((3, 8), np.float32))}, mention="got 3"),
         Case("ann-build:base-nan", ("ann-index", "build", "b.npy", *small, "-o", "i.bin"),
-             {"b.npy": npy(np.full((64, 8), np.nan, np.float32))}, mention="b.npy"),
+             {"b.npy": npy(np.full((64, 8), np.nan, np.float32))}, mention="b.npy: error: base vectors: contains NaN"),
         Case("ann-build:codebooks-zero", ("ann-index", "build", f"{S}/base.npy", "-M", "0", "-K", "16", "-o", "i.bin"),
-             mention="M"),
+             mention="codebooks=0"),
         Case("ann-build:pq-indivisible", ("ann-index", "build", f"{S}/base.npy", "--method", "pq", "-M", "3", "-K", "16",
                                           "-o", "i.bin"), mention="3"),
+        Case("ann-build:train-size-zero", ("ann-index", "build", f"{S}/base.npy", *small, "--train-size", "0",
+                                           "-o", "i.bin"), mention="train"),
+        Case("ann-build:codewords-huge", ("ann-index", "build", f"{S}/base.npy", "-M", "2", "-K", "100000", "-o", "i.bin"),
+             mention="100000"),
         Case("ann-build:beam-zero", ("ann-index", "build", f"{S}/base.npy", *small, "-L", "0", "-o", "i.bin"), mention="beam"),
         Case("ann-build:out-missing-dir", ("ann-index", "build", f"{S}/base.npy", *small, "-o", "nodir/i.bin"),
              mention="nodir"),
         Case("ann-build:out-is-dir", ("ann-index", "build", f"{S}/base.npy", *small, "-o", "adir"), {"adir/k": b""}, code=2),
+        Case("ann-build:ir-path-is-dir", ("ann-index", "build", f"{S}/base.npy", *small, "-o", "i.bin"),
+             {"i.bin.ir/k": b""}, mention="i.bin.ir"),
         Case("ann-build:bad-method", ("ann-index", "build", f"{S}/base.npy", "--method", "lsh", "-o", "i.bin"), code=2),
         Case("ann-search:wrong-dim-queries", ("ann-index", "search", idx, "q.npy", "-o", "r.npy"),
-             {"q.npy": npy(np.ones((4, 7), np.float32))}, mention="q.npy"),
+             {"q.npy": npy(np.ones((4, 7), np.float32))}, mention="q.npy: error: queries: dimension 7"),
         Case("ann-search:queries-missing", ("ann-index", "search", idx, "nothere.npy", "-o", "r.npy"), mention="nothere.npy"),
         Case("ann-search:queries-garbage", ("ann-index", "search", idx, "q.fvecs", "-o", "r.npy"), {"q.fvecs": GARBAGE},
              mention="q.fvecs"),
         Case("ann-search:index-missing", ("ann-index", "search", "nothere.bin", q, "-o", "r.npy"), mention="nothere.bin"),
         Case("ann-search:index-dir", ("ann-index", "search", S, q, "-o", "r.npy"), code=2),
         Case("ann-search:result-ext", ("ann-index", "search", idx, q, "-o", "r.txt"), mention="r.txt"),
+        Case("ann-search:rerank-negative", ("ann-index", "search", idx, q, "--rerank", "-3", "-o", "r.npy"), code=2),
         Case("ann-search:k-zero", ("ann-index", "search", idx, q, "--k", "0", "-o", "r.npy"), mention="k"),
         Case("ann-search:beam-zero", ("ann-index", "search", idx, q, "--beam", "0", "-o", "r.npy"), mention="beam"),
         Case("ann-search:rerank-no-base", ("ann-index", "search", f"{S}/idx-nobase.bin", q, "--rerank", "5", "-o", "r.npy"),
-             mention="rerank"),
+             mention="--keep-base"),
         Case("ann-search:out-missing-dir", ("ann-index", "search", idx, q, "-o", "nodir/r.npy"), mention="nodir"),
         Case("ann-search:keeps-existing-output", ("ann-index", "search", idx, "q.npy", "-o", "r.npy"),
-             {"q.npy": npy(np.ones((4, 7), np.float32)), "r.npy": PRECIOUS}, mention="q.npy"),
+             {"q.npy": npy(np.ones((4, 7), np.float32)), "r.npy": PRECIOUS}, mention="q.npy: error: queries"),
         Case("ann-eval:gt-rows", ("ann-index", "eval", idx, q, "gt.ivecs"),
              {"gt.ivecs": lambda s: ivecs(np.zeros((3, 10), np.int32))}, mention="ground truth"),
         Case("ann-eval:gt-range", ("ann-index", "eval", idx, q, "gt.npy"),
@@ -481,7 +545,7 @@ def ann_cases() -> list[Case]:
         Case("ann-eval:gt-float", ("ann-index", "eval", idx, q, "gt.npy"),
              {"gt.npy": npy(np.zeros((4, 10), np.float32))}, mention="ground truth"),
         Case("ann-eval:wrong-dim-queries", ("ann-index", "eval", idx, "q.npy", f"{S}/gt.npy"),
-             {"q.npy": npy(np.ones((4, 7), np.float32))}, mention="q.npy"),
+             {"q.npy": npy(np.ones((4, 7), np.float32))}, mention="q.npy: error: queries: dimension 7"),
         Case("ann-eval:gt-missing", ("ann-index", "eval", idx, q, "nothere.ivecs"), mention="nothere.ivecs"),
     ]
     for k, data in index_breaks.items():
@@ -614,7 +678,12 @@ def prepare(case: Case, shared: Shared, root: Path) -> dict[str, object]:
         p.write_bytes(data(shared) if callable(data) else data)
     (io_dir / "stdin").write_bytes(case.stdin(shared) if callable(case.stdin) else case.stdin)
     return {"id": case.id, "cwd": str(d), "argv": [a.replace(S, str(shared.dir)) for a in case.argv],
-            "stdin": str(io_dir / "stdin"), "stdout": str(io_dir / "stdout"), "stderr": str(io_dir / "stderr")}
+            "stdin": str(io_dir / "stdin"), "stdout": case.stdout_to or str(io_dir / "stdout"),
+            "stderr": str(io_dir / "stderr")}
+
+
+def _read_out(p: Path) -> str:
+    return p.read_text(errors="replace") if p.is_file() else ""
 
 
 def run_all(cases: list[Case], shared: Shared, root: Path) -> dict[str, Result]:
@@ -626,7 +695,7 @@ def run_all(cases: list[Case], shared: Shared, root: Path) -> dict[str, Result]:
     r = subprocess.run([sys.executable, "-c", ZYGOTE, str(spec), str(workers)], env=ENV, capture_output=True, timeout=600)
     assert r.returncode == 0, r.stderr.decode()
     rcs = json.loads(Path(f"{spec}.rc").read_text())
-    return {str(j["id"]): Result(rcs[j["id"]], Path(str(j["stdout"])).read_text(errors="replace"),
+    return {str(j["id"]): Result(rcs[j["id"]], _read_out(Path(str(j["stdout"]))),
                                  Path(str(j["stderr"])).read_text(errors="replace"), before[str(j["id"])],
                                  snapshot(Path(str(j["cwd"]))), str(j["cwd"])) for j in jobs}
 
@@ -648,12 +717,14 @@ CARET = re.compile(r"^ *\^$")
 HEAD = re.compile(r"^(mlc: error: |\S.*?: error: )\S")
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.id, marks=[pytest.mark.xfail(strict=True, reason=c.xfail)]
+                                               if c.xfail else []) for c in CASES])
 def test_bad_input(case: Case, results: dict[str, Result], shared: Shared) -> None:
     r = results[case.id]
     err = r.stderr
     where = f"\n--- {case.id}: exit {r.rc}\nstderr:\n{err}\nstdout:\n{r.stdout[:2000]}"
     assert "Traceback" not in err and "Traceback" not in r.stdout, where
+    assert "unsafely" not in err, where  # numpy's advice for non-zip files: never pass it on
     assert r.rc == case.code, where
     assert r.stdout == "", where
     assert r.after == r.before, f"files changed: {sorted(set(r.after) ^ set(r.before))}" + where
@@ -700,3 +771,18 @@ def run_real(case: Case, shared: Shared, root: Path) -> Result:
     r = mlc(*job["argv"], cwd=d, stdin=Path(str(job["stdin"])).read_bytes())  # type: ignore[arg-type]
     return Result(r.returncode, r.stdout.decode(errors="replace"), r.stderr.decode(errors="replace"), before,
                   snapshot(d), str(d))
+
+
+def test_output_to_a_pipe_is_written_in_place(shared: Shared, tmp_path: Path) -> None:
+    """`-o FIFO` (like -o /dev/stdout) is written into, not replaced by a regular file."""
+    import threading
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()), daemon=True)
+    reader.start()
+    r = mlc("shape-infer", str(shared.dir / "m.ir"), "-o", str(fifo), cwd=tmp_path)
+    reader.join(timeout=30)
+    assert r.returncode == 0, r.stderr.decode()
+    assert fifo.is_fifo() and got and got[0].startswith(b"mlc.module v1\n")

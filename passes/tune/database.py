@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from mlc.ir.diagnostics import MlcError
+from mlc.ir.diagnostics import Loc, MlcError
 from mlc.ir.tir import PrimFunc
 
 from ..schedule.trace import Trace
@@ -92,6 +92,8 @@ class Database:
             lines = self.path.read_text().splitlines()
         except OSError as e:
             raise MlcError(f"cannot read tuning database '{self.path}': {e.strerror}") from None
+        except UnicodeDecodeError:
+            raise MlcError(f"cannot read tuning database '{self.path}': not a UTF-8 text file") from None
         for n, line in enumerate(lines, 1):
             if not line.strip():
                 continue
@@ -101,7 +103,7 @@ class Database:
                 if n == len(lines):  # an interrupted write: the last line is cut short
                     self.skipped += 1
                     continue
-                raise MlcError(f"{self.path}:{n}:1: error: malformed tuning record: {e}") from None
+                raise MlcError(f"malformed tuning record: {e}", Loc(str(self.path), n, 1), line) from None
 
     def add(self, rec: Record) -> None:
         self.records.append(rec)
