@@ -239,6 +239,10 @@ class _Emitter(ExprEmitter):
             hints = [("llvm.loop.unroll.full", None)] if ext_c is not None else [("llvm.loop.unroll.enable", None)]
         elif s.kind == "vectorized":
             hints = [("llvm.loop.vectorize.enable", ir.Constant(I1, 1))]
+        elif not _has_loop(s.body):
+            # innermost loops here are short rows (softmax/layernorm reductions over T, say): LLVM's
+            # default 4-way interleave of 16 lanes leaves every row under 64 elements scalar
+            hints = [("llvm.loop.interleave.count", ir.Constant(I32, 1))]
         start = self.expr(s.start)
         ext = self.expr(s.extent)
         rng = (start_c, start_c + ext_c) if start_c is not None and ext_c is not None else None
@@ -371,8 +375,9 @@ class _Emitter(ExprEmitter):
                 b.call(launch, [b.bitcast(tramp, VOIDP), b.bitcast(closure, VOIDP), ext])
 
 
-# Below this many innermost iterations a parallel loop runs serially (pool launch ~ 20-50 us).
-PARALLEL_MIN_WORK = 1 << 20
+# Below this many innermost iterations a parallel loop runs serially (a native pool launch costs
+# about a microsecond; the Python fallback pool tens).
+PARALLEL_MIN_WORK = 1 << 13
 
 
 def _work_estimate(s: Stmt, known: set[Var]) -> Expr:
@@ -395,6 +400,20 @@ def _work_estimate(s: Stmt, known: set[Var]) -> Expr:
     if isinstance(s, IfStmt):
         return _work_estimate(s.then, known)
     return Const(1)
+
+
+def _has_loop(s: Stmt) -> bool:
+    if isinstance(s, For):
+        return True
+    if isinstance(s, Seq):
+        return any(_has_loop(x) for x in s.stmts)
+    if isinstance(s, BlockStmt):
+        return _has_loop(s.body) or (s.init is not None and _has_loop(s.init))
+    if isinstance(s, Let):
+        return _has_loop(s.body)
+    if isinstance(s, IfStmt):
+        return _has_loop(s.then) or (s.orelse is not None and _has_loop(s.orelse))
+    return False
 
 
 def _bits(dtype: str) -> int:

@@ -476,29 +476,34 @@ class ExprEmitter:
                 v = b.load(p, align=nbytes(et))
         elif isinstance(idx, Lin) and idx.stride == 0:
             v = b.load(b.gep(ptr, [idx.base], inbounds=True))
-        elif is_vec(idx):  # gather, lane by lane (masked-off lanes load nothing)
+        elif isinstance(idx, Lin) and 1 < idx.stride <= MAX_SHUFFLE_STRIDE and self.mask is None:
+            # a small constant stride (stride-2 convolutions): one contiguous load of the span the
+            # lanes cover (exactly the addresses from the first lane's to the last's) and a shuffle
+            span = ir.VectorType(et, idx.stride * (self.width - 1) + 1)
+            wide = b.load(b.bitcast(b.gep(ptr, [idx.base], inbounds=True), span.as_pointer()), align=nbytes(et))
+            pick = ir.Constant(ir.VectorType(I32, self.width), [idx.stride * k for k in range(self.width)])
+            v = b.shuffle_vector(wide, ir.Constant(span, ir.Undefined), pick)
+        elif is_vec(idx):  # gather (masked-off lanes load nothing): one instruction on AVX2/AVX-512
             iv = self.vec(idx)
             vt = ir.VectorType(et, self.width)
-            if self.mask is None:
-                v = ir.Constant(vt, ir.Undefined)
-                for lane in range(self.width):
-                    li = b.extract_element(iv, ir.Constant(I32, lane))
-                    v = b.insert_element(v, b.load(b.gep(ptr, [li], inbounds=True)), ir.Constant(I32, lane))
-            else:
-                tmp = self.alloca_b.alloca(vt)
-                b.store(ir.Constant(vt, None), tmp)
-                elems = b.bitcast(tmp, et.as_pointer())
-                for lane in range(self.width):
-                    k = ir.Constant(I32, lane)
-                    with self.lane_guard(lane):
-                        x = b.load(b.gep(ptr, [b.extract_element(iv, k)], inbounds=True))
-                        b.store(x, b.gep(elems, [k], inbounds=True))
-                v = b.load(tmp)
+            pt = ir.VectorType(ptr.type, self.width)
+            base = b.ptrtoint(ptr, I64)
+            offs = b.mul(b.sext(iv, ir.VectorType(I64, self.width)) if iv.type.element.width < 64 else iv,
+                         self.const_of(ir.VectorType(I64, self.width), nbytes(et)))
+            ptrs = b.inttoptr(b.add(self.splat(base, self.width), offs), pt)
+            mask = self.mask if self.mask is not None else ir.Constant(ir.VectorType(I1, self.width),
+                                                                        [1] * self.width)
+            fn = self.ctx.declare(f"llvm.masked.gather.{type_suffix(vt)}.v{self.width}p0", vt,
+                                  [pt, I32, mask.type, vt])
+            v = b.call(fn, [ptrs, ir.Constant(I32, nbytes(et)), mask, ir.Constant(vt, None)])
         else:
             v = b.load(b.gep(ptr, [idx], inbounds=True))
         if buf.dtype == "bool":
             return b.icmp_unsigned("!=", v, self.const_of(v.type, 0))
         return v
+
+
+MAX_SHUFFLE_STRIDE = 4  # constant strides up to this load contiguously and shuffle, wider ones gather
 
 
 def int_const(v: object) -> bool:

@@ -1,5 +1,9 @@
 """Thread-pool runtime for `parallel` loops of compiled kernels.
 
+Kernels call the native pool of `native_pool.py` where it is supported (Linux x86-64/AArch64;
+launch cost well under a microsecond); the Python pool below is the portable fallback
+(set MLC_PYTHON_POOL=1 to force it).
+
 A compiled kernel outlines each parallel loop body into a native chunk function
 `void chunk(i8* closure, i64 begin, i64 end)` and calls the launcher whose address sits in the
 module's global `__mlc_parallel_launch`: `void launch(chunk_fn, closure, extent)`. The launcher
@@ -16,6 +20,8 @@ import ctypes
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
+
+from .native_pool import NativePool, load_pool
 
 LAUNCH_SYMBOL = "__mlc_parallel_launch"
 LAUNCH_CFUNC = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)
@@ -88,16 +94,36 @@ class _Runtime:
 
 
 RUNTIME = _Runtime()
+_NATIVE: NativePool | None = None
+_NATIVE_LOADED = False
+
+
+def native_pool() -> NativePool | None:
+    """The native pool, compiled on first use (None where unsupported)."""
+    global _NATIVE, _NATIVE_LOADED
+    if not _NATIVE_LOADED:
+        with RUNTIME._lock:
+            if not _NATIVE_LOADED:
+                _NATIVE = load_pool()
+                if _NATIVE is not None:
+                    _NATIVE.set_num_threads(RUNTIME.num_threads)
+                _NATIVE_LOADED = True
+    return _NATIVE
 
 
 def launcher_address() -> int:
     """Address of the native-callable launcher that kernels call for each parallel loop."""
+    pool = native_pool()
+    if pool is not None:
+        return pool.launch_address
     return ctypes.cast(RUNTIME.launch, ctypes.c_void_p).value or 0
 
 
 def set_num_threads(n: int) -> None:
     """Threads used by subsequent parallel loops (1 runs them serially)."""
     RUNTIME.num_threads = max(1, int(n))
+    if _NATIVE is not None:
+        _NATIVE.set_num_threads(RUNTIME.num_threads)
 
 
 def get_num_threads() -> int:

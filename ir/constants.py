@@ -30,7 +30,7 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
 def pack_constants(arrays: dict[str, np.ndarray]) -> bytes:
     """The side file's bytes (an .npz, keys sorted so equal constants give equal files)."""
     buf = io.BytesIO()
-    np.savez(buf, **{k: np.ascontiguousarray(v) for k, v in sorted(arrays.items())})
+    np.savez(buf, **{k: np.require(v, requirements="C") for k, v in sorted(arrays.items())})  # keeps 0-d arrays 0-d
     return buf.getvalue()
 
 

@@ -140,3 +140,19 @@ def test_runtime_shape_mismatch_names_dims(mlp: Path, tmp_path: Path) -> None:
     np.savez(tmp_path / "bad.npz", x=np.zeros((3, 5), "float32"))
     r = invoke("run", str(mlp), "--inputs", str(tmp_path / "bad.npz"))
     assert r.exit_code == 1 and "dim 1" in r.output
+
+
+def test_import_then_opt_keeps_scalar_constants(tmp_path: Path) -> None:
+    """A rank-0 constant (gpt_block's attention scale) stays rank 0 through the side file."""
+    assert invoke("zoo", "gpt_block", "-o", str(tmp_path)).exit_code == 0
+    m = str(tmp_path / "m.ir")
+    assert invoke("import", str(tmp_path / "gpt_block.onnx"), "-o", m).exit_code == 0
+    r = invoke("opt", m, "-p", "configs/pipelines/build-cpu.yaml", "-o", str(tmp_path / "o.ir"))
+    assert r.exit_code == 0, r.output
+    np.savez(tmp_path / "x.npz", x=np.random.default_rng(0).standard_normal((2, 3, 32)).astype("float32"))
+    for src, out in ((m, "a.npz"), (str(tmp_path / "o.ir"), "b.npz")):
+        r = invoke("run", src, "--inputs", str(tmp_path / "x.npz"), "-o", str(tmp_path / out))
+        assert r.exit_code == 0, r.output
+    a, b = np.load(tmp_path / "a.npz"), np.load(tmp_path / "b.npz")
+    for k in a.files:
+        np.testing.assert_allclose(b[k], a[k], rtol=1e-4, atol=1e-5)
