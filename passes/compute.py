@@ -5,7 +5,10 @@ A `Tensor` is an accessor `index -> Expr`. Elementwise and layout computations s
 reductions are *pending* until something reads them or they are written to an output, then they
 become one loop nest with one block (spatial + reduce iterators, init + update) storing into a
 buffer allocated in the PrimFunc's root block. Every materialised stage is a perfect loop nest
-with a single block, the shape the TIR interpreter vectorises and schedule rules expect.
+with a single block, the shape the TIR interpreter vectorises and schedule rules expect. An
+*in-place* tensor (`Builder.in_place`) stores a base tensor once and rewrites it in the same buffer,
+so an expensive value (softmax's exp) read by a reduction and by the result is computed once; when
+it is a result, that buffer is the output parameter, which the schedule's auto-inline leaves alone.
 
 ir/tir_builder.py materialises every stage; lowering needs inlining across ops, hence this layer.
 """
@@ -72,9 +75,23 @@ class Reduction:
     value: Callable[[Index, Index], Expr]
 
 
+@dataclass
+class InPlace:
+    """A tensor computed as `base` stored into its own buffer, then rewritten there by `fn(idx, old)`.
+
+    Stages emitted between the two (reductions over `base`, materialised lazily by `fn`) read the
+    stored values instead of recomputing them: softmax stores exp(x - max) once, sums it and
+    normalises in place. `base` must have no other reader once the tensor is materialised.
+    """
+
+    base: Tensor
+    fn: Callable[[Index, Expr], Expr]
+
+
 @dataclass(eq=False)
 class Tensor:
-    """A tensor of the program being built: a buffer, a virtual index function, or a pending reduction."""
+    """A tensor of the program being built: a buffer, a virtual index function, a pending reduction or
+    a pending in-place update."""
 
     shape: Shape
     dtype: str
@@ -83,6 +100,7 @@ class Tensor:
     reduction: Reduction | None = None
     buffer: Buffer | None = None
     builder: Builder | None = field(default=None, repr=False)
+    update: InPlace | None = None
 
     @property
     def ndim(self) -> int:
@@ -94,7 +112,7 @@ class Tensor:
     def at(self, idx: Index) -> Expr:
         if len(idx) != len(self.shape):
             raise CannotLower(f"tensor {self.name} of rank {len(self.shape)} indexed with {len(idx)} indices")
-        if self.buffer is None and self.reduction is not None:
+        if self.buffer is None and (self.reduction is not None or self.update is not None):
             assert self.builder is not None
             self.builder.materialize(self)
         if self.buffer is not None:
@@ -104,7 +122,7 @@ class Tensor:
 
     @property
     def is_virtual(self) -> bool:
-        return self.buffer is None and self.reduction is None
+        return self.buffer is None and self.reduction is None and self.update is None
 
 
 class Builder:
@@ -143,6 +161,12 @@ class Builder:
             raise CannotLower(f"unsupported reduction combiner {op}")
         return Tensor(tuple(shape), dtype, name, reduction=Reduction(op, tuple(extents), value), builder=self)
 
+    def in_place(self, base: Tensor, fn: Callable[[Index, Expr], Expr], name: str) -> Tensor:
+        """`fn(idx, base[idx])` computed in `base`'s storage (see `InPlace`); `base` is lowering-private."""
+        if base.buffer is not None or base.update is not None:
+            raise CannotLower(f"{name}: in-place base must not be stored yet")
+        return Tensor(base.shape, base.dtype, name, update=InPlace(base, fn), builder=self)
+
     def materialize(self, t: Tensor, out: Buffer | None = None) -> Tensor:
         """Store `t` into `out` (an output buffer) or a fresh allocated buffer; `t` then reads from it."""
         if out is None and t.buffer is not None:
@@ -150,13 +174,20 @@ class Builder:
         buf = out if out is not None else Buffer(self.fresh(t.name), t.shape, t.dtype)
         if out is None:
             self.allocs.append(buf)
+        self._store(t, buf)
+        return t
+
+    def _store(self, t: Tensor, buf: Buffer) -> None:
         if t.reduction is not None and t.buffer is None:
             self.stages.append(self._reduce_nest(t, buf))
-            t.buffer = buf
+        elif t.update is not None and t.buffer is None:
+            upd = t.update
+            self._store(upd.base, buf)
+            fn = upd.fn
+            self.stages.append(self._compute_nest(Tensor(t.shape, t.dtype, t.name, fn=lambda i: fn(i, Load(buf, i))), buf))
         else:
             self.stages.append(self._compute_nest(t, buf))
-            t.buffer = buf
-        return t
+        t.buffer = buf
 
     def output(self, t: Tensor, name: str = "out") -> Buffer:
         buf = Buffer(self.fresh(name), t.shape, t.dtype)

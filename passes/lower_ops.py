@@ -435,9 +435,15 @@ def _softmax_parts(b: Builder, x: Tensor, axis: Any) -> tuple[Callable[[Index], 
 
 @register_lower("softmax")
 def _softmax(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
+    """exp(x - max) is stored once (in the result's own buffer), summed from there and divided in place."""
     x = _tensor(args[0])
-    z, s = _softmax_parts(b, x, attrs.get("axis", -1))
-    return b.compute(x.shape, x.dtype, lambda i: Bin("div", Call("exp", (z(i),), x.dtype), s.at(i)), "softmax")
+    ax = _axis(attrs.get("axis", -1), x.ndim)
+    kshape = tuple(Const(1) if d == ax else s for d, s in enumerate(x.shape))
+    kept = lambda i: tuple(Const(0) if d == ax else e for d, e in enumerate(i))  # noqa: E731
+    mx = reduce_op(b, x, "max", [ax], True, kshape, x.dtype)
+    e = b.compute(x.shape, x.dtype, lambda i: Call("exp", (x.at(i) - mx.at(kept(i)),), x.dtype), "exp")
+    ssum = reduce_op(b, e, "sum", [ax], True, kshape, x.dtype)
+    return b.in_place(e, lambda i, v: Bin("div", v, ssum.at(kept(i))), "softmax")
 
 
 @register_lower("log_softmax")

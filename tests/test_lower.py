@@ -377,3 +377,58 @@ def test_call_tensor_args_are_tensors_only() -> None:
     for bd in loop.body.bindings:
         assert isinstance(bd.node, CallTensor)
         assert all(isinstance(a.type, TensorType | TupleType) for a in bd.node.args)
+
+
+def _exp_calls(s: Stmt) -> int:
+    from mlc.ir.expr import Call, children
+    from mlc.passes.schedule.tree import stmt_exprs
+
+    def count(e: Any) -> int:
+        return int(isinstance(e, Call) and e.name == "exp") + sum(count(c) for c in children(e))
+
+    return sum(count(e) for e in stmt_exprs(s))
+
+
+@pytest.mark.parametrize("axis", [-1, 1])
+def test_softmax_stores_exp_once_through_scheduling(axis: int) -> None:
+    """exp(x - max) is computed in one stage (into the result buffer) and survives the default schedule."""
+    x = rand(3, 5, 7, lo=-30, hi=30)
+    m = one_op("softmax", [(N, 5, 7)], ["f32"], {"axis": axis})
+    low = check(m, {"a0": x})
+    f = low.get("softmax")
+    assert isinstance(f, PrimFunc)
+    assert _exp_calls(f.body) == 1
+    out = f.params[-1]
+    assert not any(b.shape == out.shape for b in _root_allocs(f.body))  # no full-size scratch buffer
+    assert [b.name for b in _blocks(f.body)] == ["max", "exp", "sum", "softmax"]
+    sched = run_pass("schedule", low)
+    sf = sched.get("softmax")
+    assert isinstance(sf, PrimFunc) and _exp_calls(sf.body) == 1
+    ref = np.exp(x - x.max(axis=axis, keepdims=True))
+    ref /= ref.sum(axis=axis, keepdims=True)
+    got = run_function(sched, {"a0": x})
+    np.testing.assert_allclose(next(iter(got.values())), ref, rtol=1e-5, atol=1e-7)
+
+
+def _root_allocs(s: Stmt) -> tuple[Any, ...]:
+    return s.alloc_buffers if isinstance(s, BlockStmt) else ()
+
+
+def test_in_place_tensor_read_by_a_consumer() -> None:
+    """An in-place tensor read inside the program is stored into a scratch buffer, base then update."""
+    from mlc.ir.tir_interp import run_prim
+    from mlc.passes.compute import Builder
+
+    b = Builder(set())
+    x = b.placeholder((Const(4), Const(6)), "f32", "x")
+    base = b.compute(x.shape, "f32", lambda i: x.at(i) * x.at(i), "sq")
+    tot = b.reduce((Const(4),), "f32", "add", (Const(6),), lambda i, r: base.at((i[0], r[0])), "tot")
+    scaled = b.in_place(base, lambda i, v: v - tot.at((i[0],)), "centred")
+    b.output(b.compute(x.shape, "f32", lambda i: scaled.at(i) * Const(2.0, "f32"), "twice"))
+    f = b.build("k")
+    assert len(_root_allocs(f.body)) == 2  # the shared scratch of base/centred, and tot
+    xv = rand(4, 6)
+    out = np.zeros((4, 6), np.float32)
+    run_prim(f, [xv, out])
+    sq = xv * xv
+    np.testing.assert_allclose(out, 2 * (sq - sq.sum(axis=1, keepdims=True)), rtol=1e-5, atol=1e-5)
