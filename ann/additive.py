@@ -100,6 +100,19 @@ class AdditiveQuantizer(Quantizer):
         self.beam, self.iters, self.seed = max(int(beam), 1), iters, seed
         self.codebooks = np.zeros((m, k, dim), np.float32)
 
+    @property
+    def codebooks(self) -> np.ndarray:
+        return self._codebooks
+
+    @codebooks.setter
+    def codebooks(self, value: np.ndarray) -> None:
+        self._codebooks = value
+        self.codebooks_changed()
+
+    def codebooks_changed(self) -> None:
+        """Drop tables derived from the codebooks; training calls it after editing them in place."""
+        self._lut_weights: np.ndarray | None = None
+
     def encode(self, x: np.ndarray, beam: int | None = None) -> np.ndarray:
         codes = beam_encode(x, self.codebooks, self.beam if beam is None else beam)
         return codes.astype(self.code_dtype)
@@ -108,9 +121,12 @@ class AdditiveQuantizer(Quantizer):
         return additive_decode(self.codebooks, self.check_codes(codes)).astype(np.float32)
 
     def luts(self, q: np.ndarray) -> np.ndarray:
+        # -2 C^T is kept ready, so a query batch costs one GEMM and no pass to scale it
+        if self._lut_weights is None:
+            flat = self.codebooks.reshape(self.M * self.K, self.dim)
+            self._lut_weights = np.ascontiguousarray((-2.0 * flat).T, np.float32)
         q = np.ascontiguousarray(q, np.float32)
-        flat = self.codebooks.reshape(self.M * self.K, self.dim)
-        return (-2.0 * (q @ flat.T)).reshape(len(q), self.M, self.K)
+        return (q @ self._lut_weights).reshape(len(q), self.M, self.K)
 
     def query_bias(self, q: np.ndarray) -> np.ndarray:
         q = np.asarray(q, np.float32)

@@ -18,6 +18,8 @@ import numpy as np
 from .etree import RadixTree, build_tree
 from .search import topk
 
+_ARGMIN_BEAM = 4  # beams up to this keep nodes by repeated row minima instead of argpartition
+
 
 def _ranges(starts: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Pad ranges [start, start+count) to the widest: (.., width) indices and a validity mask."""
@@ -76,42 +78,33 @@ class ATree:
             child_partial = partial[:, :, None] + luts[qi[:, :, None], l_, t.codes[l_][idx]]
             nodes, partial, valid = self._keep(idx.reshape(nq, -1), child_partial.reshape(nq, -1),
                                                mask.reshape(nq, -1), self.node_bias[l_], beam)
+        # the vectors under the kept nodes, one padded row per query, ascending ids (-1 padding first)
         rs = t.row_start[self.depth - 1]
-        cnt = np.where(valid, rs[nodes + 1] - rs[nodes], 0).ravel()
-        per_query = cnt.reshape(nq, -1).sum(axis=1)
-        total = int(cnt.sum())
-        first = np.repeat(np.cumsum(cnt) - cnt, cnt)
-        pos = np.arange(total) - first + np.repeat(rs[nodes].ravel(), cnt)
-        ids = t.order[pos]
-        qidx = np.repeat(np.arange(nq), per_query)
-        width = int(per_query.max()) if nq else 0
-        slot = np.arange(total) - np.repeat(np.cumsum(per_query) - per_query, per_query)
+        cnt = np.where(valid, rs[nodes + 1] - rs[nodes], 0)
+        idx, mask = _ranges(rs[nodes], cnt)
+        ids = np.where(mask, t.order[np.where(mask, idx, 0)], -1).reshape(nq, -1)
+        ids.sort(axis=1)
+        width = max(int(cnt.sum(axis=1).max()) if nq else 0, 1)
+        ids = ids[:, ids.shape[1] - width:] if ids.shape[1] >= width else np.full((nq, width), -1, np.int64)
         if compiled:
             from .program import run_search
 
-            # ascending ids per query (padding last) give the same tie order as the scan
-            pad = np.full((nq, max(width, 1)), np.iinfo(np.int64).max, np.int64)
-            pad[qidx, slot] = ids
-            pad.sort(axis=1)
-            pad[pad == np.iinfo(np.int64).max] = -1
-            got = run_search(luts, codes, vector_bias, query_bias, k, pad)
+            got = run_search(luts, codes, vector_bias, query_bias, k, ids)
             if got is not None:
                 return got
+        ok = ids >= 0
+        safe = np.where(ok, ids, 0)
         m_total, kk = luts.shape[1], luts.shape[2]
         flat = luts.reshape(nq, -1)
-        c = codes[ids].astype(np.intp)
-        dist = flat[qidx, c[:, 0]]
+        c = codes[safe].astype(np.intp)
+        dist = np.take_along_axis(flat, c[:, :, 0], 1)
         for m in range(1, m_total):
-            dist += flat[qidx, c[:, m] + m * kk]
+            dist += np.take_along_axis(flat, c[:, :, m] + m * kk, 1)
         if vector_bias is not None:
-            dist += vector_bias[ids]
-        dist += query_bias[qidx]
-        # scatter into one padded row per query, then the shared top-k
-        pad_d = np.full((nq, max(width, 1)), np.inf, np.float32)
-        pad_i = np.full((nq, max(width, 1)), -1, np.int64)
-        pad_d[qidx, slot] = dist
-        pad_i[qidx, slot] = ids
-        out_i, out_d = topk(pad_d, k, pad_i)
+            dist += vector_bias[safe]
+        dist += query_bias[:, None]
+        dist[~ok] = np.inf
+        out_i, out_d = topk(dist, k, ids)
         out_i[~np.isfinite(out_d)] = -1
         return out_i, out_d
 
@@ -121,6 +114,13 @@ class ATree:
         if nodes.shape[1] <= beam:
             return nodes, partial, valid
         score = np.where(valid, partial + bias[nodes], np.inf)
-        top = np.argpartition(score, beam - 1, axis=1)[:, :beam]
+        if beam <= _ARGMIN_BEAM:  # a few row minima cost less than one partition of every row
+            rows = np.arange(len(score))
+            top = np.empty((len(score), beam), np.intp)
+            for b in range(beam):
+                top[:, b] = score.argmin(axis=1)
+                score[rows, top[:, b]] = np.inf
+        else:
+            top = np.argpartition(score, beam - 1, axis=1)[:, :beam]
         return (np.take_along_axis(nodes, top, 1), np.take_along_axis(partial, top, 1),
                 np.take_along_axis(valid, top, 1))

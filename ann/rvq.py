@@ -30,6 +30,7 @@ class RVQ(AdditiveQuantizer):
             self.codebooks[m] = kmeans(r, self.K, self.iters, self.seed + m)
             r -= self.codebooks[m][assign(r, self.codebooks[m])[0]]
             progress.advance()
+        self.codebooks_changed()
 
 
 @register
@@ -52,6 +53,7 @@ class IRVQ(AdditiveQuantizer):
             flat = paths.reshape(-1, m + 1)
             r = (np.repeat(x, paths.shape[1], axis=0) - _decode_prefix(self.codebooks, flat)).astype(np.float32)
             progress.advance()
+        self.codebooks_changed()
 
 
 def _decode_prefix(cbs: np.ndarray, codes: np.ndarray) -> np.ndarray:

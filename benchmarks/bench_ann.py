@@ -122,7 +122,7 @@ def main() -> None:
         print(f"  faiss IVFPQ nlist=64 nprobe={nprobe:3d}  10-R@10 {k_recall_at_k(ids, gt, 10):.3f}  {nq / secs:9.0f} q/s")
     at = ours["irvq"]
     print(f"  (A-Tree descends {at.atree().depth} level(s) of {len(at.atree().tree.node_counts)})")
-    for beam in (2, 4, 8, 16, 32, 64):
+    for beam in (1, 2, 3, 4, 8, 16, 32, 64):
         ids, secs = timed(lambda beam=beam: at.search(queries, 10, "atree", beam)[0])
         print(f"  mlc A-Tree irvq beam={beam:4d}       10-R@10 {k_recall_at_k(ids, gt, 10):.3f}  {nq / secs:9.0f} q/s")
 

@@ -111,3 +111,36 @@ def test_bad_shapes() -> None:
     q = quantizer_class("rvq")(4, 2, 4)
     with pytest.raises(MlcError, match="codes must have shape"):
         q.decode(np.zeros((3, 5), np.uint8))
+
+
+def test_da_on_training_data_never_above_irvq_start() -> None:
+    """With holdout=0 DA judges steps on its training vectors, so it can only lower IRVQ's error there."""
+    x = _data(1500, seed=11)
+    irvq = quantizer_class("irvq")(16, 4, 16, beam=4)
+    irvq.train(x)
+    da = quantizer_class("da")(16, 4, 16, beam=4, sweeps=2, holdout=0.0)
+    da.train(x)
+    assert da.quantization_error(x) <= irvq.quantization_error(x) + 1e-9
+    # each codebook is IRVQ's, its offsets from the mean contribution scaled by the kept factor
+    codes = beam_encode(x, irvq.codebooks, 4)
+    for m in range(4):
+        mu = irvq.codebooks[m][codes[:, m]].astype(np.float64).mean(0)
+        if da.scales[m] == 1.0:
+            assert np.array_equal(da.codebooks[m], irvq.codebooks[m])
+        assert np.allclose(da.codebooks[m], mu + da.scales[m] * (irvq.codebooks[m] - mu), atol=1e-4)
+    assert (da.scales != 1.0).any()
+
+
+def test_da_sweeps_keep_decode_encode_and_luts_consistent() -> None:
+    x = _data(1500, seed=12)
+    da = quantizer_class("da")(16, 4, 16, beam=4, sweeps=2)
+    qs = _data(7, seed=13)
+    stale = da.luts(qs)  # tables of the untrained (zero) codebooks must not survive training
+    da.train(x)
+    codes = da.encode(x)
+    rec = da.decode(codes)
+    assert np.allclose(rec, sum(da.codebooks[m][codes[:, m]].astype(np.float64) for m in range(4)), atol=1e-4)
+    assert np.array_equal(codes, beam_encode(x, da.codebooks, 4).astype(np.uint8))
+    assert np.allclose(sq_error(x, da.codebooks, codes), ((x.astype(np.float64) - rec) ** 2).sum(1), rtol=1e-5)
+    want = -2.0 * np.einsum("qd,mkd->qmk", qs.astype(np.float64), da.codebooks.astype(np.float64))
+    assert not np.allclose(stale, want) and np.allclose(da.luts(qs), want, rtol=1e-4, atol=1e-3)
