@@ -591,3 +591,92 @@ def test_producers_consumers_and_str() -> None:
     assert names(s.get_consumers(s.get_block("y"))) == [] and names(s.get_producers(s.get_block("mx"))) == []
     text = str(s)
     assert 'block "mx"' in text and text.startswith("mlc.module")
+
+
+# ---- layout: pack and compact ------------------------------------------------------------------
+def _tiled_matmul(n: int = 16, k: int = 12, m: int = 8) -> tuple[PrimFunc, Schedule]:
+    """C = A @ B with a 4 x 4 accumulator tile written back under the tile loop."""
+    f = matmul_func(n, k, m)
+    s = Schedule(f)
+    c = s.get_block("C")
+    i, j, r = s.get_loops(c)
+    io, ii = s.split(i, [None, 4])
+    jo, ji = s.split(j, [None, 4])
+    s.reorder(io, jo, r, ii, ji)
+    wb = s.cache_write(c, 0, "local")
+    s.reverse_compute_at(wb, jo)
+    return f, s
+
+
+def test_pack_keeps_results_and_makes_panels_contiguous() -> None:
+    f, s = _tiled_matmul()
+    c = s.get_block("C")
+    bp = s.pack(c, 1, [1, 4], [1, 0, 2])  # B[k, j] -> B_packed[j // 4, k, j % 4]
+    ap = s.pack(c, 0, [4, 1], [0, 2, 1])  # A[i, k] -> A_packed[i // 4, k, i % 4]
+    same(f, s.func)
+    allocs = {b.name: tuple(int(d.value) for d in b.shape) for b in s.func.body.alloc_buffers}  # type: ignore[attr-defined]
+    assert allocs["B_packed"] == (2, 12, 4) and allocs["A_packed"] == (4, 12, 4)
+    s.parallel(s.get_loops(bp)[0])
+    s.vectorize(s.get_loops(bp)[-1])
+    s.unroll(s.get_loops(ap)[-1])
+    same(f, s.func)
+    assert Trace.from_json(s.trace.to_json()).apply(f) == s.func
+
+
+def test_pack_rejects_bad_layouts() -> None:
+    f, s = _tiled_matmul()
+    c = s.get_block("C")
+    with pytest.raises(MlcError, match="index 5 is out of range"):
+        s.pack(c, 5, [1, 4], [1, 0, 2])
+    with pytest.raises(MlcError, match="not a multiple of tile 5"):
+        s.pack(c, 1, [1, 5], [1, 0, 2])
+    with pytest.raises(MlcError, match="not a permutation"):
+        s.pack(c, 1, [1, 4], [1, 1, 2])
+    with pytest.raises(MlcError, match="one tile >= 1 per axis"):
+        s.pack(c, 1, [4], [0, 1])
+    before = s.func
+    with pytest.raises(MlcError, match="not a multiple"):
+        s.pack(c, 0, [5, 1], [0, 2, 1])
+    assert s.func == before  # a failed primitive changes nothing
+    g = mm_relu()
+    s2 = Schedule(g)
+    s2.reverse_compute_at(s2.get_block("D"), s2.get_loops(s2.get_block("C"))[1])
+    with pytest.raises(MlcError, match="producer C of C shares a loop nest"):
+        s2.pack(s2.get_block("D"), 0, [2, 1], [0, 2, 1])
+
+
+def test_compact_shrinks_the_accumulator_to_the_tile() -> None:
+    f, s = _tiled_matmul()
+    c = s.get_block("C")
+    scope_block = s.compact(c, 0)
+    same(f, s.func)
+    assert not any(b.name == "C_local" for b in s.func.body.alloc_buffers)  # type: ignore[attr-defined]
+    blk = s.get(scope_block)
+    assert isinstance(blk, BlockStmt)
+    assert [tuple(int(d.value) for d in b.shape) for b in blk.alloc_buffers] == [(4, 4)]  # type: ignore[attr-defined]
+    assert Trace.from_json(s.trace.to_json()).apply(f) == s.func
+    # packing after compaction still works (and the other way round is exercised by the rules)
+    s.pack(c, 1, [1, 4], [1, 0, 2])
+    same(f, s.func)
+
+
+def test_compact_preconditions() -> None:
+    f, s = _tiled_matmul()
+    with pytest.raises(MlcError, match="C is a function parameter"):
+        s.compact(s.get_block("C_local_wb"), 0)
+    with pytest.raises(MlcError, match="index 3 is out of range"):
+        s.compact(s.get_block("C"), 3)
+    # an unmoved write-back: only the root encloses every use
+    s2 = Schedule(matmul_func(16, 12, 8))
+    s2.cache_write(s2.get_block("C"), 0, "local")
+    with pytest.raises(MlcError, match="no loop encloses every access of C_local"):
+        s2.compact(s2.get_block("C"), 0)
+    # a 3-row tile (not a power of two) is still aligned at rows 3 * io: indexed modulo 3
+    s3 = Schedule(matmul_func(12, 4, 8))
+    c = s3.get_block("C")
+    i, j, r = s3.get_loops(c)
+    io, ii = s3.split(i, [None, 3])
+    wb = s3.cache_write(c, 0, "local")
+    s3.reverse_compute_at(wb, io)
+    s3.compact(c, 0)  # 3 x 8 tile at rows 3 * io: aligned, fine
+    same(matmul_func(12, 4, 8), s3.func)

@@ -137,3 +137,32 @@ def test_schedule_pass_trace_file_and_errors(tmp_path) -> None:  # type: ignore[
     p.write_text("{not json")
     with pytest.raises(MlcError, match="invalid JSON"):
         info.fn(Module((f,)), PassContext(), **info.validate_options({"trace": str(p)}))
+
+
+def test_matmul_default_packs_inputs_and_keeps_a_register_tile() -> None:
+    f = matmul_func(64, 48, 64)
+    s = default_schedule(f, CPU)
+    same(f, s.func)
+    root_allocs = {b.name: tuple(int(d.value) for d in b.shape) for b in s.func.body.alloc_buffers}  # type: ignore[attr-defined]
+    w = 2 * CPU.lanes
+    assert root_allocs == {"A_packed": (8, 48, 8), "B_packed": (64 // w, 48, w)}
+    tiles = [b for _, b in walk(s.func.body) if getattr(b, "alloc_buffers", ()) and getattr(b, "name", "") != "root"]
+    assert [tuple(int(d.value) for d in x.shape) for t in tiles for x in t.alloc_buffers] == [(8, w)]  # type: ignore[attr-defined]
+    assert Trace.from_json(s.trace.to_json()).apply(f) == s.func
+    # the packing choices are decisions of the design space: re-running the rules with one turned
+    # off drops that pack; a smaller register tile re-derives the pack tile to match
+    decs = [x.decision for x in s.trace.insts if x.kind in ("sample_perfect_tile", "sample_categorical")]
+    cats = [i for i, x in enumerate(x for x in s.trace.insts if x.kind in ("sample_perfect_tile", "sample_categorical"))
+            if x.kind == "sample_categorical"]
+    assert len(cats) == 2 and decs[0][2:] == [8, 1]
+    off = list(decs)
+    off[cats[0]] = 0
+    s2 = sample_schedule(f, CPU, decisions=off)
+    same(f, s2.func)
+    assert [b.name for b in s2.func.body.alloc_buffers] == ["B_packed"]  # type: ignore[attr-defined]
+    small = list(decs)
+    small[0] = [2, 8, 4, 1]
+    s3 = sample_schedule(f, CPU, decisions=small)
+    same(f, s3.func)
+    assert {b.name: int(b.shape[-1].value) for b in s3.func.body.alloc_buffers}["A_packed"] == 4  # type: ignore[attr-defined]
+    assert Trace.from_json(s3.trace.to_json()).apply(f) == s3.func

@@ -138,3 +138,41 @@ def test_stale_record_is_a_warning_naming_the_instruction(tmp_path, capsys) -> N
     err = capsys.readouterr().err
     assert "no longer replays" in err and "no_such_block" in err
     assert any(isinstance(s, For) and s.kind == "parallel" for _, s in walk(m.prim_functions()[0].body))
+
+
+def test_local_decision_moves_one_factor_and_keeps_constraints() -> None:
+    from mlc.passes.tune.search import local_decision
+
+    rng = np.random.default_rng(0)
+    seen = set()
+    for _ in range(50):
+        d = local_decision("sample_perfect_tile", ({"loop": "i"}, 4, 8), [4, 8, 8, 4], rng)
+        assert isinstance(d, list) and math.prod(d) == 4 * 8 * 8 * 4 and d[-1] <= 8
+        changed = [a != b for a, b in zip(d, [4, 8, 8, 4])]
+        assert sum(changed) == 2  # one prime factor moved between two levels
+        seen.add(tuple(d))
+        c = local_decision("sample_categorical", ([1, 2, 3], [1.0, 1.0, 1.0]), 1, rng)
+        assert c in (0, 2)
+    assert len(seen) > 3
+    assert local_decision("sample_perfect_tile", ({"loop": "i"}, 2, 8), [1, 1], rng) is None
+
+
+def test_rule_mutation_rederives_structure_and_stays_correct() -> None:
+    from mlc.passes.tune.search import mutate
+    from test_tir_interp import matmul_func
+
+    f = matmul_func(32, 16, 32)
+    base = sample_schedule(f, TargetInfo("cpu", lanes=8, cores=2), seed=3).trace
+    rng = np.random.default_rng(0)
+    a, b = np.random.default_rng(1).standard_normal((32, 16)), np.random.default_rng(2).standard_normal((16, 32))
+    outs = set()
+    for _ in range(6):
+        tr = mutate(base, f, rng, target="cpu")
+        if tr is None:
+            continue
+        outs.add(tr.to_json())
+        g = Trace.from_json(tr.to_json()).apply(f)
+        args = [a.astype(np.float32), b.astype(np.float32), np.zeros((32, 32), np.float32)]
+        run_prim(g, args)
+        np.testing.assert_allclose(args[2], a @ b, rtol=1e-4, atol=1e-4)
+    assert len(outs) >= 2

@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from mlc.ir import arith
 from mlc.ir.diagnostics import MlcError
@@ -133,15 +134,35 @@ def _try(fn: Callable[..., object], *args: object, **kw: object) -> object | Non
 # ---- sampling helpers: a decision given (default) or left to the schedule's rng (design space) --
 @dataclass
 class Chooser:
-    """`pick` supplies decisions: None samples at random (design space), else a deterministic default."""
+    """Supplies decisions: `default` picks the hand-chosen ones, else `given[n]` is used for the n-th
+    sampling call when present and valid for it, and anything else is sampled at random.
+
+    Re-running the rules with given decisions (rather than replaying a trace) is how search mutates:
+    structure that depends on a decision (whether an input is packed, a pack tile that must match
+    the register tile) is re-derived from it, where a replayed trace would keep the old structure."""
 
     default: bool
+    given: Sequence[Any] = ()
+    n: int = 0
+
+    def _next(self) -> Any:
+        self.n += 1
+        return self.given[self.n - 1] if self.n <= len(self.given) else None
 
     def tile(self, sch: Schedule, loop: LoopRV, n: int, max_inner: int, want: Sequence[int] | None) -> list[int]:
+        g = self._next()
+        if g is not None and not self.default:
+            try:
+                return list(sch.sample_perfect_tile(loop, n, max_inner, decision=g))
+            except MlcError:
+                pass
         return list(sch.sample_perfect_tile(loop, n, max_inner, decision=want if self.default else None))
 
     def cat(self, sch: Schedule, candidates: Sequence[int], want: int) -> int:
         probs = [1.0] * len(candidates)
+        g = self._next()
+        if g is not None and not self.default and isinstance(g, int) and 0 <= g < len(candidates):
+            return int(sch.sample_categorical(list(candidates), probs, decision=g))
         dec = candidates.index(want) if self.default else None
         return int(sch.sample_categorical(list(candidates), probs, decision=dec))
 
@@ -296,7 +317,78 @@ def multi_level_tiling(sch: Schedule, block: BlockRV, tgt: TargetInfo, ch: Choos
     fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
     _try(sch.parallel, fused)
     _vectorize_write_back(sch)
+    _try(sch.compact, block, 0)  # the accumulator shrinks to the register tile
+    _pack_inputs(sch, block, loops, kinds, per_level_s, ch)
     return at
+
+
+def _pack_plans(sch: Schedule, block: BlockRV, loops: list[LoopRV], kinds: list[str],
+                levels: list[list[LoopRV]]) -> list[tuple[int, list[int], list[int]]]:
+    """(read index, tiles, order) per input worth packing: a read whose innermost axis is indexed by
+    the contiguous (last) spatial iterator gets panels of the vector tile's width, contiguous per
+    reduction step (B -> Bp[j // w, k, j % w]); one indexed by the row iterator and not the
+    contiguous one gets strips of the row tile (A -> Ap[i // h, k, i % h])."""
+    b = sch.get(block)
+    assert isinstance(b, BlockStmt)
+    spatial = [iv.var for iv in b.iters if iv.kind == "S"]
+    if len(spatial) < 2 or len(levels) < 4:
+        return []
+
+    def tile(v: Var) -> int:  # inner tile extent of the loops bound to iterator v
+        pos = [i for i, iv in enumerate(b.iters) if iv.var == v][0]
+        if kinds[pos] != "S" or len(levels[2]) <= pos or len(levels[3]) <= pos:
+            return 1
+        exts = [_const(sch.get(levels[lvl][pos]).extent) for lvl in (2, 3)]  # type: ignore[union-attr]
+        return math.prod(e for e in exts if e is not None)
+
+    col, row = spatial[-1], spatial[-2]
+    if len([k for k in kinds if k == "S"]) != len(spatial):
+        return []
+    out = []
+    for idx, buf in enumerate(block_reads(b)):
+        lds = [ld for e in stmt_exprs(b.body) for ld in loads_in(e) if ld.buffer.name == buf.name]
+        if not lds or any(ld.indices != lds[0].indices for ld in lds) or len(buf.shape) < 2:
+            continue
+        ix = list(lds[0].indices)
+        names = [i.name if isinstance(i, Var) else None for i in ix]
+        nd = len(ix)
+        if names[-1] == col.name and col.name not in names[:-1] and tile(col) > 1:
+            tiles = [1] * (nd - 1) + [tile(col)]
+            order = [nd - 1] + list(range(nd - 1)) + [nd]
+        elif row.name in names and col.name not in names and tile(row) > 1 and names[-1] != row.name:
+            d = names.index(row.name)
+            tiles = [1] * nd
+            tiles[d] = tile(row)
+            rest = [x if x < d else x + 1 for x in range(nd) if x != d]  # packed axes other than d's
+            order = [d] + rest + [d + 1]
+        else:
+            continue
+        out.append((idx, tiles, order))
+    return out
+
+
+def _pack_inputs(sch: Schedule, block: BlockRV, loops: list[LoopRV], kinds: list[str],
+                 levels: list[list[LoopRV]], ch: Chooser) -> None:
+    """Sampled per input: pack it (the packing nest parallel, its inner axis vectorized/unrolled)."""
+    b = sch.get(block)
+    assert isinstance(b, BlockStmt)
+    names = [x.name for x in block_reads(b)]
+    for idx, tiles, order in _pack_plans(sch, block, loops, kinds, levels):
+        if not ch.cat(sch, [0, 1], 1):
+            continue
+        cur = [x.name for x in block_reads(sch.get(block))]  # type: ignore[arg-type]
+        if cur[idx] != names[idx]:
+            continue
+        pk = _try(sch.pack, block, idx, tiles, order)
+        if not isinstance(pk, BlockRV):
+            continue
+        pl = sch.get_loops(pk)
+        _try(sch.parallel, pl[0])
+        inner = pl[-1]
+        if order[-1] == len(order) - 1:  # the source's contiguous axis: vector loads and stores
+            _try(sch.vectorize, inner)
+        elif 1 < (_const(sch.get(inner).extent) or 0) <= 16:  # type: ignore[union-attr]
+            _try(sch.unroll, inner)
 
 
 def _bind_gpu_tiles(sch: Schedule, levels: list[list[LoopRV]]) -> None:
@@ -388,14 +480,15 @@ def cross_thread_reduction(sch: Schedule, block: BlockRV, ch: Chooser) -> bool:
 
 # ---- driving the rules ------------------------------------------------------------------------
 def apply_rules(func: PrimFunc, target: str | TargetInfo | None = None, seed: int = 0, default: bool = False,
-                rules: Sequence[str] = RULES) -> Schedule:
-    """Run the rules on `func`: a random point of the design space, or the default one."""
+                rules: Sequence[str] = RULES, decisions: Sequence[Any] = ()) -> Schedule:
+    """Run the rules on `func`: a random point of the design space, or the default one; `decisions`
+    (the n-th for the n-th sampling instruction, None: sample) steer a random point."""
     tgt = target_info(target)
     unknown = set(rules) - set(RULES)
     if unknown:
         raise MlcError(f"schedule: unknown rules {', '.join(sorted(unknown))} (known: {', '.join(RULES)})")
     sch = Schedule(func, seed=seed)
-    ch = Chooser(default)
+    ch = Chooser(default, tuple(decisions))
     if "auto-inline" in rules:
         auto_inline(sch)
     done: set[str] = set()
@@ -458,9 +551,10 @@ def default_schedule(func: PrimFunc, target: str | TargetInfo | None = None) -> 
 
 
 def sample_schedule(func: PrimFunc, target: str | TargetInfo | None = None, seed: int = 0,
-                    rules: Sequence[str] = RULES) -> Schedule:
-    """One random point of the design space (its trace is what search mutates)."""
-    return apply_rules(func, target, seed=seed, default=False, rules=rules)
+                    rules: Sequence[str] = RULES, decisions: Sequence[Any] = ()) -> Schedule:
+    """One random point of the design space (its trace is what search mutates); `decisions` fix the
+    sampling instructions in order (None or an invalid one: sampled)."""
+    return apply_rules(func, target, seed=seed, default=False, rules=rules, decisions=decisions)
 
 
 __all__ = ["RULES", "TargetInfo", "apply_rules", "default_schedule", "needs_tiling", "sample_schedule",

@@ -19,7 +19,7 @@ from mlc.ir.expr import Var
 from mlc.ir.tir import BlockStmt, For, PrimFunc
 
 from . import blockize as blockize_
-from . import cache, inline, loops, reduction, scope
+from . import cache, inline, layout, loops, reduction, scope
 from . import compute_at as compute_at_
 from . import tensorize as tensorize_
 from .trace import BlockRV, Instruction, IntRV, LoopRV, Trace, encode
@@ -185,6 +185,20 @@ class Schedule:
     @instruction
     def cache_write(self, block: BlockRV, buffer_index: int, scope: str) -> BlockRV:
         self.func, name = cache.cache_write(self.func, _block(block), int(buffer_index), scope)
+        return BlockRV(name)
+
+    @instruction
+    def pack(self, block: BlockRV, buffer_index: int, tiles: Sequence[int], order: Sequence[int]) -> BlockRV:
+        """Stage read buffer `buffer_index` of `block` in a packed layout: each axis d split by
+        tiles[d] (1: kept whole), the resulting axes permuted by `order`; returns the packing block."""
+        self.func, name = layout.pack(self.func, _block(block), int(buffer_index), list(tiles), list(order))
+        return BlockRV(name)
+
+    @instruction
+    def compact(self, block: BlockRV, buffer_index: int) -> BlockRV:
+        """Allocate write buffer `buffer_index` of `block` only as the tile touched under the innermost
+        loop enclosing all its uses (a register tile after cache_write + reverse_compute_at)."""
+        self.func, name = layout.compact(self.func, _block(block), int(buffer_index))
         return BlockRV(name)
 
     @instruction

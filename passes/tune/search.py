@@ -56,14 +56,62 @@ class SearchConfig:
     target: str = "cpu"
 
 
-def mutate(trace: Trace, func: PrimFunc, rng: np.random.Generator) -> Trace | None:
-    """Re-sample one decision of `trace` and replay (later instructions follow); None if it fails."""
+def _prime_factors(n: int) -> list[int]:
+    out, p = [], 2
+    while p * p <= n:
+        while n % p == 0:
+            out.append(p)
+            n //= p
+        p += 1
+    return out + ([n] if n > 1 else [])
+
+
+def local_decision(kind: str, inputs: tuple, decision: object, rng: np.random.Generator) -> object | None:
+    """A neighbour of a decision (MetaSchedule's tile-size / categorical mutators): one prime factor
+    of one tile level moved to another level, or another category; None when there is none."""
+    if kind == "sample_perfect_tile" and isinstance(decision, list) and len(decision) > 1:
+        d = [int(x) for x in decision]
+        cap = int(inputs[2]) if len(inputs) > 2 and isinstance(inputs[2], int) else 1 << 30
+        src = [i for i, x in enumerate(d) if x > 1]
+        if not src:
+            return None
+        for _ in range(8):
+            a = int(rng.choice(src))
+            b = int(rng.choice([i for i in range(len(d)) if i != a]))
+            p = int(rng.choice(_prime_factors(d[a])))
+            out = list(d)
+            out[a] //= p
+            out[b] *= p
+            if out[-1] <= cap:
+                return out
+        return None
+    if kind == "sample_categorical" and isinstance(decision, int) and inputs and isinstance(inputs[0], list):
+        others = [i for i in range(len(inputs[0])) if i != decision]
+        return int(rng.choice(others)) if others else None
+    return None
+
+
+def mutate(trace: Trace, func: PrimFunc, rng: np.random.Generator, local: float = 0.75,
+           target: str | None = None) -> Trace | None:
+    """Change one decision of `trace`; None if the result fails.
+
+    With probability `local` the change is a small step from the current decision (so search
+    refines around the best points), otherwise the decision is re-sampled from scratch. With a
+    `target`, the trace is taken to come from the rules and they are re-run with the decisions
+    (later structure follows the changed one); without, the trace is replayed."""
     idx = [i for i, x in enumerate(trace.insts) if x.kind in SAMPLING]
     if not idx:
         return None
-    i = int(rng.choice(idx))
+    k = int(rng.integers(len(idx)))
+    inst = trace.insts[idx[k]]
+    new = local_decision(inst.kind, inst.inputs, inst.decision, rng) if rng.random() < local else None
+    seed = int(rng.integers(1 << 31))
     try:
-        return trace.with_decision(i, None).replay(func, seed=int(rng.integers(1 << 31))).trace
+        if target is not None:
+            decs = [trace.insts[i].decision for i in idx]
+            decs[k] = new
+            return sample_schedule(func, target, seed=seed, decisions=decs).trace
+        return trace.with_decision(idx[k], new).replay(func, seed=seed).trace
     except MlcError:
         return None
 
@@ -124,7 +172,9 @@ class Tuner:
         while len(cands) < self.cfg.population and tries < 4 * self.cfg.population:
             tries += 1
             if parents and self.rng.random() < 0.7:
-                tr = mutate(parents[int(self.rng.integers(len(parents)))], task.func, self.rng)
+                w = 1.0 / np.arange(1, len(parents) + 1)  # favour the best (rank-weighted)
+                tr = mutate(parents[int(self.rng.choice(len(parents), p=w / w.sum()))], task.func, self.rng,
+                            target=self.cfg.target)
             else:
                 try:
                     tr = sample_schedule(task.func, self.cfg.target, seed=int(self.rng.integers(1 << 31))).trace
