@@ -156,16 +156,22 @@ def can_vectorize(loop: For, defs: Mapping[Var, Expr] | None = None,
     return True
 
 
-def linear_form(e: Expr, defs: Mapping[Var, Expr]) -> dict[Var | None, int] | None:
-    """`e` as {var: coeff, None: constant} when it is linear in vars (after expanding `defs`), else None."""
+def linear_form(e: Expr, defs: Mapping[Var, Expr]) -> dict[Expr | None, int] | None:
+    """`e` as {atom: coeff, None: constant} after expanding `defs`; None if it is not an integer sum.
+
+    An atom is a var or a non-affine integer subterm (e.g. `floormod(f, 3)`), kept whole: callers
+    only need its coefficient and, for remainders, its range.
+    """
     if isinstance(e, Const):
         return None if isinstance(e.value, bool) or not float(e.value).is_integer() else {None: int(e.value)}
     if isinstance(e, Var):
         return linear_form(defs[e], defs) if e in defs else {e: 1}
     if isinstance(e, Cast) and e.dtype in ("i32", "i64") and e.a.dtype in ("i8", "i16", "i32", "i64"):
         return linear_form(e.a, defs)
-    if not isinstance(e, Bin) or e.op not in ("add", "sub", "mul"):
+    if not isinstance(e, Bin):
         return None
+    if e.op not in ("add", "sub", "mul"):
+        return {e: 1} if e.op in ("floordiv", "floormod") and e.dtype in ("i32", "i64") else None
     a, b = linear_form(e.a, defs), linear_form(e.b, defs)
     if a is None or b is None:
         return None
@@ -181,6 +187,15 @@ def linear_form(e: Expr, defs: Mapping[Var, Expr]) -> dict[Var | None, int] | No
     for v, c in b.items():
         out[v] = out.get(v, 0) + sign * c
     return {v: c for v, c in out.items() if c}
+
+
+def _atom_range(v: Expr, ranges: Mapping[Var, tuple[int, int]]) -> tuple[int, int] | None:
+    """[lo, hi) of an atom: a ranged var, or a floormod by a positive constant."""
+    if isinstance(v, Var):
+        return ranges.get(v)
+    if isinstance(v, Bin) and v.op == "floormod" and isinstance(v.b, Const) and int(v.b.value) > 0:
+        return 0, int(v.b.value)
+    return None
 
 
 def split_div(e: Expr, c: int, defs: Mapping[Var, Expr], ranges: Mapping[Var, tuple[int, int]]
@@ -209,9 +224,10 @@ def split_div(e: Expr, c: int, defs: Mapping[Var, Expr], ranges: Mapping[Var, tu
         elif k % c == 0:
             q_terms.append(Bin("mul", v, Const(k // c, v.dtype)) if k != c else v)
         else:
-            if v not in ranges:
+            rng = _atom_range(v, ranges)
+            if rng is None:
                 return None
-            lo, hi = ranges[v]
+            lo, hi = rng
             lo_sum += min(k * lo, k * (hi - 1))
             hi_sum += max(k * lo, k * (hi - 1))
             r_terms.append(Bin("mul", v, Const(k, v.dtype)) if k != 1 else v)

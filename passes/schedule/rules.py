@@ -433,17 +433,8 @@ def parallel_vectorize_unroll(sch: Schedule, block: BlockRV, tgt: TargetInfo, ch
     while n_outer < len(loops) and kinds[n_outer] == "S":
         n_outer += 1
     if n_outer == len(loops) and n_outer >= 1:  # elementwise: the last loop is the vector loop
-        last = loops[-1]
-        ext = _const(sch.get(last).extent)  # type: ignore[union-attr]
-        w = ch.cat(sch, [0, tgt.lanes, 2 * tgt.lanes, 4 * tgt.lanes], tgt.lanes)
-        if w and (ext is None or ext > w):
-            parts = _try(sch.split, last, [None, w])
-            if isinstance(parts, list):
-                loops = loops[:-1] + parts
-                n_outer = len(loops) - 1
-        if w:
-            _try(sch.vectorize, loops[-1])
-        n_outer = min(n_outer, len(loops) - 1) if len(loops) > 1 else n_outer
+        loops = _vectorize_last(sch, loops, tgt, ch)
+        n_outer = len(loops) - 1 if len(loops) > 1 else n_outer
     if n_outer == 0 or tgt.gpu:
         return
     # fuse just enough outer loops for every core to get work
@@ -456,6 +447,21 @@ def parallel_vectorize_unroll(sch: Schedule, block: BlockRV, tgt: TargetInfo, ch
     fused = sch.fuse(*loops[:k]) if k > 1 else loops[0]
     if _const(sch.get(fused).extent) != 1:  # type: ignore[union-attr]
         _try(sch.parallel, fused)
+
+
+def _vectorize_last(sch: Schedule, loops: list[LoopRV], tgt: TargetInfo, ch: Chooser) -> list[LoopRV]:
+    """Vectorize an all-spatial nest's last loop, split by a sampled width (symbolic or long extents
+    get a guarded tail); returns the nest's loops after the split."""
+    last = loops[-1]
+    ext = _const(sch.get(last).extent)  # type: ignore[union-attr]
+    w = ch.cat(sch, [0, tgt.lanes, 2 * tgt.lanes, 4 * tgt.lanes], tgt.lanes)
+    if w and (ext is None or ext > w):
+        parts = _try(sch.split, last, [None, w])
+        if isinstance(parts, list):
+            loops = loops[:-1] + parts
+    if w:
+        _try(sch.vectorize, loops[-1])
+    return loops
 
 
 def cross_thread_reduction(sch: Schedule, block: BlockRV, ch: Chooser) -> bool:
@@ -540,6 +546,12 @@ def _parallel_roots(sch: Schedule, tgt: TargetInfo, ch: Chooser, skip: set[str])
             k = _loop_kinds(sch, rv, [outer])[0]
             if k == "S" and sch.get(outer).kind == "serial":  # type: ignore[union-attr]
                 _try(sch.parallel, outer)
+            if not tgt.gpu:  # each elementwise member still gets its vector loop
+                for member in [rv, *shared]:
+                    inner = sch.get_loops(member)[1:]
+                    if inner and all(x == "S" for x in _loop_kinds(sch, member, inner)) \
+                            and all(sch.get(x).kind == "serial" for x in inner):  # type: ignore[union-attr]
+                        _vectorize_last(sch, inner, tgt, ch)
             skip |= {x.name for x in shared}
             continue
         parallel_vectorize_unroll(sch, rv, tgt, ch)
