@@ -4,9 +4,12 @@ Each node stands for the partial reconstruction of its prefix (the sum of its co
 additive quantizers, the leading sub-vectors for PQ). Its score for a query is the squared
 distance to that partial reconstruction, |q|^2 + |prefix|^2 + sum_{i<=l} LUT[i, c_i], where
 |prefix|^2 (`node_bias`) is aggregated at build time. Keeping the `beam` best nodes per level
-narrows the search to a few branches; the vectors under the surviving leaves are then scored
-by the exact table sum. With a beam at least the widest level, every vector is scored and
-the result equals the exhaustive ADC scan.
+narrows the search to a few branches; the vectors under the surviving nodes of the last level
+descended are then scored by the exact table sum. The codes are stored in tree order, so the
+vectors of a node are one contiguous row range and nothing is gathered or padded. The last
+level (choosing its nodes and scoring their rows) runs as one compiled program of the
+toolchain (`ann_search_atree`), numpy where codegen is unavailable. With a beam at least the
+widest level, every vector is scored and the result equals the exhaustive ADC scan.
 """
 
 from __future__ import annotations
@@ -34,9 +37,12 @@ class ATree:
     tree: RadixTree
     node_bias: tuple[np.ndarray, ...]  # per level: |partial reconstruction|^2 of each node
     depth: int  # levels descended before scoring vectors
+    codes: np.ndarray  # (n, M) codes in tree order (tree.order): a node's vectors are one row range
+    vector_bias: np.ndarray  # (n,) per-vector bias in tree order (zeros when the quantizer has none)
 
     @staticmethod
-    def build(codes: np.ndarray, codebooks: np.ndarray | None, min_fanin: int = 8) -> ATree:
+    def build(codes: np.ndarray, codebooks: np.ndarray | None, vector_bias: np.ndarray | None = None,
+              min_fanin: int = 8) -> ATree:
         """`codebooks` (M, K, d) for additive quantizers; None for PQ (partial sums are lower bounds).
 
         The descent depth is the deepest level whose nodes still hold `min_fanin` vectors on average.
@@ -52,59 +58,80 @@ class ATree:
             biases.append(np.einsum("ij,ij->i", recon, recon).astype(np.float32))
         counts = tree.node_counts
         depth = max([1] + [l_ + 1 for l_, c in enumerate(counts) if c * min_fanin <= len(codes)])
-        return ATree(tree, tuple(biases), depth)
+        vb = np.zeros(len(codes), np.float32) if vector_bias is None else vector_bias[tree.order]
+        return ATree(tree, tuple(biases), depth, np.ascontiguousarray(codes[tree.order]),
+                     np.ascontiguousarray(vb, np.float32))
 
     def max_width(self) -> int:
         return max(self.tree.node_counts[: self.depth])
 
-    def search(self, luts: np.ndarray, codes: np.ndarray, query_bias: np.ndarray,
-               vector_bias: np.ndarray | None, k: int, beam: int,
-               compiled: bool = True) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k ids and ADC distances per query, exploring `beam` nodes per level; the vectors
-        reached are scored by the compiled `ann_search_candidates` program when codegen is there."""
+    def child_start(self, level: int) -> np.ndarray:
+        """Offsets of each node's children in `level` (level 0: one virtual root over all)."""
         t = self.tree
-        nq = len(luts)
-        qi = np.arange(nq)[:, None]
-        # level 0: every root child
-        nodes = np.broadcast_to(np.arange(len(t.codes[0])), (nq, len(t.codes[0])))
-        partial = luts[:, 0, t.codes[0]]
-        valid = np.ones(nodes.shape, bool)
-        nodes, partial, valid = self._keep(nodes, partial, valid, self.node_bias[0], beam)
-        for l_ in range(1, self.depth):
-            st = t.child_start[l_ - 1]
-            cnt = np.where(valid, st[nodes + 1] - st[nodes], 0)
-            idx, mask = _ranges(st[nodes], cnt)  # (nq, B, W)
-            idx = np.where(mask, idx, 0)
-            child_partial = partial[:, :, None] + luts[qi[:, :, None], l_, t.codes[l_][idx]]
-            nodes, partial, valid = self._keep(idx.reshape(nq, -1), child_partial.reshape(nq, -1),
-                                               mask.reshape(nq, -1), self.node_bias[l_], beam)
-        # the vectors under the kept nodes, one padded row per query, ascending ids (-1 padding first)
-        rs = t.row_start[self.depth - 1]
-        cnt = np.where(valid, rs[nodes + 1] - rs[nodes], 0)
-        idx, mask = _ranges(rs[nodes], cnt)
-        ids = np.where(mask, t.order[np.where(mask, idx, 0)], -1).reshape(nq, -1)
-        ids.sort(axis=1)
-        width = max(int(cnt.sum(axis=1).max()) if nq else 0, 1)
-        ids = ids[:, ids.shape[1] - width:] if ids.shape[1] >= width else np.full((nq, width), -1, np.int64)
-        if compiled:
-            from .program import run_search
+        return np.array([0, len(t.codes[0])], np.int64) if level == 0 else t.child_start[level - 1]
 
-            got = run_search(luts, codes, vector_bias, query_bias, k, ids)
+    def frontier(self, luts: np.ndarray, beam: int) -> tuple[np.ndarray, np.ndarray]:
+        """Kept parents of the last level (nq, B) (-1: none) and their partial table sums.
+
+        Levels 0 .. depth-2 are descended here (numpy); for depth 1 the parent is the virtual root."""
+        nq = len(luts)
+        nodes = np.zeros((nq, 1), np.int64)
+        partial = np.zeros((nq, 1), np.float32)
+        valid = np.ones((nq, 1), bool)
+        for l_ in range(self.depth - 1):
+            idx, child_partial, mask = self._children(luts, l_, nodes, partial, valid)
+            nodes, partial, valid = self._keep(idx, child_partial, mask, self.node_bias[l_], beam)
+        return np.where(valid, nodes, -1), partial
+
+    def _children(self, luts: np.ndarray, level: int, nodes: np.ndarray, partial: np.ndarray,
+                  valid: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Children of `nodes` in `level`, (nq, C) with their partial sums and a validity mask."""
+        nq = len(luts)
+        st = self.child_start(level)
+        safe = np.where(valid, nodes, 0)
+        cnt = np.where(valid, st[safe + 1] - st[safe], 0)
+        idx, mask = _ranges(st[safe], cnt)  # (nq, B, W)
+        idx = np.where(mask, idx, 0)
+        qi = np.arange(nq)[:, None, None]
+        child_partial = partial[:, :, None] + luts[qi, level, self.tree.codes[level][idx]]
+        return idx.reshape(nq, -1), child_partial.reshape(nq, -1), mask.reshape(nq, -1)
+
+    def search(self, luts: np.ndarray, query_bias: np.ndarray, k: int, beam: int,
+               compiled: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k ids and ADC distances per query, exploring `beam` nodes per level."""
+        parents, partial = self.frontier(luts, beam)
+        last = self.depth - 1
+        t = self.tree
+        rs = t.row_start[last]
+        beam = min(beam, t.node_counts[last])
+        if compiled:
+            from .program import run_atree
+
+            got = run_atree(luts, query_bias, k, beam, last, (self.codes, self.vector_bias, t.order, rs),
+                            (self.child_start(last), t.codes[last], self.node_bias[last]), parents, partial)
             if got is not None:
                 return got
-        ok = ids >= 0
-        safe = np.where(ok, ids, 0)
-        m_total, kk = luts.shape[1], luts.shape[2]
+        # numpy: the same choice of nodes, by (score, node), then the same (distance, id) order
+        idx, child_partial, mask = self._children(luts, last, parents, partial, parents >= 0)
+        score = np.where(mask, child_partial + self.node_bias[last][idx], np.inf)
+        nodes, _ = topk(score, beam, np.where(mask, idx, -1))
+        nq = len(luts)
+        ok_node = nodes >= 0
+        safe_n = np.where(ok_node, nodes, 0)
+        cnt = np.where(ok_node, rs[safe_n + 1] - rs[safe_n], 0)
+        rows, ok = _ranges(rs[safe_n], cnt)
+        rows = np.where(ok, rows, 0).reshape(nq, -1)
+        ok = ok.reshape(nq, -1)
+        kk = luts.shape[2]
         flat = luts.reshape(nq, -1)
-        c = codes[safe].astype(np.intp)
+        c = self.codes[rows].astype(np.intp)
         dist = np.take_along_axis(flat, c[:, :, 0], 1)
-        for m in range(1, m_total):
+        for m in range(1, luts.shape[1]):
             dist += np.take_along_axis(flat, c[:, :, m] + m * kk, 1)
-        if vector_bias is not None:
-            dist += vector_bias[safe]
+        dist += self.vector_bias[rows]
         dist += query_bias[:, None]
         dist[~ok] = np.inf
-        out_i, out_d = topk(dist, k, ids)
+        out_i, out_d = topk(dist, k, np.where(ok, t.order[rows], -1))
         out_i[~np.isfinite(out_d)] = -1
         return out_i, out_d
 

@@ -73,7 +73,7 @@ class AnnIndex:
         qb = self.quantizer.query_bias(q)
         if mode == "atree":
             width = beam if beam is not None else self.atree().max_width()
-            ids, dist = self.atree().search(luts, self.codes, qb, self.vector_bias, short, max(int(width), 1))
+            ids, dist = self.atree().search(luts, qb, short, max(int(width), 1))
         else:
             fused = None
             if mode == "ir":
@@ -102,7 +102,7 @@ class AnnIndex:
     def atree(self) -> ATree:
         if "atree" not in self._cache:
             cbs = getattr(self.quantizer, "codebooks", None) if self.quantizer.method != "pq" else None
-            self._cache["atree"] = ATree.build(self.codes, cbs)
+            self._cache["atree"] = ATree.build(self.codes, cbs, self.vector_bias)
         return self._cache["atree"]  # type: ignore[return-value]
 
     def quantization_error(self) -> float | None:

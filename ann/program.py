@@ -19,7 +19,7 @@ from functools import lru_cache
 import numpy as np
 
 from ..ir.diagnostics import MlcError
-from ..ir.expr import Cast, Var
+from ..ir.expr import Cast, Expr, Var
 from ..ir.module import Module
 from ..ir.tir import PrimFunc
 from ..ir.tir_builder import build, compute, fconst, placeholder, reduce_axis, rsum
@@ -113,79 +113,167 @@ def run_lut(method: str, queries: np.ndarray, codebooks: np.ndarray) -> np.ndarr
     return out
 
 
-def search_func(m: int, k: int, topk: int, code_dtype: str = "u8", candidates: bool = False) -> PrimFunc:
-    """Fused scan + top-k: each distance is computed in a register and inserted into a sorted
-    k-list when it beats the current k-th (ties keep the smaller id first, as search.topk).
+def _insert(best_d, best_i, q: Var, d: Var, i: Expr, topk: int | None, by_id: bool,  # noqa: ANN001, ANN202
+            width: Expr | None = None):
+    """Insert (d, i) into the sorted k-list of query q when it beats the k-th entry.
 
     The insertion walks j = k-1 .. 0: slot j takes slot j-1's entry if that one is larger than
-    d (a shift), else takes (d, i) if its own entry is larger than d, else stays; reading only
-    slots not yet written, so one backward pass inserts in place. With `candidates`, only the
-    base ids listed per query in `cand[q, c]` (ascending, -1 padding) are scored (A-Tree).
+    (d, i) (a shift), else takes (d, i) if its own entry is larger, else stays; reading only slots
+    not yet written, so one backward pass inserts in place. `by_id` orders entries by (d, id), so
+    the result does not depend on the visiting order; otherwise ties keep the earlier visited.
     """
     from ..ir.expr import Bin, Const, Load, Select
-    from ..ir.tir import Buffer, For, IfStmt, Let, Seq, Store
+    from ..ir.tir import For, IfStmt, Seq, Store
+
+    def after(slot: Expr) -> Expr:  # the entry in `slot` comes after (d, i)
+        gt = Bin("gt", Load(best_d, (q, slot)), d)
+        if not by_id:
+            return gt
+        tie = Bin("and", Bin("eq", Load(best_d, (q, slot)), d), Bin("gt", Load(best_i, (q, slot)), i))
+        return Bin("or", gt, tie)
+
+    width = Const(topk) if width is None else width
+    last = Bin("sub", width, Const(1))
+    jj = Var("jj")
+    j = Bin("sub", last, jj)
+    prev = Bin("max", Bin("sub", j, Const(1)), Const(0))
+    shift = Bin("and", Bin("gt", j, Const(0)), after(prev))
+    place = after(j)
+    insert = For(jj, Const(0), width, Seq((
+        Store(best_i, (q, j), Select(shift, Load(best_i, (q, prev)), Select(place, i, Load(best_i, (q, j))))),
+        Store(best_d, (q, j), Select(shift, Load(best_d, (q, prev)), Select(place, d, Load(best_d, (q, j))))),
+    )))
+    return IfStmt(after(last), insert)
+
+
+def _adc_total(lut, codes, vbias, qbias, q: Var, r: Var, m: int):  # noqa: ANN001, ANN202
+    """((sum_m lut[q, m, codes[r, m]]) + vbias[r]) + qbias[q], summed in codebook order."""
+    from ..ir.expr import Bin, Const, Load
+
+    total = Load(lut, (q, Const(0), Cast("i64", Load(codes, (r, Const(0))))))
+    for j_ in range(1, m):
+        total = Bin("add", total, Load(lut, (q, Const(j_), Cast("i64", Load(codes, (r, Const(j_)))))))
+    return Bin("add", Bin("add", total, Load(vbias, (r,))), Load(qbias, (q,)))
+
+
+def _init(best_d, best_i, q: Var, width: Expr, name: str):  # noqa: ANN001, ANN202
+    from ..ir.expr import Const
+    from ..ir.tir import For, Seq, Store
+
+    t = Var(name)
+    return For(t, Const(0), width, Seq((Store(best_d, (q, t), Const(float("inf"), "f32")),
+                                         Store(best_i, (q, t), Const(-1)))))
+
+
+def search_func(m: int, k: int, topk: int, code_dtype: str = "u8") -> PrimFunc:
+    """Fused scan + top-k: each distance is computed in a register and inserted into a sorted
+    k-list when it beats the current k-th (ties keep the smaller id first, as search.topk)."""
+    from ..ir.expr import Const
+    from ..ir.tir import Buffer, For, Let, Seq
 
     lut = Buffer("lut", (NQ, Const(m), Const(k)), "f32")
     codes = Buffer("codes", (N, Const(m)), code_dtype)
     vbias, qbias = Buffer("vbias", (N,), "f32"), Buffer("qbias", (NQ,), "f32")
     best_d = Buffer("best_d", (NQ, Const(topk)), "f32")
     best_i = Buffer("best_i", (NQ, Const(topk)), "i64")
-    q, jj, t, c = Var("q"), Var("jj"), Var("t"), Var("c")
-    i = Var("i")
-    cand = Buffer("cand", (NQ, Var("nc")), "i64")
-    d = Var("d", "f32")
-    # d = ((sum_m lut[q, m, codes[i, m]]) + vbias[i]) + qbias[q], summed in codebook order
-    total = Load(lut, (q, Const(0), Cast("i64", Load(codes, (i, Const(0))))))
-    for j_ in range(1, m):
-        total = Bin("add", total, Load(lut, (q, Const(j_), Cast("i64", Load(codes, (i, Const(j_)))))))
-    total = Bin("add", Bin("add", total, Load(vbias, (i,))), Load(qbias, (q,)))
-    j = Bin("sub", Const(topk - 1), jj)
-    prev = Bin("max", Bin("sub", j, Const(1)), Const(0))
-    shift = Bin("and", Bin("gt", j, Const(0)), Bin("gt", Load(best_d, (q, prev)), d))
-    place = Bin("gt", Load(best_d, (q, j)), d)
-    insert = For(jj, Const(0), Const(topk), Seq((
-        Store(best_i, (q, j), Select(shift, Load(best_i, (q, prev)), Select(place, i, Load(best_i, (q, j))))),
-        Store(best_d, (q, j), Select(shift, Load(best_d, (q, prev)), Select(place, d, Load(best_d, (q, j))))),
-    )))
-    visit = Let(d, total, IfStmt(Bin("lt", d, Load(best_d, (q, Const(topk - 1)))), insert))
-    if candidates:
-        scan = For(c, Const(0), Var("nc"), Let(i, Load(cand, (q, c)), IfStmt(Bin("ge", i, Const(0)), visit)))
-    else:
-        scan = For(i, Const(0), N, visit)
-    init = For(t, Const(0), Const(topk), Seq((Store(best_d, (q, t), Const(float("inf"), "f32")),
-                                               Store(best_i, (q, t), Const(-1)))))
-    body = For(q, Const(0), NQ, Seq((init, scan)))
-    if candidates:
-        return PrimFunc("ann_search_candidates", (lut, codes, vbias, qbias, cand, best_d, best_i), 2, body)
+    q, i, d = Var("q"), Var("i"), Var("d", "f32")
+    scan = For(i, Const(0), N, Let(d, _adc_total(lut, codes, vbias, qbias, q, i, m),
+                                   _insert(best_d, best_i, q, d, i, topk, False)))
+    body = For(q, Const(0), NQ, Seq((_init(best_d, best_i, q, Const(topk), "t"), scan)))
     return PrimFunc("ann_search", (lut, codes, vbias, qbias, best_d, best_i), 2, body)
 
 
-@lru_cache(maxsize=16)
-def _compiled_search(m: int, k: int, topk: int, code_dtype: str, candidates: bool):  # noqa: ANN202
+def atree_func(m: int, k: int, topk: int, level: int, code_dtype: str = "u8") -> PrimFunc:
+    """The last level of an A-Tree search, fused: `ann_search_atree`.
+
+    Per query, the children of its kept parents (`parents[q, p]`, -1: none; a parent's partial
+    sum `part[q, p]`; children child_start[p] .. child_start[p+1]) are scored
+    (part + lut[q, level, node_code]) + node_bias and the best `nb` kept by (score, node) in
+    `node_d`/`node_i`; then the rows of those nodes (row_start[node] .. row_start[node+1] of the
+    codes, vector biases and base ids, all stored in tree order, so nothing is padded) are
+    scored by their ADC sums and the best `topk` kept by (distance, id), as search.topk orders.
+    """
+    from ..ir.expr import Bin, Const, Load
+    from ..ir.tir import Buffer, For, IfStmt, Let, Seq
+
+    lut = Buffer("lut", (NQ, Const(m), Const(k)), "f32")
+    codes = Buffer("codes", (N, Const(m)), code_dtype)
+    vbias, qbias = Buffer("vbias", (N,), "f32"), Buffer("qbias", (NQ,), "f32")
+    ids = Buffer("ids", (N,), "i64")
+    row_start = Buffer("row_start", (Var("nr"),), "i64")
+    parents, part = Buffer("parents", (NQ, Var("np")), "i64"), Buffer("part", (NQ, Var("np")), "f32")
+    child_start = Buffer("child_start", (Var("ncs"),), "i64")
+    node_code, node_bias = Buffer("node_code", (Var("nn"),), "i32"), Buffer("node_bias", (Var("nn"),), "f32")
+    nb = Var("nb")
+    node_d, node_i = Buffer("node_d", (NQ, nb), "f32"), Buffer("node_i", (NQ, nb), "i64")
+    best_d = Buffer("best_d", (NQ, Const(topk)), "f32")
+    best_i = Buffer("best_i", (NQ, Const(topk)), "i64")
+    q, p, c, b, r = Var("q"), Var("p"), Var("c"), Var("b"), Var("r")
+    par, nd, i = Var("par"), Var("nd"), Var("i")
+    s, d = Var("s", "f32"), Var("d", "f32")
+
+    def span(buf: Buffer, x: Var, var: Var, body: object) -> For:  # var over buf[x] .. buf[x+1]
+        lo = Load(buf, (x,))
+        return For(var, lo, Bin("sub", Load(buf, (Bin("add", x, Const(1)),)), lo), body)
+
+    score = Bin("add", Bin("add", Load(part, (q, p)), Load(lut, (q, Const(level), Cast("i64", Load(node_code, (c,)))))),
+                Load(node_bias, (c,)))
+    select = For(p, Const(0), Var("np"), Let(par, Load(parents, (q, p)), IfStmt(
+        Bin("ge", par, Const(0)),
+        span(child_start, par, c, Let(s, score, _insert(node_d, node_i, q, s, c, None, True, nb))))))
+    rows = span(row_start, nd, r, Let(i, Load(ids, (r,)), Let(d, _adc_total(lut, codes, vbias, qbias, q, r, m),
+                                                              _insert(best_d, best_i, q, d, i, topk, True))))
+    scan = For(b, Const(0), nb, Let(nd, Load(node_i, (q, b)), IfStmt(Bin("ge", nd, Const(0)), rows)))
+    body = For(q, Const(0), NQ, Seq((_init(node_d, node_i, q, nb, "u"), _init(best_d, best_i, q, Const(topk), "t"),
+                                     select, scan)))
+    params = (lut, codes, vbias, ids, row_start, qbias, parents, part, child_start, node_code, node_bias,
+              node_d, node_i, best_d, best_i)
+    return PrimFunc("ann_search_atree", params, 4, body)
+
+
+@lru_cache(maxsize=32)
+def _compiled_search(m: int, k: int, topk: int, code_dtype: str, level: int):  # noqa: ANN202
+    """The fused flat search (level < 0) or A-Tree last level; None where codegen cannot build it."""
     try:
         from ..codegen.jit import compile_module
 
-        f = search_func(m, k, topk, code_dtype, candidates)
+        f = search_func(m, k, topk, code_dtype) if level < 0 else atree_func(m, k, topk, level, code_dtype)
         return compile_module([f]).kernel(f.name)
     except (ImportError, MlcError, NotImplementedError):
         return None
 
 
+def _code_dtype(codes: np.ndarray) -> str:
+    return "u8" if codes.dtype == np.uint8 else "u16"
+
+
 def run_search(luts: np.ndarray, codes: np.ndarray, vbias: np.ndarray | None, qbias: np.ndarray,
-               topk: int, cand: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray] | None:
-    """Top-k ids and distances by the compiled fused program (over `cand` (nq, C) ascending ids,
-    -1 padded, when given); None where codegen cannot build it."""
+               topk: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """Top-k ids and distances by the compiled fused program; None where codegen cannot build it."""
     nq, m, k = luts.shape
-    cdt = "u8" if codes.dtype == np.uint8 else "u16"
-    kern = _compiled_search(m, k, topk, cdt, cand is not None)
+    kern = _compiled_search(m, k, topk, _code_dtype(codes), -1)
     if kern is None:
         return None
     bd = np.empty((nq, topk), np.float32)
     bi = np.empty((nq, topk), np.int64)
     vb = np.zeros(len(codes), np.float32) if vbias is None else np.ascontiguousarray(vbias, np.float32)
-    args = [np.ascontiguousarray(luts, np.float32), np.ascontiguousarray(codes), vb,
-            np.ascontiguousarray(qbias, np.float32)]
-    if cand is not None:
-        args.append(np.ascontiguousarray(cand, np.int64))
-    kern([*args, bd, bi])
+    kern([np.ascontiguousarray(luts, np.float32), np.ascontiguousarray(codes), vb,
+          np.ascontiguousarray(qbias, np.float32), bd, bi])
     return bi, bd
+
+
+def run_atree(luts: np.ndarray, qbias: np.ndarray, topk: int, beam: int, level: int,
+              rows: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+              nodes: tuple[np.ndarray, np.ndarray, np.ndarray], parents: np.ndarray,
+              part: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """`ann_search_atree`: rows = (codes, vbias, ids, row_start) in tree order, nodes = (child_start,
+    node_code, node_bias) of the level; None where codegen cannot build it."""
+    nq, m, k = luts.shape
+    kern = _compiled_search(m, k, topk, _code_dtype(rows[0]), level)
+    if kern is None:
+        return None
+    out = [np.empty((nq, beam), np.float32), np.empty((nq, beam), np.int64),
+           np.empty((nq, topk), np.float32), np.empty((nq, topk), np.int64)]
+    kern([np.ascontiguousarray(luts, np.float32), *rows, np.ascontiguousarray(qbias, np.float32),
+          np.ascontiguousarray(parents, np.int64), np.ascontiguousarray(part, np.float32), *nodes, *out])
+    return out[3], out[2]

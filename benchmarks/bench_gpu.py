@@ -1,10 +1,13 @@
 """GPU benchmark, one run: mlc kernels beside PyTorch (cuBLAS / eager) on the same GPU.
 
-- GEMM f16 and f32 at 1024^3 and 4096^3: TFLOP/s of mlc's default GPU schedule vs torch.matmul (cuBLAS).
+- GEMM f16 at 1024^3, 2048^3 and 4096^3: TFLOP/s (median of 5 timed batches) of mlc's default GPU
+  schedule (on sm_90a the wgmma template), the best wgmma tile, the best wmma tile, and torch.matmul
+  (cuBLAS), with ratios to cuBLAS; f32 at 1024^3 and 4096^3: default and best register tile vs cuBLAS.
 - Memory-bound kernels: a fused GELU (one kernel) and a row softmax: achieved GB/s (minimal traffic:
   read the input once, write the output once) vs torch.
 - gpt_block (the zoo model) latency, device-resident inputs, vs the same block in PyTorch eager.
-Needs pycuda, torch and an NVIDIA GPU. Run: python benchmarks/bench_gpu.py
+Needs pycuda, torch and an NVIDIA GPU. Run: python benchmarks/bench_gpu.py [gemm] [bandwidth] [gpt]
+(no argument: every section).
 """
 
 from __future__ import annotations
@@ -19,37 +22,44 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 
-def _events_ms(fn, iters: int, stream) -> float:  # type: ignore[no-untyped-def]
+def _events_ms(fn, iters: int, stream, reps: int = 5) -> float:  # type: ignore[no-untyped-def]
+    """Median over `reps` batches of the mean time per call in a batch of `iters` calls."""
     import pycuda.driver as drv
 
     for _ in range(3):
         fn()
     start, end = drv.Event(), drv.Event()
-    start.record(stream)
-    for _ in range(iters):
-        fn()
-    end.record(stream)
-    end.synchronize()
-    return start.time_till(end) / iters
+    times = []
+    for _ in range(reps):
+        start.record(stream)
+        for _ in range(iters):
+            fn()
+        end.record(stream)
+        end.synchronize()
+        times.append(start.time_till(end) / iters)
+    return float(np.median(times))
 
 
 def _launcher(k, ptrs, env, stream, ws):  # type: ignore[no-untyped-def]
     return lambda: k.launch(ptrs, env, stream, ws)
 
 
-def _torch_ms(fn, iters: int, *args) -> float:  # type: ignore[no-untyped-def]
+def _torch_ms(fn, iters: int, *args, reps: int = 5) -> float:  # type: ignore[no-untyped-def]
     import torch
 
     for _ in range(3):
         fn(*args)
     torch.cuda.synchronize()
     s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    s.record()
-    for _ in range(iters):
-        fn(*args)
-    e.record()
-    e.synchronize()
-    return s.elapsed_time(e) / iters
+    times = []
+    for _ in range(reps):
+        s.record()
+        for _ in range(iters):
+            fn(*args)
+        e.record()
+        e.synchronize()
+        times.append(s.elapsed_time(e) / iters)
+    return float(np.median(times))
 
 
 def _device_args(lib_kernel, arrays):  # type: ignore[no-untyped-def]
@@ -81,29 +91,51 @@ def _time_gemm(n: int, dt: str, a: np.ndarray, b: np.ndarray, config, stream):  
     return ms, c
 
 
+def _best(n: int, dt: str, a: np.ndarray, b: np.ndarray, configs, stream):  # type: ignore[no-untyped-def]
+    """(ms, tile) of the fastest tile, skipping tiles that fail to build or launch."""
+    best: tuple[float, object] = (math.inf, None)
+    for cfg in configs:
+        try:
+            best = min(best, (_time_gemm(n, dt, a, b, cfg, stream)[0], cfg), key=lambda x: x[0])
+        except Exception as e:  # noqa: BLE001 - one broken tile must not hide the others
+            print(f"    tile {cfg} failed: {type(e).__name__}: {str(e)[:200]}")
+    return best
+
+
 def bench_gemm() -> None:
     import pycuda.driver as drv
     import torch
     from mlc.codegen.cuda_gemm import SIMT_CONFIGS, TC_CONFIGS
+    from mlc.codegen.cuda_jit import device_arch
+    from mlc.codegen.cuda_wgmma import WGMMA_CONFIGS
 
-    print("GEMM (C = A @ B, square), TFLOP/s; tuned = best of the template tiles, measured here")
-    print(f"  {'dtype':5} {'size':>5} {'default':>9} {'tuned':>9} {'cuBLAS':>9} {'tuned/cuBLAS':>13}  best tile")
     stream = drv.Stream()
-    for dt, np_dt, configs in (("f16", np.float16, TC_CONFIGS), ("f32", np.float32, SIMT_CONFIGS)):
-        for n in (1024, 4096):
+    arch = device_arch()
+    print(f"GEMM (C = A @ B, square, {arch}), TFLOP/s, median of 5 timed batches; ratios are to cuBLAS (torch.matmul)")
+    print(f"  {'dtype':5} {'size':>5} {'default':>9} {'wgmma*':>9} {'wmma*':>9} {'cuBLAS':>9} {'default/cuBLAS':>15} "
+          f"{'best/cuBLAS':>12}  (* best tile; max err = max|C - fp32 ref| / max|ref| of the default)")
+    for dt, np_dt, sizes in (("f16", np.float16, (1024, 2048, 4096)), ("f32", np.float32, (1024, 4096))):
+        for n in sizes:
             rng = np.random.default_rng(0)
             a = rng.standard_normal((n, n)).astype(np_dt)
             b = rng.standard_normal((n, n)).astype(np_dt)
             default_ms, c = _time_gemm(n, dt, a, b, None, stream)
-            best = min((_time_gemm(n, dt, a, b, cfg, stream)[0], cfg) for cfg in configs)
+            hopper = dt == "f16" and arch == "sm_90a"
+            wg = _best(n, dt, a, b, WGMMA_CONFIGS, stream) if hopper else (math.inf, None)
+            mm = _best(n, dt, a, b, TC_CONFIGS if dt == "f16" else SIMT_CONFIGS, stream)
             ta, tb = torch.from_numpy(a).cuda(), torch.from_numpy(b).cuda()
             ref = (ta.float() @ tb.float()).cpu().numpy()
             err = float(np.abs(c.astype(np.float32) - ref).max() / np.abs(ref).max())
             tms = _torch_ms(torch.matmul, 20 if n == 4096 else 100, ta, tb)
             fl = 2.0 * n ** 3
-            print(f"  {dt:5} {n:5d} {fl / default_ms / 1e9:9.1f} {fl / best[0] / 1e9:9.1f} {fl / tms / 1e9:9.1f} "
-                  f"{tms / best[0]:12.2f}x  {best[1]}   (default {default_ms:.3f} ms, tuned {best[0]:.3f} ms, "
-                  f"cuBLAS {tms:.3f} ms; default tile's max error / max |C| = {err:.1e} vs fp32 torch)")
+            best = min(wg, mm, (default_ms, None), key=lambda x: x[0])
+
+            def tf(ms: float) -> str:
+                return f"{fl / ms / 1e9:9.1f}" if math.isfinite(ms) else f"{'-':>9}"
+
+            print(f"  {dt:5} {n:5d} {tf(default_ms)} {tf(wg[0])} {tf(mm[0])} {tf(tms)} {tms / default_ms:14.2f}x "
+                  f"{tms / best[0]:11.2f}x  max err {err:.1e}; best wgmma tile {wg[1]}, best {'wmma' if dt == 'f16' else 'simt'}"
+                  f" tile {mm[1]}; ms: default {default_ms:.3f}, cuBLAS {tms:.3f}")
 
 
 def _gelu_func(rows: int, cols: int):  # type: ignore[no-untyped-def]
@@ -230,7 +262,7 @@ def _wall_ms(fn, *args, iters: int = 200) -> float:  # type: ignore[no-untyped-d
     return float(np.median(times)) * 1e3
 
 
-def main() -> None:
+def main(argv: list[str]) -> None:
     import pycuda.driver as drv
     import torch
     from mlc.codegen.cuda_jit import _context
@@ -238,12 +270,16 @@ def main() -> None:
     torch.cuda.init()
     _context()
     print(f"device: {drv.Device(0).name()} (torch {torch.__version__}, CUDA driver {drv.get_driver_version()})")
-    for part in (bench_gemm, bench_bandwidth, bench_gpt_block):
+    parts = {"gemm": bench_gemm, "bandwidth": bench_bandwidth, "gpt": bench_gpt_block}
+    unknown = [a for a in argv if a not in parts]
+    if unknown:
+        raise SystemExit(f"unknown section(s) {unknown}; choose from {list(parts)}")
+    for name in argv or list(parts):
         try:
-            part()
+            parts[name]()
         except Exception as e:  # noqa: BLE001 - report and go on with the other parts
-            print(f"  {part.__name__} failed: {type(e).__name__}: {e}")
+            print(f"  {name} failed: {type(e).__name__}: {e}")
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

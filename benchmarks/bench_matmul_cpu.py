@@ -10,14 +10,13 @@ is a multiple of TN (n is a runtime dim). Prints GFLOP/s of both from the same r
     python benchmarks/bench_matmul_cpu.py [--sizes 256 512 1024 2048] [--repeat 9] [--threads N]
 
 `--threads N` sets both mlc's pool and OpenBLAS (through OPENBLAS_NUM_THREADS, before numpy loads);
-by default both use every CPU. Timings interleave the two so background load affects both alike.
+by default both use every CPU. Timings alternate blocks of runs of the two (runtime.bench.block_medians says why not call-by-call).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import time
 from functools import partial
@@ -31,6 +30,7 @@ from mlc.codegen.cpu import host_target  # noqa: E402
 from mlc.codegen.jit import compile_module  # noqa: E402
 from mlc.codegen.parallel import get_num_threads, set_num_threads  # noqa: E402
 from mlc.ir import Bin, BlockStmt, Buffer, Const, For, IterVar, Load, PrimFunc, Seq, Store, Var  # noqa: E402
+from mlc.runtime.bench import block_medians  # noqa: E402
 
 TM, TN = 8, 32  # register tile: 8 rows x 32 f32 columns = 16 AVX-512 (or 32 AVX2) accumulators
 
@@ -78,19 +78,6 @@ def scheduled_matmul(name: str = "matmul", tm: int = TM, tn: int = TN) -> PrimFu
     return PrimFunc(name, (A, B, C), 1, root)
 
 
-def _median_times(fns: list, repeat: int) -> list[float]:
-    """Median wall time of each function; runs are interleaved so background load hits all alike."""
-    for fn in fns:
-        fn()  # warm-up (page faults, thread-pool start)
-    times: list[list[float]] = [[] for _ in fns]
-    for _ in range(repeat):
-        for fn, ts in zip(fns, times):
-            t0 = time.perf_counter()
-            fn()
-            ts.append(time.perf_counter() - t0)
-    return [statistics.median(ts) for ts in times]
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="*", default=[256, 512, 1024, 2048])
@@ -112,7 +99,7 @@ def main() -> None:
         b = rng.standard_normal((n, n), dtype=np.float32)
         c, ref = np.empty((n, n), np.float32), np.empty((n, n), np.float32)
         rep = max(3, args.repeat if n <= 1024 else args.repeat // 2)
-        t_mlc, t_np = _median_times([partial(kernel, [a, b, c]), partial(np.matmul, a, b, out=ref)], rep)
+        t_mlc, t_np = block_medians([partial(kernel, [a, b, c]), partial(np.matmul, a, b, out=ref)], rep)
         err = float(np.abs(c - ref).max()) / float(np.abs(ref).max())
         if err > 1e-4:
             raise SystemExit(f"mlc result differs from numpy at n={n}: relative error {err:.2e}")

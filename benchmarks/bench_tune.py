@@ -4,13 +4,13 @@
 
 `--quick`: sizes 512 1024, trials 16 and 32. Tuning continues one search across the trial counts
 (the 256-trial figure includes the first 64), with a fresh temporary database per size.
-Timings interleave mlc and numpy so background load affects both alike.
+Timings alternate blocks of mlc and numpy runs (see runtime.bench.block_medians for why not
+call-by-call interleaving: OpenBLAS workers keep spinning after a call).
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
 import time
 from functools import partial
@@ -24,6 +24,7 @@ from mlc.passes.schedule.rules import default_schedule
 from mlc.passes.tune.database import Database
 from mlc.passes.tune.measure import Runner
 from mlc.passes.tune.search import SearchConfig, Task, Tuner
+from mlc.runtime.bench import block_medians
 
 
 def matmul(n: int) -> PrimFunc:
@@ -33,7 +34,7 @@ def matmul(n: int) -> PrimFunc:
 
 
 def gflops(func: PrimFunc, n: int, repeat: int) -> tuple[float, float]:
-    """(mlc, numpy) GFLOP/s from interleaved median times; checks mlc's result against numpy."""
+    """(mlc, numpy) GFLOP/s from block-wise median times (runtime.bench.block_medians); checks mlc's result against numpy."""
     kernel = compile_module([func]).kernel(func.name)
     rng = np.random.default_rng(0)
     a, b = rng.standard_normal((n, n), dtype=np.float32), rng.standard_normal((n, n), dtype=np.float32)
@@ -44,14 +45,9 @@ def gflops(func: PrimFunc, n: int, repeat: int) -> tuple[float, float]:
     err = float(np.abs(c - ref).max() / np.abs(ref).max())
     if err > 1e-4:
         raise SystemExit(f"mlc result differs from numpy at n={n}: relative error {err:.2e}")
-    times: list[list[float]] = [[], []]
-    for _ in range(repeat):
-        for fn, ts in zip(fns, times):
-            t0 = time.perf_counter()
-            fn()
-            ts.append(time.perf_counter() - t0)
+    t_mlc, t_np = block_medians(fns, repeat)
     flop = 2 * n**3 / 1e9
-    return flop / statistics.median(times[0]), flop / statistics.median(times[1])
+    return flop / t_mlc, flop / t_np
 
 
 def main() -> None:

@@ -439,7 +439,8 @@ def _launch_of(extents: dict[str, Expr]) -> tuple[tuple[Expr, Expr, Expr], tuple
     return grid, block  # type: ignore[return-value]
 
 
-def lower_func(func: PrimFunc, gemm_config: tuple[int, ...] | None = None) -> tuple[CudaFunc, list[str]]:
+def lower_func(func: PrimFunc, gemm_config: tuple[int, ...] | None = None, arch: str = "sm_90"
+               ) -> tuple[CudaFunc, list[str]]:
     """CUDA C of every stage kernel of `func` and how to launch them."""
     from .cuda_gemm import emit_gemm_stage
 
@@ -464,7 +465,7 @@ def lower_func(func: PrimFunc, gemm_config: tuple[int, ...] | None = None) -> tu
     launches: list[Launch] = []
     for k, stage in enumerate(stages):
         sym = ident("mlc_", f"{func.name}_k{k}")
-        gemm = emit_gemm_stage(func, stage, gemm_config)  # type: ignore[arg-type]
+        gemm = emit_gemm_stage(func, stage, gemm_config, arch)  # type: ignore[arg-type]
         if gemm is not None:
             body, grid, block, smem = gemm
             launches.append(Launch(sym, grid, block, smem))
@@ -501,7 +502,7 @@ def lower_to_cuda(funcs: Sequence[PrimFunc], arch: str = "sm_90", gemm_config: t
     lines.append(GEMM_PRELUDE)
     out = []
     for f in funcs:
-        cf, src = lower_func(f, gemm_config)
+        cf, src = lower_func(f, gemm_config, arch)
         out.append(cf)
         lines += src
     return CudaSource("\n".join(lines), tuple(out), arch)

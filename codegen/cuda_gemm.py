@@ -16,6 +16,7 @@ from ..ir import arith
 from ..ir.expr import Bin, Cast, Const, Expr, Load, Var
 from ..ir.tir import BlockStmt, Buffer, For, IfStmt, Let, PrimFunc, Seq, Stmt, Store
 from .cuda_expr import MEM_TYPE, ExprEmitter, buf_name
+from .cuda_wgmma import WGMMA_CONFIGS, WGMMA_PRELUDE, WGMMA_THREADS, wgmma_config, wgmma_ok, wgmma_smem_bytes
 
 
 @dataclass(frozen=True)
@@ -129,9 +130,10 @@ def _gemm_config(g: GemmInfo, tensor_cores: bool) -> GemmConfig:
     return TC_CONFIGS[0] if big else TC_CONFIGS[2]
 
 
-def emit_gemm_stage(func: PrimFunc, stage: Stmt, config: GemmConfig | None = None
+def emit_gemm_stage(func: PrimFunc, stage: Stmt, config: GemmConfig | None = None, arch: str = "sm_90"
                     ) -> tuple[list[str], tuple[Expr, Expr, Expr], tuple[int, int, int], int] | None:
-    """Kernel body, grid, block and dynamic shared bytes for a stage holding a tensorized GEMM."""
+    """Kernel body, grid, block and dynamic shared bytes for a stage holding a tensorized GEMM.
+    On sm_90a, f16/bf16 GEMMs use the wgmma template unless `config` is a wmma tile (`TC_CONFIGS`)."""
     outer = [x for x in _walk(stage) if isinstance(x, BlockStmt)
              and str(dict(x.annotations).get("tensor_intrin", "")).startswith("gemm_")]
     if not outer:
@@ -148,9 +150,12 @@ def emit_gemm_stage(func: PrimFunc, stage: Stmt, config: GemmConfig | None = Non
              and isinstance(x.body, Store) and x.body.buffer.name == g.c.name]
     accumulate = not (inits and all(isinstance(x.body, Store) and isinstance(x.body.value, Const)
                                     and float(x.body.value.value) == 0.0 for x in inits))
-    if config is not None and (config in TC_CONFIGS) != tc:
+    if config is not None and (config in TC_CONFIGS or config in WGMMA_CONFIGS) != tc:
         config = None  # a tile of the other template
-    bm, bn, bk, wm, wn, stages = config or _gemm_config(g, tc)
+    hopper = tc and wgmma_ok(g, arch) and config not in TC_CONFIGS
+    if config in WGMMA_CONFIGS and not hopper:
+        config = None  # a wgmma tile where that template cannot run
+    bm, bn, bk, wm, wn, stages = config or (wgmma_config(g) if hopper else _gemm_config(g, tc))
     ex = ExprEmitter(lambda e: "0")
     rows, n, k, batch = ex(g.rows), ex(g.n), ex(g.k), g.batch
     sa = f"(long long)({rows}) * ({k})" if g.batched else "0"
@@ -160,7 +165,11 @@ def emit_gemm_stage(func: PrimFunc, stage: Stmt, config: GemmConfig | None = Non
     acc = "true" if accumulate else "false"
     tcty = MEM_TYPE[g.c.dtype]
     body = ["  const long long bz = blockIdx.z;"]
-    if tc:
+    if hopper:
+        nthreads, smem = WGMMA_THREADS, wgmma_smem_bytes(bn, stages)
+        body.append(f"  mlc_wgmma_gemm<{MEM_TYPE[g.a.dtype]}, {tcty}, {bn}, {stages}>("
+                    f"{a} + bz * {sa}, {b} + bz * {sb}, {c} + bz * {sc}, {rows}, {n}, {k}, {acc});")
+    elif tc:
         nthreads = (bm // wm) * (bn // wn) * 32
         smem = max(stages * (bm * (bk + 8) + bk * (bn + 8)) * 2, (nthreads // 32) * 16 * 20 * 4)
         body.append(f"  mlc_wmma_gemm<{MEM_TYPE[g.a.dtype]}, {tcty}, {bm}, {bn}, {bk}, {wm}, {wn}, {stages}>("
@@ -174,7 +183,7 @@ def emit_gemm_stage(func: PrimFunc, stage: Stmt, config: GemmConfig | None = Non
     return body, grid, (nthreads, 1, 1), smem
 
 
-GEMM_PRELUDE = r"""#include <mma.h>
+_WMMA_PRELUDE = r"""#include <mma.h>
 __device__ __forceinline__ void mlc_cp_async16(void* smem, const void* gmem, bool ok) {
   unsigned s = (unsigned)__cvta_generic_to_shared(smem);
   int n = ok ? 16 : 0;
@@ -344,3 +353,5 @@ __device__ __forceinline__ void mlc_simt_gemm(const float* __restrict__ A, const
     }
 }
 """
+
+GEMM_PRELUDE = _WMMA_PRELUDE + WGMMA_PRELUDE

@@ -65,7 +65,8 @@ def device_arch() -> str:
 
     _context()
     major, minor = drv.Device(0).compute_capability()
-    return f"sm_{major}{minor}"
+    # Hopper's wgmma/setmaxnreg exist only in the arch-specific target sm_90a
+    return "sm_90a" if (major, minor) == (9, 0) else f"sm_{major}{minor}"
 
 
 def compile_source(src: CudaSource) -> bytes:
@@ -74,7 +75,9 @@ def compile_source(src: CudaSource) -> bytes:
     from pycuda.compiler import compile as nvcc_compile
 
     try:
-        return bytes(nvcc_compile(src.source, no_extern_c=True, arch=src.arch, options=["-O3", "-std=c++17", "-diag-suppress=177,550"]))
+        # an arch-specific target (sm_90a) is built as -arch compute_90a -code sm_90a
+        arch, code = (f"compute_{src.arch[3:]}", src.arch) if src.arch.endswith("a") else (src.arch, None)
+        return bytes(nvcc_compile(src.source, no_extern_c=True, arch=arch, code=code, options=["-O3", "-std=c++17", "-diag-suppress=177,550"]))
     except Exception as e:  # noqa: BLE001 - pycuda reports nvcc failures as CompileError
         raise MlcError(f"codegen cuda: nvcc failed: {str(e)[:4000]}") from None
 

@@ -34,6 +34,28 @@ def time_fn(fn: Callable[[], object], warmup: int = 3, runs: int = 20, min_secon
     return Timing(float(np.median(samples)) * 1e3, float(np.min(samples)) * 1e3, len(samples))
 
 
+def block_medians(fns: list[Callable[[], object]], runs: int = 9, rounds: int = 3, settle: float = 0.05
+                  ) -> list[float]:
+    """Median seconds per function, timed in blocks: each round runs every function `runs` times in a
+    row after one warm-up call, and rounds alternate so background load reaches all of them.
+
+    Not call-by-call interleaving: a BLAS or onnxruntime thread pool keeps its workers spinning for a
+    while after a call returns, and on a small machine those spinners steal the cores of whatever
+    runs next, so interleaving measures the previous library's spin as much as the next one's speed.
+    """
+    samples: list[list[float]] = [[] for _ in fns]
+    per_round = max(1, -(-runs // rounds))
+    for _ in range(rounds):
+        for fn, ts in zip(fns, samples):
+            time.sleep(settle)
+            fn()
+            for _ in range(per_round):
+                t0 = time.perf_counter()
+                fn()
+                ts.append(time.perf_counter() - t0)
+    return [float(np.median(ts)) for ts in samples]
+
+
 def random_inputs(fn: Function, dims: dict[str, int], seed: int = 0) -> dict[str, np.ndarray]:
     """Inputs for `fn` with symbolic dims set from `dims` (unset or unknown ones are an error naming them)."""
     from mlc.ir.expr import free_vars

@@ -189,6 +189,6 @@ def test_atree_compiled_scoring_matches_numpy(index: AnnIndex) -> None:
     luts, qb = qz.luts(q), qz.query_bias(q)
     at = index.atree()
     for beam in (1, 3, at.max_width()):
-        a = at.search(luts, index.codes, qb, index.vector_bias, 12, beam, compiled=True)
-        b = at.search(luts, index.codes, qb, index.vector_bias, 12, beam, compiled=False)
+        a = at.search(luts, qb, 12, beam, compiled=True)
+        b = at.search(luts, qb, 12, beam, compiled=False)
         assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])

@@ -1,48 +1,110 @@
-"""Default GPU schedules, written with the `Schedule` primitives so that they are replayable traces.
+"""GPU schedules written with the `Schedule` primitives: the default schedule and the tuner's design space.
 
 Per leaf block of a tensor program (each top-level loop nest holding one block):
-- a GEMM (`match_gemm`) is tiled and its inner tile tensorized with a `gemm_*` intrinsic; the CUDA
-  codegen emits that stage as a tensor-core (f16/bf16) or register-tiled (f32) kernel;
-- a reduction over >= 32 elements becomes a cross-thread reduction: spatial loops fused and bound
-  to `blockIdx.x`, reduce loops fused, split and the inner part bound to `threadIdx.x` (the codegen
-  combines the partial results with warp shuffles);
 - elementwise blocks feeding other blocks are inlined into them first (`compute_inline`);
-- everything else (elementwise, short reductions) is fused, split and bound to blockIdx.x/threadIdx.x,
-  each thread computing one output (a short reduction runs serially in that thread).
-With `sample=True` the thread counts come from `sample_categorical`, which makes the rule a design
-space for the tuner; `sample=False` takes the defaults.
+- a GEMM (`match_gemm`) is tiled and its inner tile tensorized with a `gemm_*` intrinsic; the CUDA
+  codegen emits that stage as a tensor-core (f16/bf16) or register-tiled (f32) template. The template
+  tile (`cuda_gemm.TC_CONFIGS` / `SIMT_CONFIGS`) is a sampled choice, recorded in the intrinsic's name
+  as `gemm_1x16x16_f16@BMxBNxBKxWMxWNxSTAGES` (no suffix: the template's default tile);
+- another reduction with data reuse and constant extents (conv, small matmul) may be given SSSRRSRS
+  multi-level tiling (a sampled choice; off by default): S0 -> blockIdx.x, S1 serial (virtual threads,
+  run by each thread in turn), S2 -> threadIdx.x, S3/S4 a per-thread register tile accumulated in a
+  local buffer, R0/R1/R2 serial, all factors from `sample_perfect_tile`;
+- a reduction over >= 32 elements becomes a cross-thread reduction: spatial loops fused and bound to
+  `blockIdx.x`, reduce loops fused, split and the inner part bound to `threadIdx.x` (the codegen
+  combines partial results with warp shuffles), its width from `sample_categorical`;
+- everything else is fused, split and bound to blockIdx.x/threadIdx.x, one output per thread, the
+  threads per block from `sample_categorical`.
+Every choice is a sampling instruction; the default schedule passes each one its hand-picked decision,
+so the default trace is a point of the design space too, and search mutates decisions and re-runs.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from mlc.ir import arith
 from mlc.ir.diagnostics import MlcError
-from mlc.ir.expr import free_vars
+from mlc.ir.expr import Const, Expr, free_vars
 from mlc.ir.tir import BlockStmt, For, PrimFunc
 
 from .schedule import Schedule
-from .tensorize import gemm_intrin
-from .trace import BlockRV, LoopRV
-from .tree import blocks, find_loop, get, put, walk
+from .tensorize import gemm_intrin, get_intrin, register_intrin
+from .trace import BlockRV, LoopRV, Trace
+from .tree import blocks, walk
 
 THREAD_CHOICES = (64, 128, 256, 512)
 REDUCE_THREAD_CHOICES = (32, 64, 128, 256)
+MAX_THREADS = 1024
+GEMM_INTRIN = re.compile(r"gemm_(\d+)x(\d+)x(\d+)_(\w+?)(?:@((?:\d+x){5}\d+))?$")
+
+
+@dataclass
+class Decisions:
+    """Decisions for the sampling calls, in order: the hand-picked one (`default`), else `given[n]`
+    for the n-th call when valid, else random (the schedule's rng)."""
+
+    default: bool
+    given: Sequence[Any] = ()
+    n: int = 0
+
+    def _next(self) -> Any:
+        self.n += 1
+        return self.given[self.n - 1] if self.n <= len(self.given) else None
+
+    def cat(self, sch: Schedule, candidates: Sequence[int], want: int) -> int:
+        g = self._next()
+        probs = [1.0] * len(candidates)
+        if not self.default and type(g) is int and 0 <= g < len(candidates):
+            return int(sch.sample_categorical(list(candidates), probs, decision=g))
+        dec = list(candidates).index(want) if self.default else None
+        return int(sch.sample_categorical(list(candidates), probs, decision=dec))
+
+    def tile(self, sch: Schedule, loop: LoopRV, n: int, max_inner: int, want: list[int]) -> list[int]:
+        g = self._next()
+        if not self.default and isinstance(g, list) and all(isinstance(x, int) for x in g):
+            try:
+                return [int(x) for x in sch.sample_perfect_tile(loop, n, max_inner, decision=g)]
+            except MlcError:
+                pass
+        return [int(x) for x in sch.sample_perfect_tile(loop, n, max_inner, decision=want if self.default else None)]
 
 
 def is_bound(func: PrimFunc) -> bool:
     return any(isinstance(s, For) and s.kind == "thread" for _, s in walk(func.body))
 
 
-def schedule_gpu(func: PrimFunc, sample: bool = False, seed: int = 0) -> Schedule:
-    """Apply the GPU rules to every block of `func` (blocks already bound to threads are left alone)."""
+def schedule_gpu(func: PrimFunc, sample: bool = False, seed: int = 0, decisions: Sequence[Any] = ()) -> Schedule:
+    """Apply the GPU rules to every block of `func` (blocks already bound to threads are left alone):
+    the default point (`sample=False`) or a random one, steered by `decisions` (n-th for n-th call)."""
     sch = Schedule(func, seed)
+    ch = Decisions(not sample, tuple(decisions))
     for b in sch.get_blocks():
         _inline(sch, b)
     for b in sch.get_blocks():
-        _schedule_block(sch, b, sample)
+        _schedule_block(sch, b, ch)
     return sch
+
+
+def default_gpu_schedule(func: PrimFunc) -> PrimFunc:
+    """The deterministic default schedule (what a build uses without tuning records)."""
+    if is_bound(func):
+        return func
+    return schedule_gpu(func).func
+
+
+def default_gpu_trace(func: PrimFunc) -> Schedule:
+    """The default schedule with its trace (a starting point for search)."""
+    return schedule_gpu(func)
+
+
+def sample_gpu_schedule(func: PrimFunc, seed: int = 0, decisions: Sequence[Any] = ()) -> Schedule:
+    """One random point of the GPU design space; `decisions` fix the sampling calls in order."""
+    return schedule_gpu(func, sample=True, seed=seed, decisions=decisions)
 
 
 def _inline(sch: Schedule, b: BlockRV) -> None:
@@ -57,13 +119,6 @@ def _inline(sch: Schedule, b: BlockRV) -> None:
         sch.compute_inline(b)
     except MlcError:
         pass
-
-
-def default_gpu_schedule(func: PrimFunc) -> PrimFunc:
-    """The deterministic default schedule (what a build uses without tuning records)."""
-    if is_bound(func):
-        return func
-    return schedule_gpu(func).func
 
 
 def _loop_kinds(sch: Schedule, b: BlockRV, loops: list[LoopRV]) -> list[str] | None:
@@ -87,7 +142,7 @@ def _alone(sch: Schedule, loops: list[LoopRV]) -> bool:
     return len([1 for _ in blocks(top)]) == 1
 
 
-def _schedule_block(sch: Schedule, b: BlockRV, sample: bool) -> None:
+def _schedule_block(sch: Schedule, b: BlockRV, ch: Decisions) -> None:
     loops = sch.get_loops(b)
     if not loops or any(_is_thread(sch, lp) for lp in loops) or not _alone(sch, loops):
         return
@@ -97,14 +152,16 @@ def _schedule_block(sch: Schedule, b: BlockRV, sample: bool) -> None:
     n_s = kinds.index("R") if "R" in kinds else len(kinds)
     if any(k == "S" for k in kinds[n_s:]):
         return  # reduce loops are not innermost
-    if "R" in kinds and _try_gemm(sch, b, loops):
+    if "R" in kinds and _try_gemm(sch, b, loops, ch):
         return
-    red_ext = arith.simplify(_extent_product(sch, loops[n_s:]))
-    red_c = arith.as_int(red_ext)
+    if "R" in kinds and n_s > 0 and _tiling_applies(sch, b, loops) and ch.cat(sch, [0, 1], 0):
+        _multi_level_tiling(sch, b, loops, n_s, ch)
+        return
+    red_c = arith.as_int(arith.simplify(_extent_product(sch, loops[n_s:])))
     if n_s < len(loops) and (red_c is None or red_c >= 32):
-        _cross_thread(sch, loops[:n_s], loops[n_s:], red_c, sample)
+        _cross_thread(sch, loops[:n_s], loops[n_s:], red_c, ch)
         return
-    _bind_spatial(sch, loops[:n_s], sample)
+    _bind_spatial(sch, loops[:n_s], ch)
 
 
 def _is_thread(sch: Schedule, lp: LoopRV) -> bool:
@@ -112,10 +169,8 @@ def _is_thread(sch: Schedule, lp: LoopRV) -> bool:
     return isinstance(st, For) and st.kind == "thread"
 
 
-def _extent_product(sch: Schedule, loops: list[LoopRV]):  # type: ignore[no-untyped-def]
-    from mlc.ir.expr import Const
-
-    e = Const(1)
+def _extent_product(sch: Schedule, loops: list[LoopRV]) -> Expr:
+    e: Expr = Const(1)
     for lp in loops:
         st = sch.get(lp)
         assert isinstance(st, For)
@@ -123,54 +178,143 @@ def _extent_product(sch: Schedule, loops: list[LoopRV]):  # type: ignore[no-unty
     return e
 
 
-def _threads(sch: Schedule, choices: tuple[int, ...], default: int, sample: bool, extent: int | None) -> int:
-    if sample:
-        return int(sch.sample_categorical(list(choices), [1.0] * len(choices)).value)
-    if extent is not None:  # no more threads than work, in whole warps
-        return max(32, min(default, (extent + 31) // 32 * 32))
-    return default
+def _choices(base: tuple[int, ...], want: int) -> list[int]:
+    return sorted(set(base) | {want})
 
 
-def _bind_spatial(sch: Schedule, spatial: list[LoopRV], sample: bool) -> None:
+def _bind_spatial(sch: Schedule, spatial: list[LoopRV], ch: Decisions) -> None:
     if not spatial:
         return
     fused = sch.fuse(*spatial) if len(spatial) > 1 else spatial[0]
     ext = arith.as_int(_extent_product(sch, [fused]))
-    t = _threads(sch, THREAD_CHOICES, 256, sample, ext)
+    want = 256 if ext is None else max(32, min(256, (ext + 31) // 32 * 32))  # no more threads than work
+    t = ch.cat(sch, _choices(THREAD_CHOICES, want), want)
     bx, tx = sch.split(fused, [None, t])
     sch.bind(bx, "blockIdx.x")
     sch.bind(tx, "threadIdx.x")
 
 
-def _cross_thread(sch: Schedule, spatial: list[LoopRV], reduce: list[LoopRV], red_c: int | None, sample: bool) -> None:
+def _cross_thread(sch: Schedule, spatial: list[LoopRV], reduce: list[LoopRV], red_c: int | None,
+                  ch: Decisions) -> None:
     if spatial:
         fs = sch.fuse(*spatial) if len(spatial) > 1 else spatial[0]
         sch.bind(fs, "blockIdx.x")
     fr = sch.fuse(*reduce) if len(reduce) > 1 else reduce[0]
-    default = 64 if red_c is None else 32 if red_c <= 256 else 128 if red_c <= 4096 else 256
-    t = _threads(sch, REDUCE_THREAD_CHOICES, default, sample, None)
+    want = 64 if red_c is None else 32 if red_c <= 256 else 128 if red_c <= 4096 else 256
+    t = ch.cat(sch, _choices(REDUCE_THREAD_CHOICES, want), want)
     ro, ri = sch.split(fr, [None, t])
     sch.reorder(ri, ro)
-    bind_reduce_thread(sch, ri, "threadIdx.x")
+    sch.bind(ri, "threadIdx.x")  # a cross-thread reduction: the codegen combines the partial results
 
 
-def bind_reduce_thread(sch: Schedule, loop: LoopRV, tag: str) -> None:
-    """Bind a reduce loop to threads (a cross-thread reduction).
+# ---- multi-level tiling -------------------------------------------------------------------------
+def _tiling_applies(sch: Schedule, b: BlockRV, loops: list[LoopRV]) -> bool:
+    from .rules import needs_tiling
 
-    `Schedule.bind` refuses loops that feed reduce iterators (right for parallel/vectorize, too strict
-    for threadIdx, where the codegen combines partial results); until it accepts them the binding is
-    applied to the function directly, outside the trace.
-    """
+    blk = sch.get(b)
+    consts = [arith.as_int(sch.get(lp).extent) for lp in loops]  # type: ignore[union-attr]
+    return isinstance(blk, BlockStmt) and needs_tiling(blk) and all(c is not None for c in consts)
+
+
+def _multi_level_tiling(sch: Schedule, b: BlockRV, loops: list[LoopRV], n_s: int, ch: Decisions) -> None:
+    """SSSRRSRS tiles (see the module doc); a sample with more than 1024 threads is refused (MlcError)."""
+    s_lv: list[list[LoopRV]] = [[] for _ in range(5)]
+    r_lv: list[list[LoopRV]] = [[] for _ in range(3)]
+    for pos, lp in enumerate(loops):
+        ext = arith.as_int(sch.get(lp).extent)  # type: ignore[union-attr]
+        assert ext is not None
+        if pos < n_s:
+            want = [1, 1, math.gcd(ext, 32 if pos == n_s - 1 else 1), 1, 1]
+            want[0] = ext // want[2]
+            fac = ch.tile(sch, lp, 5, 4, want)
+            for lvl, part in enumerate(sch.split(lp, fac)):
+                s_lv[lvl].append(part)
+        else:
+            fac = ch.tile(sch, lp, 3, 8, [ext, 1, 1])
+            for lvl, part in enumerate(sch.split(lp, fac)):
+                r_lv[lvl].append(part)
+    threads = math.prod(arith.as_int(sch.get(x).extent) or 1 for x in s_lv[2])  # type: ignore[union-attr]
+    if threads > MAX_THREADS:
+        raise MlcError(f"gpu tiling: {threads} threads per block (max {MAX_THREADS})")
+    order = [x for spec in ("S0", "S1", "S2", "R0", "R1", "S3", "R2", "S4")
+             for x in (s_lv if spec[0] == "S" else r_lv)[int(spec[1])]]
+    sch.reorder(*order)
+    wb = _try_rv(sch.cache_write, b, 0, "local")
+    if wb is not None:
+        try:
+            sch.reverse_compute_at(wb, s_lv[2][-1])
+        except MlcError:
+            pass
+    sch.decompose_reduction(b, r_lv[0][0])
+    for lvl, tag in ((0, "blockIdx.x"), (2, "threadIdx.x")):
+        fused = sch.fuse(*s_lv[lvl]) if len(s_lv[lvl]) > 1 else s_lv[lvl][0]
+        sch.bind(fused, tag)
+    for lp in s_lv[3] + r_lv[2] + s_lv[4]:  # the per-thread tile: unrolled, so its registers are named
+        if 1 < (arith.as_int(sch.get(lp).extent) or 0) <= 16:  # type: ignore[union-attr]
+            sch.unroll(lp)
+    if wb is not None:
+        try:
+            sch.compact(b, 0)  # the accumulator shrinks to the per-thread tile (registers)
+        except MlcError:
+            pass
+
+
+def _try_rv(fn: Any, *args: Any) -> BlockRV | None:
     try:
-        sch.bind(loop, tag)
+        out = fn(*args)
     except MlcError:
-        path = find_loop(sch.func.body, loop.name)
-        lp = get(sch.func.body, path)
-        assert isinstance(lp, For)
-        sch.func = replace(sch.func, body=put(sch.func.body, path, replace(lp, kind="thread", thread_tag=tag)))
+        return None
+    return out if isinstance(out, BlockRV) else None
 
 
-def _try_gemm(sch: Schedule, b: BlockRV, loops: list[LoopRV]) -> bool:
+# ---- GEMM -----------------------------------------------------------------------------------------
+def gemm_configs(tensor_cores: bool) -> tuple[tuple[int, ...], ...]:
+    """The template tiles a tuner may pick (read from the codegen, which owns them)."""
+    from mlc.codegen import cuda_gemm
+
+    return tuple(cuda_gemm.TC_CONFIGS if tensor_cores else cuda_gemm.SIMT_CONFIGS)
+
+
+def gemm_intrin_with_config(base: str, config: Sequence[int] | None) -> str:
+    """`base` or `base@BMxBNx...`: the same tensor intrinsic, naming the template tile to use."""
+    if not config:
+        return base
+    name = f"{base}@{'x'.join(str(int(c)) for c in config)}"
+    register_intrin(name, get_intrin(base))
+    return name
+
+
+def intrin_config(intrin: str) -> tuple[int, ...] | None:
+    """The template tile named by a tensor intrinsic (`...@BMxBNxBKxWMxWNxSTAGES`), None if none."""
+    m = GEMM_INTRIN.match(intrin)
+    return tuple(int(x) for x in m.group(5).split("x")) if m and m.group(5) else None
+
+
+def func_gemm_config(func: PrimFunc) -> tuple[int, ...] | None:
+    """The template tile chosen for the (first) tensorized GEMM of `func`, if the schedule chose one."""
+    for _, s in walk(func.body):
+        if isinstance(s, BlockStmt):
+            cfg = intrin_config(str(dict(s.annotations).get("tensor_intrin", "")))
+            if cfg is not None:
+                return cfg
+    return None
+
+
+def register_trace_intrins(trace: Trace) -> None:
+    """Register the parametric `gemm_*` intrinsics a stored trace tensorizes with, so that it replays in a
+    fresh process (intrinsics are registered on first use, by the rules that sample them)."""
+    for inst in trace.insts:
+        if inst.kind != "tensorize" or len(inst.inputs) < 2 or not isinstance(inst.inputs[1], str):
+            continue
+        m = GEMM_INTRIN.match(inst.inputs[1])
+        if m is None or m.group(4) not in ("f16", "bf16", "f32"):
+            continue
+        base = gemm_intrin(int(m.group(1)), int(m.group(2)), int(m.group(3)), m.group(4))
+        if m.group(5):
+            gemm_intrin_with_config(base, [int(x) for x in m.group(5).split("x")])
+
+
+def _try_gemm(sch: Schedule, b: BlockRV, loops: list[LoopRV], ch: Decisions) -> bool:
     """Tile a GEMM block and tensorize its inner tile; False (schedule untouched) when it does not fit."""
     from mlc.codegen.cuda_gemm import match_gemm, tensor_core_ok
 
@@ -185,9 +329,11 @@ def _try_gemm(sch: Schedule, b: BlockRV, loops: list[LoopRV]) -> bool:
             return False
     elif not tensor_core_ok(g) or g.c.dtype != g.a.dtype:
         return False
-    nt = 16 if n % 16 == 0 else 8  # type: ignore[operator]
-    kt = 16 if k % 16 == 0 else 8  # type: ignore[operator]
+    assert n is not None and k is not None
+    nt = 16 if n % 16 == 0 else 8
+    kt = 16 if k % 16 == 0 else 8
     trial = sch.copy()
+    used = ch.n
     try:
         *lead, i, j, kk = trial.get_loops(b)
         io, ii = trial.split(i, [None, 1])
@@ -195,8 +341,17 @@ def _try_gemm(sch: Schedule, b: BlockRV, loops: list[LoopRV]) -> bool:
         ko, ki = trial.split(kk, [None, kt])
         trial.reorder(io, jo, ko, ii, ji, ki)
         trial.decompose_reduction(b, ko)
-        trial.tensorize(ii, gemm_intrin(1, nt, kt, g.a.dtype))
+        configs = gemm_configs(g.a.dtype != "f32")
+        pick = ch.cat(trial, list(range(len(configs) + 1)), 0)  # 0: the template's default tile
+        base = gemm_intrin(1, nt, kt, g.a.dtype)
+        trial.tensorize(ii, gemm_intrin_with_config(base, configs[pick - 1] if pick else None))
     except MlcError:
+        ch.n = used
         return False
     sch.func, sch.trace, sch._rv = trial.func, trial.trace, trial._rv
     return True
+
+
+__all__ = ["Decisions", "default_gpu_schedule", "default_gpu_trace", "func_gemm_config", "gemm_configs",
+           "gemm_intrin_with_config", "intrin_config", "is_bound", "register_trace_intrins", "sample_gpu_schedule",
+           "schedule_gpu"]

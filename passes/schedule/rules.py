@@ -29,13 +29,13 @@ from typing import Any
 
 from mlc.ir import arith
 from mlc.ir.diagnostics import MlcError
-from mlc.ir.expr import Var, free_vars
+from mlc.ir.expr import Bin, Const, Expr, Var, children, free_vars, substitute
 from mlc.ir.tir import BlockStmt, PrimFunc
 
 from .schedule import Schedule
 from .scope import is_param
 from .trace import BlockRV, LoopRV
-from .tree import block_reads, block_writes, loads_in, stmt_exprs
+from .tree import block_reads, block_writes, loads_in, rewrite, stmt_exprs
 
 RULES: tuple[str, ...] = ("auto-inline", "multi-level-tiling", "random-compute-location",
                           "parallel-vectorize-unroll", "cross-thread-reduction")
@@ -204,16 +204,57 @@ def auto_inline(sch: Schedule) -> None:
                 break
 
 
-def _default_tiles(exts: list[int | None], kinds: list[str], tgt: TargetInfo) -> list[list[int] | None]:
+def _row_axis(b: BlockStmt, loops: list[LoopRV], kinds: list[str]) -> int:
+    """The loop of the register tile's rows: the innermost spatial loop that the operand read along
+    the vector (last spatial) loop does not depend on, so one vector load of it feeds every row
+    (matmul: i, as B[k, j] ignores i; NCHW conv: the output channel, not an output row, whose
+    input vectors differ per row). Falls back to the spatial loop before the last."""
+    spatial = [i for i, k in enumerate(kinds) if k == "S"]
+    if len(spatial) < 2:
+        return -1
+    loop_of = {lp.name: i for i, lp in enumerate(loops)}
+    env = {iv.var: iv.binding for iv in b.iters}
+    out = {x.name for x in block_writes(b)}
+
+    def loops_in(e: Expr) -> set[int]:
+        e = substitute(e, env)
+        # a loop seen only through `x // c` (c >= 8; grouped conv's group base) is uniform over an
+        # aligned 8-row tile
+        coarse = [x for x in _subterms(e) if isinstance(x, Bin) and x.op == "floordiv"
+                  and (_const(x.b) or 0) >= 8]
+        fine = free_vars(rewrite(e, lambda x: Const(0) if x in coarse else None)) if coarse else free_vars(e)
+        return {loop_of[v.name] for v in fine if v.name in loop_of}
+
+    last = spatial[-1]
+    vec_reads = [ld for e in stmt_exprs(b.body) for ld in loads_in(e)
+                 if ld.buffer.name not in out and ld.indices and last in loops_in(ld.indices[-1])]
+    used = set().union(*(loops_in(i) for ld in vec_reads for i in ld.indices)) if vec_reads else set()
+    free = [i for i in spatial[:-1] if i not in used]
+    return free[-1] if free else spatial[-2]
+
+
+def _subterms(e: Expr) -> list[Expr]:
+    out, stack = [], [e]
+    while stack:
+        x = stack.pop()
+        out.append(x)
+        stack.extend(children(x))
+    return out
+
+
+def _default_tiles(exts: list[int | None], kinds: list[str], tgt: TargetInfo, row: int | None = None
+                   ) -> list[list[int] | None]:
     """Default SSRSRS factors per loop (None: symbolic, inner factors only via `_inner_plan`).
 
-    The contiguous (last spatial) axis gets a vector tile two registers wide, the axis before it
-    an 8-row register tile; every other row tile of that axis stays in S1 (one core streams a panel
-    of B through its caches across them) unless the outer spatial loops give too little parallel work.
+    The contiguous (last spatial) axis gets a vector tile two registers wide, the `row` axis (default:
+    the one before it) an 8-row register tile; every other row tile of that axis stays in S1 (one core
+    streams a panel of B through its caches across them) unless the outer spatial loops give too
+    little parallel work.
     """
     spatial = [i for i, k in enumerate(kinds) if k == "S"]
     last = spatial[-1] if spatial else -1
-    row = spatial[-2] if len(spatial) > 1 else -1
+    if row is None:
+        row = spatial[-2] if len(spatial) > 1 else -1
     out: list[list[int] | None] = []
     for pos, (ext, kind) in enumerate(zip(exts, kinds)):
         if ext is None:
@@ -263,7 +304,9 @@ def multi_level_tiling(sch: Schedule, block: BlockRV, tgt: TargetInfo, ch: Choos
         # no vector register tile without guards: the plain nest (reduction innermost, which LLVM
         # vectorizes along contiguous operands) is faster by default; search still samples tilings
         return None
-    wants = _default_tiles(exts, kinds, tgt)
+    b0 = sch.get(block)
+    assert isinstance(b0, BlockStmt)
+    wants = _default_tiles(exts, kinds, tgt, _row_axis(b0, loops, kinds))
     for pos, (lp, kind) in enumerate(zip(loops, kinds)):
         n = s_levels if kind == "S" else r_levels
         want = wants[pos]

@@ -1,19 +1,27 @@
-"""`mlc tune M.ir --target cpu --trials N --time-budget S --db tune.jsonl -o t.ir`."""
+"""`mlc tune M.ir --target cpu|cuda --trials N --time-budget S --db tune.jsonl -o t.ir`.
+
+With `--target cuda` candidates come from the GPU rules and are measured on GPU 0 (pycuda + nvcc);
+without a usable GPU the command fails up front with one message (the design space itself and the
+CUDA source need no GPU, see tests/test_tune_cuda.py).
+"""
 
 from __future__ import annotations
 
 import math
 import sys
+from dataclasses import replace
 
 import click
 from mlc.ir.diagnostics import MlcError
 from mlc.ir.graph import CallTensor
 from mlc.ir.module import Module
 from mlc.ir.rewrite import walk_bindings
+from mlc.ir.tir import PrimFunc
 
 from .database import Database
 from .measure import Runner
 from .search import SearchConfig, Task, Tuner
+from .space import design_space, is_gpu
 
 
 def call_counts(module: Module) -> dict[str, int]:
@@ -63,8 +71,6 @@ class Progress:
 
 def tune_module(module: Module, cfg: SearchConfig, db: Database, runner: Runner, quiet: bool = True) -> Module:
     """Tune every unscheduled tensor program of `module`; the result uses the best records."""
-    from ..schedule_pass import schedule_func
-
     weights = call_counts(module)
     funcs = [f for f in module.prim_functions() if not any(k == "schedule" for k, _ in f.attrs)]
     tasks = [Task(f, float(weights.get(f.name, 1))) for f in funcs]
@@ -77,8 +83,35 @@ def tune_module(module: Module, cfg: SearchConfig, db: Database, runner: Runner,
     if tuner.interrupted:
         print("mlc: tune interrupted; measured records are kept in the database", file=sys.stderr)
     for f in funcs:
-        module = module.with_function(schedule_func(f, cfg.target, db))
+        module = module.with_function(final_schedule(f, cfg.target, db))
     return module
+
+
+def final_schedule(func: PrimFunc, target: str, db: Database) -> PrimFunc:
+    """The database's best record for `func`, else the target's default schedule, marked as such."""
+    from ..schedule_pass import schedule_func
+
+    if not is_gpu(target):
+        return schedule_func(func, target, db)
+    out = schedule_func(func, target, db, rules=False)
+    if any(k == "schedule" for k, _ in out.attrs):
+        return out
+    from ..schedule.gpu_rules import default_gpu_schedule
+
+    attrs = tuple(sorted(dict(func.attrs, schedule="default").items()))
+    return replace(default_gpu_schedule(func), attrs=attrs)
+
+
+def check_target(target: str) -> None:
+    """A known target whose candidates can be measured here (cuda: pycuda and a GPU), else MlcError."""
+    design_space(target)
+    if is_gpu(target):
+        from mlc.codegen.cuda_jit import cuda_unavailable
+
+        reason = cuda_unavailable()
+        if reason is not None:
+            raise MlcError(f"tune: --target cuda measures candidates on the GPU, which needs pycuda and an NVIDIA GPU: "
+                           f"{reason}")
 
 
 def parse_dims(items: tuple[str, ...]) -> dict[str, int]:
@@ -112,10 +145,13 @@ def tune_cmd(module_path: str, target: str, trials: int, time_budget: float, db_
         src = read_module(module_path)
         if trials < 0:
             raise MlcError("tune: --trials must be >= 0")
+        check_target(target)
         given = parse_dims(dims)
         syms = {v.name for f in src.module.prim_functions() for b in f.params for d in b.shape for v in free_vars(d)}
         syms |= {v.name for f in src.module.prim_functions() for v in f.scalar_params}
-        runner = Runner(timeout=timeout, dims={s: given.get(s, 64) for s in syms})
+        gpu = is_gpu(target)
+        runner = Runner(timeout=timeout, dims={s: given.get(s, 64) for s in syms}, target=target,
+                        repeat=7 if gpu else 3, min_seconds=0.01 if gpu else 0.02)
         cfg = SearchConfig(trials=trials, time_budget=time_budget, seed=seed, target=target)
         out = tune_module(src.module, cfg, Database(db_path), runner, quiet=quiet)
         write_module(out, output, src)
@@ -123,4 +159,4 @@ def tune_cmd(module_path: str, target: str, trials: int, time_budget: float, db_
         raise click.ClickException(str(e)) from None
 
 
-__all__ = ["tune_cmd", "tune_module", "call_counts"]
+__all__ = ["tune_cmd", "tune_module", "call_counts", "check_target", "final_schedule"]

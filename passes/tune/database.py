@@ -13,12 +13,14 @@ import json
 import math
 import os
 from dataclasses import dataclass, replace
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 from mlc.ir.diagnostics import Loc, MlcError
 from mlc.ir.tir import PrimFunc
 
+from ..schedule.gpu_rules import register_trace_intrins
 from ..schedule.trace import Trace
 
 
@@ -60,6 +62,18 @@ class Record:
     def mean(self) -> float:
         return sum(self.times) / len(self.times) if self.ok else math.inf
 
+    @property
+    def cost(self) -> float:
+        """What search ranks by: the mean on CPU; the median on GPUs, whose samples (CUDA-event timed
+        batches) have rare large outliers (clock ramps, other work on the device)."""
+        if not self.ok:
+            return math.inf
+        if not self.target.startswith("cuda"):
+            return self.mean
+        t = sorted(self.times)
+        mid = len(t) // 2
+        return t[mid] if len(t) % 2 else (t[mid - 1] + t[mid]) / 2
+
     def to_json(self) -> str:
         return json.dumps({"workload": self.workload, "target": self.target, "version": self.version,
                            "func": self.func_name, "trace": json.loads(self.trace.to_json()),
@@ -71,9 +85,10 @@ class Record:
         if not isinstance(d, dict) or not isinstance(d.get("workload"), str):
             raise ValueError("not a record")
         times = tuple(math.inf if t is None else float(t) for t in d.get("times") or ())
-        return Record(d["workload"], str(d.get("target", "")), str(d.get("version", "")),
-                      Trace.from_json(json.dumps(d["trace"])), times, str(d.get("func", "")),
-                      str(d.get("error") or ""))
+        trace = Trace.from_json(json.dumps(d["trace"]))
+        register_trace_intrins(trace)  # so that a GEMM record replays in a fresh process
+        return Record(d["workload"], str(d.get("target", "")), str(d.get("version", "")), trace, times,
+                      str(d.get("func", "")), str(d.get("error") or ""))
 
 
 class Database:
@@ -121,18 +136,36 @@ class Database:
     def best(self, workload: str, target: str, k: int = 1) -> list[Record]:
         """The k fastest successful records, fastest first."""
         recs = [r for r in self.for_workload(workload, target) if r.ok]
-        return sorted(recs, key=lambda r: r.mean)[:k]
+        return sorted(recs, key=lambda r: r.cost)[:k]
 
     def measured(self, workload: str, target: str) -> set[str]:
         """Trace JSON of every record of the workload (search skips re-measuring them)."""
         return {r.trace.to_json() for r in self.for_workload(workload, target)}
 
 
+DEFAULT_CUDA_ARCH = "sm_90"  # configs/targets/cuda-sm90.yaml, and what the CUDA codegen compiles for
+
+
+@cache
+def cuda_arch() -> str:
+    """The compute capability of GPU 0 (`sm_XY`) without creating a context; the default without a GPU."""
+    try:
+        import pycuda.driver as drv
+
+        drv.init()
+        major, minor = drv.Device(0).compute_capability()
+        return f"sm_{major}{minor}"
+    except Exception:  # noqa: BLE001 - no pycuda, no driver or no device: records are for the default arch
+        return DEFAULT_CUDA_ARCH
+
+
 def target_key(target: str) -> str:
-    """Records apply only to the machine kind they were measured on: `cpu:<llvm cpu name>`."""
+    """Records apply only to the machine kind they were measured on: `cpu:<llvm cpu name>`, `cuda:sm_XY`."""
     kind = (target or "cpu").split()[0].lower()
     if kind in ("cpu", "llvm", "host"):
         from mlc.codegen.cpu import host_target
 
         return f"cpu:{host_target().cpu}"
+    if kind in ("cuda", "gpu", "nvidia"):
+        return f"cuda:{cuda_arch()}"
     return kind

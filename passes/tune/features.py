@@ -5,6 +5,9 @@ iteration count, of the parallel, vectorized and unrolled extents, of the innerm
 nest depth; per memory access, its stride along the innermost loop (0, 1 or other) and the
 footprint of the innermost three loops, which is what decides cache and register reuse. Blocks are
 summarised by the heaviest one (most iterations) plus the totals of the rest, a fixed-length vector.
+GPU schedules add the launch shape (log2 of the largest threadIdx and blockIdx extents) and, for a
+GEMM emitted as a template, its tile (log2 BM*BN, BK, warps' tile, stages): tiles that the loop nest
+does not show, since the template replaces it (all zero on CPU).
 """
 
 from __future__ import annotations
@@ -16,11 +19,12 @@ from mlc.ir import arith
 from mlc.ir.expr import Expr, Var, free_vars, substitute
 from mlc.ir.tir import BlockStmt, For, PrimFunc
 
-from ..schedule.tree import ancestors, blocks, loads_in, stmt_exprs, stores_in
+from ..schedule.tree import ancestors, blocks, loads_in, stmt_exprs, stores_in, walk
 
 SYM_EXTENT = 64
 BLOCK_FEATURES = 14
-N_FEATURES = BLOCK_FEATURES + 3
+GPU_FEATURES = 6
+N_FEATURES = BLOCK_FEATURES + 3 + GPU_FEATURES
 
 
 def _ext(e: Expr) -> int:
@@ -88,4 +92,19 @@ def extract(func: PrimFunc) -> np.ndarray:
     arr = np.asarray(rows)
     main = arr[int(np.argmax(arr[:, 0]))]
     rest = [float(len(rows)), float(np.log2(np.sum(2.0 ** arr[:, 0]) + 1)), float(arr[:, 1].mean())]
-    return np.concatenate([main, rest])
+    return np.concatenate([main, rest, _gpu_features(func)])
+
+
+def _gpu_features(func: PrimFunc) -> list[float]:
+    from ..schedule.gpu_rules import func_gemm_config
+
+    threads = blocks_ = 1
+    for _, s in walk(func.body):
+        if isinstance(s, For) and s.kind == "thread":
+            if s.thread_tag.startswith("threadIdx"):
+                threads = max(threads, _ext(s.extent))
+            elif s.thread_tag.startswith("blockIdx"):
+                blocks_ = max(blocks_, _ext(s.extent))
+    cfg = func_gemm_config(func)
+    tile = [math.log2(cfg[0] * cfg[1]), float(cfg[2]), math.log2(cfg[3] * cfg[4]), float(cfg[5])] if cfg else [0.0] * 4
+    return [math.log2(threads), math.log2(blocks_), *tile]

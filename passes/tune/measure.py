@@ -2,7 +2,10 @@
 
 The worker (worker.py) is started once and reused; a candidate that exceeds the limit or kills
 the worker is recorded as failed (`times` empty, `error` set), the worker is restarted, and the
-search goes on.
+search goes on. On CPU the runner sizes the batch from a first run (two round trips); on a GPU
+(`target="cuda"`) the worker compiles with nvcc, warms up and sizes its CUDA-event timed batches
+itself (one round trip: nvcc dominates), and a CUDA error (which poisons the worker's context)
+makes the worker exit after answering, so the next candidate gets a fresh one.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ class Runner:
     repeat: int = 3
     min_seconds: float = 0.02  # repeat a fast kernel inside one sample so timer noise is small
     dims: dict[str, int] = field(default_factory=dict)
+    target: str = "cpu"
     _proc: subprocess.Popen[str] | None = field(default=None, repr=False)
 
     def _start(self) -> subprocess.Popen[str]:
@@ -78,11 +82,20 @@ class Runner:
             code = proc.poll()
             self.close()
             return {"error": f"worker crashed (exit {code})"}
-        return json.loads(line)
+        out = json.loads(line)
+        if out.get("fatal"):
+            self.close()
+        return out
 
     def measure(self, func: PrimFunc, trace: Trace) -> Result:
         job = {"module": print_module(Module((func,))), "trace": trace.to_json(), "dims": self.dims,
                "repeat": 1, "number": 1}
+        if self.target.split()[0].lower() in ("cuda", "gpu", "nvidia"):
+            job |= {"target": "cuda", "repeat": max(1, self.repeat), "min_seconds": self.min_seconds}
+            out = self._ask(job, self.timeout)
+            if "error" in out:
+                return Result((), str(out["error"]))
+            return Result(tuple(float(t) for t in out["times"]))
         t0 = time.perf_counter()
         first = self._ask(job, self.timeout)
         if "error" in first:

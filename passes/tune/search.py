@@ -22,12 +22,12 @@ import numpy as np
 from mlc.ir.diagnostics import MlcError
 from mlc.ir.tir import PrimFunc
 
-from ..schedule.rules import default_schedule, sample_schedule
 from ..schedule.trace import SAMPLING, Trace
 from .cost_model import CostModel
 from .database import Database, Record, mlc_version, target_key, workload_key
 from .features import extract
 from .measure import Result, Runner
+from .space import design_space
 
 
 @dataclass
@@ -110,7 +110,7 @@ def mutate(trace: Trace, func: PrimFunc, rng: np.random.Generator, local: float 
         if target is not None:
             decs = [trace.insts[i].decision for i in idx]
             decs[k] = new
-            return sample_schedule(func, target, seed=seed, decisions=decs).trace
+            return design_space(target).sample(func, seed=seed, decisions=decs).trace
         return trace.with_decision(idx[k], new).replay(func, seed=seed).trace
     except MlcError:
         return None
@@ -131,13 +131,14 @@ class Tuner:
         self.t0 = time.perf_counter()
         self.interrupted = False
         self.tkey = target_key(cfg.target)
+        self.space = design_space(cfg.target)
         for t in tasks:  # resume: what the database already knows counts
             for r in db.for_workload(t.workload, self.tkey):
                 t.seen.add(r.trace.to_json())
-                if r.ok and r.mean < t.best:
-                    t.best, t.best_trace = r.mean, r.trace
+                if r.ok and r.cost < t.best:
+                    t.best, t.best_trace = r.cost, r.trace
                 try:
-                    self._learn(t, r.trace.apply(t.func), r.mean)
+                    self._learn(t, r.trace.apply(t.func), r.cost)
                 except MlcError:
                     pass
 
@@ -177,7 +178,7 @@ class Tuner:
                             target=self.cfg.target)
             else:
                 try:
-                    tr = sample_schedule(task.func, self.cfg.target, seed=int(self.rng.integers(1 << 31))).trace
+                    tr = self.space.sample(task.func, seed=int(self.rng.integers(1 << 31))).trace
                 except MlcError:
                     tr = None
             if tr is None:
@@ -195,11 +196,12 @@ class Tuner:
         res = self.runner.measure(task.func, trace)
         task.trials += 1
         task.seen.add(trace.to_json())
-        self.db.add(Record(task.workload, self.tkey, mlc_version(), trace, res.times, task.func.name, res.error))
-        if res.mean < task.best:
-            task.best, task.best_trace = res.mean, trace
+        rec = Record(task.workload, self.tkey, mlc_version(), trace, res.times, task.func.name, res.error)
+        self.db.add(rec)
+        if rec.cost < task.best:
+            task.best, task.best_trace = rec.cost, trace
         try:
-            self._learn(task, trace.apply(task.func), res.mean)
+            self._learn(task, trace.apply(task.func), rec.cost)
         except MlcError:
             pass
         if self.on_progress:
@@ -209,7 +211,10 @@ class Tuner:
     def _round(self, task: Task) -> None:
         task.rounds += 1
         if task.trials == 0 and not task.seen:
-            self._measure(task, default_schedule(task.func, self.cfg.target).trace)
+            try:
+                self._measure(task, self.space.default(task.func).trace)
+            except MlcError:  # no default point (a program the rules cannot schedule): samples only
+                pass
         cands = self._candidates(task)
         if not cands:
             return

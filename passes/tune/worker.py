@@ -4,6 +4,11 @@ A job is `{"module": printed module text holding one PrimFunc, "trace": trace JS
 "repeat": n, "number": k}`; the worker replays the trace, compiles, runs on random inputs and
 answers `{"times": [...]}` or `{"error": "..."}`. Running candidates here, not in the tuner,
 means a candidate that crashes the process or never finishes costs only this worker.
+
+A job with `"target": "cuda"` is compiled by the CUDA codegen + nvcc (the GEMM template tile the
+schedule chose goes to the codegen) and timed on GPU 0 with CUDA events on a stream: warm-up
+launches, one timed launch to size the batches, then `repeat` batches of launches. A CUDA error
+leaves the process's context unusable, so its answer carries `"fatal": true` and the worker exits.
 """
 
 from __future__ import annotations
@@ -34,11 +39,8 @@ def _inputs(func, dims: dict[str, int]) -> list[np.ndarray]:  # type: ignore[no-
 
 def run_job(job: dict) -> dict:  # type: ignore[type-arg]
     from mlc.codegen.jit import compile_module
-    from mlc.ir.parser import parse_module
-    from mlc.passes.schedule.trace import Trace
 
-    func = parse_module(job["module"], "<candidate>").prim_functions()[0]
-    func = Trace.from_json(job["trace"]).apply(func)
+    _, func = _candidate(job)
     lib = compile_module([func])
     kernel = lib.kernel(func.name)
     dims = {str(k): int(v) for k, v in (job.get("dims") or {}).items()}
@@ -55,14 +57,70 @@ def run_job(job: dict) -> dict:  # type: ignore[type-arg]
     return {"times": times}
 
 
+def _candidate(job: dict):  # type: ignore[no-untyped-def,type-arg]
+    from mlc.ir.parser import parse_module
+    from mlc.passes.schedule.gpu_rules import register_trace_intrins
+    from mlc.passes.schedule.trace import Trace
+
+    func = parse_module(job["module"], "<candidate>").prim_functions()[0]
+    trace = Trace.from_json(job["trace"])
+    register_trace_intrins(trace)
+    return func, trace.apply(func)
+
+
+def run_cuda_job(job: dict) -> dict:  # type: ignore[type-arg]
+    import pycuda.driver as drv
+    from mlc.codegen.cuda_jit import compile_cuda
+    from mlc.passes.schedule.gpu_rules import func_gemm_config
+
+    _, func = _candidate(job)
+    kernel = compile_cuda([func], schedule=False, gemm_config=func_gemm_config(func)).kernel(func.name)
+    dims = {str(k): int(v) for k, v in (job.get("dims") or {}).items()}
+    args = _inputs(func, dims)
+    env = kernel.bind_dims([a.shape for a in args], {v.name: dims[v.name] for v in func.scalar_params} or None)
+    bufs = [drv.to_device(np.ascontiguousarray(a)) if a.nbytes else drv.mem_alloc(1) for a in args]
+    ptrs = [int(b) for b in bufs]
+    held: list = []  # type: ignore[type-arg]
+
+    def workspace(sizes: list[int]) -> list[int]:  # temporaries allocated once, reused by every launch
+        if not held:
+            held.extend(drv.mem_alloc(s) for s in sizes)
+        return [int(h) for h in held]
+
+    stream = drv.Stream()
+    start, end = drv.Event(), drv.Event()
+
+    def timed(n: int) -> float:
+        start.record(stream)
+        for _ in range(n):
+            kernel.launch(ptrs, env, stream, workspace)
+        end.record(stream)
+        end.synchronize()
+        return start.time_till(end) * 1e-3 / n
+
+    for _ in range(3):  # warm-up: module load, clocks, caches; also surfaces launch errors early
+        kernel.launch(ptrs, env, stream, workspace)
+    stream.synchronize()
+    one = max(timed(1), 1e-7)
+    number = max(1, min(1000, int(float(job.get("min_seconds", 0.01)) / one)))
+    times = [timed(number) for _ in range(max(1, int(job.get("repeat", 5))))]
+    return {"times": times}
+
+
 def main() -> None:
     for line in sys.stdin:
+        fatal = False
         try:
-            out = run_job(json.loads(line))
+            job = json.loads(line)
+            out = run_cuda_job(job) if job.get("target") == "cuda" else run_job(job)
         except Exception as e:  # noqa: BLE001 - any failure of a candidate is reported, not fatal
             out = {"error": f"{type(e).__name__}: {e}"[:500], "tb": traceback.format_exc()[-800:]}
+            fatal = type(e).__module__.startswith("pycuda")  # a CUDA error: this context is lost
+            out["fatal"] = fatal
         sys.stdout.write(json.dumps(out) + "\n")
         sys.stdout.flush()
+        if fatal:
+            sys.exit(1)
 
 
 if __name__ == "__main__":

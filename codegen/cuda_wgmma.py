@@ -1,0 +1,187 @@
+"""Hopper (sm_90a) GEMM template: warp-specialized `wgmma.mma_async` with an mbarrier pipeline.
+
+A block of 384 threads computes a 128 x BN tile of C: warpgroup 0 is the producer (`setmaxnreg` down
+to 40 registers) and streams A (128x64, K-major) and B (64xBN, N-major) tiles into a ring of shared
+memory stages with 16-byte `cp.async` copies laid out in the 128-byte swizzle that wgmma's matrix
+descriptors describe; each copy completes on the stage's "full" mbarrier (`cp.async.mbarrier.arrive`).
+Warpgroups 1 and 2 (232 registers) each own 64 rows: they wait on "full", issue four m64nBNk16
+wgmmas from shared-memory descriptors (B transposed in the descriptor, so no data is transposed),
+keep one wgmma group in flight, and release the previous stage on its "empty" mbarrier.
+
+Why cp.async and not the TMA engine: a tensor map embeds the global address, and mlc kernels take
+plain device pointers (the launcher and recorded-launch replay pass only pointers and dims), so a
+TMA path would need per-launch host-side map encoding in the runtime. cp.async into swizzled tiles
+keeps the kernel ABI, and zero-fill (src-size 0) gives masked edges for any M and N, K multiples of 8.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..ir import arith
+
+if TYPE_CHECKING:
+    from .cuda_gemm import GemmInfo
+
+WGMMA_ARCH = "sm_90a"
+WGMMA_THREADS = 384
+# (BM, BN, BK, WM, WN, STAGES): two consumer warpgroups of WM=64 rows, each the full BN width
+WGMMA_CONFIGS: tuple[tuple[int, int, int, int, int, int], ...] = (
+    (128, 256, 64, 64, 256, 4), (128, 256, 64, 64, 256, 3), (128, 128, 64, 64, 128, 5),
+    (128, 128, 64, 64, 128, 4),
+)
+
+
+def wgmma_ok(g: GemmInfo, arch: str) -> bool:
+    """The template needs sm_90a, f16/bf16 operands and N, K constant multiples of 8 (16-byte chunks)."""
+    n, k = arith.as_int(g.n), arith.as_int(g.k)
+    return (arch == WGMMA_ARCH and g.a.dtype in ("f16", "bf16") and n is not None and k is not None
+            and n % 8 == 0 and k % 8 == 0)
+
+
+def wgmma_config(g: GemmInfo) -> tuple[int, int, int, int, int, int]:
+    """128x256 tiles when N is wide enough, else 128x128 (more blocks for narrow outputs)."""
+    n = arith.as_int(g.n) or 0
+    rows = arith.as_int(g.rows)
+    small = n <= 128 or (rows is not None and rows * n <= 132 * 128 * 256)
+    return WGMMA_CONFIGS[2] if small else WGMMA_CONFIGS[0]
+
+
+def wgmma_smem_bytes(bn: int, stages: int) -> int:
+    """Stages of A (128x64) and B (64xBN) halves, the mbarriers, and slack to align to 1024 bytes."""
+    return stages * (128 * 64 + 64 * bn) * 2 + 2 * stages * 8 + 1024
+
+
+def _wgmma_instr(n: int, ty: str, ctype: str) -> str:
+    regs = n // 2
+    outs = ", ".join(f"%{i}" for i in range(regs))
+    binds = ", ".join(f'"+f"(d[{i}])' for i in range(regs))
+    return (f"template <> __device__ __forceinline__ void mlc_wgmma<{n}, {ctype}>(float* d, unsigned long long da, "
+            f"unsigned long long db) {{\n"
+            f'  asm volatile("{{\\n.reg .pred p;\\nsetp.ne.b32 p, %{regs + 2}, 0;\\n"\n'
+            f'    "wgmma.mma_async.sync.aligned.m64n{n}k16.f32.{ty}.{ty} {{{outs}}}, %{regs}, %{regs + 1}, p, 1, 1, 0, 1;\\n}}\\n"\n'
+            f'    : {binds}\n    : "l"(da), "l"(db), "r"(1));\n}}\n')
+
+
+_TEMPLATE = r"""
+#if !defined(__CUDA_ARCH__) || defined(__CUDA_ARCH_FEAT_SM90_ALL)
+__device__ __forceinline__ void mlc_mbar_init(unsigned bar, unsigned count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" :: "r"(bar), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mlc_mbar_wait(unsigned bar, unsigned parity) {
+  unsigned done = 0;
+  while (!done)
+    asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+                 : "=r"(done) : "r"(bar), "r"(parity) : "memory");
+}
+__device__ __forceinline__ void mlc_mbar_arrive(unsigned bar) {
+  asm volatile("{\n.reg .b64 st;\nmbarrier.arrive.shared::cta.b64 st, [%0];\n}\n" :: "r"(bar) : "memory");
+}
+__device__ __forceinline__ void mlc_cp_async16_to(unsigned dst, const void* src, bool ok) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" :: "r"(dst), "l"(src), "r"(ok ? 16 : 0) : "memory");
+}
+// shared-memory matrix descriptor, 128-byte swizzle (start, leading and stride byte offsets in 16-byte units)
+__device__ __forceinline__ unsigned long long mlc_wg_desc(unsigned addr, unsigned lbo, unsigned sbo) {
+  return (unsigned long long)((addr & 0x3FFFF) >> 4) | ((unsigned long long)(lbo >> 4) << 16)
+       | ((unsigned long long)(sbo >> 4) << 32) | (1ull << 62);
+}
+template <int N, typename T> __device__ __forceinline__ void mlc_wgmma(float* d, unsigned long long da, unsigned long long db);
+%WGMMA%
+template <typename TC> __device__ __forceinline__ void mlc_store2(TC* p, float x, float y, bool accumulate) {
+  if (accumulate) { x += mlc_to_float(p[0]); y += mlc_to_float(p[1]); }
+  if constexpr (sizeof(TC) == 4) {
+    *reinterpret_cast<float2*>(p) = make_float2(x, y);
+  } else {
+    __align__(4) TC v[2] = {mlc_from_float<TC>(x), mlc_from_float<TC>(y)};
+    *reinterpret_cast<unsigned*>(p) = *reinterpret_cast<const unsigned*>(v);
+  }
+}
+
+// C[M,N] (+)= A[M,K] B[K,N], row-major, f16/bf16 operands, f32 accumulators in registers (see cuda_wgmma.py).
+template <typename TA, typename TC, int BN, int STAGES>
+__device__ __forceinline__ void mlc_wgmma_gemm(const TA* __restrict__ A, const TA* __restrict__ B, TC* __restrict__ C,
+                                               int M, int N, int K, bool accumulate) {
+  constexpr int BM = 128, BK = 64, A_BYTES = BM * BK * 2, B_BYTES = BK * BN * 2, STAGE = A_BYTES + B_BYTES;
+  extern __shared__ unsigned char mlc_wg_smem[];
+  const unsigned raw = (unsigned)__cvta_generic_to_shared(mlc_wg_smem);
+  const unsigned base = (raw + 1023u) & ~1023u;  // the swizzle pattern repeats every 1024 bytes
+  const unsigned bars = base + STAGES * STAGE;    // full[s] at bars + 8 s, empty[s] at bars + 8 (STAGES + s)
+  const int tid = threadIdx.x, wg = tid >> 7, t = tid & 127;
+  // grouped rasterization: 8 block rows walk the columns together, so A and B tiles are reused from L2
+  const int gx = gridDim.x, bid = blockIdx.y * gx + blockIdx.x, group = bid / (8 * gx);
+  const int rows_in_group = min((int)gridDim.y - group * 8, 8), in_group = bid % (8 * gx);
+  const int bm = (group * 8 + in_group % rows_in_group) * BM, bn = (in_group / rows_in_group) * BN;
+  const int KT = (K + BK - 1) / BK;
+  if (tid == 0) {
+#pragma unroll
+    for (int s = 0; s < STAGES; ++s) {
+      mlc_mbar_init(bars + 8 * s, 128);            // every producer thread's copies landed
+      mlc_mbar_init(bars + 8 * (STAGES + s), 8);   // every consumer warp is done reading
+    }
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+  }
+  __syncthreads();
+  if (wg == 0) {
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 56;\n");
+    constexpr int BCH = BN / 8, BRP = 128 / BCH;  // B: 16-byte chunks per row, rows per pass of 128 threads
+    const int ac = t & 7, ar = t >> 3, bc = t % BCH, br = t / BCH;
+    const unsigned a_off = ar * 128 + ((ac ^ (ar & 7)) << 4);
+    const TA* ap = A + (size_t)(bm + ar) * K + ac * 8;
+    const TA* bp = B + (size_t)br * N + bn + bc * 8;
+    const bool bcol = bn + bc * 8 < N;
+    const unsigned b_off = (bc >> 3) * (BK * 128);
+    for (int kt = 0; kt < KT; ++kt) {
+      const int s = kt % STAGES, k0 = kt * BK;
+      mlc_mbar_wait(bars + 8 * (STAGES + s), ((kt / STAGES) & 1) ^ 1);
+      const unsigned sa = base + s * STAGE, sb = sa + A_BYTES;
+      const bool acol = k0 + ac * 8 < K;
+#pragma unroll
+      for (int i = 0; i < BM / 16; ++i) {
+        const bool ok = acol && bm + ar + 16 * i < M;
+        mlc_cp_async16_to(sa + a_off + i * 16 * 128, ok ? ap + (size_t)(16 * i) * K + k0 : A, ok);
+      }
+#pragma unroll
+      for (int i = 0; i < BK / BRP; ++i) {
+        const int r = br + BRP * i;
+        const bool ok = bcol && k0 + r < K;
+        mlc_cp_async16_to(sb + b_off + r * 128 + (((bc & 7) ^ (r & 7)) << 4), ok ? bp + (size_t)(k0 + BRP * i) * N : B, ok);
+      }
+      asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" :: "r"(bars + 8 * s) : "memory");
+    }
+  } else {
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 224;\n");
+    const int cw = wg - 1, lane = t & 31, warp = t >> 5;
+    float d[BN / 2];
+#pragma unroll
+    for (int i = 0; i < BN / 2; ++i) d[i] = 0.0f;
+    for (int kt = 0; kt < KT; ++kt) {
+      const int s = kt % STAGES;
+      mlc_mbar_wait(bars + 8 * s, (kt / STAGES) & 1);
+      asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");  // cp.async wrote, the tensor cores read
+      const unsigned sa = base + s * STAGE + cw * 64 * 128, sb = base + s * STAGE + A_BYTES;
+      asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#pragma unroll
+      for (int kk = 0; kk < BK / 16; ++kk)
+        mlc_wgmma<BN, TA>(d, mlc_wg_desc(sa + kk * 32, 16, 1024), mlc_wg_desc(sb + kk * 16 * 128, BK * 128, 1024));
+      asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+      asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
+      if (kt > 0 && lane == 0) mlc_mbar_arrive(bars + 8 * (STAGES + (kt - 1) % STAGES));
+    }
+    asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+    // accumulator layout of m64nBN: thread (warp, lane) holds rows warp*16 + lane/4 (+8), columns 8j + 2(lane%4) (+1)
+    const int row = bm + cw * 64 + warp * 16 + (lane >> 2), col = bn + (lane & 3) * 2;
+#pragma unroll
+    for (int j = 0; j < BN / 8; ++j) {
+      const int c = col + 8 * j;
+      if (c < N) {
+        if (row < M) mlc_store2<TC>(C + (size_t)row * N + c, d[4 * j], d[4 * j + 1], accumulate);
+        if (row + 8 < M) mlc_store2<TC>(C + (size_t)(row + 8) * N + c, d[4 * j + 2], d[4 * j + 3], accumulate);
+      }
+    }
+  }
+}
+#endif
+"""
+
+WGMMA_PRELUDE = _TEMPLATE.replace("%WGMMA%", "".join(
+    _wgmma_instr(n, ty, ctype) for n in (128, 256) for ty, ctype in (("f16", "__half"), ("bf16", "__nv_bfloat16"))))
