@@ -22,6 +22,7 @@ from .etree import RadixTree, build_tree
 from .search import topk
 
 _ARGMIN_BEAM = 4  # beams up to this keep nodes by repeated row minima instead of argpartition
+_KERNEL_SELECT = 8  # beams up to this choose the last level's nodes inside the compiled program
 
 
 def _ranges(starts: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -104,17 +105,27 @@ class ATree:
         t = self.tree
         rs = t.row_start[last]
         beam = min(beam, t.node_counts[last])
-        if compiled:
+        rows = (self.codes, self.vector_bias, t.order, rs)
+        if compiled and beam <= _KERNEL_SELECT:
             from .program import run_atree
 
-            got = run_atree(luts, query_bias, k, beam, last, (self.codes, self.vector_bias, t.order, rs),
+            got = run_atree(luts, query_bias, k, beam, last, rows,
                             (self.child_start(last), t.codes[last], self.node_bias[last]), parents, partial)
             if got is not None:
                 return got
-        # numpy: the same choice of nodes, by (score, node), then the same (distance, id) order
+        # the same choice of nodes, by (score, node); all of them when the beam holds every child
         idx, child_partial, mask = self._children(luts, last, parents, partial, parents >= 0)
-        score = np.where(mask, child_partial + self.node_bias[last][idx], np.inf)
-        nodes, _ = topk(score, beam, np.where(mask, idx, -1))
+        if beam >= idx.shape[1]:
+            nodes = np.where(mask, idx, -1)
+        else:
+            score = np.where(mask, child_partial + self.node_bias[last][idx], np.inf)
+            nodes, _ = topk(score, beam, np.where(mask, idx, -1))
+        if compiled:
+            from .program import run_nodes
+
+            got = run_nodes(luts, query_bias, k, rows, nodes)
+            if got is not None:
+                return got
         nq = len(luts)
         ok_node = nodes >= 0
         safe_n = np.where(ok_node, nodes, 0)

@@ -139,7 +139,7 @@ def _insert(best_d, best_i, q: Var, d: Var, i: Expr, topk: int | None, by_id: bo
     prev = Bin("max", Bin("sub", j, Const(1)), Const(0))
     shift = Bin("and", Bin("gt", j, Const(0)), after(prev))
     place = after(j)
-    insert = For(jj, Const(0), width, Seq((
+    insert = For(jj, Const(0), width, kind="unrolled" if topk is not None else "serial", body=Seq((
         Store(best_i, (q, j), Select(shift, Load(best_i, (q, prev)), Select(place, i, Load(best_i, (q, j))))),
         Store(best_d, (q, j), Select(shift, Load(best_d, (q, prev)), Select(place, d, Load(best_d, (q, j))))),
     )))
@@ -183,7 +183,7 @@ def search_func(m: int, k: int, topk: int, code_dtype: str = "u8") -> PrimFunc:
     return PrimFunc("ann_search", (lut, codes, vbias, qbias, best_d, best_i), 2, body)
 
 
-def atree_func(m: int, k: int, topk: int, level: int, code_dtype: str = "u8") -> PrimFunc:
+def atree_func(m: int, k: int, topk: int, level: int, code_dtype: str = "u8", select: bool = True) -> PrimFunc:
     """The last level of an A-Tree search, fused: `ann_search_atree`.
 
     Per query, the children of its kept parents (`parents[q, p]`, -1: none; a parent's partial
@@ -192,6 +192,8 @@ def atree_func(m: int, k: int, topk: int, level: int, code_dtype: str = "u8") ->
     `node_d`/`node_i`; then the rows of those nodes (row_start[node] .. row_start[node+1] of the
     codes, vector biases and base ids, all stored in tree order, so nothing is padded) are
     scored by their ADC sums and the best `topk` kept by (distance, id), as search.topk orders.
+    Without `select` (`ann_search_nodes`), the nodes `node_i` are given: each insertion into the
+    node list walks the whole list, so wide beams choose their nodes outside (a partition) faster.
     """
     from ..ir.expr import Bin, Const, Load
     from ..ir.tir import Buffer, For, IfStmt, Let, Seq
@@ -218,26 +220,29 @@ def atree_func(m: int, k: int, topk: int, level: int, code_dtype: str = "u8") ->
 
     score = Bin("add", Bin("add", Load(part, (q, p)), Load(lut, (q, Const(level), Cast("i64", Load(node_code, (c,)))))),
                 Load(node_bias, (c,)))
-    select = For(p, Const(0), Var("np"), Let(par, Load(parents, (q, p)), IfStmt(
+    choose = For(p, Const(0), Var("np"), Let(par, Load(parents, (q, p)), IfStmt(
         Bin("ge", par, Const(0)),
         span(child_start, par, c, Let(s, score, _insert(node_d, node_i, q, s, c, None, True, nb))))))
     rows = span(row_start, nd, r, Let(i, Load(ids, (r,)), Let(d, _adc_total(lut, codes, vbias, qbias, q, r, m),
                                                               _insert(best_d, best_i, q, d, i, topk, True))))
     scan = For(b, Const(0), nb, Let(nd, Load(node_i, (q, b)), IfStmt(Bin("ge", nd, Const(0)), rows)))
+    if not select:
+        body = For(q, Const(0), NQ, Seq((_init(best_d, best_i, q, Const(topk), "t"), scan)))
+        return PrimFunc("ann_search_nodes", (lut, codes, vbias, ids, row_start, qbias, node_i, best_d, best_i), 2, body)
     body = For(q, Const(0), NQ, Seq((_init(node_d, node_i, q, nb, "u"), _init(best_d, best_i, q, Const(topk), "t"),
-                                     select, scan)))
+                                     choose, scan)))
     params = (lut, codes, vbias, ids, row_start, qbias, parents, part, child_start, node_code, node_bias,
               node_d, node_i, best_d, best_i)
     return PrimFunc("ann_search_atree", params, 4, body)
 
 
 @lru_cache(maxsize=32)
-def _compiled_search(m: int, k: int, topk: int, code_dtype: str, level: int):  # noqa: ANN202
+def _compiled_search(m: int, k: int, topk: int, code_dtype: str, level: int, select: bool = True):  # noqa: ANN202
     """The fused flat search (level < 0) or A-Tree last level; None where codegen cannot build it."""
     try:
         from ..codegen.jit import compile_module
 
-        f = search_func(m, k, topk, code_dtype) if level < 0 else atree_func(m, k, topk, level, code_dtype)
+        f = search_func(m, k, topk, code_dtype) if level < 0 else atree_func(m, k, topk, level, code_dtype, select)
         return compile_module([f]).kernel(f.name)
     except (ImportError, MlcError, NotImplementedError):
         return None
@@ -277,3 +282,16 @@ def run_atree(luts: np.ndarray, qbias: np.ndarray, topk: int, beam: int, level: 
     kern([np.ascontiguousarray(luts, np.float32), *rows, np.ascontiguousarray(qbias, np.float32),
           np.ascontiguousarray(parents, np.int64), np.ascontiguousarray(part, np.float32), *nodes, *out])
     return out[3], out[2]
+
+
+def run_nodes(luts: np.ndarray, qbias: np.ndarray, topk: int, rows: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+              nodes: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """`ann_search_nodes`: the rows of the given nodes (nq, B) (-1: none); None without codegen."""
+    nq, m, k = luts.shape
+    kern = _compiled_search(m, k, topk, _code_dtype(rows[0]), 0, False)
+    if kern is None:
+        return None
+    bd, bi = np.empty((nq, topk), np.float32), np.empty((nq, topk), np.int64)
+    kern([np.ascontiguousarray(luts, np.float32), *rows, np.ascontiguousarray(qbias, np.float32),
+          np.ascontiguousarray(nodes, np.int64), bd, bi])
+    return bi, bd

@@ -102,6 +102,10 @@ def _best(n: int, dt: str, a: np.ndarray, b: np.ndarray, configs, stream):  # ty
     return best
 
 
+def _tf(flops: float, ms: float) -> str:
+    return f"{flops / ms / 1e9:9.1f}" if math.isfinite(ms) else f"{'-':>9}"
+
+
 def bench_gemm() -> None:
     import pycuda.driver as drv
     import torch
@@ -130,10 +134,7 @@ def bench_gemm() -> None:
             fl = 2.0 * n ** 3
             best = min(wg, mm, (default_ms, None), key=lambda x: x[0])
 
-            def tf(ms: float) -> str:
-                return f"{fl / ms / 1e9:9.1f}" if math.isfinite(ms) else f"{'-':>9}"
-
-            print(f"  {dt:5} {n:5d} {tf(default_ms)} {tf(wg[0])} {tf(mm[0])} {tf(tms)} {tms / default_ms:14.2f}x "
+            print(f"  {dt:5} {n:5d} {_tf(fl, default_ms)} {_tf(fl, wg[0])} {_tf(fl, mm[0])} {_tf(fl, tms)} {tms / default_ms:14.2f}x "
                   f"{tms / best[0]:11.2f}x  max err {err:.1e}; best wgmma tile {wg[1]}, best {'wmma' if dt == 'f16' else 'simt'}"
                   f" tile {mm[1]}; ms: default {default_ms:.3f}, cuBLAS {tms:.3f}")
 

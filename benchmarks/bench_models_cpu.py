@@ -1,15 +1,19 @@
 """Zoo models end to end on the CPU: `mlc build` artifacts against onnxruntime, same inputs, same run.
 
-    python benchmarks/bench_models_cpu.py [--models gpt_block resnext ...] [--dim 8] [--runs 30] [--db tune.jsonl]
+    python benchmarks/bench_models_cpu.py [--models gpt_block resnext ...] [--dim 8] [--runs 30]
+                                          [--db tune.jsonl] [--tune TRIALS]
 
 Prints per model the median latency of mlc and of onnxruntime and the ratio (onnxruntime / mlc:
-above 1 means mlc is faster). Both run on all cores with their default settings.
+above 1 means mlc is faster). Both run on all cores with their default settings. `--tune N` first
+runs `mlc tune` with N trials on the model's lowered module (configs/pipelines/lower.yaml, symbolic
+dims measured at --dim) and prints the default and the tuned build, with the tuning wall time.
 """
 
 from __future__ import annotations
 
 import argparse
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +27,8 @@ from mlc.runtime.bench import time_fn
 
 import mlc
 
+PIPELINES = Path(__file__).resolve().parent.parent / "configs" / "pipelines"
+
 
 def feeds_for(model: onnx.ModelProto, dim: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(0)
@@ -35,14 +41,45 @@ def feeds_for(model: onnx.ModelProto, dim: int) -> dict[str, np.ndarray]:
     return out
 
 
+def dim_names(model: onnx.ModelProto) -> list[str]:
+    return sorted({d.dim_param for inp in model.graph.input for d in inp.type.tensor_type.shape.dim
+                   if d.dim_param})
+
+
+def invoke(args: list[str]) -> str | None:
+    """Run an mlc command; None on success, else its message."""
+    r = CliRunner().invoke(cli, args)
+    return None if r.exit_code == 0 else (r.output.strip() or repr(r.exception))
+
+
+def tuned_build(src: Path, proto: onnx.ModelProto, d: Path, trials: int, dim: int) -> tuple[Path, float] | str:
+    """import -> lower -> tune -> build --db: the artifact and the tuning seconds, or an error."""
+    name = src.stem
+    lowered, db, art = d / f"{name}.lowered.ir", d / f"{name}.tune.jsonl", d / f"{name}.tuned.mlc"
+    err = invoke(["import", str(src), "-o", str(d / f"{name}.ir")]) \
+        or invoke(["opt", str(d / f"{name}.ir"), "-p", str(PIPELINES / "lower.yaml"), "-o", str(lowered)])
+    if err:
+        return err
+    dims = [x for n in dim_names(proto) for x in ("--dim", f"{n}={dim}")]
+    t0 = time.perf_counter()
+    err = invoke(["tune", str(lowered), "--trials", str(trials), "--db", str(db), "--quiet", *dims,
+                  "-o", str(d / f"{name}.tuned.ir")])
+    wall = time.perf_counter() - t0
+    if err:
+        return err
+    err = invoke(["build", str(src), "-o", str(art), "--db", str(db)])
+    return err if err else (art, wall)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", nargs="*", default=[n for n in zoo.NAMES if n != "default"])
     ap.add_argument("--dim", type=int, default=8, help="value of every dynamic dim")
     ap.add_argument("--runs", type=int, default=30)
     ap.add_argument("--db", default=None)
+    ap.add_argument("--tune", type=int, default=0, metavar="TRIALS", help="also tune each model first")
     args = ap.parse_args()
-    print(f"{'model':12s} {'mlc ms':>10s} {'ort ms':>10s} {'ort/mlc':>8s}")
+    print(f"{'model':12s} {'build':>12s} {'mlc ms':>10s} {'ort ms':>10s} {'ort/mlc':>8s} {'tune s':>7s}")
     with tempfile.TemporaryDirectory() as d:
         for name in args.models:
             proto = zoo.build(name)
@@ -54,12 +91,21 @@ def main() -> None:
             if r.exit_code != 0:
                 print(f"{name:12s} build failed: {r.output.strip()}")
                 continue
-            model = mlc.load(art)
             feeds = feeds_for(proto, args.dim)
             sess = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"])
-            ours = time_fn(lambda m=model, f=feeds: m(**f), runs=args.runs)
-            peer = time_fn(lambda s=sess, f=feeds: s.run(None, f), runs=args.runs)
-            print(f"{name:12s} {ours.median_ms:10.3f} {peer.median_ms:10.3f} {peer.median_ms / ours.median_ms:8.2f}")
+            builds: list[tuple[str, Path, float]] = [("default" if not args.db else "db", art, 0.0)]
+            if args.tune:
+                t = tuned_build(src, proto, Path(d), args.tune, args.dim)
+                if isinstance(t, str):
+                    print(f"{name:12s} tuning failed: {t}")
+                else:
+                    builds.append((f"tuned {args.tune}", t[0], t[1]))
+            for label, path, wall in builds:
+                model = mlc.load(path)
+                ours = time_fn(lambda m=model, f=feeds: m(**f), runs=args.runs)
+                peer = time_fn(lambda s=sess, f=feeds: s.run(None, f), runs=args.runs)
+                print(f"{name:12s} {label:>12s} {ours.median_ms:10.3f} {peer.median_ms:10.3f} "
+                      f"{peer.median_ms / ours.median_ms:8.2f} {wall:7.0f}", flush=True)
 
 
 if __name__ == "__main__":

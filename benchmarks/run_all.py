@@ -18,6 +18,8 @@ BENCHES: list[tuple[str, list[str], list[str]]] = [
     # (script, full args, quick args)
     ("bench_matmul_cpu.py", ["--sizes", "256", "512", "1024", "2048"], ["--sizes", "256", "1024", "--repeat", "3"]),
     ("bench_models_cpu.py", [], ["--runs", "10"]),
+    ("bench_models_cpu.py", ["--models", "gpt_block", "resnext", "--tune", "128"],
+     ["--models", "gpt_block", "--tune", "8", "--runs", "10"]),
     ("bench_tune.py", [], ["--quick"]),
     ("bench_ann.py", [], []),
 ]
