@@ -463,3 +463,17 @@ def test_fast_math_accuracy(name, ref, atol, kind):
     with np.errstate(over="ignore"):
         want = ref(x.astype("f8")).astype("f4")  # results below f32's normal range flush to 0
     np.testing.assert_allclose(y, want, rtol=3e-7 if name == "exp" else 2e-6, atol=atol, equal_nan=True)
+
+
+def test_division_of_an_affine_sum_with_a_floormod_atom_stays_affine() -> None:
+    # (32 * (f % 3) + j) // 32 == f % 3 and ... % 32 == j for j in [0, 32): the vector loop over j
+    # reads 32 contiguous elements instead of gathering
+    from mlc.codegen.vectorize import split_div
+    from mlc.ir.expr import Bin, Const, Var
+
+    f, j = Var("f"), Var("j")
+    e = Bin("add", Bin("mul", Const(32), Bin("floormod", f, Const(3))), j)
+    q, r = split_div(e, 32, {}, {j: (0, 32)})
+    assert q == Bin("floormod", f, Const(3)) and r == j
+    assert split_div(e, 32, {}, {j: (0, 33)}) is None  # j may carry into the quotient
+    assert split_div(Bin("add", Bin("floormod", f, Const(40)), j), 32, {}, {j: (0, 1)}) is None

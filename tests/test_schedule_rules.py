@@ -166,3 +166,35 @@ def test_matmul_default_packs_inputs_and_keeps_a_register_tile() -> None:
     same(f, s3.func)
     assert {b.name: int(b.shape[-1].value) for b in s3.func.body.alloc_buffers}["A_packed"] == 4  # type: ignore[attr-defined]
     assert Trace.from_json(s3.trace.to_json()).apply(f) == s3.func
+
+
+def _loops_of(f: PrimFunc) -> list[For]:
+    return [s for _, s in walk(f.body) if isinstance(s, For)]
+
+
+def test_attention_scores_reduce_outside_a_vector_loop_over_packed_keys() -> None:
+    # q.k over a head dim of 8 for T keys: the reduce loop moves outside the (guarded) key loop,
+    # which is vectorized, and the keys ([B, T, 32], a row apart per lane) are packed key-minor
+    f = pick("gpt_block", "fused_reshape_transpose_reshape_transpose")
+    s = default_schedule(f, CPU)
+    for t in (3, 11):
+        same(f, s.func, dim=t)
+    packed = {b.name: b for b in s.func.body.alloc_buffers}  # type: ignore[attr-defined]
+    assert any(n.endswith("_packed") for n in packed)
+    loops = _loops_of(s.func)
+    k = next(lp for lp in loops if lp.kind == "unrolled" and arith.as_int(lp.extent) == 8)
+    assert any(lp.kind == "vectorized" for _, lp in walk(k.body) if isinstance(lp, For))
+    assert Trace.from_json(s.trace.to_json()).apply(f) == s.func
+
+
+def test_conv_register_tile_rows_are_output_channels() -> None:
+    # NCHW conv: an output row's input vector differs per row, an output channel's does not, so the
+    # unrolled row level of the register tile runs over output channels
+    f = pick("resnext", "fused_conv2d")
+    s = default_schedule(f, CPU)
+    same(f, s.func)
+    unrolled = [lp for lp in _loops_of(s.func) if lp.kind == "unrolled"]
+    assert unrolled
+    conv = next(x for _, x in walk(s.func.body) if getattr(x, "name", "") == "conv2d")
+    co = conv.iters[1]  # (n, co, oh, ow, ci, kh, kw)
+    assert any(lp.var in free_vars(co.binding) for lp in unrolled)

@@ -478,6 +478,10 @@ def parallel_vectorize_unroll(sch: Schedule, block: BlockRV, tgt: TargetInfo, ch
     if n_outer == len(loops) and n_outer >= 1:  # elementwise: the last loop is the vector loop
         loops = _vectorize_last(sch, loops, tgt, ch)
         n_outer = len(loops) - 1 if len(loops) > 1 else n_outer
+    elif 1 <= n_outer < len(loops) and not tgt.gpu and all(k == "R" for k in kinds[n_outer:]):
+        if _reduce_outside_vector(sch, block, loops, n_outer, tgt, ch):
+            loops = sch.get_loops(block)
+            n_outer -= 1
     if n_outer == 0 or tgt.gpu:
         return
     # fuse just enough outer loops for every core to get work
@@ -490,6 +494,69 @@ def parallel_vectorize_unroll(sch: Schedule, block: BlockRV, tgt: TargetInfo, ch
     fused = sch.fuse(*loops[:k]) if k > 1 else loops[0]
     if _const(sch.get(fused).extent) != 1:  # type: ignore[union-attr]
         _try(sch.parallel, fused)
+
+
+def _reduce_outside_vector(sch: Schedule, block: BlockRV, loops: list[LoopRV], n_outer: int, tgt: TargetInfo,
+                           ch: Chooser) -> bool:
+    """A short constant reduction innermost under a spatial loop (attention scores: q.k over a head
+    dim of 8, T keys): move the reduce loops outside the last spatial loop and unroll them, and
+    vectorize that loop, so each lane accumulates one output. An input read across lanes with a
+    stride (the keys, [T, heads*dim]) is packed so the lanes read it contiguously."""
+    r_loops, s_last = loops[n_outer:], loops[n_outer - 1]
+    r_ext = [_const(sch.get(lp).extent) for lp in r_loops]  # type: ignore[union-attr]
+    if any(e is None for e in r_ext) or math.prod(r_ext) > 32:  # type: ignore[arg-type]
+        return False
+    w = ch.cat(sch, [0, tgt.lanes, 2 * tgt.lanes], tgt.lanes)
+    if not w:
+        return False
+    b = sch.get(block)
+    assert isinstance(b, BlockStmt)
+    try:
+        sch.reorder(*r_loops, s_last)
+    except MlcError:
+        return False
+    init = _try(sch.decompose_reduction, block, r_loops[0])
+    for lp in r_loops:
+        _try(sch.unroll, lp)
+    _pack_lane_strided(sch, block, s_last, ch)
+    for rv, lp in ((block, s_last), (init, None)):
+        if not isinstance(rv, BlockRV):
+            continue
+        nest = sch.get_loops(rv)
+        target = lp if lp is not None else (nest[-1] if nest else None)
+        if target is None:
+            continue
+        ext = _const(sch.get(target).extent)  # type: ignore[union-attr]
+        parts = _try(sch.split, target, [None, w]) if ext is None or ext > w else [target]
+        if isinstance(parts, list):
+            _try(sch.vectorize, parts[-1])
+    return True
+
+
+def _pack_lane_strided(sch: Schedule, block: BlockRV, lane_loop: LoopRV, ch: Chooser) -> None:
+    """Sampled: pack each input whose index along `lane_loop` is a plain iterator on a non-last axis
+    (a row stride apart per lane) so that axis becomes the last, contiguous one."""
+    b = sch.get(block)
+    assert isinstance(b, BlockStmt)
+    lane = {iv.var.name for iv in b.iters if Var(lane_loop.name) in free_vars(iv.binding)}
+    names = [x.name for x in block_reads(b)]
+    for idx, name in enumerate(names):
+        lds = [ld for e in stmt_exprs(b.body) for ld in loads_in(e) if ld.buffer.name == name]
+        if not lds or len(lds[0].indices) < 2 or any(ld.indices != lds[0].indices for ld in lds):
+            continue
+        ix = lds[0].indices
+        at = [d for d, i in enumerate(ix) if isinstance(i, Var) and i.name in lane]
+        if len(at) != 1 or at[0] == len(ix) - 1 or any(lane & {v.name for v in free_vars(i)} for i in ix[at[0] + 1:]):
+            continue
+        if not ch.cat(sch, [0, 1], 1):
+            continue
+        d = at[0]
+        order = [x for x in range(len(ix)) if x != d] + [d]
+        pk = _try(sch.pack, block, idx, [1] * len(ix), order)
+        if isinstance(pk, BlockRV):
+            pl = sch.get_loops(pk)
+            if pl:
+                _try(sch.parallel, pl[0])
 
 
 def _vectorize_last(sch: Schedule, loops: list[LoopRV], tgt: TargetInfo, ch: Chooser) -> list[LoopRV]:
@@ -591,10 +658,15 @@ def _parallel_roots(sch: Schedule, tgt: TargetInfo, ch: Chooser, skip: set[str])
                 _try(sch.parallel, outer)
             if not tgt.gpu:  # each elementwise member still gets its vector loop
                 for member in [rv, *shared]:
-                    inner = sch.get_loops(member)[1:]
-                    if inner and all(x == "S" for x in _loop_kinds(sch, member, inner)) \
-                            and all(sch.get(x).kind == "serial" for x in inner):  # type: ignore[union-attr]
+                    nest = sch.get_loops(member)
+                    inner, kinds = nest[1:], _loop_kinds(sch, member, nest)
+                    if not inner or any(sch.get(x).kind != "serial" for x in inner):  # type: ignore[union-attr]
+                        continue
+                    n_s = next((i for i, k in enumerate(kinds) if k != "S"), len(kinds))
+                    if n_s == len(kinds):
                         _vectorize_last(sch, inner, tgt, ch)
+                    elif n_s >= 2 and all(k == "R" for k in kinds[n_s:]):
+                        _reduce_outside_vector(sch, member, nest, n_s, tgt, ch)
             skip |= {x.name for x in shared}
             continue
         parallel_vectorize_unroll(sch, rv, tgt, ch)
