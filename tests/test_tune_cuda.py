@@ -232,6 +232,7 @@ def _run_on_gpu(g: PrimFunc, arrays: list[np.ndarray], dims: dict[str, int] | No
 
 
 @pytest.mark.gpu
+@pytest.mark.slow
 @pytest.mark.skipif(GPU_WHY is not None, reason=f"needs a CUDA GPU: {GPU_WHY}")
 def test_tune_cuda_measures_on_the_gpu_and_the_tuned_kernels_are_correct(tmp_path: Path) -> None:
     from mlc.ir.parser import parse_module
