@@ -19,7 +19,6 @@ from mlc.ir.module import Module
 from mlc.ir.tir import PrimFunc
 
 from .registry import Option, PassContext, register_pass
-from .schedule.rules import default_schedule
 from .schedule.trace import Trace
 
 
@@ -60,7 +59,9 @@ def schedule_func(func: PrimFunc, target: str, db: object | None = None, trace: 
             except MlcError as e:
                 say(f"schedule: tuning record for {func.name} no longer replays: {e.message}")
     if rules:
-        return _mark(default_schedule(func, target).func, "default")
+        from .tune.space import design_space
+
+        return _mark(design_space(target).default(func).func, "default")
     return func
 
 

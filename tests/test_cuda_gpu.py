@@ -118,3 +118,22 @@ def test_device_memory_is_planned_and_reused() -> None:
         np.testing.assert_allclose(got["y"], want["y"], rtol=1e-4, atol=1e-5)
     assert vm._arenas == arenas and len(vm._tapes) == 1
     np.testing.assert_array_equal(vm.run({"x": xs[0]})["y"], first["y"])
+
+
+@pytest.mark.parametrize("name", ["gpt_block", "resnext"])
+def test_cuda_build_pipeline_schedules_match_onnxruntime(name: str) -> None:
+    # what `mlc build --target cuda` runs: the schedule pass (GPU design space's default point)
+    # before codegen, instead of codegen's own defaults
+    from mlc.codegen.cuda_jit import compile_cuda
+    from mlc.passes.pipeline import parse_pipeline, run_pipeline
+    from mlc.passes.registry import PassContext
+    from mlc.runtime.cuda_vm import CudaVM
+
+    mod, consts = zoo_module(name)
+    mod, _ = run_pipeline(mod, parse_pipeline("passes: [schedule]", "t"), PassContext(constants=consts, target="cuda"),
+                          verify_each=True)
+    vm = CudaVM(mod, consts, compile_cuda(mod.prim_functions()))
+    feeds, want = zoo_case(name, 0)
+    got = vm.run(feeds)
+    for o, w in want.items():
+        np.testing.assert_allclose(got[o], w, rtol=1e-4, atol=1e-5, err_msg=f"{name}:{o}")
