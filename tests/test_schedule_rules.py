@@ -145,22 +145,23 @@ def test_matmul_default_packs_inputs_and_keeps_a_register_tile() -> None:
     same(f, s.func)
     root_allocs = {b.name: tuple(int(d.value) for d in b.shape) for b in s.func.body.alloc_buffers}  # type: ignore[attr-defined]
     w = 2 * CPU.lanes
-    assert root_allocs == {"A_packed": (8, 48, 8), "B_packed": (64 // w, 48, w)}
+    assert root_allocs == {"B_packed": (64 // w, 48, w)}  # A's strips are a decision, off by default
     tiles = [b for _, b in walk(s.func.body) if getattr(b, "alloc_buffers", ()) and getattr(b, "name", "") != "root"]
     assert [tuple(int(d.value) for d in x.shape) for t in tiles for x in t.alloc_buffers] == [(8, w)]  # type: ignore[attr-defined]
     assert Trace.from_json(s.trace.to_json()).apply(f) == s.func
-    # the packing choices are decisions of the design space: re-running the rules with one turned
-    # off drops that pack; a smaller register tile re-derives the pack tile to match
+    # the packing choices are decisions of the design space: re-running the rules with A's turned
+    # on packs it in strips of the register tile's rows; a smaller register tile re-derives the strip
     decs = [x.decision for x in s.trace.insts if x.kind in ("sample_perfect_tile", "sample_categorical")]
     cats = [i for i, x in enumerate(x for x in s.trace.insts if x.kind in ("sample_perfect_tile", "sample_categorical"))
             if x.kind == "sample_categorical"]
-    assert len(cats) == 2 and decs[0][2:] == [8, 1]
-    off = list(decs)
-    off[cats[0]] = 0
-    s2 = sample_schedule(f, CPU, decisions=off)
+    assert len(cats) == 2 and decs[0][2:] == [8, 1] and [decs[c] for c in cats] == [0, 1]
+    on = list(decs)
+    on[cats[0]] = 1
+    s2 = sample_schedule(f, CPU, decisions=on)
     same(f, s2.func)
-    assert [b.name for b in s2.func.body.alloc_buffers] == ["B_packed"]  # type: ignore[attr-defined]
-    small = list(decs)
+    assert {b.name: tuple(int(d.value) for d in b.shape) for b in s2.func.body.alloc_buffers} == {  # type: ignore[attr-defined]
+        "A_packed": (8, 48, 8), "B_packed": (64 // w, 48, w)}
+    small = list(on)
     small[0] = [2, 8, 4, 1]
     s3 = sample_schedule(f, CPU, decisions=small)
     same(f, s3.func)

@@ -417,7 +417,10 @@ def _pack_inputs(sch: Schedule, block: BlockRV, loops: list[LoopRV], kinds: list
     assert isinstance(b, BlockStmt)
     names = [x.name for x in block_reads(b)]
     for idx, tiles, order in _pack_plans(sch, block, loops, kinds, levels):
-        if not ch.cat(sch, [0, 1], 1):
+        # default: pack column panels (B) only; row strips (A) are read as broadcasts of a few
+        # rows, which the prefetchers stream well: packing them cost 1.3-1.5x at n=512..2048
+        # (benchmarks/bench_tune.py decisions, block-wise medians on the 2-core znver4)
+        if not ch.cat(sch, [0, 1], 1 if tiles[-1] > 1 else 0):
             continue
         cur = [x.name for x in block_reads(sch.get(block))]  # type: ignore[arg-type]
         if cur[idx] != names[idx]:
