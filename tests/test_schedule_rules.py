@@ -199,3 +199,17 @@ def test_conv_register_tile_rows_are_output_channels() -> None:
     conv = next(x for _, x in walk(s.func.body) if getattr(x, "name", "") == "conv2d")
     co = conv.iters[1]  # (n, co, oh, ow, ci, kh, kw)
     assert any(lp.var in free_vars(co.binding) for lp in unrolled)
+
+
+def test_decisions_of_the_wrong_kind_are_resampled_or_refused() -> None:
+    # search mutates decision lists whose positions shift when a rule's structure changes: a tile
+    # decision given an int (or a categorical given a list) is resampled, never a crash; replaying a
+    # trace with such a decision is a located refusal
+    f = matmul_func(64, 48, 64)
+    s = sample_schedule(f, CPU, decisions=[3, [1, 2], None, [0]])
+    same(f, s.func)
+    bad = json.loads(s.trace.to_json())
+    tile = next(x for x in bad["insts"] if x["kind"] == "sample_perfect_tile")
+    tile["decision"] = 7
+    with pytest.raises(MlcError, match="not a list of integers"):
+        Trace.from_json(json.dumps(bad)).apply(f)

@@ -151,7 +151,7 @@ class Chooser:
 
     def tile(self, sch: Schedule, loop: LoopRV, n: int, max_inner: int, want: Sequence[int] | None) -> list[int]:
         g = self._next()
-        if g is not None and not self.default:
+        if isinstance(g, list | tuple) and not self.default:  # a decision of another kind: resampled
             try:
                 return list(sch.sample_perfect_tile(loop, n, max_inner, decision=g))
             except MlcError:

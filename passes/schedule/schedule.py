@@ -269,6 +269,8 @@ class Schedule:
         if n < 1 or max_innermost_factor < 1:
             raise MlcError("sample_perfect_tile: need n >= 1 and max_innermost_factor >= 1")
         if decision is not None:
+            if not isinstance(decision, list | tuple) or not all(isinstance(x, int | np.integer) for x in decision):
+                raise MlcError(f"sample_perfect_tile: decision {decision!r} is not a list of integers")
             d = [int(x) for x in decision]
             prod = int(np.prod(d)) if d else 1
             if len(d) != n or prod != ext or d[-1] > max_innermost_factor:
@@ -289,7 +291,7 @@ class Schedule:
             raise MlcError("sample_categorical: probabilities must be non-negative and not all zero")
         if decision is None:
             decision = int(self.rng.choice(len(candidates), p=p / p.sum()))
-        elif not 0 <= int(decision) < len(candidates):
+        elif not isinstance(decision, int | np.integer) or not 0 <= int(decision) < len(candidates):
             raise MlcError(f"sample_categorical: decision {decision} out of range")
         self._last_decision = int(decision)
         return self._new_rv(int(candidates[int(decision)]))
