@@ -16,7 +16,7 @@ from ..ir import arith
 from ..ir.expr import Bin, Cast, Const, Expr, Load, Var
 from ..ir.tir import BlockStmt, Buffer, For, IfStmt, Let, PrimFunc, Seq, Stmt, Store
 from .cuda_expr import MEM_TYPE, ExprEmitter, buf_name
-from .cuda_wgmma import WGMMA_CONFIGS, WGMMA_PRELUDE, WGMMA_THREADS, wgmma_config, wgmma_ok, wgmma_smem_bytes
+from .cuda_wgmma import WGMMA_CONFIGS, WGMMA_PRELUDE, WGMMA_SMS, WGMMA_THREADS, wgmma_config, wgmma_ok, wgmma_smem_bytes
 
 
 @dataclass(frozen=True)
@@ -167,9 +167,11 @@ def emit_gemm_stage(func: PrimFunc, stage: Stmt, config: GemmConfig | None = Non
     body = ["  const long long bz = blockIdx.z;"]
     if hopper:
         nthreads, smem = WGMMA_THREADS, wgmma_smem_bytes(bn, stages)
-        body.append(f"  mlc_wgmma_gemm<{MEM_TYPE[g.a.dtype]}, {tcty}, {bn}, {stages}>("
-                    f"{a} + bz * {sa}, {b} + bz * {sb}, {c} + bz * {sc}, {rows}, {n}, {k}, {acc});")
-    elif tc:
+        body = [f"  mlc_wgmma_gemm<{MEM_TYPE[g.a.dtype]}, {tcty}, {bn}, {stages}>({a}, {b}, {c}, {sa}, {sb}, {sc}, "
+                f"(int)({ex(batch)}), {rows}, {n}, {k}, {acc});"]
+        tiles = arith.simplify(((g.n + (bn - 1)) // bn) * ((g.rows + (bm - 1)) // bm) * batch)
+        return body, (arith.simplify(Bin("min", tiles, Const(WGMMA_SMS))), Const(1), Const(1)), (nthreads, 1, 1), smem
+    if tc:
         nthreads = (bm // wm) * (bn // wn) * 32
         smem = max(stages * (bm * (bk + 8) + bk * (bn + 8)) * 2, (nthreads // 32) * 16 * 20 * 4)
         body.append(f"  mlc_wmma_gemm<{MEM_TYPE[g.a.dtype]}, {tcty}, {bm}, {bn}, {bk}, {wm}, {wn}, {stages}>("

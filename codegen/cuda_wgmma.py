@@ -1,12 +1,14 @@
-"""Hopper (sm_90a) GEMM template: warp-specialized `wgmma.mma_async` with an mbarrier pipeline.
+"""Hopper (sm_90a) GEMM template: persistent, warp-specialized `wgmma.mma_async` with an mbarrier pipeline.
 
-A block of 384 threads computes a 128 x BN tile of C: warpgroup 0 is the producer (`setmaxnreg` down
-to 40 registers) and streams A (128x64, K-major) and B (64xBN, N-major) tiles into a ring of shared
-memory stages with 16-byte `cp.async` copies laid out in the 128-byte swizzle that wgmma's matrix
-descriptors describe; each copy completes on the stage's "full" mbarrier (`cp.async.mbarrier.arrive`).
-Warpgroups 1 and 2 (232 registers) each own 64 rows: they wait on "full", issue four m64nBNk16
-wgmmas from shared-memory descriptors (B transposed in the descriptor, so no data is transposed),
-keep one wgmma group in flight, and release the previous stage on its "empty" mbarrier.
+A block of 384 threads computes 128 x BN tiles of C (grid: one block per SM, tiles taken round-robin in
+grouped order). Warpgroup 0 is the producer (`setmaxnreg` down to 64 registers): it streams A (128x64,
+K-major) and B (64xBN, N-major) tiles into a ring of shared-memory stages with 16-byte `cp.async`
+copies laid out in the 128-byte swizzle that wgmma's matrix descriptors describe; each copy completes
+on the stage's "full" mbarrier (`cp.async.mbarrier.arrive.noinc`), and it runs ahead into the next
+tile while the consumers store the last one. Warpgroups 1 and 2 (216 registers) each own 64 rows:
+they wait on "full", issue four m64nBNk16 wgmmas from shared-memory descriptors (B is N-major in the
+descriptor, so nothing is transposed), keep one wgmma group in flight, release the previous stage on
+its "empty" mbarrier, and store C with 16-byte stores after a quad shuffle of the accumulators.
 
 Why cp.async and not the TMA engine: a tensor map embeds the global address, and mlc kernels take
 plain device pointers (the launcher and recorded-launch replay pass only pointers and dims), so a
@@ -25,6 +27,7 @@ if TYPE_CHECKING:
 
 WGMMA_ARCH = "sm_90a"
 WGMMA_THREADS = 384
+WGMMA_SMS = 132  # persistent grid: one block per SM of an H100 SXM / H200 (fewer SMs only cost a partial wave)
 # (BM, BN, BK, WM, WN, STAGES): two consumer warpgroups of WM=64 rows, each the full BN width
 WGMMA_CONFIGS: tuple[tuple[int, int, int, int, int, int], ...] = (
     (128, 256, 64, 64, 256, 4), (128, 256, 64, 64, 256, 3), (128, 128, 64, 64, 128, 5),
@@ -40,11 +43,12 @@ def wgmma_ok(g: GemmInfo, arch: str) -> bool:
 
 
 def wgmma_config(g: GemmInfo) -> tuple[int, int, int, int, int, int]:
-    """128x256 tiles when N is wide enough, else 128x128 (more blocks for narrow outputs)."""
+    """128x256 tiles when there are enough of them to fill most SMs, else 128x128 (more blocks; measured
+    faster at 1024^3, slower at 2048^3 on an H100)."""
     n = arith.as_int(g.n) or 0
     rows = arith.as_int(g.rows)
-    small = n <= 128 or (rows is not None and rows * n <= 132 * 128 * 256)
-    return WGMMA_CONFIGS[2] if small else WGMMA_CONFIGS[0]
+    small = n <= 128 or (rows is not None and rows * n < 96 * 128 * 256)
+    return WGMMA_CONFIGS[3] if small else WGMMA_CONFIGS[0]
 
 
 def wgmma_smem_bytes(bn: int, stages: int) -> int:
@@ -97,9 +101,41 @@ template <typename TC> __device__ __forceinline__ void mlc_store2(TC* p, float x
   }
 }
 
-// C[M,N] (+)= A[M,K] B[K,N], row-major, f16/bf16 operands, f32 accumulators in registers (see cuda_wgmma.py).
+// quad-transpose the f16/bf16 pairs of two 8-column chunks so that each thread stores 16 contiguous bytes:
+// thread q of a quad holds p[i] = (row r + 8 (i & 1), chunk j + (i >> 1), columns 2q, 2q+1) and stores combination q
+template <typename TC> __device__ __forceinline__ void mlc_store_quad(TC* C, const float* d, int row, int c0, int M,
+                                                                      int N, int lane) {
+  unsigned p[4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    __align__(4) TC v[2] = {mlc_from_float<TC>(d[(i >> 1) * 4 + (i & 1) * 2]), mlc_from_float<TC>(d[(i >> 1) * 4 + (i & 1) * 2 + 1])};
+    p[i] = *reinterpret_cast<const unsigned*>(v);
+  }
+  const int q = lane & 3;
+  unsigned got[4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {  // round i: send p[(q + i) & 3], receive from quad lane (q - i) & 3
+    const int k = (q + i) & 3;
+    const unsigned send = k == 0 ? p[0] : k == 1 ? p[1] : k == 2 ? p[2] : p[3];
+    got[i] = __shfl_sync(0xffffffffu, send, (lane & ~3) | ((q - i) & 3));
+  }
+  uint4 out;  // column pair s came from quad lane s, i.e. in round (q - s) & 3
+  unsigned* o = reinterpret_cast<unsigned*>(&out);
+#pragma unroll
+  for (int s = 0; s < 4; ++s) {
+    const int i = (q - s) & 3;
+    o[s] = i == 0 ? got[0] : i == 1 ? got[1] : i == 2 ? got[2] : got[3];
+  }
+  const int r = row + 8 * (q & 1), c = c0 + 8 * (q >> 1);
+  if (r < M && c < N) *reinterpret_cast<uint4*>(C + (size_t)r * N + c) = out;
+}
+
+// C[z] (+)= A[z] B[z] for z < batch (strides sa, sb, sc; 0 for a shared operand), row-major [M,K] x [K,N],
+// f16/bf16 operands, f32 accumulators in registers. Persistent: block b takes tiles b, b + gridDim.x, ...;
+// the producer runs ahead into the next tile while the consumers store the last one (see cuda_wgmma.py).
 template <typename TA, typename TC, int BN, int STAGES>
 __device__ __forceinline__ void mlc_wgmma_gemm(const TA* __restrict__ A, const TA* __restrict__ B, TC* __restrict__ C,
+                                               long long sa, long long sb, long long sc, int batch,
                                                int M, int N, int K, bool accumulate) {
   constexpr int BM = 128, BK = 64, A_BYTES = BM * BK * 2, B_BYTES = BK * BN * 2, STAGE = A_BYTES + B_BYTES;
   extern __shared__ unsigned char mlc_wg_smem[];
@@ -107,11 +143,17 @@ __device__ __forceinline__ void mlc_wgmma_gemm(const TA* __restrict__ A, const T
   const unsigned base = (raw + 1023u) & ~1023u;  // the swizzle pattern repeats every 1024 bytes
   const unsigned bars = base + STAGES * STAGE;    // full[s] at bars + 8 s, empty[s] at bars + 8 (STAGES + s)
   const int tid = threadIdx.x, wg = tid >> 7, t = tid & 127;
-  // grouped rasterization: 8 block rows walk the columns together, so A and B tiles are reused from L2
-  const int gx = gridDim.x, bid = blockIdx.y * gx + blockIdx.x, group = bid / (8 * gx);
-  const int rows_in_group = min((int)gridDim.y - group * 8, 8), in_group = bid % (8 * gx);
-  const int bm = (group * 8 + in_group % rows_in_group) * BM, bn = (in_group / rows_in_group) * BN;
-  const int KT = (K + BK - 1) / BK;
+  const int tiles_m = (M + BM - 1) / BM, tiles_n = (N + BN - 1) / BN, per_z = tiles_m * tiles_n;
+  const int total = per_z * batch, KT = (K + BK - 1) / BK;
+  // tile -> (z, block row, block column); grouped: GROUP block rows walk the columns together (L2 reuse of A and B)
+  constexpr int GROUP = 8;
+  auto place = [&](int tile, int& z, int& bm, int& bn) {
+    z = tile / per_z;
+    const int tt = tile - z * per_z, group = tt / (GROUP * tiles_n), first = group * GROUP;
+    const int rows_in_group = min(tiles_m - first, GROUP), in_group = tt - group * GROUP * tiles_n;
+    bm = (first + in_group % rows_in_group) * BM;
+    bn = (in_group / rows_in_group) * BN;
+  };
   if (tid == 0) {
 #pragma unroll
     for (int s = 0; s < STAGES; ++s) {
@@ -122,60 +164,76 @@ __device__ __forceinline__ void mlc_wgmma_gemm(const TA* __restrict__ A, const T
   }
   __syncthreads();
   if (wg == 0) {
-    asm volatile("setmaxnreg.dec.sync.aligned.u32 56;\n");
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 64;\n");
     constexpr int BCH = BN / 8, BRP = 128 / BCH;  // B: 16-byte chunks per row, rows per pass of 128 threads
     const int ac = t & 7, ar = t >> 3, bc = t % BCH, br = t / BCH;
-    const unsigned a_off = ar * 128 + ((ac ^ (ar & 7)) << 4);
-    const TA* ap = A + (size_t)(bm + ar) * K + ac * 8;
-    const TA* bp = B + (size_t)br * N + bn + bc * 8;
-    const bool bcol = bn + bc * 8 < N;
-    const unsigned b_off = (bc >> 3) * (BK * 128);
-    for (int kt = 0; kt < KT; ++kt) {
-      const int s = kt % STAGES, k0 = kt * BK;
-      mlc_mbar_wait(bars + 8 * (STAGES + s), ((kt / STAGES) & 1) ^ 1);
-      const unsigned sa = base + s * STAGE, sb = sa + A_BYTES;
-      const bool acol = k0 + ac * 8 < K;
+    const unsigned a_off = ar * 128 + ((ac ^ (ar & 7)) << 4), b_off = (bc >> 3) * (BK * 128);
+    int it = 0;
+    for (int tile = blockIdx.x; tile < total; tile += gridDim.x) {
+      int z, bm, bn;
+      place(tile, z, bm, bn);
+      const TA* ap = A + z * sa + (size_t)(bm + ar) * K + ac * 8;
+      const TA* bp = B + z * sb + (size_t)br * N + bn + bc * 8;
+      const bool bcol = bn + bc * 8 < N;
+      for (int kt = 0; kt < KT; ++kt, ++it) {
+        const int s = it % STAGES, k0 = kt * BK;
+        mlc_mbar_wait(bars + 8 * (STAGES + s), ((it / STAGES) & 1) ^ 1);
+        const unsigned sa_ = base + s * STAGE, sb_ = sa_ + A_BYTES;
+        const bool acol = k0 + ac * 8 < K;
 #pragma unroll
-      for (int i = 0; i < BM / 16; ++i) {
-        const bool ok = acol && bm + ar + 16 * i < M;
-        mlc_cp_async16_to(sa + a_off + i * 16 * 128, ok ? ap + (size_t)(16 * i) * K + k0 : A, ok);
-      }
+        for (int i = 0; i < BM / 16; ++i) {
+          const bool ok = acol && bm + ar + 16 * i < M;
+          mlc_cp_async16_to(sa_ + a_off + i * 16 * 128, ok ? ap + (size_t)(16 * i) * K + k0 : A, ok);
+        }
 #pragma unroll
-      for (int i = 0; i < BK / BRP; ++i) {
-        const int r = br + BRP * i;
-        const bool ok = bcol && k0 + r < K;
-        mlc_cp_async16_to(sb + b_off + r * 128 + (((bc & 7) ^ (r & 7)) << 4), ok ? bp + (size_t)(k0 + BRP * i) * N : B, ok);
+        for (int i = 0; i < BK / BRP; ++i) {
+          const int r = br + BRP * i;
+          const bool ok = bcol && k0 + r < K;
+          mlc_cp_async16_to(sb_ + b_off + r * 128 + (((bc & 7) ^ (r & 7)) << 4), ok ? bp + (size_t)(k0 + BRP * i) * N : B, ok);
+        }
+        asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" :: "r"(bars + 8 * s) : "memory");
       }
-      asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" :: "r"(bars + 8 * s) : "memory");
     }
   } else {
-    asm volatile("setmaxnreg.inc.sync.aligned.u32 224;\n");
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 216;\n");
     const int cw = wg - 1, lane = t & 31, warp = t >> 5;
-    float d[BN / 2];
+    int it = 0;
+    for (int tile = blockIdx.x; tile < total; tile += gridDim.x) {
+      int z, bm, bn;
+      place(tile, z, bm, bn);
+      float d[BN / 2];
 #pragma unroll
-    for (int i = 0; i < BN / 2; ++i) d[i] = 0.0f;
-    for (int kt = 0; kt < KT; ++kt) {
-      const int s = kt % STAGES;
-      mlc_mbar_wait(bars + 8 * s, (kt / STAGES) & 1);
-      asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");  // cp.async wrote, the tensor cores read
-      const unsigned sa = base + s * STAGE + cw * 64 * 128, sb = base + s * STAGE + A_BYTES;
-      asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+      for (int i = 0; i < BN / 2; ++i) d[i] = 0.0f;
+      for (int kt = 0; kt < KT; ++kt, ++it) {
+        const int s = it % STAGES;
+        mlc_mbar_wait(bars + 8 * s, (it / STAGES) & 1);
+        asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");  // cp.async wrote, the tensor cores read
+        const unsigned sa_ = base + s * STAGE + cw * 64 * 128, sb_ = base + s * STAGE + A_BYTES;
+        asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
 #pragma unroll
-      for (int kk = 0; kk < BK / 16; ++kk)
-        mlc_wgmma<BN, TA>(d, mlc_wg_desc(sa + kk * 32, 16, 1024), mlc_wg_desc(sb + kk * 16 * 128, BK * 128, 1024));
-      asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-      asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
-      if (kt > 0 && lane == 0) mlc_mbar_arrive(bars + 8 * (STAGES + (kt - 1) % STAGES));
-    }
-    asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
-    // accumulator layout of m64nBN: thread (warp, lane) holds rows warp*16 + lane/4 (+8), columns 8j + 2(lane%4) (+1)
-    const int row = bm + cw * 64 + warp * 16 + (lane >> 2), col = bn + (lane & 3) * 2;
+        for (int kk = 0; kk < BK / 16; ++kk)
+          mlc_wgmma<BN, TA>(d, mlc_wg_desc(sa_ + kk * 32, 16, 1024), mlc_wg_desc(sb_ + kk * 16 * 128, BK * 128, 1024));
+        asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+        asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
+        if (kt > 0 && lane == 0) mlc_mbar_arrive(bars + 8 * (STAGES + (it - 1) % STAGES));
+      }
+      asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+      if (lane == 0) mlc_mbar_arrive(bars + 8 * (STAGES + (it - 1) % STAGES));
+      // accumulator layout of m64nBN: thread (warp, lane) holds rows warp*16 + lane/4 (+8), columns 8j + 2(lane%4) (+1)
+      TC* Cz = C + z * sc;
+      const int row = bm + cw * 64 + warp * 16 + (lane >> 2), col = bn + (lane & 3) * 2;
+      if (sizeof(TC) == 2 && !accumulate) {
 #pragma unroll
-    for (int j = 0; j < BN / 8; ++j) {
-      const int c = col + 8 * j;
-      if (c < N) {
-        if (row < M) mlc_store2<TC>(C + (size_t)row * N + c, d[4 * j], d[4 * j + 1], accumulate);
-        if (row + 8 < M) mlc_store2<TC>(C + (size_t)(row + 8) * N + c, d[4 * j + 2], d[4 * j + 3], accumulate);
+        for (int j = 0; j < BN / 8; j += 2) mlc_store_quad<TC>(Cz, d + 4 * j, row, bn + 8 * j, M, N, lane);
+      } else {
+#pragma unroll
+        for (int j = 0; j < BN / 8; ++j) {
+          const int c = col + 8 * j;
+          if (c < N) {
+            if (row < M) mlc_store2<TC>(Cz + (size_t)row * N + c, d[4 * j], d[4 * j + 1], accumulate);
+            if (row + 8 < M) mlc_store2<TC>(Cz + (size_t)(row + 8) * N + c, d[4 * j + 2], d[4 * j + 3], accumulate);
+          }
+        }
       }
     }
   }
