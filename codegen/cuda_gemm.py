@@ -138,6 +138,9 @@ def emit_gemm_stage(func: PrimFunc, stage: Stmt, config: GemmConfig | None = Non
              and str(dict(x.annotations).get("tensor_intrin", "")).startswith("gemm_")]
     if not outer:
         return None
+    intrin = str(dict(outer[0].annotations).get("tensor_intrin", ""))
+    if config is None and "@" in intrin:  # the template tile a tuner chose (`gemm_...@BMxBNx...`)
+        config = tuple(int(x) for x in intrin.split("@", 1)[1].split("x"))  # type: ignore[assignment]
     leaves = [x for x in _walk(outer[0].body) if isinstance(x, BlockStmt)]
     g = match_gemm(leaves[-1]) if leaves else None
     if g is None:
@@ -150,8 +153,9 @@ def emit_gemm_stage(func: PrimFunc, stage: Stmt, config: GemmConfig | None = Non
              and isinstance(x.body, Store) and x.body.buffer.name == g.c.name]
     accumulate = not (inits and all(isinstance(x.body, Store) and isinstance(x.body.value, Const)
                                     and float(x.body.value.value) == 0.0 for x in inits))
-    if config is not None and (config in TC_CONFIGS or config in WGMMA_CONFIGS) != tc:
-        config = None  # a tile of the other template
+    if config is not None and (config in TC_CONFIGS or config in WGMMA_CONFIGS) != tc \
+            or config is not None and not tc and config not in SIMT_CONFIGS:
+        config = None  # a tile of the other template, or none of ours
     hopper = tc and wgmma_ok(g, arch) and config not in TC_CONFIGS
     if config in WGMMA_CONFIGS and not hopper:
         config = None  # a wgmma tile where that template cannot run

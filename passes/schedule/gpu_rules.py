@@ -270,9 +270,10 @@ def _try_rv(fn: Any, *args: Any) -> BlockRV | None:
 # ---- GEMM -----------------------------------------------------------------------------------------
 def gemm_configs(tensor_cores: bool) -> tuple[tuple[int, ...], ...]:
     """The template tiles a tuner may pick (read from the codegen, which owns them)."""
-    from mlc.codegen import cuda_gemm
+    from mlc.codegen import cuda_gemm, cuda_wgmma
 
-    return tuple(cuda_gemm.TC_CONFIGS if tensor_cores else cuda_gemm.SIMT_CONFIGS)
+    # wgmma tiles apply where that template runs (sm_90a); elsewhere codegen falls back to its default
+    return tuple(cuda_wgmma.WGMMA_CONFIGS + cuda_gemm.TC_CONFIGS if tensor_cores else cuda_gemm.SIMT_CONFIGS)
 
 
 def gemm_intrin_with_config(base: str, config: Sequence[int] | None) -> str:
