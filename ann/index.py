@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..ir.diagnostics import MlcError
-from .atree import ATree
+from .atree import DECODE_BEAM, ATree
 from .etree import EForest
 from .io import as_float_vectors
 from .progress import QUIET, Reporter
@@ -69,13 +69,15 @@ class AnnIndex:
         if rerank_k and self.base is None:
             raise MlcError("re-ranking needs the base vectors: build the index with --keep-base")
         short = max(k, rerank_k)
-        luts = self.quantizer.luts(q)
         qb = self.quantizer.query_bias(q)
         if mode == "atree":
-            width = beam if beam is not None else self.atree().max_width()
-            ids, dist = self.atree().search(luts, qb, short, max(int(width), 1))
+            at = self.atree()
+            width = max(int(beam if beam is not None else at.max_width()), 1)
+            got = at.search_decoded(q, qb, short, width) if width <= DECODE_BEAM else None
+            ids, dist = got if got is not None else at.search(self.quantizer.luts(q), qb, short, width)
         else:
             fused = None
+            luts = self.quantizer.luts(q)
             if mode == "ir":
                 from .program import run_scan, run_search
 
@@ -101,8 +103,9 @@ class AnnIndex:
 
     def atree(self) -> ATree:
         if "atree" not in self._cache:
-            cbs = getattr(self.quantizer, "codebooks", None) if self.quantizer.method != "pq" else None
-            self._cache["atree"] = ATree.build(self.codes, cbs, self.vector_bias)
+            q = self.quantizer
+            self._cache["atree"] = ATree.build(self.codes, getattr(q, "codebooks", None), self.vector_bias,
+                                               additive=q.method != "pq")
         return self._cache["atree"]  # type: ignore[return-value]
 
     def quantization_error(self) -> float | None:

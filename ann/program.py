@@ -117,10 +117,11 @@ def _insert(best_d, best_i, q: Var, d: Var, i: Expr, topk: int | None, by_id: bo
             width: Expr | None = None):
     """Insert (d, i) into the sorted k-list of query q when it beats the k-th entry.
 
-    The insertion walks j = k-1 .. 0: slot j takes slot j-1's entry if that one is larger than
-    (d, i) (a shift), else takes (d, i) if its own entry is larger, else stays; reading only slots
-    not yet written, so one backward pass inserts in place. `by_id` orders entries by (d, id), so
-    the result does not depend on the visiting order; otherwise ties keep the earlier visited.
+    The insertion walks j = k-1 .. 0: slot j takes slot j-1's entry if that one is after (d, i)
+    (a shift), else takes (d, i) if its own entry is after it, else stays; reading only slots not
+    yet written, so one backward pass inserts in place (branch-free; measured faster here than
+    counting the position and shifting only the tail). `by_id` orders entries by (d, id), so the
+    result does not depend on the visiting order; otherwise ties keep the earlier visited first.
     """
     from ..ir.expr import Bin, Const, Load, Select
     from ..ir.tir import For, IfStmt, Seq, Store
@@ -132,14 +133,14 @@ def _insert(best_d, best_i, q: Var, d: Var, i: Expr, topk: int | None, by_id: bo
         tie = Bin("and", Bin("eq", Load(best_d, (q, slot)), d), Bin("gt", Load(best_i, (q, slot)), i))
         return Bin("or", gt, tie)
 
+    jj = Var("jj")
     width = Const(topk) if width is None else width
     last = Bin("sub", width, Const(1))
-    jj = Var("jj")
     j = Bin("sub", last, jj)
     prev = Bin("max", Bin("sub", j, Const(1)), Const(0))
     shift = Bin("and", Bin("gt", j, Const(0)), after(prev))
     place = after(j)
-    insert = For(jj, Const(0), width, kind="unrolled" if topk is not None else "serial", body=Seq((
+    insert = For(jj, Const(0), width, Seq((
         Store(best_i, (q, j), Select(shift, Load(best_i, (q, prev)), Select(place, i, Load(best_i, (q, j))))),
         Store(best_d, (q, j), Select(shift, Load(best_d, (q, prev)), Select(place, d, Load(best_d, (q, j))))),
     )))
@@ -183,7 +184,45 @@ def search_func(m: int, k: int, topk: int, code_dtype: str = "u8") -> PrimFunc:
     return PrimFunc("ann_search", (lut, codes, vbias, qbias, best_d, best_i), 2, body)
 
 
-def atree_func(m: int, k: int, topk: int, level: int, code_dtype: str = "u8", select: bool = True) -> PrimFunc:
+def _decoded_total(lut, queries, cbs, codes, vbias, qbias, acc, q: Var, r: Var, m: int, dim: int,  # noqa: ANN001, ANN202
+                   book: int, body_of):  # noqa: ANN001
+    """d = ((lut[q, 0, codes[r, book]] + (-2 <q, sum_{m != book} C_m[codes[r, m]]>)) + vbias[r]) + qbias[q]:
+    the ADC distance of an additive code with one table (the tree's codebook `book`, already
+    computed to choose the nodes) and the other codewords summed in vector lanes (`acc`)."""
+    from ..ir.expr import Bin, Const, Load
+    from ..ir.tir import For, Let, Seq, Store
+
+    lanes = _lanes(dim)
+    cw = [Var(f"c{j}") for j in range(m)]
+    l_, s_ = Var("l"), Var("sx")
+    t = Bin("add", Bin("mul", s_, Const(lanes)), l_)
+    rest = [j for j in range(m) if j != book]
+    x = Load(cbs, (Const(rest[0]), cw[rest[0]], t)) if rest else Const(0.0, "f32")
+    for j in rest[1:]:
+        x = Bin("add", x, Load(cbs, (Const(j), cw[j], t)))
+    step = Store(acc, (l_,), Bin("add", Load(acc, (l_,)), Bin("mul", Load(queries, (q, t)), x)))
+    dot = Load(acc, (Const(0),))
+    for j in range(1, lanes):
+        dot = Bin("add", dot, Load(acc, (Const(j),)))
+    d = Var("d", "f32")
+    table = Load(lut, (q, Const(0), cw[book]))
+    total = Bin("add", Bin("add", Bin("add", table, Bin("mul", dot, Const(-2.0, "f32"))), Load(vbias, (r,))),
+                Load(qbias, (q,)))
+    stmt = Seq((For(l_, Const(0), Const(lanes), Store(acc, (l_,), Const(0.0, "f32")), "vectorized"),
+                For(s_, Const(0), Const(dim // lanes), For(l_, Const(0), Const(lanes), step, "vectorized")),
+                Let(d, total, body_of(d))))
+    for j in reversed(range(m)):
+        stmt = Let(cw[j], Cast("i64", Load(codes, (r, Const(j)))), stmt)
+    return stmt
+
+
+def _lanes(dim: int) -> int:
+    """Vector lanes of the decoded dot product (a divisor of the dimension)."""
+    return next(w for w in (16, 8, 4, 2, 1) if dim % w == 0)
+
+
+def atree_func(m: int, k: int, topk: int, level: int, code_dtype: str = "u8", select: bool = True,
+               dim: int = 0) -> PrimFunc:
     """The last level of an A-Tree search, fused: `ann_search_atree`.
 
     Per query, the children of its kept parents (`parents[q, p]`, -1: none; a parent's partial
@@ -194,11 +233,14 @@ def atree_func(m: int, k: int, topk: int, level: int, code_dtype: str = "u8", se
     scored by their ADC sums and the best `topk` kept by (distance, id), as search.topk orders.
     Without `select` (`ann_search_nodes`), the nodes `node_i` are given: each insertion into the
     node list walks the whole list, so wide beams choose their nodes outside (a partition) faster.
+    With `dim` (`ann_search_atree_decoded`, additive codes, depth 1), `lut` holds only the table of
+    the tree's codebook `level` and the rows are scored from it and from the other codewords `cbs`
+    and the `queries` directly: a narrow beam reaches too few rows to pay for all M tables.
     """
     from ..ir.expr import Bin, Const, Load
     from ..ir.tir import Buffer, For, IfStmt, Let, Seq
 
-    lut = Buffer("lut", (NQ, Const(m), Const(k)), "f32")
+    lut = Buffer("lut", (NQ, Const(1 if dim else m), Const(k)), "f32")
     codes = Buffer("codes", (N, Const(m)), code_dtype)
     vbias, qbias = Buffer("vbias", (N,), "f32"), Buffer("qbias", (NQ,), "f32")
     ids = Buffer("ids", (N,), "i64")
@@ -218,31 +260,42 @@ def atree_func(m: int, k: int, topk: int, level: int, code_dtype: str = "u8", se
         lo = Load(buf, (x,))
         return For(var, lo, Bin("sub", Load(buf, (Bin("add", x, Const(1)),)), lo), body)
 
-    score = Bin("add", Bin("add", Load(part, (q, p)), Load(lut, (q, Const(level), Cast("i64", Load(node_code, (c,)))))),
+    plane = Const(0 if dim else level)
+    score = Bin("add", Bin("add", Load(part, (q, p)), Load(lut, (q, plane, Cast("i64", Load(node_code, (c,)))))),
                 Load(node_bias, (c,)))
     choose = For(p, Const(0), Var("np"), Let(par, Load(parents, (q, p)), IfStmt(
         Bin("ge", par, Const(0)),
         span(child_start, par, c, Let(s, score, _insert(node_d, node_i, q, s, c, None, True, nb))))))
-    rows = span(row_start, nd, r, Let(i, Load(ids, (r,)), Let(d, _adc_total(lut, codes, vbias, qbias, q, r, m),
-                                                              _insert(best_d, best_i, q, d, i, topk, True))))
+    if dim:
+        queries, cbs = Buffer("queries", (NQ, Const(dim)), "f32"), Buffer("cbs", (Const(m), Const(k), Const(dim)), "f32")
+        acc = Buffer("acc", (Const(_lanes(dim)),), "f32")
+        score_row = _decoded_total(lut, queries, cbs, codes, vbias, qbias, acc, q, r, m, dim, level,
+                                   lambda dd: _insert(best_d, best_i, q, dd, i, topk, True))
+    else:
+        score_row = Let(d, _adc_total(lut, codes, vbias, qbias, q, r, m), _insert(best_d, best_i, q, d, i, topk, True))
+    rows = span(row_start, nd, r, Let(i, Load(ids, (r,)), score_row))
     scan = For(b, Const(0), nb, Let(nd, Load(node_i, (q, b)), IfStmt(Bin("ge", nd, Const(0)), rows)))
     if not select:
         body = For(q, Const(0), NQ, Seq((_init(best_d, best_i, q, Const(topk), "t"), scan)))
         return PrimFunc("ann_search_nodes", (lut, codes, vbias, ids, row_start, qbias, node_i, best_d, best_i), 2, body)
     body = For(q, Const(0), NQ, Seq((_init(node_d, node_i, q, nb, "u"), _init(best_d, best_i, q, Const(topk), "t"),
                                      choose, scan)))
-    params = (lut, codes, vbias, ids, row_start, qbias, parents, part, child_start, node_code, node_bias,
-              node_d, node_i, best_d, best_i)
-    return PrimFunc("ann_search_atree", params, 4, body)
+    params = (lut, codes, vbias, ids, row_start, qbias, parents, part, child_start, node_code, node_bias)
+    if dim:
+        return PrimFunc("ann_search_atree_decoded", (*params, queries, cbs, node_d, node_i, acc, best_d, best_i), 5,
+                        body)
+    return PrimFunc("ann_search_atree", (*params, node_d, node_i, best_d, best_i), 4, body)
 
 
 @lru_cache(maxsize=32)
-def _compiled_search(m: int, k: int, topk: int, code_dtype: str, level: int, select: bool = True):  # noqa: ANN202
+def _compiled_search(m: int, k: int, topk: int, code_dtype: str, level: int, select: bool = True,  # noqa: ANN202
+                     dim: int = 0):
     """The fused flat search (level < 0) or A-Tree last level; None where codegen cannot build it."""
     try:
         from ..codegen.jit import compile_module
 
-        f = search_func(m, k, topk, code_dtype) if level < 0 else atree_func(m, k, topk, level, code_dtype, select)
+        f = search_func(m, k, topk, code_dtype) if level < 0 else atree_func(m, k, topk, level, code_dtype, select,
+                                                                               dim)
         return compile_module([f]).kernel(f.name)
     except (ImportError, MlcError, NotImplementedError):
         return None
@@ -295,3 +348,21 @@ def run_nodes(luts: np.ndarray, qbias: np.ndarray, topk: int, rows: tuple[np.nda
     kern([np.ascontiguousarray(luts, np.float32), *rows, np.ascontiguousarray(qbias, np.float32),
           np.ascontiguousarray(nodes, np.int64), bd, bi])
     return bi, bd
+
+
+def run_atree_decoded(lut0: np.ndarray, queries: np.ndarray, codebooks: np.ndarray, qbias: np.ndarray, topk: int,
+                      beam: int, book: int, rows: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+                      nodes: tuple[np.ndarray, np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray] | None:
+    """`ann_search_atree_decoded` on a depth-1 tree: lut0 (nq, K) is the table of its codebook `book`,
+    codebooks (M, K, d) additive; None where codegen cannot build it."""
+    nq, dim = queries.shape
+    m, k = codebooks.shape[:2]
+    kern = _compiled_search(m, k, topk, _code_dtype(rows[0]), book, True, dim)
+    if kern is None:
+        return None
+    out = [np.empty((nq, beam), np.float32), np.empty((nq, beam), np.int64), np.empty(_lanes(dim), np.float32),
+           np.empty((nq, topk), np.float32), np.empty((nq, topk), np.int64)]
+    kern([np.ascontiguousarray(lut0, np.float32).reshape(nq, 1, k), *rows, np.ascontiguousarray(qbias, np.float32),
+          np.zeros((nq, 1), np.int64), np.zeros((nq, 1), np.float32), *nodes, np.ascontiguousarray(queries, np.float32),
+          np.ascontiguousarray(codebooks, np.float32), *out])
+    return out[4], out[3]

@@ -1,7 +1,12 @@
 """ANN benchmark on the shipped SIFT set (5,000 base, 100 queries), 64 bits per vector, beside faiss.
 
 Prints, from one run: quantization error on held-out vectors (train on the first 4,000, measure
-the last 1,000), 10-recall@10 and queries per second (100 queries over all 5,000 vectors).
+the last 1,000), 10-recall@10 and queries per second (100 queries over all 5,000 vectors), and
+the recall/speed curves of the A-Tree and faiss IVFPQ with, at each IVFPQ operating point, the
+A-Tree's q/s at the same recall (interpolated on its curve). Every timing, faiss and mlc alike, is
+the wall time of one call on the whole batch of 100 queries, median of REPEAT calls after a warm-up;
+the points of the two curves are timed in interleaved rounds (2 x REPEAT), so that load from other
+processes on a shared machine falls on both alike.
 faiss runs single-threaded, as mlc's kernels here do. Usage: python benchmarks/bench_ann.py
 """
 
@@ -26,16 +31,44 @@ from mlc.ann.program import run_scan, run_search  # noqa: E402
 
 DATA = Path(__file__).resolve().parent.parent / "tests" / "data" / "ann"
 M, NBITS, K, BEAM = 8, 8, 256, 8
+REPEAT = 15
+ATREE_BEAMS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64)
 
 
-def timed(fn: Callable[[], np.ndarray], repeat: int = 5) -> tuple[np.ndarray, float]:
-    fn()
-    best, out = np.inf, None
+def timed(fn: Callable[[], np.ndarray], repeat: int = REPEAT) -> tuple[np.ndarray, float]:
+    out = fn()
+    secs = []
     for _ in range(repeat):
         t = time.perf_counter()
         out = fn()
-        best = min(best, time.perf_counter() - t)
-    return out, best
+        secs.append(time.perf_counter() - t)
+    return out, float(np.median(secs))
+
+
+def timed_interleaved(fns: dict[str, Callable[[], np.ndarray]], repeat: int = 2 * REPEAT) -> dict[str, tuple[np.ndarray, float]]:
+    """Median wall time of each fn, timed in rounds that call every fn once (order alternating), so
+    load from other processes on a shared machine falls on all of them alike."""
+    outs = {name: fn() for name, fn in fns.items()}
+    secs: dict[str, list[float]] = {name: [] for name in fns}
+    names = list(fns)
+    for r in range(repeat):
+        for name in names if r % 2 == 0 else names[::-1]:
+            t = time.perf_counter()
+            outs[name] = fns[name]()
+            secs[name].append(time.perf_counter() - t)
+    return {name: (outs[name], float(np.median(secs[name]))) for name in names}
+
+
+def qps_at(curve: list[tuple[float, float]], recall: float) -> float | None:
+    """q/s of a (recall, q/s) curve at `recall`, linear between its points; None beyond its best."""
+    pts = sorted(curve)
+    if recall <= pts[0][0]:
+        return max(q for _, q in pts)
+    for (r0, q0), (r1, q1) in zip(pts, pts[1:]):
+        if r0 <= recall <= r1:
+            best_after = max(q for r, q in pts if r >= recall)  # a faster point of higher recall counts
+            return max(best_after, q0 + (q1 - q0) * (recall - r0) / max(r1 - r0, 1e-12))
+    return None
 
 
 def main() -> None:
@@ -116,15 +149,29 @@ def main() -> None:
     ivf = faiss.IndexIVFPQ(quant, 128, 64, M, NBITS)
     ivf.train(train)
     ivf.add(base)
-    for nprobe in (1, 2, 4, 8, 16, 64):
-        ivf.nprobe = nprobe
-        ids, secs = timed(lambda: ivf.search(queries, 10)[1])
-        print(f"  faiss IVFPQ nlist=64 nprobe={nprobe:3d}  10-R@10 {k_recall_at_k(ids, gt, 10):.3f}  {nq / secs:9.0f} q/s")
     at = ours["irvq"]
-    print(f"  (A-Tree descends {at.atree().depth} level(s) of {len(at.atree().tree.node_counts)})")
-    for beam in (1, 2, 3, 4, 8, 16, 32, 64):
-        ids, secs = timed(lambda beam=beam: at.search(queries, 10, "atree", beam)[0])
-        print(f"  mlc A-Tree irvq beam={beam:4d}       10-R@10 {k_recall_at_k(ids, gt, 10):.3f}  {nq / secs:9.0f} q/s")
+    tree = at.atree()
+
+    def ivf_search(nprobe: int) -> np.ndarray:
+        ivf.nprobe = nprobe
+        return ivf.search(queries, 10)[1]
+
+    fns = {f"faiss IVFPQ nlist=64 nprobe={p:3d}": (lambda p=p: ivf_search(p)) for p in (1, 2, 4, 8, 16, 64)}
+    fns.update({f"mlc A-Tree irvq beam={b:4d}      ": (lambda b=b: at.search(queries, 10, "atree", b)[0])
+                for b in ATREE_BEAMS})
+    print(f"  (A-Tree descends {tree.depth} level(s) of {len(tree.tree.node_counts)}, "
+          f"{tree.tree.node_counts[tree.depth - 1]} nodes there, codebooks in order {tree.tree.books}; "
+          "all points timed in interleaved rounds)")
+    faiss_curve, atree_curve = [], []
+    for name, (ids, secs) in timed_interleaved(fns).items():
+        point = (k_recall_at_k(ids, gt, 10), nq / secs)
+        (faiss_curve if name.startswith("faiss") else atree_curve).append(point)
+        print(f"  {name}  10-R@10 {point[0]:.3f}  {point[1]:9.0f} q/s")
+    print("  at each IVFPQ operating point, the A-Tree's q/s at the same recall (same run):")
+    for r, q in faiss_curve:
+        a = qps_at(atree_curve, r)
+        print(f"    10-R@10 {r:.3f}: IVFPQ {q:9.0f} q/s  A-Tree " +
+              (f"{a:9.0f} q/s  A-Tree/IVFPQ {a / q:.2f}" if a is not None else "    (beyond its recall)"))
 
 
 if __name__ == "__main__":
