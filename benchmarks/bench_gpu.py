@@ -1,8 +1,10 @@
 """GPU benchmark, one run: mlc kernels beside PyTorch (cuBLAS / eager) on the same GPU.
 
 - GEMM f16 at 1024^3, 2048^3 and 4096^3: TFLOP/s (median of 5 timed batches) of mlc's default GPU
-  schedule (on sm_90a the wgmma template), the best wgmma tile, the best wmma tile, and torch.matmul
-  (cuBLAS), with ratios to cuBLAS; f32 at 1024^3 and 4096^3: default and best register tile vs cuBLAS.
+  schedule (on sm_90a the wgmma template with its default producer), the best wgmma tile with each
+  producer (TMA, cp.async; $MLC_BENCH_LOADERS, space-separated, narrows them), the best wmma tile, and
+  torch.matmul (cuBLAS), with ratios to cuBLAS; f32 at 1024^3 and 4096^3: default and best register
+  tile vs cuBLAS. Every variant is compiled first, nvcc runs in parallel.
 - Memory-bound kernels: a fused GELU (one kernel) and a row softmax: achieved GB/s (minimal traffic:
   read the input once, write the output once) vs torch.
 - gpt_block (the zoo model) latency, device-resident inputs, vs the same block in PyTorch eager.
@@ -12,7 +14,9 @@ Needs pycuda, torch and an NVIDIA GPU. Run: python benchmarks/bench_gpu.py [gemm
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -77,13 +81,61 @@ def _device_args(lib_kernel, arrays):  # type: ignore[no-untyped-def]
     return bufs, env, ws
 
 
-def _time_gemm(n: int, dt: str, a: np.ndarray, b: np.ndarray, config, stream):  # type: ignore[no-untyped-def]
-    """(ms per call, result) of mlc's GEMM with one template tile (None: the default tile)."""
-    import pycuda.driver as drv
-    from cuda_helpers import matmul
-    from mlc.codegen.cuda_jit import compile_cuda
+@contextlib.contextmanager
+def _loader(name: str | None):  # type: ignore[no-untyped-def]
+    """Codegen with the wgmma producer `name` (None: the default)."""
+    from mlc.codegen.cuda_wgmma import LOADER_ENV
 
-    k = compile_cuda([matmul("mm", n, n, n, dt)], gemm_config=config).kernel("mm")
+    old = os.environ.get(LOADER_ENV)
+    if name is not None:
+        os.environ[LOADER_ENV] = name
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(LOADER_ENV, None)
+        else:
+            os.environ[LOADER_ENV] = old
+
+
+def _build_all(jobs: list[tuple[int, str, object, str | None]]) -> dict:  # type: ignore[type-arg]
+    """{(n, dtype, tile, loader): kernel or the exception} for GEMM variants: lowered here, nvcc in threads."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from cuda_helpers import matmul
+    from mlc.codegen.cuda import lower_to_cuda
+    from mlc.codegen.cuda_jit import CudaLibrary, compile_source, device_arch
+    from mlc.passes.schedule.gpu_rules import default_gpu_schedule
+
+    arch, srcs = device_arch(), {}
+    for n, dt, cfg, ld in jobs:
+        with _loader(ld):
+            srcs[(n, dt, cfg, ld)] = lower_to_cuda([default_gpu_schedule(matmul("mm", n, n, n, dt))], arch, cfg)  # type: ignore[arg-type]
+
+    def build(key):  # type: ignore[no-untyped-def]
+        try:
+            return key, compile_source(srcs[key])
+        except Exception as e:  # noqa: BLE001 - one broken tile must not hide the others
+            return key, e
+
+    out: dict = {}  # type: ignore[type-arg]
+    with ThreadPoolExecutor(max_workers=max(1, min(16, os.cpu_count() or 1))) as pool:
+        for key, cubin in pool.map(build, list(srcs)):
+            try:
+                out[key] = cubin if isinstance(cubin, Exception) else \
+                    CudaLibrary(cubin, srcs[key].metadata(), srcs[key].source).kernel("mm")
+            except Exception as e:  # noqa: BLE001
+                out[key] = e
+    return out
+
+
+def _time_gemm(k, a: np.ndarray, b: np.ndarray, stream):  # type: ignore[no-untyped-def]
+    """(ms per call, result) of one compiled GEMM kernel (raises what building it raised)."""
+    import pycuda.driver as drv
+
+    if isinstance(k, Exception):
+        raise k
+    n = a.shape[0]
     c = np.zeros((n, n), a.dtype)
     bufs, env, ws = _device_args(k, [a, b, c])
     ms = _events_ms(_launcher(k, [int(x) for x in bufs], env, stream, ws), 20 if n == 4096 else 100, stream)
@@ -91,14 +143,14 @@ def _time_gemm(n: int, dt: str, a: np.ndarray, b: np.ndarray, config, stream):  
     return ms, c
 
 
-def _best(n: int, dt: str, a: np.ndarray, b: np.ndarray, configs, stream):  # type: ignore[no-untyped-def]
-    """(ms, tile) of the fastest tile, skipping tiles that fail to build or launch."""
+def _best(built: dict, keys: list, a: np.ndarray, b: np.ndarray, stream):  # type: ignore[no-untyped-def, type-arg]
+    """(ms, tile) of the fastest variant among `keys`, skipping those that fail to build or launch."""
     best: tuple[float, object] = (math.inf, None)
-    for cfg in configs:
+    for key in keys:
         try:
-            best = min(best, (_time_gemm(n, dt, a, b, cfg, stream)[0], cfg), key=lambda x: x[0])
+            best = min(best, (_time_gemm(built[key], a, b, stream)[0], key[2]), key=lambda x: x[0])
         except Exception as e:  # noqa: BLE001 - one broken tile must not hide the others
-            print(f"    tile {cfg} failed: {type(e).__name__}: {str(e)[:200]}")
+            print(f"    tile {key[2]} ({key[3] or 'default'} producer) failed: {type(e).__name__}: {str(e)[:200]}")
     return best
 
 
@@ -111,31 +163,47 @@ def bench_gemm() -> None:
     import torch
     from mlc.codegen.cuda_gemm import SIMT_CONFIGS, TC_CONFIGS
     from mlc.codegen.cuda_jit import device_arch
-    from mlc.codegen.cuda_wgmma import WGMMA_CONFIGS
+    from mlc.codegen.cuda_wgmma import WGMMA_CONFIGS, WGMMA_LOADERS, wgmma_loader
 
     stream = drv.Stream()
     arch = device_arch()
-    print(f"GEMM (C = A @ B, square, {arch}), TFLOP/s, median of 5 timed batches; ratios are to cuBLAS (torch.matmul)")
-    print(f"  {'dtype':5} {'size':>5} {'default':>9} {'wgmma*':>9} {'wmma*':>9} {'cuBLAS':>9} {'default/cuBLAS':>15} "
+    loaders = [x for x in os.environ.get("MLC_BENCH_LOADERS", " ".join(WGMMA_LOADERS)).split() if x in WGMMA_LOADERS]
+    cases = (("f16", np.float16, (1024, 2048, 4096)), ("f32", np.float32, (1024, 4096)))
+    jobs: list[tuple[int, str, object, str | None]] = []
+    for dt, _, sizes in cases:
+        for n in sizes:
+            jobs.append((n, dt, None, None))
+            if dt == "f16" and arch == "sm_90a":
+                jobs += [(n, dt, cfg, ld) for ld in loaders for cfg in WGMMA_CONFIGS]
+            jobs += [(n, dt, cfg, None) for cfg in (TC_CONFIGS if dt == "f16" else SIMT_CONFIGS)]
+    t0 = time.perf_counter()
+    built = _build_all(jobs)
+    print(f"GEMM (C = A @ B, square, {arch}), TFLOP/s, median of 5 timed batches; ratios are to cuBLAS (torch.matmul);"
+          f" {len(jobs)} variants built in {time.perf_counter() - t0:.0f} s; default wgmma producer: {wgmma_loader()}")
+    lcols = "".join(f" {'wg-' + ld + '*':>12}" for ld in loaders)
+    print(f"  {'dtype':5} {'size':>5} {'default':>9}{lcols} {'wmma*':>9} {'cuBLAS':>9} {'default/cuBLAS':>15} "
           f"{'best/cuBLAS':>12}  (* best tile; max err = max|C - fp32 ref| / max|ref| of the default)")
-    for dt, np_dt, sizes in (("f16", np.float16, (1024, 2048, 4096)), ("f32", np.float32, (1024, 4096))):
+    for dt, np_dt, sizes in cases:
         for n in sizes:
             rng = np.random.default_rng(0)
             a = rng.standard_normal((n, n)).astype(np_dt)
             b = rng.standard_normal((n, n)).astype(np_dt)
-            default_ms, c = _time_gemm(n, dt, a, b, None, stream)
+            default_ms, c = _time_gemm(built[(n, dt, None, None)], a, b, stream)
             hopper = dt == "f16" and arch == "sm_90a"
-            wg = _best(n, dt, a, b, WGMMA_CONFIGS, stream) if hopper else (math.inf, None)
-            mm = _best(n, dt, a, b, TC_CONFIGS if dt == "f16" else SIMT_CONFIGS, stream)
+            wg = {ld: _best(built, [(n, dt, cfg, ld) for cfg in WGMMA_CONFIGS], a, b, stream) if hopper
+                  else (math.inf, None) for ld in loaders}
+            mm = _best(built, [(n, dt, cfg, None) for cfg in (TC_CONFIGS if dt == "f16" else SIMT_CONFIGS)], a, b, stream)
             ta, tb = torch.from_numpy(a).cuda(), torch.from_numpy(b).cuda()
             ref = (ta.float() @ tb.float()).cpu().numpy()
             err = float(np.abs(c.astype(np.float32) - ref).max() / np.abs(ref).max())
             tms = _torch_ms(torch.matmul, 20 if n == 4096 else 100, ta, tb)
             fl = 2.0 * n ** 3
-            best = min(wg, mm, (default_ms, None), key=lambda x: x[0])
-
-            print(f"  {dt:5} {n:5d} {_tf(fl, default_ms)} {_tf(fl, wg[0])} {_tf(fl, mm[0])} {_tf(fl, tms)} {tms / default_ms:14.2f}x "
-                  f"{tms / best[0]:11.2f}x  max err {err:.1e}; best wgmma tile {wg[1]}, best {'wmma' if dt == 'f16' else 'simt'}"
+            best = min(*wg.values(), mm, (default_ms, None), key=lambda x: x[0])
+            wcols = "".join(f" {_tf(fl, wg[ld][0]):>12}" for ld in loaders)
+            tiles = "; ".join(f"best wgmma-{ld} tile {wg[ld][1]}" + (f" ({tms / wg[ld][0]:.3f}x)" if hopper else "")
+                              for ld in loaders)
+            print(f"  {dt:5} {n:5d} {_tf(fl, default_ms)}{wcols} {_tf(fl, mm[0])} {_tf(fl, tms)} {tms / default_ms:14.3f}x "
+                  f"{tms / best[0]:11.3f}x  max err {err:.1e}; {tiles}; best {'wmma' if dt == 'f16' else 'simt'}"
                   f" tile {mm[1]}; ms: default {default_ms:.3f}, cuBLAS {tms:.3f}")
 
 

@@ -16,7 +16,16 @@ from ..ir import arith
 from ..ir.expr import Bin, Cast, Const, Expr, Load, Var
 from ..ir.tir import BlockStmt, Buffer, For, IfStmt, Let, PrimFunc, Seq, Stmt, Store
 from .cuda_expr import MEM_TYPE, ExprEmitter, buf_name
-from .cuda_wgmma import WGMMA_CONFIGS, WGMMA_PRELUDE, WGMMA_SMS, WGMMA_THREADS, wgmma_config, wgmma_ok, wgmma_smem_bytes
+from .cuda_wgmma import (
+    WGMMA_CONFIGS,
+    WGMMA_PRELUDE,
+    WGMMA_SMS,
+    WGMMA_THREADS,
+    wgmma_config,
+    wgmma_loader,
+    wgmma_ok,
+    wgmma_smem_bytes,
+)
 
 
 @dataclass(frozen=True)
@@ -133,7 +142,8 @@ def _gemm_config(g: GemmInfo, tensor_cores: bool) -> GemmConfig:
 def emit_gemm_stage(func: PrimFunc, stage: Stmt, config: GemmConfig | None = None, arch: str = "sm_90"
                     ) -> tuple[list[str], tuple[Expr, Expr, Expr], tuple[int, int, int], int] | None:
     """Kernel body, grid, block and dynamic shared bytes for a stage holding a tensorized GEMM.
-    On sm_90a, f16/bf16 GEMMs use the wgmma template unless `config` is a wmma tile (`TC_CONFIGS`)."""
+    On sm_90a, f16/bf16 GEMMs use the wgmma template unless `config` is a wmma tile (`TC_CONFIGS`), with
+    the producer `cuda_wgmma.wgmma_loader()` names (TMA or cp.async)."""
     outer = [x for x in _walk(stage) if isinstance(x, BlockStmt)
              and str(dict(x.annotations).get("tensor_intrin", "")).startswith("gemm_")]
     if not outer:
@@ -172,7 +182,7 @@ def emit_gemm_stage(func: PrimFunc, stage: Stmt, config: GemmConfig | None = Non
     if hopper:
         nthreads, smem = WGMMA_THREADS, wgmma_smem_bytes(bn, stages)
         body = [f"  mlc_wgmma_gemm<{MEM_TYPE[g.a.dtype]}, {tcty}, {bn}, {stages}>({a}, {b}, {c}, {sa}, {sb}, {sc}, "
-                f"(int)({ex(batch)}), {rows}, {n}, {k}, {acc});"]
+                f"(int)({ex(batch)}), {rows}, {n}, {k}, {acc}, {'true' if wgmma_loader() == 'tma' else 'false'});"]
         tiles = arith.simplify(((g.n + (bn - 1)) // bn) * ((g.rows + (bm - 1)) // bm) * batch)
         return body, (arith.simplify(Bin("min", tiles, Const(WGMMA_SMS))), Const(1), Const(1)), (nthreads, 1, 1), smem
     if tc:

@@ -1,6 +1,7 @@
 """The Hopper wgmma GEMM template (codegen/cuda_wgmma.py): chosen for f16 GEMMs on sm_90a only,
-accepted by nvcc for sm_90a without spills, and, on an sm_90 GPU, equal to a float32 numpy GEMM for
-tile multiples, ragged edges, folded leading dims and a batched GEMM."""
+accepted by nvcc for sm_90a without spills with either producer (TMA, cp.async), and, on an sm_90 GPU,
+equal to a float32 numpy GEMM for tile multiples, ragged edges, folded leading dims and a batched
+GEMM, with each producer."""
 
 from __future__ import annotations
 
@@ -16,8 +17,19 @@ from cuda_helpers import matmul
 from mlc.codegen.cuda import lower_to_cuda
 from mlc.codegen.cuda_gemm import TC_CONFIGS
 from mlc.codegen.cuda_jit import cuda_unavailable
-from mlc.codegen.cuda_wgmma import WGMMA_CONFIGS, WGMMA_SMS, WGMMA_THREADS
+from mlc.codegen.cuda_wgmma import (
+    LOADER_ENV,
+    WGMMA_CONFIGS,
+    WGMMA_DEFAULT_LOADER,
+    WGMMA_LOADERS,
+    WGMMA_MAX_SHARED,
+    WGMMA_SMS,
+    WGMMA_THREADS,
+    wgmma_sm_exclusive,
+    wgmma_smem_bytes,
+)
 from mlc.ir import arith
+from mlc.ir.diagnostics import MlcError
 from mlc.ir.expr import Var
 from mlc.ir.tir import BlockStmt, For, PrimFunc, Seq, Stmt
 from mlc.ir.tir_builder import build, compute, placeholder, reduce_axis, rsum
@@ -102,6 +114,24 @@ def test_narrow_and_symbolic_gemms() -> None:
     assert arith.as_int(bl.funcs[0].launches[-1].grid[0]) == 3 * 2 * 2  # batch x 2 x 2 tiles of 128 x 128
 
 
+def test_loader_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The producer is a codegen choice (default, or $MLC_WGMMA_LOADER); every tile can use the TMA path's
+    per-SM tensor-map slot because no two blocks of any tile fit on one SM."""
+    f = default_gpu_schedule(matmul("h", 1024, 512, 256, "f16"))
+    monkeypatch.delenv(LOADER_ENV, raising=False)
+    want = "true);" if WGMMA_DEFAULT_LOADER == "tma" else "false);"
+    assert _gemm_line(lower_to_cuda([f], "sm_90a").source).endswith(want)
+    monkeypatch.setenv(LOADER_ENV, "tma")
+    assert _gemm_line(lower_to_cuda([f], "sm_90a").source).endswith(", false, true);")
+    monkeypatch.setenv(LOADER_ENV, "cp.async")
+    assert _gemm_line(lower_to_cuda([f], "sm_90a").source).endswith(", false, false);")
+    monkeypatch.setenv(LOADER_ENV, "bulk")
+    with pytest.raises(MlcError, match="MLC_WGMMA_LOADER"):
+        lower_to_cuda([f], "sm_90a")
+    for _, bn, _, _, _, stages in WGMMA_CONFIGS:
+        assert wgmma_sm_exclusive(bn, stages) and wgmma_smem_bytes(bn, stages) <= WGMMA_MAX_SHARED
+
+
 def _nvcc(tmp_path: Path, src: str, *arch: str) -> str:
     (tmp_path / "k.cu").write_text(src)
     r = subprocess.run([str(NVCC), "-cubin", *arch, "-std=c++17", "-O3", "-diag-suppress=177,550", "-Xptxas", "-v",
@@ -112,7 +142,10 @@ def _nvcc(tmp_path: Path, src: str, *arch: str) -> str:
 
 @pytest.mark.slow
 @pytest.mark.skipif(NVCC is None, reason="nvcc is not installed")
-def test_nvcc_builds_wgmma_for_sm90a_without_spills(tmp_path: Path) -> None:
+@pytest.mark.parametrize("loader", WGMMA_LOADERS)
+def test_nvcc_builds_wgmma_for_sm90a_without_spills(tmp_path: Path, loader: str,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(LOADER_ENV, loader)
     prims = [default_gpu_schedule(matmul("big", 4096, 4096, 4096, "f16")),
              default_gpu_schedule(matmul("sym", Var("m"), 264, 40, "f16")),
              _folded("bf16"), batched(2, 64, 64, 64)]
@@ -142,31 +175,39 @@ def _check(c: np.ndarray, want: np.ndarray) -> None:
 
 @pytest.mark.gpu
 @pytest.mark.skipif(_WHY is not None, reason=f"needs a CUDA GPU: {_WHY}")
+@pytest.mark.parametrize("loader", WGMMA_LOADERS)
 @pytest.mark.parametrize("m,n,k,config", [(256, 256, 64, None), (300, 264, 40, None), (1000, 520, 136, None),
                                           (2048, 1024, 512, None), (777, 392, 200, WGMMA_CONFIGS[0]),
                                           (130, 136, 1000, WGMMA_CONFIGS[3])])
-def test_wgmma_gemm_matches_numpy(m: int, n: int, k: int, config: tuple[int, ...] | None) -> None:
+def test_wgmma_gemm_matches_numpy(m: int, n: int, k: int, config: tuple[int, ...] | None, loader: str,
+                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each shape twice through one kernel (a second M): the TMA path rebuilds its per-SM tensor maps per
+    launch, so a stale map would show in the second result."""
     from mlc.codegen.cuda_jit import compile_cuda
 
     if not _hopper():
         pytest.skip("needs an sm_90 GPU")
+    monkeypatch.setenv(LOADER_ENV, loader)
     lib = compile_cuda([matmul("h", Var("m"), n, k, "f16")], gemm_config=config)
-    assert "mlc_wgmma_gemm<" in _gemm_line(lib.source)
+    assert _gemm_line(lib.source).endswith("true);" if loader == "tma" else "false);")
     rng = np.random.default_rng(m + n + k)
-    a = rng.standard_normal((m, k)).astype(np.float16)
-    b = rng.standard_normal((k, n)).astype(np.float16)
-    c = np.full((m, n), np.nan, np.float16)
-    lib.kernel("h")([a, b, c])
-    _check(c, a.astype(np.float32) @ b.astype(np.float32))
+    for rows in (m, m // 2 + 3):
+        a = rng.standard_normal((rows, k)).astype(np.float16)
+        b = rng.standard_normal((k, n)).astype(np.float16)
+        c = np.full((rows, n), np.nan, np.float16)
+        lib.kernel("h")([a, b, c])
+        _check(c, a.astype(np.float32) @ b.astype(np.float32))
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(_WHY is not None, reason=f"needs a CUDA GPU: {_WHY}")
-def test_wgmma_batched_and_folded_gemms() -> None:
+@pytest.mark.parametrize("loader", WGMMA_LOADERS)
+def test_wgmma_batched_and_folded_gemms(loader: str, monkeypatch: pytest.MonkeyPatch) -> None:
     from mlc.codegen.cuda_jit import compile_cuda
 
     if not _hopper():
         pytest.skip("needs an sm_90 GPU")
+    monkeypatch.setenv(LOADER_ENV, loader)
     rng = np.random.default_rng(7)
     lib = compile_cuda([batched(3, 200, 136, 72)], schedule=False)
     assert "mlc_wgmma_gemm<" in _gemm_line(lib.source)
@@ -181,3 +222,34 @@ def test_wgmma_batched_and_folded_gemms() -> None:
     c = np.zeros((5, 100, 136), np.float16)
     lib.kernel("fold")([a, b, c])
     _check(c, a.astype(np.float32) @ b.astype(np.float32))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(_WHY is not None, reason=f"needs a CUDA GPU: {_WHY}")
+def test_wgmma_tma_kernels_on_concurrent_streams(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two TMA GEMMs of different shapes from one module, launched alternately on two streams: their
+    blocks share the per-SM tensor-map scratch, which stays private only because they cannot share an SM."""
+    import pycuda.driver as drv
+    from mlc.codegen.cuda_jit import compile_cuda
+
+    if not _hopper():
+        pytest.skip("needs an sm_90 GPU")
+    monkeypatch.setenv(LOADER_ENV, "tma")
+    lib = compile_cuda([matmul("p", 1024, 512, 256, "f16"), matmul("q", 640, 264, 392, "f16")])
+    rng = np.random.default_rng(3)
+    runs = []
+    for name, (m, n, k) in (("p", (1024, 512, 256)), ("q", (640, 264, 392))):
+        a = rng.standard_normal((m, k)).astype(np.float16)
+        b = rng.standard_normal((k, n)).astype(np.float16)
+        c = np.full((m, n), np.nan, np.float16)
+        kern = lib.kernel(name)
+        bufs = [drv.to_device(x) for x in (a, b, c)]
+        runs.append((kern, bufs, kern.bind_dims([x.shape for x in (a, b, c)]), drv.Stream(), c,
+                     a.astype(np.float32) @ b.astype(np.float32)))
+    for _ in range(20):
+        for kern, bufs, env, stream, _, _ in runs:
+            kern.launch([int(x) for x in bufs], env, stream, lambda sizes: [])
+    drv.Context.synchronize()
+    for _, bufs, _, _, c, want in runs:
+        drv.memcpy_dtoh(c, bufs[2])
+        _check(c, want)
