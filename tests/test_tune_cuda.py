@@ -172,7 +172,7 @@ class _ModelRunner(Runner):
 def test_search_on_the_gpu_space_fills_the_database(tmp_path: Path) -> None:
     f, s = matmul_func(32, 16, 48), softmax_func(Var("n"), 300)
     db = Database(tmp_path / "db.jsonl")
-    cfg = SearchConfig(trials=12, batch=4, target="cuda")
+    cfg = SearchConfig(trials=12, batch=4, target="cuda", confirm=0)
     out = tune_module(Module((f, s)), cfg, db, _ModelRunner(target="cuda"))
     recs = Database(tmp_path / "db.jsonl").records
     assert len(recs) == 12 and len({(r.workload, r.trace.to_json()) for r in recs}) == 12
@@ -246,12 +246,13 @@ def test_tune_cuda_measures_on_the_gpu_and_the_tuned_kernels_are_correct(tmp_pat
     src.write_text(print_module(Module((mm, sm))))
     db, out = tmp_path / "tune.jsonl", tmp_path / "t.ir"
     r = CliRunner().invoke(tune_cmd, [str(src), "--target", "cuda", "--trials", "12", "--db", str(db), "-o", str(out),
-                                      "--quiet", "--dim", "n=300", "--timeout", "60"])
+                                      "--quiet", "--dim", "n=300", "--timeout", "60", "--confirm", "0"])
     assert r.exit_code == 0, r.output
     # a tensor-core GEMM, tuned through the API (its template tile is a decision)
     hm = matmul("hm", 512, 256, 128, "f16")
     runner = Runner(timeout=60.0, repeat=7, target="cuda")
-    tuned_hm = tune_module(Module((hm,)), SearchConfig(trials=5, batch=4, target="cuda"), Database(db), runner)
+    tuned_hm = tune_module(Module((hm,)), SearchConfig(trials=5, batch=4, target="cuda", confirm=0), Database(db),
+                           runner)
     recs = Database(db).records
     assert len(recs) == 17 and {x.target for x in recs} == {target_key("cuda")}
     for f in (mm, sm, hm):

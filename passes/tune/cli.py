@@ -133,18 +133,20 @@ def parse_dims(items: tuple[str, ...]) -> dict[str, int]:
 @click.option("--dim", "dims", multiple=True, help="value of a symbolic dim for measuring, NAME=INT (default 64)")
 @click.option("--timeout", default=20.0, show_default=True, help="seconds per candidate before it counts as failed")
 @click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--confirm", default=3, show_default=True, type=int,
+              help="at the end, re-measure each program's N fastest schedules twice; rank by the median (0: off)")
 @click.option("--quiet", is_flag=True, help="no progress table")
 @click.option("-o", "--output", default="-", help="scheduled module (default: stdout)")
 def tune_cmd(module_path: str, target: str, trials: int, time_budget: float, db_path: str, dims: tuple[str, ...],
-             timeout: float, seed: int, quiet: bool, output: str) -> None:
+             timeout: float, seed: int, confirm: int, quiet: bool, output: str) -> None:
     """Search schedules for every tensor program, measuring real builds; write the best-scheduled module."""
     from mlc.cli.io import read_module, write_module
     from mlc.ir.expr import free_vars
 
     try:
         src = read_module(module_path)
-        if trials < 0:
-            raise MlcError("tune: --trials must be >= 0")
+        if trials < 0 or confirm < 0:
+            raise MlcError("tune: --trials and --confirm must be >= 0")
         check_target(target)
         given = parse_dims(dims)
         syms = {v.name for f in src.module.prim_functions() for b in f.params for d in b.shape for v in free_vars(d)}
@@ -152,7 +154,7 @@ def tune_cmd(module_path: str, target: str, trials: int, time_budget: float, db_
         gpu = is_gpu(target)
         runner = Runner(timeout=timeout, dims={s: given.get(s, 64) for s in syms}, target=target,
                         repeat=7 if gpu else 3, min_seconds=0.01 if gpu else 0.02)
-        cfg = SearchConfig(trials=trials, time_budget=time_budget, seed=seed, target=target)
+        cfg = SearchConfig(trials=trials, time_budget=time_budget, seed=seed, target=target, confirm=confirm)
         out = tune_module(src.module, cfg, Database(db_path), runner, quiet=quiet)
         write_module(out, output, src)
     except MlcError as e:

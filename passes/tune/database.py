@@ -134,13 +134,32 @@ class Database:
         return [r for r in self.records if r.workload == workload and r.target == target and r.version == v]
 
     def best(self, workload: str, target: str, k: int = 1) -> list[Record]:
-        """The k fastest successful records, fastest first."""
-        recs = [r for r in self.for_workload(workload, target) if r.ok]
-        return sorted(recs, key=lambda r: r.cost)[:k]
+        """The k fastest successful traces, fastest first, one record each.
+
+        A trace measured more than once (search re-measures its leaders at the end) is ranked by
+        the median of its records' costs, so one lucky measurement on a noisy machine cannot win."""
+        by_trace: dict[str, list[Record]] = {}
+        for r in self.for_workload(workload, target):
+            if r.ok:
+                by_trace.setdefault(r.trace.to_json(), []).append(r)
+        ranked = sorted((_median([r.cost for r in rs]), i, rs[0]) for i, rs in enumerate(by_trace.values()))
+        return [r for _, _, r in ranked[:k]]
+
+    def trace_cost(self, workload: str, target: str, trace: Trace) -> float:
+        """The median cost of every successful record of `trace` (inf if none)."""
+        key = trace.to_json()
+        costs = [r.cost for r in self.for_workload(workload, target) if r.ok and r.trace.to_json() == key]
+        return _median(costs) if costs else math.inf
 
     def measured(self, workload: str, target: str) -> set[str]:
         """Trace JSON of every record of the workload (search skips re-measuring them)."""
         return {r.trace.to_json() for r in self.for_workload(workload, target)}
+
+
+def _median(xs: list[float]) -> float:
+    t = sorted(xs)
+    mid = len(t) // 2
+    return t[mid] if len(t) % 2 else (t[mid - 1] + t[mid]) / 2
 
 
 DEFAULT_CUDA_ARCH = "sm_90"  # configs/targets/cuda-sm90.yaml, and what the CUDA codegen compiles for
