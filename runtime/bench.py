@@ -34,7 +34,7 @@ def time_fn(fn: Callable[[], object], warmup: int = 3, runs: int = 20, min_secon
     return Timing(float(np.median(samples)) * 1e3, float(np.min(samples)) * 1e3, len(samples))
 
 
-def block_medians(fns: list[Callable[[], object]], runs: int = 9, rounds: int = 3, settle: float = 0.05
+def block_medians(fns: list[Callable[[], object]], runs: int = 9, rounds: int = 3, settle: float = 0.5
                   ) -> list[float]:
     """Median seconds per function, timed in blocks: each round runs every function `runs` times in a
     row after one warm-up call, and rounds alternate so background load reaches all of them.
@@ -42,6 +42,8 @@ def block_medians(fns: list[Callable[[], object]], runs: int = 9, rounds: int = 
     Not call-by-call interleaving: a BLAS or onnxruntime thread pool keeps its workers spinning for a
     while after a call returns, and on a small machine those spinners steal the cores of whatever
     runs next, so interleaving measures the previous library's spin as much as the next one's speed.
+    The spin outlasts short pauses: on the 2-core dev machine a 1024 matmul of mlc ran at 139 GFLOP/s
+    right after an OpenBLAS call, 160 after 50 ms, 235 after 300 ms; hence `settle` = 0.5 s.
     """
     samples: list[list[float]] = [[] for _ in fns]
     per_round = max(1, -(-runs // rounds))
