@@ -1,11 +1,12 @@
-"""Matmul on the CPU: a hand-scheduled tensor program compiled by mlc against numpy (OpenBLAS).
+"""Matmul on the CPU: mlc's default schedule and a hand-scheduled tensor program against numpy (OpenBLAS).
 
-The schedule is plain TIR, as schedule primitives would produce it: B is packed into panels of
+`default` is what an untuned `mlc build` gets: the default schedule rules (passes/schedule/rules.py)
+applied to the n x n matmul, compiled per n. `hand` is a reference point for the rules; its schedule is plain TIR, as schedule primitives would produce it: B is packed into panels of
 TN columns (`Bp[jo, k, ji]`, contiguous per k) and A into strips of TM rows (`Ap[io, k, ii]`); each
 thread takes strips and, for every panel, accumulates a TM x TN tile in a local buffer (cache_write;
 TM rows unrolled, TN columns one `vectorized` loop, so the tile lives in vector registers) over the
 k loop of broadcasts of Ap and vector loads of Bp, then writes the tile to C. One kernel serves every n that
-is a multiple of TN (n is a runtime dim). Prints GFLOP/s of both from the same run and the ratio.
+is a multiple of TN (n is a runtime dim). Prints GFLOP/s of the three from the same run and the ratios.
 
     python benchmarks/bench_matmul_cpu.py [--sizes 256 512 1024 2048] [--repeat 9] [--threads N]
 
@@ -26,10 +27,12 @@ if __name__ == "__main__" and "--threads" in sys.argv:  # OpenBLAS reads this on
     os.environ["OPENBLAS_NUM_THREADS"] = os.environ["OMP_NUM_THREADS"] = _t
 
 import numpy as np  # noqa: E402
+from bench_tune import matmul  # noqa: E402
 from mlc.codegen.cpu import host_target  # noqa: E402
 from mlc.codegen.jit import compile_module  # noqa: E402
 from mlc.codegen.parallel import get_num_threads, set_num_threads  # noqa: E402
 from mlc.ir import Bin, BlockStmt, Buffer, Const, For, IterVar, Load, PrimFunc, Seq, Store, Var  # noqa: E402
+from mlc.passes.schedule.rules import default_schedule  # noqa: E402
 from mlc.runtime.bench import block_medians  # noqa: E402
 
 TM, TN = 8, 32  # register tile: 8 rows x 32 f32 columns = 16 AVX-512 (or 32 AVX2) accumulators
@@ -91,20 +94,25 @@ def main() -> None:
     lib = compile_module([scheduled_matmul()], tgt)
     print(f"target {tgt.cpu} ({tgt.vector_bits}-bit SIMD), threads {get_num_threads()}, "
           f"compile {time.perf_counter() - t0:.2f}s")
-    print(f"{'n':>6} {'mlc GF/s':>10} {'numpy GF/s':>11} {'mlc/numpy':>10}")
+    print(f"{'n':>6} {'default GF/s':>12} {'hand GF/s':>10} {'numpy GF/s':>11} {'default/numpy':>14} {'hand/numpy':>11}")
     rng = np.random.default_rng(0)
     kernel = lib.kernel("matmul")
     for n in args.sizes:
+        f = default_schedule(matmul(n)).func
+        default = compile_module([f], tgt).kernel(f.name)
         a = rng.standard_normal((n, n), dtype=np.float32)
         b = rng.standard_normal((n, n), dtype=np.float32)
-        c, ref = np.empty((n, n), np.float32), np.empty((n, n), np.float32)
+        cd, c, ref = (np.empty((n, n), np.float32) for _ in range(3))
         rep = max(3, args.repeat if n <= 1024 else args.repeat // 2)
-        t_mlc, t_np = block_medians([partial(kernel, [a, b, c]), partial(np.matmul, a, b, out=ref)], rep)
-        err = float(np.abs(c - ref).max()) / float(np.abs(ref).max())
-        if err > 1e-4:
-            raise SystemExit(f"mlc result differs from numpy at n={n}: relative error {err:.2e}")
+        t_def, t_mlc, t_np = block_medians([partial(default, [a, b, cd]), partial(kernel, [a, b, c]),
+                                            partial(np.matmul, a, b, out=ref)], rep)
+        for name, out in (("default", cd), ("hand", c)):
+            err = float(np.abs(out - ref).max()) / float(np.abs(ref).max())
+            if err > 1e-4:
+                raise SystemExit(f"mlc {name} result differs from numpy at n={n}: relative error {err:.2e}")
         flop = 2 * n**3 / 1e9
-        print(f"{n:>6} {flop / t_mlc:>10.1f} {flop / t_np:>11.1f} {t_np / t_mlc:>10.2f}")
+        print(f"{n:>6} {flop / t_def:>12.1f} {flop / t_mlc:>10.1f} {flop / t_np:>11.1f} {t_np / t_def:>14.2f} "
+              f"{t_np / t_mlc:>11.2f}", flush=True)
 
 if __name__ == "__main__":
     main()
