@@ -4,7 +4,8 @@
                                           [--db tune.jsonl] [--tune TRIALS]
 
 Prints per model the median latency of mlc and of onnxruntime and the ratio (onnxruntime / mlc:
-above 1 means mlc is faster). Both run on all cores with their default settings. `--tune N` first
+above 1 means mlc is faster). Both run on all cores with their default settings, timed in alternating
+blocks (runtime.bench.block_medians). `--tune N` first
 runs `mlc tune` with N trials on the model's lowered module (configs/pipelines/lower.yaml, symbolic
 dims measured at --dim) and prints the default and the tuned build, with the tuning wall time.
 """
@@ -23,7 +24,7 @@ from click.testing import CliRunner
 from mlc.cli import commands  # noqa: F401
 from mlc.cli.main import cli
 from mlc.frontend import zoo
-from mlc.runtime.bench import time_fn
+from mlc.runtime.bench import block_medians
 
 import mlc
 
@@ -102,10 +103,10 @@ def main() -> None:
                     builds.append((f"tuned {args.tune}", t[0], t[1]))
             for label, path, wall in builds:
                 model = mlc.load(path)
-                ours = time_fn(lambda m=model, f=feeds: m(**f), runs=args.runs)
-                peer = time_fn(lambda s=sess, f=feeds: s.run(None, f), runs=args.runs)
-                print(f"{name:12s} {label:>12s} {ours.median_ms:10.3f} {peer.median_ms:10.3f} "
-                      f"{peer.median_ms / ours.median_ms:8.2f} {wall:7.0f}", flush=True)
+                ours, peer = block_medians([lambda m=model, f=feeds: m(**f), lambda s=sess, f=feeds: s.run(None, f)],
+                                           runs=args.runs)
+                print(f"{name:12s} {label:>12s} {ours * 1e3:10.3f} {peer * 1e3:10.3f} "
+                      f"{peer / ours:8.2f} {wall:7.0f}", flush=True)
 
 
 if __name__ == "__main__":
