@@ -13,8 +13,8 @@ Per leaf block of a tensor program (each top-level loop nest holding one block):
 - a reduction over >= 32 elements becomes a cross-thread reduction: spatial loops fused and bound to
   `blockIdx.x`, reduce loops fused, split and the inner part bound to `threadIdx.x` (the codegen
   combines partial results with warp shuffles), its width from `sample_categorical`;
-- everything else is fused, split and bound to blockIdx.x/threadIdx.x, one output per thread, the
-  threads per block from `sample_categorical`.
+- everything else is fused, split and bound to blockIdx.x/threadIdx.x, the threads per block and the
+  outputs per thread (1 unless the grid stays large) from `sample_categorical`.
 Every choice is a sampling instruction; the default schedule passes each one its hand-picked decision,
 so the default trace is a point of the design space too, and search mutates decisions and re-runs.
 """
@@ -38,6 +38,8 @@ from .trace import BlockRV, LoopRV, Trace
 from .tree import blocks, walk
 
 THREAD_CHOICES = (64, 128, 256, 512)
+PER_THREAD_CHOICES = (1, 2, 4, 8)  # outputs per thread of an elementwise nest
+MIN_BLOCKS = 4096  # more outputs per thread only while the grid keeps at least this many blocks
 REDUCE_THREAD_CHOICES = (32, 64, 128, 256)
 MAX_THREADS = 1024
 GEMM_INTRIN = re.compile(r"gemm_(\d+)x(\d+)x(\d+)_(\w+?)(?:@((?:\d+x){5}\d+))?$")
@@ -189,7 +191,16 @@ def _bind_spatial(sch: Schedule, spatial: list[LoopRV], ch: Decisions) -> None:
     ext = arith.as_int(_extent_product(sch, [fused]))
     want = 256 if ext is None else max(32, min(256, (ext + 31) // 32 * 32))  # no more threads than work
     t = ch.cat(sch, _choices(THREAD_CHOICES, want), want)
-    bx, tx = sch.split(fused, [None, t])
+    # several outputs per thread, a block's width apart (loads stay coalesced, and a thread has that
+    # many independent loads in flight); only where the grid still has thousands of blocks
+    per = [u for u in PER_THREAD_CHOICES if u == 1 or (ext is not None and ext % (u * t) == 0)]
+    u_want = max((u for u in per if ext is not None and ext >= u * t * MIN_BLOCKS), default=1)
+    u = ch.cat(sch, per, u_want)
+    if u == 1:
+        bx, tx = sch.split(fused, [None, t])
+    else:
+        bx, ux, tx = sch.split(fused, [None, u, t])
+        sch.unroll(ux)
     sch.bind(bx, "blockIdx.x")
     sch.bind(tx, "threadIdx.x")
 
