@@ -23,6 +23,7 @@ from mlc.passes.tune.database import Database, Record, mlc_version, target_key, 
 from mlc.passes.tune.features import N_FEATURES, extract
 from mlc.passes.tune.measure import Result, Runner
 from mlc.passes.tune.search import SearchConfig, Task, Tuner
+from mlc.passes.tune.space import design_space
 from test_tir_interp import matmul_func
 
 CPU = TargetInfo("cpu", lanes=8, cores=2)
@@ -205,3 +206,29 @@ def test_leaders_are_re_measured_and_a_lucky_measurement_does_not_win(tmp_path) 
     assert runner.n == 8 + 2 * 3
     assert task.best_trace is not None and task.best_trace.to_json() == runner.fast and task.best == 1.5
     assert db.best(task.workload, target_key("cpu"))[0].trace.to_json() == runner.fast
+
+
+def test_the_default_schedule_is_re_measured_with_the_leaders(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # the default really costs 1.0 but its first measurement was unlucky (3.0), so it is not among the
+    # leaders; the confirmation step re-measures it anyway and it wins on its median
+    f = matmul_func(32, 16, 32)
+    default = design_space("cpu").default(f).trace.to_json()
+
+    class Unlucky(Runner):
+        def __init__(self) -> None:
+            super().__init__()
+            self.default_runs = 0
+
+        def measure(self, func: PrimFunc, trace: Trace) -> Result:
+            if trace.to_json() == default:
+                self.default_runs += 1
+                t = 3.0 if self.default_runs == 1 else 1.0
+            else:
+                t = 2.0
+            return Result((t, t))
+
+    runner = Unlucky()
+    db = Database(tmp_path / "db.jsonl")
+    task = Tuner([Task(f)], db, runner, SearchConfig(trials=8, batch=4, confirm=1)).run()[0]
+    assert runner.default_runs == 3
+    assert task.best_trace is not None and task.best_trace.to_json() == default and task.best == 1.0

@@ -8,8 +8,8 @@ are measured in the worker, added to the database and to the model's training se
 Task scheduling: each task first gets the default schedule and one round; after that every round
 goes to the task with the most to gain, estimated as weight x best time (a kernel's share of the
 model's run time), divided by how many rounds it already had (diminishing returns).
-At the end each task's `confirm` fastest traces are measured twice more, interleaved, and a trace
-is ranked by the median of its measurements: on a noisy machine the fastest single measurement
+At the end each task's `confirm` fastest traces, and its default schedule, are measured twice more,
+interleaved, and a trace is ranked by the median of its measurements: on a noisy machine the fastest single measurement
 is as often luck as speed. Ctrl-C stops after the current measurement; everything measured is
 already in the database.
 """
@@ -215,10 +215,9 @@ class Tuner:
     def _round(self, task: Task) -> None:
         task.rounds += 1
         if task.trials == 0 and not task.seen:
-            try:
-                self._measure(task, self.space.default(task.func).trace)
-            except MlcError:  # no default point (a program the rules cannot schedule): samples only
-                pass
+            default = self._default_trace(task)
+            if default is not None:  # None: a program the rules cannot schedule: samples only
+                self._measure(task, default)
         cands = self._candidates(task)
         if not cands:
             return
@@ -235,6 +234,12 @@ class Tuner:
             if self._out_of_budget():
                 return
             self._measure(task, cands[int(i)][0])
+
+    def _default_trace(self, task: Task) -> Trace | None:
+        try:
+            return self.space.default(task.func).trace
+        except MlcError:
+            return None
 
     def _next_task(self) -> Task:
         fresh = [t for t in self.tasks if t.rounds == 0]
@@ -264,6 +269,11 @@ class Tuner:
             return
         for task in self.tasks:
             leaders = [r.trace for r in self.db.best(task.workload, self.tkey, k=self.cfg.confirm)]
+            default = self._default_trace(task)
+            keys = {tr.to_json() for tr in leaders}
+            if default is not None and default.to_json() not in keys \
+                    and math.isfinite(self.db.trace_cost(task.workload, self.tkey, default)):
+                leaders.append(default)  # the baseline competes too: search never settles for worse by luck
             if len(leaders) < 2:
                 continue
             for _ in range(2):
