@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from dataclasses import replace
 
 import numpy as np
@@ -232,3 +233,16 @@ def test_the_default_schedule_is_re_measured_with_the_leaders(tmp_path) -> None:
     task = Tuner([Task(f)], db, runner, SearchConfig(trials=8, batch=4, confirm=1)).run()[0]
     assert runner.default_runs == 3
     assert task.best_trace is not None and task.best_trace.to_json() == default and task.best == 1.0
+
+
+def test_cost_model_splits_features_with_infinite_values() -> None:
+    # a split between a finite and an infinite value used to get an infinite threshold, sending
+    # every sample left and fitting a leaf to nothing (nan predictions)
+    x = np.array([[1.0, 0.0], [np.inf, 1.0], [2.0, np.nan], [np.inf, 3.0]] * 3)
+    y = np.array([0.0, 1.0, 0.0, 1.0] * 3)
+    m = CostModel(min_leaf=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m.fit(x, y)
+        p = m.predict(x)
+    assert np.isfinite(p).all() and (p[1::2] > p[0::2]).all()

@@ -14,6 +14,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 
+def _finite(x: np.ndarray) -> np.ndarray:
+    """Features with inf/nan clamped: an infinite value would make a split threshold infinite."""
+    return np.nan_to_num(np.asarray(x, dtype=np.float64), nan=0.0, posinf=1e300, neginf=-1e300)
+
+
 @dataclass
 class _Tree:
     feature: np.ndarray
@@ -59,7 +64,8 @@ def _fit_tree(x: np.ndarray, g: np.ndarray, depth: int, min_leaf: int) -> _Tree:
             gain = np.where(ok, gain, -np.inf)
             j = int(np.argmax(gain))
             if gain[j] > best[0]:
-                best = (float(gain[j]), f, float((xs[j] + xs[j + 1]) / 2))
+                mid = float((xs[j] + xs[j + 1]) / 2)  # rounds up to xs[j + 1] for neighbouring floats
+                best = (float(gain[j]), f, mid if mid < xs[j + 1] else float(xs[j]))
         if best[1] < 0:
             return me
         f, t = best[1], best[2]
@@ -86,6 +92,7 @@ class CostModel:
 
     def fit(self, x: np.ndarray, y: np.ndarray) -> None:
         self.trees = []
+        x = _finite(x)
         if len(x) < 4:
             return
         self.base = float(y.mean())
@@ -98,6 +105,7 @@ class CostModel:
     def predict(self, x: np.ndarray) -> np.ndarray:
         if not self.trees:
             return np.zeros(len(x))
+        x = _finite(x)
         out = np.full(len(x), self.base)
         for t in self.trees:
             out += self.learning_rate * t.predict(x)
