@@ -14,8 +14,11 @@ if TYPE_CHECKING:
     from mlc.runtime.model import Model
 
 
-def load(path: str) -> Model:
-    """Load a compiled artifact (`mlc build`/`mlc codegen` output): `load(p)(x=array) -> {name: array}`."""
+def load(path: str, device: str | None = None) -> Model:
+    """Load a compiled artifact (`mlc build`/`mlc codegen` output): `load(p)(x=array) -> {name: array}`.
+
+    `device` ("cpu" or "cuda") defaults to the target the artifact was built for; naming another one
+    is an error that says to rebuild."""
     from mlc.runtime.model import load as _load
 
-    return _load(path)
+    return _load(path, device)

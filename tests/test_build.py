@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from mlc.cli import commands  # noqa: F401  (registers subcommands)
 from mlc.cli.main import cli
 from mlc.frontend import zoo
+from mlc.ir.diagnostics import MlcError
 
 import mlc
 
@@ -103,3 +104,11 @@ def test_repeated_calls_replay_correctly(built: dict[str, tuple[Path, Path]]) ->
     again = model(**_feeds(proto, 3, 0))
     for k in first:
         np.testing.assert_array_equal(first[k], again[k])  # results are copies, not views of reused buffers
+
+
+@pytest.mark.slow
+def test_load_names_the_device(built: dict[str, tuple[Path, Path]]) -> None:
+    _, art = built["mlp"]
+    assert mlc.load(art, device="cpu") is not None
+    with pytest.raises(MlcError, match="built for cpu, cannot run on cuda"):
+        mlc.load(art, device="cuda")
