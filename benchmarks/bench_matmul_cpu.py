@@ -22,6 +22,8 @@ import sys
 import time
 from functools import partial
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # bench_tune, also when loaded by path (tests)
+
 if __name__ == "__main__" and "--threads" in sys.argv:  # OpenBLAS reads this once, when numpy loads
     _t = sys.argv[sys.argv.index("--threads") + 1]
     os.environ["OPENBLAS_NUM_THREADS"] = os.environ["OMP_NUM_THREADS"] = _t
