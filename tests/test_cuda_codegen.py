@@ -146,3 +146,26 @@ def test_running_without_gpu_is_a_clear_error() -> None:
 
     with pytest.raises(MlcError, match="target cuda needs pycuda and an NVIDIA GPU"):
         compile_cuda([matmul("mm", 16, 16, 16, "f32")])
+
+
+def _scale(rows: int | Var, cols: int):  # type: ignore[no-untyped-def]
+    x = placeholder("x", (rows, cols))
+    return build("scale", [x], [compute("y", (rows, cols), lambda i, j: x[i, j] * 2.0)])
+
+
+def test_large_elementwise_grids_give_each_thread_several_outputs() -> None:
+    # 8192 x 4096 elements: 8 per thread, a block apart, and the grid 8x smaller than one per thread
+    (big,) = lower_to_cuda([default_gpu_schedule(_scale(8192, 4096))]).funcs
+    (launch,) = big.launches
+    assert launch.block[0] * arith.evaluate(launch.grid[0], {}) * 8 == 8192 * 4096
+    # a small or symbolic grid keeps one output per thread (enough blocks for every SM)
+    for f, dims, n in ((_scale(64, 768), {}, 64 * 768), (_scale(Var("n"), 768), {"n": 4096}, 4096 * 768)):
+        (small,) = lower_to_cuda([default_gpu_schedule(f)]).funcs
+        assert small.launches[0].block[0] * arith.evaluate(small.launches[0].grid[0], dims) == n
+    # and the unrolled per-thread loop (4 here: 4 M elements keep 4096 blocks of 256 x 4) computes the same
+    s = default_gpu_schedule(_scale(128, 4096 * 8))
+    assert any(isinstance(st, For) and st.kind == "unrolled" and arith.as_int(st.extent) == 4 for _, st in walk(s.body))
+    x = np.random.default_rng(0).standard_normal((128, 4096 * 8)).astype(np.float32)
+    got = np.empty_like(x)
+    run_prim(s, [x, got])
+    np.testing.assert_array_equal(got, x * 2)

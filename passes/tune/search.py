@@ -9,8 +9,8 @@ Task scheduling: each task first gets the default schedule and one round; after 
 goes to the task with the most to gain, estimated as weight x best time (a kernel's share of the
 model's run time), divided by how many rounds it already had (diminishing returns).
 At the end each task's `confirm` fastest traces, and its default schedule, are measured twice more,
-interleaved, and a trace is ranked by the median of its measurements: on a noisy machine the fastest single measurement
-is as often luck as speed. Ctrl-C stops after the current measurement; everything measured is
+interleaved, and a trace is ranked by the median of its measurements: on a noisy machine the fastest
+single measurement is as often luck as speed. Ctrl-C stops after the current measurement; everything measured is
 already in the database.
 """
 
