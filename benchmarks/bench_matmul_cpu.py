@@ -2,11 +2,12 @@
 
 `default` is what an untuned `mlc build` gets: the default schedule rules (passes/schedule/rules.py)
 applied to the n x n matmul, compiled per n. `hand` is a reference point for the rules; its schedule
-is plain TIR, as schedule primitives would produce it: B is packed into panels of TN columns (`Bp[jo, k, ji]`, contiguous per k) and A into strips of TM rows (`Ap[io, k, ii]`); each
-thread takes strips and, for every panel, accumulates a TM x TN tile in a local buffer (cache_write;
-TM rows unrolled, TN columns one `vectorized` loop, so the tile lives in vector registers) over the
-k loop of broadcasts of Ap and vector loads of Bp, then writes the tile to C. One kernel serves every n that
-is a multiple of TN (n is a runtime dim). Prints GFLOP/s of the three from the same run and the ratios.
+is plain TIR, as schedule primitives would produce it: B is packed into panels of TN columns
+(`Bp[jo, k, ji]`, contiguous per k) and A into strips of TM rows (`Ap[io, k, ii]`); each thread takes
+strips and, for every panel, accumulates a TM x TN tile in a local buffer (cache_write; TM rows
+unrolled, TN columns one `vectorized` loop, so the tile lives in vector registers) over the k loop of
+broadcasts of Ap and vector loads of Bp, then writes the tile to C. One kernel serves every n that is
+a multiple of TN (n is a runtime dim). Prints GFLOP/s of the three from the same run and the ratios.
 
     python benchmarks/bench_matmul_cpu.py [--sizes 256 512 1024 2048] [--repeat 9] [--threads N]
 
