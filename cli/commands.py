@@ -266,8 +266,10 @@ def _with_memory_constants(module: Any, consts: dict[str, np.ndarray]) -> Any:
               help="Timed runs (after 3 warm-up runs).")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None,
               help="Where to run (default: the target the artifact was built for).")
+@click.option("--profile", is_flag=True, help="Also print each kernel's time inside the runs (CPU).")
 @handle_errors
-def bench_cmd(artifact: str, shapes: tuple[str, ...], onnx_path: str | None, runs: int, device: str | None) -> None:
+def bench_cmd(artifact: str, shapes: tuple[str, ...], onnx_path: str | None, runs: int, device: str | None,
+              profile: bool) -> None:
     """Median latency of a compiled model, beside onnxruntime's on the same inputs."""
     from mlc.runtime.bench import random_inputs, time_fn
     from mlc.runtime.model import load
@@ -279,6 +281,8 @@ def bench_cmd(artifact: str, shapes: tuple[str, ...], onnx_path: str | None, run
             raise click.BadParameter(f"expected NAME=INTEGER, got {s!r}", param_hint="--shape")
         dims[k] = int(v)
     model = load(artifact, device)
+    if profile and not hasattr(model, "profile"):
+        raise MlcError("bench --profile: per-kernel profiles are for CPU artifacts")
     main = model.module.get("main")
     feeds = random_inputs(main, dims)  # type: ignore[arg-type]
     if onnx_path:
@@ -296,6 +300,18 @@ def bench_cmd(artifact: str, shapes: tuple[str, ...], onnx_path: str | None, run
         peer = time_fn(lambda: sess.run(None, feeds), runs=runs)
         click.echo(f"onnxruntime  median {peer.median_ms:9.3f} ms  (min {peer.min_ms:.3f}, {peer.runs} runs)")
         click.echo(f"speed ratio (onnxruntime / mlc): {peer.median_ms / ours.median_ms:.2f}x")
+    if profile:
+        _print_profile(model.profile(runs, **feeds))
+
+
+def _print_profile(times: list[Any]) -> None:
+    """Kernel, calls per run, median microseconds per call, share of the kernels' time."""
+    total = sum(t.per_run for t in times) or 1.0
+    click.echo(f"{'kernel':40s} {'calls':>6s} {'us/call':>9s} {'ms/run':>8s} {'share':>6s}")
+    for t in times:
+        click.echo(f"{t.func[:40]:40s} {t.calls:6.3g} {t.median * 1e6:9.1f} {t.per_run * 1e3:8.3f} "
+                   f"{100 * t.per_run / total:5.1f}%")
+    click.echo(f"{'all kernels':40s} {'':6s} {'':9s} {total * 1e3:8.3f}")
 
 
 def _ort_session(path: str, inputs: list[str]) -> Any:

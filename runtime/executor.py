@@ -14,6 +14,7 @@ import ctypes
 import operator
 from collections.abc import Callable
 from dataclasses import dataclass
+from time import perf_counter
 from typing import Any
 
 import numpy as np
@@ -57,6 +58,8 @@ class Executor:
         self._recording: list[_TapeEntry] | None = None
         self._fast = {}
         self._tapes: dict[tuple[tuple[str, int], ...], _Tape] = {}
+        # kernel name -> seconds of each call, while profiling (`Model.profile`); None: not timing
+        self.timings: dict[str, list[float]] | None = None
         self.body = self._block(fn.body)
         # a straight-line function of kernel calls and constants can be replayed as a tape per dims
         # (checks depend only on dims, the tape's key: one that passed once passes on replay)
@@ -76,7 +79,7 @@ class Executor:
         key = tuple(sorted(frame.dims.items()))
         tape = self._tapes.get(key)
         if tape is not None:
-            return tape.replay(args)
+            return tape.replay(args, self.timings)
         self._recording = []
         try:
             outs = self.body(frame)
@@ -187,7 +190,7 @@ class Executor:
         names = [a.name for a in node.args]
         n_ptr = len(names) + len(out_types)
         ptr_t, dim_t = ctypes.c_void_p * n_ptr, ctypes.c_int64 * max(1, len(getters))
-        out_name = var.name
+        out_name, func = var.name, node.func
         alloc = vm._buffer
 
         check_dims = _dim_checker(checks, kernel.dims, node, b.loc)
@@ -206,10 +209,16 @@ class Executor:
             if checks:
                 check_dims(arrs, kd)
             ptrs, dvals = ptr_t(*[a.ctypes.data for a in arrs]), dim_t(*kd)
-            raw(ptrs, dvals)
+            timings = self.timings
+            if timings is None:
+                raw(ptrs, dvals)
+            else:
+                t0 = perf_counter()
+                raw(ptrs, dvals)
+                timings.setdefault(func, []).append(perf_counter() - t0)
             vals[out_name] = outs[0] if single else tuple(outs)
             if self._recording is not None:
-                self._recording.append(_TapeEntry(raw, ptrs, dvals, from_params, arrs))
+                self._recording.append(_TapeEntry(raw, ptrs, dvals, from_params, arrs, func))
 
         self._fast[var.name] = True
         return step
@@ -273,6 +282,7 @@ class _TapeEntry:
     dims: Any
     from_params: list[tuple[int, int]]  # (pointer slot, parameter index) refreshed per call
     keep: list[np.ndarray]  # keeps the buffers the pointers name alive
+    func: str  # the kernel's name, for profiles
 
 
 @dataclass
@@ -282,10 +292,15 @@ class _Tape:
     entries: list[_TapeEntry]
     results: list[tuple[int, Any]]  # (parameter index or -1, array)
 
-    def replay(self, args: list[np.ndarray]) -> list[Any]:
+    def replay(self, args: list[np.ndarray], timings: dict[str, list[float]] | None = None) -> list[Any]:
         data = [a.ctypes.data for a in args]
         for e in self.entries:
             for slot, pi in e.from_params:
                 e.ptrs[slot] = data[pi]
-            e.fn(e.ptrs, e.dims)
+            if timings is None:
+                e.fn(e.ptrs, e.dims)
+            else:
+                t0 = perf_counter()
+                e.fn(e.ptrs, e.dims)
+                timings.setdefault(e.func, []).append(perf_counter() - t0)
         return [args[pi] if pi >= 0 else arr for pi, arr in self.results]

@@ -10,7 +10,7 @@ from mlc.ir.diagnostics import MlcError
 from mlc.ir.graph import Function
 
 from .artifact import Artifact, read
-from .vm import VM
+from .vm import VM, KernelTime
 
 _OBJECT_MAGICS = (b"\x7fELF", b"\xcf\xfa\xed\xfe", b"\xce\xfa\xed\xfe", b"\x64\x86", b"\x64\xaa")  # ELF, Mach-O, COFF
 
@@ -43,6 +43,10 @@ class Model:
 
     def __call__(self, **inputs: np.ndarray) -> dict[str, np.ndarray]:
         return self.vm.run(inputs)
+
+    def profile(self, runs: int = 50, **inputs: np.ndarray) -> list[KernelTime]:
+        """Per-kernel times inside `runs` whole runs on these inputs, slowest first."""
+        return self.vm.profile(inputs, runs)
 
     def memory_plan(self, dims: dict[str, int]) -> tuple[int, int]:
         """(planned bytes, bytes without reuse) of `main`'s intermediates for these dims."""

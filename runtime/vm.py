@@ -8,6 +8,7 @@ programs run as native kernels, and intermediates live in storage planned ahead 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -24,6 +25,16 @@ from .executor import Executor
 from .memory_plan import MemoryPlan, plan_function
 
 Kernel = Callable[[list[np.ndarray], dict[str, int]], None]
+
+
+@dataclass(frozen=True)
+class KernelTime:
+    """One kernel's share of a profiled run: calls per run, median seconds per call, mean seconds per run."""
+
+    func: str
+    calls: float
+    median: float
+    per_run: float
 
 
 class KernelProvider(Protocol):
@@ -70,6 +81,24 @@ class VM(Interpreter):
         finally:
             self._active_plan = None
         return {v.name: np.array(o, copy=True) if isinstance(o, np.ndarray) else o for v, o in zip(fn.body.results, outs)}
+
+    def profile(self, inputs: Mapping[str, np.ndarray], runs: int = 50, func: str = "main") -> list[KernelTime]:
+        """Each kernel's time inside whole runs of `func` (the calls a normal run makes, in its
+        order and cache state), slowest first. Needs compiled kernels."""
+        if self.kernels is None:
+            raise MlcError("profile needs compiled kernels (an artifact), not the interpreter")
+        self.run(inputs, func)  # prepares the executor and records its tape
+        ex = self._executors[func]
+        ex.timings = {}
+        try:
+            for _ in range(max(1, runs)):
+                self.run(inputs, func)
+            timings = ex.timings
+        finally:
+            ex.timings = None
+        n = max(1, runs)
+        out = [KernelTime(k, len(ts) / n, float(np.median(ts)), sum(ts) / n) for k, ts in timings.items()]
+        return sorted(out, key=lambda t: -t.per_run)
 
     def _buffer(self, var: Value, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         plan = self._active_plan

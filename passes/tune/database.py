@@ -25,12 +25,11 @@ from ..schedule.trace import Trace
 
 
 def mlc_version() -> str:
-    try:
-        from importlib.metadata import version
+    """Part of every record's key: a release that changes code generation or how candidates are
+    timed (0.2.0: the native entry, not the checked Python call) starts from fresh records."""
+    from mlc import __version__
 
-        return version("mlc")
-    except Exception:  # noqa: BLE001 - not installed as a distribution (source tree)
-        return "0.1.0"
+    return __version__
 
 
 def workload_key(func: PrimFunc) -> str:
