@@ -10,7 +10,7 @@ that the caller and the workers claim with atomics (a worker not yet awake, or d
 load, leaves its share to the others), and returns when every chunk is done. A launch that finds the pool busy (a parallel loop
 inside a chunk, or kernels called from two Python threads at once) runs serially instead.
 Linux on x86-64 and AArch64 only (futex syscall numbers); `load_pool` returns None elsewhere.
-MLC_POOL_SPIN=<iterations> overrides how long workers spin before sleeping.
+MLC_POOL_SPIN=<iterations> overrides how long workers spin before sleeping (default: ~100 us, calibrated).
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from __future__ import annotations
 import ctypes
 import os
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import llvmlite.binding as llvm
@@ -32,9 +34,13 @@ CHUNKS_PER_THREAD = 2
 # with more runnable threads than cores, a spinner sharing a core with the thread it waits for
 # would otherwise hold it for a whole scheduler slice
 YIELD_EVERY = 64
-# pause iterations a worker spins after its last chunk before sleeping on the futex (~50-100 us):
-# covers the gaps between the kernels of a model run, and is short enough not to slow other
-# thread pools (OpenBLAS, onnxruntime) that run in between
+# how long a worker spins after its last chunk before sleeping on the futex: covers the gaps
+# between the kernels of a model run and a Python caller's argument handling (10-30 us; waking a
+# sleeping worker then costs more than the gap: a 31 us kernel took 64 us after a 20 us pause with
+# a 15 us spin), and is short enough not to slow other thread pools (OpenBLAS, onnxruntime) that
+# run in between. A pause instruction takes 10-140 cycles by CPU generation, so the iteration count
+# is calibrated at load time (`calibrated_spin`); SPIN_ITERATIONS is only the IR's initial value.
+SPIN_SECONDS = 100e-6
 SPIN_ITERATIONS = 1000
 
 _IR = r"""
@@ -147,6 +153,30 @@ woke:
 work:
   call void @drain()
   br label %wait
+}
+
+; The worker's spin loop without the work test's exit: `n` iterations, for calibrating the count.
+define void @mlc_pool_spin_probe(i64 %n) {
+entry:
+  br label %loop
+loop:
+  %i = phi i64 [ 0, %entry ], [ %i1, %yield ], [ %i1, %pause ]
+  %g = load atomic i32, ptr @gen acquire, align 4
+  %more = icmp slt i64 %i, %n
+  br i1 %more, label %step, label %exit
+step:
+  %i1 = add i64 %i, 1
+  %im = and i64 %i1, YIELD_MASK
+  %iy = icmp eq i64 %im, 0
+  br i1 %iy, label %yield, label %pause
+yield:
+  %r = call i32 @sched_yield()
+  br label %loop
+pause:
+  call void @pause()
+  br label %loop
+exit:
+  ret void
 }
 
 define void @mlc_pool_launch(ptr %fn, ptr %cl, i64 %ext) {
@@ -282,6 +312,20 @@ def pool_ir(arch: str) -> str:
             .replace("FUTEX_WAIT", str(_FUTEX_WAIT)).replace("FUTEX_WAKE", str(_FUTEX_WAKE)))
 
 
+def calibrated_spin(probe: Callable[[int], None], seconds: float = SPIN_SECONDS) -> int:
+    """Spin-loop iterations that take about `seconds` here (the fastest of a few timed probes, so a
+    probe the OS interrupted does not shorten the spin)."""
+    n = 4096
+    best = min(_timed(probe, n) for _ in range(3))
+    return max(64, min(10_000_000, int(seconds * n / max(best, 1e-9))))
+
+
+def _timed(probe: Callable[[int], None], n: int) -> float:
+    t0 = time.perf_counter()
+    probe(n)
+    return time.perf_counter() - t0
+
+
 def load_pool() -> NativePool | None:
     """Compile and load the pool for the host, or None where it is not supported."""
     target = host_target()
@@ -302,8 +346,8 @@ def load_pool() -> NativePool | None:
                       glob("mlc_pool_num_threads", ctypes.c_int64), glob("mlc_pool_spin", ctypes.c_int64),
                       glob("mlc_pool_started", ctypes.c_int64), glob("mlc_pool_busy", ctypes.c_int32))
     spin = os.environ.get("MLC_POOL_SPIN", "")
-    if spin.isdigit():
-        pool.set_spin(int(spin))
+    probe = ctypes.CFUNCTYPE(None, ctypes.c_int64)(engine.get_function_address("mlc_pool_spin_probe"))
+    pool.set_spin(int(spin) if spin.isdigit() else calibrated_spin(probe))
     if hasattr(os, "register_at_fork"):
         os.register_at_fork(after_in_child=pool.after_fork_in_child)
     return pool

@@ -134,6 +134,26 @@ def test_load_pool_respects_opt_out(monkeypatch: pytest.MonkeyPatch) -> None:
         assert load_pool() is not None
 
 
+def test_spin_is_calibrated_to_time_not_iterations(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pause instruction's cost differs ~10x between CPU generations; the spin count is derived
+    from a timed probe, and MLC_POOL_SPIN still overrides it."""
+    import time
+
+    from mlc.codegen.native_pool import calibrated_spin
+
+    def probe(n: int) -> None:  # a "CPU" whose spin iteration takes 1 us
+        end = time.perf_counter() + n * 1e-6
+        while time.perf_counter() < end:
+            pass
+
+    assert 25 <= calibrated_spin(probe, 100e-6) <= 101
+    assert calibrated_spin(probe, 1.0) >= 250_000
+    if sys.platform.startswith("linux") and load_pool() is not None:
+        assert load_pool()._spin.value >= 64
+        monkeypatch.setenv("MLC_POOL_SPIN", "12345")
+        assert load_pool()._spin.value == 12345
+
+
 @pytest.mark.parametrize("stride", [2, 3, 4, 5])
 def test_strided_vector_loads_match_numpy(stride: int) -> None:
     """Small constant strides load a contiguous span and shuffle; larger ones gather."""
