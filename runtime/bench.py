@@ -34,23 +34,29 @@ def time_fn(fn: Callable[[], object], warmup: int = 3, runs: int = 20, min_secon
     return Timing(float(np.median(samples)) * 1e3, float(np.min(samples)) * 1e3, len(samples))
 
 
-def block_medians(fns: list[Callable[[], object]], runs: int = 9, rounds: int = 3, settle: float = 0.5
-                  ) -> list[float]:
+def block_medians(fns: list[Callable[[], object]], runs: int = 9, rounds: int = 3, settle: float = 0.5,
+                  warm: float = 0.02) -> list[float]:
     """Median seconds per function, timed in blocks: each round runs every function `runs` times in a
-    row after one warm-up call, and rounds alternate so background load reaches all of them.
+    row after warming up, and rounds alternate so background load reaches all of them.
 
     Not call-by-call interleaving: a BLAS or onnxruntime thread pool keeps its workers spinning for a
     while after a call returns, and on a small machine those spinners steal the cores of whatever
     runs next, so interleaving measures the previous library's spin as much as the next one's speed.
     The spin outlasts short pauses: on the 2-core dev machine a 1024 matmul of mlc ran at 139 GFLOP/s
     right after an OpenBLAS call, 160 after 50 ms, 235 after 300 ms; hence `settle` = 0.5 s.
+    The idle pause has its own after-effect (clocks, a virtual CPU's wake-up, sleeping pool workers):
+    the first 512 matmul after it took 6-8 ms, the next 1.2-1.7, so a block warms up for `warm`
+    seconds (at least one call) before timing.
     """
     samples: list[list[float]] = [[] for _ in fns]
     per_round = max(1, -(-runs // rounds))
     for _ in range(rounds):
         for fn, ts in zip(fns, samples):
             time.sleep(settle)
+            end = time.perf_counter() + warm
             fn()
+            while time.perf_counter() < end:
+                fn()
             for _ in range(per_round):
                 t0 = time.perf_counter()
                 fn()
