@@ -79,6 +79,8 @@ def schedule_pass(module: Module, ctx: PassContext, target: str = "", db: str = 
     tgt = target or ctx.target or "cpu"
     traces = load_traces(trace) if trace else {}
     database = Database(db) if db and Path(db).exists() else None
+    if database is not None:
+        _warn_other_versions(database, db, tgt)
     for f in module.prim_functions():
         if any(k == "schedule" for k, _ in f.attrs):
             continue
@@ -89,3 +91,16 @@ def schedule_pass(module: Module, ctx: PassContext, target: str = "", db: str = 
             raise MlcError(f"schedule: @{f.name}: {e.message}", e.loc, e.source_line) from None
         module = module.with_function(new)
     return module
+
+
+def _warn_other_versions(database: object, path: str, target: str) -> None:
+    """Records of another mlc version are never applied (timing or code generation changed); a
+    database holding only those would otherwise look like one that silently does nothing."""
+    from .tune.database import Database, mlc_version, target_key
+
+    assert isinstance(database, Database)
+    key = target_key(target)
+    versions = {r.version for r in database.records if r.target == key}
+    if versions and mlc_version() not in versions:
+        print(f"mlc: warning: schedule: {path} holds records of mlc {', '.join(sorted(versions))} only; "
+              f"mlc {mlc_version()} does not apply them (re-run mlc tune)", file=sys.stderr)

@@ -144,6 +144,21 @@ def test_stale_record_is_a_warning_naming_the_instruction(tmp_path, capsys) -> N
     assert any(isinstance(s, For) and s.kind == "parallel" for _, s in walk(m.prim_functions()[0].body))
 
 
+def test_records_of_another_version_are_not_applied_and_say_so(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    f = matmul_func(16, 8, 16)
+    rec = Record(workload_key(f), target_key("cpu"), "0.0.1", sample_schedule(f, CPU, 0).trace, (1e-6,))
+    Database(tmp_path / "db.jsonl").add(rec)
+    info = get_pass("schedule")
+    m = info.fn(Module((f,)), PassContext(), **info.validate_options({"db": str(tmp_path / "db.jsonl")}))  # type: ignore[union-attr]
+    assert dict(m.prim_functions()[0].attrs)["schedule"] == "default"
+    err = capsys.readouterr().err
+    assert "records of mlc 0.0.1 only" in err and mlc_version() in err
+    Database(tmp_path / "db.jsonl").add(replace(rec, version=mlc_version()))
+    m = info.fn(Module((f,)), PassContext(), **info.validate_options({"db": str(tmp_path / "db.jsonl")}))  # type: ignore[union-attr]
+    assert dict(m.prim_functions()[0].attrs)["schedule"] == "tuned"
+    assert "records of mlc" not in capsys.readouterr().err
+
+
 def test_local_decision_moves_one_factor_and_keeps_constraints() -> None:
     from mlc.passes.tune.search import local_decision
 
