@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import ctypes
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
 
 import llvmlite.binding as llvm
 import numpy as np
@@ -104,6 +106,11 @@ class Kernel:
         return self._fn
 
     def __call__(self, arrays: Sequence[np.ndarray], dims: Mapping[str, int] | None = None) -> None:
+        self.prepare(arrays, dims)()
+
+    def prepare(self, arrays: Sequence[np.ndarray], dims: Mapping[str, int] | None = None) -> Callable[[], None]:
+        """Check the arguments once; return a call of the native entry on them, for loops that run
+        a kernel many times on the same buffers (the checks cost microseconds, as a small kernel does)."""
         if len(arrays) != len(self.params):
             raise MlcError(f"kernel {self.name} takes {len(self.params)} buffers, got {len(arrays)}")
         first_out = len(self.params) - self.num_outputs
@@ -124,7 +131,12 @@ class Kernel:
                 self._bound[key] = vals
         ptrs = (ctypes.c_void_p * max(1, len(arrays)))(*[a.ctypes.data for a in arrays])
         dvals = (ctypes.c_int64 * max(1, len(vals)))(*vals)
-        self._fn(ptrs, dvals)
+        return partial(_call_native, self._fn, ptrs, dvals, tuple(arrays))
+
+
+def _call_native(fn: ctypes._CFuncPtr, ptrs: Any, dims: Any, keep: tuple[np.ndarray, ...]) -> None:
+    """`keep`: the arrays the pointers name, held alive as long as the prepared call is."""
+    fn(ptrs, dims)
 
 
 class CompiledLibrary:

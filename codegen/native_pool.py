@@ -70,6 +70,20 @@ define internal void @pause() alwaysinline {
   ret void
 }
 
+; One step of waiting, the `i`th: a pause instruction, or every YIELD_EVERY steps the core.
+define internal void @backoff(i64 %i) alwaysinline {
+entry:
+  %im = and i64 %i, YIELD_MASK
+  %iy = icmp eq i64 %im, 0
+  br i1 %iy, label %yield, label %pause
+yield:
+  %r = call i32 @sched_yield()
+  ret void
+pause:
+  call void @pause()
+  ret void
+}
+
 ; Claim and run chunks of the launch in flight. @state is (generation << 32 | next chunk): a claim is
 ; a compare-exchange on it, so a thread that read the task of an older launch can never claim (and
 ; run) a chunk of a newer one with it.
@@ -119,7 +133,7 @@ wait:
   %seen = phi i32 [ %g0, %entry ], [ %g, %work ], [ %seen, %woke ]
   br label %spin
 spin:
-  %i = phi i64 [ 0, %wait ], [ %i1, %spin_yield ], [ %i1, %spin_pause ]
+  %i = phi i64 [ 0, %wait ], [ %i1, %spin_more ]
   %g = load atomic i32, ptr @gen acquire, align 4
   %new = icmp ne i32 %g, %seen
   br i1 %new, label %work, label %spin_check
@@ -129,14 +143,7 @@ spin_check:
   br i1 %more, label %spin_more, label %sleep
 spin_more:
   %i1 = add i64 %i, 1
-  %im = and i64 %i1, YIELD_MASK
-  %iy = icmp eq i64 %im, 0
-  br i1 %iy, label %spin_yield, label %spin_pause
-spin_yield:
-  %syr = call i32 @sched_yield()
-  br label %spin
-spin_pause:
-  call void @pause()
+  call void @backoff(i64 %i1)
   br label %spin
 sleep:
   %s0 = atomicrmw add ptr @sleepers, i32 1 seq_cst
@@ -160,20 +167,13 @@ define void @mlc_pool_spin_probe(i64 %n) {
 entry:
   br label %loop
 loop:
-  %i = phi i64 [ 0, %entry ], [ %i1, %yield ], [ %i1, %pause ]
+  %i = phi i64 [ 0, %entry ], [ %i1, %step ]
   %g = load atomic i32, ptr @gen acquire, align 4
   %more = icmp slt i64 %i, %n
   br i1 %more, label %step, label %exit
 step:
   %i1 = add i64 %i, 1
-  %im = and i64 %i1, YIELD_MASK
-  %iy = icmp eq i64 %im, 0
-  br i1 %iy, label %yield, label %pause
-yield:
-  %r = call i32 @sched_yield()
-  br label %loop
-pause:
-  call void @pause()
+  call void @backoff(i64 %i1)
   br label %loop
 exit:
   ret void
@@ -251,20 +251,13 @@ mine:
   call void @drain()
   br label %join
 join:
-  %j = phi i64 [ 0, %mine ], [ %j1, %yield ], [ %j1, %jpause ]
+  %j = phi i64 [ 0, %mine ], [ %j1, %join_more ]
   %fin = load atomic i64, ptr @done acquire, align 8
   %all = icmp sge i64 %fin, %n
   br i1 %all, label %unlock, label %join_more
 join_more:
   %j1 = add i64 %j, 1
-  %jm = and i64 %j1, YIELD_MASK
-  %y = icmp eq i64 %jm, 0
-  br i1 %y, label %yield, label %jpause
-yield:
-  %yr = call i32 @sched_yield()
-  br label %join
-jpause:
-  call void @pause()
+  call void @backoff(i64 %j1)
   br label %join
 unlock:
   store atomic i32 0, ptr @mlc_pool_busy release, align 4

@@ -74,13 +74,15 @@ def schedule_func(func: PrimFunc, target: str, db: object | None = None, trace: 
 def schedule_pass(module: Module, ctx: PassContext, target: str = "", db: str = "", trace: str = "",
                   rules: bool = True) -> Module:
     """Apply schedules: trace file, else tuning database, else default per-target rules."""
-    from .tune.database import Database
+    from .tune.database import Database, mlc_version, target_key
 
     tgt = target or ctx.target or "cpu"
     traces = load_traces(trace) if trace else {}
     database = Database(db) if db and Path(db).exists() else None
-    if database is not None:
-        _warn_other_versions(database, db, tgt)
+    stale = database.stale_versions(target_key(tgt)) if database is not None else []
+    if stale:  # a database that silently did nothing would look like a tuning that did not help
+        print(f"mlc: warning: schedule: {db} holds records of mlc {', '.join(stale)} only; "
+              f"mlc {mlc_version()} does not apply them (re-run mlc tune)", file=sys.stderr)
     for f in module.prim_functions():
         if any(k == "schedule" for k, _ in f.attrs):
             continue
@@ -92,15 +94,3 @@ def schedule_pass(module: Module, ctx: PassContext, target: str = "", db: str = 
         module = module.with_function(new)
     return module
 
-
-def _warn_other_versions(database: object, path: str, target: str) -> None:
-    """Records of another mlc version are never applied (timing or code generation changed); a
-    database holding only those would otherwise look like one that silently does nothing."""
-    from .tune.database import Database, mlc_version, target_key
-
-    assert isinstance(database, Database)
-    key = target_key(target)
-    versions = {r.version for r in database.records if r.target == key}
-    if versions and mlc_version() not in versions:
-        print(f"mlc: warning: schedule: {path} holds records of mlc {', '.join(sorted(versions))} only; "
-              f"mlc {mlc_version()} does not apply them (re-run mlc tune)", file=sys.stderr)

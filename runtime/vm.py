@@ -89,14 +89,13 @@ class VM(Interpreter):
             raise MlcError("profile needs compiled kernels (an artifact), not the interpreter")
         self.run(inputs, func)  # prepares the executor and records its tape
         ex = self._executors[func]
-        ex.timings = {}
+        ex.timings = timings = {}
+        n = max(1, runs)
         try:
-            for _ in range(max(1, runs)):
+            for _ in range(n):
                 self.run(inputs, func)
-            timings = ex.timings
         finally:
             ex.timings = None
-        n = max(1, runs)
         out = [KernelTime(k, len(ts) / n, float(np.median(ts)), sum(ts) / n) for k, ts in timings.items()]
         return sorted(out, key=lambda t: -t.per_run)
 

@@ -477,3 +477,23 @@ def test_division_of_an_affine_sum_with_a_floormod_atom_stays_affine() -> None:
     assert q == Bin("floormod", f, Const(3)) and r == j
     assert split_div(e, 32, {}, {j: (0, 33)}) is None  # j may carry into the quotient
     assert split_div(Bin("add", Bin("floormod", f, Const(40)), j), 32, {}, {j: (0, 1)}) is None
+
+
+def test_prepared_call_checks_once_and_keeps_its_buffers() -> None:
+    """`Kernel.prepare` (the tuning worker's timing loop): same checks as a call, then the native entry
+    on the same buffers, which stay alive with the prepared call even when the caller drops them."""
+    import gc
+
+    from mlc.ir.tir_builder import build, compute, placeholder
+
+    x = placeholder("x", (64, 16))
+    f = build("double", [x], [compute("y", (64, 16), lambda i, j: x[i, j] * 2.0)])
+    k = compile_module([f]).kernel("double")
+    with pytest.raises(MlcError, match="must have shape"):
+        k.prepare([np.ones((8, 16), np.float32), np.empty((64, 16), np.float32)])
+    a = np.arange(64 * 16, dtype=np.float32).reshape(64, 16)
+    out = np.empty_like(a)
+    run = k.prepare([a.copy(), out])  # the input copy is referenced only by `run`
+    gc.collect()
+    run()
+    np.testing.assert_array_equal(out, a * 2)

@@ -132,6 +132,12 @@ class Database:
         v = version or mlc_version()
         return [r for r in self.records if r.workload == workload and r.target == target and r.version == v]
 
+    def stale_versions(self, target: str) -> list[str]:
+        """The mlc versions of `target`'s records when none is this one's (such records are never
+        applied: code generation or timing changed between versions); else []."""
+        versions = {r.version for r in self.records if r.target == target}
+        return [] if mlc_version() in versions else sorted(versions)
+
     def best(self, workload: str, target: str, k: int = 1) -> list[Record]:
         """The k fastest successful traces, fastest first, one record each.
 

@@ -13,7 +13,6 @@ leaves the process's context unusable, so its answer carries `"fatal": true` and
 
 from __future__ import annotations
 
-import ctypes
 import json
 import sys
 import time
@@ -47,20 +46,17 @@ def run_job(job: dict) -> dict:  # type: ignore[type-arg]
     dims = {str(k): int(v) for k, v in (job.get("dims") or {}).items()}
     args = _inputs(func, dims)
     scal = {v.name: dims[v.name] for v in func.scalar_params}
-    kernel(args, scal or None)  # warm-up, and the one checked call (dtypes, shapes, dims)
-    # then the native entry on prepared pointers, as the runtime's executor calls it: the checked
-    # call's Python argument handling costs tens of microseconds, as much as a small kernel, and
-    # timing it would bury the differences between schedules in interpreter overhead and noise
-    raw = kernel.raw
-    ptrs = (ctypes.c_void_p * max(1, len(args)))(*[a.ctypes.data for a in args])
-    vals = kernel.bind_dims(args, scal or None)
-    dvals = (ctypes.c_int64 * max(1, len(vals)))(*vals)
+    # checked once, then timed as the runtime's executor calls kernels: the checked call's Python
+    # argument handling costs tens of microseconds, as much as a small kernel, and timing it would
+    # bury the differences between schedules in interpreter overhead and noise
+    run = kernel.prepare(args, scal or None)
+    run()  # warm-up
     number = max(1, int(job.get("number", 1)))
     times = []
     for _ in range(max(1, int(job.get("repeat", 3)))):
         t0 = time.perf_counter()
         for _ in range(number):
-            raw(ptrs, dvals)
+            run()
         times.append((time.perf_counter() - t0) / number)
     return {"times": times}
 
