@@ -23,11 +23,13 @@ def import_cmd(model: str, output: str | None, dims: tuple[str, ...]) -> None:
     """Import an ONNX model into graph IR (weights go to a side file next to the output)."""
     from mlc.frontend.onnx_import import import_onnx
 
+    from mlc.compiler import with_memory_constants
+
     mapping = _dim_map(dims)
     module, consts = import_onnx(_existing_file(model), mapping or None)
     from mlc.ir.verify import verify_module
 
-    verify_module(_with_memory_constants(module, consts))
+    verify_module(with_memory_constants(module, consts))
     write_module(module, output, None, consts, stem=Path(model).stem)
 
 
@@ -178,40 +180,25 @@ def codegen_cmd(input: str, output: str, target: str, emit: str) -> None:
 def build_cmd(model: str, output: str, target: str, pipeline: str | None, db: str | None, dims: tuple[str, ...],
               timing: bool, bounds: tuple[str, ...], emit: str) -> None:
     """ONNX or IR -> import, shape-infer, fuse, schedule, codegen -> one artifact."""
-    from mlc.passes.pipeline import load_pipeline, run_pipeline
-    from mlc.passes.registry import PassContext
-    from mlc.runtime.build import build_artifact
-
-    from .main import default_pipeline
+    from mlc.compiler import build_module, with_memory_constants
 
     kinds = _emit_set(emit)
     dim_bounds = _bounds(bounds)
     if db is not None:
         _existing_file(db, "tuning database")
-    if pipeline is None and not default_pipeline(f"build-{target}").is_file():
-        known = sorted(p.stem.removeprefix("build-") for p in default_pipeline("build-cpu").parent.glob("build-*.yaml"))
-        raise MlcError(f"unknown target '{target}' (available: {', '.join(known)})")
     if model.endswith(".onnx"):
         from mlc.frontend.onnx_import import import_onnx
 
         module, consts = import_onnx(_existing_file(model), _dim_map(dims) or None)
-        module = _with_memory_constants(module, consts)
-        ctx = PassContext(constants=consts, search_dirs=[Path.cwd()], target=target)
+        module, search_dirs = with_memory_constants(module, consts), [Path.cwd()]
     else:
         src = read_module(model, verify=True)
-        module = src.module
-        ctx = PassContext(constants=src.constants(), search_dirs=src.search_dirs, target=target)
-    steps = load_pipeline(pipeline or default_pipeline(f"build-{target}"))
-    if db is not None:
-        for s in steps:
-            if "db" in {o.name for o in s.info.options}:
-                s.options["db"] = db
-    module, report = run_pipeline(module, steps, ctx, verify_each=True)
+        module, consts, search_dirs = src.module, src.constants(), src.search_dirs
+    built = build_module(module, consts, target, pipeline, db, search_dirs, kinds)
     if timing:
-        print_timings(report.timings)
-    res = build_artifact(module, ctx.constants or {}, target, kinds)
-    report_line = _plan_report(module, res, dim_bounds)  # may fail: before anything is written
-    _write_build(res, output, emit)
+        print_timings(built.report.timings)
+    report_line = _plan_report(built.module, built.result, dim_bounds)  # may fail: before anything is written
+    _write_build(built.result, output, emit)
     click.echo(report_line, err=True)
 
 
@@ -245,17 +232,6 @@ def _plan_report(module: Any, res: Any, bounds: dict[str, int]) -> str:
             except ValueError as e:
                 raise MlcError(f"--dim-bound: {e}") from None
     return msg
-
-
-def _with_memory_constants(module: Any, consts: dict[str, np.ndarray]) -> Any:
-    """Name the in-memory constants in the module, as a side file would be (for the verifier)."""
-    import dataclasses
-    import hashlib
-
-    from mlc.ir.module import ConstantsRef
-    from mlc.runtime.artifact import pack_params
-
-    return dataclasses.replace(module, constants=ConstantsRef("<memory>", hashlib.sha256(pack_params(consts)).hexdigest()))
 
 
 @cli.command("bench")

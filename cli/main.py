@@ -10,7 +10,6 @@ import sys
 import traceback
 from collections.abc import Callable
 from functools import wraps
-from pathlib import Path
 from typing import Any
 
 import click
@@ -119,9 +118,3 @@ def print_timings(timings: list[tuple[str, float]]) -> None:
         t.add_row(n, f"{s * 1e3:.2f}", f"{100 * s / total:.1f}")
     t.add_row("total", f"{total * 1e3:.2f}", "100.0")
     Console(stderr=True).print(t)
-
-
-def default_pipeline(name: str) -> Path:
-    """Pipelines shipped in configs/pipelines/, found relative to the installed package."""
-    here = Path(__file__).resolve().parent.parent / "configs" / "pipelines" / f"{name}.yaml"
-    return here

@@ -22,3 +22,11 @@ def load(path: str, device: str | None = None) -> Model:
     from mlc.runtime.model import load as _load
 
     return _load(path, device)
+
+
+def compile(model: object, target: str = "cpu", dims: dict[str, str] | None = None,  # noqa: A001 - the API's name
+            db: str | None = None) -> Model:
+    """ONNX model (path, bytes or `onnx.ModelProto`) -> a callable compiled `Model`; no files are written."""
+    from mlc.compiler import compile as _compile
+
+    return _compile(model, target, dims, db)

@@ -55,13 +55,17 @@ class Model:
 
 def load(path: str | Path, device: str | None = None) -> Any:
     """The artifact as a callable: a `Model` (CPU) or a `CudaModel`, by the target it was built for."""
-    art = read(path)
+    return model_from_artifact(read(path), str(path), device)
+
+
+def model_from_artifact(art: Artifact, name: str, device: str | None = None) -> Any:
+    """A `Model` (CPU) or a `CudaModel` for an artifact already in memory, by the target it was built for."""
     target = str(art.meta.get("target", "cpu"))
     want = device or target
     if want != target:
-        raise MlcError(f"{path}: built for {target}, cannot run on {want} (rebuild with --target {want})")
+        raise MlcError(f"{name}: built for {target}, cannot run on {want} (rebuild with --target {want})")
     if target == "cuda":
         from .cuda_build import CudaModel
 
-        return CudaModel(art, str(path))
-    return Model(art, str(path))
+        return CudaModel(art, name)
+    return Model(art, name)

@@ -1,0 +1,89 @@
+"""The build driver shared by `mlc build` and the Python API `mlc.compile`.
+
+One function takes an imported (or parsed) module through a build pipeline to an artifact, so the
+command line and Python callers cannot drift apart; `compile` adds the ONNX import in front and
+loads the artifact from memory behind (no files are written).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from mlc.ir.diagnostics import MlcError
+from mlc.ir.module import ConstantsRef, Module
+
+if TYPE_CHECKING:
+    from mlc.passes.pipeline import PipelineReport
+    from mlc.runtime.build import BuildResult
+
+
+def default_pipeline(name: str) -> Path:
+    """A pipeline shipped as package data (configs/pipelines/NAME.yaml), editable install or wheel alike."""
+    return Path(str(resources.files("mlc.configs").joinpath("pipelines", f"{name}.yaml")))
+
+
+def known_targets() -> list[str]:
+    folder = Path(str(resources.files("mlc.configs").joinpath("pipelines")))
+    return sorted(p.stem.removeprefix("build-") for p in folder.glob("build-*.yaml"))
+
+
+@dataclass
+class Built:
+    """What a build produced: the scheduled module, the artifact and the pass timings."""
+
+    module: Module
+    result: BuildResult
+    report: PipelineReport
+
+
+def with_memory_constants(module: Module, consts: dict[str, np.ndarray]) -> Module:
+    """Name in-memory constants in the module, as a side file would be (the verifier wants a reference)."""
+    from mlc.runtime.artifact import pack_params
+
+    digest = hashlib.sha256(pack_params(consts)).hexdigest()
+    return dataclasses.replace(module, constants=ConstantsRef("<memory>", digest))
+
+
+def build_module(module: Module, constants: dict[str, np.ndarray], target: str = "cpu",
+                 pipeline: str | Path | None = None, db: str | None = None,
+                 search_dirs: Sequence[Path] = (), emit: tuple[str, ...] = ()) -> Built:
+    """Run the build pipeline of `target` (or `pipeline`) over `module`, then compile it to an artifact."""
+    from mlc.passes.pipeline import load_pipeline, run_pipeline
+    from mlc.passes.registry import PassContext
+    from mlc.runtime.build import build_artifact
+
+    if pipeline is None:
+        path = default_pipeline(f"build-{target}")
+        if not path.is_file():
+            raise MlcError(f"unknown target '{target}' (available: {', '.join(known_targets())})")
+        pipeline = path
+    ctx = PassContext(constants=constants, search_dirs=list(search_dirs) or [Path.cwd()], target=target)
+    steps = load_pipeline(pipeline)
+    if db is not None:
+        for s in steps:
+            if "db" in {o.name for o in s.info.options}:
+                s.options["db"] = db
+    module, report = run_pipeline(module, steps, ctx, verify_each=True)
+    return Built(module, build_artifact(module, ctx.constants or {}, target, emit), report)
+
+
+def compile(model: Any, target: str = "cpu", dims: dict[str, str] | None = None,  # noqa: A001 - the API's name
+            db: str | None = None) -> Any:
+    """ONNX model (a path, bytes or an `onnx.ModelProto`) -> a callable `Model`, with no files left behind.
+
+    `dims` names dynamic axes (dim_param or `input:axis` -> symbol or integer), as `mlc build --dim`."""
+    from mlc.frontend.onnx_import import import_onnx
+    from mlc.runtime.artifact import loads
+    from mlc.runtime.model import model_from_artifact
+
+    module, consts = import_onnx(model, dims)
+    built = build_module(with_memory_constants(module, consts), consts, target, db=db)
+    return model_from_artifact(loads(built.result.data), "<mlc.compile>")
