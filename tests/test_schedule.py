@@ -680,3 +680,26 @@ def test_compact_preconditions() -> None:
     s3.reverse_compute_at(wb, io)
     s3.compact(c, 0)  # 3 x 8 tile at rows 3 * io: aligned, fine
     same(matmul_func(12, 4, 8), s3.func)
+
+
+def test_compute_at_refuses_a_loop_whose_blocks_overwrite_its_input() -> None:
+    """Softmax over axis 0, divided in place: the column sum read by the division may not move under
+    the division's row loop, since it would re-read rows that earlier iterations already divided."""
+    from mlc.ir.expr import Bin, Call, Const
+    from mlc.passes.compute import Builder
+
+    b = Builder(set())
+    x = b.placeholder((Const(3), Const(4)), "f32", "x")
+    e = b.compute(x.shape, "f32", lambda i: Call("exp", (x.at(i),), "f32"), "exp")
+    tot = b.reduce((Const(4),), "f32", "add", (Const(3),), lambda i, r: e.at((r[0], i[0])), "sum")
+    b.output(b.in_place(e, lambda i, v: Bin("div", v, tot.at((i[1],))), "div"))
+    f = b.build("softmax0")
+    s = Schedule(f)
+    rows = s.get_loops(s.get_block("div"))[0]
+    with pytest.raises(MlcError, match="interleaved with block div, which also accesses"):
+        s.compute_at(s.get_block("sum"), rows)
+    xv = np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)
+    out = np.zeros((3, 4), np.float32)
+    run_prim(s.func, [xv, out])
+    ref = np.exp(xv) / np.exp(xv).sum(axis=0)
+    np.testing.assert_allclose(out, ref, rtol=1e-5)

@@ -13,6 +13,7 @@ from mlc.ir.tir import BlockStmt, Buffer, For, PrimFunc, Stmt
 from .scope import (
     alone_at_root,
     check_between,
+    check_per_iteration,
     is_param,
     loops_between,
     named_block,
@@ -126,6 +127,7 @@ def compute_at(func: PrimFunc, block: str, loop: str) -> PrimFunc:
         if p[: len(lpath)] != lpath:
             raise MlcError(f"compute_at: consumer {c.name} of {buf.name} is not under loop {loop}")
     check_between(func, ti + 1, top_index(func, lpath), {c.name for _, c in consumers}, b, "compute_at")
+    check_per_iteration(func, lpath, b, loop, "compute_at", {c.name for _, c in consumers})
     region = _region(func, lpath, consumers, buf, loads=True)
     ranges = {iv.var: r for iv, r in zip(b.iters, region)}
     used = used_names(func) - {lp.var.name for _, lp in walk(tops(func)[ti]) if isinstance(lp, For)}
@@ -160,6 +162,7 @@ def reverse_compute_at(func: PrimFunc, block: str, loop: str) -> PrimFunc:
             or len(set(idx)) != len(idx):
         raise MlcError(f"reverse_compute_at: block {block} must read {buf.name} at distinct iterators")
     check_between(func, top_index(func, lpath), ti - 1, {w.name for _, w in producers}, c, "reverse_compute_at")
+    check_per_iteration(func, lpath, c, loop, "reverse_compute_at", {w.name for _, w in producers})
     region = _region(func, lpath, producers, buf, loads=False)
     ranges = {i: r for i, r in zip(idx, region)}  # type: ignore[misc]
     used = used_names(func) - {lp.var.name for _, lp in walk(tops(func)[ti]) if isinstance(lp, For)}

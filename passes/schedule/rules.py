@@ -464,9 +464,21 @@ def random_compute_location(sch: Schedule, block: BlockRV, ch: Chooser) -> bool:
         return False
     cands = list(range(min(2, len(c_loops)) + 1))  # 0: stay at root, i: under consumer loop i-1
     pick = ch.cat(sch, cands, 1)
-    if pick == 0:
+    if pick == 0 or not _indexes_by(sch, consumers[0], block, c_loops[pick - 1]):
         return False
     return _try(sch.compute_at, block, c_loops[pick - 1]) is not None
+
+
+def _indexes_by(sch: Schedule, consumer: BlockRV, producer: BlockRV, loop: LoopRV) -> bool:
+    """Whether the consumer's reads of the producer's output move with `loop`. When they do not (a
+    softmax over axis 0, consumed by rows), the producer would be recomputed whole per iteration."""
+    c = sch.get(consumer)
+    lv = sch.get(loop)
+    assert isinstance(c, BlockStmt) and not isinstance(lv, BlockStmt)
+    out = {b.name for b in block_writes(sch.get(producer))}  # type: ignore[arg-type]
+    bindings = {iv.var: iv.binding for iv in c.iters}
+    return any(lv.var in free_vars(substitute(i, bindings))
+               for e in stmt_exprs(c.body) for ld in loads_in(e) if ld.buffer.name in out for i in ld.indices)
 
 
 def parallel_vectorize_unroll(sch: Schedule, block: BlockRV, tgt: TargetInfo, ch: Chooser) -> None:

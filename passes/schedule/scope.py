@@ -113,6 +113,28 @@ def check_between(func: PrimFunc, lo: int, hi: int, skip: set[str], b: BlockStmt
                                f"which also accesses {', '.join(sorted(clash))}")
 
 
+def check_per_iteration(func: PrimFunc, lpath: Path, b: BlockStmt, loop: str, what: str,
+                        partners: set[str]) -> None:
+    """Under `loop`, `b` runs once per iteration, interleaved with the blocks already there. The
+    region analysis covers only its traffic with `partners` (its consumers, or its producers); any
+    other block there must not write what `b` reads, nor touch what `b` writes. (A softmax that divides
+    its exp in place broke this: the sum reading the exp was recomputed per row after rows were divided.)"""
+    reads = {x.name for x in block_reads(b)}
+    writes = {x.name for x in block_writes(b)}
+    for _, x in leaf_blocks(get(func.body, lpath)):
+        if x.name == b.name:
+            continue
+        xw, xr = {y.name for y in block_writes(x)}, {y.name for y in block_reads(x)}
+        clash = (xw & reads) | (xw & writes) | (xr & writes)
+        if x.name in partners:
+            clash -= writes if what == "compute_at" else reads
+            if what == "reverse_compute_at":
+                clash -= xw & writes  # an in-place consumer rewrites exactly the region just produced
+        if clash:
+            raise MlcError(f"{what}: block {b.name} would run once per iteration of loop {loop}, "
+                           f"interleaved with block {x.name}, which also accesses {', '.join(sorted(clash))}")
+
+
 def trivial_store_or_reduce(b: BlockStmt, what: str) -> Store:
     if not isinstance(b.body, Store):
         raise MlcError(f"{what}: block {b.name} must be a single store")
