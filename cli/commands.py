@@ -10,23 +10,25 @@ import click
 import numpy as np
 from mlc.ir.diagnostics import Loc, MlcError
 
-from .io import atomic_write_bytes, atomic_write_files, read_module, write_module, write_text
-from .main import cli, handle_errors, input_argument, output_option, print_timings, run_stage
+from .dims import dims_option
+from .io import atomic_write_bytes, atomic_write_files, read_module, write_module
+from .main import Instrumentation, cli, handle_errors, input_argument, output_option, pipeline_options, run_stage
+
+DIM_HELP = "Name a dynamic ONNX axis (a dim_param, or INPUT:AXIS) with a symbol, or fix it to an integer; repeatable."
 
 
 @cli.command("import")
 @click.argument("model")
 @output_option
-@click.option("--dim", "dims", multiple=True, metavar="NAME=SYMBOL", help="Name a dynamic axis' symbol.")
+@dims_option("--dim", "dims", kind="symbol", help=DIM_HELP)
 @handle_errors
-def import_cmd(model: str, output: str | None, dims: tuple[str, ...]) -> None:
+def import_cmd(model: str, output: str | None, dims: dict[str, str]) -> None:
     """Import an ONNX model into graph IR (weights go to a side file next to the output)."""
     from mlc.frontend.onnx_import import import_onnx
 
     from mlc.compiler import with_memory_constants
 
-    mapping = _dim_map(dims)
-    module, consts = import_onnx(_existing_file(model), mapping or None)
+    module, consts = import_onnx(_existing_file(model), dims or None)
     from mlc.ir.verify import verify_module
 
     verify_module(with_memory_constants(module, consts))
@@ -49,37 +51,21 @@ def verify_cmd(input: str) -> None:
 @input_argument
 @output_option
 @click.option("--pipeline", "-p", required=True, help="Pipeline YAML (configs/pipelines/*.yaml).")
-@click.option("--print-after-all", is_flag=True, help="Print the module to stderr after each pass.")
-@click.option("--ir-dump-dir", type=click.Path(file_okay=False), default=None, help="Write the module after each pass here.")
-@click.option("--verify-each/--no-verify-each", default=True, show_default=True, help="Verify after each pass.")
-@click.option("--timing", is_flag=True, help="Print a table of wall time per pass.")
+@pipeline_options
 @handle_errors
-def opt_cmd(input: str, output: str | None, pipeline: str, print_after_all: bool, ir_dump_dir: str | None,
-            verify_each: bool, timing: bool) -> None:
+def opt_cmd(input: str, output: str | None, pipeline: str, instrument: Instrumentation) -> None:
     """Run a pipeline of passes from YAML."""
-    from mlc.ir.printer import print_module
     from mlc.passes.pipeline import load_pipeline, run_pipeline
     from mlc.passes.registry import PassContext
 
     steps = load_pipeline(pipeline)
-    if ir_dump_dir is not None:
-        try:
-            Path(ir_dump_dir).mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise MlcError(f"cannot create --ir-dump-dir '{ir_dump_dir}': {e.strerror}") from None
-    src = read_module(input, verify=verify_each)
+    run_kwargs = instrument.run_kwargs()
+    src = read_module(input, verify=instrument.verify_each)
     ctx = PassContext(search_dirs=src.search_dirs)
     if any(s.info.needs_constants for s in steps):
         ctx.constants = src.constants()
-
-    def show(name: str, m: Any) -> None:
-        click.echo(f"// ----- IR dump after {name} -----", err=True)
-        click.echo(print_module(m), err=True, nl=False)
-
-    module, report = run_pipeline(src.module, steps, ctx, verify_each, show if print_after_all else None,
-                                  Path(ir_dump_dir) if ir_dump_dir else None)
-    if timing:
-        print_timings(report.timings)
+    module, report = run_pipeline(src.module, steps, ctx, **run_kwargs)
+    instrument.report(report.timings)
     write_module(module, output, src, ctx.constants if ctx.constants_changed else None)
 
 
@@ -171,45 +157,36 @@ def codegen_cmd(input: str, output: str, target: str, emit: str) -> None:
 @click.option("--target", default="cpu", show_default=True, help="cpu (the host, detected) or cuda.")
 @click.option("--pipeline", "-p", default=None, help="Pipeline YAML (default: configs/pipelines/build-<target>.yaml).")
 @click.option("--db", default=None, help="Tuning database (JSON lines) whose best records schedule the kernels.")
-@click.option("--dim", "dims", multiple=True, metavar="NAME=SYMBOL", help="Name a dynamic ONNX axis' symbol.")
-@click.option("--timing", is_flag=True, help="Print a table of wall time per pass.")
-@click.option("--dim-bound", "bounds", multiple=True, metavar="NAME=VALUE",
-              help="Upper bound of a symbolic dim, to report the memory plan's static upper bound.")
+@dims_option("--dim", "dims", kind="symbol", help=DIM_HELP)
+@dims_option("--dim-bound", "bounds", kind="int",
+             help="Upper bound of a symbolic dim, to report the memory plan's static upper bound; repeatable.")
 @_emit_option
+@pipeline_options
 @handle_errors
-def build_cmd(model: str, output: str, target: str, pipeline: str | None, db: str | None, dims: tuple[str, ...],
-              timing: bool, bounds: tuple[str, ...], emit: str) -> None:
-    """ONNX or IR -> import, shape-infer, fuse, schedule, codegen -> one artifact."""
+def build_cmd(model: str, output: str, target: str, pipeline: str | None, db: str | None, dims: dict[str, str],
+              bounds: dict[str, int], emit: str, instrument: Instrumentation) -> None:
+    """ONNX or IR -> import, shape-infer, fuse, schedule, codegen -> one artifact.
+
+    The pipeline flags (--print-after-all, --ir-dump-dir, --verify-each, --timing) are those of `mlc opt`."""
     from mlc.compiler import build_module, with_memory_constants
 
     kinds = _emit_set(emit)
-    dim_bounds = _bounds(bounds)
+    run_kwargs = instrument.run_kwargs()
     if db is not None:
         _existing_file(db, "tuning database")
     if model.endswith(".onnx"):
         from mlc.frontend.onnx_import import import_onnx
 
-        module, consts = import_onnx(_existing_file(model), _dim_map(dims) or None)
+        module, consts = import_onnx(_existing_file(model), dims or None)
         module, search_dirs = with_memory_constants(module, consts), [Path.cwd()]
     else:
-        src = read_module(model, verify=True)
+        src = read_module(model, verify=instrument.verify_each)
         module, consts, search_dirs = src.module, src.constants(), src.search_dirs
-    built = build_module(module, consts, target, pipeline, db, search_dirs, kinds)
-    if timing:
-        print_timings(built.report.timings)
-    report_line = _plan_report(built.module, built.result, dim_bounds)  # may fail: before anything is written
+    built = build_module(module, consts, target, pipeline, db, search_dirs, kinds, **run_kwargs)
+    instrument.report(built.report.timings)
+    report_line = _plan_report(built.module, built.result, bounds)  # may fail: before anything is written
     _write_build(built.result, output, emit)
     click.echo(report_line, err=True)
-
-
-def _bounds(items: tuple[str, ...]) -> dict[str, int]:
-    out = {}
-    for s in items:
-        k, _, v = s.partition("=")
-        if not v.isdigit():
-            raise click.BadParameter(f"expected NAME=INTEGER, got {s!r}", param_hint="--dim-bound")
-        out[k] = int(v)
-    return out
 
 
 def _plan_report(module: Any, res: Any, bounds: dict[str, int]) -> str:
@@ -236,7 +213,7 @@ def _plan_report(module: Any, res: Any, bounds: dict[str, int]) -> str:
 
 @cli.command("bench")
 @click.argument("artifact")
-@click.option("--shape", "shapes", multiple=True, metavar="NAME=VALUE", help="Value of a symbolic dim.")
+@dims_option("--dim", "--shape", "dims", kind="int", help="Value of a symbolic dim of the inputs; repeatable.")
 @click.option("--onnx", "onnx_path", default=None, help="ONNX model to time with onnxruntime (default: the source).")
 @click.option("--runs", type=click.IntRange(min=1), default=20, show_default=True,
               help="Timed runs (after 3 warm-up runs).")
@@ -244,18 +221,12 @@ def _plan_report(module: Any, res: Any, bounds: dict[str, int]) -> str:
               help="Where to run (default: the target the artifact was built for).")
 @click.option("--profile", is_flag=True, help="Also print each kernel's time inside the runs (CPU).")
 @handle_errors
-def bench_cmd(artifact: str, shapes: tuple[str, ...], onnx_path: str | None, runs: int, device: str | None,
+def bench_cmd(artifact: str, dims: dict[str, int], onnx_path: str | None, runs: int, device: str | None,
               profile: bool) -> None:
     """Median latency of a compiled model, beside onnxruntime's on the same inputs."""
     from mlc.runtime.bench import random_inputs, time_fn
     from mlc.runtime.model import load
 
-    dims = {}
-    for s in shapes:
-        k, _, v = s.partition("=")
-        if not v.isdigit():
-            raise click.BadParameter(f"expected NAME=INTEGER, got {s!r}", param_hint="--shape")
-        dims[k] = int(v)
     model = load(artifact, device)
     if profile and not hasattr(model, "profile"):
         raise MlcError("bench --profile: per-kernel profiles are for CPU artifacts")
@@ -264,7 +235,7 @@ def bench_cmd(artifact: str, shapes: tuple[str, ...], onnx_path: str | None, run
     if onnx_path:
         _existing_file(onnx_path)
     src = onnx_path or str(model.meta.get("source") or "")
-    sess = _ort_session(src, list(feeds)) if src and Path(src).is_file() else None  # checked before any output
+    sess, ort_names = _ort_session(src, list(feeds)) if src and Path(src).is_file() else (None, {})  # before any output
     ours = time_fn(lambda: model(**feeds), runs=runs)  # includes host<->device copies on cuda
     from mlc.ir.interp import bind_dims
 
@@ -273,7 +244,8 @@ def bench_cmd(artifact: str, shapes: tuple[str, ...], onnx_path: str | None, run
         click.echo(f"memory plan  {planned / 1024:.1f} KiB of intermediates ({naive / 1024:.1f} KiB without reuse)")
     click.echo(f"mlc          median {ours.median_ms:9.3f} ms  (min {ours.min_ms:.3f}, {ours.runs} runs)")
     if sess is not None:
-        peer = time_fn(lambda: sess.run(None, feeds), runs=runs)
+        ort_feeds = {ort_names[k]: v for k, v in feeds.items()}
+        peer = time_fn(lambda: sess.run(None, ort_feeds), runs=runs)
         click.echo(f"onnxruntime  median {peer.median_ms:9.3f} ms  (min {peer.min_ms:.3f}, {peer.runs} runs)")
         click.echo(f"speed ratio (onnxruntime / mlc): {peer.median_ms / ours.median_ms:.2f}x")
     if profile:
@@ -290,29 +262,25 @@ def _print_profile(times: list[Any]) -> None:
     click.echo(f"{'all kernels':40s} {'':6s} {'':9s} {total * 1e3:8.3f}")
 
 
-def _ort_session(path: str, inputs: list[str]) -> Any:
-    """An onnxruntime session on `path`, checked (by mlc's ONNX loader) and matched to the artifact's inputs."""
+def _ort_session(path: str, inputs: list[str]) -> tuple[Any, dict[str, str]]:
+    """An onnxruntime session on `path`, checked (by mlc's ONNX loader), and the artifact's input names
+    mapped to the model's.
+
+    The importer turns ONNX names into IR identifiers (`gpu_0/data_0` -> `gpu_0_data_0`, a clash gets
+    `_1`) and keeps the graph inputs' order, so inputs pair up by position; each pair must agree
+    under that renaming."""
+    import re
+
     import onnxruntime as ort
-    from mlc.frontend.onnx_import import load_model
+    from mlc.frontend.onnx_import import load_model, sanitize
 
     model, _ = load_model(path)
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     names = [i.name for i in sess.get_inputs()]
-    if sorted(names) != sorted(inputs):
+    if len(names) != len(inputs) or not all(re.fullmatch(re.escape(sanitize(n)) + r"(_\d+)?", p)
+                                             for n, p in zip(names, inputs)):
         raise MlcError(f"onnx model inputs {names} differ from the artifact's {inputs}", Loc(path))
-    return sess
-
-
-def _dim_map(dims: tuple[str, ...]) -> dict[str, str]:
-    mapping: dict[str, str] = {}
-    for d in dims:
-        if "=" not in d:
-            raise click.BadParameter(f"expected NAME=SYMBOL, got {d!r}", param_hint="--dim")
-        k, v = d.split("=", 1)
-        if not v.isidentifier():
-            raise click.BadParameter(f"symbol {v!r} is not an identifier", param_hint="--dim")
-        mapping[k] = v
-    return mapping
+    return sess, dict(zip(inputs, names))
 
 
 def load_npz(path: str) -> dict[str, np.ndarray]:
@@ -445,16 +413,12 @@ def _register_stages() -> None:
 
 
 def _register_groups() -> None:
-    from mlc.passes.tune.cli import tune_cmd
+    from .ann import ann_index
+    from .tune import tune_cmd
 
     cli.add_command(tune_cmd, "tune")
-    try:
-        from mlc.ann.cli import ann_index
-    except ImportError:
-        return
     cli.add_command(ann_index, "ann-index")
 
 
 _register_stages()
 _register_groups()
-_ = write_text  # re-exported for stage modules

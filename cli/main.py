@@ -9,7 +9,9 @@ from __future__ import annotations
 import sys
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import wraps
+from pathlib import Path
 from typing import Any
 
 import click
@@ -84,6 +86,62 @@ def output_option(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def input_argument(fn: Callable[..., Any]) -> Callable[..., Any]:
     return click.argument("input", default="-", required=False)(fn)
+
+
+@dataclass(frozen=True)
+class Instrumentation:
+    """The pass manager's instrumentation flags, shared by every command that runs a pipeline
+    (`opt`, `build`, `tune`): `pipeline_options` adds them and hands the command one of these."""
+
+    print_after_all: bool = False
+    ir_dump_dir: str | None = None
+    verify_each: bool = True
+    timing: bool = False
+
+    def run_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of `run_pipeline` / `build_module`; creates --ir-dump-dir (MlcError if it can't)."""
+        dump = None
+        if self.ir_dump_dir is not None:
+            dump = Path(self.ir_dump_dir)
+            try:
+                dump.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise MlcError(f"cannot create --ir-dump-dir '{self.ir_dump_dir}': {e.strerror}") from None
+        return {"verify_each": self.verify_each, "print_after": print_after if self.print_after_all else None,
+                "dump_dir": dump}
+
+    def report(self, timings: list[tuple[str, float]]) -> None:
+        if self.timing:
+            print_timings(timings)
+
+
+def print_after(name: str, module: Any) -> None:
+    """--print-after-all: the module after pass `name`, to stderr."""
+    from mlc.ir.printer import print_module
+
+    click.echo(f"// ----- IR dump after {name} -----", err=True)
+    click.echo(print_module(module), err=True, nl=False)
+
+
+def pipeline_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """--print-after-all, --ir-dump-dir, --verify-each/--no-verify-each, --timing; the command gets `instrument`."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, print_after_all: bool, ir_dump_dir: str | None, verify_each: bool, timing: bool,
+                **kwargs: Any) -> Any:
+        return fn(*args, instrument=Instrumentation(print_after_all, ir_dump_dir, verify_each, timing), **kwargs)
+
+    options = [
+        click.option("--print-after-all", is_flag=True, help="Print the module to stderr after each pass."),
+        click.option("--ir-dump-dir", type=click.Path(file_okay=False), default=None,
+                     help="Write the module after each pass here (NN-pass.ir)."),
+        click.option("--verify-each/--no-verify-each", default=True, show_default=True,
+                     help="Verify the input, and the module after each pass."),
+        click.option("--timing", is_flag=True, help="Print a table of wall time per pass."),
+    ]
+    for opt in reversed(options):
+        wrapper = opt(wrapper)
+    return wrapper
 
 
 def run_stage(name: str, input: str, output: str | None, options: dict[str, Any], verify: bool = True,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -54,8 +54,12 @@ def with_memory_constants(module: Module, consts: dict[str, np.ndarray]) -> Modu
 
 def build_module(module: Module, constants: dict[str, np.ndarray], target: str = "cpu",
                  pipeline: str | Path | None = None, db: str | None = None,
-                 search_dirs: Sequence[Path] = (), emit: tuple[str, ...] = ()) -> Built:
-    """Run the build pipeline of `target` (or `pipeline`) over `module`, then compile it to an artifact."""
+                 search_dirs: Sequence[Path] = (), emit: tuple[str, ...] = (), *, verify_each: bool = True,
+                 print_after: Callable[[str, Module], None] | None = None, dump_dir: Path | None = None) -> Built:
+    """Run the build pipeline of `target` (or `pipeline`) over `module`, then compile it to an artifact.
+
+    `verify_each`, `print_after` and `dump_dir` are the pass manager's instrumentation, as in
+    `passes.pipeline.run_pipeline` (`mlc build --no-verify-each / --print-after-all / --ir-dump-dir`)."""
     from mlc.passes.pipeline import load_pipeline, run_pipeline
     from mlc.passes.registry import PassContext
     from mlc.runtime.build import build_artifact
@@ -71,7 +75,7 @@ def build_module(module: Module, constants: dict[str, np.ndarray], target: str =
         for s in steps:
             if "db" in {o.name for o in s.info.options}:
                 s.options["db"] = db
-    module, report = run_pipeline(module, steps, ctx, verify_each=True)
+    module, report = run_pipeline(module, steps, ctx, verify_each, print_after, dump_dir)
     return Built(module, build_artifact(module, ctx.constants or {}, target, emit), report)
 
 
@@ -84,6 +88,19 @@ def compile(model: Any, target: str = "cpu", dims: dict[str, str] | None = None,
     from mlc.runtime.artifact import loads
     from mlc.runtime.model import model_from_artifact
 
-    module, consts = import_onnx(model, dims)
+    module, consts = import_onnx(model, _dim_names(dims))
     built = build_module(with_memory_constants(module, consts), consts, target, db=db)
     return model_from_artifact(loads(built.result.data), "<mlc.compile>")
+
+
+def _dim_names(dims: dict[str, Any] | None) -> dict[str, str] | None:
+    """`compile(dims=...)` values as the importer takes them: a symbol, or a positive integer (int or digits)."""
+    if not dims:
+        return None
+    out: dict[str, str] = {}
+    for k, v in dims.items():
+        s = str(v).strip()
+        if isinstance(v, bool) or not (s.isidentifier() or (s.isdigit() and int(s) > 0)):
+            raise MlcError(f"dims[{k!r}]: expected a symbol or a positive integer, got {v!r}")
+        out[str(k)] = str(int(s)) if s.isdigit() else s
+    return out

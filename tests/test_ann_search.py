@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from mlc.ann import program
-from mlc.ann.cli import ann_index
 from mlc.ann.etree import EForest
 from mlc.ann.index import AnnIndex
 from mlc.ann.io import read_vectors, write_vectors
 from mlc.ann.search import add_biases, table_sum, topk
+from mlc.cli.ann import ann_index
 from scipy.spatial.distance import cdist
 
 DATA = Path(__file__).parent / "data" / "ann"

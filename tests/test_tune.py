@@ -10,6 +10,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from mlc.cli.tune import tune_cmd
 from mlc.ir import BlockStmt, Const, For, MlcError, PrimFunc, Var
 from mlc.ir.module import Module
 from mlc.ir.printer import print_module
@@ -18,7 +19,6 @@ from mlc.passes.registry import PassContext, get_pass
 from mlc.passes.schedule import Trace
 from mlc.passes.schedule.rules import TargetInfo, sample_schedule
 from mlc.passes.schedule.tree import walk
-from mlc.passes.tune.cli import tune_cmd
 from mlc.passes.tune.cost_model import CostModel
 from mlc.passes.tune.database import Database, Record, mlc_version, target_key, workload_key
 from mlc.passes.tune.features import N_FEATURES, extract

@@ -1,8 +1,6 @@
-"""`mlc tune M.ir --target cpu|cuda --trials N --time-budget S --db tune.jsonl -o t.ir`.
-
-With `--target cuda` candidates come from the GPU rules and are measured on GPU 0 (pycuda + nvcc);
-without a usable GPU the command fails up front with one message (the design space itself and the
-CUDA source need no GPU, see tests/test_tune_cuda.py).
+"""Tuning a whole module: one task per unscheduled tensor program, weighted by its call sites;
+the search (search.py) measures candidates and the database keeps them; each program then gets its
+best record (or the target's default schedule). `mlc tune` (cli/tune.py) is the command around it.
 """
 
 from __future__ import annotations
@@ -11,7 +9,6 @@ import math
 import sys
 from dataclasses import replace
 
-import click
 from mlc.ir.diagnostics import MlcError
 from mlc.ir.graph import CallTensor
 from mlc.ir.module import Module
@@ -69,10 +66,19 @@ class Progress:
             self.live.stop()
 
 
+def unscheduled(module: Module) -> list[PrimFunc]:
+    """The tensor programs of `module` that no schedule has been applied to: what `tune_module` tunes."""
+    return [f for f in module.prim_functions() if not any(k == "schedule" for k, _ in f.attrs)]
+
+
 def tune_module(module: Module, cfg: SearchConfig, db: Database, runner: Runner, quiet: bool = True) -> Module:
-    """Tune every unscheduled tensor program of `module`; the result uses the best records."""
+    """Tune every unscheduled tensor program of `module`; the result uses the best records.
+
+    A module without any (not lowered, or already scheduled) is returned as it is."""
     weights = call_counts(module)
-    funcs = [f for f in module.prim_functions() if not any(k == "schedule" for k, _ in f.attrs)]
+    funcs = unscheduled(module)
+    if not funcs:
+        return module
     tasks = [Task(f, float(weights.get(f.name, 1))) for f in funcs]
     progress = Progress(cfg.trials, cfg.time_budget, quiet)
     try:
@@ -114,51 +120,4 @@ def check_target(target: str) -> None:
                            f"{reason}")
 
 
-def parse_dims(items: tuple[str, ...]) -> dict[str, int]:
-    out = {}
-    for it in items:
-        k, eq, v = it.partition("=")
-        if not eq or not v.strip().lstrip("-").isdigit():
-            raise MlcError(f"tune: bad --dim '{it}' (expected NAME=INT)")
-        out[k.strip()] = int(v)
-    return out
-
-
-@click.command("tune")
-@click.argument("module_path", metavar="M.ir")
-@click.option("--target", default="cpu", show_default=True, help="cpu (the host) or cuda")
-@click.option("--trials", default=64, show_default=True, type=int, help="measurements in all")
-@click.option("--time-budget", default=math.inf, type=float, help="stop after this many seconds")
-@click.option("--db", "db_path", default="tune.jsonl", show_default=True, help="tuning database (JSON lines)")
-@click.option("--dim", "dims", multiple=True, help="value of a symbolic dim for measuring, NAME=INT (default 64)")
-@click.option("--timeout", default=20.0, show_default=True, help="seconds per candidate before it counts as failed")
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--confirm", default=3, show_default=True, type=int,
-              help="at the end, re-measure each program's N fastest schedules twice; rank by the median (0: off)")
-@click.option("--quiet", is_flag=True, help="no progress table")
-@click.option("-o", "--output", default="-", help="scheduled module (default: stdout)")
-def tune_cmd(module_path: str, target: str, trials: int, time_budget: float, db_path: str, dims: tuple[str, ...],
-             timeout: float, seed: int, confirm: int, quiet: bool, output: str) -> None:
-    """Search schedules for every tensor program, measuring real builds; write the best-scheduled module."""
-    from mlc.cli.io import read_module, write_module
-    from mlc.ir.expr import free_vars
-
-    try:
-        src = read_module(module_path)
-        if trials < 0 or confirm < 0:
-            raise MlcError("tune: --trials and --confirm must be >= 0")
-        check_target(target)
-        given = parse_dims(dims)
-        syms = {v.name for f in src.module.prim_functions() for b in f.params for d in b.shape for v in free_vars(d)}
-        syms |= {v.name for f in src.module.prim_functions() for v in f.scalar_params}
-        gpu = is_gpu(target)
-        runner = Runner(timeout=timeout, dims={s: given.get(s, 64) for s in syms}, target=target,
-                        repeat=7 if gpu else 3, min_seconds=0.01 if gpu else 0.02)
-        cfg = SearchConfig(trials=trials, time_budget=time_budget, seed=seed, target=target, confirm=confirm)
-        out = tune_module(src.module, cfg, Database(db_path), runner, quiet=quiet)
-        write_module(out, output, src)
-    except MlcError as e:
-        raise click.ClickException(str(e)) from None
-
-
-__all__ = ["tune_cmd", "tune_module", "call_counts", "check_target", "final_schedule"]
+__all__ = ["Progress", "call_counts", "check_target", "final_schedule", "tune_module", "unscheduled"]

@@ -1,22 +1,22 @@
-"""`mlc ann-index build|search|eval`: the ANN index stage from the shell."""
+"""`mlc ann-index build|search|eval`: the ANN index stage (library: mlc.ann) from the shell."""
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
 import click
 import numpy as np
+from mlc.ann.index import MODES, AnnIndex
+from mlc.ann.index_file import read_index, write_index
+from mlc.ann.io import as_float_vectors, read_vectors, write_vectors
+from mlc.ann.metrics import k_recall_at_k, recall_at
+from mlc.ann.program import search_ir_text
+from mlc.ann.progress import training_progress
+from mlc.ir.diagnostics import MlcError
 
-from ..cli.main import handle_errors
-from ..ir.diagnostics import MlcError
-from .index import MODES, AnnIndex
-from .index_file import read_index, write_index
-from .io import as_float_vectors, read_vectors, write_vectors
-from .metrics import k_recall_at_k, recall_at
-from .program import search_ir_text
-from .progress import training_progress
+from .io import write_text
+from .main import handle_errors
 
 
 @click.group("ann-index")
@@ -60,20 +60,8 @@ def build_cmd(base: str, method: str, codebooks: int, codewords: int, beam: int,
     q = idx.quantizer
     ir_text = search_ir_text(q.method, q.dim, q.M, q.K, "u8" if q.code_dtype == np.uint8 else "u16")
     write_index(output, idx)
-    _write_text(f"{output}.ir", ir_text)
+    write_text(f"{output}.ir", ir_text)
     click.echo(f"{output}: {method} {q.M}x{q.K} over {idx.size} vectors of dim {q.dim}", err=True)
-
-
-def _write_text(path: str, text: str) -> None:
-    tmp = Path(f"{path}.tmp{os.getpid()}")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except OSError as e:
-        raise MlcError(f"{path}: cannot write: {e.strerror or e}") from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _queries(path: str, idx: AnnIndex) -> np.ndarray:
