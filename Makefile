@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 OUT    := out
 
-.PHONY: demo test test-fast bench bench-gpu lint clean
+.PHONY: demo test test-fast conformance wheel-check bench bench-gpu lint clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -32,12 +32,21 @@ demo: $(VENV)/.installed
 	  print('demo: compiled output matches the reference interpreter:', ', '.join(f'{k}{a[k].shape}' for k in a.files))"
 	$(BIN)/mlc bench $(OUT)/default.mlc --shape N=32 --onnx $(OUT)/default.onnx
 
+# The ONNX backend conformance suite is long: `make conformance`, not part of `make test`.
 test: $(VENV)/.installed
 	$(BIN)/ruff check .
-	$(BIN)/pytest -q tests
+	$(BIN)/pytest -q -m "not conformance" tests
 
 test-fast: $(VENV)/.installed
-	$(BIN)/pytest -q -m "not slow" tests
+	$(BIN)/pytest -q -m "not slow and not conformance" tests
+
+conformance: $(VENV)/.installed
+	$(BIN)/pytest -q -m conformance tests
+
+# A real wheel of this checkout, installed in a fresh venv under a temp dir (removed afterwards) and used
+# from outside the source tree: zoo, build, run, compared with the reference interpreter. Needs PyPI.
+wheel-check:
+	PYTHON=$(PYTHON) .ci/wheel-check
 
 bench: $(VENV)/.installed-bench
 	$(BIN)/python benchmarks/run_all.py
