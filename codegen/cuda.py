@@ -86,7 +86,8 @@ def _elem_count(b: Buffer) -> int | None:
 
 
 def _bytes(dtype: str) -> int:
-    return {"bool": 1, "i8": 1, "u8": 1, "i16": 2, "f16": 2, "bf16": 2, "i32": 4, "f32": 4}.get(dtype, 8)
+    return {"bool": 1, "i8": 1, "u8": 1, "i16": 2, "u16": 2, "f16": 2, "bf16": 2, "i32": 4, "u32": 4,
+            "f32": 4}.get(dtype, 8)
 
 
 def _walk(s: Stmt):  # type: ignore[no-untyped-def]

@@ -21,7 +21,7 @@ from ..ir.tir import Buffer
 # storage (pointer element) type of each dtype
 MEM_TYPE: dict[str, str] = {
     "bool": "bool", "i8": "signed char", "i16": "short", "i32": "int", "i64": "long long",
-    "u8": "unsigned char", "f16": "__half", "bf16": "__nv_bfloat16", "f32": "float", "f64": "double",
+    "u8": "unsigned char", "u16": "unsigned short", "u32": "unsigned int", "u64": "unsigned long long", "f16": "__half", "bf16": "__nv_bfloat16", "f32": "float", "f64": "double",
 }
 # type arithmetic is done in
 COMPUTE_TYPE: dict[str, str] = dict(MEM_TYPE, f16="float", bf16="float")
@@ -140,8 +140,7 @@ class ExprEmitter:
         if e.op == "floormod":
             return f"mlc_fmodfloor({a}, {b})" if flt else f"mlc_floormod({a}, {b})"
         if e.op == "pow":
-            return f"pow({a}, {b})" if dt == "f64" else f"powf({a}, {b})" if flt else \
-                f"((long long)pow((double)({a}), (double)({b})))"
+            return f"pow({a}, {b})" if dt == "f64" else f"powf({a}, {b})" if flt else f"mlc_ipow({a}, {b})"
         raise MlcError(f"codegen cuda: unknown binary op {e.op}")
 
 
@@ -154,6 +153,10 @@ PRELUDE = r"""#include <cuda_fp16.h>
 #ifndef NAN
 #define NAN CUDART_NAN_F
 #endif
+template <typename T> __device__ __forceinline__ T mlc_ipow(T a, T e) {  // as the CPU: wraps; e < 0 truncates
+  if (e < 0) return a == T(1) ? T(1) : (a == T(-1) ? ((e & 1) ? a : T(1)) : T(0));
+  T r = 1; for (; e; e >>= 1, a *= a) if (e & 1) r *= a; return r;
+}
 template <typename T> __device__ __forceinline__ T mlc_floordiv(T a, T b) {
   T q = a / b; return (q * b != a && ((a < 0) != (b < 0))) ? q - 1 : q;
 }

@@ -2,7 +2,7 @@
 
 Values are LLVM scalars, LLVM vectors (inside a vectorized loop) or `Lin` (an integer vector kept
 as `base + stride * lane`, so contiguous accesses are recognised and emitted as plain vector
-loads/stores). Integer floordiv/floormod use floor semantics; u8/bool are unsigned; f16 values are
+loads/stores). Integer floordiv/floormod use floor semantics; uN/bool are unsigned; f16 values are
 computed with LLVM half arithmetic, but libm-style functions run in f32.
 """
 
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import llvmlite.ir as ir
 
 from ..ir.diagnostics import MlcError
-from ..ir.dtype import is_float
+from ..ir.dtype import is_float, is_unsigned
 from ..ir.expr import INTRINSICS, Bin, Call, Cast, Const, Expr, Load, Not, Select, Var
 from ..ir.tir import Buffer, PrimFunc
 from .cpu import CpuTarget
@@ -24,7 +24,8 @@ from .vectorize import split_div
 I1, I8, I32, I64 = ir.IntType(1), ir.IntType(8), ir.IntType(32), ir.IntType(64)
 
 _LLVM_TYPES: dict[str, ir.Type] = {
-    "bool": I1, "i8": I8, "u8": I8, "i16": ir.IntType(16), "i32": I32, "i64": I64,
+    "bool": I1, "i8": I8, "u8": I8, "i16": ir.IntType(16), "u16": ir.IntType(16), "i32": I32, "u32": I32,
+    "i64": I64, "u64": I64,
     "f16": ir.HalfType(), "bf16": ir.FloatType(), "f32": ir.FloatType(), "f64": ir.DoubleType(),
 }
 _FLOAT_SUFFIX = {"half": "f16", "float": "f32", "double": "f64"}
@@ -150,14 +151,14 @@ class ExprEmitter:
         return ir.Constant(t, [c] * t.count) if isinstance(t, ir.VectorType) else c
 
     def convert(self, v: ir.Value | Lin, src: str, dst: str) -> ir.Value | Lin:
-        """Value conversion between dtypes, with C/numpy semantics (u8 unsigned, bool as 0/1)."""
+        """Value conversion between dtypes, with C/numpy semantics (uN unsigned, bool as 0/1)."""
         src_t, dst_t = llvm_type(src), llvm_type(dst)
         if isinstance(v, Lin):
-            if isinstance(src_t, ir.IntType) and isinstance(dst_t, ir.IntType) and dst_t.width >= 32 and src != "u8":
+            if isinstance(src_t, ir.IntType) and isinstance(dst_t, ir.IntType) and dst_t.width >= 32 and not is_unsigned(src):
                 conv = self.convert(v.base, src, dst)
                 return Lin(conv, v.stride)  # type: ignore[arg-type]
             v = self.vec(v)
-        if src_t == dst_t and (src == "u8") == (dst == "u8"):
+        if src_t == dst_t and is_unsigned(src) == is_unsigned(dst):
             return v
         if (src == "f16") != (dst == "f16") and "f32" not in (src, dst) and dst != "bool":
             # go through f32: direct f16<->f64/int conversions become compiler-rt calls the JIT cannot resolve
@@ -173,8 +174,8 @@ class ExprEmitter:
                 return v
             return b.fpext(v, tt) if fbits(src_t) < fbits(dst_t) else b.fptrunc(v, tt)
         if is_float(src):
-            return b.fptoui(v, tt) if dst == "u8" else b.fptosi(v, tt)
-        unsigned = src in ("u8", "bool")
+            return b.fptoui(v, tt) if is_unsigned(dst) else b.fptosi(v, tt)
+        unsigned = is_unsigned(src)
         if is_float(dst):
             return b.uitofp(v, tt) if unsigned else b.sitofp(v, tt)
         if src_t.width == dst_t.width:
@@ -253,7 +254,7 @@ class ExprEmitter:
         if op in _ICMP:
             if is_float(dt):
                 return (b.fcmp_unordered if op == "ne" else b.fcmp_ordered)(_ICMP[op], a, c)
-            return (b.icmp_unsigned if dt in ("u8", "bool") else b.icmp_signed)(_ICMP[op], a, c)
+            return (b.icmp_unsigned if is_unsigned(dt) else b.icmp_signed)(_ICMP[op], a, c)
         if is_float(dt):
             return self.float_binop(op, a, c)
         return self.int_binop(op, a, c, dt)
@@ -292,7 +293,7 @@ class ExprEmitter:
 
     def int_binop(self, op: str, a: ir.Value, c: ir.Value, dt: str) -> ir.Value:
         b = self.b
-        unsigned = dt in ("u8", "bool")
+        unsigned = is_unsigned(dt)
         simple = {"add": b.add, "sub": b.sub, "mul": b.mul}
         if op in simple:
             return simple[op](a, c)
@@ -312,13 +313,31 @@ class ExprEmitter:
             if op == "floordiv":
                 return b.sub(q, b.zext(fix, q.type))
             return b.select(fix, b.add(r, c), r)
-        if op == "pow":  # exact for results below 2**53
-            f64 = ir.DoubleType()
-            ft = ir.VectorType(f64, a.type.count) if isinstance(a.type, ir.VectorType) else f64
-            conv = b.uitofp if unsigned else b.sitofp
-            r = b.call(self.intrinsic("pow", ft, 2), [conv(a, ft), conv(c, ft)])
-            return b.fptoui(r, a.type) if unsigned else b.fptosi(r, a.type)
+        if op == "pow":
+            return self.int_pow(a, c, unsigned)
         raise self.err(f"unknown integer operator {op}")
+
+    def int_pow(self, a: ir.Value, e: ir.Value, unsigned: bool) -> ir.Value:
+        """a ** e in the integers, wrapping as multiplication does: square-and-multiply over every bit of
+        the exponent, branch-free so it vectorizes. (llvm.pow on f64 lost exactness above 2**53 and its
+        vector form crashed the process.) A negative exponent truncates 1 / a**-e toward zero: 1 for
+        a == 1, +-1 for a == -1, else 0 (0 for a == 0, where numpy raises)."""
+        b = self.b
+        one, zero = self.const_of(a.type, 1), self.const_of(a.type, 0)
+        elem = a.type.element if isinstance(a.type, ir.VectorType) else a.type
+        r, p = one, a
+        for bit in range(elem.width):
+            mask = 1 << bit if bit < elem.width - 1 else -(1 << bit)  # the sign bit, as a signed literal
+            on = b.icmp_signed("!=", b.and_(e, self.const_of(e.type, mask)), self.const_of(e.type, 0))
+            r = b.select(on, b.mul(r, p), r)
+            p = b.mul(p, p)
+        if unsigned:
+            return r
+        minus_one = self.const_of(a.type, -1)
+        odd = b.icmp_signed("!=", b.and_(e, self.const_of(e.type, 1)), self.const_of(e.type, 0))
+        neg = b.select(b.icmp_signed("==", a, one), one,
+                       b.select(b.icmp_signed("==", a, minus_one), b.select(odd, minus_one, one), zero))
+        return b.select(b.icmp_signed("<", e, self.const_of(e.type, 0)), neg, r)
 
     def float_call(self, fn: Callable[[list[ir.Value], ir.Type], ir.Value], args: list[ir.Value]) -> ir.Value:
         """Apply `fn`, computing half-precision values in f32 (libm and most intrinsics lack f16)."""
@@ -397,7 +416,7 @@ class ExprEmitter:
         if name == "neg":
             return b.neg(x)
         if name == "abs":
-            if dt in ("u8", "bool"):
+            if is_unsigned(dt):
                 return x
             return b.select(b.icmp_signed("<", x, self.const_of(x.type, 0)), b.neg(x), x)
         # transcendental functions of integers are computed in f64 and converted back

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from .dtype import is_int
 from .expr import Bin, Cast, Const, Expr, Select, Var, children, substitute
 
 Monomial = tuple[Expr, ...]
@@ -179,7 +180,7 @@ def _from_poly(p: Poly) -> Expr:
 
 def _is_int_expr(e: Expr) -> bool:
     try:
-        return e.dtype in ("i8", "i16", "i32", "i64", "u8")
+        return is_int(e.dtype)
     except AttributeError:
         return False
 

@@ -11,6 +11,9 @@ _TO_NUMPY: dict[str, str] = {
     "i32": "int32",
     "i64": "int64",
     "u8": "uint8",
+    "u16": "uint16",
+    "u32": "uint32",
+    "u64": "uint64",
     "f16": "float16",
     "f32": "float32",
     "f64": "float64",
@@ -39,4 +42,9 @@ def is_float(dtype: str) -> bool:
 
 
 def is_int(dtype: str) -> bool:
-    return dtype in ("i8", "i16", "i32", "i64", "u8")
+    return dtype in ("i8", "i16", "i32", "i64", "u8", "u16", "u32", "u64")
+
+
+def is_unsigned(dtype: str) -> bool:
+    """Integers compared, divided and widened without sign (bool counts: it is 0 or 1)."""
+    return dtype in ("u8", "u16", "u32", "u64", "bool")

@@ -198,6 +198,35 @@ def test_floordiv_floormod_negative(dtype):
         np.testing.assert_array_equal(r, x % y)
 
 
+@pytest.mark.parametrize("dtype", ["i8", "i32", "i64", "u8", "u32"])
+def test_integer_pow_exact_wrapping_and_negative_exponents(dtype):
+    """Integer pow once went through llvm.pow on f64 (inexact above 2**53; its vector form killed the
+    process). Now square-and-multiply in the integers: numpy's wrapping results; e < 0 truncates."""
+    npdt = to_numpy(dtype)
+    X, E, Z = (Buffer(s, (n,), dtype) for s in "XEZ")
+    i = Var("i")
+    body = Store(Z, (i,), Bin("pow", Load(X, (i,)), Load(E, (i,))))
+    lib = compile_module([PrimFunc(f"pw_{k[0]}", (X, E, Z), 1, For(i, Const(0), n, body, kind=k))
+                          for k in ("serial", "vectorized")])
+    info = np.iinfo(npdt)
+    x = RNG.integers(max(info.min, -9), min(info.max, 9), 67).astype(npdt)
+    e = RNG.integers(0, min(info.max, 70), 67).astype(npdt)
+    x[:4], e[:4] = (3, 7, 2, 0), (40, 23, info.bits - 1, 0)  # wraps; large odd power; top bit; 0 ** 0
+    with np.errstate(over="ignore"):
+        want = np.power(x, e)
+    for k in "sv":
+        z = np.zeros_like(x)
+        lib.kernel(f"pw_{k}")([x, e, z])
+        np.testing.assert_array_equal(z, want)
+    if info.min < 0:
+        x = np.array([1, -1, -1, 2, 0, -3, 5] * 3, npdt)
+        e = np.array([-3, -3, -2, -1, -2, -5, -64 if info.bits > 8 else -100] * 3, npdt)
+        for k in "sv":
+            z = np.zeros_like(x)
+            lib.kernel(f"pw_{k}")([x, e, z])
+            np.testing.assert_array_equal(z, np.array([1, -1, 1, 0, 0, 0, 0] * 3, npdt))
+
+
 def test_reductions_with_init_and_softmax():
     """Three blocks: row max, sum of exp (into block-allocated scratch) and normalise."""
     X, Y = Buffer("X", (n, m), "f32"), Buffer("Y", (n, m), "f32")
