@@ -90,18 +90,22 @@ def _softsign(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
 def _trilu(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
     """Keep j - i <= k (lower) or j - i >= k (upper) over the last two axes; others become 0."""
     x, o = ctx.input(0), node.output[0]
-    k = 0
+    kk: Value | None = None
     if (kn := ctx.opt_input(1)) is not None:
         c = ctx.const(kn)
-        if c is None:
-            raise ctx.error("Trilu k must be a constant")
-        k = int(np.asarray(c).reshape(-1)[0])
+        if c is None:  # k given at run time: a scalar (or 1-element) i64 input
+            kk = ctx.value(kn)
+            if len(shape_of(kk)) != 0:
+                kk = ctx.emit("reshape", [kk], {"shape": ()}, o + "_k")
+        else:
+            kk = ctx.constant(np.array(int(np.asarray(c).reshape(-1)[0]), dtype=np.int64), "k")
+    if kk is None:
+        kk = ctx.constant(np.array(0, dtype=np.int64), "k")
     rows, cols = shape_of(x)[-2:]
     i = ctx.emit("arange", [], {"start": 0, "stop": rows, "step": 1, "dtype": "i64"}, o + "_rows")
     i = ctx.emit("expand_dims", [i], {"axes": (1,)}, o + "_rows2")
     j = ctx.emit("arange", [], {"start": 0, "stop": cols, "step": 1, "dtype": "i64"}, o + "_cols")
     d = ctx.emit("sub", [j, i], {}, o + "_diag")
-    kk = ctx.constant(np.array(k, dtype=np.int64), "k")
     keep = ctx.emit("greater_equal" if attrs.get("upper", 1) else "less_equal", [d, kk], {}, o + "_keep")
     ctx.out(0, ctx.emit("where", [keep, x, ctx.scalar_like(0, x, "zero")], {}, o))
 
@@ -112,7 +116,8 @@ def _tile(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
     x, o = ctx.input(0), node.output[0]
     reps = ctx.const(node.input[1])
     if reps is None:
-        raise ctx.error("Tile repeats must be a constant")
+        raise ctx.error("Tile repeats given at run time determine the output shape: only constant repeats "
+                        "are supported")
     shape = list(shape_of(x))
     rank = len(shape)
     rep = [int(v) for v in reps.reshape(-1)]

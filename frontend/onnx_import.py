@@ -32,13 +32,18 @@ from ..ir.graph import Binding, Block, Constant, Function, GetItem, If, Loop, No
 from ..ir.module import Module
 from ..ir.types import TensorType, TupleType, Type
 
-OPSET_MIN, OPSET_MAX = 13, 21
+# Default-domain opsets 7..28 (what onnx 1.23 defines). Handlers read attributes that later opsets
+# turned into inputs (reduction axes, Split sizes, Clip bounds, Pad pads, Slice bounds, Squeeze /
+# Unsqueeze axes) from either place, and follow the older semantics where they differ (Softmax /
+# LogSoftmax before 13 coerce to 2-D). Versions 22-28 of the ops in the table only add element types.
+OPSET_MIN, OPSET_MAX = 7, 28
 FOLD_LIMIT = 1 << 16  # fold constant ops only when the result stays small
 
 ONNX_DTYPES: dict[int, str] = {
     onnx.TensorProto.FLOAT: "f32", onnx.TensorProto.DOUBLE: "f64", onnx.TensorProto.FLOAT16: "f16",
     onnx.TensorProto.BFLOAT16: "bf16", onnx.TensorProto.INT8: "i8", onnx.TensorProto.INT16: "i16",
     onnx.TensorProto.INT32: "i32", onnx.TensorProto.INT64: "i64", onnx.TensorProto.UINT8: "u8",
+    onnx.TensorProto.UINT16: "u16", onnx.TensorProto.UINT32: "u32", onnx.TensorProto.UINT64: "u64",
     onnx.TensorProto.BOOL: "bool",
 }
 

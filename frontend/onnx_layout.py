@@ -149,7 +149,8 @@ def axes_input(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any], idx: int =
         return None
     c = ctx.const(name)
     if c is None:
-        raise ctx.error("axes must be a constant")
+        raise ctx.error("axes given at run time (not an initializer or Constant) determine the output shape: "
+                        "only constant axes are supported")
     return [int(a) for a in np.asarray(c).reshape(-1)]
 
 
@@ -204,14 +205,21 @@ def _concat(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
     ctx.out(0, ctx.emit("concat", args, {"axis": int(attrs["axis"])}, node.output[0]))
 
 
-def _slice_params(ctx: Ctx, node: onnx.NodeProto, rank: int) -> tuple[list[int], list[Any], list[Any], list[int]]:
+def _slice_params(ctx: Ctx, node: onnx.NodeProto, rank: int, attrs: dict[str, Any]
+                  ) -> tuple[list[int], list[Any], list[Any], list[int]]:
+    old = {1: "starts", 2: "ends", 3: "axes"}  # attributes before opset 10
+
     def known(i: int) -> list[Any] | None:
+        if ctx.opset < 10:
+            v = attrs.get(old.get(i, ""))
+            return None if v is None else [int(x) for x in v]
         name = ctx.opt_input(i)
         if name is None:
             return None
         s = ctx.sym(name)
         if s is None:
-            raise ctx.error(f"Slice input {i} must be a constant or a shape expression")
+            raise ctx.error(f"Slice input {i} ({('starts', 'ends', 'axes', 'steps')[i - 1]}) is given at run time "
+                            "and determines the output shape: it must be a constant or a shape expression")
         return [as_int(e) if as_int(e) is not None else e for e in s.elems]
 
     starts, ends = known(1), known(2)
@@ -228,12 +236,12 @@ def _slice_params(ctx: Ctx, node: onnx.NodeProto, rank: int) -> tuple[list[int],
 def _slice(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
     s = ctx.sym(node.input[0])
     if s is not None and not s.scalar and node.input[0] not in ctx.consts:
-        axes, starts, ends, steps = _slice_params(ctx, node, 1)
+        axes, starts, ends, steps = _slice_params(ctx, node, 1, attrs)
         if all(isinstance(v, int) for v in starts + ends):
             ctx.set_sym(node.output[0], SymVal(s.elems[slice(starts[0], ends[0], steps[0])], False, s.dtype))
             return
     x = ctx.input(0)
-    axes, starts, ends, steps = _slice_params(ctx, node, len(shape_of(x)))
+    axes, starts, ends, steps = _slice_params(ctx, node, len(shape_of(x)), attrs)
     attrs2 = {"axes": tuple(axes), "begin": tuple(starts), "end": tuple(ends), "strides": tuple(steps)}
     ctx.out(0, ctx.emit("strided_slice", [x], attrs2, node.output[0]))
 
@@ -332,7 +340,8 @@ def _split(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
     if (name := ctx.opt_input(1)) is not None:
         c = ctx.const(name)
         if c is None:
-            raise ctx.error("split sizes must be constant")
+            raise ctx.error("split sizes given at run time determine the output shapes: only constant sizes "
+                            "are supported")
         secs: list[Expr] = [Const(int(v)) for v in c.reshape(-1)]
     elif "split" in attrs:
         secs = [Const(int(v)) for v in attrs["split"]]
@@ -355,13 +364,18 @@ def _pad(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
         raise ctx.error(f"Pad mode {attrs['mode']} is not supported (constant only)")
     x = ctx.input(0)
     rank = len(shape_of(x))
-    p = ctx.const(node.input[1])
-    if p is None:
-        raise ctx.error("pads must be a constant")
-    cv = ctx.opt_input(2)
-    value = 0.0 if cv is None else ctx.const(cv)
-    if value is None:
-        raise ctx.error("constant_value must be a constant")
+    if ctx.opset < 11:  # pads and value are attributes
+        p: np.ndarray | None = np.asarray(attrs["pads"], dtype=np.int64)
+        value: Any = float(attrs.get("value", 0.0))
+    else:
+        p = ctx.const(node.input[1])
+        if p is None:
+            raise ctx.error("pads given at run time determine the output shape: only constant pads are supported")
+        cv = ctx.opt_input(2)
+        value = 0.0 if cv is None else ctx.const(cv)
+        if value is None:
+            raise ctx.error("constant_value must be a constant")
+    assert p is not None
     axes = axes_input(ctx, node, {}, 3) or list(range(rank))
     full = [0] * (2 * rank)
     for i, a in enumerate(axes):

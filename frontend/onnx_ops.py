@@ -11,10 +11,12 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import onnx
 
 from ..ir.arith import as_int
 from ..ir.expr import Expr
+from ..ir.ops.shapes import BIG, numel
 from .onnx_compose import COMPOSED
 from .onnx_import import Ctx, Handler, dtype_of, registrar, shape_of
 from .onnx_layout import LAYOUT, axes_input, try_sym_binary
@@ -82,8 +84,22 @@ def _variadic(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
 
 @handles("Softmax", "LogSoftmax")
 def _softmax(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
+    """Opset 13+: over one axis. Before 13 (axis default 1) the input is coerced to 2-D
+    (dims before `axis` x dims from it) and normalised over the second: a reshape around it."""
     op = "softmax" if node.op_type == "Softmax" else "log_softmax"
-    ctx.out(0, ctx.emit(op, [ctx.input(0)], {"axis": int(attrs.get("axis", -1))}, node.output[0]))
+    x, o = ctx.input(0), node.output[0]
+    if ctx.opset >= 13:
+        ctx.out(0, ctx.emit(op, [x], {"axis": int(attrs.get("axis", -1))}, o))
+        return
+    s = shape_of(x)
+    ax = int(attrs.get("axis", 1))
+    ax = ax + len(s) if ax < 0 else ax
+    if ax >= len(s) - 1:
+        ctx.out(0, ctx.emit(op, [x], {"axis": -1}, o))
+        return
+    flat = ctx.emit("reshape", [x], {"shape": (numel(s[:ax]), numel(s[ax:]))}, o + "_2d")
+    y = ctx.emit(op, [flat], {"axis": -1}, o + "_sm")
+    ctx.out(0, ctx.emit("reshape", [y], {"shape": tuple(s)}, o))
 
 
 @handles("LeakyRelu")
@@ -99,14 +115,30 @@ def _gelu(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
 
 @handles("Clip")
 def _clip(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
-    bounds: list[float | int | None] = []
-    for i in (1, 2):
-        name = ctx.opt_input(i)
-        c = None if name is None else ctx.const(name)
-        if name is not None and c is None:
-            raise ctx.error("Clip bounds must be constants")
-        bounds.append(None if c is None else c.item())
-    ctx.out(0, ctx.emit("clip", [ctx.input(0)], {"min": bounds[0], "max": bounds[1]}, node.output[0]))
+    """Constant bounds (attributes before opset 11, inputs after) become `clip`; bounds given at run
+    time become maximum / minimum (min > max gives max, as ONNX)."""
+    x, o = ctx.input(0), node.output[0]
+    if ctx.opset < 11:
+        lo, hi = attrs.get("min"), attrs.get("max")
+        ctx.out(0, ctx.emit("clip", [x], {"min": lo, "max": hi}, o))
+        return
+    names = [ctx.opt_input(1), ctx.opt_input(2)]
+    consts = [None if n is None else ctx.const(n) for n in names]
+    if all(n is None or c is not None for n, c in zip(names, consts)):
+        bounds = [None if c is None else np.asarray(c).reshape(-1)[0].item() for c in consts]
+        ctx.out(0, ctx.emit("clip", [x], {"min": bounds[0], "max": bounds[1]}, o))
+        return
+    y = x
+    for n, op in zip(names, ("maximum", "minimum")):
+        if n is None:
+            continue
+        b = ctx.value(n)
+        if len(shape_of(b)) != 0:
+            b = ctx.emit("reshape", [b], {"shape": ()}, o + "_bound")
+        if dtype_of(b) != dtype_of(x):
+            b = ctx.emit("cast", [b], {"dtype": dtype_of(x)}, o + "_bound")
+        y = ctx.emit(op, [y, b], {}, o if op == "minimum" or names[1] is None else o + "_lo")
+    ctx.out(0, y)
 
 
 @handles("MatMul")
@@ -231,11 +263,23 @@ def _bn(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
 
 @handles("LayerNormalization")
 def _ln(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
-    if any(o for o in node.output[1:]):
-        raise ctx.error("LayerNormalization Mean/InvStdDev outputs are not supported")
-    args = [ctx.input(0), ctx.input(1)] + ([ctx.input(2)] if ctx.opt_input(2) else [])
-    a = {"axis": int(attrs.get("axis", -1)), "epsilon": float(attrs.get("epsilon", 1e-5))}
-    ctx.out(0, ctx.emit("layer_norm", args, a, node.output[0]))
+    """Y is `layer_norm`; the optional Mean and InvStdDev outputs (shape: dims before `axis`, then
+    1s) are computed beside it with mean / sub / mul / sqrt / reciprocal, in the input's type."""
+    x, o = ctx.input(0), node.output[0]
+    args = [x, ctx.input(1)] + ([ctx.input(2)] if ctx.opt_input(2) else [])
+    axis, eps = int(attrs.get("axis", -1)), float(attrs.get("epsilon", 1e-5))
+    ctx.out(0, ctx.emit("layer_norm", args, {"axis": axis, "epsilon": eps}, o))
+    if not any(node.output[1:]):
+        return
+    rank = len(shape_of(x))
+    axes = tuple(range(axis + rank if axis < 0 else axis, rank))
+    mu = ctx.emit("mean", [x], {"axes": axes, "keepdims": True}, o + "_mean")
+    ctx.out(1, mu)
+    if len(node.output) > 2 and node.output[2]:
+        d = ctx.emit("sub", [x, mu], {}, o + "_centered")
+        var = ctx.emit("mean", [ctx.emit("mul", [d, d], {}, o + "_sq")], {"axes": axes, "keepdims": True}, o + "_var")
+        var = ctx.emit("add", [var, ctx.scalar_like(eps, var, "eps")], {}, o + "_vareps")
+        ctx.out(2, ctx.emit("reciprocal", [ctx.emit("sqrt", [var], {}, o + "_std")], {}, o + "_invstd"))
 
 
 REDUCE_MAP = {"ReduceSum": "sum", "ReduceMean": "mean", "ReduceMax": "max", "ReduceMin": "min", "ReduceProd": "prod"}
@@ -253,10 +297,25 @@ def _reduce(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
 
 @handles("ArgMax", "ArgMin")
 def _argmax(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
-    if attrs.get("select_last_index", 0):
-        raise ctx.error("select_last_index=1 is not supported")
-    a = {"axis": int(attrs.get("axis", 0)), "keepdims": bool(attrs.get("keepdims", 1))}
-    ctx.out(0, ctx.emit(node.op_type.lower(), [ctx.input(0)], a, node.output[0]))
+    """select_last_index=1: the first extremum of the reversed axis, counted from the end."""
+    x, o = ctx.input(0), node.output[0]
+    rank = len(shape_of(x))
+    ax = int(attrs.get("axis", 0))
+    ax = ax + rank if ax < 0 else ax
+    a = {"axis": ax, "keepdims": bool(attrs.get("keepdims", 1))}
+    if not attrs.get("select_last_index", 0):
+        ctx.out(0, ctx.emit(node.op_type.lower(), [x], a, o))
+        return
+    n = shape_of(x)[ax]
+    rev = ctx.emit("strided_slice", [x], {"axes": (ax,), "begin": (-1,), "end": (-BIG,), "strides": (-1,)},
+                   o + "_rev")
+    i = ctx.emit(node.op_type.lower(), [rev], a, o + "_revidx")
+    if as_int(n) is not None:
+        last = ctx.constant(np.array(as_int(n) - 1, dtype=np.int64), o + "_last")
+    else:
+        last = ctx.emit("shape_tensor", [], {"values": (n - 1,)}, o + "_last")
+        last = ctx.emit("reshape", [last], {"shape": ()}, o + "_last")
+    ctx.out(0, ctx.emit("sub", [last, i], {}, o))
 
 
 HANDLERS["LSTM"] = lstm
