@@ -59,12 +59,11 @@ def opt_cmd(input: str, output: str | None, pipeline: str, instrument: Instrumen
     from mlc.passes.registry import PassContext
 
     steps = load_pipeline(pipeline)
-    run_kwargs = instrument.run_kwargs()
     src = read_module(input, verify=instrument.verify_each)
     ctx = PassContext(search_dirs=src.search_dirs)
     if any(s.info.needs_constants for s in steps):
         ctx.constants = src.constants()
-    module, report = run_pipeline(src.module, steps, ctx, **run_kwargs)
+    module, report = run_pipeline(src.module, steps, ctx, **instrument.run_kwargs())
     instrument.report(report.timings)
     write_module(module, output, src, ctx.constants if ctx.constants_changed else None)
 
@@ -171,7 +170,6 @@ def build_cmd(model: str, output: str, target: str, pipeline: str | None, db: st
     from mlc.compiler import build_module, with_memory_constants
 
     kinds = _emit_set(emit)
-    run_kwargs = instrument.run_kwargs()
     if db is not None:
         _existing_file(db, "tuning database")
     if model.endswith(".onnx"):
@@ -182,7 +180,7 @@ def build_cmd(model: str, output: str, target: str, pipeline: str | None, db: st
     else:
         src = read_module(model, verify=instrument.verify_each)
         module, consts, search_dirs = src.module, src.constants(), src.search_dirs
-    built = build_module(module, consts, target, pipeline, db, search_dirs, kinds, **run_kwargs)
+    built = build_module(module, consts, target, pipeline, db, search_dirs, kinds, **instrument.run_kwargs())
     instrument.report(built.report.timings)
     report_line = _plan_report(built.module, built.result, bounds)  # may fail: before anything is written
     _write_build(built.result, output, emit)

@@ -102,6 +102,19 @@ def test_build_dim_bound_and_bench_dim_spellings(models: Path, tmp_path: Path) -
         assert "mlc          median" in r.stdout
 
 
+def test_compile_dims_take_symbols_and_positive_integers(models: Path) -> None:
+    from mlc.ir.diagnostics import MlcError
+
+    import mlc
+
+    m = mlc.compile(str(models / "mlp.onnx"), dims={"N": 8})  # an int fixes the axis, as `--dim N=8`
+    assert m(x=np.zeros((8, 64), np.float32))
+    with pytest.raises(MlcError):
+        m(x=np.zeros((4, 64), np.float32))
+    with pytest.raises(MlcError, match="positive integer"):
+        mlc.compile(str(models / "mlp.onnx"), dims={"N": -1})
+
+
 # ----- instrumentation -----------------------------------------------------------------------------
 
 
