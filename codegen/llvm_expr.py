@@ -16,7 +16,7 @@ import llvmlite.ir as ir
 
 from ..ir.diagnostics import MlcError
 from ..ir.dtype import is_float, is_unsigned
-from ..ir.expr import INTRINSICS, Bin, Call, Cast, Const, Expr, Load, Not, Select, Var
+from ..ir.expr import INTRINSICS, Bin, Call, Cast, Const, Expr, Load, Not, Select, Var, children
 from ..ir.tir import Buffer, PrimFunc
 from .cpu import CpuTarget
 from .vectorize import split_div
@@ -203,6 +203,8 @@ class ExprEmitter:
             return self.b.xor(a, self.const_of(a.type, 1))
         if isinstance(e, Select):
             c = self.convert(self.expr(e.cond), e.cond.dtype, "bool")
+            if _loads(e.t) or _loads(e.f):
+                return self.guarded_select(c, e)
             t = self.convert(self.expr(e.t), e.t.dtype, e.dtype)
             f = self.convert(self.expr(e.f), e.f.dtype, e.dtype)
             if is_vec(c) or is_vec(t) or is_vec(f):
@@ -216,6 +218,37 @@ class ExprEmitter:
         if isinstance(e, Load):
             return self.load(e)
         raise self.err(f"cannot lower expression {type(e).__name__}")
+
+    def guarded_select(self, c: ir.Value | Lin, e: Select) -> ir.Value:
+        """A select whose arms load memory: each arm runs only where it is chosen, so a load that the
+        condition rules out (a padded convolution's halo, a clamped gather) never touches memory.
+        A lane-varying condition masks the arms' loads; a uniform one branches."""
+        b = self.b
+        if is_vec(c):
+            c = self.vec(c)
+            outer, neg = self.mask, b.xor(c, self.const_of(c.type, 1))
+            try:
+                self.mask = c if outer is None else b.and_(c, outer)
+                t = self.vec(self.convert(self.expr(e.t), e.t.dtype, e.dtype))
+                self.mask = neg if outer is None else b.and_(neg, outer)
+                f = self.vec(self.convert(self.expr(e.f), e.f.dtype, e.dtype))
+            finally:
+                self.mask = outer
+            return b.select(c, t, f)
+        arms: list[tuple[ir.Value | Lin, ir.Block]] = []
+        with b.if_else(self.scalar(c)) as (then, other):
+            for arm, x in ((then, e.t), (other, e.f)):
+                with arm:
+                    arms.append((self.convert(self.expr(x), x.dtype, e.dtype), b.block))
+        vector = any(is_vec(v) for v, _ in arms)
+        vals = []
+        for v, bb in arms:
+            with b.goto_block(bb):
+                vals.append(self.vec(v) if vector else self.scalar(v))
+        phi = b.phi(vals[0].type)
+        for v, (_, bb) in zip(vals, arms):
+            phi.add_incoming(v, bb)
+        return phi
 
     def vec_if(self, v: ir.Value | Lin) -> ir.Value:
         return self.vec(v) if isinstance(v, Lin) else v
@@ -493,6 +526,15 @@ class ExprEmitter:
                 v = b.call(fn, [p, ir.Constant(I32, nbytes(et)), self.mask, ir.Constant(vt, None)])
             else:
                 v = b.load(p, align=nbytes(et))
+        elif not is_vec(idx) and self.mask is not None:  # one address for all lanes: load if any is active
+            any_fn = self.ctx.declare(f"llvm.vector.reduce.or.{type_suffix(self.mask.type)}", I1, [self.mask.type])
+            at = idx.base if isinstance(idx, Lin) else idx
+            entry = b.block
+            with b.if_then(b.call(any_fn, [self.mask])):
+                loaded, bb = b.load(b.gep(ptr, [at], inbounds=True)), b.block
+            v = b.phi(et)
+            v.add_incoming(loaded, bb)
+            v.add_incoming(ir.Constant(et, None), entry)
         elif isinstance(idx, Lin) and idx.stride == 0:
             v = b.load(b.gep(ptr, [idx.base], inbounds=True))
         elif isinstance(idx, Lin) and 1 < idx.stride <= MAX_SHUFFLE_STRIDE and self.mask is None:
@@ -520,6 +562,10 @@ class ExprEmitter:
         if buf.dtype == "bool":
             return b.icmp_unsigned("!=", v, self.const_of(v.type, 0))
         return v
+
+
+def _loads(e: Expr) -> bool:
+    return isinstance(e, Load) or any(_loads(c) for c in children(e))
 
 
 MAX_SHUFFLE_STRIDE = 4  # constant strides up to this load contiguously and shuffle, wider ones gather

@@ -27,6 +27,8 @@ from mlc.ir.interp import Frame, match_type
 from mlc.ir.tir import PrimFunc
 from mlc.ir.types import ScalarType, TensorType, TupleType, Type
 
+from .guard import guarded_copy
+
 IntFn = Callable[[dict[str, int]], int]
 _OPS: dict[str, Callable[[int, int], int]] = {
     "add": operator.add, "sub": operator.sub, "mul": operator.mul, "floordiv": operator.floordiv,
@@ -63,7 +65,7 @@ class Executor:
         self.body = self._block(fn.body)
         # a straight-line function of kernel calls and constants can be replayed as a tape per dims
         # (checks depend only on dims, the tape's key: one that passed once passes on replay)
-        self._replayable = all(
+        self._replayable = vm.guard is None and all(
             isinstance(b.node, Constant | GetItem) or (isinstance(b.node, CallTensor) and self._fast.get(b.var.name))
             or (isinstance(b.node, OpCall) and b.node.op == "check")
             for b in fn.body.bindings
@@ -191,7 +193,7 @@ class Executor:
         n_ptr = len(names) + len(out_types)
         ptr_t, dim_t = ctypes.c_void_p * n_ptr, ctypes.c_int64 * max(1, len(getters))
         out_name, func = var.name, node.func
-        alloc = vm._buffer
+        alloc, guard = vm._buffer, vm.guard
 
         check_dims = _dim_checker(checks, kernel.dims, node, b.loc)
         from_params = [(slot, self._param_index[n]) for slot, n in enumerate(names) if n in self._param_index]
@@ -208,6 +210,10 @@ class Executor:
             kd = [g(arrs, dims) for g in getters]
             if checks:
                 check_dims(arrs, kd)
+            if guard is not None:
+                run_guarded(raw, arrs, len(outs), dim_t(*kd), guard)
+                vals[out_name] = outs[0] if single else tuple(outs)
+                return
             ptrs, dvals = ptr_t(*[a.ctypes.data for a in arrs]), dim_t(*kd)
             timings = self.timings
             if timings is None:
@@ -273,6 +279,14 @@ def _out_types(t: Type) -> list[TensorType] | None:
     if all(isinstance(f, TensorType) and f.shape is not None for f in fields):
         return list(fields)  # type: ignore[arg-type]
     return None
+
+
+def run_guarded(raw: Any, arrs: list[np.ndarray], n_out: int, dims: Any, side: str) -> None:
+    """One kernel call on copies of its buffers placed against guard pages; outputs copied back."""
+    copies = [guarded_copy(a, side) for a in arrs]
+    raw((ctypes.c_void_p * len(copies))(*[c.ctypes.data for c in copies]), dims)
+    for a, c in zip(arrs[len(arrs) - n_out:], copies[len(arrs) - n_out:]):
+        a[...] = c
 
 
 @dataclass

@@ -18,7 +18,7 @@ _OBJECT_MAGICS = (b"\x7fELF", b"\xcf\xfa\xed\xfe", b"\xce\xfa\xed\xfe", b"\x64\x
 class Model:
     """`outputs = model(x=array, ...)`: runs the artifact's `main` with its compiled kernels."""
 
-    def __init__(self, art: Artifact, name: str = "<artifact>"):
+    def __init__(self, art: Artifact, name: str = "<artifact>", guard: str | None = None):
         from mlc.codegen.jit import link_object
         from mlc.ir.parser import parse_module
 
@@ -33,7 +33,7 @@ class Model:
             raise MlcError(f"{name}: artifact's object section is not native object code")
         self.library = link_object(obj) if obj else None
         self.params = art.params()
-        self.vm = VM(self.module, self.params, self.library)
+        self.vm = VM(self.module, self.params, self.library, guard)
 
     @property
     def input_names(self) -> list[str]:

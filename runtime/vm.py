@@ -22,6 +22,7 @@ from mlc.ir.tir import PrimFunc
 from mlc.ir.types import TensorType, TupleType
 
 from .executor import Executor
+from .guard import guarded_copy, side_from_env
 from .memory_plan import MemoryPlan, plan_function
 
 Kernel = Callable[[list[np.ndarray], dict[str, int]], None]
@@ -44,9 +45,11 @@ class KernelProvider(Protocol):
 class VM(Interpreter):
     """Runs graph functions, dispatching `call_tensor` to compiled kernels."""
 
-    def __init__(self, module: Module, params: Mapping[str, np.ndarray], kernels: KernelProvider | None):
+    def __init__(self, module: Module, params: Mapping[str, np.ndarray], kernels: KernelProvider | None,
+                 guard: str | None = None):
         super().__init__(module, params)
         self.kernels = kernels
+        self.guard = guard or side_from_env()  # copy kernel arguments against guard pages (runtime/guard.py)
         self.plans: dict[str, MemoryPlan] = {
             f.name: plan_function(f) for f in module.functions if isinstance(f, Function)
         }
@@ -130,5 +133,11 @@ class VM(Interpreter):
         k = self._cache.get(n.func)
         if k is None:
             k = self._cache[n.func] = self.kernels.kernel(n.func)
-        k(args + outs, dims)
+        if self.guard is None:
+            k(args + outs, dims)
+        else:
+            copies = [guarded_copy(a, self.guard) for a in args + outs]
+            k(copies, dims)
+            for o, c in zip(outs, copies[len(args):]):
+                o[...] = c
         return outs[0] if len(outs) == 1 else tuple(outs)
