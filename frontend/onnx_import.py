@@ -249,6 +249,8 @@ class Ctx:
         assert n is not None
         if i < len(n.output) and n.output[i]:
             self.vals[n.output[i]] = v
+            if v.name in self.const_of:  # folded: later shape arithmetic may read it as a constant
+                self.consts[n.output[i]] = self.const_of[v.name]
 
 
 def _plain(v: Any) -> Any:

@@ -187,7 +187,32 @@ def _spatial_pads(ctx: Ctx, attrs: dict[str, Any], shape: tuple[Expr, ...], k: l
 
 def _check_2d(ctx: Ctx, x: Any) -> None:
     if len(shape_of(x)) != 4:
-        raise ctx.error(f"only 2-D (NCHW) inputs are supported, got rank {len(shape_of(x))}")
+        raise ctx.error(f"only 1-D (NCL) and 2-D (NCHW) inputs are supported, got rank {len(shape_of(x))}")
+
+
+def _lift_1d(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any], weight: bool) -> tuple[Any, Any, dict[str, Any]]:
+    """A 1-D (N, C, L) conv or pool as a 2-D one over (N, C, 1, L): x (and the weight) get a unit
+    axis 2; spatial attributes get a leading 1 (pads a 0 per side). Returns (x, w or None, attrs)."""
+    x = ctx.input(0)
+    if len(shape_of(x)) != 3:
+        return x, ctx.input(1) if weight else None, attrs
+    o = node.output[0]
+    x = ctx.emit("expand_dims", [x], {"axes": (2,)}, o + "_x2d")
+    w = ctx.emit("expand_dims", [ctx.input(1)], {"axes": (2,)}, o + "_w2d") if weight else None
+    a = dict(attrs)
+    for k, v in (("kernel_shape", 1), ("strides", 1), ("dilations", 1), ("output_padding", 0), ("output_shape", 1)):
+        if k in a:
+            a[k] = [v] + [int(t) for t in a[k]]
+    if "pads" in a:
+        p = [int(t) for t in a["pads"]]
+        a["pads"] = [0, p[0], 0, p[1]]
+    return x, w, a
+
+
+def _squeeze_1d(ctx: Ctx, node: onnx.NodeProto, y: Any, lifted: bool) -> Any:
+    if not lifted:
+        return y
+    return ctx.emit("squeeze", [y], {"axes": (2,)}, node.output[0])
 
 
 def _add_channel_bias(ctx: Ctx, y: Any, bname: str | None, out: str) -> Any:
@@ -198,11 +223,33 @@ def _add_channel_bias(ctx: Ctx, y: Any, bname: str | None, out: str) -> Any:
     return ctx.emit("add", [y, b], {}, out)
 
 
+def _transpose_pads(ctx: Ctx, attrs: dict[str, Any], shape: tuple[Expr, ...], k: list[int | None], s: list[int],
+                    d: list[int], op: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """ConvTranspose pads (and output padding) giving `output_shape`, or input * stride for SAME auto_pad:
+    the total padding is split begin/end as ONNX says (SAME_UPPER puts the extra one at the end);
+    a negative total becomes extra output padding."""
+    upper = str(attrs.get("auto_pad", "NOTSET")) != "SAME_LOWER"
+    begin, end, extra = [], [], []
+    for i in range(2):
+        n, ki = as_int(shape[2 + i]), k[i]
+        if n is None or ki is None:
+            raise ctx.error("ConvTranspose output_shape / SAME auto_pad needs constant spatial dims")
+        out = int(attrs["output_shape"][-2 + i]) if "output_shape" in attrs else n * s[i]
+        total = s[i] * (n - 1) + op[i] + (ki - 1) * d[i] + 1 - out
+        extra.append(op[i] + max(0, -total))
+        total = max(0, total)
+        lo = total // 2 if upper else total - total // 2
+        begin.append(lo)
+        end.append(total - lo)
+    return tuple(begin + end), tuple(extra)
+
+
 @handles("Conv", "ConvTranspose")
 def _conv(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
-    x, w = ctx.input(0), ctx.input(1)
+    lifted = len(ctx.type_of(node.input[0]).shape or ()) == 3
+    x, w, attrs = _lift_1d(ctx, node, attrs, True)
     _check_2d(ctx, x)
-    o = node.output[0]
+    o = node.output[0] + ("_2d" if lifted else "")
     k = [as_int(v) for v in shape_of(w)[2:]]
     s = [int(v) for v in attrs.get("strides", (1, 1))]
     d = [int(v) for v in attrs.get("dilations", (1, 1))]
@@ -211,18 +258,20 @@ def _conv(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
         a["pads"] = _spatial_pads(ctx, attrs, shape_of(x), k, s, d)
         op = "conv2d"
     else:
-        if "output_shape" in attrs or str(attrs.get("auto_pad", "NOTSET")) not in ("NOTSET", "VALID"):
-            raise ctx.error("ConvTranspose with output_shape or SAME auto_pad is not supported")
-        a["pads"] = tuple(int(p) for p in attrs.get("pads", (0, 0, 0, 0)))
+        auto = str(attrs.get("auto_pad", "NOTSET"))
+        a["pads"] = tuple(int(p) for p in attrs.get("pads", (0, 0, 0, 0))) if auto in ("NOTSET", "") else (0, 0, 0, 0)
         a["output_padding"] = tuple(int(p) for p in attrs.get("output_padding", (0, 0)))
+        if "output_shape" in attrs or auto.startswith("SAME"):
+            a["pads"], a["output_padding"] = _transpose_pads(ctx, attrs, shape_of(x), k, s, d, a["output_padding"])
         op = "conv2d_transpose"
     y = ctx.emit(op, [x, w], a, o if ctx.opt_input(2) is None else o + "_conv")
-    ctx.out(0, _add_channel_bias(ctx, y, ctx.opt_input(2), o))
+    ctx.out(0, _squeeze_1d(ctx, node, _add_channel_bias(ctx, y, ctx.opt_input(2), o), lifted))
 
 
 @handles("MaxPool", "AveragePool")
 def _pool(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
-    x = ctx.input(0)
+    lifted = len(ctx.type_of(node.input[0]).shape or ()) == 3
+    x, _, attrs = _lift_1d(ctx, node, attrs, False)
     _check_2d(ctx, x)
     if len(node.output) > 1 and node.output[1]:
         raise ctx.error("MaxPool indices output is not supported")
@@ -239,7 +288,8 @@ def _pool(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
             raise ctx.error("AveragePool with dilations is not supported")
         a["count_include_pad"] = bool(attrs.get("count_include_pad", 0))
         op = "avg_pool2d"
-    ctx.out(0, ctx.emit(op, [x], a, node.output[0]))
+    y = ctx.emit(op, [x], a, node.output[0] + ("_2d" if lifted else ""))
+    ctx.out(0, _squeeze_1d(ctx, node, y, lifted))
 
 
 @handles("GlobalAveragePool", "GlobalMaxPool")

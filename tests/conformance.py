@@ -145,8 +145,9 @@ def _first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {s.splitlines()[0][:300] if s else ''}"
 
 
-def run_case(case: Case, mode: str) -> tuple[str, str]:
-    """(status, detail) of one case on one path, in this process."""
+def run_case(case: Case, mode: str, specialize: bool = True) -> tuple[str, str]:
+    """(status, detail) of one case on one path, in this process. A pass that needed the backend's
+    value specialization says so in its detail ("specialized on ...")."""
     import onnx
     from mlc.ir.diagnostics import MlcError
     from onnx.backend.test.runner import Runner
@@ -158,7 +159,7 @@ def run_case(case: Case, mode: str) -> tuple[str, str]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            rep = BACKENDS[mode].prepare(model)
+            rep = BACKENDS[mode].prepare(model, specialize=specialize)
             for ins, refs in case.data_sets:
                 stage = "run"
                 outs = rep.run(ins)
@@ -172,28 +173,28 @@ def run_case(case: Case, mode: str) -> tuple[str, str]:
         return "error", f"{stage}: {_first_line(e)}"
     except Exception as e:  # noqa: BLE001 - every other failure is a bug to report
         return "error", f"{stage}: {_first_line(e)}"
-    return "pass", ""
+    return "pass", f"specialized on {', '.join(rep.specialized_on)}" if rep.specialized_on else ""
 
 
-def _worker(conn: Any, mode: str) -> None:
+def _worker(conn: Any, mode: str, specialize: bool) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     while True:
         msg = conn.recv()
         if msg is None:
             return
-        conn.send(run_case(msg, mode))
+        conn.send(run_case(msg, mode, specialize))
 
 
 class _Slot:
     """One worker process; replaced when it dies or hangs."""
 
-    def __init__(self, ctx: Any, mode: str) -> None:
-        self.ctx, self.mode = ctx, mode
+    def __init__(self, ctx: Any, mode: str, specialize: bool) -> None:
+        self.ctx, self.mode, self.specialize = ctx, mode, specialize
         self.start()
 
     def start(self) -> None:
         self.conn, child = self.ctx.Pipe()
-        self.proc = self.ctx.Process(target=_worker, args=(child, self.mode), daemon=True)
+        self.proc = self.ctx.Process(target=_worker, args=(child, self.mode, self.specialize), daemon=True)
         self.proc.start()
         child.close()
         self.case: Case | None = None
@@ -206,7 +207,7 @@ class _Slot:
 
 
 def run_cases(cases: Sequence[Case], mode: str, jobs: int = 2, timeout: float = 60.0,
-              progress: bool = False) -> dict[str, dict[str, Any]]:
+              progress: bool = False, specialize: bool = True) -> dict[str, dict[str, Any]]:
     """Classify every case on one path; returns name -> {status, detail, ops, seconds}."""
     handled = handled_ops()
     out: dict[str, dict[str, Any]] = {}
@@ -218,7 +219,7 @@ def run_cases(cases: Sequence[Case], mode: str, jobs: int = 2, timeout: float = 
         else:
             todo.append(c)
     ctx = mp.get_context("spawn")
-    slots = [_Slot(ctx, mode) for _ in range(max(1, min(jobs, len(todo))))] if todo else []
+    slots = [_Slot(ctx, mode, specialize) for _ in range(max(1, min(jobs, len(todo))))] if todo else []
     queue = list(reversed(todo))
     done = 0
     try:
@@ -272,8 +273,11 @@ def run_cases(cases: Sequence[Case], mode: str, jobs: int = 2, timeout: float = 
 
 
 def counts(results: dict[str, dict[str, Any]]) -> dict[str, int]:
+    """Cases per status, and `specialized`: the passes that needed the backend's value specialization."""
     c = Counter(r["status"] for r in results.values())
-    return {s: c.get(s, 0) for s in STATUSES}
+    out = {s: c.get(s, 0) for s in STATUSES}
+    out["specialized"] = sum(1 for r in results.values() if r["status"] == "pass" and r["detail"])
+    return out
 
 
 def load_expected(path: Path = EXPECTED) -> dict[str, list[str]]:
@@ -291,11 +295,13 @@ def compare_expected(results: dict[str, dict[str, Any]], expected: Iterable[str]
 
 
 def _table(all_res: dict[str, dict[str, dict[str, Any]]]) -> str:
-    lines = [f"{'path':<12} " + " ".join(f"{s:>8}" for s in STATUSES) + f" {'run':>6} {'total':>6}"]
+    lines = [f"{'path':<12} " + " ".join(f"{s:>8}" for s in STATUSES) + f" {'run':>6} {'total':>6}"
+             + "  (pass includes N specialized)"]
     for mode, res in all_res.items():
         c = counts(res)
-        run = sum(c.values()) - c["excluded"]
-        lines.append(f"{mode:<12} " + " ".join(f"{c[s]:>8}" for s in STATUSES) + f" {run:>6} {len(res):>6}")
+        run = len(res) - c["excluded"]
+        lines.append(f"{mode:<12} " + " ".join(f"{c[s]:>8}" for s in STATUSES) + f" {run:>6} {len(res):>6}"
+                     + f"  ({c['specialized']})")
     return "\n".join(lines)
 
 
@@ -308,6 +314,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--json", help="write the per-case classification here")
     ap.add_argument("--record", help="write the names of passing cases per path here (the expected list)")
     ap.add_argument("--progress", action="store_true")
+    ap.add_argument("--no-specialize", action="store_true",
+                    help="no value specialization in the backend: shape-fixing run-time inputs are refused")
     args = ap.parse_args(argv)
     modes = [m for m in args.mode.split(",") if m]
     bad = [m for m in modes if m not in MODES]
@@ -315,13 +323,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         ap.error(f"unknown mode(s) {', '.join(bad)}")
     t0 = time.monotonic()
     cases = load_cases(args.only)
-    all_res = {m: run_cases(cases, m, args.jobs, args.timeout, args.progress) for m in modes}
+    all_res = {m: run_cases(cases, m, args.jobs, args.timeout, args.progress,
+                                not args.no_specialize) for m in modes}
     print(_table(all_res))
     print(f"{len(cases)} cases, {time.monotonic() - t0:.0f} s")
     if args.json:
         import platform
 
         meta = {"onnx": __import__("onnx").__version__, "python": platform.python_version(),
+                "specialize": not args.no_specialize,
                 "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                 "counts": {m: counts(r) for m, r in all_res.items()}}
         Path(args.json).write_text(json.dumps({"meta": meta, "results": all_res}, indent=1) + "\n")

@@ -144,9 +144,78 @@ def test_arg_select_last_index(op: str, keepdims: int) -> None:
 def test_shape_determining_runtime_inputs_are_refused_clearly() -> None:
     x = r(3, 4)
     with pytest.raises(MlcError, match="axes given at run time"):
-        mlc.backend.Interpreted.prepare(model("ReduceSum", {"x": x, "axes": np.array([1], np.int64)}, 13))
+        mlc.backend.Interpreted.prepare(model("ReduceSum", {"x": x, "axes": np.array([1], np.int64)}, 13), specialize=False)
     with pytest.raises(MlcError, match="split sizes given at run time"):
         mlc.backend.Interpreted.prepare(model("Split", {"x": x, "s": np.array([1, 3], np.int64)}, 13,
-                                              {"axis": 1}, n_out=2))
+                                              {"axis": 1}, n_out=2), specialize=False)
     with pytest.raises(MlcError, match="pads given at run time"):
-        mlc.backend.Interpreted.prepare(model("Pad", {"x": x, "p": np.array([0, 1, 0, 1], np.int64)}, 13))
+        mlc.backend.Interpreted.prepare(model("Pad", {"x": x, "p": np.array([0, 1, 0, 1], np.int64)}, 13), specialize=False)
+
+
+def test_folded_values_feed_shape_arithmetic() -> None:
+    """A Cast of a constant folds to a constant that a later Range / ConstantOfShape reads as a bound."""
+    n = helper.make_node
+    nodes = [n("Constant", [], ["four"], value=numpy_helper.from_array(np.array(4.0, np.float32))),
+             n("Cast", ["four"], ["four_i"], to=I64),
+             n("Range", ["zero", "four_i", "one"], ["idx"]),
+             n("Unsqueeze", ["four_i", "ax0"], ["shp"]),
+             n("ConstantOfShape", ["shp"], ["ones"], value=numpy_helper.from_array(np.array([1.0], np.float32))),
+             n("Cast", ["idx"], ["idx_f"], to=F), n("Add", ["idx_f", "ones"], ["s"]), n("Mul", ["s", "x"], ["y0"])]
+    inits = [numpy_helper.from_array(np.array(0, np.int64), "zero"), numpy_helper.from_array(np.array(1, np.int64), "one"),
+             numpy_helper.from_array(np.array([0], np.int64), "ax0")]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", F, [4])],
+                          [helper.make_tensor_value_info("y0", F, [4])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    x = r(4)
+    check(m, {"x": x})
+
+
+def test_reduce_max_min_over_an_empty_axis() -> None:
+    x = np.zeros((2, 0, 4), np.float32)
+    for op in ("ReduceMax", "ReduceMin"):
+        check(model(op, {"x": x}, 18, {"keepdims": 1}, consts={"axes": np.array([1], np.int64)}), {"x": x},
+              ("interpreted",))
+
+
+def test_cast_to_bfloat16_rounds_to_nearest_even() -> None:
+    import ml_dtypes
+    from mlc.ir.ops.reference import round_bf16
+
+    x = np.array([1.0, 1.00390625, 1.01171875, -3.14159, 1e30, np.inf, -np.inf, np.nan, 0.0], np.float32)
+    np.testing.assert_array_equal(round_bf16(x), x.astype(ml_dtypes.bfloat16).astype(np.float32))
+    m = model("Cast", {"x": x}, 21, {"to": TensorProto.BFLOAT16})
+    for mode in ("interpreted", "compiled"):
+        (y,) = mlc.backend.BACKENDS[mode].prepare(m).run([x])
+        assert y.dtype == ml_dtypes.bfloat16
+        np.testing.assert_array_equal(y.astype(np.float32), x.astype(ml_dtypes.bfloat16).astype(np.float32))
+
+
+@pytest.mark.parametrize("op", ["Conv", "ConvTranspose", "MaxPool", "AveragePool"])
+def test_one_d_conv_and_pools(op: str) -> None:
+    x = r(2, 3, 11)
+    if op in ("Conv", "ConvTranspose"):
+        w = r(4, 3, 3) if op == "Conv" else r(3, 4, 3)
+        m = model(op, {"x": x}, 17, {"strides": [2], "pads": [1, 0], "dilations": [1]}, consts={"w": w, "b": r(4)})
+    else:
+        m = model(op, {"x": x}, 17, {"kernel_shape": [3], "strides": [2], "pads": [1, 1]})
+    check(m, {"x": x}, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("attrs", [{"output_shape": [10, 8], "strides": [3, 2]}, {"auto_pad": "SAME_UPPER", "strides": [2, 2]},
+                                   {"auto_pad": "SAME_LOWER", "strides": [2, 2]}])
+def test_conv_transpose_output_shape_and_same(attrs: dict[str, Any]) -> None:
+    x = r(1, 1, 3, 3)
+    check(model("ConvTranspose", {"x": x}, 17, attrs, consts={"w": r(1, 2, 3, 3)}), {"x": x}, rtol=1e-4, atol=1e-5)
+
+
+def test_backend_specializes_on_shape_fixing_inputs() -> None:
+    x = r(3, 4)
+    m = model("ReduceSum", {"x": x, "axes": np.array([1], np.int64)}, 13, {"keepdims": 0})
+    for mode in ("interpreted", "compiled"):
+        rep = mlc.backend.BACKENDS[mode].prepare(m)
+        assert rep.specialized_on == ["axes"]
+        np.testing.assert_allclose(rep.run([x, np.array([1], np.int64)])[0], x.sum(1), rtol=1e-5)
+        np.testing.assert_allclose(rep.run([x, np.array([0], np.int64)])[0], x.sum(0), rtol=1e-5)
+        assert len(rep._cache) == 2
+    with pytest.raises(MlcError, match="axes given at run time"):
+        mlc.backend.Interpreted.prepare(m, specialize=False)

@@ -126,9 +126,20 @@ def _clip(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
     return x
 
 
+def round_bf16(x: np.ndarray) -> np.ndarray:
+    """f32 values rounded to bfloat16 precision (nearest, ties to even; NaN stays NaN), kept as f32."""
+    f = np.asarray(x, dtype=np.float32)
+    u = f.view(np.uint32).astype(np.uint64)
+    u = ((u + 0x7FFF + ((u >> 16) & 1)) & 0xFFFF0000).astype(np.uint32)
+    return np.where(np.isnan(f), f, u.view(np.float32))
+
+
 @ref("cast")
 def _cast(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
-    return np.asarray(args[0]).astype(to_numpy(str(attrs["dtype"])))
+    dt = str(attrs["dtype"])
+    if dt == "bf16":
+        return round_bf16(np.asarray(args[0]).astype(np.float32))
+    return np.asarray(args[0]).astype(to_numpy(dt))
 
 
 @ref("where")
@@ -172,7 +183,16 @@ def _reduce_ref(fn: Callable[..., np.ndarray]) -> Ref:
         x = args[0]
         axes = attrs.get("axes")
         ax = tuple(range(x.ndim)) if axes is None else tuple(sorted({_axis(a, x.ndim) for a in axes}))
-        return fn(x, axis=ax, keepdims=bool(attrs.get("keepdims", True)))
+        kw: dict[str, Any] = {}
+        if x.size == 0 and fn in (np.max, np.min):  # over an empty set: the identity (-inf / +inf), as ONNX
+            lo = fn is np.max
+            if x.dtype == np.bool_:
+                kw["initial"] = not lo
+            elif np.issubdtype(x.dtype, np.integer):
+                kw["initial"] = np.iinfo(x.dtype).min if lo else np.iinfo(x.dtype).max
+            else:
+                kw["initial"] = -np.inf if lo else np.inf
+        return fn(x, axis=ax, keepdims=bool(attrs.get("keepdims", True)), **kw)
 
     return run
 
