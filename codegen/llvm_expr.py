@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import llvmlite.ir as ir
 
+from ..ir import arith
 from ..ir.diagnostics import MlcError
 from ..ir.dtype import is_float, is_unsigned
 from ..ir.expr import INTRINSICS, Bin, Call, Cast, Const, Expr, Load, Not, Select, Var, children
@@ -235,6 +236,9 @@ class ExprEmitter:
             finally:
                 self.mask = outer
             return b.select(c, t, f)
+        if self.width == 0 and all(self.in_bounds(ld) for x in (e.t, e.f) for ld in _loads_of(x)):
+            return b.select(c, self.convert(self.expr(e.t), e.t.dtype, e.dtype),
+                            self.convert(self.expr(e.f), e.f.dtype, e.dtype))
         arms: list[tuple[ir.Value | Lin, ir.Block]] = []
         with b.if_else(self.scalar(c)) as (then, other):
             for arm, x in ((then, e.t), (other, e.f)):
@@ -249,6 +253,23 @@ class ExprEmitter:
         for v, (_, bb) in zip(vals, arms):
             phi.add_incoming(v, bb)
         return phi
+
+    def in_bounds(self, e: Load) -> bool:
+        """Whether every index of `e` is proven inside its (constant) extent from the constant ranges of
+        the enclosing loops; such a load needs no guard. Only for scalar addresses: a vector loop's
+        masked-off tail lanes run past its range."""
+        def var_range(v: Var) -> arith.Interval | None:
+            if v in self.ranges:
+                lo, hi = self.ranges[v]
+                return (lo, hi - 1)
+            d = self.defs.get(v)
+            return arith.interval(d, var_range) if d is not None else None
+
+        for i, n in zip(e.indices, e.buffer.shape):
+            r, ext = arith.interval(i, var_range), arith.as_int(n)
+            if r is None or ext is None or r[0] < 0 or r[1] >= ext:
+                return False
+        return True
 
     def vec_if(self, v: ir.Value | Lin) -> ir.Value:
         return self.vec(v) if isinstance(v, Lin) else v
@@ -526,7 +547,8 @@ class ExprEmitter:
                 v = b.call(fn, [p, ir.Constant(I32, nbytes(et)), self.mask, ir.Constant(vt, None)])
             else:
                 v = b.load(p, align=nbytes(et))
-        elif not is_vec(idx) and self.mask is not None:  # one address for all lanes: load if any is active
+        elif not is_vec(idx) and self.mask is not None and not self.in_bounds(e):
+            # one address for all lanes, which may be out of bounds where no lane is active
             any_fn = self.ctx.declare(f"llvm.vector.reduce.or.{type_suffix(self.mask.type)}", I1, [self.mask.type])
             at = idx.base if isinstance(idx, Lin) else idx
             entry = b.block
@@ -537,11 +559,24 @@ class ExprEmitter:
             v.add_incoming(ir.Constant(et, None), entry)
         elif isinstance(idx, Lin) and idx.stride == 0:
             v = b.load(b.gep(ptr, [idx.base], inbounds=True))
-        elif isinstance(idx, Lin) and 1 < idx.stride <= MAX_SHUFFLE_STRIDE and self.mask is None:
+        elif isinstance(idx, Lin) and 1 < idx.stride <= MAX_SHUFFLE_STRIDE:
             # a small constant stride (stride-2 convolutions): one contiguous load of the span the
-            # lanes cover (exactly the addresses from the first lane's to the last's) and a shuffle
+            # lanes cover (exactly the addresses from the first lane's to the last's) and a shuffle;
+            # under a mask, only the span's elements that active lanes pick are loaded
             span = ir.VectorType(et, idx.stride * (self.width - 1) + 1)
-            wide = b.load(b.bitcast(b.gep(ptr, [idx.base], inbounds=True), span.as_pointer()), align=nbytes(et))
+            sp = b.bitcast(b.gep(ptr, [idx.base], inbounds=True), span.as_pointer())
+            if self.mask is None:
+                wide = b.load(sp, align=nbytes(et))
+            else:  # a power-of-two span (its extra elements masked off) keeps the masked load one instruction
+                span = ir.VectorType(et, 1 << (span.count - 1).bit_length())
+                sp = b.bitcast(sp, span.as_pointer())
+                off = ir.Constant(ir.VectorType(I1, self.width), [0] * self.width)
+                spread = ir.Constant(ir.VectorType(I32, span.count),
+                                     [p // idx.stride if p % idx.stride == 0 else self.width for p in range(span.count)])
+                smask = b.shuffle_vector(self.mask, off, spread)
+                fn = self.ctx.declare(f"llvm.masked.load.{type_suffix(span)}.p0", span,
+                                      [span.as_pointer(), I32, smask.type, span])
+                wide = b.call(fn, [sp, ir.Constant(I32, nbytes(et)), smask, ir.Constant(span, None)])
             pick = ir.Constant(ir.VectorType(I32, self.width), [idx.stride * k for k in range(self.width)])
             v = b.shuffle_vector(wide, ir.Constant(span, ir.Undefined), pick)
         elif is_vec(idx):  # gather (masked-off lanes load nothing): one instruction on AVX2/AVX-512
@@ -562,6 +597,10 @@ class ExprEmitter:
         if buf.dtype == "bool":
             return b.icmp_unsigned("!=", v, self.const_of(v.type, 0))
         return v
+
+
+def _loads_of(e: Expr) -> list[Load]:
+    return ([e] if isinstance(e, Load) else []) + [ld for c in children(e) for ld in _loads_of(c)]
 
 
 def _loads(e: Expr) -> bool:

@@ -8,7 +8,7 @@ Symbolic dims are sizes, so every `Var` is assumed >= 0 when proving inequalitie
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from .dtype import is_int
 from .expr import Bin, Cast, Const, Expr, Select, Var, children, substitute
@@ -289,3 +289,41 @@ def _vars(e: Expr) -> set[Var]:
     from .expr import free_vars
 
     return free_vars(e)
+
+
+Interval = tuple[int, int]
+
+
+def interval(e: Expr, var_range: Callable[[Var], Interval | None]) -> Interval | None:
+    """Inclusive integer bounds of `e`, given bounds of its variables (None: unknown). Used to prove
+    an access in bounds, so every rule is conservative: what it cannot bound is None."""
+    if isinstance(e, Const):
+        return (int(e.value), int(e.value)) if isinstance(e.value, int | bool) or float(e.value).is_integer() else None
+    if isinstance(e, Var):
+        return var_range(e)
+    if isinstance(e, Cast) and is_int(e.dtype):
+        return interval(e.a, var_range)
+    if isinstance(e, Select):
+        t, f = interval(e.t, var_range), interval(e.f, var_range)
+        return (min(t[0], f[0]), max(t[1], f[1])) if t and f else None
+    if not isinstance(e, Bin):
+        return None
+    a, b = interval(e.a, var_range), interval(e.b, var_range)
+    if a is None or b is None:
+        return None
+    if e.op == "add":
+        return (a[0] + b[0], a[1] + b[1])
+    if e.op == "sub":
+        return (a[0] - b[1], a[1] - b[0])
+    if e.op == "mul":
+        ps = [x * y for x in a for y in b]
+        return (min(ps), max(ps))
+    if e.op in ("min", "max"):
+        f = min if e.op == "min" else max
+        return (f(a[0], b[0]), f(a[1], b[1]))
+    if e.op in ("floordiv", "floormod") and b[0] == b[1] and b[0] > 0:
+        d = b[0]
+        if e.op == "floordiv":
+            return (a[0] // d, a[1] // d)
+        return (a[0] % d, a[1] % d) if a[0] // d == a[1] // d else (0, d - 1)
+    return None

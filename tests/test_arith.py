@@ -83,3 +83,21 @@ def test_prove_le_is_sound(a: Expr, b: Expr) -> None:
         for vals in itertools.product([0, 1, 2, 5, 11], repeat=3):
             env = dict(zip("nmk", vals))
             assert _brute(a, env) <= _brute(b, env)
+
+
+def test_interval_bounds_index_expressions_conservatively() -> None:
+    from mlc.ir.arith import interval
+
+    i, j, n = Var("i"), Var("j"), Var("n")
+    ranges = {i: (0, 27), j: (0, 2)}
+    look = ranges.get
+    assert interval(Bin("sub", Bin("add", Bin("mul", Const(2), i), j), Const(1)), look) == (-1, 55)
+    assert interval(Bin("floordiv", i, Const(7)), look) == (0, 3)
+    assert interval(Bin("floormod", i, Const(7)), look) == (0, 6)
+    assert interval(Bin("floormod", j, Const(7)), look) == (0, 2)  # one period: exact
+    assert interval(Bin("add", i, n), look) is None  # unknown variable: no bound
+    assert interval(Bin("div", i, Const(2)), look) is None  # truncating division: not claimed
+    e = Bin("floormod", Bin("sub", Bin("mul", i, Const(3)), j), Const(5))
+    lo, hi = interval(e, look)
+    vals = [(3 * a - b) % 5 for a in range(28) for b in range(3)]
+    assert lo <= min(vals) and max(vals) <= hi
