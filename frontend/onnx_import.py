@@ -342,9 +342,25 @@ def load_model(path_or_model: str | Path | bytes | onnx.ModelProto) -> tuple[onn
     return model, src
 
 
+def _same_as_min_opset(graph: onnx.GraphProto, version: int) -> bool:
+    """Whether every op of the graph has, at opset `version`, the schema it has at OPSET_MIN."""
+    import onnx.defs
+
+    for n in graph.node:
+        try:
+            if (onnx.defs.get_schema(n.op_type, version).since_version
+                    != onnx.defs.get_schema(n.op_type, OPSET_MIN).since_version):
+                return False
+        except onnx.defs.SchemaError:
+            return False
+    return True
+
+
 def _opset(model: onnx.ModelProto, src: str) -> int:
     for o in model.opset_import:
         if o.domain in ("", "ai.onnx"):
+            if 1 <= o.version < OPSET_MIN and _same_as_min_opset(model.graph, int(o.version)):
+                return OPSET_MIN  # an older opset whose ops are all unchanged by OPSET_MIN (Not, And, ...)
             if not OPSET_MIN <= o.version <= OPSET_MAX:
                 raise MlcError(f"ONNX opset {o.version} is not supported (supported: {OPSET_MIN}..{OPSET_MAX}); "
                                "convert the model with onnx.version_converter", Loc(src))

@@ -119,8 +119,12 @@ def _identity(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
     src = node.input[0]
     if node.op_type == "Dropout" and (t := ctx.opt_input(2)) is not None:
         c = ctx.const(t)
-        if c is None or bool(c):
-            raise ctx.error("Dropout in training mode is not supported")
+        if c is None:
+            raise ctx.error("Dropout training_mode given at run time: it must be a constant")
+        ratio = ctx.const(node.input[1]) if ctx.opt_input(1) is not None else np.array(0.5)
+        if bool(c) and (ratio is None or float(np.asarray(ratio).reshape(-1)[0]) != 0.0):
+            raise ctx.error("Dropout in training mode with a ratio other than a constant 0 is not supported "
+                            "(random masks)")
     for table in (ctx.vals, ctx.consts, ctx.syms):
         if src in table:
             table[node.output[0]] = table[src]  # type: ignore[index]
@@ -358,10 +362,44 @@ def _split(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
         ctx.out(i, v)
 
 
+def _pad_piece(ctx: Ctx, x: Any, a: int, begin: int, end: int, step: int, reps: int, name: str) -> Any:
+    """x[begin:end:step] along axis a, broadcast to `reps` along it when reps > 1 (edge padding)."""
+    v = ctx.emit("strided_slice", [x], {"axes": (a,), "begin": (begin,), "end": (end,), "strides": (step,)}, name)
+    if reps > 1:
+        shape = list(shape_of(v))
+        shape[a] = Const(reps)
+        v = ctx.emit("broadcast_to", [v], {"shape": tuple(shape)}, name + "_rep")
+    return v
+
+
+def _pad_mode(ctx: Ctx, x: Any, full: list[int], mode: str, o: str) -> Any:
+    """edge / reflect / wrap padding as slices of x concatenated around it, one axis at a time."""
+    rank = len(shape_of(x))
+    if any(p < 0 for p in full):
+        raise ctx.error(f"Pad mode {mode} with negative pads is not supported")
+    for a in range(rank):
+        b, e = full[a], full[a + rank]
+        if not b and not e:
+            continue
+        n = as_int(shape_of(x)[a])
+        if mode == "reflect" and (n is None or b >= n or e >= n):
+            raise ctx.error("Pad mode reflect needs a static dim larger than its pads")
+        if mode == "wrap" and (n is None or b > n or e > n):
+            raise ctx.error("Pad mode wrap needs a static dim at least as large as its pads")
+
+        lo = {"edge": (0, 1, 1, b), "reflect": (b, 0, -1, 1), "wrap": (-b, BIG, 1, 1)}[mode]
+        hi = {"edge": (-1, BIG, 1, e), "reflect": (-2, -2 - e, -1, 1), "wrap": (0, e, 1, 1)}[mode]
+        parts = ([_pad_piece(ctx, x, a, *lo, f"{o}_lo{a}")] if b else []) + [x] + (
+            [_pad_piece(ctx, x, a, *hi, f"{o}_hi{a}")] if e else [])
+        x = ctx.emit("concat", parts, {"axis": a}, f"{o}_ax{a}")
+    return x
+
+
 @handles("Pad")
 def _pad(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
-    if str(attrs.get("mode", "constant")) != "constant":
-        raise ctx.error(f"Pad mode {attrs['mode']} is not supported (constant only)")
+    mode = str(attrs.get("mode", "constant"))
+    if mode not in ("constant", "edge", "reflect", "wrap"):
+        raise ctx.error(f"Pad mode {mode} is not supported")
     x = ctx.input(0)
     rank = len(shape_of(x))
     if ctx.opset < 11:  # pads and value are attributes
@@ -380,4 +418,7 @@ def _pad(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
     full = [0] * (2 * rank)
     for i, a in enumerate(axes):
         full[norm_axis(a, rank)], full[norm_axis(a, rank) + rank] = int(p[i]), int(p[i + len(axes)])
+    if mode != "constant":
+        ctx.out(0, _pad_mode(ctx, x, full, mode, node.output[0]))
+        return
     ctx.out(0, ctx.emit("pad", [x], {"pads": tuple(full), "value": np.asarray(value).item()}, node.output[0]))

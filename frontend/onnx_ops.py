@@ -305,10 +305,32 @@ def _global_pool(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
 
 @handles("BatchNormalization")
 def _bn(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
-    if attrs.get("training_mode", 0) or any(o for o in node.output[1:]):
-        raise ctx.error("BatchNormalization in training mode is not supported")
+    """Inference: batch_norm. Training mode (opset 14+): normalise with the batch's own mean and
+    (population) variance over every axis but 1, and output the running mean / var updated with
+    `momentum`, as ONNX."""
     args = [ctx.input(i) for i in range(5)]
-    ctx.out(0, ctx.emit("batch_norm", args, {"epsilon": float(attrs.get("epsilon", 1e-5))}, node.output[0]))
+    eps, o = float(attrs.get("epsilon", 1e-5)), node.output[0]
+    if not attrs.get("training_mode", 0):
+        if any(node.output[1:]):
+            raise ctx.error("BatchNormalization running mean / var outputs need training_mode=1")
+        ctx.out(0, ctx.emit("batch_norm", args, {"epsilon": eps}, o))
+        return
+    if ctx.opset < 14:
+        raise ctx.error("BatchNormalization in training mode is supported from opset 14")
+    x = args[0]
+    rank = len(shape_of(x))
+    axes = tuple(a for a in range(rank) if a != 1)
+    mean_k = ctx.emit("mean", [x], {"axes": axes, "keepdims": True}, o + "_bmean_k")
+    d = ctx.emit("sub", [x, mean_k], {}, o + "_centered")
+    var = ctx.emit("mean", [ctx.emit("mul", [d, d], {}, o + "_sq")], {"axes": axes, "keepdims": False}, o + "_bvar")
+    mean = ctx.emit("reshape", [mean_k], {"shape": (shape_of(x)[1],)}, o + "_bmean")
+    ctx.out(0, ctx.emit("batch_norm", [x, args[1], args[2], mean, var], {"epsilon": eps}, o))
+    m = float(attrs.get("momentum", 0.9))
+    for i, (run, cur) in enumerate(((args[3], mean), (args[4], var)), start=1):
+        if i < len(node.output) and node.output[i]:
+            a = ctx.emit("mul", [run, ctx.scalar_like(m, run, "momentum")], {}, node.output[i] + "_old")
+            b = ctx.emit("mul", [cur, ctx.scalar_like(1 - m, cur, "one_minus_momentum")], {}, node.output[i] + "_new")
+            ctx.out(i, ctx.emit("add", [a, b], {}, node.output[i]))
 
 
 @handles("LayerNormalization")

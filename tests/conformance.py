@@ -13,8 +13,9 @@ prints the counts per path and writes the per-case classification (`--json`). Ev
 * `error`     another exception (a bug in mlc);
 * `crash`     the worker process died (a segfault in a compiled kernel);
 * `timeout`   the case ran past the time limit;
-* `excluded`  not run: an op outside the importer's table (frontend/onnx_ops.py HANDLERS), or a
-              pattern of EXCLUDED below, each with its reason.
+* `excluded`  not run: an op outside the importer's table (frontend/onnx_ops.py HANDLERS), a
+              pattern of EXCLUDED below (each with its reason), an element type of UNREPRESENTABLE,
+              or a sequence / optional / map graph input or output.
 
 Cases run in worker processes (spawned, one case at a time; a worker that dies or hangs is
 replaced), so a crash is recorded as a crash of that case and the run goes on.
@@ -134,9 +135,12 @@ def exclusion(case: Case, handled: set[str]) -> str | None:
             return why
     import onnx
 
-    bad = _elem_types(onnx.load_from_string(case.model)) & UNREPRESENTABLE
+    model = onnx.load_from_string(case.model)
+    bad = _elem_types(model) & UNREPRESENTABLE
     if bad:
         return f"element type(s) mlc cannot represent: {', '.join(sorted(bad))}"
+    if any(not vi.type.HasField("tensor_type") for vi in list(model.graph.input) + list(model.graph.output)):
+        return "sequence / optional / map values: mlc has tensors only"
     return None
 
 

@@ -91,11 +91,6 @@ def test_new_opsets_accepted(opset: int) -> None:
     check(model("Flatten", {"x": r(2, 3, 4)}, opset), {"x": r(2, 3, 4)}, ("interpreted",))
 
 
-def test_opset_below_7_refused() -> None:
-    with pytest.raises(MlcError, match="opset 6 is not supported"):
-        mlc.backend.Interpreted.prepare(model("Relu", {"x": r(2)}, 6))
-
-
 @pytest.mark.parametrize("dtype", ["float32", "int32"])
 def test_clip_bounds_as_runtime_inputs(dtype: str) -> None:
     x = (r(3, 5) * 4).astype(dtype)
@@ -219,3 +214,33 @@ def test_backend_specializes_on_shape_fixing_inputs() -> None:
         assert len(rep._cache) == 2
     with pytest.raises(MlcError, match="axes given at run time"):
         mlc.backend.Interpreted.prepare(m, specialize=False)
+
+
+@pytest.mark.parametrize("mode", ["edge", "reflect", "wrap"])
+def test_pad_modes(mode: str) -> None:
+    x = r(3, 4, 5)
+    check(model("Pad", {"x": x}, 19, {"mode": mode}, consts={"p": np.array([1, 0, 2, 2, 3, 1], np.int64)}), {"x": x})
+    check(model("Pad", {"x": x}, 18, {"mode": mode},
+                consts={"p": np.array([2, 1], np.int64), "v": np.array(0, np.float32), "ax": np.array([-1], np.int64)}),
+          {"x": x}, ("interpreted",))
+
+
+def test_batchnorm_training_mode_outputs_running_stats() -> None:
+    x, s, b, m, v = r(2, 3, 4, 5), r(3), r(3), r(3), np.abs(r(3)) + 0.5
+    mdl = model("BatchNormalization", {"x": x, "s": s, "b": b, "m": m, "v": v}, 15,
+                {"training_mode": 1, "momentum": 0.8, "epsilon": 1e-3}, n_out=3)
+    check(mdl, {"x": x, "s": s, "b": b, "m": m, "v": v}, rtol=1e-4, atol=1e-5)
+
+
+def test_old_opset_of_unchanged_ops_and_zero_ratio_dropout() -> None:
+    x = r(3, 4) > 0
+    check(model("Not", {"x": x}, 1), {"x": x})  # Not is unchanged since opset 1
+    with pytest.raises(MlcError, match="opset 5"):  # Relu changed at 6: opset 5 keeps its old form
+        mlc.backend.Interpreted.prepare(model("Relu", {"x": r(2)}, 5))
+    y = r(3, 4)
+    m = model("Dropout", {"y": y}, 13, {"seed": 0}, n_out=2,
+              consts={"ratio": np.array(0.0, np.float32), "t": np.array(True)})
+    check(m, {"y": y})
+    with pytest.raises(MlcError, match="random masks"):
+        mlc.backend.Interpreted.prepare(model("Dropout", {"y": y}, 13, consts={"ratio": np.array(0.5, np.float32),
+                                                                                "t": np.array(True)}))
