@@ -22,8 +22,7 @@ from dataclasses import dataclass, field
 
 from ..ir import arith
 from ..ir.diagnostics import MlcError
-from ..ir.dtype import is_float
-from ..ir.expr import Bin, Const, Expr, Load, free_vars
+from ..ir.expr import Bin, Const, Expr, Load, free_vars, reduction_identity
 from ..ir.tir import BlockStmt, Buffer, For, IfStmt, Let, PrimFunc, Seq, Stmt, Store
 from .abi import expr_to_json, signature_vars
 from .cuda_expr import COMPUTE_TYPE, MEM_TYPE, PRELUDE, ExprEmitter, buf_name, ident, index_type, var_name
@@ -380,7 +379,7 @@ class _KernelEmitter:
 
         outer_conds = [c for cond in conds for c in conjuncts(cond) if not free_vars(c) & inner]
         ctype = COMPUTE_TYPE[st.buffer.dtype]
-        ident_v = _identity(op, st.buffer.dtype)
+        ident_v = self.ex(reduction_identity(op, st.buffer.dtype))
         acc = f"acc_{len(self.lines)}"
         self.out(f"{ctype} {acc} = {ident_v};")
         saved, self.reduce_acc = self.reduce_acc, (acc, op, st)
@@ -420,16 +419,6 @@ def _update_rhs(st: Store, op: str) -> Expr:
     v = st.value
     assert isinstance(v, Bin)
     return v.b if v.a == Load(st.buffer, st.indices) else v.a
-
-
-def _identity(op: str, dtype: str) -> str:
-    if op == "add":
-        return "0"
-    if op == "mul":
-        return "1"
-    big = {"f32": "INFINITY", "f16": "INFINITY", "bf16": "INFINITY", "f64": "CUDART_INF",
-           "i64": "9223372036854775807LL", "i32": "2147483647"}.get(dtype, "127")
-    return big if op == "min" else f"(-{big})" if is_float(dtype) else f"(-{big} - 1)"
 
 
 def _launch_of(extents: dict[str, Expr]) -> tuple[tuple[Expr, Expr, Expr], tuple[int, int, int]]:

@@ -88,7 +88,11 @@ class ExprEmitter:
             if is_float(e.dtype):
                 return float_literal(float(e.value), e.dtype)
             v = int(e.value)
-            return str(v) if -(2**31) <= v < 2**31 else f"{v}LL"
+            if -(2**31) <= v < 2**31:
+                return str(v)
+            if v == -(2**63):  # the literal 9223372036854775808 does not fit: C writes it this way
+                return "(-9223372036854775807LL - 1)"
+            return f"{v}ULL" if v >= 2**63 else f"{v}LL"
         if isinstance(e, Load):
             return self._load(e)
         if isinstance(e, Bin):

@@ -145,6 +145,26 @@ class Load(Expr):
 ExprLike = Union[Expr, int, float, bool]
 
 
+def reduction_identity(op: str, dtype: str) -> Const:
+    """The identity of a reduction combiner in `dtype`: 0 for add, 1 for mul, and the lowest (max) or
+    highest (min) value of the type. The one definition every lowering, interpreter and codegen uses."""
+    import numpy as np
+
+    from .dtype import is_float, to_numpy
+
+    if op not in ("add", "mul", "max", "min"):
+        raise ValueError(f"no identity for reduction {op!r}")
+    if op in ("add", "mul"):
+        v = int(op == "mul")
+        return Const(float(v) if is_float(dtype) else bool(v) if dtype == "bool" else v, dtype)
+    if is_float(dtype):
+        return Const(float("-inf") if op == "max" else float("inf"), dtype)
+    if dtype == "bool":
+        return Const(op == "min", "bool")
+    info = np.iinfo(to_numpy(dtype))
+    return Const(int(info.min if op == "max" else info.max), dtype)
+
+
 def const(v: ExprLike, dtype: str | None = None) -> Expr:
     """Lift a Python number to a `Const` (expressions pass through)."""
     if isinstance(v, Expr):

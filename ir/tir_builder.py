@@ -13,7 +13,21 @@ from dataclasses import dataclass, field
 from inspect import Parameter, signature
 
 from .diagnostics import MlcError
-from .expr import Bin, Call, Cast, Const, Expr, ExprLike, Load, Select, Var, const, free_vars, substitute
+from .expr import (
+    Bin,
+    Call,
+    Cast,
+    Const,
+    Expr,
+    ExprLike,
+    Load,
+    Select,
+    Var,
+    const,
+    free_vars,
+    reduction_identity,
+    substitute,
+)
 from .tir import BlockStmt, Buffer, For, IterVar, PrimFunc, Seq, Stmt, Store
 
 _ACCESSED: list[list[Tensor]] = []
@@ -175,21 +189,6 @@ def compute(
     return Tensor(Buffer(name, tuple(const(d) for d in shape), dtype or vdtype), Stage(axes, body, tuple(uniq.values())))
 
 
-_IDENTITY = {"add": 0.0, "mul": 1.0, "max": float("-inf"), "min": float("inf")}
-
-
-def _identity(op: str, dtype: str) -> Const:
-    v = _IDENTITY[op]
-    if dtype.startswith(("i", "u")):
-        import numpy as np
-
-        from .dtype import to_numpy
-
-        info = np.iinfo(to_numpy(dtype))
-        return Const(int(info.min if op == "max" else info.max if op == "min" else v), dtype)
-    return Const(v, dtype)
-
-
 class _Names:
     def __init__(self) -> None:
         self.used: set[str] = set()
@@ -220,7 +219,7 @@ def _stage_nest(t: Tensor, names: _Names) -> Stmt:
         if val.dtype != t.dtype:
             val = Cast(t.dtype, val)
         body: Stmt = Store(t.buffer, out_idx, Bin(st.body.op, Load(t.buffer, out_idx), val))
-        init = Store(t.buffer, out_idx, st.body.init if st.body.init is not None else _identity(st.body.op, t.dtype))
+        init = Store(t.buffer, out_idx, st.body.init if st.body.init is not None else reduction_identity(st.body.op, t.dtype))
     else:
         val = substitute(st.body, sub)
         if val.dtype != t.dtype:

@@ -25,8 +25,22 @@ import numpy as np
 
 from . import arith
 from .diagnostics import MlcError
-from .dtype import is_float, to_numpy
-from .expr import INTRINSICS, Bin, Call, Cast, Const, Expr, Load, Not, Select, Var, children, free_vars
+from .dtype import from_numpy, is_float, to_numpy
+from .expr import (
+    INTRINSICS,
+    Bin,
+    Call,
+    Cast,
+    Const,
+    Expr,
+    Load,
+    Not,
+    Select,
+    Var,
+    children,
+    free_vars,
+    reduction_identity,
+)
 from .tir import BlockStmt, Buffer, For, IfStmt, Let, PrimFunc, Seq, Stmt, Store
 
 # largest iteration domain evaluated at once (elements); bigger nests are chunked along the outer loop
@@ -473,13 +487,7 @@ def _checked(v: np.ndarray, n: int, mask: np.ndarray | None, what: str) -> np.nd
 
 
 def _identity(op: str, dt: np.dtype) -> object:
-    if op == "add":
-        return dt.type(0)
-    if op == "mul":
-        return dt.type(1)
-    big = np.inf if dt.kind == "f" else (np.iinfo(dt).max if dt.kind in "iu" else True)
-    small = -np.inf if dt.kind == "f" else (np.iinfo(dt).min if dt.kind in "iu" else False)
-    return dt.type(small if op == "max" else big)
+    return dt.type(reduction_identity(op, from_numpy(dt)).value)
 
 
 def _loads_of(e: Expr, name: str) -> list[Load]:

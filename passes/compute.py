@@ -18,10 +18,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-import numpy as np
 from mlc.ir import arith
-from mlc.ir.dtype import is_float, to_numpy
-from mlc.ir.expr import Bin, Cast, Const, Expr, Load, Select, Var, free_vars, substitute
+from mlc.ir.dtype import is_float
+from mlc.ir.expr import Bin, Cast, Const, Expr, Load, Select, Var, free_vars, reduction_identity, substitute
 from mlc.ir.tir import BlockStmt, Buffer, For, IterVar, PrimFunc, Seq, Stmt, Store
 
 Index = tuple[Expr, ...]
@@ -39,20 +38,6 @@ def cst(v: float | int | bool, dtype: str) -> Const:
     if is_float(dtype):
         return Const(float(v), dtype)
     return Const(int(v), dtype)
-
-
-def identity(op: str, dtype: str) -> Const:
-    """The identity of a reduction combiner in `dtype` (max -> lowest value, ...)."""
-    if op == "add":
-        return cst(0, dtype)
-    if op == "mul":
-        return cst(1, dtype)
-    if is_float(dtype):
-        return Const(float("-inf") if op == "max" else float("inf"), dtype)
-    if dtype == "bool":
-        return Const(op == "min", "bool")
-    info = np.iinfo(to_numpy(dtype))
-    return Const(int(info.min if op == "max" else info.max), dtype)
 
 
 def as_dtype(e: Expr, dtype: str) -> Expr:
@@ -240,7 +225,7 @@ class Builder:
         sub = dict(zip(holes[0] + holes[1], idx + tuple(iv.var for iv in ri)))
         val = as_dtype(substitute(val, sub), buf.dtype)
         upd = Store(buf, idx, Bin(red.op, Load(buf, idx), val))
-        block = BlockStmt(self.block_name(t.name), tuple(si + ri), upd, Store(buf, idx, identity(red.op, buf.dtype)))
+        block = BlockStmt(self.block_name(t.name), tuple(si + ri), upd, Store(buf, idx, reduction_identity(red.op, buf.dtype)))
         return self._nest(sl + rl, si + ri, block)
 
     # ---- the function --------------------------------------------------------------------------

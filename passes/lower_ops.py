@@ -14,7 +14,7 @@ from typing import Any
 
 from mlc.ir import arith
 from mlc.ir.dtype import is_float
-from mlc.ir.expr import Bin, Call, Cast, Const, Expr, Not, Select, const
+from mlc.ir.expr import Bin, Call, Cast, Const, Expr, Not, Select, const, reduction_identity
 from mlc.ir.ops.defs import BINARY, REDUCE
 from mlc.ir.ops.registry import register_lower
 from mlc.ir.types import TensorType, TupleType, Type
@@ -30,7 +30,6 @@ from .compute import (
     bcast_index,
     broadcast,
     cst,
-    identity,
 )
 
 Args = list[Any]
@@ -368,7 +367,7 @@ def _max_pool(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
         w = i[3] * s[1] - p[1] + r[1] * d[1]
         cond = all_of(_in_range(h, x.shape[2]) + _in_range(w, x.shape[3]))
         assert cond is not None
-        return Select(cond, x.at((i[0], i[1], h, w)), identity("max", x.dtype))
+        return Select(cond, x.at((i[0], i[1], h, w)), reduction_identity("max", x.dtype))
 
     return b.reduce(out_shape(t), x.dtype, "max", (Const(k[0]), Const(k[1])), value, "max_pool2d")
 

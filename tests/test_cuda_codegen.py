@@ -169,3 +169,34 @@ def test_large_elementwise_grids_give_each_thread_several_outputs() -> None:
     got = np.empty_like(x)
     run_prim(s, [x, got])
     np.testing.assert_array_equal(got, x * 2)
+
+
+@pytest.mark.parametrize("op,dtype,literal", [("min", "i16", "32767"), ("max", "u8", "0"), ("max", "i8", "-128"),
+                                               ("min", "u32", "4294967295LL"), ("max", "i64", "(-9223372036854775807LL - 1)"),
+                                               ("min", "u64", "18446744073709551615ULL")])
+def test_cross_thread_reduction_starts_from_the_types_identity(op: str, dtype: str, literal: str) -> None:
+    """The CUDA emitter once had its own identity table: 127 for min over i16, and -127-1 (= 128 once
+    stored) for max over u8. Every path now takes `reduction_identity`."""
+    from mlc.ir.tir_builder import rmax, rmin
+
+    x = placeholder("x", (Var("n"), 300), dtype)
+    r = reduce_axis(300, "r")
+    red = rmin if op == "min" else rmax
+    f = build("rowred", [x], [compute("m", (Var("n"),), lambda i: red(x[i, r], r))])
+    src = lower_to_cuda([default_gpu_schedule(f)]).source
+    assert "acc_" in src and f"= {literal};" in src, src
+
+
+@pytest.mark.parametrize("dtype", ["bool", "i8", "i16", "i32", "i64", "u8", "u16", "u32", "u64", "f16", "f32", "f64"])
+def test_reduction_identity_is_neutral_for_every_dtype(dtype: str) -> None:
+    from mlc.ir.dtype import to_numpy
+    from mlc.ir.expr import reduction_identity
+
+    dt = to_numpy(dtype)
+    vals = np.array([0, 1, 5], dt) if dtype != "bool" else np.array([False, True])
+    if dt.kind in "iu":
+        info = np.iinfo(dt)
+        vals = np.concatenate([vals, np.array([info.min, info.max], dt)])
+    for op, fn in (("add", np.add), ("mul", np.multiply), ("max", np.maximum), ("min", np.minimum)):
+        ident = np.array(reduction_identity(op, dtype).value).astype(dt)
+        np.testing.assert_array_equal(fn(vals, ident).astype(dt), vals, err_msg=f"{op} over {dtype}")
