@@ -45,8 +45,9 @@ conformance: $(VENV)/.installed
 
 # A real wheel of this checkout, installed in a fresh venv under a temp dir (removed afterwards) and used
 # from outside the source tree: zoo, build, run, compared with the reference interpreter. Needs PyPI.
+# REF=HEAD builds that commit instead of the working tree.
 wheel-check:
-	PYTHON=$(PYTHON) .ci/wheel-check
+	PYTHON=$(PYTHON) REF=$(REF) .ci/wheel-check
 
 bench: $(VENV)/.installed-bench
 	$(BIN)/python benchmarks/run_all.py
