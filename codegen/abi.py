@@ -9,13 +9,15 @@ loaded and called without the IR it came from (JSON, never pickle).
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from ..ir.diagnostics import MlcError
 from ..ir.expr import Bin, Cast, Const, Expr, Var, children
 from ..ir.tir import PrimFunc
 
 META_SYMBOL = "__mlc_kernels"
+# [failed, value, lo, hi] of the first failed `check_range` (i64 x 4), read and cleared by the runtime
+INDEX_ERROR_SYMBOL = "__mlc_index_error"
 
 
 def _ordered_vars(e: Expr, out: dict[str, Var]) -> None:
@@ -71,12 +73,12 @@ def expr_from_json(j: object) -> Expr:
     return Bin(j[0], expr_from_json(j[1]), expr_from_json(j[2]))
 
 
-def kernel_metadata(funcs: Sequence[PrimFunc]) -> str:
+def kernel_metadata(funcs: Sequence[PrimFunc], checking: Collection[str] = ()) -> str:
     """JSON describing each kernel's buffers and dims, embedded in the module as `__mlc_kernels`."""
     out = []
     for f in funcs:
         out.append({
-            "name": f.name, "num_outputs": f.num_outputs, "dims": kernel_signature(f),
+            "name": f.name, "num_outputs": f.num_outputs, "dims": kernel_signature(f), "checks": f.name in checking,
             "params": [{"name": b.name, "dtype": b.dtype, "shape": [expr_to_json(d) for d in b.shape]}
                        for b in f.params],
         })

@@ -24,7 +24,7 @@ from ..ir.diagnostics import MlcError
 from ..ir.dtype import to_numpy
 from ..ir.expr import Expr, Var
 from ..ir.tir import PrimFunc
-from .abi import META_SYMBOL, expr_from_json
+from .abi import INDEX_ERROR_SYMBOL, META_SYMBOL, expr_from_json
 from .cpu import CpuTarget, host_target, init_llvm
 from .llvm import lower_to_llvm
 from .parallel import LAUNCH_SYMBOL, launcher_address
@@ -47,6 +47,7 @@ class Kernel:
     params: tuple[ParamInfo, ...]
     dims: tuple[str, ...]
     num_outputs: int
+    checks: bool  # may fail a `check_range`: the caller runs `raise_failed_check` after each call
     _fn: ctypes._CFuncPtr = field(repr=False)
     _lib: CompiledLibrary = field(repr=False)
     _checks: list[tuple[int, int, int | str | Expr]] = field(init=False, repr=False)
@@ -107,6 +108,16 @@ class Kernel:
 
     def __call__(self, arrays: Sequence[np.ndarray], dims: Mapping[str, int] | None = None) -> None:
         self.prepare(arrays, dims)()
+        if self.checks:
+            self.raise_failed_check()
+
+    def raise_failed_check(self) -> None:
+        """Raise the located error of a `check_range` that failed in the last call (and clear it)."""
+        slot = self._lib.index_error
+        if slot is not None and slot[0]:
+            v, lo, hi = slot[1], slot[2], slot[3]
+            ctypes.memset(slot, 0, ctypes.sizeof(slot))
+            raise MlcError(f"kernel {self.name}: index {v} out of range [{lo}, {hi})")
 
     def prepare(self, arrays: Sequence[np.ndarray], dims: Mapping[str, int] | None = None) -> Callable[[], None]:
         """Check the arguments once; return a call of the native entry on them, for loops that run
@@ -156,6 +167,8 @@ class CompiledLibrary:
         if not meta_addr or not launch_addr:
             raise MlcError("object code is not an mlc kernel library (no kernel metadata)")
         ctypes.c_void_p.from_address(launch_addr).value = launcher_address()
+        err_addr = self._engine.get_global_value_address(INDEX_ERROR_SYMBOL)
+        self.index_error = (ctypes.c_int64 * 4).from_address(err_addr) if err_addr else None
         try:
             meta = json.loads(ctypes.string_at(meta_addr).decode())
             self._kernels = {k["name"]: k for k in meta["kernels"]}
@@ -177,7 +190,8 @@ class CompiledLibrary:
         addr = self._engine.get_function_address(name)
         params = tuple(ParamInfo(p["name"], p["dtype"], tuple(expr_from_json(d) for d in p["shape"]))
                        for p in meta["params"])
-        k = Kernel(name, params, tuple(meta["dims"]), int(meta["num_outputs"]), _KERNEL_CFUNC(addr), self)
+        k = Kernel(name, params, tuple(meta["dims"]), int(meta["num_outputs"]), bool(meta.get("checks", False)),
+                   _KERNEL_CFUNC(addr), self)
         self._cache[name] = k
         return k
 

@@ -36,7 +36,7 @@ from ..ir.diagnostics import MlcError
 from ..ir.dtype import is_float
 from ..ir.expr import Bin, Const, Expr, Var
 from ..ir.tir import BlockStmt, Buffer, For, IfStmt, Let, PrimFunc, Seq, Stmt, Store
-from .abi import META_SYMBOL, kernel_metadata, kernel_signature, signature_vars
+from .abi import INDEX_ERROR_SYMBOL, META_SYMBOL, kernel_metadata, kernel_signature, signature_vars
 from .cpu import CpuTarget
 from .llvm_expr import I1, I8, I32, I64, ExprEmitter, Lin, ModuleCtx, fbits, is_vec, mem_type, nbytes, type_suffix
 from .parallel import LAUNCH_SYMBOL
@@ -490,12 +490,15 @@ def lower_to_llvm(funcs: Sequence[PrimFunc], target: CpuTarget) -> str:
     launch_t = ir.FunctionType(ir.VoidType(), [VOIDP, VOIDP, I64]).as_pointer()
     ctx.launcher = ir.GlobalVariable(module, launch_t, LAUNCH_SYMBOL)
     ctx.launcher.initializer = ir.Constant(launch_t, None)
-    meta = bytearray(kernel_metadata(funcs).encode()) + b"\0"
+    slot_t = ir.ArrayType(I64, 4)
+    ctx.index_error = ir.GlobalVariable(module, slot_t, INDEX_ERROR_SYMBOL)
+    ctx.index_error.initializer = ir.Constant(slot_t, None)
+    for f in funcs:
+        _lower_func(ctx, f)
+    meta = bytearray(kernel_metadata(funcs, ctx.checking).encode()) + b"\0"
     g = ir.GlobalVariable(module, ir.ArrayType(I8, len(meta)), META_SYMBOL)
     g.initializer = ir.Constant(ir.ArrayType(I8, len(meta)), meta)
     g.global_constant = True
-    for f in funcs:
-        _lower_func(ctx, f)
     text = str(module)
     # loop metadata must be self-referential distinct nodes, which llvmlite cannot build directly
     return re.sub(r'^(!\d+) = !\{ !"mlc\.loopid\.\d+"', r"\1 = distinct !{ \1", text, flags=re.M)

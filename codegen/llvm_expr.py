@@ -67,6 +67,8 @@ class ModuleCtx:
     counter: int = 0
     decls: dict[str, ir.Function] = field(default_factory=dict)
     launcher: ir.GlobalVariable | None = None
+    index_error: ir.GlobalVariable | None = None  # INDEX_ERROR_SYMBOL: [failed, value, lo, hi]
+    checking: set[str] = field(default_factory=set)  # kernels that emitted a check_range
 
     def fresh(self, prefix: str) -> str:
         self.counter += 1
@@ -371,6 +373,40 @@ class ExprEmitter:
             return self.int_pow(a, c, unsigned)
         raise self.err(f"unknown integer operator {op}")
 
+    def check_range(self, e: Call) -> ir.Value | Lin:
+        """`v`, after recording the first active value outside [lo, hi) in the module's error slot,
+        which the runtime reads after the call (the load it guards is itself guarded: no fault)."""
+        b, dt = self.b, e.dtype
+        self.ctx.checking.add(self.func.name)
+        vals = [self.convert(self.expr(a), a.dtype, dt) for a in e.args]
+        vector = any(is_vec(x) for x in vals)
+        v, lo, hi = (self.vec(x) if vector else self.vec_if(x) for x in vals)
+        cmp = b.icmp_unsigned if is_unsigned(dt) else b.icmp_signed
+        bad = b.or_(cmp("<", v, lo), cmp(">=", v, hi))
+        if vector and self.mask is not None:
+            bad = b.and_(bad, self.mask)
+        if vector:
+            any_fn = self.ctx.declare(f"llvm.vector.reduce.or.{type_suffix(bad.type)}", I1, [bad.type])
+            hit = b.call(any_fn, [bad])
+        else:
+            hit = bad
+        with b.if_then(hit, likely=False):
+            if vector:
+                w = ir.IntType(self.width)
+                cttz = self.ctx.declare(f"llvm.cttz.i{self.width}", w, [w, I1])
+                lane = b.call(cttz, [b.bitcast(bad, w), ir.Constant(I1, 1)])
+                lane = b.zext(lane, I32) if self.width < 32 else b.trunc(lane, I32) if self.width > 32 else lane
+                v, lo, hi = (b.extract_element(x, lane) for x in (v, lo, hi))
+            slot = self.ctx.index_error
+            assert slot is not None
+            at = [b.gep(slot, [ir.Constant(I32, 0), ir.Constant(I32, k)]) for k in range(4)]
+            won = b.extract_value(b.cmpxchg(at[0], ir.Constant(I64, 0), ir.Constant(I64, 1), "monotonic", "monotonic"), 1)
+            with b.if_then(won):
+                for p, x in zip(at[1:], (v, lo, hi)):
+                    wide = x if x.type.width == 64 else (b.zext if is_unsigned(dt) else b.sext)(x, I64)
+                    b.store(wide, p)
+        return vals[0]
+
     def int_pow(self, a: ir.Value, e: ir.Value, unsigned: bool) -> ir.Value:
         """a ** e in the integers, wrapping as multiplication does: square-and-multiply over every bit of
         the exponent, branch-free so it vectorizes. (llvm.pow on f64 lost exactness above 2**53 and its
@@ -406,6 +442,8 @@ class ExprEmitter:
     def call(self, e: Call) -> ir.Value | Lin:
         if e.name not in INTRINSICS:
             raise self.err(f"unknown intrinsic {e.name}", e.loc)
+        if e.name == "check_range":
+            return self.check_range(e)
         if len(e.args) != 1:
             raise self.err(f"intrinsic {e.name} takes 1 argument, got {len(e.args)}", e.loc)
         arg = e.args[0]

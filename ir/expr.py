@@ -116,6 +116,7 @@ class Cast(Expr):
 INTRINSICS: tuple[str, ...] = (
     "exp", "log", "sqrt", "rsqrt", "tanh", "sigmoid", "erf", "abs", "neg", "floor", "ceil",
     "round", "sin", "cos", "isnan",
+    "check_range",  # check_range(v, lo, hi) = v; the run fails with a located error unless lo <= v < hi
 )
 
 

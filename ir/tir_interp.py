@@ -74,7 +74,21 @@ _INTRINSICS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "tanh": np.tanh, "sigmoid": lambda x: x.dtype.type(1) / (x.dtype.type(1) + np.exp(-x)),
     "erf": _erf, "abs": np.abs, "neg": np.negative, "floor": np.floor, "ceil": np.ceil,
     "round": _round, "sin": np.sin, "cos": np.cos, "isnan": np.isnan,
+    "check_range": lambda v, lo, hi: check_range(v, lo, hi),
 }
+
+
+def check_range(v: np.ndarray, lo: np.ndarray, hi: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """The `check_range` intrinsic: `v` itself, after failing the run if an (active) value is outside [lo, hi)."""
+    bad = (v < lo) | (v >= hi)
+    if mask is not None:
+        bad = bad & mask
+    if np.any(bad):
+        shape = np.broadcast_shapes(np.shape(bad), np.shape(v), np.shape(lo), np.shape(hi))
+        at = np.argwhere(np.broadcast_to(bad, shape).reshape(-1)).flat[0]
+        x, a, b = (int(np.broadcast_to(t, shape).reshape(-1)[at]) for t in (v, lo, hi))
+        raise MlcError(f"index {x} out of range [{a}, {b})")
+    return v
 assert set(_INTRINSICS) == set(INTRINSICS), "interpreter and INTRINSICS disagree"
 
 
@@ -223,6 +237,8 @@ class _Interp:
             if e.name not in _INTRINSICS:
                 raise MlcError(f"unknown intrinsic {e.name}")
             args = [np.asarray(self.ev(a, mask)) for a in e.args]
+            if e.name == "check_range":
+                return check_range(*args, mask=mask)
             with np.errstate(all="ignore"):
                 return np.asarray(_INTRINSICS[e.name](*args))[()]
         raise MlcError(f"cannot evaluate expression {type(e).__name__}")

@@ -473,6 +473,8 @@ class PrimVerifier:
                     self.fail(f"unknown intrinsic {x.name} (known: {', '.join(INTRINSICS)})", *here)
                 if x.dtype not in DTYPES_ALL:
                     self.fail(f"unknown dtype {x.dtype}", *here)
+                if x.name == "check_range" and (len(x.args) != 3 or not all(is_int(_dtype(a)) for a in x.args)):
+                    self.fail("check_range takes 3 integer arguments (value, lo, hi)", *here)
             elif isinstance(x, Load):
                 self.access(x.buffer, x.indices, here)
             else:

@@ -554,10 +554,15 @@ def _take(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
     ax = _axis(attrs.get("axis", 0), x.ndim)
     k = ind.ndim
 
+    n = x.shape[ax]
+
     def fn(i: Index) -> Expr:
-        v = as_dtype(ind.at(i[ax:ax + k]), "i64")
-        v = Select(Bin("lt", v, Const(0)), v + x.shape[ax], v)
-        return x.at(i[:ax] + (v,) + i[ax + k:])
+        """ONNX: indices in [-n, n), negative ones from the end; any other index fails the run (in
+        compiled code too: `check_range`), and the load itself is guarded so it never faults."""
+        v = Call("check_range", (as_dtype(ind.at(i[ax:ax + k]), "i64"), Const(0) - n, n), "i64")
+        w = Select(Bin("lt", v, Const(0)), v + n, v)
+        ok = Bin("and", Bin("ge", w, Const(0)), Bin("lt", w, n))
+        return Select(ok, x.at(i[:ax] + (w,) + i[ax + k:]), cst(0, x.dtype))
 
     return b.compute(out_shape(t), x.dtype, fn, "take")
 

@@ -194,6 +194,7 @@ class Executor:
         ptr_t, dim_t = ctypes.c_void_p * n_ptr, ctypes.c_int64 * max(1, len(getters))
         out_name, func = var.name, node.func
         alloc, guard = vm._buffer, vm.guard
+        check = kernel.raise_failed_check if getattr(kernel, "checks", False) else None
 
         check_dims = _dim_checker(checks, kernel.dims, node, b.loc)
         from_params = [(slot, self._param_index[n]) for slot, n in enumerate(names) if n in self._param_index]
@@ -212,6 +213,8 @@ class Executor:
                 check_dims(arrs, kd)
             if guard is not None:
                 run_guarded(raw, arrs, len(outs), dim_t(*kd), guard)
+                if check is not None:
+                    check()
                 vals[out_name] = outs[0] if single else tuple(outs)
                 return
             ptrs, dvals = ptr_t(*[a.ctypes.data for a in arrs]), dim_t(*kd)
@@ -222,9 +225,11 @@ class Executor:
                 t0 = perf_counter()
                 raw(ptrs, dvals)
                 timings.setdefault(func, []).append(perf_counter() - t0)
+            if check is not None:
+                check()
             vals[out_name] = outs[0] if single else tuple(outs)
             if self._recording is not None:
-                self._recording.append(_TapeEntry(raw, ptrs, dvals, from_params, arrs, func))
+                self._recording.append(_TapeEntry(raw, ptrs, dvals, from_params, arrs, func, check))
 
         self._fast[var.name] = True
         return step
@@ -297,6 +302,7 @@ class _TapeEntry:
     from_params: list[tuple[int, int]]  # (pointer slot, parameter index) refreshed per call
     keep: list[np.ndarray]  # keeps the buffers the pointers name alive
     func: str  # the kernel's name, for profiles
+    check: Callable[[], None] | None  # raises the error of a failed index check, if the kernel checks
 
 
 @dataclass
@@ -317,4 +323,6 @@ class _Tape:
                 t0 = perf_counter()
                 e.fn(e.ptrs, e.dims)
                 timings.setdefault(e.func, []).append(perf_counter() - t0)
+            if e.check is not None:
+                e.check()
         return [args[pi] if pi >= 0 else arr for pi, arr in self.results]

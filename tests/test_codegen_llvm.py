@@ -104,7 +104,7 @@ NP_INTRINSICS = {
 def test_intrinsics_scalar_and_vector(dtype):
     from scipy.special import erf
     table = dict(NP_INTRINSICS, erf=erf)
-    assert set(table) | {"isnan"} == set(INTRINSICS)
+    assert set(table) | {"isnan", "check_range"} == set(INTRINSICS)  # check_range: tests/test_index_checks.py
     funcs = [elementwise(f"{nm}_{kind[0]}", dtype, lambda x, nm=nm: Call(nm, (x,), dtype), kind)
              for nm in table for kind in ("serial", "vectorized")]
     funcs += [elementwise(f"isnan_{kind[0]}", dtype, lambda x: Call("isnan", (x,), "bool"), kind, "bool")

@@ -170,7 +170,7 @@ def test_int_div_truncates_and_float_div_is_true_division() -> None:
     np.testing.assert_allclose(gy, fx / 4)
 
 
-@pytest.mark.parametrize("name", INTRINSICS)
+@pytest.mark.parametrize("name", [n for n in INTRINSICS if n != "check_range"])  # that one: test_index_checks.py
 def test_intrinsics(name: str) -> None:
     x = np.array([-2.5, -0.5, 0.25, 0.5, 1.5, 2.5, 3.0], np.float32)
     if name in ("log", "sqrt", "rsqrt"):

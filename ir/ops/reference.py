@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..arith import evaluate
+from ..diagnostics import MlcError
 from ..dtype import to_numpy
 from ..expr import Expr
 from ..types import TensorType, TupleType, Type
@@ -370,7 +371,12 @@ def _expand_dims(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> A
 
 @ref("take")
 def _take(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
-    return np.take(args[0], np.asarray(args[1]).astype(np.int64), axis=int(attrs.get("axis", 0)))
+    x, ind, ax = args[0], np.asarray(args[1]).astype(np.int64), int(attrs.get("axis", 0))
+    n = np.shape(x)[ax]
+    bad = (ind < -n) | (ind >= n)
+    if np.any(bad):  # as the compiled kernel reports it (check_range)
+        raise MlcError(f"take: index {int(ind[bad].flat[0])} out of range [{-n}, {n})")
+    return np.take(x, ind, axis=ax)
 
 
 @ref("strided_slice")
