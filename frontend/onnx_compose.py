@@ -11,9 +11,10 @@ from typing import Any
 import numpy as np
 import onnx
 
+from ..ir.dtype import is_float
 from ..ir.expr import Const
 from ..ir.graph import Value
-from .onnx_import import Ctx, Handler, registrar, shape_of
+from .onnx_import import Ctx, Handler, dtype_of, registrar, shape_of
 
 COMPOSED: dict[str, Handler] = {}
 composes = registrar(COMPOSED)
@@ -127,3 +128,30 @@ def _tile(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
     big = tuple(v for a in range(rank) for v in (Const(rep[a]), shape[a]))
     y = ctx.emit("broadcast_to", [y], {"shape": big}, o + "_bc")
     ctx.out(0, ctx.emit("reshape", [y], {"shape": tuple(shape[a] * rep[a] for a in range(rank))}, o))
+
+
+@composes("Mod")
+def _mod(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
+    """r = a - trunc(a / b) * b (C fmod; `div` truncates integers toward zero); with fmod=0 a non-zero
+    r whose sign differs from b's gets b added, so r takes b's sign (Python %)."""
+    a, b, o = ctx.input(0), ctx.input(1), node.output[0]
+    dt = dtype_of(a)
+    q = ctx.emit("div", [a, b], {}, o + "_q")
+    if is_float(dt):
+        neg = ctx.emit("less", [q, ctx.scalar_like(0, q, "zero")], {}, o + "_qneg")
+        q = ctx.emit("where", [neg, ctx.emit("ceil", [q], {}, o + "_qc"), ctx.emit("floor", [q], {}, o + "_qf")], {},
+                     o + "_qt")
+    r = ctx.emit("sub", [a, ctx.emit("mul", [q, b], {}, o + "_qb")], {}, o + "_r")
+    if is_float(dt):  # |a| < |b|: r is a itself (also for b = +-inf, where q * b would be nan)
+        q0 = ctx.emit("equal", [q, ctx.scalar_like(0, q, "zero")], {}, o + "_q0")
+        r = ctx.emit("where", [q0, a, r], {}, o + "_rf")
+    if attrs.get("fmod", 0) or dt.startswith("u"):
+        ctx.out(0, r)
+        return
+    zero = ctx.scalar_like(0, r, "zero")
+    differ = ctx.emit("logical_not", [ctx.emit("equal", [ctx.emit("less", [r, zero], {}, o + "_rneg"),
+                                                         ctx.emit("less", [b, zero], {}, o + "_bneg")], {}, o + "_same")],
+                      {}, o + "_differ")
+    nonzero = ctx.emit("logical_not", [ctx.emit("equal", [r, zero], {}, o + "_rzero")], {}, o + "_rnz")
+    fix = ctx.emit("logical_and", [differ, nonzero], {}, o + "_fix")
+    ctx.out(0, ctx.emit("where", [fix, ctx.emit("add", [r, b], {}, o + "_rb"), r], {}, o))

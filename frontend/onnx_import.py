@@ -145,28 +145,30 @@ class Ctx:
             dims = [as_int(s) for s in ty.shape]
             if None not in dims and int(np.prod(dims)) <= FOLD_LIMIT:  # type: ignore[arg-type]
                 out = d.ref([self.const_of[x.name] for x in args], a, ty, {})
-                return self.constant(np.asarray(out), hint)
+                return self.constant(np.asarray(out), hint, dtype=ty.dtype)
         v = self.bind(hint, OpCall(op, tuple(args), attrs_of(a), self.loc), ty)
         if foldable and isinstance(ty, TupleType):
             self.const_tuples[v.name] = tuple(d.ref([self.const_of[x.name] for x in args], a, ty, {}))
         return v
 
-    def constant(self, arr: np.ndarray, hint: str, key: str | None = None) -> Value:
-        """A Constant binding for `arr` under `key` (a fresh key, also the value's name, when None)."""
+    def constant(self, arr: np.ndarray, hint: str, key: str | None = None, dtype: str | None = None) -> Value:
+        """A Constant binding for `arr` under `key` (a fresh key, also the value's name, when None).
+        `dtype` types it when numpy has no such type (bf16, held as f32)."""
         name = self.fresh(hint if key is not None or sanitize(hint) in self.reserved else "c_" + hint)
         while key is None and name in self.arrays:  # never shadow an initializer's key
             name = self.fresh(name)
         key = key or name
         arr = np.asarray(arr)
         self.arrays[key] = arr
-        ty = TensorType(tuple(Const(int(s)) for s in arr.shape), from_numpy(arr.dtype))
+        dt = "bf16" if dtype == "bf16" and arr.dtype == np.float32 else from_numpy(arr.dtype)
+        ty = TensorType(tuple(Const(int(s)) for s in arr.shape), dt)
         v = self.bind(name, Constant(key, self.loc), ty, fresh=False)
         self.const_of[v.name] = arr
         return v
 
     def scalar_like(self, value: float, like: Value, hint: str) -> Value:
         assert isinstance(like.type, TensorType)
-        return self.constant(np.array(value, dtype=to_numpy(like.type.dtype)), hint)
+        return self.constant(np.array(value, dtype=to_numpy(like.type.dtype)), hint, dtype=like.type.dtype)
 
     def tuple_items(self, t: Value, n: int, hints: Sequence[str]) -> list[Value]:
         assert isinstance(t.type, TupleType)

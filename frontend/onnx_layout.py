@@ -144,6 +144,18 @@ def _cast(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
     ctx.out(0, x if dtype_of(x) == dt else ctx.emit("cast", [x], {"dtype": dt}, node.output[0]))
 
 
+@handles("CastLike")
+def _cast_like(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
+    """Cast to the element type of the second input."""
+    dt = ctx.type_of(node.input[1]).dtype
+    s = ctx.sym(node.input[0])
+    if s is not None and node.input[0] not in ctx.consts and dt in ("i32", "i64"):
+        ctx.set_sym(node.output[0], SymVal(s.elems, s.scalar, dt))
+        return
+    x = ctx.input(0)
+    ctx.out(0, x if dtype_of(x) == dt else ctx.emit("cast", [x], {"dtype": dt}, node.output[0]))
+
+
 def axes_input(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any], idx: int = 1) -> list[int] | None:
     """Axes from the `axes` attribute (old opsets) or a constant input (new ones)."""
     if "axes" in attrs:

@@ -244,3 +244,46 @@ def test_old_opset_of_unchanged_ops_and_zero_ratio_dropout() -> None:
     with pytest.raises(MlcError, match="random masks"):
         mlc.backend.Interpreted.prepare(model("Dropout", {"y": y}, 13, consts={"ratio": np.array(0.5, np.float32),
                                                                                 "t": np.array(True)}))
+
+
+@pytest.mark.parametrize("fmod", [0, 1])
+@pytest.mark.parametrize("dtype", ["int32", "int64", "float32"])
+def test_mod_signs(fmod: int, dtype: str) -> None:
+    if dtype.startswith("int"):
+        a = np.array([-7, 7, -7, 7, 0, 5, -5, 9], dtype)
+        b = np.array([2, -2, -2, 2, 3, 7, 7, -4], dtype)
+    else:
+        a = np.array([-7.5, 7.5, -7.5, 7.5, 0.0, 3.0, -3.0, 1.0, -1.0], dtype)
+        b = np.array([2.0, -2.0, -2.0, 2.0, 3.0, np.inf, np.inf, -np.inf, -np.inf], dtype)
+    if fmod == 0 and dtype == "float32":
+        want = np.mod(a, b)  # numpy: the sign of the divisor, as ONNX
+    else:
+        want = np.fmod(a, b) if fmod else np.mod(a, b)
+    m = model("Mod", {"a": a, "b": b}, 13, {"fmod": fmod})
+    for mode in ("interpreted", "compiled"):
+        (got,) = mlc.backend.BACKENDS[mode].prepare(m).run([a, b])
+        np.testing.assert_array_equal(got, want.astype(dtype), err_msg=mode)
+
+
+def test_castlike() -> None:
+    x, like = r(3, 4) * 10, np.zeros((1,), np.int32)
+    check(model("CastLike", {"x": x, "like": like}, 21), {"x": x, "like": like})
+
+
+def test_bf16_constants_keep_their_type() -> None:
+    """Folded casts and scalar constants next to a bf16 tensor are typed bf16 (numpy holds them as f32)."""
+    import ml_dtypes
+
+    x = np.array([-2.0, -0.5, 0.0, 1.5, 3.0], np.float32).astype(ml_dtypes.bfloat16)
+    n = helper.make_node
+    nodes = [n("Constant", [], ["two"], value=numpy_helper.from_array(np.array(2.0, np.float32))),
+             n("CastLike", ["two", "x"], ["two_bf"]), n("Mul", ["x", "two_bf"], ["x2"]), n("Elu", ["x2"], ["y0"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.BFLOAT16, [5])],
+                          [helper.make_tensor_value_info("y0", TensorProto.BFLOAT16, [5])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)])
+    xf = x.astype(np.float32) * 2
+    want = np.where(xf < 0, np.expm1(xf), xf)
+    for mode in ("interpreted", "compiled"):
+        (y,) = mlc.backend.BACKENDS[mode].prepare(m).run([x])
+        assert y.dtype == ml_dtypes.bfloat16
+        np.testing.assert_allclose(y.astype(np.float32), want, rtol=1e-2, atol=1e-2, err_msg=mode)
