@@ -153,3 +153,13 @@ def test_pinned_slice_end_clamped_symbolic() -> None:
 def test_pinned_slice_start_clamped_symbolic() -> None:
     agree(graph([helper.make_node("Slice", ["x", "s", "e"], ["y"])], [("x", F, ["n"], np.arange(3, dtype=np.float32))],
                 [("y", F)], {"s": np.array([-5]), "e": np.array([2**62])}))
+
+
+@pytest.mark.xfail(strict=True, reason="silent miscompile: a graph output that is a match_cast of an intermediate "
+                   "(Concat of x[n, 3] with a constant [2, 2]) loses its storage when the intermediate dies; the memory "
+                   "plan gives it to the Softmax result, which overwrites the output's first values")
+def test_pinned_output_storage_reused() -> None:
+    agree(graph([helper.make_node("Concat", ["x", "c"], ["y0"], axis=1), helper.make_node("Softmax", ["x"], ["t"]),
+                 helper.make_node("Abs", ["t"], ["y1"])],
+                [("x", F, ["n", 3], np.arange(6, dtype=np.float32).reshape(2, 3))], [("y0", F), ("y1", F)],
+                {"c": np.arange(4, dtype=np.float32).reshape(2, 2) + 1}))
