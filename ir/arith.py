@@ -102,9 +102,7 @@ def _to_poly(e: Expr) -> Poly:
         for x in exprs[1:]:
             out = Bin(e.op, out, x)
         return {(out,): 1}
-    if isinstance(e, Cast) and e.a.dtype.startswith(("i", "u")) and e.dtype.startswith(("i", "u")):
-        return _to_poly(e.a)
-    # opaque atom: simplify inside, keep as a unit
+    # opaque atom (casts included: a narrowing one wraps, and a widening one types its operand): simplify inside, keep as a unit
     return {(_rebuild(e),): 1}
 
 
@@ -179,8 +177,10 @@ def _from_poly(p: Poly) -> Expr:
 
 
 def _is_int_expr(e: Expr) -> bool:
+    """Index arithmetic: i64, where the polynomial form (over unbounded integers) is exact in practice.
+    Narrower integers are data that wraps, and their constants must keep their type: left alone."""
     try:
-        return is_int(e.dtype)
+        return e.dtype == "i64"
     except AttributeError:
         return False
 

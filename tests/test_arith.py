@@ -101,3 +101,18 @@ def test_interval_bounds_index_expressions_conservatively() -> None:
     lo, hi = interval(e, look)
     vals = [(3 * a - b) % 5 for a in range(28) for b in range(3)]
     assert lo <= min(vals) and max(vals) <= hi
+
+
+def test_simplify_leaves_narrow_integer_data_and_casts_alone() -> None:
+    """The polynomial form is for i64 index arithmetic. It once dropped int casts (Cast i64->i32->i64
+    did not wrap: a silent miscompile) and retyped i32 constants as i64 (builds failed after split)."""
+    from mlc.ir.expr import Cast
+
+    x64, x32 = Var("x", "i64"), Var("y", "i32")
+    round_trip = Cast("i64", Cast("i32", x64))
+    assert arith.simplify(round_trip) == round_trip
+    assert arith.simplify(Bin("add", round_trip, Const(0))) == round_trip
+    neg = Bin("sub", Const(0, "i32"), x32)
+    s = arith.simplify(neg)
+    assert s.dtype == "i32" and all(c.dtype == "i32" for c in (s.a, s.b))  # type: ignore[attr-defined]
+    assert arith.simplify(Bin("add", Bin("mul", Const(2), x64), x64)) == Bin("mul", Const(3), x64)
