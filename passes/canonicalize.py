@@ -75,7 +75,10 @@ def _cse_key(node: Node) -> tuple | None:
 
 
 def cse_block(block: Block, env: dict[str, Value], seen: dict[tuple, Value]) -> Block:
+    """A result keeps its binding (and name) even when an earlier one computes the same: the names of
+    a function's results are its outputs' names (two ONNX outputs of equal value once became one)."""
     out: list[Binding] = []
+    results = {r.name for r in block.results}
     for b in block.bindings:
         node = remap_args(b.node, lambda v: env.get(v.name, v))
         if isinstance(node, If):
@@ -91,7 +94,7 @@ def cse_block(block: Block, env: dict[str, Value], seen: dict[tuple, Value]) -> 
             hash(key)
         except TypeError:
             key = None
-        if key is not None and key in seen and seen[key].type == b.var.type:
+        if key is not None and key in seen and seen[key].type == b.var.type and b.var.name not in results:
             env[b.var.name] = seen[key]
             continue
         if key is not None:
