@@ -97,7 +97,7 @@ def cse_block(block: Block, env: dict[str, Value], seen: dict[tuple, Value]) -> 
         if key is not None and key in seen and seen[key].type == b.var.type and b.var.name not in results:
             env[b.var.name] = seen[key]
             continue
-        if key is not None:
+        if key is not None and key not in seen:
             seen[key] = b.var
         out.append(Binding(b.var, node, b.loc))
     return Block(tuple(out), tuple(env.get(r.name, r) for r in block.results), block.loc)
