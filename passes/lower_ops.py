@@ -209,7 +209,10 @@ assert set(_COMBINER) == set(REDUCE)
 
 
 def reduce_op(b: Builder, x: Tensor, op: str, axes: list[int], keep: bool, shp: Shape, dtype: str) -> Tensor:
-    """`op` in sum/mean/max/min/prod of `x` over `axes` (mean divides after summing)."""
+    """`op` in sum/mean/max/min/prod of `x` over `axes` (mean divides after summing). Over no axes
+    (a rank-0 tensor) each is the identity: a block with an init but no reduce iterator is not a reduction."""
+    if not axes:
+        return b.compute(shp, dtype, lambda i: as_dtype(x.at(i), dtype), op)
     ext = tuple(x.shape[a] for a in axes)
     acc = dtype
     red = b.reduce(shp, acc, _COMBINER[op], ext, lambda i, r: x.at(_scatter(i, r, axes, x.ndim, keep)),

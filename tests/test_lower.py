@@ -435,3 +435,11 @@ def test_in_place_tensor_read_by_a_consumer() -> None:
     run_prim(f, [xv, out])
     sq = xv * xv
     np.testing.assert_allclose(out, 2 * (sq - sq.sum(axis=1, keepdims=True)), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("op", ["sum", "mean", "max", "min", "prod"])
+def test_reduction_of_a_rank0_tensor_is_the_identity(op: str) -> None:
+    """No axes to reduce: the lowering once built a block with an init but no reduce iterator, which
+    the verifier refused after fuse (found by the differential fuzzer)."""
+    low = check_op(op, [np.array(2.5, np.float32)], {"keepdims": True})
+    run_pass("schedule", low)
