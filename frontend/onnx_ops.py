@@ -268,8 +268,43 @@ def _conv(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
     ctx.out(0, _squeeze_1d(ctx, node, _add_channel_bias(ctx, y, ctx.opt_input(2), o), lifted))
 
 
+def _pool3d(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
+    """A 3-D (N, C, D, H, W) pool as two 2-D ones: over (H, W) with D folded into the channels, then
+    over D with H * W as the width. Max and average windows are boxes, so both split exactly (an
+    average's valid-element count is the product of the per-axis counts)."""
+    x, o = ctx.input(0), node.output[0]
+    if str(attrs.get("auto_pad", "NOTSET")) not in ("NOTSET", "VALID", ""):
+        raise ctx.error("3-D pooling with SAME auto_pad is not supported")
+    n, c, dd, hh, ww = shape_of(x)
+    k = [int(v) for v in attrs["kernel_shape"]]
+    st = [int(v) for v in attrs.get("strides", (1, 1, 1))]
+    dl = [int(v) for v in attrs.get("dilations", (1, 1, 1))]
+    p = [int(v) for v in attrs.get("pads", (0,) * 6)] if str(attrs.get("auto_pad", "NOTSET")) != "VALID" else [0] * 6
+    common: dict[str, Any] = {"ceil_mode": bool(attrs.get("ceil_mode", 0))}
+    if node.op_type == "MaxPool":
+        op = "max_pool2d"
+        hw_extra: dict[str, Any] = {"dilations": (dl[1], dl[2])}
+        d_extra: dict[str, Any] = {"dilations": (dl[0], 1)}
+    else:
+        if dl != [1, 1, 1]:
+            raise ctx.error("AveragePool with dilations is not supported")
+        op = "avg_pool2d"
+        hw_extra = d_extra = {"count_include_pad": bool(attrs.get("count_include_pad", 0))}
+    y = ctx.emit("reshape", [x], {"shape": (n, c * dd, hh, ww)}, o + "_hw_in")
+    y = ctx.emit(op, [y], {"kernel_shape": (k[1], k[2]), "strides": (st[1], st[2]), "pads": (p[1], p[2], p[4], p[5]),
+                           **common, **hw_extra}, o + "_hw")
+    ho, wo = shape_of(y)[2:]
+    y = ctx.emit("reshape", [y], {"shape": (n, c, dd, ho * wo)}, o + "_d_in")
+    y = ctx.emit(op, [y], {"kernel_shape": (k[0], 1), "strides": (st[0], 1), "pads": (p[0], 0, p[3], 0),
+                           **common, **d_extra}, o + "_d")
+    ctx.out(0, ctx.emit("reshape", [y], {"shape": (n, c, shape_of(y)[2], ho, wo)}, o))
+
+
 @handles("MaxPool", "AveragePool")
 def _pool(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
+    if len(ctx.type_of(node.input[0]).shape or ()) == 5 and not (len(node.output) > 1 and node.output[1]):
+        _pool3d(ctx, node, attrs)
+        return
     lifted = len(ctx.type_of(node.input[0]).shape or ()) == 3
     x, _, attrs = _lift_1d(ctx, node, attrs, False)
     _check_2d(ctx, x)
@@ -352,6 +387,26 @@ def _ln(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
         var = ctx.emit("mean", [ctx.emit("mul", [d, d], {}, o + "_sq")], {"axes": axes, "keepdims": True}, o + "_var")
         var = ctx.emit("add", [var, ctx.scalar_like(eps, var, "eps")], {}, o + "_vareps")
         ctx.out(2, ctx.emit("reciprocal", [ctx.emit("sqrt", [var], {}, o + "_std")], {}, o + "_invstd"))
+
+
+@handles("RMSNormalization")
+def _rms_norm(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
+    """X / sqrt(mean(X * X over axis..rank-1) + epsilon) * scale, computed in f32 (stash_type 1) for
+    narrower inputs and cast back, as ONNX."""
+    x, scale, o = ctx.input(0), ctx.input(1), node.output[0]
+    dt = dtype_of(x)
+    stash = "f32" if int(attrs.get("stash_type", 1)) == 1 and dt in ("f16", "bf16") else dt
+    if stash != dt:
+        x = ctx.emit("cast", [x], {"dtype": stash}, o + "_x32")
+    rank = len(shape_of(x))
+    axis = int(attrs.get("axis", -1))
+    axes = tuple(range(axis + rank if axis < 0 else axis, rank))
+    ms = ctx.emit("mean", [ctx.emit("mul", [x, x], {}, o + "_sq")], {"axes": axes, "keepdims": True}, o + "_ms")
+    ms = ctx.emit("add", [ms, ctx.scalar_like(float(attrs.get("epsilon", 1e-5)), ms, "eps")], {}, o + "_mse")
+    y = ctx.emit("div", [x, ctx.emit("sqrt", [ms], {}, o + "_rms")], {}, o + "_norm")
+    if stash != dt:
+        y = ctx.emit("cast", [y], {"dtype": dt}, o + "_back")
+    ctx.out(0, ctx.emit("mul", [y, scale], {}, o))
 
 
 REDUCE_MAP = {"ReduceSum": "sum", "ReduceMean": "mean", "ReduceMax": "max", "ReduceMin": "min", "ReduceProd": "prod"}

@@ -287,3 +287,22 @@ def test_bf16_constants_keep_their_type() -> None:
         (y,) = mlc.backend.BACKENDS[mode].prepare(m).run([x])
         assert y.dtype == ml_dtypes.bfloat16
         np.testing.assert_allclose(y.astype(np.float32), want, rtol=1e-2, atol=1e-2, err_msg=mode)
+
+
+@pytest.mark.parametrize("op,attrs", [
+    ("MaxPool", {"kernel_shape": [2, 3, 2], "strides": [1, 2, 1], "pads": [1, 0, 1, 0, 1, 1], "dilations": [2, 1, 1]}),
+    ("MaxPool", {"kernel_shape": [3, 3, 3], "strides": [2, 2, 2], "ceil_mode": 1}),
+    ("AveragePool", {"kernel_shape": [3, 2, 3], "strides": [2, 1, 2], "pads": [1, 1, 0, 1, 0, 1]}),
+    ("AveragePool", {"kernel_shape": [3, 2, 3], "strides": [2, 1, 2], "pads": [1, 1, 0, 1, 0, 1], "count_include_pad": 1}),
+])
+def test_three_d_pools_as_two_2d_pools(op: str, attrs: dict[str, Any]) -> None:
+    x = r(2, 3, 7, 6, 8)
+    check(model(op, {"x": x}, 19, attrs), {"x": x}, rtol=1e-5, atol=1e-6, ref="ort")
+
+
+@pytest.mark.parametrize("axis", [-1, 1])
+def test_rms_normalization(axis: int) -> None:
+    x = r(2, 3, 4)
+    scale = r(*((3, 4) if axis == 1 else (4,)))
+    check(model("RMSNormalization", {"x": x, "scale": scale}, 23, {"axis": axis, "epsilon": 1e-3}),
+          {"x": x, "scale": scale}, rtol=1e-4, atol=1e-5)
