@@ -43,9 +43,8 @@ KNOWN_BUGS: dict[str, str] = {
              "arith.simplify retypes constants to i64 and drops int casts; the build fails to verify",
     "slice_clamp": "Slice of a symbolic dim whose constant start/end is clamped at run time (outside [-n, n]): "
                    "the result's symbolic type assumes no clamping; interp / compiled fail their shape checks",
-    # avoided by keeping Softmax/LayerNormalization (separate kernels, whose results take freed storage) off
-    # symbolic shapes: a heuristic, the trigger is a match_cast output
-    "opaque_symbolic": "an output that is a match_cast of an intermediate (a symbol met a constant dim) loses its "
+    # avoided by never letting a symbol meet a constant dim (a constant leaf, or a new symbol on a static dim)
+    "output_alias": "an output that is a match_cast of an intermediate (a symbol met a constant dim) loses its "
                        "storage in the memory plan when the intermediate dies; a later kernel overwrites it",
     "reduce_scalar": "a reduction of a rank-0 tensor: the build fails to verify after 'fuse' (init, no R iterator)",
 }
@@ -130,6 +129,8 @@ class Builder:
             arr = self.data(dtype, dims, nonzero=nonzero)
         if const is None:
             const = self.draw(st.booleans())
+        if syms is not None and any(syms) and "output_alias" in AVOID:
+            const = False  # keep the symbols: a constant's static dims would meet them
         if const:
             name = self.name("c")
             self.inits.append(numpy_helper.from_array(arr, name))
@@ -225,8 +226,8 @@ def _partner(b: Builder, x: Val, dtype: str | None = None, nonzero: bool = False
     dims, syms = _broadcast_partner(b, x)
     # a new symbol only where the dim is not 1: a symbol of value 1 broadcast against a constant dim is a
     # documented limit (the constant wins; the run-time check fails)
-    syms = tuple(s if s is not None or d == 1 else b.sym_for(d) if b.draw(st.booleans()) else None
-                 for d, s in zip(dims, syms))
+    syms = tuple(s if s is not None or d == 1 or "output_alias" in AVOID else b.sym_for(d) if b.draw(st.booleans())
+                 else None for d, s in zip(dims, syms))
     return b.leaf(dtype or x.dtype, dims, syms, nonzero=nonzero)
 
 
@@ -281,7 +282,7 @@ def op_binary(b: Builder, x: Val) -> Val | None:
             x = _positive(b, x) if x.dtype == "f32" else x
             y = _partner(b, x)
             if x.dtype != "f32":
-                y = b.leaf(x.dtype, y.dims, arr=np.abs(b.data(x.dtype, y.dims, 0, 3)), const=True)
+                y = b.leaf(x.dtype, y.dims, y.syms, arr=np.abs(b.data(x.dtype, y.dims, 0, 3)), const=True)
     elif op == "PRelu":
         d, ds = _broadcast_partner(b, x)
         if len(d) > x.rank:
@@ -335,7 +336,7 @@ def op_cast(b: Builder, x: Val) -> Val | None:
 
 
 def op_softmax(b: Builder, x: Val) -> Val | None:
-    if x.dtype != "f32" or x.rank == 0 or any(x.syms) and "opaque_symbolic" in AVOID:
+    if x.dtype != "f32" or x.rank == 0:
         return None
     op = b.draw(st.sampled_from(["Softmax", "LogSoftmax"]))
     axis = b.draw(st.sampled_from([-1, x.rank - 1])) if "softmax_axis" in AVOID else _axis(b, x.rank)
@@ -404,12 +405,14 @@ def op_gemm(b: Builder, x: Val) -> Val | None:
     m, k = (x.dims[1], x.dims[0]) if ta else x.dims
     ms = x.syms[1] if ta else x.syms[0]
     n = draw(st.sampled_from([1, 2, 5, 8]))
-    w = b.leaf("f32", (n, k) if tb else (k, n), const=draw(st.integers(0, 3)) > 0)
+    ks = x.syms[0] if ta else x.syms[1]
+    w = b.leaf("f32", (n, k) if tb else (k, n), (None, ks) if tb else (ks, None), const=draw(st.integers(0, 3)) > 0)
     ins: list[Val | str] = [x, w]
     c = draw(st.sampled_from(["none", "n", "mn", "1n", "m1", "scalar"]))
     if c != "none":
         cd = {"n": (n,), "mn": (m, n), "1n": (1, n), "m1": (m, 1), "scalar": ()}[c]
-        ins.append(b.leaf("f32", cd, const=True))
+        cs = {"mn": (ms, None), "m1": (ms, None)}.get(c, (None,) * len(cd))
+        ins.append(b.leaf("f32", cd, cs, const=True))
     attrs = {"transA": ta, "transB": tb, "alpha": draw(st.sampled_from([1.0, 0.5, -2.0])),
              "beta": draw(st.sampled_from([1.0, 0.0, 3.0]))}
     return b.node("Gemm", ins, "f32", (m, n), (ms, None), **attrs)
@@ -601,7 +604,10 @@ def op_conv(b: Builder, x: Val) -> Val | None:
     k = attrs["kernel_shape"]
     if draw(st.booleans()):
         del attrs["kernel_shape"]
-    w = b.leaf("f32", (m, c // group, k[0], k[1]), const=draw(st.integers(0, 3)) > 0)
+    if x.syms[1] is not None and "output_alias" in AVOID and group > 1:
+        return None
+    ws = (None, x.syms[1] if group == 1 else None, None, None)
+    w = b.leaf("f32", (m, c // group, k[0], k[1]), ws, const=draw(st.integers(0, 3)) > 0)
     ins: list[Val | str] = [x, w]
     if draw(st.booleans()):
         ins.append(b.leaf("f32", (m,), const=True))
@@ -658,20 +664,18 @@ def _recompute(x: Val, attrs: dict[str, Any]) -> tuple[int, int] | None:
 def op_norm(b: Builder, x: Val) -> Val | None:
     if x.dtype != "f32" or x.rank == 0:
         return None
-    if x.rank >= 2 and b.draw(st.integers(0, 3)) == 0:
+    if x.rank >= 2 and b.draw(st.integers(0, 3)) == 0 and (x.syms[1] is None or "output_alias" not in AVOID):
         c = x.dims[1]
         ins: list[Val | str] = [x] + [b.leaf("f32", (c,), const=True) for _ in range(3)]
         var = np.abs(b.data("f32", (c,))) + 0.1
         ins.append(b.leaf("f32", (c,), const=True, arr=var))
         return b.node("BatchNormalization", ins, "f32", x.dims, x.syms, epsilon=1e-5)
-    if any(x.syms) and "opaque_symbolic" in AVOID:
-        return None
     axis = _axis(b, x.rank)
     a = axis % x.rank
     norm = x.dims[a:]
-    ins = [x, b.leaf("f32", norm, const=True)]
+    ins = [x, b.leaf("f32", norm, x.syms[a:], const=True)]
     if b.draw(st.booleans()):
-        ins.append(b.leaf("f32", norm, const=True))
+        ins.append(b.leaf("f32", norm, x.syms[a:], const=True))
     return b.node("LayerNormalization", ins, "f32", x.dims, x.syms, axis=axis,
                   epsilon=b.draw(st.sampled_from([1e-5, 1e-3])))
 
@@ -683,7 +687,8 @@ def op_expand(b: Builder, x: Val) -> Val | None:
         lead = _dims(draw, draw(st.integers(0, max(0, 4 - x.rank))))
         own = tuple(draw(st.sampled_from([2, 3])) if d == 1 and s is None and draw(st.booleans()) else d
                     for d, s in zip(x.dims, x.syms))
-        spec = list(lead) + [1 if draw(st.integers(0, 3)) == 0 and d == xd else d for d, xd in zip(own, x.dims)]
+        spec = list(lead) + [1 if d == xd and (draw(st.integers(0, 3)) == 0 or s is not None and "output_alias" in AVOID)
+                             else d for d, xd, s in zip(own, x.dims, x.syms)]
         return b.node("Expand", [x, b.ints(spec)], x.dtype, lead + own, (None,) * len(lead) + x.syms)
     if x.rank == 0:
         return None

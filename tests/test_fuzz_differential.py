@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from onnx import TensorProto, helper, numpy_helper
 
 F, I32, I64 = TensorProto.FLOAT, TensorProto.INT32, TensorProto.INT64
-BOUNDED_EXAMPLES = 60  # about 45 s on the 2-core CI machine
+BOUNDED_EXAMPLES = 150  # about 30 s on the shared 2-core machine
 SLOW_OK = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much]
 
 
