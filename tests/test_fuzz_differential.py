@@ -4,7 +4,9 @@ interpreter and by onnxruntime must agree (issue "Conformance" item 5: no silent
 `test_fuzz_differential` is a bounded, derandomized run that is part of `make test`;
 `test_fuzz_differential_long` (marked `conformance`) runs MLC_FUZZ_EXAMPLES graphs when that is set:
 
-    MLC_FUZZ_EXAMPLES=2000 .venv/bin/pytest -m conformance tests/test_fuzz_differential.py
+    MLC_FUZZ_EXAMPLES=2000 [MLC_FUZZ_SEED=1] .venv/bin/pytest -m conformance tests/test_fuzz_differential.py
+
+(`python tests/fuzz_graphs.py --minutes 20` fuzzes in rounds and prints every distinct minimized finding.)
 
 Generation steers around the bugs in `fuzz_graphs.KNOWN_BUGS` (MLC_FUZZ_KNOWN_BUGS=1 turns that
 off). Each bug the fuzzer found is pinned below as the smallest graph that shows it, marked
@@ -20,7 +22,7 @@ import numpy as np
 import onnx
 import pytest
 from fuzz_graphs import ORT_ERRORS, REFUSALS, STATS, FuzzCase, cases, check_case, run_case, warm_up
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, seed, settings
 from onnx import TensorProto, helper, numpy_helper
 
 F, I32, I64 = TensorProto.FLOAT, TensorProto.INT32, TensorProto.INT64
@@ -35,6 +37,7 @@ def _fuzz_bounded(case: FuzzCase) -> None:
     check_case(case)
 
 
+@seed(int(os.environ.get("MLC_FUZZ_SEED") or 0))  # reproducible; MLC_FUZZ_SEED=k explores elsewhere
 @settings(max_examples=int(os.environ.get("MLC_FUZZ_EXAMPLES") or 1), deadline=None,
           suppress_health_check=SLOW_OK)
 @given(case=cases(max_ops=6))
