@@ -90,54 +90,47 @@ def agree(case: FuzzCase) -> None:
     assert out.kind == "ok", f"{out.kind}: {out.signature}\n{out.detail}"
 
 
-@pytest.mark.xfail(strict=True, reason="two graph outputs computing the same expression are merged (CSE) and the "
-                   "compiled Model returns only the first; the reference interpreter returns both")
 def test_pinned_duplicate_outputs() -> None:
+    """Found by the fuzzer: two graph outputs of equal value: cse merged them and the compiled Model returned one (fixed in d380bac)."""
     x = np.arange(6, dtype=np.float32).reshape(2, 3)
     agree(graph([helper.make_node("Exp", ["x"], ["y0"]), helper.make_node("Exp", ["x"], ["y1"])],
                 [("x", F, [2, 3], x)], [("y0", F), ("y1", F)]))
 
 
-@pytest.mark.xfail(strict=True, reason="Gather with int32 indices: the build fails ('fuse' leaves an add of "
-                   "i32 and i64 in @take, the wrap of negative indices)")
 def test_pinned_gather_int32_indices() -> None:
+    """Found by the fuzzer: Gather with int32 indices: the build failed to verify after 'fuse' (fixed at ab088fa)."""
     agree(graph([helper.make_node("Gather", ["x", "i"], ["y"])],
                 [("x", F, [4], np.arange(4, dtype=np.float32)), ("i", I32, [2], np.array([1, 2], np.int32))],
                 [("y", F)]))
 
 
-@pytest.mark.xfail(strict=True, reason="int32 Neg on a symbolic dim: the build fails after 'schedule' (loop "
-                   "split's arith.simplify rebuilds the i32 zero of 0 - x as an i64 constant)")
 def test_pinned_int32_neg_symbolic() -> None:
+    """Found by the fuzzer: int32 Neg on a symbolic dim: arith.simplify retyped the i32 zero as i64; the build failed (fixed in ab088fa)."""
     agree(graph([helper.make_node("Neg", ["x"], ["y"])], [("x", I32, ["n"], np.arange(-2, 3, dtype=np.int32))],
                 [("y", I32)]))
 
 
-@pytest.mark.xfail(strict=True, reason="int32 Clip on a symbolic dim: the build fails after 'schedule' (the "
-                   "i32 bound becomes i64 under arith.simplify)")
 def test_pinned_int32_clip_symbolic() -> None:
+    """Found by the fuzzer: int32 Clip on a symbolic dim: the i32 bound became i64; the build failed (fixed in ab088fa)."""
     agree(graph([helper.make_node("Clip", ["x", "lo"], ["y"])], [("x", I32, ["n"], np.arange(-2, 3, dtype=np.int32))],
                 [("y", I32)], {"lo": np.array(-1, np.int32)}))
 
 
-@pytest.mark.xfail(strict=True, reason="Cast int64 -> int32 on a symbolic dim: the build fails after 'schedule' "
-                   "(arith.simplify drops int-to-int casts: storing i64 into an i32 buffer)")
 def test_pinned_cast_i64_to_i32_symbolic() -> None:
+    """Found by the fuzzer: Cast int64 -> int32 on a symbolic dim: arith.simplify dropped the cast; the build failed (fixed in ab088fa)."""
     agree(graph([helper.make_node("Cast", ["x"], ["y"], to=I32)], [("x", I64, ["n"], np.arange(-2, 3))],
                 [("y", I32)]))
 
 
-@pytest.mark.xfail(strict=True, reason="silent miscompile: Cast int64 -> int32 -> int64 on a symbolic dim does "
-                   "not wrap values outside int32 (arith.simplify drops both casts)")
 def test_pinned_cast_truncation_dropped() -> None:
+    """Found by the fuzzer: silent miscompile: Cast int64 -> int32 -> int64 did not wrap (both casts dropped; fixed in ab088fa)."""
     x = np.array([2**33 + 5, -(2**31) - 7, 3, 2**40], np.int64)
     agree(graph([helper.make_node("Cast", ["x"], ["c"], to=I32), helper.make_node("Cast", ["c"], ["y"], to=I64)],
                 [("x", I64, ["n"], x)], [("y", I64)]))
 
 
-@pytest.mark.xfail(strict=True, reason="a reduction of a rank-0 tensor: the build fails after 'fuse' (block has "
-                   "an init but no reduce iterator)")
 def test_pinned_reduce_scalar() -> None:
+    """Found by the fuzzer: a reduction of a rank-0 tensor: the build failed after 'fuse' (fixed in e6a76ba)."""
     agree(graph([helper.make_node("ReduceSum", ["x"], ["y"], keepdims=1)], [("x", F, [], np.array(2.5, np.float32))],
                 [("y", F)]))
 
