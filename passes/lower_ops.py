@@ -84,6 +84,9 @@ UNARY_EXPR: dict[str, Callable[[Expr], Expr]] = {
     "reciprocal": lambda x: Bin("div", cst(1, x.dtype), x),
     "round": _round_even,
     "logical_not": lambda x: Not(as_dtype(x, "bool")),
+    "sign": lambda x: Select(Bin("gt", x, cst(0, x.dtype)), cst(1, x.dtype),
+                             Select(Bin("lt", x, cst(0, x.dtype)), cst(-1, x.dtype), x)),  # 0 and NaN: x
+    "isnan": lambda x: Call("isnan", (x,), "bool") if is_float(x.dtype) else Const(False, "bool"),
 }
 
 
@@ -114,6 +117,14 @@ def _unary_expr(op: str, attrs: Attrs, x: Expr) -> Expr:
         return x
     if op == "cast":
         return Cast(str(attrs["dtype"]), x)
+    if op == "isinf":
+        if not is_float(dt):
+            return Const(False, "bool")
+        pos = Bin("eq", x, Const(float("inf"), dt)) if attrs.get("detect_positive", True) else None
+        neg = Bin("eq", x, Const(float("-inf"), dt)) if attrs.get("detect_negative", True) else None
+        if pos is not None and neg is not None:
+            return Bin("or", pos, neg)
+        return pos or neg or Const(False, "bool")
     raise CannotLower(f"no elementwise lowering of {op}")
 
 
@@ -126,7 +137,7 @@ def _lower_unary(op: str) -> Callable[..., Tensor]:
     return lower
 
 
-for _op in (*UNARY_EXPR, "leaky_relu", "gelu", "clip", "cast"):
+for _op in (*UNARY_EXPR, "leaky_relu", "gelu", "clip", "cast", "isinf"):
     register_lower(_op)(_lower_unary(_op))
 
 _BIN_EXPR: dict[str, Callable[[Expr, Expr], Expr]] = {
@@ -557,17 +568,52 @@ def _take(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
     ax = _axis(attrs.get("axis", 0), x.ndim)
     k = ind.ndim
 
-    n = x.shape[ax]
-
     def fn(i: Index) -> Expr:
-        """ONNX: indices in [-n, n), negative ones from the end; any other index fails the run (in
-        compiled code too: `check_range`), and the load itself is guarded so it never faults."""
-        v = Call("check_range", (as_dtype(ind.at(i[ax:ax + k]), "i64"), Const(0) - n, n), "i64")
-        w = Select(Bin("lt", v, Const(0)), v + n, v)
-        ok = Bin("and", Bin("ge", w, Const(0)), Bin("lt", w, n))
+        """ONNX: indices in [-n, n), negative ones from the end; any other index fails the run."""
+        w, ok = _checked_index(ind.at(i[ax:ax + k]), x.shape[ax])
         return Select(ok, x.at(i[:ax] + (w,) + i[ax + k:]), cst(0, x.dtype))
 
     return b.compute(out_shape(t), x.dtype, fn, "take")
+
+
+def _checked_index(raw: Expr, n: Expr) -> tuple[Expr, Expr]:
+    """An index read from data: (wrapped index, in-range condition). Outside [-n, n) the run fails
+    (`check_range`); the condition guards the load it addresses, so that never faults either."""
+    v = Call("check_range", (as_dtype(raw, "i64"), Const(0) - n, n), "i64")
+    w = Select(Bin("lt", v, Const(0)), v + n, v)
+    return w, Bin("and", Bin("ge", w, Const(0)), Bin("lt", w, n))
+
+
+@register_lower("gather_elements")
+def _gather_elements(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
+    x, ind = _tensor(args[0]), _tensor(args[1])
+    ax = _axis(attrs.get("axis", 0), x.ndim)
+
+    def fn(i: Index) -> Expr:
+        w, ok = _checked_index(ind.at(i), x.shape[ax])
+        return Select(ok, x.at(i[:ax] + (w,) + i[ax + 1:]), cst(0, x.dtype))
+
+    return b.compute(out_shape(t), x.dtype, fn, "gather_elements")
+
+
+@register_lower("gather_nd")
+def _gather_nd(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
+    x, ind = _tensor(args[0]), _tensor(args[1])
+    bd = int(attrs.get("batch_dims", 0))
+    k = arith.as_int(ind.shape[-1])
+    assert k is not None
+    q = ind.ndim - 1  # output dims taken from indices (batch dims included)
+
+    def fn(i: Index) -> Expr:
+        pos, conds = [], []
+        for j in range(k):
+            w, ok = _checked_index(ind.at(i[:q] + (Const(j),)), x.shape[bd + j])
+            pos.append(w)
+            conds.append(ok)
+        cond, load = all_of(conds), x.at(i[:bd] + tuple(pos) + i[q:])
+        return load if cond is None else Select(cond, load, cst(0, x.dtype))
+
+    return b.compute(out_shape(t), x.dtype, fn, "gather_nd")
 
 
 def _slice_start(d: Expr, begin: Any, step: int) -> Expr:

@@ -445,3 +445,43 @@ def test_reduction_of_a_rank0_tensor_is_the_identity(op: str) -> None:
 
     low = check_op(op, [np.array(2.5, np.float32)], {"keepdims": True})
     verify_module(low)
+
+
+def test_sign_isnan_isinf() -> None:
+    x = np.array([[-2.0, 0.0, np.nan, np.inf], [-np.inf, 3.0, -0.0, 1e-30]], np.float32)
+    for op, attrs in (("sign", {}), ("isnan", {}), ("isinf", {}), ("isinf", {"detect_negative": False}),
+                      ("isinf", {"detect_positive": False})):
+        with np.errstate(invalid="ignore"):
+            check_op(op, [x], attrs)
+    check_op("sign", [np.array([-3, 0, 5], np.int32)])
+    check_op("isnan", [np.array([-3, 0, 5], np.int64)])
+
+
+@pytest.mark.parametrize("axis", [0, 1, -1])
+def test_gather_elements(axis: int) -> None:
+    x = rand(3, 4)
+    n = x.shape[axis]
+    idx = np.random.default_rng(1).integers(-n, n, (3, 4) if axis != 1 else (3, 6)).astype(np.int64)
+    check_op("gather_elements", [x, idx], {"axis": axis})
+
+
+@pytest.mark.parametrize("batch_dims,ishape", [(0, (5, 2)), (0, (2, 3, 1)), (1, (3, 2, 2)), (0, (4, 3))])
+def test_gather_nd(batch_dims: int, ishape: tuple[int, ...]) -> None:
+    x = rand(3, 4, 5)
+    k = ishape[-1]
+    dims = x.shape[batch_dims:batch_dims + k]
+    rng = np.random.default_rng(2)
+    idx = np.stack([rng.integers(-d, d, ishape[:-1]) for d in dims], axis=-1).astype(np.int64)
+    if batch_dims:
+        idx = idx[:3]
+    check_op("gather_nd", [x, idx], {"batch_dims": batch_dims})
+
+
+def test_gather_elements_out_of_range_is_an_error_in_the_lowering_too() -> None:
+    x, idx = rand(3, 4), np.array([[0, 1, 2, 3], [1, 2, 3, 4], [0, 0, 0, 0]], np.int64)
+    m = one_op("gather_elements", [(3, 4), (3, 4)], ["f32", "i64"], {"axis": 1})
+    with pytest.raises(MlcError, match=r"index 4 out of range \[-4, 4\)"):
+        run_function(m, {"a0": x, "a1": idx})
+    low = run_pass("lower", run_pass("shape-infer", m))
+    with pytest.raises(MlcError, match=r"index 4 out of range \[-4, 4\)"):
+        run_function(low, {"a0": x, "a1": idx})

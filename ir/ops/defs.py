@@ -14,7 +14,7 @@ UNARY: dict[str, str] = {
     "sqrt": "square root", "exp": "e**x", "log": "natural logarithm", "erf": "Gauss error function",
     "neg": "-x", "abs": "|x|", "relu": "max(x, 0)", "sigmoid": "1 / (1 + e**-x)", "tanh": "hyperbolic tangent",
     "reciprocal": "1 / x", "floor": "round down", "ceil": "round up", "round": "round half to even",
-    "sin": "sine", "cos": "cosine", "logical_not": "boolean not",
+    "sin": "sine", "cos": "cosine", "logical_not": "boolean not", "sign": "-1, 0 or 1 by the sign of x",
 }
 BINARY: dict[str, str] = {
     "add": "a + b", "sub": "a - b", "mul": "a * b",
@@ -68,6 +68,12 @@ define("transpose", "injective", 1, {"perm": None}, "permute axes (None reverses
 define("squeeze", "injective", 1, {"axes": REQUIRED}, "drop the given size-1 axes")
 define("expand_dims", "injective", 1, {"axes": REQUIRED}, "insert size-1 axes at the given output positions")
 define("take", "injective", 2, {"axis": 0}, "gather: data[..., indices, ...] along axis (negative indices wrap)")
+define("gather_elements", "injective", 2, {"axis": 0},
+       "out[i] = data[i with axis replaced by indices[i]] (ONNX GatherElements; negative indices wrap)")
+define("gather_nd", "injective", 2, {"batch_dims": 0},
+       "ONNX GatherND: the last axis of indices addresses leading axes of data after batch_dims")
+define("isnan", "elementwise", 1, doc="x is NaN (bool)")
+define("isinf", "elementwise", 1, {"detect_negative": True, "detect_positive": True}, "x is +inf or -inf (bool)")
 define("strided_slice", "injective", 1, {"axes": REQUIRED, "begin": REQUIRED, "end": REQUIRED, "strides": None},
        "ONNX Slice: per axis begin/end/stride, clamped, negative indices wrap")
 define("broadcast_to", "broadcast", 1, {"shape": REQUIRED}, "numpy broadcast_to")

@@ -72,7 +72,7 @@ _UNARY: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "sqrt": np.sqrt, "exp": np.exp, "log": np.log, "erf": lambda x: _erf(x), "neg": np.negative,
     "abs": np.abs, "relu": lambda x: np.maximum(x, 0), "sigmoid": _sigmoid, "tanh": np.tanh,
     "reciprocal": lambda x: 1 / x, "floor": np.floor, "ceil": np.ceil, "round": np.round,
-    "sin": np.sin, "cos": np.cos, "logical_not": np.logical_not,
+    "sin": np.sin, "cos": np.cos, "logical_not": np.logical_not, "sign": np.sign, "isnan": np.isnan,
 }
 
 
@@ -377,6 +377,39 @@ def _take(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
     if np.any(bad):  # as the compiled kernel reports it (check_range)
         raise MlcError(f"take: index {int(ind[bad].flat[0])} out of range [{-n}, {n})")
     return np.take(x, ind, axis=ax)
+
+
+def _checked(ind: np.ndarray, n: int, op: str) -> np.ndarray:
+    """Indices in [-n, n), negative ones wrapped, as the compiled kernels check them (check_range)."""
+    ind = np.asarray(ind).astype(np.int64)
+    bad = (ind < -n) | (ind >= n)
+    if np.any(bad):
+        raise MlcError(f"{op}: index {int(ind[bad].flat[0])} out of range [{-n}, {n})")
+    return np.where(ind < 0, ind + n, ind)
+
+
+@ref("isinf")
+def _isinf(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
+    x = np.asarray(args[0])
+    pos, neg = bool(attrs.get("detect_positive", True)), bool(attrs.get("detect_negative", True))
+    return (np.isposinf(x) & pos) | (np.isneginf(x) & neg)
+
+
+@ref("gather_elements")
+def _gather_elements(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
+    x = np.asarray(args[0])
+    ax = int(attrs.get("axis", 0)) % x.ndim
+    return np.take_along_axis(x, _checked(args[1], x.shape[ax], "gather_elements"), axis=ax)
+
+
+@ref("gather_nd")
+def _gather_nd(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
+    x, ind, b = np.asarray(args[0]), np.asarray(args[1]).astype(np.int64), int(attrs.get("batch_dims", 0))
+    k = ind.shape[-1]
+    cols = [_checked(ind[..., j], x.shape[b + j], "gather_nd") for j in range(k)]
+    batch = np.indices(ind.shape[:b]) if b else ()
+    grids = tuple(g.reshape(g.shape + (1,) * (ind.ndim - 1 - b)) for g in batch)
+    return x[grids + tuple(cols)]
 
 
 @ref("strided_slice")

@@ -105,7 +105,7 @@ register_infer(*[n for n in UNARY if n != "logical_not"], "leaky_relu", "gelu", 
                "log_softmax")(_elementwise)
 
 
-@register_infer("logical_not")
+@register_infer("logical_not", "isnan", "isinf")
 def _not(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
     return TensorType(tensor(args[0], loc).shape, "bool")
 
@@ -458,6 +458,32 @@ def _take(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
     s = shape_of(t, loc)
     ax = norm_axis(attrs.get("axis", 0), len(s), loc)
     return TensorType(s[:ax] + shape_of(idx, loc) + s[ax + 1:], t.dtype)
+
+
+@register_infer("gather_elements")
+def _gather_elements(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
+    t, idx = tensor(args[0], loc), tensor(args[1], loc, "indices")
+    if idx.dtype not in ("i32", "i64"):
+        raise MlcError(f"gather_elements: indices must be i32 or i64, got {idx.dtype}", loc)
+    s, si = shape_of(t, loc), shape_of(idx, loc, "indices")
+    if len(s) != len(si):
+        raise MlcError(f"gather_elements: indices have rank {len(si)}, data {len(s)}", loc)
+    norm_axis(attrs.get("axis", 0), len(s), loc)
+    return TensorType(si, t.dtype)
+
+
+@register_infer("gather_nd")
+def _gather_nd(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
+    t, idx = tensor(args[0], loc), tensor(args[1], loc, "indices")
+    if idx.dtype not in ("i32", "i64"):
+        raise MlcError(f"gather_nd: indices must be i32 or i64, got {idx.dtype}", loc)
+    s, si = shape_of(t, loc), shape_of(idx, loc, "indices")
+    b = int(attrs.get("batch_dims", 0))
+    k = as_int(si[-1]) if si else None
+    if k is None or not 0 <= b < min(len(s), len(si)) or b + k > len(s):
+        raise MlcError(f"gather_nd: indices ({dims_str(si)}) with batch_dims {b} cannot address "
+                       f"data ({dims_str(s)}); the last indices dim must be a constant", loc)
+    return TensorType(si[:-1] + s[b + k:], t.dtype)
 
 
 BIG = 2**62
