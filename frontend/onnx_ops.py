@@ -37,7 +37,7 @@ def _simple(op: str, **fixed: Any) -> Handler:
 UNARY_MAP = {
     "Sqrt": "sqrt", "Exp": "exp", "Log": "log", "Erf": "erf", "Neg": "neg", "Abs": "abs", "Relu": "relu",
     "Sigmoid": "sigmoid", "Tanh": "tanh", "Reciprocal": "reciprocal", "Floor": "floor", "Ceil": "ceil",
-    "Round": "round", "Sin": "sin", "Cos": "cos", "Not": "logical_not",
+    "Round": "round", "Sin": "sin", "Cos": "cos", "Not": "logical_not", "Sign": "sign", "IsNaN": "isnan",
 }
 BINARY_MAP = {
     "Add": "add", "Sub": "sub", "Mul": "mul", "Div": "div", "Equal": "equal", "Less": "less",
@@ -59,6 +59,12 @@ def _binary(op: str) -> Handler:
 
 for _k, _v in BINARY_MAP.items():
     HANDLERS[_k] = _binary(_v)
+
+
+@handles("IsInf")
+def _isinf(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
+    flags = {k: bool(attrs.get(k, 1)) for k in ("detect_negative", "detect_positive")}
+    ctx.out(0, ctx.emit("isinf", [ctx.input(0)], flags, node.output[0]))
 
 
 @handles("Pow")
