@@ -28,7 +28,10 @@ def _check(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any], default_acts: 
     if (sl := ctx.opt_input(4)) is not None:  # sequence_lens: fine only when it is the full length
         c = ctx.const(sl)
         seq = as_int(shape_of(ctx.value(node.input[0]))[0 if not attrs.get("layout", 0) else 1])
-        if c is None or seq is None or bool((c != seq).any()):
+        if c is None:
+            raise ctx.error("sequence_lens given at run time: it must be a constant equal to the (static) "
+                            "sequence length")
+        if seq is None or bool((c != seq).any()):
             raise ctx.error("sequence_lens is only supported as a constant equal to the (static) sequence length")
     if "clip" in attrs or attrs.get("input_forget", 0):
         raise ctx.error("clip / input_forget are not supported")
@@ -120,20 +123,33 @@ def _split_gates(ctx: Ctx, v: Value, n: int, hidden: int, hint: str) -> list[Val
 
 
 def lstm(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
-    """ONNX LSTM (gates i, o, f, c; no peepholes)."""
+    """ONNX LSTM (gates i, o, f, c), with the optional peephole weights P = (Pi, Po, Pf) per direction:
+    i and f see Pi * c_{t-1}, Pf * c_{t-1}; o sees Po * c_t."""
     _check(ctx, node, attrs, ["Sigmoid", "Tanh", "Tanh"])
-    if ctx.opt_input(7) is not None:
-        raise ctx.error("LSTM peephole weights (input P) are not supported")
     hidden = int(attrs["hidden_size"])
+    peeps: list[list[Value]] = []  # per direction, in the order _run builds the cells
+    if (pn := ctx.opt_input(7)) is not None:
+        pv = ctx.value(pn)
+        for d in range(shape_of(pv)[0].value if isinstance(shape_of(pv)[0], Const) else 1):
+            pd = _dir_param(ctx, pv, d, f"{node.output[0] or 'lstm'}_P{d}", False)  # (3*H,)
+            t = ctx.emit("split", [pd], {"axis": 0, "sections": (hidden,) * 3}, f"{node.output[0] or 'lstm'}_P{d}s")
+            peeps.append(ctx.tuple_items(t, 3, [f"{node.output[0] or 'lstm'}_P{d}{g}" for g in "iof"]))
 
     def cell(c: Ctx, xt: Value, st: list[Value], rt: Value, rb: Value | None, p: str) -> list[Value]:
         h, cprev = st
+        pi, po, pf = peeps.pop(0) if peeps else (None, None, None)
         g = c.emit("add", [xt, _affine(c, h, rt, rb, p + "_hr")], {}, p + "_gates")
         i, o, f, cc = _split_gates(c, g, 4, hidden, p)
-        i, o, f = (c.emit("sigmoid", [v], {}, p + n) for v, n in ((i, "_i"), (o, "_o"), (f, "_f")))
+        if pi is not None and pf is not None:
+            i = c.emit("add", [i, c.emit("mul", [pi, cprev], {}, p + "_pic")], {}, p + "_ip")
+            f = c.emit("add", [f, c.emit("mul", [pf, cprev], {}, p + "_pfc")], {}, p + "_fp")
+        i, f = (c.emit("sigmoid", [v], {}, p + n) for v, n in ((i, "_i"), (f, "_f")))
         cc = c.emit("tanh", [cc], {}, p + "_cc")
         cn = c.emit("add", [c.emit("mul", [f, cprev], {}, p + "_fc"), c.emit("mul", [i, cc], {}, p + "_ic")], {},
                     p + "_cn")
+        if po is not None:
+            o = c.emit("add", [o, c.emit("mul", [po, cn], {}, p + "_poc")], {}, p + "_op")
+        o = c.emit("sigmoid", [o], {}, p + "_o")
         hn = c.emit("mul", [o, c.emit("tanh", [cn], {}, p + "_tc")], {}, p + "_hn")
         return [hn, cn]
 

@@ -306,3 +306,13 @@ def test_rms_normalization(axis: int) -> None:
     scale = r(*((3, 4) if axis == 1 else (4,)))
     check(model("RMSNormalization", {"x": x, "scale": scale}, 23, {"axis": axis, "epsilon": 1e-3}),
           {"x": x, "scale": scale}, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("direction", ["forward", "bidirectional"])
+def test_lstm_peepholes(direction: str) -> None:
+    nd, h, seq, batch, inp = (2 if direction == "bidirectional" else 1), 3, 4, 2, 5
+    x = r(seq, batch, inp)
+    consts = {"W": r(nd, 4 * h, inp), "R": r(nd, 4 * h, h), "B": r(nd, 8 * h)}
+    m = model("LSTM", {"x": x}, 14, {"hidden_size": h, "direction": direction},
+              consts={**consts, "P": r(nd, 3 * h)}, order=["x", "W", "R", "B", "", "", "", "P"], n_out=3)
+    check(m, {"x": x}, rtol=1e-4, atol=1e-5, ref="ort")
