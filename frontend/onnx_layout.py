@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from ..ir.arith import as_int, prove_equal, simplify
+from ..ir.arith import as_int, prove_equal, prove_lt, simplify
 from ..ir.dtype import from_numpy
 from ..ir.expr import Bin, Const, Expr
 from ..ir.ops.shapes import BIG, broadcast_shapes, numel, resolve_reshape
@@ -63,7 +63,9 @@ def try_sym_binary(ctx: Ctx, node: onnx.NodeProto) -> bool:
             if prove_equal(x, y):
                 return Const(1)
             d = as_int(simplify(x - y))
-            return Const(0) if d is not None else None
+            if d is not None or prove_lt(x, y) or prove_lt(y, x):  # shape symbols are >= 0: n != -1
+                return Const(0)
+            return None
         r = _sym_broadcast(a, b, eq)
         if r is not None:
             ctx.consts[node.output[0]] = np.array([bool(as_int(e)) for e in r.elems]).reshape(() if r.scalar else -1)

@@ -15,14 +15,7 @@ import mlc
 ort = pytest.importorskip("onnxruntime")
 SIZES = ({"batch": 2, "seq": 7, "dseq": 5}, {"batch": 3, "seq": 4, "dseq": 3})
 # what still fails, by cause (each XPASSes, failing the run, once fixed: then drop it here)
-KNOWN = {
-    "bert.dynamo.onnx": "GatherElements, GatherND and IsNaN are not imported",
-    "bert.torchscript.onnx": "GatherElements and IsNaN are not imported",
-    "gpt2.dynamo.onnx": "IsNaN is not imported",
-    "vit.dynamo.onnx": "IsNaN is not imported",
-    "vit.torchscript.onnx": "Expand to a shape built by Concat of Shape slices is refused as data-dependent",
-    "timm_vit.torchscript.onnx": "Expand to a shape built by Concat of Shape slices is refused as data-dependent",
-}
+KNOWN: dict[str, str] = {}
 
 
 def _cases() -> list[object]:
