@@ -1,0 +1,74 @@
+"""ONNX's `light` models (onnx/backend/test/data/light: resnet50, densenet121, inception_v1/v2,
+shufflenet, squeezenet, vgg19, bvlc_alexnet, zfnet512) compiled by mlc against onnxruntime, same
+inputs, same run.
+
+    python benchmarks/bench_light.py [--models resnet50 squeezenet ...] [--runs 9]
+
+Each model is compiled as shipped (`mlc.compile`, opset 9, no conversion); the input is BackendTest's
+dummy input (`arange(n) / n`, 1x3x224x224). Before timing, mlc's output is checked against
+onnxruntime's (rtol 1e-3, atol 1e-5) and the result printed beside the times. Both run on all cores
+with their default settings, timed in alternating blocks (runtime.bench.block_medians, as
+benchmarks/bench_models_cpu.py does). Prints per model: build seconds, mlc ms, ort ms, ort/mlc (above 1
+means mlc is faster); a model that mlc does not import or build is listed with its error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from mlc.runtime.bench import block_medians
+from onnx.backend.test.runner import Runner
+
+import mlc
+
+MODELS = ("resnet50", "densenet121", "inception_v1", "inception_v2", "shufflenet", "squeezenet", "vgg19",
+          "bvlc_alexnet", "zfnet512")
+
+
+def light_path(name: str) -> str:
+    from onnx.backend.test.loader import DATA_DIR
+
+    return os.path.join(DATA_DIR, "light", f"light_{name}.onnx")
+
+
+def feeds_for(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    inits = {i.name for i in model.graph.initializer}
+    return {x.name: Runner.generate_dummy_data(x, seed=0, random=False) for x in model.graph.input
+            if x.name not in inits}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--models", nargs="*", default=list(MODELS))
+    ap.add_argument("--runs", type=int, default=9)
+    args = ap.parse_args()
+    print(f"{'model':14s} {'build s':>8s} {'mlc ms':>10s} {'ort ms':>10s} {'ort/mlc':>8s}  agrees with ort")
+    for name in args.models:
+        proto = onnx.load(light_path(name))
+        feeds = feeds_for(proto)
+        t0 = time.perf_counter()
+        try:
+            model = mlc.compile(proto)
+        except Exception as e:  # noqa: BLE001 - report and go on with the next model
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            print(f"{name:14s} not built: {msg[:160]}", flush=True)
+            continue
+        build = time.perf_counter() - t0
+        sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+        ours_feeds = dict(zip(model.input_names, feeds.values()))
+        got = list(model(**ours_feeds).values())
+        ref = sess.run(None, feeds)
+        agree = all(np.allclose(g, r, rtol=1e-3, atol=1e-5) for g, r in zip(got, ref))
+        ours, peer = block_medians([lambda m=model, f=ours_feeds: m(**f), lambda s=sess, f=feeds: s.run(None, f)],
+                                   runs=args.runs)
+        print(f"{name:14s} {build:8.1f} {ours * 1e3:10.2f} {peer * 1e3:10.2f} {peer / ours:8.2f}  "
+              f"{'yes' if agree else 'NO'}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
