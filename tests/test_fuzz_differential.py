@@ -98,7 +98,7 @@ def test_pinned_duplicate_outputs() -> None:
 
 
 def test_pinned_gather_int32_indices() -> None:
-    """Found by the fuzzer: Gather with int32 indices: the build failed to verify after 'fuse' (fixed at ab088fa)."""
+    """Found by the fuzzer: Gather with int32 indices: the build failed to verify after 'fuse' (fixed in ab088fa)."""
     agree(graph([helper.make_node("Gather", ["x", "i"], ["y"])],
                 [("x", F, [4], np.arange(4, dtype=np.float32)), ("i", I32, [2], np.array([1, 2], np.int32))],
                 [("y", F)]))
