@@ -160,7 +160,9 @@ PRELUDE = r"""#include <cuda_fp16.h>
 #define NAN CUDART_NAN_F
 #endif
 template <typename T> __device__ __forceinline__ T mlc_ipow(T a, T e) {  // as the CPU: wraps; e < 0 truncates
-  if (e < 0) return a == T(1) ? T(1) : (a == T(-1) ? ((e & 1) ? a : T(1)) : T(0));
+  if constexpr (T(-1) < T(0)) {
+    if (e < 0) return a == T(1) ? T(1) : (a == T(-1) ? ((e & 1) ? a : T(1)) : T(0));
+  }
   T r = 1; for (; e; e >>= 1, a *= a) if (e & 1) r *= a; return r;
 }
 template <typename T> __device__ __forceinline__ T mlc_floordiv(T a, T b) {
@@ -179,7 +181,7 @@ template <int OP, typename T> __device__ __forceinline__ T mlc_combine(T a, T b)
 }
 template <int OP, typename T> __device__ __forceinline__ T mlc_warp_reduce(T v) {
 #pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v = mlc_combine<OP>(v, __shfl_xor_sync(0xffffffffu, v, o));
+  for (int o = 16; o > 0; o >>= 1) v = mlc_combine<OP>(v, (T)__shfl_xor_sync(0xffffffffu, v, o));  // 8/16-bit: shuffled as int
   return v;
 }
 // every thread of the block (NT threads along x, NT a multiple of 32) gets the combined value

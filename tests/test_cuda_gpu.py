@@ -137,3 +137,34 @@ def test_cuda_build_pipeline_schedules_match_onnxruntime(name: str) -> None:
     got = vm.run(feeds)
     for o, w in want.items():
         np.testing.assert_allclose(got[o], w, rtol=1e-4, atol=1e-5, err_msg=f"{name}:{o}")
+
+
+@pytest.mark.parametrize("op,dtype", [("min", "i16"), ("max", "u8"), ("max", "i64"), ("min", "u32")])
+def test_integer_row_reductions_and_pow_on_gpu(op: str, dtype: str) -> None:
+    """Cross-thread reductions start from the type's identity (the CUDA table once gave 127 for min
+    over i16 and 128 for max over u8), and integer pow is exact square-and-multiply, as on the CPU."""
+    from mlc.codegen.cuda_jit import compile_cuda
+    from mlc.ir.expr import Bin
+    from mlc.ir.tir_builder import build, compute, placeholder, reduce_axis, rmax, rmin
+    from mlc.passes.schedule.gpu_rules import default_gpu_schedule
+
+    n = Var("n")
+    x = placeholder("x", (n, 300), dtype)
+    e = placeholder("e", (n, 300), dtype)
+    r = reduce_axis(300, "r")
+    red = compute("m", (n,), lambda i: (rmin if op == "min" else rmax)(x[i, r], r))
+    pw = compute("p", (n, 300), lambda i, j: Bin("pow", x[i, j], e[i, j]))
+    prims = [default_gpu_schedule(build("red", [x], [red])), default_gpu_schedule(build("pw", [x, e], [pw]))]
+    lib = compile_cuda(prims)
+    info = np.iinfo(np.dtype({"i16": "int16", "u8": "uint8", "i64": "int64", "u32": "uint32"}[dtype]))
+    rng = np.random.default_rng(0)
+    xs = rng.integers(max(info.min, -9), min(info.max, 9), (5, 300)).astype(info.dtype)
+    xs[0] = info.max if op == "min" else info.min  # a row that is all the identity's neighbour
+    es = rng.integers(0, min(info.max, 40), (5, 300)).astype(info.dtype)
+    got = np.zeros(5, info.dtype)
+    lib.kernel("red")([xs, got])
+    np.testing.assert_array_equal(got, xs.min(axis=1) if op == "min" else xs.max(axis=1))
+    p = np.zeros_like(xs)
+    lib.kernel("pw")([xs, es, p])
+    with np.errstate(over="ignore"):
+        np.testing.assert_array_equal(p, np.power(xs, es))
