@@ -356,6 +356,31 @@ class ExprEmitter:
         if op in ("min", "max"):
             cmp = (b.icmp_unsigned if unsigned else b.icmp_signed)("<" if op == "min" else ">", a, c)
             return b.select(cmp, a, c)
+        if op in ("div", "floordiv", "floormod"):
+            zero = self.const_of(a.type, 0)
+            by_zero = b.icmp_unsigned("==", c, zero)
+            c = self.safe_divisor(a, c, by_zero, unsigned)
+            return b.select(by_zero, zero, self.int_division(op, a, c, unsigned))
+        if op == "pow":
+            return self.int_pow(a, c, unsigned)
+        raise self.err(f"unknown integer operator {op}")
+
+    def safe_divisor(self, a: ir.Value, c: ir.Value, by_zero: ir.Value, unsigned: bool) -> ir.Value:
+        """The divisor, 1 where the hardware would trap: x / 0 (the caller makes that 0, as numpy does)
+        and INT_MIN / -1 (then a / 1 = INT_MIN, the wrapped quotient). SIGFPE once killed the process.
+        Constant divisors fold the selects away."""
+        b = self.b
+        one = self.const_of(c.type, 1)
+        bad = by_zero
+        if not unsigned:
+            elem = c.type.element if isinstance(c.type, ir.VectorType) else c.type
+            lowest = self.const_of(a.type, -(1 << (elem.width - 1)))
+            overflow = b.and_(b.icmp_signed("==", a, lowest), b.icmp_signed("==", c, self.const_of(c.type, -1)))
+            bad = b.or_(bad, overflow)
+        return b.select(bad, one, c)
+
+    def int_division(self, op: str, a: ir.Value, c: ir.Value, unsigned: bool) -> ir.Value:
+        b = self.b
         if op == "div":  # integer division truncates, as in C and TVM's Div
             return b.udiv(a, c) if unsigned else b.sdiv(a, c)
         if op in ("floordiv", "floormod"):
@@ -369,8 +394,6 @@ class ExprEmitter:
             if op == "floordiv":
                 return b.sub(q, b.zext(fix, q.type))
             return b.select(fix, b.add(r, c), r)
-        if op == "pow":
-            return self.int_pow(a, c, unsigned)
         raise self.err(f"unknown integer operator {op}")
 
     def check_range(self, e: Call) -> ir.Value | Lin:

@@ -227,6 +227,36 @@ def test_integer_pow_exact_wrapping_and_negative_exponents(dtype):
             np.testing.assert_array_equal(z, np.array([1, -1, 1, 0, 0, 0, 0] * 3, npdt))
 
 
+@pytest.mark.parametrize("dtype", ["i8", "i32", "i64", "u8", "u32"])
+def test_integer_division_by_zero_and_overflow_do_not_trap(dtype):
+    """x / 0 and INT_MIN / -1 killed the process with SIGFPE. Now: x / 0 = x // 0 = x % 0 = 0 (numpy's
+    results) and INT_MIN / -1 = INT_MIN (the wrapped quotient), in serial and vector code."""
+    npdt = to_numpy(dtype)
+    info = np.iinfo(npdt)
+    X, Y, D, Q, R = (Buffer(s, (n,), dtype) for s in "XYDQR")
+    i = Var("i")
+    funcs = []
+    for kind in ("serial", "vectorized"):
+        body = Seq((Store(D, (i,), Bin("div", Load(X, (i,)), Load(Y, (i,)))),
+                    Store(Q, (i,), Bin("floordiv", Load(X, (i,)), Load(Y, (i,)))),
+                    Store(R, (i,), Bin("floormod", Load(X, (i,)), Load(Y, (i,))))))
+        funcs.append(PrimFunc(f"dz_{kind[0]}", (X, Y, D, Q, R), 3, For(i, Const(0), n, body, kind=kind)))
+    lib = compile_module(funcs)
+    x = np.array([7, info.min, info.max, 0, info.min, 5] * 4, npdt)
+    y = np.array([0, 0, 0, 0, -1 if info.min else 3, 2] * 4, npdt)
+    with np.errstate(all="ignore"):
+        want_q, want_r = x // y, x % y
+        want_d = np.where(y == 0, 0, np.trunc(x.astype(float) / np.where(y == 0, 1, y))).astype(npdt)
+    if info.min:
+        want_d[4::6] = info.min  # the wrapped quotient, not the float's
+    for kind in "sv":
+        d, q, r = np.ones_like(x), np.ones_like(x), np.ones_like(x)
+        lib.kernel(f"dz_{kind}")([x, y, d, q, r])
+        np.testing.assert_array_equal(q, want_q)
+        np.testing.assert_array_equal(r, want_r)
+        np.testing.assert_array_equal(d, want_d)
+
+
 def test_reductions_with_init_and_softmax():
     """Three blocks: row max, sum of exp (into block-allocated scratch) and normalise."""
     X, Y = Buffer("X", (n, m), "f32"), Buffer("Y", (n, m), "f32")
