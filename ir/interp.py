@@ -50,8 +50,9 @@ def match_type(val: Any, ty: Type, dims: dict[str, int], what: str, loc: Loc | N
     if isinstance(ty, TensorType):
         if not isinstance(val, np.ndarray):
             raise MlcError(f"{what}: expected a tensor, got {type(val).__name__}", loc)
-        if ty.dtype != "bf16" and val.dtype != to_numpy(ty.dtype):
-            raise MlcError(f"{what}: expected dtype {ty.dtype}, got {val.dtype}", loc)
+        if val.dtype != to_numpy(ty.dtype):  # bf16 values are carried as f32 (compiled code stores them so)
+            want = "bf16 (as float32)" if ty.dtype == "bf16" else ty.dtype
+            raise MlcError(f"{what}: expected dtype {want}, got {val.dtype}", loc)
         if ty.shape is None:
             return
         if val.ndim != len(ty.shape):

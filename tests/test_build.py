@@ -149,3 +149,22 @@ def test_bench_profile_prints_each_kernel(built: dict[str, tuple[Path, Path]]) -
     for f in model.module.prim_functions():
         assert f.name[:40] in r.output
     assert "all kernels" in r.output
+
+
+def test_compiled_model_checks_input_dtypes_bf16_included() -> None:
+    """bf16 inputs are carried as float32; an int8 or float64 array was accepted (garbage, or a
+    segfault for a large int8 input). Every input's dtype, rank and shape is checked first."""
+    import onnx
+    from mlc.ir.diagnostics import MlcError
+    from onnx import helper
+
+    import mlc
+
+    x = helper.make_tensor_value_info("x", onnx.TensorProto.BFLOAT16, ["n", 4])
+    y = helper.make_tensor_value_info("y", onnx.TensorProto.BFLOAT16, ["n", 4])
+    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y])
+    m = mlc.compile(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
+    np.testing.assert_array_equal(m(x=np.full((3, 4), -1.5, np.float32))["y"], np.zeros((3, 4), np.float32))
+    for bad in (np.zeros((3, 4), np.int8), np.zeros((3, 4), np.float64), np.zeros((3, 5), np.float32)):
+        with pytest.raises(MlcError, match="argument %x of @main"):
+            m(x=bad)
