@@ -15,7 +15,8 @@ import numpy as np
 import onnx
 
 from ..ir.arith import as_int
-from ..ir.expr import Expr
+from ..ir.dtype import to_numpy
+from ..ir.expr import Const, Expr
 from ..ir.ops.shapes import BIG, numel
 from .onnx_compose import COMPOSED
 from .onnx_import import Ctx, Handler, dtype_of, registrar, shape_of
@@ -274,6 +275,44 @@ def _conv(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
     ctx.out(0, _squeeze_1d(ctx, node, _add_channel_bias(ctx, y, ctx.opt_input(2), o), lifted))
 
 
+def _avg_pool_dilated(ctx: Ctx, x: Any, k: list[int], st: list[int], p: list[int], dl: list[int], ceil: bool,
+                      include_pad: bool, o: str) -> Any:
+    """A dilated 2-D average pool as two depthwise convolutions with a ones kernel (conv2d has
+    dilations): the window sums of x over the window counts (the same convolution over a ones mask
+    of the input, or of the padded input when pads count). Extra end padding for ceil_mode windows
+    is never counted, as avg_pool2d. Needs static spatial dims."""
+    from ..ir.ops.shapes import window_out
+
+    n, c, hh, ww = shape_of(x)
+    hw = [as_int(hh), as_int(ww)]
+    if None in hw or as_int(c) is None:
+        raise ctx.error("AveragePool with dilations needs static channels and spatial dims")
+    ends = []
+    for i in range(2):
+        size = hw[i]
+        assert size is not None
+        out = as_int(window_out(Const(size), p[i] + p[i + 2], k[i], st[i], dl[i], ceil))
+        assert out is not None
+        if ceil and (out - 1) * st[i] >= size + p[i]:
+            out -= 1
+        extra = max(0, (out - 1) * st[i] + dl[i] * (k[i] - 1) + 1 - (size + p[i] + p[i + 2]))
+        ends.append(p[i + 2] + extra)
+    pads = (p[0], p[1], ends[0], ends[1])
+    conv = {"strides": tuple(st), "dilations": tuple(dl), "pads": pads}
+    dt = dtype_of(x)
+    ones_k = ctx.constant(np.ones((int(as_int(c) or 1), 1, k[0], k[1]), to_numpy(dt)), o + "_ones_k")
+    total = ctx.emit("conv2d", [x, ones_k], {**conv, "groups": int(as_int(c) or 1)}, o + "_sum")
+    mask = np.ones((1, 1, hw[0], hw[1]), to_numpy(dt))  # type: ignore[arg-type]
+    cpads = pads
+    if include_pad:  # the declared pads count, the extra ceil_mode padding does not
+        mask = np.pad(mask, ((0, 0), (0, 0), (p[0], p[2]), (p[1], p[3])), constant_values=1)
+        cpads = (0, 0, ends[0] - p[2], ends[1] - p[3])
+    cnt = ctx.emit("conv2d", [ctx.constant(mask, o + "_mask"), ctx.constant(np.ones((1, 1, k[0], k[1]), to_numpy(dt)),
+                                                                             o + "_ones1")],
+                   {**conv, "pads": cpads, "groups": 1}, o + "_count")
+    return ctx.emit("div", [total, cnt], {}, o)
+
+
 def _pool3d(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
     """A 3-D (N, C, D, H, W) pool as two 2-D ones: over (H, W) with D folded into the channels, then
     over D with H * W as the width. Max and average windows are boxes, so both split exactly (an
@@ -292,17 +331,24 @@ def _pool3d(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
         hw_extra: dict[str, Any] = {"dilations": (dl[1], dl[2])}
         d_extra: dict[str, Any] = {"dilations": (dl[0], 1)}
     else:
-        if dl != [1, 1, 1]:
-            raise ctx.error("AveragePool with dilations is not supported")
         op = "avg_pool2d"
         hw_extra = d_extra = {"count_include_pad": bool(attrs.get("count_include_pad", 0))}
+    dilated_avg = op == "avg_pool2d" and dl != [1, 1, 1]
     y = ctx.emit("reshape", [x], {"shape": (n, c * dd, hh, ww)}, o + "_hw_in")
-    y = ctx.emit(op, [y], {"kernel_shape": (k[1], k[2]), "strides": (st[1], st[2]), "pads": (p[1], p[2], p[4], p[5]),
-                           **common, **hw_extra}, o + "_hw")
+    if dilated_avg:
+        y = _avg_pool_dilated(ctx, y, k[1:], st[1:], [p[1], p[2], p[4], p[5]], dl[1:], common["ceil_mode"],
+                              hw_extra["count_include_pad"], o + "_hw")
+    else:
+        y = ctx.emit(op, [y], {"kernel_shape": (k[1], k[2]), "strides": (st[1], st[2]),
+                               "pads": (p[1], p[2], p[4], p[5]), **common, **hw_extra}, o + "_hw")
     ho, wo = shape_of(y)[2:]
     y = ctx.emit("reshape", [y], {"shape": (n, c, dd, ho * wo)}, o + "_d_in")
-    y = ctx.emit(op, [y], {"kernel_shape": (k[0], 1), "strides": (st[0], 1), "pads": (p[0], 0, p[3], 0),
-                           **common, **d_extra}, o + "_d")
+    if dilated_avg:
+        y = _avg_pool_dilated(ctx, y, [k[0], 1], [st[0], 1], [p[0], 0, p[3], 0], [dl[0], 1], common["ceil_mode"],
+                              d_extra["count_include_pad"], o + "_d")
+    else:
+        y = ctx.emit(op, [y], {"kernel_shape": (k[0], 1), "strides": (st[0], 1), "pads": (p[0], 0, p[3], 0),
+                               **common, **d_extra}, o + "_d")
     ctx.out(0, ctx.emit("reshape", [y], {"shape": (n, c, shape_of(y)[2], ho, wo)}, o))
 
 
@@ -325,9 +371,12 @@ def _pool(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
         a["dilations"] = tuple(d)
         op = "max_pool2d"
     else:
-        if d != [1, 1]:
-            raise ctx.error("AveragePool with dilations is not supported")
         a["count_include_pad"] = bool(attrs.get("count_include_pad", 0))
+        if d != [1, 1]:
+            y = _avg_pool_dilated(ctx, x, k, s, list(a["pads"]), d, a["ceil_mode"], a["count_include_pad"],
+                                  node.output[0] + ("_2d" if lifted else ""))
+            ctx.out(0, _squeeze_1d(ctx, node, y, lifted))
+            return
         op = "avg_pool2d"
     y = ctx.emit(op, [x], a, node.output[0] + ("_2d" if lifted else ""))
     ctx.out(0, _squeeze_1d(ctx, node, y, lifted))

@@ -316,3 +316,14 @@ def test_lstm_peepholes(direction: str) -> None:
     m = model("LSTM", {"x": x}, 14, {"hidden_size": h, "direction": direction},
               consts={**consts, "P": r(nd, 3 * h)}, order=["x", "W", "R", "B", "", "", "", "P"], n_out=3)
     check(m, {"x": x}, rtol=1e-4, atol=1e-5, ref="ort")
+
+
+@pytest.mark.parametrize("attrs", [
+    {"kernel_shape": [3, 2], "strides": [1, 2], "dilations": [2, 2]},
+    {"kernel_shape": [2, 3], "strides": [2, 1], "dilations": [2, 3], "pads": [1, 0, 1, 2]},
+    {"kernel_shape": [2, 3], "strides": [2, 1], "dilations": [2, 3], "pads": [1, 0, 1, 2], "count_include_pad": 1},
+    {"kernel_shape": [3, 3], "strides": [2, 2], "dilations": [2, 2], "pads": [1, 1, 1, 1], "ceil_mode": 1},
+])
+def test_dilated_average_pool(attrs: dict[str, Any]) -> None:
+    x = r(2, 3, 9, 10)
+    check(model("AveragePool", {"x": x}, 19, attrs), {"x": x}, rtol=1e-5, atol=1e-6, ref="ort")
