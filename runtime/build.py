@@ -37,7 +37,8 @@ def build_artifact(module: Module, constants: dict[str, np.ndarray], target: str
     from mlc.codegen.jit import compile_module
 
     prims = module.prim_functions()
-    lib = compile_module(prims, host_target(), opt_level) if prims else None
+    host = host_target()
+    lib = compile_module(prims, host, opt_level) if prims else None
     program = Module(module.functions, module.meta, None, module.loc)
     used = _used_constants(module)
     missing = sorted(used - set(constants))
@@ -49,7 +50,8 @@ def build_artifact(module: Module, constants: dict[str, np.ndarray], target: str
         "params": pack_params({k: constants[k] for k in sorted(used)}),
         "kernels": json.dumps(sorted(p.name for p in prims)).encode(),
     }
-    meta = {"mlc_version": __version__, "target": target, "source": dict(module.meta).get("source", "")}
+    meta = {"mlc_version": __version__, "target": target, "source": dict(module.meta).get("source", ""),
+            "triple": host.triple, "cpu": host.cpu, "cpu_features": sorted(host.feature_set)}
     res = BuildResult(dumps(Artifact(sections, meta)), kernels=[p.name for p in prims])
     if lib is not None and "llvm" in emit:
         res.llvm_ir = lib.llvm_ir()

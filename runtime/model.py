@@ -31,6 +31,8 @@ class Model:
         obj = art.sections.get("object", b"")
         if obj and not obj.startswith(_OBJECT_MAGICS):  # llvmlite would crash the process on it
             raise MlcError(f"{name}: artifact's object section is not native object code")
+        if obj:
+            check_host(art.meta, name)
         self.library = link_object(obj) if obj else None
         self.params = art.params()
         self.vm = VM(self.module, self.params, self.library, guard)
@@ -58,9 +60,29 @@ def load(path: str | Path, device: str | None = None) -> Any:
     return model_from_artifact(read(path), str(path), device)
 
 
+def check_host(meta: dict[str, Any], name: str) -> None:
+    """Native code runs only where it was built for: another architecture aborted inside LLVM, and a
+    missing CPU feature (AVX512-FP16, say) killed the process with SIGILL at the first call."""
+    from mlc.codegen.cpu import host_target
+
+    host = host_target()
+    triple = meta.get("triple")
+    if isinstance(triple, str) and triple.split("-")[0] != host.triple.split("-")[0]:
+        raise MlcError(f"{name}: built for {triple}, this machine is {host.triple} (rebuild it here with mlc build)")
+    need = meta.get("cpu_features")
+    if isinstance(need, list):
+        missing = sorted(set(map(str, need)) - host.feature_set)
+        if missing:
+            raise MlcError(f"{name}: built for a CPU ({meta.get('cpu', '?')}) with features this one "
+                           f"({host.cpu}) lacks: {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''} "
+                           f"(rebuild it here with mlc build)")
+
+
 def model_from_artifact(art: Artifact, name: str, device: str | None = None) -> Any:
     """A `Model` (CPU) or a `CudaModel` for an artifact already in memory, by the target it was built for."""
     target = str(art.meta.get("target", "cpu"))
+    if target not in ("cpu", "cuda"):
+        raise MlcError(f"{name}: unknown target {target!r} in the artifact (mlc builds for cpu or cuda)")
     want = device or target
     if want != target:
         raise MlcError(f"{name}: built for {target}, cannot run on {want} (rebuild with --target {want})")

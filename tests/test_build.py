@@ -168,3 +168,28 @@ def test_compiled_model_checks_input_dtypes_bf16_included() -> None:
     for bad in (np.zeros((3, 4), np.int8), np.zeros((3, 4), np.float64), np.zeros((3, 5), np.float32)):
         with pytest.raises(MlcError, match="argument %x of @main"):
             m(x=bad)
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"triple": "aarch64-unknown-linux-gnu"}, "built for aarch64-unknown-linux-gnu"),
+    ({"cpu_features": ["sse2", "zz-feature-of-a-future-cpu"]}, "features this one .* lacks: zz-feature-of-a-future-cpu"),
+    ({"target": "tpu"}, "unknown target 'tpu'"),
+])
+def test_artifact_from_another_machine_is_refused_before_loading_code(change: dict, message: str) -> None:
+    """An aarch64 artifact aborted inside LLVM; one built with AVX512-FP16 died with SIGILL; a 'tpu'
+    header was accepted. The artifact records triple and CPU features, checked before anything loads."""
+    from mlc.frontend import zoo
+    from mlc.frontend.onnx_import import import_onnx
+    from mlc.ir.diagnostics import MlcError
+    from mlc.runtime.artifact import dumps, loads
+    from mlc.runtime.model import model_from_artifact
+
+    import mlc.compiler as C
+
+    module, consts = import_onnx(zoo.build("mlp"))
+    art = loads(C.build_module(C.with_memory_constants(module, consts), consts).result.data)
+    assert art.meta["triple"] and art.meta["cpu_features"]
+    model_from_artifact(art, "ok.mlc")  # loads here
+    art.meta.update(change)
+    with pytest.raises(MlcError, match=message):
+        model_from_artifact(loads(dumps(art)), "other.mlc")
