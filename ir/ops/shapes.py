@@ -450,11 +450,16 @@ def _expand_dims(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
     return TensorType(tuple(s), t.dtype)
 
 
-@register_infer("take")
-def _take(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
+def _data_and_indices(args: list[Type], op: str, loc: Loc) -> tuple[TensorType, TensorType]:
     t, idx = tensor(args[0], loc), tensor(args[1], loc, "indices")
     if idx.dtype not in ("i32", "i64"):
-        raise MlcError(f"take: indices must be i32 or i64, got {idx.dtype}", loc)
+        raise MlcError(f"{op}: indices must be i32 or i64, got {idx.dtype}", loc)
+    return t, idx
+
+
+@register_infer("take")
+def _take(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
+    t, idx = _data_and_indices(args, "take", loc)
     s = shape_of(t, loc)
     ax = norm_axis(attrs.get("axis", 0), len(s), loc)
     return TensorType(s[:ax] + shape_of(idx, loc) + s[ax + 1:], t.dtype)
@@ -462,9 +467,7 @@ def _take(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
 
 @register_infer("gather_elements")
 def _gather_elements(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
-    t, idx = tensor(args[0], loc), tensor(args[1], loc, "indices")
-    if idx.dtype not in ("i32", "i64"):
-        raise MlcError(f"gather_elements: indices must be i32 or i64, got {idx.dtype}", loc)
+    t, idx = _data_and_indices(args, "gather_elements", loc)
     s, si = shape_of(t, loc), shape_of(idx, loc, "indices")
     if len(s) != len(si):
         raise MlcError(f"gather_elements: indices have rank {len(si)}, data {len(s)}", loc)
@@ -474,9 +477,7 @@ def _gather_elements(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
 
 @register_infer("gather_nd")
 def _gather_nd(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
-    t, idx = tensor(args[0], loc), tensor(args[1], loc, "indices")
-    if idx.dtype not in ("i32", "i64"):
-        raise MlcError(f"gather_nd: indices must be i32 or i64, got {idx.dtype}", loc)
+    t, idx = _data_and_indices(args, "gather_nd", loc)
     s, si = shape_of(t, loc), shape_of(idx, loc, "indices")
     b = int(attrs.get("batch_dims", 0))
     k = as_int(si[-1]) if si else None
