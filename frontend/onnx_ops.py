@@ -62,6 +62,16 @@ for _k, _v in BINARY_MAP.items():
     HANDLERS[_k] = _binary(_v)
 
 
+@handles("CumSum")
+def _cumsum(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
+    axis = ctx.const(node.input[1])
+    if axis is None or axis.size != 1:
+        raise ctx.error("CumSum: the axis must be a constant scalar")
+    flags = {"axis": int(axis.reshape(-1)[0]), "exclusive": bool(attrs.get("exclusive", 0)),
+             "reverse": bool(attrs.get("reverse", 0))}
+    ctx.out(0, ctx.emit("cumsum", [ctx.input(0)], flags, node.output[0]))
+
+
 @handles("IsInf")
 def _isinf(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
     flags = {k: bool(attrs.get(k, 1)) for k in ("detect_negative", "detect_positive")}

@@ -584,6 +584,21 @@ def _checked_index(raw: Expr, n: Expr) -> tuple[Expr, Expr]:
     return w, Bin("and", Bin("ge", w, Const(0)), Bin("lt", w, n))
 
 
+@register_lower("cumsum")
+def _cumsum(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
+    """out[i] = sum of x[k] over k <= i along the axis (k < i when exclusive; k >= i, k > i reversed):
+    a reduction over the whole axis with the other terms masked, O(n^2) per line but one kernel."""
+    x = _tensor(args[0])
+    ax = _axis(attrs["axis"], x.ndim)
+    cmp = {(False, False): "le", (True, False): "lt", (False, True): "ge", (True, True): "gt"}[
+        (bool(attrs.get("exclusive")), bool(attrs.get("reverse")))]
+
+    def term(i: Index, r: Index) -> Expr:
+        return Select(Bin(cmp, r[0], i[ax]), x.at(i[:ax] + (r[0],) + i[ax + 1:]), cst(0, x.dtype))
+
+    return b.reduce(x.shape, x.dtype, "add", (x.shape[ax],), term, "cumsum")
+
+
 @register_lower("gather_elements")
 def _gather_elements(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
     x, ind = _tensor(args[0]), _tensor(args[1])

@@ -485,3 +485,11 @@ def test_gather_elements_out_of_range_is_an_error_in_the_lowering_too() -> None:
     low = run_pass("lower", run_pass("shape-infer", m))
     with pytest.raises(MlcError, match=r"index 4 out of range \[-4, 4\)"):
         run_function(low, {"a0": x, "a1": idx})
+
+
+@pytest.mark.parametrize("exclusive,reverse", [(False, False), (True, False), (False, True), (True, True)])
+@pytest.mark.parametrize("axis", [0, -1])
+def test_cumsum(axis: int, exclusive: bool, reverse: bool) -> None:
+    check_op("cumsum", [rand(4, 6)], {"axis": axis, "exclusive": exclusive, "reverse": reverse})
+    check_op("cumsum", [np.arange(12, dtype=np.int64).reshape(3, 4)], {"axis": axis, "exclusive": exclusive,
+                                                                       "reverse": reverse})

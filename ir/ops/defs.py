@@ -72,6 +72,8 @@ define("gather_elements", "injective", 2, {"axis": 0},
        "out[i] = data[i with axis replaced by indices[i]] (ONNX GatherElements; negative indices wrap)")
 define("gather_nd", "injective", 2, {"batch_dims": 0},
        "ONNX GatherND: the last axis of indices addresses leading axes of data after batch_dims")
+define("cumsum", "opaque", 1, {"axis": REQUIRED, "exclusive": False, "reverse": False},
+       "running sum along axis (ONNX CumSum: exclusive leaves out the element itself, reverse runs from the end)")
 define("isnan", "elementwise", 1, doc="x is NaN (bool)")
 define("isinf", "elementwise", 1, {"detect_negative": True, "detect_positive": True}, "x is +inf or -inf (bool)")
 define("strided_slice", "injective", 1, {"axes": REQUIRED, "begin": REQUIRED, "end": REQUIRED, "strides": None},

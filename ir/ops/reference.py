@@ -388,6 +388,17 @@ def _checked(ind: np.ndarray, n: int, op: str) -> np.ndarray:
     return np.where(ind < 0, ind + n, ind)
 
 
+@ref("cumsum")
+def _cumsum(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
+    x = np.asarray(args[0])
+    ax = int(attrs["axis"]) % x.ndim
+    y = np.flip(x, ax) if attrs.get("reverse") else x
+    out = np.cumsum(y, axis=ax, dtype=x.dtype)
+    if attrs.get("exclusive"):
+        out = out - y
+    return np.flip(out, ax) if attrs.get("reverse") else out
+
+
 @ref("isinf")
 def _isinf(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
     x = np.asarray(args[0])

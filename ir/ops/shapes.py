@@ -105,6 +105,13 @@ register_infer(*[n for n in UNARY if n != "logical_not"], "leaky_relu", "gelu", 
                "log_softmax")(_elementwise)
 
 
+@register_infer("cumsum")
+def _cumsum(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
+    t = tensor(args[0], loc)
+    norm_axis(attrs["axis"], len(shape_of(t, loc)), loc)
+    return TensorType(t.shape, t.dtype)
+
+
 @register_infer("logical_not", "isnan", "isinf")
 def _not(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
     return TensorType(tensor(args[0], loc).shape, "bool")
