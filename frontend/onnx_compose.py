@@ -1,4 +1,5 @@
-"""ONNX ops imported as compositions of graph ops (activations, Trilu, Tile).
+"""ONNX ops imported as compositions of graph ops (activations, Trilu, Tile, InstanceNormalization,
+LRN, Shrink).
 
 These have no graph op of their own: fusion turns the few elementwise ops back into one kernel,
 so a dedicated op would only add lowering and gradient work.
@@ -155,3 +156,63 @@ def _mod(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
     nonzero = ctx.emit("logical_not", [ctx.emit("equal", [r, zero], {}, o + "_rzero")], {}, o + "_rnz")
     fix = ctx.emit("logical_and", [differ, nonzero], {}, o + "_fix")
     ctx.out(0, ctx.emit("where", [fix, ctx.emit("add", [r, b], {}, o + "_rb"), r], {}, o))
+
+
+@composes("InstanceNormalization")
+def _instance_norm(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
+    """(x - mean) / sqrt(var + eps) * scale + bias, statistics per sample and channel over the
+    spatial axes; scale and bias (C,) broadcast as (C, 1, ..., 1)."""
+    x, scale, bias, o = ctx.input(0), ctx.input(1), ctx.input(2), node.output[0]
+    rank = len(shape_of(x))
+    axes = tuple(range(2, rank))
+    mean = ctx.emit("mean", [x], {"axes": axes, "keepdims": True}, o + "_mean")
+    centred = ctx.emit("sub", [x, mean], {}, o + "_centred")
+    var = ctx.emit("mean", [ctx.emit("mul", [centred, centred], {}, o + "_sq")], {"axes": axes, "keepdims": True},
+                   o + "_var")
+    eps = ctx.scalar_like(float(attrs.get("epsilon", 1e-5)), x, "eps")
+    inv = ctx.emit("reciprocal", [ctx.emit("sqrt", [ctx.emit("add", [var, eps], {}, o + "_ve")], {}, o + "_std")],
+                   {}, o + "_inv")
+    per_channel = {"axes": tuple(range(1, rank - 1))}
+    s = ctx.emit("expand_dims", [scale], per_channel, o + "_s")
+    b = ctx.emit("expand_dims", [bias], per_channel, o + "_b")
+    normed = ctx.emit("mul", [centred, ctx.emit("mul", [inv, s], {}, o + "_is")], {}, o + "_normed")
+    ctx.out(0, ctx.emit("add", [normed, b], {}, o))
+
+
+@composes("LRN")
+def _lrn(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
+    """x / (bias + alpha / size * sum of x**2 over a window of `size` channels) ** beta; the window
+    runs from c - (size - 1) // 2 to c + ceil((size - 1) / 2), zero-padded at the edges."""
+    x, o = ctx.input(0), node.output[0]
+    size = int(attrs["size"])
+    rank = len(shape_of(x))
+    channels = shape_of(x)[1]
+    lo, hi = (size - 1) // 2, size - 1 - (size - 1) // 2
+    sq = ctx.emit("mul", [x, x], {}, o + "_sq")
+    pads = [0] * (2 * rank)
+    pads[1], pads[rank + 1] = lo, hi
+    padded = ctx.emit("pad", [sq], {"pads": tuple(pads)}, o + "_padded")
+    total: Value | None = None
+    for k in range(size):
+        part = ctx.emit("strided_slice", [padded], {"axes": (1,), "begin": (k,), "end": (channels + k,)}, o + f"_w{k}")
+        total = part if total is None else ctx.emit("add", [total, part], {}, o + f"_sum{k}")
+    assert total is not None
+    scaled = ctx.emit("mul", [total, ctx.scalar_like(float(attrs.get("alpha", 1e-4)) / size, x, "alpha")], {},
+                      o + "_scaled")
+    base = ctx.emit("add", [scaled, ctx.scalar_like(float(attrs.get("bias", 1.0)), x, "bias")], {}, o + "_base")
+    denom = ctx.emit("pow", [base, ctx.scalar_like(float(attrs.get("beta", 0.75)), x, "beta")], {}, o + "_denom")
+    ctx.out(0, ctx.emit("div", [x, denom], {}, o))
+
+
+@composes("Shrink")
+def _shrink(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
+    """x + bias where x < -lambd, x - bias where x > lambd, else 0."""
+    x, o = ctx.input(0), node.output[0]
+    lambd, bias = float(attrs.get("lambd", 0.5)), float(attrs.get("bias", 0.0))
+    below = ctx.emit("less", [x, ctx.scalar_like(-lambd, x, "neg_lambd")], {}, o + "_below")
+    above = ctx.emit("greater", [x, ctx.scalar_like(lambd, x, "lambd")], {}, o + "_above")
+    up = ctx.emit("add", [x, ctx.scalar_like(bias, x, "bias")], {}, o + "_up")
+    down = ctx.emit("sub", [x, ctx.scalar_like(bias, x, "bias")], {}, o + "_down")
+    zero = ctx.scalar_like(0.0, x, "zero")
+    inner = ctx.emit("where", [above, down, zero], {}, o + "_inner")
+    ctx.out(0, ctx.emit("where", [below, up, inner], {}, o))
