@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .pq import _expect
+from .pq import expect_array
 from .quantizer import Params, Quantizer
 
 _CHUNK = 1024
@@ -145,5 +145,5 @@ class AdditiveQuantizer(Quantizer):
     @classmethod
     def from_state(cls, dim: int, m: int, k: int, params: Params, arrays: dict[str, np.ndarray]) -> AdditiveQuantizer:
         q = cls(dim, m, k, beam=int(params.get("beam", 1)))
-        q.codebooks = _expect(arrays, "codebooks", (m, k, dim))
+        q.codebooks = expect_array(arrays, "codebooks", (m, k, dim))
         return q

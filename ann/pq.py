@@ -85,13 +85,13 @@ class PQ(Quantizer):
     @classmethod
     def from_state(cls, dim: int, m: int, k: int, params: Params, arrays: dict[str, np.ndarray]) -> PQ:
         q = cls(dim, m, k, rotate=bool(params.get("rotate", 0)))
-        q.codebooks = _expect(arrays, "codebooks", (m, k, dim // m))
+        q.codebooks = expect_array(arrays, "codebooks", (m, k, dim // m))
         if q.rotate:
-            q.rotation = _expect(arrays, "rotation", (dim, dim))
+            q.rotation = expect_array(arrays, "rotation", (dim, dim))
         return q
 
 
-def _expect(arrays: dict[str, np.ndarray], name: str, shape: tuple[int, ...]) -> np.ndarray:
+def expect_array(arrays: dict[str, np.ndarray], name: str, shape: tuple[int, ...]) -> np.ndarray:
     if name not in arrays:
         raise MlcError(f"index file lacks the array '{name}'")
     a = arrays[name]

@@ -334,10 +334,10 @@ def _wall_ms(fn, *args, iters: int = 200) -> float:  # type: ignore[no-untyped-d
 def main(argv: list[str]) -> None:
     import pycuda.driver as drv
     import torch
-    from mlc.codegen.cuda_jit import _context
+    from mlc.codegen.cuda_jit import cuda_context
 
     torch.cuda.init()
-    _context()
+    cuda_context()
     print(f"device: {drv.Device(0).name()} (torch {torch.__version__}, CUDA driver {drv.get_driver_version()})")
     parts = {"gemm": bench_gemm, "bandwidth": bench_bandwidth, "gpt": bench_gpt_block}
     unknown = [a for a in argv if a not in parts]

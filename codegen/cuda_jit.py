@@ -45,7 +45,7 @@ def cuda_unavailable() -> str | None:
 
 
 @cache
-def _context() -> Any:
+def cuda_context() -> Any:
     """The primary context of device 0, made current once for this process."""
     reason = cuda_unavailable()
     if reason is not None:
@@ -63,7 +63,7 @@ def _context() -> Any:
 def device_arch() -> str:
     import pycuda.driver as drv
 
-    _context()
+    cuda_context()
     major, minor = drv.Device(0).compute_capability()
     # Hopper's wgmma/setmaxnreg exist only in the arch-specific target sm_90a
     return "sm_90a" if (major, minor) == (9, 0) else f"sm_{major}{minor}"
@@ -71,7 +71,7 @@ def device_arch() -> str:
 
 def compile_source(src: CudaSource) -> bytes:
     """nvcc: CUDA C -> cubin for `src.arch`."""
-    _context()
+    cuda_context()
     from pycuda.compiler import compile as nvcc_compile
 
     try:
@@ -197,7 +197,7 @@ class CudaLibrary:
     """Kernels loaded from a cubin plus the codegen's metadata."""
 
     def __init__(self, cubin: bytes, metadata: str, source: str = ""):
-        _context()
+        cuda_context()
         import pycuda.driver as drv
 
         self.cubin, self.metadata, self.source = cubin, metadata, source
@@ -249,7 +249,7 @@ def build_cuda(funcs: Sequence[PrimFunc], arch: str | None = None, schedule: boo
     """Default GPU schedules for unscheduled PrimFuncs, CUDA C, and its cubin."""
     from ..passes.schedule.gpu_rules import default_gpu_schedule
 
-    _context()
+    cuda_context()
     prims = [default_gpu_schedule(f) for f in funcs] if schedule else list(funcs)
     src = lower_to_cuda(prims, arch or device_arch(), gemm_config)
     return src, compile_source(src)

@@ -40,7 +40,7 @@ def build_artifact(module: Module, constants: dict[str, np.ndarray], target: str
     host = host_target()
     lib = compile_module(prims, host, opt_level) if prims else None
     program = Module(module.functions, module.meta, None, module.loc)
-    used = _used_constants(module)
+    used = used_constants(module)
     missing = sorted(used - set(constants))
     if missing:
         raise MlcError(f"constants missing from the side file: {', '.join(missing[:5])}")
@@ -60,7 +60,7 @@ def build_artifact(module: Module, constants: dict[str, np.ndarray], target: str
     return res
 
 
-def _used_constants(module: Module) -> set[str]:
+def used_constants(module: Module) -> set[str]:
     from mlc.ir.graph import Constant
     from mlc.ir.rewrite import walk_bindings
 

@@ -17,7 +17,7 @@ from mlc.ir.module import Module
 from mlc import __version__
 
 from .artifact import Artifact, dumps, pack_params
-from .build import BuildResult, _used_constants
+from .build import BuildResult, used_constants
 
 CUDA_SECTIONS = ("cuda_source", "cubin", "cuda_meta")
 
@@ -28,7 +28,7 @@ def build_cuda_artifact(module: Module, constants: dict[str, np.ndarray], emit: 
 
     prims = module.prim_functions()
     src, cubin = build_cuda(prims) if prims else (None, b"")
-    used = _used_constants(module)
+    used = used_constants(module)
     missing = sorted(used - set(constants))
     if missing:
         raise MlcError(f"constants missing from the side file: {', '.join(missing[:5])}")

@@ -102,9 +102,9 @@ class CudaVM(Interpreter):
 
     def __init__(self, module: Module, params: Mapping[str, np.ndarray], library: Any):
         import pycuda.driver as drv
-        from mlc.codegen.cuda_jit import _context
+        from mlc.codegen.cuda_jit import cuda_context
 
-        _context()
+        cuda_context()
         super().__init__(module, params)
         self.library = library
         self.stream = drv.Stream()

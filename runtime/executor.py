@@ -193,7 +193,7 @@ class Executor:
         n_ptr = len(names) + len(out_types)
         ptr_t, dim_t = ctypes.c_void_p * n_ptr, ctypes.c_int64 * max(1, len(getters))
         out_name, func = var.name, node.func
-        alloc, guard = vm._buffer, vm.guard
+        alloc, guard = vm.buffer, vm.guard
         check = kernel.raise_failed_check if getattr(kernel, "checks", False) else None
 
         check_dims = _dim_checker(checks, kernel.dims, node, b.loc)

@@ -102,7 +102,7 @@ class VM(Interpreter):
         out = [KernelTime(k, len(ts) / n, float(np.median(ts)), sum(ts) / n) for k, ts in timings.items()]
         return sorted(out, key=lambda t: -t.per_run)
 
-    def _buffer(self, var: Value, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    def buffer(self, var: Value, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         plan = self._active_plan
         tok = plan.token_of.get(var.name) if plan is not None else None
         if tok is None:
@@ -125,7 +125,7 @@ class VM(Interpreter):
         for t in out_types:
             assert isinstance(t, TensorType) and t.shape is not None
             shape = tuple(arith.evaluate(d, frame.dims) for d in t.shape)
-            buf = self._buffer(var, shape, to_numpy(t.dtype)) if len(out_types) == 1 else np.empty(shape, to_numpy(t.dtype))
+            buf = self.buffer(var, shape, to_numpy(t.dtype)) if len(out_types) == 1 else np.empty(shape, to_numpy(t.dtype))
             outs.append(buf)
         args = [np.require(self._get(a, frame), requirements="C") for a in n.args]
         # the kernel reads buffer dims from the arrays; only explicit scalars are passed

@@ -22,7 +22,6 @@ from mlc.ir.tir import BlockStmt, Buffer, For, IterVar, PrimFunc, Stmt, Store
 from .scope import is_param, leaf_blocks, loops_between, named_block, readers, root, top_index, tops, with_tops, writers
 from .tree import (
     Path,
-    _map_stores,
     ancestors,
     block_reads,
     block_writes,
@@ -33,6 +32,7 @@ from .tree import (
     loads_in,
     loop_ranges,
     map_exprs,
+    map_stores,
     put,
     rewrite,
     simp,
@@ -207,7 +207,7 @@ def compact(func: PrimFunc, block: str, index: int) -> tuple[PrimFunc, str]:
         return None
 
     body = map_exprs(lp.body, lambda e: rewrite(e, fn))
-    body = _map_stores(body, lambda st: replace(st, buffer=new, indices=idx_map(st.indices))
+    body = map_stores(body, lambda st: replace(st, buffer=new, indices=idx_map(st.indices))
                        if st.buffer.name == buf.name else st)
     name = fresh(used, f"{buf.name}_tile_scope")
     func = replace(func, body=put(func.body, lca, replace(lp, body=BlockStmt(name, (), body, alloc_buffers=(new,)))))

@@ -178,17 +178,17 @@ def map_buffers(s: Stmt, fn: Callable[[Buffer], Buffer], stores: bool = True, lo
     if loads:
         s = map_exprs(s, lambda e: rewrite(e, lambda x: Load(fn(x.buffer), x.indices, x.loc) if isinstance(x, Load) else None))
     if stores:
-        s = _map_stores(s, lambda st: replace(st, buffer=fn(st.buffer)))
+        s = map_stores(s, lambda st: replace(st, buffer=fn(st.buffer)))
     return s
 
 
-def _map_stores(s: Stmt, fn: Callable[[Store], Stmt]) -> Stmt:
+def map_stores(s: Stmt, fn: Callable[[Store], Stmt]) -> Stmt:
     if isinstance(s, Store):
         return fn(s)
     if isinstance(s, BlockStmt) and s.init is not None:
-        s = replace(s, init=_map_stores(s.init, fn))
+        s = replace(s, init=map_stores(s.init, fn))
     ks = kids(s)
-    return with_kids(s, tuple(_map_stores(k, fn) for k in ks)) if ks else s
+    return with_kids(s, tuple(map_stores(k, fn) for k in ks)) if ks else s
 
 
 def loads_in(e: Expr) -> list[Load]:
@@ -209,7 +209,7 @@ def stmt_exprs(s: Stmt) -> list[Expr]:
 
 def stores_in(s: Stmt) -> list[Store]:
     out: list[Store] = []
-    _map_stores(s, lambda st: out.append(st) or st)  # type: ignore[func-returns-value]
+    map_stores(s, lambda st: out.append(st) or st)  # type: ignore[func-returns-value]
     return out
 
 
