@@ -141,9 +141,16 @@ class Builder:
 
     def reduce(self, shape: Sequence[Expr], dtype: str, op: str, extents: Sequence[Expr],
                value: Callable[[Index, Index], Expr], name: str = "red") -> Tensor:
-        """A pending reduction over a domain of `extents` (materialised when first read or stored)."""
+        """A pending reduction over a domain of `extents` (materialised when first read or stored).
+
+        Sums and products of f16/bf16 accumulate in f32 and round once at the end, as numpy, ONNX's
+        reference and every GPU GEMM do; rounding each partial sum to f16 drifted by an ulp or more."""
         if op not in ("add", "mul", "max", "min"):
             raise CannotLower(f"unsupported reduction combiner {op}")
+        if op in ("add", "mul") and dtype in ("f16", "bf16"):
+            wide = Tensor(tuple(shape), "f32", name + "_f32", builder=self,
+                          reduction=Reduction(op, tuple(extents), lambda i, r: as_dtype(value(i, r), "f32")))
+            return self.compute(shape, dtype, lambda i: Cast(dtype, wide.at(i)), name)
         return Tensor(tuple(shape), dtype, name, reduction=Reduction(op, tuple(extents), value), builder=self)
 
     def in_place(self, base: Tensor, fn: Callable[[Index, Expr], Expr], name: str) -> Tensor:
