@@ -1,8 +1,9 @@
 """ONNX's shipped model sets (light, simple, pytorch-converted, pytorch-operator) through mlc.backend,
 on the interpreter and the compiled CPU path (tests/conformance_models.py loads and classifies them).
 
-The default run (`make test`) takes the models of the small sets (FAST_SETS, well under a minute on
-2 cores) and fails when a model listed as passing in tests/data/model_sets_expected.json no longer
+The default run (`make test`) takes a sample of the small sets (`fast_sample`: all of simple and
+pytorch-operator, at most two models per layer family of pytorch-converted; about 40 s on 2 busy
+cores) and fails when a model listed as passing in tests/data/model_sets_expected.json no longer
 passes; a model that passes but is not listed is reported as a warning (re-record the list with
 `python -m tests.conformance_models --record tests/data/model_sets_expected.json`). All four sets,
 the `light` ImageNet networks included, are `test_all_model_sets`, marked `conformance` and run only
@@ -12,6 +13,7 @@ when selected (`pytest -m conformance`, `make conformance`) or with MLC_CONFORMA
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from typing import Any
 
@@ -21,6 +23,23 @@ import numpy as np
 import pytest
 
 FAST_SETS = ("simple", "pytorch-operator", "pytorch-converted")
+PER_FAMILY = 2  # pytorch-converted models per layer family (Conv2d, PReLU, ...) in the fast sample
+
+
+def fast_sample(cases: list[conf.Case]) -> list[conf.Case]:
+    """Every model of the sets but pytorch-converted, whose first PER_FAMILY per family (the test name
+    up to its variant: test_Conv2d_groups -> Conv2d) are kept."""
+    seen: dict[str, int] = {}
+    out = []
+    for c in cases:
+        if cm.set_of(c.name) == "pytorch-converted":
+            m = re.match(r"[^/]+/test_([A-Za-z]+\d*d?)", c.name)
+            fam = m.group(1) if m else c.name
+            seen[fam] = seen.get(fam, 0) + 1
+            if seen[fam] > PER_FAMILY:
+                continue
+        out.append(c)
+    return out
 
 
 def _selected(config: Any) -> bool:
@@ -38,7 +57,7 @@ def _check(results: dict[str, dict[str, Any]], expected: list[str], mode: str) -
 
 @pytest.fixture(scope="module")
 def fast_models() -> list[conf.Case]:
-    return cm.load_model_cases(FAST_SETS)
+    return fast_sample(cm.load_model_cases(FAST_SETS))
 
 
 @pytest.mark.parametrize("mode", conf.MODES)
@@ -76,6 +95,14 @@ def test_loader_reads_every_set_as_backend_test_does() -> None:
     handled = conf.handled_ops()
     assert "LRN" in (conf.exclusion(cases["light/test_bvlc_alexnet"], handled) or "")
     assert conf.exclusion(cases["light/test_resnet50"], handled) is None
+
+
+def test_fast_sample_keeps_every_family() -> None:
+    cases = cm.load_model_cases(["pytorch-converted"])
+    fast = fast_sample(cases)
+    assert 40 <= len(fast) < len(cases)
+    assert {"pytorch-converted/test_Conv3d", "pytorch-converted/test_PReLU_1d", "pytorch-converted/test_Softsign"} \
+        <= {c.name for c in fast}
 
 
 def test_only_filter_and_expected_file() -> None:
