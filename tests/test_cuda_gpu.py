@@ -168,3 +168,26 @@ def test_integer_row_reductions_and_pow_on_gpu(op: str, dtype: str) -> None:
     lib.kernel("pw")([xs, es, p])
     with np.errstate(over="ignore"):
         np.testing.assert_array_equal(p, np.power(xs, es))
+
+
+@pytest.mark.parametrize("n", [64, 256])
+def test_f16_matmul_model_through_the_cuda_build(n: int) -> None:
+    """An f16 MatMul + Add model through `mlc.compile(target="cuda")`: the GEMM accumulates in f32 (the
+    lowering's f16 sums do) and its result is rounded once, as onnxruntime's."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    import mlc
+
+    rng = np.random.default_rng(0)
+    w = (rng.standard_normal((n, n)) / np.sqrt(n)).astype(np.float16)
+    bias = rng.standard_normal(n).astype(np.float16)
+    x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT16, ["b", n])
+    y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT16, ["b", n])
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["t"]), helper.make_node("Add", ["t", "bias"], ["y"])],
+                          "g", [x], [y], [numpy_helper.from_array(w, "w"), numpy_helper.from_array(bias, "bias")])
+    model = mlc.compile(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), target="cuda")
+    xs = rng.standard_normal((96, n)).astype(np.float16)
+    want = (xs.astype(np.float32) @ w.astype(np.float32) + bias.astype(np.float32)).astype(np.float16)
+    got = model(x=xs)["y"]
+    np.testing.assert_allclose(got.astype(np.float32), want.astype(np.float32), rtol=2e-3, atol=2e-3)
