@@ -185,6 +185,10 @@ class _Inferer:
                                                node.loc), b.loc))
                 continue
             want, have = asm.equal
+            if arith.as_int(have) is not None and arith.as_int(want) is None:
+                # cast the symbol to the constant, never the constant to the symbol: every dim equal to
+                # that constant would become the symbol ([1, 3, 1, n] -> [n, 3, n, n], a miscompile)
+                want, have = have, want
             for i, a in enumerate(args):
                 t = a.type
                 if isinstance(t, TensorType) and t.shape is not None and have in t.shape:

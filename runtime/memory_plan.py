@@ -50,18 +50,33 @@ def _plannable(b: Binding) -> bool:
     return isinstance(b.node, CallTensor) and isinstance(t, TensorType) and t.shape is not None
 
 
+def _inputs(b: Binding) -> set[str]:
+    names = {v.name for v in operands(b.node)}
+    if isinstance(b.node, If):
+        names |= used_names(b.node.then_block) | used_names(b.node.else_block)
+    elif isinstance(b.node, Loop):
+        names |= used_names(b.node.body)
+    return names
+
+
 def plan_function(fn: Function) -> MemoryPlan:
     bindings = fn.body.bindings
-    results = {r.name for r in fn.body.results}
     last_use: dict[str, int] = {}
     for i, b in enumerate(bindings):
-        names = {v.name for v in operands(b.node)}
-        if isinstance(b.node, If):
-            names |= used_names(b.node.then_block) | used_names(b.node.else_block)
-        elif isinstance(b.node, Loop):
-            names |= used_names(b.node.body)
-        for n in names:
+        for n in _inputs(b):
             last_use[n] = i
+    # Only a kernel call writes fresh storage: any other binding (match_cast, a view, an item, a
+    # branch) may hand back an operand's array. Its operands then live as long as it does, and escape
+    # with it when it is a result. (A match_cast result once lost its storage to a later kernel.)
+    results = {r.name for r in fn.body.results}
+    for i in reversed(range(len(bindings))):
+        b = bindings[i]
+        if isinstance(b.node, CallTensor):
+            continue
+        for n in _inputs(b):
+            last_use[n] = max(last_use.get(n, i), last_use.get(b.var.name, i))
+            if b.var.name in results:
+                results.add(n)
     plan = MemoryPlan()
     free: list[int] = []
     live: dict[int, str] = {}  # token -> value currently holding it

@@ -151,10 +151,10 @@ def test_pinned_slice_start_clamped_symbolic() -> None:
                 [("y", F)], {"s": np.array([-5]), "e": np.array([2**62])}))
 
 
-@pytest.mark.xfail(strict=True, reason="silent miscompile: a graph output that is a match_cast of an intermediate "
-                   "(Concat of x[n, 3] with a constant [2, 2]) loses its storage when the intermediate dies; the memory "
-                   "plan gives it to the Softmax result, which overwrites the output's first values")
 def test_pinned_output_storage_reused() -> None:
+    """Found by the fuzzer, a silent miscompile: an output that is a match_cast of an intermediate
+    (Concat of x[n, 3] with a constant [2, 2]) lost its storage when the intermediate died; the memory
+    plan gave it to the Softmax result (fixed: non-kernel bindings extend their operands' lives)."""
     agree(graph([helper.make_node("Concat", ["x", "c"], ["y0"], axis=1), helper.make_node("Softmax", ["x"], ["t"]),
                  helper.make_node("Abs", ["t"], ["y1"])],
                 [("x", F, ["n", 3], np.arange(6, dtype=np.float32).reshape(2, 3))], [("y0", F), ("y1", F)],
@@ -168,10 +168,10 @@ def test_pinned_int_div_symbolic_tail() -> None:
                 [("x", I64, ["n"], np.array([7, 8, 9])), ("d", I64, ["n"], np.array([2, 3, 4]))], [("y", I64)]))
 
 
-@pytest.mark.xfail(strict=True, reason="silent miscompile: Conv 1x1 on x[1, 1, 1, n] then MatMul with a 1-D b[1]: "
-                   "the conv result [1, 3, 1, n] is match_cast to [n, 3, n, n] (every dim equal to 1 becomes n) and "
-                   "the compiled matmul fills only the first of the 3 rows; the interpreter is right")
 def test_pinned_conv_matmul_match_cast() -> None:
+    """Found by the fuzzer, a silent miscompile: Conv 1x1 on x[1, 1, 1, n] then MatMul with a 1-D b[1]: the
+    conv result [1, 3, 1, n] was match_cast to [n, 3, n, n] (every dim equal to 1 became n) and the
+    compiled matmul filled one of 3 rows (fixed: shape-infer casts the symbol to the constant)."""
     rng = np.random.default_rng(0)
     agree(graph([helper.make_node("Conv", ["x", "w"], ["t"], kernel_shape=[1, 1]),
                  helper.make_node("MatMul", ["t", "b"], ["y"])],
