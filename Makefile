@@ -40,8 +40,10 @@ test: $(VENV)/.installed
 test-fast: $(VENV)/.installed
 	$(BIN)/pytest -q -m "not slow and not conformance" tests
 
+# MLC_FUZZ_EXAMPLES: how many random graphs the differential fuzzer tries here (about 4 minutes for 1500).
+MLC_FUZZ_EXAMPLES ?= 1500
 conformance: $(VENV)/.installed
-	$(BIN)/pytest -q -m conformance tests
+	MLC_FUZZ_EXAMPLES=$(MLC_FUZZ_EXAMPLES) $(BIN)/pytest -q -m conformance tests
 
 # A real wheel of this checkout, installed in a fresh venv under a temp dir (removed afterwards) and used
 # from outside the source tree: zoo, build, run, compared with the reference interpreter. Needs PyPI.
