@@ -22,6 +22,7 @@ BENCHES: list[tuple[str, list[str], list[str]]] = [
      ["--models", "gpt_block", "--tune", "8", "--runs", "10"]),
     ("bench_tune.py", [], ["--quick"]),
     ("bench_ann.py", [], []),
+    ("bench_light.py", [], ["--models", "shufflenet", "squeezenet", "--runs", "3"]),
 ]
 
 
