@@ -135,27 +135,25 @@ def _identity(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
         ctx.out(1, ctx.emit("full", [], {"shape": s, "value": True, "dtype": "bool"}, node.output[1]))
 
 
-@handles("Cast")
-def _cast(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
-    dt = onnx_dtype(int(attrs["to"]), ctx.where())
+def _cast_to(ctx: Ctx, node: onnx.NodeProto, dt: str) -> None:
+    """Shape values stay symbolic through integer casts; anything else becomes a `cast` (or nothing)."""
     s = ctx.sym(node.input[0])
     if s is not None and node.input[0] not in ctx.consts and dt in ("i32", "i64"):
         ctx.set_sym(node.output[0], SymVal(s.elems, s.scalar, dt))
         return
     x = ctx.input(0)
     ctx.out(0, x if dtype_of(x) == dt else ctx.emit("cast", [x], {"dtype": dt}, node.output[0]))
+
+
+@handles("Cast")
+def _cast(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
+    _cast_to(ctx, node, onnx_dtype(int(attrs["to"]), ctx.where()))
 
 
 @handles("CastLike")
 def _cast_like(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
     """Cast to the element type of the second input."""
-    dt = ctx.type_of(node.input[1]).dtype
-    s = ctx.sym(node.input[0])
-    if s is not None and node.input[0] not in ctx.consts and dt in ("i32", "i64"):
-        ctx.set_sym(node.output[0], SymVal(s.elems, s.scalar, dt))
-        return
-    x = ctx.input(0)
-    ctx.out(0, x if dtype_of(x) == dt else ctx.emit("cast", [x], {"dtype": dt}, node.output[0]))
+    _cast_to(ctx, node, ctx.type_of(node.input[1]).dtype)
 
 
 def axes_input(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any], idx: int = 1) -> list[int] | None:
