@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from ..ir.arith import as_int
 from ..ir.dtype import is_float
 from ..ir.expr import Const
 from ..ir.graph import Value
@@ -29,8 +30,12 @@ def _negative_part(ctx: Ctx, x: Value, neg: Value, o: str) -> Value:
 
 @composes("PRelu")
 def _prelu(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
+    """Before opset 7 a 1-D slope of C elements is per channel (axis 1): reshaped to (C, 1, ...)."""
     x, slope = ctx.input(0), ctx.input(1)
     o = node.output[0]
+    xs, ss = shape_of(x), shape_of(slope)
+    if ctx.opset < 7 and len(ss) == 1 and len(xs) > 2 and as_int(ss[0]) not in (None, 1):
+        slope = ctx.emit("reshape", [slope], {"shape": (ss[0],) + (1,) * (len(xs) - 2)}, o + "_slope")
     ctx.out(0, _negative_part(ctx, x, ctx.emit("mul", [x, slope], {}, o + "_scaled"), o))
 
 

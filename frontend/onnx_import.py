@@ -32,11 +32,12 @@ from ..ir.graph import Binding, Block, Constant, Function, GetItem, If, Loop, No
 from ..ir.module import Module
 from ..ir.types import TensorType, TupleType, Type
 
-# Default-domain opsets 7..28 (what onnx 1.23 defines). Handlers read attributes that later opsets
+# Default-domain opsets 6..28 (what onnx 1.23 defines). Handlers read attributes that later opsets
 # turned into inputs (reduction axes, Split sizes, Clip bounds, Pad pads, Slice bounds, Squeeze /
 # Unsqueeze axes) from either place, and follow the older semantics where they differ (Softmax /
-# LogSoftmax before 13 coerce to 2-D). Versions 22-28 of the ops in the table only add element types.
-OPSET_MIN, OPSET_MAX = 7, 28
+# LogSoftmax before 13 coerce to 2-D; opset 6's legacy `broadcast` / `axis` of binary ops and its
+# channel-wise PRelu slope). Versions 22-28 of the ops in the table only add element types.
+OPSET_MIN, OPSET_MAX = 6, 28
 FOLD_LIMIT = 1 << 16  # fold constant ops only when the result stays small
 
 ONNX_DTYPES: dict[int, str] = {

@@ -119,6 +119,10 @@ def _constant(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
 @handles("Identity", "Dropout")
 def _identity(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
     src = node.input[0]
+    if node.op_type == "Dropout" and ctx.opset < 7 and not attrs.get("is_test", 0) \
+            and float(attrs.get("ratio", 0.5)) != 0.0:
+        raise ctx.error("Dropout with is_test=0 (opset 6 training mode) and a ratio other than 0 is not supported "
+                        "(random masks)")
     if node.op_type == "Dropout" and (t := ctx.opt_input(2)) is not None:
         c = ctx.const(t)
         if c is None:

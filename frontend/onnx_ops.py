@@ -49,11 +49,28 @@ for _k, _v in UNARY_MAP.items():
     HANDLERS[_k] = _simple(_v)
 
 
+def legacy_broadcast(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any], a: Any, b: Any) -> Any:
+    """Before opset 7 a binary op broadcasts only with `broadcast=1`, the second operand's dims
+    matched against the first's from `axis` on (default: the trailing dims, numpy's rule): `b`
+    gets trailing unit dims so that numpy broadcasting gives the same result."""
+    if ctx.opset >= 7 or not attrs.get("broadcast", 0) or "axis" not in attrs:
+        return b
+    ra, rb = len(shape_of(a)), len(shape_of(b))
+    ax = int(attrs["axis"])
+    ax = ax + ra if ax < 0 else ax
+    if not 0 <= ax <= ra - rb:
+        raise ctx.error(f"legacy broadcast axis {attrs['axis']} does not fit ranks {ra} and {rb}")
+    if ax + rb == ra:
+        return b
+    return ctx.emit("reshape", [b], {"shape": tuple(shape_of(b)) + (1,) * (ra - ax - rb)}, node.output[0] + "_bcast")
+
+
 def _binary(op: str) -> Handler:
     def run(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
-        if try_sym_binary(ctx, node):
+        if "axis" not in attrs and try_sym_binary(ctx, node):
             return
-        ctx.out(0, ctx.emit(op, [ctx.input(0), ctx.input(1)], {}, node.output[0]))
+        a = ctx.input(0)
+        ctx.out(0, ctx.emit(op, [a, legacy_broadcast(ctx, node, attrs, a, ctx.input(1))], {}, node.output[0]))
 
     return run
 
@@ -72,6 +89,22 @@ def _cumsum(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
     ctx.out(0, ctx.emit("cumsum", [ctx.input(0)], flags, node.output[0]))
 
 
+@handles("TopK")
+def _topk(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
+    """Indices by a rank computation (sorted, ties by lower index), values gathered with them."""
+    k = ctx.const(node.input[1]) if len(node.input) > 1 else None
+    if k is None and "k" in attrs:  # opset < 10: an attribute
+        k = np.array(attrs["k"])
+    if k is None or k.size != 1:
+        raise ctx.error("TopK: K must be a constant")
+    x = ctx.input(0)
+    flags = {"k": int(k.reshape(-1)[0]), "axis": int(attrs.get("axis", -1)), "largest": bool(attrs.get("largest", 1))}
+    idx = ctx.emit("topk_indices", [x], flags, node.output[1] if len(node.output) > 1 and node.output[1] else "topk_idx")
+    if len(node.output) > 1 and node.output[1]:
+        ctx.out(1, idx)
+    ctx.out(0, ctx.emit("gather_elements", [x, idx], {"axis": flags["axis"]}, node.output[0]))
+
+
 @handles("IsInf")
 def _isinf(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
     flags = {k: bool(attrs.get(k, 1)) for k in ("detect_negative", "detect_positive")}
@@ -80,7 +113,8 @@ def _isinf(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
 
 @handles("Pow")
 def _pow(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
-    a, b = ctx.input(0), ctx.input(1)
+    a = ctx.input(0)
+    b = legacy_broadcast(ctx, node, attrs, a, ctx.input(1))
     if dtype_of(b) != dtype_of(a):
         b = ctx.emit("cast", [b], {"dtype": dtype_of(a)}, node.output[0] + "_exp")
     ctx.out(0, ctx.emit("pow", [a, b], {}, node.output[0]))
@@ -261,8 +295,69 @@ def _transpose_pads(ctx: Ctx, attrs: dict[str, Any], shape: tuple[Expr, ...], k:
     return tuple(begin + end), tuple(extra)
 
 
+def _conv3d(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
+    """A 3-D Conv (N, C, D, H, W) as a sum of 2-D ones over the kernel's depth: for each kernel
+    slice kd the input depths kd * dilation + t * stride (t < D_out) are folded into the batch
+    ((N * D_out, C, H, W), after padding D) and convolved with w[:, :, kd]; the sums come back as
+    (N, O, D_out, H_out, W_out). Groups, strides, dilations and pads carry over per axis."""
+    x, w, o = ctx.input(0), ctx.input(1), node.output[0]
+    n, c, dd, hh, ww = shape_of(x)
+    kd, kh, kw = (as_int(v) for v in shape_of(w)[2:])
+    st = [int(v) for v in attrs.get("strides", (1, 1, 1))]
+    dl = [int(v) for v in attrs.get("dilations", (1, 1, 1))]
+    auto = str(attrs.get("auto_pad", "NOTSET"))
+    if kd is None or kh is None or kw is None:
+        raise ctx.error("3-D Conv needs a constant kernel shape")
+    if auto in ("NOTSET", ""):
+        p = [int(v) for v in attrs.get("pads", (0,) * 6)]
+    elif auto == "VALID":
+        p = [0] * 6
+    else:
+        p = [0] * 6
+        for i, (size, k) in enumerate(zip((dd, hh, ww), (kd, kh, kw))):
+            sz = as_int(size)
+            if sz is None:
+                raise ctx.error(f"auto_pad={auto} needs constant spatial dims")
+            total = max(0, (math.ceil(sz / st[i]) - 1) * st[i] + (k - 1) * dl[i] + 1 - sz)
+            p[i] = total // 2 if auto == "SAME_UPPER" else total - total // 2
+            p[i + 3] = total - p[i]
+    d_in = as_int(dd)
+    if d_in is None:
+        raise ctx.error("3-D Conv needs a constant depth (input dim 2)")
+    d_out = (d_in + p[0] + p[3] - dl[0] * (kd - 1) - 1) // st[0] + 1
+    if d_out < 1:
+        raise ctx.error(f"3-D Conv: the kernel ({kd}, dilation {dl[0]}) is deeper than the padded input ({d_in})")
+    xt = x
+    if p[0] or p[3]:
+        xt = ctx.emit("pad", [xt], {"pads": (0, 0, p[0], 0, 0, 0, 0, p[3], 0, 0), "value": 0.0}, o + "_dpad")
+    xt = ctx.emit("transpose", [xt], {"perm": (0, 2, 1, 3, 4)}, o + "_ndchw")
+    a2 = {"strides": (st[1], st[2]), "dilations": (dl[1], dl[2]), "groups": int(attrs.get("group", 1)),
+          "pads": (p[1], p[2], p[4], p[5])}
+    acc = None
+    for k in range(kd):
+        b = k * dl[0]
+        xs = ctx.emit("strided_slice", [xt], {"axes": (1,), "begin": (b,), "end": (b + (d_out - 1) * st[0] + 1,),
+                                               "strides": (st[0],)}, o + f"_d{k}")
+        xs = ctx.emit("reshape", [xs], {"shape": (n * d_out, c, hh, ww)}, o + f"_d{k}_2d")
+        wk = ctx.emit("strided_slice", [w], {"axes": (2,), "begin": (k,), "end": (k + 1,), "strides": (1,)}, o + f"_w{k}")
+        wk = ctx.emit("squeeze", [wk], {"axes": (2,)}, o + f"_w{k}_2d")
+        y = ctx.emit("conv2d", [xs, wk], a2, o + f"_c{k}")
+        acc = y if acc is None else ctx.emit("add", [acc, y], {}, o + f"_acc{k}")
+    assert acc is not None
+    oc, ho, wo = shape_of(acc)[1:]
+    y = ctx.emit("reshape", [acc], {"shape": (n, d_out, oc, ho, wo)}, o + "_nd")
+    y = ctx.emit("transpose", [y], {"perm": (0, 2, 1, 3, 4)}, o if ctx.opt_input(2) is None else o + "_conv")
+    if (bname := ctx.opt_input(2)) is not None:
+        b = ctx.value(bname)
+        y = ctx.emit("add", [y, ctx.emit("reshape", [b], {"shape": (shape_of(b)[0], 1, 1, 1)}, o + "_bias")], {}, o)
+    ctx.out(0, y)
+
+
 @handles("Conv", "ConvTranspose")
 def _conv(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
+    if node.op_type == "Conv" and len(ctx.type_of(node.input[0]).shape or ()) == 5:
+        _conv3d(ctx, node, attrs)
+        return
     lifted = len(ctx.type_of(node.input[0]).shape or ()) == 3
     x, w, attrs = _lift_1d(ctx, node, attrs, True)
     _check_2d(ctx, x)
@@ -410,6 +505,10 @@ def _bn(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
     `momentum`, as ONNX."""
     args = [ctx.input(i) for i in range(5)]
     eps, o = float(attrs.get("epsilon", 1e-5)), node.output[0]
+    if ctx.opset < 9 and not attrs.get("spatial", 1):
+        raise ctx.error("BatchNormalization with spatial=0 (per-activation statistics) is not supported")
+    if ctx.opset < 7 and not attrs.get("is_test", 0):
+        raise ctx.error("BatchNormalization with is_test=0 (opset 6 training mode) is not supported")
     if not attrs.get("training_mode", 0):
         if any(node.output[1:]):
             raise ctx.error("BatchNormalization running mean / var outputs need training_mode=1")
