@@ -599,6 +599,29 @@ def _cumsum(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
     return b.reduce(x.shape, x.dtype, "add", (x.shape[ax],), term, "cumsum")
 
 
+@register_lower("topk_indices")
+def _topk(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
+    """rank[i] = #{m: x[m] beats x[i]} + #{m < i: x[m] == x[i]} (a permutation of 0..n-1), then
+    out[j] = the i whose rank is j: two reductions over the axis, O(n^2) per line."""
+    x = _tensor(args[0])
+    ax = _axis(attrs.get("axis", -1), x.ndim)
+    beats = "gt" if attrs.get("largest", True) else "lt"
+
+    def at(i: Index, m: Expr) -> Expr:
+        return x.at(i[:ax] + (m,) + i[ax + 1:])
+
+    def beaten_by(i: Index, r: Index) -> Expr:
+        m, xi, xm = r[0], at(i, i[ax]), at(i, r[0])
+        wins = Bin("or", Bin(beats, xm, xi), Bin("and", Bin("lt", m, i[ax]), Bin("eq", xm, xi)))
+        return Select(wins, Const(1), Const(0))
+
+    rank = b.reduce(x.shape, "i64", "add", (x.shape[ax],), beaten_by, "rank")
+    n = x.shape[ax]
+    return b.reduce(out_shape(t), "i64", "add", (n,),
+                    lambda j, r: Select(Bin("eq", rank.at(j[:ax] + (r[0],) + j[ax + 1:]), j[ax]), r[0], Const(0)),
+                    "topk")
+
+
 @register_lower("gather_elements")
 def _gather_elements(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
     x, ind = _tensor(args[0]), _tensor(args[1])

@@ -508,3 +508,10 @@ def test_f16_sums_accumulate_in_f32() -> None:
     model = Model(loads(C.build_module(C.with_memory_constants(m, {}), {}).result.data), "f16sum")
     got = next(iter(model(a0=x).values()))
     np.testing.assert_allclose(got.astype(np.float64), 409.5, rtol=2e-3)
+
+
+@pytest.mark.parametrize("largest", [True, False])
+@pytest.mark.parametrize("axis,k", [(-1, 3), (0, 2), (1, 6)])
+def test_topk_indices_with_ties(axis: int, k: int, largest: bool) -> None:
+    x = np.random.default_rng(3).integers(0, 4, (5, 6)).astype(np.float32)  # many ties: lower index first
+    check_op("topk_indices", [x], {"k": k, "axis": axis, "largest": largest})

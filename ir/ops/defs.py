@@ -74,6 +74,8 @@ define("gather_nd", "injective", 2, {"batch_dims": 0},
        "ONNX GatherND: the last axis of indices addresses leading axes of data after batch_dims")
 define("cumsum", "opaque", 1, {"axis": REQUIRED, "exclusive": False, "reverse": False},
        "running sum along axis (ONNX CumSum: exclusive leaves out the element itself, reverse runs from the end)")
+define("topk_indices", "opaque", 1, {"k": REQUIRED, "axis": -1, "largest": True},
+       "indices (i64) of the k largest (smallest) values along axis, in order; equal values by lower index first")
 define("isnan", "elementwise", 1, doc="x is NaN (bool)")
 define("isinf", "elementwise", 1, {"detect_negative": True, "detect_positive": True}, "x is +inf or -inf (bool)")
 define("strided_slice", "injective", 1, {"axes": REQUIRED, "begin": REQUIRED, "end": REQUIRED, "strides": None},

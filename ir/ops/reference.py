@@ -399,6 +399,20 @@ def _cumsum(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
     return np.flip(out, ax) if attrs.get("reverse") else out
 
 
+@ref("topk_indices")
+def _topk(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
+    """Stable: equal values keep their order, lower index first, for largest too (sorting the reversed
+    axis ascending and reversing back keeps ties in index order without negating, which would wrap)."""
+    x = np.asarray(args[0])
+    ax, k = int(attrs.get("axis", -1)) % x.ndim, int(attrs["k"])
+    n = x.shape[ax]
+    if attrs.get("largest", True):
+        order = n - 1 - np.flip(np.argsort(np.flip(x, ax), axis=ax, kind="stable"), ax)
+    else:
+        order = np.argsort(x, axis=ax, kind="stable")
+    return np.take(order, np.arange(k), axis=ax).astype(np.int64)
+
+
 @ref("isinf")
 def _isinf(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
     x = np.asarray(args[0])

@@ -112,6 +112,19 @@ def _cumsum(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
     return TensorType(t.shape, t.dtype)
 
 
+@register_infer("topk_indices")
+def _topk(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
+    t = tensor(args[0], loc)
+    s = list(shape_of(t, loc))
+    ax = norm_axis(attrs.get("axis", -1), len(s), loc)
+    k = int(attrs["k"])
+    n = as_int(s[ax])
+    if k < 0 or (n is not None and k > n):
+        raise MlcError(f"topk: k = {k} is outside [0, {s[ax] if n is None else n}]", loc)
+    s[ax] = Const(k)
+    return TensorType(tuple(s), "i64")
+
+
 @register_infer("logical_not", "isnan", "isinf")
 def _not(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
     return TensorType(tensor(args[0], loc).shape, "bool")
