@@ -220,6 +220,12 @@ def _gather_elements(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> N
                         node.output[0]))
 
 
+@handles("ScatterElements", "Scatter")
+def _scatter_elements(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
+    flags = {"axis": int(attrs.get("axis", 0)), "reduction": str(attrs.get("reduction", "none"))}
+    ctx.out(0, ctx.emit("scatter_elements", [ctx.input(0), ctx.input(1), ctx.input(2)], flags, node.output[0]))
+
+
 @handles("GatherND")
 def _gather_nd(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
     ctx.out(0, ctx.emit("gather_nd", [ctx.input(0), ctx.input(1)], {"batch_dims": int(attrs.get("batch_dims", 0))},

@@ -622,6 +622,44 @@ def _topk(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
                     "topk")
 
 
+@register_lower("scatter_elements")
+def _scatter_elements(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
+    """Gather-style: out[p] combines data[p] with every updates[u] whose position (u, axis replaced by
+    its index) is p; u runs over the indices' axis with p's other coordinates (which must lie inside
+    the indices' shape). Under 'none' the last such u wins: a max-reduction finds it."""
+    x, ind, upd = _tensor(args[0]), _tensor(args[1]), _tensor(args[2])
+    ax = _axis(attrs.get("axis", 0), x.ndim)
+    red = str(attrs.get("reduction", "none"))
+    n = ind.shape[ax]
+
+    def at(p: Index, u: Expr) -> Index:
+        return p[:ax] + (u,) + p[ax + 1:]
+
+    def inside(p: Index) -> Expr:
+        conds = [Bin("lt", p[d], ind.shape[d]) for d in range(x.ndim) if d != ax]
+        return all_of(conds) or Const(True, "bool")
+
+    def hits(p: Index, u: Expr) -> Expr:
+        w, ok = _checked_index(ind.at(at(p, u)), x.shape[ax])
+        return Bin("and", ok, Bin("eq", w, p[ax]))
+
+    def guarded(p: Index, u: Expr, v: Expr, other: Expr) -> Expr:
+        return Select(inside(p), Select(hits(p, u), v, other), other)
+
+    if red == "none":
+        last = b.reduce(x.shape, "i64", "max", (n,), lambda p, r: guarded(p, r[0], r[0], Const(-1)), "scatter_last")
+        return b.compute(x.shape, x.dtype, lambda p: Select(
+            Bin("ge", last.at(p), Const(0)), upd.at(at(p, Bin("max", last.at(p), Const(0)))), x.at(p)),
+            "scatter_elements")
+    comb = {"add": "add", "mul": "mul", "max": "max", "min": "min"}[red]
+    ident = reduction_identity(comb, x.dtype)
+    acc = b.reduce(x.shape, x.dtype, comb, (n,), lambda p, r: guarded(p, r[0], upd.at(at(p, r[0])), ident),
+                   "scatter_" + red)
+    join = {"add": lambda a, c: a + c, "mul": lambda a, c: a * c, "max": lambda a, c: Bin("max", a, c),
+            "min": lambda a, c: Bin("min", a, c)}[red]
+    return b.compute(x.shape, x.dtype, lambda p: join(x.at(p), acc.at(p)), "scatter_elements")
+
+
 @register_lower("gather_elements")
 def _gather_elements(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
     x, ind = _tensor(args[0]), _tensor(args[1])

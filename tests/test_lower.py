@@ -515,3 +515,14 @@ def test_f16_sums_accumulate_in_f32() -> None:
 def test_topk_indices_with_ties(axis: int, k: int, largest: bool) -> None:
     x = np.random.default_rng(3).integers(0, 4, (5, 6)).astype(np.float32)  # many ties: lower index first
     check_op("topk_indices", [x], {"k": k, "axis": axis, "largest": largest})
+
+
+@pytest.mark.parametrize("reduction", ["none", "add", "mul", "max", "min"])
+@pytest.mark.parametrize("axis", [0, 1, -1])
+def test_scatter_elements(axis: int, reduction: str) -> None:
+    rng = np.random.default_rng(5)
+    x = rand(4, 5)
+    ishape = (3, 5) if axis == 0 else (4, 2)  # indices smaller than data along other axes too
+    n = x.shape[axis]
+    idx = rng.integers(-n, n, ishape).astype(np.int64)  # duplicates: the last wins under 'none'
+    check_op("scatter_elements", [x, idx, rand(*ishape, seed=6)], {"axis": axis, "reduction": reduction})

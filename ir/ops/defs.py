@@ -76,6 +76,9 @@ define("cumsum", "opaque", 1, {"axis": REQUIRED, "exclusive": False, "reverse": 
        "running sum along axis (ONNX CumSum: exclusive leaves out the element itself, reverse runs from the end)")
 define("topk_indices", "opaque", 1, {"k": REQUIRED, "axis": -1, "largest": True},
        "indices (i64) of the k largest (smallest) values along axis, in order; equal values by lower index first")
+define("scatter_elements", "opaque", 3, {"axis": 0, "reduction": "none"},
+       "data with updates[u] written (or combined: add/mul/max/min) at u with axis replaced by indices[u]; "
+       "ONNX ScatterElements (duplicates under 'none': the last one wins)")
 define("isnan", "elementwise", 1, doc="x is NaN (bool)")
 define("isinf", "elementwise", 1, {"detect_negative": True, "detect_positive": True}, "x is +inf or -inf (bool)")
 define("strided_slice", "injective", 1, {"axes": REQUIRED, "begin": REQUIRED, "end": REQUIRED, "strides": None},

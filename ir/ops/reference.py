@@ -413,6 +413,20 @@ def _topk(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
     return np.take(order, np.arange(k), axis=ax).astype(np.int64)
 
 
+@ref("scatter_elements")
+def _scatter_elements(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
+    x, upd = np.array(args[0], copy=True), np.asarray(args[2])
+    ax = int(attrs.get("axis", 0)) % x.ndim
+    ind = _checked(args[1], x.shape[ax], "scatter_elements")
+    red = attrs.get("reduction", "none")
+    for u in np.ndindex(*ind.shape):  # in order: under 'none' the last duplicate wins
+        p = u[:ax] + (int(ind[u]),) + u[ax + 1:]
+        v = upd[u]
+        x[p] = v if red == "none" else {"add": x[p] + v, "mul": x[p] * v, "max": max(x[p], v),
+                                        "min": min(x[p], v)}[red]
+    return x
+
+
 @ref("isinf")
 def _isinf(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
     x = np.asarray(args[0])

@@ -125,6 +125,20 @@ def _topk(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
     return TensorType(tuple(s), "i64")
 
 
+@register_infer("scatter_elements")
+def _scatter_elements(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
+    t, idx = _data_and_indices(args, "scatter_elements", loc)
+    upd = tensor(args[2], loc, "updates")
+    s, si, su = shape_of(t, loc), shape_of(idx, loc, "indices"), shape_of(upd, loc, "updates")
+    if len(si) != len(s) or len(su) != len(si) or upd.dtype != t.dtype:
+        raise MlcError(f"scatter_elements: data ({dims_str(s)}), indices ({dims_str(si)}) and updates "
+                       f"({dims_str(su)}) need one rank, updates the data's dtype", loc)
+    norm_axis(attrs.get("axis", 0), len(s), loc)
+    if attrs.get("reduction", "none") not in ("none", "add", "mul", "max", "min"):
+        raise MlcError(f"scatter_elements: unknown reduction {attrs.get('reduction')!r}", loc)
+    return TensorType(t.shape, t.dtype)
+
+
 @register_infer("logical_not", "isnan", "isinf")
 def _not(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
     return TensorType(tensor(args[0], loc).shape, "bool")
