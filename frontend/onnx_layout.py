@@ -226,6 +226,12 @@ def _scatter_elements(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> 
     ctx.out(0, ctx.emit("scatter_elements", [ctx.input(0), ctx.input(1), ctx.input(2)], flags, node.output[0]))
 
 
+@handles("ScatterND")
+def _scatter_nd(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
+    ctx.out(0, ctx.emit("scatter_nd", [ctx.input(0), ctx.input(1), ctx.input(2)],
+                        {"reduction": str(attrs.get("reduction", "none"))}, node.output[0]))
+
+
 @handles("GatherND")
 def _gather_nd(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
     ctx.out(0, ctx.emit("gather_nd", [ctx.input(0), ctx.input(1)], {"batch_dims": int(attrs.get("batch_dims", 0))},

@@ -660,6 +660,51 @@ def _scatter_elements(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
     return b.compute(x.shape, x.dtype, lambda p: join(x.at(p), acc.at(p)), "scatter_elements")
 
 
+@register_lower("scatter_nd")
+def _scatter_nd(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
+    """Gather-style, as scatter_elements: out[p] combines data[p] with every updates[u, p[k:]] whose
+    indices[u] equal p[:k] (u over all of the indices' leading dims; the last one wins under 'none',
+    found by a max-reduction of u's row-major number)."""
+    x, ind, upd = _tensor(args[0]), _tensor(args[1]), _tensor(args[2])
+    red = str(attrs.get("reduction", "none"))
+    k = arith.as_int(ind.shape[-1])
+    assert k is not None
+    lead = ind.shape[:-1]
+
+    def hits(p: Index, u: Index) -> Expr:
+        conds = []
+        for j in range(k):
+            w, ok = _checked_index(ind.at(tuple(u) + (Const(j),)), x.shape[j])
+            conds += [ok, Bin("eq", w, p[j])]
+        return all_of(conds) or Const(True, "bool")
+
+    if red == "none":
+        def number(u: Index) -> Expr:
+            out: Expr = Const(0)
+            for d, e in zip(u, lead):
+                out = out * e + d
+            return out
+
+        def unnumber(v: Expr) -> Index:
+            out, rest = [], v
+            for e in reversed(lead):
+                out.append(Bin("floormod", rest, e))
+                rest = Bin("floordiv", rest, e)
+            return tuple(reversed(out))
+
+        last = b.reduce(x.shape, "i64", "max", lead, lambda p, u: Select(hits(p, u), number(u), Const(-1)),
+                        "scatter_last")
+        return b.compute(x.shape, x.dtype, lambda p: Select(
+            Bin("ge", last.at(p), Const(0)), upd.at(unnumber(Bin("max", last.at(p), Const(0))) + tuple(p[k:])),
+            x.at(p)), "scatter_nd")
+    ident = reduction_identity(red, x.dtype)
+    acc = b.reduce(x.shape, x.dtype, red, lead,
+                   lambda p, u: Select(hits(p, u), upd.at(tuple(u) + tuple(p[k:])), ident), "scatter_" + red)
+    join = {"add": lambda a, c: a + c, "mul": lambda a, c: a * c, "max": lambda a, c: Bin("max", a, c),
+            "min": lambda a, c: Bin("min", a, c)}[red]
+    return b.compute(x.shape, x.dtype, lambda p: join(x.at(p), acc.at(p)), "scatter_nd")
+
+
 @register_lower("gather_elements")
 def _gather_elements(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
     x, ind = _tensor(args[0]), _tensor(args[1])

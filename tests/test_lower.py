@@ -526,3 +526,14 @@ def test_scatter_elements(axis: int, reduction: str) -> None:
     n = x.shape[axis]
     idx = rng.integers(-n, n, ishape).astype(np.int64)  # duplicates: the last wins under 'none'
     check_op("scatter_elements", [x, idx, rand(*ishape, seed=6)], {"axis": axis, "reduction": reduction})
+
+
+@pytest.mark.parametrize("reduction", ["none", "add", "max"])
+@pytest.mark.parametrize("ishape", [(6, 1), (2, 3, 2), (4, 3)])
+def test_scatter_nd(ishape: tuple[int, ...], reduction: str) -> None:
+    rng = np.random.default_rng(7)
+    x = rand(3, 4, 5)
+    k = ishape[-1]
+    idx = np.stack([rng.integers(-d, d, ishape[:-1]) for d in x.shape[:k]], axis=-1).astype(np.int64)
+    upd = rand(*(ishape[:-1] + x.shape[k:]), seed=8)
+    check_op("scatter_nd", [x, idx, upd], {"reduction": reduction})

@@ -1,5 +1,5 @@
 """ONNX's own node tests of the ops added for real models (Sign, IsNaN, IsInf, GatherElements, GatherND,
-CumSum, InstanceNormalization, LRN, Shrink, TopK, ScatterElements), on both paths of `mlc.backend`, in `make test`."""
+CumSum, InstanceNormalization, LRN, Shrink, TopK, ScatterElements, ScatterND), on both paths of `mlc.backend`, in `make test`."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import mlc.backend as backend
 
 PREFIXES = ("test_sign", "test_isnan", "test_isinf", "test_gather_elements", "test_gathernd", "test_cumsum",
             "test_instancenorm", "test_lrn", "test_shrink", "test_top_k", "test_scatter_elements",
-            "test_scatter_with", "test_scatter_without")
+            "test_scatter_with", "test_scatter_without", "test_scatternd")
 
 
 def _cases() -> list[object]:

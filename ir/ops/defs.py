@@ -79,6 +79,9 @@ define("topk_indices", "opaque", 1, {"k": REQUIRED, "axis": -1, "largest": True}
 define("scatter_elements", "opaque", 3, {"axis": 0, "reduction": "none"},
        "data with updates[u] written (or combined: add/mul/max/min) at u with axis replaced by indices[u]; "
        "ONNX ScatterElements (duplicates under 'none': the last one wins)")
+define("scatter_nd", "opaque", 3, {"reduction": "none"},
+       "ONNX ScatterND: updates[u] written (or combined) at the data position indices[u] (a prefix of "
+       "the data's axes); duplicates under 'none': the last one wins")
 define("isnan", "elementwise", 1, doc="x is NaN (bool)")
 define("isinf", "elementwise", 1, {"detect_negative": True, "detect_positive": True}, "x is +inf or -inf (bool)")
 define("strided_slice", "injective", 1, {"axes": REQUIRED, "begin": REQUIRED, "end": REQUIRED, "strides": None},

@@ -427,6 +427,19 @@ def _scatter_elements(args: list[Any], attrs: dict[str, Any], t: Type, env: Env)
     return x
 
 
+@ref("scatter_nd")
+def _scatter_nd(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
+    x, ind, upd = np.array(args[0], copy=True), np.asarray(args[1]).astype(np.int64), np.asarray(args[2])
+    k, red = ind.shape[-1], attrs.get("reduction", "none")
+    cols = [_checked(ind[..., j], x.shape[j], "scatter_nd") for j in range(k)]
+    for u in np.ndindex(*ind.shape[:-1]):  # in order: under 'none' the last duplicate wins
+        p = tuple(int(c[u]) for c in cols)
+        v = upd[u]
+        x[p] = v if red == "none" else {"add": x[p] + v, "mul": x[p] * v, "max": np.maximum(x[p], v),
+                                        "min": np.minimum(x[p], v)}[red]
+    return x
+
+
 @ref("isinf")
 def _isinf(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
     x = np.asarray(args[0])

@@ -139,6 +139,20 @@ def _scatter_elements(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type
     return TensorType(t.shape, t.dtype)
 
 
+@register_infer("scatter_nd")
+def _scatter_nd(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
+    t, idx = _data_and_indices(args, "scatter_nd", loc)
+    upd = tensor(args[2], loc, "updates")
+    s, si, su = shape_of(t, loc), shape_of(idx, loc, "indices"), shape_of(upd, loc, "updates")
+    k = as_int(si[-1]) if si else None
+    if k is None or k > len(s) or len(su) != len(si) - 1 + len(s) - k or upd.dtype != t.dtype:
+        raise MlcError(f"scatter_nd: indices ({dims_str(si)}) and updates ({dims_str(su)}) do not fit data "
+                       f"({dims_str(s)}); the last indices dim must be a constant", loc)
+    if attrs.get("reduction", "none") not in ("none", "add", "mul", "max", "min"):
+        raise MlcError(f"scatter_nd: unknown reduction {attrs.get('reduction')!r}", loc)
+    return TensorType(t.shape, t.dtype)
+
+
 @register_infer("logical_not", "isnan", "isinf")
 def _not(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
     return TensorType(tensor(args[0], loc).shape, "bool")
