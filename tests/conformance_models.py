@@ -19,7 +19,7 @@ The models are loaded as onnx's BackendTest loads them (`onnx.backend.test.loade
   input is BackendTest's dummy input (`Runner.generate_dummy_data(random=False)`: `arange(n) / n`,
   float32, unknown dims 1) and the expected outputs are `light_<name>_output_*.pb`.
 
-Each model is imported as shipped (opset 7..28, never converted). Tolerances are BackendTest's:
+Each model is imported as shipped (opsets 6..28, never converted). Tolerances are BackendTest's:
 the loader's rtol=1e-3 / atol=1e-7, or the test's data.json (densenet121: rtol=2e-3).
 
 Running and classifying reuse tests/conformance.py (`run_cases`, `exclusion`, `counts`, ...): every
