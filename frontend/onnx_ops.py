@@ -576,14 +576,45 @@ def _rms_norm(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
 REDUCE_MAP = {"ReduceSum": "sum", "ReduceMean": "mean", "ReduceMax": "max", "ReduceMin": "min", "ReduceProd": "prod"}
 
 
-@handles(*REDUCE_MAP)
+# reductions composed of one before, one reduction and one after (None: nothing), on the input's dtype
+COMPOSED_REDUCE = {
+    "ReduceL1": ("abs", "sum", None), "ReduceL2": ("square", "sum", "sqrt"), "ReduceSumSquare": ("square", "sum", None),
+    "ReduceLogSum": (None, "sum", "log"), "ReduceLogSumExp": ("exp", "sum", "log"),  # shifted by the max below
+}
+
+
+@handles(*REDUCE_MAP, *COMPOSED_REDUCE)
 def _reduce(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
     axes = axes_input(ctx, node, attrs)
-    if not axes and attrs.get("noop_with_empty_axes", 0):
-        ctx.out(0, ctx.input(0))
-        return
+    x, o = ctx.input(0), node.output[0]
+    before, red, after = COMPOSED_REDUCE.get(node.op_type, (None, REDUCE_MAP.get(node.op_type), None))
     a = {"axes": tuple(axes) if axes else None, "keepdims": bool(attrs.get("keepdims", 1))}
-    ctx.out(0, ctx.emit(REDUCE_MAP[node.op_type], [ctx.input(0)], a, node.output[0]))
+    if node.op_type == "ReduceLogSumExp" and (axes or not attrs.get("noop_with_empty_axes", 0)):
+        # log(sum(exp(x - max))) + max: exp of a large x overflows where the result does not
+        top = ctx.emit("max", [x], {**a, "keepdims": True}, o + "_max")
+        x = ctx.emit("sub", [x, top], {}, o + "_shifted")
+        top = top if a["keepdims"] else ctx.emit("max", [ctx.input(0)], a, o + "_maxout")
+        lse = ctx.emit("log", [ctx.emit("sum", [ctx.emit("exp", [x], {}, o + "_exp")], a, o + "_sum")], {}, o + "_log")
+        ctx.out(0, ctx.emit("add", [lse, top], {}, o))
+        return
+    if before == "square":
+        x = ctx.emit("mul", [x, x], {}, o + "_sq")
+    elif before is not None:
+        x = ctx.emit(before, [x], {}, o + "_" + before)
+    if not axes and attrs.get("noop_with_empty_axes", 0):
+        ctx.out(0, x if after is None else ctx.emit(after, [x], {}, o))
+        return
+    r = ctx.emit(red, [x], a, o if after is None else o + "_" + red)
+    ctx.out(0, r if after is None else ctx.emit(after, [r], {}, o))
+
+
+@handles("Xor")
+def _xor(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
+    """a != b on booleans: (a or b) and not (a and b)."""
+    a, b, o = ctx.input(0), ctx.input(1), node.output[0]
+    both = ctx.emit("logical_and", [a, b], {}, o + "_both")
+    either = ctx.emit("logical_or", [a, b], {}, o + "_either")
+    ctx.out(0, ctx.emit("logical_and", [either, ctx.emit("logical_not", [both], {}, o + "_notboth")], {}, o))
 
 
 @handles("ArgMax", "ArgMin")

@@ -1,5 +1,5 @@
 """ONNX's own node tests of the ops added for real models (Sign, IsNaN, IsInf, GatherElements, GatherND,
-CumSum, InstanceNormalization, LRN, Shrink, TopK, ScatterElements, ScatterND), on both paths of `mlc.backend`, in `make test`."""
+CumSum, InstanceNormalization, LRN, Shrink, TopK, ScatterElements, ScatterND, ReduceL1/L2/SumSquare/LogSum/LogSumExp, Xor), on both paths of `mlc.backend`, in `make test`."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import mlc.backend as backend
 
 PREFIXES = ("test_sign", "test_isnan", "test_isinf", "test_gather_elements", "test_gathernd", "test_cumsum",
             "test_instancenorm", "test_lrn", "test_shrink", "test_top_k", "test_scatter_elements",
-            "test_scatter_with", "test_scatter_without", "test_scatternd")
+            "test_scatter_with", "test_scatter_without", "test_scatternd", "test_reduce_l1", "test_reduce_l2",
+            "test_reduce_sum_square", "test_reduce_log_sum", "test_xor")
 
 
 def _cases() -> list[object]:
@@ -40,3 +41,16 @@ def test_node_case(case, mode) -> None:  # type: ignore[no-untyped-def]
 
 def test_every_prefix_has_cases() -> None:
     assert {p for p in PREFIXES if any(c.name.startswith(p) for c in CASES)} == set(PREFIXES)
+
+
+@pytest.mark.parametrize("mode", [backend.Compiled, backend.Interpreted], ids=["compiled", "interpreted"])
+def test_reduce_log_sum_exp_does_not_overflow(mode) -> None:  # type: ignore[no-untyped-def]
+    """Shifted by the max: exp(1000) overflows f32, the log-sum-exp of [1000, 1000] is 1000 + log 2."""
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 2])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])
+    g = helper.make_graph([helper.make_node("ReduceLogSumExp", ["x"], ["y"], axes=[1], keepdims=0)], "g", [x], [y])
+    rep = mode.prepare(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
+    (got,) = rep.run([np.array([[1000.0, 1000.0], [-3.0, 2.0]], np.float32)])
+    np.testing.assert_allclose(got, [1000 + np.log(2), np.log(np.exp(-3.0) + np.exp(2.0))], rtol=1e-6)
