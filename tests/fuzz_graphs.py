@@ -34,12 +34,9 @@ from onnx import TensorProto, helper, numpy_helper
 # Open bugs that would drown every other finding; the generator steers around those named in AVOID.
 # MLC_FUZZ_KNOWN_BUGS=1 generates them again (all of them; or a comma list of names to avoid instead).
 # Each has a pinned xfail regression test in tests/test_fuzz_differential.py: when one XPASSes, drop its
-# mark there and its entry here. (Softmax over a non-last axis, integer Pow, integer Div's SIGFPE and an output aliasing a dead
-# intermediate in the memory plan were here until fixed.)
-KNOWN_BUGS: dict[str, str] = {
-    "slice_clamp": "Slice of a symbolic dim whose constant start/end is clamped at run time (outside [-n, n]): "
-                   "the result's symbolic type assumes no clamping; interp / compiled fail their shape checks",
-}
+# mark there and its entry here. (Softmax over a non-last axis, integer Pow, integer Div's SIGFPE, an output aliasing a dead
+# intermediate in the memory plan and Slice clamping on symbolic dims were here until fixed.)
+KNOWN_BUGS: dict[str, str] = {}  # none open
 _env = os.environ.get("MLC_FUZZ_KNOWN_BUGS", "")
 AVOID: set[str] = set() if _env == "1" else set(_env.split(",")) - {""} if _env else set(KNOWN_BUGS)
 

@@ -135,18 +135,16 @@ def test_pinned_reduce_scalar() -> None:
                 [("y", F)]))
 
 
-@pytest.mark.xfail(strict=True, reason="Slice of a symbolic dim with a constant end past it at run time (ONNX "
-                   "clamps it): the compiled model fails its run-time shape check 'slice end within the dim', the "
-                   "interpreter its result type")
 def test_pinned_slice_end_clamped_symbolic() -> None:
+    """Found by the fuzzer: a constant Slice end past a symbolic dim (ONNX clamps it) was assumed in range,
+    a run-time error on both paths; the type is now min(end, n)."""
     agree(graph([helper.make_node("Slice", ["x", "s", "e"], ["y"])], [("x", F, ["n"], np.array([0.5], np.float32))],
                 [("y", F)], {"s": np.array([0]), "e": np.array([2])}))
 
 
-@pytest.mark.xfail(strict=True, reason="Slice of a symbolic dim with a constant negative start before its "
-                   "beginning at run time: the result type says n - (n - 5) = 5 (no clamping); the interpreter "
-                   "fails its type check (the compiled model is right)")
 def test_pinned_slice_start_clamped_symbolic() -> None:
+    """Found by the fuzzer: a negative constant start before a symbolic dim's beginning typed as
+    n - (n - 5) = 5 without clamping; the start is now max(n - 5, 0)."""
     agree(graph([helper.make_node("Slice", ["x", "s", "e"], ["y"])], [("x", F, ["n"], np.arange(3, dtype=np.float32))],
                 [("y", F)], {"s": np.array([-5]), "e": np.array([2**62])}))
 

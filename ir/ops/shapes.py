@@ -541,9 +541,10 @@ BIG = 2**62
 def slice_len(d: Expr, begin: Any, end: Any, step: int) -> Expr:
     """Length of ONNX Slice along one axis of length d.
 
-    With all values constant this is exact (clamping, negative wrap). With a symbolic dim or
-    bound, the bounds are assumed in range (so `x[1:]` on `n` has length `n - 1`, not
-    `max(0, n - 1)`); the interpreter's type check catches a slice that is not.
+    With all values constant this is exact (clamping, negative wrap). With a symbolic dim, a
+    constant end past it or a negative constant start before it is clamped in the type (`x[:2]` on
+    `n` has length `min(2, n)`); other bounds are assumed in range (so `x[1:]` on `n` has length
+    `n - 1`, not `max(0, n - 1)`), checked at run time where unprovable.
     """
     n = as_int(d)
     b, e = (as_int(dim(v)) for v in (begin, end))
@@ -559,6 +560,12 @@ def slice_len(d: Expr, begin: Any, end: Any, step: int) -> Expr:
 
     if step > 0:
         start, stop = pos(begin, b, Const(0) if (b or 0) < 0 else d), pos(end, e, d if (e or 0) > 0 else Const(0))
+        # a constant end past a symbolic dim, or a negative constant start before it, is clamped by
+        # ONNX: the type says so (min / max) rather than assuming it in range
+        if e is not None and 0 < e < BIG // 2 and not prove_le(stop, d):
+            stop = Bin("min", stop, d)
+        if b is not None and -BIG // 2 < b < 0 and not prove_le(Const(0), start):
+            start = Bin("max", start, Const(0))
         assume_le(start, stop, "slice bounds")
         assume_le(stop, d, "slice end within the dim")
         return simplify((stop - start + (step - 1)) // step)
