@@ -335,7 +335,8 @@ class ExprEmitter:
         simple = {"add": b.fadd, "sub": b.fsub, "mul": b.fmul, "div": b.fdiv}
         if op in simple:
             r = simple[op](a, c)
-            r.flags.extend(self.flags())
+            if not _is_half(a.type):  # f16 rounds after every op, as numpy and ONNX's reference do: no FMA
+                r.flags.extend(self.flags())
             return r
         if op in ("min", "max"):  # NaN-propagating, like numpy.minimum/maximum
             return b.call(self.intrinsic("minimum" if op == "min" else "maximum", a.type, 2), [a, c])
@@ -505,9 +506,9 @@ class ExprEmitter:
 
     @staticmethod
     def _is_f32_like(t: ir.Type) -> bool:
-        """f32 or f16 (computed in f32): the inline fast-math forms apply."""
+        """f32: the inline fast-math forms apply (f16 takes libm's, correctly rounded once to f16)."""
         elem = t.element if isinstance(t, ir.VectorType) else t
-        return isinstance(elem, ir.FloatType | ir.HalfType)
+        return isinstance(elem, ir.FloatType)
 
     def erf(self, args: list[ir.Value], t: ir.Type) -> ir.Value:
         """libm erf/erff, lane by lane for vectors (LLVM has no erf intrinsic)."""
@@ -658,6 +659,10 @@ class ExprEmitter:
         if buf.dtype == "bool":
             return b.icmp_unsigned("!=", v, self.const_of(v.type, 0))
         return v
+
+
+def _is_half(t: ir.Type) -> bool:
+    return isinstance(t.element if isinstance(t, ir.VectorType) else t, ir.HalfType)
 
 
 def _loads_of(e: Expr) -> list[Load]:

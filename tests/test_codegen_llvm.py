@@ -257,6 +257,25 @@ def test_integer_division_by_zero_and_overflow_do_not_trap(dtype):
         np.testing.assert_array_equal(d, want_d)
 
 
+def test_f16_exp_and_sigmoid_match_numpy_exactly():
+    """f16 exp/sigmoid go through libm in f32 and round once, as numpy does; the inline fast-math
+    polynomials (fine in f32) left some f16 results 1 ulp off ONNX's reference."""
+    X, Z = Buffer("X", (n,), "f16"), Buffer("Z", (n,), "f16")
+    i = Var("i")
+    funcs = [PrimFunc(f"{nm}_{k[0]}", (X, Z), 1, For(i, Const(0), n, Store(Z, (i,), Call(nm, (Load(X, (i,)),), "f16")),
+                                                     kind=k))
+             for nm in ("exp", "sigmoid") for k in ("serial", "vectorized")]
+    lib = compile_module(funcs)
+    x = np.arange(-10, 10, 1 / 64, dtype=np.float32).astype(np.float16)  # every f16 step of [-10, 10) by 1/64
+    want = {"exp": np.exp(x.astype(np.float32)).astype(np.float16),
+            "sigmoid": (1 / (1 + np.exp(-x.astype(np.float32)))).astype(np.float16)}
+    for nm in want:
+        for k in "sv":
+            z = np.zeros_like(x)
+            lib.kernel(f"{nm}_{k}")([x, z])
+            np.testing.assert_array_equal(z, want[nm], err_msg=f"{nm} {k}")
+
+
 def test_reductions_with_init_and_softmax():
     """Three blocks: row max, sum of exp (into block-allocated scratch) and normalise."""
     X, Y = Buffer("X", (n, m), "f32"), Buffer("Y", (n, m), "f32")
