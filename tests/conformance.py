@@ -298,6 +298,18 @@ def compare_expected(results: dict[str, dict[str, Any]], expected: Iterable[str]
     return regress, new
 
 
+def check_expected(results: dict[str, dict[str, Any]], expected: Iterable[str], mode: str, what: str,
+                   record: str) -> None:
+    """For tests: fail on a listed pass that no longer passes; warn about new passes (update `record`)."""
+    import warnings
+
+    regress, new = compare_expected(results, expected)
+    if new:
+        warnings.warn(f"{mode}: {len(new)} {what} newly pass (update {record}): {', '.join(new)}", stacklevel=3)
+    assert not regress, f"{mode}: {len(regress)} {what} that passed now fail:\n" + "\n".join(
+        f"  {n}: {results[n]['status']} {results[n]['detail']}" for n in regress)
+
+
 def _table(all_res: dict[str, dict[str, dict[str, Any]]]) -> str:
     lines = [f"{'path':<12} " + " ".join(f"{s:>8}" for s in STATUSES) + f" {'run':>6} {'total':>6}"
              + "  (pass includes N specialized)"]

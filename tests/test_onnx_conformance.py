@@ -11,7 +11,6 @@ with MLC_CONFORMANCE=1. See tests/conformance.py for the classification.
 from __future__ import annotations
 
 import os
-import warnings
 from typing import Any
 
 import conformance as conf
@@ -35,20 +34,11 @@ def fast_cases() -> list[conf.Case]:
     return conf.load_cases(op_types=FAST_OPS)
 
 
-def _check(results: dict[str, dict[str, Any]], expected: list[str], mode: str) -> None:
-    regress, new = conf.compare_expected(results, expected)
-    if new:
-        warnings.warn(f"{mode}: {len(new)} case(s) newly pass (update {conf.EXPECTED.name}): {', '.join(new)}",
-                      stacklevel=2)
-    assert not regress, f"{mode}: {len(regress)} case(s) that passed now fail:\n" + "\n".join(
-        f"  {n}: {results[n]['status']} {results[n]['detail']}" for n in regress)
-
-
 @pytest.mark.parametrize("mode", conf.MODES)
 def test_fast_subset(fast_cases: list[conf.Case], mode: str) -> None:
     assert len(fast_cases) > 50
     results = conf.run_cases(fast_cases, mode, jobs=2, timeout=60)
-    _check(results, conf.load_expected().get(mode, []), mode)
+    conf.check_expected(results, conf.load_expected().get(mode, []), mode, "case(s)", conf.EXPECTED.name)
     assert conf.counts(results)["pass"] > 0
 
 
@@ -59,7 +49,7 @@ def test_full_suite(request: pytest.FixtureRequest, mode: str, tmp_path_factory:
         pytest.skip("the whole ONNX node suite: run with -m conformance (or MLC_CONFORMANCE=1)")
     results = conf.run_cases(conf.load_cases(), mode, jobs=2, timeout=60)
     print(mode, conf.counts(results))
-    _check(results, conf.load_expected().get(mode, []), mode)
+    conf.check_expected(results, conf.load_expected().get(mode, []), mode, "case(s)", conf.EXPECTED.name)
 
 
 # --- the harness and the backend themselves --------------------------------------------------------

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import re
-import warnings
 from typing import Any
 
 import conformance as conf
@@ -46,15 +45,6 @@ def _selected(config: Any) -> bool:
     return "conformance" in (config.getoption("-m") or "") or os.environ.get("MLC_CONFORMANCE") == "1"
 
 
-def _check(results: dict[str, dict[str, Any]], expected: list[str], mode: str) -> None:
-    regress, new = conf.compare_expected(results, expected)
-    if new:
-        warnings.warn(f"{mode}: {len(new)} model(s) newly pass (update {cm.EXPECTED.name}): {', '.join(new)}",
-                      stacklevel=2)
-    assert not regress, f"{mode}: {len(regress)} model(s) that passed now fail:\n" + "\n".join(
-        f"  {n}: {results[n]['status']} {results[n]['detail']}" for n in regress)
-
-
 @pytest.fixture(scope="module")
 def fast_models() -> list[conf.Case]:
     return fast_sample(cm.load_model_cases(FAST_SETS))
@@ -63,7 +53,7 @@ def fast_models() -> list[conf.Case]:
 @pytest.mark.parametrize("mode", conf.MODES)
 def test_fast_model_sets(fast_models: list[conf.Case], mode: str) -> None:
     results = cm.run_models(fast_models, mode, jobs=2, timeout=60)
-    _check(results, cm.load_expected().get(mode, []), mode)
+    conf.check_expected(results, cm.load_expected().get(mode, []), mode, "model(s)", cm.EXPECTED.name)
     assert cm.counts_by_set(results)["all"]["pass"] > 0
 
 
@@ -74,7 +64,7 @@ def test_all_model_sets(request: pytest.FixtureRequest, mode: str) -> None:
         pytest.skip("the whole ONNX model sets: run with -m conformance (or MLC_CONFORMANCE=1)")
     results = cm.run_models(cm.load_model_cases(), mode, jobs=2, timeout=60, light_timeout=900)
     print(mode, cm.counts_by_set(results))
-    _check(results, cm.load_expected().get(mode, []), mode)
+    conf.check_expected(results, cm.load_expected().get(mode, []), mode, "model(s)", cm.EXPECTED.name)
 
 
 # --- the loader itself ------------------------------------------------------------------------------
