@@ -30,6 +30,7 @@ from ..ir.dtype import from_numpy, to_numpy
 from ..ir.expr import Const, Expr, Var
 from ..ir.graph import Binding, Block, Constant, Function, GetItem, If, Loop, Node, OpCall, Value, attrs_of
 from ..ir.module import Module
+from ..ir.names import fresh_name
 from ..ir.types import TensorType, TupleType, Type
 
 # Default-domain opsets 6..28 (what onnx 1.23 defines). Handlers read attributes that later opsets
@@ -109,11 +110,7 @@ class Ctx:
         if base in self.reserved and base not in self.names:
             self.names.add(base)
             return base
-        name, i = base, 1
-        while name in self.names or name in self.reserved:
-            name, i = f"{base}_{i}", i + 1
-        self.names.add(name)
-        return name
+        return fresh_name(base, self.names, avoid=self.reserved)
 
     @property
     def loc(self) -> Loc:

@@ -31,8 +31,8 @@ from mlc.ir.module import Module
 from mlc.ir.ops.registry import KINDS
 from mlc.ir.ops.registry import get as get_op
 from mlc.ir.rewrite import operands, used_names
+from mlc.ir.tir_builder import CannotLower
 
-from .compute import CannotLower
 from .lower import EXTERN_OPTION, STRICT_OPTION, GroupLowerer, lowerable, map_blocks, parse_externs, to_externs
 from .registry import Option, PassContext, register_pass
 

@@ -20,12 +20,13 @@ from mlc.ir.expr import Expr, Load, Var, free_vars
 from mlc.ir.externs import get_extern
 from mlc.ir.graph import Binding, Block, CallExtern, CallTensor, Function, If, Loop, OpCall, Value
 from mlc.ir.module import Module
+from mlc.ir.names import fresh_name
 from mlc.ir.ops.registry import get as get_op
 from mlc.ir.tir import PrimFunc
+from mlc.ir.tir_builder import Builder, CannotLower, Tensor
 from mlc.ir.types import ScalarType, TensorType, TupleType, Type
 
 from . import lower_ops  # noqa: F401  (registers the lowerings)
-from .compute import Builder, CannotLower, Tensor
 from .registry import Option, PassContext, register_pass
 
 
@@ -169,21 +170,13 @@ class GroupLowerer:
         self.cache: dict[tuple[Any, ...], str] = {}
         self.failed: dict[str, str] = {}  # op -> reason
 
-    def fresh(self, base: str) -> str:
-        name, i = base, 0
-        while name in self.names:
-            i += 1
-            name = f"{base}_{i}"
-        self.names.add(name)
-        return name
-
     def lower(self, bindings: Sequence[Binding], outputs: Sequence[Value], base: str) -> CallTensor:
         low = lower_group(bindings, outputs, base)
         f = low.func
         key = (f.params, f.num_outputs, f.body, f.scalar_params)
         name = self.cache.get(key)
         if name is None:
-            name = self.fresh(base)
+            name = fresh_name(base, self.names)
             self.cache[key] = name
             self.new.append(dataclasses.replace(f, name=name))
         loc = bindings[-1].loc

@@ -1,4 +1,4 @@
-"""Per-op lowerings to the compute layer (passes/compute.py), registered in the op registry.
+"""Per-op lowerings to the te layer (ir/tir_builder.py), registered in the op registry.
 
 Each lowering is `fn(b, args, attrs, out_type) -> Tensor | list[Tensor]`: `args` are Tensors (or a
 scalar `Expr` for ScalarType operands), `out_type` the inferred result type. Elementwise and layout
@@ -17,9 +17,7 @@ from mlc.ir.dtype import is_float
 from mlc.ir.expr import Bin, Call, Cast, Const, Expr, Not, Select, const, reduction_identity
 from mlc.ir.ops.defs import BINARY, REDUCE
 from mlc.ir.ops.registry import register_lower
-from mlc.ir.types import TensorType, TupleType, Type
-
-from .compute import (
+from mlc.ir.tir_builder import (
     Builder,
     CannotLower,
     Index,
@@ -31,6 +29,7 @@ from .compute import (
     broadcast,
     cst,
 )
+from mlc.ir.types import TensorType, TupleType, Type
 
 Args = list[Any]
 Attrs = dict[str, Any]
@@ -330,8 +329,7 @@ def _conv2d(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
         val = x.at((n, ch, h, wd)) * w.at((o, c, ih, iw))
         if not padded:
             return val
-        cond = all_of(_in_range(h, x.shape[2]) + _in_range(wd, x.shape[3]))
-        assert cond is not None
+        cond = all_of(*_in_range(h, x.shape[2]), *_in_range(wd, x.shape[3]))
         return Select(cond, val, cst(0, out_dtype(t)))
 
     return b.reduce(shp, out_dtype(t), "add", (cg, kh, kw), value, "conv2d")
@@ -357,8 +355,7 @@ def _conv2d_t(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
                  Bin("lt", hy, x.shape[2])]
         conds += [Bin("ge", tx, Const(0)), Bin("eq", Bin("floormod", tx, Const(s[1])), Const(0)),
                   Bin("lt", hx, x.shape[3])]
-        cond = all_of(conds)
-        assert cond is not None
+        cond = all_of(*conds)
         val = x.at((n, ch, hy, hx)) * w.at((ch, Bin("floormod", o, og), ih, iw))
         return Select(cond, val, cst(0, out_dtype(t)))
 
@@ -379,8 +376,7 @@ def _max_pool(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
     def value(i: Index, r: Index) -> Expr:
         h = i[2] * s[0] - p[0] + r[0] * d[0]
         w = i[3] * s[1] - p[1] + r[1] * d[1]
-        cond = all_of(_in_range(h, x.shape[2]) + _in_range(w, x.shape[3]))
-        assert cond is not None
+        cond = all_of(*_in_range(h, x.shape[2]), *_in_range(w, x.shape[3]))
         return Select(cond, x.at((i[0], i[1], h, w)), reduction_identity("max", x.dtype))
 
     return b.reduce(out_shape(t), x.dtype, "max", (Const(k[0]), Const(k[1])), value, "max_pool2d")
@@ -399,18 +395,14 @@ def _avg_pool(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
 
     def real(i: Index, r: Index) -> Expr:
         h, w = pos(i, r)
-        c = all_of(_in_range(h, x.shape[2]) + _in_range(w, x.shape[3]))
-        assert c is not None
-        return c
+        return all_of(*_in_range(h, x.shape[2]), *_in_range(w, x.shape[3]))
 
     def counted(i: Index, r: Index) -> Expr:
         if not incl:
             return real(i, r)
         h, w = pos(i, r)
-        c = all_of([Bin("ge", h, Const(-p[0])), Bin("lt", h, x.shape[2] + p[2]),
-                    Bin("ge", w, Const(-p[1])), Bin("lt", w, x.shape[3] + p[3])])
-        assert c is not None
-        return c
+        return all_of(Bin("ge", h, Const(-p[0])), Bin("lt", h, x.shape[2] + p[2]),
+                      Bin("ge", w, Const(-p[1])), Bin("lt", w, x.shape[3] + p[3]))
 
     win = (Const(k[0]), Const(k[1]))
     zero = cst(0, x.dtype)
@@ -637,7 +629,7 @@ def _scatter_elements(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
 
     def inside(p: Index) -> Expr:
         conds = [Bin("lt", p[d], ind.shape[d]) for d in range(x.ndim) if d != ax]
-        return all_of(conds) or Const(True, "bool")
+        return all_of(*conds)
 
     def hits(p: Index, u: Expr) -> Expr:
         w, ok = _checked_index(ind.at(at(p, u)), x.shape[ax])
@@ -676,7 +668,7 @@ def _scatter_nd(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
         for j in range(k):
             w, ok = _checked_index(ind.at(tuple(u) + (Const(j),)), x.shape[j])
             conds += [ok, Bin("eq", w, p[j])]
-        return all_of(conds) or Const(True, "bool")
+        return all_of(*conds)
 
     if red == "none":
         def number(u: Index) -> Expr:
@@ -731,8 +723,8 @@ def _gather_nd(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
             w, ok = _checked_index(ind.at(i[:q] + (Const(j),)), x.shape[bd + j])
             pos.append(w)
             conds.append(ok)
-        cond, load = all_of(conds), x.at(i[:bd] + tuple(pos) + i[q:])
-        return load if cond is None else Select(cond, load, cst(0, x.dtype))
+        load = x.at(i[:bd] + tuple(pos) + i[q:])
+        return Select(all_of(*conds), load, cst(0, x.dtype)) if conds else load
 
     return b.compute(out_shape(t), x.dtype, fn, "gather_nd")
 
@@ -774,8 +766,7 @@ def _pad(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
     def fn(i: Index) -> Expr:
         src = tuple(e - p[d] for d, e in enumerate(i))
         conds = [c for d, e in enumerate(src) if p[d] or p[d + x.ndim] for c in _in_range(e, x.shape[d])]
-        cond = all_of(conds)
-        return x.at(src) if cond is None else Select(cond, x.at(src), fill)
+        return Select(all_of(*conds), x.at(src), fill) if conds else x.at(src)
 
     return b.compute(out_shape(t), x.dtype, fn, "pad")
 

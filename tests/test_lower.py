@@ -419,8 +419,8 @@ def _root_allocs(s: Stmt) -> tuple[Any, ...]:
 
 def test_in_place_tensor_read_by_a_consumer() -> None:
     """An in-place tensor read inside the program is stored into a scratch buffer, base then update."""
+    from mlc.ir.tir_builder import Builder
     from mlc.ir.tir_interp import run_prim
-    from mlc.passes.compute import Builder
 
     b = Builder(set())
     x = b.placeholder((Const(4), Const(6)), "f32", "x")

@@ -686,7 +686,7 @@ def test_compute_at_refuses_a_loop_whose_blocks_overwrite_its_input() -> None:
     """Softmax over axis 0, divided in place: the column sum read by the division may not move under
     the division's row loop, since it would re-read rows that earlier iterations already divided."""
     from mlc.ir.expr import Bin, Call, Const
-    from mlc.passes.compute import Builder
+    from mlc.ir.tir_builder import Builder
 
     b = Builder(set())
     x = b.placeholder((Const(3), Const(4)), "f32", "x")
