@@ -4,6 +4,11 @@ A `PrimFunc` takes buffers (inputs then outputs, destination-passing style) and 
 scalars; its body is a statement tree. A `BlockStmt` is the unit schedules reason about: an
 iteration domain of spatial ("S") and reduce ("R") iterators bound to loop expressions, an
 optional `init` run at the first reduce iteration, and a body.
+
+The `lower-tir` stage (ir/tir_lower.py) turns block form into the loop-level subset the code
+generators consume: no `BlockStmt`, iterators bound by `Let`, allocations explicit (`Allocate`),
+reduction bodies marked (`AttrStmt`), cross-thread reductions explicit (`ThreadAllReduce`) and a
+tensorized GEMM stage one `GemmCall`. Both forms print, parse and run in ir/tir_interp.py.
 """
 
 from __future__ import annotations
@@ -95,6 +100,85 @@ class Let(Stmt):
     var: Var
     value: Expr
     body: Stmt
+    loc: Loc = field(default=UNKNOWN, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class Allocate(Stmt):
+    """`allocate %buf: buffer<..., scope> { body }`: `buf` exists (uninitialised) while `body` runs.
+    Loop-level form of a block's `alloc`; the scope comes from the buffer type."""
+
+    buffer: Buffer
+    body: Stmt
+    loc: Loc = field(default=UNKNOWN, compare=False, repr=False)
+
+
+# keys an AttrStmt may carry, and what they promise to the code generators
+ATTR_KEYS: dict[str, str] = {
+    "reduction": "the body is the update of a reduction: floating-point reassociation is allowed",
+}
+
+
+@dataclass(frozen=True)
+class AttrStmt(Stmt):
+    """`attr "key" { body }`: a fact about `body` that code generators may use (see ATTR_KEYS)."""
+
+    key: str
+    body: Stmt
+    loc: Loc = field(default=UNKNOWN, compare=False, repr=False)
+
+
+REDUCE_OPS: tuple[str, ...] = ("add", "mul", "max", "min")
+
+
+@dataclass(frozen=True)
+class ThreadAllReduce(Stmt):
+    """`allreduce OP %acc: buffer<1 x T, local> { for ... thread "threadIdx.x" {...} } then { result }`.
+
+    A reduction across the threads of `loop`: `acc[0]` starts at OP's identity in every thread, the
+    loop body folds partial values into it (`acc[0] = acc[0] OP x`), the partials are then combined
+    across the threads and `result` runs once with `acc[0]` holding the total. Run serially (the
+    interpreter, a CPU) it is: acc = identity; loop; result.
+    """
+
+    op: str
+    acc: Buffer
+    loop: For
+    result: Stmt
+    loc: Loc = field(default=UNKNOWN, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class GemmTile:
+    """A GEMM template tile: block tile BM x BN x BK, per-warp (per-thread for f32) WM x WN, and the
+    number of pipeline stages."""
+
+    bm: int
+    bn: int
+    bk: int
+    wm: int
+    wn: int
+    stages: int
+
+    def as_tuple(self) -> tuple[int, int, int, int, int, int]:
+        return (self.bm, self.bn, self.bk, self.wm, self.wn, self.stages)
+
+
+@dataclass(frozen=True)
+class GemmCall(Stmt):
+    """`gemm %C = %A * %B [accumulate] [batched] [tile(BM, BN, BK, WM, WN, STAGES)]`.
+
+    C[.., M, N] (+)= A[.., M, K] @ B[.., K, N], row-major. `batched`: A, B and C share leading dims;
+    else B is 2-D and A's leading dims fold into M. `accumulate` adds to C instead of overwriting it.
+    `tile` is the template tile a schedule chose (None: the code generator's default).
+    """
+
+    c: Buffer
+    a: Buffer
+    b: Buffer
+    accumulate: bool
+    batched: bool
+    tile: GemmTile | None = None
     loc: Loc = field(default=UNKNOWN, compare=False, repr=False)
 
 

@@ -8,22 +8,9 @@ from mlc.ir import arith
 from mlc.ir.diagnostics import MlcError
 from mlc.ir.expr import Const, Expr, Var, free_vars, substitute
 from mlc.ir.tir import BlockStmt, For, IfStmt, IterVar, Let, PrimFunc, Seq, Stmt
+from mlc.ir.tir_visit import bound, conjuncts, fresh, loop_ranges, simp, used_names
 
-from .scope import (
-    conjuncts,
-)
-from .tree import (
-    ancestors,
-    blocks,
-    bound,
-    find_loop,
-    fresh,
-    get,
-    loop_ranges,
-    put,
-    simp,
-    used_names,
-)
+from .tree import ancestors, blocks, find_loop, get, put
 
 
 def blockize(func: PrimFunc, loop: str) -> tuple[PrimFunc, str]:

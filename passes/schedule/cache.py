@@ -6,6 +6,7 @@ from dataclasses import replace
 
 from mlc.ir.diagnostics import MlcError
 from mlc.ir.tir import Buffer, PrimFunc, Seq
+from mlc.ir.tir_visit import block_reads, block_writes, fresh, map_buffers, used_names
 
 from .scope import (
     is_param,
@@ -17,15 +18,7 @@ from .scope import (
     with_tops,
     writers,
 )
-from .tree import (
-    block_reads,
-    block_writes,
-    fresh,
-    make_copy_nest,
-    map_buffers,
-    put,
-    used_names,
-)
+from .tree import make_copy_nest, put
 
 SCOPES = ("global", "shared", "local")
 

@@ -9,6 +9,23 @@ from mlc.ir import arith
 from mlc.ir.diagnostics import MlcError
 from mlc.ir.expr import Const, Expr, Var, substitute
 from mlc.ir.tir import BlockStmt, Buffer, For, PrimFunc, Stmt
+from mlc.ir.tir_visit import (
+    Interval,
+    Path,
+    block_reads,
+    bound,
+    clamp,
+    fresh,
+    loads_in,
+    loop_ranges,
+    seq,
+    simp,
+    stmt_exprs,
+    stores_in,
+    union,
+    used_names,
+    walk,
+)
 
 from .scope import (
     alone_at_root,
@@ -24,27 +41,7 @@ from .scope import (
     with_tops,
     writers,
 )
-from .tree import (
-    Interval,
-    Path,
-    ancestors,
-    block_reads,
-    bound,
-    clamp,
-    find_loop,
-    fresh,
-    get,
-    loads_in,
-    loop_ranges,
-    put,
-    seq,
-    simp,
-    stmt_exprs,
-    stores_in,
-    union,
-    used_names,
-    walk,
-)
+from .tree import ancestors, find_loop, get, put
 
 
 def _access_region(func: PrimFunc, loop_path: Path, bpath: Path, b: BlockStmt, idx: tuple[Expr, ...],

@@ -8,6 +8,7 @@ from mlc.ir import arith
 from mlc.ir.diagnostics import MlcError
 from mlc.ir.expr import Expr, Load, substitute
 from mlc.ir.tir import PrimFunc, Store
+from mlc.ir.tir_visit import block_reads, loads_in, map_exprs, rewrite, simp, stmt_exprs
 
 from .scope import (
     check_between,
@@ -20,16 +21,7 @@ from .scope import (
     trivial_store,
     writers,
 )
-from .tree import (
-    block_reads,
-    find_block,
-    loads_in,
-    map_exprs,
-    put,
-    rewrite,
-    simp,
-    stmt_exprs,
-)
+from .tree import find_block, put
 
 
 def compute_inline(func: PrimFunc, block: str) -> PrimFunc:

@@ -18,22 +18,16 @@ from mlc.ir import arith
 from mlc.ir.diagnostics import MlcError
 from mlc.ir.expr import Bin, Const, Expr, Load, Var, substitute
 from mlc.ir.tir import BlockStmt, Buffer, For, IterVar, PrimFunc, Stmt, Store
-
-from .scope import is_param, leaf_blocks, loops_between, named_block, readers, root, top_index, tops, with_tops, writers
-from .tree import (
+from mlc.ir.tir_visit import (
     Path,
-    ancestors,
     block_reads,
     block_writes,
-    blocks,
     bound,
     fresh,
-    get,
     loads_in,
     loop_ranges,
     map_exprs,
     map_stores,
-    put,
     rewrite,
     simp,
     stmt_exprs,
@@ -41,6 +35,9 @@ from .tree import (
     union,
     used_names,
 )
+
+from .scope import is_param, leaf_blocks, loops_between, named_block, readers, root, top_index, tops, with_tops, writers
+from .tree import ancestors, blocks, get, put
 
 
 # ---- pack -------------------------------------------------------------------------------------

@@ -10,8 +10,9 @@ from mlc.ir import arith
 from mlc.ir.diagnostics import MlcError
 from mlc.ir.expr import Bin, Const, Expr, Var, free_vars
 from mlc.ir.tir import BlockStmt, For, IfStmt, Let, PrimFunc, Seq, Stmt, Store
+from mlc.ir.tir_visit import fresh, simp, subst, used_names
 
-from .tree import blocks, find_loop, fresh, get, put, simp, subst, used_names
+from .tree import blocks, find_loop, get, put
 
 THREAD_TAGS = tuple(f"{k}.{a}" for k in ("blockIdx", "threadIdx", "vthread") for a in "xyz")
 

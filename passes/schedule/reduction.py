@@ -7,9 +7,9 @@ from dataclasses import replace
 from mlc.ir.diagnostics import MlcError
 from mlc.ir.expr import Bin, Const, Expr, Load, Var, free_vars, substitute
 from mlc.ir.tir import BlockStmt, Buffer, For, IfStmt, IterVar, PrimFunc, Seq, Stmt, Store
+from mlc.ir.tir_visit import block_reads, block_writes, conjuncts, fresh, loads_in, simp, used_names
 
 from .scope import (
-    conjuncts,
     named_block,
     root,
     top_index,
@@ -17,19 +17,7 @@ from .scope import (
     trivial_store_or_reduce,
     with_tops,
 )
-from .tree import (
-    ancestors,
-    block_reads,
-    block_writes,
-    blocks,
-    find_loop,
-    fresh,
-    get,
-    loads_in,
-    put,
-    simp,
-    used_names,
-)
+from .tree import ancestors, blocks, find_loop, get, put
 
 
 def decompose_reduction(func: PrimFunc, block: str, loop: str) -> tuple[PrimFunc, str]:

@@ -17,13 +17,14 @@ from mlc.ir import arith
 from mlc.ir.diagnostics import MlcError
 from mlc.ir.expr import Var
 from mlc.ir.tir import BlockStmt, For, PrimFunc
+from mlc.ir.tir_visit import block_reads, block_writes, fresh, subst, walk
 
 from . import blockize as blockize_
 from . import cache, inline, layout, loops, reduction, scope
 from . import compute_at as compute_at_
 from . import tensorize as tensorize_
 from .trace import BlockRV, Instruction, IntRV, LoopRV, Trace, encode
-from .tree import ancestors, block_reads, block_writes, blocks, find_block, find_loop, fresh, get, put, subst, walk
+from .tree import ancestors, blocks, find_block, find_loop, get, put
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -6,22 +6,10 @@ from __future__ import annotations
 from dataclasses import replace
 
 from mlc.ir.diagnostics import MlcError
-from mlc.ir.expr import Bin, Expr
 from mlc.ir.tir import BlockStmt, Buffer, For, IfStmt, PrimFunc, Seq, Stmt, Store
+from mlc.ir.tir_visit import Path, block_reads, block_writes, kids, reads_buffer, seq
 
-from .tree import (
-    Path,
-    ancestors,
-    block_reads,
-    block_writes,
-    blocks,
-    find_block,
-    get,
-    kids,
-    put,
-    reads_buffer,
-    seq,
-)
+from .tree import ancestors, blocks, find_block, get, put
 
 
 def root(func: PrimFunc) -> BlockStmt:
@@ -171,9 +159,3 @@ def drop_alloc(func: PrimFunc, name: str) -> PrimFunc:
             nb = replace(b, alloc_buffers=tuple(x for x in b.alloc_buffers if x.name != name))
             return replace(func, body=put(func.body, p, nb))
     return func
-
-
-def conjuncts(e: Expr) -> list[Expr]:
-    if isinstance(e, Bin) and e.op == "and":
-        return conjuncts(e.a) + conjuncts(e.b)
-    return [e]
