@@ -12,7 +12,17 @@ from mlc.ir.diagnostics import Loc, MlcError
 
 from .dims import dims_option
 from .io import atomic_write_bytes, atomic_write_files, read_module, write_module
-from .main import Instrumentation, cli, handle_errors, input_argument, output_option, pipeline_options, run_stage
+from .main import (
+    Instrumentation,
+    cli,
+    handle_errors,
+    input_argument,
+    output_option,
+    parse_target,
+    pipeline_options,
+    run_stage,
+    target_option,
+)
 
 DIM_HELP = "Name a dynamic ONNX axis (a dim_param, or INPUT:AXIS) with a symbol, or fix it to an integer; repeatable."
 
@@ -138,7 +148,7 @@ def _emit_set(emit: str) -> tuple[str, ...]:
 @cli.command("codegen")
 @input_argument
 @click.option("-o", "--output", "output", required=True, help="Artifact to write (.mlc).")
-@click.option("--target", default="cpu", show_default=True, help="cpu (the host, detected) or cuda.")
+@target_option
 @_emit_option
 @handle_errors
 def codegen_cmd(input: str, output: str, target: str, emit: str) -> None:
@@ -147,14 +157,14 @@ def codegen_cmd(input: str, output: str, target: str, emit: str) -> None:
 
     kinds = _emit_set(emit)
     src = read_module(input, verify=True)
-    _write_build(build_artifact(src.module, src.constants(), target, kinds), output, emit)
+    _write_build(build_artifact(src.module, src.constants(), parse_target(target), kinds), output, emit)
 
 
 @cli.command("build")
 @click.argument("model")
 @click.option("-o", "--output", "output", required=True, help="Artifact to write (.mlc).")
-@click.option("--target", default="cpu", show_default=True, help="cpu (the host, detected) or cuda.")
-@click.option("--pipeline", "-p", default=None, help="Pipeline YAML (default: configs/pipelines/build-<target>.yaml).")
+@target_option
+@click.option("--pipeline", "-p", default=None, help="Pipeline YAML (default: configs/pipelines/build-<kind>.yaml).")
 @click.option("--db", default=None, help="Tuning database (JSON lines) whose best records schedule the kernels.")
 @dims_option("--dim", "dims", kind="symbol", help=DIM_HELP)
 @dims_option("--dim-bound", "bounds", kind="int",
@@ -180,7 +190,7 @@ def build_cmd(model: str, output: str, target: str, pipeline: str | None, db: st
     else:
         src = read_module(model, verify=instrument.verify_each)
         module, consts, search_dirs = src.module, src.constants(), src.search_dirs
-    built = build_module(module, consts, target, pipeline, db, search_dirs, kinds, **instrument.run_kwargs())
+    built = build_module(module, consts, parse_target(target), pipeline, db, search_dirs, kinds, **instrument.run_kwargs())
     instrument.report(built.report.timings)
     report_line = _plan_report(built.module, built.result, bounds)  # may fail: before anything is written
     _write_build(built.result, output, emit)

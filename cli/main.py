@@ -88,6 +88,21 @@ def input_argument(fn: Callable[..., Any]) -> Callable[..., Any]:
     return click.argument("input", default="-", required=False)(fn)
 
 
+target_option = click.option("--target", default="cpu", show_default=True,
+                             help="cpu (the host), cuda (sm_90), cuda:sm_XY, or a configs/targets file's name.")
+
+
+def parse_target(spec: str) -> Any:
+    """The --target option as an `ir.target.Target` (parsed in the command, so an unknown one is a
+    user error naming the option, not a traceback)."""
+    from mlc.ir.target import Target
+
+    try:
+        return Target.parse(spec)
+    except MlcError as e:
+        raise MlcError(f"--target: {e.message}") from None
+
+
 @dataclass(frozen=True)
 class Instrumentation:
     """The pass manager's instrumentation flags, shared by every command that runs a pipeline

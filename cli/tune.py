@@ -21,14 +21,14 @@ from mlc.ir.module import Module
 
 from .dims import dims_option
 from .io import Source, read_module, write_module
-from .main import Instrumentation, handle_errors, pipeline_options
+from .main import Instrumentation, handle_errors, parse_target, pipeline_options, target_option
 
 DEFAULT_DIM = 64
 
 
 @click.command("tune")
 @click.argument("module_path", metavar="M.ir")
-@click.option("--target", default="cpu", show_default=True, help="cpu (the host) or cuda")
+@target_option
 @click.option("--trials", default=64, show_default=True, type=click.IntRange(min=0), help="measurements in all")
 @click.option("--time-budget", default=math.inf, type=float, help="stop after this many seconds")
 @click.option("--db", "db_path", default="tune.jsonl", show_default=True, help="tuning database (JSON lines)")
@@ -48,13 +48,14 @@ def tune_cmd(module_path: str, target: str, trials: int, time_budget: float, db_
 
     A module without tensor programs (not lowered yet) is first lowered with the `lower` pipeline."""
     from mlc.ir.expr import free_vars
+    from mlc.ir.target import Target
     from mlc.passes.tune.database import Database
     from mlc.passes.tune.measure import Runner
     from mlc.passes.tune.search import SearchConfig
-    from mlc.passes.tune.space import is_gpu
     from mlc.passes.tune.tuning import check_target, tune_module, unscheduled
 
     src = read_module(module_path, verify=instrument.verify_each)
+    target = str(parse_target(target))
     check_target(target)
     module, new_constants, lowered = src.module, None, None
     if not module.prim_functions():
@@ -72,7 +73,7 @@ def tune_cmd(module_path: str, target: str, trials: int, time_budget: float, db_
         instrument.report(lowered)
     if not unscheduled(module):
         click.echo(f"mlc tune: nothing to tune: {src.filename} has no unscheduled tensor programs", err=True)
-    gpu = is_gpu(target)
+    gpu = Target.parse(target).gpu
     runner = Runner(timeout=timeout, dims={s: dims.get(s, DEFAULT_DIM) for s in syms}, target=target,
                     repeat=7 if gpu else 3, min_seconds=0.01 if gpu else 0.02)
     cfg = SearchConfig(trials=trials, time_budget=time_budget, seed=seed, target=target, confirm=confirm)

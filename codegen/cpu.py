@@ -1,8 +1,8 @@
-"""Host CPU description for LLVM code generation.
+"""The host CPU as LLVM's target machine.
 
-LLVM only emits AVX2/FMA/AVX-512 instructions when told the CPU name and feature string, so the
-target is detected once from the running machine (`host_target`) and can be overridden for
-cross-compiling an object file for another x86 machine.
+LLVM only emits AVX2/FMA/AVX-512 instructions when told the CPU name and feature string; what the
+CPU is comes from the target (`ir.target`, detected from the running machine), and this module
+adds what only code generation needs: an LLVM `TargetMachine` for it.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from functools import cache
 
 import llvmlite.binding as llvm
+
+from ..ir.target import CpuInfo, Target
 
 
 @cache
@@ -22,32 +24,8 @@ def init_llvm() -> None:
 
 
 @dataclass(frozen=True)
-class CpuTarget:
-    """What to compile for: triple, CPU name and LLVM feature string (threads are a run-time setting)."""
-
-    triple: str
-    cpu: str
-    features: str
-
-    @property
-    def feature_set(self) -> frozenset[str]:
-        return frozenset(f[1:] for f in self.features.split(",") if f.startswith("+"))
-
-    def has(self, feature: str) -> bool:
-        return feature in self.feature_set
-
-    @property
-    def vector_bits(self) -> int:
-        """Widest native SIMD register: 512 with AVX-512F, 256 with AVX, else 128 (SSE/NEON)."""
-        if self.has("avx512f"):
-            return 512
-        if self.has("avx") or self.has("avx2"):
-            return 256
-        return 128
-
-    def lanes(self, elem_bits: int = 32) -> int:
-        """Elements of `elem_bits` per native vector register."""
-        return max(1, self.vector_bits // elem_bits)
+class CpuTarget(CpuInfo):
+    """A CPU to compile for (triple, CPU name, feature string; threads are a run-time setting)."""
 
     def target_machine(self, opt_level: int = 3) -> llvm.TargetMachine:
         init_llvm()
@@ -59,10 +37,6 @@ class CpuTarget:
 
 @cache
 def host_target() -> CpuTarget:
-    """The machine we run on, with every feature LLVM detects (AVX2, FMA, AVX-512, ...)."""
-    init_llvm()
-    try:
-        features = llvm.get_host_cpu_features().flatten()
-    except RuntimeError:  # pragma: no cover - LLVM cannot read features on this host
-        features = ""
-    return CpuTarget(llvm.get_process_triple(), llvm.get_host_cpu_name(), features)
+    """The machine we run on (the cpu target's CPU), with every feature LLVM detects (AVX2, FMA, AVX-512, ...)."""
+    info = Target.parse("cpu").cpu_info()
+    return CpuTarget(info.triple, info.cpu, info.features)

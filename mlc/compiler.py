@@ -19,6 +19,7 @@ import numpy as np
 
 from mlc.ir.diagnostics import MlcError
 from mlc.ir.module import ConstantsRef, Module
+from mlc.ir.target import Target
 
 if TYPE_CHECKING:
     from mlc.passes.pipeline import PipelineReport
@@ -28,11 +29,6 @@ if TYPE_CHECKING:
 def default_pipeline(name: str) -> Path:
     """A pipeline shipped as package data (configs/pipelines/NAME.yaml), editable install or wheel alike."""
     return Path(str(resources.files("mlc.configs").joinpath("pipelines", f"{name}.yaml")))
-
-
-def known_targets() -> list[str]:
-    folder = Path(str(resources.files("mlc.configs").joinpath("pipelines")))
-    return sorted(p.stem.removeprefix("build-") for p in folder.glob("build-*.yaml"))
 
 
 @dataclass
@@ -52,7 +48,7 @@ def with_memory_constants(module: Module, consts: dict[str, np.ndarray]) -> Modu
     return dataclasses.replace(module, constants=ConstantsRef("<memory>", digest))
 
 
-def build_module(module: Module, constants: dict[str, np.ndarray], target: str = "cpu",
+def build_module(module: Module, constants: dict[str, np.ndarray], target: str | Target = "cpu",
                  pipeline: str | Path | None = None, db: str | None = None,
                  search_dirs: Sequence[Path] = (), emit: tuple[str, ...] = (), *, verify_each: bool = True,
                  print_after: Callable[[str, Module], None] | None = None, dump_dir: Path | None = None) -> Built:
@@ -64,12 +60,10 @@ def build_module(module: Module, constants: dict[str, np.ndarray], target: str =
     from mlc.passes.registry import PassContext
     from mlc.runtime.build import build_artifact
 
+    target = Target.parse(target)
     if pipeline is None:
-        path = default_pipeline(f"build-{target}")
-        if not path.is_file():
-            raise MlcError(f"unknown target '{target}' (available: {', '.join(known_targets())})")
-        pipeline = path
-    ctx = PassContext(constants=constants, search_dirs=list(search_dirs) or [Path.cwd()], target=target)
+        pipeline = default_pipeline(f"build-{target.kind}")
+    ctx = PassContext(constants=constants, search_dirs=list(search_dirs) or [Path.cwd()], target=str(target))
     steps = load_pipeline(pipeline)
     if db is not None:
         for s in steps:
@@ -79,7 +73,7 @@ def build_module(module: Module, constants: dict[str, np.ndarray], target: str =
     return Built(module, build_artifact(module, ctx.constants or {}, target, emit), report)
 
 
-def compile(model: Any, target: str = "cpu", dims: dict[str, str] | None = None,  # noqa: A001 - the API's name
+def compile(model: Any, target: str | Target = "cpu", dims: dict[str, str] | None = None,  # noqa: A001 - the API's name
             db: str | None = None) -> Any:
     """ONNX model (a path, bytes or an `onnx.ModelProto`) -> a callable `Model`, with no files left behind.
 

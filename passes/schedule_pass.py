@@ -16,6 +16,7 @@ from pathlib import Path
 
 from mlc.ir.diagnostics import MlcError
 from mlc.ir.module import Module
+from mlc.ir.target import Target
 from mlc.ir.tir import PrimFunc
 
 from .registry import Option, PassContext, register_pass
@@ -44,16 +45,16 @@ def _mark(func: PrimFunc, how: str) -> PrimFunc:
     return replace(func, attrs=attrs)
 
 
-def schedule_func(func: PrimFunc, target: str, db: object | None = None, trace: Trace | None = None,
+def schedule_func(func: PrimFunc, target: str | Target, db: object | None = None, trace: Trace | None = None,
                   rules: bool = True, warn: object = None) -> PrimFunc:
     """One function's schedule from a trace, the database, or the rules (see module doc)."""
-    from .tune.database import Database, target_key, workload_key
+    from .tune.database import Database, workload_key
 
     say = warn if callable(warn) else (lambda m: print(f"mlc: warning: {m}", file=sys.stderr))
     if trace is not None:
         return _mark(trace.apply(func), "trace")
     if isinstance(db, Database):
-        for rec in db.best(workload_key(func), target_key(target), k=3):
+        for rec in db.best(workload_key(func), Target.parse(target).key, k=3):
             try:
                 return _mark(rec.trace.apply(func), "tuned")
             except MlcError as e:
@@ -66,7 +67,7 @@ def schedule_func(func: PrimFunc, target: str, db: object | None = None, trace: 
 
 
 @register_pass("schedule", options=(
-    Option("target", str, "", "cpu or cuda (default: the pipeline's target)"),
+    Option("target", str, "", "a target (cpu, cuda, cuda:sm_80, ...; default: the pipeline's)"),
     Option("db", str, "", "tuning database (JSON lines) whose best records to apply"),
     Option("trace", str, "", "trace JSON file: one trace, or an object function name -> trace"),
     Option("rules", bool, True, "schedule functions without a trace or record by the default rules"),
@@ -74,12 +75,12 @@ def schedule_func(func: PrimFunc, target: str, db: object | None = None, trace: 
 def schedule_pass(module: Module, ctx: PassContext, target: str = "", db: str = "", trace: str = "",
                   rules: bool = True) -> Module:
     """Apply schedules: trace file, else tuning database, else default per-target rules."""
-    from .tune.database import Database, mlc_version, target_key
+    from .tune.database import Database, mlc_version
 
-    tgt = target or ctx.target or "cpu"
+    tgt = Target.parse(target or ctx.target)
     traces = load_traces(trace) if trace else {}
     database = Database(db) if db and Path(db).exists() else None
-    stale = database.stale_versions(target_key(tgt)) if database is not None else []
+    stale = database.stale_versions(tgt.key) if database is not None else []
     if stale:  # a database that silently did nothing would look like a tuning that did not help
         print(f"mlc: warning: schedule: {db} holds records of mlc {', '.join(stale)} only; "
               f"mlc {mlc_version()} does not apply them (re-run mlc tune)", file=sys.stderr)

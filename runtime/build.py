@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from mlc.ir.diagnostics import MlcError
 from mlc.ir.module import Module
+from mlc.ir.target import Target
 
 from mlc import __version__
 
@@ -22,17 +23,16 @@ class BuildResult:
     kernels: list[str] = field(default_factory=list)
 
 
-def build_artifact(module: Module, constants: dict[str, np.ndarray], target: str = "cpu",
+def build_artifact(module: Module, constants: dict[str, np.ndarray], target: str | Target = "cpu",
                    emit: tuple[str, ...] = (), opt_level: int = 3) -> BuildResult:
     """Compile every tensor program for `target`; the graph functions become the runtime program."""
     from mlc.ir.printer import print_module
 
-    if target == "cuda":
+    target = Target.parse(target)
+    if target.gpu:
         from .cuda_build import build_cuda_artifact
 
-        return build_cuda_artifact(module, constants, emit)
-    if target != "cpu":
-        raise MlcError(f"unknown target '{target}' (available: cpu, cuda)")
+        return build_cuda_artifact(module, constants, target, emit)
     from mlc.codegen.cpu import host_target
     from mlc.codegen.jit import compile_module
 
@@ -50,7 +50,7 @@ def build_artifact(module: Module, constants: dict[str, np.ndarray], target: str
         "params": pack_params({k: constants[k] for k in sorted(used)}),
         "kernels": json.dumps(sorted(p.name for p in prims)).encode(),
     }
-    meta = {"mlc_version": __version__, "target": target, "source": dict(module.meta).get("source", ""),
+    meta = {"mlc_version": __version__, "target": target.kind, "source": dict(module.meta).get("source", ""),
             "triple": host.triple, "cpu": host.cpu, "cpu_features": sorted(host.feature_set)}
     res = BuildResult(dumps(Artifact(sections, meta)), kernels=[p.name for p in prims])
     if lib is not None and "llvm" in emit:

@@ -13,6 +13,7 @@ import numpy as np
 from mlc.ir.diagnostics import MlcError
 from mlc.ir.graph import Function
 from mlc.ir.module import Module
+from mlc.ir.target import Target
 
 from mlc import __version__
 
@@ -22,12 +23,13 @@ from .build import BuildResult, used_constants
 CUDA_SECTIONS = ("cuda_source", "cubin", "cuda_meta")
 
 
-def build_cuda_artifact(module: Module, constants: dict[str, np.ndarray], emit: tuple[str, ...] = ()) -> BuildResult:
+def build_cuda_artifact(module: Module, constants: dict[str, np.ndarray], target: Target,
+                        emit: tuple[str, ...] = ()) -> BuildResult:
     from mlc.codegen.cuda_jit import build_cuda
     from mlc.ir.printer import print_module
 
     prims = module.prim_functions()
-    src, cubin = build_cuda(prims) if prims else (None, b"")
+    src, cubin = build_cuda(prims, target.nvcc_arch) if prims else (None, b"")
     used = used_constants(module)
     missing = sorted(used - set(constants))
     if missing:

@@ -55,11 +55,13 @@ def test_every_data_file_is_package_data() -> None:
 
 
 def test_pipelines_are_found_as_package_resources() -> None:
+    from mlc.ir.target import Target, known_targets
     from mlc.passes.pipeline import load_pipeline
 
-    from mlc.compiler import default_pipeline, known_targets
+    from mlc.compiler import default_pipeline
 
-    assert {"cpu", "cuda"} <= set(known_targets())
+    assert {"cpu", "cuda", "cuda-sm90"} <= set(known_targets())  # configs/targets, read as package data
+    assert Target.parse("cuda-sm90").arch == "sm_90"
     for name in ("default", "lower", "build-cpu", "build-cuda"):
         assert load_pipeline(default_pipeline(name)), name
 

@@ -14,13 +14,14 @@ from mlc.cli.tune import tune_cmd
 from mlc.ir import BlockStmt, Const, For, MlcError, PrimFunc, Var
 from mlc.ir.module import Module
 from mlc.ir.printer import print_module
+from mlc.ir.target import Target
 from mlc.ir.tir_interp import run_prim
 from mlc.passes.registry import PassContext, get_pass
 from mlc.passes.schedule import Trace
 from mlc.passes.schedule.rules import TargetInfo, sample_schedule
 from mlc.passes.schedule.tree import walk
 from mlc.passes.tune.cost_model import CostModel
-from mlc.passes.tune.database import Database, Record, mlc_version, target_key, workload_key
+from mlc.passes.tune.database import Database, Record, mlc_version, workload_key
 from mlc.passes.tune.features import N_FEATURES, extract
 from mlc.passes.tune.measure import Result, Runner
 from mlc.passes.tune.search import SearchConfig, Task, Tuner
@@ -31,7 +32,7 @@ CPU = TargetInfo("cpu", lanes=8, cores=2)
 
 
 def _record(f: PrimFunc, seed: int, t: float) -> Record:
-    return Record(workload_key(f), target_key("cpu"), mlc_version(), sample_schedule(f, CPU, seed).trace, (t, t))
+    return Record(workload_key(f), Target.parse("cpu").key, mlc_version(), sample_schedule(f, CPU, seed).trace, (t, t))
 
 
 def test_database_round_trip_resume_and_truncated_line(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -40,13 +41,13 @@ def test_database_round_trip_resume_and_truncated_line(tmp_path) -> None:  # typ
     db = Database(p)
     for s, t in ((0, 3e-3), (1, 1e-3), (2, 2e-3)):
         db.add(_record(f, s, t))
-    db.add(Record(workload_key(f), target_key("cpu"), mlc_version(), Trace(), (), f.name, "timed out"))
+    db.add(Record(workload_key(f), Target.parse("cpu").key, mlc_version(), Trace(), (), f.name, "timed out"))
     with open(p, "a") as fh:
         fh.write('{"workload": "abc", "tra')  # an interrupted write
     again = Database(p)
     assert again.skipped == 1 and len(again.records) == 4
     assert [r.trace for r in again.records] == [r.trace for r in db.records]
-    best = again.best(workload_key(f), target_key("cpu"))
+    best = again.best(workload_key(f), Target.parse("cpu").key)
     assert best[0].mean == pytest.approx(1e-3) and not again.records[-1].ok
     # the key is structural: same program under another name, same key; another program, another key
     assert workload_key(f) == workload_key(PrimFunc("other", f.params, f.num_outputs, f.body))
@@ -116,7 +117,7 @@ def test_tune_cli_resumes_and_schedule_pass_uses_db(tmp_path) -> None:  # type: 
 
     tuned = parse_module(out.read_text()).prim_functions()[0]
     assert dict(tuned.attrs)["schedule"] == "tuned"
-    best = Database(db).best(workload_key(f), target_key("cpu"))[0]
+    best = Database(db).best(workload_key(f), Target.parse("cpu").key)[0]
     assert tuned.body == best.trace.apply(f).body
     rng = np.random.default_rng(0)
     a, b = rng.standard_normal((32, 16)).astype(np.float32), rng.standard_normal((16, 32)).astype(np.float32)
@@ -133,7 +134,7 @@ def test_stale_record_is_a_warning_naming_the_instruction(tmp_path, capsys) -> N
     f = matmul_func(16, 8, 16)
     tr = json.loads(sample_schedule(f, CPU, 0).trace.to_json())
     tr["insts"].insert(1, {"kind": "get_block", "inputs": ["no_such_block"], "attrs": {}, "outputs": []})
-    rec = Record(workload_key(f), target_key("cpu"), mlc_version(), Trace.from_json(json.dumps(tr)), (1e-6,))
+    rec = Record(workload_key(f), Target.parse("cpu").key, mlc_version(), Trace.from_json(json.dumps(tr)), (1e-6,))
     db = Database(tmp_path / "db.jsonl")
     db.add(rec)
     info = get_pass("schedule")
@@ -146,7 +147,7 @@ def test_stale_record_is_a_warning_naming_the_instruction(tmp_path, capsys) -> N
 
 def test_records_of_another_version_are_not_applied_and_say_so(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
     f = matmul_func(16, 8, 16)
-    rec = Record(workload_key(f), target_key("cpu"), "0.0.1", sample_schedule(f, CPU, 0).trace, (1e-6,))
+    rec = Record(workload_key(f), Target.parse("cpu").key, "0.0.1", sample_schedule(f, CPU, 0).trace, (1e-6,))
     Database(tmp_path / "db.jsonl").add(rec)
     info = get_pass("schedule")
     m = info.fn(Module((f,)), PassContext(), **info.validate_options({"db": str(tmp_path / "db.jsonl")}))  # type: ignore[union-attr]
@@ -221,7 +222,7 @@ def test_leaders_are_re_measured_and_a_lucky_measurement_does_not_win(tmp_path) 
     task = Tuner([Task(f)], db, runner, SearchConfig(trials=8, batch=4, confirm=3)).run()[0]
     assert runner.n == 8 + 2 * 3
     assert task.best_trace is not None and task.best_trace.to_json() == runner.fast and task.best == 1.5
-    assert db.best(task.workload, target_key("cpu"))[0].trace.to_json() == runner.fast
+    assert db.best(task.workload, Target.parse("cpu").key)[0].trace.to_json() == runner.fast
 
 
 def test_the_default_schedule_is_re_measured_with_the_leaders(tmp_path) -> None:  # type: ignore[no-untyped-def]

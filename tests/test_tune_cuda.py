@@ -20,6 +20,7 @@ from mlc.ir import arith
 from mlc.ir.expr import Var
 from mlc.ir.module import Module
 from mlc.ir.printer import print_module
+from mlc.ir.target import Target
 from mlc.ir.tir import BlockStmt, For, PrimFunc
 from mlc.ir.tir_interp import run_prim
 from mlc.passes.registry import PassContext, get_pass
@@ -32,7 +33,7 @@ from mlc.passes.schedule.gpu_rules import (
     sample_gpu_schedule,
 )
 from mlc.passes.schedule.tree import walk
-from mlc.passes.tune.database import Database, Record, mlc_version, target_key, workload_key
+from mlc.passes.tune.database import Database, Record, mlc_version, workload_key
 from mlc.passes.tune.features import extract
 from mlc.passes.tune.measure import Result, Runner
 from mlc.passes.tune.search import SearchConfig, mutate
@@ -177,10 +178,10 @@ def test_search_on_the_gpu_space_fills_the_database(tmp_path: Path) -> None:
     out = tune_module(Module((f, s)), cfg, db, _ModelRunner(target="cuda"))
     recs = Database(tmp_path / "db.jsonl").records
     assert len(recs) == 12 and len({(r.workload, r.trace.to_json()) for r in recs}) == 12
-    assert {r.target for r in recs} == {target_key("cuda")} and target_key("cuda").startswith("cuda:sm_")
+    assert {r.target for r in recs} == {Target.parse("cuda").key} and Target.parse("cuda").key.startswith("cuda:sm_")
     for g0 in (f, s):
         g = out.get(g0.name)
-        best = db.best(workload_key(g0), target_key("cuda"))[0]
+        best = db.best(workload_key(g0), Target.parse("cuda").key)[0]
         assert dict(g.attrs)["schedule"] == "tuned" and g.body == best.trace.apply(g0).body
         assert best.cost == pytest.approx(best.times[0])  # median of the three samples
 
@@ -191,11 +192,11 @@ def test_cuda_records_rank_by_median_and_gemm_records_replay_in_a_fresh_process(
     f = matmul("h", 256, 256, 128, "f16")
     tr = next(t for t in _samples(f, 16) if func_gemm_config(t.apply(f)))
     db = Database(tmp_path / "db.jsonl")
-    key, tk = workload_key(f), target_key("cuda")
+    key, tk = workload_key(f), Target.parse("cuda").key
     db.add(Record(key, tk, mlc_version(), tr, (2e-3, 1e-5, 1e-3, 2e-3, 1e-3)))  # median 1e-3, mean 1.2e-3
     db.add(Record(key, tk, mlc_version(), default_gpu_trace(f).trace, (1.1e-3,) * 5))
     assert db.best(key, tk)[0].trace == tr  # ranked by the median: one slow outlier does not count
-    cpu = Record(key, target_key("cpu"), mlc_version(), tr, (2e-3, 1e-5, 1e-3, 2e-3, 1e-3))
+    cpu = Record(key, Target.parse("cpu").key, mlc_version(), tr, (2e-3, 1e-5, 1e-3, 2e-3, 1e-3))
     assert cpu.cost == pytest.approx(cpu.mean)  # CPU records keep ranking by the mean
     name = next(i.inputs[1] for i in tr.insts if i.kind == "tensorize")
     tensorize._INTRINS.pop(name, None)  # as in a fresh process: the tile-named intrinsic is not registered
@@ -255,7 +256,7 @@ def test_tune_cuda_measures_on_the_gpu_and_the_tuned_kernels_are_correct(tmp_pat
     tuned_hm = tune_module(Module((hm,)), SearchConfig(trials=5, batch=4, target="cuda", confirm=0), Database(db),
                            runner)
     recs = Database(db).records
-    assert len(recs) == 17 and {x.target for x in recs} == {target_key("cuda")}
+    assert len(recs) == 17 and {x.target for x in recs} == {Target.parse("cuda").key}
     for f in (mm, sm, hm):
         mine = [x for x in recs if x.workload == workload_key(f)]
         ok = [x for x in mine if x.ok]

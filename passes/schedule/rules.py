@@ -30,6 +30,7 @@ from typing import Any
 from mlc.ir import arith
 from mlc.ir.diagnostics import MlcError
 from mlc.ir.expr import Bin, Const, Expr, Var, children, free_vars, substitute
+from mlc.ir.target import Target
 from mlc.ir.tir import BlockStmt, PrimFunc
 
 from .schedule import Schedule
@@ -55,20 +56,14 @@ class TargetInfo:
         return self.kind == "cuda"
 
 
-def target_info(target: str | TargetInfo | None = None) -> TargetInfo:
-    """`cpu` (the host: lanes from LLVM's feature detection) or `cuda`."""
+def target_info(target: str | Target | TargetInfo | None = None) -> TargetInfo:
+    """What the rules read of a target (`ir.target.Target`): lanes from the CPU's features, cores."""
     if isinstance(target, TargetInfo):
         return target
-    kind = (target or "cpu").split()[0].lower()
-    if kind in ("cuda", "gpu", "nvidia"):
+    t = Target.parse(target)
+    if t.gpu:
         return TargetInfo("cuda", lanes=1, cores=1)
-    if kind not in ("cpu", "llvm", "host", "x86", "x86_64"):
-        raise MlcError(f"schedule: unknown target '{target}' (expected cpu or cuda)")
-    import os
-
-    from mlc.codegen.cpu import host_target
-
-    return TargetInfo("cpu", lanes=host_target().lanes(32), cores=os.cpu_count() or 1)
+    return TargetInfo("cpu", lanes=t.cpu_info().lanes(32), cores=t.cores)
 
 
 # ---- program analysis -------------------------------------------------------------------------

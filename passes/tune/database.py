@@ -13,7 +13,6 @@ import json
 import math
 import os
 from dataclasses import dataclass, replace
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -165,31 +164,3 @@ def _median(xs: list[float]) -> float:
     t = sorted(xs)
     mid = len(t) // 2
     return t[mid] if len(t) % 2 else (t[mid - 1] + t[mid]) / 2
-
-
-DEFAULT_CUDA_ARCH = "sm_90"  # configs/targets/cuda-sm90.yaml, and what the CUDA codegen compiles for
-
-
-@cache
-def cuda_arch() -> str:
-    """The compute capability of GPU 0 (`sm_XY`) without creating a context; the default without a GPU."""
-    try:
-        import pycuda.driver as drv
-
-        drv.init()
-        major, minor = drv.Device(0).compute_capability()
-        return f"sm_{major}{minor}"
-    except Exception:  # noqa: BLE001 - no pycuda, no driver or no device: records are for the default arch
-        return DEFAULT_CUDA_ARCH
-
-
-def target_key(target: str) -> str:
-    """Records apply only to the machine kind they were measured on: `cpu:<llvm cpu name>`, `cuda:sm_XY`."""
-    kind = (target or "cpu").split()[0].lower()
-    if kind in ("cpu", "llvm", "host"):
-        from mlc.codegen.cpu import host_target
-
-        return f"cpu:{host_target().cpu}"
-    if kind in ("cuda", "gpu", "nvidia"):
-        return f"cuda:{cuda_arch()}"
-    return kind

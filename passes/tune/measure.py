@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from mlc.ir.module import Module
 from mlc.ir.printer import print_module
+from mlc.ir.target import Target
 from mlc.ir.tir import PrimFunc
 
 from ..schedule.trace import Trace
@@ -90,8 +91,9 @@ class Runner:
     def measure(self, func: PrimFunc, trace: Trace) -> Result:
         job = {"module": print_module(Module((func,))), "trace": trace.to_json(), "dims": self.dims,
                "repeat": 1, "number": 1}
-        if self.target.split()[0].lower() in ("cuda", "gpu", "nvidia"):
-            job |= {"target": "cuda", "repeat": max(1, self.repeat), "min_seconds": self.min_seconds}
+        target = Target.parse(self.target)
+        if target.gpu:
+            job |= {"target": str(target), "repeat": max(1, self.repeat), "min_seconds": self.min_seconds}
             out = self._ask(job, self.timeout)
             if "error" in out:
                 return Result((), str(out["error"]))

@@ -23,11 +23,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from mlc.ir.diagnostics import MlcError
+from mlc.ir.target import Target
 from mlc.ir.tir import PrimFunc
 
 from ..schedule.trace import SAMPLING, Trace
 from .cost_model import CostModel
-from .database import Database, Record, mlc_version, target_key, workload_key
+from .database import Database, Record, mlc_version, workload_key
 from .features import extract
 from .measure import Result, Runner
 from .space import design_space
@@ -134,7 +135,7 @@ class Tuner:
         self.on_progress = on_progress
         self.t0 = time.perf_counter()
         self.interrupted = False
-        self.tkey = target_key(cfg.target)
+        self.tkey = Target.parse(cfg.target).key
         self.space = design_space(cfg.target)
         for t in tasks:  # resume: what the database already knows counts
             for r in db.for_workload(t.workload, self.tkey):

@@ -11,22 +11,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from mlc.ir.target import Target
 from mlc.ir.tir import PrimFunc
 
 from ..schedule.schedule import Schedule
 
 
-def is_gpu(target: str) -> bool:
-    return (target or "cpu").split()[0].lower() in ("cuda", "gpu", "nvidia")
-
-
 @dataclass(frozen=True)
 class DesignSpace:
-    target: str
+    target: Target
 
     @property
     def gpu(self) -> bool:
-        return is_gpu(self.target)
+        return self.target.gpu
 
     def default(self, func: PrimFunc) -> Schedule:
         """The hand-picked point (its trace holds every sampling instruction with its default decision)."""
@@ -49,13 +46,9 @@ class DesignSpace:
         return sample_schedule(func, self.target, seed=seed, decisions=decisions)
 
 
-def design_space(target: str) -> DesignSpace:
-    """`cpu` (the host) or `cuda`; anything else is a user error."""
-    if not is_gpu(target):
-        from ..schedule.rules import target_info
-
-        target_info(target)  # raises MlcError naming the known targets
-    return DesignSpace(target or "cpu")
+def design_space(target: str | Target | None) -> DesignSpace:
+    """The space of a target (`Target.parse` spelling); an unknown one is a user error."""
+    return DesignSpace(Target.parse(target))
 
 
-__all__ = ["DesignSpace", "design_space", "is_gpu"]
+__all__ = ["DesignSpace", "design_space"]

@@ -13,12 +13,13 @@ from mlc.ir.diagnostics import MlcError
 from mlc.ir.graph import CallTensor
 from mlc.ir.module import Module
 from mlc.ir.rewrite import walk_bindings
+from mlc.ir.target import Target
 from mlc.ir.tir import PrimFunc
 
 from .database import Database
 from .measure import Runner
 from .search import SearchConfig, Task, Tuner
-from .space import design_space, is_gpu
+from .space import design_space
 
 
 def call_counts(module: Module) -> dict[str, int]:
@@ -97,7 +98,7 @@ def final_schedule(func: PrimFunc, target: str, db: Database) -> PrimFunc:
     """The database's best record for `func`, else the target's default schedule, marked as such."""
     from ..schedule_pass import schedule_func
 
-    if not is_gpu(target):
+    if not Target.parse(target).gpu:
         return schedule_func(func, target, db)
     out = schedule_func(func, target, db, rules=False)
     if any(k == "schedule" for k, _ in out.attrs):
@@ -110,8 +111,7 @@ def final_schedule(func: PrimFunc, target: str, db: Database) -> PrimFunc:
 
 def check_target(target: str) -> None:
     """A known target whose candidates can be measured here (cuda: pycuda and a GPU), else MlcError."""
-    design_space(target)
-    if is_gpu(target):
+    if design_space(target).gpu:
         from mlc.codegen.cuda_jit import cuda_unavailable
 
         reason = cuda_unavailable()
