@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ..ir.diagnostics import Loc, MlcError
+from ..ir.files import atomic_write_bytes
 from .index import AnnIndex
 from .quantizer import quantizer_class
 
@@ -65,15 +66,7 @@ def write_index(path: str | os.PathLike, index: AnnIndex) -> None:
     hb = json.dumps(header, sort_keys=True).encode()
     hb += b" " * _pad(_FIXED.size + len(hb))
     body = _FIXED.pack(MAGIC, VERSION, len(hb)) + hb + b"".join(blobs)
-    tmp = Path(f"{path}.tmp{os.getpid()}")
-    try:
-        tmp.write_bytes(body + hashlib.sha256(body).digest())
-        os.replace(tmp, path)
-    except OSError as e:
-        raise MlcError(f"cannot write the index: {e.strerror or e}", Loc(str(path))) from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic_write_bytes(path, body + hashlib.sha256(body).digest())
 
 
 def read_index(path: str | os.PathLike) -> AnnIndex:

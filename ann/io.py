@@ -7,12 +7,14 @@ dimension; a truncated or inconsistent file is a user error, never a silent resh
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
 import numpy as np
 
 from ..ir.diagnostics import Loc, MlcError
+from ..ir.files import atomic_write_bytes
 
 _TEXMEX: dict[str, np.dtype] = {
     ".fvecs": np.dtype("<f4"),
@@ -86,29 +88,23 @@ def write_vectors(path: str | os.PathLike, data: np.ndarray) -> None:
     arr = np.asarray(data)
     if arr.ndim != 2:
         raise _fail(path, f"can only write 2-D arrays of vectors, got shape {arr.shape}")
-    tmp = Path(f"{path}.tmp{os.getpid()}")
-    try:
-        if ext == ".npy":
-            with open(tmp, "wb") as f:
-                np.save(f, arr, allow_pickle=False)
-        else:
-            dtype = _TEXMEX[ext]
-            if arr.dtype.kind == "f" and dtype.kind != "f" and not np.all(np.isfinite(arr) & (arr == np.round(arr))):
-                raise _fail(path, f"cannot store non-integer values in {ext}")
-            info = np.iinfo(dtype) if dtype.kind in "iu" else None
-            if info is not None and arr.size and (arr.min() < info.min or arr.max() > info.max):
-                raise _fail(path, f"values out of range for {ext} ({info.min}..{info.max})")
-            n, d = arr.shape
-            out = np.empty((n, 4 + d * dtype.itemsize), np.uint8)
-            out[:, :4] = np.full((n, 1), d, "<i4").view(np.uint8)
-            out[:, 4:] = np.ascontiguousarray(arr.astype(dtype)).view(np.uint8).reshape(n, -1)
-            tmp.write_bytes(out.tobytes())
-        os.replace(tmp, path)
-    except OSError as e:
-        raise _fail(path, f"cannot write: {e.strerror or e}") from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    if ext == ".npy":
+        buf = io.BytesIO()
+        np.save(buf, arr, allow_pickle=False)
+        data = buf.getvalue()
+    else:
+        dtype = _TEXMEX[ext]
+        if arr.dtype.kind == "f" and dtype.kind != "f" and not np.all(np.isfinite(arr) & (arr == np.round(arr))):
+            raise _fail(path, f"cannot store non-integer values in {ext}")
+        info = np.iinfo(dtype) if dtype.kind in "iu" else None
+        if info is not None and arr.size and (arr.min() < info.min or arr.max() > info.max):
+            raise _fail(path, f"values out of range for {ext} ({info.min}..{info.max})")
+        n, d = arr.shape
+        out = np.empty((n, 4 + d * dtype.itemsize), np.uint8)
+        out[:, :4] = np.full((n, 1), d, "<i4").view(np.uint8)
+        out[:, 4:] = np.ascontiguousarray(arr.astype(dtype)).view(np.uint8).reshape(n, -1)
+        data = out.tobytes()
+    atomic_write_bytes(path, data)
 
 
 def as_float_vectors(x: np.ndarray, dim: int | None = None, what: str = "vectors",

@@ -4,15 +4,14 @@ and keep modules pointing at their constants side file across directories and pi
 from __future__ import annotations
 
 import hashlib
-import os
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from mlc.ir.constants import check_constant_types, check_constants, load_constants, pack_constants, rebase
 from mlc.ir.diagnostics import MlcError
+from mlc.ir.files import atomic_write_bytes, atomic_write_files
 from mlc.ir.module import ConstantsRef, Module
 
 
@@ -55,47 +54,6 @@ def read_module(path: str, verify: bool = False) -> Source:
         verify_module(module, source=text)
     dirs = [Path.cwd()] if path == "-" else [Path(path).resolve().parent, Path.cwd()]
     return Source(module, name, dirs, text)
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write via a temp file in the same directory and rename: readers never see a partial file."""
-    atomic_write_files([(Path(path), data)])
-
-
-def atomic_write_files(files: list[tuple[Path, bytes]]) -> None:
-    """Write every file to a temp file beside it, then rename them all into place.
-
-    Any error (missing directory, a directory in the way, no permission, full disk) comes before
-    the first rename, so a failure leaves every existing file as it was. Errors are MlcErrors.
-    A device or pipe (`-o /dev/null`, `-o /dev/stdout`) is written in place, never replaced.
-    """
-    tmps: dict[Path, str] = {}
-    current = files[0][0]
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        for path, data in files:
-            current = path
-            if path.is_dir():
-                raise MlcError(f"cannot write '{path}': is a directory")
-            if path.exists() and not path.is_file():
-                continue
-            fd, tmps[path] = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.chmod(tmps[path], 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
-        for path, data in files:
-            current = path
-            if path in tmps:
-                os.replace(tmps[path], path)
-            else:
-                with open(path, "wb") as f:
-                    f.write(data)
-    except OSError as e:
-        raise MlcError(f"cannot write '{current}': {e.strerror or e}") from None
-    finally:
-        for tmp in tmps.values():
-            Path(tmp).unlink(missing_ok=True)
 
 
 def write_text(out: str | None, text: str) -> None:

@@ -34,16 +34,6 @@ def pack_constants(arrays: dict[str, np.ndarray]) -> bytes:
     return buf.getvalue()
 
 
-def save_constants(path: str | os.PathLike[str], arrays: dict[str, np.ndarray]) -> str:
-    """Write arrays to an .npz atomically; returns the file's sha256."""
-    path = Path(path)
-    data = pack_constants(arrays)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-    return hashlib.sha256(data).hexdigest()
-
-
 def read_npz(src: str | os.PathLike[str] | bytes, what: str) -> dict[str, np.ndarray]:
     """Every array of an .npz (a path or its bytes), never unpickling; any defect is one MlcError naming `what`.
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from mlc.cli.main import cli
-from mlc.ir.constants import save_constants
+from mlc.ir.constants import pack_constants
 
 HERE = Path(__file__).parent
 MLC = [sys.executable, "-m", "mlc.cli"]
@@ -21,7 +22,9 @@ MLC = [sys.executable, "-m", "mlc.cli"]
 def mlp(tmp_path: Path) -> Path:
     rng = np.random.default_rng(0)
     w = {"fc.weight": rng.standard_normal((4, 8)).astype("float32"), "fc.bias": rng.standard_normal(8).astype("float32")}
-    digest = save_constants(tmp_path / "mlp.weights.npz", w)
+    data = pack_constants(w)
+    (tmp_path / "mlp.weights.npz").write_bytes(data)
+    digest = hashlib.sha256(data).hexdigest()
     text = (HERE / "cli" / "mlp.ir").read_text().replace("SHA", digest)
     (tmp_path / "mlp.ir").write_text(text)
     np.savez(tmp_path / "in.npz", x=rng.standard_normal((3, 4)).astype("float32"))
@@ -131,7 +134,7 @@ def test_side_file_found_through_pipes(mlp: Path, tmp_path: Path) -> None:
 
 
 def test_altered_side_file_is_an_error(mlp: Path, tmp_path: Path) -> None:
-    save_constants(tmp_path / "mlp.weights.npz", {"fc.weight": np.zeros((4, 8), "float32")})
+    (tmp_path / "mlp.weights.npz").write_bytes(pack_constants({"fc.weight": np.zeros((4, 8), "float32")}))
     r = invoke("run", str(mlp), "--inputs", str(tmp_path / "in.npz"))
     assert r.exit_code == 1 and "sha256" in r.output
 

@@ -1,0 +1,52 @@
+"""The one atomic writer: every output file of mlc (IR, side files, artifacts, indexes, vectors) is
+written to a temporary file beside it and renamed into place, so a reader never sees a partial file
+and a failure leaves what was there before."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from .diagnostics import MlcError
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write one file atomically (see atomic_write_files)."""
+    atomic_write_files([(Path(path), data)])
+
+
+def atomic_write_files(files: list[tuple[Path, bytes]]) -> None:
+    """Write every file to a temp file beside it, then rename them all into place.
+
+    Any error (missing directory, a directory in the way, no permission, full disk) comes before
+    the first rename, so a failure leaves every existing file as it was. Errors are MlcErrors.
+    A device or pipe (`-o /dev/null`, `-o /dev/stdout`) is written in place, never replaced.
+    """
+    tmps: dict[Path, str] = {}
+    current = files[0][0]
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        for path, data in files:
+            current = path
+            if path.is_dir():
+                raise MlcError(f"cannot write '{path}': is a directory")
+            if path.exists() and not path.is_file():
+                continue
+            fd, tmps[path] = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.chmod(tmps[path], 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
+        for path, data in files:
+            current = path
+            if path in tmps:
+                os.replace(tmps[path], path)
+            else:
+                with open(path, "wb") as f:
+                    f.write(data)
+    except OSError as e:
+        raise MlcError(f"cannot write '{current}': {e.strerror or e}") from None
+    finally:
+        for tmp in tmps.values():
+            Path(tmp).unlink(missing_ok=True)
