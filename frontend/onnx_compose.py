@@ -16,7 +16,7 @@ from ..ir.arith import as_int
 from ..ir.dtype import is_float
 from ..ir.expr import Const
 from ..ir.graph import Value
-from .onnx_import import Ctx, Handler, dtype_of, registrar, shape_of
+from .onnx_ctx import Ctx, Handler, dtype_of, registrar, shape_of
 
 COMPOSED: dict[str, Handler] = {}
 composes = registrar(COMPOSED)

@@ -8,75 +8,19 @@ Applied to ordinary tensors, the same handlers emit the layout graph ops.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import onnx
 
-from ..ir.arith import as_int, prove_equal, prove_lt, simplify
+from ..ir.arith import as_int, simplify
 from ..ir.dtype import from_numpy
-from ..ir.expr import Bin, Const, Expr
+from ..ir.expr import Const, Expr
 from ..ir.ops.shapes import BIG, broadcast_shapes, numel, resolve_reshape
-from .onnx_import import Ctx, Handler, SymVal, dtype_of, onnx_dtype, registrar, shape_of
+from .onnx_ctx import Ctx, Handler, SymVal, dtype_of, onnx_dtype, registrar, shape_of, sym_broadcast
 
 LAYOUT: dict[str, Handler] = {}
 handles = registrar(LAYOUT)
-
-# --- symbolic shape arithmetic ---------------------------------------------------------------------
-_SYM_BIN: dict[str, Callable[[Expr, Expr], Expr | None]] = {
-    "Add": lambda a, b: a + b, "Sub": lambda a, b: a - b, "Mul": lambda a, b: a * b,
-    "Div": lambda a, b: a // b, "Mod": lambda a, b: a % b,
-    "Min": lambda a, b: Bin("min", a, b), "Max": lambda a, b: Bin("max", a, b),
-}
-
-
-def _sym_broadcast(a: SymVal, b: SymVal, fn: Callable[[Expr, Expr], Expr | None]) -> SymVal | None:
-    xa, xb = a.elems, b.elems
-    if len(xa) != len(xb):
-        if len(xa) == 1:
-            xa = xa * len(xb)
-        elif len(xb) == 1:
-            xb = xb * len(xa)
-        else:
-            return None
-    out = []
-    for x, y in zip(xa, xb):
-        r = fn(x, y)
-        if r is None:
-            return None
-        out.append(simplify(r))
-    return SymVal(tuple(out), a.scalar and b.scalar, a.dtype)
-
-
-def try_sym_binary(ctx: Ctx, node: onnx.NodeProto) -> bool:
-    """Fold integer arithmetic on shape values symbolically; False when not applicable."""
-    ins = [ctx.sym(i) for i in node.input]
-    if len(ins) != 2 or None in ins or all(n in ctx.consts for n in node.input):
-        return False
-    a, b = ins
-    assert a is not None and b is not None
-    if node.op_type in _SYM_BIN:
-        r = _sym_broadcast(a, b, _SYM_BIN[node.op_type])
-    elif node.op_type == "Equal":
-        def eq(x: Expr, y: Expr) -> Expr | None:
-            if prove_equal(x, y):
-                return Const(1)
-            d = as_int(simplify(x - y))
-            if d is not None or prove_lt(x, y) or prove_lt(y, x):  # shape symbols are >= 0: n != -1
-                return Const(0)
-            return None
-        r = _sym_broadcast(a, b, eq)
-        if r is not None:
-            ctx.consts[node.output[0]] = np.array([bool(as_int(e)) for e in r.elems]).reshape(() if r.scalar else -1)
-            return True
-    else:
-        return False
-    if r is None:
-        return False
-    ctx.set_sym(node.output[0], r)
-    return True
-
 
 @handles("Shape")
 def _shape(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
@@ -160,27 +104,13 @@ def _cast_like(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
     _cast_to(ctx, node, ctx.type_of(node.input[1]).dtype)
 
 
-def axes_input(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any], idx: int = 1) -> list[int] | None:
-    """Axes from the `axes` attribute (old opsets) or a constant input (new ones)."""
-    if "axes" in attrs:
-        return [int(a) for a in attrs["axes"]]
-    name = ctx.opt_input(idx)
-    if name is None:
-        return None
-    c = ctx.const(name)
-    if c is None:
-        raise ctx.error("axes given at run time (not an initializer or Constant) determine the output shape: "
-                        "only constant axes are supported")
-    return [int(a) for a in np.asarray(c).reshape(-1)]
-
-
 def norm_axis(a: int, rank: int) -> int:
     return a + rank if a < 0 else a
 
 
 @handles("Unsqueeze")
 def _unsqueeze(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
-    axes = axes_input(ctx, node, attrs) or []
+    axes = ctx.axes_input(node, attrs) or []
     s = ctx.sym(node.input[0])
     if s is not None and node.input[0] not in ctx.consts and s.scalar and axes in ([0], [-1]):
         ctx.set_sym(node.output[0], SymVal(s.elems, False, s.dtype))
@@ -190,7 +120,7 @@ def _unsqueeze(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
 
 @handles("Squeeze")
 def _squeeze(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
-    axes = axes_input(ctx, node, attrs)
+    axes = ctx.axes_input(node, attrs)
     s = ctx.sym(node.input[0])
     if s is not None and node.input[0] not in ctx.consts and not s.scalar and len(s.elems) == 1:
         ctx.set_sym(node.output[0], SymVal(s.elems, True, s.dtype))
@@ -359,7 +289,7 @@ def _where(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
     c, a, b = ctx.const(node.input[0]), ctx.sym(node.input[1]), ctx.sym(node.input[2])
     if c is not None and a is not None and b is not None and c.ndim <= 1 and not (
             node.input[1] in ctx.consts and node.input[2] in ctx.consts):
-        r = _sym_broadcast(a, b, lambda x, y: Const(0))
+        r = sym_broadcast(a, b, lambda x, y: Const(0))
         if r is not None:
             cs = np.broadcast_to(c, (len(r.elems),))
             xa = a.elems * len(r.elems) if len(a.elems) == 1 else a.elems
@@ -454,7 +384,7 @@ def _pad(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
         if value is None:
             raise ctx.error("constant_value must be a constant")
     assert p is not None
-    axes = axes_input(ctx, node, {}, 3) or list(range(rank))
+    axes = ctx.axes_input(node, {}, 3) or list(range(rank))
     full = [0] * (2 * rank)
     for i, a in enumerate(axes):
         full[norm_axis(a, rank)], full[norm_axis(a, rank) + rank] = int(p[i]), int(p[i + len(axes)])

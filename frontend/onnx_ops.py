@@ -17,10 +17,11 @@ import onnx
 from ..ir.arith import as_int
 from ..ir.dtype import to_numpy
 from ..ir.expr import Const, Expr
+from ..ir.ops.registry import onnx_handler, onnx_op_types
 from ..ir.ops.shapes import BIG, numel
 from .onnx_compose import COMPOSED
-from .onnx_import import Ctx, Handler, dtype_of, registrar, shape_of
-from .onnx_layout import LAYOUT, axes_input, try_sym_binary
+from .onnx_ctx import Ctx, Handler, dtype_of, registrar, shape_of
+from .onnx_layout import LAYOUT
 from .onnx_rnn import gru, lstm
 
 HANDLERS: dict[str, Handler] = {}
@@ -67,7 +68,7 @@ def legacy_broadcast(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any], a: A
 
 def _binary(op: str) -> Handler:
     def run(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
-        if "axis" not in attrs and try_sym_binary(ctx, node):
+        if "axis" not in attrs and ctx.try_sym_binary(node):
             return
         a = ctx.input(0)
         ctx.out(0, ctx.emit(op, [a, legacy_broadcast(ctx, node, attrs, a, ctx.input(1))], {}, node.output[0]))
@@ -122,7 +123,7 @@ def _pow(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
 
 @handles("Min", "Max", "Sum", "Mean")
 def _variadic(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
-    if node.op_type in ("Min", "Max") and len(node.input) == 2 and try_sym_binary(ctx, node):
+    if node.op_type in ("Min", "Max") and len(node.input) == 2 and ctx.try_sym_binary(node):
         return
     op = {"Min": "minimum", "Max": "maximum", "Sum": "add", "Mean": "add"}[node.op_type]
     acc = ctx.input(0)
@@ -585,7 +586,7 @@ COMPOSED_REDUCE = {
 
 @handles(*REDUCE_MAP, *COMPOSED_REDUCE)
 def _reduce(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
-    axes = axes_input(ctx, node, attrs)
+    axes = ctx.axes_input(node, attrs)
     x, o = ctx.input(0), node.output[0]
     before, red, after = COMPOSED_REDUCE.get(node.op_type, (None, REDUCE_MAP.get(node.op_type), None))
     a = {"axes": tuple(axes) if axes else None, "keepdims": bool(attrs.get("keepdims", 1))}
@@ -640,6 +641,21 @@ def _argmax(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
     ctx.out(0, ctx.emit("sub", [last, i], {}, o))
 
 
+def _versioned(op_type: str) -> Handler:
+    """The handler the ir/ops family modules registered for `op_type` at the model's opset."""
+
+    def run(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
+        fn = onnx_handler(op_type, ctx.opset)
+        if fn is None:
+            raise ctx.error(f"{op_type} is supported from opset {onnx_op_types()[op_type]}, "
+                            f"the model has opset {ctx.opset}")
+        fn(ctx, node, attrs)
+
+    return run
+
+
+for _t in onnx_op_types():
+    HANDLERS[_t] = _versioned(_t)
 HANDLERS["LSTM"] = lstm
 HANDLERS["GRU"] = gru
 HANDLERS.update(COMPOSED)

@@ -18,7 +18,7 @@ from ..ir.expr import Const
 from ..ir.graph import Block, Loop, Value
 from ..ir.ops.shapes import BIG
 from ..ir.types import ScalarType, TupleType
-from .onnx_import import Ctx, dtype_of, shape_of
+from .onnx_ctx import Ctx, dtype_of, shape_of
 
 # cell(ctx, x_t @ W^T + Wb, states, R^T, Rb or None, name prefix) -> new states (h first)
 Cell = Callable[[Ctx, Value, list[Value], Value, Value | None, str], list[Value]]

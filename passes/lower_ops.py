@@ -14,9 +14,11 @@ from typing import Any
 
 from mlc.ir import arith
 from mlc.ir.dtype import is_float
-from mlc.ir.expr import Bin, Call, Cast, Const, Expr, Not, Select, const, reduction_identity
+from mlc.ir.expr import Bin, Call, Cast, Const, Expr, Not, Select, reduction_identity
 from mlc.ir.ops.defs import BINARY, REDUCE
+from mlc.ir.ops.lowering import Args, Attrs, as_tensor, out_dtype, out_shape
 from mlc.ir.ops.registry import register_lower
+from mlc.ir.ops.shapes import dim, norm_axis, reduce_axes, slice_start
 from mlc.ir.tir_builder import (
     Builder,
     CannotLower,
@@ -30,37 +32,6 @@ from mlc.ir.tir_builder import (
     cst,
 )
 from mlc.ir.types import TensorType, TupleType, Type
-
-Args = list[Any]
-Attrs = dict[str, Any]
-
-
-def out_shape(t: Type) -> Shape:
-    if not isinstance(t, TensorType) or t.shape is None:
-        raise CannotLower("result has no known tensor type")
-    return t.shape
-
-
-def out_dtype(t: Type) -> str:
-    if not isinstance(t, TensorType):
-        raise CannotLower("result is not a tensor")
-    return t.dtype
-
-
-def _axis(a: Any, rank: int) -> int:
-    a = int(a)
-    return a + rank if a < 0 else a
-
-
-def _tensor(x: Any) -> Tensor:
-    if not isinstance(x, Tensor):
-        raise CannotLower("expected a tensor operand")
-    return x
-
-
-def _e(v: Any) -> Expr:
-    return arith.simplify(const(v)) if isinstance(v, Expr) else Const(int(v))
-
 
 # ---- elementwise -------------------------------------------------------------------------------
 
@@ -129,7 +100,7 @@ def _unary_expr(op: str, attrs: Attrs, x: Expr) -> Expr:
 
 def _lower_unary(op: str) -> Callable[..., Tensor]:
     def lower(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
-        x = _tensor(args[0])
+        x = as_tensor(args[0])
         assert isinstance(t, TensorType)
         return b.compute(x.shape, out_dtype(t), lambda i: _unary_expr(op, attrs, x.at(i)), op)
 
@@ -154,7 +125,7 @@ assert set(_BIN_EXPR) == set(BINARY)
 
 def _lower_binary(op: str) -> Callable[..., Tensor]:
     def lower(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
-        x, y = _tensor(args[0]), _tensor(args[1])
+        x, y = as_tensor(args[0]), as_tensor(args[1])
         shp = out_shape(t)
         fx, fy = broadcast(x, shp), broadcast(y, shp)
         return b.compute(shp, out_dtype(t), lambda i: _BIN_EXPR[op](fx(i), fy(i)), op)
@@ -169,19 +140,19 @@ for _op in BINARY:
 @register_lower("where")
 def _where(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
     shp = out_shape(t)
-    c, x, y = (broadcast(_tensor(a), shp) for a in args)
+    c, x, y = (broadcast(as_tensor(a), shp) for a in args)
     return b.compute(shp, out_dtype(t), lambda i: Select(as_dtype(c(i), "bool"), x(i), y(i)), "where")
 
 
 @register_lower("broadcast_to")
 def _broadcast_to(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
     shp = out_shape(t)
-    return b.compute(shp, out_dtype(t), broadcast(_tensor(args[0]), shp), "broadcast_to")
+    return b.compute(shp, out_dtype(t), broadcast(as_tensor(args[0]), shp), "broadcast_to")
 
 
 @register_lower("batch_norm")
 def _batch_norm(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
-    x, scale, bias, mean, var = (_tensor(a) for a in args)
+    x, scale, bias, mean, var = (as_tensor(a) for a in args)
     eps = cst(float(attrs.get("epsilon", 1e-5)), x.dtype)
 
     def fn(i: Index) -> Expr:
@@ -193,11 +164,6 @@ def _batch_norm(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
 
 
 # ---- reductions --------------------------------------------------------------------------------
-
-def _reduce_axes(attrs: Attrs, rank: int) -> list[int]:
-    axes = attrs.get("axes")
-    return list(range(rank)) if axes is None else sorted({_axis(a, rank) for a in axes})
-
 
 def _scatter(i: Index, r: Index, axes: list[int], rank: int, keep: bool) -> Index:
     """The input index of output index `i` and reduce index `r` (reduced axes in order)."""
@@ -238,8 +204,8 @@ def reduce_op(b: Builder, x: Tensor, op: str, axes: list[int], keep: bool, shp: 
 
 def _lower_reduce(op: str) -> Callable[..., Tensor]:
     def lower(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
-        x = _tensor(args[0])
-        axes = _reduce_axes(attrs, x.ndim)
+        x = as_tensor(args[0])
+        axes = reduce_axes(attrs.get("axes"), x.ndim)
         return reduce_op(b, x, op, axes, bool(attrs.get("keepdims", True)), out_shape(t), out_dtype(t))
 
     return lower
@@ -251,8 +217,8 @@ for _op in REDUCE:
 
 def _lower_arg(op: str) -> Callable[..., Tensor]:
     def lower(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
-        x = _tensor(args[0])
-        ax = _axis(attrs.get("axis", 0), x.ndim)
+        x = as_tensor(args[0])
+        ax = norm_axis(attrs.get("axis", 0), x.ndim)
         keep = bool(attrs.get("keepdims", True))
         shp = out_shape(t)
         comb = "max" if op == "argmax" else "min"
@@ -278,7 +244,7 @@ for _op in ("argmax", "argmin"):
 
 @register_lower("matmul")
 def _matmul(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
-    x, y = _tensor(args[0]), _tensor(args[1])
+    x, y = as_tensor(args[0]), as_tensor(args[1])
     shp = out_shape(t)
     xa = x.shape if x.ndim > 1 else (Const(1),) + x.shape
     ya = y.shape if y.ndim > 1 else y.shape + (Const(1),)
@@ -313,7 +279,7 @@ def _in_range(e: Expr, hi: Expr) -> list[Expr]:
 
 @register_lower("conv2d")
 def _conv2d(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
-    x, w = _tensor(args[0]), _tensor(args[1])
+    x, w = as_tensor(args[0]), as_tensor(args[1])
     s, p, d, g = _conv_attrs(attrs)
     shp = out_shape(t)
     cg, kh, kw = w.shape[1], w.shape[2], w.shape[3]
@@ -337,7 +303,7 @@ def _conv2d(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
 
 @register_lower("conv2d_transpose")
 def _conv2d_t(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
-    x, w = _tensor(args[0]), _tensor(args[1])
+    x, w = as_tensor(args[0]), as_tensor(args[1])
     s, p, d, g = _conv_attrs(attrs)
     shp = out_shape(t)
     og, kh, kw = w.shape[1], w.shape[2], w.shape[3]
@@ -370,7 +336,7 @@ def _pool_window(attrs: Attrs) -> tuple[tuple[int, ...], tuple[int, ...], tuple[
 
 @register_lower("max_pool2d")
 def _max_pool(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
-    x = _tensor(args[0])
+    x = as_tensor(args[0])
     k, s, p, d = _pool_window(attrs)
 
     def value(i: Index, r: Index) -> Expr:
@@ -385,7 +351,7 @@ def _max_pool(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
 @register_lower("avg_pool2d")
 def _avg_pool(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
     """Window sum over real elements divided by a count (of real or of padded positions)."""
-    x = _tensor(args[0])
+    x = as_tensor(args[0])
     k, s, p, d = _pool_window(attrs)
     shp = out_shape(t)
     incl = bool(attrs.get("count_include_pad", False))
@@ -415,14 +381,14 @@ def _avg_pool(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
 
 @register_lower("global_avg_pool2d")
 def _gap(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
-    x = _tensor(args[0])
+    x = as_tensor(args[0])
     return reduce_op(b, x, "mean", [2, 3], True, out_shape(t), x.dtype)
 
 
 # ---- multi-stage normalisations ----------------------------------------------------------------
 
 def _softmax_parts(b: Builder, x: Tensor, axis: Any) -> tuple[Callable[[Index], Expr], Tensor]:
-    ax = _axis(axis, x.ndim)
+    ax = norm_axis(axis, x.ndim)
     kshape = tuple(Const(1) if d == ax else s for d, s in enumerate(x.shape))
     mx = reduce_op(b, x, "max", [ax], True, kshape, x.dtype)
 
@@ -441,8 +407,8 @@ def _softmax_parts(b: Builder, x: Tensor, axis: Any) -> tuple[Callable[[Index], 
 @register_lower("softmax")
 def _softmax(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
     """exp(x - max) is stored once (in the result's own buffer), summed from there and divided in place."""
-    x = _tensor(args[0])
-    ax = _axis(attrs.get("axis", -1), x.ndim)
+    x = as_tensor(args[0])
+    ax = norm_axis(attrs.get("axis", -1), x.ndim)
     kshape = tuple(Const(1) if d == ax else s for d, s in enumerate(x.shape))
     kept = lambda i: tuple(Const(0) if d == ax else e for d, e in enumerate(i))  # noqa: E731
     mx = reduce_op(b, x, "max", [ax], True, kshape, x.dtype)
@@ -453,15 +419,15 @@ def _softmax(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
 
 @register_lower("log_softmax")
 def _log_softmax(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
-    x = _tensor(args[0])
+    x = as_tensor(args[0])
     z, s = _softmax_parts(b, x, attrs.get("axis", -1))
     return b.compute(x.shape, x.dtype, lambda i: z(i) - Call("log", (s.at(i),), x.dtype), "log_softmax")
 
 
 @register_lower("layer_norm")
 def _layer_norm(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
-    x = _tensor(args[0])
-    ax = _axis(attrs.get("axis", -1), x.ndim)
+    x = as_tensor(args[0])
+    ax = norm_axis(attrs.get("axis", -1), x.ndim)
     axes = list(range(ax, x.ndim))
     kshape = tuple(Const(1) if d in axes else s for d, s in enumerate(x.shape))
     kept = lambda i: tuple(Const(0) if d in axes else e for d, e in enumerate(i))  # noqa: E731
@@ -471,8 +437,8 @@ def _layer_norm(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
     sq = b.compute(x.shape, x.dtype, lambda i: cen.at(i) * cen.at(i), "sq")
     var = reduce_op(b, sq, "mean", axes, True, kshape, x.dtype)
     eps = cst(float(attrs.get("epsilon", 1e-5)), x.dtype)
-    scale = broadcast(_tensor(args[1]), x.shape)
-    bias = broadcast(_tensor(args[2]), x.shape) if len(args) > 2 else None
+    scale = broadcast(as_tensor(args[1]), x.shape)
+    bias = broadcast(as_tensor(args[2]), x.shape) if len(args) > 2 else None
 
     def fn(i: Index) -> Expr:
         y = Bin("div", cen.at(i), Call("sqrt", (var.at(kept(i)) + eps,), x.dtype)) * scale(i)
@@ -485,9 +451,9 @@ def _layer_norm(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
 
 @register_lower("transpose")
 def _transpose(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
-    x = _tensor(args[0])
+    x = as_tensor(args[0])
     perm = attrs.get("perm")
-    p = list(range(x.ndim))[::-1] if perm is None else [_axis(a, x.ndim) for a in perm]
+    p = list(range(x.ndim))[::-1] if perm is None else [norm_axis(a, x.ndim) for a in perm]
     inv = [p.index(d) for d in range(x.ndim)]
     return b.compute(out_shape(t), x.dtype, lambda i: x.at(tuple(i[inv[d]] for d in range(x.ndim))), "transpose")
 
@@ -516,16 +482,16 @@ def reshape_index(i: Index, src: Shape, dst: Shape) -> Index:
 
 @register_lower("reshape", "squeeze", "expand_dims")
 def _reshape(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
-    x = _tensor(args[0])
+    x = as_tensor(args[0])
     shp = out_shape(t)
     return b.compute(shp, x.dtype, lambda i: x.at(reshape_index(i, x.shape, shp)), "reshape")
 
 
 @register_lower("concat")
 def _concat(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
-    xs = [_tensor(a) for a in args]
+    xs = [as_tensor(a) for a in args]
     shp = out_shape(t)
-    ax = _axis(attrs["axis"], len(shp))
+    ax = norm_axis(attrs["axis"], len(shp))
 
     def fn(i: Index) -> Expr:
         offs: list[Expr] = [Const(0)]
@@ -541,10 +507,10 @@ def _concat(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
 
 @register_lower("split")
 def _split(b: Builder, args: Args, attrs: Attrs, t: Type) -> list[Tensor]:
-    x = _tensor(args[0])
+    x = as_tensor(args[0])
     if not isinstance(t, TupleType):
         raise CannotLower("split result is not a tuple")
-    ax = _axis(attrs.get("axis", 0), x.ndim)
+    ax = norm_axis(attrs.get("axis", 0), x.ndim)
     outs, off = [], Const(0)
     for ft in t.fields:
         shp = out_shape(ft)
@@ -556,8 +522,8 @@ def _split(b: Builder, args: Args, attrs: Attrs, t: Type) -> list[Tensor]:
 
 @register_lower("take")
 def _take(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
-    x, ind = _tensor(args[0]), _tensor(args[1])
-    ax = _axis(attrs.get("axis", 0), x.ndim)
+    x, ind = as_tensor(args[0]), as_tensor(args[1])
+    ax = norm_axis(attrs.get("axis", 0), x.ndim)
     k = ind.ndim
 
     def fn(i: Index) -> Expr:
@@ -580,8 +546,8 @@ def _checked_index(raw: Expr, n: Expr) -> tuple[Expr, Expr]:
 def _cumsum(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
     """out[i] = sum of x[k] over k <= i along the axis (k < i when exclusive; k >= i, k > i reversed):
     a reduction over the whole axis with the other terms masked, O(n^2) per line but one kernel."""
-    x = _tensor(args[0])
-    ax = _axis(attrs["axis"], x.ndim)
+    x = as_tensor(args[0])
+    ax = norm_axis(attrs["axis"], x.ndim)
     cmp = {(False, False): "le", (True, False): "lt", (False, True): "ge", (True, True): "gt"}[
         (bool(attrs.get("exclusive")), bool(attrs.get("reverse")))]
 
@@ -595,8 +561,8 @@ def _cumsum(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
 def _topk(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
     """rank[i] = #{m: x[m] beats x[i]} + #{m < i: x[m] == x[i]} (a permutation of 0..n-1), then
     out[j] = the i whose rank is j: two reductions over the axis, O(n^2) per line."""
-    x = _tensor(args[0])
-    ax = _axis(attrs.get("axis", -1), x.ndim)
+    x = as_tensor(args[0])
+    ax = norm_axis(attrs.get("axis", -1), x.ndim)
     beats = "gt" if attrs.get("largest", True) else "lt"
 
     def at(i: Index, m: Expr) -> Expr:
@@ -619,8 +585,8 @@ def _scatter_elements(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
     """Gather-style: out[p] combines data[p] with every updates[u] whose position (u, axis replaced by
     its index) is p; u runs over the indices' axis with p's other coordinates (which must lie inside
     the indices' shape). Under 'none' the last such u wins: a max-reduction finds it."""
-    x, ind, upd = _tensor(args[0]), _tensor(args[1]), _tensor(args[2])
-    ax = _axis(attrs.get("axis", 0), x.ndim)
+    x, ind, upd = as_tensor(args[0]), as_tensor(args[1]), as_tensor(args[2])
+    ax = norm_axis(attrs.get("axis", 0), x.ndim)
     red = str(attrs.get("reduction", "none"))
     n = ind.shape[ax]
 
@@ -657,7 +623,7 @@ def _scatter_nd(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
     """Gather-style, as scatter_elements: out[p] combines data[p] with every updates[u, p[k:]] whose
     indices[u] equal p[:k] (u over all of the indices' leading dims; the last one wins under 'none',
     found by a max-reduction of u's row-major number)."""
-    x, ind, upd = _tensor(args[0]), _tensor(args[1]), _tensor(args[2])
+    x, ind, upd = as_tensor(args[0]), as_tensor(args[1]), as_tensor(args[2])
     red = str(attrs.get("reduction", "none"))
     k = arith.as_int(ind.shape[-1])
     assert k is not None
@@ -699,8 +665,8 @@ def _scatter_nd(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
 
 @register_lower("gather_elements")
 def _gather_elements(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
-    x, ind = _tensor(args[0]), _tensor(args[1])
-    ax = _axis(attrs.get("axis", 0), x.ndim)
+    x, ind = as_tensor(args[0]), as_tensor(args[1])
+    ax = norm_axis(attrs.get("axis", 0), x.ndim)
 
     def fn(i: Index) -> Expr:
         w, ok = _checked_index(ind.at(i), x.shape[ax])
@@ -711,7 +677,7 @@ def _gather_elements(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
 
 @register_lower("gather_nd")
 def _gather_nd(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
-    x, ind = _tensor(args[0]), _tensor(args[1])
+    x, ind = as_tensor(args[0]), as_tensor(args[1])
     bd = int(attrs.get("batch_dims", 0))
     k = arith.as_int(ind.shape[-1])
     assert k is not None
@@ -729,27 +695,14 @@ def _gather_nd(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
     return b.compute(out_shape(t), x.dtype, fn, "gather_nd")
 
 
-def _slice_start(d: Expr, begin: Any, step: int) -> Expr:
-    """ONNX Slice start after negative wrap and clamping (symbolic begins are taken as >= 0)."""
-    bv, n = arith.as_int(_e(begin)), arith.as_int(d)
-    if bv is not None and n is not None:
-        return Const(range(n)[slice(bv, None, step)].start if len(range(n)[slice(bv, None, step)]) else 0)
-    if bv is None:
-        e = _e(begin)
-        return Bin("min", e, d if step > 0 else d - 1)
-    if bv < 0:
-        return Bin("max", d + bv, Const(0))
-    return Bin("min", Const(bv), d if step > 0 else d - 1)
-
-
 @register_lower("strided_slice")
 def _strided_slice(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
-    x = _tensor(args[0])
+    x = as_tensor(args[0])
     strides = attrs.get("strides") or (1,) * len(attrs["axes"])
     starts: dict[int, tuple[Expr, int]] = {}
     for a, bg, st in zip(attrs["axes"], attrs["begin"], strides):
-        ax = _axis(a, x.ndim)
-        starts[ax] = (arith.simplify(_slice_start(x.shape[ax], bg, int(st))), int(st))  # end: in the type
+        ax = norm_axis(a, x.ndim)
+        starts[ax] = (arith.simplify(slice_start(x.shape[ax], bg, int(st))), int(st))  # end: in the type
 
     def fn(i: Index) -> Expr:
         return x.at(tuple(starts[d][0] + e * starts[d][1] if d in starts else e for d, e in enumerate(i)))
@@ -759,7 +712,7 @@ def _strided_slice(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
 
 @register_lower("pad")
 def _pad(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
-    x = _tensor(args[0])
+    x = as_tensor(args[0])
     p = [int(v) for v in attrs["pads"]]
     fill = cst(attrs.get("value", 0.0), x.dtype)
 
@@ -782,7 +735,7 @@ def _arange(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
     dt = out_dtype(t)
 
     def num(v: Any) -> Expr:
-        return as_dtype(_e(v), dt) if isinstance(v, Expr) else cst(v, dt)
+        return as_dtype(dim(v), dt) if isinstance(v, Expr) else cst(v, dt)
 
     start, step = num(attrs.get("start", 0)), num(attrs.get("step", 1))
     return b.compute(out_shape(t), dt, lambda i: start + as_dtype(i[0], dt) * step, "arange")
@@ -790,7 +743,7 @@ def _arange(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
 
 @register_lower("shape_tensor")
 def _shape_tensor(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
-    vals = [_e(v) for v in attrs["values"]]
+    vals = [dim(v) for v in attrs["values"]]
 
     def fn(i: Index) -> Expr:
         out = vals[-1]
@@ -811,15 +764,15 @@ def _scalar(x: Any) -> Expr:
 
 @register_lower("dynamic_slice")
 def _dyn_slice(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
-    x, start = _tensor(args[0]), _scalar(args[1])
-    ax = _axis(attrs.get("axis", 0), x.ndim)
+    x, start = as_tensor(args[0]), _scalar(args[1])
+    ax = norm_axis(attrs.get("axis", 0), x.ndim)
     return b.compute(out_shape(t), x.dtype, lambda i: x.at(i[:ax] + (i[ax] + start,) + i[ax + 1:]), "dynamic_slice")
 
 
 @register_lower("dynamic_update_slice")
 def _dyn_update(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
-    x, u, start = _tensor(args[0]), _tensor(args[1]), _scalar(args[2])
-    ax = _axis(attrs.get("axis", 0), x.ndim)
+    x, u, start = as_tensor(args[0]), as_tensor(args[1]), _scalar(args[2])
+    ax = norm_axis(attrs.get("axis", 0), x.ndim)
 
     def fn(i: Index) -> Expr:
         rel = i[ax] - start

@@ -1,6 +1,7 @@
-"""Graph ops: `import mlc.ir.ops` loads the registry with definitions, shape inference and references."""
+"""Graph ops: `import mlc.ir.ops` loads the registry with every op family (see registry.py)."""
 
-from . import defs, reference, shapes
-from .registry import REQUIRED, OpDef, all_ops, get
+from .registry import REQUIRED, OpDef, all_ops, get, load
 
-__all__ = ["defs", "shapes", "reference", "REQUIRED", "OpDef", "all_ops", "get"]
+load()
+
+__all__ = ["REQUIRED", "OpDef", "all_ops", "get"]

@@ -20,6 +20,7 @@ from ..expr import Expr
 from ..types import TensorType, TupleType, Type
 from .defs import REDUCE
 from .registry import register_ref
+from .shapes import norm_axis, reduce_axes
 
 Env = dict[str, int]
 Ref = Callable[[list[Any], dict[str, Any], Type, Env], Any]
@@ -148,14 +149,9 @@ def _where(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
     return np.where(args[0], args[1], args[2])
 
 
-def _axis(a: Any, rank: int) -> int:
-    a = int(a)
-    return a + rank if a < 0 else a
-
-
 def _softmax_parts(args: list[Any], attrs: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     x = args[0]
-    ax = _axis(attrs.get("axis", -1), x.ndim)
+    ax = norm_axis(attrs.get("axis", -1), x.ndim)
     z = x - np.max(x, axis=ax, keepdims=True)
     e = np.exp(z)
     return z, e, np.sum(e, axis=ax, keepdims=True)
@@ -182,8 +178,7 @@ assert set(_RED) == set(REDUCE)
 def _reduce_ref(fn: Callable[..., np.ndarray]) -> Ref:
     def run(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
         x = args[0]
-        axes = attrs.get("axes")
-        ax = tuple(range(x.ndim)) if axes is None else tuple(sorted({_axis(a, x.ndim) for a in axes}))
+        ax = tuple(reduce_axes(attrs.get("axes"), x.ndim))
         kw: dict[str, Any] = {}
         if x.size == 0 and fn in (np.max, np.min):  # over an empty set: the identity (-inf / +inf), as ONNX
             lo = fn is np.max
@@ -205,7 +200,7 @@ for _n, _r in _RED.items():
 def _arg_ref(fn: Callable[..., np.ndarray]) -> Ref:
     def run(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
         x = args[0]
-        return fn(x, axis=_axis(attrs.get("axis", 0), x.ndim), keepdims=bool(attrs.get("keepdims", True)))
+        return fn(x, axis=norm_axis(attrs.get("axis", 0), x.ndim), keepdims=bool(attrs.get("keepdims", True)))
 
     return run
 
@@ -328,7 +323,7 @@ def _bn(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
 @ref("layer_norm")
 def _ln(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
     x = args[0]
-    ax = tuple(range(_axis(attrs.get("axis", -1), x.ndim), x.ndim))
+    ax = tuple(range(norm_axis(attrs.get("axis", -1), x.ndim), x.ndim))
     mu = x.mean(axis=ax, keepdims=True)
     var = ((x - mu) ** 2).mean(axis=ax, keepdims=True)
     y = (x - mu) / np.sqrt(var + float(attrs.get("epsilon", 1e-5))) * args[1]
@@ -343,7 +338,7 @@ def _concat(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
 @ref("split")
 def _split(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
     x = args[0]
-    ax = _axis(attrs.get("axis", 0), x.ndim)
+    ax = norm_axis(attrs.get("axis", 0), x.ndim)
     bounds = np.cumsum([ev(v, env) for v in attrs["sections"]])[:-1]
     return tuple(np.split(x, bounds, axis=ax))
 
@@ -470,7 +465,7 @@ def _slice(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
     idx: list[slice] = [slice(None)] * x.ndim
     strides = attrs.get("strides") or (1,) * len(attrs["axes"])
     for a, b, e, st in zip(attrs["axes"], attrs["begin"], attrs["end"], strides):
-        idx[_axis(a, x.ndim)] = slice(ev(b, env), ev(e, env), int(st))
+        idx[norm_axis(a, x.ndim)] = slice(ev(b, env), ev(e, env), int(st))
     return x[tuple(idx)]
 
 
@@ -508,7 +503,7 @@ def _shape_tensor(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> 
 def _dyn_slice(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
     x, i = args[0], int(args[1])
     idx: list[slice] = [slice(None)] * x.ndim
-    idx[_axis(attrs.get("axis", 0), x.ndim)] = slice(i, i + ev(attrs.get("size", 1), env))
+    idx[norm_axis(attrs.get("axis", 0), x.ndim)] = slice(i, i + ev(attrs.get("size", 1), env))
     return x[tuple(idx)]
 
 
@@ -517,7 +512,7 @@ def _dyn_update(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> An
     x, u, i = args[0], args[1], int(args[2])
     out = np.array(x, copy=True)
     idx: list[slice] = [slice(None)] * x.ndim
-    idx[_axis(attrs.get("axis", 0), x.ndim)] = slice(i, i + u.shape[_axis(attrs.get("axis", 0), x.ndim)])
+    idx[norm_axis(attrs.get("axis", 0), x.ndim)] = slice(i, i + u.shape[norm_axis(attrs.get("axis", 0), x.ndim)])
     out[tuple(idx)] = u
     return out
 

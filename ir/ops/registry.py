@@ -1,20 +1,31 @@
 """The op registry: one table of graph ops that every part of mlc reads.
 
-An op is declared once (`define`) with its fusion pattern kind and attribute schema. Each aspect
-of the op is attached by the module that owns that aspect, as TVM attaches FInferStructInfo and
-FLegalize to an Op:
+An op is declared once (`define`) with its fusion pattern kind and attribute schema, and its
+aspects are attached next to it, in its family module (JAX style: the rules sit beside the op):
 
-- shape/dtype inference  (`infer`)  - ir/ops/shapes.py   read by shape-infer, the importer, the verifier
-- numpy reference        (`ref`)    - ir/ops/reference.py read by the reference interpreter
-- lowering to a tensor program (`lower`) - passes/lower.py read by lower/fuse
-- gradient               (`grad`)   - passes/autodiff.py  read by autodiff
+- shape/dtype inference  (`infer`)  read by shape-infer, the importer, the verifier
+- numpy reference        (`ref`)    read by the reference interpreter and constant folding
+- lowering to a tensor program (`lower`, built with ir/tir_builder.py) read by lower/fuse
+- gradient               (`grad`)   empty until autodiff fills it
+- ONNX import handlers   (`register_onnx`, per opset) read by frontend/onnx_ops.py
+
+The registry imports the family modules itself (`FAMILIES`, loaded by `load`, which
+`import mlc.ir.ops` runs), so nothing registers by an import side effect elsewhere.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from ..diagnostics import MlcError
+    from ..graph import Value
+    from ..types import TensorType
 
 # Fusion pattern kinds, ordered as in TVM's OpPatternKind: lower kinds fuse into higher ones.
 KINDS: tuple[str, ...] = ("elementwise", "broadcast", "injective", "reduction", "out_ewise_fusable", "opaque")
@@ -110,3 +121,86 @@ def register_grad(*names: str) -> Callable[[Callable[..., Any]], Callable[..., A
         return fn
 
     return deco
+
+
+# ---- ONNX import handlers ----------------------------------------------------------------------
+class OnnxNode(Protocol):
+    """What a handler reads of an ONNX node (onnx.NodeProto has these)."""
+
+    op_type: str
+    name: str
+
+    @property
+    def input(self) -> Sequence[str]: ...
+
+    @property
+    def output(self) -> Sequence[str]: ...
+
+
+class ImportContext(Protocol):
+    """What an ONNX handler calls on the importer (frontend/onnx_ctx.py `Ctx` implements it).
+
+    Handlers read operands through it (`input` materialises a Value; `const` gives a statically
+    known array or None), build graph ops with `emit` (typed by the op's `infer`, folded when all
+    operands are constants) and bind the node's outputs with `out`."""
+
+    opset: int
+
+    def input(self, i: int) -> Value: ...
+    def opt_input(self, i: int) -> str | None: ...
+    def value(self, name: str) -> Value: ...
+    def const(self, name: str) -> np.ndarray | None: ...
+    def type_of(self, name: str) -> TensorType: ...
+    def emit(self, op: str, args: Sequence[Value], attrs: dict[str, Any] | None, hint: str) -> Value: ...
+    def constant(self, arr: np.ndarray, hint: str, key: str | None = None, dtype: str | None = None) -> Value: ...
+    def scalar_like(self, value: float, like: Value, hint: str) -> Value: ...
+    def out(self, i: int, v: Value) -> None: ...
+    def error(self, msg: str) -> MlcError: ...
+    def try_sym_binary(self, node: OnnxNode) -> bool: ...
+    def axes_input(self, node: OnnxNode, attrs: dict[str, Any], idx: int = 1) -> list[int] | None: ...
+
+
+Handler = Callable[[ImportContext, OnnxNode, dict[str, Any]], None]
+_ONNX: dict[str, list[tuple[int, Handler]]] = {}
+
+
+def register_onnx(*op_types: str, since: int = 1) -> Callable[[Handler], Handler]:
+    """File `fn` as the handler of ONNX `op_types` from opset `since` on (the newest applicable
+    registration wins, so an opset that changed an op's signature registers a second handler)."""
+
+    def deco(fn: Handler) -> Handler:
+        for t in op_types:
+            versions = _ONNX.setdefault(t, [])
+            if any(v == since for v, _ in versions):
+                raise ValueError(f"ONNX {t}: handler for opset {since} registered twice")
+            versions.append((since, fn))
+            versions.sort(key=lambda x: x[0])
+        return fn
+
+    return deco
+
+
+def onnx_handler(op_type: str, opset: int) -> Handler | None:
+    """The handler of `op_type` at `opset`, or None when no registration applies."""
+    best = None
+    for since, fn in _ONNX.get(op_type, ()):
+        if since <= opset:
+            best = fn
+    return best
+
+
+def onnx_op_types() -> dict[str, int]:
+    """ONNX op type -> the lowest opset any handler of the family modules accepts."""
+    return {t: v[0][0] for t, v in _ONNX.items()}
+
+
+# ---- the family modules --------------------------------------------------------------------------
+# Each holds everything about its ops: declaration, shape rule, numpy reference, lowering, ONNX
+# handlers and the (empty) gradient slot. Order matters only where a module reads another's table.
+FAMILIES: tuple[str, ...] = ("defs", "shapes", "reference", "indexing")
+
+
+def load() -> None:
+    """Import every family module (idempotent)."""
+    for m in FAMILIES:
+        importlib.import_module(f"{__package__}.{m}")

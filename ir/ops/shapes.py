@@ -15,6 +15,7 @@ from typing import Any
 from ..arith import as_int, provably_different, prove_equal, prove_le, simplify
 from ..diagnostics import Loc, MlcError
 from ..expr import Bin, Const, Expr, const
+from ..printer import print_expr
 from ..types import ScalarType, TensorType, TupleType, Type
 from .defs import BINARY, COMPARE, REDUCE, UNARY
 from .registry import register_infer
@@ -26,24 +27,9 @@ ONE = Const(1)
 def dims_str(shape: Sequence[Expr]) -> str:
     def one(d: Expr) -> str:
         v = as_int(d)
-        return str(v) if v is not None else _expr_str(simplify(d))
+        return str(v) if v is not None else print_expr(simplify(d))
 
     return " x ".join(one(d) for d in shape) or "scalar"
-
-
-def _expr_str(e: Expr) -> str:
-    from ..expr import Var
-
-    if isinstance(e, Var):
-        return e.name
-    if isinstance(e, Const):
-        return str(e.value)
-    if isinstance(e, Bin):
-        sym = {"add": "+", "sub": "-", "mul": "*", "floordiv": "//", "floormod": "%"}.get(e.op)
-        if sym:
-            return f"({_expr_str(e.a)} {sym} {_expr_str(e.b)})"
-        return f"{e.op}({_expr_str(e.a)}, {_expr_str(e.b)})"
-    return repr(e)
 
 
 def tensor(t: Type, loc: Loc, what: str = "argument") -> TensorType:
@@ -59,8 +45,9 @@ def shape_of(t: Type, loc: Loc, what: str = "argument") -> Shape:
     return tt.shape
 
 
-def norm_axis(axis: Any, rank: int, loc: Loc, extra: int = 0) -> int:
-    """Normalise a possibly negative axis into [0, rank + extra)."""
+def norm_axis(axis: Any, rank: int, loc: Loc | None = None, extra: int = 0) -> int:
+    """Normalise a possibly negative axis into [0, rank + extra) (shape rules, references and
+    lowerings all use this one)."""
     n = rank + extra
     a = int(axis)
     if not -n <= a < n:
@@ -69,6 +56,7 @@ def norm_axis(axis: Any, rank: int, loc: Loc, extra: int = 0) -> int:
 
 
 def dim(v: Any) -> Expr:
+    """An attribute value (an int or a symbolic `Expr`) as a simplified dim expression."""
     return simplify(const(v)) if isinstance(v, Expr) else Const(int(v))
 
 
@@ -195,7 +183,8 @@ def _where(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
     return TensorType(broadcast_shapes([shape_of(x, loc) for x in (c, a, b)], loc), dt)
 
 
-def reduce_axes(axes: Any, rank: int, loc: Loc) -> list[int]:
+def reduce_axes(axes: Any, rank: int, loc: Loc | None = None) -> list[int]:
+    """The sorted, normalised axes of a reduction (`None`: all of them)."""
     if axes is None:
         return list(range(rank))
     return sorted({norm_axis(a, rank, loc) for a in axes})
@@ -574,6 +563,20 @@ def slice_len(d: Expr, begin: Any, end: Any, step: int) -> Expr:
     assume_le(stop, start, "slice bounds")
     assume_le(start, d - 1, "slice start within the dim")
     return simplify((start - stop + (-step - 1)) // (-step))
+
+
+def slice_start(d: Expr, begin: Any, step: int) -> Expr:
+    """ONNX Slice start along an axis of length d after negative wrap and clamping (symbolic begins
+    are taken as >= 0): the lowering's counterpart of `slice_len`, which gives the result's dim."""
+    bv, n = as_int(dim(begin)), as_int(d)
+    if bv is not None and n is not None:
+        return Const(range(n)[slice(bv, None, step)].start if len(range(n)[slice(bv, None, step)]) else 0)
+    if bv is None:
+        e = dim(begin)
+        return Bin("min", e, d if step > 0 else d - 1)
+    if bv < 0:
+        return Bin("max", d + bv, Const(0))
+    return Bin("min", Const(bv), d if step > 0 else d - 1)
 
 
 @register_infer("strided_slice")

@@ -1,0 +1,37 @@
+"""Helpers the per-op lowerings share (the lowerings themselves sit beside their ops).
+
+A lowering is `fn(b, args, attrs, out_type) -> Tensor | list[Tensor]` registered with
+`register_lower`: `b` is the ir/tir_builder.py `Builder` of the program being built, `args` are its
+Tensors (or a scalar `Expr` for ScalarType operands), `out_type` the inferred result type.
+Elementwise and layout ops return virtual tensors (inlined by consumers); reductions return pending
+ones; an op or configuration without a lowering raises `CannotLower` (the op stays a graph op).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..tir_builder import CannotLower, Shape, Tensor
+from ..types import TensorType, Type
+
+Args = list[Any]
+Attrs = dict[str, Any]
+
+
+def out_shape(t: Type) -> Shape:
+    if not isinstance(t, TensorType) or t.shape is None:
+        raise CannotLower("result has no known tensor type")
+    return t.shape
+
+
+def out_dtype(t: Type) -> str:
+    if not isinstance(t, TensorType):
+        raise CannotLower("result is not a tensor")
+    return t.dtype
+
+
+def as_tensor(x: Any) -> Tensor:
+    """A tensor operand (a scalar where a tensor is needed has no lowering)."""
+    if not isinstance(x, Tensor):
+        raise CannotLower("expected a tensor operand")
+    return x
