@@ -22,8 +22,10 @@ from dataclasses import dataclass, field
 
 from ..ir import arith
 from ..ir.diagnostics import MlcError
-from ..ir.expr import Bin, Const, Expr, Load, free_vars, reduction_identity
-from ..ir.tir import BlockStmt, Buffer, For, IfStmt, Let, PrimFunc, Seq, Stmt, Store
+from ..ir.expr import Bin, Const, Expr, Load, reduction_identity
+from ..ir.tir import Allocate, AttrStmt, Buffer, For, IfStmt, Let, PrimFunc, Seq, Stmt, Store, ThreadAllReduce
+from ..ir.tir_lower import lower_tir_func
+from ..ir.tir_visit import StmtVisitor, buffers_used, loads_in, nodes, stored_buffers
 from .abi import expr_to_json, signature_vars
 from .cuda_expr import COMPUTE_TYPE, MEM_TYPE, PRELUDE, ExprEmitter, buf_name, ident, index_type, var_name
 
@@ -89,78 +91,23 @@ def _bytes(dtype: str) -> int:
             "f32": 4}.get(dtype, 8)
 
 
-def _walk(s: Stmt):  # type: ignore[no-untyped-def]
-    yield s
-    if isinstance(s, For | Let):
-        yield from _walk(s.body)
-    elif isinstance(s, BlockStmt):
-        if s.init is not None:
-            yield from _walk(s.init)
-        yield from _walk(s.body)
-    elif isinstance(s, Seq):
-        for x in s.stmts:
-            yield from _walk(x)
-    elif isinstance(s, IfStmt):
-        yield from _walk(s.then)
-        if s.orelse is not None:
-            yield from _walk(s.orelse)
-
-
-def _exprs(s: Stmt) -> list[Expr]:
-    out: list[Expr] = []
-    for x in _walk(s):
-        if isinstance(x, For):
-            out += [x.start, x.extent]
-        elif isinstance(x, BlockStmt):
-            out += [iv.binding for iv in x.iters]
-        elif isinstance(x, Store):
-            out += [*x.indices, x.value]
-        elif isinstance(x, IfStmt):
-            out.append(x.cond)
-        elif isinstance(x, Let):
-            out.append(x.value)
-    return out
-
-
-def _loads(e: Expr) -> list[Load]:
-    from ..ir.expr import children
-
-    out, stack = [], [e]
-    while stack:
-        x = stack.pop()
-        if isinstance(x, Load):
-            out.append(x)
-        stack.extend(children(x))
-    return out
-
-
-def buffers_used(s: Stmt) -> set[str]:
-    names = {x.buffer.name for x in _walk(s) if isinstance(x, Store)}
-    for e in _exprs(s):
-        names |= {ld.buffer.name for ld in _loads(e)}
-    return names
-
-
-def stored_buffers(s: Stmt) -> set[str]:
-    return {x.buffer.name for x in _walk(s) if isinstance(x, Store)}
-
-
 def split_stages(func: PrimFunc) -> tuple[tuple[Buffer, ...], list[Stmt]]:
-    """(root allocations, top-level stages) of a PrimFunc."""
-    body, allocs = func.body, ()
-    if isinstance(body, BlockStmt) and not body.iters and body.init is None:
-        allocs, body = body.alloc_buffers, body.body
+    """(root allocations, top-level stages) of a loop-level PrimFunc."""
+    body, allocs = func.body, []
+    while isinstance(body, Allocate):
+        allocs.append(body.buffer)
+        body = body.body
     stages = list(body.stmts) if isinstance(body, Seq) else [body]
     flat: list[Stmt] = []
     for s in stages:
         flat.extend(s.stmts if isinstance(s, Seq) else (s,))
-    return allocs, flat
+    return tuple(allocs), flat
 
 
 def _thread_extents(stage: Stmt) -> dict[str, Expr]:
     """Launch extent per thread tag: the largest constant extent, or the one symbolic extent."""
     out: dict[str, Expr] = {}
-    for x in _walk(stage):
+    for x in nodes(stage):
         if not (isinstance(x, For) and x.kind == "thread"):
             continue
         tag = x.thread_tag
@@ -181,7 +128,7 @@ def _thread_extents(stage: Stmt) -> dict[str, Expr]:
 
 
 @dataclass
-class _KernelEmitter:
+class _KernelEmitter(StmtVisitor):
     """Emits one stage's kernel body."""
 
     func: PrimFunc
@@ -189,7 +136,7 @@ class _KernelEmitter:
     shared: dict[str, Buffer]
     lines: list[str] = field(default_factory=list)
     depth: int = 1
-    reduce_acc: tuple[str, str, Store] | None = None  # (acc var, op, update store) inside a cross-thread reduction
+    reduce_acc: tuple[Buffer, str] | None = None  # (accumulator, op) inside a cross-thread reduction
 
     def __post_init__(self) -> None:
         self.ex = ExprEmitter(self.load)
@@ -209,6 +156,8 @@ class _KernelEmitter:
         return acc
 
     def load(self, e: Load) -> str:
+        if self.reduce_acc is not None and e.buffer == self.reduce_acc[0]:
+            return buf_name(e.buffer)  # the accumulator is a register
         ref = f"{buf_name(e.buffer)}[{self.flat(e.buffer, e.indices)}]"
         if e.buffer.dtype == "f16":
             return f"__half2float({ref})"
@@ -223,34 +172,62 @@ class _KernelEmitter:
             return f"__float2bfloat16_rn({value})"
         return f"({MEM_TYPE[b.dtype]})({value})"
 
-    # ---- statements -------------------------------------------------------------------------
+    # ---- statements (loop-level form, ir/tir_lower.py; dispatch is StmtVisitor's) ------------
     def stmt(self, s: Stmt) -> None:
-        if isinstance(s, Seq):
-            self.seq(s)
-        elif isinstance(s, For):
-            self.loop(s)
-        elif isinstance(s, BlockStmt):
-            self.block(s)
-        elif isinstance(s, Store):
-            self.out(f"{buf_name(s.buffer)}[{self.flat(s.buffer, s.indices)}] = "
-                     f"{self.store_value(s.buffer, self.ex(s.value))};")
-        elif isinstance(s, IfStmt):
-            self.out(f"if ({self.ex(s.cond)}) {{")
-            self.nested(s.then)
-            if s.orelse is not None:
-                self.out("} else {")
-                self.nested(s.orelse)
-            self.out("}")
-        elif isinstance(s, Let):
-            self.out("{")
-            self.depth += 1
-            self.out(f"const {index_type(s.var.dtype) if not _loads(s.value) else 'auto'} {var_name(s.var)} = "
-                     f"{self.ex(s.value)};")
-            self.stmt(s.body)
-            self.depth -= 1
-            self.out("}")
-        else:
-            raise MlcError(f"codegen cuda: cannot emit statement {type(s).__name__}")
+        self.visit(s)
+
+    def generic_visit(self, s: Stmt) -> None:
+        raise MlcError(f"codegen cuda: cannot emit statement {type(s).__name__}")
+
+    def visit_Seq(self, s: Seq) -> None:
+        self.seq(s)
+
+    def visit_For(self, s: For) -> None:
+        self.loop(s)
+
+    def visit_AttrStmt(self, s: AttrStmt) -> None:
+        self.stmt(s.body)
+
+    def visit_Store(self, s: Store) -> None:
+        xr = self.reduce_acc
+        if xr is not None and s.buffer == xr[0]:  # acc = acc OP x
+            name, op, v = buf_name(s.buffer), xr[1], s.value
+            assert isinstance(v, Bin) and v.op == op
+            rhs = v.b if v.a == Load(s.buffer, s.indices) else v.a
+            self.out(f"{name} = mlc_combine<{_REDUCE_OPS[op]}>({name}, {self.ex(rhs)});")
+            return
+        value = self.ex(s.value)
+        if xr is not None and isinstance(s.value, Bin) and s.value.op == xr[1] \
+                and isinstance(s.value.b, Load) and s.value.b.buffer == xr[0]:  # the write-back of the total
+            ctype = COMPUTE_TYPE[s.buffer.dtype]
+            value = f"mlc_combine<{_REDUCE_OPS[xr[1]]}>(({ctype})({self.ex(s.value.a)}), {buf_name(xr[0])})"
+        self.out(f"{buf_name(s.buffer)}[{self.flat(s.buffer, s.indices)}] = {self.store_value(s.buffer, value)};")
+
+    def visit_IfStmt(self, s: IfStmt) -> None:
+        self.out(f"if ({self.ex(s.cond)}) {{")
+        self.nested(s.then)
+        if s.orelse is not None:
+            self.out("} else {")
+            self.nested(s.orelse)
+        self.out("}")
+
+    def visit_Let(self, s: Let | Allocate) -> None:
+        """A chain of lets and allocations is one C scope: the declarations, then the body."""
+        self.out("{")
+        self.depth += 1
+        x: Stmt = s
+        while isinstance(x, Let | Allocate):
+            if isinstance(x, Let):
+                t = index_type(x.var.dtype) if not any(loads_in(x.value)) else "auto"
+                self.out(f"const {t} {var_name(x.var)} = {self.ex(x.value)};")
+            else:
+                self.declare_local(x.buffer)
+            x = x.body
+        self.stmt(x)
+        self.depth -= 1
+        self.out("}")
+
+    visit_Allocate = visit_Let
 
     def nested(self, s: Stmt) -> None:
         self.depth += 1
@@ -278,10 +255,7 @@ class _KernelEmitter:
             self.depth += 1
             self.out(f"const int {v} = {start} + (int){tag};")
             guard = not arith.prove_equal(launch, s.extent)
-            xr = self._reduce_block(s) if tag == "threadIdx.x" else None
-            if xr is not None:
-                self.cross_thread_reduce(s, xr, guard)
-            elif guard:
+            if guard:
                 self.out(f"if ({v} - {start} < {self.ex(s.extent)}) {{")
                 self.nested(s.body)
                 self.out("}")
@@ -298,31 +272,6 @@ class _KernelEmitter:
         self.nested(s.body)
         self.out("}")
 
-    def block(self, b: BlockStmt) -> None:
-        self.out("{")
-        self.depth += 1
-        for iv in b.iters:
-            t = "auto" if _loads(iv.binding) else index_type(iv.var.dtype)
-            self.out(f"const {t} {var_name(iv.var)} = {self.ex(iv.binding)};")
-        for buf in b.alloc_buffers:
-            self.declare_local(buf)
-        acc = self.reduce_acc
-        if acc is not None and acc[2] is b.body:
-            name, op, st = acc
-            self.out(f"{name} = mlc_combine<{_REDUCE_OPS[op]}>({name}, {self.ex(_update_rhs(st, op))});")
-        else:
-            if b.init is not None:
-                reduce = [iv for iv in b.iters if iv.kind == "R"]
-                if reduce:
-                    self.out("if (" + " && ".join(f"{var_name(iv.var)} == 0" for iv in reduce) + ") {")
-                    self.nested(b.init)
-                    self.out("}")
-                else:
-                    self.stmt(b.init)
-            self.stmt(b.body)
-        self.depth -= 1
-        self.out("}")
-
     def declare_local(self, buf: Buffer) -> None:
         n = _elem_count(buf)
         if n is None:
@@ -333,92 +282,35 @@ class _KernelEmitter:
             self.out(f"{MEM_TYPE[buf.dtype]} {buf_name(buf)}[{max(n, 1)}];")
 
     # ---- cross-thread reduction ---------------------------------------------------------------
-    def _reduce_block(self, lp: For) -> tuple[BlockStmt, str, list[Expr]] | None:
-        """The block whose reduce iterator this thread loop feeds, its combine op and spatial guards."""
-        found: list[tuple[BlockStmt, list[Expr]]] = []
-
-        def visit(s: Stmt, conds: list[Expr]) -> None:
-            if isinstance(s, BlockStmt):
-                if any(iv.kind == "R" and lp.var in free_vars(iv.binding) for iv in s.iters):
-                    found.append((s, conds))
-                return
-            if isinstance(s, IfStmt):
-                visit(s.then, conds + [s.cond])
-                if s.orelse is not None:
-                    visit(s.orelse, conds)
-                return
-            for k in ((s.body,) if isinstance(s, For | Let) else s.stmts if isinstance(s, Seq) else ()):
-                visit(k, conds)
-
-        visit(lp.body, [])
-        if not found:
-            return None
-        if len(found) > 1:
-            raise MlcError(f"codegen cuda: thread loop {lp.var.name} feeds the reductions of several blocks")
-        b, conds = found[0]
-        st = b.body
-        op = _update_op(st) if isinstance(st, Store) else None
-        if op is None:
-            raise MlcError(f"codegen cuda: block {b.name} reduces across threads but is not an update "
-                           f"X[i] = X[i] op f with op in add/mul/max/min")
-        return b, op, conds
-
-    def cross_thread_reduce(self, lp: For, xr: tuple[BlockStmt, str, list[Expr]], guard: bool) -> None:
-        b, op, conds = xr
-        st = b.body
-        assert isinstance(st, Store)
+    def visit_ThreadAllReduce(self, s: ThreadAllReduce) -> None:
+        """Per-thread partials in a register, combined with warp shuffles (and shared memory across
+        warps); thread 0 writes the total back."""
+        lp, op = s.loop, s.op
         nt = arith.as_int(self.extents["threadIdx.x"])
         if nt is None or nt % 32 or any(t in self.extents for t in ("threadIdx.y", "threadIdx.z")):
             raise MlcError("codegen cuda: a cross-thread reduction needs threadIdx.x only, with a multiple of 32 threads")
-        inner = {x.var for x in _walk(lp) if isinstance(x, For)} | {iv.var for iv in b.iters if iv.kind == "R"}
-        spatial = [iv for iv in b.iters if iv.kind == "S"]
-        for iv in spatial:
-            if free_vars(iv.binding) & inner:
-                raise MlcError(f"codegen cuda: block {b.name}: spatial iterator {iv.var.name} varies across the reduction threads")
-        from ..passes.schedule.scope import conjuncts
-
-        outer_conds = [c for cond in conds for c in conjuncts(cond) if not free_vars(c) & inner]
-        ctype = COMPUTE_TYPE[st.buffer.dtype]
-        ident_v = self.ex(reduction_identity(op, st.buffer.dtype))
-        acc = f"acc_{len(self.lines)}"
+        v, start = var_name(lp.var), self.ex(lp.start)
+        self.out("{")
+        self.depth += 1
+        self.out(f"const int {v} = {start} + (int)threadIdx.x;")
+        ctype = COMPUTE_TYPE[s.acc.dtype]
+        ident_v = self.ex(reduction_identity(op, s.acc.dtype))
+        acc = buf_name(s.acc)
         self.out(f"{ctype} {acc} = {ident_v};")
-        saved, self.reduce_acc = self.reduce_acc, (acc, op, st)
-        if guard:
-            self.out(f"if ({var_name(lp.var)} - {self.ex(lp.start)} < {self.ex(lp.extent)}) {{")
+        saved, self.reduce_acc = self.reduce_acc, (s.acc, op)
+        if not arith.prove_equal(self.extents["threadIdx.x"], lp.extent):
+            self.out(f"if ({v} - {start} < {self.ex(lp.extent)}) {{")
             self.nested(lp.body)
             self.out("}")
         else:
             self.stmt(lp.body)
-        self.reduce_acc = saved
         self.out(f"{acc} = mlc_block_reduce<{_REDUCE_OPS[op]}, {nt}>({acc}, ({ctype})({ident_v}));")
         self.out("if (threadIdx.x == 0) {")
-        self.depth += 1
-        for iv in spatial:
-            self.out(f"const {index_type(iv.var.dtype)} {var_name(iv.var)} = {self.ex(iv.binding)};")
-        if outer_conds:
-            self.out("if (" + " && ".join(self.ex(c) for c in outer_conds) + ") {")
-        start = self.ex(b.init.value) if isinstance(b.init, Store) else self.load(Load(st.buffer, st.indices))
-        self.out(f"{buf_name(st.buffer)}[{self.flat(st.buffer, st.indices)}] = "
-                 f"{self.store_value(st.buffer, f'mlc_combine<{_REDUCE_OPS[op]}>(({ctype})({start}), {acc})')};")
-        if outer_conds:
-            self.out("}")
+        self.nested(s.result)
+        self.out("}")
+        self.reduce_acc = saved
         self.depth -= 1
         self.out("}")
-
-
-def _update_op(st: Store) -> str | None:
-    v = st.value
-    if isinstance(v, Bin) and v.op in _REDUCE_OPS:
-        me = Load(st.buffer, st.indices)
-        if v.a == me or v.b == me:
-            return v.op
-    return None
-
-
-def _update_rhs(st: Store, op: str) -> Expr:
-    v = st.value
-    assert isinstance(v, Bin)
-    return v.b if v.a == Load(st.buffer, st.indices) else v.a
 
 
 def _launch_of(extents: dict[str, Expr]) -> tuple[tuple[Expr, Expr, Expr], tuple[int, int, int]]:
@@ -466,8 +358,7 @@ def lower_func(func: PrimFunc, gemm_config: tuple[int, ...] | None = None, arch:
         grid, block = _launch_of(extents)
         used = buffers_used(stage)
         shared = {n: b for n, b in root_shared.items() if n in used}
-        shared |= {b.name: b for x in _walk(stage) if isinstance(x, BlockStmt) for b in x.alloc_buffers
-                   if b.scope == "shared"}
+        shared |= {x.buffer.name: x.buffer for x in nodes(stage) if isinstance(x, Allocate) and x.buffer.scope == "shared"}
         em = _KernelEmitter(func, extents, shared)
         for b in list(root_shared.values()) + list(root_local.values()):
             if b.name in used:
@@ -486,6 +377,7 @@ def lower_func(func: PrimFunc, gemm_config: tuple[int, ...] | None = None, arch:
 def lower_to_cuda(funcs: Sequence[PrimFunc], arch: str = "sm_90", gemm_config: tuple[int, ...] | None = None) -> CudaSource:
     """CUDA C source of all kernels of `funcs`, with launch metadata (`gemm_config`: a tile of
     `cuda_gemm.TC_CONFIGS` / `SIMT_CONFIGS` for tensorized GEMM stages instead of the default)."""
+    funcs = [lower_tir_func(f) for f in funcs]  # block form (no lower-tir run yet): lowered here, by ir/
     lines = [PRELUDE]
     from .cuda_gemm import GEMM_PRELUDE
 

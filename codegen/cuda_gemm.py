@@ -1,8 +1,5 @@
-"""GEMM stages on the GPU: a block tensorized with a `gemm_*` intrinsic becomes a tiled kernel.
-
-`match_gemm` recognises `C[.., i, j] += A[.., i, k] * B[.., k, j]` (row-major operands, either shared
-leading dims = batch, or leading dims of A and C only = rows folded into M). The schedule marks such
-a tile with `tensorize`; the stage is then emitted as one of two templates: f16/bf16 operands use tensor
+"""GEMM stages on the GPU: a `GemmCall` statement (lower-tir's form of a stage tensorized with a
+`gemm_*` intrinsic, ir/tir_gemm.py recognises the pattern) becomes a tiled kernel, one of two templates: f16/bf16 operands use tensor
 cores (wmma 16x16x16, f32 accumulators, a 3-stage cp.async pipeline through shared memory), f32 uses
 register tiles of 8x8 per thread. The tile loops of the schedule only certify the pattern; the
 template chooses its own block tile, which is what makes it fast on the hardware.
@@ -10,11 +7,11 @@ template chooses its own block tile, which is what makes it fast on the hardware
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from ..ir import arith
-from ..ir.expr import Bin, Cast, Const, Expr, Load, Var
-from ..ir.tir import BlockStmt, Buffer, For, IfStmt, Let, PrimFunc, Seq, Stmt, Store
+from ..ir.diagnostics import MlcError
+from ..ir.expr import Bin, Const, Expr
+from ..ir.tir import GemmCall, PrimFunc, Stmt
+from ..ir.tir_gemm import SIMT_CONFIGS, TC_CONFIGS, GemmConfig, GemmInfo, gemm_info, tensor_core_ok
 from .cuda_expr import MEM_TYPE, ExprEmitter, buf_name
 from .cuda_wgmma import (
     WGMMA_CONFIGS,
@@ -26,108 +23,6 @@ from .cuda_wgmma import (
     wgmma_ok,
     wgmma_smem_bytes,
 )
-
-
-@dataclass(frozen=True)
-class GemmInfo:
-    a: Buffer
-    b: Buffer
-    c: Buffer
-    batched: bool  # A, B and C share leading dims (else B is 2-D and A's leading dims fold into M)
-
-    @property
-    def rows(self) -> Expr:
-        """Rows of the folded A/C matrices (M times the leading dims unless batched)."""
-        r: Expr = self.c.shape[-2]
-        if not self.batched:
-            for d in self.c.shape[:-2]:
-                r = r * d
-        return arith.simplify(r)
-
-    @property
-    def batch(self) -> Expr:
-        n: Expr = Const(1)
-        if self.batched:
-            for d in self.c.shape[:-2]:
-                n = n * d
-        return arith.simplify(n)
-
-    @property
-    def n(self) -> Expr:
-        return self.c.shape[-1]
-
-    @property
-    def k(self) -> Expr:
-        return self.a.shape[-1]
-
-
-def _strip(e: Expr) -> Expr:
-    return e.a if isinstance(e, Cast) else e
-
-
-def match_gemm(b: BlockStmt) -> GemmInfo | None:
-    """The GEMM a single-store reduction block computes, or None."""
-    st = b.body
-    if not isinstance(st, Store) or not isinstance(st.value, Bin) or st.value.op != "add":
-        return None
-    me = Load(st.buffer, st.indices)
-    v = st.value
-    prod = v.b if v.a == me else v.a if v.b == me else None
-    if not isinstance(prod, Bin) or prod.op != "mul":
-        return None
-    la, lb = _strip(prod.a), _strip(prod.b)
-    if not (isinstance(la, Load) and isinstance(lb, Load)):
-        return None
-    red = [iv.var for iv in b.iters if iv.kind == "R"]
-    if len(red) != 1 or len(st.indices) < 2 or len(la.indices) < 2 or len(lb.indices) < 2:
-        return None
-    k = red[0]
-    ci, ai, bi = st.indices, la.indices, lb.indices
-    if not all(isinstance(x, Var) for x in (*ci, *ai, *bi)):
-        return None
-    if not (ai[-1] == k and bi[-2] == k and ai[-2] == ci[-2] and bi[-1] == ci[-1] and ci[-2] != ci[-1]):
-        return None
-    a, bb, c = la.buffer, lb.buffer, st.buffer
-    if a.dtype != bb.dtype or a.dtype not in ("f16", "bf16", "f32") or c.dtype not in ("f16", "bf16", "f32"):
-        return None
-    if len({a.name, bb.name, c.name}) != 3:
-        return None
-    lead_c, lead_a, lead_b = ci[:-2], ai[:-2], bi[:-2]
-    same = _shapes_equal(c.shape[-2:-1], a.shape[-2:-1]) and _shapes_equal(a.shape[-1:], bb.shape[-2:-1]) \
-        and _shapes_equal(c.shape[-1:], bb.shape[-1:])
-    if not same or lead_a != lead_c or not _shapes_equal(a.shape[:-2], c.shape[:-2]):
-        return None
-    if not lead_b:
-        return GemmInfo(a, bb, c, False)
-    if lead_b == lead_c and _shapes_equal(bb.shape[:-2], c.shape[:-2]):
-        return GemmInfo(a, bb, c, True)
-    return None
-
-
-def _shapes_equal(x: tuple[Expr, ...], y: tuple[Expr, ...]) -> bool:
-    return len(x) == len(y) and all(arith.prove_equal(p, q) for p, q in zip(x, y))
-
-
-def tensor_core_ok(g: GemmInfo) -> bool:
-    """The wmma template moves 16-byte chunks: N and K must be constant multiples of 8."""
-    n, k = arith.as_int(g.n), arith.as_int(g.k)
-    return n is not None and k is not None and n % 8 == 0 and k % 8 == 0
-
-
-def _walk(s: Stmt):  # type: ignore[no-untyped-def]
-    yield s
-    for k in ((s.body,) if isinstance(s, For | Let | BlockStmt) else s.stmts if isinstance(s, Seq)
-              else (s.then,) + ((s.orelse,) if s.orelse is not None else ()) if isinstance(s, IfStmt) else ()):
-        yield from _walk(k)
-
-
-GemmConfig = tuple[int, int, int, int, int, int]  # (BM, BN, BK, WM, WN, STAGES); WM, WN per warp (TM, TN per thread for f32)
-# the tensor-core tile configurations a tuner may choose from
-TC_CONFIGS: tuple[GemmConfig, ...] = (
-    (128, 256, 32, 64, 64, 3), (128, 256, 32, 64, 64, 4), (128, 128, 32, 64, 32, 4), (256, 128, 32, 64, 64, 3),
-    (128, 128, 64, 64, 32, 3), (64, 128, 32, 32, 64, 4),
-)
-SIMT_CONFIGS: tuple[GemmConfig, ...] = ((128, 128, 8, 8, 8, 1), (64, 64, 8, 4, 4, 1), (128, 64, 8, 8, 4, 1))
 
 
 def _gemm_config(g: GemmInfo, tensor_cores: bool) -> GemmConfig:
@@ -144,25 +39,16 @@ def emit_gemm_stage(func: PrimFunc, stage: Stmt, config: GemmConfig | None = Non
     """Kernel body, grid, block and dynamic shared bytes for a stage holding a tensorized GEMM.
     On sm_90a, f16/bf16 GEMMs use the wgmma template unless `config` is a wmma tile (`TC_CONFIGS`), with
     the producer `cuda_wgmma.wgmma_loader()` names (TMA or cp.async)."""
-    outer = [x for x in _walk(stage) if isinstance(x, BlockStmt)
-             and str(dict(x.annotations).get("tensor_intrin", "")).startswith("gemm_")]
-    if not outer:
+    if not isinstance(stage, GemmCall):
         return None
-    intrin = str(dict(outer[0].annotations).get("tensor_intrin", ""))
-    if config is None and "@" in intrin:  # the template tile a tuner chose (`gemm_...@BMxBNx...`)
-        config = tuple(int(x) for x in intrin.split("@", 1)[1].split("x"))  # type: ignore[assignment]
-    leaves = [x for x in _walk(outer[0].body) if isinstance(x, BlockStmt)]
-    g = match_gemm(leaves[-1]) if leaves else None
-    if g is None:
-        return None
+    g = gemm_info(stage)
     tc = g.a.dtype in ("f16", "bf16")
     if tc and not tensor_core_ok(g):
-        return None
-    # the decomposed init (C = 0) lives in the same stage; without it the GEMM accumulates into C
-    inits = [x for x in _walk(stage) if isinstance(x, BlockStmt) and x is not leaves[-1]
-             and isinstance(x.body, Store) and x.body.buffer.name == g.c.name]
-    accumulate = not (inits and all(isinstance(x.body, Store) and isinstance(x.body.value, Const)
-                                    and float(x.body.value.value) == 0.0 for x in inits))
+        raise MlcError(f"codegen cuda: the {g.a.dtype} GEMM on %{g.c.name} needs N and K constant multiples of 8",
+                       stage.loc)
+    if config is None and stage.tile is not None:  # the template tile the schedule chose
+        config = stage.tile.as_tuple()
+    accumulate = stage.accumulate
     if config is not None and (config in TC_CONFIGS or config in WGMMA_CONFIGS) != tc \
             or config is not None and not tc and config not in SIMT_CONFIGS:
         config = None  # a tile of the other template, or none of ours

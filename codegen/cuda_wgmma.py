@@ -30,20 +30,14 @@ from typing import TYPE_CHECKING
 
 from ..ir import arith
 from ..ir.diagnostics import MlcError
+from ..ir.tir_gemm import WGMMA_CONFIGS
 
 if TYPE_CHECKING:
-    from .cuda_gemm import GemmInfo
+    from ..ir.tir_gemm import GemmInfo
 
 WGMMA_ARCH = "sm_90a"
 WGMMA_THREADS = 384
 WGMMA_SMS = 132  # persistent grid: one block per SM of an H100 SXM / H200 (fewer SMs only cost a partial wave)
-# (BM, BN, BK, WM, WN, STAGES): two consumer warpgroups of WM=64 rows, each the full BN width
-WGMMA_CONFIGS: tuple[tuple[int, int, int, int, int, int], ...] = (
-    (128, 256, 64, 64, 256, 4), (128, 256, 64, 64, 256, 3), (128, 128, 64, 64, 128, 5),
-    (128, 128, 64, 64, 128, 4),
-)
-
-
 WGMMA_LOADERS = ("tma", "cp.async")
 WGMMA_DEFAULT_LOADER = "tma"  # H100, 4096^3 f16: 685 TFLOP/s vs 511 with cp.async (cuBLAS 736)
 LOADER_ENV = "MLC_WGMMA_LOADER"  # overrides the default loader at codegen (benchmarks, experiments)

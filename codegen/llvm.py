@@ -34,8 +34,10 @@ import llvmlite.ir as ir
 from ..ir import arith
 from ..ir.diagnostics import MlcError
 from ..ir.dtype import is_float
-from ..ir.expr import Bin, Const, Expr, Var
-from ..ir.tir import BlockStmt, Buffer, For, IfStmt, Let, PrimFunc, Seq, Stmt, Store
+from ..ir.expr import Bin, Const, Expr, Var, free_vars, reduction_identity
+from ..ir.tir import Allocate, AttrStmt, Buffer, For, GemmCall, IfStmt, Let, PrimFunc, Seq, Stmt, Store, ThreadAllReduce
+from ..ir.tir_lower import lower_tir_func
+from ..ir.tir_visit import StmtVisitor, has_loop, kids, stores_in
 from .abi import INDEX_ERROR_SYMBOL, META_SYMBOL, kernel_metadata, kernel_signature, signature_vars
 from .cpu import CpuTarget
 from .llvm_expr import I1, I8, I32, I64, ExprEmitter, Lin, ModuleCtx, fbits, is_vec, mem_type, nbytes, type_suffix
@@ -50,7 +52,7 @@ MAX_VECTOR = 64  # widest explicit vector; longer vectorized loops are strip-min
 STACK_LIMIT = 64 * 1024  # constant-size block allocations up to this many bytes live on the stack
 
 
-class _Emitter(ExprEmitter):
+class _Emitter(ExprEmitter, StmtVisitor):
     """Lowers statements into one LLVM function (loops, blocks, stores, parallel outlining)."""
 
     def store(self, s: Store) -> None:
@@ -84,35 +86,65 @@ class _Emitter(ExprEmitter):
         b.store(self.scalar(val), b.gep(ptr, [idx], inbounds=True))
 
     # ---------------------------------------------------------------- statements
+    # (loop-level form only: ir/tir_lower.py has removed blocks; dispatch is StmtVisitor's)
     def stmt(self, s: Stmt) -> None:
-        if isinstance(s, Seq):
-            for x in s.stmts:
-                self.stmt(x)
-        elif isinstance(s, Store):
-            self.store(s)
-        elif isinstance(s, For):
-            self.loop(s)
-        elif isinstance(s, BlockStmt):
-            self.block(s)
-        elif isinstance(s, IfStmt):
-            c = self.convert(self.expr(s.cond), s.cond.dtype, "bool")
-            if is_vec(c):
-                self.masked_if(self.vec(c), s)
-                return
-            cond = self.scalar(c)
-            if s.orelse is None:
-                with self.b.if_then(cond):
-                    self.stmt(s.then)
-            else:
-                with self.b.if_else(cond) as (then, other):
-                    with then:
-                        self.stmt(s.then)
-                    with other:
-                        self.stmt(s.orelse)
-        elif isinstance(s, Let):
-            self.bind(s.var, self.expr(s.value), s.value.dtype, lambda: self.stmt(s.body), definition=s.value)
+        self.visit(s)
+
+    def generic_visit(self, s: Stmt) -> None:
+        raise self.err(f"cannot lower statement {type(s).__name__}")
+
+    def visit_Seq(self, s: Seq) -> None:
+        for x in s.stmts:
+            self.stmt(x)
+
+    def visit_Store(self, s: Store) -> None:
+        self.store(s)
+
+    def visit_For(self, s: For) -> None:
+        self.loop(s)
+
+    def visit_IfStmt(self, s: IfStmt) -> None:
+        c = self.convert(self.expr(s.cond), s.cond.dtype, "bool")
+        if is_vec(c):
+            self.masked_if(self.vec(c), s)
+            return
+        cond = self.scalar(c)
+        if s.orelse is None:
+            with self.b.if_then(cond):
+                self.stmt(s.then)
         else:
-            raise self.err(f"cannot lower statement {type(s).__name__}")
+            with self.b.if_else(cond) as (then, other):
+                with then:
+                    self.stmt(s.then)
+                with other:
+                    self.stmt(s.orelse)
+
+    def visit_Let(self, s: Let) -> None:
+        self.bind(s.var, self.expr(s.value), s.value.dtype, lambda: self.stmt(s.body), definition=s.value)
+
+    def visit_AttrStmt(self, s: AttrStmt) -> None:
+        """`reduction`: float ops of the update get `reassoc nsz` so LLVM may reorder the reduction."""
+        old_fast = self.fast
+        self.fast = old_fast or s.key == "reduction"
+        try:
+            self.stmt(s.body)
+        finally:
+            self.fast = old_fast
+
+    def visit_Allocate(self, s: Allocate) -> None:
+        p = self.allocate(s.buffer)
+        self.stmt(s.body)
+        if p is not None:
+            self.b.call(self.ctx.declare("free", ir.VoidType(), [VOIDP]), [p])
+        self.bufs.pop(s.buffer, None)
+
+    def visit_ThreadAllReduce(self, s: ThreadAllReduce) -> None:
+        """On the CPU the thread loop runs serially: one accumulator sees every partial."""
+        ident = reduction_identity(s.op, s.acc.dtype)
+        self.visit_Allocate(Allocate(s.acc, Seq((Store(s.acc, (Const(0),), ident), s.loop, s.result))))
+
+    def visit_GemmCall(self, s: GemmCall) -> None:
+        raise self.err(f"codegen: the GEMM intrinsic on %{s.c.name} has no CPU template (a CUDA schedule?)", s.loc)
 
     def masked_if(self, cond: ir.Value, s: IfStmt) -> None:
         """Both branches run under lane masks, each skipped when no lane of it is active."""
@@ -154,44 +186,6 @@ class _Emitter(ExprEmitter):
                 self.env.pop(var, None)
             else:
                 self.env[var] = old
-
-    def block(self, s: BlockStmt) -> None:
-        saved = {iv.var: (self.env.get(iv.var), self.defs.pop(iv.var, None)) for iv in s.iters}
-        for iv in s.iters:
-            self.env[iv.var] = self.convert(self.expr(iv.binding), iv.binding.dtype, iv.var.dtype)
-            if not is_float(iv.var.dtype):
-                self.defs[iv.var] = iv.binding
-        frees = [self.allocate(buf) for buf in s.alloc_buffers]
-        if s.init is not None:
-            reduce = [iv.var for iv in s.iters if iv.kind == "R"]
-            if not reduce:
-                self.stmt(s.init)
-            else:
-                cond: ir.Value | None = None
-                for v in reduce:
-                    x = self.scalar(self.env[v])
-                    c = self.b.icmp_signed("==", x, ir.Constant(x.type, 0))
-                    cond = c if cond is None else self.b.and_(cond, c)
-                with self.b.if_then(cond):
-                    self.stmt(s.init)
-        old_fast = self.fast
-        self.fast = old_fast or any(iv.kind == "R" for iv in s.iters)
-        try:
-            self.stmt(s.body)
-        finally:
-            self.fast = old_fast
-        for buf, p in zip(s.alloc_buffers, frees, strict=True):
-            if p is not None:
-                self.b.call(self.ctx.declare("free", ir.VoidType(), [VOIDP]), [p])
-            self.bufs.pop(buf, None)
-        for v, (old, old_def) in saved.items():
-            self.defs.pop(v, None)
-            if old_def is not None:
-                self.defs[v] = old_def
-            if old is None:
-                self.env.pop(v, None)
-            else:
-                self.env[v] = old
 
     def allocate(self, buf: Buffer) -> ir.Value | None:
         """Bind an allocated buffer; returns the malloc'd pointer to free, or None for a stack buffer."""
@@ -239,7 +233,7 @@ class _Emitter(ExprEmitter):
             hints = [("llvm.loop.unroll.full", None)] if ext_c is not None else [("llvm.loop.unroll.enable", None)]
         elif s.kind == "vectorized":
             hints = [("llvm.loop.vectorize.enable", ir.Constant(I1, 1))]
-        elif not _has_loop(s.body):
+        elif not has_loop(s.body):
             # innermost loops here are short rows (softmax/layernorm reductions over T, say): LLVM's
             # default 4-way interleave of 16 lanes leaves every row under 64 elements scalar
             hints = [("llvm.loop.interleave.count", ir.Constant(I32, 1))]
@@ -291,7 +285,7 @@ class _Emitter(ExprEmitter):
             if ext_c > 0:
                 self.vector_body(s, start, ext_c, rng)
             return
-        elem_bits = min((_bits(b.dtype) for b in _stored_buffers(s.body)), default=32)
+        elem_bits = min((_bits(st.buffer.dtype) for st in stores_in(s.body)), default=32)
         w = min(MAX_VECTOR, max(4, 2 * self.ctx.target.vector_bits // elem_bits))
         ext = self.scalar(self.convert(self.expr(s.extent), s.extent.dtype, "i64"))
         b = self.b
@@ -381,66 +375,31 @@ PARALLEL_MIN_WORK = 1 << 13
 
 
 def _work_estimate(s: Stmt, known: set[Var]) -> Expr:
-    """Iterations of the loop nests in `s` (sum over sequences, product down nests), as an expression
-    of the vars known outside; an extent that depends on inner vars counts as 1."""
-    from ..ir.expr import free_vars
-
+    """Iterations of the loop nests in `s` (sum over a sequence, product down nests), as an expression of
+    the vars known outside; an extent that depends on inner vars counts as 1."""
     if isinstance(s, For):
         ext = s.extent if free_vars(s.extent) <= known else Const(1)
         return arith.simplify(Bin("mul", ext, _work_estimate(s.body, known)))
-    if isinstance(s, Seq):
+    if isinstance(s, Seq):  # straight-line statements of a sequence count 1 together (a lowered
+        # block's guarded init and update are one innermost iteration, as the block was)
         total: Expr = Const(0)
+        straight = False
         for x in s.stmts:
-            total = Bin("add", total, _work_estimate(x, known))
+            if has_loop(x):
+                total = Bin("add", total, _work_estimate(x, known))
+            elif not straight:
+                straight = True
+                total = Bin("add", total, Const(1))
         return arith.simplify(total)
-    if isinstance(s, BlockStmt):
-        return _work_estimate(s.body, known)
-    if isinstance(s, Let):
-        return _work_estimate(s.body, known)
     if isinstance(s, IfStmt):
         return _work_estimate(s.then, known)
-    return Const(1)
-
-
-def _has_loop(s: Stmt) -> bool:
-    if isinstance(s, For):
-        return True
-    if isinstance(s, Seq):
-        return any(_has_loop(x) for x in s.stmts)
-    if isinstance(s, BlockStmt):
-        return _has_loop(s.body) or (s.init is not None and _has_loop(s.init))
-    if isinstance(s, Let):
-        return _has_loop(s.body)
-    if isinstance(s, IfStmt):
-        return _has_loop(s.then) or (s.orelse is not None and _has_loop(s.orelse))
-    return False
+    ks = kids(s)
+    return _work_estimate(ks[0], known) if len(ks) == 1 else Const(1)
 
 
 def _bits(dtype: str) -> int:
     t = mem_type(dtype)
     return t.width if isinstance(t, ir.IntType) else fbits(t)
-
-
-def _stored_buffers(s: Stmt) -> list[Buffer]:
-    out: list[Buffer] = []
-    stack = [s]
-    while stack:
-        x = stack.pop()
-        if isinstance(x, Store):
-            out.append(x.buffer)
-        elif isinstance(x, Seq):
-            stack.extend(x.stmts)
-        elif isinstance(x, For | Let):
-            stack.append(x.body)
-        elif isinstance(x, BlockStmt):
-            stack.append(x.body)
-            if x.init is not None:
-                stack.append(x.init)
-        elif isinstance(x, IfStmt):
-            stack.append(x.then)
-            if x.orelse is not None:
-                stack.append(x.orelse)
-    return out
 
 
 def _lower_func(ctx: ModuleCtx, func: PrimFunc) -> None:
@@ -493,6 +452,7 @@ def lower_to_llvm(funcs: Sequence[PrimFunc], target: CpuTarget) -> str:
     slot_t = ir.ArrayType(I64, 4)
     ctx.index_error = ir.GlobalVariable(module, slot_t, INDEX_ERROR_SYMBOL)
     ctx.index_error.initializer = ir.Constant(slot_t, None)
+    funcs = [lower_tir_func(f) for f in funcs]  # block form (no lower-tir run yet): lowered here, by ir/
     for f in funcs:
         _lower_func(ctx, f)
     meta = bytearray(kernel_metadata(funcs, ctx.checking).encode()) + b"\0"

@@ -5,10 +5,10 @@ statement by statement. That equals the serial order when no lane touches a loca
 writes. The check is conservative: every store index must be affine in the loop var with a
 non-zero constant stride (lanes write distinct elements); a stored buffer must be stored and loaded
 through one identical index expression (each lane only re-reads what it wrote); inner loop bounds
-and reduction-init tests must be lane-invariant; and the body may not allocate or contain
-parallel/vectorized loops. An `if` whose condition differs between lanes runs under a lane mask
-(masked vector loads/stores, guarded per-lane gathers/scatters), so it may not contain loops or
-reduction inits. Anything else falls back to a scalar loop with vectorizer hints.
+must be lane-invariant; and the body may not allocate or contain parallel/vectorized loops. An `if`
+whose condition differs between lanes (a reduction init's guard included) runs under a lane mask
+(masked vector loads/stores, guarded per-lane gathers/scatters), so it may not contain loops. The
+input is loop-level IR (ir/tir_lower.py): block iterators are `let`s. Anything else falls back to a scalar loop with vectorizer hints.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from ..ir.expr import Bin, Cast, Const, Expr, Load, Var, children
-from ..ir.tir import BlockStmt, Buffer, For, IfStmt, Let, Seq, Stmt, Store
+from ..ir.tir import AttrStmt, Buffer, For, IfStmt, Let, Seq, Stmt, Store
 
 # A lane kind: "U" (same in every lane), an int stride s (lane l holds base + s*l), or "V" (anything).
 Kind = str | int
@@ -93,16 +93,8 @@ class _Check:
             self.kinds[s.var] = self.kind(s.value)
             self.defs[s.var] = s.value
             return self.stmt(s.body)
-        if isinstance(s, BlockStmt):
-            if s.alloc_buffers:
-                return False
-            for iv in s.iters:
-                self.kinds[iv.var] = self.kind(iv.binding)
-                self.defs[iv.var] = iv.binding
-            if s.init is not None and (self.masked or any(self.kinds[iv.var] != "U" for iv in s.iters
-                                                          if iv.kind == "R")):
-                return False
-            return (s.init is None or self.stmt(s.init)) and self.stmt(s.body)
+        if isinstance(s, AttrStmt):
+            return self.stmt(s.body)
         return False
 
 

@@ -41,7 +41,25 @@ from .graph import (
 from .lexer import Token, tokenize
 from .module import IR_VERSION, ConstantsRef, Module
 from .printer import DIM_PREC, FUNC_FORM, INFIX, NODE_WORDS, literal_dtype
-from .tir import BlockStmt, Buffer, For, IfStmt, IterVar, Let, PrimFunc, Seq, Stmt, Store
+from .tir import (
+    ATTR_KEYS,
+    REDUCE_OPS,
+    Allocate,
+    AttrStmt,
+    BlockStmt,
+    Buffer,
+    For,
+    GemmCall,
+    GemmTile,
+    IfStmt,
+    IterVar,
+    Let,
+    PrimFunc,
+    Seq,
+    Stmt,
+    Store,
+    ThreadAllReduce,
+)
 from .types import ScalarType, TensorType, TupleType, Type, UnknownType
 
 MAX_NESTING = 100  # brackets, blocks and types inside one another
@@ -673,7 +691,65 @@ class Parser:
             body = self.stmt_block()
             self.unbind_sym(var, old)
             return Let(var, value, body, loc)
-        self.error(f"expected a statement (store, for, block, if, let, seq), found {self.describe(t)}", t)
+        if t.text == "allocate":
+            buf = self.new_buffer()
+            body = self.stmt_block()
+            del self.buffers[buf.name]
+            return Allocate(buf, body, loc)
+        if t.text == "attr":
+            key = self.take("string", "an attribute key (a string)")
+            if key.text not in ATTR_KEYS:
+                self.error(f"unknown attribute key {key.text!r} (known: {', '.join(ATTR_KEYS)})", key)
+            return AttrStmt(key.text, self.stmt_block(), loc)
+        if t.text == "allreduce":
+            op = self.tok
+            if op.kind != "ident" or op.text not in REDUCE_OPS:
+                self.error(f"expected a reduction op ({', '.join(REDUCE_OPS)}), found {self.describe(op)}")
+            self.i += 1
+            acc = self.new_buffer()
+            lt = self.tok
+            loop = self.stmt_block()
+            if not isinstance(loop, For):
+                self.error("allreduce holds one thread loop", lt)
+            self.expect("then")
+            result = self.stmt_block()
+            del self.buffers[acc.name]
+            return ThreadAllReduce(op.text, acc, loop, result, loc)
+        if t.text == "gemm":
+            c = self.buffer_ref()
+            self.expect("=")
+            a = self.buffer_ref()
+            self.expect("*")
+            b = self.buffer_ref()
+            accumulate, batched = self.accept("accumulate"), self.accept("batched")
+            tile = None
+            if self.accept("tile"):
+                self.expect("(")
+                with self.nest():
+                    vals = self.comma_list(")", self.int_lit)
+                if len(vals) != 6:
+                    self.error(f"a GEMM tile has 6 numbers (BM, BN, BK, WM, WN, STAGES), got {len(vals)}")
+                tile = GemmTile(*vals)
+            return GemmCall(c, a, b, accumulate, batched, tile, loc)
+        self.error(f"expected a statement (store, for, block, if, let, seq, allocate, attr, allreduce, gemm), "
+                   f"found {self.describe(t)}", t)
+
+    def new_buffer(self) -> Buffer:
+        """`%name: buffer<...>` declaring a buffer in scope (the caller removes it after the body)."""
+        bt = self.take("pct", "a buffer name")
+        self.expect(":")
+        if bt.text in self.buffers:
+            self.error(f"redefinition of buffer %{bt.text}", bt)
+        b = self.buffer_type(bt.text, bt)
+        self.buffers[bt.text] = b
+        return b
+
+    def buffer_ref(self) -> Buffer:
+        t = self.take("pct", "a buffer name")
+        buf = self.buffers.get(t.text)
+        if buf is None:
+            self.error(f"undefined buffer %{t.text}", t)
+        return buf
 
     def for_stmt(self, loc: Loc) -> For:
         vt = self.sym_token()

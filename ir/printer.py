@@ -34,7 +34,21 @@ from .graph import (
 )
 from .lexer import escape_string, is_plain_ident, is_plain_pct
 from .module import IR_VERSION, Module
-from .tir import BlockStmt, Buffer, For, IfStmt, Let, PrimFunc, Seq, Stmt, Store
+from .tir import (
+    Allocate,
+    AttrStmt,
+    BlockStmt,
+    Buffer,
+    For,
+    GemmCall,
+    IfStmt,
+    Let,
+    PrimFunc,
+    Seq,
+    Stmt,
+    Store,
+    ThreadAllReduce,
+)
 from .types import ScalarType, TensorType, TupleType, Type, UnknownType
 
 INFIX: dict[str, tuple[str, int]] = {
@@ -345,6 +359,25 @@ class Printer(_ExprPrinter):
             self.body(s.body)
             self.emit("}")
             self.unbind(s.var, old)
+        elif isinstance(s, Allocate):
+            self.emit(f"allocate {_name('%', s.buffer.name)}: {self.buffer_type(s.buffer)} {{")
+            self.body(s.body)
+            self.emit("}")
+        elif isinstance(s, AttrStmt):
+            self.emit(f"attr {escape_string(s.key)} {{")
+            self.body(s.body)
+            self.emit("}")
+        elif isinstance(s, ThreadAllReduce):
+            self.emit(f"allreduce {word(s.op)} {_name('%', s.acc.name)}: {self.buffer_type(s.acc)} {{")
+            self.body(s.loop)
+            self.emit("} then {")
+            self.body(s.result)
+            self.emit("}")
+        elif isinstance(s, GemmCall):
+            flags = (" accumulate" if s.accumulate else "") + (" batched" if s.batched else "")
+            if s.tile is not None:
+                flags += f" tile({', '.join(str(x) for x in s.tile.as_tuple())})"
+            self.emit(f"gemm {_name('%', s.c.name)} = {_name('%', s.a.name)} * {_name('%', s.b.name)}{flags}")
         else:
             self.emit(f"<?{type(s).__name__}>")
 

@@ -41,7 +41,21 @@ from .expr import (
     free_vars,
     reduction_identity,
 )
-from .tir import BlockStmt, Buffer, For, IfStmt, Let, PrimFunc, Seq, Stmt, Store
+from .tir import (
+    Allocate,
+    AttrStmt,
+    BlockStmt,
+    Buffer,
+    For,
+    GemmCall,
+    IfStmt,
+    Let,
+    PrimFunc,
+    Seq,
+    Stmt,
+    Store,
+    ThreadAllReduce,
+)
 
 # largest iteration domain evaluated at once (elements); bigger nests are chunked along the outer loop
 CHUNK = 1 << 22
@@ -291,8 +305,34 @@ class _Interp:
             self.env[s.var] = self.sc(s.value)
             self.run(s.body)
             self._restore(s.var, old)
+        elif isinstance(s, Allocate):
+            self._scoped([s.buffer], s.body)
+        elif isinstance(s, AttrStmt):
+            self.run(s.body)
+        elif isinstance(s, ThreadAllReduce):
+            (name,) = self._alloc([s.acc])
+            self.bufs[name][...] = reduction_identity(s.op, s.acc.dtype).value
+            self.run(s.loop)  # serially: every thread's partial folds into the one accumulator
+            self.run(s.result)
+            del self.bufs[name]
+        elif isinstance(s, GemmCall):
+            self._gemm(s)
         else:
             raise MlcError(f"cannot execute statement {type(s).__name__}")
+
+    def _scoped(self, bufs: Sequence[Buffer], body: Stmt) -> None:
+        allocated = self._alloc(bufs)
+        self.run(body)
+        for name in allocated:
+            del self.bufs[name]
+
+    def _gemm(self, s: GemmCall) -> None:
+        """C (+)= A @ B in float64 (batched: leading dims shared; else B is 2-D), rounded once to C."""
+        a, b, c = self._buf(s.a), self._buf(s.b), self._buf(s.c)
+        prod = np.matmul(a.astype(np.float64), b.astype(np.float64))
+        if s.accumulate:
+            prod = prod + c.astype(np.float64)
+        c[...] = prod.astype(c.dtype)
 
     def _restore(self, v: Var, old: object) -> None:
         if old is None:

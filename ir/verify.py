@@ -37,7 +37,24 @@ from .graph import (
     Value,
 )
 from .module import Module
-from .tir import FOR_KINDS, BlockStmt, Buffer, For, IfStmt, Let, PrimFunc, Seq, Stmt, Store
+from .tir import (
+    ATTR_KEYS,
+    FOR_KINDS,
+    REDUCE_OPS,
+    Allocate,
+    AttrStmt,
+    BlockStmt,
+    Buffer,
+    For,
+    GemmCall,
+    IfStmt,
+    Let,
+    PrimFunc,
+    Seq,
+    Stmt,
+    Store,
+    ThreadAllReduce,
+)
 from .types import ScalarType, TensorType, TupleType, Type, UnknownType
 
 _LOGIC = ("and", "or")
@@ -548,8 +565,49 @@ class PrimVerifier:
                 self.fail(f"let {s.var.name}: {s.var.dtype} bound to a {_dtype(s.value)} value", *locs)
             with self.bind(s.var, loc):
                 self.stmt(s.body, loc if loc.line else parent)
+        elif isinstance(s, Allocate):
+            self.scoped_buffers((s.buffer,), s.body, loc if loc.line else parent, locs)
+        elif isinstance(s, AttrStmt):
+            if s.key not in ATTR_KEYS:
+                self.fail(f"unknown attribute key {s.key!r} (known: {', '.join(ATTR_KEYS)})", *locs)
+            self.stmt(s.body, loc if loc.line else parent)
+        elif isinstance(s, ThreadAllReduce):
+            self.allreduce(s, locs)
+        elif isinstance(s, GemmCall):
+            self.gemm(s, locs)
         else:
             self.fail(f"unknown statement {type(s).__name__}", *locs)
+
+    def scoped_buffers(self, bufs: tuple[Buffer, ...], body: Stmt, inner: Loc, locs: tuple[Loc, ...]) -> None:
+        saved = dict(self.buffers)
+        try:
+            for b in bufs:
+                self.declare_buffer(b, locs[0])
+            self.stmt(body, inner)
+        finally:
+            self.buffers = saved
+
+    def allreduce(self, s: ThreadAllReduce, locs: tuple[Loc, ...]) -> None:
+        if s.op not in REDUCE_OPS:
+            self.fail(f"allreduce: unknown reduction op {s.op} (known: {', '.join(REDUCE_OPS)})", *locs)
+        if s.acc.scope != "local" or len(s.acc.shape) != 1 or as_int(s.acc.shape[0]) != 1:
+            self.fail(f"allreduce: accumulator %{s.acc.name} must be a local buffer of 1 element", *locs)
+        if s.loop.kind != "thread" or s.loop.thread_tag != "threadIdx.x":
+            self.fail("allreduce: its loop must be bound to threadIdx.x", *locs)
+        inner = locs[0] if locs[0].line else locs[1]
+        self.scoped_buffers((s.acc,), Seq((s.loop, s.result)), inner, locs)
+
+    def gemm(self, s: GemmCall, locs: tuple[Loc, ...]) -> None:
+        for b in (s.a, s.b, s.c):
+            declared = self.buffers.get(b.name)
+            if declared is None or declared != b:
+                self.fail(f"gemm: buffer %{b.name} is not in scope", *locs)
+        if len({s.a.name, s.b.name, s.c.name}) != 3:
+            self.fail("gemm: A, B and C must be three different buffers", *locs)
+        if s.a.dtype != s.b.dtype or s.a.dtype not in ("f16", "bf16", "f32") or s.c.dtype not in ("f16", "bf16", "f32"):
+            self.fail(f"gemm: operands must be f16/bf16/f32 of one dtype, got {s.a.dtype}, {s.b.dtype} -> {s.c.dtype}", *locs)
+        if min(len(s.a.shape), len(s.b.shape), len(s.c.shape)) < 2:
+            self.fail("gemm: A, B and C need at least 2 dims", *locs)
 
     def block(self, s: BlockStmt, locs: tuple[Loc, ...]) -> None:
         loop_names = {v.name for v in self.loop_vars}

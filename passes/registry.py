@@ -134,4 +134,5 @@ PASS_MODULES: tuple[str, ...] = (
     "mlc.passes.lower",
     "mlc.passes.fuse",
     "mlc.passes.schedule_pass",
+    "mlc.passes.lower_tir",
 )

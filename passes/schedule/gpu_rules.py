@@ -4,7 +4,7 @@ Per leaf block of a tensor program (each top-level loop nest holding one block):
 - elementwise blocks feeding other blocks are inlined into them first (`compute_inline`);
 - a GEMM (`match_gemm`) is tiled and its inner tile tensorized with a `gemm_*` intrinsic; the CUDA
   codegen emits that stage as a tensor-core (f16/bf16) or register-tiled (f32) template. The template
-  tile (`cuda_gemm.TC_CONFIGS` / `SIMT_CONFIGS`) is a sampled choice, recorded in the intrinsic's name
+  tile (`ir.tir_gemm.TC_CONFIGS` / `SIMT_CONFIGS`) is a sampled choice, recorded in the intrinsic's name
   as `gemm_1x16x16_f16@BMxBNxBKxWMxWNxSTAGES` (no suffix: the template's default tile);
 - another reduction with data reuse and constant extents (conv, small matmul) may be given SSSRRSRS
   multi-level tiling (a sampled choice; off by default): S0 -> blockIdx.x, S1 serial (virtual threads,
@@ -22,7 +22,6 @@ so the default trace is a point of the design space too, and search mutates deci
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -31,18 +30,20 @@ from mlc.ir import arith
 from mlc.ir.diagnostics import MlcError
 from mlc.ir.expr import Const, Expr, free_vars
 from mlc.ir.tir import BlockStmt, For, PrimFunc
+from mlc.ir.tir_gemm import SIMT_CONFIGS, TC_CONFIGS, WGMMA_CONFIGS, match_gemm, parse_gemm_intrin, tensor_core_ok
+from mlc.ir.tir_lower import is_lowered
+from mlc.ir.tir_visit import walk
 
 from .schedule import Schedule
 from .tensorize import gemm_intrin, get_intrin, register_intrin
 from .trace import BlockRV, LoopRV, Trace
-from .tree import blocks, walk
+from .tree import blocks
 
 THREAD_CHOICES = (64, 128, 256, 512)
 PER_THREAD_CHOICES = (1, 2, 4, 8)  # outputs per thread of an elementwise nest
 MIN_BLOCKS = 4096  # more outputs per thread only while the grid keeps at least this many blocks
 REDUCE_THREAD_CHOICES = (32, 64, 128, 256)
 MAX_THREADS = 1024
-GEMM_INTRIN = re.compile(r"gemm_(\d+)x(\d+)x(\d+)_(\w+?)(?:@((?:\d+x){5}\d+))?$")
 
 
 @dataclass
@@ -93,8 +94,9 @@ def schedule_gpu(func: PrimFunc, sample: bool = False, seed: int = 0, decisions:
 
 
 def default_gpu_schedule(func: PrimFunc) -> PrimFunc:
-    """The deterministic default schedule (what a build uses without tuning records)."""
-    if is_bound(func):
+    """The deterministic default schedule (what a build uses without tuning records); a function
+    already bound to threads, or already lowered to loops (lower-tir), is returned as it is."""
+    if is_bound(func) or is_lowered(func):
         return func
     return schedule_gpu(func).func
 
@@ -280,11 +282,9 @@ def _try_rv(fn: Any, *args: Any) -> BlockRV | None:
 
 # ---- GEMM -----------------------------------------------------------------------------------------
 def gemm_configs(tensor_cores: bool) -> tuple[tuple[int, ...], ...]:
-    """The template tiles a tuner may pick (read from the codegen, which owns them)."""
-    from mlc.codegen import cuda_gemm, cuda_wgmma
-
+    """The template tiles a tuner may pick (ir/tir_gemm.py lists them for schedule and codegen)."""
     # wgmma tiles apply where that template runs (sm_90a); elsewhere codegen falls back to its default
-    return tuple(cuda_wgmma.WGMMA_CONFIGS + cuda_gemm.TC_CONFIGS if tensor_cores else cuda_gemm.SIMT_CONFIGS)
+    return tuple(WGMMA_CONFIGS + TC_CONFIGS if tensor_cores else SIMT_CONFIGS)
 
 
 def gemm_intrin_with_config(base: str, config: Sequence[int] | None) -> str:
@@ -298,8 +298,8 @@ def gemm_intrin_with_config(base: str, config: Sequence[int] | None) -> str:
 
 def intrin_config(intrin: str) -> tuple[int, ...] | None:
     """The template tile named by a tensor intrinsic (`...@BMxBNxBKxWMxWNxSTAGES`), None if none."""
-    m = GEMM_INTRIN.match(intrin)
-    return tuple(int(x) for x in m.group(5).split("x")) if m and m.group(5) else None
+    parsed = parse_gemm_intrin(intrin)
+    return parsed[1].as_tuple() if parsed is not None and parsed[1] is not None else None
 
 
 def func_gemm_config(func: PrimFunc) -> tuple[int, ...] | None:
@@ -318,17 +318,16 @@ def register_trace_intrins(trace: Trace) -> None:
     for inst in trace.insts:
         if inst.kind != "tensorize" or len(inst.inputs) < 2 or not isinstance(inst.inputs[1], str):
             continue
-        m = GEMM_INTRIN.match(inst.inputs[1])
-        if m is None or m.group(4) not in ("f16", "bf16", "f32"):
+        parsed = parse_gemm_intrin(inst.inputs[1])
+        if parsed is None or parsed[0][3] not in ("f16", "bf16", "f32"):
             continue
-        base = gemm_intrin(int(m.group(1)), int(m.group(2)), int(m.group(3)), m.group(4))
-        if m.group(5):
-            gemm_intrin_with_config(base, [int(x) for x in m.group(5).split("x")])
+        base = gemm_intrin(*parsed[0])
+        if parsed[1] is not None:
+            gemm_intrin_with_config(base, parsed[1].as_tuple())
 
 
 def _try_gemm(sch: Schedule, b: BlockRV, loops: list[LoopRV], ch: Decisions) -> bool:
     """Tile a GEMM block and tensorize its inner tile; False (schedule untouched) when it does not fit."""
-    from mlc.codegen.cuda_gemm import match_gemm, tensor_core_ok
 
     blk = sch.get(b)
     assert isinstance(blk, BlockStmt)
