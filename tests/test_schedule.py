@@ -10,8 +10,9 @@ import pytest
 from mlc.ir import BlockStmt, For, IfStmt, MlcError, PrimFunc, Var
 from mlc.ir.tir_builder import build, compute, fconst, maximum, placeholder, reduce_axis, rsum
 from mlc.ir.tir_interp import run_prim
+from mlc.ir.tir_lower import lower_tir_func
+from mlc.ir.tir_visit import walk
 from mlc.passes.schedule import BlockRV, LoopRV, Schedule, Trace, gemm_intrin
-from mlc.passes.schedule.tree import walk
 from test_tir_interp import conv_func, matmul_func, softmax_func
 
 RNG = np.random.default_rng(1)
@@ -40,9 +41,12 @@ def same(orig: PrimFunc, new: PrimFunc, dims: dict[str, int] | None = None, vect
     run_prim(orig, ref)
     got = [a.copy() for a in args]
     run_prim(new, got, vectorize=vectorize)
-    for r, g in zip(ref[-orig.num_outputs:], got[-orig.num_outputs:]):
+    low = [a.copy() for a in args]  # and so does its loop-level form (lower-tir), the oracle of the lowering
+    run_prim(lower_tir_func(new), low, vectorize=vectorize)
+    for r, g, lw in zip(ref[-orig.num_outputs:], got[-orig.num_outputs:], low[-orig.num_outputs:]):
         assert not np.isnan(g).any()
         np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(lw, g, rtol=1e-5, atol=1e-5)
 
 
 def loop_names(func: PrimFunc) -> list[str]:
