@@ -17,11 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LEVEL = {"ir": 0, "passes": 1, "codegen": 1, "runtime": 2, "frontend": 3, "ann": 3, "mlc": 4, "cli": 5}
 ALLOWED_SIDEWAYS: set[tuple[str, str]] = set()
 KNOWN = {
-    ("codegen", "passes"): "CUDA codegen schedules unbound PrimFuncs itself and reads scope.conjuncts "
-                           "(the lower-tir stage of the Architecture issue removes both)",
     ("codegen", "runtime"): "cuda_jit compiles launch-size expressions with runtime.executor.compile_int",
-    ("passes", "codegen"): "schedule rules and the tuner read the host CPU and the CUDA GEMM templates from "
-                           "codegen (a Target in ir/ is the fix)",
 }
 
 
