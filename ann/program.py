@@ -5,7 +5,7 @@ additive quantizers, sub-vector squared distances for PQ, on already rotated que
 `ann_scan` (table sums over the codes in codebook order, then + vector bias + query bias:
 one block with a reduce iterator over the codebooks, then an epilogue block) and
 `ann_search` (the same sums fused with a top-k insertion, so no n-wide distance row is ever
-written). They are printed as the index's text IR and run by `codegen.jit.compile_module`
+written). They are printed as the index's text IR and run by `runtime.cpu.compile_module`
 (native code, the same lowering every other tensor program gets) or, where that is
 unavailable, by the reference interpreter `ir.tir_interp.run_prim` (scan) or numpy (top-k).
 Search mode `ir` runs `ann_search` compiled; the lookup tables are computed by numpy (BLAS),
@@ -74,7 +74,7 @@ def search_ir_text(method: str, dim: int, m: int, k: int, code_dtype: str = "u8"
 def _compiled(m: int, k: int, code_dtype: str):  # noqa: ANN202
     """The native scan kernel, or None where codegen cannot build it (then the interpreter runs)."""
     try:
-        from ..codegen.jit import compile_module
+        from ..runtime.cpu import compile_module
 
         return compile_module([scan_func(m, k, code_dtype)]).kernel("ann_scan")
     except (ImportError, MlcError, NotImplementedError):
@@ -292,7 +292,7 @@ def _compiled_search(m: int, k: int, topk: int, code_dtype: str, level: int, sel
                      dim: int = 0):
     """The fused flat search (level < 0) or A-Tree last level; None where codegen cannot build it."""
     try:
-        from ..codegen.jit import compile_module
+        from ..runtime.cpu import compile_module
 
         f = search_func(m, k, topk, code_dtype) if level < 0 else atree_func(m, k, topk, level, code_dtype, select,
                                                                                dim)

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from mlc.passes.schedule.gpu_rules import default_gpu_schedule
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
@@ -104,8 +105,9 @@ def _build_all(jobs: list[tuple[int, str, object, str | None]]) -> dict:  # type
 
     from cuda_helpers import matmul
     from mlc.codegen.cuda import lower_to_cuda
-    from mlc.codegen.cuda_jit import CudaLibrary, compile_source, device_arch
+    from mlc.codegen.cuda_jit import compile_source
     from mlc.passes.schedule.gpu_rules import default_gpu_schedule
+    from mlc.runtime.cuda import CudaLibrary, device_arch
 
     arch, srcs = device_arch(), {}
     for n, dt, cfg, ld in jobs:
@@ -162,8 +164,8 @@ def bench_gemm() -> None:
     import pycuda.driver as drv
     import torch
     from mlc.codegen.cuda_gemm import SIMT_CONFIGS, TC_CONFIGS
-    from mlc.codegen.cuda_jit import device_arch
     from mlc.codegen.cuda_wgmma import WGMMA_CONFIGS, WGMMA_LOADERS, wgmma_loader
+    from mlc.runtime.cuda import device_arch
 
     stream = drv.Stream()
     arch = device_arch()
@@ -232,7 +234,7 @@ def _softmax_func(rows: int, cols: int):  # type: ignore[no-untyped-def]
 def bench_bandwidth() -> None:
     import pycuda.driver as drv
     import torch
-    from mlc.codegen.cuda_jit import compile_cuda
+    from mlc.runtime.cuda import compile_cuda
 
     rows, cols = 8192, 4096
     nbytes = 2 * rows * cols * 4
@@ -243,7 +245,7 @@ def bench_bandwidth() -> None:
     cases = (("gelu (1 kernel)", _gelu_func(rows, cols), torch.nn.functional.gelu, (tx,)),
              ("softmax (4 kernels)", _softmax_func(rows, cols), torch.softmax, (tx, -1)))
     for name, f, tfn, targs in cases:
-        lib = compile_cuda([f])
+        lib = compile_cuda([default_gpu_schedule(f)])
         k = lib.kernel(f.name)
         y = np.zeros_like(x)
         bufs, env, ws = _device_args(k, [x, y])
@@ -288,11 +290,11 @@ def _torch_gpt(consts: dict[str, np.ndarray]):  # type: ignore[no-untyped-def]
 def bench_gpt_block() -> None:
     import torch
     from cuda_helpers import zoo_module
-    from mlc.codegen.cuda_jit import compile_cuda
+    from mlc.runtime.cuda import compile_cuda
     from mlc.runtime.cuda_vm import CudaVM, to_device
 
     mod, consts = zoo_module("gpt_block")
-    vm = CudaVM(mod, consts, compile_cuda(mod.prim_functions()))
+    vm = CudaVM(mod, consts, compile_cuda([default_gpu_schedule(f) for f in mod.prim_functions()]))
     tgpt = _torch_gpt(consts)
     print("gpt_block latency (device-resident input, wall time per call incl. launch overhead)")
     for bsz, t in ((1, 64), (8, 64)):
@@ -334,7 +336,7 @@ def _wall_ms(fn, *args, iters: int = 200) -> float:  # type: ignore[no-untyped-d
 def main(argv: list[str]) -> None:
     import pycuda.driver as drv
     import torch
-    from mlc.codegen.cuda_jit import cuda_context
+    from mlc.runtime.cuda import cuda_context
 
     torch.cuda.init()
     cuda_context()

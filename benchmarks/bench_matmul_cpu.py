@@ -32,11 +32,11 @@ if __name__ == "__main__" and "--threads" in sys.argv:  # OpenBLAS reads this on
 import numpy as np  # noqa: E402
 from bench_tune import matmul  # noqa: E402
 from mlc.codegen.cpu import host_target  # noqa: E402
-from mlc.codegen.jit import compile_module  # noqa: E402
-from mlc.codegen.parallel import get_num_threads, set_num_threads  # noqa: E402
 from mlc.ir import Bin, BlockStmt, Buffer, Const, For, IterVar, Load, PrimFunc, Seq, Store, Var  # noqa: E402
 from mlc.passes.schedule.rules import default_schedule  # noqa: E402
 from mlc.runtime.bench import block_medians  # noqa: E402
+from mlc.runtime.cpu import compile_module  # noqa: E402
+from mlc.runtime.parallel import get_num_threads, set_num_threads  # noqa: E402
 
 TM, TN = 8, 32  # register tile: 8 rows x 32 f32 columns = 16 AVX-512 (or 32 AVX2) accumulators
 

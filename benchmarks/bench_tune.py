@@ -17,7 +17,6 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
-from mlc.codegen.jit import compile_module
 from mlc.ir.tir import PrimFunc
 from mlc.ir.tir_builder import build, compute, placeholder, reduce_axis, rsum
 from mlc.passes.schedule.rules import default_schedule
@@ -25,6 +24,7 @@ from mlc.passes.tune.database import Database
 from mlc.passes.tune.measure import Runner
 from mlc.passes.tune.search import SearchConfig, Task, Tuner
 from mlc.runtime.bench import block_medians
+from mlc.runtime.cpu import compile_module
 
 
 def matmul(n: int) -> PrimFunc:

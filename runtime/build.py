@@ -1,4 +1,8 @@
-"""From a module to an artifact: compile its tensor programs and pack program, code and params."""
+"""From a module to an artifact: one writer for every target kind.
+
+The target's device (runtime/device.py) compiles the tensor programs into its sections; the graph
+functions become the runtime program, and the constants they use the params.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from mlc.ir.target import Target
 from mlc import __version__
 
 from .artifact import Artifact, dumps, pack_params
+from .device import device
 
 
 @dataclass
@@ -29,35 +34,22 @@ def build_artifact(module: Module, constants: dict[str, np.ndarray], target: str
     from mlc.ir.printer import print_module
 
     target = Target.parse(target)
-    if target.gpu:
-        from .cuda_build import build_cuda_artifact
-
-        return build_cuda_artifact(module, constants, target, emit)
-    from mlc.codegen.cpu import host_target
-    from mlc.codegen.jit import compile_module
-
-    prims = module.prim_functions()
-    host = host_target()
-    lib = compile_module(prims, host, opt_level) if prims else None
-    program = Module(module.functions, module.meta, None, module.loc)
     used = used_constants(module)
     missing = sorted(used - set(constants))
     if missing:
         raise MlcError(f"constants missing from the side file: {', '.join(missing[:5])}")
+    prims = module.prim_functions()
+    code = device(target.kind).compile(prims, target, emit, opt_level)
+    program = Module(module.functions, module.meta, None, module.loc)
     sections = {
         "program": print_module(program).encode(),
-        "object": lib.object_code if lib else b"",
+        **code.sections,
         "params": pack_params({k: constants[k] for k in sorted(used)}),
         "kernels": json.dumps(sorted(p.name for p in prims)).encode(),
     }
     meta = {"mlc_version": __version__, "target": target.kind, "source": dict(module.meta).get("source", ""),
-            "triple": host.triple, "cpu": host.cpu, "cpu_features": sorted(host.feature_set)}
-    res = BuildResult(dumps(Artifact(sections, meta)), kernels=[p.name for p in prims])
-    if lib is not None and "llvm" in emit:
-        res.llvm_ir = lib.llvm_ir()
-    if lib is not None and "asm" in emit:
-        res.asm = lib.emit_asm()
-    return res
+            **code.meta}
+    return BuildResult(dumps(Artifact(sections, meta)), code.llvm_ir, code.asm, [p.name for p in prims])
 
 
 def used_constants(module: Module) -> set[str]:

@@ -1,33 +1,39 @@
-"""Compile tensor programs to native code and call them on numpy arrays.
+"""The cpu device: native object code loaded into this process and called on numpy arrays.
 
-`compile_module` lowers PrimFuncs to LLVM IR, optimises it with the O3 pipeline for the host CPU,
-emits a relocatable object file and loads it with llvmlite's MCJIT (`add_object_file`), so the
-bytes kept in `CompiledLibrary.object_code` are exactly what runs; `link_object` loads such bytes
-later without recompiling. Kernels are self-describing (the `__mlc_kernels` JSON in the object), so
-a loaded object needs no IR. Calls go through ctypes, which releases the GIL.
+`CompiledLibrary` loads an object file (from `codegen.jit.compile_object`, or an artifact) with
+llvmlite's MCJIT (`add_object_file`), so the bytes an artifact keeps are exactly what runs, and
+points the kernels' parallel-loop launcher at the thread pool (runtime/parallel.py). Kernels are
+self-describing (the `__mlc_kernels` JSON in the object), so a loaded object needs no IR. Calls go
+through ctypes, which releases the GIL.
 """
 
 from __future__ import annotations
 
 import ctypes
-import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import llvmlite.binding as llvm
 import numpy as np
+from mlc.codegen.abi import INDEX_ERROR_SYMBOL, META_SYMBOL, expr_from_json
+from mlc.codegen.cpu import CpuTarget, host_target, init_llvm
+from mlc.codegen.jit import CpuObject, compile_object
+from mlc.codegen.parallel import LAUNCH_SYMBOL
+from mlc.ir import arith
+from mlc.ir.diagnostics import MlcError
+from mlc.ir.dtype import to_numpy
+from mlc.ir.expr import Expr, Var
+from mlc.ir.module import Module
+from mlc.ir.target import Target
+from mlc.ir.tir import PrimFunc
 
-from ..ir import arith
-from ..ir.diagnostics import MlcError
-from ..ir.dtype import to_numpy
-from ..ir.expr import Expr, Var
-from ..ir.tir import PrimFunc
-from .abi import INDEX_ERROR_SYMBOL, META_SYMBOL, expr_from_json
-from .cpu import CpuTarget, host_target, init_llvm
-from .llvm import lower_to_llvm
-from .parallel import LAUNCH_SYMBOL, launcher_address
+from .device import Compiled, Library
+from .parallel import launcher_address
+
+if TYPE_CHECKING:
+    from .artifact import Artifact
 
 _KERNEL_CFUNC = ctypes.CFUNCTYPE(None, ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_int64))
 
@@ -150,17 +156,15 @@ def _call_native(fn: ctypes._CFuncPtr, ptrs: Any, dims: Any, keep: tuple[np.ndar
     fn(ptrs, dims)
 
 
-class CompiledLibrary:
+class CompiledLibrary(Library):
     """Native code of a module of kernels, loaded into this process."""
 
-    def __init__(self, object_code: bytes, target: CpuTarget, module: llvm.ModuleRef | None = None):
+    def __init__(self, obj: CpuObject):
         init_llvm()
-        self.object_code = object_code
-        self.target = target
-        self._module = module
-        self._tm = target.target_machine()
-        self._engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), self._tm)
-        self._engine.add_object_file(llvm.ObjectFileRef.from_data(object_code))
+        self.obj = obj
+        self.object_code = obj.object_code
+        self._engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), obj.target.target_machine())
+        self._engine.add_object_file(llvm.ObjectFileRef.from_data(obj.object_code))
         self._engine.finalize_object()
         meta_addr = self._engine.get_global_value_address(META_SYMBOL)
         launch_addr = self._engine.get_global_value_address(LAUNCH_SYMBOL)
@@ -169,72 +173,99 @@ class CompiledLibrary:
         ctypes.c_void_p.from_address(launch_addr).value = launcher_address()
         err_addr = self._engine.get_global_value_address(INDEX_ERROR_SYMBOL)
         self.index_error = (ctypes.c_int64 * 4).from_address(err_addr) if err_addr else None
+        super().__init__(ctypes.string_at(meta_addr), "object code")
+
+    def make_kernel(self, name: str, meta: dict[str, Any]) -> Kernel:
         try:
-            meta = json.loads(ctypes.string_at(meta_addr).decode())
-            self._kernels = {k["name"]: k for k in meta["kernels"]}
-        except (ValueError, KeyError, TypeError) as e:
+            params = tuple(ParamInfo(p["name"], p["dtype"], tuple(expr_from_json(d) for d in p["shape"]))
+                           for p in meta["params"])
+            dims, n_out = tuple(meta["dims"]), int(meta["num_outputs"])
+        except (KeyError, TypeError, ValueError) as e:
             raise MlcError(f"corrupt kernel metadata in object code: {e}") from None
-        self._cache: dict[str, Kernel] = {}
-
-    @property
-    def names(self) -> list[str]:
-        return list(self._kernels)
-
-    def kernel(self, name: str) -> Kernel:
-        k = self._cache.get(name)
-        if k is not None:
-            return k
-        meta = self._kernels.get(name)
-        if meta is None:
-            raise MlcError(f"no kernel named {name!r} (have: {', '.join(self._kernels) or 'none'})")
         addr = self._engine.get_function_address(name)
-        params = tuple(ParamInfo(p["name"], p["dtype"], tuple(expr_from_json(d) for d in p["shape"]))
-                       for p in meta["params"])
-        k = Kernel(name, params, tuple(meta["dims"]), int(meta["num_outputs"]), bool(meta.get("checks", False)),
-                   _KERNEL_CFUNC(addr), self)
-        self._cache[name] = k
-        return k
+        return Kernel(name, params, dims, n_out, bool(meta.get("checks", False)), _KERNEL_CFUNC(addr), self)
 
     def llvm_ir(self) -> str:
-        """The optimised LLVM IR (only for libraries compiled in this process)."""
-        if self._module is None:
-            raise MlcError("LLVM IR is not available for a library loaded from object code")
-        return str(self._module)
+        return self.obj.llvm_ir()
 
     def emit_asm(self) -> str:
-        """Assembly of the optimised module, as the target machine prints it."""
-        if self._module is None:
-            raise MlcError("assembly is not available for a library loaded from object code")
-        return self._tm.emit_assembly(self._module)
-
-
-def optimize(mod: llvm.ModuleRef, target: CpuTarget, opt_level: int) -> None:
-    """Run LLVM's standard O<level> pipeline (with loop and SLP vectorizers) on `mod` in place."""
-    tm = target.target_machine(opt_level)
-    pto = llvm.PipelineTuningOptions(speed_level=opt_level)
-    pto.loop_vectorization = opt_level >= 2
-    pto.slp_vectorization = opt_level >= 2
-    pto.loop_unrolling = opt_level >= 2
-    pb = llvm.create_pass_builder(tm, pto)
-    pb.getModulePassManager().run(mod, pb)
-
-
-def compile_ir(text: str, target: CpuTarget, opt_level: int = 3) -> tuple[llvm.ModuleRef, bytes]:
-    """Parse, verify, optimise LLVM IR text and emit an object file."""
-    init_llvm()
-    mod = llvm.parse_assembly(text)
-    mod.verify()
-    optimize(mod, target, opt_level)
-    return mod, target.target_machine(opt_level).emit_object(mod)
+        return self.obj.emit_asm()
 
 
 def compile_module(funcs: Sequence[PrimFunc], target: CpuTarget | None = None, opt_level: int = 3) -> CompiledLibrary:
     """Compile PrimFuncs to native code for `target` (the host by default) and load it."""
-    target = target or host_target()
-    mod, obj = compile_ir(lower_to_llvm(list(funcs), target), target, opt_level)
-    return CompiledLibrary(obj, target, mod)
+    return CompiledLibrary(compile_object(funcs, target, opt_level))
 
 
 def link_object(obj_bytes: bytes, target: CpuTarget | None = None) -> CompiledLibrary:
     """Load object code emitted earlier (`CompiledLibrary.object_code`) without recompiling."""
-    return CompiledLibrary(bytes(obj_bytes), target or host_target())
+    return CompiledLibrary(CpuObject(bytes(obj_bytes), target or host_target()))
+
+
+_OBJECT_MAGICS = (b"\x7fELF", b"\xcf\xfa\xed\xfe", b"\xce\xfa\xed\xfe", b"\x64\x86", b"\x64\xaa")  # ELF, Mach-O, COFF
+
+
+@dataclass(frozen=True)
+class CpuDevice:
+    """The host: code is an object file in the artifact's `object` section, memory is numpy's."""
+
+    kind: str = "cpu"
+
+    def compile(self, prims: Sequence[PrimFunc], target: Target, emit: tuple[str, ...] = (),
+                opt_level: int = 3) -> Compiled:
+        info = target.cpu_info()
+        cpu = CpuTarget(info.triple, info.cpu, info.features)
+        obj = compile_object(prims, cpu, opt_level) if prims else None
+        out = Compiled({"object": obj.object_code if obj else b""},
+                       {"triple": cpu.triple, "cpu": cpu.cpu, "cpu_features": sorted(cpu.feature_set)})
+        if obj is not None and "llvm" in emit:
+            out.llvm_ir = obj.llvm_ir()
+        if obj is not None and "asm" in emit:
+            out.asm = obj.emit_asm()
+        return out
+
+    def load(self, art: Artifact, name: str) -> CompiledLibrary | None:
+        obj = art.sections.get("object", b"")
+        if not obj:
+            return None
+        if not obj.startswith(_OBJECT_MAGICS):  # llvmlite would crash the process on it
+            raise MlcError(f"{name}: artifact's object section is not native object code")
+        check_host(art.meta, name)
+        return link_object(obj)
+
+    def vm(self, module: Module, params: Mapping[str, np.ndarray], library: Library | None,
+           guard: str | None = None) -> Any:
+        from .vm import VM
+
+        return VM(module, params, library, guard)
+
+    def alloc(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        return np.empty(shape, dtype)
+
+    def copy_in(self, a: np.ndarray) -> np.ndarray:
+        return np.require(a, requirements="C")
+
+    def copy_out(self, t: np.ndarray) -> np.ndarray:
+        return np.array(t, copy=True)
+
+    def sync(self) -> None:
+        pass
+
+
+CPU = CpuDevice()
+
+
+def check_host(meta: Mapping[str, Any], name: str) -> None:
+    """Native code runs only where it was built for: another architecture aborted inside LLVM, and a
+    missing CPU feature (AVX512-FP16, say) killed the process with SIGILL at the first call."""
+    host = host_target()
+    triple = meta.get("triple")
+    if isinstance(triple, str) and triple.split("-")[0] != host.triple.split("-")[0]:
+        raise MlcError(f"{name}: built for {triple}, this machine is {host.triple} (rebuild it here with mlc build)")
+    need = meta.get("cpu_features")
+    if isinstance(need, list):
+        missing = sorted(set(map(str, need)) - host.feature_set)
+        if missing:
+            raise MlcError(f"{name}: built for a CPU ({meta.get('cpu', '?')}) with features this one "
+                           f"({host.cpu}) lacks: {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''} "
+                           f"(rebuild it here with mlc build)")

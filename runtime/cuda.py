@@ -1,30 +1,38 @@
-"""Compile CUDA C from `codegen.cuda` with nvcc (through pycuda) and launch kernels on a stream.
+"""The cuda device: cubins loaded with pycuda, kernels launched on a stream, device memory.
 
 A `CudaLibrary` is self-describing (the codegen's JSON metadata travels with the cubin), so an
 artifact can be loaded without its IR. Grids and temporary sizes are expressions of the dims,
-evaluated at launch time. Without pycuda or a GPU every entry point raises one clear MlcError;
-`cuda_unavailable()` says why, for tests to skip on.
+evaluated at launch time. Building needs only nvcc (codegen/cuda_jit.py); loading and running need
+pycuda and a GPU, and without them every entry point raises one clear MlcError
+(`cuda_unavailable()` says why, for tests to skip on).
 """
 
 from __future__ import annotations
 
-import json
 import struct
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from mlc.codegen.abi import expr_from_json
+from mlc.codegen.cuda_jit import build_cuda
+from mlc.ir import arith
+from mlc.ir.diagnostics import MlcError
+from mlc.ir.dtype import to_numpy
+from mlc.ir.expr import Expr, Var
+from mlc.ir.module import Module
+from mlc.ir.target import Target
+from mlc.ir.tir import PrimFunc
 
-from ..ir import arith
-from ..ir.diagnostics import MlcError
-from ..ir.dtype import to_numpy
-from ..ir.expr import Expr, Var
-from ..ir.tir import PrimFunc
-from .abi import expr_from_json
-from .cuda import CudaSource, lower_to_cuda
+from .device import Compiled, Library
+from .executor import compile_int
 
+if TYPE_CHECKING:
+    from .artifact import Artifact
+
+CUDA_SECTIONS = ("cuda_source", "cubin", "cuda_meta")
 INDEX_LIMIT = 2**31
 
 
@@ -69,22 +77,7 @@ def device_arch() -> str:
     return "sm_90a" if (major, minor) == (9, 0) else f"sm_{major}{minor}"
 
 
-def compile_source(src: CudaSource) -> bytes:
-    """nvcc: CUDA C -> cubin for `src.arch`."""
-    cuda_context()
-    from pycuda.compiler import compile as nvcc_compile
-
-    try:
-        # an arch-specific target (sm_90a) is built as -arch compute_90a -code sm_90a
-        arch, code = (f"compute_{src.arch[3:]}", src.arch) if src.arch.endswith("a") else (src.arch, None)
-        return bytes(nvcc_compile(src.source, no_extern_c=True, arch=arch, code=code, options=["-O3", "-std=c++17", "-diag-suppress=177,550"]))
-    except Exception as e:  # noqa: BLE001 - pycuda reports nvcc failures as CompileError
-        raise MlcError(f"codegen cuda: nvcc failed: {str(e)[:4000]}") from None
-
-
-def _int_fn(e: Expr) -> Callable[[dict[str, int]], int]:
-    from ..runtime.executor import compile_int
-
+def int_fn(e: Expr) -> Callable[[dict[str, int]], int]:
     return compile_int(arith.simplify(e))
 
 
@@ -193,70 +186,105 @@ class CudaKernel:
                 a[...] = out
 
 
-class CudaLibrary:
+class CudaLibrary(Library):
     """Kernels loaded from a cubin plus the codegen's metadata."""
 
     def __init__(self, cubin: bytes, metadata: str, source: str = ""):
         cuda_context()
         import pycuda.driver as drv
 
-        self.cubin, self.metadata, self.source = cubin, metadata, source
-        try:
-            meta = json.loads(metadata)
-            self._meta = {k["name"]: k for k in meta["kernels"]}
-        except (ValueError, KeyError, TypeError) as e:
-            raise MlcError(f"corrupt CUDA kernel metadata: {e}") from None
+        super().__init__(metadata, "the CUDA metadata")
+        self.cubin, self.source = cubin, source
         try:
             self._module = drv.module_from_buffer(cubin)
         except drv.Error as e:
             raise MlcError(f"cannot load CUDA module: {e}") from None
-        self._cache: dict[str, CudaKernel] = {}
 
-    @property
-    def names(self) -> list[str]:
-        return list(self._meta)
-
-    def kernel(self, name: str) -> CudaKernel:
-        k = self._cache.get(name)
-        if k is not None:
-            return k
+    def make_kernel(self, name: str, meta: dict[str, Any]) -> CudaKernel:
         import pycuda.driver as drv
 
-        m = self._meta.get(name)
-        if m is None:
-            raise MlcError(f"no kernel named {name!r} (have: {', '.join(self._meta) or 'none'})")
         launches = []
-        for ln in m["launches"]:
+        for ln in meta["launches"]:
             fn = self._module.get_function(ln["symbol"])
             shared = int(ln["shared_bytes"])
             if shared > 48 * 1024:
                 fn.set_attribute(drv.function_attribute.MAX_DYNAMIC_SHARED_SIZE_BYTES, shared)
-            launches.append(_Launch(fn, [_int_fn(expr_from_json(g)) for g in ln["grid"]], tuple(ln["block"]), shared))
+            launches.append(_Launch(fn, [int_fn(expr_from_json(g)) for g in ln["grid"]], tuple(ln["block"]), shared))
         temps = []
-        for t in m["temps"]:
+        for t in meta["temps"]:
             size: Expr = expr_from_json(1)
             for d in t["shape"]:
                 size = size * expr_from_json(d)
-            temps.append((t["name"], t["dtype"], _int_fn(size)))
-        params = [(p["name"], p["dtype"], tuple(expr_from_json(d) for d in p["shape"])) for p in m["params"]]
-        k = CudaKernel(name, params, list(m["dims"]), int(m["num_outputs"]), temps, launches)
-        self._cache[name] = k
-        return k
+            temps.append((t["name"], t["dtype"], int_fn(size)))
+        params = [(p["name"], p["dtype"], tuple(expr_from_json(d) for d in p["shape"])) for p in meta["params"]]
+        return CudaKernel(name, params, list(meta["dims"]), int(meta["num_outputs"]), temps, launches)
 
 
-def build_cuda(funcs: Sequence[PrimFunc], arch: str | None = None, schedule: bool = True,
-               gemm_config: tuple[int, ...] | None = None) -> tuple[CudaSource, bytes]:
-    """Default GPU schedules for unscheduled PrimFuncs, CUDA C, and its cubin."""
-    from ..passes.schedule.gpu_rules import default_gpu_schedule
-
-    cuda_context()
-    prims = [default_gpu_schedule(f) for f in funcs] if schedule else list(funcs)
-    src = lower_to_cuda(prims, arch or device_arch(), gemm_config)
-    return src, compile_source(src)
-
-
-def compile_cuda(funcs: Sequence[PrimFunc], arch: str | None = None, schedule: bool = True,
+def compile_cuda(funcs: Sequence[PrimFunc], arch: str | None = None,
                  gemm_config: tuple[int, ...] | None = None) -> CudaLibrary:
-    """Compile PrimFuncs for the GPU and load them."""
-    src, cubin = build_cuda(funcs, arch, schedule, gemm_config)
+    """Compile scheduled PrimFuncs for the GPU (GPU 0's arch by default) and load them."""
+    src, cubin = build_cuda(funcs, arch or device_arch(), gemm_config)
     return CudaLibrary(cubin, src.metadata(), src.source)
+
+
+@dataclass(frozen=True)
+class CudaDevice:
+    """NVIDIA GPUs: code is CUDA C + cubin + launch metadata; memory is pycuda's (one stream per VM)."""
+
+    kind: str = "cuda"
+
+    def compile(self, prims: Sequence[PrimFunc], target: Target, emit: tuple[str, ...] = (),
+                opt_level: int = 3) -> Compiled:
+        src, cubin = build_cuda(prims, target.nvcc_arch) if prims else (None, b"")
+        out = Compiled({"cuda_source": src.source.encode() if src else b"", "cubin": cubin,
+                        "cuda_meta": src.metadata().encode() if src else b'{"version": 1, "kernels": []}'},
+                       {"arch": src.arch if src else ""})
+        if src is not None and ("llvm" in emit or "asm" in emit or "cuda" in emit):
+            out.asm = src.source  # the CUDA C is this target's "assembly" listing
+        return out
+
+    def load(self, art: Artifact, name: str) -> CudaLibrary | None:
+        if "cubin" not in art.sections:
+            raise MlcError(f"{name}: not a cuda artifact (no cubin section); rebuild with --target cuda")
+        try:
+            meta = art.sections["cuda_meta"].decode()
+            source = art.sections.get("cuda_source", b"").decode()
+        except (KeyError, UnicodeDecodeError):
+            raise MlcError(f"{name}: artifact has no readable cuda_meta section") from None
+        cubin = art.sections["cubin"]
+        if not cubin:
+            return None
+        built, here = str(art.meta.get("arch", "")), device_arch()
+        if built and built.rstrip("a") != here.rstrip("a"):
+            raise MlcError(f"{name}: built for {built}, this GPU is {here} (rebuild with --target cuda:{here.rstrip('a')})")
+        return CudaLibrary(cubin, meta, source)
+
+    def vm(self, module: Module, params: Mapping[str, np.ndarray], library: Library | None,
+           guard: str | None = None) -> Any:
+        from .cuda_vm import CudaVM
+
+        return CudaVM(module, params, library)
+
+    def alloc(self, shape: tuple[int, ...], dtype: np.dtype) -> Any:
+        import pycuda.driver as drv
+
+        from .cuda_vm import DeviceTensor
+
+        mem = drv.mem_alloc(max(1, int(np.prod(shape, dtype=np.int64)) * dtype.itemsize))
+        return DeviceTensor(int(mem), shape, dtype, mem)
+
+    def copy_in(self, a: np.ndarray) -> Any:
+        from .cuda_vm import to_device
+
+        return to_device(a)
+
+    def copy_out(self, t: Any) -> np.ndarray:
+        return t.get()
+
+    def sync(self) -> None:
+        import pycuda.driver as drv
+
+        drv.Context.synchronize()
+
+
+CUDA = CudaDevice()

@@ -36,6 +36,7 @@ from mlc.ir.module import Module
 from mlc.ir.tir import PrimFunc
 from mlc.ir.types import ScalarType, TensorType, TupleType
 
+from .device import check_inputs
 from .memory_plan import MemoryPlan, plan_function
 
 
@@ -102,7 +103,8 @@ class CudaVM(Interpreter):
 
     def __init__(self, module: Module, params: Mapping[str, np.ndarray], library: Any):
         import pycuda.driver as drv
-        from mlc.codegen.cuda_jit import cuda_context
+
+        from .cuda import cuda_context
 
         cuda_context()
         super().__init__(module, params)
@@ -123,7 +125,7 @@ class CudaVM(Interpreter):
 
     # ---- entry points -------------------------------------------------------------------------
     def run(self, inputs: Mapping[str, np.ndarray], func: str = "main") -> dict[str, np.ndarray]:
-        fn = self._check(inputs, func)
+        fn = check_inputs(self.module, inputs, func)
         dev = {k: to_device(np.asarray(v)) for k, v in inputs.items()}
         outs = self.run_device(dev, func)
         self.stream.synchronize()
@@ -131,7 +133,7 @@ class CudaVM(Interpreter):
 
     def run_device(self, inputs: Mapping[str, DeviceTensor], func: str = "main") -> dict[str, Any]:
         """Run with device-resident inputs; results stay on the device (call `.get()`)."""
-        fn = self._check(inputs, func)
+        fn = check_inputs(self.module, inputs, func)
         frame = Frame()
         for p in fn.params:
             match_device(inputs[p.name], p.type, frame.dims, f"argument %{p.name} of @{func}", p.loc)
@@ -161,19 +163,6 @@ class CudaVM(Interpreter):
 
     def synchronize(self) -> None:
         self.stream.synchronize()
-
-    def _check(self, inputs: Mapping[str, Any], func: str) -> Function:
-        fn = self.module.get(func)
-        if not isinstance(fn, Function):
-            raise MlcError(f"@{func} is not a graph function")
-        names = [p.name for p in fn.params]
-        missing = [n for n in names if n not in inputs]
-        unknown = [n for n in inputs if n not in names]
-        if missing or unknown:
-            raise MlcError(f"@{func} takes inputs {', '.join(names)}"
-                           + (f"; missing {', '.join(missing)}" if missing else "")
-                           + (f"; unknown {', '.join(unknown)}" if unknown else ""))
-        return fn
 
     # ---- graph walk -------------------------------------------------------------------------
     def block(self, block: Block, frame: Frame) -> list[Any]:

@@ -23,8 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import llvmlite.binding as llvm
-
-from .cpu import host_target, init_llvm
+from mlc.codegen.cpu import host_target, init_llvm
 
 _FUTEX_SYSCALL = {"x86_64": 202, "aarch64": 98}
 _FUTEX_WAIT, _FUTEX_WAKE = 128, 129  # the *_PRIVATE variants

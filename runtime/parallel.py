@@ -4,9 +4,8 @@ Kernels call the native pool of `native_pool.py` where it is supported (Linux x8
 launch cost well under a microsecond); the Python pool below is the portable fallback
 (set MLC_PYTHON_POOL=1 to force it).
 
-A compiled kernel outlines each parallel loop body into a native chunk function
-`void chunk(i8* closure, i64 begin, i64 end)` and calls the launcher whose address sits in the
-module's global `__mlc_parallel_launch`: `void launch(chunk_fn, closure, extent)`. The launcher
+A compiled kernel outlines each parallel loop body into a native chunk function and calls the
+launcher whose address the loader stores in the module (the ABI: codegen/parallel.py). The launcher
 (a ctypes callback) splits [0, extent) into one contiguous chunk per thread, runs the first on
 the calling thread and the rest on a persistent pool. Every chunk runs through ctypes, which
 releases the GIL, so chunks execute truly in parallel with no Python in the inner loop; only
@@ -23,7 +22,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 from .native_pool import NativePool, load_pool
 
-LAUNCH_SYMBOL = "__mlc_parallel_launch"
 LAUNCH_CFUNC = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)
 CHUNK_CFUNC = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64)
 

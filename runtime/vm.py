@@ -21,6 +21,7 @@ from mlc.ir.module import Module
 from mlc.ir.tir import PrimFunc
 from mlc.ir.types import TensorType, TupleType
 
+from .device import check_inputs
 from .executor import Executor
 from .guard import guarded_copy, side_from_env
 from .memory_plan import MemoryPlan, plan_function
@@ -59,18 +60,8 @@ class VM(Interpreter):
         self._executors: dict[str, Executor] = {}
 
     def run(self, inputs: Mapping[str, np.ndarray], func: str = "main") -> dict[str, np.ndarray]:
-        fn = self.module.get(func)
-        if not isinstance(fn, Function):
-            raise MlcError(f"@{func} is not a graph function")
+        fn = check_inputs(self.module, inputs, func)
         names = [p.name for p in fn.params]
-        missing = [n for n in names if n not in inputs]
-        unknown = [n for n in inputs if n not in names]
-        if missing or unknown:
-            raise MlcError(
-                f"@{func} takes inputs {', '.join(names)}"
-                + (f"; missing {', '.join(missing)}" if missing else "")
-                + (f"; unknown {', '.join(unknown)}" if unknown else "")
-            )
         self._active_plan = self.plans.get(func)
         args = [np.require(inputs[n], requirements="C") for n in names]
         try:

@@ -5,9 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from mlc.codegen.cpu import host_target
-from mlc.codegen.jit import compile_module, link_object
 from mlc.codegen.llvm import kernel_signature, lower_to_llvm
-from mlc.codegen.parallel import get_num_threads, set_num_threads
 from mlc.ir import (
     Bin,
     BlockStmt,
@@ -29,6 +27,8 @@ from mlc.ir import (
 )
 from mlc.ir.dtype import to_numpy
 from mlc.ir.expr import INTRINSICS
+from mlc.runtime.cpu import compile_module, link_object
+from mlc.runtime.parallel import get_num_threads, set_num_threads
 
 RNG = np.random.default_rng(0)
 n, m = Var("n"), Var("m")
@@ -491,7 +491,7 @@ def test_object_file_loads_in_fresh_process(tmp_path):
     obj.write_bytes(lib.object_code)
     code = (
         "import sys, numpy as np\n"
-        "from mlc.codegen.jit import link_object\n"
+        "from mlc.runtime.cpu import link_object\n"
         "lib = link_object(open(sys.argv[1], 'rb').read())\n"
         "x = np.zeros(11, 'f4'); lib.kernel('fill')([x])\n"
         "print(' '.join(repr(float(v)) for v in x))\n"

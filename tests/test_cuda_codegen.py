@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 from cuda_helpers import lowered_zoo, matmul
 from mlc.codegen.cuda import lower_to_cuda
-from mlc.codegen.cuda_jit import cuda_unavailable
 from mlc.ir import arith
 from mlc.ir.diagnostics import MlcError
 from mlc.ir.expr import Var
@@ -21,6 +20,7 @@ from mlc.ir.tir_builder import build, compute, placeholder, reduce_axis, rsum
 from mlc.ir.tir_interp import run_prim
 from mlc.passes.schedule.gpu_rules import default_gpu_schedule
 from mlc.passes.schedule.tree import walk
+from mlc.runtime.cuda import cuda_unavailable
 
 NVCC = shutil.which("nvcc")
 
@@ -142,10 +142,10 @@ def test_parallel_loops_are_rejected() -> None:
 
 @pytest.mark.skipif(cuda_unavailable() is None, reason="a GPU is present: the no-GPU error path cannot be seen")
 def test_running_without_gpu_is_a_clear_error() -> None:
-    from mlc.codegen.cuda_jit import compile_cuda
+    from mlc.runtime.cuda import compile_cuda
 
     with pytest.raises(MlcError, match="target cuda needs pycuda and an NVIDIA GPU"):
-        compile_cuda([matmul("mm", 16, 16, 16, "f32")])
+        compile_cuda([default_gpu_schedule(matmul("mm", 16, 16, 16, "f32"))])
 
 
 def _scale(rows: int | Var, cols: int):  # type: ignore[no-untyped-def]

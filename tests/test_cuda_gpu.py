@@ -6,10 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from cuda_helpers import SETTINGS, matmul, zoo_case, zoo_module, zoo_names
-from mlc.codegen.cuda_jit import cuda_unavailable
 from mlc.ir import arith
 from mlc.ir.expr import Var
 from mlc.ir.tir_interp import run_prim
+from mlc.passes.schedule.gpu_rules import default_gpu_schedule
+from mlc.runtime.cuda import cuda_unavailable
 
 _WHY = cuda_unavailable()
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(_WHY is not None, reason=f"needs a CUDA GPU: {_WHY}")]
@@ -17,11 +18,11 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(_WHY is not None, reason=f"nee
 
 @pytest.mark.parametrize("name", zoo_names())
 def test_zoo_model_on_gpu_matches_onnxruntime(name: str) -> None:
-    from mlc.codegen.cuda_jit import compile_cuda
+    from mlc.runtime.cuda import compile_cuda
     from mlc.runtime.cuda_vm import CudaVM
 
     mod, consts = zoo_module(name)
-    vm = CudaVM(mod, consts, compile_cuda(mod.prim_functions()))
+    vm = CudaVM(mod, consts, compile_cuda([default_gpu_schedule(f) for f in mod.prim_functions()]))
     for k in range(len(SETTINGS)):
         feeds, want = zoo_case(name, k)
         got = vm.run(feeds)
@@ -47,9 +48,9 @@ def test_zoo_artifact_roundtrip_on_gpu(tmp_path) -> None:  # type: ignore[no-unt
 
 @pytest.mark.parametrize("m,n,k", [(300, 256, 128), (128, 264, 40), (2048, 512, 1024)])
 def test_f16_gemm_on_tensor_cores(m: int, n: int, k: int) -> None:
-    from mlc.codegen.cuda_jit import compile_cuda
+    from mlc.runtime.cuda import compile_cuda
 
-    lib = compile_cuda([matmul("h", Var("m"), n, k, "f16")])
+    lib = compile_cuda([default_gpu_schedule(matmul("h", Var("m"), n, k, "f16"))])
     assert "mlc_wmma_gemm" in lib.source
     rng = np.random.default_rng(0)
     a = rng.standard_normal((m, k)).astype(np.float16)
@@ -62,9 +63,9 @@ def test_f16_gemm_on_tensor_cores(m: int, n: int, k: int) -> None:
 
 @pytest.mark.parametrize("m,n,k", [(300, 256, 128), (1024, 1024, 1024)])
 def test_f32_gemm_register_tiles(m: int, n: int, k: int) -> None:
-    from mlc.codegen.cuda_jit import compile_cuda
+    from mlc.runtime.cuda import compile_cuda
 
-    lib = compile_cuda([matmul("s", Var("m"), n, k, "f32")])
+    lib = compile_cuda([default_gpu_schedule(matmul("s", Var("m"), n, k, "f32"))])
     rng = np.random.default_rng(1)
     a = rng.standard_normal((m, k)).astype(np.float32)
     b = rng.standard_normal((k, n)).astype(np.float32)
@@ -74,11 +75,11 @@ def test_f32_gemm_register_tiles(m: int, n: int, k: int) -> None:
 
 
 def test_every_gpt_kernel_matches_the_interpreter() -> None:
-    from mlc.codegen.cuda_jit import compile_cuda
+    from mlc.runtime.cuda import compile_cuda
 
     mod, _ = zoo_module("gpt_block")
     prims = mod.prim_functions()
-    lib = compile_cuda(prims)
+    lib = compile_cuda([default_gpu_schedule(f) for f in prims])
     rng = np.random.default_rng(4)
     env = {"B": 3, "T": 37}
     for f in prims:
@@ -99,12 +100,12 @@ def test_every_gpt_kernel_matches_the_interpreter() -> None:
 def test_device_memory_is_planned_and_reused() -> None:
     """Arenas persist across calls; a repeated call with the same dims replays the recorded launches
     (new input values, checked against the reference interpreter)."""
-    from mlc.codegen.cuda_jit import compile_cuda
     from mlc.ir.interp import run_function
+    from mlc.runtime.cuda import compile_cuda
     from mlc.runtime.cuda_vm import CudaVM
 
     mod, consts = zoo_module("gpt_block")
-    vm = CudaVM(mod, consts, compile_cuda(mod.prim_functions()))
+    vm = CudaVM(mod, consts, compile_cuda([default_gpu_schedule(f) for f in mod.prim_functions()]))
     rng = np.random.default_rng(5)
     xs = [rng.standard_normal((2, 9, 32)).astype(np.float32) for _ in range(3)]
     first = vm.run({"x": xs[0]})  # allocates the arenas (a moving arena voids a recording)
@@ -124,15 +125,15 @@ def test_device_memory_is_planned_and_reused() -> None:
 def test_cuda_build_pipeline_schedules_match_onnxruntime(name: str) -> None:
     # what `mlc build --target cuda` runs: the schedule pass (GPU design space's default point)
     # before codegen, instead of codegen's own defaults
-    from mlc.codegen.cuda_jit import compile_cuda
     from mlc.passes.pipeline import parse_pipeline, run_pipeline
     from mlc.passes.registry import PassContext
+    from mlc.runtime.cuda import compile_cuda
     from mlc.runtime.cuda_vm import CudaVM
 
     mod, consts = zoo_module(name)
     mod, _ = run_pipeline(mod, parse_pipeline("passes: [schedule]", "t"), PassContext(constants=consts, target="cuda"),
                           verify_each=True)
-    vm = CudaVM(mod, consts, compile_cuda(mod.prim_functions()))
+    vm = CudaVM(mod, consts, compile_cuda([default_gpu_schedule(f) for f in mod.prim_functions()]))
     feeds, want = zoo_case(name, 0)
     got = vm.run(feeds)
     for o, w in want.items():
@@ -143,10 +144,10 @@ def test_cuda_build_pipeline_schedules_match_onnxruntime(name: str) -> None:
 def test_integer_row_reductions_and_pow_on_gpu(op: str, dtype: str) -> None:
     """Cross-thread reductions start from the type's identity (the CUDA table once gave 127 for min
     over i16 and 128 for max over u8), and integer pow is exact square-and-multiply, as on the CPU."""
-    from mlc.codegen.cuda_jit import compile_cuda
     from mlc.ir.expr import Bin
     from mlc.ir.tir_builder import build, compute, placeholder, reduce_axis, rmax, rmin
     from mlc.passes.schedule.gpu_rules import default_gpu_schedule
+    from mlc.runtime.cuda import compile_cuda
 
     n = Var("n")
     x = placeholder("x", (n, 300), dtype)

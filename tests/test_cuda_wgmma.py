@@ -16,7 +16,6 @@ import pytest
 from cuda_helpers import matmul
 from mlc.codegen.cuda import lower_to_cuda
 from mlc.codegen.cuda_gemm import TC_CONFIGS
-from mlc.codegen.cuda_jit import cuda_unavailable
 from mlc.codegen.cuda_wgmma import (
     LOADER_ENV,
     WGMMA_CONFIGS,
@@ -35,6 +34,7 @@ from mlc.ir.tir import BlockStmt, For, PrimFunc, Seq, Stmt
 from mlc.ir.tir_builder import build, compute, placeholder, reduce_axis, rsum
 from mlc.passes.schedule.gpu_rules import default_gpu_schedule
 from mlc.passes.schedule.schedule import Schedule
+from mlc.runtime.cuda import cuda_unavailable
 
 NVCC = shutil.which("nvcc")
 
@@ -163,7 +163,7 @@ _WHY = cuda_unavailable()
 
 
 def _hopper() -> bool:
-    from mlc.codegen.cuda_jit import device_arch
+    from mlc.runtime.cuda import device_arch
 
     return device_arch() == "sm_90a"
 
@@ -183,12 +183,12 @@ def test_wgmma_gemm_matches_numpy(m: int, n: int, k: int, config: tuple[int, ...
                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """Each shape twice through one kernel (a second M): the TMA path rebuilds its per-SM tensor maps per
     launch, so a stale map would show in the second result."""
-    from mlc.codegen.cuda_jit import compile_cuda
+    from mlc.runtime.cuda import compile_cuda
 
     if not _hopper():
         pytest.skip("needs an sm_90 GPU")
     monkeypatch.setenv(LOADER_ENV, loader)
-    lib = compile_cuda([matmul("h", Var("m"), n, k, "f16")], gemm_config=config)
+    lib = compile_cuda([default_gpu_schedule(matmul("h", Var("m"), n, k, "f16"))], gemm_config=config)
     assert _gemm_line(lib.source).endswith("true);" if loader == "tma" else "false);")
     rng = np.random.default_rng(m + n + k)
     for rows in (m, m // 2 + 3):
@@ -203,20 +203,20 @@ def test_wgmma_gemm_matches_numpy(m: int, n: int, k: int, config: tuple[int, ...
 @pytest.mark.skipif(_WHY is not None, reason=f"needs a CUDA GPU: {_WHY}")
 @pytest.mark.parametrize("loader", WGMMA_LOADERS)
 def test_wgmma_batched_and_folded_gemms(loader: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    from mlc.codegen.cuda_jit import compile_cuda
+    from mlc.runtime.cuda import compile_cuda
 
     if not _hopper():
         pytest.skip("needs an sm_90 GPU")
     monkeypatch.setenv(LOADER_ENV, loader)
     rng = np.random.default_rng(7)
-    lib = compile_cuda([batched(3, 200, 136, 72)], schedule=False)
+    lib = compile_cuda([batched(3, 200, 136, 72)])
     assert "mlc_wgmma_gemm<" in _gemm_line(lib.source)
     a = rng.standard_normal((3, 200, 72)).astype(np.float16)
     b = rng.standard_normal((3, 72, 136)).astype(np.float16)
     c = rng.standard_normal((3, 200, 136)).astype(np.float16)  # overwritten by the init stage
     lib.kernel("bmm")([a, b, c])
     _check(c, a.astype(np.float32) @ b.astype(np.float32))
-    lib = compile_cuda([_folded()], schedule=False)
+    lib = compile_cuda([_folded()])
     a = rng.standard_normal((5, 100, 72)).astype(np.float16)
     b = rng.standard_normal((72, 136)).astype(np.float16)
     c = np.zeros((5, 100, 136), np.float16)
@@ -230,12 +230,13 @@ def test_wgmma_tma_kernels_on_concurrent_streams(monkeypatch: pytest.MonkeyPatch
     """Two TMA GEMMs of different shapes from one module, launched alternately on two streams: their
     blocks share the per-SM tensor-map scratch, which stays private only because they cannot share an SM."""
     import pycuda.driver as drv
-    from mlc.codegen.cuda_jit import compile_cuda
+    from mlc.runtime.cuda import compile_cuda
 
     if not _hopper():
         pytest.skip("needs an sm_90 GPU")
     monkeypatch.setenv(LOADER_ENV, "tma")
-    lib = compile_cuda([matmul("p", 1024, 512, 256, "f16"), matmul("q", 640, 264, 392, "f16")])
+    lib = compile_cuda([default_gpu_schedule(matmul("p", 1024, 512, 256, "f16")),
+                        default_gpu_schedule(matmul("q", 640, 264, 392, "f16"))])
     rng = np.random.default_rng(3)
     runs = []
     for name, (m, n, k) in (("p", (1024, 512, 256)), ("q", (640, 264, 392))):

@@ -10,12 +10,12 @@ import threading
 import numpy as np
 import pytest
 from mlc.codegen import llvm as llvm_codegen
-from mlc.codegen import parallel
-from mlc.codegen.jit import compile_module
-from mlc.codegen.native_pool import load_pool
 from mlc.ir.expr import Const, Var
 from mlc.ir.tir import Buffer, For, PrimFunc, Store
 from mlc.ir.tir_builder import build, compute, placeholder
+from mlc.runtime import parallel
+from mlc.runtime.cpu import compile_module
+from mlc.runtime.native_pool import load_pool
 
 native = pytest.mark.skipif(parallel.native_pool() is None, reason="native pool unsupported here")
 
@@ -139,7 +139,7 @@ def test_spin_is_calibrated_to_time_not_iterations(monkeypatch: pytest.MonkeyPat
     from a timed probe, and MLC_POOL_SPIN still overrides it."""
     import time
 
-    from mlc.codegen.native_pool import calibrated_spin
+    from mlc.runtime.native_pool import calibrated_spin
 
     def probe(n: int) -> None:  # a "CPU" whose spin iteration takes 1 us
         end = time.perf_counter() + n * 1e-6

@@ -14,7 +14,6 @@ from click.testing import CliRunner
 from cuda_helpers import matmul
 from mlc.cli.tune import tune_cmd
 from mlc.codegen.cuda import lower_to_cuda
-from mlc.codegen.cuda_jit import cuda_unavailable
 from mlc.codegen.cuda_wgmma import WGMMA_CONFIGS
 from mlc.ir import arith
 from mlc.ir.expr import Var
@@ -38,6 +37,7 @@ from mlc.passes.tune.features import extract
 from mlc.passes.tune.measure import Result, Runner
 from mlc.passes.tune.search import SearchConfig, mutate
 from mlc.passes.tune.tuning import final_schedule, tune_module
+from mlc.runtime.cuda import cuda_unavailable
 from test_tir_interp import conv_func, matmul_func, np_conv, softmax_func
 
 NVCC = shutil.which("nvcc") or ("/usr/local/bin/nvcc" if Path("/usr/local/bin/nvcc").exists() else None)
@@ -232,9 +232,9 @@ def test_tune_cuda_without_a_gpu_is_one_clear_error(tmp_path: Path) -> None:
 
 
 def _run_on_gpu(g: PrimFunc, arrays: list[np.ndarray], dims: dict[str, int] | None = None) -> None:
-    from mlc.codegen.cuda_jit import compile_cuda
+    from mlc.runtime.cuda import compile_cuda
 
-    compile_cuda([g], schedule=False, gemm_config=func_gemm_config(g)).kernel(g.name)(arrays, dims)
+    compile_cuda([g], gemm_config=func_gemm_config(g)).kernel(g.name)(arrays, dims)
 
 
 @pytest.mark.gpu

@@ -112,7 +112,7 @@ def final_schedule(func: PrimFunc, target: str, db: Database) -> PrimFunc:
 def check_target(target: str) -> None:
     """A known target whose candidates can be measured here (cuda: pycuda and a GPU), else MlcError."""
     if design_space(target).gpu:
-        from mlc.codegen.cuda_jit import cuda_unavailable
+        from mlc.runtime.cuda import cuda_unavailable
 
         reason = cuda_unavailable()
         if reason is not None:

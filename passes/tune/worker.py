@@ -38,7 +38,7 @@ def _inputs(func, dims: dict[str, int]) -> list[np.ndarray]:  # type: ignore[no-
 
 
 def run_job(job: dict) -> dict:  # type: ignore[type-arg]
-    from mlc.codegen.jit import compile_module
+    from mlc.runtime.cpu import compile_module
 
     _, func = _candidate(job)
     lib = compile_module([func])
@@ -74,11 +74,11 @@ def _candidate(job: dict):  # type: ignore[no-untyped-def,type-arg]
 
 def run_cuda_job(job: dict) -> dict:  # type: ignore[type-arg]
     import pycuda.driver as drv
-    from mlc.codegen.cuda_jit import compile_cuda
     from mlc.passes.schedule.gpu_rules import func_gemm_config
+    from mlc.runtime.cuda import compile_cuda
 
     _, func = _candidate(job)
-    kernel = compile_cuda([func], schedule=False, gemm_config=func_gemm_config(func)).kernel(func.name)
+    kernel = compile_cuda([func], gemm_config=func_gemm_config(func)).kernel(func.name)
     dims = {str(k): int(v) for k, v in (job.get("dims") or {}).items()}
     args = _inputs(func, dims)
     env = kernel.bind_dims([a.shape for a in args], {v.name: dims[v.name] for v in func.scalar_params} or None)
