@@ -16,7 +16,8 @@ from ..ir.arith import as_int
 from ..ir.dtype import is_float
 from ..ir.expr import Const
 from ..ir.graph import Value
-from .onnx_ctx import Ctx, Handler, dtype_of, registrar, shape_of
+from ..ir.ops.registry import value_dtype, value_shape
+from .onnx_ctx import Ctx, Handler, registrar
 
 COMPOSED: dict[str, Handler] = {}
 composes = registrar(COMPOSED)
@@ -33,7 +34,7 @@ def _prelu(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
     """Before opset 7 a 1-D slope of C elements is per channel (axis 1): reshaped to (C, 1, ...)."""
     x, slope = ctx.input(0), ctx.input(1)
     o = node.output[0]
-    xs, ss = shape_of(x), shape_of(slope)
+    xs, ss = value_shape(x), value_shape(slope)
     if ctx.opset < 7 and len(ss) == 1 and len(xs) > 2 and as_int(ss[0]) not in (None, 1):
         slope = ctx.emit("reshape", [slope], {"shape": (ss[0],) + (1,) * (len(xs) - 2)}, o + "_slope")
     ctx.out(0, _negative_part(ctx, x, ctx.emit("mul", [x, slope], {}, o + "_scaled"), o))
@@ -102,13 +103,13 @@ def _trilu(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
         c = ctx.const(kn)
         if c is None:  # k given at run time: a scalar (or 1-element) i64 input
             kk = ctx.value(kn)
-            if len(shape_of(kk)) != 0:
+            if len(value_shape(kk)) != 0:
                 kk = ctx.emit("reshape", [kk], {"shape": ()}, o + "_k")
         else:
             kk = ctx.constant(np.array(int(np.asarray(c).reshape(-1)[0]), dtype=np.int64), "k")
     if kk is None:
         kk = ctx.constant(np.array(0, dtype=np.int64), "k")
-    rows, cols = shape_of(x)[-2:]
+    rows, cols = value_shape(x)[-2:]
     i = ctx.emit("arange", [], {"start": 0, "stop": rows, "step": 1, "dtype": "i64"}, o + "_rows")
     i = ctx.emit("expand_dims", [i], {"axes": (1,)}, o + "_rows2")
     j = ctx.emit("arange", [], {"start": 0, "stop": cols, "step": 1, "dtype": "i64"}, o + "_cols")
@@ -125,7 +126,7 @@ def _tile(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
     if reps is None:
         raise ctx.error("Tile repeats given at run time determine the output shape: only constant repeats "
                         "are supported")
-    shape = list(shape_of(x))
+    shape = list(value_shape(x))
     rank = len(shape)
     rep = [int(v) for v in reps.reshape(-1)]
     if len(rep) != rank:
@@ -141,7 +142,7 @@ def _mod(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
     """r = a - trunc(a / b) * b (C fmod; `div` truncates integers toward zero); with fmod=0 a non-zero
     r whose sign differs from b's gets b added, so r takes b's sign (Python %)."""
     a, b, o = ctx.input(0), ctx.input(1), node.output[0]
-    dt = dtype_of(a)
+    dt = value_dtype(a)
     q = ctx.emit("div", [a, b], {}, o + "_q")
     if is_float(dt):
         neg = ctx.emit("less", [q, ctx.scalar_like(0, q, "zero")], {}, o + "_qneg")
@@ -168,7 +169,7 @@ def _instance_norm(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> Non
     """(x - mean) / sqrt(var + eps) * scale + bias, statistics per sample and channel over the
     spatial axes; scale and bias (C,) broadcast as (C, 1, ..., 1)."""
     x, scale, bias, o = ctx.input(0), ctx.input(1), ctx.input(2), node.output[0]
-    rank = len(shape_of(x))
+    rank = len(value_shape(x))
     axes = tuple(range(2, rank))
     mean = ctx.emit("mean", [x], {"axes": axes, "keepdims": True}, o + "_mean")
     centred = ctx.emit("sub", [x, mean], {}, o + "_centred")
@@ -190,8 +191,8 @@ def _lrn(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
     runs from c - (size - 1) // 2 to c + ceil((size - 1) / 2), zero-padded at the edges."""
     x, o = ctx.input(0), node.output[0]
     size = int(attrs["size"])
-    rank = len(shape_of(x))
-    channels = shape_of(x)[1]
+    rank = len(value_shape(x))
+    channels = value_shape(x)[1]
     lo, hi = (size - 1) // 2, size - 1 - (size - 1) // 2
     sq = ctx.emit("mul", [x, x], {}, o + "_sq")
     pads = [0] * (2 * rank)

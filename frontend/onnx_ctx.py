@@ -74,17 +74,6 @@ def sanitize(name: str) -> str:
     return "v" + s if s[0].isdigit() else s
 
 
-def shape_of(v: Value) -> tuple[Expr, ...]:
-    """Dims of a tensor value (every value the importer builds has a known rank)."""
-    assert isinstance(v.type, TensorType) and v.type.shape is not None, v
-    return v.type.shape
-
-
-def dtype_of(v: Value) -> str:
-    assert isinstance(v.type, TensorType), v
-    return v.type.dtype
-
-
 @dataclass(frozen=True)
 class SymVal:
     """A 0-d or 1-d integer tensor known element-wise as symbolic expressions."""

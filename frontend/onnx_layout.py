@@ -16,8 +16,9 @@ import onnx
 from ..ir.arith import as_int, simplify
 from ..ir.dtype import from_numpy
 from ..ir.expr import Const, Expr
+from ..ir.ops.registry import value_dtype, value_shape
 from ..ir.ops.shapes import BIG, broadcast_shapes, numel, resolve_reshape
-from .onnx_ctx import Ctx, Handler, SymVal, dtype_of, onnx_dtype, registrar, shape_of, sym_broadcast
+from .onnx_ctx import Ctx, Handler, SymVal, onnx_dtype, registrar, sym_broadcast
 
 LAYOUT: dict[str, Handler] = {}
 handles = registrar(LAYOUT)
@@ -90,7 +91,7 @@ def _cast_to(ctx: Ctx, node: onnx.NodeProto, dt: str) -> None:
         ctx.set_sym(node.output[0], SymVal(s.elems, s.scalar, dt))
         return
     x = ctx.input(0)
-    ctx.out(0, x if dtype_of(x) == dt else ctx.emit("cast", [x], {"dtype": dt}, node.output[0]))
+    ctx.out(0, x if value_dtype(x) == dt else ctx.emit("cast", [x], {"dtype": dt}, node.output[0]))
 
 
 @handles("Cast")
@@ -126,7 +127,7 @@ def _squeeze(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
         ctx.set_sym(node.output[0], SymVal(s.elems, True, s.dtype))
         return
     x = ctx.input(0)
-    shape = shape_of(x)
+    shape = value_shape(x)
     if axes is None:
         axes = [i for i, d in enumerate(shape) if as_int(d) == 1]
     ctx.out(0, ctx.emit("squeeze", [x], {"axes": tuple(norm_axis(a, len(shape)) for a in axes)}, node.output[0]))
@@ -215,7 +216,7 @@ def _slice(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
             ctx.set_sym(node.output[0], SymVal(s.elems[slice(starts[0], ends[0], steps[0])], False, s.dtype))
             return
     x = ctx.input(0)
-    axes, starts, ends, steps = _slice_params(ctx, node, len(shape_of(x)), attrs)
+    axes, starts, ends, steps = _slice_params(ctx, node, len(value_shape(x)), attrs)
     attrs2 = {"axes": tuple(axes), "begin": tuple(starts), "end": tuple(ends), "strides": tuple(steps)}
     ctx.out(0, ctx.emit("strided_slice", [x], attrs2, node.output[0]))
 
@@ -246,7 +247,7 @@ def _reshape(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
 @handles("Flatten")
 def _flatten(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
     x = ctx.input(0)
-    s = shape_of(x)
+    s = value_shape(x)
     ax = norm_axis(int(attrs.get("axis", 1)), len(s))
     ctx.out(0, ctx.emit("reshape", [x], {"shape": (numel(s[:ax]), numel(s[ax:]))}, node.output[0]))
 
@@ -254,7 +255,7 @@ def _flatten(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
 @handles("Expand")
 def _expand(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
     x = ctx.input(0)
-    shape = broadcast_shapes([shape_of(x), _shape_input(ctx, node, 1)], ctx.loc)
+    shape = broadcast_shapes([value_shape(x), _shape_input(ctx, node, 1)], ctx.loc)
     ctx.out(0, ctx.emit("broadcast_to", [x], {"shape": shape}, node.output[0]))
 
 
@@ -308,7 +309,7 @@ def _transpose(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
 @handles("Split")
 def _split(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
     x = ctx.input(0)
-    s = shape_of(x)
+    s = value_shape(x)
     ax = norm_axis(int(attrs.get("axis", 0)), len(s))
     n = len(node.output)
     if (name := ctx.opt_input(1)) is not None:
@@ -336,7 +337,7 @@ def _pad_piece(ctx: Ctx, x: Any, a: int, begin: int, end: int, step: int, reps: 
     """x[begin:end:step] along axis a, broadcast to `reps` along it when reps > 1 (edge padding)."""
     v = ctx.emit("strided_slice", [x], {"axes": (a,), "begin": (begin,), "end": (end,), "strides": (step,)}, name)
     if reps > 1:
-        shape = list(shape_of(v))
+        shape = list(value_shape(v))
         shape[a] = Const(reps)
         v = ctx.emit("broadcast_to", [v], {"shape": tuple(shape)}, name + "_rep")
     return v
@@ -344,14 +345,14 @@ def _pad_piece(ctx: Ctx, x: Any, a: int, begin: int, end: int, step: int, reps: 
 
 def _pad_mode(ctx: Ctx, x: Any, full: list[int], mode: str, o: str) -> Any:
     """edge / reflect / wrap padding as slices of x concatenated around it, one axis at a time."""
-    rank = len(shape_of(x))
+    rank = len(value_shape(x))
     if any(p < 0 for p in full):
         raise ctx.error(f"Pad mode {mode} with negative pads is not supported")
     for a in range(rank):
         b, e = full[a], full[a + rank]
         if not b and not e:
             continue
-        n = as_int(shape_of(x)[a])
+        n = as_int(value_shape(x)[a])
         if mode == "reflect" and (n is None or b >= n or e >= n):
             raise ctx.error("Pad mode reflect needs a static dim larger than its pads")
         if mode == "wrap" and (n is None or b > n or e > n):
@@ -371,7 +372,7 @@ def _pad(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
     if mode not in ("constant", "edge", "reflect", "wrap"):
         raise ctx.error(f"Pad mode {mode} is not supported")
     x = ctx.input(0)
-    rank = len(shape_of(x))
+    rank = len(value_shape(x))
     if ctx.opset < 11:  # pads and value are attributes
         p: np.ndarray | None = np.asarray(attrs["pads"], dtype=np.int64)
         value: Any = float(attrs.get("value", 0.0))

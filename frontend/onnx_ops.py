@@ -17,67 +17,15 @@ import onnx
 from ..ir.arith import as_int
 from ..ir.dtype import to_numpy
 from ..ir.expr import Const, Expr
-from ..ir.ops.registry import onnx_handler, onnx_op_types
+from ..ir.ops.registry import onnx_handler, onnx_op_types, value_dtype, value_shape
 from ..ir.ops.shapes import BIG, numel
 from .onnx_compose import COMPOSED
-from .onnx_ctx import Ctx, Handler, dtype_of, registrar, shape_of
+from .onnx_ctx import Ctx, Handler, registrar
 from .onnx_layout import LAYOUT
 from .onnx_rnn import gru, lstm
 
 HANDLERS: dict[str, Handler] = {}
 handles = registrar(HANDLERS)
-
-
-def _simple(op: str, **fixed: Any) -> Handler:
-    def run(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
-        args = [ctx.input(i) for i in range(len(node.input))]
-        ctx.out(0, ctx.emit(op, args, dict(fixed), node.output[0]))
-
-    return run
-
-
-UNARY_MAP = {
-    "Sqrt": "sqrt", "Exp": "exp", "Log": "log", "Erf": "erf", "Neg": "neg", "Abs": "abs", "Relu": "relu",
-    "Sigmoid": "sigmoid", "Tanh": "tanh", "Reciprocal": "reciprocal", "Floor": "floor", "Ceil": "ceil",
-    "Round": "round", "Sin": "sin", "Cos": "cos", "Not": "logical_not", "Sign": "sign", "IsNaN": "isnan",
-}
-BINARY_MAP = {
-    "Add": "add", "Sub": "sub", "Mul": "mul", "Div": "div", "Equal": "equal", "Less": "less",
-    "Greater": "greater", "LessOrEqual": "less_equal", "GreaterOrEqual": "greater_equal",
-    "And": "logical_and", "Or": "logical_or",
-}
-for _k, _v in UNARY_MAP.items():
-    HANDLERS[_k] = _simple(_v)
-
-
-def legacy_broadcast(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any], a: Any, b: Any) -> Any:
-    """Before opset 7 a binary op broadcasts only with `broadcast=1`, the second operand's dims
-    matched against the first's from `axis` on (default: the trailing dims, numpy's rule): `b`
-    gets trailing unit dims so that numpy broadcasting gives the same result."""
-    if ctx.opset >= 7 or not attrs.get("broadcast", 0) or "axis" not in attrs:
-        return b
-    ra, rb = len(shape_of(a)), len(shape_of(b))
-    ax = int(attrs["axis"])
-    ax = ax + ra if ax < 0 else ax
-    if not 0 <= ax <= ra - rb:
-        raise ctx.error(f"legacy broadcast axis {attrs['axis']} does not fit ranks {ra} and {rb}")
-    if ax + rb == ra:
-        return b
-    return ctx.emit("reshape", [b], {"shape": tuple(shape_of(b)) + (1,) * (ra - ax - rb)}, node.output[0] + "_bcast")
-
-
-def _binary(op: str) -> Handler:
-    def run(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
-        if "axis" not in attrs and ctx.try_sym_binary(node):
-            return
-        a = ctx.input(0)
-        ctx.out(0, ctx.emit(op, [a, legacy_broadcast(ctx, node, attrs, a, ctx.input(1))], {}, node.output[0]))
-
-    return run
-
-
-for _k, _v in BINARY_MAP.items():
-    HANDLERS[_k] = _binary(_v)
 
 
 @handles("CumSum")
@@ -106,34 +54,6 @@ def _topk(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
     ctx.out(0, ctx.emit("gather_elements", [x, idx], {"axis": flags["axis"]}, node.output[0]))
 
 
-@handles("IsInf")
-def _isinf(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
-    flags = {k: bool(attrs.get(k, 1)) for k in ("detect_negative", "detect_positive")}
-    ctx.out(0, ctx.emit("isinf", [ctx.input(0)], flags, node.output[0]))
-
-
-@handles("Pow")
-def _pow(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
-    a = ctx.input(0)
-    b = legacy_broadcast(ctx, node, attrs, a, ctx.input(1))
-    if dtype_of(b) != dtype_of(a):
-        b = ctx.emit("cast", [b], {"dtype": dtype_of(a)}, node.output[0] + "_exp")
-    ctx.out(0, ctx.emit("pow", [a, b], {}, node.output[0]))
-
-
-@handles("Min", "Max", "Sum", "Mean")
-def _variadic(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
-    if node.op_type in ("Min", "Max") and len(node.input) == 2 and ctx.try_sym_binary(node):
-        return
-    op = {"Min": "minimum", "Max": "maximum", "Sum": "add", "Mean": "add"}[node.op_type]
-    acc = ctx.input(0)
-    for i in range(1, len(node.input)):
-        acc = ctx.emit(op, [acc, ctx.input(i)], {}, node.output[0] + "_acc")
-    if node.op_type == "Mean" and len(node.input) > 1:
-        acc = ctx.emit("div", [acc, ctx.scalar_like(len(node.input), acc, "n")], {}, node.output[0])
-    ctx.out(0, acc)
-
-
 @handles("Softmax", "LogSoftmax")
 def _softmax(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
     """Opset 13+: over one axis. Before 13 (axis default 1) the input is coerced to 2-D
@@ -143,7 +63,7 @@ def _softmax(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
     if ctx.opset >= 13:
         ctx.out(0, ctx.emit(op, [x], {"axis": int(attrs.get("axis", -1))}, o))
         return
-    s = shape_of(x)
+    s = value_shape(x)
     ax = int(attrs.get("axis", 1))
     ax = ax + len(s) if ax < 0 else ax
     if ax >= len(s) - 1:
@@ -152,45 +72,6 @@ def _softmax(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
     flat = ctx.emit("reshape", [x], {"shape": (numel(s[:ax]), numel(s[ax:]))}, o + "_2d")
     y = ctx.emit(op, [flat], {"axis": -1}, o + "_sm")
     ctx.out(0, ctx.emit("reshape", [y], {"shape": tuple(s)}, o))
-
-
-@handles("LeakyRelu")
-def _leaky(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
-    ctx.out(0, ctx.emit("leaky_relu", [ctx.input(0)], {"alpha": float(attrs.get("alpha", 0.01))}, node.output[0]))
-
-
-@handles("Gelu")
-def _gelu(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
-    ctx.out(0, ctx.emit("gelu", [ctx.input(0)], {"approximate": str(attrs.get("approximate", "none"))},
-                        node.output[0]))
-
-
-@handles("Clip")
-def _clip(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
-    """Constant bounds (attributes before opset 11, inputs after) become `clip`; bounds given at run
-    time become maximum / minimum (min > max gives max, as ONNX)."""
-    x, o = ctx.input(0), node.output[0]
-    if ctx.opset < 11:
-        lo, hi = attrs.get("min"), attrs.get("max")
-        ctx.out(0, ctx.emit("clip", [x], {"min": lo, "max": hi}, o))
-        return
-    names = [ctx.opt_input(1), ctx.opt_input(2)]
-    consts = [None if n is None else ctx.const(n) for n in names]
-    if all(n is None or c is not None for n, c in zip(names, consts)):
-        bounds = [None if c is None else np.asarray(c).reshape(-1)[0].item() for c in consts]
-        ctx.out(0, ctx.emit("clip", [x], {"min": bounds[0], "max": bounds[1]}, o))
-        return
-    y = x
-    for n, op in zip(names, ("maximum", "minimum")):
-        if n is None:
-            continue
-        b = ctx.value(n)
-        if len(shape_of(b)) != 0:
-            b = ctx.emit("reshape", [b], {"shape": ()}, o + "_bound")
-        if dtype_of(b) != dtype_of(x):
-            b = ctx.emit("cast", [b], {"dtype": dtype_of(x)}, o + "_bound")
-        y = ctx.emit(op, [y, b], {}, o if op == "minimum" or names[1] is None else o + "_lo")
-    ctx.out(0, y)
 
 
 @handles("MatMul")
@@ -238,15 +119,15 @@ def _spatial_pads(ctx: Ctx, attrs: dict[str, Any], shape: tuple[Expr, ...], k: l
 
 
 def _check_2d(ctx: Ctx, x: Any) -> None:
-    if len(shape_of(x)) != 4:
-        raise ctx.error(f"only 1-D (NCL) and 2-D (NCHW) inputs are supported, got rank {len(shape_of(x))}")
+    if len(value_shape(x)) != 4:
+        raise ctx.error(f"only 1-D (NCL) and 2-D (NCHW) inputs are supported, got rank {len(value_shape(x))}")
 
 
 def _lift_1d(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any], weight: bool) -> tuple[Any, Any, dict[str, Any]]:
     """A 1-D (N, C, L) conv or pool as a 2-D one over (N, C, 1, L): x (and the weight) get a unit
     axis 2; spatial attributes get a leading 1 (pads a 0 per side). Returns (x, w or None, attrs)."""
     x = ctx.input(0)
-    if len(shape_of(x)) != 3:
+    if len(value_shape(x)) != 3:
         return x, ctx.input(1) if weight else None, attrs
     o = node.output[0]
     x = ctx.emit("expand_dims", [x], {"axes": (2,)}, o + "_x2d")
@@ -271,7 +152,7 @@ def _add_channel_bias(ctx: Ctx, y: Any, bname: str | None, out: str) -> Any:
     if bname is None:
         return y
     b = ctx.value(bname)
-    b = ctx.emit("reshape", [b], {"shape": (shape_of(b)[0], 1, 1)}, out + "_bias")
+    b = ctx.emit("reshape", [b], {"shape": (value_shape(b)[0], 1, 1)}, out + "_bias")
     return ctx.emit("add", [y, b], {}, out)
 
 
@@ -302,8 +183,8 @@ def _conv3d(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
     ((N * D_out, C, H, W), after padding D) and convolved with w[:, :, kd]; the sums come back as
     (N, O, D_out, H_out, W_out). Groups, strides, dilations and pads carry over per axis."""
     x, w, o = ctx.input(0), ctx.input(1), node.output[0]
-    n, c, dd, hh, ww = shape_of(x)
-    kd, kh, kw = (as_int(v) for v in shape_of(w)[2:])
+    n, c, dd, hh, ww = value_shape(x)
+    kd, kh, kw = (as_int(v) for v in value_shape(w)[2:])
     st = [int(v) for v in attrs.get("strides", (1, 1, 1))]
     dl = [int(v) for v in attrs.get("dilations", (1, 1, 1))]
     auto = str(attrs.get("auto_pad", "NOTSET"))
@@ -345,12 +226,12 @@ def _conv3d(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
         y = ctx.emit("conv2d", [xs, wk], a2, o + f"_c{k}")
         acc = y if acc is None else ctx.emit("add", [acc, y], {}, o + f"_acc{k}")
     assert acc is not None
-    oc, ho, wo = shape_of(acc)[1:]
+    oc, ho, wo = value_shape(acc)[1:]
     y = ctx.emit("reshape", [acc], {"shape": (n, d_out, oc, ho, wo)}, o + "_nd")
     y = ctx.emit("transpose", [y], {"perm": (0, 2, 1, 3, 4)}, o if ctx.opt_input(2) is None else o + "_conv")
     if (bname := ctx.opt_input(2)) is not None:
         b = ctx.value(bname)
-        y = ctx.emit("add", [y, ctx.emit("reshape", [b], {"shape": (shape_of(b)[0], 1, 1, 1)}, o + "_bias")], {}, o)
+        y = ctx.emit("add", [y, ctx.emit("reshape", [b], {"shape": (value_shape(b)[0], 1, 1, 1)}, o + "_bias")], {}, o)
     ctx.out(0, y)
 
 
@@ -363,19 +244,19 @@ def _conv(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
     x, w, attrs = _lift_1d(ctx, node, attrs, True)
     _check_2d(ctx, x)
     o = node.output[0] + ("_2d" if lifted else "")
-    k = [as_int(v) for v in shape_of(w)[2:]]
+    k = [as_int(v) for v in value_shape(w)[2:]]
     s = [int(v) for v in attrs.get("strides", (1, 1))]
     d = [int(v) for v in attrs.get("dilations", (1, 1))]
     a: dict[str, Any] = {"strides": tuple(s), "dilations": tuple(d), "groups": int(attrs.get("group", 1))}
     if node.op_type == "Conv":
-        a["pads"] = _spatial_pads(ctx, attrs, shape_of(x), k, s, d)
+        a["pads"] = _spatial_pads(ctx, attrs, value_shape(x), k, s, d)
         op = "conv2d"
     else:
         auto = str(attrs.get("auto_pad", "NOTSET"))
         a["pads"] = tuple(int(p) for p in attrs.get("pads", (0, 0, 0, 0))) if auto in ("NOTSET", "") else (0, 0, 0, 0)
         a["output_padding"] = tuple(int(p) for p in attrs.get("output_padding", (0, 0)))
         if "output_shape" in attrs or auto.startswith("SAME"):
-            a["pads"], a["output_padding"] = _transpose_pads(ctx, attrs, shape_of(x), k, s, d, a["output_padding"])
+            a["pads"], a["output_padding"] = _transpose_pads(ctx, attrs, value_shape(x), k, s, d, a["output_padding"])
         op = "conv2d_transpose"
     y = ctx.emit(op, [x, w], a, o if ctx.opt_input(2) is None else o + "_conv")
     ctx.out(0, _squeeze_1d(ctx, node, _add_channel_bias(ctx, y, ctx.opt_input(2), o), lifted))
@@ -389,7 +270,7 @@ def _avg_pool_dilated(ctx: Ctx, x: Any, k: list[int], st: list[int], p: list[int
     is never counted, as avg_pool2d. Needs static spatial dims."""
     from ..ir.ops.shapes import window_out
 
-    n, c, hh, ww = shape_of(x)
+    n, c, hh, ww = value_shape(x)
     hw = [as_int(hh), as_int(ww)]
     if None in hw or as_int(c) is None:
         raise ctx.error("AveragePool with dilations needs static channels and spatial dims")
@@ -405,7 +286,7 @@ def _avg_pool_dilated(ctx: Ctx, x: Any, k: list[int], st: list[int], p: list[int
         ends.append(p[i + 2] + extra)
     pads = (p[0], p[1], ends[0], ends[1])
     conv = {"strides": tuple(st), "dilations": tuple(dl), "pads": pads}
-    dt = dtype_of(x)
+    dt = value_dtype(x)
     ones_k = ctx.constant(np.ones((int(as_int(c) or 1), 1, k[0], k[1]), to_numpy(dt)), o + "_ones_k")
     total = ctx.emit("conv2d", [x, ones_k], {**conv, "groups": int(as_int(c) or 1)}, o + "_sum")
     mask = np.ones((1, 1, hw[0], hw[1]), to_numpy(dt))  # type: ignore[arg-type]
@@ -426,7 +307,7 @@ def _pool3d(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
     x, o = ctx.input(0), node.output[0]
     if str(attrs.get("auto_pad", "NOTSET")) not in ("NOTSET", "VALID", ""):
         raise ctx.error("3-D pooling with SAME auto_pad is not supported")
-    n, c, dd, hh, ww = shape_of(x)
+    n, c, dd, hh, ww = value_shape(x)
     k = [int(v) for v in attrs["kernel_shape"]]
     st = [int(v) for v in attrs.get("strides", (1, 1, 1))]
     dl = [int(v) for v in attrs.get("dilations", (1, 1, 1))]
@@ -447,7 +328,7 @@ def _pool3d(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
     else:
         y = ctx.emit(op, [y], {"kernel_shape": (k[1], k[2]), "strides": (st[1], st[2]),
                                "pads": (p[1], p[2], p[4], p[5]), **common, **hw_extra}, o + "_hw")
-    ho, wo = shape_of(y)[2:]
+    ho, wo = value_shape(y)[2:]
     y = ctx.emit("reshape", [y], {"shape": (n, c, dd, ho * wo)}, o + "_d_in")
     if dilated_avg:
         y = _avg_pool_dilated(ctx, y, [k[0], 1], [st[0], 1], [p[0], 0, p[3], 0], [dl[0], 1], common["ceil_mode"],
@@ -455,7 +336,7 @@ def _pool3d(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
     else:
         y = ctx.emit(op, [y], {"kernel_shape": (k[0], 1), "strides": (st[0], 1), "pads": (p[0], 0, p[3], 0),
                                **common, **d_extra}, o + "_d")
-    ctx.out(0, ctx.emit("reshape", [y], {"shape": (n, c, shape_of(y)[2], ho, wo)}, o))
+    ctx.out(0, ctx.emit("reshape", [y], {"shape": (n, c, value_shape(y)[2], ho, wo)}, o))
 
 
 @handles("MaxPool", "AveragePool")
@@ -472,7 +353,7 @@ def _pool(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
     s = [int(v) for v in attrs.get("strides", (1, 1))]
     d = [int(v) for v in attrs.get("dilations", (1, 1))]
     a: dict[str, Any] = {"kernel_shape": tuple(k), "strides": tuple(s), "ceil_mode": bool(attrs.get("ceil_mode", 0)),
-                         "pads": _spatial_pads(ctx, attrs, shape_of(x), k, s, d)}
+                         "pads": _spatial_pads(ctx, attrs, value_shape(x), k, s, d)}
     if node.op_type == "MaxPool":
         a["dilations"] = tuple(d)
         op = "max_pool2d"
@@ -491,7 +372,7 @@ def _pool(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
 @handles("GlobalAveragePool", "GlobalMaxPool")
 def _global_pool(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
     x = ctx.input(0)
-    rank = len(shape_of(x))
+    rank = len(value_shape(x))
     if node.op_type == "GlobalAveragePool" and rank == 4:
         ctx.out(0, ctx.emit("global_avg_pool2d", [x], {}, node.output[0]))
         return
@@ -518,12 +399,12 @@ def _bn(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
     if ctx.opset < 14:
         raise ctx.error("BatchNormalization in training mode is supported from opset 14")
     x = args[0]
-    rank = len(shape_of(x))
+    rank = len(value_shape(x))
     axes = tuple(a for a in range(rank) if a != 1)
     mean_k = ctx.emit("mean", [x], {"axes": axes, "keepdims": True}, o + "_bmean_k")
     d = ctx.emit("sub", [x, mean_k], {}, o + "_centered")
     var = ctx.emit("mean", [ctx.emit("mul", [d, d], {}, o + "_sq")], {"axes": axes, "keepdims": False}, o + "_bvar")
-    mean = ctx.emit("reshape", [mean_k], {"shape": (shape_of(x)[1],)}, o + "_bmean")
+    mean = ctx.emit("reshape", [mean_k], {"shape": (value_shape(x)[1],)}, o + "_bmean")
     ctx.out(0, ctx.emit("batch_norm", [x, args[1], args[2], mean, var], {"epsilon": eps}, o))
     m = float(attrs.get("momentum", 0.9))
     for i, (run, cur) in enumerate(((args[3], mean), (args[4], var)), start=1):
@@ -543,7 +424,7 @@ def _ln(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
     ctx.out(0, ctx.emit("layer_norm", args, {"axis": axis, "epsilon": eps}, o))
     if not any(node.output[1:]):
         return
-    rank = len(shape_of(x))
+    rank = len(value_shape(x))
     axes = tuple(range(axis + rank if axis < 0 else axis, rank))
     mu = ctx.emit("mean", [x], {"axes": axes, "keepdims": True}, o + "_mean")
     ctx.out(1, mu)
@@ -559,11 +440,11 @@ def _rms_norm(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
     """X / sqrt(mean(X * X over axis..rank-1) + epsilon) * scale, computed in f32 (stash_type 1) for
     narrower inputs and cast back, as ONNX."""
     x, scale, o = ctx.input(0), ctx.input(1), node.output[0]
-    dt = dtype_of(x)
+    dt = value_dtype(x)
     stash = "f32" if int(attrs.get("stash_type", 1)) == 1 and dt in ("f16", "bf16") else dt
     if stash != dt:
         x = ctx.emit("cast", [x], {"dtype": stash}, o + "_x32")
-    rank = len(shape_of(x))
+    rank = len(value_shape(x))
     axis = int(attrs.get("axis", -1))
     axes = tuple(range(axis + rank if axis < 0 else axis, rank))
     ms = ctx.emit("mean", [ctx.emit("mul", [x, x], {}, o + "_sq")], {"axes": axes, "keepdims": True}, o + "_ms")
@@ -609,27 +490,18 @@ def _reduce(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
     ctx.out(0, r if after is None else ctx.emit(after, [r], {}, o))
 
 
-@handles("Xor")
-def _xor(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
-    """a != b on booleans: (a or b) and not (a and b)."""
-    a, b, o = ctx.input(0), ctx.input(1), node.output[0]
-    both = ctx.emit("logical_and", [a, b], {}, o + "_both")
-    either = ctx.emit("logical_or", [a, b], {}, o + "_either")
-    ctx.out(0, ctx.emit("logical_and", [either, ctx.emit("logical_not", [both], {}, o + "_notboth")], {}, o))
-
-
 @handles("ArgMax", "ArgMin")
 def _argmax(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
     """select_last_index=1: the first extremum of the reversed axis, counted from the end."""
     x, o = ctx.input(0), node.output[0]
-    rank = len(shape_of(x))
+    rank = len(value_shape(x))
     ax = int(attrs.get("axis", 0))
     ax = ax + rank if ax < 0 else ax
     a = {"axis": ax, "keepdims": bool(attrs.get("keepdims", 1))}
     if not attrs.get("select_last_index", 0):
         ctx.out(0, ctx.emit(node.op_type.lower(), [x], a, o))
         return
-    n = shape_of(x)[ax]
+    n = value_shape(x)[ax]
     rev = ctx.emit("strided_slice", [x], {"axes": (ax,), "begin": (-1,), "end": (-BIG,), "strides": (-1,)},
                    o + "_rev")
     i = ctx.emit(node.op_type.lower(), [rev], a, o + "_revidx")

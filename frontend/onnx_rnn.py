@@ -16,9 +16,10 @@ import onnx
 from ..ir.arith import as_int
 from ..ir.expr import Const
 from ..ir.graph import Block, Loop, Value
+from ..ir.ops.registry import value_dtype, value_shape
 from ..ir.ops.shapes import BIG
 from ..ir.types import ScalarType, TupleType
-from .onnx_ctx import Ctx, dtype_of, shape_of
+from .onnx_ctx import Ctx
 
 # cell(ctx, x_t @ W^T + Wb, states, R^T, Rb or None, name prefix) -> new states (h first)
 Cell = Callable[[Ctx, Value, list[Value], Value, Value | None, str], list[Value]]
@@ -27,7 +28,7 @@ Cell = Callable[[Ctx, Value, list[Value], Value, Value | None, str], list[Value]
 def _check(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any], default_acts: list[str]) -> None:
     if (sl := ctx.opt_input(4)) is not None:  # sequence_lens: fine only when it is the full length
         c = ctx.const(sl)
-        seq = as_int(shape_of(ctx.value(node.input[0]))[0 if not attrs.get("layout", 0) else 1])
+        seq = as_int(value_shape(ctx.value(node.input[0]))[0 if not attrs.get("layout", 0) else 1])
         if c is None:
             raise ctx.error("sequence_lens given at run time: it must be a constant equal to the (static) "
                             "sequence length")
@@ -59,7 +60,7 @@ def _run(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any], gates: int, stat
     if batch_first:  # (batch, seq, in) -> (seq, batch, in); states (batch, dir, H) -> (dir, batch, H)
         x = ctx.emit("transpose", [x], {"perm": (1, 0, 2)}, o + "_xT")
     hidden = int(attrs["hidden_size"])
-    seq, batch = shape_of(x)[0], shape_of(x)[1]
+    seq, batch = value_shape(x)[0], value_shape(x)[1]
     direction = str(attrs.get("direction", "forward"))
     dirs = {"forward": [False], "reverse": [True], "bidirectional": [False, True]}[direction]
     bias = ctx.value(b) if (b := ctx.opt_input(3)) else None
@@ -86,9 +87,9 @@ def _run(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any], gates: int, stat
                 h0s.append(_dir_param(ctx, init[k], d, f"{p}_init{k}", False))  # type: ignore[arg-type]
             else:
                 h0s.append(ctx.emit("full", [], {"shape": (batch, Const(hidden)), "value": 0.0,
-                                                 "dtype": dtype_of(x)}, f"{p}_zero{k}"))
+                                                 "dtype": value_dtype(x)}, f"{p}_zero{k}"))
         y0 = ctx.emit("full", [], {"shape": (seq, batch, Const(hidden)), "value": 0.0,
-                                   "dtype": dtype_of(x)}, p + "_y0")
+                                   "dtype": value_dtype(x)}, p + "_y0")
         ctx.stack.append([])
         t = Value(ctx.fresh(p + "_t"), ScalarType("i64"), ctx.loc)
         carried = [Value(ctx.fresh(f"{p}_s{k}"), h.type, ctx.loc) for k, h in enumerate(h0s)]
@@ -130,7 +131,7 @@ def lstm(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
     peeps: list[list[Value]] = []  # per direction, in the order _run builds the cells
     if (pn := ctx.opt_input(7)) is not None:
         pv = ctx.value(pn)
-        for d in range(shape_of(pv)[0].value if isinstance(shape_of(pv)[0], Const) else 1):
+        for d in range(value_shape(pv)[0].value if isinstance(value_shape(pv)[0], Const) else 1):
             pd = _dir_param(ctx, pv, d, f"{node.output[0] or 'lstm'}_P{d}", False)  # (3*H,)
             t = ctx.emit("split", [pd], {"axis": 0, "sections": (hidden,) * 3}, f"{node.output[0] or 'lstm'}_P{d}s")
             peeps.append(ctx.tuple_items(t, 3, [f"{node.output[0] or 'lstm'}_P{d}{g}" for g in "iof"]))
@@ -192,7 +193,7 @@ def _affine(ctx: Ctx, h: Value, wt: Value, b: Value | None, hint: str) -> Value:
 
 def _split_cols(ctx: Ctx, v: Value, a: int, b: int, hint: str) -> tuple[Value, Value]:
     """Split the last axis of v into widths a and b."""
-    ax = len(shape_of(v)) - 1
+    ax = len(value_shape(v)) - 1
     t = ctx.emit("split", [v], {"axis": ax, "sections": (a, b)}, hint)
     x, y = ctx.tuple_items(t, 2, [hint + "_0", hint + "_1"])
     return x, y

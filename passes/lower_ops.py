@@ -8,14 +8,13 @@ reductions; softmax/log_softmax/layer_norm chain several. Semantics follow ir/op
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
 from mlc.ir import arith
 from mlc.ir.dtype import is_float
-from mlc.ir.expr import Bin, Call, Cast, Const, Expr, Not, Select, reduction_identity
-from mlc.ir.ops.defs import BINARY, REDUCE
+from mlc.ir.expr import Bin, Call, Cast, Const, Expr, Select, reduction_identity
+from mlc.ir.ops.defs import REDUCE
 from mlc.ir.ops.lowering import Args, Attrs, as_tensor, out_dtype, out_shape
 from mlc.ir.ops.registry import register_lower
 from mlc.ir.ops.shapes import dim, norm_axis, reduce_axes, slice_start
@@ -31,117 +30,9 @@ from mlc.ir.tir_builder import (
     broadcast,
     cst,
 )
-from mlc.ir.types import TensorType, TupleType, Type
+from mlc.ir.types import TupleType, Type
 
 # ---- elementwise -------------------------------------------------------------------------------
-
-def _round_even(x: Expr) -> Expr:
-    """numpy's round-half-to-even from floor: ties go to the even neighbour."""
-    f = Call("floor", (x,), x.dtype)
-    half = cst(0.5, x.dtype)
-    odd = f - cst(2, x.dtype) * Call("floor", (f * half,), x.dtype)  # 1 when f is odd
-    return Select(Bin("eq", x - f, half), f + odd, Call("round", (x,), x.dtype))
-
-
-def _intrinsic(name: str) -> Callable[[Expr], Expr]:
-    return lambda x: Call(name, (x,), x.dtype)
-
-
-UNARY_EXPR: dict[str, Callable[[Expr], Expr]] = {
-    **{n: _intrinsic(n) for n in ("sqrt", "exp", "log", "erf", "abs", "sigmoid", "tanh", "floor", "ceil", "sin", "cos")},
-    "neg": lambda x: cst(0, x.dtype) - x,
-    "relu": lambda x: Bin("max", x, cst(0, x.dtype)),
-    "reciprocal": lambda x: Bin("div", cst(1, x.dtype), x),
-    "round": _round_even,
-    "logical_not": lambda x: Not(as_dtype(x, "bool")),
-    "sign": lambda x: Select(Bin("gt", x, cst(0, x.dtype)), cst(1, x.dtype),
-                             Select(Bin("lt", x, cst(0, x.dtype)), cst(-1, x.dtype), x)),  # 0 and NaN: x
-    "isnan": lambda x: Call("isnan", (x,), "bool") if is_float(x.dtype) else Const(False, "bool"),
-}
-
-
-def _gelu(x: Expr, approximate: str) -> Expr:
-    dt = x.dtype
-    if approximate == "tanh":
-        inner = cst(math.sqrt(2 / math.pi), dt) * (x + cst(0.044715, dt) * x * x * x)
-        return cst(0.5, dt) * x * (cst(1, dt) + Call("tanh", (inner,), dt))
-    return cst(0.5, dt) * x * (cst(1, dt) + Call("erf", (x * cst(1 / math.sqrt(2), dt),), dt))
-
-
-def _unary_expr(op: str, attrs: Attrs, x: Expr) -> Expr:
-    if op in UNARY_EXPR:
-        return UNARY_EXPR[op](x)
-    dt = x.dtype
-    if op == "leaky_relu":
-        return Select(Bin("ge", x, cst(0, dt)), x, x * cst(float(attrs.get("alpha", 0.01)), dt))
-    if op == "gelu":
-        if not is_float(dt):
-            raise CannotLower("gelu of a non-float tensor")
-        return _gelu(x, str(attrs.get("approximate", "none")))
-    if op == "clip":
-        lo, hi = attrs.get("min"), attrs.get("max")
-        if lo is not None:
-            x = Bin("max", x, cst(lo, dt))
-        if hi is not None:
-            x = Bin("min", x, cst(hi, dt))
-        return x
-    if op == "cast":
-        return Cast(str(attrs["dtype"]), x)
-    if op == "isinf":
-        if not is_float(dt):
-            return Const(False, "bool")
-        pos = Bin("eq", x, Const(float("inf"), dt)) if attrs.get("detect_positive", True) else None
-        neg = Bin("eq", x, Const(float("-inf"), dt)) if attrs.get("detect_negative", True) else None
-        if pos is not None and neg is not None:
-            return Bin("or", pos, neg)
-        return pos or neg or Const(False, "bool")
-    raise CannotLower(f"no elementwise lowering of {op}")
-
-
-def _lower_unary(op: str) -> Callable[..., Tensor]:
-    def lower(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
-        x = as_tensor(args[0])
-        assert isinstance(t, TensorType)
-        return b.compute(x.shape, out_dtype(t), lambda i: _unary_expr(op, attrs, x.at(i)), op)
-
-    return lower
-
-
-for _op in (*UNARY_EXPR, "leaky_relu", "gelu", "clip", "cast", "isinf"):
-    register_lower(_op)(_lower_unary(_op))
-
-_BIN_EXPR: dict[str, Callable[[Expr, Expr], Expr]] = {
-    "add": lambda a, b: a + b, "sub": lambda a, b: a - b, "mul": lambda a, b: a * b,
-    "div": lambda a, b: Bin("div", a, b), "pow": lambda a, b: Bin("pow", a, b),
-    "minimum": lambda a, b: Bin("min", a, b), "maximum": lambda a, b: Bin("max", a, b),
-    "equal": lambda a, b: Bin("eq", a, b), "less": lambda a, b: Bin("lt", a, b),
-    "greater": lambda a, b: Bin("gt", a, b), "less_equal": lambda a, b: Bin("le", a, b),
-    "greater_equal": lambda a, b: Bin("ge", a, b),
-    "logical_and": lambda a, b: Bin("and", as_dtype(a, "bool"), as_dtype(b, "bool")),
-    "logical_or": lambda a, b: Bin("or", as_dtype(a, "bool"), as_dtype(b, "bool")),
-}
-assert set(_BIN_EXPR) == set(BINARY)
-
-
-def _lower_binary(op: str) -> Callable[..., Tensor]:
-    def lower(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
-        x, y = as_tensor(args[0]), as_tensor(args[1])
-        shp = out_shape(t)
-        fx, fy = broadcast(x, shp), broadcast(y, shp)
-        return b.compute(shp, out_dtype(t), lambda i: _BIN_EXPR[op](fx(i), fy(i)), op)
-
-    return lower
-
-
-for _op in BINARY:
-    register_lower(_op)(_lower_binary(_op))
-
-
-@register_lower("where")
-def _where(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
-    shp = out_shape(t)
-    c, x, y = (broadcast(as_tensor(a), shp) for a in args)
-    return b.compute(shp, out_dtype(t), lambda i: Select(as_dtype(c(i), "bool"), x(i), y(i)), "where")
 
 
 @register_lower("broadcast_to")

@@ -10,20 +10,6 @@ from __future__ import annotations
 
 from .registry import REQUIRED, define
 
-UNARY: dict[str, str] = {
-    "sqrt": "square root", "exp": "e**x", "log": "natural logarithm", "erf": "Gauss error function",
-    "neg": "-x", "abs": "|x|", "relu": "max(x, 0)", "sigmoid": "1 / (1 + e**-x)", "tanh": "hyperbolic tangent",
-    "reciprocal": "1 / x", "floor": "round down", "ceil": "round up", "round": "round half to even",
-    "sin": "sine", "cos": "cosine", "logical_not": "boolean not", "sign": "-1, 0 or 1 by the sign of x",
-}
-BINARY: dict[str, str] = {
-    "add": "a + b", "sub": "a - b", "mul": "a * b",
-    "div": "a / b (integers truncate toward zero, as ONNX)", "pow": "a ** b",
-    "minimum": "elementwise min", "maximum": "elementwise max",
-    "equal": "a == b", "less": "a < b", "greater": "a > b", "less_equal": "a <= b",
-    "greater_equal": "a >= b", "logical_and": "a and b", "logical_or": "a or b",
-}
-COMPARE: tuple[str, ...] = ("equal", "less", "greater", "less_equal", "greater_equal", "logical_and", "logical_or")
 REDUCE: dict[str, str] = {
     "sum": "sum", "mean": "arithmetic mean", "max": "maximum", "min": "minimum", "prod": "product",
 }
@@ -31,18 +17,9 @@ _RED_ATTRS = {"axes": None, "keepdims": True}  # axes None = all axes
 _CONV_ATTRS = {"strides": (1, 1), "pads": (0, 0, 0, 0), "dilations": (1, 1), "groups": 1}
 _POOL_ATTRS = {"kernel_shape": REQUIRED, "strides": (1, 1), "pads": (0, 0, 0, 0), "ceil_mode": False}
 
-for _n, _d in UNARY.items():
-    define(_n, "elementwise", 1, doc=_d)
-for _n, _d in BINARY.items():
-    define(_n, "broadcast", 2, doc=_d + ", numpy broadcasting")
 for _n, _d in REDUCE.items():
     define(_n, "reduction", 1, _RED_ATTRS, doc=f"{_d} over `axes` (all when None)")
 
-define("leaky_relu", "elementwise", 1, {"alpha": 0.01}, "x if x >= 0 else alpha * x")
-define("gelu", "elementwise", 1, {"approximate": "none"}, "x * Phi(x); approximate='tanh' uses the tanh formula")
-define("clip", "elementwise", 1, {"min": None, "max": None}, "clamp to [min, max]; None = unbounded")
-define("cast", "elementwise", 1, {"dtype": REQUIRED}, "convert element type (float->int truncates)")
-define("where", "broadcast", 3, doc="cond ? a : b with broadcasting")
 define("softmax", "opaque", 1, {"axis": -1}, "exp(x - max) / sum along axis")
 define("log_softmax", "opaque", 1, {"axis": -1}, "log of softmax along axis")
 define("argmax", "reduction", 1, {"axis": 0, "keepdims": True}, "index of the first maximum along axis (i64)")
@@ -82,8 +59,6 @@ define("scatter_elements", "opaque", 3, {"axis": 0, "reduction": "none"},
 define("scatter_nd", "opaque", 3, {"reduction": "none"},
        "ONNX ScatterND: updates[u] written (or combined) at the data position indices[u] (a prefix of "
        "the data's axes); duplicates under 'none': the last one wins")
-define("isnan", "elementwise", 1, doc="x is NaN (bool)")
-define("isinf", "elementwise", 1, {"detect_negative": True, "detect_positive": True}, "x is +inf or -inf (bool)")
 define("strided_slice", "injective", 1, {"axes": REQUIRED, "begin": REQUIRED, "end": REQUIRED, "strides": None},
        "ONNX Slice: per axis begin/end/stride, clamped, negative indices wrap")
 define("broadcast_to", "broadcast", 1, {"shape": REQUIRED}, "numpy broadcast_to")

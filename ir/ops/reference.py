@@ -26,9 +26,9 @@ Env = dict[str, int]
 Ref = Callable[[list[Any], dict[str, Any], Type, Env], Any]
 
 try:  # scipy is optional at run time; math.erf is the exact fallback
-    from scipy.special import erf as _erf
+    from scipy.special import erf
 except ImportError:  # pragma: no cover
-    _erf = np.vectorize(math.erf, otypes=[np.float64])
+    erf = np.vectorize(math.erf, otypes=[np.float64])
 
 
 def ev(v: Any, env: Env) -> int:
@@ -59,94 +59,12 @@ def ref(*names: str) -> Callable[[Ref], Ref]:
     return deco
 
 
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return np.exp(-np.logaddexp(0, -x)).astype(x.dtype)
-
-
-def _gelu(x: np.ndarray, approximate: str) -> np.ndarray:
-    if approximate == "tanh":
-        return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
-    return 0.5 * x * (1 + _erf(x / math.sqrt(2)))
-
-
-_UNARY: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    "sqrt": np.sqrt, "exp": np.exp, "log": np.log, "erf": lambda x: _erf(x), "neg": np.negative,
-    "abs": np.abs, "relu": lambda x: np.maximum(x, 0), "sigmoid": _sigmoid, "tanh": np.tanh,
-    "reciprocal": lambda x: 1 / x, "floor": np.floor, "ceil": np.ceil, "round": np.round,
-    "sin": np.sin, "cos": np.cos, "logical_not": np.logical_not, "sign": np.sign, "isnan": np.isnan,
-}
-
-
-def _int_div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    if np.issubdtype(np.result_type(a, b), np.integer):
-        q = np.abs(a) // np.abs(b)
-        return np.where((a < 0) != (b < 0), -q, q)
-    return a / b
-
-
-_BINARY: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
-    "add": np.add, "sub": np.subtract, "mul": np.multiply, "div": _int_div, "pow": np.power,
-    "minimum": np.minimum, "maximum": np.maximum, "equal": np.equal, "less": np.less,
-    "greater": np.greater, "less_equal": np.less_equal, "greater_equal": np.greater_equal,
-    "logical_and": np.logical_and, "logical_or": np.logical_or,
-}
-
-
-def _unary_ref(fn: Callable[[np.ndarray], np.ndarray]) -> Ref:
-    return lambda args, attrs, t, env: fn(np.asarray(args[0]))
-
-
-def _binary_ref(fn: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> Ref:
-    return lambda args, attrs, t, env: fn(np.asarray(args[0]), np.asarray(args[1]))
-
-
-for _n, _f in _UNARY.items():
-    ref(_n)(_unary_ref(_f))
-for _n, _g in _BINARY.items():
-    ref(_n)(_binary_ref(_g))
-
-
-@ref("leaky_relu")
-def _leaky(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
-    x = args[0]
-    return np.where(x >= 0, x, x * float(attrs.get("alpha", 0.01)))
-
-
-@ref("gelu")
-def _gelu_ref(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
-    return _gelu(args[0], str(attrs.get("approximate", "none")))
-
-
-@ref("clip")
-def _clip(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
-    x = args[0]
-    lo, hi = attrs.get("min"), attrs.get("max")
-    if lo is not None:
-        x = np.maximum(x, np.asarray(lo).astype(x.dtype))
-    if hi is not None:
-        x = np.minimum(x, np.asarray(hi).astype(x.dtype))
-    return x
-
-
 def round_bf16(x: np.ndarray) -> np.ndarray:
     """f32 values rounded to bfloat16 precision (nearest, ties to even; NaN stays NaN), kept as f32."""
     f = np.asarray(x, dtype=np.float32)
     u = f.view(np.uint32).astype(np.uint64)
     u = ((u + 0x7FFF + ((u >> 16) & 1)) & 0xFFFF0000).astype(np.uint32)
     return np.where(np.isnan(f), f, u.view(np.float32))
-
-
-@ref("cast")
-def _cast(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
-    dt = str(attrs["dtype"])
-    if dt == "bf16":
-        return round_bf16(np.asarray(args[0]).astype(np.float32))
-    return np.asarray(args[0]).astype(to_numpy(dt))
-
-
-@ref("where")
-def _where(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
-    return np.where(args[0], args[1], args[2])
 
 
 def _softmax_parts(args: list[Any], attrs: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -433,13 +351,6 @@ def _scatter_nd(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> An
         x[p] = v if red == "none" else {"add": x[p] + v, "mul": x[p] * v, "max": np.maximum(x[p], v),
                                         "min": np.minimum(x[p], v)}[red]
     return x
-
-
-@ref("isinf")
-def _isinf(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
-    x = np.asarray(args[0])
-    pos, neg = bool(attrs.get("detect_positive", True)), bool(attrs.get("detect_negative", True))
-    return (np.isposinf(x) & pos) | (np.isneginf(x) & neg)
 
 
 @ref("gather_elements")

@@ -20,12 +20,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ..types import TensorType
+
 if TYPE_CHECKING:
     import numpy as np
 
     from ..diagnostics import MlcError
+    from ..expr import Expr
     from ..graph import Value
-    from ..types import TensorType
 
 # Fusion pattern kinds, ordered as in TVM's OpPatternKind: lower kinds fuse into higher ones.
 KINDS: tuple[str, ...] = ("elementwise", "broadcast", "injective", "reduction", "out_ewise_fusable", "opaque")
@@ -124,6 +126,17 @@ def register_grad(*names: str) -> Callable[[Callable[..., Any]], Callable[..., A
 
 
 # ---- ONNX import handlers ----------------------------------------------------------------------
+def value_shape(v: Value) -> tuple[Expr, ...]:
+    """Dims of a tensor value (every value the importer builds has a known rank)."""
+    assert isinstance(v.type, TensorType) and v.type.shape is not None, v
+    return v.type.shape
+
+
+def value_dtype(v: Value) -> str:
+    assert isinstance(v.type, TensorType), v
+    return v.type.dtype
+
+
 class OnnxNode(Protocol):
     """What a handler reads of an ONNX node (onnx.NodeProto has these)."""
 
@@ -197,7 +210,7 @@ def onnx_op_types() -> dict[str, int]:
 # ---- the family modules --------------------------------------------------------------------------
 # Each holds everything about its ops: declaration, shape rule, numpy reference, lowering, ONNX
 # handlers and the (empty) gradient slot. Order matters only where a module reads another's table.
-FAMILIES: tuple[str, ...] = ("defs", "shapes", "reference", "indexing")
+FAMILIES: tuple[str, ...] = ("defs", "shapes", "reference", "elementwise", "indexing")
 
 
 def load() -> None:

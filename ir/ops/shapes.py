@@ -17,7 +17,7 @@ from ..diagnostics import Loc, MlcError
 from ..expr import Bin, Const, Expr, const
 from ..printer import print_expr
 from ..types import ScalarType, TensorType, TupleType, Type
-from .defs import BINARY, COMPARE, REDUCE, UNARY
+from .defs import REDUCE
 from .registry import register_infer
 
 Shape = tuple[Expr, ...]
@@ -84,13 +84,13 @@ def broadcast_shapes(shapes: Sequence[Shape], loc: Loc) -> Shape:
     return tuple(out)
 
 
-def _elementwise(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
+def same_as_input(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
+    """The shape rule of ops whose result has their first argument's type."""
     t = tensor(args[0], loc)
     return TensorType(t.shape, t.dtype)
 
 
-register_infer(*[n for n in UNARY if n != "logical_not"], "leaky_relu", "gelu", "clip", "softmax",
-               "log_softmax")(_elementwise)
+register_infer("softmax", "log_softmax")(same_as_input)
 
 
 @register_infer("cumsum")
@@ -115,7 +115,7 @@ def _topk(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
 
 @register_infer("scatter_elements")
 def _scatter_elements(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
-    t, idx = _data_and_indices(args, "scatter_elements", loc)
+    t, idx = data_and_indices(args, "scatter_elements", loc)
     upd = tensor(args[2], loc, "updates")
     s, si, su = shape_of(t, loc), shape_of(idx, loc, "indices"), shape_of(upd, loc, "updates")
     if len(si) != len(s) or len(su) != len(si) or upd.dtype != t.dtype:
@@ -129,7 +129,7 @@ def _scatter_elements(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type
 
 @register_infer("scatter_nd")
 def _scatter_nd(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
-    t, idx = _data_and_indices(args, "scatter_nd", loc)
+    t, idx = data_and_indices(args, "scatter_nd", loc)
     upd = tensor(args[2], loc, "updates")
     s, si, su = shape_of(t, loc), shape_of(idx, loc, "indices"), shape_of(upd, loc, "updates")
     k = as_int(si[-1]) if si else None
@@ -141,46 +141,11 @@ def _scatter_nd(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
     return TensorType(t.shape, t.dtype)
 
 
-@register_infer("logical_not", "isnan", "isinf")
-def _not(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
-    return TensorType(tensor(args[0], loc).shape, "bool")
-
-
-@register_infer("cast")
-def _cast(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
-    return TensorType(tensor(args[0], loc).shape, str(attrs["dtype"]))
-
-
-def _same_dtype(ts: Sequence[TensorType], loc: Loc) -> str:
+def same_dtype(ts: Sequence[TensorType], loc: Loc) -> str:
     dts = {t.dtype for t in ts}
     if len(dts) > 1:
         raise MlcError(f"operands have different dtypes {', '.join(sorted(dts))}", loc)
     return ts[0].dtype
-
-
-@register_infer(*[n for n in BINARY if n not in COMPARE])
-def _binary(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
-    ts = [tensor(a, loc) for a in args]
-    dt = _same_dtype(ts, loc)
-    if any(t.shape is None for t in ts):
-        return TensorType(None, dt)
-    return TensorType(broadcast_shapes([t.shape for t in ts], loc), dt)  # type: ignore[misc]
-
-
-@register_infer(*COMPARE)
-def _compare(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
-    t = _binary(args, attrs, loc)
-    assert isinstance(t, TensorType)
-    return TensorType(t.shape, "bool")
-
-
-@register_infer("where")
-def _where(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
-    c, a, b = (tensor(x, loc) for x in args)
-    if c.dtype != "bool":
-        raise MlcError(f"where: condition must be bool, got {c.dtype}", loc)
-    dt = _same_dtype([a, b], loc)
-    return TensorType(broadcast_shapes([shape_of(x, loc) for x in (c, a, b)], loc), dt)
 
 
 def reduce_axes(axes: Any, rank: int, loc: Loc | None = None) -> list[int]:
@@ -209,7 +174,7 @@ def _argreduce(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
     return TensorType(tuple(out), "i64")
 
 
-def _check_dim(a: Expr, b: Expr, what: str, loc: Loc) -> None:
+def check_dim(a: Expr, b: Expr, what: str, loc: Loc) -> None:
     if provably_different(a, b):
         raise MlcError(f"{what}: {dims_str([a])} vs {dims_str([b])}", loc)
     assume_equal(a, b)
@@ -260,7 +225,7 @@ def infer_with_assumptions(infer: Any, args: list[Type], attrs: dict[str, Any], 
 @register_infer("matmul")
 def _matmul(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
     ta, tb = tensor(args[0], loc), tensor(args[1], loc)
-    dt = _same_dtype([ta, tb], loc)
+    dt = same_dtype([ta, tb], loc)
     a, b = shape_of(ta, loc), shape_of(tb, loc)
     if not a or not b:
         raise MlcError("matmul: operands must have rank >= 1", loc)
@@ -276,7 +241,7 @@ def _matmul(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
     return TensorType(out, dt)
 
 
-def _ints(v: Any, n: int, name: str, loc: Loc) -> tuple[int, ...]:
+def ints_attr(v: Any, n: int, name: str, loc: Loc) -> tuple[int, ...]:
     t = tuple(int(x) for x in v)
     if len(t) != n:
         raise MlcError(f"attribute {name} needs {n} values, got {len(t)}", loc)
@@ -291,10 +256,10 @@ def window_out(size: Expr, pad: int, k: int, stride: int, dil: int, ceil_mode: b
     return simplify((span + stride - 1) // stride + 1)
 
 
-def _pool_dims(s: Shape, attrs: dict[str, Any], loc: Loc, kernel: tuple[int, int], ceil_mode: bool) -> Shape:
-    strides = _ints(attrs.get("strides", (1, 1)), 2, "strides", loc)
-    pads = _ints(attrs.get("pads", (0, 0, 0, 0)), 4, "pads", loc)
-    dil = _ints(attrs.get("dilations", (1, 1)), 2, "dilations", loc)
+def pool_dims(s: Shape, attrs: dict[str, Any], loc: Loc, kernel: tuple[int, int], ceil_mode: bool) -> Shape:
+    strides = ints_attr(attrs.get("strides", (1, 1)), 2, "strides", loc)
+    pads = ints_attr(attrs.get("pads", (0, 0, 0, 0)), 4, "pads", loc)
+    dil = ints_attr(attrs.get("dilations", (1, 1)), 2, "dilations", loc)
     out = []
     for i in range(2):
         d = window_out(s[2 + i], pads[i] + pads[i + 2], kernel[i], strides[i], dil[i], ceil_mode)
@@ -307,7 +272,7 @@ def _pool_dims(s: Shape, attrs: dict[str, Any], loc: Loc, kernel: tuple[int, int
     return tuple(out)
 
 
-def _nchw(t: Type, loc: Loc) -> Shape:
+def nchw(t: Type, loc: Loc) -> Shape:
     s = shape_of(t, loc)
     if len(s) != 4:
         raise MlcError(f"expected an NCHW tensor of rank 4, got ({dims_str(s)})", loc)
@@ -316,30 +281,30 @@ def _nchw(t: Type, loc: Loc) -> Shape:
 
 @register_infer("conv2d")
 def _conv2d(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
-    x, w = _nchw(args[0], loc), _nchw(args[1], loc)
-    dt = _same_dtype([tensor(args[0], loc), tensor(args[1], loc)], loc)
+    x, w = nchw(args[0], loc), nchw(args[1], loc)
+    dt = same_dtype([tensor(args[0], loc), tensor(args[1], loc)], loc)
     g = int(attrs.get("groups", 1))
-    _check_dim(x[1], simplify(w[1] * g), f"conv2d: input channels vs weight channels x groups ({g})", loc)
+    check_dim(x[1], simplify(w[1] * g), f"conv2d: input channels vs weight channels x groups ({g})", loc)
     wo = as_int(w[0])
     if wo is not None and wo % g:
         raise MlcError(f"conv2d: output channels {wo} not divisible by groups {g}", loc)
     k = (as_int(w[2]), as_int(w[3]))
     if None in k:
         raise MlcError("conv2d: kernel size must be constant", loc)
-    hw = _pool_dims(x, attrs, loc, k, False)  # type: ignore[arg-type]
+    hw = pool_dims(x, attrs, loc, k, False)  # type: ignore[arg-type]
     return TensorType((x[0], w[0]) + hw, dt)
 
 
 @register_infer("conv2d_transpose")
 def _conv2d_t(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
-    x, w = _nchw(args[0], loc), _nchw(args[1], loc)
-    dt = _same_dtype([tensor(args[0], loc), tensor(args[1], loc)], loc)
+    x, w = nchw(args[0], loc), nchw(args[1], loc)
+    dt = same_dtype([tensor(args[0], loc), tensor(args[1], loc)], loc)
     g = int(attrs.get("groups", 1))
-    _check_dim(x[1], w[0], "conv2d_transpose: input channels vs weight dim 0", loc)
-    strides = _ints(attrs.get("strides", (1, 1)), 2, "strides", loc)
-    pads = _ints(attrs.get("pads", (0, 0, 0, 0)), 4, "pads", loc)
-    dil = _ints(attrs.get("dilations", (1, 1)), 2, "dilations", loc)
-    opad = _ints(attrs.get("output_padding", (0, 0)), 2, "output_padding", loc)
+    check_dim(x[1], w[0], "conv2d_transpose: input channels vs weight dim 0", loc)
+    strides = ints_attr(attrs.get("strides", (1, 1)), 2, "strides", loc)
+    pads = ints_attr(attrs.get("pads", (0, 0, 0, 0)), 4, "pads", loc)
+    dil = ints_attr(attrs.get("dilations", (1, 1)), 2, "dilations", loc)
+    opad = ints_attr(attrs.get("output_padding", (0, 0)), 2, "output_padding", loc)
     hw = []
     for i in range(2):
         k = as_int(w[2 + i])
@@ -352,15 +317,15 @@ def _conv2d_t(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
 @register_infer("max_pool2d", "avg_pool2d")
 def _pool(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
     t = tensor(args[0], loc)
-    s = _nchw(t, loc)
-    k = _ints(attrs["kernel_shape"], 2, "kernel_shape", loc)
-    return TensorType(s[:2] + _pool_dims(s, attrs, loc, k, bool(attrs.get("ceil_mode", False))), t.dtype)
+    s = nchw(t, loc)
+    k = ints_attr(attrs["kernel_shape"], 2, "kernel_shape", loc)
+    return TensorType(s[:2] + pool_dims(s, attrs, loc, k, bool(attrs.get("ceil_mode", False))), t.dtype)
 
 
 @register_infer("global_avg_pool2d")
 def _gap(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
     t = tensor(args[0], loc)
-    s = _nchw(t, loc)
+    s = nchw(t, loc)
     return TensorType(s[:2] + (ONE, ONE), t.dtype)
 
 
@@ -374,7 +339,7 @@ def _bn(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
         ps = shape_of(a, loc, name)
         if len(ps) != 1:
             raise MlcError(f"batch_norm: {name} must be 1-D, got ({dims_str(ps)})", loc)
-        _check_dim(ps[0], s[1], f"batch_norm: {name} length vs channels", loc)
+        check_dim(ps[0], s[1], f"batch_norm: {name} length vs channels", loc)
     return TensorType(s, t.dtype)
 
 
@@ -397,7 +362,7 @@ def _ln(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
 @register_infer("concat")
 def _concat(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
     ts = [tensor(a, loc) for a in args]
-    dt = _same_dtype(ts, loc)
+    dt = same_dtype(ts, loc)
     shapes = [shape_of(t, loc) for t in ts]
     rank = len(shapes[0])
     if any(len(s) != rank for s in shapes):
@@ -406,7 +371,7 @@ def _concat(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
     for i in range(rank):
         if i != ax:
             for s in shapes[1:]:
-                _check_dim(shapes[0][i], s[i], f"concat: dim {i} differs", loc)
+                check_dim(shapes[0][i], s[i], f"concat: dim {i} differs", loc)
     total: Expr = Const(0)
     for s in shapes:
         total = total + s[ax]
@@ -424,7 +389,7 @@ def _split(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
     total: Expr = Const(0)
     for d in secs:
         total = total + d
-    _check_dim(simplify(total), s[ax], "split: sections do not add up to the axis length", loc)
+    check_dim(simplify(total), s[ax], "split: sections do not add up to the axis length", loc)
     return TupleType(tuple(TensorType(s[:ax] + (d,) + s[ax + 1:], t.dtype) for d in secs))
 
 
@@ -472,7 +437,7 @@ def _squeeze(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
     s = shape_of(t, loc)
     axes = {norm_axis(a, len(s), loc) for a in attrs["axes"]}
     for a in axes:
-        _check_dim(s[a], ONE, f"squeeze: axis {a} is not 1", loc)
+        check_dim(s[a], ONE, f"squeeze: axis {a} is not 1", loc)
     return TensorType(tuple(d for i, d in enumerate(s) if i not in axes), t.dtype)
 
 
@@ -487,7 +452,7 @@ def _expand_dims(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
     return TensorType(tuple(s), t.dtype)
 
 
-def _data_and_indices(args: list[Type], op: str, loc: Loc) -> tuple[TensorType, TensorType]:
+def data_and_indices(args: list[Type], op: str, loc: Loc) -> tuple[TensorType, TensorType]:
     t, idx = tensor(args[0], loc), tensor(args[1], loc, "indices")
     if idx.dtype not in ("i32", "i64"):
         raise MlcError(f"{op}: indices must be i32 or i64, got {idx.dtype}", loc)
@@ -496,7 +461,7 @@ def _data_and_indices(args: list[Type], op: str, loc: Loc) -> tuple[TensorType, 
 
 @register_infer("take")
 def _take(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
-    t, idx = _data_and_indices(args, "take", loc)
+    t, idx = data_and_indices(args, "take", loc)
     s = shape_of(t, loc)
     ax = norm_axis(attrs.get("axis", 0), len(s), loc)
     return TensorType(s[:ax] + shape_of(idx, loc) + s[ax + 1:], t.dtype)
@@ -504,7 +469,7 @@ def _take(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
 
 @register_infer("gather_elements")
 def _gather_elements(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
-    t, idx = _data_and_indices(args, "gather_elements", loc)
+    t, idx = data_and_indices(args, "gather_elements", loc)
     s, si = shape_of(t, loc), shape_of(idx, loc, "indices")
     if len(s) != len(si):
         raise MlcError(f"gather_elements: indices have rank {len(si)}, data {len(s)}", loc)
@@ -514,7 +479,7 @@ def _gather_elements(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
 
 @register_infer("gather_nd")
 def _gather_nd(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
-    t, idx = _data_and_indices(args, "gather_nd", loc)
+    t, idx = data_and_indices(args, "gather_nd", loc)
     s, si = shape_of(t, loc), shape_of(idx, loc, "indices")
     b = int(attrs.get("batch_dims", 0))
     k = as_int(si[-1]) if si else None
@@ -604,7 +569,7 @@ def _broadcast_to(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
         raise MlcError(f"broadcast_to: target ({dims_str(target)}) has lower rank than ({dims_str(s)})", loc)
     for d, td in zip(s[::-1], target[::-1]):
         if as_int(d) != 1:
-            _check_dim(d, td, "broadcast_to: dim cannot broadcast", loc)
+            check_dim(d, td, "broadcast_to: dim cannot broadcast", loc)
     return TensorType(target, t.dtype)
 
 
@@ -612,7 +577,7 @@ def _broadcast_to(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
 def _pad(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
     t = tensor(args[0], loc)
     s = shape_of(t, loc)
-    p = _ints(attrs["pads"], 2 * len(s), "pads", loc)
+    p = ints_attr(attrs["pads"], 2 * len(s), "pads", loc)
     return TensorType(tuple(simplify(d + p[i] + p[i + len(s)]) for i, d in enumerate(s)), t.dtype)
 
 
@@ -643,7 +608,7 @@ def _shape_tensor(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
     return TensorType((Const(len(attrs["values"])),), "i64")
 
 
-def _scalar_index(t: Type, loc: Loc) -> None:
+def scalar_index(t: Type, loc: Loc) -> None:
     if not isinstance(t, ScalarType) and not (isinstance(t, TensorType) and t.shape == ()):
         raise MlcError(f"index must be a scalar, got {type(t).__name__}", loc)
 
@@ -652,7 +617,7 @@ def _scalar_index(t: Type, loc: Loc) -> None:
 def _dyn_slice(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
     t = tensor(args[0], loc)
     s = list(shape_of(t, loc))
-    _scalar_index(args[1], loc)
+    scalar_index(args[1], loc)
     ax = norm_axis(attrs.get("axis", 0), len(s), loc)
     s[ax] = dim(attrs.get("size", 1))
     return TensorType(tuple(s), t.dtype)
@@ -662,14 +627,14 @@ def _dyn_slice(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
 def _dyn_update(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
     t, u = tensor(args[0], loc), tensor(args[1], loc, "update")
     s, us = shape_of(t, loc), shape_of(u, loc, "update")
-    _scalar_index(args[2], loc)
+    scalar_index(args[2], loc)
     if len(s) != len(us):
         raise MlcError(f"dynamic_update_slice: update ({dims_str(us)}) and data ({dims_str(s)}) ranks differ", loc)
     ax = norm_axis(attrs.get("axis", 0), len(s), loc)
     for i, (a, b) in enumerate(zip(s, us)):
         if i != ax:
-            _check_dim(a, b, f"dynamic_update_slice: dim {i} differs", loc)
-    _same_dtype([t, u], loc)
+            check_dim(a, b, f"dynamic_update_slice: dim {i} differs", loc)
+    same_dtype([t, u], loc)
     return TensorType(s, t.dtype)
 
 
