@@ -69,9 +69,10 @@ def cuda_context() -> Any:
 
 
 def device_arch() -> str:
+    """GPU 0's arch, as the codegen names it (what a cubin loaded here must be built for)."""
+    cuda_context()
     import pycuda.driver as drv
 
-    cuda_context()
     major, minor = drv.Device(0).compute_capability()
     # Hopper's wgmma/setmaxnreg exist only in the arch-specific target sm_90a
     return "sm_90a" if (major, minor) == (9, 0) else f"sm_{major}{minor}"
