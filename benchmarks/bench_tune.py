@@ -21,10 +21,10 @@ from mlc.ir.tir import PrimFunc
 from mlc.ir.tir_builder import build, compute, placeholder, reduce_axis, rsum
 from mlc.passes.schedule.rules import default_schedule
 from mlc.passes.tune.database import Database
-from mlc.passes.tune.measure import Runner
-from mlc.passes.tune.search import SearchConfig, Task, Tuner
 from mlc.runtime.bench import block_medians
 from mlc.runtime.cpu import compile_module
+from mlc.tune.measure import Runner
+from mlc.tune.search import SearchConfig, Task, Tuner
 
 
 def matmul(n: int) -> PrimFunc:

@@ -1,6 +1,6 @@
 """`mlc tune M.ir --target cpu|cuda --trials N --time-budget S --db tune.jsonl -o t.ir`.
 
-The search itself is library code (`mlc.passes.tune`); this is the command around it. A module
+The search itself is library code (`mlc.tune`); this is the command around it. A module
 that has no tensor programs yet (an imported graph) is lowered first with the `lower` pipeline
 (configs/pipelines/lower.yaml), said on stderr; the pipeline flags (--print-after-all, --timing, ...)
 apply to that lowering.
@@ -50,9 +50,9 @@ def tune_cmd(module_path: str, target: str, trials: int, time_budget: float, db_
     from mlc.ir.expr import free_vars
     from mlc.ir.target import Target
     from mlc.passes.tune.database import Database
-    from mlc.passes.tune.measure import Runner
-    from mlc.passes.tune.search import SearchConfig
-    from mlc.passes.tune.tuning import check_target, tune_module, unscheduled
+    from mlc.tune.measure import Runner
+    from mlc.tune.search import SearchConfig
+    from mlc.tune.tuning import check_target, tune_module, unscheduled
 
     src = read_module(module_path, verify=instrument.verify_each)
     target = str(parse_target(target))

@@ -73,7 +73,7 @@ def test_internal_error_is_exit_3_without_traceback(imported: Path, tmp_path: Pa
     def boom(*_a: object, **_k: object) -> None:
         raise RuntimeError("kaboom")
 
-    monkeypatch.setattr("mlc.passes.tune.tuning.tune_module", boom)
+    monkeypatch.setattr("mlc.tune.tuning.tune_module", boom)
     r = invoke("tune", str(imported), "--quiet", "--db", str(tmp_path / "db.jsonl"), "-o", str(tmp_path / "t.ir"))
     assert r.exit_code == 3 and "Traceback" not in r.output, r.output
     assert "mlc: internal error: RuntimeError: kaboom" in r.stderr

@@ -20,12 +20,12 @@ from mlc.passes.registry import PassContext, get_pass
 from mlc.passes.schedule import Trace
 from mlc.passes.schedule.rules import TargetInfo, sample_schedule
 from mlc.passes.schedule.tree import walk
-from mlc.passes.tune.cost_model import CostModel
 from mlc.passes.tune.database import Database, Record, mlc_version, workload_key
-from mlc.passes.tune.features import N_FEATURES, extract
-from mlc.passes.tune.measure import Result, Runner
-from mlc.passes.tune.search import SearchConfig, Task, Tuner
 from mlc.passes.tune.space import design_space
+from mlc.tune.cost_model import CostModel
+from mlc.tune.features import N_FEATURES, extract
+from mlc.tune.measure import Result, Runner
+from mlc.tune.search import SearchConfig, Task, Tuner
 from test_tir_interp import matmul_func
 
 CPU = TargetInfo("cpu", lanes=8, cores=2)
@@ -161,7 +161,7 @@ def test_records_of_another_version_are_not_applied_and_say_so(tmp_path, capsys)
 
 
 def test_local_decision_moves_one_factor_and_keeps_constraints() -> None:
-    from mlc.passes.tune.search import local_decision
+    from mlc.tune.search import local_decision
 
     rng = np.random.default_rng(0)
     seen = set()
@@ -178,7 +178,7 @@ def test_local_decision_moves_one_factor_and_keeps_constraints() -> None:
 
 
 def test_rule_mutation_rederives_structure_and_stays_correct() -> None:
-    from mlc.passes.tune.search import mutate
+    from mlc.tune.search import mutate
     from test_tir_interp import matmul_func
 
     f = matmul_func(32, 16, 32)

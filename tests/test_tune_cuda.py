@@ -33,11 +33,11 @@ from mlc.passes.schedule.gpu_rules import (
 )
 from mlc.passes.schedule.tree import walk
 from mlc.passes.tune.database import Database, Record, mlc_version, workload_key
-from mlc.passes.tune.features import extract
-from mlc.passes.tune.measure import Result, Runner
-from mlc.passes.tune.search import SearchConfig, mutate
-from mlc.passes.tune.tuning import final_schedule, tune_module
 from mlc.runtime.cuda import cuda_unavailable
+from mlc.tune.features import extract
+from mlc.tune.measure import Result, Runner
+from mlc.tune.search import SearchConfig, mutate
+from mlc.tune.tuning import final_schedule, tune_module
 from test_tir_interp import conv_func, matmul_func, np_conv, softmax_func
 
 NVCC = shutil.which("nvcc") or ("/usr/local/bin/nvcc" if Path("/usr/local/bin/nvcc").exists() else None)

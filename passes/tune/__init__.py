@@ -1,1 +1,2 @@
-"""MetaSchedule-style tuning: database, features, cost model, evolutionary search, measurement."""
+"""What the `schedule` pass reads of tuning: the database of measured traces and each target's design
+space. Searching and measuring (which build and run code) live above the runtime, in `mlc.tune`."""

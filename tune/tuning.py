@@ -15,11 +15,11 @@ from mlc.ir.module import Module
 from mlc.ir.rewrite import walk_bindings
 from mlc.ir.target import Target
 from mlc.ir.tir import PrimFunc
+from mlc.passes.tune.database import Database
+from mlc.passes.tune.space import design_space
 
-from .database import Database
 from .measure import Runner
 from .search import SearchConfig, Task, Tuner
-from .space import design_space
 
 
 def call_counts(module: Module) -> dict[str, int]:
@@ -96,14 +96,14 @@ def tune_module(module: Module, cfg: SearchConfig, db: Database, runner: Runner,
 
 def final_schedule(func: PrimFunc, target: str, db: Database) -> PrimFunc:
     """The database's best record for `func`, else the target's default schedule, marked as such."""
-    from ..schedule_pass import schedule_func
+    from mlc.passes.schedule_pass import schedule_func
 
     if not Target.parse(target).gpu:
         return schedule_func(func, target, db)
     out = schedule_func(func, target, db, rules=False)
     if any(k == "schedule" for k, _ in out.attrs):
         return out
-    from ..schedule.gpu_rules import default_gpu_schedule
+    from mlc.passes.schedule.gpu_rules import default_gpu_schedule
 
     attrs = tuple(sorted(dict(func.attrs, schedule="default").items()))
     return replace(default_gpu_schedule(func), attrs=attrs)

@@ -25,13 +25,13 @@ import numpy as np
 from mlc.ir.diagnostics import MlcError
 from mlc.ir.target import Target
 from mlc.ir.tir import PrimFunc
+from mlc.passes.schedule.trace import SAMPLING, Trace
+from mlc.passes.tune.database import Database, Record, mlc_version, workload_key
+from mlc.passes.tune.space import design_space
 
-from ..schedule.trace import SAMPLING, Trace
 from .cost_model import CostModel
-from .database import Database, Record, mlc_version, workload_key
 from .features import extract
 from .measure import Result, Runner
-from .space import design_space
 
 
 @dataclass

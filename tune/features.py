@@ -18,8 +18,7 @@ import numpy as np
 from mlc.ir import arith
 from mlc.ir.expr import Expr, Var, free_vars, substitute
 from mlc.ir.tir import BlockStmt, For, PrimFunc
-
-from ..schedule.tree import ancestors, blocks, loads_in, stmt_exprs, stores_in, walk
+from mlc.passes.schedule.tree import ancestors, blocks, loads_in, stmt_exprs, stores_in, walk
 
 SYM_EXTENT = 64
 BLOCK_FEATURES = 14
@@ -96,7 +95,7 @@ def extract(func: PrimFunc) -> np.ndarray:
 
 
 def _gpu_features(func: PrimFunc) -> list[float]:
-    from ..schedule.gpu_rules import func_gemm_config
+    from mlc.passes.schedule.gpu_rules import func_gemm_config
 
     threads = blocks_ = 1
     for _, s in walk(func.body):

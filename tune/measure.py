@@ -23,8 +23,7 @@ from mlc.ir.module import Module
 from mlc.ir.printer import print_module
 from mlc.ir.target import Target
 from mlc.ir.tir import PrimFunc
-
-from ..schedule.trace import Trace
+from mlc.passes.schedule.trace import Trace
 
 
 @dataclass(frozen=True)
@@ -51,7 +50,7 @@ class Runner:
     def _start(self) -> subprocess.Popen[str]:
         if self._proc is None or self._proc.poll() is not None:
             env = dict(os.environ, PYTHONUNBUFFERED="1")
-            self._proc = subprocess.Popen([sys.executable, "-m", "mlc.passes.tune.worker"], stdin=subprocess.PIPE,
+            self._proc = subprocess.Popen([sys.executable, "-m", "mlc.tune.worker"], stdin=subprocess.PIPE,
                                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
         return self._proc
 
