@@ -18,7 +18,7 @@ from ..ir.arith import as_int
 from ..ir.dtype import to_numpy
 from ..ir.expr import Const, Expr
 from ..ir.ops.registry import onnx_handler, onnx_op_types, value_dtype, value_shape
-from ..ir.ops.shapes import BIG, numel
+from ..ir.ops.shapes import numel
 from .onnx_compose import COMPOSED
 from .onnx_ctx import Ctx, Handler, registrar
 from .onnx_layout import LAYOUT
@@ -26,16 +26,6 @@ from .onnx_rnn import gru, lstm
 
 HANDLERS: dict[str, Handler] = {}
 handles = registrar(HANDLERS)
-
-
-@handles("CumSum")
-def _cumsum(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
-    axis = ctx.const(node.input[1])
-    if axis is None or axis.size != 1:
-        raise ctx.error("CumSum: the axis must be a constant scalar")
-    flags = {"axis": int(axis.reshape(-1)[0]), "exclusive": bool(attrs.get("exclusive", 0)),
-             "reverse": bool(attrs.get("reverse", 0))}
-    ctx.out(0, ctx.emit("cumsum", [ctx.input(0)], flags, node.output[0]))
 
 
 @handles("TopK")
@@ -453,64 +443,6 @@ def _rms_norm(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
     if stash != dt:
         y = ctx.emit("cast", [y], {"dtype": dt}, o + "_back")
     ctx.out(0, ctx.emit("mul", [y, scale], {}, o))
-
-
-REDUCE_MAP = {"ReduceSum": "sum", "ReduceMean": "mean", "ReduceMax": "max", "ReduceMin": "min", "ReduceProd": "prod"}
-
-
-# reductions composed of one before, one reduction and one after (None: nothing), on the input's dtype
-COMPOSED_REDUCE = {
-    "ReduceL1": ("abs", "sum", None), "ReduceL2": ("square", "sum", "sqrt"), "ReduceSumSquare": ("square", "sum", None),
-    "ReduceLogSum": (None, "sum", "log"), "ReduceLogSumExp": ("exp", "sum", "log"),  # shifted by the max below
-}
-
-
-@handles(*REDUCE_MAP, *COMPOSED_REDUCE)
-def _reduce(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
-    axes = ctx.axes_input(node, attrs)
-    x, o = ctx.input(0), node.output[0]
-    before, red, after = COMPOSED_REDUCE.get(node.op_type, (None, REDUCE_MAP.get(node.op_type), None))
-    a = {"axes": tuple(axes) if axes else None, "keepdims": bool(attrs.get("keepdims", 1))}
-    if node.op_type == "ReduceLogSumExp" and (axes or not attrs.get("noop_with_empty_axes", 0)):
-        # log(sum(exp(x - max))) + max: exp of a large x overflows where the result does not
-        top = ctx.emit("max", [x], {**a, "keepdims": True}, o + "_max")
-        x = ctx.emit("sub", [x, top], {}, o + "_shifted")
-        top = top if a["keepdims"] else ctx.emit("max", [ctx.input(0)], a, o + "_maxout")
-        lse = ctx.emit("log", [ctx.emit("sum", [ctx.emit("exp", [x], {}, o + "_exp")], a, o + "_sum")], {}, o + "_log")
-        ctx.out(0, ctx.emit("add", [lse, top], {}, o))
-        return
-    if before == "square":
-        x = ctx.emit("mul", [x, x], {}, o + "_sq")
-    elif before is not None:
-        x = ctx.emit(before, [x], {}, o + "_" + before)
-    if not axes and attrs.get("noop_with_empty_axes", 0):
-        ctx.out(0, x if after is None else ctx.emit(after, [x], {}, o))
-        return
-    r = ctx.emit(red, [x], a, o if after is None else o + "_" + red)
-    ctx.out(0, r if after is None else ctx.emit(after, [r], {}, o))
-
-
-@handles("ArgMax", "ArgMin")
-def _argmax(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
-    """select_last_index=1: the first extremum of the reversed axis, counted from the end."""
-    x, o = ctx.input(0), node.output[0]
-    rank = len(value_shape(x))
-    ax = int(attrs.get("axis", 0))
-    ax = ax + rank if ax < 0 else ax
-    a = {"axis": ax, "keepdims": bool(attrs.get("keepdims", 1))}
-    if not attrs.get("select_last_index", 0):
-        ctx.out(0, ctx.emit(node.op_type.lower(), [x], a, o))
-        return
-    n = value_shape(x)[ax]
-    rev = ctx.emit("strided_slice", [x], {"axes": (ax,), "begin": (-1,), "end": (-BIG,), "strides": (-1,)},
-                   o + "_rev")
-    i = ctx.emit(node.op_type.lower(), [rev], a, o + "_revidx")
-    if as_int(n) is not None:
-        last = ctx.constant(np.array(as_int(n) - 1, dtype=np.int64), o + "_last")
-    else:
-        last = ctx.emit("shape_tensor", [], {"values": (n - 1,)}, o + "_last")
-        last = ctx.emit("reshape", [last], {"shape": ()}, o + "_last")
-    ctx.out(0, ctx.emit("sub", [last, i], {}, o))
 
 
 def _versioned(op_type: str) -> Handler:

@@ -12,12 +12,11 @@ from collections.abc import Callable
 from typing import Any
 
 from mlc.ir import arith
-from mlc.ir.dtype import is_float
-from mlc.ir.expr import Bin, Call, Cast, Const, Expr, Select, reduction_identity
-from mlc.ir.ops.defs import REDUCE
-from mlc.ir.ops.lowering import Args, Attrs, as_tensor, out_dtype, out_shape
+from mlc.ir.expr import Bin, Call, Const, Expr, Select, reduction_identity
+from mlc.ir.ops.lowering import Args, Attrs, as_tensor, in_range, out_dtype, out_shape
+from mlc.ir.ops.reductions import reduce_op
 from mlc.ir.ops.registry import register_lower
-from mlc.ir.ops.shapes import dim, norm_axis, reduce_axes, slice_start
+from mlc.ir.ops.shapes import conv_attrs, dim, norm_axis, slice_start
 from mlc.ir.tir_builder import (
     Builder,
     CannotLower,
@@ -56,80 +55,6 @@ def _batch_norm(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
 
 # ---- reductions --------------------------------------------------------------------------------
 
-def _scatter(i: Index, r: Index, axes: list[int], rank: int, keep: bool) -> Index:
-    """The input index of output index `i` and reduce index `r` (reduced axes in order)."""
-    out: list[Expr] = []
-    ri, si = iter(r), 0
-    for d in range(rank):
-        if d in axes:
-            out.append(next(ri))
-            if keep:
-                si += 1
-        else:
-            out.append(i[si])
-            si += 1
-    return tuple(out)
-
-
-_COMBINER = {"sum": "add", "mean": "add", "max": "max", "min": "min", "prod": "mul"}
-assert set(_COMBINER) == set(REDUCE)
-
-
-def reduce_op(b: Builder, x: Tensor, op: str, axes: list[int], keep: bool, shp: Shape, dtype: str) -> Tensor:
-    """`op` in sum/mean/max/min/prod of `x` over `axes` (mean divides after summing). Over no axes
-    (a rank-0 tensor) each is the identity: a block with an init but no reduce iterator is not a reduction."""
-    if not axes:
-        return b.compute(shp, dtype, lambda i: as_dtype(x.at(i), dtype), op)
-    ext = tuple(x.shape[a] for a in axes)
-    acc = dtype
-    red = b.reduce(shp, acc, _COMBINER[op], ext, lambda i, r: x.at(_scatter(i, r, axes, x.ndim, keep)),
-                   "sum" if op == "mean" else op)
-    if op != "mean":
-        return red
-    count: Expr = Const(1)
-    for e in ext:
-        count = count * e
-    n = Cast(dtype, arith.simplify(count)) if is_float(dtype) else arith.simplify(count)
-    return b.compute(shp, dtype, lambda i: Bin("div", red.at(i), n), "mean")
-
-
-def _lower_reduce(op: str) -> Callable[..., Tensor]:
-    def lower(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
-        x = as_tensor(args[0])
-        axes = reduce_axes(attrs.get("axes"), x.ndim)
-        return reduce_op(b, x, op, axes, bool(attrs.get("keepdims", True)), out_shape(t), out_dtype(t))
-
-    return lower
-
-
-for _op in REDUCE:
-    register_lower(_op)(_lower_reduce(_op))
-
-
-def _lower_arg(op: str) -> Callable[..., Tensor]:
-    def lower(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
-        x = as_tensor(args[0])
-        ax = norm_axis(attrs.get("axis", 0), x.ndim)
-        keep = bool(attrs.get("keepdims", True))
-        shp = out_shape(t)
-        comb = "max" if op == "argmax" else "min"
-        ext = (x.shape[ax],)
-        best = b.reduce(shp, x.dtype, comb, ext, lambda i, r: x.at(_scatter(i, r, [ax], x.ndim, keep)), op + "_v")
-        b.materialize(best)
-        big = Cast("i64", x.shape[ax])
-
-        def first(i: Index, r: Index) -> Expr:
-            hit = Bin("eq", x.at(_scatter(i, r, [ax], x.ndim, keep)), best.at(i))
-            return Select(hit, r[0], big)
-
-        return b.reduce(shp, "i64", "min", ext, first, op)
-
-    return lower
-
-
-for _op in ("argmax", "argmin"):
-    register_lower(_op)(_lower_arg(_op))
-
 
 # ---- contractions ------------------------------------------------------------------------------
 
@@ -157,21 +82,10 @@ def _bidx(bi: Index, in_batch: Shape, out_batch: Shape) -> Index:
     return bcast_index(bi, in_batch, out_batch) if in_batch else ()
 
 
-def _conv_attrs(attrs: Attrs) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], int]:
-    s = tuple(int(v) for v in attrs.get("strides", (1, 1)))
-    p = tuple(int(v) for v in attrs.get("pads", (0, 0, 0, 0)))
-    d = tuple(int(v) for v in attrs.get("dilations", (1, 1)))
-    return s, p, d, int(attrs.get("groups", 1))
-
-
-def _in_range(e: Expr, hi: Expr) -> list[Expr]:
-    return [Bin("ge", e, Const(0)), Bin("lt", e, hi)]
-
-
 @register_lower("conv2d")
 def _conv2d(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
     x, w = as_tensor(args[0]), as_tensor(args[1])
-    s, p, d, g = _conv_attrs(attrs)
+    s, p, d, g = conv_attrs(attrs)
     shp = out_shape(t)
     cg, kh, kw = w.shape[1], w.shape[2], w.shape[3]
     og = arith.simplify(Bin("floordiv", w.shape[0], Const(g)))
@@ -186,7 +100,7 @@ def _conv2d(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
         val = x.at((n, ch, h, wd)) * w.at((o, c, ih, iw))
         if not padded:
             return val
-        cond = all_of(*_in_range(h, x.shape[2]), *_in_range(wd, x.shape[3]))
+        cond = all_of(*in_range(h, x.shape[2]), *in_range(wd, x.shape[3]))
         return Select(cond, val, cst(0, out_dtype(t)))
 
     return b.reduce(shp, out_dtype(t), "add", (cg, kh, kw), value, "conv2d")
@@ -195,7 +109,7 @@ def _conv2d(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
 @register_lower("conv2d_transpose")
 def _conv2d_t(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
     x, w = as_tensor(args[0]), as_tensor(args[1])
-    s, p, d, g = _conv_attrs(attrs)
+    s, p, d, g = conv_attrs(attrs)
     shp = out_shape(t)
     og, kh, kw = w.shape[1], w.shape[2], w.shape[3]
     cg = arith.simplify(Bin("floordiv", x.shape[1], Const(g)))
@@ -221,7 +135,7 @@ def _conv2d_t(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
 
 def _pool_window(attrs: Attrs) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
     k = tuple(int(v) for v in attrs["kernel_shape"])
-    s, p, d, _ = _conv_attrs(attrs)
+    s, p, d, _ = conv_attrs(attrs)
     return k, s, p, d
 
 
@@ -233,7 +147,7 @@ def _max_pool(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
     def value(i: Index, r: Index) -> Expr:
         h = i[2] * s[0] - p[0] + r[0] * d[0]
         w = i[3] * s[1] - p[1] + r[1] * d[1]
-        cond = all_of(*_in_range(h, x.shape[2]), *_in_range(w, x.shape[3]))
+        cond = all_of(*in_range(h, x.shape[2]), *in_range(w, x.shape[3]))
         return Select(cond, x.at((i[0], i[1], h, w)), reduction_identity("max", x.dtype))
 
     return b.reduce(out_shape(t), x.dtype, "max", (Const(k[0]), Const(k[1])), value, "max_pool2d")
@@ -252,7 +166,7 @@ def _avg_pool(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
 
     def real(i: Index, r: Index) -> Expr:
         h, w = pos(i, r)
-        return all_of(*_in_range(h, x.shape[2]), *_in_range(w, x.shape[3]))
+        return all_of(*in_range(h, x.shape[2]), *in_range(w, x.shape[3]))
 
     def counted(i: Index, r: Index) -> Expr:
         if not incl:
@@ -433,21 +347,6 @@ def _checked_index(raw: Expr, n: Expr) -> tuple[Expr, Expr]:
     return w, Bin("and", Bin("ge", w, Const(0)), Bin("lt", w, n))
 
 
-@register_lower("cumsum")
-def _cumsum(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
-    """out[i] = sum of x[k] over k <= i along the axis (k < i when exclusive; k >= i, k > i reversed):
-    a reduction over the whole axis with the other terms masked, O(n^2) per line but one kernel."""
-    x = as_tensor(args[0])
-    ax = norm_axis(attrs["axis"], x.ndim)
-    cmp = {(False, False): "le", (True, False): "lt", (False, True): "ge", (True, True): "gt"}[
-        (bool(attrs.get("exclusive")), bool(attrs.get("reverse")))]
-
-    def term(i: Index, r: Index) -> Expr:
-        return Select(Bin(cmp, r[0], i[ax]), x.at(i[:ax] + (r[0],) + i[ax + 1:]), cst(0, x.dtype))
-
-    return b.reduce(x.shape, x.dtype, "add", (x.shape[ax],), term, "cumsum")
-
-
 @register_lower("topk_indices")
 def _topk(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
     """rank[i] = #{m: x[m] beats x[i]} + #{m < i: x[m] == x[i]} (a permutation of 0..n-1), then
@@ -609,7 +508,7 @@ def _pad(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
 
     def fn(i: Index) -> Expr:
         src = tuple(e - p[d] for d, e in enumerate(i))
-        conds = [c for d, e in enumerate(src) if p[d] or p[d + x.ndim] for c in _in_range(e, x.shape[d])]
+        conds = [c for d, e in enumerate(src) if p[d] or p[d + x.ndim] for c in in_range(e, x.shape[d])]
         return Select(all_of(*conds), x.at(src), fill) if conds else x.at(src)
 
     return b.compute(out_shape(t), x.dtype, fn, "pad")

@@ -10,20 +10,12 @@ from __future__ import annotations
 
 from .registry import REQUIRED, define
 
-REDUCE: dict[str, str] = {
-    "sum": "sum", "mean": "arithmetic mean", "max": "maximum", "min": "minimum", "prod": "product",
-}
-_RED_ATTRS = {"axes": None, "keepdims": True}  # axes None = all axes
 _CONV_ATTRS = {"strides": (1, 1), "pads": (0, 0, 0, 0), "dilations": (1, 1), "groups": 1}
 _POOL_ATTRS = {"kernel_shape": REQUIRED, "strides": (1, 1), "pads": (0, 0, 0, 0), "ceil_mode": False}
 
-for _n, _d in REDUCE.items():
-    define(_n, "reduction", 1, _RED_ATTRS, doc=f"{_d} over `axes` (all when None)")
 
 define("softmax", "opaque", 1, {"axis": -1}, "exp(x - max) / sum along axis")
 define("log_softmax", "opaque", 1, {"axis": -1}, "log of softmax along axis")
-define("argmax", "reduction", 1, {"axis": 0, "keepdims": True}, "index of the first maximum along axis (i64)")
-define("argmin", "reduction", 1, {"axis": 0, "keepdims": True}, "index of the first minimum along axis (i64)")
 
 define("matmul", "out_ewise_fusable", 2, doc="numpy matmul: batch dims broadcast, 1-D operands promoted")
 define("conv2d", "out_ewise_fusable", 2, _CONV_ATTRS,
@@ -49,8 +41,6 @@ define("gather_elements", "injective", 2, {"axis": 0},
        "out[i] = data[i with axis replaced by indices[i]] (ONNX GatherElements; negative indices wrap)")
 define("gather_nd", "injective", 2, {"batch_dims": 0},
        "ONNX GatherND: the last axis of indices addresses leading axes of data after batch_dims")
-define("cumsum", "opaque", 1, {"axis": REQUIRED, "exclusive": False, "reverse": False},
-       "running sum along axis (ONNX CumSum: exclusive leaves out the element itself, reverse runs from the end)")
 define("topk_indices", "opaque", 1, {"k": REQUIRED, "axis": -1, "largest": True},
        "indices (i64) of the k largest (smallest) values along axis, in order; equal values by lower index first")
 define("scatter_elements", "opaque", 3, {"axis": 0, "reduction": "none"},

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..expr import Bin, Const, Expr
 from ..tir_builder import CannotLower, Shape, Tensor
 from ..types import TensorType, Type
 
@@ -35,3 +36,8 @@ def as_tensor(x: Any) -> Tensor:
     if not isinstance(x, Tensor):
         raise CannotLower("expected a tensor operand")
     return x
+
+
+def in_range(e: Expr, hi: Expr) -> list[Expr]:
+    """The conditions 0 <= e < hi (a window or padded index that may fall outside its tensor)."""
+    return [Bin("ge", e, Const(0)), Bin("lt", e, hi)]

@@ -18,9 +18,8 @@ from ..diagnostics import MlcError
 from ..dtype import to_numpy
 from ..expr import Expr
 from ..types import TensorType, TupleType, Type
-from .defs import REDUCE
 from .registry import register_ref
-from .shapes import norm_axis, reduce_axes
+from .shapes import conv_attrs, norm_axis
 
 Env = dict[str, int]
 Ref = Callable[[list[Any], dict[str, Any], Type, Env], Any]
@@ -87,52 +86,12 @@ def _log_softmax(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> A
     return z - np.log(s)
 
 
-_RED: dict[str, Callable[..., np.ndarray]] = {
-    "sum": np.sum, "mean": np.mean, "max": np.max, "min": np.min, "prod": np.prod,
-}
-assert set(_RED) == set(REDUCE)
-
-
-def _reduce_ref(fn: Callable[..., np.ndarray]) -> Ref:
-    def run(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
-        x = args[0]
-        ax = tuple(reduce_axes(attrs.get("axes"), x.ndim))
-        kw: dict[str, Any] = {}
-        if x.size == 0 and fn in (np.max, np.min):  # over an empty set: the identity (-inf / +inf), as ONNX
-            lo = fn is np.max
-            if x.dtype == np.bool_:
-                kw["initial"] = not lo
-            elif np.issubdtype(x.dtype, np.integer):
-                kw["initial"] = np.iinfo(x.dtype).min if lo else np.iinfo(x.dtype).max
-            else:
-                kw["initial"] = -np.inf if lo else np.inf
-        return fn(x, axis=ax, keepdims=bool(attrs.get("keepdims", True)), **kw)
-
-    return run
-
-
-for _n, _r in _RED.items():
-    ref(_n)(_reduce_ref(_r))
-
-
-def _arg_ref(fn: Callable[..., np.ndarray]) -> Ref:
-    def run(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
-        x = args[0]
-        return fn(x, axis=norm_axis(attrs.get("axis", 0), x.ndim), keepdims=bool(attrs.get("keepdims", True)))
-
-    return run
-
-
-ref("argmax")(_arg_ref(np.argmax))
-ref("argmin")(_arg_ref(np.argmin))
-
-
 @ref("matmul")
 def _matmul(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
     return np.matmul(args[0], args[1])
 
 
-def _windows(xp: np.ndarray, k: tuple[int, int], s: tuple[int, int], d: tuple[int, int],
+def windows(xp: np.ndarray, k: tuple[int, int], s: tuple[int, int], d: tuple[int, int],
              out: tuple[int, int]) -> np.ndarray:
     """Stack of strided views (N, C, kh*kw, Ho, Wo) of a padded NCHW tensor."""
     cols = []
@@ -143,14 +102,7 @@ def _windows(xp: np.ndarray, k: tuple[int, int], s: tuple[int, int], d: tuple[in
     return np.stack(cols, axis=2)
 
 
-def _conv_params(attrs: dict[str, Any]) -> tuple[tuple[int, int], tuple[int, ...], tuple[int, int], int]:
-    s = tuple(int(v) for v in attrs.get("strides", (1, 1)))
-    p = tuple(int(v) for v in attrs.get("pads", (0, 0, 0, 0)))
-    d = tuple(int(v) for v in attrs.get("dilations", (1, 1)))
-    return s, p, d, int(attrs.get("groups", 1))  # type: ignore[return-value]
-
-
-def _out_hw(t: Type) -> tuple[int, int]:
+def out_hw(t: Type) -> tuple[int, int]:
     assert isinstance(t, TensorType) and t.shape is not None
     return t.shape[2], t.shape[3]  # type: ignore[return-value]
 
@@ -158,13 +110,13 @@ def _out_hw(t: Type) -> tuple[int, int]:
 @ref("conv2d")
 def _conv2d(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
     x, w = args
-    s, p, d, g = _conv_params(attrs)
+    s, p, d, g = conv_attrs(attrs)
     n, c, h, wd = x.shape
     o, cg, kh, kw = w.shape
     ho = (h + p[0] + p[2] - d[0] * (kh - 1) - 1) // s[0] + 1
     wo = (wd + p[1] + p[3] - d[1] * (kw - 1) - 1) // s[1] + 1
     xp = np.pad(x, ((0, 0), (0, 0), (p[0], p[2]), (p[1], p[3])))
-    cols = _windows(xp, (kh, kw), s, d, (ho, wo)).reshape(n, g, cg, kh * kw, ho, wo)
+    cols = windows(xp, (kh, kw), s, d, (ho, wo)).reshape(n, g, cg, kh * kw, ho, wo)
     wg = w.reshape(g, o // g, cg, kh * kw)
     return np.einsum("ngckhw,gock->ngohw", cols, wg, optimize=True).reshape(n, o, ho, wo)
 
@@ -172,7 +124,7 @@ def _conv2d(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
 @ref("conv2d_transpose")
 def _conv2d_t(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
     x, w = args
-    s, p, d, g = _conv_params(attrs)
+    s, p, d, g = conv_attrs(attrs)
     op = tuple(int(v) for v in attrs.get("output_padding", (0, 0)))
     n, c, h, wd = x.shape
     _, og, kh, kw = w.shape
@@ -193,7 +145,7 @@ def _conv2d_t(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
 def _pool_setup(x: np.ndarray, attrs: dict[str, Any], t: Type, env: Env
                 ) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int], tuple[int, int], tuple[int, ...]]:
     k = tuple(int(v) for v in attrs["kernel_shape"])
-    s, p, d, _ = _conv_params(attrs)
+    s, p, d, _ = conv_attrs(attrs)
     assert isinstance(t, TensorType) and t.shape is not None
     out = (ev(t.shape[2], env), ev(t.shape[3], env))
     # extra end padding so ceil_mode windows stay in bounds (never counted as real padding)
@@ -208,7 +160,7 @@ def _maxpool(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
     k, s, d, out, p = _pool_setup(x, attrs, t, env)
     lo = -np.inf if np.issubdtype(x.dtype, np.floating) else np.iinfo(x.dtype).min
     xp = np.pad(x, ((0, 0), (0, 0), (p[0], p[2] + p[4]), (p[1], p[3] + p[5])), constant_values=lo)
-    return _windows(xp, k, s, d, out).max(axis=2)
+    return windows(xp, k, s, d, out).max(axis=2)
 
 
 @ref("avg_pool2d")
@@ -216,12 +168,12 @@ def _avgpool(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
     x = args[0]
     k, s, d, out, p = _pool_setup(x, attrs, t, env)
     pads = ((0, 0), (0, 0), (p[0], p[2] + p[4]), (p[1], p[3] + p[5]))
-    total = _windows(np.pad(x, pads), k, s, d, out).sum(axis=2)
+    total = windows(np.pad(x, pads), k, s, d, out).sum(axis=2)
     mask = np.ones((1, 1) + x.shape[2:], dtype=x.dtype)
     if attrs.get("count_include_pad", False):
         mask = np.pad(mask, ((0, 0), (0, 0), (p[0], p[2]), (p[1], p[3])), constant_values=1)
         pads = ((0, 0), (0, 0), (0, p[4]), (0, p[5]))
-    count = _windows(np.pad(mask, pads), k, s, d, out).sum(axis=2)
+    count = windows(np.pad(mask, pads), k, s, d, out).sum(axis=2)
     return total / count
 
 
@@ -299,17 +251,6 @@ def _checked(ind: np.ndarray, n: int, op: str) -> np.ndarray:
     if np.any(bad):
         raise MlcError(f"{op}: index {int(ind[bad].flat[0])} out of range [{-n}, {n})")
     return np.where(ind < 0, ind + n, ind)
-
-
-@ref("cumsum")
-def _cumsum(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
-    x = np.asarray(args[0])
-    ax = int(attrs["axis"]) % x.ndim
-    y = np.flip(x, ax) if attrs.get("reverse") else x
-    out = np.cumsum(y, axis=ax, dtype=x.dtype)
-    if attrs.get("exclusive"):
-        out = out - y
-    return np.flip(out, ax) if attrs.get("reverse") else out
 
 
 @ref("topk_indices")

@@ -17,7 +17,6 @@ from ..diagnostics import Loc, MlcError
 from ..expr import Bin, Const, Expr, const
 from ..printer import print_expr
 from ..types import ScalarType, TensorType, TupleType, Type
-from .defs import REDUCE
 from .registry import register_infer
 
 Shape = tuple[Expr, ...]
@@ -93,13 +92,6 @@ def same_as_input(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
 register_infer("softmax", "log_softmax")(same_as_input)
 
 
-@register_infer("cumsum")
-def _cumsum(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
-    t = tensor(args[0], loc)
-    norm_axis(attrs["axis"], len(shape_of(t, loc)), loc)
-    return TensorType(t.shape, t.dtype)
-
-
 @register_infer("topk_indices")
 def _topk(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
     t = tensor(args[0], loc)
@@ -153,25 +145,6 @@ def reduce_axes(axes: Any, rank: int, loc: Loc | None = None) -> list[int]:
     if axes is None:
         return list(range(rank))
     return sorted({norm_axis(a, rank, loc) for a in axes})
-
-
-@register_infer(*REDUCE)
-def _reduce(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
-    t = tensor(args[0], loc)
-    s = shape_of(t, loc)
-    axes = reduce_axes(attrs.get("axes"), len(s), loc)
-    keep = bool(attrs.get("keepdims", True))
-    out = [ONE if i in axes else d for i, d in enumerate(s)] if keep else [d for i, d in enumerate(s) if i not in axes]
-    return TensorType(tuple(out), t.dtype)
-
-
-@register_infer("argmax", "argmin")
-def _argreduce(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
-    s = shape_of(args[0], loc)
-    ax = norm_axis(attrs.get("axis", 0), len(s), loc)
-    keep = bool(attrs.get("keepdims", True))
-    out = [ONE if i == ax else d for i, d in enumerate(s)] if keep else [d for i, d in enumerate(s) if i != ax]
-    return TensorType(tuple(out), "i64")
 
 
 def check_dim(a: Expr, b: Expr, what: str, loc: Loc) -> None:
@@ -246,6 +219,15 @@ def ints_attr(v: Any, n: int, name: str, loc: Loc) -> tuple[int, ...]:
     if len(t) != n:
         raise MlcError(f"attribute {name} needs {n} values, got {len(t)}", loc)
     return t
+
+
+def conv_attrs(attrs: dict[str, Any]) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], int]:
+    """(strides, pads, dilations, groups) of a conv or pool op, defaults filled in (references and
+    lowerings read them here)."""
+    s = tuple(int(v) for v in attrs.get("strides", (1, 1)))
+    p = tuple(int(v) for v in attrs.get("pads", (0, 0, 0, 0)))
+    d = tuple(int(v) for v in attrs.get("dilations", (1, 1)))
+    return s, p, d, int(attrs.get("groups", 1))
 
 
 def window_out(size: Expr, pad: int, k: int, stride: int, dil: int, ceil_mode: bool = False) -> Expr:
