@@ -27,18 +27,8 @@ def _ordered_vars(e: Expr, out: dict[str, Var]) -> None:
         _ordered_vars(c, out)
 
 
-def kernel_signature(func: PrimFunc) -> list[str]:
-    """Names of the i64 `dims` a kernel takes, in ABI order: shape dims by first appearance, then scalars."""
-    found: dict[str, Var] = {}
-    for buf in func.params:
-        for d in buf.shape:
-            _ordered_vars(d, found)
-    for v in func.scalar_params:
-        found.setdefault(v.name, v)
-    return list(found)
-
-
 def signature_vars(func: PrimFunc) -> list[Var]:
+    """The i64 `dims` a kernel takes, in ABI order: shape dims by first appearance, then scalars."""
     found: dict[str, Var] = {}
     for buf in func.params:
         for d in buf.shape:
@@ -46,6 +36,11 @@ def signature_vars(func: PrimFunc) -> list[Var]:
     for v in func.scalar_params:
         found.setdefault(v.name, v)
     return list(found.values())
+
+
+def kernel_signature(func: PrimFunc) -> list[str]:
+    """The names of `signature_vars`."""
+    return [v.name for v in signature_vars(func)]
 
 
 def expr_to_json(e: Expr) -> object:

@@ -28,7 +28,7 @@ from mlc.tune.measure import Result, Runner
 from mlc.tune.search import SearchConfig, Task, Tuner
 from test_tir_interp import matmul_func
 
-CPU = TargetInfo("cpu", lanes=8, cores=2)
+CPU = TargetInfo(lanes=8, cores=2)
 
 
 def _record(f: PrimFunc, seed: int, t: float) -> Record:
@@ -182,7 +182,7 @@ def test_rule_mutation_rederives_structure_and_stays_correct() -> None:
     from test_tir_interp import matmul_func
 
     f = matmul_func(32, 16, 32)
-    base = sample_schedule(f, TargetInfo("cpu", lanes=8, cores=2), seed=3).trace
+    base = sample_schedule(f, TargetInfo(lanes=8, cores=2), seed=3).trace
     rng = np.random.default_rng(0)
     a, b = np.random.default_rng(1).standard_normal((32, 16)), np.random.default_rng(2).standard_normal((16, 32))
     outs = set()

@@ -7,15 +7,15 @@ rules but passes each sampling instruction a hand-picked decision, so its trace 
 point for search too. Rules, in order, per block:
 
 - auto-inline: elementwise blocks writing intermediates fold into their consumers;
-- multi-level tiling: blocks with a reduction and data reuse (matmul, dense, conv) get SSRSRS tiles
-  on CPU (SSSRRSRS on GPU, outer/virtual/thread levels bound), an accumulator in a local buffer
+- multi-level tiling: blocks with a reduction and data reuse (matmul, dense, conv) get SSRSRS tiles,
+  an accumulator in a local buffer
   written back under the tile (where elementwise epilogues then fold in); by default only constant
   axes get inner tiles, and a block whose contiguous axis is symbolic keeps its plain nest;
 - random compute location: producers without reuse (softmax/layernorm statistics) move under
   their consumer's outer loop;
 - parallel-vectorize-unroll: outer spatial loops fused and run in parallel, the innermost spatial
-  loop vectorized, small register tiles unrolled;
-- cross-thread reduction (GPU): row reductions rfactored over a thread-bound loop.
+  loop vectorized, small register tiles unrolled.
+These are the CPU rules; the GPU design space is passes/schedule/gpu_rules.py.
 Every primitive a rule tries is checked by the primitive itself; a rule that does not apply leaves
 the schedule as it was (primitives are atomic), so rules compose on any program `lower` emits.
 """
@@ -38,22 +38,15 @@ from .scope import is_param
 from .trace import BlockRV, LoopRV
 from .tree import block_reads, block_writes, loads_in, rewrite, stmt_exprs
 
-RULES: tuple[str, ...] = ("auto-inline", "multi-level-tiling", "random-compute-location",
-                          "parallel-vectorize-unroll", "cross-thread-reduction")
+RULES: tuple[str, ...] = ("auto-inline", "multi-level-tiling", "random-compute-location", "parallel-vectorize-unroll")
 
 
 @dataclass(frozen=True)
 class TargetInfo:
-    """What the rules need to know about a target: kind, vector lanes (f32) and cores."""
+    """What the rules need to know about a CPU target: vector lanes (f32) and cores."""
 
-    kind: str = "cpu"  # cpu | cuda
     lanes: int = 8
     cores: int = 2
-    max_threads: int = 1024
-
-    @property
-    def gpu(self) -> bool:
-        return self.kind == "cuda"
 
 
 def target_info(target: str | Target | TargetInfo | None = None) -> TargetInfo:
@@ -62,8 +55,8 @@ def target_info(target: str | Target | TargetInfo | None = None) -> TargetInfo:
         return target
     t = Target.parse(target)
     if t.gpu:
-        return TargetInfo("cuda", lanes=1, cores=1)
-    return TargetInfo("cpu", lanes=t.cpu_info().lanes(32), cores=t.cores)
+        raise MlcError(f"schedule: the CPU rules do not schedule for {t} (the GPU rules are passes/schedule/gpu_rules.py)")
+    return TargetInfo(lanes=t.cpu_info().lanes(32), cores=t.cores)
 
 
 # ---- program analysis -------------------------------------------------------------------------
@@ -160,15 +153,6 @@ class Chooser:
             return int(sch.sample_categorical(list(candidates), probs, decision=g))
         dec = candidates.index(want) if self.default else None
         return int(sch.sample_categorical(list(candidates), probs, decision=dec))
-
-
-def _divisor_at_most(n: int, cap: int, multiple: int = 1) -> int:
-    """The largest divisor of n that is <= cap, preferring multiples of `multiple`."""
-    best = 1
-    for d in range(1, min(n, cap) + 1):
-        if n % d == 0 and (d % multiple == 0 or best % multiple != 0):
-            best = d
-    return best
 
 
 def _perfect(ext: int, levels: int, inner: Sequence[int]) -> list[int]:
@@ -284,18 +268,18 @@ def _inner_plan(kind: str) -> list[int]:
 
 
 def multi_level_tiling(sch: Schedule, block: BlockRV, tgt: TargetInfo, ch: Chooser) -> LoopRV | None:
-    """SSRSRS (CPU) / SSSRRSRS (GPU) tiling with a local accumulator; returns the loop it writes back under."""
+    """SSRSRS tiling with a local accumulator; returns the loop it writes back under."""
     loops = sch.get_loops(block)
     kinds = _loop_kinds(sch, block, loops)
     if "" in kinds:
         return None
-    s_levels, r_levels = (5, 3) if tgt.gpu else (4, 2)
+    s_levels, r_levels = 4, 2
     spatial = [i for i, k in enumerate(kinds) if k == "S"]
     last_s = spatial[-1] if spatial else -1
     per_level_s: list[list[LoopRV]] = [[] for _ in range(s_levels)]
     per_level_r: list[list[LoopRV]] = [[] for _ in range(r_levels)]
     exts = [_const(sch.get(lp).extent) for lp in loops]  # type: ignore[union-attr]
-    if ch.default and not tgt.gpu and (last_s < 0 or exts[last_s] is None):
+    if ch.default and (last_s < 0 or exts[last_s] is None):
         # no vector register tile without guards: the plain nest (reduction innermost, which LLVM
         # vectorizes along contiguous operands) is faster by default; search still samples tilings
         return None
@@ -305,19 +289,17 @@ def multi_level_tiling(sch: Schedule, block: BlockRV, tgt: TargetInfo, ch: Choos
     for pos, (lp, kind) in enumerate(zip(loops, kinds)):
         n = s_levels if kind == "S" else r_levels
         want = wants[pos]
-        if tgt.gpu:
-            want = None if exts[pos] is None else _perfect(exts[pos], n, [32, 1, 1] if pos == last_s else [1])  # type: ignore[arg-type]
         if exts[pos] is not None:
             fac: list[int | None] = list(ch.tile(sch, lp, n, 64 if kind == "S" else 16, want))
         else:  # symbolic extent: sample the inner factors, the outermost takes the rest
-            plan = [1] * (n - 1) if tgt.gpu else _inner_plan(kind)
+            plan = _inner_plan(kind)
             cands = [1, 2, 4, 8, 16, 32, 64]
             fac = [None] + [ch.cat(sch, cands, p if p in cands else 1) for p in plan]
         parts = sch.split(lp, fac) if n > 1 else [lp]
         levels = per_level_s if kind == "S" else per_level_r
         for lvl, part in enumerate(parts):
             levels[lvl].append(part)
-    order_spec = "SSSRRSRS" if tgt.gpu else "SSRSRS"
+    order_spec = "SSRSRS"
     order: list[LoopRV] = []
     si = ri = 0
     for c in order_spec:
@@ -333,7 +315,7 @@ def multi_level_tiling(sch: Schedule, block: BlockRV, tgt: TargetInfo, ch: Choos
     if not b.iters or not per_level_s[0]:
         return None
     # accumulate a tile in a local buffer, written back after the reduction of the tile
-    at = per_level_s[(2 if tgt.gpu else 1)][-1]
+    at = per_level_s[1][-1]
     wb = _try(sch.cache_write, block, 0, "local")
     if isinstance(wb, BlockRV):
         for c in sch.get_consumers(wb):  # elementwise epilogues fold into the write-back first
@@ -341,9 +323,6 @@ def multi_level_tiling(sch: Schedule, block: BlockRV, tgt: TargetInfo, ch: Choos
         _try(sch.reverse_compute_at, wb, at)
     if per_level_r[0]:
         _try(sch.decompose_reduction, block, per_level_r[0][0])
-    if tgt.gpu:
-        _bind_gpu_tiles(sch, per_level_s)
-        return at
     # inner register tile: unroll the row level, vectorize the contiguous level
     if kinds[last_s] == "S" and per_level_s[3]:
         _try(sch.vectorize, per_level_s[3][-1])
@@ -432,15 +411,6 @@ def _pack_inputs(sch: Schedule, block: BlockRV, loops: list[LoopRV], kinds: list
             _try(sch.unroll, inner)
 
 
-def _bind_gpu_tiles(sch: Schedule, levels: list[list[LoopRV]]) -> None:
-    """S0 -> blockIdx.x, S1 -> vthread.x, S2 -> threadIdx.x (each level fused first)."""
-    for lvl, tag in ((0, "blockIdx.x"), (1, "vthread.x"), (2, "threadIdx.x")):
-        loops = levels[lvl]
-        if loops:
-            fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
-            _try(sch.bind, fused, tag)
-
-
 def _vectorize_write_back(sch: Schedule) -> None:
     for rv in sch.get_blocks():
         if rv.name.endswith("_wb"):
@@ -488,11 +458,11 @@ def parallel_vectorize_unroll(sch: Schedule, block: BlockRV, tgt: TargetInfo, ch
     if n_outer == len(loops) and n_outer >= 1:  # elementwise: the last loop is the vector loop
         loops = _vectorize_last(sch, loops, tgt, ch)
         n_outer = len(loops) - 1 if len(loops) > 1 else n_outer
-    elif 1 <= n_outer < len(loops) and not tgt.gpu and all(k == "R" for k in kinds[n_outer:]):
+    elif 1 <= n_outer < len(loops) and all(k == "R" for k in kinds[n_outer:]):
         if _reduce_outside_vector(sch, block, loops, n_outer, tgt, ch):
             loops = sch.get_loops(block)
             n_outer -= 1
-    if n_outer == 0 or tgt.gpu:
+    if n_outer == 0:
         return
     # fuse just enough outer loops for every core to get work
     k = 1
@@ -584,26 +554,6 @@ def _vectorize_last(sch: Schedule, loops: list[LoopRV], tgt: TargetInfo, ch: Cho
     return loops
 
 
-def cross_thread_reduction(sch: Schedule, block: BlockRV, ch: Chooser) -> bool:
-    """GPU: split a row reduction's innermost reduce loop and rfactor it over threadIdx.x."""
-    loops = sch.get_loops(block)
-    kinds = _loop_kinds(sch, block, loops)
-    if not loops or kinds[-1] != "R":
-        return False
-    width = ch.cat(sch, [32, 64, 128, 256], 32)
-    parts = _try(sch.split, loops[-1], [None, width])
-    if not isinstance(parts, list):
-        return False
-    rf = _try(sch.rfactor, parts[-1], 0, block)
-    if not isinstance(rf, BlockRV):
-        return False
-    rf_loops = sch.get_loops(rf)
-    for lp in rf_loops:
-        if lp.name == parts[-1].name:
-            _try(sch.bind, lp, "threadIdx.x")
-    return True
-
-
 # ---- driving the rules ------------------------------------------------------------------------
 def apply_rules(func: PrimFunc, target: str | TargetInfo | None = None, seed: int = 0, default: bool = False,
                 rules: Sequence[str] = RULES, decisions: Sequence[Any] = ()) -> Schedule:
@@ -639,13 +589,6 @@ def apply_rules(func: PrimFunc, target: str | TargetInfo | None = None, seed: in
                 continue
             if random_compute_location(sch, rv, ch):
                 moved.add(rv.name)
-    if tgt.gpu and "cross-thread-reduction" in rules:
-        for rv in _leaf_blocks(sch):
-            if not _exists(sch, rv):
-                continue
-            b = sch.get(rv)
-            if rv.name not in done and isinstance(b, BlockStmt) and _is_reduction(b):
-                cross_thread_reduction(sch, rv, ch)
     if "parallel-vectorize-unroll" in rules:
         _parallel_roots(sch, tgt, ch, done | moved)
     return sch
@@ -666,17 +609,17 @@ def _parallel_roots(sch: Schedule, tgt: TargetInfo, ch: Chooser, skip: set[str])
             k = _loop_kinds(sch, rv, [outer])[0]
             if k == "S" and sch.get(outer).kind == "serial":  # type: ignore[union-attr]
                 _try(sch.parallel, outer)
-            if not tgt.gpu:  # each elementwise member still gets its vector loop
-                for member in [rv, *shared]:
-                    nest = sch.get_loops(member)
-                    inner, kinds = nest[1:], _loop_kinds(sch, member, nest)
-                    if not inner or any(sch.get(x).kind != "serial" for x in inner):  # type: ignore[union-attr]
-                        continue
-                    n_s = next((i for i, k in enumerate(kinds) if k != "S"), len(kinds))
-                    if n_s == len(kinds):
-                        _vectorize_last(sch, inner, tgt, ch)
-                    elif n_s >= 2 and all(k == "R" for k in kinds[n_s:]):
-                        _reduce_outside_vector(sch, member, nest, n_s, tgt, ch)
+            # each elementwise member still gets its vector loop
+            for member in [rv, *shared]:
+                nest = sch.get_loops(member)
+                inner, kinds = nest[1:], _loop_kinds(sch, member, nest)
+                if not inner or any(sch.get(x).kind != "serial" for x in inner):  # type: ignore[union-attr]
+                    continue
+                n_s = next((i for i, k in enumerate(kinds) if k != "S"), len(kinds))
+                if n_s == len(kinds):
+                    _vectorize_last(sch, inner, tgt, ch)
+                elif n_s >= 2 and all(k == "R" for k in kinds[n_s:]):
+                    _reduce_outside_vector(sch, member, nest, n_s, tgt, ch)
             skip |= {x.name for x in shared}
             continue
         parallel_vectorize_unroll(sch, rv, tgt, ch)
