@@ -7,6 +7,7 @@ reads can go, and two bindings computing the same node from the same operands ar
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import numpy as np
 from mlc.ir.diagnostics import MlcError
@@ -14,7 +15,7 @@ from mlc.ir.graph import Binding, Block, CallExtern, Constant, Function, If, Loo
 from mlc.ir.module import Module
 from mlc.ir.rewrite import operands, remap_args, used_names, walk_bindings
 
-from .registry import Option, PassContext, register_pass
+from .registry import ModulePass, PassContext, option, register_pass
 
 
 def _map_functions(module: Module, f) -> Module:  # type: ignore[no-untyped-def]
@@ -52,10 +53,15 @@ def _effectful(node: Node) -> bool:
     return op is not None and not op.pure
 
 
-@register_pass("dce")
-def dce(module: Module, ctx: PassContext) -> Module:
+@register_pass
+@dataclasses.dataclass(frozen=True)
+class DCE(ModulePass):
     """Remove bindings whose values are never used."""
-    return _map_functions(module, lambda fn: dataclasses.replace(fn, body=dce_block(fn.body)))
+
+    name: ClassVar[str] = "dce"
+
+    def apply(self, module: Module, ctx: PassContext) -> Module:
+        return _map_functions(module, lambda fn: dataclasses.replace(fn, body=dce_block(fn.body)))
 
 
 def _cse_key(node: Node) -> tuple | None:
@@ -103,19 +109,31 @@ def cse_block(block: Block, env: dict[str, Value], seen: dict[tuple, Value]) -> 
     return Block(tuple(out), tuple(env.get(r.name, r) for r in block.results), block.loc)
 
 
-@register_pass("cse")
-def cse(module: Module, ctx: PassContext) -> Module:
+@register_pass
+@dataclasses.dataclass(frozen=True)
+class CSE(ModulePass):
     """Merge bindings that compute the same node from the same operands."""
-    return _map_functions(module, lambda fn: dataclasses.replace(fn, body=cse_block(fn.body, {}, {})))
+
+    name: ClassVar[str] = "cse"
+
+    def apply(self, module: Module, ctx: PassContext) -> Module:
+        return _map_functions(module, lambda fn: dataclasses.replace(fn, body=cse_block(fn.body, {}, {})))
 
 
-@register_pass(
-    "fold-constants",
-    options=(Option("max_elements", int, 1 << 20, "Largest result (elements) worth folding."),),
-    needs_constants=True,
-)
-def fold_constants(module: Module, ctx: PassContext, max_elements: int = 1 << 20) -> Module:
+@register_pass
+@dataclasses.dataclass(frozen=True)
+class FoldConstants(ModulePass):
     """Evaluate ops whose operands are all constants at compile time; results join the side file."""
+
+    name: ClassVar[str] = "fold-constants"
+    needs_constants: ClassVar[bool] = True
+    max_elements: int = option(1 << 20, "Largest result (elements) worth folding.")
+
+    def apply(self, module: Module, ctx: PassContext) -> Module:
+        return fold_constants(module, ctx, self.max_elements)
+
+
+def fold_constants(module: Module, ctx: PassContext, max_elements: int) -> Module:
     from mlc.ir import ops  # noqa: F401
     from mlc.ir.ops.registry import get
 
@@ -149,7 +167,7 @@ def fold_constants(module: Module, ctx: PassContext, max_elements: int = 1 << 20
 
     module = _map_functions(module, fold_fn)
     if changed:
-        module = dce(module, ctx)
+        module = DCE().apply(module, ctx)
         used = {b.node.key for f in module.graph_functions() for b in walk_bindings(f.body) if isinstance(b.node, Constant)}
         ctx.set_constants({k: v for k, v in consts.items() if k in used})
     return module

@@ -1,20 +1,27 @@
 """The pass registry: each stage is registered once and is reachable both as its own
 subcommand (`mlc NAME`) and as a step of a YAML pipeline (`mlc opt --pipeline P.yaml`).
 
-A pass is `fn(module, ctx, **options) -> Module`. It declares its options (name, type, default,
-help) so the driver can build the subcommand's flags and validate pipeline YAML against them,
-and, as LLVM passes do, what it requires of its input and what it preserves.
+A pass is a frozen dataclass deriving `ModulePass` (xDSL's style): its fields are its options, so
+name, type, default and help are declared once, and `apply(module, ctx)` rewrites the module. The
+driver builds the subcommand's flags and validates pipeline YAML from those fields.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 from mlc.ir.module import Module
+
+
+def option(default: Any, help: str = "", choices: tuple[str, ...] = ()) -> Any:
+    """A pass option: a dataclass field with its help text (and allowed values) beside the default."""
+    return field(default=default, metadata={"help": help, "choices": choices})
 
 
 @dataclass(frozen=True)
@@ -43,14 +50,37 @@ class PassContext:
 
 
 @dataclass(frozen=True)
+class ModulePass:
+    """Base of every pass. Subclasses are frozen dataclasses whose fields are the options."""
+
+    name: ClassVar[str] = ""
+    needs_constants: ClassVar[bool] = False  # the pass reads or writes constants' values
+
+    def apply(self, module: Module, ctx: PassContext) -> Module:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
 class PassInfo:
+    """What the driver knows of a registered pass: its options (from the dataclass fields)."""
+
     name: str
-    fn: Callable[..., Module]
+    cls: type[ModulePass]
     options: tuple[Option, ...] = ()
-    requires: tuple[str, ...] = ()  # properties the input must have, e.g. "shapes-inferred"
-    establishes: tuple[str, ...] = ()  # properties the output has
     needs_constants: bool = False
     doc: str = ""
+
+    @staticmethod
+    def of(cls: type[ModulePass]) -> PassInfo:
+        hints = typing.get_type_hints(cls)
+        opts = tuple(Option(f.name, hints[f.name], f.default, f.metadata.get("help", ""),
+                            tuple(f.metadata.get("choices", ())))
+                     for f in dataclasses.fields(cls))
+        return PassInfo(cls.name, cls, opts, cls.needs_constants, (cls.__doc__ or "").strip())
+
+    def fn(self, module: Module, ctx: PassContext, **options: Any) -> Module:
+        """Run the pass with validated options (see validate_options)."""
+        return self.cls(**options).apply(module, ctx)
 
     def validate_options(self, given: dict[str, Any]) -> dict[str, Any]:
         """Options from YAML or the command line, type-checked, with defaults filled in."""
@@ -80,23 +110,33 @@ class PassInfo:
 
 
 _PASSES: dict[str, PassInfo] = {}
+P = TypeVar("P", bound=type[ModulePass])
 
 
-def register_pass(
-    name: str,
-    options: tuple[Option, ...] = (),
-    requires: tuple[str, ...] = (),
-    establishes: tuple[str, ...] = (),
-    needs_constants: bool = False,
-) -> Callable[[Callable[..., Module]], Callable[..., Module]]:
-    def deco(fn: Callable[..., Module]) -> Callable[..., Module]:
-        if name in _PASSES:
-            raise ValueError(f"pass {name} registered twice")
-        doc = (fn.__doc__ or "").strip()
-        _PASSES[name] = PassInfo(name, fn, options, requires, establishes, needs_constants, doc)
-        return fn
+def register_pass(cls: P | str, options: tuple[Option, ...] = (), needs_constants: bool = False,
+                  **_legacy: Any) -> Any:
+    """Class decorator: make `cls` a subcommand and a pipeline step under `cls.name`."""
+    if isinstance(cls, str):  # TRANSITION: function passes, until every site is a ModulePass
+        name = cls
 
-    return deco
+        def deco(fn: Callable[..., Module]) -> Callable[..., Module]:
+            doc = (fn.__doc__ or "").strip()
+
+            class Legacy(ModulePass):
+                def apply(self, module: Module, ctx: PassContext) -> Module:
+                    raise NotImplementedError
+
+            Legacy.name = name
+            info = PassInfo(name, Legacy, options, needs_constants, doc)
+            object.__setattr__(info, "fn", lambda m, c, **o: fn(m, c, **o))
+            _PASSES[name] = info
+            return fn
+
+        return deco
+    if not cls.name or cls.name in _PASSES:
+        raise ValueError(f"pass {cls.__name__}: name {cls.name!r} missing or registered twice")
+    _PASSES[cls.name] = PassInfo.of(cls)
+    return cls
 
 
 def get_pass(name: str) -> PassInfo | None:

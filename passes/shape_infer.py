@@ -11,6 +11,7 @@ Requires: nothing. Establishes: "shapes-inferred" (every value has a known type)
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 from mlc.ir import arith
 from mlc.ir.diagnostics import MlcError
@@ -33,7 +34,7 @@ from mlc.ir.module import Module
 from mlc.ir.rewrite import remap_args
 from mlc.ir.types import ScalarType, TensorType, TupleType, Type, UnknownType
 
-from .registry import PassContext, register_pass
+from .registry import ModulePass, PassContext, register_pass
 
 
 def _known(t: Type) -> bool:
@@ -207,11 +208,14 @@ def _block_type(block: Block) -> Type:
     return rs[0].type if len(rs) == 1 else TupleType(tuple(r.type for r in rs))
 
 
-@register_pass("shape-infer", establishes=("shapes-inferred",))
-def shape_infer(module: Module, ctx: PassContext) -> Module:
+@register_pass
+@dataclasses.dataclass(frozen=True)
+class ShapeInfer(ModulePass):
     """Infer symbolic shapes and dtypes of every graph value; insert run-time checks where unprovable."""
-    inf = _Inferer(module)
-    fns = []
-    for f in module.functions:
-        fns.append(inf.function(f) if isinstance(f, Function) else f)
-    return dataclasses.replace(module, functions=tuple(fns))
+
+    name: ClassVar[str] = "shape-infer"
+
+    def apply(self, module: Module, ctx: PassContext) -> Module:
+        inf = _Inferer(module)
+        fns = [inf.function(f) if isinstance(f, Function) else f for f in module.functions]
+        return dataclasses.replace(module, functions=tuple(fns))
