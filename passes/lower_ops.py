@@ -16,7 +16,7 @@ from mlc.ir.expr import Bin, Call, Const, Expr, Select, reduction_identity
 from mlc.ir.ops.lowering import Args, Attrs, as_tensor, in_range, out_dtype, out_shape
 from mlc.ir.ops.reductions import reduce_op
 from mlc.ir.ops.registry import register_lower
-from mlc.ir.ops.shapes import conv_attrs, dim, norm_axis, slice_start
+from mlc.ir.ops.shapes import dim, norm_axis, slice_start
 from mlc.ir.tir_builder import (
     Builder,
     CannotLower,
@@ -25,7 +25,6 @@ from mlc.ir.tir_builder import (
     Tensor,
     all_of,
     as_dtype,
-    bcast_index,
     broadcast,
     cst,
 )
@@ -57,137 +56,6 @@ def _batch_norm(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
 
 
 # ---- contractions ------------------------------------------------------------------------------
-
-@register_lower("matmul")
-def _matmul(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
-    x, y = as_tensor(args[0]), as_tensor(args[1])
-    shp = out_shape(t)
-    xa = x.shape if x.ndim > 1 else (Const(1),) + x.shape
-    ya = y.shape if y.ndim > 1 else y.shape + (Const(1),)
-    batch = len(shp) - (x.ndim > 1) - (y.ndim > 1)
-    full = shp[:batch] + (xa[-2], ya[-1])
-
-    def value(i: Index, r: Index) -> Expr:
-        bi = i[:batch]
-        m = i[batch] if x.ndim > 1 else Const(0)
-        n = i[-1] if y.ndim > 1 else Const(0)
-        xi = _bidx(bi, xa[:-2], full[:batch]) + (m, r[0])
-        yi = _bidx(bi, ya[:-2], full[:batch]) + (r[0], n)
-        return x.at(xi if x.ndim > 1 else xi[-1:]) * y.at(yi if y.ndim > 1 else yi[-2:-1])
-
-    return b.reduce(shp, out_dtype(t), "add", (xa[-1],), value, "matmul")
-
-
-def _bidx(bi: Index, in_batch: Shape, out_batch: Shape) -> Index:
-    return bcast_index(bi, in_batch, out_batch) if in_batch else ()
-
-
-@register_lower("conv2d")
-def _conv2d(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
-    x, w = as_tensor(args[0]), as_tensor(args[1])
-    s, p, d, g = conv_attrs(attrs)
-    shp = out_shape(t)
-    cg, kh, kw = w.shape[1], w.shape[2], w.shape[3]
-    og = arith.simplify(Bin("floordiv", w.shape[0], Const(g)))
-    padded = any(p)
-
-    def value(i: Index, r: Index) -> Expr:
-        n, o, oh, ow = i
-        c, ih, iw = r
-        h = oh * s[0] - p[0] + ih * d[0]
-        wd = ow * s[1] - p[1] + iw * d[1]
-        ch = c if g == 1 else Bin("floordiv", o, og) * cg + c
-        val = x.at((n, ch, h, wd)) * w.at((o, c, ih, iw))
-        if not padded:
-            return val
-        cond = all_of(*in_range(h, x.shape[2]), *in_range(wd, x.shape[3]))
-        return Select(cond, val, cst(0, out_dtype(t)))
-
-    return b.reduce(shp, out_dtype(t), "add", (cg, kh, kw), value, "conv2d")
-
-
-@register_lower("conv2d_transpose")
-def _conv2d_t(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
-    x, w = as_tensor(args[0]), as_tensor(args[1])
-    s, p, d, g = conv_attrs(attrs)
-    shp = out_shape(t)
-    og, kh, kw = w.shape[1], w.shape[2], w.shape[3]
-    cg = arith.simplify(Bin("floordiv", x.shape[1], Const(g)))
-
-    def value(i: Index, r: Index) -> Expr:
-        n, o, oy, ox = i
-        c, ih, iw = r
-        grp = Bin("floordiv", o, og)
-        ch = grp * cg + c
-        ty = oy + p[0] - ih * d[0]
-        tx = ox + p[1] - iw * d[1]
-        hy, hx = Bin("floordiv", ty, Const(s[0])), Bin("floordiv", tx, Const(s[1]))
-        conds = [Bin("ge", ty, Const(0)), Bin("eq", Bin("floormod", ty, Const(s[0])), Const(0)),
-                 Bin("lt", hy, x.shape[2])]
-        conds += [Bin("ge", tx, Const(0)), Bin("eq", Bin("floormod", tx, Const(s[1])), Const(0)),
-                  Bin("lt", hx, x.shape[3])]
-        cond = all_of(*conds)
-        val = x.at((n, ch, hy, hx)) * w.at((ch, Bin("floormod", o, og), ih, iw))
-        return Select(cond, val, cst(0, out_dtype(t)))
-
-    return b.reduce(shp, out_dtype(t), "add", (cg, kh, kw), value, "conv2d_transpose")
-
-
-def _pool_window(attrs: Attrs) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
-    k = tuple(int(v) for v in attrs["kernel_shape"])
-    s, p, d, _ = conv_attrs(attrs)
-    return k, s, p, d
-
-
-@register_lower("max_pool2d")
-def _max_pool(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
-    x = as_tensor(args[0])
-    k, s, p, d = _pool_window(attrs)
-
-    def value(i: Index, r: Index) -> Expr:
-        h = i[2] * s[0] - p[0] + r[0] * d[0]
-        w = i[3] * s[1] - p[1] + r[1] * d[1]
-        cond = all_of(*in_range(h, x.shape[2]), *in_range(w, x.shape[3]))
-        return Select(cond, x.at((i[0], i[1], h, w)), reduction_identity("max", x.dtype))
-
-    return b.reduce(out_shape(t), x.dtype, "max", (Const(k[0]), Const(k[1])), value, "max_pool2d")
-
-
-@register_lower("avg_pool2d")
-def _avg_pool(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
-    """Window sum over real elements divided by a count (of real or of padded positions)."""
-    x = as_tensor(args[0])
-    k, s, p, d = _pool_window(attrs)
-    shp = out_shape(t)
-    incl = bool(attrs.get("count_include_pad", False))
-
-    def pos(i: Index, r: Index) -> tuple[Expr, Expr]:
-        return i[2] * s[0] - p[0] + r[0] * d[0], i[3] * s[1] - p[1] + r[1] * d[1]
-
-    def real(i: Index, r: Index) -> Expr:
-        h, w = pos(i, r)
-        return all_of(*in_range(h, x.shape[2]), *in_range(w, x.shape[3]))
-
-    def counted(i: Index, r: Index) -> Expr:
-        if not incl:
-            return real(i, r)
-        h, w = pos(i, r)
-        return all_of(Bin("ge", h, Const(-p[0])), Bin("lt", h, x.shape[2] + p[2]),
-                      Bin("ge", w, Const(-p[1])), Bin("lt", w, x.shape[3] + p[3]))
-
-    win = (Const(k[0]), Const(k[1]))
-    zero = cst(0, x.dtype)
-    total = b.reduce(shp, x.dtype, "add", win,
-                     lambda i, r: Select(real(i, r), x.at((i[0], i[1]) + pos(i, r)), zero), "pool_sum")
-    count = b.reduce(shp[2:], x.dtype, "add", win,
-                     lambda i, r: Select(counted((Const(0), Const(0)) + i, r), cst(1, x.dtype), zero), "pool_count")
-    return b.compute(shp, x.dtype, lambda i: Bin("div", total.at(i), count.at(i[2:])), "avg_pool2d")
-
-
-@register_lower("global_avg_pool2d")
-def _gap(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
-    x = as_tensor(args[0])
-    return reduce_op(b, x, "mean", [2, 3], True, out_shape(t), x.dtype)
 
 
 # ---- multi-stage normalisations ----------------------------------------------------------------

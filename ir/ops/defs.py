@@ -10,21 +10,9 @@ from __future__ import annotations
 
 from .registry import REQUIRED, define
 
-_CONV_ATTRS = {"strides": (1, 1), "pads": (0, 0, 0, 0), "dilations": (1, 1), "groups": 1}
-_POOL_ATTRS = {"kernel_shape": REQUIRED, "strides": (1, 1), "pads": (0, 0, 0, 0), "ceil_mode": False}
-
-
 define("softmax", "opaque", 1, {"axis": -1}, "exp(x - max) / sum along axis")
 define("log_softmax", "opaque", 1, {"axis": -1}, "log of softmax along axis")
 
-define("matmul", "out_ewise_fusable", 2, doc="numpy matmul: batch dims broadcast, 1-D operands promoted")
-define("conv2d", "out_ewise_fusable", 2, _CONV_ATTRS,
-       "NCHW x OIHW grouped convolution; pads = (top, left, bottom, right)")
-define("conv2d_transpose", "out_ewise_fusable", 2, {**_CONV_ATTRS, "output_padding": (0, 0)},
-       "transposed convolution; weight (C_in, C_out/groups, kh, kw)")
-define("max_pool2d", "out_ewise_fusable", 1, {**_POOL_ATTRS, "dilations": (1, 1)}, "NCHW max pooling, pads with -inf")
-define("avg_pool2d", "out_ewise_fusable", 1, {**_POOL_ATTRS, "count_include_pad": False}, "NCHW average pooling")
-define("global_avg_pool2d", "reduction", 1, doc="mean over H and W, keeping them as 1")
 define("batch_norm", "broadcast", 5, {"epsilon": 1e-5},
        "inference batch norm: (x - mean) / sqrt(var + eps) * scale + bias, args x, scale, bias, mean, var; channel axis 1")
 define("layer_norm", "opaque", (2, 3), {"axis": -1, "epsilon": 1e-5},

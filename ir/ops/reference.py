@@ -19,7 +19,7 @@ from ..dtype import to_numpy
 from ..expr import Expr
 from ..types import TensorType, TupleType, Type
 from .registry import register_ref
-from .shapes import conv_attrs, norm_axis
+from .shapes import norm_axis
 
 Env = dict[str, int]
 Ref = Callable[[list[Any], dict[str, Any], Type, Env], Any]
@@ -86,11 +86,6 @@ def _log_softmax(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> A
     return z - np.log(s)
 
 
-@ref("matmul")
-def _matmul(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
-    return np.matmul(args[0], args[1])
-
-
 def windows(xp: np.ndarray, k: tuple[int, int], s: tuple[int, int], d: tuple[int, int],
              out: tuple[int, int]) -> np.ndarray:
     """Stack of strided views (N, C, kh*kw, Ho, Wo) of a padded NCHW tensor."""
@@ -105,81 +100,6 @@ def windows(xp: np.ndarray, k: tuple[int, int], s: tuple[int, int], d: tuple[int
 def out_hw(t: Type) -> tuple[int, int]:
     assert isinstance(t, TensorType) and t.shape is not None
     return t.shape[2], t.shape[3]  # type: ignore[return-value]
-
-
-@ref("conv2d")
-def _conv2d(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
-    x, w = args
-    s, p, d, g = conv_attrs(attrs)
-    n, c, h, wd = x.shape
-    o, cg, kh, kw = w.shape
-    ho = (h + p[0] + p[2] - d[0] * (kh - 1) - 1) // s[0] + 1
-    wo = (wd + p[1] + p[3] - d[1] * (kw - 1) - 1) // s[1] + 1
-    xp = np.pad(x, ((0, 0), (0, 0), (p[0], p[2]), (p[1], p[3])))
-    cols = windows(xp, (kh, kw), s, d, (ho, wo)).reshape(n, g, cg, kh * kw, ho, wo)
-    wg = w.reshape(g, o // g, cg, kh * kw)
-    return np.einsum("ngckhw,gock->ngohw", cols, wg, optimize=True).reshape(n, o, ho, wo)
-
-
-@ref("conv2d_transpose")
-def _conv2d_t(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
-    x, w = args
-    s, p, d, g = conv_attrs(attrs)
-    op = tuple(int(v) for v in attrs.get("output_padding", (0, 0)))
-    n, c, h, wd = x.shape
-    _, og, kh, kw = w.shape
-    hf = s[0] * (h - 1) + d[0] * (kh - 1) + 1 + op[0]
-    wf = s[1] * (wd - 1) + d[1] * (kw - 1) + 1 + op[1]
-    out = np.zeros((n, g, og, hf, wf), dtype=np.result_type(x, w))
-    xg = x.reshape(n, g, c // g, h, wd)
-    wg = w.reshape(g, c // g, og, kh, kw)
-    for i in range(kh):
-        for j in range(kw):
-            contrib = np.einsum("ngchw,gco->ngohw", xg, wg[:, :, :, i, j], optimize=True)
-            out[:, :, :, i * d[0]: i * d[0] + s[0] * (h - 1) + 1: s[0],
-                j * d[1]: j * d[1] + s[1] * (wd - 1) + 1: s[1]] += contrib
-    out = out.reshape(n, g * og, hf, wf)
-    return out[:, :, p[0]: hf - p[2], p[1]: wf - p[3]]
-
-
-def _pool_setup(x: np.ndarray, attrs: dict[str, Any], t: Type, env: Env
-                ) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int], tuple[int, int], tuple[int, ...]]:
-    k = tuple(int(v) for v in attrs["kernel_shape"])
-    s, p, d, _ = conv_attrs(attrs)
-    assert isinstance(t, TensorType) and t.shape is not None
-    out = (ev(t.shape[2], env), ev(t.shape[3], env))
-    # extra end padding so ceil_mode windows stay in bounds (never counted as real padding)
-    extra = tuple(max(0, (out[i] - 1) * s[i] + d[i] * (k[i] - 1) + 1 - (x.shape[2 + i] + p[i] + p[i + 2]))
-                  for i in range(2))
-    return k, s, d, out, p + extra  # type: ignore[return-value]
-
-
-@ref("max_pool2d")
-def _maxpool(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
-    x = args[0]
-    k, s, d, out, p = _pool_setup(x, attrs, t, env)
-    lo = -np.inf if np.issubdtype(x.dtype, np.floating) else np.iinfo(x.dtype).min
-    xp = np.pad(x, ((0, 0), (0, 0), (p[0], p[2] + p[4]), (p[1], p[3] + p[5])), constant_values=lo)
-    return windows(xp, k, s, d, out).max(axis=2)
-
-
-@ref("avg_pool2d")
-def _avgpool(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
-    x = args[0]
-    k, s, d, out, p = _pool_setup(x, attrs, t, env)
-    pads = ((0, 0), (0, 0), (p[0], p[2] + p[4]), (p[1], p[3] + p[5]))
-    total = windows(np.pad(x, pads), k, s, d, out).sum(axis=2)
-    mask = np.ones((1, 1) + x.shape[2:], dtype=x.dtype)
-    if attrs.get("count_include_pad", False):
-        mask = np.pad(mask, ((0, 0), (0, 0), (p[0], p[2]), (p[1], p[3])), constant_values=1)
-        pads = ((0, 0), (0, 0), (0, p[4]), (0, p[5]))
-    count = windows(np.pad(mask, pads), k, s, d, out).sum(axis=2)
-    return total / count
-
-
-@ref("global_avg_pool2d")
-def _gap(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
-    return np.mean(args[0], axis=(2, 3), keepdims=True)
 
 
 @ref("batch_norm")

@@ -195,25 +195,6 @@ def infer_with_assumptions(infer: Any, args: list[Type], attrs: dict[str, Any], 
         _ASSUMED.reset(token)
 
 
-@register_infer("matmul")
-def _matmul(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
-    ta, tb = tensor(args[0], loc), tensor(args[1], loc)
-    dt = same_dtype([ta, tb], loc)
-    a, b = shape_of(ta, loc), shape_of(tb, loc)
-    if not a or not b:
-        raise MlcError("matmul: operands must have rank >= 1", loc)
-    a2 = (ONE,) + a if len(a) == 1 else a
-    b2 = b + (ONE,) if len(b) == 1 else b
-    if provably_different(a2[-1], b2[-2]):
-        raise MlcError(
-            f"matmul: contraction dims differ: ({dims_str(a)}) by ({dims_str(b)}): "
-            f"{dims_str([a2[-1]])} vs {dims_str([b2[-2]])}", loc)
-    assume_equal(a2[-1], b2[-2])
-    batch = broadcast_shapes([a2[:-2], b2[:-2]], loc)
-    out = batch + ((a2[-2],) if len(a) > 1 else ()) + ((b2[-1],) if len(b) > 1 else ())
-    return TensorType(out, dt)
-
-
 def ints_attr(v: Any, n: int, name: str, loc: Loc) -> tuple[int, ...]:
     t = tuple(int(x) for x in v)
     if len(t) != n:
@@ -259,56 +240,6 @@ def nchw(t: Type, loc: Loc) -> Shape:
     if len(s) != 4:
         raise MlcError(f"expected an NCHW tensor of rank 4, got ({dims_str(s)})", loc)
     return s
-
-
-@register_infer("conv2d")
-def _conv2d(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
-    x, w = nchw(args[0], loc), nchw(args[1], loc)
-    dt = same_dtype([tensor(args[0], loc), tensor(args[1], loc)], loc)
-    g = int(attrs.get("groups", 1))
-    check_dim(x[1], simplify(w[1] * g), f"conv2d: input channels vs weight channels x groups ({g})", loc)
-    wo = as_int(w[0])
-    if wo is not None and wo % g:
-        raise MlcError(f"conv2d: output channels {wo} not divisible by groups {g}", loc)
-    k = (as_int(w[2]), as_int(w[3]))
-    if None in k:
-        raise MlcError("conv2d: kernel size must be constant", loc)
-    hw = pool_dims(x, attrs, loc, k, False)  # type: ignore[arg-type]
-    return TensorType((x[0], w[0]) + hw, dt)
-
-
-@register_infer("conv2d_transpose")
-def _conv2d_t(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
-    x, w = nchw(args[0], loc), nchw(args[1], loc)
-    dt = same_dtype([tensor(args[0], loc), tensor(args[1], loc)], loc)
-    g = int(attrs.get("groups", 1))
-    check_dim(x[1], w[0], "conv2d_transpose: input channels vs weight dim 0", loc)
-    strides = ints_attr(attrs.get("strides", (1, 1)), 2, "strides", loc)
-    pads = ints_attr(attrs.get("pads", (0, 0, 0, 0)), 4, "pads", loc)
-    dil = ints_attr(attrs.get("dilations", (1, 1)), 2, "dilations", loc)
-    opad = ints_attr(attrs.get("output_padding", (0, 0)), 2, "output_padding", loc)
-    hw = []
-    for i in range(2):
-        k = as_int(w[2 + i])
-        if k is None:
-            raise MlcError("conv2d_transpose: kernel size must be constant", loc)
-        hw.append(simplify(strides[i] * (x[2 + i] - 1) + opad[i] + (k - 1) * dil[i] + 1 - pads[i] - pads[i + 2]))
-    return TensorType((x[0], simplify(w[1] * g), hw[0], hw[1]), dt)
-
-
-@register_infer("max_pool2d", "avg_pool2d")
-def _pool(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
-    t = tensor(args[0], loc)
-    s = nchw(t, loc)
-    k = ints_attr(attrs["kernel_shape"], 2, "kernel_shape", loc)
-    return TensorType(s[:2] + pool_dims(s, attrs, loc, k, bool(attrs.get("ceil_mode", False))), t.dtype)
-
-
-@register_infer("global_avg_pool2d")
-def _gap(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
-    t = tensor(args[0], loc)
-    s = nchw(t, loc)
-    return TensorType(s[:2] + (ONE, ONE), t.dtype)
 
 
 @register_infer("batch_norm")
