@@ -18,13 +18,14 @@ from dataclasses import dataclass, field
 
 from ..ir.expr import Bin, Cast, Const, Expr, Load, Var, children
 from ..ir.tir import AttrStmt, Buffer, For, IfStmt, Let, Seq, Stmt, Store
+from ..ir.tir_visit import StmtVisitor
 
 # A lane kind: "U" (same in every lane), an int stride s (lane l holds base + s*l), or "V" (anything).
 Kind = str | int
 
 
 @dataclass
-class _Check:
+class _Check(StmtVisitor):
     kinds: dict[Var, Kind]
     defs: dict[Var, Expr]
     ranges: dict[Var, tuple[int, int]]
@@ -65,37 +66,46 @@ class _Check:
         return k
 
     def stmt(self, s: Stmt) -> bool:
-        if isinstance(s, Seq):
-            return all(self.stmt(x) for x in s.stmts)
-        if isinstance(s, Store):
-            k = self.flat_kind(s.buffer, s.indices)
-            self.kind(s.value)
-            self.stores.setdefault(s.buffer, set()).add(s.indices)
-            return isinstance(k, int) and k != 0 and not isinstance(k, bool)
-        if isinstance(s, For):
-            if s.kind in ("parallel", "vectorized", "thread") or self.masked:
-                return False
-            if self.kind(s.start) != "U" or self.kind(s.extent) != "U":
-                return False
-            self.kinds[s.var] = "U"
-            start, ext = _int_of(s.start), _int_of(s.extent)
-            if start is not None and ext is not None:
-                self.ranges[s.var] = (start, start + ext)
-            return self.stmt(s.body)
-        if isinstance(s, IfStmt):
-            outer = self.masked
-            self.masked = outer or self.kind(s.cond) != "U"
-            try:
-                return self.stmt(s.then) and (s.orelse is None or self.stmt(s.orelse))
-            finally:
-                self.masked = outer
-        if isinstance(s, Let):
-            self.kinds[s.var] = self.kind(s.value)
-            self.defs[s.var] = s.value
-            return self.stmt(s.body)
-        if isinstance(s, AttrStmt):
-            return self.stmt(s.body)
-        return False
+        return bool(self.visit(s))
+
+    def generic_visit(self, s: Stmt) -> bool:
+        return False  # allocations, allreduce, gemm: not inside a vector body
+
+    def visit_Seq(self, s: Seq) -> bool:
+        return all(self.stmt(x) for x in s.stmts)
+
+    def visit_Store(self, s: Store) -> bool:
+        k = self.flat_kind(s.buffer, s.indices)
+        self.kind(s.value)
+        self.stores.setdefault(s.buffer, set()).add(s.indices)
+        return isinstance(k, int) and k != 0 and not isinstance(k, bool)
+
+    def visit_For(self, s: For) -> bool:
+        if s.kind in ("parallel", "vectorized", "thread") or self.masked:
+            return False
+        if self.kind(s.start) != "U" or self.kind(s.extent) != "U":
+            return False
+        self.kinds[s.var] = "U"
+        start, ext = _int_of(s.start), _int_of(s.extent)
+        if start is not None and ext is not None:
+            self.ranges[s.var] = (start, start + ext)
+        return self.stmt(s.body)
+
+    def visit_IfStmt(self, s: IfStmt) -> bool:
+        outer = self.masked
+        self.masked = outer or self.kind(s.cond) != "U"
+        try:
+            return self.stmt(s.then) and (s.orelse is None or self.stmt(s.orelse))
+        finally:
+            self.masked = outer
+
+    def visit_Let(self, s: Let) -> bool:
+        self.kinds[s.var] = self.kind(s.value)
+        self.defs[s.var] = s.value
+        return self.stmt(s.body)
+
+    def visit_AttrStmt(self, s: AttrStmt) -> bool:
+        return self.stmt(s.body)
 
 
 def _add(a: Kind, b: Kind, sign: int) -> Kind:

@@ -49,6 +49,7 @@ from .tir import (
     Store,
     ThreadAllReduce,
 )
+from .tir_visit import StmtVisitor
 from .types import ScalarType, TensorType, TupleType, Type, UnknownType
 
 INFIX: dict[str, tuple[str, int]] = {
@@ -180,7 +181,7 @@ def _dtype_of(e: Expr) -> str | None:
         return None
 
 
-class Printer(_ExprPrinter):
+class Printer(_ExprPrinter, StmtVisitor):
     def __init__(self) -> None:
         super().__init__()
         self.lines: list[str] = []
@@ -318,69 +319,80 @@ class Printer(_ExprPrinter):
         self.depth -= 1
 
     def stmt(self, s: Stmt) -> None:
-        if isinstance(s, Store):
-            idx = ", ".join(self.expr(i) for i in s.indices)
-            self.emit(f"{_name('%', s.buffer.name)}[{idx}] = {self.expr(s.value)}")
-        elif isinstance(s, Seq):
-            self.emit("seq {")
-            self.depth += 1
-            for x in s.stmts:
-                self.stmt(x)
-            self.depth -= 1
-            self.emit("}")
-        elif isinstance(s, For):
-            start, ext = self.expr(s.start), self.expr(s.extent)
-            rng = f"0..{ext}" if s.start == Const(0) else f"{start}..+{ext}"
-            extra = ""
-            if s.kind != "serial" or s.thread_tag:
-                extra += " " + (word(s.kind) if s.kind != "annotations" else escape_string(s.kind))
-            if s.thread_tag:
-                extra += " " + escape_string(s.thread_tag)
-            if s.annotations:
-                extra += f" annotations {self.attrs(s.annotations)}"
-            name, old = self.bind_var(s.var)
-            self.emit(f"for {name} in {rng}{extra} {{")
-            self.body(s.body)
-            self.emit("}")
-            self.unbind(s.var, old)
-        elif isinstance(s, BlockStmt):
-            self.block_stmt(s)
-        elif isinstance(s, IfStmt):
-            self.emit(f"if {self.expr(s.cond)} {{")
-            self.body(s.then)
-            if s.orelse is not None:
-                self.emit("} else {")
-                self.body(s.orelse)
-            self.emit("}")
-        elif isinstance(s, Let):
-            val = self.expr(s.value)
-            name, old = self.bind_var(s.var)
-            self.emit(f"let {name} = {val} {{")
-            self.body(s.body)
-            self.emit("}")
-            self.unbind(s.var, old)
-        elif isinstance(s, Allocate):
-            self.emit(f"allocate {_name('%', s.buffer.name)}: {self.buffer_type(s.buffer)} {{")
-            self.body(s.body)
-            self.emit("}")
-        elif isinstance(s, AttrStmt):
-            self.emit(f"attr {escape_string(s.key)} {{")
-            self.body(s.body)
-            self.emit("}")
-        elif isinstance(s, ThreadAllReduce):
-            self.emit(f"allreduce {word(s.op)} {_name('%', s.acc.name)}: {self.buffer_type(s.acc)} {{")
-            self.body(s.loop)
-            self.emit("} then {")
-            self.body(s.result)
-            self.emit("}")
-        elif isinstance(s, GemmCall):
-            flags = (" accumulate" if s.accumulate else "") + (" batched" if s.batched else "")
-            if s.tile is not None:
-                flags += f" tile({', '.join(str(x) for x in s.tile.as_tuple())})"
-            self.emit(f"gemm {_name('%', s.c.name)} = {_name('%', s.a.name)} * {_name('%', s.b.name)}{flags}")
-        else:
-            self.emit(f"<?{type(s).__name__}>")
+        self.visit(s)
 
+    def visit_Store(self, s: Store) -> None:
+        idx = ", ".join(self.expr(i) for i in s.indices)
+        self.emit(f"{_name('%', s.buffer.name)}[{idx}] = {self.expr(s.value)}")
+
+    def visit_Seq(self, s: Seq) -> None:
+        self.emit("seq {")
+        self.depth += 1
+        for x in s.stmts:
+            self.stmt(x)
+        self.depth -= 1
+        self.emit("}")
+
+    def visit_For(self, s: For) -> None:
+        start, ext = self.expr(s.start), self.expr(s.extent)
+        rng = f"0..{ext}" if s.start == Const(0) else f"{start}..+{ext}"
+        extra = ""
+        if s.kind != "serial" or s.thread_tag:
+            extra += " " + (word(s.kind) if s.kind != "annotations" else escape_string(s.kind))
+        if s.thread_tag:
+            extra += " " + escape_string(s.thread_tag)
+        if s.annotations:
+            extra += f" annotations {self.attrs(s.annotations)}"
+        name, old = self.bind_var(s.var)
+        self.emit(f"for {name} in {rng}{extra} {{")
+        self.body(s.body)
+        self.emit("}")
+        self.unbind(s.var, old)
+
+    def visit_BlockStmt(self, s: BlockStmt) -> None:
+        self.block_stmt(s)
+
+    def visit_IfStmt(self, s: IfStmt) -> None:
+        self.emit(f"if {self.expr(s.cond)} {{")
+        self.body(s.then)
+        if s.orelse is not None:
+            self.emit("} else {")
+            self.body(s.orelse)
+        self.emit("}")
+
+    def visit_Let(self, s: Let) -> None:
+        val = self.expr(s.value)
+        name, old = self.bind_var(s.var)
+        self.emit(f"let {name} = {val} {{")
+        self.body(s.body)
+        self.emit("}")
+        self.unbind(s.var, old)
+
+    def visit_Allocate(self, s: Allocate) -> None:
+        self.emit(f"allocate {_name('%', s.buffer.name)}: {self.buffer_type(s.buffer)} {{")
+        self.body(s.body)
+        self.emit("}")
+
+    def visit_AttrStmt(self, s: AttrStmt) -> None:
+        self.emit(f"attr {escape_string(s.key)} {{")
+        self.body(s.body)
+        self.emit("}")
+
+    def visit_ThreadAllReduce(self, s: ThreadAllReduce) -> None:
+        self.emit(f"allreduce {word(s.op)} {_name('%', s.acc.name)}: {self.buffer_type(s.acc)} {{")
+        self.body(s.loop)
+        self.emit("} then {")
+        self.body(s.result)
+        self.emit("}")
+
+    def visit_GemmCall(self, s: GemmCall) -> None:
+        flags = (" accumulate" if s.accumulate else "") + (" batched" if s.batched else "")
+        if s.tile is not None:
+            flags += f" tile({', '.join(str(x) for x in s.tile.as_tuple())})"
+        self.emit(f"gemm {_name('%', s.c.name)} = {_name('%', s.a.name)} * {_name('%', s.b.name)}{flags}")
+
+    def generic_visit(self, s: Stmt) -> None:
+        self.emit(f"<?{type(s).__name__}>")
     def block_stmt(self, s: BlockStmt) -> None:
         iters, saved = [], []
         for it in s.iters:

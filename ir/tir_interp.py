@@ -56,6 +56,7 @@ from .tir import (
     Store,
     ThreadAllReduce,
 )
+from .tir_visit import StmtVisitor
 
 # largest iteration domain evaluated at once (elements); bigger nests are chunked along the outer loop
 CHUNK = 1 << 22
@@ -191,7 +192,7 @@ def _mask_and(m: np.ndarray | None, c: np.ndarray) -> np.ndarray:
     return c if m is None else np.logical_and(m, c)
 
 
-class _Interp:
+class _Interp(StmtVisitor):
     def __init__(self, bufs: dict[str, np.ndarray], env: dict[Var, object], vectorize: bool):
         self.bufs = bufs
         self.env = env
@@ -276,49 +277,61 @@ class _Interp:
 
     # ---- statements ---------------------------------------------------------------------------
     def run(self, s: Stmt) -> None:
-        if isinstance(s, Seq):
-            for x in s.stmts:
-                self.run(x)
-        elif isinstance(s, For):
-            self._for(s)
-        elif isinstance(s, BlockStmt):
-            if self.vectorize and (plan := self.plan(s)) is not None:
-                self._vector([], plan)
-            else:
-                self._block(s)
-        elif isinstance(s, Store):
-            arr = self._buf(s.buffer)
-            ix = tuple(int(self.sc(i)) for i in s.indices)  # type: ignore[call-overload]
-            if len(ix) != arr.ndim:
-                raise MlcError(f"buffer {s.buffer.name} has {arr.ndim} dims but is indexed with {len(ix)}")
-            for d, (i, n) in enumerate(zip(ix, arr.shape)):
-                if not 0 <= i < n:
-                    raise MlcError(f"index out of bounds: buffer {s.buffer.name} dim {d} index {i} not in [0, {n})")
-            arr[ix] = self.sc(s.value)
-        elif isinstance(s, IfStmt):
-            if bool(self.sc(s.cond)):
-                self.run(s.then)
-            elif s.orelse is not None:
-                self.run(s.orelse)
-        elif isinstance(s, Let):
-            old = self.env.get(s.var)
-            self.env[s.var] = self.sc(s.value)
-            self.run(s.body)
-            self._restore(s.var, old)
-        elif isinstance(s, Allocate):
-            self._scoped([s.buffer], s.body)
-        elif isinstance(s, AttrStmt):
-            self.run(s.body)
-        elif isinstance(s, ThreadAllReduce):
-            (name,) = self._alloc([s.acc])
-            self.bufs[name][...] = reduction_identity(s.op, s.acc.dtype).value
-            self.run(s.loop)  # serially: every thread's partial folds into the one accumulator
-            self.run(s.result)
-            del self.bufs[name]
-        elif isinstance(s, GemmCall):
-            self._gemm(s)
+        self.visit(s)
+
+    def visit_Seq(self, s: Seq) -> None:
+        for x in s.stmts:
+            self.run(x)
+
+    def visit_For(self, s: For) -> None:
+        self._for(s)
+
+    def visit_BlockStmt(self, s: BlockStmt) -> None:
+        if self.vectorize and (plan := self.plan(s)) is not None:
+            self._vector([], plan)
         else:
-            raise MlcError(f"cannot execute statement {type(s).__name__}")
+            self._block(s)
+
+    def visit_Store(self, s: Store) -> None:
+        arr = self._buf(s.buffer)
+        ix = tuple(int(self.sc(i)) for i in s.indices)  # type: ignore[call-overload]
+        if len(ix) != arr.ndim:
+            raise MlcError(f"buffer {s.buffer.name} has {arr.ndim} dims but is indexed with {len(ix)}")
+        for d, (i, n) in enumerate(zip(ix, arr.shape)):
+            if not 0 <= i < n:
+                raise MlcError(f"index out of bounds: buffer {s.buffer.name} dim {d} index {i} not in [0, {n})")
+        arr[ix] = self.sc(s.value)
+
+    def visit_IfStmt(self, s: IfStmt) -> None:
+        if bool(self.sc(s.cond)):
+            self.run(s.then)
+        elif s.orelse is not None:
+            self.run(s.orelse)
+
+    def visit_Let(self, s: Let) -> None:
+        old = self.env.get(s.var)
+        self.env[s.var] = self.sc(s.value)
+        self.run(s.body)
+        self._restore(s.var, old)
+
+    def visit_Allocate(self, s: Allocate) -> None:
+        self._scoped([s.buffer], s.body)
+
+    def visit_AttrStmt(self, s: AttrStmt) -> None:
+        self.run(s.body)
+
+    def visit_ThreadAllReduce(self, s: ThreadAllReduce) -> None:
+        (name,) = self._alloc([s.acc])
+        self.bufs[name][...] = reduction_identity(s.op, s.acc.dtype).value
+        self.run(s.loop)  # serially: every thread's partial folds into the one accumulator
+        self.run(s.result)
+        del self.bufs[name]
+
+    def visit_GemmCall(self, s: GemmCall) -> None:
+        self._gemm(s)
+
+    def generic_visit(self, s: Stmt) -> None:
+        raise MlcError(f"cannot execute statement {type(s).__name__}")
 
     def _scoped(self, bufs: Sequence[Buffer], body: Stmt) -> None:
         allocated = self._alloc(bufs)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import replace
+from typing import Any
 
 from . import arith
 from .expr import Bin, Call, Cast, Const, Expr, Load, Not, Select, Var, children, free_vars, substitute
@@ -124,10 +125,11 @@ class StmtVisitor:
     `generic_visit`, which visits the statement's own expressions (`visit_expr`) and then its
     children. An override calls `self.generic_visit(s)` to descend."""
 
-    def visit(self, s: Stmt) -> None:
-        getattr(self, f"visit_{type(s).__name__}", self.generic_visit)(s)
+    def visit(self, s: Stmt) -> Any:
+        """The handler's result (None for plain visitors; analyses may return a verdict)."""
+        return getattr(self, f"visit_{type(s).__name__}", self.generic_visit)(s)
 
-    def generic_visit(self, s: Stmt) -> None:
+    def generic_visit(self, s: Stmt) -> Any:
         for e in own_exprs(s):
             self.visit_expr(e)
         for k in kids(s):

@@ -525,59 +525,71 @@ class PrimVerifier:
                 self.fail(f"index {k} of %{buf.name} is {ci}, out of bounds [0, {cd if cd is not None else d})", *here)
 
     def stmt(self, s: Stmt, parent: Loc) -> None:
+        """Dispatch on the statement kind (`stmt_<Kind>`), with its location and the enclosing one."""
         loc = getattr(s, "loc", UNKNOWN)
         locs = (loc, parent)
-        if isinstance(s, Store):
-            self.access(s.buffer, s.indices, locs)
-            for i in s.indices:
-                self.expr(i, locs)
-            self.expr(s.value, locs)
-            if _dtype(s.value) != s.buffer.dtype:
-                self.fail(f"storing {_dtype(s.value)} into %{s.buffer.name} of dtype {s.buffer.dtype}", *locs)
-        elif isinstance(s, Seq):
-            for x in s.stmts:
-                self.stmt(x, loc if loc.line else parent)
-        elif isinstance(s, For):
-            self.int_expr(s.start, locs, "loop start")
-            self.int_expr(s.extent, locs, "loop extent")
-            if s.kind not in FOR_KINDS:
-                self.fail(f"unknown loop kind {s.kind} (known: {', '.join(FOR_KINDS)})", *locs)
-            if (s.kind == "thread") != bool(s.thread_tag):
-                self.fail("thread loops, and only they, carry a thread tag", *locs)
-            if not is_int(s.var.dtype):
-                self.fail(f"loop variable {s.var.name} must be an integer", *locs)
-            with self.bind(s.var, loc):
-                self.loop_vars.append(s.var)
-                self.stmt(s.body, loc if loc.line else parent)
-                self.loop_vars.pop()
-        elif isinstance(s, BlockStmt):
-            self.block(s, locs)
-        elif isinstance(s, IfStmt):
-            self.expr(s.cond, locs)
-            if _dtype(s.cond) != "bool":
-                self.fail(f"if condition must be bool, got {_dtype(s.cond)}", *locs)
-            self.stmt(s.then, loc if loc.line else parent)
-            if s.orelse is not None:
-                self.stmt(s.orelse, loc if loc.line else parent)
-        elif isinstance(s, Let):
-            self.expr(s.value, locs)
-            if _dtype(s.value) != s.var.dtype:
-                self.fail(f"let {s.var.name}: {s.var.dtype} bound to a {_dtype(s.value)} value", *locs)
-            with self.bind(s.var, loc):
-                self.stmt(s.body, loc if loc.line else parent)
-        elif isinstance(s, Allocate):
-            self.scoped_buffers((s.buffer,), s.body, loc if loc.line else parent, locs)
-        elif isinstance(s, AttrStmt):
-            if s.key not in ATTR_KEYS:
-                self.fail(f"unknown attribute key {s.key!r} (known: {', '.join(ATTR_KEYS)})", *locs)
-            self.stmt(s.body, loc if loc.line else parent)
-        elif isinstance(s, ThreadAllReduce):
-            self.allreduce(s, locs)
-        elif isinstance(s, GemmCall):
-            self.gemm(s, locs)
-        else:
-            self.fail(f"unknown statement {type(s).__name__}", *locs)
+        getattr(self, f"stmt_{type(s).__name__}", self.stmt_unknown)(s, loc, locs, parent)
 
+    def stmt_Store(self, s: Store, loc: Loc, locs: tuple[Loc, ...], parent: Loc) -> None:
+        self.access(s.buffer, s.indices, locs)
+        for i in s.indices:
+            self.expr(i, locs)
+        self.expr(s.value, locs)
+        if _dtype(s.value) != s.buffer.dtype:
+            self.fail(f"storing {_dtype(s.value)} into %{s.buffer.name} of dtype {s.buffer.dtype}", *locs)
+
+    def stmt_Seq(self, s: Seq, loc: Loc, locs: tuple[Loc, ...], parent: Loc) -> None:
+        for x in s.stmts:
+            self.stmt(x, loc if loc.line else parent)
+
+    def stmt_For(self, s: For, loc: Loc, locs: tuple[Loc, ...], parent: Loc) -> None:
+        self.int_expr(s.start, locs, "loop start")
+        self.int_expr(s.extent, locs, "loop extent")
+        if s.kind not in FOR_KINDS:
+            self.fail(f"unknown loop kind {s.kind} (known: {', '.join(FOR_KINDS)})", *locs)
+        if (s.kind == "thread") != bool(s.thread_tag):
+            self.fail("thread loops, and only they, carry a thread tag", *locs)
+        if not is_int(s.var.dtype):
+            self.fail(f"loop variable {s.var.name} must be an integer", *locs)
+        with self.bind(s.var, loc):
+            self.loop_vars.append(s.var)
+            self.stmt(s.body, loc if loc.line else parent)
+            self.loop_vars.pop()
+
+    def stmt_BlockStmt(self, s: BlockStmt, loc: Loc, locs: tuple[Loc, ...], parent: Loc) -> None:
+        self.block(s, locs)
+
+    def stmt_IfStmt(self, s: IfStmt, loc: Loc, locs: tuple[Loc, ...], parent: Loc) -> None:
+        self.expr(s.cond, locs)
+        if _dtype(s.cond) != "bool":
+            self.fail(f"if condition must be bool, got {_dtype(s.cond)}", *locs)
+        self.stmt(s.then, loc if loc.line else parent)
+        if s.orelse is not None:
+            self.stmt(s.orelse, loc if loc.line else parent)
+
+    def stmt_Let(self, s: Let, loc: Loc, locs: tuple[Loc, ...], parent: Loc) -> None:
+        self.expr(s.value, locs)
+        if _dtype(s.value) != s.var.dtype:
+            self.fail(f"let {s.var.name}: {s.var.dtype} bound to a {_dtype(s.value)} value", *locs)
+        with self.bind(s.var, loc):
+            self.stmt(s.body, loc if loc.line else parent)
+
+    def stmt_Allocate(self, s: Allocate, loc: Loc, locs: tuple[Loc, ...], parent: Loc) -> None:
+        self.scoped_buffers((s.buffer,), s.body, loc if loc.line else parent, locs)
+
+    def stmt_AttrStmt(self, s: AttrStmt, loc: Loc, locs: tuple[Loc, ...], parent: Loc) -> None:
+        if s.key not in ATTR_KEYS:
+            self.fail(f"unknown attribute key {s.key!r} (known: {', '.join(ATTR_KEYS)})", *locs)
+        self.stmt(s.body, loc if loc.line else parent)
+
+    def stmt_ThreadAllReduce(self, s: ThreadAllReduce, loc: Loc, locs: tuple[Loc, ...], parent: Loc) -> None:
+        self.allreduce(s, locs)
+
+    def stmt_GemmCall(self, s: GemmCall, loc: Loc, locs: tuple[Loc, ...], parent: Loc) -> None:
+        self.gemm(s, locs)
+
+    def stmt_unknown(self, s: Stmt, loc: Loc, locs: tuple[Loc, ...], parent: Loc) -> None:
+        self.fail(f"unknown statement {type(s).__name__}", *locs)
     def scoped_buffers(self, bufs: tuple[Buffer, ...], body: Stmt, inner: Loc, locs: tuple[Loc, ...]) -> None:
         saved = dict(self.buffers)
         try:

@@ -9,8 +9,8 @@ from dataclasses import replace
 from mlc.ir import arith
 from mlc.ir.diagnostics import MlcError
 from mlc.ir.expr import Bin, Const, Expr, Var, free_vars
-from mlc.ir.tir import BlockStmt, For, IfStmt, Let, PrimFunc, Seq, Stmt, Store
-from mlc.ir.tir_visit import fresh, simp, subst, used_names
+from mlc.ir.tir import BlockStmt, For, IfStmt, PrimFunc, Stmt, Store
+from mlc.ir.tir_visit import StmtMutator, fresh, kids, simp, subst, used_names, with_kids
 
 from .tree import blocks, find_loop, get, put
 
@@ -24,18 +24,19 @@ def _zero_start(lp: For, what: str) -> None:
 
 def guard_leaves(s: Stmt, cond: Expr) -> Stmt:
     """Wrap every block (and bare store) below `s` in `if cond` (TensorIR block predicates)."""
-    if isinstance(s, BlockStmt | Store):
-        return IfStmt(cond, s)
-    if isinstance(s, IfStmt) and s.orelse is None and isinstance(s.then, BlockStmt | Store):
-        return IfStmt(Bin("and", s.cond, cond), s.then, None, s.loc)
-    if isinstance(s, For | Let):
-        return replace(s, body=guard_leaves(s.body, cond))
-    if isinstance(s, Seq):
-        return replace(s, stmts=tuple(guard_leaves(x, cond) for x in s.stmts))
-    if isinstance(s, IfStmt):
-        return replace(s, then=guard_leaves(s.then, cond),
-                       orelse=None if s.orelse is None else guard_leaves(s.orelse, cond))
-    return s
+
+    class _Guard(StmtMutator):
+        def visit_BlockStmt(self, x: BlockStmt) -> Stmt:
+            return IfStmt(cond, x)
+
+        visit_Store = visit_BlockStmt
+
+        def visit_IfStmt(self, x: IfStmt) -> Stmt:
+            if x.orelse is None and isinstance(x.then, BlockStmt | Store):
+                return IfStmt(Bin("and", x.cond, cond), x.then, None, x.loc)
+            return with_kids(x, tuple(self.visit(k) for k in kids(x)))
+
+    return _Guard().visit(s)
 
 
 def split(func: PrimFunc, loop: str, factors: Sequence[int | None]) -> tuple[PrimFunc, list[str]]:
