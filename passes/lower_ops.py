@@ -8,13 +8,11 @@ reductions; softmax/log_softmax/layer_norm chain several. Semantics follow ir/op
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from mlc.ir import arith
 from mlc.ir.expr import Bin, Call, Const, Expr, Select, reduction_identity
 from mlc.ir.ops.lowering import Args, Attrs, as_tensor, in_range, out_dtype, out_shape
-from mlc.ir.ops.reductions import reduce_op
 from mlc.ir.ops.registry import register_lower
 from mlc.ir.ops.shapes import dim, norm_axis, slice_start
 from mlc.ir.tir_builder import (
@@ -39,19 +37,6 @@ def _broadcast_to(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
     return b.compute(shp, out_dtype(t), broadcast(as_tensor(args[0]), shp), "broadcast_to")
 
 
-@register_lower("batch_norm")
-def _batch_norm(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
-    x, scale, bias, mean, var = (as_tensor(a) for a in args)
-    eps = cst(float(attrs.get("epsilon", 1e-5)), x.dtype)
-
-    def fn(i: Index) -> Expr:
-        c = (i[1],)
-        inv = Bin("div", scale.at(c), Call("sqrt", (var.at(c) + eps,), x.dtype))
-        return (x.at(i) - mean.at(c)) * inv + bias.at(c)
-
-    return b.compute(x.shape, x.dtype, fn, "batch_norm")
-
-
 # ---- reductions --------------------------------------------------------------------------------
 
 
@@ -59,65 +44,6 @@ def _batch_norm(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
 
 
 # ---- multi-stage normalisations ----------------------------------------------------------------
-
-def _softmax_parts(b: Builder, x: Tensor, axis: Any) -> tuple[Callable[[Index], Expr], Tensor]:
-    ax = norm_axis(axis, x.ndim)
-    kshape = tuple(Const(1) if d == ax else s for d, s in enumerate(x.shape))
-    mx = reduce_op(b, x, "max", [ax], True, kshape, x.dtype)
-
-    def z(i: Index) -> Expr:
-        return x.at(i) - mx.at(tuple(Const(0) if d == ax else e for d, e in enumerate(i)))
-
-    def ez(i: Index) -> Expr:
-        return Call("exp", (z(i),), x.dtype)
-
-    kept = lambda i: tuple(Const(0) if d == ax else e for d, e in enumerate(i))  # noqa: E731
-    e = b.compute(x.shape, x.dtype, ez, "exp")
-    ssum = reduce_op(b, e, "sum", [ax], True, kshape, x.dtype)
-    return z, b.compute(x.shape, x.dtype, lambda i: ssum.at(kept(i)), "expsum")
-
-
-@register_lower("softmax")
-def _softmax(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
-    """exp(x - max) is stored once (in the result's own buffer), summed from there and divided in place."""
-    x = as_tensor(args[0])
-    ax = norm_axis(attrs.get("axis", -1), x.ndim)
-    kshape = tuple(Const(1) if d == ax else s for d, s in enumerate(x.shape))
-    kept = lambda i: tuple(Const(0) if d == ax else e for d, e in enumerate(i))  # noqa: E731
-    mx = reduce_op(b, x, "max", [ax], True, kshape, x.dtype)
-    e = b.compute(x.shape, x.dtype, lambda i: Call("exp", (x.at(i) - mx.at(kept(i)),), x.dtype), "exp")
-    ssum = reduce_op(b, e, "sum", [ax], True, kshape, x.dtype)
-    return b.in_place(e, lambda i, v: Bin("div", v, ssum.at(kept(i))), "softmax")
-
-
-@register_lower("log_softmax")
-def _log_softmax(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
-    x = as_tensor(args[0])
-    z, s = _softmax_parts(b, x, attrs.get("axis", -1))
-    return b.compute(x.shape, x.dtype, lambda i: z(i) - Call("log", (s.at(i),), x.dtype), "log_softmax")
-
-
-@register_lower("layer_norm")
-def _layer_norm(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
-    x = as_tensor(args[0])
-    ax = norm_axis(attrs.get("axis", -1), x.ndim)
-    axes = list(range(ax, x.ndim))
-    kshape = tuple(Const(1) if d in axes else s for d, s in enumerate(x.shape))
-    kept = lambda i: tuple(Const(0) if d in axes else e for d, e in enumerate(i))  # noqa: E731
-    mu = reduce_op(b, x, "mean", axes, True, kshape, x.dtype)
-    b.materialize(mu)
-    cen = b.compute(x.shape, x.dtype, lambda i: x.at(i) - mu.at(kept(i)), "centered")
-    sq = b.compute(x.shape, x.dtype, lambda i: cen.at(i) * cen.at(i), "sq")
-    var = reduce_op(b, sq, "mean", axes, True, kshape, x.dtype)
-    eps = cst(float(attrs.get("epsilon", 1e-5)), x.dtype)
-    scale = broadcast(as_tensor(args[1]), x.shape)
-    bias = broadcast(as_tensor(args[2]), x.shape) if len(args) > 2 else None
-
-    def fn(i: Index) -> Expr:
-        y = Bin("div", cen.at(i), Call("sqrt", (var.at(kept(i)) + eps,), x.dtype)) * scale(i)
-        return y + bias(i) if bias is not None else y
-
-    return b.compute(x.shape, x.dtype, fn, "layer_norm")
 
 
 # ---- layout ------------------------------------------------------------------------------------

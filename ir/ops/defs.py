@@ -10,14 +10,6 @@ from __future__ import annotations
 
 from .registry import REQUIRED, define
 
-define("softmax", "opaque", 1, {"axis": -1}, "exp(x - max) / sum along axis")
-define("log_softmax", "opaque", 1, {"axis": -1}, "log of softmax along axis")
-
-define("batch_norm", "broadcast", 5, {"epsilon": 1e-5},
-       "inference batch norm: (x - mean) / sqrt(var + eps) * scale + bias, args x, scale, bias, mean, var; channel axis 1")
-define("layer_norm", "opaque", (2, 3), {"axis": -1, "epsilon": 1e-5},
-       "normalise over axes axis..rank-1, then * scale (+ bias)")
-
 define("concat", "injective", (1, -1), {"axis": REQUIRED}, "join along axis")
 define("split", "injective", 1, {"axis": 0, "sections": REQUIRED}, "split into pieces of the given sizes (a tuple)")
 define("reshape", "injective", 1, {"shape": REQUIRED}, "new shape (explicit dims; -1 allowed once)")

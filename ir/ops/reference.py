@@ -66,26 +66,6 @@ def round_bf16(x: np.ndarray) -> np.ndarray:
     return np.where(np.isnan(f), f, u.view(np.float32))
 
 
-def _softmax_parts(args: list[Any], attrs: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    x = args[0]
-    ax = norm_axis(attrs.get("axis", -1), x.ndim)
-    z = x - np.max(x, axis=ax, keepdims=True)
-    e = np.exp(z)
-    return z, e, np.sum(e, axis=ax, keepdims=True)
-
-
-@ref("softmax")
-def _softmax(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
-    _, e, s = _softmax_parts(args, attrs)
-    return e / s
-
-
-@ref("log_softmax")
-def _log_softmax(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
-    z, _, s = _softmax_parts(args, attrs)
-    return z - np.log(s)
-
-
 def windows(xp: np.ndarray, k: tuple[int, int], s: tuple[int, int], d: tuple[int, int],
              out: tuple[int, int]) -> np.ndarray:
     """Stack of strided views (N, C, kh*kw, Ho, Wo) of a padded NCHW tensor."""
@@ -100,24 +80,6 @@ def windows(xp: np.ndarray, k: tuple[int, int], s: tuple[int, int], d: tuple[int
 def out_hw(t: Type) -> tuple[int, int]:
     assert isinstance(t, TensorType) and t.shape is not None
     return t.shape[2], t.shape[3]  # type: ignore[return-value]
-
-
-@ref("batch_norm")
-def _bn(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
-    x, scale, bias, mean, var = args
-    shp = (1, -1) + (1,) * (x.ndim - 2)
-    inv = scale / np.sqrt(var + float(attrs.get("epsilon", 1e-5)))
-    return (x - mean.reshape(shp)) * inv.reshape(shp) + bias.reshape(shp)
-
-
-@ref("layer_norm")
-def _ln(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
-    x = args[0]
-    ax = tuple(range(norm_axis(attrs.get("axis", -1), x.ndim), x.ndim))
-    mu = x.mean(axis=ax, keepdims=True)
-    var = ((x - mu) ** 2).mean(axis=ax, keepdims=True)
-    y = (x - mu) / np.sqrt(var + float(attrs.get("epsilon", 1e-5))) * args[1]
-    return y + args[2] if len(args) > 2 else y
 
 
 @ref("concat")

@@ -89,9 +89,6 @@ def same_as_input(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
     return TensorType(t.shape, t.dtype)
 
 
-register_infer("softmax", "log_softmax")(same_as_input)
-
-
 @register_infer("topk_indices")
 def _topk(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
     t = tensor(args[0], loc)
@@ -240,36 +237,6 @@ def nchw(t: Type, loc: Loc) -> Shape:
     if len(s) != 4:
         raise MlcError(f"expected an NCHW tensor of rank 4, got ({dims_str(s)})", loc)
     return s
-
-
-@register_infer("batch_norm")
-def _bn(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
-    t = tensor(args[0], loc)
-    s = shape_of(t, loc)
-    if len(s) < 2:
-        raise MlcError("batch_norm: input needs a channel axis (rank >= 2)", loc)
-    for name, a in zip(("scale", "bias", "mean", "var"), args[1:]):
-        ps = shape_of(a, loc, name)
-        if len(ps) != 1:
-            raise MlcError(f"batch_norm: {name} must be 1-D, got ({dims_str(ps)})", loc)
-        check_dim(ps[0], s[1], f"batch_norm: {name} length vs channels", loc)
-    return TensorType(s, t.dtype)
-
-
-@register_infer("layer_norm")
-def _ln(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
-    t = tensor(args[0], loc)
-    s = shape_of(t, loc)
-    ax = norm_axis(attrs.get("axis", -1), len(s), loc)
-    norm = s[ax:]
-    for name, a in zip(("scale", "bias"), args[1:]):
-        ps = shape_of(a, loc, name)
-        try:
-            broadcast_shapes([norm, ps], loc)
-        except MlcError:
-            raise MlcError(f"layer_norm: {name} ({dims_str(ps)}) does not match normalised dims ({dims_str(norm)})",
-                           loc) from None
-    return TensorType(s, t.dtype)
 
 
 @register_infer("concat")
