@@ -12,29 +12,21 @@ from typing import Any
 
 from mlc.ir import arith
 from mlc.ir.expr import Bin, Call, Const, Expr, Select, reduction_identity
-from mlc.ir.ops.lowering import Args, Attrs, as_tensor, in_range, out_dtype, out_shape
+from mlc.ir.ops.lowering import Args, Attrs, as_tensor, out_shape
 from mlc.ir.ops.registry import register_lower
-from mlc.ir.ops.shapes import dim, norm_axis, slice_start
+from mlc.ir.ops.shapes import norm_axis
 from mlc.ir.tir_builder import (
     Builder,
     CannotLower,
     Index,
-    Shape,
     Tensor,
     all_of,
     as_dtype,
-    broadcast,
     cst,
 )
-from mlc.ir.types import TupleType, Type
+from mlc.ir.types import Type
 
 # ---- elementwise -------------------------------------------------------------------------------
-
-
-@register_lower("broadcast_to")
-def _broadcast_to(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
-    shp = out_shape(t)
-    return b.compute(shp, out_dtype(t), broadcast(as_tensor(args[0]), shp), "broadcast_to")
 
 
 # ---- reductions --------------------------------------------------------------------------------
@@ -47,76 +39,6 @@ def _broadcast_to(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
 
 
 # ---- layout ------------------------------------------------------------------------------------
-
-@register_lower("transpose")
-def _transpose(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
-    x = as_tensor(args[0])
-    perm = attrs.get("perm")
-    p = list(range(x.ndim))[::-1] if perm is None else [norm_axis(a, x.ndim) for a in perm]
-    inv = [p.index(d) for d in range(x.ndim)]
-    return b.compute(out_shape(t), x.dtype, lambda i: x.at(tuple(i[inv[d]] for d in range(x.ndim))), "transpose")
-
-
-def reshape_index(i: Index, src: Shape, dst: Shape) -> Index:
-    """The source index of destination index `i` (row-major), keeping provably equal outer and inner dims."""
-    lo = 0
-    while lo < min(len(src), len(dst)) and arith.prove_equal(src[lo], dst[lo]):
-        lo += 1
-    hi = 0
-    while hi < min(len(src), len(dst)) - lo and arith.prove_equal(src[-1 - hi], dst[-1 - hi]):
-        hi += 1
-    mid_s, mid_d = src[lo:len(src) - hi], dst[lo:len(dst) - hi]
-    flat: Expr = Const(0)
-    for e, d in zip(i[lo:len(dst) - hi], mid_d):
-        flat = flat * d + e
-    flat = arith.simplify(flat)
-    mid: list[Expr] = []
-    stride: Expr = Const(1)
-    for d in reversed(mid_s):
-        q = flat if arith.as_int(stride) == 1 else Bin("floordiv", flat, stride)
-        mid.append(q if len(mid) == len(mid_s) - 1 else Bin("floormod", q, d))
-        stride = arith.simplify(stride * d)
-    return tuple(i[:lo]) + tuple(reversed(mid)) + tuple(i[len(dst) - hi:])
-
-
-@register_lower("reshape", "squeeze", "expand_dims")
-def _reshape(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
-    x = as_tensor(args[0])
-    shp = out_shape(t)
-    return b.compute(shp, x.dtype, lambda i: x.at(reshape_index(i, x.shape, shp)), "reshape")
-
-
-@register_lower("concat")
-def _concat(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
-    xs = [as_tensor(a) for a in args]
-    shp = out_shape(t)
-    ax = norm_axis(attrs["axis"], len(shp))
-
-    def fn(i: Index) -> Expr:
-        offs: list[Expr] = [Const(0)]
-        for x in xs[:-1]:
-            offs.append(arith.simplify(offs[-1] + x.shape[ax]))
-        val = xs[-1].at(i[:ax] + (i[ax] - offs[-1],) + i[ax + 1:])
-        for x, off, nxt in reversed(list(zip(xs[:-1], offs[:-1], offs[1:]))):
-            val = Select(Bin("lt", i[ax], nxt), x.at(i[:ax] + (i[ax] - off,) + i[ax + 1:]), val)
-        return val
-
-    return b.compute(shp, out_dtype(t), fn, "concat")
-
-
-@register_lower("split")
-def _split(b: Builder, args: Args, attrs: Attrs, t: Type) -> list[Tensor]:
-    x = as_tensor(args[0])
-    if not isinstance(t, TupleType):
-        raise CannotLower("split result is not a tuple")
-    ax = norm_axis(attrs.get("axis", 0), x.ndim)
-    outs, off = [], Const(0)
-    for ft in t.fields:
-        shp = out_shape(ft)
-        o = off
-        outs.append(b.compute(shp, x.dtype, lambda i, o=o: x.at(i[:ax] + (i[ax] + o,) + i[ax + 1:]), "split"))
-        off = arith.simplify(off + shp[ax])
-    return outs
 
 
 @register_lower("take")
@@ -277,65 +199,6 @@ def _gather_nd(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
         return Select(all_of(*conds), load, cst(0, x.dtype)) if conds else load
 
     return b.compute(out_shape(t), x.dtype, fn, "gather_nd")
-
-
-@register_lower("strided_slice")
-def _strided_slice(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
-    x = as_tensor(args[0])
-    strides = attrs.get("strides") or (1,) * len(attrs["axes"])
-    starts: dict[int, tuple[Expr, int]] = {}
-    for a, bg, st in zip(attrs["axes"], attrs["begin"], strides):
-        ax = norm_axis(a, x.ndim)
-        starts[ax] = (arith.simplify(slice_start(x.shape[ax], bg, int(st))), int(st))  # end: in the type
-
-    def fn(i: Index) -> Expr:
-        return x.at(tuple(starts[d][0] + e * starts[d][1] if d in starts else e for d, e in enumerate(i)))
-
-    return b.compute(out_shape(t), x.dtype, fn, "strided_slice")
-
-
-@register_lower("pad")
-def _pad(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
-    x = as_tensor(args[0])
-    p = [int(v) for v in attrs["pads"]]
-    fill = cst(attrs.get("value", 0.0), x.dtype)
-
-    def fn(i: Index) -> Expr:
-        src = tuple(e - p[d] for d, e in enumerate(i))
-        conds = [c for d, e in enumerate(src) if p[d] or p[d + x.ndim] for c in in_range(e, x.shape[d])]
-        return Select(all_of(*conds), x.at(src), fill) if conds else x.at(src)
-
-    return b.compute(out_shape(t), x.dtype, fn, "pad")
-
-
-@register_lower("full")
-def _full(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
-    v = cst(attrs.get("value", 0.0), out_dtype(t))
-    return b.compute(out_shape(t), out_dtype(t), lambda i: v, "full")
-
-
-@register_lower("arange")
-def _arange(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
-    dt = out_dtype(t)
-
-    def num(v: Any) -> Expr:
-        return as_dtype(dim(v), dt) if isinstance(v, Expr) else cst(v, dt)
-
-    start, step = num(attrs.get("start", 0)), num(attrs.get("step", 1))
-    return b.compute(out_shape(t), dt, lambda i: start + as_dtype(i[0], dt) * step, "arange")
-
-
-@register_lower("shape_tensor")
-def _shape_tensor(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
-    vals = [dim(v) for v in attrs["values"]]
-
-    def fn(i: Index) -> Expr:
-        out = vals[-1]
-        for k in range(len(vals) - 2, -1, -1):
-            out = Select(Bin("eq", i[0], Const(k)), vals[k], out)
-        return out
-
-    return b.compute(out_shape(t), "i64", fn, "shape_tensor")
 
 
 def _scalar(x: Any) -> Expr:

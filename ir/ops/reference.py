@@ -82,40 +82,6 @@ def out_hw(t: Type) -> tuple[int, int]:
     return t.shape[2], t.shape[3]  # type: ignore[return-value]
 
 
-@ref("concat")
-def _concat(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
-    return np.concatenate(args, axis=int(attrs["axis"]))
-
-
-@ref("split")
-def _split(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
-    x = args[0]
-    ax = norm_axis(attrs.get("axis", 0), x.ndim)
-    bounds = np.cumsum([ev(v, env) for v in attrs["sections"]])[:-1]
-    return tuple(np.split(x, bounds, axis=ax))
-
-
-@ref("reshape")
-def _reshape(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
-    return np.reshape(args[0], [ev(v, env) for v in attrs["shape"]])
-
-
-@ref("transpose")
-def _transpose(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
-    perm = attrs.get("perm")
-    return np.transpose(args[0], None if perm is None else [int(a) for a in perm])
-
-
-@ref("squeeze")
-def _squeeze(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
-    return np.squeeze(args[0], axis=tuple(int(a) for a in attrs["axes"]))
-
-
-@ref("expand_dims")
-def _expand_dims(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
-    return np.expand_dims(args[0], axis=tuple(int(a) for a in attrs["axes"]))
-
-
 @ref("take")
 def _take(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
     x, ind, ax = args[0], np.asarray(args[1]).astype(np.int64), int(attrs.get("axis", 0))
@@ -191,46 +157,6 @@ def _gather_nd(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any
     batch = np.indices(ind.shape[:b]) if b else ()
     grids = tuple(g.reshape(g.shape + (1,) * (ind.ndim - 1 - b)) for g in batch)
     return x[grids + tuple(cols)]
-
-
-@ref("strided_slice")
-def _slice(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
-    x = args[0]
-    idx: list[slice] = [slice(None)] * x.ndim
-    strides = attrs.get("strides") or (1,) * len(attrs["axes"])
-    for a, b, e, st in zip(attrs["axes"], attrs["begin"], attrs["end"], strides):
-        idx[norm_axis(a, x.ndim)] = slice(ev(b, env), ev(e, env), int(st))
-    return x[tuple(idx)]
-
-
-@ref("broadcast_to")
-def _broadcast_to(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
-    return np.broadcast_to(args[0], [ev(v, env) for v in attrs["shape"]])
-
-
-@ref("pad")
-def _pad(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
-    x = args[0]
-    p = [int(v) for v in attrs["pads"]]
-    return np.pad(x, [(p[i], p[i + x.ndim]) for i in range(x.ndim)], constant_values=attrs.get("value", 0.0))
-
-
-@ref("full")
-def _full(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
-    return np.full([ev(v, env) for v in attrs["shape"]], attrs.get("value", 0.0))
-
-
-@ref("arange")
-def _arange(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
-    vals = [attrs.get("start", 0), attrs["stop"], attrs.get("step", 1)]
-    start, stop, step = (ev(v, env) if isinstance(v, Expr) else v for v in vals)
-    n = max(0, math.ceil((stop - start) / step))
-    return start + step * np.arange(n)
-
-
-@ref("shape_tensor")
-def _shape_tensor(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
-    return np.array([ev(v, env) for v in attrs["values"]], dtype=np.int64)
 
 
 @ref("dynamic_slice")

@@ -16,7 +16,7 @@ from ..arith import as_int, provably_different, prove_equal, prove_le, simplify
 from ..diagnostics import Loc, MlcError
 from ..expr import Bin, Const, Expr, const
 from ..printer import print_expr
-from ..types import ScalarType, TensorType, TupleType, Type
+from ..types import ScalarType, TensorType, Type
 from .registry import register_infer
 
 Shape = tuple[Expr, ...]
@@ -239,40 +239,6 @@ def nchw(t: Type, loc: Loc) -> Shape:
     return s
 
 
-@register_infer("concat")
-def _concat(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
-    ts = [tensor(a, loc) for a in args]
-    dt = same_dtype(ts, loc)
-    shapes = [shape_of(t, loc) for t in ts]
-    rank = len(shapes[0])
-    if any(len(s) != rank for s in shapes):
-        raise MlcError("concat: operands have different ranks", loc)
-    ax = norm_axis(attrs["axis"], rank, loc)
-    for i in range(rank):
-        if i != ax:
-            for s in shapes[1:]:
-                check_dim(shapes[0][i], s[i], f"concat: dim {i} differs", loc)
-    total: Expr = Const(0)
-    for s in shapes:
-        total = total + s[ax]
-    out = list(shapes[0])
-    out[ax] = simplify(total)
-    return TensorType(tuple(out), dt)
-
-
-@register_infer("split")
-def _split(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
-    t = tensor(args[0], loc)
-    s = shape_of(t, loc)
-    ax = norm_axis(attrs.get("axis", 0), len(s), loc)
-    secs = [dim(v) for v in attrs["sections"]]
-    total: Expr = Const(0)
-    for d in secs:
-        total = total + d
-    check_dim(simplify(total), s[ax], "split: sections do not add up to the axis length", loc)
-    return TupleType(tuple(TensorType(s[:ax] + (d,) + s[ax + 1:], t.dtype) for d in secs))
-
-
 def numel(s: Sequence[Expr]) -> Expr:
     p: Expr = ONE
     for d in s:
@@ -292,44 +258,6 @@ def resolve_reshape(src: Shape, target: Sequence[Any], loc: Loc) -> Shape:
     if provably_different(numel(src), numel(dims)):
         raise MlcError(f"reshape: cannot reshape ({dims_str(src)}) into ({dims_str(dims)})", loc)
     return tuple(dims)
-
-
-@register_infer("reshape")
-def _reshape(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
-    t = tensor(args[0], loc)
-    return TensorType(resolve_reshape(shape_of(t, loc), attrs["shape"], loc), t.dtype)
-
-
-@register_infer("transpose")
-def _transpose(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
-    t = tensor(args[0], loc)
-    s = shape_of(t, loc)
-    perm = attrs.get("perm")
-    p = list(range(len(s)))[::-1] if perm is None else [norm_axis(a, len(s), loc) for a in perm]
-    if sorted(p) != list(range(len(s))):
-        raise MlcError(f"transpose: perm {tuple(p)} is not a permutation of {len(s)} axes", loc)
-    return TensorType(tuple(s[i] for i in p), t.dtype)
-
-
-@register_infer("squeeze")
-def _squeeze(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
-    t = tensor(args[0], loc)
-    s = shape_of(t, loc)
-    axes = {norm_axis(a, len(s), loc) for a in attrs["axes"]}
-    for a in axes:
-        check_dim(s[a], ONE, f"squeeze: axis {a} is not 1", loc)
-    return TensorType(tuple(d for i, d in enumerate(s) if i not in axes), t.dtype)
-
-
-@register_infer("expand_dims")
-def _expand_dims(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
-    t = tensor(args[0], loc)
-    s = list(shape_of(t, loc))
-    n = len(s) + len(attrs["axes"])
-    axes = sorted({norm_axis(a, n, loc) for a in attrs["axes"]})
-    for a in axes:
-        s.insert(a, ONE)
-    return TensorType(tuple(s), t.dtype)
 
 
 def data_and_indices(args: list[Type], op: str, loc: Loc) -> tuple[TensorType, TensorType]:
@@ -422,70 +350,6 @@ def slice_start(d: Expr, begin: Any, step: int) -> Expr:
     if bv < 0:
         return Bin("max", d + bv, Const(0))
     return Bin("min", Const(bv), d if step > 0 else d - 1)
-
-
-@register_infer("strided_slice")
-def _slice(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
-    t = tensor(args[0], loc)
-    s = list(shape_of(t, loc))
-    axes = attrs["axes"]
-    strides = attrs.get("strides") or (1,) * len(axes)
-    if not len(axes) == len(attrs["begin"]) == len(attrs["end"]) == len(strides):
-        raise MlcError("strided_slice: axes, begin, end and strides differ in length", loc)
-    for a, b, e, st in zip(axes, attrs["begin"], attrs["end"], strides):
-        if int(st) == 0:
-            raise MlcError("strided_slice: stride 0", loc)
-        ax = norm_axis(a, len(s), loc)
-        s[ax] = slice_len(s[ax], b, e, int(st))
-    return TensorType(tuple(s), t.dtype)
-
-
-@register_infer("broadcast_to")
-def _broadcast_to(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
-    t = tensor(args[0], loc)
-    s = shape_of(t, loc)
-    target = tuple(dim(v) for v in attrs["shape"])
-    if len(target) < len(s):
-        raise MlcError(f"broadcast_to: target ({dims_str(target)}) has lower rank than ({dims_str(s)})", loc)
-    for d, td in zip(s[::-1], target[::-1]):
-        if as_int(d) != 1:
-            check_dim(d, td, "broadcast_to: dim cannot broadcast", loc)
-    return TensorType(target, t.dtype)
-
-
-@register_infer("pad")
-def _pad(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
-    t = tensor(args[0], loc)
-    s = shape_of(t, loc)
-    p = ints_attr(attrs["pads"], 2 * len(s), "pads", loc)
-    return TensorType(tuple(simplify(d + p[i] + p[i + len(s)]) for i, d in enumerate(s)), t.dtype)
-
-
-@register_infer("full")
-def _full(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
-    return TensorType(tuple(dim(v) for v in attrs["shape"]), str(attrs.get("dtype", "f32")))
-
-
-@register_infer("arange")
-def _arange(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
-    start, stop, step = (attrs.get("start", 0), attrs["stop"], attrs.get("step", 1))
-    dt = str(attrs.get("dtype", "i64"))
-    if all(isinstance(v, int | float) for v in (start, stop, step)):
-        if step == 0:
-            raise MlcError("arange: step 0", loc)
-        import math
-
-        return TensorType((Const(max(0, math.ceil((stop - start) / step))),), dt)
-    st = as_int(dim(step))
-    if st is None or st == 0:
-        raise MlcError("arange: a symbolic range needs a constant non-zero integer step", loc)
-    n = (dim(stop) - dim(start) + (st - 1)) // st if st > 0 else (dim(start) - dim(stop) + (-st - 1)) // (-st)
-    return TensorType((simplify(Bin("max", Const(0), n)),), dt)
-
-
-@register_infer("shape_tensor")
-def _shape_tensor(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
-    return TensorType((Const(len(attrs["values"])),), "i64")
 
 
 def scalar_index(t: Type, loc: Loc) -> None:
