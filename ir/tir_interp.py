@@ -56,7 +56,7 @@ from .tir import (
     Store,
     ThreadAllReduce,
 )
-from .tir_visit import StmtVisitor
+from .tir_visit import StmtVisitor, conjuncts
 
 # largest iteration domain evaluated at once (elements); bigger nests are chunked along the outer loop
 CHUNK = 1 << 22
@@ -185,6 +185,8 @@ class _Plan:
     store: Store
     reduce_op: str | None  # set when the store is `X[i] = X[i] op g`
     rest: Expr | None  # g
+    init: Store | None = None  # loop-level form: the guarded init of a lowered reduction block
+    init_cond: Expr | None = None  # its guard (reduce iterators all 0)
 
 
 def _mask_and(m: np.ndarray | None, c: np.ndarray) -> np.ndarray:
@@ -468,6 +470,9 @@ class _Interp(StmtVisitor):
                     if iv.kind == "R":
                         m = _mask_and(m, self.env[iv.var] == 0)  # type: ignore[operator]
                 self._store_direct(b.init, m, dom)
+        if plan.init is not None:
+            assert plan.init_cond is not None
+            self._store_direct(plan.init, _mask_and(mask, self.ev(plan.init_cond, mask)), dom)
         mask = self._wrap(plan.inner, mask)
         if plan.reduce_op is None:
             self._store_direct(plan.store, mask, dom)
@@ -590,11 +595,36 @@ def _monotone(e: Expr) -> bool:
     return False
 
 
+def _lowered_init(wrappers: tuple[Stmt, ...], leaf: Stmt) -> tuple[Store, Expr, Stmt] | None:
+    """(init, guard, update) of a lowered reduction leaf `{ if r0 == 0 and ... { init } attr { update } }`
+    whose reduce iterators are let-bound by `wrappers` to monotone bindings (so the init comes first)."""
+    if not (isinstance(leaf, Seq) and len(leaf.stmts) == 2 and isinstance(leaf.stmts[0], IfStmt)):
+        return None
+    guard, update = leaf.stmts
+    if guard.orelse is not None or not isinstance(guard.then, Store):
+        return None
+    defs = {w.var: w.value for w in wrappers if isinstance(w, Let)}
+    for c in conjuncts(guard.cond):
+        if not (isinstance(c, Bin) and c.op == "eq" and isinstance(c.a, Var) and c.b == Const(0, c.a.dtype)):
+            return None
+        if c.a not in defs or not _monotone(defs[c.a]):
+            return None
+    while isinstance(update, AttrStmt):
+        update = update.body
+    return guard.then, guard.cond, update
+
+
 def _plan(s: Stmt) -> _Plan | None:
     """The vectorisation plan of a loop-nest leaf, or None when it needs the scalar path."""
     wrappers, leaf = _peel(s)
+    while isinstance(leaf, AttrStmt):
+        leaf = leaf.body
     block: BlockStmt | None = None
     inner: tuple[Stmt, ...] = ()
+    lowered = _lowered_init(wrappers, leaf)
+    init, init_cond = (lowered[0], lowered[1]) if lowered is not None else (None, None)
+    if lowered is not None:
+        leaf = lowered[2]
     if isinstance(leaf, BlockStmt):
         block = leaf
         if block.alloc_buffers or (block.init is not None and not isinstance(block.init, Store)):
@@ -609,18 +639,20 @@ def _plan(s: Stmt) -> _Plan | None:
     if block is not None and block.init is not None:
         if _loads_of(block.init.value, name):  # type: ignore[union-attr]
             return None
+    if init is not None and (_loads_of(init.value, name) or init.buffer.name != name):
+        return None
     for w in wrappers + inner:
         if _loads_of(w.cond if isinstance(w, IfStmt) else w.value, name):  # type: ignore[union-attr]
             return None
     own = _loads_of(leaf.value, name)
     if not own:
-        return _Plan(wrappers, block, inner, leaf, None, None)
+        return _Plan(wrappers, block, inner, leaf, None, None, init, init_cond)
     v = leaf.value
     if isinstance(v, Bin) and v.op in _REDUCE_UFUNCS:
         for mine, rest in ((v.a, v.b), (v.b, v.a)):
             if isinstance(mine, Load) and mine.buffer.name == name and mine.indices == leaf.indices:
                 if not _loads_of(rest, name):
-                    return _Plan(wrappers, block, inner, leaf, v.op, rest)
+                    return _Plan(wrappers, block, inner, leaf, v.op, rest, init, init_cond)
     return None
 
 
