@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import onnx
 
 from ..ir.ops.registry import onnx_handler, onnx_op_types
@@ -21,22 +20,6 @@ from .onnx_rnn import gru, lstm
 
 HANDLERS: dict[str, Handler] = {}
 handles = registrar(HANDLERS)
-
-
-@handles("TopK")
-def _topk(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
-    """Indices by a rank computation (sorted, ties by lower index), values gathered with them."""
-    k = ctx.const(node.input[1]) if len(node.input) > 1 else None
-    if k is None and "k" in attrs:  # opset < 10: an attribute
-        k = np.array(attrs["k"])
-    if k is None or k.size != 1:
-        raise ctx.error("TopK: K must be a constant")
-    x = ctx.input(0)
-    flags = {"k": int(k.reshape(-1)[0]), "axis": int(attrs.get("axis", -1)), "largest": bool(attrs.get("largest", 1))}
-    idx = ctx.emit("topk_indices", [x], flags, node.output[1] if len(node.output) > 1 and node.output[1] else "topk_idx")
-    if len(node.output) > 1 and node.output[1]:
-        ctx.out(1, idx)
-    ctx.out(0, ctx.emit("gather_elements", [x, idx], {"axis": flags["axis"]}, node.output[0]))
 
 
 def _versioned(op_type: str) -> Handler:

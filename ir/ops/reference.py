@@ -82,83 +82,6 @@ def out_hw(t: Type) -> tuple[int, int]:
     return t.shape[2], t.shape[3]  # type: ignore[return-value]
 
 
-@ref("take")
-def _take(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
-    x, ind, ax = args[0], np.asarray(args[1]).astype(np.int64), int(attrs.get("axis", 0))
-    n = np.shape(x)[ax]
-    bad = (ind < -n) | (ind >= n)
-    if np.any(bad):  # as the compiled kernel reports it (check_range)
-        raise MlcError(f"take: index {int(ind[bad].flat[0])} out of range [{-n}, {n})")
-    return np.take(x, ind, axis=ax)
-
-
-def _checked(ind: np.ndarray, n: int, op: str) -> np.ndarray:
-    """Indices in [-n, n), negative ones wrapped, as the compiled kernels check them (check_range)."""
-    ind = np.asarray(ind).astype(np.int64)
-    bad = (ind < -n) | (ind >= n)
-    if np.any(bad):
-        raise MlcError(f"{op}: index {int(ind[bad].flat[0])} out of range [{-n}, {n})")
-    return np.where(ind < 0, ind + n, ind)
-
-
-@ref("topk_indices")
-def _topk(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
-    """Stable: equal values keep their order, lower index first, for largest too (sorting the reversed
-    axis ascending and reversing back keeps ties in index order without negating, which would wrap)."""
-    x = np.asarray(args[0])
-    ax, k = int(attrs.get("axis", -1)) % x.ndim, int(attrs["k"])
-    n = x.shape[ax]
-    if attrs.get("largest", True):
-        order = n - 1 - np.flip(np.argsort(np.flip(x, ax), axis=ax, kind="stable"), ax)
-    else:
-        order = np.argsort(x, axis=ax, kind="stable")
-    return np.take(order, np.arange(k), axis=ax).astype(np.int64)
-
-
-@ref("scatter_elements")
-def _scatter_elements(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
-    x, upd = np.array(args[0], copy=True), np.asarray(args[2])
-    ax = int(attrs.get("axis", 0)) % x.ndim
-    ind = _checked(args[1], x.shape[ax], "scatter_elements")
-    red = attrs.get("reduction", "none")
-    for u in np.ndindex(*ind.shape):  # in order: under 'none' the last duplicate wins
-        p = u[:ax] + (int(ind[u]),) + u[ax + 1:]
-        v = upd[u]
-        x[p] = v if red == "none" else {"add": x[p] + v, "mul": x[p] * v, "max": max(x[p], v),
-                                        "min": min(x[p], v)}[red]
-    return x
-
-
-@ref("scatter_nd")
-def _scatter_nd(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
-    x, ind, upd = np.array(args[0], copy=True), np.asarray(args[1]).astype(np.int64), np.asarray(args[2])
-    k, red = ind.shape[-1], attrs.get("reduction", "none")
-    cols = [_checked(ind[..., j], x.shape[j], "scatter_nd") for j in range(k)]
-    for u in np.ndindex(*ind.shape[:-1]):  # in order: under 'none' the last duplicate wins
-        p = tuple(int(c[u]) for c in cols)
-        v = upd[u]
-        x[p] = v if red == "none" else {"add": x[p] + v, "mul": x[p] * v, "max": np.maximum(x[p], v),
-                                        "min": np.minimum(x[p], v)}[red]
-    return x
-
-
-@ref("gather_elements")
-def _gather_elements(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
-    x = np.asarray(args[0])
-    ax = int(attrs.get("axis", 0)) % x.ndim
-    return np.take_along_axis(x, _checked(args[1], x.shape[ax], "gather_elements"), axis=ax)
-
-
-@ref("gather_nd")
-def _gather_nd(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
-    x, ind, b = np.asarray(args[0]), np.asarray(args[1]).astype(np.int64), int(attrs.get("batch_dims", 0))
-    k = ind.shape[-1]
-    cols = [_checked(ind[..., j], x.shape[b + j], "gather_nd") for j in range(k)]
-    batch = np.indices(ind.shape[:b]) if b else ()
-    grids = tuple(g.reshape(g.shape + (1,) * (ind.ndim - 1 - b)) for g in batch)
-    return x[grids + tuple(cols)]
-
-
 @ref("dynamic_slice")
 def _dyn_slice(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
     x, i = args[0], int(args[1])
@@ -180,7 +103,6 @@ def _dyn_update(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> An
 @ref("check")
 def _check(args: list[Any], attrs: dict[str, Any], out_type: Any, env: dict[str, int]) -> np.ndarray:
     from ..arith import evaluate_bool
-    from ..diagnostics import MlcError
 
     try:
         ok = evaluate_bool(attrs["cond"], env)

@@ -89,47 +89,6 @@ def same_as_input(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
     return TensorType(t.shape, t.dtype)
 
 
-@register_infer("topk_indices")
-def _topk(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
-    t = tensor(args[0], loc)
-    s = list(shape_of(t, loc))
-    ax = norm_axis(attrs.get("axis", -1), len(s), loc)
-    k = int(attrs["k"])
-    n = as_int(s[ax])
-    if k < 0 or (n is not None and k > n):
-        raise MlcError(f"topk: k = {k} is outside [0, {s[ax] if n is None else n}]", loc)
-    s[ax] = Const(k)
-    return TensorType(tuple(s), "i64")
-
-
-@register_infer("scatter_elements")
-def _scatter_elements(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
-    t, idx = data_and_indices(args, "scatter_elements", loc)
-    upd = tensor(args[2], loc, "updates")
-    s, si, su = shape_of(t, loc), shape_of(idx, loc, "indices"), shape_of(upd, loc, "updates")
-    if len(si) != len(s) or len(su) != len(si) or upd.dtype != t.dtype:
-        raise MlcError(f"scatter_elements: data ({dims_str(s)}), indices ({dims_str(si)}) and updates "
-                       f"({dims_str(su)}) need one rank, updates the data's dtype", loc)
-    norm_axis(attrs.get("axis", 0), len(s), loc)
-    if attrs.get("reduction", "none") not in ("none", "add", "mul", "max", "min"):
-        raise MlcError(f"scatter_elements: unknown reduction {attrs.get('reduction')!r}", loc)
-    return TensorType(t.shape, t.dtype)
-
-
-@register_infer("scatter_nd")
-def _scatter_nd(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
-    t, idx = data_and_indices(args, "scatter_nd", loc)
-    upd = tensor(args[2], loc, "updates")
-    s, si, su = shape_of(t, loc), shape_of(idx, loc, "indices"), shape_of(upd, loc, "updates")
-    k = as_int(si[-1]) if si else None
-    if k is None or k > len(s) or len(su) != len(si) - 1 + len(s) - k or upd.dtype != t.dtype:
-        raise MlcError(f"scatter_nd: indices ({dims_str(si)}) and updates ({dims_str(su)}) do not fit data "
-                       f"({dims_str(s)}); the last indices dim must be a constant", loc)
-    if attrs.get("reduction", "none") not in ("none", "add", "mul", "max", "min"):
-        raise MlcError(f"scatter_nd: unknown reduction {attrs.get('reduction')!r}", loc)
-    return TensorType(t.shape, t.dtype)
-
-
 def same_dtype(ts: Sequence[TensorType], loc: Loc) -> str:
     dts = {t.dtype for t in ts}
     if len(dts) > 1:
@@ -265,36 +224,6 @@ def data_and_indices(args: list[Type], op: str, loc: Loc) -> tuple[TensorType, T
     if idx.dtype not in ("i32", "i64"):
         raise MlcError(f"{op}: indices must be i32 or i64, got {idx.dtype}", loc)
     return t, idx
-
-
-@register_infer("take")
-def _take(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
-    t, idx = data_and_indices(args, "take", loc)
-    s = shape_of(t, loc)
-    ax = norm_axis(attrs.get("axis", 0), len(s), loc)
-    return TensorType(s[:ax] + shape_of(idx, loc) + s[ax + 1:], t.dtype)
-
-
-@register_infer("gather_elements")
-def _gather_elements(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
-    t, idx = data_and_indices(args, "gather_elements", loc)
-    s, si = shape_of(t, loc), shape_of(idx, loc, "indices")
-    if len(s) != len(si):
-        raise MlcError(f"gather_elements: indices have rank {len(si)}, data {len(s)}", loc)
-    norm_axis(attrs.get("axis", 0), len(s), loc)
-    return TensorType(si, t.dtype)
-
-
-@register_infer("gather_nd")
-def _gather_nd(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
-    t, idx = data_and_indices(args, "gather_nd", loc)
-    s, si = shape_of(t, loc), shape_of(idx, loc, "indices")
-    b = int(attrs.get("batch_dims", 0))
-    k = as_int(si[-1]) if si else None
-    if k is None or not 0 <= b < min(len(s), len(si)) or b + k > len(s):
-        raise MlcError(f"gather_nd: indices ({dims_str(si)}) with batch_dims {b} cannot address "
-                       f"data ({dims_str(s)}); the last indices dim must be a constant", loc)
-    return TensorType(si[:-1] + s[b + k:], t.dtype)
 
 
 BIG = 2**62
