@@ -1,13 +1,14 @@
 """Tensor programs -> CUDA C: one `__global__` kernel per top-level stage of a PrimFunc.
 
-A PrimFunc's root holds a sequence of stages (loop nests) and the buffers they share. Each stage
-becomes a kernel launched in order on one stream; root buffers of global scope become device
-temporaries the runtime provides (sized from the dims at run time). Within a stage, loops bound to
-`blockIdx.*` / `threadIdx.*` read the hardware indices (with a guard where a loop is shorter than
-the launch), other loops stay C loops, shared/local buffers become `__shared__` / register arrays,
-and a reduction whose reduce loop is bound to `threadIdx.x` becomes a per-thread partial result
-combined with warp shuffles (cross-thread reduction). A stage holding a block tensorized with a
-GEMM intrinsic is emitted by `cuda_gemm` (tensor cores for f16, register tiles for f32).
+The input is loop-level IR (ir/tir_lower.py, the `lower-tir` stage; block form handed here is
+lowered first, the same way). A PrimFunc's root holds allocations around a sequence of stages (loop
+nests). Each stage becomes a kernel launched in order on one stream; root buffers of global scope
+become device temporaries the runtime provides (sized from the dims at run time). Within a stage,
+loops bound to `blockIdx.*` / `threadIdx.*` read the hardware indices (with a guard where a loop is
+shorter than the launch), other loops stay C loops, a chain of lets and allocations is one C scope,
+shared/local buffers become `__shared__` / register arrays, and a `ThreadAllReduce` keeps a per-thread
+partial result in a register, combined with warp shuffles. A `GemmCall` stage is emitted by
+`cuda_gemm` (tensor cores for f16, register tiles for f32).
 
 Every kernel of a PrimFunc takes the same arguments: the PrimFunc's buffers, its temporaries, then
 its dims (`kernel_signature` order, as `long long`), so the launcher is uniform; grids are

@@ -20,8 +20,12 @@ here (others get llvm.loop.unroll metadata); `vectorized` loops whose body allow
 otherwise; an `if` whose condition differs between lanes becomes masked loads/stores), strip-mined
 with a scalar tail when the extent is symbolic; other vectorized loops (codegen/vectorize.py decides)
 are scalar with llvm.loop.vectorize metadata. `parallel` loop bodies are outlined into chunk
-functions run on all cores by the launcher. GPU `thread` loops run serially. Float ops get `contract` (FMA); ops inside reduction blocks also get
-`reassoc nsz` so LLVM may reorder the reduction.
+functions run on all cores by the launcher. GPU `thread` loops run serially (a `ThreadAllReduce`
+with one accumulator). Float ops get `contract` (FMA); ops inside `attr "reduction"` regions also
+get `reassoc nsz` so LLVM may reorder the reduction.
+
+The input is loop-level IR (ir/tir_lower.py, the `lower-tir` stage): block form handed to
+`lower_to_llvm` is lowered first, the same way, so block semantics live in one place.
 """
 
 from __future__ import annotations

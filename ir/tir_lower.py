@@ -56,9 +56,11 @@ def lower_tir_func(func: PrimFunc) -> PrimFunc:
         return func
     lw = _Lower(used_names(func))
     body = func.body
-    if isinstance(body, BlockStmt) and not body.iters and body.init is None:
-        stages = [gemm_stage(s) or s for s in (body.body.stmts if isinstance(body.body, Seq) else (body.body,))]
-        body = replace(body, body=seq(stages) if len(stages) != 1 else stages[0])
+    if isinstance(body, BlockStmt) and not body.iters and body.init is None:  # the root: stages
+        stages = body.body.stmts if isinstance(body.body, Seq) else (body.body,)
+        new = [gemm_stage(s) or s for s in stages]
+        if any(a is not b for a, b in zip(new, stages)):
+            body = replace(body, body=seq(new))
     return replace(func, body=lw.visit(body))
 
 
