@@ -4,8 +4,9 @@ One PrimFunc per distinct program: lowering the same (op, attrs, argument types)
 structurally equal PrimFuncs, which are emitted once. Symbolic dims in buffer shapes are the graph's
 own `Var`s; dims a program needs but no buffer shape binds become scalar params passed through
 `sym_args`. Ops named in `extern` (`matmul=blas.matmul,...`) become `call_extern`s instead. Ops
-without a lowering stay op calls; `strict` turns that into an error naming them. Per-op lowerings
-live in lower_ops.py; `fuse` reuses `GroupLowerer` to lower several ops into one program.
+without a lowering stay op calls; `strict` turns that into an error naming them. Each op's lowering
+sits beside the op in its ir/ops family module; `fuse` reuses `GroupLowerer` to lower several ops
+into one program.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
-from mlc.ir import ops  # noqa: F401  (loads the op registry)
 from mlc.ir.diagnostics import MlcError
 from mlc.ir.expr import Expr, Load, Var, free_vars
 from mlc.ir.externs import get_extern
@@ -26,7 +26,6 @@ from mlc.ir.tir import PrimFunc
 from mlc.ir.tir_builder import Builder, CannotLower, Tensor
 from mlc.ir.types import ScalarType, TensorType, TupleType, Type
 
-from . import lower_ops  # noqa: F401  (registers the lowerings)
 from .registry import Option, PassContext, register_pass
 
 

@@ -365,8 +365,7 @@ def test_strict_names_unlowerable_ops() -> None:
 
 
 def test_every_registered_op_has_a_lowering() -> None:
-    import mlc.passes.lower  # noqa: F401
-
+    """Lowerings sit beside their ops in ir/ops: loading the registry attaches them (no passes import)."""
     assert [n for n, op in all_ops().items() if op.lower is None and op.pure] == []
 
 

@@ -14,12 +14,10 @@ from typing import Any
 import numpy as np
 
 from ..arith import evaluate
-from ..diagnostics import MlcError
 from ..dtype import to_numpy
 from ..expr import Expr
 from ..types import TensorType, TupleType, Type
 from .registry import register_ref
-from .shapes import norm_axis
 
 Env = dict[str, int]
 Ref = Callable[[list[Any], dict[str, Any], Type, Env], Any]
@@ -82,33 +80,3 @@ def out_hw(t: Type) -> tuple[int, int]:
     return t.shape[2], t.shape[3]  # type: ignore[return-value]
 
 
-@ref("dynamic_slice")
-def _dyn_slice(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
-    x, i = args[0], int(args[1])
-    idx: list[slice] = [slice(None)] * x.ndim
-    idx[norm_axis(attrs.get("axis", 0), x.ndim)] = slice(i, i + ev(attrs.get("size", 1), env))
-    return x[tuple(idx)]
-
-
-@ref("dynamic_update_slice")
-def _dyn_update(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
-    x, u, i = args[0], args[1], int(args[2])
-    out = np.array(x, copy=True)
-    idx: list[slice] = [slice(None)] * x.ndim
-    idx[norm_axis(attrs.get("axis", 0), x.ndim)] = slice(i, i + u.shape[norm_axis(attrs.get("axis", 0), x.ndim)])
-    out[tuple(idx)] = u
-    return out
-
-
-@ref("check")
-def _check(args: list[Any], attrs: dict[str, Any], out_type: Any, env: dict[str, int]) -> np.ndarray:
-    from ..arith import evaluate_bool
-
-    try:
-        ok = evaluate_bool(attrs["cond"], env)
-    except ValueError as e:
-        raise MlcError(f"check: {e}") from None
-    if not ok:
-        vals = ", ".join(f"{k} = {v}" for k, v in sorted(env.items()) if not k.startswith("_"))
-        raise MlcError(f"run-time shape check failed: {attrs.get('message') or 'condition'} (with {vals})")
-    return np.array(True)

@@ -210,7 +210,9 @@ def onnx_op_types() -> dict[str, int]:
 # ---- the family modules --------------------------------------------------------------------------
 # Each holds everything about its ops: declaration, shape rule, numpy reference, lowering, ONNX
 # handlers and the (empty) gradient slot. Order matters only where a module reads another's table.
-FAMILIES: tuple[str, ...] = ("defs", "shapes", "reference", "elementwise", "reductions", "linalg", "conv_pool", "normalization", "shape_ops", "indexing")
+FAMILIES: tuple[str, ...] = (
+    "elementwise", "reductions", "linalg", "conv_pool", "normalization", "shape_ops", "indexing", "control",
+)
 
 
 def load() -> None:

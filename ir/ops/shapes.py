@@ -17,7 +17,6 @@ from ..diagnostics import Loc, MlcError
 from ..expr import Bin, Const, Expr, const
 from ..printer import print_expr
 from ..types import ScalarType, TensorType, Type
-from .registry import register_infer
 
 Shape = tuple[Expr, ...]
 ONE = Const(1)
@@ -286,34 +285,6 @@ def scalar_index(t: Type, loc: Loc) -> None:
         raise MlcError(f"index must be a scalar, got {type(t).__name__}", loc)
 
 
-@register_infer("dynamic_slice")
-def _dyn_slice(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
-    t = tensor(args[0], loc)
-    s = list(shape_of(t, loc))
-    scalar_index(args[1], loc)
-    ax = norm_axis(attrs.get("axis", 0), len(s), loc)
-    s[ax] = dim(attrs.get("size", 1))
-    return TensorType(tuple(s), t.dtype)
-
-
-@register_infer("dynamic_update_slice")
-def _dyn_update(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
-    t, u = tensor(args[0], loc), tensor(args[1], loc, "update")
-    s, us = shape_of(t, loc), shape_of(u, loc, "update")
-    scalar_index(args[2], loc)
-    if len(s) != len(us):
-        raise MlcError(f"dynamic_update_slice: update ({dims_str(us)}) and data ({dims_str(s)}) ranks differ", loc)
-    ax = norm_axis(attrs.get("axis", 0), len(s), loc)
-    for i, (a, b) in enumerate(zip(s, us)):
-        if i != ax:
-            check_dim(a, b, f"dynamic_update_slice: dim {i} differs", loc)
-    same_dtype([t, u], loc)
-    return TensorType(s, t.dtype)
-
-
 __all__ = ["BIG", "broadcast_shapes", "dims_str", "numel", "resolve_reshape", "slice_len", "window_out"]
 
 
-@register_infer("check")
-def _check(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
-    return TensorType((), "bool")
