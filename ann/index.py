@@ -62,8 +62,8 @@ class AnnIndex:
                rerank_k: int = 0, groups: int = 2) -> tuple[np.ndarray, np.ndarray]:
         """(nq, k) base ids (nearest first, -1 when fewer exist) and their distances."""
         q = as_float_vectors(queries, self.dim, "queries")
-        if k <= 0:
-            raise MlcError(f"--k must be positive, got {k}")
+        if k <= 0 or k > self.size:
+            raise MlcError(f"--k must be between 1 and the index's {self.size} vectors, got {k}")
         if mode not in MODES:
             raise MlcError(f"unknown search mode '{mode}' (expected one of {', '.join(MODES)})")
         if rerank_k and self.base is None:

@@ -50,6 +50,11 @@ def index_arrays(index: AnnIndex) -> dict[str, np.ndarray]:
 
 def write_index(path: str | os.PathLike, index: AnnIndex) -> None:
     """Write atomically: a failure leaves no partial file behind."""
+    atomic_write_bytes(path, index_bytes(index))
+
+
+def index_bytes(index: AnnIndex) -> bytes:
+    """The index file's bytes: magic, version, JSON header, aligned arrays, sha256 of all before it."""
     q = index.quantizer
     entries, blobs, offset = [], [], 0
     for name, arr in index_arrays(index).items():
@@ -66,7 +71,7 @@ def write_index(path: str | os.PathLike, index: AnnIndex) -> None:
     hb = json.dumps(header, sort_keys=True).encode()
     hb += b" " * _pad(_FIXED.size + len(hb))
     body = _FIXED.pack(MAGIC, VERSION, len(hb)) + hb + b"".join(blobs)
-    atomic_write_bytes(path, body + hashlib.sha256(body).digest())
+    return body + hashlib.sha256(body).digest()
 
 
 def read_index(path: str | os.PathLike) -> AnnIndex:

@@ -8,14 +8,14 @@ from pathlib import Path
 import click
 import numpy as np
 from mlc.ann.index import MODES, AnnIndex
-from mlc.ann.index_file import read_index, write_index
+from mlc.ann.index_file import index_bytes, read_index
 from mlc.ann.io import as_float_vectors, read_vectors, write_vectors
 from mlc.ann.metrics import k_recall_at_k, recall_at
 from mlc.ann.program import search_ir_text
 from mlc.ann.progress import training_progress
 from mlc.ir.diagnostics import MlcError
+from mlc.ir.files import atomic_write_files
 
-from .io import write_text
 from .main import handle_errors
 
 
@@ -27,23 +27,21 @@ def ann_index() -> None:
 @ann_index.command("build")
 @click.argument("base", type=click.Path(dir_okay=False))
 @click.option("--method", type=click.Choice(["pq", "rvq", "irvq", "da"]), default="irvq", show_default=True)
-@click.option("--codebooks", "-M", type=int, default=8, show_default=True, help="Codebooks (codes per vector).")
-@click.option("--codewords", "-K", type=int, default=256, show_default=True, help="Codewords per codebook.")
-@click.option("--beam", "-L", type=int, default=8, show_default=True, help="Multi-path encoding width (rvq/irvq/da).")
+@click.option("--codebooks", "-M", type=click.IntRange(1, 256), default=8, show_default=True, help="Codebooks (codes per vector).")
+@click.option("--codewords", "-K", type=click.IntRange(2, 65536), default=256, show_default=True, help="Codewords per codebook.")
+@click.option("--beam", "-L", type=click.IntRange(min=1), default=8, show_default=True, help="Multi-path encoding width (rvq/irvq/da).")
 @click.option("--rotate", is_flag=True, help="pq: learn a rotation (OPQ).")
-@click.option("--sweeps", type=int, default=3, show_default=True, help="da: annealing sweeps.")
-@click.option("--train-size", type=int, default=None, help="Train on the first N vectors (default: all).")
+@click.option("--sweeps", type=click.IntRange(0, 1000), default=3, show_default=True, help="da: annealing sweeps.")
+@click.option("--train-size", type=click.IntRange(min=1), default=None, help="Train on the first N vectors (default: all).")
 @click.option("--keep-base/--no-keep-base", default=True, show_default=True,
               help="Store the raw vectors (exact re-ranking, quantization error in eval).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True)
 @click.option("--progress/--no-progress", default=None, help="Show training progress (default: on a terminal).")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Index file (IDX.ir gets the IR).")
 @handle_errors
 def build_cmd(base: str, method: str, codebooks: int, codewords: int, beam: int, rotate: bool, sweeps: int,
               train_size: int | None, keep_base: bool, seed: int, progress: bool | None, output: str) -> None:
     """Train a quantizer on BASE, encode it and write the index and its search program."""
-    if beam < 1:
-        raise MlcError(f"--beam must be at least 1, got {beam}")
     parent = Path(output).resolve().parent
     if not parent.is_dir():
         raise MlcError(f"{output}: cannot write the index: directory {parent} does not exist")
@@ -59,8 +57,7 @@ def build_cmd(base: str, method: str, codebooks: int, codewords: int, beam: int,
         idx = AnnIndex.build(x, method, codebooks, codewords, beam, train_size, keep_base, rep, **opts)
     q = idx.quantizer
     ir_text = search_ir_text(q.method, q.dim, q.M, q.K, "u8" if q.code_dtype == np.uint8 else "u16")
-    write_index(output, idx)
-    write_text(f"{output}.ir", ir_text)
+    atomic_write_files([(Path(output), index_bytes(idx)), (Path(f"{output}.ir"), ir_text.encode())])
     click.echo(f"{output}: {method} {q.M}x{q.K} over {idx.size} vectors of dim {q.dim}", err=True)
 
 
@@ -74,7 +71,7 @@ def _search_options(fn):  # noqa: ANN001, ANN202
                       help="Re-rank this many ADC candidates exactly (needs --keep-base).")(fn)
     fn = click.option("--mode", type=click.Choice(MODES), default=None,
                       help="flat | etree | eforest | atree | ir (compiled program). Default: atree with --beam, else ir.")(fn)
-    fn = click.option("--beam", "-B", type=int, default=None, help="A-Tree beam width (nodes kept per level).")(fn)
+    fn = click.option("--beam", "-B", type=click.IntRange(min=1), default=None, help="A-Tree beam width (nodes kept per level).")(fn)
     return fn
 
 
@@ -82,8 +79,6 @@ def _run_search(idx: AnnIndex, queries: np.ndarray, k: int, mode: str | None, be
                 rerank: int) -> tuple[np.ndarray, float]:
     if mode is None:
         mode = "atree" if beam is not None else "ir"
-    if beam is not None and beam < 1:
-        raise MlcError(f"--beam must be at least 1, got {beam}")
     if mode == "ir":
         idx.search(queries[:1], k, mode)  # compile once, outside the timing
     t0 = time.perf_counter()
@@ -94,7 +89,7 @@ def _run_search(idx: AnnIndex, queries: np.ndarray, k: int, mode: str | None, be
 @ann_index.command("search")
 @click.argument("index", type=click.Path(dir_okay=False))
 @click.argument("queries", type=click.Path(dir_okay=False))
-@click.option("--k", "k", type=int, default=10, show_default=True)
+@click.option("--k", "k", type=click.IntRange(min=1), default=10, show_default=True)
 @_search_options
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Result (.ivecs or .npy).")
 @handle_errors
@@ -122,7 +117,7 @@ def eval_cmd(index: str, queries: str, groundtruth: str, beam: int | None, mode:
         raise MlcError(f"ground truth must be integer ids, one row per query ({len(q)}), got {gt.shape} {gt.dtype}")
     if gt.size and (gt.min() < 0 or gt.max() >= idx.size):
         raise MlcError(f"ground truth ids out of range for an index of {idx.size} vectors")
-    ids, secs = _run_search(idx, q, 100, mode, beam, rerank)
+    ids, secs = _run_search(idx, q, min(100, idx.size), mode, beam, rerank)
     click.echo(f"recall@1      {recall_at(ids, gt, 1):.4f}")
     click.echo(f"recall@10     {recall_at(ids, gt, 10):.4f}")
     click.echo(f"recall@100    {recall_at(ids, gt, 100):.4f}")

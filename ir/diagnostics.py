@@ -7,7 +7,20 @@ Anything else escaping a stage is a bug in mlc and gets a traceback.
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
+
+
+def printable(text: str) -> str:
+    """`text` safe for a terminal: control and format characters (an ESC sequence, a bidi override)
+    and lone surrogates become escapes such as \\x1b, so an error message cannot drive the terminal."""
+    out = []
+    for c in text:
+        if c == "\t" or unicodedata.category(c) not in ("Cc", "Cf", "Cs"):
+            out.append(c)
+        else:
+            out.append(f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
+    return "".join(out)
 
 
 @dataclass(frozen=True)
@@ -35,17 +48,17 @@ class MlcError(Exception):
         self.source_line = source_line
 
     def render(self) -> str:
-        """The error as the driver prints it: located header, offending line, caret."""
+        """The error as the driver prints it: located header, offending line, caret (all printable)."""
         if self.loc is None or not self.loc.line:
             head = f"{self.loc.file}: error: {self.message}" if self.loc else f"mlc: error: {self.message}"
-            return head
-        out = f"{self.loc}: error: {self.message}"
+            return "\n".join(printable(ln) for ln in head.split("\n"))
+        out = "\n".join(printable(ln) for ln in f"{self.loc}: error: {self.message}".split("\n"))
         if self.source_line is not None:
             line = self.source_line.rstrip("\n")
             if len(line) > 200:
                 line = line[:200] + "..."
-            caret = " " * max(0, min(self.loc.col - 1, len(line))) + "^"
-            out += f"\n{line}\n{caret}"
+            col = max(0, min(self.loc.col - 1, len(line)))
+            out += f"\n{printable(line)}\n{' ' * len(printable(line[:col]))}^"
         return out
 
     def __str__(self) -> str:

@@ -272,6 +272,8 @@ def stage_cases() -> list[Case]:
 def verify_cases() -> list[Case]:
     return ir_reader_cases(("verify",), (), loads_constants=True) + ir_semantic_cases(("verify",), ()) + [
         Case("verify:two-inputs", ("verify", f"{S}/m.ir", f"{S}/m.ir"), code=2),
+        # terminal escapes in the input are shown escaped, never sent to the terminal
+        Case("verify:escape-sequence", ("verify", "e.ir"), {"e.ir": b"x\x1b[2J\x1b]0;owned\x07"}, mention="U+001B"),
     ]
 
 
@@ -508,14 +510,23 @@ def ann_cases() -> list[Case]:
         Case("ann-build:base-nan", ("ann-index", "build", "b.npy", *small, "-o", "i.bin"),
              {"b.npy": npy(np.full((64, 8), np.nan, np.float32))}, mention="b.npy: error: base vectors: contains NaN"),
         Case("ann-build:codebooks-zero", ("ann-index", "build", f"{S}/base.npy", "-M", "0", "-K", "16", "-o", "i.bin"),
-             mention="codebooks=0"),
+             code=2, mention="--codebooks"),
+        Case("ann-build:codebooks-huge", ("ann-index", "build", f"{S}/base.npy", "-M", "100000", "-K", "16", "-o",
+                                          "i.bin"), code=2, mention="--codebooks"),
+        Case("ann-build:train-size-negative", ("ann-index", "build", f"{S}/base.npy", *small, "--train-size", "-5",
+                                               "-o", "i.bin"), code=2, mention="--train-size"),
+        Case("ann-build:sweeps-negative", ("ann-index", "build", f"{S}/base.npy", *small, "--method", "da", "--sweeps",
+                                           "-1", "-o", "i.bin"), code=2, mention="--sweeps"),
+        Case("ann-build:seed-negative", ("ann-index", "build", f"{S}/base.npy", *small, "--seed", "-1", "-o", "i.bin"),
+             code=2, mention="--seed"),
         Case("ann-build:pq-indivisible", ("ann-index", "build", f"{S}/base.npy", "--method", "pq", "-M", "3", "-K", "16",
                                           "-o", "i.bin"), mention="3"),
         Case("ann-build:train-size-zero", ("ann-index", "build", f"{S}/base.npy", *small, "--train-size", "0",
-                                           "-o", "i.bin"), mention="train"),
+                                           "-o", "i.bin"), code=2, mention="train"),
         Case("ann-build:codewords-huge", ("ann-index", "build", f"{S}/base.npy", "-M", "2", "-K", "100000", "-o", "i.bin"),
-             mention="100000"),
-        Case("ann-build:beam-zero", ("ann-index", "build", f"{S}/base.npy", *small, "-L", "0", "-o", "i.bin"), mention="beam"),
+             code=2, mention="100000"),
+        Case("ann-build:beam-zero", ("ann-index", "build", f"{S}/base.npy", *small, "-L", "0", "-o", "i.bin"), code=2,
+             mention="beam"),
         Case("ann-build:out-missing-dir", ("ann-index", "build", f"{S}/base.npy", *small, "-o", "nodir/i.bin"),
              mention="nodir"),
         Case("ann-build:out-is-dir", ("ann-index", "build", f"{S}/base.npy", *small, "-o", "adir"), {"adir/k": b""}, code=2),
@@ -531,8 +542,9 @@ def ann_cases() -> list[Case]:
         Case("ann-search:index-dir", ("ann-index", "search", S, q, "-o", "r.npy"), code=2),
         Case("ann-search:result-ext", ("ann-index", "search", idx, q, "-o", "r.txt"), mention="r.txt"),
         Case("ann-search:rerank-negative", ("ann-index", "search", idx, q, "--rerank", "-3", "-o", "r.npy"), code=2),
-        Case("ann-search:k-zero", ("ann-index", "search", idx, q, "--k", "0", "-o", "r.npy"), mention="k"),
-        Case("ann-search:beam-zero", ("ann-index", "search", idx, q, "--beam", "0", "-o", "r.npy"), mention="beam"),
+        Case("ann-search:k-zero", ("ann-index", "search", idx, q, "--k", "0", "-o", "r.npy"), code=2, mention="k"),
+        Case("ann-search:k-huge", ("ann-index", "search", idx, q, "--k", str(2**40), "-o", "r.npy"), mention="--k"),
+        Case("ann-search:beam-zero", ("ann-index", "search", idx, q, "--beam", "0", "-o", "r.npy"), code=2, mention="beam"),
         Case("ann-search:rerank-no-base", ("ann-index", "search", f"{S}/idx-nobase.bin", q, "--rerank", "5", "-o", "r.npy"),
              mention="--keep-base"),
         Case("ann-search:out-missing-dir", ("ann-index", "search", idx, q, "-o", "nodir/r.npy"), mention="nodir"),
@@ -725,6 +737,7 @@ def test_bad_input(case: Case, results: dict[str, Result], shared: Shared) -> No
     where = f"\n--- {case.id}: exit {r.rc}\nstderr:\n{err}\nstdout:\n{r.stdout[:2000]}"
     assert "Traceback" not in err and "Traceback" not in r.stdout, where
     assert "unsafely" not in err, where  # numpy's advice for non-zip files: never pass it on
+    assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f]", err), where  # no control characters reach the terminal
     assert r.rc == case.code, where
     assert r.stdout == "", where
     assert r.after == r.before, f"files changed: {sorted(set(r.after) ^ set(r.before))}" + where
