@@ -16,6 +16,7 @@ import numpy as np
 
 from .arith import as_int
 from .diagnostics import Loc, MlcError
+from .limits import check_bytes, nbytes
 from .module import ConstantsRef, Module
 
 
@@ -51,10 +52,35 @@ def read_npz(src: str | os.PathLike[str] | bytes, what: str) -> dict[str, np.nda
     if head not in (b"PK\x03\x04", b"PK\x05\x06"):
         raise MlcError(f"{what} is not an .npz archive" + (" (empty file)" if not head else ""))
     try:
+        _check_members(io.BytesIO(src) if isinstance(src, bytes) else src, what)
         with np.load(io.BytesIO(src) if isinstance(src, bytes) else src, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
     except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
         raise MlcError(f"{what} is corrupt: {e}") from None
+
+
+def _check_members(src: str | os.PathLike[str] | io.BytesIO, what: str) -> None:
+    """Every member's claimed size against memory, before numpy allocates it: a header claiming
+    terabytes or a decompression bomb is a "needs N bytes" error, and a header claiming more data
+    than the member holds is corruption."""
+    total = 0
+    with zipfile.ZipFile(src) as zf:
+        for info in zf.infolist():
+            total += info.file_size
+            check_bytes(total, f"{what} (member '{info.filename}', uncompressed)")
+            if not info.filename.endswith(".npy"):
+                continue
+            with zf.open(info) as f:
+                version = np.lib.format.read_magic(f)
+                read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                               else np.lib.format.read_array_header_2_0)
+                shape, _, dtype = read_header(f)
+                if dtype.hasobject:
+                    raise MlcError(f"{what}: member '{info.filename}' holds Python objects, which are never loaded")
+                need = nbytes(shape, dtype)
+                if need > info.file_size:
+                    raise MlcError(f"{what} is corrupt: member '{info.filename}' claims {need:,} bytes of data "
+                                   f"but holds {info.file_size:,}")
 
 
 def resolve(ref: ConstantsRef, search_dirs: list[Path]) -> Path:

@@ -34,6 +34,7 @@ from .graph import (
     Scalar,
     Value,
 )
+from .limits import check_bytes, nbytes
 from .module import Module
 from .tir import PrimFunc
 from .types import ScalarType, TensorType, TupleType, Type
@@ -138,6 +139,8 @@ class Interpreter:
         from . import ops  # noqa: F401  (loads the op registry)
         from .ops.registry import get
 
+        if isinstance(n, OpCall | CallTensor):
+            _check_result_size(var, frame, n.loc)
         if isinstance(n, OpCall):
             op = get(n.op)
             if op is None or op.ref is None:
@@ -220,6 +223,18 @@ class Interpreter:
         scalars = {p.name: arith.evaluate(e, frame.dims) for p, e in zip(fn.scalar_params, n.sym_args)}
         run_prim(fn, [np.require(a, requirements="C") for a in args] + outs, scalars)
         return outs[0] if len(outs) == 1 else tuple(outs)
+
+
+def _check_result_size(var: Value, frame: Frame, loc: Loc) -> None:
+    """Refuse, before computing it, a result larger than memory (its shape is known from its type)."""
+    need = 0
+    for t in var.type.fields if isinstance(var.type, TupleType) else (var.type,):
+        if isinstance(t, TensorType) and t.shape is not None:
+            try:
+                need += nbytes([arith.evaluate(d, frame.dims) for d in t.shape], to_numpy(t.dtype))
+            except (MlcError, KeyError, ValueError, TypeError):
+                return  # a dim known only once the op runs (data-dependent): the op checks its own size
+    check_bytes(need, f"%{var.name}", loc)
 
 
 def run_function(
