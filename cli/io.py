@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from mlc.ir.constants import check_constant_types, check_constants, load_constants, pack_constants, rebase
 from mlc.ir.diagnostics import MlcError
-from mlc.ir.files import atomic_write_bytes, atomic_write_files
+from mlc.ir.files import atomic_write_bytes, atomic_write_files, read_bytes
 from mlc.ir.module import ConstantsRef, Module
 
 
@@ -35,10 +35,7 @@ class Source:
 
 def read_text(path: str) -> tuple[str, str]:
     """Text of `path` ('-' = stdin) and the name diagnostics use for it."""
-    try:
-        data = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
-    except OSError as e:
-        raise MlcError(f"cannot read '{path}': {e.strerror}") from None
+    data = read_bytes(path, f"'{path}'")
     return data.decode("utf-8", errors="replace"), ("<stdin>" if path == "-" else path)
 
 

@@ -5,10 +5,43 @@ and a failure leaves what was there before."""
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from pathlib import Path
+from typing import BinaryIO
 
 from .diagnostics import MlcError
+from .limits import max_bytes
+
+TEXT_LIMIT = 1 << 30  # IR text: constants live in side files, so a GiB of text is already hostile
+
+
+def read_bytes(path: str | os.PathLike[str], what: str, limit: int = TEXT_LIMIT) -> bytes:
+    """A file's bytes ('-' = stdin), refusing more than `limit` bytes (and memory) before reading
+    them all: /dev/zero or an endless pipe is an error, not a hang."""
+    limit = min(limit, max_bytes())
+    try:
+        if str(path) == "-":
+            return _read_capped(sys.stdin.buffer, what, limit)
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if os.path.isfile(path) and size > limit:
+                raise MlcError(f"cannot read {what}: {size:,} bytes is more than the {limit:,} allowed")
+            return _read_capped(f, what, limit)
+    except OSError as e:
+        raise MlcError(f"cannot read {what}: {e.strerror or e}") from None
+
+
+def _read_capped(f: BinaryIO, what: str, limit: int) -> bytes:
+    chunks, n = [], 0
+    while True:
+        chunk = f.read(min(1 << 24, limit + 1 - n))
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+        n += len(chunk)
+        if n > limit:
+            raise MlcError(f"cannot read {what}: more than the {limit:,} bytes allowed (an endless input?)")
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:

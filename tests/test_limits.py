@@ -69,3 +69,23 @@ def test_interpreter_refuses_a_result_larger_than_memory_before_computing_it() -
     assert e.value.loc is not None and e.value.loc.line == 4  # located at the binding
     out = run_function(m, {"x": x, "n": np.ones(2, np.float32)})  # the same program at a sane size runs
     assert out["y"].shape == (1 << 20, 2)
+
+
+def test_endless_input_is_an_error_not_a_hang(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlc.ir.files import read_bytes
+
+    monkeypatch.setenv("MLC_MAX_BYTES", str(1 << 20))
+    with pytest.raises(MlcError, match=r"more than the 1,048,576 bytes allowed \(an endless input\?\)"):
+        read_bytes("/dev/zero", "'/dev/zero'")
+
+
+def test_oversized_regular_file_is_refused_by_its_size(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlc.ir.files import read_bytes
+
+    p = tmp_path / "big.ir"
+    p.write_bytes(b"x" * 5000)
+    monkeypatch.setenv("MLC_MAX_BYTES", "4096")
+    with pytest.raises(MlcError, match=r"5,000 bytes is more than the 4,096 allowed"):
+        read_bytes(p, "'big.ir'")
+    monkeypatch.setenv("MLC_MAX_BYTES", "8192")
+    assert read_bytes(p, "'big.ir'") == b"x" * 5000
