@@ -81,6 +81,19 @@ class Result:
 # ----- ways to break things ---------------------------------------------------------------------------
 
 GARBAGE = bytes(range(256)) * 4 + b"\x00\xff\xfe" * 50
+# a reduction across threadIdx.x that lower-tir cannot make an allreduce (a located error)
+NOT_AN_UPDATE = b"""mlc.module v1
+
+prim @bad(%x: buffer<4 x 32 x f32>, %y: buffer<4 x f32>) outputs 1 {
+  for i in 0..4 thread "blockIdx.x" {
+    for t in 0..32 thread "threadIdx.x" {
+      block "r"(S vi = i in 0..4, R vt = t in 0..32) {
+        %y[vi] = %x[vi, vt]
+      }
+    }
+  }
+}
+"""
 
 
 def truncated(data: bytes, frac: float = 0.5) -> bytes:
@@ -265,6 +278,10 @@ def stage_cases() -> list[Case]:
         Case("fold-constants:bad-option-type", ("fold-constants", f"{S}/m.ir", "--max-elements", "lots"), code=2),
         Case("schedule:missing", ("schedule", "nothere.ir", "-o", "out.ir"), mention="nothere.ir"),
         Case("schedule:garbage", ("schedule", "g.ir", "-o", "out.ir"), {"g.ir": GARBAGE}, mention="g.ir"),
+        Case("lower-tir:missing", ("lower-tir", "nothere.ir", "-o", "out.ir"), mention="nothere.ir"),
+        Case("lower-tir:garbage", ("lower-tir", "g.ir", "-o", "out.ir"), {"g.ir": GARBAGE}, mention="g.ir"),
+        Case("lower-tir:not-an-update", ("lower-tir", "x.ir", "-o", "out.ir"), {"x.ir": NOT_AN_UPDATE},
+             mention="reduces across threads but is not an update"),
     ]
     return cases
 
