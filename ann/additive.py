@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .executor import LOCAL, Executor
 from .pq import expect_array
 from .quantizer import Params, Quantizer
 
@@ -53,18 +54,22 @@ def _tables(cbs: np.ndarray) -> tuple[list[list[np.ndarray]], np.ndarray]:
     return cross, np.einsum("mkd,mkd->mk", cbs, cbs)
 
 
-def beam_paths(x: np.ndarray, codebooks: np.ndarray, beam: int) -> np.ndarray:
+def beam_paths(x: np.ndarray, codebooks: np.ndarray, beam: int, executor: Executor = LOCAL) -> np.ndarray:
     """All `beam` surviving paths (n, L, M), best first (L < beam when fewer codes exist)."""
     x = np.ascontiguousarray(x, np.float32)
+    if executor.parallel:
+        return np.concatenate(executor.map_rows(beam_paths, x, codebooks, beam), axis=0)
     cbs = codebooks.astype(np.float32)
     cross, cnorm = _tables(cbs)
     parts = [_beam_chunk(x[s:s + _CHUNK], cbs, cross, cnorm, beam, True) for s in range(0, len(x), _CHUNK)]
     return np.concatenate(parts, axis=0)
 
 
-def beam_encode(x: np.ndarray, codebooks: np.ndarray, beam: int = 1) -> np.ndarray:
+def beam_encode(x: np.ndarray, codebooks: np.ndarray, beam: int = 1, executor: Executor = LOCAL) -> np.ndarray:
     """Codes (n, M) of x under additive codebooks (M, K, d), keeping `beam` partial paths."""
     x = np.ascontiguousarray(x, np.float32)
+    if executor.parallel:
+        return np.concatenate(executor.map_rows(beam_encode, x, codebooks, beam), axis=0)
     cbs = codebooks.astype(np.float32)
     cross, cnorm = _tables(cbs)
     out = np.empty((len(x), len(cbs)), np.int64)
@@ -113,8 +118,8 @@ class AdditiveQuantizer(Quantizer):
         """Drop tables derived from the codebooks; training calls it after editing them in place."""
         self._lut_weights: np.ndarray | None = None
 
-    def encode(self, x: np.ndarray, beam: int | None = None) -> np.ndarray:
-        codes = beam_encode(x, self.codebooks, self.beam if beam is None else beam)
+    def encode(self, x: np.ndarray, beam: int | None = None, executor: Executor = LOCAL) -> np.ndarray:
+        codes = beam_encode(x, self.codebooks, self.beam if beam is None else beam, executor)
         return codes.astype(self.code_dtype)
 
     def decode(self, codes: np.ndarray) -> np.ndarray:

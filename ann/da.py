@@ -23,6 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from .additive import beam_encode, sq_error
+from .executor import LOCAL, Executor
 from .progress import QUIET, Reporter
 from .quantizer import Params
 from .rvq import IRVQ, register
@@ -40,20 +41,20 @@ class DA(IRVQ):
         self.sweeps, self.holdout = sweeps, holdout
         self.scales = np.ones(m)  # kept scale of each codebook's offsets (1 = IRVQ's codebook)
 
-    def train(self, x: np.ndarray, progress: Reporter = QUIET) -> None:
+    def train(self, x: np.ndarray, progress: Reporter = QUIET, executor: Executor = LOCAL) -> None:
         x = np.ascontiguousarray(x, np.float32)
         n_val = int(len(x) * self.holdout)
         if n_val == 0 or len(x) - n_val < self.K:
-            super().train(x, progress)
-            self.scales = self._anneal(x, x, progress)
+            super().train(x, progress, executor)
+            self.scales = self._anneal(x, x, progress, executor)
             self.codebooks_changed()
             return
         perm = np.random.default_rng(self.seed).permutation(len(x))
         fit, val = x[perm[n_val:]], x[perm[:n_val]]
-        super().train(fit, progress)
-        scales = self._anneal(fit, val, progress)
-        super().train(x, progress)
-        codes = beam_encode(x, self.codebooks, self.beam)
+        super().train(fit, progress, executor)
+        scales = self._anneal(fit, val, progress, executor)
+        super().train(x, progress, executor)
+        codes = beam_encode(x, self.codebooks, self.beam, executor)
         for m in range(self.M):
             self.codebooks[m] = self._stretch(codes, m, float(scales[m]))
         self.scales = scales
@@ -65,22 +66,22 @@ class DA(IRVQ):
         mu = cb[codes[:, m]].mean(axis=0)
         return (mu + a * (cb - mu)).astype(np.float32)
 
-    def _error(self, x: np.ndarray) -> float:
-        return float(sq_error(x, self.codebooks, beam_encode(x, self.codebooks, self.beam)).mean())
+    def _error(self, x: np.ndarray, executor: Executor) -> float:
+        return float(sq_error(x, self.codebooks, beam_encode(x, self.codebooks, self.beam, executor)).mean())
 
-    def _anneal(self, fit: np.ndarray, check: np.ndarray, progress: Reporter) -> np.ndarray:
+    def _anneal(self, fit: np.ndarray, check: np.ndarray, progress: Reporter, executor: Executor) -> np.ndarray:
         """Sweeps over the codebooks trained on `fit`, keeping steps that lower the error on `check`."""
         scales = np.ones(self.M)
-        best = self._error(check)
+        best = self._error(check, executor)
         progress.step(f"da: sweeps (check error {best:.4g})", self.sweeps * self.M)
         for _ in range(self.sweeps):
-            codes = beam_encode(fit, self.codebooks, self.beam)
+            codes = beam_encode(fit, self.codebooks, self.beam, executor)
             improved = False
             for m in self._order(codes):
                 old, pick = self.codebooks[m].copy(), None
                 for a in STEPS:
                     self.codebooks[m] = self._stretch(codes, m, a)
-                    err = self._error(check)
+                    err = self._error(check, executor)
                     if err < best:
                         best, pick = err, (a, self.codebooks[m].copy())
                     self.codebooks[m] = old

@@ -15,6 +15,7 @@ import numpy as np
 from ..ir.diagnostics import MlcError
 from .atree import DECODE_BEAM, ATree
 from .etree import EForest
+from .executor import LOCAL, Executor
 from .io import as_float_vectors
 from .progress import QUIET, Reporter
 from .quantizer import Quantizer, quantizer_class
@@ -44,18 +45,15 @@ class AnnIndex:
               train_size: int | None = None, keep_base: bool = False, progress: Reporter = QUIET,
               **options: object) -> AnnIndex:
         x = as_float_vectors(base, what="base vectors")
-        cls = quantizer_class(method)
-        kwargs = dict(options)
-        if method != "pq":
-            kwargs["beam"] = beam
-        q = cls(x.shape[1], codebooks, codewords, **kwargs)
-        train = x if train_size is None else x[:train_size]
-        if len(train) < codewords:
-            raise MlcError(f"training needs at least --codewords={codewords} vectors, got {len(train)}")
-        q.train(train, progress)
+        q = train_quantizer(x, method, codebooks, codewords, beam, train_size, progress, **options)
         progress.step("encoding base", 1)
         codes = q.encode(x)
         progress.advance()
+        return AnnIndex.of(q, x, codes, keep_base)
+
+    @staticmethod
+    def of(q: Quantizer, x: np.ndarray, codes: np.ndarray, keep_base: bool) -> AnnIndex:
+        """The index of vectors `x` encoded as `codes` (one shard of a sharded build, or all of them)."""
         return AnnIndex(q, codes, q.vector_bias(codes), x if keep_base else None)
 
     def search(self, queries: np.ndarray, k: int = 10, mode: str = "flat", beam: int | None = None,
@@ -113,3 +111,19 @@ class AnnIndex:
         if self.base is None:
             return None
         return self.quantizer.quantization_error(self.base, self.codes)
+
+
+def train_quantizer(x: np.ndarray, method: str, codebooks: int, codewords: int, beam: int = 1,
+                    train_size: int | None = None, progress: Reporter = QUIET, executor: Executor = LOCAL,
+                    **options: object) -> Quantizer:
+    """A quantizer trained on the first `train_size` rows of x (all by default)."""
+    cls = quantizer_class(method)
+    kwargs = dict(options)
+    if method != "pq":
+        kwargs["beam"] = beam
+    q = cls(x.shape[1], codebooks, codewords, **kwargs)
+    train = x if train_size is None else x[:train_size]
+    if len(train) < codewords:
+        raise MlcError(f"training needs at least --codewords={codewords} vectors, got {len(train)}")
+    q.train(train, progress, executor)
+    return q

@@ -10,7 +10,9 @@ Layout (little-endian):
     data                          the arrays' raw bytes, each 64-byte aligned
     sha256                        32 bytes over everything before it
 
-The search program's text IR is written beside it (`IDX.ir`, see program.py).
+The search program's text IR is written beside it (`IDX.ir`, see program.py). The same container
+(`pack`/`unpack`, another magic) holds a sharded index's manifest (sharded.py); its shards are
+index files.
 """
 
 from __future__ import annotations
@@ -56,8 +58,15 @@ def write_index(path: str | os.PathLike, index: AnnIndex) -> None:
 def index_bytes(index: AnnIndex) -> bytes:
     """The index file's bytes: magic, version, JSON header, aligned arrays, sha256 of all before it."""
     q = index.quantizer
+    header = {"dim": q.dim, "method": q.method, "codebooks": q.M, "codewords": q.K, "size": index.size,
+              "params": q.params()}
+    return pack(MAGIC, header, index_arrays(index))
+
+
+def pack(magic: bytes, header: dict[str, object], arrays: dict[str, np.ndarray]) -> bytes:
+    """The container every ANN file uses (index, shard, manifest): `header` gains the array table."""
     entries, blobs, offset = [], [], 0
-    for name, arr in index_arrays(index).items():
+    for name, arr in arrays.items():
         a = np.ascontiguousarray(arr)
         if a.dtype.name not in _ALLOWED_DTYPES:
             raise MlcError(f"cannot store array '{name}' of dtype {a.dtype}")
@@ -66,25 +75,24 @@ def index_bytes(index: AnnIndex) -> bytes:
                         "nbytes": len(raw)})
         blobs.append(raw + b"\0" * _pad(len(raw)))
         offset += len(raw) + _pad(len(raw))
-    header = {"dim": q.dim, "method": q.method, "codebooks": q.M, "codewords": q.K, "size": index.size,
-              "params": q.params(), "arrays": entries}
-    hb = json.dumps(header, sort_keys=True).encode()
+    hb = json.dumps({**header, "arrays": entries}, sort_keys=True).encode()
     hb += b" " * _pad(_FIXED.size + len(hb))
-    body = _FIXED.pack(MAGIC, VERSION, len(hb)) + hb + b"".join(blobs)
+    body = _FIXED.pack(magic, VERSION, len(hb)) + hb + b"".join(blobs)
     return body + hashlib.sha256(body).digest()
 
 
-def read_index(path: str | os.PathLike) -> AnnIndex:
+def unpack(path: str | os.PathLike, magic: bytes, what: str) -> tuple[dict[str, object], dict[str, np.ndarray]]:
+    """The header and arrays of a container file, every check done; errors name the file and `what`."""
     where = Loc(str(path))
 
     def bad(msg: str) -> MlcError:
-        return MlcError(f"corrupt or unsupported index file: {msg}", where)
+        return MlcError(f"corrupt or unsupported {what}: {msg}", where)
 
     p = Path(path)
     if not p.is_file():
-        raise MlcError("no such index file", where)
+        raise MlcError(f"no such {what}", where)
     raw = p.read_bytes()
-    if len(raw) < _FIXED.size + 32 or raw[:8] != MAGIC:
+    if len(raw) < _FIXED.size + 32 or raw[:8] != magic:
         raise bad("not an mlc ANN index (bad magic)")
     _, version, hlen = _FIXED.unpack_from(raw)
     if version != VERSION:
@@ -94,8 +102,7 @@ def read_index(path: str | os.PathLike) -> AnnIndex:
         raise bad("checksum mismatch (truncated or modified)")
     try:
         header = json.loads(body[_FIXED.size:_FIXED.size + hlen].decode())
-        dim, m, k, n = (int(header[f]) for f in ("dim", "codebooks", "codewords", "size"))
-        method, params, entries = str(header["method"]), dict(header["params"]), list(header["arrays"])
+        entries = list(header["arrays"])
     except (ValueError, KeyError, TypeError) as e:
         raise bad(f"unreadable header ({e})") from None
     data_start = _FIXED.size + hlen
@@ -112,6 +119,19 @@ def read_index(path: str | os.PathLike) -> AnnIndex:
         if nbytes != int(np.prod(shape)) * dt.itemsize or data_start + off + nbytes > len(body) or off < 0:
             raise bad(f"array '{name}' does not fit its declared shape {shape}")
         arrays[name] = np.frombuffer(body, dt, int(np.prod(shape)), data_start + off).reshape(shape).astype(dtype)
+    return header, arrays
+
+
+def read_index(path: str | os.PathLike) -> AnnIndex:
+    def bad(msg: str) -> MlcError:
+        return MlcError(f"corrupt or unsupported index file: {msg}", Loc(str(path)))
+
+    header, arrays = unpack(path, MAGIC, "index file")
+    try:
+        dim, m, k, n = (int(header[f]) for f in ("dim", "codebooks", "codewords", "size"))  # type: ignore[call-overload]
+        method, params = str(header["method"]), dict(header["params"])  # type: ignore[call-overload]
+    except (ValueError, KeyError, TypeError) as e:
+        raise bad(f"unreadable header ({e})") from None
     qarrays = {k_[2:]: v for k_, v in arrays.items() if k_.startswith("q.")}
     quant = quantizer_class(method).from_state(dim, m, k, params, qarrays)
     codes = arrays.get("codes")

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
+from .executor import LOCAL, Executor
+
 _CHUNK = 4096
 
 
@@ -21,8 +23,13 @@ def sq_norms(x: np.ndarray) -> np.ndarray:
     return np.einsum("ij,ij->i", x, x)
 
 
-def assign(x: np.ndarray, c: np.ndarray, c_norms: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Nearest centroid of each row and its squared distance (clamped at 0)."""
+def assign(x: np.ndarray, c: np.ndarray, c_norms: np.ndarray | None = None,
+           executor: Executor = LOCAL) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest centroid of each row and its squared distance (clamped at 0); the rows may be spread
+    over an executor's workers (row-wise, so the result does not depend on how)."""
+    if executor.parallel:
+        parts = executor.map_rows(assign, x, c, c_norms)
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
     if c_norms is None:
         c_norms = sq_norms(c)
     idx = np.empty(len(x), np.int64)
@@ -74,13 +81,18 @@ def kmeans_pp(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def lloyd(x: np.ndarray, c: np.ndarray, iters: int, rng: np.random.Generator,
-          tol: float = 1e-5) -> tuple[np.ndarray, np.ndarray, float]:
-    """Lloyd iterations from centroids `c`; returns centroids, labels and the mean squared error."""
+          tol: float = 1e-5, executor: Executor = LOCAL) -> tuple[np.ndarray, np.ndarray, float]:
+    """Lloyd iterations from centroids `c`; returns centroids, labels and the mean squared error.
+
+    With a parallel executor the assignment steps (the n x k distances) run over row shards and
+    the centroid update reduces all labels here, in the same order as the local run: the result
+    is bit-identical to it.
+    """
     prev = np.inf
-    labels, dist = assign(x, c)
+    labels, dist = assign(x, c, executor=executor)
     for _ in range(iters):
         c = _update(x, labels, c, rng)
-        labels, dist = assign(x, c)
+        labels, dist = assign(x, c, executor=executor)
         err = float(dist.mean())
         if np.isfinite(prev) and prev - err <= tol * prev:
             break
@@ -88,13 +100,13 @@ def lloyd(x: np.ndarray, c: np.ndarray, iters: int, rng: np.random.Generator,
     return c, labels, float(dist.mean())
 
 
-def kmeans(x: np.ndarray, k: int, iters: int = 25, seed: int = 0) -> np.ndarray:
+def kmeans(x: np.ndarray, k: int, iters: int = 25, seed: int = 0, executor: Executor = LOCAL) -> np.ndarray:
     """Plain k-means (k-means++ seeding); the RVQ/PQ codebook learner."""
     x = np.ascontiguousarray(x, np.float32)
     if len(x) < k:
         raise ValueError(f"k-means needs at least k={k} training vectors, got {len(x)}")
     rng = np.random.default_rng(seed)
-    c, _, _ = lloyd(x, kmeans_pp(x, k, rng), iters, rng)
+    c, _, _ = lloyd(x, kmeans_pp(x, k, rng), iters, rng, executor=executor)
     return c
 
 
@@ -143,7 +155,7 @@ def shrink(x: np.ndarray, c: np.ndarray, labels: np.ndarray, weight: float = 1.0
 
 
 def pca_kmeans(x: np.ndarray, k: int, iters: int = 20, seed: int = 0, start_dims: int = 4,
-               init: np.ndarray | None = None, shrinkage: float = 0.0) -> np.ndarray:
+               init: np.ndarray | None = None, shrinkage: float = 0.0, executor: Executor = LOCAL) -> np.ndarray:
     """IRVQ k-means: warm-started over a growing number of leading principal dimensions.
 
     `init` (k, d), if given, seeds the first subspace with those centroids projected (used by
@@ -171,7 +183,8 @@ def pca_kmeans(x: np.ndarray, k: int, iters: int = 20, seed: int = 0, start_dims
             c0[:, : c.shape[1]] = c
             full = counts > 0
             c0[full, c.shape[1]:] = sums[full, c.shape[1]:] / counts[full, None]
-        c, labels, _ = lloyd(ys, c0, iters if step == len(sched) - 1 else max(iters // 2, 4), rng)
+        c, labels, _ = lloyd(ys, c0, iters if step == len(sched) - 1 else max(iters // 2, 4), rng,
+                             executor=executor)
     if shrinkage > 0:
         c = shrink(y, c, labels, shrinkage)
     return (c.astype(np.float64) @ p.axes.T + p.mean).astype(np.float32)

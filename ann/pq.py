@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..ir.diagnostics import MlcError
+from .executor import LOCAL, Executor
 from .kmeans import assign, kmeans
 from .progress import QUIET, Reporter
 from .quantizer import Params, Quantizer, register
@@ -33,27 +34,29 @@ class PQ(Quantizer):
         xr = x @ self.rotation if self.rotate else x
         return np.ascontiguousarray(xr.reshape(len(x), self.M, self.dsub).transpose(1, 0, 2), np.float32)
 
-    def _fit_codebooks(self, x: np.ndarray, iters: int) -> None:
+    def _fit_codebooks(self, x: np.ndarray, iters: int, executor: Executor) -> None:
         sub = self._sub(x)
         for m in range(self.M):
-            self.codebooks[m] = kmeans(sub[m], self.K, iters, self.seed + m)
+            self.codebooks[m] = kmeans(sub[m], self.K, iters, self.seed + m, executor)
 
-    def train(self, x: np.ndarray, progress: Reporter = QUIET) -> None:
+    def train(self, x: np.ndarray, progress: Reporter = QUIET, executor: Executor = LOCAL) -> None:
         x = np.ascontiguousarray(x, np.float32)
         if self.rotate:
             progress.step("pq: learning rotation", self.opq_iters)
             x64 = x.astype(np.float64)
             for _ in range(self.opq_iters):
-                self._fit_codebooks(x, 8)
-                y = self.decode(self.encode(x)) @ self.rotation  # reconstruction in rotated space
+                self._fit_codebooks(x, 8, executor)
+                y = self.decode(self.encode(x, executor)) @ self.rotation  # reconstruction in rotated space
                 u, _, vt = np.linalg.svd(x64.T @ y)
                 self.rotation = (u @ vt).astype(np.float32)
                 progress.advance()
         progress.step("pq: codebooks", 1)
-        self._fit_codebooks(x, self.iters)
+        self._fit_codebooks(x, self.iters, executor)
         progress.advance()
 
-    def encode(self, x: np.ndarray) -> np.ndarray:
+    def encode(self, x: np.ndarray, executor: Executor = LOCAL) -> np.ndarray:
+        if executor.parallel:
+            return np.concatenate(executor.map_rows(self.encode, x), axis=0)
         sub = self._sub(x)
         codes = np.empty((len(x), self.M), self.code_dtype)
         for m in range(self.M):

@@ -17,6 +17,7 @@ from typing import ClassVar
 import numpy as np
 
 from ..ir.diagnostics import MlcError
+from .executor import LOCAL, Executor
 from .progress import QUIET, Reporter
 
 Params = dict[str, int | float | str]
@@ -44,11 +45,12 @@ class Quantizer(ABC):
         return code_dtype(self.K)
 
     @abstractmethod
-    def train(self, x: np.ndarray, progress: Reporter = QUIET) -> None: ...
+    def train(self, x: np.ndarray, progress: Reporter = QUIET, executor: Executor = LOCAL) -> None:
+        """Learn the codebooks; row-parallel steps (assignment, encoding) run on `executor`."""
 
     @abstractmethod
-    def encode(self, x: np.ndarray) -> np.ndarray:
-        """(n, d) float32 -> (n, M) codes."""
+    def encode(self, x: np.ndarray, executor: Executor = LOCAL) -> np.ndarray:
+        """(n, d) float32 -> (n, M) codes (rows spread over `executor`)."""
 
     @abstractmethod
     def decode(self, codes: np.ndarray) -> np.ndarray:

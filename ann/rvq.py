@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from .additive import AdditiveQuantizer, beam_paths
+from .executor import LOCAL, Executor
 from .kmeans import assign, kmeans, pca_kmeans
 from .progress import QUIET, Reporter
 from .quantizer import register
@@ -23,12 +24,12 @@ __all__ = ["RVQ", "IRVQ", "register"]
 class RVQ(AdditiveQuantizer):
     method = "rvq"
 
-    def train(self, x: np.ndarray, progress: Reporter = QUIET) -> None:
+    def train(self, x: np.ndarray, progress: Reporter = QUIET, executor: Executor = LOCAL) -> None:
         r = np.array(x, np.float32)
         progress.step("rvq: stages", self.M)
         for m in range(self.M):
-            self.codebooks[m] = kmeans(r, self.K, self.iters, self.seed + m)
-            r -= self.codebooks[m][assign(r, self.codebooks[m])[0]]
+            self.codebooks[m] = kmeans(r, self.K, self.iters, self.seed + m, executor)
+            r -= self.codebooks[m][assign(r, self.codebooks[m], executor=executor)[0]]
             progress.advance()
         self.codebooks_changed()
 
@@ -43,13 +44,14 @@ class IRVQ(AdditiveQuantizer):
         super().__init__(dim, m, k, beam, iters, seed)
         self.shrink = shrink
 
-    def train(self, x: np.ndarray, progress: Reporter = QUIET) -> None:
+    def train(self, x: np.ndarray, progress: Reporter = QUIET, executor: Executor = LOCAL) -> None:
         x = np.ascontiguousarray(x, np.float32)
         r = x.copy()
         progress.step(f"irvq: stages (beam {self.beam})", self.M)
         for m in range(self.M):
-            self.codebooks[m] = pca_kmeans(r, self.K, self.iters, self.seed + m, shrinkage=self.shrink)
-            paths = beam_paths(x, self.codebooks[: m + 1], self.beam)  # (n, L, m+1)
+            self.codebooks[m] = pca_kmeans(r, self.K, self.iters, self.seed + m, shrinkage=self.shrink,
+                                           executor=executor)
+            paths = beam_paths(x, self.codebooks[: m + 1], self.beam, executor)  # (n, L, m+1)
             flat = paths.reshape(-1, m + 1)
             r = (np.repeat(x, paths.shape[1], axis=0) - _decode_prefix(self.codebooks, flat)).astype(np.float32)
             progress.advance()
