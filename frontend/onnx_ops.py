@@ -1,8 +1,9 @@
-"""ONNX node handlers for math and neural-network ops, and the table of every handler.
+"""The table of every ONNX node handler the importer dispatches on (`HANDLERS`: op type -> handler).
 
-Handlers read inputs through the context (`ctx.input(i)` materialises a Value; `ctx.const` gives
-a statically known value) and set outputs with `ctx.out`. Shape/layout ops live in
-onnx_layout.py, compositions in onnx_compose.py, LSTM/GRU in onnx_rnn.py; `HANDLERS` joins them.
+Handlers that map an ONNX op onto graph ops sit beside those ops in the ir/ops family modules,
+registered per opset (`ir.ops.registry.register_onnx`; the newest registration not above the
+model's opset runs). ONNX-level rewrites stay here in frontend: shape/layout ops folded on
+symbolic values (onnx_layout.py), compositions (onnx_compose.py), LSTM/GRU (onnx_rnn.py).
 docs/ops.md lists the limits each handler enforces.
 """
 
@@ -14,12 +15,11 @@ import onnx
 
 from ..ir.ops.registry import onnx_handler, onnx_op_types
 from .onnx_compose import COMPOSED
-from .onnx_ctx import Ctx, Handler, registrar
+from .onnx_ctx import Ctx, Handler
 from .onnx_layout import LAYOUT
 from .onnx_rnn import gru, lstm
 
 HANDLERS: dict[str, Handler] = {}
-handles = registrar(HANDLERS)
 
 
 def _versioned(op_type: str) -> Handler:

@@ -40,7 +40,6 @@ from .shapes import (
 define("dynamic_slice", "injective", 2, {"axis": 0, "size": 1},
        "data[index:index+size] along axis; index is a ScalarType run-time value (a loop counter)")
 
-
 define("dynamic_update_slice", "injective", 3, {"axis": 0},
        "copy of data with update written at index along axis; index is a ScalarType value")
 

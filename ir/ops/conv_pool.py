@@ -49,7 +49,6 @@ from .shapes import (
 # ---- declarations ----------------------------------------------------------------------------
 _CONV_ATTRS = {"strides": (1, 1), "pads": (0, 0, 0, 0), "dilations": (1, 1), "groups": 1}
 
-
 _POOL_ATTRS = {"kernel_shape": REQUIRED, "strides": (1, 1), "pads": (0, 0, 0, 0), "ceil_mode": False}
 
 
@@ -186,7 +185,6 @@ def _conv2d_t_lower(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
 
 # ---- max_pool2d, avg_pool2d ------------------------------------------------------------------
 define("max_pool2d", "out_ewise_fusable", 1, {**_POOL_ATTRS, "dilations": (1, 1)}, "NCHW max pooling, pads with -inf")
-
 
 define("avg_pool2d", "out_ewise_fusable", 1, {**_POOL_ATTRS, "count_include_pad": False}, "NCHW average pooling")
 

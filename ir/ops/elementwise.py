@@ -48,7 +48,6 @@ UNARY: dict[str, str] = {
     "sin": "sine", "cos": "cosine", "logical_not": "boolean not", "sign": "-1, 0 or 1 by the sign of x",
 }
 
-
 BINARY: dict[str, str] = {
     "add": "a + b", "sub": "a - b", "mul": "a * b",
     "div": "a / b (integers truncate toward zero, as ONNX)", "pow": "a ** b",
@@ -57,35 +56,25 @@ BINARY: dict[str, str] = {
     "greater_equal": "a >= b", "logical_and": "a and b", "logical_or": "a or b",
 }
 
-
 COMPARE: tuple[str, ...] = ("equal", "less", "greater", "less_equal", "greater_equal", "logical_and", "logical_or")
-
 
 for _n, _d in UNARY.items():
     define(_n, "elementwise", 1, doc=_d)
 
-
 for _n, _d in BINARY.items():
     define(_n, "broadcast", 2, doc=_d + ", numpy broadcasting")
 
-
 define("leaky_relu", "elementwise", 1, {"alpha": 0.01}, "x if x >= 0 else alpha * x")
-
 
 define("gelu", "elementwise", 1, {"approximate": "none"}, "x * Phi(x); approximate='tanh' uses the tanh formula")
 
-
 define("clip", "elementwise", 1, {"min": None, "max": None}, "clamp to [min, max]; None = unbounded")
-
 
 define("cast", "elementwise", 1, {"dtype": REQUIRED}, "convert element type (float->int truncates)")
 
-
 define("where", "broadcast", 3, doc="cond ? a : b with broadcasting")
 
-
 define("isnan", "elementwise", 1, doc="x is NaN (bool)")
-
 
 define("isinf", "elementwise", 1, {"detect_negative": True, "detect_positive": True}, "x is +inf or -inf (bool)")
 
@@ -173,7 +162,6 @@ def _binary_ref(fn: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> Ref:
 
 for _n, _f in _UNARY_NP.items():
     ref(_n)(_unary_ref(_f))
-
 
 for _n, _g in _BINARY_NP.items():
     ref(_n)(_binary_ref(_g))
@@ -297,7 +285,6 @@ def _lower_unary(op: str) -> Callable[..., Tensor]:
 for _op in (*UNARY_EXPR, "leaky_relu", "gelu", "clip", "cast", "isinf"):
     register_lower(_op)(_lower_unary(_op))
 
-
 _BIN_EXPR: dict[str, Callable[[Expr, Expr], Expr]] = {
     "add": lambda a, b: a + b, "sub": lambda a, b: a - b, "mul": lambda a, b: a * b,
     "div": lambda a, b: Bin("div", a, b), "pow": lambda a, b: Bin("pow", a, b),
@@ -308,7 +295,6 @@ _BIN_EXPR: dict[str, Callable[[Expr, Expr], Expr]] = {
     "logical_and": lambda a, b: Bin("and", as_dtype(a, "bool"), as_dtype(b, "bool")),
     "logical_or": lambda a, b: Bin("or", as_dtype(a, "bool"), as_dtype(b, "bool")),
 }
-
 
 assert set(_BIN_EXPR) == set(BINARY)
 
@@ -349,13 +335,11 @@ UNARY_MAP = {
     "Round": "round", "Sin": "sin", "Cos": "cos", "Not": "logical_not", "Sign": "sign", "IsNaN": "isnan",
 }
 
-
 BINARY_MAP = {
     "Add": "add", "Sub": "sub", "Mul": "mul", "Div": "div", "Equal": "equal", "Less": "less",
     "Greater": "greater", "LessOrEqual": "less_equal", "GreaterOrEqual": "greater_equal",
     "And": "logical_and", "Or": "logical_or",
 }
-
 
 for _k, _v in UNARY_MAP.items():
     register_onnx(_k)(_simple(_v))

@@ -44,9 +44,7 @@ from .shapes import (
 # ---- softmax, log_softmax --------------------------------------------------------------------
 define("softmax", "opaque", 1, {"axis": -1}, "exp(x - max) / sum along axis")
 
-
 define("log_softmax", "opaque", 1, {"axis": -1}, "log of softmax along axis")
-
 
 register_infer("softmax", "log_softmax")(same_as_input)
 

@@ -47,9 +47,7 @@ REDUCE: dict[str, str] = {
     "sum": "sum", "mean": "arithmetic mean", "max": "maximum", "min": "minimum", "prod": "product",
 }
 
-
 _RED_ATTRS = {"axes": None, "keepdims": True}  # axes None = all axes
-
 
 for _n, _d in REDUCE.items():
     define(_n, "reduction", 1, _RED_ATTRS, doc=f"{_d} over `axes` (all when None)")
@@ -68,7 +66,6 @@ def _reduce_infer(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
 _RED: dict[str, Callable[..., np.ndarray]] = {
     "sum": np.sum, "mean": np.mean, "max": np.max, "min": np.min, "prod": np.prod,
 }
-
 
 assert set(_RED) == set(REDUCE)
 
@@ -112,7 +109,6 @@ def _scatter(i: Index, r: Index, axes: list[int], rank: int, keep: bool) -> Inde
 
 _COMBINER = {"sum": "add", "mean": "add", "max": "max", "min": "min", "prod": "mul"}
 
-
 assert set(_COMBINER) == set(REDUCE)
 
 
@@ -145,7 +141,6 @@ def _lower_reduce(op: str) -> Callable[..., Tensor]:
 
 for _op in REDUCE:
     register_lower(_op)(_lower_reduce(_op))
-
 
 REDUCE_MAP = {"ReduceSum": "sum", "ReduceMean": "mean", "ReduceMax": "max", "ReduceMin": "min", "ReduceProd": "prod"}
 
@@ -185,7 +180,6 @@ def _reduce_onnx(ctx: ImportContext, node: OnnxNode, attrs: dict[str, Any]) -> N
 # ---- argmax, argmin --------------------------------------------------------------------------
 define("argmax", "reduction", 1, {"axis": 0, "keepdims": True}, "index of the first maximum along axis (i64)")
 
-
 define("argmin", "reduction", 1, {"axis": 0, "keepdims": True}, "index of the first minimum along axis (i64)")
 
 
@@ -207,7 +201,6 @@ def _arg_ref(fn: Callable[..., np.ndarray]) -> Ref:
 
 
 ref("argmax")(_arg_ref(np.argmax))
-
 
 ref("argmin")(_arg_ref(np.argmin))
 

@@ -1,8 +1,9 @@
-"""numpy reference semantics of the graph ops (ONNX semantics), read by the reference interpreter.
+"""Helpers the ops' numpy references share (the references sit beside their ops in the family modules).
 
-Each function takes the evaluated arguments, the op's attributes, the inferred result type and
-`env` (symbolic dim name -> run-time value, for attributes that hold `Expr`s). Results are cast
-to the inferred dtype, so numpy's promotion rules never leak into the IR's types.
+A reference (ONNX semantics, read by the reference interpreter and the importer's constant folding)
+takes the evaluated arguments, the op's attributes, the inferred result type and `env` (symbolic
+dim name -> run-time value, for attributes that hold `Expr`s). `ref` registers one and casts its
+result to the inferred dtype, so numpy's promotion rules never leak into the IR's types.
 """
 
 from __future__ import annotations
@@ -78,5 +79,3 @@ def windows(xp: np.ndarray, k: tuple[int, int], s: tuple[int, int], d: tuple[int
 def out_hw(t: Type) -> tuple[int, int]:
     assert isinstance(t, TensorType) and t.shape is not None
     return t.shape[2], t.shape[3]  # type: ignore[return-value]
-
-

@@ -134,9 +134,7 @@ def _split_lower(b: Builder, args: Args, attrs: Attrs, t: Type) -> list[Tensor]:
 # ---- reshape, squeeze, expand_dims -----------------------------------------------------------
 define("reshape", "injective", 1, {"shape": REQUIRED}, "new shape (explicit dims; -1 allowed once)")
 
-
 define("squeeze", "injective", 1, {"axes": REQUIRED}, "drop the given size-1 axes")
-
 
 define("expand_dims", "injective", 1, {"axes": REQUIRED}, "insert size-1 axes at the given output positions")
 

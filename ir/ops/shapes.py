@@ -1,8 +1,10 @@
-"""Shape and dtype inference of the graph ops, over symbolic dims.
+"""Helpers the ops' shape rules share, over symbolic dims, and the one copy of the ONNX index
+semantics (axes, reduction axes, slices, conv windows) that references and lowerings read too.
 
 Dims are integer `Expr`s built from the arguments' dims and simplified. A provable mismatch
 (two different constants) is a user error located at the op; an unprovable one (`n` vs `m`) is
-accepted and left to the run-time checks that shape-infer inserts.
+accepted as an assumption (`assume*`) and left to the run-time checks that shape-infer inserts.
+The rules themselves sit beside their ops in the family modules.
 """
 
 from __future__ import annotations
@@ -283,8 +285,3 @@ def slice_start(d: Expr, begin: Any, step: int) -> Expr:
 def scalar_index(t: Type, loc: Loc) -> None:
     if not isinstance(t, ScalarType) and not (isinstance(t, TensorType) and t.shape == ()):
         raise MlcError(f"index must be a scalar, got {type(t).__name__}", loc)
-
-
-__all__ = ["BIG", "broadcast_shapes", "dims_str", "numel", "resolve_reshape", "slice_len", "window_out"]
-
-
