@@ -7,12 +7,15 @@ from pathlib import Path
 
 import click
 import numpy as np
-from mlc.ann.index import MODES, AnnIndex
-from mlc.ann.index_file import index_bytes, read_index
+from mlc.ann.executor import EXECUTORS, make_executor, parse_executor
+from mlc.ann.index import MODES, AnnIndex, train_quantizer
+from mlc.ann.index_file import index_bytes
 from mlc.ann.io import as_float_vectors, read_vectors, write_vectors
 from mlc.ann.metrics import k_recall_at_k, recall_at
 from mlc.ann.program import search_ir_text
 from mlc.ann.progress import training_progress
+from mlc.ann.quantizer import Quantizer
+from mlc.ann.sharded import ShardedIndex, encode_shards, open_index, remove_stale_shards, write_sharded
 from mlc.ir.diagnostics import MlcError
 from mlc.ir.files import atomic_write_files
 
@@ -22,6 +25,14 @@ from .main import handle_errors
 @click.group("ann-index")
 def ann_index() -> None:
     """Vector-quantization nearest-neighbour indexes (PQ, RVQ, IRVQ, DA; E-Tree, A-Tree search)."""
+
+
+def _check_executor(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    try:
+        parse_executor(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+    return value
 
 
 @ann_index.command("build")
@@ -37,31 +48,52 @@ def ann_index() -> None:
               help="Store the raw vectors (exact re-ranking, quantization error in eval).")
 @click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True)
 @click.option("--progress/--no-progress", default=None, help="Show training progress (default: on a terminal).")
+@click.option("--executor", default="local", show_default=True, callback=_check_executor,
+              help=f"Where training and encoding run: {' | '.join(EXECUTORS)} (ray: start or join a local "
+                   "instance; needs pip install 'mlc[distributed]').")
+@click.option("--shards", type=click.IntRange(1, 100000), default=None,
+              help="Write a sharded index (manifest + shard files) of this many shards "
+                   "(default: one file with --executor local, one shard per Ray CPU with ray).")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Index file (IDX.ir gets the IR).")
 @handle_errors
 def build_cmd(base: str, method: str, codebooks: int, codewords: int, beam: int, rotate: bool, sweeps: int,
-              train_size: int | None, keep_base: bool, seed: int, progress: bool | None, output: str) -> None:
+              train_size: int | None, keep_base: bool, seed: int, progress: bool | None, executor: str,
+              shards: int | None, output: str) -> None:
     """Train a quantizer on BASE, encode it and write the index and its search program."""
     parent = Path(output).resolve().parent
     if not parent.is_dir():
         raise MlcError(f"{output}: cannot write the index: directory {parent} does not exist")
     if Path(f"{output}.ir").is_dir():  # found now, not after the index file was written
         raise MlcError(f"{output}.ir: cannot write the search program: it is a directory")
+    run_on = make_executor(executor)  # before reading: without Ray installed, say so at once
     x = as_float_vectors(read_vectors(base), what="base vectors", path=base)  # errors name the file
     opts: dict[str, object] = {"seed": seed}
     if method == "pq":
         opts["rotate"] = rotate
     if method == "da":
         opts["sweeps"] = sweeps
-    with training_progress(progress) as rep:
-        idx = AnnIndex.build(x, method, codebooks, codewords, beam, train_size, keep_base, rep, **opts)
-    q = idx.quantizer
-    ir_text = search_ir_text(q.method, q.dim, q.M, q.K, "u8" if q.code_dtype == np.uint8 else "u16")
-    atomic_write_files([(Path(output), index_bytes(idx)), (Path(f"{output}.ir"), ir_text.encode())])
-    click.echo(f"{output}: {method} {q.M}x{q.K} over {idx.size} vectors of dim {q.dim}", err=True)
+    if shards is None and not run_on.parallel:  # one index file, as always
+        with training_progress(progress) as rep:
+            idx = AnnIndex.build(x, method, codebooks, codewords, beam, train_size, keep_base, rep, **opts)
+        q, parts = idx.quantizer, ""
+        atomic_write_files([(Path(output), index_bytes(idx)), (Path(f"{output}.ir"), _ir_text(q).encode())])
+        remove_stale_shards(output)  # of a sharded index this one replaced
+    else:
+        with training_progress(progress) as rep:
+            q = train_quantizer(x, method, codebooks, codewords, beam, train_size, rep, run_on, **opts)
+            rep.step("encoding base (shards)", 1)
+            files = encode_shards(x, q, keep_base, run_on, shards or run_on.workers)
+            rep.advance()
+        write_sharded(output, q, files, _ir_text(q))
+        parts = f" in {len(files)} shards"
+    click.echo(f"{output}: {method} {q.M}x{q.K} over {len(x)} vectors of dim {q.dim}{parts}", err=True)
 
 
-def _queries(path: str, idx: AnnIndex) -> np.ndarray:
+def _ir_text(q: Quantizer) -> str:
+    return search_ir_text(q.method, q.dim, q.M, q.K, "u8" if q.code_dtype == np.uint8 else "u16")
+
+
+def _queries(path: str, idx: AnnIndex | ShardedIndex) -> np.ndarray:
     """The query file, checked against the index's dimension with the file named in errors."""
     return as_float_vectors(read_vectors(path), idx.dim, "queries", path)
 
@@ -75,7 +107,7 @@ def _search_options(fn):  # noqa: ANN001, ANN202
     return fn
 
 
-def _run_search(idx: AnnIndex, queries: np.ndarray, k: int, mode: str | None, beam: int | None,
+def _run_search(idx: AnnIndex | ShardedIndex, queries: np.ndarray, k: int, mode: str | None, beam: int | None,
                 rerank: int) -> tuple[np.ndarray, float]:
     if mode is None:
         mode = "atree" if beam is not None else "ir"
@@ -97,7 +129,7 @@ def search_cmd(index: str, queries: str, k: int, beam: int | None, mode: str | N
     """Write the k nearest base ids of each query, nearest first."""
     if Path(output).suffix.lower() not in (".ivecs", ".npy"):
         raise MlcError(f"result file must end in .ivecs or .npy, got '{output}'")
-    idx = read_index(index)
+    idx = open_index(index)
     ids, _ = _run_search(idx, _queries(queries, idx), k, mode, beam, rerank)
     write_vectors(output, ids.astype(np.int32))
 
@@ -110,7 +142,7 @@ def search_cmd(index: str, queries: str, k: int, beam: int | None, mode: str | N
 @handle_errors
 def eval_cmd(index: str, queries: str, groundtruth: str, beam: int | None, mode: str | None, rerank: int) -> None:
     """Recall@1/10/100, 10-recall@10, queries per second and quantization error."""
-    idx = read_index(index)
+    idx = open_index(index)
     q = _queries(queries, idx)
     gt = read_vectors(groundtruth)
     if gt.dtype.kind not in "iu" or len(gt) != len(q):
