@@ -71,6 +71,10 @@ class DA(IRVQ):
 
     def _anneal(self, fit: np.ndarray, check: np.ndarray, progress: Reporter, executor: Executor) -> np.ndarray:
         """Sweeps over the codebooks trained on `fit`, keeping steps that lower the error on `check`."""
+        with executor.pinned(check), executor.pinned(fit):
+            return self._sweeps(fit, check, progress, executor)
+
+    def _sweeps(self, fit: np.ndarray, check: np.ndarray, progress: Reporter, executor: Executor) -> np.ndarray:
         scales = np.ones(self.M)
         best = self._error(check, executor)
         progress.step(f"da: sweeps (check error {best:.4g})", self.sweeps * self.M)

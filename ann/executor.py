@@ -15,7 +15,8 @@ Ray is optional (`pip install 'mlc[distributed]'`) and imported only when asked 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -31,8 +32,9 @@ INSTALL_HINT = "pip install 'mlc[distributed]' (or: pip install ray)"
 def row_ranges(n: int, parts: int, align: int = ALIGN) -> list[tuple[int, int]]:
     """At most `parts` contiguous ranges covering [0, n), each starting at a multiple of `align`."""
     blocks = max(-(-n // align), 1)
-    per = -(-blocks // max(parts, 1))
-    return [(s * align, min((s + per) * align, n)) for s in range(0, blocks, per)]
+    parts = min(max(parts, 1), blocks)
+    cuts = [min(i * blocks // parts * align, n) for i in range(parts + 1)]
+    return list(zip(cuts[:-1], cuts[1:], strict=True))
 
 
 class Executor(ABC):
@@ -49,6 +51,10 @@ class Executor(ABC):
     def map_rows(self, fn: Callable[..., Any], x: np.ndarray, *args: Any, parts: int | None = None) -> list[Any]:
         """[fn(x[s:e], *args) for each range], in range order. `parts=None`: the executor's choice
         (the local one calls fn once on all of x, which is today's single-machine computation)."""
+
+    def pinned(self, x: np.ndarray) -> AbstractContextManager[None]:
+        """While open, maps over x reuse one copy of it on the workers (x must not change meanwhile)."""
+        return nullcontext()
 
 
 @dataclass
@@ -77,8 +83,8 @@ def rows_task(fn: Callable[..., Any], x: np.ndarray, start: int, stop: int, *arg
 class RayExecutor(Executor):
     """Tasks on a Ray cluster: `address` None starts or joins a local instance, else joins that cluster.
 
-    The array is put in Ray's object store once (workers on this node map it without copying) and
-    kept while it is the one being mapped, so the Lloyd iterations over one sample share it.
+    Each map puts the array in Ray's object store (workers on this node map it without copying),
+    once for all the maps inside `pinned(x)`, so the Lloyd iterations over one sample share it.
     """
 
     address: str | None = None
@@ -102,13 +108,19 @@ class RayExecutor(Executor):
     def workers(self) -> int:
         return max(int(require_ray().cluster_resources().get("CPU", 1)), 1)
 
+    @contextmanager
+    def pinned(self, x: np.ndarray) -> Iterator[None]:
+        self._shared.append((x, require_ray().put(x)))
+        try:
+            yield
+        finally:
+            self._shared.pop()
+
     def _put(self, x: np.ndarray) -> Any:
         for arr, ref in self._shared:
             if arr is x:
                 return ref
-        ref = require_ray().put(x)
-        self._shared[:] = [(x, ref)]  # one array at a time: the previous one is released
-        return ref
+        return require_ray().put(x)
 
     def map_rows(self, fn: Callable[..., Any], x: np.ndarray, *args: Any, parts: int | None = None) -> list[Any]:
         ray = require_ray()

@@ -89,14 +89,15 @@ def lloyd(x: np.ndarray, c: np.ndarray, iters: int, rng: np.random.Generator,
     is bit-identical to it.
     """
     prev = np.inf
-    labels, dist = assign(x, c, executor=executor)
-    for _ in range(iters):
-        c = _update(x, labels, c, rng)
+    with executor.pinned(x):
         labels, dist = assign(x, c, executor=executor)
-        err = float(dist.mean())
-        if np.isfinite(prev) and prev - err <= tol * prev:
-            break
-        prev = err
+        for _ in range(iters):
+            c = _update(x, labels, c, rng)
+            labels, dist = assign(x, c, executor=executor)
+            err = float(dist.mean())
+            if np.isfinite(prev) and prev - err <= tol * prev:
+                break
+            prev = err
     return c, labels, float(dist.mean())
 
 
