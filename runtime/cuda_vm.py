@@ -10,6 +10,7 @@ copied over and their result copied back: correct, and visible in a profile.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Mapping
 from typing import Any
 
@@ -36,8 +37,10 @@ from mlc.ir.module import Module
 from mlc.ir.tir import PrimFunc
 from mlc.ir.types import ScalarType, TensorType, TupleType
 
+from .cuda import CUDA, cuda_context
 from .device import check_inputs
 from .memory_plan import MemoryPlan, plan_function
+from .tape import INPUT, OUTPUT, Tape, TapeEntry
 
 
 class DeviceTensor:
@@ -102,11 +105,9 @@ class CudaVM(Interpreter):
     """`run(inputs)` -> host outputs; `run_device(inputs)` keeps everything on the GPU."""
 
     def __init__(self, module: Module, params: Mapping[str, np.ndarray], library: Any):
+        cuda_context()
         import pycuda.driver as drv
 
-        from .cuda import cuda_context
-
-        cuda_context()
         super().__init__(module, params)
         self.library = library
         self.stream = drv.Stream()
@@ -118,7 +119,7 @@ class CudaVM(Interpreter):
         self._ws_size = 0
         self._plan: MemoryPlan | None = None
         self._sites: dict[int, tuple[Any, ...]] = {}
-        self._tapes: dict[tuple[Any, ...], _Tape] = {}
+        self._tapes: dict[tuple[Any, ...], Tape] = {}
         self._recording: list[tuple[Any, ...]] | None = None
         self._keep: list[Any] = []
         self._generation = 0  # bumped when an arena or the workspace moves (tapes hold their addresses)
@@ -141,7 +142,10 @@ class CudaVM(Interpreter):
         key = (func, tuple(sorted(frame.dims.items())))
         tape = self._tapes.get(key)
         if tape is not None and tape.generation == self._generation:
-            return tape.replay(inputs, self.stream)
+            in_names, results = tape.results
+            outs = [CUDA.alloc(shape, dtype) for _, shape, dtype in results]
+            tape.replay([inputs[n].ptr for n in in_names], [o.ptr for o in outs])
+            return {name: o for (name, _, _), o in zip(results, outs)}
         # replayable: kernels, constants, tuple plumbing, and ops of the dims only (checks), which the
         # recording evaluated for exactly these dims
         straight = all(isinstance(b.node, Constant | CallTensor | GetItem | MakeTuple)
@@ -156,7 +160,7 @@ class CudaVM(Interpreter):
             rec, keep, self._recording, self._keep = self._recording, self._keep, None, []
         result = {v.name: o for v, o in zip(fn.body.results, outs)}
         if rec is not None and gen == self._generation:
-            tape = _Tape.build(rec, keep, fn, inputs, result, self._generation)
+            tape = record_tape(rec, keep, fn, inputs, result, self._generation, self.stream)
             if tape is not None:
                 self._tapes[key] = tape
         return result
@@ -212,9 +216,9 @@ class CudaVM(Interpreter):
         need = max(1, int(np.prod(shape, dtype=np.int64)) * dtype.itemsize)
         tok = self._plan.token_of.get(var.name) if (planned and self._plan is not None) else None
         if tok is None:
-            mem = drv.mem_alloc(need)
-            self._keep.append(mem)
-            return DeviceTensor(int(mem), shape, dtype, mem)
+            t = CUDA.alloc(shape, dtype)
+            self._keep.append(t.owner)
+            return t
         if self._arena_size.get(tok, 0) < need:
             self._arenas[tok] = drv.mem_alloc(need)
             self._arena_size[tok] = need
@@ -279,48 +283,27 @@ class CudaVM(Interpreter):
         return kernel, shapes, dtypes, sources, scalars
 
 
-class _Tape:
-    """The launches of one straight-line call, replayed for later calls with the same dims.
+def _launch_packed(args: list[int], extra: tuple[Any, ...]) -> None:
+    fnc, grid, block, shared, fmt, stream = extra
+    fnc._launch_kernel(grid, block, struct.pack(fmt, *args), shared, stream)
 
-    Arenas, constants, the workspace and the recording's own scratch allocations (`keep`) are at fixed
-    addresses; only the inputs and the (freshly allocated) results change, so their argument slots
-    are patched per call. Launch-by-launch Python work (graph walk, shapes, dims) disappears.
-    """
 
-    def __init__(self, entries: list[tuple[Any, ...]], keep: list[Any], in_names: list[str],
-                 results: list[tuple[str, tuple[int, ...], np.dtype]], generation: int):
-        self.entries, self.keep, self.in_names, self.results, self.generation = entries, keep, in_names, results, generation
+def record_tape(rec: list[tuple[Any, ...]], keep: list[Any], fn: Function, inputs: Mapping[str, DeviceTensor],
+                result: dict[str, Any], generation: int, stream: Any) -> Tape | None:
+    """The recorded launches of one call as a `Tape` (None when not replayable).
 
-    @staticmethod
-    def build(rec: list[tuple[Any, ...]], keep: list[Any], fn: Function, inputs: Mapping[str, DeviceTensor],
-              result: dict[str, Any], generation: int) -> _Tape | None:
-        in_names = [p.name for p in fn.params]
-        slot_of: dict[int, tuple[str, int]] = {inputs[n].ptr: ("in", i) for i, n in enumerate(in_names)}
-        results = []
-        for j, (name, t) in enumerate(result.items()):
-            if not isinstance(t, DeviceTensor) or t.ptr in slot_of or not any(t.owner is k for k in keep):
-                return None  # a result that is an input, a constant or a tuple: not replayable
-            slot_of[t.ptr] = ("out", j)
-            results.append((name, t.shape, t.dtype))
-        out_mems = {id(result[n].owner) for n, _, _ in results}
-        entries = []
-        for fnc, grid, block, shared, fmt, nptr, args in rec:
-            slots = [slot_of.get(a, ("fix", a)) if k < nptr else ("fix", a) for k, a in enumerate(args)]
-            entries.append((fnc, grid, block, shared, fmt, slots))
-        return _Tape(entries, [k for k in keep if id(k) not in out_mems], in_names, results, generation)
-
-    def replay(self, inputs: Mapping[str, DeviceTensor], stream: Any) -> dict[str, DeviceTensor]:
-        import struct
-
-        import pycuda.driver as drv
-
-        ins = [inputs[n].ptr for n in self.in_names]
-        outs = []
-        for _, shape, dtype in self.results:
-            mem = drv.mem_alloc(max(1, int(np.prod(shape, dtype=np.int64)) * dtype.itemsize))
-            outs.append(DeviceTensor(int(mem), shape, dtype, mem))
-        optr = [o.ptr for o in outs]
-        for fnc, grid, block, shared, fmt, slots in self.entries:
-            vals = [ins[v] if k == "in" else optr[v] if k == "out" else v for k, v in slots]
-            fnc._launch_kernel(grid, block, struct.pack(fmt, *vals), shared, stream)
-        return {name: o for (name, _, _), o in zip(self.results, outs)}
+    Arenas, constants, the workspace and the recording's own scratch allocations (`keep`) are at
+    fixed addresses; only the inputs and the results (allocated per call) are patched."""
+    in_names = [p.name for p in fn.params]
+    slot_of: dict[int, tuple[int, int]] = {inputs[n].ptr: (INPUT, i) for i, n in enumerate(in_names)}
+    results = []
+    for j, (name, t) in enumerate(result.items()):
+        if not isinstance(t, DeviceTensor) or t.ptr in slot_of or not any(t.owner is k for k in keep):
+            return None  # a result that is an input, a constant or a tuple: not replayable
+        slot_of[t.ptr] = (OUTPUT, j)
+        results.append((name, t.shape, t.dtype))
+    out_mems = {id(result[n].owner) for n, _, _ in results}
+    entries = [TapeEntry(_launch_packed, list(args), (fnc, grid, block, shared, fmt, stream),
+                         [(k, *slot_of[a]) for k, a in enumerate(args[:nptr]) if a in slot_of], "")
+               for fnc, grid, block, shared, fmt, nptr, args in rec]
+    return Tape(entries, (in_names, results), generation, [k for k in keep if id(k) not in out_mems])

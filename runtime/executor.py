@@ -13,7 +13,6 @@ from __future__ import annotations
 import ctypes
 import operator
 from collections.abc import Callable
-from dataclasses import dataclass
 from time import perf_counter
 from typing import Any
 
@@ -28,6 +27,7 @@ from mlc.ir.tir import PrimFunc
 from mlc.ir.types import ScalarType, TensorType, TupleType, Type
 
 from .guard import guarded_copy
+from .tape import INPUT, Tape, TapeEntry
 
 IntFn = Callable[[dict[str, int]], int]
 _OPS: dict[str, Callable[[int, int], int]] = {
@@ -57,9 +57,9 @@ class Executor:
         self.vm = vm
         self.fn = fn
         self._param_index = {p.name: i for i, p in enumerate(fn.params)}
-        self._recording: list[_TapeEntry] | None = None
+        self._recording: list[TapeEntry] | None = None
         self._fast = {}
-        self._tapes: dict[tuple[tuple[str, int], ...], _Tape] = {}
+        self._tapes: dict[tuple[tuple[str, int], ...], Tape] = {}
         # kernel name -> seconds of each call, while profiling (`Model.profile`); None: not timing
         self.timings: dict[str, list[float]] | None = None
         self.body = self._block(fn.body)
@@ -81,7 +81,8 @@ class Executor:
         key = tuple(sorted(frame.dims.items()))
         tape = self._tapes.get(key)
         if tape is not None:
-            return tape.replay(args, self.timings)
+            tape.replay([a.ctypes.data for a in args], (), self.timings)
+            return [args[pi] if pi >= 0 else arr for pi, arr in tape.results]
         self._recording = []
         try:
             outs = self.body(frame)
@@ -89,7 +90,7 @@ class Executor:
             entries, self._recording = self._recording, None
         if len(self._tapes) < self.MAX_TAPES:
             results = [(self._param_index.get(r.name, -1), frame.values[r.name]) for r in self.fn.body.results]
-            self._tapes[key] = _Tape(entries, results)
+            self._tapes[key] = Tape(entries, results)  # results: (parameter index or -1, array)
         return outs
 
     _fast: dict[str, bool]
@@ -197,7 +198,7 @@ class Executor:
         check = kernel.raise_failed_check if getattr(kernel, "checks", False) else None
 
         check_dims = _dim_checker(checks, kernel.dims, node, b.loc)
-        from_params = [(slot, self._param_index[n]) for slot, n in enumerate(names) if n in self._param_index]
+        from_params = [(slot, INPUT, self._param_index[n]) for slot, n in enumerate(names) if n in self._param_index]
 
         def step(frame: Frame) -> None:
             vals, dims = frame.values, frame.dims
@@ -229,7 +230,7 @@ class Executor:
                 check()
             vals[out_name] = outs[0] if single else tuple(outs)
             if self._recording is not None:
-                self._recording.append(_TapeEntry(raw, ptrs, dvals, from_params, arrs, func, check))
+                self._recording.append(TapeEntry(raw, ptrs, dvals, from_params, func, check, arrs))
 
         self._fast[var.name] = True
         return step
@@ -292,37 +293,3 @@ def run_guarded(raw: Any, arrs: list[np.ndarray], n_out: int, dims: Any, side: s
     raw((ctypes.c_void_p * len(copies))(*[c.ctypes.data for c in copies]), dims)
     for a, c in zip(arrs[len(arrs) - n_out:], copies[len(arrs) - n_out:]):
         a[...] = c
-
-
-@dataclass
-class _TapeEntry:
-    fn: Any
-    ptrs: Any
-    dims: Any
-    from_params: list[tuple[int, int]]  # (pointer slot, parameter index) refreshed per call
-    keep: list[np.ndarray]  # keeps the buffers the pointers name alive
-    func: str  # the kernel's name, for profiles
-    check: Callable[[], None] | None  # raises the error of a failed index check, if the kernel checks
-
-
-@dataclass
-class _Tape:
-    """The kernel calls of one run, replayed for later calls with the same dims."""
-
-    entries: list[_TapeEntry]
-    results: list[tuple[int, Any]]  # (parameter index or -1, array)
-
-    def replay(self, args: list[np.ndarray], timings: dict[str, list[float]] | None = None) -> list[Any]:
-        data = [a.ctypes.data for a in args]
-        for e in self.entries:
-            for slot, pi in e.from_params:
-                e.ptrs[slot] = data[pi]
-            if timings is None:
-                e.fn(e.ptrs, e.dims)
-            else:
-                t0 = perf_counter()
-                e.fn(e.ptrs, e.dims)
-                timings.setdefault(e.func, []).append(perf_counter() - t0)
-            if e.check is not None:
-                e.check()
-        return [args[pi] if pi >= 0 else arr for pi, arr in self.results]

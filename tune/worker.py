@@ -5,8 +5,8 @@ A job is `{"module": printed module text holding one PrimFunc, "trace": trace JS
 answers `{"times": [...]}` or `{"error": "..."}`. Running candidates here, not in the tuner,
 means a candidate that crashes the process or never finishes costs only this worker.
 
-A job with `"target": "cuda"` is compiled by the CUDA codegen + nvcc (the GEMM template tile the
-schedule chose goes to the codegen) and timed on GPU 0 with CUDA events on a stream: warm-up
+A job with a `"target"` (a CUDA target's spelling, `Target.parse`) is compiled by the CUDA codegen +
+nvcc for its arch (the GEMM template tile the schedule chose goes to the codegen) and timed on GPU 0 with CUDA events on a stream: warm-up
 launches, one timed launch to size the batches, then `repeat` batches of launches. A CUDA error
 leaves the process's context unusable, so its answer carries `"fatal": true` and the worker exits.
 """
@@ -74,11 +74,13 @@ def _candidate(job: dict):  # type: ignore[no-untyped-def,type-arg]
 
 def run_cuda_job(job: dict) -> dict:  # type: ignore[type-arg]
     import pycuda.driver as drv
+    from mlc.ir.target import Target
     from mlc.passes.schedule.gpu_rules import func_gemm_config
     from mlc.runtime.cuda import compile_cuda
 
     _, func = _candidate(job)
-    kernel = compile_cuda([func], gemm_config=func_gemm_config(func)).kernel(func.name)
+    arch = Target.parse(job["target"]).nvcc_arch  # the records' key names this arch
+    kernel = compile_cuda([func], arch, gemm_config=func_gemm_config(func)).kernel(func.name)
     dims = {str(k): int(v) for k, v in (job.get("dims") or {}).items()}
     args = _inputs(func, dims)
     env = kernel.bind_dims([a.shape for a in args], {v.name: dims[v.name] for v in func.scalar_params} or None)
@@ -116,7 +118,7 @@ def main() -> None:
         fatal = False
         try:
             job = json.loads(line)
-            out = run_cuda_job(job) if job.get("target") == "cuda" else run_job(job)
+            out = run_cuda_job(job) if "target" in job else run_job(job)
         except Exception as e:  # noqa: BLE001 - any failure of a candidate is reported, not fatal
             out = {"error": f"{type(e).__name__}: {e}"[:500], "tb": traceback.format_exc()[-800:]}
             fatal = type(e).__module__.startswith("pycuda")  # a CUDA error: this context is lost

@@ -1,0 +1,57 @@
+"""One tape for every device: the kernel launches of a straight-line run, replayed for later calls
+with the same dims.
+
+Recording a run fixes everything but the addresses of its inputs (and, where a device allocates
+them per call, its outputs): each launch keeps its argument values, and the slots that name an
+input or an output are patched per replay. The graph walk, shape closures and dim binding of a
+normal run disappear. The CPU executor (executor.py) and the CUDA VM (cuda_vm.py) record into it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from time import perf_counter
+from typing import Any
+
+INPUT, OUTPUT = 0, 1
+
+
+@dataclass
+class TapeEntry:
+    """One launch: `fn(args, extra)`; `slots` are (argument position, INPUT or OUTPUT, index) to patch."""
+
+    fn: Callable[[Any, Any], None]
+    args: Any  # a mutable sequence of argument values (a ctypes pointer array, a list)
+    extra: Any  # what else the launch takes, fixed (the dims array, the grid and stream)
+    slots: list[tuple[int, int, int]]
+    name: str  # the kernel, for profiles
+    check: Callable[[], None] | None = None  # raises the error of a failed index check, if the kernel checks
+    keep: Any = None  # keeps alive what the recorded addresses point to
+
+
+@dataclass
+class Tape:
+    """The launches of one run; `results` says, in the device's terms, what the run returns."""
+
+    entries: list[TapeEntry]
+    results: Any
+    generation: int = 0  # the device's memory generation when recorded (moved arenas void a tape)
+    keep: Any = field(default=None, repr=False)
+
+    def replay(self, inputs: Sequence[int], outputs: Sequence[int] = (),
+               timings: dict[str, list[float]] | None = None) -> None:
+        """Every launch again, with the addresses of this call's inputs and outputs patched in."""
+        sources = (inputs, outputs)
+        for e in self.entries:
+            args = e.args
+            for pos, which, k in e.slots:
+                args[pos] = sources[which][k]
+            if timings is None:
+                e.fn(args, e.extra)
+            else:
+                t0 = perf_counter()
+                e.fn(args, e.extra)
+                timings.setdefault(e.name, []).append(perf_counter() - t0)
+            if e.check is not None:
+                e.check()
