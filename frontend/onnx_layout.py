@@ -17,7 +17,7 @@ from ..ir.arith import as_int, simplify
 from ..ir.dtype import from_numpy
 from ..ir.expr import Const, Expr
 from ..ir.ops.registry import value_dtype, value_shape
-from ..ir.ops.shapes import BIG, broadcast_shapes, norm_axis, numel, resolve_reshape
+from ..ir.ops.shapes import BIG, broadcast_shapes, numel, resolve_reshape
 from .onnx_ctx import Ctx, Handler, SymVal, onnx_dtype, registrar, sym_broadcast
 
 LAYOUT: dict[str, Handler] = {}
@@ -103,6 +103,13 @@ def _cast(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
 def _cast_like(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
     """Cast to the element type of the second input."""
     _cast_to(ctx, node, ctx.type_of(node.input[1]).dtype)
+
+
+def norm_axis(a: int, rank: int) -> int:
+    """A negative ONNX axis counted from the end. Unchecked (unlike ir/ops/shapes.norm_axis): Flatten's
+    axis may equal the rank, and an axis out of range is reported by the graph op's shape rule,
+    located at the node."""
+    return a + rank if a < 0 else a
 
 
 @handles("Unsqueeze")

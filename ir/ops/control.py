@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from ..arith import evaluate_bool
 from ..diagnostics import Loc, MlcError
 from ..expr import Bin, Const, Expr, Select
 from ..tir_builder import Builder, CannotLower, Index, Tensor, as_dtype
@@ -128,8 +129,6 @@ def _check_infer(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
 
 @ref("check")
 def _check_ref(args: list[Any], attrs: dict[str, Any], out_type: Any, env: dict[str, int]) -> np.ndarray:
-    from ..arith import evaluate_bool
-
     try:
         ok = evaluate_bool(attrs["cond"], env)
     except ValueError as e:

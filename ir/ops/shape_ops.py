@@ -378,8 +378,6 @@ def _arange_infer(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
     if all(isinstance(v, int | float) for v in (start, stop, step)):
         if step == 0:
             raise MlcError("arange: step 0", loc)
-        import math
-
         return TensorType((Const(max(0, math.ceil((stop - start) / step))),), dt)
     st = as_int(dim(step))
     if st is None or st == 0:
