@@ -199,13 +199,17 @@ def test_worker_killed_mid_build(tmp_path: Path, files: Path, ray_address: str) 
 def test_driver_interrupted_leaves_old_index(tmp_path: Path, files: Path, single: Path, ray_address: str,
                                              sig: signal.Signals) -> None:
     """Killing `mlc ann-index build --executor ray` mid-way leaves the old index whole; the next run works."""
+    import ray
+
     out = tmp_path / "i.idx"
     old = single.read_bytes()
     out.write_bytes(old)
     cmd = [*MLC, "ann-index", "build", str(files / "base.npy"), *BUILD, "--executor", f"ray:{ray_address}",
            "-o", str(out)]
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    time.sleep(6)  # the driver has joined the instance and is training
+    deadline = time.monotonic() + 60
+    while ray.available_resources().get("CPU", 2) >= 2 and p.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)  # until one of its tasks holds a CPU: the build is under way (training)
     p.send_signal(sig)
     _, err = p.communicate(timeout=60)
     assert p.returncode != 0, err.decode()  # interrupted, not finished
