@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
 import click
 import numpy as np
-from mlc.ann.executor import EXECUTORS, make_executor, parse_executor
+from mlc.ann.executor import EXECUTORS, Executor, make_executor, parse_executor, require_ray
 from mlc.ann.index import MODES, AnnIndex, train_quantizer
 from mlc.ann.index_file import index_bytes
 from mlc.ann.io import as_float_vectors, read_vectors, write_vectors
@@ -65,7 +66,7 @@ def build_cmd(base: str, method: str, codebooks: int, codewords: int, beam: int,
         raise MlcError(f"{output}: cannot write the index: directory {parent} does not exist")
     if Path(f"{output}.ir").is_dir():  # found now, not after the index file was written
         raise MlcError(f"{output}.ir: cannot write the search program: it is a directory")
-    run_on = make_executor(executor)  # before reading: without Ray installed, say so at once
+    run_on = _executor(executor)  # before reading: without Ray installed, say so at once
     x = as_float_vectors(read_vectors(base), what="base vectors", path=base)  # errors name the file
     opts: dict[str, object] = {"seed": seed}
     if method == "pq":
@@ -87,6 +88,20 @@ def build_cmd(base: str, method: str, codebooks: int, codewords: int, beam: int,
         write_sharded(output, q, files, _ir_text(q))
         parts = f" in {len(files)} shards"
     click.echo(f"{output}: {method} {q.M}x{q.K} over {len(x)} vectors of dim {q.dim}{parts}", err=True)
+
+
+def _executor(spec: str) -> Executor:
+    """The executor; a failure to start or join Ray is our one-line error, not Ray's logged traceback."""
+    if spec == "local":
+        return make_executor(spec)
+    require_ray()  # importing Ray sets up its logger
+    ray_log = logging.getLogger("ray")
+    level = ray_log.level
+    ray_log.setLevel(logging.CRITICAL)
+    try:
+        return make_executor(spec)
+    finally:
+        ray_log.setLevel(level)
 
 
 def _ir_text(q: Quantizer) -> str:
