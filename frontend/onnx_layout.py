@@ -148,30 +148,6 @@ def _gather(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
     ctx.out(0, ctx.emit("take", [ctx.input(0), ctx.input(1)], {"axis": axis}, node.output[0]))
 
 
-@handles("GatherElements")
-def _gather_elements(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
-    ctx.out(0, ctx.emit("gather_elements", [ctx.input(0), ctx.input(1)], {"axis": int(attrs.get("axis", 0))},
-                        node.output[0]))
-
-
-@handles("ScatterElements", "Scatter")
-def _scatter_elements(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
-    flags = {"axis": int(attrs.get("axis", 0)), "reduction": str(attrs.get("reduction", "none"))}
-    ctx.out(0, ctx.emit("scatter_elements", [ctx.input(0), ctx.input(1), ctx.input(2)], flags, node.output[0]))
-
-
-@handles("ScatterND")
-def _scatter_nd(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
-    ctx.out(0, ctx.emit("scatter_nd", [ctx.input(0), ctx.input(1), ctx.input(2)],
-                        {"reduction": str(attrs.get("reduction", "none"))}, node.output[0]))
-
-
-@handles("GatherND")
-def _gather_nd(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
-    ctx.out(0, ctx.emit("gather_nd", [ctx.input(0), ctx.input(1)], {"batch_dims": int(attrs.get("batch_dims", 0))},
-                        node.output[0]))
-
-
 @handles("Concat")
 def _concat(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
     syms = [ctx.sym(i) for i in node.input]

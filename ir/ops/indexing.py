@@ -38,7 +38,7 @@ from .shapes import (
     tensor,
 )
 
-# ---- take (ONNX Gather: frontend/onnx_layout.py) ---------------------------------------------
+# ---- take (ONNX Gather folds shape values: frontend/onnx_layout.py) ---------------------------------------------
 define("take", "injective", 2, {"axis": 0}, "gather: data[..., indices, ...] along axis (negative indices wrap)")
 
 
@@ -125,6 +125,12 @@ def _gather_elements_lower(b: Builder, args: Args, attrs: Attrs, t: Type) -> Ten
     return b.compute(out_shape(t), x.dtype, fn, "gather_elements")
 
 
+@register_onnx("GatherElements")
+def _gather_elements_onnx(ctx: ImportContext, node: OnnxNode, attrs: dict[str, Any]) -> None:
+    ctx.out(0, ctx.emit("gather_elements", [ctx.input(0), ctx.input(1)], {"axis": int(attrs.get("axis", 0))},
+                        node.output[0]))
+
+
 define("gather_nd", "injective", 2, {"batch_dims": 0},
        "ONNX GatherND: the last axis of indices addresses leading axes of data after batch_dims")
 
@@ -169,6 +175,12 @@ def _gather_nd_lower(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
         return Select(all_of(*conds), load, cst(0, x.dtype)) if conds else load
 
     return b.compute(out_shape(t), x.dtype, fn, "gather_nd")
+
+
+@register_onnx("GatherND")
+def _gather_nd_onnx(ctx: ImportContext, node: OnnxNode, attrs: dict[str, Any]) -> None:
+    ctx.out(0, ctx.emit("gather_nd", [ctx.input(0), ctx.input(1)], {"batch_dims": int(attrs.get("batch_dims", 0))},
+                        node.output[0]))
 
 
 # ---- scatter_elements, scatter_nd ------------------------------------------------------------
@@ -241,6 +253,12 @@ def _scatter_elements_lower(b: Builder, args: Args, attrs: Attrs, t: Type) -> Te
     join = {"add": lambda a, c: a + c, "mul": lambda a, c: a * c, "max": lambda a, c: Bin("max", a, c),
             "min": lambda a, c: Bin("min", a, c)}[red]
     return b.compute(x.shape, x.dtype, lambda p: join(x.at(p), acc.at(p)), "scatter_elements")
+
+
+@register_onnx("ScatterElements", "Scatter")
+def _scatter_elements_onnx(ctx: ImportContext, node: OnnxNode, attrs: dict[str, Any]) -> None:
+    flags = {"axis": int(attrs.get("axis", 0)), "reduction": str(attrs.get("reduction", "none"))}
+    ctx.out(0, ctx.emit("scatter_elements", [ctx.input(0), ctx.input(1), ctx.input(2)], flags, node.output[0]))
 
 
 define("scatter_nd", "opaque", 3, {"reduction": "none"},
@@ -318,6 +336,12 @@ def _scatter_nd_lower(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
     join = {"add": lambda a, c: a + c, "mul": lambda a, c: a * c, "max": lambda a, c: Bin("max", a, c),
             "min": lambda a, c: Bin("min", a, c)}[red]
     return b.compute(x.shape, x.dtype, lambda p: join(x.at(p), acc.at(p)), "scatter_nd")
+
+
+@register_onnx("ScatterND")
+def _scatter_nd_onnx(ctx: ImportContext, node: OnnxNode, attrs: dict[str, Any]) -> None:
+    ctx.out(0, ctx.emit("scatter_nd", [ctx.input(0), ctx.input(1), ctx.input(2)],
+                        {"reduction": str(attrs.get("reduction", "none"))}, node.output[0]))
 
 
 # ---- topk_indices (ONNX TopK: + gather_elements for the values) ------------------------------
