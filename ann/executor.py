@@ -14,6 +14,7 @@ Ray is optional (`pip install 'mlc[distributed]'`) and imported only when asked 
 
 from __future__ import annotations
 
+import socket
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -96,6 +97,7 @@ class RayExecutor(Executor):
     def __post_init__(self) -> None:
         ray = require_ray()
         if not ray.is_initialized():
+            check_reachable(self.address)
             try:
                 ray.init(address=self.address, num_cpus=self.num_cpus, include_dashboard=False,
                          log_to_driver=False, configure_logging=False)
@@ -127,6 +129,17 @@ class RayExecutor(Executor):
         ref = self._put(x)
         ranges = row_ranges(len(x), parts or self.workers)
         return ray.get([self._task.remote(fn, ref, s, e, *args) for s, e in ranges])
+
+
+def check_reachable(address: str | None) -> None:
+    """A head given as HOST:PORT answers, or a clear error now (Ray itself retries for minutes)."""
+    host, _, port = (address or "").rpartition(":")
+    if not host or not port.isdigit() or "/" in host:
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as e:
+        raise MlcError(f"cannot reach the Ray cluster at {address}: {e.strerror or e}") from None
 
 
 def require_ray() -> Any:

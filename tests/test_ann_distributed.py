@@ -206,6 +206,9 @@ def test_driver_interrupted_leaves_old_index(tmp_path: Path, files: Path, single
     out.write_bytes(old)
     cmd = [*MLC, "ann-index", "build", str(files / "base.npy"), *BUILD, "--executor", f"ray:{ray_address}",
            "-o", str(out)]
+    deadline = time.monotonic() + 30
+    while ray.available_resources().get("CPU", 0) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)  # tasks of an earlier test's killed driver are gone
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60
     while ray.available_resources().get("CPU", 2) >= 2 and p.poll() is None and time.monotonic() < deadline:
@@ -213,12 +216,21 @@ def test_driver_interrupted_leaves_old_index(tmp_path: Path, files: Path, single
     p.send_signal(sig)
     _, err = p.communicate(timeout=60)
     assert p.returncode != 0, err.decode()  # interrupted, not finished
-    assert out.read_bytes() == old
-    assert [f.name for f in tmp_path.iterdir() if not f.name.startswith(".")] == ["i.idx"]
+    assert out.read_bytes() == old and read_index(out).size == 12500  # the old index, whole
     if sig == signal.SIGINT:  # it cleaned up after itself; the next run is tested after SIGKILL
         assert p.returncode == 130 and [f.name for f in tmp_path.iterdir()] == ["i.idx"], err.decode()
         return
     done = subprocess.run(cmd, capture_output=True, timeout=120)
     assert done.returncode == 0, done.stderr.decode()
     assert isinstance(open_index(out), ShardedIndex)
-    assert sorted(f.name for f in tmp_path.iterdir() if not f.name.endswith(".shards")) == ["i.idx", "i.idx.ir"]
+    names = sorted(f.name for f in tmp_path.iterdir())  # what the killed run left is gone
+    assert len(names) == 3 and names[:2] == ["i.idx", "i.idx.ir"] and names[2].endswith(".shards"), names
+
+
+def test_unreachable_cluster_is_one_error(tmp_path: Path, files: Path) -> None:
+    pytest.importorskip("ray", reason="Ray is not installed (pip install 'mlc[distributed]')")
+    p = subprocess.run([*MLC, "ann-index", "build", str(files / "base.npy"), "--executor", "ray:127.0.0.1:1",
+                        "-o", str(tmp_path / "i.idx")], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 1 and p.stderr.strip().splitlines() == [
+        "mlc: error: cannot reach the Ray cluster at 127.0.0.1:1: Connection refused"], p.stderr
+    assert not list(tmp_path.iterdir())
