@@ -20,7 +20,7 @@ from ..dtype import to_numpy
 from ..expr import Bin, Const, Expr, Select, reduction_identity
 from ..tir_builder import Builder, Index, Tensor, all_of, cst
 from ..types import TensorType, Type
-from .lowering import Args, Attrs, as_tensor, in_range, out_dtype, out_shape
+from .lowering import Args, Attrs, as_tensor, in_range, out_dtype, out_shape, product
 from .reductions import reduce_op
 from .reference import Env, ev, ref, windows
 from .registry import (
@@ -102,11 +102,11 @@ def _conv2d_lower(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
         h = oh * s[0] - p[0] + ih * d[0]
         wd = ow * s[1] - p[1] + iw * d[1]
         ch = c if g == 1 else Bin("floordiv", o, og) * cg + c
-        val = x.at((n, ch, h, wd)) * w.at((o, c, ih, iw))
+        val = product(x.at((n, ch, h, wd)), w.at((o, c, ih, iw)), out_dtype(t))
         if not padded:
             return val
         cond = all_of(*in_range(h, x.shape[2]), *in_range(wd, x.shape[3]))
-        return Select(cond, val, cst(0, out_dtype(t)))
+        return Select(cond, val, cst(0, val.dtype))
 
     return b.reduce(shp, out_dtype(t), "add", (cg, kh, kw), value, "conv2d")
 
@@ -177,8 +177,8 @@ def _conv2d_t_lower(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
         conds += [Bin("ge", tx, Const(0)), Bin("eq", Bin("floormod", tx, Const(s[1])), Const(0)),
                   Bin("lt", hx, x.shape[3])]
         cond = all_of(*conds)
-        val = x.at((n, ch, hy, hx)) * w.at((ch, Bin("floormod", o, og), ih, iw))
-        return Select(cond, val, cst(0, out_dtype(t)))
+        val = product(x.at((n, ch, hy, hx)), w.at((ch, Bin("floormod", o, og), ih, iw)), out_dtype(t))
+        return Select(cond, val, cst(0, val.dtype))
 
     return b.reduce(shp, out_dtype(t), "add", (cg, kh, kw), value, "conv2d_transpose")
 

@@ -15,7 +15,7 @@ from ..diagnostics import Loc, MlcError
 from ..expr import Const, Expr
 from ..tir_builder import Builder, Index, Tensor, bcast_index
 from ..types import TensorType, Type
-from .lowering import Args, Attrs, as_tensor, out_dtype, out_shape
+from .lowering import Args, Attrs, as_tensor, out_dtype, out_shape, product
 from .reference import Env, ref
 from .registry import (
     ImportContext,
@@ -79,7 +79,7 @@ def _matmul_lower(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
         n = i[-1] if y.ndim > 1 else Const(0)
         xi = _bidx(bi, xa[:-2], full[:batch]) + (m, r[0])
         yi = _bidx(bi, ya[:-2], full[:batch]) + (r[0], n)
-        return x.at(xi if x.ndim > 1 else xi[-1:]) * y.at(yi if y.ndim > 1 else yi[-2:-1])
+        return product(x.at(xi if x.ndim > 1 else xi[-1:]), y.at(yi if y.ndim > 1 else yi[-2:-1]), out_dtype(t))
 
     return b.reduce(shp, out_dtype(t), "add", (xa[-1],), value, "matmul")
 
