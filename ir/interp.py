@@ -136,7 +136,6 @@ class Interpreter:
             raise MlcError(f"%{v.name} is not defined", v.loc) from None
 
     def node(self, n: Node, var: Value, frame: Frame) -> Any:
-        from . import ops  # noqa: F401  (loads the op registry)
         from .ops.registry import get
 
         if isinstance(n, OpCall | CallTensor):

@@ -26,6 +26,7 @@ from dataclasses import replace
 
 from .diagnostics import MlcError
 from .expr import Bin, Const, Expr, Load, free_vars
+from .names import fresh_name
 from .tir import (
     Allocate,
     AttrStmt,
@@ -42,7 +43,7 @@ from .tir import (
     ThreadAllReduce,
 )
 from .tir_gemm import match_gemm, parse_gemm_intrin, tensor_core_ok
-from .tir_visit import StmtMutator, conjuncts, fresh, kids, nodes, seq, used_names
+from .tir_visit import StmtMutator, conjuncts, kids, nodes, seq, used_names
 
 
 def is_lowered(func: PrimFunc) -> bool:
@@ -146,7 +147,7 @@ class _Lower(StmtMutator):
             if free_vars(iv.binding) & inner:
                 raise MlcError(f"lower-tir: block {b.name}: spatial iterator {iv.var.name} varies across "
                                f"the reduction threads", iv.loc)
-        acc = Buffer(fresh(self.used, "acc"), (Const(1),), st.buffer.dtype, "local", b.loc)
+        acc = Buffer(fresh_name("acc", self.used), (Const(1),), st.buffer.dtype, "local", b.loc)
         saved, self.xr = self.xr, (b, acc, op)
         loop = self.generic_visit(lp)
         self.xr = saved

@@ -184,15 +184,6 @@ def used_names(func: PrimFunc) -> set[str]:
     return out
 
 
-def fresh(used: set[str], base: str) -> str:
-    name, i = base, 0
-    while name in used:
-        i += 1
-        name = f"{base}_{i}"
-    used.add(name)
-    return name
-
-
 # ---- expressions --------------------------------------------------------------------------------
 def rewrite(e: Expr, fn: Callable[[Expr], Expr | None]) -> Expr:
     """Bottom-up expression rewrite: children first, then `fn(node)` (None keeps the node)."""
@@ -395,7 +386,7 @@ def clamp(iv: Interval | None, extent: Expr, outer: dict[Var, Interval]) -> Inte
 
 __all__ = [
     "Interval", "IterVar", "Path", "StmtMutator", "StmtVisitor", "block_reads", "block_writes", "bound",
-    "buffers_used", "clamp", "conjuncts", "fresh", "has_loop", "kids", "loads_in", "loop_ranges", "map_buffers",
+    "buffers_used", "clamp", "conjuncts", "has_loop", "kids", "loads_in", "loop_ranges", "map_buffers",
     "map_exprs", "map_stores", "nodes", "own_exprs", "reads_buffer", "rewrite", "seq", "simp", "stmt_exprs",
     "stored_buffers", "stores_in", "subst", "union", "used_names", "walk", "with_kids", "with_own_exprs",
 ]

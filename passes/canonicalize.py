@@ -46,7 +46,6 @@ def _effectful(node: Node) -> bool:
     """Op calls with an effect (run-time checks) stay even when nobody reads their value."""
     if not isinstance(node, OpCall):
         return False
-    from mlc.ir import ops  # noqa: F401
     from mlc.ir.ops.registry import get
 
     op = get(node.op)
@@ -134,7 +133,6 @@ class FoldConstants(ModulePass):
 
 
 def fold_constants(module: Module, ctx: PassContext, max_elements: int) -> Module:
-    from mlc.ir import ops  # noqa: F401
     from mlc.ir.ops.registry import get
 
     consts = dict(ctx.constants or {})

@@ -162,7 +162,6 @@ class _Inferer:
     def op_type(self, node: OpCall, b: Binding, out: list[Binding], taken: set[str]) -> tuple[OpCall, Type | None]:
         """The op's result type. Equalities it needs but cannot prove become match_casts of its
         arguments, emitted into `out` before it, so the op (and its kernel) sees consistent dims."""
-        from mlc.ir import ops  # noqa: F401  (loads the op registry)
         from mlc.ir.ops.registry import get
         from mlc.ir.ops.shapes import infer_with_assumptions
 

@@ -7,8 +7,9 @@ from dataclasses import replace
 from mlc.ir import arith
 from mlc.ir.diagnostics import MlcError
 from mlc.ir.expr import Const, Expr, Var, free_vars, substitute
+from mlc.ir.names import fresh_name
 from mlc.ir.tir import BlockStmt, For, IfStmt, IterVar, Let, PrimFunc, Seq, Stmt
-from mlc.ir.tir_visit import bound, conjuncts, fresh, loop_ranges, simp, used_names
+from mlc.ir.tir_visit import bound, conjuncts, loop_ranges, simp, used_names
 
 from .tree import ancestors, blocks, find_loop, get, put
 
@@ -45,11 +46,11 @@ def blockize(func: PrimFunc, loop: str) -> tuple[PrimFunc, str]:
         e = int(arith.as_int(rng[1])) + 1  # type: ignore[arg-type]
         if not arith.prove_equal((outer // e) * e, outer) or not arith.prove_equal((iv.extent // e) * e, iv.extent):
             raise MlcError(f"blockize: iterator {iv.var.name} of block {b.name} is not tiled evenly by {e}")
-        vo = Var(fresh(used, f"{iv.var.name}_o"), iv.var.dtype)
+        vo = Var(fresh_name(f"{iv.var.name}_o", used), iv.var.dtype)
         outer_iters.append(IterVar(vo, simp(iv.extent // e), iv.kind, simp(outer // e)))
     # the inner block keeps its loop-variable bindings, so later primitives may still move it freely
     new_lp = lp
-    name = fresh(used, f"{b.name}_o")
+    name = fresh_name(f"{b.name}_o", used)
     new: Stmt = BlockStmt(name, tuple(outer_iters), new_lp)
     # guards of imperfect splits that only test outer loops also guard the outer block
     conds = [c for g in chain if isinstance(g, IfStmt) for c in conjuncts(g.cond) if not free_vars(c) & ivars]

@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import replace
 
 from mlc.ir.diagnostics import MlcError
+from mlc.ir.names import fresh_name
 from mlc.ir.tir import Buffer, PrimFunc, Seq
-from mlc.ir.tir_visit import block_reads, block_writes, fresh, map_buffers, used_names
+from mlc.ir.tir_visit import block_reads, block_writes, map_buffers, used_names
 
 from .scope import (
     is_param,
@@ -32,7 +33,7 @@ def cache_read(func: PrimFunc, block: str, index: int, scope: str) -> tuple[Prim
         raise MlcError(f"cache_read: unknown scope {scope!r}; expected one of {', '.join(SCOPES)}")
     buf = reads[index]
     used = used_names(func)
-    new = Buffer(fresh(used, f"{buf.name}_{scope}"), buf.shape, buf.dtype, scope)
+    new = Buffer(fresh_name(f"{buf.name}_{scope}", used), buf.shape, buf.dtype, scope)
     consumers = readers(func, buf.name)
     first = min(top_index(func, p) for p, _ in consumers)
     for p, w in writers(func, buf.name):
@@ -61,11 +62,11 @@ def cache_write(func: PrimFunc, block: str, index: int, scope: str) -> tuple[Pri
         if r.name != block and top_index(func, p) == ti:
             raise MlcError(f"cache_write: consumer {r.name} shares a loop nest with {block}")
     used = used_names(func)
-    new = Buffer(fresh(used, f"{buf.name}_{scope}"), buf.shape, buf.dtype, scope)
+    new = Buffer(fresh_name(f"{buf.name}_{scope}", used), buf.shape, buf.dtype, scope)
     nb = map_buffers(b, lambda x: new if x.name == buf.name else x)
     ts = tops(func)
     ts[ti] = put(ts[ti], path[2:] if isinstance(root(func).body, Seq) else path[1:], nb)
-    wb = fresh(used, f"{buf.name}_{scope}_wb")
+    wb = fresh_name(f"{buf.name}_{scope}_wb", used)
     ts.insert(ti + 1, make_copy_nest(used, wb, new, buf))
     return with_tops(func, ts, root(func).alloc_buffers + (new,)), wb
 

@@ -8,6 +8,7 @@ from dataclasses import replace
 from mlc.ir import arith
 from mlc.ir.diagnostics import MlcError
 from mlc.ir.expr import Const, Expr, Var, substitute
+from mlc.ir.names import fresh_name
 from mlc.ir.tir import BlockStmt, Buffer, For, PrimFunc, Stmt
 from mlc.ir.tir_visit import (
     Interval,
@@ -15,7 +16,6 @@ from mlc.ir.tir_visit import (
     block_reads,
     bound,
     clamp,
-    fresh,
     loads_in,
     loop_ranges,
     seq,
@@ -80,7 +80,7 @@ def _regenerate(b: BlockStmt, ranges: dict[Var, Interval], used: set[str], loop_
         if arith.as_int(ext) == 1:
             iters.append(replace(iv, binding=lo))
             continue
-        lv = Var(fresh(used, loop_names.get(iv.var, f"ax_{iv.var.name}")), iv.binding.dtype)
+        lv = Var(fresh_name(loop_names.get(iv.var, f"ax_{iv.var.name}"), used), iv.binding.dtype)
         loops.append((lv, ext))
         iters.append(replace(iv, binding=simp(lo + lv)))
     stmt: Stmt = replace(b, iters=tuple(iters))

@@ -17,13 +17,13 @@ from dataclasses import replace
 from mlc.ir import arith
 from mlc.ir.diagnostics import MlcError
 from mlc.ir.expr import Bin, Const, Expr, Load, Var, substitute
+from mlc.ir.names import fresh_name
 from mlc.ir.tir import BlockStmt, Buffer, For, IterVar, PrimFunc, Stmt, Store
 from mlc.ir.tir_visit import (
     Path,
     block_reads,
     block_writes,
     bound,
-    fresh,
     loads_in,
     loop_ranges,
     map_exprs,
@@ -85,9 +85,9 @@ def pack(func: PrimFunc, block: str, index: int, tiles: Sequence[int], order: Se
         if top_index(func, p) >= first:
             raise MlcError(f"pack: producer {w.name} of {buf.name} shares a loop nest with, or follows, its first consumer")
     used = used_names(func)
-    name = fresh(used, f"{buf.name}_pack")
+    name = fresh_name(f"{buf.name}_pack", used)
     used.add(name)
-    new = Buffer(fresh(used, f"{buf.name}_packed"), tuple(axes[p][2] for p in order), buf.dtype, "global")
+    new = Buffer(fresh_name(f"{buf.name}_packed", used), tuple(axes[p][2] for p in order), buf.dtype, "global")
 
     def redirect(e: Expr) -> Expr | None:
         if isinstance(e, Load) and e.buffer.name == buf.name:
@@ -98,7 +98,7 @@ def pack(func: PrimFunc, block: str, index: int, tiles: Sequence[int], order: Se
     for p, c in consumers:
         body = put(body, p, map_exprs(c, lambda e: rewrite(e, redirect)))
     func = replace(func, body=body)
-    loops = [Var(fresh(used, f"ax{n}")) for n in range(len(order))]
+    loops = [Var(fresh_name(f"ax{n}", used)) for n in range(len(order))]
     for lv in loops:
         used.add(lv.name)
     ivs = tuple(IterVar(Var(f"v{n}"), axes[p][2], "S", lv) for n, (p, lv) in enumerate(zip(order, loops)))
@@ -191,7 +191,7 @@ def compact(func: PrimFunc, block: str, index: int) -> tuple[PrimFunc, str]:
             raise MlcError(f"compact: the tile of {buf.name} along axis {d} is not aligned to its extent {ext}")
         shape.append(Const(ext))
     used = used_names(func)
-    new = Buffer(fresh(used, f"{buf.name}_tile"), tuple(shape), buf.dtype, buf.scope)
+    new = Buffer(fresh_name(f"{buf.name}_tile", used), tuple(shape), buf.dtype, buf.scope)
     full_ext = [arith.as_int(x) for x in buf.shape]
 
     def idx_map(idx: Sequence[Expr]) -> tuple[Expr, ...]:
@@ -206,7 +206,7 @@ def compact(func: PrimFunc, block: str, index: int) -> tuple[PrimFunc, str]:
     body = map_exprs(lp.body, lambda e: rewrite(e, fn))
     body = map_stores(body, lambda st: replace(st, buffer=new, indices=idx_map(st.indices))
                        if st.buffer.name == buf.name else st)
-    name = fresh(used, f"{buf.name}_tile_scope")
+    name = fresh_name(f"{buf.name}_tile_scope", used)
     func = replace(func, body=put(func.body, lca, replace(lp, body=BlockStmt(name, (), body, alloc_buffers=(new,)))))
     r0 = root(func)
     return with_tops(func, tops(func), tuple(x for x in r0.alloc_buffers if x.name != buf.name)), name

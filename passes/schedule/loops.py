@@ -9,8 +9,9 @@ from dataclasses import replace
 from mlc.ir import arith
 from mlc.ir.diagnostics import MlcError
 from mlc.ir.expr import Bin, Const, Expr, Var, free_vars
+from mlc.ir.names import fresh_name
 from mlc.ir.tir import BlockStmt, For, IfStmt, PrimFunc, Stmt, Store
-from mlc.ir.tir_visit import StmtMutator, fresh, kids, simp, subst, used_names, with_kids
+from mlc.ir.tir_visit import StmtMutator, kids, simp, subst, used_names, with_kids
 
 from .tree import blocks, find_loop, get, put
 
@@ -62,7 +63,7 @@ def split(func: PrimFunc, loop: str, factors: Sequence[int | None]) -> tuple[Pri
         if known < n:
             raise MlcError(f"split: factors {list(factors)} multiply to {known} < extent {n} of loop {loop}")
     used = used_names(func)
-    names = [fresh(used, f"{loop}_{i}") for i in range(len(factors))]
+    names = [fresh_name(f"{loop}_{i}", used) for i in range(len(factors))]
     vars_ = [Var(nm, lp.var.dtype) for nm in names]
     value: Expr = Const(0)
     for i, v in enumerate(vars_):
@@ -95,7 +96,7 @@ def fuse(func: PrimFunc, loops: Sequence[str]) -> tuple[PrimFunc, str]:
         if free_vars(lp.extent) & own:
             raise MlcError(f"fuse: extent of loop {lp.var.name} depends on a fused loop")
     used = used_names(func)
-    fv = Var(fresh(used, "_".join(loops) + "_fused"), fors[0].var.dtype)
+    fv = Var(fresh_name("_".join(loops) + "_fused", used), fors[0].var.dtype)
     mapping: dict[Var, Expr] = {}
     stride: Expr = Const(1)
     for i in range(len(fors) - 1, -1, -1):

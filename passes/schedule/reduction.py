@@ -6,8 +6,9 @@ from dataclasses import replace
 
 from mlc.ir.diagnostics import MlcError
 from mlc.ir.expr import Bin, Const, Expr, Load, Var, free_vars, substitute
+from mlc.ir.names import fresh_name
 from mlc.ir.tir import BlockStmt, Buffer, For, IfStmt, IterVar, PrimFunc, Seq, Stmt, Store
-from mlc.ir.tir_visit import block_reads, block_writes, conjuncts, fresh, loads_in, simp, used_names
+from mlc.ir.tir_visit import block_reads, block_writes, conjuncts, loads_in, simp, used_names
 
 from .scope import (
     named_block,
@@ -45,12 +46,12 @@ def decompose_reduction(func: PrimFunc, block: str, loop: str) -> tuple[PrimFunc
                     raise MlcError(f"decompose_reduction: loop {s.var.name} mixes spatial and reduce iterators")
                 dropped.add(s.var)
             else:
-                keep.append((s, Var(fresh(used, f"{s.var.name}_init"), s.var.dtype)))
+                keep.append((s, Var(fresh_name(f"{s.var.name}_init", used), s.var.dtype)))
         elif isinstance(s, IfStmt):
             guards.append(s.cond)
     m: dict[Var, Expr] = {lp.var: nv for lp, nv in keep}
     iters = tuple(replace(iv, binding=simp(substitute(iv.binding, m))) for iv in b.iters if iv.kind == "S")
-    init_name = fresh(used, f"{block}_init")
+    init_name = fresh_name(f"{block}_init", used)
     stmt: Stmt = BlockStmt(init_name, iters, b.init, None, (), (), b.loc)
     conds = [c for g in guards for c in conjuncts(g) if not (free_vars(c) & dropped)]
     for c in reversed(conds):
@@ -101,7 +102,7 @@ def rfactor(func: PrimFunc, block: str, loop: str, factor_axis: int = 0) -> tupl
     if not 0 <= factor_axis <= ndim:
         raise MlcError(f"rfactor: factor_axis {factor_axis} out of range [0, {ndim}]")
     used = used_names(func)
-    rf_buf = Buffer(fresh(used, f"{st.buffer.name}_rf"), st.buffer.shape[:factor_axis] + (rf_loop.extent,)
+    rf_buf = Buffer(fresh_name(f"{st.buffer.name}_rf", used), st.buffer.shape[:factor_axis] + (rf_loop.extent,)
                     + st.buffer.shape[factor_axis:], st.buffer.dtype, "global")
     new_iters = {lp.var: IterVar(Var(f"v_{lp.var.name}"), lp.extent, "S" if lp is rf_loop else "R",
                                  simp(lp.var - lp.start)) for lp in rloops}
@@ -111,13 +112,13 @@ def rfactor(func: PrimFunc, block: str, loop: str, factor_axis: int = 0) -> tupl
     rf_idx = tuple(st.indices[:factor_axis]) + (vrf,) + tuple(st.indices[factor_axis:])
     acc = Load(rf_buf, rf_idx)
     rf_block = BlockStmt(
-        fresh(used, f"{block}_rf"),
+        fresh_name(f"{block}_rf", used),
         tuple(iv for iv in b.iters if iv.kind == "S") + tuple(new_iters[lp.var] for lp in rloops),
         Store(rf_buf, rf_idx, Bin(v.op, acc, substitute(v.b, old_r))),
         Store(rf_buf, rf_idx, b.init.value), (), b.annotations, b.loc)
     # the original block now reduces the partials
-    loops_s = [Var(fresh(used, f"ax{d}")) for d in range(ndim)]
-    lrf = Var(fresh(used, f"{rf_loop.var.name}_rf"))
+    loops_s = [Var(fresh_name(f"ax{d}", used)) for d in range(ndim)]
+    lrf = Var(fresh_name(f"{rf_loop.var.name}_rf", used))
     wb_iters = tuple(replace(iv, binding=lv) for iv, lv in zip(b.iters, loops_s)) \
         + (IterVar(Var(f"v_{rf_loop.var.name}"), rf_loop.extent, "R", lrf),)
     wb_idx = tuple(st.indices[:factor_axis]) + (wb_iters[-1].var,) + tuple(st.indices[factor_axis:])

@@ -16,8 +16,9 @@ import numpy as np
 from mlc.ir import arith
 from mlc.ir.diagnostics import MlcError
 from mlc.ir.expr import Var
+from mlc.ir.names import fresh_name
 from mlc.ir.tir import BlockStmt, For, PrimFunc
-from mlc.ir.tir_visit import block_reads, block_writes, fresh, subst, walk
+from mlc.ir.tir_visit import block_reads, block_writes, subst, walk
 
 from . import blockize as blockize_
 from . import cache, inline, layout, loops, reduction, scope
@@ -71,7 +72,7 @@ def normalize(func: PrimFunc) -> PrimFunc:
         if isinstance(s, For):
             if s.var.name in seen:
                 cur = get(func.body, path)
-                nv = Var(fresh(used, s.var.name), s.var.dtype)
+                nv = Var(fresh_name(s.var.name, used), s.var.dtype)
                 new = replace(cur, var=nv, body=subst(cur.body, {cur.var: nv}))  # type: ignore[arg-type]
                 func = replace(func, body=put(func.body, path, new))
             seen.add(s.var.name)

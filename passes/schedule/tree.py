@@ -13,12 +13,12 @@ from collections.abc import Iterator
 
 from mlc.ir.diagnostics import MlcError
 from mlc.ir.expr import Const, Load, Var
+from mlc.ir.names import fresh_name
 from mlc.ir.tir import BlockStmt, Buffer, For, IterVar, Stmt, Store
 from mlc.ir.tir_visit import (  # noqa: F401 - re-exported for rules.py, tensorize.py, tune/features.py
     Path,
     block_reads,
     block_writes,
-    fresh,
     kids,
     loads_in,
     rewrite,
@@ -79,7 +79,7 @@ def blocks(s: Stmt) -> Iterator[tuple[Path, BlockStmt]]:
 
 def make_copy_nest(used: set[str], name: str, src: Buffer, dst: Buffer) -> Stmt:
     """`for ax...: block name: dst[v...] = src[v...]` over the whole buffer."""
-    loops = [Var(fresh(used, f"ax{d}")) for d in range(len(dst.shape))]
+    loops = [Var(fresh_name(f"ax{d}", used)) for d in range(len(dst.shape))]
     iters = tuple(IterVar(Var(f"v{d}"), ext, "S", lv) for d, (ext, lv) in enumerate(zip(dst.shape, loops)))
     idx = tuple(iv.var for iv in iters)
     stmt: Stmt = BlockStmt(name, iters, Store(dst, idx, Load(src, idx)))
