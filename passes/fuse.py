@@ -25,6 +25,7 @@ import heapq
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from mlc.ir.graph import Binding, Block, CallTensor, Function, If, Loop, OpCall
 from mlc.ir.module import Module
@@ -33,8 +34,8 @@ from mlc.ir.ops.registry import get as get_op
 from mlc.ir.rewrite import operands, used_names
 from mlc.ir.tir_builder import CannotLower
 
-from .lower import EXTERN_OPTION, STRICT_OPTION, GroupLowerer, lowerable, map_blocks, parse_externs, to_externs
-from .registry import Option, PassContext, register_pass
+from .lower import GroupLowerer, LowerOptions, lowerable, map_blocks, parse_externs, to_externs
+from .registry import PassContext, option, register_pass
 
 ELEM, BCAST, INJ, RED, OUT_EW, OPAQUE = range(len(KINDS))
 HEAVY = (RED, OUT_EW)
@@ -324,31 +325,27 @@ def count_calls(module: Module) -> FuseStats:
     return st
 
 
-@register_pass(
-    "fuse",
-    options=(
-        EXTERN_OPTION,
-        STRICT_OPTION,
-        Option("verbose", bool, False, "print 'fuse: N ops -> M kernels' to stderr"),
-        Option("max_depth", int, 64, "most ops in one fused kernel"),
-    ),
-    requires=("shapes-inferred",),
-    establishes=("lowered",),
-)
-def fuse(module: Module, ctx: PassContext, extern: str = "", strict: bool = False, verbose: bool = False,
-         max_depth: int = 64) -> Module:
+@register_pass
+@dataclass(frozen=True)
+class Fuse(LowerOptions):
     """Fuse ops into groups (injective chains, reduction/matmul/conv epilogues) and lower each group to one tensor program."""
-    before = count_calls(module)
-    gl = GroupLowerer(module)
-    fz = Fuser(gl, parse_externs(extern), max(1, int(max_depth)))
-    fns = [map_blocks(f, fz.block) if isinstance(f, Function) else f for f in module.functions]
-    out = gl.finish(fns, strict, "fuse")
-    after = count_calls(out)
-    msg = f"fuse: {before.ops} ops -> {after.kernels} kernels ({len(gl.new)} tensor programs, {after.ops} ops left)"
-    ctx.log(msg)
-    if verbose:
-        print(msg, file=sys.stderr)
-    return out
+
+    name: ClassVar[str] = "fuse"
+    verbose: bool = option(False, "print 'fuse: N ops -> M kernels' to stderr")
+    max_depth: int = option(64, "most ops in one fused kernel")
+
+    def apply(self, module: Module, ctx: PassContext) -> Module:
+        before = count_calls(module)
+        gl = GroupLowerer(module)
+        fz = Fuser(gl, parse_externs(self.extern), max(1, int(self.max_depth)))
+        fns = [map_blocks(f, fz.block) if isinstance(f, Function) else f for f in module.functions]
+        out = gl.finish(fns, self.strict, "fuse")
+        after = count_calls(out)
+        msg = f"fuse: {before.ops} ops -> {after.kernels} kernels ({len(gl.new)} tensor programs, {after.ops} ops left)"
+        ctx.log(msg)
+        if self.verbose:
+            print(msg, file=sys.stderr)
+        return out
 
 
-__all__ = ["fuse", "count_calls", "FuseStats", "post_dominators", "build_graph", "Partitioner"]
+__all__ = ["Fuse", "count_calls", "FuseStats", "post_dominators", "build_graph", "Partitioner"]

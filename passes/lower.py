@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from mlc.ir.diagnostics import MlcError
 from mlc.ir.expr import Expr, Load, Var, free_vars
@@ -26,7 +27,7 @@ from mlc.ir.tir import PrimFunc
 from mlc.ir.tir_builder import Builder, CannotLower, Tensor
 from mlc.ir.types import ScalarType, TensorType, TupleType, Type
 
-from .registry import Option, PassContext, register_pass
+from .registry import ModulePass, PassContext, option, register_pass
 
 
 def parse_externs(spec: str) -> dict[str, str]:
@@ -232,25 +233,33 @@ def to_externs(block: Block, externs: dict[str, str]) -> Block:
     return Block(tuple(out), block.results, block.loc)
 
 
-EXTERN_OPTION = Option("extern", str, "", "keep ops as external kernel calls: OP=KERNEL[,OP=KERNEL...]")
-STRICT_OPTION = Option("strict", bool, False, "fail (naming them) when some ops cannot be lowered")
+@dataclass(frozen=True)
+class LowerOptions(ModulePass):
+    """The options `lower` and `fuse` share."""
+
+    extern: str = option("", "keep ops as external kernel calls: OP=KERNEL[,OP=KERNEL...]")
+    strict: bool = option(False, "fail (naming them) when some ops cannot be lowered")
 
 
-@register_pass("lower", options=(EXTERN_OPTION, STRICT_OPTION), requires=("shapes-inferred",),
-               establishes=("lowered",))
-def lower(module: Module, ctx: PassContext, extern: str = "", strict: bool = False) -> Module:
+@register_pass
+@dataclass(frozen=True)
+class Lower(LowerOptions):
     """Lower every graph op call to a call_tensor of its own tensor program (deduplicated)."""
-    externs = parse_externs(extern)
-    gl = GroupLowerer(module)
 
-    def block(blk: Block) -> Block:
-        out = []
-        for b in to_externs(blk, externs).bindings:
-            nb = gl.single(b) if isinstance(b.node, OpCall) else None
-            out.append(nb or b)
-        return Block(tuple(out), blk.results, blk.loc)
+    name: ClassVar[str] = "lower"
 
-    fns = [map_blocks(f, block) if isinstance(f, Function) else f for f in module.functions]
-    res = gl.finish(fns, strict, "lower")
-    ctx.log(f"lower: {len(gl.new)} tensor programs")
-    return res
+    def apply(self, module: Module, ctx: PassContext) -> Module:
+        externs = parse_externs(self.extern)
+        gl = GroupLowerer(module)
+
+        def block(blk: Block) -> Block:
+            out = []
+            for b in to_externs(blk, externs).bindings:
+                nb = gl.single(b) if isinstance(b.node, OpCall) else None
+                out.append(nb or b)
+            return Block(tuple(out), blk.results, blk.loc)
+
+        fns = [map_blocks(f, block) if isinstance(f, Function) else f for f in module.functions]
+        res = gl.finish(fns, self.strict, "lower")
+        ctx.log(f"lower: {len(gl.new)} tensor programs")
+        return res

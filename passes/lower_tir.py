@@ -8,20 +8,28 @@ build pipelines, so `mlc build --print-after-all` shows exactly what codegen rec
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 from mlc.ir.diagnostics import MlcError
 from mlc.ir.module import Module
 from mlc.ir.tir_lower import lower_tir_func
 
-from .registry import PassContext, register_pass
+from .registry import ModulePass, PassContext, register_pass
 
 
-@register_pass("lower-tir", establishes=("loop-level-tir",))
-def lower_tir_pass(module: Module, ctx: PassContext) -> Module:
+@register_pass
+@dataclass(frozen=True)
+class LowerTir(ModulePass):
     """Blocks to loops: iterators let-bound, init guarded, allocations explicit, cross-thread
     reductions and tensorized GEMMs explicit statements."""
-    for f in module.prim_functions():
-        try:
-            module = module.with_function(lower_tir_func(f))
-        except MlcError as e:
-            raise MlcError(f"lower-tir: @{f.name}: {e.message}", e.loc, e.source_line) from None
-    return module
+
+    name: ClassVar[str] = "lower-tir"
+
+    def apply(self, module: Module, ctx: PassContext) -> Module:
+        for f in module.prim_functions():
+            try:
+                module = module.with_function(lower_tir_func(f))
+            except MlcError as e:
+                raise MlcError(f"lower-tir: @{f.name}: {e.message}", e.loc, e.source_line) from None
+        return module
