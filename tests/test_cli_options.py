@@ -134,6 +134,13 @@ def test_build_prints_the_ir_after_each_pass(models: Path, tmp_path: Path) -> No
     assert r.stderr.count("prim @") >= 1  # after fuse/schedule: the tensor programs
     assert sorted(p.name for p in dump.iterdir()) == [f"{i + 1:02d}-{p}.ir" for i, p in enumerate(passes)]
     assert "pass timing" in r.stderr and r.stdout == ""
+    # the last dump is what codegen reads: loop-level IR (no blocks), produced by lower-tir
+    assert passes[-1] == "lower-tir"
+    from mlc.ir.parser import parse_module
+    from mlc.ir.tir_lower import is_lowered
+
+    last = parse_module((dump / f"{len(passes):02d}-lower-tir.ir").read_text(), "last.ir")
+    assert list(last.prim_functions()) and all(is_lowered(f) for f in last.prim_functions())
     r = invoke("build", str(models / "mlp.onnx"), "-o", str(tmp_path / "n.mlc"), "--no-verify-each")
     assert r.exit_code == 0, r.output
     assert "IR dump" not in r.output
