@@ -35,11 +35,14 @@ def test_zoo_model_on_gpu_matches_onnxruntime(name: str) -> None:
 
 def test_zoo_artifact_roundtrip_on_gpu(tmp_path) -> None:  # type: ignore[no-untyped-def]
     from mlc.runtime.artifact import read
-    from mlc.runtime.cuda_build import CudaModel, build_cuda_artifact
+    from mlc.runtime.build import build_artifact
+    from mlc.runtime.model import Model
 
     mod, consts = zoo_module("gpt_block")
-    (tmp_path / "g.mlc").write_bytes(build_cuda_artifact(mod, consts).data)
-    model = CudaModel(read(tmp_path / "g.mlc"))
+    for f in mod.prim_functions():
+        mod = mod.with_function(default_gpu_schedule(f))
+    (tmp_path / "g.mlc").write_bytes(build_artifact(mod, consts, "cuda").data)
+    model = Model(read(tmp_path / "g.mlc"))
     feeds, want = zoo_case("gpt_block", 0)
     got = model(**feeds)
     for o, w in want.items():
