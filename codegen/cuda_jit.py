@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..ir.diagnostics import MlcError
-from ..ir.tir import BlockStmt, For, PrimFunc
+from ..ir.tir import BlockStmt, For, GemmCall, PrimFunc
 from ..ir.tir_visit import nodes
 from .cuda import CudaSource, lower_to_cuda
 
@@ -61,13 +61,14 @@ def _nvcc_version() -> str:
 
 
 def check_scheduled(func: PrimFunc) -> None:
-    """A block-level PrimFunc with loops must have some bound to GPU threads or a tensorized (template)
-    stage: this backend does not schedule. Loop-level (lowered) functions are taken as they are."""
+    """A PrimFunc with loops must have some bound to GPU threads or a tensorized (template GEMM)
+    stage, in block form or lowered: this backend does not schedule, and an unbound nest would run
+    on one GPU thread."""
     stmts = list(nodes(func.body))
-    blocks = [s for s in stmts if isinstance(s, BlockStmt)]
     loops = [s for s in stmts if isinstance(s, For)]
-    if (blocks and loops and not any(s.kind == "thread" for s in loops)
-            and not any(dict(b.annotations).get("tensor_intrin") for b in blocks)):
+    gemm = any(isinstance(s, GemmCall) or (isinstance(s, BlockStmt) and dict(s.annotations).get("tensor_intrin"))
+               for s in stmts)
+    if loops and not gemm and not any(s.kind == "thread" for s in loops):
         raise MlcError(f"codegen cuda of prim @{func.name}: no loop is bound to GPU threads; run the `schedule` "
                        f"pass with a cuda target first (mlc opt -p configs/pipelines/build-cuda.yaml, or "
                        f"passes.schedule.gpu_rules.default_gpu_schedule)", func.loc)
