@@ -11,7 +11,7 @@ $(BIN)/activate:
 	$(BIN)/pip install -q --upgrade pip
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/activate
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[test,distributed]'
 	touch $@
 
 $(VENV)/.installed-bench: $(VENV)/.installed
