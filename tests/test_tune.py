@@ -16,10 +16,10 @@ from mlc.ir.module import Module
 from mlc.ir.printer import print_module
 from mlc.ir.target import Target
 from mlc.ir.tir_interp import run_prim
+from mlc.ir.tir_visit import walk
 from mlc.passes.registry import PassContext, get_pass
 from mlc.passes.schedule import Trace
 from mlc.passes.schedule.rules import TargetInfo, sample_schedule
-from mlc.passes.schedule.tree import walk
 from mlc.passes.tune.database import Database, Record, mlc_version, workload_key
 from mlc.passes.tune.space import design_space
 from mlc.tune.cost_model import CostModel
@@ -55,6 +55,29 @@ def test_database_round_trip_resume_and_truncated_line(tmp_path) -> None:  # typ
     (tmp_path / "bad.jsonl").write_text("garbage\n{}\n")
     with pytest.raises(MlcError, match="bad.jsonl:1:1"):
         Database(tmp_path / "bad.jsonl")
+
+
+def test_torn_last_record_is_cut_before_the_next_append(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """A kill mid-write leaves a torn last line: warned about and ignored, earlier records kept, and the next
+    run's append cuts it off first, so the run after that reads a whole file (issue 19: it broke two runs)."""
+    f = matmul_func(16, 8, 16)
+    p = tmp_path / "db.jsonl"
+    db = Database(p)
+    for s, t in ((0, 3e-3), (1, 1e-3)):
+        db.add(_record(f, s, t))
+    whole = p.read_bytes()
+    p.write_bytes(whole + whole.splitlines(keepends=True)[0][:37])  # torn inside a record
+    again = Database(p)
+    assert again.skipped == 1 and len(again.records) == 2
+    assert "ignoring a torn last record" in capsys.readouterr().err
+    again.add(_record(f, 2, 2e-3))
+    third = Database(p)
+    assert third.skipped == 0 and len(third.records) == 3 and p.read_bytes().startswith(whole)
+    p.write_bytes(p.read_bytes()[:-1])  # a complete last record that lost only its newline
+    fourth = Database(p)
+    assert fourth.skipped == 0 and len(fourth.records) == 3
+    fourth.add(_record(f, 3, 4e-3))
+    assert len(Database(p).records) == 4 and p.read_bytes().endswith(b"\n")
 
 
 def test_cost_model_learns_a_ranking() -> None:

@@ -2,8 +2,11 @@
 
 A workload's key is the sha256 of its printed (unscheduled) PrimFunc with the function name
 removed, so the same program from two models shares records. The file is append-only (one
-record per line, flushed as measured), which makes an interrupted run resumable: loading tolerates
-a truncated last line. Records store the trace JSON, never code.
+record per line, flushed as measured), which makes an interrupted run resumable. A kill mid-write
+can leave a torn last line: loading ignores it with a warning (every earlier record is kept), and
+the next append cuts it off first, so it never becomes a malformed line in the middle of the file.
+Only one process appends to a file (the tuning driver; Ray workers send their results to it).
+Records store the trace JSON, never code.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import hashlib
 import json
 import math
 import os
+import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -95,37 +99,62 @@ class Database:
     def __init__(self, path: str | Path | None = None):
         self.path = Path(path) if path else None
         self.records: list[Record] = []
-        self.skipped = 0
+        self.skipped = 0  # torn last lines ignored (0 or 1)
+        self._tail: tuple[str, int] = ("", 0)  # a last line to repair before appending: kind, offset
         if self.path is not None and self.path.exists():
             self._load()
 
     def _load(self) -> None:
         assert self.path is not None
         try:
-            lines = self.path.read_text().splitlines()
+            data = self.path.read_bytes()
         except OSError as e:
             raise MlcError(f"cannot read tuning database '{self.path}': {e.strerror}") from None
-        except UnicodeDecodeError:
-            raise MlcError(f"cannot read tuning database '{self.path}': not a UTF-8 text file") from None
-        for n, line in enumerate(lines, 1):
-            if not line.strip():
+        lines = data.split(b"\n")
+        tail = lines.pop()  # b"" when the file ends with a newline, as every complete write does
+        for n, raw in enumerate(lines, 1):
+            if not raw.strip():
                 continue
+            try:
+                line = raw.decode()
+            except UnicodeDecodeError:
+                raise MlcError(f"cannot read tuning database '{self.path}': not a UTF-8 text file") from None
             try:
                 self.records.append(Record.from_json(line))
             except (ValueError, MlcError, KeyError, TypeError) as e:
-                if n == len(lines):  # an interrupted write: the last line is cut short
-                    self.skipped += 1
-                    continue
                 raise MlcError(f"malformed tuning record: {e}", Loc(str(self.path), n, 1), line) from None
+        if not tail.strip():
+            return
+        try:  # a last line without its newline: complete (the kill came just before it) or torn
+            self.records.append(Record.from_json(tail.decode()))
+            self._tail = ("newline", len(data))
+        except (ValueError, MlcError, KeyError, TypeError, UnicodeDecodeError):
+            self.skipped += 1
+            self._tail = ("torn", len(data) - len(tail))
+            print(f"mlc: warning: {self.path}:{len(lines) + 1}: ignoring a torn last record (an interrupted "
+                  f"write); the {len(self.records)} records before it are kept", file=sys.stderr)
 
     def add(self, rec: Record) -> None:
         self.records.append(rec)
-        if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.path, "a") as fh:
-                fh.write(rec.to_json() + "\n")
-                fh.flush()
-                os.fsync(fh.fileno())
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "ab") as fh:
+            fh.write(self._repair_tail(fh) + (rec.to_json() + "\n").encode())
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def _repair_tail(self, fh: Any) -> bytes:
+        """Before the first append: cut a torn last line off (truncate to the last newline), or end a
+        complete one with its newline; the bytes to write first."""
+        kind, at = self._tail
+        self._tail = ("", 0)
+        if not kind or fh.seek(0, os.SEEK_END) < at:  # nothing to repair, or the file was replaced
+            return b""
+        if kind == "torn":
+            fh.truncate(at)
+            return b""
+        return b"\n" if fh.tell() == at else b""
 
     def for_workload(self, workload: str, target: str, version: str | None = None) -> list[Record]:
         v = version or mlc_version()
