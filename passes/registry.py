@@ -113,26 +113,8 @@ _PASSES: dict[str, PassInfo] = {}
 P = TypeVar("P", bound=type[ModulePass])
 
 
-def register_pass(cls: P | str, options: tuple[Option, ...] = (), needs_constants: bool = False,
-                  **_legacy: Any) -> Any:
+def register_pass(cls: P) -> P:
     """Class decorator: make `cls` a subcommand and a pipeline step under `cls.name`."""
-    if isinstance(cls, str):  # TRANSITION: function passes, until every site is a ModulePass
-        name = cls
-
-        def deco(fn: Callable[..., Module]) -> Callable[..., Module]:
-            doc = (fn.__doc__ or "").strip()
-
-            class Legacy(ModulePass):
-                def apply(self, module: Module, ctx: PassContext) -> Module:
-                    raise NotImplementedError
-
-            Legacy.name = name
-            info = PassInfo(name, Legacy, options, needs_constants, doc)
-            object.__setattr__(info, "fn", lambda m, c, **o: fn(m, c, **o))
-            _PASSES[name] = info
-            return fn
-
-        return deco
     if not cls.name or cls.name in _PASSES:
         raise ValueError(f"pass {cls.__name__}: name {cls.name!r} missing or registered twice")
     _PASSES[cls.name] = PassInfo.of(cls)

@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import ClassVar
 
 from mlc.ir.diagnostics import MlcError
 from mlc.ir.module import Module
 from mlc.ir.target import Target
 from mlc.ir.tir import PrimFunc
 
-from .registry import Option, PassContext, register_pass
+from .registry import ModulePass, PassContext, option, register_pass
 from .schedule.trace import Trace
 
 
@@ -66,18 +67,25 @@ def schedule_func(func: PrimFunc, target: str | Target, db: object | None = None
     return func
 
 
-@register_pass("schedule", options=(
-    Option("target", str, "", "a target (cpu, cuda, cuda:sm_80, ...; default: the pipeline's)"),
-    Option("db", str, "", "tuning database (JSON lines) whose best records to apply"),
-    Option("trace", str, "", "trace JSON file: one trace, or an object function name -> trace"),
-    Option("rules", bool, True, "schedule functions without a trace or record by the default rules"),
-))
-def schedule_pass(module: Module, ctx: PassContext, target: str = "", db: str = "", trace: str = "",
-                  rules: bool = True) -> Module:
+@register_pass
+@dataclass(frozen=True)
+class SchedulePass(ModulePass):
     """Apply schedules: trace file, else tuning database, else default per-target rules."""
+
+    name: ClassVar[str] = "schedule"
+    target: str = option("", "a target (cpu, cuda, cuda:sm_80, ...; default: the pipeline's)")
+    db: str = option("", "tuning database (JSON lines) whose best records to apply")
+    trace: str = option("", "trace JSON file: one trace, or an object function name -> trace")
+    rules: bool = option(True, "schedule functions without a trace or record by the default rules")
+
+    def apply(self, module: Module, ctx: PassContext) -> Module:
+        return schedule_module(module, Target.parse(self.target or ctx.target), self.db, self.trace, self.rules)
+
+
+def schedule_module(module: Module, tgt: Target, db: str, trace: str, rules: bool) -> Module:
+    """Schedule every PrimFunc not yet scheduled (a `schedule` attribute marks the done ones)."""
     from .tune.database import Database, mlc_version
 
-    tgt = Target.parse(target or ctx.target)
     traces = load_traces(trace) if trace else {}
     database = Database(db) if db and Path(db).exists() else None
     stale = database.stale_versions(tgt.key) if database is not None else []

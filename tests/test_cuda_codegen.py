@@ -18,8 +18,8 @@ from mlc.ir.expr import Var
 from mlc.ir.tir import For
 from mlc.ir.tir_builder import build, compute, placeholder, reduce_axis, rsum
 from mlc.ir.tir_interp import run_prim
+from mlc.ir.tir_visit import walk
 from mlc.passes.schedule.gpu_rules import default_gpu_schedule
-from mlc.passes.schedule.tree import walk
 from mlc.runtime.cuda import cuda_unavailable
 
 NVCC = shutil.which("nvcc")

@@ -380,7 +380,7 @@ def test_call_tensor_args_are_tensors_only() -> None:
 
 def _exp_calls(s: Stmt) -> int:
     from mlc.ir.expr import Call, children
-    from mlc.passes.schedule.tree import stmt_exprs
+    from mlc.ir.tir_visit import stmt_exprs
 
     def count(e: Any) -> int:
         return int(isinstance(e, Call) and e.name == "exp") + sum(count(c) for c in children(e))

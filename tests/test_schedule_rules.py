@@ -14,11 +14,11 @@ from mlc.ir.expr import free_vars
 from mlc.ir.module import Module
 from mlc.ir.tir import For, IfStmt
 from mlc.ir.tir_interp import run_prim
+from mlc.ir.tir_visit import walk
 from mlc.passes.pipeline import parse_pipeline, run_pipeline
 from mlc.passes.registry import PassContext, get_pass
 from mlc.passes.schedule import Trace
 from mlc.passes.schedule.rules import TargetInfo, default_schedule, needs_tiling, sample_schedule
-from mlc.passes.schedule.tree import walk
 from test_tir_interp import conv_func, matmul_func, softmax_func
 
 CPU = TargetInfo(lanes=8, cores=2)

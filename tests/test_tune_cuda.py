@@ -22,6 +22,7 @@ from mlc.ir.printer import print_module
 from mlc.ir.target import Target
 from mlc.ir.tir import BlockStmt, For, PrimFunc
 from mlc.ir.tir_interp import run_prim
+from mlc.ir.tir_visit import walk
 from mlc.passes.registry import PassContext, get_pass
 from mlc.passes.schedule import Trace
 from mlc.passes.schedule.gpu_rules import (
@@ -31,7 +32,6 @@ from mlc.passes.schedule.gpu_rules import (
     gemm_configs,
     sample_gpu_schedule,
 )
-from mlc.passes.schedule.tree import walk
 from mlc.passes.tune.database import Database, Record, mlc_version, workload_key
 from mlc.runtime.cuda import cuda_unavailable
 from mlc.tune.features import extract

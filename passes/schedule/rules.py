@@ -32,11 +32,12 @@ from mlc.ir.diagnostics import MlcError
 from mlc.ir.expr import Bin, Const, Expr, Var, children, free_vars, substitute
 from mlc.ir.target import Target
 from mlc.ir.tir import BlockStmt, PrimFunc
+from mlc.ir.tir_visit import block_reads, block_writes, loads_in, rewrite, stmt_exprs, walk
 
 from .schedule import Schedule
 from .scope import is_param
 from .trace import BlockRV, LoopRV
-from .tree import block_reads, block_writes, loads_in, rewrite, stmt_exprs
+from .tree import blocks
 
 RULES: tuple[str, ...] = ("auto-inline", "multi-level-tiling", "random-compute-location", "parallel-vectorize-unroll")
 
@@ -100,14 +101,10 @@ def _leaf_blocks(sch: Schedule) -> list[BlockRV]:
 
 def _exists(sch: Schedule, rv: BlockRV) -> bool:
     """Whether a block is still there (an earlier rule may have inlined it); records nothing."""
-    from .tree import blocks
-
     return any(b.name == rv.name for _, b in blocks(sch.func.body))
 
 
 def _stmts(s: object) -> list[object]:
-    from .tree import walk
-
     return [x for _, x in walk(s)]  # type: ignore[arg-type]
 
 

@@ -16,8 +16,9 @@ from mlc.ir.diagnostics import MlcError
 from mlc.ir.expr import Bin, Call, Cast, Const, Expr, Load, Not, Select, Var, free_vars, substitute
 from mlc.ir.tir import BlockStmt, For, PrimFunc, Stmt, Store
 from mlc.ir.tir_builder import build, compute, placeholder, reduce_axis, rsum
+from mlc.ir.tir_visit import rewrite, simp
 
-from .tree import blocks, find_block, get, put, rewrite, simp
+from .tree import blocks, find_block, get, put
 
 _INTRINS: dict[str, PrimFunc] = {}
 
