@@ -9,9 +9,10 @@ from typing import Any
 import click
 import numpy as np
 from mlc.ir.diagnostics import Loc, MlcError
+from mlc.ir.files import atomic_write_bytes, atomic_write_files
 
 from .dims import dims_option
-from .io import atomic_write_bytes, atomic_write_files, read_module, write_module
+from .io import read_module, write_module
 from .main import (
     Instrumentation,
     cli,
