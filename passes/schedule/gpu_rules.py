@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from mlc.ir import arith
@@ -34,6 +33,7 @@ from mlc.ir.tir_gemm import SIMT_CONFIGS, TC_CONFIGS, WGMMA_CONFIGS, match_gemm,
 from mlc.ir.tir_lower import is_lowered
 from mlc.ir.tir_visit import walk
 
+from .decisions import Decisions
 from .schedule import Schedule
 from .tensorize import gemm_intrin, get_intrin, register_intrin
 from .trace import BlockRV, LoopRV, Trace
@@ -44,37 +44,6 @@ PER_THREAD_CHOICES = (1, 2, 4, 8)  # outputs per thread of an elementwise nest
 MIN_BLOCKS = 4096  # more outputs per thread only while the grid keeps at least this many blocks
 REDUCE_THREAD_CHOICES = (32, 64, 128, 256)
 MAX_THREADS = 1024
-
-
-@dataclass
-class Decisions:
-    """Decisions for the sampling calls, in order: the hand-picked one (`default`), else `given[n]`
-    for the n-th call when valid, else random (the schedule's rng)."""
-
-    default: bool
-    given: Sequence[Any] = ()
-    n: int = 0
-
-    def _next(self) -> Any:
-        self.n += 1
-        return self.given[self.n - 1] if self.n <= len(self.given) else None
-
-    def cat(self, sch: Schedule, candidates: Sequence[int], want: int) -> int:
-        g = self._next()
-        probs = [1.0] * len(candidates)
-        if not self.default and type(g) is int and 0 <= g < len(candidates):
-            return int(sch.sample_categorical(list(candidates), probs, decision=g))
-        dec = list(candidates).index(want) if self.default else None
-        return int(sch.sample_categorical(list(candidates), probs, decision=dec))
-
-    def tile(self, sch: Schedule, loop: LoopRV, n: int, max_inner: int, want: list[int]) -> list[int]:
-        g = self._next()
-        if not self.default and isinstance(g, list) and all(isinstance(x, int) for x in g):
-            try:
-                return [int(x) for x in sch.sample_perfect_tile(loop, n, max_inner, decision=g)]
-            except MlcError:
-                pass
-        return [int(x) for x in sch.sample_perfect_tile(loop, n, max_inner, decision=want if self.default else None)]
 
 
 def is_bound(func: PrimFunc) -> bool:
@@ -363,6 +332,6 @@ def _try_gemm(sch: Schedule, b: BlockRV, loops: list[LoopRV], ch: Decisions) -> 
     return True
 
 
-__all__ = ["Decisions", "default_gpu_schedule", "default_gpu_trace", "func_gemm_config", "gemm_configs",
+__all__ = ["default_gpu_schedule", "default_gpu_trace", "func_gemm_config", "gemm_configs",
            "gemm_intrin_with_config", "intrin_config", "is_bound", "register_trace_intrins", "sample_gpu_schedule",
            "schedule_gpu"]

@@ -34,6 +34,7 @@ from mlc.ir.target import Target
 from mlc.ir.tir import BlockStmt, PrimFunc
 from mlc.ir.tir_visit import block_reads, block_writes, loads_in, rewrite, stmt_exprs, walk
 
+from .decisions import Decisions
 from .schedule import Schedule
 from .scope import is_param
 from .trace import BlockRV, LoopRV
@@ -117,41 +118,6 @@ def _try(fn: Callable[..., object], *args: object, **kw: object) -> object | Non
 
 
 # ---- sampling helpers: a decision given (default) or left to the schedule's rng (design space) --
-@dataclass
-class Chooser:
-    """Supplies decisions: `default` picks the hand-chosen ones, else `given[n]` is used for the n-th
-    sampling call when present and valid for it, and anything else is sampled at random.
-
-    Re-running the rules with given decisions (rather than replaying a trace) is how search mutates:
-    structure that depends on a decision (whether an input is packed, a pack tile that must match
-    the register tile) is re-derived from it, where a replayed trace would keep the old structure."""
-
-    default: bool
-    given: Sequence[Any] = ()
-    n: int = 0
-
-    def _next(self) -> Any:
-        self.n += 1
-        return self.given[self.n - 1] if self.n <= len(self.given) else None
-
-    def tile(self, sch: Schedule, loop: LoopRV, n: int, max_inner: int, want: Sequence[int] | None) -> list[int]:
-        g = self._next()
-        if isinstance(g, list | tuple) and not self.default:  # a decision of another kind: resampled
-            try:
-                return list(sch.sample_perfect_tile(loop, n, max_inner, decision=g))
-            except MlcError:
-                pass
-        return list(sch.sample_perfect_tile(loop, n, max_inner, decision=want if self.default else None))
-
-    def cat(self, sch: Schedule, candidates: Sequence[int], want: int) -> int:
-        probs = [1.0] * len(candidates)
-        g = self._next()
-        if g is not None and not self.default and isinstance(g, int) and 0 <= g < len(candidates):
-            return int(sch.sample_categorical(list(candidates), probs, decision=g))
-        dec = candidates.index(want) if self.default else None
-        return int(sch.sample_categorical(list(candidates), probs, decision=dec))
-
-
 def _perfect(ext: int, levels: int, inner: Sequence[int]) -> list[int]:
     """A perfect tiling with the given inner factors (each reduced to a divisor), the rest outermost."""
     out = [1] * levels
@@ -264,7 +230,7 @@ def _inner_plan(kind: str) -> list[int]:
     return [1] if kind == "R" else [1, 1, 1]
 
 
-def multi_level_tiling(sch: Schedule, block: BlockRV, tgt: TargetInfo, ch: Chooser) -> LoopRV | None:
+def multi_level_tiling(sch: Schedule, block: BlockRV, tgt: TargetInfo, ch: Decisions) -> LoopRV | None:
     """SSRSRS tiling with a local accumulator; returns the loop it writes back under."""
     loops = sch.get_loops(block)
     kinds = _loop_kinds(sch, block, loops)
@@ -382,7 +348,7 @@ def _pack_plans(sch: Schedule, block: BlockRV, loops: list[LoopRV], kinds: list[
 
 
 def _pack_inputs(sch: Schedule, block: BlockRV, loops: list[LoopRV], kinds: list[str],
-                 levels: list[list[LoopRV]], ch: Chooser) -> None:
+                 levels: list[list[LoopRV]], ch: Decisions) -> None:
     """Sampled per input: pack it (the packing nest parallel, its inner axis vectorized/unrolled)."""
     b = sch.get(block)
     assert isinstance(b, BlockStmt)
@@ -416,7 +382,7 @@ def _vectorize_write_back(sch: Schedule) -> None:
                 _try(sch.vectorize, loops[-1])
 
 
-def random_compute_location(sch: Schedule, block: BlockRV, ch: Chooser) -> bool:
+def random_compute_location(sch: Schedule, block: BlockRV, ch: Decisions) -> bool:
     """Move a producer under its consumer's outer loop (choice: root, or the first k consumer loops)."""
     consumers = sch.get_consumers(block)
     if len(consumers) != 1:
@@ -443,7 +409,7 @@ def _indexes_by(sch: Schedule, consumer: BlockRV, producer: BlockRV, loop: LoopR
                for e in stmt_exprs(c.body) for ld in loads_in(e) if ld.buffer.name in out for i in ld.indices)
 
 
-def parallel_vectorize_unroll(sch: Schedule, block: BlockRV, tgt: TargetInfo, ch: Chooser) -> None:
+def parallel_vectorize_unroll(sch: Schedule, block: BlockRV, tgt: TargetInfo, ch: Decisions) -> None:
     """Fuse and parallelize the outer spatial loops of a block; vectorize its innermost spatial loop."""
     loops = sch.get_loops(block)
     if not loops or any(sch.get(lp).kind != "serial" for lp in loops):  # type: ignore[union-attr]
@@ -474,7 +440,7 @@ def parallel_vectorize_unroll(sch: Schedule, block: BlockRV, tgt: TargetInfo, ch
 
 
 def _reduce_outside_vector(sch: Schedule, block: BlockRV, loops: list[LoopRV], n_outer: int, tgt: TargetInfo,
-                           ch: Chooser) -> bool:
+                           ch: Decisions) -> bool:
     """A short constant reduction innermost under a spatial loop (attention scores: q.k over a head
     dim of 8, T keys): move the reduce loops outside the last spatial loop and unroll them, and
     vectorize that loop, so each lane accumulates one output. An input read across lanes with a
@@ -510,7 +476,7 @@ def _reduce_outside_vector(sch: Schedule, block: BlockRV, loops: list[LoopRV], n
     return True
 
 
-def _pack_lane_strided(sch: Schedule, block: BlockRV, lane_loop: LoopRV, ch: Chooser) -> None:
+def _pack_lane_strided(sch: Schedule, block: BlockRV, lane_loop: LoopRV, ch: Decisions) -> None:
     """Sampled: pack each input whose index along `lane_loop` is a plain iterator on a non-last axis
     (a row stride apart per lane) so that axis becomes the last, contiguous one."""
     b = sch.get(block)
@@ -536,7 +502,7 @@ def _pack_lane_strided(sch: Schedule, block: BlockRV, lane_loop: LoopRV, ch: Cho
                 _try(sch.parallel, pl[0])
 
 
-def _vectorize_last(sch: Schedule, loops: list[LoopRV], tgt: TargetInfo, ch: Chooser) -> list[LoopRV]:
+def _vectorize_last(sch: Schedule, loops: list[LoopRV], tgt: TargetInfo, ch: Decisions) -> list[LoopRV]:
     """Vectorize an all-spatial nest's last loop, split by a sampled width (symbolic or long extents
     get a guarded tail); returns the nest's loops after the split."""
     last = loops[-1]
@@ -561,7 +527,7 @@ def apply_rules(func: PrimFunc, target: str | TargetInfo | None = None, seed: in
     if unknown:
         raise MlcError(f"schedule: unknown rules {', '.join(sorted(unknown))} (known: {', '.join(RULES)})")
     sch = Schedule(func, seed=seed)
-    ch = Chooser(default, tuple(decisions))
+    ch = Decisions(default, tuple(decisions))
     if "auto-inline" in rules:
         auto_inline(sch)
     done: set[str] = set()
@@ -591,7 +557,7 @@ def apply_rules(func: PrimFunc, target: str | TargetInfo | None = None, seed: in
     return sch
 
 
-def _parallel_roots(sch: Schedule, tgt: TargetInfo, ch: Chooser, skip: set[str]) -> None:
+def _parallel_roots(sch: Schedule, tgt: TargetInfo, ch: Decisions, skip: set[str]) -> None:
     """Parallelize every root-level nest not already scheduled (blocks moved under another nest go with it)."""
     for rv in _leaf_blocks(sch):
         if rv.name in skip or not _exists(sch, rv):
