@@ -28,7 +28,18 @@ from ..ir.tir import Allocate, AttrStmt, Buffer, For, IfStmt, Let, PrimFunc, Seq
 from ..ir.tir_lower import lower_tir_func
 from ..ir.tir_visit import StmtVisitor, buffers_used, loads_in, nodes, stored_buffers
 from .abi import expr_to_json, signature_vars
-from .cuda_expr import COMPUTE_TYPE, MEM_TYPE, PRELUDE, ExprEmitter, buf_name, ident, index_type, var_name
+from .cuda_expr import (
+    COMPUTE_TYPE,
+    FROM_FLOAT,
+    MEM_TYPE,
+    PRELUDE,
+    TO_FLOAT,
+    ExprEmitter,
+    buf_name,
+    ident,
+    index_type,
+    var_name,
+)
 
 MAX_THREADS = 1024
 SHARED_LIMIT = 48 * 1024
@@ -160,17 +171,11 @@ class _KernelEmitter(StmtVisitor):
         if self.reduce_acc is not None and e.buffer == self.reduce_acc[0]:
             return buf_name(e.buffer)  # the accumulator is a register
         ref = f"{buf_name(e.buffer)}[{self.flat(e.buffer, e.indices)}]"
-        if e.buffer.dtype == "f16":
-            return f"__half2float({ref})"
-        if e.buffer.dtype == "bf16":
-            return f"__bfloat162float({ref})"
-        return ref
+        return f"{TO_FLOAT[e.buffer.dtype]}({ref})" if e.buffer.dtype in TO_FLOAT else ref
 
     def store_value(self, b: Buffer, value: str) -> str:
-        if b.dtype == "f16":
-            return f"__float2half_rn({value})"
-        if b.dtype == "bf16":
-            return f"__float2bfloat16_rn({value})"
+        if b.dtype in FROM_FLOAT:
+            return f"{FROM_FLOAT[b.dtype]}({value})"
         return f"({MEM_TYPE[b.dtype]})({value})"
 
     # ---- statements (loop-level form, ir/tir_lower.py; dispatch is StmtVisitor's) ------------

@@ -18,6 +18,10 @@ from ..ir.dtype import is_float
 from ..ir.expr import Bin, Call, Cast, Const, Expr, Load, Not, Select, Var
 from ..ir.tir import Buffer
 
+# 16-bit floats live in memory as __half / __nv_bfloat16 and are computed in float: the conversions
+TO_FLOAT = {"f16": "__half2float", "bf16": "__bfloat162float"}
+FROM_FLOAT = {"f16": "__float2half_rn", "bf16": "__float2bfloat16_rn"}
+
 # storage (pointer element) type of each dtype
 MEM_TYPE: dict[str, str] = {
     "bool": "bool", "i8": "signed char", "i16": "short", "i32": "int", "i64": "long long",
@@ -109,10 +113,8 @@ class ExprEmitter:
 
     def cast(self, e: Cast) -> str:
         a = self.expr(e.a)
-        if e.dtype == "f16":
-            return f"__half2float(__float2half_rn((float)({a})))"
-        if e.dtype == "bf16":
-            return f"__bfloat162float(__float2bfloat16_rn((float)({a})))"
+        if e.dtype in TO_FLOAT:  # round to the 16-bit type, compute on in float
+            return f"{TO_FLOAT[e.dtype]}({FROM_FLOAT[e.dtype]}((float)({a})))"
         if e.dtype == "bool":
             return f"(({a}) != 0)"
         return f"(({COMPUTE_TYPE[e.dtype]})({a}))"
