@@ -7,11 +7,10 @@ from dataclasses import replace
 from mlc.ir.diagnostics import MlcError
 from mlc.ir.names import fresh_name
 from mlc.ir.tir import Buffer, PrimFunc, Seq
-from mlc.ir.tir_visit import block_reads, block_writes, map_buffers, used_names
+from mlc.ir.tir_visit import map_buffers, used_names
 
 from .scope import (
-    is_param,
-    named_block,
+    block_buffer,
     readers,
     root,
     top_index,
@@ -25,13 +24,9 @@ SCOPES = ("global", "shared", "local")
 
 
 def cache_read(func: PrimFunc, block: str, index: int, scope: str) -> tuple[PrimFunc, str]:
-    _, b = named_block(func, block)
-    reads = block_reads(b)
-    if not 0 <= index < len(reads):
-        raise MlcError(f"cache_read: block {block} reads {len(reads)} buffers; index {index} is out of range")
+    _, _, buf = block_buffer(func, block, index, "cache_read", writes=False)
     if scope not in SCOPES:
         raise MlcError(f"cache_read: unknown scope {scope!r}; expected one of {', '.join(SCOPES)}")
-    buf = reads[index]
     used = used_names(func)
     new = Buffer(fresh_name(f"{buf.name}_{scope}", used), buf.shape, buf.dtype, scope)
     consumers = readers(func, buf.name)
@@ -48,13 +43,9 @@ def cache_read(func: PrimFunc, block: str, index: int, scope: str) -> tuple[Prim
 
 
 def cache_write(func: PrimFunc, block: str, index: int, scope: str) -> tuple[PrimFunc, str]:
-    path, b = named_block(func, block)
-    writes = block_writes(b)
-    if not 0 <= index < len(writes):
-        raise MlcError(f"cache_write: block {block} writes {len(writes)} buffers; index {index} is out of range")
+    path, b, buf = block_buffer(func, block, index, "cache_write", writes=True)
     if scope not in SCOPES:
         raise MlcError(f"cache_write: unknown scope {scope!r}; expected one of {', '.join(SCOPES)}")
-    buf = writes[index]
     if len(writers(func, buf.name)) > 1:
         raise MlcError(f"cache_write: {buf.name} has several writers")
     ti = top_index(func, path)
@@ -72,13 +63,7 @@ def cache_write(func: PrimFunc, block: str, index: int, scope: str) -> tuple[Pri
 
 
 def storage_align(func: PrimFunc, block: str, index: int, axis: int, factor: int, offset: int) -> PrimFunc:
-    path, b = named_block(func, block)
-    writes = block_writes(b)
-    if not 0 <= index < len(writes):
-        raise MlcError(f"storage_align: block {block} writes {len(writes)} buffers; index {index} is out of range")
-    buf = writes[index]
-    if is_param(func, buf.name):
-        raise MlcError(f"storage_align: {buf.name} is a function parameter, not an allocated buffer")
+    path, b, buf = block_buffer(func, block, index, "storage_align", writes=True, allocated=True)
     if not -len(buf.shape) <= axis < len(buf.shape):
         raise MlcError(f"storage_align: axis {axis} out of range for {buf.name} with {len(buf.shape)} dims")
     if factor <= 0 or not 0 <= offset < factor:

@@ -21,8 +21,6 @@ from mlc.ir.names import fresh_name
 from mlc.ir.tir import BlockStmt, Buffer, For, IterVar, PrimFunc, Stmt, Store
 from mlc.ir.tir_visit import (
     Path,
-    block_reads,
-    block_writes,
     bound,
     loads_in,
     loop_ranges,
@@ -36,7 +34,17 @@ from mlc.ir.tir_visit import (
     used_names,
 )
 
-from .scope import is_param, leaf_blocks, loops_between, named_block, readers, root, top_index, tops, with_tops, writers
+from .scope import (
+    block_buffer,
+    leaf_blocks,
+    loops_between,
+    readers,
+    root,
+    top_index,
+    tops,
+    with_tops,
+    writers,
+)
 from .tree import ancestors, blocks, get, put
 
 
@@ -67,11 +75,7 @@ def _packed_index(idx: Sequence[Expr], axes: list[tuple[int, str, Expr]], tiles:
 
 def pack(func: PrimFunc, block: str, index: int, tiles: Sequence[int], order: Sequence[int]) -> tuple[PrimFunc, str]:
     """Stage read buffer `index` of `block` into a packed copy (every reader switches to it)."""
-    _, b = named_block(func, block)
-    reads = block_reads(b)
-    if not 0 <= index < len(reads):
-        raise MlcError(f"pack: block {block} reads {len(reads)} buffers; index {index} is out of range")
-    buf = reads[index]
+    _, b, buf = block_buffer(func, block, index, "pack", writes=False)
     tiles = [int(t) for t in tiles]
     if len(tiles) != len(buf.shape) or any(t < 1 for t in tiles):
         raise MlcError(f"pack: need one tile >= 1 per axis of {buf.name} ({len(buf.shape)} axes), got {tiles}")
@@ -151,13 +155,7 @@ def _lca_loop(func: PrimFunc, paths: list[Path]) -> Path | None:
 def compact(func: PrimFunc, block: str, index: int) -> tuple[PrimFunc, str]:
     """Allocate write buffer `index` of `block` under the innermost loop enclosing all its uses,
     shrunk to the (constant, aligned) tile they touch there; returns the new allocating block."""
-    _, b = named_block(func, block)
-    ws = block_writes(b)
-    if not 0 <= index < len(ws):
-        raise MlcError(f"compact: block {block} writes {len(ws)} buffers; index {index} is out of range")
-    buf = ws[index]
-    if is_param(func, buf.name):
-        raise MlcError(f"compact: {buf.name} is a function parameter, not an allocated buffer")
+    _, b, buf = block_buffer(func, block, index, "compact", writes=True, allocated=True)
     if all(x.name != buf.name for x in root(func).alloc_buffers):
         raise MlcError(f"compact: {buf.name} is not allocated at the root block")
     users = [(p, x) for p, x in leaf_blocks(func.body) if p and _accesses(x, buf.name)]

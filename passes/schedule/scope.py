@@ -41,6 +41,20 @@ def named_block(func: PrimFunc, name: str) -> tuple[Path, BlockStmt]:
     return p, b
 
 
+def block_buffer(func: PrimFunc, block: str, index: int, what: str, writes: bool,
+                 allocated: bool = False) -> tuple[Path, BlockStmt, Buffer]:
+    """Block `block` and its `index`-th written (or read) buffer, with the located errors every
+    primitive taking a buffer index gives; `allocated`: the buffer must not be a parameter."""
+    path, b = named_block(func, block)
+    bufs = block_writes(b) if writes else block_reads(b)
+    if not 0 <= index < len(bufs):
+        raise MlcError(f"{what}: block {block} {'writes' if writes else 'reads'} {len(bufs)} buffers; "
+                       f"index {index} is out of range")
+    if allocated and is_param(func, bufs[index].name):
+        raise MlcError(f"{what}: {bufs[index].name} is a function parameter, not an allocated buffer")
+    return path, b, bufs[index]
+
+
 def leaf_blocks(s: Stmt) -> list[tuple[Path, BlockStmt]]:
     """Blocks holding no other block (outer blocks from blockize only summarise their inner one)."""
     return [(p, b) for p, b in blocks(s) if not any(True for _ in blocks(b.body))]
