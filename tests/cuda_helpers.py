@@ -24,7 +24,7 @@ def lowered_zoo(name: str) -> tuple[Module, dict[str, np.ndarray]]:
     mod, consts = import_onnx(zoo.build(name))
     mod = dataclasses.replace(mod, constants=ConstantsRef("<memory>", hashlib.sha256(pack_params(consts)).hexdigest()))
     ctx = PassContext(constants=consts, search_dirs=[], target="cpu")
-    steps = [s for s in load_pipeline("configs/pipelines/build-cpu.yaml") if s.info.name != "schedule"]
+    steps = load_pipeline("configs/pipelines/lower.yaml")  # up to fusion: block form, unscheduled
     mod, _ = run_pipeline(mod, steps, ctx, verify_each=True)
     return mod, ctx.constants or consts
 

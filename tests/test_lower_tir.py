@@ -116,6 +116,19 @@ def test_lower_tir_golden() -> None:
     assert _lower_text(LOWERED) == LOWERED  # the loop-level form is a fixed point
 
 
+@pytest.mark.parametrize("target", ["cpu", "cuda"])
+def test_schedule_refuses_loop_level_input(target: str) -> None:
+    """Schedules act on blocks: a module that went through lower-tir is refused (it used to be
+    marked `schedule = "default"` with nothing scheduled, so CUDA then ran the nests on one thread)."""
+    info = get_pass("schedule")
+    assert info is not None
+    lowered = parse_module(_lower_text(BLOCK_FORM))
+    with pytest.raises(MlcError, match="loop-level IR .* before lower-tir"):
+        info.fn(lowered, PassContext(target=target), **info.validate_options({}))
+    done = info.fn(parse_module(BLOCK_FORM), PassContext(target=target), **info.validate_options({}))
+    assert all(dict(f.attrs).get("schedule") == "default" for f in done.prim_functions())
+
+
 def test_new_statements_round_trip_exactly() -> None:
     m = parse_module(NEW_STATEMENTS)
     verify_module(m)

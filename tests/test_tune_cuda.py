@@ -297,11 +297,18 @@ def test_gpu_runner_records_failures_and_goes_on() -> None:
     runner = Runner(timeout=30.0, repeat=5, target="cuda")
     ok = runner.measure(f, default_gpu_trace(f).trace)
     assert not ok.error and len(ok.times) == 5 and all(0 < t < 0.1 for t in ok.times)
-    root = f.body
-    assert isinstance(root, BlockStmt)
-    spin = replace(f, body=replace(root, body=For(Var("spin"), Const(0), Const(10**12), root.body)))
+    from mlc.ir.tir import Store
+    from mlc.ir.tir_visit import kids, with_kids
+
+    def spin_stores(s):  # type: ignore[no-untyped-def]
+        if isinstance(s, Store):
+            return For(Var("spin"), Const(0), Const(10**12), s)
+        return with_kids(s, tuple(spin_stores(k) for k in kids(s)))
+
+    g = default_gpu_trace(f).func  # scheduled (the backend refuses unbound nests), then every store repeated 10^12 times
+    spin = replace(g, body=spin_stores(g.body))
     slow = Runner(timeout=5.0, repeat=1, target="cuda")
-    r = slow.measure(spin, Trace())  # unscheduled: one thread runs 10^12 matmuls, a kernel that never ends
+    r = slow.measure(spin, Trace())  # a kernel that never ends
     assert r.error.startswith("timed out") and math.isinf(r.mean)
     bad = slow.measure(f, Trace.from_json('{"version": 1, "insts": [{"kind": "get_block", "inputs": ["nope"]}]}'))
     assert bad.error  # a trace that does not replay is a failed candidate, not a crash
