@@ -8,6 +8,10 @@ apply to that lowering.
 With `--target cuda` candidates come from the GPU rules and are measured on GPU 0 (pycuda + nvcc);
 without a usable GPU the command fails up front with one message (the design space itself and the
 CUDA source need no GPU, see tests/test_tune_cuda.py).
+
+`--executor ray[:ADDRESS]` measures on Ray actors (`mlc.tune.distributed`; docs/distributed.md): it
+joins or starts Ray through the index build's helper (`mlc.ann.executor`, the one place that calls
+ray.init), and this process still searches and alone writes the database.
 """
 
 from __future__ import annotations
@@ -26,6 +30,16 @@ from .main import Instrumentation, handle_errors, parse_target, pipeline_options
 DEFAULT_DIM = 64
 
 
+def _check_executor(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    from mlc.ann.executor import parse_executor
+
+    try:
+        parse_executor(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+    return value
+
+
 @click.command("tune")
 @click.argument("module_path", metavar="M.ir")
 @target_option
@@ -39,24 +53,35 @@ DEFAULT_DIM = 64
 @click.option("--confirm", default=3, show_default=True, type=click.IntRange(min=0),
               help="at the end, re-measure each program's N fastest schedules twice; rank by the median (0: off)")
 @click.option("--quiet", is_flag=True, help="no progress table")
+@click.option("--executor", default="local", show_default=True, callback=_check_executor,
+              help="where candidates are measured: local | ray | ray:ADDRESS (Ray actors, one per node or GPU; "
+                   "needs pip install 'mlc[distributed]')")
+@click.option("--workers", default=0, show_default=True, type=click.IntRange(min=0),
+              help="with --executor ray: measurement actors (0: one per node for cpu, one per GPU for cuda)")
 @click.option("-o", "--output", default="-", help="scheduled module (default: stdout)")
 @pipeline_options
 @handle_errors
 def tune_cmd(module_path: str, target: str, trials: int, time_budget: float, db_path: str, dims: dict[str, int],
-             timeout: float, seed: int, confirm: int, quiet: bool, output: str, instrument: Instrumentation) -> None:
+             timeout: float, seed: int, confirm: int, quiet: bool, executor: str, workers: int, output: str,
+             instrument: Instrumentation) -> None:
     """Search schedules for every tensor program, measuring real builds; write the best-scheduled module.
 
     A module without tensor programs (not lowered yet) is first lowered with the `lower` pipeline."""
+    from mlc.ann.executor import make_executor, parse_executor, require_ray
     from mlc.ir.expr import free_vars
     from mlc.ir.target import Target
     from mlc.passes.tune.database import Database
-    from mlc.tune.measure import Runner
+    from mlc.tune.measure import Measurer, Runner
     from mlc.tune.search import SearchConfig
     from mlc.tune.tuning import check_target, tune_module, unscheduled
 
+    on_ray = parse_executor(executor)[0] == "ray"
+    if on_ray:
+        require_ray()  # without Ray installed, say so at once
     src = read_module(module_path, verify=instrument.verify_each)
     target = str(parse_target(target))
-    check_target(target)
+    if not on_ray:  # on Ray the GPUs are the cluster's, checked when the actors are placed
+        check_target(target)
     module, new_constants, lowered = src.module, None, None
     if not module.prim_functions():
         module, new_constants, lowered = _lower(src, instrument)
@@ -77,7 +102,14 @@ def tune_cmd(module_path: str, target: str, trials: int, time_budget: float, db_
     runner = Runner(timeout=timeout, dims={s: dims.get(s, DEFAULT_DIM) for s in syms}, target=target,
                     repeat=7 if gpu else 3, min_seconds=0.01 if gpu else 0.02)
     cfg = SearchConfig(trials=trials, time_budget=time_budget, seed=seed, target=target, confirm=confirm)
-    out = tune_module(module, cfg, Database(db_path), runner, quiet=quiet)
+    db = Database(db_path)
+    measurer: Measurer = runner
+    if on_ray and unscheduled(module):
+        from mlc.tune.distributed import RayRunner
+
+        make_executor(executor)  # joins or starts Ray (one error line for an unreachable head)
+        measurer = RayRunner(runner, workers=workers)
+    out = tune_module(module, cfg, db, measurer, quiet=quiet)
     write_module(out, output, src, new_constants)
 
 

@@ -6,6 +6,9 @@ search goes on. On CPU the runner sizes the batch from a first run (two round tr
 (`target="cuda"`) the worker compiles with nvcc, warms up and sizes its CUDA-event timed batches
 itself (one round trip: nvcc dominates), and a CUDA error (which poisons the worker's context)
 makes the worker exit after answering, so the next candidate gets a fresh one.
+
+`measure_many` is what search calls: here one candidate after another, in order; on Ray
+(`tune/distributed.py`) the same jobs go to measurement actors and come back as they finish.
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ import selectors
 import subprocess
 import sys
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from mlc.ir.module import Module
 from mlc.ir.printer import print_module
@@ -30,10 +35,39 @@ from mlc.passes.schedule.trace import Trace
 class Result:
     times: tuple[float, ...]
     error: str = ""
+    node: str = ""  # where it was measured (Ray: the node's address; local: empty)
 
     @property
     def mean(self) -> float:
         return sum(self.times) / len(self.times) if self.times and not self.error else math.inf
+
+
+@dataclass(frozen=True)
+class NodeRate:
+    """Measurements one node finished (and how many failed) over `seconds`: a row of the progress table."""
+
+    node: str
+    done: int
+    failed: int
+    seconds: float
+
+    @property
+    def per_minute(self) -> float:
+        return 60.0 * self.done / self.seconds if self.seconds > 0 else 0.0
+
+
+class Measurer(Protocol):
+    """What search needs from whatever measures candidates: this process's worker or Ray actors."""
+
+    workers: int
+
+    def measure(self, func: PrimFunc, trace: Trace) -> Result: ...
+
+    def measure_many(self, func: PrimFunc, traces: Sequence[Trace]) -> Iterator[tuple[int, Result]]: ...
+
+    def node_rates(self) -> list[NodeRate]: ...
+
+    def close(self) -> None: ...
 
 
 @dataclass
@@ -87,9 +121,22 @@ class Runner:
             self.close()
         return out
 
+    workers: int = field(default=1, init=False)  # candidates measured at once (search sizes its batches by it)
+
     def measure(self, func: PrimFunc, trace: Trace) -> Result:
-        job = {"module": print_module(Module((func,))), "trace": trace.to_json(), "dims": self.dims,
-               "repeat": 1, "number": 1}
+        return self.measure_text(print_module(Module((func,))), trace.to_json())
+
+    def measure_many(self, func: PrimFunc, traces: Sequence[Trace]) -> Iterator[tuple[int, Result]]:
+        """(index into traces, result) for each trace as it is measured: here in order, one at a time."""
+        for i, trace in enumerate(traces):
+            yield i, self.measure(func, trace)
+
+    def node_rates(self) -> list[NodeRate]:
+        return []  # one machine: the table's trial counts say it all
+
+    def measure_text(self, module: str, trace: str) -> Result:
+        """Time one candidate given as printed module text and trace JSON (what a remote measurer receives)."""
+        job = {"module": module, "trace": trace, "dims": self.dims, "repeat": 1, "number": 1}
         target = Target.parse(self.target)
         if target.gpu:
             job |= {"target": str(target), "repeat": max(1, self.repeat), "min_seconds": self.min_seconds}

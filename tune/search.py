@@ -12,6 +12,10 @@ At the end each task's `confirm` fastest traces, and its default schedule, are m
 interleaved, and a trace is ranked by the median of its measurements: on a noisy machine the fastest
 single measurement is as often luck as speed. Ctrl-C stops after the current measurement; everything measured is
 already in the database.
+
+With several workers (Ray, `tune/distributed.py`) a round measures max(batch, workers) candidates at once
+and records each result as it arrives; sampling, the cost model and the database writes stay here, on
+the driver, between rounds.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from mlc.passes.tune.space import design_space
 
 from .cost_model import CostModel
 from .features import extract
-from .measure import Result, Runner
+from .measure import Measurer, Result
 
 
 @dataclass
@@ -124,7 +128,7 @@ def mutate(trace: Trace, func: PrimFunc, rng: np.random.Generator, local: float 
 class Tuner:
     """Tunes several tasks into one database; `on_progress(tasks, elapsed)` after each measurement."""
 
-    def __init__(self, tasks: list[Task], db: Database, runner: Runner, cfg: SearchConfig,
+    def __init__(self, tasks: list[Task], db: Database, runner: Measurer, cfg: SearchConfig,
                  on_progress: Callable[[list[Task], float], None] | None = None):
         self.tasks, self.db, self.runner, self.cfg = tasks, db, runner, cfg
         self.model = CostModel()
@@ -199,6 +203,23 @@ class Tuner:
 
     def _measure(self, task: Task, trace: Trace) -> Result:
         res = self.runner.measure(task.func, trace)
+        self._record(task, trace, res)
+        return res
+
+    def _measure_all(self, task: Task, traces: list[Trace]) -> None:
+        """Measure a batch (at once where the runner has several workers), recording each result as it
+        arrives; stops early when the time budget runs out."""
+        results = self.runner.measure_many(task.func, traces)
+        try:
+            for i, res in results:
+                self._record(task, traces[i], res)
+                if self._out_of_budget():
+                    return
+        finally:
+            results.close()  # type: ignore[attr-defined]
+
+    def _record(self, task: Task, trace: Trace, res: Result) -> None:
+        """The driver alone writes the database: every result comes here, wherever it was measured."""
         task.trials += 1
         task.seen.add(trace.to_json())
         rec = Record(task.workload, self.tkey, mlc_version(), trace, res.times, task.func.name, res.error)
@@ -211,7 +232,6 @@ class Tuner:
             pass
         if self.on_progress:
             self.on_progress(self.tasks, time.perf_counter() - self.t0)
-        return res
 
     def _round(self, task: Task) -> None:
         task.rounds += 1
@@ -225,16 +245,15 @@ class Tuner:
         self._refit()
         scores = self.model.predict(np.asarray([extract(f) for _, f in cands]))
         order = list(np.argsort(-scores))
-        n = min(self.cfg.batch, len(cands))
+        n = min(max(self.cfg.batch, self.runner.workers), len(cands))  # a batch keeps every worker busy
         n_rand = int(round(n * self.cfg.explore))
         pick = order[: n - n_rand]
         rest = order[n - n_rand:]
         if rest and n_rand:
             pick += list(self.rng.choice(rest, size=min(n_rand, len(rest)), replace=False))
-        for i in pick:
-            if self._out_of_budget():
-                return
-            self._measure(task, cands[int(i)][0])
+        left = self.cfg.trials - self.trials_done
+        if left > 0 and time.perf_counter() - self.t0 < self.cfg.time_budget:
+            self._measure_all(task, [cands[int(i)][0] for i in pick][:left])
 
     def _default_trace(self, task: Task) -> Trace | None:
         try:
@@ -277,11 +296,10 @@ class Tuner:
                 leaders.append(default)  # the baseline competes too: search never settles for worse by luck
             if len(leaders) < 2:
                 continue
-            for _ in range(2):
-                for tr in leaders:
-                    res = self.runner.measure(task.func, tr)
-                    self.db.add(Record(task.workload, self.tkey, mlc_version(), tr, res.times, task.func.name,
-                                       res.error))
+            jobs = leaders * 2  # interleaved
+            for i, res in self.runner.measure_many(task.func, jobs):
+                self.db.add(Record(task.workload, self.tkey, mlc_version(), jobs[i], res.times, task.func.name,
+                                   res.error))
             best = self.db.best(task.workload, self.tkey, k=1)
             if best:
                 task.best_trace = best[0].trace

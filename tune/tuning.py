@@ -18,7 +18,7 @@ from mlc.ir.tir import PrimFunc
 from mlc.passes.tune.database import Database
 from mlc.passes.tune.space import design_space
 
-from .measure import Runner
+from .measure import Measurer
 from .search import SearchConfig, Task, Tuner
 
 
@@ -35,8 +35,8 @@ def call_counts(module: Module) -> dict[str, int]:
 class Progress:
     """Live table: trials done / total, best time per task, elapsed and ETA (rich, to stderr)."""
 
-    def __init__(self, total: int, budget: float, quiet: bool):
-        self.total, self.budget, self.quiet = total, budget, quiet
+    def __init__(self, total: int, budget: float, quiet: bool, runner: Measurer | None = None):
+        self.total, self.budget, self.quiet, self.runner = total, budget, quiet, runner
         self.live = None
         if not quiet:
             from rich.console import Console
@@ -60,7 +60,18 @@ class Progress:
         for t in tasks:
             tab.add_row(t.func.name, str(t.weight), str(t.trials),
                         f"{t.best * 1e6:.1f}" if math.isfinite(t.best) else "-")
-        self.live.update(tab)
+        rates = self.runner.node_rates() if self.runner is not None else []
+        if not rates:
+            self.live.update(tab)
+            return
+        from rich.console import Group
+
+        nodes = Table(title="measured per node")  # several workers (Ray): where the throughput comes from
+        for col in ("node", "measured", "failed", "per minute"):
+            nodes.add_column(col)
+        for r in rates:
+            nodes.add_row(r.node, str(r.done), str(r.failed), f"{r.per_minute:.1f}")
+        self.live.update(Group(tab, nodes))
 
     def stop(self) -> None:
         if self.live is not None:
@@ -72,16 +83,17 @@ def unscheduled(module: Module) -> list[PrimFunc]:
     return [f for f in module.prim_functions() if not any(k == "schedule" for k, _ in f.attrs)]
 
 
-def tune_module(module: Module, cfg: SearchConfig, db: Database, runner: Runner, quiet: bool = True) -> Module:
+def tune_module(module: Module, cfg: SearchConfig, db: Database, runner: Measurer, quiet: bool = True) -> Module:
     """Tune every unscheduled tensor program of `module`; the result uses the best records.
 
-    A module without any (not lowered, or already scheduled) is returned as it is."""
+    `runner`: a local `Runner`, or a `distributed.RayRunner` (measurements on Ray actors; this
+    process still searches and alone writes `db`). A module without any (not lowered, or already scheduled) is returned as it is."""
     weights = call_counts(module)
     funcs = unscheduled(module)
     if not funcs:
         return module
     tasks = [Task(f, float(weights.get(f.name, 1))) for f in funcs]
-    progress = Progress(cfg.trials, cfg.time_budget, quiet)
+    progress = Progress(cfg.trials, cfg.time_budget, quiet, runner)
     try:
         tuner = Tuner(tasks, db, runner, cfg, progress)
         tuner.run()
