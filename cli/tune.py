@@ -76,6 +76,8 @@ def tune_cmd(module_path: str, target: str, trials: int, time_budget: float, db_
     from mlc.tune.tuning import check_target, tune_module, unscheduled
 
     on_ray = parse_executor(executor)[0] == "ray"
+    if workers and not on_ray:
+        raise click.UsageError("--workers applies to --executor ray only (local measures one candidate at a time)")
     if on_ray:
         require_ray()  # without Ray installed, say so at once
     src = read_module(module_path, verify=instrument.verify_each)

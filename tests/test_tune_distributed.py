@@ -41,6 +41,8 @@ def test_executor_argument_errors(tmp_path: Path, module_file: Path, monkeypatch
     out = str(tmp_path / "t.ir")
     r = CliRunner().invoke(tune_cmd, [str(module_file), "--executor", "dask", "-o", out])
     assert r.exit_code == 2 and "ray:ADDRESS" in r.output
+    r = CliRunner().invoke(tune_cmd, [str(module_file), "--workers", "2", "-o", out])
+    assert r.exit_code == 2 and "--workers applies to --executor ray only" in r.output
     monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
     r = CliRunner().invoke(tune_cmd, [str(module_file), "--executor", "ray", "--db", str(tmp_path / "db"), "-o", out])
     lines = r.output.strip().splitlines()

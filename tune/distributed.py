@@ -184,8 +184,11 @@ class RayRunner:
             ray.kill(a.handle)
         except ray.exceptions.RayError:
             pass
-        alive = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
-        if self._respawns < 2 * self.workers and (a.node_id is None or a.node_id in alive):
+        if a.node_id is None:  # a GPU actor: only while the cluster still has a GPU for it (else it would pend)
+            placeable = ray.cluster_resources().get("GPU", 0) > len(self._actors)
+        else:  # pinned: a node that died meanwhile fails the new actor's calls at once (hard affinity)
+            placeable = a.node_id in {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
+        if self._respawns < 2 * self.workers and placeable:
             self._respawns += 1
             new = self._spawn(a.node_id)
             new.node = a.node
