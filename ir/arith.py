@@ -327,3 +327,16 @@ def interval(e: Expr, var_range: Callable[[Var], Interval | None]) -> Interval |
             return (a[0] // d, a[1] // d)
         return (a[0] % d, a[1] % d) if a[0] // d == a[1] // d else (0, d - 1)
     return None
+
+
+def prime_factors(n: int) -> list[int]:
+    """The prime factors of n >= 1 with multiplicity, ascending (tile sampling splits extents by them)."""
+    out, p = [], 2
+    while p * p <= n:
+        while n % p == 0:
+            out.append(p)
+            n //= p
+        p += 1
+    if n > 1:
+        out.append(n)
+    return out

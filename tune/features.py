@@ -18,7 +18,8 @@ import numpy as np
 from mlc.ir import arith
 from mlc.ir.expr import Expr, Var, free_vars, substitute
 from mlc.ir.tir import BlockStmt, For, PrimFunc
-from mlc.passes.schedule.tree import ancestors, blocks, loads_in, stmt_exprs, stores_in, walk
+from mlc.ir.tir_visit import loads_in, stmt_exprs, stores_in, walk
+from mlc.passes.schedule.tree import ancestors, blocks
 
 SYM_EXTENT = 64
 BLOCK_FEATURES = 14

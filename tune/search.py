@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+from mlc.ir.arith import prime_factors
 from mlc.ir.diagnostics import MlcError
 from mlc.ir.target import Target
 from mlc.ir.tir import PrimFunc
@@ -65,16 +66,6 @@ class SearchConfig:
     confirm: int = 3  # at the end, re-measure each task's best `confirm` traces twice (0: off)
 
 
-def _prime_factors(n: int) -> list[int]:
-    out, p = [], 2
-    while p * p <= n:
-        while n % p == 0:
-            out.append(p)
-            n //= p
-        p += 1
-    return out + ([n] if n > 1 else [])
-
-
 def local_decision(kind: str, inputs: tuple, decision: object, rng: np.random.Generator) -> object | None:
     """A neighbour of a decision (MetaSchedule's tile-size / categorical mutators): one prime factor
     of one tile level moved to another level, or another category; None when there is none."""
@@ -87,7 +78,7 @@ def local_decision(kind: str, inputs: tuple, decision: object, rng: np.random.Ge
         for _ in range(8):
             a = int(rng.choice(src))
             b = int(rng.choice([i for i in range(len(d)) if i != a]))
-            p = int(rng.choice(_prime_factors(d[a])))
+            p = int(rng.choice(prime_factors(d[a])))
             out = list(d)
             out[a] //= p
             out[b] *= p

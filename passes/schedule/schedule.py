@@ -320,21 +320,9 @@ def _unique(rvs: list[BlockRV]) -> list[BlockRV]:
     return sorted(set(rvs), key=lambda r: r.name)
 
 
-def _factorize(n: int) -> list[int]:
-    out, p = [], 2
-    while p * p <= n:
-        while n % p == 0:
-            out.append(p)
-            n //= p
-        p += 1
-    if n > 1:
-        out.append(n)
-    return out
-
-
 def _sample_tile(rng: np.random.Generator, ext: int, n: int, max_inner: int) -> list[int]:
     """Distribute the prime factors of `ext` over n positions at random, rejecting big innermost tiles."""
-    primes = _factorize(ext)
+    primes = arith.prime_factors(ext)
     for _ in range(64):
         d = [1] * n
         for p in primes:

@@ -3,8 +3,7 @@
 A path is a tuple of child indices (`ir.tir_visit.kids`) from the PrimFunc body (the root block).
 Primitives locate blocks and loops by name, rewrite the tree functionally and re-resolve names
 afterwards, so handles stay valid across primitives. The generic traversal (walk, map_exprs, subst,
-access regions, bounds) is ir/tir_visit.py; the names re-imported from there below are for the
-modules that still import them from here (rules.py, tensorize.py, passes/tune/features.py).
+access regions, bounds) is ir/tir_visit.py.
 """
 
 from __future__ import annotations
@@ -15,19 +14,7 @@ from mlc.ir.diagnostics import MlcError
 from mlc.ir.expr import Const, Load, Var
 from mlc.ir.names import fresh_name
 from mlc.ir.tir import BlockStmt, Buffer, For, IterVar, Stmt, Store
-from mlc.ir.tir_visit import (  # noqa: F401 - re-exported for rules.py, tensorize.py, tune/features.py
-    Path,
-    block_reads,
-    block_writes,
-    kids,
-    loads_in,
-    rewrite,
-    simp,
-    stmt_exprs,
-    stores_in,
-    walk,
-    with_kids,
-)
+from mlc.ir.tir_visit import Path, kids, walk, with_kids
 
 
 def get(s: Stmt, path: Path) -> Stmt:
