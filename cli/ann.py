@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 import numpy as np
-from mlc.ann.executor import EXECUTORS, Executor, make_executor, parse_executor, require_ray
+from mlc.ann.executor import Executor, make_executor, require_ray
 from mlc.ann.index import MODES, AnnIndex, train_quantizer
 from mlc.ann.index_file import index_bytes
 from mlc.ann.io import as_float_vectors, read_vectors, write_vectors
@@ -20,20 +20,12 @@ from mlc.ann.sharded import ShardedIndex, encode_shards, open_index, remove_stal
 from mlc.ir.diagnostics import MlcError
 from mlc.ir.files import atomic_write_files
 
-from .main import handle_errors
+from .main import executor_option, handle_errors
 
 
 @click.group("ann-index")
 def ann_index() -> None:
     """Vector-quantization nearest-neighbour indexes (PQ, RVQ, IRVQ, DA; E-Tree, A-Tree search)."""
-
-
-def _check_executor(ctx: click.Context, param: click.Parameter, value: str) -> str:
-    try:
-        parse_executor(value)
-    except ValueError as e:
-        raise click.BadParameter(str(e)) from None
-    return value
 
 
 @ann_index.command("build")
@@ -49,9 +41,7 @@ def _check_executor(ctx: click.Context, param: click.Parameter, value: str) -> s
               help="Store the raw vectors (exact re-ranking, quantization error in eval).")
 @click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True)
 @click.option("--progress/--no-progress", default=None, help="Show training progress (default: on a terminal).")
-@click.option("--executor", default="local", show_default=True, callback=_check_executor,
-              help=f"Where training and encoding run: {' | '.join(EXECUTORS)} (ray: start or join a local "
-                   "instance; needs pip install 'mlc[distributed]').")
+@executor_option("where training and encoding run")
 @click.option("--shards", type=click.IntRange(1, 100000), default=None,
               help="Write a sharded index (manifest + shard files) of this many shards "
                    "(default: one file with --executor local, one shard per Ray CPU with ray).")

@@ -92,6 +92,23 @@ target_option = click.option("--target", default="cpu", show_default=True,
                              help="cpu (the host), cuda (sm_90), cuda:sm_XY, or a configs/targets file's name.")
 
 
+def _check_executor(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    from mlc.ann.executor import parse_executor
+
+    try:
+        parse_executor(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+    return value
+
+
+def executor_option(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """`--executor local|ray|ray:ADDRESS` (docs/distributed.md), checked while the command line is parsed."""
+    return click.option("--executor", default="local", show_default=True, callback=_check_executor,
+                        help=f"{what}: local | ray | ray:ADDRESS (start or join Ray; needs pip install "
+                             "'mlc[distributed]')")
+
+
 def parse_target(spec: str) -> Any:
     """The --target option as an `ir.target.Target` (parsed in the command, so an unknown one is a
     user error naming the option, not a traceback)."""

@@ -25,19 +25,9 @@ from mlc.ir.module import Module
 
 from .dims import dims_option
 from .io import Source, read_module, write_module
-from .main import Instrumentation, handle_errors, parse_target, pipeline_options, target_option
+from .main import Instrumentation, executor_option, handle_errors, parse_target, pipeline_options, target_option
 
 DEFAULT_DIM = 64
-
-
-def _check_executor(ctx: click.Context, param: click.Parameter, value: str) -> str:
-    from mlc.ann.executor import parse_executor
-
-    try:
-        parse_executor(value)
-    except ValueError as e:
-        raise click.BadParameter(str(e)) from None
-    return value
 
 
 @click.command("tune")
@@ -53,9 +43,7 @@ def _check_executor(ctx: click.Context, param: click.Parameter, value: str) -> s
 @click.option("--confirm", default=3, show_default=True, type=click.IntRange(min=0),
               help="at the end, re-measure each program's N fastest schedules twice; rank by the median (0: off)")
 @click.option("--quiet", is_flag=True, help="no progress table")
-@click.option("--executor", default="local", show_default=True, callback=_check_executor,
-              help="where candidates are measured: local | ray | ray:ADDRESS (Ray actors, one per node or GPU; "
-                   "needs pip install 'mlc[distributed]')")
+@executor_option("where candidates are measured (Ray: actors, one per node or GPU)")
 @click.option("--workers", default=0, show_default=True, type=click.IntRange(min=0),
               help="with --executor ray: measurement actors (0: one per node for cpu, one per GPU for cuda)")
 @click.option("-o", "--output", default="-", help="scheduled module (default: stdout)")
