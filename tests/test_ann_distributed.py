@@ -25,6 +25,7 @@ from mlc.ann.index_file import read_index
 from mlc.ann.io import read_vectors, write_vectors
 from mlc.ann.sharded import ShardedIndex, encode_shards, open_index, write_sharded
 from mlc.cli.ann import ann_index
+from ray_helpers import local_ray
 
 MLC = [sys.executable, "-m", "mlc.cli"]
 BUILD = ["--method", "irvq", "-M", "3", "-K", "32", "-L", "4", "--train-size", "9000", "--seed", "5"]
@@ -135,15 +136,7 @@ def test_executor_argument_errors(tmp_path: Path, files: Path, monkeypatch: pyte
 
 @pytest.fixture(scope="module")
 def ray_address() -> Iterator[str]:
-    ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'mlc[distributed]')")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    from ray import cloudpickle
-
-    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import this test module
-    try:
-        yield ray.get_runtime_context().gcs_address
-    finally:
-        ray.shutdown()
+    yield from local_ray(__name__)
 
 
 ONE_THREAD = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}

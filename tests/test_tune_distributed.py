@@ -24,10 +24,10 @@ from mlc.ir.target import Target
 from mlc.passes.tune.database import Database, mlc_version, workload_key
 from mlc.tune.measure import Result, Runner
 from mlc.tune.search import SearchConfig, Task, Tuner
+from ray_helpers import NO_RAY, local_ray
 from test_tir_interp import matmul_func
 
 MLC = [sys.executable, "-m", "mlc.cli"]
-NO_RAY = "Ray is not installed (pip install 'mlc[distributed]')"
 
 
 @pytest.fixture(scope="module")
@@ -65,15 +65,7 @@ def test_unreachable_cluster_is_one_error(tmp_path: Path, module_file: Path) -> 
 
 @pytest.fixture(scope="module")
 def ray_address() -> Iterator[str]:
-    ray = pytest.importorskip("ray", reason=NO_RAY)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    from ray import cloudpickle
-
-    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import this test module
-    try:
-        yield ray.get_runtime_context().gcs_address
-    finally:
-        ray.shutdown()
+    yield from local_ray(__name__)
 
 
 def _wait_for_free_cpus(n: int = 2) -> None:
