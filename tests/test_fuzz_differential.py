@@ -149,6 +149,16 @@ def test_pinned_slice_start_clamped_symbolic() -> None:
                 [("y", F)], {"s": np.array([-5]), "e": np.array([2**62])}))
 
 
+@pytest.mark.parametrize("start,end,n", [(2, 0, 2), (1, -1, 3), (3, 1, 1), (5, -10, 2)])
+def test_pinned_slice_negative_step_clamped_symbolic(start: int, end: int, n: int) -> None:
+    """Found by the fuzzer (CI, 2026-12-07): stepping down, a constant start past a symbolic dim was
+    typed unclamped (x[2:0:-1] on n = 2 said length 2) and an empty result was a run-time error;
+    the start is now min(start, n - 1), a negative end max(n + end, -1), the length max(..., 0)."""
+    agree(graph([helper.make_node("Slice", ["x", "s", "e", "a", "t"], ["y"])],
+                [("x", F, ["n"], np.arange(n, dtype=np.float32))], [("y", F)],
+                {"s": np.array([start]), "e": np.array([end]), "a": np.array([0]), "t": np.array([-1])}))
+
+
 def test_pinned_output_storage_reused() -> None:
     """Found by the fuzzer, a silent miscompile: an output that is a match_cast of an intermediate
     (Concat of x[n, 3] with a constant [2, 2]) lost its storage when the intermediate died; the memory

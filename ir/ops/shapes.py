@@ -263,9 +263,16 @@ def slice_len(d: Expr, begin: Any, end: Any, step: int) -> Expr:
         return simplify((stop - start + (step - 1)) // step)
     start = pos(begin, b, d - 1 if (b or 0) > 0 else Const(-1))
     stop = pos(end, e, Const(-1) if (e or 0) < 0 else d - 1)
-    assume_le(stop, start, "slice bounds")
+    # stepping down, ONNX clamps a constant start past a symbolic dim to its last index and a
+    # negative constant end before it to -1 (x[2::-1] on n = 2 has length 2, not 3)
+    if b is not None and 0 <= b < BIG // 2 and not prove_le(start, d - 1):
+        start = Bin("min", start, d - 1)
+    if e is not None and -BIG // 2 < e < 0 and not prove_le(Const(-1), stop):
+        stop = Bin("max", stop, Const(-1))
     assume_le(start, d - 1, "slice start within the dim")
-    return simplify((start - stop + (-step - 1)) // (-step))
+    n_out = simplify((start - stop + (-step - 1)) // (-step))
+    # an empty result (the end at or past the start) is a length of 0, as ONNX gives, not an error
+    return n_out if prove_le(stop, start) else Bin("max", n_out, Const(0))
 
 
 def slice_start(d: Expr, begin: Any, step: int) -> Expr:
