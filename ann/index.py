@@ -24,6 +24,13 @@ from .search import add_biases, rerank, table_sum, topk
 MODES: tuple[str, ...] = ("flat", "etree", "eforest", "atree", "ir")
 
 
+def check_k(k: int, size: int) -> None:
+    """k nearest of an index of `size` vectors: at least 1, at most all of them (never an
+    allocation sized by a hostile k)."""
+    if k <= 0 or k > size:
+        raise MlcError(f"--k must be between 1 and the index's {size} vectors, got {k}")
+
+
 @dataclass
 class AnnIndex:
     quantizer: Quantizer
@@ -60,8 +67,7 @@ class AnnIndex:
                rerank_k: int = 0, groups: int = 2) -> tuple[np.ndarray, np.ndarray]:
         """(nq, k) base ids (nearest first, -1 when fewer exist) and their distances."""
         q = as_float_vectors(queries, self.dim, "queries")
-        if k <= 0 or k > self.size:
-            raise MlcError(f"--k must be between 1 and the index's {self.size} vectors, got {k}")
+        check_k(k, self.size)
         if mode not in MODES:
             raise MlcError(f"unknown search mode '{mode}' (expected one of {', '.join(MODES)})")
         if rerank_k and self.base is None:

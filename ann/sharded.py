@@ -33,7 +33,7 @@ import numpy as np
 from ..ir.diagnostics import Loc, MlcError
 from ..ir.files import atomic_write_files
 from .executor import Executor
-from .index import AnnIndex
+from .index import AnnIndex, check_k
 from .index_file import index_bytes, pack, read_index, unpack
 from .io import as_float_vectors
 from .quantizer import Quantizer
@@ -132,8 +132,7 @@ class ShardedIndex:
                rerank_k: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """As AnnIndex.search over all shards: per-shard top-k merged by (distance, global id)."""
         q = as_float_vectors(queries, self.dim, "queries")
-        if k <= 0 or k > self.size:
-            raise MlcError(f"--k must be between 1 and the index's {self.size} vectors, got {k}")
+        check_k(k, self.size)
         if rerank_k and any(s.base is None for s in self.shards):
             raise MlcError("re-ranking needs the base vectors: build the index with --keep-base")
         short = max(k, rerank_k)

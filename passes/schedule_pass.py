@@ -18,9 +18,9 @@ from typing import ClassVar
 from mlc.ir.diagnostics import MlcError
 from mlc.ir.module import Module
 from mlc.ir.target import Target
-from mlc.ir.tir import For, PrimFunc
+from mlc.ir.tir import PrimFunc
 from mlc.ir.tir_lower import is_lowered
-from mlc.ir.tir_visit import nodes
+from mlc.ir.tir_visit import has_loop
 
 from .registry import ModulePass, PassContext, option, register_pass
 from .schedule.trace import Trace
@@ -84,10 +84,6 @@ class SchedulePass(ModulePass):
         return schedule_module(module, Target.parse(self.target or ctx.target), self.db, self.trace, self.rules)
 
 
-def _has_loops(f: PrimFunc) -> bool:
-    return any(isinstance(s, For) for s in nodes(f.body))
-
-
 def schedule_module(module: Module, tgt: Target, db: str, trace: str, rules: bool) -> Module:
     """Schedule every PrimFunc not yet scheduled (a `schedule` attribute marks the done ones)."""
     from .tune.database import Database, mlc_version
@@ -99,7 +95,7 @@ def schedule_module(module: Module, tgt: Target, db: str, trace: str, rules: boo
         print(f"mlc: warning: schedule: {db} holds records of mlc {', '.join(stale)} only; "
               f"mlc {mlc_version()} does not apply them (re-run mlc tune)", file=sys.stderr)
     for f in module.prim_functions():
-        if any(k == "schedule" for k, _ in f.attrs) or (is_lowered(f) and not _has_loops(f)):
+        if any(k == "schedule" for k, _ in f.attrs) or (is_lowered(f) and not has_loop(f.body)):
             continue  # scheduled already, or nothing to schedule
         if is_lowered(f):  # schedules act on blocks: marking it 'default' would claim what did not happen
             raise MlcError(f"schedule: @{f.name} is loop-level IR (lower-tir has run): schedule block-form "
