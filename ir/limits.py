@@ -7,6 +7,7 @@ The limit is the machine's physical memory, or MLC_MAX_BYTES when set (a job's o
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Sequence
 
@@ -22,6 +23,12 @@ def max_bytes() -> int:
             return max(int(env), 0)
         except ValueError:
             raise MlcError(f"MLC_MAX_BYTES must be a number of bytes, got '{env}'") from None
+    return _physical_memory()
+
+
+@functools.cache
+def _physical_memory() -> int:
+    """Asked once: the interpreter checks every result against it."""
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
