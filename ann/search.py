@@ -68,11 +68,3 @@ def rerank(queries: np.ndarray, base: np.ndarray, shortlist: np.ndarray, k: int)
     d = np.einsum("qsd,qsd->qs", diff, diff)
     d[shortlist < 0] = np.inf
     return topk(d, k, shortlist)
-
-
-def exact_knn(queries: np.ndarray, base: np.ndarray, k: int) -> np.ndarray:
-    """Brute-force k nearest base ids (float64 squared L2, ties by id): the recall oracle."""
-    q = queries.astype(np.float64)
-    b = base.astype(np.float64)
-    d = (q * q).sum(1)[:, None] - 2 * q @ b.T + (b * b).sum(1)[None, :]
-    return np.stack([np.lexsort((np.arange(len(b)), row))[:k] for row in d])

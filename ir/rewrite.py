@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterator
 
-from .graph import Binding, Block, Function, If, Loop, Node, Value
+from .graph import Binding, Block, If, Loop, Node, Value
 
 
 def remap_args(node: Node, f: Callable[[Value], Value]) -> Node:
@@ -45,14 +45,6 @@ def used_names(block: Block) -> set[str]:
         elif isinstance(b.node, Loop):
             out |= used_names(b.node.body)
     return out
-
-
-def with_body(fn: Function, body: Block) -> Function:
-    return dataclasses.replace(fn, body=body)
-
-
-def rebind(b: Binding, var: Value, node: Node) -> Binding:
-    return Binding(var, node, b.loc)
 
 
 def walk_bindings(block: Block) -> Iterator[Binding]:
