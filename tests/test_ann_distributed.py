@@ -208,23 +208,33 @@ def test_worker_killed_mid_build(tmp_path: Path, files: Path, ray_address: str) 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
 def test_driver_interrupted_leaves_old_index(tmp_path: Path, files: Path, single: Path, ray_address: str,
                                              sig: signal.Signals) -> None:
-    """Killing `mlc ann-index build --executor ray` mid-way leaves the old index whole; the next run works."""
+    """Killing `mlc ann-index build --executor ray` mid-way leaves the old index whole; the next run works.
+
+    The test holds every CPU of the cluster while the driver runs, so the driver's tasks wait and it
+    cannot finish before the signal (on a fast machine the whole build takes about a second).
+    """
     import ray
+    from ray._private.state import jobs  # the GCS job table; Ray's public state API needs the dashboard
+    from ray.util.placement_group import placement_group, remove_placement_group
 
     out = tmp_path / "i.idx"
     old = single.read_bytes()
     out.write_bytes(old)
     cmd = [*MLC, "ann-index", "build", str(files / "base.npy"), *BUILD, "--executor", f"ray:{ray_address}",
            "-o", str(out)]
-    deadline = time.monotonic() + 30
-    while ray.available_resources().get("CPU", 0) < 2 and time.monotonic() < deadline:
-        time.sleep(0.05)  # tasks of an earlier test's killed driver are gone
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 60
-    while ray.available_resources().get("CPU", 2) >= 2 and p.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)  # until one of its tasks holds a CPU: the build is under way (training)
-    p.send_signal(sig)
-    _, err = p.communicate(timeout=60)
+    hold = placement_group([{"CPU": 2}])
+    ray.get(hold.ready(), timeout=60)  # tasks of an earlier test's killed driver are gone by now
+    try:
+        live = sum(not j["IsDead"] for j in jobs())
+        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 60
+        while sum(not j["IsDead"] for j in jobs()) <= live and p.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)  # until the driver has joined the cluster (its error handler is in place)
+        time.sleep(1.0)  # it reads the vectors and submits its first tasks, which wait for a CPU
+        p.send_signal(sig)
+        _, err = p.communicate(timeout=60)
+    finally:
+        remove_placement_group(hold)
     assert p.returncode != 0, err.decode()  # interrupted, not finished
     assert out.read_bytes() == old and read_index(out).size == 12500  # the old index, whole
     if sig == signal.SIGINT:  # it cleaned up after itself; the next run is tested after SIGKILL
