@@ -2,7 +2,7 @@
 
 Everything about each op sits together (JAX style): its declaration, shape rule, numpy reference,
 lowering to a tensor program (ir/tir_builder.py: a virtual tensor that consumers inline) and ONNX
-import handlers. The gradient slot (`OpDef.grad`) stays None until autodiff fills it.
+import handlers and gradient rules (read by ir/autodiff.py; how to write one: registry.register_grad).
 """
 
 from __future__ import annotations
@@ -16,16 +16,20 @@ import numpy as np
 from ..diagnostics import Loc, MlcError
 from ..dtype import is_float, to_numpy
 from ..expr import Bin, Call, Cast, Const, Expr, Not, Select
+from ..graph import Value
 from ..tir_builder import Builder, CannotLower, Tensor, as_dtype, broadcast, cst
 from ..types import TensorType, Type
 from .lowering import Args, Attrs, as_tensor, out_dtype, out_shape
 from .reference import Env, Ref, erf, ref, round_bf16
 from .registry import (
     REQUIRED,
+    GradCall,
+    GradContext,
     Handler,
     ImportContext,
     OnnxNode,
     define,
+    register_grad,
     register_infer,
     register_lower,
     register_onnx,
@@ -318,6 +322,13 @@ def _where_lower(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
     shp = out_shape(t)
     c, x, y = (broadcast(as_tensor(a), shp) for a in args)
     return b.compute(shp, out_dtype(t), lambda i: Select(as_dtype(c(i), "bool"), x(i), y(i)), "where")
+
+
+# ---- gradient rules --------------------------------------------------------------------------
+@register_grad("mul")
+def _mul_grad(g: GradContext, c: GradCall) -> list[Value | None]:
+    a, b = c.args
+    return [g.unbroadcast(g.emit("mul", [c.dout, b]), a), g.unbroadcast(g.emit("mul", [c.dout, a]), b)]
 
 
 # ---- ONNX handlers ---------------------------------------------------------------------------

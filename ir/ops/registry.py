@@ -6,7 +6,7 @@ aspects are attached next to it, in its family module (JAX style: the rules sit 
 - shape/dtype inference  (`infer`)  read by shape-infer, the importer, the verifier
 - numpy reference        (`ref`)    read by the reference interpreter and constant folding
 - lowering to a tensor program (`lower`, built with ir/tir_builder.py) read by lower/fuse
-- gradient               (`grad`)   empty until autodiff fills it
+- gradient rule          (`grad`)   read by autodiff (ir/autodiff.py); see `register_grad`
 - ONNX import handlers   (`register_onnx`, per opset) read by frontend/onnx_ops.py
 
 The registry imports the family modules itself (`FAMILIES`, loaded by `load`, which
@@ -116,13 +116,114 @@ def register_lower(*names: str) -> Callable[[Callable[..., Any]], Callable[..., 
     return deco
 
 
-def register_grad(*names: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
+# ---- gradient rules ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class GradCall:
+    """The forward node a gradient rule differentiates.
+
+    `args`, `out` and `dout` are Values of the function being differentiated: the backward graph
+    shares the forward computation, so a rule may use any of them as operands of new nodes.
+    `attrs` are the node's attributes with the op's defaults filled in. `dout` is the cotangent of
+    `out` (same type); for an op with a tuple result (split) it is a tuple with one entry per
+    field, None where that field received no cotangent."""
+
+    op: str
+    args: tuple[Value, ...]
+    attrs: dict[str, Any]
+    out: Value
+    dout: Value | tuple[Value | None, ...]
+
+
+class GradContext(Protocol):
+    """What a gradient rule calls to build backward nodes (ir/autodiff.py implements it).
+
+    Every Value it returns is a new binding of the backward graph, typed by the op's `infer` (so
+    `value_shape`/`value_dtype` work on it, symbolic dims included) and located at the forward
+    node."""
+
+    def emit(self, op: str, args: Sequence[Value], attrs: dict[str, Any] | None = None) -> Value:
+        """Bind `op(args) {attrs}` (any registered op, e.g. a backward op of the family)."""
+        ...
+
+    def item(self, t: Value, i: int) -> Value:
+        """Field `i` of a tuple-typed value (the result of split)."""
+        ...
+
+    def scalar(self, value: float, like: Value) -> Value:
+        """A rank-0 tensor holding `value` in `like`'s dtype (broadcasts against anything)."""
+        ...
+
+    def zeros_like(self, like: Value) -> Value:
+        """Zeros of `like`'s type (symbolic dims allowed)."""
+        ...
+
+    def unbroadcast(self, grad: Value, like: Value) -> Value:
+        """`grad` (of a broadcast result) summed over the axes that broadcasting added or stretched
+        from 1 to reach it, and reshaped to `like`'s shape: the cotangent of the operand `like`."""
+        ...
+
+    def error(self, msg: str) -> MlcError:
+        """A located error at the forward node (raise it)."""
+        ...
+
+
+# A rule: `rule(g: GradContext, c: GradCall) -> Sequence[Value | None]`, one entry per forward input.
+GradRule = Callable[[GradContext, GradCall], Sequence["Value | None"]]
+
+
+class _NoGrad:
+    """The `grad` of an op declared non-differentiable (`register_no_grad`)."""
+
+    def __repr__(self) -> str:
+        return "NO_GRAD"
+
+    def __call__(self, g: GradContext, c: GradCall) -> Sequence[Value | None]:
+        raise g.error(f"{c.op} has no gradient")
+
+
+NO_GRAD = _NoGrad()
+
+
+def register_grad(*names: str) -> Callable[[GradRule], GradRule]:
+    """File `fn` as the gradient rule (vector-Jacobian product) of ops `names`.
+
+    How a rule is written::
+
+        @register_grad("mul")
+        def _mul_grad(g: GradContext, c: GradCall) -> list[Value | None]:
+            a, b = c.args
+            return [g.unbroadcast(g.emit("mul", [c.dout, b]), a),
+                    g.unbroadcast(g.emit("mul", [c.dout, a]), b)]
+
+    - Arguments: `g` builds nodes (`GradContext`: `emit` any registered op, `scalar`, `zeros_like`,
+      `item`, `unbroadcast`, `error`); `c` is the forward node (`GradCall`: op name, inputs, attrs
+      with defaults, forward result `out`, its cotangent `dout`).
+    - Emit nodes only through `g` (never build `OpCall`s or constants by hand): the backward graph is
+      an ordinary graph that shape-infer, fuse, schedule and both codegens compile. Prefer ops that
+      lower (have `lower`), so the backward pass compiles to kernels.
+    - Return one entry per forward input, in order: the input's cotangent, a Value with exactly the
+      input's type (shape and dtype; a broadcast operand goes through `g.unbroadcast`), or None when
+      no gradient flows to that input (integer/bool inputs such as indices or a `where` condition,
+      or an input the op treats as a constant). Autodiff sums cotangents of values used twice.
+    - Autodiff never calls a rule for a node none of whose float inputs depend on a differentiated
+      value, nor sends cotangents into integer or bool values, so rules need not check for that.
+    - An op with no gradient (floor, sign, argmax, comparisons) is declared with
+      `register_no_grad`; a cotangent reaching one on the path to a differentiated value is a
+      located error naming the op and the value. An op with neither is reported the same way.
+    """
+
+    def deco(fn: GradRule) -> GradRule:
         for n in names:
             _attach("grad", n)(fn)
         return fn
 
     return deco
+
+
+def register_no_grad(*names: str) -> None:
+    """Declare ops `names` non-differentiable (see `register_grad`)."""
+    for n in names:
+        _attach("grad", n)(NO_GRAD)
 
 
 # ---- ONNX import handlers ----------------------------------------------------------------------
