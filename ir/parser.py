@@ -41,6 +41,7 @@ from .graph import (
 from .lexer import Token, tokenize
 from .module import IR_VERSION, ConstantsRef, Module
 from .printer import DIM_PREC, FUNC_FORM, INFIX, NODE_WORDS, literal_dtype
+from .sparse import AXIS_KINDS, Axis, SparseBuffer, SparseIteration, SparseIterVar, sparse_view
 from .tir import (
     ATTR_KEYS,
     REDUCE_OPS,
@@ -83,6 +84,7 @@ class Parser:
         self.scopes: list[dict[str, Value]] = []  # graph values in scope
         self.defined: set[str] = set()  # every value name of the current function (SSA)
         self.buffers: dict[str, Buffer] = {}
+        self.axes: dict[str, Axis] = {}  # sparse axes of the current tensor program
 
     # ---- token helpers
     @property
@@ -601,7 +603,7 @@ class Parser:
     def prim_function(self) -> PrimFunc:
         start = self.expect("prim")
         name = self.take("at", "a function name (@name)").text
-        self.syms, self.buffers = {}, {}
+        self.syms, self.buffers, self.axes = {}, {}, {}
         self.expect("(")
         buffers: list[Buffer] = []
         scalars: list[Var] = []
@@ -632,8 +634,100 @@ class Parser:
         if not 0 <= n_out <= len(buffers):
             self.error(f"outputs {n_out}: the function has {len(buffers)} buffer parameters", nt)
         attrs = self.attrs() if self.accept("attrs") else ()
-        body = self.stmt_block()
-        return PrimFunc(name, tuple(buffers), n_out, body, tuple(scalars), attrs, self.loc(start))
+        bt = self.expect("{")
+        sparse: list[SparseBuffer] = []
+        with self.nest():
+            while self.at("axis") or self.at("sparse"):
+                if self.accept("axis"):
+                    self.axis_decl()
+                else:
+                    self.expect("sparse")
+                    sparse.append(self.sparse_decl())
+            stmts = self.stmts()
+        body = stmts[0] if len(stmts) == 1 else Seq(tuple(stmts), self.loc(bt))
+        return PrimFunc(name, tuple(buffers), n_out, body, tuple(scalars), attrs, self.loc(start),
+                        tuple(self.axes.values()), tuple(sparse))
+
+    def axis_ref(self) -> Axis:
+        t = self.sym_token()
+        a = self.axes.get(t.text)
+        if a is None:
+            self.error(f"undefined axis {t.text}", t)
+        return a
+
+    def axis_decl(self) -> None:
+        """`axis NAME = KIND(args)` (ir/sparse.py); the parent must be declared before."""
+        nt = self.sym_token()
+        if nt.text in self.axes:
+            self.error(f"redefinition of axis {nt.text}", nt)
+        self.expect("=")
+        kt = self.tok
+        kind = self.word("an axis kind")
+        if kind not in AXIS_KINDS:
+            self.error(f"unknown axis kind {kind} (known: {', '.join(AXIS_KINDS)})", kt)
+        self.expect("(")
+        with self.nest():
+            parent = "" if kind == "dense_fixed" else self.axis_ref().name
+            if parent:
+                self.expect(",")
+            length = self.expr()
+            nnz = indptr = indices = None
+            if kind != "dense_fixed":
+                self.expect(",")
+                nnz = self.expr()
+            if kind in ("dense_variable", "sparse_variable"):
+                self.expect(",")
+                indptr = self.buffer_ref()
+            if kind in ("sparse_fixed", "sparse_variable"):
+                self.expect(",")
+                indices = self.buffer_ref()
+            self.expect(")")
+        self.axes[nt.text] = Axis(nt.text, kind, length, parent, nnz, indptr, indices, self.loc(nt))
+
+    def sparse_decl(self) -> SparseBuffer:
+        """`sparse %A: (I, J) = %data`: declares the view %A."""
+        bt = self.take("pct", "a sparse buffer name")
+        if bt.text in self.buffers:
+            self.error(f"redefinition of buffer %{bt.text}", bt)
+        self.expect(":")
+        self.expect("(")
+        with self.nest():
+            axes = tuple(self.comma_list(")", self.axis_ref))
+        self.expect("=")
+        data = self.buffer_ref()
+        sb = sparse_view(bt.text, axes, data, self.loc(bt))
+        self.buffers[bt.text] = sb.buffer
+        return sb
+
+    def sp_iter(self, loc: Loc) -> SparseIteration:
+        name = self.take("string", "a sparse iteration name (a string)").text
+        self.expect("(")
+        saved: list[tuple[Var, Var | None]] = []
+
+        def iter_var() -> SparseIterVar:
+            kt = self.tok
+            kind = self.word("an iterator kind (S or R)")
+            vt = self.sym_token()
+            self.expect("in")
+            axis = self.axis_ref().name
+            var = Var(vt.text, "i64", self.loc(vt))
+            saved.append((var, self.syms.get(var.name)))
+            self.syms[var.name] = var
+            return SparseIterVar(var, axis, kind, self.loc(kt))
+
+        with self.nest():
+            iters = tuple(self.comma_list(")", iter_var))
+        self.expect("{")
+        init: Stmt | None = None
+        with self.nest():
+            if self.accept("init"):
+                init = self.stmt_block()
+            start = self.tok
+            stmts = self.stmts()
+        body = stmts[0] if len(stmts) == 1 else Seq(tuple(stmts), self.loc(start))
+        for var, old in reversed(saved):
+            self.unbind_sym(var, old)
+        return SparseIteration(name, iters, body, init, loc)
 
     def stmt_block(self) -> Stmt:
         """`{ stmts }`: one statement stands alone, any other count makes a Seq."""
@@ -674,6 +768,8 @@ class Parser:
             return self.for_stmt(loc)
         if t.text == "block":
             return self.block_stmt(loc)
+        if t.text == "sp_iter":
+            return self.sp_iter(loc)
         if t.text == "if":
             cond = self.expr()
             then = self.stmt_block()
@@ -731,7 +827,7 @@ class Parser:
                     self.error(f"a GEMM tile has 6 numbers (BM, BN, BK, WM, WN, STAGES), got {len(vals)}")
                 tile = GemmTile(*vals)
             return GemmCall(c, a, b, accumulate, batched, tile, loc)
-        self.error(f"expected a statement (store, for, block, if, let, seq, allocate, attr, allreduce, gemm), "
+        self.error(f"expected a statement (store, for, block, sp_iter, if, let, seq, allocate, attr, allreduce, gemm), "
                    f"found {self.describe(t)}", t)
 
     def new_buffer(self) -> Buffer:

@@ -34,6 +34,7 @@ from .graph import (
 )
 from .lexer import escape_string, is_plain_ident, is_plain_pct
 from .module import IR_VERSION, Module
+from .sparse import Axis, SparseBuffer, SparseIteration
 from .tir import (
     Allocate,
     AttrStmt,
@@ -415,6 +416,36 @@ class Printer(_ExprPrinter, StmtVisitor):
         for v, old in reversed(saved):
             self.unbind(v, old)
 
+    def visit_SparseIteration(self, s: SparseIteration) -> None:
+        iters, saved = [], []
+        for it in s.iters:
+            name, old = self.bind_var(it.var)
+            saved.append((it.var, old))
+            iters.append(f"{word(it.kind)} {name} in {sym_name(it.axis)}")
+        self.emit(f"sp_iter {escape_string(s.name)}({', '.join(iters)}) {{")
+        if s.init is not None:
+            self.depth += 1
+            self.emit("init {")
+            self.body(s.init)
+            self.emit("}")
+            self.depth -= 1
+        self.body(s.body)
+        self.emit("}")
+        for v, old in reversed(saved):
+            self.unbind(v, old)
+
+    def axis_decl(self, a: Axis) -> str:
+        args = [] if not a.parent and a.kind == "dense_fixed" else [sym_name(a.parent)]
+        args.append(self.expr(a.length))
+        if a.kind != "dense_fixed":
+            args.append(self.expr(a.nnz) if a.nnz is not None else "?")
+        args += [_name("%", b.name) for b in (a.indptr, a.indices) if b is not None]
+        return f"axis {sym_name(a.name)} = {word(a.kind)}({', '.join(args)})"
+
+    def sparse_decl(self, sb: SparseBuffer) -> str:
+        axes = ", ".join(sym_name(x) for x in sb.axes)
+        return f"sparse {_name('%', sb.buffer.name)}: ({axes}) = {_name('%', sb.data.name)}"
+
     def prim_func(self, f: PrimFunc) -> None:
         self.bound = {}
         params = [f"{_name('%', b.name)}: {self.buffer_type(b)}" for b in f.params]
@@ -423,6 +454,12 @@ class Printer(_ExprPrinter, StmtVisitor):
             self.bound[v.name] = v
         attrs = f" attrs {self.attrs(f.attrs)}" if f.attrs else ""
         self.emit(f"prim {func_ref(f.name)}({', '.join(params)}) outputs {f.num_outputs}{attrs} {{")
+        self.depth += 1
+        for a in f.axes:
+            self.emit(self.axis_decl(a))
+        for sb in f.sparse_buffers:
+            self.emit(self.sparse_decl(sb))
+        self.depth -= 1
         self.body(f.body)
         self.emit("}")
 

@@ -14,10 +14,14 @@ tensorized GEMM stage one `GemmCall`. Both forms print, parse and run in ir/tir_
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .diagnostics import UNKNOWN, Loc
 from .expr import Expr, Var
 from .graph import Attrs
+
+if TYPE_CHECKING:
+    from .sparse import Axis, SparseBuffer
 
 
 @dataclass(frozen=True)
@@ -189,6 +193,8 @@ class PrimFunc:
     `params` are the buffers in call order (inputs, then outputs); `num_outputs` says how many
     trailing ones are outputs. `scalar_params` are symbolic ints passed explicitly (dims that no
     buffer shape determines). Dims that appear in buffer shapes are bound from the buffers.
+    `axes` and `sparse_buffers` declare a sparse program's iteration spaces and value views
+    (ir/sparse.py); both are empty in dense programs and after sparse-lower's stage III.
     """
 
     name: str
@@ -198,3 +204,5 @@ class PrimFunc:
     scalar_params: tuple[Var, ...] = ()
     attrs: Attrs = ()
     loc: Loc = field(default=UNKNOWN, compare=False, repr=False)
+    axes: tuple[Axis, ...] = ()
+    sparse_buffers: tuple[SparseBuffer, ...] = ()

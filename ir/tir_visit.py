@@ -17,6 +17,7 @@ from typing import Any
 
 from . import arith
 from .expr import Bin, Call, Cast, Const, Expr, Load, Not, Select, Var, children, free_vars, substitute
+from .sparse import SparseIteration
 from .tir import (
     Allocate,
     AttrStmt,
@@ -42,7 +43,7 @@ def kids(s: Stmt) -> tuple[Stmt, ...]:
     """Child statements in a fixed order (a block: body, then init when present)."""
     if isinstance(s, For | Let | Allocate | AttrStmt):
         return (s.body,)
-    if isinstance(s, BlockStmt):
+    if isinstance(s, BlockStmt | SparseIteration):
         return (s.body,) if s.init is None else (s.body, s.init)
     if isinstance(s, Seq):
         return s.stmts
@@ -60,7 +61,7 @@ def with_kids(s: Stmt, ks: tuple[Stmt, ...]) -> Stmt:
         return s
     if isinstance(s, For | Let | Allocate | AttrStmt):
         return replace(s, body=ks[0])
-    if isinstance(s, BlockStmt):
+    if isinstance(s, BlockStmt | SparseIteration):
         return replace(s, body=ks[0], init=ks[1] if len(ks) > 1 else None)
     if isinstance(s, Seq):
         return replace(s, stmts=ks)
@@ -177,6 +178,8 @@ def used_names(func: PrimFunc) -> set[str]:
         elif isinstance(s, BlockStmt):
             out.add(s.name)
             out |= {b.name for b in s.alloc_buffers}
+        elif isinstance(s, SparseIteration):
+            out |= {s.name} | {it.var.name for it in s.iters}
         elif isinstance(s, Allocate):
             out.add(s.buffer.name)
         elif isinstance(s, ThreadAllReduce):

@@ -37,6 +37,7 @@ from .graph import (
     Value,
 )
 from .module import Module
+from .sparse import AXIS_KINDS, SparseIteration, axis_table
 from .tir import (
     ATTR_KEYS,
     FOR_KINDS,
@@ -55,6 +56,7 @@ from .tir import (
     Store,
     ThreadAllReduce,
 )
+from .tir_visit import loads_in, nodes, own_exprs
 from .types import ScalarType, TensorType, TupleType, Type, UnknownType
 
 _LOGIC = ("and", "or")
@@ -423,7 +425,109 @@ class PrimVerifier:
             self.vars[v.name] = v
         for b in f.params:
             self.declare_buffer(b, f.loc, params=True)
+        self.sparse_decls()
         self.stmt(f.body, f.loc)
+
+    # ---- sparse programs (ir/sparse.py)
+    def sparse_decls(self) -> None:
+        """Axes name declared parents and index arrays among the params; sparse buffers list each
+        dependent axis directly after its parent and store values in a parameter."""
+        f, seen = self.f, {}
+        params = {b.name: b for b in f.params}
+        for a in f.axes:
+            here = (a.loc, f.loc)
+            if a.name in seen:
+                self.fail(f"redefinition of axis {a.name}", *here)
+            if a.kind not in AXIS_KINDS:
+                self.fail(f"axis {a.name}: unknown kind {a.kind} (known: {', '.join(AXIS_KINDS)})", *here)
+            if (a.kind == "dense_fixed") != (not a.parent):
+                self.fail(f"axis {a.name}: a {a.kind} axis " + ("has no parent" if a.parent else "needs a parent axis"), *here)
+            if a.parent and a.parent not in seen:
+                self.fail(f"axis {a.name}: parent {a.parent} is not an axis declared before it", *here)
+            for e in (a.length, a.nnz):
+                if e is not None:
+                    self.int_expr(e, here, f"extent of axis {a.name}")
+            want = {"dense_variable": (1, 0), "sparse_fixed": (0, 2), "sparse_variable": (1, 1)}.get(a.kind, (0, 0))
+            for what, b, rank in (("indptr", a.indptr, want[0]), ("indices", a.indices, want[1])):
+                if (b is not None) != bool(rank):
+                    self.fail(f"axis {a.name}: a {a.kind} axis " + (f"has no {what}" if b is not None else f"needs {what}"), *here)
+                if b is None:
+                    continue
+                if params.get(b.name) != b:
+                    self.fail(f"axis {a.name}: {what} %{b.name} is not a parameter", *here)
+                if not is_int(b.dtype) or len(b.shape) != rank:
+                    self.fail(f"axis {a.name}: {what} %{b.name} must be a {rank}-d integer buffer", *here)
+            seen[a.name] = a
+        for sb in f.sparse_buffers:
+            here, name = (sb.loc, f.loc), sb.buffer.name
+            for k, x in enumerate(sb.axes):
+                if x not in seen:
+                    self.fail(f"sparse buffer %{name}: undefined axis {x}", *here)
+                p = seen[x].parent
+                if p and (k == 0 or sb.axes[k - 1] != p):
+                    where = f"follows {sb.axes[k - 1]}" if k else "comes first"
+                    self.fail(f"sparse buffer %{name}: axis {x} must directly follow its parent {p}, but {where}", *here)
+            if params.get(sb.data.name) != sb.data:
+                self.fail(f"sparse buffer %{name}: values %{sb.data.name} are not a parameter", *here)
+            fixed = all(not seen[x].variable for x in sb.axes)
+            if len(sb.data.shape) != 1 and not (fixed and len(sb.data.shape) == len(sb.axes)):
+                self.fail(f"sparse buffer %{name}: values %{sb.data.name} must be 1-d"
+                          + (" (or one dim per axis)" if fixed else " (its axes vary in length)"), *here)
+            if sb.buffer.dtype != sb.data.dtype or tuple(sb.buffer.shape) != tuple(seen[x].length for x in sb.axes):
+                self.fail(f"sparse buffer %{name} does not match its axes and values", *here)
+            self.declare_buffer(sb.buffer, sb.loc)
+
+    def stmt_SparseIteration(self, s: SparseIteration, loc: Loc, locs: tuple[Loc, ...], parent: Loc) -> None:
+        axes, where = axis_table(self.f.axes), f"sp_iter \"{s.name}\""
+        walked: dict[str, str] = {}
+        by_var: dict[str, str] = {}
+        for it in s.iters:
+            here = (it.loc,) + locs
+            if it.kind not in ("S", "R"):
+                self.fail(f"{where}: iterator kind must be S or R, not {it.kind}", *here)
+            a = axes.get(it.axis)
+            if a is None:
+                self.fail(f"{where}: undefined axis {it.axis}", *here)
+            if it.axis in walked:
+                self.fail(f"{where}: axis {it.axis} is iterated twice", *here)
+            if a.parent and a.parent not in walked:
+                self.fail(f"{where}: axis {it.axis} is iterated before its parent {a.parent}", *here)
+            if a.parent and it.kind == "S" and walked[a.parent] == "R":
+                self.fail(f"{where}: spatial axis {it.axis} depends on reduce axis {a.parent}", *here)
+            walked[it.axis] = it.kind
+            by_var[it.var.name] = it.axis
+        if s.init is not None and "R" not in walked.values():
+            self.fail(f"{where} has an init but no reduce (R) iterator", *locs)
+        views = {sb.buffer.name: sb for sb in self.f.sparse_buffers}
+        inner_stmts = [s.body] + ([s.init] if s.init is not None else [])
+        for x in (n for st in inner_stmts for n in nodes(st)):
+            if isinstance(x, SparseIteration):
+                self.fail(f"{where}: sparse iterations do not nest", getattr(x, "loc", UNKNOWN), *locs)
+            accesses = [(ld.buffer.name, ld.indices) for e in own_exprs(x) for ld in loads_in(e)]
+            if isinstance(x, Store):
+                accesses.append((x.buffer.name, x.indices))
+            for name, idx in accesses:
+                sb = views.get(name)
+                if sb is None:
+                    continue
+                for k, (i, want) in enumerate(zip(idx, sb.axes)):
+                    got = by_var.get(i.name) if isinstance(i, Var) else None
+                    if got != want:
+                        what = f"{i.name} (axis {got})" if got else "not an iterator"
+                        self.fail(f"{where}: sparse buffer %{name} is over ({', '.join(sb.axes)}): index {k} "
+                                  f"must iterate {want}, got {what}", getattr(x, "loc", UNKNOWN), *locs)
+        saved = dict(self.vars)
+        try:
+            for it in s.iters:
+                if it.var.name in self.vars:
+                    self.fail(f"{where}: {it.var.name} is already bound in an enclosing scope", it.loc, *locs)
+                self.vars[it.var.name] = it.var
+            inner = loc if loc.line else parent
+            if s.init is not None:
+                self.stmt(s.init, inner)
+            self.stmt(s.body, inner)
+        finally:
+            self.vars = saved
 
     def declare_buffer(self, b: Buffer, loc: Loc, params: bool = False) -> None:
         if b.name in self.buffers:
