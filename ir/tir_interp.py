@@ -41,6 +41,7 @@ from .expr import (
     free_vars,
     reduction_identity,
 )
+from .sparse import Axis, SparseBuffer, SparseIteration, axis_table
 from .tir import (
     Allocate,
     AttrStmt,
@@ -132,6 +133,8 @@ def _compile(e: Expr) -> Scalar:
         buf, idx = e.buffer, [_compile(i) for i in e.indices]
 
         def load(it: _Interp) -> object:
+            if it.views and buf.name in it.views:  # a sparse buffer (ir/sparse.py): positions into its values
+                return it.view_load(e, None)
             arr = it._buf(buf)
             ix = tuple(int(g(it)) for g in idx)  # type: ignore[call-overload]
             if len(ix) != arr.ndim:
@@ -202,12 +205,18 @@ class _Interp(StmtVisitor):
         self._compiled: dict[int, tuple[Expr, Scalar]] = {}
         self._plans: dict[int, tuple[Stmt, _Plan | None]] = {}
         self._nests: dict[int, tuple[For, list[For], _Plan | None]] = {}
+        self.views: dict[str, SparseBuffer] = {}
+        self.axes: dict[str, Axis] = {}
+        self.sp_pos: dict[Var, int] = {}  # positions of the sparse iterators in scope
 
     def plan(self, s: Stmt) -> _Plan | None:
         """The (cached) vectorisation plan of a loop-nest leaf."""
         hit = self._plans.get(id(s))
         if hit is None or hit[0] is not s:
-            hit = (s, _plan(s))
+            p = _plan(s)
+            if p is not None and p.store.buffer.name in self.views:
+                p = None  # stores into a sparse buffer run on the scalar path
+            hit = (s, p)
             self._plans[id(s)] = hit
         return hit[1]
 
@@ -275,7 +284,84 @@ class _Interp(StmtVisitor):
             raise MlcError(f"buffer {buf.name} is not allocated here") from None
 
     def _load(self, e: Load, mask: np.ndarray | None) -> np.ndarray:
+        if e.buffer.name in self.views:
+            return self.view_load(e, mask)
         return self._buf(e.buffer)[self._index(e.buffer, e.indices, mask)]
+
+    # ---- sparse buffers (ir/sparse.py) ----------------------------------------------------------
+    def _view_index(self, name: str, idx: Sequence[Expr], mask: np.ndarray | None) -> tuple[np.ndarray, ...]:
+        """Where `name[idx]` lives in its value array: positions (an iterator of a sparse iteration
+        stands for its position) folded through the axes, each checked against its level's extent."""
+        sb = self.views[name]
+        data = self._buf(sb.data)
+        if len(idx) != len(sb.axes):
+            raise MlcError(f"sparse buffer {name} has {len(sb.axes)} axes but is indexed with {len(idx)}")
+        pos = [np.asarray(self.sp_pos[i] if isinstance(i, Var) and i in self.sp_pos else self.ev(i, mask), np.int64)
+               for i in idx]
+        off: np.ndarray | None = None
+        for k, (ax, p) in enumerate(zip(sb.axes, pos)):
+            a = self.axes[ax]
+            if a.variable:
+                assert a.indptr is not None and off is not None
+                ptr = self._buf(a.indptr)
+                at = _checked(off, len(ptr) - 1, mask, f"indptr of axis {ax}")
+                lo, hi = ptr[at].astype(np.int64), ptr[at + 1].astype(np.int64)
+            else:
+                lo, hi = np.int64(0), np.int64(int(self.sc(a.fixed_extent())))  # type: ignore[arg-type, call-overload]
+            bad = (p < 0) | (p >= hi - lo)
+            if mask is not None:
+                bad = bad & mask
+            if np.any(bad):
+                raise MlcError(f"sparse buffer {name}: position {int(np.broadcast_to(p, np.shape(bad))[bad].flat[0])} "
+                               f"of axis {ax} (index {k}) is outside its row")
+            off = p if off is None else (lo + p if a.variable else off * hi + p)
+        if data.ndim == len(pos) > 1:
+            return tuple(_checked(p, n, mask, f"sparse buffer {name} dim {d}") for d, (p, n) in enumerate(zip(pos, data.shape)))
+        assert off is not None
+        return (_checked(off, data.size, mask, f"values of sparse buffer {name}"),)
+
+    def view_load(self, e: Load, mask: np.ndarray | None) -> np.ndarray:
+        name = e.buffer.name
+        data = self._buf(self.views[name].data)
+        return data[self._view_index(name, e.indices, mask)]  # type: ignore[no-any-return]
+
+    def visit_SparseIteration(self, s: SparseIteration) -> None:
+        """Coordinate space, run directly: init over the spatial iterators first (every point, rows
+        without nonzeros too), then the body over all of them."""
+        if s.init is not None:
+            self._sp_nest([it for it in s.iters if it.kind == "S"], s.init, {})
+        self._sp_nest(list(s.iters), s.body, {})
+
+    def _sp_nest(self, iters: list, body: Stmt, fpos: dict[str, int]) -> None:  # type: ignore[type-arg]
+        if not iters:
+            self.run(body)
+            return
+        it, a = iters[0], self.axes[iters[0].axis]
+        pf = fpos.get(a.parent, 0)
+        if a.variable:
+            assert a.indptr is not None
+            ptr = self._buf(a.indptr)
+            if not 0 <= pf < len(ptr) - 1:
+                raise MlcError(f"axis {a.name}: parent position {pf} outside indptr %{a.indptr.name}")
+            lo, ext = int(ptr[pf]), int(ptr[pf + 1]) - int(ptr[pf])
+        else:
+            lo, ext = 0, int(self.sc(a.fixed_extent()))  # type: ignore[arg-type, call-overload]
+        old = self.env.get(it.var)
+        for p in range(ext):
+            f = lo + p if a.variable else (pf * ext + p if a.parent else p)
+            if a.kind == "sparse_variable":
+                assert a.indices is not None
+                coord = int(self._buf(a.indices)[_checked(np.int64(f), int(self._buf(a.indices).size), None, f"indices of axis {a.name}")])
+            elif a.kind == "sparse_fixed":
+                assert a.indices is not None
+                coord = int(self._buf(a.indices)[pf, p])
+            else:
+                coord = p
+            self.env[it.var], self.sp_pos[it.var], fpos[a.name] = np.int64(coord), p, f
+            self._sp_nest(iters[1:], body, fpos)
+        self.sp_pos.pop(it.var, None)
+        fpos.pop(a.name, None)
+        self._restore(it.var, old)
 
     # ---- statements ---------------------------------------------------------------------------
     def run(self, s: Stmt) -> None:
@@ -295,6 +381,10 @@ class _Interp(StmtVisitor):
             self._block(s)
 
     def visit_Store(self, s: Store) -> None:
+        if s.buffer.name in self.views:
+            data = self._buf(self.views[s.buffer.name].data)
+            data[self._view_index(s.buffer.name, s.indices, None)] = self.sc(s.value)
+            return
         arr = self._buf(s.buffer)
         ix = tuple(int(self.sc(i)) for i in s.indices)  # type: ignore[call-overload]
         if len(ix) != arr.ndim:
@@ -702,5 +792,8 @@ def run_prim(
     if len(set(names)) != len(names):
         raise MlcError(f"prim {func.name}: duplicate buffer names")
     bufs = {b.name: a for b, a in zip(func.params, args)}
+    interp = _Interp(bufs, env, vectorize)
+    interp.views = {sb.buffer.name: sb for sb in func.sparse_buffers}
+    interp.axes = axis_table(func.axes)
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        _Interp(bufs, env, vectorize).run(func.body)
+        interp.run(func.body)
