@@ -16,15 +16,20 @@ import numpy as np
 from ..arith import evaluate_bool
 from ..diagnostics import Loc, MlcError
 from ..expr import Bin, Const, Expr, Select
+from ..graph import Value
 from ..tir_builder import Builder, CannotLower, Index, Tensor, as_dtype
 from ..types import TensorType, Type
 from .lowering import Args, Attrs, as_tensor, out_shape
 from .reference import Env, ev, ref
 from .registry import (
     REQUIRED,
+    GradCall,
+    GradContext,
     define,
+    register_grad,
     register_infer,
     register_lower,
+    value_shape,
 )
 from .shapes import (
     check_dim,
@@ -137,3 +142,23 @@ def _check_ref(args: list[Any], attrs: dict[str, Any], out_type: Any, env: dict[
         vals = ", ".join(f"{k} = {v}" for k, v in sorted(env.items()) if not k.startswith("_"))
         raise MlcError(f"run-time shape check failed: {attrs.get('message') or 'condition'} (with {vals})")
     return np.array(True)
+
+
+# ---- gradient rules (see registry.register_grad) -------------------------------------------------
+@register_grad("dynamic_slice")
+def _dynamic_slice_grad(g: GradContext, c: GradCall) -> list[Value | None]:
+    """The window's cotangent written into zeros at the same index."""
+    x, i = c.args
+    assert isinstance(c.dout, Value)
+    return [g.emit("dynamic_update_slice", [g.zeros_like(x), c.dout, i], {"axis": c.attrs["axis"]}), None]
+
+
+@register_grad("dynamic_update_slice")
+def _dynamic_update_slice_grad(g: GradContext, c: GradCall) -> list[Value | None]:
+    x, u, i = c.args
+    d = c.dout
+    assert isinstance(d, Value)
+    ax = norm_axis(c.attrs["axis"], len(value_shape(x)))
+    dx = g.emit("dynamic_update_slice", [d, g.zeros_like(u), i], {"axis": ax}) if c.want(0) else None
+    du = g.emit("dynamic_slice", [d, i], {"axis": ax, "size": value_shape(u)[ax]}) if c.want(1) else None
+    return [dx, du, None]

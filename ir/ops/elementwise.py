@@ -32,6 +32,7 @@ from .registry import (
     register_grad,
     register_infer,
     register_lower,
+    register_no_grad,
     register_onnx,
     value_dtype,
     value_shape,
@@ -325,10 +326,188 @@ def _where_lower(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
 
 
 # ---- gradient rules --------------------------------------------------------------------------
+# Each maps the output cotangent `c.dout` to input cotangents built as graph ops (see
+# registry.register_grad); a broadcast operand's cotangent is summed back by `g.unbroadcast`.
 @register_grad("mul")
 def _mul_grad(g: GradContext, c: GradCall) -> list[Value | None]:
     a, b = c.args
     return [g.unbroadcast(g.emit("mul", [c.dout, b]), a), g.unbroadcast(g.emit("mul", [c.dout, a]), b)]
+
+
+def _d(c: GradCall) -> Value:
+    assert isinstance(c.dout, Value)
+    return c.dout
+
+
+@register_grad("add")
+def _add_grad(g: GradContext, c: GradCall) -> list[Value | None]:
+    return [g.unbroadcast(_d(c), c.args[0]), g.unbroadcast(_d(c), c.args[1])]
+
+
+@register_grad("sub")
+def _sub_grad(g: GradContext, c: GradCall) -> list[Value | None]:
+    return [g.unbroadcast(_d(c), c.args[0]),
+            g.unbroadcast(g.emit("neg", [_d(c)]), c.args[1]) if c.want(1) else None]
+
+
+@register_grad("div")
+def _div_grad(g: GradContext, c: GradCall) -> list[Value | None]:
+    a, b = c.args
+    da = g.unbroadcast(g.emit("div", [_d(c), b]), a) if c.want(0) else None
+    db = None
+    if c.want(1):  # -d * a / b**2 = -(d * out) / b
+        db = g.unbroadcast(g.emit("neg", [g.emit("div", [g.emit("mul", [_d(c), c.out]), b])]), b)
+    return [da, db]
+
+
+@register_grad("pow")
+def _pow_grad(g: GradContext, c: GradCall) -> list[Value | None]:
+    a, b = c.args
+    da = db = None
+    if c.want(0):  # d * b * a ** (b - 1)
+        am1 = g.emit("pow", [a, g.emit("sub", [b, g.scalar(1.0, b)])])
+        da = g.unbroadcast(g.emit("mul", [_d(c), g.emit("mul", [b, am1])]), a)
+    if c.want(1):  # d * out * log(a)
+        db = g.unbroadcast(g.emit("mul", [_d(c), g.emit("mul", [c.out, g.emit("log", [a])])]), b)
+    return [da, db]
+
+
+def _unary(name: str) -> Callable[[Callable[[GradContext, GradCall, Value, Value], Value]], None]:
+    """Register a one-input rule written as `fn(g, c, x, dout) -> dx`."""
+
+    def deco(fn: Callable[[GradContext, GradCall, Value, Value], Value]) -> None:
+        register_grad(name)(lambda g, c: [fn(g, c, c.args[0], _d(c))])
+
+    return deco
+
+
+@_unary("exp")
+def _exp_grad(g: GradContext, c: GradCall, x: Value, d: Value) -> Value:
+    return g.emit("mul", [d, c.out])
+
+
+@_unary("log")
+def _log_grad(g: GradContext, c: GradCall, x: Value, d: Value) -> Value:
+    return g.emit("div", [d, x])
+
+
+@_unary("sqrt")
+def _sqrt_grad(g: GradContext, c: GradCall, x: Value, d: Value) -> Value:
+    return g.emit("div", [d, g.emit("mul", [c.out, g.scalar(2.0, x)])])
+
+
+@_unary("tanh")
+def _tanh_grad(g: GradContext, c: GradCall, x: Value, d: Value) -> Value:
+    return g.emit("mul", [d, g.emit("sub", [g.scalar(1.0, x), g.emit("mul", [c.out, c.out])])])
+
+
+@_unary("sigmoid")
+def _sigmoid_grad(g: GradContext, c: GradCall, x: Value, d: Value) -> Value:
+    return g.emit("mul", [d, g.emit("mul", [c.out, g.emit("sub", [g.scalar(1.0, x), c.out])])])
+
+
+@_unary("relu")
+def _relu_grad(g: GradContext, c: GradCall, x: Value, d: Value) -> Value:
+    zero = g.scalar(0.0, x)
+    return g.emit("where", [g.emit("greater", [x, zero]), d, zero])
+
+
+@_unary("leaky_relu")
+def _leaky_grad(g: GradContext, c: GradCall, x: Value, d: Value) -> Value:
+    slope = g.emit("mul", [d, g.scalar(float(c.attrs["alpha"]), x)])
+    return g.emit("where", [g.emit("greater_equal", [x, g.scalar(0.0, x)]), d, slope])
+
+
+@_unary("erf")
+def _erf_grad(g: GradContext, c: GradCall, x: Value, d: Value) -> Value:  # 2/sqrt(pi) e**-x^2
+    e = g.emit("exp", [g.emit("neg", [g.emit("mul", [x, x])])])
+    return g.emit("mul", [d, g.emit("mul", [e, g.scalar(2 / math.sqrt(math.pi), x)])])
+
+
+@_unary("gelu")
+def _gelu_grad(g: GradContext, c: GradCall, x: Value, d: Value) -> Value:
+    def k(v: float) -> Value:
+        return g.scalar(v, x)
+
+    def op(name: str, *a: Value) -> Value:
+        return g.emit(name, list(a))
+
+    x2 = op("mul", x, x)
+    if c.attrs["approximate"] == "tanh":  # 0.5 (1 + t) + 0.5 x (1 - t^2) s (1 + 3 a x^2)
+        s, a = math.sqrt(2 / math.pi), 0.044715
+        t = op("tanh", op("mul", k(s), op("add", x, op("mul", k(a), op("mul", x2, x)))))
+        left = op("mul", k(0.5), op("add", k(1.0), t))
+        dt = op("mul", op("sub", k(1.0), op("mul", t, t)), op("mul", k(s), op("add", k(1.0), op("mul", k(3 * a), x2))))
+        return op("mul", d, op("add", left, op("mul", op("mul", k(0.5), x), dt)))
+    cdf = op("mul", k(0.5), op("add", k(1.0), op("erf", op("mul", x, k(1 / math.sqrt(2))))))
+    pdf = op("mul", k(1 / math.sqrt(2 * math.pi)), op("exp", op("mul", x2, k(-0.5))))
+    return op("mul", d, op("add", cdf, op("mul", x, pdf)))
+
+
+@_unary("neg")
+def _neg_grad(g: GradContext, c: GradCall, x: Value, d: Value) -> Value:
+    return g.emit("neg", [d])
+
+
+@_unary("abs")
+def _abs_grad(g: GradContext, c: GradCall, x: Value, d: Value) -> Value:
+    return g.emit("mul", [d, g.emit("sign", [x])])
+
+
+@_unary("reciprocal")
+def _reciprocal_grad(g: GradContext, c: GradCall, x: Value, d: Value) -> Value:
+    return g.emit("neg", [g.emit("mul", [d, g.emit("mul", [c.out, c.out])])])
+
+
+@_unary("sin")
+def _sin_grad(g: GradContext, c: GradCall, x: Value, d: Value) -> Value:
+    return g.emit("mul", [d, g.emit("cos", [x])])
+
+
+@_unary("cos")
+def _cos_grad(g: GradContext, c: GradCall, x: Value, d: Value) -> Value:
+    return g.emit("neg", [g.emit("mul", [d, g.emit("sin", [x])])])
+
+
+@_unary("clip")
+def _clip_grad(g: GradContext, c: GradCall, x: Value, d: Value) -> Value:
+    """Passes inside [min, max] (bounds included, as torch.clamp), zero outside."""
+    lo, hi = c.attrs["min"], c.attrs["max"]
+    mask: Value | None = None
+    for bound, cmp in ((lo, "greater_equal"), (hi, "less_equal")):
+        if bound is not None:
+            m = g.emit(cmp, [x, g.scalar(float(bound), x)])
+            mask = m if mask is None else g.emit("logical_and", [mask, m])
+    return d if mask is None else g.emit("where", [mask, d, g.scalar(0.0, x)])
+
+
+@register_grad("minimum", "maximum")
+def _minmax_grad(g: GradContext, c: GradCall) -> list[Value | None]:
+    """The cotangent goes to the chosen operand; a tie goes to the first (as numpy picks it)."""
+    a, b = c.args
+    first = g.emit("less_equal" if c.op == "minimum" else "greater_equal", [a, b])
+    zero = g.scalar(0.0, a)
+    return [g.unbroadcast(g.emit("where", [first, _d(c), zero]), a) if c.want(0) else None,
+            g.unbroadcast(g.emit("where", [first, zero, _d(c)]), b) if c.want(1) else None]
+
+
+@register_grad("where")
+def _where_grad(g: GradContext, c: GradCall) -> list[Value | None]:
+    cond, a, b = c.args
+    zero = g.scalar(0.0, a)
+    return [None, g.unbroadcast(g.emit("where", [cond, _d(c), zero]), a) if c.want(1) else None,
+            g.unbroadcast(g.emit("where", [cond, zero, _d(c)]), b) if c.want(2) else None]
+
+
+@register_grad("cast")
+def _cast_grad(g: GradContext, c: GradCall) -> list[Value | None]:
+    """Float to float: the cotangent cast back; from an integer there is nothing to differentiate."""
+    src = value_dtype(c.args[0])
+    return [g.emit("cast", [_d(c), ], {"dtype": src}) if is_float(src) else None]
+
+
+# Piecewise constant or boolean-valued: no gradient (a cotangent reaching one is an error).
+register_no_grad("floor", "ceil", "round", "sign", "logical_not", "isnan", "isinf", *COMPARE)
 
 
 # ---- ONNX handlers ---------------------------------------------------------------------------

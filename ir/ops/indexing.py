@@ -17,18 +17,25 @@ from .. import arith
 from ..arith import as_int
 from ..diagnostics import Loc, MlcError
 from ..expr import Bin, Call, Cast, Const, Expr, Select, reduction_identity
+from ..graph import Value
 from ..tir_builder import Builder, Index, Tensor, all_of, as_dtype, cst
 from ..types import TensorType, Type
 from .lowering import Args, Attrs, as_tensor, out_shape
 from .reference import Env, ref
 from .registry import (
     REQUIRED,
+    GradCall,
+    GradContext,
     ImportContext,
     OnnxNode,
     define,
+    register_grad,
     register_infer,
     register_lower,
+    register_no_grad,
     register_onnx,
+    value_dtype,
+    value_shape,
 )
 from .shapes import (
     data_and_indices,
@@ -466,3 +473,66 @@ def _one_hot_onnx(ctx: ImportContext, node: OnnxNode, attrs: dict[str, Any]) -> 
         raise ctx.error("OneHot: depth must be a constant (it fixes the output shape)")
     ctx.out(0, ctx.emit("one_hot", [ctx.input(0), ctx.input(2)],
                         {"depth": int(depth.reshape(-1)[0]), "axis": int(attrs.get("axis", -1))}, node.output[0]))
+
+
+# ---- gradient rules (see registry.register_grad) -------------------------------------------------
+# Gathers scatter-add their cotangent back; indices get none.
+def _dout(c: GradCall) -> Value:
+    assert isinstance(c.dout, Value)
+    return c.dout
+
+
+@register_grad("take")
+def _take_grad(g: GradContext, c: GradCall) -> list[Value | None]:
+    """scatter_nd-add along the taken axis, moved to the front and back (repeated indices add up)."""
+    data, idx = c.args
+    r, ni = len(value_shape(data)), len(value_shape(idx))
+    ax = norm_axis(c.attrs["axis"], r)
+    d = _dout(c)
+    front = tuple(range(ax, ax + ni)) + tuple(range(ax)) + tuple(range(ax + ni, ax + ni + r - ax - 1))
+    if front != tuple(range(len(front))):
+        d = g.emit("transpose", [d], {"perm": front})
+    ds = value_shape(data)
+    zero = g.emit("full", [], {"shape": (ds[ax],) + ds[:ax] + ds[ax + 1:], "value": 0.0,
+                               "dtype": value_dtype(data)})
+    acc = g.emit("scatter_nd", [zero, g.emit("expand_dims", [idx], {"axes": (ni,)}), d], {"reduction": "add"})
+    if ax:
+        acc = g.emit("transpose", [acc], {"perm": tuple(range(1, ax + 1)) + (0,) + tuple(range(ax + 1, r))})
+    return [acc, None]
+
+
+@register_grad("gather_elements")
+def _gather_elements_grad(g: GradContext, c: GradCall) -> list[Value | None]:
+    data, idx = c.args
+    return [g.emit("scatter_elements", [g.zeros_like(data), idx, _dout(c)],
+                   {"axis": c.attrs["axis"], "reduction": "add"}), None]
+
+
+@register_grad("gather_nd")
+def _gather_nd_grad(g: GradContext, c: GradCall) -> list[Value | None]:
+    data, idx = c.args
+    if int(c.attrs["batch_dims"]):
+        raise g.error("gather_nd: gradient with batch_dims > 0 is not supported")
+    return [g.emit("scatter_nd", [g.zeros_like(data), idx, _dout(c)], {"reduction": "add"}), None]
+
+
+@register_grad("scatter_elements", "scatter_nd")
+def _scatter_grad(g: GradContext, c: GradCall) -> list[Value | None]:
+    """'none': the overwritten data positions get no cotangent, each update reads its position's
+    (duplicate indices: every duplicate reads it, though only the last was kept); 'add': data
+    passes it whole. Other reductions have no rule."""
+    data, idx, upd = c.args
+    red = c.attrs["reduction"]
+    d = _dout(c)
+    el = c.op == "scatter_elements"
+    ax = {"axis": c.attrs["axis"]} if el else {}
+    if red not in ("none", "add"):
+        raise g.error(f"{c.op} with reduction '{red}' has no gradient rule")
+    dd = d
+    if red == "none" and c.want(0):
+        dd = g.emit(c.op, [d, idx, g.zeros_like(upd)], {**ax, "reduction": "none"})
+    du = g.emit("gather_elements" if el else "gather_nd", [d, idx], ax) if c.want(2) else None
+    return [dd, None, du]
+
+
+register_no_grad("topk_indices", "one_hot")

@@ -13,17 +13,22 @@ import numpy as np
 from ..arith import provably_different
 from ..diagnostics import Loc, MlcError
 from ..expr import Const, Expr
+from ..graph import Value
 from ..tir_builder import Builder, Index, Tensor, bcast_index
 from ..types import TensorType, Type
 from .lowering import Args, Attrs, as_tensor, out_dtype, out_shape, product
 from .reference import Env, ref
 from .registry import (
+    GradCall,
+    GradContext,
     ImportContext,
     OnnxNode,
     define,
+    register_grad,
     register_infer,
     register_lower,
     register_onnx,
+    value_shape,
 )
 from .shapes import (
     ONE,
@@ -111,3 +116,35 @@ def _gemm_onnx(ctx: ImportContext, node: OnnxNode, attrs: dict[str, Any]) -> Non
             c = ctx.emit("mul", [c, ctx.scalar_like(beta, c, "beta")], {}, o + "_beta")
         y = ctx.emit("add", [y, c], {}, o)
     ctx.out(0, y)
+
+
+# ---- gradient rule (see registry.register_grad) --------------------------------------------------
+def _swap_last(g: GradContext, v: Value) -> Value:
+    r = len(value_shape(v))
+    return g.emit("transpose", [v], {"perm": tuple(range(r - 2)) + (r - 1, r - 2)})
+
+
+@register_grad("matmul")
+def _matmul_grad(g: GradContext, c: GradCall) -> list[Value | None]:
+    """da = d @ b^T, db = a^T @ d on the operands promoted to rank >= 2 (a 1-D a is a row, a
+    1-D b a column, as numpy), summed over broadcast batch dims, then reshaped back."""
+    a, b = c.args
+    d = c.dout
+    assert isinstance(d, Value)
+    ra, rb = len(value_shape(a)), len(value_shape(b))
+    a2 = g.emit("expand_dims", [a], {"axes": (0,)}) if ra == 1 else a
+    b2 = g.emit("expand_dims", [b], {"axes": (1,)}) if rb == 1 else b
+    if ra == 1:
+        d = g.emit("expand_dims", [d], {"axes": (len(value_shape(d)) - (0 if rb == 1 else 1),)})
+    if rb == 1:
+        d = g.emit("expand_dims", [d], {"axes": (len(value_shape(d)),)})
+    da = db = None
+    if c.want(0):
+        da = g.unbroadcast(g.emit("matmul", [d, _swap_last(g, b2)]), a2)
+        if ra == 1:
+            da = g.emit("reshape", [da], {"shape": value_shape(a)})
+    if c.want(1):
+        db = g.unbroadcast(g.emit("matmul", [_swap_last(g, a2), d]), b2)
+        if rb == 1:
+            db = g.emit("reshape", [db], {"shape": value_shape(b)})
+    return [da, db]

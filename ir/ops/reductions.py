@@ -18,18 +18,24 @@ from ..arith import as_int
 from ..diagnostics import Loc
 from ..dtype import is_float
 from ..expr import Bin, Cast, Const, Expr, Select
+from ..graph import Value
 from ..tir_builder import Builder, Index, Tensor, as_dtype, cst
 from ..types import TensorType, Type
 from .lowering import Args, Attrs, as_tensor, out_dtype, out_shape
 from .reference import Env, Ref, ref
 from .registry import (
     REQUIRED,
+    GradCall,
+    GradContext,
     ImportContext,
     OnnxNode,
     define,
+    register_grad,
     register_infer,
     register_lower,
+    register_no_grad,
     register_onnx,
+    value_dtype,
     value_shape,
 )
 from .shapes import (
@@ -299,3 +305,59 @@ def _cumsum_onnx(ctx: ImportContext, node: OnnxNode, attrs: dict[str, Any]) -> N
     flags = {"axis": int(axis.reshape(-1)[0]), "exclusive": bool(attrs.get("exclusive", 0)),
              "reverse": bool(attrs.get("reverse", 0))}
     ctx.out(0, ctx.emit("cumsum", [ctx.input(0)], flags, node.output[0]))
+
+
+# ---- gradient rules (see registry.register_grad) -------------------------------------------------
+def _kept(g: GradContext, x: Value, v: Value, axes: list[int], keepdims: bool) -> Value:
+    """`v` (a reduction's output or its cotangent) reshaped to keep the reduced axes as 1, then
+    broadcast to `x`'s shape."""
+    xs = value_shape(x)
+    if not keepdims:
+        v = g.emit("reshape", [v], {"shape": tuple(1 if i in axes else d for i, d in enumerate(xs))})
+    return g.emit("broadcast_to", [v], {"shape": xs})
+
+
+def _count(g: GradContext, x: Value, axes: list[int]) -> Value:
+    """How many elements each output of a reduction over `axes` reads (a tensor when symbolic)."""
+    xs = value_shape(x)
+    n = 1
+    for a in axes:
+        k = as_int(xs[a])
+        if k is None:  # symbolic: sum ones (the count is then known only at run time)
+            ones = g.emit("broadcast_to", [g.scalar(1.0, x)], {"shape": xs})
+            return g.emit("sum", [ones], {"axes": tuple(axes), "keepdims": True})
+        n *= k
+    return g.scalar(float(n), x)
+
+
+@register_grad("sum", "mean", "max", "min", "prod")
+def _reduce_grad(g: GradContext, c: GradCall) -> list[Value | None]:
+    """sum/mean spread the cotangent; max/min send it to the extremes (split evenly among ties,
+    as JAX); prod: d * out / x (undefined where x is 0)."""
+    (x,) = c.args
+    assert isinstance(c.dout, Value)
+    axes = reduce_axes(c.attrs["axes"], len(value_shape(x)))
+    keep = bool(c.attrs["keepdims"])
+    d = _kept(g, x, c.dout, axes, keep)
+    if c.op == "sum":
+        return [d]
+    if c.op == "mean":
+        return [g.emit("div", [d, _count(g, x, axes)])]
+    out = _kept(g, x, c.out, axes, keep)
+    if c.op == "prod":
+        return [g.emit("div", [g.emit("mul", [d, out]), x])]
+    hit = g.emit("cast", [g.emit("equal", [x, out])], {"dtype": value_dtype(x)})
+    ties = g.emit("sum", [hit], {"axes": tuple(axes), "keepdims": True})
+    return [g.emit("mul", [d, g.emit("div", [hit, ties])])]
+
+
+@register_grad("cumsum")
+def _cumsum_grad(g: GradContext, c: GradCall) -> list[Value | None]:
+    """The transpose of a running sum is the running sum the other way."""
+    a = dict(c.attrs)
+    a["reverse"] = not bool(a["reverse"])
+    assert isinstance(c.dout, Value)
+    return [g.emit("cumsum", [c.dout], a)]
+
+
+register_no_grad("argmax", "argmin")

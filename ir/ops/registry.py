@@ -125,13 +125,19 @@ class GradCall:
     shares the forward computation, so a rule may use any of them as operands of new nodes.
     `attrs` are the node's attributes with the op's defaults filled in. `dout` is the cotangent of
     `out` (same type); for an op with a tuple result (split) it is a tuple with one entry per
-    field, None where that field received no cotangent."""
+    field, None where that field received no cotangent. `want(i)` says whether input i needs a
+    cotangent: rules may skip building the others (unused nodes are dropped anyway)."""
 
     op: str
     args: tuple[Value, ...]
     attrs: dict[str, Any]
     out: Value
     dout: Value | tuple[Value | None, ...]
+    wants: tuple[bool, ...] = ()  # which inputs need a cotangent (empty: all); a rule may skip the others
+
+    def want(self, i: int) -> bool:
+        """Whether input `i` needs a cotangent (a rule may return None for it when not)."""
+        return not self.wants or self.wants[i]
 
 
 class GradContext(Protocol):

@@ -18,15 +18,20 @@ from .. import arith
 from ..arith import as_int, simplify
 from ..diagnostics import Loc, MlcError
 from ..expr import Bin, Const, Expr, Select
+from ..graph import Value
 from ..tir_builder import Builder, CannotLower, Index, Tensor, all_of, as_dtype, broadcast, cst
 from ..types import TensorType, TupleType, Type
 from .lowering import Args, Attrs, as_tensor, in_range, out_dtype, out_shape
 from .reference import Env, ev, ref
 from .registry import (
     REQUIRED,
+    GradCall,
+    GradContext,
     define,
+    register_grad,
     register_infer,
     register_lower,
+    value_shape,
 )
 from .shapes import (
     ONE,
@@ -430,3 +435,98 @@ def _shape_tensor_lower(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor
         return out
 
     return b.compute(out_shape(t), "i64", fn, "shape_tensor")
+
+
+# ---- gradient rules (see registry.register_grad) -------------------------------------------------
+def _dout(c: GradCall) -> Value:
+    assert isinstance(c.dout, Value)
+    return c.dout
+
+
+@register_grad("reshape", "squeeze", "expand_dims")
+def _reshape_grad(g: GradContext, c: GradCall) -> list[Value | None]:
+    return [g.emit("reshape", [_dout(c)], {"shape": value_shape(c.args[0])})]
+
+
+@register_grad("transpose")
+def _transpose_grad(g: GradContext, c: GradCall) -> list[Value | None]:
+    r = len(value_shape(c.args[0]))
+    perm = [int(p) for p in (c.attrs["perm"] or range(r - 1, -1, -1))]
+    inv = [0] * r
+    for i, p in enumerate(perm):
+        inv[p % r] = i
+    return [g.emit("transpose", [_dout(c)], {"perm": tuple(inv)})]
+
+
+@register_grad("broadcast_to")
+def _broadcast_to_grad(g: GradContext, c: GradCall) -> list[Value | None]:
+    return [g.unbroadcast(_dout(c), c.args[0])]
+
+
+@register_grad("concat")
+def _concat_grad(g: GradContext, c: GradCall) -> list[Value | None]:
+    r = len(value_shape(c.args[0]))
+    ax = norm_axis(c.attrs["axis"], r)
+    out: list[Value | None] = []
+    off: Expr = Const(0)
+    for i, a in enumerate(c.args):
+        end = simplify(off + value_shape(a)[ax])
+        out.append(g.emit("strided_slice", [_dout(c)], {"axes": (ax,), "begin": (off,), "end": (end,),
+                                                       "strides": (1,)}) if c.want(i) else None)
+        off = end
+    return out
+
+
+@register_grad("split")
+def _split_grad(g: GradContext, c: GradCall) -> list[Value | None]:
+    """The pieces' cotangents joined again (zeros for pieces nothing used)."""
+    assert isinstance(c.dout, tuple)
+    parts = [d if d is not None else g.zeros_like(g.item(c.out, i)) for i, d in enumerate(c.dout)]
+    return [g.emit("concat", parts, {"axis": c.attrs["axis"]})]
+
+
+def _pad_axis(g: GradContext, v: Value, ax: int, before: int, after: int) -> Value:
+    """`v` padded with zeros along `ax` (a negative amount cuts instead)."""
+    if after < 0:
+        n = value_shape(v)[ax]
+        v = g.emit("strided_slice", [v], {"axes": (ax,), "begin": (0,), "end": (simplify(n + after),), "strides": (1,)})
+        after = 0
+    if before == after == 0:
+        return v
+    r = len(value_shape(v))
+    pads = [0] * (2 * r)
+    pads[ax], pads[ax + r] = before, after
+    return g.emit("pad", [v], {"pads": tuple(pads), "value": 0.0})
+
+
+@register_grad("strided_slice")
+def _slice_grad(g: GradContext, c: GradCall) -> list[Value | None]:
+    """The cotangent scattered back into zeros: interleaved with stride - 1 zeros, then padded to
+    the input's length. Needs constant dims and positive strides on the sliced axes."""
+    (x,) = c.args
+    xs, d = value_shape(x), _dout(c)
+    strides = c.attrs["strides"] or (1,) * len(c.attrs["axes"])
+    for a, bg, st in zip(c.attrs["axes"], c.attrs["begin"], strides):
+        ax, st = norm_axis(a, len(xs)), int(st)
+        n, start, ln = as_int(xs[ax]), as_int(slice_start(xs[ax], bg, st)), as_int(value_shape(d)[ax])
+        if n is None or start is None or ln is None or st < 0:
+            raise g.error("strided_slice: gradient needs constant dims and a positive stride on the sliced axes")
+        if st > 1:
+            e = g.emit("expand_dims", [d], {"axes": (ax + 1,)})
+            e = _pad_axis(g, e, ax + 1, 0, st - 1)
+            ds = value_shape(d)
+            d = g.emit("reshape", [e], {"shape": tuple(ds[:ax]) + (ln * st,) + tuple(ds[ax + 1:])})
+        d = _pad_axis(g, d, ax, start, n - start - ln * st)
+    return [d]
+
+
+@register_grad("pad")
+def _pad_grad(g: GradContext, c: GradCall) -> list[Value | None]:
+    xs = value_shape(c.args[0])
+    p = [int(v) for v in c.attrs["pads"]]
+    r = len(xs)
+    if any(v < 0 for v in p):
+        raise g.error("pad: gradient of a negative pad (a crop) is not supported")
+    return [g.emit("strided_slice", [_dout(c)], {"axes": tuple(range(r)), "begin": tuple(p[:r]),
+                                                  "end": tuple(simplify(p[i] + xs[i]) for i in range(r)),
+                                                  "strides": (1,) * r})]

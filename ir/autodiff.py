@@ -1,0 +1,601 @@
+"""Reverse-mode automatic differentiation of graph functions (RAF style: the backward pass is graph IR).
+
+`grad_function` builds `@grad`: the forward bindings, a loss on the result, then one backward node
+sequence made by the ops' gradient rules (ir/ops/registry.py `register_grad`), returning `loss` and
+one `grad_<name>` per differentiated constant or input. `train_step_function` does the same with the
+differentiated constants lifted to inputs and an optimizer update appended, so one call of
+`@train_step` is a whole training step with no hidden state. Both return ordinary graph functions:
+shape-infer, fuse, schedule and the code generators compile them like inference.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from . import ops
+from .arith import as_int, prove_equal
+from .diagnostics import UNKNOWN, Loc, MlcError
+from .dtype import is_float
+from .expr import Expr
+from .graph import (
+    Binding,
+    Block,
+    CallExtern,
+    CallGraph,
+    CallTensor,
+    Constant,
+    Function,
+    GetItem,
+    If,
+    Loop,
+    MakeTuple,
+    MatchCast,
+    Node,
+    OpCall,
+    Value,
+    attrs_of,
+)
+from .names import fresh_name
+from .ops.registry import NO_GRAD, REQUIRED, GradCall
+from .rewrite import operands, remap_args, used_names
+from .types import TensorType, TupleType, Type
+
+LOSSES: tuple[str, ...] = ("sum", "mean", "mse", "cross-entropy")
+OPTIMIZERS: tuple[str, ...] = ("sgd", "momentum", "adam")
+
+
+@dataclass(frozen=True)
+class Loss:
+    """`kind` one of LOSSES; `arg` the new input's name for mse (target) and cross-entropy (labels)."""
+
+    kind: str
+    arg: str | None = None
+
+    @staticmethod
+    def parse(text: str) -> Loss:
+        kind, _, arg = text.partition(":")
+        if kind not in LOSSES:
+            raise MlcError(f"--loss: unknown loss '{kind}' (one of sum, mean, mse:TARGET, cross-entropy:LABELS)")
+        if kind in ("mse", "cross-entropy") and not arg:
+            raise MlcError(f"--loss {kind} needs the name of its new input: {kind}:NAME")
+        if kind in ("sum", "mean") and arg:
+            raise MlcError(f"--loss {kind} takes no input name (got '{arg}')")
+        return Loss(kind, arg or None)
+
+
+@dataclass(frozen=True)
+class Optimizer:
+    """Update rule of `@train_step`; weight decay is L2 added to the gradient (as torch.optim's)."""
+
+    kind: str
+    lr: float = 0.01
+    beta1: float = 0.9  # momentum's coefficient, Adam's first-moment decay
+    beta2: float = 0.999
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What to differentiate: constant keys (None = every float initializer-backed constant) and inputs."""
+
+    wrt: tuple[str, ...] | None = None
+    wrt_inputs: tuple[str, ...] = ()
+    loss: Loss | None = None
+
+
+def _is_float_tensor(t: Type) -> bool:
+    if isinstance(t, TupleType):
+        return any(_is_float_tensor(f) for f in t.fields)
+    return isinstance(t, TensorType) and is_float(t.dtype)
+
+
+def _plain(v: Any) -> Any:
+    """An attribute value as the printer writes it best (constant dims as ints, lists as tuples)."""
+    if isinstance(v, list | tuple):
+        return tuple(_plain(x) for x in v)
+    if isinstance(v, Expr) and as_int(v) is not None:
+        return as_int(v)
+    return v
+
+
+class Emitter:
+    """Builds new bindings, typed by each op's shape rule; the `GradContext` the rules call."""
+
+    def __init__(self, used: set[str]) -> None:
+        self.used = used
+        self.bindings: list[Binding] = []
+        self.hint = "t"
+        self.loc: Loc = UNKNOWN
+        self.made: set[str] = set()  # names of the values this emitter bound
+
+    def bind(self, node: Node, ty: Type, name: str | None = None) -> Value:
+        v = Value(fresh_name(name or self.hint, self.used), ty, self.loc)
+        self.bindings.append(Binding(v, node, self.loc))
+        self.made.add(v.name)
+        return v
+
+    def emit(self, op: str, args: Sequence[Value], attrs: dict[str, Any] | None = None) -> Value:
+        d = ops.get(op)
+        if d is None or d.infer is None:
+            raise MlcError(f"autodiff: gradient uses unknown op '{op}'", self.loc)
+        a = {k: _plain(v) for k, v in (attrs or {}).items()}
+        ty = d.infer([x.type for x in args], a, self.loc)
+        return self.bind(OpCall(op, tuple(args), attrs_of(a), self.loc), ty)
+
+    def item(self, t: Value, i: int) -> Value:
+        assert isinstance(t.type, TupleType)
+        return self.bind(GetItem(t, i, self.loc), t.type.fields[i])
+
+    def scalar(self, value: float, like: Value) -> Value:
+        return self.emit("full", [], {"shape": (), "value": float(value), "dtype": _dtype(like)})
+
+    def zeros_like(self, like: Value) -> Value:
+        return self.emit("full", [], {"shape": _shape(like), "value": 0.0, "dtype": _dtype(like)})
+
+    def unbroadcast(self, grad: Value, like: Value) -> Value:
+        gs, ls = _shape(grad), _shape(like)
+        lead = len(gs) - len(ls)
+        axes = list(range(lead)) + [lead + i for i, d in enumerate(ls)
+                                    if as_int(d) == 1 and as_int(gs[lead + i]) != 1]
+        out = grad
+        if axes:
+            out = self.emit("sum", [grad], {"axes": tuple(axes), "keepdims": False})
+        if len(_shape(out)) != len(ls):
+            out = self.emit("reshape", [out], {"shape": ls})
+        return out
+
+    def error(self, msg: str) -> MlcError:
+        return MlcError(msg, self.loc)
+
+    def copy(self, v: Value, name: str) -> Value:
+        """A new binding equal to `v` (a result needs its own name)."""
+        return self.bind(OpCall("reshape", (v,), attrs_of({"shape": _shape(v)}), self.loc), v.type, name)
+
+
+def _shape(v: Value) -> tuple[Expr, ...]:
+    assert isinstance(v.type, TensorType) and v.type.shape is not None, v
+    return v.type.shape
+
+
+def _dtype(v: Value) -> str:
+    assert isinstance(v.type, TensorType), v
+    return v.type.dtype
+
+
+def _same_type(a: Type, b: Type) -> bool:
+    if not (isinstance(a, TensorType) and isinstance(b, TensorType)) or a.dtype != b.dtype:
+        return False
+    if a.shape is None or b.shape is None or len(a.shape) != len(b.shape):
+        return False
+    return all(prove_equal(x, y) or as_int(x) is None or as_int(y) is None for x, y in zip(a.shape, b.shape))
+
+
+def _with_defaults(op: str, call: OpCall) -> dict[str, Any]:
+    d = ops.get(op)
+    assert d is not None
+    out = {k: v for k, v in d.attrs.items() if v is not REQUIRED}
+    out.update(dict(call.attrs))
+    return out
+
+
+# ---- the forward part ----------------------------------------------------------------------------
+def differentiable_constants(fn: Function) -> list[str]:
+    """Keys of the float constants `--wrt all` differentiates, in first-use order.
+
+    Rank-0 constants are left out: importers make them from literals (a scale, 1/sqrt(2), -inf)."""
+    keys: list[str] = []
+    for b in fn.body.bindings:
+        t = b.var.type
+        if (isinstance(b.node, Constant) and isinstance(t, TensorType) and is_float(t.dtype)
+                and t.shape is not None and len(t.shape) > 0 and b.node.key not in keys):
+            keys.append(b.node.key)
+    return keys
+
+
+def _constant_keys(fn: Function) -> dict[str, Type]:
+    return {b.node.key: b.var.type for b in fn.body.bindings if isinstance(b.node, Constant)}
+
+
+def _resolve_wrt(fn: Function, spec: Spec) -> tuple[list[str], list[str]]:
+    consts = _constant_keys(fn)
+    if spec.wrt is None:
+        keys = differentiable_constants(fn)
+    else:
+        keys = []
+        for k in spec.wrt:
+            if k not in consts:
+                raise MlcError(f"--wrt: @{fn.name} has no constant '{k}' (its float constants: "
+                               f"{', '.join(differentiable_constants(fn)) or 'none'})", fn.loc)
+            if not _is_float_tensor(consts[k]):
+                raise MlcError(f"--wrt: constant '{k}' is not a float tensor", fn.loc)
+            if k not in keys:
+                keys.append(k)
+    params = {p.name: p for p in fn.params}
+    inputs: list[str] = []
+    for n in spec.wrt_inputs:
+        if n not in params:
+            raise MlcError(f"--wrt-inputs: @{fn.name} has no input '{n}' (inputs: {', '.join(params)})", fn.loc)
+        if not _is_float_tensor(params[n].type):
+            raise MlcError(f"--wrt-inputs: input '{n}' is not a float tensor", fn.loc)
+        if n not in inputs:
+            inputs.append(n)
+    if not keys and not inputs:
+        raise MlcError(f"autodiff: nothing to differentiate in @{fn.name} (no float constants; name some with "
+                       "--wrt or --wrt-inputs)", fn.loc)
+    return keys, inputs
+
+
+@dataclass
+class _Forward:
+    params: list[Value]
+    bindings: list[Binding]
+    results: list[Value]
+    wrt: dict[str, list[str]]  # grad name suffix -> value names whose cotangents add up to it
+
+
+def _forward(fn: Function, keys: list[str], inputs: list[str], lift: bool) -> _Forward:
+    """The forward function's body; with `lift`, the differentiated constants become inputs named by key."""
+    params = list(fn.params)
+    wrt: dict[str, list[str]] = {n: [n] for n in inputs}
+    for k in keys:
+        wrt[k] = []
+    bindings: list[Binding] = []
+    sub: dict[str, Value] = {}
+    lifted: dict[str, Value] = {}
+    for b in fn.body.bindings:
+        node = b.node
+        if isinstance(node, Constant) and node.key in wrt and node.key not in inputs:
+            if lift:
+                if node.key not in lifted:
+                    lifted[node.key] = Value(node.key, b.var.type, b.var.loc)
+                    params.append(lifted[node.key])
+                    wrt[node.key] = [node.key]
+                sub[b.var.name] = lifted[node.key]
+                continue
+            wrt[node.key].append(b.var.name)
+        if sub:
+            node = remap_args(node, lambda v: sub.get(v.name, v))
+        bindings.append(dataclasses.replace(b, node=node) if node is not b.node else b)
+    results = [sub.get(r.name, r) for r in fn.body.results]
+    return _Forward(params, bindings, results, wrt)
+
+
+def _rename_clashes(fwd: _Forward, reserved: set[str]) -> None:
+    """Forward values whose names the new results or inputs need get fresh names."""
+    used = {p.name for p in fwd.params} | {b.var.name for b in fwd.bindings} | reserved
+    clash = {b.var.name for b in fwd.bindings if b.var.name in reserved}
+    if not clash:
+        return
+    ren: dict[str, Value] = {}
+    for b in fwd.bindings:
+        if b.var.name in clash:
+            ren[b.var.name] = dataclasses.replace(b.var, name=fresh_name(b.var.name, used))
+    out = []
+    for b in fwd.bindings:
+        out.append(dataclasses.replace(b, var=ren.get(b.var.name, b.var), node=remap_args(b.node, lambda v: ren.get(v.name, v))))
+    fwd.bindings = out
+    fwd.results = [ren.get(r.name, r) for r in fwd.results]
+    for k, names in fwd.wrt.items():
+        fwd.wrt[k] = [ren[n].name if n in ren else n for n in names]
+
+
+# ---- the loss ------------------------------------------------------------------------------------
+def _loss(em: Emitter, fwd: _Forward, loss: Loss, fn: Function) -> tuple[Value, list[Value]]:
+    """The scalar loss of the forward results, and the new inputs it reads."""
+    if len(fwd.results) != 1 or not isinstance(fwd.results[0].type, TensorType):
+        raise MlcError(f"--loss {loss.kind}: @{fn.name} must return one tensor (it returns {len(fwd.results)} values)",
+                       fn.loc)
+    y = fwd.results[0]
+    em.hint, em.loc = "loss", fn.loc
+    if not is_float(_dtype(y)):
+        raise MlcError(f"--loss {loss.kind}: the result %{y.name} is {_dtype(y)}, not a float tensor", fn.loc)
+    if loss.kind in ("sum", "mean"):
+        return em.emit(loss.kind, [y], {"axes": None, "keepdims": False}), []
+    assert loss.arg is not None
+    existing = next((p for p in fwd.params if p.name == loss.arg), None)
+    if loss.kind == "mse":
+        t = existing or Value(loss.arg, y.type, fn.loc)
+        if not _same_type(t.type, y.type):
+            raise MlcError(f"--loss mse:{loss.arg}: the loss would not be a scalar: the result %{y.name} is "
+                           f"{_type_str(y.type)} but the target '{loss.arg}' is {_type_str(t.type)}", fn.loc)
+        diff = em.emit("sub", [y, t])
+        return em.emit("mean", [em.emit("mul", [diff, diff])], {"axes": None, "keepdims": False}), \
+            ([] if existing else [t])
+    # cross-entropy: the result holds logits over its last axis (a final softmax is looked through)
+    ys = _shape(y)
+    if len(ys) < 1 or as_int(ys[-1]) is None:
+        raise MlcError(f"--loss cross-entropy: the result %{y.name} needs a constant class axis last, "
+                       f"it is {_type_str(y.type)}", fn.loc)
+    labels = existing or Value(loss.arg, TensorType(ys[:-1], "i64"), fn.loc)
+    lt = labels.type
+    if not (isinstance(lt, TensorType) and lt.shape is not None and len(lt.shape) == len(ys) - 1
+            and not is_float(lt.dtype) and all(prove_equal(a, b) for a, b in zip(lt.shape, ys[:-1]))):
+        raise MlcError(f"--loss cross-entropy:{loss.arg}: the loss would not be a scalar: labels must be integers "
+                       f"of the result's shape without its class axis ({_type_str(TensorType(ys[:-1], 'i64'))}), "
+                       f"got {_type_str(lt)}", fn.loc)
+    logits = y
+    prod = next((b.node for b in fwd.bindings if b.var.name == y.name), None)
+    if isinstance(prod, OpCall) and prod.op == "softmax" and int(dict(prod.attrs).get("axis", -1)) in (-1, len(ys) - 1):
+        logits = prod.args[0]
+    last = (len(ys) - 1,)  # log-softmax written out (x - max - log sum exp), so only basic rules are needed
+    z = em.emit("sub", [logits, em.emit("max", [logits], {"axes": last, "keepdims": True})])
+    lse = em.emit("log", [em.emit("sum", [em.emit("exp", [z])], {"axes": last, "keepdims": True})])
+    logp = em.emit("sub", [z, lse])
+    classes = em.emit("arange", [], {"start": 0, "stop": int(as_int(ys[-1]) or 0), "step": 1, "dtype": lt.dtype})
+    hot = em.emit("equal", [em.emit("expand_dims", [labels], {"axes": (len(ys) - 1,)}), classes])
+    picked = em.emit("sum", [em.emit("mul", [logp, em.emit("cast", [hot], {"dtype": _dtype(y)})])],
+                     {"axes": last, "keepdims": False})
+    return em.emit("neg", [em.emit("mean", [picked], {"axes": None, "keepdims": False})]), \
+        ([] if existing else [labels])
+
+
+def _type_str(t: Type) -> str:
+    from .ops.shapes import dims_str
+
+    if isinstance(t, TensorType) and t.shape is not None:
+        return f"{t.dtype}[{dims_str(t.shape)}]"
+    return type(t).__name__
+
+
+# ---- the backward part ---------------------------------------------------------------------------
+def _active(bindings: list[Binding], seeds: set[str]) -> set[str]:
+    """Float values that depend on a differentiated value (the only ones that carry cotangents)."""
+    act = set(seeds)
+    for b in bindings:
+        node = b.node
+        deps = {v.name for v in operands(node)}
+        if isinstance(node, If):
+            deps |= used_names(node.then_block) | used_names(node.else_block)
+        elif isinstance(node, Loop):
+            deps |= used_names(node.body)
+        if deps & act and _is_float_tensor(b.var.type):
+            act.add(b.var.name)
+    return act
+
+
+def _kind(node: Node) -> str:
+    return {If: "if", Loop: "loop", CallGraph: "a call of a graph function", CallTensor: "call_tir",
+            CallExtern: "an external kernel"}.get(type(node), type(node).__name__)
+
+
+def backprop(em: Emitter, bindings: list[Binding], wrt_names: set[str], seeds: dict[str, Value]) -> dict[str, Value]:
+    """Cotangents of every active value, seeded at `seeds` (value name -> cotangent), by the ops' rules."""
+    active = _active(bindings, wrt_names)
+    ct: dict[str, Value] = {}
+    tct: dict[str, dict[int, Value]] = {}
+
+    def add(name: str, g: Value) -> None:
+        if name not in active:
+            return
+        ct[name] = em.emit("add", [ct[name], g]) if name in ct else g
+
+    for name, g in seeds.items():
+        add(name, g)
+    for b in reversed(bindings):
+        name, node = b.var.name, b.node
+        if name not in active:
+            continue
+        em.hint, em.loc = f"d_{name}", b.loc
+        if isinstance(b.var.type, TupleType):
+            parts = tct.get(name, {})
+            if not parts:
+                continue
+            dout: Value | tuple[Value | None, ...] = tuple(parts.get(i) for i in range(len(b.var.type.fields)))
+        else:
+            if name not in ct:
+                continue
+            dout = ct[name]
+        if isinstance(node, OpCall):
+            d = ops.get(node.op)
+            if d is None or d.grad is None or d.grad is NO_GRAD:
+                why = "has no gradient" if d is not None and d.grad is NO_GRAD else "has no gradient rule"
+                raise MlcError(f"cannot differentiate through {node.op}: it {why}, and %{name} lies on the path "
+                               "from a differentiated value to the loss", b.loc)
+            call = GradCall(node.op, node.args, _with_defaults(node.op, node), b.var, dout,
+                            tuple(a.name in active for a in node.args))
+            grads = list(d.grad(em, call))
+            if len(grads) != len(node.args):
+                raise MlcError(f"autodiff: the gradient rule of {node.op} returned {len(grads)} cotangents for "
+                               f"{len(node.args)} inputs", b.loc)
+            for a, g in zip(node.args, grads):
+                if g is None or a.name not in active:
+                    continue
+                if not _same_type(g.type, a.type):
+                    raise MlcError(f"autodiff: the gradient rule of {node.op} gave %{a.name} a cotangent of type "
+                                   f"{_type_str(g.type)}, expected {_type_str(a.type)}", b.loc)
+                add(a.name, g)
+        elif isinstance(node, GetItem):
+            assert isinstance(dout, Value)
+            slot = tct.setdefault(node.tuple_value.name, {})
+            slot[node.index] = em.emit("add", [slot[node.index], dout]) if node.index in slot else dout
+        elif isinstance(node, MakeTuple):
+            assert isinstance(dout, tuple)
+            for f, g in zip(node.fields, dout):
+                if g is not None:
+                    add(f.name, g)
+        elif isinstance(node, MatchCast):
+            assert isinstance(dout, Value)
+            add(node.value.name, dout)
+        elif isinstance(node, Constant):
+            continue
+        else:
+            raise MlcError(f"cannot differentiate through {_kind(node)} (%{name}): not supported by autodiff yet",
+                           b.loc)
+    return ct
+
+
+# ---- the functions -------------------------------------------------------------------------------
+def _grads(em: Emitter, fwd: _Forward, ct: dict[str, Value], types: dict[str, Value]) -> dict[str, Value]:
+    """The cotangent of each differentiated name (its uses summed; zeros when off the path)."""
+    out: dict[str, Value] = {}
+    em.loc = UNKNOWN
+    for k, names in fwd.wrt.items():
+        em.hint = f"grad_{k}"
+        parts = [ct[n] for n in names if n in ct]
+        if not parts:
+            out[k] = em.zeros_like(types[k])
+            continue
+        g = parts[0]
+        for p in parts[1:]:
+            g = em.emit("add", [g, p])
+        out[k] = g
+    return out
+
+
+def _value_of(fwd: _Forward, names: list[str]) -> Value:
+    for p in fwd.params:
+        if p.name in names:
+            return p
+    for b in fwd.bindings:
+        if b.var.name in names:
+            return b.var
+    raise KeyError(names)
+
+
+def _finish(fn: Function, name: str, params: list[Value], fwd: _Forward, em: Emitter,
+            results: list[tuple[str, Value]]) -> Function:
+    """The new function, its results bound to exactly the names `results` gives."""
+    final: dict[str, str] = {}
+    out: list[Value] = []
+    claimed: set[str] = set()
+    param_names = {p.name for p in params}
+    for rname, v in results:
+        if rname in param_names:
+            raise MlcError(f"autodiff: result name '{rname}' clashes with an input of @{fn.name}", fn.loc)
+        if v.name in em.made and v.name not in claimed:
+            final[v.name] = rname
+            claimed.add(v.name)
+            out.append(v)
+        else:
+            em.loc = UNKNOWN
+            c = em.copy(v, "_copy_" + rname)
+            final[c.name] = rname
+            claimed.add(c.name)
+            out.append(c)
+    ren = {k: Value(n, v.type, v.loc) for k, n in final.items() for v in [_find(em, k)]}
+    body = []
+    for b in fwd.bindings + em.bindings:
+        var = ren.get(b.var.name, b.var)
+        body.append(dataclasses.replace(b, var=var, node=remap_args(b.node, lambda v: ren.get(v.name, v))))
+    return Function(name, tuple(params), Block(tuple(body), tuple(ren[v.name] for v in out), fn.body.loc),
+                    (), fn.loc)
+
+
+def _find(em: Emitter, name: str) -> Value:
+    return next(b.var for b in em.bindings if b.var.name == name)
+
+
+def _prepare(fn: Function, spec: Spec, lift: bool, reserved: set[str]) -> tuple[_Forward, Emitter]:
+    keys, inputs = _resolve_wrt(fn, spec)
+    fwd = _forward(fn, keys, inputs, lift)
+    _rename_clashes(fwd, reserved)
+    used = {p.name for p in fwd.params} | {b.var.name for b in fwd.bindings} | reserved
+    return fwd, Emitter(used)
+
+
+def _seeds(em: Emitter, fwd: _Forward, fn: Function, loss: Loss | None) -> tuple[dict[str, Value], list[Value], Value | None]:
+    if loss is not None:
+        lv, new_inputs = _loss(em, fwd, loss, fn)
+        em.hint = "d_loss"
+        return {lv.name: em.emit("full", [], {"shape": (), "value": 1.0, "dtype": _dtype(lv)})}, new_inputs, lv
+    seeds: dict[str, Value] = {}
+    new_inputs = []
+    for r in fwd.results:
+        if not _is_float_tensor(r.type) or isinstance(r.type, TupleType):
+            continue
+        d = Value(fresh_name(f"d_{r.name}", em.used), r.type, fn.loc)
+        new_inputs.append(d)
+        seeds[r.name] = d
+    return seeds, new_inputs, None
+
+
+def grad_function(fn: Function, spec: Spec, name: str = "grad") -> Function:
+    """`@grad`: the forward function's inputs (+ the loss's input, or one cotangent `d_<result>` per
+    result without a loss) -> `loss` (with a loss) and `grad_<name>` per differentiated constant/input."""
+    fwd, em = _prepare(fn, spec, lift=False, reserved={"loss"} | _grad_names(fn, spec))
+    seeds, new_inputs, lv = _seeds(em, fwd, fn, spec.loss)
+    wrt_names = {n for names in fwd.wrt.values() for n in names}
+    ct = backprop(em, fwd.bindings + em.bindings, wrt_names, seeds)
+    types = {k: _value_of(fwd, names) if names else _const_value(fn, k) for k, names in fwd.wrt.items()}
+    grads = _grads(em, fwd, ct, types)
+    results = ([("loss", lv)] if lv is not None else []) + [(f"grad_{k}", g) for k, g in grads.items()]
+    return _finish(fn, name, fwd.params + new_inputs, fwd, em, results)
+
+
+def _const_value(fn: Function, key: str) -> Value:
+    return next(b.var for b in fn.body.bindings if isinstance(b.node, Constant) and b.node.key == key)
+
+
+def _grad_names(fn: Function, spec: Spec) -> set[str]:
+    keys, inputs = _resolve_wrt(fn, spec)
+    return {f"grad_{k}" for k in keys + inputs}
+
+
+def train_step_function(fn: Function, spec: Spec, opt: Optimizer, name: str = "train_step") -> Function:
+    """`@train_step(inputs..., loss input, weights..., state...) -> loss, new_<weight>..., new_<state>...`.
+
+    The differentiated constants become inputs named by their keys; the optimizer state is
+    `m_<key>` (momentum's velocity, Adam's first moment), `v_<key>` (Adam's second moment) and
+    `step` (Adam's step count, an f32 scalar, 0 at the start)."""
+    if spec.loss is None:
+        raise MlcError("--optimizer needs --loss (a training step minimises a scalar loss)", fn.loc)
+    if spec.wrt_inputs:
+        raise MlcError("--optimizer updates constants only; --wrt-inputs has no weight to update", fn.loc)
+    keys, _ = _resolve_wrt(fn, spec)
+    state = [f"m_{k}" for k in keys] if opt.kind in ("momentum", "adam") else []
+    state += [f"v_{k}" for k in keys] + ["step"] if opt.kind == "adam" else []
+    outs = {"loss"} | {f"new_{k}" for k in keys + state}
+    fwd, em = _prepare(fn, spec, lift=True, reserved=outs | set(state) | set(keys))
+    seeds, new_inputs, lv = _seeds(em, fwd, fn, spec.loss)
+    assert lv is not None
+    wrt_names = {n for names in fwd.wrt.values() for n in names}
+    ct = backprop(em, fwd.bindings + em.bindings, wrt_names, seeds)
+    weights = {p.name: p for p in fwd.params if p.name in keys}
+    grads = _grads(em, fwd, ct, weights)
+    st = {s: Value(s, weights[s[2:]].type if s != "step" else TensorType((), "f32"), fn.loc) for s in state}
+    results: list[tuple[str, Value]] = [("loss", lv)]
+    new_state: list[tuple[str, Value]] = []
+    em.loc = UNKNOWN
+    step = t1 = None
+    if opt.kind == "adam":
+        em.hint = "step"
+        t1 = em.emit("add", [st["step"], em.emit("full", [], {"shape": (), "value": 1.0, "dtype": "f32"})])
+        step = t1
+    for k in keys:
+        w, g = weights[k], grads[k]
+        em.hint = f"upd_{k}"
+
+        def s(x: float, like: Value = w) -> Value:
+            return em.scalar(x, like)
+
+        if opt.weight_decay:
+            g = em.emit("add", [g, em.emit("mul", [w, s(opt.weight_decay)])])
+        if opt.kind == "sgd":
+            upd = g
+        elif opt.kind == "momentum":
+            m = em.emit("add", [em.emit("mul", [st[f"m_{k}"], s(opt.beta1)]), g])
+            new_state.append((f"new_m_{k}", m))
+            upd = m
+        else:
+            assert step is not None
+            m = em.emit("add", [em.emit("mul", [st[f"m_{k}"], s(opt.beta1)]), em.emit("mul", [g, s(1 - opt.beta1)])])
+            v = em.emit("add", [em.emit("mul", [st[f"v_{k}"], s(opt.beta2)]),
+                                em.emit("mul", [em.emit("mul", [g, g]), s(1 - opt.beta2)])])
+            new_state += [(f"new_m_{k}", m), (f"new_v_{k}", v)]
+            dt = _dtype(w)
+            tt = step if dt == "f32" else em.emit("cast", [step], {"dtype": dt})
+            c1 = em.emit("sub", [s(1.0), em.emit("pow", [s(opt.beta1), tt])])
+            c2 = em.emit("sub", [s(1.0), em.emit("pow", [s(opt.beta2), tt])])
+            mhat = em.emit("div", [m, c1])
+            vhat = em.emit("div", [v, c2])
+            upd = em.emit("div", [mhat, em.emit("add", [em.emit("sqrt", [vhat]), s(opt.eps)])])
+        results.append((f"new_{k}", em.emit("sub", [w, em.emit("mul", [upd, s(opt.lr)])])))
+    new_state.sort(key=lambda r: state.index(r[0][4:]))
+    if t1 is not None:
+        new_state.append(("new_step", t1))
+    params = fwd.params[:len(fn.params)] + new_inputs + [weights[k] for k in keys] + [st[s] for s in state]
+    return _finish(fn, name, params, fwd, em, results + new_state)
