@@ -423,10 +423,12 @@ def _register_stages() -> None:
 
 def _register_groups() -> None:
     from .ann import ann_index
+    from .sparse import sparse_kernel_cmd
     from .tune import tune_cmd
 
     cli.add_command(tune_cmd, "tune")
     cli.add_command(ann_index, "ann-index")
+    cli.add_command(sparse_kernel_cmd, "sparse-kernel")
 
 
 _register_stages()
