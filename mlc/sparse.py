@@ -1,0 +1,127 @@
+"""`mlc.sparse.compile(A, op)`: a sparse kernel compiled for one sparse matrix's structure.
+
+The kernel is the stage-I program `mlc sparse-kernel` writes (ir/sparse_kernels.py), built through the
+same driver as `mlc build` (so through sparse-lower); the returned callable holds A's index arrays
+and values, checked once here, and takes only the dense operands:
+
+    k = mlc.sparse.compile(A, "spmm", feat=64)      # A: any scipy.sparse matrix
+    C = k(B)                                         # == A @ B, B: (A.shape[1], 64)
+    S = mlc.sparse.compile(A, "sddmm", feat=64)(X, Y)  # scipy CSR with A's structure: A * (X @ Y.T)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from mlc.ir.diagnostics import MlcError
+from mlc.ir.sparse_kernels import parse_format, sparse_kernel
+
+_NP = {"f32": np.float32, "f16": np.float16}
+
+
+def check_csr(indptr: np.ndarray, indices: np.ndarray, nnz: int, n: int, *, need_sorted: bool = False) -> None:
+    """The structure checks of a CSR matrix with `n` columns and `nnz` stored values; one MlcError each."""
+    indptr, indices = np.asarray(indptr), np.asarray(indices)
+    if indptr.ndim != 1 or len(indptr) < 1:
+        raise MlcError("indptr: expected a 1-d array of rows + 1 entries")
+    if indptr[0] != 0:
+        raise MlcError(f"indptr[0] is {int(indptr[0])}, expected 0")
+    steps = np.diff(indptr.astype(np.int64))
+    if np.any(steps < 0):
+        r = int(np.argmax(steps < 0))
+        raise MlcError(f"indptr is not monotone: indptr[{r + 1}] = {int(indptr[r + 1])} < indptr[{r}] = {int(indptr[r])}")
+    if int(indptr[-1]) != nnz or len(indices) != nnz:
+        raise MlcError(f"nnz disagrees: indptr[-1] = {int(indptr[-1])}, {len(indices)} indices, {nnz} values")
+    bad = (indices < 0) | (indices >= n)
+    if np.any(bad):
+        p = int(np.argmax(bad))
+        raise MlcError(f"indices[{p}] = {int(indices[p])} is out of range [0, {n})")
+    if need_sorted and nnz:
+        rows = np.repeat(np.arange(len(indptr) - 1), steps)
+        same_row = rows[1:] == rows[:-1]
+        down = same_row & (np.diff(indices.astype(np.int64)) <= 0)
+        if np.any(down):
+            p = int(np.argmax(down)) + 1
+            raise MlcError(f"indices of row {int(rows[p])} are not sorted and unique (position {p})")
+
+
+def to_ell(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """CSR -> ELL(width): rows padded with value 0 at column 0; a longer row is an error."""
+    lens = np.diff(indptr)
+    rows = len(lens)
+    if rows and int(lens.max()) > width:
+        raise MlcError(f"ell:{width}: row {int(np.argmax(lens))} has {int(lens.max())} nonzeros (more than {width})")
+    ell_i = np.zeros((rows, width), np.int32)
+    ell_d = np.zeros((rows, width), data.dtype)
+    r = np.repeat(np.arange(rows), lens)
+    c = np.arange(len(indices)) - np.repeat(indptr[:-1], lens)
+    ell_i[r, c], ell_d[r, c] = indices, data
+    return ell_i, ell_d
+
+
+class SparseKernel:
+    """A compiled sparse kernel bound to one matrix: call it with the dense operands."""
+
+    def __init__(self, model: Any, op: str, matrix: Any, feat: int, dtype: str, inputs: dict[str, np.ndarray]):
+        self.model, self.op, self.matrix, self.feat, self.dtype = model, op, matrix, feat, dtype
+        self.inputs = inputs
+
+    def _dense(self, name: str, x: Any, rows: int) -> np.ndarray:
+        a = np.ascontiguousarray(x, dtype=_NP[self.dtype])
+        if a.shape != (rows, self.feat):
+            raise MlcError(f"{self.op}: {name} must be {rows} x {self.feat}, got {' x '.join(map(str, a.shape))}")
+        return a
+
+    def __call__(self, *dense: Any) -> Any:
+        m, n = self.matrix.shape
+        if self.op == "spmm":
+            if len(dense) != 1:
+                raise MlcError(f"spmm takes one dense operand B, got {len(dense)}")
+            return self.model(**self.inputs, B=self._dense("B", dense[0], n))["C"]
+        if len(dense) != 2:
+            raise MlcError(f"sddmm takes two dense operands X and Y, got {len(dense)}")
+        out = self.model(**self.inputs, X=self._dense("X", dense[0], m), Y=self._dense("Y", dense[1], n))["C"]
+        import scipy.sparse as sp
+
+        a = self.matrix
+        vals = out if out.ndim == 1 else out[np.repeat(np.arange(m), np.diff(a.indptr)),
+                                             np.arange(a.nnz) - np.repeat(a.indptr[:-1], np.diff(a.indptr))]
+        return sp.csr_matrix((vals, a.indices.copy(), a.indptr.copy()), shape=a.shape)
+
+
+def compile(matrix: Any, op: str = "spmm", target: str = "cpu", feat: int = 32, format: str = "csr",  # noqa: A001, A002
+            dtype: str = "f32") -> SparseKernel:
+    """`op` ("spmm" | "sddmm") on `matrix` (scipy.sparse, any format) compiled for `target`.
+
+    `format`: "csr", "ell:W", or "ell" (W = the longest row). Duplicates are summed and indices sorted
+    first (scipy's canonical CSR)."""
+    import scipy.sparse as sp
+
+    from mlc.compiler import build_module
+    from mlc.runtime.artifact import loads
+    from mlc.runtime.model import model_from_artifact
+
+    if not sp.issparse(matrix):
+        raise MlcError(f"mlc.sparse.compile: expected a scipy.sparse matrix, got {type(matrix).__name__}")
+    a = sp.csr_matrix(matrix, dtype=_NP.get(dtype, np.float32))
+    a.sum_duplicates()
+    a.sort_indices()
+    indptr, indices = a.indptr.astype(np.int32), a.indices.astype(np.int32)
+    check_csr(indptr, indices, len(a.data), a.shape[1], need_sorted=True)
+    if format == "ell":
+        format = f"ell:{max(1, int(np.diff(indptr).max(initial=0)))}"
+    kind, width = parse_format(format)
+    module = sparse_kernel(op, format, feat, dtype)
+    if kind == "csr":
+        inputs = {"indptr": indptr, "indices": indices, "data": a.data}
+    else:
+        ell_i, ell_d = to_ell(indptr, indices, a.data, width)
+        inputs = {"indices": ell_i, "data": ell_d}
+    built = build_module(module, {}, target)
+    model = model_from_artifact(loads(built.result.data), f"<mlc.sparse.compile {op}>")
+    return SparseKernel(model, op, a, feat, dtype, inputs)
+
+
+__all__ = ["SparseKernel", "check_csr", "compile", "to_ell"]
