@@ -1,14 +1,19 @@
-"""Windowed ops over NCHW tensors: conv2d, conv2d_transpose, max/avg pooling, global average pooling.
+"""Windowed ops over NCHW tensors: conv2d, conv2d_transpose, max/avg pooling, global average pooling,
+and the backward ops of conv and pooling (conv2d_grad_data, conv2d_grad_weight, max_pool2d_grad,
+avg_pool2d_grad), which need kernels of their own.
 
 They share window attributes (strides, pads, dilations: shapes.conv_attrs / window_out), and their
-ONNX handlers share the lifting of 1-D and 3-D variants onto the 2-D ops. Declaration, shape rule,
-numpy reference, lowering and ONNX handlers of each op sit together; the gradient slot
-(`OpDef.grad`) stays None until autodiff fills it.
+ONNX handlers share the lifting of 1-D and 3-D variants onto the 2-D ops. A window reads input
+position o * stride - pad + r * dilation; the backward ops gather through its inverse
+(`_window_source`: which window, if any, read position i at kernel offset r), so every gradient is a
+gather-reduction with no scatter and no atomics. Declaration, shape rule, numpy reference, lowering,
+gradient rule and ONNX handlers of each op sit together.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -18,6 +23,7 @@ from ..arith import as_int, simplify
 from ..diagnostics import Loc, MlcError
 from ..dtype import to_numpy
 from ..expr import Bin, Const, Expr, Select, reduction_identity
+from ..graph import Value
 from ..tir_builder import Builder, Index, Tensor, all_of, cst
 from ..types import TensorType, Type
 from .lowering import Args, Attrs, as_tensor, in_range, out_dtype, out_shape, product
@@ -25,11 +31,15 @@ from .reductions import reduce_op
 from .reference import Env, ev, ref, windows
 from .registry import (
     REQUIRED,
+    GradCall,
+    GradContext,
     ImportContext,
     OnnxNode,
     define,
+    register_grad,
     register_infer,
     register_lower,
+    register_no_grad,
     register_onnx,
     value_dtype,
     value_shape,
@@ -38,6 +48,7 @@ from .shapes import (
     ONE,
     check_dim,
     conv_attrs,
+    dim,
     ints_attr,
     nchw,
     pool_dims,
@@ -52,6 +63,54 @@ _CONV_ATTRS = {"strides": (1, 1), "pads": (0, 0, 0, 0), "dilations": (1, 1), "gr
 _POOL_ATTRS = {"kernel_shape": REQUIRED, "strides": (1, 1), "pads": (0, 0, 0, 0), "ceil_mode": False}
 
 
+def _window_read(x: Tensor, n: Expr, ch: Expr, out: Index, r: Index, s: tuple[int, ...], p: tuple[int, ...],
+                 d: tuple[int, ...]) -> tuple[Expr, Expr]:
+    """x[n, ch] at kernel offset r of output window `out`, and whether that position is inside x
+    (not padding). The load belongs in a Select arm: codegen guards arms, not conditions."""
+    h = out[0] * s[0] - p[0] + r[0] * d[0]
+    w = out[1] * s[1] - p[1] + r[1] * d[1]
+    return x.at((n, ch, h, w)), all_of(*in_range(h, x.shape[2]), *in_range(w, x.shape[3]))
+
+
+def _window_source(pos: Index, r: Index, s: tuple[int, ...], p: tuple[int, ...], d: tuple[int, ...],
+                   out: Index) -> tuple[Index, Expr]:
+    """The output window (oh, ow) whose kernel offset r reads input position `pos`, and whether it
+    exists: pos + pad - r * dilation must be a non-negative multiple of the stride below the output
+    size `out`. The inverse of `_window_read`, through which transposed convolution and the
+    gradients of the windowed ops gather."""
+    idx, conds = [], []
+    for a in range(2):
+        t = pos[a] + p[a] - r[a] * d[a]
+        o = t if s[a] == 1 else Bin("floordiv", t, Const(s[a]))
+        conds += [Bin("ge", t, Const(0)), Bin("lt", o, out[a])]
+        if s[a] != 1:
+            conds.append(Bin("eq", Bin("floormod", t, Const(s[a])), Const(0)))
+        idx.append(o)
+    return tuple(idx), all_of(*conds)
+
+
+def _unwindow(cols: np.ndarray, padded_hw: tuple[int, int], k: tuple[int, ...], s: tuple[int, ...],
+              d: tuple[int, ...]) -> np.ndarray:
+    """The adjoint of reference.windows: adds each element of (N, C, kh*kw, Ho, Wo) back onto the
+    position of the padded (N, C, Hp, Wp) tensor it was read from (the references of the backward
+    ops and of the transposed convolution)."""
+    n, c, _, ho, wo = cols.shape
+    out = np.zeros((n, c) + tuple(padded_hw), cols.dtype)
+    for i in range(k[0]):
+        for j in range(k[1]):
+            out[:, :, i * d[0]: i * d[0] + s[0] * (ho - 1) + 1: s[0],
+                j * d[1]: j * d[1] + s[1] * (wo - 1) + 1: s[1]] += cols[:, :, i * k[1] + j]
+    return out
+
+
+def _size_attr(attrs: dict[str, Any], name: str, loc: Loc) -> tuple[Expr, Expr]:
+    """A 2-value size attribute (ints or symbolic dims: the forward input's H, W)."""
+    v = attrs.get(name)
+    if v is None or len(v) != 2:
+        raise MlcError(f"attribute {name} needs 2 values (H, W), got {v!r}", loc)
+    return dim(v[0]), dim(v[1])
+
+
 # ---- conv2d ----------------------------------------------------------------------------------
 define("conv2d", "out_ewise_fusable", 2, _CONV_ATTRS,
        "NCHW x OIHW grouped convolution; pads = (top, left, bottom, right)")
@@ -63,14 +122,19 @@ def _conv2d_infer(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
     dt = same_dtype([tensor(args[0], loc), tensor(args[1], loc)], loc)
     g = int(attrs.get("groups", 1))
     check_dim(x[1], simplify(w[1] * g), f"conv2d: input channels vs weight channels x groups ({g})", loc)
+    hw = pool_dims(x, attrs, loc, _conv_kernel("conv2d", w, g, loc), False)
+    return TensorType((x[0], w[0]) + hw, dt)
+
+
+def _conv_kernel(op: str, w: tuple[Expr, ...], g: int, loc: Loc) -> tuple[int, int]:
+    """The (kh, kw) of a conv weight (O, C/g, kh, kw), which must be constant, checking O % groups."""
     wo = as_int(w[0])
     if wo is not None and wo % g:
-        raise MlcError(f"conv2d: output channels {wo} not divisible by groups {g}", loc)
-    k = (as_int(w[2]), as_int(w[3]))
-    if None in k:
-        raise MlcError("conv2d: kernel size must be constant", loc)
-    hw = pool_dims(x, attrs, loc, k, False)  # type: ignore[arg-type]
-    return TensorType((x[0], w[0]) + hw, dt)
+        raise MlcError(f"{op}: output channels {wo} not divisible by groups {g}", loc)
+    kh, kw = as_int(w[2]), as_int(w[3])
+    if kh is None or kw is None:
+        raise MlcError(f"{op}: kernel size must be constant", loc)
+    return kh, kw
 
 
 @ref("conv2d")
@@ -99,14 +163,10 @@ def _conv2d_lower(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
     def value(i: Index, r: Index) -> Expr:
         n, o, oh, ow = i
         c, ih, iw = r
-        h = oh * s[0] - p[0] + ih * d[0]
-        wd = ow * s[1] - p[1] + iw * d[1]
         ch = c if g == 1 else Bin("floordiv", o, og) * cg + c
-        val = product(x.at((n, ch, h, wd)), w.at((o, c, ih, iw)), out_dtype(t))
-        if not padded:
-            return val
-        cond = all_of(*in_range(h, x.shape[2]), *in_range(wd, x.shape[3]))
-        return Select(cond, val, cst(0, val.dtype))
+        xv, inside = _window_read(x, n, ch, (oh, ow), (ih, iw), s, p, d)
+        val = product(xv, w.at((o, c, ih, iw)), out_dtype(t))
+        return Select(inside, val, cst(0, val.dtype)) if padded else val
 
     return b.reduce(shp, out_dtype(t), "add", (cg, kh, kw), value, "conv2d")
 
@@ -135,29 +195,35 @@ def _conv2d_t_infer(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
     return TensorType((x[0], simplify(w[1] * g), hw[0], hw[1]), dt)
 
 
+def _transposed_np(x: np.ndarray, w: np.ndarray, s: tuple[int, ...], d: tuple[int, ...], g: int,
+                   full_hw: tuple[int, int]) -> np.ndarray:
+    """Transposed convolution of x (N, C, H, W) with w (C, O/g, kh, kw) onto an unpadded canvas of
+    `full_hw` (at least the windows' span; the caller crops the pads)."""
+    n, c, h, wd = x.shape
+    _, og, kh, kw = w.shape
+    xg = x.reshape(n, g, c // g, h, wd)
+    wg = w.reshape(g, c // g, og, kh * kw)
+    cols = np.einsum("ngchw,gcok->ngokhw", xg, wg, optimize=True).reshape(n, g * og, kh * kw, h, wd)
+    return _unwindow(cols, full_hw, (kh, kw), s, d)
+
+
 @ref("conv2d_transpose")
 def _conv2d_t_ref(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
     x, w = args
     s, p, d, g = conv_attrs(attrs)
     op = tuple(int(v) for v in attrs.get("output_padding", (0, 0)))
-    n, c, h, wd = x.shape
-    _, og, kh, kw = w.shape
+    h, wd = x.shape[2:]
+    kh, kw = w.shape[2:]
     hf = s[0] * (h - 1) + d[0] * (kh - 1) + 1 + op[0]
     wf = s[1] * (wd - 1) + d[1] * (kw - 1) + 1 + op[1]
-    out = np.zeros((n, g, og, hf, wf), dtype=np.result_type(x, w))
-    xg = x.reshape(n, g, c // g, h, wd)
-    wg = w.reshape(g, c // g, og, kh, kw)
-    for i in range(kh):
-        for j in range(kw):
-            contrib = np.einsum("ngchw,gco->ngohw", xg, wg[:, :, :, i, j], optimize=True)
-            out[:, :, :, i * d[0]: i * d[0] + s[0] * (h - 1) + 1: s[0],
-                j * d[1]: j * d[1] + s[1] * (wd - 1) + 1: s[1]] += contrib
-    out = out.reshape(n, g * og, hf, wf)
+    out = _transposed_np(x, w, s, d, g, (hf, wf))
     return out[:, :, p[0]: hf - p[2], p[1]: wf - p[3]]
 
 
-@register_lower("conv2d_transpose")
-def _conv2d_t_lower(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
+def _transposed_lower(b: Builder, args: Args, attrs: Attrs, t: Type, name: str) -> Tensor:
+    """out[n, o, y, x] = sum over the input channels c of o's group and the kernel offsets r of
+    x[n, c, window of (y, x) at r] * w[c, o mod og, r]: a gather through `_window_source`. The data
+    gradient of conv2d is this with dy for x and conv2d's own weight."""
     x, w = as_tensor(args[0]), as_tensor(args[1])
     s, p, d, g = conv_attrs(attrs)
     shp = out_shape(t)
@@ -167,20 +233,110 @@ def _conv2d_t_lower(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
     def value(i: Index, r: Index) -> Expr:
         n, o, oy, ox = i
         c, ih, iw = r
-        grp = Bin("floordiv", o, og)
-        ch = grp * cg + c
-        ty = oy + p[0] - ih * d[0]
-        tx = ox + p[1] - iw * d[1]
-        hy, hx = Bin("floordiv", ty, Const(s[0])), Bin("floordiv", tx, Const(s[1]))
-        conds = [Bin("ge", ty, Const(0)), Bin("eq", Bin("floormod", ty, Const(s[0])), Const(0)),
-                 Bin("lt", hy, x.shape[2])]
-        conds += [Bin("ge", tx, Const(0)), Bin("eq", Bin("floormod", tx, Const(s[1])), Const(0)),
-                  Bin("lt", hx, x.shape[3])]
-        cond = all_of(*conds)
-        val = product(x.at((n, ch, hy, hx)), w.at((ch, Bin("floormod", o, og), ih, iw)), out_dtype(t))
+        ch = c if g == 1 else Bin("floordiv", o, og) * cg + c
+        (hy, hx), cond = _window_source((oy, ox), (ih, iw), s, p, d, x.shape[2:])
+        wo = o if g == 1 else Bin("floormod", o, og)
+        val = product(x.at((n, ch, hy, hx)), w.at((ch, wo, ih, iw)), out_dtype(t))
         return Select(cond, val, cst(0, val.dtype))
 
-    return b.reduce(shp, out_dtype(t), "add", (cg, kh, kw), value, "conv2d_transpose")
+    return b.reduce(shp, out_dtype(t), "add", (cg, kh, kw), value, name)
+
+
+@register_lower("conv2d_transpose")
+def _conv2d_t_lower(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
+    return _transposed_lower(b, args, attrs, t, "conv2d_transpose")
+
+
+# ---- conv2d_grad_data, conv2d_grad_weight ----------------------------------------------------
+define("conv2d_grad_data", "out_ewise_fusable", 2, {**_CONV_ATTRS, "input_size": REQUIRED},
+       "gradient of conv2d wrt its input: args dy, w (conv2d's weight); input_size = (H, W) of conv2d's "
+       "input, which strides alone do not fix")
+
+define("conv2d_grad_weight", "out_ewise_fusable", 2, {**_CONV_ATTRS, "kernel_shape": REQUIRED},
+       "gradient of conv2d wrt its weight: args x, dy (conv2d's input, the cotangent of its result); "
+       "kernel_shape = the weight's (kh, kw)")
+
+
+def _check_conv_out(op: str, dy: tuple[Expr, ...], x: tuple[Expr, ...], attrs: dict[str, Any],
+                    k: tuple[int, int], loc: Loc) -> None:
+    """dy's spatial dims must be what conv2d gives for an input shaped `x`."""
+    hw = pool_dims(x, attrs, loc, k, False)
+    for a in range(2):
+        check_dim(dy[2 + a], hw[a], f"{op}: dy dim {2 + a} vs conv2d's result", loc)
+
+
+@register_infer("conv2d_grad_data")
+def _conv_grad_data_infer(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
+    dt = same_dtype([tensor(args[0], loc, "dy"), tensor(args[1], loc, "w")], loc)
+    dy, w = nchw(args[0], loc), nchw(args[1], loc)
+    g = int(attrs.get("groups", 1))
+    check_dim(dy[1], w[0], "conv2d_grad_data: dy channels vs weight output channels", loc)
+    k = _conv_kernel("conv2d_grad_data", w, g, loc)
+    x = (dy[0], simplify(w[1] * g)) + _size_attr(attrs, "input_size", loc)
+    _check_conv_out("conv2d_grad_data", dy, x, attrs, k, loc)
+    return TensorType(x, dt)
+
+
+@ref("conv2d_grad_data")
+def _conv_grad_data_ref(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
+    dy, w = args
+    s, p, d, g = conv_attrs(attrs)
+    h, wd = _hw(t, env)
+    full = _transposed_np(dy, w, s, d, g, (h + p[0] + p[2], wd + p[1] + p[3]))
+    return full[:, :, p[0]: p[0] + h, p[1]: p[1] + wd]
+
+
+@register_lower("conv2d_grad_data")
+def _conv_grad_data_lower(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
+    return _transposed_lower(b, args, attrs, t, "conv2d_grad_data")
+
+
+@register_infer("conv2d_grad_weight")
+def _conv_grad_weight_infer(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
+    dt = same_dtype([tensor(args[0], loc, "x"), tensor(args[1], loc, "dy")], loc)
+    x, dy = nchw(args[0], loc), nchw(args[1], loc)
+    g = int(attrs.get("groups", 1))
+    k = ints_attr(attrs["kernel_shape"], 2, "kernel_shape", loc)
+    check_dim(dy[0], x[0], "conv2d_grad_weight: batch of dy vs x", loc)
+    for what, c in (("input", x[1]), ("output", dy[1])):
+        n = as_int(c)
+        if n is not None and n % g:
+            raise MlcError(f"conv2d_grad_weight: {what} channels {n} not divisible by groups {g}", loc)
+    _check_conv_out("conv2d_grad_weight", dy, x, attrs, (k[0], k[1]), loc)
+    return TensorType((dy[1], simplify(Bin("floordiv", x[1], Const(g))), Const(k[0]), Const(k[1])), dt)
+
+
+@ref("conv2d_grad_weight")
+def _conv_grad_weight_ref(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
+    x, dy = args
+    s, p, d, g = conv_attrs(attrs)
+    k = tuple(int(v) for v in attrs["kernel_shape"])
+    n, c = x.shape[:2]
+    o, ho, wo = dy.shape[1:]
+    xp = np.pad(x, ((0, 0), (0, 0), (p[0], p[2]), (p[1], p[3])))
+    cols = windows(xp, k, s, d, (ho, wo)).reshape(n, g, c // g, k[0] * k[1], ho, wo)  # type: ignore[arg-type]
+    dw = np.einsum("ngckhw,ngohw->gock", cols, dy.reshape(n, g, o // g, ho, wo), optimize=True)
+    return dw.reshape(o, c // g, k[0], k[1])
+
+
+@register_lower("conv2d_grad_weight")
+def _conv_grad_weight_lower(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
+    """dw[o, c, r] = sum over the batch and the output positions of x[window at r] * dy: conv2d's
+    window read with the batch and output positions as the reduction."""
+    x, dy = as_tensor(args[0]), as_tensor(args[1])
+    s, p, d, g = conv_attrs(attrs)
+    shp = out_shape(t)
+    og = arith.simplify(Bin("floordiv", dy.shape[1], Const(g)))
+
+    def value(i: Index, r: Index) -> Expr:
+        o, c, ih, iw = i
+        n, oh, ow = r
+        ch = c if g == 1 else Bin("floordiv", o, og) * shp[1] + c
+        xv, inside = _window_read(x, n, ch, (oh, ow), (ih, iw), s, p, d)
+        val = product(xv, dy.at((n, o, oh, ow)), out_dtype(t))
+        return Select(inside, val, cst(0, val.dtype)) if any(p) else val
+
+    return b.reduce(shp, out_dtype(t), "add", (x.shape[0], dy.shape[2], dy.shape[3]), value, "conv2d_grad_weight")
 
 
 # ---- max_pool2d, avg_pool2d ------------------------------------------------------------------
@@ -197,39 +353,59 @@ def _pool_infer(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
     return TensorType(s[:2] + pool_dims(s, attrs, loc, k, bool(attrs.get("ceil_mode", False))), t.dtype)
 
 
-def _pool_setup(x: np.ndarray, attrs: dict[str, Any], t: Type, env: Env
-                ) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int], tuple[int, int], tuple[int, ...]]:
+def _pool_setup(hw: tuple[int, ...], attrs: dict[str, Any], out: tuple[int, ...]
+                ) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+    """(kernel, strides, dilations, pads + extra end padding) of a pool of input (H, W) with output
+    `out`: the extra padding keeps ceil_mode windows in bounds and is never counted as real padding."""
     k = tuple(int(v) for v in attrs["kernel_shape"])
     s, p, d, _ = conv_attrs(attrs)
+    extra = tuple(max(0, (out[i] - 1) * s[i] + d[i] * (k[i] - 1) + 1 - (hw[i] + p[i] + p[i + 2])) for i in range(2))
+    return k, s, d, p + extra
+
+
+def _hw(t: Type, env: Env) -> tuple[int, int]:
     assert isinstance(t, TensorType) and t.shape is not None
-    out = (ev(t.shape[2], env), ev(t.shape[3], env))
-    # extra end padding so ceil_mode windows stay in bounds (never counted as real padding)
-    extra = tuple(max(0, (out[i] - 1) * s[i] + d[i] * (k[i] - 1) + 1 - (x.shape[2 + i] + p[i] + p[i + 2]))
-                  for i in range(2))
-    return k, s, d, out, p + extra  # type: ignore[return-value]
+    return ev(t.shape[2], env), ev(t.shape[3], env)
+
+
+def _np_pads(p: tuple[int, ...]) -> tuple[tuple[int, int], ...]:
+    """np.pad widths of an NCHW tensor for pads + extra end padding (see `_pool_setup`)."""
+    return (0, 0), (0, 0), (p[0], p[2] + p[4]), (p[1], p[3] + p[5])
+
+
+def _max_windows(x: np.ndarray, k: tuple[int, ...], s: tuple[int, ...], d: tuple[int, ...], out: tuple[int, ...],
+                 p: tuple[int, ...]) -> np.ndarray:
+    lo = -np.inf if np.issubdtype(x.dtype, np.floating) else np.iinfo(x.dtype).min
+    return windows(np.pad(x, _np_pads(p), constant_values=lo), k, s, d, out)  # type: ignore[arg-type]
+
+
+def _avg_count(hw: tuple[int, ...], attrs: dict[str, Any], k: tuple[int, ...], s: tuple[int, ...],
+               d: tuple[int, ...], out: tuple[int, ...], p: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """What each average window divides by, (1, 1, Ho, Wo): its real elements, or with
+    count_include_pad also the declared pads (never ceil_mode's extra end padding)."""
+    mask = np.ones((1, 1) + tuple(hw), dtype=dtype)
+    pads = _np_pads(p)
+    if attrs.get("count_include_pad", False):
+        mask = np.pad(mask, ((0, 0), (0, 0), (p[0], p[2]), (p[1], p[3])), constant_values=1)
+        pads = ((0, 0), (0, 0), (0, p[4]), (0, p[5]))
+    return windows(np.pad(mask, pads), k, s, d, out).sum(axis=2)  # type: ignore[arg-type]
 
 
 @ref("max_pool2d")
 def _maxpool_ref(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
     x = args[0]
-    k, s, d, out, p = _pool_setup(x, attrs, t, env)
-    lo = -np.inf if np.issubdtype(x.dtype, np.floating) else np.iinfo(x.dtype).min
-    xp = np.pad(x, ((0, 0), (0, 0), (p[0], p[2] + p[4]), (p[1], p[3] + p[5])), constant_values=lo)
-    return windows(xp, k, s, d, out).max(axis=2)
+    out = _hw(t, env)
+    k, s, d, p = _pool_setup(x.shape[2:], attrs, out)
+    return _max_windows(x, k, s, d, out, p).max(axis=2)
 
 
 @ref("avg_pool2d")
 def _avgpool_ref(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
     x = args[0]
-    k, s, d, out, p = _pool_setup(x, attrs, t, env)
-    pads = ((0, 0), (0, 0), (p[0], p[2] + p[4]), (p[1], p[3] + p[5]))
-    total = windows(np.pad(x, pads), k, s, d, out).sum(axis=2)
-    mask = np.ones((1, 1) + x.shape[2:], dtype=x.dtype)
-    if attrs.get("count_include_pad", False):
-        mask = np.pad(mask, ((0, 0), (0, 0), (p[0], p[2]), (p[1], p[3])), constant_values=1)
-        pads = ((0, 0), (0, 0), (0, p[4]), (0, p[5]))
-    count = windows(np.pad(mask, pads), k, s, d, out).sum(axis=2)
-    return total / count
+    out = _hw(t, env)
+    k, s, d, p = _pool_setup(x.shape[2:], attrs, out)
+    total = windows(np.pad(x, _np_pads(p)), k, s, d, out).sum(axis=2)  # type: ignore[arg-type]
+    return total / _avg_count(x.shape[2:], attrs, k, s, d, out, p, x.dtype)
 
 
 def _pool_window(attrs: Attrs) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
@@ -238,18 +414,37 @@ def _pool_window(attrs: Attrs) -> tuple[tuple[int, ...], tuple[int, ...], tuple[
     return k, s, p, d
 
 
+def _max_value(x: Tensor, s: tuple[int, ...], p: tuple[int, ...], d: tuple[int, ...]) -> Callable[[Index, Index], Expr]:
+    """The element of max pooling's window at kernel offset r (padding: the max identity, -inf)."""
+    def value(i: Index, r: Index) -> Expr:
+        xv, inside = _window_read(x, i[0], i[1], i[2:], r, s, p, d)
+        return Select(inside, xv, reduction_identity("max", x.dtype))
+
+    return value
+
+
 @register_lower("max_pool2d")
 def _max_pool_lower(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
     x = as_tensor(args[0])
     k, s, p, d = _pool_window(attrs)
+    return b.reduce(out_shape(t), x.dtype, "max", (Const(k[0]), Const(k[1])), _max_value(x, s, p, d), "max_pool2d")
 
-    def value(i: Index, r: Index) -> Expr:
-        h = i[2] * s[0] - p[0] + r[0] * d[0]
-        w = i[3] * s[1] - p[1] + r[1] * d[1]
-        cond = all_of(*in_range(h, x.shape[2]), *in_range(w, x.shape[3]))
-        return Select(cond, x.at((i[0], i[1], h, w)), reduction_identity("max", x.dtype))
 
-    return b.reduce(out_shape(t), x.dtype, "max", (Const(k[0]), Const(k[1])), value, "max_pool2d")
+def _pool_count(b: Builder, hw: Index, out: Index, attrs: Attrs, dtype: str) -> Tensor:
+    """The (Ho, Wo) divisors of average pooling: positions of each window inside the input, or with
+    count_include_pad inside the declared pads (a reduction over the window, as `_avg_count`)."""
+    k, s, p, d = _pool_window(attrs)
+    incl = bool(attrs.get("count_include_pad", False))
+
+    def counted(i: Index, r: Index) -> Expr:
+        h, w = i[0] * s[0] - p[0] + r[0] * d[0], i[1] * s[1] - p[1] + r[1] * d[1]
+        if not incl:
+            return all_of(*in_range(h, hw[0]), *in_range(w, hw[1]))
+        return all_of(Bin("ge", h, Const(-p[0])), Bin("lt", h, hw[0] + p[2]),
+                      Bin("ge", w, Const(-p[1])), Bin("lt", w, hw[1] + p[3]))
+
+    return b.reduce(out, dtype, "add", (Const(k[0]), Const(k[1])),
+                    lambda i, r: Select(counted(i, r), cst(1, dtype), cst(0, dtype)), "pool_count")
 
 
 @register_lower("avg_pool2d")
@@ -258,29 +453,115 @@ def _avg_pool_lower(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
     x = as_tensor(args[0])
     k, s, p, d = _pool_window(attrs)
     shp = out_shape(t)
-    incl = bool(attrs.get("count_include_pad", False))
-
-    def pos(i: Index, r: Index) -> tuple[Expr, Expr]:
-        return i[2] * s[0] - p[0] + r[0] * d[0], i[3] * s[1] - p[1] + r[1] * d[1]
+    zero = cst(0, x.dtype)
 
     def real(i: Index, r: Index) -> Expr:
-        h, w = pos(i, r)
-        return all_of(*in_range(h, x.shape[2]), *in_range(w, x.shape[3]))
+        xv, inside = _window_read(x, i[0], i[1], i[2:], r, s, p, d)
+        return Select(inside, xv, zero)
 
-    def counted(i: Index, r: Index) -> Expr:
-        if not incl:
-            return real(i, r)
-        h, w = pos(i, r)
-        return all_of(Bin("ge", h, Const(-p[0])), Bin("lt", h, x.shape[2] + p[2]),
-                      Bin("ge", w, Const(-p[1])), Bin("lt", w, x.shape[3] + p[3]))
-
-    win = (Const(k[0]), Const(k[1]))
-    zero = cst(0, x.dtype)
-    total = b.reduce(shp, x.dtype, "add", win,
-                     lambda i, r: Select(real(i, r), x.at((i[0], i[1]) + pos(i, r)), zero), "pool_sum")
-    count = b.reduce(shp[2:], x.dtype, "add", win,
-                     lambda i, r: Select(counted((Const(0), Const(0)) + i, r), cst(1, x.dtype), zero), "pool_count")
+    total = b.reduce(shp, x.dtype, "add", (Const(k[0]), Const(k[1])), real, "pool_sum")
+    count = _pool_count(b, x.shape[2:], shp[2:], attrs, x.dtype)
     return b.compute(shp, x.dtype, lambda i: Bin("div", total.at(i), count.at(i[2:])), "avg_pool2d")
+
+
+# ---- max_pool2d_grad, avg_pool2d_grad --------------------------------------------------------
+define("max_pool2d_grad", "opaque", 2, {**_POOL_ATTRS, "dilations": (1, 1)},
+       "gradient of max_pool2d: args x, dy (max_pool2d's input, the cotangent of its result); each "
+       "window's dy goes to its first maximum in row-major order, as PyTorch and JAX route it")
+
+define("avg_pool2d_grad", "out_ewise_fusable", 1, {**_POOL_ATTRS, "count_include_pad": False, "input_size": REQUIRED},
+       "gradient of avg_pool2d: arg dy; input_size = (H, W) of the pool's input; each window's dy / count "
+       "goes to every position it averaged")
+
+
+def _check_pool_grad(op: str, dy: Type, x: tuple[Expr, ...], attrs: dict[str, Any], loc: Loc) -> None:
+    """dy must have the shape the forward pool gives for an input shaped `x`."""
+    ds = nchw(dy, loc)
+    k = ints_attr(attrs["kernel_shape"], 2, "kernel_shape", loc)
+    want = x[:2] + pool_dims(x, attrs, loc, k, bool(attrs.get("ceil_mode", False)))
+    for a in range(4):
+        check_dim(ds[a], want[a], f"{op}: dy dim {a} vs the pool's result", loc)
+
+
+@register_infer("max_pool2d_grad")
+def _max_pool_grad_infer(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
+    dt = same_dtype([tensor(args[0], loc, "x"), tensor(args[1], loc, "dy")], loc)
+    x = nchw(args[0], loc)
+    _check_pool_grad("max_pool2d_grad", args[1], x, attrs, loc)
+    return TensorType(x, dt)
+
+
+@register_infer("avg_pool2d_grad")
+def _avg_pool_grad_infer(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
+    dy = tensor(args[0], loc, "dy")
+    x = nchw(dy, loc)[:2] + _size_attr(attrs, "input_size", loc)
+    _check_pool_grad("avg_pool2d_grad", dy, x, attrs, loc)
+    return TensorType(x, dy.dtype)
+
+
+@ref("max_pool2d_grad")
+def _max_pool_grad_ref(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
+    x, dy = args
+    hw, out = x.shape[2:], dy.shape[2:]
+    k, s, d, p = _pool_setup(hw, attrs, out)
+    first = _max_windows(x, k, s, d, out, p).argmax(axis=2)
+    hot = np.arange(k[0] * k[1]).reshape(1, 1, -1, 1, 1) == first[:, :, None]
+    full = _unwindow(np.where(hot, dy[:, :, None], 0).astype(dy.dtype),
+                     (hw[0] + p[0] + p[2] + p[4], hw[1] + p[1] + p[3] + p[5]), k, s, d)
+    return full[:, :, p[0]: p[0] + hw[0], p[1]: p[1] + hw[1]]
+
+
+@ref("avg_pool2d_grad")
+def _avg_pool_grad_ref(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
+    dy = args[0]
+    hw, out = _hw(t, env), dy.shape[2:]
+    k, s, d, p = _pool_setup(hw, attrs, out)
+    share = dy / _avg_count(hw, attrs, k, s, d, out, p, dy.dtype)
+    cols = np.broadcast_to(share[:, :, None], share.shape[:2] + (k[0] * k[1],) + tuple(out))
+    full = _unwindow(cols, (hw[0] + p[0] + p[2] + p[4], hw[1] + p[1] + p[3] + p[5]), k, s, d)
+    return full[:, :, p[0]: p[0] + hw[0], p[1]: p[1] + hw[1]]
+
+
+@register_lower("max_pool2d_grad")
+def _max_pool_grad_lower(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
+    """Three stages: the window maxima, the kernel offset of each window's first maximum, then per
+    input position the sum of dy over the windows whose first maximum it is (a gather over the
+    kernel offsets through `_window_source`)."""
+    x, dy = as_tensor(args[0]), as_tensor(args[1])
+    k, s, p, d = _pool_window(attrs)
+    win = (Const(k[0]), Const(k[1]))
+    none = Const(k[0] * k[1])
+    y = b.materialize(b.reduce(dy.shape, x.dtype, "max", win, _max_value(x, s, p, d), "pool_max"))
+
+    def first_value(i: Index, r: Index) -> Expr:
+        xv, inside = _window_read(x, i[0], i[1], i[2:], r, s, p, d)
+        return Select(inside, Select(Bin("eq", xv, y.at(i)), r[0] * k[1] + r[1], none), none)
+
+    first = b.reduce(dy.shape, "i64", "min", win, first_value, "pool_first_max")
+    zero = cst(0, dy.dtype)
+
+    def value(i: Index, r: Index) -> Expr:
+        (oh, ow), exists = _window_source(i[2:], r, s, p, d, dy.shape[2:])
+        w = (i[0], i[1], oh, ow)
+        return Select(exists, Select(Bin("eq", first.at(w), r[0] * k[1] + r[1]), dy.at(w), zero), zero)
+
+    return b.reduce(out_shape(t), dy.dtype, "add", win, value, "max_pool2d_grad")
+
+
+@register_lower("avg_pool2d_grad")
+def _avg_pool_grad_lower(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
+    """Per input position, the sum of dy / count over the windows that averaged it."""
+    dy = as_tensor(args[0])
+    k, s, p, d = _pool_window(attrs)
+    shp = out_shape(t)
+    count = _pool_count(b, shp[2:], dy.shape[2:], attrs, dy.dtype)
+    zero = cst(0, dy.dtype)
+
+    def value(i: Index, r: Index) -> Expr:
+        (oh, ow), exists = _window_source(i[2:], r, s, p, d, dy.shape[2:])
+        return Select(exists, Bin("div", dy.at((i[0], i[1], oh, ow)), count.at((oh, ow))), zero)
+
+    return b.reduce(shp, dy.dtype, "add", (Const(k[0]), Const(k[1])), value, "avg_pool2d_grad")
 
 
 # ---- global_avg_pool2d -----------------------------------------------------------------------
@@ -303,6 +584,69 @@ def _gap_ref(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
 def _gap_lower(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
     x = as_tensor(args[0])
     return reduce_op(b, x, "mean", [2, 3], True, out_shape(t), x.dtype)
+
+
+# ---- gradient rules (registry.register_grad) -------------------------------------------------
+def _window_attrs(attrs: dict[str, Any], *keys: str) -> dict[str, Any]:
+    return {k: attrs[k] for k in ("strides", "pads", "dilations", "groups") + keys if k in attrs}
+
+
+@register_grad("conv2d")
+def _conv2d_grad(g: GradContext, c: GradCall) -> list[Value | None]:
+    x, w = c.args
+    a = _window_attrs(c.attrs)
+    dy = c.dout
+    assert isinstance(dy, Value)
+    dx = g.emit("conv2d_grad_data", [dy, w], {**a, "input_size": value_shape(x)[2:]}) if c.want(0) else None
+    dw = g.emit("conv2d_grad_weight", [x, dy], {**a, "kernel_shape": value_shape(w)[2:]}) if c.want(1) else None
+    return [dx, dw]
+
+
+@register_grad("conv2d_transpose")
+def _conv2d_t_grad(g: GradContext, c: GradCall) -> list[Value | None]:
+    """conv2d_transpose is conv2d's data gradient, so its own gradients are conv2d (for x) and
+    conv2d_grad_weight with the roles of x and dy swapped (for w)."""
+    x, w = c.args
+    s, _, _, _ = conv_attrs(c.attrs)
+    if any(int(o) >= st for o, st in zip(c.attrs.get("output_padding", (0, 0)), s)):
+        raise g.error("conv2d_transpose: no gradient with output_padding >= strides (those rows never see the input)")
+    a = _window_attrs(c.attrs)
+    dy = c.dout
+    assert isinstance(dy, Value)
+    dx = g.emit("conv2d", [dy, w], a) if c.want(0) else None
+    dw = g.emit("conv2d_grad_weight", [dy, x], {**a, "kernel_shape": value_shape(w)[2:]}) if c.want(1) else None
+    return [dx, dw]
+
+
+@register_grad("max_pool2d")
+def _max_pool_grad(g: GradContext, c: GradCall) -> list[Value | None]:
+    assert isinstance(c.dout, Value)
+    return [g.emit("max_pool2d_grad", [c.args[0], c.dout], dict(c.attrs))]
+
+
+@register_grad("avg_pool2d")
+def _avg_pool_grad(g: GradContext, c: GradCall) -> list[Value | None]:
+    assert isinstance(c.dout, Value)
+    return [g.emit("avg_pool2d_grad", [c.dout], {**c.attrs, "input_size": value_shape(c.args[0])[2:]})]
+
+
+@register_grad("global_avg_pool2d")
+def _gap_grad(g: GradContext, c: GradCall) -> list[Value | None]:
+    """dy / (H * W) at every position; the average pool's gradient with the whole plane as window
+    when H and W are constants, else dy times 1 / (H * W) read from the shape at run time."""
+    x, dy = c.args[0], c.dout
+    assert isinstance(dy, Value)
+    h, w = value_shape(x)[2:]
+    if as_int(h) is not None and as_int(w) is not None:
+        share = g.emit("mul", [dy, g.scalar(1.0 / (as_int(h) * as_int(w)), dy)])  # type: ignore[operator]
+    else:
+        hw = g.emit("cast", [g.emit("shape_tensor", [], {"values": (simplify(h * w),)})], {"dtype": value_dtype(dy)})
+        share = g.emit("div", [dy, g.emit("reshape", [hw], {"shape": ()})])
+    return [g.emit("broadcast_to", [share], {"shape": value_shape(x)})]
+
+
+# The backward ops are not differentiated again (no second-order gradients yet).
+register_no_grad("conv2d_grad_data", "conv2d_grad_weight", "max_pool2d_grad", "avg_pool2d_grad")
 
 
 # ---- ONNX handlers (Conv, ConvTranspose, MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool) ----

@@ -1,9 +1,12 @@
-"""Normalisations: softmax, log_softmax, batch_norm (inference), layer_norm; ONNX RMSNormalization composes.
+"""Normalisations: softmax, log_softmax, batch_norm (inference), layer_norm and layer_norm_grad
+(layer norm's input gradient); ONNX RMSNormalization composes.
 
 Multi-stage ops: their lowerings chain pending reductions (reductions.reduce_op) and an in-place
-update (softmax stores exp(x - max) once). Declaration, shape rule, numpy reference, lowering and
-ONNX handlers of each op sit together; the gradient slot (`OpDef.grad`) stays None until autodiff
-fills it.
+update (softmax stores exp(x - max) once). Declaration, shape rule, numpy reference, lowering,
+gradient rule and ONNX handlers of each op sit together. The gradients of softmax, log_softmax and
+batch_norm are compositions of existing ops (elementwise products and per-channel sums, which
+fuse); layer norm's input gradient needs three reductions over the normalised axes, so it is an op
+of its own.
 """
 
 from __future__ import annotations
@@ -15,17 +18,22 @@ import numpy as np
 
 from ..diagnostics import Loc, MlcError
 from ..expr import Bin, Call, Const, Expr
+from ..graph import Value
 from ..tir_builder import Builder, Index, Tensor, broadcast, cst
 from ..types import TensorType, Type
 from .lowering import Args, Attrs, as_tensor
 from .reductions import reduce_op
 from .reference import Env, ref
 from .registry import (
+    GradCall,
+    GradContext,
     ImportContext,
     OnnxNode,
     define,
+    register_grad,
     register_infer,
     register_lower,
+    register_no_grad,
     register_onnx,
     value_dtype,
     value_shape,
@@ -221,37 +229,180 @@ def _ln_infer(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
     return TensorType(s, t.dtype)
 
 
-@ref("layer_norm")
-def _ln_ref(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
-    x = args[0]
+def _ln_normalized_np(x: np.ndarray, attrs: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]]:
+    """(x - mean) / sqrt(var + eps), 1 / sqrt(var + eps) and the normalised axes."""
     ax = tuple(range(norm_axis(attrs.get("axis", -1), x.ndim), x.ndim))
     mu = x.mean(axis=ax, keepdims=True)
-    var = ((x - mu) ** 2).mean(axis=ax, keepdims=True)
-    y = (x - mu) / np.sqrt(var + float(attrs.get("epsilon", 1e-5))) * args[1]
+    rstd = 1 / np.sqrt(((x - mu) ** 2).mean(axis=ax, keepdims=True) + float(attrs.get("epsilon", 1e-5)))
+    return (x - mu) * rstd, rstd, ax
+
+
+@ref("layer_norm")
+def _ln_ref(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
+    y = _ln_normalized_np(args[0], attrs)[0] * args[1]
     return y + args[2] if len(args) > 2 else y
+
+
+class _LnStats:
+    """Layer norm's statistics in a program being built: the mean is stored, the centred input is
+    virtual, the variance a pending reduction over the normalised axes."""
+
+    def __init__(self, b: Builder, x: Tensor, attrs: Attrs):
+        ax = norm_axis(attrs.get("axis", -1), x.ndim)
+        self.b, self.x, self.axes = b, x, list(range(ax, x.ndim))
+        self.kshape = tuple(Const(1) if d in self.axes else s for d, s in enumerate(x.shape))
+        mu = b.materialize(self.mean(x))
+        self.cen = b.compute(x.shape, x.dtype, lambda i: x.at(i) - mu.at(self.kept(i)), "centered")
+        sq = b.compute(x.shape, x.dtype, lambda i: self.cen.at(i) * self.cen.at(i), "sq")
+        self.var = self.mean(sq)
+        self.eps = cst(float(attrs.get("epsilon", 1e-5)), x.dtype)
+
+    def kept(self, i: Index) -> Index:
+        """The index of a per-row statistic (normalised axes at 0)."""
+        return tuple(Const(0) if d in self.axes else e for d, e in enumerate(i))
+
+    def mean(self, t: Tensor) -> Tensor:
+        return reduce_op(self.b, t, "mean", self.axes, True, self.kshape, self.x.dtype)
+
+    def std(self, i: Index) -> Expr:
+        return Call("sqrt", (self.var.at(self.kept(i)) + self.eps,), self.x.dtype)
 
 
 @register_lower("layer_norm")
 def _layer_norm_lower(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
     x = as_tensor(args[0])
-    ax = norm_axis(attrs.get("axis", -1), x.ndim)
-    axes = list(range(ax, x.ndim))
-    kshape = tuple(Const(1) if d in axes else s for d, s in enumerate(x.shape))
-    kept = lambda i: tuple(Const(0) if d in axes else e for d, e in enumerate(i))  # noqa: E731
-    mu = reduce_op(b, x, "mean", axes, True, kshape, x.dtype)
-    b.materialize(mu)
-    cen = b.compute(x.shape, x.dtype, lambda i: x.at(i) - mu.at(kept(i)), "centered")
-    sq = b.compute(x.shape, x.dtype, lambda i: cen.at(i) * cen.at(i), "sq")
-    var = reduce_op(b, sq, "mean", axes, True, kshape, x.dtype)
-    eps = cst(float(attrs.get("epsilon", 1e-5)), x.dtype)
+    st = _LnStats(b, x, attrs)
     scale = broadcast(as_tensor(args[1]), x.shape)
     bias = broadcast(as_tensor(args[2]), x.shape) if len(args) > 2 else None
 
     def fn(i: Index) -> Expr:
-        y = Bin("div", cen.at(i), Call("sqrt", (var.at(kept(i)) + eps,), x.dtype)) * scale(i)
+        y = Bin("div", st.cen.at(i), st.std(i)) * scale(i)
         return y + bias(i) if bias is not None else y
 
     return b.compute(x.shape, x.dtype, fn, "layer_norm")
+
+
+# ---- layer_norm_grad -------------------------------------------------------------------------
+define("layer_norm_grad", "opaque", 3, {"axis": -1, "epsilon": 1e-5},
+       "layer norm's input gradient: args x, dy, scale; (dy * scale - mean(dy * scale) - xhat * "
+       "mean(dy * scale * xhat)) / std over the normalised axes, xhat = (x - mean) / std")
+
+
+@register_infer("layer_norm_grad")
+def _ln_grad_infer(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
+    t = _ln_infer([args[0], args[2]], attrs, loc)
+    dy, xs = tensor(args[1], loc, "dy"), shape_of(t, loc)
+    if len(shape_of(dy, loc, "dy")) != len(xs) or dy.dtype != tensor(t, loc).dtype:
+        raise MlcError(f"layer_norm_grad: dy {dy} must have x's type {t}", loc)
+    for a, (p, q) in enumerate(zip(xs, shape_of(dy, loc, "dy"))):
+        check_dim(q, p, f"layer_norm_grad: dy dim {a} vs x", loc)
+    return t
+
+
+@ref("layer_norm_grad")
+def _ln_grad_ref(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
+    x, dy, scale = args
+    xhat, rstd, ax = _ln_normalized_np(x, attrs)
+    gh = dy * scale
+    return rstd * (gh - gh.mean(axis=ax, keepdims=True) - xhat * (gh * xhat).mean(axis=ax, keepdims=True))
+
+
+@register_lower("layer_norm_grad")
+def _layer_norm_grad_lower(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
+    """Four reductions over the normalised axes (mean, variance, mean(g), mean(g * xhat)), then one
+    elementwise pass; g = dy * scale and xhat stay virtual."""
+    x, dy = as_tensor(args[0]), as_tensor(args[1])
+    st = _LnStats(b, x, attrs)
+    scale = broadcast(as_tensor(args[2]), x.shape)
+    gh = b.compute(x.shape, x.dtype, lambda i: dy.at(i) * scale(i), "dxhat")
+    xhat = b.compute(x.shape, x.dtype, lambda i: Bin("div", st.cen.at(i), st.std(i)), "xhat")
+    m1 = st.mean(gh)
+    m2 = st.mean(b.compute(x.shape, x.dtype, lambda i: gh.at(i) * xhat.at(i), "dxhat_xhat"))
+
+    def fn(i: Index) -> Expr:
+        k = st.kept(i)
+        return Bin("div", gh.at(i) - m1.at(k) - xhat.at(i) * m2.at(k), st.std(i))
+
+    return b.compute(x.shape, x.dtype, fn, "layer_norm_grad")
+
+
+# ---- gradient rules (registry.register_grad) -------------------------------------------------
+def _dout(c: GradCall) -> Value:
+    assert isinstance(c.dout, Value)
+    return c.dout
+
+
+@register_grad("softmax")
+def _softmax_grad(g: GradContext, c: GradCall) -> list[Value | None]:
+    """y * (dy - sum(dy * y)) along the axis."""
+    y, dy = c.out, _dout(c)
+    s = g.emit("sum", [g.emit("mul", [dy, y])], {"axes": (int(c.attrs["axis"]),), "keepdims": True})
+    return [g.emit("mul", [y, g.emit("sub", [dy, s])])]
+
+
+@register_grad("log_softmax")
+def _log_softmax_grad(g: GradContext, c: GradCall) -> list[Value | None]:
+    """dy - exp(y) * sum(dy) along the axis (exp(y) is the softmax)."""
+    dy = _dout(c)
+    s = g.emit("sum", [dy], {"axes": (int(c.attrs["axis"]),), "keepdims": True})
+    return [g.emit("sub", [dy, g.emit("mul", [g.emit("exp", [c.out]), s])])]
+
+
+@register_grad("batch_norm")
+def _batch_norm_grad(g: GradContext, c: GradCall) -> list[Value | None]:
+    """All five operands, as per-channel sums and elementwise products. Training-mode batch norm
+    (the importer passes the batch's own mean and variance) is differentiated through those too,
+    so this one rule serves both forms. With r = 1 / sqrt(var + eps):
+    dx = dy * scale * r, dbias = sum(dy), dscale = sum(dy * (x - mean)) * r,
+    dmean = -dbias * scale * r, dvar = -sum(dy * (x - mean)) * scale * r^3 / 2."""
+    x, scale, _, mean, var = c.args
+    dy = _dout(c)
+    xs = value_shape(x)
+    axes = {"axes": tuple(a for a in range(len(xs)) if a != 1), "keepdims": False}
+
+    def per_channel(v: Value) -> Value:  # (C,) -> (C, 1, ...) against (N, C, ...)
+        return g.emit("reshape", [v], {"shape": (xs[1],) + (1,) * (len(xs) - 2)})
+
+    r = g.emit("reciprocal", [g.emit("sqrt", [g.emit("add", [var, g.scalar(float(c.attrs["epsilon"]), var)])])])
+    inv = g.emit("mul", [scale, r])
+    out: list[Value | None] = [None] * 5
+    if c.want(0):
+        out[0] = g.emit("mul", [dy, per_channel(inv)])
+    dbias = g.emit("sum", [dy], axes) if c.want(2) or c.want(3) else None
+    out[2] = dbias if c.want(2) else None
+    if c.want(3):
+        assert dbias is not None
+        out[3] = g.emit("neg", [g.emit("mul", [dbias, inv])])
+    if c.want(1) or c.want(4):
+        s1 = g.emit("sum", [g.emit("mul", [dy, g.emit("sub", [x, per_channel(mean)])])], axes)
+        if c.want(1):
+            out[1] = g.emit("mul", [s1, r])
+        if c.want(4):
+            half_r2 = g.emit("mul", [g.emit("mul", [r, r]), g.scalar(-0.5, r)])
+            out[4] = g.emit("mul", [g.emit("mul", [s1, inv]), half_r2])
+    return out
+
+
+@register_grad("layer_norm")
+def _layer_norm_grad(g: GradContext, c: GradCall) -> list[Value | None]:
+    """dx by layer_norm_grad; dscale = dy * xhat and dbias = dy, each summed over the axes scale
+    and bias were broadcast along. xhat is layer_norm itself with a unit scale (recomputed, not
+    stored: the forward keeps no statistics)."""
+    x, scale = c.args[0], c.args[1]
+    dy = _dout(c)
+    a = {"axis": int(c.attrs["axis"]), "epsilon": float(c.attrs["epsilon"])}
+    out: list[Value | None] = [g.emit("layer_norm_grad", [x, dy, scale], a) if c.want(0) else None]
+    if c.want(1):
+        xhat = g.emit("layer_norm", [x, g.scalar(1.0, x)], a)
+        out.append(g.unbroadcast(g.emit("mul", [dy, xhat]), scale))
+    else:
+        out.append(None)
+    if len(c.args) > 2:
+        out.append(g.unbroadcast(dy, c.args[2]) if c.want(2) else None)
+    return out
+
+
+register_no_grad("layer_norm_grad")  # no second-order gradients yet
 
 
 @register_onnx("LayerNormalization")

@@ -1,0 +1,280 @@
+"""The backward ops of ir/ops/conv_pool.py and normalization.py (conv2d_grad_data, conv2d_grad_weight,
+max_pool2d_grad, avg_pool2d_grad, layer_norm_grad) and the gradient rules of those two families.
+
+Oracles, each independent of the code under test:
+- every backward op's numpy reference against central finite differences (float64) of the forward
+  op's reference: sum(f(x + e) * dy) - sum(f(x - e) * dy), one coordinate at a time;
+- every lowering against the reference (the TIR interpreter, symbolic batch), and the CPU kernels
+  (`build_module`, LLVM) against the graph interpreter;
+- the gradient rules through the autodiff pass against finite differences of the forward graph.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import mlc.ir.ops as ops
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from mlc.ir import MlcError
+from mlc.ir.expr import Const
+from mlc.ir.interp import run_function
+from mlc.ir.parser import parse_module
+from mlc.ir.types import TensorType
+from test_lower import N, check_op, rand, run_pass
+
+# ---- helpers -----------------------------------------------------------------------------------
+
+
+def ref(op: str, attrs: dict[str, Any], *arrays: np.ndarray) -> np.ndarray:
+    """The op's numpy reference on float64 arrays (its type inferred by its own shape rule)."""
+    d = ops.get(op)
+    assert d is not None and d.infer is not None and d.ref is not None
+    t = d.infer([TensorType(tuple(Const(int(n)) for n in a.shape), "f64") for a in arrays], attrs, None)
+    return d.ref(list(arrays), attrs, t, {})
+
+
+def fd_vjp(f: Callable[..., np.ndarray], args: list[np.ndarray], i: int, dy: np.ndarray, eps: float = 1e-6) -> np.ndarray:
+    """d sum(f(args) * dy) / d args[i] by central differences."""
+    g = np.zeros_like(args[i])
+    for idx in np.ndindex(args[i].shape):
+        hi, lo = [a.copy() for a in args], [a.copy() for a in args]
+        hi[i][idx] += eps
+        lo[i][idx] -= eps
+        g[idx] = (np.sum(f(*hi) * dy) - np.sum(f(*lo) * dy)) / (2 * eps)
+    return g
+
+
+def close(got: np.ndarray, want: np.ndarray, tol: float = 1e-6) -> None:
+    np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
+
+
+def f32(*arrays: np.ndarray) -> list[np.ndarray]:
+    return [a.astype(np.float32) for a in arrays]
+
+
+CONV = [  # (x shape, weight shape, attrs)
+    ((2, 4, 7, 6), (6, 4, 3, 3), {}),
+    ((2, 4, 7, 6), (6, 4, 3, 2), {"strides": (2, 2), "pads": (1, 0, 1, 1)}),
+    ((1, 4, 8, 7), (6, 2, 2, 3), {"groups": 2, "dilations": (2, 1), "strides": (1, 2), "pads": (1, 2, 0, 1)}),
+    ((2, 3, 6, 6), (3, 1, 3, 3), {"groups": 3, "strides": (2, 2), "pads": (1, 1, 1, 1)}),  # depthwise
+    ((1, 2, 7, 5), (4, 2, 1, 1), {"strides": (3, 2)}),  # 1x1, rows the stride skips
+]
+
+POOL = [  # (x shape, attrs); dilations only apply to max
+    ((2, 3, 7, 6), {"kernel_shape": (2, 2), "strides": (2, 2)}),
+    ((1, 2, 6, 7), {"kernel_shape": (3, 3), "pads": (1, 1, 1, 1)}),
+    ((2, 2, 7, 6), {"kernel_shape": (3, 2), "strides": (2, 2), "pads": (1, 0, 1, 1), "ceil_mode": True}),
+    ((1, 3, 7, 6), {"kernel_shape": (3, 3), "strides": (2, 1), "pads": (1, 1, 1, 1), "ceil_mode": True,
+                    "count_include_pad": True, "dilations": (1, 2)}),
+]
+
+
+def pool_attrs(op: str, attrs: dict[str, Any]) -> dict[str, Any]:
+    drop = "dilations" if op.startswith("avg") else "count_include_pad"
+    return {k: v for k, v in attrs.items() if k != drop}
+
+
+def conv_case(xs: tuple[int, ...], ws: tuple[int, ...], attrs: dict[str, Any], seed: int = 0
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x, w = rng.standard_normal(xs), rng.standard_normal(ws)
+    return x, w, rng.standard_normal(ref("conv2d", attrs, x, w).shape)
+
+
+# ---- numpy references against finite differences of the forward reference ----------------------
+
+
+@pytest.mark.parametrize("xs,ws,attrs", CONV)
+def test_conv2d_grad_references_match_finite_differences(xs: tuple[int, ...], ws: tuple[int, ...],
+                                                         attrs: dict[str, Any]) -> None:
+    x, w, dy = conv_case(xs, ws, attrs)
+    fwd = lambda x, w: ref("conv2d", attrs, x, w)  # noqa: E731
+    close(ref("conv2d_grad_data", {**attrs, "input_size": xs[2:]}, dy, w), fd_vjp(fwd, [x, w], 0, dy))
+    close(ref("conv2d_grad_weight", {**attrs, "kernel_shape": ws[2:]}, x, dy), fd_vjp(fwd, [x, w], 1, dy))
+
+
+@pytest.mark.parametrize("xs,attrs", POOL)
+@pytest.mark.parametrize("op", ["max_pool2d", "avg_pool2d"])
+def test_pool_grad_references_match_finite_differences(op: str, xs: tuple[int, ...], attrs: dict[str, Any]) -> None:
+    a = pool_attrs(op, attrs)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal(xs)
+    dy = rng.standard_normal(ref(op, a, x).shape)
+    want = fd_vjp(lambda x: ref(op, a, x), [x], 0, dy)
+    got = ref("max_pool2d_grad", a, x, dy) if op == "max_pool2d" else ref("avg_pool2d_grad", {**a, "input_size": xs[2:]}, dy)
+    close(got, want)
+
+
+def test_max_pool_grad_routes_ties_to_the_first_maximum() -> None:
+    """On a tie the window's dy goes to its first maximum in row-major order (PyTorch and JAX do
+    the same), not split and not duplicated; the compiled kernel agrees (test_compiled_kernels)."""
+    x = np.array([[[[1.0, 3.0, 3.0], [3.0, 0.0, 2.0]]]])
+    dy = np.array([[[[10.0, 20.0]]]])
+    got = ref("max_pool2d_grad", {"kernel_shape": (2, 2), "strides": (1, 1)}, x, dy)
+    np.testing.assert_array_equal(got, [[[[0.0, 30.0, 0.0], [0.0, 0.0, 0.0]]]])
+
+
+@pytest.mark.parametrize("axis,sshape,bias", [(-1, (5,), True), (1, (4, 5), False), (1, (1, 5), True)])
+def test_layer_norm_grad_reference_matches_finite_differences(axis: int, sshape: tuple[int, ...], bias: bool) -> None:
+    rng = np.random.default_rng(2)
+    x, dy = rng.standard_normal((2, 4, 5)), rng.standard_normal((2, 4, 5))
+    scale = rng.standard_normal(sshape)
+    rest = [rng.standard_normal(sshape)] if bias else []
+    a = {"axis": axis, "epsilon": 1e-3}
+    want = fd_vjp(lambda x: ref("layer_norm", a, x, scale, *rest), [x], 0, dy)
+    close(ref("layer_norm_grad", a, x, dy, scale), want)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_conv2d_grads_random_shapes(data: st.DataObject) -> None:
+    """Random strides, pads, dilations and groups; the data gradient's reference against finite
+    differences, the weight gradient through the adjoint identity <dy, conv(x, dw)> = <dw, grad_w(x, dy)>
+    (conv2d is linear in w, so that identity is exact and independent of conv2d_grad_weight's code)."""
+    d = data.draw
+    g = d(st.sampled_from([1, 2]))
+    c, o = g * d(st.integers(1, 2)), g * d(st.integers(1, 2))
+    k = (d(st.integers(1, 3)), d(st.integers(1, 3)))
+    s = (d(st.integers(1, 3)), d(st.integers(1, 3)))
+    dl = (d(st.integers(1, 2)), d(st.integers(1, 2)))
+    p = tuple(d(st.integers(0, 2)) for _ in range(4))
+    hw = tuple(d(st.integers(dl[i] * (k[i] - 1) + 1, 7)) for i in range(2))
+    attrs = {"strides": s, "pads": p, "dilations": dl, "groups": g}
+    x, w, dy = conv_case((1, c) + hw, (o, c // g) + k, attrs, seed=d(st.integers(0, 99)))
+    fwd = lambda x, w: ref("conv2d", attrs, x, w)  # noqa: E731
+    close(ref("conv2d_grad_data", {**attrs, "input_size": hw}, dy, w), fd_vjp(fwd, [x, w], 0, dy))
+    dw = ref("conv2d_grad_weight", {**attrs, "kernel_shape": k}, x, dy)
+    probe = np.random.default_rng(0).standard_normal(w.shape)
+    assert np.isclose(np.sum(dw * probe), np.sum(dy * fwd(x, probe)), rtol=1e-9)
+
+
+# ---- lowerings against the references (TIR interpreter) ---------------------------------------
+
+
+@pytest.mark.parametrize("xs,ws,attrs", CONV)
+def test_conv2d_grad_lowerings(xs: tuple[int, ...], ws: tuple[int, ...], attrs: dict[str, Any]) -> None:
+    x, w, dy = f32(*conv_case(xs, ws, attrs))
+    check_op("conv2d_grad_data", [dy, w], {**attrs, "input_size": xs[2:]}, sym={0: (0, N)})
+    check_op("conv2d_grad_weight", [x, dy], {**attrs, "kernel_shape": ws[2:]}, sym={0: (0, N), 1: (0, N)})
+
+
+@pytest.mark.parametrize("xs,attrs", POOL)
+def test_pool_grad_lowerings(xs: tuple[int, ...], attrs: dict[str, Any]) -> None:
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(xs)
+    for op in ("max_pool2d", "avg_pool2d"):
+        a = pool_attrs(op, attrs)
+        dy = rng.standard_normal(ref(op, a, x).shape)
+        if op == "max_pool2d":
+            check_op("max_pool2d_grad", f32(x, dy), a, sym={0: (0, N), 1: (0, N)})
+        else:
+            check_op("avg_pool2d_grad", f32(dy), {**a, "input_size": xs[2:]}, sym={0: (0, N)})
+
+
+def test_layer_norm_grad_lowering() -> None:
+    x, dy = rand(2, 4, 6), rand(2, 4, 6, seed=1)
+    check_op("layer_norm_grad", [x, dy, rand(6, seed=2)], {"axis": -1}, sym={0: (0, N), 1: (0, N)})
+    check_op("layer_norm_grad", [x, dy, rand(4, 6, seed=2)], {"axis": 1, "epsilon": 1e-3})
+
+
+SYMBOLIC = """mlc.module v1
+
+graph @main(%x: tensor<n x 2 x h x w x f32>, %k: tensor<4 x 2 x 3 x 3 x f32>,
+            %dy: tensor<n x 4 x floordiv(h - 1, 2) + 1 x floordiv(w - 1, 2) + 1 x f32>) {
+  %dx: tensor<n x 2 x h x w x f32> = conv2d_grad_data(%dy, %k) {strides = (2, 2), pads = (1, 1, 1, 1), input_size = (h, w)}
+  %dk: tensor<4 x 2 x 3 x 3 x f32> = conv2d_grad_weight(%x, %dy) {strides = (2, 2), pads = (1, 1, 1, 1), kernel_shape = (3, 3)}
+  %pm: tensor<n x 2 x floordiv(h - 1, 2) + 1 x floordiv(w - 1, 2) + 1 x f32> = max_pool2d(%dx) {kernel_shape = (3, 3), strides = (2, 2), pads = (1, 1, 1, 1)}
+  %dp: tensor<n x 2 x h x w x f32> = max_pool2d_grad(%dx, %pm) {kernel_shape = (3, 3), strides = (2, 2), pads = (1, 1, 1, 1)}
+  %da: tensor<n x 2 x h x w x f32> = avg_pool2d_grad(%pm) {kernel_shape = (3, 3), strides = (2, 2), pads = (1, 1, 1, 1), input_size = (h, w)}
+  return %dk, %dp, %da
+}
+"""
+
+
+def test_symbolic_spatial_dims_in_text() -> None:
+    """input_size holds the forward input's symbolic (h, w): the module parses, types check (a
+    stride-2 window's floordiv dims), lowers, and runs at two sizes, one odd and one even."""
+    m = run_pass("shape-infer", parse_module(SYMBOLIC))
+    low = run_pass("lower", m, strict=True)
+    for h, w in ((7, 6), (4, 5)):
+        ho, wo = (h - 1) // 2 + 1, (w - 1) // 2 + 1
+        feeds = {"x": rand(2, 2, h, w), "k": rand(4, 2, 3, 3, seed=1), "dy": rand(2, 4, ho, wo, seed=2)}
+        want, got = run_function(m, feeds), run_function(low, feeds)
+        for name in want:
+            np.testing.assert_allclose(got[name], want[name], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("op,shapes,attrs,message", [
+    ("conv2d_grad_data", [(1, 4, 3, 3), (4, 2, 3, 3)], {"input_size": (9, 5)}, "dy dim 2 vs conv2d's result: 3 vs 7"),
+    ("conv2d_grad_data", [(1, 4, 3, 3), (4, 2, 3, 3)], {"input_size": (5,)}, "input_size needs 2 values"),
+    ("conv2d_grad_weight", [(1, 3, 5, 5), (1, 4, 3, 3)], {"kernel_shape": (3, 3), "groups": 2},
+     "input channels 3 not divisible by groups 2"),
+    ("max_pool2d_grad", [(1, 2, 6, 6), (1, 2, 2, 3)], {"kernel_shape": (2, 2), "strides": (2, 2)},
+     "dy dim 2 vs the pool's result: 2 vs 3"),
+    ("avg_pool2d_grad", [(1, 2, 3, 3)], {"kernel_shape": (2, 2), "strides": (2, 2), "input_size": (6, 8)},
+     "dy dim 3 vs the pool's result: 3 vs 4"),
+])
+def test_shape_rules_reject_inconsistent_shapes(op: str, shapes: list[tuple[int, ...]], attrs: dict[str, Any],
+                                                message: str) -> None:
+    with pytest.raises(MlcError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        ref(op, attrs, *[np.zeros(s) for s in shapes])
+
+
+# ---- compiled CPU kernels against the interpreter -----------------------------------------------
+
+
+def graph(params: dict[str, np.ndarray], nodes: list[tuple[str, str, list[str], dict[str, Any]]],
+          batch: set[str]) -> Any:
+    """A module of `nodes` (name, op, operand names, attrs) returning every node; axis 0 of the
+    params in `batch` is the symbolic n."""
+    from mlc.ir import Binding, Block, Function, Module, OpCall, UnknownType, Value, Var, attrs_of
+    from mlc.ir.dtype import from_numpy
+
+    vals = {k: Value(k, TensorType(tuple(Var("n") if k in batch and i == 0 else Const(d) for i, d in enumerate(a.shape)),
+                                   from_numpy(a.dtype))) for k, a in params.items()}
+    binds = []
+    for name, op, args, attrs in nodes:
+        vals[name] = Value(name, UnknownType())
+        binds.append(Binding(vals[name], OpCall(op, tuple(vals[a] for a in args), attrs_of(attrs))))
+    fn = Function("main", tuple(vals[k] for k in params), Block(tuple(binds), tuple(vals[n[0]] for n in nodes)))
+    return run_pass("shape-infer", Module((fn,)))
+
+
+def test_compiled_kernels_match_the_interpreter() -> None:
+    """One CPU build (LLVM) of every backward op over the conv and pool cases, symbolic batch,
+    against the graph interpreter; includes tied maxima (integer-valued input)."""
+    from mlc.runtime.artifact import loads
+    from mlc.runtime.model import model_from_artifact
+
+    import mlc.compiler as C
+
+    params: dict[str, np.ndarray] = {}
+    nodes: list[tuple[str, str, list[str], dict[str, Any]]] = []
+    for i, (xs, ws, attrs) in enumerate(CONV):
+        x, w, dy = f32(*conv_case(xs, ws, attrs, seed=i))
+        params.update({f"x{i}": x, f"w{i}": w, f"dy{i}": dy})
+        nodes.append((f"dx{i}", "conv2d_grad_data", [f"dy{i}", f"w{i}"], {**attrs, "input_size": xs[2:]}))
+        nodes.append((f"dw{i}", "conv2d_grad_weight", [f"x{i}", f"dy{i}"], {**attrs, "kernel_shape": ws[2:]}))
+    rng = np.random.default_rng(4)
+    for i, (xs, attrs) in enumerate(POOL):
+        x = rng.integers(0, 3, xs).astype(np.float32) if i % 2 else rng.standard_normal(xs).astype(np.float32)
+        params[f"px{i}"] = x
+        for op in ("max_pool2d", "avg_pool2d"):
+            a = pool_attrs(op, attrs)
+            params[f"{op}_dy{i}"] = rng.standard_normal(ref(op, a, x.astype(np.float64)).shape).astype(np.float32)
+        nodes.append((f"mg{i}", "max_pool2d_grad", [f"px{i}", f"max_pool2d_dy{i}"], pool_attrs("max_pool2d", attrs)))
+        nodes.append((f"ag{i}", "avg_pool2d_grad", [f"avg_pool2d_dy{i}"], {**pool_attrs("avg_pool2d", attrs),
+                                                                            "input_size": xs[2:]}))
+    params.update({"lx": rand(2, 3, 8), "ldy": rand(2, 3, 8, seed=1), "ls": rand(8, seed=2)})
+    nodes.append(("lg", "layer_norm_grad", ["lx", "ldy", "ls"], {"axis": -1}))
+    m = graph(params, nodes, batch={k for k in params if params[k].shape[0] == 2})
+    want = run_function(m, params)
+    built = C.build_module(C.with_memory_constants(m, {}), {})
+    got = model_from_artifact(loads(built.result.data), "<test>")(**params)
+    assert sorted(got) == sorted(want)
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-4, atol=1e-4, err_msg=name)
