@@ -1,0 +1,224 @@
+"""Sparse kernels (issue 15): every stage of spmm/sddmm in csr and ell against scipy.sparse, in the
+interpreter and compiled for the CPU; the text format, the verifier and bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from functools import cache
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from mlc.ir.diagnostics import MlcError
+from mlc.ir.parser import parse_module
+from mlc.ir.printer import print_module
+from mlc.ir.sparse_kernels import sparse_kernel
+from mlc.ir.sparse_lower import lower_sparse
+from mlc.ir.tir_interp import run_prim
+from mlc.ir.verify import verify_module
+
+import mlc.sparse as msp
+
+F = 8
+FORMATS = ("csr", "ell")
+
+
+def _pattern(kind: str, m: int, n: int, seed: int) -> sp.csr_matrix:
+    """empty rows, one dense row, uniform random, or power-law row lengths (duplicate-free)."""
+    rng = np.random.default_rng(seed)
+    dense = np.zeros((m, n), np.float32)
+    if kind == "dense_row":
+        dense[rng.integers(m)] = 1
+    elif kind == "random":
+        dense[rng.random((m, n)) < 0.2] = 1
+    elif kind == "power_law":
+        for r in range(m):
+            k = min(n, int(rng.pareto(1.2)) + (r % 2))
+            dense[r, rng.choice(n, size=k, replace=False)] = 1
+    dense *= rng.standard_normal((m, n)).astype(np.float32) + 2
+    return sp.csr_matrix(dense)
+
+
+def _inputs(a: sp.csr_matrix, fmt: str) -> tuple[str, list[np.ndarray]]:
+    ip, ix = a.indptr.astype(np.int32), a.indices.astype(np.int32)
+    if fmt == "csr":
+        return "csr", [ip, ix, a.data.astype(np.float32)]
+    w = max(1, int(np.diff(ip).max(initial=0)))
+    ei, ed = msp.to_ell(ip, ix, a.data.astype(np.float32), w)
+    return f"ell:{w}", [ei, ed]
+
+
+def _sddmm_values(a: sp.csr_matrix, fmt: str, out: np.ndarray) -> np.ndarray:
+    if fmt == "csr":
+        return out
+    lens = np.diff(a.indptr)
+    return out[np.repeat(np.arange(a.shape[0]), lens), np.arange(a.nnz) - np.repeat(a.indptr[:-1], lens)]
+
+
+def _run(op: str, fmt: str, a: sp.csr_matrix, stage: int, seed: int = 0) -> None:
+    """Run `op` at `stage` (1: stage I as written) in the interpreter and compare with scipy."""
+    rng = np.random.default_rng(seed)
+    m, n = a.shape
+    spec, ins = _inputs(a, fmt)
+    f = sparse_kernel(op, spec, F).get(op)
+    if stage > 1:
+        f = lower_sparse(f, stage)
+    if op == "spmm":
+        b = rng.standard_normal((n, F)).astype(np.float32)
+        c = np.full((m, F), np.nan, np.float32)
+        run_prim(f, [*ins, b, c])
+        np.testing.assert_allclose(c, a @ b, rtol=1e-5, atol=1e-5)
+    else:
+        x, y = rng.standard_normal((m, F)).astype(np.float32), rng.standard_normal((n, F)).astype(np.float32)
+        out = np.full(ins[-1].shape, np.nan, np.float32)
+        run_prim(f, [*ins, x, y, out])
+        rows = np.repeat(np.arange(m), np.diff(a.indptr))  # A's nonzeros in CSR order
+        want = a.data * np.einsum("pk,pk->p", x[rows], y[a.indices])
+        np.testing.assert_allclose(_sddmm_values(a, fmt, out), want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3])
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("op", ["spmm", "sddmm"])
+@pytest.mark.parametrize("kind", ["empty", "dense_row", "random", "power_law"])
+def test_every_stage_matches_scipy(op: str, fmt: str, stage: int, kind: str) -> None:
+    _run(op, fmt, _pattern(kind, 9, 7, 1), stage)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(kind=st.sampled_from(["empty", "dense_row", "random", "power_law"]), m=st.integers(1, 8),
+       n=st.integers(1, 8), seed=st.integers(0, 10**6), op=st.sampled_from(["spmm", "sddmm"]),
+       fmt=st.sampled_from(FORMATS), stage=st.sampled_from([1, 2, 3]))
+def test_random_patterns(kind: str, m: int, n: int, seed: int, op: str, fmt: str, stage: int) -> None:
+    _run(op, fmt, _pattern(kind, m, n, seed), stage, seed)
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3])
+@pytest.mark.parametrize("fmt", ["csr", "ell:3"])
+@pytest.mark.parametrize("op", ["spmm", "sddmm"])
+def test_text_round_trip(op: str, fmt: str, stage: int) -> None:
+    m = sparse_kernel(op, fmt, 16)
+    if stage > 1:
+        m = m.with_function(lower_sparse(m.get(op), stage))
+    text = print_module(m)
+    back = parse_module(text)
+    assert back == m
+    assert print_module(back) == text
+    verify_module(back, text)
+
+
+SPMM = print_module(sparse_kernel("spmm", "csr", 4))
+
+
+@pytest.mark.parametrize("old, new, message", [
+    ("axis J = sparse_variable(I,", "axis J = sparse_variable(K,", "undefined axis K"),
+    ("  axis K = dense_fixed(4)\n", "  axis K = dense_fixed(4)\n  axis L = sparse_variable(K, n, nnz, %indptr, %indices)\n"
+     "  sparse %Z: (I, L) = %data\n", "axis L must directly follow its parent K, but follows I"),
+    ("sparse %A: (I, J)", "sparse %A: (J, I)", "axis J must directly follow its parent I, but comes first"),
+    ("%A[i, j]", "%A[j, i]", "sparse buffer %A is over (I, J): index 0 must iterate I, got j (axis J)"),
+    ("%A[i, j]", "%A[i, k]", "index 1 must iterate J, got k (axis K)"),
+    ('(S i in I, R j in J, S k in K)', '(R j in J, S i in I, S k in K)', "axis J is iterated before its parent I"),
+    ('(S i in I, R j in J, S k in K)', '(S i in I, S j in J, S k in K)', "has an init but no reduce"),
+])
+def test_verifier_errors_are_located(old: str, new: str, message: str) -> None:
+    text = SPMM.replace(old, new)
+    assert text != SPMM
+    with pytest.raises(MlcError) as e:
+        verify_module(parse_module(text, "k.ir"), text)
+    assert message in e.value.message
+    assert e.value.loc is not None and e.value.loc.line > 0
+
+
+# ---- compiled -----------------------------------------------------------------------------------
+@cache
+def _kernel(op: str, fmt: str) -> msp.SparseKernel:
+    return msp.compile(_pattern("power_law", 40, 30, 3), op, feat=F, format=fmt)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("op", ["spmm", "sddmm"])
+def test_compiled_matches_scipy(op: str, fmt: str) -> None:
+    k = _kernel(op, fmt)
+    a, rng = k.matrix, np.random.default_rng(5)
+    if op == "spmm":
+        b = rng.standard_normal((30, F)).astype(np.float32)
+        np.testing.assert_allclose(k(b), a @ b, rtol=1e-5, atol=1e-5)
+    else:
+        x, y = rng.standard_normal((40, F)).astype(np.float32), rng.standard_normal((30, F)).astype(np.float32)
+        np.testing.assert_allclose(k(x, y).toarray(), a.multiply(x @ y.T).toarray(), rtol=1e-5, atol=1e-5)
+
+
+def test_dense_operand_of_wrong_width() -> None:
+    with pytest.raises(MlcError, match="B must be 30 x 8, got 30 x 9"):
+        _kernel("spmm", "csr")(np.zeros((30, 9), np.float32))
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda ip, ix: (np.array([0, 2, 1, 3], np.int32), ix), "indptr is not monotone"),
+    (lambda ip, ix: (ip, np.array([0, 5, 1], np.int32)), "indices[1] = 5 is out of range [0, 4)"),
+    (lambda ip, ix: (ip, np.array([1, 0, 2], np.int32)), "indices of row 0 are not sorted"),
+    (lambda ip, ix: (np.array([0, 2, 3, 2], np.int32), ix), "indptr is not monotone"),
+    (lambda ip, ix: (np.array([0, 2, 2, 2], np.int32), ix), "nnz disagrees"),
+])
+def test_check_csr(mutate, message: str) -> None:  # type: ignore[no-untyped-def]
+    ip, ix = mutate(np.array([0, 2, 2, 3], np.int32), np.array([0, 1, 2], np.int32))
+    with pytest.raises(MlcError) as e:
+        msp.check_csr(ip, ix, 3, 4, need_sorted=True)
+    assert message in e.value.message
+
+
+def _cli(*args: str, cwd: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "mlc.cli", *args], cwd=cwd, capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> str:
+    d = tmp_path_factory.mktemp("sparse")
+    assert _cli("sparse-kernel", "spmm", "--format", "csr", "--feat", "4", "-o", "k.ir", cwd=str(d)).returncode == 0
+    r = _cli("build", "k.ir", "-o", "k.mlc", cwd=str(d))
+    assert r.returncode == 0, r.stderr
+    return str(d)
+
+
+def test_cli_build_run_from_save_npz(built: str) -> None:
+    a = _pattern("random", 6, 5, 2)
+    b = np.random.default_rng(0).standard_normal((5, 4)).astype(np.float32)
+    np.savez(f"{built}/g.npz", indptr=a.indptr.astype(np.int32), indices=a.indices.astype(np.int32), data=a.data, B=b)
+    r = _cli("run", "k.mlc", "--inputs", "g.npz", "-o", "out.npz", cwd=built)
+    assert r.returncode == 0, r.stderr
+    np.testing.assert_allclose(np.load(f"{built}/out.npz")["C"], a @ b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("indptr, indices, message", [
+    ([0, 2, 1, 3], [0, 1, 2], "out of range [2, "),        # indptr not monotone
+    ([0, 1, 2, 3], [0, 9, 2], "index 9 out of range [0, 5)"),  # a column past B's rows
+    ([0, 1, 2, 7], [0, 1, 2], "index 7 out of range"),     # indptr past nnz
+])
+def test_cli_bad_input_fails_without_output(built: str, indptr: list[int], indices: list[int], message: str) -> None:
+    b = np.ones((5, 4), np.float32)
+    np.savez(f"{built}/bad.npz", indptr=np.array(indptr, np.int32), indices=np.array(indices, np.int32),
+             data=np.ones(3, np.float32), B=b)
+    r = _cli("run", "k.mlc", "--inputs", "bad.npz", "-o", "bad_out.npz", cwd=built)
+    assert r.returncode == 1
+    assert message in r.stderr and "kernel spmm" in r.stderr
+    assert not (__import__("pathlib").Path(built) / "bad_out.npz").exists()
+
+
+def test_cli_nnz_disagreeing_with_data(built: str) -> None:
+    np.savez(f"{built}/bad2.npz", indptr=np.array([0, 1, 2, 3], np.int32), indices=np.array([0, 1, 2], np.int32),
+             data=np.ones(4, np.float32), B=np.ones((5, 4), np.float32))
+    r = _cli("run", "k.mlc", "--inputs", "bad2.npz", cwd=built)
+    assert r.returncode == 1 and "nnz" in r.stderr
+
+
+def test_sparse_lower_is_a_no_op_on_dense_modules() -> None:
+    from mlc.passes.registry import PassContext
+    from mlc.passes.sparse_lower import SparseLower
+
+    text = (SPMM.split("prim @spmm")[0].split("graph")[0] +
+            "prim @f(%x: buffer<4 x f32>, %y: buffer<4 x f32>) outputs 1 {\n  for i in 0..4 {\n    %y[i] = %x[i]\n  }\n}\n")
+    m = parse_module(text)
+    assert SparseLower(schedule=True).apply(m, PassContext()) is m
