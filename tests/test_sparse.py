@@ -222,3 +222,36 @@ def test_sparse_lower_is_a_no_op_on_dense_modules() -> None:
             "prim @f(%x: buffer<4 x f32>, %y: buffer<4 x f32>) outputs 1 {\n  for i in 0..4 {\n    %y[i] = %x[i]\n  }\n}\n")
     m = parse_module(text)
     assert SparseLower(schedule=True).apply(m, PassContext()) is m
+
+
+_GUARD_CHILD = """
+import numpy as np, scipy.sparse as sp
+import mlc.sparse as msp
+from mlc.ir.diagnostics import MlcError
+from mlc.runtime.artifact import loads
+from mlc.runtime.model import Model
+from mlc.compiler import build_module
+from mlc.ir.sparse_kernels import sparse_kernel
+built = build_module(sparse_kernel("spmm", "csr", 8), {})
+a = sp.random(23, 17, density=0.3, format="csr", random_state=4, dtype=np.float32)
+b = np.random.default_rng(0).standard_normal((17, 8)).astype(np.float32)
+ip, ix = a.indptr.astype(np.int32), a.indices.astype(np.int32)
+bad_ix = ix.copy(); bad_ix[-1] = 10**9
+bad_ip = ip.copy(); bad_ip[5] = -7; bad_ip[-1] = 10**9
+for side in ("after", "before"):
+    print(side, flush=True)
+    m = Model(loads(built.result.data), "guarded", guard=side)
+    np.testing.assert_allclose(m(indptr=ip, indices=ix, data=a.data, B=b)["C"], a @ b, rtol=1e-5, atol=1e-5)
+    for p, i in ((ip, bad_ix), (bad_ip, ix)):
+        try:
+            m(indptr=p, indices=i, data=a.data, B=b)
+            raise SystemExit("bad input accepted")
+        except MlcError:
+            pass
+"""
+
+
+def test_compiled_spmm_stays_in_bounds_under_guard_pages() -> None:
+    """Valid input and index arrays pointing far outside: the kernel reads nothing outside its buffers."""
+    r = subprocess.run([sys.executable, "-c", _GUARD_CHILD], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, f"exit {r.returncode} (guard pages {(r.stdout.split() or ['?'])[-1]})\n{r.stderr[-2000:]}"
