@@ -54,6 +54,9 @@ wheel-check:
 bench: $(VENV)/.installed-bench
 	$(BIN)/python benchmarks/run_all.py
 
+bench-sparse: $(VENV)/.installed-bench
+	$(BIN)/python benchmarks/bench_sparse.py
+
 bench-gpu: $(VENV)/.installed-bench
 	$(BIN)/pytest -q -m gpu tests
 	$(BIN)/python benchmarks/bench_gpu.py
