@@ -278,3 +278,150 @@ def test_compiled_kernels_match_the_interpreter() -> None:
     assert sorted(got) == sorted(want)
     for name in want:
         np.testing.assert_allclose(got[name], want[name], rtol=1e-4, atol=1e-4, err_msg=name)
+
+
+# ---- the gradient rules through the autodiff pass ----------------------------------------------
+
+
+def fd_check(m: Any, g: Any, inputs: dict[str, np.ndarray], consts: dict[str, np.ndarray],
+             cot: dict[str, np.ndarray] | None = None, coords: int = 40) -> None:
+    """Every grad_<name> of @grad against central differences of @main's loss (sum of the result,
+    or of result * cotangent) in float64, at up to `coords` random coordinates per tensor."""
+    got = run_function(g, {**inputs, **(cot or {})}, consts, func="grad")
+
+    def loss(ins: dict[str, np.ndarray], cs: dict[str, np.ndarray]) -> float:
+        out = run_function(m, ins, cs)
+        return float(sum(np.sum(v * (cot or {}).get(f"d_{k}", 1.0)) for k, v in out.items()))
+
+    rng = np.random.default_rng(0)
+    grads = {k[len("grad_"):]: v for k, v in got.items() if k.startswith("grad_")}
+    assert grads
+    for name, gv in grads.items():
+        src = inputs if name in inputs else consts
+        base = src[name]
+        assert gv.shape == base.shape, name
+        flat = rng.permutation(base.size)[:coords]
+        for f in flat:
+            idx = np.unravel_index(f, base.shape)
+            vals = []
+            for e in (1e-6, -1e-6):
+                moved = base.copy()
+                moved[idx] += e
+                vals.append(loss({**inputs, name: moved}, consts) if src is inputs else loss(inputs, {**consts, name: moved}))
+            want = (vals[0] - vals[1]) / 2e-6
+            assert abs(gv[idx] - want) <= 1e-5 * (1 + abs(want)), (name, idx, gv[idx], want)
+
+
+def one_op_vjp(op: str, arrays: list[np.ndarray], attrs: dict[str, Any]) -> None:
+    """@grad of a one-op graph (a VJP: cotangent d_y) against finite differences for every input."""
+    from test_lower import one_op
+
+    m = run_pass("shape-infer", one_op(op, [a.shape for a in arrays], ["f64"] * len(arrays), attrs))
+    g = run_pass("autodiff", m, wrt="none", wrt_inputs=",".join(f"a{i}" for i in range(len(arrays))))
+    inputs = {f"a{i}": a for i, a in enumerate(arrays)}
+    y = run_function(m, inputs)["y"]
+    fd_check(m, g, inputs, {}, {"d_y": np.random.default_rng(5).standard_normal(y.shape)})
+
+
+@pytest.mark.parametrize("xs,ws,attrs", CONV[1:4])
+def test_conv2d_rule(xs: tuple[int, ...], ws: tuple[int, ...], attrs: dict[str, Any]) -> None:
+    x, w, _ = conv_case(xs, ws, attrs)
+    one_op_vjp("conv2d", [x, w], attrs)
+
+
+@pytest.mark.parametrize("attrs", [{}, {"strides": (2, 1), "pads": (1, 0, 0, 1), "groups": 2, "dilations": (1, 2),
+                                        "output_padding": (1, 0)}])
+def test_conv2d_transpose_rule(attrs: dict[str, Any]) -> None:
+    rng = np.random.default_rng(6)
+    one_op_vjp("conv2d_transpose", [rng.standard_normal((1, 4, 3, 4)), rng.standard_normal((4, 3, 2, 3))], attrs)
+
+
+@pytest.mark.parametrize("op", ["max_pool2d", "avg_pool2d"])
+@pytest.mark.parametrize("xs,attrs", POOL[2:])
+def test_pool_rules(op: str, xs: tuple[int, ...], attrs: dict[str, Any]) -> None:
+    one_op_vjp(op, [np.random.default_rng(7).standard_normal(xs)], pool_attrs(op, attrs))
+
+
+def test_global_avg_pool_softmax_log_softmax_rules() -> None:
+    rng = np.random.default_rng(8)
+    one_op_vjp("global_avg_pool2d", [rng.standard_normal((2, 3, 4, 5))], {})
+    for op in ("softmax", "log_softmax"):
+        one_op_vjp(op, [rng.standard_normal((3, 4, 5))], {"axis": 1})
+
+
+def test_batch_norm_rule_all_five_operands() -> None:
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((2, 3, 4, 2))
+    one_op_vjp("batch_norm", [x, rng.standard_normal(3), rng.standard_normal(3), rng.standard_normal(3),
+                              rng.uniform(0.5, 1.5, 3)], {"epsilon": 1e-3})
+
+
+@pytest.mark.parametrize("axis,sshape,bias", [(-1, (5,), True), (1, (1, 5), True), (1, (4, 5), False)])
+def test_layer_norm_rule(axis: int, sshape: tuple[int, ...], bias: bool) -> None:
+    rng = np.random.default_rng(10)
+    args = [rng.standard_normal((2, 4, 5)), rng.standard_normal(sshape)] + ([rng.standard_normal(sshape)] if bias else [])
+    one_op_vjp("layer_norm", args, {"axis": axis, "epsilon": 1e-3})
+
+
+def small_cnn(training: bool, double: bool = True) -> Any:
+    """conv (stride 2, pads, bias) -> batch norm (inference, or training: the batch's statistics)
+    -> relu -> max pool -> flatten -> gemm, as ONNX with a dynamic batch N."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    dt, npdt = (TensorProto.DOUBLE, np.float64) if double else (TensorProto.FLOAT, np.float32)
+    rng = np.random.default_rng(0)
+    inits = {"w": rng.standard_normal((4, 2, 3, 3)) * 0.5, "b": rng.standard_normal(4) * 0.1,
+             "gamma": 1 + 0.1 * rng.standard_normal(4), "beta": 0.1 * rng.standard_normal(4),
+             "rmean": 0.1 * rng.standard_normal(4), "rvar": rng.uniform(0.5, 1.5, 4),
+             "fw": rng.standard_normal((3, 36)) * 0.3, "fb": rng.standard_normal(3) * 0.1}
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),
+             helper.make_node("BatchNormalization", ["c", "gamma", "beta", "rmean", "rvar"], ["bn"], epsilon=1e-3,
+                              training_mode=int(training)),
+             helper.make_node("Relu", ["bn"], ["r"]),
+             helper.make_node("MaxPool", ["r"], ["p"], kernel_shape=[2, 2], strides=[1, 1]),
+             helper.make_node("Flatten", ["p"], ["f"], axis=1),
+             helper.make_node("Gemm", ["f", "fw", "fb"], ["y"], transB=1)]
+    g = helper.make_graph(nodes, "cnn", [helper.make_tensor_value_info("x", dt, ["N", 2, 8, 8])],
+                          [helper.make_tensor_value_info("y", dt, ["N", 3])],
+                          [numpy_helper.from_array(v.astype(npdt), k) for k, v in inits.items()])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 15)])
+    onnx.checker.check_model(m)
+    return m
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_small_cnn_gradients_match_finite_differences(training: bool) -> None:
+    """`mlc autodiff --wrt all --wrt-inputs x --loss sum` on conv -> bn -> relu -> pool -> gemm:
+    every parameter's gradient (running mean and variance too, in inference form) and the input's."""
+    from mlc.frontend.onnx_import import import_onnx
+
+    m, consts = import_onnx(small_cnn(training))
+    g = run_pass("autodiff", m, wrt="all", wrt_inputs="x", loss="sum")
+    names = set(run_function(g, {"x": np.zeros((2, 2, 8, 8))}, consts, func="grad"))
+    assert {"grad_x", "grad_w", "grad_gamma", "grad_beta", "grad_fb"} <= names
+    assert ({"grad_rmean", "grad_rvar"} <= names) != training  # training form: the batch's statistics
+    fd_check(m, g, {"x": np.random.default_rng(1).standard_normal((2, 2, 8, 8))}, consts, coords=25)
+
+
+def test_small_cnn_compiled_gradients_match_the_interpreter() -> None:
+    """The @grad of the training-form CNN (f32) built for the CPU, batch N = 3 at run time, against
+    the graph interpreter: the backward ops and the rules' compositions compile and agree."""
+    import dataclasses
+
+    from mlc.frontend.onnx_import import import_onnx
+    from mlc.runtime.artifact import loads
+    from mlc.runtime.model import model_from_artifact
+
+    import mlc.compiler as C
+
+    m, consts = import_onnx(small_cnn(True, double=False))
+    g = run_pass("autodiff", m, wrt="all", wrt_inputs="x", loss="sum")
+    only = dataclasses.replace(g, functions=(dataclasses.replace(g.get("grad"), name="main"),))
+    x = np.random.default_rng(1).standard_normal((3, 2, 8, 8)).astype(np.float32)
+    want = run_function(only, {"x": x}, consts)
+    got = model_from_artifact(loads(C.build_module(C.with_memory_constants(only, consts), consts).result.data),
+                              "<test>")(x=x)
+    assert sorted(got) == sorted(want) and "grad_w" in got
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-4, atol=1e-5, err_msg=name)
