@@ -599,3 +599,17 @@ def train_step_function(fn: Function, spec: Spec, opt: Optimizer, name: str = "t
         new_state.append(("new_step", t1))
     params = fwd.params[:len(fn.params)] + new_inputs + [weights[k] for k in keys] + [st[s] for s in state]
     return _finish(fn, name, params, fwd, em, results + new_state)
+
+
+def eval_function(fn: Function, spec: Spec, name: str = "eval") -> Function:
+    """`@eval(inputs..., loss input, weights...) -> loss, output`: the forward function with the
+    constants `@train_step` updates lifted to inputs (same names and order), so a training loop
+    evaluates its current weights with one compiled call instead of rebuilding `@main`."""
+    if spec.loss is None or len(fn.body.results) != 1:
+        raise MlcError(f"@{name} needs a loss and a function with one result", fn.loc)
+    keys, _ = _resolve_wrt(fn, spec)
+    fwd, em = _prepare(fn, spec, lift=True, reserved={"loss", "output"} | set(keys))
+    lv, new_inputs = _loss(em, fwd, spec.loss, fn)
+    weights = [p for p in fwd.params if p.name in keys]
+    params = fwd.params[:len(fn.params)] + new_inputs + weights
+    return _finish(fn, name, params, fwd, em, [("loss", lv), ("output", fwd.results[0])])
