@@ -5,6 +5,9 @@ interpreted @grad, random graphs (hypothesis), a few training steps, and the CLI
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -564,3 +567,68 @@ def test_train_step_optimizers_against_numpy(opt: str) -> None:
         losses.append(float(got["loss"]))
         ins = _advance(ins, got)
     assert losses[-1] < losses[0], losses
+
+
+# ---- the command line --------------------------------------------------------------------------
+_BAD_IR = """mlc.module v1
+
+graph @main(%x: tensor<N x 4 x f32>, %t: tensor<N x 3 x f32>) {
+  %f: tensor<N x 4 x f32> = floor(%x)
+  %y: tensor<N x 4 x f32> = mul(%f, %x)
+  return %y
+}
+"""
+_GOOD_IR = _BAD_IR.replace("floor(%x)", "tanh(%x)")
+
+
+def _mlc(*argv: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "mlc.cli", *argv], cwd=cwd, capture_output=True, text=True,
+                          timeout=120)
+
+
+@pytest.mark.parametrize("args,message", [
+    (("--wrt", "none", "--wrt-inputs", "x", "--loss", "sum"),
+     "m.ir:4:3: error: cannot differentiate through floor: it has no gradient, and %f lies on the path"),
+    (("--wrt", "none", "--wrt-inputs", "x", "--loss", "mse:t"),
+     "m.ir:3:1: error: --loss mse:t: the loss would not be a scalar: the result %y is f32[N x 4] but the target "
+     "'t' is f32[N x 3]"),
+    (("--wrt", "none", "--wrt-inputs", "x,nope"), "m.ir:3:1: error: --wrt-inputs: @main has no input 'nope'"),
+    (("--wrt", "w"), "m.ir:3:1: error: --wrt: @main has no constant 'w'"),
+    (("--wrt", "none", "--wrt-inputs", "x", "--loss", "cross-entropy"), "needs the name of its new input"),
+    (("--wrt", "none", "--wrt-inputs", "x", "--optimizer", "adam"), "--optimizer needs --loss"),
+])
+def test_cli_bad_input_is_one_located_error_and_no_output(tmp_path: Path, args: tuple[str, ...], message: str) -> None:
+    """In-process through the command group (the subprocess test below covers the real executable)."""
+    from click.testing import CliRunner
+    from mlc.cli import commands  # noqa: F401  (registers the subcommands)
+    from mlc.cli.main import cli
+
+    src = _BAD_IR if "floor" in message else _GOOD_IR
+    (tmp_path / "m.ir").write_text(src)
+    monkey = pytest.MonkeyPatch()
+    monkey.chdir(tmp_path)
+    try:
+        r = CliRunner().invoke(cli, ["autodiff", "m.ir", *args, "-o", "out.ir"])
+    finally:
+        monkey.undo()
+    assert r.exit_code == 1, r.output
+    assert message in r.stderr and "Traceback" not in r.stderr and r.stdout == ""
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.ir"]
+
+
+def test_cli_autodiff_then_run_grad(tmp_path: Path) -> None:
+    """`mlc autodiff` writes @grad beside @main; `mlc run --func grad` runs it in the interpreter."""
+    (tmp_path / "m.ir").write_text(_GOOD_IR)
+    r = _mlc("autodiff", "m.ir", "--wrt", "none", "--wrt-inputs", "x", "--loss", "mse:t2", "-o", "g.ir", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    text = (tmp_path / "g.ir").read_text()
+    assert "graph @main(" in text and "graph @grad(%x: tensor<N x 4 x f32>, %t: tensor<N x 3 x f32>, %t2: " in text
+    x, t2 = np.linspace(-1, 1, 8, dtype=np.float32).reshape(2, 4), np.ones((2, 4), np.float32)
+    np.savez(tmp_path / "in.npz", x=x, t=np.zeros((2, 3), np.float32), t2=t2)
+    r = _mlc("run", "g.ir", "--func", "grad", "--inputs", "in.npz", "-o", "out.npz", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    with np.load(tmp_path / "out.npz") as z:
+        y = np.tanh(x) * x
+        np.testing.assert_allclose(z["loss"], np.mean((y - t2) ** 2), rtol=1e-5)
+        dy = 2 * (y - t2) / y.size
+        np.testing.assert_allclose(z["grad_x"], dy * (x * (1 - np.tanh(x) ** 2) + np.tanh(x)), rtol=1e-5, atol=1e-7)
