@@ -20,9 +20,9 @@ from __future__ import annotations
 from dataclasses import replace
 
 from .diagnostics import MlcError
-from .expr import Bin, Call, Const, Expr, Load, Select, Var, substitute
-from .sparse import Axis, SparseBuffer, SparseIteration, axis_table, i64
-from .tir import BlockStmt, For, IterVar, PrimFunc, Stmt, Store
+from .expr import Bin, Call, Const, Expr, Load, Select, Var, free_vars, substitute
+from .sparse import Axis, SparseBuffer, SparseIteration, SparseIterVar, axis_table, i64
+from .tir import BlockStmt, For, IterVar, Let, PrimFunc, Stmt, Store
 from .tir_visit import StmtMutator, nodes, rewrite, seq, used_names
 
 STAGES: tuple[int, ...] = (2, 3)
@@ -105,47 +105,135 @@ class Levels:
         return (off,)
 
 
-def _nest(s: SparseIteration, iters: list, body_of: str, body: Stmt, levels: Levels, used: set[str]) -> Stmt:  # type: ignore[type-arg]
-    """Loops over the positions of `iters` around one block running `body` (a stage-I statement)."""
-    loops: list[tuple[Var, Expr]] = []
-    block_iters: list[IterVar] = []
-    pos_of: dict[Var, Var] = {}
-    coord_of: dict[Var, Expr] = {}
-    loop_flat: dict[str, Expr] = {}
-    block_flat: dict[str, Expr] = {}
-    for it in iters:
-        a = levels.axes[it.axis]
-        lv, bv = Var(_fresh(it.var.name, used)), Var(_fresh("v" + it.var.name, used))
-        lp = loop_flat.get(a.parent) if a.parent else None
-        bp = block_flat.get(a.parent) if a.parent else None
-        loops.append((lv, levels.extent(a, lp)))
-        loop_flat[a.name], block_flat[a.name] = levels.flat(a, lp, lv), levels.flat(a, bp, bv)
-        dom = a.length if a.variable else (a.fixed_extent() or a.length)
-        block_iters.append(IterVar(bv, dom, it.kind, lv))
-        pos_of[it.var], coord_of[it.var] = bv, levels.coord(a, bp, bv)
-    views = set(levels.views)
+class _IterLowering:
+    """One `sp_iter` in position space: loops (shared by the init and update nests over the leading
+    spatial iterators), blocks, and the body with positions and coordinates substituted."""
 
-    def positions(e: Expr) -> Expr | None:
-        if isinstance(e, Load) and e.buffer.name in views:
-            return Load(e.buffer, tuple(pos_of.get(i, i) if isinstance(i, Var) else i for i in e.indices), e.loc)
-        return None
+    def __init__(self, s: SparseIteration, levels: Levels, used: set[str], row_parts: int):
+        self.s, self.levels, self.used, self.row_parts = s, levels, used, row_parts
+        self.loop_var: dict[Var, Var] = {}  # sparse iterator -> its loop variable
+        self.loop_flat: dict[str, Expr] = {}  # axis -> flat position over loop variables
 
-    class _Sub(StmtMutator):
-        def visit_Store(self, st: Store) -> Stmt:
-            idx = st.indices
-            if st.buffer.name in views:
-                idx = tuple(pos_of.get(i, i) if isinstance(i, Var) else i for i in idx)
+    def lower(self) -> Stmt:
+        s = self.s
+        iters = list(s.iters)
+        k = 0
+        if s.init is not None:  # the leading spatial iterators every store indexes: init and update share them
+            stores = [x for st in (s.body, s.init) for x in nodes(st) if isinstance(x, Store)]
+            while k < len(iters) and iters[k].kind == "S" and all(
+                    any(iters[k].var in free_vars(i) for i in x.indices) for x in stores):
+                k += 1
+        prefix, rest = iters[:k], iters[k:]
+        loops = [self.loop(it) for it in prefix]
+        parts: list[Stmt] = []
+        if s.init is not None:
+            init_iters = prefix + [it for it in rest if it.kind == "S"]
+            parts.append(self.nest(init_iters, [it for it in rest if it.kind == "S"], _fresh(f"{s.name}_init", self.used), s.init))
+        parts.append(self.nest(iters, rest, s.name, s.body))
+        return self.wrap(loops, seq(parts))
+
+    def loop(self, it: SparseIterVar) -> tuple[SparseIterVar, Var, Expr]:
+        a = self.levels.axes[it.axis]
+        lv = Var(_fresh(it.var.name, self.used))
+        parent = self.loop_flat.get(a.parent) if a.parent else None
+        self.loop_var[it.var] = lv
+        self.loop_flat[a.name] = self.levels.flat(a, parent, lv)
+        return it, lv, self.levels.extent(a, parent)
+
+    def wrap(self, loops: list[tuple[SparseIterVar, Var, Expr]], body: Stmt) -> Stmt:
+        for it, lv, ext in reversed(loops):
+            a = self.levels.axes[it.axis]
+            if self.row_parts and it is self.s.iters[0] and self.balanced_rows(a):
+                body = self.row_partition(a, lv, body)
             else:
-                idx = tuple(self.visit_expr(i) for i in idx)
-            return replace(st, indices=idx, value=self.visit_expr(st.value))
+                body = For(lv, Const(0), ext, body, loc=self.s.loc)
+        return body
 
-        def visit_expr(self, e: Expr) -> Expr:
-            return substitute(rewrite(e, positions), coord_of)
+    def balanced_rows(self, a: Axis) -> bool:
+        """A root axis whose positions own rows of a CSR-like axis: split by nonzeros, not by rows."""
+        return a.kind == "dense_fixed" and any(
+            self.levels.axes[it.axis].variable and self.levels.axes[it.axis].parent == a.name for it in self.s.iters)
 
-    stmt: Stmt = BlockStmt(body_of, tuple(block_iters), _Sub().visit(body), loc=s.loc)
-    for v, ext in reversed(loops):
-        stmt = For(v, Const(0), ext, stmt, loc=s.loc)
-    return stmt
+    def row_partition(self, a: Axis, lv: Var, body: Stmt) -> Stmt:
+        """`for t in 0..P { let r0, r1 (rows of part t) { for i in r0..+(r1 - r0) } }` with parts of equal
+        nonzeros: r(t) = first row whose indptr reaches ceil(t * nnz / P), found by a 16-ary search."""
+        child = next(self.levels.axes[it.axis] for it in self.s.iters
+                     if self.levels.axes[it.axis].variable and self.levels.axes[it.axis].parent == a.name)
+        assert child.indptr is not None and child.nnz is not None
+        P, m, nnz = Const(self.row_parts), a.length, child.nnz
+        t = Var(_fresh("part", self.used))
+        r0, r1 = Var(_fresh(f"{lv.name}_begin", self.used)), Var(_fresh(f"{lv.name}_end", self.used))
+        inner: Stmt = For(lv, r0, r1 - r0, body, loc=self.s.loc)
+        end_target = Select(Bin("eq", t + 1, P), nnz + 1, Bin("floordiv", (t + 1) * nnz + P - 1, P))
+        stmt = self.search(child, m, end_target, r1, inner, r0)
+        stmt = self.search(child, m, Bin("floordiv", t * nnz + P - 1, P), r0, stmt, None)
+        return For(t, Const(0), P, stmt, loc=self.s.loc)
+
+    def search(self, child: Axis, m: Expr, target: Expr, out: Var, body: Stmt, after: Var | None) -> Stmt:
+        """`let out = first row r in [0, m] with indptr[r] >= target { body }` by a 16-ary search, one Let
+        per step, each read clamped into indptr and each step kept <= m whatever indptr holds. With
+        `after`, out is checked to be >= after (a part ending before it begins is a bad indptr)."""
+        assert child.indptr is not None
+        ptr = child.indptr
+        goal = Var(_fresh(f"{out.name}_nnz", self.used))
+        steps: list[tuple[Var, Expr]] = [(goal, target)]
+        target = goal
+        pos: Expr = Const(0)
+        for level in range(7, -1, -1):  # 16**8 > 2**31: any i32 indptr
+            total: Expr | None = None
+            for k in range(1, 16):
+                at = pos + Const(16 ** level * k)
+                hit = Select(Bin("and", Bin("le", at, m), Bin("lt", i64(Load(ptr, (_min(at, m),))), target)), Const(1), Const(0))
+                total = hit if total is None else total + hit
+            assert total is not None
+            v = Var(_fresh(f"{out.name}_{7 - level}", self.used))
+            steps.append((v, pos + Const(16 ** level) * total))
+            pos = v
+        found = _min(Select(Bin("lt", i64(Load(ptr, (pos,))), target), pos + 1, pos), m)
+        if after is not None:
+            found = _checked(found, after, m + 1)
+        stmt: Stmt = Let(out, found, body, loc=self.s.loc)
+        for v, e in reversed(steps):
+            stmt = Let(v, e, stmt, loc=self.s.loc)
+        return stmt
+
+    def nest(self, block_iters: list[SparseIterVar], own: list[SparseIterVar], name: str, body: Stmt) -> Stmt:
+        """Loops over `own` (inside the shared ones) around the block of `block_iters` running `body`."""
+        saved = dict(self.loop_var), dict(self.loop_flat)
+        loops = [self.loop(it) for it in own]
+        pos_of: dict[Var, Var] = {}
+        coord_of: dict[Var, Expr] = {}
+        block_flat: dict[str, Expr] = {}
+        ivs: list[IterVar] = []
+        for it in block_iters:
+            a = self.levels.axes[it.axis]
+            bv = Var(_fresh("v" + it.var.name, self.used))
+            bp = block_flat.get(a.parent) if a.parent else None
+            block_flat[a.name] = self.levels.flat(a, bp, bv)
+            dom = a.length if a.variable else (a.fixed_extent() or a.length)
+            ivs.append(IterVar(bv, dom, it.kind, self.loop_var[it.var]))
+            pos_of[it.var], coord_of[it.var] = bv, self.levels.coord(a, bp, bv)
+        views = set(self.levels.views)
+
+        def positions(e: Expr) -> Expr | None:
+            if isinstance(e, Load) and e.buffer.name in views:
+                return Load(e.buffer, tuple(pos_of.get(i, i) if isinstance(i, Var) else i for i in e.indices), e.loc)
+            return None
+
+        class _Sub(StmtMutator):
+            def visit_Store(self, st: Store) -> Stmt:
+                if st.buffer.name in views:
+                    idx = tuple(pos_of.get(i, i) if isinstance(i, Var) else i for i in st.indices)
+                else:
+                    idx = tuple(self.visit_expr(i) for i in st.indices)
+                return replace(st, indices=idx, value=self.visit_expr(st.value))
+
+            def visit_expr(self, e: Expr) -> Expr:
+                return substitute(rewrite(e, positions), coord_of)
+
+        stmt = self.wrap(loops, BlockStmt(name, tuple(ivs), _Sub().visit(body), loc=self.s.loc))
+        self.loop_var, self.loop_flat = saved
+        return stmt
 
 
 def _fresh(base: str, used: set[str]) -> str:
@@ -157,19 +245,16 @@ def _fresh(base: str, used: set[str]) -> str:
     return name
 
 
-def to_position_space(func: PrimFunc) -> PrimFunc:
-    """Stage I -> II: every `sp_iter` as loop nests and blocks over positions (see module doc)."""
+def to_position_space(func: PrimFunc, row_parts: int = 0) -> PrimFunc:
+    """Stage I -> II: every `sp_iter` as loop nests and blocks over positions (see module doc).
+    `row_parts` > 0 splits the rows of a CSR-like iteration into that many parts of equal nonzeros
+    (the outer loop then runs over parts; a schedule runs it in parallel)."""
     levels = Levels(func)
     used = used_names(func) | {a.name for a in func.axes} | {sb.buffer.name for sb in func.sparse_buffers}
 
     class _Lower(StmtMutator):
         def visit_SparseIteration(self, s: SparseIteration) -> Stmt:
-            spatial = [it for it in s.iters if it.kind == "S"]
-            parts = []
-            if s.init is not None:
-                parts.append(_nest(s, spatial, _fresh(f"{s.name}_init", used), s.init, levels, used))
-            parts.append(_nest(s, list(s.iters), s.name, s.body, levels, used))
-            return seq(parts)
+            return _IterLowering(s, levels, used, row_parts).lower()
 
     return replace(func, body=_Lower().visit(func.body))
 
@@ -202,13 +287,16 @@ def to_flat(func: PrimFunc) -> PrimFunc:
     return replace(func, body=_Flat().visit(func.body), axes=(), sparse_buffers=())
 
 
-def lower_sparse(func: PrimFunc, stage: int = 3) -> PrimFunc:
-    """`func` lowered to `stage` (2 or 3); a dense function is returned unchanged."""
+def lower_sparse(func: PrimFunc, stage: int = 3, row_parts: int = 0) -> PrimFunc:
+    """`func` lowered to `stage` (2 or 3); a dense function is returned unchanged. `row_parts`: see
+    `to_position_space`."""
     if stage not in STAGES:
         raise MlcError(f"sparse-lower: --stage must be 2 or 3, got {stage}")
     if not is_sparse(func):
         return func
-    func = to_position_space(func)
+    if row_parts < 0:
+        raise MlcError(f"sparse-lower: row parts must be >= 0, got {row_parts}")
+    func = to_position_space(func, row_parts)
     return to_flat(func) if stage == 3 else func
 
 

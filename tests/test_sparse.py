@@ -58,14 +58,15 @@ def _sddmm_values(a: sp.csr_matrix, fmt: str, out: np.ndarray) -> np.ndarray:
     return out[np.repeat(np.arange(a.shape[0]), lens), np.arange(a.nnz) - np.repeat(a.indptr[:-1], lens)]
 
 
-def _run(op: str, fmt: str, a: sp.csr_matrix, stage: int, seed: int = 0) -> None:
-    """Run `op` at `stage` (1: stage I as written) in the interpreter and compare with scipy."""
+def _run(op: str, fmt: str, a: sp.csr_matrix, stage: int, seed: int = 0, parts: int = 0) -> None:
+    """Run `op` at `stage` (1: stage I as written) in the interpreter and compare with scipy; `parts`:
+    rows split into parts of equal nonzeros."""
     rng = np.random.default_rng(seed)
     m, n = a.shape
     spec, ins = _inputs(a, fmt)
     f = sparse_kernel(op, spec, F).get(op)
     if stage > 1:
-        f = lower_sparse(f, stage)
+        f = lower_sparse(f, stage, parts)
     if op == "spmm":
         b = rng.standard_normal((n, F)).astype(np.float32)
         c = np.full((m, F), np.nan, np.float32)
@@ -91,9 +92,17 @@ def test_every_stage_matches_scipy(op: str, fmt: str, stage: int, kind: str) -> 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(kind=st.sampled_from(["empty", "dense_row", "random", "power_law"]), m=st.integers(1, 8),
        n=st.integers(1, 8), seed=st.integers(0, 10**6), op=st.sampled_from(["spmm", "sddmm"]),
-       fmt=st.sampled_from(FORMATS), stage=st.sampled_from([1, 2, 3]))
-def test_random_patterns(kind: str, m: int, n: int, seed: int, op: str, fmt: str, stage: int) -> None:
-    _run(op, fmt, _pattern(kind, m, n, seed), stage, seed)
+       fmt=st.sampled_from(FORMATS), stage=st.sampled_from([1, 2, 3]), parts=st.sampled_from([0, 1, 3, 16]))
+def test_random_patterns(kind: str, m: int, n: int, seed: int, op: str, fmt: str, stage: int, parts: int) -> None:
+    _run(op, fmt, _pattern(kind, m, n, seed), stage, seed, parts)
+
+
+@pytest.mark.parametrize("parts", [1, 2, 5, 40])
+@pytest.mark.parametrize("kind", ["empty", "dense_row", "power_law"])
+def test_rows_split_by_nonzeros(kind: str, parts: int) -> None:
+    """More parts than rows, empty parts, one row holding every nonzero: each row exactly once."""
+    for op in ("spmm", "sddmm"):
+        _run(op, "csr", _pattern(kind, 9, 7, 4), 3, 4, parts)
 
 
 @pytest.mark.parametrize("stage", [1, 2, 3])
@@ -102,7 +111,7 @@ def test_random_patterns(kind: str, m: int, n: int, seed: int, op: str, fmt: str
 def test_text_round_trip(op: str, fmt: str, stage: int) -> None:
     m = sparse_kernel(op, fmt, 16)
     if stage > 1:
-        m = m.with_function(lower_sparse(m.get(op), stage))
+        m = m.with_function(lower_sparse(m.get(op), stage, 4))
     text = print_module(m)
     back = parse_module(text)
     assert back == m
