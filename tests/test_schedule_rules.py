@@ -177,17 +177,18 @@ def test_attention_scores_reduce_outside_a_vector_loop_over_packed_keys() -> Non
     assert Trace.from_json(s.trace.to_json()).apply(f) == s.func
 
 
-def test_conv_register_tile_rows_are_output_channels() -> None:
-    # NCHW conv: an output row's input vector differs per row, an output channel's does not, so the
-    # unrolled row level of the register tile runs over output channels
+def test_conv_vectors_run_over_output_channels() -> None:
+    # NCHW conv: the input element of (ci, kh, kw, ow) is shared by every output channel, so the
+    # vector loop runs over output channels (one broadcast, one contiguous load of the packed
+    # weight) and the unrolled register-tile level over output columns (passes/schedule/conv_tiling.py)
     f = pick("resnext", "fused_conv2d")
     s = default_schedule(f, CPU)
     same(f, s.func)
-    unrolled = [lp for lp in _loops_of(s.func) if lp.kind == "unrolled"]
-    assert unrolled
     conv = next(x for _, x in walk(s.func.body) if getattr(x, "name", "") == "conv2d")
     co = conv.iters[1]  # (n, co, oh, ow, ci, kh, kw)
-    assert any(lp.var in free_vars(co.binding) for lp in unrolled)
+    vec = [lp for lp in _loops_of(s.func) if lp.kind == "vectorized"]
+    assert any(lp.var in free_vars(co.binding) for lp in vec)
+    assert any(b.name.endswith("_packed") for b in s.func.body.alloc_buffers)  # type: ignore[attr-defined]
 
 
 def test_decisions_of_the_wrong_kind_are_resampled_or_refused() -> None:

@@ -152,9 +152,11 @@ def _lca_loop(func: PrimFunc, paths: list[Path]) -> Path | None:
     return best
 
 
-def compact(func: PrimFunc, block: str, index: int) -> tuple[PrimFunc, str]:
+def compact(func: PrimFunc, block: str, index: int, order: Sequence[int] = ()) -> tuple[PrimFunc, str]:
     """Allocate write buffer `index` of `block` under the innermost loop enclosing all its uses,
-    shrunk to the (constant, aligned) tile they touch there; returns the new allocating block."""
+    shrunk to the (constant, aligned) tile they touch there, its axes permuted by `order` (default:
+    kept; a convolution's tile puts the vector of output channels last, so lanes are contiguous);
+    returns the new allocating block."""
     _, b, buf = block_buffer(func, block, index, "compact", writes=True, allocated=True)
     if all(x.name != buf.name for x in root(func).alloc_buffers):
         raise MlcError(f"compact: {buf.name} is not allocated at the root block")
@@ -188,13 +190,17 @@ def compact(func: PrimFunc, block: str, index: int) -> tuple[PrimFunc, str]:
         if not arith.prove_equal(simp(Bin("floormod", r[0], Const(ext))), Const(0)):
             raise MlcError(f"compact: the tile of {buf.name} along axis {d} is not aligned to its extent {ext}")
         shape.append(Const(ext))
+    perm = [int(o) for o in order] if order else list(range(len(shape)))
+    if sorted(perm) != list(range(len(shape))):
+        raise MlcError(f"compact: order {perm} is not a permutation of the {len(shape)} axes of {buf.name}")
     used = used_names(func)
-    new = Buffer(fresh_name(f"{buf.name}_tile", used), tuple(shape), buf.dtype, buf.scope)
+    new = Buffer(fresh_name(f"{buf.name}_tile", used), tuple(shape[p] for p in perm), buf.dtype, buf.scope)
     full_ext = [arith.as_int(x) for x in buf.shape]
 
     def idx_map(idx: Sequence[Expr]) -> tuple[Expr, ...]:
-        return tuple(i if full_ext[d] == arith.as_int(shape[d]) else simp(Bin("floormod", i, shape[d]))
-                     for d, i in enumerate(idx))
+        tile = [i if full_ext[d] == arith.as_int(shape[d]) else simp(Bin("floormod", i, shape[d]))
+                for d, i in enumerate(idx)]
+        return tuple(tile[p] for p in perm)
 
     def fn(x: Expr) -> Expr | None:
         if isinstance(x, Load) and x.buffer.name == buf.name:

@@ -7,7 +7,9 @@ rules but passes each sampling instruction a hand-picked decision, so its trace 
 point for search too. Rules, in order, per block:
 
 - auto-inline: elementwise blocks writing intermediates fold into their consumers;
-- multi-level tiling: blocks with a reduction and data reuse (matmul, dense, conv) get SSRSRS tiles,
+- convolution tiling (conv_tiling.py): convolutions get vectors over output channels, a packed
+  weight and a register tile of output columns;
+- multi-level tiling: other blocks with a reduction and data reuse (matmul, dense, conv) get SSRSRS tiles,
   an accumulator in a local buffer
   written back under the tile (where elementwise epilogues then fold in); by default only constant
   axes get inner tiles, and a block whose contiguous axis is symbolic keeps its plain nest;
@@ -34,6 +36,7 @@ from mlc.ir.target import Target
 from mlc.ir.tir import BlockStmt, PrimFunc
 from mlc.ir.tir_visit import block_reads, block_writes, loads_in, rewrite, stmt_exprs, walk
 
+from .conv_tiling import conv_tiling
 from .decisions import Decisions
 from .schedule import Schedule
 from .scope import is_param
@@ -538,7 +541,7 @@ def apply_rules(func: PrimFunc, target: str | TargetInfo | None = None, seed: in
             b = sch.get(rv)
             if isinstance(b, BlockStmt) and needs_tiling(b):
                 before = {x.name for x in sch.get_blocks()}
-                if multi_level_tiling(sch, rv, tgt, ch) is not None:
+                if conv_tiling(sch, rv, tgt.lanes, ch) or multi_level_tiling(sch, rv, tgt, ch) is not None:
                     done |= {x.name for x in sch.get_blocks()} - before | {rv.name}
                     done |= {x.name for x in sch.get_blocks() if x.name.startswith(rv.name)}
     moved: set[str] = set()

@@ -197,10 +197,11 @@ class Schedule:
         return BlockRV(name)
 
     @instruction
-    def compact(self, block: BlockRV, buffer_index: int) -> BlockRV:
+    def compact(self, block: BlockRV, buffer_index: int, order: Sequence[int] = ()) -> BlockRV:
         """Allocate write buffer `buffer_index` of `block` only as the tile touched under the innermost
-        loop enclosing all its uses (a register tile after cache_write + reverse_compute_at)."""
-        self.func, name = layout.compact(self.func, _block(block), int(buffer_index))
+        loop enclosing all its uses (a register tile after cache_write + reverse_compute_at), its axes
+        permuted by `order` (default: kept)."""
+        self.func, name = layout.compact(self.func, _block(block), int(buffer_index), [int(o) for o in order])
         return BlockRV(name)
 
     @instruction

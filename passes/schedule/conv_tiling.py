@@ -1,0 +1,201 @@
+"""Default CPU schedule of direct convolutions: vectors over output channels, a register tile over
+output columns, the weight packed channel-innermost.
+
+The generic multi-level tiling vectorizes the last spatial axis (the output width of NCHW), which
+fails for convolutions: widths like 15, 31 or 55 have no vector-sized divisor, a stride makes the
+input loads strided, and the padding test differs per lane. Here (as TVM's conv2d_NCHWc and oneDNN's
+direct kernels do) the vector runs over `oc1` output channels, so per reduction step (ic, kh, kw)
+the weights of `oc1` channels are one contiguous vector load of the packed weight
+`Wp[oc // oc1, ic, kh, kw, oc % oc1]`, the input element is one broadcast shared by them, and the
+padding test is uniform over the lanes. `ow1` output columns (unrolled) keep `ow1 x oc1/lanes`
+vector accumulators in registers. The outer (batch, channel block, row, column block) nest runs in
+parallel. With a constant weight, the pack nest is folded into the constant at build time
+(passes/alter_layout.py), so no call repacks it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from mlc.ir import arith
+from mlc.ir.diagnostics import MlcError
+from mlc.ir.expr import Bin, Const, Expr, Var, free_vars
+from mlc.ir.tir import BlockStmt
+from mlc.ir.tir_visit import block_reads, block_writes, loads_in, rewrite, stmt_exprs, stores_in
+
+from .decisions import Decisions
+from .schedule import Schedule
+from .scope import is_param
+from .trace import BlockRV, LoopRV
+
+# vector registers of the ISA by f32 lanes (AVX2: 16 ymm, AVX-512: 32 zmm); 3 stay free for the
+# weight vectors and the broadcast
+_REGS = {4: 16, 8: 16, 16: 32}
+
+
+def _vars(e: Expr) -> set[str]:
+    return {v.name for v in free_vars(e)}
+
+
+def _uniform_over(e: Expr, var: str, block: int) -> bool:
+    """Whether `e` takes one value across an aligned block of `block` values of `var`: it uses `var`
+    only through `x // c` with `c` a multiple of `block` (grouped conv's group base)."""
+    def strip(x: Expr) -> Expr | None:
+        if isinstance(x, Bin) and x.op == "floordiv" and (arith.as_int(x.b) or 0) % block == 0 \
+                and x.b is not None and (arith.as_int(x.b) or 0) > 0:
+            return Const(0)
+        return None
+
+    return var not in _vars(rewrite(e, strip))
+
+
+def conv_plan(b: BlockStmt, lanes: int) -> tuple[int, int, int, int, int] | None:
+    """(channel iter, column iter, weight read index, oc1, ow1) for a convolution-like block, else None.
+
+    Convolution-like: a reduction whose spatial iterators include a channel `oc` (constant extent, a
+    multiple of `lanes`) that indexes one parameter read (the weight) on a single axis, the plain
+    iterator there, with no other spatial iterator in that read; every other read is uniform over
+    `oc1` consecutive channels; the innermost other spatial iterator is the column."""
+    spatial = [i for i, iv in enumerate(b.iters) if iv.kind == "S"]
+    if len(spatial) < 3 or not any(iv.kind == "R" for iv in b.iters):
+        return None
+    names = [iv.var.name for iv in b.iters]
+    s_names = {names[i] for i in spatial}
+    out = {x.name for x in block_writes(b)}
+    reads = block_reads(b)
+    loads = [ld for e in stmt_exprs(b.body) for ld in loads_in(e) if ld.buffer.name not in out]
+    for c in spatial:
+        ext = arith.as_int(b.iters[c].extent)
+        if ext is None or ext % lanes:
+            continue
+        cname = names[c]
+        w_idx = None
+        for idx, buf in enumerate(reads):
+            lds = [ld for ld in loads if ld.buffer.name == buf.name]
+            if not lds or any(ld.indices != lds[0].indices for ld in lds):
+                continue
+            ix = lds[0].indices
+            at = [d for d, i in enumerate(ix) if isinstance(i, Var) and i.name == cname]
+            if len(at) == 1 and not any(s_names & _vars(i) for d, i in enumerate(ix) if d != at[0]) \
+                    and len(buf.shape) >= 2:
+                w_idx = idx
+                break
+        if w_idx is None:
+            continue
+        w_name = reads[w_idx].name
+        others = [ld for ld in loads if ld.buffer.name != w_name]
+        if not others:
+            continue
+        col = [i for i in spatial if i != c][-1]
+        col_ext = arith.as_int(b.iters[col].extent)
+        if col_ext is None:
+            continue
+        best: tuple[int, int, int] | None = None  # (-accumulators, loads per step, oc1), ow1
+        pick = (0, 0)
+        budget = _REGS.get(lanes, 16) - 3
+        for v in range(1, min(budget, 64 // lanes) + 1):
+            oc1 = v * lanes
+            if ext % oc1 or not all(_uniform_over(i, cname, oc1) for ld in others for i in ld.indices):
+                continue
+            ow1 = max(d for d in range(1, min(col_ext, budget // v) + 1) if col_ext % d == 0)
+            key = (-(v * ow1), v + ow1, oc1)
+            if best is None or key < best:
+                best, pick = key, (oc1, ow1)
+        if best is not None:
+            return c, col, w_idx, pick[0], pick[1]
+    return None
+
+
+def _try(fn: Callable[..., object], *args: object) -> object | None:
+    """A primitive whose preconditions may fail (a failed primitive leaves the schedule as it was)."""
+    try:
+        return fn(*args)
+    except MlcError:
+        return None
+
+
+def conv_tiling(sch: Schedule, block: BlockRV, lanes: int, ch: Decisions) -> bool:
+    """Schedule a convolution-like block (see module doc); False (schedule untouched) if it is not one."""
+    b = sch.get(block)
+    assert isinstance(b, BlockStmt)
+    plan = conv_plan(b, lanes)
+    if plan is None:
+        return False
+    c, col, w_idx, oc1_want, ow1_want = plan
+    w_name = block_reads(b)[w_idx].name
+    if not is_param(sch.func, w_name):
+        return False
+    if not ch.cat(sch, [0, 1], 1):  # the design space keeps the generic tiling as an alternative
+        return False
+    loops = sch.get_loops(block)
+    if len(loops) != len(b.iters):
+        return False
+    by_iter: dict[int, LoopRV] = {}
+    for i, iv in enumerate(b.iters):
+        vs = free_vars(iv.binding)
+        if len(vs) != 1:
+            return False
+        name = next(iter(vs)).name
+        hit = [lp for lp in loops if lp.name == name]
+        if not hit:
+            return False
+        by_iter[i] = hit[0]
+    oc_ext = arith.as_int(b.iters[c].extent)
+    col_ext = arith.as_int(b.iters[col].extent)
+    assert oc_ext is not None and col_ext is not None
+    oc_f = ch.tile(sch, by_iter[c], 2, 64, [oc_ext // oc1_want, oc1_want])
+    ow_f = ch.tile(sch, by_iter[col], 2, 16, [col_ext // ow1_want, ow1_want])
+    oc0, oc1 = sch.split(by_iter[c], oc_f)
+    ow0, ow1 = sch.split(by_iter[col], ow_f)
+    outer = [oc0 if i == c else ow0 if i == col else by_iter[i] for i, iv in enumerate(b.iters) if iv.kind == "S"]
+    red = [by_iter[i] for i, iv in enumerate(b.iters) if iv.kind == "R"]
+    sch.reorder(*outer, *red, ow1, oc1)
+    wb = _try(sch.cache_write, block, 0, "local")
+    if isinstance(wb, BlockRV):
+        for cons in sch.get_consumers(wb):  # elementwise epilogues fold into the write-back
+            _try(sch.reverse_compute_inline, cons)
+        _try(sch.reverse_compute_at, wb, outer[-1])
+    _try(sch.decompose_reduction, block, red[0])
+    _try(sch.vectorize, oc1)
+    if 1 < ow_f[1] <= 16:
+        _try(sch.unroll, ow1)
+    fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
+    _try(sch.parallel, fused)
+    for rv in sch.get_blocks():
+        if rv.name.endswith("_wb"):
+            wl = sch.get_loops(rv)
+            if wl and sch.get(wl[-1]).kind == "serial":  # type: ignore[union-attr]
+                _try(sch.vectorize, wl[-1])
+    # the accumulator tile with the channels last, so each vector of lanes is contiguous
+    nd = len(b.iters) - len(red)
+    w_ix = [st.indices for st in stores_in(b.body) if st.buffer.name in {x.name for x in block_writes(b)}]
+    d = next((k for k, i in enumerate(w_ix[0]) if isinstance(i, Var) and i.name == b.iters[c].var.name), None) \
+        if w_ix and len(w_ix[0]) == nd else None
+    _try(sch.compact, block, 0, [k for k in range(nd) if k != d] + [d] if d is not None else [])
+    _pack_weight(sch, block, w_name, c, oc_f[1])
+    return True
+
+
+def _pack_weight(sch: Schedule, block: BlockRV, w_name: str, c: int, oc1: int) -> None:
+    """W[.., oc, ..] -> Wp[.., oc // oc1, .., oc % oc1]: the lanes' weights contiguous."""
+    b = sch.get(block)
+    assert isinstance(b, BlockStmt)
+    names = [x.name for x in block_reads(b)]
+    if w_name not in names:
+        return
+    w_idx = names.index(w_name)
+    buf = block_reads(b)[w_idx]
+    cname = b.iters[c].var.name
+    ld = next(ld for e in stmt_exprs(b.body) for ld in loads_in(e) if ld.buffer.name == buf.name)
+    d = next(k for k, i in enumerate(ld.indices) if isinstance(i, Var) and i.name == cname)
+    nd = len(buf.shape)
+    tiles = [1] * nd
+    tiles[d] = oc1
+    order = [x for x in range(nd + 1) if x != d + 1] + [d + 1]
+    if oc1 <= 1 or d == nd - 1:
+        return
+    pk = _try(sch.pack, block, w_idx, tiles, order)
+    if isinstance(pk, BlockRV):
+        pl = sch.get_loops(pk)
+        _try(sch.parallel, pl[0])
+        _try(sch.vectorize, pl[-1])
