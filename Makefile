@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 OUT    := out
 
-.PHONY: demo test test-fast conformance wheel-check bench bench-gpu lint clean
+.PHONY: demo test test-fast conformance wheel-check bench bench-gpu bench-train lint clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -56,6 +56,13 @@ bench: $(VENV)/.installed-bench
 
 bench-sparse: $(VENV)/.installed-bench
 	$(BIN)/python benchmarks/bench_sparse.py
+
+$(VENV)/.installed-train: $(VENV)/.installed
+	$(BIN)/pip install -q -e '.[test,train]'
+	touch $@
+
+bench-train: $(VENV)/.installed-train
+	$(BIN)/python benchmarks/bench_train.py
 
 bench-gpu: $(VENV)/.installed-bench
 	$(BIN)/pytest -q -m gpu tests
