@@ -160,4 +160,5 @@ PASS_MODULES: tuple[str, ...] = (
     "mlc.passes.sparse_lower",
     "mlc.passes.alter_layout",
     "mlc.passes.autodiff",
+    "mlc.passes.amp",
 )

@@ -1,0 +1,149 @@
+"""amp: automatic mixed precision as a graph pass with a three-list rule table (RAF/TVM style).
+
+`always` ops get their f32 inputs cast to f16/bf16, `never` ops get low-precision inputs cast back
+to f32, every other op follows its inputs (low precision only when all its float inputs are; constants do
+not vote, they are cast to whatever their user runs in). The
+defaults are configs/amp.yaml; `--rules FILE` moves the ops it names. Constants stay f32 (master
+weights: a cast node reads them, so `mlc autodiff` after `amp` differentiates through the cast and
+updates the f32 weight), and results are cast back, so the function's signature does not change.
+Inference builds fold the casts of constants into f16 constants (fold-constants).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import ClassVar
+
+import yaml
+from mlc.ir.diagnostics import MlcError
+from mlc.ir.graph import Binding, Block, Constant, Function, GetItem, OpCall, Value, attrs_of
+from mlc.ir.module import Module
+from mlc.ir.names import fresh_name
+from mlc.ir.ops.registry import all_ops
+from mlc.ir.rewrite import remap_args, used_names
+from mlc.ir.types import TensorType, TupleType, UnknownType
+
+from .registry import ModulePass, PassContext, option, register_pass
+from .shape_infer import ShapeInfer
+
+LISTS: tuple[str, ...] = ("always", "never")
+WIDE = "f32"  # the precision amp lowers from; f64 and integer values are left alone
+
+
+def load_rules(path: str | None = None) -> dict[str, str]:
+    """op -> 'always' | 'never' from configs/amp.yaml, with `path`'s lists moving the ops they name."""
+    table = _read(Path(str(resources.files("mlc.configs").joinpath("amp.yaml"))), "configs/amp.yaml")
+    if path:
+        for op, where in _read(Path(path), path, allow_follow=True).items():
+            table.pop(op, None)
+            if where != "follow":
+                table[op] = where
+    return table
+
+
+def _read(path: Path, what: str, allow_follow: bool = False) -> dict[str, str]:
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError) as e:
+        raise MlcError(f"cannot read amp rules {what}: {getattr(e, 'strerror', None) or e}") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+        raise MlcError(f"{what}{where}: not YAML: {getattr(e, 'problem', None) or 'cannot parse'}") from None
+    lists = (*LISTS, "follow") if allow_follow else LISTS
+    if not isinstance(doc, dict) or set(doc) - set(lists):
+        raise MlcError(f"{what}: expected a mapping with the lists {', '.join(lists)}")
+    known = all_ops()
+    out: dict[str, str] = {}
+    for where, ops in doc.items():
+        if not isinstance(ops, list) or not all(isinstance(o, str) for o in ops):
+            raise MlcError(f"{what}: '{where}' must be a list of op names")
+        for op in ops:
+            if op not in known:
+                raise MlcError(f"{what}: '{where}' names unknown op '{op}'")
+            if op in out:
+                raise MlcError(f"{what}: op '{op}' is in both '{out[op]}' and '{where}'")
+            out[op] = where
+    return out
+
+
+def _dtype(v: Value) -> str | None:
+    return v.type.dtype if isinstance(v.type, TensorType) else None
+
+
+def amp_function(fn: Function, low: str, rules: dict[str, str]) -> Function:
+    """`fn` with its f32 ops lowered to `low` as `rules` say; types of changed values are left
+    for shape-infer to recompute."""
+    used = {p.name for p in fn.params} | used_names(fn.body)
+    now: dict[str, str | None] = {p.name: _dtype(p) for p in fn.params}  # dtype each value has after amp
+    sub: dict[str, Value] = {}
+    casts: dict[tuple[str, str], Value] = {}
+    consts = {b.var.name for b in fn.body.bindings if isinstance(b.node, Constant)}  # cast for free: no vote
+    body: list[Binding] = []
+
+    def cast(v: Value, to: str) -> Value:
+        if (v.name, to) not in casts:
+            c = Value(fresh_name(f"{v.name}_{to}", used), UnknownType(), v.loc)
+            body.append(Binding(c, OpCall("cast", (v,), attrs_of({"dtype": to}), v.loc), v.loc))
+            now[c.name] = to
+            casts[(v.name, to)] = c
+        return casts[(v.name, to)]
+
+    for b in fn.body.bindings:
+        node = remap_args(b.node, lambda v: sub.get(v.name, v))
+        if isinstance(node, GetItem):  # a piece of a tuple has the precision the tuple was computed in
+            low_tuple = now.get(node.tuple_value.name) == low
+            var = Value(b.var.name, UnknownType(), b.var.loc) if low_tuple else b.var
+            now[var.name] = low if low_tuple and _dtype(b.var) == WIDE else _dtype(b.var)
+            sub[b.var.name] = var
+            body.append(Binding(var, node, b.loc))
+            continue
+        args = list(node.args) if isinstance(node, OpCall) else []
+        floats = [a for a in args if now.get(a.name) in (WIDE, low) and a.name not in consts]
+        rule = rules.get(node.op, "follow") if isinstance(node, OpCall) else "never"
+        go_low = isinstance(node, OpCall) and bool(floats) and (
+            rule == "always" or (rule == "follow" and all(now.get(a.name) == low for a in floats)))
+        if go_low:
+            assert isinstance(node, OpCall)
+            node = OpCall(node.op, tuple(cast(a, low) if now.get(a.name) == WIDE else a for a in node.args),
+                          node.attrs, node.loc)
+        else:
+            node = remap_args(node, lambda v: cast(v, WIDE) if now.get(v.name) == low else v)
+        t = b.var.type
+        lowered = go_low and (_dtype(b.var) == WIDE or isinstance(t, TupleType) and any(
+            isinstance(f, TensorType) and f.dtype == WIDE for f in t.fields))
+        var = Value(b.var.name, UnknownType(), b.var.loc) if lowered else b.var
+        now[var.name] = low if lowered else _dtype(b.var)
+        sub[b.var.name] = var
+        body.append(Binding(var, node, b.loc))
+    results = []
+    for r in fn.body.results:
+        r = sub.get(r.name, r)
+        results.append(cast(r, WIDE) if now.get(r.name) == low else r)
+    return Function(fn.name, fn.params, Block(tuple(body), tuple(results), fn.body.loc), fn.attrs, fn.loc)
+
+
+@register_pass
+@dataclass(frozen=True)
+class Amp(ModulePass):
+    """Mixed precision: matmul/conv in f16 or bf16, range-sensitive ops in f32, the rest follow
+    their inputs (rule table configs/amp.yaml, overridable with --rules)."""
+
+    name: ClassVar[str] = "amp"
+
+    dtype: str = option("f16", "The low precision.", ("f16", "bf16"))
+    rules: str = option("", "YAML file with 'always'/'never'/'follow' lists of ops that override the defaults.")
+    func: str = option("main", "The graph function to convert (comma-separated for several).")
+
+    def apply(self, module: Module, ctx: PassContext) -> Module:
+        rules = load_rules(self.rules or None)
+        module = ShapeInfer().apply(module, ctx)
+        for name in (n.strip() for n in self.func.split(",") if n.strip()):
+            fn = module.get(name)
+            if not isinstance(fn, Function):
+                raise MlcError(f"amp: no graph function @{name}")
+            module = module.with_function(amp_function(fn, self.dtype, rules))
+        return ShapeInfer().apply(module, ctx)
+
