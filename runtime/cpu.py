@@ -13,6 +13,7 @@ import ctypes
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
+from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 import llvmlite.binding as llvm
@@ -25,12 +26,15 @@ from mlc.ir import arith
 from mlc.ir.diagnostics import MlcError
 from mlc.ir.dtype import to_numpy
 from mlc.ir.expr import Expr, Var
+from mlc.ir.interp import match_type
 from mlc.ir.module import Module
 from mlc.ir.target import Target
 from mlc.ir.tir import PrimFunc
 
 from .device import Compiled, Library
+from .guard import guarded_copy, side_from_env
 from .parallel import launcher_address
+from .tape import TapeEntry
 
 if TYPE_CHECKING:
     from .artifact import Artifact
@@ -105,6 +109,10 @@ class Kernel:
         except ValueError:
             want = "(" + ", ".join(d.name if isinstance(d, Var) else str(arith.as_int(d) or d) for d in p.shape) + ")"
         raise MlcError(f"kernel {self.name}: {p.name} must have shape {want}, got {tuple(shape)}")
+
+    @property
+    def param_shapes(self) -> list[tuple[Expr, ...]]:
+        return [p.shape for p in self.params]
 
     @property
     def raw(self) -> ctypes._CFuncPtr:
@@ -237,7 +245,7 @@ class CpuDevice:
            guard: str | None = None) -> Any:
         from .vm import VM
 
-        return VM(module, params, library, guard)
+        return VM(module, params, library, CpuRunner(guard or side_from_env()))
 
     def alloc(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         return np.empty(shape, dtype)
@@ -253,6 +261,87 @@ class CpuDevice:
 
 
 CPU = CpuDevice()
+
+
+class CpuRunner:
+    """The graph walk's view of the host: numpy arrays, kernels called through ctypes (which
+    releases the GIL); with `guard`, every call works on copies against guard pages."""
+
+    kind, host, fresh_results = "cpu", True, False
+
+    def __init__(self, guard: str | None = None):
+        self.guard = guard
+        self.records = guard is None
+        self.generation = 0
+
+    def copy_in(self, a: np.ndarray) -> np.ndarray:
+        return np.require(a, requirements="C")
+
+    def copy_out(self, v: Any) -> Any:
+        return np.array(v, copy=True) if isinstance(v, np.ndarray) else v
+
+    def to_host(self, v: Any) -> Any:
+        return v
+
+    def from_host(self, v: Any) -> Any:
+        return v
+
+    def match(self, val: Any, ty: Any, dims: dict[str, int], what: str, loc: Any) -> None:
+        match_type(val, ty, dims, what, loc)
+
+    def alloc(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        return np.empty(shape, dtype)
+
+    def alloc_bytes(self, n: int) -> np.ndarray:
+        return np.empty(n, np.uint8)
+
+    def view(self, mem: np.ndarray, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        return mem[:int(np.prod(shape, dtype=np.int64)) * dtype.itemsize].view(dtype).reshape(shape)
+
+    def address(self, t: np.ndarray) -> int:
+        return t.ctypes.data
+
+    def prepare_args(self, args: list[Any], func: str, loc: Any) -> list[Any]:
+        return [a if a.flags.c_contiguous else np.ascontiguousarray(a) for a in args]
+
+    def launcher(self, kernel: Kernel, func: str, loc: Any) -> Callable[..., None]:
+        raw, guard, n_out = kernel.raw, self.guard, kernel.num_outputs
+        check = kernel.raise_failed_check if kernel.checks else None
+        ptr_t = ctypes.c_void_p * len(kernel.params)
+        dim_t = ctypes.c_int64 * max(1, len(kernel.dims))
+
+        def launch(bufs: list[np.ndarray], kd: list[int], timings: dict[str, list[float]] | None,
+                   record: Callable[[TapeEntry, list[tuple[int, int]]], None] | None) -> None:
+            dvals = dim_t(*kd)
+            if guard is not None:
+                run_guarded(raw, bufs, n_out, dvals, guard)
+                if check is not None:
+                    check()
+                return
+            ptrs = ptr_t(*[a.ctypes.data for a in bufs])
+            if timings is None:
+                raw(ptrs, dvals)
+            else:
+                t0 = perf_counter()
+                raw(ptrs, dvals)
+                timings.setdefault(func, []).append(perf_counter() - t0)
+            if check is not None:
+                check()
+            if record is not None:
+                record(TapeEntry(raw, ptrs, dvals, [], func, check), [(k, k) for k in range(len(bufs))])
+
+        return launch
+
+    def sync(self) -> None:
+        pass
+
+
+def run_guarded(raw: Any, arrs: list[np.ndarray], n_out: int, dims: Any, side: str) -> None:
+    """One kernel call on copies of its buffers placed against guard pages; outputs copied back."""
+    copies = [guarded_copy(a, side) for a in arrs]
+    raw((ctypes.c_void_p * len(copies))(*[c.ctypes.data for c in copies]), dims)
+    for a, c in zip(arrs[len(arrs) - n_out:], copies[len(arrs) - n_out:]):
+        a[...] = c
 
 
 def check_host(meta: Mapping[str, Any], name: str) -> None:

@@ -105,6 +105,10 @@ class CudaKernel:
     def __post_init__(self) -> None:
         self._fmt = "P" * (len(self.params) + len(self.temps)) + "q" * len(self.dims)
 
+    @property
+    def param_shapes(self) -> list[tuple[Expr, ...]]:
+        return [shape for _, _, shape in self.params]
+
     def temp_bytes(self, env: dict[str, int]) -> list[int]:
         return [max(1, f(env)) * to_numpy(dt).itemsize for _, dt, f in self.temps]
 

@@ -3,15 +3,17 @@
 As TVM's DeviceAPI + runtime.Module and tinygrad's Compiler + Program, each kind (`cpu` in
 runtime/cpu.py, `cuda` in runtime/cuda.py) implements a small interface: `compile(prims)` ->
 artifact sections, `load(artifact)` -> a `Library` of kernels, `vm(...)` -> the graph runtime that
-calls them, and `alloc`/`copy_in`/`copy_out`/`sync` for its memory. Everything else (the artifact
-writer in build.py, the `Model` in model.py, the kernel cache and metadata lookup below, the input
-check) is written once.
+calls them, and `alloc`/`copy_in`/`copy_out`/`sync` for its memory; per VM, a `Runner` holds the
+device's run-time state (a stream, a workspace) and supplies allocation, copies and kernel launch
+to the one graph walk (runtime/executor.py, runtime/vm.py). Everything else (the artifact writer in
+build.py, the `Model` in model.py, the kernel cache and metadata lookup below, the input check, the
+walk, memory plan and tape) is written once.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -24,6 +26,7 @@ from mlc.ir.tir import PrimFunc
 
 if TYPE_CHECKING:
     from .artifact import Artifact
+    from .tape import TapeEntry
 
 
 @dataclass
@@ -82,6 +85,49 @@ class Device(Protocol):
     def copy_in(self, a: np.ndarray) -> Any: ...
 
     def copy_out(self, t: Any) -> np.ndarray: ...
+
+    def sync(self) -> None: ...
+
+
+class Launch(Protocol):
+    """Starts one kernel on `bufs` (arguments then outputs) with dim values `kd`; adds each call's
+    seconds to `timings[name]` when given; with `record`, hands each launch to it as a `TapeEntry`
+    plus its (argument position, buffer index) pairs, so that the walk can patch inputs and outputs."""
+
+    def __call__(self, bufs: list[Any], kd: list[int], timings: dict[str, list[float]] | None,
+                 record: Callable[[TapeEntry, list[tuple[int, int]]], None] | None) -> None: ...
+
+
+class Runner(Protocol):
+    """What the graph walk needs from a device, per VM."""
+
+    kind: str
+    host: bool  # values are numpy arrays of this process (no copies around host-only nodes)
+    records: bool  # straight-line runs may be recorded as tapes
+    fresh_results: bool  # a replayed tape allocates new outputs (else it reuses the recorded ones)
+    generation: int  # bumped when memory a tape may point to moves
+
+    def copy_in(self, a: np.ndarray) -> Any: ...
+
+    def copy_out(self, v: Any) -> Any: ...
+
+    def to_host(self, v: Any) -> Any: ...
+
+    def from_host(self, v: Any) -> Any: ...
+
+    def match(self, val: Any, ty: Any, dims: dict[str, int], what: str, loc: Any) -> None: ...
+
+    def alloc(self, shape: tuple[int, ...], dtype: np.dtype) -> Any: ...
+
+    def alloc_bytes(self, n: int) -> Any: ...
+
+    def view(self, mem: Any, shape: tuple[int, ...], dtype: np.dtype) -> Any: ...
+
+    def address(self, t: Any) -> int: ...
+
+    def prepare_args(self, args: list[Any], func: str, loc: Any) -> list[Any]: ...
+
+    def launcher(self, kernel: Any, func: str, loc: Any) -> Launch: ...
 
     def sync(self) -> None: ...
 

@@ -1,33 +1,35 @@
-"""A graph function prepared once for fast repeated calls.
+"""The one graph walk of compiled models, on every device.
 
 The reference interpreter re-derives everything per binding (shape expressions, dim binding,
 argument checks). For compiled models that overhead dominates small kernels, so the executor
-does that work once: shape expressions become small closures, each kernel's dims are read straight
-from known argument axes, outputs come from the memory plan's arenas, and the native function is
-called with a pointer array. Inputs are checked once at entry, against the parameter types, and
-every kernel argument's shape then follows from the verified types.
+does that work once per call site: shape expressions become small closures, each kernel's dims are
+read straight from known argument axes, outputs come from the memory plan's arenas, and the kernel
+is started through the device's launcher (runtime/device.py `Runner`: a native call on the CPU, a
+stream launch on CUDA). Inputs are checked once at entry, against the parameter types, and every
+kernel argument's shape then follows from the verified types. A straight-line function is recorded
+once per set of dims as a `Tape` (runtime/tape.py) and replayed.
 """
 
 from __future__ import annotations
 
-import ctypes
 import operator
 from collections.abc import Callable
-from time import perf_counter
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from mlc.ir import arith
 from mlc.ir.arith import prove_equal
 from mlc.ir.diagnostics import MlcError
 from mlc.ir.dtype import to_numpy
 from mlc.ir.expr import Bin, Const, Expr, Var, substitute
-from mlc.ir.graph import Block, CallTensor, Constant, Function, GetItem, If, Loop, OpCall
-from mlc.ir.interp import Frame, match_type
+from mlc.ir.graph import Block, CallTensor, Constant, Function, GetItem, If, Loop, MakeTuple, OpCall
+from mlc.ir.interp import Frame
 from mlc.ir.tir import PrimFunc
-from mlc.ir.types import ScalarType, TensorType, TupleType, Type
+from mlc.ir.types import ScalarType, TensorType, TupleType
 
-from .guard import guarded_copy
-from .tape import INPUT, Tape, TapeEntry
+from .memory_plan import MemoryPlan
+from .tape import INPUT, OUTPUT, Tape, TapeEntry
 
 IntFn = Callable[[dict[str, int]], int]
 _OPS: dict[str, Callable[[int, int], int]] = {
@@ -50,50 +52,111 @@ def compile_int(e: Expr) -> IntFn:
     raise MlcError(f"shape expression {e!r} cannot be evaluated at run time")
 
 
-class Executor:
-    MAX_TAPES = 8
+@dataclass
+class Site:
+    """One `call_tensor` prepared: its kernel's launcher, output shapes, dim sources and checks."""
 
-    def __init__(self, vm: Any, fn: Function):
+    launch: Callable[..., None]
+    outs: list[tuple[list[IntFn], np.dtype]]
+    getters: list[Callable[[list[Any], dict[str, int]], int]]
+    check_dims: Callable[[list[Any], list[int]], None] | None
+
+
+class Executor:
+    """One graph function of a VM compiled to closures; `plan` None: fresh memory for every value
+    (a nested `call_graph`, which must not share the caller's arenas)."""
+
+    def __init__(self, vm: Any, fn: Function, plan: MemoryPlan | None):
         self.vm = vm
+        self.runner = vm.runner
         self.fn = fn
+        self.plan = plan
         self._param_index = {p.name: i for i, p in enumerate(fn.params)}
-        self._recording: list[TapeEntry] | None = None
-        self._fast = {}
-        self._tapes: dict[tuple[tuple[str, int], ...], Tape] = {}
-        # kernel name -> seconds of each call, while profiling (`Model.profile`); None: not timing
-        self.timings: dict[str, list[float]] | None = None
+        # while recording: per launch (entry, [(position, buffer index)], buffers, input index per buffer)
+        self._recording: list[tuple[TapeEntry, list[tuple[int, int]], list[Any], list[int]]] | None = None
+        self._rec_outs: dict[int, Any] = {}
         self.body = self._block(fn.body)
         # a straight-line function of kernel calls and constants can be replayed as a tape per dims
         # (checks depend only on dims, the tape's key: one that passed once passes on replay)
-        self._replayable = vm.guard is None and all(
-            isinstance(b.node, Constant | GetItem) or (isinstance(b.node, CallTensor) and self._fast.get(b.var.name))
-            or (isinstance(b.node, OpCall) and b.node.op == "check")
+        self._replayable = self.runner.records and vm.library is not None and all(
+            isinstance(b.node, Constant | GetItem | MakeTuple | CallTensor)
+            or (isinstance(b.node, OpCall) and (b.node.op == "check" or not b.node.args))
             for b in fn.body.bindings
         )
 
-    def run(self, args: list[np.ndarray]) -> list[Any]:
+    def invoke(self, args: list[Any]) -> list[Any]:
+        """The body on these arguments, checked against the parameter types."""
         frame = Frame()
         for p, a in zip(self.fn.params, args):
-            match_type(a, p.type, frame.dims, f"argument %{p.name} of @{self.fn.name}", p.loc)
+            self.runner.match(a, p.type, frame.dims, f"argument %{p.name} of @{self.fn.name}", p.loc)
             frame.values[p.name] = a
+        return self.body(frame)
+
+    def run(self, args: list[Any]) -> list[Any]:
+        """`invoke`, replaying the tape recorded for these dims where there is one."""
         if not self._replayable:
-            return self.body(frame)
-        key = tuple(sorted(frame.dims.items()))
-        tape = self._tapes.get(key)
-        if tape is not None:
-            tape.replay([a.ctypes.data for a in args], (), self.timings)
-            return [args[pi] if pi >= 0 else arr for pi, arr in tape.results]
-        self._recording = []
+            return self.invoke(args)
+        frame = Frame()
+        for p, a in zip(self.fn.params, args):
+            self.runner.match(a, p.type, frame.dims, f"argument %{p.name} of @{self.fn.name}", p.loc)
+            frame.values[p.name] = a
+        runner, tapes = self.runner, self.vm.tapes
+        key = (self.fn.name, tuple(sorted(frame.dims.items())))
+        tape = tapes.get(key)
+        if tape is not None and tape.generation == runner.generation:
+            return self._replay(tape, args)
+        gen = runner.generation
+        self._recording, self._rec_outs = [], {}
         try:
             outs = self.body(frame)
         finally:
-            entries, self._recording = self._recording, None
-        if len(self._tapes) < self.MAX_TAPES:
-            results = [(self._param_index.get(r.name, -1), frame.values[r.name]) for r in self.fn.body.results]
-            self._tapes[key] = Tape(entries, results)  # results: (parameter index or -1, array)
+            rec, rec_outs, self._recording, self._rec_outs = self._recording, self._rec_outs, None, {}
+        if gen == runner.generation:  # an arena or workspace that moved voids the recorded addresses
+            tape = self._tape(rec, rec_outs, args, outs, gen)
+            if tape is not None:
+                for k in [k for k, t in tapes.items() if t.generation != gen]:
+                    del tapes[k]
+                if len(tapes) < self.vm.MAX_TAPES:
+                    tapes[key] = tape
         return outs
 
-    _fast: dict[str, bool]
+    def _replay(self, tape: Tape, args: list[Any]) -> list[Any]:
+        runner = self.runner
+        fresh = [runner.alloc(r[2], r[3]) for r in tape.results if r[0] == "out"]
+        tape.replay([runner.address(a) for a in args], [runner.address(o) for o in fresh], self.vm.timings)
+        outs, it = [], iter(fresh)
+        for r in tape.results:
+            outs.append(args[r[1]] if r[0] == "in" else next(it) if r[0] == "out" else r[1])
+        return outs
+
+    def _tape(self, rec: list[tuple[TapeEntry, list[tuple[int, int]], list[Any], list[int]]],
+              rec_outs: dict[int, Any], args: list[Any], outs: list[Any], generation: int) -> Tape | None:
+        """The recorded launches as a `Tape`, None when a result is none of: a parameter, a constant,
+        a kernel's output. Devices with `fresh_results` get new outputs per replay (patched in);
+        the others reuse the recorded ones (`VM.run` copies them out)."""
+        results: list[tuple[Any, ...]] = []
+        out_slot: dict[int, int] = {}
+        consts = self.vm.device_constants
+        for r, v in zip(self.fn.body.results, outs):
+            if r.name in self._param_index:
+                results.append(("in", self._param_index[r.name]))
+            elif id(v) in rec_outs and self.runner.fresh_results:
+                out_slot[id(v)] = len(out_slot)
+                results.append(("out", out_slot[id(v)], v.shape, v.dtype))
+            elif id(v) in rec_outs or any(v is c for c in consts.values()):
+                results.append(("fixed", v))
+            else:
+                return None
+        entries = []
+        for entry, positions, bufs, tags in rec:
+            for pos, k in positions:
+                if tags[k] >= 0:
+                    entry.slots.append((pos, INPUT, tags[k]))
+                elif id(bufs[k]) in out_slot:
+                    entry.slots.append((pos, OUTPUT, out_slot[id(bufs[k])]))
+            entry.keep = [b for k, b in enumerate(bufs) if tags[k] < 0 and id(b) not in out_slot]
+            entries.append(entry)
+        return Tape(entries, results, generation)
 
     def _block(self, block: Block) -> Callable[[Frame], list[Any]]:
         steps = [self._step(b) for b in block.bindings]
@@ -108,23 +171,23 @@ class Executor:
 
     def _step(self, b: Any) -> Callable[[Frame], None]:
         node = b.node
-        if isinstance(node, CallTensor):
-            fast = self._kernel_step(b)
-            if fast is not None:
-                return fast
+        if isinstance(node, CallTensor) and self.vm.library is not None:
+            return self._kernel_step(b)
         if isinstance(node, Loop):
             return self._loop_step(b)
         if isinstance(node, If):
             return self._if_step(b)
-        vm, var, loc = self.vm, b.var, b.loc
+        vm, runner, var, loc = self.vm, self.runner, b.var, b.loc
         scalar = isinstance(var.type, ScalarType)
+        checked = not isinstance(node, Constant)  # constants are checked once, when uploaded
 
         def generic(frame: Frame) -> None:
             val = vm.node(node, var, frame)
-            match_type(val, var.type, frame.dims, f"%{var.name}", loc)
+            if checked:
+                runner.match(val, var.type, frame.dims, f"%{var.name}", loc)
             frame.values[var.name] = val
             if scalar:
-                frame.dims[var.name] = int(val)
+                frame.dims[var.name] = int(runner.to_host(val))
 
         return generic
 
@@ -153,31 +216,77 @@ class Executor:
         node: If = b.node
         then_b, else_b = self._block(node.then_block), self._block(node.else_block)
         cond, out = node.cond.name, b.var.name
+        to_host = self.runner.to_host
 
         def step(frame: Frame) -> None:
             sub = Frame(dict(frame.values), frame.dims)
-            vals = (then_b if bool(np.asarray(frame.values[cond])) else else_b)(sub)
+            vals = (then_b if bool(np.asarray(to_host(frame.values[cond]))) else else_b)(sub)
             frame.values[out] = vals[0] if len(vals) == 1 else tuple(vals)
 
         return step
 
-    def _kernel_step(self, b: Any) -> Callable[[Frame], None] | None:
-        vm, node, var = self.vm, b.node, b.var
-        out_types = _out_types(var.type)
-        if vm.kernels is None or out_types is None:
-            return None
-        prim = vm.module.get(node.func)
-        if not isinstance(prim, PrimFunc) or not hasattr(vm.kernels, "kernel"):
-            return None
-        kernel = vm.kernels.kernel(node.func)
-        raw = getattr(kernel, "raw", None)
-        if raw is None:
-            return None
+    def _kernel_step(self, b: Any) -> Callable[[Frame], None]:
+        vm, runner, node, var, loc = self.vm, self.runner, b.node, b.var, b.loc
+        single = not isinstance(var.type, TupleType)
+        names = [a.name for a in node.args]
+        tags = [self._param_index.get(n, -1) for n in names]
+        out_name, func, plan = var.name, node.func, self.plan
+        site: Site | None = None
+
+        def step(frame: Frame) -> None:
+            nonlocal site
+            if site is None:
+                site = self._prepare(b)
+            vals, dims = frame.values, frame.dims
+            bufs = runner.prepare_args([vals[n] for n in names], func, loc)
+            if single:
+                fns, dt = site.outs[0]
+                outs = [vm.buffer(out_name, tuple(f(dims) for f in fns), dt, plan)]
+            else:
+                outs = [runner.alloc(tuple(f(dims) for f in fns), dt) for fns, dt in site.outs]
+            bufs.extend(outs)
+            kd = [g(bufs, dims) for g in site.getters]
+            if site.check_dims is not None:
+                site.check_dims(bufs, kd)
+            rec = self._recording
+            if rec is None:
+                site.launch(bufs, kd, vm.timings, None)
+            else:
+                buf_tags = [t if t >= 0 else next((i for i, a in enumerate(self._args(frame)) if a is x), -1)
+                            for t, x in zip(tags, bufs)] + [-1] * len(outs)
+                site.launch(bufs, kd, vm.timings, lambda e, pos: rec.append((e, pos, bufs, buf_tags)))
+                for o in outs:
+                    self._rec_outs[id(o)] = o
+            vals[out_name] = outs[0] if single else tuple(outs)
+
+        return step
+
+    def _args(self, frame: Frame) -> list[Any]:
+        return [frame.values[p.name] for p in self.fn.params]
+
+    def _prepare(self, b: Any) -> Site:
+        """Per call site, once: the kernel's launcher, output shape closures, where each kernel dim
+        comes from, and the argument dims the graph types do not prove."""
+        vm, node, var, loc = self.vm, b.node, b.var, b.loc
+        try:
+            prim = vm.module.get(node.func)
+        except KeyError:
+            raise MlcError(f"no tensor program @{node.func} in the module", node.loc) from None
+        if not isinstance(prim, PrimFunc):
+            raise MlcError(f"@{node.func} is not a tensor program", node.loc)
+        out_types = var.type.fields if isinstance(var.type, TupleType) else (var.type,)
+        outs = []
+        for t in out_types:
+            if not isinstance(t, TensorType) or t.shape is None:
+                raise MlcError(f"call_tensor result needs a known tensor shape, got {t}", node.loc)
+            outs.append(([compile_int(arith.simplify(d)) for d in t.shape], to_numpy(t.dtype)))
+        kernel = vm.library.kernel(node.func)
+        shapes = kernel.param_shapes
         # where each kernel dim comes from: an axis of an argument, or an explicit scalar
-        getters: list[Callable[[list[np.ndarray], dict[str, int]], int]] = []
-        scalar_fns = {p.name: compile_int(e) for p, e in zip(prim.scalar_params, node.sym_args)}
+        scalar_fns = {p.name: compile_int(arith.simplify(e)) for p, e in zip(prim.scalar_params, node.sym_args)}
+        getters: list[Callable[[list[Any], dict[str, int]], int]] = []
         for dname in kernel.dims:
-            src = next(((i, ax) for i, p in enumerate(kernel.params) for ax, d in enumerate(p.shape)
+            src = next(((i, ax) for i, shape in enumerate(shapes) for ax, d in enumerate(shape)
                         if isinstance(d, Var) and d.name == dname), None)
             if src is not None:
                 i, ax = src
@@ -186,110 +295,53 @@ class Executor:
                 f = scalar_fns[dname]
                 getters.append(lambda _a, d, f=f: f(d))
             else:
-                return None
-        checks = self._unproven_dims(node, out_types, kernel)
-        outs_spec = [([compile_int(d) for d in t.shape or ()], to_numpy(t.dtype)) for t in out_types]
-        single = not isinstance(var.type, TupleType)
-        names = [a.name for a in node.args]
-        n_ptr = len(names) + len(out_types)
-        ptr_t, dim_t = ctypes.c_void_p * n_ptr, ctypes.c_int64 * max(1, len(getters))
-        out_name, func = var.name, node.func
-        alloc, guard = vm.buffer, vm.guard
-        check = kernel.raise_failed_check if getattr(kernel, "checks", False) else None
-
-        check_dims = _dim_checker(checks, kernel.dims, node, b.loc)
-        from_params = [(slot, INPUT, self._param_index[n]) for slot, n in enumerate(names) if n in self._param_index]
-
-        def step(frame: Frame) -> None:
-            vals, dims = frame.values, frame.dims
-            arrs = [a if a.flags.c_contiguous else np.ascontiguousarray(a) for a in (vals[n] for n in names)]
-            if single:
-                fns, dt = outs_spec[0]
-                outs = [alloc(var, tuple(f(dims) for f in fns), dt)]
-            else:
-                outs = [np.empty(tuple(f(dims) for f in fns), dt) for fns, dt in outs_spec]
-            arrs.extend(outs)
-            kd = [g(arrs, dims) for g in getters]
-            if checks:
-                check_dims(arrs, kd)
-            if guard is not None:
-                run_guarded(raw, arrs, len(outs), dim_t(*kd), guard)
-                if check is not None:
-                    check()
-                vals[out_name] = outs[0] if single else tuple(outs)
-                return
-            ptrs, dvals = ptr_t(*[a.ctypes.data for a in arrs]), dim_t(*kd)
-            timings = self.timings
-            if timings is None:
-                raw(ptrs, dvals)
-            else:
-                t0 = perf_counter()
-                raw(ptrs, dvals)
-                timings.setdefault(func, []).append(perf_counter() - t0)
-            if check is not None:
-                check()
-            vals[out_name] = outs[0] if single else tuple(outs)
-            if self._recording is not None:
-                self._recording.append(TapeEntry(raw, ptrs, dvals, from_params, func, check, arrs))
-
-        self._fast[var.name] = True
-        return step
-
-    def _unproven_dims(self, node: CallTensor, out_types: list[TensorType], kernel: Any) -> list[tuple[int, int, Expr]]:
-        """Kernel argument dims the graph types do not prove; they are checked at every call.
-
-        The kernel's dims are bound from argument axes; every other axis of its params must then
-        equal the param's shape expression. Where the graph's types make that provable (the usual
-        case after shape-infer), no run-time check is needed.
-        """
-        types = [a.type for a in node.args] + list(out_types)
-        graph_dim: dict[str, Expr] = {}
-        for dname in kernel.dims:
-            for i, p in enumerate(kernel.params):
-                for ax, d in enumerate(p.shape):
-                    if isinstance(d, Var) and d.name == dname and dname not in graph_dim:
-                        t = types[i]
-                        if isinstance(t, TensorType) and t.shape is not None and ax < len(t.shape):
-                            graph_dim[dname] = t.shape[ax]
-        out: list[tuple[int, int, Expr]] = []
-        for i, p in enumerate(kernel.params):
-            t = types[i]
-            if not isinstance(t, TensorType) or t.shape is None or len(t.shape) != len(p.shape):
-                out.extend((i, ax, d) for ax, d in enumerate(p.shape))
-                continue
-            for ax, d in enumerate(p.shape):
-                want = substitute(d, {Var(k): v for k, v in graph_dim.items()})
-                if not prove_equal(want, t.shape[ax]):
-                    out.append((i, ax, d))
-        return out
+                raise MlcError(f"kernel {node.func}: value of {dname} not given and not a buffer dim", node.loc)
+        checks = _unproven_dims(node, list(out_types), kernel.dims, shapes)
+        return Site(vm.runner.launcher(kernel, node.func, loc), outs, getters,
+                    _dim_checker(checks, kernel.dims, node, loc) if checks else None)
 
 
-def _dim_checker(checks: list[tuple[int, int, Expr]], dim_names: tuple[str, ...], node: CallTensor,
-                 loc: Any) -> Callable[[list[np.ndarray], list[int]], None]:
+def _unproven_dims(node: CallTensor, out_types: list[Any], dims: Any,
+                   shapes: list[tuple[Expr, ...]]) -> list[tuple[int, int, Expr]]:
+    """Kernel argument dims the graph types do not prove; they are checked at every call.
+
+    The kernel's dims are bound from argument axes; every other axis of its params must then
+    equal the param's shape expression. Where the graph's types make that provable (the usual
+    case after shape-infer), no run-time check is needed.
+    """
+    types = [a.type for a in node.args] + list(out_types)
+    graph_dim: dict[str, Expr] = {}
+    for dname in dims:
+        for i, shape in enumerate(shapes):
+            for ax, d in enumerate(shape):
+                if isinstance(d, Var) and d.name == dname and dname not in graph_dim:
+                    t = types[i]
+                    if isinstance(t, TensorType) and t.shape is not None and ax < len(t.shape):
+                        graph_dim[dname] = t.shape[ax]
+    out: list[tuple[int, int, Expr]] = []
+    for i, shape in enumerate(shapes):
+        t = types[i]
+        if not isinstance(t, TensorType) or t.shape is None or len(t.shape) != len(shape):
+            out.extend((i, ax, d) for ax, d in enumerate(shape))
+            continue
+        for ax, d in enumerate(shape):
+            want = substitute(d, {Var(k): v for k, v in graph_dim.items()})
+            if not prove_equal(want, t.shape[ax]):
+                out.append((i, ax, d))
+    return out
+
+
+def _dim_checker(checks: list[tuple[int, int, Expr]], dim_names: Any, node: CallTensor,
+                 loc: Any) -> Callable[[list[Any], list[int]], None]:
     fns = [(i, ax, compile_int(d), d) for i, ax, d in checks]
     names = [a.name for a in node.args] + ["result"] * 8
 
-    def check(arrs: list[np.ndarray], kd: list[int]) -> None:
+    def check(arrs: list[Any], kd: list[int]) -> None:
         env = dict(zip(dim_names, kd))
         for i, ax, f, d in fns:
-            want, got = f(env), arrs[i].shape[ax] if ax < arrs[i].ndim else None
+            shape = arrs[i].shape
+            want, got = f(env), shape[ax] if ax < len(shape) else None
             if want != got:
                 raise MlcError(f"@{node.func}: %{names[i]} dim {ax} is {got}, but the kernel needs {d!r} = {want}", loc)
 
     return check
-
-
-def _out_types(t: Type) -> list[TensorType] | None:
-    """A kernel call's result tensors (one, or a tuple), when all shapes are known."""
-    fields = t.fields if isinstance(t, TupleType) else (t,)
-    if all(isinstance(f, TensorType) and f.shape is not None for f in fields):
-        return list(fields)  # type: ignore[arg-type]
-    return None
-
-
-def run_guarded(raw: Any, arrs: list[np.ndarray], n_out: int, dims: Any, side: str) -> None:
-    """One kernel call on copies of its buffers placed against guard pages; outputs copied back."""
-    copies = [guarded_copy(a, side) for a in arrs]
-    raw((ctypes.c_void_p * len(copies))(*[c.ctypes.data for c in copies]), dims)
-    for a, c in zip(arrs[len(arrs) - n_out:], copies[len(arrs) - n_out:]):
-        a[...] = c

@@ -1,32 +1,31 @@
-"""The runtime for graph functions: the reference interpreter's walk, with compiled kernels.
+"""The runtime for graph functions on any device: one walk (executor.py), the device's runner.
 
 Shape expressions are evaluated at run time from the inputs' dims, match_casts are checked, tensor
-programs run as native kernels, and intermediates live in storage planned ahead of time
-(`memory_plan`), so a call allocates one arena per storage token instead of one array per value.
+programs run as compiled kernels started through the device's `Runner` (runtime/device.py), and
+intermediates live in storage planned ahead of time (`memory_plan`), so a call allocates one arena
+per storage token instead of one buffer per value (arenas persist across calls; one that grows
+voids the tapes recorded on the old addresses). Inputs are copied to the device once at entry and
+results back once at exit. Graph nodes without a kernel (an op left at graph level, an external
+call) run on the host, their operands copied over and the result copied back where the device is
+not the host. Without compiled kernels, tensor programs run in the reference interpreter.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
-from mlc.ir import arith
-from mlc.ir.diagnostics import MlcError
-from mlc.ir.dtype import to_numpy
-from mlc.ir.graph import CallTensor, Function, Value
+from mlc.ir.diagnostics import Loc, MlcError
+from mlc.ir.graph import CallExtern, Constant, Function, MatchCast, OpCall, Value
 from mlc.ir.interp import Frame, Interpreter
 from mlc.ir.module import Module
-from mlc.ir.tir import PrimFunc
-from mlc.ir.types import TensorType, TupleType
 
-from .device import check_inputs
+from .device import Library, Runner, check_inputs
 from .executor import Executor
-from .guard import guarded_copy, side_from_env
 from .memory_plan import MemoryPlan, plan_function
-
-Kernel = Callable[[list[np.ndarray], dict[str, int]], None]
+from .tape import Tape
 
 
 @dataclass(frozen=True)
@@ -39,96 +38,113 @@ class KernelTime:
     per_run: float
 
 
-class KernelProvider(Protocol):
-    def kernel(self, name: str) -> Kernel: ...
-
-
 class VM(Interpreter):
-    """Runs graph functions, dispatching `call_tensor` to compiled kernels."""
+    """`run(inputs)` -> host outputs; `run_device(inputs)` takes and returns device values."""
 
-    def __init__(self, module: Module, params: Mapping[str, np.ndarray], kernels: KernelProvider | None,
-                 guard: str | None = None):
+    MAX_TAPES = 8
+
+    def __init__(self, module: Module, params: Mapping[str, np.ndarray], library: Library | None, runner: Runner):
         super().__init__(module, params)
-        self.kernels = kernels
-        self.guard = guard or side_from_env()  # copy kernel arguments against guard pages (runtime/guard.py)
-        self.plans: dict[str, MemoryPlan] = {
-            f.name: plan_function(f) for f in module.functions if isinstance(f, Function)
-        }
-        self._arenas: dict[int, np.ndarray] = {}
-        self._active_plan: MemoryPlan | None = None
-        self._cache: dict[str, Kernel] = {}
-        self._executors: dict[str, Executor] = {}
+        self.library = library
+        self.runner = runner
+        self.plans: dict[str, MemoryPlan] = {f.name: plan_function(f) for f in module.functions if isinstance(f, Function)}
+        self.device_constants: dict[str, Any] = {}
+        self.tapes: dict[tuple[Any, ...], Tape] = {}  # (function, dims) -> recorded launches
+        self.timings: dict[str, list[float]] | None = None  # kernel -> seconds per call, while profiling
+        self._arenas: dict[int, Any] = {}
+        self._arena_size: dict[int, int] = {}
+        self._executors: dict[tuple[str, bool], Executor] = {}
 
-    def run(self, inputs: Mapping[str, np.ndarray], func: str = "main") -> dict[str, np.ndarray]:
+    @property
+    def _tapes(self) -> dict[tuple[Any, ...], Tape]:
+        return self.tapes
+
+    # ---- entry points -------------------------------------------------------------------------
+    def run(self, inputs: Mapping[str, np.ndarray], func: str = "main") -> dict[str, Any]:
+        check_inputs(self.module, inputs, func)
+        dev = {k: self.runner.copy_in(v) for k, v in inputs.items()}
+        outs = self.run_device(dev, func)
+        self.runner.sync()
+        return {k: self.runner.copy_out(v) for k, v in outs.items()}
+
+    def run_device(self, inputs: Mapping[str, Any], func: str = "main") -> dict[str, Any]:
+        """Run with device-resident inputs; results stay on the device."""
         fn = check_inputs(self.module, inputs, func)
-        names = [p.name for p in fn.params]
-        self._active_plan = self.plans.get(func)
-        args = [np.require(inputs[n], requirements="C") for n in names]
-        try:
-            if self.kernels is not None:
-                ex = self._executors.get(func)
-                if ex is None:
-                    ex = self._executors[func] = Executor(self, fn)
-                outs = ex.run(args)
-            else:
-                outs = self.call(func, args)
-        finally:
-            self._active_plan = None
-        return {v.name: np.array(o, copy=True) if isinstance(o, np.ndarray) else o for v, o in zip(fn.body.results, outs)}
+        outs = self._executor(fn, nested=False).run([inputs[p.name] for p in fn.params])
+        return {v.name: o for v, o in zip(fn.body.results, outs)}
+
+    def synchronize(self) -> None:
+        self.runner.sync()
 
     def profile(self, inputs: Mapping[str, np.ndarray], runs: int = 50, func: str = "main") -> list[KernelTime]:
         """Each kernel's time inside whole runs of `func` (the calls a normal run makes, in its
-        order and cache state), slowest first. Needs compiled kernels."""
-        if self.kernels is None:
+        order and cache state), slowest first. Needs compiled kernels on a host device."""
+        if self.library is None:
             raise MlcError("profile needs compiled kernels (an artifact), not the interpreter")
-        self.run(inputs, func)  # prepares the executor and records its tape
-        ex = self._executors[func]
-        ex.timings = timings = {}
+        if not self.runner.host:
+            raise MlcError(f"profile is not supported on {self.runner.kind}")
+        for _ in range(2):  # sizes the arenas, then records the tape a normal run replays
+            self.run(inputs, func)
+        self.timings = timings = {}
         n = max(1, runs)
         try:
             for _ in range(n):
                 self.run(inputs, func)
         finally:
-            ex.timings = None
+            self.timings = None
         out = [KernelTime(k, len(ts) / n, float(np.median(ts)), sum(ts) / n) for k, ts in timings.items()]
         return sorted(out, key=lambda t: -t.per_run)
 
-    def buffer(self, var: Value, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-        plan = self._active_plan
-        tok = plan.token_of.get(var.name) if plan is not None else None
-        if tok is None:
-            return np.empty(shape, dtype)
-        need = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-        arena = self._arenas.get(tok)
-        if arena is None or arena.size < need:
-            arena = np.empty(max(need, 1), np.uint8)
-            self._arenas[tok] = arena
-        return arena[:need].view(dtype).reshape(shape)
+    # ---- the walk's services ------------------------------------------------------------------
+    def _executor(self, fn: Function, nested: bool) -> Executor:
+        ex = self._executors.get((fn.name, nested))
+        if ex is None:
+            ex = self._executors[(fn.name, nested)] = Executor(self, fn, None if nested else self.plans.get(fn.name))
+        return ex
 
-    def _call_tensor(self, n: CallTensor, var: Value, frame: Frame) -> Any:
-        if self.kernels is None:
-            return super()._call_tensor(n, var, frame)
-        fn = self.module.get(n.func)
-        if not isinstance(fn, PrimFunc):
-            raise MlcError(f"@{n.func} is not a tensor program", n.loc)
-        out_types = var.type.fields if isinstance(var.type, TupleType) else (var.type,)
-        outs = []
-        for t in out_types:
-            assert isinstance(t, TensorType) and t.shape is not None
-            shape = tuple(arith.evaluate(d, frame.dims) for d in t.shape)
-            buf = self.buffer(var, shape, to_numpy(t.dtype)) if len(out_types) == 1 else np.empty(shape, to_numpy(t.dtype))
-            outs.append(buf)
-        args = [np.require(self._get(a, frame), requirements="C") for a in n.args]
-        # the kernel reads buffer dims from the arrays; only explicit scalars are passed
-        dims = {p.name: arith.evaluate(e, frame.dims) for p, e in zip(fn.scalar_params, n.sym_args)}
-        k = self._cache.get(n.func)
-        if k is None:
-            k = self._cache[n.func] = self.kernels.kernel(n.func)
-        if self.guard is None:
-            k(args + outs, dims)
-        else:
-            copies = [guarded_copy(a, self.guard) for a in args + outs]
-            k(copies, dims)
-            for o, c in zip(outs, copies[len(args):]):
-                o[...] = c
-        return outs[0] if len(outs) == 1 else tuple(outs)
+    def call(self, name: str, args: list[Any], loc: Loc | None = None) -> list[Any]:
+        """A nested `call_graph`: the callee's own walk, on fresh memory."""
+        try:
+            fn = self.module.get(name)
+        except KeyError:
+            raise MlcError(f"no function @{name} in the module", loc) from None
+        if not isinstance(fn, Function):
+            raise MlcError(f"@{name} is a tensor program, not a graph function", loc)
+        if len(args) != len(fn.params):
+            raise MlcError(f"@{name} takes {len(fn.params)} arguments, got {len(args)}", loc)
+        return self._executor(fn, nested=True).invoke(args)
+
+    def buffer(self, name: str, shape: tuple[int, ...], dtype: np.dtype, plan: MemoryPlan | None) -> Any:
+        """Storage for value `name`: a view of its plan token's arena, else a fresh allocation."""
+        tok = plan.token_of.get(name) if plan is not None else None
+        if tok is None:
+            return self.runner.alloc(shape, dtype)
+        need = max(1, int(np.prod(shape, dtype=np.int64)) * dtype.itemsize)
+        if self._arena_size.get(tok, 0) < need:
+            self._arenas[tok] = self.runner.alloc_bytes(need)
+            self._arena_size[tok] = need
+            self.runner.generation += 1
+        return self.runner.view(self._arenas[tok], shape, dtype)
+
+    def node(self, n: Any, var: Value, frame: Frame) -> Any:
+        runner = self.runner
+        if isinstance(n, Constant):
+            d = self.device_constants.get(n.key)
+            if d is None:
+                if n.key not in self.constants:
+                    raise MlcError(f"constant '{n.key}' is not in the constants file", n.loc)
+                d = runner.copy_in(np.asarray(self.constants[n.key]))
+                runner.match(d, var.type, dict(frame.dims), f"constant '{n.key}'", n.loc)
+                self.device_constants[n.key] = d
+            return d
+        if isinstance(n, MatchCast):
+            val = self._get(n.value, frame)
+            runner.match(val, var.type, frame.dims, f"match_cast of %{n.value.name}", n.loc)
+            return val
+        if isinstance(n, OpCall | CallExtern) and not runner.host:
+            vals = {a.name: self._get(a, frame) for a in n.args}
+            if vals:
+                runner.sync()
+            host = Frame({k: runner.to_host(v) for k, v in vals.items()}, frame.dims)
+            return runner.from_host(super().node(n, var, host))
+        return super().node(n, var, frame)
