@@ -179,7 +179,7 @@ def used_names(func: PrimFunc) -> set[str]:
             out.add(s.name)
             out |= {b.name for b in s.alloc_buffers}
         elif isinstance(s, SparseIteration):
-            out |= {s.name} | {it.var.name for it in s.iters}
+            out.add(s.name)  # its iterators vanish when it is lowered: their names are free again
         elif isinstance(s, Allocate):
             out.add(s.buffer.name)
         elif isinstance(s, ThreadAllReduce):

@@ -264,3 +264,52 @@ def test_compiled_spmm_stays_in_bounds_under_guard_pages() -> None:
     """Valid input and index arrays pointing far outside: the kernel reads nothing outside its buffers."""
     r = subprocess.run([sys.executable, "-c", _GUARD_CHILD], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, f"exit {r.returncode} (guard pages {(r.stdout.split() or ['?'])[-1]})\n{r.stderr[-2000:]}"
+
+
+# ---- golden text of each stage (spmm, CSR, 4 features) -------------------------------------------
+STAGE2_BODY = """\
+  for i in 0..mp1 - 1 {
+    for k in 0..4 {
+      block "spmm_init"(S vi = i in 0..mp1 - 1, S vk = k in 0..4) {
+        %C[vi, vk] = 0.0
+      }
+    }
+    for j in 0..max(min(min(check_range(cast<i64>(%indptr[i + 1]), max(check_range(cast<i64>(%indptr[i]), 0, nnz + 1), 0), min(max(check_range(cast<i64>(%indptr[i]), 0, nnz + 1), 0) + n, nnz) + 1), nnz) - max(check_range(cast<i64>(%indptr[i]), 0, nnz + 1), 0), n), 0) {
+      for k_1 in 0..4 {
+        block "spmm"(S vi_1 = i in 0..mp1 - 1, R vj = j in 0..n, S vk_1 = k_1 in 0..4) {
+          %C[vi_1, vk_1] = %C[vi_1, vk_1] + %A[vi_1, vj] * %B[min(max(check_range(cast<i64>(%indices[max(cast<i64>(%indptr[vi_1]), 0) + vj]), 0, n), 0), n - 1), vk_1]
+        }
+      }
+    }
+  }
+}
+"""
+
+STAGE3 = """\
+prim @spmm(%indptr: buffer<mp1 x i32>, %indices: buffer<nnz x i32>, %data: buffer<nnz x f32>, %B: buffer<n x 4 x f32>, %C: buffer<mp1 - 1 x 4 x f32>) outputs 1 {
+  for i in 0..mp1 - 1 {
+    for k in 0..4 {
+      block "spmm_init"(S vi = i in 0..mp1 - 1, S vk = k in 0..4) {
+        %C[vi, vk] = 0.0
+      }
+    }
+    for j in 0..max(min(min(check_range(cast<i64>(%indptr[i + 1]), max(check_range(cast<i64>(%indptr[i]), 0, nnz + 1), 0), min(max(check_range(cast<i64>(%indptr[i]), 0, nnz + 1), 0) + n, nnz) + 1), nnz) - max(check_range(cast<i64>(%indptr[i]), 0, nnz + 1), 0), n), 0) {
+      for k_1 in 0..4 {
+        block "spmm"(S vi_1 = i in 0..mp1 - 1, R vj = j in 0..n, S vk_1 = k_1 in 0..4) {
+          %C[vi_1, vk_1] = %C[vi_1, vk_1] + %data[max(cast<i64>(%indptr[vi_1]), 0) + vj] * %B[min(max(check_range(cast<i64>(%indices[max(cast<i64>(%indptr[vi_1]), 0) + vj]), 0, n), 0), n - 1), vk_1]
+        }
+      }
+    }
+  }
+}
+"""
+
+
+def test_stage_texts() -> None:
+    """Stage II: the init nest shares the row loop; the row extent and the column read are clamped and
+    checked; %A is still indexed by position. Stage III: %A is %data at the flat offset."""
+    m = sparse_kernel("spmm", "csr", 4)
+    s2 = print_module(m.with_function(lower_sparse(m.get("spmm"), 2)))
+    assert s2.endswith(STAGE2_BODY) and "  sparse %A: (I, J) = %data\n" + STAGE2_BODY in s2
+    s3 = print_module(m.with_function(lower_sparse(m.get("spmm"), 3)))
+    assert s3.endswith(STAGE3)
