@@ -202,7 +202,7 @@ def _plan_report(module: Any, res: Any, bounds: dict[str, int]) -> str:
     """One line for stderr: kernels, and the memory plan as an expression of the symbolic dims."""
     from mlc.ir.graph import Function
     from mlc.ir.printer import print_expr
-    from mlc.runtime.memory_plan import plan_function
+    from mlc.ir.memory_plan import plan_function
 
     main = next((f for f in module.functions if isinstance(f, Function) and f.name == "main"), None)
     msg = f"mlc build: {len(res.kernels)} kernels"

@@ -25,10 +25,10 @@ from mlc.ir.dtype import to_numpy
 from mlc.ir.expr import Bin, Const, Expr, Var, substitute
 from mlc.ir.graph import Block, CallTensor, Constant, Function, GetItem, If, Loop, MakeTuple, OpCall
 from mlc.ir.interp import Frame
+from mlc.ir.memory_plan import MemoryPlan
 from mlc.ir.tir import PrimFunc
 from mlc.ir.types import ScalarType, TensorType, TupleType
 
-from .memory_plan import MemoryPlan
 from .tape import INPUT, OUTPUT, Tape, TapeEntry
 
 IntFn = Callable[[dict[str, int]], int]

@@ -20,11 +20,11 @@ import numpy as np
 from mlc.ir.diagnostics import Loc, MlcError
 from mlc.ir.graph import CallExtern, Constant, Function, MatchCast, OpCall, Value
 from mlc.ir.interp import Frame, Interpreter
+from mlc.ir.memory_plan import MemoryPlan, plan_function
 from mlc.ir.module import Module
 
 from .device import Library, Runner, check_inputs
 from .executor import Executor
-from .memory_plan import MemoryPlan, plan_function
 from .tape import Tape
 
 

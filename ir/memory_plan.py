@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from mlc.ir import arith
-from mlc.ir.dtype import to_numpy
-from mlc.ir.expr import Bin, Const, Expr
-from mlc.ir.graph import Binding, CallTensor, Function, If, Loop
-from mlc.ir.rewrite import operands, used_names
-from mlc.ir.types import TensorType
+from . import arith
+from .dtype import to_numpy
+from .expr import Bin, Const, Expr
+from .graph import Binding, CallTensor, Function, If, Loop
+from .rewrite import operands, used_names
+from .types import TensorType
 
 
 @dataclass
