@@ -4,6 +4,7 @@ and keep modules pointing at their constants side file across directories and pi
 from __future__ import annotations
 
 import hashlib
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,17 +69,21 @@ def write_module(module: Module, out: str | None, source: Source | None = None,
                  new_constants: dict[str, np.ndarray] | None = None, stem: str = "module") -> None:
     """Print `module` to `out`, pointing it at its side file from the output's directory.
 
-    `new_constants` (set when a stage created or changed constants) are written to a fresh
-    side file next to the output first; otherwise the existing side file is referenced again.
+    `new_constants` (set when a stage created or changed constants) go to a fresh side file next
+    to the output, named by its content (`m.<hash>.weights.npz`): it is renamed into place first and
+    the module text last, so that rename alone commits the pair (a kill before it leaves the old
+    module and its own side file intact), and the side file the old module used is then removed.
+    Otherwise the existing side file is referenced again.
     """
     from mlc.ir.printer import print_module
 
     out_dir = None if out in (None, "-") else Path(out).resolve().parent
     if new_constants is not None:
         base = out_dir or Path.cwd()
-        name = (Path(out).stem if out not in (None, "-") else stem) + ".weights.npz"
         data = pack_constants(new_constants)
-        ref = rebase(ConstantsRef(str(base / name), hashlib.sha256(data).hexdigest()), base / name, out_dir)
+        digest = hashlib.sha256(data).hexdigest()
+        name = f"{Path(out).stem if out not in (None, '-') else stem}.{digest[:WEIGHTS_HASH_CHARS]}.weights.npz"
+        ref = rebase(ConstantsRef(str(base / name), digest), base / name, out_dir)
         text = print_module(Module(module.functions, module.meta, ref, module.loc))
         if out in (None, "-"):
             atomic_write_bytes(base / name, data)
@@ -86,9 +91,35 @@ def write_module(module: Module, out: str | None, source: Source | None = None,
         else:  # the side file and the text land together or not at all
             if not base.is_dir():  # name the file the user asked for, not the side file
                 raise MlcError(f"cannot write '{out}': {'not a directory' if base.exists() else 'no such directory'}")
+            old = _own_side_file(Path(out))
             atomic_write_files([(base / name, data), (Path(out), text.encode())])
+            if old is not None and old.resolve() != (base / name).resolve():
+                old.unlink(missing_ok=True)
         return
     if module.constants is not None and source is not None:
         found = check_constants(module.constants, source.search_dirs)
         module = Module(module.functions, module.meta, rebase(module.constants, found, out_dir), module.loc)
     write_text(out, print_module(module))
+
+
+WEIGHTS_HASH_CHARS = 16
+_CONSTANTS_LINE = re.compile(r'^constants "((?:[^"\\]|\\.)*)" sha256', re.MULTILINE)
+
+
+def _own_side_file(out: Path) -> Path | None:
+    """The side file the module now at `out` names, if mlc wrote it for that output (the same stem,
+    the same directory, `<stem>.<hash>.weights.npz` or the older `<stem>.weights.npz`): it goes once
+    the new module is in place. A side file named anything else may be another module's: kept."""
+    try:
+        with open(out, "rb") as f:
+            head = f.read(1 << 16).decode("utf-8", errors="replace")
+    except OSError:
+        return None
+    m = _CONSTANTS_LINE.search(head)
+    if m is None:
+        return None
+    side = out.parent / m.group(1)
+    own = re.fullmatch(rf"{re.escape(out.stem)}(\.[0-9a-f]{{{WEIGHTS_HASH_CHARS}}})?\.weights\.npz", side.name)
+    if own is None or side.parent.resolve() != out.parent.resolve() or not side.is_file():
+        return None
+    return side

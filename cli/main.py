@@ -16,6 +16,7 @@ from typing import Any
 
 import click
 from mlc.ir.diagnostics import MlcError
+from mlc.ir.interrupt import EXIT_CODE, MESSAGE, exit_on_interrupt
 
 from mlc import __version__
 
@@ -39,8 +40,8 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit):
             raise
         except KeyboardInterrupt:
-            click.echo("mlc: interrupted", err=True)
-            sys.exit(130)
+            click.echo(MESSAGE.decode().rstrip(), err=True)
+            sys.exit(EXIT_CODE)
         except Exception as e:  # a bug in mlc, not in the user's input
             if _DEBUG["on"]:
                 traceback.print_exc()
@@ -66,18 +67,29 @@ class StageGroup(click.Group):
 @click.group(cls=StageGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="mlc", message="%(prog)s %(version)s (IR v1)")
 @click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
-def cli(debug: bool) -> None:
+@click.option("-v", "--verbose", is_flag=True, help="Also print what passes did (their info diagnostics).")
+@click.option("-q", "--quiet", is_flag=True, help="Print no pass warnings (errors only).")
+def cli(debug: bool, verbose: bool, quiet: bool) -> None:
     """mlc: a machine-learning compiler toolchain.
 
     Every stage reads a textual IR file (or - for stdin) and writes one (-o FILE, default stdout).
     """
+    from mlc.passes.registry import set_default_sink
+
     _DEBUG["on"] = debug
+    shown = set() if quiet else {"warning", "info"} if verbose else {"warning"}
+    set_default_sink(lambda d: click.echo(d.render(), err=True) if d.severity in shown else None)
 
 
 def main() -> None:
-    from . import commands  # noqa: F401  (registers subcommands)
+    try:
+        exit_on_interrupt()  # SIGINT inside a run (even in native code) ends it at once: exit 130
+        from . import commands  # noqa: F401  (registers subcommands)
 
-    cli.main(prog_name="mlc")
+        cli.main(prog_name="mlc")
+    except KeyboardInterrupt:  # before or after a command's handler (startup, imports)
+        sys.stderr.write(MESSAGE.decode())
+        sys.exit(EXIT_CODE)
 
 
 def output_option(fn: Callable[..., Any]) -> Callable[..., Any]:

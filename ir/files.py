@@ -1,10 +1,16 @@
 """The one atomic writer: every output file of mlc (IR, side files, artifacts, indexes, vectors) is
 written to a temporary file beside it and renamed into place, so a reader never sees a partial file
-and a failure leaves what was there before."""
+and a failure leaves what was there before.
+
+Files that belong together are renamed in the order given, the last one being the commit point:
+a set whose other members have content-derived names (`cli/io.py`'s hashed weights file) is then
+committed by a single rename. Temp files carry the writer's pid, so one left by a killed writer
+(SIGKILL leaves no chance to clean up) is removed by the next write beside it."""
 
 from __future__ import annotations
 
 import os
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -67,7 +73,8 @@ def atomic_write_files(files: list[tuple[Path, bytes]]) -> None:
                 raise MlcError(f"cannot write '{path}': is a directory")
             if path.exists() and not path.is_file():
                 continue
-            fd, tmps[path] = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            remove_stale_temps(path)
+            fd, tmps[path] = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
             os.chmod(tmps[path], 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
@@ -83,3 +90,30 @@ def atomic_write_files(files: list[tuple[Path, bytes]]) -> None:
     finally:
         for tmp in tmps.values():
             Path(tmp).unlink(missing_ok=True)
+
+
+def remove_stale_temps(path: Path) -> None:
+    """Delete temp files of `path` left by writers that are gone (killed before their rename)."""
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.(\d+)\.[^/]*\.tmp")
+    try:
+        names = os.listdir(path.parent)
+    except OSError:
+        return
+    for name in names:
+        m = pattern.fullmatch(name)
+        if m is None or int(m.group(1)) == os.getpid() or _alive(int(m.group(1))):
+            continue
+        try:
+            os.unlink(path.parent / name)
+        except OSError:
+            pass  # another writer removed it first, or it is not ours to remove
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

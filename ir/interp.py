@@ -34,6 +34,7 @@ from .graph import (
     Scalar,
     Value,
 )
+from .interrupt import run_region
 from .limits import check_bytes, nbytes
 from .module import Module
 from .tir import PrimFunc
@@ -259,7 +260,8 @@ def run_function(
         if extra:
             parts.append(f"unknown input(s) {', '.join(extra)}")
         raise MlcError(f"@{func}: {'; '.join(parts)} (parameters: {', '.join(names)})")
-    outs = Interpreter(module, constants).call(func, [inputs[k] for k in names])
+    with run_region():
+        outs = Interpreter(module, constants).call(func, [inputs[k] for k in names])
     result: dict[str, np.ndarray] = {}
     for v, o in zip(fn.body.results, outs):
         result[v.name] = o

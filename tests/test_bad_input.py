@@ -40,6 +40,7 @@ class Shared:
     weights: bytes = b""
     artifact: bytes = b""
     index: bytes = b""
+    side: str = "m.weights.npz"  # the name `mlc import` gave the side file (its hash): `{side}` in a case's file names
 
     def ir_with(self, old: str, new: str) -> bytes:
         assert old in self.ir, old
@@ -355,8 +356,8 @@ def import_cases() -> list[Case]:
         Case("import:no-model", ("import",), code=2),
         Case("import:keeps-existing-output", ("import", "g.onnx", "-o", "m.ir"), {"g.onnx": GARBAGE, "m.ir": PRECIOUS},
              mention="g.onnx"),
-        Case("import:weights-path-is-dir", ("import", f"{S}/mlp.onnx", "-o", "m.ir"), {"m.weights.npz/x": b""},
-             mention="m.weights.npz"),
+        Case("import:weights-path-is-dir", ("import", f"{S}/mlp.onnx", "-o", "m.ir"), {"{side}/x": b""},
+             mention=".weights.npz"),
         Case("import:keeps-existing-weights", ("import", "g.onnx", "-o", "m.ir"),
              {"g.onnx": GARBAGE, "m.weights.npz": PRECIOUS}, mention="g.onnx"),
     ]
@@ -688,8 +689,10 @@ def make_shared(d: Path) -> Shared:
     with ThreadPoolExecutor(len(jobs)) as pool:
         for r in pool.map(lambda a: mlc(*a, cwd=d), jobs):
             assert r.returncode == 0, r.stderr.decode()
-    s.ir = (d / "m.ir").read_text()
-    s.weights = (d / "m.weights.npz").read_bytes()
+    (side,) = d.glob("m.*.weights.npz")  # named by its hash: the cases name it m.weights.npz
+    s.ir = (d / "m.ir").read_text().replace(f'"{side.name}"', '"m.weights.npz"')
+    s.weights = side.read_bytes()
+    s.side = side.name
     s.artifact = (d / "mlp.mlc").read_bytes()
     s.index = (d / "idx.bin").read_bytes()
     return s
@@ -702,7 +705,7 @@ def prepare(case: Case, shared: Shared, root: Path) -> dict[str, object]:
     d.mkdir()
     io_dir.mkdir(parents=True)
     for name, data in case.files.items():
-        p = d / name
+        p = d / name.replace("{side}", shared.side)
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_bytes(data(shared) if callable(data) else data)
     (io_dir / "stdin").write_bytes(case.stdin(shared) if callable(case.stdin) else case.stdin)
