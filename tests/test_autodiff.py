@@ -158,6 +158,18 @@ CASES: list[tuple[str, str, list[np.ndarray], dict[str, Any]]] = [
     ("scatter_elements_add", "scatter_elements", [f64(3, 4), np.array([[0, 2, 1, 0], [0, 1, 1, 2]]), f64(2, 4)],
      {"axis": 0, "reduction": "add"}),
     ("scatter_nd", "scatter_nd", [f64(3, 4), np.array([[2], [0]]), f64(2, 4)], {}),
+    # normalization, conv and pooling (rules in conv_pool.py / normalization.py, checked here end to end)
+    ("softmax", "softmax", [f64(3, 4)], {"axis": -1}),
+    ("log_softmax", "log_softmax", [f64(2, 3, 4)], {"axis": 1}),
+    ("layer_norm", "layer_norm", [f64(2, 3, 4), f64(4), f64(4)], {"axis": -1}),
+    ("batch_norm", "batch_norm", [f64(2, 3, 2, 2), f64(3), f64(3), f64(3), f64(3, lo=0.5)], {}),
+    ("conv2d", "conv2d", [f64(1, 2, 5, 5), f64(4, 1, 3, 3)],
+     {"strides": (2, 2), "pads": (1, 0, 1, 1), "groups": 2}),
+    ("conv2d_dilated", "conv2d", [f64(1, 1, 5, 5), f64(2, 1, 2, 2)], {"dilations": (2, 1)}),
+    ("conv2d_transpose", "conv2d_transpose", [f64(1, 2, 3, 3), f64(2, 1, 2, 2)], {"strides": (2, 2)}),
+    ("max_pool2d", "max_pool2d", [distinct(1, 2, 4, 4)], {"kernel_shape": (2, 2), "strides": (2, 2)}),
+    ("avg_pool2d", "avg_pool2d", [f64(1, 1, 5, 5)], {"kernel_shape": (3, 3), "strides": (2, 2), "pads": (1, 1, 1, 1)}),
+    ("global_avg_pool2d", "global_avg_pool2d", [f64(2, 3, 2, 3)], {}),
 ]
 
 
@@ -186,11 +198,8 @@ def test_symbolic_dims_broadcast() -> None:
 
 
 def test_every_op_declares_its_gradient() -> None:
-    """Every op with inputs has a rule or says it has none, except those of the other families
-    still to come (conv/pool/norm) and the ones listed as unsupported in docs/autodiff.md."""
-    pending = {"conv2d", "conv2d_transpose", "max_pool2d", "avg_pool2d", "global_avg_pool2d", "softmax",
-               "log_softmax", "batch_norm", "layer_norm"}
-    missing = [n for n, d in all_ops().items() if d.grad is None and d.num_inputs[1] != 0 and n not in pending]
+    """Every op with inputs has a rule or says it has none (register_no_grad)."""
+    missing = [n for n, d in all_ops().items() if d.grad is None and d.num_inputs[1] != 0]
     assert missing == []
     for n in ("floor", "argmax", "equal", "topk_indices"):
         assert all_ops()[n].grad is NO_GRAD
