@@ -20,6 +20,7 @@ import numpy as np
 from mlc.ir.diagnostics import Loc, MlcError
 from mlc.ir.graph import CallExtern, Constant, Function, MatchCast, OpCall, Value
 from mlc.ir.interp import Frame, Interpreter
+from mlc.ir.interrupt import run_region
 from mlc.ir.memory_plan import MemoryPlan, plan_function
 from mlc.ir.module import Module
 
@@ -61,11 +62,12 @@ class VM(Interpreter):
 
     # ---- entry points -------------------------------------------------------------------------
     def run(self, inputs: Mapping[str, np.ndarray], func: str = "main") -> dict[str, Any]:
-        check_inputs(self.module, inputs, func)
-        dev = {k: self.runner.copy_in(v) for k, v in inputs.items()}
-        outs = self.run_device(dev, func)
-        self.runner.sync()
-        return {k: self.runner.copy_out(v) for k, v in outs.items()}
+        with run_region():  # computes in memory only: the CLI's SIGINT may end it inside a kernel (ir/interrupt)
+            check_inputs(self.module, inputs, func)
+            dev = {k: self.runner.copy_in(v) for k, v in inputs.items()}
+            outs = self.run_device(dev, func)
+            self.runner.sync()
+            return {k: self.runner.copy_out(v) for k, v in outs.items()}
 
     def run_device(self, inputs: Mapping[str, Any], func: str = "main") -> dict[str, Any]:
         """Run with device-resident inputs; results stay on the device."""
