@@ -511,3 +511,44 @@ def test_backward_ops_match_jax_vjp() -> None:
         return (x - mu) / jax.numpy.sqrt(((x - mu) ** 2).mean(axis=(1, 2), keepdims=True) + 1e-3) * scale
 
     close(ref("layer_norm_grad", {"axis": 1, "epsilon": 1e-3}, x, dy, scale), np.asarray(jax.vjp(ln, x)[1](dy)[0]), 1e-9)
+
+
+def _onnx_1d_3d_cases() -> dict[str, tuple[Any, tuple[int, ...]]]:
+    """ONNX models whose conv / pool the importer lifts onto the 2-D ops (1-D over a unit axis, 3-D
+    as sums of 2-D convs over depth slices and two 2-D pools): (model, input shape)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(13)
+
+    def model(nodes: list[Any], xs: tuple[int, ...], ys: tuple[int, ...], inits: dict[str, np.ndarray]) -> Any:
+        g = helper.make_graph(nodes, "m", [helper.make_tensor_value_info("x", TensorProto.DOUBLE, xs)],
+                              [helper.make_tensor_value_info("y", TensorProto.DOUBLE, ys)],
+                              [numpy_helper.from_array(v, k) for k, v in inits.items()])
+        return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), xs
+
+    n = helper.make_node
+    return {
+        "conv1d_maxpool1d": model([n("Conv", ["x", "w"], ["c"], kernel_shape=[3], strides=[2], pads=[1, 1]),
+                                   n("MaxPool", ["c"], ["y"], kernel_shape=[2], strides=[2])], (2, 3, 9), (2, 4, 2),
+                                  {"w": rng.standard_normal((4, 3, 3))}),
+        "conv3d": model([n("Conv", ["x", "w"], ["y"], kernel_shape=[2, 3, 3], strides=[1, 2, 1],
+                           pads=[1, 1, 0, 0, 1, 1])], (1, 2, 4, 5, 5), (1, 3, 4, 3, 4),
+                        {"w": rng.standard_normal((3, 2, 2, 3, 3))}),
+        "avgpool3d": model([n("AveragePool", ["x"], ["y"], kernel_shape=[2, 2, 2], strides=[2, 1, 2],
+                              pads=[1, 0, 0, 0, 1, 1], count_include_pad=1)], (1, 2, 4, 5, 5), (1, 2, 2, 5, 3), {}),
+        "convtranspose1d": model([n("ConvTranspose", ["x", "w"], ["y"], kernel_shape=[3], strides=[2], pads=[1, 0])],
+                                 (1, 2, 5), (1, 3, 10), {"w": rng.standard_normal((2, 3, 3))}),
+        "gap_layernorm": model([n("GlobalAveragePool", ["x"], ["g"]), n("Flatten", ["g"], ["f"]),
+                                n("LayerNormalization", ["f", "s", "b"], ["y"], axis=-1)], (2, 4, 3, 3), (2, 4),
+                               {"s": rng.standard_normal(4), "b": rng.standard_normal(4)}),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(_onnx_1d_3d_cases()))
+def test_1d_and_3d_conv_and_pool_gradients(name: str) -> None:
+    from mlc.frontend.onnx_import import import_onnx
+
+    model, xs = _onnx_1d_3d_cases()[name]
+    m, consts = import_onnx(model)
+    g = run_pass("autodiff", m, wrt="all", wrt_inputs="x", loss="sum")
+    fd_check(m, g, {"x": np.random.default_rng(14).standard_normal(xs)}, consts, coords=20)
