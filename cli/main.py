@@ -78,7 +78,8 @@ def cli(debug: bool, verbose: bool, quiet: bool) -> None:
 
     _DEBUG["on"] = debug
     shown = set() if quiet else {"warning", "info"} if verbose else {"warning"}
-    set_default_sink(lambda d: click.echo(d.render(), err=True) if d.severity in shown else None)
+    prev = set_default_sink(lambda d: click.echo(d.render(), err=True) if d.severity in shown else None)
+    click.get_current_context().call_on_close(lambda: set_default_sink(prev))
 
 
 def main() -> None:

@@ -22,7 +22,6 @@ program's root block, not a graph value. Ops outside groups are lowered alone.
 from __future__ import annotations
 
 import heapq
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -331,7 +330,6 @@ class Fuse(LowerOptions):
     """Fuse ops into groups (injective chains, reduction/matmul/conv epilogues) and lower each group to one tensor program."""
 
     name: ClassVar[str] = "fuse"
-    verbose: bool = option(False, "print 'fuse: N ops -> M kernels' to stderr")
     max_depth: int = option(64, "most ops in one fused kernel")
 
     def apply(self, module: Module, ctx: PassContext) -> Module:
@@ -341,10 +339,7 @@ class Fuse(LowerOptions):
         fns = [map_blocks(f, fz.block) if isinstance(f, Function) else f for f in module.functions]
         out = gl.finish(fns, self.strict, "fuse")
         after = count_calls(out)
-        msg = f"fuse: {before.ops} ops -> {after.kernels} kernels ({len(gl.new)} tensor programs, {after.ops} ops left)"
-        ctx.log(msg)
-        if self.verbose:
-            print(msg, file=sys.stderr)
+        ctx.info(f"fuse: {before.ops} ops -> {after.kernels} kernels ({len(gl.new)} tensor programs, {after.ops} ops left)")
         return out
 
 

@@ -261,5 +261,5 @@ class Lower(LowerOptions):
 
         fns = [map_blocks(f, block) if isinstance(f, Function) else f for f in module.functions]
         res = gl.finish(fns, self.strict, "lower")
-        ctx.log(f"lower: {len(gl.new)} tensor programs")
+        ctx.info(f"lower: {len(gl.new)} tensor programs")
         return res

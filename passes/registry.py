@@ -9,6 +9,7 @@ driver builds the subcommand's flags and validates pipeline YAML from those fiel
 from __future__ import annotations
 
 import dataclasses
+import sys
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
+from mlc.ir.diagnostics import Loc, printable
 from mlc.ir.module import Module
 
 
@@ -33,15 +35,64 @@ class Option:
     choices: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True)
+class Diagnostic:
+    """One message of a pass that is not an error: severity ("warning" or "info"), text, and where
+    in the input it points (None: the module as a whole)."""
+
+    severity: str
+    message: str
+    loc: Loc | None = None
+
+    def render(self) -> str:
+        """As the driver prints it: `FILE:LINE:COL: warning: ...` (or `mlc: info: ...`), escaped."""
+        return "\n".join(printable(ln) for ln in f"{self.loc or 'mlc'}: {self.severity}: {self.message}".split("\n"))
+
+
+Sink = Callable[[Diagnostic], None]
+
+
+def warnings_to_stderr(d: Diagnostic) -> None:
+    """The library's default sink: warnings on stderr as they come, info kept quiet."""
+    if d.severity != "info":
+        print(d.render(), file=sys.stderr)
+
+
+_SINK: dict[str, Sink] = {"default": warnings_to_stderr}
+
+
+def set_default_sink(sink: Sink) -> Sink:
+    """Where the diagnostics of every PassContext made from now on go (the CLI's -v/-q policy);
+    returns the previous sink, for the caller to put back."""
+    prev, _SINK["default"] = _SINK["default"], sink
+    return prev
+
+
 @dataclass
 class PassContext:
-    """What a pass may need beyond the module: the constants, the target, where files are."""
+    """What a pass may need beyond the module: the constants, the target, where files are; and the
+    one channel for its diagnostics (`info`, `warning`): kept in `diagnostics`, handed to `sink`."""
 
     constants: dict[str, np.ndarray] | None = None
     constants_changed: bool = False
     search_dirs: list[Path] = field(default_factory=list)
     target: str = "cpu"
-    log: Callable[[str], None] = lambda _msg: None
+    sink: Sink | None = field(default_factory=lambda: _SINK["default"])
+    diagnostics: list[Diagnostic] = field(default_factory=list)
+
+    def report(self, severity: str, message: str, loc: Loc | None = None) -> None:
+        d = Diagnostic(severity, message, loc)
+        self.diagnostics.append(d)
+        if self.sink is not None:
+            self.sink(d)
+
+    def info(self, message: str, loc: Loc | None = None) -> None:
+        """What a pass did (statistics): shown by `mlc -v`."""
+        self.report("info", message, loc)
+
+    def warning(self, message: str, loc: Loc | None = None) -> None:
+        """Something the user should know that does not stop the pass: shown unless `mlc -q`."""
+        self.report("warning", message, loc)
 
     def set_constants(self, arrays: dict[str, np.ndarray]) -> None:
         """A pass that adds or folds constants calls this; the driver writes a new side file."""
@@ -161,4 +212,5 @@ PASS_MODULES: tuple[str, ...] = (
     "mlc.passes.alter_layout",
     "mlc.passes.autodiff",
     "mlc.passes.amp",
+    "mlc.passes.remat",
 )

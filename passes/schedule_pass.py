@@ -10,7 +10,6 @@ instruction, and the next-best source is used.
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import ClassVar
@@ -49,11 +48,12 @@ def _mark(func: PrimFunc, how: str) -> PrimFunc:
 
 
 def schedule_func(func: PrimFunc, target: str | Target, db: object | None = None, trace: Trace | None = None,
-                  rules: bool = True, warn: object = None) -> PrimFunc:
-    """One function's schedule from a trace, the database, or the rules (see module doc)."""
+                  rules: bool = True, ctx: PassContext | None = None) -> PrimFunc:
+    """One function's schedule from a trace, the database, or the rules (see module doc); a record
+    that no longer replays is a warning through `ctx` (a fresh context's default sink without one)."""
     from .tune.database import Database, workload_key
 
-    say = warn if callable(warn) else (lambda m: print(f"mlc: warning: {m}", file=sys.stderr))
+    ctx = ctx or PassContext()
     if trace is not None:
         return _mark(trace.apply(func), "trace")
     if isinstance(db, Database):
@@ -61,7 +61,7 @@ def schedule_func(func: PrimFunc, target: str | Target, db: object | None = None
             try:
                 return _mark(rec.trace.apply(func), "tuned")
             except MlcError as e:
-                say(f"schedule: tuning record for {func.name} no longer replays: {e.message}")
+                ctx.warning(f"schedule: tuning record for {func.name} no longer replays: {e.message}")
     if rules:
         from .tune.space import design_space
 
@@ -81,10 +81,10 @@ class SchedulePass(ModulePass):
     rules: bool = option(True, "schedule functions without a trace or record by the default rules")
 
     def apply(self, module: Module, ctx: PassContext) -> Module:
-        return schedule_module(module, Target.parse(self.target or ctx.target), self.db, self.trace, self.rules)
+        return schedule_module(module, Target.parse(self.target or ctx.target), self.db, self.trace, self.rules, ctx)
 
 
-def schedule_module(module: Module, tgt: Target, db: str, trace: str, rules: bool) -> Module:
+def schedule_module(module: Module, tgt: Target, db: str, trace: str, rules: bool, ctx: PassContext) -> Module:
     """Schedule every PrimFunc not yet scheduled (a `schedule` attribute marks the done ones)."""
     from .tune.database import Database, mlc_version
 
@@ -92,8 +92,8 @@ def schedule_module(module: Module, tgt: Target, db: str, trace: str, rules: boo
     database = Database(db) if db and Path(db).exists() else None
     stale = database.stale_versions(tgt.key) if database is not None else []
     if stale:  # a database that silently did nothing would look like a tuning that did not help
-        print(f"mlc: warning: schedule: {db} holds records of mlc {', '.join(stale)} only; "
-              f"mlc {mlc_version()} does not apply them (re-run mlc tune)", file=sys.stderr)
+        ctx.warning(f"schedule: {db} holds records of mlc {', '.join(stale)} only; "
+                    f"mlc {mlc_version()} does not apply them (re-run mlc tune)")
     for f in module.prim_functions():
         if any(k == "schedule" for k, _ in f.attrs) or (is_lowered(f) and not has_loop(f.body)):
             continue  # scheduled already, or nothing to schedule
@@ -102,7 +102,7 @@ def schedule_module(module: Module, tgt: Target, db: str, trace: str, rules: boo
                            "tensor programs, before lower-tir", f.loc)
         tr = traces if isinstance(traces, Trace) else traces.get(f.name)
         try:
-            new = schedule_func(f, tgt, database, tr, rules)
+            new = schedule_func(f, tgt, database, tr, rules, ctx)
         except MlcError as e:
             raise MlcError(f"schedule: @{f.name}: {e.message}", e.loc, e.source_line) from None
         module = module.with_function(new)
