@@ -113,6 +113,7 @@ class _IterLowering:
         self.s, self.levels, self.used, self.row_parts = s, levels, used, row_parts
         self.loop_var: dict[Var, Var] = {}  # sparse iterator -> its loop variable
         self.loop_flat: dict[str, Expr] = {}  # axis -> flat position over loop variables
+        self.coord_var: dict[Var, tuple[Var, Expr]] = {}  # sparse iterator -> its coordinate's let, value
 
     def lower(self) -> Stmt:
         s = self.s
@@ -138,11 +139,16 @@ class _IterLowering:
         parent = self.loop_flat.get(a.parent) if a.parent else None
         self.loop_var[it.var] = lv
         self.loop_flat[a.name] = self.levels.flat(a, parent, lv)
+        if a.sparse:  # read (and checked) once per position, not in every inner iteration
+            self.coord_var[it.var] = (Var(_fresh(f"{it.var.name}_col", self.used)), self.levels.coord(a, parent, lv))
         return it, lv, self.levels.extent(a, parent)
 
     def wrap(self, loops: list[tuple[SparseIterVar, Var, Expr]], body: Stmt) -> Stmt:
         for it, lv, ext in reversed(loops):
             a = self.levels.axes[it.axis]
+            if it.var in self.coord_var:
+                cv, value = self.coord_var[it.var]
+                body = Let(cv, value, body, loc=self.s.loc)
             if self.row_parts and it is self.s.iters[0] and self.balanced_rows(a):
                 body = self.row_partition(a, lv, body)
             else:
@@ -199,7 +205,7 @@ class _IterLowering:
 
     def nest(self, block_iters: list[SparseIterVar], own: list[SparseIterVar], name: str, body: Stmt) -> Stmt:
         """Loops over `own` (inside the shared ones) around the block of `block_iters` running `body`."""
-        saved = dict(self.loop_var), dict(self.loop_flat)
+        saved = dict(self.loop_var), dict(self.loop_flat), dict(self.coord_var)
         loops = [self.loop(it) for it in own]
         pos_of: dict[Var, Var] = {}
         coord_of: dict[Var, Expr] = {}
@@ -212,7 +218,8 @@ class _IterLowering:
             block_flat[a.name] = self.levels.flat(a, bp, bv)
             dom = a.length if a.variable else (a.fixed_extent() or a.length)
             ivs.append(IterVar(bv, dom, it.kind, self.loop_var[it.var]))
-            pos_of[it.var], coord_of[it.var] = bv, self.levels.coord(a, bp, bv)
+            pos_of[it.var] = bv
+            coord_of[it.var] = self.coord_var[it.var][0] if it.var in self.coord_var else bv
         views = set(self.levels.views)
 
         def positions(e: Expr) -> Expr | None:
@@ -232,7 +239,7 @@ class _IterLowering:
                 return substitute(rewrite(e, positions), coord_of)
 
         stmt = self.wrap(loops, BlockStmt(name, tuple(ivs), _Sub().visit(body), loc=self.s.loc))
-        self.loop_var, self.loop_flat = saved
+        self.loop_var, self.loop_flat, self.coord_var = saved
         return stmt
 
 

@@ -275,9 +275,11 @@ STAGE2_BODY = """\
       }
     }
     for j in 0..max(min(min(check_range(cast<i64>(%indptr[i + 1]), max(check_range(cast<i64>(%indptr[i]), 0, nnz + 1), 0), min(max(check_range(cast<i64>(%indptr[i]), 0, nnz + 1), 0) + n, nnz) + 1), nnz) - max(check_range(cast<i64>(%indptr[i]), 0, nnz + 1), 0), n), 0) {
-      for k_1 in 0..4 {
-        block "spmm"(S vi_1 = i in 0..mp1 - 1, R vj = j in 0..n, S vk_1 = k_1 in 0..4) {
-          %C[vi_1, vk_1] = %C[vi_1, vk_1] + %A[vi_1, vj] * %B[min(max(check_range(cast<i64>(%indices[max(cast<i64>(%indptr[vi_1]), 0) + vj]), 0, n), 0), n - 1), vk_1]
+      let j_col = min(max(check_range(cast<i64>(%indices[max(cast<i64>(%indptr[i]), 0) + j]), 0, n), 0), n - 1) {
+        for k_1 in 0..4 {
+          block "spmm"(S vi_1 = i in 0..mp1 - 1, R vj = j in 0..n, S vk_1 = k_1 in 0..4) {
+            %C[vi_1, vk_1] = %C[vi_1, vk_1] + %A[vi_1, vj] * %B[j_col, vk_1]
+          }
         }
       }
     }
@@ -294,9 +296,11 @@ prim @spmm(%indptr: buffer<mp1 x i32>, %indices: buffer<nnz x i32>, %data: buffe
       }
     }
     for j in 0..max(min(min(check_range(cast<i64>(%indptr[i + 1]), max(check_range(cast<i64>(%indptr[i]), 0, nnz + 1), 0), min(max(check_range(cast<i64>(%indptr[i]), 0, nnz + 1), 0) + n, nnz) + 1), nnz) - max(check_range(cast<i64>(%indptr[i]), 0, nnz + 1), 0), n), 0) {
-      for k_1 in 0..4 {
-        block "spmm"(S vi_1 = i in 0..mp1 - 1, R vj = j in 0..n, S vk_1 = k_1 in 0..4) {
-          %C[vi_1, vk_1] = %C[vi_1, vk_1] + %data[max(cast<i64>(%indptr[vi_1]), 0) + vj] * %B[min(max(check_range(cast<i64>(%indices[max(cast<i64>(%indptr[vi_1]), 0) + vj]), 0, n), 0), n - 1), vk_1]
+      let j_col = min(max(check_range(cast<i64>(%indices[max(cast<i64>(%indptr[i]), 0) + j]), 0, n), 0), n - 1) {
+        for k_1 in 0..4 {
+          block "spmm"(S vi_1 = i in 0..mp1 - 1, R vj = j in 0..n, S vk_1 = k_1 in 0..4) {
+            %C[vi_1, vk_1] = %C[vi_1, vk_1] + %data[max(cast<i64>(%indptr[vi_1]), 0) + vj] * %B[j_col, vk_1]
+          }
         }
       }
     }
@@ -306,8 +310,8 @@ prim @spmm(%indptr: buffer<mp1 x i32>, %indices: buffer<nnz x i32>, %data: buffe
 
 
 def test_stage_texts() -> None:
-    """Stage II: the init nest shares the row loop; the row extent and the column read are clamped and
-    checked; %A is still indexed by position. Stage III: %A is %data at the flat offset."""
+    """Stage II: the init nest shares the row loop; the row extent and the column (read once per
+    nonzero, outside the feature loop) are clamped and checked; %A is still indexed by position. Stage III: %A is %data at the flat offset."""
     m = sparse_kernel("spmm", "csr", 4)
     s2 = print_module(m.with_function(lower_sparse(m.get("spmm"), 2)))
     assert s2.endswith(STAGE2_BODY) and "  sparse %A: (I, J) = %data\n" + STAGE2_BODY in s2
