@@ -26,6 +26,7 @@ from .tir import BlockStmt, For, IterVar, Let, PrimFunc, Stmt, Store
 from .tir_visit import StmtMutator, nodes, rewrite, seq, used_names
 
 STAGES: tuple[int, ...] = (2, 3)
+_RADIX, _SEARCH_LEVELS = 4, 16  # the row search: 4**16 > 2**31 (any i32 indptr), 3 reads per step
 
 
 def is_sparse(func: PrimFunc) -> bool:
@@ -162,7 +163,7 @@ class _IterLowering:
 
     def row_partition(self, a: Axis, lv: Var, body: Stmt) -> Stmt:
         """`for t in 0..P { let r0, r1 (rows of part t) { for i in r0..+(r1 - r0) } }` with parts of equal
-        nonzeros: r(t) = first row whose indptr reaches ceil(t * nnz / P), found by a 16-ary search."""
+        nonzeros: r(t) = first row whose indptr reaches ceil(t * nnz / P), found by a 4-ary search."""
         child = next(self.levels.axes[it.axis] for it in self.s.iters
                      if self.levels.axes[it.axis].variable and self.levels.axes[it.axis].parent == a.name)
         assert child.indptr is not None and child.nnz is not None
@@ -176,7 +177,7 @@ class _IterLowering:
         return For(t, Const(0), P, stmt, loc=self.s.loc)
 
     def search(self, child: Axis, m: Expr, target: Expr, out: Var, body: Stmt, after: Var | None) -> Stmt:
-        """`let out = first row r in [0, m] with indptr[r] >= target { body }` by a 16-ary search, one Let
+        """`let out = first row r in [0, m] with indptr[r] >= target { body }` by a 4-ary search, one Let
         per step, each read clamped into indptr and each step kept <= m whatever indptr holds. With
         `after`, out is checked to be >= after (a part ending before it begins is a bad indptr)."""
         assert child.indptr is not None
@@ -185,15 +186,16 @@ class _IterLowering:
         steps: list[tuple[Var, Expr]] = [(goal, target)]
         target = goal
         pos: Expr = Const(0)
-        for level in range(7, -1, -1):  # 16**8 > 2**31: any i32 indptr
+        levels = _SEARCH_LEVELS
+        for level in range(levels - 1, -1, -1):  # RADIX**levels > 2**31: any i32 indptr
             total: Expr | None = None
-            for k in range(1, 16):
-                at = pos + Const(16 ** level * k)
+            for k in range(1, _RADIX):
+                at = pos + Const(_RADIX ** level * k)
                 hit = Select(Bin("and", Bin("le", at, m), Bin("lt", i64(Load(ptr, (_min(at, m),))), target)), Const(1), Const(0))
                 total = hit if total is None else total + hit
             assert total is not None
-            v = Var(_fresh(f"{out.name}_{7 - level}", self.used))
-            steps.append((v, pos + Const(16 ** level) * total))
+            v = Var(_fresh(f"{out.name}_{levels - 1 - level}", self.used))
+            steps.append((v, pos + Const(_RADIX ** level) * total))
             pos = v
         found = _min(Select(Bin("lt", i64(Load(ptr, (pos,))), target), pos + 1, pos), m)
         if after is not None:
