@@ -509,7 +509,7 @@ def _avg_pool_lower(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
 
 
 # ---- max_pool2d_grad, avg_pool2d_grad --------------------------------------------------------
-define("max_pool2d_grad", "opaque", 2, {**_POOL_ATTRS, "dilations": (1, 1)},
+define("max_pool2d_grad", "out_ewise_fusable", 2, {**_POOL_ATTRS, "dilations": (1, 1)},
        "gradient of max_pool2d: args x, dy (max_pool2d's input, the cotangent of its result); each "
        "window's dy goes to its first maximum in row-major order, as PyTorch and JAX route it")
 
