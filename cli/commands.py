@@ -9,7 +9,8 @@ from typing import Any
 import click
 import numpy as np
 from mlc.ir.diagnostics import Loc, MlcError
-from mlc.ir.files import atomic_write_bytes, atomic_write_files
+from mlc.ir.files import atomic_write_bytes, atomic_write_files, read_bytes
+from mlc.ir.limits import max_bytes
 
 from .dims import dims_option
 from .io import read_module, write_module
@@ -115,6 +116,8 @@ def _is_artifact(path: str) -> bool:
 
     if path.endswith(".mlc"):
         return True
+    if not Path(path).is_file():  # a FIFO or device: sniffing would block or eat its bytes
+        return False
     try:
         with open(path, "rb") as f:
             return f.read(len(MAGIC)) == MAGIC
@@ -295,7 +298,8 @@ def _ort_session(path: str, inputs: list[str]) -> tuple[Any, dict[str, str]]:
 def load_npz(path: str) -> dict[str, np.ndarray]:
     from mlc.ir.constants import read_npz
 
-    return read_npz(_existing_file(path, "inputs"), f"inputs '{path}'")
+    what = f"inputs '{path}'"  # read bounded first: /dev/zero or an endless FIFO is an error, not a hang
+    return read_npz(read_bytes(_existing_file(path, "inputs"), what, max_bytes()), what)
 
 
 def _existing_file(path: str, what: str = "") -> str:
@@ -423,7 +427,7 @@ def _register_stages() -> None:
 
 def _register_groups() -> None:
     from .ann import ann_index
-    from .sparse import sparse_kernel_cmd
+    from .sparse import sparse_inputs_cmd, sparse_kernel_cmd
     from .train import train_cmd
     from .tune import tune_cmd
 
@@ -431,6 +435,7 @@ def _register_groups() -> None:
     cli.add_command(train_cmd, "train")
     cli.add_command(ann_index, "ann-index")
     cli.add_command(sparse_kernel_cmd, "sparse-kernel")
+    cli.add_command(sparse_inputs_cmd, "sparse-inputs")
 
 
 _register_stages()

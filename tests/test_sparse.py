@@ -317,3 +317,36 @@ def test_stage_texts() -> None:
     assert s2.endswith(STAGE2_BODY) and "  sparse %A: (I, J) = %data\n" + STAGE2_BODY in s2
     s3 = print_module(m.with_function(lower_sparse(m.get("spmm"), 3)))
     assert s3.endswith(STAGE3)
+
+
+def _save(path: str, indptr: list[int], indices: list[int], data: list[float], shape: tuple[int, int]) -> None:
+    """What scipy.sparse.save_npz writes for a CSR matrix, with whatever arrays (bad ones too)."""
+    np.savez(path, format=np.array(b"csr"), shape=np.array(shape), indptr=np.array(indptr, np.int32),
+             indices=np.array(indices, np.int32), data=np.array(data, np.float32))
+
+
+def test_sparse_inputs_from_save_npz(built: str) -> None:
+    a = _pattern("power_law", 6, 5, 7)
+    sp.save_npz(f"{built}/a.npz", a)
+    b = np.random.default_rng(1).standard_normal((5, 4)).astype(np.float32)
+    np.save(f"{built}/b.npy", b)
+    r = _cli("sparse-inputs", "a.npz", "--dense", "B=b.npy", "-o", "g_in.npz", cwd=built)
+    assert r.returncode == 0, r.stderr
+    r = _cli("run", "k.mlc", "--inputs", "g_in.npz", "-o", "g_out.npz", cwd=built)
+    assert r.returncode == 0, r.stderr
+    np.testing.assert_allclose(np.load(f"{built}/g_out.npz")["C"], a @ b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("indptr, indices, data, dense_rows, message", [
+    ([0, 2, 1, 3], [0, 1, 2], [1, 1, 1], 5, "indptr is not monotone"),
+    ([0, 1, 2, 3], [0, 7, 2], [1, 1, 1], 5, "indices[1] = 7 is out of range [0, 5)"),
+    ([0, 1, 2, 3], [0, 1, 2], [1, 1, 1, 1], 5, "nnz disagrees"),
+    ([0, 1, 2, 3], [0, 1, 2], [1, 1, 1], 6, "B must have 5 rows"),
+])
+def test_sparse_inputs_rejects_bad_files(built: str, indptr: list[int], indices: list[int], data: list[float],
+                                         dense_rows: int, message: str) -> None:
+    _save(f"{built}/bad_a.npz", indptr, indices, data, (3, 5))
+    np.save(f"{built}/bad_b.npy", np.ones((dense_rows, 4), np.float32))
+    r = _cli("sparse-inputs", "bad_a.npz", "--dense", "B=bad_b.npy", "-o", "bad_in.npz", cwd=built)
+    assert r.returncode == 1 and message in r.stderr and ".np" in r.stderr.split("error")[0]
+    assert not (__import__("pathlib").Path(built) / "bad_in.npz").exists()
