@@ -552,3 +552,28 @@ def test_1d_and_3d_conv_and_pool_gradients(name: str) -> None:
     m, consts = import_onnx(model)
     g = run_pass("autodiff", m, wrt="all", wrt_inputs="x", loss="sum")
     fd_check(m, g, {"x": np.random.default_rng(14).standard_normal(xs)}, consts, coords=20)
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_backward_lowerings_random_windows(data: st.DataObject) -> None:
+    """Random kernel, strides (the per-phase path at stride > 1 without dilation, the divisibility
+    test with it), pads, dilations, groups and ceil_mode: every backward op's lowering against its
+    reference in the TIR interpreter."""
+    d = data.draw
+    k = (d(st.integers(1, 3)), d(st.integers(1, 3)))
+    s = (d(st.integers(1, 3)), d(st.integers(1, 3)))
+    dl = (d(st.integers(1, 2)), d(st.integers(1, 2)))
+    p = tuple(d(st.integers(0, k[i % 2] - 1)) for i in range(4))
+    hw = tuple(d(st.integers(dl[i] * (k[i] - 1) + 1, 7)) for i in range(2))
+    g = d(st.sampled_from([1, 2]))
+    attrs = {"strides": s, "pads": p, "dilations": dl, "groups": g}
+    x, w, dy = f32(*conv_case((1, 2 * g) + hw, (2 * g, 2) + k, attrs, seed=d(st.integers(0, 99))))
+    check_op("conv2d_grad_data", [dy, w], {**attrs, "input_size": hw})
+    check_op("conv2d_grad_weight", [x, dy], {**attrs, "kernel_shape": k})
+    pool = {"kernel_shape": k, "strides": s, "pads": p, "ceil_mode": d(st.booleans())}
+    py = ref("max_pool2d", {**pool, "dilations": dl}, x.astype(np.float64))
+    check_op("max_pool2d_grad", [x, rand(*py.shape, seed=1)], {**pool, "dilations": dl})
+    avg = {**pool, "count_include_pad": d(st.booleans())}
+    ay = ref("avg_pool2d", avg, x.astype(np.float64))
+    check_op("avg_pool2d_grad", [rand(*ay.shape, seed=2)], {**avg, "input_size": hw})
