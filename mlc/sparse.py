@@ -88,7 +88,7 @@ class SparseKernel:
         a = self.matrix
         vals = out if out.ndim == 1 else out[np.repeat(np.arange(m), np.diff(a.indptr)),
                                              np.arange(a.nnz) - np.repeat(a.indptr[:-1], np.diff(a.indptr))]
-        return sp.csr_matrix((vals, a.indices.copy(), a.indptr.copy()), shape=a.shape)
+        return sp.csr_matrix((vals.astype(np.float32), a.indices.copy(), a.indptr.copy()), shape=a.shape)
 
 
 def compile(matrix: Any, op: str = "spmm", target: str = "cpu", feat: int = 32, format: str = "csr",  # noqa: A001, A002
@@ -105,19 +105,22 @@ def compile(matrix: Any, op: str = "spmm", target: str = "cpu", feat: int = 32, 
 
     if not sp.issparse(matrix):
         raise MlcError(f"mlc.sparse.compile: expected a scipy.sparse matrix, got {type(matrix).__name__}")
-    a = sp.csr_matrix(matrix, dtype=_NP.get(dtype, np.float32))
+    if dtype not in _NP:
+        raise MlcError(f"mlc.sparse.compile: dtype must be one of {', '.join(_NP)}, got {dtype!r}")
+    a = sp.csr_matrix(matrix, dtype=np.float32)  # scipy.sparse holds no f16: values are cast below
     a.sum_duplicates()
     a.sort_indices()
     indptr, indices = a.indptr.astype(np.int32), a.indices.astype(np.int32)
     check_csr(indptr, indices, len(a.data), a.shape[1], need_sorted=True)
+    values = a.data.astype(_NP[dtype])
     if format == "ell":
         format = f"ell:{max(1, int(np.diff(indptr).max(initial=0)))}"
     kind, width = parse_format(format)
     module = sparse_kernel(op, format, feat, dtype)
     if kind == "csr":
-        inputs = {"indptr": indptr, "indices": indices, "data": a.data}
+        inputs = {"indptr": indptr, "indices": indices, "data": values}
     else:
-        ell_i, ell_d = to_ell(indptr, indices, a.data, width)
+        ell_i, ell_d = to_ell(indptr, indices, values, width)
         inputs = {"indices": ell_i, "data": ell_d}
     built = build_module(module, {}, target)
     model = model_from_artifact(loads(built.result.data), f"<mlc.sparse.compile {op}>")

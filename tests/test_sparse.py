@@ -350,3 +350,30 @@ def test_sparse_inputs_rejects_bad_files(built: str, indptr: list[int], indices:
     r = _cli("sparse-inputs", "bad_a.npz", "--dense", "B=bad_b.npy", "-o", "bad_in.npz", cwd=built)
     assert r.returncode == 1 and message in r.stderr and ".np" in r.stderr.split("error")[0]
     assert not (__import__("pathlib").Path(built) / "bad_in.npz").exists()
+
+
+@pytest.mark.parametrize("stage", [1, 3])
+def test_f16_kernel_in_the_interpreter(stage: int) -> None:
+    """f16 values and operands, accumulated in f16: close to the f32 product of the rounded inputs."""
+    a = _pattern("random", 7, 6, 9)
+    a.data = a.data.astype(np.float16).astype(np.float32)
+    b = np.random.default_rng(2).standard_normal((6, F)).astype(np.float16)
+    f = sparse_kernel("spmm", "csr", F, "f16").get("spmm")
+    if stage > 1:
+        f = lower_sparse(f, stage, 2)
+    c = np.full((7, F), np.nan, np.float16)
+    run_prim(f, [a.indptr.astype(np.int32), a.indices.astype(np.int32), a.data.astype(np.float16), b, c])
+    np.testing.assert_allclose(c.astype(np.float32), a @ b.astype(np.float32), rtol=2e-2, atol=2e-2)
+
+
+def test_stage_one_module_runs_in_the_graph_interpreter() -> None:
+    """`mlc run K.ir`: the graph calls the stage-I prim, which the interpreter runs directly."""
+    from mlc.ir.interp import run_function
+
+    a = _pattern("power_law", 8, 6, 5)
+    b = np.random.default_rng(3).standard_normal((6, F)).astype(np.float32)
+    m = parse_module(print_module(sparse_kernel("spmm", "csr", F)))
+    out = run_function(m, {"indptr": a.indptr.astype(np.int32), "indices": a.indices.astype(np.int32),
+                           "data": a.data, "B": b})
+    got = out["C"] if isinstance(out, dict) else out[0]
+    np.testing.assert_allclose(got, a @ b, rtol=1e-5, atol=1e-5)
