@@ -375,5 +375,4 @@ def test_stage_one_module_runs_in_the_graph_interpreter() -> None:
     m = parse_module(print_module(sparse_kernel("spmm", "csr", F)))
     out = run_function(m, {"indptr": a.indptr.astype(np.int32), "indices": a.indices.astype(np.int32),
                            "data": a.data, "B": b})
-    got = out["C"] if isinstance(out, dict) else out[0]
-    np.testing.assert_allclose(got, a @ b, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out["C"], a @ b, rtol=1e-5, atol=1e-5)
