@@ -25,11 +25,14 @@ from onnx import numpy_helper
 
 from ..ir.diagnostics import Loc, MlcError
 from ..ir.expr import Const, Expr, Var
+from ..ir.files import read_bytes
 from ..ir.graph import Binding, Block, Constant, Function, If, Loop, Node, OpCall, Value, attrs_of
 from ..ir.module import Module
 from ..ir.types import TensorType
 from .onnx_ctx import Ctx, SymVal, onnx_dtype, sanitize
 from .onnx_ops import HANDLERS
+
+MODEL_LIMIT = 2 << 30  # protobuf refuses a message past 2 GiB (larger models keep weights in external data)
 
 # Default-domain opsets 6..28 (what onnx 1.23 defines). Handlers read attributes that later opsets
 # turned into inputs (reduction axes, Split sizes, Clip bounds, Pad pads, Slice bounds, Squeeze /
@@ -63,10 +66,10 @@ def load_model(path_or_model: str | Path | bytes | onnx.ModelProto) -> tuple[onn
             data, src = path_or_model, "<onnx bytes>"
         else:
             src = str(path_or_model)
-            try:
-                data = Path(path_or_model).read_bytes()
-            except OSError as e:
-                raise MlcError(f"cannot read ONNX model: {e.strerror}", Loc(src)) from None
+            try:  # bounded: /dev/zero or an endless pipe is an error, not a hang
+                data = read_bytes(path_or_model, "ONNX model", MODEL_LIMIT)
+            except MlcError as e:
+                raise MlcError(e.message, Loc(src)) from None
         model = onnx.ModelProto()
         try:
             model.ParseFromString(data)

@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 from mlc.ir.constants import read_npz
 from mlc.ir.diagnostics import MlcError
+from mlc.ir.files import read_bytes
+from mlc.ir.limits import max_bytes
 
 MAGIC = b"MLCART\0\0"
 FORMAT_VERSION = 1
@@ -103,8 +105,4 @@ def loads(data: bytes, name: str = "<artifact>") -> Artifact:
 
 
 def read(path: str | Path) -> Artifact:
-    try:
-        data = Path(path).read_bytes()
-    except OSError as e:
-        raise MlcError(f"cannot read '{path}': {e.strerror}") from None
-    return loads(data, str(path))
+    return loads(read_bytes(path, f"'{path}'", max_bytes()), str(path))  # bounded: /dev/zero is an error
