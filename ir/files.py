@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import sys
 import tempfile
 from pathlib import Path
@@ -20,6 +21,7 @@ from .diagnostics import MlcError
 from .limits import max_bytes
 
 TEXT_LIMIT = 1 << 30  # IR text: constants live in side files, so a GiB of text is already hostile
+STREAM_LIMIT = 1 << 30  # a pipe or device (stdin, a FIFO, /dev/zero): read into memory before its size is known
 
 
 def read_bytes(path: str | os.PathLike[str], what: str, limit: int = TEXT_LIMIT) -> bytes:
@@ -28,11 +30,13 @@ def read_bytes(path: str | os.PathLike[str], what: str, limit: int = TEXT_LIMIT)
     limit = min(limit, max_bytes())
     try:
         if str(path) == "-":
-            return _read_capped(sys.stdin.buffer, what, limit)
+            return _read_capped(sys.stdin.buffer, what, min(limit, STREAM_LIMIT))
         with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            if os.path.isfile(path) and size > limit:
-                raise MlcError(f"cannot read {what}: {size:,} bytes is more than the {limit:,} allowed")
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode):  # a pipe or device has no size to check first
+                return _read_capped(f, what, min(limit, STREAM_LIMIT))
+            if st.st_size > limit:
+                raise MlcError(f"cannot read {what}: {st.st_size:,} bytes is more than the {limit:,} allowed")
             return _read_capped(f, what, limit)
     except OSError as e:
         raise MlcError(f"cannot read {what}: {e.strerror or e}") from None
