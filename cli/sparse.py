@@ -9,9 +9,9 @@ from .main import handle_errors
 
 
 @click.command("sparse-kernel")
-@click.argument("op", type=click.Choice(["spmm", "sddmm"]))
+@click.argument("op", type=click.Choice(["spmm", "sddmm", "bsrmm"]))
 @click.option("--format", "fmt", default="csr", show_default=True,
-              help="csr (indptr, indices, data) or ell:W (indices and data rows x W, padding value 0)")
+              help="csr (indptr, indices, data), ell:W (indices and data rows x W, padding value 0); bsrmm: bsr:S")
 @click.option("--feat", default=32, show_default=True, type=click.IntRange(min=1), help="feature width of the dense operands")
 @click.option("--dtype", default="f32", show_default=True, type=click.Choice(["f32", "f16"]), help="value dtype")
 @click.option("-o", "--output", default="-", help="IR file to write (default: stdout)")
@@ -23,6 +23,8 @@ def sparse_kernel_cmd(op: str, fmt: str, feat: int, dtype: str, output: str) -> 
     spmm:  inputs indptr, indices, data (A, rows x n sparse), B (n x feat); result C = A @ B (rows x feat)
     sddmm: inputs indptr, indices, data, X (rows x feat), Y (n x feat); result C: one value per nonzero
            (i, j) of A, A[i, j] * dot(X[i], Y[j]), in A's order
+    bsrmm: as spmm with A in S x S blocks (--format bsr:S): indptr (block rows + 1), indices (block
+           columns), data (blocks x S x S values, flattened: scipy's bsr_matrix.data.ravel())
     CSR: indptr i32 (rows + 1), indices i32 (nnz), data (nnz). ELL (--format ell:W): indices i32 and data
     (rows x W); a padded entry has value 0 and any column in [0, n). Bad index arrays (indptr not
     monotone or past nnz, a column out of range) fail the run with a located error."""
@@ -33,7 +35,7 @@ def sparse_kernel_cmd(op: str, fmt: str, feat: int, dtype: str, output: str) -> 
 
 @click.command("sparse-inputs")
 @click.argument("matrix", metavar="A.npz")
-@click.option("--format", "fmt", default="csr", show_default=True, help="the kernel's format: csr or ell:W")
+@click.option("--format", "fmt", default="csr", show_default=True, help="the kernel's format: csr, ell:W or bsr:S")
 @click.option("--dense", "dense", multiple=True, metavar="NAME=FILE",
               help="a dense operand (.npy, or an .npz holding NAME), e.g. B=b.npy; repeatable")
 @click.option("-o", "--output", required=True, help="inputs file to write (.npz for mlc run --inputs)")
@@ -75,8 +77,16 @@ def sparse_inputs_cmd(matrix: str, fmt: str, dense: tuple[str, ...], output: str
     if data.dtype not in (np.float32, np.float16):
         data = data.astype(np.float32)
     ip, ix = indptr.astype(np.int32), indices.astype(np.int32)
-    out = {"indptr": ip, "indices": ix, "data": data} if kind == "csr" else dict(
-        zip(("indices", "data"), msp.to_ell(ip, ix, data, width)))
+    if kind == "csr":
+        out = {"indptr": ip, "indices": ix, "data": data}
+    elif kind == "ell":
+        out = dict(zip(("indices", "data"), msp.to_ell(ip, ix, data, width)))
+    else:
+        import scipy.sparse as sp
+
+        a = sp.csr_matrix((data.astype(np.float32), ix, ip), shape=shape)
+        a.sum_duplicates()
+        out = msp.to_bsr(a, width, data.dtype)
     rows = {"B": shape[1], "Y": shape[1], "X": shape[0]}
     for item in dense:
         name, _, path = item.partition("=")

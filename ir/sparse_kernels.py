@@ -7,33 +7,37 @@ interface (docs/sparse.md):
 - spmm  C[i, k] = sum_j A[i, j] * B[j, k]         inputs indptr, indices, data, B; result C (rows x feat)
 - sddmm C[p]    = A[i, j] * sum_k X[i, k] * Y[j, k] for each nonzero p = (i, j) of A
                                                     inputs indptr, indices, data, X, Y; result C (nnz values)
+- bsrmm C = A @ B with A in blocks (BSR: four axes, block rows and block columns sparse, the two
+  in-block axes dense)                             inputs indptr, indices, data, B; result C
 
-Formats: `csr` (indptr: rows+1, indices and data: nnz) and `ell:W` (indices and data: rows x W, a
-padded entry has value 0 and any column in range). Row counts come from the arrays: `mp1` is
-indptr's length (rows + 1) in CSR.
+Formats: `csr` (indptr: rows+1, indices and data: nnz), `ell:W` (indices and data: rows x W, a
+padded entry has value 0 and any column in range) and, for bsrmm only, `bsr:S` (S x S blocks:
+indptr: block rows + 1, indices: nnzb block columns, data: nnzb * S * S values, scipy's BSR layout;
+B's row count must be a multiple of S). Row counts come from the arrays: `mp1` is indptr's length.
 """
 
 from __future__ import annotations
 
 from .diagnostics import MlcError
-from .expr import Const, Expr, Load, Var
+from .expr import Bin, Const, Expr, Load, Var
 from .graph import Binding, Block, CallTensor, Function, Value
 from .module import Module
 from .sparse import Axis, SparseIteration, SparseIterVar, sparse_view
 from .tir import Buffer, PrimFunc, Store
 from .types import TensorType
 
-OPS: tuple[str, ...] = ("spmm", "sddmm")
+OPS: tuple[str, ...] = ("spmm", "sddmm", "bsrmm")
 DTYPES: tuple[str, ...] = ("f32", "f16")
 
 
 def parse_format(fmt: str) -> tuple[str, int]:
-    """`csr` -> ("csr", 0); `ell:W` -> ("ell", W)."""
+    """`csr` -> ("csr", 0); `ell:W` -> ("ell", W); `bsr:S` -> ("bsr", S)."""
     if fmt == "csr":
         return "csr", 0
-    if fmt.startswith("ell:") and fmt[4:].isdigit() and int(fmt[4:]) > 0:
-        return "ell", int(fmt[4:])
-    raise MlcError(f"unknown sparse format {fmt!r} (known: csr, ell:W with W > 0)")
+    kind, _, num = fmt.partition(":")
+    if kind in ("ell", "bsr") and num.isdigit() and 0 < int(num) <= 4096:
+        return kind, int(num)
+    raise MlcError(f"unknown sparse format {fmt!r} (known: csr, ell:W, bsr:S with 0 < W, S <= 4096)")
 
 
 def sparse_kernel(op: str, fmt: str, feat: int = 32, dtype: str = "f32") -> Module:
@@ -45,7 +49,13 @@ def sparse_kernel(op: str, fmt: str, feat: int = 32, dtype: str = "f32") -> Modu
         raise MlcError(f"unsupported dtype {dtype!r} (known: {', '.join(DTYPES)})")
     if feat <= 0:
         raise MlcError(f"--feat must be positive, got {feat}")
+    if op == "bsrmm" and kind != "bsr":
+        raise MlcError(f"bsrmm takes --format bsr:S (block size S), not {fmt}")
+    if kind == "bsr" and op != "bsrmm":
+        raise MlcError(f"--format {fmt} is for bsrmm (spmm and sddmm take csr or ell:W)")
     n, nnz, F = Var("n"), Var("nnz"), Const(feat)
+    if kind == "bsr":
+        return _bsrmm(width, feat, dtype, fmt)
     if kind == "csr":
         mp1 = Var("mp1")
         m: Expr = mp1 - 1
@@ -91,6 +101,37 @@ def sparse_kernel(op: str, fmt: str, feat: int = 32, dtype: str = "f32") -> Modu
     res = Value(out.name, TensorType(out.shape, out.dtype))
     main = Function("main", params, Block((Binding(res, CallTensor(op, params)),), (res,)), (("entry", True),))
     return Module((main, prim), (("source", f"mlc sparse-kernel {op} --format {fmt} --feat {feat} --dtype {dtype}"),))
+
+
+def _bsrmm(bs: int, feat: int, dtype: str, fmt: str) -> Module:
+    """C[io*S + ii, k] += A[io, jo, ii, ji] * B[jo*S + ji, k] over the stored blocks (jo, the block column)."""
+    n, nnzb, mp1, S, F = Var("n"), Var("nnzb"), Var("mp1"), Const(bs), Const(feat)
+    indptr = Buffer("indptr", (mp1,), "i32")
+    indices = Buffer("indices", (nnzb,), "i32")
+    data = Buffer("data", (nnzb * S * S,), dtype)
+    B = Buffer("B", (n, F), dtype)
+    C = Buffer("C", ((mp1 - 1) * S, F), dtype)
+    IO = Axis("IO", "dense_fixed", mp1 - 1)
+    JO = Axis("JO", "sparse_variable", Bin("floordiv", n, S), "IO", nnzb, indptr, indices)
+    II, JI, K = Axis("II", "dense_fixed", S), Axis("JI", "dense_fixed", S), Axis("K", "dense_fixed", F)
+    A = sparse_view("A", (IO, JO, II, JI), data)
+    io, jo, ii, ji, k = (Var(x) for x in ("io", "jo", "ii", "ji", "k"))
+    iters = tuple(SparseIterVar(v, ax, kd) for v, ax, kd in
+                  ((io, "IO", "S"), (jo, "JO", "R"), (ii, "II", "S"), (ji, "JI", "R"), (k, "K", "S")))
+    row, col = io * S + ii, jo * S + ji
+    init = Store(C, (row, k), Const(0.0, dtype))
+    body = Store(C, (row, k), Load(C, (row, k)) + Load(A.buffer, (io, jo, ii, ji)) * Load(B, (col, k)))
+    prim = PrimFunc("bsrmm", (indptr, indices, data, B, C), 1, SparseIteration("bsrmm", iters, body, init),
+                    axes=(IO, JO, II, JI, K), sparse_buffers=(A,))
+    return _with_main(prim, (indptr, indices, data, B), C, f"mlc sparse-kernel bsrmm --format {fmt} --feat {feat} --dtype {dtype}")
+
+
+def _with_main(prim: PrimFunc, ins: tuple[Buffer, ...], out: Buffer, source: str) -> Module:
+    """`prim` and a `graph @main` that takes its inputs and returns its result."""
+    params = tuple(Value(b.name, TensorType(b.shape, b.dtype)) for b in ins)
+    res = Value(out.name, TensorType(out.shape, out.dtype))
+    main = Function("main", params, Block((Binding(res, CallTensor(prim.name, params)),), (res,)), (("entry", True),))
+    return Module((main, prim), (("source", source),))
 
 
 __all__ = ["DTYPES", "OPS", "parse_format", "sparse_kernel"]

@@ -4,7 +4,7 @@ The kernel is the stage-I program `mlc sparse-kernel` writes (ir/sparse_kernels.
 same driver as `mlc build` (so through sparse-lower); the returned callable holds A's index arrays
 and values, checked once here, and takes only the dense operands:
 
-    k = mlc.sparse.compile(A, "spmm", feat=64)      # A: any scipy.sparse matrix
+    k = mlc.sparse.compile(A, "spmm", feat=64)      # A: any scipy.sparse matrix (bsrmm: format="bsr:S")
     C = k(B)                                         # == A @ B, B: (A.shape[1], 64)
     S = mlc.sparse.compile(A, "sddmm", feat=64)(X, Y)  # scipy CSR with A's structure: A * (X @ Y.T)
 """
@@ -61,6 +61,16 @@ def to_ell(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, width: int
     return ell_i, ell_d
 
 
+def to_bsr(a: Any, size: int, dtype: Any) -> dict[str, np.ndarray]:
+    """A canonical CSR matrix as bsrmm's inputs (S x S blocks, scipy's layout, values flattened)."""
+    if a.shape[0] % size or a.shape[1] % size:
+        raise MlcError(f"bsr:{size}: the matrix's shape {a.shape[0]} x {a.shape[1]} is not a multiple of {size}")
+    b = a.tobsr(blocksize=(size, size))
+    b.sort_indices()
+    return {"indptr": b.indptr.astype(np.int32), "indices": b.indices.astype(np.int32),
+            "data": np.ascontiguousarray(b.data.reshape(-1), dtype=dtype)}
+
+
 class SparseKernel:
     """A compiled sparse kernel bound to one matrix: call it with the dense operands."""
 
@@ -76,9 +86,9 @@ class SparseKernel:
 
     def __call__(self, *dense: Any) -> Any:
         m, n = self.matrix.shape
-        if self.op == "spmm":
+        if self.op in ("spmm", "bsrmm"):
             if len(dense) != 1:
-                raise MlcError(f"spmm takes one dense operand B, got {len(dense)}")
+                raise MlcError(f"{self.op} takes one dense operand B, got {len(dense)}")
             return self.model(**self.inputs, B=self._dense("B", dense[0], n))["C"]
         if len(dense) != 2:
             raise MlcError(f"sddmm takes two dense operands X and Y, got {len(dense)}")
@@ -93,10 +103,11 @@ class SparseKernel:
 
 def compile(matrix: Any, op: str = "spmm", target: str = "cpu", feat: int = 32, format: str = "csr",  # noqa: A001, A002
             dtype: str = "f32") -> SparseKernel:
-    """`op` ("spmm" | "sddmm") on `matrix` (scipy.sparse, any format) compiled for `target`.
+    """`op` ("spmm" | "sddmm" | "bsrmm") on `matrix` (scipy.sparse, any format) compiled for `target`.
 
-    `format`: "csr", "ell:W", or "ell" (W = the longest row). Duplicates are summed and indices sorted
-    first (scipy's canonical CSR)."""
+    `format`: "csr", "ell:W", or "ell" (W = the longest row) for spmm/sddmm; "bsr:S" (S x S blocks; the
+    shape must be a multiple of S) for bsrmm. Duplicates are summed and indices sorted first (scipy's
+    canonical CSR)."""
     import scipy.sparse as sp
 
     from mlc.compiler import build_module
@@ -119,6 +130,8 @@ def compile(matrix: Any, op: str = "spmm", target: str = "cpu", feat: int = 32, 
     module = sparse_kernel(op, format, feat, dtype)
     if kind == "csr":
         inputs = {"indptr": indptr, "indices": indices, "data": values}
+    elif kind == "bsr":
+        inputs = to_bsr(a, width, _NP[dtype])
     else:
         ell_i, ell_d = to_ell(indptr, indices, values, width)
         inputs = {"indices": ell_i, "data": ell_d}
@@ -127,4 +140,4 @@ def compile(matrix: Any, op: str = "spmm", target: str = "cpu", feat: int = 32, 
     return SparseKernel(model, op, a, feat, dtype, inputs)
 
 
-__all__ = ["SparseKernel", "check_csr", "compile", "to_ell"]
+__all__ = ["SparseKernel", "check_csr", "compile", "to_bsr", "to_ell"]
