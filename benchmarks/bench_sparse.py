@@ -1,8 +1,10 @@
-"""Compiled SpMM / SDDMM (CPU) vs scipy.sparse in the same run, on R-MAT graphs at Cora/Pubmed sizes.
+"""Compiled SpMM / SDDMM / BSR-MM (CPU) vs scipy.sparse in the same run.
 
-SDDMM's peer (scipy has none) is numpy: gather the two rows of each nonzero, in chunks of 4096
-nonzeros, `einsum("pk,pk->p")`, times the values. Graphs: R-MAT (a, b, c, d = 0.57, 0.19, 0.19, 0.05) with a fixed seed, duplicates merged, at the node
-and edge counts of Cora (2708, 10556) and Pubmed (19717, 88648); features 32 and 128; values 1.
+Graphs: R-MAT (a, b, c, d = 0.57, 0.19, 0.19, 0.05) with a fixed seed, duplicates merged, values 1, at
+the node and edge counts of Cora (2708, 10556) and Pubmed (19717, 88648); features 32 and 128. SDDMM's
+peer (scipy has none) is numpy: the two rows of each nonzero gathered in chunks of 4096 nonzeros,
+`einsum("pk,pk->p")`, times the values. Pruned weight: 1024 x 4096 with 10% of its 16 x 16 blocks kept,
+times a 4096 x 128 activation, as BSR (vs scipy's BSR product) and as CSR (vs scipy's CSR product).
 Each figure is the median of `--runs` timed calls after a warm-up; the ratio is scipy / mlc (> 1: mlc
 faster). Correctness against scipy is checked before timing. Usage: python benchmarks/bench_sparse.py
 """
@@ -71,6 +73,27 @@ def make_cases(a: sp.csr_matrix, feat: int, rng: np.random.Generator) -> list:  
     return cases
 
 
+def block_sparse(rows: int, cols: int, size: int, density: float, seed: int = 0) -> sp.csr_matrix:
+    """A pruned weight: `density` of its size x size blocks kept (random values), the rest zero."""
+    rng = np.random.default_rng(seed)
+    keep = rng.random((rows // size, cols // size)) < density
+    w = np.kron(keep, np.ones((size, size))) * rng.standard_normal((rows, cols))
+    return sp.csr_matrix(w.astype(np.float32))
+
+
+def pruned_cases(feat: int, rng: np.random.Generator) -> list:  # type: ignore[type-arg]
+    """The 90%-block-sparse 1024 x 4096 weight (16 x 16 blocks) times a 4096 x feat activation: BSR vs
+    scipy's BSR product, and the same weight as CSR vs scipy's CSR product."""
+    w = block_sparse(1024, 4096, 16, 0.1)
+    x = rng.standard_normal((4096, feat)).astype(np.float32)
+    wb = w.tobsr(blocksize=(16, 16))
+    bsr = msp.compile(w, "bsrmm", feat=feat, format="bsr:16")
+    csr = msp.compile(w, "spmm", feat=feat)
+    np.testing.assert_allclose(bsr(x), w @ x, rtol=1e-3, atol=1e-3)
+    return [("bsrmm", lambda: wb @ x, lambda: bsr.model(**bsr.inputs, B=x)),
+            ("spmm", lambda: w @ x, lambda: csr.model(**csr.inputs, B=x))], w.nnz
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", type=int, default=20)
@@ -87,7 +110,11 @@ def main() -> None:
                 tp, to = median_time(peer, args.runs), median_time(ours, args.runs)
                 ratios.append(tp / to)
                 print(f"{gname:8} {op:6} {feat:4d} {a.nnz:7d} {tp * 1e3:9.3f} {to * 1e3:8.3f} {tp / to:6.2f}")
-    print(f"geomean ratio (scipy / mlc): {float(np.exp(np.mean(np.log(ratios)))):.2f}")
+    print(f"geomean ratio over the graphs (scipy / mlc): {float(np.exp(np.mean(np.log(ratios)))):.2f}")
+    cases, nnz = pruned_cases(128, rng)
+    for op, peer, ours in cases:
+        tp, to = median_time(peer, args.runs), median_time(ours, args.runs)
+        print(f"{'pruned':8} {op:6} {128:4d} {nnz:7d} {tp * 1e3:9.3f} {to * 1e3:8.3f} {tp / to:6.2f}")
 
 
 if __name__ == "__main__":
