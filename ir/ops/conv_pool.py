@@ -276,6 +276,9 @@ def _transposed_lower(b: Builder, args: Args, attrs: Attrs, t: Type, name: str) 
     if not phased:
         return b.reduce(shp, dt, "add", ext, value, name)
     quot = tuple(arith.simplify(Bin("floordiv", shp[2 + a] + (s[a] - 1), Const(s[a]))) for a in range(2))
+    pads = _phase_pads(k, s, p, quot, x.shape[2:])  # type: ignore[arg-type]
+    if pads is not None:
+        value = _padded_phase_value(b, x, w, k, s, p, g, cg, pads, dt)  # type: ignore[arg-type]
     red = b.reduce(shp[:2] + (Const(s[0]), Const(s[1])) + quot, dt, "add", ext, value, name + "_phases")
 
     def split(i: Index) -> Index:
@@ -284,6 +287,61 @@ def _transposed_lower(b: Builder, args: Args, attrs: Attrs, t: Type, name: str) 
         return i[:2] + ph + q
 
     return b.compute(shp, dt, lambda i: red.at(split(i)), name)
+
+
+def _phase_pads(k: tuple[int, int], s: tuple[int, ...], p: tuple[int, ...], quot: Index, size: Index
+                ) -> tuple[tuple[int, int], tuple[int, int]] | None:
+    """(low, high) zero padding per axis that keeps every read of the per-phase transposed
+    convolution inside its input, or None when a dim is symbolic. The window index
+    q + (phase + pad) div s - j spans [pad div s - (J - 1), Q - 1 + (s - 1 + pad) div s]."""
+    out = []
+    for a in range(2):
+        n, q = as_int(size[a]), as_int(quot[a])
+        if n is None or q is None:
+            return None
+        jn = -(-k[a] // s[a]) if s[a] > 1 else k[a]
+        cmin, cmax = (p[a] // s[a], (s[a] - 1 + p[a]) // s[a]) if s[a] > 1 else (p[a], p[a])
+        out.append((max(0, jn - 1 - cmin), max(0, q - 1 + cmax - (n - 1))))
+    return out[0], out[1]
+
+
+def _padded_phase_value(b: Builder, x: Tensor, w: Tensor, k: tuple[int, int], s: tuple[int, ...],
+                        p: tuple[int, ...], g: int, cg: Expr, pads: tuple[tuple[int, int], ...], dt: str
+                        ) -> Callable[[Index, Index], Expr]:
+    """The per-phase transposed convolution's summand with no bounds tests: x is stored once with
+    zero borders (`pads`) and w with zero kernel rows past k (offsets (phase + pad) mod s + s * j
+    may reach s * J - 1), so the vector loop over positions loads contiguously and unmasked."""
+    (lh, hh), (lw, hw) = pads
+    xs = x.shape
+    xp = b.materialize(b.compute(
+        (xs[0], xs[1], xs[2] + (lh + hh), xs[3] + (lw + hw)), x.dtype,
+        lambda i: Select(all_of(*in_range(i[2] - lh, xs[2]), *in_range(i[3] - lw, xs[3])),
+                         x.at((i[0], i[1], i[2] - lh, i[3] - lw)), cst(0, x.dtype)), "padded"))
+    span = tuple(s[a] * -(-k[a] // s[a]) if s[a] > 1 else k[a] for a in range(2))
+    wp = w
+    if span != tuple(k):
+        wp = b.materialize(b.compute(
+            w.shape[:2] + (Const(span[0]), Const(span[1])), w.dtype,
+            lambda i: Select(all_of(Bin("lt", i[2], Const(k[0])), Bin("lt", i[3], Const(k[1]))), w.at(i),
+                             cst(0, w.dtype)), "kernel_padded"))
+    og = w.shape[1]
+
+    def value(i: Index, r: Index) -> Expr:
+        n, o, ph, pw, qh, qw = i
+        ch = r[0] if g == 1 else Bin("floordiv", o, og) * cg + r[0]
+        idx, offs = [], []
+        for a, (ph_a, q, j, lo) in enumerate(((ph, qh, r[1], lh), (pw, qw, r[2], lw))):
+            if s[a] > 1:
+                e = ph_a + p[a]
+                offs.append(Bin("floormod", e, Const(s[a])) + j * s[a])
+                idx.append(q + Bin("floordiv", e, Const(s[a])) - j + lo)
+            else:
+                offs.append(j)
+                idx.append(q + (p[a] + lo) - j)
+        wo = o if g == 1 else Bin("floormod", o, og)
+        return product(xp.at((n, ch, idx[0], idx[1])), wp.at((ch, wo, offs[0], offs[1])), dt)
+
+    return value
 
 
 @register_lower("conv2d_transpose")
