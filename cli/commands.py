@@ -204,8 +204,8 @@ def build_cmd(model: str, output: str, target: str, pipeline: str | None, db: st
 def _plan_report(module: Any, res: Any, bounds: dict[str, int]) -> str:
     """One line for stderr: kernels, and the memory plan as an expression of the symbolic dims."""
     from mlc.ir.graph import Function
-    from mlc.ir.printer import print_expr
     from mlc.ir.memory_plan import plan_function
+    from mlc.ir.printer import print_expr
 
     main = next((f for f in module.functions if isinstance(f, Function) and f.name == "main"), None)
     msg = f"mlc build: {len(res.kernels)} kernels"
@@ -220,6 +220,15 @@ def _plan_report(module: Any, res: Any, bounds: dict[str, int]) -> str:
                 msg += f" ({naive / 1024:.1f} KiB without reuse)"
             except ValueError as e:
                 raise MlcError(f"--dim-bound: {e}") from None
+    for f in module.functions:  # a training module's other functions (@grad, @train_step, @eval)
+        if isinstance(f, Function) and f.name != "main":
+            plan = plan_function(f)
+            msg += f"; @{f.name}: memory plan {print_expr(plan.total_bytes)} bytes"
+            if bounds:
+                try:
+                    msg += f" (at most {plan.evaluate(bounds)[0] / 1024:.1f} KiB)"
+                except ValueError:
+                    pass  # a dim of its own that --dim-bound does not give
     return msg
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from . import arith
 from .dtype import to_numpy
-from .expr import Bin, Const, Expr
+from .expr import Bin, Const, Expr, free_vars
 from .graph import Binding, CallTensor, Function, If, Loop
 from .rewrite import operands, used_names
 from .types import TensorType
@@ -59,6 +59,26 @@ def _inputs(b: Binding) -> set[str]:
     return names
 
 
+HINT = 64  # the value each symbolic dim is assumed to have when sizes cannot be compared exactly
+
+
+def _hint(e: Expr) -> int:
+    return arith.evaluate(e, {v.name: HINT for v in free_vars(e)})
+
+
+def _pick(free: list[int], need: Expr, sizes: list[Expr]) -> int | None:
+    """Best fit among the free tokens: the smallest one provably large enough; else, by sizes at
+    the hint dims, the smallest one large enough there, else the largest (it grows least)."""
+    if not free:
+        return None
+    fits = [t for t in free if arith.prove_le(need, sizes[t])]
+    if fits:
+        return min(fits, key=lambda t: _hint(sizes[t]))
+    n = _hint(need)
+    roomy = [t for t in free if _hint(sizes[t]) >= n]
+    return min(roomy, key=lambda t: _hint(sizes[t])) if roomy else max(free, key=lambda t: _hint(sizes[t]))
+
+
 def plan_function(fn: Function) -> MemoryPlan:
     bindings = fn.body.bindings
     last_use: dict[str, int] = {}
@@ -92,9 +112,8 @@ def plan_function(fn: Function) -> MemoryPlan:
         assert isinstance(b.var.type, TensorType)
         need = nbytes(b.var.type)
         naive = naive + need
-        tok = next((t for t in free if arith.prove_le(need, plan.token_bytes[t])), None)
-        if tok is None and free:
-            tok = free[-1]
+        tok = _pick(free, need, plan.token_bytes)
+        if tok is not None and not arith.prove_le(need, plan.token_bytes[tok]):
             plan.token_bytes[tok] = arith.simplify(Bin("max", plan.token_bytes[tok], need))
         if tok is None:
             tok = len(plan.token_bytes)
