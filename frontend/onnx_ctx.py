@@ -7,7 +7,6 @@ driver (onnx_import.py) so that the driver and the handler tables import it with
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,8 +19,8 @@ from ..ir.arith import as_int, prove_equal, prove_lt, simplify
 from ..ir.diagnostics import Loc, MlcError
 from ..ir.dtype import from_numpy, to_numpy
 from ..ir.expr import Bin, Const, Expr
-from ..ir.graph import Binding, Constant, GetItem, Node, OpCall, Value, attrs_of
-from ..ir.names import fresh_name
+from ..ir.graph import Attrs, Binding, Constant, GetItem, Node, OpCall, Value, attrs_of
+from ..ir.names import fresh_name, sanitize
 from ..ir.types import TensorType, TupleType, Type
 
 FOLD_LIMIT = 1 << 16  # fold constant ops only when the result stays small
@@ -68,12 +67,6 @@ def onnx_dtype(code: int, what: str, src: str | None = None) -> str:
     return ONNX_DTYPES[code]
 
 
-def sanitize(name: str) -> str:
-    """An ONNX name as an IR identifier: `/layer1/Conv_output_0` -> `layer1_Conv_output_0`."""
-    s = re.sub(r"[^A-Za-z0-9_]+", "_", name).strip("_") or "v"
-    return "v" + s if s[0].isdigit() else s
-
-
 @dataclass(frozen=True)
 class SymVal:
     """A 0-d or 1-d integer tensor known element-wise as symbolic expressions."""
@@ -99,6 +92,10 @@ class Ctx:
     const_of: dict[str, np.ndarray] = field(default_factory=dict)  # IR value name -> array (Constant)
     const_tuples: dict[str, tuple[np.ndarray, ...]] = field(default_factory=dict)  # folded tuple-valued ops
     arrays: dict[str, np.ndarray] = field(default_factory=dict)  # constant key -> array
+    key_of: dict[str, str] = field(default_factory=dict)  # IR value name -> its constant's key
+    # constant key -> (op, operand keys, attrs) of the fold that made it: autodiff differentiates a
+    # folded weight (Gemm's transposed B) back to its initializer through this (module meta `derived`)
+    derived: dict[str, tuple[str, tuple[str, ...], Attrs]] = field(default_factory=dict)
     names: set[str] = field(default_factory=set)
     reserved: set[str] = field(default_factory=set)  # graph output names, claimed by the first binding
     stack: list[list[Binding]] = field(default_factory=lambda: [[]])
@@ -143,7 +140,9 @@ class Ctx:
             dims = [as_int(s) for s in ty.shape]
             if None not in dims and int(np.prod(dims)) <= FOLD_LIMIT:  # type: ignore[arg-type]
                 out = d.ref([self.const_of[x.name] for x in args], a, ty, {})
-                return self.constant(np.asarray(out), hint, dtype=ty.dtype)
+                c = self.constant(np.asarray(out), hint, dtype=ty.dtype)
+                self.derived[self.key_of[c.name]] = (op, tuple(self.key_of[x.name] for x in args), attrs_of(a))
+                return c
         v = self.bind(hint, OpCall(op, tuple(args), attrs_of(a), self.loc), ty)
         if foldable and isinstance(ty, TupleType):
             self.const_tuples[v.name] = tuple(d.ref([self.const_of[x.name] for x in args], a, ty, {}))
@@ -162,6 +161,7 @@ class Ctx:
         ty = TensorType(tuple(Const(int(s)) for s in arr.shape), dt)
         v = self.bind(name, Constant(key, self.loc), ty, fresh=False)
         self.const_of[v.name] = arr
+        self.key_of[v.name] = key
         return v
 
     def scalar_like(self, value: float, like: Value, hint: str) -> Value:

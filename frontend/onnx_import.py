@@ -250,8 +250,45 @@ def import_onnx(path_or_model: str | Path | bytes | onnx.ModelProto,
     bindings = dce(ctx.stack[0], results)
     keys = _constant_keys(bindings)
     fn = Function("main", tuple(params), Block(bindings, tuple(results), Loc(src)), (), Loc(src))
-    meta = attrs_of({"source": Path(src).name if not src.startswith("<") else src, "opset": ctx.opset})
-    return Module((fn,), meta, None, Loc(src)), {k: ctx.arrays[k] for k in sorted(keys)}
+    meta_d: dict[str, Any] = {"source": Path(src).name if not src.startswith("<") else src, "opset": ctx.opset}
+    derived, sources = _provenance(ctx, keys, {i.name for i in g.initializer})
+    if derived:
+        meta_d["derived"] = derived
+    meta = attrs_of(meta_d)
+    return Module((fn,), meta, None, Loc(src)), {k: ctx.arrays[k] for k in sorted(keys | sources)}
+
+
+def _provenance(ctx: Ctx, keys: set[str], inits: set[str]) -> tuple[tuple[Any, ...], set[str]]:
+    """How the module's folded constants were made from float initializers (rank >= 1), as
+    `(key, op, operand keys, attrs)` in dependency order, and the keys of the arrays those folds
+    start from (kept in the side file). autodiff (ir/autodiff.py) redoes the folds in @grad so that
+    `--wrt all` differentiates the initializers the model owns."""
+    out: list[tuple[Any, ...]] = []
+    done: set[str] = set()
+    sources: set[str] = set()
+
+    def leaves(k: str) -> set[str]:
+        if k not in ctx.derived:
+            return {k}
+        return set().union(*(leaves(a) for a in ctx.derived[k][1]))
+
+    def emit(k: str) -> None:
+        if k in done or k not in ctx.derived:
+            return
+        done.add(k)
+        op, args, attrs = ctx.derived[k]
+        for a in args:
+            emit(a)
+        out.append((k, op, args, attrs))
+
+    for k in sorted(keys):
+        if k not in ctx.derived:
+            continue
+        ls = leaves(k)
+        if any(x in inits and ctx.arrays[x].dtype.kind == "f" and ctx.arrays[x].ndim >= 1 for x in ls):
+            emit(k)
+            sources |= ls
+    return tuple(out), sources
 
 
 def _result(ctx: Ctx, name: str) -> Value:

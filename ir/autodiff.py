@@ -19,8 +19,9 @@ from . import ops
 from .arith import as_int, prove_equal
 from .diagnostics import UNKNOWN, Loc, MlcError
 from .dtype import is_float
-from .expr import Expr
+from .expr import Const, Expr
 from .graph import (
+    Attrs,
     Binding,
     Block,
     CallExtern,
@@ -38,7 +39,7 @@ from .graph import (
     Value,
     attrs_of,
 )
-from .names import fresh_name
+from .names import fresh_name, sanitize
 from .ops.registry import NO_GRAD, REQUIRED, GradCall
 from .rewrite import operands, remap_args, used_names
 from .types import TensorType, TupleType, Type
@@ -183,33 +184,93 @@ def _with_defaults(op: str, call: OpCall) -> dict[str, Any]:
 
 
 # ---- the forward part ----------------------------------------------------------------------------
-def differentiable_constants(fn: Function) -> list[str]:
-    """Keys of the float constants `--wrt all` differentiates, in first-use order.
+Recipe = tuple[str, tuple[str, ...], Attrs]
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """How the importer folded constants from initializers (module meta `derived`), and the types of
+    the arrays those folds start from, which the function itself does not name."""
+
+    recipes: dict[str, Recipe]
+    types: dict[str, TensorType]
+
+    @staticmethod
+    def of(meta: Attrs, constants: dict[str, Any] | None) -> Provenance:
+        from .dtype import from_numpy
+
+        recipes: dict[str, Recipe] = {}
+        for k, v in meta:
+            if k == "derived" and isinstance(v, tuple):
+                for r in v:
+                    if isinstance(r, tuple) and len(r) == 4:
+                        recipes[str(r[0])] = (str(r[1]), tuple(str(a) for a in r[2]), tuple(r[3]))  # type: ignore[misc]
+        types: dict[str, TensorType] = {}
+        for leaf in {a for _, args, _ in recipes.values() for a in args if a not in recipes}:
+            if constants is not None and leaf in constants:
+                arr = constants[leaf]
+                types[leaf] = TensorType(tuple(Const(int(d)) for d in arr.shape), from_numpy(arr.dtype))
+        return Provenance({k: r for k, r in recipes.items() if _leaves(recipes, k) <= set(types)}, types)
+
+    def leaves(self, key: str) -> list[str]:
+        """The source keys `key` was folded from (itself when it was not folded), in first-use order."""
+        return sorted(_leaves(self.recipes, key), key=lambda x: _order(self.recipes, key).index(x))
+
+
+def _leaves(recipes: dict[str, Recipe], key: str) -> set[str]:
+    return set(_order(recipes, key))
+
+
+def _order(recipes: dict[str, Recipe], key: str) -> list[str]:
+    if key not in recipes:
+        return [key]
+    out: list[str] = []
+    for a in recipes[key][1]:
+        out += [x for x in _order(recipes, a) if x not in out]
+    return out
+
+
+NO_PROVENANCE = Provenance({}, {})
+
+
+def _param_type(t: Type | None) -> bool:
+    return isinstance(t, TensorType) and is_float(t.dtype) and t.shape is not None and len(t.shape) > 0
+
+
+def differentiable_constants(fn: Function, prov: Provenance = NO_PROVENANCE) -> list[str]:
+    """Keys of the constants `--wrt all` differentiates, in first-use order: the float arrays of rank
+    >= 1 the module owns, a folded constant replaced by the initializers it was folded from.
 
     Rank-0 constants are left out: importers make them from literals (a scale, 1/sqrt(2), -inf)."""
     keys: list[str] = []
     for b in fn.body.bindings:
-        t = b.var.type
-        if (isinstance(b.node, Constant) and isinstance(t, TensorType) and is_float(t.dtype)
-                and t.shape is not None and len(t.shape) > 0 and b.node.key not in keys):
-            keys.append(b.node.key)
+        if not isinstance(b.node, Constant):
+            continue
+        k = b.node.key
+        if k in prov.recipes:
+            cands = [(x, prov.types.get(x)) for x in prov.leaves(k)]
+        else:
+            cands = [(k, b.var.type)]
+        keys += [x for x, t in cands if _param_type(t) and x not in keys]
     return keys
 
 
-def _constant_keys(fn: Function) -> dict[str, Type]:
-    return {b.node.key: b.var.type for b in fn.body.bindings if isinstance(b.node, Constant)}
+def _constant_keys(fn: Function, prov: Provenance) -> dict[str, Type]:
+    out: dict[str, Type] = dict(prov.types)
+    out.update({b.node.key: b.var.type for b in fn.body.bindings if isinstance(b.node, Constant)})
+    return out
 
 
-def _resolve_wrt(fn: Function, spec: Spec) -> tuple[list[str], list[str]]:
-    consts = _constant_keys(fn)
+def _resolve_wrt(fn: Function, spec: Spec, prov: Provenance) -> tuple[list[str], list[str]]:
+    consts = _constant_keys(fn, prov)
     if spec.wrt is None:
-        keys = differentiable_constants(fn)
+        keys = differentiable_constants(fn, prov)
     else:
         keys = []
         for k in spec.wrt:
             if k not in consts:
-                raise MlcError(f"--wrt: @{fn.name} has no constant '{k}' (its float constants: "
-                               f"{', '.join(differentiable_constants(fn)) or 'none'})", fn.loc)
+                raise MlcError(f"--wrt: @{fn.name} has no constant '{k}' (its parameters: "
+                               f"{', '.join(differentiable_constants(fn, prov)) or 'none'})", fn.loc)
             if not _is_float_tensor(consts[k]):
                 raise MlcError(f"--wrt: constant '{k}' is not a float tensor", fn.loc)
             if k not in keys:
@@ -229,34 +290,85 @@ def _resolve_wrt(fn: Function, spec: Spec) -> tuple[list[str], list[str]]:
     return keys, inputs
 
 
+def public_names(keys: list[str], inputs: list[str]) -> dict[str, str]:
+    """The name each differentiated constant key goes by in results and inputs (`grad_<name>`):
+    sanitized as the importer sanitizes, unique among themselves and the differentiated inputs."""
+    used = set(inputs)
+    out = {n: n for n in inputs}
+    for k in keys:
+        out[k] = fresh_name(sanitize(k), used)
+    return out
+
+
+def unfold(fn: Function, prov: Provenance, keys: set[str]) -> Function:
+    """`fn` with each folded constant that derives from one of `keys` computed again from its
+    sources (the fold's ops, bound to the constant's name), so gradients flow back to the sources."""
+    used = {p.name for p in fn.params} | {b.var.name for b in fn.body.bindings}
+    out: list[Binding] = []
+    for b in fn.body.bindings:
+        n = b.node
+        if not (isinstance(n, Constant) and n.key in prov.recipes and n.key not in keys
+                and _leaves(prov.recipes, n.key) & keys):
+            out.append(b)
+            continue
+        v = _refold(n.key, b.var, prov, used, out, {})
+        if not _same_type(v.type, b.var.type):
+            raise MlcError(f"autodiff: redoing the fold of constant '{n.key}' gives {_type_str(v.type)}, the "
+                           f"module declares {_type_str(b.var.type)}", b.loc)
+    return dataclasses.replace(fn, body=Block(tuple(out), fn.body.results, fn.body.loc))
+
+
+def _refold(key: str, var: Value | None, prov: Provenance, used: set[str], out: list[Binding],
+            made: dict[str, Value], base: str = "") -> Value:
+    """Bind `key`'s value into `out` (its sources as constants, then the fold's ops); `var` names the last."""
+    base = base or (var.name if var is not None else key)
+    if key in made:
+        return made[key]
+    loc = var.loc if var is not None else UNKNOWN
+    if key not in prov.recipes:
+        v = Value(fresh_name(f"{base}_{sanitize(key)}", used), prov.types[key], loc)
+        out.append(Binding(v, Constant(key, loc), loc))
+    else:
+        op, args, attrs = prov.recipes[key]
+        vals = [_refold(a, None, prov, used, out, made, base) for a in args]
+        d = ops.get(op)
+        assert d is not None and d.infer is not None
+        ty = d.infer([x.type for x in vals], dict(attrs), loc)
+        v = Value(var.name if var is not None else fresh_name(f"{base}_{op}", used), ty, loc)
+        out.append(Binding(v, OpCall(op, tuple(vals), attrs, loc), loc))
+    made[key] = v
+    return v
+
+
 @dataclass
 class _Forward:
     params: list[Value]
     bindings: list[Binding]
     results: list[Value]
-    wrt: dict[str, list[str]]  # grad name suffix -> value names whose cotangents add up to it
+    wrt: dict[str, list[str]]  # public name -> value names whose cotangents add up to its gradient
 
 
-def _forward(fn: Function, keys: list[str], inputs: list[str], lift: bool) -> _Forward:
-    """The forward function's body; with `lift`, the differentiated constants become inputs named by key."""
+def _forward(fn: Function, keys: list[str], inputs: list[str], pub: dict[str, str], lift: bool) -> _Forward:
+    """The forward function's body; with `lift`, the differentiated constants become inputs (public names)."""
     params = list(fn.params)
     wrt: dict[str, list[str]] = {n: [n] for n in inputs}
     for k in keys:
-        wrt[k] = []
+        wrt[pub[k]] = []
     bindings: list[Binding] = []
     sub: dict[str, Value] = {}
     lifted: dict[str, Value] = {}
     for b in fn.body.bindings:
         node = b.node
-        if isinstance(node, Constant) and node.key in wrt and node.key not in inputs:
+        if isinstance(node, Constant) and node.key in keys:
+            name = pub[node.key]
             if lift:
-                if node.key not in lifted:
-                    lifted[node.key] = Value(node.key, b.var.type, b.var.loc)
-                    params.append(lifted[node.key])
-                    wrt[node.key] = [node.key]
-                sub[b.var.name] = lifted[node.key]
+                if name not in lifted:
+                    lifted[name] = Value(name, b.var.type, b.var.loc)
+                    params.append(lifted[name])
+                    wrt[name] = [name]
+                sub[b.var.name] = lifted[name]
                 continue
-            wrt[node.key].append(b.var.name)
+            wrt[name].append(b.var.name)
         if sub:
             node = remap_args(node, lambda v: sub.get(v.name, v))
         bindings.append(dataclasses.replace(b, node=node) if node is not b.node else b)
@@ -489,12 +601,15 @@ def _find(em: Emitter, name: str) -> Value:
     return next(b.var for b in em.bindings if b.var.name == name)
 
 
-def _prepare(fn: Function, spec: Spec, lift: bool, reserved: set[str]) -> tuple[_Forward, Emitter]:
-    keys, inputs = _resolve_wrt(fn, spec)
-    fwd = _forward(fn, keys, inputs, lift)
+def _prepare(fn: Function, spec: Spec, lift: bool, reserved: set[str],
+             prov: Provenance) -> tuple[_Forward, Emitter, list[str]]:
+    """The forward part and an emitter; also the public names of the differentiated constants."""
+    keys, inputs = _resolve_wrt(fn, spec, prov)
+    pub = public_names(keys, inputs)
+    fwd = _forward(unfold(fn, prov, set(keys)), keys, inputs, pub, lift)
     _rename_clashes(fwd, reserved)
     used = {p.name for p in fwd.params} | {b.var.name for b in fwd.bindings} | reserved
-    return fwd, Emitter(used)
+    return fwd, Emitter(used), [pub[k] for k in keys]
 
 
 def _seeds(em: Emitter, fwd: _Forward, fn: Function, loss: Loss | None) -> tuple[dict[str, Value], list[Value], Value | None]:
@@ -513,43 +628,50 @@ def _seeds(em: Emitter, fwd: _Forward, fn: Function, loss: Loss | None) -> tuple
     return seeds, new_inputs, None
 
 
-def grad_function(fn: Function, spec: Spec, name: str = "grad") -> Function:
+def grad_function(fn: Function, spec: Spec, name: str = "grad", prov: Provenance = NO_PROVENANCE) -> Function:
     """`@grad`: the forward function's inputs (+ the loss's input, or one cotangent `d_<result>` per
-    result without a loss) -> `loss` (with a loss) and `grad_<name>` per differentiated constant/input."""
-    fwd, em = _prepare(fn, spec, lift=False, reserved={"loss"} | _grad_names(fn, spec))
+    result without a loss) -> `loss` (with a loss) and `grad_<name>` per differentiated constant/input.
+    With `prov`, folded constants are differentiated back to the initializers they came from."""
+    fwd, em, _ = _prepare(fn, spec, lift=False, reserved={"loss"} | _grad_names(fn, spec, prov), prov=prov)
     seeds, new_inputs, lv = _seeds(em, fwd, fn, spec.loss)
     wrt_names = {n for names in fwd.wrt.values() for n in names}
     ct = backprop(em, fwd.bindings + em.bindings, wrt_names, seeds)
-    types = {k: _value_of(fwd, names) if names else _const_value(fn, k) for k, names in fwd.wrt.items()}
+    types = {k: _value_of(fwd, names) if names else _zero_like(fn, prov, spec, k) for k, names in fwd.wrt.items()}
     grads = _grads(em, fwd, ct, types)
     results = ([("loss", lv)] if lv is not None else []) + [(f"grad_{k}", g) for k, g in grads.items()]
     return _finish(fn, name, fwd.params + new_inputs, fwd, em, results)
 
 
-def _const_value(fn: Function, key: str) -> Value:
-    return next(b.var for b in fn.body.bindings if isinstance(b.node, Constant) and b.node.key == key)
+def _zero_like(fn: Function, prov: Provenance, spec: Spec, name: str) -> Value:
+    """A value of the type of the differentiated constant with public name `name` (for its zeros)."""
+    keys, inputs = _resolve_wrt(fn, spec, prov)
+    key = next(k for k, n in public_names(keys, inputs).items() if n == name)
+    return Value(name, _constant_keys(fn, prov)[key])
 
 
-def _grad_names(fn: Function, spec: Spec) -> set[str]:
-    keys, inputs = _resolve_wrt(fn, spec)
-    return {f"grad_{k}" for k in keys + inputs}
+def _grad_names(fn: Function, spec: Spec, prov: Provenance) -> set[str]:
+    keys, inputs = _resolve_wrt(fn, spec, prov)
+    return {f"grad_{n}" for n in public_names(keys, inputs).values()}
 
 
-def train_step_function(fn: Function, spec: Spec, opt: Optimizer, name: str = "train_step") -> Function:
+def train_step_function(fn: Function, spec: Spec, opt: Optimizer, name: str = "train_step",
+                        prov: Provenance = NO_PROVENANCE) -> Function:
     """`@train_step(inputs..., loss input, weights..., state...) -> loss, new_<weight>..., new_<state>...`.
 
-    The differentiated constants become inputs named by their keys; the optimizer state is
+    The differentiated constants become inputs named by their keys (sanitized; with `prov`, a folded
+    constant's initializers instead of it); the optimizer state is
     `m_<key>` (momentum's velocity, Adam's first moment), `v_<key>` (Adam's second moment) and
     `step` (Adam's step count, an f32 scalar, 0 at the start)."""
     if spec.loss is None:
         raise MlcError("--optimizer needs --loss (a training step minimises a scalar loss)", fn.loc)
     if spec.wrt_inputs:
         raise MlcError("--optimizer updates constants only; --wrt-inputs has no weight to update", fn.loc)
-    keys, _ = _resolve_wrt(fn, spec)
+    keys0, inputs0 = _resolve_wrt(fn, spec, prov)
+    keys = list(public_names(keys0, inputs0).values())
     state = [f"m_{k}" for k in keys] if opt.kind in ("momentum", "adam") else []
     state += [f"v_{k}" for k in keys] + ["step"] if opt.kind == "adam" else []
     outs = {"loss"} | {f"new_{k}" for k in keys + state}
-    fwd, em = _prepare(fn, spec, lift=True, reserved=outs | set(state) | set(keys))
+    fwd, em, _ = _prepare(fn, spec, lift=True, reserved=outs | set(state) | set(keys), prov=prov)
     seeds, new_inputs, lv = _seeds(em, fwd, fn, spec.loss)
     assert lv is not None
     wrt_names = {n for names in fwd.wrt.values() for n in names}
@@ -601,14 +723,15 @@ def train_step_function(fn: Function, spec: Spec, opt: Optimizer, name: str = "t
     return _finish(fn, name, params, fwd, em, results + new_state)
 
 
-def eval_function(fn: Function, spec: Spec, name: str = "eval") -> Function:
+def eval_function(fn: Function, spec: Spec, name: str = "eval", prov: Provenance = NO_PROVENANCE) -> Function:
     """`@eval(inputs..., loss input, weights...) -> loss, output`: the forward function with the
     constants `@train_step` updates lifted to inputs (same names and order), so a training loop
     evaluates its current weights with one compiled call instead of rebuilding `@main`."""
     if spec.loss is None or len(fn.body.results) != 1:
         raise MlcError(f"@{name} needs a loss and a function with one result", fn.loc)
-    keys, _ = _resolve_wrt(fn, spec)
-    fwd, em = _prepare(fn, spec, lift=True, reserved={"loss", "output"} | set(keys))
+    keys0, inputs0 = _resolve_wrt(fn, spec, prov)
+    keys = list(public_names(keys0, inputs0).values())
+    fwd, em, _ = _prepare(fn, spec, lift=True, reserved={"loss", "output"} | set(keys), prov=prov)
     lv, new_inputs = _loss(em, fwd, spec.loss, fn)
     weights = [p for p in fwd.params if p.name in keys]
     params = fwd.params[:len(fn.params)] + new_inputs + weights

@@ -1,7 +1,9 @@
-"""Fresh names: the one helper every stage uses to pick a name no other symbol in scope has."""
+"""Names: `fresh_name`, the one helper every stage uses to pick a name no other symbol in scope has, and
+`sanitize`, the one mapping of outside names (ONNX initializers, inputs) to IR identifiers."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Container
 
 
@@ -13,3 +15,9 @@ def fresh_name(base: str, used: set[str], avoid: Container[str] = (), sep: str =
         name = f"{base}{sep}{i}"
     used.add(name)
     return name
+
+
+def sanitize(name: str) -> str:
+    """An outside name as an IR identifier: `/layer1/Conv_output_0` -> `layer1_Conv_output_0`."""
+    s = re.sub(r"[^A-Za-z0-9_]+", "_", name).strip("_") or "v"
+    return "v" + s if s[0].isdigit() else s

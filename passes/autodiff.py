@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from mlc.ir.autodiff import OPTIMIZERS, Loss, Optimizer, Spec, grad_function, train_step_function
+from mlc.ir.autodiff import OPTIMIZERS, Loss, Optimizer, Provenance, Spec, grad_function, train_step_function
 from mlc.ir.diagnostics import MlcError
 from mlc.ir.graph import Function
 from mlc.ir.module import Module
@@ -33,9 +33,10 @@ class Autodiff(ModulePass):
     @train_step (weights and optimizer state in, loss and their updates out)."""
 
     name: ClassVar[str] = "autodiff"
+    needs_constants: ClassVar[bool] = True  # the shapes of the initializers folded constants came from
 
-    wrt: str = option("all", "Constants to differentiate: 'all' (every float constant of rank >= 1) or NAME,...; "
-                             "'none' for inputs only.")
+    wrt: str = option("all", "Constants to differentiate: 'all' (the model's float initializers of rank >= 1, "
+                             "folded ones traced back to them) or NAME,...; 'none' for inputs only.")
     wrt_inputs: str = option("", "Inputs to differentiate too: NAME,...")
     loss: str = option("", "sum | mean | mse:TARGET | cross-entropy:LABELS (a new input); empty: a VJP.")
     optimizer: str = option("", "Add @train_step with this update: sgd | momentum | adam.",
@@ -59,8 +60,9 @@ class Autodiff(ModulePass):
         assert isinstance(fn, Function)
         wrt = None if self.wrt == "all" else () if self.wrt == "none" else _names(self.wrt)
         spec = Spec(wrt, _names(self.wrt_inputs), Loss.parse(self.loss) if self.loss else None)
-        out = module.with_function(grad_function(fn, spec))
+        prov = Provenance.of(module.meta, ctx.constants)
+        out = module.with_function(grad_function(fn, spec, prov=prov))
         if self.optimizer:
             opt = Optimizer(self.optimizer, self.lr, self.beta1, self.beta2, self.eps, self.weight_decay)
-            out = out.with_function(train_step_function(fn, spec, opt))
+            out = out.with_function(train_step_function(fn, spec, opt, prov=prov))
         return ShapeInfer().apply(out, ctx)

@@ -45,8 +45,9 @@ def _module(op: str, arrays: list[np.ndarray], attrs: dict[str, Any], items: int
     return Module((Function("main", params, Block(tuple(bs), tuple(results))),))
 
 
-def _autodiff(m: Module, **opts: Any) -> Module:
-    return Autodiff(**opts).apply(m, PassContext())
+def _autodiff(m: Module, consts: dict[str, np.ndarray] | None = None, **opts: Any) -> Module:
+    """The pass; with `consts`, folded constants are traced back to their initializers (module meta)."""
+    return Autodiff(**opts).apply(m, PassContext(constants=consts))
 
 
 def check_vjp(op: str, arrays: list[np.ndarray], attrs: dict[str, Any] | None = None, items: int = 0,
@@ -326,7 +327,7 @@ def test_zoo_loss_gradients_match_jax(name: str) -> None:
     _needs_rules(m)
     loss = ZOO_LOSS[name][0]
     m64, c64 = _to_f64(m, consts)
-    out = _autodiff(m64, loss=loss)
+    out = _autodiff(m64, c64, loss=loss)
     probe = _zoo_inputs(name, (1,))
     shape = run_function(out, {k: v for k, v in probe.items() if k in ("x", "image")}, c64)
     feeds = _zoo_inputs(name, next(iter(shape.values())).shape)
@@ -360,7 +361,7 @@ def test_zoo_loss_gradients_match_finite_differences(name: str) -> None:
     m, consts = _zoo(name)
     _needs_rules(m)
     m64, c64 = _to_f64(m, consts)
-    out = _autodiff(m64, loss=ZOO_LOSS[name][0])
+    out = _autodiff(m64, c64, loss=ZOO_LOSS[name][0])
     probe = _zoo_inputs(name, (1,))
     shape = next(iter(run_function(out, {k: v for k, v in probe.items() if k in ("x", "image")}, c64).values())).shape
     feeds = _zoo_inputs(name, shape)
@@ -439,7 +440,7 @@ def test_compiled_grad_and_train_step_match_the_interpreter(name: str) -> None:
     compiled training steps on one batch lower the loss. (resnext's build takes about a minute here.)"""
     m, consts = _zoo(name)
     _needs_rules(m)
-    out = _autodiff(m, loss=ZOO_LOSS[name][0], optimizer="adam", lr=0.01)
+    out = _autodiff(m, consts, loss=ZOO_LOSS[name][0], optimizer="adam", lr=0.01)
     feeds = _f32_feeds(name, out, consts)
     want = run_function(out, feeds, consts, func="grad")
     model = _build(out, consts)
@@ -467,7 +468,7 @@ def test_train_step_optimizers_against_numpy(opt: str) -> None:
     with weight decay; and repeated steps lower the loss (smoke training)."""
     m, consts = _zoo("mlp")
     hp = {"lr": 0.05, "beta1": 0.8, "beta2": 0.99, "weight_decay": 0.01}
-    out = _autodiff(m, loss="cross-entropy:labels", optimizer=opt, **hp)
+    out = _autodiff(m, consts, loss="cross-entropy:labels", optimizer=opt, **hp)
     feeds = _f32_feeds("mlp", out, consts)
     ins = _train_inputs(out, consts, feeds)
     rng = np.random.default_rng(5)
@@ -567,3 +568,53 @@ def test_cli_autodiff_then_run_grad(tmp_path: Path) -> None:
         np.testing.assert_allclose(z["loss"], np.mean((y - t2) ** 2), rtol=1e-5)
         dy = 2 * (y - t2) / y.size
         np.testing.assert_allclose(z["grad_x"], dy * (x * (1 - np.tanh(x) ** 2) + np.tanh(x)), rtol=1e-5, atol=1e-7)
+
+
+def _linear_onnx() -> Any:
+    """y = x @ W^T + b as torch.nn.Linear exports it: Gemm transB=1, initializers `fc.weight`, `fc.bias`."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(4)
+    w = numpy_helper.from_array(rng.standard_normal((3, 4)).astype(np.float32), "fc.weight")
+    b = numpy_helper.from_array(rng.standard_normal(3).astype(np.float32), "fc.bias")
+    g = helper.make_graph([helper.make_node("Gemm", ["x", "fc.weight", "fc.bias"], ["y"], transB=1)], "lin",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])], [w, b])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.checker.check_model(m)
+    return m
+
+
+def test_wrt_all_traces_folded_weights_back_to_initializers() -> None:
+    """The importer folds Gemm's transposed weight into a constant; `--wrt all` differentiates and
+    `@train_step` updates the initializer `fc.weight` itself (named fc_weight, sanitized as the importer
+    does), checked against the closed-form gradient of the mean squared error."""
+    from mlc.frontend.onnx_import import import_onnx
+
+    m, consts = import_onnx(_linear_onnx())
+    main = m.get("main")
+    assert isinstance(main, Function)
+    assert [b.node.key for b in main.body.bindings if hasattr(b.node, "key")] == ["c_y_bT", "fc.bias"]
+    assert "fc.weight" in consts
+    out = _autodiff(m, consts, loss="mse:t", optimizer="sgd", lr=0.5)
+    grad = out.get("grad")
+    step = out.get("train_step")
+    assert isinstance(grad, Function) and isinstance(step, Function)
+    assert [r.name for r in grad.body.results] == ["loss", "grad_fc_weight", "grad_fc_bias"]
+    assert [p.name for p in step.params] == ["x", "t", "fc_weight", "fc_bias"]
+    rng = np.random.default_rng(5)
+    x, t = rng.standard_normal((5, 4)).astype(np.float32), rng.standard_normal((5, 3)).astype(np.float32)
+    w, b = consts["fc.weight"].astype(np.float64), consts["fc.bias"].astype(np.float64)
+    r = x @ w.T + b - t
+    g = run_function(out, {"x": x, "t": t}, consts, func="grad")
+    np.testing.assert_allclose(g["grad_fc_weight"], 2 * r.T @ x / r.size, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(g["grad_fc_bias"], 2 * r.sum(0) / r.size, rtol=1e-5, atol=1e-6)
+    s = run_function(out, {"x": x, "t": t, "fc_weight": consts["fc.weight"], "fc_bias": consts["fc.bias"]}, consts,
+                     func="train_step")
+    np.testing.assert_allclose(s["new_fc_weight"], w - 0.5 * g["grad_fc_weight"], rtol=1e-5, atol=1e-6)
+    # without the provenance (no constants given), the folded constant itself is the parameter
+    plain = _autodiff(m, loss="mse:t").get("grad")
+    assert isinstance(plain, Function)
+    assert [r.name for r in plain.body.results] == ["loss", "grad_c_y_bT", "grad_fc_bias"]
