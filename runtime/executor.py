@@ -122,8 +122,12 @@ class Executor:
 
     def _replay(self, tape: Tape, args: list[Any]) -> list[Any]:
         runner = self.runner
+        address = runner.address
+        if not runner.fresh_results:  # results are recorded buffers (or arguments): nothing to allocate
+            tape.replay([address(a) for a in args], (), self.vm.timings)
+            return [args[r[1]] if r[0] == "in" else r[1] for r in tape.results]
         fresh = [runner.alloc(r[2], r[3]) for r in tape.results if r[0] == "out"]
-        tape.replay([runner.address(a) for a in args], [runner.address(o) for o in fresh], self.vm.timings)
+        tape.replay([address(a) for a in args], [address(o) for o in fresh], self.vm.timings)
         outs, it = [], iter(fresh)
         for r in tape.results:
             outs.append(args[r[1]] if r[0] == "in" else next(it) if r[0] == "out" else r[1])

@@ -63,11 +63,11 @@ class VM(Interpreter):
     # ---- entry points -------------------------------------------------------------------------
     def run(self, inputs: Mapping[str, np.ndarray], func: str = "main") -> dict[str, Any]:
         with run_region():  # computes in memory only: the CLI's SIGINT may end it inside a kernel (ir/interrupt)
-            check_inputs(self.module, inputs, func)
-            dev = {k: self.runner.copy_in(v) for k, v in inputs.items()}
-            outs = self.run_device(dev, func)
-            self.runner.sync()
-            return {k: self.runner.copy_out(v) for k, v in outs.items()}
+            fn = check_inputs(self.module, inputs, func)
+            runner = self.runner
+            outs = self._executor(fn, nested=False).run([runner.copy_in(inputs[p.name]) for p in fn.params])
+            runner.sync()
+            return {v.name: runner.copy_out(o) for v, o in zip(fn.body.results, outs)}
 
     def run_device(self, inputs: Mapping[str, Any], func: str = "main") -> dict[str, Any]:
         """Run with device-resident inputs; results stay on the device."""
