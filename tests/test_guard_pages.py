@@ -58,6 +58,10 @@ MODELS: dict[str, onnx.ModelProto] = {
     "conv_depthwise": _conv(8, 8, 3, 1, 1, group=8),
     "conv5x5_pad2": _conv(4, 4, 5, 2, 1, hw=10),
     "conv1x1": _conv(16, 32, 1, 0, 1, hw=7),
+    # channel-vector schedules (passes/schedule/conv_tiling.py): odd, prime and strided widths, groups
+    "conv3x3_pad1_grouped_odd": _conv(32, 32, 3, 1, 1, group=4, hw=13),
+    "conv3x3_stride2_prime": _conv(16, 48, 3, 1, 2, hw=31),
+    "conv3x3_nopad_stride2": _conv(3, 24, 3, 0, 2, hw=17),
     "maxpool_pad": _pool("MaxPool", 3, 1, 2),
     "avgpool_pad": _pool("AveragePool", 3, 1, 1),
     "gather_pad_slice": _gather_slice_pad(),

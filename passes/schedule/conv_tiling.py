@@ -93,7 +93,9 @@ def conv_plan(b: BlockStmt, lanes: int) -> tuple[int, int, int, int, int] | None
         best: tuple[int, int, int] | None = None  # (-accumulators, loads per step, oc1), ow1
         pick = (0, 0)
         budget = _REGS.get(lanes, 16) - 3
-        for v in range(1, min(budget, 64 // lanes) + 1):
+        for v in (1, 2, 4, 8):  # vectors per channel block: LLVM splits other widths badly (48 lanes: scalar shuffles)
+            if v > budget or v * lanes > 64:
+                continue
             oc1 = v * lanes
             if ext % oc1 or not all(_uniform_over(i, cname, oc1) for ld in others for i in ld.indices):
                 continue
@@ -155,25 +157,45 @@ def conv_tiling(sch: Schedule, block: BlockRV, lanes: int, ch: Decisions) -> boo
         for cons in sch.get_consumers(wb):  # elementwise epilogues fold into the write-back
             _try(sch.reverse_compute_inline, cons)
         _try(sch.reverse_compute_at, wb, outer[-1])
-    _try(sch.decompose_reduction, block, red[0])
+    init = _try(sch.decompose_reduction, block, red[0])
     _try(sch.vectorize, oc1)
     if 1 < ow_f[1] <= 16:
         _try(sch.unroll, ow1)
     fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
     _try(sch.parallel, fused)
-    for rv in sch.get_blocks():
-        if rv.name.endswith("_wb"):
-            wl = sch.get_loops(rv)
-            if wl and sch.get(wl[-1]).kind == "serial":  # type: ignore[union-attr]
-                _try(sch.vectorize, wl[-1])
-    # the accumulator tile with the channels last, so each vector of lanes is contiguous
+    # the accumulator tile with the channels last, so each vector of lanes is contiguous; the write-back
+    # reads it channel vectors at a time too (a vector across columns would gather from the tile and
+    # keeps LLVM from holding the accumulators in registers)
     nd = len(b.iters) - len(red)
     w_ix = [st.indices for st in stores_in(b.body) if st.buffer.name in {x.name for x in block_writes(b)}]
     d = next((k for k, i in enumerate(w_ix[0]) if isinstance(i, Var) and i.name == b.iters[c].var.name), None) \
         if w_ix and len(w_ix[0]) == nd else None
+    if isinstance(wb, BlockRV) and d is not None:
+        _channels_inner(sch, wb, d)
+    if isinstance(init, BlockRV):
+        _channels_inner(sch, init, [i for i, iv in enumerate(b.iters) if iv.kind == "S"].index(c))
     _try(sch.compact, block, 0, [k for k in range(nd) if k != d] + [d] if d is not None else [])
     _pack_weight(sch, block, w_name, c, oc_f[1])
     return True
+
+
+def _channels_inner(sch: Schedule, wb: BlockRV, d: int) -> None:
+    """Move the write-back's loop over output axis `d` (the channels) innermost and vectorize it."""
+    blk = sch.get(wb)
+    if not isinstance(blk, BlockStmt) or len(blk.iters) <= d:
+        return
+    loops = [lp for lp in sch.get_loops(wb) if sch.get(lp).kind == "serial"]  # type: ignore[union-attr]
+    feeds = {v.name for v in free_vars(blk.iters[d].binding)}
+    chan = [lp for lp in loops if lp.name in feeds]
+    if len(chan) != 1:
+        return
+    rest = [lp for lp in loops if lp != chan[0]]
+    try:
+        if rest:
+            sch.reorder(*rest, chan[0])
+    except MlcError:
+        return
+    _try(sch.vectorize, chan[0])
 
 
 def _pack_weight(sch: Schedule, block: BlockRV, w_name: str, c: int, oc1: int) -> None:

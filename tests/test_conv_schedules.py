@@ -1,0 +1,188 @@
+"""CPU convolution schedules (passes/schedule/conv_tiling.py) and build-time packing of constant
+operands (passes/alter_layout.py).
+
+Oracles: a numpy direct convolution in f64 (per group, per kernel tap) for compiled models; the
+reference interpreter on the unscheduled program for schedules and random design-space points;
+numpy reshape + transpose for a packed constant."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from mlc.frontend import zoo
+from mlc.frontend.onnx_import import import_onnx
+from mlc.ir import arith
+from mlc.ir.expr import free_vars
+from mlc.ir.graph import CallTensor, Constant
+from mlc.ir.interp import run_function
+from mlc.ir.module import Module
+from mlc.ir.tir import BlockStmt, For, PrimFunc
+from mlc.ir.tir_interp import run_prim
+from mlc.ir.tir_visit import walk
+from mlc.passes.alter_layout import pack_nests
+from mlc.passes.pipeline import parse_pipeline, run_pipeline
+from mlc.passes.registry import PassContext
+from mlc.passes.schedule import Trace
+from mlc.passes.schedule.conv_tiling import conv_plan
+from mlc.passes.schedule.rules import TargetInfo, default_schedule, sample_schedule
+from onnx import TensorProto, helper, numpy_helper
+
+import mlc
+
+CPU = TargetInfo(lanes=8, cores=2)
+
+# (batch, in channels, out channels, height = width, kernel, pad, stride, groups)
+CASES = [
+    (1, 16, 64, 15, 3, 1, 1, 1),   # squeezenet's expand3x3: padded, odd width
+    (1, 64, 16, 15, 1, 0, 1, 1),   # 1x1 squeeze
+    (3, 3, 24, 17, 3, 0, 2, 1),    # stem: stride 2, no padding, 3 input channels
+    (2, 8, 40, 9, 5, 2, 1, 1),     # 5x5, padding 2
+    (1, 32, 32, 13, 3, 1, 1, 4),   # grouped, 8 output channels per group
+    (2, 24, 48, 7, 3, 1, 2, 2),    # grouped and strided
+    (1, 16, 16, 11, 3, 1, 2, 16),  # depthwise, strided (the generic tiling)
+    (1, 12, 36, 10, 1, 0, 1, 3),   # 12 channels per group: no lane-aligned channel block
+    (2, 8, 8, 6, 3, 1, 1, 1),      # 8 channels: one vector
+    (1, 16, 96, 31, 3, 1, 2, 1),   # prime width
+]
+
+
+def conv_model(n: int, c: int, k: int, hw: int, kh: int, pad: int, stride: int, group: int,
+               seed: int = 0) -> tuple[onnx.ModelProto, np.ndarray, np.ndarray]:
+    """Conv + bias + Relu with constant weights, batch symbolic."""
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((k, c // group, kh, kh)).astype(np.float32)
+    b = rng.standard_normal(k).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[pad] * 4, strides=[stride] * 2, group=group),
+             helper.make_node("Relu", ["c"], ["y"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", c, hw, hw])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                          [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
+    return onnx.shape_inference.infer_shapes(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])), w, b
+
+
+def np_conv(x: np.ndarray, w: np.ndarray, b: np.ndarray, pad: int, stride: int, group: int) -> np.ndarray:
+    n, c, h, _ = x.shape
+    k, cg, kh, _ = w.shape
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    oh = (h + 2 * pad - kh) // stride + 1
+    out = np.zeros((n, k, oh, oh))
+    kg = k // group
+    for g in range(group):
+        xs, ws = xp[:, g * cg:(g + 1) * cg], w[g * kg:(g + 1) * kg].astype(np.float64)
+        for a in range(kh):
+            for d in range(kh):
+                win = xs[:, :, a:a + stride * oh:stride, d:d + stride * oh:stride]
+                out[:, g * kg:(g + 1) * kg] += np.einsum("nchw,kc->nkhw", win, ws[:, :, a, d])
+    return np.maximum(out + b[None, :, None, None], 0.0)
+
+
+def fused(model: onnx.ModelProto, steps: str = "[shape-infer, fuse]") -> tuple[Module, dict[str, np.ndarray]]:
+    m, consts = import_onnx(model)
+    ctx = PassContext(constants=consts)
+    m, _ = run_pipeline(m, parse_pipeline(f"passes: {steps}", "t"), ctx, verify_each=False)
+    return m, dict(ctx.constants or {})
+
+
+def conv_func(m: Module) -> PrimFunc:
+    return next(f for f in m.prim_functions() if "conv2d" in f.name)
+
+
+def same(orig: PrimFunc, new: PrimFunc, dim: int = 2) -> None:
+    """The scheduled program computes what the unscheduled one does (reference interpreter)."""
+    dims = {v.name: dim for b in orig.params for d in b.shape for v in free_vars(d)}
+    rng = np.random.default_rng(0)
+    args = [rng.standard_normal(tuple(arith.evaluate(d, dims) for d in b.shape)).astype(np.float32)
+            for b in orig.params]
+    ref, got = [a.copy() for a in args], [a.copy() for a in args]
+    run_prim(orig, ref, dims)
+    run_prim(new, got, dims)
+    np.testing.assert_allclose(got[-1], ref[-1], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[f"n{c[0]}c{c[1]}k{c[2]}hw{c[3]}k{c[4]}p{c[5]}s{c[6]}g{c[7]}" for c in CASES])
+def test_compiled_conv_matches_numpy(case: tuple[int, ...]) -> None:
+    n, c, k, hw, kh, pad, stride, group = case
+    model, w, b = conv_model(*case)
+    compiled = mlc.compile(model)
+    for batch in sorted({n, 3}):
+        x = np.random.default_rng(batch).standard_normal((batch, c, hw, hw)).astype(np.float32)
+        got = list(compiled(**{compiled.input_names[0]: x}).values())[0]
+        np.testing.assert_allclose(got, np_conv(x, w, b, pad, stride, group), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("case", CASES[:6] + CASES[8:], ids=[str(i) for i in range(8)])
+def test_conv_default_schedule_vectorizes_output_channels(case: tuple[int, ...]) -> None:
+    f = conv_func(fused(conv_model(*case)[0])[0])
+    conv = next(x for _, x in walk(f.body) if isinstance(x, BlockStmt) and x.name == "conv2d")
+    assert conv_plan(conv, CPU.lanes) is not None
+    s = default_schedule(f, CPU)
+    same(f, s.func)
+    out_ch = next(x for _, x in walk(s.func.body) if isinstance(x, BlockStmt) and x.name == "conv2d").iters[1]
+    vec = [lp for _, lp in walk(s.func.body) if isinstance(lp, For) and lp.kind == "vectorized"
+           and lp.var in free_vars(out_ch.binding)]
+    assert vec and arith.as_int(vec[0].extent) % CPU.lanes == 0
+    packs = pack_nests(s.func)
+    assert len(packs) == 1 and packs[0].src.name == f.params[1].name  # the weight, channel-innermost
+    assert arith.as_int(packs[0].dst.shape[-1]) == arith.as_int(vec[0].extent)
+    assert Trace.from_json(s.trace.to_json()).apply(f) == s.func
+
+
+def test_depthwise_and_unaligned_groups_keep_the_generic_tiling() -> None:
+    for case in (CASES[6], CASES[7]):
+        f = conv_func(fused(conv_model(*case)[0])[0])
+        conv = next(x for _, x in walk(f.body) if isinstance(x, BlockStmt) and x.name == "conv2d")
+        assert conv_plan(conv, CPU.lanes) is None  # a vector of channels would gather the input
+        same(f, default_schedule(f, CPU).func)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_random_design_space_points_of_a_conv_keep_results(seed: int) -> None:
+    f = conv_func(fused(conv_model(*CASES[5])[0])[0])
+    s = sample_schedule(f, CPU, seed=seed)
+    same(f, s.func, dim=1)
+    assert Trace.from_json(s.trace.to_json()).apply(f) == s.func
+
+
+def test_alter_layout_folds_the_weight_packing_into_the_constant() -> None:
+    model, w, _ = conv_model(*CASES[0])
+    before, consts = fused(model, "[shape-infer, fuse, schedule]")
+    after, new_consts = fused(model, "[shape-infer, fuse, schedule, alter-layout]")
+    f0, f1 = conv_func(before), conv_func(after)
+    (p,) = pack_nests(f0)
+    assert not pack_nests(f1)
+    assert all(b.name != p.dst.name for b in f1.body.alloc_buffers)  # type: ignore[attr-defined]
+    assert f1.params[1] == p.dst and f1.params[0] == f0.params[0]
+    main = after.get("main")
+    call = next(b.node for b in main.body.bindings if isinstance(b.node, CallTensor))  # type: ignore[union-attr]
+    const = next(b.node for b in main.body.bindings  # type: ignore[union-attr]
+                 if b.var == call.args[1] and isinstance(b.node, Constant))
+    oc1 = arith.as_int(p.dst.shape[-1])
+    assert oc1 is not None
+    want = w.reshape(w.shape[0] // oc1, oc1, *w.shape[1:]).transpose(0, 2, 3, 4, 1)
+    np.testing.assert_array_equal(new_consts[const.key], want)
+    assert "w" not in new_consts  # the unpacked weight is no longer referenced
+    x = np.random.default_rng(0).standard_normal((2, 16, 15, 15)).astype(np.float32)
+    np.testing.assert_allclose(run_function(after, {"x": x}, new_consts)["y"],
+                               run_function(before, {"x": x}, consts)["y"], rtol=1e-5, atol=1e-5)
+
+
+def test_alter_layout_keeps_in_kernel_packing_of_a_non_constant_operand() -> None:
+    model, _, _ = conv_model(*CASES[1])
+    w_in = helper.make_tensor_value_info("w", TensorProto.FLOAT, [16, 64, 1, 1])
+    inits = [i for i in model.graph.initializer if i.name != "w"]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(inits)
+    model.graph.input.append(w_in)
+    before, _ = fused(model, "[shape-infer, fuse, schedule]")
+    after, _ = fused(model, "[shape-infer, fuse, schedule, alter-layout]")
+    assert pack_nests(conv_func(before)) and conv_func(after) == conv_func(before)
+
+
+def test_build_leaves_no_per_call_packing_of_constant_weights() -> None:
+    # dense layers (the matmul schedule packs B into column panels) and convolutions alike
+    for model in (zoo.build("mlp"), conv_model(*CASES[3])[0]):
+        m, _ = fused(model, "[shape-infer, fold-constants, fuse, schedule, alter-layout]")
+        packed = [f.name for f in m.prim_functions() if any(b.name.endswith("_packed") for b in f.params)]
+        assert packed, "no kernel takes a prepacked weight"
+        assert not [f.name for f in m.prim_functions() if pack_nests(f)]
