@@ -147,6 +147,24 @@ def _elements(t: TensorType) -> Expr:
     return n
 
 
+def results_early(fn: Function) -> Function:
+    """`fn` with every kernel call that produces a result of the function moved up to right after
+    its last operand is defined. A training step's updates then run as soon as their gradient is
+    complete, and the gradient's buffer is free for the rest of the backward pass (autodiff emits
+    the updates after the whole backward pass). Results are not in the plan, so this only shortens
+    lives; it recomputes nothing."""
+    results = {r.name for r in fn.body.results}
+    order: list[Binding] = []
+    for b in fn.body.bindings:
+        if isinstance(b.node, CallTensor) and b.var.name in results:
+            need = {v.name for v in operands(b.node)}
+            at = max((i + 1 for i, o in enumerate(order) if o.var.name in need), default=0)
+            order.insert(at, b)
+        else:
+            order.append(b)
+    return Function(fn.name, fn.params, Block(tuple(order), fn.body.results, fn.body.loc), fn.attrs, fn.loc)
+
+
 def remat_function(fn: Function, prims: dict[str, PrimFunc], budget: int, dims: dict[str, int]) \
         -> tuple[Function, int, int, list[str]]:
     """(the function, plan bytes before, after, the values recomputed) for a plan within `budget`."""
@@ -154,25 +172,36 @@ def remat_function(fn: Function, prims: dict[str, PrimFunc], budget: int, dims: 
     if missing:
         raise MlcError(f"remat: @{fn.name} has symbolic dims {', '.join(missing)}: give their values with --dim")
     used = {p.name for p in fn.params} | {b.var.name for b in fn.body.bindings}
-    con = _Search(fn, prims, set(used), {})
-    before = now = con.plan_bytes(dims)
+    before = _Search(fn, prims, set(used), {}).plan_bytes(dims)
+    best: tuple[int, _Search, list[str]] | None = None
+    for start in (fn, results_early(fn)):  # greedy depends on where it starts: try both orders
+        con, now, done = _greedy(_Search(start, prims, set(used), {}), budget, dims)
+        if now <= budget:
+            return con.fn, before, now, done
+        if best is None or now < best[0]:
+            best = (now, con, done)
+    assert best is not None
+    raise MlcError(f"remat: @{fn.name}: the memory plan needs {before:,} bytes at "
+                   f"{', '.join(f'{k}={v}' for k, v in dims.items()) or 'these dims'}; recomputing reached "
+                   f"{best[0]:,}, above the budget of {budget:,}")
+
+
+def _greedy(con: _Search, budget: int, dims: dict[str, int]) -> tuple[_Search, int, list[str]]:
+    """Recompute the best-scoring candidate until the plan fits or nothing lowers it."""
+    now = con.plan_bytes(dims)
     done: list[str] = []
     while now > budget:
-        best: tuple[float, int, str, str, _Search] | None = None
+        best: tuple[float, int, str, _Search] | None = None
         for name, at in con.candidates():
             trial, work = con.recompute(name, at)
             b = trial.plan_bytes(dims)
-            if b < now:
-                score = (now - b) / work
-                if best is None or score > best[0]:
-                    best = (score, b, name, at, trial)
+            if b < now and (best is None or (now - b) / work > best[0]):
+                best = ((now - b) / work, b, name, trial)
         if best is None:
-            raise MlcError(f"remat: @{fn.name}: the memory plan needs {before:,} bytes at "
-                           f"{', '.join(f'{k}={v}' for k, v in dims.items()) or 'these dims'}; recomputing reached "
-                           f"{now:,}, above the budget of {budget:,}")
-        _, now, name, at, con = best
+            break
+        _, now, name, con = best
         done.append(name)
-    return con.fn, before, now, done
+    return con, now, done
 
 
 @register_pass
