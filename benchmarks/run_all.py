@@ -23,6 +23,7 @@ BENCHES: list[tuple[str, list[str], list[str]]] = [
     ("bench_tune.py", [], ["--quick"]),
     ("bench_ann.py", [], []),
     ("bench_light.py", [], ["--models", "shufflenet", "squeezenet", "--runs", "3"]),
+    ("bench_cnn_cpu.py", [], ["--models", "squeezenet1_1", "mobilenet_v3_small", "--batch", "1", "--runs", "3"]),
 ]
 
 
