@@ -208,6 +208,7 @@ PASS_MODULES: tuple[str, ...] = (
     "mlc.passes.fuse",
     "mlc.passes.schedule_pass",
     "mlc.passes.lower_tir",
+    "mlc.passes.bounds",
     "mlc.passes.sparse_lower",
     "mlc.passes.alter_layout",
     "mlc.passes.autodiff",

@@ -1,0 +1,266 @@
+"""bounds-check: no compiled access outside its buffer, whatever the tensor program says.
+
+The verifier checks a program's structure, not its index values: `A[vi - 1]` at vi = 0,
+`A[floordiv(vi, n - n)]` or a store at `vi * 100000` into 1000 elements are well-formed and used to
+compile to out-of-bounds reads and writes. This pass, the step after fuse in the build pipelines,
+proves each index of every load and store inside its dimension, from
+
+- the ranges of the enclosing loops (symbolic intervals, ir/tir_visit.bound), with block iterators
+  and `let` vars replaced by what they are bound to (a binding may leave its declared domain, so the
+  domain itself is not trusted), and the fact that a loop's body runs only when its extent is >= 1;
+- the conditions guarding the access: an enclosing `if` (its negation in the `else`), and the
+  condition of a `select` whose arm holds the load (padding, concat and gather lowerings guard so);
+- a `min` or `max` split into its two cases.
+
+It runs before schedule, where every block is still bound to its own loops, so the proofs are about
+plain loop ranges; the schedule primitives then keep each iterator's set of values (a split that
+does not divide adds a guard), so what was proven stays true of the scheduled loops. Sparse
+iterations are left to sparse-lower (their structure is checked when loaded).
+
+An index it cannot prove gets a run-time check: the access runs only when every unproven index is in
+range (a load otherwise yields 0, a store is skipped), and the condition reads each such index
+through `check_range`, so the run fails with a located error naming the kernel, the index value and
+its range (the interpreter reports the same). Proven accesses are left as they are; in the zoo only
+seq2seq's slices at the encoder loop's index and gpt_block's read of its 64 x 64 causal mask at T
+are checked. `mlc -v` lists the checked accesses by buffer and index.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import ClassVar
+
+from mlc.ir import arith
+from mlc.ir.expr import Bin, Call, Cast, Const, Expr, Load, Not, Select, Var, children, substitute
+from mlc.ir.module import Module
+from mlc.ir.printer import print_expr
+from mlc.ir.sparse import SparseIteration
+from mlc.ir.tir import BlockStmt, Buffer, For, IfStmt, Let, PrimFunc, Stmt, Store
+from mlc.ir.tir_builder import cst
+from mlc.ir.tir_visit import Interval, StmtMutator, bound, conjuncts, rewrite, simp
+
+from .registry import ModulePass, PassContext, register_pass
+
+NEGATED = {"lt": "ge", "le": "gt", "gt": "le", "ge": "lt"}
+
+
+def facts_of(cond: Expr, holds: bool = True) -> list[Expr]:
+    """What `cond` being true (false: `holds=False`) says, as expressions known to be >= 0: the
+    comparisons of a conjunction (of a disjunction, negated, when it is false); others are dropped."""
+    if not holds:
+        if isinstance(cond, Not):
+            return facts_of(cond.a)
+        if isinstance(cond, Bin) and cond.op == "or":
+            return facts_of(cond.a, False) + facts_of(cond.b, False)
+        if isinstance(cond, Bin) and cond.op in NEGATED:
+            return facts_of(Bin(NEGATED[cond.op], cond.a, cond.b))
+        return []
+    out: list[Expr] = []
+    for c in conjuncts(cond):
+        if isinstance(c, Not):
+            out += facts_of(c.a, False)
+            continue
+        if not (isinstance(c, Bin) and c.op in ("lt", "le", "gt", "ge", "eq")):
+            continue
+        try:
+            if c.a.dtype == "bool" or c.b.dtype == "bool" or not _is_int(c.a) or not _is_int(c.b):
+                continue
+        except AttributeError:
+            continue
+        a, b = _i64(c.a), _i64(c.b)
+        if c.op == "lt":
+            out.append(b - a - 1)
+        elif c.op == "le":
+            out.append(b - a)
+        elif c.op == "gt":
+            out.append(a - b - 1)
+        elif c.op == "ge":
+            out.append(a - b)
+        else:
+            out += [a - b, b - a]
+    return out
+
+
+def _subexprs(e: Expr) -> list[Expr]:
+    out, stack = [], [e]
+    while stack:
+        x = stack.pop()
+        out.append(x)
+        stack.extend(children(x))
+    return out
+
+
+def substitute_expr(e: Expr, old: Expr, new: Expr) -> Expr:
+    """`e` with every occurrence of the subexpression `old` replaced by `new`."""
+    return rewrite(e, lambda x: new if x == old else None)
+
+
+def _is_int(e: Expr) -> bool:
+    return e.dtype.startswith(("i", "u")) and e.dtype != "u1"
+
+
+def _i64(e: Expr) -> Expr:
+    return e if e.dtype == "i64" else Cast("i64", e)
+
+
+@dataclass
+class Checker(StmtMutator):
+    """Walks one PrimFunc with the loop ranges, bindings and guard facts in scope."""
+
+    ranges: dict[Var, Interval]
+    binds: dict[Var, Expr]
+    facts: list[Expr]
+    checked: list[str]
+
+    # ---- proving ----
+    def nonneg(self, e: Expr, depth: int = 2) -> bool:
+        """e >= 0 wherever it runs: from the loop ranges alone, or from one guard fact plus them;
+        a min or max in `e` is split into its two cases (each with the fact that selects it)."""
+        e = simp(e)
+        for g in (None, *self.facts):
+            b = bound(e if g is None else simp(e - g), self.ranges)
+            if b is not None and arith.prove_le(Const(0), b[0]):
+                return True
+        m = next((x for x in _subexprs(e) if isinstance(x, Bin) and x.op in ("min", "max")), None)
+        if m is None or depth == 0:
+            return False
+        a_wins = simp(m.a - m.b) if m.op == "max" else simp(m.b - m.a)  # >= 0 when the result is a
+        saved = self.facts
+        try:
+            self.facts = saved + [a_wins]
+            if not self.nonneg(substitute_expr(e, m, m.a), depth - 1):
+                return False
+            self.facts = saved + [simp(Const(0) - a_wins - 1)]
+            return self.nonneg(substitute_expr(e, m, m.b), depth - 1)
+        finally:
+            self.facts = saved
+
+    def in_range(self, index: Expr, extent: Expr) -> bool:
+        i = substitute(_i64(index), self.binds)
+        return self.nonneg(i) and self.nonneg(extent - 1 - i)
+
+    def unproven(self, buf: Buffer, indices: tuple[Expr, ...]) -> list[tuple[Expr, Expr]]:
+        return [(i, n) for i, n in zip(indices, buf.shape) if not self.in_range(i, n)]
+
+    def guard(self, buf: Buffer, indices: tuple[Expr, ...], bad: list[tuple[Expr, Expr]]) -> Expr:
+        """In-range condition of the unproven indices, each read through check_range (the report)."""
+        self.checked.append(f"%{buf.name}[{', '.join(print_expr(i) for i in indices)}]")
+        cond: Expr | None = None
+        for i, n in bad:
+            v = Call("check_range", (_i64(i), Const(0), n), "i64")
+            ok = Bin("and", Bin("ge", v, Const(0)), Bin("lt", _i64(i), n))
+            cond = ok if cond is None else Bin("and", cond, ok)
+        assert cond is not None
+        return cond
+
+    # ---- expressions ----
+    def visit_expr(self, e: Expr) -> Expr:
+        return self.expr(e)
+
+    def expr(self, e: Expr) -> Expr:
+        if isinstance(e, Select):
+            c = self.expr(e.cond)
+            saved = self.facts
+            self.facts = saved + facts_of(substitute(e.cond, self.binds))
+            try:
+                t = self.expr(e.t)
+            finally:
+                self.facts = saved
+            self.facts = saved + facts_of(substitute(e.cond, self.binds), False)
+            try:
+                f = self.expr(e.f)
+            finally:
+                self.facts = saved
+            return Select(c, t, f, e.loc)
+        if isinstance(e, Load):
+            ld = Load(e.buffer, tuple(self.expr(i) for i in e.indices), e.loc)
+            bad = self.unproven(ld.buffer, ld.indices)
+            return ld if not bad else Select(self.guard(ld.buffer, ld.indices, bad), ld, cst(0, ld.buffer.dtype))
+        if isinstance(e, Bin):
+            return Bin(e.op, self.expr(e.a), self.expr(e.b), e.loc)
+        if isinstance(e, Not):
+            return Not(self.expr(e.a), e.loc)
+        if isinstance(e, Cast):
+            return Cast(e.dtype, self.expr(e.a), e.loc)
+        if isinstance(e, Call):
+            return Call(e.name, tuple(self.expr(a) for a in e.args), e.dtype, e.loc)
+        return e
+
+    # ---- statements ----
+    def visit_For(self, s: For) -> Stmt:
+        lo, extent = substitute(s.start, self.binds), substitute(s.extent, self.binds)
+        self.ranges[s.var] = (lo, simp(lo + extent - 1))
+        saved = self.facts
+        self.facts = saved + [simp(extent - 1)]  # the body runs only when the loop does
+        try:
+            return self.generic_visit(s)
+        finally:
+            del self.ranges[s.var]
+            self.facts = saved
+
+    def visit_BlockStmt(self, s: BlockStmt) -> Stmt:
+        for it in s.iters:
+            self.binds[it.var] = substitute(it.binding, self.binds)
+        try:
+            return self.generic_visit(s)
+        finally:
+            for it in s.iters:
+                del self.binds[it.var]
+
+    def visit_Let(self, s: Let) -> Stmt:
+        value = self.expr(s.value)
+        self.binds[s.var] = substitute(s.value, self.binds)
+        try:
+            body = self.visit(s.body)
+        finally:
+            del self.binds[s.var]
+        return s if value is s.value and body is s.body else replace(s, value=value, body=body)
+
+    def visit_IfStmt(self, s: IfStmt) -> Stmt:
+        cond = self.expr(s.cond)
+        saved = self.facts
+        self.facts = saved + facts_of(substitute(s.cond, self.binds))
+        try:
+            then = self.visit(s.then)
+        finally:
+            self.facts = saved
+        orelse = None
+        if s.orelse is not None:
+            self.facts = saved + facts_of(substitute(s.cond, self.binds), False)
+            try:
+                orelse = self.visit(s.orelse)
+            finally:
+                self.facts = saved
+        return replace(s, cond=cond, then=then, orelse=orelse)
+
+    def visit_SparseIteration(self, s: SparseIteration) -> Stmt:
+        """Left to sparse-lower: the sparse structure is checked when it is loaded (`sparse-inputs`)."""
+        return s
+
+    def visit_Store(self, s: Store) -> Stmt:
+        st = Store(s.buffer, tuple(self.expr(i) for i in s.indices), self.expr(s.value), s.loc)
+        bad = self.unproven(st.buffer, st.indices)
+        return st if not bad else IfStmt(self.guard(st.buffer, st.indices, bad), st, None, s.loc)
+
+
+def check_func(f: PrimFunc) -> tuple[PrimFunc, list[str]]:
+    """`f` with every access it cannot prove in bounds checked at run time, and those accesses."""
+    c = Checker({}, {}, [], [])
+    body = c.visit(f.body)
+    return (replace(f, body=body) if c.checked else f), c.checked
+
+
+@register_pass
+@dataclass(frozen=True)
+class BoundsCheck(ModulePass):
+    """Prove every load and store of the tensor programs in bounds, or check it at run time."""
+
+    name: ClassVar[str] = "bounds-check"
+
+    def apply(self, module: Module, ctx: PassContext) -> Module:
+        for f in module.prim_functions():
+            new, checked = check_func(f)
+            if checked:
+                ctx.info(f"bounds-check: @{f.name}: checked at run time: {', '.join(checked)}", f.loc)
+                module = module.with_function(new)
+        return module
