@@ -423,15 +423,14 @@ def _small_cnn() -> Any:
     from mlc.frontend.zoo import GraphBuilder
 
     b = GraphBuilder("small_cnn", seed=7)
-    y = b.conv_bn(b.input("image", ["N", 3, 8, 8]), 3, 8, 3)
-    y = b.conv_bn(y, 8, 8, 3, stride=2, groups=2)
+    y = b.conv_bn(b.input("image", ["N", 4, 8, 8]), 4, 8, 3, stride=2, groups=2)
     y = b.n("Flatten", b.n("GlobalAveragePool", y), axis=1)
     b.node("Gemm", [y, b.weight((10, 8)), b.weight((10,), scale=0.1)], out="logits", transB=1)
     b.output("logits", ["N", 10])
     return b.model()
 
 
-ZOO_LOSS["small_cnn"] = ("cross-entropy:labels", (2, 3, 8, 8))
+ZOO_LOSS["small_cnn"] = ("cross-entropy:labels", (2, 4, 8, 8))
 
 
 @pytest.mark.parametrize("name", ["mlp", "small_cnn", pytest.param("resnext", marks=pytest.mark.conformance)])
@@ -458,7 +457,7 @@ def test_compiled_grad_and_train_step_match_the_interpreter(name: str) -> None:
         ins = _advance(ins, step)
         step = model.vm.run(ins, "train_step")
         losses.append(float(step["loss"]))
-    assert losses[-1] < 0.8 * losses[0], losses
+    assert all(b < a for a, b in zip(losses, losses[1:])) and losses[-1] < 0.9 * losses[0], losses
     assert float(ins["step"]) == 4.0
 
 
