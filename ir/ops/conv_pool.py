@@ -275,11 +275,25 @@ def _transposed_lower(b: Builder, args: Args, attrs: Attrs, t: Type, name: str) 
     ext = (cg,) + _source_extents(k, s, d)  # type: ignore[arg-type]
     if not phased:
         return b.reduce(shp, dt, "add", ext, value, name)
-    quot = tuple(arith.simplify(Bin("floordiv", shp[2 + a] + (s[a] - 1), Const(s[a]))) for a in range(2))
-    pads = _phase_pads(k, s, p, quot, x.shape[2:])  # type: ignore[arg-type]
+    pads = _phase_pads(k, s, p, _phase_quotients(shp, s), x.shape[2:])  # type: ignore[arg-type]
     if pads is not None:
         value = _padded_phase_value(b, x, w, k, s, p, g, cg, pads, dt)  # type: ignore[arg-type]
-    red = b.reduce(shp[:2] + (Const(s[0]), Const(s[1])) + quot, dt, "add", ext, value, name + "_phases")
+    return _per_phase(b, shp, dt, ext, s, value, name)
+
+
+def _phase_quotients(shp: Index, s: tuple[int, ...]) -> Index:
+    return tuple(arith.simplify(Bin("floordiv", shp[2 + a] + (s[a] - 1), Const(s[a]))) for a in range(2))
+
+
+def _per_phase(b: Builder, shp: Index, dt: str, ext: Index, s: tuple[int, ...],
+               value: Callable[[Index, Index], Expr], name: str) -> Tensor:
+    """A gather-reduction into (N, C, H, W) computed per stride phase: reduced over (N, C, sh, sw,
+    ceil(H / sh), ceil(W / sw)), where `value(i, r)` sees (n, c, phase_h, phase_w, q_h, q_w) and
+    position s * q + phase, then read back into (N, C, H, W). The summand's loads are then affine
+    in the vector lane q_w; gathering straight into (H, W) puts floordiv/floormod of the lane into
+    every load."""
+    red = b.reduce(shp[:2] + (Const(s[0]), Const(s[1])) + _phase_quotients(shp, s), dt, "add", ext, value,
+                   name + "_phases")
 
     def split(i: Index) -> Index:
         ph = tuple(Bin("floormod", i[2 + a], Const(s[a])) if s[a] > 1 else Const(0) for a in range(2))
@@ -642,11 +656,16 @@ def _max_pool_grad_lower(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tenso
     first = b.reduce(dy.shape, "i64", "min", win, first_value, "pool_first_max")
     zero = cst(0, dy.dtype)
 
+    phased = d == (1, 1) and max(s) > 1
+
     def value(i: Index, j: Index) -> Expr:
-        (oh, ow), r, exists = _window_source(i[2:], j, k, s, p, d, dy.shape[2:])
+        pos, phase = (i[4:], i[2:4]) if phased else (i[2:], None)
+        (oh, ow), r, exists = _window_source(pos, j, k, s, p, d, dy.shape[2:], phase)
         w = (i[0], i[1], oh, ow)
         return Select(exists, Select(Bin("eq", first.at(w), r[0] * k[1] + r[1]), dy.at(w), zero), zero)
 
+    if phased:
+        return _per_phase(b, out_shape(t), dy.dtype, _source_extents(k, s, d), s, value, "max_pool2d_grad")
     return b.reduce(out_shape(t), dy.dtype, "add", _source_extents(k, s, d), value, "max_pool2d_grad")
 
 
@@ -659,10 +678,15 @@ def _avg_pool_grad_lower(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tenso
     count = _pool_count(b, shp[2:], dy.shape[2:], attrs, dy.dtype)
     zero = cst(0, dy.dtype)
 
+    phased = d == (1, 1) and max(s) > 1
+
     def value(i: Index, j: Index) -> Expr:
-        (oh, ow), _, exists = _window_source(i[2:], j, k, s, p, d, dy.shape[2:])
+        pos, phase = (i[4:], i[2:4]) if phased else (i[2:], None)
+        (oh, ow), _, exists = _window_source(pos, j, k, s, p, d, dy.shape[2:], phase)
         return Select(exists, Bin("div", dy.at((i[0], i[1], oh, ow)), count.at((oh, ow))), zero)
 
+    if phased:
+        return _per_phase(b, shp, dy.dtype, _source_extents(k, s, d), s, value, "avg_pool2d_grad")
     return b.reduce(shp, dy.dtype, "add", _source_extents(k, s, d), value, "avg_pool2d_grad")
 
 
