@@ -9,7 +9,7 @@ from .main import handle_errors
 
 
 @click.command("sparse-kernel")
-@click.argument("op", type=click.Choice(["spmm", "sddmm", "bsrmm"]))
+@click.argument("op", type=click.Choice(["spmm", "sddmm", "bsrmm", "segment-mm"]))
 @click.option("--format", "fmt", default="csr", show_default=True,
               help="csr (indptr, indices, data), ell:W (indices and data rows x W, padding value 0); bsrmm: bsr:S")
 @click.option("--feat", default=32, show_default=True, type=click.IntRange(min=1), help="feature width of the dense operands")
@@ -24,7 +24,9 @@ def sparse_kernel_cmd(op: str, fmt: str, feat: int, dtype: str, output: str) -> 
     sddmm: inputs indptr, indices, data, X (rows x feat), Y (n x feat); result C: one value per nonzero
            (i, j) of A, A[i, j] * dot(X[i], Y[j]), in A's order
     bsrmm: as spmm with A in S x S blocks (--format bsr:S): indptr (block rows + 1), indices (block
-           columns), data (blocks x S x S values, flattened: scipy's bsr_matrix.data.ravel())
+           columns), data (blocks x S x S: scipy's bsr_matrix.data)
+    segment-mm: inputs indptr (segments + 1, row offsets from 0 to rows), X (rows x feat), W (segments x
+           feat x feat); result C (rows x feat), C[r] = X[r] @ W[s] for the rows r of segment s
     CSR: indptr i32 (rows + 1), indices i32 (nnz), data (nnz). ELL (--format ell:W): indices i32 and data
     (rows x W); a padded entry has value 0 and any column in [0, n). Bad index arrays (indptr not
     monotone or past nnz, a column out of range) fail the run with a located error."""

@@ -14,8 +14,10 @@ Axes (`axis NAME = KIND(...)` at the top of a `prim`), each non-root one naming 
 - `sparse_variable(PARENT, length, nnz, %indptr, %indices)`: CSR, coordinate `indices[indptr[p] + j]`.
 
 A sparse buffer (`sparse %A: (I, J) = %data`) is a view of the value array `data` over axes, each
-dependent axis directly after its parent. Its flat offset folds the axes left to right: a fixed axis
-`off * extent + pos`, a variable one `indptr[off] + pos`. In a sparse iteration
+dependent axis directly after its parent. The leading axes fold into the first dim of `data`, left to
+right (a fixed axis `off * extent + pos`, a variable one `indptr[off] + pos`); each further dim of
+`data` is one trailing fixed axis, indexed by its position (CSR values: 1-d; ragged rows of
+features `(S, R, K)` over an `rows x K` array; BSR blocks `(IO, JO, II, JI)` over `nnzb x S x S`). In a sparse iteration
 (`sp_iter "name"(S i in I, R j in J, S k in K) { init {...} body }`) an iterator indexes a sparse
 buffer by position and means its coordinate everywhere else (a dense buffer `B[j, k]` reads column
 `indices[...]` of row `j`'s coordinate). `init` runs for every point of the spatial iterators before
@@ -77,6 +79,11 @@ class SparseBuffer:
     loc: Loc = field(default=UNKNOWN, compare=False, repr=False)
 
 
+def folded_axes(sb: SparseBuffer) -> int:
+    """How many leading axes of `sb` fold into the first dim of its values (the rest: one dim each)."""
+    return len(sb.axes) - len(sb.data.shape) + 1
+
+
 def sparse_view(name: str, axes: tuple[Axis, ...], data: Buffer, loc: Loc = UNKNOWN) -> SparseBuffer:
     """The sparse buffer `name` over `axes` stored in `data` (the one way to build its view)."""
     view = Buffer(name, tuple(a.length for a in axes), data.dtype, "global", loc)
@@ -120,4 +127,5 @@ def i64(e: Expr) -> Expr:
     return e if e.dtype == "i64" else Cast("i64", e)
 
 
-__all__ = ["AXIS_KINDS", "Axis", "SparseBuffer", "SparseIterVar", "SparseIteration", "axis_table", "i64", "sparse_view"]
+__all__ = ["AXIS_KINDS", "Axis", "SparseBuffer", "SparseIterVar", "SparseIteration", "axis_table", "folded_axes", "i64",
+           "sparse_view"]

@@ -9,10 +9,13 @@ interface (docs/sparse.md):
                                                     inputs indptr, indices, data, X, Y; result C (nnz values)
 - bsrmm C = A @ B with A in blocks (BSR: four axes, block rows and block columns sparse, the two
   in-block axes dense)                             inputs indptr, indices, data, B; result C
+- segment-mm C[r] = X[r] @ W[s] for the rows r of segment s (rows indptr[s]..indptr[s+1]: a
+  dense_variable axis)                             inputs indptr, X (rows x feat), W (segments x feat x
+                                                    feat); result C (rows x feat)
 
 Formats: `csr` (indptr: rows+1, indices and data: nnz), `ell:W` (indices and data: rows x W, a
 padded entry has value 0 and any column in range) and, for bsrmm only, `bsr:S` (S x S blocks:
-indptr: block rows + 1, indices: nnzb block columns, data: nnzb * S * S values, scipy's BSR layout;
+indptr: block rows + 1, indices: nnzb block columns, data: nnzb x S x S, scipy's bsr_matrix.data;
 B's row count must be a multiple of S). Row counts come from the arrays: `mp1` is indptr's length.
 """
 
@@ -26,7 +29,7 @@ from .sparse import Axis, SparseIteration, SparseIterVar, sparse_view
 from .tir import Buffer, PrimFunc, Store
 from .types import TensorType
 
-OPS: tuple[str, ...] = ("spmm", "sddmm", "bsrmm")
+OPS: tuple[str, ...] = ("spmm", "sddmm", "bsrmm", "segment-mm")
 DTYPES: tuple[str, ...] = ("f32", "f16")
 
 
@@ -56,6 +59,10 @@ def sparse_kernel(op: str, fmt: str, feat: int = 32, dtype: str = "f32") -> Modu
     n, nnz, F = Var("n"), Var("nnz"), Const(feat)
     if kind == "bsr":
         return _bsrmm(width, feat, dtype, fmt)
+    if op == "segment-mm":
+        if kind != "csr":
+            raise MlcError(f"segment-mm takes no --format (its segments are CSR-like offsets), got {fmt}")
+        return _segment_mm(feat, dtype)
     if kind == "csr":
         mp1 = Var("mp1")
         m: Expr = mp1 - 1
@@ -108,7 +115,7 @@ def _bsrmm(bs: int, feat: int, dtype: str, fmt: str) -> Module:
     n, nnzb, mp1, S, F = Var("n"), Var("nnzb"), Var("mp1"), Const(bs), Const(feat)
     indptr = Buffer("indptr", (mp1,), "i32")
     indices = Buffer("indices", (nnzb,), "i32")
-    data = Buffer("data", (nnzb * S * S,), dtype)
+    data = Buffer("data", (nnzb, S, S), dtype)  # scipy's bsr_matrix.data
     B = Buffer("B", (n, F), dtype)
     C = Buffer("C", ((mp1 - 1) * S, F), dtype)
     IO = Axis("IO", "dense_fixed", mp1 - 1)
@@ -124,6 +131,26 @@ def _bsrmm(bs: int, feat: int, dtype: str, fmt: str) -> Module:
     prim = PrimFunc("bsrmm", (indptr, indices, data, B, C), 1, SparseIteration("bsrmm", iters, body, init),
                     axes=(IO, JO, II, JI, K), sparse_buffers=(A,))
     return _with_main(prim, (indptr, indices, data, B), C, f"mlc sparse-kernel bsrmm --format {fmt} --feat {feat} --dtype {dtype}")
+
+
+def _segment_mm(feat: int, dtype: str) -> Module:
+    """C[indptr[s] + r, n] = sum_k X[indptr[s] + r, k] * W[s, k, n]: rows grouped in ragged segments."""
+    rows, sp1, F = Var("rows"), Var("sp1"), Const(feat)
+    indptr = Buffer("indptr", (sp1,), "i32")
+    X, W = Buffer("X", (rows, F), dtype), Buffer("W", (sp1 - 1, F, F), dtype)
+    C = Buffer("C", (rows, F), dtype)
+    SEG = Axis("SEG", "dense_fixed", sp1 - 1)  # S and R are iterator-kind keywords in the text
+    ROW = Axis("ROW", "dense_variable", rows, "SEG", rows, indptr)
+    K, N = Axis("K", "dense_fixed", F), Axis("N", "dense_fixed", F)
+    xs, cs = sparse_view("Xs", (SEG, ROW, K), X), sparse_view("Cs", (SEG, ROW, N), C)
+    s, r, k, n = (Var(x) for x in ("s", "r", "k", "n"))
+    iters = tuple(SparseIterVar(v, ax, kd) for v, ax, kd in
+                  ((s, "SEG", "S"), (r, "ROW", "S"), (k, "K", "R"), (n, "N", "S")))
+    init = Store(cs.buffer, (s, r, n), Const(0.0, dtype))
+    body = Store(cs.buffer, (s, r, n), Load(cs.buffer, (s, r, n)) + Load(xs.buffer, (s, r, k)) * Load(W, (s, k, n)))
+    prim = PrimFunc("segment_mm", (indptr, X, W, C), 1, SparseIteration("segment_mm", iters, body, init),
+                    axes=(SEG, ROW, K, N), sparse_buffers=(xs, cs))
+    return _with_main(prim, (indptr, X, W), C, f"mlc sparse-kernel segment-mm --feat {feat} --dtype {dtype}")
 
 
 def _with_main(prim: PrimFunc, ins: tuple[Buffer, ...], out: Buffer, source: str) -> Module:

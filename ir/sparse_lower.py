@@ -21,7 +21,7 @@ from dataclasses import replace
 
 from .diagnostics import MlcError
 from .expr import Bin, Call, Const, Expr, Load, Select, Var, free_vars, substitute
-from .sparse import Axis, SparseBuffer, SparseIteration, SparseIterVar, axis_table, i64
+from .sparse import Axis, SparseBuffer, SparseIteration, SparseIterVar, axis_table, folded_axes, i64
 from .tir import BlockStmt, For, IterVar, Let, PrimFunc, Stmt, Store
 from .tir_visit import StmtMutator, nodes, rewrite, seq, used_names
 
@@ -88,11 +88,11 @@ class Levels:
         return _min(_max(_checked(c, Const(0), a.length), Const(0)), a.length - 1)
 
     def offset(self, sb: SparseBuffer, pos: tuple[Expr, ...]) -> tuple[Expr, ...]:
-        """Index of `sb[pos]` in its value array (positions when it has one dim per axis)."""
-        if len(sb.data.shape) == len(pos) > 1:
-            return pos
+        """Index of `sb[pos]` in its value array: the folded leading axes' flat offset, then the
+        positions of the others (ir/sparse.py)."""
+        fold = folded_axes(sb)
         off: Expr | None = None
-        for name, p in zip(sb.axes, pos):
+        for name, p in zip(sb.axes[:fold], pos[:fold]):
             a = self.axes[name]
             if off is None:
                 off = p
@@ -103,7 +103,7 @@ class Levels:
                 assert fixed is not None
                 off = off * fixed + p
         assert off is not None
-        return (off,)
+        return (off, *pos[fold:])
 
 
 class _IterLowering:

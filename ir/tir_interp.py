@@ -41,7 +41,7 @@ from .expr import (
     free_vars,
     reduction_identity,
 )
-from .sparse import Axis, SparseBuffer, SparseIteration, axis_table
+from .sparse import Axis, SparseBuffer, SparseIteration, axis_table, folded_axes
 from .tir import (
     Allocate,
     AttrStmt,
@@ -299,6 +299,7 @@ class _Interp(StmtVisitor):
         pos = [np.asarray(self.sp_pos[i] if isinstance(i, Var) and i in self.sp_pos else self.ev(i, mask), np.int64)
                for i in idx]
         off: np.ndarray | None = None
+        fold = folded_axes(sb)
         for k, (ax, p) in enumerate(zip(sb.axes, pos)):
             a = self.axes[ax]
             if a.variable:
@@ -314,11 +315,11 @@ class _Interp(StmtVisitor):
             if np.any(bad):
                 raise MlcError(f"sparse buffer {name}: position {int(np.broadcast_to(p, np.shape(bad))[bad].flat[0])} "
                                f"of axis {ax} (index {k}) is outside its row")
-            off = p if off is None else (lo + p if a.variable else off * hi + p)
-        if data.ndim == len(pos) > 1:
-            return tuple(_checked(p, n, mask, f"sparse buffer {name} dim {d}") for d, (p, n) in enumerate(zip(pos, data.shape)))
+            if k < fold:
+                off = p if off is None else (lo + p if a.variable else off * hi + p)
         assert off is not None
-        return (_checked(off, data.size, mask, f"values of sparse buffer {name}"),)
+        where = (off, *pos[fold:])
+        return tuple(_checked(p, n, mask, f"values of sparse buffer {name} dim {d}") for d, (p, n) in enumerate(zip(where, data.shape)))
 
     def view_load(self, e: Load, mask: np.ndarray | None) -> np.ndarray:
         name = e.buffer.name

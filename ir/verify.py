@@ -37,7 +37,7 @@ from .graph import (
     Value,
 )
 from .module import Module
-from .sparse import AXIS_KINDS, SparseIteration, axis_table
+from .sparse import AXIS_KINDS, SparseIteration, axis_table, folded_axes
 from .tir import (
     ATTR_KEYS,
     FOR_KINDS,
@@ -469,10 +469,11 @@ class PrimVerifier:
                     self.fail(f"sparse buffer %{name}: axis {x} must directly follow its parent {p}, but {where}", *here)
             if params.get(sb.data.name) != sb.data:
                 self.fail(f"sparse buffer %{name}: values %{sb.data.name} are not a parameter", *here)
-            fixed = all(not seen[x].variable for x in sb.axes)
-            if len(sb.data.shape) != 1 and not (fixed and len(sb.data.shape) == len(sb.axes)):
-                self.fail(f"sparse buffer %{name}: values %{sb.data.name} must be 1-d"
-                          + (" (or one dim per axis)" if fixed else " (its axes vary in length)"), *here)
+            fold = folded_axes(sb)
+            if not 1 <= fold <= len(sb.axes) or any(seen[x].variable for x in sb.axes[fold:]):
+                last = max((k for k, x in enumerate(sb.axes) if seen[x].variable), default=0)
+                self.fail(f"sparse buffer %{name}: values %{sb.data.name} have {len(sb.data.shape)} dims; they need "
+                          f"1 to {len(sb.axes) - last} (one for the axes up to {sb.axes[last]}, one per later axis)", *here)
             if sb.buffer.dtype != sb.data.dtype or tuple(sb.buffer.shape) != tuple(seen[x].length for x in sb.axes):
                 self.fail(f"sparse buffer %{name} does not match its axes and values", *here)
             self.declare_buffer(sb.buffer, sb.loc)

@@ -62,13 +62,13 @@ def to_ell(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, width: int
 
 
 def to_bsr(a: Any, size: int, dtype: Any) -> dict[str, np.ndarray]:
-    """A canonical CSR matrix as bsrmm's inputs (S x S blocks, scipy's layout, values flattened)."""
+    """A canonical CSR matrix as bsrmm's inputs (S x S blocks, scipy's layout)."""
     if a.shape[0] % size or a.shape[1] % size:
         raise MlcError(f"bsr:{size}: the matrix's shape {a.shape[0]} x {a.shape[1]} is not a multiple of {size}")
     b = a.tobsr(blocksize=(size, size))
     b.sort_indices()
     return {"indptr": b.indptr.astype(np.int32), "indices": b.indices.astype(np.int32),
-            "data": np.ascontiguousarray(b.data.reshape(-1), dtype=dtype)}
+            "data": np.ascontiguousarray(b.data, dtype=dtype)}
 
 
 class SparseKernel:

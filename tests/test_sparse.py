@@ -424,3 +424,45 @@ def test_bsrmm_compiled() -> None:
         msp.to_bsr(a, 5, np.float32)
     with pytest.raises(MlcError, match="bsrmm takes --format bsr:S"):
         sparse_kernel("bsrmm", "csr")
+
+
+# ---- segment-mm: a dense_variable axis (ragged segments of rows), values with trailing dims ------
+def _segments(lens: list[int], seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    indptr = np.concatenate([[0], np.cumsum(lens)]).astype(np.int32)
+    x = rng.standard_normal((int(indptr[-1]), F)).astype(np.float32)
+    w = rng.standard_normal((len(lens), F, F)).astype(np.float32)
+    ref = np.einsum("rk,rkn->rn", x, w[np.repeat(np.arange(len(lens)), lens)])  # numpy oracle
+    return indptr, x, w, ref
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3])
+@pytest.mark.parametrize("lens", [[3, 0, 5, 1, 0, 2], [0], [4], [1, 1, 1, 1, 1, 1, 1, 1, 9]])
+def test_segment_mm_every_stage(lens: list[int], stage: int) -> None:
+    indptr, x, w, ref = _segments(lens, 3)
+    f = sparse_kernel("segment-mm", "csr", F).get("segment_mm")
+    if stage > 1:
+        f = lower_sparse(f, stage, 3)
+    c = np.full(ref.shape, np.nan, np.float32)
+    run_prim(f, [indptr, x, w, c])
+    np.testing.assert_allclose(c, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_segment_mm_compiled() -> None:
+    from mlc.runtime.artifact import loads
+    from mlc.runtime.model import model_from_artifact
+
+    from mlc.compiler import build_module
+
+    indptr, x, w, ref = _segments([30, 0, 50, 1, 0, 7], 4)
+    built = build_module(sparse_kernel("segment-mm", "csr", F), {})
+    got = model_from_artifact(loads(built.result.data), "segment-mm")(indptr=indptr, X=x, W=w)["C"]
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_values_dims_must_fit_the_axes() -> None:
+    """(I, J) over CSR values: 2 dims would index the ragged axis J directly."""
+    text = SPMM.replace("%data: buffer<nnz x f32>", "%data: buffer<nnz x 1 x f32>").replace(
+        "%data: tensor<nnz x f32>", "%data: tensor<nnz x 1 x f32>")
+    with pytest.raises(MlcError, match="values %data have 2 dims; they need 1 to 1"):
+        verify_module(parse_module(text), text)
