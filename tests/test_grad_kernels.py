@@ -577,3 +577,17 @@ def test_backward_lowerings_random_windows(data: st.DataObject) -> None:
     avg = {**pool, "count_include_pad": d(st.booleans())}
     ay = ref("avg_pool2d", avg, x.astype(np.float64))
     check_op("avg_pool2d_grad", [rand(*ay.shape, seed=2)], {**avg, "input_size": hw})
+
+
+@pytest.mark.parametrize("xs,ws,attrs", CONV[1:3])
+def test_second_order_rules_of_the_linear_backward_ops(xs: tuple[int, ...], ws: tuple[int, ...],
+                                                       attrs: dict[str, Any]) -> None:
+    """conv2d_grad_data, conv2d_grad_weight and avg_pool2d_grad are differentiable again (double
+    backward: gradient penalties, Hessian-vector products), each against finite differences."""
+    x, w, dy = conv_case(xs, ws, attrs, seed=15)
+    one_op_vjp("conv2d_grad_data", [dy, w], {**attrs, "input_size": xs[2:]})
+    one_op_vjp("conv2d_grad_weight", [x, dy], {**attrs, "kernel_shape": ws[2:]})
+    a = pool_attrs("avg_pool2d", POOL[3][1])
+    px = np.random.default_rng(16).standard_normal(POOL[3][0])
+    one_op_vjp("avg_pool2d_grad", [np.random.default_rng(17).standard_normal(ref("avg_pool2d", a, px).shape)],
+               {**a, "input_size": POOL[3][0][2:]})

@@ -771,8 +771,38 @@ def _gap_grad(g: GradContext, c: GradCall) -> list[Value | None]:
     return [g.emit("broadcast_to", [share], {"shape": value_shape(x)})]
 
 
-# The backward ops are not differentiated again (no second-order gradients yet).
-register_no_grad("conv2d_grad_data", "conv2d_grad_weight", "max_pool2d_grad", "avg_pool2d_grad")
+# Second order: the conv gradients and the average pool's are linear in each operand, so their
+# gradients are the other members of the family (the adjoint of an adjoint is the map itself).
+@register_grad("conv2d_grad_data")
+def _conv_grad_data_grad(g: GradContext, c: GradCall) -> list[Value | None]:
+    """dx = conv(., w)^T dy, so <G, dx> = <conv(G, w), dy>: d dy = conv2d(G, w), d w = grad_weight(G, dy)."""
+    dy, w = c.args
+    gx = c.dout
+    assert isinstance(gx, Value)
+    a = _window_attrs(c.attrs)
+    return [g.emit("conv2d", [gx, w], a) if c.want(0) else None,
+            g.emit("conv2d_grad_weight", [gx, dy], {**a, "kernel_shape": value_shape(w)[2:]}) if c.want(1) else None]
+
+
+@register_grad("conv2d_grad_weight")
+def _conv_grad_weight_grad(g: GradContext, c: GradCall) -> list[Value | None]:
+    """<G, dw> = <conv(x, G), dy>: d x = grad_data(dy, G), d dy = conv2d(x, G)."""
+    x, dy = c.args
+    gw = c.dout
+    assert isinstance(gw, Value)
+    a = _window_attrs(c.attrs)
+    return [g.emit("conv2d_grad_data", [dy, gw], {**a, "input_size": value_shape(x)[2:]}) if c.want(0) else None,
+            g.emit("conv2d", [x, gw], a) if c.want(1) else None]
+
+
+@register_grad("avg_pool2d_grad")
+def _avg_pool_grad_grad(g: GradContext, c: GradCall) -> list[Value | None]:
+    assert isinstance(c.dout, Value)
+    return [g.emit("avg_pool2d", [c.dout], {k: v for k, v in c.attrs.items() if k != "input_size"})]
+
+
+# max_pool2d_grad would need a gather at each window's first maximum, an op of its own: not yet.
+register_no_grad("max_pool2d_grad")
 
 
 # ---- ONNX handlers (Conv, ConvTranspose, MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool) ----
