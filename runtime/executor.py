@@ -85,21 +85,22 @@ class Executor:
         )
 
     def invoke(self, args: list[Any]) -> list[Any]:
-        """The body on these arguments, checked against the parameter types."""
+        """The body on these arguments."""
+        return self.body(self._bind(args))
+
+    def _bind(self, args: list[Any]) -> Frame:
+        """The frame of a call, the arguments checked against the parameter types (binding the dims)."""
         frame = Frame()
         for p, a in zip(self.fn.params, args):
             self.runner.match(a, p.type, frame.dims, f"argument %{p.name} of @{self.fn.name}", p.loc)
             frame.values[p.name] = a
-        return self.body(frame)
+        return frame
 
     def run(self, args: list[Any]) -> list[Any]:
         """`invoke`, replaying the tape recorded for these dims where there is one."""
+        frame = self._bind(args)
         if not self._replayable:
-            return self.invoke(args)
-        frame = Frame()
-        for p, a in zip(self.fn.params, args):
-            self.runner.match(a, p.type, frame.dims, f"argument %{p.name} of @{self.fn.name}", p.loc)
-            frame.values[p.name] = a
+            return self.body(frame)
         runner, tapes = self.runner, self.vm.tapes
         key = (self.fn.name, tuple(sorted(frame.dims.items())))
         tape = tapes.get(key)

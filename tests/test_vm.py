@@ -158,3 +158,26 @@ def test_cpu_and_device_give_the_same_input_errors(models: dict[str, Any]) -> No
             vm.run({"y": np.zeros((1, 1, 32), np.float32)})
         with pytest.raises(MlcError, match="argument %x of @main"):
             vm.run({"x": np.zeros((1, 1, 31), np.float32)})
+
+
+def test_nested_graph_calls_run_the_callee_walk_on_fresh_memory(models: dict[str, Any]) -> None:
+    """`call @f` inside a compiled model: the callee's arenas must not alias the caller's live values
+    (here the first call's result is the second call's input)."""
+    from mlc.ir.parser import parse_module
+    from mlc.ir.printer import print_module
+
+    m = models["gpt_block"]
+    text = print_module(m.module).replace("graph @main(", "graph @block(")
+    text += ("\ngraph @main(%x: tensor<B x T x 32 x f32>) {\n"
+             "  %a: tensor<B x T x 32 x f32> = call @block(%x)\n"
+             "  %y: tensor<B x T x 32 x f32> = call @block(%a)\n"
+             "  return %y\n}\n")
+    module = parse_module(text)
+    for runner in (CpuRunner(), FakeDevice()):
+        vm = VM(module, m.params, m.library, runner)
+        for seed in (0, 1):
+            x = _gpt_inputs(2, 3, seed)
+            want = run_function(m.module, {"x": run_function(m.module, x, m.params)["y"]}, m.params)["y"]
+            np.testing.assert_allclose(vm.run(x)["y"], want, rtol=1e-4, atol=1e-5)
+        with pytest.raises(MlcError, match="@block takes 1 arguments, got 2"):
+            vm.call("block", [x["x"], x["x"]])
