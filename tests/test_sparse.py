@@ -180,7 +180,16 @@ def test_check_csr(mutate, message: str) -> None:  # type: ignore[no-untyped-def
 
 
 def _cli(*args: str, cwd: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "mlc.cli", *args], cwd=cwd, capture_output=True, text=True)
+    """`mlc ARGS` in `cwd`, in this process (click's runner: no interpreter start per call)."""
+    import contextlib
+
+    from click.testing import CliRunner
+    from mlc.cli import commands  # noqa: F401  (registers the subcommands)
+    from mlc.cli.main import cli
+
+    with contextlib.chdir(cwd):
+        r = CliRunner().invoke(cli, list(args))
+    return subprocess.CompletedProcess(list(args), r.exit_code, r.stdout, r.stderr)
 
 
 @pytest.fixture(scope="module")
