@@ -16,6 +16,7 @@ from typing import ClassVar
 
 from mlc.ir import arith
 from mlc.ir.diagnostics import MlcError
+from mlc.ir.expr import Var
 from mlc.ir.module import Module
 from mlc.ir.sparse_lower import is_sparse, lower_sparse
 from mlc.ir.tir import BlockStmt, PrimFunc
@@ -34,7 +35,7 @@ def sparse_cpu_schedule(func: PrimFunc) -> PrimFunc:
             continue
         block = sch.get(rv)
         assert isinstance(block, BlockStmt)
-        kinds = {iv.binding.name: iv.kind for iv in block.iters if hasattr(iv.binding, "name")}
+        kinds = {iv.binding.name: iv.kind for iv in block.iters if isinstance(iv.binding, Var)}
         outer, inner = sch.get(loops[0]), sch.get(loops[-1])
         if outer.kind != "parallel" and kinds.get(outer.var.name, "S") == "S":  # type: ignore[union-attr]
             sch.parallel(loops[0])  # rows, or parts of rows (bound to no iterator)
