@@ -147,16 +147,26 @@ def _elements(t: TensorType) -> Expr:
     return n
 
 
+SMALL = 256  # elements: a value this small (a scalar of the optimizer) costs nothing to keep alive
+
+
+def _small(t: Type) -> bool:
+    if not isinstance(t, TensorType) or t.shape is None:
+        return False
+    n = arith.as_int(arith.simplify(_elements(t)))
+    return n is not None and n <= SMALL
+
+
 def results_early(fn: Function) -> Function:
-    """`fn` with every kernel call that produces a result of the function moved up to right after
-    its last operand is defined. A training step's updates then run as soon as their gradient is
-    complete, and the gradient's buffer is free for the rest of the backward pass (autodiff emits
-    the updates after the whole backward pass). Results are not in the plan, so this only shortens
-    lives; it recomputes nothing."""
+    """`fn` with every kernel call that produces a result of the function, or a value of at most
+    SMALL elements, moved up to right after its last operand is defined. A training step's updates
+    (and the scalars they read) then run as soon as their gradient is complete, and the gradient's
+    buffer is free for the rest of the backward pass (autodiff emits the updates after the whole
+    backward pass). Results are not in the plan, so this only shortens lives; it recomputes nothing."""
     results = {r.name for r in fn.body.results}
     order: list[Binding] = []
     for b in fn.body.bindings:
-        if isinstance(b.node, CallTensor) and b.var.name in results:
+        if isinstance(b.node, CallTensor) and (b.var.name in results or _small(b.var.type)):
             need = {v.name for v in operands(b.node)}
             at = max((i + 1 for i, o in enumerate(order) if o.var.name in need), default=0)
             order.insert(at, b)
