@@ -110,8 +110,8 @@ def main(argv: list[str]) -> None:
     for opt in a.optimizer or ["sgd", "adam"]:
         m, consts = _step_module(a.layers, a.width, opt)
         budget = _plan(m, a.base)
-        plain = _largest(lambda n: _plan(m, n) <= budget, a.base)
-        with_remat = _largest(lambda n: _remat(m, budget, n) is not None, plain)  # noqa: B023
+        plain = _largest(lambda n, m=m, budget=budget: _plan(m, n) <= budget, a.base)
+        with_remat = _largest(lambda n, m=m, budget=budget: _remat(m, budget, n) is not None, plain)
         rm = _remat(m, budget, with_remat)
         t_plain = _throughput(m, consts, plain, a.width)
         t_remat = _throughput(rm, consts, with_remat, a.width)
