@@ -713,35 +713,41 @@ def _gap_lower(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
 
 
 # ---- gradient rules (registry.register_grad) -------------------------------------------------
-def _window_attrs(attrs: dict[str, Any], *keys: str) -> dict[str, Any]:
-    return {k: attrs[k] for k in ("strides", "pads", "dilations", "groups") + keys if k in attrs}
+def _window_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
+    """The attributes a convolution shares with its gradient ops (not output_padding / sizes)."""
+    return {k: attrs[k] for k in ("strides", "pads", "dilations", "groups") if k in attrs}
 
 
-@register_grad("conv2d")
-def _conv2d_grad(g: GradContext, c: GradCall) -> list[Value | None]:
-    x, w = c.args
-    a = _window_attrs(c.attrs)
-    dy = c.dout
-    assert isinstance(dy, Value)
-    dx = g.emit("conv2d_grad_data", [dy, w], {**a, "input_size": value_shape(x)[2:]}) if c.want(0) else None
-    dw = g.emit("conv2d_grad_weight", [x, dy], {**a, "kernel_shape": value_shape(w)[2:]}) if c.want(1) else None
-    return [dx, dw]
+# Each convolution's VJP is a pair of the family's ops (all four are linear in each operand, so the
+# adjoint of an adjoint is the map itself): per input, (op, first operand, second operand, the
+# argument whose spatial dims fix input_size / kernel_shape or None); "d" is the result's cotangent.
+_CONV_VJP: dict[str, tuple[tuple[str, Any, Any, int | None], ...]] = {
+    "conv2d": (("conv2d_grad_data", "d", 1, 0), ("conv2d_grad_weight", 0, "d", 1)),
+    "conv2d_transpose": (("conv2d", "d", 1, None), ("conv2d_grad_weight", "d", 0, 1)),
+    "conv2d_grad_data": (("conv2d", "d", 1, None), ("conv2d_grad_weight", "d", 0, 1)),
+    "conv2d_grad_weight": (("conv2d_grad_data", 1, "d", 0), ("conv2d", 0, "d", None)),
+}
 
 
-@register_grad("conv2d_transpose")
-def _conv2d_t_grad(g: GradContext, c: GradCall) -> list[Value | None]:
-    """conv2d_transpose is conv2d's data gradient, so its own gradients are conv2d (for x) and
-    conv2d_grad_weight with the roles of x and dy swapped (for w)."""
-    x, w = c.args
-    s, _, _, _ = conv_attrs(c.attrs)
-    if any(int(o) >= st for o, st in zip(c.attrs.get("output_padding", (0, 0)), s)):
+@register_grad(*_CONV_VJP)
+def _conv_grad(g: GradContext, c: GradCall) -> list[Value | None]:
+    """conv2d's input gradient is conv2d_grad_data (a transposed convolution) and its weight
+    gradient conv2d_grad_weight; conv2d_transpose is conv2d_grad_data with an output padding, so
+    its gradients are conv2d and conv2d_grad_weight with x and dy swapped; second order follows
+    from <G, A^T dy> = <A G, dy> (`_CONV_VJP`)."""
+    if c.op == "conv2d_transpose" and any(int(o) >= st for o, st in zip(c.attrs.get("output_padding", (0, 0)),
+                                                                         conv_attrs(c.attrs)[0])):
         raise g.error("conv2d_transpose: no gradient with output_padding >= strides (those rows never see the input)")
-    a = _window_attrs(c.attrs)
-    dy = c.dout
-    assert isinstance(dy, Value)
-    dx = g.emit("conv2d", [dy, w], a) if c.want(0) else None
-    dw = g.emit("conv2d_grad_weight", [dy, x], {**a, "kernel_shape": value_shape(w)[2:]}) if c.want(1) else None
-    return [dx, dw]
+    out: list[Value | None] = []
+    for i, (op, first, second, like) in enumerate(_CONV_VJP[c.op]):
+        if not c.want(i):
+            out.append(None)
+            continue
+        operands = [c.dout if v == "d" else c.args[v] for v in (first, second)]
+        size = {} if like is None else {"input_size" if op == "conv2d_grad_data" else "kernel_shape":
+                                        value_shape(c.args[like])[2:]}
+        out.append(g.emit(op, operands, {**_window_attrs(c.attrs), **size}))  # type: ignore[arg-type]
+    return out
 
 
 @register_grad("max_pool2d")
@@ -771,30 +777,7 @@ def _gap_grad(g: GradContext, c: GradCall) -> list[Value | None]:
     return [g.emit("broadcast_to", [share], {"shape": value_shape(x)})]
 
 
-# Second order: the conv gradients and the average pool's are linear in each operand, so their
-# gradients are the other members of the family (the adjoint of an adjoint is the map itself).
-@register_grad("conv2d_grad_data")
-def _conv_grad_data_grad(g: GradContext, c: GradCall) -> list[Value | None]:
-    """dx = conv(., w)^T dy, so <G, dx> = <conv(G, w), dy>: d dy = conv2d(G, w), d w = grad_weight(G, dy)."""
-    dy, w = c.args
-    gx = c.dout
-    assert isinstance(gx, Value)
-    a = _window_attrs(c.attrs)
-    return [g.emit("conv2d", [gx, w], a) if c.want(0) else None,
-            g.emit("conv2d_grad_weight", [gx, dy], {**a, "kernel_shape": value_shape(w)[2:]}) if c.want(1) else None]
-
-
-@register_grad("conv2d_grad_weight")
-def _conv_grad_weight_grad(g: GradContext, c: GradCall) -> list[Value | None]:
-    """<G, dw> = <conv(x, G), dy>: d x = grad_data(dy, G), d dy = conv2d(x, G)."""
-    x, dy = c.args
-    gw = c.dout
-    assert isinstance(gw, Value)
-    a = _window_attrs(c.attrs)
-    return [g.emit("conv2d_grad_data", [dy, gw], {**a, "input_size": value_shape(x)[2:]}) if c.want(0) else None,
-            g.emit("conv2d", [x, gw], a) if c.want(1) else None]
-
-
+# Second order of the average pool: its gradient is linear in dy, with the pool itself as adjoint.
 @register_grad("avg_pool2d_grad")
 def _avg_pool_grad_grad(g: GradContext, c: GradCall) -> list[Value | None]:
     assert isinstance(c.dout, Value)
