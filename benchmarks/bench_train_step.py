@@ -51,7 +51,8 @@ def bench(name: str, batch: int, seq: int, runs: int) -> None:
     from mlc.compiler import build_module, with_memory_constants
 
     m, consts = import_onnx(build(name))
-    out = Autodiff(loss=LOSS[name], optimizer="adam", lr=LR, beta1=B1, beta2=B2, eps=EPS).apply(m, PassContext())
+    out = Autodiff(loss=LOSS[name], optimizer="adam", lr=LR, beta1=B1, beta2=B2, eps=EPS).apply(
+        m, PassContext(constants=consts))
     probe = _inputs(name, 1, seq, (1,))
     first = next(iter(run_function(out, {k: v for k, v in probe.items() if k in ("x", "image")}, consts).values()))
     y_shape = (batch,) + first.shape[1:] if name != "gpt_block" else (batch, seq) + first.shape[2:]
