@@ -1,9 +1,10 @@
-"""The backward kernels of conv and pooling on the CPU (mlc's default schedule) beside jax.jit, same run.
+"""The backward kernels of conv, pooling and layer norm on the CPU (default schedule) beside jax.jit, same run.
 
     python benchmarks/bench_grad_kernels.py [--batch 8] [--runs 9]
 
-Per layer (ResNet-style shapes): conv2d forward, conv2d_grad_data, conv2d_grad_weight, and
-max_pool2d / max_pool2d_grad, each one compiled kernel (`build_module` of a one-op graph) against
+Per layer (ResNet-style shapes): conv2d forward, conv2d_grad_data, conv2d_grad_weight, then
+max_pool2d / max_pool2d_grad and layer_norm / layer_norm_grad (4 x batch rows of 128 x 256), each one
+compiled kernel (`build_module` of a one-op graph) against
 the same computation under jax.jit on the CPU (for the gradients, jax.vjp of lax.conv_general_dilated /
 reduce_window; XLA drops the unused forward). Prints the median milliseconds of both and the ratio
 jax / mlc (above 1: mlc is faster), timed in alternating blocks (runtime.bench.block_medians).
@@ -88,6 +89,16 @@ def main() -> None:
     rows.append((f"{name} max_pool2d", compiled("max_pool2d", [x], attrs), jitted(pool, x)))
     rows.append((f"{name} max_pool2d_grad", compiled("max_pool2d_grad", [x, dy], attrs),
                  jitted(lambda x, dy: jax.vjp(pool, x)[1](dy)[0], x, dy)))
+    x = rng.standard_normal((args.batch * 4, 128, 256)).astype(np.float32)
+    dy, scale = rng.standard_normal(x.shape).astype(np.float32), rng.standard_normal(256).astype(np.float32)
+
+    def ln(x: Any) -> Any:
+        mu = x.mean(-1, keepdims=True)
+        return (x - mu) / jnp.sqrt(((x - mu) ** 2).mean(-1, keepdims=True) + 1e-5) * scale
+
+    rows.append((f"layer_norm {x.shape[0]}x128x256", compiled("layer_norm", [x, scale], {"axis": -1}), jitted(ln, x)))
+    rows.append((f"layer_norm_grad {x.shape[0]}x128x256", compiled("layer_norm_grad", [x, dy, scale], {"axis": -1}),
+                 jitted(lambda x, dy: jax.vjp(ln, x)[1](dy)[0], x, dy)))
     print(f"batch {args.batch}; median ms (jax {jax.__version__} jit on CPU, mlc default CPU schedule)")
     print(f"{'kernel':<40} {'mlc':>9} {'jax':>9} {'jax/mlc':>8}")
     for label, ours, peer in rows:
