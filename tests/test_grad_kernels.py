@@ -593,3 +593,15 @@ def test_second_order_rules_of_the_linear_backward_ops(xs: tuple[int, ...], ws: 
     px = np.random.default_rng(16).standard_normal(POOL[3][0])
     one_op_vjp("avg_pool2d_grad", [np.random.default_rng(17).standard_normal(ref("avg_pool2d", a, px).shape)],
                {**a, "input_size": POOL[3][0][2:]})
+
+
+@pytest.mark.parametrize("op,shapes,attrs", [
+    ("max_pool2d_grad", [(1, 1, 4, 4), (1, 1, 2, 2)], {"kernel_shape": (2, 2), "strides": (2, 2)}),
+    ("layer_norm_grad", [(2, 3), (2, 3), (3,)], {"axis": -1}),
+])
+def test_backward_ops_without_a_gradient_say_so(op: str, shapes: list[tuple[int, ...]], attrs: dict[str, Any]) -> None:
+    from test_lower import one_op
+
+    m = run_pass("shape-infer", one_op(op, shapes, ["f64"] * len(shapes), attrs))
+    with pytest.raises(MlcError, match=f"cannot differentiate through {op}: it has no gradient"):
+        run_pass("autodiff", m, wrt="none", wrt_inputs="a0")
