@@ -5,8 +5,8 @@ Multi-stage ops: their lowerings chain pending reductions (reductions.reduce_op)
 update (softmax stores exp(x - max) once). Declaration, shape rule, numpy reference, lowering,
 gradient rule and ONNX handlers of each op sit together. The gradients of softmax, log_softmax and
 batch_norm are compositions of existing ops (elementwise products and per-channel sums, which
-fuse); layer norm's input gradient needs three reductions over the normalised axes, so it is an op
-of its own.
+fuse); layer norm's input gradient needs four reductions over the normalised axes (the forward's
+mean and variance, then the means of g and g * xhat), so it is an op of its own: one kernel.
 """
 
 from __future__ import annotations
