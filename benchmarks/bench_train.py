@@ -268,7 +268,7 @@ def run_charlm(work: Path, epochs: int, lr: float, chars: int, t: int = 32) -> d
               f"{m['samples_per_s'] * t:.0f} chars/s", flush=True)
     first, last = metrics[0]["loss"], metrics[-1]["loss"]
     print(f"charlm: mean loss per epoch {first:.4f} (epoch 1) -> {last:.4f} (epoch {len(metrics)}) nats/char; "
-          f"uniform would be {math.log(len(VOCAB)):.4f}; loss went {'down' if last < first else 'UP'}; "
+          f"uniform would be {math.log(len(VOCAB)):.4f}; loss went {'down' if last < first else 'NOT down'}; "
           f"wall {wall:.1f} s", flush=True)
     return {"first": first, "last": last, "epochs": len(metrics), "wall_s": wall}
 
@@ -293,14 +293,17 @@ def run_seq2seq() -> dict[str, Any]:
 
 
 def run_speed(runs: int, seq: int) -> None:
-    """benchmarks/bench_train_step.py on gpt_block and resnext at batch 32 (same run: both sides per model)."""
-    cmd = [sys.executable, str(HERE / "bench_train_step.py"), "--models", "gpt_block", "resnext", "--batch", "32",
-           "--seq", str(seq), "--runs", str(runs)]
-    print(f"speed: one Adam step at batch 32 (gpt_block T = {seq}), mlc @train_step vs jax.jit: "
-          f"{' '.join(cmd[1:])}", flush=True)
-    p = subprocess.run(cmd, text=True)
-    if p.returncode != 0:
-        raise SystemExit(f"bench_train_step.py failed ({p.returncode})")
+    """benchmarks/bench_train_step.py on gpt_block and resnext at batch 32, one model per process
+    (both sides of a model in the same run); a model that fails is reported and the next one runs."""
+    for name in ("gpt_block", "resnext"):
+        cmd = [sys.executable, str(HERE / "bench_train_step.py"), "--models", name, "--batch", "32",
+               "--seq", str(seq), "--runs", str(runs)]
+        print(f"speed: one Adam step, mlc @train_step vs jax.jit: {' '.join(cmd[1:])}", flush=True)
+        p = subprocess.run(cmd, capture_output=True, text=True)
+        print(p.stdout, end="", flush=True)
+        if p.returncode != 0:
+            last = [line for line in p.stderr.splitlines() if line.strip()][-1:] or ["?"]
+            print(f"speed: {name} FAILED (exit {p.returncode}): {last[0]}", flush=True)
 
 
 def main() -> int:
