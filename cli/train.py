@@ -48,14 +48,31 @@ def train_cmd(model: str, data_path: str, val_path: str | None, epochs: int, bat
               lr: float, weight_decay: float, wrt: str, seed: int, ckpt_dir: str | None, checkpoint_every: int,
               progress: bool | None, target: str, output: str) -> None:
     """Train @main's constants on a dataset with a compiled training step; resumable."""
-    from mlc.ir.autodiff import Loss, Optimizer, Spec, differentiable_constants, eval_function, train_step_function
+    from mlc.ir.autodiff import (
+        Loss,
+        Optimizer,
+        Provenance,
+        Spec,
+        differentiable_constants,
+        eval_function,
+        train_step_function,
+    )
     from mlc.ir.constants import pack_constants, sha256_file
     from mlc.ir.graph import Function
     from mlc.ir.printer import print_module
     from mlc.passes.registry import PassContext
     from mlc.passes.shape_infer import ShapeInfer
 
-    from mlc.training import Schedule, TrainState, data_inputs, fingerprint, load_checkpoint, load_dataset, train
+    from mlc.training import (
+        Schedule,
+        TrainState,
+        data_inputs,
+        fingerprint,
+        load_checkpoint,
+        load_dataset,
+        refold,
+        train,
+    )
 
     out = Path(output)
     if not out.resolve().parent.is_dir():
@@ -70,14 +87,15 @@ def train_cmd(model: str, data_path: str, val_path: str | None, epochs: int, bat
     names = tuple(n.strip() for n in wrt.split(",") if n.strip())
     spec = Spec(None if wrt == "all" else names, (), Loss.parse(loss))
     opt = Optimizer(optimizer, lr, weight_decay=weight_decay)
-    step_fn = train_step_function(main, spec, opt)
-    keys = differentiable_constants(main) if spec.wrt is None else list(spec.wrt)
+    prov = Provenance.of(module.meta, consts)  # folded weights train as the initializers they came from
+    step_fn = train_step_function(main, spec, opt, prov=prov)
+    keys = differentiable_constants(main, prov) if spec.wrt is None else list(spec.wrt)
     data_names = {p.name for p in main.params} | ({spec.loss.arg} if spec.loss.arg else set())
     state_names = [p.name for p in step_fn.params if p.name not in data_names and p.name not in keys]
     needs = data_inputs(step_fn, keys, state_names)
     data = load_dataset(data_path, needs, batch)
     val = load_dataset(val_path, needs, batch) if val_path else None
-    train_mod = ShapeInfer().apply(module.with_function(step_fn).with_function(eval_function(main, spec)),
+    train_mod = ShapeInfer().apply(module.with_function(step_fn).with_function(eval_function(main, spec, prov=prov)),
                                    PassContext(constants=consts))
     fp = fingerprint(print_module(train_mod), pack_constants(consts), sha256_file(data_path), str(batch), str(seed))
 
@@ -110,7 +128,8 @@ def train_cmd(model: str, data_path: str, val_path: str | None, epochs: int, bat
     with _progress(progress, epochs, len(next(iter(data.values()))) // batch) as on_step:
         st = train(step, data, st, sched, evaluate=evaluate, val=val, save=save, on_step=on_step)
     _save_run(run_dir, st, fp)
-    write_module(module, output, src, new_constants={**consts, **st.weights})
+    trained = {**consts, **st.weights}
+    write_module(module, output, src, new_constants={**trained, **refold(prov, trained, main)})
     last = st.metrics[-1] if st.metrics else {}
     click.echo(f"{output}: {st.epoch} epochs, {st.step} steps; " +
                ", ".join(f"{k} {v:.4g}" for k, v in last.items() if isinstance(v, float)), err=True)

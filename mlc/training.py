@@ -105,6 +105,31 @@ def data_inputs(step: Function, weights: list[str], state: list[str]) -> dict[st
     return out
 
 
+def refold(prov: Any, arrays: Arrays, fn: Function) -> Arrays:
+    """The constants the importer folded from initializers (a transposed Gemm weight), recomputed
+    from the trained initializers with the ops' numpy references, so `@main` reads trained values."""
+    from .ir.graph import Constant
+    from .ir.ops.registry import get
+
+    types = {b.node.key: b.var.type for b in fn.body.bindings if isinstance(b.node, Constant)}
+    out: Arrays = {}
+
+    def value(k: str) -> np.ndarray:
+        if k in out:
+            return out[k]
+        if k not in prov.recipes:
+            return arrays[k]
+        op, args, attrs = prov.recipes[k]
+        opdef = get(op)
+        assert opdef is not None and opdef.ref is not None, op
+        out[k] = np.asarray(opdef.ref([value(a) for a in args], dict(attrs), types.get(k), {}))
+        return out[k]
+
+    for k in prov.recipes:
+        value(k)
+    return out
+
+
 # ---- checkpoints ----------------------------------------------------------------------------
 
 
