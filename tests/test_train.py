@@ -53,7 +53,7 @@ def _cmd(files: Path, out: Path, epochs: int, *extra: str) -> list[str]:
 
 
 def _weights(out: Path) -> dict[str, np.ndarray]:
-    (side,) = out.parent.glob(out.stem + ".weights.npz")
+    (side,) = out.parent.glob(out.stem + ".*weights.npz")
     return read_npz(side, "weights")
 
 
@@ -65,6 +65,9 @@ def test_short_run_learns_and_its_weights_run(files: Path, tmp_path: Path) -> No
     assert [m["epoch"] for m in metrics] == [1, 2, 3]
     assert metrics[-1]["loss"] < metrics[0]["loss"] / 2 and metrics[-1]["val_accuracy"] > 0.9, metrics
     assert (tmp_path / "t.ir.train" / "loss.png").read_bytes().startswith(b"\x89PNG")
+    # the initializer trained, and the transposed copy the importer folded from it follows it
+    w, w0 = _weights(out), read_npz(next(files.glob("mlp.*weights.npz")), "weights")
+    assert not np.allclose(w["w_1"], w0["w_1"]) and np.array_equal(w["c_gemm_3_bT"], w["w_1"].T)
     # the trained module runs in the interpreter and classifies the validation set as training reported
     x, y = _blobs(96, 2)
     np.savez(tmp_path / "in.npz", x=x)
