@@ -436,12 +436,14 @@ def _register_stages() -> None:
 
 def _register_groups() -> None:
     from .ann import ann_index
+    from .export import export_cmd
     from .sparse import sparse_inputs_cmd, sparse_kernel_cmd
     from .train import train_cmd
     from .tune import tune_cmd
 
     cli.add_command(tune_cmd, "tune")
     cli.add_command(train_cmd, "train")
+    cli.add_command(export_cmd, "export")
     cli.add_command(ann_index, "ann-index")
     cli.add_command(sparse_kernel_cmd, "sparse-kernel")
     cli.add_command(sparse_inputs_cmd, "sparse-inputs")
