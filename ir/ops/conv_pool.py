@@ -248,10 +248,11 @@ def _transposed_lower(b: Builder, args: Args, attrs: Attrs, t: Type, name: str) 
     x[n, c, window of (y, x) at r] * w[c, o mod og, r]: a gather through `_window_source`. The data
     gradient of conv2d is this with dy for x and conv2d's own weight.
 
-    Strided without dilation, the sum is computed per stride phase: a reduction over (N, O, sh, sw,
-    ceil(H / sh), ceil(W / sw)) whose loads are affine in the inner positions (a stride-1
-    convolution per phase, as sub-pixel decompositions do), read back into (N, O, H, W). Gathering
-    straight into (H, W) needs floordiv/floormod of the vector lane: 20x slower at stride 2."""
+    Strided without dilation, the sum is computed per stride phase, whose loads are affine in the
+    inner positions, then interleaved into (N, O, H, W): with static dims one stride-1 convolution
+    per phase (`_split_phases`), else one reduction over all phases (`_per_phase`). Gathering
+    straight into (H, W) put floordiv/floormod of the vector lane into every load: at 3x3 stride 2,
+    64 -> 128 channels @56, batch 4: 540 ms straight, 158 per phase, 70 split (jax.jit ~47)."""
     x, w = as_tensor(args[0]), as_tensor(args[1])
     s, p, d, g = conv_attrs(attrs)
     shp = out_shape(t)
