@@ -604,8 +604,31 @@ def misc_cases() -> list[Case]:
     ]
 
 
+def sparse_cases() -> list[Case]:
+    """sparse-lower, sparse-kernel, sparse-inputs (docs/sparse.md)."""
+    import io
+
+    def csr(indptr: list[int]) -> bytes:  # a scipy.sparse.save_npz file with the given indptr
+        buf = io.BytesIO()
+        np.savez(buf, format=np.array(b"csr"), shape=np.array([3, 4]), indptr=np.array(indptr, np.int32),
+                 indices=np.array([0, 1, 2], np.int32), data=np.ones(3, np.float32))
+        return buf.getvalue()
+
+    return [
+        Case("sparse-lower:missing", ("sparse-lower", "nothere.ir", "-o", "out.ir"), mention="nothere.ir"),
+        Case("sparse-lower:bad-stage", ("sparse-lower", f"{S}/m.ir", "--stage", "4", "-o", "out.ir"),
+             mention="--stage must be 2 or 3"),
+        Case("sparse-kernel:bad-format", ("sparse-kernel", "spmm", "--format", "ell:0", "-o", "k.ir"),
+             mention="unknown sparse format"),
+        Case("sparse-kernel:unknown-op", ("sparse-kernel", "frob", "-o", "k.ir"), code=2),
+        Case("sparse-inputs:garbage", ("sparse-inputs", "a.npz", "-o", "g.npz"), {"a.npz": GARBAGE}, mention="a.npz"),
+        Case("sparse-inputs:not-monotone", ("sparse-inputs", "a.npz", "-o", "g.npz"), {"a.npz": csr([0, 2, 1, 3])},
+             mention="indptr is not monotone"),
+    ]
+
+
 CASES: list[Case] = (stage_cases() + verify_cases() + opt_cases() + import_cases() + build_cases() + codegen_cases()
-                     + run_cases() + bench_cases() + zoo_cases() + ann_cases() + misc_cases())
+                     + run_cases() + bench_cases() + zoo_cases() + ann_cases() + misc_cases() + sparse_cases())
 assert len({c.id for c in CASES}) == len(CASES), "duplicate case ids"
 
 # ----- running -------------------------------------------------------------------------------------------
