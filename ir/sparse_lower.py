@@ -1,10 +1,13 @@
 """Sparse lowering (SparseTIR's stages): coordinate space -> position space -> flat buffers.
 
-- Stage I -> II (`to_position_space`): each `sp_iter` becomes loop nests over positions, one per
-  axis in iteration order, around an ordinary block; an `init` becomes its own nest over the
-  spatial axes, before the update nest (so rows without nonzeros are initialised too). In the block
-  an iterator indexes sparse buffers by position and reads its coordinate from the index arrays
-  elsewhere. Axes and sparse buffers stay declared: stage II still prints `%A[vi, vj]`.
+- Stage I -> II (`to_position_space`): each `sp_iter` becomes loops over positions, one per axis in
+  iteration order, around ordinary blocks. An `init` gets its own block over the spatial axes,
+  sharing the leading spatial loops that every store indexes (spmm: per row, zero it, then add the
+  row's nonzeros), so rows without nonzeros are initialised too. In a block an iterator indexes
+  sparse buffers by position; elsewhere it means its coordinate, read once per position into a
+  `let` outside the inner loops. Optionally (`row_parts`) the rows of a CSR-like iteration are split
+  into parts of equal nonzeros for a parallel loop. Axes and sparse buffers stay declared: stage II
+  still prints `%A[vi, vj]`.
 - Stage II -> III (`to_flat`): sparse-buffer accesses become accesses of their value arrays at the
   flat offset (ir/sparse.py); the declarations go. What is left is an ordinary tensor program for
   schedule, lower-tir and the code generators.
