@@ -21,6 +21,9 @@ from mlc.ir.diagnostics import MlcError
 from .io import read_module, write_module
 from .main import handle_errors, target_option
 
+SCALARS = ("step", "loss_scale", "good_steps")  # optimizer state that is one f32 number
+START_SCALE = 2.0**15
+
 
 @click.command("train")
 @click.argument("model", metavar="M.ir")
@@ -35,6 +38,8 @@ from .main import handle_errors, target_option
 @click.option("--lr", type=click.FloatRange(0, 1e6, min_open=True), default=1e-3, show_default=True)
 @click.option("--weight-decay", type=click.FloatRange(0, 1e6), default=0.0, show_default=True)
 @click.option("--wrt", default="all", show_default=True, help="Constants to train: all, or NAME,...")
+@click.option("--loss-scale/--no-loss-scale", default=False, show_default=True,
+              help="Dynamic loss scaling (for a model after `mlc amp`): a step with inf/nan gradients is skipped.")
 @click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True, help="Batch order.")
 @click.option("--checkpoint", "ckpt_dir", default=None,
               help="Run directory: checkpoint, metrics.jsonl, loss.png (default: OUTPUT.train/).")
@@ -45,7 +50,7 @@ from .main import handle_errors, target_option
 @click.option("-o", "--output", required=True, help="Module with the trained weights (TRAINED.ir + side file).")
 @handle_errors
 def train_cmd(model: str, data_path: str, val_path: str | None, epochs: int, batch: int, loss: str, optimizer: str,
-              lr: float, weight_decay: float, wrt: str, seed: int, ckpt_dir: str | None, checkpoint_every: int,
+              lr: float, weight_decay: float, wrt: str, loss_scale: bool, seed: int, ckpt_dir: str | None, checkpoint_every: int,
               progress: bool | None, target: str, output: str) -> None:
     """Train @main's constants on a dataset with a compiled training step; resumable."""
     from mlc.ir.autodiff import (
@@ -86,7 +91,7 @@ def train_cmd(model: str, data_path: str, val_path: str | None, epochs: int, bat
         raise MlcError(f"{model}: no graph function @main")
     names = tuple(n.strip() for n in wrt.split(",") if n.strip())
     spec = Spec(None if wrt == "all" else names, (), Loss.parse(loss))
-    opt = Optimizer(optimizer, lr, weight_decay=weight_decay)
+    opt = Optimizer(optimizer, lr, weight_decay=weight_decay, loss_scale=loss_scale)
     prov = Provenance.of(module.meta, consts)  # folded weights train as the initializers they came from
     step_fn = train_step_function(main, spec, opt, prov=prov)
     keys = differentiable_constants(main, prov) if spec.wrt is None else list(spec.wrt)
@@ -100,7 +105,8 @@ def train_cmd(model: str, data_path: str, val_path: str | None, epochs: int, bat
     fp = fingerprint(print_module(train_mod), pack_constants(consts), sha256_file(data_path), str(batch), str(seed))
 
     weights = {k: np.ascontiguousarray(consts[k]) for k in keys}
-    opt_state = {s: np.zeros((), np.float32) if s == "step" else np.zeros_like(weights[s[2:]]) for s in state_names}
+    opt_state = {s: np.array(START_SCALE if s == "loss_scale" else 0, np.float32) if s in SCALARS
+                 else np.zeros_like(weights[s[2:]]) for s in state_names}
     st = TrainState(weights, opt_state)
     resumed = load_checkpoint(run_dir, fp, st)
     if resumed is not None:

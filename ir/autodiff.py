@@ -77,6 +77,8 @@ class Optimizer:
     beta2: float = 0.999
     eps: float = 1e-8
     weight_decay: float = 0.0
+    loss_scale: bool = False  # dynamic loss scaling (mixed precision): state `loss_scale`, `good_steps`
+    scale_window: int = 1000  # good steps in a row after which the scale doubles
 
 
 @dataclass(frozen=True)
@@ -661,7 +663,12 @@ def train_step_function(fn: Function, spec: Spec, opt: Optimizer, name: str = "t
     The differentiated constants become inputs named by their keys (sanitized; with `prov`, a folded
     constant's initializers instead of it); the optimizer state is
     `m_<key>` (momentum's velocity, Adam's first moment), `v_<key>` (Adam's second moment) and
-    `step` (Adam's step count, an f32 scalar, 0 at the start)."""
+    `step` (Adam's step count, an f32 scalar, 0 at the start).
+
+    With `opt.loss_scale` (dynamic loss scaling, for f16 training) the backward pass starts from
+    `loss_scale` instead of 1 and the gradients are divided by it; a step whose gradients hold an
+    inf or nan changes nothing but halves the scale, and `scale_window` good steps in a row double
+    it, up to 2**24 (state `loss_scale`, f32, start it at 2**15; `good_steps`, f32, 0)."""
     if spec.loss is None:
         raise MlcError("--optimizer needs --loss (a training step minimises a scalar loss)", fn.loc)
     if spec.wrt_inputs:
@@ -670,22 +677,33 @@ def train_step_function(fn: Function, spec: Spec, opt: Optimizer, name: str = "t
     keys = list(public_names(keys0, inputs0).values())
     state = [f"m_{k}" for k in keys] if opt.kind in ("momentum", "adam") else []
     state += [f"v_{k}" for k in keys] + ["step"] if opt.kind == "adam" else []
+    state += ["loss_scale", "good_steps"] if opt.loss_scale else []
     outs = {"loss"} | {f"new_{k}" for k in keys + state}
     fwd, em, _ = _prepare(fn, spec, lift=True, reserved=outs | set(state) | set(keys), prov=prov)
     seeds, new_inputs, lv = _seeds(em, fwd, fn, spec.loss)
     assert lv is not None
+    scalar_f32 = TensorType((), "f32")
+    st = {s: Value(s, scalar_f32 if s in ("step", "loss_scale", "good_steps") else _param_of(fwd, s[2:]).type, fn.loc)
+          for s in state}
+    if opt.loss_scale:
+        em.hint = "d_loss"
+        seeds = {lv.name: st["loss_scale"] if _dtype(lv) == "f32" else
+                 em.emit("cast", [st["loss_scale"]], {"dtype": _dtype(lv)})}
     wrt_names = {n for names in fwd.wrt.values() for n in names}
     ct = backprop(em, fwd.bindings + em.bindings, wrt_names, seeds)
     weights = {p.name: p for p in fwd.params if p.name in keys}
     grads = _grads(em, fwd, ct, weights)
-    st = {s: Value(s, weights[s[2:]].type if s != "step" else TensorType((), "f32"), fn.loc) for s in state}
+    ok = None
+    if opt.loss_scale:
+        grads, ok, scale_state = _unscale(em, grads, st["loss_scale"], st["good_steps"], opt.scale_window)
     results: list[tuple[str, Value]] = [("loss", lv)]
     new_state: list[tuple[str, Value]] = []
     em.loc = UNKNOWN
     step = t1 = None
     if opt.kind == "adam":
         em.hint = "step"
-        t1 = em.emit("add", [st["step"], em.emit("full", [], {"shape": (), "value": 1.0, "dtype": "f32"})])
+        one = em.emit("full", [], {"shape": (), "value": 1.0, "dtype": "f32"})
+        t1 = em.emit("add", [st["step"], one if ok is None else em.emit("cast", [ok], {"dtype": "f32"})])
         step = t1
     for k in keys:
         w, g = weights[k], grads[k]
@@ -716,11 +734,51 @@ def train_step_function(fn: Function, spec: Spec, opt: Optimizer, name: str = "t
             vhat = em.emit("div", [v, c2])
             upd = em.emit("div", [mhat, em.emit("add", [em.emit("sqrt", [vhat]), s(opt.eps)])])
         results.append((f"new_{k}", em.emit("sub", [w, em.emit("mul", [upd, s(opt.lr)])])))
+    if ok is not None:  # a step with an inf or nan gradient changes nothing (but the scale)
+        results = results[:1] + [(n, em.emit("where", [ok, v, weights[n[4:]]])) for n, v in results[1:]]
+        new_state = [(n, em.emit("where", [ok, v, st[n[4:]]])) for n, v in new_state]
     new_state.sort(key=lambda r: state.index(r[0][4:]))
     if t1 is not None:
         new_state.append(("new_step", t1))
+    if ok is not None:
+        new_state += scale_state
     params = fwd.params[:len(fn.params)] + new_inputs + [weights[k] for k in keys] + [st[s] for s in state]
     return _finish(fn, name, params, fwd, em, results + new_state)
+
+
+def _param_of(fwd: _Forward, name: str) -> Value:
+    return next(p for p in fwd.params if p.name == name)
+
+
+MAX_LOSS_SCALE = 2.0**24  # growth stops here: f16's largest value is 65504, a larger scale only overflows
+
+
+def _unscale(em: Emitter, grads: dict[str, Value], scale: Value, good: Value, window: int) \
+        -> tuple[dict[str, Value], Value, list[tuple[str, Value]]]:
+    """Gradients divided by the loss scale, whether all are finite, and the scale's next state."""
+    em.hint = "unscale"
+    out: dict[str, Value] = {}
+    bad: Value | None = None
+    for k, g in grads.items():
+        sc = scale if _dtype(g) == "f32" else em.emit("cast", [scale], {"dtype": _dtype(g)})
+        out[k] = em.emit("div", [g, sc])
+        nonfinite = em.emit("logical_or", [em.emit("isnan", [out[k]]), em.emit("isinf", [out[k]])])
+        n = em.emit("sum", [em.emit("cast", [nonfinite], {"dtype": "f32"})], {"axes": None, "keepdims": False})
+        bad = n if bad is None else em.emit("add", [bad, n])
+    assert bad is not None
+    zero = em.emit("full", [], {"shape": (), "value": 0.0, "dtype": "f32"})
+    ok = em.emit("equal", [bad, zero])
+
+    def f32(x: float) -> Value:
+        return em.emit("full", [], {"shape": (), "value": x, "dtype": "f32"})
+
+    good1 = em.emit("add", [good, f32(1.0)])
+    grow = em.emit("greater_equal", [good1, f32(float(window))])
+    doubled = em.emit("minimum", [em.emit("mul", [scale, f32(2.0)]), f32(MAX_LOSS_SCALE)])
+    new_scale = em.emit("where", [ok, em.emit("where", [grow, doubled, scale]),
+                                  em.emit("mul", [scale, f32(0.5)])])
+    new_good = em.emit("where", [ok, em.emit("where", [grow, zero, good1]), zero])
+    return out, ok, [("new_loss_scale", new_scale), ("new_good_steps", new_good)]
 
 
 def eval_function(fn: Function, spec: Spec, name: str = "eval", prov: Provenance = NO_PROVENANCE) -> Function:

@@ -46,6 +46,9 @@ class Autodiff(ModulePass):
     beta2: float = option(0.999, "Second-moment decay (adam).")
     eps: float = option(1e-8, "Adam's epsilon.")
     weight_decay: float = option(0.0, "L2 weight decay added to the gradient.")
+    loss_scale: bool = option(False, "Dynamic loss scaling in @train_step (f16 training): inputs loss_scale, "
+                                     "good_steps; a step with inf/nan gradients is skipped and halves the scale.")
+    scale_window: int = option(1000, "Good steps in a row after which the loss scale doubles.")
     func: str = option("main", "The graph function to differentiate.")
 
     def apply(self, module: Module, ctx: PassContext) -> Module:
@@ -63,6 +66,9 @@ class Autodiff(ModulePass):
         prov = Provenance.of(module.meta, ctx.constants)
         out = module.with_function(grad_function(fn, spec, prov=prov))
         if self.optimizer:
-            opt = Optimizer(self.optimizer, self.lr, self.beta1, self.beta2, self.eps, self.weight_decay)
+            if self.scale_window <= 0:
+                raise MlcError("autodiff: --scale-window must be positive")
+            opt = Optimizer(self.optimizer, self.lr, self.beta1, self.beta2, self.eps, self.weight_decay,
+                            self.loss_scale, self.scale_window)
             out = out.with_function(train_step_function(fn, spec, opt, prov=prov))
         return ShapeInfer().apply(out, ctx)
