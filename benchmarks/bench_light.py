@@ -61,6 +61,8 @@ def random_weights(model: onnx.ModelProto, seed: int = 0) -> onnx.ModelProto:
     del out.graph.node[:]
     out.graph.node.extend(keep)
     out.graph.initializer.extend(new)
+    if out.ir_version < 4:  # initializers must be graph inputs too before IR version 4
+        out.graph.input.extend(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in new)
     return out
 
 
