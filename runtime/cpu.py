@@ -309,6 +309,9 @@ class CpuRunner:
         check = kernel.raise_failed_check if kernel.checks else None
         ptr_t = ctypes.c_void_p * len(kernel.params)
         dim_t = ctypes.c_int64 * max(1, len(kernel.dims))
+        entry = ctypes.cast(raw, ctypes.c_void_p).value or 0
+        slot = kernel._lib.index_error
+        err = ctypes.addressof(slot) if check is not None and slot is not None else 0
 
         def launch(bufs: list[np.ndarray], kd: list[int], timings: dict[str, list[float]] | None,
                    record: Callable[[TapeEntry, list[tuple[int, int]]], None] | None) -> None:
@@ -328,7 +331,8 @@ class CpuRunner:
             if check is not None:
                 check()
             if record is not None:
-                record(TapeEntry(raw, ptrs, dvals, [], func, check), [(k, k) for k in range(len(bufs))])
+                native = (entry, ctypes.addressof(ptrs), ctypes.addressof(dvals), err)
+                record(TapeEntry(raw, ptrs, dvals, [], func, check, native=native), [(k, k) for k in range(len(bufs))])
 
         return launch
 

@@ -76,13 +76,14 @@ class Executor:
         self._recording: list[tuple[TapeEntry, list[tuple[int, int]], list[Any], list[int]]] | None = None
         self._rec_outs: dict[int, Any] = {}
         self.body = self._block(fn.body)
-        # a straight-line function of kernel calls and constants can be replayed as a tape per dims
-        # (checks depend only on dims, the tape's key: one that passed once passes on replay)
-        self._replayable = self.runner.records and vm.library is not None and all(
-            isinstance(b.node, Constant | GetItem | MakeTuple | CallTensor)
-            or (isinstance(b.node, OpCall) and (b.node.op == "check" or not b.node.args))
-            for b in fn.body.bindings
-        )
+        # a function of kernel calls and constants, straight-line or in loops of such bindings, can be
+        # replayed as a tape per dims: a loop's trip count is a function of the dims, so its iterations
+        # are recorded unrolled, each with its own buffers (checks depend only on dims, the tape's key:
+        # one that passed once passes on replay)
+        self._replayable = self.runner.records and vm.library is not None and _tapeable(fn.body)
+        self._loops = any(isinstance(b.node, Loop) for b in fn.body.bindings)
+        self._sig_keys: dict[tuple[Any, ...], tuple[Any, ...]] = {}  # argument shapes and dtypes -> tape key
+        self._untaped: set[tuple[Any, ...]] = set()  # tape keys whose recording exceeded the limits
 
     def invoke(self, args: list[Any]) -> list[Any]:
         """The body on these arguments."""
@@ -98,14 +99,23 @@ class Executor:
 
     def run(self, args: list[Any]) -> list[Any]:
         """`invoke`, replaying the tape recorded for these dims where there is one."""
+        runner, tapes = self.runner, self.vm.tapes
+        if self._replayable and all(type(a) is np.ndarray for a in args):
+            # host arrays whose shapes and dtypes passed the parameter types once pass again, binding
+            # the same dims: the tape is found without re-checking them
+            key = self._sig_keys.get(tuple((a.shape, a.dtype) for a in args))
+            tape = tapes.get(key) if key is not None else None
+            if tape is not None and tape.generation == runner.generation:
+                return self._replay(tape, args)
         frame = self._bind(args)
         if not self._replayable:
             return self.body(frame)
-        runner, tapes = self.runner, self.vm.tapes
         key = (self.fn.name, tuple(sorted(frame.dims.items())))
         tape = tapes.get(key)
         if tape is not None and tape.generation == runner.generation:
             return self._replay(tape, args)
+        if key in self._untaped:
+            return self.body(frame)
         gen = runner.generation
         self._recording, self._rec_outs = [], {}
         try:
@@ -113,12 +123,16 @@ class Executor:
         finally:
             rec, rec_outs, self._recording, self._rec_outs = self._recording, self._rec_outs, None, {}
         if gen == runner.generation:  # an arena or workspace that moved voids the recorded addresses
-            tape = self._tape(rec, rec_outs, args, outs, gen)
-            if tape is not None:
+            tape = self._tape(rec, rec_outs, args, outs, gen) if not self._loops or _within_limits(rec) else None
+            if tape is None:
+                self._untaped.add(key)
+            else:
                 for k in [k for k, t in tapes.items() if t.generation != gen]:
                     del tapes[k]
                 if len(tapes) < self.vm.MAX_TAPES:
                     tapes[key] = tape
+                    if all(type(a) is np.ndarray for a in args) and len(self._sig_keys) < 64:
+                        self._sig_keys[tuple((a.shape, a.dtype) for a in args)] = key
         return outs
 
     def _replay(self, tape: Tape, args: list[Any]) -> list[Any]:
@@ -304,6 +318,32 @@ class Executor:
         checks = _unproven_dims(node, list(out_types), kernel.dims, shapes)
         return Site(vm.runner.launcher(kernel, node.func, loc), outs, getters,
                     _dim_checker(checks, kernel.dims, node, loc) if checks else None)
+
+
+MAX_TAPE_ENTRIES = 4096  # launches in one tape (loops recorded unrolled): longer runs walk the graph
+MAX_TAPE_BYTES = 64 << 20  # bytes of per-iteration buffers a tape may keep alive
+
+
+def _tapeable(block: Block) -> bool:
+    """Kernel calls, constants and checks only, directly or in the bodies of loops."""
+    return all(
+        isinstance(b.node, Constant | GetItem | MakeTuple | CallTensor)
+        or (isinstance(b.node, OpCall) and (b.node.op == "check" or not b.node.args))
+        or (isinstance(b.node, Loop) and _tapeable(b.node.body))
+        for b in block.bindings
+    )
+
+
+def _within_limits(rec: list[tuple[TapeEntry, list[tuple[int, int]], list[Any], list[int]]]) -> bool:
+    """A recording small enough to keep: its launches and the distinct buffers it holds."""
+    if len(rec) > MAX_TAPE_ENTRIES:
+        return False
+    seen: dict[int, int] = {}
+    for _entry, _pos, bufs, _tags in rec:
+        for b in bufs:
+            base = b.base if getattr(b, "base", None) is not None else b
+            seen[id(base)] = int(getattr(base, "nbytes", 0))
+    return sum(seen.values()) <= MAX_TAPE_BYTES
 
 
 def _unproven_dims(node: CallTensor, out_types: list[Any], dims: Any,

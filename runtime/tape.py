@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from time import perf_counter
 from typing import Any
 
+from . import native_replay
+
 INPUT, OUTPUT = 0, 1
 
 
@@ -28,6 +30,7 @@ class TapeEntry:
     name: str  # the kernel, for profiles
     check: Callable[[], None] | None = None  # raises the error of a failed index check, if the kernel checks
     keep: Any = None  # keeps alive what the recorded addresses point to
+    native: tuple[int, int, int, int] | None = None  # (entry, args, dims, error slot or 0) addresses, CPU only
 
 
 @dataclass
@@ -38,11 +41,27 @@ class Tape:
     results: Any
     generation: int = 0  # the device's memory generation when recorded (moved arenas void a tape)
     keep: Any = field(default=None, repr=False)
+    program: Any = field(default=None, repr=False)  # the native program of an all-native tape, built on first replay
 
     def replay(self, inputs: Sequence[int], outputs: Sequence[int] = (),
                timings: dict[str, list[float]] | None = None) -> None:
-        """Every launch again, with the addresses of this call's inputs and outputs patched in."""
+        """Every launch again, with the addresses of this call's inputs and outputs patched in: in one
+        native call where every entry has a native form (runtime/native_replay.py), else one by one
+        (and always one by one while profiling, to time each kernel)."""
         sources = (inputs, outputs)
+        if timings is None and self.entries and all(e.native is not None for e in self.entries):
+            for e in self.entries:
+                args = e.args
+                for pos, which, k in e.slots:
+                    args[pos] = sources[which][k]
+            if self.program is None:
+                self.program = native_replay.program([e.native for e in self.entries])  # type: ignore[misc]
+            failed = self.program.run()
+            if failed >= 0:
+                check = self.entries[failed].check
+                if check is not None:
+                    check()
+            return
         for e in self.entries:
             args = e.args
             for pos, which, k in e.slots:
