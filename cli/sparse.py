@@ -11,7 +11,8 @@ from .main import handle_errors
 @click.command("sparse-kernel")
 @click.argument("op", type=click.Choice(["spmm", "sddmm", "bsrmm", "segment-mm"]))
 @click.option("--format", "fmt", default="csr", show_default=True,
-              help="csr (indptr, indices, data), ell:W (indices and data rows x W, padding value 0); bsrmm: bsr:S")
+              help="csr (indptr, indices, data), ell:W (indices and data rows x W, padding value 0), "
+                   "hyb:C,K (spmm: C column parts, ELL buckets of widths 1..2**K, a CSR rest); bsrmm: bsr:S")
 @click.option("--feat", default=32, show_default=True, type=click.IntRange(min=1), help="feature width of the dense operands")
 @click.option("--dtype", default="f32", show_default=True, type=click.Choice(["f32", "f16"]), help="value dtype")
 @click.option("-o", "--output", default="-", help="IR file to write (default: stdout)")
@@ -27,6 +28,10 @@ def sparse_kernel_cmd(op: str, fmt: str, feat: int, dtype: str, output: str) -> 
            columns), data (blocks x S x S: scipy's bsr_matrix.data)
     segment-mm: inputs indptr (segments + 1, row offsets from 0 to rows), X (rows x feat), W (segments x
            feat x feat); result C (rows x feat), C[r] = X[r] @ W[s] for the rows r of segment s
+    hyb:C,K (spmm): one sparse iteration per column part and row bucket; inputs indptr (A's, for the row
+           count), per bucket rows_pP_bB / indices_pP_bB / data_pP_bB, per part a CSR rest
+           (indptr_pP_rest, rows_pP_rest, indices_pP_rest, data_pP_rest), B. mlc sparse-inputs --format
+           hyb:C,K writes them from a CSR file.
     CSR: indptr i32 (rows + 1), indices i32 (nnz), data (nnz). ELL (--format ell:W): indices i32 and data
     (rows x W); a padded entry has value 0 and any column in [0, n). Bad index arrays (indptr not
     monotone or past nnz, a column out of range) fail the run with a located error."""
@@ -37,7 +42,8 @@ def sparse_kernel_cmd(op: str, fmt: str, feat: int, dtype: str, output: str) -> 
 
 @click.command("sparse-inputs")
 @click.argument("matrix", metavar="A.npz")
-@click.option("--format", "fmt", default="csr", show_default=True, help="the kernel's format: csr, ell:W or bsr:S")
+@click.option("--format", "fmt", default="csr", show_default=True,
+              help="the kernel's format: csr, ell:W, hyb:C,K or bsr:S")
 @click.option("--dense", "dense", multiple=True, metavar="NAME=FILE",
               help="a dense operand (.npy, or an .npz holding NAME), e.g. B=b.npy; repeatable")
 @click.option("-o", "--output", required=True, help="inputs file to write (.npz for mlc run --inputs)")
@@ -54,11 +60,12 @@ def sparse_inputs_cmd(matrix: str, fmt: str, dense: tuple[str, ...], output: str
     from mlc.ir.constants import read_npz
     from mlc.ir.diagnostics import Loc, MlcError
     from mlc.ir.files import atomic_write_bytes
-    from mlc.ir.sparse_kernels import parse_format
+    from mlc.ir.sparse_kernels import parse_format, parse_hyb
 
     import mlc.sparse as msp
 
-    kind, width = parse_format(fmt)
+    hyb = parse_hyb(fmt)
+    kind, width = ("hyb", 0) if hyb is not None else parse_format(fmt)
     z = read_npz(_readable(matrix), f"sparse matrix '{matrix}'")
     need = ("format", "shape", "indptr", "indices", "data")
     if any(k not in z for k in need):
@@ -83,6 +90,8 @@ def sparse_inputs_cmd(matrix: str, fmt: str, dense: tuple[str, ...], output: str
         out = {"indptr": ip, "indices": ix, "data": data}
     elif kind == "ell":
         out = dict(zip(("indices", "data"), msp.to_ell(ip, ix, data, width)))
+    elif hyb is not None:
+        out = msp.to_hyb(ip, ix, data, shape[1], *hyb)
     else:
         import scipy.sparse as sp
 

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from mlc.ir.diagnostics import MlcError
-from mlc.ir.sparse_kernels import parse_format, sparse_kernel
+from mlc.ir.sparse_kernels import parse_format, parse_hyb, sparse_kernel
 
 _NP = {"f32": np.float32, "f16": np.float16}
 
@@ -71,6 +71,40 @@ def to_bsr(a: Any, size: int, dtype: Any) -> dict[str, np.ndarray]:
             "data": np.ascontiguousarray(b.data, dtype=dtype)}
 
 
+def to_hyb(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, n: int, parts: int, k: int) -> dict[str, np.ndarray]:
+    """CSR -> hyb(parts, k) inputs (ir/sparse_kernels.py): per column part, the rows holding 1, 2, ...,
+    2**k of its nonzeros as ELL buckets (padded: value 0, column 0), longer rows as a CSR rest; every
+    bucket names its rows."""
+    from mlc.ir.sparse_kernels import hyb_tags
+
+    rows_of = np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))
+    span = max(1, -(-n // parts))
+    out: dict[str, np.ndarray] = {"indptr": indptr.astype(np.int32)}
+    for tag, width in hyb_tags(parts, k):
+        p = int(tag[1:tag.index("_")])
+        keep = (indices // span) == p
+        r, c, v = rows_of[keep], indices[keep], data[keep]  # row-major order is kept
+        lens = np.bincount(r, minlength=len(indptr) - 1)
+        if width:
+            sel = np.flatnonzero((lens <= width) & (lens > width // 2)) if width > 1 else np.flatnonzero(lens == 1)
+        else:
+            sel = np.flatnonzero(lens > 2 ** k)
+        starts = np.concatenate([[0], np.cumsum(lens)])
+        out[f"rows_{tag}"] = sel.astype(np.int32)
+        if width:
+            ell_i = np.zeros((len(sel), width), np.int32)
+            ell_d = np.zeros((len(sel), width), data.dtype)
+            for q, row in enumerate(sel):
+                a, b = starts[row], starts[row + 1]
+                ell_i[q, : b - a], ell_d[q, : b - a] = c[a:b], v[a:b]
+            out[f"indices_{tag}"], out[f"data_{tag}"] = ell_i, ell_d
+        else:
+            take = np.concatenate([np.arange(starts[row], starts[row + 1]) for row in sel]) if len(sel) else np.zeros(0, int)
+            out[f"indptr_{tag}"] = np.concatenate([[0], np.cumsum(lens[sel])]).astype(np.int32)
+            out[f"indices_{tag}"], out[f"data_{tag}"] = c[take].astype(np.int32), v[take]
+    return out
+
+
 class SparseKernel:
     """A compiled sparse kernel bound to one matrix: call it with the dense operands."""
 
@@ -105,8 +139,9 @@ def compile(matrix: Any, op: str = "spmm", target: str = "cpu", feat: int = 32, 
             dtype: str = "f32") -> SparseKernel:
     """`op` ("spmm" | "sddmm" | "bsrmm") on `matrix` (scipy.sparse, any format) compiled for `target`.
 
-    `format`: "csr", "ell:W", or "ell" (W = the longest row) for spmm/sddmm; "bsr:S" (S x S blocks; the
-    shape must be a multiple of S) for bsrmm. Duplicates are summed and indices sorted first (scipy's
+    `format`: "csr", "ell:W", or "ell" (W = the longest row) for spmm/sddmm; "hyb:C,K" (spmm: C column
+    parts, ELL buckets of widths 1..2**K, a CSR rest); "bsr:S" (S x S blocks; the shape must be a
+    multiple of S) for bsrmm. Duplicates are summed and indices sorted first (scipy's
     canonical CSR)."""
     import scipy.sparse as sp
 
@@ -126,12 +161,15 @@ def compile(matrix: Any, op: str = "spmm", target: str = "cpu", feat: int = 32, 
     values = a.data.astype(_NP[dtype])
     if format == "ell":
         format = f"ell:{max(1, int(np.diff(indptr).max(initial=0)))}"
-    kind, width = parse_format(format)
+    hyb = parse_hyb(format)
+    kind, width = ("hyb", 0) if hyb is not None else parse_format(format)
     module = sparse_kernel(op, format, feat, dtype)
     if kind == "csr":
         inputs = {"indptr": indptr, "indices": indices, "data": values}
     elif kind == "bsr":
         inputs = to_bsr(a, width, _NP[dtype])
+    elif hyb is not None:
+        inputs = to_hyb(indptr, indices, values, a.shape[1], *hyb)
     else:
         ell_i, ell_d = to_ell(indptr, indices, values, width)
         inputs = {"indices": ell_i, "data": ell_d}
@@ -140,4 +178,4 @@ def compile(matrix: Any, op: str = "spmm", target: str = "cpu", feat: int = 32, 
     return SparseKernel(model, op, a, feat, dtype, inputs)
 
 
-__all__ = ["SparseKernel", "check_csr", "compile", "to_bsr", "to_ell"]
+__all__ = ["SparseKernel", "check_csr", "compile", "to_bsr", "to_ell", "to_hyb"]

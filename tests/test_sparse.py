@@ -511,3 +511,39 @@ def test_compiled_random_patterns(kind: str, m: int, n: int, seed: int, op: str,
         want = a.data * np.einsum("pk,pk->p", x[rows], y[a.indices])
         np.testing.assert_allclose(_sddmm_values(a, "csr" if fmt == "csr" else "ell", model(**ins, X=x, Y=y)["C"]),
                                    want, rtol=1e-5, atol=1e-5)
+
+
+# ---- hyb: composable formats (column parts x ELL buckets + a CSR rest), one iteration each ------
+@pytest.mark.parametrize("stage", [1, 2, 3])
+@pytest.mark.parametrize("hyb", [(1, 0), (2, 1), (3, 2)])
+@pytest.mark.parametrize("kind", ["empty", "dense_row", "random", "power_law"])
+def test_hyb_every_stage_matches_scipy(kind: str, hyb: tuple[int, int], stage: int) -> None:
+    a = _pattern(kind, 9, 11, 12)
+    b = np.random.default_rng(6).standard_normal((11, F)).astype(np.float32)
+    ins = msp.to_hyb(a.indptr.astype(np.int32), a.indices.astype(np.int32), a.data, 11, *hyb)
+    mod = sparse_kernel("spmm", f"hyb:{hyb[0]},{hyb[1]}", F)
+    f = mod.get("spmm") if stage == 1 else lower_sparse(mod.get("spmm"), stage, 3)
+    text = print_module(mod.with_function(f))
+    assert parse_module(text) == mod.with_function(f)
+    c = np.full((9, F), np.nan, np.float32)
+    run_prim(f, [ins[p.name] for p in f.params[:-2]] + [b, c])
+    np.testing.assert_allclose(c, a @ b, rtol=1e-5, atol=1e-5)
+
+
+def test_hyb_buckets_partition_the_nonzeros() -> None:
+    """Every stored entry lands in exactly one bucket or rest, each bucket holding rows of its width."""
+    a = _pattern("power_law", 30, 20, 14)
+    ins = msp.to_hyb(a.indptr.astype(np.int32), a.indices.astype(np.int32), a.data, 20, 2, 2)
+    held = sum(int(np.count_nonzero(v)) for k, v in ins.items() if k.startswith("data_"))
+    assert held == a.nnz
+    for width, tag in ((1, "p0_b0"), (2, "p1_b1"), (4, "p0_b2")):
+        d = ins[f"data_{tag}"]
+        assert d.shape[1] == width and all(width // 2 < np.count_nonzero(r) <= width for r in d)
+
+
+def test_hyb_compiled() -> None:
+    a = _pattern("power_law", 40, 30, 15)
+    b = np.random.default_rng(10).standard_normal((30, F)).astype(np.float32)
+    np.testing.assert_allclose(msp.compile(a, "spmm", feat=F, format="hyb:2,2")(b), a @ b, rtol=1e-5, atol=1e-5)
+    with pytest.raises(MlcError, match="is for spmm"):
+        sparse_kernel("sddmm", "hyb:2,2")
