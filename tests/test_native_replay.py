@@ -1,0 +1,135 @@
+"""Tapes replayed by one native call, loops of kernels recorded unrolled (issue 17, runtime/native_replay.py).
+
+The oracle is the graph interpreter (`run_function`: numpy references of every op, the loop walked
+op by op). Each case checks that the compiled run really took the native path (a tape with a native
+program), so a silent fallback to the Python walk would not pass for the feature.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from mlc.ir.diagnostics import MlcError
+from mlc.ir.interp import run_function
+from mlc.ir.parser import parse_module
+from mlc.runtime import executor as executor_mod
+from mlc.runtime.artifact import loads
+from mlc.runtime.cpu import CpuRunner
+from mlc.runtime.model import model_from_artifact
+from mlc.runtime.vm import VM
+
+from mlc.compiler import build_module, with_memory_constants
+
+RNN = """mlc.module v1
+
+graph @main(%xs: tensor<T x N x D x f32>, %h0: tensor<N x D x f32>, %w: tensor<D x D x f32>) {
+  %y0: tensor<T x N x D x f32> = full() {dtype = "f32", shape = (T, N, D), value = 0.0}
+  %r: tuple<tensor<N x D x f32>, tensor<T x N x D x f32>> = for %t: i64 in 0..T carry(%h: tensor<N x D x f32> = %h0, %y: tensor<T x N x D x f32> = %y0) {
+    %xt1: tensor<1 x N x D x f32> = dynamic_slice(%xs, %t) {axis = 0, size = 1}
+    %xt: tensor<N x D x f32> = squeeze(%xt1) {axes = (0,)}
+    %hw: tensor<N x D x f32> = matmul(%h, %w)
+    %s: tensor<N x D x f32> = add(%hw, %xt)
+    %h2: tensor<N x D x f32> = tanh(%s)
+    %he: tensor<1 x N x D x f32> = expand_dims(%h2) {axes = (0,)}
+    %y2: tensor<T x N x D x f32> = dynamic_update_slice(%y, %he, %t) {axis = 0}
+    yield %h2, %y2
+  }
+  %hl: tensor<N x D x f32> = %r[0]
+  %ys: tensor<T x N x D x f32> = %r[1]
+  %out: tensor<N x D x f32> = mul(%hl, %h0)
+  return %out, %ys
+}
+"""
+
+GATHER = """mlc.module v1
+
+graph @main(%x: tensor<8 x f32>, %i: tensor<4 x i64>) {
+  %a: tensor<8 x f32> = exp(%x)
+  %g: tensor<4 x f32> = take(%a, %i) {axis = 0}
+  %y: tensor<4 x f32> = mul(%g, %g)
+  return %y
+}
+"""
+
+
+def _model(text: str) -> Any:
+    mod = parse_module(text)
+    return model_from_artifact(loads(build_module(with_memory_constants(mod, {}), {}, "cpu").result.data), "<test>")
+
+
+@pytest.fixture(scope="module")
+def rnn() -> Any:
+    return _model(RNN)
+
+
+def _inputs(t: int, n: int, d: int, seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {"xs": rng.standard_normal((t, n, d)).astype(np.float32),
+            "h0": rng.standard_normal((n, d)).astype(np.float32),
+            "w": (rng.standard_normal((d, d)) / np.sqrt(d)).astype(np.float32)}
+
+
+def _check(m: Any, vm: VM, x: dict[str, np.ndarray]) -> None:
+    got, want = vm.run(x), run_function(m.module, x, m.params)
+    assert got.keys() == want.keys()
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("trips", [0, 1, 2, 13])
+def test_loop_recorded_unrolled_and_replayed_natively(rnn: Any, trips: int) -> None:
+    rng = np.random.default_rng(trips)
+    n, d = int(rng.integers(1, 6)), int(rng.integers(1, 20))
+    vm = VM(rnn.module, rnn.params, rnn.library, CpuRunner())
+    for seed in range(4):  # sizes the arenas, records, then replays twice with new inputs
+        _check(rnn, vm, _inputs(trips, n, d, seed))
+    (tape,) = vm.tapes.values()
+    assert tape.program is not None and tape.program.count == len(tape.entries)
+    assert len(tape.entries) == 2 + 2 * trips  # full, mul, and per iteration the two fused kernels
+
+
+def test_other_dims_record_their_own_tape(rnn: Any) -> None:
+    vm = VM(rnn.module, rnn.params, rnn.library, CpuRunner())
+    for t, n, d, seed in ((3, 2, 5, 0), (3, 2, 5, 1), (7, 1, 9, 2), (7, 1, 9, 3), (3, 2, 5, 4), (7, 1, 9, 5), (3, 2, 5, 6)):
+        _check(rnn, vm, _inputs(t, n, d, seed))
+    assert len(vm.tapes) == 2 and all(tp.program is not None for tp in vm.tapes.values())
+
+
+def test_results_are_copies_not_the_replayed_buffers(rnn: Any) -> None:
+    vm = VM(rnn.module, rnn.params, rnn.library, CpuRunner())
+    outs = [vm.run(_inputs(4, 2, 3, s)) for s in range(4)]
+    want = run_function(rnn.module, _inputs(4, 2, 3, 1), rnn.params)
+    np.testing.assert_allclose(outs[1]["ys"], want["ys"], rtol=1e-4, atol=1e-5)
+
+
+def test_a_loop_past_the_tape_limits_walks_the_graph(rnn: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(executor_mod, "MAX_TAPE_ENTRIES", 20)
+    vm = VM(rnn.module, rnn.params, rnn.library, CpuRunner())
+    for seed in range(3):
+        _check(rnn, vm, _inputs(12, 2, 4, seed))  # 2 + 2 x 12 launches > 20: no tape, still right
+    assert not vm.tapes
+    for seed in range(3):
+        _check(rnn, vm, _inputs(3, 2, 4, seed))  # a short one is taped
+    assert len(vm.tapes) == 1
+
+
+def test_failed_index_check_in_a_native_replay_is_the_located_error() -> None:
+    m = _model(GATHER)
+    vm = m.vm
+    x = np.arange(8, dtype=np.float32) / 8
+    for _ in range(3):
+        got = vm.run({"x": x, "i": np.array([0, 7, -1, 3], np.int64)})
+        np.testing.assert_allclose(got["y"], np.exp(x)[[0, 7, -1, 3]] ** 2, rtol=1e-5)
+    (tape,) = vm.tapes.values()
+    assert tape.program is not None
+    with pytest.raises(MlcError, match=r"index 40 out of range \[-8, 8\)"):
+        vm.run({"x": x, "i": np.array([0, 40, 1, 2], np.int64)})
+    got = vm.run({"x": x, "i": np.array([1, 2, 3, 4], np.int64)})  # the error slot was cleared
+    np.testing.assert_allclose(got["y"], np.exp(x)[[1, 2, 3, 4]] ** 2, rtol=1e-5)
+
+
+def test_profile_still_times_each_kernel_of_a_taped_loop(rnn: Any) -> None:
+    times = rnn.profile(5, **_inputs(5, 2, 3, 0))
+    assert sum(k.calls for k in times) == 2 + 2 * 5  # every launch of every run, as the Python replay times them
