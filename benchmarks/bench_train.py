@@ -35,7 +35,7 @@ import numpy as np
 import onnx
 from mlc.frontend.onnx_import import import_onnx
 from mlc.frontend.zoo import GraphBuilder, build
-from mlc.ir.autodiff import differentiable_constants
+from mlc.ir.autodiff import Provenance, differentiable_constants
 from mlc.ir.graph import Function
 from onnx import TensorProto
 
@@ -188,24 +188,26 @@ def char_lm(t: int, d: int = 64, heads: int = 4, layers: int = 2, seed: int = 7)
     return b.model()
 
 
-def trainable(fn: Function) -> list[str]:
-    """The constants training updates: every float constant but batch norm's running statistics
-    (the zoo's BatchNormalization is the inference form; its mean and var stay as initialized)."""
-    return [k for k in differentiable_constants(fn) if not k.startswith(("mean_", "var_"))]
+def trainable(fn: Function, prov: Provenance) -> list[str]:
+    """The constants training updates: what `--wrt all` would (folded weights as the initializers
+    they came from) but batch norm's running statistics (the zoo's BatchNormalization is the
+    inference form; its mean and var stay as initialized)."""
+    return [k for k in differentiable_constants(fn, prov) if not k.startswith(("mean_", "var_"))]
 
 
 # ---- runs -----------------------------------------------------------------------------------
 
 
-def write_model(model: onnx.ModelProto, path: Path) -> Function:
-    """Import `model` and write it as `path` (+ side file), as `mlc import` would; its @main."""
+def write_model(model: onnx.ModelProto, path: Path) -> tuple[Function, Provenance]:
+    """Import `model` and write it as `path` (+ side file), as `mlc import` would; its @main and
+    the importer's record of folded initializers."""
     from mlc.cli.io import write_module
 
     module, consts = import_onnx(model)
     write_module(module, str(path), new_constants=consts)
     main = module.get("main")
     assert isinstance(main, Function)
-    return main
+    return main, Provenance.of(module.meta, consts)
 
 
 def mlc_train(model: Path, data: Path, val: Path | None, out: Path, epochs: int, batch: int, lr: float,
@@ -230,14 +232,14 @@ def run_digits(work: Path, epochs: list[int], lrs: list[float]) -> dict[str, Any
     train, test = digits_data()
     np.savez(work / "digits_train.npz", **train)
     np.savez(work / "digits_test.npz", **test)
-    main = write_model(build("resnext"), work / "resnext.ir")
+    main, prov = write_model(build("resnext"), work / "resnext.ir")
     plan = ", ".join(f"{e} epochs at lr {lr}" for e, lr in zip(epochs, lrs))
     print(f"digits: resnext, {len(train['labels'])} train / {len(test['labels'])} test images, batch 32, "
           f"Adam, {plan} (mlc train)", flush=True)
     model, metrics, wall, done = work / "resnext.ir", [], 0.0, 0
     for i, (e, lr) in enumerate(zip(epochs, lrs)):
         out = work / f"resnext.stage{i + 1}.ir"
-        ms, w = mlc_train(model, work / "digits_train.npz", work / "digits_test.npz", out, e, 32, lr, trainable(main))
+        ms, w = mlc_train(model, work / "digits_train.npz", work / "digits_test.npz", out, e, 32, lr, trainable(main, prov))
         for m in ms:
             print(f"  epoch {done + m['epoch']:3d} (lr {lr})  train loss {m['loss']:.4f}  test loss {m['val_loss']:.4f}"
                   f"  test accuracy {m['val_accuracy']:.4f}  {m['samples_per_s']:.0f} images/s", flush=True)
@@ -256,13 +258,13 @@ def run_charlm(work: Path, epochs: int, lr: float, chars: int, t: int = 32) -> d
     used = text[:chars] if chars else text
     data = char_sequences(used, t)
     np.savez(work / "chars.npz", **data)
-    main = write_model(char_lm(t), work / "char_lm.ir")
+    write_model(char_lm(t), work / "char_lm.ir")
     n = len(data["tokens"])
     print(f"charlm: {len(CORPUS_MODULES)} stdlib modules' docstrings, {len(text)} characters ({len(used)} used), "
           f"{n} windows of {t}, vocabulary {len(VOCAB)}; embedding -> 2 gpt layers (d 64, 4 heads) -> head; "
           f"batch 32, Adam lr {lr}, {epochs} epochs (mlc train)", flush=True)
     metrics, wall = mlc_train(work / "char_lm.ir", work / "chars.npz", None, work / "char_lm.trained.ir", epochs, 32,
-                              lr, differentiable_constants(main))
+                              lr, ["all"])
     for m in metrics:
         print(f"  epoch {m['epoch']:3d}  loss {m['loss']:.4f} ({m['loss'] / math.log(2):.3f} bits/char)  "
               f"{m['samples_per_s'] * t:.0f} chars/s", flush=True)
