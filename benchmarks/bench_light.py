@@ -56,11 +56,17 @@ def random_weights(model: onnx.ModelProto, seed: int = 0) -> onnx.ModelProto:
         val = (rng.standard_normal(shape) * (abs(fill) or 0.01) if len(shape) >= 2
                else np.full(shape, fill)).astype(np.float32)
         new.append(numpy_helper.from_array(val, n.output[0]))
+    used = {x for n in keep for x in n.input}
+    gone = {n.input[0] for n in model.graph.node if n.op_type == "ConstantOfShape"} - used
     out = onnx.ModelProto()
     out.CopyFrom(model)
     del out.graph.node[:]
     out.graph.node.extend(keep)
-    out.graph.initializer.extend(new)
+    kept_inits = [t for t in out.graph.initializer if t.name not in gone]
+    kept_inputs = [x for x in out.graph.input if x.name not in gone]
+    del out.graph.initializer[:], out.graph.input[:]
+    out.graph.initializer.extend(kept_inits + new)
+    out.graph.input.extend(kept_inputs)
     if out.ir_version < 4:  # initializers must be graph inputs too before IR version 4
         out.graph.input.extend(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in new)
     return out
