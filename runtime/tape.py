@@ -42,6 +42,7 @@ class Tape:
     generation: int = 0  # the device's memory generation when recorded (moved arenas void a tape)
     keep: Any = field(default=None, repr=False)
     program: Any = field(default=None, repr=False)  # the native program of an all-native tape, built on first replay
+    patches: list[tuple[Any, int, int, int]] = field(default_factory=list, repr=False)  # (args, position, source, index)
 
     def replay(self, inputs: Sequence[int], outputs: Sequence[int] = (),
                timings: dict[str, list[float]] | None = None) -> None:
@@ -49,13 +50,12 @@ class Tape:
         native call where every entry has a native form (runtime/native_replay.py), else one by one
         (and always one by one while profiling, to time each kernel)."""
         sources = (inputs, outputs)
-        if timings is None and self.entries and all(e.native is not None for e in self.entries):
-            for e in self.entries:
-                args = e.args
-                for pos, which, k in e.slots:
-                    args[pos] = sources[which][k]
-            if self.program is None:
-                self.program = native_replay.program([e.native for e in self.entries])  # type: ignore[misc]
+        if timings is None and self.program is None and self.entries and all(e.native is not None for e in self.entries):
+            self.program = native_replay.program([e.native for e in self.entries])  # type: ignore[misc]
+            self.patches = [(e.args, pos, which, k) for e in self.entries for pos, which, k in e.slots]
+        if timings is None and self.program is not None:
+            for args, pos, which, k in self.patches:
+                args[pos] = sources[which][k]
             failed = self.program.run()
             if failed >= 0:
                 check = self.entries[failed].check
