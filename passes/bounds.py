@@ -27,7 +27,7 @@ are checked. `mlc -v` lists the checked accesses by buffer and index.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import ClassVar
 
 from mlc.ir import arith
@@ -111,6 +111,7 @@ class Checker(StmtMutator):
     binds: dict[Var, Expr]
     facts: list[Expr]
     checked: list[str]
+    arms: list[Expr] = field(default_factory=list)  # conditions of the select arms around the expression
 
     # ---- proving ----
     def nonneg(self, e: Expr, depth: int = 2) -> bool:
@@ -143,15 +144,23 @@ class Checker(StmtMutator):
         return [(i, n) for i, n in zip(indices, buf.shape) if not self.in_range(i, n)]
 
     def guard(self, buf: Buffer, indices: tuple[Expr, ...], bad: list[tuple[Expr, Expr]]) -> Expr:
-        """In-range condition of the unproven indices, each read through check_range (the report)."""
+        """In-range condition of the unproven indices, each read through check_range (the report).
+
+        Inside select arms the check reports only when the arms are taken: code generators may
+        evaluate both arms of a select, and the arm not taken (concat's other input) may well
+        compute an index out of range that nothing reads."""
         self.checked.append(f"%{buf.name}[{', '.join(print_expr(i) for i in indices)}]")
+        taken: Expr | None = None
+        for a in self.arms:
+            taken = a if taken is None else Bin("and", taken, a)
         cond: Expr | None = None
         for i, n in bad:
-            v = Call("check_range", (_i64(i), Const(0), n), "i64")
-            ok = Bin("and", Bin("ge", v, Const(0)), Bin("lt", _i64(i), n))
+            idx, ext = (_i64(i), n) if taken is None else (Select(taken, _i64(i), Const(0)), Select(taken, n, Const(1)))
+            v = Call("check_range", (idx, Const(0), ext), "i64")
+            ok = Bin("and", Bin("ge", v, Const(0)), Bin("lt", idx, ext))
             cond = ok if cond is None else Bin("and", cond, ok)
         assert cond is not None
-        return cond
+        return cond if taken is None else Bin("and", taken, cond)
 
     # ---- expressions ----
     def visit_expr(self, e: Expr) -> Expr:
@@ -160,17 +169,17 @@ class Checker(StmtMutator):
     def expr(self, e: Expr) -> Expr:
         if isinstance(e, Select):
             c = self.expr(e.cond)
-            saved = self.facts
-            self.facts = saved + facts_of(substitute(e.cond, self.binds))
+            saved, arms = self.facts, self.arms
+            self.facts, self.arms = saved + facts_of(substitute(e.cond, self.binds)), arms + [c]
             try:
                 t = self.expr(e.t)
             finally:
-                self.facts = saved
-            self.facts = saved + facts_of(substitute(e.cond, self.binds), False)
+                self.facts, self.arms = saved, arms
+            self.facts, self.arms = saved + facts_of(substitute(e.cond, self.binds), False), arms + [Not(c)]
             try:
                 f = self.expr(e.f)
             finally:
-                self.facts = saved
+                self.facts, self.arms = saved, arms
             return Select(c, t, f, e.loc)
         if isinstance(e, Load):
             ld = Load(e.buffer, tuple(self.expr(i) for i in e.indices), e.loc)
