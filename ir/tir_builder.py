@@ -42,6 +42,7 @@ from .expr import (
     substitute,
 )
 from .names import fresh_name
+from .sparse import Axis, SparseBuffer
 from .tir import BlockStmt, Buffer, For, IterVar, PrimFunc, Seq, Stmt, Store
 
 Index = tuple[Expr, ...]
@@ -131,6 +132,7 @@ class Tensor:
     builder: Builder | None = field(default=None, repr=False)
     update: InPlace | None = None
     stage: Stage | None = field(default=None, repr=False)
+    writer: Callable[[Buffer], Stmt] | None = field(default=None, repr=False)  # Builder.written
 
     @property
     def ndim(self) -> int:
@@ -156,7 +158,7 @@ class Tensor:
     def at(self, idx: Index) -> Expr:
         if len(idx) != len(self.shape):
             raise CannotLower(f"tensor {self.name} of rank {len(self.shape)} indexed with {len(idx)} indices")
-        if self.buffer is None and (self.reduction is not None or self.update is not None):
+        if self.buffer is None and (self.reduction is not None or self.update is not None or self.writer is not None):
             assert self.builder is not None
             self.builder.materialize(self)
         if self.buffer is not None:
@@ -166,7 +168,7 @@ class Tensor:
 
     @property
     def is_virtual(self) -> bool:
-        return self.buffer is None and self.reduction is None and self.update is None
+        return self.buffer is None and self.reduction is None and self.update is None and self.writer is None
 
 
 def _ex(x: ExprLike | ReduceAxis) -> Expr:
@@ -363,6 +365,8 @@ class Builder:
         self.params: list[Buffer] = []
         self.outputs: list[Buffer] = []
         self.block_names: set[str] = set()
+        self.axes: list[Axis] = []  # a sparse stage's axes and views (Builder.written)
+        self.sparse_buffers: list[SparseBuffer] = []
 
     def fresh(self, base: str) -> str:
         """A name for a buffer, loop or iterator var, distinct from every symbol in the program."""
@@ -402,6 +406,14 @@ class Builder:
             raise CannotLower(f"{name}: in-place base must not be stored yet")
         return Tensor(base.shape, base.dtype, name, update=InPlace(base, fn), builder=self)
 
+    def written(self, shape: Shape, dtype: str, writer: Callable[[Buffer], Stmt], name: str,
+                axes: Sequence[Axis] = (), views: Sequence[SparseBuffer] = ()) -> Tensor:
+        """A tensor stored by a statement the lowering writes itself, `writer(buf)` (a sparse iteration
+        over `axes` and `views`, which the program declares: ir/ops/sparse_ops.py)."""
+        self.axes += [a for a in axes if a not in self.axes]
+        self.sparse_buffers += [v for v in views if v not in self.sparse_buffers]
+        return Tensor(tuple(shape), dtype, name, writer=writer, builder=self)
+
     def materialize(self, t: Tensor, out: Buffer | None = None) -> Tensor:
         """Store `t` into `out` (an output buffer) or a fresh allocated buffer; `t` then reads from it."""
         if out is None and t.buffer is not None:
@@ -420,6 +432,8 @@ class Builder:
             self._store(upd.base, buf)
             fn = upd.fn
             self.stages.append(self._compute_nest(Tensor(t.shape, t.dtype, t.name, fn=lambda i: fn(i, Load(buf, i))), buf))
+        elif t.writer is not None and t.buffer is None:
+            self.stages.append(t.writer(buf))
         else:
             self.stages.append(self._compute_nest(t, buf))
         t.buffer = buf
@@ -495,7 +509,8 @@ class Builder:
                 free |= free_vars(d)
         free |= _stmt_vars(body)
         scalars = tuple(sorted((v for v in free - bound - local), key=lambda v: v.name))
-        return PrimFunc(name, params, len(self.outputs), body, scalars)
+        return PrimFunc(name, params, len(self.outputs), body, scalars, axes=tuple(self.axes),
+                        sparse_buffers=tuple(self.sparse_buffers))
 
 
 def _local_vars(s: Stmt) -> set[Var]:

@@ -319,6 +319,7 @@ def onnx_op_types() -> dict[str, int]:
 # handlers and the (empty) gradient slot. Order matters only where a module reads another's table.
 FAMILIES: tuple[str, ...] = (
     "elementwise", "reductions", "linalg", "conv_pool", "normalization", "shape_ops", "indexing", "control",
+    "sparse_ops",
 )
 
 

@@ -1,0 +1,108 @@
+"""Sparse graph ops: `sparse_matmul`, a matmul by a sparse constant weight (issue 15, item 5).
+
+`sparse_matmul(x, indptr, indices, data)` = x @ W for x (N x K) and W (K x M) given as the CSR of
+its transpose (M rows, one per output feature: indptr M+1, indices and data nnz; columns < K). The
+transpose is stored because each output feature is then one sparse row, and the op lowers to the
+stage-I program `C[n, m] = sum over the nonzeros j of row m of x[n, j] * data[j]`
+(`sp_iter (S m in I, R j in J, S n in N)`), which sparse-lower turns into loops over the rows split
+by nonzeros (parallel) with the batch innermost; the batch dim may be symbolic. `mlc sparsify`
+(passes/sparsify.py) and ONNX sparse_initializers (frontend/onnx_import.py) produce it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..diagnostics import Loc, MlcError
+from ..expr import Const, Load, Var
+from ..sparse import Axis, SparseIteration, SparseIterVar, sparse_view
+from ..tir import Buffer, Stmt, Store
+from ..tir_builder import Builder, CannotLower, Tensor
+from ..types import TensorType, Type
+from .lowering import Args, Attrs, as_tensor, out_dtype, out_shape
+from .reference import Env, ref
+from .registry import define, register_infer, register_lower, register_no_grad
+from .shapes import dims_str, shape_of, tensor
+
+define("sparse_matmul", "opaque", 4, {},
+       "x @ W with W (K x M) as the CSR of W^T: args x (N x K), indptr (M+1, i32), indices (nnz, i32: "
+       "columns < K), data (nnz, x's dtype)")
+register_no_grad("sparse_matmul")  # its weight is a constant; a rule for x (dout @ W^T) is not built yet
+
+
+@register_infer("sparse_matmul")
+def _sparse_matmul_infer(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
+    x = shape_of(args[0], loc, "sparse_matmul: x")
+    ptr, ind = shape_of(args[1], loc, "sparse_matmul: indptr"), shape_of(args[2], loc, "sparse_matmul: indices")
+    dat = shape_of(args[3], loc, "sparse_matmul: data")
+    dt = tensor(args[0], loc).dtype
+    if len(x) != 2:
+        raise MlcError(f"sparse_matmul: x must have rank 2 (N x K), got ({dims_str(x)})", loc)
+    for what, t, s in (("indptr", args[1], ptr), ("indices", args[2], ind)):
+        if len(s) != 1 or tensor(t, loc).dtype != "i32":
+            raise MlcError(f"sparse_matmul: {what} must be a 1-d i32 tensor, got {t}", loc)
+    if len(dat) != 1 or tensor(args[3], loc).dtype != dt:
+        raise MlcError(f"sparse_matmul: data must be a 1-d {dt} tensor (x's dtype), got {args[3]}", loc)
+    if not isinstance(ptr[0], Const) or not isinstance(ind[0], Const) or not isinstance(dat[0], Const):
+        raise MlcError("sparse_matmul: the sparse weight's arrays must have constant lengths", loc)
+    if int(ind[0].value) != int(dat[0].value) or int(ptr[0].value) < 1:
+        raise MlcError(f"sparse_matmul: {ind[0].value} indices but {dat[0].value} values (indptr "
+                       f"{ptr[0].value} entries)", loc)
+    return TensorType((x[0], Const(int(ptr[0].value) - 1)), dt)
+
+
+def check_csr_arrays(indptr: np.ndarray, indices: np.ndarray, cols: int) -> str | None:
+    """What is wrong with a CSR structure of `cols` columns (None: indptr from 0, monotone, ending at
+    len(indices), columns in range)."""
+    ptr = np.asarray(indptr).astype(np.int64)
+    if ptr.size < 1 or ptr[0] != 0:
+        return "indptr must start at 0"
+    if np.any(np.diff(ptr) < 0):
+        r = int(np.argmax(np.diff(ptr) < 0))
+        return f"indptr is not monotone: indptr[{r + 1}] = {ptr[r + 1]} < indptr[{r}] = {ptr[r]}"
+    if ptr[-1] != len(indices):
+        return f"indptr[-1] = {ptr[-1]} but {len(indices)} indices"
+    ind = np.asarray(indices)
+    if ind.size and (ind.min() < 0 or ind.max() >= cols):
+        return f"a column index is out of range [0, {cols})"
+    return None
+
+
+@ref("sparse_matmul")
+def _sparse_matmul_ref(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
+    x, indptr, indices, data = (np.asarray(a) for a in args)
+    bad = check_csr_arrays(indptr, indices, x.shape[1])
+    if bad is not None:
+        raise MlcError(f"sparse_matmul: {bad}")
+    wt = np.zeros((len(indptr) - 1, x.shape[1]), np.float32 if x.dtype == np.float16 else x.dtype)
+    rows = np.repeat(np.arange(len(indptr) - 1), np.diff(indptr.astype(np.int64)))
+    np.add.at(wt, (rows, indices.astype(np.int64)), data)  # duplicates add, as in the kernel
+    return x.astype(wt.dtype) @ wt.T
+
+
+@register_lower("sparse_matmul")
+def _sparse_matmul_lower(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
+    x, indptr, indices, data = (as_tensor(a) for a in args)
+    if any(a.buffer is None for a in (x, indptr, indices, data)):
+        raise CannotLower("sparse_matmul: operands must be program inputs (it does not fuse)")
+    assert x.buffer is not None and indptr.buffer is not None and indices.buffer is not None and data.buffer is not None
+    shp, dt = out_shape(t), out_dtype(t)
+    if dt != "f32":
+        raise CannotLower(f"sparse_matmul: no sparse kernel for {dt} yet")
+    X, P, J_, D = x.buffer, indptr.buffer, indices.buffer, data.buffer
+    names = [b.fresh(n) for n in ("N", "I", "J", "A", "n", "m", "j")]
+    N = Axis(names[0], "dense_fixed", X.shape[0])
+    I = Axis(names[1], "dense_fixed", shp[1])  # noqa: E741 - SparseTIR's axis names
+    J = Axis(names[2], "sparse_variable", X.shape[1], names[1], D.shape[0], P, J_)
+    A = sparse_view(names[3], (I, J), D)
+    n, m, j = (Var(v) for v in names[4:])
+    iters = (SparseIterVar(m, I.name, "S"), SparseIterVar(j, J.name, "R"), SparseIterVar(n, N.name, "S"))
+
+    def write(out: Buffer) -> Stmt:
+        acc = Load(out, (n, m)) + Load(A.buffer, (m, j)) * Load(X, (n, j))
+        init = Store(out, (n, m), Const(0.0, dt))
+        return SparseIteration(b.block_name("sparse_matmul"), iters, Store(out, (n, m), acc), init)
+
+    return b.written(shp, dt, write, "sparse_matmul", (I, J, N), (A,))
