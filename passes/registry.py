@@ -210,6 +210,7 @@ PASS_MODULES: tuple[str, ...] = (
     "mlc.passes.lower_tir",
     "mlc.passes.bounds",
     "mlc.passes.sparse_lower",
+    "mlc.passes.sparsify",
     "mlc.passes.alter_layout",
     "mlc.passes.autodiff",
     "mlc.passes.amp",
