@@ -12,6 +12,7 @@ once per set of dims as a `Tape` (runtime/tape.py) and replayed.
 
 from __future__ import annotations
 
+import ctypes
 import operator
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,13 +23,14 @@ from mlc.ir import arith
 from mlc.ir.arith import prove_equal
 from mlc.ir.diagnostics import MlcError
 from mlc.ir.dtype import to_numpy
-from mlc.ir.expr import Bin, Const, Expr, Var, substitute
+from mlc.ir.expr import Bin, Const, Expr, Var, free_vars, substitute
 from mlc.ir.graph import Block, CallTensor, Constant, Function, GetItem, If, Loop, MakeTuple, OpCall
 from mlc.ir.interp import Frame
 from mlc.ir.memory_plan import MemoryPlan
 from mlc.ir.tir import PrimFunc
 from mlc.ir.types import ScalarType, TensorType, TupleType
 
+from . import native_replay
 from .tape import INPUT, OUTPUT, Tape, TapeEntry
 
 IntFn = Callable[[dict[str, int]], int]
@@ -75,6 +77,7 @@ class Executor:
         # while recording: per launch (entry, [(position, buffer index)], buffers, input index per buffer)
         self._recording: list[tuple[TapeEntry, list[tuple[int, int]], list[Any], list[int]]] | None = None
         self._rec_outs: dict[int, Any] = {}
+        self._rec_overflow = False  # the recording was given up (a loop too long to unroll into a tape)
         self.body = self._block(fn.body)
         # a function of kernel calls and constants, straight-line or in loops of such bindings, can be
         # replayed as a tape per dims: a loop's trip count is a function of the dims, so its iterations
@@ -117,13 +120,14 @@ class Executor:
         if key in self._untaped:
             return self.body(frame)
         gen = runner.generation
-        self._recording, self._rec_outs = [], {}
+        self._recording, self._rec_outs, self._rec_overflow = [], {}, False
         try:
             outs = self.body(frame)
         finally:
             rec, rec_outs, self._recording, self._rec_outs = self._recording, self._rec_outs, None, {}
         if gen == runner.generation:  # an arena or workspace that moved voids the recorded addresses
-            tape = self._tape(rec, rec_outs, args, outs, gen) if not self._loops or _within_limits(rec) else None
+            keep = rec is not None and not self._rec_overflow and (not self._loops or _within_limits(rec))
+            tape = self._tape(rec, rec_outs, args, outs, gen) if keep else None
             if tape is None:
                 self._untaped.add(key)
             else:
@@ -217,11 +221,21 @@ class Executor:
         inits = [v.name for v in node.inits]
         carried = [v.name for v in node.carried]
         index, out = node.index.name, b.var.name
+        native = self.runner.records and self.vm.library is not None and _native_loop_body(node)
+        launches = sum(isinstance(x.node, CallTensor) for x in node.body.bindings)
 
         def step(frame: Frame) -> None:
             vals = [frame.values[n] for n in inits]
             sub = Frame(dict(frame.values), dict(frame.dims))
-            for i in range(extent(frame.dims)):
+            trips, start = extent(frame.dims), 0
+            rec = self._recording
+            unroll = rec is None or len(rec) + trips * launches <= MAX_TAPE_ENTRIES
+            if native and not unroll or rec is None:
+                if native and self.vm.timings is None and trips >= 3:
+                    vals, start = self._native_loop(node, body, sub, vals, trips)
+            if not unroll and start < trips and self._recording is not None:
+                self._recording, self._rec_overflow = None, True  # this run's tape could not be kept
+            for i in range(start, trips):
                 sub.values[index] = i
                 sub.dims[index] = i
                 for n, v in zip(carried, vals):
@@ -230,6 +244,82 @@ class Executor:
             frame.values[out] = vals[0] if len(vals) == 1 else tuple(vals)
 
         return step
+
+    def _native_loop(self, node: Loop, body: Callable[[Frame], list[Any]], sub: Frame, vals: list[Any],
+                     trips: int) -> tuple[list[Any], int]:
+        """Run a loop of kernels natively: iterations 0 and 1 walk the body, recording its launches;
+        the second recording, with the index-dependent dims patched per iteration (affine in the
+        index: the difference of the two recordings is the step) and each yielded buffer copied
+        into the carried one after the body, runs iterations 2.. in one native call. While a tape
+        is being recorded, the loop goes on it as one entry (the inits copied in, then all trips).
+        Returns the carried values and the next iteration for the walk (`trips` when the native
+        loop ran)."""
+        if not all(type(v) is np.ndarray for v in vals):
+            return vals, 0
+        outer, outer_outs = self._recording, self._rec_outs
+        carry = [np.array(v, copy=True) for v in vals]  # the body reads these, its yields are copied back
+        recs = []
+        for t in (0, 1):
+            sub.values[node.index.name] = t
+            sub.dims[node.index.name] = t
+            for v, c in zip(node.carried, carry):
+                sub.values[v.name] = c
+            self._recording, self._rec_outs = [], {}
+            try:
+                ys = body(sub)
+            finally:
+                rec, made, self._recording, self._rec_outs = self._recording, self._rec_outs, outer, outer_outs
+            if not all(type(y) is np.ndarray and id(y) in made and y.shape == c.shape and y.dtype == c.dtype
+                       for y, c in zip(ys, carry)):
+                return ys, t + 1
+            for c, y in zip(carry, ys):
+                np.copyto(c, y)
+            recs.append(rec)
+        first, second = recs
+        if len(first) != len(second) or any(a[0].name != b[0].name or a[0].native is None or b[0].native is None
+                                            for a, b in zip(first, second)):
+            return list(carry), 2
+        patches = []
+        for (e0, *_), (e1, *_) in zip(first, second):
+            base = ctypes.addressof(e1.extra)
+            for j, (v0, v1) in enumerate(zip(e0.extra, e1.extra)):
+                if v0 != v1:
+                    patches.append((base + 8 * j, v0, v1 - v0))
+        copies = [_copy_entry(y, c) for y, c in zip(ys, carry)]
+        prog = native_replay.program([e.native for e, *_ in second] + [e.native for e in copies])  # type: ignore[misc]
+        failed = prog.run_loop(patches, 2, trips)
+        if 0 <= failed < len(second) and second[failed][0].check is not None:
+            second[failed][0].check()
+        if outer is not None:
+            self._record_loop(outer, sub, vals, carry, second, copies, prog, patches, trips)
+        return list(carry), trips
+
+    def _record_loop(self, outer: list[Any], sub: Frame, inits: list[Any], carry: list[Any], body: list[Any],
+                     copies: list[TapeEntry], prog: Any, patches: list[tuple[int, int, int]], trips: int) -> None:
+        """Put a native loop on the tape being recorded: the inits copied into the carried buffers,
+        then the loop as one entry whose body launches have their own input slots."""
+        params = self._args(sub)
+        for init, c in zip(inits, carry):
+            e = _copy_entry(init, c)
+            tag = next((i for i, a in enumerate(params) if a is init), -1)
+            outer.append((e, [(0, 0)], [init, c], [tag, -1]))
+        inner = []
+        for entry, positions, bufs, tags in body:
+            entry.slots.extend((pos, INPUT, tags[k]) for pos, k in positions if tags[k] >= 0)
+            entry.keep = bufs
+            inner.append(entry)
+        le = native_replay.loop_entry(prog, patches, 0, trips)
+
+        def check() -> None:
+            f = le.dims[4]
+            if 0 < f <= len(inner) and inner[f - 1].check is not None:
+                inner[f - 1].check()  # type: ignore[misc]
+
+        entry = TapeEntry(le.fn, le.args, le.dims, [], "loop", check, native=le.native, inner=inner)
+        keep = [le, *copies, *carry]
+        outer.append((entry, [], keep, [-1] * len(keep)))
+        for c in carry:
+            self._rec_outs[id(c)] = c
 
     def _if_step(self, b: Any) -> Callable[[Frame], None]:
         node: If = b.node
@@ -320,6 +410,13 @@ class Executor:
                     _dim_checker(checks, kernel.dims, node, loc) if checks else None)
 
 
+def _copy_entry(src: np.ndarray, dst: np.ndarray) -> TapeEntry:
+    """A launch of the native copy `src` -> `dst` (a loop-carried value)."""
+    args, dims = (ctypes.c_void_p * 2)(src.ctypes.data, dst.ctypes.data), (ctypes.c_int64 * 1)(dst.nbytes)
+    return TapeEntry(native_replay.copy_fn(), args, dims, [], "copy",
+                     native=(native_replay.copy_entry(), ctypes.addressof(args), ctypes.addressof(dims), 0))
+
+
 MAX_TAPE_ENTRIES = 4096  # launches in one tape (loops recorded unrolled): longer runs walk the graph
 MAX_TAPE_BYTES = 64 << 20  # bytes of per-iteration buffers a tape may keep alive
 
@@ -332,6 +429,39 @@ def _tapeable(block: Block) -> bool:
         or (isinstance(b.node, Loop) and _tapeable(b.node.body))
         for b in block.bindings
     )
+
+
+def _native_loop_body(node: Loop) -> bool:
+    """A loop body that `Executor._native_loop` can run: kernel calls and constants only, every
+    shape free of the index, every kernel scalar affine in it (so two recordings give its step)."""
+    name = node.index.name
+    for b in node.body.bindings:
+        if not isinstance(b.node, Constant | GetItem | MakeTuple | CallTensor):
+            return False
+        types = b.var.type.fields if isinstance(b.var.type, TupleType) else (b.var.type,)
+        for t in types:
+            if not isinstance(t, TensorType) or t.shape is None or any(_mentions(d, name) for d in t.shape):
+                return False
+        if isinstance(b.node, CallTensor) and not all(_affine(e, name) for e in b.node.sym_args):
+            return False
+    return all(isinstance(v.type, TensorType) for v in node.carried)
+
+
+def _mentions(e: Expr, name: str) -> bool:
+    return any(v.name == name for v in free_vars(e))
+
+
+def _affine(e: Expr, name: str) -> bool:
+    """`e` is a + b * name with a, b free of `name`."""
+    if not _mentions(e, name):
+        return True
+    if isinstance(e, Var):
+        return True
+    if isinstance(e, Bin) and e.op in ("add", "sub"):
+        return _affine(e.a, name) and _affine(e.b, name)
+    if isinstance(e, Bin) and e.op == "mul":
+        return (not _mentions(e.a, name) and _affine(e.b, name)) or (not _mentions(e.b, name) and _affine(e.a, name))
+    return False
 
 
 def _within_limits(rec: list[tuple[TapeEntry, list[tuple[int, int]], list[Any], list[int]]]) -> bool:

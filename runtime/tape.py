@@ -31,6 +31,7 @@ class TapeEntry:
     check: Callable[[], None] | None = None  # raises the error of a failed index check, if the kernel checks
     keep: Any = None  # keeps alive what the recorded addresses point to
     native: tuple[int, int, int, int] | None = None  # (entry, args, dims, error slot or 0) addresses, CPU only
+    inner: list[TapeEntry] = field(default_factory=list)  # a native loop's body launches (patched, not called)
 
 
 @dataclass
@@ -52,7 +53,7 @@ class Tape:
         sources = (inputs, outputs)
         if timings is None and self.program is None and self.entries and all(e.native is not None for e in self.entries):
             self.program = native_replay.program([e.native for e in self.entries])  # type: ignore[misc]
-            self.patches = [(e.args, pos, which, k) for e in self.entries for pos, which, k in e.slots]
+            self.patches = [(e.args, pos, which, k) for e in _flat(self.entries) for pos, which, k in e.slots]
         if timings is None and self.program is not None:
             for args, pos, which, k in self.patches:
                 args[pos] = sources[which][k]
@@ -63,9 +64,10 @@ class Tape:
                     check()
             return
         for e in self.entries:
+            for x in _flat([e]):
+                for pos, which, k in x.slots:
+                    x.args[pos] = sources[which][k]
             args = e.args
-            for pos, which, k in e.slots:
-                args[pos] = sources[which][k]
             if timings is None:
                 e.fn(args, e.extra)
             else:
@@ -74,3 +76,12 @@ class Tape:
                 timings.setdefault(e.name, []).append(perf_counter() - t0)
             if e.check is not None:
                 e.check()
+
+
+def _flat(entries: list[TapeEntry]) -> list[TapeEntry]:
+    """The entries with the body launches of their loops, whose argument slots are patched too."""
+    out: list[TapeEntry] = []
+    for e in entries:
+        out.append(e)
+        out.extend(_flat(e.inner))
+    return out

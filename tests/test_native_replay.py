@@ -15,6 +15,7 @@ from mlc.ir.diagnostics import MlcError
 from mlc.ir.interp import run_function
 from mlc.ir.parser import parse_module
 from mlc.runtime import executor as executor_mod
+from mlc.runtime import native_replay
 from mlc.runtime.artifact import loads
 from mlc.runtime.cpu import CpuRunner
 from mlc.runtime.model import model_from_artifact
@@ -104,15 +105,56 @@ def test_results_are_copies_not_the_replayed_buffers(rnn: Any) -> None:
     np.testing.assert_allclose(outs[1]["ys"], want["ys"], rtol=1e-4, atol=1e-5)
 
 
-def test_a_loop_past_the_tape_limits_walks_the_graph(rnn: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(executor_mod, "MAX_TAPE_ENTRIES", 20)
+@pytest.mark.parametrize("trips", [3, 4, 12, 57])
+def test_a_loop_past_the_unroll_limit_is_one_native_loop_entry(rnn: Any, trips: int,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(executor_mod, "MAX_TAPE_ENTRIES", 6)  # 2 + 2 x trips launches would not fit
+    rng = np.random.default_rng(trips)
+    n, d = int(rng.integers(1, 6)), int(rng.integers(1, 20))
     vm = VM(rnn.module, rnn.params, rnn.library, CpuRunner())
-    for seed in range(3):
-        _check(rnn, vm, _inputs(12, 2, 4, seed))  # 2 + 2 x 12 launches > 20: no tape, still right
+    for seed in range(4):
+        _check(rnn, vm, _inputs(trips, n, d, seed))
+    (tape,) = vm.tapes.values()
+    names = [e.name for e in tape.entries]
+    # full, the two carried values copied in, the loop (its body: the two kernels and two copies), mul
+    assert names.count("loop") == 1 and names.count("copy") == 2 and len(names) == 5
+    (loop,) = [e for e in tape.entries if e.name == "loop"]
+    assert len(loop.inner) == 2 and tape.program is not None
+
+
+def test_loops_outside_a_tape_run_natively_each_call(rnn: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A nested graph call is walked, never taped: its loop still runs as one native loop per call."""
+    from mlc.ir.printer import print_module
+
+    text = print_module(rnn.module).replace("graph @main(", "graph @rnn(")
+    text += ("\ngraph @main(%xs: tensor<T x N x D x f32>, %h0: tensor<N x D x f32>, %w: tensor<D x D x f32>) {\n"
+             "  %r: tuple<tensor<N x D x f32>, tensor<T x N x D x f32>> = call @rnn(%xs, %h0, %w)\n"
+             "  %out: tensor<N x D x f32> = %r[0]\n  %ys: tensor<T x N x D x f32> = %r[1]\n"
+             "  return %out, %ys\n}\n")
+    module = parse_module(text)
+    loops: list[tuple[int, int]] = []
+    run_loop = native_replay.NativeProgram.run_loop
+
+    def spy(self: Any, patches: Any, begin: int, end: int) -> int:
+        loops.append((begin, end))
+        return run_loop(self, patches, begin, end)
+
+    monkeypatch.setattr(native_replay.NativeProgram, "run_loop", spy)
+    vm = VM(module, rnn.params, rnn.library, CpuRunner())
+    for t, seed in ((5, 0), (5, 1), (9, 2)):
+        x = _inputs(t, 3, 4, seed)
+        want = run_function(rnn.module, x, rnn.params)
+        got = vm.run(x)
+        np.testing.assert_allclose(got["out"], want["out"], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(got["ys"], want["ys"], rtol=1e-4, atol=1e-5)
+    assert loops == [(2, 5), (2, 5), (2, 9)]
+
+
+def test_guard_pages_walk_loops_without_native_code(rnn: Any) -> None:
+    vm = VM(rnn.module, rnn.params, rnn.library, CpuRunner(guard="after"))
+    for seed in range(2):
+        _check(rnn, vm, _inputs(6, 2, 3, seed))
     assert not vm.tapes
-    for seed in range(3):
-        _check(rnn, vm, _inputs(3, 2, 4, seed))  # a short one is taped
-    assert len(vm.tapes) == 1
 
 
 def test_failed_index_check_in_a_native_replay_is_the_located_error() -> None:
@@ -128,6 +170,37 @@ def test_failed_index_check_in_a_native_replay_is_the_located_error() -> None:
         vm.run({"x": x, "i": np.array([0, 40, 1, 2], np.int64)})
     got = vm.run({"x": x, "i": np.array([1, 2, 3, 4], np.int64)})  # the error slot was cleared
     np.testing.assert_allclose(got["y"], np.exp(x)[[1, 2, 3, 4]] ** 2, rtol=1e-5)
+
+
+LOOP_GATHER = """mlc.module v1
+
+graph @main(%xs: tensor<T x 4 x f32>, %x: tensor<8 x f32>, %i: tensor<4 x i64>) {
+  %h0: tensor<4 x f32> = full() {dtype = "f32", shape = (4,), value = 0.0}
+  %r: tensor<4 x f32> = for %t: i64 in 0..T carry(%h: tensor<4 x f32> = %h0) {
+    %g: tensor<4 x f32> = take(%x, %i) {axis = 0}
+    %h2: tensor<4 x f32> = add(%h, %g)
+    yield %h2
+  }
+  return %r
+}
+"""
+
+
+def test_failed_index_check_inside_a_native_loop_entry(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(executor_mod, "MAX_TAPE_ENTRIES", 3)
+    m = _model(LOOP_GATHER)
+    vm = m.vm
+    x, xs = np.arange(8, dtype=np.float32), np.zeros((10, 4), np.float32)
+    for idx in ([0, 7, -1, 3], [1, 2, 3, 4]):
+        got = vm.run({"xs": xs, "x": x, "i": np.array(idx, np.int64)})
+        np.testing.assert_allclose(got["r"], 10 * x[idx], rtol=1e-6)
+    (tape,) = vm.tapes.values()
+    assert [e.name for e in tape.entries].count("loop") == 1
+    for _ in range(2):  # raised from the loop entry, and the slot is clear for the next call
+        with pytest.raises(MlcError, match=r"index 40 out of range \[-8, 8\)"):
+            vm.run({"xs": xs, "x": x, "i": np.array([0, 40, 1, 2], np.int64)})
+        got = vm.run({"xs": xs, "x": x, "i": np.array([5, 6, 7, 0], np.int64)})
+        np.testing.assert_allclose(got["r"], 10 * x[[5, 6, 7, 0]], rtol=1e-6)
 
 
 def test_profile_still_times_each_kernel_of_a_taped_loop(rnn: Any) -> None:
