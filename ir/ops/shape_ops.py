@@ -506,6 +506,9 @@ def _slice_grad(g: GradContext, c: GradCall) -> list[Value | None]:
     (x,) = c.args
     xs, d = value_shape(x), _dout(c)
     strides = c.attrs["strides"] or (1,) * len(c.attrs["axes"])
+    if all(int(st) == -1 and arith.prove_equal(value_shape(d)[norm_axis(a, len(xs))], xs[norm_axis(a, len(xs))])
+           for a, st in zip(c.attrs["axes"], strides)):  # whole-axis reversals (RNN reverse directions),
+        return [g.emit("strided_slice", [d], dict(c.attrs))]  # symbolic dims too: their own inverse
     for a, bg, st in zip(c.attrs["axes"], c.attrs["begin"], strides):
         ax, st = norm_axis(a, len(xs)), int(st)
         n, start, ln = as_int(xs[ax]), as_int(slice_start(xs[ax], bg, st)), as_int(value_shape(d)[ax])
