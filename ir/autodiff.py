@@ -19,7 +19,7 @@ from . import ops
 from .arith import as_int, prove_equal
 from .diagnostics import UNKNOWN, Loc, MlcError
 from .dtype import is_float
-from .expr import Const, Expr
+from .expr import Const, Expr, Var
 from .graph import (
     Attrs,
     Binding,
@@ -36,13 +36,14 @@ from .graph import (
     MatchCast,
     Node,
     OpCall,
+    Scalar,
     Value,
     attrs_of,
 )
 from .names import fresh_name, sanitize
 from .ops.registry import NO_GRAD, REQUIRED, GradCall
-from .rewrite import operands, remap_args, used_names
-from .types import TensorType, TupleType, Type
+from .rewrite import operands, remap_args, used_names, walk_bindings
+from .types import ScalarType, TensorType, TupleType, Type
 
 LOSSES: tuple[str, ...] = ("sum", "mean", "mse", "cross-entropy")
 OPTIMIZERS: tuple[str, ...] = ("sgd", "momentum", "adam")
@@ -114,6 +115,9 @@ class Emitter:
         self.hint = "t"
         self.loc: Loc = UNKNOWN
         self.made: set[str] = set()  # names of the values this emitter bound
+        # loop binding name -> per carried value, its stack of per-iteration start values (None: not
+        # recorded, the backward pass never reads it); filled by `record_loops`, read by `backprop`
+        self.records: dict[str, tuple[Value | None, ...]] = {}
 
     def bind(self, node: Node, ty: Type, name: str | None = None) -> Value:
         v = Value(fresh_name(name or self.hint, self.used), ty, self.loc)
@@ -536,10 +540,224 @@ def backprop(em: Emitter, bindings: list[Binding], wrt_names: set[str], seeds: d
             add(node.value.name, dout)
         elif isinstance(node, Constant):
             continue
+        elif isinstance(node, Loop) and name in em.records:
+            for v, g in loop_grad(em, b, dout, active):
+                add(v.name, g)
         else:
             raise MlcError(f"cannot differentiate through {_kind(node)} (%{name}): not supported by autodiff yet",
                            b.loc)
     return ct
+
+
+# ---- loops (backpropagation through time) --------------------------------------------------------
+def _reads_value(body: Block, c: Value) -> bool:
+    """Whether the body's gradient may read carried `c`'s value. Not when `c` is only yielded or only
+    the data operand of a dynamic_update_slice whose result is only yielded (the RNN importers' output
+    accumulator): that rule reads neither, so `c` needs no per-iteration record."""
+    results = {r.name for r in body.results}
+    uses: dict[str, list[tuple[Binding, int]]] = {}
+    for b in body.bindings:
+        for i, a in enumerate(operands(b.node)):
+            uses.setdefault(a.name, []).append((b, i))
+        if isinstance(b.node, If | Loop):
+            inner = used_names(b.node.body) if isinstance(b.node, Loop) else \
+                used_names(b.node.then_block) | used_names(b.node.else_block)
+            for n in inner:
+                uses.setdefault(n, []).append((b, -1))
+    for b, i in uses.get(c.name, []):
+        if not (isinstance(b.node, OpCall) and b.node.op == "dynamic_update_slice" and i == 0):
+            return True
+        if b.var.name not in results or b.var.name in uses:
+            return True
+    return False
+
+
+def record_loops(em: Emitter, bindings: list[Binding], wrt_names: set[str]) -> list[Binding]:
+    """`bindings` with each loop on the differentiated path also recording, per iteration, the carried
+    values its gradient reads (their values at the start of the iteration, stacked on a new leading
+    axis of length `extent` with dynamic_update_slice); `em.records` says where the stacks are."""
+    active = _active(bindings, wrt_names)
+    for b in bindings:  # names bound in nested blocks too: new names stay unique in the whole function
+        if isinstance(b.node, Loop | If):
+            em.used |= {x.var.name for x in walk_bindings(Block((b,), ()))}
+            em.used |= {x.node.index.name for x in walk_bindings(Block((b,), ())) if isinstance(x.node, Loop)}
+            em.used |= {c.name for x in walk_bindings(Block((b,), ())) if isinstance(x.node, Loop)
+                        for c in x.node.carried}
+    out: list[Binding] = []
+    for b in bindings:
+        node = b.node
+        if not (isinstance(node, Loop) and b.var.name in active):
+            out.append(b)
+            continue
+        for c in node.carried:
+            if not (isinstance(c.type, TensorType) and c.type.shape is not None):
+                raise MlcError(f"cannot differentiate through loop (%{b.var.name}): carried %{c.name} is not a "
+                               "tensor of known rank", b.loc)
+        need = [j for j, c in enumerate(node.carried) if _reads_value(node.body, c)]
+        if not need:
+            em.records[b.var.name] = (None,) * len(node.carried)
+            out.append(b)
+            continue
+        em.loc, em.hint = b.loc, f"{b.var.name}_stack"
+        top = Emitter(em.used)
+        top.loc, top.hint = b.loc, f"{b.var.name}_stack"
+        inner = Emitter(em.used)
+        inner.loc, inner.hint = b.loc, f"{b.var.name}_rec"
+        s_in, s_init, s_out = [], [], []
+        for j in need:
+            c = node.carried[j]
+            shape = (node.extent,) + _shape(c)
+            s_init.append(top.emit("full", [], {"shape": shape, "value": 0.0, "dtype": _dtype(c)}))
+            sv = Value(fresh_name(f"{c.name}_stack", em.used), s_init[-1].type, b.loc)
+            s_in.append(sv)
+            row = inner.emit("expand_dims", [c], {"axes": (0,)})
+            s_out.append(inner.emit("dynamic_update_slice", [sv, row, node.index], {"axis": 0}))
+        k = len(node.carried)
+        body = Block(node.body.bindings + tuple(inner.bindings), node.body.results + tuple(s_out), node.body.loc)
+        rec = dataclasses.replace(node, carried=node.carried + tuple(s_in), inits=node.inits + tuple(s_init),
+                                  body=body)
+        rty = TupleType(tuple(c.type for c in node.carried) + tuple(v.type for v in s_in))
+        rv = top.bind(rec, rty, f"{b.var.name}_rec")
+        if k == 1:
+            out_node: Node = GetItem(rv, 0, b.loc)
+        else:
+            out_node = MakeTuple(tuple(top.item(rv, i) for i in range(k)), b.loc)
+        stacks = {j: top.item(rv, k + n) for n, j in enumerate(need)}
+        em.records[rv.name] = tuple(stacks.get(j) for j in range(k))
+        out += top.bindings
+        out.append(Binding(b.var, out_node, b.loc))
+    return out
+
+
+def _free_values(block: Block, bound: set[str], out: dict[str, Value]) -> None:
+    """The values `block` reads from outside (`bound`: names already bound inside), in first-use order."""
+    bound = set(bound)
+    for b in block.bindings:
+        for a in operands(b.node):
+            if a.name not in bound:
+                out.setdefault(a.name, a)
+        if isinstance(b.node, Loop):
+            _free_values(b.node.body, bound | {b.node.index.name} | {c.name for c in b.node.carried}, out)
+        elif isinstance(b.node, If):
+            _free_values(b.node.then_block, bound, out)
+            _free_values(b.node.else_block, bound, out)
+        bound.add(b.var.name)
+    for r in block.results:
+        if r.name not in bound:
+            out.setdefault(r.name, r)
+
+
+def _clone(block: Block, m: dict[str, Value], used: set[str]) -> Block:
+    """A copy of `block` with every name it binds made fresh (`m` maps old names to new values)."""
+    m = dict(m)
+
+    def new(v: Value) -> Value:
+        nv = Value(fresh_name(v.name, used), v.type, v.loc)
+        m[v.name] = nv
+        return nv
+
+    def get(v: Value) -> Value:
+        return m.get(v.name, v)
+
+    out = []
+    for b in block.bindings:
+        node = remap_args(b.node, get)
+        if isinstance(node, Loop):
+            inner = dict(m)
+            idx = Value(fresh_name(node.index.name, used), node.index.type, node.index.loc)
+            inner[node.index.name] = idx
+            car = []
+            for c in node.carried:
+                car.append(Value(fresh_name(c.name, used), c.type, c.loc))
+                inner[c.name] = car[-1]
+            node = dataclasses.replace(node, index=idx, carried=tuple(car), body=_clone(node.body, inner, used))
+        elif isinstance(node, If):
+            node = dataclasses.replace(node, then_block=_clone(node.then_block, m, used),
+                                       else_block=_clone(node.else_block, m, used))
+        out.append(Binding(new(b.var), node, b.loc))
+    return Block(tuple(out), tuple(get(r) for r in block.results), block.loc)
+
+
+def _prune(bindings: list[Binding], results: list[Value]) -> list[Binding]:
+    """The bindings `results` need (and effectful ones): the recomputed forward body holds values
+    only the forward pass needed (the RNN output accumulator), which the backward loop must not pay for."""
+    need = {r.name for r in results}
+    keep: list[Binding] = []
+    for b in reversed(bindings):
+        d = ops.get(b.node.op) if isinstance(b.node, OpCall) else None
+        effect = (d is not None and not d.pure) or isinstance(b.node, MatchCast | CallExtern | CallTensor | CallGraph)
+        if b.var.name not in need and not effect:
+            continue
+        keep.append(b)
+        need |= {a.name for a in operands(b.node)}
+        if isinstance(b.node, Loop):
+            need |= used_names(b.node.body)
+        elif isinstance(b.node, If):
+            need |= used_names(b.node.then_block) | used_names(b.node.else_block)
+    return keep[::-1]
+
+
+def loop_grad(em: Emitter, b: Binding, dout: Value | tuple[Value | None, ...],
+              active: set[str]) -> list[tuple[Value, Value]]:
+    """The cotangents a loop sends to its initial values and the outer values its body reads.
+
+    A backward loop runs the body's gradient for iterations extent-1 .. 0: it recomputes the body
+    from the recorded carried values of that iteration (`em.records`), differentiates it with
+    `backprop` (so the ops' rules, nested loops included), carries the carried values' cotangents
+    and accumulates those of the outer values (weights) as extra carried values."""
+    node = b.node
+    assert isinstance(node, Loop)
+    stacks = em.records[b.var.name]
+    k = len(stacks)  # the loop's own carried values (those after them are record_loops' stacks)
+    car = node.carried[:k]
+    douts = (dout,) if isinstance(dout, Value) else tuple(dout[:k]) + (None,) * max(0, k - len(dout))
+    floats = [j for j, c in enumerate(car) if _is_float_tensor(c.type)]
+    bound = {node.index.name} | {c.name for c in node.carried}
+    free: dict[str, Value] = {}
+    _free_values(node.body, bound, free)
+    outer = [v for n, v in free.items() if n in active and _is_float_tensor(v.type)
+             and not isinstance(v.type, TupleType)]
+    if not floats and not outer:
+        return []
+    sub = Emitter(em.used)
+    sub.records = em.records
+    sub.loc, sub.hint = b.loc, f"{b.var.name}_bwd"
+    j = Value(fresh_name(f"{node.index.name}_bwd", em.used), ScalarType("i64"), b.loc)
+    r = sub.bind(Scalar(node.extent - 1 - Var(j.name, "i64"), b.loc), ScalarType("i64"), f"{node.index.name}_rev")
+    m: dict[str, Value] = {node.index.name: r}
+    for i, c in enumerate(car):
+        st = stacks[i]
+        sub.hint = c.name
+        if st is not None:
+            row = sub.emit("dynamic_slice", [st, r], {"axis": 0, "size": 1})
+            m[c.name] = sub.emit("reshape", [row], {"shape": _shape(c)})
+        else:  # its value is never read (see _reads_value)
+            m[c.name] = sub.zeros_like(c)
+    body = _clone(node.body, m, em.used)
+    inner_wrt = {m[car[i].name].name for i in floats} | {v.name for v in outer}
+    rec = record_loops(sub, list(body.bindings), inner_wrt)
+    sub.bindings += rec
+    dc_in = {i: Value(fresh_name(f"d_{car[i].name}", em.used), car[i].type, b.loc) for i in floats}
+    acc_in = [Value(fresh_name(f"d_{v.name}_acc", em.used), v.type, b.loc) for v in outer]
+    seeds: dict[str, Value] = {}
+    for i in floats:
+        res = body.results[i]
+        seeds[res.name] = sub.emit("add", [seeds[res.name], dc_in[i]]) if res.name in seeds else dc_in[i]
+    ct = backprop(sub, rec, inner_wrt, seeds)
+    sub.hint = f"{b.var.name}_bwd"
+    new_dc = [ct.get(m[car[i].name].name) or sub.zeros_like(car[i]) for i in floats]
+    new_acc = [sub.emit("add", [a, ct[v.name]]) if v.name in ct else a for a, v in zip(acc_in, outer)]
+    results = new_dc + new_acc
+    bwd_body = Block(tuple(_prune(sub.bindings, results)), tuple(results), node.body.loc)
+    em.hint = f"{b.var.name}_bwd"
+    inits = [douts[i] if douts[i] is not None else em.zeros_like(car[i]) for i in floats]
+    inits += [em.zeros_like(v) for v in outer]
+    carried = [dc_in[i] for i in floats] + acc_in
+    ty = carried[0].type if len(carried) == 1 else TupleType(tuple(c.type for c in carried))
+    lv = em.bind(Loop(j, node.extent, tuple(carried), tuple(inits), bwd_body, b.loc), ty)
+    outs = [lv] if len(carried) == 1 else [em.item(lv, i) for i in range(len(carried))]
+    targets = [node.inits[i] for i in floats] + outer
+    return [(t, g) for t, g in zip(targets, outs)]
 
 
 # ---- the functions -------------------------------------------------------------------------------
@@ -637,6 +855,7 @@ def grad_function(fn: Function, spec: Spec, name: str = "grad", prov: Provenance
     fwd, em, _ = _prepare(fn, spec, lift=False, reserved={"loss"} | _grad_names(fn, spec, prov), prov=prov)
     seeds, new_inputs, lv = _seeds(em, fwd, fn, spec.loss)
     wrt_names = {n for names in fwd.wrt.values() for n in names}
+    fwd.bindings = record_loops(em, fwd.bindings, wrt_names)
     ct = backprop(em, fwd.bindings + em.bindings, wrt_names, seeds)
     types = {k: _value_of(fwd, names) if names else _zero_like(fn, prov, spec, k) for k, names in fwd.wrt.items()}
     grads = _grads(em, fwd, ct, types)
@@ -690,6 +909,7 @@ def train_step_function(fn: Function, spec: Spec, opt: Optimizer, name: str = "t
         seeds = {lv.name: st["loss_scale"] if _dtype(lv) == "f32" else
                  em.emit("cast", [st["loss_scale"]], {"dtype": _dtype(lv)})}
     wrt_names = {n for names in fwd.wrt.values() for n in names}
+    fwd.bindings = record_loops(em, fwd.bindings, wrt_names)
     ct = backprop(em, fwd.bindings + em.bindings, wrt_names, seeds)
     weights = {p.name: p for p in fwd.params if p.name in keys}
     grads = _grads(em, fwd, ct, weights)
