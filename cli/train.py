@@ -135,7 +135,9 @@ def train_cmd(model: str, data_path: str, val_path: str | None, epochs: int, bat
         st = train(step, data, st, sched, evaluate=evaluate, val=val, save=save, on_step=on_step)
     _save_run(run_dir, st, fp)
     trained = {**consts, **st.weights}
-    write_module(module, output, src, new_constants={**trained, **refold(prov, trained, main)})
+    # folds of the trained initializers, but a folded constant named in --wrt trained as itself: keep it
+    refolded = {k: v for k, v in refold(prov, trained, main).items() if k not in st.weights}
+    write_module(module, output, src, new_constants={**trained, **refolded})
     last = st.metrics[-1] if st.metrics else {}
     click.echo(f"{output}: {st.epoch} epochs, {st.step} steps; " +
                ", ".join(f"{k} {v:.4g}" for k, v in last.items() if isinstance(v, float)), err=True)

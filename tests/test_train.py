@@ -77,6 +77,19 @@ def test_short_run_learns_and_its_weights_run(files: Path, tmp_path: Path) -> No
     assert np.mean(probs.argmax(-1) == y) == pytest.approx(metrics[-1]["val_accuracy"], abs=0.02)
 
 
+def test_folded_constant_named_in_wrt_keeps_its_trained_value(files: Path, tmp_path: Path) -> None:
+    """`--wrt c_gemm_3_bT` trains the importer's fold itself; writing the module must not refold it
+    from the untrained initializer (it did: the trained value was silently replaced by w_1.T)."""
+    out = tmp_path / "t.ir"
+    p = subprocess.run(_cmd(files, out, 1, "--wrt", "c_gemm_3_bT"), capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    w, w0 = _weights(out), read_npz(next(files.glob("mlp.*weights.npz")), "weights")
+    trained = read_npz(tmp_path / "t.ir.train" / "checkpoint.npz", "checkpoint")["weight/c_gemm_3_bT"]
+    assert not np.allclose(trained, w0["c_gemm_3_bT"])
+    np.testing.assert_array_equal(w["c_gemm_3_bT"], trained)
+    np.testing.assert_array_equal(w["w_1"], w0["w_1"])
+
+
 @pytest.fixture(scope="module")
 def reference(files: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, np.ndarray]:
     """The weights of an uninterrupted 40-epoch run."""
