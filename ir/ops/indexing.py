@@ -338,8 +338,11 @@ def _scatter_nd_lower(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
             Bin("ge", last.at(p), Const(0)), upd.at(unnumber(Bin("max", last.at(p), Const(0))) + tuple(p[k:])),
             x.at(p)), "scatter_nd")
     ident = reduction_identity(red, x.dtype)
-    acc = b.reduce(x.shape, x.dtype, red, lead,
-                   lambda p, u: Select(hits(p, u), upd.at(tuple(u) + tuple(p[k:])), ident), "scatter_" + red)
+    if not lead:  # one index tuple (a rank-0 take's gradient): nothing to reduce over
+        acc = b.compute(x.shape, x.dtype, lambda p: Select(hits(p, ()), upd.at(tuple(p[k:])), ident), "scatter_one")
+    else:
+        acc = b.reduce(x.shape, x.dtype, red, lead,
+                       lambda p, u: Select(hits(p, u), upd.at(tuple(u) + tuple(p[k:])), ident), "scatter_" + red)
     join = {"add": lambda a, c: a + c, "mul": lambda a, c: a * c, "max": lambda a, c: Bin("max", a, c),
             "min": lambda a, c: Bin("min", a, c)}[red]
     return b.compute(x.shape, x.dtype, lambda p: join(x.at(p), acc.at(p)), "scatter_nd")
