@@ -11,7 +11,7 @@ from typing import ClassVar
 
 import numpy as np
 from mlc.ir.diagnostics import MlcError
-from mlc.ir.graph import Binding, Block, CallExtern, Constant, Function, If, Loop, Node, OpCall, Value
+from mlc.ir.graph import Binding, Block, CallExtern, Constant, Function, If, Loop, Node, OpCall, Scalar, Value
 from mlc.ir.module import Module
 from mlc.ir.rewrite import operands, remap_args, used_names, walk_bindings
 
@@ -29,7 +29,8 @@ def dce_block(block: Block) -> Block:
     kept: list[Binding] = []
     for b in reversed(block.bindings):
         node = b.node
-        if b.var.name not in live and not isinstance(node, CallExtern) and not _effectful(node):
+        # a scalar stays: after lowering, kernels read it through sym_args (symbols), not operands
+        if b.var.name not in live and not isinstance(node, CallExtern | Scalar) and not _effectful(node):
             continue
         if isinstance(node, If):
             node = dataclasses.replace(node, then_block=dce_block(node.then_block), else_block=dce_block(node.else_block))
