@@ -605,3 +605,64 @@ def test_backward_ops_without_a_gradient_say_so(op: str, shapes: list[tuple[int,
     m = run_pass("shape-infer", one_op(op, shapes, ["f64"] * len(shapes), attrs))
     with pytest.raises(MlcError, match=f"cannot differentiate through {op}: it has no gradient"):
         run_pass("autodiff", m, wrt="none", wrt_inputs="a0")
+
+
+@pytest.mark.conformance
+@pytest.mark.parametrize("name", ["resnet18.dynamo.onnx", "mobilenet_v3_small.torchscript.onnx"])
+def test_torchvision_export_gradients(name: str) -> None:
+    """torch.onnx exports of torchvision CNNs (tests/models; stride-2 7x7 and 3x3 convs, max pool,
+    depthwise convs, squeeze-excitation, global average pool, batch norm folded or not): `@grad` with
+    --wrt all --loss sum, compiled for the CPU at batch 2 and 64x64, against the interpreter, and the
+    interpreter's gradient of the first weight against finite differences at a few coordinates.
+    40-110 s of compilation each, so not in `make test`."""
+    import dataclasses
+
+    from mlc.frontend.onnx_import import import_onnx
+    from mlc.runtime.artifact import loads
+    from mlc.runtime.model import model_from_artifact
+    from models import load
+
+    import mlc.compiler as C
+
+    m, consts = import_onnx(load(name))
+    g = run_pass("autodiff", m, wrt="all", loss="sum")
+    only = dataclasses.replace(g, functions=(dataclasses.replace(g.get("grad"), name="main"),))
+    (p,) = m.get("main").params
+    x = np.random.default_rng(18).standard_normal((2, 3, 64, 64)).astype(np.float32)
+    want = run_function(only, {p.name: x}, consts)
+    got = model_from_artifact(loads(C.build_module(C.with_memory_constants(only, consts), consts).result.data),
+                              name)(**{p.name: x})
+    assert sorted(got) == sorted(want)
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-3, atol=1e-4 * float(np.abs(want[k]).max()), err_msg=k)
+    # finite differences in f64 (the same model with its weights and types widened): an f32 step wide
+    # enough to rise above rounding crosses relu and max-pool kinks
+    m64, c64 = import_onnx(_as_double(load(name)))
+    key = next(k for k, v in c64.items() if v.ndim == 4)
+    g64 = run_pass("autodiff", m64, wrt="all", loss="sum")
+    x64 = x.astype(np.float64)
+    grads = run_function(g64, {p.name: x64}, c64, func="grad")
+    gname = "grad_" + "".join(ch if ch.isalnum() or ch == "_" else "_" for ch in key)  # sanitized as imported
+    rng = np.random.default_rng(19)
+    for idx in (tuple(int(rng.integers(0, n)) for n in c64[key].shape) for _ in range(3)):
+        vals = []
+        for e in (1e-6, -1e-6):
+            moved = {**c64, key: c64[key].copy()}
+            moved[key][idx] += e
+            vals.append(sum(float(v.sum()) for v in run_function(m64, {p.name: x64}, moved).values()))
+        fd = (vals[0] - vals[1]) / 2e-6
+        assert abs(grads[gname][idx] - fd) <= 1e-4 * (1 + abs(fd)), (key, idx, grads[gname][idx], fd)
+
+
+def _as_double(model: Any) -> Any:
+    """The ONNX model with float32 initializers, inputs and outputs made float64 (enough for the
+    torchvision exports above: no casts or float constants in them)."""
+    from onnx import TensorProto, numpy_helper
+
+    for i, t in enumerate(model.graph.initializer):
+        if t.data_type == TensorProto.FLOAT:
+            model.graph.initializer[i].CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float64), t.name))
+    for vi in list(model.graph.input) + list(model.graph.output) + list(model.graph.value_info):
+        if vi.type.tensor_type.elem_type == TensorProto.FLOAT:
+            vi.type.tensor_type.elem_type = TensorProto.DOUBLE
+    return model
