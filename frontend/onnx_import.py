@@ -29,6 +29,8 @@ from ..ir.files import read_bytes
 from ..ir.graph import Binding, Block, Constant, Function, If, Loop, Node, OpCall, Value, attrs_of
 from ..ir.module import Module
 from ..ir.types import TensorType
+from ..passes.registry import PassContext
+from ..passes.sparsify import Sparsify
 from .onnx_ctx import Ctx, SymVal, onnx_dtype, sanitize
 from .onnx_ops import HANDLERS
 
@@ -226,6 +228,9 @@ def import_onnx(path_or_model: str | Path | bytes | onnx.ModelProto,
         except Exception as e:  # noqa: BLE001 - corrupt tensor data
             raise MlcError(f"initializer '{init.name}' cannot be read: {e}", Loc(src)) from None
         onnx_dtype(init.data_type, f"initializer '{init.name}'", src)
+    sparse_keys = {sp.values.name for sp in g.sparse_initializer}
+    for sp in g.sparse_initializer:
+        ctx.consts[sp.values.name] = dense_of_sparse(sp, src)
     _check_dim_names(g, dims or {}, src)
     params: list[Value] = []
     for vi in g.input:
@@ -255,7 +260,36 @@ def import_onnx(path_or_model: str | Path | bytes | onnx.ModelProto,
     if derived:
         meta_d["derived"] = derived
     meta = attrs_of(meta_d)
-    return Module((fn,), meta, None, Loc(src)), {k: ctx.arrays[k] for k in sorted(keys | sources)}
+    module, arrays = Module((fn,), meta, None, Loc(src)), {k: ctx.arrays[k] for k in sorted(keys | sources)}
+    if sparse_keys:  # matmuls by sparse initializers become sparse kernels (passes/sparsify.py)
+        pctx = PassContext(constants=arrays, sink=None)
+        for k, (_, operands, _) in ctx.derived.items():  # folded from them (Gemm's transposed B)
+            if sparse_keys & set(operands):
+                sparse_keys.add(k)
+        module = Sparsify(max_density=1.0, only=",".join(sorted(sparse_keys))).apply(module, pctx)
+        arrays = pctx.constants or arrays
+    return module, arrays
+
+
+def dense_of_sparse(sp: onnx.SparseTensorProto, src: str) -> np.ndarray:
+    """An ONNX sparse_initializer as a dense array (indices: nnz linear offsets, or nnz x rank coordinates)."""
+    name = sp.values.name
+    try:
+        values, dims = numpy_helper.to_array(sp.values).reshape(-1), tuple(int(d) for d in sp.dims)
+        idx = numpy_helper.to_array(sp.indices).astype(np.int64)
+    except Exception as e:  # noqa: BLE001 - corrupt tensor data
+        raise MlcError(f"sparse initializer '{name}' cannot be read: {e}", Loc(src)) from None
+    onnx_dtype(sp.values.data_type, f"sparse initializer '{name}'", src)
+    size = int(np.prod(dims))
+    flat = idx.reshape(-1) if idx.ndim == 1 else None
+    if idx.ndim == 2 and idx.shape[1] == len(dims) and np.all((idx >= 0) & (idx < np.array(dims, np.int64))):
+        flat = np.ravel_multi_index(tuple(idx.T), dims) if len(idx) else np.zeros(0, np.int64)
+    if flat is None or len(flat) != len(values) or (len(flat) and (flat.min() < 0 or flat.max() >= size)):
+        raise MlcError(f"sparse initializer '{name}': indices {idx.shape} do not fit {len(values)} values "
+                       f"in dims {dims}", Loc(src))
+    dense = np.zeros(size, values.dtype)
+    dense[flat] = values
+    return dense.reshape(dims)
 
 
 def _provenance(ctx: Ctx, keys: set[str], inits: set[str]) -> tuple[tuple[Any, ...], set[str]]:

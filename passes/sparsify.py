@@ -65,6 +65,8 @@ class Sparsify(ModulePass):
     block: int = option(0, "prune by B x B blocks (B divides both dims of the weight), keeping --density of them")
     density: float = option(0.0, "with --block: the fraction of blocks kept, in (0, 1]")
     max_density: float = option(0.3, "use the sparse kernel only where the pruned weight's density is below this")
+    only: str = option("", "only these constants (comma-separated keys; also those folded from them, as the "
+                           "module's `derived` meta says); default all")
 
     def check(self) -> None:
         if not self.threshold >= 0 or math.isinf(self.threshold):
@@ -91,6 +93,7 @@ class Sparsify(ModulePass):
     def apply(self, module: Module, ctx: PassContext) -> Module:
         self.check()
         consts = dict(ctx.constants or {})
+        chosen = _with_derived(module, {k.strip() for k in self.only.split(",") if k.strip()})
         done: dict[str, tuple[str, ...]] = {}  # dense key -> keys of its replacement (CSR, or pruned dense)
         stats = {"sparse": 0, "dense": 0}
 
@@ -107,7 +110,8 @@ class Sparsify(ModulePass):
                 for b in blk.bindings:
                     n = b.node
                     if not (isinstance(n, OpCall) and n.op == "matmul" and len(n.args) == 2
-                            and n.args[1].name in const_of and _fits(n.args[0], n.args[1])):
+                            and n.args[1].name in const_of and _fits(n.args[0], n.args[1])
+                            and (not chosen or const_of[n.args[1].name] in chosen)):
                         out.append(b)
                         continue
                     key = const_of[n.args[1].name]
@@ -176,6 +180,15 @@ class Sparsify(ModulePass):
         stats["dense"] += 1
         ctx.info(f"{what}: pruned, kept dense (not below --max-density {self.max_density})", b.loc)
         return (f"{key}.pruned",)
+
+
+def _with_derived(module: Module, keys: set[str]) -> set[str]:
+    """`keys` and the constants folded from them (module meta `derived`: (key, op, operand keys, attrs))."""
+    out = set(keys)
+    for entry in dict(module.meta).get("derived", ()) if keys else ():
+        if set(entry[2]) & out:
+            out.add(entry[0])
+    return out
 
 
 def _fits(x: Value, w: Value) -> bool:

@@ -180,3 +180,50 @@ def test_sparsify_bad_options(opts: dict[str, Any], message: str) -> None:
         _pass("sparsify", m, dict(consts), **opts)
     if "block 5" in message:
         assert e.value.loc is not None and e.value.loc.file == "<onnx model mlp>"
+
+
+# ---- ONNX sparse_initializer ----------------------------------------------------------------------
+def _sparse_init_model(w: np.ndarray, coords: bool, gemm: bool = False) -> onnx.ModelProto:
+    """x @ w (MatMul, or Gemm with transB of w^T) with the weight stored as a sparse_initializer."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    stored = np.ascontiguousarray(w.T) if gemm else w
+    nz = np.flatnonzero(stored)
+    idx = np.stack(np.unravel_index(nz, stored.shape), axis=1) if coords else nz
+    sp = helper.make_sparse_tensor(numpy_helper.from_array(stored.reshape(-1)[nz], "w"),
+                                   numpy_helper.from_array(idx.astype(np.int64), "w_idx"), list(stored.shape))
+    node = (helper.make_node("Gemm", ["x", "w"], ["y"], transB=1) if gemm else helper.make_node("MatMul", ["x", "w"], ["y"]))
+    g = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", w.shape[0]])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", w.shape[1]])], sparse_initializer=[sp])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.checker.check_model(m)
+    return m
+
+
+@pytest.mark.parametrize("coords, gemm", [(False, False), (True, False), (False, True)])
+def test_sparse_initializer_runs_through_the_sparse_kernel(coords: bool, gemm: bool) -> None:
+    import onnxruntime as ort
+
+    w = _weight(24, 10, 5, density=0.2)
+    model = _sparse_init_model(w, coords, gemm)
+    m, consts = import_onnx(model)
+    assert _sparse_calls(m) == 1 and not any(v.shape == w.shape or v.shape == w.T.shape for v in consts.values())
+    x = np.random.default_rng(6).standard_normal((5, 24)).astype(np.float32)
+    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(want, x @ w, rtol=1e-5, atol=1e-5)  # onnxruntime reads sparse initializers
+    np.testing.assert_allclose(run_function(m, {"x": x}, consts)["y"], want, rtol=1e-5, atol=1e-5)
+    compiled, _ = _compiled(_pass("shape-infer", m, consts), consts)
+    np.testing.assert_allclose(compiled(x=x)["y"], want, rtol=1e-5, atol=1e-5)
+
+
+def test_sparse_initializer_with_bad_indices_is_one_error() -> None:
+    model = _sparse_init_model(_weight(6, 4, 7), coords=False)
+    from onnx import numpy_helper
+
+    ind = model.graph.sparse_initializer[0].indices
+    bad = numpy_helper.to_array(ind).copy()
+    bad[-1] = 24  # one past 6 x 4
+    ind.CopyFrom(numpy_helper.from_array(bad, ind.name))
+    with pytest.raises(MlcError, match=r"w_idx\) index value at position \[7\] out of range"):  # the ONNX checker's
+        import_onnx(model)
