@@ -6,6 +6,10 @@ peer (scipy has none) is numpy: the two rows of each nonzero gathered in chunks 
 `einsum("pk,pk->p")`, times the values. `hyb` is SpMM in hyb:2,3 (two column parts, ELL buckets of
 widths 1, 2, 4, 8 and a CSR rest) against the same scipy CSR product. Pruned weight: 1024 x 4096 with 10% of its 16 x 16 blocks kept,
 times a 4096 x 128 activation, as BSR (vs scipy's BSR product) and as CSR (vs scipy's CSR product).
+Pruned linear layer (graph level, `mlc sparsify`): x (32 x 1024) @ W (1024 x 4096) with 10% of W's
+16 x 16 blocks kept (`prune_blocks`), built twice through the CPU pipeline: the dense model with the
+pruned weight (a dense mlc matmul) and the model after `sparsify --block 16 --density 0.1` (sparse_matmul:
+W^T in CSR, rows split by nonzeros); peers numpy `x @ W` (dense BLAS) and scipy `x @ csr(W)`.
 Each figure is the median of `--runs` timed calls after a warm-up; the ratio is scipy / mlc (> 1: mlc
 faster). Correctness against scipy is checked before timing. Usage: python benchmarks/bench_sparse.py
 """
@@ -98,11 +102,52 @@ def pruned_cases(feat: int, rng: np.random.Generator) -> list:  # type: ignore[t
             ("spmm", lambda: w @ x, lambda: csr.model(**csr.inputs, B=x))], w.nnz
 
 
+def pruned_linear(runs: int, batch: int = 32) -> None:
+    """The pruned-transformer path: dense mlc matmul vs sparsified mlc vs numpy and scipy, one run."""
+    from mlc.frontend.onnx_import import import_onnx
+    from mlc.frontend.zoo import GraphBuilder
+    from mlc.passes.registry import PassContext
+    from mlc.passes.sparsify import Sparsify, prune_blocks
+    from mlc.runtime.artifact import loads
+    from mlc.runtime.model import model_from_artifact
+
+    from mlc.compiler import build_module, with_memory_constants
+
+    rng = np.random.default_rng(1)
+    w = prune_blocks(rng.standard_normal((1024, 4096)).astype(np.float32) / 32, 16, 0.1)
+    b = GraphBuilder("linear", seed=0)
+    b.node("MatMul", [b.input("x", ["N", 1024]), b.const(w, "w")], out="y")
+    b.output("y", ["N", 4096])
+    module, consts = import_onnx(b.model())
+
+    def build(m, c):  # type: ignore[no-untyped-def]
+        return model_from_artifact(loads(build_module(with_memory_constants(m, c), c, "cpu").result.data), "bench")
+
+    dense = build(module, consts)
+    ctx = PassContext(constants=dict(consts), sink=None)
+    sparse = build(Sparsify(block=16, density=0.1).apply(module, ctx), ctx.constants or {})
+    x = rng.standard_normal((batch, 1024)).astype(np.float32)
+    ws = sp.csr_matrix(w)
+    want = x @ w
+    for f in (dense, sparse):
+        np.testing.assert_allclose(f(x=x)["y"], want, rtol=1e-4, atol=1e-4)
+    times = {"numpy": median_time(lambda: x @ w, runs), "scipy": median_time(lambda: x @ ws, runs),
+             "mlc dense": median_time(lambda: dense(x=x), runs), "mlc sparse": median_time(lambda: sparse(x=x), runs)}
+    print(f"pruned linear 1024x4096 @ batch {batch}, 10% of 16x16 blocks ({ws.nnz} nonzeros), median ms:")
+    print("  " + "  ".join(f"{k} {v * 1e3:.3f}" for k, v in times.items()))
+    print(f"  mlc sparse vs: mlc dense {times['mlc dense'] / times['mlc sparse']:.2f}x, numpy "
+          f"{times['numpy'] / times['mlc sparse']:.2f}x, scipy {times['scipy'] / times['mlc sparse']:.2f}x")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--feats", default="32,128")
+    ap.add_argument("--only-linear", action="store_true", help="only the pruned linear layer (graph level)")
     args = ap.parse_args()
+    if args.only_linear:
+        pruned_linear(args.runs)
+        return
     rng = np.random.default_rng(0)
     print(f"{'graph':8} {'op':6} {'feat':>4} {'nnz':>7} {'scipy ms':>9} {'mlc ms':>8} {'ratio':>6}")
     ratios = []
@@ -120,6 +165,7 @@ def main() -> None:
     for op, peer, ours in cases:
         tp, to = median_time(peer, args.runs), median_time(ours, args.runs)
         print(f"{'pruned':8} {op:6} {128:4d} {nnz:7d} {tp * 1e3:9.3f} {to * 1e3:8.3f} {tp / to:6.2f}")
+    pruned_linear(args.runs)
 
 
 if __name__ == "__main__":
