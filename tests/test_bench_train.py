@@ -65,3 +65,15 @@ def test_char_lm_runs_and_gives_logits() -> None:
     (l2,) = run_function(module, {"tokens": t2}, consts).values()
     np.testing.assert_allclose(l2[:, :-1], logits[:, :-1], rtol=1e-5, atol=1e-6)
     assert not np.allclose(l2[:, -1], logits[:, -1])
+
+
+def test_reversal_steps_are_the_reversed_sequence_with_the_previous_token_fed() -> None:
+    d = bt.reversal_data(5, 0)
+    n, s = 5, bt.REV_LEN
+    assert d["src_rows"].shape == (n * s, s) and d["prev_token"].shape == d["labels"].shape == (n * s,)
+    for i in range(n):
+        src = d["src_rows"][i * s]
+        assert len(set(src.tolist())) == s and bt.BOS not in src  # distinct, BOS never a source token
+        assert (d["src_rows"][i * s:(i + 1) * s] == src).all()
+        assert d["labels"][i * s:(i + 1) * s].tolist() == src[::-1].tolist()
+        assert d["prev_token"][i * s:(i + 1) * s].tolist() == [bt.BOS, *src[::-1][:-1].tolist()]
