@@ -227,3 +227,19 @@ def test_sparse_initializer_with_bad_indices_is_one_error() -> None:
     ind.CopyFrom(numpy_helper.from_array(bad, ind.name))
     with pytest.raises(MlcError, match=r"w_idx\) index value at position \[7\] out of range"):  # the ONNX checker's
         import_onnx(model)
+
+
+def test_cli_sparsify_reports_and_bad_input_leaves_no_output(tmp_path: Any) -> None:
+    from click.testing import CliRunner
+    from mlc.cli import commands  # noqa: F401  (registers subcommands)
+    from mlc.cli.main import cli
+
+    onnx.save(zoo.build("mlp"), tmp_path / "mlp.onnx")
+    run = CliRunner().invoke
+    assert run(cli, ["import", str(tmp_path / "mlp.onnx"), "-o", str(tmp_path / "m.ir")]).exit_code == 0
+    r = run(cli, ["-v", "sparsify", str(tmp_path / "m.ir"), "--threshold", "0.12", "-o", str(tmp_path / "s.ir")])
+    assert r.exit_code == 0, r.output
+    assert "sparse kernel" in r.output and "sparse_matmul(" in (tmp_path / "s.ir").read_text()
+    r = run(cli, ["sparsify", str(tmp_path / "m.ir"), "--block", "5", "--density", "0.5", "-o", str(tmp_path / "bad.ir")])
+    assert r.exit_code == 1 and "m.ir:7:3: error: sparsify: --block 5 does not divide" in r.output
+    assert not (tmp_path / "bad.ir").exists()
