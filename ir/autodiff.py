@@ -543,6 +543,9 @@ def backprop(em: Emitter, bindings: list[Binding], wrt_names: set[str], seeds: d
         elif isinstance(node, Loop) and name in em.records:
             for v, g in loop_grad(em, b, dout, active):
                 add(v.name, g)
+        elif isinstance(node, If):
+            for v, g in if_grad(em, b, dout, active):
+                add(v.name, g)
         else:
             raise MlcError(f"cannot differentiate through {_kind(node)} (%{name}): not supported by autodiff yet",
                            b.loc)
@@ -758,6 +761,44 @@ def loop_grad(em: Emitter, b: Binding, dout: Value | tuple[Value | None, ...],
     outs = [lv] if len(carried) == 1 else [em.item(lv, i) for i in range(len(carried))]
     targets = [node.inits[i] for i in floats] + outer
     return [(t, g) for t, g in zip(targets, outs)]
+
+
+def if_grad(em: Emitter, b: Binding, dout: Value | tuple[Value | None, ...],
+            active: set[str]) -> list[tuple[Value, Value]]:
+    """The cotangents an `if` sends to the outer values its branches read: an `if` on the same
+    condition whose branches recompute the forward branch (its values live only inside it) and
+    differentiate it with `backprop`, yielding one cotangent (or zeros) per outer value."""
+    node = b.node
+    assert isinstance(node, If)
+    douts = (dout,) if isinstance(dout, Value) else tuple(dout)
+    free: dict[str, Value] = {}
+    _free_values(node.then_block, set(), free)
+    _free_values(node.else_block, set(), free)
+    outer = [v for n, v in free.items() if n in active and _is_float_tensor(v.type)
+             and not isinstance(v.type, TupleType)]
+    if not outer:
+        return []
+    wrt = {v.name for v in outer}
+    blocks = []
+    for blk in (node.then_block, node.else_block):
+        sub = Emitter(em.used)
+        sub.records = em.records
+        sub.loc, sub.hint = b.loc, f"d_{b.var.name}"
+        body = _clone(blk, {}, em.used)
+        rec = record_loops(sub, list(body.bindings), wrt)
+        sub.bindings += rec
+        seeds: dict[str, Value] = {}
+        for res, d in zip(body.results, douts):
+            if d is not None:
+                seeds[res.name] = sub.emit("add", [seeds[res.name], d]) if res.name in seeds else d
+        ct = backprop(sub, rec, wrt, seeds)
+        results = [ct.get(v.name) or sub.zeros_like(v) for v in outer]
+        blocks.append(Block(tuple(_prune(sub.bindings, results)), tuple(results), blk.loc))
+    em.hint = f"d_{b.var.name}"
+    ty = outer[0].type if len(outer) == 1 else TupleType(tuple(v.type for v in outer))
+    iv = em.bind(If(node.cond, blocks[0], blocks[1], b.loc), ty)
+    outs = [iv] if len(outer) == 1 else [em.item(iv, i) for i in range(len(outer))]
+    return list(zip(outer, outs))
 
 
 # ---- the functions -------------------------------------------------------------------------------

@@ -142,6 +142,67 @@ graph @main(%x: tensor<n x 3 x f64>) {
     _check_every_element(m, {"x": np.random.default_rng(3).standard_normal((4, 3))})
 
 
+# ---- if ----------------------------------------------------------------------------------------------
+IF = """mlc.module v1
+graph @main(%c: bool, %x: tensor<3 x 2 x f64>, %w: tensor<2 x f64>) {
+  %a: tensor<3 x 2 x f64> = mul(%x, %w)
+  %g: tensor<3 x 2 x f64> = if %c {
+    %t: tensor<3 x 2 x f64> = tanh(%a)
+    %t2: tensor<3 x 2 x f64> = mul(%t, %x)
+    yield %t2
+  } else {
+    %e: tensor<2 x f64> = exp(%w)
+    %e2: tensor<3 x 2 x f64> = add(%e, %a)
+    yield %e2
+  }
+  %r: tensor<3 x 2 x f64> = mul(%g, %g)
+  return %r
+}
+"""
+
+# the RNN with a cell chosen by a run-time flag: an `if` inside the loop body
+RNN_IF = RNN.replace("graph @main(", "graph @main(%c: bool, ").replace(
+    "    %h2: tensor<2 x 4 x f64> = tanh(%s)\n",
+    "    %h2: tensor<2 x 4 x f64> = if %c {\n      %th: tensor<2 x 4 x f64> = tanh(%s)\n      yield %th\n"
+    "    } else {\n      %sg: tensor<2 x 4 x f64> = sigmoid(%s)\n      %m: tensor<2 x 4 x f64> = mul(%sg, %h)\n"
+    "      yield %m\n    }\n")
+
+
+def _check_with_flag(text: str, feeds: dict[str, np.ndarray], wrt: str) -> None:
+    """Every element's central difference, for both values of the bool input `c` (not perturbed)."""
+    m = Autodiff(wrt="none", wrt_inputs=wrt).apply(parse_module(text), PassContext())
+    verify_module(m)
+    for c in (True, False):
+        flag = {"c": np.array(c)}
+        rng = np.random.default_rng(1)
+        douts = {f"d_{k}": rng.standard_normal(np.shape(v)) for k, v in run_function(m, {**flag, **feeds}).items()}
+        got = run_function(m, {**flag, **feeds, **douts}, func="grad")
+
+        def objective(f: dict[str, np.ndarray], flag: dict[str, np.ndarray] = flag,
+                      douts: dict[str, np.ndarray] = douts) -> float:
+            outs = run_function(m, {**flag, **f})
+            return float(sum((np.asarray(v) * douts[f"d_{k}"]).sum() for k, v in outs.items()))
+
+        for k, x in feeds.items():
+            fd = np.zeros_like(x)
+            for idx in np.ndindex(*x.shape):
+                for sign in (1, -1):
+                    xp = x.copy()
+                    xp[idx] += sign * 1e-6
+                    fd[idx] += sign * objective({**feeds, k: xp}) / 2e-6
+            np.testing.assert_allclose(got[f"grad_{k}"], fd, rtol=1e-6, atol=1e-8, err_msg=f"c={c}: d/d{k}")
+
+
+def test_if_gradient_matches_finite_differences() -> None:
+    rng = np.random.default_rng(4)
+    _check_with_flag(IF, {"x": rng.standard_normal((3, 2)), "w": rng.standard_normal(2)}, "x,w")
+
+
+def test_if_inside_a_loop_matches_finite_differences() -> None:
+    assert RNN_IF.count("if %c {") == 1
+    _check_with_flag(RNN_IF, _rnn_feeds(3), "x,h0,w,u")
+
+
 # ---- the LSTM / GRU models ------------------------------------------------------------------------
 def _f64(m: Module, consts: dict[str, np.ndarray]) -> tuple[Module, dict[str, np.ndarray]]:
     m64 = parse_module(print_module(m).replace("f32", "f64"))
