@@ -18,7 +18,6 @@ from mlc.ir.graph import CallTensor, Constant
 from mlc.ir.interp import run_function
 from mlc.ir.module import Module
 from mlc.ir.tir import BlockStmt, For, PrimFunc
-from mlc.ir.tir_interp import run_prim
 from mlc.ir.tir_visit import walk
 from mlc.passes.alter_layout import pack_nests
 from mlc.passes.pipeline import parse_pipeline, run_pipeline
@@ -27,6 +26,7 @@ from mlc.passes.schedule import Trace
 from mlc.passes.schedule.conv_tiling import conv_plan
 from mlc.passes.schedule.rules import TargetInfo, default_schedule, sample_schedule
 from onnx import TensorProto, helper, numpy_helper
+from test_schedule_rules import same
 
 import mlc
 
@@ -86,18 +86,6 @@ def fused(model: onnx.ModelProto, steps: str = "[shape-infer, fuse]") -> tuple[M
 
 def conv_func(m: Module) -> PrimFunc:
     return next(f for f in m.prim_functions() if "conv2d" in f.name)
-
-
-def same(orig: PrimFunc, new: PrimFunc, dim: int = 2) -> None:
-    """The scheduled program computes what the unscheduled one does (reference interpreter)."""
-    dims = {v.name: dim for b in orig.params for d in b.shape for v in free_vars(d)}
-    rng = np.random.default_rng(0)
-    args = [rng.standard_normal(tuple(arith.evaluate(d, dims) for d in b.shape)).astype(np.float32)
-            for b in orig.params]
-    ref, got = [a.copy() for a in args], [a.copy() for a in args]
-    run_prim(orig, ref, dims)
-    run_prim(new, got, dims)
-    np.testing.assert_allclose(got[-1], ref[-1], rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[f"n{c[0]}c{c[1]}k{c[2]}hw{c[3]}k{c[4]}p{c[5]}s{c[6]}g{c[7]}" for c in CASES])

@@ -15,8 +15,6 @@ parallel. With a constant weight, the pack nest is folded into the constant at b
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from mlc.ir import arith
 from mlc.ir.diagnostics import MlcError
 from mlc.ir.expr import Bin, Const, Expr, Var, free_vars
@@ -25,6 +23,7 @@ from mlc.ir.tir_visit import block_reads, block_writes, loads_in, rewrite, stmt_
 
 from .decisions import Decisions
 from .schedule import Schedule
+from .schedule import attempt as _try
 from .scope import is_param
 from .trace import BlockRV, LoopRV
 
@@ -106,14 +105,6 @@ def conv_plan(b: BlockStmt, lanes: int) -> tuple[int, int, int, int, int] | None
         if best is not None:
             return c, col, w_idx, pick[0], pick[1]
     return None
-
-
-def _try(fn: Callable[..., object], *args: object) -> object | None:
-    """A primitive whose preconditions may fail (a failed primitive leaves the schedule as it was)."""
-    try:
-        return fn(*args)
-    except MlcError:
-        return None
 
 
 def conv_tiling(sch: Schedule, block: BlockRV, lanes: int, ch: Decisions) -> bool:

@@ -25,7 +25,7 @@ the schedule as it was (primitives are atomic), so rules compose on any program 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +39,7 @@ from mlc.ir.tir_visit import block_reads, block_writes, loads_in, rewrite, stmt_
 from .conv_tiling import conv_tiling
 from .decisions import Decisions
 from .schedule import Schedule
+from .schedule import attempt as _try
 from .scope import is_param
 from .trace import BlockRV, LoopRV
 from .tree import blocks
@@ -110,14 +111,6 @@ def _exists(sch: Schedule, rv: BlockRV) -> bool:
 
 def _stmts(s: object) -> list[object]:
     return [x for _, x in walk(s)]  # type: ignore[arg-type]
-
-
-def _try(fn: Callable[..., object], *args: object, **kw: object) -> object | None:
-    """Apply a primitive if its preconditions hold (a failed primitive changes nothing)."""
-    try:
-        return fn(*args, **kw)
-    except MlcError:
-        return None
 
 
 # ---- sampling helpers: a decision given (default) or left to the schedule's rng (design space) --

@@ -55,6 +55,15 @@ def instruction(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def attempt(fn: Callable[..., object], *args: object, **kw: object) -> object | None:
+    """Apply a primitive if its preconditions hold, else None (a failed primitive changes nothing):
+    how the rules try a step that may not apply to a given program."""
+    try:
+        return fn(*args, **kw)
+    except MlcError:
+        return None
+
+
 def normalize(func: PrimFunc) -> PrimFunc:
     """Give the function a root block and unique loop-variable names (handles are names)."""
     body = func.body
