@@ -6,8 +6,10 @@ does that work once per call site: shape expressions become small closures, each
 read straight from known argument axes, outputs come from the memory plan's arenas, and the kernel
 is started through the device's launcher (runtime/device.py `Runner`: a native call on the CPU, a
 stream launch on CUDA). Inputs are checked once at entry, against the parameter types, and every
-kernel argument's shape then follows from the verified types. A straight-line function is recorded
-once per set of dims as a `Tape` (runtime/tape.py) and replayed.
+kernel argument's shape then follows from the verified types. A function of kernel calls, straight-line
+or in loops of them, is recorded once per set of dims as a `Tape` (runtime/tape.py) and replayed (on
+the CPU by one native call, runtime/native_replay.py); loops too long to unroll onto a tape, or walked
+outside one, run as native loops (`Executor._native_loop`).
 """
 
 from __future__ import annotations

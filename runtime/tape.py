@@ -5,6 +5,7 @@ Recording a run fixes everything but the addresses of its inputs (and, where a d
 them per call, its outputs): each launch keeps its argument values, and the slots that name an
 input or an output are patched per replay. The graph walk, shape closures and dim binding of a
 normal run disappear. The CPU executor (executor.py) and the CUDA VM (cuda_vm.py) record into it.
+Entries with a native form (CPU kernels, native copies and loops) are replayed by one native call.
 """
 
 from __future__ import annotations
