@@ -310,7 +310,7 @@ def seq2seq_rows() -> onnx.ModelProto:
     return m
 
 
-def run_seq2seq(work: Path, epochs: int, lr: float) -> dict[str, Any]:
+def run_seq2seq(work: Path, epochs: int, lr: float, seqs: int) -> dict[str, Any]:
     """The zoo seq2seq learns to reverse token sequences (needs gradients through the LSTM's graph
     Loop); token accuracy of the teacher-forced decoder steps on held-out sequences."""
     from mlc.ir.autodiff import Spec, grad_function
@@ -324,7 +324,7 @@ def run_seq2seq(work: Path, epochs: int, lr: float) -> dict[str, Any]:
     except MlcError as e:
         print(f"seq2seq reversal: skipped: autodiff cannot differentiate the LSTM yet ({e.message})", flush=True)
         return {"skipped": str(e.message)}
-    train, test = reversal_data(2000, 1), reversal_data(192, 2)
+    train, test = reversal_data(seqs, 1), reversal_data(192, 2)
     np.savez(work / "rev_train.npz", **train)
     np.savez(work / "rev_test.npz", **test)
     write_model(seq2seq_rows(), work / "seq2seq.ir")
@@ -364,7 +364,8 @@ def main() -> int:
     ap.add_argument("--lm-epochs", type=int, default=4)
     ap.add_argument("--lm-lr", type=float, default=0.003)
     ap.add_argument("--lm-chars", type=int, default=120_000, help="train on the corpus' first N characters (0: all)")
-    ap.add_argument("--s2s-epochs", type=int, default=10)
+    ap.add_argument("--s2s-epochs", type=int, default=14)
+    ap.add_argument("--s2s-seqs", type=int, default=6000, help="training sequences (each gives REV_LEN steps)")
     ap.add_argument("--s2s-lr", type=float, default=0.01)
     ap.add_argument("--runs", type=int, default=20, help="timed steps per side (speed)")
     ap.add_argument("--seq", type=int, default=64, help="gpt_block's sequence length (speed)")
@@ -382,7 +383,7 @@ def main() -> int:
         if "charlm" in todo:
             run_charlm(work, a.lm_epochs, a.lm_lr, a.lm_chars)
         if "seq2seq" in todo:
-            run_seq2seq(work, a.s2s_epochs, a.s2s_lr)
+            run_seq2seq(work, a.s2s_epochs, a.s2s_lr, a.s2s_seqs)
         if "speed" in todo:
             run_speed(a.runs, a.seq)
     return 0
