@@ -304,3 +304,36 @@ def test_lstm_encoder_compiled_grad_and_train_steps() -> None:
         losses.append(float(step["loss"]))
         ins = {**ins, **{k[len("new_"):]: v for k, v in step.items() if k.startswith("new_")}}
     assert all(b < a for a, b in zip(losses, losses[1:])) and losses[-1] < 0.8 * losses[0], losses
+
+
+def test_lstm_encoder_gradients_match_jax_scan() -> None:
+    """The interpreter's f64 gradients against jax.grad of the same LSTM written with lax.scan
+    (benchmarks/bench_bptt.jax_loss, from the ONNX initializers): an oracle that shares no code."""
+    jax = pytest.importorskip("jax")
+    jax.config.update("jax_enable_x64", True)
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("bench_bptt", Path(__file__).parents[1] / "benchmarks" / "bench_bptt.py")
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    proto = onnx.load(f"{MODELS}/lstm_encoder.torchscript.onnx")
+    m, consts = _f64(*import_onnx(proto))
+    out = Autodiff(loss="mse:target").apply(m, PassContext(constants=consts))
+    rng = np.random.default_rng(4)
+    feeds = {"ids": rng.integers(0, 100, (3, 7)), "target": rng.standard_normal((3, 5))}
+    got = run_function(out, feeds, consts, func="grad")
+    params = {i.name: onnx.numpy_helper.to_array(i).astype(np.float64) for i in proto.graph.initializer}
+    want_loss, want = jax.value_and_grad(bench.jax_loss)(params, feeds["ids"], feeds["target"])
+    np.testing.assert_allclose(got["loss"], want_loss, rtol=1e-12)
+    main = out.get("main")
+    assert isinstance(main, Function)
+    keys = differentiable_constants(main, Provenance.of(out.meta, consts))
+    for k, name in public_names(keys, []).items():
+        if k in want:
+            ref = np.asarray(want[k])
+        else:  # the importer's folded bias halves (c_..._Wb, c_..._Rb): the same half of dL/dB
+            ref = np.asarray(want["onnx::LSTM_197" if "LSTM_output" in k else "onnx::LSTM_217"])[0]
+            ref = ref.reshape(2, -1)[0 if k.endswith("Wb") else 1]
+        np.testing.assert_allclose(got[f"grad_{name}"], ref, rtol=1e-9, atol=1e-12, err_msg=k)
