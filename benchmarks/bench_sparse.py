@@ -9,7 +9,7 @@ times a 4096 x 128 activation, as BSR (vs scipy's BSR product) and as CSR (vs sc
 Pruned linear layer (graph level, `mlc sparsify`): x (32 x 1024) @ W (1024 x 4096) with 10% of W's
 16 x 16 blocks kept (`prune_blocks`), built twice through the CPU pipeline: the dense model with the
 pruned weight (a dense mlc matmul) and the model after `sparsify --block 16 --density 0.1` (sparse_matmul:
-W^T in CSR, rows split by nonzeros); peers numpy `x @ W` (dense BLAS) and scipy `x @ csr(W)`.
+W^T in CSR, the batch in parallel chunks of 16 lanes); peers numpy `x @ W` (dense BLAS) and scipy `x @ csr(W)`.
 Each figure is the median of `--runs` timed calls after a warm-up; the ratio is scipy / mlc (> 1: mlc
 faster). Correctness against scipy is checked before timing. Usage: python benchmarks/bench_sparse.py
 """
