@@ -244,3 +244,74 @@ def test_cli_sparsify_reports_and_bad_input_leaves_no_output(tmp_path: Any) -> N
     r = run(cli, ["sparsify", str(tmp_path / "m.ir"), "--block", "5", "--density", "0.5", "-o", str(tmp_path / "bad.ir")])
     assert r.exit_code == 1 and "m.ir:7:3: error: sparsify: --block 5 does not divide" in r.output
     assert not (tmp_path / "bad.ir").exists()
+
+
+SMALL = """mlc.module v1
+
+graph @main(%x: tensor<n x 4 x f32>, %p: tensor<4 x i32>, %i: tensor<5 x i32>, %d: tensor<5 x f32>) {
+  %y: tensor<n x 3 x f32> = sparse_matmul(%x, %p, %i, %d)
+  return %y
+}
+"""
+
+
+def test_fuse_emits_the_stage_one_program() -> None:
+    """shape-infer | fuse: one program declaring the sparse axes, a padded transpose in, the sparse
+    iteration (chunk, output feature, nonzeros, lane) and the transpose out."""
+    from mlc.ir.parser import parse_module
+    from mlc.ir.printer import print_module
+
+    text = print_module(_pass("fuse", _pass("shape-infer", parse_module(SMALL, "small.ir"), {}), {}))
+    want = [
+        "%y: tensor<n x 3 x f32> = call_tensor @sparse_matmul(%x, %p, %i, %d)",
+        "prim @sparse_matmul(%in: buffer<n x 4 x f32>, %in_1: buffer<4 x i32>, %in_2: buffer<5 x i32>, "
+        "%in_3: buffer<5 x f32>, %out: buffer<n x 3 x f32>) outputs 1 {",
+        "axis I = dense_fixed(3)",
+        "axis J = sparse_variable(I, 4, 5, %in_1, %in_2)",
+        "axis NB = dense_fixed(floordiv(n + 15, 16))",
+        "axis L = dense_fixed(16)",
+        "sparse %A: (I, J) = %in_3",
+        "alloc %xT: buffer<floordiv(n + 15, 16) x 4 x 16 x f32>",
+        "%xT[v_i_1, v_i_2, v_i_3] = select(v_i_1 * 16 + v_i_3 < n, %in[min(16 * v_i_1 + v_i_3, n - 1), v_i_2], 0.0)",
+        'sp_iter "sparse_matmul"(S nb in NB, S m in I, R j in J, S lane in L) {',
+        "%cT[nb, m, lane] = 0.0",
+        "%cT[nb, m, lane] = %cT[nb, m, lane] + %A[m, j] * %xT[nb, j, lane]",
+        "%out[v_i_4, v_i_5] = %cT[floordiv(v_i_4, 16), v_i_5, floormod(v_i_4, 16)]",
+    ]
+    lines = [ln.strip() for ln in text.splitlines()]
+    pos = 0
+    for w in want:
+        assert w in lines[pos:], f"{w!r} not found after line {pos}:\n{text}"
+        pos = lines.index(w, pos) + 1
+
+
+def test_sparsify_before_after_text() -> None:
+    from mlc.ir.parser import parse_module
+    from mlc.ir.printer import print_module
+
+    src = """mlc.module v1
+
+graph @main(%x: tensor<n x 4 x f32>) {
+  %w: tensor<4 x 3 x f32> = const "w"
+  %y: tensor<n x 3 x f32> = matmul(%x, %w)
+  return %y
+}
+"""
+    w = np.array([[0, 2, 0], [0, 0, 0], [0.5, 0, 0], [0, 0, -1]], np.float32)
+    ctx = PassContext(constants={"w": w}, sink=None)
+    info = get_pass("sparsify")
+    assert info is not None
+    text = print_module(info.fn(parse_module(src, "m.ir"), ctx, **info.validate_options({"max_density": 0.5})))
+    assert text.split("graph @main", 1)[1] == """(%x: tensor<n x 4 x f32>) {
+  %w_indptr: tensor<4 x i32> = const "w.sparse.indptr"
+  %w_indices: tensor<3 x i32> = const "w.sparse.indices"
+  %w_data: tensor<3 x f32> = const "w.sparse.data"
+  %y: tensor<n x 3 x f32> = sparse_matmul(%x, %w_indptr, %w_indices, %w_data)
+  return %y
+}
+"""
+    c = ctx.constants or {}
+    assert sorted(c) == ["w.sparse.data", "w.sparse.indices", "w.sparse.indptr"]  # the dense weight is gone
+    np.testing.assert_array_equal(c["w.sparse.indptr"], [0, 1, 2, 3])  # W^T's rows: columns of W
+    np.testing.assert_array_equal(c["w.sparse.indices"], [2, 0, 3])
+    np.testing.assert_array_equal(c["w.sparse.data"], [0.5, 2, -1])
