@@ -142,6 +142,34 @@ graph @main(%x: tensor<n x 3 x f64>) {
     _check_every_element(m, {"x": np.random.default_rng(3).standard_normal((4, 3))})
 
 
+NESTED = """mlc.module v1
+graph @main(%x: tensor<T x 2 x f64>, %h0: tensor<2 x f64>, %w: tensor<2 x 2 x f64>) {
+  %r: tensor<2 x f64> = for %i: i64 in 0..T carry(%h: tensor<2 x f64> = %h0) {
+    %sl: tensor<1 x 2 x f64> = dynamic_slice(%x, %i) {axis = 0, size = 1}
+    %xt: tensor<2 x f64> = reshape(%sl) {shape = (2,)}
+    %g: tensor<2 x f64> = for %k: i64 in 0..2 carry(%q: tensor<2 x f64> = %h) {
+      %m: tensor<2 x f64> = matmul(%q, %w)
+      %s: tensor<2 x f64> = add(%m, %xt)
+      %q2: tensor<2 x f64> = tanh(%s)
+      yield %q2
+    }
+    %h2: tensor<2 x f64> = mul(%g, %h)
+    yield %h2
+  }
+  return %r
+}
+"""
+
+
+def test_nested_loops_match_finite_differences() -> None:
+    """A loop in the loop body: the recomputed outer body records the inner loop in turn."""
+    m = Autodiff(wrt="none", wrt_inputs="x,h0,w").apply(parse_module(NESTED), PassContext())
+    verify_module(m)
+    rng = np.random.default_rng(6)
+    _check_every_element(m, {"x": rng.standard_normal((3, 2)), "h0": rng.standard_normal(2),
+                             "w": 0.7 * rng.standard_normal((2, 2))})
+
+
 # ---- if ----------------------------------------------------------------------------------------------
 IF = """mlc.module v1
 graph @main(%c: bool, %x: tensor<3 x 2 x f64>, %w: tensor<2 x f64>) {
