@@ -595,8 +595,26 @@ def ivecs(a: np.ndarray) -> bytes:
     return np.concatenate([np.full((n, 1), d, "<i4"), a.astype("<i4")], 1).tobytes()
 
 
+def generated_pass_cases(hand: list[Case]) -> list[Case]:
+    """Every registered pass is a subcommand: one without hand-written cases gets the broken-module
+    cases of its reader (a pass added later is swept without anyone listing it)."""
+    from mlc.passes.registry import all_passes
+
+    swept = {c.argv[0] for c in hand}
+    # side-file cases are left out: a pass may refuse its options before it reads the constants
+    return [c for name in sorted(all_passes()) if name not in swept for c in
+            ir_reader_cases((name,)) + [Case(f"{name}:unknown-option", (name, f"{S}/m.ir", "--no-such-option"), code=2)]
+            if ":side-file" not in c.id]
+
+
 def misc_cases() -> list[Case]:
     return [
+        Case("train:missing", ("train", "nothere.ir", "--data", "d.npz", "-o", "t.ir"), mention="nothere.ir"),
+        Case("train:data-missing", ("train", f"{S}/m.ir", "--data", "nothere.npz", "-o", "t.ir"),
+             mention="nothere.npz"),
+        Case("export:missing", ("export", "nothere.ir", "--onnx", f"{S}/mlp.onnx", "-o", "y.onnx"),
+             mention="nothere.ir"),
+        Case("export:no-onnx-option", ("export", f"{S}/m.ir", "-o", "y.onnx"), code=2),
         Case("doctor:extra-argument", ("doctor", "x"), code=2),
         Case("doctor:unknown-option", ("doctor", "--frob"), code=2),
         Case("mlc:unknown-command", ("frobnicate",), code=2),
@@ -629,6 +647,7 @@ def sparse_cases() -> list[Case]:
 
 CASES: list[Case] = (stage_cases() + verify_cases() + opt_cases() + import_cases() + build_cases() + codegen_cases()
                      + run_cases() + bench_cases() + zoo_cases() + ann_cases() + misc_cases() + sparse_cases())
+CASES += generated_pass_cases(CASES)
 assert len({c.id for c in CASES}) == len(CASES), "duplicate case ids"
 
 # ----- running -------------------------------------------------------------------------------------------
