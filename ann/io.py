@@ -52,6 +52,9 @@ def _read_npy(path: str | os.PathLike, max_rows: int | None) -> np.ndarray:
         raise _fail(path, f"not a readable .npy array: {e}") from None
     except OSError as e:
         raise _fail(path, f"cannot read .npy file: {e}") from None
+    if not isinstance(arr, np.ndarray):  # np.load gives an NpzFile for a zip archive
+        arr.close()
+        raise _fail(path, "this is an .npz archive, not a .npy array (save one array with np.save)")
     if arr.ndim != 2:
         raise _fail(path, f"expected a 2-D array of vectors, got shape {tuple(arr.shape)}")
     if arr.dtype.kind not in "fiu":

@@ -96,3 +96,12 @@ def test_index_file_errors(tmp_path: Path, small_index: AnnIndex) -> None:
         small_index.search(np.zeros((2, 8), np.float32), 3)
     with pytest.raises(MlcError, match="numeric"):
         small_index.search(np.array([["a"] * 16]), 3)
+
+
+def test_npz_named_npy_is_one_error(tmp_path: Path) -> None:
+    """np.load returns an NpzFile for a zip archive; it is refused, not read as an array (was exit 3)."""
+    p = tmp_path / "base.npy"
+    np.savez(p.with_suffix(".npz"), x=np.zeros((4, 2), np.float32))
+    p.with_suffix(".npz").rename(p)
+    with pytest.raises(MlcError, match="an .npz archive, not a .npy array"):
+        read_vectors(p)

@@ -235,10 +235,7 @@ def file_cases(seed: int, per_use: int) -> list[Case]:
 
 # cases that fail for a known bug in a file this sweep's owner may not edit: the id's prefix, why, and
 # where the fix goes (checked strictly: a fixed bug must leave this list)
-KNOWN = {
-    "file:ann-index build:base.npy:swap": "an .npz given as the base .npy: np.load returns an NpzFile and "
-    "ann/io._read_npy reads .ndim from it (exit 3); the fix: refuse a non-ndarray there",
-}
+KNOWN: dict[str, str] = {}
 
 
 @pytest.mark.conformance
