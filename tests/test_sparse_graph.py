@@ -315,3 +315,21 @@ graph @main(%x: tensor<n x 4 x f32>) {
     np.testing.assert_array_equal(c["w.sparse.indptr"], [0, 1, 2, 3])  # W^T's rows: columns of W
     np.testing.assert_array_equal(c["w.sparse.indices"], [2, 0, 3])
     np.testing.assert_array_equal(c["w.sparse.data"], [0.5, 2, -1])
+
+
+def test_sparsify_rank3_activation_is_reshaped_to_rows() -> None:
+    w = _weight(16, 8, 9, density=0.2)
+    b = zoo.GraphBuilder("seq", seed=0)
+    b.node("MatMul", [b.input("x", ["B", "T", 16]), b.const(w, "w")], out="y")
+    b.output("y", ["B", "T", 8])
+    m, consts = import_onnx(b.model())
+    ctx = PassContext(constants=dict(consts), sink=None)
+    info = get_pass("sparsify")
+    assert info is not None
+    sm = info.fn(m, ctx, **info.validate_options({}))
+    assert _sparse_calls(sm) == 1 and ctx.constants is not None
+    model, _ = _compiled(sm, ctx.constants)
+    for shape in ((2, 3, 16), (1, 17, 16)):
+        x = np.random.default_rng(shape[1]).standard_normal(shape).astype(np.float32)
+        np.testing.assert_allclose(run_function(sm, {"x": x}, ctx.constants)["y"], x @ w, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(model(x=x)["y"], x @ w, rtol=1e-5, atol=1e-5)
