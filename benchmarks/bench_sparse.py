@@ -6,7 +6,7 @@ peer (scipy has none) is numpy: the two rows of each nonzero gathered in chunks 
 `einsum("pk,pk->p")`, times the values. `hyb` is SpMM in hyb:2,3 (two column parts, ELL buckets of
 widths 1, 2, 4, 8 and a CSR rest) against the same scipy CSR product. Pruned weight: 1024 x 4096 with 10% of its 16 x 16 blocks kept,
 times a 4096 x 128 activation, as BSR (vs scipy's BSR product) and as CSR (vs scipy's CSR product).
-Pruned linear layer (graph level, `mlc sparsify`): x (32 x 1024) @ W (1024 x 4096) with 10% of W's
+Pruned linear layer (graph level, `mlc sparsify`): x (batch x 1024, batches 1, 8, 32, 128) @ W (1024 x 4096) with 10% of W's
 16 x 16 blocks kept (`prune_blocks`), built twice through the CPU pipeline: the dense model with the
 pruned weight (a dense mlc matmul) and the model after `sparsify --block 16 --density 0.1` (sparse_matmul:
 W^T in CSR, the batch in parallel chunks of 16 lanes); peers numpy `x @ W` (dense BLAS) and scipy `x @ csr(W)`.
@@ -102,8 +102,9 @@ def pruned_cases(feat: int, rng: np.random.Generator) -> list:  # type: ignore[t
             ("spmm", lambda: w @ x, lambda: csr.model(**csr.inputs, B=x))], w.nnz
 
 
-def pruned_linear(runs: int, batch: int = 32) -> None:
-    """The pruned-transformer path: dense mlc matmul vs sparsified mlc vs numpy and scipy, one run."""
+def pruned_linear(runs: int, batches: list[int]) -> None:
+    """The pruned-transformer path: dense mlc matmul vs sparsified mlc vs numpy and scipy, one run per batch
+    (both models built once, with a symbolic batch)."""
     from mlc.frontend.onnx_import import import_onnx
     from mlc.frontend.zoo import GraphBuilder
     from mlc.passes.registry import PassContext
@@ -126,17 +127,18 @@ def pruned_linear(runs: int, batch: int = 32) -> None:
     dense = build(module, consts)
     ctx = PassContext(constants=dict(consts), sink=None)
     sparse = build(Sparsify(block=16, density=0.1).apply(module, ctx), ctx.constants or {})
-    x = rng.standard_normal((batch, 1024)).astype(np.float32)
     ws = sp.csr_matrix(w)
-    want = x @ w
-    for f in (dense, sparse):
-        np.testing.assert_allclose(f(x=x)["y"], want, rtol=1e-4, atol=1e-4)
-    times = {"numpy": median_time(lambda: x @ w, runs), "scipy": median_time(lambda: x @ ws, runs),
-             "mlc dense": median_time(lambda: dense(x=x), runs), "mlc sparse": median_time(lambda: sparse(x=x), runs)}
-    print(f"pruned linear 1024x4096 @ batch {batch}, 10% of 16x16 blocks ({ws.nnz} nonzeros), median ms:")
-    print("  " + "  ".join(f"{k} {v * 1e3:.3f}" for k, v in times.items()))
-    print(f"  mlc sparse vs: mlc dense {times['mlc dense'] / times['mlc sparse']:.2f}x, numpy "
-          f"{times['numpy'] / times['mlc sparse']:.2f}x, scipy {times['scipy'] / times['mlc sparse']:.2f}x")
+    print(f"pruned linear 1024x4096, 10% of 16x16 blocks ({ws.nnz} nonzeros), median ms; ratio = peer / mlc sparse")
+    print(f"{'batch':>5} {'numpy':>8} {'scipy':>8} {'mlc dense':>9} {'mlc sparse':>10} {'/dense':>7} {'/numpy':>7} {'/scipy':>7}")
+    for n in batches:
+        x = rng.standard_normal((n, 1024)).astype(np.float32)
+        want = x @ w
+        for f in (dense, sparse):
+            np.testing.assert_allclose(f(x=x)["y"], want, rtol=1e-4, atol=1e-4)
+        calls = (lambda x=x: x @ w, lambda x=x: x @ ws, lambda x=x: dense(x=x), lambda x=x: sparse(x=x))
+        t = [median_time(fn, runs) for fn in calls]
+        print(f"{n:5d} {t[0] * 1e3:8.3f} {t[1] * 1e3:8.3f} {t[2] * 1e3:9.3f} {t[3] * 1e3:10.3f} "
+              f"{t[2] / t[3]:7.2f} {t[0] / t[3]:7.2f} {t[1] / t[3]:7.2f}")
 
 
 def main() -> None:
@@ -144,9 +146,10 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--feats", default="32,128")
     ap.add_argument("--only-linear", action="store_true", help="only the pruned linear layer (graph level)")
+    ap.add_argument("--linear-batches", default="1,8,32,128", help="batch sizes of the pruned linear layer")
     args = ap.parse_args()
     if args.only_linear:
-        pruned_linear(args.runs)
+        pruned_linear(args.runs, [int(x) for x in args.linear_batches.split(",")])
         return
     rng = np.random.default_rng(0)
     print(f"{'graph':8} {'op':6} {'feat':>4} {'nnz':>7} {'scipy ms':>9} {'mlc ms':>8} {'ratio':>6}")
@@ -165,7 +168,7 @@ def main() -> None:
     for op, peer, ours in cases:
         tp, to = median_time(peer, args.runs), median_time(ours, args.runs)
         print(f"{'pruned':8} {op:6} {128:4d} {nnz:7d} {tp * 1e3:9.3f} {to * 1e3:8.3f} {tp / to:6.2f}")
-    pruned_linear(args.runs)
+    pruned_linear(args.runs, [int(x) for x in args.linear_batches.split(",")])
 
 
 if __name__ == "__main__":
