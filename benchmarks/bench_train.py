@@ -228,25 +228,38 @@ def mlc_train(model: Path, data: Path, val: Path | None, out: Path, epochs: int,
     return [json.loads(line) for line in lines], wall
 
 
-def run_digits(work: Path, epochs: list[int], lrs: list[float]) -> dict[str, Any]:
+def train_stages(model: Path, data: Path, val: Path, epochs: list[int], lrs: list[float], wrt: list[str],
+                 unit: str) -> tuple[list[dict[str, Any]], float]:
     """`mlc train` in stages (a step-wise learning-rate schedule): each stage trains the module the
-    previous one wrote, with a fresh Adam state."""
+    previous one wrote, with a fresh Adam state. Prints each epoch; all epochs' metrics, total wall."""
+    metrics: list[dict[str, Any]] = []
+    wall, done = 0.0, 0
+    for i, (e, lr) in enumerate(zip(epochs, lrs)):
+        out = model.parent / f"{model.stem}.stage{i + 1}.ir"
+        ms, w = mlc_train(model, data, val, out, e, 32, lr, wrt)
+        for m in ms:
+            print(f"  epoch {done + m['epoch']:3d} (lr {lr})  train loss {m['loss']:.4f}  test loss {m['val_loss']:.4f}"
+                  f"  test accuracy {m['val_accuracy']:.4f}  {m['samples_per_s']:.0f} {unit}/s", flush=True)
+        metrics += ms
+        model, wall, done = out, wall + w, done + e
+    return metrics, wall
+
+
+def _plan(epochs: list[int], lrs: list[float]) -> str:
+    return ", ".join(f"{e} epochs at lr {lr}" for e, lr in zip(epochs, lrs))
+
+
+def run_digits(work: Path, epochs: list[int], lrs: list[float]) -> dict[str, Any]:
+    """resnext on the digits, in learning-rate stages (train_stages)."""
     train, test = digits_data()
     np.savez(work / "digits_train.npz", **train)
     np.savez(work / "digits_test.npz", **test)
     main, prov = write_model(build("resnext"), work / "resnext.ir")
-    plan = ", ".join(f"{e} epochs at lr {lr}" for e, lr in zip(epochs, lrs))
     print(f"digits: resnext, {len(train['labels'])} train / {len(test['labels'])} test images, batch 32, "
-          f"Adam, {plan} (mlc train)", flush=True)
-    model, metrics, wall, done = work / "resnext.ir", [], 0.0, 0
-    for i, (e, lr) in enumerate(zip(epochs, lrs)):
-        out = work / f"resnext.stage{i + 1}.ir"
-        ms, w = mlc_train(model, work / "digits_train.npz", work / "digits_test.npz", out, e, 32, lr, trainable(main, prov))
-        for m in ms:
-            print(f"  epoch {done + m['epoch']:3d} (lr {lr})  train loss {m['loss']:.4f}  test loss {m['val_loss']:.4f}"
-                  f"  test accuracy {m['val_accuracy']:.4f}  {m['samples_per_s']:.0f} images/s", flush=True)
-        metrics += ms
-        model, wall, done = out, wall + w, done + e
+          f"Adam, {_plan(epochs, lrs)} (mlc train)", flush=True)
+    metrics, wall = train_stages(work / "resnext.ir", work / "digits_train.npz", work / "digits_test.npz", epochs,
+                                 lrs, trainable(main, prov), "images")
+    done = len(metrics)
     acc = metrics[-1]["val_accuracy"]
     first = next((i + 1 for i, m in enumerate(metrics) if m["val_accuracy"] >= 0.97), None)
     print(f"digits: test accuracy {acc:.4f} ({round(acc * len(test['labels']))}/{len(test['labels'])}) after "
@@ -310,7 +323,7 @@ def seq2seq_rows() -> onnx.ModelProto:
     return m
 
 
-def run_seq2seq(work: Path, epochs: int, lr: float, seqs: int) -> dict[str, Any]:
+def run_seq2seq(work: Path, epochs: list[int], lrs: list[float], seqs: int) -> dict[str, Any]:
     """The zoo seq2seq learns to reverse token sequences (needs gradients through the LSTM's graph
     Loop); token accuracy of the teacher-forced decoder steps on held-out sequences."""
     from mlc.ir.autodiff import Spec, grad_function
@@ -330,12 +343,9 @@ def run_seq2seq(work: Path, epochs: int, lr: float, seqs: int) -> dict[str, Any]
     write_model(seq2seq_rows(), work / "seq2seq.ir")
     print(f"seq2seq reversal: zoo seq2seq (bi-LSTM encoder, GRU step, attention), sequences of {REV_LEN} distinct "
           f"tokens of {REV_VOCAB - 1}; {len(train['labels'])} train / {len(test['labels'])} test decoder steps "
-          f"(teacher forcing), batch 32, Adam lr {lr}, {epochs} epochs (mlc train)", flush=True)
-    metrics, wall = mlc_train(work / "seq2seq.ir", work / "rev_train.npz", work / "rev_test.npz",
-                              work / "seq2seq.trained.ir", epochs, 32, lr, ["all"])
-    for m in metrics:
-        print(f"  epoch {m['epoch']:3d}  train loss {m['loss']:.4f}  test loss {m['val_loss']:.4f}  "
-              f"test token accuracy {m['val_accuracy']:.4f}", flush=True)
+          f"(teacher forcing), batch 32, Adam, {_plan(epochs, lrs)} (mlc train)", flush=True)
+    metrics, wall = train_stages(work / "seq2seq.ir", work / "rev_train.npz", work / "rev_test.npz", epochs, lrs,
+                                 ["all"], "steps")
     acc = metrics[-1]["val_accuracy"]
     print(f"seq2seq reversal: test token accuracy {acc:.4f} after {len(metrics)} epochs (goal >= 0.95: "
           f"{'met' if acc >= 0.95 else 'MISSED'}); wall {wall:.1f} s", flush=True)
@@ -356,6 +366,13 @@ def run_speed(runs: int, seq: int) -> None:
             print(f"speed: {name} FAILED (exit {p.returncode}): {last[0]}", flush=True)
 
 
+def _stages(epochs: str, lrs: str) -> tuple[list[int], list[float]]:
+    e, r = [int(x) for x in epochs.split(",")], [float(x) for x in lrs.split(",")]
+    if len(e) != len(r):
+        raise SystemExit(f"epochs {epochs} and learning rates {lrs}: one of each per stage")
+    return e, r
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("sections", nargs="*", choices=[*SECTIONS, []], default=[])
@@ -364,9 +381,9 @@ def main() -> int:
     ap.add_argument("--lm-epochs", type=int, default=4)
     ap.add_argument("--lm-lr", type=float, default=0.003)
     ap.add_argument("--lm-chars", type=int, default=120_000, help="train on the corpus' first N characters (0: all)")
-    ap.add_argument("--s2s-epochs", type=int, default=14)
+    ap.add_argument("--s2s-epochs", default="10,4", help="epochs per stage (comma-separated)")
     ap.add_argument("--s2s-seqs", type=int, default=6000, help="training sequences (each gives REV_LEN steps)")
-    ap.add_argument("--s2s-lr", type=float, default=0.01)
+    ap.add_argument("--s2s-lr", default="0.01,0.001", help="learning rate per stage")
     ap.add_argument("--runs", type=int, default=20, help="timed steps per side (speed)")
     ap.add_argument("--seq", type=int, default=64, help="gpt_block's sequence length (speed)")
     ap.add_argument("--keep", default=None, help="write the data, models and runs here (default: a temp dir)")
@@ -376,14 +393,11 @@ def main() -> int:
         work = Path(a.keep or tmp)
         work.mkdir(parents=True, exist_ok=True)
         if "digits" in todo:
-            epochs, lrs = [int(x) for x in a.digits_epochs.split(",")], [float(x) for x in a.digits_lr.split(",")]
-            if len(epochs) != len(lrs):
-                raise SystemExit("--digits-epochs and --digits-lr need one entry per stage")
-            run_digits(work, epochs, lrs)
+            run_digits(work, *_stages(a.digits_epochs, a.digits_lr))
         if "charlm" in todo:
             run_charlm(work, a.lm_epochs, a.lm_lr, a.lm_chars)
         if "seq2seq" in todo:
-            run_seq2seq(work, a.s2s_epochs, a.s2s_lr, a.s2s_seqs)
+            run_seq2seq(work, *_stages(a.s2s_epochs, a.s2s_lr), a.s2s_seqs)
         if "speed" in todo:
             run_speed(a.runs, a.seq)
     return 0
