@@ -16,35 +16,10 @@ from typing import Any
 import numpy as np
 
 from mlc.ir.diagnostics import MlcError
+from mlc.ir.sparse import check_csr
 from mlc.ir.sparse_kernels import parse_format, parse_hyb, sparse_kernel
 
 _NP = {"f32": np.float32, "f16": np.float16}
-
-
-def check_csr(indptr: np.ndarray, indices: np.ndarray, nnz: int, n: int, *, need_sorted: bool = False) -> None:
-    """The structure checks of a CSR matrix with `n` columns and `nnz` stored values; one MlcError each."""
-    indptr, indices = np.asarray(indptr), np.asarray(indices)
-    if indptr.ndim != 1 or len(indptr) < 1:
-        raise MlcError("indptr: expected a 1-d array of rows + 1 entries")
-    if indptr[0] != 0:
-        raise MlcError(f"indptr[0] is {int(indptr[0])}, expected 0")
-    steps = np.diff(indptr.astype(np.int64))
-    if np.any(steps < 0):
-        r = int(np.argmax(steps < 0))
-        raise MlcError(f"indptr is not monotone: indptr[{r + 1}] = {int(indptr[r + 1])} < indptr[{r}] = {int(indptr[r])}")
-    if int(indptr[-1]) != nnz or len(indices) != nnz:
-        raise MlcError(f"nnz disagrees: indptr[-1] = {int(indptr[-1])}, {len(indices)} indices, {nnz} values")
-    bad = (indices < 0) | (indices >= n)
-    if np.any(bad):
-        p = int(np.argmax(bad))
-        raise MlcError(f"indices[{p}] = {int(indices[p])} is out of range [0, {n})")
-    if need_sorted and nnz:
-        rows = np.repeat(np.arange(len(indptr) - 1), steps)
-        same_row = rows[1:] == rows[:-1]
-        down = same_row & (np.diff(indices.astype(np.int64)) <= 0)
-        if np.any(down):
-            p = int(np.argmax(down)) + 1
-            raise MlcError(f"indices of row {int(rows[p])} are not sorted and unique (position {p})")
 
 
 def to_ell(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:

@@ -19,7 +19,7 @@ import numpy as np
 from .. import arith
 from ..diagnostics import Loc, MlcError
 from ..expr import Bin, Const, Expr, Load, Select, Var
-from ..sparse import Axis, SparseIteration, SparseIterVar, sparse_view
+from ..sparse import Axis, SparseIteration, SparseIterVar, check_csr, sparse_view
 from ..tir import Buffer, Stmt, Store
 from ..tir_builder import Builder, CannotLower, Index, Tensor
 from ..types import TensorType, Type
@@ -56,29 +56,13 @@ def _sparse_matmul_infer(args: list[Type], attrs: dict[str, Any], loc: Loc) -> T
     return TensorType((x[0], Const(int(ptr[0].value) - 1)), dt)
 
 
-def check_csr_arrays(indptr: np.ndarray, indices: np.ndarray, cols: int) -> str | None:
-    """What is wrong with a CSR structure of `cols` columns (None: indptr from 0, monotone, ending at
-    len(indices), columns in range)."""
-    ptr = np.asarray(indptr).astype(np.int64)
-    if ptr.size < 1 or ptr[0] != 0:
-        return "indptr must start at 0"
-    if np.any(np.diff(ptr) < 0):
-        r = int(np.argmax(np.diff(ptr) < 0))
-        return f"indptr is not monotone: indptr[{r + 1}] = {ptr[r + 1]} < indptr[{r}] = {ptr[r]}"
-    if ptr[-1] != len(indices):
-        return f"indptr[-1] = {ptr[-1]} but {len(indices)} indices"
-    ind = np.asarray(indices)
-    if ind.size and (ind.min() < 0 or ind.max() >= cols):
-        return f"a column index is out of range [0, {cols})"
-    return None
-
-
 @ref("sparse_matmul")
 def _sparse_matmul_ref(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
     x, indptr, indices, data = (np.asarray(a) for a in args)
-    bad = check_csr_arrays(indptr, indices, x.shape[1])
-    if bad is not None:
-        raise MlcError(f"sparse_matmul: {bad}")
+    try:
+        check_csr(indptr, indices, len(data), x.shape[1])
+    except MlcError as e:
+        raise MlcError(f"sparse_matmul: {e.message}") from None
     wt = np.zeros((len(indptr) - 1, x.shape[1]), np.float32 if x.dtype == np.float16 else x.dtype)
     rows = np.repeat(np.arange(len(indptr) - 1), np.diff(indptr.astype(np.int64)))
     np.add.at(wt, (rows, indices.astype(np.int64)), data)  # duplicates add, as in the kernel
