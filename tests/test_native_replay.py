@@ -150,6 +150,22 @@ def test_loops_outside_a_tape_run_natively_each_call(rnn: Any, monkeypatch: pyte
     assert loops == [(2, 5), (2, 5), (2, 9)]
 
 
+def test_a_device_with_fresh_results_replays_an_unrolled_loop(rnn: Any) -> None:
+    """The CUDA runner's shape (tests/test_vm.py FakeDevice: non-host, fresh results per replay)."""
+    from test_vm import FakeDevice
+
+    dev = FakeDevice()
+    vm = VM(rnn.module, rnn.params, rnn.library, dev)
+    for seed in range(2):
+        _check(rnn, vm, _inputs(4, 2, 3, seed))
+    launches, kept = dev.launches, vm.run(_inputs(4, 2, 3, 2))
+    for seed in range(3, 5):
+        _check(rnn, vm, _inputs(4, 2, 3, seed))
+    assert len(vm.tapes) == 1 and dev.launches == launches  # replayed: no launcher call
+    np.testing.assert_allclose(kept["ys"], run_function(rnn.module, _inputs(4, 2, 3, 2), rnn.params)["ys"],
+                               rtol=1e-4, atol=1e-5)
+
+
 def test_guard_pages_walk_loops_without_native_code(rnn: Any) -> None:
     vm = VM(rnn.module, rnn.params, rnn.library, CpuRunner(guard="after"))
     for seed in range(2):
