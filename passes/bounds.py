@@ -81,6 +81,20 @@ def facts_of(cond: Expr, holds: bool = True) -> list[Expr]:
     return out
 
 
+BIND_LIMIT = 400  # nodes: a bound expression larger than this is not substituted (see Checker.bind)
+
+
+def _expanded_size(e: Expr, sizes: dict[Var, int]) -> int:
+    """Nodes of `e` once its vars are replaced by expressions of `sizes[var]` nodes (stops counting
+    past BIND_LIMIT, so the cost is bounded too)."""
+    total, stack = 0, [e]
+    while stack and total <= BIND_LIMIT:
+        x = stack.pop()
+        total += sizes.get(x, 1) if isinstance(x, Var) else 1
+        stack.extend(children(x))
+    return total
+
+
 def _subexprs(e: Expr) -> list[Expr]:
     out, stack = [], [e]
     while stack:
@@ -112,6 +126,9 @@ class Checker(StmtMutator):
     facts: list[Expr]
     checked: list[str]
     arms: list[Expr] = field(default_factory=list)  # conditions of the select arms around the expression
+    sizes: dict[Var, int] = field(default_factory=dict)  # node count of each bound expression
+    skipped: list[str] = field(default_factory=list)  # buffers with an index too large to prove or check
+    memo: dict[tuple[int, tuple[int, ...]], tuple[Expr, Expr]] = field(default_factory=dict)  # see expr
 
     # ---- proving ----
     def nonneg(self, e: Expr, depth: int = 2) -> bool:
@@ -141,18 +158,33 @@ class Checker(StmtMutator):
         return self.nonneg(i) and self.nonneg(extent - 1 - i)
 
     def unproven(self, buf: Buffer, indices: tuple[Expr, ...]) -> list[tuple[Expr, Expr]]:
-        return [(i, n) for i, n in zip(indices, buf.shape) if not self.in_range(i, n)]
+        """Indices not proven in range. An index past BIND_LIMIT nodes (a fused gather's index
+        arithmetic, a DAG of shared terms) is neither proven nor checked: a check repeats the index,
+        and every later pass walks it as a tree (BERT's build went from seconds to hours). Such
+        indices come from op lowerings, which check their data-dependent parts themselves."""
+        out = []
+        for i, n in zip(indices, buf.shape):
+            if _expanded_size(i, self.sizes) > BIND_LIMIT:
+                self.skipped.append(f"%{buf.name}")
+            elif not self.in_range(i, n):
+                out.append((i, n))
+        return out
 
-    def guard(self, buf: Buffer, indices: tuple[Expr, ...], bad: list[tuple[Expr, Expr]]) -> Expr:
+    def guard(self, buf: Buffer, indices: tuple[Expr, ...], bad: list[tuple[Expr, Expr]]) -> Expr | None:
         """In-range condition of the unproven indices, each read through check_range (the report).
 
         Inside select arms the check reports only when the arms are taken: code generators may
         evaluate both arms of a select, and the arm not taken (concat's other input) may well
         compute an index out of range that nothing reads."""
-        self.checked.append(f"%{buf.name}[{', '.join(print_expr(i) for i in indices)}]")
+        shown = (print_expr(i) if _expanded_size(i, {}) <= BIND_LIMIT else "..." for i in indices)
+        self.checked.append(f"%{buf.name}[{', '.join(shown)}]")
         taken: Expr | None = None
         for a in self.arms:
             taken = a if taken is None else Bin("and", taken, a)
+        if taken is not None and _expanded_size(taken, {}) > BIND_LIMIT:
+            self.checked.pop()
+            self.skipped.append(f"%{buf.name}")
+            return None  # the arms' conditions are too large to repeat (see unproven)
         cond: Expr | None = None
         for i, n in bad:
             idx, ext = (_i64(i), n) if taken is None else (Select(taken, _i64(i), Const(0)), Select(taken, n, Const(1)))
@@ -164,9 +196,21 @@ class Checker(StmtMutator):
 
     # ---- expressions ----
     def visit_expr(self, e: Expr) -> Expr:
+        self.memo = {}
         return self.expr(e)
 
     def expr(self, e: Expr) -> Expr:
+        """`e` with its unproven loads guarded. Expressions are DAGs (a fused gather's index shares
+        its subterms), so results are kept per node and select context: a tree walk is exponential."""
+        key = (id(e), tuple(id(a) for a in self.arms))
+        hit = self.memo.get(key)
+        if hit is not None and hit[0] is e:
+            return hit[1]
+        out = self.expr_once(e)
+        self.memo[key] = (e, out)
+        return out
+
+    def expr_once(self, e: Expr) -> Expr:
         if isinstance(e, Select):
             c = self.expr(e.cond)
             saved, arms = self.facts, self.arms
@@ -184,7 +228,8 @@ class Checker(StmtMutator):
         if isinstance(e, Load):
             ld = Load(e.buffer, tuple(self.expr(i) for i in e.indices), e.loc)
             bad = self.unproven(ld.buffer, ld.indices)
-            return ld if not bad else Select(self.guard(ld.buffer, ld.indices, bad), ld, cst(0, ld.buffer.dtype))
+            g = self.guard(ld.buffer, ld.indices, bad) if bad else None
+            return ld if g is None else Select(g, ld, cst(0, ld.buffer.dtype))
         if isinstance(e, Bin):
             return Bin(e.op, self.expr(e.a), self.expr(e.b), e.loc)
         if isinstance(e, Not):
@@ -207,25 +252,39 @@ class Checker(StmtMutator):
             del self.ranges[s.var]
             self.facts = saved
 
+    def bind(self, var: Var, value: Expr) -> None:
+        """Prove through `var` with what it is bound to, unless that expression would grow past
+        BIND_LIMIT nodes: chains of lets that read each other (a gather's index arithmetic) expand
+        exponentially as a tree. `var` then stays opaque, so its accesses get run-time checks."""
+        if _expanded_size(value, self.sizes) <= BIND_LIMIT:
+            self.binds[var] = substitute(value, self.binds)
+            self.sizes[var] = _expanded_size(self.binds[var], {})
+
+    def unbind(self, var: Var) -> None:
+        self.binds.pop(var, None)
+        self.sizes.pop(var, None)
+
     def visit_BlockStmt(self, s: BlockStmt) -> Stmt:
         for it in s.iters:
-            self.binds[it.var] = substitute(it.binding, self.binds)
+            self.bind(it.var, it.binding)
         try:
             return self.generic_visit(s)
         finally:
             for it in s.iters:
-                del self.binds[it.var]
+                self.unbind(it.var)
 
     def visit_Let(self, s: Let) -> Stmt:
+        self.memo = {}
         value = self.expr(s.value)
-        self.binds[s.var] = substitute(s.value, self.binds)
+        self.bind(s.var, s.value)
         try:
             body = self.visit(s.body)
         finally:
-            del self.binds[s.var]
+            self.unbind(s.var)
         return s if value is s.value and body is s.body else replace(s, value=value, body=body)
 
     def visit_IfStmt(self, s: IfStmt) -> Stmt:
+        self.memo = {}
         cond = self.expr(s.cond)
         saved = self.facts
         self.facts = saved + facts_of(substitute(s.cond, self.binds))
@@ -247,15 +306,20 @@ class Checker(StmtMutator):
         return s
 
     def visit_Store(self, s: Store) -> Stmt:
+        self.memo = {}  # the ranges, bindings and facts a result was proven under end here
         st = Store(s.buffer, tuple(self.expr(i) for i in s.indices), self.expr(s.value), s.loc)
         bad = self.unproven(st.buffer, st.indices)
-        return st if not bad else IfStmt(self.guard(st.buffer, st.indices, bad), st, None, s.loc)
+        g = self.guard(st.buffer, st.indices, bad) if bad else None
+        return st if g is None else IfStmt(g, st, None, s.loc)
 
 
-def check_func(f: PrimFunc) -> tuple[PrimFunc, list[str]]:
-    """`f` with every access it cannot prove in bounds checked at run time, and those accesses."""
+def check_func(f: PrimFunc, skipped: list[str] | None = None) -> tuple[PrimFunc, list[str]]:
+    """`f` with every access it cannot prove in bounds checked at run time, and those accesses
+    (`skipped` collects the buffers of accesses too large to prove or check)."""
     c = Checker({}, {}, [], [])
     body = c.visit(f.body)
+    if skipped is not None:
+        skipped += sorted(set(c.skipped))
     return (replace(f, body=body) if c.checked else f), c.checked
 
 
@@ -268,7 +332,10 @@ class BoundsCheck(ModulePass):
 
     def apply(self, module: Module, ctx: PassContext) -> Module:
         for f in module.prim_functions():
-            new, checked = check_func(f)
+            skipped: list[str] = []
+            new, checked = check_func(f, skipped)
+            if skipped:
+                ctx.info(f"bounds-check: @{f.name}: index too large to prove or check: {', '.join(skipped)}", f.loc)
             if checked:
                 ctx.info(f"bounds-check: @{f.name}: checked at run time: {', '.join(checked)}", f.loc)
                 module = module.with_function(new)
