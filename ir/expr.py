@@ -193,6 +193,16 @@ def children(e: Expr) -> tuple[Expr, ...]:
     return ()
 
 
+def subexprs(e: Expr) -> list[Expr]:
+    """`e` and every expression below it, each occurrence once (pre-order, right child first)."""
+    out, stack = [], [e]
+    while stack:
+        x = stack.pop()
+        out.append(x)
+        stack.extend(children(x))
+    return out
+
+
 def free_vars(e: Expr) -> set[Var]:
     """Every `Var` an expression mentions."""
     out: set[Var] = set()

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field, replace
 from typing import ClassVar
 
 from mlc.ir import arith
-from mlc.ir.expr import Bin, Call, Cast, Const, Expr, Load, Not, Select, Var, children, substitute
+from mlc.ir.expr import Bin, Call, Cast, Const, Expr, Load, Not, Select, Var, children, subexprs, substitute
 from mlc.ir.module import Module
 from mlc.ir.printer import print_expr
 from mlc.ir.sparse import SparseIteration
@@ -95,15 +95,6 @@ def _expanded_size(e: Expr, sizes: dict[Var, int]) -> int:
     return total
 
 
-def _subexprs(e: Expr) -> list[Expr]:
-    out, stack = [], [e]
-    while stack:
-        x = stack.pop()
-        out.append(x)
-        stack.extend(children(x))
-    return out
-
-
 def substitute_expr(e: Expr, old: Expr, new: Expr) -> Expr:
     """`e` with every occurrence of the subexpression `old` replaced by `new`."""
     return rewrite(e, lambda x: new if x == old else None)
@@ -139,7 +130,7 @@ class Checker(StmtMutator):
             b = bound(e if g is None else simp(e - g), self.ranges)
             if b is not None and arith.prove_le(Const(0), b[0]):
                 return True
-        m = next((x for x in _subexprs(e) if isinstance(x, Bin) and x.op in ("min", "max")), None)
+        m = next((x for x in subexprs(e) if isinstance(x, Bin) and x.op in ("min", "max")), None)
         if m is None or depth == 0:
             return False
         a_wins = simp(m.a - m.b) if m.op == "max" else simp(m.b - m.a)  # >= 0 when the result is a

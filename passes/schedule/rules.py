@@ -31,7 +31,7 @@ from typing import Any
 
 from mlc.ir import arith
 from mlc.ir.diagnostics import MlcError
-from mlc.ir.expr import Bin, Const, Expr, Var, children, free_vars, substitute
+from mlc.ir.expr import Bin, Const, Expr, Var, free_vars, subexprs, substitute
 from mlc.ir.target import Target
 from mlc.ir.tir import BlockStmt, PrimFunc
 from mlc.ir.tir_visit import block_reads, block_writes, loads_in, rewrite, stmt_exprs, walk
@@ -158,7 +158,7 @@ def _row_axis(b: BlockStmt, loops: list[LoopRV], kinds: list[str]) -> int:
         e = substitute(e, env)
         # a loop seen only through `x // c` (c >= 8; grouped conv's group base) is uniform over an
         # aligned 8-row tile
-        coarse = [x for x in _subterms(e) if isinstance(x, Bin) and x.op == "floordiv"
+        coarse = [x for x in subexprs(e) if isinstance(x, Bin) and x.op == "floordiv"
                   and (_const(x.b) or 0) >= 8]
         fine = free_vars(rewrite(e, lambda x: Const(0) if x in coarse else None)) if coarse else free_vars(e)
         return {loop_of[v.name] for v in fine if v.name in loop_of}
@@ -169,15 +169,6 @@ def _row_axis(b: BlockStmt, loops: list[LoopRV], kinds: list[str]) -> int:
     used = set().union(*(loops_in(i) for ld in vec_reads for i in ld.indices)) if vec_reads else set()
     free = [i for i in spatial[:-1] if i not in used]
     return free[-1] if free else spatial[-2]
-
-
-def _subterms(e: Expr) -> list[Expr]:
-    out, stack = [], [e]
-    while stack:
-        x = stack.pop()
-        out.append(x)
-        stack.extend(children(x))
-    return out
 
 
 def _default_tiles(exts: list[int | None], kinds: list[str], tgt: TargetInfo, row: int | None = None
