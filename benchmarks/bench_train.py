@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import onnx
 from mlc.frontend.onnx_import import import_onnx
-from mlc.frontend.zoo import GraphBuilder, build
+from mlc.frontend.zoo import GraphBuilder, build, gpt_layer
 from mlc.ir.autodiff import Provenance, differentiable_constants
 from mlc.ir.graph import Function
 from onnx import TensorProto
@@ -134,45 +134,6 @@ def char_sequences(text: str, t: int) -> dict[str, np.ndarray]:
 # ---- models ---------------------------------------------------------------------------------
 
 
-def gpt_layer(b: GraphBuilder, x: str, d: int, heads: int, t_max: int) -> str:
-    """One decoder block, as frontend/zoo.gpt_block builds it (the zoo's builder makes a whole
-    model, not a layer): LayerNorm, causal multi-head attention (mask sliced by T, Where),
-    residual, LayerNorm, MLP with erf GELU, residual."""
-    dh = d // heads
-
-    def ln(v: str) -> str:
-        return b.n("LayerNormalization", v, b.const(np.ones(d, np.float32), "ln_g"),
-                   b.const(np.zeros(d, np.float32), "ln_b"), axis=-1, epsilon=1e-5)
-
-    h = ln(x)
-    qkv = b.linear(h, d, 3 * d)
-    q, k, v = b.node("Split", [qkv, b.ints([d, d, d], "split")], n_out=3, axis=-1)
-    shp = b.n("Shape", x)
-    bt = b.n("Slice", shp, b.ints([0], "st"), b.ints([2], "en"))
-    heads_shape = b.n("Concat", bt, b.ints([heads, dh]), axis=0)
-
-    def split_heads(z: str) -> str:
-        return b.n("Transpose", b.n("Reshape", z, heads_shape), perm=[0, 2, 1, 3])
-
-    q, k, v = split_heads(q), split_heads(k), split_heads(v)
-    att = b.n("MatMul", q, b.n("Transpose", k, perm=[0, 1, 3, 2]))
-    att = b.n("Div", att, b.const(np.array(math.sqrt(dh), np.float32), "scale"))
-    tlen = b.n("Gather", shp, b.ints([1], "idx"), axis=0)
-    ends = b.n("Concat", tlen, tlen, axis=0)
-    mask = b.const(np.tril(np.ones((t_max, t_max), bool))[None, None], "causal_mask")
-    mask = b.n("Slice", mask, b.ints([0, 0], "st"), ends, b.ints([2, 3], "axes"))
-    att = b.n("Where", mask, att, b.const(np.array(-1e9, np.float32), "neg_inf"))
-    att = b.n("Softmax", att, axis=-1)
-    y = b.n("Transpose", b.n("MatMul", att, v), perm=[0, 2, 1, 3])
-    y = b.n("Reshape", y, b.n("Concat", bt, b.ints([d]), axis=0))
-    x1 = b.n("Add", x, b.linear(y, d, d))
-    m = b.linear(ln(x1), d, 4 * d)
-    half = b.n("Mul", m, b.const(np.array(0.5, np.float32), "half"))
-    erf = b.n("Erf", b.n("Div", m, b.const(np.array(math.sqrt(2), np.float32), "sqrt2")))
-    gelu = b.n("Mul", half, b.n("Add", erf, b.const(np.array(1.0, np.float32), "one")))
-    return b.n("Add", x1, b.linear(gelu, 4 * d, d))
-
-
 def char_lm(t: int, d: int = 64, heads: int = 4, layers: int = 2, seed: int = 7) -> onnx.ModelProto:
     """tokens (B x t, i64) -> embedding (Gather) + learned positions -> `layers` gpt layers ->
     LayerNorm -> linear head: logits (B x t x |VOCAB|)."""
@@ -182,7 +143,7 @@ def char_lm(t: int, d: int = 64, heads: int = 4, layers: int = 2, seed: int = 7)
     x = b.n("Gather", b.weight((v, d), "embedding", scale=0.3), tok, axis=0)
     x = b.n("Add", x, b.weight((t, d), "positions", scale=0.1))
     for _ in range(layers):
-        x = gpt_layer(b, x, d, heads, t)
+        x = gpt_layer(b, x, d, heads, t, random_norm=False)
     x = b.n("LayerNormalization", x, b.const(np.ones(d, np.float32), "ln_g"), b.const(np.zeros(d, np.float32), "ln_b"),
             axis=-1, epsilon=1e-5)
     b.node("Add", [b.n("MatMul", x, b.weight((d, v))), b.weight((v,), scale=0.0)], out="logits")

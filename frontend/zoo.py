@@ -193,18 +193,18 @@ def seq2seq() -> onnx.ModelProto:
     return b.model()
 
 
-def gpt_block() -> onnx.ModelProto:
-    """GPT-style decoder block over dynamic batch B and sequence T: LayerNorm, causal multi-head
-    self-attention (mask sliced from a constant by T, Where), residuals, MLP with erf-based GELU."""
-    d, heads, t_max = 32, 4, 64
+def gpt_layer(b: GraphBuilder, x: str, d: int, heads: int, t_max: int, random_norm: bool = True,
+              out: str | None = None) -> str:
+    """One GPT decoder layer on `x` (B x T x d, T <= t_max): LayerNorm, causal multi-head
+    self-attention (mask sliced from a constant by T, Where), residual, LayerNorm, MLP with erf-based
+    GELU, residual. `random_norm` False starts the norms at scale 1, shift 0 (for training)."""
     dh = d // heads
-    b = GraphBuilder("gpt_block", seed=5)
-    x = b.input("x", ["B", "T", d])
 
     def ln(v: str) -> str:
-        return b.n("LayerNormalization", v, b.const(np.ones(d, np.float32) + 0.1 * b.rng.standard_normal(d)
-                                                       .astype(np.float32), "ln_g"),
-                   b.const((0.1 * b.rng.standard_normal(d)).astype(np.float32), "ln_b"), axis=-1, epsilon=1e-5)
+        g = np.ones(d, np.float32) + (0.1 * b.rng.standard_normal(d).astype(np.float32) if random_norm else 0)
+        beta = (0.1 * b.rng.standard_normal(d)).astype(np.float32) if random_norm else np.zeros(d, np.float32)
+        return b.n("LayerNormalization", v, b.const(g.astype(np.float32), "ln_g"), b.const(beta, "ln_b"),
+                   axis=-1, epsilon=1e-5)
 
     h = ln(x)
     qkv = b.linear(h, d, 3 * d)
@@ -233,7 +233,17 @@ def gpt_block() -> onnx.ModelProto:
                                                                                     "sqrt2"))),
                                          b.const(np.array(1.0, np.float32), "one"))),
                b.const(np.array(0.5, np.float32), "half"))
-    b.node("Add", [x1, b.linear(gelu, 4 * d, d)], out="y")
+    if out is None:
+        return b.n("Add", x1, b.linear(gelu, 4 * d, d))
+    b.node("Add", [x1, b.linear(gelu, 4 * d, d)], out=out)
+    return out
+
+
+def gpt_block() -> onnx.ModelProto:
+    """GPT-style decoder block over dynamic batch B and sequence T (`gpt_layer`, d 32, 4 heads)."""
+    d = 32
+    b = GraphBuilder("gpt_block", seed=5)
+    gpt_layer(b, b.input("x", ["B", "T", d]), d, 4, 64, out="y")
     b.output("y", ["B", "T", d])
     return b.model()
 
