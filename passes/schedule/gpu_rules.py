@@ -131,7 +131,7 @@ def _schedule_block(sch: Schedule, b: BlockRV, ch: Decisions) -> None:
         _multi_level_tiling(sch, b, loops, n_s, ch)
         return
     red_c = arith.as_int(arith.simplify(_extent_product(sch, loops[n_s:])))
-    if n_s < len(loops) and (red_c is None or red_c >= 32):
+    if n_s < len(loops) and (red_c is None or red_c >= 32 or n_s == 0):  # a full reduction needs threads
         _cross_thread(sch, loops[:n_s], loops[n_s:], red_c, ch)
         return
     _bind_spatial(sch, loops[:n_s], ch)
