@@ -11,18 +11,18 @@ Inference builds fold the casts of constants into f16 constants (fold-constants)
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import ClassVar
 
 import yaml
 from mlc.ir.diagnostics import MlcError
-from mlc.ir.graph import Binding, Block, Constant, Function, GetItem, OpCall, Value, attrs_of
+from mlc.ir.graph import Binding, Block, Constant, Function, GetItem, If, Loop, OpCall, Value, attrs_of
 from mlc.ir.module import Module
 from mlc.ir.names import fresh_name
 from mlc.ir.ops.registry import all_ops
-from mlc.ir.rewrite import remap_args, used_names
+from mlc.ir.rewrite import remap_args, used_names, walk_bindings
 from mlc.ir.types import TensorType, TupleType, UnknownType
 
 from .registry import ModulePass, PassContext, option, register_pass
@@ -75,54 +75,86 @@ def _dtype(v: Value) -> str | None:
 
 def amp_function(fn: Function, low: str, rules: dict[str, str]) -> Function:
     """`fn` with its f32 ops lowered to `low` as `rules` say; types of changed values are left
-    for shape-infer to recompute."""
+    for shape-infer to recompute. Loop and if bodies are converted too (an LSTM step's matmuls go
+    low); what crosses a body's boundary (loop inits and carried values, yields) stays in its
+    declared precision, so a loop's carried types do not change."""
     used = {p.name for p in fn.params} | used_names(fn.body)
     now: dict[str, str | None] = {p.name: _dtype(p) for p in fn.params}  # dtype each value has after amp
-    sub: dict[str, Value] = {}
-    casts: dict[tuple[str, str], Value] = {}
-    consts = {b.var.name for b in fn.body.bindings if isinstance(b.node, Constant)}  # cast for free: no vote
-    body: list[Binding] = []
+    consts = {b.var.name for b in walk_bindings(fn.body) if isinstance(b.node, Constant)}  # no vote
+    conv = _BlockAmp(low, rules, used, now, consts, {})
+    return Function(fn.name, fn.params, conv.block(fn.body, {}), fn.attrs, fn.loc)
 
-    def cast(v: Value, to: str) -> Value:
-        if (v.name, to) not in casts:
-            c = Value(fresh_name(f"{v.name}_{to}", used), UnknownType(), v.loc)
-            body.append(Binding(c, OpCall("cast", (v,), attrs_of({"dtype": to}), v.loc), v.loc))
-            now[c.name] = to
-            casts[(v.name, to)] = c
-        return casts[(v.name, to)]
 
-    for b in fn.body.bindings:
-        node = remap_args(b.node, lambda v: sub.get(v.name, v))
-        if isinstance(node, GetItem):  # a piece of a tuple has the precision the tuple was computed in
-            low_tuple = now.get(node.tuple_value.name) == low
-            var = Value(b.var.name, UnknownType(), b.var.loc) if low_tuple else b.var
-            now[var.name] = low if low_tuple and _dtype(b.var) == WIDE else _dtype(b.var)
+@dataclass
+class _BlockAmp:
+    """State of one conversion: dtypes after amp, renamed values and casts (per scope)."""
+
+    low: str
+    rules: dict[str, str]
+    used: set[str]
+    now: dict[str, str | None]
+    consts: set[str]
+    sub: dict[str, Value]
+
+    def block(self, blk: Block, outer_casts: dict[tuple[str, str], Value]) -> Block:
+        """`blk` converted; casts made in an enclosing scope are reused, new ones stay in this one;
+        results come back in their declared precision."""
+        low, now, sub = self.low, self.now, self.sub
+        casts = dict(outer_casts)
+        body: list[Binding] = []
+
+        def cast(v: Value, to: str) -> Value:
+            if (v.name, to) not in casts:
+                c = Value(fresh_name(f"{v.name}_{to}", self.used), UnknownType(), v.loc)
+                body.append(Binding(c, OpCall("cast", (v,), attrs_of({"dtype": to}), v.loc), v.loc))
+                now[c.name] = to
+                casts[(v.name, to)] = c
+            return casts[(v.name, to)]
+
+        for b in blk.bindings:
+            node = remap_args(b.node, lambda v: sub.get(v.name, v))
+            if isinstance(node, GetItem):  # a piece of a tuple has the precision the tuple was computed in
+                low_tuple = now.get(node.tuple_value.name) == low
+                var = Value(b.var.name, UnknownType(), b.var.loc) if low_tuple else b.var
+                now[var.name] = low if low_tuple and _dtype(b.var) == WIDE else _dtype(b.var)
+                sub[b.var.name] = var
+                body.append(Binding(var, node, b.loc))
+                continue
+            if isinstance(node, Loop | If):  # operands in their declared precision, bodies converted
+                node = remap_args(node, lambda v: cast(v, WIDE) if now.get(v.name) == low else v)
+                if isinstance(node, Loop):
+                    now[node.index.name] = _dtype(node.index)
+                    now.update((c.name, _dtype(c)) for c in node.carried)
+                    node = replace(node, body=self.block(node.body, casts))
+                else:
+                    node = replace(node, then_block=self.block(node.then_block, casts),
+                                   else_block=self.block(node.else_block, casts))
+                now[b.var.name] = _dtype(b.var)
+                body.append(Binding(b.var, node, b.loc))
+                continue
+            args = list(node.args) if isinstance(node, OpCall) else []
+            floats = [a for a in args if now.get(a.name) in (WIDE, low) and a.name not in self.consts]
+            rule = self.rules.get(node.op, "follow") if isinstance(node, OpCall) else "never"
+            go_low = isinstance(node, OpCall) and bool(floats) and (
+                rule == "always" or (rule == "follow" and all(now.get(a.name) == low for a in floats)))
+            if go_low:
+                assert isinstance(node, OpCall)
+                node = OpCall(node.op, tuple(cast(a, low) if now.get(a.name) == WIDE else a for a in node.args),
+                              node.attrs, node.loc)
+            else:
+                node = remap_args(node, lambda v: cast(v, WIDE) if now.get(v.name) == low else v)
+            t = b.var.type
+            lowered = go_low and (_dtype(b.var) == WIDE or isinstance(t, TupleType) and any(
+                isinstance(f, TensorType) and f.dtype == WIDE for f in t.fields))
+            var = Value(b.var.name, UnknownType(), b.var.loc) if lowered else b.var
+            now[var.name] = low if lowered else _dtype(b.var)
             sub[b.var.name] = var
             body.append(Binding(var, node, b.loc))
-            continue
-        args = list(node.args) if isinstance(node, OpCall) else []
-        floats = [a for a in args if now.get(a.name) in (WIDE, low) and a.name not in consts]
-        rule = rules.get(node.op, "follow") if isinstance(node, OpCall) else "never"
-        go_low = isinstance(node, OpCall) and bool(floats) and (
-            rule == "always" or (rule == "follow" and all(now.get(a.name) == low for a in floats)))
-        if go_low:
-            assert isinstance(node, OpCall)
-            node = OpCall(node.op, tuple(cast(a, low) if now.get(a.name) == WIDE else a for a in node.args),
-                          node.attrs, node.loc)
-        else:
-            node = remap_args(node, lambda v: cast(v, WIDE) if now.get(v.name) == low else v)
-        t = b.var.type
-        lowered = go_low and (_dtype(b.var) == WIDE or isinstance(t, TupleType) and any(
-            isinstance(f, TensorType) and f.dtype == WIDE for f in t.fields))
-        var = Value(b.var.name, UnknownType(), b.var.loc) if lowered else b.var
-        now[var.name] = low if lowered else _dtype(b.var)
-        sub[b.var.name] = var
-        body.append(Binding(var, node, b.loc))
-    results = []
-    for r in fn.body.results:
-        r = sub.get(r.name, r)
-        results.append(cast(r, WIDE) if now.get(r.name) == low else r)
-    return Function(fn.name, fn.params, Block(tuple(body), tuple(results), fn.body.loc), fn.attrs, fn.loc)
+        results = []
+        for r in blk.results:
+            r = sub.get(r.name, r)
+            results.append(cast(r, WIDE) if now.get(r.name) == low else r)
+        return Block(tuple(body), tuple(results), blk.loc)
 
 
 @register_pass
