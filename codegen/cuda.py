@@ -7,7 +7,8 @@ become device temporaries the runtime provides (sized from the dims at run time)
 loops bound to `blockIdx.*` / `threadIdx.*` read the hardware indices (with a guard where a loop is
 shorter than the launch), other loops stay C loops, a chain of lets and allocations is one C scope,
 shared/local buffers become `__shared__` / register arrays, and a `ThreadAllReduce` keeps a per-thread
-partial result in a register, combined with warp shuffles. A `GemmCall` stage is emitted by
+partial result in a register, combined with warp shuffles. Consecutive stages that only exchange data
+within a thread block (row chains, `cuda_rows`) share one kernel, a barrier between them. A `GemmCall` stage is emitted by
 `cuda_gemm` (tensor cores for f16, register tiles for f32).
 
 Every kernel of a PrimFunc takes the same arguments: the PrimFunc's buffers, its temporaries, then
@@ -40,6 +41,7 @@ from .cuda_expr import (
     index_type,
     var_name,
 )
+from .cuda_rows import row_groups
 
 MAX_THREADS = 1024
 SHARED_LIMIT = 48 * 1024
@@ -351,29 +353,38 @@ def lower_func(func: PrimFunc, gemm_config: tuple[int, ...] | None = None, arch:
     unpack = [f"  const {index_type(d.dtype)} {var_name(d)} = ({index_type(d.dtype)}){ident('d_', d.name)};" for d in dims]
     src: list[str] = []
     launches: list[Launch] = []
-    for k, stage in enumerate(stages):
+    gemms = [emit_gemm_stage(func, stage, gemm_config, arch) for stage in stages]  # type: ignore[arg-type]
+    extents = [None if g is not None else _thread_extents(s) for s, g in zip(stages, gemms)]
+    groups = row_groups(stages, extents, {b.name for b in func.params + temps})
+    for k, group in enumerate(groups):
         sym = ident("mlc_", f"{func.name}_k{k}")
-        gemm = emit_gemm_stage(func, stage, gemm_config, arch)  # type: ignore[arg-type]
+        gemm = gemms[group[0]]
         if gemm is not None:
             body, grid, block, smem = gemm
             launches.append(Launch(sym, grid, block, smem))
             src.append(f'extern "C" __global__ void __launch_bounds__({block[0] * block[1] * block[2]}) {sym}({head}) {{')
             src += unpack + body + ["}", ""]
             continue
-        extents = _thread_extents(stage)
-        grid, block = _launch_of(extents)
-        used = buffers_used(stage)
+        ext = extents[group[0]]
+        assert ext is not None
+        grid, block = _launch_of(ext)
+        used = set().union(*(buffers_used(stages[j]) for j in group))
         shared = {n: b for n, b in root_shared.items() if n in used}
-        shared |= {x.buffer.name: x.buffer for x in nodes(stage) if isinstance(x, Allocate) and x.buffer.scope == "shared"}
-        em = _KernelEmitter(func, extents, shared)
+        for j in group:
+            shared |= {x.buffer.name: x.buffer for x in nodes(stages[j])
+                       if isinstance(x, Allocate) and x.buffer.scope == "shared"}
+        em = _KernelEmitter(func, ext, shared)
         for b in list(root_shared.values()) + list(root_local.values()):
             if b.name in used:
                 em.declare_local(b)
         sbytes = sum((_elem_count(b) or 0) * _bytes(b.dtype) for b in shared.values())
         if sbytes > SHARED_LIMIT:
-            raise MlcError(f"codegen cuda of prim @{func.name}: stage {k} needs {sbytes} bytes of shared memory "
+            raise MlcError(f"codegen cuda of prim @{func.name}: stage {group[0]} needs {sbytes} bytes of shared memory "
                            f"(limit {SHARED_LIMIT}); stage a smaller tile (compute_at the cache into a tile loop)")
-        em.stmt(stage)
+        for n, j in enumerate(group):
+            if n:
+                em.out("__syncthreads();  // the next stage reads what this block's threads wrote (cuda_rows)")
+            em.stmt(stages[j])
         launches.append(Launch(sym, grid, block))
         src.append(f'extern "C" __global__ void __launch_bounds__({block[0] * block[1] * block[2]}) {sym}({head}) {{')
         src += unpack + em.lines + ["}", ""]

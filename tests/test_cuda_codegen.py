@@ -59,11 +59,13 @@ def test_cross_thread_reduction_uses_warp_shuffles() -> None:
 def test_grid_is_an_expression_of_the_dims() -> None:
     src = lower_to_cuda([default_gpu_schedule(_softmax_rows())])
     (f,) = src.funcs
-    assert f.dims == ("n",) and len(f.launches) == 2
-    grids = [arith.evaluate(k.grid[0], {"n": 1000}) for k in f.launches]
-    assert grids[0] == 1000  # one block per row for the cross-thread reduction
-    threads = f.launches[1].block[0]
-    assert grids[1] == -(-1000 * 300 // threads)  # elementwise: ceil(elements / threads)
+    assert f.dims == ("n",) and len(f.launches) == 1  # a row chain: both stages in one kernel (cuda_rows)
+    assert arith.evaluate(f.launches[0].grid[0], {"n": 1000}) == 1000  # one block per row
+    n = Var("n")
+    x = placeholder("x", (n, 300))
+    (g,) = lower_to_cuda([default_gpu_schedule(build("twice", [x], [compute("y", (n, 300), lambda i, j: x[i, j] * 2.0)]))]).funcs
+    threads = g.launches[0].block[0]
+    assert arith.evaluate(g.launches[0].grid[0], {"n": 1000}) == -(-1000 * 300 // threads)  # ceil(elements / threads)
 
 
 @pytest.mark.parametrize("dtype,template", [("f16", "mlc_wmma_gemm<__half, __half"), ("f32", "mlc_simt_gemm<float")])

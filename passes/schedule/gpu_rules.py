@@ -14,7 +14,11 @@ Per leaf block of a tensor program (each top-level loop nest holding one block):
   `blockIdx.x`, reduce loops fused, split and the inner part bound to `threadIdx.x` (the codegen
   combines partial results with warp shuffles), its width from `sample_categorical`;
 - everything else is fused, split and bound to blockIdx.x/threadIdx.x, the threads per block and the
-  outputs per thread (1 unless the grid stays large) from `sample_categorical`.
+  outputs per thread (1 unless the grid stays large) from `sample_categorical`;
+- a row chain (softmax, log-softmax, layernorm: every stage has the same leading row loops, at least
+  one reduces the rest of the row, at least one writes a whole row; no GEMM) binds every stage alike:
+  rows -> blockIdx.x, the rest of the row split over the same threadIdx.x width, so the CUDA codegen
+  (codegen/cuda.py `row_groups`) can run the stages as one kernel, a barrier between them.
 Every choice is a sampling instruction; the default schedule passes each one its hand-picked decision,
 so the default trace is a point of the design space too, and search mutates decisions and re-runs.
 """
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from mlc.ir import arith
@@ -57,6 +62,10 @@ def schedule_gpu(func: PrimFunc, sample: bool = False, seed: int = 0, decisions:
     ch = Decisions(not sample, tuple(decisions))
     for b in sch.get_blocks():
         _inline(sch, b)
+    chain = _row_chain(sch)
+    if chain is not None:
+        _schedule_row_chain(sch, chain, ch)
+        return sch
     for b in sch.get_blocks():
         _schedule_block(sch, b, ch)
     return sch
@@ -187,6 +196,87 @@ def _cross_thread(sch: Schedule, spatial: list[LoopRV], reduce: list[LoopRV], re
     ro, ri = sch.split(fr, [None, t])
     sch.reorder(ri, ro)
     sch.bind(ri, "threadIdx.x")  # a cross-thread reduction: the codegen combines the partial results
+
+
+# ---- row chains (one kernel per row: softmax, log-softmax, layernorm) ----------------------------
+ROW_THREAD_CHOICES = (32, 64, 128, 256, 512)
+ROW_MIN = 32  # shorter rows keep the per-stage schedules (one thread per row is better there)
+
+
+@dataclass(frozen=True)
+class RowChain:
+    """The stages of a row chain: per stage (block, its row loops, the rest of its loops), row length."""
+
+    stages: tuple[tuple[BlockRV, tuple[LoopRV, ...], tuple[LoopRV, ...]], ...]
+    length: int | None
+
+
+def _row_chain(sch: Schedule) -> RowChain | None:
+    """The function as a row chain, or None. Rows: a reduction's leading spatial loops (trailing extent-1
+    ones dropped); every stage starts with loops of those extents, reductions reduce `length` elements
+    (after extent-1 spatial loops), elementwise stages cover 1 or `length` elements per row."""
+    info = []
+    for b in sch.get_blocks():
+        loops = sch.get_loops(b)
+        blk = sch.get(b)
+        if not loops or not isinstance(blk, BlockStmt) or any(_is_thread(sch, lp) for lp in loops) \
+                or not _alone(sch, loops) or match_gemm(blk) is not None:
+            return None
+        kinds = _loop_kinds(sch, b, loops)
+        if kinds is None:
+            return None
+        n_s = kinds.index("R") if "R" in kinds else len(kinds)
+        if any(k == "S" for k in kinds[n_s:]):
+            return None
+        info.append((b, loops, n_s, [sch.get(lp).extent for lp in loops]))  # type: ignore[union-attr]
+    reds = [x for x in info if x[2] < len(x[1])]
+    if len(info) < 2 or not reds:
+        return None
+    b0, _, n0, ext0 = reds[0]
+    r = n0
+    while r > 0 and arith.as_int(ext0[r - 1]) == 1:
+        r -= 1
+    if r == 0:
+        return None
+    rows = ext0[:r]
+    length = _extent_product(sch, reds[0][1][n0:])
+    stages, full = [], False
+    for b, loops, n_s, ext in info:
+        if len(loops) <= r or not all(arith.prove_equal(a, c) for a, c in zip(ext[:r], rows)):
+            return None
+        if n_s < len(loops):  # a reduction: extent-1 spatial loops, then `length` reduced elements
+            if any(arith.as_int(e) != 1 for e in ext[r:n_s]) or \
+                    not arith.prove_equal(_extent_product(sch, loops[n_s:]), length):
+                return None
+            stages.append((b, tuple(loops[:n_s]), tuple(loops[n_s:])))  # extent-1 loops join the rows
+            continue
+        else:
+            n = _extent_product(sch, loops[r:])
+            if arith.prove_equal(n, length):
+                full = True
+            elif arith.as_int(n) != 1:
+                return None
+        stages.append((b, tuple(loops[:r]), tuple(loops[r:])))
+    c = arith.as_int(arith.simplify(length))
+    if not full or (c is not None and c < ROW_MIN):
+        return None
+    return RowChain(tuple(stages), c)
+
+
+def _schedule_row_chain(sch: Schedule, chain: RowChain, ch: Decisions) -> None:
+    """Rows -> blockIdx.x, the rest of each row split over one threadIdx.x width: a reduction becomes a
+    cross-thread reduction, an elementwise stage a loop of coalesced steps across the row."""
+    c = chain.length
+    want = 256 if c is None else 32 if c <= 128 else 64 if c <= 512 else 128 if c <= 2048 \
+        else 256 if c <= 16384 else 512
+    t = ch.cat(sch, list(ROW_THREAD_CHOICES), want)
+    for _, rows, rest in chain.stages:
+        fr = sch.fuse(*rows) if len(rows) > 1 else rows[0]
+        sch.bind(fr, "blockIdx.x")
+        fi = sch.fuse(*rest) if len(rest) > 1 else rest[0]
+        lo, ti = sch.split(fi, [None, t])
+        sch.reorder(ti, lo)
+        sch.bind(ti, "threadIdx.x")  # a reduction: cross-thread (the codegen combines partial results)
 
 
 # ---- multi-level tiling -------------------------------------------------------------------------
