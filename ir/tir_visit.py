@@ -325,10 +325,10 @@ def bound(e: Expr, ranges: dict[Var, Interval]) -> Interval | None:
     """Symbolic [lo, hi] of an index expression when vars in `ranges` vary (others are fixed)."""
     if isinstance(e, Var):
         return ranges.get(e, (e, e))
-    if isinstance(e, Const):
+    if isinstance(e, Const) or not free_vars(e) & set(ranges):  # invariant (a symbolic divisor too)
         return (e, e)
     if not isinstance(e, Bin):
-        return None if free_vars(e) & set(ranges) else (e, e)
+        return None
     a, b = bound(e.a, ranges), bound(e.b, ranges)
     if a is None or b is None:
         return None
