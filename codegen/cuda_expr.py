@@ -142,7 +142,10 @@ class ExprEmitter:
             if flt:
                 return f"{'fmin' if dt == 'f64' else 'fminf'}({a}, {b})" if e.op == "min" else \
                     f"{'fmax' if dt == 'f64' else 'fmaxf'}({a}, {b})"
-            return f"{e.op}({a}, {b})"
+            # index arithmetic is `int` but values loaded from i64 buffers or cast to i64 are `long long`:
+            # one type for both operands, or the overloads of min/max are ambiguous
+            t = MEM_TYPE[dt]
+            return f"{e.op}(({t})({a}), ({t})({b}))"
         if e.op == "floordiv":
             return f"floor(({a}) / ({b}))" if dt == "f64" else f"floorf(({a}) / ({b}))" if flt else f"mlc_floordiv({a}, {b})"
         if e.op == "floormod":
