@@ -210,6 +210,8 @@ PASS_MODULES: tuple[str, ...] = (
     "mlc.passes.lower_tir",
     "mlc.passes.bounds",
     "mlc.passes.sparse_lower",
+    "mlc.passes.sparse_format",
+    "mlc.passes.schedule.sparse_gpu",
     "mlc.passes.sparsify",
     "mlc.passes.alter_layout",
     "mlc.passes.autodiff",

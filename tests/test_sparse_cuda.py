@@ -1,0 +1,259 @@
+"""Sparse kernels on CUDA (issue 15): the GPU schedule of sparse-lower's output (passes/schedule/sparse_gpu.py).
+
+Here (no GPU): every kernel and format, scheduled for the GPU, runs in the TIR interpreter (block form
+and after lower-tir, where SDDMM's lanes become a cross-thread reduction) and equals scipy.sparse, so
+the schedule keeps the semantics; `mlc build --target cuda` compiles each one with nvcc. On a GPU
+(`gpu` marker): the compiled kernels against scipy.sparse, f32 and f16, random patterns with empty
+rows and one dense row, and the graph-level `sparse_matmul` against numpy.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from mlc.codegen.cuda_jit import nvcc_unavailable
+from mlc.ir.printer import print_function
+from mlc.ir.sparse_kernels import sparse_kernel
+from mlc.ir.sparse_lower import lower_sparse
+from mlc.ir.tir import For
+from mlc.ir.tir_interp import run_prim
+from mlc.ir.tir_lower import lower_tir_func
+from mlc.ir.tir_visit import nodes
+from mlc.passes.schedule.sparse_gpu import sparse_gpu_schedule
+
+import mlc.sparse as msp
+from mlc.compiler import build_module
+
+KINDS = ("empty_rows", "dense_row", "random", "power_law")
+# (op, format) pairs: every kernel and format sparse-kernel writes
+CASES = [("spmm", "csr"), ("spmm", "ell"), ("spmm", "hyb:2,1"), ("sddmm", "csr"), ("sddmm", "ell"),
+         ("bsrmm", "bsr:2"), ("segment-mm", "csr")]
+
+
+def pattern(kind: str, m: int, n: int, seed: int) -> sp.csr_matrix:
+    """Empty rows, one dense row, uniform random or power-law row lengths; duplicate-free."""
+    rng = np.random.default_rng(seed)
+    dense = np.zeros((m, n), np.float32)
+    if kind == "empty_rows":
+        dense[rng.random((m, n)) < 0.3] = 1
+        dense[::3] = 0
+    elif kind == "dense_row":
+        dense[rng.integers(m)] = 1
+        dense[rng.random((m, n)) < 0.05] = 1
+    elif kind == "random":
+        dense[rng.random((m, n)) < 0.2] = 1
+    else:
+        for r in range(m):
+            k = min(n, int(rng.pareto(1.2)) + (r % 2))
+            dense[r, rng.choice(n, size=k, replace=False)] = 1
+    dense *= rng.uniform(0.5, 2.0, (m, n)).astype(np.float32)
+    a = sp.csr_matrix(dense)
+    a.sort_indices()
+    return a
+
+
+def case(op: str, fmt: str, a: sp.csr_matrix, feat: int, dtype: Any, seed: int = 0
+         ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], Any]:
+    """(sparse inputs by parameter name, dense inputs, the expected result as a function of the
+    kernel's output C)."""
+    rng = np.random.default_rng(seed)
+    m, n = a.shape
+    ip, ix, vals = a.indptr.astype(np.int32), a.indices.astype(np.int32), a.data.astype(dtype)
+    if op == "segment-mm":
+        cuts = np.sort(rng.choice(np.arange(1, m), size=min(3, m - 1), replace=False)) if m > 1 else []
+        seg = np.concatenate([[0], cuts, [m]]).astype(np.int32)
+        seg = np.concatenate([seg[:2], seg[1:2], seg[2:]]).astype(np.int32)  # an empty segment
+        x = rng.standard_normal((m, feat)).astype(dtype)
+        w = (rng.standard_normal((len(seg) - 1, feat, feat)) / np.sqrt(feat)).astype(dtype)
+        want = np.zeros((m, feat), np.float32)
+        for s in range(len(seg) - 1):
+            want[seg[s]:seg[s + 1]] = x[seg[s]:seg[s + 1]].astype(np.float32) @ w[s].astype(np.float32)
+        return {"indptr": seg}, {"X": x, "W": w}, lambda c: (c, want)
+    if op == "sddmm":
+        x, y = rng.standard_normal((m, feat)).astype(dtype), rng.standard_normal((n, feat)).astype(dtype)
+        rows = np.repeat(np.arange(m), np.diff(ip))
+        want = vals.astype(np.float32) * np.einsum("pk,pk->p", x[rows].astype(np.float32), y[ix].astype(np.float32))
+        if fmt == "csr":
+            return {"indptr": ip, "indices": ix, "data": vals}, {"X": x, "Y": y}, lambda c: (c, want)
+        w = max(1, int(np.diff(ip).max(initial=0)))
+        ei, ed = msp.to_ell(ip, ix, vals, w)
+        pos = np.arange(a.nnz) - np.repeat(ip[:-1], np.diff(ip))
+        return {"indices": ei, "data": ed}, {"X": x, "Y": y}, lambda c: (c[rows, pos], want)
+    b = rng.standard_normal((n, feat)).astype(dtype)
+    want = a.astype(np.float32) @ b.astype(np.float32)
+    if op == "bsrmm":
+        sparse = msp.to_bsr(a, int(fmt.split(":")[1]), dtype)
+    elif fmt.startswith("hyb"):
+        parts, k = (int(v) for v in fmt.split(":")[1].split(","))
+        sparse = msp.to_hyb(ip, ix, vals, n, parts, k)
+    elif fmt == "ell":
+        ei, ed = msp.to_ell(ip, ix, vals, max(1, int(np.diff(ip).max(initial=0))))
+        sparse = {"indices": ei, "data": ed}
+    else:
+        sparse = {"indptr": ip, "indices": ix, "data": vals}
+    return sparse, {"B": b}, lambda c: (c, want)
+
+
+def kernel_format(fmt: str, sparse: dict[str, np.ndarray]) -> str:
+    return f"ell:{sparse['indices'].shape[1]}" if fmt == "ell" else fmt
+
+
+def scheduled(op: str, fmt: str, feat: int, dtype: str = "f32") -> Any:
+    f = sparse_kernel(op, fmt, feat, dtype).get(op.replace("-", "_"))
+    return sparse_gpu_schedule(lower_sparse(f, 3))
+
+
+def thread_tags(f: Any) -> set[str]:
+    return {x.thread_tag for x in nodes(f.body) if isinstance(x, For) and x.kind == "thread"}
+
+
+def run_scheduled(op: str, fmt: str, a: sp.csr_matrix, feat: int, lowered: bool) -> None:
+    sparse, dense, check = case(op, fmt, a, feat, np.float32, seed=a.nnz)
+    f = scheduled(op, kernel_format(fmt, sparse), feat)
+    assert {"blockIdx.x", "threadIdx.x"} <= thread_tags(f), print_function(f)
+    if lowered:
+        f = lower_tir_func(f)
+    feeds = {**sparse, **dense}
+    out = f.params[-1]
+    shape = (a.shape[0], feat) if op != "sddmm" else (a.nnz,) if fmt == "csr" else feeds["indices"].shape
+    c = np.full(shape, np.nan, np.float32)
+    run_prim(f, [feeds[p.name] for p in f.params[:-1]] + [c])
+    assert out.name == "C"
+    got, want = check(c)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("op, fmt", CASES)
+def test_gpu_schedule_keeps_semantics(op: str, fmt: str, kind: str) -> None:
+    """Block form with threads bound, against scipy; 40 features (two lanes of 32, the second partial)."""
+    m, n = (12, 10) if op == "bsrmm" else (13, 11)
+    run_scheduled(op, fmt, pattern(kind, m, n, 3), 40, lowered=False)
+
+
+@pytest.mark.parametrize("feat", [8, 64])
+@pytest.mark.parametrize("op, fmt", CASES)
+def test_gpu_schedule_after_lower_tir(op: str, fmt: str, feat: int) -> None:
+    """Loop-level form (cross-thread reductions for sddmm), fewer and more features than a warp."""
+    m, n = (10, 8) if op == "bsrmm" else (9, 7)
+    run_scheduled(op, fmt, pattern("dense_row", m, n, 5), feat, lowered=True)
+
+
+def test_spmm_schedule_binds_rows_and_lanes() -> None:
+    """SpMM: rows to blockIdx.x x threadIdx.y (4 rows of 32 lanes), features to threadIdx.x, the
+    nonzero loop serial per thread, the whole row body guarded (no indptr read past the last row)."""
+    text = print_function(scheduled("spmm", "csr", 64))
+    assert 'for i_0 in 0..floordiv(mp1 + 2, 4) thread "blockIdx.x"' in text
+    assert 'for i_1 in 0..4 thread "threadIdx.y" {\n        if i_0 * 4 + i_1 < mp1 - 1 {' in text
+    assert 'thread "threadIdx.x"' in text and "for j in 0..max(" in text
+    assert 'schedule = "sparse-gpu"' in text
+
+
+def test_sddmm_schedule_is_a_warp_reduction() -> None:
+    """SDDMM: one row per block, 32 lanes over the features combined across threads; the init is
+    folded into the update block (no read of C before the reduction)."""
+    f = scheduled("sddmm", "csr", 64)
+    assert thread_tags(f) == {"blockIdx.x", "threadIdx.x"}
+    text = print_function(lower_tir_func(f))
+    assert "allreduce" in text and "sddmm_init" not in print_function(f)
+
+
+@pytest.mark.skipif(nvcc_unavailable() is not None, reason=str(nvcc_unavailable()))
+@pytest.mark.parametrize("op, fmt, dtype", [(o, f, "f32") for o, f in CASES] + [
+    ("spmm", "csr", "f16"), ("sddmm", "csr", "f16"), ("bsrmm", "bsr:16", "f16")])
+def test_cuda_build_compiles(op: str, fmt: str, dtype: str) -> None:
+    """`mlc build --target cuda`'s pipeline (sparse-lower, sparse-gpu-schedule) and nvcc accept it."""
+    fmt = "ell:4" if fmt == "ell" else fmt
+    built = build_module(sparse_kernel(op, fmt, 64, dtype), {}, "cuda")
+    f = next(iter(built.module.prim_functions()))
+    assert dict(f.attrs).get("schedule") == "sparse-gpu"
+    assert built.result.data
+
+
+# ---- on a GPU -----------------------------------------------------------------------------------
+def _gpu_reason() -> str | None:
+    try:
+        from mlc.runtime.cuda import cuda_unavailable
+    except ImportError as e:  # pragma: no cover
+        return str(e)
+    return cuda_unavailable()
+
+
+_NO_GPU = _gpu_reason()
+needs_gpu = pytest.mark.skipif(_NO_GPU is not None, reason=f"needs a CUDA GPU: {_NO_GPU}")
+
+
+def _tol(dtype: str) -> dict[str, float]:
+    return {"rtol": 2e-2, "atol": 5e-2} if dtype == "f16" else {"rtol": 1e-4, "atol": 1e-4}
+
+
+@pytest.mark.gpu
+@needs_gpu
+@pytest.mark.parametrize("dtype", ["f32", "f16"])
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("op, fmt", [c for c in CASES if c[0] != "segment-mm"])
+def test_gpu_kernels_match_scipy(op: str, fmt: str, kind: str, dtype: str) -> None:
+    m, n = (96, 64) if op == "bsrmm" else (97, 61)
+    a = pattern(kind, m, n, 7)
+    npd = np.float16 if dtype == "f16" else np.float32
+    k = msp.compile(a, op, target="cuda", feat=40, format=fmt if fmt != "bsr:2" else "bsr:16", dtype=dtype)
+    _, dense, check = case(op, "csr", k.matrix, 40, npd, seed=1)
+    if op == "sddmm":
+        got = k(dense["X"], dense["Y"])
+        rows = np.repeat(np.arange(m), np.diff(k.matrix.indptr))
+        want = check(got.data)[1]
+        assert len(rows) == len(want)
+        np.testing.assert_allclose(got.data, want, **_tol(dtype))
+    else:
+        got, want = check(k(dense["B"]))
+        np.testing.assert_allclose(np.asarray(got, np.float32), want, **_tol(dtype))
+
+
+@pytest.mark.gpu
+@needs_gpu
+@pytest.mark.parametrize("dtype", ["f32", "f16"])
+def test_gpu_segment_mm(dtype: str) -> None:
+    from mlc.runtime.artifact import loads
+    from mlc.runtime.model import model_from_artifact
+
+    npd = np.float16 if dtype == "f16" else np.float32
+    sparse, dense, check = case("segment-mm", "csr", pattern("random", 200, 8, 2), 32, npd)
+    built = build_module(sparse_kernel("segment-mm", "csr", 32, dtype), {}, "cuda")
+    model = model_from_artifact(loads(built.result.data), "<segment-mm>")
+    got, want = check(model(**sparse, **dense)["C"])
+    np.testing.assert_allclose(np.asarray(got, np.float32), want, **_tol(dtype))
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_gpu_graph_sparse_matmul() -> None:
+    """The graph op sparse_matmul (a matmul by a sparse constant) built for CUDA, symbolic batch."""
+    from mlc.ir.expr import Const, Var
+    from mlc.ir.graph import Binding, Block, Constant, Function, OpCall, Value
+    from mlc.ir.module import Module
+    from mlc.ir.types import TensorType, UnknownType
+    from mlc.passes.sparsify import csr_of_transpose
+    from mlc.runtime.artifact import loads
+    from mlc.runtime.model import model_from_artifact
+
+    from mlc.compiler import with_memory_constants
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((37, 21)).astype(np.float32)
+    w[rng.random(w.shape) > 0.25] = 0
+    w[:, 0] = 0
+    arrays = dict(zip(("indptr", "indices", "data"), csr_of_transpose(w)))
+    x = Value("x", TensorType((Var("N"), Const(37)), "f32"))
+    binds = [Binding(Value(k, TensorType((Const(len(v)),), "i32" if v.dtype == np.int32 else "f32")), Constant(k))
+             for k, v in arrays.items()]
+    y = Value("y", UnknownType())
+    binds.append(Binding(y, OpCall("sparse_matmul", (x, *(b.var for b in binds)), ())))
+    m = Module((Function("main", (x,), Block(tuple(binds), (y,)), (("entry", True),)),))
+    built = build_module(with_memory_constants(m, arrays), arrays, "cuda")
+    model = model_from_artifact(loads(built.result.data), "<sparse_matmul cuda>")
+    for n in (1, 3, 40):
+        xv = rng.standard_normal((n, 37)).astype(np.float32)
+        np.testing.assert_allclose(model(x=xv)["y"], xv @ w, rtol=1e-4, atol=1e-4)
