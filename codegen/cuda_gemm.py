@@ -1,11 +1,16 @@
 """GEMM stages on the GPU: a `GemmCall` statement (lower-tir's form of a stage tensorized with a
 `gemm_*` intrinsic, ir/tir_gemm.py recognises the pattern) becomes a tiled kernel, one of two templates: f16/bf16 operands use tensor
 cores (wmma 16x16x16, f32 accumulators, a 3-stage cp.async pipeline through shared memory), f32 uses
-register tiles of 8x8 per thread. The tile loops of the schedule only certify the pattern; the
+register tiles of 8x8 per thread, exact f32. With $MLC_CUDA_TF32=1 at codegen (opt-in, as PyTorch's
+`torch.backends.cuda.matmul.allow_tf32`), f32 GEMMs whose N and K are constant multiples of 8 use the
+wmma template with TF32 fragments instead (m16n16k8: operands rounded to a 10-bit mantissa, f32
+accumulation; relative error ~1e-3). The tile loops of the schedule only certify the pattern; the
 template chooses its own block tile, which is what makes it fast on the hardware.
 """
 
 from __future__ import annotations
+
+import os
 
 from ..ir import arith
 from ..ir.diagnostics import MlcError
@@ -23,6 +28,13 @@ from .cuda_wgmma import (
     wgmma_ok,
     wgmma_smem_bytes,
 )
+
+TF32_ENV = "MLC_CUDA_TF32"
+
+
+def tf32_enabled() -> bool:
+    """$MLC_CUDA_TF32 is 1/true/on: f32 GEMMs may round their operands to TF32 on tensor cores."""
+    return os.environ.get(TF32_ENV, "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def _gemm_config(g: GemmInfo, tensor_cores: bool) -> GemmConfig:
@@ -42,7 +54,8 @@ def emit_gemm_stage(func: PrimFunc, stage: Stmt, config: GemmConfig | None = Non
     if not isinstance(stage, GemmCall):
         return None
     g = gemm_info(stage)
-    tc = g.a.dtype in ("f16", "bf16")
+    tf32 = g.a.dtype == "f32" and g.c.dtype == "f32" and tf32_enabled() and tensor_core_ok(g)
+    tc = g.a.dtype in ("f16", "bf16") or tf32
     if tc and not tensor_core_ok(g):
         raise MlcError(f"codegen cuda: the {g.a.dtype} GEMM on %{g.c.name} needs N and K constant multiples of 8",
                        stage.loc)
@@ -73,7 +86,7 @@ def emit_gemm_stage(func: PrimFunc, stage: Stmt, config: GemmConfig | None = Non
         return body, (arith.simplify(Bin("min", tiles, Const(WGMMA_SMS))), Const(1), Const(1)), (nthreads, 1, 1), smem
     if tc:
         nthreads = (bm // wm) * (bn // wn) * 32
-        smem = max(stages * (bm * (bk + 8) + bk * (bn + 8)) * 2, (nthreads // 32) * 16 * 20 * 4)
+        smem = max(stages * (bm * (bk + 8) + bk * (bn + 8)) * (4 if tf32 else 2), (nthreads // 32) * 16 * 20 * 4)
         body.append(f"  mlc_wmma_gemm<{MEM_TYPE[g.a.dtype]}, {tcty}, {bm}, {bn}, {bk}, {wm}, {wn}, {stages}>("
                     f"{a} + bz * {sa}, {b} + bz * {sb}, {c} + bz * {sc}, {rows}, {n}, {k}, {acc});")
     else:
@@ -93,6 +106,9 @@ __device__ __forceinline__ void mlc_cp_async16(void* smem, const void* gmem, boo
 }
 __device__ __forceinline__ void mlc_cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N> __device__ __forceinline__ void mlc_cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" :: "n"(N)); }
+// the wmma fragment element type of an operand type: f32 operands go through TF32 fragments
+template <typename T> struct mlc_wmma_elem { using type = T; };
+template <> struct mlc_wmma_elem<float> { using type = nvcuda::wmma::precision::tf32; };
 __device__ __forceinline__ float mlc_to_float(float v) { return v; }
 __device__ __forceinline__ float mlc_to_float(__half v) { return __half2float(v); }
 __device__ __forceinline__ float mlc_to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
@@ -119,13 +135,17 @@ template <typename TC> __device__ __forceinline__ void mlc_store8(TC* dst, const
   for (int t = 0; t < 8 && t < n; ++t) dst[t] = mlc_from_float<TC>(src[t] + (accumulate ? mlc_to_float(dst[t]) : 0.0f));
 }
 
-// C[M,N] (+)= A[M,K] B[K,N], row-major, f16/bf16 operands, f32 accumulation on tensor cores.
+// C[M,N] (+)= A[M,K] B[K,N], row-major, f32 accumulation on tensor cores: f16/bf16 operands (m16n16k16), or f32
+// operands rounded to TF32 in the fragments (m16n16k8; PyTorch's allow_tf32). Tiles move in 16-byte chunks.
 template <typename TA, typename TC, int BM, int BN, int BK, int WM, int WN, int STAGES>
 __device__ __forceinline__ void mlc_wmma_gemm(const TA* __restrict__ A, const TA* __restrict__ B, TC* __restrict__ C,
                                               int M, int N, int K, bool accumulate) {
   using namespace nvcuda;
   constexpr int WARPS_N = BN / WN, NT = (BM / WM) * (BN / WN) * 32;
-  constexpr int LDA = BK + 8, LDB = BN + 8, LDC = BN + 4, FM = WM / 16, FN = WN / 16;
+  constexpr int LDA = BK + 8, LDB = BN + 8, FM = WM / 16, FN = WN / 16;
+  constexpr bool TF32 = sizeof(TA) == 4;
+  constexpr int KS = TF32 ? 8 : 16, VEC = 16 / (int)sizeof(TA);  // k per mma; elements per 16-byte chunk
+  using FragT = typename mlc_wmma_elem<TA>::type;
   extern __shared__ __align__(128) unsigned char mlc_smem[];
   TA* As = reinterpret_cast<TA*>(mlc_smem);
   TA* Bs = As + STAGES * BM * LDA;
@@ -134,7 +154,7 @@ __device__ __forceinline__ void mlc_wmma_gemm(const TA* __restrict__ A, const TA
   const int gx = gridDim.x, bid = blockIdx.y * gx + blockIdx.x, group = bid / (8 * gx);
   const int rows_in_group = min((int)gridDim.y - group * 8, 8), in_group = bid % (8 * gx);
   const int bm = (group * 8 + in_group % rows_in_group) * BM, bn = (in_group / rows_in_group) * BN;
-  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[FM][FN];
+  wmma::fragment<wmma::accumulator, 16, 16, KS, float> acc[FM][FN];
 #pragma unroll
   for (int i = 0; i < FM; ++i)
 #pragma unroll
@@ -145,14 +165,14 @@ __device__ __forceinline__ void mlc_wmma_gemm(const TA* __restrict__ A, const TA
     TA* as = As + stage * BM * LDA;
     TA* bs = Bs + stage * BK * LDB;
 #pragma unroll
-    for (int c = tid; c < BM * BK / 8; c += NT) {
-      const int r = c / (BK / 8), col = (c % (BK / 8)) * 8, gr = bm + r, gc = k0 + col;
+    for (int c = tid; c < BM * BK / VEC; c += NT) {
+      const int r = c / (BK / VEC), col = (c % (BK / VEC)) * VEC, gr = bm + r, gc = k0 + col;
       const bool ok = gr < M && gc < K;
       mlc_cp_async16(as + r * LDA + col, ok ? A + (size_t)gr * K + gc : A, ok);
     }
 #pragma unroll
-    for (int c = tid; c < BK * BN / 8; c += NT) {
-      const int r = c / (BN / 8), col = (c % (BN / 8)) * 8, gr = k0 + r, gc = bn + col;
+    for (int c = tid; c < BK * BN / VEC; c += NT) {
+      const int r = c / (BN / VEC), col = (c % (BN / VEC)) * VEC, gr = k0 + r, gc = bn + col;
       const bool ok = gr < K && gc < N;
       mlc_cp_async16(bs + r * LDB + col, ok ? B + (size_t)gr * N + gc : B, ok);
     }
@@ -171,13 +191,23 @@ __device__ __forceinline__ void mlc_wmma_gemm(const TA* __restrict__ A, const TA
     const TA* as = As + (kt % STAGES) * BM * LDA;
     const TA* bs = Bs + (kt % STAGES) * BK * LDB;
 #pragma unroll
-    for (int kk = 0; kk < BK; kk += 16) {
-      wmma::fragment<wmma::matrix_a, 16, 16, 16, TA, wmma::row_major> fa[FM];
-      wmma::fragment<wmma::matrix_b, 16, 16, 16, TA, wmma::row_major> fb[FN];
+    for (int kk = 0; kk < BK; kk += KS) {
+      wmma::fragment<wmma::matrix_a, 16, 16, KS, FragT, wmma::row_major> fa[FM];
+      wmma::fragment<wmma::matrix_b, 16, 16, KS, FragT, wmma::row_major> fb[FN];
 #pragma unroll
       for (int i = 0; i < FM; ++i) wmma::load_matrix_sync(fa[i], as + (wm * WM + i * 16) * LDA + kk, LDA);
 #pragma unroll
       for (int j = 0; j < FN; ++j) wmma::load_matrix_sync(fb[j], bs + kk * LDB + wn * WN + j * 16, LDB);
+      if constexpr (TF32) {  // round the f32 operands to TF32 (round to nearest), as cuBLAS does
+#pragma unroll
+        for (int i = 0; i < FM; ++i)
+#pragma unroll
+          for (int t = 0; t < fa[i].num_elements; ++t) fa[i].x[t] = wmma::__float_to_tf32(fa[i].x[t]);
+#pragma unroll
+        for (int j = 0; j < FN; ++j)
+#pragma unroll
+          for (int t = 0; t < fb[j].num_elements; ++t) fb[j].x[t] = wmma::__float_to_tf32(fb[j].x[t]);
+      }
 #pragma unroll
       for (int i = 0; i < FM; ++i)
 #pragma unroll
