@@ -211,7 +211,6 @@ PASS_MODULES: tuple[str, ...] = (
     "mlc.passes.bounds",
     "mlc.passes.sparse_lower",
     "mlc.passes.sparse_format",
-    "mlc.passes.sparse_format",
     "mlc.passes.schedule.sparse_gpu",
     "mlc.passes.sparsify",
     "mlc.passes.alter_layout",
