@@ -9,7 +9,7 @@ from typing import Any
 import click
 import numpy as np
 from mlc.ir.diagnostics import Loc, MlcError
-from mlc.ir.files import atomic_write_bytes, atomic_write_files, read_bytes
+from mlc.ir.files import atomic_write_bytes, read_bytes, write_output_set
 from mlc.ir.limits import max_bytes
 
 from .dims import dims_option
@@ -130,15 +130,12 @@ def _emit_option(fn: Any) -> Any:
 
 
 def _write_build(res: Any, output: str, emit: str) -> None:
-    base = Path(output)
-    files = [(base, res.data)]
-    if "llvm" in emit:
-        files.append((base.with_suffix(".ll"), res.llvm_ir.encode()))
-    if "asm" in emit:
-        files.append((base.with_suffix(".s"), res.asm.encode()))
-    if "cuda" in emit:  # the CUDA build keeps its source where the CPU build keeps assembly
-        files.append((base.with_suffix(".cu"), res.asm.encode()))
-    atomic_write_files(files)
+    base = Path(output)  # the artifact and its listings are one set (ir/files.write_output_set)
+    write_output_set([(base, res.data),
+                      (base.with_suffix(".ll"), res.llvm_ir.encode() if "llvm" in emit else None),
+                      (base.with_suffix(".s"), res.asm.encode() if "asm" in emit else None),
+                      # the CUDA build keeps its source where the CPU build keeps assembly
+                      (base.with_suffix(".cu"), res.asm.encode() if "cuda" in emit else None)])
 
 
 def _emit_set(emit: str) -> tuple[str, ...]:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
+import shutil
 import stat
 import sys
 import tempfile
@@ -96,6 +98,123 @@ def atomic_write_files(files: list[tuple[Path, bytes]]) -> None:
             Path(tmp).unlink(missing_ok=True)
 
 
+SET_LINK = ".files"  # `.NAME.files`: the one link an output set's members resolve through
+
+
+def write_output_set(files: list[tuple[Path, bytes | None]]) -> None:
+    """An output and the files that belong with it (an artifact and its `--emit` listings), all or none.
+
+    `files[0]` is the main output; every path is in its directory; a None entry is a member this
+    write does not produce (a listing kind not asked for this time): a file there describes another
+    build, so it goes, with the same guarantee.
+    A single output over a plain file, a device or nothing is atomic_write_files. Otherwise each
+    member is a symlink `NAME -> .MAIN.files/NAME`, and `.MAIN.files` links to a generation
+    directory `.MAIN.<token>.d` holding the files: the new generation is written whole and that
+    one link is replaced by one rename, so a kill leaves the old set or the new one, never a mix.
+    Members of the old set that the new one lacks dangle after the rename (absent) and are removed.
+    A set reduced to its main output becomes a plain file again."""
+    main = files[0][0]
+    present = [(p, d) for p, d in files if d is not None]
+    link = main.parent / f".{main.name}{SET_LINK}"
+    stale = any(d is None and os.path.lexists(p) for p, d in files)  # a listing of another build
+    device = main.exists() and not main.is_file()
+    if device or (len(present) == 1 and not stale and not os.path.islink(link)):
+        atomic_write_files(present)
+        if not device:
+            _remove_generations(main, keep=None)  # a writer killed while turning a set back into a file
+        return
+    for p, _ in present:
+        if p.is_dir():
+            raise MlcError(f"cannot write '{p}': is a directory")
+    current = main
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        for p, _ in files:
+            remove_stale_temps(p)
+        remove_stale_temps(link)
+        gen = _new_generation(main, [(p.name, d) for p, d in present], umask)
+        _adopt_plain_members([p for p, _ in files], link, umask)  # the old set, as links: same content
+        for p, _ in present:
+            current = p
+            _put_link(p, f"{link.name}/{p.name}")  # a new member dangles (is absent) until the commit
+        current = main
+        _put_link(link, gen.name)  # the commit
+        for p, d in files:
+            if d is None and _is_member(p, link):
+                p.unlink()
+        if len(present) == 1:  # a plain file again: its content is the same on both sides of the rename
+            atomic_write_files(present)
+            link.unlink()
+        _remove_generations(main, keep=None if len(present) == 1 else gen.name)
+    except OSError as e:
+        raise MlcError(f"cannot write '{current}': {e.strerror or e}") from None
+
+
+def _new_generation(main: Path, files: list[tuple[str, bytes]], umask: int) -> Path:
+    tmp = Path(tempfile.mkdtemp(prefix=f".{main.name}.{os.getpid()}.", suffix=".tmp", dir=main.parent))
+    try:
+        for name, data in files:
+            (tmp / name).write_bytes(data)
+            os.chmod(tmp / name, 0o666 & ~umask)
+        os.chmod(tmp, 0o777 & ~umask)
+        gen = main.parent / f".{main.name}.{tmp.name.split('.')[-2]}.d"
+        os.rename(tmp, gen)
+        return gen
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _adopt_plain_members(paths: list[Path], link: Path, umask: int) -> None:
+    """Plain files at member names (a set written before this scheme) become links into a snapshot
+    generation of hard links to themselves, so replacing each by a link changes no content."""
+    plain = [p for p in paths if p.is_file() and not p.is_symlink()]
+    if not plain:
+        return
+    sources = {q.name: q for q in link.iterdir()} if link.is_dir() else {}
+    sources.update((p.name, p) for p in plain)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{paths[0].name}.{os.getpid()}.", suffix=".tmp", dir=paths[0].parent))
+    for name, src in sources.items():
+        try:
+            os.link(src, tmp / name)
+        except OSError:
+            shutil.copy2(src, tmp / name)
+    os.chmod(tmp, 0o777 & ~umask)
+    snap = paths[0].parent / f".{paths[0].name}.{tmp.name.split('.')[-2]}.d"
+    os.rename(tmp, snap)
+    _put_link(link, snap.name)
+    for p in plain:
+        _put_link(p, f"{link.name}/{p.name}")
+
+
+def _put_link(path: Path, target: str) -> None:
+    """Make `path` a symlink to `target` with one rename (unless it is one already)."""
+    if path.is_symlink() and os.readlink(path) == target:
+        return
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    os.symlink(target, tmp)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _is_member(path: Path, link: Path) -> bool:
+    return path.is_symlink() and os.readlink(path) == f"{link.name}/{path.name}"
+
+
+def _remove_generations(main: Path, keep: str | None) -> None:
+    """Generation directories of `main` other than `keep` (the old set, and any a killed writer left)."""
+    pattern = re.compile(rf"\.{re.escape(main.name)}\.[^/.]+\.d")
+    link = main.parent / f".{main.name}{SET_LINK}"
+    for name in os.listdir(main.parent):
+        current = os.readlink(link) if link.is_symlink() else None  # read again: a writer beside us may commit
+        if name not in (keep, current) and pattern.fullmatch(name) and (main.parent / name).is_dir():
+            shutil.rmtree(main.parent / name, ignore_errors=True)
+
+
 def remove_stale_temps(path: Path) -> None:
     """Delete temp files of `path` left by writers that are gone (killed before their rename)."""
     pattern = re.compile(rf"\.{re.escape(path.name)}\.(\d+)\.[^/]*\.tmp")
@@ -108,7 +227,10 @@ def remove_stale_temps(path: Path) -> None:
         if m is None or int(m.group(1)) == os.getpid() or _alive(int(m.group(1))):
             continue
         try:
-            os.unlink(path.parent / name)
+            if os.path.isdir(path.parent / name) and not os.path.islink(path.parent / name):
+                shutil.rmtree(path.parent / name)  # a generation directory being written (write_output_set)
+            else:
+                os.unlink(path.parent / name)
         except OSError:
             pass  # another writer removed it first, or it is not ours to remove
 
