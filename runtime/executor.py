@@ -89,6 +89,7 @@ class Executor:
         self._loops = any(isinstance(b.node, Loop) for b in fn.body.bindings)
         self._sig_keys: dict[tuple[Any, ...], tuple[Any, ...]] = {}  # argument shapes and dtypes -> tape key
         self._untaped: set[tuple[Any, ...]] = set()  # tape keys whose recording exceeded the limits
+        self._in_place = native_replay.InPlace(vm.module, vm.library)  # window updates as in-place copies
 
     def invoke(self, args: list[Any]) -> list[Any]:
         """The body on these arguments."""
@@ -129,6 +130,8 @@ class Executor:
             rec, rec_outs, self._recording, self._rec_outs = self._recording, self._rec_outs, None, {}
         if gen == runner.generation:  # an arena or workspace that moved voids the recorded addresses
             keep = rec is not None and not self._rec_overflow and (not self._loops or _within_limits(rec))
+            if keep and rec is not None:
+                rec = self._in_place.tape(rec, rec_outs, outs)
             tape = self._tape(rec, rec_outs, args, outs, gen) if keep else None
             if tape is None:
                 self._untaped.add(key)
@@ -288,6 +291,7 @@ class Executor:
                 if v0 != v1:
                     patches.append((base + 8 * j, v0, v1 - v0))
         copies = [_copy_entry(y, c) for y, c in zip(ys, carry)]
+        second, copies, patches = self._in_place.loop(second, copies, ys, carry, patches, trips)
         prog = native_replay.program([e.native for e, *_ in second] + [e.native for e in copies])  # type: ignore[misc]
         failed = prog.run_loop(patches, 2, trips)
         if 0 <= failed < len(second) and second[failed][0].check is not None:

@@ -19,7 +19,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import llvmlite.binding as llvm
+import numpy as np
 from mlc.codegen.cpu import host_target, init_llvm
+from mlc.ir import arith
+from mlc.ir.expr import Bin, Const, Load, Select, Var, free_vars
+from mlc.ir.tir import For, IfStmt, Let, PrimFunc, Store
+from mlc.ir.tir_visit import conjuncts, nodes, simp, stores_in
 
 _IR = r"""
 define i64 @mlc_replay(ptr %prog, i64 %n) {
@@ -215,3 +220,199 @@ def _native() -> dict[str, Any]:
                 _state["loop"] = _LOOP_CFUNC(engine.get_function_address("mlc_replay_loop"))
                 _state["replay"] = _REPLAY_CFUNC(engine.get_function_address("mlc_replay"))
     return _state
+
+
+# ---- window updates in place --------------------------------------------------------------------
+# A recurrent loop writes step t into its output with `dynamic_update_slice`: a kernel that copies the
+# whole base tensor with one window replaced. Unrolled onto a tape, or run as a native loop, that is
+# O(S) bytes per step, O(S^2) per sequence (seq2seq at S=64: most of its time). Where the base is dead
+# after the update (nothing later reads it, and it is this run's own buffer), the launch becomes a
+# native copy of the window into the base, and later launches read the base where they read the
+# kernel's output.
+
+
+@dataclass(frozen=True)
+class WindowUpdate:
+    """A kernel computing `out = base` except rows `s .. s + width` of axis 0, which are `update`."""
+
+    update: int  # parameter positions
+    base: int
+    out: int
+    start: int  # position of `s` in the kernel's dims
+    width: int
+
+
+def window_update(func: PrimFunc, dims: Sequence[str]) -> WindowUpdate | None:
+    """The loop-level program as a window update, or None: one store `out[i] = select(s <= i0 < s + w,
+    U[.., i1, ..], base[i])`, under loops, lets and the guards of split loops (a kernel computes its
+    whole output, so every element is written once)."""
+    if func.num_outputs != 1 or any(not isinstance(x, For | Let | Store | IfStmt) or isinstance(x, IfStmt) and x.orelse
+                                    for x in nodes(func.body)):
+        return None
+    st = stores_in(func.body)
+    out = func.params[-1]
+    if len(st) != 1 or st[0].buffer.name != out.name or not isinstance(st[0].value, Select):
+        return None
+    idx, sel = st[0].indices, st[0].value
+    pos = {b.name: k for k, b in enumerate(func.params[:-1])}
+    base, upd = sel.f, sel.t
+    if not (idx and all(isinstance(i, Var) for i in idx) and len(set(idx)) == len(idx)
+            and isinstance(base, Load) and base.indices == idx and isinstance(upd, Load)
+            and base.buffer.name in pos and upd.buffer.name in pos and base.buffer.name != upd.buffer.name
+            and base.buffer.dtype == out.dtype == upd.buffer.dtype and base.buffer.shape == out.shape):
+        return None
+    terms = conjuncts(sel.cond)
+    if len(terms) != 2 or not all(isinstance(t, Bin) and isinstance(t.b, Const) for t in terms):
+        return None
+    lo, hi = sorted(terms, key=lambda t: t.op)  # type: ignore[attr-defined]
+    assert isinstance(lo, Bin) and isinstance(hi, Bin)
+    width = arith.as_int(hi.b)
+    if lo.op != "ge" or arith.as_int(lo.b) != 0 or hi.op != "lt" or width is None or width < 1 \
+            or arith.as_int(simp(lo.a - hi.a)) != 0:
+        return None
+    rel = lo.a  # i0 - s
+    shift = simp(rel - idx[0])
+    scalars = {p.name for p in func.scalar_params}
+    s = next(iter(free_vars(shift)), None)
+    if s is None or len(free_vars(shift)) != 1 or s.name not in scalars or s.name not in dims \
+            or arith.as_int(simp(shift + s)) != 0:
+        return None
+    ui = list(upd.indices)
+    while len(ui) > len(idx) - 1 and arith.as_int(ui[0]) == 0 and not (len(ui) == len(idx) and width > 1):
+        ui.pop(0)
+    tail = tuple(ui[1:]) if len(ui) == len(idx) else tuple(ui)
+    if tail != idx[1:] or (len(ui) == len(idx) and arith.as_int(simp(ui[0] - rel)) != 0) \
+            or (len(ui) != len(idx) and width != 1):
+        return None
+    return WindowUpdate(pos[upd.buffer.name], pos[base.buffer.name], len(func.params) - 1,
+                        list(dims).index(s.name), width)
+
+
+Launch = tuple[Any, list[tuple[int, int]], list[Any], list[int]]  # (TapeEntry, [(arg position, buffer)], buffers, input tags)
+
+
+def _span(a: Any) -> tuple[int, int]:
+    return (int(a.ctypes.data), int(a.ctypes.data) + int(a.nbytes))
+
+
+def _overlap(a: Any, b: Any) -> bool:
+    (a0, a1), (b0, b1) = _span(a), _span(b)
+    return a0 < b1 and b0 < a1
+
+
+class InPlace:
+    """Window updates of recorded launches turned into in-place copies (see above), for one module."""
+
+    def __init__(self, module: Any, library: Any):
+        self.module, self.library = module, library
+        self._plans: dict[str, WindowUpdate | None] = {}
+
+    def plan(self, name: str) -> WindowUpdate | None:
+        if name not in self._plans:
+            try:
+                func = self.module.get(name)
+                dims = self.library.kernel(name).dims
+            except (KeyError, AttributeError):
+                func = None
+            self._plans[name] = window_update(func, dims) if isinstance(func, PrimFunc) else None
+        return self._plans[name]
+
+    def tape(self, rec: list[Launch], owned: Any, results: Sequence[Any]) -> list[Launch]:
+        """A straight-line recording: a base qualifies if a launch of it made it (`owned`: ids) and it
+        is no result."""
+        out, _ = self._rewrite(rec, lambda b: id(b) in owned and not any(
+            type(r) is np.ndarray and _overlap(r, b) for r in results), list(results), {}, 1)
+        return out
+
+    def loop(self, body: list[Launch], copies: list[Any], ys: Sequence[Any], carry: Sequence[Any],
+             patches: list[tuple[int, int, int]], trips: int) -> tuple[list[Launch], list[Any], list[tuple[int, int, int]]]:
+        """A native loop's body (iterations 0..trips, index-dependent dims `patches`), followed by the
+        copies of its yields `ys` into the carried buffers: a base qualifies if it is carried and the
+        update's output is what is copied into it."""
+        tail = [(c, [(0, 0), (1, 1)], [y, k], [-1, -1]) for c, y, k in zip(copies, ys, carry)]
+        by_carry = {id(k): y for y, k in zip(ys, carry)}
+        patch = {slot: (b, st) for slot, b, st in patches}
+        rec, done = self._rewrite(body + tail, lambda b: id(b) in by_carry, [], patch, trips,
+                                  lambda b, o: by_carry.get(id(b)) is o)
+        if not done:
+            return body, copies, patches
+        dropped = {id(e) for e, *_ in rec[len(body):] if _self_copy(e)}
+        new_copies = [c for c, *_ in rec[len(body):] if id(c) not in dropped]
+        dead = [_span_of_array(e.extra) for e in done]
+        kept = [(s, b, st) for s, (b, st) in patch.items() if not any(a <= s < z for a, z in dead)]
+        return rec[:len(body)], new_copies, kept
+
+    def _rewrite(self, rec: list[Launch], may: Any, results: list[Any], patch: dict[int, tuple[int, int]],
+                 trips: int, carried_as: Any = None) -> tuple[list[Launch], list[Any]]:
+        rec = [(e, list(p), list(b), list(t)) for e, p, b, t in rec]
+        done: list[Any] = []
+        for i, (e, _positions, bufs, tags) in enumerate(rec):
+            wu = self.plan(e.name) if e.native is not None else None
+            if wu is None or not all(type(b) is np.ndarray for b in bufs):
+                continue
+            base, upd, out = bufs[wu.base], bufs[wu.update], bufs[wu.out]
+            if not (may(base) and (carried_as is None or carried_as(base, out)) and _window_ok(base, upd, out, wu)):
+                continue
+            if any(type(r) is np.ndarray and _overlap(r, out) for r in results):
+                continue
+            row = base.nbytes // base.shape[0]
+            slot = ctypes.addressof(e.extra) + 8 * wu.start
+            s0, step = patch.get(slot, (int(e.extra[wu.start]), 0))
+            last = s0 + step * (trips - 1)
+            if min(s0, last) < 0 or max(s0, last) + wu.width > base.shape[0]:
+                continue
+            if not _dead_after(rec, i, base, out):
+                continue
+            args = (ctypes.c_void_p * 2)(upd.ctypes.data, base.ctypes.data + s0 * row)
+            dims = (ctypes.c_int64 * 1)(wu.width * row)
+            from .tape import TapeEntry  # tape imports this module
+
+            copy = TapeEntry(copy_fn(), args, dims, [], "copy", native=(copy_entry(), ctypes.addressof(args),
+                                                                          ctypes.addressof(dims), 0), keep=(args, dims))
+            if step:
+                patch[ctypes.addressof(args) + 8] = (base.ctypes.data + s0 * row, step * row)
+            rec[i] = (copy, [(0, 0)], [upd, base], [tags[wu.update], -1])
+            for e2, positions, bufs2, _ in rec[i + 1:]:
+                for pos, k in positions:
+                    if bufs2[k] is out:
+                        e2.args[pos] = base.ctypes.data
+                        bufs2[k] = base
+            done.append(e)
+        return rec, done
+
+
+def _window_ok(base: np.ndarray, upd: np.ndarray, out: np.ndarray, wu: WindowUpdate) -> bool:
+    """The buffers as the plan needs them: contiguous, the update exactly the window's rows."""
+    if base.shape != out.shape or base.dtype != out.dtype or upd.dtype != base.dtype or not base.shape:
+        return False
+    if not (base.flags.c_contiguous and upd.flags.c_contiguous and out.flags.c_contiguous):
+        return False
+    shape = list(upd.shape)
+    while len(shape) > base.ndim - 1 and shape[0] == 1 and not (len(shape) == base.ndim and wu.width > 1):
+        shape.pop(0)
+    want = (wu.width, *base.shape[1:]) if len(shape) == base.ndim else base.shape[1:] if wu.width == 1 else None
+    return tuple(shape) == want and not _overlap(upd, base) and not _overlap(out, base)
+
+
+def _dead_after(rec: list[Launch], i: int, base: np.ndarray, out: np.ndarray) -> bool:
+    """Nothing after launch `i` reads `base` (but a copy of `out` into it, which becomes a no-op), and
+    until the last use of `out` no other buffer shares `base`'s memory (a memory plan reuses it)."""
+    last = max((j for j in range(i + 1, len(rec)) if any(b is out for b in rec[j][2])), default=i)
+    for j in range(i + 1, len(rec)):
+        e, _, bufs, _ = rec[j]
+        if e.name == "copy" and len(bufs) == 2 and bufs[0] is out and bufs[1] is base:
+            continue
+        for b in [*bufs, *(b for x in e.inner for b in (x.keep if isinstance(x.keep, list) else []))]:
+            if b is base:
+                return False
+            if j <= last and b is not out and type(b) is np.ndarray and _overlap(b, base):
+                return False
+    return True
+
+
+def _self_copy(e: Any) -> bool:
+    return e.name == "copy" and e.args[0] == e.args[1]
+
+
+def _span_of_array(a: Any) -> tuple[int, int]:
+    return ctypes.addressof(a), ctypes.addressof(a) + ctypes.sizeof(a)
