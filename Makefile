@@ -57,6 +57,9 @@ bench: $(VENV)/.installed-bench
 bench-sparse: $(VENV)/.installed-bench
 	$(BIN)/python benchmarks/bench_sparse.py
 
+bench-sparse-gpu: $(VENV)/.installed-bench
+	$(BIN)/python benchmarks/bench_sparse_gpu.py
+
 $(VENV)/.installed-train: $(VENV)/.installed
 	$(BIN)/pip install -q -e '.[test,train]'
 	touch $@
