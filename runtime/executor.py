@@ -151,7 +151,11 @@ class Executor:
             tape.replay([address(a) for a in args], (), self.vm.timings)
             return [args[r[1]] if r[0] == "in" else r[1] for r in tape.results]
         fresh = [runner.alloc(r[2], r[3]) for r in tape.results if r[0] == "out"]
-        tape.replay([address(a) for a in args], [address(o) for o in fresh], self.vm.timings)
+        play = getattr(runner, "replay_tape", None)  # a device with its own replay (CUDA graphs, cuda_vm.py)
+        if play is not None:
+            play(tape, args, fresh, self.vm.timings)
+        else:
+            tape.replay([address(a) for a in args], [address(o) for o in fresh], self.vm.timings)
         outs, it = [], iter(fresh)
         for r in tape.results:
             outs.append(args[r[1]] if r[0] == "in" else next(it) if r[0] == "out" else r[1])
