@@ -30,6 +30,7 @@ class FakeDevice:
         self.graphs: dict[int, list[tuple[Any, bytes]]] = {}
         self.captures = 0
         self.refuse = False
+        self.fail_launch = False
 
     def alloc(self, n: int) -> int:
         addr, self.next = self.next, self.next + n + 256
@@ -53,6 +54,8 @@ class FakeDevice:
             self.capturing = None
 
     def launch(self, exe: int, stream: int) -> None:
+        if self.fail_launch:
+            raise RuntimeError("launch failed")
         for k, buf in self.graphs[exe]:
             k.run(buf)
 
@@ -129,6 +132,17 @@ def test_refused_capture_falls_back_and_is_not_retried() -> None:
     assert dev.captures == 0 and cache.launches == 0
     tape.replay([a.ptr for a in x], [out.ptr])  # the caller's fallback still computes from the real addresses
     np.testing.assert_allclose(dev.mem[out.ptr], np.full(N, 8.0))
+
+
+def test_a_graph_that_will_not_launch_falls_back() -> None:
+    dev = FakeDevice()
+    dev.fail_launch = True
+    tape, _ = _tape(dev)
+    cache = _cache(dev)
+    x = [_tensor(dev, np.ones(N, np.float32)), _tensor(dev, np.ones(N, np.float32))]
+    out = _tensor(dev, np.zeros(N, np.float32))
+    assert not cache.replay(tape, x, [out]) and dev.captures == 1 and not dev.graphs  # captured, destroyed
+    assert not cache.replay(tape, x, [out]) and dev.captures == 1 and cache.launches == 0  # not captured again
 
 
 def test_host_work_is_not_captured_and_moved_memory_drops_graphs() -> None:
