@@ -12,7 +12,7 @@ from .main import handle_errors
 @click.argument("op", type=click.Choice(["spmm", "sddmm", "bsrmm", "segment-mm"]))
 @click.option("--format", "fmt", default="csr", show_default=True,
               help="csr (indptr, indices, data), ell:W (indices and data rows x W, padding value 0), "
-                   "hyb:C,K (spmm: C column parts, ELL buckets of widths 1..2**K, a CSR rest); bsrmm: bsr:S")
+                   "hyb:C,K (spmm: C column parts, ELL buckets of widths 1..2**K, longer rows split); bsrmm: bsr:S")
 @click.option("--feat", default=32, show_default=True, type=click.IntRange(min=1), help="feature width of the dense operands")
 @click.option("--dtype", default="f32", show_default=True, type=click.Choice(["f32", "f16"]), help="value dtype")
 @click.option("-o", "--output", default="-", help="IR file to write (default: stdout)")
@@ -29,9 +29,9 @@ def sparse_kernel_cmd(op: str, fmt: str, feat: int, dtype: str, output: str) -> 
     segment-mm: inputs indptr (segments + 1, row offsets from 0 to rows), X (rows x feat), W (segments x
            feat x feat); result C (rows x feat), C[r] = X[r] @ W[s] for the rows r of segment s
     hyb:C,K (spmm): one sparse iteration per column part and row bucket; inputs indptr (A's, for the row
-           count), per bucket rows_pP_bB / indices_pP_bB / data_pP_bB, per part a CSR rest
-           (indptr_pP_rest, rows_pP_rest, indices_pP_rest, data_pP_rest), B. mlc sparse-inputs --format
-           hyb:C,K writes them from a CSR file.
+           count), per bucket rows_pP_bB / indices_pP_bB / data_pP_bB (ELL of width 2**B), per part the
+           rows longer than 2**K split into sub-rows: rows_pP_long / subptr_pP_long / indices_pP_long /
+           data_pP_long, then B. mlc sparse-inputs --format hyb:C,K writes them from a CSR file.
     CSR: indptr i32 (rows + 1), indices i32 (nnz), data (nnz). ELL (--format ell:W): indices i32 and data
     (rows x W); a padded entry has value 0 and any column in [0, n). Bad index arrays (indptr not
     monotone or past nnz, a column out of range) fail the run with a located error."""
@@ -60,7 +60,7 @@ def sparse_inputs_cmd(matrix: str, fmt: str, dense: tuple[str, ...], output: str
     from mlc.ir.constants import read_npz
     from mlc.ir.diagnostics import Loc, MlcError
     from mlc.ir.files import atomic_write_bytes
-    from mlc.ir.sparse_kernels import parse_format, parse_hyb
+    from mlc.ir.sparse_format import parse_format, parse_hyb
 
     import mlc.sparse as msp
 

@@ -22,41 +22,16 @@ B's row count must be a multiple of S). Row counts come from the arrays: `mp1` i
 from __future__ import annotations
 
 from .diagnostics import MlcError
-from .expr import Bin, Call, Const, Expr, Load, Select, Var
+from .expr import Bin, Const, Expr, Load, Var
 from .graph import Binding, Block, CallTensor, Function, Value
 from .module import Module
-from .sparse import Axis, SparseIteration, SparseIterVar, i64, sparse_view
-from .tir import Buffer, PrimFunc, Seq, Store
+from .sparse import Axis, SparseIteration, SparseIterVar, sparse_view
+from .sparse_format import decompose, find_csr, hyb_buckets, parse_format, parse_hyb
+from .tir import Buffer, PrimFunc, Store
 from .types import TensorType
 
 OPS: tuple[str, ...] = ("spmm", "sddmm", "bsrmm", "segment-mm")
 DTYPES: tuple[str, ...] = ("f32", "f16")
-
-
-def parse_format(fmt: str) -> tuple[str, int]:
-    """`csr` -> ("csr", 0); `ell:W` -> ("ell", W); `bsr:S` -> ("bsr", S)."""
-    if fmt == "csr":
-        return "csr", 0
-    kind, _, num = fmt.partition(":")
-    if kind in ("ell", "bsr") and num.isdigit() and 0 < int(num) <= 4096:
-        return kind, int(num)
-    raise MlcError(f"unknown sparse format {fmt!r} (known: csr, ell:W, bsr:S with 0 < W, S <= 4096)")
-
-
-def parse_hyb(fmt: str) -> tuple[int, int] | None:
-    """`hyb:C,K` -> (C, K): columns in C partitions, rows in ELL buckets of widths 1, 2, ..., 2**K."""
-    kind, _, rest = fmt.partition(":")
-    if kind != "hyb":
-        return None
-    c, _, k = rest.partition(",")
-    if not (c.isdigit() and k.isdigit() and 1 <= int(c) <= 64 and int(k) <= 12):
-        raise MlcError(f"bad hyb format {fmt!r} (hyb:C,K with 1 <= C <= 64 column parts, 0 <= K <= 12)")
-    return int(c), int(k)
-
-
-def hyb_tags(c: int, k: int) -> list[tuple[str, int]]:
-    """(tag, ELL width) of every bucket, then (tag, 0) of each partition's CSR rest (rows longer than 2**K)."""
-    return [(f"p{p}_b{b}", 2 ** b) for p in range(c) for b in range(k + 1)] + [(f"p{p}_rest", 0) for p in range(c)]
 
 
 def sparse_kernel(op: str, fmt: str, feat: int = 32, dtype: str = "f32") -> Module:
@@ -177,46 +152,26 @@ def _segment_mm(feat: int, dtype: str) -> Module:
 
 
 def _hyb_spmm(c: int, k: int, feat: int, dtype: str, fmt: str) -> Module:
-    """spmm with A split (composable formats): columns in `c` parts, each part's rows bucketed by length
-    into ELL buckets of widths 1, 2, ..., 2**k plus a CSR rest for longer rows; one sparse iteration per
-    bucket adds its rows' products into C (rows named by a row map), after one that zeroes C."""
-    mp1, n, F = Var("mp1"), Var("n"), Const(feat)
-    m: Expr = mp1 - 1
-    indptr = Buffer("indptr", (mp1,), "i32")  # A's CSR indptr: only its length (rows + 1) is used
-    B, C = Buffer("B", (n, F), dtype), Buffer("C", (m, F), dtype)
-    I, K = Axis("I", "dense_fixed", m), Axis("K", "dense_fixed", F)  # noqa: E741
-    i, kk = Var("i"), Var("k")
-    params: list[Buffer] = [indptr]
-    axes, views, iterations = [I, K], [], [SparseIteration("zero", (SparseIterVar(i, "I", "S"), SparseIterVar(kk, "K", "S")),
-                                                            Store(C, (i, kk), Const(0.0, dtype)))]
-    for tag, width in hyb_tags(c, k):
-        r, j = Var(f"r_{tag}"), Var(f"j_{tag}")
-        if width:
-            count = Var(f"rows_{tag}")
-            rows = Buffer(f"rows_{tag}", (count,), "i32")
-            idx = Buffer(f"indices_{tag}", (count, Const(width)), "i32")
-            dat = Buffer(f"data_{tag}", (count, Const(width)), dtype)
-            R = Axis(f"R_{tag}", "dense_fixed", Select(Bin("gt", m, Const(0)), count, Const(0)))
-            J = Axis(f"J_{tag}", "sparse_fixed", n, R.name, Const(width), None, idx)
-            params += [rows, idx, dat]
-        else:
-            rp1, nz = Var(f"rp1_{tag}"), Var(f"nnz_{tag}")
-            ptr = Buffer(f"indptr_{tag}", (rp1,), "i32")
-            rows = Buffer(f"rows_{tag}", (rp1 - 1,), "i32")
-            idx, dat = Buffer(f"indices_{tag}", (nz,), "i32"), Buffer(f"data_{tag}", (nz,), dtype)
-            R = Axis(f"R_{tag}", "dense_fixed", Select(Bin("gt", m, Const(0)), rp1 - 1, Const(0)))
-            J = Axis(f"J_{tag}", "sparse_variable", n, R.name, nz, ptr, idx)
-            params += [ptr, rows, idx, dat]
-        A = sparse_view(f"A_{tag}", (R, J), dat)
-        out = Bin("min", Bin("max", Call("check_range", (i64(Load(rows, (r,))), Const(0), m), "i64"), Const(0)), m - 1)
-        body = Store(C, (out, kk), Load(C, (out, kk)) + Load(A.buffer, (r, j)) * Load(B, (j, kk)))
-        iters = (SparseIterVar(r, R.name, "S"), SparseIterVar(j, J.name, "R"), SparseIterVar(kk, "K", "S"))
-        axes += [R, J]
-        views.append(A)
-        iterations.append(SparseIteration(f"bucket_{tag}", iters, body))
-    params.append(B)
-    prim = PrimFunc("spmm", (*params, C), 1, Seq(tuple(iterations)), axes=tuple(axes), sparse_buffers=tuple(views))
-    return _with_main(prim, tuple(params), C, f"mlc sparse-kernel spmm --format {fmt} --feat {feat} --dtype {dtype}")
+    """spmm in hyb(c, k): the CSR kernel decomposed (ir/sparse_format.py) with every bucket's arrays as
+    inputs of symbolic sizes (`count_T` rows; a split bucket `nsub_T` sub-rows)."""
+    csr = sparse_kernel("spmm", "csr", feat, dtype)
+    f = csr.get("spmm")
+    assert isinstance(f, PrimFunc)
+    site = find_csr(f)
+    assert site is not None
+
+    def shapes(name: str) -> tuple[Expr, ...]:
+        kind, _, tag = name.partition("_")
+        b = next(b for b in hyb_buckets(c, k) if b.tag == tag)
+        count = Var(f"count_{tag}")
+        if kind == "rows":
+            return (count,)
+        if kind == "subptr":
+            return (count + 1,)
+        return (Var(f"nsub_{tag}") if b.split else count, Const(b.width))
+
+    prim = decompose(f, site, fmt, shapes)
+    return _with_main(prim, prim.params[:-1], prim.params[-1], f"mlc sparse-kernel spmm --format {fmt} --feat {feat} --dtype {dtype}")
 
 
 def _with_main(prim: PrimFunc, ins: tuple[Buffer, ...], out: Buffer, source: str) -> Module:
@@ -227,4 +182,4 @@ def _with_main(prim: PrimFunc, ins: tuple[Buffer, ...], out: Buffer, source: str
     return Module((main, prim), (("source", source),))
 
 
-__all__ = ["DTYPES", "OPS", "hyb_tags", "parse_format", "parse_hyb", "sparse_kernel"]
+__all__ = ["DTYPES", "OPS", "parse_format", "parse_hyb", "sparse_kernel"]

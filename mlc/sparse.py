@@ -15,69 +15,25 @@ from typing import Any
 
 import numpy as np
 
+from mlc.ir import sparse_format as sfmt
 from mlc.ir.diagnostics import MlcError
 from mlc.ir.sparse import check_csr
-from mlc.ir.sparse_kernels import parse_format, parse_hyb, sparse_kernel
+from mlc.ir.sparse_format import parse_format, parse_hyb, to_ell
+from mlc.ir.sparse_kernels import sparse_kernel
 
 _NP = {"f32": np.float32, "f16": np.float16}
 
 
-def to_ell(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """CSR -> ELL(width): rows padded with value 0 at column 0; a longer row is an error."""
-    lens = np.diff(indptr)
-    rows = len(lens)
-    if rows and int(lens.max()) > width:
-        raise MlcError(f"ell:{width}: row {int(np.argmax(lens))} has {int(lens.max())} nonzeros (more than {width})")
-    ell_i = np.zeros((rows, width), np.int32)
-    ell_d = np.zeros((rows, width), data.dtype)
-    r = np.repeat(np.arange(rows), lens)
-    c = np.arange(len(indices)) - np.repeat(indptr[:-1], lens)
-    ell_i[r, c], ell_d[r, c] = indices, data
-    return ell_i, ell_d
-
-
 def to_bsr(a: Any, size: int, dtype: Any) -> dict[str, np.ndarray]:
     """A canonical CSR matrix as bsrmm's inputs (S x S blocks, scipy's layout)."""
-    if a.shape[0] % size or a.shape[1] % size:
-        raise MlcError(f"bsr:{size}: the matrix's shape {a.shape[0]} x {a.shape[1]} is not a multiple of {size}")
-    b = a.tobsr(blocksize=(size, size))
-    b.sort_indices()
-    return {"indptr": b.indptr.astype(np.int32), "indices": b.indices.astype(np.int32),
-            "data": np.ascontiguousarray(b.data, dtype=dtype)}
+    return sfmt.to_bsr(a.indptr, a.indices, np.asarray(a.data, dtype=dtype), a.shape[1], size)
 
 
 def to_hyb(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, n: int, parts: int, k: int) -> dict[str, np.ndarray]:
-    """CSR -> hyb(parts, k) inputs (ir/sparse_kernels.py): per column part, the rows holding 1, 2, ...,
-    2**k of its nonzeros as ELL buckets (padded: value 0, column 0), longer rows as a CSR rest; every
-    bucket names its rows."""
-    from mlc.ir.sparse_kernels import hyb_tags
-
-    rows_of = np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))
-    span = max(1, -(-n // parts))
-    out: dict[str, np.ndarray] = {"indptr": indptr.astype(np.int32)}
-    for tag, width in hyb_tags(parts, k):
-        p = int(tag[1:tag.index("_")])
-        keep = (indices // span) == p
-        r, c, v = rows_of[keep], indices[keep], data[keep]  # row-major order is kept
-        lens = np.bincount(r, minlength=len(indptr) - 1)
-        if width:
-            sel = np.flatnonzero((lens <= width) & (lens > width // 2)) if width > 1 else np.flatnonzero(lens == 1)
-        else:
-            sel = np.flatnonzero(lens > 2 ** k)
-        starts = np.concatenate([[0], np.cumsum(lens)])
-        out[f"rows_{tag}"] = sel.astype(np.int32)
-        if width:
-            ell_i = np.zeros((len(sel), width), np.int32)
-            ell_d = np.zeros((len(sel), width), data.dtype)
-            for q, row in enumerate(sel):
-                a, b = starts[row], starts[row + 1]
-                ell_i[q, : b - a], ell_d[q, : b - a] = c[a:b], v[a:b]
-            out[f"indices_{tag}"], out[f"data_{tag}"] = ell_i, ell_d
-        else:
-            take = np.concatenate([np.arange(starts[row], starts[row + 1]) for row in sel]) if len(sel) else np.zeros(0, int)
-            out[f"indptr_{tag}"] = np.concatenate([[0], np.cumsum(lens[sel])]).astype(np.int32)
-            out[f"indices_{tag}"], out[f"data_{tag}"] = c[take].astype(np.int32), v[take]
-    return out
+    """CSR -> the inputs of the ready-made hyb(parts, k) spmm: A's indptr (the row count), then every
+    bucket's arrays (ir/sparse_format.to_hyb), in parameter order."""
+    arrays = sfmt.to_hyb(indptr, indices, data, n, parts, k)
+    return {"indptr": np.asarray(indptr, np.int32), **{a: arrays[a] for b in sfmt.hyb_buckets(parts, k) for a in b.arrays()}}
 
 
 class SparseKernel:

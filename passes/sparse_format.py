@@ -181,7 +181,7 @@ class SparseFormat(ModulePass):
                         extra: dict[str, Value] = {}
                         for canon, pname in zip(arrays, format_arrays(new, f)):
                             a = arrays[canon]
-                            v = Value(fresh_name(f"{csr[2].name}_{canon}", used),
+                            v = Value(fresh_name(canon, used),
                                       TensorType(tuple(Const(int(d)) for d in a.shape), _NP_TO_IR[a.dtype]))
                             out.append(Binding(v, Constant(f"{prefix}.{canon}", n.loc), b.loc))
                             extra[pname] = v

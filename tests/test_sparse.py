@@ -513,7 +513,7 @@ def test_compiled_random_patterns(kind: str, m: int, n: int, seed: int, op: str,
                                    want, rtol=1e-5, atol=1e-5)
 
 
-# ---- hyb: composable formats (column parts x ELL buckets + a CSR rest), one iteration each ------
+# ---- hyb: composable formats (column parts x ELL buckets, long rows split), one iteration each --
 @pytest.mark.parametrize("stage", [1, 2, 3])
 @pytest.mark.parametrize("hyb", [(1, 0), (2, 1), (3, 2)])
 @pytest.mark.parametrize("kind", ["empty", "dense_row", "random", "power_law"])
@@ -531,7 +531,8 @@ def test_hyb_every_stage_matches_scipy(kind: str, hyb: tuple[int, int], stage: i
 
 
 def test_hyb_buckets_partition_the_nonzeros() -> None:
-    """Every stored entry lands in exactly one bucket or rest, each bucket holding rows of its width."""
+    """Every stored entry lands in exactly one bucket, each bucket holding rows of its width; a long row's
+    sub-rows are full but the last."""
     a = _pattern("power_law", 30, 20, 14)
     ins = msp.to_hyb(a.indptr.astype(np.int32), a.indices.astype(np.int32), a.data, 20, 2, 2)
     held = sum(int(np.count_nonzero(v)) for k, v in ins.items() if k.startswith("data_"))
@@ -539,6 +540,10 @@ def test_hyb_buckets_partition_the_nonzeros() -> None:
     for width, tag in ((1, "p0_b0"), (2, "p1_b1"), (4, "p0_b2")):
         d = ins[f"data_{tag}"]
         assert d.shape[1] == width and all(width // 2 < np.count_nonzero(r) <= width for r in d)
+    for p in (0, 1):
+        ptr, d = ins[f"subptr_p{p}_long"], ins[f"data_p{p}_long"]
+        assert d.shape[1] == 4 and len(ptr) == len(ins[f"rows_p{p}_long"]) + 1 and ptr[-1] == len(d)
+        assert all(np.count_nonzero(d[ptr[q]:ptr[q + 1] - 1]) == 4 * (ptr[q + 1] - 1 - ptr[q]) for q in range(len(ptr) - 1))
 
 
 def test_hyb_compiled() -> None:
