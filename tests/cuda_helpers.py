@@ -29,6 +29,26 @@ def lowered_zoo(name: str) -> tuple[Module, dict[str, np.ndarray]]:
     return mod, ctx.constants or consts
 
 
+def row_op_func(op: str, shape: tuple[Expr | int, ...], dtype: str = "f32", name: str | None = None) -> PrimFunc:
+    """The fused program of one graph op along the last axis (softmax, log_softmax, layer_norm: then
+    with scale and shift params of the last dim), through the build pipeline up to fusion."""
+    from mlc.ir import Binding, Block, Const, Function, OpCall, TensorType, UnknownType, Value, attrs_of
+    from mlc.ir.expr import Var
+
+    dims = tuple(Const(d) if isinstance(d, int) else d for d in shape)
+    assert all(isinstance(d, Const | Var) for d in dims)
+    params = [Value("x", TensorType(dims, dtype))]
+    if op == "layer_norm":
+        params += [Value("g", TensorType(dims[-1:], dtype)), Value("beta", TensorType(dims[-1:], dtype))]
+    y = Value("y", UnknownType())
+    m = Module((Function("main", tuple(params), Block((Binding(y, OpCall(op, tuple(params), attrs_of({"axis": -1}))),),
+                                                      (y,))),))
+    m, _ = run_pipeline(m, load_pipeline("configs/pipelines/lower.yaml"), PassContext(constants={}, search_dirs=[]),
+                        verify_each=True)
+    (f,) = m.prim_functions()
+    return dataclasses.replace(f, name=name) if name else f
+
+
 def matmul(name: str, m: int | Expr, n: int, k: int, dtype: str) -> PrimFunc:
     a, b = placeholder("A", (m, k), dtype), placeholder("B", (k, n), dtype)
     r = reduce_axis(k, "k")

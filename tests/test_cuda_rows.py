@@ -6,19 +6,17 @@ stages read other rows, nvcc compiling it; with a GPU, the kernels against numpy
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import numpy as np
 import pytest
+from cuda_helpers import row_op_func
 from mlc.codegen.cuda import lower_to_cuda
 from mlc.codegen.cuda_jit import compile_source, nvcc_unavailable
-from mlc.ir import Binding, Block, Const, Function, Module, OpCall, TensorType, UnknownType, Value, Var, arith, attrs_of
+from mlc.ir import Var, arith
 from mlc.ir.tir import PrimFunc
 from mlc.ir.tir_builder import build, compute, placeholder, reduce_axis, rmax
 from mlc.ir.tir_interp import run_prim
-from mlc.passes.pipeline import load_pipeline, run_pipeline
-from mlc.passes.registry import PassContext
 from mlc.passes.schedule.gpu_rules import default_gpu_schedule
 from mlc.runtime.cuda import cuda_unavailable
 
@@ -28,17 +26,7 @@ LENGTHS = (1, 7, 32, 1000, 4096, 50257)
 
 def row_func(op: str, c: int, dtype: str = "f32", name: str | None = None) -> PrimFunc:
     """The fused program of one graph op over x: (b, 3, c), b symbolic, along the last axis."""
-    b = Var("b")
-    params = [Value("x", TensorType((b, Const(3), Const(c)), dtype))]
-    if op == "layer_norm":
-        params += [Value("g", TensorType((Const(c),), dtype)), Value("beta", TensorType((Const(c),), dtype))]
-    y = Value("y", UnknownType())
-    attrs: dict[str, Any] = {"axis": -1}
-    m = Module((Function("main", tuple(params), Block((Binding(y, OpCall(op, tuple(params), attrs_of(attrs))),), (y,))),))
-    m, _ = run_pipeline(m, load_pipeline("configs/pipelines/lower.yaml"), PassContext(constants={}, search_dirs=[]),
-                        verify_each=True)
-    (f,) = m.prim_functions()
-    return dataclasses.replace(f, name=name) if name else f
+    return row_op_func(op, (Var("b"), 3, c), dtype, name)
 
 
 def numpy_ref(op: str, x: np.ndarray, g: np.ndarray | None = None, beta: np.ndarray | None = None) -> np.ndarray:
