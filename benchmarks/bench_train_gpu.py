@@ -102,11 +102,12 @@ class Mlc:
 class Torch:
     """The same model and step in PyTorch: eager, or the loss under torch.compile and a compiled Adam step."""
 
-    def __init__(self, name: str, weights: list[np.ndarray], data: dict[str, np.ndarray], compiled: bool):
+    def __init__(self, name: str, weights: list[np.ndarray], data: dict[str, np.ndarray], compiled: bool,
+                 device: str = "cuda"):
         import torch
 
-        self.params = [torch.tensor(w, device="cuda", requires_grad=True) for w in weights]
-        self.feeds = {k: torch.from_numpy(v).cuda() for k, v in data.items()}
+        self.params = [torch.tensor(w, device=device, requires_grad=True) for w in weights]
+        self.feeds = {k: torch.from_numpy(v).to(device) for k, v in data.items()}
         model = tz.forward(name, self.params)
 
         def loss_fn() -> Any:
