@@ -1,7 +1,7 @@
 """One training step (forward, loss, backward, Adam update) of zoo models on the CPU: mlc's compiled
 `@train_step` (mlc autodiff --optimizer adam) against jax.jit of the same step, in the same run.
 
-    python benchmarks/bench_train_step.py [--models mlp gpt_block] [--batch 32] [--seq 16] [--runs 20]
+    python benchmarks/bench_train_step.py [--models mlp gpt_block] [--batch 32] [--seq 16] [--runs 20] [--profile 15]
 
 Both sides start from the same weights and batch, compute in f32 and take the step with the same
 hyper-parameters; the first step's loss and updated weights are compared before timing. Timed in
@@ -34,7 +34,7 @@ def _inputs(name: str, batch: int, seq: int, out_shape: tuple[int, ...]) -> dict
     return feeds
 
 
-def bench(name: str, batch: int, seq: int, runs: int) -> None:
+def bench(name: str, batch: int, seq: int, runs: int, profile: int = 0) -> None:
     import jax
     import jax.numpy as jnp
     from jax_graph import jax_forward
@@ -109,6 +109,14 @@ def bench(name: str, batch: int, seq: int, runs: int) -> None:
     t_jax, t_ours = block_medians([run_jax, run_ours], runs=runs)
     print(f"{name:10s} batch {batch:3d}: jax.jit {t_jax * 1e3:8.3f} ms   mlc {t_ours * 1e3:8.3f} ms   "
           f"jax/mlc {t_jax / t_ours:5.2f}x", flush=True)
+    if profile:  # where mlc's step goes: the slowest kernels of @train_step
+        # medians per call (times calls): a loaded machine's descheduled threads skew the means
+        times = sorted(model.vm.profile(ins, runs, "train_step"), key=lambda t: -t.median * t.calls)
+        total = sum(t.median * t.calls for t in times)
+        for t in times[:profile]:
+            us = t.median * t.calls
+            print(f"    {us * 1e6:9.1f} us/step {100 * us / total:5.1f}%  {t.calls:4.1f} calls  {t.func}")
+        print(f"    {total * 1e6:9.1f} us/step in all kernels (sum of medians)")
 
 
 def main() -> int:
@@ -117,9 +125,10 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--seq", type=int, default=16, help="gpt_block's sequence length")
     ap.add_argument("--runs", type=int, default=20)
+    ap.add_argument("--profile", type=int, default=0, metavar="K", help="also print mlc's K slowest kernels")
     a = ap.parse_args()
     for name in a.models:
-        bench(name, a.batch, a.seq, a.runs)
+        bench(name, a.batch, a.seq, a.runs, a.profile)
     return 0
 
 

@@ -12,11 +12,14 @@ point for search too. Rules, in order, per block:
 - multi-level tiling: other blocks with a reduction and data reuse (matmul, dense, conv) get SSRSRS tiles,
   an accumulator in a local buffer
   written back under the tile (where elementwise epilogues then fold in); by default only constant
-  axes get inner tiles, and a block whose contiguous axis is symbolic keeps its plain nest;
+  axes get inner tiles (symbolic rows: a one-row tile up to 64 columns wide), a transposed operand
+  is packed into column panels, and a block whose contiguous axis is symbolic keeps its plain nest;
 - random compute location: producers without reuse (softmax/layernorm statistics) move under
   their consumer's outer loop;
 - parallel-vectorize-unroll: outer spatial loops fused and run in parallel, the innermost spatial
-  loop vectorized, small register tiles unrolled.
+  loop vectorized (a symbolic one whole: the codegen strip-mines it, where a split would mask every
+  lane), small register tiles unrolled; a short reduction unrolled inside a symbolic vector loop
+  (attention scores), a reduction over leading rows (weight/bias gradients) outside it.
 These are the CPU rules; the GPU design space is passes/schedule/gpu_rules.py.
 Every primitive a rule tries is checked by the primitive itself; a rule that does not apply leaves
 the schedule as it was (primitives are atomic), so rules compose on any program `lower` emits.
@@ -184,6 +187,9 @@ def _default_tiles(exts: list[int | None], kinds: list[str], tgt: TargetInfo, ro
     last = spatial[-1] if spatial else -1
     if row is None:
         row = spatial[-2] if len(spatial) > 1 else -1
+    # symbolic rows get no row tile (see `_inner_plan`): the one-row tile takes up to four vector
+    # pairs of columns instead, so eight accumulators hide the FMA latency
+    cols = 1 if row >= 0 and exts[row] is not None else 4
     out: list[list[int] | None] = []
     for pos, (ext, kind) in enumerate(zip(exts, kinds)):
         if ext is None:
@@ -191,7 +197,7 @@ def _default_tiles(exts: list[int | None], kinds: list[str], tgt: TargetInfo, ro
         elif kind == "R":
             out.append([ext, 1])
         elif pos == last:
-            out.append(_perfect(ext, 4, [1, 1, 2 * tgt.lanes]))
+            out.append(_perfect(ext, 4, [1, cols, 2 * tgt.lanes]))
         elif pos == row:
             out.append(_perfect(ext, 4, [ext, 8, 1]))
         else:
@@ -290,10 +296,11 @@ def multi_level_tiling(sch: Schedule, block: BlockRV, tgt: TargetInfo, ch: Decis
 
 
 def _pack_plans(sch: Schedule, block: BlockRV, loops: list[LoopRV], kinds: list[str],
-                levels: list[list[LoopRV]]) -> list[tuple[int, list[int], list[int]]]:
-    """(read index, tiles, order) per input worth packing: a read whose innermost axis is indexed by
-    the contiguous (last) spatial iterator gets panels of the vector tile's width, contiguous per
-    reduction step (B -> Bp[j // w, k, j % w]); one indexed by the row iterator and not the
+                levels: list[list[LoopRV]]) -> list[tuple[int, list[int], list[int], bool]]:
+    """(read index, tiles, order, strided) per input worth packing: a read whose innermost axis is
+    indexed by the contiguous (last) spatial iterator gets panels of the vector tile's width,
+    contiguous per reduction step (B -> Bp[j // w, k, j % w]); so does one that has that iterator on
+    another axis (strided: the vector would be a gather); one indexed by the row iterator and not the
     contiguous one gets strips of the row tile (A -> Ap[i // h, k, i % h])."""
     b = sch.get(block)
     assert isinstance(b, BlockStmt)
@@ -322,16 +329,30 @@ def _pack_plans(sch: Schedule, block: BlockRV, loops: list[LoopRV], kinds: list[
         if names[-1] == col.name and col.name not in names[:-1] and tile(col) > 1:
             tiles = [1] * (nd - 1) + [tile(col)]
             order = [nd - 1] + list(range(nd - 1)) + [nd]
+            strided = False
+        elif names.count(col.name) == 1 and tile(col) > 1 and not _mentions(ix[-1], col):
+            # a transposed operand (B[j, k], dQ = dS @ K's K^T): the lanes would gather a row
+            # stride apart; the panel Bp[j // w, k, j % w] makes them one vector load
+            d = names.index(col.name)
+            tiles = [1] * nd
+            tiles[d] = tile(col)
+            order = [d] + [x if x < d else x + 1 for x in range(nd) if x != d] + [d + 1]
+            strided = True
         elif row.name in names and col.name not in names and tile(row) > 1 and names[-1] != row.name:
             d = names.index(row.name)
             tiles = [1] * nd
             tiles[d] = tile(row)
             rest = [x if x < d else x + 1 for x in range(nd) if x != d]  # packed axes other than d's
             order = [d] + rest + [d + 1]
+            strided = False
         else:
             continue
-        out.append((idx, tiles, order))
+        out.append((idx, tiles, order, strided))
     return out
+
+
+def _mentions(e: Expr, v: Var) -> bool:
+    return v in free_vars(e)
 
 
 def _pack_inputs(sch: Schedule, block: BlockRV, loops: list[LoopRV], kinds: list[str],
@@ -340,11 +361,11 @@ def _pack_inputs(sch: Schedule, block: BlockRV, loops: list[LoopRV], kinds: list
     b = sch.get(block)
     assert isinstance(b, BlockStmt)
     names = [x.name for x in block_reads(b)]
-    for idx, tiles, order in _pack_plans(sch, block, loops, kinds, levels):
+    for idx, tiles, order, strided in _pack_plans(sch, block, loops, kinds, levels):
         # default: pack column panels (B) only; row strips (A) are read as broadcasts of a few
         # rows, which the prefetchers stream well: packing them cost 1.3-1.5x at n=512..2048
         # (benchmarks/bench_tune.py decisions, block-wise medians on the 2-core znver4)
-        if not ch.cat(sch, [0, 1], 1 if tiles[-1] > 1 else 0):
+        if not ch.cat(sch, [0, 1], 1 if tiles[-1] > 1 or strided else 0):
             continue
         cur = [x.name for x in block_reads(sch.get(block))]  # type: ignore[arg-type]
         if cur[idx] != names[idx]:
@@ -412,6 +433,9 @@ def parallel_vectorize_unroll(sch: Schedule, block: BlockRV, tgt: TargetInfo, ch
         if _reduce_outside_vector(sch, block, loops, n_outer, tgt, ch):
             loops = sch.get_loops(block)
             n_outer -= 1
+        else:
+            n_outer = _reduce_down_columns(sch, block, loops, n_outer, tgt, ch)
+            loops = sch.get_loops(block)
     if n_outer == 0:
         return
     # fuse just enough outer loops for every core to get work
@@ -441,6 +465,8 @@ def _reduce_outside_vector(sch: Schedule, block: BlockRV, loops: list[LoopRV], n
         return False
     b = sch.get(block)
     assert isinstance(b, BlockStmt)
+    if _const(sch.get(s_last).extent) is None:  # type: ignore[union-attr]
+        return _reduce_inside_vector(sch, block, r_loops, s_last, ch)
     try:
         sch.reorder(*r_loops, s_last)
     except MlcError:
@@ -461,6 +487,68 @@ def _reduce_outside_vector(sch: Schedule, block: BlockRV, loops: list[LoopRV], n
         if isinstance(parts, list):
             _try(sch.vectorize, parts[-1])
     return True
+
+
+def _reduce_inside_vector(sch: Schedule, block: BlockRV, r_loops: list[LoopRV], s_last: LoopRV,
+                          ch: Decisions) -> bool:
+    """The symbolic-extent form of `_reduce_outside_vector`: the short reduction stays inside the
+    lane loop, unrolled, and the lane loop is vectorized whole (the codegen strip-mines it with a
+    scalar tail), so each vector of outputs accumulates in a register across the unrolled steps;
+    splitting it instead would guard every step with a lane mask and keep the sums in memory."""
+    init = _try(sch.decompose_reduction, block, r_loops[0])
+    for lp in r_loops:
+        _try(sch.unroll, lp)
+    _pack_lane_strided(sch, block, s_last, ch)
+    if _try(sch.vectorize, s_last) is None and sch.get(s_last).kind != "vectorized":  # type: ignore[union-attr]
+        return False
+    if isinstance(init, BlockRV):
+        nest = sch.get_loops(init)
+        if nest and nest[-1].name != s_last.name:
+            _try(sch.vectorize, nest[-1])
+    return True
+
+
+def _reduce_down_columns(sch: Schedule, block: BlockRV, loops: list[LoopRV], n_outer: int, tgt: TargetInfo,
+                         ch: Decisions) -> int:
+    """A reduction over leading axes of inputs whose last (contiguous) axis is the output's last
+    (weight gradients summed over batch and time, bias gradients, column sums): the reduce loops move
+    between the outer and the inner (vector) part of the last spatial loop, so each output vector is
+    one register accumulator fed by contiguous loads down the rows, instead of a serial walk a row
+    stride apart per output element. Returns how many outer spatial loops the block then has."""
+    r_loops, s_last = loops[n_outer:], loops[n_outer - 1]
+    ext = _const(sch.get(s_last).extent)  # type: ignore[union-attr]
+    b = sch.get(block)
+    assert isinstance(b, BlockStmt)
+    if ext is not None and ext < 2:
+        return n_outer
+    env = {iv.var: iv.binding for iv in b.iters}
+    out = {x.name for x in block_writes(b)}
+    lane, rvars = Var(s_last.name), {Var(lp.name) for lp in r_loops}
+    reads = [ld for e in stmt_exprs(b.body) for ld in loads_in(e) if ld.buffer.name not in out and ld.indices]
+    along = 0  # reads contiguous along the lanes; the others must be the same in every lane
+    for ld in reads:
+        ix = [free_vars(substitute(i, env)) for i in ld.indices]
+        if any(lane in x for x in ix[:-1]) or lane in ix[-1] and ix[-1] & rvars:
+            return n_outer
+        along += lane in ix[-1]
+    if not along:
+        return n_outer
+    w = ch.cat(sch, [0, tgt.lanes, 2 * tgt.lanes, 4 * tgt.lanes], 2 * tgt.lanes)
+    if not w:
+        return n_outer
+    # a symbolic lane loop is vectorized whole (the codegen strip-mines it)
+    parts = _try(sch.split, s_last, [None, w]) if ext is not None and ext > w else [s_last]
+    if not isinstance(parts, list):
+        return n_outer
+    try:
+        sch.reorder(*r_loops, parts[-1])
+    except MlcError:
+        return n_outer - 1 + len(parts)
+    init = _try(sch.decompose_reduction, block, r_loops[0])
+    _try(sch.vectorize, parts[-1])
+    if isinstance(init, BlockRV):
+        _try(sch.vectorize, sch.get_loops(init)[-1])
+    return n_outer - 2 + len(parts)
 
 
 def _pack_lane_strided(sch: Schedule, block: BlockRV, lane_loop: LoopRV, ch: Decisions) -> None:
@@ -495,7 +583,9 @@ def _vectorize_last(sch: Schedule, loops: list[LoopRV], tgt: TargetInfo, ch: Dec
     last = loops[-1]
     ext = _const(sch.get(last).extent)  # type: ignore[union-attr]
     w = ch.cat(sch, [0, tgt.lanes, 2 * tgt.lanes, 4 * tgt.lanes], tgt.lanes)
-    if w and (ext is None or ext > w):
+    # a symbolic extent is vectorized whole: the codegen strip-mines it with a scalar tail, where a
+    # split would put a lane mask on every access
+    if w and ext is not None and ext > w:
         parts = _try(sch.split, last, [None, w])
         if isinstance(parts, list):
             loops = loops[:-1] + parts

@@ -1,0 +1,150 @@
+"""CPU default schedules of the kernels a training step adds: matmuls with a transposed operand and
+batch dims (dX = dY @ W, dK = dS^T @ Q), symbolic rows (batch x time), weight and bias gradients
+summed over the rows, short reductions over a symbolic lane loop (attention scores).
+
+Every schedule is run by the TIR interpreter against the unscheduled program on random inputs
+(odd and prime sizes, several values of the symbolic dims), replays from its trace, and has the
+structure that makes it fast (asserted on the program, never timed here)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from mlc.ir import PrimFunc, arith
+from mlc.ir.expr import Var, free_vars
+from mlc.ir.tir import BlockStmt, For, IfStmt
+from mlc.ir.tir_builder import build, compute, exp, placeholder, reduce_axis, rsum
+from mlc.ir.tir_interp import run_prim
+from mlc.ir.tir_visit import walk
+from mlc.passes.schedule import Trace
+from mlc.passes.schedule.rules import TargetInfo, default_schedule
+
+CPU = TargetInfo(lanes=8, cores=2)
+B, T = Var("B", "i64"), Var("T", "i64")
+
+
+def check(orig: PrimFunc, new: PrimFunc, **dims: int) -> None:
+    rng = np.random.default_rng(sum(dims.values()))
+    args = [rng.standard_normal(tuple(arith.evaluate(d, dims) for d in b.shape)).astype(np.float32)
+            for b in orig.params]
+    ref, got = [a.copy() for a in args], [a.copy() for a in args]
+    run_prim(orig, ref, dims)
+    run_prim(new, got, dims)
+    for r, g in zip(ref[-orig.num_outputs:], got[-orig.num_outputs:]):
+        np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-4)
+
+
+def scheduled(f: PrimFunc, *dim_sets: dict[str, int]) -> PrimFunc:
+    s = default_schedule(f, CPU)
+    for dims in dim_sets or ({},):
+        check(f, s.func, **dims)
+    assert Trace.from_json(s.trace.to_json()).apply(f) == s.func
+    return s.func
+
+
+def loops(f: PrimFunc) -> list[For]:
+    return [s for _, s in walk(f.body) if isinstance(s, For)]
+
+
+def allocs(f: PrimFunc) -> dict[str, tuple[int | None, ...]]:
+    """Every allocated buffer (root and tile scopes) -> its shape (None: symbolic)."""
+    return {x.name: tuple(arith.as_int(d) for d in x.shape)
+            for _, b in walk(f.body) if isinstance(b, BlockStmt) for x in b.alloc_buffers}
+
+
+def readers(f: PrimFunc, name: str) -> set[str]:
+    from mlc.ir.tir_visit import loads_in, stmt_exprs
+    return {b.name for _, b in walk(f.body) if isinstance(b, BlockStmt) and b.name != "root" and not any(
+        isinstance(x, BlockStmt) for _, x in walk(b.body))
+        and any(ld.buffer.name == name for e in stmt_exprs(b.body) for ld in loads_in(e))}
+
+
+def nt_matmul(rows: tuple[object, ...], k: int, m: int) -> PrimFunc:
+    """C[*rows, j] = sum_k A[*rows, k] * W[j, k] (the data gradient dX = dY @ W^T's operand order)."""
+    A, W = placeholder("A", (*rows, k)), placeholder("W", (m, k))
+    r = reduce_axis(k, "k")
+    C = compute("C", (*rows, m), lambda *ix: rsum(A[(*ix[:-1], r)] * W[ix[-1], r], r))
+    return build("nt", [A, W], [C])
+
+
+@pytest.mark.parametrize("n,k,m", [(24, 16, 32), (13, 7, 48), (5, 11, 17)])
+def test_transposed_operand_is_packed_into_contiguous_panels(n: int, k: int, m: int) -> None:
+    f = scheduled(nt_matmul((n,), k, m))
+    w = 2 * CPU.lanes
+    if m % w == 0:
+        # the lanes run over W's rows, a row stride apart: W is packed Wp[j // w, k, j % w]
+        assert allocs(f)["W_packed"] == (m // w, k, w)
+        assert readers(f, "W") == {"W_pack"}
+    assert any(lp.kind == "vectorized" for lp in loops(f)) and any(lp.kind == "parallel" for lp in loops(f))
+
+
+@pytest.mark.parametrize("m", [128, 48, 20])
+def test_symbolic_rows_get_a_wide_register_tile_in_registers(m: int) -> None:
+    f = scheduled(nt_matmul((B, T), 32, m), {"B": 3, "T": 5}, {"B": 2, "T": 1}, {"B": 1, "T": 7})
+    # no row tile over a symbolic dim (no guards in the reduction), but up to 4 x 16 columns in one
+    # accumulator tile that compact shrinks to registers (its index involves floordiv(fused, T))
+    assert not any(isinstance(x, IfStmt) for _, x in walk(f.body))
+    tiles = [s for n, s in allocs(f).items() if n.endswith("_tile")]
+    cols = {128: 64, 48: 16, 20: 4}[m]
+    assert tiles == [(1, 1, cols)]
+    if cols > 2 * CPU.lanes:
+        assert any(lp.kind == "unrolled" for lp in loops(f))
+    assert "W_packed" in allocs(f)
+
+
+def test_batched_transposed_matmuls_of_attention_backward() -> None:
+    # dQ[b, i, d] = sum_j dS[b, i, j] * K[b, j, d] and dK[b, d, j] = sum_i Q[b, i, d] * dS[b, i, j]
+    # (T symbolic: the contiguous axis of dK is symbolic, no register tile; the reduction over T
+    # runs outside a vector loop over j)
+    dS, K = placeholder("dS", (B, T, T)), placeholder("K", (B, T, 8))
+    r = reduce_axis(T, "k")
+    dQ = compute("dQ", (B, T, 8), lambda b, i, d: rsum(dS[b, i, r] * K[b, r, d], r))
+    check_f = build("dq", [dS, K], [dQ])
+    scheduled(check_f, {"B": 2, "T": 5}, {"B": 3, "T": 17})
+    Q = placeholder("Q", (B, T, 8))
+    r2 = reduce_axis(T, "k")
+    dK = compute("dK", (B, 8, T), lambda b, d, j: rsum(Q[b, r2, d] * dS[b, r2, j], r2))
+    f = scheduled(build("dk", [Q, dS], [dK]), {"B": 2, "T": 5}, {"B": 3, "T": 17})
+    vec = [lp for lp in loops(f) if lp.kind == "vectorized" and arith.as_int(lp.extent) is None]
+    red = [lp for lp in loops(f) if lp.var.name.startswith("k")]
+    assert vec and red and any(v is x for r in red for _, x in walk(r.body) for v in vec)
+    assert not any(isinstance(x, IfStmt) for _, x in walk(f.body))
+
+
+@pytest.mark.parametrize("shape,axes", [((B, 7, 48), 1), ((B, T, 37), 2), ((B, T, 128), 2), ((B, 5, T), 1)])
+def test_sums_over_leading_rows_vectorize_down_the_columns(shape: tuple[object, ...], axes: int) -> None:
+    # weight gradients summed over the batch, bias gradients over batch x time: each output vector
+    # is accumulated over the rows with contiguous loads, the reduce loops outside the vector loop
+    X = placeholder("X", shape)
+    rs = [reduce_axis(shape[d], f"k{d}") for d in range(axes)]
+    out = compute("S", shape[axes:], lambda *ix: rsum(X[(*[r for r in rs], *ix)], rs))
+    f = scheduled(build("colsum", [X], [out]), {"B": 3, "T": 5}, {"B": 1, "T": 2}, {"B": 4, "T": 19})
+    red = [lp for lp in loops(f) if lp.var.name.startswith("k")]
+    vec = [x for r in red for _, x in walk(r.body) if isinstance(x, For) and x.kind == "vectorized"]
+    assert vec and all(not any(v.name.startswith("k") for v in free_vars(x.extent)) for x in vec)
+    if len(shape) - axes > 1 or arith.as_int(shape[-1]) is not None:
+        assert any(lp.kind == "parallel" for lp in loops(f))
+
+
+@pytest.mark.parametrize("keys_minor", [True, False])
+def test_short_reduction_stays_inside_a_symbolic_vector_loop(keys_minor: bool) -> None:
+    # attention scores S[b, i, j] = sum_{d<8} Q[b, i, d] * K[b, j, d] (or K^T[b, d, j]): the key
+    # loop is vectorized whole (the codegen strip-mines it, no lane masks) around the unrolled d
+    Q = placeholder("Q", (B, T, 8))
+    K = placeholder("K", (B, T, 8) if keys_minor else (B, 8, T))
+    d = reduce_axis(8, "d")
+    S = compute("S", (B, T, T), lambda b, i, j: rsum(Q[b, i, d] * (K[b, j, d] if keys_minor else K[b, d, j]), d))
+    f = scheduled(build("scores", [Q, K], [S]), {"B": 2, "T": 5}, {"B": 3, "T": 17}, {"B": 1, "T": 1})
+    vec = [lp for lp in loops(f) if lp.kind == "vectorized" and arith.as_int(lp.extent) is None]
+    assert any(x.kind == "unrolled" and arith.as_int(x.extent) == 8 for v in vec for _, x in walk(v.body)
+               if isinstance(x, For))
+    assert not any(isinstance(x, IfStmt) for _, x in walk(f.body))
+    assert ("K_packed" in allocs(f)) == keys_minor  # keys a row apart per lane are packed key-minor
+
+
+def test_symbolic_elementwise_loop_is_vectorized_whole() -> None:
+    X = placeholder("X", (B, T))
+    Y = compute("Y", (B, T), lambda b, t: exp(X[b, t]))
+    f = scheduled(build("ew", [X], [Y]), {"B": 2, "T": 5}, {"B": 3, "T": 19})
+    assert any(lp.kind == "vectorized" and arith.as_int(lp.extent) is None for lp in loops(f))
+    assert not any(isinstance(x, IfStmt) for _, x in walk(f.body))
