@@ -20,6 +20,7 @@ BSR and ELL kernels are formats already) are left as they are, said by `mlc -v`.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -51,6 +52,8 @@ from mlc.ir.types import TensorType
 from .canonicalize import DCE
 from .lower import map_blocks
 from .registry import ModulePass, PassContext, option, register_pass
+from .schedule.trace import Instruction, Trace
+from .tune.database import Database, workload_key
 
 _NP_TO_IR = {np.dtype(np.int32): "i32", np.dtype(np.float32): "f32", np.dtype(np.float16): "f16"}
 
@@ -109,6 +112,84 @@ def ell_conversion(site: CsrSite, width: int, name: str) -> tuple[PrimFunc, Prim
     return (build(f"{name}_indices", [ptr, ind, dat], [idx]), build(f"{name}_data", [ptr, ind, dat], [val]))
 
 
+# ---- the tuner's design space over formats (tune/tuning.tune_sparse_formats searches it) ----------
+FORMAT_SPACE: tuple[str, ...] = ("csr", "ell", "hyb:1,2", "hyb:1,3", "hyb:1,5", "hyb:2,3", "hyb:2,5", "hyb:4,4",
+                                 "bsr:2", "bsr:4", "bsr:8", "bsr:16")
+PARTS_SPACE: tuple[int, ...] = (2, 4, 16, 64)  # rows split into parts of equal nonzeros (sparse-lower --parts)
+DEFAULT_POINT: tuple[str, int] = ("csr", 16)
+
+
+def format_trace(fmt: str, parts: int) -> Trace:
+    """A point of the format space as a trace: two categorical decisions (format, row parts), the form
+    the tuning database stores."""
+    return Trace((Instruction("sample_categorical", (list(FORMAT_SPACE),), {"param": "format"}, (), FORMAT_SPACE.index(fmt)),
+                  Instruction("sample_categorical", (list(PARTS_SPACE),), {"param": "parts"}, (), PARTS_SPACE.index(parts))))
+
+
+def trace_point(trace: Trace) -> tuple[str, int] | None:
+    """The (format, parts) a format trace chose, or None for another kind of trace."""
+    got = {i.attrs.get("param"): i for i in trace.insts if i.kind == "sample_categorical"}
+    try:
+        return FORMAT_SPACE[int(got["format"].decision)], PARTS_SPACE[int(got["parts"].decision)]
+    except (KeyError, IndexError, TypeError, ValueError):
+        return None
+
+
+def format_workload(func: PrimFunc, arrays: tuple[np.ndarray, ...]) -> str:
+    """The database key of a format search: the stage-I program and the sparsity structure it runs on
+    (the best format depends on both)."""
+    h = hashlib.sha256(("sparse-format:" + workload_key(func)).encode())
+    for a in arrays:
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()[:32]
+
+
+def csr_constants(module: Module, consts: dict[str, np.ndarray]) -> dict[str, tuple[tuple[str, ...], CallTensor]]:
+    """Per stage-I CSR program called once with constant CSR arrays: their keys and the call."""
+    out: dict[str, tuple[tuple[str, ...], CallTensor]] = {}
+    seen: dict[str, int] = {}
+    for g in module.graph_functions():
+        const_of = {b.var.name: b.node.key for b in walk_bindings(g.body) if isinstance(b.node, Constant) and b.node.key in consts}
+        for b in walk_bindings(g.body):
+            n = b.node
+            if not isinstance(n, CallTensor):
+                continue
+            seen[n.func] = seen.get(n.func, 0) + 1
+            f = module.get(n.func)
+            site = find_csr(f) if isinstance(f, PrimFunc) else None
+            if site is None or not isinstance(f, PrimFunc):
+                continue
+            arg_of = {p.name: a.name for p, a in zip(f.params, n.args)}
+            names = [arg_of[p.name] for p in site.params]
+            if all(x in const_of for x in names):
+                out[n.func] = (tuple(const_of[x] for x in names), n)
+    return {k: v for k, v in out.items() if seen[k] == 1}
+
+
+def tuned_points(module: Module, consts: dict[str, np.ndarray], db: Database, target: str) -> dict[str, tuple[str, int]]:
+    """The database's best (format, parts) per stage-I CSR program of `module` with constant arrays."""
+    out: dict[str, tuple[str, int]] = {}
+    for name, (keys, _) in csr_constants(module, consts).items():
+        f = module.get(name)
+        assert isinstance(f, PrimFunc)
+        best = db.best(format_workload(f, tuple(consts[k] for k in keys[:2])), target)
+        point = trace_point(best[0].trace) if best else None
+        if point is not None:
+            out[name] = point
+    return out
+
+
+def apply_points(module: Module, ctx: PassContext, points: dict[str, tuple[str, int]]) -> Module:
+    """Each named program in its format, its row parts in its `sparse_parts` attribute (sparse-lower's
+    --parts for that program)."""
+    for name, (fmt, parts) in points.items():
+        module = SparseFormat(format=fmt, only=name).apply(module, ctx)
+        f = module.get(name)
+        if isinstance(f, PrimFunc):
+            module = module.with_function(dataclasses.replace(f, attrs=tuple(sorted(dict(f.attrs, sparse_parts=parts).items()))))
+    return module
+
+
 def _shapes_of(arrays: dict[str, np.ndarray]):  # type: ignore[no-untyped-def]
     return lambda a: tuple(Const(int(d)) for d in arrays[a].shape)
 
@@ -121,11 +202,17 @@ class SparseFormat(ModulePass):
 
     name: ClassVar[str] = "sparse-format"
     needs_constants: ClassVar[bool] = True
-    format: str = option("csr", "csr (no change), ell:W (ell: the longest row, constants only), bsr:B, or hyb:C,K "
-                                "(C column parts, ELL buckets of widths 1..2**K, longer rows split)")
+    format: str = option("csr", "csr (no change), ell:W (ell: the longest row, constants only), bsr:B, hyb:C,K "
+                                "(C column parts, ELL buckets of widths 1..2**K, longer rows split), or auto (the "
+                                "tuning database's best format and row parts per program; csr without a record)")
     only: str = option("", "only these tensor programs (comma-separated names); default all")
+    db: str = option("", "with --format auto: the tuning database (JSON lines, mlc.tune.tuning.tune_sparse_formats)")
 
     def apply(self, module: Module, ctx: PassContext) -> Module:
+        if self.format == "auto":
+            return self.replay(module, ctx)
+        if self.db:
+            raise MlcError("sparse-format: --db goes with --format auto")
         fmt = check_format(self.format)
         if fmt == "csr":
             return module
@@ -209,6 +296,21 @@ class SparseFormat(ModulePass):
             ctx.set_constants({k: v for k, v in consts.items() if k in live or k not in old})
         return module
 
+    def replay(self, module: Module, ctx: PassContext) -> Module:
+        """--format auto: the recorded best point of every program with constant CSR arrays."""
+        if not self.db:
+            raise MlcError("sparse-format: --format auto needs --db (a tuning database)")
+        db = Database(self.db)
+        consts = dict(ctx.constants or {})
+        points = tuned_points(module, consts, db, ctx.target)
+        only = {x.strip() for x in self.only.split(",") if x.strip()}
+        points = {k: v for k, v in points.items() if not only or k in only}
+        for name, (fmt, parts) in points.items():
+            ctx.info(f"sparse-format: @{name}: {fmt} with {parts} row parts (tuning record in {self.db})")
+        if not points:
+            ctx.info(f"sparse-format: no tuning record in {self.db} for this module's sparse programs; left in CSR")
+        return apply_points(module, ctx, points)
+
     def _convert(self, f: PrimFunc, site: CsrSite, fmt: str, keys: tuple[str, ...], consts: dict[str, np.ndarray],
                  ctx: PassContext, loc: Loc | None) -> tuple[str, str, dict[str, np.ndarray], list[Bucket] | None]:
         """Build-time conversion of the constant CSR arrays `keys`; the new arrays go into `consts`."""
@@ -277,4 +379,5 @@ class SparseFormat(ModulePass):
         return out
 
 
-__all__ = ["SparseFormat", "check_format", "convert", "ell_conversion", "slug"]
+__all__ = ["DEFAULT_POINT", "FORMAT_SPACE", "PARTS_SPACE", "SparseFormat", "apply_points", "check_format", "convert",
+           "csr_constants", "ell_conversion", "format_trace", "format_workload", "slug", "trace_point", "tuned_points"]

@@ -56,7 +56,8 @@ class SparseLower(ModulePass):
     schedule: bool = option(False, "give the stage-3 result the default sparse CPU schedule (rows parallel, "
                                    "feature dim vectorized)")
     parts: int = option(0, "split the rows of CSR iterations into this many parts of equal nonzeros "
-                           "(0: one loop over rows)")
+                           "(0: one loop over rows; a program's `sparse_parts` attribute, set by a tuned "
+                           "sparse-format, overrides it)")
 
     def apply(self, module: Module, ctx: PassContext) -> Module:
         if self.stage not in (2, 3):
@@ -67,7 +68,8 @@ class SparseLower(ModulePass):
             if not is_sparse(f):
                 continue
             try:
-                new = lower_sparse(f, self.stage, self.parts)
+                parts = dict(f.attrs).get("sparse_parts", self.parts)  # a tuned program's own (sparse-format auto)
+                new = lower_sparse(f, self.stage, int(parts) if isinstance(parts, int) else self.parts)
                 if self.schedule and self.stage == 3:
                     new = sparse_cpu_schedule(new)
             except MlcError as e:

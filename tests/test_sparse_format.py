@@ -238,3 +238,34 @@ def test_too_narrow_ell_for_a_constant_is_located() -> None:
     m, consts = _const_kernel(_pattern("dense_row", 4, 6, 0))
     with pytest.raises(MlcError, match=r"sparse-format: @spmm \(dv\): ell:2: row \d has 6 nonzeros \(more than 2\)"):
         _pass("sparse-format", m, PassContext(constants=consts, sink=None), format="ell:2")
+
+
+def test_format_tuning_records_and_replays(tmp_path: Path) -> None:
+    """A few trials over (format, row parts) on a small power-law matrix: each is a database record, the
+    module comes back in the fastest recorded point (format and `sparse_parts`), `sparse-format --format
+    auto --db` rebuilds the same module and constants from the file alone, and the result equals scipy."""
+    from mlc.passes.sparse_format import FORMAT_SPACE, PARTS_SPACE, trace_point
+    from mlc.passes.tune.database import Database
+    from mlc.tune.tuning import tune_sparse_formats
+
+    a = _pattern("power_law", 64, 48, 5)
+    m, consts = _const_kernel(a)
+    db = Database(tmp_path / "fmt.jsonl")
+    tuned, tconsts = tune_sparse_formats(m, consts, db, trials=3, seed=2)
+    assert len(db.records) == 3 and trace_point(db.records[0].trace) == ("csr", 16)  # the default point first
+    points = [trace_point(r.trace) for r in db.records]
+    assert all(p is not None and p[0] in FORMAT_SPACE and p[1] in PARTS_SPACE for p in points)
+    best = min((r for r in db.records if r.ok), key=lambda r: r.cost)
+    fmt, parts = trace_point(best.trace)  # type: ignore[misc]
+    assert dict(tuned.get("spmm").attrs)["sparse_parts"] == parts
+    if fmt != "csr":
+        assert any(k.startswith(f"dv.{fmt.replace(':', '').replace(',', '_')}") for k in tconsts)
+    ctx = PassContext(constants=dict(consts), sink=None)
+    replayed = _pass("sparse-format", m, ctx, format="auto", db=str(tmp_path / "fmt.jsonl"))
+    assert print_module(replayed) == print_module(tuned)
+    assert sorted(ctx.constants or {}) == sorted(tconsts)
+    assert f"@spmm: {fmt} with {parts} row parts" in ctx.diagnostics[0].message
+    b = np.random.default_rng(0).standard_normal((48, F)).astype(np.float32)
+    np.testing.assert_allclose(run_function(replayed, {"B": b}, ctx.constants)["C"], a @ b, rtol=1e-5, atol=1e-5)
+    with pytest.raises(MlcError, match="--format auto needs --db"):
+        _pass("sparse-format", m, ctx, format="auto")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import sys
 from dataclasses import replace
+from typing import Any
 
 from mlc.ir.diagnostics import MlcError
 from mlc.ir.graph import CallTensor
@@ -132,4 +133,104 @@ def check_target(target: str) -> None:
                            f"{reason}")
 
 
-__all__ = ["Progress", "call_counts", "check_target", "final_schedule", "tune_module", "unscheduled"]
+def tune_sparse_formats(module: Module, constants: dict[str, Any], db: Database, trials: int = 8,
+                        target: str = "cpu", seed: int = 0, dims: dict[str, int] | None = None) -> tuple[Module, dict[str, Any]]:
+    """Search the format space (passes/sparse_format.FORMAT_SPACE x PARTS_SPACE: format, bucket widths,
+    column parts, block size, and the schedule's row parts) of every stage-I CSR program with constant
+    arrays (a module after fuse): the default point and random others, `trials` in all per program,
+    each converted, lowered, compiled and timed on the real structure (dense operands random, symbolic
+    dims from `dims`, else 64). Every measurement is a database record (a point that does not apply,
+    e.g. a block size not dividing the matrix: its error). Returns the module in each program's best
+    point and its constants, which `sparse-format --format auto --db` reproduces from the database."""
+    import numpy as np
+    from mlc.passes.registry import PassContext
+    from mlc.passes.sparse_format import (
+        DEFAULT_POINT,
+        FORMAT_SPACE,
+        PARTS_SPACE,
+        apply_points,
+        csr_constants,
+        format_trace,
+        format_workload,
+        tuned_points,
+    )
+    from mlc.passes.tune.database import Record, mlc_version
+
+    if Target.parse(target).gpu:
+        raise MlcError("tune: the sparse format search measures on the CPU only")
+    rng = np.random.default_rng(seed)
+    space = [(f, p) for f in FORMAT_SPACE for p in PARTS_SPACE]
+    for name, (keys, _) in csr_constants(module, constants).items():
+        func = module.get(name)
+        assert isinstance(func, PrimFunc)
+        key = format_workload(func, tuple(constants[k] for k in keys[:2]))
+        others = [space[i] for i in rng.permutation(len(space)) if space[i] != DEFAULT_POINT]
+        for point in [DEFAULT_POINT, *others][:max(trials, 1)]:
+            trace = format_trace(*point)
+            if trace.to_json() in db.measured(key, target):
+                continue
+            try:
+                times, error = _time_point(module, constants, name, point, dims or {}), ""
+            except MlcError as e:
+                times, error = (), e.message
+            db.add(Record(key, target, mlc_version(), trace, times, name, error))
+    ctx = PassContext(constants=dict(constants), sink=None)
+    out = apply_points(module, ctx, tuned_points(module, constants, db, target))
+    return out, dict(ctx.constants or {})
+
+
+def _time_point(module: Module, constants: dict[str, Any], name: str, point: tuple[str, int],
+                dims: dict[str, int]) -> tuple[float, ...]:
+    """Seconds per call of program `name` in `point` (format, row parts), 5 samples: its constant
+    arrays as they are, other inputs random."""
+    import time
+
+    import numpy as np
+    from mlc.ir import arith
+    from mlc.ir.dtype import to_numpy
+    from mlc.ir.expr import Var, free_vars
+    from mlc.ir.graph import Constant
+    from mlc.ir.sparse_lower import lower_sparse
+    from mlc.passes.registry import PassContext
+    from mlc.passes.sparse_format import apply_points
+    from mlc.passes.sparse_lower import sparse_cpu_schedule
+    from mlc.runtime.cpu import compile_module
+
+    ctx = PassContext(constants=dict(constants), sink=None)
+    m = apply_points(module, ctx, {name: point})
+    consts = ctx.constants or {}
+    f = m.get(name)
+    call = next(b.node for g in m.graph_functions() for b in walk_bindings(g.body)
+                if isinstance(b.node, CallTensor) and b.node.func == name)
+    assert isinstance(f, PrimFunc) and isinstance(call, CallTensor)
+    const_of = {b.var.name: b.node.key for g in m.graph_functions() for b in walk_bindings(g.body)
+                if isinstance(b.node, Constant)}
+    env = dict(dims)
+    for p, a in zip(f.params, call.args):
+        if a.name in const_of:
+            env.update({d.name: n for d, n in zip(p.shape, consts[const_of[a.name]].shape) if isinstance(d, Var)})
+    env.update({v.name: 64 for p in f.params for d in p.shape for v in free_vars(d) if v.name not in env})
+    rng = np.random.default_rng(0)
+    args = []
+    for k, p in enumerate(f.params):
+        shape = tuple(int(arith.evaluate(d, env)) for d in p.shape)
+        if k < len(call.args) and call.args[k].name in const_of:
+            args.append(consts[const_of[call.args[k].name]])
+        else:
+            args.append(rng.standard_normal(shape).astype(to_numpy(p.dtype)))
+    g = sparse_cpu_schedule(lower_sparse(f, 3, point[1]))
+    run = compile_module([g]).kernel(g.name).prepare(args)
+    run()
+    t0 = time.perf_counter()
+    run()
+    number = max(1, int(0.01 / max(time.perf_counter() - t0, 1e-7)))
+    samples = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        for _ in range(number):
+            run()
+        samples.append((time.perf_counter() - t0) / number)
+    return tuple(samples)
+
+
+__all__ = ["Progress", "call_counts", "check_target", "final_schedule", "tune_module", "tune_sparse_formats", "unscheduled"]
