@@ -149,6 +149,9 @@ def test_spmm_schedule_binds_rows_and_lanes() -> None:
     assert 'for i_0 in 0..floordiv(mp1 + 2, 4) thread "blockIdx.x"' in text
     assert 'for i_1 in 0..4 thread "threadIdx.y" {\n        if i_0 * 4 + i_1 < mp1 - 1 {' in text
     assert 'thread "threadIdx.x"' in text and "for j in 0..max(" in text
+    # each thread accumulates its two feature columns in registers over the row's nonzeros
+    lanes = text.index('for k_1_1_1_1 in 0..32 thread "threadIdx.x" {\n            allocate %acc: buffer<2 x f32, local>')
+    assert lanes < text.index("for j in 0..max(") < text.index("%acc[k_1_0] = %acc[k_1_0] + %data[")
     assert 'schedule = "sparse-gpu"' in text
 
 
@@ -227,33 +230,71 @@ def test_gpu_segment_mm(dtype: str) -> None:
     np.testing.assert_allclose(np.asarray(got, np.float32), want, **_tol(dtype))
 
 
-@pytest.mark.gpu
-@needs_gpu
-def test_gpu_graph_sparse_matmul() -> None:
-    """The graph op sparse_matmul (a matmul by a sparse constant) built for CUDA, symbolic batch."""
+def graph_module(w: np.ndarray) -> tuple[Any, dict[str, np.ndarray]]:
+    """main(x: N x K) = sparse_matmul(x, CSR of w^T as constants): a matmul by a sparse weight."""
     from mlc.ir.expr import Const, Var
     from mlc.ir.graph import Binding, Block, Constant, Function, OpCall, Value
     from mlc.ir.module import Module
     from mlc.ir.types import TensorType, UnknownType
     from mlc.passes.sparsify import csr_of_transpose
-    from mlc.runtime.artifact import loads
-    from mlc.runtime.model import model_from_artifact
 
     from mlc.compiler import with_memory_constants
 
-    rng = np.random.default_rng(0)
-    w = rng.standard_normal((37, 21)).astype(np.float32)
-    w[rng.random(w.shape) > 0.25] = 0
-    w[:, 0] = 0
     arrays = dict(zip(("indptr", "indices", "data"), csr_of_transpose(w)))
-    x = Value("x", TensorType((Var("N"), Const(37)), "f32"))
+    x = Value("x", TensorType((Var("N"), Const(w.shape[0])), "f32"))
     binds = [Binding(Value(k, TensorType((Const(len(v)),), "i32" if v.dtype == np.int32 else "f32")), Constant(k))
              for k, v in arrays.items()]
     y = Value("y", UnknownType())
     binds.append(Binding(y, OpCall("sparse_matmul", (x, *(b.var for b in binds)), ())))
     m = Module((Function("main", (x,), Block(tuple(binds), (y,)), (("entry", True),)),))
-    built = build_module(with_memory_constants(m, arrays), arrays, "cuda")
+    return with_memory_constants(m, arrays), arrays
+
+
+def sparse_weight(k: int, m: int, seed: int) -> np.ndarray:
+    """A K x M weight with empty columns (empty rows of W^T) and one dense column."""
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((k, m)).astype(np.float32)
+    w[rng.random(w.shape) > 0.25] = 0
+    w[:, 0] = 0
+    w[:, -1] = rng.standard_normal(k)
+    return w
+
+
+def test_graph_sparse_matmul_scheduled_for_cuda() -> None:
+    """The graph op through build-cuda up to codegen (the transposes around the sparse nest get the
+    default GPU rules) runs in the interpreter equal to x @ W, batch 1 and 40."""
+    from mlc.passes.pipeline import load_pipeline, run_pipeline
+    from mlc.passes.registry import PassContext
+
+    w = sparse_weight(37, 21, 0)
+    m, arrays = graph_module(w)
+    ctx = PassContext(constants=dict(arrays), target="cuda", sink=None)
+    m, _ = run_pipeline(m, load_pipeline("configs/pipelines/build-cuda.yaml"), ctx, True)
+    (f,) = m.prim_functions()
+    assert dict(f.attrs).get("schedule") == "sparse-gpu" and "blockIdx.x" in thread_tags(f)
+    consts = ctx.constants or arrays
+    for n in (1, 40):
+        x = np.random.default_rng(n).standard_normal((n, 37)).astype(np.float32)
+        out = np.full((n, 21), np.nan, np.float32)
+        run_prim(f, [x, *(consts[k] for k in ("indptr", "indices", "data")), out])
+        np.testing.assert_allclose(out, x @ w, rtol=1e-5, atol=1e-5)
+    if nvcc_unavailable() is None:
+        m, arrays = graph_module(w)
+        assert build_module(m, arrays, "cuda").result.data  # nvcc compiles it
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_gpu_graph_sparse_matmul() -> None:
+    """The graph op sparse_matmul (a matmul by a sparse constant) built for CUDA, symbolic batch."""
+    from mlc.runtime.artifact import loads
+    from mlc.runtime.model import model_from_artifact
+
+    w = sparse_weight(37, 21, 0)
+    m, arrays = graph_module(w)
+    built = build_module(m, arrays, "cuda")
     model = model_from_artifact(loads(built.result.data), "<sparse_matmul cuda>")
+    rng = np.random.default_rng(0)
     for n in (1, 3, 40):
         xv = rng.standard_normal((n, 37)).astype(np.float32)
         np.testing.assert_allclose(model(x=xv)["y"], xv @ w, rtol=1e-4, atol=1e-4)

@@ -23,24 +23,30 @@ schedule does not recognise is left to the default rules (and, unbound, refused 
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import ClassVar
 
 from mlc.ir import arith
 from mlc.ir.diagnostics import MlcError
-from mlc.ir.expr import Bin, Const, Expr, Load, Select, Var, free_vars, subexprs
+from mlc.ir.expr import Bin, Cast, Const, Expr, Load, Select, Var, free_vars, subexprs, substitute
 from mlc.ir.module import Module
+from mlc.ir.names import fresh_name
 from mlc.ir.target import Target
-from mlc.ir.tir import BlockStmt, For, IfStmt, Let, PrimFunc, Seq, Stmt, Store
-from mlc.ir.tir_visit import StmtMutator, nodes, seq, subst
+from mlc.ir.tir import Allocate, BlockStmt, Buffer, For, IfStmt, Let, PrimFunc, Seq, Stmt, Store
+from mlc.ir.tir_lower import update_op
+from mlc.ir.tir_visit import StmtMutator, nodes, seq, subst, used_names
 
 from ..registry import ModulePass, PassContext, register_pass
 from .gpu_rules import is_bound, schedule_gpu
 from .schedule import Schedule
 from .trace import BlockRV, LoopRV
+from .tree import ancestors, find_block, get, put
 
 ROW_THREADS = 128  # threads per block of a row-parallel nest: rows (threadIdx.y) x feature lanes (threadIdx.x)
 WARP = 32
+MAX_BLOCK_THREADS = 1024
 MAX_UNROLL = 16  # an outer feature loop this short is unrolled (its accumulators become registers)
 
 
@@ -186,6 +192,37 @@ def _lanes(sch: Schedule, b: BlockRV) -> tuple[LoopRV, str, int] | None:
     return loops[-1], kinds.pop(), ext
 
 
+def _inner_rows(sch: Schedule, nest: _Nest, lanes: dict[str, tuple[LoopRV, str, int] | None], t: int
+                ) -> list[LoopRV] | None:
+    """Per block, its one spatial loop of constant extent between the rows and the lanes (BSR's rows in a
+    block row), when every block of the nest has one of the same extent: they go to threadIdx.y, so a
+    thread owns the same rows of C in the init and the update. None otherwise."""
+    out: list[LoopRV] = []
+    extents = set()
+    rows = {r.name for r in nest.rows}
+    for b in nest.blocks:
+        blk = sch.get(b)
+        assert isinstance(blk, BlockStmt)
+        lane = lanes[b.name]
+        found = []
+        for lp in sch.get_loops(b):
+            st = sch.get(lp)
+            assert isinstance(st, For)
+            if lp.name in rows or (lane is not None and lp.name == lane[0].name) or _iter_kinds(blk, st.var) != {"S"}:
+                continue
+            ext = arith.as_int(arith.simplify(st.extent))
+            if ext is None:
+                return None
+            found.append((lp, ext))
+        if len(found) != 1:
+            return None
+        out.append(found[0][0])
+        extents.add(found[0][1])
+    if len(extents) != 1 or next(iter(extents)) * t > MAX_BLOCK_THREADS:
+        return None
+    return out
+
+
 def _schedule_nest(sch: Schedule, nest: _Nest) -> tuple[Var, Var, Expr, int] | None:
     """Bind one nest (see the module doc); returns (block-row var, thread-row var, rows, rows per
     block) for the row guard, or None when rows are one per block."""
@@ -193,7 +230,8 @@ def _schedule_nest(sch: Schedule, nest: _Nest) -> tuple[Var, Var, Expr, int] | N
     reduce = any(v is not None and v[1] == "R" for v in lanes.values())
     widths = [v[2] for v in lanes.values() if v is not None]
     t = WARP if reduce else min(WARP, _pow2_at_least(max(widths, default=1)))
-    rows_per_block = 1 if reduce or not widths else max(1, ROW_THREADS // t)
+    inner = None if reduce or not widths else _inner_rows(sch, nest, lanes, t)
+    rows_per_block = 1 if reduce or not widths or inner else max(1, ROW_THREADS // t)
     guard = None
     if nest.rows:
         row = sch.fuse(*nest.rows) if len(nest.rows) > 1 else nest.rows[0]
@@ -205,6 +243,8 @@ def _schedule_nest(sch: Schedule, nest: _Nest) -> tuple[Var, Var, Expr, int] | N
             guard = (sch.get(bo).var, sch.get(bi).var, extent, rows_per_block)  # type: ignore[union-attr]
         else:
             sch.bind(row, "blockIdx.x")
+    for lp in inner or []:  # BSR's rows within a block row: one block per block row
+        sch.bind(lp, "threadIdx.y")
     for b in nest.blocks:
         found = lanes[b.name]
         if found is None:
@@ -242,6 +282,99 @@ def _guard_rows(func: PrimFunc, guards: list[tuple[Var, Var, Expr, int]]) -> Pri
     return replace(func, body=_G().visit(func.body))
 
 
+# ---- accumulators in registers ----------------------------------------------------------------
+MAX_ACC = 16  # accumulator elements per thread (registers); a larger one is left in memory
+
+
+def accumulate_in_registers(func: PrimFunc, name: str) -> PrimFunc:
+    """The update block `name` (`C[idx] = C[idx] + f`) accumulates in a per-thread local buffer over its
+    reduction loops. With L the outermost loop feeding a reduction iterator: the thread loops between L
+    and the block move above L (an interchange: each thread owns its elements of C), and there
+    `acc = C[idx]`, L with `acc += f`, `C[idx] = acc`. idx may depend only on loops outside L and on
+    spatial loops inside it (thread loops, and serial ones of constant extent that index acc: a few
+    registers). nvcc does not keep the repeated read-modify-write of global C in a register itself
+    (checked in the PTX); this is cache_write + compute_at for a C that has an init writer as well.
+    f16 accumulates in f32, rounded once when stored. Returns `func` unchanged when the pattern does
+    not hold."""
+    body = func.body
+    path = find_block(body, name)
+    blk = get(body, path)
+    assert isinstance(blk, BlockStmt)
+    st = blk.body
+    if not isinstance(st, Store) or blk.init is not None or update_op(st) != "add":
+        return func
+    if sum(1 for x in subexprs(st.value) if isinstance(x, Load) and x.buffer == st.buffer) != 1:
+        return func
+    red = {v for iv in blk.iters if iv.kind == "R" for v in free_vars(iv.binding)}
+    chain = ancestors(body, path)
+    at = next((k for k, (_, n) in enumerate(chain) if isinstance(n, For) and n.var in red), None)
+    if at is None or any(not isinstance(n, For | Let | IfStmt) or (isinstance(n, IfStmt) and n.orelse is not None)
+                         for _, n in chain[at:]):
+        return func  # only loops, lets and one-armed ifs between L and the block: a single chain
+    inside = [n for _, n in chain[at:]]
+    bind = {iv.var: iv.binding for iv in blk.iters}
+    idx = tuple(substitute(i, bind) for i in st.indices)
+    idx_vars = set().union(*(free_vars(i) for i in idx)) if idx else set()
+    defined = {n.var for n in inside if isinstance(n, For | Let)}
+    threads = [(p, n) for p, n in chain[at:] if isinstance(n, For) and n.kind == "thread"]
+    acc_loops = [n for n in inside if isinstance(n, For) and n.kind != "thread" and n.var in idx_vars]
+    mine = {n.var for _, n in threads} | {lp.var for lp in acc_loops}
+    conds = [n.cond for n in inside if isinstance(n, IfStmt)]
+    if (idx_vars & defined) - mine or any(free_vars(c) & defined - mine for c in conds) or mine & red:
+        return func
+    if any(free_vars(n.extent) & defined or arith.as_int(n.start) != 0 for _, n in threads):
+        return func
+    shape = [arith.as_int(arith.simplify(lp.extent)) for lp in acc_loops]
+    if any(x is None or arith.as_int(lp.start) != 0 for x, lp in zip(shape, acc_loops)) or \
+            math.prod(x or 0 for x in shape) > MAX_ACC:
+        return func
+    c = st.buffer
+    dt = "f32" if c.dtype in ("f16", "bf16") else c.dtype
+    used = used_names(func)
+    acc = Buffer(fresh_name("acc", used), tuple(Const(x) for x in shape if x is not None) or (Const(1),), dt, "local",
+                 blk.loc)
+    hoisted: dict[Var, Expr] = {n.var: Var(fresh_name(n.var.name, used), n.var.dtype) for _, n in threads}
+
+    def cast(e: Expr, to: str) -> Expr:
+        return e if e.dtype == to else Cast(to, e)
+
+    def nest(store: Callable[[dict[Var, Expr]], Stmt]) -> Stmt:
+        m: dict[Var, Expr] = {lp.var: Var(fresh_name(lp.var.name, used), lp.var.dtype) for lp in acc_loops}
+        m.update(hoisted)
+        out = store(m)
+        for cond in reversed(conds):
+            out = IfStmt(substitute(cond, m), out, None, blk.loc)
+        for lp in reversed(acc_loops):
+            nv = m[lp.var]
+            assert isinstance(nv, Var)
+            out = For(nv, lp.start, lp.extent, out, lp.kind, lp.thread_tag, lp.annotations, lp.loc)
+        return out
+
+    def acc_at(m: dict[Var, Expr]) -> tuple[Expr, ...]:
+        return tuple(m.get(lp.var, lp.var) for lp in acc_loops) or (Const(0),)
+
+    load = nest(lambda m: Store(acc, acc_at(m), cast(Load(c, tuple(substitute(i, m) for i in idx)), dt), blk.loc))
+    save = nest(lambda m: Store(c, tuple(substitute(i, m) for i in idx), cast(Load(acc, acc_at(m)), c.dtype), blk.loc))
+    here = acc_at({})
+    assert isinstance(st.value, Bin)
+    rhs = st.value.b if st.value.a == Load(c, st.indices) else st.value.a
+    upd: Stmt = Store(acc, here, Bin("add", Load(acc, here), cast(rhs, dt)), st.loc)
+    for iv in reversed(blk.iters):
+        upd = Let(iv.var, iv.binding, upd, iv.loc)
+    body = put(body, path, upd)
+    for p, n in reversed(threads):  # deepest first: the paths of the outer ones stay valid
+        cur = get(body, p)
+        assert isinstance(cur, For)
+        body = put(body, p, subst(cur.body, {n.var: hoisted[n.var]}))
+    red_path = chain[at][0]
+    out: Stmt = Allocate(acc, seq([load, get(body, red_path), save]), blk.loc)
+    for _, n in reversed(threads):
+        nv = hoisted[n.var]
+        assert isinstance(nv, Var)
+        out = For(nv, n.start, n.extent, out, n.kind, n.thread_tag, n.annotations, n.loc)
+    return replace(func, body=put(body, red_path, out))
+
+
 def sparse_gpu_schedule(func: PrimFunc) -> PrimFunc:
     """The default GPU schedule of a lowered sparse function (module doc); marks it scheduled."""
     if is_bound(func):
@@ -261,8 +394,13 @@ def sparse_gpu_schedule(func: PrimFunc) -> PrimFunc:
     for nest in nests:
         nest.rows = _row_loops(sch, nest.blocks)
     guards = [g for nest in nests if (g := _schedule_nest(sch, nest)) is not None]
-    out = _guard_rows(sch.func, guards)
-    out = schedule_gpu(out).func  # dense stages of the function (a transpose around the kernel, ...)
+    # dense stages of the function (a transpose around the kernel, ...), while the sparse updates are
+    # still blocks (the rules' inlining sees every reader and writer)
+    out = schedule_gpu(sch.func).func
+    out = _guard_rows(out, guards)
+    for nest in nests:
+        for b in nest.blocks:
+            out = accumulate_in_registers(out, b.name)
     attrs = tuple(sorted(dict(out.attrs, schedule="sparse-gpu").items()))
     return replace(out, attrs=attrs)
 
