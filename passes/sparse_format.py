@@ -211,8 +211,8 @@ class SparseFormat(ModulePass):
     def apply(self, module: Module, ctx: PassContext) -> Module:
         if self.format == "auto":
             return self.replay(module, ctx)
-        if self.db:
-            raise MlcError("sparse-format: --db goes with --format auto")
+        # --db is read only by --format auto: `mlc build --db` hands the database to every step that
+        # takes one, and a pipeline's fixed format must not turn that into an error.
         fmt = check_format(self.format)
         if fmt == "csr":
             return module

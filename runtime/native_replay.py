@@ -347,7 +347,7 @@ class InPlace:
         rec = [(e, list(p), list(b), list(t)) for e, p, b, t in rec]
         done: list[Any] = []
         for i, (e, _positions, bufs, tags) in enumerate(rec):
-            wu = self.plan(e.name) if e.native is not None else None
+            wu = self.plan(e.name) if e.native is not None and not is_copy(e) else None
             if wu is None or not all(type(b) is np.ndarray for b in bufs):
                 continue
             base, upd, out = bufs[wu.base], bufs[wu.update], bufs[wu.out]
@@ -367,7 +367,7 @@ class InPlace:
             dims = (ctypes.c_int64 * 1)(wu.width * row)
             from .tape import TapeEntry  # tape imports this module
 
-            copy = TapeEntry(copy_fn(), args, dims, [], "copy", native=(copy_entry(), ctypes.addressof(args),
+            copy = TapeEntry(copy_fn(), args, dims, [], e.name, native=(copy_entry(), ctypes.addressof(args),
                                                                           ctypes.addressof(dims), 0), keep=(args, dims))
             if step:
                 patch[ctypes.addressof(args) + 8] = (base.ctypes.data + s0 * row, step * row)
@@ -400,7 +400,7 @@ def _dead_after(rec: list[Launch], i: int, base: np.ndarray, out: np.ndarray) ->
     last = max((j for j in range(i + 1, len(rec)) if any(b is out for b in rec[j][2])), default=i)
     for j in range(i + 1, len(rec)):
         e, _, bufs, _ = rec[j]
-        if e.name == "copy" and len(bufs) == 2 and bufs[0] is out and bufs[1] is base:
+        if is_copy(e) and len(bufs) == 2 and bufs[0] is out and bufs[1] is base:
             continue
         for b in [*bufs, *(b for x in e.inner for b in (x.keep if isinstance(x.keep, list) else []))]:
             if b is base:
@@ -410,8 +410,14 @@ def _dead_after(rec: list[Launch], i: int, base: np.ndarray, out: np.ndarray) ->
     return True
 
 
+def is_copy(e: Any) -> bool:
+    """A launch of the native copy (a loop-carried value, or a window update done in place, which keeps
+    the name of the kernel it stands for so that profiles count that kernel's calls)."""
+    return e.native is not None and e.native[0] == copy_entry()
+
+
 def _self_copy(e: Any) -> bool:
-    return e.name == "copy" and e.args[0] == e.args[1]
+    return is_copy(e) and e.args[0] == e.args[1]
 
 
 def _span_of_array(a: Any) -> tuple[int, int]:
