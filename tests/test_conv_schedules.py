@@ -116,12 +116,32 @@ def test_conv_default_schedule_vectorizes_output_channels(case: tuple[int, ...])
     assert Trace.from_json(s.trace.to_json()).apply(f) == s.func
 
 
-def test_depthwise_and_unaligned_groups_keep_the_generic_tiling() -> None:
-    for case in (CASES[6], CASES[7]):
-        f = conv_func(fused(conv_model(*case)[0])[0])
-        conv = next(x for _, x in walk(f.body) if isinstance(x, BlockStmt) and x.name == "conv2d")
-        assert conv_plan(conv, CPU.lanes) is None  # a vector of channels would gather the input
-        same(f, default_schedule(f, CPU).func)
+def conv_lanes(f: PrimFunc) -> int | None:
+    """The lanes of the channel vector loop of the conv block."""
+    return next(lp.extent for _, lp in walk(f.body) if isinstance(lp, For) and lp.kind == "vectorized"
+                and any(isinstance(x, BlockStmt) and x.name == "conv2d" for _, x in walk(lp.body)))
+
+
+def test_unaligned_groups_keep_the_generic_tiling() -> None:
+    f = conv_func(fused(conv_model(*CASES[7])[0])[0])
+    conv = next(x for _, x in walk(f.body) if isinstance(x, BlockStmt) and x.name == "conv2d")
+    assert conv_plan(conv, CPU.lanes) is None  # a vector of channels would gather the input
+    same(f, default_schedule(f, CPU).func)
+
+
+def test_depthwise_conv_packs_its_input_channel_innermost() -> None:
+    # x[n, oc + k, ..] (k of extent 1) follows the output channel: packed like the weight, the
+    # lanes' inputs are one vector load instead of a gather
+    f = conv_func(fused(conv_model(*CASES[6])[0])[0])
+    conv = next(x for _, x in walk(f.body) if isinstance(x, BlockStmt) and x.name == "conv2d")
+    plan = conv_plan(conv, CPU.lanes)
+    assert plan is not None and [i for i, _ in plan[5]] == [0]
+    s = default_schedule(f, CPU)
+    same(f, s.func)
+    assert [p.src.name for p in pack_nests(s.func)] == [f.params[1].name]  # the weight, foldable
+    packed = {b.name: b for b in s.func.body.alloc_buffers}  # type: ignore[attr-defined]
+    x_p = packed[f"{f.params[0].name}_packed"]
+    assert arith.as_int(x_p.shape[-1]) == arith.as_int(conv_lanes(s.func)) == 16
 
 
 @pytest.mark.parametrize("seed", range(4))

@@ -48,8 +48,9 @@ def _uniform_over(e: Expr, var: str, block: int) -> bool:
     return var not in _vars(rewrite(e, strip))
 
 
-def conv_plan(b: BlockStmt, lanes: int) -> tuple[int, int, int, int, int] | None:
-    """(channel iter, column iter, weight read index, oc1, ow1) for a convolution-like block, else None.
+def conv_plan(b: BlockStmt, lanes: int) -> tuple[int, int, int, int, int, list[tuple[int, int]]] | None:
+    """(channel iter, column iter, weight read index, oc1, ow1, followers) for a convolution-like
+    block, else None; followers are the reads packed channel-innermost like the weight (`_follows`).
 
     Convolution-like: a reduction whose spatial iterators include a channel `oc` (constant extent, a
     multiple of `lanes`) that indexes one parameter read (the weight) on a single axis, the plain
@@ -85,6 +86,8 @@ def conv_plan(b: BlockStmt, lanes: int) -> tuple[int, int, int, int, int] | None
         others = [ld for ld in loads if ld.buffer.name != w_name]
         if not others:
             continue
+        follow = _follows(b, others, cname, reads)
+        others = [ld for ld in others if ld.buffer.name not in {reads[i].name for i, _ in follow}]
         col = [i for i in spatial if i != c][-1]
         col_ext = arith.as_int(b.iters[col].extent)
         if col_ext is None:
@@ -98,13 +101,38 @@ def conv_plan(b: BlockStmt, lanes: int) -> tuple[int, int, int, int, int] | None
             oc1 = v * lanes
             if ext % oc1 or not all(_uniform_over(i, cname, oc1) for ld in others for i in ld.indices):
                 continue
+            if any(arith.as_int(reads[i].shape[d]) is None or (arith.as_int(reads[i].shape[d]) or 0) % oc1
+                   for i, d in follow):
+                continue
             ow1 = max(d for d in range(1, min(col_ext, budget // v) + 1) if col_ext % d == 0)
             key = (-(v * ow1), v + ow1, oc1)
             if best is None or key < best:
                 best, pick = key, (oc1, ow1)
         if best is not None:
-            return c, col, w_idx, pick[0], pick[1]
+            return c, col, w_idx, pick[0], pick[1], follow
     return None
+
+
+def _follows(b: BlockStmt, loads: list, cname: str, reads: list) -> list[tuple[int, int]]:
+    """The reads indexed by the channel itself (a depthwise convolution's input: `x[n, oc + k, ..]`
+    with `k` of extent 1) as (read index, axis): packed channel-innermost, they are vector loads
+    like the weight. Reads using the channel otherwise are left to the uniformity test."""
+    one = {iv.var.name for iv in b.iters if iv.kind == "R" and arith.as_int(iv.extent) == 1}
+    names = [r.name for r in reads]
+    out: list[tuple[int, int]] = []
+    for ld in loads:
+        at = [d for d, i in enumerate(ld.indices) if cname in _vars(i)]
+        if len(at) == 1 and ld.buffer.name in names and _plus_zero(ld.indices[at[0]], cname, one) \
+                and all(ld2.indices == ld.indices for ld2 in loads if ld2.buffer.name == ld.buffer.name):
+            out.append((names.index(ld.buffer.name), at[0]))
+    return sorted(set(out))
+
+
+def _plus_zero(i: Expr, cname: str, one: set[str]) -> bool:
+    """`i` is `c + k1 + k2 ..` with every k an iterator of extent 1 (always 0)."""
+    if isinstance(i, Var):
+        return i.name == cname or i.name in one
+    return isinstance(i, Bin) and i.op == "add" and _plus_zero(i.a, cname, one) and _plus_zero(i.b, cname, one)
 
 
 def conv_tiling(sch: Schedule, block: BlockRV, lanes: int, ch: Decisions) -> bool:
@@ -114,7 +142,7 @@ def conv_tiling(sch: Schedule, block: BlockRV, lanes: int, ch: Decisions) -> boo
     plan = conv_plan(b, lanes)
     if plan is None:
         return False
-    c, col, w_idx, oc1_want, ow1_want = plan
+    c, col, w_idx, oc1_want, ow1_want, follow = plan
     w_name = block_reads(b)[w_idx].name
     if not is_param(sch.func, w_name):
         return False
@@ -167,6 +195,8 @@ def conv_tiling(sch: Schedule, block: BlockRV, lanes: int, ch: Decisions) -> boo
         _channels_inner(sch, init, [i for i, iv in enumerate(b.iters) if iv.kind == "S"].index(c))
     _try(sch.compact, block, 0, [k for k in range(nd) if k != d] + [d] if d is not None else [])
     _pack_weight(sch, block, w_name, c, oc_f[1])
+    for idx, d in follow:  # after the weight: packing renumbers nothing but the packed read
+        _pack_axis(sch, block, idx, d, oc_f[1])
     return True
 
 
@@ -201,13 +231,19 @@ def _pack_weight(sch: Schedule, block: BlockRV, w_name: str, c: int, oc1: int) -
     cname = b.iters[c].var.name
     ld = next(ld for e in stmt_exprs(b.body) for ld in loads_in(e) if ld.buffer.name == buf.name)
     d = next(k for k, i in enumerate(ld.indices) if isinstance(i, Var) and i.name == cname)
-    nd = len(buf.shape)
+    if d != len(buf.shape) - 1:
+        _pack_axis(sch, block, w_idx, d, oc1)
+
+
+def _pack_axis(sch: Schedule, block: BlockRV, idx: int, d: int, oc1: int) -> None:
+    """Read `idx` of the block packed with axis `d` split by `oc1`, the `oc1` part innermost."""
+    nd = len(block_reads(sch.get(block))[idx].shape)  # type: ignore[arg-type]
     tiles = [1] * nd
     tiles[d] = oc1
     order = [x for x in range(nd + 1) if x != d + 1] + [d + 1]
-    if oc1 <= 1 or d == nd - 1:
+    if oc1 <= 1:
         return
-    pk = _try(sch.pack, block, w_idx, tiles, order)
+    pk = _try(sch.pack, block, idx, tiles, order)
     if isinstance(pk, BlockRV):
         pl = sch.get_loops(pk)
         _try(sch.parallel, pl[0])
