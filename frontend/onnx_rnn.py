@@ -4,6 +4,11 @@ The input projection X @ W^T + Wb is one matmul over the whole sequence, hoisted
 loop; the loop body slices step t with `dynamic_slice`, applies the recurrence and writes h_t
 into the carried output with `dynamic_update_slice`. Reverse directions run the same loop on
 the time-reversed sequence; bidirectional concatenates both, as ONNX lays them out.
+
+Weights are cut into pieces (bias halves Wb/Rb, peepholes, a GRU's R^T columns) outside the loop and
+with single-result ops (`strided_slice`), so the importer records each fold (module meta `derived`)
+and `mlc autodiff --wrt all` traces every piece back to the ONNX initializer (B, P, R); initial states
+are `full` ops, never folded into constants, so they are not taken for parameters.
 """
 
 from __future__ import annotations
@@ -15,14 +20,16 @@ import onnx
 
 from ..ir.arith import as_int
 from ..ir.expr import Const
-from ..ir.graph import Block, Loop, Value
+from ..ir.graph import Block, Loop, OpCall, Value, attrs_of
+from ..ir.ops import registry as ops
 from ..ir.ops.registry import value_dtype, value_shape
 from ..ir.ops.shapes import BIG
 from ..ir.types import ScalarType, TupleType
 from .onnx_ctx import Ctx
 
-# cell(ctx, x_t @ W^T + Wb, states, R^T, Rb or None, name prefix) -> new states (h first)
-Cell = Callable[[Ctx, Value, list[Value], Value, Value | None, str], list[Value]]
+# cell(ctx, x_t @ W^T + Wb, states, prep(ctx, R^T, Rb or None, name prefix), name prefix) -> new states (h first)
+Cell = Callable[[Ctx, Value, list[Value], Any, str], list[Value]]
+Prep = Callable[[Ctx, Value, Value | None, str], Any]  # runs before the loop: what the cell reads of R^T, Rb
 
 
 def _check(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any], default_acts: list[str]) -> None:
@@ -52,7 +59,31 @@ def _reverse(ctx: Ctx, v: Value, hint: str) -> Value:
     return ctx.emit("strided_slice", [v], {"axes": (0,), "begin": (-1,), "end": (-BIG,), "strides": (-1,)}, hint)
 
 
-def _run(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any], gates: int, states: int, cell: Cell) -> None:
+def _slices(ctx: Ctx, v: Value, axis: int, sizes: tuple[int, ...], hints: list[str]) -> list[Value]:
+    """`v` cut along `axis` into pieces of `sizes`: one `strided_slice` each (a constant piece folds
+    with its provenance recorded, which a tuple-valued `split` would lose)."""
+    out, start = [], 0
+    for n, hint in zip(sizes, hints):
+        out.append(ctx.emit("strided_slice", [v], {"axes": (axis,), "begin": (start,), "end": (start + n,),
+                                                   "strides": (1,)}, hint))
+        start += n
+    return out
+
+
+def _zeros(ctx: Ctx, shape: tuple[Any, ...], dtype: str, hint: str) -> Value:
+    """A `full` of zeros that stays an op (a folded one would be a constant, i.e. a parameter)."""
+    attrs = {"shape": tuple(as_int(d) if as_int(d) is not None else d for d in shape), "value": 0.0, "dtype": dtype}
+    d = ops.get("full")
+    assert d is not None and d.infer is not None
+    return ctx.bind(hint, OpCall("full", (), attrs_of(attrs), ctx.loc), d.infer([], attrs, ctx.loc))
+
+
+def _plain_r(ctx: Ctx, rt: Value, rb: Value | None, p: str) -> tuple[Value, Value | None]:
+    return rt, rb
+
+
+def _run(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any], gates: int, states: int, cell: Cell,
+         prep: Prep = _plain_r) -> None:
     """Shared driver: per direction, hoist X @ W^T, loop over time, then lay out Y, Y_h (, Y_c)."""
     o = node.output[0] if node.output[0] else node.name or "rnn"
     x, w, r = ctx.input(0), ctx.input(1), ctx.input(2)
@@ -78,25 +109,23 @@ def _run(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any], gates: int, stat
         rb = None
         if bias is not None:
             bd = _dir_param(ctx, bias, d, p + "_B", False)  # (2*gates*H,)
-            split = ctx.emit("split", [bd], {"axis": 0, "sections": (gates * hidden, gates * hidden)}, p + "_Bparts")
-            wb, rb = ctx.tuple_items(split, 2, [p + "_Wb", p + "_Rb"])
+            wb, rb = _slices(ctx, bd, 0, (gates * hidden, gates * hidden), [p + "_Wb", p + "_Rb"])
             xw = ctx.emit("add", [xw, wb], {}, p + "_xwb")
         h0s = []
         for k in range(states):
             if init[k] is not None:
                 h0s.append(_dir_param(ctx, init[k], d, f"{p}_init{k}", False))  # type: ignore[arg-type]
             else:
-                h0s.append(ctx.emit("full", [], {"shape": (batch, Const(hidden)), "value": 0.0,
-                                                 "dtype": value_dtype(x)}, f"{p}_zero{k}"))
-        y0 = ctx.emit("full", [], {"shape": (seq, batch, Const(hidden)), "value": 0.0,
-                                   "dtype": value_dtype(x)}, p + "_y0")
+                h0s.append(_zeros(ctx, (batch, Const(hidden)), value_dtype(x), f"{p}_zero{k}"))
+        y0 = _zeros(ctx, (seq, batch, Const(hidden)), value_dtype(x), p + "_y0")
+        rp = prep(ctx, rt, rb, p)
         ctx.stack.append([])
         t = Value(ctx.fresh(p + "_t"), ScalarType("i64"), ctx.loc)
         carried = [Value(ctx.fresh(f"{p}_s{k}"), h.type, ctx.loc) for k, h in enumerate(h0s)]
         ycar = Value(ctx.fresh(p + "_y"), y0.type, ctx.loc)
         step = ctx.emit("dynamic_slice", [xw, t], {"axis": 0, "size": 1}, p + "_xt1")
         step = ctx.emit("squeeze", [step], {"axes": (0,)}, p + "_xt")
-        new = cell(ctx, step, carried, rt, rb, p)
+        new = cell(ctx, step, carried, rp, p)
         hexp = ctx.emit("expand_dims", [new[0]], {"axes": (0,)}, p + "_hexp")
         ynew = ctx.emit("dynamic_update_slice", [ycar, hexp, t], {"axis": 0}, p + "_ynew")
         body = Block(tuple(ctx.stack.pop()), tuple(new) + (ynew,), ctx.loc)
@@ -133,10 +162,10 @@ def lstm(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
         pv = ctx.value(pn)
         for d in range(value_shape(pv)[0].value if isinstance(value_shape(pv)[0], Const) else 1):
             pd = _dir_param(ctx, pv, d, f"{node.output[0] or 'lstm'}_P{d}", False)  # (3*H,)
-            t = ctx.emit("split", [pd], {"axis": 0, "sections": (hidden,) * 3}, f"{node.output[0] or 'lstm'}_P{d}s")
-            peeps.append(ctx.tuple_items(t, 3, [f"{node.output[0] or 'lstm'}_P{d}{g}" for g in "iof"]))
+            peeps.append(_slices(ctx, pd, 0, (hidden,) * 3, [f"{node.output[0] or 'lstm'}_P{d}{g}" for g in "iof"]))
 
-    def cell(c: Ctx, xt: Value, st: list[Value], rt: Value, rb: Value | None, p: str) -> list[Value]:
+    def cell(c: Ctx, xt: Value, st: list[Value], r: tuple[Value, Value | None], p: str) -> list[Value]:
+        rt, rb = r
         h, cprev = st
         pi, po, pf = peeps.pop(0) if peeps else (None, None, None)
         g = c.emit("add", [xt, _affine(c, h, rt, rb, p + "_hr")], {}, p + "_gates")
@@ -163,15 +192,26 @@ def gru(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
     hidden = int(attrs["hidden_size"])
     lbr = bool(attrs.get("linear_before_reset", 0))
 
-    def cell(c: Ctx, xt: Value, st: list[Value], rt: Value, rb: Value | None, p: str) -> list[Value]:
+    def prep(c: Ctx, rt: Value, rb: Value | None, p: str) -> tuple[Value | None, ...]:
+        if lbr:
+            return rt, rb, None, None
+        # the candidate gate multiplies r into h before its recurrence matmul: R^T's columns (and
+        # Rb) in two parts, (z, r) and h
+        rzr, rh = _slices(c, rt, 1, (2 * hidden, hidden), [p + "_Rt_0", p + "_Rt_1"])
+        bzr, bh = _slices(c, rb, 0, (2 * hidden, hidden), [p + "_Rb_0", p + "_Rb_1"]) if rb is not None \
+            else (None, None)
+        return rzr, bzr, rh, bh
+
+    def cell(c: Ctx, xt: Value, st: list[Value], r: tuple[Value | None, ...], p: str) -> list[Value]:
         h = st[0]
+        rt, rb, rh, bh = r
+        assert rt is not None
         xz, xr, xh = _split_gates(c, xt, 3, hidden, p + "_x")
         if lbr:
             hz, hr, hh = _split_gates(c, _affine(c, h, rt, rb, p + "_hR"), 3, hidden, p + "_h")
-        else:  # the candidate gate multiplies r into h before the recurrence matmul
-            rzr, rh = _split_cols(c, rt, 2 * hidden, hidden, p + "_Rt")
-            bzr, bh = _split_cols(c, rb, 2 * hidden, hidden, p + "_Rb") if rb is not None else (None, None)
-            hz, hr = _split_gates(c, _affine(c, h, rzr, bzr, p + "_hR"), 2, hidden, p + "_h")
+        else:
+            assert rh is not None
+            hz, hr = _split_gates(c, _affine(c, h, rt, rb, p + "_hR"), 2, hidden, p + "_h")
         z = c.emit("sigmoid", [c.emit("add", [xz, hz], {}, p + "_za")], {}, p + "_z")
         r = c.emit("sigmoid", [c.emit("add", [xr, hr], {}, p + "_ra")], {}, p + "_r")
         if lbr:
@@ -183,17 +223,9 @@ def gru(ctx: Ctx, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
                     p + "_hn")
         return [hn]
 
-    _run(ctx, node, attrs, 3, 1, cell)
+    _run(ctx, node, attrs, 3, 1, cell, prep)
 
 
 def _affine(ctx: Ctx, h: Value, wt: Value, b: Value | None, hint: str) -> Value:
     y = ctx.emit("matmul", [h, wt], {}, hint)
     return y if b is None else ctx.emit("add", [y, b], {}, hint + "_b")
-
-
-def _split_cols(ctx: Ctx, v: Value, a: int, b: int, hint: str) -> tuple[Value, Value]:
-    """Split the last axis of v into widths a and b."""
-    ax = len(value_shape(v)) - 1
-    t = ctx.emit("split", [v], {"axis": ax, "sections": (a, b)}, hint)
-    x, y = ctx.tuple_items(t, 2, [hint + "_0", hint + "_1"])
-    return x, y
