@@ -90,7 +90,7 @@ def unpack(path: str | os.PathLike, magic: bytes, what: str) -> tuple[dict[str, 
 
     p = Path(path)
     if not p.is_file():
-        raise MlcError(f"no such {what}", where)
+        raise MlcError(f"{what} is not a regular file" if p.exists() else f"no such {what}", where)
     raw = p.read_bytes()
     if len(raw) < _FIXED.size + 32 or raw[:8] != magic:
         raise bad("not an mlc ANN index (bad magic)")

@@ -39,7 +39,7 @@ def read_vectors(path: str | os.PathLike, max_rows: int | None = None) -> np.nda
     """Read a 2-D array from .fvecs/.bvecs/.ivecs/.npy (dtype as stored)."""
     ext = _suffix(path)
     if not Path(path).is_file():
-        raise _fail(path, "no such file")
+        raise _fail(path, "not a regular file" if Path(path).exists() else "no such file")
     if ext == ".npy":
         return _read_npy(path, max_rows)
     return _read_texmex(path, _TEXMEX[ext], max_rows)

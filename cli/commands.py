@@ -9,7 +9,7 @@ from typing import Any
 import click
 import numpy as np
 from mlc.ir.diagnostics import Loc, MlcError
-from mlc.ir.files import atomic_write_bytes, read_bytes, write_output_set
+from mlc.ir.files import atomic_write_bytes, check_regular, read_bytes, write_output_set
 from mlc.ir.limits import max_bytes
 
 from .dims import dims_option
@@ -70,7 +70,7 @@ def opt_cmd(input: str, output: str | None, pipeline: str, instrument: Instrumen
     from mlc.passes.pipeline import load_pipeline, run_pipeline
     from mlc.passes.registry import PassContext
 
-    steps = load_pipeline(pipeline)
+    steps = load_pipeline(_existing_file(pipeline, "pipeline", regular=True))
     src = read_module(input, verify=instrument.verify_each)
     ctx = PassContext(search_dirs=src.search_dirs)
     if any(s.info.needs_constants for s in steps):
@@ -182,7 +182,9 @@ def build_cmd(model: str, output: str, target: str, pipeline: str | None, db: st
 
     kinds = _emit_set(emit)
     if db is not None:
-        _existing_file(db, "tuning database")
+        _existing_file(db, "tuning database", regular=True)
+    if pipeline is not None:
+        _existing_file(pipeline, "pipeline", regular=True)
     if model.endswith(".onnx"):
         from mlc.frontend.onnx_import import import_onnx
 
@@ -245,13 +247,13 @@ def bench_cmd(artifact: str, dims: dict[str, int], onnx_path: str | None, runs: 
     from mlc.runtime.bench import random_inputs, time_fn
     from mlc.runtime.model import load
 
+    if onnx_path:  # before loading anything
+        _existing_file(onnx_path, regular=True)
     model = load(artifact, device)
     if profile and not hasattr(model, "profile"):
         raise MlcError("bench --profile: per-kernel profiles are for CPU artifacts")
     main = model.module.get("main")
     feeds = random_inputs(main, dims)  # type: ignore[arg-type]
-    if onnx_path:
-        _existing_file(onnx_path)
     src = onnx_path or str(model.meta.get("source") or "")
     sess, ort_names = _ort_session(src, list(feeds)) if src and Path(src).is_file() else (None, {})  # before any output
     ours = time_fn(lambda: model(**feeds), runs=runs)  # includes host<->device copies on cuda
@@ -308,12 +310,15 @@ def load_npz(path: str) -> dict[str, np.ndarray]:
     return read_npz(read_bytes(_existing_file(path, "inputs"), what, max_bytes()), what)
 
 
-def _existing_file(path: str, what: str = "") -> str:
-    """`path`, or an MlcError saying why it cannot be read (before any work is done)."""
+def _existing_file(path: str, what: str = "", regular: bool = False) -> str:
+    """`path`, or an MlcError saying why it cannot be read (before any work is done); `regular`: for a
+    path another library opens itself, a FIFO or device is refused before its open could block."""
     p = Path(path)
     if p.is_dir() or not p.exists():
         why = "is a directory" if p.is_dir() else "no such file"
         raise MlcError(f"cannot read {what + ' ' if what else ''}'{path}': {why}")
+    if regular:
+        check_regular(path, f"{what + ' ' if what else ''}'{path}'")
     return path
 
 

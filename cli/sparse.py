@@ -118,7 +118,7 @@ def _readable(path: str) -> str:
     from mlc.ir.diagnostics import MlcError
 
     if not Path(path).is_file():
-        raise MlcError(f"cannot read '{path}': no such file")
+        raise MlcError(f"cannot read '{path}': {'not a regular file' if Path(path).exists() else 'no such file'}")
     return path
 
 

@@ -72,6 +72,7 @@ def tune_cmd(module_path: str, target: str, trials: int, time_budget: float, db_
     target = str(parse_target(target))
     if not on_ray:  # on Ray the GPUs are the cluster's, checked when the actors are placed
         check_target(target)
+    db = Database(db_path)  # a bad database is an error before any work or note
     module, new_constants, lowered = src.module, None, None
     if not module.prim_functions():
         module, new_constants, lowered = _lower(src, instrument)
@@ -92,7 +93,6 @@ def tune_cmd(module_path: str, target: str, trials: int, time_budget: float, db_
     runner = Runner(timeout=timeout, dims={s: dims.get(s, DEFAULT_DIM) for s in syms}, target=target,
                     repeat=7 if gpu else 3, min_seconds=0.01 if gpu else 0.02)
     cfg = SearchConfig(trials=trials, time_budget=time_budget, seed=seed, target=target, confirm=confirm)
-    db = Database(db_path)
     measurer: Measurer = runner
     if on_ray and unscheduled(module):
         from mlc.tune.distributed import RayRunner

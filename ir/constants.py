@@ -16,6 +16,7 @@ import numpy as np
 
 from .arith import as_int
 from .diagnostics import Loc, MlcError
+from .files import check_regular
 from .limits import check_bytes, nbytes
 from .module import ConstantsRef, Module
 
@@ -45,6 +46,7 @@ def read_npz(src: str | os.PathLike[str] | bytes, what: str) -> dict[str, np.nda
         if isinstance(src, bytes):
             head = src[:4]
         else:
+            check_regular(src, what)  # zip needs a seekable file; a FIFO's open would wait for a writer
             with open(src, "rb") as f:
                 head = f.read(4)
     except OSError as e:

@@ -9,6 +9,7 @@ committed by a single rename. Temp files carry the writer's pid, so one left by 
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import secrets
@@ -33,15 +34,43 @@ def read_bytes(path: str | os.PathLike[str], what: str, limit: int = TEXT_LIMIT)
     try:
         if str(path) == "-":
             return _read_capped(sys.stdin.buffer, what, min(limit, STREAM_LIMIT))
-        with open(path, "rb") as f:
+        with open_input(path) as f:
             st = os.fstat(f.fileno())
             if not stat.S_ISREG(st.st_mode):  # a pipe or device has no size to check first
-                return _read_capped(f, what, min(limit, STREAM_LIMIT))
+                data = _read_capped(f, what, min(limit, STREAM_LIMIT))
+                if not data and stat.S_ISFIFO(st.st_mode):
+                    raise MlcError(f"cannot read {what}: nothing to read (a FIFO that nobody writes to)")
+                return data
             if st.st_size > limit:
                 raise MlcError(f"cannot read {what}: {st.st_size:,} bytes is more than the {limit:,} allowed")
             return _read_capped(f, what, limit)
     except OSError as e:
         raise MlcError(f"cannot read {what}: {e.strerror or e}") from None
+
+
+def open_input(path: str | os.PathLike[str]) -> BinaryIO:
+    """`path` opened to read, without waiting for a writer: a FIFO's open blocks until someone opens it
+    to write, possibly forever, but not with O_NONBLOCK; reads block again after it, so a FIFO with a
+    writer streams as before and one without reads as empty (end of file) at once."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def check_regular(path: str | os.PathLike[str], what: str) -> None:
+    """For a path handed to a reader that opens it itself (onnxruntime, a database): a FIFO, socket or
+    device is refused by stat, before anything could block on its open. A missing path is left to it."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a FIFO" if stat.S_ISFIFO(st.st_mode) else "a directory" if stat.S_ISDIR(st.st_mode) else "a device"
+        raise MlcError(f"cannot read {what}: it is {kind}, not a regular file")
 
 
 def _read_capped(f: BinaryIO, what: str, limit: int) -> bytes:
@@ -89,8 +118,7 @@ def atomic_write_files(files: list[tuple[Path, bytes]]) -> None:
             if path in tmps:
                 os.replace(tmps[path], path)
             else:
-                with open(path, "wb") as f:
-                    f.write(data)
+                _write_in_place(path, data)
     except OSError as e:
         raise MlcError(f"cannot write '{current}': {e.strerror or e}") from None
     finally:
@@ -99,6 +127,19 @@ def atomic_write_files(files: list[tuple[Path, bytes]]) -> None:
 
 
 SET_LINK = ".files"  # `.NAME.files`: the one link an output set's members resolve through
+
+
+def _write_in_place(path: Path, data: bytes) -> None:
+    """A device or FIFO output; a FIFO that nobody reads is an error at once (ENXIO), not a hang."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        if e.errno == errno.ENXIO:
+            raise MlcError(f"cannot write '{path}': a FIFO that nobody reads") from None
+        raise
+    with os.fdopen(fd, "wb") as f:
+        os.set_blocking(fd, True)
+        f.write(data)
 
 
 def write_output_set(files: list[tuple[Path, bytes | None]]) -> None:

@@ -18,6 +18,7 @@ from typing import ClassVar
 
 import yaml
 from mlc.ir.diagnostics import MlcError
+from mlc.ir.files import read_bytes
 from mlc.ir.graph import Binding, Block, Constant, Function, GetItem, If, Loop, OpCall, Value, attrs_of
 from mlc.ir.module import Module
 from mlc.ir.names import fresh_name
@@ -45,7 +46,7 @@ def load_rules(path: str | None = None) -> dict[str, str]:
 
 def _read(path: Path, what: str, allow_follow: bool = False) -> dict[str, str]:
     try:
-        doc = yaml.safe_load(path.read_text())
+        doc = yaml.safe_load(read_bytes(path, f"amp rules {what}").decode())
     except (OSError, UnicodeDecodeError) as e:
         raise MlcError(f"cannot read amp rules {what}: {getattr(e, 'strerror', None) or e}") from None
     except yaml.YAMLError as e:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from mlc.ir.diagnostics import MlcError
+from mlc.ir.files import read_bytes
 from mlc.ir.module import Module
 from mlc.ir.target import Target
 from mlc.ir.tir import PrimFunc
@@ -27,10 +28,7 @@ from .schedule.trace import Trace
 
 def load_traces(path: str) -> dict[str, Trace] | Trace:
     """A trace file: one trace (for every function) or {"function name": trace, ...}."""
-    try:
-        text = Path(path).read_text()
-    except OSError as e:
-        raise MlcError(f"cannot read trace file '{path}': {e.strerror}") from None
+    text = read_bytes(path, f"trace file '{path}'").decode(errors="replace")  # bounded; a FIFO is not waited on
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from mlc.ir.diagnostics import Loc, MlcError
+from mlc.ir.files import read_bytes
 from mlc.ir.tir import PrimFunc
 
 from ..schedule.gpu_rules import register_trace_intrins
@@ -106,10 +107,7 @@ class Database:
 
     def _load(self) -> None:
         assert self.path is not None
-        try:
-            data = self.path.read_bytes()
-        except OSError as e:
-            raise MlcError(f"cannot read tuning database '{self.path}': {e.strerror}") from None
+        data = read_bytes(self.path, f"tuning database '{self.path}'")  # bounded; a FIFO without a writer is an error
         lines = data.split(b"\n")
         tail = lines.pop()  # b"" when the file ends with a newline, as every complete write does
         for n, raw in enumerate(lines, 1):
