@@ -344,12 +344,21 @@ def lower_func(func: PrimFunc, gemm_config: tuple[int, ...] | None = None, arch:
     written = set()
     for s in stages:
         written |= stored_buffers(s)
-    args = []
-    for b in func.params + temps:
-        const = "const " if b.name not in written else ""
-        args.append(f"{const}{MEM_TYPE[b.dtype]}* __restrict__ {buf_name(b)}")
-    args += [f"long long {ident('d_', d.name)}" for d in dims]
-    head = ", ".join(args)
+
+    def head_of(shared_writes: set[str]) -> str:
+        """The kernel's parameters. A buffer written by one thread and read by another after a barrier
+        (`shared_writes`: the buffers of a merged row group) is not `__restrict__`: nvcc treats such a
+        pointer as private to the thread and moved the other threads' loads above the barrier (the
+        row reduction's result was read before thread 0 stored it; found on an H100, rows of 32)."""
+        args = []
+        for b in func.params + temps:
+            const = "const " if b.name not in written else ""
+            restrict = "" if b.name in shared_writes else " __restrict__"
+            args.append(f"{const}{MEM_TYPE[b.dtype]}*{restrict} {buf_name(b)}")
+        args += [f"long long {ident('d_', d.name)}" for d in dims]
+        return ", ".join(args)
+
+    head = head_of(set())
     unpack = [f"  const {index_type(d.dtype)} {var_name(d)} = ({index_type(d.dtype)}){ident('d_', d.name)};" for d in dims]
     src: list[str] = []
     launches: list[Launch] = []
@@ -386,7 +395,8 @@ def lower_func(func: PrimFunc, gemm_config: tuple[int, ...] | None = None, arch:
                 em.out("__syncthreads();  // the next stage reads what this block's threads wrote (cuda_rows)")
             em.stmt(stages[j])
         launches.append(Launch(sym, grid, block))
-        src.append(f'extern "C" __global__ void __launch_bounds__({block[0] * block[1] * block[2]}) {sym}({head}) {{')
+        group_head = head if len(group) == 1 else head_of(set().union(*(stored_buffers(stages[j]) for j in group)))
+        src.append(f'extern "C" __global__ void __launch_bounds__({block[0] * block[1] * block[2]}) {sym}({group_head}) {{')
         src += unpack + em.lines + ["}", ""]
     return CudaFunc(func.name, func.params, func.num_outputs, tuple(d.name for d in dims), temps, tuple(launches)), src
 

@@ -21,7 +21,7 @@ from mlc.passes.schedule.gpu_rules import default_gpu_schedule
 from mlc.runtime.cuda import cuda_unavailable
 
 OPS = ("softmax", "log_softmax", "layer_norm")
-LENGTHS = (1, 7, 32, 1000, 4096, 50257)
+LENGTHS = (1, 7, 31, 32, 33, 100, 1000, 4096, 50257)
 
 
 def row_func(op: str, c: int, dtype: str = "f32", name: str | None = None) -> PrimFunc:
@@ -49,7 +49,7 @@ def inputs(op: str, rows: int, c: int, dtype: Any, seed: int = 0) -> list[np.nda
 
 
 @pytest.mark.parametrize("op", OPS)
-@pytest.mark.parametrize("c", [1, 7, 32, 1000])
+@pytest.mark.parametrize("c", [1, 7, 31, 32, 33, 100, 1000])
 def test_schedule_matches_numpy_in_the_interpreter(op: str, c: int) -> None:
     f = default_gpu_schedule(row_func(op, c))
     xs = inputs(op, 2, c, np.float32)
@@ -86,6 +86,58 @@ def test_row_chain_source_has_barriers_between_stages() -> None:
     assert kernel.count("__global__") == 1
     assert kernel.count("__syncthreads();  // the next stage") == 3  # max | exp | sum | divide
     assert kernel.count("mlc_block_reduce") == 2
+
+
+def test_row_chain_results_are_not_restrict_pointers() -> None:
+    """A merged row kernel reads what another thread of its block wrote before the barrier (the row's
+    max, sum, mean): those buffers must not be `__restrict__`, which let nvcc load them above the
+    barrier (rows of 32 were garbage on an H100); single-stage kernels keep `__restrict__`."""
+    for op, c in [(op, c) for op in OPS for c in (32, 33, 1000)]:
+        src = lower_to_cuda([default_gpu_schedule(row_func(op, c))]).source
+        (kernel,) = [ln for ln in src.splitlines() if ln.startswith('extern "C" __global__')]
+        params = kernel[kernel.index("(", kernel.index("mlc_")) + 1:].split(", ")
+        assert [p for p in params if p.startswith("const ")] and all("__restrict__" in p for p in params
+                                                                     if p.startswith("const "))
+        assert not [p for p in params if "*" in p and not p.startswith("const ") and "__restrict__" in p], kernel
+    src = lower_to_cuda([default_gpu_schedule(row_func("softmax", 7))]).source  # per-stage kernels
+    assert all("float* __restrict__ b_max" in ln for ln in src.splitlines() if ln.startswith('extern "C"'))
+
+
+def _ptx_kernels(ptx: str) -> dict[str, str]:
+    out, name = {}, None
+    for ln in ptx.splitlines():
+        if ".entry " in ln:
+            name = ln.split(".entry ")[1].split("(")[0].strip()
+            out[name] = ""
+        elif name is not None:
+            out[name] += ln + "\n"
+    return out
+
+
+@pytest.mark.skipif(nvcc_unavailable() is not None, reason=f"{nvcc_unavailable()}")
+def test_row_kernel_ptx_loads_no_written_data_before_the_first_barrier() -> None:
+    """In the PTX nvcc makes of a merged row kernel, the first stage reads only the (read-only, .nc)
+    input: a coherent global load before the first `bar.sync` is another stage's read hoisted above
+    the barrier, the H100 miscompile of rows of 32 (independent of the generated C text)."""
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    funcs = [default_gpu_schedule(row_func(op, c, dt, f"{op}_{dt}_{c}"))
+             for op in OPS for dt in ("f32", "f16") for c in (32, 33, 100, 1000)]
+    src = lower_to_cuda(funcs, "sm_90a")
+    with tempfile.TemporaryDirectory() as tmp:
+        cu, ptx = Path(tmp) / "k.cu", Path(tmp) / "k.ptx"
+        cu.write_text(src.source)
+        subprocess.run(["nvcc", "-ptx", "-O3", "-std=c++17", "-arch=sm_90a", "-diag-suppress=177,550", "-o", str(ptx),
+                        str(cu)], check=True, capture_output=True)
+        kernels = _ptx_kernels(ptx.read_text())
+    rows = {n: k for n, k in kernels.items() if n.startswith("mlc_") and "bar.sync" in k}
+    assert len(rows) == len(funcs)
+    for name, body in rows.items():
+        before = body[: body.index("bar.sync")]
+        hoisted = [ln.strip() for ln in before.splitlines() if "ld.global" in ln and "ld.global.nc" not in ln]
+        assert not hoisted, f"{name}: {hoisted}"
 
 
 @pytest.mark.skipif(nvcc_unavailable() is not None, reason=f"{nvcc_unavailable()}")
