@@ -142,6 +142,13 @@ def test_gpu_schedule_after_lower_tir(op: str, fmt: str, feat: int) -> None:
     run_scheduled(op, fmt, pattern("dense_row", m, n, 5), feat, lowered=True)
 
 
+@pytest.mark.parametrize("kind", ["empty_rows", "power_law"])
+def test_gpu_bsr16_schedule_in_the_interpreter(kind: str) -> None:
+    """The block size the GPU tests compile (bsr:16: 16 rows of a block row on threadIdx.y), lowered,
+    in the interpreter against scipy: the same path as test_gpu_kernels_match_scipy without a GPU."""
+    run_scheduled("bsrmm", "bsr:16", pattern(kind, 32, 48, 7), 40, lowered=True)
+
+
 def test_spmm_schedule_binds_rows_and_lanes() -> None:
     """SpMM: rows to blockIdx.x x threadIdx.y (4 rows of 32 lanes), features to threadIdx.x, the
     nonzero loop serial per thread, the whole row body guarded (no indptr read past the last row)."""
@@ -202,8 +209,9 @@ def test_gpu_kernels_match_scipy(op: str, fmt: str, kind: str, dtype: str) -> No
     m, n = (96, 64) if op == "bsrmm" else (97, 61)
     a = pattern(kind, m, n, 7)
     npd = np.float16 if dtype == "f16" else np.float32
-    k = msp.compile(a, op, target="cuda", feat=40, format=fmt if fmt != "bsr:2" else "bsr:16", dtype=dtype)
-    _, dense, check = case(op, "csr", k.matrix, 40, npd, seed=1)
+    fmt = "bsr:16" if op == "bsrmm" else fmt  # the GPU's block size (the CPU tests use small ones)
+    k = msp.compile(a, op, target="cuda", feat=40, format=fmt, dtype=dtype)
+    _, dense, check = case(op, fmt if op == "bsrmm" else "csr", k.matrix, 40, npd, seed=1)
     if op == "sddmm":
         got = k(dense["X"], dense["Y"])
         rows = np.repeat(np.arange(m), np.diff(k.matrix.indptr))
