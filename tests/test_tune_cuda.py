@@ -256,7 +256,10 @@ def test_tune_cuda_measures_on_the_gpu_and_the_tuned_kernels_are_correct(tmp_pat
     tuned_hm = tune_module(Module((hm,)), SearchConfig(trials=5, batch=4, target="cuda", confirm=0), Database(db),
                            runner)
     recs = Database(db).records
-    assert len(recs) == 17 and {x.target for x in recs} == {Target.parse("cuda").key}
+    # the CLI's 12 trials stop early when both design spaces are exhausted (the row-chain softmax has
+    # one decision, its thread count: 5 points; the f32 GEMM its template tile: 4), the API's 5 do not
+    points = sum(len({t.to_json() for t in _samples(f, 200)}) for f in (mm, sm))
+    assert len(recs) == min(12, points) + 5 and {x.target for x in recs} == {Target.parse("cuda").key}
     for f in (mm, sm, hm):
         mine = [x for x in recs if x.workload == workload_key(f)]
         ok = [x for x in mine if x.ok]
