@@ -96,8 +96,15 @@ def _torch_grads(name: str, m: object, consts: dict[str, np.ndarray], data: dict
     keys = weight_keys(m, consts)
     params = [torch.tensor(consts[k], device=device, requires_grad=True) for k in keys]
     tf = {k: torch.from_numpy(v).to(device) for k, v in data.items()}
-    out = loss(name, forward(name, params)(tf), tf)
-    grads = torch.autograd.grad(out, params)
+    # strict f32 as mlc's default: cuDNN convolutions use TF32 unless told not to (resnext's first conv
+    # weight gradient was 1.4% off on an H100, where mlc's CUDA result equals the interpreter's to 1e-7)
+    flags = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        out = loss(name, forward(name, params)(tf), tf)
+        grads = torch.autograd.grad(out, params)
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = flags
     return float(out.detach()), {f"grad_{k}": g.detach().cpu().numpy() for k, g in zip(keys, grads)}
 
 
@@ -138,8 +145,8 @@ def test_cuda_grad_matches_torch_autograd_and_the_interpreter(name: str) -> None
     ref = run_function(m, data, consts, "grad")
     loss_t, grads_t = _torch_grads(name, m, consts, data, "cuda" if torch.cuda.is_available() else "cpu")
     assert abs(float(got["loss"]) - loss_t) <= 1e-4 * abs(loss_t)
+    _close(got, ref, 2e-3)  # first: a wrong kernel shows here, a disagreeing peer below
     _close(got, grads_t, 2e-3)
-    _close(got, ref, 2e-3)
 
 
 @pytest.mark.gpu
