@@ -8,7 +8,8 @@ Each export (3x64x64 input, symbolic batch) is compiled once with default schedu
 the build-cpu pipeline), checked against onnxruntime at every batch (max |diff| relative to the
 output's scale, printed), then both are timed in alternating blocks (runtime.bench.block_medians:
 medians over rounds, 0.5 s idle before each block). Prints per model and batch: mlc ms, ort ms,
-ort/mlc (above 1: mlc faster). `--profile` adds mlc's per-kernel table (as `mlc bench --profile`).
+ort/mlc (above 1: mlc faster). `--profile` adds mlc's per-kernel table (as `mlc bench --profile`): the time in kernels per run and
+the `--top` kernels by time per run.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=9)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--top", type=int, default=8, help="kernels listed by --profile")
     args = ap.parse_args()
     print(f"{'model':20s} {'batch':>5s} {'build s':>8s} {'mlc ms':>9s} {'ort ms':>9s} {'ort/mlc':>8s} {'max rel err':>11s}")
     for name in args.models:
@@ -58,8 +60,12 @@ def main() -> None:
             print(f"{name:20s} {n:5d} {build:8.1f} {ours * 1e3:9.3f} {peer * 1e3:9.3f} {peer / ours:8.2f} "
                   f"{err:11.1e}", flush=True)
             if args.profile:
-                for t in sorted(model.profile(args.runs, **ours_feeds), key=lambda t: -t.per_run)[:8]:
-                    print(f"    {t.func[:44]:44s} {t.calls:4.3g} calls {t.median * 1e6:9.1f} us/call")
+                prof = sorted(model.profile(args.runs, **ours_feeds), key=lambda t: -t.per_run)
+                total = sum(t.per_run for t in prof)
+                print(f"    kernels: {len(prof)}, {total * 1e6:.1f} us per run in kernels")
+                for t in prof[:args.top]:
+                    print(f"    {t.func[:44]:44s} {t.calls:4.3g} calls {t.median * 1e6:9.1f} us/call "
+                          f"{t.per_run * 1e6:9.1f} us/run {100 * t.per_run / total:5.1f}%")
 
 
 if __name__ == "__main__":

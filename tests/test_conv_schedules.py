@@ -194,3 +194,32 @@ def test_build_leaves_no_per_call_packing_of_constant_weights() -> None:
         packed = [f.name for f in m.prim_functions() if any(b.name.endswith("_packed") for b in f.params)]
         assert packed, "no kernel takes a prepacked weight"
         assert not [f.name for f in m.prim_functions() if pack_nests(f)]
+
+
+def test_prime_width_with_a_large_weight_takes_one_vector_by_the_whole_row() -> None:
+    # 7 columns: the tile is 1 or 7 wide; 8 vectors x 1 column stream the 73 KiB channel block of
+    # weights from L2 once per column, 1 vector x 7 columns reuses 9 KiB from L1
+    f = conv_func(fused(conv_model(1, 32, 128, 7, 3, 1, 1, 1)[0])[0])
+    conv = next(x for _, x in walk(f.body) if isinstance(x, BlockStmt) and x.name == "conv2d")
+    plan = conv_plan(conv, CPU.lanes)
+    assert plan is not None and plan[3:5] == (8, 7)
+    small = conv_func(fused(conv_model(1, 3, 64, 15, 3, 0, 2, 1)[0])[0])  # 27 x 64 weights stay in L1
+    conv = next(x for _, x in walk(small.body) if isinstance(x, BlockStmt) and x.name == "conv2d")
+    assert conv_plan(conv, CPU.lanes)[3:5] == (64, 1)  # type: ignore[index]
+
+
+@pytest.mark.parametrize("seed,kind", list(enumerate(["dense", "depthwise", "grouped", "depthwise", "dense", "grouped"])))
+def test_random_conv_shapes_keep_results_under_the_default_schedule(seed: int, kind: str) -> None:
+    # strides, padding, groups, depthwise, prime widths, batch 1-8, against the interpreter
+    rng = np.random.default_rng(100 + seed)
+    kh, stride = int(rng.choice([1, 3, 5])), int(rng.choice([1, 2]))
+    pad = int(rng.integers(0, kh // 2 + 1))
+    hw = int(rng.choice([5, 7, 11, 13])) + kh
+    if kind == "depthwise":
+        c = k = group = int(rng.choice([8, 16, 24]))
+    else:
+        group = 1 if kind == "dense" else int(rng.choice([2, 4]))
+        c, k = group * int(rng.choice([4, 8])), group * int(rng.choice([8, 16]))
+    f = conv_func(fused(conv_model(1, c, k, hw, kh, pad, stride, group, seed)[0])[0])
+    s = default_schedule(f, CPU)
+    same(f, s.func, dim=int(rng.integers(1, 9)))

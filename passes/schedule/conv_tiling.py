@@ -15,6 +15,8 @@ parallel. With a constant weight, the pack nest is folded into the constant at b
 
 from __future__ import annotations
 
+import math
+
 from mlc.ir import arith
 from mlc.ir.diagnostics import MlcError
 from mlc.ir.expr import Bin, Const, Expr, Var, free_vars
@@ -30,6 +32,7 @@ from .trace import BlockRV, LoopRV
 # vector registers of the ISA by f32 lanes (AVX2: 16 ymm, AVX-512: 32 zmm); 3 stay free for the
 # weight vectors and the broadcast
 _REGS = {4: 16, 8: 16, 16: 32}
+_L1 = 24 * 1024  # bytes of L1 data cache a channel block's weights may take (32-48 KiB caches)
 
 
 def _vars(e: Expr) -> set[str]:
@@ -90,11 +93,13 @@ def conv_plan(b: BlockStmt, lanes: int) -> tuple[int, int, int, int, int, list[t
         others = [ld for ld in others if ld.buffer.name not in {reads[i].name for i, _ in follow}]
         col = [i for i in spatial if i != c][-1]
         col_ext = arith.as_int(b.iters[col].extent)
-        if col_ext is None:
-            continue
-        best: tuple[int, int, int] | None = None  # (-accumulators, loads per step, oc1), ow1
+        if col_ext is None or (follow and col_ext >= lanes and any(
+                2 * (arith.as_int(reads[i].shape[-1]) or 0) > 3 * col_ext for i, _ in follow)):
+            continue  # a strided depthwise conv: packing its input per call costs more than it saves
+        best: tuple[float, int, int] | None = None  # (cost per output, loads per step, oc1)
         pick = (0, 0)
         budget = _REGS.get(lanes, 16) - 3
+        red = math.prod(arith.as_int(iv.extent) or 1 for iv in b.iters if iv.kind == "R")
         for v in (1, 2, 4, 8):  # vectors per channel block: LLVM splits other widths badly (48 lanes: scalar shuffles)
             if v > budget or v * lanes > 64:
                 continue
@@ -104,13 +109,24 @@ def conv_plan(b: BlockStmt, lanes: int) -> tuple[int, int, int, int, int, list[t
             if any(arith.as_int(reads[i].shape[d]) is None or (arith.as_int(reads[i].shape[d]) or 0) % oc1
                    for i, d in follow):
                 continue
-            ow1 = max(d for d in range(1, min(col_ext, budget // v) + 1) if col_ext % d == 0)
-            key = (-(v * ow1), v + ow1, oc1)
-            if best is None or key < best:
-                best, pick = key, (oc1, ow1)
+            for ow1 in (d for d in range(1, min(col_ext, budget // v) + 1) if col_ext % d == 0):
+                key = (_step_cost(v, ow1, lanes * 4 * v * red > _L1), v + ow1, oc1)
+                if best is None or key < best:
+                    best, pick = key, (oc1, ow1)
         if best is not None:
             return c, col, w_idx, pick[0], pick[1], follow
     return None
+
+
+def _step_cost(v: int, ow1: int, from_l2: bool) -> float:
+    """Estimated cycles per FMA of one reduction step of a `v` vectors x `ow1` columns register
+    tile: v * ow1 FMAs on 2 ports, v + ow1 loads on 2 ports, 4 cycles of FMA latency on each
+    accumulator, and, when a channel block's weights do not stay in L1 (`from_l2`), the weight
+    vectors streamed from L2 at about one per cycle. Prime widths allow only ow1 = 1 or the whole
+    width: one column of 8 vectors streams a large weight from L2 once per column, where one vector
+    of 7 columns reuses it from L1."""
+    cycles = max(v * ow1 / 2, (v + ow1) / 2, 4, v if from_l2 else 0)
+    return round(cycles / (v * ow1), 4)
 
 
 def _follows(b: BlockStmt, loads: list, cname: str, reads: list) -> list[tuple[int, int]]:
@@ -165,8 +181,8 @@ def conv_tiling(sch: Schedule, block: BlockRV, lanes: int, ch: Decisions) -> boo
     col_ext = arith.as_int(b.iters[col].extent)
     assert oc_ext is not None and col_ext is not None
     oc_f = ch.tile(sch, by_iter[c], 2, 64, [oc_ext // oc1_want, oc1_want])
-    ow_f = ch.tile(sch, by_iter[col], 2, 16, [col_ext // ow1_want, ow1_want])
     oc0, oc1 = sch.split(by_iter[c], oc_f)
+    ow_f = ch.tile(sch, by_iter[col], 2, 16, [col_ext // ow1_want, ow1_want])
     ow0, ow1 = sch.split(by_iter[col], ow_f)
     outer = [oc0 if i == c else ow0 if i == col else by_iter[i] for i, iv in enumerate(b.iters) if iv.kind == "S"]
     red = [by_iter[i] for i, iv in enumerate(b.iters) if iv.kind == "R"]
