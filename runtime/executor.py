@@ -26,7 +26,7 @@ from mlc.ir.arith import prove_equal
 from mlc.ir.diagnostics import MlcError
 from mlc.ir.dtype import to_numpy
 from mlc.ir.expr import Bin, Const, Expr, Var, free_vars, substitute
-from mlc.ir.graph import Block, CallTensor, Constant, Function, GetItem, If, Loop, MakeTuple, OpCall
+from mlc.ir.graph import Block, CallTensor, Constant, Function, GetItem, If, Loop, MakeTuple, OpCall, Scalar
 from mlc.ir.interp import Frame
 from mlc.ir.memory_plan import MemoryPlan
 from mlc.ir.tir import PrimFunc
@@ -432,9 +432,10 @@ MAX_TAPE_BYTES = 64 << 20  # bytes of per-iteration buffers a tape may keep aliv
 
 
 def _tapeable(block: Block) -> bool:
-    """Kernel calls, constants and checks only, directly or in the bodies of loops."""
+    """Kernel calls, constants, checks and index arithmetic (`scalar`: a function of the dims and
+    loop indices, which key the tape) only, directly or in the bodies of loops."""
     return all(
-        isinstance(b.node, Constant | GetItem | MakeTuple | CallTensor)
+        isinstance(b.node, Constant | GetItem | MakeTuple | CallTensor | Scalar)
         or (isinstance(b.node, OpCall) and (b.node.op == "check" or not b.node.args))
         or (isinstance(b.node, Loop) and _tapeable(b.node.body))
         for b in block.bindings
@@ -443,16 +444,26 @@ def _tapeable(block: Block) -> bool:
 
 def _native_loop_body(node: Loop) -> bool:
     """A loop body that `Executor._native_loop` can run: kernel calls and constants only, every
-    shape free of the index, every kernel scalar affine in it (so two recordings give its step)."""
+    shape free of the index, every kernel scalar affine in it (so two recordings give its step).
+    Index arithmetic (`scalar`, e.g. a backward loop's T - 1 - t) is substituted into the kernel
+    scalars that use it; walking iterations 0 and 1 evaluates it, the patches do the rest."""
     name = node.index.name
+    subs: dict[Var, Expr] = {}
     for b in node.body.bindings:
+        if isinstance(b.node, Scalar):
+            e = substitute(b.node.value, subs)
+            if not _affine(e, name):
+                return False
+            subs[Var(b.var.name, getattr(b.var.type, "dtype", "i64"))] = e
+            continue
         if not isinstance(b.node, Constant | GetItem | MakeTuple | CallTensor):
             return False
         types = b.var.type.fields if isinstance(b.var.type, TupleType) else (b.var.type,)
         for t in types:
-            if not isinstance(t, TensorType) or t.shape is None or any(_mentions(d, name) for d in t.shape):
+            if not isinstance(t, TensorType) or t.shape is None \
+                    or any(_mentions(substitute(d, subs), name) for d in t.shape):
                 return False
-        if isinstance(b.node, CallTensor) and not all(_affine(e, name) for e in b.node.sym_args):
+        if isinstance(b.node, CallTensor) and not all(_affine(substitute(e, subs), name) for e in b.node.sym_args):
             return False
     return all(isinstance(v.type, TensorType) for v in node.carried)
 
