@@ -8,6 +8,8 @@ structure that makes it fast (asserted on the program, never timed here)."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from mlc.ir import PrimFunc, arith
@@ -147,4 +149,22 @@ def test_symbolic_elementwise_loop_is_vectorized_whole() -> None:
     Y = compute("Y", (B, T), lambda b, t: exp(X[b, t]))
     f = scheduled(build("ew", [X], [Y]), {"B": 2, "T": 5}, {"B": 3, "T": 19})
     assert any(lp.kind == "vectorized" and arith.as_int(lp.extent) is None for lp in loops(f))
+    assert not any(isinstance(x, IfStmt) for _, x in walk(f.body))
+
+
+@pytest.mark.parametrize("heads,d", [(4, 8), (3, 8), (5, 12)])
+def test_narrow_products_tile_rows_over_the_heads(heads: int, d: int) -> None:
+    # P @ V of attention (and its gradients): [B, heads, T, T] x [B, heads, T, d] with d one vector
+    # wide and the rows symbolic: the register tile's rows run over the heads (constant), so several
+    # accumulators chain their FMAs; V, already one panel wide, is not copied
+    P, V = placeholder("P", (B, heads, T, T)), placeholder("V", (B, heads, T, d))
+    r = reduce_axis(T, "k")
+    Out = compute("O", (B, heads, T, d), lambda b, h, i, j: rsum(P[b, h, i, r] * V[b, h, r, j], r))
+    f = scheduled(build("pv", [P, V], [Out]), {"B": 2, "T": 5}, {"B": 1, "T": 13}, {"B": 3, "T": 1})
+    tiles = [s for n, s in allocs(f).items() if n.endswith("_tile")]
+    rows = math.gcd(heads, 4)
+    assert tiles == [(1, rows, 1, math.gcd(d, 16))]
+    if rows > 1:
+        assert any(lp.kind == "unrolled" and arith.as_int(lp.extent) == rows for lp in loops(f))
+    assert ("V_packed" in allocs(f)) == (math.gcd(d, 16) < d)
     assert not any(isinstance(x, IfStmt) for _, x in walk(f.body))

@@ -174,6 +174,20 @@ def _row_axis(b: BlockStmt, loops: list[LoopRV], kinds: list[str]) -> int:
     return free[-1] if free else spatial[-2]
 
 
+def _narrow_row_axis(exts: list[int | None], kinds: list[str], tgt: TargetInfo, row: int) -> int:
+    """The register tile's row axis when the chosen one is symbolic (no row tile without guards) and
+    the contiguous axis is too narrow for a one-row tile of enough accumulators (attention's
+    [B, heads, T, 8] products: one vector, one FMA chain latency-bound): the innermost constant
+    spatial axis (the heads), whose rows then accumulate side by side."""
+    spatial = [i for i, k in enumerate(kinds) if k == "S"]
+    if row < 0 or exts[row] is not None or not spatial or exts[spatial[-1]] is None:
+        return row
+    if exts[spatial[-1]] >= 4 * tgt.lanes:  # type: ignore[operator]
+        return row
+    const = [i for i in spatial[:-1] if (exts[i] or 0) >= 2]
+    return const[-1] if const else row
+
+
 def _default_tiles(exts: list[int | None], kinds: list[str], tgt: TargetInfo, row: int | None = None
                    ) -> list[list[int] | None]:
     """Default SSRSRS factors per loop (None: symbolic, inner factors only via `_inner_plan`).
@@ -199,7 +213,7 @@ def _default_tiles(exts: list[int | None], kinds: list[str], tgt: TargetInfo, ro
         elif pos == last:
             out.append(_perfect(ext, 4, [1, cols, 2 * tgt.lanes]))
         elif pos == row:
-            out.append(_perfect(ext, 4, [ext, 8, 1]))
+            out.append(_perfect(ext, 4, [ext, 8 if tgt.lanes >= 16 else 4, 1]))
         else:
             out.append([ext, 1, 1, 1])
     par = math.prod(t[0] for t in out if t is not None and len(t) == 4)
@@ -241,7 +255,7 @@ def multi_level_tiling(sch: Schedule, block: BlockRV, tgt: TargetInfo, ch: Decis
         return None
     b0 = sch.get(block)
     assert isinstance(b0, BlockStmt)
-    wants = _default_tiles(exts, kinds, tgt, _row_axis(b0, loops, kinds))
+    wants = _default_tiles(exts, kinds, tgt, _narrow_row_axis(exts, kinds, tgt, _row_axis(b0, loops, kinds)))
     for pos, (lp, kind) in enumerate(zip(loops, kinds)):
         n = s_levels if kind == "S" else r_levels
         want = wants[pos]
@@ -327,6 +341,8 @@ def _pack_plans(sch: Schedule, block: BlockRV, loops: list[LoopRV], kinds: list[
         names = [i.name if isinstance(i, Var) else None for i in ix]
         nd = len(ix)
         if names[-1] == col.name and col.name not in names[:-1] and tile(col) > 1:
+            if tile(col) == _const(buf.shape[-1]):  # one panel: the packed copy is the operand itself
+                continue
             tiles = [1] * (nd - 1) + [tile(col)]
             order = [nd - 1] + list(range(nd - 1)) + [nd]
             strided = False
