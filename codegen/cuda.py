@@ -345,20 +345,12 @@ def lower_func(func: PrimFunc, gemm_config: tuple[int, ...] | None = None, arch:
     for s in stages:
         written |= stored_buffers(s)
 
-    def head_of(shared_writes: set[str]) -> str:
-        """The kernel's parameters. A buffer written by one thread and read by another after a barrier
-        (`shared_writes`: the buffers of a merged row group) is not `__restrict__`: nvcc treats such a
-        pointer as private to the thread and moved the other threads' loads above the barrier (the
-        row reduction's result was read before thread 0 stored it; found on an H100, rows of 32)."""
-        args = []
-        for b in func.params + temps:
-            const = "const " if b.name not in written else ""
-            restrict = "" if b.name in shared_writes else " __restrict__"
-            args.append(f"{const}{MEM_TYPE[b.dtype]}*{restrict} {buf_name(b)}")
-        args += [f"long long {ident('d_', d.name)}" for d in dims]
-        return ", ".join(args)
-
-    head = head_of(set())
+    args = []
+    for b in func.params + temps:
+        const = "const " if b.name not in written else ""
+        args.append(f"{const}{MEM_TYPE[b.dtype]}* __restrict__ {buf_name(b)}")
+    args += [f"long long {ident('d_', d.name)}" for d in dims]
+    head = ", ".join(args)
     unpack = [f"  const {index_type(d.dtype)} {var_name(d)} = ({index_type(d.dtype)}){ident('d_', d.name)};" for d in dims]
     src: list[str] = []
     launches: list[Launch] = []
@@ -390,13 +382,20 @@ def lower_func(func: PrimFunc, gemm_config: tuple[int, ...] | None = None, arch:
         if sbytes > SHARED_LIMIT:
             raise MlcError(f"codegen cuda of prim @{func.name}: stage {group[0]} needs {sbytes} bytes of shared memory "
                            f"(limit {SHARED_LIMIT}); stage a smaller tile (compute_at the cache into a tile loop)")
+        # A stage reads what other threads of the block wrote before the barrier (the row's max, sum,
+        # mean). nvcc takes a __restrict__ pointer's memory as untouched by the barrier and moved such
+        # loads above it (rows of 32 were garbage on an H100): an empty asm that takes the group's
+        # written pointers and clobbers memory after each barrier keeps the loads below it, while the
+        # pointers stay __restrict__ (a stage's loop still loads the row's max once, not per element).
+        group_writes = set().union(*(stored_buffers(stages[j]) for j in group))
+        fence = ", ".join(f'"l"({buf_name(b)})' for b in func.params + temps if b.name in group_writes)
         for n, j in enumerate(group):
             if n:
                 em.out("__syncthreads();  // the next stage reads what this block's threads wrote (cuda_rows)")
+                em.out(f'asm volatile("" :: {fence} : "memory");  // no load of these moves above the barrier')
             em.stmt(stages[j])
         launches.append(Launch(sym, grid, block))
-        group_head = head if len(group) == 1 else head_of(set().union(*(stored_buffers(stages[j]) for j in group)))
-        src.append(f'extern "C" __global__ void __launch_bounds__({block[0] * block[1] * block[2]}) {sym}({group_head}) {{')
+        src.append(f'extern "C" __global__ void __launch_bounds__({block[0] * block[1] * block[2]}) {sym}({head}) {{')
         src += unpack + em.lines + ["}", ""]
     return CudaFunc(func.name, func.params, func.num_outputs, tuple(d.name for d in dims), temps, tuple(launches)), src
 

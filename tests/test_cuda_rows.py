@@ -88,19 +88,26 @@ def test_row_chain_source_has_barriers_between_stages() -> None:
     assert kernel.count("mlc_block_reduce") == 2
 
 
-def test_row_chain_results_are_not_restrict_pointers() -> None:
+def test_row_chain_barriers_fence_the_written_pointers() -> None:
     """A merged row kernel reads what another thread of its block wrote before the barrier (the row's
-    max, sum, mean): those buffers must not be `__restrict__`, which let nvcc load them above the
-    barrier (rows of 32 were garbage on an H100); single-stage kernels keep `__restrict__`."""
+    max, sum, mean) through `__restrict__` pointers, which let nvcc load them above the barrier (rows
+    of 32 were garbage on an H100): after each stage barrier an asm naming exactly the buffers the
+    kernel writes clobbers memory; single-stage kernels have no barrier and no fence."""
     for op, c in [(op, c) for op in OPS for c in (32, 33, 1000)]:
         src = lower_to_cuda([default_gpu_schedule(row_func(op, c))]).source
-        (kernel,) = [ln for ln in src.splitlines() if ln.startswith('extern "C" __global__')]
-        params = kernel[kernel.index("(", kernel.index("mlc_")) + 1:].split(", ")
-        assert [p for p in params if p.startswith("const ")] and all("__restrict__" in p for p in params
-                                                                     if p.startswith("const "))
-        assert not [p for p in params if "*" in p and not p.startswith("const ") and "__restrict__" in p], kernel
+        kernel = src[src.index('extern "C" __global__'):]
+        (head,) = [ln for ln in kernel.splitlines() if ln.startswith('extern "C"')]
+        written = sorted(p.split()[-1] for p in head.split("(", 2)[2].split(", ") if "*" in p and "const" not in p)
+        assert written and all(f"__restrict__ {w}" in head for w in written)
+        lines = kernel.splitlines()
+        barriers = [i for i, ln in enumerate(lines) if "__syncthreads();  // the next stage" in ln]
+        assert barriers
+        for i in barriers:
+            fence = lines[i + 1].strip()
+            assert fence.startswith('asm volatile("" :: ') and fence.split(":: ")[1].startswith(
+                ", ".join(f'"l"({w})' for w in sorted(written, key=head.index)) + ' : "memory");'), fence
     src = lower_to_cuda([default_gpu_schedule(row_func("softmax", 7))]).source  # per-stage kernels
-    assert all("float* __restrict__ b_max" in ln for ln in src.splitlines() if ln.startswith('extern "C"'))
+    assert "asm volatile(\"\" ::" not in src[src.index('extern "C" __global__'):]
 
 
 def _ptx_kernels(ptx: str) -> dict[str, str]:
