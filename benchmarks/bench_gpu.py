@@ -271,19 +271,39 @@ def bench_tf32() -> None:
 
 
 ROW_CASES = ((8192, 1024), (8192, 4096), (1024, 50257))
+ROW_OPS = ("softmax", "log_softmax", "layer_norm")
+
+
+def _row_inputs(op: str, rows: int, c: int, np_dt: Any) -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((rows, c)).astype(np_dt)
+    extra = [rng.standard_normal(c).astype(np_dt), rng.standard_normal(c).astype(np_dt)] if op == "layer_norm" else []
+    return [x, *extra, np.zeros_like(x)]
+
+
+def _time_row(k, arrays: list[np.ndarray], stream) -> tuple[float, np.ndarray]:  # type: ignore[no-untyped-def]
+    """(ms per call, the output) of row kernel `k` on `arrays` (inputs, then the output)."""
+    import pycuda.driver as drv
+
+    bufs, env, ws = _device_args(k, arrays)
+    ms = _events_ms(_launcher(k, [int(b) for b in bufs], env, stream, ws), 20, stream)
+    got = np.empty_like(arrays[-1])
+    drv.memcpy_dtoh(got, bufs[-1])
+    return ms, got
 
 
 def bench_rows() -> None:
-    """softmax, log-softmax and layernorm over the last axis (one kernel per op) vs torch, f32 and f16."""
+    """softmax, log-softmax and layernorm over the last axis (one kernel per op) vs torch, f32 and f16;
+    then every thread count of the row-chain schedule (its one decision), to pick the defaults from."""
     import pycuda.driver as drv
     import torch
     import torch.nn.functional as F
     from cuda_helpers import row_op_func
     from mlc.ir.expr import Var
+    from mlc.passes.schedule.gpu_rules import ROW_THREAD_CHOICES, sample_gpu_schedule
     from mlc.runtime.cuda import compile_cuda
 
-    ops = ("softmax", "log_softmax", "layer_norm")
-    cases = [(op, dt, c) for dt in ("f32", "f16") for op in ops for c in sorted({c for _, c in ROW_CASES})]
+    cases = [(op, dt, c) for dt in ("f32", "f16") for op in ROW_OPS for c in sorted({c for _, c in ROW_CASES})]
     t0 = time.perf_counter()
     lib = compile_cuda([default_gpu_schedule(row_op_func(op, (Var("rows"), c), dt, f"{op}_{dt}_{c}"))
                         for op, dt, c in cases])
@@ -292,33 +312,48 @@ def bench_rows() -> None:
     stream = drv.Stream()
     tfn = {"softmax": lambda x, g, b: torch.softmax(x, -1), "log_softmax": lambda x, g, b: torch.log_softmax(x, -1),
            "layer_norm": lambda x, g, b: F.layer_norm(x, (x.shape[-1],), g, b, 1e-5)}
+    torch_ms: dict[tuple[str, str, int], float] = {}
     for dt in ("f32", "f16"):
         np_dt = np.float32 if dt == "f32" else np.float16
-        for op in ops:
+        for op in ROW_OPS:
             for rows, c in ROW_CASES:
                 name = f"{op}_{dt}_{c}"
                 try:
                     k = lib.kernel(name)
                     nlaunch = len(k.launches)
-                    rng = np.random.default_rng(0)
-                    x = rng.standard_normal((rows, c)).astype(np_dt)
-                    extra = [rng.standard_normal(c).astype(np_dt), rng.standard_normal(c).astype(np_dt)] \
-                        if op == "layer_norm" else []
-                    y = np.zeros_like(x)
-                    bufs, env, ws = _device_args(k, [x, *extra, y])
-                    ms = _events_ms(_launcher(k, [int(b) for b in bufs], env, stream, ws), 20, stream)
-                    got = np.empty_like(y)
-                    drv.memcpy_dtoh(got, bufs[-1])
-                    targs = [torch.from_numpy(v).cuda() for v in (x, *extra)] + [None] * (3 - 1 - len(extra))
+                    arrays = _row_inputs(op, rows, c, np_dt)
+                    ms, got = _time_row(k, arrays, stream)
+                    targs = [torch.from_numpy(v).cuda() for v in arrays[:-1]] + [None] * (4 - len(arrays))
                     want = tfn[op](*targs)
                     err = float(np.abs(got.astype(np.float32) - want.float().cpu().numpy()).max())
-                    tms = _torch_ms(tfn[op], 20, *targs)
-                    nbytes = 2 * x.nbytes
+                    tms = torch_ms[(op, dt, c)] = _torch_ms(tfn[op], 20, *targs)
+                    nbytes = 2 * arrays[0].nbytes
                     print(f"  {op:11} {dt} {rows:5d} x {c:5d}: mlc {nbytes / ms / 1e6:7.0f} GB/s ({ms:.3f} ms, "
                           f"{nlaunch} kernel{'s' if nlaunch != 1 else ''})   torch {nbytes / tms / 1e6:7.0f} GB/s "
                           f"({tms:.3f} ms)   ratio {tms / ms:.2f}x   max abs diff {err:.1e}")
                 except Exception as e:  # noqa: BLE001 - one case must not hide the others
                     print(f"  {op:11} {dt} {rows:5d} x {c:5d}: failed: {type(e).__name__}: {str(e)[:300]}")
+    # the sweep: ratio to torch per thread count (threads per row), * marks the default
+    t0 = time.perf_counter()
+    sweep = compile_cuda([sample_gpu_schedule(row_op_func(op, (Var("rows"), c), dt, f"{op}_{dt}_{c}_t{t}"),
+                                              decisions=[i]).func
+                          for op, dt, c in cases for i, t in enumerate(ROW_THREAD_CHOICES)])
+    print(f"  threads per row (the row-chain schedule's decision): ratio torch/mlc for each; built in "
+          f"{time.perf_counter() - t0:.0f} s")
+    for dt in ("f32", "f16"):
+        np_dt = np.float32 if dt == "f32" else np.float16
+        for op in ROW_OPS:
+            for rows, c in ROW_CASES:
+                try:
+                    arrays = _row_inputs(op, rows, c, np_dt)
+                    default = lib.kernel(f"{op}_{dt}_{c}").launches[0].block[0]
+                    cells = []
+                    for t in ROW_THREAD_CHOICES:
+                        ms, _ = _time_row(sweep.kernel(f"{op}_{dt}_{c}_t{t}"), arrays, stream)
+                        cells.append(f"{t:4d}{'*' if t == default else ' '} {torch_ms[(op, dt, c)] / ms:5.2f}x")
+                    print(f"  {op:11} {dt} {rows:5d} x {c:5d}: " + "  ".join(cells))
+                except Exception as e:  # noqa: BLE001 - one case must not hide the others
+                    print(f"  {op:11} {dt} {rows:5d} x {c:5d}: sweep failed: {type(e).__name__}: {str(e)[:300]}")
 
 
 def _gelu_func(rows: int, cols: int):  # type: ignore[no-untyped-def]

@@ -17,7 +17,7 @@ from mlc.ir import Var, arith
 from mlc.ir.tir import PrimFunc
 from mlc.ir.tir_builder import build, compute, placeholder, reduce_axis, rmax
 from mlc.ir.tir_interp import run_prim
-from mlc.passes.schedule.gpu_rules import default_gpu_schedule
+from mlc.passes.schedule.gpu_rules import ROW_THREAD_CHOICES, default_gpu_schedule, sample_gpu_schedule
 from mlc.runtime.cuda import cuda_unavailable
 
 OPS = ("softmax", "log_softmax", "layer_norm")
@@ -62,6 +62,19 @@ def test_schedule_matches_numpy_in_the_interpreter(op: str, c: int) -> None:
         assert arith.evaluate(launches[0].grid[0], {"b": 4}) == 12
     else:  # short rows keep their per-stage kernels (one thread per row)
         assert len(launches) > 1
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_every_thread_count_of_the_space_matches_numpy_in_the_interpreter(op: str) -> None:
+    """The row-chain schedule's one decision (threads per row), each value on a row of 100 (most
+    threads past its end, reductions see their identity there)."""
+    xs = inputs(op, 1, 100, np.float32, seed=3)
+    for i, t in enumerate(ROW_THREAD_CHOICES):
+        f = sample_gpu_schedule(row_func(op, 100), decisions=[i]).func
+        assert lower_to_cuda([f]).funcs[0].launches[0].block == (t, 1, 1)
+        out = np.empty_like(xs[0])
+        run_prim(f, [*xs, out])
+        np.testing.assert_allclose(out, numpy_ref(op, *xs), rtol=1e-4, atol=1e-5, err_msg=f"{t} threads")
 
 
 def test_rows_reading_other_rows_stay_separate_kernels() -> None:
@@ -182,3 +195,20 @@ def test_row_kernels_on_gpu_match_numpy(dtype: str) -> None:
             scale = np.abs(want).max()
             np.testing.assert_allclose(out.astype(np.float64), want, rtol=2e-2, atol=4e-3 * max(scale, 1.0),
                                        err_msg=f"{op} row length {c}")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(_WHY is not None, reason=f"needs a CUDA GPU: {_WHY}")
+def test_every_thread_count_on_gpu_matches_numpy() -> None:
+    """Each value of the schedule's decision (what the tuner and bench_gpu's sweep launch), f32."""
+    from mlc.runtime.cuda import compile_cuda
+
+    cases = [(op, c, i) for op in OPS for c in (33, 1000, 50257) for i in range(len(ROW_THREAD_CHOICES))]
+    lib = compile_cuda([sample_gpu_schedule(row_func(op, c, "f32", f"{op}_{c}_{i}"), decisions=[i]).func
+                        for op, c, i in cases])
+    for op, c, i in cases:
+        xs = inputs(op, 2, c, np.float32, seed=c)
+        out = np.zeros_like(xs[0])
+        lib.kernel(f"{op}_{c}_{i}")([*xs, out])
+        np.testing.assert_allclose(out, numpy_ref(op, *xs), rtol=2e-4, atol=2e-5 if op == "softmax" else 2e-4,
+                                   err_msg=f"{op} row length {c}, {ROW_THREAD_CHOICES[i]} threads")

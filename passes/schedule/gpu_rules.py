@@ -199,7 +199,7 @@ def _cross_thread(sch: Schedule, spatial: list[LoopRV], reduce: list[LoopRV], re
 
 
 # ---- row chains (one kernel per row: softmax, log-softmax, layernorm) ----------------------------
-ROW_THREAD_CHOICES = (32, 64, 128, 256, 512)
+ROW_THREAD_CHOICES = (32, 64, 128, 256, 512, 1024)
 ROW_MIN = 32  # shorter rows keep the per-stage schedules (one thread per row is better there)
 
 
