@@ -122,11 +122,34 @@ def conv_lanes(f: PrimFunc) -> int | None:
                 and any(isinstance(x, BlockStmt) and x.name == "conv2d" for _, x in walk(lp.body)))
 
 
-def test_unaligned_groups_keep_the_generic_tiling() -> None:
+def test_groups_unaligned_to_the_vector_take_half_vectors() -> None:
+    # 12 channels per group: a vector of 8 channels would span two groups; 4 lanes do not
     f = conv_func(fused(conv_model(*CASES[7])[0])[0])
     conv = next(x for _, x in walk(f.body) if isinstance(x, BlockStmt) and x.name == "conv2d")
-    assert conv_plan(conv, CPU.lanes) is None  # a vector of channels would gather the input
-    same(f, default_schedule(f, CPU).func)
+    assert conv_plan(conv, CPU.lanes) is None and conv_plan(conv, CPU.lanes // 2) is not None
+    s = default_schedule(f, CPU)
+    same(f, s.func)
+    assert arith.as_int(conv_lanes(s.func)) == 4
+
+
+def test_grouped_conv_lanes_read_one_broadcast_input() -> None:
+    # 24 channels per group, 8 lanes: oc splits as groups x blocks x lanes, so the input's channel
+    # 24 * floordiv(oc, 24) + ic is provably one value across the lanes; split as blocks x lanes
+    # (8 * floormod(..) + lane) the codegen cannot tell and gathers it lane by lane
+    from mlc.runtime.cpu import compile_object
+
+    model = conv_model(2, 48, 48, 7, 1, 0, 1, 2)[0]
+    m, _ = fused(model, "[shape-infer, fuse, schedule, alter-layout]")
+    f = conv_func(m)
+    loops = [lp for _, lp in walk(f.body) if isinstance(lp, For) and lp.kind == "parallel"]
+    assert loops and arith.as_int(conv_lanes(f)) == 8
+    lowered, _ = fused(model, "[shape-infer, fuse, schedule, alter-layout, lower-tir]")
+    ir = compile_object([conv_func(lowered)]).llvm_ir()
+    assert "masked.gather" not in ir
+    x = np.random.default_rng(0).standard_normal((2, 48, 7, 7)).astype(np.float32)
+    _, w, b = conv_model(2, 48, 48, 7, 1, 0, 1, 2)
+    got = list(mlc.compile(model)(x=x).values())[0]
+    np.testing.assert_allclose(got, np_conv(x, w, b, 0, 1, 2), rtol=1e-4, atol=1e-4)
 
 
 def test_depthwise_conv_packs_its_input_channel_innermost() -> None:

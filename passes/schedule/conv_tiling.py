@@ -19,7 +19,7 @@ import math
 
 from mlc.ir import arith
 from mlc.ir.diagnostics import MlcError
-from mlc.ir.expr import Bin, Const, Expr, Var, free_vars
+from mlc.ir.expr import Bin, Const, Expr, Var, free_vars, subexprs
 from mlc.ir.tir import BlockStmt
 from mlc.ir.tir_visit import block_reads, block_writes, loads_in, rewrite, stmt_exprs, stores_in
 
@@ -118,6 +118,20 @@ def conv_plan(b: BlockStmt, lanes: int) -> tuple[int, int, int, int, int, list[t
     return None
 
 
+def _group_size(b: BlockStmt, cname: str, ext: int) -> int | None:
+    """The channels per group of a grouped convolution: the largest proper divisor `g` of the
+    channel extent in a read's `floordiv(.. oc .., g)`, else None."""
+    out: int | None = None
+    for e in stmt_exprs(b.body):
+        for ld in loads_in(e):
+            for i in ld.indices:
+                for x in subexprs(i):
+                    g = arith.as_int(x.b) if isinstance(x, Bin) and x.op == "floordiv" else None
+                    if g and 1 < g < ext and ext % g == 0 and cname in _vars(x.a):
+                        out = max(out or 0, g)
+    return out
+
+
 def _step_cost(v: int, ow1: int, from_l2: bool) -> float:
     """Estimated cycles per FMA of one reduction step of a `v` vectors x `ow1` columns register
     tile: v * ow1 FMAs on 2 ports, v + ow1 loads on 2 ports, 4 cycles of FMA latency on each
@@ -155,7 +169,9 @@ def conv_tiling(sch: Schedule, block: BlockRV, lanes: int, ch: Decisions) -> boo
     """Schedule a convolution-like block (see module doc); False (schedule untouched) if it is not one."""
     b = sch.get(block)
     assert isinstance(b, BlockStmt)
-    plan = conv_plan(b, lanes)
+    # channels per group not a multiple of the vector (shufflenet's 68): half vectors still beat the
+    # generic tiling's vectors over a short output width
+    plan = conv_plan(b, lanes) or (conv_plan(b, lanes // 2) if lanes >= 8 else None)
     if plan is None:
         return False
     c, col, w_idx, oc1_want, ow1_want, follow = plan
@@ -180,11 +196,18 @@ def conv_tiling(sch: Schedule, block: BlockRV, lanes: int, ch: Decisions) -> boo
     oc_ext = arith.as_int(b.iters[c].extent)
     col_ext = arith.as_int(b.iters[col].extent)
     assert oc_ext is not None and col_ext is not None
-    oc_f = ch.tile(sch, by_iter[c], 2, 64, [oc_ext // oc1_want, oc1_want])
-    oc0, oc1 = sch.split(by_iter[c], oc_f)
+    grp = _group_size(b, b.iters[c].var.name, oc_ext)
+    if grp is not None and grp % oc1_want == 0:
+        # groups x blocks x lanes: `floordiv(oc, grp)` then provably takes one value across the
+        # lanes (codegen broadcasts the input element instead of gathering it per lane)
+        oc_f = ch.tile(sch, by_iter[c], 3, 64, [oc_ext // grp, grp // oc1_want, oc1_want])
+    else:
+        oc_f = ch.tile(sch, by_iter[c], 2, 64, [oc_ext // oc1_want, oc1_want])
+    *oc0, oc1 = sch.split(by_iter[c], oc_f)
     ow_f = ch.tile(sch, by_iter[col], 2, 16, [col_ext // ow1_want, ow1_want])
     ow0, ow1 = sch.split(by_iter[col], ow_f)
-    outer = [oc0 if i == c else ow0 if i == col else by_iter[i] for i, iv in enumerate(b.iters) if iv.kind == "S"]
+    outer = [lp for i, iv in enumerate(b.iters) if iv.kind == "S"
+             for lp in (oc0 if i == c else [ow0] if i == col else [by_iter[i]])]
     red = [by_iter[i] for i, iv in enumerate(b.iters) if iv.kind == "R"]
     sch.reorder(*outer, *red, ow1, oc1)
     wb = _try(sch.cache_write, block, 0, "local")
@@ -210,9 +233,9 @@ def conv_tiling(sch: Schedule, block: BlockRV, lanes: int, ch: Decisions) -> boo
     if isinstance(init, BlockRV):
         _channels_inner(sch, init, [i for i, iv in enumerate(b.iters) if iv.kind == "S"].index(c))
     _try(sch.compact, block, 0, [k for k in range(nd) if k != d] + [d] if d is not None else [])
-    _pack_weight(sch, block, w_name, c, oc_f[1])
+    _pack_weight(sch, block, w_name, c, oc_f[-1])
     for idx, d in follow:  # after the weight: packing renumbers nothing but the packed read
-        _pack_axis(sch, block, idx, d, oc_f[1])
+        _pack_axis(sch, block, idx, d, oc_f[-1])
     return True
 
 
