@@ -168,3 +168,34 @@ def test_narrow_products_tile_rows_over_the_heads(heads: int, d: int) -> None:
         assert any(lp.kind == "unrolled" and arith.as_int(lp.extent) == rows for lp in loops(f))
     assert ("V_packed" in allocs(f)) == (math.gcd(d, 16) < d)
     assert not any(isinstance(x, IfStmt) for _, x in walk(f.body))
+
+
+def test_concat_of_head_pieces_unrolls_its_few_vectors_per_row() -> None:
+    # the q/k/v cotangent concat of attention's backward ([B, 4, T, 8] pieces, one of them [B, 4, 8, T])
+    # into [B, T, 96]: the 12 vectors of a row run unrolled, so each copy's floordiv(j, 8) and branch
+    # tests are constants and its loads contiguous (gathers before: 423 -> 60 us at B=32, T=64)
+    from mlc.ir.tir_builder import cmp, maximum, minimum, select
+    from mlc.runtime.cpu import compile_module
+
+    Q, K, V = placeholder("Q", (B, 4, T, 8)), placeholder("K", (B, 4, 8, T)), placeholder("V", (B, 4, T, 8))
+
+    def head(j: object, lo: int) -> object:  # clamped: the arm not taken must stay in bounds
+        return minimum(maximum((j - lo) // 8, 0), 3)
+
+    def piece(b: object, t: object, j: object) -> object:
+        return select(cmp("lt", j, 32), Q[b, head(j, 0), t, j % 8],
+                      select(cmp("lt", j, 64), K[b, head(j, 32), (j - 32) % 8, t], V[b, head(j, 64), t, (j - 64) % 8]))
+
+    C = compute("C", (B, T, 96), piece)
+    orig = build("concat", [Q, K, V], [C])
+    f = scheduled(orig, {"B": 2, "T": 5}, {"B": 1, "T": 3})
+    vec = [lp for lp in loops(f) if lp.kind == "vectorized"]
+    assert [arith.as_int(v.extent) for v in vec] == [8]
+    assert any(lp.kind == "unrolled" and arith.as_int(lp.extent) == 12 and vec[0] in [x for _, x in walk(lp.body)]
+               for lp in loops(f))
+    rng = np.random.default_rng(1)
+    q, k, v = (rng.standard_normal(s).astype(np.float32) for s in ((3, 4, 7, 8), (3, 4, 8, 7), (3, 4, 7, 8)))
+    out = np.empty((3, 7, 96), np.float32)
+    compile_module([f]).kernel(f.name)([q, k, v, out])
+    ref = np.concatenate([x.transpose(0, 2, 1, 3).reshape(3, 7, 32) for x in (q, k.transpose(0, 1, 3, 2), v)], -1)
+    np.testing.assert_array_equal(out, ref)
