@@ -700,6 +700,86 @@ def _prune(bindings: list[Binding], results: list[Value]) -> list[Binding]:
     return keep[::-1]
 
 
+def _int(v: Any) -> int | None:
+    """An attribute's integer value (attributes hold ints, or constant expressions)."""
+    return v if isinstance(v, int) else as_int(v) if isinstance(v, Expr) else None
+
+
+def _row_output(node: Loop, i: int, stack: Value | None, active: set[str]) -> bool:
+    """Carried value `i` is an output the body writes one row of per iteration and never reads: its
+    only use is `dynamic_update_slice(c, u, index)` along axis 0 with a one-row `u`, yielded as result
+    `i`, over as many iterations as rows, from an init that needs no cotangent. Then the backward loop
+    reads row `index` of the output's cotangent and need not carry it (the usual rule zeroes that row
+    per iteration, for the init's cotangent and for a later iteration that writes the same row; with
+    one row per iteration neither exists)."""
+    c, res = node.carried[i], node.body.results[i]
+    if stack is not None or node.inits[i].name in active or not isinstance(c.type, TensorType):
+        return False
+    shape = c.type.shape
+    if not shape or not prove_equal(node.extent, shape[0]):
+        return False
+    uses = [x for x in node.body.bindings if c.name in {a.name for a in operands(x.node)}]
+    nested = any(c.name in used_names(x.node.body) for x in node.body.bindings if isinstance(x.node, Loop)) or any(
+        c.name in used_names(x.node.then_block) | used_names(x.node.else_block)
+        for x in node.body.bindings if isinstance(x.node, If))
+    if nested or len(uses) != 1 or uses[0].var.name != res.name or res.name in used_names(
+            Block(tuple(x for x in node.body.bindings if x is not uses[0]), ())):
+        return False
+    u = uses[0]
+    n = u.node
+    if not (isinstance(n, OpCall) and n.op == "dynamic_update_slice" and n.args[0].name == c.name
+            and n.args[1].name != c.name and n.args[2].name == node.index.name
+            and _int(dict(n.attrs).get("axis", 0)) == 0 and isinstance(n.args[1].type, TensorType)):
+        return False
+    us = n.args[1].type.shape
+    return bool(us) and as_int(us[0]) == 1 and sum(r.name == res.name for r in node.body.results) == 1
+
+
+def _row_reads(body: Block, v: Value, index: Value, extent: Expr) -> list[Value]:
+    """The reads of outer `v` in a backward body, when every one is row `index` (the forward index,
+    iterations extent-1 .. 0) of `v` along axis 0 with as many rows as iterations: each iteration's
+    cotangent then lands in a row no other iteration touches. [] otherwise."""
+    if not (isinstance(v.type, TensorType) and v.type.shape and prove_equal(extent, v.type.shape[0])):
+        return []
+    out: list[Value] = []
+    for x in body.bindings:
+        n = x.node
+        if isinstance(n, Loop | If):
+            inner = used_names(n.body) if isinstance(n, Loop) else used_names(n.then_block) | used_names(n.else_block)
+            if v.name in inner:
+                return []
+        if v.name not in {a.name for a in operands(n)}:
+            continue
+        attrs = dict(n.attrs) if isinstance(n, OpCall) else {}
+        if not (isinstance(n, OpCall) and n.op == "dynamic_slice" and n.args[0].name == v.name
+                and n.args[1].name == index.name and _int(attrs.get("axis", 0)) == 0
+                and _int(attrs.get("size", 1)) == 1):
+            return []
+        out.append(x.var)
+    if v.name in {r.name for r in body.results}:
+        return []
+    return out
+
+
+def _hoist(bindings: list[Binding], varying: set[str]) -> tuple[list[Binding], list[Binding]]:
+    """A loop body split into the pure ops that read only values from outside the loop, computed once
+    before it, and the rest (`varying`: the index and carried names). The gradient rules emit such
+    ops per iteration (the transposed weight of a matmul's input gradient); inside the loop fusion
+    would fold them into every iteration's kernel."""
+    varying = set(varying)
+    out: list[Binding] = []
+    inside: list[Binding] = []
+    for b in bindings:
+        n = b.node
+        d = ops.get(n.op) if isinstance(n, OpCall) else None
+        if isinstance(n, OpCall) and d is not None and d.pure and not any(a.name in varying for a in n.args):
+            out.append(b)
+        else:
+            inside.append(b)
+            varying.add(b.var.name)
+    return out, inside
+
+
 def loop_grad(em: Emitter, b: Binding, dout: Value | tuple[Value | None, ...],
               active: set[str]) -> list[tuple[Value, Value]]:
     """The cotangents a loop sends to its initial values and the outer values its body reads.
@@ -737,21 +817,40 @@ def loop_grad(em: Emitter, b: Binding, dout: Value | tuple[Value | None, ...],
         else:  # its value is never read (see _reads_value)
             m[c.name] = sub.zeros_like(c)
     body = _clone(node.body, m, em.used)
-    inner_wrt = {m[car[i].name].name for i in floats} | {v.name for v in outer}
+    # an output written row by row (the RNNs' Y): its cotangent is read, never carried (see _row_output)
+    rows_out = [i for i in floats if _row_output(node, i, stacks[i], active)]
+    floats = [i for i in floats if i not in rows_out]
+    # outer values read one row per iteration (the RNNs' hoisted input projection): their cotangent
+    # rows are written, not accumulated (see _row_reads)
+    row_reads = {v.name: _row_reads(body, v, r, node.extent) for v in outer}
+    inner_wrt = {m[car[i].name].name for i in floats} | {v.name for v in outer if not row_reads[v.name]}
+    inner_wrt |= {s.name for v in outer for s in row_reads[v.name]}
     rec = record_loops(sub, list(body.bindings), inner_wrt)
     sub.bindings += rec
     dc_in = {i: Value(fresh_name(f"d_{car[i].name}", em.used), car[i].type, b.loc) for i in floats}
     acc_in = [Value(fresh_name(f"d_{v.name}_acc", em.used), v.type, b.loc) for v in outer]
     seeds: dict[str, Value] = {}
-    for i in floats:
+    for i, g in [(i, dc_in[i]) for i in floats] + [(i, douts[i]) for i in rows_out]:
         res = body.results[i]
-        seeds[res.name] = sub.emit("add", [seeds[res.name], dc_in[i]]) if res.name in seeds else dc_in[i]
+        if g is not None:
+            seeds[res.name] = sub.emit("add", [seeds[res.name], g]) if res.name in seeds else g
     ct = backprop(sub, rec, inner_wrt, seeds)
     sub.hint = f"{b.var.name}_bwd"
     new_dc = [ct.get(m[car[i].name].name) or sub.zeros_like(car[i]) for i in floats]
-    new_acc = [sub.emit("add", [a, ct[v.name]]) if v.name in ct else a for a, v in zip(acc_in, outer)]
+    new_acc = []
+    for a, v in zip(acc_in, outer):
+        got = [ct[s.name] for s in row_reads[v.name] if s.name in ct]
+        if row_reads[v.name] and got:
+            row = got[0]
+            for g in got[1:]:
+                row = sub.emit("add", [row, g])
+            new_acc.append(sub.emit("dynamic_update_slice", [a, row, r], {"axis": 0}))
+        else:
+            new_acc.append(sub.emit("add", [a, ct[v.name]]) if v.name in ct else a)
     results = new_dc + new_acc
-    bwd_body = Block(tuple(_prune(sub.bindings, results)), tuple(results), node.body.loc)
+    hoisted, inside = _hoist(_prune(sub.bindings, results), {j.name} | {v.name for v in [*dc_in.values(), *acc_in]})
+    bwd_body = Block(tuple(inside), tuple(results), node.body.loc)
+    em.bindings += hoisted
     em.hint = f"{b.var.name}_bwd"
     inits = [douts[i] if douts[i] is not None else em.zeros_like(car[i]) for i in floats]
     inits += [em.zeros_like(v) for v in outer]
