@@ -17,7 +17,7 @@ from mlc.ir.expr import Var, free_vars
 from mlc.ir.tir import BlockStmt, For, IfStmt
 from mlc.ir.tir_builder import build, compute, exp, placeholder, reduce_axis, rsum
 from mlc.ir.tir_interp import run_prim
-from mlc.ir.tir_visit import walk
+from mlc.ir.tir_visit import loads_in, walk
 from mlc.passes.schedule import Trace
 from mlc.passes.schedule.rules import TargetInfo, default_schedule
 
@@ -199,3 +199,21 @@ def test_concat_of_head_pieces_unrolls_its_few_vectors_per_row() -> None:
     compile_module([f]).kernel(f.name)([q, k, v, out])
     ref = np.concatenate([x.transpose(0, 2, 1, 3).reshape(3, 7, 32) for x in (q, k.transpose(0, 1, 3, 2), v)], -1)
     np.testing.assert_array_equal(out, ref)
+
+
+@pytest.mark.parametrize("heads", [4, 3])
+def test_operand_read_down_its_columns_is_packed_transposed(heads: int) -> None:
+    # dV[b, h, i, d] = sum_k P[b, h, k, i] * dO[b, h, k, d]: P's reduction runs a row apart (T
+    # floats, a power of two in practice: the rows fall into few cache sets); the packed copy has
+    # P's last two axes swapped, so each row's reduction reads it contiguously
+    P, dO = placeholder("P", (B, heads, T, T)), placeholder("dO", (B, heads, T, 8))
+    r = reduce_axis(T, "k")
+    dV = compute("dV", (B, heads, T, 8), lambda b, h, i, d: rsum(P[b, h, r, i] * dO[b, h, r, d], r))
+    f = scheduled(build("dv", [P, dO], [dV]), {"B": 2, "T": 5}, {"B": 1, "T": 11}, {"B": 2, "T": 1})
+    assert allocs(f)["P_packed"] == (None, heads, None, None)
+    assert readers(f, "P") == {"P_pack"} and "dO_packed" not in allocs(f)
+    pack = [b for _, b in walk(f.body) if isinstance(b, BlockStmt) and b.name == "P_pack"][0]
+    from mlc.ir.tir import Store
+    st = [x for _, x in walk(pack.body) if isinstance(x, Store)][0]
+    src = [ld for ld in loads_in(st.value) if ld.buffer.name == "P"][0]
+    assert list(src.indices) == [st.indices[0], st.indices[1], st.indices[3], st.indices[2]]

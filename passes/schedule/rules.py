@@ -330,6 +330,8 @@ def _pack_plans(sch: Schedule, block: BlockRV, loops: list[LoopRV], kinds: list[
         return math.prod(e for e in exts if e is not None)
 
     col, row = spatial[-1], spatial[-2]
+    spatial_names = {v.name for v in spatial}
+    reduce_names = {iv.var.name for iv in b.iters if iv.kind == "R"}
     if len([k for k in kinds if k == "S"]) != len(spatial):
         return []
     out = []
@@ -353,6 +355,16 @@ def _pack_plans(sch: Schedule, block: BlockRV, loops: list[LoopRV], kinds: list[
             tiles = [1] * nd
             tiles[d] = tile(col)
             order = [d] + [x if x < d else x + 1 for x in range(nd) if x != d] + [d + 1]
+            strided = True
+        elif (col.name not in names and names[-1] in spatial_names and tile(Var(names[-1])) == 1
+              and any(n in reduce_names for n in names[:-1])):
+            # a broadcast operand read down its columns (dV = P^T @ dO's P[b, h, k, i], the reduction
+            # k a row apart): rows a power-of-two stride apart thrash the cache's sets; the packed
+            # copy swaps the two axes, so the reduction reads it contiguously
+            d = max(x for x, n in enumerate(names[:-1]) if n in reduce_names)
+            order = list(range(nd))
+            order[d], order[-1] = order[-1], order[d]
+            tiles = [1] * nd
             strided = True
         elif row.name in names and col.name not in names and tile(row) > 1 and names[-1] != row.name:
             d = names.index(row.name)
