@@ -13,7 +13,9 @@ dummy input (`arange(n) / n`, 1x3x224x224). Before timing, mlc's output is check
 onnxruntime's (rtol 1e-3, atol 1e-5) and the result printed beside the times. Both run on all cores
 with their default settings, timed in alternating blocks (runtime.bench.block_medians, as
 benchmarks/bench_models_cpu.py does). Prints per model: build seconds, mlc ms, ort ms, ort/mlc (above 1
-means mlc is faster); a model that mlc does not import or build is listed with its error.
+means mlc is faster); a model that mlc does not import or build is listed with its error. `--base REV`
+adds a build with the convolution schedule of git revision REV, timed in the same blocks (both builds
+checked against onnxruntime).
 """
 
 from __future__ import annotations
@@ -25,10 +27,9 @@ import time
 import numpy as np
 import onnx
 import onnxruntime as ort
+from bench_cnn_cpu import compile_with, conv_tiling_of
 from mlc.runtime.bench import block_medians
 from onnx.backend.test.runner import Runner
-
-import mlc
 
 MODELS = ("resnet50", "densenet121", "inception_v1", "inception_v2", "shufflenet", "squeezenet", "vgg19",
           "bvlc_alexnet", "zfnet512")
@@ -83,8 +84,12 @@ def main() -> None:
     ap.add_argument("--models", nargs="*", default=list(MODELS))
     ap.add_argument("--runs", type=int, default=9)
     ap.add_argument("--random-weights", action="store_true")
+    ap.add_argument("--base", metavar="REV", help="also time a build with the convolution schedule of "
+                    "git revision REV (as bench_cnn_cpu.py --base)")
     args = ap.parse_args()
-    print(f"{'model':14s} {'build s':>8s} {'mlc ms':>10s} {'ort ms':>10s} {'ort/mlc':>8s}  agrees with ort")
+    base = conv_tiling_of(args.base) if args.base else None
+    print(f"{'model':14s} {'build s':>8s} {'mlc ms':>10s} {'ort ms':>10s} {'ort/mlc':>8s}  agrees with ort"
+          + (f" {'base ms':>10s} {'ort/base':>8s}" if base else ""))
     for name in args.models:
         proto = onnx.load(light_path(name))
         if args.random_weights:
@@ -92,7 +97,8 @@ def main() -> None:
         feeds = feeds_for(proto)
         t0 = time.perf_counter()
         try:
-            model = mlc.compile(proto)
+            model = compile_with(proto, None)
+            models = [model] + ([compile_with(proto, base)] if base else [])
         except Exception as e:  # noqa: BLE001 - report and go on with the next model
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             print(f"{name:14s} not built: {msg[:160]}", flush=True)
@@ -100,13 +106,15 @@ def main() -> None:
         build = time.perf_counter() - t0
         sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
         ours_feeds = dict(zip(model.input_names, feeds.values()))
-        got = list(model(**ours_feeds).values())
         ref = sess.run(None, feeds)
-        agree = all(np.allclose(g, r, rtol=1e-3, atol=1e-5) for g, r in zip(got, ref))
-        ours, peer = block_medians([lambda m=model, f=ours_feeds: m(**f), lambda s=sess, f=feeds: s.run(None, f)],
-                                   runs=args.runs)
+        agree = all(np.allclose(g, r, rtol=1e-3, atol=1e-5) for m in models
+                    for g, r in zip(m(**ours_feeds).values(), ref))
+        ts = block_medians([lambda m=m, f=ours_feeds: m(**f) for m in models]
+                           + [lambda s=sess, f=feeds: s.run(None, f)], runs=args.runs)
+        ours, peer = ts[0], ts[-1]
         print(f"{name:14s} {build:8.1f} {ours * 1e3:10.2f} {peer * 1e3:10.2f} {peer / ours:8.2f}  "
-              f"{'yes' if agree else 'NO'}", flush=True)
+              f"{'yes' if agree else 'NO':15s}" + (f" {ts[1] * 1e3:10.2f} {peer / ts[1]:8.2f}" if base else ""),
+              flush=True)
 
 
 if __name__ == "__main__":
