@@ -1,17 +1,23 @@
 """Compiled SpMM / SDDMM / BSR-MM (CPU) vs scipy.sparse in the same run.
 
 Graphs: R-MAT (a, b, c, d = 0.57, 0.19, 0.19, 0.05) with a fixed seed, duplicates merged, values 1, at
-the node and edge counts of Cora (2708, 10556) and Pubmed (19717, 88648); features 32 and 128. SDDMM's
-peer (scipy has none) is numpy: the two rows of each nonzero gathered in chunks of 4096 nonzeros,
-`einsum("pk,pk->p")`, times the values. `hyb` is SpMM in hyb:2,3 (two column parts, ELL buckets of
-widths 1, 2, 4, 8 and a CSR rest) against the same scipy CSR product. Pruned weight: 1024 x 4096 with 10% of its 16 x 16 blocks kept,
+the node and edge counts of Cora (2708, 10556), Pubmed (19717, 88648) and ogbn-arxiv (169343, 1166243)
+by default, Reddit (232965, 114615892) with `--graphs ...,reddit` (its generation takes minutes and
+one scipy call seconds: not in `make bench-sparse`); features 32, 128 and 512. Our side is the callable
+of `mlc.sparse.compile` (one native call per product). SDDMM's peer (scipy has none) is numpy: the
+two rows of each nonzero gathered in chunks of 4096 nonzeros, `einsum("pk,pk->p")`, times the values.
+`best` is SpMM in the fastest format of the tuner's format space (passes/sparse_format.FORMAT_SPACE:
+csr, ell, hyb:C,K; ell only where padding stays under 4x nnz) timed here on the graph, against the
+same scipy CSR product; the geomean line is the issue's figure (default CSR format, spmm + sddmm).
+Pruned weight: 1024 x 4096 with 10% of its 16 x 16 blocks kept,
 times a 4096 x 128 activation, as BSR (vs scipy's BSR product) and as CSR (vs scipy's CSR product).
 Pruned linear layer (graph level, `mlc sparsify`): x (batch x 1024, batches 1, 8, 32, 128) @ W (1024 x 4096) with 10% of W's
 16 x 16 blocks kept (`prune_blocks`), built twice through the CPU pipeline: the dense model with the
 pruned weight (a dense mlc matmul) and the model after `sparsify --block 16 --density 0.1` (sparse_matmul:
 W^T in CSR, the batch in parallel chunks of 16 lanes); peers numpy `x @ W` (dense BLAS) and scipy `x @ csr(W)`.
-Each figure is the median of `--runs` timed calls after a warm-up; the ratio is scipy / mlc (> 1: mlc
-faster). Correctness against scipy is checked before timing. Usage: python benchmarks/bench_sparse.py
+Each figure is the median of up to `--runs` timed calls after a warm-up (fewer, at least 3, where one
+call is long: about `--budget` seconds per figure); the ratio is peer / mlc (> 1: mlc faster).
+Correctness against scipy is checked before timing. Usage: python benchmarks/bench_sparse.py
 """
 
 from __future__ import annotations
@@ -24,7 +30,8 @@ import scipy.sparse as sp
 
 import mlc.sparse as msp
 
-GRAPHS = {"cora": (2708, 10556), "pubmed": (19717, 88648)}
+GRAPHS = {"cora": (2708, 10556), "pubmed": (19717, 88648), "arxiv": (169343, 1166243), "reddit": (232965, 114615892)}
+BUDGET = [1.0]  # seconds of timed calls per figure (--budget)
 
 
 def rmat(nodes: int, edges: int, seed: int = 0) -> sp.csr_matrix:
@@ -45,7 +52,12 @@ def rmat(nodes: int, edges: int, seed: int = 0) -> sp.csr_matrix:
 
 
 def median_time(fn, runs: int) -> float:  # type: ignore[no-untyped-def]
+    """Median of up to `runs` calls after a warm-up; at least 3, fewer than `runs` when the warm-up
+    says they would take more than the budget."""
+    t = time.perf_counter()
     fn()
+    first = time.perf_counter() - t
+    runs = max(3, min(runs, int(BUDGET[0] / max(first, 1e-9))))
     ts = []
     for _ in range(runs):
         t = time.perf_counter()
@@ -54,15 +66,24 @@ def median_time(fn, runs: int) -> float:  # type: ignore[no-untyped-def]
     return float(np.median(ts))
 
 
-def make_cases(a: sp.csr_matrix, feat: int, rng: np.random.Generator) -> list:  # type: ignore[type-arg]
-    """(op, scipy call, mlc call) for one graph and width, both checked against each other first."""
+def spmm_formats(a: sp.csr_matrix) -> list[str]:
+    """The tuner's format space as mlc.sparse.compile takes it for spmm: csr, hyb:C,K, and ell where
+    its padding stays under 4x the nonzeros (R-MAT hubs make ELL rows thousands wide)."""
+    from mlc.passes.sparse_format import FORMAT_SPACE
+
+    width = int(np.diff(a.indptr).max(initial=0))
+    return [f for f in FORMAT_SPACE if not f.startswith("bsr") and (f != "ell" or a.shape[0] * width <= 4 * a.nnz)]
+
+
+def make_cases(a: sp.csr_matrix, feat: int, rng: np.random.Generator, search: bool) -> list:  # type: ignore[type-arg]
+    """(op, scipy call, mlc call) for one graph and width, both checked against each other first; with
+    `search`, SpMM in each format of the space is timed and the fastest kept as `best:<format>`."""
     nodes = a.shape[0]
     b = rng.standard_normal((nodes, feat)).astype(np.float32)
     x = rng.standard_normal((nodes, feat)).astype(np.float32)
     spmm = msp.compile(a, "spmm", feat=feat)
-    np.testing.assert_allclose(spmm(b), a @ b, rtol=1e-4, atol=1e-4)
-    hyb = msp.compile(a, "spmm", feat=feat, format="hyb:2,3")
-    np.testing.assert_allclose(hyb(b), a @ b, rtol=1e-4, atol=1e-4)
+    want = a @ b
+    np.testing.assert_allclose(spmm(b), want, rtol=1e-4, atol=1e-4)
     rows = np.repeat(np.arange(nodes), np.diff(a.indptr))
 
     def scipy_sddmm() -> np.ndarray:  # scipy has no SDDMM: numpy's row-gather form, chunked to stay in cache
@@ -73,11 +94,20 @@ def make_cases(a: sp.csr_matrix, feat: int, rng: np.random.Generator) -> list:  
         return out * a.data
 
     sddmm = msp.compile(a, "sddmm", feat=feat)
-    inputs = sddmm.inputs
-    np.testing.assert_allclose(sddmm(x, b).data, scipy_sddmm(), rtol=1e-4, atol=1e-4)
-    cases = [("spmm", lambda: a @ b, lambda: spmm.model(**spmm.inputs, B=b)),
-             ("hyb", lambda: a @ b, lambda: hyb.model(**hyb.inputs, B=b)),
-             ("sddmm", scipy_sddmm, lambda: sddmm.model(**inputs, X=x, Y=b))]
+    np.testing.assert_allclose(sddmm.run(x, b), scipy_sddmm(), rtol=1e-4, atol=1e-4)
+    cases = [("spmm", lambda: a @ b, lambda: spmm.run(b)),
+             ("sddmm", scipy_sddmm, lambda: sddmm.run(x, b))]
+    if search:
+        best, best_t = "csr", median_time(lambda: spmm.run(b), 10)
+        for fmt in spmm_formats(a):
+            if fmt == "csr":
+                continue
+            k = msp.compile(a, "spmm", feat=feat, format=fmt)
+            np.testing.assert_allclose(k.run(b), want, rtol=1e-4, atol=1e-4)
+            t = median_time(lambda k=k: k.run(b), 10)
+            if t < best_t:
+                best, best_t, spmm = fmt, t, k
+        cases.append((f"best:{best}", lambda: a @ b, lambda: spmm.run(b)))
     return cases
 
 
@@ -98,8 +128,8 @@ def pruned_cases(feat: int, rng: np.random.Generator) -> list:  # type: ignore[t
     bsr = msp.compile(w, "bsrmm", feat=feat, format="bsr:16")
     csr = msp.compile(w, "spmm", feat=feat)
     np.testing.assert_allclose(bsr(x), w @ x, rtol=1e-3, atol=1e-3)
-    return [("bsrmm", lambda: wb @ x, lambda: bsr.model(**bsr.inputs, B=x)),
-            ("spmm", lambda: w @ x, lambda: csr.model(**csr.inputs, B=x))], w.nnz
+    return [("bsrmm", lambda: wb @ x, lambda: bsr.run(x)),
+            ("spmm", lambda: w @ x, lambda: csr.run(x))], w.nnz
 
 
 def pruned_linear(runs: int, batches: list[int]) -> None:
@@ -144,30 +174,41 @@ def pruned_linear(runs: int, batches: list[int]) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", type=int, default=20)
-    ap.add_argument("--feats", default="32,128")
+    ap.add_argument("--budget", type=float, default=1.0, help="seconds of timed calls per figure (at least 3 calls)")
+    ap.add_argument("--graphs", default="cora,pubmed,arxiv", help=f"of {', '.join(GRAPHS)}")
+    ap.add_argument("--feats", default="32,128,512")
+    ap.add_argument("--no-search", action="store_true", help="skip the SpMM format search (the best:<format> rows)")
     ap.add_argument("--only-linear", action="store_true", help="only the pruned linear layer (graph level)")
     ap.add_argument("--linear-batches", default="1,8,32,128", help="batch sizes of the pruned linear layer")
     args = ap.parse_args()
+    BUDGET[0] = args.budget
     if args.only_linear:
         pruned_linear(args.runs, [int(x) for x in args.linear_batches.split(",")])
         return
+    graphs = [g for g in args.graphs.split(",") if g]
+    if any(g not in GRAPHS for g in graphs):
+        ap.error(f"unknown graph in {graphs} (known: {', '.join(GRAPHS)})")
     rng = np.random.default_rng(0)
-    print(f"{'graph':8} {'op':6} {'feat':>4} {'nnz':>7} {'scipy ms':>9} {'mlc ms':>8} {'ratio':>6}")
-    ratios = []
-    for gname, (nodes, edges) in GRAPHS.items():
-        a = rmat(nodes, edges)
+    print(f"{'graph':8} {'op':14} {'feat':>4} {'nnz':>8} {'peer ms':>9} {'mlc ms':>8} {'ratio':>6}")
+    ratios: dict[str, list[float]] = {"spmm": [], "sddmm": [], "best": []}
+    for gname in graphs:
+        a = rmat(*GRAPHS[gname])
         for feat in (int(x) for x in args.feats.split(",")):
-            cases = make_cases(a, feat, rng)
-            for op, peer, ours in cases:
+            for op, peer, ours in make_cases(a, feat, rng, not args.no_search):
                 tp, to = median_time(peer, args.runs), median_time(ours, args.runs)
-                if op != "hyb":  # the issue's figure: SpMM and SDDMM in their default format (CSR)
-                    ratios.append(tp / to)
-                print(f"{gname:8} {op:6} {feat:4d} {a.nnz:7d} {tp * 1e3:9.3f} {to * 1e3:8.3f} {tp / to:6.2f}")
-    print(f"geomean ratio over the graphs, spmm and sddmm (scipy / mlc): {float(np.exp(np.mean(np.log(ratios)))):.2f}")
+                ratios[op.split(":")[0]].append(tp / to)
+                print(f"{gname:8} {op:14} {feat:4d} {a.nnz:8d} {tp * 1e3:9.3f} {to * 1e3:8.3f} {tp / to:6.2f}", flush=True)
+
+    def geo(xs: list[float]) -> float:
+        return float(np.exp(np.mean(np.log(xs))))
+
+    print(f"geomean peer / mlc over {', '.join(graphs)} x feat {args.feats}: spmm + sddmm (CSR, the issue's figure) "
+          f"{geo(ratios['spmm'] + ratios['sddmm']):.2f}; spmm {geo(ratios['spmm']):.2f}, sddmm {geo(ratios['sddmm']):.2f}"
+          + (f"; spmm in the best format + sddmm {geo(ratios['best'] + ratios['sddmm']):.2f}" if ratios["best"] else ""))
     cases, nnz = pruned_cases(128, rng)
     for op, peer, ours in cases:
         tp, to = median_time(peer, args.runs), median_time(ours, args.runs)
-        print(f"{'pruned':8} {op:6} {128:4d} {nnz:7d} {tp * 1e3:9.3f} {to * 1e3:8.3f} {tp / to:6.2f}")
+        print(f"{'pruned':8} {op:14} {128:4d} {nnz:8d} {tp * 1e3:9.3f} {to * 1e3:8.3f} {tp / to:6.2f}")
     pruned_linear(args.runs, [int(x) for x in args.linear_batches.split(",")])
 
 

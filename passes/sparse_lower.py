@@ -125,16 +125,71 @@ class _RegisterTiles(StmtMutator):
         self.used = used
 
     def visit_Seq(self, s: Seq) -> Stmt:
-        stmts = [self.visit(x) for x in s.stmts]
+        stmts = list(s.stmts)
         out: list[Stmt] = []
         k = 0
         while k < len(stmts):
             new = None
             if k + 1 < len(stmts):
                 new = self.row_tile(stmts[k], stmts[k + 1]) or self.dot_tile(stmts[k], stmts[k + 1])
-            out.append(new if new is not None else stmts[k])
+            out.append(new if new is not None else self.visit(stmts[k]))
             k += 2 if new is not None else 1
         return seq(out)
+
+    def visit_For(self, lp: For) -> Stmt:
+        new = self.carried_tile(lp)
+        return new if new is not None else self.generic_visit(lp)
+
+    def carried_tile(self, lp: For) -> Stmt | None:
+        """`for j { lets, loops { for k vec { C[r, k] += t } } }` with r free of the nest's variables and
+        no init (hyb's buckets add into C): per tile, acc = C[r, tile]; the nest into acc; C[r, tile] = acc."""
+        chain: set[Var] = {lp.var}
+        inner: Stmt = lp.body
+        while True:
+            if isinstance(inner, Let):
+                chain.add(inner.var)
+            elif isinstance(inner, For) and inner.kind != "vectorized":
+                chain.add(inner.var)
+            else:
+                break
+            inner = inner.body
+        upd = _const_loop(inner, "vectorized")
+        if upd is None or lp.kind == "parallel" or (acc_ := _accumulation(upd[0].body)) is None:
+            return None
+        (ku, F), (bu, su, term) = upd, acc_
+        T = _tile(F, (64, 32, 16, LANES))
+        row = _bound(bu, su.indices[:-1])
+        kept = tuple(iv for iv in bu.iters if not (free_vars(iv.binding) & chain) and iv.binding != ku.var)
+        feat = [iv for iv in bu.iters if iv.binding == ku.var]
+        if (T is None or _bound(bu, su.indices[-1:]) != (ku.var,) or len(feat) != 1
+                or any(free_vars(i) & (chain | {ku.var}) for i in row)
+                or any(free_vars(i) & ({iv.var for iv in bu.iters} - {iv.var for iv in kept}) for i in su.indices[:-1])):
+            return None
+        C = su.buffer
+        acc = Buffer(fresh_name(f"{C.name}_acc", self.used), (Const(T),), C.dtype, "local")
+        ko = Var(fresh_name("ko", self.used))
+        lane = Var(fresh_name("lane", self.used))
+        fv = feat[0]
+
+        def edge(name: str, store: Store) -> For:
+            iters = (*kept, replace(fv, binding=ko * T + lane, kind="S"))
+            return For(lane, Const(0), Const(T), BlockStmt(fresh_name(name, self.used), iters, store, loc=bu.loc), "vectorized")
+
+        idx = su.indices
+        load = edge(f"{bu.name}_load", Store(acc, (lane,), Load(C, idx)))
+        a = Load(acc, (ku.var,))
+        add = replace(bu, iters=_rebind(bu, ku.var, ko * T + ku.var), body=replace(su, buffer=acc, indices=(ku.var,), value=a + term))
+
+        def rebuild(s: Stmt) -> Stmt:
+            if s is upd[0]:
+                return replace(upd[0], extent=Const(T), body=add)
+            assert isinstance(s, Let | For)
+            return replace(s, body=rebuild(s.body))
+
+        store = edge(f"{bu.name}_store", Store(C, idx, Load(acc, (lane,))))
+        tile = BlockStmt(fresh_name(f"{bu.name}_tile", self.used), (), seq([load, rebuild(lp), store]),
+                         alloc_buffers=(acc,), loc=bu.loc)
+        return For(ko, Const(0), Const(F // T), tile, loc=lp.loc)
 
     def row_tile(self, first: Stmt, second: Stmt) -> Stmt | None:
         """`for k vec { C[r, k] = 0 }; for j { lets { for k vec { C[r, k] += t } } }` -> per tile of T

@@ -4,6 +4,7 @@ against scipy.sparse / numpy, at feature widths of every tile size and of none."
 
 from __future__ import annotations
 
+import re
 from functools import cache
 
 import numpy as np
@@ -162,3 +163,39 @@ def test_bound_kernel_is_one_native_call(op: str) -> None:
         np.testing.assert_array_equal(k.run(*dense), want)
     with pytest.raises(Exception, match=f"{k.dense_names[0]} must be"):
         k.run(*[d[:, :5] for d in dense])
+
+
+def _hyb_scheduled(fmt: str, feat: int) -> PrimFunc:
+    m = SparseLower(schedule=True, parts=4).apply(sparse_kernel("spmm", fmt, feat), PassContext())
+    f = m.get("spmm")
+    assert isinstance(f, PrimFunc)
+    return f
+
+
+def test_hyb_buckets_get_carried_tiles() -> None:
+    """hyb(2, 1): 2 column parts x (buckets of width 1, 2 and the split long rows), each adding into C:
+    six tiles that load C's row tile, accumulate, store it back."""
+    text = print_module(sparse_kernel("spmm", "hyb:2,1", 64).with_function(_hyb_scheduled("hyb:2,1", 64)))
+    lines = [ln.strip() for ln in text.splitlines()]
+    assert sum(ln.startswith("alloc %C_acc") for ln in lines) == 6
+    assert sum(bool(re.fullmatch(r"%C\[.*\] = %C_acc(_\d+)?\[lane(_\d+)?\]", ln)) for ln in lines) == 6  # stores
+    assert sum(bool(re.fullmatch(r"%C_acc(_\d+)?\[lane(_\d+)?\] = %C\[.*\]", ln)) for ln in lines) == 6  # loads
+
+
+@pytest.mark.parametrize("feat", [12, 24, 64])
+@pytest.mark.parametrize("kind", KINDS)
+def test_hyb_tiles_in_the_interpreter(kind: str, feat: int) -> None:
+    a = _pattern(kind, 11, 9, 3)
+    f = lower_tir_func(_hyb_scheduled("hyb:2,1", feat))
+    ins = msp.to_hyb(a.indptr, a.indices, a.data.astype(np.float32), a.shape[1], 2, 1)
+    b = np.random.default_rng(1).standard_normal((9, feat)).astype(np.float32)
+    out = np.full((11, feat), np.nan, np.float32)
+    run_prim(f, [*ins.values(), b, out])
+    np.testing.assert_allclose(out, a @ b, rtol=1e-4, atol=1e-4)
+
+
+def test_hyb_tiles_compiled() -> None:
+    a = _pattern("power_law", 70, 60, 5)
+    k = msp.compile(a, "spmm", feat=24, format="hyb:2,2")
+    b = np.random.default_rng(2).standard_normal((60, 24)).astype(np.float32)
+    np.testing.assert_allclose(k(b), a @ b, rtol=1e-4, atol=1e-4)
