@@ -199,3 +199,23 @@ def test_hyb_tiles_compiled() -> None:
     k = msp.compile(a, "spmm", feat=24, format="hyb:2,2")
     b = np.random.default_rng(2).standard_normal((60, 24)).astype(np.float32)
     np.testing.assert_allclose(k(b), a @ b, rtol=1e-4, atol=1e-4)
+
+
+@cache
+def _hyb_model(fmt: str, feat: int):  # type: ignore[no-untyped-def]
+    from mlc.runtime.artifact import loads
+    from mlc.runtime.model import model_from_artifact
+
+    from mlc.compiler import build_module
+
+    return model_from_artifact(loads(build_module(sparse_kernel("spmm", fmt, feat), {}).result.data), fmt)
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(kind=st.sampled_from(KINDS), m=st.integers(1, 50), n=st.integers(1, 50), seed=st.integers(0, 10**6))
+def test_compiled_hyb_tiles_random_patterns(kind: str, m: int, n: int, seed: int) -> None:
+    """hyb(2, 1) compiled once (bucket sizes are inputs), fed each pattern's buckets, vs scipy."""
+    a = _pattern(kind, m, n, seed)
+    ins = msp.to_hyb(a.indptr, a.indices, a.data.astype(np.float32), n, 2, 1)
+    b = np.random.default_rng(seed).standard_normal((n, 24)).astype(np.float32)
+    np.testing.assert_allclose(_hyb_model("hyb:2,1", 24)(**ins, B=b)["C"], a @ b, rtol=1e-4, atol=1e-4)
