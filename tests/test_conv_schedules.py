@@ -167,9 +167,11 @@ def test_depthwise_conv_packs_its_input_channel_innermost() -> None:
     assert arith.as_int(x_p.shape[-1]) == arith.as_int(conv_lanes(s.func)) == 16
 
 
-@pytest.mark.parametrize("seed", range(4))
-def test_random_design_space_points_of_a_conv_keep_results(seed: int) -> None:
-    f = conv_func(fused(conv_model(*CASES[5])[0])[0])
+@pytest.mark.parametrize("seed,case", [(0, CASES[5]), (1, CASES[5]), (2, CASES[5]), (3, CASES[5]),
+                                       (4, (1, 16, 32, 7, 3, 1, 1, 1)), (5, (1, 16, 32, 7, 3, 1, 1, 1))])
+def test_random_design_space_points_of_a_conv_keep_results(seed: int, case: tuple[int, ...]) -> None:
+    # the second shape's 7 columns take guarded column tiles of a sampled width
+    f = conv_func(fused(conv_model(*case)[0])[0])
     s = sample_schedule(f, CPU, seed=seed)
     same(f, s.func, dim=1)
     assert Trace.from_json(s.trace.to_json()).apply(f) == s.func
@@ -219,16 +221,24 @@ def test_build_leaves_no_per_call_packing_of_constant_weights() -> None:
         assert not [f.name for f in m.prim_functions() if pack_nests(f)]
 
 
-def test_prime_width_with_a_large_weight_takes_one_vector_by_the_whole_row() -> None:
-    # 7 columns: the tile is 1 or 7 wide; 8 vectors x 1 column stream the 73 KiB channel block of
-    # weights from L2 once per column, 1 vector x 7 columns reuses 9 KiB from L1
+def test_prime_width_takes_a_partial_last_column_tile() -> None:
+    # 7 columns: only 1 or 7 divide it; 2 vectors x 4 columns (the last tile's 4th column guarded)
+    # beat 1 vector x 7 columns (1.5x) and 8 vectors x 1 column (weights from L2 per column)
+    from mlc.ir.tir import IfStmt
+
     f = conv_func(fused(conv_model(1, 32, 128, 7, 3, 1, 1, 1)[0])[0])
     conv = next(x for _, x in walk(f.body) if isinstance(x, BlockStmt) and x.name == "conv2d")
     plan = conv_plan(conv, CPU.lanes)
-    assert plan is not None and plan[3:5] == (8, 7)
-    small = conv_func(fused(conv_model(1, 3, 64, 15, 3, 0, 2, 1)[0])[0])  # 27 x 64 weights stay in L1
-    conv = next(x for _, x in walk(small.body) if isinstance(x, BlockStmt) and x.name == "conv2d")
-    assert conv_plan(conv, CPU.lanes)[3:5] == (64, 1)  # type: ignore[index]
+    assert plan is not None and plan[3:5] == (16, 4)
+    s = default_schedule(f, CPU)
+    same(f, s.func, dim=2)
+    assert any(isinstance(x, IfStmt) for _, x in walk(s.func.body))  # the guarded columns
+    tile = next(b for _, x in walk(s.func.body) if isinstance(x, BlockStmt) for b in x.alloc_buffers
+                if b.name.endswith("_tile"))
+    assert [arith.as_int(d) for d in tile.shape][-2:] == [8, 16]  # a row's 2 column tiles x 16 lanes
+    assert Trace.from_json(s.trace.to_json()).apply(f) == s.func
+    even = conv_func(fused(conv_model(1, 32, 128, 8, 3, 1, 1, 1)[0])[0])  # 8 columns: no guard
+    assert not any(isinstance(x, IfStmt) for _, x in walk(default_schedule(even, CPU).func.body))
 
 
 @pytest.mark.parametrize("seed,kind", list(enumerate(["dense", "depthwise", "grouped", "depthwise", "dense", "grouped"])))

@@ -100,6 +100,9 @@ def conv_plan(b: BlockStmt, lanes: int) -> tuple[int, int, int, int, int, list[t
         pick = (0, 0)
         budget = _REGS.get(lanes, 16) - 3
         red = math.prod(arith.as_int(iv.extent) or 1 for iv in b.iters if iv.kind == "R")
+        # no column tile of 2-6: only 1 column or the whole width divide it (7, 13, 31); a last
+        # partial tile (guarded columns) is the better choice there
+        prime = col_ext >= 7 and all(col_ext % d for d in range(2, 7))
         for v in (1, 2, 4, 8):  # vectors per channel block: LLVM splits other widths badly (48 lanes: scalar shuffles)
             if v > budget or v * lanes > 64:
                 continue
@@ -109,8 +112,10 @@ def conv_plan(b: BlockStmt, lanes: int) -> tuple[int, int, int, int, int, list[t
             if any(arith.as_int(reads[i].shape[d]) is None or (arith.as_int(reads[i].shape[d]) or 0) % oc1
                    for i, d in follow):
                 continue
-            for ow1 in (d for d in range(1, min(col_ext, budget // v) + 1) if col_ext % d == 0):
-                key = (_step_cost(v, ow1, lanes * 4 * v * red > _L1), v + ow1, oc1)
+            for ow1 in range(1, min(col_ext, budget // v) + 1):
+                if ow1 == col_ext if prime and ow1 > 1 else col_ext % ow1:
+                    continue
+                key = (_step_cost(v, ow1, col_ext, lanes * 4 * v * red > _L1), v + ow1, oc1)
                 if best is None or key < best:
                     best, pick = key, (oc1, ow1)
         if best is not None:
@@ -132,15 +137,17 @@ def _group_size(b: BlockStmt, cname: str, ext: int) -> int | None:
     return out
 
 
-def _step_cost(v: int, ow1: int, from_l2: bool) -> float:
-    """Estimated cycles per FMA of one reduction step of a `v` vectors x `ow1` columns register
-    tile: v * ow1 FMAs on 2 ports, v + ow1 loads on 2 ports, 4 cycles of FMA latency on each
-    accumulator, and, when a channel block's weights do not stay in L1 (`from_l2`), the weight
-    vectors streamed from L2 at about one per cycle. Prime widths allow only ow1 = 1 or the whole
-    width: one column of 8 vectors streams a large weight from L2 once per column, where one vector
-    of 7 columns reuses it from L1."""
+def _step_cost(v: int, ow1: int, cols: int, from_l2: bool) -> float:
+    """Estimated cycles per useful FMA of one reduction step of a `v` vectors x `ow1` columns
+    register tile over `cols` output columns: v * ow1 FMAs on 2 ports, v + ow1 loads on 2 ports, 4
+    cycles of FMA latency on each accumulator, and, when a channel block's weights do not stay in L1
+    (`from_l2`), the weight vectors streamed from L2 at about one per cycle. A width that `ow1`
+    does not divide ends in a partial tile whose guarded columns do no useful work. Prime widths:
+    one column of 8 vectors streams a large weight from L2 once per column; 2 vectors x 4 columns
+    over 7 (one guarded) measured 1.4x faster than 1 vector x the 7 columns."""
     cycles = max(v * ow1 / 2, (v + ow1) / 2, 4, v if from_l2 else 0)
-    return round(cycles / (v * ow1), 4)
+    useful = v * ow1 * cols / (-(-cols // ow1) * ow1)
+    return round(cycles / useful, 4)
 
 
 def _follows(b: BlockStmt, loads: list, cname: str, reads: list) -> list[tuple[int, int]]:
@@ -204,8 +211,13 @@ def conv_tiling(sch: Schedule, block: BlockRV, lanes: int, ch: Decisions) -> boo
     else:
         oc_f = ch.tile(sch, by_iter[c], 2, 64, [oc_ext // oc1_want, oc1_want])
     *oc0, oc1 = sch.split(by_iter[c], oc_f)
-    ow_f = ch.tile(sch, by_iter[col], 2, 16, [col_ext // ow1_want, ow1_want])
-    ow0, ow1 = sch.split(by_iter[col], ow_f)
+    guarded = col_ext % ow1_want != 0 and sum(iv.kind == "S" for iv in b.iters) >= 3
+    if guarded:
+        ow_f = [-(-col_ext // ow1_want), ch.cat(sch, list(range(1, 17)), ow1_want)]
+        ow0, ow1 = sch.split(by_iter[col], [None, ow_f[1]])
+    else:
+        ow_f = ch.tile(sch, by_iter[col], 2, 16, [col_ext // ow1_want, ow1_want])
+        ow0, ow1 = sch.split(by_iter[col], ow_f)
     outer = [lp for i, iv in enumerate(b.iters) if iv.kind == "S"
              for lp in (oc0 if i == c else [ow0] if i == col else [by_iter[i]])]
     red = [by_iter[i] for i, iv in enumerate(b.iters) if iv.kind == "R"]
@@ -214,12 +226,13 @@ def conv_tiling(sch: Schedule, block: BlockRV, lanes: int, ch: Decisions) -> boo
     if isinstance(wb, BlockRV):
         for cons in sch.get_consumers(wb):  # elementwise epilogues fold into the write-back
             _try(sch.reverse_compute_inline, cons)
-        _try(sch.reverse_compute_at, wb, outer[-1])
+        _try(sch.reverse_compute_at, wb, outer[-2] if guarded else outer[-1])
     init = _try(sch.decompose_reduction, block, red[0])
     _try(sch.vectorize, oc1)
     if 1 < ow_f[1] <= 16:
         _try(sch.unroll, ow1)
-    fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
+    par = outer[:-1] if guarded else outer
+    fused = sch.fuse(*par) if len(par) > 1 else par[0]
     _try(sch.parallel, fused)
     # the accumulator tile with the channels last, so each vector of lanes is contiguous; the write-back
     # reads it channel vectors at a time too (a vector across columns would gather from the tile and
