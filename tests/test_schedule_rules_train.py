@@ -87,9 +87,10 @@ def test_symbolic_rows_get_a_wide_register_tile_in_registers(m: int) -> None:
     # accumulator tile that compact shrinks to registers (its index involves floordiv(fused, T))
     assert not any(isinstance(x, IfStmt) for _, x in walk(f.body))
     tiles = [s for n, s in allocs(f).items() if n.endswith("_tile")]
-    cols = {128: 64, 48: 16, 20: 4}[m]
+    # (20 columns, no multiple of the vector: one 20-lane tile, not gcd(20, 16) = 4 lanes)
+    cols = {128: 64, 48: 16, 20: 20}[m]
     assert tiles == [(1, 1, cols)]
-    if cols > 2 * CPU.lanes:
+    if cols > 2 * CPU.lanes and cols % CPU.lanes == 0:
         assert any(lp.kind == "unrolled" for lp in loops(f))
     assert "W_packed" in allocs(f)
 
@@ -163,10 +164,10 @@ def test_narrow_products_tile_rows_over_the_heads(heads: int, d: int) -> None:
     f = scheduled(build("pv", [P, V], [Out]), {"B": 2, "T": 5}, {"B": 1, "T": 13}, {"B": 3, "T": 1})
     tiles = [s for n, s in allocs(f).items() if n.endswith("_tile")]
     rows = math.gcd(heads, 4)
-    assert tiles == [(1, rows, 1, math.gcd(d, 16))]
+    assert tiles == [(1, rows, 1, d)]  # d = 12: one 12-lane tile
     if rows > 1:
         assert any(lp.kind == "unrolled" and arith.as_int(lp.extent) == rows for lp in loops(f))
-    assert ("V_packed" in allocs(f)) == (math.gcd(d, 16) < d)
+    assert "V_packed" not in allocs(f)
     assert not any(isinstance(x, IfStmt) for _, x in walk(f.body))
 
 
@@ -217,3 +218,24 @@ def test_operand_read_down_its_columns_is_packed_transposed(heads: int) -> None:
     st = [x for _, x in walk(pack.body) if isinstance(x, Store)][0]
     src = [ld for ld in loads_in(st.value) if ld.buffer.name == "P"][0]
     assert list(src.indices) == [st.indices[0], st.indices[1], st.indices[3], st.indices[2]]
+
+
+@pytest.mark.parametrize("m", [10, 3, 21])
+def test_narrow_output_row_is_one_vector_tile(m: int) -> None:
+    # mlp's logits (N x 64 @ 64 x 10, N symbolic): the 10 columns are one vector tile (the codegen
+    # splits <10 x f32>), not gcd(10, 16) = 2 lanes with 5 tiles per row
+    N = Var("N", "i64")
+    A, W = placeholder("A", (N, 64)), placeholder("W", (64, m))
+    r = reduce_axis(64, "k")
+    C = compute("C", (N, m), lambda i, j: rsum(A[i, r] * W[r, j], r))
+    f = scheduled(build("logits", [A, W], [C]), {"N": 1}, {"N": 7})
+    assert [s for n, s in allocs(f).items() if n.endswith("_tile")] == [(1, m)]
+    assert "W_packed" not in allocs(f)
+    assert any(lp.kind == "vectorized" and arith.as_int(lp.extent) == m for lp in loops(f))
+    from mlc.runtime.cpu import compile_module
+
+    rng = np.random.default_rng(m)
+    a, w = rng.standard_normal((9, 64)).astype(np.float32), rng.standard_normal((64, m)).astype(np.float32)
+    out = np.empty((9, m), np.float32)
+    compile_module([f]).kernel(f.name)([a, w, out])
+    np.testing.assert_allclose(out, a.astype(np.float64) @ w, rtol=1e-4, atol=1e-4)

@@ -210,6 +210,10 @@ def _default_tiles(exts: list[int | None], kinds: list[str], tgt: TargetInfo, ro
             out.append(None)
         elif kind == "R":
             out.append([ext, 1])
+        elif pos == last and ext % tgt.lanes and ext <= 2 * cols * tgt.lanes:
+            # a narrow row that is no multiple of the vector (mlp's 10 logits) is one vector tile
+            # whole (the codegen splits <10 x f32> into a vector and a rest), not gcd(10, 16) = 2 lanes
+            out.append([1, 1, 1, ext])
         elif pos == last:
             out.append(_perfect(ext, 4, [1, cols, 2 * tgt.lanes]))
         elif pos == row:
