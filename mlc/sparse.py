@@ -56,11 +56,12 @@ class SparseKernel:
 
     def _bind(self) -> tuple[Any, Any, Any, tuple[int, ...], Any] | None:
         """(kernel, pointer array, dims array, result shape, kept arrays) when `main` is one kernel call
-        on its parameters in order (every ready-made kernel is), else None (calls go through the model)."""
+        on its parameters in order (every ready-made CPU kernel is), else None (calls go through the model)."""
         from mlc.ir.graph import CallTensor, Function
 
         main = self.model.module.get("main")
-        if not isinstance(main, Function) or len(main.body.bindings) != 1 or self.model.library is None:
+        if (self.model.device.kind != "cpu" or not isinstance(main, Function) or len(main.body.bindings) != 1
+                or self.model.library is None):  # a CUDA kernel is launched by the model (staging, streams)
             return None
         bind = main.body.bindings[0]
         call = bind.node
