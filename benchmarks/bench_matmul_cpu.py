@@ -38,7 +38,8 @@ from mlc.runtime.bench import block_medians  # noqa: E402
 from mlc.runtime.cpu import compile_module  # noqa: E402
 from mlc.runtime.parallel import get_num_threads, set_num_threads  # noqa: E402
 
-TM, TN = 8, 32  # register tile: 8 rows x 32 f32 columns = 16 AVX-512 (or 32 AVX2) accumulators
+TM, TN = 8, 32  # register tile: 8 rows x 32 f32 columns = 16 AVX-512 accumulators (of 32 registers)
+TM2, TN2 = 4, 16  # AVX2 (16 registers): 4 x 16 = 8 accumulators; 8 x 32 would spill
 
 
 def scheduled_matmul(name: str = "matmul", tm: int = TM, tn: int = TN) -> PrimFunc:
@@ -94,8 +95,9 @@ def main() -> None:
         set_num_threads(args.threads)
     tgt = host_target()
     t0 = time.perf_counter()
-    lib = compile_module([scheduled_matmul()], tgt)
-    print(f"target {tgt.cpu} ({tgt.vector_bits}-bit SIMD), threads {get_num_threads()}, "
+    tm, tn = (TM, TN) if tgt.vector_bits >= 512 else (TM2, TN2)
+    lib = compile_module([scheduled_matmul(tm=tm, tn=tn)], tgt)
+    print(f"target {tgt.cpu} ({tgt.vector_bits}-bit SIMD), hand tile {tm} x {tn}, threads {get_num_threads()}, "
           f"compile {time.perf_counter() - t0:.2f}s")
     print(f"{'n':>6} {'default GF/s':>12} {'hand GF/s':>10} {'numpy GF/s':>11} {'default/numpy':>14} {'hand/numpy':>11}")
     rng = np.random.default_rng(0)

@@ -1,11 +1,13 @@
 """One training step (forward, loss, backward, Adam update) of zoo models on the CPU: mlc's compiled
 `@train_step` (mlc autodiff --optimizer adam) against jax.jit of the same step, in the same run.
 
-    python benchmarks/bench_train_step.py [--models mlp gpt_block] [--batch 32] [--seq 16] [--runs 20] [--profile 15]
+    python benchmarks/bench_train_step.py [--models mlp gpt_block] [--batch 32] [--seq 16] [--runs 20] [--rounds 3]
+                                          [--profile 15]
 
 Both sides start from the same weights and batch, compute in f32 and take the step with the same
 hyper-parameters; the first step's loss and updated weights are compared before timing. Timed in
-alternating blocks (runtime.bench.block_medians), median per step.
+alternating blocks (runtime.bench.block_medians), median per step; on a machine shared with other jobs,
+more `--rounds` spread the load over both sides.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ def _inputs(name: str, batch: int, seq: int, out_shape: tuple[int, ...]) -> dict
     return feeds
 
 
-def bench(name: str, batch: int, seq: int, runs: int, profile: int = 0) -> None:
+def bench(name: str, batch: int, seq: int, runs: int, profile: int = 0, rounds: int = 3) -> None:
     import jax
     import jax.numpy as jnp
     from jax_graph import jax_forward
@@ -106,7 +108,7 @@ def bench(name: str, batch: int, seq: int, runs: int, profile: int = 0) -> None:
     def run_ours() -> None:
         model.vm.run(ins, "train_step")
 
-    t_jax, t_ours = block_medians([run_jax, run_ours], runs=runs)
+    t_jax, t_ours = block_medians([run_jax, run_ours], runs=runs, rounds=rounds)
     print(f"{name:10s} batch {batch:3d}: jax.jit {t_jax * 1e3:8.3f} ms   mlc {t_ours * 1e3:8.3f} ms   "
           f"jax/mlc {t_jax / t_ours:5.2f}x", flush=True)
     if profile:  # where mlc's step goes: the slowest kernels of @train_step
@@ -125,10 +127,11 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--seq", type=int, default=16, help="gpt_block's sequence length")
     ap.add_argument("--runs", type=int, default=20)
+    ap.add_argument("--rounds", type=int, default=3, help="alternating blocks per side")
     ap.add_argument("--profile", type=int, default=0, metavar="K", help="also print mlc's K slowest kernels")
     a = ap.parse_args()
     for name in a.models:
-        bench(name, a.batch, a.seq, a.runs, a.profile)
+        bench(name, a.batch, a.seq, a.runs, a.profile, a.rounds)
     return 0
 
 
