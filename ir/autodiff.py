@@ -19,7 +19,7 @@ from . import ops
 from .arith import as_int, prove_equal
 from .diagnostics import UNKNOWN, Loc, MlcError
 from .dtype import is_float
-from .expr import Const, Expr, Var
+from .expr import Const, Expr, Var, free_vars
 from .graph import (
     Attrs,
     Binding,
@@ -118,6 +118,9 @@ class Emitter:
         # loop binding name -> per carried value, its stack of per-iteration start values (None: not
         # recorded, the backward pass never reads it); filled by `record_loops`, read by `backprop`
         self.records: dict[str, tuple[Value | None, ...]] = {}
+        # loop binding name -> {position of a body binding: the stack of its per-iteration values}: the
+        # values the backward loop reads instead of recomputing them (`record_loops`, `_kept_values`)
+        self.kept: dict[str, dict[int, Value]] = {}
 
     def bind(self, node: Node, ty: Type, name: str | None = None) -> Value:
         v = Value(fresh_name(name or self.hint, self.used), ty, self.loc)
@@ -597,7 +600,8 @@ def record_loops(em: Emitter, bindings: list[Binding], wrt_names: set[str]) -> l
                 raise MlcError(f"cannot differentiate through loop (%{b.var.name}): carried %{c.name} is not a "
                                "tensor of known rank", b.loc)
         need = [j for j, c in enumerate(node.carried) if _reads_value(node.body, c)]
-        if not need:
+        keep = _kept_values(em, node, active)
+        if not need and not keep:
             em.records[b.var.name] = (None,) * len(node.carried)
             out.append(b)
             continue
@@ -615,6 +619,14 @@ def record_loops(em: Emitter, bindings: list[Binding], wrt_names: set[str]) -> l
             s_in.append(sv)
             row = inner.emit("expand_dims", [c], {"axes": (0,)})
             s_out.append(inner.emit("dynamic_update_slice", [sv, row, node.index], {"axis": 0}))
+        for pos in keep:  # values computed in the iteration, recorded after the body computed them
+            v = node.body.bindings[pos].var
+            s_init.append(top.emit("full", [], {"shape": (node.extent,) + _shape(v), "value": 0.0,
+                                                "dtype": _dtype(v)}))
+            sv = Value(fresh_name(f"{v.name}_stack", em.used), s_init[-1].type, b.loc)
+            s_in.append(sv)
+            row = inner.emit("expand_dims", [v], {"axes": (0,)})
+            s_out.append(inner.emit("dynamic_update_slice", [sv, row, node.index], {"axis": 0}))
         k = len(node.carried)
         body = Block(node.body.bindings + tuple(inner.bindings), node.body.results + tuple(s_out), node.body.loc)
         rec = dataclasses.replace(node, carried=node.carried + tuple(s_in), inits=node.inits + tuple(s_init),
@@ -627,8 +639,46 @@ def record_loops(em: Emitter, bindings: list[Binding], wrt_names: set[str]) -> l
             out_node = MakeTuple(tuple(top.item(rv, i) for i in range(k)), b.loc)
         stacks = {j: top.item(rv, k + n) for n, j in enumerate(need)}
         em.records[rv.name] = tuple(stacks.get(j) for j in range(k))
+        em.kept[rv.name] = {pos: top.item(rv, k + len(need) + n) for n, pos in enumerate(keep)}
         out += top.bindings
         out.append(Binding(b.var, out_node, b.loc))
+    return out
+
+
+def _kept_values(em: Emitter, node: Loop, active: set[str]) -> list[int]:
+    """Positions of the loop body's bindings to record per iteration: the values the body's gradient
+    reads that the iteration computes from its carried values (an RNN cell's gate activations).
+    Without a record the backward loop recomputes them from the recorded carried values, which is
+    most of a forward iteration again (the recurrent matmul, the activations). Found by building the
+    body's gradient once and looking at what it reads."""
+    bound = {node.index.name} | {c.name for c in node.carried}
+    free: dict[str, Value] = {}
+    _free_values(node.body, bound, free)
+    floats = [i for i, c in enumerate(node.carried) if _is_float_tensor(c.type)]
+    wrt = {node.carried[i].name for i in floats} | {n for n, v in free.items() if n in active
+                                                     and _is_float_tensor(v.type)}
+    scratch = Emitter(set(em.used))
+    scratch.loc = node.loc
+    rec = record_loops(scratch, list(node.body.bindings), wrt)
+    seeds: dict[str, Value] = {}
+    for i in floats:
+        res = node.body.results[i]
+        seeds.setdefault(res.name, Value(fresh_name("d_seed", scratch.used), node.carried[i].type, node.loc))
+    backprop(scratch, rec, wrt, seeds)
+    reads = used_names(Block(tuple(scratch.bindings), ()))
+    dep = set(bound) - {node.index.name}
+    out = []
+    for pos, x in enumerate(node.body.bindings):
+        nested = used_names(x.node.body) if isinstance(x.node, Loop) else \
+            used_names(x.node.then_block) | used_names(x.node.else_block) if isinstance(x.node, If) else set()
+        if not ({a.name for a in operands(x.node)} | nested) & dep:
+            continue
+        dep.add(x.var.name)
+        t = x.var.type
+        if (x.var.name in reads and isinstance(x.node, OpCall | GetItem) and _is_float_tensor(t)
+                and isinstance(t, TensorType) and t.shape is not None
+                and not any(v.name in bound or v.name in dep for d in t.shape for v in free_vars(d))):
+            out.append(pos)
     return out
 
 
@@ -803,7 +853,7 @@ def loop_grad(em: Emitter, b: Binding, dout: Value | tuple[Value | None, ...],
     if not floats and not outer:
         return []
     sub = Emitter(em.used)
-    sub.records = em.records
+    sub.records, sub.kept = em.records, em.kept
     sub.loc, sub.hint = b.loc, f"{b.var.name}_bwd"
     j = Value(fresh_name(f"{node.index.name}_bwd", em.used), ScalarType("i64"), b.loc)
     r = sub.bind(Scalar(node.extent - 1 - Var(j.name, "i64"), b.loc), ScalarType("i64"), f"{node.index.name}_rev")
@@ -848,6 +898,24 @@ def loop_grad(em: Emitter, b: Binding, dout: Value | tuple[Value | None, ...],
         else:
             new_acc.append(sub.emit("add", [a, ct[v.name]]) if v.name in ct else a)
     results = new_dc + new_acc
+    kept = em.kept.get(b.var.name, {})
+    if kept:  # the recorded values replace their recomputation (which _prune then drops)
+        pre = Emitter(em.used)
+        pre.loc = b.loc
+        swap: dict[str, Value] = {}
+        for pos, st in kept.items():
+            v = body.bindings[pos].var
+            pre.hint = v.name
+            row = pre.emit("dynamic_slice", [st, r], {"axis": 0, "size": 1})
+            swap[v.name] = pre.emit("reshape", [row], {"shape": _shape(v)})
+
+        def get(v: Value) -> Value:
+            return swap.get(v.name, v)
+
+        first = sub.bindings.index(next(x for x in sub.bindings if x.var.name == r.name)) + 1
+        sub.bindings = sub.bindings[:first] + pre.bindings + [
+            Binding(x.var, remap_args(x.node, get), x.loc) for x in sub.bindings[first:]]
+        results = [get(v) for v in results]
     hoisted, inside = _hoist(_prune(sub.bindings, results), {j.name} | {v.name for v in [*dc_in.values(), *acc_in]})
     bwd_body = Block(tuple(inside), tuple(results), node.body.loc)
     em.bindings += hoisted
@@ -881,7 +949,7 @@ def if_grad(em: Emitter, b: Binding, dout: Value | tuple[Value | None, ...],
     blocks = []
     for blk in (node.then_block, node.else_block):
         sub = Emitter(em.used)
-        sub.records = em.records
+        sub.records, sub.kept = em.records, em.kept
         sub.loc, sub.hint = b.loc, f"d_{b.var.name}"
         body = _clone(blk, {}, em.used)
         rec = record_loops(sub, list(body.bindings), wrt)

@@ -108,10 +108,12 @@ def test_forward_loop_records_only_what_the_gradient_reads() -> None:
     assert isinstance(main, Function) and isinstance(grad, Function)
     assert print_module(Module((main,))) == print_module(Module((parse_module(RNN).get("main"),)))
     fwd, bwd = _loops(grad)
-    assert len(fwd.carried) == 3 and len(fwd.inits) == 3  # h, y and h's stack
-    h, stack = fwd.carried[0].type, fwd.carried[2].type
-    assert isinstance(h, TensorType) and isinstance(stack, TensorType)
-    assert stack.shape == (Var("T"),) + tuple(h.shape or ()) and stack.dtype == h.dtype
+    # h, y, h's stack and the stack of tanh's output (its gradient reads it: recorded, not recomputed)
+    assert len(fwd.carried) == 4 and len(fwd.inits) == 4
+    h = fwd.carried[0].type
+    for stack in (fwd.carried[2].type, fwd.carried[3].type):
+        assert isinstance(h, TensorType) and isinstance(stack, TensorType)
+        assert stack.shape == (Var("T"),) + tuple(h.shape or ()) and stack.dtype == h.dtype
     # backward: d_h, then the accumulated cotangents of x, w, u (d_y, whose rows the forward writes
     # one per iteration, is read by the backward loop, not carried)
     assert len(bwd.carried) == 4

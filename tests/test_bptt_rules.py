@@ -3,7 +3,9 @@
 An outer value read one row per iteration at the loop index (the RNNs' input projection) gets its
 cotangent rows written (`dynamic_update_slice`, done in place at run time), not added into a full
 accumulator per iteration; an output written one row per iteration (the RNNs' Y) has its cotangent
-read, not carried and zeroed row by row; ops reading only outer values run once before the loop.
+read, not carried and zeroed row by row; ops reading only outer values run once before the loop;
+values of the forward iteration that the gradient reads are recorded by the forward loop, not
+recomputed.
 Each specialization is checked where it applies and where it must not (an init that needs its
 cotangent, fewer iterations than rows, a second kind of read), against central finite differences
 of the reference interpreter in float64 in every element.
@@ -123,6 +125,10 @@ def test_rows_written_output_read_and_invariants_hoisted() -> None:
     ops_before = [b.node.op for b in grad.body.bindings[:[b.node for b in grad.body.bindings].index(bwd)]
                   if isinstance(b.node, OpCall)]
     assert "transpose" in ops_before  # u^T and w^T of the input gradients, once per call
+    # tanh's output, which its gradient reads, is recorded by the forward loop: the backward loop
+    # reads it and recomputes nothing of the forward iteration (no tanh, no h @ u)
+    body_ops = [b.node.op for b in bwd.body.bindings if isinstance(b.node, OpCall)]
+    assert "tanh" not in body_ops and body_ops.count("matmul") == 4, body_ops  # dh, dx, dw, du
 
 
 def test_an_init_that_needs_its_cotangent_keeps_the_output_carried() -> None:
