@@ -3,6 +3,7 @@ the CPU, same inputs, same run (issue 17).
 
     python benchmarks/bench_cnn_cpu.py [--models squeezenet1_1 resnet18 ...] [--batch 1 8] [--runs 9]
                                        [--profile] [--base REV]
+    python benchmarks/bench_cnn_cpu.py --convs 1,32,128,7,3,1,1,1 ... [--base REV]
 
 Each export (3x64x64 input, symbolic batch) is compiled once with default schedules (`mlc.compile`,
 the build-cpu pipeline), checked against onnxruntime at every batch (max |diff| relative to the
@@ -11,7 +12,9 @@ medians over rounds, 0.5 s idle before each block). Prints per model and batch: 
 ort/mlc (above 1: mlc faster). `--profile` adds mlc's per-kernel table (as `mlc bench --profile`): the
 kernels' medians per run and the `--top` kernels. `--base REV` also builds each model with the
 convolution schedule (passes/schedule/conv_tiling.py) of git revision REV and times it in the same
-blocks: a before/after of the schedule alone, on the same loaded machine.
+blocks: a before/after of the schedule alone, on the same loaded machine. `--convs` times single
+Conv + bias + Relu layers (batch, in/out channels, square size, kernel, padding, stride, groups)
+instead, each build checked against a numpy convolution.
 """
 
 from __future__ import annotations
@@ -65,6 +68,28 @@ def compile_with(proto: Any, conv_tiling: Any | None) -> Any:
         rules.conv_tiling = keep
 
 
+def bench_convs(specs: list[str], base: Any | None, runs: int, rounds: int) -> None:
+    """Single Conv + bias + Relu layers (`N,C,K,HW,KH,PAD,STRIDE,GROUP`, constant weights): mlc, the
+    `--base` schedule and onnxruntime in the same blocks, each checked against a numpy convolution."""
+    from test_conv_schedules import conv_model, np_conv  # the tests' layer builder and oracle
+
+    print(f"{'conv N,C,K,HW,KH,PAD,S,G':26s} {'mlc us':>9s} {'ort us':>9s} {'ort/mlc':>8s}"
+          + (f" {'base us':>9s} {'base/mlc':>8s}" if base else ""))
+    for spec in specs:
+        n, c, k, hw, kh, pad, st, g = (int(v) for v in spec.split(","))
+        proto, w, b = conv_model(n, c, k, hw, kh, pad, st, g)
+        x = np.random.default_rng(0).standard_normal((n, c, hw, hw)).astype(np.float32)
+        models = [compile_with(proto, None)] + ([compile_with(proto, base)] if base else [])
+        for m in models:
+            got = list(m(**{m.input_names[0]: x}).values())[0]
+            np.testing.assert_allclose(got, np_conv(x, w, b, pad, st, g), rtol=1e-4, atol=1e-4)
+        sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+        ts = block_medians([lambda m=m, x=x: m(**{m.input_names[0]: x}) for m in models]
+                           + [lambda s=sess, x=x: s.run(None, {"x": x})], runs=runs, rounds=rounds)
+        line = f"{spec:26s} {ts[0] * 1e6:9.1f} {ts[-1] * 1e6:9.1f} {ts[-1] / ts[0]:8.2f}"
+        print(line + (f" {ts[1] * 1e6:9.1f} {ts[1] / ts[0]:8.2f}" if base else ""), flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", nargs="*", default=list(MODELS))
@@ -75,8 +100,12 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=8, help="kernels listed by --profile")
     ap.add_argument("--base", metavar="REV", help="also time a build whose convolution schedule is "
                     "passes/schedule/conv_tiling.py of git revision REV (same run; base ms, ort/base)")
+    ap.add_argument("--convs", nargs="*", metavar="N,C,K,HW,KH,PAD,S,G",
+                    help="time these single conv layers instead of the models")
     args = ap.parse_args()
     base = conv_tiling_of(args.base) if args.base else None
+    if args.convs:
+        return bench_convs(args.convs, base, args.runs, args.rounds)
     print(f"{'model':20s} {'batch':>5s} {'build s':>8s} {'mlc ms':>9s} {'ort ms':>9s} {'ort/mlc':>8s} {'max rel err':>11s}"
           + (f" {'base ms':>9s} {'ort/base':>8s}" if base else ""))
     for name in args.models:
