@@ -15,8 +15,9 @@ Pruned linear layer (graph level, `mlc sparsify`): x (batch x 1024, batches 1, 8
 16 x 16 blocks kept (`prune_blocks`), built twice through the CPU pipeline: the dense model with the
 pruned weight (a dense mlc matmul) and the model after `sparsify --block 16 --density 0.1` (sparse_matmul:
 W^T in CSR, the batch in parallel chunks of 16 lanes); peers numpy `x @ W` (dense BLAS) and scipy `x @ csr(W)`.
-Each figure is the median of up to `--runs` timed calls after a warm-up (fewer, at least 3, where one
-call is long: about `--budget` seconds per figure); the ratio is peer / mlc (> 1: mlc faster).
+Peer and ours are timed in alternating blocks over 3 rounds (runtime.bench.block_medians), each figure
+the median of up to `--runs` calls (fewer, at least 3, where a call is long: about `--budget` seconds
+per figure); the ratio is peer / mlc (> 1: mlc faster).
 Correctness against scipy is checked before timing. Usage: python benchmarks/bench_sparse.py
 """
 
@@ -64,6 +65,20 @@ def median_time(fn, runs: int) -> float:  # type: ignore[no-untyped-def]
         fn()
         ts.append(time.perf_counter() - t)
     return float(np.median(ts))
+
+
+def pair_medians(peer, ours, runs: int) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+    """Peer and ours timed in alternating blocks (runtime.bench.block_medians: background load reaches
+    both), up to `runs` calls each over 3 rounds, fewer (at least 3) where a call is long."""
+    from mlc.runtime.bench import block_medians
+
+    t = time.perf_counter()
+    peer()
+    ours()
+    both = time.perf_counter() - t
+    runs = max(3, min(runs, int(2 * BUDGET[0] / max(both, 1e-9))))
+    tp, to = block_medians([peer, ours], runs=runs, rounds=3, settle=0.1, warm=0.0)
+    return tp, to
 
 
 def spmm_formats(a: sp.csr_matrix) -> list[str]:
@@ -195,7 +210,7 @@ def main() -> None:
         a = rmat(*GRAPHS[gname])
         for feat in (int(x) for x in args.feats.split(",")):
             for op, peer, ours in make_cases(a, feat, rng, not args.no_search):
-                tp, to = median_time(peer, args.runs), median_time(ours, args.runs)
+                tp, to = pair_medians(peer, ours, args.runs)
                 ratios[op.split(":")[0]].append(tp / to)
                 print(f"{gname:8} {op:14} {feat:4d} {a.nnz:8d} {tp * 1e3:9.3f} {to * 1e3:8.3f} {tp / to:6.2f}", flush=True)
 
@@ -207,7 +222,7 @@ def main() -> None:
           + (f"; spmm in the best format + sddmm {geo(ratios['best'] + ratios['sddmm']):.2f}" if ratios["best"] else ""))
     cases, nnz = pruned_cases(128, rng)
     for op, peer, ours in cases:
-        tp, to = median_time(peer, args.runs), median_time(ours, args.runs)
+        tp, to = pair_medians(peer, ours, args.runs)
         print(f"{'pruned':8} {op:14} {128:4d} {nnz:8d} {tp * 1e3:9.3f} {to * 1e3:8.3f} {tp / to:6.2f}")
     pruned_linear(args.runs, [int(x) for x in args.linear_batches.split(",")])
 
