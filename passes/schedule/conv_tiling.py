@@ -96,7 +96,7 @@ def conv_plan(b: BlockStmt, lanes: int) -> tuple[int, int, int, int, int, list[t
         if col_ext is None or (follow and col_ext >= lanes and any(
                 2 * (arith.as_int(reads[i].shape[-1]) or 0) > 3 * col_ext for i, _ in follow)):
             continue  # a strided depthwise conv: packing its input per call costs more than it saves
-        best: tuple[float, int, int] | None = None  # (cost per output, loads per step, oc1)
+        best: tuple[float, int, int, int] | None = None  # (cost, -accumulators, loads per step, oc1)
         pick = (0, 0)
         budget = _REGS.get(lanes, 16) - 3
         red = math.prod(arith.as_int(iv.extent) or 1 for iv in b.iters if iv.kind == "R")
@@ -115,7 +115,7 @@ def conv_plan(b: BlockStmt, lanes: int) -> tuple[int, int, int, int, int, list[t
             for ow1 in range(1, min(col_ext, budget // v) + 1):
                 if ow1 == col_ext if prime and ow1 > 1 else col_ext % ow1:
                     continue
-                key = (_step_cost(v, ow1, col_ext, lanes * 4 * v * red > _L1), v + ow1, oc1)
+                key = (_step_cost(v, ow1, col_ext, lanes * 4 * v * red > _L1), -v * ow1, v + ow1, oc1)
                 if best is None or key < best:
                     best, pick = key, (oc1, ow1)
         if best is not None:
