@@ -9,13 +9,17 @@ accesses really stay inside), and compiled runs against the reference interprete
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 
 import numpy as np
 import pytest
 from mlc.ir import MlcError
+from mlc.ir.expr import Call, Expr, Load, subexprs
 from mlc.ir.interp import run_function
+from mlc.ir.module import Module
 from mlc.ir.parser import parse_module
 from mlc.ir.printer import print_module
+from mlc.ir.tir_visit import StmtMutator, rewrite, stores_in
 from mlc.passes.bounds import check_func
 
 from mlc.compiler import build_module
@@ -159,3 +163,49 @@ def test_every_small_combination_of_offsets_is_decided_soundly() -> None:
         text = HEADER + prim(body, "%A: buffer<4 x 4 x f32>, %B: buffer<4 x 4 x f32>")
         got = checked(text)
         assert bool(got) == (a != 0 or b != 0), (a, b, got)
+
+
+
+def _big_index(offset: int, levels: int = 6) -> Module:
+    """`%B[vi] = %A[i + offset]` where i is vi as a DAG of shared nodes, `i + i - i` nested
+    `levels` deep: 3**levels nodes as a tree (a fused gather's index arithmetic looks like this)."""
+    m = parse_module(module(loop("%B[vi] = %A[vi]")), "t.ir")
+    f = m.prim_functions()[0]
+
+    def big(e: Expr) -> Expr | None:
+        if not (isinstance(e, Load) and e.buffer.name == "A"):
+            return None
+        i = e.indices[0]
+        for _ in range(levels):
+            i = i + i - i
+        return Load(e.buffer, (i + offset,), e.loc)
+
+    class Big(StmtMutator):
+        def visit_expr(self, e: Expr) -> Expr:
+            return rewrite(e, big)
+
+    return m.with_function(replace(f, body=Big().visit(f.body)))
+
+
+def test_index_too_large_to_prove_is_checked_not_skipped() -> None:
+    """Past BIND_LIMIT nodes the pass does not try to prove an index (that was exponential on
+    BERT's fused gathers) but still checks it, referring to it once (clamped into range)."""
+    from mlc.passes.bounds import BIND_LIMIT
+    from mlc.runtime.artifact import loads
+    from mlc.runtime.model import model_from_artifact
+
+    assert 3 ** 6 > BIND_LIMIT
+    x = np.arange(1000, dtype=np.float32)
+    for offset, bad in ((0, None), (1, 1000), (-1, -1)):
+        m = _big_index(offset)
+        large: list[str] = []
+        new, found = check_func(m.prim_functions()[0], large)
+        assert found == ["%A[...]"] and large == ["%A"], (offset, found)
+        assert any(isinstance(c, Call) and c.name == "check_range" for st in stores_in(new.body)
+                   for c in subexprs(st.value)), offset
+        model = model_from_artifact(loads(build_module(m, {}, "cpu").result.data, "t.mlc"), "t.mlc")
+        if bad is None:
+            np.testing.assert_array_equal(model(x=x)["r"], x)
+        else:
+            with pytest.raises(MlcError, match=rf"kernel k: index {bad} out of range \[0, 1000\)"):
+                model(x=x)
