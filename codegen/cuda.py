@@ -67,6 +67,7 @@ class CudaFunc:
     dims: tuple[str, ...]
     temps: tuple[Buffer, ...]
     launches: tuple[Launch, ...]
+    checks: bool = False  # some kernel calls mlc_check_range: the runtime reads the error word after a run
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,7 @@ class CudaSource:
             "temps": [{"name": b.name, "dtype": b.dtype, "shape": shape(b)} for b in f.temps],
             "launches": [{"symbol": k.symbol, "grid": [expr_to_json(g) for g in k.grid], "block": list(k.block),
                           "shared_bytes": k.shared_bytes} for k in f.launches],
+            "checks": f.checks,
         } for f in self.funcs]}, sort_keys=True)
 
 
@@ -148,12 +150,13 @@ class _KernelEmitter(StmtVisitor):
     func: PrimFunc
     extents: dict[str, Expr]
     shared: dict[str, Buffer]
+    kernel_id: int = -1  # the PrimFunc's position in the module (the error word names it)
     lines: list[str] = field(default_factory=list)
     depth: int = 1
     reduce_acc: tuple[Buffer, str] | None = None  # (accumulator, op) inside a cross-thread reduction
 
     def __post_init__(self) -> None:
-        self.ex = ExprEmitter(self.load)
+        self.ex = ExprEmitter(self.load, kernel_id=self.kernel_id)
 
     def out(self, line: str) -> None:
         self.lines.append("  " * self.depth + line)
@@ -329,9 +332,10 @@ def _launch_of(extents: dict[str, Expr]) -> tuple[tuple[Expr, Expr, Expr], tuple
     return grid, block  # type: ignore[return-value]
 
 
-def lower_func(func: PrimFunc, gemm_config: tuple[int, ...] | None = None, arch: str = "sm_90"
+def lower_func(func: PrimFunc, gemm_config: tuple[int, ...] | None = None, arch: str = "sm_90", kernel_id: int = -1
                ) -> tuple[CudaFunc, list[str]]:
-    """CUDA C of every stage kernel of `func` and how to launch them."""
+    """CUDA C of every stage kernel of `func` and how to launch them (`kernel_id`: its position in
+    the module, which a failed index check reports)."""
     from .cuda_gemm import emit_gemm_stage
 
     dims = signature_vars(func)
@@ -374,7 +378,7 @@ def lower_func(func: PrimFunc, gemm_config: tuple[int, ...] | None = None, arch:
         for j in group:
             shared |= {x.buffer.name: x.buffer for x in nodes(stages[j])
                        if isinstance(x, Allocate) and x.buffer.scope == "shared"}
-        em = _KernelEmitter(func, ext, shared)
+        em = _KernelEmitter(func, ext, shared, kernel_id)
         for b in list(root_shared.values()) + list(root_local.values()):
             if b.name in used:
                 em.declare_local(b)
@@ -397,7 +401,9 @@ def lower_func(func: PrimFunc, gemm_config: tuple[int, ...] | None = None, arch:
         launches.append(Launch(sym, grid, block))
         src.append(f'extern "C" __global__ void __launch_bounds__({block[0] * block[1] * block[2]}) {sym}({head}) {{')
         src += unpack + em.lines + ["}", ""]
-    return CudaFunc(func.name, func.params, func.num_outputs, tuple(d.name for d in dims), temps, tuple(launches)), src
+    checks = any("mlc_check_range(" in line for line in src)
+    return CudaFunc(func.name, func.params, func.num_outputs, tuple(d.name for d in dims), temps, tuple(launches),
+                    checks), src
 
 
 def lower_to_cuda(funcs: Sequence[PrimFunc], arch: str = "sm_90", gemm_config: tuple[int, ...] | None = None) -> CudaSource:
@@ -409,8 +415,8 @@ def lower_to_cuda(funcs: Sequence[PrimFunc], arch: str = "sm_90", gemm_config: t
 
     lines.append(GEMM_PRELUDE)
     out = []
-    for f in funcs:
-        cf, src = lower_func(f, gemm_config, arch)
+    for k, f in enumerate(funcs):
+        cf, src = lower_func(f, gemm_config, arch, k)
         out.append(cf)
         lines += src
     return CudaSource("\n".join(lines), tuple(out), arch)

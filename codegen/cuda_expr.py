@@ -76,9 +76,10 @@ def float_literal(v: float, dtype: str) -> str:
 class ExprEmitter:
     """Turns expressions into C; `load` decides how a buffer element is read (global, shared, local)."""
 
-    def __init__(self, load: Callable[[Load], str], subst: dict[Var, str] | None = None):
+    def __init__(self, load: Callable[[Load], str], subst: dict[Var, str] | None = None, kernel_id: int = -1):
         self._load = load
         self.subst = subst if subst is not None else {}
+        self.kernel_id = kernel_id  # the PrimFunc's position in the module: what a failed check reports
 
     def __call__(self, e: Expr) -> str:
         return self.expr(e)
@@ -120,8 +121,9 @@ class ExprEmitter:
         return f"(({COMPUTE_TYPE[e.dtype]})({a}))"
 
     def call(self, e: Call) -> str:
-        if e.name == "check_range":  # the value only: the lowering guards the load it feeds (no report on GPU yet)
-            return self.expr(e.args[0])
+        if e.name == "check_range":  # the value; a bad one is recorded in the error word (PRELUDE)
+            v, lo, hi = (self.expr(a) for a in e.args)
+            return f"mlc_check_range({v}, (long long)({lo}), (long long)({hi}), {self.kernel_id})"
         arg = self.expr(e.args[0])
         dt = e.args[0].dtype
         table = _UNARY_F64 if dt == "f64" else _UNARY_F32 if is_float(dt) else _UNARY_INT
@@ -178,6 +180,20 @@ template <typename T> __device__ __forceinline__ T mlc_floormod(T a, T b) {
 }
 __device__ __forceinline__ float mlc_fmodfloor(float a, float b) { return a - b * floorf(a / b); }
 __device__ __forceinline__ double mlc_fmodfloor(double a, double b) { return a - b * floor(a / b); }
+// A failed check_range: the first one (atomicCAS on the flag) records kernel, value and range here;
+// the runtime reads the word once after a run (runtime/cuda.py) and raises the CPU's error. The access
+// the check guards is skipped by the lowering, so the value is only reported.
+__device__ unsigned long long mlc_index_error[5];  // failed, kernel (position in the module), value, lo, hi
+template <typename T> __device__ __forceinline__ T mlc_check_range(T v, long long lo, long long hi, int kernel) {
+  const long long x = (long long)v;
+  if (__builtin_expect(x < lo || x >= hi, 0) && atomicCAS(&mlc_index_error[0], 0ull, 1ull) == 0ull) {
+    mlc_index_error[1] = (unsigned long long)kernel;
+    mlc_index_error[2] = (unsigned long long)x;
+    mlc_index_error[3] = (unsigned long long)lo;
+    mlc_index_error[4] = (unsigned long long)hi;
+  }
+  return v;
+}
 template <int OP, typename T> __device__ __forceinline__ T mlc_combine(T a, T b) {
   if (OP == 0) return a + b;
   if (OP == 1) return a * b;

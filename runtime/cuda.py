@@ -78,6 +78,17 @@ def device_arch() -> str:
     return "sm_90a" if (major, minor) == (9, 0) else f"sm_{major}{minor}"
 
 
+def index_error_message(word: np.ndarray, names: Sequence[str]) -> str | None:
+    """The CPU's message for a failed check_range from the device error word (codegen/cuda_expr.py's
+    PRELUDE: failed, kernel position, value, lo, hi as 64-bit words), None when nothing failed."""
+    if not int(word[0]):
+        return None
+    kid = int(word[1])
+    v, lo, hi = (int(x) for x in np.asarray(word[2:5], np.uint64).view(np.int64))
+    name = names[kid] if 0 <= kid < len(names) else "?"
+    return f"kernel {name}: index {v} out of range [{lo}, {hi})"
+
+
 def int_fn(e: Expr) -> Callable[[dict[str, int]], int]:
     return compile_int(arith.simplify(e))
 
@@ -100,6 +111,7 @@ class CudaKernel:
     num_outputs: int
     temps: list[tuple[str, str, Callable[[dict[str, int]], int]]]  # name, dtype, element count
     launches: list[_Launch]
+    check: Callable[[], None] | None = None  # raises a failed index check (read after the stream is synchronized)
     _fmt: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -183,6 +195,8 @@ class CudaKernel:
 
         self.launch([int(b) for b in bufs], env, None, workspace)
         drv.Context.synchronize()
+        if self.check is not None:
+            self.check()
         first_out = len(arrays) - self.num_outputs
         for a, b in zip(arrays[first_out:], bufs[first_out:]):
             if a.nbytes:
@@ -204,6 +218,21 @@ class CudaLibrary(Library):
             self._module = drv.module_from_buffer(cubin)
         except drv.Error as e:
             raise MlcError(f"cannot load CUDA module: {e}") from None
+        self._error: Any = None  # the device error word, when some kernel checks indices
+        if any(m.get("checks") for m in self.metadata.values()):
+            self._error = self._module.get_global("mlc_index_error")[0]
+
+    def raise_failed_check(self) -> None:
+        """Raise the first index check that failed since the last read (and clear the word): one
+        40-byte copy, made once per run after the stream is synchronized, not per kernel."""
+        import pycuda.driver as drv
+
+        word = np.zeros(5, np.uint64)
+        drv.memcpy_dtoh(word, self._error)
+        msg = index_error_message(word, self.names)
+        if msg is not None:
+            drv.memset_d8(self._error, 0, word.nbytes)
+            raise MlcError(msg)
 
     def make_kernel(self, name: str, meta: dict[str, Any]) -> CudaKernel:
         import pycuda.driver as drv
@@ -222,7 +251,8 @@ class CudaLibrary(Library):
                 size = size * expr_from_json(d)
             temps.append((t["name"], t["dtype"], int_fn(size)))
         params = [(p["name"], p["dtype"], tuple(expr_from_json(d) for d in p["shape"])) for p in meta["params"]]
-        return CudaKernel(name, params, list(meta["dims"]), int(meta["num_outputs"]), temps, launches)
+        check = self.raise_failed_check if meta.get("checks") and self._error is not None else None
+        return CudaKernel(name, params, list(meta["dims"]), int(meta["num_outputs"]), temps, launches, check)
 
 
 def compile_cuda(funcs: Sequence[PrimFunc], arch: str | None = None,

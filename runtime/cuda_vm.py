@@ -13,6 +13,10 @@ to fresh buffers, all asynchronous on the VM's stream (no host synchronization; 
 and workspace the graph names stay device-resident). $MLC_CUDA_GRAPHS=0 turns it off; a capture the
 driver refuses falls back to replaying the tape launch by launch. pycuda has no graph API: the driver's
 graph calls are made through ctypes (`GraphDriver`).
+
+Index checks: kernels that call `check_range` record a failure in their module's device error word;
+`CudaRunner.sync`, which the VM calls once at the end of a run, reads the word of every such library
+(one 40-byte copy, no host synchronization per kernel) and raises the CPU's error.
 """
 
 from __future__ import annotations
@@ -250,6 +254,7 @@ class CudaRunner:
         self._ws: Any = None
         self._ws_size = 0
         self._graphs: GraphCache | None = None
+        self._checks: dict[Callable[[], None], None] = {}  # each checking library's error-word read, once
 
     @property
     def graph_cache(self) -> GraphCache:
@@ -321,6 +326,8 @@ class CudaRunner:
 
     def launcher(self, kernel: Any, func: str, loc: Any) -> Callable[..., None]:
         stream, dims = self.stream, kernel.dims
+        if kernel.check is not None:
+            self._checks[kernel.check] = None
 
         def launch(bufs: list[DeviceTensor], kd: list[int], timings: Any,
                    record: Callable[[TapeEntry, list[tuple[int, int]]], None] | None) -> None:
@@ -334,7 +341,11 @@ class CudaRunner:
         return launch
 
     def sync(self) -> None:
+        """Wait for the stream, then report a failed index check of any kernel run so far (the
+        VM syncs once at the end of a run: one read of each error word per run, graphs included)."""
         self.stream.synchronize()
+        for check in self._checks:
+            check()
 
 
 class CudaVM(VM):
