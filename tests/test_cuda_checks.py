@@ -122,3 +122,29 @@ def test_kernel_call_on_gpu_reports_too() -> None:
     arrays = [TABLE if dt == "f32" else ids for _, dt, _ in take.params[:-1]] + [np.zeros((1, 2, 24), np.float32)]
     with pytest.raises(MlcError, match=r"kernel take: index -41 out of range \[-40, 40\)"):
         take(arrays)
+
+
+def test_runner_reads_each_checking_library_once_per_sync() -> None:
+    """Without a GPU: CudaRunner's launcher registers a checking kernel's read once per library,
+    and sync (once per run) waits for the stream, then reads; kernels that do not check add nothing."""
+    from types import SimpleNamespace
+
+    from mlc.runtime.cuda_vm import CudaRunner
+
+    events: list[str] = []
+
+    class Lib:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def raise_failed_check(self) -> None:
+            events.append(f"read {self.name}")
+
+    a, b = Lib("a"), Lib("b")
+    runner = CudaRunner.__new__(CudaRunner)  # no GPU: only what launcher and sync use
+    runner.stream = SimpleNamespace(synchronize=lambda: events.append("sync"))
+    runner._checks = {}
+    for check in (a.raise_failed_check, a.raise_failed_check, None, b.raise_failed_check):
+        runner.launcher(SimpleNamespace(dims=[], check=check), "f", None)
+    runner.sync()
+    assert events == ["sync", "read a", "read b"]
