@@ -154,3 +154,30 @@ graph @main(%xs: tensor<T x 4 x f32>) {
     assert isinstance(loop, Loop) and not executor_mod._native_loop_body(loop)
     affine = parse_module(text.replace("scalar a * a", "scalar 2 * a + 1")).functions[0].body.bindings[1].node
     assert isinstance(affine, Loop) and executor_mod._native_loop_body(affine)
+
+
+def test_seq2seq_grad_bidirectional_lstm_and_gru_is_one_native_tape() -> None:
+    """The zoo's seq2seq (a bidirectional LSTM encoder, the reverse direction on the reversed
+    sequence; a GRU decoder step; attention): every loop of the compiled VJP is a native loop body,
+    the whole @grad one tape, and its replays equal the interpreter."""
+    from mlc.frontend.onnx_import import import_onnx
+    from mlc.frontend.zoo import build
+
+    m, consts = import_onnx(build("seq2seq"))
+    out = Autodiff().apply(m, PassContext(constants=consts))
+    model = model_from_artifact(loads(build_module(with_memory_constants(out, consts), consts, "cpu").result.data),
+                                "<test>")
+    loops = _grad_loops(model)
+    assert len(loops) == 6 and all(executor_mod._native_loop_body(lp) for lp in loops)
+    vm = model.vm
+    for seed in range(3):
+        rng = np.random.default_rng(seed)
+        feeds: dict[str, np.ndarray] = {"src": rng.integers(0, 40, (5, 2)), "prev_token": rng.integers(0, 40, (2,))}
+        ys = run_function(out, feeds, consts)
+        feeds.update({f"d_{k}": rng.standard_normal(v.shape).astype(np.float32) for k, v in ys.items()})
+        got, want = vm.run(feeds, "grad"), run_function(out, feeds, consts, func="grad")
+        assert got.keys() == want.keys() and len(want) >= 10
+        for k in want:
+            np.testing.assert_allclose(got[k], want[k], rtol=1e-3, atol=1e-5, err_msg=k)
+    (tape,) = [tp for k, tp in vm.tapes.items() if k[0] == "grad"]
+    assert tape.program is not None and "loop" not in [e.name for e in tape.entries]
