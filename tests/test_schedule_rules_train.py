@@ -239,3 +239,16 @@ def test_narrow_output_row_is_one_vector_tile(m: int) -> None:
     out = np.empty((9, m), np.float32)
     compile_module([f]).kernel(f.name)([a, w, out])
     np.testing.assert_allclose(out, a.astype(np.float64) @ w, rtol=1e-4, atol=1e-4)
+
+
+def test_row_statistics_read_once_are_not_transposed() -> None:
+    # layer-norm statistics of [B, T, 32] rows, computed under their consumer's batch loop: vectorizing
+    # across the T rows would need X transposed (a row apart per lane), a copy read only once; the
+    # rows reduce in place instead (gpt_block's layer norms: 83 -> 37-45 us at B=32, T=64)
+    X = placeholder("X", (B, T, 32))
+    c = reduce_axis(32, "c")
+    S = compute("S", (B, T), lambda b, t: rsum(X[b, t, c], c))
+    Y = compute("Y", (B, T, 32), lambda b, t, j: X[b, t, j] - S[b, t] * 0.03125)
+    f = scheduled(build("center", [X], [Y]), {"B": 2, "T": 5}, {"B": 3, "T": 17})
+    assert "X_packed" not in allocs(f) and readers(f, "X") == {"S", "Y"}
+    assert any(lp.kind == "vectorized" for lp in loops(f)) and any(lp.kind == "parallel" for lp in loops(f))
