@@ -27,7 +27,7 @@ def _fifo(name: str) -> str:
     return f"{F}/{name}"
 
 
-# (id, argv); every argv names one FIFO, whose file name the error line must mention
+# (id, argv); every argv names one FIFO (`NAME=` before it for --dense), whose file name the error line must mention
 CASES: list[tuple[str, tuple[str, ...]]] = [
     ("import", ("import", _fifo("a.onnx"), "-o", "o.ir")),
     ("verify", ("verify", _fifo("a.ir"))),
@@ -53,6 +53,9 @@ CASES: list[tuple[str, tuple[str, ...]]] = [
     ("export --onnx", ("export", f"{S}/m.ir", "--onnx", _fifo("a.onnx"), "-o", "o.onnx")),
     ("train", ("train", _fifo("a.ir"), "--data", f"{S}/in.npz", "-o", "o.ir")),
     ("train --data", ("train", f"{S}/m.ir", "--data", _fifo("d.npz"), "-o", "o.ir")),
+    ("train --val", ("train", f"{S}/m.ir", "--data", f"{S}/d.npz", "--val", _fifo("v.npz"), "-o", "o.ir")),
+    ("sparse-format --db", ("sparse-format", f"{S}/sk.ir", "--format", "auto", "--db", _fifo("t.jsonl"), "-o", "o.ir")),
+    ("sparse-inputs --dense", ("sparse-inputs", f"{S}/a.npz", "--dense", "B=" + _fifo("b.npy"), "-o", "o.npz")),
     ("sparse-inputs", ("sparse-inputs", _fifo("a.npz"), "--format", "csr", "-o", "o.npz")),
     ("ann-index build", ("ann-index", "build", _fifo("b.npy"), "-M", "2", "-K", "16", "--no-progress", "-o", "i.bin")),
     ("ann-index search", ("ann-index", "search", _fifo("i.bin"), f"{S}/q.npy", "-o", "r.npy")),
@@ -80,8 +83,13 @@ def _materials(d: Path) -> Shared:
     np.save(d / "gt.npy", rng.integers(0, 256, (4, 10)).astype(np.int32))
     np.savez(d / "in.npz", x=rng.standard_normal((3, 64)).astype(np.float32))
     (d / "p.yaml").write_text("name: t\npasses:\n  - shape-infer\n")
+    np.savez(d / "d.npz", x=rng.standard_normal((8, 64)).astype(np.float32), labels=rng.integers(0, 10, 8))
+    import scipy.sparse as sp
+
+    sp.save_npz(d / "a.npz", sp.random(5, 6, density=0.4, format="csr", dtype=np.float32, random_state=0))
     with contextlib.chdir(d):
         for argv in (["import", "mlp.onnx", "-o", "m.ir"], ["codegen", "m.ir", "-o", "mlp.mlc"],
+                     ["sparse-kernel", "spmm", "--format", "csr", "-o", "sk.ir"],
                      ["ann-index", "build", "base.npy", "-M", "2", "-K", "16", "--no-progress", "-o", "idx.bin"]):
             r = CliRunner().invoke(cli, argv)
             assert r.exit_code == 0, (argv, r.output)
@@ -105,11 +113,15 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Result]:
         sub = fdir / _dirname(i)
         sub.mkdir()
         argv = tuple(a.replace(F, str(sub)) for a in argv)
-        os.mkfifo(next(Path(a) for a in argv if a.startswith(str(sub))))
+        os.mkfifo(_fifo_path(argv, str(sub)))
         cases.append(Case(i, argv))
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(test_bad_input, "ZYGOTE", _alarmed_runner())
         return run_all(cases, shared, tmp_path_factory.mktemp("fifo-cases"))
+
+
+def _fifo_path(argv: tuple[str, ...], fifos: str) -> Path:
+    return next(Path(a.split("=", 1)[-1]) for a in argv if fifos in a)
 
 
 def _dirname(case_id: str) -> str:
@@ -120,7 +132,7 @@ def _dirname(case_id: str) -> str:
 def test_fifo_is_one_error_not_a_hang(case_id: str, results: dict[str, Result]) -> None:
     r = results[case_id]
     argv = dict(CASES)[case_id]
-    name = Path(next(a for a in argv if a.startswith(F))).name
+    name = _fifo_path(argv, F).name
     where = f"{case_id}: exit {r.rc}\n{r.stderr}"
     assert r.rc != -signal.SIGALRM, f"blocked: still running after {CASE_S} s (killed)\n" + where
     lines = r.stderr.rstrip("\n").split("\n")
