@@ -68,6 +68,22 @@ def compile_with(proto: Any, conv_tiling: Any | None) -> Any:
         rules.conv_tiling = keep
 
 
+def print_profile(model: Any, feeds: dict[str, np.ndarray], runs: int, top: int) -> None:
+    """The kernels' medians per run and the `top` kernels with their parameters' shapes (medians: on
+    shared cores the means are dominated by a few preempted calls)."""
+    from mlc.ir import arith
+
+    prof = sorted(model.profile(runs, **feeds), key=lambda t: -t.calls * t.median)
+    total = sum(t.calls * t.median for t in prof)
+    funcs = {f.name: f for f in model.module.prim_functions()}
+    print(f"    {len(prof)} kernels, {total * 1e6:.1f} us per run in kernel medians")
+    for t in prof[:top]:
+        f = funcs.get(t.func)
+        shapes = " ".join("x".join(str(arith.as_int(d) or d) for d in b.shape) for b in f.params) if f else ""
+        print(f"    {t.func[:40]:40s} {t.calls:4.3g} calls {t.median * 1e6:9.1f} us/call "
+              f"{100 * t.calls * t.median / total:5.1f}%  {shapes[:90]}")
+
+
 def bench_convs(specs: list[str], base: Any | None, runs: int, rounds: int) -> None:
     """Single Conv + bias + Relu layers (`N,C,K,HW,KH,PAD,STRIDE,GROUP`, constant weights): mlc, the
     `--base` schedule and onnxruntime in the same blocks, each checked against a numpy convolution."""
@@ -129,13 +145,8 @@ def main() -> None:
             if base:
                 line += f" {ts[1] * 1e3:9.3f} {peer / ts[1]:8.2f}"
             print(line, flush=True)
-            if args.profile:  # medians: on shared cores the means are dominated by a few preempted calls
-                prof = sorted(model.profile(args.runs, **ours_feeds), key=lambda t: -t.calls * t.median)
-                total = sum(t.calls * t.median for t in prof)
-                print(f"    {len(prof)} kernels, {total * 1e6:.1f} us per run in kernel medians")
-                for t in prof[:args.top]:
-                    print(f"    {t.func[:44]:44s} {t.calls:4.3g} calls {t.median * 1e6:9.1f} us/call "
-                          f"{100 * t.calls * t.median / total:5.1f}%")
+            if args.profile:
+                print_profile(model, ours_feeds, args.runs, args.top)
 
 
 if __name__ == "__main__":

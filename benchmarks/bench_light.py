@@ -27,7 +27,7 @@ import time
 import numpy as np
 import onnx
 import onnxruntime as ort
-from bench_cnn_cpu import compile_with, conv_tiling_of
+from bench_cnn_cpu import compile_with, conv_tiling_of, print_profile
 from mlc.runtime.bench import block_medians
 from onnx.backend.test.runner import Runner
 
@@ -86,6 +86,8 @@ def main() -> None:
     ap.add_argument("--random-weights", action="store_true")
     ap.add_argument("--base", metavar="REV", help="also time a build with the convolution schedule of "
                     "git revision REV (as bench_cnn_cpu.py --base)")
+    ap.add_argument("--profile", action="store_true", help="mlc's kernel medians (as bench_cnn_cpu.py)")
+    ap.add_argument("--top", type=int, default=8, help="kernels listed by --profile")
     args = ap.parse_args()
     base = conv_tiling_of(args.base) if args.base else None
     print(f"{'model':14s} {'build s':>8s} {'mlc ms':>10s} {'ort ms':>10s} {'ort/mlc':>8s}  agrees with ort"
@@ -115,6 +117,8 @@ def main() -> None:
         print(f"{name:14s} {build:8.1f} {ours * 1e3:10.2f} {peer * 1e3:10.2f} {peer / ours:8.2f}  "
               f"{'yes' if agree else 'NO':15s}" + (f" {ts[1] * 1e3:10.2f} {peer / ts[1]:8.2f}" if base else ""),
               flush=True)
+        if args.profile:
+            print_profile(model, ours_feeds, args.runs, args.top)
 
 
 if __name__ == "__main__":
