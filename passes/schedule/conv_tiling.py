@@ -100,8 +100,8 @@ def conv_plan(b: BlockStmt, lanes: int) -> tuple[int, int, int, int, int, list[t
         pick = (0, 0)
         budget = _REGS.get(lanes, 16) - 3
         red = math.prod(arith.as_int(iv.extent) or 1 for iv in b.iters if iv.kind == "R")
-        # no column tile of 2-6: only 1 column or the whole width divide it (7, 13, 31); a last
-        # partial tile (guarded columns) is the better choice there
+        # no column tile of 2-6: only 1 column or the whole width divide it (7, 13, 31); tiles with
+        # a last partial tile (guarded columns) compete too (7: 2 x 4 columns, 13: still 1 x 13)
         prime = col_ext >= 7 and all(col_ext % d for d in range(2, 7))
         for v in (1, 2, 4, 8):  # vectors per channel block: LLVM splits other widths badly (48 lanes: scalar shuffles)
             if v > budget or v * lanes > 64:
@@ -113,7 +113,7 @@ def conv_plan(b: BlockStmt, lanes: int) -> tuple[int, int, int, int, int, list[t
                    for i, d in follow):
                 continue
             for ow1 in range(1, min(col_ext, budget // v) + 1):
-                if ow1 == col_ext if prime and ow1 > 1 else col_ext % ow1:
+                if col_ext % ow1 and not prime:
                     continue
                 key = (_step_cost(v, ow1, col_ext, lanes * 4 * v * red > _L1), -v * ow1, v + ow1, oc1)
                 if best is None or key < best:
