@@ -154,14 +154,17 @@ def test_grouped_conv_lanes_read_one_broadcast_input() -> None:
 
 def test_depthwise_conv_packs_its_input_channel_innermost() -> None:
     # x[n, oc + k, ..] (k of extent 1) follows the output channel: packed like the weight, the
-    # lanes' inputs are one vector load instead of a gather
-    f = conv_func(fused(conv_model(*CASES[6])[0])[0])
+    # lanes' inputs are one vector load instead of a gather (5x5: enough work per packed element)
+    f = conv_func(fused(conv_model(1, 16, 16, 11, 5, 2, 2, 16)[0])[0])
     conv = next(x for _, x in walk(f.body) if isinstance(x, BlockStmt) and x.name == "conv2d")
     plan = conv_plan(conv, CPU.lanes)
     assert plan is not None and [i for i, _ in plan[5]] == [0]
     s = default_schedule(f, CPU)
     same(f, s.func)
     assert [p.src.name for p in pack_nests(s.func)] == [f.params[1].name]  # the weight, foldable
+    small = conv_func(fused(conv_model(*CASES[6])[0])[0])  # 16 channels of 3x3: the generic tiling
+    conv = next(x for _, x in walk(small.body) if isinstance(x, BlockStmt) and x.name == "conv2d")
+    assert conv_plan(conv, CPU.lanes) is None
     packed = {b.name: b for b in s.func.body.alloc_buffers}  # type: ignore[attr-defined]
     x_p = packed[f"{f.params[0].name}_packed"]
     assert arith.as_int(x_p.shape[-1]) == arith.as_int(conv_lanes(s.func)) == 16
