@@ -29,6 +29,7 @@ import numpy as np
 from . import arith
 from .diagnostics import MlcError
 from .expr import Bin, Call, Const, Expr, Load, Select, Var
+from .names import fresh_name
 from .sparse import Axis, SparseBuffer, SparseIteration, SparseIterVar, i64, sparse_view
 from .tir import Buffer, PrimFunc, Seq, Stmt, Store
 from .tir_visit import StmtMutator, nodes, rewrite, used_names
@@ -263,7 +264,7 @@ def decompose(func: PrimFunc, site: CsrSite, fmt: str, shapes: Shapes, buckets: 
     names: dict[str, str] = {}
 
     def buf(name: str, dtype: str) -> Buffer:
-        names[name] = _fresh(name, used)
+        names[name] = fresh_name(name, used)
         return Buffer(names[name], shapes(name), dtype)
 
     _, indices, data = site.params
@@ -276,7 +277,7 @@ def decompose(func: PrimFunc, site: CsrSite, fmt: str, shapes: Shapes, buckets: 
         bs = buckets if buckets is not None else hyb_buckets(*hyb)
         params: list[Buffer] = []
         new_axes, new_views, iters = [], [], []
-        zero = _zero_iteration(site, _fresh(f"{site.iteration.name}_zero", used))
+        zero = _zero_iteration(site, fresh_name(f"{site.iteration.name}_zero", used))
         if zero is not None:
             iters.append(zero)
         for b in bs:
@@ -284,19 +285,19 @@ def decompose(func: PrimFunc, site: CsrSite, fmt: str, shapes: Shapes, buckets: 
             rows = buf(arrs[0], "i32")
             cnt = rows.shape[0]
             length = cnt if isinstance(cnt, Const) else Select(Bin("gt", I.length, Const(0)), cnt, Const(0))
-            R = Axis(_fresh(f"R_{b.tag}", used), "dense_fixed", length)
+            R = Axis(fresh_name(f"R_{b.tag}", used), "dense_fixed", length)
             if b.split:
                 ptr, idx, dat = buf(arrs[1], "i32"), buf(arrs[2], "i32"), buf(arrs[3], dt)
-                S = Axis(_fresh(f"S_{b.tag}", used), "dense_variable", idx.shape[0], R.name, idx.shape[0], ptr)
-                Jb = Axis(_fresh(f"J_{b.tag}", used), "sparse_fixed", J.length, S.name, Const(b.width), None, idx)
+                S = Axis(fresh_name(f"S_{b.tag}", used), "dense_variable", idx.shape[0], R.name, idx.shape[0], ptr)
+                Jb = Axis(fresh_name(f"J_{b.tag}", used), "sparse_fixed", J.length, S.name, Const(b.width), None, idx)
                 chain = [R, S, Jb]
                 params += [rows, ptr, idx, dat]
             else:
                 idx, dat = buf(arrs[1], "i32"), buf(arrs[2], dt)
-                Jb = Axis(_fresh(f"J_{b.tag}", used), "sparse_fixed", J.length, R.name, Const(b.width), None, idx)
+                Jb = Axis(fresh_name(f"J_{b.tag}", used), "sparse_fixed", J.length, R.name, Const(b.width), None, idx)
                 chain = [R, Jb]
                 params += [rows, idx, dat]
-            view = sparse_view(_fresh(f"{A.buffer.name}_{b.tag}", used), tuple(chain), dat)
+            view = sparse_view(fresh_name(f"{A.buffer.name}_{b.tag}", used), tuple(chain), dat)
             new_axes += chain
             new_views.append(view)
             iters.append(_bucket_iteration(site, b.tag, chain, view, rows, used))
@@ -318,14 +319,14 @@ def decompose(func: PrimFunc, site: CsrSite, fmt: str, shapes: Shapes, buckets: 
     # bsr
     ptr, idx, dat = buf("indptr_bsr", "i32"), buf("indices_bsr", "i32"), buf("data_bsr", dt)
     S = Const(w)
-    IO = Axis(_fresh(f"{I.name}O", used), "dense_fixed", Bin("floordiv", I.length, S))
-    JO = Axis(_fresh(f"{J.name}O", used), "sparse_variable", Bin("floordiv", J.length, S), IO.name, idx.shape[0], ptr, idx)
-    II = Axis(_fresh(f"{I.name}I", used), "dense_fixed", S)
-    JI = Axis(_fresh(f"{J.name}I", used), "dense_fixed", S)
-    Ab = sparse_view(_fresh(f"{A.buffer.name}_bsr", used), (IO, JO, II, JI), dat)
+    IO = Axis(fresh_name(f"{I.name}O", used), "dense_fixed", Bin("floordiv", I.length, S))
+    JO = Axis(fresh_name(f"{J.name}O", used), "sparse_variable", Bin("floordiv", J.length, S), IO.name, idx.shape[0], ptr, idx)
+    II = Axis(fresh_name(f"{I.name}I", used), "dense_fixed", S)
+    JI = Axis(fresh_name(f"{J.name}I", used), "dense_fixed", S)
+    Ab = sparse_view(fresh_name(f"{A.buffer.name}_bsr", used), (IO, JO, II, JI), dat)
     s = site.iteration
-    io, ii = Var(_fresh(f"{site.row.var.name}o", used)), Var(_fresh(f"{site.row.var.name}i", used))
-    jo, ji = Var(_fresh(f"{site.col.var.name}o", used)), Var(_fresh(f"{site.col.var.name}i", used))
+    io, ii = Var(fresh_name(f"{site.row.var.name}o", used)), Var(fresh_name(f"{site.row.var.name}i", used))
+    jo, ji = Var(fresh_name(f"{site.col.var.name}o", used)), Var(fresh_name(f"{site.col.var.name}i", used))
     new_iters: list[SparseIterVar] = []
     for it in s.iters:
         if it is site.row:
@@ -358,9 +359,9 @@ def _bucket_iteration(site: CsrSite, tag: str, chain: list[Axis], view: SparseBu
     """The reduction over one bucket: the row iterator walks the bucket's rows (its coordinate is
     `rows[r]`), the reduce iterator its ELL entries (and sub-rows first when split)."""
     s = site.iteration
-    r = Var(_fresh(f"{site.row.var.name}_{tag}", used))
-    j = Var(_fresh(f"{site.col.var.name}_{tag}", used))
-    sub = Var(_fresh(f"s_{tag}", used)) if len(chain) == 3 else None
+    r = Var(fresh_name(f"{site.row.var.name}_{tag}", used))
+    j = Var(fresh_name(f"{site.col.var.name}_{tag}", used))
+    sub = Var(fresh_name(f"s_{tag}", used)) if len(chain) == 3 else None
     m = site.rows.length  # the row map, checked and clamped: a bad map fails the run, reads nothing outside
     row_of = Bin("min", Bin("max", Call("check_range", (i64(Load(rows, (r,))), Const(0), m), "i64"), Const(0)), arith.simplify(m - 1))
     its: list[SparseIterVar] = []
@@ -462,15 +463,6 @@ def format_arrays(func: PrimFunc, before: PrimFunc) -> list[str]:
     """Names of the parameters `decompose` added (in order)."""
     old = {p.name for p in before.params}
     return [p.name for p in func.params if p.name not in old]
-
-
-def _fresh(base: str, used: set[str]) -> str:
-    name, k = base, 0
-    while name in used:
-        k += 1
-        name = f"{base}_{k}"
-    used.add(name)
-    return name
 
 
 __all__ = ["Bucket", "CsrSite", "decompose", "find_csr", "format_arrays", "hyb_buckets", "parse_format", "parse_hyb",

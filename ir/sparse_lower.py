@@ -24,6 +24,7 @@ from dataclasses import replace
 
 from .diagnostics import MlcError
 from .expr import Bin, Call, Const, Expr, Load, Select, Var, free_vars, substitute
+from .names import fresh_name
 from .sparse import Axis, SparseBuffer, SparseIteration, SparseIterVar, axis_table, folded_axes, i64
 from .tir import BlockStmt, For, IterVar, Let, PrimFunc, Stmt, Store
 from .tir_visit import StmtMutator, nodes, rewrite, seq, used_names
@@ -133,18 +134,18 @@ class _IterLowering:
         parts: list[Stmt] = []
         if s.init is not None:
             init_iters = prefix + [it for it in rest if it.kind == "S"]
-            parts.append(self.nest(init_iters, [it for it in rest if it.kind == "S"], _fresh(f"{s.name}_init", self.used), s.init))
+            parts.append(self.nest(init_iters, [it for it in rest if it.kind == "S"], fresh_name(f"{s.name}_init", self.used), s.init))
         parts.append(self.nest(iters, rest, s.name, s.body))
         return self.wrap(loops, seq(parts))
 
     def loop(self, it: SparseIterVar) -> tuple[SparseIterVar, Var, Expr]:
         a = self.levels.axes[it.axis]
-        lv = Var(_fresh(it.var.name, self.used))
+        lv = Var(fresh_name(it.var.name, self.used))
         parent = self.loop_flat.get(a.parent) if a.parent else None
         self.loop_var[it.var] = lv
         self.loop_flat[a.name] = self.levels.flat(a, parent, lv)
         if a.sparse:  # read (and checked) once per position, not in every inner iteration
-            self.coord_var[it.var] = (Var(_fresh(f"{it.var.name}_col", self.used)), self.levels.coord(a, parent, lv))
+            self.coord_var[it.var] = (Var(fresh_name(f"{it.var.name}_col", self.used)), self.levels.coord(a, parent, lv))
         return it, lv, self.levels.extent(a, parent)
 
     def wrap(self, loops: list[tuple[SparseIterVar, Var, Expr]], body: Stmt) -> Stmt:
@@ -171,8 +172,8 @@ class _IterLowering:
                      if self.levels.axes[it.axis].variable and self.levels.axes[it.axis].parent == a.name)
         assert child.indptr is not None and child.nnz is not None
         P, m, nnz = Const(self.row_parts), a.length, child.nnz
-        t = Var(_fresh("part", self.used))
-        r0, r1 = Var(_fresh(f"{lv.name}_begin", self.used)), Var(_fresh(f"{lv.name}_end", self.used))
+        t = Var(fresh_name("part", self.used))
+        r0, r1 = Var(fresh_name(f"{lv.name}_begin", self.used)), Var(fresh_name(f"{lv.name}_end", self.used))
         inner: Stmt = For(lv, r0, r1 - r0, body, loc=self.s.loc)
         end_target = Select(Bin("eq", t + 1, P), nnz + 1, Bin("floordiv", (t + 1) * nnz + P - 1, P))
         stmt = self.search(child, m, end_target, r1, inner, r0)
@@ -185,7 +186,7 @@ class _IterLowering:
         `after`, out is checked to be >= after (a part ending before it begins is a bad indptr)."""
         assert child.indptr is not None
         ptr = child.indptr
-        goal = Var(_fresh(f"{out.name}_nnz", self.used))
+        goal = Var(fresh_name(f"{out.name}_nnz", self.used))
         steps: list[tuple[Var, Expr]] = [(goal, target)]
         target = goal
         pos: Expr = Const(0)
@@ -197,7 +198,7 @@ class _IterLowering:
                 hit = Select(Bin("and", Bin("le", at, m), Bin("lt", i64(Load(ptr, (_min(at, m),))), target)), Const(1), Const(0))
                 total = hit if total is None else total + hit
             assert total is not None
-            v = Var(_fresh(f"{out.name}_{levels - 1 - level}", self.used))
+            v = Var(fresh_name(f"{out.name}_{levels - 1 - level}", self.used))
             steps.append((v, pos + Const(_RADIX ** level) * total))
             pos = v
         found = _min(Select(Bin("lt", i64(Load(ptr, (pos,))), target), pos + 1, pos), m)
@@ -218,7 +219,7 @@ class _IterLowering:
         ivs: list[IterVar] = []
         for it in block_iters:
             a = self.levels.axes[it.axis]
-            bv = Var(_fresh("v" + it.var.name, self.used))
+            bv = Var(fresh_name("v" + it.var.name, self.used))
             bp = block_flat.get(a.parent) if a.parent else None
             block_flat[a.name] = self.levels.flat(a, bp, bv)
             dom = a.length if a.variable else (a.fixed_extent() or a.length)
@@ -246,15 +247,6 @@ class _IterLowering:
         stmt = self.wrap(loops, BlockStmt(name, tuple(ivs), _Sub().visit(body), loc=self.s.loc))
         self.loop_var, self.loop_flat, self.coord_var = saved
         return stmt
-
-
-def _fresh(base: str, used: set[str]) -> str:
-    name, k = base, 0
-    while name in used:
-        k += 1
-        name = f"{base}_{k}"
-    used.add(name)
-    return name
 
 
 def to_position_space(func: PrimFunc, row_parts: int = 0) -> PrimFunc:
