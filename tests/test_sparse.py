@@ -26,7 +26,7 @@ F = 8
 FORMATS = ("csr", "ell")
 
 
-def _pattern(kind: str, m: int, n: int, seed: int) -> sp.csr_matrix:
+def pattern(kind: str, m: int, n: int, seed: int) -> sp.csr_matrix:
     """empty rows, one dense row, uniform random, or power-law row lengths (duplicate-free)."""
     rng = np.random.default_rng(seed)
     dense = np.zeros((m, n), np.float32)
@@ -86,7 +86,7 @@ def _run(op: str, fmt: str, a: sp.csr_matrix, stage: int, seed: int = 0, parts: 
 @pytest.mark.parametrize("op", ["spmm", "sddmm"])
 @pytest.mark.parametrize("kind", ["empty", "dense_row", "random", "power_law"])
 def test_every_stage_matches_scipy(op: str, fmt: str, stage: int, kind: str) -> None:
-    _run(op, fmt, _pattern(kind, 9, 7, 1), stage)
+    _run(op, fmt, pattern(kind, 9, 7, 1), stage)
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -94,7 +94,7 @@ def test_every_stage_matches_scipy(op: str, fmt: str, stage: int, kind: str) -> 
        n=st.integers(1, 8), seed=st.integers(0, 10**6), op=st.sampled_from(["spmm", "sddmm"]),
        fmt=st.sampled_from(FORMATS), stage=st.sampled_from([1, 2, 3]), parts=st.sampled_from([0, 1, 3, 16]))
 def test_random_patterns(kind: str, m: int, n: int, seed: int, op: str, fmt: str, stage: int, parts: int) -> None:
-    _run(op, fmt, _pattern(kind, m, n, seed), stage, seed, parts)
+    _run(op, fmt, pattern(kind, m, n, seed), stage, seed, parts)
 
 
 @pytest.mark.parametrize("parts", [1, 2, 5, 40])
@@ -102,7 +102,7 @@ def test_random_patterns(kind: str, m: int, n: int, seed: int, op: str, fmt: str
 def test_rows_split_by_nonzeros(kind: str, parts: int) -> None:
     """More parts than rows, empty parts, one row holding every nonzero: each row exactly once."""
     for op in ("spmm", "sddmm"):
-        _run(op, "csr", _pattern(kind, 9, 7, 4), 3, 4, parts)
+        _run(op, "csr", pattern(kind, 9, 7, 4), 3, 4, parts)
 
 
 @pytest.mark.parametrize("stage", [1, 2, 3])
@@ -144,7 +144,7 @@ def test_verifier_errors_are_located(old: str, new: str, message: str) -> None:
 # ---- compiled -----------------------------------------------------------------------------------
 @cache
 def _kernel(op: str, fmt: str) -> msp.SparseKernel:
-    return msp.compile(_pattern("power_law", 40, 30, 3), op, feat=F, format=fmt)
+    return msp.compile(pattern("power_law", 40, 30, 3), op, feat=F, format=fmt)
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -202,7 +202,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 def test_cli_build_run_from_save_npz(built: str) -> None:
-    a = _pattern("random", 6, 5, 2)
+    a = pattern("random", 6, 5, 2)
     b = np.random.default_rng(0).standard_normal((5, 4)).astype(np.float32)
     np.savez(f"{built}/g.npz", indptr=a.indptr.astype(np.int32), indices=a.indices.astype(np.int32), data=a.data, B=b)
     r = _cli("run", "k.mlc", "--inputs", "g.npz", "-o", "out.npz", cwd=built)
@@ -335,7 +335,7 @@ def _save(path: str, indptr: list[int], indices: list[int], data: list[float], s
 
 
 def test_sparse_inputs_from_save_npz(built: str) -> None:
-    a = _pattern("power_law", 6, 5, 7)
+    a = pattern("power_law", 6, 5, 7)
     sp.save_npz(f"{built}/a.npz", a)
     b = np.random.default_rng(1).standard_normal((5, 4)).astype(np.float32)
     np.save(f"{built}/b.npy", b)
@@ -364,7 +364,7 @@ def test_sparse_inputs_rejects_bad_files(built: str, indptr: list[int], indices:
 @pytest.mark.parametrize("stage", [1, 3])
 def test_f16_kernel_in_the_interpreter(stage: int) -> None:
     """f16 values and operands, accumulated in f16: close to the f32 product of the rounded inputs."""
-    a = _pattern("random", 7, 6, 9)
+    a = pattern("random", 7, 6, 9)
     a.data = a.data.astype(np.float16).astype(np.float32)
     b = np.random.default_rng(2).standard_normal((6, F)).astype(np.float16)
     f = sparse_kernel("spmm", "csr", F, "f16").get("spmm")
@@ -379,7 +379,7 @@ def test_stage_one_module_runs_in_the_graph_interpreter() -> None:
     """`mlc run K.ir`: the graph calls the stage-I prim, which the interpreter runs directly."""
     from mlc.ir.interp import run_function
 
-    a = _pattern("power_law", 8, 6, 5)
+    a = pattern("power_law", 8, 6, 5)
     b = np.random.default_rng(3).standard_normal((6, F)).astype(np.float32)
     m = parse_module(print_module(sparse_kernel("spmm", "csr", F)))
     out = run_function(m, {"indptr": a.indptr.astype(np.int32), "indices": a.indices.astype(np.int32),
@@ -401,7 +401,7 @@ def test_schedule_primitives_apply_to_stage_two() -> None:
     sch.vectorize(ki)
     sch.parallel(i)
     assert "vectorized" in print_module(sparse_kernel("spmm", "csr", F).with_function(sch.func))
-    a = _pattern("power_law", 9, 7, 11)
+    a = pattern("power_law", 9, 7, 11)
     b = np.random.default_rng(4).standard_normal((7, F)).astype(np.float32)
     c = np.full((9, F), np.nan, np.float32)
     run_prim(to_flat(sch.func), [a.indptr.astype(np.int32), a.indices.astype(np.int32), a.data, b, c])
@@ -413,7 +413,7 @@ def test_schedule_primitives_apply_to_stage_two() -> None:
 @pytest.mark.parametrize("size", [1, 2, 3])
 @pytest.mark.parametrize("kind", ["empty", "dense_row", "power_law"])
 def test_bsrmm_every_stage_matches_scipy(kind: str, size: int, stage: int) -> None:
-    a = _pattern(kind, 4 * size, 3 * size, 6)
+    a = pattern(kind, 4 * size, 3 * size, 6)
     blocks = msp.to_bsr(a, size, np.float32)
     b = np.random.default_rng(8).standard_normal((3 * size, F)).astype(np.float32)
     mod = sparse_kernel("bsrmm", f"bsr:{size}", F)
@@ -426,7 +426,7 @@ def test_bsrmm_every_stage_matches_scipy(kind: str, size: int, stage: int) -> No
 
 
 def test_bsrmm_compiled() -> None:
-    a = _pattern("random", 12, 8, 13)
+    a = pattern("random", 12, 8, 13)
     b = np.random.default_rng(9).standard_normal((8, F)).astype(np.float32)
     np.testing.assert_allclose(msp.compile(a, "bsrmm", feat=F, format="bsr:4")(b), a @ b, rtol=1e-5, atol=1e-5)
     with pytest.raises(MlcError, match="not a multiple of 5"):
@@ -494,7 +494,7 @@ def _compiled_module(op: str, fmt: str):  # type: ignore[no-untyped-def]
        fmt=st.sampled_from(["csr", "ell:6"]))
 def test_compiled_random_patterns(kind: str, m: int, n: int, seed: int, op: str, fmt: str) -> None:
     """Compiled kernels (rows split in 16 parts, vectorized) on random structures vs scipy / numpy."""
-    a = _pattern(kind, m, n, seed)
+    a = pattern(kind, m, n, seed)
     if fmt == "ell:6" and a.nnz and int(np.diff(a.indptr).max()) > 6:
         a = sp.csr_matrix(a.toarray() * (np.cumsum(a.toarray() != 0, axis=1) <= 6))  # at most 6 per row
     rng = np.random.default_rng(seed)
@@ -518,7 +518,7 @@ def test_compiled_random_patterns(kind: str, m: int, n: int, seed: int, op: str,
 @pytest.mark.parametrize("hyb", [(1, 0), (2, 1), (3, 2)])
 @pytest.mark.parametrize("kind", ["empty", "dense_row", "random", "power_law"])
 def test_hyb_every_stage_matches_scipy(kind: str, hyb: tuple[int, int], stage: int) -> None:
-    a = _pattern(kind, 9, 11, 12)
+    a = pattern(kind, 9, 11, 12)
     b = np.random.default_rng(6).standard_normal((11, F)).astype(np.float32)
     ins = msp.to_hyb(a.indptr.astype(np.int32), a.indices.astype(np.int32), a.data, 11, *hyb)
     mod = sparse_kernel("spmm", f"hyb:{hyb[0]},{hyb[1]}", F)
@@ -533,7 +533,7 @@ def test_hyb_every_stage_matches_scipy(kind: str, hyb: tuple[int, int], stage: i
 def test_hyb_buckets_partition_the_nonzeros() -> None:
     """Every stored entry lands in exactly one bucket, each bucket holding rows of its width; a long row's
     sub-rows are full but the last."""
-    a = _pattern("power_law", 30, 20, 14)
+    a = pattern("power_law", 30, 20, 14)
     ins = msp.to_hyb(a.indptr.astype(np.int32), a.indices.astype(np.int32), a.data, 20, 2, 2)
     held = sum(int(np.count_nonzero(v)) for k, v in ins.items() if k.startswith("data_"))
     assert held == a.nnz
@@ -547,7 +547,7 @@ def test_hyb_buckets_partition_the_nonzeros() -> None:
 
 
 def test_hyb_compiled() -> None:
-    a = _pattern("power_law", 40, 30, 15)
+    a = pattern("power_law", 40, 30, 15)
     b = np.random.default_rng(10).standard_normal((30, F)).astype(np.float32)
     np.testing.assert_allclose(msp.compile(a, "spmm", feat=F, format="hyb:2,2")(b), a @ b, rtol=1e-5, atol=1e-5)
     with pytest.raises(MlcError, match="is for spmm"):

@@ -31,7 +31,7 @@ from mlc.ir.types import TensorType
 from mlc.passes.registry import PassContext, get_pass
 from mlc.runtime.artifact import loads
 from mlc.runtime.model import model_from_artifact
-from test_sparse import _cli, _pattern
+from test_sparse import _cli, pattern
 
 from mlc.compiler import build_module, with_memory_constants
 
@@ -77,7 +77,7 @@ def _check_stages(a: sp.csr_matrix, fmt: str, seed: int = 0) -> None:
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("kind", ["empty", "dense_row", "random", "power_law"])
 def test_every_format_every_stage_matches_scipy(kind: str, fmt: str) -> None:
-    _check_stages(_pattern(kind, 10, 12, 3), fmt)
+    _check_stages(pattern(kind, 10, 12, 3), fmt)
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -86,7 +86,7 @@ def test_every_format_every_stage_matches_scipy(kind: str, fmt: str) -> None:
 def test_random_patterns(kind: str, m: int, n: int, seed: int, fmt: str) -> None:
     if fmt.startswith("bsr"):
         m, n = 2 * m, 2 * n
-    _check_stages(_pattern(kind, m, n, seed), fmt, seed)
+    _check_stages(pattern(kind, m, n, seed), fmt, seed)
 
 
 def test_hyb_splits_long_rows_across_sub_rows() -> None:
@@ -108,7 +108,7 @@ def test_hyb_splits_long_rows_across_sub_rows() -> None:
 
 @cache
 def _built(fmt: str) -> tuple[Any, sp.csr_matrix]:
-    dense = _pattern("power_law", 40, 30, 21).toarray()
+    dense = pattern("power_law", 40, 30, 21).toarray()
     dense[5] = 1.5  # one dense row
     a = sp.csr_matrix(dense)
     m, consts = _const_kernel(a)
@@ -202,7 +202,7 @@ def _mlc(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 def test_run_time_ell_conversion_cli(tmp_path: Path) -> None:
     """A kernel whose CSR arrays are inputs: ell:W converts at run time (two generated programs, named by
     -v); results equal scipy; a row longer than W fails the run, located, no output; hyb is one error."""
-    a = _pattern("power_law", 30, 20, 4)
+    a = pattern("power_law", 30, 20, 4)
     b = np.random.default_rng(2).standard_normal((20, 8)).astype(np.float32)
     np.savez(tmp_path / "g.npz", indptr=a.indptr.astype(np.int32), indices=a.indices.astype(np.int32),
              data=a.data.astype(np.float32), B=b)
@@ -229,13 +229,13 @@ def test_run_time_ell_conversion_cli(tmp_path: Path) -> None:
 @pytest.mark.parametrize("fmt, message", [
     ("coo", "unknown sparse format 'coo'"), ("hyb:0,2", "bad hyb format"), ("ell:0", "unknown sparse format")])
 def test_bad_format_option(fmt: str, message: str) -> None:
-    m, consts = _const_kernel(_pattern("random", 4, 4, 0))
+    m, consts = _const_kernel(pattern("random", 4, 4, 0))
     with pytest.raises(MlcError, match=message):
         _pass("sparse-format", m, PassContext(constants=consts, sink=None), format=fmt)
 
 
 def test_too_narrow_ell_for_a_constant_is_located() -> None:
-    m, consts = _const_kernel(_pattern("dense_row", 4, 6, 0))
+    m, consts = _const_kernel(pattern("dense_row", 4, 6, 0))
     with pytest.raises(MlcError, match=r"sparse-format: @spmm \(dv\): ell:2: row \d has 6 nonzeros \(more than 2\)"):
         _pass("sparse-format", m, PassContext(constants=consts, sink=None), format="ell:2")
 
@@ -248,7 +248,7 @@ def test_format_tuning_records_and_replays(tmp_path: Path) -> None:
     from mlc.passes.tune.database import Database
     from mlc.tune.tuning import tune_sparse_formats
 
-    a = _pattern("power_law", 64, 48, 5)
+    a = pattern("power_law", 64, 48, 5)
     m, consts = _const_kernel(a)
     db = Database(tmp_path / "fmt.jsonl")
     tuned, tconsts = tune_sparse_formats(m, consts, db, trials=3, seed=2)

@@ -19,26 +19,11 @@ from mlc.ir.tir_interp import run_prim
 from mlc.ir.tir_lower import lower_tir_func
 from mlc.passes.registry import PassContext
 from mlc.passes.sparse_lower import SparseLower, register_tiles
+from test_sparse import pattern
 
 import mlc.sparse as msp
 
 KINDS = ("empty", "dense_row", "random", "power_law")
-
-
-def _pattern(kind: str, m: int, n: int, seed: int) -> sp.csr_matrix:
-    """empty rows, one dense row, uniform random, or power-law row lengths (duplicate-free)."""
-    rng = np.random.default_rng(seed)
-    dense = np.zeros((m, n), np.float32)
-    if kind == "dense_row":
-        dense[rng.integers(m)] = 1
-    elif kind == "random":
-        dense[rng.random((m, n)) < 0.2] = 1
-    elif kind == "power_law":
-        for r in range(m):
-            k = min(n, int(rng.pareto(1.2)) + (r % 2))
-            dense[r, rng.choice(n, size=k, replace=False)] = 1
-    dense *= rng.standard_normal((m, n)).astype(np.float32) + 2
-    return sp.csr_matrix(dense)
 
 
 def _scheduled(op: str, feat: int, parts: int = 4) -> PrimFunc:
@@ -123,7 +108,7 @@ def test_no_tile_without_a_lane_multiple(op: str) -> None:
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("op", ["spmm", "sddmm"])
 def test_tiled_program_in_the_interpreter(op: str, kind: str, feat: int) -> None:
-    _check(op, _pattern(kind, 11, 9, 2), feat, _interp(op, feat))
+    _check(op, pattern(kind, 11, 9, 2), feat, _interp(op, feat))
 
 
 @cache
@@ -147,13 +132,13 @@ def _model(op: str, feat: int):  # type: ignore[no-untyped-def]
        op=st.sampled_from(["spmm", "sddmm"]), feat=st.sampled_from([12, 24, 64, 96]))
 def test_compiled_tiles_random_patterns(kind: str, m: int, n: int, seed: int, op: str, feat: int) -> None:
     """Compiled (rows in 16 parts of equal nonzeros, register tiles, vectorized) vs scipy / numpy."""
-    _check(op, _pattern(kind, m, n, seed), feat, _model(op, feat), seed)
+    _check(op, pattern(kind, m, n, seed), feat, _model(op, feat), seed)
 
 
 @pytest.mark.parametrize("op", ["spmm", "sddmm"])
 def test_bound_kernel_is_one_native_call(op: str) -> None:
     """mlc.sparse.compile's callable calls the kernel directly; its result is the model's."""
-    a = _pattern("power_law", 60, 50, 4)
+    a = pattern("power_law", 60, 50, 4)
     k = msp.compile(a, op, feat=24)
     assert k.direct
     rng = np.random.default_rng(0)
@@ -185,7 +170,7 @@ def test_hyb_buckets_get_carried_tiles() -> None:
 @pytest.mark.parametrize("feat", [12, 24, 64])
 @pytest.mark.parametrize("kind", KINDS)
 def test_hyb_tiles_in_the_interpreter(kind: str, feat: int) -> None:
-    a = _pattern(kind, 11, 9, 3)
+    a = pattern(kind, 11, 9, 3)
     f = lower_tir_func(_hyb_scheduled("hyb:2,1", feat))
     ins = msp.to_hyb(a.indptr, a.indices, a.data.astype(np.float32), a.shape[1], 2, 1)
     b = np.random.default_rng(1).standard_normal((9, feat)).astype(np.float32)
@@ -195,7 +180,7 @@ def test_hyb_tiles_in_the_interpreter(kind: str, feat: int) -> None:
 
 
 def test_hyb_tiles_compiled() -> None:
-    a = _pattern("power_law", 70, 60, 5)
+    a = pattern("power_law", 70, 60, 5)
     k = msp.compile(a, "spmm", feat=24, format="hyb:1,1")
     assert k.direct  # 11 index arrays bound once
     b = np.random.default_rng(2).standard_normal((60, 24)).astype(np.float32)
@@ -216,7 +201,7 @@ def _hyb_model(fmt: str, feat: int):  # type: ignore[no-untyped-def]
 @given(kind=st.sampled_from(KINDS), m=st.integers(1, 50), n=st.integers(1, 50), seed=st.integers(0, 10**6))
 def test_compiled_hyb_tiles_random_patterns(kind: str, m: int, n: int, seed: int) -> None:
     """hyb(2, 1) compiled once (bucket sizes are inputs), fed each pattern's buckets, vs scipy."""
-    a = _pattern(kind, m, n, seed)
+    a = pattern(kind, m, n, seed)
     ins = msp.to_hyb(a.indptr, a.indices, a.data.astype(np.float32), n, 2, 1)
     b = np.random.default_rng(seed).standard_normal((n, 24)).astype(np.float32)
     np.testing.assert_allclose(_hyb_model("hyb:2,1", 24)(**ins, B=b)["C"], a @ b, rtol=1e-4, atol=1e-4)
@@ -227,7 +212,7 @@ def test_non_cpu_kernels_run_through_the_model() -> None:
     stand-in model of kind cuda sees the call (no GPU here)."""
     from types import SimpleNamespace
 
-    a = _pattern("random", 12, 10, 1)
+    a = pattern("random", 12, 10, 1)
     k = msp.compile(a, "spmm", feat=8)
     seen: list[str] = []
 
