@@ -16,8 +16,8 @@ thread-pool launcher of codegen/parallel.py).
 
 Loops: `serial` loops are plain loops; `unrolled` loops with a constant extent are fully unrolled
 here (others get llvm.loop.unroll metadata); `vectorized` loops whose body allows it become explicit
-<W x T> vector code (contiguous loads/stores, broadcast of loop-invariant values, gathers/scatters
-otherwise; an `if` whose condition differs between lanes becomes masked loads/stores), strip-mined
+<W x T> vector code (contiguous loads/stores, broadcast of loop-invariant values, constant lane
+strides as scalar accesses at constant offsets, gathers/scatters otherwise; an `if` whose condition differs between lanes becomes masked loads/stores), strip-mined
 with a scalar tail when the extent is symbolic; other vectorized loops (codegen/vectorize.py decides)
 are scalar with llvm.loop.vectorize metadata. `parallel` loop bodies are outlined into chunk
 functions run on all cores by the launcher. GPU `thread` loops run serially (a `ThreadAllReduce`
@@ -78,6 +78,15 @@ class _Emitter(ExprEmitter, StmtVisitor):
                     b.call(fn, [v, p, ir.Constant(I32, align), self.mask])
                 else:
                     b.store(v, p, align=align)
+                return
+            if isinstance(idx, Lin) and idx.stride != 0:
+                # a constant stride (a channel-vector tile written back to NCHW): each lane stores at
+                # base + lane * stride, a scalar address with a constant offset, not a lane of a vector
+                # index that LLVM would compute and extract per lane
+                for lane in range(self.width):
+                    with self.lane_guard(lane):
+                        at = b.add(idx.base, ir.Constant(idx.base.type, idx.stride * lane), flags=["nsw"])
+                        b.store(b.extract_element(v, ir.Constant(I32, lane)), b.gep(ptr, [at], inbounds=True))
                 return
             iv = self.vec(idx)
             for lane in range(self.width):

@@ -641,6 +641,8 @@ class ExprEmitter:
                 wide = b.call(fn, [sp, ir.Constant(I32, nbytes(et)), smask, ir.Constant(span, None)])
             pick = ir.Constant(ir.VectorType(I32, self.width), [idx.stride * k for k in range(self.width)])
             v = b.shuffle_vector(wide, ir.Constant(span, ir.Undefined), pick)
+        elif isinstance(idx, Lin):  # any other constant stride: scalar loads at constant offsets
+            v = self.strided_load(ptr, idx, et)
         elif is_vec(idx):  # gather (masked-off lanes load nothing): one instruction on AVX2/AVX-512
             iv = self.vec(idx)
             vt = ir.VectorType(et, self.width)
@@ -658,6 +660,30 @@ class ExprEmitter:
             v = b.load(b.gep(ptr, [idx], inbounds=True))
         if buf.dtype == "bool":
             return b.icmp_unsigned("!=", v, self.const_of(v.type, 0))
+        return v
+
+
+    def strided_load(self, ptr: ir.Value, idx: Lin, et: ir.Type) -> ir.Value:
+        """Lane k loads base + k * stride, a scalar address with a constant offset, into a vector by
+        insertelement: no vector index arithmetic, and no gather (which targets without fast gathers,
+        Zen 3 among them, scalarize with the index vector computed and extracted lane by lane).
+        Under a mask each lane loads only where it is active (a masked-off lane reads as 0)."""
+        b = self.b
+        vt = ir.VectorType(et, self.width)
+        v: ir.Value = ir.Constant(vt, None)
+        for lane in range(self.width):
+            k = ir.Constant(I32, lane)
+            at = b.add(idx.base, ir.Constant(idx.base.type, idx.stride * lane), flags=["nsw"])
+            if self.mask is None:
+                v = b.insert_element(v, b.load(b.gep(ptr, [at], inbounds=True)), k)
+                continue
+            entry = b.block
+            with b.if_then(b.extract_element(self.mask, k)):
+                loaded, bb = b.insert_element(v, b.load(b.gep(ptr, [at], inbounds=True)), k), b.block
+            phi = b.phi(vt)
+            phi.add_incoming(loaded, bb)
+            phi.add_incoming(v, entry)
+            v = phi
         return v
 
 
