@@ -17,8 +17,9 @@ thread-pool launcher of codegen/parallel.py).
 Loops: `serial` loops are plain loops; `unrolled` loops with a constant extent are fully unrolled
 here (others get llvm.loop.unroll metadata); `vectorized` loops whose body allows it become explicit
 <W x T> vector code (contiguous loads/stores, broadcast of loop-invariant values, constant lane
-strides as scalar accesses at constant offsets, gathers/scatters otherwise; an `if` whose condition differs between lanes becomes masked loads/stores), strip-mined
-with a scalar tail when the extent is symbolic; other vectorized loops (codegen/vectorize.py decides)
+strides as scalar accesses at constant offsets, gathers/scatters otherwise; an `if` whose condition
+differs between lanes becomes masked loads/stores), strip-mined with a scalar tail when the extent
+is symbolic; other vectorized loops (codegen/vectorize.py decides)
 are scalar with llvm.loop.vectorize metadata. `parallel` loop bodies are outlined into chunk
 functions run on all cores by the launcher. GPU `thread` loops run serially (a `ThreadAllReduce`
 with one accumulator). Float ops get `contract` (FMA); ops inside `attr "reduction"` regions also
