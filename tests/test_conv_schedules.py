@@ -259,3 +259,45 @@ def test_random_conv_shapes_keep_results_under_the_default_schedule(seed: int, k
     f = conv_func(fused(conv_model(1, c, k, hw, kh, pad, stride, group, seed)[0])[0])
     s = default_schedule(f, CPU)
     same(f, s.func, dim=int(rng.integers(1, 9)))
+
+
+def bn_relu_conv_model(n: int, c: int, k: int, hw: int, kh: int, pad: int, stride: int, seed: int = 0
+                       ) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """DenseNet's pre-activation: BatchNormalization -> Relu -> Conv (+ bias), constant parameters."""
+    rng = np.random.default_rng(seed)
+    p = {"w": rng.standard_normal((k, c, kh, kh)), "b": rng.standard_normal(k), "s": rng.standard_normal(c),
+         "t": rng.standard_normal(c), "m": rng.standard_normal(c), "v": rng.random(c) + 0.5}
+    p = {name: a.astype(np.float32) for name, a in p.items()}
+    nodes = [helper.make_node("BatchNormalization", ["x", "s", "t", "m", "v"], ["a"]),
+             helper.make_node("Relu", ["a"], ["r"]),
+             helper.make_node("Conv", ["r", "w", "b"], ["y"], pads=[pad] * 4, strides=[stride] * 2)]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", c, hw, hw])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                          [numpy_helper.from_array(a, name) for name, a in p.items()])
+    return onnx.shape_inference.infer_shapes(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])), p
+
+
+@pytest.mark.parametrize("case", [(1, 24, 64, 13, 1, 0, 1), (2, 16, 24, 9, 3, 1, 2)], ids=["1x1", "3x3s2"])
+def test_pre_activation_conv_runs_the_reduction_outside_the_row(case: tuple[int, ...]) -> None:
+    # the batch norm's scale[ic] / sqrt(var[ic] + eps) depends on the reduction step alone: the
+    # whole output row is the tile, so it runs once per step of a row, not of every register tile
+    from mlc.passes.schedule.conv_tiling import per_step_work
+
+    model, p = bn_relu_conv_model(*case)
+    n, c, k, hw, kh, pad, stride = case
+    f = conv_func(fused(model)[0])
+    conv = next(x for _, x in walk(f.body) if isinstance(x, BlockStmt) and x.name == "conv2d")
+    plan = conv_plan(conv, CPU.lanes)
+    assert per_step_work(conv) and plan is not None
+    assert plan[4] == arith.as_int(conv.iters[plan[1]].extent)  # the tile: every column of the row
+    assert not per_step_work(next(x for _, x in walk(conv_func(fused(conv_model(*CASES[0])[0])[0]).body)
+                                  if isinstance(x, BlockStmt) and x.name == "conv2d"))
+    s = default_schedule(f, CPU)
+    same(f, s.func, dim=n)
+    assert Trace.from_json(s.trace.to_json()).apply(f) == s.func
+    x = np.random.default_rng(1).standard_normal((n, c, hw, hw)).astype(np.float32)
+    pre = (x - p["m"][:, None, None]) * (p["s"] / np.sqrt(p["v"] + 1e-5))[:, None, None] + p["t"][:, None, None]
+    r = np.maximum(pre, 0)  # no Relu after the conv: relu(z) - relu(-z) = z
+    want = np_conv(r, p["w"], p["b"], pad, stride, 1) - np_conv(r, -p["w"], -p["b"], pad, stride, 1)
+    got = list(mlc.compile(model)(x=x).values())[0]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
