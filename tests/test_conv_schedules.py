@@ -301,3 +301,35 @@ def test_pre_activation_conv_runs_the_reduction_outside_the_row(case: tuple[int,
     want = np_conv(r, p["w"], p["b"], pad, stride, 1) - np_conv(r, -p["w"], -p["b"], pad, stride, 1)
     got = list(mlc.compile(model)(x=x).values())[0]
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("case", [(1, 48, 32, 50, 3, 1, 1, 1), (2, 96, 24, 101, 3, 1, 2, 1), (1, 64, 16, 53, 3, 1, 1, 1)],
+                         ids=["3x3", "strided", "prime-width"])
+def test_weights_beyond_l1_reduce_in_chunks_outside_the_column_tiles(case: tuple[int, ...]) -> None:
+    # a channel block's weights over L1 (48 x 3x3 x 16 lanes = 27 KB) on a wide row: the input
+    # channels split in chunks whose weights fit, the chunk loop outside the row's column tiles
+    from mlc.passes.schedule.conv_tiling import _L1, _WIDE, _reduction_chunk
+
+    model, w, b = conv_model(*case)
+    f = conv_func(fused(model)[0])
+    conv = next(x for _, x in walk(f.body) if isinstance(x, BlockStmt) and x.name == "conv2d")
+    plan = conv_plan(conv, CPU.lanes)
+    assert plan is not None
+    cols = arith.as_int(conv.iters[plan[1]].extent)
+    assert cols is not None and cols >= _WIDE
+    chunk = _reduction_chunk(conv, plan[3], cols)
+    assert chunk is not None and case[1] % chunk == 0 and chunk < case[1]
+    assert _reduction_chunk(conv, plan[3], _WIDE - 1) is None  # narrower rows keep one pass
+    assert 4 * plan[3] * chunk * case[4] ** 2 <= _L1 // 2 < 4 * plan[3] * case[1] * case[4] ** 2
+    s = default_schedule(f, CPU)
+    same(f, s.func, dim=case[0])
+    assert Trace.from_json(s.trace.to_json()).apply(f) == s.func
+    # the chunk loop encloses the column tiles: the first reduction loop sits above a spatial loop
+    conv_loops = [lp for _, lp in walk(s.func.body) if isinstance(lp, For)
+                  and any(isinstance(x, BlockStmt) and x.name == "conv2d" for _, x in walk(lp.body))]
+    k0 = next(i for i, lp in enumerate(conv_loops) if arith.as_int(lp.extent) == case[1] // chunk
+              and lp.var.name.startswith("k"))
+    assert any(not lp.var.name.startswith("k") and lp.kind != "vectorized" for lp in conv_loops[k0 + 1:])
+    x = np.random.default_rng(2).standard_normal((case[0], case[1], case[3], case[3])).astype(np.float32)
+    got = list(mlc.compile(model)(x=x).values())[0]
+    np.testing.assert_allclose(got, np_conv(x, w, b, case[5], case[6], case[7]), rtol=1e-4, atol=1e-4)
