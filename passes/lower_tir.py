@@ -15,6 +15,7 @@ from mlc.ir.diagnostics import MlcError
 from mlc.ir.module import Module
 from mlc.ir.tir_lower import lower_tir_func
 
+from .loop_partition import partition_loops
 from .registry import ModulePass, PassContext, register_pass
 
 
@@ -22,14 +23,15 @@ from .registry import ModulePass, PassContext, register_pass
 @dataclass(frozen=True)
 class LowerTir(ModulePass):
     """Blocks to loops: iterators let-bound, init guarded, allocations explicit, cross-thread
-    reductions and tensorized GEMMs explicit statements."""
+    reductions and tensorized GEMMs explicit statements; then loops whose tile guards hold on a
+    prefix are partitioned into a guard-free main part and a remainder (passes/loop_partition.py)."""
 
     name: ClassVar[str] = "lower-tir"
 
     def apply(self, module: Module, ctx: PassContext) -> Module:
         for f in module.prim_functions():
             try:
-                module = module.with_function(lower_tir_func(f))
+                module = module.with_function(partition_loops(lower_tir_func(f)))
             except MlcError as e:
                 raise MlcError(f"lower-tir: @{f.name}: {e.message}", e.loc, e.source_line) from None
         return module

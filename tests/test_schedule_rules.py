@@ -14,7 +14,9 @@ from mlc.ir.expr import free_vars
 from mlc.ir.module import Module
 from mlc.ir.tir import For, IfStmt
 from mlc.ir.tir_interp import run_prim
+from mlc.ir.tir_lower import lower_tir_func
 from mlc.ir.tir_visit import walk
+from mlc.passes.loop_partition import partition_loops
 from mlc.passes.pipeline import parse_pipeline, run_pipeline
 from mlc.passes.registry import PassContext, get_pass
 from mlc.passes.schedule import Trace
@@ -75,10 +77,16 @@ def test_matmul_default_is_tiled_vectorized_parallel_with_epilogue_folded() -> N
     s = default_schedule(f, CPU)
     ks = kinds(s.func)
     assert {"parallel", "vectorized"} <= ks
-    # rows are a symbolic dim: the default register tile stays on constant axes, so no bounds
-    # guard sits inside the reduction (guarded accumulators cannot stay in registers)
-    red = [x for _, x in walk(s.func.body) if isinstance(x, For) and x.var.name.startswith("k")]
-    assert red and not any(isinstance(y, IfStmt) for r in red for _, y in walk(r.body))
+    # rows are a symbolic dim: the register tile's rows are guarded in block form; lower-tir's loop
+    # partition leaves the guard only in the remainder, so the main part's reduction has none
+    # (guarded accumulators cannot stay in registers)
+    low = partition_loops(lower_tir_func(s.func))
+    red = [x for _, x in walk(low.body) if isinstance(x, For) and x.var.name == "k_0"]
+    assert len(red) == 2
+    assert not any(isinstance(y, IfStmt) for _, y in walk(red[0].body))
+    assert any(isinstance(y, IfStmt) for _, y in walk(red[1].body))
+    for n in (1, 4, 11):
+        same(f, low, dim=n)
     names = [b.name for _, b in walk(s.func.body) if hasattr(b, "iters")]
     assert "relu" not in names  # folded into the tile's write-back
     same(f, s.func, dim=11)  # N=11: partial row tiles

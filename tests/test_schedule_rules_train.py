@@ -17,7 +17,9 @@ from mlc.ir.expr import Var, free_vars
 from mlc.ir.tir import BlockStmt, For, IfStmt
 from mlc.ir.tir_builder import build, compute, exp, placeholder, reduce_axis, rsum
 from mlc.ir.tir_interp import run_prim
+from mlc.ir.tir_lower import lower_tir_func
 from mlc.ir.tir_visit import loads_in, walk
+from mlc.passes.loop_partition import partition_loops
 from mlc.passes.schedule import Trace
 from mlc.passes.schedule.rules import TargetInfo, default_schedule
 
@@ -82,17 +84,23 @@ def test_transposed_operand_is_packed_into_contiguous_panels(n: int, k: int, m: 
 
 @pytest.mark.parametrize("m", [128, 48, 20])
 def test_symbolic_rows_get_a_wide_register_tile_in_registers(m: int) -> None:
-    f = scheduled(nt_matmul((B, T), 32, m), {"B": 3, "T": 5}, {"B": 2, "T": 1}, {"B": 1, "T": 7})
-    # no row tile over a symbolic dim (no guards in the reduction), but up to 4 x 16 columns in one
-    # accumulator tile that compact shrinks to registers (its index involves floordiv(fused, T))
-    assert not any(isinstance(x, IfStmt) for _, x in walk(f.body))
-    tiles = [s for n, s in allocs(f).items() if n.endswith("_tile")]
-    # (20 columns, no multiple of the vector: one 20-lane tile, not gcd(20, 16) = 4 lanes)
-    cols = {128: 64, 48: 16, 20: 20}[m]
-    assert tiles == [(1, 1, cols)]
-    if cols > 2 * CPU.lanes and cols % CPU.lanes == 0:
-        assert any(lp.kind == "unrolled" for lp in loops(f))
-    assert "W_packed" in allocs(f)
+    orig = nt_matmul((B, T), 32, m)
+    f = scheduled(orig, {"B": 3, "T": 5}, {"B": 2, "T": 1}, {"B": 1, "T": 7})
+    # a 4-row tile over the symbolic T (guarded in block form) x one vector pair of columns (20
+    # columns, no multiple of the vector: one 20-lane tile, not gcd(20, 16) = 4 lanes); lower-tir's
+    # loop partition runs the rows of whole tiles without the guard, so the reduction of the main
+    # part has none and its accumulators can stay in registers
+    cols = {128: 16, 48: 16, 20: 20}[m]
+    assert any(lp.kind == "vectorized" and arith.as_int(lp.extent) == cols for lp in loops(f))
+    assert any(lp.kind == "unrolled" and arith.as_int(lp.extent) == 4 for lp in loops(f))
+    low = partition_loops(lower_tir_func(f))
+    red = [lp for lp in loops(low) if lp.var.name == "k_0"]
+    assert len(red) == 2
+    assert not any(isinstance(x, IfStmt) for _, x in walk(red[0].body))
+    for dims in ({"B": 3, "T": 5}, {"B": 2, "T": 1}, {"B": 1, "T": 9}, {"B": 2, "T": 8}):
+        check(orig, low, **dims)
+    if m % (2 * CPU.lanes) == 0 and m > 2 * CPU.lanes:
+        assert "W_packed" in allocs(f)
 
 
 def test_batched_transposed_matmuls_of_attention_backward() -> None:
@@ -223,13 +231,14 @@ def test_operand_read_down_its_columns_is_packed_transposed(heads: int) -> None:
 @pytest.mark.parametrize("m", [10, 3, 21])
 def test_narrow_output_row_is_one_vector_tile(m: int) -> None:
     # mlp's logits (N x 64 @ 64 x 10, N symbolic): the 10 columns are one vector tile (the codegen
-    # splits <10 x f32>), not gcd(10, 16) = 2 lanes with 5 tiles per row
+    # splits <10 x f32>), not gcd(10, 16) = 2 lanes with 5 tiles per row; 4 rows of them (the loop
+    # partition of lower-tir takes the rows' guard out of the main part)
     N = Var("N", "i64")
     A, W = placeholder("A", (N, 64)), placeholder("W", (64, m))
     r = reduce_axis(64, "k")
     C = compute("C", (N, m), lambda i, j: rsum(A[i, r] * W[r, j], r))
     f = scheduled(build("logits", [A, W], [C]), {"N": 1}, {"N": 7})
-    assert [s for n, s in allocs(f).items() if n.endswith("_tile")] == [(1, m)]
+    assert [s for n, s in allocs(f).items() if n.endswith("_tile")] == [(4, m)]
     assert "W_packed" not in allocs(f)
     assert any(lp.kind == "vectorized" and arith.as_int(lp.extent) == m for lp in loops(f))
     from mlc.runtime.cpu import compile_module
@@ -237,7 +246,7 @@ def test_narrow_output_row_is_one_vector_tile(m: int) -> None:
     rng = np.random.default_rng(m)
     a, w = rng.standard_normal((9, 64)).astype(np.float32), rng.standard_normal((64, m)).astype(np.float32)
     out = np.empty((9, m), np.float32)
-    compile_module([f]).kernel(f.name)([a, w, out])
+    compile_module([partition_loops(lower_tir_func(f))]).kernel(f.name)([a, w, out])
     np.testing.assert_allclose(out, a.astype(np.float64) @ w, rtol=1e-4, atol=1e-4)
 
 

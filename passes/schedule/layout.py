@@ -152,6 +152,19 @@ def _lca_loop(func: PrimFunc, paths: list[Path]) -> Path | None:
     return best
 
 
+def _tile_extent(lo: Expr, hi: Expr) -> int | None:
+    """A constant extent covering [lo, hi]: hi - lo + 1, or its bound when a tile over a symbolic
+    axis is clipped at the end (hi = min(lo + 3, N - 1), joined by max with unclipped users)."""
+    ext = arith.as_int(simp(hi - lo + 1))
+    if ext is not None or not isinstance(hi, Bin) or hi.op not in ("min", "max"):
+        return ext
+    arms = [_tile_extent(lo, hi.a), _tile_extent(lo, hi.b)]
+    known = [x for x in arms if x is not None]
+    if hi.op == "min":
+        return min(known) if known else None
+    return max(known) if len(known) == 2 else None
+
+
 def compact(func: PrimFunc, block: str, index: int, order: Sequence[int] = ()) -> tuple[PrimFunc, str]:
     """Allocate write buffer `index` of `block` under the innermost loop enclosing all its uses,
     shrunk to the (constant, aligned) tile they touch there, its axes permuted by `order` (default:
@@ -183,7 +196,7 @@ def compact(func: PrimFunc, block: str, index: int, order: Sequence[int] = ()) -
                 region[d] = r if cur is None or same else union(cur, r)
     shape: list[Expr] = []
     for d, r in enumerate(region):
-        ext = None if r is None else arith.as_int(simp(r[1] - r[0] + 1))
+        ext = None if r is None else _tile_extent(r[0], r[1])
         if ext is None or ext < 1:
             raise MlcError(f"compact: the region of {buf.name} along axis {d} has no constant extent")
         assert r is not None

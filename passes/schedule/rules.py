@@ -11,9 +11,11 @@ point for search too. Rules, in order, per block:
   weight and a register tile of output columns;
 - multi-level tiling: other blocks with a reduction and data reuse (matmul, dense, conv) get SSRSRS tiles,
   an accumulator in a local buffer
-  written back under the tile (where elementwise epilogues then fold in); by default only constant
-  axes get inner tiles (symbolic rows: a one-row tile up to 64 columns wide), a transposed operand
-  is packed into column panels, and a block whose contiguous axis is symbolic keeps its plain nest;
+  written back under the tile (where elementwise epilogues then fold in); by default constant axes
+  get inner tiles and a symbolic row axis its row tile (guarded in block form; lower-tir partitions
+  the row loop so that only the remainder keeps the guard, passes/loop_partition.py), a transposed
+  operand is packed into column panels, and a block whose contiguous axis is symbolic keeps its
+  plain nest;
 - random compute location: producers without reuse (softmax/layernorm statistics) move under
   their consumer's outer loop;
 - parallel-vectorize-unroll: outer spatial loops fused and run in parallel, the innermost spatial
@@ -188,6 +190,18 @@ def _narrow_row_axis(exts: list[int | None], kinds: list[str], tgt: TargetInfo, 
     return const[-1] if const else row
 
 
+def symbolic_rows(exts: list[int | None], kinds: list[str], tgt: TargetInfo, row: int) -> int:
+    """Rows of the register tile over a symbolic row axis: `row_tile` when the columns fit it (a
+    multiple of the vector, or at most three vectors: 4 x 3 accumulators), else 1 (the one-row tile
+    then takes up to eight vectors of a wide odd row whole)."""
+    spatial = [i for i, k in enumerate(kinds) if k == "S"]
+    if row < 0 or exts[row] is not None or not spatial or exts[spatial[-1]] is None:
+        return 1
+    last = exts[spatial[-1]]
+    assert last is not None
+    return row_tile(tgt) if last % tgt.lanes == 0 or last <= 3 * tgt.lanes else 1
+
+
 def _default_tiles(exts: list[int | None], kinds: list[str], tgt: TargetInfo, row: int | None = None
                    ) -> list[list[int] | None]:
     """Default SSRSRS factors per loop (None: symbolic, inner factors only via `_inner_plan`).
@@ -201,23 +215,26 @@ def _default_tiles(exts: list[int | None], kinds: list[str], tgt: TargetInfo, ro
     last = spatial[-1] if spatial else -1
     if row is None:
         row = spatial[-2] if len(spatial) > 1 else -1
-    # symbolic rows get no row tile (see `_inner_plan`): the one-row tile takes up to four vector
-    # pairs of columns instead, so eight accumulators hide the FMA latency
-    cols = 1 if row >= 0 and exts[row] is not None else 4
+    # rows x one vector pair: eight accumulators hide the FMA latency, and each loaded vector of B
+    # feeds every row (a symbolic row axis gets its row tile from `_inner_plan`); with no row axis,
+    # four vector pairs of columns
+    sym = row >= 0 and exts[row] is None
+    cols = 1 if row >= 0 and (not sym or symbolic_rows(exts, kinds, tgt, row) > 1) else 4
+    narrow = 3 * tgt.lanes if sym and cols == 1 else 2 * cols * tgt.lanes
     out: list[list[int] | None] = []
     for pos, (ext, kind) in enumerate(zip(exts, kinds)):
         if ext is None:
             out.append(None)
         elif kind == "R":
             out.append([ext, 1])
-        elif pos == last and ext % tgt.lanes and ext <= 2 * cols * tgt.lanes:
+        elif pos == last and ext % tgt.lanes and ext <= narrow:
             # a narrow row that is no multiple of the vector (mlp's 10 logits) is one vector tile
             # whole (the codegen splits <10 x f32> into a vector and a rest), not gcd(10, 16) = 2 lanes
             out.append([1, 1, 1, ext])
         elif pos == last:
             out.append(_perfect(ext, 4, [1, cols, 2 * tgt.lanes]))
         elif pos == row:
-            out.append(_perfect(ext, 4, [ext, 8 if tgt.lanes >= 16 else 4, 1]))
+            out.append(_perfect(ext, 4, [ext, row_tile(tgt), 1]))
         else:
             out.append([ext, 1, 1, 1])
     par = math.prod(t[0] for t in out if t is not None and len(t) == 4)
@@ -231,14 +248,22 @@ def _default_tiles(exts: list[int | None], kinds: list[str], tgt: TargetInfo, ro
     return out
 
 
-def _inner_plan(kind: str) -> list[int]:
-    """Default inner factors of a symbolic-extent loop (the outermost takes the rest): all 1.
+def row_tile(tgt: TargetInfo) -> int:
+    """Rows of the register tile: with one vector pair of columns, 8 or 16 accumulators."""
+    return 8 if tgt.lanes >= 16 else 4
 
-    A factor that need not divide the extent puts a bounds guard around every statement of the
-    register tile, and guarded accumulator updates cannot live in registers; measured on the
-    gpt_block kernels, tiles on the constant axes alone run 1.7-6x faster than guarded 8-row tiles.
+
+def _inner_plan(kind: str, rows: int = 1) -> list[int]:
+    """Default inner factors of a symbolic-extent loop (the outermost takes the rest): the register
+    tile's `rows` for the row axis, else 1.
+
+    A factor that need not divide the extent guards every statement of the register tile, and
+    guarded accumulator updates cannot live in registers (on the gpt_block kernels such 8-row tiles
+    ran 1.7-6x slower than tiles on the constant axes alone). lower-tir's loop partition
+    (passes/loop_partition.py) runs the tiles of the first floor(N / rows) * rows rows without the
+    guard and only the remainder guarded, so the row axis gets its tile.
     """
-    return [1] if kind == "R" else [1, 1, 1]
+    return [1] if kind == "R" else [1, rows, 1]
 
 
 def multi_level_tiling(sch: Schedule, block: BlockRV, tgt: TargetInfo, ch: Decisions) -> LoopRV | None:
@@ -259,14 +284,15 @@ def multi_level_tiling(sch: Schedule, block: BlockRV, tgt: TargetInfo, ch: Decis
         return None
     b0 = sch.get(block)
     assert isinstance(b0, BlockStmt)
-    wants = _default_tiles(exts, kinds, tgt, _narrow_row_axis(exts, kinds, tgt, _row_axis(b0, loops, kinds)))
+    row = _narrow_row_axis(exts, kinds, tgt, _row_axis(b0, loops, kinds))
+    wants = _default_tiles(exts, kinds, tgt, row)
     for pos, (lp, kind) in enumerate(zip(loops, kinds)):
         n = s_levels if kind == "S" else r_levels
         want = wants[pos]
         if exts[pos] is not None:
             fac: list[int | None] = list(ch.tile(sch, lp, n, 64 if kind == "S" else 16, want))
         else:  # symbolic extent: sample the inner factors, the outermost takes the rest
-            plan = _inner_plan(kind)
+            plan = _inner_plan(kind, symbolic_rows(exts, kinds, tgt, row) if pos == row else 1)
             cands = [1, 2, 4, 8, 16, 32, 64]
             fac = [None] + [ch.cat(sch, cands, p if p in cands else 1) for p in plan]
         parts = sch.split(lp, fac) if n > 1 else [lp]
