@@ -186,7 +186,7 @@ def dense_relu(rows: tuple[object, ...], k: int, m: int, transposed: bool = Fals
 
 
 N, T = Var("N", "i64"), Var("T", "i64")
-KERNELS = [((N,), 64, 128, False), ((N,), 128, 64, False), ((N,), 64, 10, False), ((N,), 32, 20, True),
+KERNELS = [((N,), 64, 128, False), ((N,), 128, 64, False), ((N,), 64, 8, False), ((N,), 32, 32, True),
            ((T, N), 16, 48, False)]
 
 
