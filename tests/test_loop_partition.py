@@ -171,6 +171,13 @@ prim @h(%a: buffer<N x f32>) outputs 1 {
 """
     f = one(src)
     assert partition_loops(f) == f
+    # a GPU kernel (thread-bound loops) keeps its per-thread guards
+    gpu = BEFORE.replace("for o in 0..floordiv(N + 3, 4) parallel {",
+                         'for t in 0..32 thread "threadIdx.x" {\n  for o in 0..floordiv(N + 3, 4) {') \
+        .replace("\n}\n", "\n}\n}\n", 1)
+    g = one(gpu)
+    assert any(isinstance(x, For) and x.kind == "thread" for _, x in walk(g.body))
+    assert partition_loops(g) == g
 
 
 def dense_relu(rows: tuple[object, ...], k: int, m: int, transposed: bool = False) -> PrimFunc:
