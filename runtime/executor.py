@@ -106,10 +106,10 @@ class Executor:
     def run(self, args: list[Any]) -> list[Any]:
         """`invoke`, replaying the tape recorded for these dims where there is one."""
         runner, tapes = self.runner, self.vm.tapes
-        if self._replayable and all(type(a) is np.ndarray for a in args):
+        if self._replayable and all([type(a) is np.ndarray for a in args]):
             # host arrays whose shapes and dtypes passed the parameter types once pass again, binding
             # the same dims: the tape is found without re-checking them
-            key = self._sig_keys.get(tuple((a.shape, a.dtype) for a in args))
+            key = self._sig_keys.get(tuple([(a.shape, a.dtype) for a in args]))
             tape = tapes.get(key) if key is not None else None
             if tape is not None and tape.generation == runner.generation:
                 return self._replay(tape, args)

@@ -145,9 +145,11 @@ class NativeProgram:
 
     records: ctypes.Array  # type: ignore[type-arg]
     count: int
+    address: int = 0  # of the records (set by `program`)
+    replay: Any = None  # the native replay loop (set by `program`)
 
     def run(self) -> int:
-        return int(_native()["replay"](ctypes.addressof(self.records), self.count))
+        return int(self.replay(self.address, self.count))
 
     def run_loop(self, patches: Sequence[tuple[int, int, int]], begin: int, end: int) -> int:
         """Iterations `begin..end` of the program, each after writing `base + step * t` to every
@@ -195,7 +197,8 @@ def copy_entry() -> int:
 def program(entries: Sequence[tuple[int, int, int, int]]) -> NativeProgram:
     """(entry point, argument array, dims array, error slot or 0) addresses -> a native program."""
     flat = [a for e in entries for a in e]
-    return NativeProgram((ctypes.c_uint64 * max(1, len(flat)))(*flat), len(entries))
+    records = (ctypes.c_uint64 * max(1, len(flat)))(*flat)
+    return NativeProgram(records, len(entries), ctypes.addressof(records), _native()["replay"])
 
 
 def _data_field() -> int | None:
