@@ -33,7 +33,7 @@ from .trace import BlockRV, LoopRV
 # vector registers of the ISA by f32 lanes (AVX2: 16 ymm, AVX-512: 32 zmm); 3 stay free for the
 # weight vectors and the broadcast
 _REGS = {4: 16, 8: 16, 16: 32}
-_WIDE = 48  # output columns from which a reduction is chunked (`_reduction_chunk`)
+_NARROW, _WIDE = 14, 48  # output columns from which a reduction is chunked (`_reduction_chunk`)
 _L1 = 24 * 1024  # bytes of L1 data cache a channel block's weights may take (32-48 KiB caches)
 
 
@@ -258,7 +258,7 @@ def conv_tiling(sch: Schedule, block: BlockRV, lanes: int, ch: Decisions) -> boo
     outer = [lp for i, iv in enumerate(b.iters) if iv.kind == "S"
              for lp in (oc0 if i == c else [ow0] if i == col else [by_iter[i]])]
     red = [by_iter[i] for i, iv in enumerate(b.iters) if iv.kind == "R"]
-    chunk = _reduction_chunk(b, oc_f[-1], col_ext)
+    chunk = _reduction_chunk(b, oc_f[-1], col_ext, hoist)
     if chunk is not None:
         # the channel block's weights do not fit L1: the input channels in chunks whose weights do,
         # each chunk's loop outside the row's column tiles (the row's accumulators in an L1 tile
@@ -301,16 +301,19 @@ def conv_tiling(sch: Schedule, block: BlockRV, lanes: int, ch: Decisions) -> boo
     return True
 
 
-def _reduction_chunk(b: BlockStmt, oc1: int, cols: int) -> int | None:
+def _reduction_chunk(b: BlockStmt, oc1: int, cols: int, hoist: bool = False) -> int | None:
     """The input channels per chunk when an `oc1`-channel block's weights exceed L1 (3x3 convs from
-    about 42 input channels at 16 lanes) on rows of `_WIDE` or more columns: the largest divisor of
-    the first reduction extent whose weights take at most half of `_L1`; None when they fit, the
-    row is narrower or no chunk is smaller. Measured same-run against unchunked (batch 1 unless
-    said): 56 columns 1.3-2.2x faster (128->32 3x3, 64->192 3x3, DenseNet's BN-ReLU 224->128 1x1
-    1.2x); narrower rows 0.3-0.8x (64->64 3x3 at 16x16 batch 8: 0.3-0.5x, at 32x32 0.74x; BN-ReLU
-    352->128 at 28x28 0.65x, 704->128 at 14x14 0.78x), for reasons not found."""
+    about 42 input channels at 16 lanes): the largest divisor of the first reduction extent whose
+    weights take at most half of `_L1`; None when they fit, no chunk is smaller, or the row is not
+    one where chunks measured faster: `_NARROW`+ columns (`_WIDE`+ for a whole-row tile of
+    `per_step_work`), not a power of two. Same-run against one pass, single 3x3 layers (batch 1
+    unless said): 56 columns 1.3-2.2x (128->32, 64->192, 64->64), 28 columns 1.4-1.7x (64->96,
+    96->96, 128->128), 14 columns 1.0-1.3x (256->256, 192->256, 96->128); slower at 7 columns
+    (512->512: 0.72x), at 16 and 32 (64->64, 16x16 batch 8 and 32x32: 0.3-0.8x, a 1-4 KiB channel
+    plane, L1 set conflicts suspected) and, with the whole-row tile, at 28 and 14 (BN-ReLU 352->128
+    and 704->128 1x1: 0.65x, 0.78x)."""
     red = [arith.as_int(iv.extent) for iv in b.iters if iv.kind == "R"]
-    if cols < _WIDE or not red or any(e is None for e in red):
+    if cols < (_WIDE if hoist else _NARROW) or cols & (cols - 1) == 0 or not red or any(e is None for e in red):
         return None
     per = 4 * oc1 * math.prod(red[1:])  # type: ignore[arg-type]
     if per * red[0] <= _L1:  # type: ignore[operator]
