@@ -5,9 +5,12 @@ tree says where all uses of a value meet; a node joins its immediate post-domina
 every op on every path between them satisfies the pattern rule of the node's group, and then all
 those path ops join too (so groups are convex: no cycles, and only the sink escapes the group).
 
-- elementwise/broadcast chains fuse into any injective, reduction or out_ewise_fusable consumer;
+- elementwise/broadcast chains fuse into any injective, reduction or out_ewise_fusable consumer, except
+  an op that reuses its inputs (a convolution: `OpDef.reuses_inputs`), which would recompute the chain
+  at every use (TVM fuses no prologue into conv2d either; `prologue=true` allows it);
 - injective ops (reshape, transpose, concat, ...) fuse along injective paths and into a reduction or
-  matmul/conv consumer, which then reads through the index mapping (second phase);
+  matmul/conv consumer, which then reads through the index mapping (second phase), unless an
+  elementwise chain joined them and the consumer reuses its inputs;
 - out_ewise_fusable (matmul, conv, pools) and, beyond TVM, reductions take an elementwise/broadcast
   epilogue (first phase);
 - a group holds at most one reduction-like op, so every kernel has one main loop nest to schedule;
@@ -45,6 +48,7 @@ class Group:
     pattern: int
     heavy: int
     size: int = 1
+    ewise: bool = False  # holds an elementwise/broadcast op (computes, not just moves data)
     parent: Group | None = None
 
     def root(self) -> Group:
@@ -129,10 +133,11 @@ def post_dominators(g: Graph) -> list[DomNode]:
 
 
 class Partitioner:
-    def __init__(self, g: Graph, heavy: list[bool], max_depth: int):
+    def __init__(self, g: Graph, heavy: list[bool], max_depth: int, reuses: list[bool] | None = None):
         self.g = g
-        self.groups = [Group(p, int(h)) for p, h in zip(g.pattern, heavy)]
+        self.groups = [Group(p, int(h), ewise=p <= BCAST) for p, h in zip(g.pattern, heavy)]
         self.max_depth = max_depth
+        self.reuses = reuses or [False] * len(g.pattern)
 
     def path(self, src: int, sink: int) -> list[int]:
         """Nodes strictly after src on some path to sink, sink included."""
@@ -176,6 +181,7 @@ class Partitioner:
                 target.size += r.size
                 target.heavy += r.heavy
                 target.pattern = max(target.pattern, r.pattern)
+                target.ewise = target.ewise or r.ewise
         return True
 
     def run(self, dom: list[DomNode]) -> list[Group]:
@@ -186,6 +192,8 @@ class Partitioner:
                     continue
                 sink = dn.parent.index
                 if grp.root() is self.groups[sink].root():
+                    continue
+                if self.reuses[sink] and grp.root().ewise:
                     continue
                 if grp.pattern in HEAVY:
                     if phase == 0 and dn.pattern <= BCAST:
@@ -220,10 +228,11 @@ def _fused_name(bindings: list[Binding]) -> str:
 
 
 class Fuser:
-    def __init__(self, gl: GroupLowerer, externs: dict[str, str], max_depth: int):
+    def __init__(self, gl: GroupLowerer, externs: dict[str, str], max_depth: int, prologue: bool = False):
         self.gl = gl
         self.externs = externs
         self.max_depth = max_depth
+        self.prologue = prologue
 
     def pattern(self, b: Binding) -> int:
         if not lowerable(b):
@@ -233,12 +242,18 @@ class Fuser:
         assert op is not None
         return KINDS.index(op.kind)
 
+    @staticmethod
+    def reuses_inputs(b: Binding) -> bool:
+        op = get_op(b.node.op) if isinstance(b.node, OpCall) else None
+        return op is not None and op.reuses_inputs
+
     def block(self, block: Block) -> Block:
         block = to_externs(block, self.externs)
         bs = block.bindings
         g = build_graph(block, self.pattern)
         heavy = [p in HEAVY for p in g.pattern]
-        roots = Partitioner(g, heavy, self.max_depth).run(post_dominators(g))
+        reuses = [not self.prologue and self.reuses_inputs(b) for b in bs]
+        roots = Partitioner(g, heavy, self.max_depth, reuses).run(post_dominators(g))
         members: dict[int, list[int]] = {}
         for i, r in enumerate(roots):
             if g.pattern[i] != OPAQUE or lowerable(bs[i]):
@@ -331,11 +346,12 @@ class Fuse(LowerOptions):
 
     name: ClassVar[str] = "fuse"
     max_depth: int = option(64, "most ops in one fused kernel")
+    prologue: bool = option(False, "also fuse elementwise producers into convolutions (recomputed at every use)")
 
     def apply(self, module: Module, ctx: PassContext) -> Module:
         before = count_calls(module)
         gl = GroupLowerer(module)
-        fz = Fuser(gl, parse_externs(self.extern), max(1, int(self.max_depth)))
+        fz = Fuser(gl, parse_externs(self.extern), max(1, int(self.max_depth)), bool(self.prologue))
         fns = [map_blocks(f, fz.block) if isinstance(f, Function) else f for f in module.functions]
         out = gl.finish(fns, self.strict, "fuse")
         after = count_calls(out)

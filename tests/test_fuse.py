@@ -134,6 +134,28 @@ def test_elementwise_producer_and_layout_fuse_into_reduction_consumers() -> None
     same_results(m, f, {"x": rand(5, 8), "w": rand(8, 6, seed=1)})
 
 
+def test_elementwise_chain_stays_out_of_a_convolution_unless_asked() -> None:
+    """A pre-activation (batch norm -> relu -> conv, DenseNet) would be recomputed at every reuse of
+    the conv's input: it is its own kernel, while pad (moves data only) and the epilogue still fuse;
+    `prologue=true` restores the fused form."""
+    x = Value("x", t(N, 4, 6, 6))
+    w, bias = Value("w", t(5, 4, 3, 3)), Value("bias", t(5, 1, 1))
+    sc, sh, mu, var = (Value(nm, t(4)) for nm in ("sc", "sh", "mu", "var"))
+    m = graph((x, w, bias, sc, sh, mu, var), [
+        ("bn", "batch_norm", ("x", "sc", "sh", "mu", "var"), {}), ("r", "relu", ("bn",), {}),
+        ("p", "pad", ("x",), {"pads": (0, 0, 1, 1, 0, 0, 1, 1)}),
+        ("c", "conv2d", ("r", "w"), {"pads": (1, 1, 1, 1)}), ("c2", "conv2d", ("p", "w"), {}),
+        ("y", "add", ("c", "c2"), {}), ("z", "add", ("y", "bias"), {})], ("z",))
+    f = run_pass("fuse", m)
+    assert [c.func for c in calls(f)] == ["fused_batch_norm_relu", "fused_pad_conv2d", "fused_conv2d_add_add"]
+    g = run_pass("fuse", m, prologue=True)
+    assert [c.func for c in calls(g)] == ["fused_pad_conv2d", "fused_batch_norm_relu_conv2d_add_add"]
+    ins = {"x": rand(2, 4, 6, 6), "w": rand(5, 4, 3, 3, seed=1), "bias": rand(5, 1, 1, seed=2), "sc": rand(4, seed=3),
+           "sh": rand(4, seed=4), "mu": rand(4, seed=5), "var": np.abs(rand(4, seed=6)) + 0.5}
+    same_results(m, f, ins)
+    same_results(m, g, ins)
+
+
 def test_opaque_ops_stay_alone_and_stats_are_reported(capsys: pytest.CaptureFixture[str]) -> None:
     m = graph((X,), [("a", "exp", ("x",), {}), ("s", "softmax", ("a",), {"axis": -1}), ("y", "neg", ("s",), {})], ("y",))
     ctx = PassContext()

@@ -136,7 +136,7 @@ def _size_attr(attrs: dict[str, Any], name: str, loc: Loc) -> tuple[Expr, Expr]:
 
 # ---- conv2d ----------------------------------------------------------------------------------
 define("conv2d", "out_ewise_fusable", 2, _CONV_ATTRS,
-       "NCHW x OIHW grouped convolution; pads = (top, left, bottom, right)")
+       "NCHW x OIHW grouped convolution; pads = (top, left, bottom, right)", reuses_inputs=True)
 
 
 @register_infer("conv2d")
@@ -196,7 +196,7 @@ def _conv2d_lower(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
 
 # ---- conv2d_transpose ------------------------------------------------------------------------
 define("conv2d_transpose", "out_ewise_fusable", 2, {**_CONV_ATTRS, "output_padding": (0, 0)},
-       "transposed convolution; weight (C_in, C_out/groups, kh, kw)")
+       "transposed convolution; weight (C_in, C_out/groups, kh, kw)", reuses_inputs=True)
 
 
 @register_infer("conv2d_transpose")
@@ -375,11 +375,11 @@ def _conv2d_t_lower(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
 # ---- conv2d_grad_data, conv2d_grad_weight ----------------------------------------------------
 define("conv2d_grad_data", "out_ewise_fusable", 2, {**_CONV_ATTRS, "input_size": REQUIRED},
        "gradient of conv2d wrt its input: args dy, w (conv2d's weight); input_size = (H, W) of conv2d's "
-       "input, which strides alone do not fix")
+       "input, which strides alone do not fix", reuses_inputs=True)
 
 define("conv2d_grad_weight", "out_ewise_fusable", 2, {**_CONV_ATTRS, "kernel_shape": REQUIRED},
        "gradient of conv2d wrt its weight: args x, dy (conv2d's input, the cotangent of its result); "
-       "kernel_shape = the weight's (kh, kw)")
+       "kernel_shape = the weight's (kh, kw)", reuses_inputs=True)
 
 
 def _check_conv_out(op: str, dy: tuple[Expr, ...], x: tuple[Expr, ...], attrs: dict[str, Any],
