@@ -1,7 +1,8 @@
 """Loop partition (TVM's LoopPartition), a step of lower-tir on the loop-level form.
 
-A loop split by a factor that need not divide its symbolic extent guards its tile with a test such
-as `4 * o + r < N` (r the unrolled tile rows): every statement of the register tile then sits under
+A loop split by a factor that need not divide its extent (symbolic, or a constant such as 55
+columns in 8-lane vectors, when the test is a lane mask) guards its tile with a test such as `4 * o + r < N` (r the unrolled
+tile rows): every statement of the register tile then sits under
 a branch (or a lane mask), and guarded accumulator updates cannot live in registers. Such a test
 holds for every iteration of a prefix of the outer loop, `o < floordiv(N, 4)`, whatever the inner
 loops do. The loop becomes two: the main part over that prefix, with those tests dropped (and tile
@@ -66,12 +67,14 @@ def _normalize(c: Expr) -> tuple[Expr, Expr] | None:
 
 
 def prefix_end(lhs: Expr, rhs: Expr, var: Var, ranges: dict[Var, tuple[Expr, Expr]],
-               inner: set[Var]) -> Expr | None:
+               inner: set[Var], lane_mask: bool = False) -> Expr | None:
     """The end P of the prefix of `var`'s range on which `lhs < rhs` holds for every value of the
-    inner loops (their `ranges`), or None when the test is not of the partitionable form. Only a
-    symbolic bound counts: a constant one (a tail of a split constant extent, a padding test) stays
-    with the codegen, which knows the split in its vector loops."""
-    if not free_vars(rhs) or free_vars(rhs) & (inner | {var}) or var not in free_vars(lhs):
+    inner loops (their `ranges`), or None when the test is not of the partitionable form. A
+    constant bound counts only for a `lane_mask` (the test varies across a vectorized loop's lanes):
+    the partial last tile of a constant extent would otherwise mask every vector iteration's loads
+    and stores (masked stores are microcoded on AMD Zen: a 111 -> 55 max pool took 3 ms instead of
+    0.4); other constant tails (a conv's unrolled column tiles) stay with the codegen."""
+    if (not free_vars(rhs) and not lane_mask) or free_vars(rhs) & (inner | {var}) or var not in free_vars(lhs):
         return None
     hi_lo = bound(simp(lhs), ranges)
     if hi_lo is None:
@@ -120,12 +123,15 @@ class _Guards:
     def __init__(self, var: Var, end: Expr | None) -> None:
         self.var, self.end = var, end
         self.ends: list[Expr] = []
+        self.lanes: set[Var] = set()  # vectorized loop vars met so far (names are unique in a func)
 
     def walk(self, s: Stmt, ranges: dict[Var, tuple[Expr, Expr]], env: dict[Var, Expr],
              inner: frozenset[Var] = frozenset()) -> Stmt:
         """`inner`: every var bound inside the loop so far (a loop without a known range included)."""
         if isinstance(s, For):
             ext = s.extent
+            if s.kind == "vectorized":
+                self.lanes.add(s.var)
             if self.end is not None:
                 ext = self.unclip(ext, ranges, set(inner))
             r = dict(ranges)
@@ -144,7 +150,8 @@ class _Guards:
             for c in conjuncts(s.cond):
                 n = _normalize(c)
                 lhs, rhs = (None, None) if n is None else (expand(n[0], env), expand(n[1], env))
-                p = None if lhs is None or rhs is None else prefix_end(lhs, rhs, self.var, ranges, set(inner))
+                p = None if lhs is None or rhs is None else prefix_end(
+                    lhs, rhs, self.var, ranges, set(inner), bool(free_vars(lhs) & self.lanes))
                 if p is not None and self.end is None:
                     self.ends.append(p)
                 if p is None or self.end is None or not arith.prove_equal(p, self.end) and p != self.end:
