@@ -26,6 +26,7 @@ from mlc.passes.loop_partition import partition_loops
 from mlc.passes.registry import PassContext, get_pass
 from mlc.passes.schedule.rules import TargetInfo, default_schedule
 from mlc.runtime.cpu import compile_module
+from test_schedule_rules_train import check
 
 BEFORE = """mlc.module v1
 
@@ -82,17 +83,6 @@ def one(text: str) -> PrimFunc:
     return parse_module(text, "t.ir").prim_functions()[0]
 
 
-def same(orig: PrimFunc, new: PrimFunc, dims: dict[str, int], seed: int = 0) -> None:
-    rng = np.random.default_rng(seed)
-    args = [rng.standard_normal(tuple(arith.evaluate(d, dims) for d in b.shape)).astype(np.float32)
-            for b in orig.params]
-    ref, got = [a.copy() for a in args], [a.copy() for a in args]
-    run_prim(orig, ref, dims)
-    run_prim(new, got, dims)
-    for r, g in zip(ref[-orig.num_outputs:], got[-orig.num_outputs:]):
-        np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-5)
-
-
 def test_golden_text_round_trip_and_interpreter() -> None:
     m = parse_module(BEFORE, "t.ir")
     f = m.prim_functions()[0]
@@ -102,7 +92,7 @@ def test_golden_text_round_trip_and_interpreter() -> None:
     assert print_module(parse_module(text, "after.ir")) == AFTER
     verify_module(out)
     for n in (0, *SIZES):
-        same(f, out.prim_functions()[0], {"N": n}, seed=n)
+        check(f, out.prim_functions()[0], N=n)
     # partitioning a partitioned function changes nothing more
     assert print_module(out.with_function(partition_loops(out.prim_functions()[0]))) == AFTER
 
@@ -135,7 +125,7 @@ prim @g(%a: buffer<N x 8 x f32>) outputs 1 {{
     else:
         assert new == f
     for n in (1, 7, 9):
-        same(f, new, {"N": n})
+        check(f, new, N=n)
 
 
 def test_guard_with_else_and_loops_with_start_are_left_alone() -> None:
@@ -299,7 +289,7 @@ def test_constant_tail_of_a_vector_loop_is_its_own_part() -> None:
     f = one(CONST_BEFORE)
     new = partition_loops(f)
     assert print_module(Module((new,))) == CONST_AFTER
-    same(f, new, {})
+    check(f, new)
 
 
 def test_ceil_mode_pool_compiled_matches_the_interpreter() -> None:
