@@ -103,7 +103,7 @@ def host_entry(vm: Any, inputs: dict[str, np.ndarray]) -> HostEntry | None:
     except MlcError:
         return None
     return HostEntry(tuple(p.name for p in fn.params), tuple(v.name for v in fn.body.results),
-                     vm._executor(fn, nested=False), runner.copy_out)
+                     vm.executor(fn, nested=False), runner.copy_out)
 
 
 def load(path: str | Path, device: str | None = None) -> Model:

@@ -71,14 +71,14 @@ class VM(Interpreter):
                 if len(self._checked) < 16:
                     self._checked[key] = fn
             runner = self.runner
-            outs = self._executor(fn, nested=False).run([runner.copy_in(inputs[p.name]) for p in fn.params])
+            outs = self.executor(fn, nested=False).run([runner.copy_in(inputs[p.name]) for p in fn.params])
             runner.sync()
             return {v.name: runner.copy_out(o) for v, o in zip(fn.body.results, outs)}
 
     def run_device(self, inputs: Mapping[str, Any], func: str = "main") -> dict[str, Any]:
         """Run with device-resident inputs; results stay on the device."""
         fn = check_inputs(self.module, inputs, func)
-        outs = self._executor(fn, nested=False).run([inputs[p.name] for p in fn.params])
+        outs = self.executor(fn, nested=False).run([inputs[p.name] for p in fn.params])
         return {v.name: o for v, o in zip(fn.body.results, outs)}
 
     def synchronize(self) -> None:
@@ -104,7 +104,8 @@ class VM(Interpreter):
         return sorted(out, key=lambda t: -t.per_run)
 
     # ---- the walk's services ------------------------------------------------------------------
-    def _executor(self, fn: Function, nested: bool) -> Executor:
+    def executor(self, fn: Function, nested: bool) -> Executor:
+        """The cached walk of `fn` (its tape and native replay live there; `Model`'s host entry uses it)."""
         ex = self._executors.get((fn.name, nested))
         if ex is None:
             ex = self._executors[(fn.name, nested)] = Executor(self, fn, None if nested else self.plans.get(fn.name))
@@ -116,7 +117,7 @@ class VM(Interpreter):
         fn = next((f for f in self.module.functions if f.name == name), None)
         if not isinstance(fn, Function) or len(args) != len(fn.params):
             return super().call(name, args, loc)
-        return self._executor(fn, nested=True).invoke(args)
+        return self.executor(fn, nested=True).invoke(args)
 
     def buffer(self, name: str, shape: tuple[int, ...], dtype: np.dtype, plan: MemoryPlan | None) -> Any:
         """Storage for value `name`: a view of its plan token's arena, else a fresh allocation."""
