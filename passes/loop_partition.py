@@ -1,8 +1,8 @@
 """Loop partition (TVM's LoopPartition), a step of lower-tir on the loop-level form.
 
 A loop split by a factor that need not divide its extent (symbolic, or a constant such as 55
-columns in 8-lane vectors, when the test is a lane mask) guards its tile with a test such as `4 * o + r < N` (r the unrolled
-tile rows): every statement of the register tile then sits under
+columns in 8-lane vectors, when the test is a lane mask) guards its tile with a test such as
+`4 * o + r < N` (r the unrolled tile rows): every statement of the register tile then sits under
 a branch (or a lane mask), and guarded accumulator updates cannot live in registers. Such a test
 holds for every iteration of a prefix of the outer loop, `o < floordiv(N, 4)`, whatever the inner
 loops do. The loop becomes two: the main part over that prefix, with those tests dropped (and tile
@@ -14,7 +14,7 @@ over the inner loops, written `F * g(o) + C` with g(o) = o or floordiv(o, c), so
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from mlc.ir import arith
 from mlc.ir.expr import Bin, Const, Expr, Load, Var, free_vars, subexprs, substitute
@@ -42,13 +42,6 @@ class LoopPartitioner(StmtMutator):
                 main, tail = parts
                 return seq([replace(main, body=self.visit(main.body)), tail])
         return self.generic_visit(s)
-
-
-@dataclass(frozen=True)
-class Prefix:
-    """Where a test on loop `var` stops holding: every iteration below `end` passes it."""
-
-    end: Expr
 
 
 def _normalize(c: Expr) -> tuple[Expr, Expr] | None:
@@ -118,7 +111,7 @@ def _floordivs_of(e: Expr, var: Var) -> list[Bin]:
 
 class _Guards:
     """Walks a loop body, tracking the inner loops' ranges and let-bound values, collecting the
-    prefix end of each removable test (`collect`) or dropping the tests whose end is `end`."""
+    prefix end of each removable test (`end` None) or dropping the tests whose end is `end`."""
 
     def __init__(self, var: Var, end: Expr | None) -> None:
         self.var, self.end = var, end

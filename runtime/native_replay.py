@@ -145,8 +145,8 @@ class NativeProgram:
 
     records: ctypes.Array  # type: ignore[type-arg]
     count: int
-    address: int = 0  # of the records (set by `program`)
-    replay: Any = None  # the native replay loop (set by `program`)
+    address: int  # of the records, kept so a run makes no ctypes.addressof call
+    replay: Any  # the native replay loop
 
     def run(self) -> int:
         return int(self.replay(self.address, self.count))

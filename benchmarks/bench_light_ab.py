@@ -1,0 +1,83 @@
+"""One compiler rule on and off, on ONNX's `light` models, with onnxruntime in the same blocks.
+
+    python benchmarks/bench_light_ab.py --rule {conv-prologue,lane-partition} [--models densenet121 ...] [--runs 7]
+
+Both builds come from this tree; "old" switches one rule of issue 17 back off for its build only:
+- `conv-prologue`: fuse puts elementwise chains into convolutions again (no `OpDef.reuses_inputs`);
+- `lane-partition`: the loop partition splits symbolic bounds only, not constant lane-mask tails.
+Weights are random as `bench_light.py --random-weights`; every output is checked against onnxruntime.
+Prints new, old and ort ms (alternating blocks, `runtime.bench.block_medians`) and the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from bench_light import feeds_for, light_path, random_weights
+from mlc.ir.expr import free_vars
+from mlc.passes import fuse, loop_partition
+from mlc.runtime.bench import block_medians
+
+import mlc
+
+
+@contextmanager
+def conv_prologue() -> Iterator[None]:
+    saved = fuse.Fuser.__dict__["reuses_inputs"]
+    fuse.Fuser.reuses_inputs = staticmethod(lambda b: False)  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        fuse.Fuser.reuses_inputs = saved  # type: ignore[method-assign]
+
+
+@contextmanager
+def symbolic_partition_only() -> Iterator[None]:
+    saved = loop_partition.prefix_end
+
+    def old(lhs, rhs, var, ranges, inner, lane_mask=False):  # type: ignore[no-untyped-def]
+        return None if not free_vars(rhs) else saved(lhs, rhs, var, ranges, inner, lane_mask)
+
+    loop_partition.prefix_end = old  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        loop_partition.prefix_end = saved  # type: ignore[assignment]
+
+
+RULES: dict[str, Callable[[], AbstractContextManager[None]]] = {
+    "conv-prologue": conv_prologue, "lane-partition": symbolic_partition_only}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rule", choices=sorted(RULES), required=True)
+    ap.add_argument("--models", nargs="*", default=["densenet121", "inception_v2", "squeezenet"])
+    ap.add_argument("--runs", type=int, default=7)
+    args = ap.parse_args()
+    print(f"{'model':14s} {'new ms':>9s} {'old ms':>9s} {'ort ms':>9s} {'old/new':>8s} {'ort/new':>8s} "
+          f"{'ort/old':>8s}  agree")
+    for name in args.models:
+        proto = random_weights(onnx.load(light_path(name)))
+        feeds = feeds_for(proto)
+        new = mlc.compile(proto)
+        with RULES[args.rule]():
+            old = mlc.compile(proto)
+        sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+        ours = dict(zip(new.input_names, feeds.values()))
+        ref = sess.run(None, feeds)
+        agree = all(np.allclose(g, r, rtol=1e-3, atol=1e-4) for m in (new, old)
+                    for g, r in zip(m(**ours).values(), ref))
+        t_new, t_old, t_ort = block_medians([lambda m=m, f=ours: m(**f) for m in (new, old)]
+                                            + [lambda s=sess, f=feeds: s.run(None, f)], runs=args.runs)
+        print(f"{name:14s} {t_new * 1e3:9.2f} {t_old * 1e3:9.2f} {t_ort * 1e3:9.2f} {t_old / t_new:8.2f} "
+              f"{t_ort / t_new:8.2f} {t_ort / t_old:8.2f}  {'yes' if agree else 'NO'}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
