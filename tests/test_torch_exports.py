@@ -19,8 +19,12 @@ KNOWN: dict[str, str] = {}
 
 
 def _cases() -> list[object]:
-    return [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=KNOWN[n])) if n in KNOWN else n
-            for n in exported()]
+    """Every export; the torchscript twins run in `make conformance` (the suite's time budget keeps one
+    exporter's graph per architecture in `make test`)."""
+    def marks(n: str) -> list[pytest.MarkDecorator]:
+        return ([pytest.mark.xfail(strict=True, reason=KNOWN[n])] if n in KNOWN else []) + \
+            ([pytest.mark.conformance] if ".torchscript." in n else [])
+    return [pytest.param(n, marks=marks(n)) for n in exported()]
 
 
 def _inputs(model: onnx.ModelProto, sizes: dict[str, int], rng: np.random.Generator) -> dict[str, np.ndarray]:
