@@ -19,8 +19,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from bench_light import feeds_for, light_path, random_weights
+from mlc.ir import loop_partition
 from mlc.ir.expr import free_vars
-from mlc.passes import fuse, loop_partition
+from mlc.passes import fuse
 from mlc.runtime.bench import block_medians
 
 import mlc

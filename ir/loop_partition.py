@@ -1,4 +1,6 @@
-"""Loop partition (TVM's LoopPartition), a step of lower-tir on the loop-level form.
+"""Loop partition (TVM's LoopPartition), the last step of the lowering (ir/tir_lower.py
+`lower_tir_func`) on the loop-level form: every consumer (the lower-tir pass, the code generators
+handed block form, the tuner's measurements) runs it through that one function.
 
 A loop split by a factor that need not divide its extent (symbolic, or a constant such as 55
 columns in 8-lane vectors, when the test is a lane mask) guards its tile with a test such as
@@ -16,10 +18,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from mlc.ir import arith
-from mlc.ir.expr import Bin, Const, Expr, Load, Var, free_vars, subexprs, substitute
-from mlc.ir.tir import For, IfStmt, Let, PrimFunc, Stmt
-from mlc.ir.tir_visit import StmtMutator, bound, conjuncts, kids, nodes, rewrite, seq, simp, with_kids
+from . import arith
+from .expr import Bin, Const, Expr, Load, Var, free_vars, subexprs, substitute
+from .tir import For, IfStmt, Let, PrimFunc, Stmt
+from .tir_visit import StmtMutator, bound, conjuncts, kids, nodes, rewrite, seq, simp, with_kids
 
 
 def partition_loops(func: PrimFunc) -> PrimFunc:

@@ -1,5 +1,10 @@
 """Block form -> the loop-level subset the code generators consume (the `lower-tir` stage).
 
+`lower_tir_func` is the one lowering: the lower-tir pass (passes/lower_tir.py), the code generators
+handed block form (`lower_to_llvm`, `lower_to_cuda`, hence `compile_module` and the tuner's
+measurement workers) all call it, so a kernel's code is the same whether `mlc build` made it or the
+tuner timed it. It runs two steps.
+
 Block semantics are written here once (TVM: LowerInitBlock, ConvertBlocksToOpaque, LowerOpaqueBlock,
 LowerThreadAllreduce):
 - a block becomes `let` bindings of its iterators (outermost first, so codegen and the vectorizer
@@ -14,10 +19,15 @@ LowerThreadAllreduce):
 - a top-level stage holding a block tensorized with a `gemm_*` intrinsic becomes one `GemmCall`
   carrying the GEMM's buffers, whether it accumulates, and the template tile (typed, not a name).
 
+Then loops whose tile guards hold on a prefix are split into a guard-free main part and a guarded
+remainder (ir/loop_partition.py, TVM's LoopPartition); GPU kernels (thread-bound loops) are left as
+they are.
+
 Buffers stay n-dimensional (row-major, no explicit strides): the LLVM vectorizer
 (codegen/vectorize.py) derives lane strides from the index of each dimension, which a flattened
 index would hide behind products of symbolic dims.
-The result holds no `BlockStmt`; lowering a lowered function returns it unchanged.
+The result holds no `BlockStmt`; a function already in that form is taken to be this lowering's
+output and returned unchanged (so the code generators do not partition the pass's output twice).
 """
 
 from __future__ import annotations
@@ -26,6 +36,7 @@ from dataclasses import replace
 
 from .diagnostics import MlcError
 from .expr import Bin, Const, Expr, Load, free_vars
+from .loop_partition import partition_loops
 from .names import fresh_name
 from .tir import (
     Allocate,
@@ -52,7 +63,8 @@ def is_lowered(func: PrimFunc) -> bool:
 
 
 def lower_tir_func(func: PrimFunc) -> PrimFunc:
-    """The loop-level form of a (scheduled or not) block-form PrimFunc; see the module docstring."""
+    """The loop-level form of a (scheduled or not) block-form PrimFunc: blocks lowered, then loops
+    partitioned; see the module docstring."""
     if is_lowered(func):
         return func
     lw = _Lower(used_names(func))
@@ -62,7 +74,7 @@ def lower_tir_func(func: PrimFunc) -> PrimFunc:
         new = [gemm_stage(s) or s for s in stages]
         if any(a is not b for a, b in zip(new, stages)):
             body = replace(body, body=seq(new))
-    return replace(func, body=lw.visit(body))
+    return partition_loops(replace(func, body=lw.visit(body)))
 
 
 def gemm_stage(stage: Stmt) -> GemmCall | None:

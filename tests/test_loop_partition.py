@@ -1,4 +1,4 @@
-"""Loop partition (passes/loop_partition.py, a step of lower-tir): golden before/after text, loops it
+"""Loop partition (ir/loop_partition.py, the last step of lower_tir_func): golden before/after text, loops it
 must leave alone, and default-scheduled kernels with a register tile over a symbolic row axis,
 partitioned and compiled, against the TIR interpreter on the unscheduled program at N = 1, 7, 8, 9,
 33 with every buffer flush against a PROT_NONE page (before and after)."""
@@ -11,8 +11,12 @@ import textwrap
 
 import numpy as np
 import pytest
+from mlc.codegen.cpu import host_target
+from mlc.codegen.cuda import lower_to_cuda
+from mlc.codegen.llvm import lower_to_llvm
 from mlc.ir import PrimFunc, arith
 from mlc.ir.expr import Var
+from mlc.ir.loop_partition import partition_loops
 from mlc.ir.module import Module
 from mlc.ir.parser import parse_module
 from mlc.ir.printer import print_module
@@ -22,11 +26,12 @@ from mlc.ir.tir_interp import run_prim
 from mlc.ir.tir_lower import lower_tir_func
 from mlc.ir.tir_visit import walk
 from mlc.ir.verify import verify_module
-from mlc.passes.loop_partition import partition_loops
 from mlc.passes.registry import PassContext, get_pass
+from mlc.passes.schedule.gpu_rules import default_gpu_schedule
 from mlc.passes.schedule.rules import TargetInfo, default_schedule
 from mlc.runtime.cpu import compile_module
 from test_schedule_rules_train import check
+from test_tir_interp import softmax_func
 
 BEFORE = """mlc.module v1
 
@@ -181,7 +186,7 @@ KERNELS = [((N,), 64, 128, False), ((N,), 128, 64, False), ((N,), 64, 8, False),
 
 def scheduled_and_lowered(spec: tuple) -> tuple[PrimFunc, PrimFunc]:  # type: ignore[type-arg]
     f = dense_relu(*spec)
-    low = partition_loops(lower_tir_func(default_schedule(f, CPU).func))
+    low = lower_tir_func(default_schedule(f, CPU).func)
     return f, low
 
 
@@ -241,13 +246,24 @@ def test_compiled_partitioned_kernels_match_the_interpreter_under_guard_pages(tm
         np.testing.assert_allclose(got[key], ref, rtol=1e-4, atol=1e-4, err_msg=key)
 
 
-def test_lower_tir_pass_partitions() -> None:
-    f = dense_relu((N,), 64, 128)
+def test_build_and_tuner_lower_block_form_the_same_way() -> None:
+    """`mlc build` compiles the lower-tir pass's output; the tuner's workers (tune/worker.py) and the
+    `mlc schedule`/`tune` benches hand the scheduled block form to compile_module. Both must give
+    the same kernel (#14: the tuner used to time tiles with the guards the build partitioned away)."""
+    blocks = [default_schedule(dense_relu(*spec), CPU).func for spec in KERNELS[:2]]
     info = get_pass("lower-tir")
     assert info is not None
-    out = info.fn(Module((default_schedule(f, CPU).func,)), PassContext(sink=None))
-    red = [x for _, x in walk(out.prim_functions()[0].body) if isinstance(x, For) and x.var.name == "k_0"]
-    assert len(red) == 2
+    out = info.fn(Module(tuple(blocks)), PassContext(sink=None))
+    for low in out.prim_functions():  # the partition is in play in both (else equality proves little)
+        red = [x for _, x in walk(low.body) if isinstance(x, For) and x.var.name == "k_0"]
+        assert len(red) == 2 and not any(isinstance(y, IfStmt) for _, y in walk(red[0].body)), low.name
+    assert print_module(Module(tuple(lower_tir_func(f) for f in blocks))) == print_module(out)
+    assert lower_to_llvm(blocks, host_target()) == lower_to_llvm(out.prim_functions(), host_target())
+    assert compile_module(blocks).llvm_ir() == compile_module(out.prim_functions()).llvm_ir()
+    # a GPU kernel: the codegen handed block form and the build's lower-tir output agree too
+    gpu = default_gpu_schedule(softmax_func(4, 300))
+    gout = info.fn(Module((gpu,)), PassContext(sink=None))
+    assert lower_to_cuda([gpu]).source == lower_to_cuda(gout.prim_functions()).source
 
 
 CONST_BEFORE = """mlc.module v1
@@ -300,7 +316,7 @@ def test_ceil_mode_pool_compiled_matches_the_interpreter() -> None:
     f = build("pool", [x], [compute("y", (1, 3, 55, 55), lambda n, c, i, j: rmax(
         x[n, c, 2 * i + kh, 2 * j + kw], (kh, kw)))])
     s = default_schedule(f, CPU)
-    low = partition_loops(lower_tir_func(s.func))
+    low = lower_tir_func(s.func)
     assert any(isinstance(st, IfStmt) for _, st in walk(low.body))  # the tail keeps its guard
     lib = compile_module([low])
     xin = np.random.default_rng(3).standard_normal((1, 3, 111, 111)).astype(np.float32)

@@ -16,7 +16,6 @@ from mlc.ir.tir import For, IfStmt
 from mlc.ir.tir_interp import run_prim
 from mlc.ir.tir_lower import lower_tir_func
 from mlc.ir.tir_visit import walk
-from mlc.passes.loop_partition import partition_loops
 from mlc.passes.pipeline import parse_pipeline, run_pipeline
 from mlc.passes.registry import PassContext, get_pass
 from mlc.passes.schedule import Trace
@@ -80,7 +79,7 @@ def test_matmul_default_is_tiled_vectorized_parallel_with_epilogue_folded() -> N
     # rows are a symbolic dim: the register tile's rows are guarded in block form; lower-tir's loop
     # partition leaves the guard only in the remainder, so the main part's reduction has none
     # (guarded accumulators cannot stay in registers)
-    low = partition_loops(lower_tir_func(s.func))
+    low = lower_tir_func(s.func)
     red = [x for _, x in walk(low.body) if isinstance(x, For) and x.var.name == "k_0"]
     assert len(red) == 2
     assert not any(isinstance(y, IfStmt) for _, y in walk(red[0].body))

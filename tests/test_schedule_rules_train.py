@@ -19,7 +19,6 @@ from mlc.ir.tir_builder import build, compute, exp, placeholder, reduce_axis, rs
 from mlc.ir.tir_interp import run_prim
 from mlc.ir.tir_lower import lower_tir_func
 from mlc.ir.tir_visit import loads_in, walk
-from mlc.passes.loop_partition import partition_loops
 from mlc.passes.schedule import Trace
 from mlc.passes.schedule.rules import TargetInfo, default_schedule
 
@@ -93,7 +92,7 @@ def test_symbolic_rows_get_a_wide_register_tile_in_registers(m: int) -> None:
     cols, rows = {128: (16, 4), 48: (16, 4), 20: (20, 1)}[m]
     assert [s for n, s in allocs(f).items() if n.endswith("_tile")] == [(1, rows, cols)]
     assert any(lp.kind == "vectorized" and arith.as_int(lp.extent) == cols for lp in loops(f))
-    low = partition_loops(lower_tir_func(f))
+    low = lower_tir_func(f)
     red = [lp for lp in loops(low) if lp.var.name == "k_0"]
     assert len(red) == (2 if rows > 1 else 1)
     assert not any(isinstance(x, IfStmt) for _, x in walk(red[0].body))
@@ -246,7 +245,7 @@ def test_narrow_output_row_is_one_vector_tile(m: int) -> None:
     rng = np.random.default_rng(m)
     a, w = rng.standard_normal((9, 64)).astype(np.float32), rng.standard_normal((64, m)).astype(np.float32)
     out = np.empty((9, m), np.float32)
-    compile_module([partition_loops(lower_tir_func(f))]).kernel(f.name)([a, w, out])
+    compile_module([lower_tir_func(f)]).kernel(f.name)([a, w, out])
     np.testing.assert_allclose(out, a.astype(np.float64) @ w, rtol=1e-4, atol=1e-4)
 
 
