@@ -20,7 +20,7 @@ import math
 from mlc.ir import arith
 from mlc.ir.diagnostics import MlcError
 from mlc.ir.dtype import is_float
-from mlc.ir.expr import Bin, Call, Const, Expr, Var, free_vars, subexprs
+from mlc.ir.expr import Bin, Call, Const, Expr, Select, Var, free_vars, subexprs
 from mlc.ir.tir import BlockStmt
 from mlc.ir.tir_visit import block_reads, block_writes, loads_in, rewrite, stmt_exprs, stores_in
 
@@ -106,6 +106,7 @@ def conv_plan(b: BlockStmt, lanes: int) -> tuple[int, int, int, int, int, list[t
         # a last partial tile (guarded columns) compete too (7: 2 x 4 columns, 13: still 1 x 13)
         prime = col_ext >= 7 and all(col_ext % d for d in range(2, 7))
         hoist = per_step_work(b)
+        guard = wide_padded_taps(b, names[col])
         for v in (1, 2, 4, 8):  # vectors per channel block: LLVM splits other widths badly (48 lanes: scalar shuffles)
             if v > budget or v * lanes > 64:
                 continue
@@ -123,7 +124,7 @@ def conv_plan(b: BlockStmt, lanes: int) -> tuple[int, int, int, int, int, list[t
             for ow1 in range(1, min(col_ext, budget // v) + 1):
                 if col_ext % ow1 and not prime:
                     continue
-                key = (_step_cost(v, ow1, col_ext, lanes * 4 * v * red > L1_BYTES), -v * ow1, v + ow1, oc1)
+                key = (_step_cost(v, ow1, col_ext, lanes * 4 * v * red > L1_BYTES, guard), -v * ow1, v + ow1, oc1)
                 if best is None or key < best:
                     best, pick = key, (oc1, ow1)
         if best is not None:
@@ -158,15 +159,30 @@ def _group_size(b: BlockStmt, cname: str, ext: int) -> int | None:
     return out
 
 
-def _step_cost(v: int, ow1: int, cols: int, from_l2: bool) -> float:
+def wide_padded_taps(b: BlockStmt, col: str) -> bool:
+    """Whether the body tests padding on the column (a `select` whose condition uses the column
+    iterator) under a kernel of 7+ taps: LLVM unrolls a 3-tap loop and hoists each column's test out
+    of the reduction, but keeps a 7-tap loop (the 7x7/2 stems of ResNet-50 and Inception) rolled,
+    with two compares and branches per column and tap (`--emit asm`). 5x5 kernels are left out: the
+    one whose tile this changed (32->128 at 13x13, 8 x 13 -> 32 x 2 columns) measured 0.84x."""
+    taps = [arith.as_int(iv.extent) for iv in b.iters if iv.kind == "R"]
+    if not taps or (taps[-1] or 0) < 7:
+        return False
+    return any(isinstance(x, Select) and col in _vars(x.cond) for e in stmt_exprs(b.body) for x in subexprs(e))
+
+
+def _step_cost(v: int, ow1: int, cols: int, from_l2: bool, guard: bool = False) -> float:
     """Estimated cycles per useful FMA of one reduction step of a `v` vectors x `ow1` columns
     register tile over `cols` output columns: v * ow1 FMAs on 2 ports, v + ow1 loads on 2 ports, 4
     cycles of FMA latency on each accumulator, and, when a channel block's weights do not stay in L1
     (`from_l2`), the weight vectors streamed from L2 at about one per cycle. A width that `ow1`
     does not divide ends in a partial tile whose guarded columns do no useful work. Prime widths:
     one column of 8 vectors streams a large weight from L2 once per column; 2 vectors x 4 columns
-    over 7 (one guarded) measured 1.4x faster than 1 vector x the 7 columns."""
-    cycles = max(v * ow1 / 2, (v + ow1) / 2, 4, v if from_l2 else 0)
+    over 7 (one guarded) measured 1.4x faster than 1 vector x the 7 columns. A column padding test
+    left in the reduction (`guard`, `wide_padded_taps`) costs about half a cycle per column and step
+    beyond that: the 3->64 7x7/2 stem at 224x224, one thread, 4 vectors x 2 columns 1.2-1.7x faster
+    than 2 x 4 (4.3-4.4 vs 5.5-5.7 ms)."""
+    cycles = max(v * ow1 / 2, (v + ow1) / 2, 4, v if from_l2 else 0) + (ow1 / 2 if guard else 0)
     useful = v * ow1 * cols / (-(-cols // ow1) * ow1)
     return round(cycles / useful, 4)
 
