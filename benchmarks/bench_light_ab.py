@@ -1,6 +1,7 @@
 """One compiler rule on and off, on ONNX's `light` models, with onnxruntime in the same blocks.
 
-    python benchmarks/bench_light_ab.py --rule {conv-prologue,lane-partition,plane-chunk,pool-prologue}
+    python benchmarks/bench_light_ab.py --rule {conv-prologue,lane-partition,plane-chunk,pool-prologue,
+                                                select-split}
                                         [--models densenet121 ...] [--runs 7]
 
 Both builds come from this tree; "old" switches one rule of issue 17 back off for its build only:
@@ -8,7 +9,9 @@ Both builds come from this tree; "old" switches one rule of issue 17 back off fo
   `OpDef.reuses_inputs`);
 - `lane-partition`: the loop partition splits symbolic bounds only, not constant lane-mask tails;
 - `plane-chunk`: 1x1 convolutions on small planes keep the row schedule (no `plane_chunk`);
-- `pool-prologue`: fuse puts elementwise chains into max pools again (inception_v1's LRN).
+- `pool-prologue`: fuse puts elementwise chains into max pools again (inception_v1's LRN);
+- `select-split`: the loop partition no longer splits a loop at a select's threshold (a concat read
+  by a convolution through `select(c < 256, A, B)`, squeezenet's fire modules).
 Weights are random as `bench_light.py --random-weights`; every output is checked against onnxruntime.
 Prints new, old and ort ms (alternating blocks, `runtime.bench.block_medians`) and the ratios.
 """
@@ -81,9 +84,19 @@ def pool_prologue() -> Iterator[None]:
         fuse.Fuser.reuses_inputs = saved  # type: ignore[method-assign]
 
 
+@contextmanager
+def no_select_split() -> Iterator[None]:
+    saved = loop_partition.split_selects
+    loop_partition.split_selects = lambda s: None  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        loop_partition.split_selects = saved  # type: ignore[assignment]
+
+
 RULES: dict[str, Callable[[], AbstractContextManager[None]]] = {
     "conv-prologue": conv_prologue, "lane-partition": symbolic_partition_only, "plane-chunk": row_schedule_only,
-    "pool-prologue": pool_prologue}
+    "pool-prologue": pool_prologue, "select-split": no_select_split}
 
 
 def main() -> None:
