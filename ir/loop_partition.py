@@ -12,6 +12,11 @@ extents clipped by `min(4 * o + 3, N - 1)` taken unclipped), and the remainder, 
 over the rest. Nothing is proved by search: the prefix end P is solved from the test's upper bound
 over the inner loops, written `F * g(o) + C` with g(o) = o or floordiv(o, c), so that
 `F * g(o) + C < rhs` for every o < P by construction.
+
+A `select(k < C, a, b)` whose test depends on the loop var alone (a concat read through its index
+mapping: `select(c < 256, A[c], B[c - 256])` in a convolution's channel reduction) splits the loop
+the same way, except that both parts lose the select: the main part keeps `a`, the rest `b`. Each
+part then reads one buffer at an affine index instead of selecting between two loads per element.
 """
 
 from __future__ import annotations
@@ -19,9 +24,21 @@ from __future__ import annotations
 from dataclasses import replace
 
 from . import arith
-from .expr import Bin, Const, Expr, Load, Var, free_vars, subexprs, substitute
-from .tir import For, IfStmt, Let, PrimFunc, Stmt
-from .tir_visit import StmtMutator, bound, conjuncts, kids, nodes, rewrite, seq, simp, with_kids
+from .expr import Bin, Const, Expr, Load, Select, Var, free_vars, subexprs, substitute
+from .tir import For, IfStmt, Let, PrimFunc, Seq, Stmt
+from .tir_visit import (
+    StmtMutator,
+    bound,
+    conjuncts,
+    kids,
+    nodes,
+    own_exprs,
+    rewrite,
+    seq,
+    simp,
+    with_kids,
+    with_own_exprs,
+)
 
 
 def partition_loops(func: PrimFunc) -> PrimFunc:
@@ -37,12 +54,20 @@ def partition_loops(func: PrimFunc) -> PrimFunc:
 class LoopPartitioner(StmtMutator):
     """Partitions the outermost loop each guard allows, then looks inside the main part again."""
 
+    def visit_Seq(self, s: Seq) -> Stmt:
+        new = [self.visit(x) for x in s.stmts]
+        return s if all(a is b for a, b in zip(new, s.stmts)) else seq(new)  # a split loop's parts join s
+
     def visit_For(self, s: For) -> Stmt:
         if s.kind in ("serial", "parallel") and arith.as_int(s.start) == 0:
             parts = partition(s)
             if parts is not None:
                 main, tail = parts
                 return seq([replace(main, body=self.visit(main.body)), tail])
+        if s.kind in ("serial", "parallel"):
+            parts = split_selects(s)
+            if parts is not None:  # both parts may hold further selects (a concat of three inputs)
+                return seq([self.visit(p) for p in parts])
         return self.generic_visit(s)
 
 
@@ -115,9 +140,12 @@ class _Guards:
     """Walks a loop body, tracking the inner loops' ranges and let-bound values, collecting the
     prefix end of each removable test (`end` None) or dropping the tests whose end is `end`."""
 
-    def __init__(self, var: Var, end: Expr | None) -> None:
-        self.var, self.end = var, end
+    def __init__(self, var: Var, end: Expr | None, side: bool | None = None) -> None:
+        """`side` None: guards (collect or drop); True/False: selects ending at `end` take their true
+        (main part) or false (rest) arm, guards stay."""
+        self.var, self.end, self.side = var, end, side
         self.ends: list[Expr] = []
+        self.select_ends: list[Expr] = []
         self.lanes: set[Var] = set()  # vectorized loop vars met so far (names are unique in a func)
 
     def walk(self, s: Stmt, ranges: dict[Var, tuple[Expr, Expr]], env: dict[Var, Expr],
@@ -136,11 +164,16 @@ class _Guards:
             body = self.walk(s.body, r, env, inner | {s.var})
             return s if body is s.body and ext is s.extent else replace(s, extent=ext, body=body)
         if isinstance(s, Let):
+            if self.side is not None or self.end is None:
+                s = self.selects(s, ranges, env, inner)
+                assert isinstance(s, Let)
             e = dict(env)
             e[s.var] = s.value  # expanded only where a test needs it (eager expansion can blow up)
             body = self.walk(s.body, ranges, e, inner | {s.var})
             return s if body is s.body else replace(s, body=body)
-        if isinstance(s, IfStmt) and s.orelse is None:
+        if self.side is not None or self.end is None:
+            s = self.selects(s, ranges, env, inner)
+        if isinstance(s, IfStmt) and s.orelse is None and self.side is None:
             keep = []
             for c in conjuncts(s.cond):
                 n = _normalize(c)
@@ -163,6 +196,38 @@ class _Guards:
         ks = kids(s)
         new = tuple(self.walk(k, ranges, env, inner) for k in ks)
         return s if all(a is b for a, b in zip(new, ks)) else with_kids(s, new)
+
+    def selects(self, s: Stmt, ranges: dict[Var, tuple[Expr, Expr]], env: dict[Var, Expr],
+                inner: frozenset[Var]) -> Stmt:
+        """`s`'s own expressions with each select whose test `lhs < rhs` depends on the loop var and
+        no inner var collected (probe) or resolved to the arm of `side` (its end is `end`)."""
+        changed = False
+
+        def fn(e: Expr) -> Expr | None:
+            nonlocal changed
+            n = _normalize(e.cond) if isinstance(e, Select) else None
+            if n is None:
+                return None
+            assert isinstance(e, Select)
+            lhs, rhs = expand(n[0], env), expand(n[1], env)
+            if lhs is None or rhs is None or free_vars(lhs) & inner:
+                return None
+            # a constant bound pays here as it does for a lane mask: both parts drop the select
+            p = prefix_end(lhs, rhs, self.var, ranges, set(inner), True)
+            if p is None:
+                return None
+            if self.end is None:
+                self.select_ends.append(p)
+                return None
+            if p == self.end or arith.prove_equal(p, self.end):
+                changed = True
+                return e.t if self.side else e.f
+            return None
+
+        if not any(isinstance(x, Select) for e in own_exprs(s) for x in subexprs(e)):
+            return s
+        new = with_own_exprs(s, lambda e: rewrite(e, fn))
+        return new if changed else s
 
     def unclip(self, ext: Expr, ranges: dict[Var, tuple[Expr, Expr]], inner: set[Var]) -> Expr:
         """A tile extent clipped by `min(a, b)` where a <= b on the main part: `a`."""
@@ -229,4 +294,31 @@ def partition(s: For) -> tuple[For, For] | None:
     return main, tail
 
 
-__all__ = ["LoopPartitioner", "partition", "partition_loops", "prefix_end"]
+def split_selects(s: For) -> tuple[For, ...] | None:
+    """Loop `s` split at the end of the prefix where a select's test holds (module doc), each part
+    with that select resolved (one part when the test holds on all of `s` or on none of it), or
+    None when no select in its body has such a test."""
+    probe = _Guards(s.var, None)
+    probe.walk(s.body, {}, {})
+    start = s.start
+    stop = simp(Bin("add", start, s.extent))
+    for end in probe.select_ends:
+        if arith.prove_le(end, start) or _le(stop, end):  # the test fails (holds) on every iteration
+            body = _Guards(s.var, end, not arith.prove_le(end, start)).walk(s.body, {}, {})
+            if body is not s.body:
+                return (replace(s, body=body),)
+            continue
+        if not arith.prove_le(start, end):  # the test may fail from the first iteration: left alone
+            continue
+        main_end = end if _le(end, stop) else simp(Bin("min", end, stop))
+        main_body = _Guards(s.var, end, True).walk(s.body, {}, {})
+        rest_body = _Guards(s.var, end, False).walk(s.body, {}, {})
+        if main_body is s.body or rest_body is s.body:
+            continue
+        main = replace(s, extent=simp(Bin("sub", main_end, start)), body=main_body)
+        rest = replace(s, start=main_end, extent=simp(Bin("sub", stop, main_end)), body=rest_body)
+        return main, rest
+    return None
+
+
+__all__ = ["LoopPartitioner", "partition", "partition_loops", "prefix_end", "split_selects"]

@@ -333,7 +333,7 @@ def test_pre_activation_conv_runs_the_reduction_outside_the_row(case: tuple[int,
 def test_weights_beyond_l1_reduce_in_chunks_outside_the_column_tiles(case: tuple[int, ...]) -> None:
     # a channel block's weights over L1 (48 x 3x3 x 16 lanes = 27 KB) on a row of 14+ columns: the
     # input channels split in chunks whose weights fit, the chunk loop outside the row's column tiles
-    from mlc.passes.schedule.conv_tiling import _L1, _NARROW, _WIDE, _reduction_chunk
+    from mlc.passes.schedule.conv_tiling import _NARROW, _WIDE, L1_BYTES, _reduction_chunk
 
     model, w, b = conv_model(*case)
     f = conv_func(fused(model)[0])
@@ -347,7 +347,7 @@ def test_weights_beyond_l1_reduce_in_chunks_outside_the_column_tiles(case: tuple
     # narrower rows, power-of-two widths and narrow whole-row tiles keep one pass
     assert _reduction_chunk(conv, plan[3], _NARROW - 1) is None and _reduction_chunk(conv, plan[3], 32) is None
     assert _reduction_chunk(conv, plan[3], _WIDE - 1, hoist=True) is None
-    assert 4 * plan[3] * chunk * case[4] ** 2 <= _L1 // 2 < 4 * plan[3] * case[1] * case[4] ** 2
+    assert 4 * plan[3] * chunk * case[4] ** 2 <= L1_BYTES // 2 < 4 * plan[3] * case[1] * case[4] ** 2
     s = default_schedule(f, CPU)
     same(f, s.func, dim=case[0])
     assert Trace.from_json(s.trace.to_json()).apply(f) == s.func

@@ -465,7 +465,8 @@ def _conv_grad_weight_lower(b: Builder, args: Args, attrs: Attrs, t: Type) -> Te
 
 
 # ---- max_pool2d, avg_pool2d ------------------------------------------------------------------
-define("max_pool2d", "out_ewise_fusable", 1, {**_POOL_ATTRS, "dilations": (1, 1)}, "NCHW max pooling, pads with -inf")
+define("max_pool2d", "out_ewise_fusable", 1, {**_POOL_ATTRS, "dilations": (1, 1)}, "NCHW max pooling, pads with -inf",
+       reuses_inputs=True)  # overlapping windows would recompute a fused prologue (LRN: 9x per 3x3/2 window)
 
 define("avg_pool2d", "out_ewise_fusable", 1, {**_POOL_ATTRS, "count_include_pad": False}, "NCHW average pooling")
 

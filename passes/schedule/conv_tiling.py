@@ -20,7 +20,7 @@ import math
 from mlc.ir import arith
 from mlc.ir.diagnostics import MlcError
 from mlc.ir.dtype import is_float
-from mlc.ir.expr import Bin, Call, Const, Expr, Var, free_vars, subexprs
+from mlc.ir.expr import Bin, Call, Const, Expr, Select, Var, free_vars, subexprs
 from mlc.ir.tir import BlockStmt
 from mlc.ir.tir_visit import block_reads, block_writes, loads_in, rewrite, stmt_exprs, stores_in
 
@@ -34,7 +34,8 @@ from .trace import BlockRV, LoopRV
 # weight vectors and the broadcast
 _REGS = {4: 16, 8: 16, 16: 32}
 _NARROW, _WIDE = 14, 48  # output columns from which a reduction is chunked (`_reduction_chunk`)
-_L1 = 24 * 1024  # bytes of L1 data cache a channel block's weights may take (32-48 KiB caches)
+PLANE_POSITIONS = 64  # output positions (7x7, 8x8) up to which the reduction is chunked outside the plane
+L1_BYTES = 24 * 1024  # bytes of L1 data cache a channel block's weights may take (32-48 KiB caches)
 
 
 def _vars(e: Expr) -> set[str]:
@@ -105,6 +106,7 @@ def conv_plan(b: BlockStmt, lanes: int) -> tuple[int, int, int, int, int, list[t
         # a last partial tile (guarded columns) compete too (7: 2 x 4 columns, 13: still 1 x 13)
         prime = col_ext >= 7 and all(col_ext % d for d in range(2, 7))
         hoist = per_step_work(b)
+        guard = wide_padded_taps(b, names[col])
         for v in (1, 2, 4, 8):  # vectors per channel block: LLVM splits other widths badly (48 lanes: scalar shuffles)
             if v > budget or v * lanes > 64:
                 continue
@@ -122,7 +124,7 @@ def conv_plan(b: BlockStmt, lanes: int) -> tuple[int, int, int, int, int, list[t
             for ow1 in range(1, min(col_ext, budget // v) + 1):
                 if col_ext % ow1 and not prime:
                     continue
-                key = (_step_cost(v, ow1, col_ext, lanes * 4 * v * red > _L1), -v * ow1, v + ow1, oc1)
+                key = (_step_cost(v, ow1, col_ext, lanes * 4 * v * red > L1_BYTES, guard), -v * ow1, v + ow1, oc1)
                 if best is None or key < best:
                     best, pick = key, (oc1, ow1)
         if best is not None:
@@ -157,15 +159,30 @@ def _group_size(b: BlockStmt, cname: str, ext: int) -> int | None:
     return out
 
 
-def _step_cost(v: int, ow1: int, cols: int, from_l2: bool) -> float:
+def wide_padded_taps(b: BlockStmt, col: str) -> bool:
+    """Whether the body tests padding on the column (a `select` whose condition uses the column
+    iterator) under a kernel of 7+ taps: LLVM unrolls a 3-tap loop and hoists each column's test out
+    of the reduction, but keeps a 7-tap loop (the 7x7/2 stems of ResNet-50 and Inception) rolled,
+    with two compares and branches per column and tap (`--emit asm`). 5x5 kernels are left out: the
+    one whose tile this changed (32->128 at 13x13, 8 x 13 -> 32 x 2 columns) measured 0.84x."""
+    taps = [arith.as_int(iv.extent) for iv in b.iters if iv.kind == "R"]
+    if not taps or (taps[-1] or 0) < 7:
+        return False
+    return any(isinstance(x, Select) and col in _vars(x.cond) for e in stmt_exprs(b.body) for x in subexprs(e))
+
+
+def _step_cost(v: int, ow1: int, cols: int, from_l2: bool, guard: bool = False) -> float:
     """Estimated cycles per useful FMA of one reduction step of a `v` vectors x `ow1` columns
     register tile over `cols` output columns: v * ow1 FMAs on 2 ports, v + ow1 loads on 2 ports, 4
     cycles of FMA latency on each accumulator, and, when a channel block's weights do not stay in L1
     (`from_l2`), the weight vectors streamed from L2 at about one per cycle. A width that `ow1`
     does not divide ends in a partial tile whose guarded columns do no useful work. Prime widths:
     one column of 8 vectors streams a large weight from L2 once per column; 2 vectors x 4 columns
-    over 7 (one guarded) measured 1.4x faster than 1 vector x the 7 columns."""
-    cycles = max(v * ow1 / 2, (v + ow1) / 2, 4, v if from_l2 else 0)
+    over 7 (one guarded) measured 1.4x faster than 1 vector x the 7 columns. A column padding test
+    left in the reduction (`guard`, `wide_padded_taps`) costs about half a cycle per column and step
+    beyond that: the 3->64 7x7/2 stem at 224x224, one thread, 4 vectors x 2 columns 1.2-1.7x faster
+    than 2 x 4 (4.3-4.4 vs 5.5-5.7 ms)."""
+    cycles = max(v * ow1 / 2, (v + ow1) / 2, 4, v if from_l2 else 0) + (ow1 / 2 if guard else 0)
     useful = v * ow1 * cols / (-(-cols // ow1) * ow1)
     return round(cycles / useful, 4)
 
@@ -258,8 +275,17 @@ def conv_tiling(sch: Schedule, block: BlockRV, lanes: int, ch: Decisions) -> boo
     outer = [lp for i, iv in enumerate(b.iters) if iv.kind == "S"
              for lp in (oc0 if i == c else [ow0] if i == col else [by_iter[i]])]
     red = [by_iter[i] for i, iv in enumerate(b.iters) if iv.kind == "R"]
-    chunk = _reduction_chunk(b, oc_f[-1], col_ext, hoist)
-    if chunk is not None:
+    plane = None if hoist or len(outer) < 3 else plane_chunk(b, oc_f[-1], c, col)
+    chunk = plane or _reduction_chunk(b, oc_f[-1], col_ext, hoist)
+    if plane is not None:
+        # a small output plane: the chunk loop outside its rows too, so the chunk's input planes and
+        # weights stay in L1 while every column tile of the plane reads them
+        r_ext = arith.as_int(sch.get(red[0]).extent)  # type: ignore[union-attr]
+        assert r_ext is not None
+        r0, r1 = sch.split(red[0], ch.tile(sch, red[0], 2, r_ext, [r_ext // plane, plane]))
+        sch.reorder(*outer[:-2], r0, outer[-2], outer[-1], r1, *red[1:], ow1, oc1)
+        red = [r0, r1, *red[1:]]
+    elif chunk is not None:
         # the channel block's weights do not fit L1: the input channels in chunks whose weights do,
         # each chunk's loop outside the row's column tiles (the row's accumulators in an L1 tile
         # between chunks), so a column tile reads the chunk's weights from L1, not all from L2
@@ -270,17 +296,18 @@ def conv_tiling(sch: Schedule, block: BlockRV, lanes: int, ch: Decisions) -> boo
         red = [r0, r1, *red[1:]]
     else:
         sch.reorder(*outer, *red, ow1, oc1)
-    row = guarded or chunk is not None  # the tile holds a whole row
+    row = guarded or chunk is not None  # the tile holds a whole row (a whole plane with `plane`)
+    at = 3 if plane is not None else 2 if row else 1
     wb = _try(sch.cache_write, block, 0, "local")
     if isinstance(wb, BlockRV):
         for cons in sch.get_consumers(wb):  # elementwise epilogues fold into the write-back
             _try(sch.reverse_compute_inline, cons)
-        _try(sch.reverse_compute_at, wb, outer[-2] if row else outer[-1])
+        _try(sch.reverse_compute_at, wb, outer[-at])
     init = _try(sch.decompose_reduction, block, red[0])
     _try(sch.vectorize, oc1)
     if 1 < ow_f[1] <= 16:
         _try(sch.unroll, ow1)
-    par = outer[:-1] if row else outer
+    par = outer[:1 - at] if at > 1 else outer
     fused = sch.fuse(*par) if len(par) > 1 else par[0]
     _try(sch.parallel, fused)
     # the accumulator tile with the channels last, so each vector of lanes is contiguous; the write-back
@@ -301,10 +328,41 @@ def conv_tiling(sch: Schedule, block: BlockRV, lanes: int, ch: Decisions) -> boo
     return True
 
 
+def plane_chunk(b: BlockStmt, oc1: int, c: int, col: int) -> int | None:
+    """The input channels per chunk of a plane-chunked 1x1 convolution, or None: when an
+    `oc1`-channel block's weights exceed L1 and the output plane is small (`PLANE_POSITIONS`), the
+    largest divisor of the input channels whose weights and input planes take at most half of
+    `L1_BYTES`. Row by row, a 7x7 plane's two column tiles each streamed the block's weights (2048 x
+    16 lanes: 128 KiB) and an input line per step from L2; in ResNet-50's profile (same run, against
+    one pass per row) 2048->512 at 7x7 1340 -> 696 us, 512->2048 1053 -> 723 us. 3x3 kernels at 7x7
+    measured 0.87x (512->512, and the strided 14->7) and keep the row schedule."""
+    sp = [arith.as_int(iv.extent) for i, iv in enumerate(b.iters) if iv.kind == "S" and i != c][-2:]
+    red = [arith.as_int(iv.extent) for iv in b.iters if iv.kind == "R"]
+    if any(e is None for e in sp + red) or len(sp) < 2 or not red:  # (a symbolic batch is fine)
+        return None
+    plane = sp[0] * sp[1]  # type: ignore[operator]
+    per_w = 4 * oc1 * math.prod(red[1:])  # type: ignore[arg-type]
+    if plane > PLANE_POSITIONS or per_w * red[0] <= L1_BYTES or math.prod(red[1:]) > 1:  # type: ignore[operator]
+        return None
+    per_in = 4 * _in_plane(b)
+    fit = [d for d in range(1, red[0]) if red[0] % d == 0 and d * (per_w + per_in) <= L1_BYTES // 2]  # type: ignore[operator]
+    return max(fit) if fit else None
+
+
+def _in_plane(b: BlockStmt) -> int:
+    """Elements per input channel plane (the largest read's last two axes)."""
+    best = 0
+    for buf in block_reads(b):
+        dims = [arith.as_int(d) for d in buf.shape]
+        if len(dims) >= 3 and all(d is not None for d in dims[-2:]):
+            best = max(best, dims[-1] * dims[-2])  # type: ignore[operator]
+    return best
+
+
 def _reduction_chunk(b: BlockStmt, oc1: int, cols: int, hoist: bool = False) -> int | None:
     """The input channels per chunk when an `oc1`-channel block's weights exceed L1 (3x3 convs from
     about 42 input channels at 16 lanes): the largest divisor of the first reduction extent whose
-    weights take at most half of `_L1`; None when they fit, no chunk is smaller, or the row is not
+    weights take at most half of `L1_BYTES`; None when they fit, no chunk is smaller, or the row is not
     one where chunks measured faster: `_NARROW`+ columns (`_WIDE`+ for a whole-row tile of
     `per_step_work`), not a power of two. Same-run against one pass, single 3x3 layers (batch 1
     unless said): 56 columns 1.3-2.2x (128->32, 64->192, 64->64), 28 columns 1.4-1.7x (64->96,
@@ -316,9 +374,9 @@ def _reduction_chunk(b: BlockStmt, oc1: int, cols: int, hoist: bool = False) -> 
     if cols < (_WIDE if hoist else _NARROW) or cols & (cols - 1) == 0 or not red or any(e is None for e in red):
         return None
     per = 4 * oc1 * math.prod(red[1:])  # type: ignore[arg-type]
-    if per * red[0] <= _L1:  # type: ignore[operator]
+    if per * red[0] <= L1_BYTES:  # type: ignore[operator]
         return None
-    fit = [d for d in range(1, red[0]) if red[0] % d == 0 and d * per <= _L1 // 2]  # type: ignore[operator]
+    fit = [d for d in range(1, red[0]) if red[0] % d == 0 and d * per <= L1_BYTES // 2]  # type: ignore[operator]
     return max(fit) if fit else None
 
 
