@@ -276,7 +276,12 @@ def conv_tiling(sch: Schedule, block: BlockRV, lanes: int, ch: Decisions) -> boo
              for lp in (oc0 if i == c else [ow0] if i == col else [by_iter[i]])]
     red = [by_iter[i] for i, iv in enumerate(b.iters) if iv.kind == "R"]
     plane = None if hoist or len(outer) < 3 else plane_chunk(b, oc_f[-1], c, col)
-    chunk = plane or _reduction_chunk(b, oc_f[-1], col_ext, hoist)
+    # a tile whose accumulators, weight vectors and broadcast exceed the registers (4 x 3 on AVX2)
+    # keeps one pass: chunks would reload the spilled tile at each chunk (inception_v1's 96->128 and
+    # 128->192 3x3 at 27x27, one thread: one pass 1.13-1.56x faster)
+    v = oc_f[-1] // lanes if oc_f[-1] >= lanes else 1
+    spills = ow_f[1] > 1 and v * ow_f[1] + v + 1 > _REGS.get(lanes, 16)
+    chunk = plane or (None if spills else _reduction_chunk(b, oc_f[-1], col_ext, hoist))
     if plane is not None:
         # a small output plane: the chunk loop outside its rows too, so the chunk's input planes and
         # weights stay in L1 while every column tile of the plane reads them
