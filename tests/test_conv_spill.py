@@ -53,3 +53,13 @@ def test_compiled_spilling_tile_matches_numpy() -> None:
     x = np.random.default_rng(4).standard_normal((2, 96, 27, 27)).astype(np.float32)
     got = list(compiled(**{compiled.input_names[0]: x}).values())[0]
     np.testing.assert_allclose(got, np_conv(x, w, b, 1, 1, 1), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("case", [(1, 64, 96, 6, 3, 1, 1, 1), (3, 256, 64, 6, 1, 0, 1, 1)], ids=["3x3", "1x1"])
+def test_narrow_rows_take_the_tile_that_fits_on_a_tie(case: tuple[int, ...]) -> None:
+    # 6 columns: 4 x 3 and 2 x 6 cost the same; the one without spills is taken under 1-3 taps
+    _, plan = conv_block(case)
+    assert plan[3:5] == (2 * CPU.lanes, 6)
+    reduction_loops(case)  # schedules, and checks against the interpreter
+    _, plan = conv_block((1, 16, 96, 6, 5, 2, 1, 1))  # 5 taps keep 4 x 3
+    assert plan[3:5] == (4 * CPU.lanes, 3)
