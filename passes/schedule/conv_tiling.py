@@ -98,7 +98,7 @@ def conv_plan(b: BlockStmt, lanes: int) -> tuple[int, int, int, int, int, list[t
         col_ext = arith.as_int(b.iters[col].extent)
         if col_ext is None or (follow and not _vector_depthwise(b, reads, follow, ext, col_ext, lanes)):
             continue
-        best: tuple[float, int, int, int] | None = None  # (cost, -accumulators, loads per step, oc1)
+        best: tuple[float, bool, int, int, int] | None = None  # (cost, spills, -accumulators, loads, oc1)
         pick = (0, 0)
         budget = _REGS.get(lanes, 16) - 3
         red = math.prod(arith.as_int(iv.extent) or 1 for iv in b.iters if iv.kind == "R")
@@ -107,6 +107,11 @@ def conv_plan(b: BlockStmt, lanes: int) -> tuple[int, int, int, int, int, list[t
         prime = col_ext >= 7 and all(col_ext % d for d in range(2, 7))
         hoist = per_step_work(b)
         guard = wide_padded_taps(b, names[col])
+        # on rows of up to 8 columns under 1-3 taps, a tie goes to the tile that fits the registers:
+        # 2 x 6 instead of 4 x 3 (inception_v1's 6x6 stage: 192->384 3x3 1.40x, 832->384 1x1 1.43x,
+        # one thread; the 5x5 48->128 there 0.87x, 12 and 15 columns 0.7-1.0x, so those keep 4 x 3)
+        taps = [arith.as_int(iv.extent) or 0 for iv in b.iters if iv.kind == "R"]
+        narrow = col_ext <= 8 and taps[-1] <= 3
         for v in (1, 2, 4, 8):  # vectors per channel block: LLVM splits other widths badly (48 lanes: scalar shuffles)
             if v > budget or v * lanes > 64:
                 continue
@@ -117,14 +122,16 @@ def conv_plan(b: BlockStmt, lanes: int) -> tuple[int, int, int, int, int, list[t
                    for i, d in follow):
                 continue
             if hoist:  # the whole row under the reduction (`per_step_work`): the widest channel vector
-                key = (0.0, -v, 0, oc1)
+                key = (0.0, False, -v, 0, oc1)
                 if best is None or key < best:
                     best, pick = key, (oc1, col_ext)
                 continue
             for ow1 in range(1, min(col_ext, budget // v) + 1):
                 if col_ext % ow1 and not prime:
                     continue
-                key = (_step_cost(v, ow1, col_ext, lanes * 4 * v * red > L1_BYTES, guard), -v * ow1, v + ow1, oc1)
+                spill = narrow and ow1 > 1 and v * ow1 + v + 1 > _REGS.get(lanes, 16)
+                key = (_step_cost(v, ow1, col_ext, lanes * 4 * v * red > L1_BYTES, guard), spill, -v * ow1, v + ow1,
+                       oc1)
                 if best is None or key < best:
                     best, pick = key, (oc1, ow1)
         if best is not None:
@@ -276,7 +283,12 @@ def conv_tiling(sch: Schedule, block: BlockRV, lanes: int, ch: Decisions) -> boo
              for lp in (oc0 if i == c else [ow0] if i == col else [by_iter[i]])]
     red = [by_iter[i] for i, iv in enumerate(b.iters) if iv.kind == "R"]
     plane = None if hoist or len(outer) < 3 else plane_chunk(b, oc_f[-1], c, col)
-    chunk = plane or _reduction_chunk(b, oc_f[-1], col_ext, hoist)
+    # a tile whose accumulators, weight vectors and broadcast exceed the registers (4 x 3 on AVX2)
+    # keeps one pass: chunks would reload the spilled tile at each chunk (inception_v1's 96->128 and
+    # 128->192 3x3 at 27x27, one thread: one pass 1.13-1.56x faster)
+    v = oc_f[-1] // lanes if oc_f[-1] >= lanes else 1
+    spills = ow_f[1] > 1 and v * ow_f[1] + v + 1 > _REGS.get(lanes, 16)
+    chunk = plane or (None if spills else _reduction_chunk(b, oc_f[-1], col_ext, hoist))
     if plane is not None:
         # a small output plane: the chunk loop outside its rows too, so the chunk's input planes and
         # weights stay in L1 while every column tile of the plane reads them
