@@ -154,6 +154,7 @@ class _KernelEmitter(StmtVisitor):
     lines: list[str] = field(default_factory=list)
     depth: int = 1
     reduce_acc: tuple[Buffer, str] | None = None  # (accumulator, op) inside a cross-thread reduction
+    views: dict[str, Buffer] = field(default_factory=dict)  # a flat view's name -> its parameter
 
     def __post_init__(self) -> None:
         self.ex = ExprEmitter(self.load, kernel_id=self.kernel_id)
@@ -161,21 +162,18 @@ class _KernelEmitter(StmtVisitor):
     def out(self, line: str) -> None:
         self.lines.append("  " * self.depth + line)
 
-    def flat(self, b: Buffer, idx: Sequence[Expr]) -> str:
-        if len(idx) != len(b.shape):
-            raise MlcError(f"codegen cuda: buffer {b.name} has {len(b.shape)} dims but is indexed with {len(idx)}")
-        if not idx:
-            return "0"
-        acc = self.ex(idx[0])
-        for d, i in zip(b.shape[1:], idx[1:]):
-            dim = self.ex(d)
-            acc = f"({acc}) * {dim} + {self.ex(i)}" if dim != "1" else f"({acc}) + {self.ex(i)}"
-        return acc
+    def ref(self, b: Buffer, idx: Sequence[Expr]) -> str:
+        """`name[index]` of a 1-D access (lower-tir flattened every buffer, ir/flatten.py); a
+        parameter's flat view is the parameter's pointer."""
+        if len(idx) != 1 or len(b.shape) != 1:
+            raise MlcError(f"codegen cuda: buffer {b.name} is accessed with {len(idx)} indices: the codegen "
+                           f"takes flattened (1-D) accesses, run lower-tir first")
+        return f"{buf_name(self.views.get(b.name, b))}[{self.ex(idx[0])}]"
 
     def load(self, e: Load) -> str:
         if self.reduce_acc is not None and e.buffer == self.reduce_acc[0]:
             return buf_name(e.buffer)  # the accumulator is a register
-        ref = f"{buf_name(e.buffer)}[{self.flat(e.buffer, e.indices)}]"
+        ref = self.ref(e.buffer, e.indices)
         return f"{TO_FLOAT[e.buffer.dtype]}({ref})" if e.buffer.dtype in TO_FLOAT else ref
 
     def store_value(self, b: Buffer, value: str) -> str:
@@ -212,7 +210,7 @@ class _KernelEmitter(StmtVisitor):
                 and isinstance(s.value.b, Load) and s.value.b.buffer == xr[0]:  # the write-back of the total
             ctype = COMPUTE_TYPE[s.buffer.dtype]
             value = f"mlc_combine<{_REDUCE_OPS[xr[1]]}>(({ctype})({self.ex(s.value.a)}), {buf_name(xr[0])})"
-        self.out(f"{buf_name(s.buffer)}[{self.flat(s.buffer, s.indices)}] = {self.store_value(s.buffer, value)};")
+        self.out(f"{self.ref(s.buffer, s.indices)} = {self.store_value(s.buffer, value)};")
 
     def visit_IfStmt(self, s: IfStmt) -> None:
         self.out(f"if ({self.ex(s.cond)}) {{")
@@ -342,12 +340,13 @@ def lower_func(func: PrimFunc, gemm_config: tuple[int, ...] | None = None, arch:
     if len({d.name for d in dims}) != len(dims):
         raise MlcError(f"codegen cuda of prim @{func.name}: two different dims share a name", func.loc)
     allocs, stages = split_stages(func)
+    views = {v.buffer.name: v.source for v in func.views}
     temps = tuple(b for b in allocs if b.scope == "global")
     root_shared = {b.name: b for b in allocs if b.scope == "shared"}
     root_local = {b.name: b for b in allocs if b.scope == "local"}
     written = set()
     for s in stages:
-        written |= stored_buffers(s)
+        written |= {views[n].name if n in views else n for n in stored_buffers(s)}
 
     args = []
     for b in func.params + temps:
@@ -360,7 +359,7 @@ def lower_func(func: PrimFunc, gemm_config: tuple[int, ...] | None = None, arch:
     launches: list[Launch] = []
     gemms = [emit_gemm_stage(func, stage, gemm_config, arch) for stage in stages]  # type: ignore[arg-type]
     extents = [None if g is not None else _thread_extents(s) for s, g in zip(stages, gemms)]
-    groups = row_groups(stages, extents, {b.name for b in func.params + temps})
+    groups = row_groups(stages, extents, {b.name for b in func.params + temps}, views)
     for k, group in enumerate(groups):
         sym = ident("mlc_", f"{func.name}_k{k}")
         gemm = gemms[group[0]]
@@ -378,7 +377,7 @@ def lower_func(func: PrimFunc, gemm_config: tuple[int, ...] | None = None, arch:
         for j in group:
             shared |= {x.buffer.name: x.buffer for x in nodes(stages[j])
                        if isinstance(x, Allocate) and x.buffer.scope == "shared"}
-        em = _KernelEmitter(func, ext, shared, kernel_id)
+        em = _KernelEmitter(func, ext, shared, kernel_id, views=views)
         for b in list(root_shared.values()) + list(root_local.values()):
             if b.name in used:
                 em.declare_local(b)
@@ -391,7 +390,7 @@ def lower_func(func: PrimFunc, gemm_config: tuple[int, ...] | None = None, arch:
         # loads above it (rows of 32 were garbage on an H100): an empty asm that takes the group's
         # written pointers and clobbers memory after each barrier keeps the loads below it, while the
         # pointers stay __restrict__ (a stage's loop still loads the row's max once, not per element).
-        group_writes = set().union(*(stored_buffers(stages[j]) for j in group))
+        group_writes = {views[n].name if n in views else n for j in group for n in stored_buffers(stages[j])}
         fence = ", ".join(f'"l"({buf_name(b)})' for b in func.params + temps if b.name in group_writes)
         for n, j in enumerate(group):
             if n:

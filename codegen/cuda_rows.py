@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 from ..ir import arith
 from ..ir.expr import Bin, Const, Expr, Var, free_vars, substitute
+from ..ir.flatten import unflatten
 from ..ir.tir import Buffer, For, Let, Stmt, Store
 from ..ir.tir_visit import loads_in, nodes, own_exprs, stored_buffers
 
@@ -87,10 +88,13 @@ def _same_launch(a: dict[str, Expr], b: dict[str, Expr]) -> bool:
     return set(a) == set(b) and all(arith.prove_equal(a[t], b[t]) for t in a)
 
 
-def row_local(stages: Sequence[Stmt], global_bufs: set[str]) -> bool:
-    """Every access of the stages to a global buffer they write stays in the block's own row."""
+def row_local(stages: Sequence[Stmt], global_bufs: set[str], views: dict[str, Buffer] | None = None) -> bool:
+    """Every access of the stages to a global buffer they write stays in the block's own row.
+    `views`: a parameter's flat view (lower-tir's BufferView) -> the parameter; an access through a
+    view is read as the parameter's n-d indices (ir/flatten.unflatten)."""
+    views = views or {}
     row = Var("__mlc_row")
-    written = set().union(*(stored_buffers(s) for s in stages)) & global_bufs
+    written = {views[n].name if n in views else n for s in stages for n in stored_buffers(s)} & global_bufs
     ranks: dict[str, int] = {}
     for s in stages:
         top = _block_loop(s)
@@ -98,6 +102,12 @@ def row_local(stages: Sequence[Stmt], global_bufs: set[str]) -> bool:
         if top is None or lets is None:
             return False
         for buf, idx in _accesses(s):
+            if buf.name in views:
+                src = views[buf.name]
+                nd = unflatten(idx[0], src.shape) if len(idx) == 1 else None
+                if nd is None:
+                    return False
+                buf, idx = src, nd
             if buf.name not in written:
                 continue
             sub = {**{v: substitute(e, {top.var: row}) for v, e in lets.items()}, top.var: row}
@@ -111,7 +121,7 @@ def row_local(stages: Sequence[Stmt], global_bufs: set[str]) -> bool:
 
 
 def row_groups(stages: Sequence[Stmt], extents: Sequence[dict[str, Expr] | None],
-               global_bufs: set[str]) -> list[list[int]]:
+               global_bufs: set[str], views: dict[str, Buffer] | None = None) -> list[list[int]]:
     """Consecutive stage indices grouped into kernels (`extents[k]` None: stage k runs alone, e.g. a
     GEMM template)."""
     groups: list[list[int]] = []
@@ -120,7 +130,7 @@ def row_groups(stages: Sequence[Stmt], extents: Sequence[dict[str, Expr] | None]
         if prev is not None and extents[k] is not None and extents[prev[0]] is not None \
                 and _same_launch(extents[prev[0]], extents[k]) and "threadIdx.x" in extents[k] \
                 and _block_loop(s) is not None \
-                and row_local([stages[j] for j in prev] + [s], global_bufs):
+                and row_local([stages[j] for j in prev] + [s], global_bufs, views):
             prev.append(k)
         else:
             groups.append([k])

@@ -147,10 +147,15 @@ class _Emitter(ExprEmitter, StmtVisitor):
 
     def visit_Allocate(self, s: Allocate) -> None:
         p = self.allocate(s.buffer)
+        views = [v.buffer for v in self.func.views if v.source == s.buffer]
+        for v in views:  # accessed through its flat view only (one pointer: no noalias copies)
+            self.bufs[v] = self.bufs.pop(s.buffer)
         self.stmt(s.body)
         if p is not None:
             self.b.call(self.ctx.declare("free", ir.VoidType(), [VOIDP]), [p])
         self.bufs.pop(s.buffer, None)
+        for v in views:
+            self.bufs.pop(v, None)
 
     def visit_ThreadAllReduce(self, s: ThreadAllReduce) -> None:
         """On the CPU the thread loop runs serially: one accumulator sees every partial."""
@@ -427,10 +432,12 @@ def _lower_func(ctx: ModuleCtx, func: PrimFunc) -> None:
     for k in range(len(ptr_types)):
         impl.args[k].add_attribute("noalias")
     em = _Emitter(ctx, impl, func)
+    views = {v.source.name: v.buffer for v in func.views}
     for k, buf in enumerate(func.params):
-        if buf in em.bufs:
+        if buf in em.bufs or views.get(buf.name) in em.bufs:
             raise MlcError(f"codegen of prim @{func.name}: buffer {buf.name} is passed twice", buf.loc)
-        em.bufs[buf] = impl.args[k]
+        # a parameter accessed through its flat view is bound as the view (one pointer: no noalias copies)
+        em.bufs[views.get(buf.name, buf)] = impl.args[k]
     for k, d in enumerate(dims):
         em.env[d] = em.convert(impl.args[len(ptr_types) + k], "i64", d.dtype)  # type: ignore[assignment]
     em.stmt(func.body)

@@ -257,9 +257,10 @@ class ExprEmitter:
         return phi
 
     def in_bounds(self, e: Load) -> bool:
-        """Whether every index of `e` is proven inside its (constant) extent from the constant ranges of
-        the enclosing loops; such a load needs no guard. Only for scalar addresses: a vector loop's
-        masked-off tail lanes run past its range."""
+        """Whether the (flat) index of `e` is proven inside 0..size-1 of its buffer from the constant
+        ranges of the enclosing loops; such a load needs no guard (weaker than per-dimension bounds,
+        but what memory safety needs). Only for scalar addresses: a vector loop's masked-off tail
+        lanes run past its range."""
         def var_range(v: Var) -> arith.Interval | None:
             if v in self.ranges:
                 lo, hi = self.ranges[v]
@@ -589,16 +590,23 @@ class ExprEmitter:
 
     # ---------------------------------------------------------------- memory
     def flat_index(self, buf: Buffer, indices: Sequence[Expr], loc: object) -> ir.Value | Lin:
-        if len(indices) != len(buf.shape):
-            raise self.err(f"buffer {buf.name} has rank {len(buf.shape)} but is indexed with {len(indices)}", loc)
-        if not indices:
-            return ir.Constant(I64, 0)
-        idx = self.convert(self.expr(indices[0]), indices[0].dtype, "i64")
-        for d, i in zip(buf.shape[1:], indices[1:], strict=True):
-            dim = self.scalar(self.convert(self.expr(d), d.dtype, "i64"))
-            iv = self.convert(self.expr(i), i.dtype, "i64")
-            idx = self.add_nsw(self.mul_nsw(idx, dim), iv)
-        return idx
+        """The element index of a 1-D access (lower-tir flattened every buffer, ir/flatten.py). The
+        integer adds and multiplies of the index carry `nsw` (an in-bounds address does not wrap), as
+        the linearization the codegen built itself did."""
+        if len(indices) != 1 or len(buf.shape) != 1:
+            raise self.err(f"buffer {buf.name} is accessed with {len(indices)} indices: the codegen takes "
+                           f"flattened (1-D) accesses, run lower-tir first", loc)
+        return self.index_value(indices[0])
+
+    def index_value(self, e: Expr) -> ir.Value | Lin:
+        if isinstance(e, Bin) and e.op in ("add", "mul") and e.a.dtype == e.b.dtype == "i64":
+            if e.op == "add":
+                return self.add_nsw(self.index_value(e.a), self.index_value(e.b))
+            a, c = self.index_value(e.a), self.index_value(e.b)
+            if is_vec(c) and not is_vec(a):
+                a, c = c, a
+            return self.mul_nsw(a, self.vec(c) if is_vec(c) else c)
+        return self.convert(self.expr(e), e.dtype, "i64")
 
     def add_nsw(self, a: ir.Value | Lin, c: ir.Value | Lin) -> ir.Value | Lin:
         if isinstance(a, Lin) or isinstance(c, Lin):

@@ -8,7 +8,7 @@ through one identical index expression (each lane only re-reads what it wrote); 
 must be lane-invariant; and the body may not allocate or contain parallel/vectorized loops. An `if`
 whose condition differs between lanes (a reduction init's guard included) runs under a lane mask
 (masked vector loads/stores, guarded per-lane gathers/scatters), so it may not contain loops. The
-input is loop-level IR (ir/tir_lower.py): block iterators are `let`s. Anything else falls back to a scalar loop with vectorizer hints.
+input is loop-level IR (ir/tir_lower.py): block iterators are `let`s, accesses 1-D. Anything else falls back to a scalar loop with vectorizer hints.
 """
 
 from __future__ import annotations
@@ -58,12 +58,10 @@ class _Check(StmtVisitor):
         return "U" if all(k == "U" for k in ks) else "V"
 
     def flat_kind(self, buf: Buffer, indices: tuple[Expr, ...]) -> Kind:
-        if not indices:
-            return "U"
-        k = self.kind(indices[0])
-        for d, i in zip(buf.shape[1:], indices[1:], strict=False):
-            k = _add(_mul(k, d, "U", None), self.kind(i), 1)
-        return k
+        """Kind of an access's address: its one index (lower-tir flattened it to `(i0 * d1 + i1) * d2 +
+        i2`, whose lane stride `kind` derives term by term; a symbolic dim times a lane-varying term
+        is "V")."""
+        return self.kind(indices[0]) if len(indices) == 1 else "V"
 
     def stmt(self, s: Stmt) -> bool:
         return bool(self.visit(s))

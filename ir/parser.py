@@ -13,6 +13,7 @@ import math
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any, NoReturn, TypeVar
 
 from .diagnostics import Loc, MlcError
@@ -49,6 +50,7 @@ from .tir import (
     AttrStmt,
     BlockStmt,
     Buffer,
+    BufferView,
     For,
     GemmCall,
     GemmTile,
@@ -61,6 +63,7 @@ from .tir import (
     Store,
     ThreadAllReduce,
 )
+from .tir_visit import nodes
 from .types import ScalarType, TensorType, TupleType, Type, UnknownType
 
 MAX_NESTING = 100  # brackets, blocks and types inside one another
@@ -636,6 +639,7 @@ class Parser:
         attrs = self.attrs() if self.accept("attrs") else ()
         bt = self.expect("{")
         sparse: list[SparseBuffer] = []
+        views: list[BufferView] = []
         with self.nest():
             while self.at("axis") or self.at("sparse"):
                 if self.accept("axis"):
@@ -643,10 +647,39 @@ class Parser:
                 else:
                     self.expect("sparse")
                     sparse.append(self.sparse_decl())
+            pending: list[tuple[Buffer, Token]] = []
+            while self.accept("view"):
+                views.append(self.view_decl(pending))
             stmts = self.stmts()
         body = stmts[0] if len(stmts) == 1 else Seq(tuple(stmts), self.loc(bt))
+        if pending:  # views of global-scope allocations name a buffer the body allocates
+            allocs = {x.buffer.name: x.buffer for x in nodes(body) if isinstance(x, Allocate)}
+            where = {id(b): t for b, t in pending}
+            for k, v in enumerate(views):
+                if id(v.source) in where:
+                    src = allocs.get(v.source.name)
+                    if src is None:
+                        self.error(f"undefined buffer %{v.source.name}", where[id(v.source)])
+                    views[k] = replace(v, source=src)
         return PrimFunc(name, tuple(buffers), n_out, body, tuple(scalars), attrs, self.loc(start),
-                        tuple(self.axes.values()), tuple(sparse))
+                        tuple(self.axes.values()), tuple(sparse), tuple(views))
+
+    def view_decl(self, pending: list[tuple[Buffer, Token]]) -> BufferView:
+        """`view %A_flat: buffer<...> = %A`: declares the flat view %A_flat of %A, a parameter or a
+        global-scope allocation of the body (resolved once the body is parsed: `pending`)."""
+        bt = self.take("pct", "a view name")
+        if bt.text in self.buffers:
+            self.error(f"redefinition of buffer %{bt.text}", bt)
+        self.expect(":")
+        buf = self.buffer_type(bt.text, bt)
+        self.expect("=")
+        st = self.take("pct", "a buffer name")
+        src = self.buffers.get(st.text)
+        if src is None:
+            src = Buffer(st.text, (), buf.dtype, "global", self.loc(st))  # placeholder until the body is parsed
+            pending.append((src, st))
+        self.buffers[bt.text] = buf
+        return BufferView(buf, src, self.loc(bt))
 
     def axis_ref(self) -> Axis:
         t = self.sym_token()

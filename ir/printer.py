@@ -459,6 +459,8 @@ class Printer(_ExprPrinter, StmtVisitor):
             self.emit(self.axis_decl(a))
         for sb in f.sparse_buffers:
             self.emit(self.sparse_decl(sb))
+        for v in f.views:
+            self.emit(f"view {_name('%', v.buffer.name)}: {self.buffer_type(v.buffer)} = {_name('%', v.source.name)}")
         self.depth -= 1
         self.body(f.body)
         self.emit("}")

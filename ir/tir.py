@@ -7,8 +7,10 @@ optional `init` run at the first reduce iteration, and a body.
 
 The `lower-tir` stage (ir/tir_lower.py) turns block form into the loop-level subset the code
 generators consume: no `BlockStmt`, iterators bound by `Let`, allocations explicit (`Allocate`),
-reduction bodies marked (`AttrStmt`), cross-thread reductions explicit (`ThreadAllReduce`) and a
-tensorized GEMM stage one `GemmCall`. Both forms print, parse and run in ir/tir_interp.py.
+reduction bodies marked (`AttrStmt`), cross-thread reductions explicit (`ThreadAllReduce`), a
+tensorized GEMM stage one `GemmCall`, and every access 1-D: parameters keep their n-d type (the
+kernel ABI, the runtime's checks, `GemmCall`) and are read and written through `BufferView`s, flat
+views of the same memory (ir/flatten.py). Both forms print, parse and run in ir/tir_interp.py.
 """
 
 from __future__ import annotations
@@ -187,6 +189,19 @@ class GemmCall(Stmt):
 
 
 @dataclass(frozen=True)
+class BufferView:
+    """`view %A_flat: buffer<(m * 64) x f32> = %A`: a 1-D buffer over the memory of `source` (row-major,
+    as many elements), declared at the top of a loop-level `prim` (TVM: `decl_buffer` with
+    `data=A.data`). `source` is a parameter or a global-scope `allocate` of the body; the view is in
+    scope where its source is. The loop-level subset accesses n-d buffers only through their view, at
+    the row-major flat index, so index linearization is written once (ir/flatten.py), not per codegen."""
+
+    buffer: Buffer
+    source: Buffer
+    loc: Loc = field(default=UNKNOWN, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
 class PrimFunc:
     """`prim @name(buffers..., scalars...) { body }`.
 
@@ -195,6 +210,7 @@ class PrimFunc:
     buffer shape determines). Dims that appear in buffer shapes are bound from the buffers.
     `axes` and `sparse_buffers` declare a sparse program's iteration spaces and value views
     (ir/sparse.py); both are empty in dense programs and after sparse-lower's stage III.
+    `views` are the flat views of n-d parameters the loop-level subset accesses (empty in block form).
     """
 
     name: str
@@ -206,3 +222,4 @@ class PrimFunc:
     loc: Loc = field(default=UNKNOWN, compare=False, repr=False)
     axes: tuple[Axis, ...] = ()
     sparse_buffers: tuple[SparseBuffer, ...] = ()
+    views: tuple[BufferView, ...] = ()

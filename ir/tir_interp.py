@@ -138,10 +138,10 @@ def _compile(e: Expr) -> Scalar:
             arr = it._buf(buf)
             ix = tuple(int(g(it)) for g in idx)  # type: ignore[call-overload]
             if len(ix) != arr.ndim:
-                raise MlcError(f"buffer {buf.name} has {arr.ndim} dims but is indexed with {len(ix)}")
+                raise MlcError(f"buffer {it.label(buf.name)} has {arr.ndim} dims but is indexed with {len(ix)}")
             for d, (i, n) in enumerate(zip(ix, arr.shape)):
                 if not 0 <= i < n:
-                    raise MlcError(f"index out of bounds: buffer {buf.name} dim {d} index {i} not in [0, {n})")
+                    raise MlcError(f"index out of bounds: buffer {it.label(buf.name)} dim {d} index {i} not in [0, {n})")
             return arr[ix]
         return load
     if isinstance(e, Bin):
@@ -206,6 +206,7 @@ class _Interp(StmtVisitor):
         self._plans: dict[int, tuple[Stmt, _Plan | None]] = {}
         self._nests: dict[int, tuple[For, list[For], _Plan | None]] = {}
         self.views: dict[str, SparseBuffer] = {}
+        self.flat_views: dict[str, str] = {}  # a parameter's flat view (BufferView) -> the parameter
         self.axes: dict[str, Axis] = {}
         self.sp_pos: dict[Var, int] = {}  # positions of the sparse iterators in scope
 
@@ -273,9 +274,14 @@ class _Interp(StmtVisitor):
         """Evaluate and bounds-check indices (only where `mask` holds); clip the rest."""
         arr = self._buf(buf)
         if len(idx_exprs) != arr.ndim:
-            raise MlcError(f"buffer {buf.name} has {arr.ndim} dims but is indexed with {len(idx_exprs)}")
-        return tuple(_checked(np.asarray(self.ev(ie, mask)), arr.shape[d], mask, f"buffer {buf.name} dim {d}")
+            raise MlcError(f"buffer {self.label(buf.name)} has {arr.ndim} dims but is indexed with {len(idx_exprs)}")
+        return tuple(_checked(np.asarray(self.ev(ie, mask)), arr.shape[d], mask, f"buffer {self.label(buf.name)} dim {d}")
                      for d, ie in enumerate(idx_exprs))
+
+    def label(self, name: str) -> str:
+        """How errors name a buffer: a flat view by its parameter too."""
+        src = self.flat_views.get(name)
+        return name if src is None else f"{src} (flat view {name})"
 
     def _buf(self, buf: Buffer) -> np.ndarray:
         try:
@@ -389,10 +395,10 @@ class _Interp(StmtVisitor):
         arr = self._buf(s.buffer)
         ix = tuple(int(self.sc(i)) for i in s.indices)  # type: ignore[call-overload]
         if len(ix) != arr.ndim:
-            raise MlcError(f"buffer {s.buffer.name} has {arr.ndim} dims but is indexed with {len(ix)}")
+            raise MlcError(f"buffer {self.label(s.buffer.name)} has {arr.ndim} dims but is indexed with {len(ix)}")
         for d, (i, n) in enumerate(zip(ix, arr.shape)):
             if not 0 <= i < n:
-                raise MlcError(f"index out of bounds: buffer {s.buffer.name} dim {d} index {i} not in [0, {n})")
+                raise MlcError(f"index out of bounds: buffer {self.label(s.buffer.name)} dim {d} index {i} not in [0, {n})")
         arr[ix] = self.sc(s.value)
 
     def visit_IfStmt(self, s: IfStmt) -> None:
@@ -408,7 +414,16 @@ class _Interp(StmtVisitor):
         self._restore(s.var, old)
 
     def visit_Allocate(self, s: Allocate) -> None:
-        self._scoped([s.buffer], s.body)
+        views = [v for v, src in self.flat_views.items() if src == s.buffer.name]
+        if not views:
+            self._scoped([s.buffer], s.body)
+            return
+        (name,) = self._alloc([s.buffer])
+        for v in views:  # a global allocation's flat views: the same memory
+            self.bufs[v] = self.bufs[name].reshape(-1)
+        self.run(s.body)
+        for n in (name, *views):
+            del self.bufs[n]
 
     def visit_AttrStmt(self, s: AttrStmt) -> None:
         self.run(s.body)
@@ -617,7 +632,7 @@ class _Interp(StmtVisitor):
         checked = []
         for d, v in enumerate(idx):
             vb = np.broadcast_to(v, shape)
-            checked.append(_checked(vb, arr.shape[d], valid, f"buffer {s.buffer.name} dim {d}").ravel())
+            checked.append(_checked(vb, arr.shape[d], valid, f"buffer {self.label(s.buffer.name)} dim {d}").ravel())
         gv = g.ravel()
         if valid is not None:
             sel = valid.ravel()
@@ -793,8 +808,18 @@ def run_prim(
     if len(set(names)) != len(names):
         raise MlcError(f"prim {func.name}: duplicate buffer names")
     bufs = {b.name: a for b, a in zip(func.params, args)}
+    # a flat view reads and writes its parameter's memory: reshape(-1) of a C-contiguous array (another
+    # layout is run on a contiguous copy, written back after the run)
+    copies = {v.source.name: np.ascontiguousarray(bufs[v.source.name]) for v in func.views if v.source.name in bufs}
+    for v in func.views:
+        if v.source.name in copies:
+            bufs[v.buffer.name] = copies[v.source.name].reshape(-1)
     interp = _Interp(bufs, env, vectorize)
     interp.views = {sb.buffer.name: sb for sb in func.sparse_buffers}
+    interp.flat_views = {v.buffer.name: v.source.name for v in func.views}
     interp.axes = axis_table(func.axes)
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         interp.run(func.body)
+    for name, c in copies.items():
+        if c is not bufs[name]:
+            bufs[name][...] = c

@@ -21,13 +21,13 @@ LowerThreadAllreduce):
 
 Then loops whose tile guards hold on a prefix are split into a guard-free main part and a guarded
 remainder (ir/loop_partition.py, TVM's LoopPartition); GPU kernels (thread-bound loops) are left as
-they are.
+they are. Last, buffers are flattened (ir/flatten.py): every access is 1-D, n-d parameters through
+flat views, at the row-major index in Horner form (from which the LLVM vectorizer still derives
+lane strides term by term).
 
-Buffers stay n-dimensional (row-major, no explicit strides): the LLVM vectorizer
-(codegen/vectorize.py) derives lane strides from the index of each dimension, which a flattened
-index would hide behind products of symbolic dims.
 The result holds no `BlockStmt`; a function already in that form is taken to be this lowering's
-output and returned unchanged (so the code generators do not partition the pass's output twice).
+output and only flattened (the identity on the pass's output, so the code generators do not
+partition it twice).
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from dataclasses import replace
 
 from .diagnostics import MlcError
 from .expr import Bin, Const, Expr, Load, free_vars
+from .flatten import flatten_func
 from .loop_partition import partition_loops
 from .names import fresh_name
 from .tir import (
@@ -63,10 +64,10 @@ def is_lowered(func: PrimFunc) -> bool:
 
 
 def lower_tir_func(func: PrimFunc) -> PrimFunc:
-    """The loop-level form of a (scheduled or not) block-form PrimFunc: blocks lowered, then loops
-    partitioned; see the module docstring."""
+    """The loop-level form of a (scheduled or not) block-form PrimFunc: blocks lowered, loops
+    partitioned, buffers flattened; see the module docstring."""
     if is_lowered(func):
-        return func
+        return flatten_func(func)
     lw = _Lower(used_names(func))
     body = func.body
     if isinstance(body, BlockStmt) and not body.iters and body.init is None:  # the root: stages
@@ -74,7 +75,7 @@ def lower_tir_func(func: PrimFunc) -> PrimFunc:
         new = [gemm_stage(s) or s for s in stages]
         if any(a is not b for a, b in zip(new, stages)):
             body = replace(body, body=seq(new))
-    return partition_loops(replace(func, body=lw.visit(body)))
+    return flatten_func(partition_loops(replace(func, body=lw.visit(body))))
 
 
 def gemm_stage(stage: Stmt) -> GemmCall | None:

@@ -168,7 +168,7 @@ def seq(stmts: list[Stmt]) -> Stmt:
 
 def used_names(func: PrimFunc) -> set[str]:
     """Every param, dim, loop var, block and buffer name of a PrimFunc (fresh names avoid them)."""
-    out = {b.name for b in func.params} | {v.name for v in func.scalar_params}
+    out = {b.name for b in func.params} | {v.name for v in func.scalar_params} | {v.buffer.name for v in func.views}
     for b in func.params:
         for d in b.shape:
             out |= {v.name for v in free_vars(d)}

@@ -15,10 +15,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .arith import as_int, provably_different
+from .arith import as_int, provably_different, prove_equal
 from .diagnostics import UNKNOWN, Loc, MlcError
 from .dtype import DTYPES_ALL, is_float, is_int
 from .expr import BIN_OPS, INTRINSICS, Bin, Call, Cast, Const, Expr, Load, Not, Select, Var, children, free_vars
+from .flatten import flat_size
 from .graph import (
     Binding,
     Block,
@@ -37,6 +38,7 @@ from .graph import (
     Value,
 )
 from .module import Module
+from .printer import print_expr
 from .sparse import AXIS_KINDS, SparseIteration, axis_table, folded_axes
 from .tir import (
     ATTR_KEYS,
@@ -409,6 +411,7 @@ class PrimVerifier:
         self.vars: dict[str, Var] = {}
         self.buffers: dict[str, Buffer] = {}
         self.loop_vars: list[Var] = []  # enclosing loops, innermost last
+        self.views_of: dict[str, list[Buffer]] = {}  # a global allocation -> its flat views
 
     def fail(self, msg: str, *locs: Loc) -> None:
         self.v.fail(f"@{self.f.name}: {msg}", *locs, self.f.loc)
@@ -426,7 +429,31 @@ class PrimVerifier:
         for b in f.params:
             self.declare_buffer(b, f.loc, params=True)
         self.sparse_decls()
+        self.view_decls()
         self.stmt(f.body, f.loc)
+
+    def view_decls(self) -> None:
+        """Each flat view is 1-D over a parameter or a global-scope allocation, of its dtype and scope
+        and as many elements; it is in scope where its source is."""
+        params = {b.name: b for b in self.f.params}
+        allocs = {x.buffer.name: x.buffer for x in nodes(self.f.body) if isinstance(x, Allocate)}
+        for v in self.f.views:
+            here = (v.loc, self.f.loc)
+            src, buf = v.source, v.buffer
+            if params.get(src.name) != src and (allocs.get(src.name) != src or src.scope != "global"):
+                self.fail(f"view %{buf.name}: %{src.name} is neither a buffer parameter nor a global allocation", *here)
+            if any(w.buffer.name == buf.name for w in self.f.views if w is not v) or buf.name in params:
+                self.fail(f"redefinition of buffer %{buf.name}", *here)
+            if len(buf.shape) != 1 or buf.dtype != src.dtype or buf.scope != src.scope:
+                self.fail(f"view %{buf.name} must be a 1-D buffer of %{src.name}'s dtype and scope", *here)
+            n = buf.shape[0]
+            whole = flat_size(src.shape)
+            if n != whole and not prove_equal(n, whole):
+                self.fail(f"view %{buf.name} has {print_expr(n)} elements, %{src.name} has {print_expr(whole)}", *here)
+            if src.name in params:
+                self.declare_buffer(buf, self.f.loc)
+            else:
+                self.views_of.setdefault(src.name, []).append(buf)
 
     # ---- sparse programs (ir/sparse.py)
     def sparse_decls(self) -> None:
@@ -680,7 +707,8 @@ class PrimVerifier:
             self.stmt(s.body, loc if loc.line else parent)
 
     def stmt_Allocate(self, s: Allocate, loc: Loc, locs: tuple[Loc, ...], parent: Loc) -> None:
-        self.scoped_buffers((s.buffer,), s.body, loc if loc.line else parent, locs)
+        views = tuple(self.views_of.get(s.buffer.name, ()))
+        self.scoped_buffers((s.buffer, *views), s.body, loc if loc.line else parent, locs)
 
     def stmt_AttrStmt(self, s: AttrStmt, loc: Loc, locs: tuple[Loc, ...], parent: Loc) -> None:
         if s.key not in ATTR_KEYS:

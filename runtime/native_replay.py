@@ -23,6 +23,7 @@ import numpy as np
 from mlc.codegen.cpu import host_target, init_llvm
 from mlc.ir import arith
 from mlc.ir.expr import Bin, Const, Load, Select, Var, free_vars
+from mlc.ir.flatten import unflatten_func
 from mlc.ir.tir import For, IfStmt, Let, PrimFunc, Store
 from mlc.ir.tir_visit import conjuncts, nodes, simp, stores_in
 
@@ -273,6 +274,10 @@ def window_update(func: PrimFunc, dims: Sequence[str]) -> WindowUpdate | None:
     """The loop-level program as a window update, or None: one store `out[i] = select(s <= i0 < s + w,
     U[.., i1, ..], base[i])`, under loops, lets and the guards of split loops (a kernel computes its
     whole output, so every element is written once)."""
+    nd = unflatten_func(func)  # read per dimension, through the flat views lower-tir declared
+    if nd is None:
+        return None
+    func = nd
     if func.num_outputs != 1 or any(not isinstance(x, For | Let | Store | IfStmt) or isinstance(x, IfStmt) and x.orelse
                                     for x in nodes(func.body)):
         return None

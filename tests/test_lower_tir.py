@@ -57,6 +57,7 @@ prim @rowsum(%x: buffer<n x 8 x f32>, %y: buffer<n x f32>) outputs 1 {
 LOWERED = """mlc.module v1
 
 prim @rowsum(%x: buffer<n x 8 x f32>, %y: buffer<n x f32>) outputs 1 {
+  view %x_flat: buffer<8 * n x f32> = %x
   allocate %t: buffer<n x f32> {
     for i in 0..n {
       for k in 0..8 {
@@ -66,7 +67,7 @@ prim @rowsum(%x: buffer<n x 8 x f32>, %y: buffer<n x f32>) outputs 1 {
               %t[vi] = 0.0
             }
             attr "reduction" {
-              %t[vi] = %t[vi] + %x[vi, vk]
+              %t[vi] = %t[vi] + %x_flat[vi * 8 + vk]
             }
           }
         }
@@ -111,7 +112,8 @@ def _lower_text(text: str) -> str:
 
 def test_lower_tir_golden() -> None:
     """Iterators become lets, init an `if` over the reduce iterators, the body of a reduction an
-    `attr "reduction"` region, the root block's alloc an `allocate`."""
+    `attr "reduction"` region, the root block's alloc an `allocate`, the 2-D parameter accessed
+    through its flat view."""
     assert _lower_text(BLOCK_FORM) == LOWERED
     assert _lower_text(LOWERED) == LOWERED  # the loop-level form is a fixed point
 
