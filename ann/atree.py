@@ -24,7 +24,7 @@ from .etree import RadixTree, build_tree
 from .search import topk
 
 _ARGMIN_BEAM = 4  # beams up to this keep nodes by repeated row minima instead of argpartition
-_KERNEL_SELECT = 8  # beams up to this choose the last level's nodes inside the compiled program
+KERNEL_SELECT = 8  # beams up to this choose the last level's nodes inside the compiled program
 DECODE_BEAM = 4  # beams up to this score rows from the codewords (no full tables) on additive depth-1 trees
 
 
@@ -121,7 +121,7 @@ class ATree:
         t = self.tree
         beam = min(beam, t.node_counts[last])
         rows = (self.codes, self.vector_bias, t.order, t.row_start[last])
-        if compiled and beam <= _KERNEL_SELECT:
+        if compiled and beam <= KERNEL_SELECT:
             from .program import run_atree
 
             got = run_atree(luts, query_bias, k, beam, t.books[last], rows,

@@ -167,7 +167,7 @@ class CapturedTape:
 
 def graphable(tape: Tape) -> bool:
     """Only kernel launches (no host work, no native loops) can be captured."""
-    return bool(tape.entries) and all(e.fn is _launch_packed and not e.inner and e.check is None for e in tape.entries)
+    return bool(tape.entries) and all(e.fn is launch_packed and not e.inner and e.check is None for e in tape.entries)
 
 
 class GraphCache:
@@ -335,7 +335,7 @@ class CudaRunner:
             kernel.launch([a.ptr for a in bufs], dict(zip(dims, kd)), stream, self._workspace, rec)
             if record is not None:
                 for fnc, grid, block, shared, fmt, _nptr, args in rec or ():
-                    record(TapeEntry(_launch_packed, list(args), (fnc, grid, block, shared, fmt, stream), [], func),
+                    record(TapeEntry(launch_packed, list(args), (fnc, grid, block, shared, fmt, stream), [], func),
                            [(k, k) for k in range(len(bufs))])
 
         return launch
@@ -356,6 +356,6 @@ class CudaVM(VM):
         super().__init__(module, params, library, CudaRunner())
 
 
-def _launch_packed(args: list[int], extra: tuple[Any, ...]) -> None:
+def launch_packed(args: list[int], extra: tuple[Any, ...]) -> None:
     fnc, grid, block, shared, fmt, stream = extra
     fnc._launch_kernel(grid, block, struct.pack(fmt, *args), shared, stream)

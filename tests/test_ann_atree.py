@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from mlc.ann import program
-from mlc.ann.atree import _KERNEL_SELECT, DECODE_BEAM, ATree
+from mlc.ann.atree import DECODE_BEAM, KERNEL_SELECT, ATree
 from mlc.ann.index import AnnIndex
 from mlc.ann.search import add_biases, table_sum, topk
 from scipy.spatial.distance import cdist
@@ -53,7 +53,7 @@ def test_compiled_equals_numpy_and_scores_are_exact(index: AnnIndex, min_fanin: 
     at = ATree.build(index.codes, qz.codebooks, index.vector_bias, additive=qz.method != "pq", min_fanin=min_fanin)
     luts, qb = qz.luts(q), qz.query_bias(q)
     _, _, full = _exhaustive(index, q, 1)
-    for beam in (1, 2, _KERNEL_SELECT, _KERNEL_SELECT + 1, 13):
+    for beam in (1, 2, KERNEL_SELECT, KERNEL_SELECT + 1, 13):
         a = at.search(luts, qb, 12, beam, compiled=True)
         b = at.search(luts, qb, 12, beam, compiled=False)
         assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])

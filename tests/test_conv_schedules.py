@@ -333,7 +333,7 @@ def test_pre_activation_conv_runs_the_reduction_outside_the_row(case: tuple[int,
 def test_weights_beyond_l1_reduce_in_chunks_outside_the_column_tiles(case: tuple[int, ...]) -> None:
     # a channel block's weights over L1 (48 x 3x3 x 16 lanes = 27 KB) on a row of 14+ columns: the
     # input channels split in chunks whose weights fit, the chunk loop outside the row's column tiles
-    from mlc.passes.schedule.conv_tiling import _NARROW, _WIDE, L1_BYTES, _reduction_chunk
+    from mlc.passes.schedule.conv_tiling import L1_BYTES, NARROW_COLUMNS, WIDE_COLUMNS, reduction_chunk
 
     model, w, b = conv_model(*case)
     f = conv_func(fused(model)[0])
@@ -341,12 +341,12 @@ def test_weights_beyond_l1_reduce_in_chunks_outside_the_column_tiles(case: tuple
     plan = conv_plan(conv, CPU.lanes)
     assert plan is not None
     cols = arith.as_int(conv.iters[plan[1]].extent)
-    assert cols is not None and cols >= _NARROW
-    chunk = _reduction_chunk(conv, plan[3], cols)
+    assert cols is not None and cols >= NARROW_COLUMNS
+    chunk = reduction_chunk(conv, plan[3], cols)
     assert chunk is not None and case[1] % chunk == 0 and chunk < case[1]
     # narrower rows, power-of-two widths and narrow whole-row tiles keep one pass
-    assert _reduction_chunk(conv, plan[3], _NARROW - 1) is None and _reduction_chunk(conv, plan[3], 32) is None
-    assert _reduction_chunk(conv, plan[3], _WIDE - 1, hoist=True) is None
+    assert reduction_chunk(conv, plan[3], NARROW_COLUMNS - 1) is None and reduction_chunk(conv, plan[3], 32) is None
+    assert reduction_chunk(conv, plan[3], WIDE_COLUMNS - 1, hoist=True) is None
     assert 4 * plan[3] * chunk * case[4] ** 2 <= L1_BYTES // 2 < 4 * plan[3] * case[1] * case[4] ** 2
     s = default_schedule(f, CPU)
     same(f, s.func, dim=case[0])

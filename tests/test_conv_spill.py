@@ -1,6 +1,6 @@
 """A register tile that does not fit the vector registers (4 vectors x 3 columns on AVX2: 12
 accumulators + 4 weight vectors + the broadcast = 17 of 16 ymm, so LLVM spills accumulators in the
-reduction loop) reduces in one pass: input-channel chunks (`_reduction_chunk`) would reload the
+reduction loop) reduces in one pass: input-channel chunks (`reduction_chunk`) would reload the
 spilled tile from L1 at every chunk (inception_v1's 96->128 and 128->192 3x3 at 27x27: one pass
 1.13-1.56x faster). passes/schedule/conv_tiling.py.
 

@@ -2,7 +2,7 @@
 and replayed with one graph launch, inputs and results through staging buffers.
 
 Without a GPU, the capture and replay logic runs against a fake driver whose kernels compute on numpy
-"device memory" (the real `_launch_packed` entries and argument packing): graph replay must equal the
+"device memory" (the real `launch_packed` entries and argument packing): graph replay must equal the
 tape's launch-by-launch replay for changing input and output addresses, a refused capture must fall
 back, and tapes of moved memory are dropped. With a GPU: gpt_block and resnext at two shapes, graph
 replay against eager runs and onnxruntime, and $MLC_CUDA_GRAPHS=0 turning it off."""
@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from cuda_helpers import SETTINGS, zoo_case, zoo_module
 from mlc.runtime.cuda import cuda_unavailable
-from mlc.runtime.cuda_vm import GRAPHS_ENV, DeviceTensor, GraphCache, _launch_packed, graphable, graphs_enabled
+from mlc.runtime.cuda_vm import GRAPHS_ENV, DeviceTensor, GraphCache, graphable, graphs_enabled, launch_packed
 from mlc.runtime.tape import INPUT, OUTPUT, Tape, TapeEntry
 
 
@@ -88,8 +88,8 @@ def _tape(dev: FakeDevice, generation: int = 0) -> tuple[Tape, int]:
     """t = 2 * in0 + 1 * in1 (t an arena buffer); out0 = 3 * t - 1 * in0."""
     t = dev.alloc(4 * N)
     k1, k2 = FakeKernel(dev, 2.0, 1.0), FakeKernel(dev, 3.0, -1.0)
-    e1 = TapeEntry(_launch_packed, [0, 0, t, N], (k1, (1, 1, 1), (32, 1, 1), 0, "PPPq", None), [(0, INPUT, 0), (1, INPUT, 1)], "k1")
-    e2 = TapeEntry(_launch_packed, [t, 0, 0, N], (k2, (1, 1, 1), (32, 1, 1), 0, "PPPq", None), [(1, INPUT, 0), (2, OUTPUT, 0)], "k2")
+    e1 = TapeEntry(launch_packed, [0, 0, t, N], (k1, (1, 1, 1), (32, 1, 1), 0, "PPPq", None), [(0, INPUT, 0), (1, INPUT, 1)], "k1")
+    e2 = TapeEntry(launch_packed, [t, 0, 0, N], (k2, (1, 1, 1), (32, 1, 1), 0, "PPPq", None), [(1, INPUT, 0), (2, OUTPUT, 0)], "k2")
     return Tape([e1, e2], [("out", 0, (N,), np.dtype(np.float32))], generation), t
 
 

@@ -33,7 +33,7 @@ from .trace import BlockRV, LoopRV
 # vector registers of the ISA by f32 lanes (AVX2: 16 ymm, AVX-512: 32 zmm); 3 stay free for the
 # weight vectors and the broadcast
 _REGS = {4: 16, 8: 16, 16: 32}
-_NARROW, _WIDE = 14, 48  # output columns from which a reduction is chunked (`_reduction_chunk`)
+NARROW_COLUMNS, WIDE_COLUMNS = 14, 48  # output columns from which a reduction is chunked (`reduction_chunk`)
 PLANE_POSITIONS = 64  # output positions (7x7, 8x8) up to which the reduction is chunked outside the plane
 L1_BYTES = 24 * 1024  # bytes of L1 data cache a channel block's weights may take (32-48 KiB caches)
 
@@ -288,7 +288,7 @@ def conv_tiling(sch: Schedule, block: BlockRV, lanes: int, ch: Decisions) -> boo
     # 128->192 3x3 at 27x27, one thread: one pass 1.13-1.56x faster)
     v = oc_f[-1] // lanes if oc_f[-1] >= lanes else 1
     spills = ow_f[1] > 1 and v * ow_f[1] + v + 1 > _REGS.get(lanes, 16)
-    chunk = plane or (None if spills else _reduction_chunk(b, oc_f[-1], col_ext, hoist))
+    chunk = plane or (None if spills else reduction_chunk(b, oc_f[-1], col_ext, hoist))
     if plane is not None:
         # a small output plane: the chunk loop outside its rows too, so the chunk's input planes and
         # weights stay in L1 while every column tile of the plane reads them
@@ -371,11 +371,11 @@ def _in_plane(b: BlockStmt) -> int:
     return best
 
 
-def _reduction_chunk(b: BlockStmt, oc1: int, cols: int, hoist: bool = False) -> int | None:
+def reduction_chunk(b: BlockStmt, oc1: int, cols: int, hoist: bool = False) -> int | None:
     """The input channels per chunk when an `oc1`-channel block's weights exceed L1 (3x3 convs from
     about 42 input channels at 16 lanes): the largest divisor of the first reduction extent whose
     weights take at most half of `L1_BYTES`; None when they fit, no chunk is smaller, or the row is not
-    one where chunks measured faster: `_NARROW`+ columns (`_WIDE`+ for a whole-row tile of
+    one where chunks measured faster: `NARROW_COLUMNS`+ columns (`WIDE_COLUMNS`+ for a whole-row tile of
     `per_step_work`), not a power of two. Same-run against one pass, single 3x3 layers (batch 1
     unless said): 56 columns 1.3-2.2x (128->32, 64->192, 64->64), 28 columns 1.4-1.7x (64->96,
     96->96, 128->128), 14 columns 1.0-1.3x (256->256, 192->256, 96->128); slower at 7 columns
@@ -383,7 +383,7 @@ def _reduction_chunk(b: BlockStmt, oc1: int, cols: int, hoist: bool = False) -> 
     plane, L1 set conflicts suspected) and, with the whole-row tile, at 28 and 14 (BN-ReLU 352->128
     and 704->128 1x1: 0.65x, 0.78x)."""
     red = [arith.as_int(iv.extent) for iv in b.iters if iv.kind == "R"]
-    if cols < (_WIDE if hoist else _NARROW) or cols & (cols - 1) == 0 or not red or any(e is None for e in red):
+    if cols < (WIDE_COLUMNS if hoist else NARROW_COLUMNS) or cols & (cols - 1) == 0 or not red or any(e is None for e in red):
         return None
     per = 4 * oc1 * math.prod(red[1:])  # type: ignore[arg-type]
     if per * red[0] <= L1_BYTES:  # type: ignore[operator]
