@@ -205,7 +205,7 @@ def test_worker_killed_mid_build(tmp_path: Path, files: Path, ray_address: str) 
     assert shards == encode_shards(x, want, False, LOCAL, 2)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
+@pytest.mark.parametrize("sig", [pytest.param(signal.SIGINT, marks=pytest.mark.conformance), signal.SIGKILL])
 def test_driver_interrupted_leaves_old_index(tmp_path: Path, files: Path, single: Path, ray_address: str,
                                              sig: signal.Signals) -> None:
     """Killing `mlc ann-index build --executor ray` mid-way leaves the old index whole; the next run works.

@@ -122,6 +122,7 @@ MLC = (sys.executable, "-m", "mlc.cli")
 
 
 @pytest.mark.slow
+@pytest.mark.conformance  # (suite time: tests/test_reliability_kill.py keeps a kill test in make test)
 @pytest.mark.parametrize("seed", [19])
 def test_sigkill_during_build_emit(tmp_path: Path, seed: int) -> None:
     """mlp with a symbolic and with a fixed batch (other kernels), built in turn to one output and

@@ -16,14 +16,16 @@ ort = pytest.importorskip("onnxruntime")
 SIZES = ({"batch": 2, "seq": 7, "dseq": 5}, {"batch": 3, "seq": 4, "dseq": 3})
 # what still fails, by cause (each XPASSes, failing the run, once fixed: then drop it here)
 KNOWN: dict[str, str] = {}
+# CNNs whose layers the other exports and tests/test_conv_*.py cover: in make conformance (suite time)
+IN_CONFORMANCE = {"resnet18.dynamo.onnx", "squeezenet1_1.dynamo.onnx"}
 
 
 def _cases() -> list[object]:
-    """Every export; the torchscript twins run in `make conformance` (the suite's time budget keeps one
-    exporter's graph per architecture in `make test`)."""
+    """Every export; the torchscript twins and IN_CONFORMANCE run in `make conformance` (the suite's
+    time budget keeps one exporter's graph of the other architectures in `make test`)."""
     def marks(n: str) -> list[pytest.MarkDecorator]:
         return ([pytest.mark.xfail(strict=True, reason=KNOWN[n])] if n in KNOWN else []) + \
-            ([pytest.mark.conformance] if ".torchscript." in n else [])
+            ([pytest.mark.conformance] if ".torchscript." in n or n in IN_CONFORMANCE else [])
     return [pytest.param(n, marks=marks(n)) for n in exported()]
 
 

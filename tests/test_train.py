@@ -100,7 +100,8 @@ def reference(files: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig", [pytest.param(signal.SIGINT, marks=pytest.mark.conformance), signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
+@pytest.mark.parametrize("sig", [pytest.param(signal.SIGINT, marks=pytest.mark.conformance),
+                                 pytest.param(signal.SIGKILL, marks=pytest.mark.conformance)], ids=["SIGINT", "SIGKILL"])
 def test_interrupted_run_resumes_bit_identical(files: Path, tmp_path: Path, reference: dict[str, np.ndarray],
                                                sig: signal.Signals) -> None:
     out = tmp_path / "t.ir"

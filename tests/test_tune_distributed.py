@@ -152,7 +152,8 @@ def test_candidate_that_always_kills_its_worker_is_recorded_failed(tmp_path: Pat
     assert len(db.records) == 6
 
 
-@pytest.mark.parametrize("sig", [pytest.param(signal.SIGINT, marks=pytest.mark.conformance), signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
+@pytest.mark.parametrize("sig", [pytest.param(signal.SIGINT, marks=pytest.mark.conformance),
+                                 pytest.param(signal.SIGKILL, marks=pytest.mark.conformance)], ids=["SIGINT", "SIGKILL"])
 def test_driver_interrupted_leaves_complete_records(tmp_path: Path, module_file: Path, ray_address: str,
                                                     sig: signal.Signals) -> None:
     """Interrupting `mlc tune --executor ray` mid-search leaves whole records (no torn line breaks the next
