@@ -37,66 +37,34 @@ import mlc
 
 
 @contextmanager
-def conv_prologue() -> Iterator[None]:
-    saved = fuse.Fuser.__dict__["reuses_inputs"]
-    fuse.Fuser.reuses_inputs = staticmethod(lambda b: False)  # type: ignore[method-assign]
+def patched(owner: object, name: str, value: object) -> Iterator[None]:
+    """`owner.name` set to `value` for one build (the "old" side of a rule)."""
+    saved = vars(owner)[name] if isinstance(owner, type) else getattr(owner, name)
+    setattr(owner, name, value)
     try:
         yield
     finally:
-        fuse.Fuser.reuses_inputs = saved  # type: ignore[method-assign]
+        setattr(owner, name, saved)
 
 
-@contextmanager
-def symbolic_partition_only() -> Iterator[None]:
-    saved = loop_partition.prefix_end
-
-    def old(lhs, rhs, var, ranges, inner, lane_mask=False):  # type: ignore[no-untyped-def]
-        return None if not free_vars(rhs) else saved(lhs, rhs, var, ranges, inner, lane_mask)
-
-    loop_partition.prefix_end = old  # type: ignore[assignment]
-    try:
-        yield
-    finally:
-        loop_partition.prefix_end = saved  # type: ignore[assignment]
+def _symbolic_bounds_only(lhs, rhs, var, ranges, inner, lane_mask=False):  # type: ignore[no-untyped-def]
+    return None if not free_vars(rhs) else _PREFIX_END(lhs, rhs, var, ranges, inner, lane_mask)
 
 
-@contextmanager
-def row_schedule_only() -> Iterator[None]:
-    saved = conv_tiling.plane_chunk
-    conv_tiling.plane_chunk = lambda *a: None  # type: ignore[assignment]
-    try:
-        yield
-    finally:
-        conv_tiling.plane_chunk = saved
+def _pools_take_prologues(b):  # type: ignore[no-untyped-def]
+    return _REUSES(b) and not (isinstance(b.node, OpCall) and b.node.op == "max_pool2d")
 
 
-@contextmanager
-def pool_prologue() -> Iterator[None]:
-    saved = fuse.Fuser.__dict__["reuses_inputs"]
-
-    def old(b):  # type: ignore[no-untyped-def]
-        return saved.__func__(b) and not (isinstance(b.node, OpCall) and b.node.op == "max_pool2d")
-
-    fuse.Fuser.reuses_inputs = staticmethod(old)  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        fuse.Fuser.reuses_inputs = saved  # type: ignore[method-assign]
-
-
-@contextmanager
-def no_select_split() -> Iterator[None]:
-    saved = loop_partition.split_selects
-    loop_partition.split_selects = lambda s: None  # type: ignore[assignment]
-    try:
-        yield
-    finally:
-        loop_partition.split_selects = saved  # type: ignore[assignment]
-
+_PREFIX_END = loop_partition.prefix_end
+_REUSES = fuse.Fuser.reuses_inputs
 
 RULES: dict[str, Callable[[], AbstractContextManager[None]]] = {
-    "conv-prologue": conv_prologue, "lane-partition": symbolic_partition_only, "plane-chunk": row_schedule_only,
-    "pool-prologue": pool_prologue, "select-split": no_select_split}
+    "conv-prologue": lambda: patched(fuse.Fuser, "reuses_inputs", staticmethod(lambda b: False)),
+    "lane-partition": lambda: patched(loop_partition, "prefix_end", _symbolic_bounds_only),
+    "plane-chunk": lambda: patched(conv_tiling, "plane_chunk", lambda *a: None),
+    "pool-prologue": lambda: patched(fuse.Fuser, "reuses_inputs", staticmethod(_pools_take_prologues)),
+    "select-split": lambda: patched(loop_partition, "split_selects", lambda s: None),
+}
 
 
 def main() -> None:
