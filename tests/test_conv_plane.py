@@ -15,10 +15,8 @@ from mlc.ir.tir_visit import walk
 from mlc.passes.schedule import Trace
 from mlc.passes.schedule.conv_tiling import L1_BYTES, PLANE_POSITIONS, conv_plan, plane_chunk
 from mlc.passes.schedule.rules import default_schedule
-from test_conv_schedules import CPU, conv_func, conv_model, fused, np_conv
+from test_conv_schedules import CPU, compiled_matches_numpy, conv_func, conv_model, fused
 from test_schedule_rules import same
-
-import mlc
 
 
 def conv_block(case: tuple[int, ...]) -> tuple[BlockStmt, tuple]:
@@ -91,9 +89,4 @@ def test_random_plane_chunked_shapes_keep_results(seed: int) -> None:
 
 @pytest.mark.parametrize("case", [(1, 512, 64, 7, 1, 0, 1, 1), (2, 1024, 48, 13, 1, 0, 2, 2)], ids=["1x1", "1x1s2g2"])
 def test_compiled_plane_chunked_conv_matches_numpy(case: tuple[int, ...]) -> None:
-    model, w, b = conv_model(*case)
-    compiled = mlc.compile(model)
-    for n in sorted({case[0], 3}):
-        x = np.random.default_rng(n).standard_normal((n, case[1], case[3], case[3])).astype(np.float32)
-        got = list(compiled(**{compiled.input_names[0]: x}).values())[0]
-        np.testing.assert_allclose(got, np_conv(x, w, b, case[5], case[6], case[7]), rtol=1e-4, atol=1e-4)
+    compiled_matches_numpy(case, sorted({case[0], 3}))

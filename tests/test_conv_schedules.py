@@ -90,10 +90,16 @@ def conv_func(m: Module) -> PrimFunc:
 
 @pytest.mark.parametrize("case", CASES, ids=[f"n{c[0]}c{c[1]}k{c[2]}hw{c[3]}k{c[4]}p{c[5]}s{c[6]}g{c[7]}" for c in CASES])
 def test_compiled_conv_matches_numpy(case: tuple[int, ...]) -> None:
-    n, c, k, hw, kh, pad, stride, group = case
+    compiled_matches_numpy(case, sorted({case[0], 3}))
+
+
+def compiled_matches_numpy(case: tuple[int, ...], batches: list[int]) -> None:
+    """The Conv + bias + Relu layer of `case` built by `mlc.compile`, run at each batch size (the
+    batch dim is symbolic), against np_conv."""
+    _, c, _, hw, _, pad, stride, group = case
     model, w, b = conv_model(*case)
     compiled = mlc.compile(model)
-    for batch in sorted({n, 3}):
+    for batch in batches:
         x = np.random.default_rng(batch).standard_normal((batch, c, hw, hw)).astype(np.float32)
         got = list(compiled(**{compiled.input_names[0]: x}).values())[0]
         np.testing.assert_allclose(got, np_conv(x, w, b, pad, stride, group), rtol=1e-4, atol=1e-4)

@@ -13,10 +13,8 @@ from mlc.ir.tir import BlockStmt
 from mlc.ir.tir_visit import walk
 from mlc.passes.schedule.conv_tiling import conv_plan, wide_padded_taps
 from mlc.passes.schedule.rules import default_schedule
-from test_conv_schedules import CPU, conv_func, conv_model, fused, np_conv
+from test_conv_schedules import CPU, compiled_matches_numpy, conv_func, conv_model, fused
 from test_schedule_rules import same
-
-import mlc
 
 
 def plan_of(case: tuple[int, ...]) -> tuple[bool, int, int]:
@@ -48,9 +46,4 @@ def test_random_wide_padded_convs_keep_results(seed: int) -> None:
 
 
 def test_compiled_stem_matches_numpy() -> None:
-    case = (2, 3, 64, 29, 7, 3, 2, 1)
-    model, w, b = conv_model(*case)
-    compiled = mlc.compile(model)
-    x = np.random.default_rng(1).standard_normal((2, 3, 29, 29)).astype(np.float32)
-    got = list(compiled(**{compiled.input_names[0]: x}).values())[0]
-    np.testing.assert_allclose(got, np_conv(x, w, b, 3, 2, 1), rtol=1e-4, atol=1e-4)
+    compiled_matches_numpy((2, 3, 64, 29, 7, 3, 2, 1), [2])
