@@ -168,15 +168,20 @@ def test_cuda_seq2seq_vjp_matches_the_interpreter() -> None:
 @pytest.mark.parametrize("name", ["mlp", "gpt_block"])
 def test_cuda_amp_adam_step_is_the_f32_step_within_f16_error(name: str) -> None:
     """A first Adam step moves each weight by about lr * sign(gradient): the f16 loss-scaled step on
-    the GPU moves the weights as the f32 step does, except where a gradient is near zero, keeps its
-    loss scale (no overflow at 2**15) and counts one good step."""
+    the GPU moves the weights as the f32 step does, except where the f32 gradient is near zero (there
+    the sign is rounding noise: gpt_block's key bias, a third of its qkv bias, has an identically zero
+    gradient, as softmax ignores a shift shared by a row's scores), keeps its loss scale (no overflow
+    at 2**15) and counts one good step."""
     from train_zoo import LR, compile_module
 
     data = feeds(name, 8, 12)
     outs = []
     for low in (None, "f16"):
         m, consts = train_module(name, low)
-        outs.append(compile_module(m, consts, "cuda").vm.run(step_inputs(m, consts, data), "train_step"))
+        built = compile_module(m, consts, "cuda")
+        if low is None:
+            grads = built.vm.run(data, "grad")
+        outs.append(built.vm.run(step_inputs(m, consts, data), "train_step"))
     f32, f16 = outs
     assert abs(float(f16["loss"]) - float(f32["loss"])) <= 2e-2 * abs(float(f32["loss"]))
     assert float(f16["new_loss_scale"]) == 2.0 ** 15 and float(f16["new_good_steps"]) == 1.0
@@ -185,4 +190,6 @@ def test_cuda_amp_adam_step_is_the_f32_step_within_f16_error(name: str) -> None:
     for k in keys:
         d = np.abs(f16[f"new_{k}"] - f32[f"new_{k}"])
         assert float(d.max()) <= 2 * LR + 1e-6, k
-        assert float(np.mean(d < 0.1 * LR)) > 0.8, k
+        g = np.abs(grads[f"grad_{k}"])
+        live = g > 1e-3 * g.max()
+        assert float(np.mean(d[live] < 0.1 * LR)) > 0.8, k
