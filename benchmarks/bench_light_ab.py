@@ -63,7 +63,7 @@ RULES: dict[str, Callable[[], AbstractContextManager[None]]] = {
     "lane-partition": lambda: patched(loop_partition, "prefix_end", _symbolic_bounds_only),
     "plane-chunk": lambda: patched(conv_tiling, "plane_chunk", lambda *a: None),
     "pool-prologue": lambda: patched(fuse.Fuser, "reuses_inputs", staticmethod(_pools_take_prologues)),
-    "select-split": lambda: patched(loop_partition, "split_selects", lambda s: None),
+    "select-split": lambda: patched(loop_partition, "split_selects", lambda s, ends: None),
 }
 
 

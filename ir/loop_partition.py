@@ -59,15 +59,17 @@ class LoopPartitioner(StmtMutator):
         return s if all(a is b for a, b in zip(new, s.stmts)) else seq(new)  # a split loop's parts join s
 
     def visit_For(self, s: For) -> Stmt:
-        if s.kind in ("serial", "parallel") and arith.as_int(s.start) == 0:
-            parts = partition(s)
-            if parts is not None:
-                main, tail = parts
-                return seq([replace(main, body=self.visit(main.body)), tail])
         if s.kind in ("serial", "parallel"):
-            parts = split_selects(s)
-            if parts is not None:  # both parts may hold further selects (a concat of three inputs)
-                return seq([self.visit(p) for p in parts])
+            probe = _Guards(s.var, None)  # one walk finds both the guards' and the selects' ends
+            probe.walk(s.body, {}, {})
+            if probe.ends and arith.as_int(s.start) == 0:
+                parts = partition(s, probe.ends[0])
+                if parts is not None:
+                    main, tail = parts
+                    return seq([replace(main, body=self.visit(main.body)), tail])
+            split = split_selects(s, probe.select_ends)
+            if split is not None:  # both parts may hold further selects (a concat of three inputs)
+                return seq([self.visit(p) for p in split])
         return self.generic_visit(s)
 
 
@@ -93,7 +95,8 @@ def prefix_end(lhs: Expr, rhs: Expr, var: Var, ranges: dict[Var, tuple[Expr, Exp
     constant bound counts only for a `lane_mask` (the test varies across a vectorized loop's lanes):
     the partial last tile of a constant extent would otherwise mask every vector iteration's loads
     and stores (masked stores are microcoded on AMD Zen: a 111 -> 55 max pool took 3 ms instead of
-    0.4); other constant tails (a conv's unrolled column tiles) stay with the codegen."""
+    0.4), or for a select's test (both parts lose the select); other constant tails (a conv's
+    unrolled column tiles) stay with the codegen."""
     if (not free_vars(rhs) and not lane_mask) or free_vars(rhs) & (inner | {var}) or var not in free_vars(lhs):
         return None
     hi_lo = bound(simp(lhs), ranges)
@@ -278,13 +281,9 @@ def _le(a: Expr, b: Expr) -> bool:
         and arith.prove_le(pa[1], pb[1])
 
 
-def partition(s: For) -> tuple[For, For] | None:
-    """(main, remainder) of loop `s`, or None when no guard in its body ends on a prefix of it."""
-    probe = _Guards(s.var, None)
-    probe.walk(s.body, {}, {})
-    if not probe.ends:
-        return None
-    end = probe.ends[0]
+def partition(s: For, end: Expr) -> tuple[For, For] | None:
+    """(main, remainder) of loop `s` (starting at 0) at `end`, the end of the prefix where one of its
+    guards holds (`_Guards` probe), or None when no guard drops there."""
     main_end = end if _le(end, s.extent) else simp(Bin("min", end, s.extent))
     body = _Guards(s.var, end).walk(s.body, {}, {})
     if body is s.body:
@@ -294,17 +293,16 @@ def partition(s: For) -> tuple[For, For] | None:
     return main, tail
 
 
-def split_selects(s: For) -> tuple[For, ...] | None:
-    """Loop `s` split at the end of the prefix where a select's test holds (module doc), each part
-    with that select resolved (one part when the test holds on all of `s` or on none of it), or
-    None when no select in its body has such a test."""
-    probe = _Guards(s.var, None)
-    probe.walk(s.body, {}, {})
+def split_selects(s: For, ends: list[Expr]) -> tuple[For, ...] | None:
+    """Loop `s` split at the first of `ends` (the ends of the prefixes where its selects' tests hold,
+    `_Guards` probe; module doc) that splits it, each part with that select resolved (one part when
+    the test holds on all of `s` or on none of it), or None."""
     start = s.start
     stop = simp(Bin("add", start, s.extent))
-    for end in probe.select_ends:
-        if arith.prove_le(end, start) or _le(stop, end):  # the test fails (holds) on every iteration
-            body = _Guards(s.var, end, not arith.prove_le(end, start)).walk(s.body, {}, {})
+    for end in ends:
+        never = arith.prove_le(end, start)
+        if never or _le(stop, end):  # the test fails (holds) on every iteration
+            body = _Guards(s.var, end, not never).walk(s.body, {}, {})
             if body is not s.body:
                 return (replace(s, body=body),)
             continue
