@@ -354,7 +354,8 @@ class ExprEmitter:
         LRN of inception_v1, `pow(bias + alpha * sum, 0.75)`, spent 4.6 ms of 58 in them). The
         exponents models use, 2, 0.5 and 0.75 (usually a 0-d constant read at run time), take
         x * x, sqrt(x) (as numpy and onnxruntime do) and sqrt(x) * sqrt(sqrt(x)) (within 2 ulp of
-        powf, pow's values at -0 and -inf kept) when every lane's exponent is one of them, checked once per vector; others call pow."""
+        powf, pow's values at -0 and -inf kept) when every lane's exponent is one of them, checked
+        once per vector; others call pow."""
         b = self.b
         vt = t if isinstance(t, ir.VectorType) else None
 
