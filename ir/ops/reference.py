@@ -8,6 +8,7 @@ result to the inferred dtype, so numpy's promotion rules never leak into the IR'
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -23,14 +24,19 @@ from .registry import register_ref
 Env = dict[str, int]
 Ref = Callable[[list[Any], dict[str, Any], Type, Env], Any]
 
-def erf(x: Any) -> Any:
-    """scipy's vectorized erf, imported on first use (it costs every CLI start ~0.2 s otherwise);
-    math.erf elementwise where scipy is absent (it is optional at run time)."""
+@functools.cache
+def _vectorized_erf() -> Callable[[Any], Any]:
     try:
         from scipy.special import erf as vectorized
     except ImportError:  # pragma: no cover
-        vectorized = np.vectorize(math.erf, otypes=[np.float64])
-    return vectorized(x)
+        return np.vectorize(math.erf, otypes=[np.float64])
+    return vectorized  # type: ignore[no-any-return]
+
+
+def erf(x: Any) -> Any:
+    """scipy's vectorized erf, imported on first use (it costs every CLI start ~0.2 s otherwise);
+    math.erf elementwise where scipy is absent (it is optional at run time)."""
+    return _vectorized_erf()(x)
 
 
 def ev(v: Any, env: Env) -> int:
