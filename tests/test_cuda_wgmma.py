@@ -58,8 +58,8 @@ def _annotate(s: Stmt, name: str, intrin: str) -> Stmt:
 
 
 def _marked(f: PrimFunc) -> PrimFunc:
-    """The default schedule tensorizes 2-D GEMMs only, so a GEMM with leading dims is blockized whole and
-    marked for the GEMM template by hand (its init becomes a stage of its own)."""
+    """A GEMM with leading dims blockized whole and marked for the GEMM template by hand (its init a stage
+    of its own): the template tested apart from the schedule (tests/test_gpu_gemm_rules.py tests that)."""
     sch = Schedule(f)
     blk = sch.get_blocks()[0]
     sch.decompose_reduction(blk, sch.get_loops(blk)[0])

@@ -1,13 +1,14 @@
-"""cache_read / cache_write (staging copies in another memory scope) and storage_align."""
+"""cache_read / cache_write (staging copies in another memory scope), reindex and storage_align."""
 
 from __future__ import annotations
 
 from dataclasses import replace
 
 from mlc.ir.diagnostics import MlcError
+from mlc.ir.expr import Const, Load, Var, free_vars, substitute
 from mlc.ir.names import fresh_name
-from mlc.ir.tir import Buffer, PrimFunc, Seq
-from mlc.ir.tir_visit import map_buffers, used_names
+from mlc.ir.tir import BlockStmt, Buffer, For, IterVar, PrimFunc, Seq, Stmt, Store
+from mlc.ir.tir_visit import loads_in, map_buffers, map_exprs, rewrite, stmt_exprs, used_names
 
 from .scope import (
     block_buffer,
@@ -40,6 +41,46 @@ def cache_read(func: PrimFunc, block: str, index: int, scope: str) -> tuple[Prim
     ts = tops(replace(func, body=body))
     ts.insert(first, make_copy_nest(used, new.name, buf, new))
     return with_tops(func, ts, root(func).alloc_buffers + (new,)), new.name
+
+
+def reindex(func: PrimFunc, block: str, index: int) -> tuple[PrimFunc, str]:
+    """Stage read buffer `index` of `block` in a new global buffer indexed by the block iterators its
+    load uses, in the block's iterator order (TVM's `reindex`): `A[b, k // 64, i, k % 64]` read by a
+    block over (b, i, j, k) becomes `A_re[b, i, k]`, copied by a new nest before the block's. A matmul
+    whose operand went through a reshape thus loads it plainly, as a GEMM template needs. Loads indexed
+    by iterators alone (a permutation) are refused: which order to store is a layout choice."""
+    path, b, buf = block_buffer(func, block, index, "reindex", writes=False)
+    idx = {ld.indices for e in stmt_exprs(b.body) for ld in loads_in(e) if ld.buffer.name == buf.name}
+    if len(idx) != 1:
+        raise MlcError(f"reindex: block {block} loads {buf.name} at {len(idx)} different indices; expected one")
+    indices = idx.pop()
+    used_vars = set().union(*(free_vars(i) for i in indices))
+    its = [iv for iv in b.iters if iv.var in used_vars]
+    if len(used_vars) != len(its):
+        raise MlcError(f"reindex: the indices of {buf.name} in block {block} use variables that are not its iterators")
+    if all(isinstance(i, Var) for i in indices):  # a permutation is a layout choice, not this primitive's
+        raise MlcError(f"reindex: block {block} already loads {buf.name} by its iterators")
+    ti = top_index(func, path)
+    if any(top_index(func, p) >= ti for p, _ in writers(func, buf.name)):
+        raise MlcError(f"reindex: {buf.name} is written in or after the loop nest of {block}")
+    used = used_names(func)
+    new = Buffer(fresh_name(f"{buf.name}_re", used), tuple(iv.extent for iv in its), buf.dtype, "global")
+    name = fresh_name(f"{buf.name}_reindex", used)
+    loops = [Var(fresh_name(f"ax{d}", used), iv.var.dtype) for d, iv in enumerate(its)]
+    cvars = {iv.var: Var(fresh_name(iv.var.name, used), iv.var.dtype) for iv in its}
+    cit = tuple(IterVar(cvars[iv.var], iv.extent, "S", lv) for iv, lv in zip(its, loops))
+    src = Load(buf, tuple(substitute(i, cvars) for i in indices))
+    nest: Stmt = BlockStmt(name, cit, Store(new, tuple(cvars[iv.var] for iv in its), src))
+    for lv, iv in reversed(list(zip(loops, its))):
+        nest = For(lv, Const(0), iv.extent, nest)
+    plain = tuple(iv.var for iv in its)
+    nb = map_exprs(b, lambda e: rewrite(e, lambda x: Load(new, plain, x.loc)
+                                        if isinstance(x, Load) and x.buffer.name == buf.name else None))
+    assert isinstance(nb, BlockStmt)
+    ts = tops(func)
+    ts[ti] = put(ts[ti], path[2:] if isinstance(root(func).body, Seq) else path[1:], nb)
+    ts.insert(ti, nest)
+    return with_tops(func, ts, root(func).alloc_buffers + (new,)), name
 
 
 def cache_write(func: PrimFunc, block: str, index: int, scope: str) -> tuple[PrimFunc, str]:

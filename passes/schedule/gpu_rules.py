@@ -34,12 +34,20 @@ from mlc.ir import arith
 from mlc.ir.diagnostics import MlcError
 from mlc.ir.expr import Const, Expr, free_vars
 from mlc.ir.tir import BlockStmt, For, PrimFunc
-from mlc.ir.tir_gemm import SIMT_CONFIGS, TC_CONFIGS, WGMMA_CONFIGS, match_gemm, parse_gemm_intrin, tensor_core_ok
+from mlc.ir.tir_gemm import (
+    SIMT_CONFIGS,
+    TC_CONFIGS,
+    WGMMA_CONFIGS,
+    GemmInfo,
+    match_gemm,
+    parse_gemm_intrin,
+    tensor_core_ok,
+)
 from mlc.ir.tir_lower import is_lowered
-from mlc.ir.tir_visit import walk
+from mlc.ir.tir_visit import block_reads, walk
 
 from .decisions import Decisions
-from .schedule import Schedule
+from .schedule import Schedule, attempt
 from .tensorize import gemm_intrin, get_intrin, register_intrin
 from .trace import BlockRV, LoopRV, Trace
 from .tree import blocks
@@ -95,8 +103,9 @@ def _inline(sch: Schedule, b: BlockRV) -> None:
     blk = sch.get(b)
     if not isinstance(blk, BlockStmt) or any(iv.kind == "R" for iv in blk.iters) or blk.init is not None:
         return
-    if not sch.get_consumers(b):
-        return
+    consumers = sch.get_consumers(b)
+    if not consumers or any(_gemm_fits(sch.get(c)) for c in consumers):
+        return  # a GEMM keeps plain operand loads, so that its template can run: the producer is a stage
     try:
         sch.compute_inline(b)
     except MlcError:
@@ -385,24 +394,40 @@ def register_trace_intrins(trace: Trace) -> None:
             gemm_intrin_with_config(base, parsed[1].as_tuple())
 
 
+def _gemm_fits(blk: Any) -> GemmInfo | None:
+    """The GEMM `blk` computes if a template can run it (f32: the register tile wants N, K >= 64;
+    f16/bf16: tensor-core shapes), else None."""
+    g = match_gemm(blk) if isinstance(blk, BlockStmt) else None
+    if g is None:
+        return None
+    n, k = arith.as_int(g.n), arith.as_int(g.k)
+    if g.a.dtype == "f32":
+        ok = n is not None and k is not None and n >= 64 and k >= 64 and g.c.dtype == "f32"
+    else:
+        ok = tensor_core_ok(g) and g.c.dtype == g.a.dtype
+    return g if ok else None
+
+
 def _try_gemm(sch: Schedule, b: BlockRV, loops: list[LoopRV], ch: Decisions) -> bool:
     """Tile a GEMM block and tensorize its inner tile; False (schedule untouched) when it does not fit."""
 
-    blk = sch.get(b)
-    assert isinstance(blk, BlockStmt)
-    g = match_gemm(blk)
-    if g is None or len(loops) < 3:
+    if len(loops) < 3:
         return False
-    n, k = arith.as_int(g.n), arith.as_int(g.k)
-    if g.a.dtype == "f32":
-        if n is None or k is None or n < 64 or k < 64 or g.c.dtype != "f32":
+    trial = sch.copy()
+    g = _gemm_fits(trial.get(b))
+    staged: list[BlockRV] = []
+    if g is None:  # an operand read through a reshape: stage it plainly first, if that makes a GEMM
+        for i in range(len(block_reads(trial.get(b)))):  # type: ignore[arg-type]
+            rv = attempt(trial.reindex, b, i)
+            if isinstance(rv, BlockRV):
+                staged.append(rv)
+        g = _gemm_fits(trial.get(b))
+        if g is None or not staged:
             return False
-    elif not tensor_core_ok(g) or g.c.dtype != g.a.dtype:
-        return False
+    n, k = arith.as_int(g.n), arith.as_int(g.k)
     assert n is not None and k is not None
     nt = 16 if n % 16 == 0 else 8
     kt = 16 if k % 16 == 0 else 8
-    trial = sch.copy()
     used = ch.n
     try:
         *lead, i, j, kk = trial.get_loops(b)
@@ -419,6 +444,8 @@ def _try_gemm(sch: Schedule, b: BlockRV, loops: list[LoopRV], ch: Decisions) -> 
         ch.n = used
         return False
     sch.func, sch.trace, sch._rv = trial.func, trial.trace, trial._rv
+    for rv in staged:  # the staging copies are elementwise nests of their own
+        _schedule_block(sch, rv, ch)
     return True
 
 

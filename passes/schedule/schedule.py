@@ -194,6 +194,11 @@ class Schedule:
         return BlockRV(name)
 
     @instruction
+    def reindex(self, block: BlockRV, buffer_index: int) -> BlockRV:
+        self.func, name = cache.reindex(self.func, _block(block), int(buffer_index))
+        return BlockRV(name)
+
+    @instruction
     def cache_write(self, block: BlockRV, buffer_index: int, scope: str) -> BlockRV:
         self.func, name = cache.cache_write(self.func, _block(block), int(buffer_index), scope)
         return BlockRV(name)

@@ -76,9 +76,12 @@ class _Matcher:
         self.offsets: dict[str, list[Expr]] = {}
 
     def index(self, buf: str, actual: tuple[Expr, ...], desc: tuple[Expr, ...]) -> bool:
-        if len(actual) != len(desc):
+        """Each actual index is the description's plus an offset free of the tile's loop variables; extra
+        leading actual indices (a batch matmul's leading dims) are offsets too: the tile is one slice."""
+        lead = len(actual) - len(desc)
+        if lead < 0:
             return False
-        offs = [simp(a - d) for a, d in zip(actual, desc)]
+        offs = [simp(a) for a in actual[:lead]] + [simp(a - d) for a, d in zip(actual[lead:], desc)]
         if any(free_vars(o) & self.pvars for o in offs):
             return False
         prev = self.offsets.setdefault(buf, offs)
@@ -123,12 +126,14 @@ def tensorize(func: PrimFunc, outer_block: str, intrin: str) -> PrimFunc:
     if len(loops) != len(dloops) or any(not arith.prove_equal(x.extent, y.extent) for x, y in zip(loops, dloops)):
         raise MlcError(f"tensorize: the loops under {outer_block} ({[str(arith.as_int(x.extent)) for x in loops]}) "
                        f"do not have the extents of {intrin} ({[str(arith.as_int(y.extent)) for y in dloops]})")
-    ren = {lp.var: dl.var for lp, dl in zip(loops, dloops)}
+    # the description's loop variables renamed apart from the function's (an outer loop may be called `i` too)
+    tile = {dl.var: Var(f"tensorize.{dl.var.name}", dl.var.dtype) for dl in dloops}
+    ren = {lp.var: tile[dl.var] for lp, dl in zip(loops, dloops)}
     a_env = {iv.var: simp(substitute(iv.binding, ren)) for iv in b.iters}
-    d_env = {iv.var: iv.binding for iv in d.iters}
+    d_env = {iv.var: substitute(iv.binding, tile) for iv in d.iters}
     ast, dst = b.body, d.body
     assert isinstance(ast, Store) and isinstance(dst, Store)
-    m = _Matcher({dl.var for dl in dloops})
+    m = _Matcher(set(tile.values()))
     a_idx = tuple(simp(substitute(i, a_env)) for i in ast.indices)
     d_idx = tuple(simp(substitute(i, d_env)) for i in dst.indices)
     ok = ast.buffer.dtype == dst.buffer.dtype and m.buffer(ast.buffer.name, dst.buffer.name) \
