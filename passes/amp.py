@@ -154,8 +154,33 @@ class _BlockAmp:
         results = []
         for r in blk.results:
             r = sub.get(r.name, r)
-            results.append(cast(r, WIDE) if now.get(r.name) == low else r)
+            if now.get(r.name) != low:
+                results.append(r)
+            elif (r.name, WIDE) in casts:
+                results.append(casts[(r.name, WIDE)])
+            else:
+                results.append(self.named_cast(body, r))
         return Block(tuple(body), tuple(results), blk.loc)
+
+    def named_cast(self, body: list[Binding], r: Value) -> Value:
+        """The cast back of result `r`, under `r`'s own name (callers read outputs by name: an ONNX
+        model's `y` stays `y`); the low-precision value is renamed. Where `r` is read inside a nested
+        block (which this rename does not reach), the cast takes a fresh name instead."""
+        if any(isinstance(b.node, Loop | If) for b in body) or not any(b.var.name == r.name for b in body):
+            c = Value(fresh_name(f"{r.name}_{WIDE}", self.used), UnknownType(), r.loc)
+            body.append(Binding(c, OpCall("cast", (r,), attrs_of({"dtype": WIDE}), r.loc), r.loc))
+            self.now[c.name] = WIDE
+            return c
+        low_name = fresh_name(f"{r.name}_{self.low}", self.used)
+        lv = Value(low_name, UnknownType(), r.loc)
+        for i, b in enumerate(body):
+            var = lv if b.var.name == r.name else b.var
+            body[i] = Binding(var, remap_args(b.node, lambda v: lv if v.name == r.name else v), b.loc)
+        self.now[low_name] = self.low
+        out = Value(r.name, UnknownType(), r.loc)
+        body.append(Binding(out, OpCall("cast", (lv,), attrs_of({"dtype": WIDE}), r.loc), r.loc))
+        self.now[r.name] = WIDE
+        return out
 
 
 @register_pass
