@@ -26,6 +26,49 @@ from mlc.runtime.cuda import cuda_unavailable
 
 NVCC = shutil.which("nvcc")
 B, T, H, D, N = Var("B"), Var("T"), 4, 16, 96  # K = H * D = 64
+AH, AD = 2, 64  # attention's heads and head dim
+
+
+def scores(dtype: str = "f32") -> PrimFunc:
+    """Attention scores as exported: s[b, h, t, u] = sum_d q[b, t, h*D + d] * k[b, u, h*D + d], both
+    heads read through a reshape + transpose, N = T symbolic (head dim AD = 64: the f32 template wants
+    K >= 64)."""
+    q, k = placeholder("q", (B, T, AH * AD), dtype), placeholder("k", (B, T, AH * AD), dtype)
+    r = reduce_axis(AD, "d")
+    return build(_name("scores", dtype), [q, k], [compute(
+        "s", (B, AH, T, T), lambda b, h, t, u: rsum(q[b, t, h * AD + r] * k[b, u, h * AD + r], r))])
+
+
+def mix(dtype: str = "f32") -> PrimFunc:
+    """Attention's value mix: o[b, h, t, d] = sum_u p[b, h, t, u] * v[b, u, h*D + d] (K = T symbolic)."""
+    p, v = placeholder("p", (B, AH, T, T), dtype), placeholder("v", (B, T, AH * AD), dtype)
+    r = reduce_axis(T, "u")
+    return build(_name("mix", dtype), [p, v], [compute(
+        "o", (B, AH, T, AD), lambda b, h, t, d: rsum(p[b, h, t, r] * v[b, r, h * AD + d], r))])
+
+
+@pytest.mark.parametrize("make", [scores, mix])
+def test_attention_matmuls_become_batched_gemms(make) -> None:  # type: ignore[no-untyped-def]
+    """f32 with a symbolic N or K: the register-tile template guards every edge, so these run as GEMMs
+    (the transposed key is staged as k_re[b, h, d, u], the value as v_re[b, h, u, d])."""
+    f = make()
+    s = default_gpu_schedule(f)
+    (g,) = _gemms(s)
+    assert g.batched
+    rng = np.random.default_rng(5)
+    bt, t = 2, 7
+    if f.name == "scores":
+        q, k = (rng.standard_normal((bt, t, AH * AD)).astype(np.float32) for _ in range(2))
+        qh, kh = (x.reshape(bt, t, AH, AD).transpose(0, 2, 1, 3) for x in (q, k))
+        args, want = [q, k], qh @ kh.transpose(0, 1, 3, 2)
+    else:
+        p = rng.standard_normal((bt, AH, t, t)).astype(np.float32)
+        v = rng.standard_normal((bt, t, AH * AD)).astype(np.float32)
+        args, want = [p, v], p @ v.reshape(bt, t, AH, AD).transpose(0, 2, 1, 3)
+    out = np.full(want.shape, np.nan, np.float32)
+    run_prim(s, [*args, out])
+    np.testing.assert_allclose(out, want, rtol=1e-4, atol=1e-4)
+    assert "mlc_simt_gemm<float" in lower_to_cuda([s]).source
 
 
 def _name(base: str, dtype: str) -> str:
@@ -132,13 +175,16 @@ def test_reindex_stages_a_reshaped_operand() -> None:
     y = np.full((2, 5, N), np.nan, np.float32)
     run_prim(sch.func, [x, w, y])
     np.testing.assert_allclose(y, _want("proj", x, w), rtol=1e-4, atol=1e-4)
-    with pytest.raises(MlcError, match="already loads w by its iterators"):
-        sch.reindex(blk, 1)  # a plain (or permuted) load is left to layout choices
+    with pytest.raises(MlcError, match="already loads w by its iterators in that order"):
+        sch.reindex(blk, 1, [1, 0])  # (k, n): nothing would change
+    with pytest.raises(MlcError, match="not a permutation"):
+        sch.reindex(blk, 1, [0, 0])
 
 
 @pytest.mark.skipif(NVCC is None, reason="nvcc is not installed")
 def test_nvcc_accepts_the_staged_gemms(tmp_path: Path) -> None:
     prims = [default_gpu_schedule(make(dt)) for make in (folded, heads, scaled) for dt in ("f32", "f16")]
+    prims += [default_gpu_schedule(make()) for make in (scores, mix)]
     (tmp_path / "k.cu").write_text(lower_to_cuda(prims, "sm_90a").source)
     r = subprocess.run([str(NVCC), "-cubin", "-arch=sm_90a", "-std=c++17", "-diag-suppress=177,550", "-o",
                         str(tmp_path / "k.cubin"), str(tmp_path / "k.cu")], capture_output=True, text=True)
@@ -165,3 +211,21 @@ def test_staged_gemms_on_gpu_match_numpy(dtype: str) -> None:
         want = _want(f.name.split("_")[0], x.astype(np.float32), w.astype(np.float32))
         tol = 1e-4 if dtype == "f32" else 2e-2
         np.testing.assert_allclose(y.astype(np.float32), want, rtol=tol, atol=tol * np.abs(want).max(), err_msg=f.name)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(_WHY is not None, reason=f"needs a CUDA GPU: {_WHY}")
+def test_attention_gemms_on_gpu_match_numpy() -> None:
+    from mlc.runtime.cuda import compile_cuda
+
+    lib = compile_cuda([default_gpu_schedule(scores()), default_gpu_schedule(mix())])
+    rng = np.random.default_rng(12)
+    bt, t = 3, 77
+    q, k, v = (rng.standard_normal((bt, t, AH * AD)).astype(np.float32) for _ in range(3))
+    s = np.full((bt, AH, t, t), np.nan, np.float32)
+    lib.kernel("scores")([q, k, s])
+    qh, kh, vh = (x.reshape(bt, t, AH, AD).transpose(0, 2, 1, 3) for x in (q, k, v))
+    np.testing.assert_allclose(s, qh @ kh.transpose(0, 1, 3, 2), rtol=1e-4, atol=1e-3)
+    o = np.full((bt, AH, t, AD), np.nan, np.float32)
+    lib.kernel("mix")([s, v, o])
+    np.testing.assert_allclose(o, s @ vh, rtol=1e-4, atol=1e-2)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 
 from mlc.ir.diagnostics import MlcError
-from mlc.ir.expr import Const, Load, Var, free_vars, substitute
+from mlc.ir.expr import Const, Expr, Load, Var, free_vars, substitute
 from mlc.ir.names import fresh_name
 from mlc.ir.tir import BlockStmt, Buffer, For, IterVar, PrimFunc, Seq, Stmt, Store
 from mlc.ir.tir_visit import loads_in, map_buffers, map_exprs, rewrite, stmt_exprs, used_names
@@ -43,23 +44,35 @@ def cache_read(func: PrimFunc, block: str, index: int, scope: str) -> tuple[Prim
     return with_tops(func, ts, root(func).alloc_buffers + (new,)), new.name
 
 
-def reindex(func: PrimFunc, block: str, index: int) -> tuple[PrimFunc, str]:
-    """Stage read buffer `index` of `block` in a new global buffer indexed by the block iterators its
-    load uses, in the block's iterator order (TVM's `reindex`): `A[b, k // 64, i, k % 64]` read by a
-    block over (b, i, j, k) becomes `A_re[b, i, k]`, copied by a new nest before the block's. A matmul
-    whose operand went through a reshape thus loads it plainly, as a GEMM template needs. Loads indexed
-    by iterators alone (a permutation) are refused: which order to store is a layout choice."""
-    path, b, buf = block_buffer(func, block, index, "reindex", writes=False)
-    idx = {ld.indices for e in stmt_exprs(b.body) for ld in loads_in(e) if ld.buffer.name == buf.name}
+def load_iterators(b: BlockStmt, buf: str) -> tuple[tuple[Expr, ...], list[IterVar]]:
+    """The indices `b` loads `buf` at (one tuple) and the iterators they use, in the block's order."""
+    idx = {ld.indices for e in stmt_exprs(b.body) for ld in loads_in(e) if ld.buffer.name == buf}
     if len(idx) != 1:
-        raise MlcError(f"reindex: block {block} loads {buf.name} at {len(idx)} different indices; expected one")
+        raise MlcError(f"reindex: block {b.name} loads {buf} at {len(idx)} different indices; expected one")
     indices = idx.pop()
     used_vars = set().union(*(free_vars(i) for i in indices))
     its = [iv for iv in b.iters if iv.var in used_vars]
     if len(used_vars) != len(its):
-        raise MlcError(f"reindex: the indices of {buf.name} in block {block} use variables that are not its iterators")
-    if all(isinstance(i, Var) for i in indices):  # a permutation is a layout choice, not this primitive's
-        raise MlcError(f"reindex: block {block} already loads {buf.name} by its iterators")
+        raise MlcError(f"reindex: the indices of {buf} in block {b.name} use variables that are not its iterators")
+    return indices, its
+
+
+def reindex(func: PrimFunc, block: str, index: int, order: Sequence[int] = ()) -> tuple[PrimFunc, str]:
+    """Stage read buffer `index` of `block` in a new global buffer indexed by the block iterators its
+    load uses (TVM's `reindex`), in the block's iterator order or in `order` (a permutation of those
+    iterators' positions): `A[b, k // 64, i, k % 64]` read by a block over (b, i, j, k) becomes
+    `A_re[b, i, k]`, copied by a new nest before the block's. A matmul whose operand went through a
+    reshape or transpose thus loads it plainly, as a GEMM template needs. Refused when the load is
+    already the staged form (nothing would change)."""
+    path, b, buf = block_buffer(func, block, index, "reindex", writes=False)
+    indices, its = load_iterators(b, buf.name)
+    if order:
+        if sorted(order) != list(range(len(its))):
+            raise MlcError(f"reindex: order {list(order)} is not a permutation of the {len(its)} iterators "
+                           f"{buf.name}'s load uses")
+        its = [its[i] for i in order]
+    if indices == tuple(iv.var for iv in its):
+        raise MlcError(f"reindex: block {block} already loads {buf.name} by its iterators in that order")
     ti = top_index(func, path)
     if any(top_index(func, p) >= ti for p, _ in writers(func, buf.name)):
         raise MlcError(f"reindex: {buf.name} is written in or after the loop nest of {block}")

@@ -32,8 +32,8 @@ from typing import Any
 
 from mlc.ir import arith
 from mlc.ir.diagnostics import MlcError
-from mlc.ir.expr import Const, Expr, free_vars
-from mlc.ir.tir import BlockStmt, For, PrimFunc
+from mlc.ir.expr import Const, Expr, Var, free_vars
+from mlc.ir.tir import BlockStmt, For, PrimFunc, Store
 from mlc.ir.tir_gemm import (
     SIMT_CONFIGS,
     TC_CONFIGS,
@@ -46,6 +46,7 @@ from mlc.ir.tir_gemm import (
 from mlc.ir.tir_lower import is_lowered
 from mlc.ir.tir_visit import block_reads, walk
 
+from .cache import load_iterators
 from .decisions import Decisions
 from .schedule import Schedule, attempt
 from .tensorize import gemm_intrin, get_intrin, register_intrin
@@ -395,17 +396,37 @@ def register_trace_intrins(trace: Trace) -> None:
 
 
 def _gemm_fits(blk: Any) -> GemmInfo | None:
-    """The GEMM `blk` computes if a template can run it (f32: the register tile wants N, K >= 64;
+    """The GEMM `blk` computes if a template can run it (f32: the register tile wants N, K >= 64 or symbolic;
     f16/bf16: tensor-core shapes), else None."""
     g = match_gemm(blk) if isinstance(blk, BlockStmt) else None
     if g is None:
         return None
     n, k = arith.as_int(g.n), arith.as_int(g.k)
-    if g.a.dtype == "f32":
-        ok = n is not None and k is not None and n >= 64 and k >= 64 and g.c.dtype == "f32"
+    if g.a.dtype == "f32":  # symbolic N or K (attention's T): the register tile guards every edge
+        ok = (n is None or n >= 64) and (k is None or k >= 64) and g.c.dtype == "f32"
     else:
         ok = tensor_core_ok(g) and g.c.dtype == g.a.dtype
     return g if ok else None
+
+
+def _operand_order(blk: BlockStmt, buf: str) -> list[int] | None:
+    """The reindex order that stages a product operand of a one-reduction block as a GEMM reads it: the
+    iterators it uses in block order, the reduction last for A, or the reduction then C's last index for
+    B; None for a buffer that is not such an operand (the accumulator, a bias)."""
+    red = [iv.var for iv in blk.iters if iv.kind == "R"]
+    st = blk.body
+    if len(red) != 1 or not isinstance(st, Store) or not st.indices or not isinstance(st.indices[-1], Var):
+        return None
+    try:
+        _, its = load_iterators(blk, buf)
+    except MlcError:
+        return None
+    pos = [iv.var for iv in its]
+    k, j = red[0], st.indices[-1]
+    if buf == st.buffer.name or k not in pos:
+        return None
+    tail = [k, j] if j in pos else [k]
+    return [pos.index(v) for v in pos if v not in tail] + [pos.index(v) for v in tail]
 
 
 def _try_gemm(sch: Schedule, b: BlockRV, loops: list[LoopRV], ch: Decisions) -> bool:
@@ -416,18 +437,20 @@ def _try_gemm(sch: Schedule, b: BlockRV, loops: list[LoopRV], ch: Decisions) -> 
     trial = sch.copy()
     g = _gemm_fits(trial.get(b))
     staged: list[BlockRV] = []
-    if g is None:  # an operand read through a reshape: stage it plainly first, if that makes a GEMM
-        for i in range(len(block_reads(trial.get(b)))):  # type: ignore[arg-type]
-            rv = attempt(trial.reindex, b, i)
+    if g is None:  # operands read through a reshape or transpose: stage them as A[.., i, k] / B[.., k, j]
+        blk = trial.get(b)
+        assert isinstance(blk, BlockStmt)
+        for i, buf in enumerate(block_reads(blk)):
+            order = _operand_order(blk, buf.name)
+            rv = attempt(trial.reindex, b, i, order) if order is not None else None
             if isinstance(rv, BlockRV):
                 staged.append(rv)
         g = _gemm_fits(trial.get(b))
         if g is None or not staged:
             return False
     n, k = arith.as_int(g.n), arith.as_int(g.k)
-    assert n is not None and k is not None
-    nt = 16 if n % 16 == 0 else 8
-    kt = 16 if k % 16 == 0 else 8
+    nt = 1 if n is None else 16 if n % 16 == 0 else 8  # the tile only has to divide (the template takes the stage)
+    kt = 1 if k is None else 16 if k % 16 == 0 else 8
     used = ch.n
     try:
         *lead, i, j, kk = trial.get_loops(b)

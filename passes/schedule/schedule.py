@@ -194,8 +194,8 @@ class Schedule:
         return BlockRV(name)
 
     @instruction
-    def reindex(self, block: BlockRV, buffer_index: int) -> BlockRV:
-        self.func, name = cache.reindex(self.func, _block(block), int(buffer_index))
+    def reindex(self, block: BlockRV, buffer_index: int, order: Sequence[int] = ()) -> BlockRV:
+        self.func, name = cache.reindex(self.func, _block(block), int(buffer_index), [int(i) for i in order])
         return BlockRV(name)
 
     @instruction
