@@ -150,20 +150,22 @@ def test_gpu_bsr16_schedule_in_the_interpreter(kind: str) -> None:
 
 
 def test_spmm_schedule_binds_rows_and_lanes() -> None:
-    """SpMM: rows to blockIdx.x x threadIdx.y (4 rows of 32 lanes), features to threadIdx.x, the
-    nonzero loop serial per thread, the whole row body guarded (no indptr read past the last row)."""
+    """CSR SpMM: chunks of equal nonzeros (tests/test_sparse_gpu_split.py) to blockIdx.x x threadIdx.y
+    (4 chunks of 32 lanes), features to threadIdx.x, each row's nonzeros in the chunk serial per
+    thread, the chunk guarded (no indptr read past the last one); rows of one chunk accumulate their
+    two feature columns per thread in registers."""
     text = print_function(scheduled("spmm", "csr", 64))
-    assert 'for i_0 in 0..floordiv(mp1 + 2, 4) thread "blockIdx.x"' in text
-    assert 'for i_1 in 0..4 thread "threadIdx.y" {\n        if i_0 * 4 + i_1 < mp1 - 1 {' in text
-    assert 'thread "threadIdx.x"' in text and "for j in 0..max(" in text
-    # each thread accumulates its two feature columns in registers over the row's nonzeros
-    lanes = text.index('for k_1_1_1_1 in 0..32 thread "threadIdx.x" {\n            allocate %acc: buffer<2 x f32, local>')
-    assert lanes < text.index("for j in 0..max(") < text.index("%acc[k_1_0] = %acc[k_1_0] + %data[")
+    g = "min(floordiv(nnz + 31, 32), 16384)"
+    assert f'for chunk_0 in 0..floordiv({g} + 3, 4) thread "blockIdx.x"' in text
+    assert f'for chunk_1 in 0..4 thread "threadIdx.y" {{\n        if chunk_0 * 4 + chunk_1 < {g} {{' in text
+    lanes = text.index('for k_1_1_1_2 in 0..32 thread "threadIdx.x" {\n')
+    assert lanes < text.index("allocate %acc: buffer<2 x f32, local>") < text.index("for j in 0..max(")
+    assert text.index("for j in 0..max(") < text.index("%acc[k_1_0] = %acc[k_1_0] + %data[")
     assert 'schedule = "sparse-gpu"' in text
 
 
 def test_sddmm_schedule_is_a_warp_reduction() -> None:
-    """SDDMM: one row per block, 32 lanes over the features combined across threads; the init is
+    """SDDMM: one chunk of nonzeros per block, 32 lanes over the features combined across threads; the init is
     folded into the update block (no read of C before the reduction)."""
     f = scheduled("sddmm", "csr", 64)
     assert thread_tags(f) == {"blockIdx.x", "threadIdx.x"}

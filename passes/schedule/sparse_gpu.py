@@ -33,10 +33,11 @@ from mlc.ir.diagnostics import MlcError
 from mlc.ir.expr import Bin, Cast, Const, Expr, Load, Select, Var, free_vars, subexprs, substitute
 from mlc.ir.module import Module
 from mlc.ir.names import fresh_name
+from mlc.ir.sparse import i64
 from mlc.ir.target import Target
-from mlc.ir.tir import Allocate, BlockStmt, Buffer, For, IfStmt, Let, PrimFunc, Seq, Stmt, Store
+from mlc.ir.tir import Allocate, BlockStmt, Buffer, For, IfStmt, IterVar, Let, PrimFunc, Seq, Stmt, Store
 from mlc.ir.tir_lower import update_op
-from mlc.ir.tir_visit import StmtMutator, nodes, seq, subst, used_names
+from mlc.ir.tir_visit import StmtMutator, loads_in, map_stores, nodes, rewrite, seq, stores_in, subst, used_names
 
 from ..registry import ModulePass, PassContext, register_pass
 from .gpu_rules import is_bound, schedule_gpu
@@ -141,6 +142,199 @@ def launch_extents(func: PrimFunc) -> PrimFunc:
             return replace(lp, body=body)
 
     return replace(func, body=_M().visit(func.body))
+
+
+# ---- rows split by nonzeros ---------------------------------------------------------------------
+MIN_CHUNK = 32  # nonzeros per chunk at least (one warp's serial work)
+MAX_CHUNKS = 16384  # chunks at most: about two waves of warps on an H100; sizes the partial-sum workspace
+SEARCH_LEVELS = 31  # binary-search steps over indptr: 2**31 rows (i32 indices)
+
+
+@dataclass(frozen=True)
+class CsrNest:
+    """`for i in 0..M { pre; for j in 0..extent(indptr[i], indptr[i + 1]) { let col = indices[..] {..} } }`."""
+
+    row: For
+    inner: For  # the loop over the row's nonzeros
+    pre: tuple[Stmt, ...]  # statements before it in the row (SpMM's init of C's row)
+    indptr: Buffer
+    nnz: Expr  # the indices array's length
+
+
+def csr_nest(stage: Stmt) -> CsrNest | None:
+    """The CSR row nest of a top-level stage, when it has exactly that shape (CSR SpMM and SDDMM)."""
+    if not isinstance(stage, For) or arith.as_int(stage.start) != 0 or _reads_memory(stage.extent):
+        return None
+    kids = list(stage.body.stmts) if isinstance(stage.body, Seq) else [stage.body]
+    inner = kids[-1]
+    if not isinstance(inner, For) or arith.as_int(inner.start) != 0 or not isinstance(inner.body, Let):
+        return None
+    if any(_reads_memory(e) for k in kids[:-1] for x in nodes(k) if isinstance(x, For | Let)
+           for e in ((x.extent,) if isinstance(x, For) else (x.value,))):
+        return None
+    i = stage.var
+    ptrs = {ld.buffer for ld in loads_in(inner.extent)}
+    if len(ptrs) != 1:
+        return None
+    ptr = next(iter(ptrs))
+    rows = {arith.simplify(ld.indices[0] - i) for ld in loads_in(inner.extent)}
+    if len(ptr.shape) != 1 or {arith.as_int(r) for r in rows} != {0, 1}:
+        return None
+    cols = [ld.buffer for ld in loads_in(inner.body.value) if ld.buffer != ptr and len(ld.buffer.shape) == 1
+            and inner.var in free_vars(ld.indices[0])]
+    if len(cols) != 1:
+        return None
+    return CsrNest(stage, inner, tuple(kids[:-1]), ptr, cols[0].shape[0])
+
+
+def _first_row(ptr: Buffer, m: Expr, pred: Callable[[Expr], Expr], name: str, used: set[str]
+               ) -> tuple[list[tuple[Var, Expr]], Expr]:
+    """(lets, r): r = the number of leading rows r' in [0, m] with pred(indptr[r']) (indptr sorted: the
+    first row where pred fails), clamped to m; a binary search, every read inside indptr."""
+    lets: list[tuple[Var, Expr]] = []
+    pos: Expr = Const(0)
+    for level in range(SEARCH_LEVELS - 1, -1, -1):
+        at = pos + Const(1 << level)
+        hit = Bin("and", Bin("le", at, m), pred(i64(Load(ptr, (Bin("min", at, m),)))))
+        v = Var(fresh_name(f"{name}_{SEARCH_LEVELS - 1 - level}", used))
+        lets.append((v, pos + Select(hit, Const(1 << level), Const(0))))
+        pos = v
+    return lets, Bin("min", Select(pred(i64(Load(ptr, (pos,)))), pos + 1, pos), m)
+
+
+def _renamed_blocks(s: Stmt, used: set[str]) -> Stmt:
+    """A copy of `s` whose blocks have fresh names (the schedule names blocks uniquely)."""
+
+    class _R(StmtMutator):
+        def visit_BlockStmt(self, b: BlockStmt) -> Stmt:
+            b = replace(b, body=self.visit(b.body), init=None if b.init is None else self.visit(b.init))
+            return replace(b, name=fresh_name(b.name, used))
+
+    return _R().visit(s)
+
+
+def split_rows_by_nonzeros(func: PrimFunc, min_chunk: int = MIN_CHUNK, max_chunks: int = MAX_CHUNKS) -> PrimFunc:
+    """Each CSR row nest (csr_nest) runs over chunks of equal nonzeros instead of rows, so one long row
+    (a power-law graph's hub: 93k of Reddit's 79M nonzeros) is spread over many warps instead of
+    serialising one warp. Chunk w owns positions [w K, w K + K): G = min(ceil(nnz / min_chunk),
+    max_chunks) chunks, K = ceil(nnz / G), both from nnz at launch; a
+    binary search over indptr finds its rows, and each row runs its nonzeros inside the chunk.
+
+    Where every store is at a nonzero (SDDMM), that is all. Where a row accumulates (SpMM: C's row
+    is initialised, then summed over the row's nonzeros), a row inside one chunk runs as before; a
+    row crossing a chunk boundary sums its part into a workspace P[w, 0 or 1] (the chunk's first or
+    last row), and a second nest over rows writes C = init + sum of its chunks' parts, and the init of
+    empty rows. No atomics, and each C element is written by one thread."""
+    body = func.body
+    root = body if isinstance(body, BlockStmt) and not body.iters and body.name == "root" else None
+    stages = list(_stages(body))
+    used = used_names(func)
+    temps: list[Buffer] = []
+    out: list[Stmt] = []
+    for st in stages:
+        nest = csr_nest(st)
+        new = None if nest is None else _split_nest(nest, used, temps, min_chunk, max_chunks)
+        out.extend(new if new is not None else [st])
+    if not temps and out == stages:
+        return func
+    allocs = (root.alloc_buffers if root is not None else ()) + tuple(temps)
+    new_root = BlockStmt("root", (), seq(out), alloc_buffers=allocs, loc=func.loc)
+    return replace(func, body=new_root)
+
+
+def _split_nest(nest: CsrNest, used: set[str], temps: list[Buffer], min_chunk: int, max_chunks: int
+                ) -> list[Stmt] | None:
+    row, inner, ptr, nnz = nest.row, nest.inner, nest.indptr, nest.nnz
+    i, m, loc = row.var, row.extent, row.loc
+    outside = [x for k in nest.pre for x in nodes(k) if isinstance(x, Store)]
+    partial = None
+    if outside:  # a row accumulation: every store is C[vi, x] with vi bound to the row
+        c = outside[0].buffer
+        for x in nodes(row.body):
+            if isinstance(x, BlockStmt):
+                vi = [iv.var for iv in x.iters if iv.binding == i]
+                if len(vi) != 1 or not all(isinstance(st, Store) and st.buffer == c and len(st.indices) == 2
+                                           and st.indices[0] == vi[0] for st in stores_in(x.body)):
+                    return None
+            elif isinstance(x, Store) and not any(x is s for b in nodes(row.body) if isinstance(b, BlockStmt)
+                                                  for s in stores_in(b.body)):
+                return None
+        width = arith.as_int(c.shape[1]) if len(c.shape) == 2 else None
+        if width is None:
+            return None
+        partial = c
+    g = Bin("min", Bin("floordiv", nnz + (min_chunk - 1), Const(min_chunk)), Const(max_chunks))
+    k = Bin("max", Bin("floordiv", nnz + g - 1, Bin("max", g, Const(1))), Const(1))
+    w = Var(fresh_name("chunk", used))
+    lo, hi = Var(fresh_name("chunk_lo", used)), Var(fresh_name("chunk_hi", used))
+    start = Bin("max", i64(Load(ptr, (i,))), Const(0))
+    ext = inner.extent
+    jlo = Bin("max", lo - start, Const(0))
+    jn = Bin("max", Bin("min", ext, hi - start) - jlo, Const(0))
+    restricted = replace(inner, start=jlo, extent=jn)  # j keeps its name: blocks bind their iterators to it
+    fixup: Stmt | None = None
+    if partial is None:
+        row_body: Stmt = restricted
+    else:
+        c = partial
+        width = arith.as_int(c.shape[1])
+        assert width is not None
+        pbuf = Buffer(fresh_name(f"{c.name}_part", used), (Bin("max", g, Const(1)), Const(2), Const(width)), c.dtype,
+                      "global", loc)
+        temps.append(pbuf)
+        slot = Select(Bin("lt", start, lo), Const(0), Const(1))
+
+        def to_part(s: Store) -> Stmt:
+            if s.buffer != c:
+                return s
+            at = (w, slot, s.indices[1])
+            return replace(s, buffer=pbuf, indices=at, value=rewrite(s.value, lambda e: Load(pbuf, at, e.loc) if (
+                isinstance(e, Load) and e.buffer == c and e.indices == s.indices) else None))
+
+        part = _renamed_blocks(map_stores(seq([*nest.pre, restricted]), to_part), used)
+        full = Bin("and", Bin("ge", start, lo), Bin("le", start + ext, hi))
+        row_body = IfStmt(Bin("gt", ext, Const(0)), IfStmt(full, row.body, part, loc), None, loc)
+        fixup = _fixup(nest, c, pbuf, g, k, used)
+    r_lets, r_lo = _first_row(ptr, m, lambda v: Bin("le", v, lo), "row_lo", used)
+    e_lets, r_end = _first_row(ptr, m, lambda v: Bin("lt", v, hi), "row_end", used)
+    first, last = Var(fresh_name("first_row", used)), Var(fresh_name("end_row", used))
+    rows: Stmt = For(i, first, Bin("max", Bin("min", last, m) - first, Const(0)), row_body, loc=loc)
+    rows = Let(last, r_end, rows, loc)
+    rows = Let(first, Bin("max", r_lo - 1, Const(0)), rows, loc)
+    for v, e in reversed(r_lets + e_lets):
+        rows = Let(v, e, rows, loc)
+    rows = Let(hi, Bin("min", w * k + k, nnz), rows, loc)
+    rows = Let(lo, Bin("min", w * k, nnz), rows, loc)
+    chunks: Stmt = For(w, Const(0), g, rows, loc=loc)
+    return [chunks] if fixup is None else [chunks, fixup]
+
+
+def _fixup(nest: CsrNest, c: Buffer, pbuf: Buffer, g: Expr, k: Expr, used: set[str]) -> Stmt:
+    """`for i in rows { if row i crosses a chunk boundary { init; C[i] += P[w, slot] over its chunks }
+    else if it is empty { init } }` (rows inside one chunk were written by the chunk nest)."""
+    row, inner, ptr = nest.row, nest.inner, nest.indptr
+    i, loc = row.var, row.loc
+    start = Bin("max", i64(Load(ptr, (i,))), Const(0))
+    ext = inner.extent
+    last = Bin("max", g - 1, Const(0))
+    w0 = Bin("min", Bin("floordiv", start, k), last)
+    w1 = Bin("min", Bin("floordiv", start + ext - 1, k), last)
+    t = Var(fresh_name("part", used))
+    lane = Var(fresh_name("pk", used))
+    width = pbuf.shape[2]
+    vi, vt, vk = (Var(fresh_name(n, used)) for n in ("vi", "vpart", "vk"))
+    at = w0 + vt
+    slot = Select(Bin("lt", start, at * k), Const(0), Const(1))
+    add = Store(c, (vi, vk), Bin("add", Load(c, (vi, vk)), Load(pbuf, (at, slot, vk))), loc)
+    blk = BlockStmt(fresh_name("sum_parts", used), (IterVar(vi, row.extent, "S", i),
+                                                    IterVar(vt, Bin("max", g, Const(1)), "R", t),
+                                                    IterVar(vk, width, "S", lane)), subst(add, {i: vi}), loc=loc)
+    sums = For(t, Const(0), Bin("max", w1 - w0 + 1, Const(0)), For(lane, Const(0), width, blk, loc=loc), loc=loc)
+    split = seq([_renamed_blocks(p, used) for p in nest.pre] + [sums])
+    empty = seq([_renamed_blocks(p, used) for p in nest.pre])
+    body = IfStmt(Bin("gt", ext, Const(0)), IfStmt(Bin("ne", w0, w1), split, None, loc), empty, loc)
+    i2 = Var(fresh_name(i.name, used), i.dtype)
+    return For(i2, Const(0), row.extent, subst(body, {i: i2}), loc=loc)
 
 
 # ---- the schedule ------------------------------------------------------------------------------
@@ -375,11 +569,12 @@ def accumulate_in_registers(func: PrimFunc, name: str) -> PrimFunc:
     return replace(func, body=put(body, red_path, out))
 
 
-def sparse_gpu_schedule(func: PrimFunc) -> PrimFunc:
-    """The default GPU schedule of a lowered sparse function (module doc); marks it scheduled."""
+def sparse_gpu_schedule(func: PrimFunc, chunks: tuple[int, int] = (MIN_CHUNK, MAX_CHUNKS)) -> PrimFunc:
+    """The default GPU schedule of a lowered sparse function (module doc); marks it scheduled.
+    `chunks`: (min_chunk, max_chunks) of split_rows_by_nonzeros (tests take small ones)."""
     if is_bound(func):
         return func
-    sch = Schedule(launch_extents(fold_reduction_inits(func)))
+    sch = Schedule(launch_extents(fold_reduction_inits(split_rows_by_nonzeros(func, *chunks))))
     root = sch.func.body
     assert isinstance(root, BlockStmt)
     stages = root.body.stmts if isinstance(root.body, Seq) else (root.body,)
