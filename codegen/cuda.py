@@ -296,8 +296,10 @@ class _KernelEmitter(StmtVisitor):
         warps); thread 0 writes the total back."""
         lp, op = s.loop, s.op
         nt = arith.as_int(self.extents["threadIdx.x"])
-        if nt is None or nt % 32 or any(t in self.extents for t in ("threadIdx.y", "threadIdx.z")):
-            raise MlcError("codegen cuda: a cross-thread reduction needs threadIdx.x only, with a multiple of 32 threads")
+        # 32 lanes reduce within their warp (shuffles only), so threadIdx.y / z may index warps of the block
+        if nt is None or nt % 32 or (nt != 32 and any(t in self.extents for t in ("threadIdx.y", "threadIdx.z"))):
+            raise MlcError("codegen cuda: a cross-thread reduction needs threadIdx.x only (or exactly 32 lanes on it), "
+                           "with a multiple of 32 threads")
         v, start = var_name(lp.var), self.ex(lp.start)
         self.out("{")
         self.depth += 1
