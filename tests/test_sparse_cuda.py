@@ -165,10 +165,10 @@ def test_spmm_schedule_binds_rows_and_lanes() -> None:
 
 
 def test_sddmm_schedule_is_a_warp_reduction() -> None:
-    """SDDMM: one chunk of nonzeros per block, 32 lanes over the features combined across threads; the init is
+    """SDDMM: one chunk of nonzeros per warp, 32 lanes over the features combined across threads; the init is
     folded into the update block (no read of C before the reduction)."""
     f = scheduled("sddmm", "csr", 64)
-    assert thread_tags(f) == {"blockIdx.x", "threadIdx.x"}
+    assert thread_tags(f) == {"blockIdx.x", "threadIdx.y", "threadIdx.x"}  # 4 warps of 32 lanes a block
     text = print_function(lower_tir_func(f))
     assert "allreduce" in text and "sddmm_init" not in print_function(f)
 

@@ -111,8 +111,8 @@ def test_sddmm_split_shape() -> None:
     f = sparse_gpu_schedule(lower_sparse(sparse_kernel("sddmm", "csr", 64, "f32").get("sddmm"), 3))
     text = print_function(f)
     assert "C_part" not in text and "sum_parts" not in text
-    assert [x.thread_tag for x in thread_loops(f)][:2] == ["blockIdx.x", "threadIdx.x"]
-    assert "for chunk in 0.." in text
+    assert [x.thread_tag for x in thread_loops(f)][:3] == ["blockIdx.x", "threadIdx.y", "threadIdx.x"]
+    assert 'for chunk_1 in 0..4 thread "threadIdx.y"' in text  # a warp per chunk, 4 a block
 
 
 @pytest.mark.skipif(nvcc_unavailable() is not None, reason=str(nvcc_unavailable()))

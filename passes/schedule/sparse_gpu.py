@@ -425,7 +425,7 @@ def _schedule_nest(sch: Schedule, nest: _Nest) -> tuple[Var, Var, Expr, int] | N
     widths = [v[2] for v in lanes.values() if v is not None]
     t = WARP if reduce else min(WARP, _pow2_at_least(max(widths, default=1)))
     inner = None if reduce or not widths else _inner_rows(sch, nest, lanes, t)
-    rows_per_block = 1 if reduce or not widths or inner else max(1, ROW_THREADS // t)
+    rows_per_block = 1 if not widths or inner else max(1, ROW_THREADS // t)  # a reduction: 4 warps, one row each
     guard = None
     if nest.rows:
         row = sch.fuse(*nest.rows) if len(nest.rows) > 1 else nest.rows[0]
