@@ -269,10 +269,11 @@ class CudaRunner:
     def replay_tape(self, tape: Tape, args: list[DeviceTensor], fresh: list[DeviceTensor],
                     timings: dict[str, list[float]] | None) -> None:
         """A recorded tape again: as a CUDA graph where it can be (module doc), else launch by launch
-        (always while profiling, to time each kernel)."""
+        (always while profiling, each launch then waited for, so its time is the kernel's plus one launch)."""
         if timings is None and graphs_enabled() and self.graph_cache.replay(tape, args, fresh):
             return
-        tape.replay([a.ptr for a in args], [o.ptr for o in fresh], timings)
+        tape.replay([a.ptr for a in args], [o.ptr for o in fresh], timings,
+                    None if timings is None else self.stream.synchronize)
 
     def copy_in(self, a: np.ndarray) -> DeviceTensor:
         return to_device(np.asarray(a))

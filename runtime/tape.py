@@ -47,10 +47,11 @@ class Tape:
     patches: list[tuple[Any, int, int, int]] = field(default_factory=list, repr=False)  # (args, position, source, index)
 
     def replay(self, inputs: Sequence[int], outputs: Sequence[int] = (),
-               timings: dict[str, list[float]] | None = None) -> None:
+               timings: dict[str, list[float]] | None = None, settle: Callable[[], None] | None = None) -> None:
         """Every launch again, with the addresses of this call's inputs and outputs patched in: in one
         native call where every entry has a native form (runtime/native_replay.py), else one by one
-        (and always one by one while profiling, to time each kernel)."""
+        (and always one by one while profiling, to time each kernel; `settle` waits for an
+        asynchronous device inside each timed launch)."""
         sources = (inputs, outputs)
         if timings is None and self.program is None and self.entries and all(e.native is not None for e in self.entries):
             self.program = native_replay.program([e.native for e in self.entries])  # type: ignore[misc]
@@ -74,6 +75,8 @@ class Tape:
             else:
                 t0 = perf_counter()
                 e.fn(args, e.extra)
+                if settle is not None:
+                    settle()
                 timings.setdefault(e.name, []).append(perf_counter() - t0)
             if e.check is not None:
                 e.check()

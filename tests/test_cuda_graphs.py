@@ -205,3 +205,24 @@ def test_graph_replay_equals_eager_on_gpu(monkeypatch: pytest.MonkeyPatch, name:
             np.testing.assert_array_equal(b[o], a[o])
             np.testing.assert_array_equal(c[o], a[o])  # the same kernels in the same order: bit for bit
     assert vm.runner.graph_cache.launches == before and eager.runner._graphs is None
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(_WHY is not None, reason=f"needs a CUDA GPU: {_WHY}")
+def test_profile_on_gpu_times_every_kernel_and_leaves_graphs_on() -> None:
+    """`VM.profile` on the GPU replays the tape launch by launch, each waited for: every kernel of a
+    run appears with a positive time, and the next normal run goes back to graph replay."""
+    from mlc.passes.schedule.gpu_rules import default_gpu_schedule
+    from mlc.runtime.cuda import compile_cuda
+    from mlc.runtime.cuda_vm import CudaVM
+
+    mod, consts = zoo_module("gpt_block")
+    vm = CudaVM(mod, consts, compile_cuda([default_gpu_schedule(f) for f in mod.prim_functions()]))
+    feeds, want = zoo_case("gpt_block", 1)
+    prof = vm.profile(feeds, runs=3)
+    assert {k.func for k in prof} == {f.name for f in mod.prim_functions()}
+    assert all(k.per_run > 0 and k.calls >= 1 for k in prof)
+    assert vm.timings is None
+    got = vm.run(feeds)
+    for o, w in want.items():
+        np.testing.assert_allclose(got[o], w, rtol=1e-4, atol=1e-5)
