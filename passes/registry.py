@@ -217,4 +217,5 @@ PASS_MODULES: tuple[str, ...] = (
     "mlc.passes.autodiff",
     "mlc.passes.amp",
     "mlc.passes.remat",
+    "mlc.passes.conv_gemm",
 )

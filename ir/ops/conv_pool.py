@@ -194,6 +194,66 @@ def _conv2d_lower(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
     return b.reduce(shp, out_dtype(t), "add", (cg, kh, kw), value, "conv2d")
 
 
+# ---- im2col ----------------------------------------------------------------------------------
+define("im2col", "injective", 1, {"kernel_shape": REQUIRED, "strides": (1, 1), "pads": (0, 0, 0, 0),
+                                  "dilations": (1, 1), "pad_k": 0},
+       "NCHW -> (N, OH*OW, C*kh*kw + pad_k): row oh*OW+ow holds the window of output (oh, ow) in "
+       "conv2d's weight order (c, kh, kw), zeros for padding and the pad_k extra columns (passes/conv_gemm.py)")
+
+
+@register_infer("im2col")
+def _im2col_infer(args: list[Type], attrs: dict[str, Any], loc: Loc) -> Type:
+    t = tensor(args[0], loc)
+    s = nchw(t, loc)
+    k = ints_attr(attrs["kernel_shape"], 2, "kernel_shape", loc)
+    extra = int(attrs.get("pad_k", 0))
+    if min(k) < 1 or extra < 0:
+        raise MlcError(f"im2col: kernel_shape must be positive and pad_k non-negative, got {k}, {extra}", loc)
+    oh, ow = pool_dims(s, attrs, loc, k, False)
+    return TensorType((s[0], simplify(oh * ow), simplify(s[1] * (k[0] * k[1]) + extra)), t.dtype)
+
+
+@ref("im2col")
+def _im2col_ref(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> Any:
+    x = args[0]
+    s, p, d, _ = conv_attrs(attrs)
+    k = tuple(int(v) for v in attrs["kernel_shape"])
+    n, c, h, wd = x.shape
+    ho = (h + p[0] + p[2] - d[0] * (k[0] - 1) - 1) // s[0] + 1
+    wo = (wd + p[1] + p[3] - d[1] * (k[1] - 1) - 1) // s[1] + 1
+    xp = np.pad(x, ((0, 0), (0, 0), (p[0], p[2]), (p[1], p[3])))
+    cols = windows(xp, k, s, d, (ho, wo)).reshape(n, c * k[0] * k[1], ho * wo).transpose(0, 2, 1)  # type: ignore[arg-type]
+    return np.pad(cols, ((0, 0), (0, 0), (0, int(attrs.get("pad_k", 0)))))
+
+
+@register_lower("im2col")
+def _im2col_lower(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
+    """Stored, not virtual: the GEMM that reads it (passes/conv_gemm.py) needs plain operand loads
+    for its template (a fused elementwise prologue is then computed once per column, not per use)."""
+    x = as_tensor(args[0])
+    s, p, d, _ = conv_attrs(attrs)
+    kh, kw = (int(v) for v in attrs["kernel_shape"])
+    shp = out_shape(t)
+    ow = window_out(x.shape[3], p[1] + p[3], kw, s[1], d[1])
+    taps = kh * kw
+    real = simplify(x.shape[1] * taps)  # columns past it are pad_k's zeros
+    extra = int(attrs.get("pad_k", 0)) > 0
+
+    def fn(i: Index) -> Expr:
+        n, row, col = i
+        ch = col if taps == 1 else Bin("floordiv", col, Const(taps))
+        tap = Bin("floormod", col, Const(taps))
+        r = (Bin("floordiv", tap, Const(kw)) if kh > 1 else Const(0), Bin("floormod", tap, Const(kw)) if kw > 1 else Const(0))
+        xv, inside = _window_read(x, n, ch, (Bin("floordiv", row, ow), Bin("floormod", row, ow)), r, s, p, d)
+        conds = ([inside] if any(p) else []) + ([Bin("lt", col, real)] if extra else [])
+        return Select(all_of(*conds), xv, cst(0, x.dtype)) if conds else xv
+
+    return b.materialize(b.compute(shp, x.dtype, fn, "im2col"))
+
+
+register_no_grad("im2col")  # made by conv-to-gemm in build pipelines, after `mlc autodiff` has run
+
+
 # ---- conv2d_transpose ------------------------------------------------------------------------
 define("conv2d_transpose", "out_ewise_fusable", 2, {**_CONV_ATTRS, "output_padding": (0, 0)},
        "transposed convolution; weight (C_in, C_out/groups, kh, kw)", reuses_inputs=True)
