@@ -159,8 +159,11 @@ def test_spmm_schedule_binds_rows_and_lanes() -> None:
     assert f'for chunk_0 in 0..floordiv({g} + 3, 4) thread "blockIdx.x"' in text
     assert f'for chunk_1 in 0..4 thread "threadIdx.y" {{\n        if chunk_0 * 4 + chunk_1 < {g} {{' in text
     lanes = text.index('for k_1_1_1_2 in 0..32 thread "threadIdx.x" {\n')
-    assert lanes < text.index("allocate %acc: buffer<2 x f32, local>") < text.index("for j in 0..max(")
-    assert text.index("for j in 0..max(") < text.index("%acc[k_1_0] = %acc[k_1_0] + %data[")
+    assert lanes < text.index("allocate %acc: buffer<2 x f32, local>") < text.index("for j in 0..row_nnz {")
+    assert text.index("for j in 0..row_nnz {") < text.index("%acc[k_1_0] = %acc[k_1_0] + %data[")
+    # the columns are checked in a loop of their own before it; the nonzero loop only clamps them
+    assert text.index("for j_2 in 0..row_nnz {") < text.index("%checked_1[0] = min(max(check_range(cast<i64>(%indices[") < lanes
+    assert "let j_col = min(max(cast<i64>(%indices[" in text
     assert 'schedule = "sparse-gpu"' in text
 
 

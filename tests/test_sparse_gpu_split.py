@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 from mlc.codegen.cuda_jit import nvcc_unavailable
+from mlc.ir.diagnostics import MlcError
 from mlc.ir.printer import print_function
 from mlc.ir.sparse_kernels import sparse_kernel
 from mlc.ir.sparse_lower import lower_sparse
@@ -86,6 +87,22 @@ def test_split_schedule_lowered_matches_scipy(op: str, kind: str, chunks: tuple[
     """The whole GPU schedule (chunks on blockIdx.x x threadIdx.y, features on lanes), lowered; 40
     features: a full and a partial lane group."""
     run(op, matrix(kind, 9, 7, 2), 40, chunks, schedule=True)
+
+
+@pytest.mark.parametrize("op", ["spmm", "sddmm"])
+def test_split_schedule_still_checks_columns(op: str) -> None:
+    """The columns are checked in a loop of their own (checks_first): a column past n in a row that
+    crosses chunks still fails the run, lowered, in the interpreter."""
+    a = matrix("hub", 9, 7, 2)
+    ix = a.indices.astype(np.int32)
+    ix[a.indptr[1] + 4] = 7  # row 1 (the hub), past the last column
+    f = lower_tir_func(sparse_gpu_schedule(lower_sparse(sparse_kernel(op, "csr", 8, "f32").get(op), 3), (3, 1000)))
+    rng = np.random.default_rng(0)
+    dense = [rng.standard_normal((7, 8)).astype(np.float32)] if op == "spmm" else [
+        rng.standard_normal((9, 8)).astype(np.float32), rng.standard_normal((7, 8)).astype(np.float32)]
+    out = np.zeros((9, 8) if op == "spmm" else (a.nnz,), np.float32)
+    with pytest.raises(MlcError, match=r"index 7 out of range \[0, 7\)"):
+        run_prim(f, [a.indptr.astype(np.int32), ix, a.data.astype(np.float32), *dense, out])
 
 
 def thread_loops(f: Any) -> list[For]:

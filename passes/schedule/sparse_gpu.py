@@ -30,7 +30,7 @@ from typing import ClassVar
 
 from mlc.ir import arith
 from mlc.ir.diagnostics import MlcError
-from mlc.ir.expr import Bin, Cast, Const, Expr, Load, Select, Var, free_vars, subexprs, substitute
+from mlc.ir.expr import Bin, Call, Cast, Const, Expr, Load, Select, Var, free_vars, subexprs, substitute
 from mlc.ir.module import Module
 from mlc.ir.names import fresh_name
 from mlc.ir.sparse import i64
@@ -202,6 +202,23 @@ def _first_row(ptr: Buffer, m: Expr, pred: Callable[[Expr], Expr], name: str, us
     return lets, Bin("min", Select(pred(i64(Load(ptr, (pos,)))), pos + 1, pos), m)
 
 
+def checks_first(loop: For, used: set[str]) -> Stmt:
+    """`for j { let col = f(check_range(x)) {..} }` -> `for j { chk = f(check_range(x)) }; for j { let col =
+    f(x) {..} }`: every column is still checked (and clamped), in a loop of its own. In the nonzero loop
+    the check's reporting branch split each iteration in two, so nvcc issued one gather at a time
+    (load the column, branch, load B, wait for it in the FMA); without it an unrolled iteration's
+    loads go out together."""
+    let = loop.body
+    if not isinstance(let, Let) or not any(isinstance(x, Call) and x.name == "check_range" for x in subexprs(let.value)):
+        return loop
+    plain = rewrite(let.value, lambda e: e.args[0] if isinstance(e, Call) and e.name == "check_range" else None)
+    chk = Buffer(fresh_name("checked", used), (Const(1),), let.value.dtype, "local", let.loc)
+    jv = Var(fresh_name(loop.var.name, used), loop.var.dtype)
+    check = For(jv, loop.start, loop.extent, Store(chk, (Const(0),), substitute(let.value, {loop.var: jv}), let.loc),
+                loc=loop.loc)
+    return seq([Allocate(chk, check, let.loc), replace(loop, body=replace(let, value=plain))])
+
+
 def _renamed_blocks(s: Stmt, used: set[str]) -> Stmt:
     """A copy of `s` whose blocks have fresh names (the schedule names blocks uniquely)."""
 
@@ -267,11 +284,12 @@ def _split_nest(nest: CsrNest, used: set[str], temps: list[Buffer], min_chunk: i
     k = Bin("max", Bin("floordiv", nnz + g - 1, Bin("max", g, Const(1))), Const(1))
     w = Var(fresh_name("chunk", used))
     lo, hi = Var(fresh_name("chunk_lo", used)), Var(fresh_name("chunk_hi", used))
-    start = Bin("max", i64(Load(ptr, (i,))), Const(0))
-    ext = inner.extent
+    # the row's first position and length, evaluated once (in the loop's bound nvcc re-ran its checks
+    # every iteration and did not unroll)
+    start, ext = Var(fresh_name("row_start", used)), Var(fresh_name("row_nnz", used))
     jlo = Bin("max", lo - start, Const(0))
     jn = Bin("max", Bin("min", ext, hi - start) - jlo, Const(0))
-    restricted = replace(inner, start=jlo, extent=jn)  # j keeps its name: blocks bind their iterators to it
+    restricted = checks_first(replace(inner, start=jlo, extent=jn), used)  # j keeps its name: blocks bind to it
     fixup: Stmt | None = None
     if partial is None:
         row_body: Stmt = restricted
@@ -293,11 +311,14 @@ def _split_nest(nest: CsrNest, used: set[str], temps: list[Buffer], min_chunk: i
 
         part = _renamed_blocks(map_stores(seq([*nest.pre, restricted]), to_part), used)
         full = Bin("and", Bin("ge", start, lo), Bin("le", start + ext, hi))
-        row_body = IfStmt(Bin("gt", ext, Const(0)), IfStmt(full, row.body, part, loc), None, loc)
+        whole = seq([*nest.pre, checks_first(replace(inner, extent=ext), used)])
+        row_body = IfStmt(Bin("gt", ext, Const(0)), IfStmt(full, whole, part, loc), None, loc)
         fixup = _fixup(nest, c, pbuf, g, k, used)
     r_lets, r_lo = _first_row(ptr, m, lambda v: Bin("le", v, lo), "row_lo", used)
     e_lets, r_end = _first_row(ptr, m, lambda v: Bin("lt", v, hi), "row_end", used)
     first, last = Var(fresh_name("first_row", used)), Var(fresh_name("end_row", used))
+    row_body = Let(ext, inner.extent, row_body, loc)
+    row_body = Let(start, Bin("max", i64(Load(ptr, (i,))), Const(0)), row_body, loc)
     rows: Stmt = For(i, first, Bin("max", Bin("min", last, m) - first, Const(0)), row_body, loc=loc)
     rows = Let(last, r_end, rows, loc)
     rows = Let(first, Bin("max", r_lo - 1, Const(0)), rows, loc)
