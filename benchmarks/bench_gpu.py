@@ -674,12 +674,15 @@ def bench_models() -> None:
     """Prepared whole models (prepare_models) built for CUDA, f32 and f16 (`mlc amp`), vs the same
     architecture and weights in torch eager and torch.compile; $MLC_BENCH_MODELS narrows the names."""
     import torch
+    from mlc.ir.tir import GemmCall
+    from mlc.ir.tir_visit import walk
     from mlc.runtime.cuda import compile_cuda
     from mlc.runtime.cuda_vm import CudaVM, to_device
 
     names = os.environ.get("MLC_BENCH_MODELS", " ".join(MODEL_RUNS)).split()
     print("whole models, per-call latency (device-resident input, wall time incl. a stream sync), ratios: peer / mlc; "
-          "err: mlc f32 vs onnxruntime at batch 1 (max abs diff / max |ref|); f16 vs mlc f32")
+          "err: mlc f32 vs onnxruntime at batch 1 (max abs diff / max |ref|); f16 vs mlc f32; torch's f32 convolutions "
+          f"{'may use TF32 (cudnn.allow_tf32)' if torch.backends.cudnn.allow_tf32 else 'are strict f32'}, mlc's are strict f32 unless $MLC_CUDA_TF32=1")
     for name in names:
         try:
             mod0, consts0, ref_in, ref_out = load_model(name)
@@ -704,7 +707,9 @@ def bench_models() -> None:
                 else:
                     out32 = got
                     err = float(np.abs(got - ref_out).max() / np.abs(ref_out).max())
-                print(f"  {label}: built in {built_s:.0f} s, {len(mod.prim_functions())} kernels' programs, err {err:.1e}")
+                gemms = sum(any(isinstance(s, GemmCall) for _, s in walk(f.body)) for f in mod.prim_functions())
+                print(f"  {label}: built in {built_s:.0f} s, {len(mod.prim_functions())} kernels' programs "
+                      f"({gemms} on a GEMM template), err {err:.1e}")
             except Exception as e:  # noqa: BLE001
                 print(f"  {label}: failed to build or run: {type(e).__name__}: {str(e)[:300]}")
                 continue
