@@ -242,6 +242,8 @@ def _im2col_lower(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
     def fn(i: Index) -> Expr:
         n, row, col = i
         ch = col if taps == 1 else Bin("floordiv", col, Const(taps))
+        if extra:  # a pad_k column's channel is past C: clamped, so that its (unused) load is provably in bounds
+            ch = Bin("min", ch, simplify(x.shape[1] - 1))
         tap = Bin("floormod", col, Const(taps))
         r = (Bin("floordiv", tap, Const(kw)) if kh > 1 else Const(0), Bin("floormod", tap, Const(kw)) if kw > 1 else Const(0))
         xv, inside = _window_read(x, n, ch, (Bin("floordiv", row, ow), Bin("floormod", row, ow)), r, s, p, d)
