@@ -671,8 +671,9 @@ def _torch_resnet50(consts: dict[str, np.ndarray], dtype: str):  # type: ignore[
 
 
 def bench_models() -> None:
-    """Prepared whole models (prepare_models) built for CUDA, f32 and f16 (`mlc amp`), vs the same
-    architecture and weights in torch eager and torch.compile; $MLC_BENCH_MODELS narrows the names."""
+    """Prepared whole models (prepare_models) built for CUDA, f32 and f16 (`mlc amp`; ResNet-50 also f32
+    with TF32 GEMMs), vs the same architecture and weights in torch eager and torch.compile;
+    $MLC_BENCH_MODELS narrows the names."""
     import torch
     from mlc.ir.tir import GemmCall
     from mlc.ir.tir_visit import walk
@@ -682,7 +683,8 @@ def bench_models() -> None:
     names = os.environ.get("MLC_BENCH_MODELS", " ".join(MODEL_RUNS)).split()
     print("whole models, per-call latency (device-resident input, wall time incl. a stream sync), ratios: peer / mlc; "
           "err: mlc f32 vs onnxruntime at batch 1 (max abs diff / max |ref|); f16 vs mlc f32; torch's f32 convolutions "
-          f"{'may use TF32 (cudnn.allow_tf32)' if torch.backends.cudnn.allow_tf32 else 'are strict f32'}, mlc's are strict f32 unless $MLC_CUDA_TF32=1")
+          f"{'may use TF32 (cudnn.allow_tf32)' if torch.backends.cudnn.allow_tf32 else 'are strict f32'}; mlc's f32 is strict, "
+          "'f32 tf32' runs its GEMMs on TF32 tensor cores ($MLC_CUDA_TF32=1)")
     for name in names:
         try:
             mod0, consts0, ref_in, ref_out = load_model(name)
@@ -691,12 +693,16 @@ def bench_models() -> None:
             continue
         batches, _inp, shape = MODEL_RUNS[name]
         out32 = None
-        for f16 in (False, True):
-            label = f"{name} {'f16' if f16 else 'f32'}"
+        variants = [("f32", False, "0"), ("f16", True, "0")]
+        if name == "resnet50":  # torch's f32 convolutions may run on TF32 tensor cores: mlc's like-for-like build
+            variants.append(("f32 tf32", False, "1"))
+        for tag, f16, tf32 in variants:
+            label = f"{name} {tag}"
             try:
                 t0 = time.perf_counter()
-                mod, consts = build_model(mod0, consts0, f16)
-                vm = CudaVM(mod, consts, compile_cuda(mod.prim_functions()))
+                with _env("MLC_CUDA_TF32", tf32):  # read when the GEMM stages are emitted
+                    mod, consts = build_model(mod0, consts0, f16)
+                    vm = CudaVM(mod, consts, compile_cuda(mod.prim_functions()))
                 built_s = time.perf_counter() - t0
                 tdt = "float16" if f16 else "float32"
                 tm = _torch_resnet50(consts0, tdt) if name == "resnet50" else _torch_gpt(consts0, 768, 12, 128, tdt)
@@ -705,7 +711,7 @@ def bench_models() -> None:
                     err = (float(np.abs(got.astype(np.float32) - out32).max() / np.abs(out32).max())
                            if out32 is not None else math.nan)
                 else:
-                    out32 = got
+                    out32 = got if out32 is None else out32
                     err = float(np.abs(got - ref_out).max() / np.abs(ref_out).max())
                 gemms = sum(any(isinstance(s, GemmCall) for _, s in walk(f.body)) for f in mod.prim_functions())
                 print(f"  {label}: built in {built_s:.0f} s, {len(mod.prim_functions())} kernels' programs "
