@@ -17,14 +17,21 @@ import pytest
 import scipy.sparse as sp
 from mlc.codegen.cuda_jit import nvcc_unavailable
 from mlc.ir.diagnostics import MlcError
+from mlc.ir.expr import Bin, Const, Load, Var
 from mlc.ir.printer import print_function
 from mlc.ir.sparse_kernels import sparse_kernel
 from mlc.ir.sparse_lower import lower_sparse
-from mlc.ir.tir import For
+from mlc.ir.tir import Buffer, For, Let, PrimFunc, Seq, Store
 from mlc.ir.tir_interp import run_prim
 from mlc.ir.tir_lower import lower_tir_func
 from mlc.ir.tir_visit import nodes
-from mlc.passes.schedule.sparse_gpu import MAX_CHUNKS, MIN_CHUNK, sparse_gpu_schedule, split_rows_by_nonzeros
+from mlc.passes.schedule.sparse_gpu import (
+    MAX_CHUNKS,
+    MIN_CHUNK,
+    first_row,
+    sparse_gpu_schedule,
+    split_rows_by_nonzeros,
+)
 
 from mlc.compiler import build_module
 
@@ -103,6 +110,33 @@ def test_split_schedule_still_checks_columns(op: str) -> None:
     out = np.zeros((9, 8) if op == "spmm" else (a.nnz,), np.float32)
     with pytest.raises(MlcError, match=r"index 7 out of range \[0, 7\)"):
         run_prim(f, [a.indptr.astype(np.int32), ix, a.data.astype(np.float32), *dense, out])
+
+
+def test_first_row_search_matches_searchsorted() -> None:
+    """The chunk's row search (first_row: a binary step, then 4-ary steps) against np.searchsorted on
+    3M rows with runs of equal entries (empty rows), targets before, inside and past indptr."""
+    rng = np.random.default_rng(0)
+    m = 3_000_000
+    indptr = np.concatenate([[0], np.cumsum(rng.integers(0, 3, m))]).astype(np.int32)
+    targets = np.concatenate([[-1, 0, indptr[-1], indptr[-1] + 5], rng.integers(0, indptr[-1], 60)]).astype(np.int64)
+    ptr, tg, out = Buffer("indptr", (Const(m + 1),), "i32"), Buffer("T", (Const(len(targets)),), "i64"), \
+        Buffer("R", (Const(len(targets)), Const(2)), "i64")
+    t = Var("t")
+    used: set[str] = set()
+    body: Any = None
+    stores = []
+    for col, (name, pred) in enumerate([("le", lambda v: Bin("le", v, Load(tg, (t,)))),
+                                        ("lt", lambda v: Bin("lt", v, Load(tg, (t,))))]):
+        lets, r = first_row(ptr, Const(m), pred, name, used)
+        st: Any = Store(out, (t, Const(col)), r)
+        for v, e in reversed(lets):
+            st = Let(v, e, st)
+        stores.append(st)
+    body = For(t, Const(0), Const(len(targets)), Seq(tuple(stores)))
+    got = np.zeros((len(targets), 2), np.int64)
+    run_prim(PrimFunc("search", (ptr, tg, out), 1, body), [indptr, targets, got])
+    np.testing.assert_array_equal(got[:, 0], np.minimum(np.searchsorted(indptr, targets, side="right"), m))
+    np.testing.assert_array_equal(got[:, 1], np.minimum(np.searchsorted(indptr, targets, side="left"), m))
 
 
 def thread_loops(f: Any) -> list[For]:

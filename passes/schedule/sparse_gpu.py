@@ -147,7 +147,7 @@ def launch_extents(func: PrimFunc) -> PrimFunc:
 # ---- rows split by nonzeros ---------------------------------------------------------------------
 MIN_CHUNK = 32  # nonzeros per chunk at least (one warp's serial work)
 MAX_CHUNKS = 16384  # chunks at most: about two waves of warps on an H100; sizes the partial-sum workspace
-SEARCH_LEVELS = 31  # binary-search steps over indptr: 2**31 rows (i32 indices)
+SEARCH_LEVELS = 15  # 4-ary steps of the row search below its first binary one: 2**30 + 4**15 - 1 = 2**31 - 1 rows
 
 
 @dataclass(frozen=True)
@@ -187,17 +187,23 @@ def csr_nest(stage: Stmt) -> CsrNest | None:
     return CsrNest(stage, inner, tuple(kids[:-1]), ptr, cols[0].shape[0])
 
 
-def _first_row(ptr: Buffer, m: Expr, pred: Callable[[Expr], Expr], name: str, used: set[str]
+def first_row(ptr: Buffer, m: Expr, pred: Callable[[Expr], Expr], name: str, used: set[str]
                ) -> tuple[list[tuple[Var, Expr]], Expr]:
     """(lets, r): r = the number of leading rows r' in [0, m] with pred(indptr[r']) (indptr sorted: the
-    first row where pred fails), clamped to m; a binary search, every read inside indptr."""
+    first row where pred fails), clamped to m. One binary step of 2**30, then 4-ary steps (3 reads
+    each, independent: half the dependent loads of a binary search); steps stay below 2**31 (i32
+    index arithmetic), reads inside indptr, and a step past m reads nothing (`&&` short-circuits)."""
     lets: list[tuple[Var, Expr]] = []
     pos: Expr = Const(0)
-    for level in range(SEARCH_LEVELS - 1, -1, -1):
-        at = pos + Const(1 << level)
-        hit = Bin("and", Bin("le", at, m), pred(i64(Load(ptr, (Bin("min", at, m),)))))
-        v = Var(fresh_name(f"{name}_{SEARCH_LEVELS - 1 - level}", used))
-        lets.append((v, pos + Select(hit, Const(1 << level), Const(0))))
+    for n, (step, ways) in enumerate([(1 << 30, 2)] + [(4 ** lv, 4) for lv in range(SEARCH_LEVELS - 1, -1, -1)]):
+        hits: Expr | None = None
+        for k in range(1, ways):
+            at = pos + Const(step * k)
+            hit = Select(Bin("and", Bin("le", at, m), pred(i64(Load(ptr, (Bin("min", at, m),))))), Const(1), Const(0))
+            hits = hit if hits is None else hits + hit
+        assert hits is not None
+        v = Var(fresh_name(f"{name}_{n}", used))
+        lets.append((v, pos + Const(step) * hits))
         pos = v
     return lets, Bin("min", Select(pred(i64(Load(ptr, (pos,)))), pos + 1, pos), m)
 
@@ -314,8 +320,8 @@ def _split_nest(nest: CsrNest, used: set[str], temps: list[Buffer], min_chunk: i
         whole = seq([*nest.pre, checks_first(replace(inner, extent=ext), used)])
         row_body = IfStmt(Bin("gt", ext, Const(0)), IfStmt(full, whole, part, loc), None, loc)
         fixup = _fixup(nest, c, pbuf, g, k, used)
-    r_lets, r_lo = _first_row(ptr, m, lambda v: Bin("le", v, lo), "row_lo", used)
-    e_lets, r_end = _first_row(ptr, m, lambda v: Bin("lt", v, hi), "row_end", used)
+    r_lets, r_lo = first_row(ptr, m, lambda v: Bin("le", v, lo), "row_lo", used)
+    e_lets, r_end = first_row(ptr, m, lambda v: Bin("lt", v, hi), "row_end", used)
     first, last = Var(fresh_name("first_row", used)), Var(fresh_name("end_row", used))
     row_body = Let(ext, inner.extent, row_body, loc)
     row_body = Let(start, Bin("max", i64(Load(ptr, (i,))), Const(0)), row_body, loc)
@@ -650,4 +656,5 @@ def _stages(body: Stmt) -> list[Stmt]:
     return list(body.stmts) if isinstance(body, Seq) else [body]
 
 
-__all__ = ["ROW_THREADS", "SparseGpuSchedule", "fold_reduction_inits", "is_sparse_nest", "sparse_gpu_schedule"]
+__all__ = ["MAX_CHUNKS", "MIN_CHUNK", "ROW_THREADS", "SparseGpuSchedule", "checks_first", "csr_nest", "first_row",
+           "fold_reduction_inits", "is_sparse_nest", "sparse_gpu_schedule", "split_rows_by_nonzeros"]
