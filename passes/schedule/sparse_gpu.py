@@ -5,6 +5,11 @@ starts; a sparse nest's inner extents are read from indptr, so they leave it unb
 that sparse-lower produced (a top-level loop nest with a loop extent or a `let` read from a buffer)
 is scheduled through the ordinary primitives:
 
+- CSR SpMM and SDDMM nests first run over chunks of equal nonzeros instead of rows
+  (split_rows_by_nonzeros): on a power-law graph one warp per row left the kernel as long as its
+  longest row's chain of dependent gathers (Reddit-sized R-MAT: 93k nonzeros in one row). The chunk
+  loop is then the nest's row loop below; its rows' column checks run in a loop of their own
+  (checks_first), so nvcc unrolls the nonzero loop with its gathers in flight together;
 - rows: the leading loops over rows (spatial, extent known at launch) are fused and bound to
   `blockIdx.x`, with `ROW_THREADS // lanes` rows per block on `threadIdx.y` (guarded as a whole,
   so a row past the end reads no indptr entry);
