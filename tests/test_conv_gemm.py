@@ -38,7 +38,7 @@ NVCC = shutil.which("nvcc")
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def conv_to_gemm(mod: Module, consts: dict[str, np.ndarray], **opts: int) -> tuple[Module, dict[str, np.ndarray]]:
+def conv_to_gemm(mod: Module, consts: dict[str, np.ndarray], **opts: int | bool) -> tuple[Module, dict[str, np.ndarray]]:
     info = get_pass("conv-to-gemm")
     assert info is not None
     ctx = PassContext(constants=dict(consts), sink=None)
@@ -75,9 +75,10 @@ graph @main(%x: tensor<n x 3 x 9 x 7 x f32>, %w: tensor<8 x 3 x 3 x 3 x f32>) {
 
 
 def test_pass_before_after_text() -> None:
-    """A weight that is a parameter: reshaped, transposed and padded by graph ops (K = 27 -> 32);
-    the conv's value keeps its name and type, so its users do not change."""
-    mod, _ = conv_to_gemm(parse_module(BEFORE), {})
+    """A weight that is a parameter (with computed_weights): reshaped, transposed and padded by graph ops
+    (K = 27 -> 32); the conv's value keeps its name and type, so its users do not change."""
+    assert print_module(conv_to_gemm(parse_module(BEFORE), {})[0]) == BEFORE  # by default only constant weights
+    mod, _ = conv_to_gemm(parse_module(BEFORE), {}, computed_weights=True)
     assert print_module(mod) == AFTER
     x = np.random.default_rng(0).standard_normal((2, 3, 9, 7)).astype(np.float32)
     w = np.random.default_rng(1).standard_normal((8, 3, 3, 3)).astype(np.float32)
@@ -96,7 +97,7 @@ graph @main(%x: tensor<n x 4 x 6 x 6 x f32>, %w: tensor<4 x 1 x 3 x 3 x f32>) {
 
 
 def test_grouped_convolutions_stay() -> None:
-    mod, _ = conv_to_gemm(parse_module(GROUPED), {})
+    mod, _ = conv_to_gemm(parse_module(GROUPED), {}, computed_weights=True)
     assert print_module(mod) == GROUPED
 
 
@@ -200,7 +201,7 @@ def _inputs(mod: Module, consts: dict[str, np.ndarray], n: int, c: int, hw: tupl
 def test_rewrite_matches_conv2d_in_the_reference_interpreter(case: tuple) -> None:
     n, c, hw, co, k, attrs, bias, const, mult = case
     mod, consts = _conv_module(n, c, hw, co, k, attrs, bias, const)
-    out, new = conv_to_gemm(mod, consts, k_multiple=mult)
+    out, new = conv_to_gemm(mod, consts, k_multiple=mult, computed_weights=True)
     assert "conv2d" not in _ops(out) and "im2col" in _ops(out)
     ins = _inputs(mod, consts, n, c, hw)
     want = run_function(mod, ins, consts)["out"]
@@ -214,7 +215,7 @@ def test_rewrite_built_for_the_cpu_matches_conv2d(case: tuple) -> None:
     and the GEMM, compiled, against the original through the reference interpreter."""
     n, c, hw, co, k, attrs, bias, const, mult = case
     mod, consts = _conv_module(Var("n"), c, hw, co, k, attrs, bias, const)
-    out, new = conv_to_gemm(mod, consts, k_multiple=mult)
+    out, new = conv_to_gemm(mod, consts, k_multiple=mult, computed_weights=True)
     model = model_from_artifact(loads(build_module(with_memory_constants(out, new), new, "cpu").result.data), "conv")
     for batch in sorted({1, n}):
         ins = _inputs(mod, consts, batch, c, hw)
