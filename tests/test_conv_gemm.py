@@ -78,7 +78,7 @@ def test_pass_before_after_text() -> None:
     """A weight that is a parameter (with computed_weights): reshaped, transposed and padded by graph ops
     (K = 27 -> 32); the conv's value keeps its name and type, so its users do not change."""
     assert print_module(conv_to_gemm(parse_module(BEFORE), {})[0]) == BEFORE  # by default only constant weights
-    mod, _ = conv_to_gemm(parse_module(BEFORE), {}, computed_weights=True)
+    mod, _ = conv_to_gemm(parse_module(BEFORE), {}, computed_weights=True, min_size=1)
     assert print_module(mod) == AFTER
     x = np.random.default_rng(0).standard_normal((2, 3, 9, 7)).astype(np.float32)
     w = np.random.default_rng(1).standard_normal((8, 3, 3, 3)).astype(np.float32)
@@ -97,7 +97,7 @@ graph @main(%x: tensor<n x 4 x 6 x 6 x f32>, %w: tensor<4 x 1 x 3 x 3 x f32>) {
 
 
 def test_grouped_convolutions_stay() -> None:
-    mod, _ = conv_to_gemm(parse_module(GROUPED), {}, computed_weights=True)
+    mod, _ = conv_to_gemm(parse_module(GROUPED), {}, computed_weights=True, min_size=1)
     assert print_module(mod) == GROUPED
 
 
@@ -133,11 +133,12 @@ def _ops(mod: Module) -> list[str]:
 
 
 def test_constant_weight_is_transposed_once() -> None:
-    """A constant weight becomes one new constant in the GEMM layout (K padded with zero rows); the
-    old one leaves the constants; a cast of a constant (amp's f16 weight past fold-constants' size cap)
+    """A constant weight becomes one new constant in the GEMM layout (K padded with zero rows), where
+    CO and padded K reach min_size; the old one leaves the constants; a cast of a constant (amp's f16 weight past fold-constants' size cap)
     is folded too."""
     mod, consts = _conv_module(Var("n"), 3, (8, 8), 16, (3, 3), {"pads": (1, 1, 1, 1)}, True, True)
-    out, new = conv_to_gemm(mod, consts)
+    assert _ops(conv_to_gemm(mod, consts)[0]) == ["conv2d", "add"]  # CO 16, K 32: under min_size
+    out, new = conv_to_gemm(mod, consts, min_size=16)
     assert _ops(out) == ["im2col", "matmul", "transpose", "reshape", "add"]
     (key,) = set(new) - set(consts)
     assert "w" not in new and new["b"] is consts["b"]
@@ -146,7 +147,7 @@ def test_constant_weight_is_transposed_once() -> None:
     np.testing.assert_array_equal(new[key], want)
     # a cast of the constant to f16 (amp's weight where fold-constants left it: over its size cap)
     m16 = with_memory_constants(parse_module(CAST16), {"w": consts["w"]})
-    out16, new16 = conv_to_gemm(m16, {"w": consts["w"]}, k_multiple=1)
+    out16, new16 = conv_to_gemm(m16, {"w": consts["w"]}, k_multiple=1, min_size=1)
     (key16,) = set(new16)
     assert new16[key16].dtype == np.float16 and new16[key16].shape == (27, 16)
     np.testing.assert_array_equal(new16[key16], consts["w"].reshape(16, 27).T.astype(np.float16))
@@ -201,7 +202,7 @@ def _inputs(mod: Module, consts: dict[str, np.ndarray], n: int, c: int, hw: tupl
 def test_rewrite_matches_conv2d_in_the_reference_interpreter(case: tuple) -> None:
     n, c, hw, co, k, attrs, bias, const, mult = case
     mod, consts = _conv_module(n, c, hw, co, k, attrs, bias, const)
-    out, new = conv_to_gemm(mod, consts, k_multiple=mult, computed_weights=True)
+    out, new = conv_to_gemm(mod, consts, k_multiple=mult, computed_weights=True, min_size=1)
     assert "conv2d" not in _ops(out) and "im2col" in _ops(out)
     ins = _inputs(mod, consts, n, c, hw)
     want = run_function(mod, ins, consts)["out"]
@@ -215,7 +216,7 @@ def test_rewrite_built_for_the_cpu_matches_conv2d(case: tuple) -> None:
     and the GEMM, compiled, against the original through the reference interpreter."""
     n, c, hw, co, k, attrs, bias, const, mult = case
     mod, consts = _conv_module(Var("n"), c, hw, co, k, attrs, bias, const)
-    out, new = conv_to_gemm(mod, consts, k_multiple=mult, computed_weights=True)
+    out, new = conv_to_gemm(mod, consts, k_multiple=mult, computed_weights=True, min_size=1)
     model = model_from_artifact(loads(build_module(with_memory_constants(out, new), new, "cpu").result.data), "conv")
     for batch in sorted({1, n}):
         ins = _inputs(mod, consts, batch, c, hw)
