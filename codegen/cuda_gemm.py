@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 
 from ..ir import arith
-from ..ir.diagnostics import MlcError
 from ..ir.expr import Bin, Const, Expr
 from ..ir.tir import GemmCall, PrimFunc, Stmt
 from ..ir.tir_gemm import SIMT_CONFIGS, TC_CONFIGS, GemmConfig, GemmInfo, gemm_info, tensor_core_ok
@@ -55,10 +54,9 @@ def emit_gemm_stage(func: PrimFunc, stage: Stmt, config: GemmConfig | None = Non
         return None
     g = gemm_info(stage)
     tf32 = g.a.dtype == "f32" and g.c.dtype == "f32" and tf32_enabled() and tensor_core_ok(g)
-    tc = g.a.dtype in ("f16", "bf16") or tf32
-    if tc and not tensor_core_ok(g):
-        raise MlcError(f"codegen cuda: the {g.a.dtype} GEMM on %{g.c.name} needs N and K constant multiples of 8",
-                       stage.loc)
+    # f16/bf16 with a symbolic or ragged N or K (attention's T) runs on CUDA cores: the tensor-core
+    # templates move 16-byte chunks of constant-width rows
+    tc = g.a.dtype in ("f16", "bf16") and tensor_core_ok(g) or tf32
     if config is None and stage.tile is not None:  # the template tile the schedule chose
         config = stage.tile.as_tuple()
     accumulate = stage.accumulate
@@ -92,7 +90,7 @@ def emit_gemm_stage(func: PrimFunc, stage: Stmt, config: GemmConfig | None = Non
     else:
         nthreads = (bm // wm) * (bn // wn)
         smem = 0
-        body.append(f"  mlc_simt_gemm<{tcty}, {bm}, {bn}, {bk}, {wm}, {wn}>("
+        body.append(f"  mlc_simt_gemm<{MEM_TYPE[g.a.dtype]}, {tcty}, {bm}, {bn}, {bk}, {wm}, {wn}>("
                     f"{a} + bz * {sa}, {b} + bz * {sb}, {c} + bz * {sc}, {rows}, {n}, {k}, {acc});")
     grid = (arith.simplify((g.n + (bn - 1)) // bn), arith.simplify((g.rows + (bm - 1)) // bm), batch)
     return body, grid, (nthreads, 1, 1), smem
@@ -231,9 +229,10 @@ __device__ __forceinline__ void mlc_wmma_gemm(const TA* __restrict__ A, const TA
     }
 }
 
-// C[M,N] (+)= A[M,K] B[K,N] in f32 on CUDA cores: TM x TN outputs per thread, tiles staged in shared memory.
-template <typename TC, int BM, int BN, int BK, int TM, int TN>
-__device__ __forceinline__ void mlc_simt_gemm(const float* __restrict__ A, const float* __restrict__ B, TC* __restrict__ C,
+// C[M,N] (+)= A[M,K] B[K,N] in f32 on CUDA cores (f16/bf16 operands widened as they are staged): TM x TN
+// outputs per thread, tiles staged in shared memory.
+template <typename TA, typename TC, int BM, int BN, int BK, int TM, int TN>
+__device__ __forceinline__ void mlc_simt_gemm(const TA* __restrict__ A, const TA* __restrict__ B, TC* __restrict__ C,
                                               int M, int N, int K, bool accumulate) {
   constexpr int NT = (BM / TM) * (BN / TN), TX = BN / TN;
   __shared__ __align__(16) float As[BK][BM + 4];
@@ -249,12 +248,12 @@ __device__ __forceinline__ void mlc_simt_gemm(const float* __restrict__ A, const
 #pragma unroll
     for (int e = tid; e < BM * BK; e += NT) {
       const int r = e / BK, c = e % BK;
-      As[c][r] = (bm + r < M && k0 + c < K) ? A[(size_t)(bm + r) * K + k0 + c] : 0.0f;
+      As[c][r] = (bm + r < M && k0 + c < K) ? mlc_to_float(A[(size_t)(bm + r) * K + k0 + c]) : 0.0f;
     }
 #pragma unroll
     for (int e = tid; e < BK * BN; e += NT) {
       const int r = e / BN, c = e % BN;
-      Bs[r][c] = (k0 + r < K && bn + c < N) ? B[(size_t)(k0 + r) * N + bn + c] : 0.0f;
+      Bs[r][c] = (k0 + r < K && bn + c < N) ? mlc_to_float(B[(size_t)(k0 + r) * N + bn + c]) : 0.0f;
     }
     __syncthreads();
 #pragma unroll

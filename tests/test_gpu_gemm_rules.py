@@ -16,7 +16,7 @@ from mlc.ir.diagnostics import MlcError
 from mlc.ir.expr import Var
 from mlc.ir.printer import print_function
 from mlc.ir.tir import GemmCall, PrimFunc
-from mlc.ir.tir_builder import build, compute, placeholder, reduce_axis, rsum
+from mlc.ir.tir_builder import build, cast, compute, placeholder, reduce_axis, rsum
 from mlc.ir.tir_interp import run_prim
 from mlc.ir.tir_lower import lower_tir_func
 from mlc.ir.tir_visit import walk
@@ -47,11 +47,12 @@ def mix(dtype: str = "f32") -> PrimFunc:
         "o", (B, AH, T, AD), lambda b, h, t, d: rsum(p[b, h, t, r] * v[b, r, h * AD + d], r))])
 
 
+@pytest.mark.parametrize("dtype", ["f32", "f16"])
 @pytest.mark.parametrize("make", [scores, mix])
-def test_attention_matmuls_become_batched_gemms(make) -> None:  # type: ignore[no-untyped-def]
-    """f32 with a symbolic N or K: the register-tile template guards every edge, so these run as GEMMs
-    (the transposed key is staged as k_re[b, h, d, u], the value as v_re[b, h, u, d])."""
-    f = make()
+def test_attention_matmuls_become_batched_gemms(make, dtype: str) -> None:  # type: ignore[no-untyped-def]
+    """A symbolic N or K: the register-tile template guards every edge (f16 operands widened to f32), so
+    these run as GEMMs (the transposed key is staged as k_re[b, h, d, u], the value as v_re[b, h, u, d])."""
+    f = make(dtype)
     s = default_gpu_schedule(f)
     (g,) = _gemms(s)
     assert g.batched
@@ -65,10 +66,41 @@ def test_attention_matmuls_become_batched_gemms(make) -> None:  # type: ignore[n
         p = rng.standard_normal((bt, AH, t, t)).astype(np.float32)
         v = rng.standard_normal((bt, t, AH * AD)).astype(np.float32)
         args, want = [p, v], p @ v.reshape(bt, t, AH, AD).transpose(0, 2, 1, 3)
-    out = np.full(want.shape, np.nan, np.float32)
-    run_prim(s, [*args, out])
-    np.testing.assert_allclose(out, want, rtol=1e-4, atol=1e-4)
-    assert "mlc_simt_gemm<float" in lower_to_cuda([s]).source
+    assert ("mlc_simt_gemm<float, float" if dtype == "f32" else "mlc_simt_gemm<__half, __half") in lower_to_cuda([s]).source
+    if dtype == "f32":  # the interpreter computes in the buffers' dtype: f32 is the exact check
+        out = np.full(want.shape, np.nan, np.float32)
+        run_prim(s, [*args, out])
+        np.testing.assert_allclose(out, want, rtol=1e-4, atol=1e-4)
+
+
+def mixed() -> PrimFunc:
+    """amp's matmul: f32 activations and master weights rounded to f16 inside the product, accumulated in
+    f32 (what `mlc amp` + fuse give: y = sum_k f32(f16(x)) * f32(f16(w)))."""
+    x, w = placeholder("x", (B, T, H * D), "f32"), placeholder("w", (H * D, N), "f32")
+    r = reduce_axis(H * D, "k")
+
+    def half(e):  # type: ignore[no-untyped-def]
+        return cast("f32", cast("f16", e))
+
+    return build("mixed", [x, w], [compute("y", (B, T, N), lambda i, j, n: rsum(half(x[i, j, r]) * half(w[r, n]), r))])
+
+
+def test_amp_matmul_stages_f16_operands_for_the_tensor_cores() -> None:
+    """The rounding to f16 moves into the staging copies (x_re, w_re hold f16), so the block is the mixed
+    GEMM f32 += f32(f16) * f32(f16): wgmma with f16 operands and an f32 C on sm_90a; same values."""
+    f = mixed()
+    s = default_gpu_schedule(f)
+    (g,) = _gemms(s)
+    assert (g.a.dtype, g.b.dtype, g.c.dtype) == ("f16", "f16", "f32") and {g.a.name, g.b.name} == {"x_re", "w_re"}
+    assert "mlc_wgmma_gemm<__half, float" in lower_to_cuda([s], "sm_90a").source
+    rng = np.random.default_rng(6)
+    x, w = rng.standard_normal((2, 5, H * D)).astype(np.float32), rng.standard_normal((H * D, N)).astype(np.float32)
+    want, got = (np.full((2, 5, N), np.nan, np.float32) for _ in range(2))
+    run_prim(f, [x, w, want])
+    run_prim(s, [x, w, got])
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    x16, w16 = x.astype(np.float16).astype(np.float32), w.astype(np.float16).astype(np.float32)
+    np.testing.assert_allclose(got, x16 @ w16, rtol=1e-4, atol=1e-4)
 
 
 def _name(base: str, dtype: str) -> str:
@@ -184,7 +216,8 @@ def test_reindex_stages_a_reshaped_operand() -> None:
 @pytest.mark.skipif(NVCC is None, reason="nvcc is not installed")
 def test_nvcc_accepts_the_staged_gemms(tmp_path: Path) -> None:
     prims = [default_gpu_schedule(make(dt)) for make in (folded, heads, scaled) for dt in ("f32", "f16")]
-    prims += [default_gpu_schedule(make()) for make in (scores, mix)]
+    prims += [default_gpu_schedule(make(dt)) for make in (scores, mix) for dt in ("f32", "f16")]
+    prims.append(default_gpu_schedule(mixed()))
     (tmp_path / "k.cu").write_text(lower_to_cuda(prims, "sm_90a").source)
     r = subprocess.run([str(NVCC), "-cubin", "-arch=sm_90a", "-std=c++17", "-diag-suppress=177,550", "-o",
                         str(tmp_path / "k.cubin"), str(tmp_path / "k.cu")], capture_output=True, text=True)
@@ -218,14 +251,23 @@ def test_staged_gemms_on_gpu_match_numpy(dtype: str) -> None:
 def test_attention_gemms_on_gpu_match_numpy() -> None:
     from mlc.runtime.cuda import compile_cuda
 
-    lib = compile_cuda([default_gpu_schedule(scores()), default_gpu_schedule(mix())])
+    lib = compile_cuda([default_gpu_schedule(make(dt)) for make in (scores, mix) for dt in ("f32", "f16")]
+                       + [default_gpu_schedule(mixed())])
     rng = np.random.default_rng(12)
     bt, t = 3, 77
-    q, k, v = (rng.standard_normal((bt, t, AH * AD)).astype(np.float32) for _ in range(3))
-    s = np.full((bt, AH, t, t), np.nan, np.float32)
-    lib.kernel("scores")([q, k, s])
-    qh, kh, vh = (x.reshape(bt, t, AH, AD).transpose(0, 2, 1, 3) for x in (q, k, v))
-    np.testing.assert_allclose(s, qh @ kh.transpose(0, 1, 3, 2), rtol=1e-4, atol=1e-3)
-    o = np.full((bt, AH, t, AD), np.nan, np.float32)
-    lib.kernel("mix")([s, v, o])
-    np.testing.assert_allclose(o, s @ vh, rtol=1e-4, atol=1e-2)
+    for dt, npdt, tol in (("f32", np.float32, 1e-4), ("f16", np.float16, 1e-2)):
+        q, k, v = (rng.standard_normal((bt, t, AH * AD)).astype(npdt) for _ in range(3))
+        s = np.full((bt, AH, t, t), np.nan, npdt)
+        lib.kernel(_name("scores", dt))([q, k, s])
+        qh, kh, vh = (x.astype(np.float32).reshape(bt, t, AH, AD).transpose(0, 2, 1, 3) for x in (q, k, v))
+        want = qh @ kh.transpose(0, 1, 3, 2)
+        np.testing.assert_allclose(s.astype(np.float32), want, rtol=tol, atol=tol * np.abs(want).max(), err_msg=dt)
+        o = np.full((bt, AH, t, AD), np.nan, npdt)
+        lib.kernel(_name("mix", dt))([s, v, o])
+        want = s.astype(np.float32) @ vh
+        np.testing.assert_allclose(o.astype(np.float32), want, rtol=tol, atol=tol * np.abs(want).max(), err_msg=dt)
+    x, w = rng.standard_normal((3, t, H * D)).astype(np.float32), rng.standard_normal((H * D, N)).astype(np.float32)
+    y = np.full((3, t, N), np.nan, np.float32)
+    lib.kernel("mixed")([x, w, y])
+    want = x.astype(np.float16).astype(np.float32) @ w.astype(np.float16).astype(np.float32)
+    np.testing.assert_allclose(y, want, rtol=1e-3, atol=1e-3 * np.abs(want).max())

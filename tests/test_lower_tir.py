@@ -210,7 +210,7 @@ def test_tensorized_gemm_becomes_one_call_with_a_typed_tile() -> None:
     tiled = _retile(f, (64, 64, 8, 4, 4, 1))
     (call,) = [s for s in nodes(lower_tir_func(tiled).body) if isinstance(s, GemmCall)]
     assert call.tile == GemmTile(64, 64, 8, 4, 4, 1)
-    assert "mlc_simt_gemm<float, 64, 64, 8, 4, 4>" in lower_to_cuda([tiled]).source
+    assert "mlc_simt_gemm<float, float, 64, 64, 8, 4, 4>" in lower_to_cuda([tiled]).source
 
 
 def _retile(f: PrimFunc, tile: tuple[int, ...]) -> PrimFunc:

@@ -6,10 +6,10 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from mlc.ir.diagnostics import MlcError
-from mlc.ir.expr import Const, Expr, Load, Var, free_vars, substitute
+from mlc.ir.expr import Cast, Const, Expr, Load, Var, children, free_vars, substitute
 from mlc.ir.names import fresh_name
 from mlc.ir.tir import BlockStmt, Buffer, For, IterVar, PrimFunc, Seq, Stmt, Store
-from mlc.ir.tir_visit import loads_in, map_buffers, map_exprs, rewrite, stmt_exprs, used_names
+from mlc.ir.tir_visit import map_buffers, map_exprs, rewrite, stmt_exprs, used_names
 
 from .scope import (
     block_buffer,
@@ -44,17 +44,33 @@ def cache_read(func: PrimFunc, block: str, index: int, scope: str) -> tuple[Prim
     return with_tops(func, ts, root(func).alloc_buffers + (new,)), new.name
 
 
-def load_iterators(b: BlockStmt, buf: str) -> tuple[tuple[Expr, ...], list[IterVar]]:
-    """The indices `b` loads `buf` at (one tuple) and the iterators they use, in the block's order."""
-    idx = {ld.indices for e in stmt_exprs(b.body) for ld in loads_in(e) if ld.buffer.name == buf}
-    if len(idx) != 1:
-        raise MlcError(f"reindex: block {b.name} loads {buf} at {len(idx)} different indices; expected one")
-    indices = idx.pop()
-    used_vars = set().union(*(free_vars(i) for i in indices))
+def load_iterators(b: BlockStmt, buf: str) -> tuple[Expr, list[IterVar]]:
+    """What `b` reads `buf` through (one expression: the load inside all but the outermost of the casts
+    around it, so amp's `f32(f16(x))` stages `f16(x)`) and the iterators it uses, in the block's order."""
+    found: set[Expr] = set()
+
+    def visit(e: Expr, casts: list[Cast]) -> None:
+        if isinstance(e, Cast):
+            visit(e.a, [*casts, e])
+        elif isinstance(e, Load) and e.buffer.name == buf:
+            staged: Expr = e
+            for c in reversed(casts[1:]):
+                staged = Cast(c.dtype, staged)
+            found.add(staged)
+        else:
+            for x in children(e):
+                visit(x, [])
+
+    for e in stmt_exprs(b.body):
+        visit(e, [])
+    if len(found) != 1:
+        raise MlcError(f"reindex: block {b.name} reads {buf} through {len(found)} different expressions; expected one")
+    staged = found.pop()
+    used_vars = free_vars(staged)
     its = [iv for iv in b.iters if iv.var in used_vars]
     if len(used_vars) != len(its):
         raise MlcError(f"reindex: the indices of {buf} in block {b.name} use variables that are not its iterators")
-    return indices, its
+    return staged, its
 
 
 def reindex(func: PrimFunc, block: str, index: int, order: Sequence[int] = ()) -> tuple[PrimFunc, str]:
@@ -62,33 +78,34 @@ def reindex(func: PrimFunc, block: str, index: int, order: Sequence[int] = ()) -
     load uses (TVM's `reindex`), in the block's iterator order or in `order` (a permutation of those
     iterators' positions): `A[b, k // 64, i, k % 64]` read by a block over (b, i, j, k) becomes
     `A_re[b, i, k]`, copied by a new nest before the block's. A matmul whose operand went through a
-    reshape or transpose thus loads it plainly, as a GEMM template needs. Refused when the load is
+    reshape or transpose thus loads it plainly, as a GEMM template needs; a narrowing cast inside the
+    read (amp's `f32(f16(x))`) moves into the copy, so A_re holds f16. Refused when the load is
     already the staged form (nothing would change)."""
     path, b, buf = block_buffer(func, block, index, "reindex", writes=False)
-    indices, its = load_iterators(b, buf.name)
+    staged, its = load_iterators(b, buf.name)
     if order:
         if sorted(order) != list(range(len(its))):
             raise MlcError(f"reindex: order {list(order)} is not a permutation of the {len(its)} iterators "
                            f"{buf.name}'s load uses")
         its = [its[i] for i in order]
-    if indices == tuple(iv.var for iv in its):
+    if isinstance(staged, Load) and staged.indices == tuple(iv.var for iv in its):
         raise MlcError(f"reindex: block {block} already loads {buf.name} by its iterators in that order")
     ti = top_index(func, path)
     if any(top_index(func, p) >= ti for p, _ in writers(func, buf.name)):
         raise MlcError(f"reindex: {buf.name} is written in or after the loop nest of {block}")
     used = used_names(func)
-    new = Buffer(fresh_name(f"{buf.name}_re", used), tuple(iv.extent for iv in its), buf.dtype, "global")
+    dtype = staged.dtype if isinstance(staged, Cast) else buf.dtype
+    new = Buffer(fresh_name(f"{buf.name}_re", used), tuple(iv.extent for iv in its), dtype, "global")
     name = fresh_name(f"{buf.name}_reindex", used)
     loops = [Var(fresh_name(f"ax{d}", used), iv.var.dtype) for d, iv in enumerate(its)]
     cvars = {iv.var: Var(fresh_name(iv.var.name, used), iv.var.dtype) for iv in its}
     cit = tuple(IterVar(cvars[iv.var], iv.extent, "S", lv) for iv, lv in zip(its, loops))
-    src = Load(buf, tuple(substitute(i, cvars) for i in indices))
+    src = substitute(staged, cvars)
     nest: Stmt = BlockStmt(name, cit, Store(new, tuple(cvars[iv.var] for iv in its), src))
     for lv, iv in reversed(list(zip(loops, its))):
         nest = For(lv, Const(0), iv.extent, nest)
     plain = tuple(iv.var for iv in its)
-    nb = map_exprs(b, lambda e: rewrite(e, lambda x: Load(new, plain, x.loc)
-                                        if isinstance(x, Load) and x.buffer.name == buf.name else None))
+    nb = map_exprs(b, lambda e: rewrite(e, lambda x: Load(new, plain, x.loc) if x == staged else None))
     assert isinstance(nb, BlockStmt)
     ts = tops(func)
     ts[ti] = put(ts[ti], path[2:] if isinstance(root(func).body, Seq) else path[1:], nb)

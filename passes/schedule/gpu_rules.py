@@ -49,7 +49,7 @@ from mlc.ir.tir_visit import block_reads, walk
 from .cache import load_iterators
 from .decisions import Decisions
 from .schedule import Schedule, attempt
-from .tensorize import gemm_intrin, get_intrin, register_intrin
+from .tensorize import MIXED, gemm_intrin, get_intrin, register_intrin
 from .trace import BlockRV, LoopRV, Trace
 from .tree import blocks
 
@@ -388,7 +388,7 @@ def register_trace_intrins(trace: Trace) -> None:
         if inst.kind != "tensorize" or len(inst.inputs) < 2 or not isinstance(inst.inputs[1], str):
             continue
         parsed = parse_gemm_intrin(inst.inputs[1])
-        if parsed is None or parsed[0][3] not in ("f16", "bf16", "f32"):
+        if parsed is None or parsed[0][3] not in ("f16", "bf16", "f32", *MIXED):
             continue
         base = gemm_intrin(*parsed[0])
         if parsed[1] is not None:
@@ -396,16 +396,18 @@ def register_trace_intrins(trace: Trace) -> None:
 
 
 def _gemm_fits(blk: Any) -> GemmInfo | None:
-    """The GEMM `blk` computes if a template can run it (f32: the register tile wants N, K >= 64 or symbolic;
-    f16/bf16: tensor-core shapes), else None."""
+    """The GEMM `blk` computes if a template can run it (f16/bf16 of tensor-core shapes, C in the same
+    type or f32 (amp): wgmma or wmma; otherwise the register tile, which wants N, K >= 64 or symbolic),
+    else None."""
     g = match_gemm(blk) if isinstance(blk, BlockStmt) else None
     if g is None:
         return None
     n, k = arith.as_int(g.n), arith.as_int(g.k)
-    if g.a.dtype == "f32":  # symbolic N or K (attention's T): the register tile guards every edge
-        ok = (n is None or n >= 64) and (k is None or k >= 64) and g.c.dtype == "f32"
-    else:
-        ok = tensor_core_ok(g) and g.c.dtype == g.a.dtype
+    if g.a.dtype != "f32" and tensor_core_ok(g):
+        return g if g.c.dtype in (g.a.dtype, "f32") else None
+    # the register-tile template (f16/bf16 widened to f32) guards every edge: symbolic N or K (attention's T)
+    # is fine; small constant ones are left to the other rules
+    ok = (n is None or n >= 64) and (k is None or k >= 64) and g.c.dtype in (g.a.dtype, "f32")
     return g if ok else None
 
 
@@ -459,9 +461,9 @@ def _try_gemm(sch: Schedule, b: BlockRV, loops: list[LoopRV], ch: Decisions) -> 
         ko, ki = trial.split(kk, [None, kt])
         trial.reorder(io, jo, ko, ii, ji, ki)
         trial.decompose_reduction(b, ko)
-        configs = gemm_configs(g.a.dtype != "f32")
+        configs = gemm_configs(g.a.dtype != "f32" and tensor_core_ok(g))
         pick = ch.cat(trial, list(range(len(configs) + 1)), 0)  # 0: the template's default tile
-        base = gemm_intrin(1, nt, kt, g.a.dtype)
+        base = gemm_intrin(1, nt, kt, g.a.dtype if g.c.dtype == g.a.dtype else g.a.dtype + g.c.dtype)
         trial.tensorize(ii, gemm_intrin_with_config(base, configs[pick - 1] if pick else None))
     except MlcError:
         ch.n = used

@@ -15,7 +15,7 @@ from mlc.ir import arith
 from mlc.ir.diagnostics import MlcError
 from mlc.ir.expr import Bin, Call, Cast, Const, Expr, Load, Not, Select, Var, free_vars, substitute
 from mlc.ir.tir import BlockStmt, For, PrimFunc, Stmt, Store
-from mlc.ir.tir_builder import build, compute, placeholder, reduce_axis, rsum
+from mlc.ir.tir_builder import build, cast, compute, placeholder, reduce_axis, rsum
 from mlc.ir.tir_visit import rewrite, simp
 
 from .tree import blocks, find_block, get, put
@@ -36,13 +36,21 @@ def get_intrin(name: str) -> PrimFunc:
     return _INTRINS[name]
 
 
+MIXED = {"f16f32": "f16", "bf16f32": "bf16"}  # operands in 16 bits, accumulator and C in f32 (amp's matmuls)
+
+
 def gemm_intrin(m: int, n: int, k: int, dtype: str = "f32") -> str:
-    """Register (once) and name the update `C[i, j] += A[i, r] * B[r, j]` over an m x n x k tile."""
+    """Register (once) and name the update `C[i, j] += A[i, r] * B[r, j]` over an m x n x k tile; for a
+    mixed `dtype` (`f16f32`), `C[i, j] += f32(A[i, r]) * f32(B[r, j])` with f16 operands."""
     name = f"gemm_{m}x{n}x{k}_{dtype}"
     if name not in _INTRINS:
-        A, B = placeholder("A", (m, k), dtype), placeholder("B", (k, n), dtype)
+        op = MIXED.get(dtype, dtype)
+        A, B = placeholder("A", (m, k), op), placeholder("B", (k, n), op)
         r = reduce_axis(k, "r")
-        C = compute("C", (m, n), lambda i, j: rsum(A[i, r] * B[r, j], r))
+        if op != dtype:
+            C = compute("C", (m, n), lambda i, j: rsum(cast("f32", A[i, r]) * cast("f32", B[r, j]), r))
+        else:
+            C = compute("C", (m, n), lambda i, j: rsum(A[i, r] * B[r, j], r))
         f = build(name, [A, B], [C])
         body = f.body
         assert isinstance(body, BlockStmt)
