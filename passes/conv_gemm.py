@@ -12,7 +12,7 @@ and whose B is a constant computed here once when W is a constant (also through 
 f16 weights). A weight computed at run time (a training graph's parameter) would need graph ops to
 transpose it, which fusion inlines into the matmul's operand load: no GEMM template takes that yet, so
 those convolutions stay conv2d unless `computed_weights`, as do those whose GEMM is smaller than the
-templates take (`min_size`). im2col is stored (its lowering materializes it), so the GEMM block loads
+templates take (`min_size`) or whose CO the GEMM rules cannot tile (`co_multiple`). im2col is stored (its lowering materializes it), so the GEMM block loads
 its operands plainly; the transpose back joins the conv's epilogue (batch norm, add, relu) in one
 elementwise program. K is padded with zero columns and rows to a multiple of `k_multiple`: the f16
 tensor-core templates need K % 8 == 0 (ResNet's 7x7 stem has K = 3 * 49 = 147), and the f32 tile
@@ -52,6 +52,7 @@ class ConvToGemm(ModulePass):
     k_multiple: int = option(8, "Pad the GEMM's K (C*kh*kw) with zeros to a multiple of this (1: never).")
     min_size: int = option(64, "Only where CO and K (padded) are at least this: the GPU's f32 GEMM tile wants 64, "
                            "and a GEMM on no template would only add a transpose.")
+    co_multiple: int = option(8, "Only where CO is a multiple of this: the GEMM rules split the output columns by 8 or 16.")
     computed_weights: bool = option(False, "Also convolutions whose weight is computed at run time (training graphs); "
                                     "its transpose is then read by the matmul, which the GEMM rules cannot take yet.")
 
@@ -61,7 +62,7 @@ class ConvToGemm(ModulePass):
         n_before = len(consts)
         count = 0
         for fn in module.graph_functions():
-            rw = _Rewriter(fn.name, max(1, self.k_multiple), self.min_size, self.computed_weights, consts,
+            rw = _Rewriter(fn.name, max(1, self.k_multiple), self.min_size, max(1, self.co_multiple), self.computed_weights, consts,
                            {p.name for p in fn.params} | used_names(fn.body))
             body = rw.block(fn.body, {})
             count += rw.count
@@ -85,6 +86,7 @@ class _Rewriter:
     fn: str
     k_multiple: int
     min_size: int
+    co_multiple: int
     computed_weights: bool
     consts: dict[str, np.ndarray]
     used: set[str]
@@ -118,7 +120,7 @@ class _Rewriter:
         if shape is None or not (self.computed_weights or node.args[1].name in known):
             return False
         co, k = shape[:2]
-        return min(co, k + -k % self.k_multiple) >= self.min_size
+        return min(co, k + -k % self.k_multiple) >= self.min_size and co % self.co_multiple == 0
 
     def conv(self, b: Binding, node: OpCall, known: dict[str, Known],
              weights: dict[tuple[str, int], Value]) -> list[Binding]:

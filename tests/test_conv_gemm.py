@@ -78,7 +78,7 @@ def test_pass_before_after_text() -> None:
     """A weight that is a parameter (with computed_weights): reshaped, transposed and padded by graph ops
     (K = 27 -> 32); the conv's value keeps its name and type, so its users do not change."""
     assert print_module(conv_to_gemm(parse_module(BEFORE), {})[0]) == BEFORE  # by default only constant weights
-    mod, _ = conv_to_gemm(parse_module(BEFORE), {}, computed_weights=True, min_size=1)
+    mod, _ = conv_to_gemm(parse_module(BEFORE), {}, computed_weights=True, min_size=1, co_multiple=1)
     assert print_module(mod) == AFTER
     x = np.random.default_rng(0).standard_normal((2, 3, 9, 7)).astype(np.float32)
     w = np.random.default_rng(1).standard_normal((8, 3, 3, 3)).astype(np.float32)
@@ -97,7 +97,7 @@ graph @main(%x: tensor<n x 4 x 6 x 6 x f32>, %w: tensor<4 x 1 x 3 x 3 x f32>) {
 
 
 def test_grouped_convolutions_stay() -> None:
-    mod, _ = conv_to_gemm(parse_module(GROUPED), {}, computed_weights=True, min_size=1)
+    mod, _ = conv_to_gemm(parse_module(GROUPED), {}, computed_weights=True, min_size=1, co_multiple=1)
     assert print_module(mod) == GROUPED
 
 
@@ -202,7 +202,7 @@ def _inputs(mod: Module, consts: dict[str, np.ndarray], n: int, c: int, hw: tupl
 def test_rewrite_matches_conv2d_in_the_reference_interpreter(case: tuple) -> None:
     n, c, hw, co, k, attrs, bias, const, mult = case
     mod, consts = _conv_module(n, c, hw, co, k, attrs, bias, const)
-    out, new = conv_to_gemm(mod, consts, k_multiple=mult, computed_weights=True, min_size=1)
+    out, new = conv_to_gemm(mod, consts, k_multiple=mult, computed_weights=True, min_size=1, co_multiple=1)
     assert "conv2d" not in _ops(out) and "im2col" in _ops(out)
     ins = _inputs(mod, consts, n, c, hw)
     want = run_function(mod, ins, consts)["out"]
@@ -216,7 +216,7 @@ def test_rewrite_built_for_the_cpu_matches_conv2d(case: tuple) -> None:
     and the GEMM, compiled, against the original through the reference interpreter."""
     n, c, hw, co, k, attrs, bias, const, mult = case
     mod, consts = _conv_module(Var("n"), c, hw, co, k, attrs, bias, const)
-    out, new = conv_to_gemm(mod, consts, k_multiple=mult, computed_weights=True, min_size=1)
+    out, new = conv_to_gemm(mod, consts, k_multiple=mult, computed_weights=True, min_size=1, co_multiple=1)
     model = model_from_artifact(loads(build_module(with_memory_constants(out, new), new, "cpu").result.data), "conv")
     for batch in sorted({1, n}):
         ins = _inputs(mod, consts, batch, c, hw)
@@ -323,6 +323,21 @@ def test_cuda_build_tensorizes_and_keeps_semantics() -> None:
     np.testing.assert_allclose(run_function(built, ins, bconsts)["y"], want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
     if NVCC is not None:
         build_cuda(built.prim_functions(), "sm_90a")
+
+
+@settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow])
+@given(conv_cases())
+def test_cuda_build_of_gemm_sized_convolutions_in_the_tir_interpreter(case: tuple) -> None:
+    """The shapes of the hypothesis cases with C and CO scaled up until the GEMM templates take them
+    (K, CO >= 64): the CUDA build tensorizes the convolution and, interpreted, matches conv2d."""
+    n, c, hw, co, k, attrs, bias, _, mult = case
+    c = -(-64 // (k[0] * k[1])) + c - 1
+    mod, consts = _conv_module(Var("n"), c, hw, 8 * (7 + co), k, attrs, bias, True)
+    built, bconsts = build_cuda_module(mod, consts)
+    assert sum(gemm_calls(built).values()) == 1
+    ins = _inputs(mod, consts, n, c, hw)
+    want = run_function(mod, ins, consts)["out"]
+    np.testing.assert_allclose(run_function(built, ins, bconsts)["out"], want, rtol=1e-4, atol=1e-4 * max(1.0, np.abs(want).max()))
 
 
 def resnet50() -> tuple[Module, dict[str, np.ndarray]]:
