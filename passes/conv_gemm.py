@@ -12,11 +12,13 @@ and whose B is a constant computed here once when W is a constant (also through 
 f16 weights). A weight computed at run time (a training graph's parameter) would need graph ops to
 transpose it, which fusion inlines into the matmul's operand load: no GEMM template takes that yet, so
 those convolutions stay conv2d unless `computed_weights`, as do those whose GEMM is smaller than the
-templates take (`min_size`) or whose CO the GEMM rules cannot tile (`co_multiple`). im2col is stored (its lowering materializes it), so the GEMM block loads
-its operands plainly; the transpose back joins the conv's epilogue (batch norm, add, relu) in one
-elementwise program. K is padded with zero columns and rows to a multiple of `k_multiple`: the f16
-tensor-core templates need K % 8 == 0 (ResNet's 7x7 stem has K = 3 * 49 = 147), and the f32 tile
-splits K by 8 or 16. Grouped and depthwise convolutions stay conv2d (no one GEMM computes them).
+templates take (`min_size`) or whose CO the GEMM rules cannot tile (`co_multiple`). im2col is stored
+(its lowering materializes it), so the GEMM block loads its operands plainly; the transpose back joins
+the conv's epilogue (batch norm, add, relu) in one elementwise program, which also fuses into the next
+convolution's im2col stage where that is its only reader. K is padded with zero columns and rows to a
+multiple of `k_multiple`: the f16 tensor-core templates need K % 8 == 0 (ResNet's 7x7 stem has
+K = 3 * 49 = 147), and the f32 tile splits K by 8 or 16. Grouped and depthwise convolutions stay conv2d
+(no one GEMM computes them).
 """
 
 from __future__ import annotations
@@ -52,7 +54,8 @@ class ConvToGemm(ModulePass):
     k_multiple: int = option(8, "Pad the GEMM's K (C*kh*kw) with zeros to a multiple of this (1: never).")
     min_size: int = option(64, "Only where CO and K (padded) are at least this: the GPU's f32 GEMM tile wants 64, "
                            "and a GEMM on no template would only add a transpose.")
-    co_multiple: int = option(8, "Only where CO is a multiple of this: the GEMM rules split the output columns by 8 or 16.")
+    co_multiple: int = option(8, "Only where CO is a multiple of this: the GEMM rules split the output "
+                              "columns by 8 or 16.")
     computed_weights: bool = option(False, "Also convolutions whose weight is computed at run time (training graphs); "
                                     "its transpose is then read by the matmul, which the GEMM rules cannot take yet.")
 
@@ -62,8 +65,7 @@ class ConvToGemm(ModulePass):
         n_before = len(consts)
         count = 0
         for fn in module.graph_functions():
-            rw = _Rewriter(fn.name, max(1, self.k_multiple), self.min_size, max(1, self.co_multiple), self.computed_weights, consts,
-                           {p.name for p in fn.params} | used_names(fn.body))
+            rw = _Rewriter(self, fn.name, consts, {p.name for p in fn.params} | used_names(fn.body))
             body = rw.block(fn.body, {})
             count += rw.count
             if rw.count:
@@ -83,11 +85,8 @@ class ConvToGemm(ModulePass):
 class _Rewriter:
     """One graph function's rewrite: fresh names, the constants' values, transposed weights made."""
 
+    opts: ConvToGemm
     fn: str
-    k_multiple: int
-    min_size: int
-    co_multiple: int
-    computed_weights: bool
     consts: dict[str, np.ndarray]
     used: set[str]
     count: int = 0
@@ -117,17 +116,18 @@ class _Rewriter:
 
     def applies(self, node: OpCall, y: Value, known: dict[str, Known]) -> bool:
         shape = _gemm_shape(node, y)
-        if shape is None or not (self.computed_weights or node.args[1].name in known):
+        o = self.opts
+        if shape is None or not (o.computed_weights or node.args[1].name in known):
             return False
         co, k = shape[:2]
-        return min(co, k + -k % self.k_multiple) >= self.min_size and co % self.co_multiple == 0
+        return min(co, k + _pad(k, o)) >= o.min_size and co % max(1, o.co_multiple) == 0
 
     def conv(self, b: Binding, node: OpCall, known: dict[str, Known],
              weights: dict[tuple[str, int], Value]) -> list[Binding]:
         shape = _gemm_shape(node, b.var)
         assert shape is not None
         co, k, kh, kw = shape
-        pad = -k % self.k_multiple
+        pad = _pad(k, self.opts)
         x, w = node.args
         loc, y = b.loc, b.var.name
         new: list[Binding] = []
@@ -157,7 +157,8 @@ class _Rewriter:
         mm = bind("gemm", OpCall("matmul", (cols, wt), (), loc))
         t = bind("nchw", OpCall("transpose", (mm,), attrs_of({"perm": (0, 2, 1)}), loc))
         assert isinstance(b.var.type, TensorType) and b.var.type.shape is not None
-        new.append(Binding(b.var, OpCall("reshape", (t,), attrs_of({"shape": tuple(_dim(d) for d in b.var.type.shape)}), loc), loc))
+        nchw = attrs_of({"shape": tuple(_dim(d) for d in b.var.type.shape)})
+        new.append(Binding(b.var, OpCall("reshape", (t,), nchw, loc), loc))
         self.count += 1
         return new
 
@@ -177,6 +178,11 @@ def _gemm_shape(node: OpCall, y: Value) -> tuple[int, int, int, int] | None:
         return None
     co, c, kh, kw = dims  # type: ignore[misc]
     return co, c * kh * kw, kh, kw  # type: ignore[operator]
+
+
+def _pad(k: int, o: ConvToGemm) -> int:
+    """Zero columns that bring K to a multiple of k_multiple."""
+    return -k % max(1, o.k_multiple)
 
 
 def _dim(d: Expr) -> int | Expr:
