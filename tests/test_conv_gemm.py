@@ -134,10 +134,11 @@ def _ops(mod: Module) -> list[str]:
 
 def test_constant_weight_is_transposed_once() -> None:
     """A constant weight becomes one new constant in the GEMM layout (K padded with zero rows), where
-    CO and padded K reach min_size; the old one leaves the constants; a cast of a constant (amp's f16 weight past fold-constants' size cap)
-    is folded too."""
+    CO and padded K reach min_size and co_multiple divides CO; the old one leaves the constants; a cast
+    of a constant (amp's f16 weight past fold-constants' size cap) is folded too."""
     mod, consts = _conv_module(Var("n"), 3, (8, 8), 16, (3, 3), {"pads": (1, 1, 1, 1)}, True, True)
     assert _ops(conv_to_gemm(mod, consts)[0]) == ["conv2d", "add"]  # CO 16, K 32: under min_size
+    assert _ops(conv_to_gemm(mod, consts, min_size=16, co_multiple=32)[0]) == ["conv2d", "add"]
     out, new = conv_to_gemm(mod, consts, min_size=16)
     assert _ops(out) == ["im2col", "matmul", "transpose", "reshape", "add"]
     (key,) = set(new) - set(consts)
