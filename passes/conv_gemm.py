@@ -3,8 +3,8 @@
 The CUDA schedule tensorizes GEMM blocks (f32 register tiles, f16/bf16 tensor cores) but gives a
 convolution's reduction over (C, kh, kw) a cross-thread reduction per output element. Rewritten as
 
-    cols = im2col(x)                       (N, OH*OW, C*kh*kw [+ zero columns])
-    y    = matmul(cols, Wt)                Wt = W reshaped to (CO, C*kh*kw), transposed: (K, CO)
+    cols = im2col(x)                       (N, OH*OW, kh*kw*C [+ zero columns]), channels minor
+    y    = matmul(cols, Wt)                Wt = W as (kh, kw, C, CO) reshaped to (K, CO)
     y    = reshape(transpose(y), NCHW)     (N, CO, OH, OW), the conv's own value and type
 
 the matmul is a GEMM whose A folds its leading dim N into M (ir/tir_gemm.py GemmInfo, batched=False)
@@ -142,15 +142,16 @@ class _Rewriter:
         wt = weights.get((w.name, pad))
         if wt is None:
             if w.name in known:  # the weight's GEMM layout, computed once here
-                arr = np.ascontiguousarray(np.pad(_value(w.name, known).reshape(co, k).T, ((0, pad), (0, 0))))
+                hwio = _value(w.name, known).transpose(2, 3, 1, 0).reshape(k, co)  # im2col's column order
+                arr = np.ascontiguousarray(np.pad(hwio, ((0, pad), (0, 0))))
                 t = TensorType((Const(k + pad), Const(co)), w.type.dtype)  # type: ignore[union-attr]
                 wt = bind("wt", Constant(fresh_name(f"{self.fn}.{y}.gemm_weight", set(self.consts)), loc), t)
                 assert isinstance(new[-1].node, Constant)
                 self.consts[new[-1].node.key] = arr
                 known[wt.name] = arr
             else:
-                w2d = bind("w2d", OpCall("reshape", (w,), attrs_of({"shape": (co, k)}), loc))
-                wt = bind("w2d_t" if pad else "wt", OpCall("transpose", (w2d,), attrs_of({"perm": (1, 0)}), loc))
+                wt4 = bind("w_hwio", OpCall("transpose", (w,), attrs_of({"perm": (2, 3, 1, 0)}), loc))
+                wt = bind("w_kxco" if pad else "wt", OpCall("reshape", (wt4,), attrs_of({"shape": (k, co)}), loc))
                 if pad:
                     wt = bind("wt", OpCall("pad", (wt,), attrs_of({"pads": (0, 0, pad, 0)}), loc))
             weights[(w.name, pad)] = wt

@@ -62,9 +62,9 @@ mlc.module v1
 
 graph @main(%x: tensor<n x 3 x 9 x 7 x f32>, %w: tensor<8 x 3 x 3 x 3 x f32>) {
   %y_cols: tensor<n x 35 x 32 x f32> = im2col(%x) {kernel_shape = (3, 3), pad_k = 5, pads = (1, 1, 1, 1), strides = (2, 1)}
-  %y_w2d: tensor<8 x 27 x f32> = reshape(%w) {shape = (8, 27)}
-  %y_w2d_t: tensor<27 x 8 x f32> = transpose(%y_w2d) {perm = (1, 0)}
-  %y_wt: tensor<32 x 8 x f32> = pad(%y_w2d_t) {pads = (0, 0, 5, 0)}
+  %y_w_hwio: tensor<3 x 3 x 3 x 8 x f32> = transpose(%w) {perm = (2, 3, 1, 0)}
+  %y_w_kxco: tensor<27 x 8 x f32> = reshape(%y_w_hwio) {shape = (27, 8)}
+  %y_wt: tensor<32 x 8 x f32> = pad(%y_w_kxco) {pads = (0, 0, 5, 0)}
   %y_gemm: tensor<n x 35 x 8 x f32> = matmul(%y_cols, %y_wt)
   %y_nchw: tensor<n x 8 x 35 x f32> = transpose(%y_gemm) {perm = (0, 2, 1)}
   %y: tensor<n x 8 x 5 x 7 x f32> = reshape(%y_nchw) {shape = (n, 8, 5, 7)}
@@ -75,8 +75,8 @@ graph @main(%x: tensor<n x 3 x 9 x 7 x f32>, %w: tensor<8 x 3 x 3 x 3 x f32>) {
 
 
 def test_pass_before_after_text() -> None:
-    """A weight that is a parameter (with computed_weights): reshaped, transposed and padded by graph ops
-    (K = 27 -> 32); the conv's value keeps its name and type, so its users do not change."""
+    """A weight that is a parameter (with computed_weights): transposed to (kh, kw, C, CO), reshaped and
+    padded by graph ops (K = 27 -> 32); the conv's value keeps its name and type, so its users do not change."""
     assert print_module(conv_to_gemm(parse_module(BEFORE), {})[0]) == BEFORE  # by default only constant weights
     mod, _ = conv_to_gemm(parse_module(BEFORE), {}, computed_weights=True, min_size=1, co_multiple=1)
     assert print_module(mod) == AFTER
@@ -144,14 +144,14 @@ def test_constant_weight_is_transposed_once() -> None:
     (key,) = set(new) - set(consts)
     assert "w" not in new and new["b"] is consts["b"]
     want = np.zeros((32, 16), np.float32)
-    want[:27] = consts["w"].reshape(16, 27).T
+    want[:27] = consts["w"].transpose(2, 3, 1, 0).reshape(27, 16)  # rows (kh, kw, c): im2col's columns
     np.testing.assert_array_equal(new[key], want)
     # a cast of the constant to f16 (amp's weight where fold-constants left it: over its size cap)
     m16 = with_memory_constants(parse_module(CAST16), {"w": consts["w"]})
     out16, new16 = conv_to_gemm(m16, {"w": consts["w"]}, k_multiple=1, min_size=1)
     (key16,) = set(new16)
     assert new16[key16].dtype == np.float16 and new16[key16].shape == (27, 16)
-    np.testing.assert_array_equal(new16[key16], consts["w"].reshape(16, 27).T.astype(np.float16))
+    np.testing.assert_array_equal(new16[key16], consts["w"].transpose(2, 3, 1, 0).reshape(27, 16).astype(np.float16))
     assert _ops(out16) == ["cast", "im2col", "matmul", "transpose", "reshape"]
 
 
@@ -248,7 +248,7 @@ def test_im2col_reference_against_a_loop() -> None:
                         for j in range(k[1]):
                             h, w = oh * s[0] - p[0] + i * d[0], ow * s[1] - p[1] + j * d[1]
                             if 0 <= h < 7 and 0 <= w < 6:
-                                want[b, oh * wo + ow, (ch * k[0] + i) * k[1] + j] = x[b, ch, h, w]
+                                want[b, oh * wo + ow, (i * k[1] + j) * 3 + ch] = x[b, ch, h, w]
     np.testing.assert_array_equal(op.ref([x], attrs, t, {}), want)
 
 

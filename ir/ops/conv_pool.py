@@ -197,8 +197,8 @@ def _conv2d_lower(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
 # ---- im2col ----------------------------------------------------------------------------------
 define("im2col", "injective", 1, {"kernel_shape": REQUIRED, "strides": (1, 1), "pads": (0, 0, 0, 0),
                                   "dilations": (1, 1), "pad_k": 0},
-       "NCHW -> (N, OH*OW, C*kh*kw + pad_k): row oh*OW+ow holds the window of output (oh, ow) in "
-       "conv2d's weight order (c, kh, kw), zeros for padding and the pad_k extra columns (passes/conv_gemm.py)")
+       "NCHW -> (N, OH*OW, kh*kw*C + pad_k): row oh*OW+ow holds the window of output (oh, ow), column "
+       "(i*kw + j)*C + c its tap (i, j) of channel c, zeros for padding and the pad_k extra columns (passes/conv_gemm.py)")
 
 
 @register_infer("im2col")
@@ -222,14 +222,17 @@ def _im2col_ref(args: list[Any], attrs: dict[str, Any], t: Type, env: Env) -> An
     ho = (h + p[0] + p[2] - d[0] * (k[0] - 1) - 1) // s[0] + 1
     wo = (wd + p[1] + p[3] - d[1] * (k[1] - 1) - 1) // s[1] + 1
     xp = np.pad(x, ((0, 0), (0, 0), (p[0], p[2]), (p[1], p[3])))
-    cols = windows(xp, k, s, d, (ho, wo)).reshape(n, c * k[0] * k[1], ho * wo).transpose(0, 2, 1)  # type: ignore[arg-type]
+    cols = windows(xp, k, s, d, (ho, wo)).transpose(0, 3, 4, 2, 1).reshape(n, ho * wo, k[0] * k[1] * c)  # type: ignore[arg-type]
     return np.pad(cols, ((0, 0), (0, 0), (0, int(attrs.get("pad_k", 0)))))
 
 
 @register_lower("im2col")
 def _im2col_lower(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
     """Stored, not virtual: the GEMM that reads it (passes/conv_gemm.py) needs plain operand loads
-    for its template (a fused elementwise prologue is then computed once per column, not per use)."""
+    for its template (a fused elementwise prologue is then computed once per column, not per use).
+    Channels are the minor column index: a warp's consecutive columns read consecutive channels of
+    one input pixel, contiguous where the input is a fused epilogue of the previous convolution's GEMM
+    (whose rows are pixels, columns channels)."""
     x = as_tensor(args[0])
     s, p, d, _ = conv_attrs(attrs)
     kh, kw = (int(v) for v in attrs["kernel_shape"])
@@ -241,11 +244,17 @@ def _im2col_lower(b: Builder, args: Args, attrs: Attrs, t: Type) -> Tensor:
 
     def fn(i: Index) -> Expr:
         n, row, col = i
-        ch = col if taps == 1 else Bin("floordiv", col, Const(taps))
-        if extra:  # a pad_k column's channel is past C: clamped, so that its (unused) load is provably in bounds
-            ch = Bin("min", ch, simplify(x.shape[1] - 1))
-        tap = Bin("floormod", col, Const(taps))
-        r = (Bin("floordiv", tap, Const(kw)) if kh > 1 else Const(0), Bin("floormod", tap, Const(kw)) if kw > 1 else Const(0))
+        c = x.shape[1]
+        ch = col if taps == 1 else Bin("floormod", col, c)
+        tap = Bin("floordiv", col, c)
+        r: tuple[Expr, Expr] = (Bin("floordiv", tap, Const(kw)) if kh > 1 else Const(0),
+                                Bin("floormod", tap, Const(kw)) if kw > 1 else Const(0))
+        if extra:  # a pad_k column's channel (one tap) or kernel row is past the end: clamped, so that
+            # its masked load is provably in bounds (the clamp is last: CUDA's floordiv takes no min)
+            if taps == 1:
+                ch = Bin("min", ch, simplify(c - 1))
+            elif kh > 1:
+                r = (Bin("min", r[0], Const(kh - 1)), r[1])
         xv, inside = _window_read(x, n, ch, (Bin("floordiv", row, ow), Bin("floormod", row, ow)), r, s, p, d)
         conds = ([inside] if any(p) else []) + ([Bin("lt", col, real)] if extra else [])
         return Select(all_of(*conds), xv, cst(0, x.dtype)) if conds else xv
