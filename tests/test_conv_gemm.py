@@ -355,8 +355,8 @@ def resnet50() -> tuple[Module, dict[str, np.ndarray]]:
 @pytest.mark.skipif(NVCC is None, reason="nvcc is not installed")
 @pytest.mark.parametrize("f16", [False, True], ids=["f32", "f16"])
 def test_resnet50_convolutions_are_gemms_and_compile(f16: bool) -> None:
-    """All 53 convolutions of ResNet-50 become im2col + matmul (the stem's K 147 padded to 152); in f32
-    each is a GemmCall; the CUDA of every program compiles for sm_90a (f32 and, after amp, f16)."""
+    """All 53 convolutions of ResNet-50 become im2col + matmul (the stem's K 147 padded to 152), each a
+    GemmCall (f32, and f16 after amp); the CUDA of every program compiles for sm_90a."""
     mod, consts = resnet50()
     ops = _ops(conv_to_gemm(mod, consts)[0])
     assert _ops(mod).count("conv2d") == 53 and ops.count("im2col") == 53 and "conv2d" not in ops
@@ -364,11 +364,10 @@ def test_resnet50_convolutions_are_gemms_and_compile(f16: bool) -> None:
     assert not [f.name for f in built.prim_functions() if "conv2d" in f.name]
     stem = [v for k, v in bconsts.items() if k.endswith(".gemm_weight") and v.shape == (152, 64)]
     assert len(stem) == 1 and stem[0].dtype == (np.float16 if f16 else np.float32)
-    if not f16:  # an f16 GEMM stage accumulates in f32 (C is f32): which template takes it is the GPU rules' call
-        calls = gemm_calls(built)
-        main = built.get("main")
-        assert isinstance(main, Function) and max(calls.values()) == 1
-        assert sum(calls[b.node.func] for b in main.body.bindings if isinstance(b.node, CallTensor)) >= 53
+    calls = gemm_calls(built)  # f16: the f16f32 intrinsic (f16 operands, f32 accumulator), since 7086c35
+    main = built.get("main")
+    assert isinstance(main, Function) and max(calls.values()) == 1
+    assert sum(calls[b.node.func] for b in main.body.bindings if isinstance(b.node, CallTensor)) >= 53
     build_cuda(built.prim_functions(), "sm_90a")
 
 
