@@ -213,6 +213,30 @@ def test_reindex_stages_a_reshaped_operand() -> None:
         sch.reindex(blk, 1, [0, 0])
 
 
+
+@pytest.mark.parametrize("make", [mixed, lambda: scores("f16")], ids=["mixed", "scores_f16"])
+def test_staged_gemm_traces_replay_in_a_fresh_process(make) -> None:  # type: ignore[no-untyped-def]
+    """A tuning record's trace (reindex, then a `gemm_1x16x16_f16f32@tile` / `gemm_1x1x16_f16@tile`
+    intrinsic) replays where those intrinsics were never registered, as in a fresh tuner process:
+    register_trace_intrins registers them from their names, and the replay equals the recorded schedule."""
+    from mlc.passes.schedule import tensorize
+    from mlc.passes.schedule.gpu_rules import default_gpu_trace, register_trace_intrins, sample_gpu_schedule
+    from mlc.passes.schedule.trace import Trace
+
+    f = make()
+    for sch in (default_gpu_trace(f), sample_gpu_schedule(f, seed=0)):
+        kinds = [i.kind for i in sch.trace.insts]
+        assert kinds.count("reindex") == 2 and "tensorize" in kinds
+        tr = Trace.from_json(sch.trace.to_json())
+        for i in tr.insts:
+            if i.kind == "tensorize":
+                tensorize._INTRINS.pop(i.inputs[1], None)  # also the base: a fresh process has neither
+                tensorize._INTRINS.pop(i.inputs[1].split("@")[0], None)
+        with pytest.raises(MlcError, match="unknown tensor intrinsic"):
+            tr.apply(f)
+        register_trace_intrins(tr)
+        assert tr.apply(f) == sch.func
+
 @pytest.mark.skipif(NVCC is None, reason="nvcc is not installed")
 def test_nvcc_accepts_the_staged_gemms(tmp_path: Path) -> None:
     prims = [default_gpu_schedule(make(dt)) for make in (folded, heads, scaled) for dt in ("f32", "f16")]
