@@ -673,7 +673,8 @@ def _torch_resnet50(consts: dict[str, np.ndarray], dtype: str):  # type: ignore[
 def bench_models() -> None:
     """Prepared whole models (prepare_models) built for CUDA, f32 and f16 (`mlc amp`; ResNet-50 also f32
     with TF32 GEMMs), vs the same architecture and weights in torch eager and torch.compile;
-    $MLC_BENCH_MODELS narrows the names."""
+    $MLC_BENCH_MODELS narrows the names, $MLC_BENCH_VARIANTS the variants (f32, f16, f32_tf32), and
+    $MLC_BENCH_COMPILE=0 leaves torch.compile out."""
     import torch
     from mlc.ir.tir import GemmCall
     from mlc.ir.tir_visit import walk
@@ -696,6 +697,8 @@ def bench_models() -> None:
         variants = [("f32", False, "0"), ("f16", True, "0")]
         if name == "resnet50":  # torch's f32 convolutions may run on TF32 tensor cores: mlc's like-for-like build
             variants.append(("f32 tf32", False, "1"))
+        keep = os.environ.get("MLC_BENCH_VARIANTS")  # e.g. "f32 f16": narrows the variants (a short GPU call)
+        variants = [v for v in variants if keep is None or v[0].replace(" ", "_") in keep.split()]
         for tag, f16, tf32 in variants:
             label = f"{name} {tag}"
             try:
@@ -720,6 +723,8 @@ def bench_models() -> None:
                 print(f"  {label}: failed to build or run: {type(e).__name__}: {str(e)[:300]}")
                 continue
             try:
+                if os.environ.get("MLC_BENCH_COMPILE", "1") == "0":  # skip torch.compile (tens of seconds a variant)
+                    raise RuntimeError("skipped ($MLC_BENCH_COMPILE=0)")
                 tc = torch.compile(tm)
             except Exception as e:  # noqa: BLE001
                 tc = None
