@@ -172,10 +172,14 @@ template <typename T> __device__ __forceinline__ T mlc_ipow(T a, T e) {  // as t
   }
   T r = 1; for (; e; e >>= 1, a *= a) if (e & 1) r *= a; return r;
 }
-template <typename T> __device__ __forceinline__ T mlc_floordiv(T a, T b) {
+// integer floor division / modulo in the operands' common type (int index math stays 32-bit; an i64
+// operand, e.g. a min over a long long, makes both long long)
+template <typename A, typename B> __device__ __forceinline__ auto mlc_floordiv(A a0, B b0) {
+  using T = decltype(a0 + b0); const T a = a0, b = b0;
   T q = a / b; return (q * b != a && ((a < 0) != (b < 0))) ? q - 1 : q;
 }
-template <typename T> __device__ __forceinline__ T mlc_floormod(T a, T b) {
+template <typename A, typename B> __device__ __forceinline__ auto mlc_floormod(A a0, B b0) {
+  using T = decltype(a0 + b0); const T a = a0, b = b0;
   T r = a % b; return (r != 0 && ((r < 0) != (b < 0))) ? r + b : r;
 }
 __device__ __forceinline__ float mlc_fmodfloor(float a, float b) { return a - b * floorf(a / b); }

@@ -73,6 +73,8 @@ class Tape:
             if timings is None:
                 e.fn(args, e.extra)
             else:
+                if settle is not None:
+                    settle()  # the work queued before this launch is not its time
                 t0 = perf_counter()
                 e.fn(args, e.extra)
                 if settle is not None:

@@ -202,3 +202,26 @@ def test_reduction_identity_is_neutral_for_every_dtype(dtype: str) -> None:
     for op, fn in (("add", np.add), ("mul", np.multiply), ("max", np.maximum), ("min", np.minimum)):
         ident = np.array(reduction_identity(op, dtype).value).astype(dt)
         np.testing.assert_array_equal(fn(vals, ident).astype(dt), vals, err_msg=f"{op} over {dtype}")
+
+
+@pytest.mark.skipif(NVCC is None, reason="nvcc is not installed")
+def test_floor_division_of_mixed_integer_types_compiles(tmp_path: Path) -> None:
+    """`floordiv(min(i, 5), 7)`: the min is emitted over `long long`, the literal is `int`; the
+    floordiv/floormod templates take the operands' common type (nvcc refused one deduced T)."""
+    from mlc.ir.expr import Bin, Const
+    from mlc.ir.tir_builder import cast, minimum
+
+    n = Var("n")
+    x = placeholder("x", (n,))
+    y = compute("y", (n,), lambda i: x[Bin("floordiv", minimum(i, Const(5)), Const(7))]
+                + cast("f32", Bin("floormod", minimum(i, Const(5)), Const(3))))
+    f = default_gpu_schedule(build("fd", [x], [y]))
+    xs = np.arange(9, dtype=np.float32)
+    got = np.empty_like(xs)
+    run_prim(f, [xs, got])
+    idx = np.minimum(np.arange(9), 5)
+    np.testing.assert_array_equal(got, xs[idx // 7] + (idx % 3))
+    (tmp_path / "k.cu").write_text(lower_to_cuda([f]).source)
+    r = subprocess.run([str(NVCC), "-cubin", "-arch=sm_90", "-std=c++17", "-o", str(tmp_path / "k.cubin"),
+                        str(tmp_path / "k.cu")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]

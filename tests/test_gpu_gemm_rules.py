@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from mlc.codegen.cuda import lower_to_cuda
+from mlc.ir import arith
 from mlc.ir.diagnostics import MlcError
 from mlc.ir.expr import Var
 from mlc.ir.printer import print_function
@@ -83,6 +84,25 @@ def mixed() -> PrimFunc:
         return cast("f32", cast("f16", e))
 
     return build("mixed", [x, w], [compute("y", (B, T, N), lambda i, j, n: rsum(half(x[i, j, r]) * half(w[r, n]), r))])
+
+
+@pytest.mark.parametrize("dtype", ["f32", "f16"])
+def test_ragged_constant_width_takes_the_register_tile(dtype: str) -> None:
+    """N = 100 (no tensor-core shape, no tile of 8 divides it): a tile of 1 along N still tensorizes,
+    so the register-tile template (it guards every edge) runs the GEMM."""
+    x, w = placeholder("x", (B, 64), dtype), placeholder("w", (64, 100), dtype)
+    r = reduce_axis(64, "k")
+    f = build("ragged", [x, w], [compute("y", (B, 100), lambda i, n: rsum(x[i, r] * w[r, n], r))])
+    s = default_gpu_schedule(f)
+    (g,) = _gemms(s)
+    assert arith.as_int(g.b.shape[-1]) == 100
+    assert "mlc_simt_gemm<" in lower_to_cuda([s]).source
+    if dtype == "f32":
+        rng = np.random.default_rng(8)
+        xs, ws = rng.standard_normal((3, 64)).astype(np.float32), rng.standard_normal((64, 100)).astype(np.float32)
+        y = np.full((3, 100), np.nan, np.float32)
+        run_prim(s, [xs, ws, y])
+        np.testing.assert_allclose(y, xs @ ws, rtol=1e-4, atol=1e-4)
 
 
 def test_amp_matmul_stages_f16_operands_for_the_tensor_cores() -> None:

@@ -451,8 +451,9 @@ def _try_gemm(sch: Schedule, b: BlockRV, loops: list[LoopRV], ch: Decisions) -> 
         if g is None or not staged:
             return False
     n, k = arith.as_int(g.n), arith.as_int(g.k)
-    nt = 1 if n is None else 16 if n % 16 == 0 else 8  # the tile only has to divide (the template takes the stage)
-    kt = 1 if k is None else 16 if k % 16 == 0 else 8
+    # the tile only has to divide (the template takes the whole stage): 1 along a symbolic or ragged dim
+    nt = 16 if n is not None and n % 16 == 0 else 8 if n is not None and n % 8 == 0 else 1
+    kt = 16 if k is not None and k % 16 == 0 else 8 if k is not None and k % 8 == 0 else 1
     used = ch.n
     try:
         *lead, i, j, kk = trial.get_loops(b)
