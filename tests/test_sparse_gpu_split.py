@@ -32,6 +32,7 @@ from mlc.passes.schedule.sparse_gpu import (
     sparse_gpu_schedule,
     split_rows_by_nonzeros,
 )
+from mlc.runtime.cuda import cuda_unavailable
 
 from mlc.compiler import build_module
 
@@ -177,15 +178,7 @@ def test_split_kernels_compile(op: str, feat: int, dtype: str) -> None:
 
 
 # ---- on a GPU -----------------------------------------------------------------------------------
-def _gpu_reason() -> str | None:
-    try:
-        from mlc.runtime.cuda import cuda_unavailable
-    except ImportError as e:  # pragma: no cover
-        return str(e)
-    return cuda_unavailable()
-
-
-_NO_GPU = _gpu_reason()
+_NO_GPU = cuda_unavailable()
 
 
 @pytest.mark.gpu
