@@ -129,6 +129,7 @@ class CudaKernel:
         """Launch every stage kernel; `workspace(sizes)` returns device pointers for the temporaries.
         With `tape`, each launch is also recorded as (function, grid, block, shared bytes, arg format,
         number of pointer args, args) so that a runtime can replay it."""
+        self.check_sizes(env)
         temps = workspace(self.temp_bytes(env)) if self.temps else []
         args = (*ptrs, *temps, *[env[d] for d in self.dims])
         for ln in self.launches:
@@ -137,9 +138,23 @@ class CudaKernel:
                 continue  # an empty dim: nothing to compute
             if grid[0] >= INDEX_LIMIT or grid[1] > 65535 or grid[2] > 65535:
                 raise MlcError(f"kernel {self.name}: grid {grid} exceeds the device limits")
+            if grid[0] * ln.block[0] >= INDEX_LIMIT:
+                raise MlcError(f"kernel {self.name}: {grid[0]} x {ln.block[0]} threads: the linear thread index "
+                               "needs more than 32 bits")
             ln.fn._launch_kernel(grid, ln.block, struct.pack(self._fmt, *args), ln.shared, stream)
             if tape is not None:
                 tape.append((ln.fn, grid, ln.block, ln.shared, self._fmt, len(ptrs) + len(temps), args))
+
+    def check_sizes(self, env: dict[str, int]) -> None:
+        """Kernels index in 32-bit ints (the fused element index of a buffer included): a parameter or
+        temporary of 2^31 elements or more would wrap silently, so it is refused with the dims."""
+        sizes = [(p, int(np.prod([arith.evaluate(d, env) for d in shape], dtype=np.int64)))
+                 for p, _, shape in self.params] + [(t, f(env)) for t, _, f in self.temps]
+        for name, n in sizes:
+            if n >= INDEX_LIMIT:
+                raise MlcError(f"kernel {self.name}: {name} would have {n} elements at "
+                               f"{', '.join(f'{k}={v}' for k, v in sorted(env.items()))}: 2^31 or more "
+                               "(the kernel indexes in 32 bits)")
 
     def dim_sources(self) -> list[tuple[int, int] | None]:
         """Per dim: (buffer index, axis) whose extent is that dim, None when only a scalar gives it."""

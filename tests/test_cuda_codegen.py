@@ -225,3 +225,18 @@ def test_floor_division_of_mixed_integer_types_compiles(tmp_path: Path) -> None:
     r = subprocess.run([str(NVCC), "-cubin", "-arch=sm_90", "-std=c++17", "-o", str(tmp_path / "k.cubin"),
                         str(tmp_path / "k.cu")], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_buffers_past_32_bit_indices_are_refused_before_launch() -> None:
+    """Kernels index in 32-bit ints: a parameter or temporary of 2^31 elements at these dims (ResNet-50's
+    stem im2col at batch 1127 and up) is one located error, not a silent wrap; smaller dims launch."""
+    from mlc.ir.expr import Const
+    from mlc.runtime.cuda import CudaKernel
+
+    k = CudaKernel("stem", [("x", "f32", (Var("N"), Const(1906688)))], ["N"], 1,
+                   [("cols", "f16", lambda env: env["N"] * 1906688 * 2)], [])
+    k.launch([0], {"N": 2}, None, lambda sizes: [0] * len(sizes))  # no launches: nothing runs
+    with pytest.raises(MlcError, match=r"x would have 2148837376 elements at N=1127: 2\^31 or more"):
+        k.launch([0], {"N": 1127}, None, lambda sizes: [0] * len(sizes))
+    with pytest.raises(MlcError, match="cols would have"):
+        k.launch([0], {"N": 600}, None, lambda sizes: [0] * len(sizes))
