@@ -1,7 +1,7 @@
 """One compiler rule on and off, on ONNX's `light` models, with onnxruntime in the same blocks.
 
     python benchmarks/bench_light_ab.py --rule {conv-prologue,lane-partition,plane-chunk,pool-prologue,
-                                                select-split,vector-pow}
+                                                select-split,short-tile,vector-pow}
                                         [--models densenet121 ...] [--runs 7]
 
 Both builds come from this tree; "old" switches one rule of issue 17 back off for its build only:
@@ -12,6 +12,8 @@ Both builds come from this tree; "old" switches one rule of issue 17 back off fo
 - `pool-prologue`: fuse puts elementwise chains into max pools again (inception_v1's LRN);
 - `select-split`: the loop partition no longer splits a loop at a select's threshold (a concat read
   by a convolution through `select(c < 256, A, B)`, squeezenet's fire modules);
+- `short-tile`: 3x3 convolutions with short reductions take the cost model's tile again (no
+  `conv_tiling.short_reduction`: squeezenet's stem and fire modules);
 - `vector-pow`: pow calls llvm.pow (one powf per lane) whatever the exponent (inception_v1's LRN).
 Weights are random as `bench_light.py --random-weights`; every output is checked against onnxruntime.
 Prints new, old and ort ms (alternating blocks, `runtime.bench.block_medians`) and the ratios.
@@ -66,6 +68,7 @@ RULES: dict[str, Callable[[], AbstractContextManager[None]]] = {
     "plane-chunk": lambda: patched(conv_tiling, "plane_chunk", lambda *a: None),
     "pool-prologue": lambda: patched(fuse.Fuser, "reuses_inputs", staticmethod(_pools_take_prologues)),
     "select-split": lambda: patched(loop_partition, "split_selects", lambda s, ends: None),
+    "short-tile": lambda: patched(conv_tiling, "short_reduction", lambda *a: False),
     "vector-pow": lambda: patched(ExprEmitter, "pow", lambda self, x, e, t: self.b.call(self.intrinsic("pow", t, 2), [x, e])),
 }
 

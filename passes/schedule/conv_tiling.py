@@ -36,6 +36,8 @@ _REGS = {4: 16, 8: 16, 16: 32}
 NARROW_COLUMNS, WIDE_COLUMNS = 14, 48  # output columns from which a reduction is chunked (`reduction_chunk`)
 PLANE_POSITIONS = 64  # output positions (7x7, 8x8) up to which the reduction is chunked outside the plane
 L1_BYTES = 24 * 1024  # bytes of L1 data cache a channel block's weights may take (32-48 KiB caches)
+SHORT_STEPS = 288  # reduction steps (channels x taps) up to which a 3x3 conv takes `short_reduction`'s tile
+SHORT_VECTORS, SHORT_COLUMNS = 4, 2  # that tile: 4 channel vectors x 2 columns (13 of AVX2's 16 ymm)
 
 
 def _vars(e: Expr) -> set[str]:
@@ -112,6 +114,7 @@ def conv_plan(b: BlockStmt, lanes: int) -> tuple[int, int, int, int, int, list[t
         # one thread; the 5x5 48->128 there 0.87x, 12 and 15 columns 0.7-1.0x, so those keep 4 x 3)
         taps = [arith.as_int(iv.extent) or 0 for iv in b.iters if iv.kind == "R"]
         narrow = col_ext <= 8 and taps[-1] <= 3
+        short = not prime and short_reduction(b, col_ext, hoist or bool(follow))
         for v in (1, 2, 4, 8):  # vectors per channel block: LLVM splits other widths badly (48 lanes: scalar shuffles)
             if v > budget or v * lanes > 64:
                 continue
@@ -120,6 +123,11 @@ def conv_plan(b: BlockStmt, lanes: int) -> tuple[int, int, int, int, int, list[t
                 continue
             if any(arith.as_int(reads[i].shape[d]) is None or (arith.as_int(reads[i].shape[d]) or 0) % oc1
                    for i, d in follow):
+                continue
+            if short and v == SHORT_VECTORS:
+                key = (-1.0, False, -v, 0, oc1)
+                if best is None or key < best:
+                    best, pick = key, (oc1, SHORT_COLUMNS)
                 continue
             if hoist:  # the whole row under the reduction (`per_step_work`): the widest channel vector
                 key = (0.0, False, -v, 0, oc1)
@@ -137,6 +145,25 @@ def conv_plan(b: BlockStmt, lanes: int) -> tuple[int, int, int, int, int, list[t
         if best is not None:
             return c, col, w_idx, pick[0], pick[1], follow
     return None
+
+
+def short_reduction(b: BlockStmt, cols: int, other_tile: bool) -> bool:
+    """Whether a 3x3 convolution's reduction is short enough (`SHORT_STEPS`: SqueezeNet's stem and its
+    3x3s at 55x55 and 27x27, 27-288 steps) that it takes 4 channel vectors x 2 columns, the last column
+    tile guarded where 2 does not divide the width (a whole-row tile, as for prime widths). The cost
+    model ranked 4 x 3 (17 registers: spills) or 2 x 5 first; single layers, same blocks, 4 x 2 /
+    chosen us: 3->64 3x3/2 224->111 871-1426 / 1378-1668 (4 x 3), 16->64 at 55x55 779-886 / 1058-1782
+    (2 x 5), 32->128 at 27x27 843 / 1210 (4 x 3). Longer reductions keep the cost model's tile (48->192
+    at 13x13, 432 steps, read 1.35-1.54x but 64->256 there 0.74-1.63x; the spilling 4 x 3 at 27 columns
+    and 432+ steps is tests/test_conv_spill.py's case); the 1x1s keep theirs (16->64 at 55x55: 0.91x).
+    Not for depthwise or per-step-work convolutions (`other_tile`), nor prime widths, whose guarded
+    tiles already compete in the cost model (32->128 at 7x7: 2 x 4)."""
+    if other_tile or cols < 7:
+        return False
+    taps = [arith.as_int(iv.extent) for iv in b.iters if iv.kind == "R"]
+    if len(taps) < 3 or any(t is None for t in taps) or taps[-1] != 3 or taps[-2] != 3:
+        return False
+    return math.prod(taps) <= SHORT_STEPS  # type: ignore[arg-type]
 
 
 def _vector_depthwise(b: BlockStmt, reads: list, follow: list[tuple[int, int]], ext: int, cols: int,
