@@ -9,6 +9,7 @@ pycuda and a GPU, and without them every entry point raises one clear MlcError
 
 from __future__ import annotations
 
+import math
 import struct
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -148,8 +149,8 @@ class CudaKernel:
     def check_sizes(self, env: dict[str, int]) -> None:
         """Kernels index in 32-bit ints (the fused element index of a buffer included): a parameter or
         temporary of 2^31 elements or more would wrap silently, so it is refused with the dims."""
-        sizes = [(p, int(np.prod([arith.evaluate(d, env) for d in shape], dtype=np.int64)))
-                 for p, _, shape in self.params] + [(t, f(env)) for t, _, f in self.temps]
+        sizes = [(p, math.prod(arith.evaluate(d, env) for d in shape)) for p, _, shape in self.params]
+        sizes += [(t, f(env)) for t, _, f in self.temps]
         for name, n in sizes:
             if n >= INDEX_LIMIT:
                 raise MlcError(f"kernel {self.name}: {name} would have {n} elements at "
@@ -198,9 +199,8 @@ class CudaKernel:
         for (pname, dt, _), a in zip(self.params, arrays):
             if not isinstance(a, np.ndarray) or a.dtype != to_numpy(dt):
                 raise MlcError(f"kernel {self.name}: {pname} must be a {to_numpy(dt)} array")
-            if a.size >= INDEX_LIMIT:
-                raise MlcError(f"kernel {self.name}: {pname} has 2^31 elements or more (32-bit indices)")
         env = self.bind_dims([a.shape for a in arrays], dims)
+        self.check_sizes(env)
         bufs = [drv.to_device(np.ascontiguousarray(a)) if a.nbytes else drv.mem_alloc(1) for a in arrays]
         held: list[Any] = []
 
