@@ -15,7 +15,7 @@ import os
 from ..ir import arith
 from ..ir.expr import Bin, Const, Expr
 from ..ir.tir import GemmCall, PrimFunc, Stmt
-from ..ir.tir_gemm import SIMT_CONFIGS, TC_CONFIGS, GemmConfig, GemmInfo, gemm_info, tensor_core_ok
+from ..ir.tir_gemm import SIMT_CONFIGS, TC_CONFIGS, GemmConfig, GemmInfo, gemm_info, on_tensor_cores, tensor_core_ok
 from .cuda_expr import MEM_TYPE, ExprEmitter, buf_name
 from .cuda_wgmma import (
     WGMMA_CONFIGS,
@@ -54,9 +54,7 @@ def emit_gemm_stage(func: PrimFunc, stage: Stmt, config: GemmConfig | None = Non
         return None
     g = gemm_info(stage)
     tf32 = g.a.dtype == "f32" and g.c.dtype == "f32" and tf32_enabled() and tensor_core_ok(g)
-    # f16/bf16 with a symbolic or ragged N or K (attention's T) runs on CUDA cores: the tensor-core
-    # templates move 16-byte chunks of constant-width rows
-    tc = g.a.dtype in ("f16", "bf16") and tensor_core_ok(g) or tf32
+    tc = on_tensor_cores(g) or tf32
     if config is None and stage.tile is not None:  # the template tile the schedule chose
         config = stage.tile.as_tuple()
     accumulate = stage.accumulate

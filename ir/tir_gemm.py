@@ -123,6 +123,12 @@ def tensor_core_ok(g: GemmInfo) -> bool:
     return n is not None and k is not None and n % 8 == 0 and k % 8 == 0
 
 
+def on_tensor_cores(g: GemmInfo) -> bool:
+    """f16/bf16 GEMMs of tensor-core shapes run on the wgmma/wmma templates; the rest (f32 unless TF32
+    is asked for at codegen, a symbolic or ragged N or K) on the register tile."""
+    return g.a.dtype in ("f16", "bf16") and tensor_core_ok(g)
+
+
 def parse_gemm_intrin(name: str) -> tuple[tuple[int, int, int, str], GemmTile | None] | None:
     """((M, N, K, dtype), tile or None) of a `gemm_...[@tile]` intrinsic name; None for other names."""
     m = GEMM_INTRIN.match(name)

@@ -40,8 +40,8 @@ from mlc.ir.tir_gemm import (
     WGMMA_CONFIGS,
     GemmInfo,
     match_gemm,
+    on_tensor_cores,
     parse_gemm_intrin,
-    tensor_core_ok,
 )
 from mlc.ir.tir_lower import is_lowered
 from mlc.ir.tir_visit import block_reads, walk
@@ -403,7 +403,7 @@ def _gemm_fits(blk: Any) -> GemmInfo | None:
     if g is None:
         return None
     n, k = arith.as_int(g.n), arith.as_int(g.k)
-    if g.a.dtype != "f32" and tensor_core_ok(g):
+    if on_tensor_cores(g):
         return g if g.c.dtype in (g.a.dtype, "f32") else None
     # the register-tile template (f16/bf16 widened to f32) guards every edge: symbolic N or K (attention's T)
     # is fine; small constant ones are left to the other rules
@@ -462,7 +462,7 @@ def _try_gemm(sch: Schedule, b: BlockRV, loops: list[LoopRV], ch: Decisions) -> 
         ko, ki = trial.split(kk, [None, kt])
         trial.reorder(io, jo, ko, ii, ji, ki)
         trial.decompose_reduction(b, ko)
-        configs = gemm_configs(g.a.dtype != "f32" and tensor_core_ok(g))
+        configs = gemm_configs(on_tensor_cores(g))
         pick = ch.cat(trial, list(range(len(configs) + 1)), 0)  # 0: the template's default tile
         base = gemm_intrin(1, nt, kt, g.a.dtype if g.c.dtype == g.a.dtype else g.a.dtype + g.c.dtype)
         trial.tensorize(ii, gemm_intrin_with_config(base, configs[pick - 1] if pick else None))
