@@ -44,6 +44,7 @@ GRAPHS = {"cora": (2708, 10556), "pubmed": (19717, 88648), "arxiv": (169343, 116
           "reddit": (232965, 114615892)}
 NP = {"f32": np.float32, "f16": np.float16}
 REPS = 5
+CHUNKS: dict[str, int] = {}  # sparse-gpu-schedule's options, from --chunks
 
 
 def graph(name: str) -> sp.csr_matrix:
@@ -138,7 +139,11 @@ def compile_prims(dev: Device, module: Any) -> tuple[Any, list[Any]]:
     from mlc.compiler import default_pipeline
 
     ctx = PassContext(target=f"cuda:{dev.arch}", sink=None)
-    module, _ = run_pipeline(module, load_pipeline(default_pipeline("build-cuda")), ctx, True)
+    steps = load_pipeline(default_pipeline("build-cuda"))
+    for st in steps:  # --chunks: split_rows_by_nonzeros's (min_chunk, max_chunks)
+        if st.info.name == "sparse-gpu-schedule":
+            st.options.update(CHUNKS)
+    module, _ = run_pipeline(module, steps, ctx, True)
     prims = list(module.prim_functions())
     return compile_cuda(prims, dev.arch), prims
 
@@ -401,7 +406,12 @@ def main() -> None:
     ap.add_argument("sections", nargs="*", help="spmm, sddmm, bsr, sage (default: all)")
     ap.add_argument("--graphs", default=",".join(GRAPHS))
     ap.add_argument("--feats", default="32,128,512")
+    ap.add_argument("--chunks", default="", help="MIN,MAX: sparse-gpu-schedule's min_chunk, max_chunks (a sweep)")
     args = ap.parse_args()
+    if args.chunks:
+        lo, hi = (int(x) for x in args.chunks.split(","))
+        CHUNKS.update(min_chunk=lo, max_chunks=hi)
+        print(f"chunks: min_chunk {lo}, max_chunks {hi}")
     sections = args.sections or ["spmm", "sddmm", "bsr", "sage"]
     graphs = [g for g in args.graphs.split(",") if g]
     feats = [int(f) for f in args.feats.split(",") if f]

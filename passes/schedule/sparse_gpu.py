@@ -44,7 +44,7 @@ from mlc.ir.tir import Allocate, BlockStmt, Buffer, For, IfStmt, IterVar, Let, P
 from mlc.ir.tir_lower import update_op
 from mlc.ir.tir_visit import StmtMutator, loads_in, map_stores, nodes, rewrite, seq, stores_in, subst, used_names
 
-from ..registry import ModulePass, PassContext, register_pass
+from ..registry import ModulePass, PassContext, option, register_pass
 from .gpu_rules import is_bound, schedule_gpu
 from .schedule import Schedule
 from .trace import BlockRV, LoopRV
@@ -639,8 +639,13 @@ class SparseGpuSchedule(ModulePass):
     lanes, warp-shuffle reductions); other functions are left to the schedule pass."""
 
     name: ClassVar[str] = "sparse-gpu-schedule"
+    min_chunk: int = option(MIN_CHUNK, "nonzeros per chunk at least, where CSR rows are split by nonzeros")
+    max_chunks: int = option(MAX_CHUNKS, "chunks at most (sizes the partial-sum workspace)")
 
     def apply(self, module: Module, ctx: PassContext) -> Module:
+        if self.min_chunk < 1 or self.max_chunks < 1:
+            raise MlcError(f"sparse-gpu-schedule: min_chunk and max_chunks must be >= 1, got {self.min_chunk}, "
+                           f"{self.max_chunks}")
         if Target.parse(ctx.target).kind != "cuda":
             return module
         for f in module.prim_functions():
@@ -648,7 +653,7 @@ class SparseGpuSchedule(ModulePass):
                     is_sparse_nest(s) for s in _stages(f.body)):
                 continue
             try:
-                new = sparse_gpu_schedule(f)
+                new = sparse_gpu_schedule(f, (self.min_chunk, self.max_chunks))
             except MlcError as e:
                 raise MlcError(f"sparse-gpu-schedule: @{f.name}: {e.message}", e.loc or f.loc, e.source_line) from None
             module = module.with_function(new)
