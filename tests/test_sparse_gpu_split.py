@@ -158,6 +158,23 @@ def test_spmm_split_shape() -> None:
     assert "%acc_2[pk_0] = %acc_2[pk_0] + %C_part[" in text  # partial sums added in registers
 
 
+def test_chunk_options_reach_the_schedule_through_the_pipeline() -> None:
+    """sparse-gpu-schedule's min_chunk/max_chunks (pipeline YAML options) set the chunk count; bad
+    values are one located error."""
+    from mlc.passes.pipeline import parse_pipeline, run_pipeline
+    from mlc.passes.registry import PassContext
+
+    text = "passes:\n  - sparse-lower\n  - sparse-gpu-schedule: {min_chunk: 8, max_chunks: 4096}\n"
+    mod, _ = run_pipeline(sparse_kernel("spmm", "csr", 64, "f32"), parse_pipeline(text, "p.yaml"),
+                          PassContext(target="cuda", sink=None))
+    printed = print_function(mod.get("spmm"))
+    assert "min(floordiv(nnz + 7, 8), 4096)" in printed and f"{MAX_CHUNKS})" not in printed
+    with pytest.raises(MlcError, match="min_chunk and max_chunks must be >= 1"):
+        run_pipeline(sparse_kernel("spmm", "csr", 64, "f32"),
+                     parse_pipeline(text.replace("min_chunk: 8", "min_chunk: 0"), "p.yaml"),
+                     PassContext(target="cuda", sink=None))
+
+
 def test_sddmm_split_shape() -> None:
     """SDDMM: one nest over chunks (every store is at a nonzero: no workspace, no fix-up)."""
     f = sparse_gpu_schedule(lower_sparse(sparse_kernel("sddmm", "csr", 64, "f32").get("sddmm"), 3))
