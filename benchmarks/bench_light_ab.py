@@ -1,10 +1,13 @@
 """One compiler rule on and off, on ONNX's `light` models, with onnxruntime in the same blocks.
 
-    python benchmarks/bench_light_ab.py --rule {conv-prologue,lane-partition,plane-chunk,pool-prologue,
-                                                select-split,short-tile,vector-pow}
+    python benchmarks/bench_light_ab.py --rule {column-tile,conv-prologue,lane-partition,plane-chunk,
+                                                pool-prologue,select-split,short-tile,vector-pow}
                                         [--models densenet121 ...] [--runs 7]
 
 Both builds come from this tree; "old" switches one rule of issue 17 back off for its build only:
+- `column-tile`: grouped 1x1 convolutions whose channels per group take no full channel vector go
+  back to half-width channel vectors or the generic tiling (no `conv_tiling.column_plan`: vectors
+  over the output columns, shufflenet's 34 and 68 channels per group);
 - `conv-prologue`: fuse puts elementwise chains into convolutions (and max pools) again (no
   `OpDef.reuses_inputs`);
 - `lane-partition`: the loop partition splits symbolic bounds only, not constant lane-mask tails;
@@ -63,6 +66,7 @@ _PREFIX_END = loop_partition.prefix_end
 _REUSES = fuse.Fuser.reuses_inputs
 
 RULES: dict[str, Callable[[], AbstractContextManager[None]]] = {
+    "column-tile": lambda: patched(conv_tiling, "column_plan", lambda *a: None),
     "conv-prologue": lambda: patched(fuse.Fuser, "reuses_inputs", staticmethod(lambda b: False)),
     "lane-partition": lambda: patched(loop_partition, "prefix_end", _symbolic_bounds_only),
     "plane-chunk": lambda: patched(conv_tiling, "plane_chunk", lambda *a: None),

@@ -1,0 +1,110 @@
+"""Grouped 1x1 convolutions whose channels per group take no full channel vector (ShuffleNet's 34 and
+68 per group) as a small GEMM per group: vectors over the output columns, channels of one group as
+the register tile's rows (`column_plan` / `column_tiling` in passes/schedule/conv_tiling.py).
+
+Oracles: the reference interpreter on the unscheduled program (random shapes: groups 2-4, channels per
+group not a multiple of 8, widths whose vectors are 4, 8 or an odd width that divides them, batch
+1-3; strided and padded ones fall back to the other schedules), and a numpy convolution in f64 for
+compiled models."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from mlc.ir import arith
+from mlc.ir.tir import BlockStmt, For
+from mlc.ir.tir_visit import walk
+from mlc.passes.schedule import Trace
+from mlc.passes.schedule.conv_tiling import _REGS, column_plan, conv_plan
+from mlc.passes.schedule.rules import TargetInfo, default_schedule, sample_schedule
+from test_conv_schedules import CPU, compiled_matches_numpy, conv_func, conv_model, fused
+from test_schedule_rules import same
+
+AVX512 = TargetInfo(lanes=16, cores=2)
+
+
+def _conv(case: tuple[int, ...]) -> tuple:  # (PrimFunc, its conv block)
+    f = conv_func(fused(conv_model(*case)[0])[0])
+    return f, next(x for _, x in walk(f.body) if isinstance(x, BlockStmt) and x.name == "conv2d")
+
+
+@pytest.mark.parametrize(("case", "lanes", "vl"), [
+    ((1, 136, 136, 28, 1, 0, 1, 4), 16, 14),  # shufflenet's 34 per group at 28x28: 2 x 14 lanes a row
+    ((1, 272, 272, 14, 1, 0, 1, 4), 16, 14),  # 68 per group at 14x14: the whole row, 14 lanes
+    ((1, 24, 112, 56, 1, 0, 1, 4), 16, 8),    # 28 per group at 56x56: 8-lane vectors divide the row
+    ((1, 136, 136, 28, 1, 0, 1, 4), 8, 7),
+    ((1, 48, 36, 16, 1, 0, 1, 3), 8, 8),      # 12 per group, 16 columns: whole vectors
+    ((1, 20, 20, 10, 1, 0, 1, 2), 8, 5),      # 10 per group, 10 columns: 5 lanes
+])
+def test_plan_vectors_the_columns_and_fits_the_registers(case: tuple[int, ...], lanes: int, vl: int) -> None:
+    f, conv = _conv(case)
+    assert conv_plan(conv, lanes) is None  # no channel vector of the full width
+    plan = column_plan(conv, lanes)
+    assert plan is not None
+    c, row, col, mh, mr, got_vl, nv = plan
+    names = [iv.var.name for iv in conv.iters]
+    assert (names[c], names[row], names[col]) == ("v_i_1", "v_i_2", "v_i_3")
+    cols, grp = case[3], case[2] // case[7]
+    assert got_vl == vl and cols % (nv * vl) == 0 and grp % mr == 0 and case[3] % mh == 0
+    assert mr * mh * nv + mr <= _REGS[lanes]  # accumulators and the channels' broadcasts
+    if conv_plan(conv, lanes // 2) is None:  # else half channel vectors (12 per group at 8 lanes: 4)
+        tgt = TargetInfo(lanes=lanes, cores=2)
+        tile = next(b for _, x in walk(default_schedule(f, tgt).func.body) if isinstance(x, BlockStmt)
+                    for b in x.alloc_buffers if b.name.endswith("_tile"))
+        assert [arith.as_int(d) for d in tile.shape] == [1, mr, mh, nv * vl]  # the register tile
+
+
+@pytest.mark.parametrize("case", [
+    (1, 16, 64, 14, 1, 0, 1, 1),   # not grouped
+    (1, 136, 136, 28, 3, 1, 1, 4),  # 3x3
+    (1, 136, 136, 28, 1, 0, 2, 4),  # strided: the input row is not contiguous
+    (1, 136, 136, 13, 1, 0, 1, 4),  # 13 columns: no vector width divides them
+    (1, 64, 64, 28, 1, 0, 1, 4),   # 16 per group: conv_plan's channel vectors
+])
+def test_other_convs_take_no_column_plan(case: tuple[int, ...]) -> None:
+    _, conv = _conv(case)
+    assert column_plan(conv, CPU.lanes) is None
+
+
+def _random_cases(n: int, seed: int = 41) -> list[tuple[int, ...]]:
+    """(batch, in ch, out ch, size, 1, pad, stride, groups): groups 2-4, channels per group 3-13 and
+    not a multiple of 8, widths 8-16 with a vector (4, 8 or 5-7 lanes at 8 lanes), batch 1-3; one
+    in four strided or padded (no column plan: the other schedules)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    while len(out) < n:
+        g = int(rng.integers(2, 5))
+        cin, cout = g * int(rng.integers(3, 14)), g * int(rng.choice([3, 5, 6, 7, 9, 10, 12, 13]))
+        hw = int(rng.choice([8, 10, 12, 14, 16]))
+        pad, stride = (int(rng.integers(0, 2)), int(rng.integers(1, 3))) if rng.random() < 0.25 else (0, 1)
+        out.append((int(rng.integers(1, 4)), cin, cout, hw, 1, pad, stride, g))
+    return out
+
+
+@pytest.mark.parametrize("case", _random_cases(6) + [(2, 136, 136, 8, 1, 0, 1, 4), (1, 68, 68, 14, 1, 0, 1, 2),
+                                  (3, 12, 20, 10, 1, 0, 1, 2)])  # 10 per group: 5 or 10 lanes
+@pytest.mark.parametrize("tgt", [CPU, AVX512], ids=["avx2", "avx512"])
+def test_schedule_matches_interpreter(case: tuple[int, ...], tgt: TargetInfo) -> None:
+    f, conv = _conv(case)
+    s = default_schedule(f, tgt)
+    same(f, s.func, dim=case[0])
+    assert Trace.from_json(s.trace.to_json()).apply(f) == s.func
+    plan = column_plan(conv, tgt.lanes)
+    if plan is None or conv_plan(conv, tgt.lanes // 2) is not None:  # half channel vectors come first
+        return
+    # the tile's vector loop runs over the columns, `vl` lanes
+    vec = [lp for _, lp in walk(s.func.body) if isinstance(lp, For) and lp.kind == "vectorized"
+           and any(isinstance(x, BlockStmt) and x.name == "conv2d" for _, x in walk(lp.body))]
+    assert len(vec) == 1 and arith.as_int(vec[0].extent) == plan[5]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_random_design_space_points_keep_results(seed: int) -> None:
+    f, _ = _conv((2, 20, 28, 12, 1, 0, 1, 4))  # 7 per group, 12 columns
+    s = sample_schedule(f, CPU, seed=seed)
+    same(f, s.func, dim=2)
+
+
+def test_compiled_grouped_plane_matches_numpy() -> None:
+    compiled_matches_numpy((1, 136, 136, 28, 1, 0, 1, 4), [1, 3])  # shufflenet's 34 per group
+    compiled_matches_numpy((2, 68, 68, 14, 1, 0, 1, 4), [2])  # 17 per group, 14 columns
