@@ -1,6 +1,7 @@
 """Grouped 1x1 convolutions whose channels per group take no full channel vector (ShuffleNet's 34 and
 68 per group) as a small GEMM per group: vectors over the output columns, channels of one group as
-the register tile's rows (`column_plan` / `column_tiling` in passes/schedule/conv_tiling.py).
+the register tile's rows (`column_plan` / `column_tiling` in passes/schedule/conv_tiling.py); stride-1
+depthwise convolutions without channel vectors the same way, one channel per tile row.
 
 Oracles: the reference interpreter on the unscheduled program (random shapes: groups 2-4, channels per
 group not a multiple of 8, widths whose vectors are 4, 8 or an odd width that divides them, batch
@@ -66,6 +67,27 @@ def test_other_convs_take_no_column_plan(case: tuple[int, ...]) -> None:
     assert column_plan(conv, CPU.lanes) is None
 
 
+@pytest.mark.parametrize("case", [(1, 24, 24, 14, 3, 1, 1, 24), (2, 40, 40, 12, 3, 1, 1, 40), (3, 20, 20, 10, 3, 0, 1, 20),
+                                  (1, 20, 20, 28, 3, 1, 1, 20)], ids=["14", "12", "unpadded", "28"])
+def test_depthwise_stride_1_takes_the_columns(case: tuple[int, ...]) -> None:
+    # depthwise convs that channel vectors do not pay for (`_vector_depthwise`: few channels) and
+    # stride 1: the row of taps `w + kw - pad` is contiguous; the padding test stays per lane
+    f, conv = _conv(case)
+    assert conv_plan(conv, CPU.lanes) is None and conv_plan(conv, CPU.lanes // 2) is None
+    plan = column_plan(conv, CPU.lanes)
+    assert plan is not None and plan[4] == 1  # each channel reads its own input plane: one per row
+    cols = case[3] + 2 * case[5] - case[4] + 1
+    assert plan[3] * plan[6] >= 2 and cols % (plan[5] * plan[6]) == 0  # more than one accumulator
+    s = default_schedule(f, CPU)
+    same(f, s.func, dim=case[0])
+    assert Trace.from_json(s.trace.to_json()).apply(f) == s.func
+
+
+def test_strided_depthwise_takes_no_column_plan() -> None:
+    _, conv = _conv((1, 24, 24, 15, 3, 1, 2, 24))  # input columns 2 apart: no contiguous row
+    assert column_plan(conv, CPU.lanes) is None
+
+
 def _random_cases(n: int, seed: int = 41) -> list[tuple[int, ...]]:
     """(batch, in ch, out ch, size, 1, pad, stride, groups): groups 2-4, channels per group 3-13 and
     not a multiple of 8, widths 8-16 with a vector (4, 8 or 5-7 lanes at 8 lanes), batch 1-3; one
@@ -81,7 +103,18 @@ def _random_cases(n: int, seed: int = 41) -> list[tuple[int, ...]]:
     return out
 
 
-@pytest.mark.parametrize("case", _random_cases(6) + [(2, 136, 136, 8, 1, 0, 1, 4), (1, 68, 68, 14, 1, 0, 1, 2),
+def _random_depthwise(n: int, seed: int = 43) -> list[tuple[int, ...]]:
+    """Depthwise 3x3: 5-40 channels, sizes 8-16, padding 0-1, stride 1-2, batch 1-3."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        c = int(rng.integers(5, 41))
+        out.append((int(rng.integers(1, 4)), c, c, int(rng.integers(8, 17)), 3, int(rng.integers(0, 2)),
+                    int(rng.choice([1, 1, 2])), c))
+    return out
+
+
+@pytest.mark.parametrize("case", _random_cases(6) + _random_depthwise(3) + [(2, 136, 136, 8, 1, 0, 1, 4), (1, 68, 68, 14, 1, 0, 1, 2),
                                   (3, 12, 20, 10, 1, 0, 1, 2)])  # 10 per group: 5 or 10 lanes
 @pytest.mark.parametrize("tgt", [CPU, AVX512], ids=["avx2", "avx512"])
 def test_schedule_matches_interpreter(case: tuple[int, ...], tgt: TargetInfo) -> None:
@@ -108,3 +141,5 @@ def test_random_design_space_points_keep_results(seed: int) -> None:
 def test_compiled_grouped_plane_matches_numpy() -> None:
     compiled_matches_numpy((1, 136, 136, 28, 1, 0, 1, 4), [1, 3])  # shufflenet's 34 per group
     compiled_matches_numpy((2, 68, 68, 14, 1, 0, 1, 4), [2])  # 17 per group, 14 columns
+    compiled_matches_numpy((1, 24, 24, 14, 3, 1, 1, 24), [1, 2])  # depthwise, padded columns per lane
+    compiled_matches_numpy((1, 20, 20, 28, 3, 1, 1, 20), [3])

@@ -40,6 +40,7 @@ PLANE_POSITIONS = 64  # output positions (7x7, 8x8) up to which the reduction is
 L1_BYTES = 24 * 1024  # bytes of L1 data cache a channel block's weights may take (32-48 KiB caches)
 SHORT_STEPS = 288  # reduction steps (channels x taps) up to which a 3x3 conv takes `short_reduction`'s tile
 SHORT_VECTORS, SHORT_COLUMNS = 4, 2  # that tile: 4 channel vectors x 2 columns (13 of AVX2's 16 ymm)
+DEPTHWISE = True  # `column_plan` also takes stride-1 depthwise convolutions without channel vectors
 COLUMN_CHAINS = 8  # accumulators a `column_plan` tile takes output rows for, to hide the FMA latency
 
 
@@ -493,18 +494,25 @@ def column_plan(b: BlockStmt, lanes: int) -> tuple[int, int, int, int, int, int,
     vectors that fit the registers, with the fewest rows that give `COLUMN_CHAINS` accumulators.
     ShuffleNet's kernel medians, both builds in one process (AVX-512, 6 alternating rounds): 12.2 ->
     3.4 ms; 136->136 g4 at 28x28 13-14x, 112->112 g4 18x, 272->272 g4 at 14x14 2.1x. Not measured
-    on an AVX2 machine (there 68 and 28 per group keep 4-lane channel vectors)."""
+    on an AVX2 machine (there 68 and 28 per group keep 4-lane channel vectors).
+
+    Stride-1 depthwise convolutions that `conv_plan` leaves to the generic tiling (`DEPTHWISE`; the
+    input's column `w + kw - pad`, the padding tested per lane) take the same tile, one channel per
+    tile row: ShuffleNet's 136-channel 3x3 at 28x28 behind its channel shuffle 4.7x (3 calls 734 ->
+    156 us per run), the model's kernel total 5.92 -> 5.40 ms (8 alternating rounds, load 1.0)."""
     spatial = [i for i, iv in enumerate(b.iters) if iv.kind == "S"]
     red = [i for i, iv in enumerate(b.iters) if iv.kind == "R"]
     if len(spatial) < 4 or not red or per_step_work(b):
         return None
     exts = [arith.as_int(iv.extent) for iv in b.iters]
-    if any(exts[i] != 1 for i in red[1:]) or exts[red[0]] is None:
+    if any(e is None for e in exts[1:]):
+        return None
+    dw = DEPTHWISE and exts[red[0]] == 1  # one input channel per output channel, any taps
+    if any(exts[i] != 1 for i in red[1:]) and not dw:
         return None  # a 1x1 kernel: one channel reduction, the taps of extent 1
     names = [iv.var.name for iv in b.iters]
     out = {x.name for x in block_writes(b)}
     loads = [ld for e in stmt_exprs(b.body) for ld in loads_in(e) if ld.buffer.name not in out]
-    one = {names[i] for i in red[1:]}
     col, row = spatial[-1], spatial[-2]
     cols, h_ext = exts[col], exts[row]
     if cols is None or h_ext is None:
@@ -520,7 +528,7 @@ def column_plan(b: BlockStmt, lanes: int) -> tuple[int, int, int, int, int, int,
             continue
         cname = names[c]
         grp = _group_size(b, cname, ext)
-        if grp is None or grp % lanes == 0:
+        if not dw and (grp is None or grp % lanes == 0):
             continue  # ungrouped, or `conv_plan`'s channel vectors
         wts = [ld for ld in loads if any(isinstance(i, Var) and i.name == cname for i in ld.indices)]
         ins = [ld for ld in loads if ld not in wts]
@@ -530,10 +538,12 @@ def column_plan(b: BlockStmt, lanes: int) -> tuple[int, int, int, int, int, int,
         # no padding) last, and the column nowhere else
         if any(_vars(i) & {names[i2] for i2 in spatial if i2 != c} for ld in wts for i in ld.indices):
             continue
-        if not all(_plus_zero(ld.indices[-1], names[col], one)
+        rnames = {names[i] for i in red}
+        if not all(_column_plus_taps(ld.indices[-1], names[col], rnames)
                    and not any(names[col] in _vars(i) for i in ld.indices[:-1]) for ld in ins):
             continue
-        rows = [1] + [d for d in (2, 4) if grp % d == 0 and all(_uniform_over(i, cname, d) for ld in ins for i in ld.indices)]
+        rows = [1] + [d for d in (2, 4) if (grp or ext) % d == 0
+                      and all(_uniform_over(i, cname, d) for ld in ins for i in ld.indices)]
         vecs = [d for d in range(1, cols // vl + 1) if (cols // vl) % d == 0]
         hs = [d for d in range(1, min(8, h_ext) + 1) if h_ext % d == 0]
         regs = _REGS.get(lanes, 16)  # accumulators and the channels' broadcasts
@@ -542,6 +552,12 @@ def column_plan(b: BlockStmt, lanes: int) -> tuple[int, int, int, int, int, int,
         *_, nv, mh, mr = max(tiles)
         return c, row, col, mh, mr, vl, nv
     return None
+
+
+def _column_plus_taps(i: Expr, col: str, red: set[str]) -> bool:
+    """`i` is the column plus reduction iterators and constants (stride 1: `w + kw - 1`)."""
+    rest = arith.simplify(Bin("sub", i, Var(col, i.dtype)))
+    return col in _vars(i) and col not in _vars(rest) and _vars(rest) <= red
 
 
 def column_tiling(sch: Schedule, block: BlockRV, plan: tuple[int, int, int, int, int, int, int],
