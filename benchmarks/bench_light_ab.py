@@ -6,9 +6,9 @@
 
 Both builds come from this tree; "old" switches one rule of issue 17 back off for its build only:
 - `column-tile`: grouped 1x1 convolutions whose channels per group take no channel vector, and
-  stride-1 depthwise ones without channel vectors, go back to the generic tiling (no
+  depthwise ones (stride 1, 2) without channel vectors, go back to the generic tiling (no
   `conv_tiling.column_plan`: vectors over the output columns; shufflenet's 34 and 68 channels per
-  group and its 3x3 depthwise convs at 28x28 and 14x14);
+  group and its 3x3 depthwise convs);
 - `conv-prologue`: fuse puts elementwise chains into convolutions (and max pools) again (no
   `OpDef.reuses_inputs`);
 - `lane-partition`: the loop partition splits symbolic bounds only, not constant lane-mask tails;

@@ -1,7 +1,7 @@
 """Grouped 1x1 convolutions whose channels per group take no full channel vector (ShuffleNet's 34 and
 68 per group) as a small GEMM per group: vectors over the output columns, channels of one group as
-the register tile's rows (`column_plan` / `column_tiling` in passes/schedule/conv_tiling.py); stride-1
-depthwise convolutions without channel vectors the same way, one channel per tile row.
+the register tile's rows (`column_plan` / `column_tiling` in passes/schedule/conv_tiling.py); depthwise
+convolutions (stride 1 or 2) without channel vectors the same way, one channel per tile row.
 
 Oracles: the reference interpreter on the unscheduled program (random shapes: groups 2-4, channels per
 group not a multiple of 8, widths whose vectors are 4, 8 or an odd width that divides them, batch
@@ -58,7 +58,7 @@ def test_plan_vectors_the_columns_and_fits_the_registers(case: tuple[int, ...], 
 @pytest.mark.parametrize("case", [
     (1, 16, 64, 14, 1, 0, 1, 1),   # not grouped
     (1, 136, 136, 28, 3, 1, 1, 4),  # 3x3
-    (1, 136, 136, 28, 1, 0, 2, 4),  # strided: the input row is not contiguous
+    (1, 136, 136, 28, 1, 0, 2, 4),  # strided: only depthwise convs take strided rows
     (1, 136, 136, 13, 1, 0, 1, 4),  # 13 columns: no vector width divides them
     (1, 64, 64, 28, 1, 0, 1, 4),   # 16 per group: conv_plan's channel vectors
 ])
@@ -83,9 +83,14 @@ def test_depthwise_stride_1_takes_the_columns(case: tuple[int, ...]) -> None:
     assert Trace.from_json(s.trace.to_json()).apply(f) == s.func
 
 
-def test_strided_depthwise_takes_no_column_plan() -> None:
-    _, conv = _conv((1, 24, 24, 15, 3, 1, 2, 24))  # input columns 2 apart: no contiguous row
-    assert column_plan(conv, CPU.lanes) is None
+@pytest.mark.parametrize("case", [(1, 24, 24, 15, 3, 1, 2, 24), (2, 20, 20, 29, 3, 1, 2, 20)])
+def test_strided_depthwise_takes_the_columns(case: tuple[int, ...]) -> None:
+    # input columns 2 apart: strided vector loads (ShuffleNet's 112-channel 3x3/2 at 56x56)
+    f, conv = _conv(case)
+    assert conv_plan(conv, CPU.lanes) is None and conv_plan(conv, CPU.lanes // 2) is None
+    assert column_plan(conv, CPU.lanes) is not None
+    same(f, default_schedule(f, CPU).func, dim=case[0])
+    assert column_plan(_conv((1, 20, 20, 29, 3, 1, 3, 20))[1], CPU.lanes) is None  # stride 3: not taken
 
 
 def _random_cases(n: int, seed: int = 41) -> list[tuple[int, ...]]:
@@ -143,3 +148,4 @@ def test_compiled_grouped_plane_matches_numpy() -> None:
     compiled_matches_numpy((2, 68, 68, 14, 1, 0, 1, 4), [2])  # 17 per group, 14 columns
     compiled_matches_numpy((1, 24, 24, 14, 3, 1, 1, 24), [1, 2])  # depthwise, padded columns per lane
     compiled_matches_numpy((1, 20, 20, 28, 3, 1, 1, 20), [3])
+    compiled_matches_numpy((1, 20, 20, 29, 3, 1, 2, 20), [2])  # stride 2: 15 columns
