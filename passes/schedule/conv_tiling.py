@@ -138,7 +138,7 @@ def conv_plan(b: BlockStmt, lanes: int) -> tuple[int, int, int, int, int, list[t
                 if best is None or key < best:
                     best, pick = key, (oc1, col_ext)
                 continue
-            for ow1 in range(1, min(col_ext, budget // v) + 1):
+            for ow1 in range(1, min(col_ext, budget // v, 16) + 1):  # 16: the unrolled tile's limit
                 if col_ext % ow1 and not prime:
                     continue
                 spill = narrow and ow1 > 1 and v * ow1 + v + 1 > _REGS.get(lanes, 16)
@@ -307,7 +307,7 @@ def conv_tiling(sch: Schedule, block: BlockRV, lanes: int, ch: Decisions) -> boo
     *oc0, oc1 = sch.split(by_iter[c], oc_f)
     guarded = col_ext % ow1_want != 0 and sum(iv.kind == "S" for iv in b.iters) >= 3
     if guarded:
-        ow_f = [-(-col_ext // ow1_want), ch.cat(sch, list(range(1, max(17, ow1_want + 1))), ow1_want)]
+        ow_f = [-(-col_ext // ow1_want), ch.cat(sch, list(range(1, 17)), ow1_want)]
         ow0, ow1 = sch.split(by_iter[col], [None, ow_f[1]])
     else:
         ow_f = ch.tile(sch, by_iter[col], 2, max(16, col_ext) if hoist else 16, [col_ext // ow1_want, ow1_want])
