@@ -41,7 +41,6 @@ WGMMA_SMS = 132  # persistent grid: one block per SM of an H100 SXM / H200 (fewe
 WGMMA_LOADERS = ("tma", "cp.async")
 WGMMA_DEFAULT_LOADER = "tma"  # H100, 4096^3 f16: 685 TFLOP/s vs 511 with cp.async (cuBLAS 736)
 LOADER_ENV = "MLC_WGMMA_LOADER"  # overrides the default loader at codegen (benchmarks, experiments)
-NARROW_ENV = "MLC_WGMMA_NARROW"  # "0": N <= 64 takes the 128x128 tile again (benchmarks, experiments)
 WGMMA_MAX_SHARED = 227 * 1024  # dynamic shared memory a Hopper block may have
 _SM_SHARED = 228 * 1024  # shared memory per SM: a tile above half of it runs alone on its SM
 
@@ -63,12 +62,9 @@ def wgmma_ok(g: GemmInfo, arch: str) -> bool:
 
 def wgmma_config(g: GemmInfo) -> tuple[int, int, int, int, int, int]:
     """128x256 tiles when there are enough of them to fill most SMs, else 128x128 (more blocks; measured
-    faster at 1024^3, slower at 2048^3 on an H100); 128x64 where N <= 64 (ResNet's 64-channel convs:
-    a 128-wide tile computes and stores twice the work), unless $MLC_WGMMA_NARROW=0 (an A/B switch)."""
+    faster at 1024^3, slower at 2048^3 on an H100)."""
     n = arith.as_int(g.n) or 0
     rows = arith.as_int(g.rows)
-    if 0 < n <= 64 and os.environ.get(NARROW_ENV, "1") != "0":
-        return WGMMA_CONFIGS[4]
     small = n <= 128 or (rows is not None and rows * n < 96 * 128 * 256)
     return WGMMA_CONFIGS[3] if small else WGMMA_CONFIGS[0]
 
@@ -242,9 +238,7 @@ __device__ __forceinline__ void mlc_wgmma_gemm(const TA* __restrict__ A, const T
   }
   __syncthreads();
   if (wg == 0) {
-    // registers move from the producer to the consumers where the accumulators need them (BN 64 fits
-    // in the entry count: there ptxas cannot fix that count and would ignore setmaxnreg, C7508)
-    if constexpr (BN >= 128) asm volatile("setmaxnreg.dec.sync.aligned.u32 64;\n");
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 64;\n");
     if (tma) {
       if (t >= 32) return;
       unsigned char* gmaps = mlc_tma_maps + smid * 256;
@@ -307,7 +301,7 @@ __device__ __forceinline__ void mlc_wgmma_gemm(const TA* __restrict__ A, const T
       }
     }
   } else {
-    if constexpr (BN >= 128) asm volatile("setmaxnreg.inc.sync.aligned.u32 216;\n");
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 216;\n");
     const int cw = wg - 1, lane = t & 31, warp = t >> 5;
     int it = 0;
     for (int tile = blockIdx.x; tile < total; tile += gridDim.x) {
@@ -354,4 +348,4 @@ __device__ __forceinline__ void mlc_wgmma_gemm(const TA* __restrict__ A, const T
 """
 
 WGMMA_PRELUDE = _TEMPLATE.replace("%WGMMA%", "".join(
-    _wgmma_instr(n, ty, ctype) for n in (64, 128, 256) for ty, ctype in (("f16", "__half"), ("bf16", "__nv_bfloat16"))))
+    _wgmma_instr(n, ty, ctype) for n in (128, 256) for ty, ctype in (("f16", "__half"), ("bf16", "__nv_bfloat16"))))

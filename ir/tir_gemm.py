@@ -27,7 +27,7 @@ SIMT_CONFIGS: tuple[GemmConfig, ...] = ((128, 128, 8, 8, 8, 1), (64, 64, 8, 4, 4
 # the Hopper wgmma tiles: two consumer warpgroups of WM=64 rows, each the full BN width
 WGMMA_CONFIGS: tuple[GemmConfig, ...] = (
     (128, 256, 64, 64, 256, 4), (128, 256, 64, 64, 256, 3), (128, 128, 64, 64, 128, 5),
-    (128, 128, 64, 64, 128, 4), (128, 64, 64, 64, 64, 6),
+    (128, 128, 64, 64, 128, 4),
 )
 
 GEMM_INTRIN = re.compile(r"gemm_(\d+)x(\d+)x(\d+)_(\w+?)(?:@((?:\d+x){5}\d+))?$")
