@@ -41,6 +41,10 @@ L1_BYTES = 24 * 1024  # bytes of L1 data cache a channel block's weights may tak
 SHORT_STEPS = 288  # reduction steps (channels x taps) up to which a 3x3 conv takes `short_reduction`'s tile
 SHORT_VECTORS, SHORT_COLUMNS = 4, 2  # that tile: 4 channel vectors x 2 columns (13 of AVX2's 16 ymm)
 DEPTHWISE = True  # `column_plan` also takes depthwise convolutions (stride 1, 2) without channel vectors
+# lanes (AVX-512) at which `conv_plan` drops tiles that spill with two steps' weights in flight, and
+# 4 vectors x 3+ columns, at every width (4 x 7 spilled in ResNet-50's 3x3s: 28 accumulators + 8
+# weight vectors in LLVM's schedule); there a column-padded row that such a tile holds whole is taken
+SPILL_ALL_WIDTHS: tuple[int, ...] = (16,)
 COLUMN_CHAINS = 8  # accumulators a `column_plan` tile takes output rows for, to hide the FMA latency
 
 
@@ -119,6 +123,10 @@ def conv_plan(b: BlockStmt, lanes: int) -> tuple[int, int, int, int, int, list[t
         taps = [arith.as_int(iv.extent) or 0 for iv in b.iters if iv.kind == "R"]
         narrow = col_ext <= 8 and taps[-1] <= 3
         short = not prime and short_reduction(b, col_ext, hoist or bool(follow))
+        # AVX-512 (`SPILL_ALL_WIDTHS`): no tile that spills with two steps' weights in flight, none of 4
+        # vectors x 3+ columns; 1x1 convs that reduce the channels keep the cost model's tile
+        fit = lanes in SPILL_ALL_WIDTHS and not (math.prod(taps[1:]) == 1 and red > ext)
+        fold = fit and _padded_column(b, names[col])
         for v in (1, 2, 4, 8):  # vectors per channel block: LLVM splits other widths badly (48 lanes: scalar shuffles)
             if v > budget or v * lanes > 64:
                 continue
@@ -142,8 +150,10 @@ def conv_plan(b: BlockStmt, lanes: int) -> tuple[int, int, int, int, int, list[t
                 if col_ext % ow1 and not prime:
                     continue
                 spill = narrow and ow1 > 1 and v * ow1 + v + 1 > _REGS.get(lanes, 16)
-                key = (_step_cost(v, ow1, col_ext, lanes * 4 * v * red > L1_BYTES, guard), spill, -v * ow1, v + ow1,
-                       oc1)
+                if fit and ow1 > 1 and (v * ow1 + 2 * v + 1 > _REGS[lanes] or v >= 4 and ow1 > 2):
+                    continue
+                cost = 0.0 if fold and ow1 == col_ext else _step_cost(v, ow1, col_ext, lanes * 4 * v * red > L1_BYTES, guard)
+                key = (cost, spill, -v * ow1, v + ow1, oc1)
                 if best is None or key < best:
                     best, pick = key, (oc1, ow1)
         if best is not None:
@@ -195,6 +205,11 @@ def _group_size(b: BlockStmt, cname: str, ext: int) -> int | None:
                     if g and 1 < g < ext and ext % g == 0 and cname in _vars(x.a):
                         out = max(out or 0, g)
     return out
+
+
+def _padded_column(b: BlockStmt, col: str) -> bool:
+    """Whether the body tests padding on the column (a `select` whose condition uses it)."""
+    return any(isinstance(x, Select) and col in _vars(x.cond) for e in stmt_exprs(b.body) for x in subexprs(e))
 
 
 def wide_padded_taps(b: BlockStmt, col: str) -> bool:
