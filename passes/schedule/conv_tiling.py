@@ -295,19 +295,9 @@ def conv_tiling(sch: Schedule, block: BlockRV, lanes: int, ch: Decisions) -> boo
         return False
     if not ch.cat(sch, [0, 1], 1):  # the design space keeps the generic tiling as an alternative
         return False
-    loops = sch.get_loops(block)
-    if len(loops) != len(b.iters):
+    by_iter = _loops_by_iter(sch, block, b)
+    if by_iter is None:
         return False
-    by_iter: dict[int, LoopRV] = {}
-    for i, iv in enumerate(b.iters):
-        vs = free_vars(iv.binding)
-        if len(vs) != 1:
-            return False
-        name = next(iter(vs)).name
-        hit = [lp for lp in loops if lp.name == name]
-        if not hit:
-            return False
-        by_iter[i] = hit[0]
     oc_ext = arith.as_int(b.iters[c].extent)
     col_ext = arith.as_int(b.iters[col].extent)
     assert oc_ext is not None and col_ext is not None
@@ -583,6 +573,24 @@ def _column_plus_taps(i: Expr, col: str, red: set[str], strides: tuple[int, ...]
     return False
 
 
+def _loops_by_iter(sch: Schedule, block: BlockRV, b: BlockStmt) -> dict[int, LoopRV] | None:
+    """The loop each block iterator is bound to (iterator index -> loop), or None unless every iterator
+    is bound to exactly one of the block's loops (one loop each: the nest is still untransformed)."""
+    loops = sch.get_loops(block)
+    if len(loops) != len(b.iters):
+        return None
+    by_iter: dict[int, LoopRV] = {}
+    for i, iv in enumerate(b.iters):
+        vs = free_vars(iv.binding)
+        if len(vs) != 1:
+            return None
+        hit = [lp for lp in loops if lp.name == next(iter(vs)).name]
+        if not hit:
+            return None
+        by_iter[i] = hit[0]
+    return by_iter
+
+
 def column_tiling(sch: Schedule, block: BlockRV, plan: tuple[int, int, int, int, int, int, int],
                   ch: Decisions) -> bool:
     """Schedule a `column_plan` convolution: (batch, group, channel tile, row, column tile) in
@@ -593,18 +601,9 @@ def column_tiling(sch: Schedule, block: BlockRV, plan: tuple[int, int, int, int,
     c, row, col, mh, mr, vl, nv = plan
     if not ch.cat(sch, [0, 1], 1):
         return False
-    loops = sch.get_loops(block)
-    if len(loops) != len(b.iters):
+    by_iter = _loops_by_iter(sch, block, b)
+    if by_iter is None:
         return False
-    by_iter: dict[int, LoopRV] = {}
-    for i, iv in enumerate(b.iters):
-        vs = free_vars(iv.binding)
-        if len(vs) != 1:
-            return False
-        hit = [lp for lp in loops if lp.name == next(iter(vs)).name]
-        if not hit:
-            return False
-        by_iter[i] = hit[0]
     oc_ext, h_ext, w_ext = (arith.as_int(b.iters[i].extent) for i in (c, row, col))
     assert oc_ext is not None and h_ext is not None and w_ext is not None
     grp = _group_size(b, b.iters[c].var.name, oc_ext)
