@@ -1,14 +1,17 @@
 """One compiler rule on and off, on ONNX's `light` models, with onnxruntime in the same blocks.
 
-    python benchmarks/bench_light_ab.py --rule {avx512-tile,column-tile,conv-prologue,lane-partition,
-                                                plane-chunk,pool-prologue,select-split,short-tile,
-                                                vector-pow}
+    python benchmarks/bench_light_ab.py --rule {avx512-tile,channel-pad,column-tile,conv-prologue,
+                                                lane-partition,plane-chunk,pool-prologue,select-split,
+                                                short-tile,vector-pow}
                                         [--models densenet121 ...] [--runs 7]
 
 Both builds come from this tree; "old" switches one rule of issue 17 back off for its build only:
 - `avx512-tile`: with 16 lanes (AVX-512) the channel-vector tile may again take 4 vectors over 3+
   columns or more accumulators than the registers hold with two steps' weights (no
   `conv_tiling.SPILL_ALL_WIDTHS`: 4 x 7 on ResNet-50's 3x3s and 1x1s);
+- `channel-pad`: output channel counts of 64+ that are no multiple of the lanes take half-width
+  (or narrower) channel vectors again, not full vectors over a weight padded with zero channels (no
+  `conv_tiling.PAD_CHANNELS`: squeezenet's 512->1000 1x1);
 - `column-tile`: grouped 1x1 convolutions whose channels per group take no channel vector, and
   depthwise ones (stride 1, 2) without channel vectors, go back to the generic tiling (no
   `conv_tiling.column_plan`: vectors over the output columns; shufflenet's 34 and 68 channels per
@@ -72,6 +75,7 @@ _REUSES = fuse.Fuser.reuses_inputs
 
 RULES: dict[str, Callable[[], AbstractContextManager[None]]] = {
     "avx512-tile": lambda: patched(conv_tiling, "SPILL_ALL_WIDTHS", ()),
+    "channel-pad": lambda: patched(conv_tiling, "PAD_CHANNELS", 0),
     "column-tile": lambda: patched(conv_tiling, "column_plan", lambda *a: None),
     "conv-prologue": lambda: patched(fuse.Fuser, "reuses_inputs", staticmethod(lambda b: False)),
     "lane-partition": lambda: patched(loop_partition, "prefix_end", _symbolic_bounds_only),

@@ -19,13 +19,14 @@ from typing import ClassVar
 
 import numpy as np
 from mlc.ir import arith
-from mlc.ir.expr import Const, Load
+from mlc.ir.expr import Const, Load, Select
 from mlc.ir.graph import Binding, Block, CallTensor, Constant, Function, Value
 from mlc.ir.module import Module
 from mlc.ir.names import fresh_name
 from mlc.ir.rewrite import walk_bindings
 from mlc.ir.tir import BlockStmt, Buffer, For, PrimFunc, Stmt, Store
 from mlc.ir.tir_interp import run_prim
+from mlc.ir.tir_visit import loads_in
 from mlc.ir.types import TensorType
 
 from .canonicalize import DCE
@@ -60,9 +61,13 @@ def pack_nests(func: PrimFunc) -> list[PackNest]:
     ts = tops(func)
     for k, s in enumerate(ts):
         b = _leaf(s)
-        if b is None or b.init is not None or not isinstance(b.body, Store) or not isinstance(b.body.value, Load):
+        if b is None or b.init is not None or not isinstance(b.body, Store):
             continue
         st, ld = b.body, b.body.value
+        if isinstance(ld, Select) and isinstance(ld.f, Const) and ld.f.value == 0 and not loads_in(ld.cond):
+            ld = ld.t  # a padded pack (`Schedule.pack(pad=True)`): zeros past the source's extent
+        if not isinstance(ld, Load):
+            continue
         if st.buffer.name not in allocs or ld.buffer.name not in inputs or st.buffer.dtype != ld.buffer.dtype:
             continue
         if any(iv.kind != "S" for iv in b.iters) or st.indices != tuple(iv.var for iv in b.iters):

@@ -16,7 +16,8 @@ from dataclasses import replace
 
 from mlc.ir import arith
 from mlc.ir.diagnostics import MlcError
-from mlc.ir.expr import Bin, Const, Expr, Load, Var, substitute
+from mlc.ir.dtype import is_float
+from mlc.ir.expr import Bin, Const, Expr, Load, Select, Var, substitute
 from mlc.ir.names import fresh_name
 from mlc.ir.tir import BlockStmt, Buffer, For, IterVar, PrimFunc, Stmt, Store
 from mlc.ir.tir_visit import (
@@ -49,15 +50,19 @@ from .tree import ancestors, blocks, get, put
 
 
 # ---- pack -------------------------------------------------------------------------------------
-def _packed_axes(buf: Buffer, tiles: Sequence[int]) -> list[tuple[int, str, Expr]]:
-    """(source dim, "o" | "i" | "", extent) per packed axis, before the permutation."""
+def _packed_axes(buf: Buffer, tiles: Sequence[int], pad: bool = False) -> list[tuple[int, str, Expr]]:
+    """(source dim, "o" | "i" | "", extent) per packed axis, before the permutation; with `pad`, a
+    constant extent that a tile does not divide is rounded up to a multiple of it."""
     out: list[tuple[int, str, Expr]] = []
     for d, (ext, t) in enumerate(zip(buf.shape, tiles)):
         if t == 1:
             out.append((d, "", ext))
             continue
         if not arith.prove_equal(simp(Bin("floormod", ext, Const(t))), Const(0)):
-            raise MlcError(f"pack: axis {d} of {buf.name} (extent {arith.simplify(ext)}) is not a multiple of tile {t}")
+            n = arith.as_int(ext)
+            if not pad or n is None:
+                raise MlcError(f"pack: axis {d} of {buf.name} (extent {arith.simplify(ext)}) is not a multiple of tile {t}")
+            ext = Const(-(-n // t) * t)
         out += [(d, "o", simp(Bin("floordiv", ext, Const(t)))), (d, "i", Const(t))]
     return out
 
@@ -73,13 +78,16 @@ def _packed_index(idx: Sequence[Expr], axes: list[tuple[int, str, Expr]], tiles:
     return tuple(one(axes[p]) for p in order)
 
 
-def pack(func: PrimFunc, block: str, index: int, tiles: Sequence[int], order: Sequence[int]) -> tuple[PrimFunc, str]:
-    """Stage read buffer `index` of `block` into a packed copy (every reader switches to it)."""
+def pack(func: PrimFunc, block: str, index: int, tiles: Sequence[int], order: Sequence[int],
+         pad: bool = False) -> tuple[PrimFunc, str]:
+    """Stage read buffer `index` of `block` into a packed copy (every reader switches to it). With
+    `pad`, a constant axis that its tile does not divide is packed rounded up, the elements past its
+    extent zero (a readers' index past the extent then reads a zero, not out of bounds)."""
     _, b, buf = block_buffer(func, block, index, "pack", writes=False)
     tiles = [int(t) for t in tiles]
     if len(tiles) != len(buf.shape) or any(t < 1 for t in tiles):
         raise MlcError(f"pack: need one tile >= 1 per axis of {buf.name} ({len(buf.shape)} axes), got {tiles}")
-    axes = _packed_axes(buf, tiles)
+    axes = _packed_axes(buf, tiles, pad)
     order = [int(o) for o in order]
     if sorted(order) != list(range(len(axes))):
         raise MlcError(f"pack: order {order} is not a permutation of the {len(axes)} packed axes of {buf.name}")
@@ -116,7 +124,15 @@ def pack(func: PrimFunc, block: str, index: int, tiles: Sequence[int], order: Se
         else:
             src.append(simp(by_axis[pos] * Const(t) + by_axis[pos + 1]))
             pos += 2
-    stmt: Stmt = BlockStmt(name, ivs, Store(new, tuple(iv.var for iv in ivs), Load(buf, tuple(src))))
+    value: Expr = Load(buf, tuple(src))
+    past = [Bin("lt", i, ext) for i, ext, t in zip(src, buf.shape, tiles)
+            if t > 1 and not arith.prove_equal(simp(Bin("floormod", ext, Const(t))), Const(0))]
+    if past:  # padded axes: zero past the extent
+        cond = past[0]
+        for x in past[1:]:
+            cond = Bin("and", cond, x)
+        value = Select(cond, value, Const(0.0 if is_float(buf.dtype) else 0, buf.dtype))
+    stmt: Stmt = BlockStmt(name, ivs, Store(new, tuple(iv.var for iv in ivs), value))
     for lv, iv in reversed(list(zip(loops, ivs))):
         stmt = For(lv, Const(0), iv.extent, stmt)
     ts = tops(func)

@@ -11,9 +11,9 @@ from mlc.ir.diagnostics import MlcError
 from mlc.ir.expr import Bin, Const, Expr, Var, free_vars
 from mlc.ir.names import fresh_name
 from mlc.ir.tir import BlockStmt, For, IfStmt, PrimFunc, Stmt, Store
-from mlc.ir.tir_visit import StmtMutator, kids, simp, subst, used_names, with_kids
+from mlc.ir.tir_visit import StmtMutator, block_writes, bound, conjuncts, kids, simp, subst, used_names, with_kids
 
-from .tree import blocks, find_loop, get, put
+from .tree import ancestors, blocks, find_block, find_loop, get, put
 
 THREAD_TAGS = tuple(f"{k}.{a}" for k in ("blockIdx", "threadIdx", "vthread") for a in "xyz")
 
@@ -77,6 +77,33 @@ def split(func: PrimFunc, loop: str, factors: Sequence[int | None]) -> tuple[Pri
     for v, e in reversed(list(zip(vars_, exts))):
         nest = For(v, Const(0), e, nest, loc=lp.loc)
     return replace(func, body=put(func.body, path, nest)), names
+
+
+def unguard(func: PrimFunc, block: str) -> PrimFunc:
+    """Drop the `if` (a split's guard) that directly wraps `block`, so the block runs on the iterations
+    past the split loop's extent too. Only for a block that writes nothing but `local` buffers (a
+    register tile whose extra lanes no one reads back); the caller vouches that its reads stay in
+    bounds there (conv_tiling: a weight packed with zero channels up to the split's multiple)."""
+    path = find_block(func.body, block)
+    b = get(func.body, path)
+    assert isinstance(b, BlockStmt)
+    if any(buf.scope != "local" for buf in block_writes(b)):
+        raise MlcError(f"unguard: block {block} writes a buffer that is not local")
+    if not path or not isinstance(up := get(func.body, path[:-1]), IfStmt) or up.orelse is not None:
+        raise MlcError(f"unguard: block {block} has no guard")
+    # each test of the guard is an iterator's domain test (`binding < extent`); that iterator's
+    # domain widens to what its binding takes over the enclosing loops
+    ranges = {lp.var: (lp.start, simp(lp.start + lp.extent - 1)) for _, lp in ancestors(func.body, path) if isinstance(lp, For)}
+    iters = list(b.iters)
+    for t in conjuncts(up.cond):
+        hit = [k for k, iv in enumerate(iters) if isinstance(t, Bin) and t.op == "lt" and t.a == iv.binding
+               and arith.prove_equal(t.b, iv.extent)]
+        rng = bound(t.a, ranges) if hit else None
+        hi = arith.as_int(rng[1]) if rng is not None else None
+        if not hit or rng is None or hi is None or arith.as_int(rng[0]) != 0:
+            raise MlcError(f"unguard: the guard of block {block} is not a domain test of its iterators")
+        iters[hit[0]] = replace(iters[hit[0]], extent=Const(hi + 1, iters[hit[0]].extent.dtype))
+    return replace(func, body=put(func.body, path[:-1], replace(b, iters=tuple(iters))))
 
 
 def fuse(func: PrimFunc, loops: Sequence[str]) -> tuple[PrimFunc, str]:

@@ -163,6 +163,11 @@ class Schedule:
         return [LoopRV(n) for n in names]
 
     @instruction
+    def unguard(self, block: BlockRV) -> None:
+        """Drop a split's guard around a block that writes only local buffers (see loops.unguard)."""
+        self.func = loops.unguard(self.func, _block(block))
+
+    @instruction
     def fuse(self, *loops_: LoopRV) -> LoopRV:
         self.func, name = loops.fuse(self.func, [_loop(x) for x in loops_])
         return LoopRV(name)
@@ -204,10 +209,12 @@ class Schedule:
         return BlockRV(name)
 
     @instruction
-    def pack(self, block: BlockRV, buffer_index: int, tiles: Sequence[int], order: Sequence[int]) -> BlockRV:
+    def pack(self, block: BlockRV, buffer_index: int, tiles: Sequence[int], order: Sequence[int],
+             pad: bool = False) -> BlockRV:
         """Stage read buffer `buffer_index` of `block` in a packed layout: each axis d split by
-        tiles[d] (1: kept whole), the resulting axes permuted by `order`; returns the packing block."""
-        self.func, name = layout.pack(self.func, _block(block), int(buffer_index), list(tiles), list(order))
+        tiles[d] (1: kept whole), the resulting axes permuted by `order`; returns the packing block.
+        `pad`: a constant axis its tile does not divide is rounded up, zeros past its extent."""
+        self.func, name = layout.pack(self.func, _block(block), int(buffer_index), list(tiles), list(order), bool(pad))
         return BlockRV(name)
 
     @instruction
