@@ -409,7 +409,10 @@ def main() -> None:
     ap.add_argument("--chunks", default="", help="MIN,MAX: sparse-gpu-schedule's min_chunk, max_chunks (a sweep)")
     args = ap.parse_args()
     if args.chunks:
-        lo, hi = (int(x) for x in args.chunks.split(","))
+        try:
+            lo, hi = (int(x) for x in args.chunks.split(","))
+        except ValueError:
+            ap.error(f"--chunks wants MIN,MAX (two integers), got {args.chunks!r}")
         CHUNKS.update(min_chunk=lo, max_chunks=hi)
         print(f"chunks: min_chunk {lo}, max_chunks {hi}")
     sections = args.sections or ["spmm", "sddmm", "bsr", "sage"]

@@ -40,11 +40,11 @@ PLANE_POSITIONS = 64  # output positions (7x7, 8x8) up to which the reduction is
 L1_BYTES = 24 * 1024  # bytes of L1 data cache a channel block's weights may take (32-48 KiB caches)
 SHORT_STEPS = 288  # reduction steps (channels x taps) up to which a 3x3 conv takes `short_reduction`'s tile
 SHORT_VECTORS, SHORT_COLUMNS = 4, 2  # that tile: 4 channel vectors x 2 columns (13 of AVX2's 16 ymm)
-DEPTHWISE = True  # `column_plan` also takes depthwise convolutions (stride 1, 2) without channel vectors
 # lanes (AVX-512) at which `conv_plan` drops tiles that spill with two steps' weights in flight, and
 # 4 vectors x 3+ columns, at every width (4 x 7 spilled in ResNet-50's 3x3s: 28 accumulators + 8
 # weight vectors in LLVM's schedule); there a column-padded row that such a tile holds whole is taken
 SPILL_ALL_WIDTHS: tuple[int, ...] = (16,)
+DEPTHWISE = True  # `column_plan` also takes depthwise convolutions (stride 1, 2) without channel vectors
 COLUMN_CHAINS = 8  # accumulators a `column_plan` tile takes output rows for, to hide the FMA latency
 # output channels from which a count that is no multiple of the lanes (SqueezeNet's 1000-class 1x1)
 # takes full-width channel vectors over the constant weight packed with zero channels up to a
@@ -237,9 +237,7 @@ def wide_padded_taps(b: BlockStmt, col: str) -> bool:
     with two compares and branches per column and tap (`--emit asm`). 5x5 kernels are left out: the
     one whose tile this changed (32->128 at 13x13, 8 x 13 -> 32 x 2 columns) measured 0.84x."""
     taps = [arith.as_int(iv.extent) for iv in b.iters if iv.kind == "R"]
-    if not taps or (taps[-1] or 0) < 7:
-        return False
-    return any(isinstance(x, Select) and col in _vars(x.cond) for e in stmt_exprs(b.body) for x in subexprs(e))
+    return bool(taps) and (taps[-1] or 0) >= 7 and _padded_column(b, col)
 
 
 def _step_cost(v: int, ow1: int, cols: int, from_l2: bool, guard: bool = False) -> float:

@@ -20,6 +20,7 @@ from mlc.ir.dtype import is_float
 from mlc.ir.expr import Bin, Const, Expr, Load, Select, Var, substitute
 from mlc.ir.names import fresh_name
 from mlc.ir.tir import BlockStmt, Buffer, For, IterVar, PrimFunc, Stmt, Store
+from mlc.ir.tir_builder import all_of
 from mlc.ir.tir_visit import (
     Path,
     bound,
@@ -128,10 +129,7 @@ def pack(func: PrimFunc, block: str, index: int, tiles: Sequence[int], order: Se
     past = [Bin("lt", i, ext) for i, ext, t in zip(src, buf.shape, tiles)
             if t > 1 and not arith.prove_equal(simp(Bin("floormod", ext, Const(t))), Const(0))]
     if past:  # padded axes: zero past the extent
-        cond = past[0]
-        for x in past[1:]:
-            cond = Bin("and", cond, x)
-        value = Select(cond, value, Const(0.0 if is_float(buf.dtype) else 0, buf.dtype))
+        value = Select(all_of(*past), value, Const(0.0 if is_float(buf.dtype) else 0, buf.dtype))
     stmt: Stmt = BlockStmt(name, ivs, Store(new, tuple(iv.var for iv in ivs), value))
     for lv, iv in reversed(list(zip(loops, ivs))):
         stmt = For(lv, Const(0), iv.extent, stmt)
