@@ -1,11 +1,13 @@
 """One compiler rule on and off, on ONNX's `light` models, with onnxruntime in the same blocks.
 
-    python benchmarks/bench_light_ab.py --rule {avx512-tile,channel-pad,column-tile,conv-prologue,
-                                                lane-partition,plane-chunk,pool-prologue,select-split,
-                                                short-tile,vector-pow}
+    python benchmarks/bench_light_ab.py --rule {activation-layout,avx512-tile,channel-pad,column-tile,
+                                                conv-prologue,lane-partition,plane-chunk,pool-prologue,
+                                                select-split,short-tile,vector-pow}
                                         [--models densenet121 ...] [--runs 7]
 
 Both builds come from this tree; "old" switches one rule of issue 17 back off for its build only:
+- `activation-layout`: every activation between kernels stays NCHW (no `activation-layout` pass:
+  channel-vector write-backs and residual reads per lane again);
 - `avx512-tile`: with 16 lanes (AVX-512) the channel-vector tile may again take 4 vectors over 3+
   columns or more accumulators than the registers hold with two steps' weights (no
   `conv_tiling.SPILL_ALL_WIDTHS`: 4 x 7 on ResNet-50's 3x3s and 1x1s);
@@ -45,6 +47,7 @@ from mlc.ir import loop_partition
 from mlc.ir.expr import free_vars
 from mlc.ir.graph import OpCall
 from mlc.passes import fuse
+from mlc.passes.activation_layout import ActivationLayout
 from mlc.passes.schedule import conv_tiling
 from mlc.runtime.bench import block_medians
 
@@ -74,6 +77,7 @@ _PREFIX_END = loop_partition.prefix_end
 _REUSES = fuse.Fuser.reuses_inputs
 
 RULES: dict[str, Callable[[], AbstractContextManager[None]]] = {
+    "activation-layout": lambda: patched(ActivationLayout, "apply", lambda self, m, ctx: m),
     "avx512-tile": lambda: patched(conv_tiling, "SPILL_ALL_WIDTHS", ()),
     "channel-pad": lambda: patched(conv_tiling, "PAD_CHANNELS", 0),
     "column-tile": lambda: patched(conv_tiling, "column_plan", lambda *a: None),

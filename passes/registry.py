@@ -214,6 +214,7 @@ PASS_MODULES: tuple[str, ...] = (
     "mlc.passes.schedule.sparse_gpu",
     "mlc.passes.sparsify",
     "mlc.passes.alter_layout",
+    "mlc.passes.activation_layout",
     "mlc.passes.autodiff",
     "mlc.passes.amp",
     "mlc.passes.remat",
