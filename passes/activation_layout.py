@@ -13,8 +13,11 @@ not on graph ops: it needs no layout rule per op, and each program keeps the sch
 constant channels, bound at the top level, read only by tensor programs) is stored channels-last when
 every access of its producer and consumers is friendly, a vector over the channels alone or one
 element (`accesses`), at least one is a channel vector, and no windowed convolution (3x3, 7x7) reads
-it on a plane under `WINDOWED_MIN_PLANE` (`channels_last`). A pool or an elementwise program
-vectorized over the width keeps `t` NCHW. Every access `t[n, c, h, w]` becomes `t[n, h, w, c]`; a
+it (`channels_last`). A pool or an elementwise program vectorized over the width keeps `t` NCHW.
+Windowed readers are left out because they measured slower on a channels-last input: VGG-19's 3x3s
+at 224, 112 and 56 (64-256 channels) 0.85-0.89x as kernels, though its stem, whose NCHW write-back
+was most of its time, went 6x faster; on ResNet-50, Inception v1/v2 and SqueezeNet the models were
+as fast or faster without them, on DenseNet-121 3% slower (docs/performance.md, tenth pass). Every access `t[n, c, h, w]` becomes `t[n, h, w, c]`; a
 program called with different layouts at different sites is cloned per layout (`_nhwc`).
 
 Why channels-last and not NCHW[16]c (TVM's conv2d_NCHWc, onnxruntime's NchwcTransformer): blocked,
@@ -47,9 +50,8 @@ from .registry import ModulePass, PassContext, option, register_pass
 # channels per position from which a position is padded by `PAD_CHANNELS` (64 bytes): with 128+ f32
 # channels (512 B, a power of two) a row of output columns maps to a few L1 sets only
 PAD_FROM, PAD_CHANNELS = 128, 16
-# output positions (56 x 56) from which a windowed convolution (3x3, 7x7) may read a channels-last
-# input; smaller planes keep NCHW (see the module doc)
-WINDOWED_MIN_PLANE = 56 * 56
+# whether a windowed convolution (3x3, 7x7) may read a channels-last input (see the module doc)
+WINDOWED_READS = False
 
 
 @dataclass(frozen=True)
@@ -129,15 +131,11 @@ def accesses(func: PrimFunc, param: int) -> list[Access] | None:
 def channels_last(shape: tuple[Expr, ...], uses: list[list[Access] | None]) -> bool:
     """Whether a tensor of `shape` whose producer and consumers access it as `uses` is stored
     channels-last: every access friendly, at least one a channel vector (else nothing gains), and no
-    windowed convolution reading it on a plane under `WINDOWED_MIN_PLANE`."""
+    windowed convolution reading it (unless `WINDOWED_READS`)."""
     if len(shape) != 4 or any(u is None for u in uses) or arith.as_int(shape[1]) is None:
         return False
     flat = [a for u in uses for a in u]  # type: ignore[union-attr]
-    if not any(a.width for a in flat):
-        return False
-    h, w = arith.as_int(shape[2]), arith.as_int(shape[3])
-    small = h is None or w is None or h * w < WINDOWED_MIN_PLANE
-    return not (small and any(a.windowed for a in flat))
+    return any(a.width for a in flat) and (WINDOWED_READS or not any(a.windowed for a in flat))
 
 
 def nhwc(buf: Buffer) -> Buffer:
