@@ -8,12 +8,16 @@ the prefetchers follow. Channels-last, a channel vector is contiguous: one vecto
 load, and a convolution's input broadcasts sit at constant offsets (column j at `j * C`).
 
 The pass runs after `schedule` and works on the tensors the graph passes between tensor programs,
-not on graph ops: it needs no layout rule per op, and each program keeps the schedule it was given
+not on graph ops: it needs no layout rule per op, and a convolution keeps the schedule it was given
 (only its addresses change, as TVM's `transform_layout` applied across a call). A tensor `t` (4-D,
 constant channels, bound at the top level, read only by tensor programs) is stored channels-last when
 every access of its producer and consumers is friendly, a vector over the channels alone or one
 element (`accesses`), at least one is a channel vector, and no windowed convolution (3x3, 7x7) reads
-it (`channels_last`). A pool or an elementwise program vectorized over the width keeps `t` NCHW.
+it (`channels_last`). A one-block program vectorized over the width by its default schedule (a max
+pool, a concatenation, a batch-norm-ReLU chain) would gather a channels-last operand: it is scheduled
+again over channel vectors (`rescheduled`: ResNet's and SqueezeNet's stems feed a max pool, DenseNet
+concatenates), but only where all its 4-D operands are channels-last, since the new schedule gathers
+any NCHW one (programs that would are banned and the choice is made again).
 Windowed readers are left out because they measured slower on a channels-last input: VGG-19's 3x3s
 at 224, 112 and 56 (64-256 channels) 0.85-0.89x as kernels, though its stem, whose NCHW write-back
 was most of its time, went 6x faster; on ResNet-50, Inception v1/v2 and SqueezeNet the models were
@@ -36,16 +40,19 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from mlc.ir import arith
+from mlc.ir.diagnostics import MlcError
 from mlc.ir.expr import Const, Expr, Load, Var, free_vars, substitute
 from mlc.ir.graph import Binding, Block, CallTensor, Function, Value
 from mlc.ir.module import Module
 from mlc.ir.names import fresh_name
 from mlc.ir.rewrite import remap_args, used_names, walk_bindings
 from mlc.ir.tir import BlockStmt, Buffer, For, GemmCall, PrimFunc, Stmt, Store
-from mlc.ir.tir_visit import StmtMutator, StmtVisitor, loads_in, nodes, rewrite
+from mlc.ir.tir_visit import StmtMutator, StmtVisitor, loads_in, nodes, rewrite, subst
 from mlc.ir.types import TensorType
 
 from .registry import ModulePass, PassContext, option, register_pass
+from .schedule.rules import target_info
+from .schedule.schedule import Schedule
 
 # channels per position from which a position is padded by `PAD_CHANNELS` (64 bytes): with 128+ f32
 # channels (512 B, a power of two) a row of output columns maps to a few L1 sets only
@@ -131,11 +138,12 @@ def accesses(func: PrimFunc, param: int) -> list[Access] | None:
 def channels_last(shape: tuple[Expr, ...], uses: list[list[Access] | None]) -> bool:
     """Whether a tensor of `shape` whose producer and consumers access it as `uses` is stored
     channels-last: every access friendly, at least one a channel vector (else nothing gains), and no
-    windowed convolution reading it (unless `WINDOWED_READS`)."""
+    windowed convolution broadcasting its elements (unless `WINDOWED_READS`; a pool's window reads
+    channel vectors)."""
     if len(shape) != 4 or any(u is None for u in uses) or arith.as_int(shape[1]) is None:
         return False
     flat = [a for u in uses for a in u]  # type: ignore[union-attr]
-    return any(a.width for a in flat) and (WINDOWED_READS or not any(a.windowed for a in flat))
+    return any(a.width for a in flat) and (WINDOWED_READS or not any(a.windowed and not a.width for a in flat))
 
 
 def nhwc(buf: Buffer) -> Buffer:
@@ -172,6 +180,58 @@ def with_nhwc_params(func: PrimFunc, params: set[int], name: str) -> PrimFunc:
     return dataclasses.replace(func, name=name, params=params_, body=_M().visit(func.body))
 
 
+def rescheduled(func: PrimFunc, lanes: int) -> PrimFunc | None:
+    """A one-block program (an elementwise chain, a concatenation, a pool) scheduled afresh for
+    channels-last operands: loops (n, h, w) fused and parallel, then its reduction (a pool's window),
+    then the channels, split by the widest of 64, 32, 16 or `lanes` that divides them and vectorized.
+    None when the program is not one block writing one (n, c, h, w) output at its iterators, or its
+    channels are not a constant multiple of `lanes`. Its default schedule vectorized the width, which
+    channels-last makes a gather; rebuilt, every access of a 4-D operand is a channel vector."""
+    body = func.body
+    if not isinstance(body, BlockStmt) or body.alloc_buffers or func.num_outputs != 1:
+        return None
+    inner = [s for s in nodes(body) if isinstance(s, BlockStmt) and s is not body]
+    if len(inner) == 2 and inner[0].name == inner[1].name + "_init":
+        inner = [inner[1], inner[0]]
+    if len(inner) == 2 and inner[1].name == inner[0].name + "_init":  # a decomposed reduction: whole again
+        b, ini = inner
+        sp = [iv for iv in b.iters if iv.kind == "S"]
+        if b.init is not None or [arith.as_int(iv.extent) for iv in ini.iters] != [arith.as_int(iv.extent) for iv in sp]:
+            return None
+        inner = [dataclasses.replace(b, init=subst(ini.body, {iv.var: sv.var for iv, sv in zip(ini.iters, sp)}))]
+    if len(inner) != 1 or inner[0].alloc_buffers:
+        return None
+    b = inner[0]
+    out = func.params[-1]
+    st = [x for x in nodes(b.body) if isinstance(x, Store) and x.buffer.name == out.name]
+    names = [iv.var for iv in b.iters]
+    if len(out.shape) != 4 or len(st) != 1 or not all(isinstance(i, Var) and i in names for i in st[0].indices):
+        return None
+    axis = [names.index(i) for i in st[0].indices]  # type: ignore[arg-type]
+    c_ext = arith.as_int(b.iters[axis[1]].extent)
+    if c_ext is None or c_ext % lanes or any(b.iters[k].kind != "S" for k in axis):
+        return None
+    loops = [Var(f"ax{k}", "i64") for k in range(len(b.iters))]
+    blk = dataclasses.replace(b, iters=tuple(dataclasses.replace(iv, binding=v) for iv, v in zip(b.iters, loops)))
+    stmt: Stmt = blk
+    for iv, v in reversed(list(zip(b.iters, loops))):
+        stmt = For(v, Const(0), iv.extent, stmt)
+    sch = Schedule(dataclasses.replace(func, body=dataclasses.replace(body, body=stmt)))
+    rv = sch.get_block(b.name)
+    lp = sch.get_loops(rv)
+    red = [lp[k] for k, iv in enumerate(b.iters) if iv.kind == "R"]
+    rest = [lp[k] for k in range(len(b.iters)) if k not in axis and b.iters[k].kind == "S"]
+    vec = next(v for v in (64, 32, 16, lanes) if c_ext % v == 0)
+    c0, c1 = sch.split(lp[axis[1]], [c_ext // vec, vec])
+    try:
+        sch.reorder(*rest, lp[axis[0]], lp[axis[2]], lp[axis[3]], c0, *red, c1)
+        sch.parallel(sch.fuse(*rest, lp[axis[0]], lp[axis[2]]))
+        sch.vectorize(c1)
+    except MlcError:
+        return None
+    return sch.func
+
+
 @register_pass
 @dataclass(frozen=True)
 class ActivationLayout(ModulePass):
@@ -185,17 +245,38 @@ class ActivationLayout(ModulePass):
         if not self.enable:
             return module
         prims = {f.name: f for f in module.prim_functions()}
+        lanes = target_info(ctx.target).lanes
+        alts: dict[str, PrimFunc | None] = {}  # `rescheduled` programs, for consumers vectorized over the width
+        banned: set[str] = set()  # programs whose rescheduled form would meet an NCHW operand
         cache: dict[tuple[str, int], list[Access] | None] = {}
 
-        def uses(fn: str, i: int) -> list[Access] | None:
+        def alt(fn: str) -> PrimFunc | None:
+            if fn not in alts:
+                alts[fn] = rescheduled(prims[fn], lanes)
+            return None if fn in banned else alts[fn]
+
+        def own(fn: str, i: int) -> list[Access] | None:
             if (fn, i) not in cache:
                 cache[(fn, i)] = accesses(prims[fn], i)
             return cache[(fn, i)]
 
+        def uses(fn: str, i: int) -> list[Access] | None:
+            a, r = own(fn, i), alt(fn)
+            return a if a is not None or r is None else accesses(r, i)
+
+        # a rescheduled program gathers whatever operand stays NCHW: used only where all its 4-D
+        # operands are channels-last, else banned and the choice made again
+        while True:
+            chosen = {g.name: self.choose(g, prims, uses) for g in module.graph_functions()}
+            bad = {fn for g in module.graph_functions() for fn, four in self.operands(g, prims)
+                   if alt(fn) is not None and any(v in chosen[g.name] and own(fn, i) is None for i, v in four)
+                   and not all(v in chosen[g.name] for _, v in four)}
+            if not bad:
+                break
+            banned |= bad
         variants: dict[tuple[str, frozenset[int]], str] = {}  # (program, nhwc params) -> clone
         taken = {f.name for f in module.functions}
-        graphs = {g.name: self.rewrite(g, self.choose(g, prims, uses), prims, variants, taken)
-                  for g in module.graph_functions()}
+        graphs = {g.name: self.rewrite(g, chosen[g.name], prims, variants, taken) for g in module.graph_functions()}
         called = {b.node.func for g in graphs.values() for b in walk_bindings(g.body) if isinstance(b.node, CallTensor)}
         out: list[Function | PrimFunc] = []
         for f in module.functions:
@@ -203,8 +284,23 @@ class ActivationLayout(ModulePass):
                 out.append(graphs[f.name])
             elif f.name in called or all(fn != f.name for fn, _ in variants):
                 out.append(f)
-        out += [with_nhwc_params(prims[fn], set(ps), name) for (fn, ps), name in variants.items()]
+        for (fn, ps), name in variants.items():
+            f = alt(fn) if any(own(fn, i) is None for i in ps) else prims[fn]
+            assert f is not None
+            out.append(with_nhwc_params(f, set(ps), name))
         return Module(tuple(out), module.meta, module.constants, module.loc)
+
+    @staticmethod
+    def operands(g: Function, prims: dict[str, PrimFunc]) -> list[tuple[str, list[tuple[int, str]]]]:
+        """Per top-level tensor program call of `g`: the program and its 4-D operands (parameter
+        index, value name), the result included."""
+        out = []
+        for b in g.body.bindings:
+            if isinstance(b.node, CallTensor) and b.node.func in prims:
+                vals = [*enumerate(b.node.args), (len(prims[b.node.func].params) - 1, b.var)]
+                out.append((b.node.func, [(i, v.name) for i, v in vals if isinstance(v.type, TensorType)
+                                          and v.type.shape is not None and len(v.type.shape) == 4]))
+        return out
 
     @staticmethod
     def choose(g: Function, prims: dict[str, PrimFunc],
@@ -259,4 +355,4 @@ class ActivationLayout(ModulePass):
         return dataclasses.replace(g, body=Block(tuple(out), g.body.results, g.body.loc))
 
 
-__all__ = ["Access", "ActivationLayout", "accesses", "channels_last", "nhwc", "with_nhwc_params"]
+__all__ = ["Access", "ActivationLayout", "accesses", "channels_last", "nhwc", "rescheduled", "with_nhwc_params"]

@@ -20,7 +20,7 @@ from mlc.ir.printer import print_module
 from mlc.ir.tir_interp import run_prim
 from mlc.ir.types import TensorType
 from mlc.passes import activation_layout as al
-from mlc.passes.activation_layout import Access, accesses, channels_last, nhwc, with_nhwc_params
+from mlc.passes.activation_layout import Access, accesses, channels_last, nhwc, rescheduled, with_nhwc_params
 from onnx import TensorProto, helper, numpy_helper
 
 import mlc
@@ -107,7 +107,65 @@ def test_random_shapes_match_onnxruntime(case: tuple[int, int, int, int, int, bo
     _check(proto, x)
 
 
-def test_tensor_read_by_a_pool_or_returned_stays_nchw() -> None:
+def _stem(c: int, hw: int, concat: bool = False, seed: int = 0, batch: int | str = "batch") -> onnx.ModelProto:
+    """A stem: 3x3/2 conv (3->c) + relu -> 3x3/2 max pool [-> concat with a 1x1 branch] -> 1x1 conv
+    + relu -> global average pool (ResNet's and SqueezeNet's stems feed a max pool)."""
+    rng = np.random.default_rng(seed)
+    inits = {"w0": rng.standard_normal((c, 3, 3, 3)).astype(np.float32),
+             "wb": rng.standard_normal((c, c, 1, 1)).astype(np.float32) * 0.1,
+             "w1": rng.standard_normal((16, 2 * c if concat else c, 1, 1)).astype(np.float32) * 0.1}
+    nodes = [helper.make_node("Conv", ["x", "w0"], ["c0"], pads=[1] * 4, strides=[2, 2]),
+             helper.make_node("Relu", ["c0"], ["r0"]),
+             helper.make_node("MaxPool", ["r0"], ["p"], kernel_shape=[3, 3], strides=[2, 2])]
+    last = "p"
+    if concat:
+        nodes += [helper.make_node("Conv", ["p", "wb"], ["b"]), helper.make_node("Concat", ["p", "b"], ["cat"], axis=1)]
+        last = "cat"
+    nodes += [helper.make_node("Conv", [last, "w1"], ["c1"]), helper.make_node("Relu", ["c1"], ["r1"]),
+              helper.make_node("GlobalAveragePool", ["r1"], ["y"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 3, hw, hw])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                          [numpy_helper.from_array(v, n) for n, v in inits.items()])
+    return onnx.shape_inference.infer_shapes(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
+
+
+@pytest.mark.parametrize("case", [(32, 57, 1, False), (64, 40, 2, False), (32, 33, 1, True), (48, 64, 3, True)])
+def test_stem_pool_rescheduled_for_channels_last(case: tuple[int, int, int, bool]) -> None:
+    """The max pool (and the concatenation) after a stem, vectorized over the width by their default
+    schedule, are scheduled again over channel vectors (`rescheduled`), so the stem's result is
+    stored channels-last; everything agrees with onnxruntime."""
+    c, hw, n, concat = case
+    proto = _stem(c, hw, concat, seed=hw)
+    m = _build(proto)
+    main = m.module.graph_functions()[0]
+    calls = [b.node.func for b in main.body.bindings if isinstance(b.node, CallTensor)]
+    assert any("max_pool" in f and f.endswith("_nhwc") for f in calls), calls
+    x = np.random.default_rng(hw).standard_normal((n, 3, hw, hw)).astype(np.float32)
+    _check(proto, x)
+
+
+def test_rescheduled_programs_match_interpreter() -> None:
+    """Every program `rescheduled` takes (max pools, the concatenation, the global pool) computes what
+    its default schedule does, in the reference interpreter."""
+    seen = _stages(_stem(32, 33, concat=True, batch=1))
+    rng = np.random.default_rng(0)
+    done = 0
+    for f in seen["alter-layout"].prim_functions():
+        r = rescheduled(f, 16)
+        if r is None:
+            continue
+        a = [rng.standard_normal([arith.as_int(d) for d in p.shape]).astype(np.float32) for p in f.params]
+        b = [x.copy() for x in a]
+        run_prim(f, a)
+        run_prim(r, b)
+        np.testing.assert_array_equal(a[-1], b[-1], err_msg=f.name)
+        done += 1
+    assert done >= 1
+
+
+def test_tensor_read_by_a_pool_whose_result_is_returned_stays_nchw() -> None:
+    """The pool's result is returned (NCHW), so its rescheduled form would gather; it keeps its
+    schedule, and its input stays NCHW (the ban of `ActivationLayout.apply`)."""
     proto = _graph(64, 32, 56, batch=1, pool=True)
     m = _build(proto)
     main = m.module.graph_functions()[0]
