@@ -2,7 +2,7 @@
 the CPU, same inputs, same run (issue 17).
 
     python benchmarks/bench_cnn_cpu.py [--models squeezenet1_1 resnet18 ...] [--batch 1 8] [--runs 9]
-                                       [--profile] [--base REV]
+                                       [--profile] [--base REV] [--tune TRIALS [--time-budget S]]
     python benchmarks/bench_cnn_cpu.py --convs 1,32,128,7,3,1,1,1 ... [--base REV]
 
 Each export (3x64x64 input, symbolic batch) is compiled once with default schedules (`mlc.compile`,
@@ -12,15 +12,20 @@ medians over rounds, 0.5 s idle before each block). Prints per model and batch: 
 ort/mlc (above 1: mlc faster). `--profile` adds mlc's per-kernel table (as `mlc bench --profile`): the
 kernels' medians per run and the `--top` kernels. `--base REV` also builds each model with the
 convolution schedule (passes/schedule/conv_tiling.py) of git revision REV and times it in the same
-blocks: a before/after of the schedule alone, on the same loaded machine. `--convs` times single
-Conv + bias + Relu layers (batch, in/out channels, square size, kernel, padding, stride, groups)
-instead, each build checked against a numpy convolution.
+blocks: a before/after of the schedule alone, on the same loaded machine. `--tune N` also builds each
+model after `mlc tune` (bench_models_cpu.tuned_build: import -> lower -> tune N trials, `--time-budget`
+seconds at most, measured at batch 1 -> `mlc build --db`), checks it against onnxruntime and times it
+in the same blocks: a "tuned" row beside the "default" one at every batch, with the tuning seconds and
+the trials actually run (distinct measured schedules in the database; `--confirm` re-measures excluded).
+`--convs` times single Conv + bias + Relu layers (batch, in/out channels, square size, kernel, padding,
+stride, groups) instead, each build checked against a numpy convolution.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import subprocess
 import sys
 import tempfile
@@ -29,12 +34,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 from mlc.runtime.bench import block_medians
 
 import mlc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from bench_models_cpu import tuned_build  # noqa: E402 - benchmarks/ is on sys.path when run as a script
 from models import load  # noqa: E402 - the exports' loader lives with the tests
 
 MODELS = ("squeezenet1_1", "mobilenet_v3_small", "shufflenet_v2_x0_5", "resnet18")
@@ -66,6 +73,12 @@ def compile_with(proto: Any, conv_tiling: Any | None) -> Any:
         return mlc.compile(proto)
     finally:
         rules.conv_tiling = keep
+
+
+def trials_in(db: Path) -> int:
+    """Schedules measured by a tuning run: distinct (workload, trace) records in its fresh database."""
+    recs = [json.loads(line) for line in db.read_text().splitlines() if line.strip()]
+    return len({(r["workload"], json.dumps(r["trace"], sort_keys=True)) for r in recs})
 
 
 def print_profile(model: Any, feeds: dict[str, np.ndarray], runs: int, top: int) -> None:
@@ -116,37 +129,54 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=8, help="kernels listed by --profile")
     ap.add_argument("--base", metavar="REV", help="also time a build whose convolution schedule is "
                     "passes/schedule/conv_tiling.py of git revision REV (same run; base ms, ort/base)")
+    ap.add_argument("--tune", type=int, default=0, metavar="TRIALS",
+                    help="also build each model after `mlc tune` with this many trials (measured at batch 1)")
+    ap.add_argument("--time-budget", type=float, default=None, metavar="S", help="`mlc tune --time-budget`")
     ap.add_argument("--convs", nargs="*", metavar="N,C,K,HW,KH,PAD,S,G",
                     help="time these single conv layers instead of the models")
     args = ap.parse_args()
     base = conv_tiling_of(args.base) if args.base else None
     if args.convs:
         return bench_convs(args.convs, base, args.runs, args.rounds)
-    print(f"{'model':20s} {'batch':>5s} {'build s':>8s} {'mlc ms':>9s} {'ort ms':>9s} {'ort/mlc':>8s} {'max rel err':>11s}"
-          + (f" {'base ms':>9s} {'ort/base':>8s}" if base else ""))
+    print(f"{'model':20s} {'batch':>5s} {'build':>8s} {'build s':>8s} {'mlc ms':>9s} {'ort ms':>9s} {'ort/mlc':>8s}"
+          f" {'max rel err':>11s} {'trials':>6s}" + (f" {'base ms':>9s} {'ort/base':>8s}" if base else ""))
+    tmp = Path(tempfile.mkdtemp())
     for name in args.models:
         proto = load(f"{name}.torchscript.onnx")
         t0 = time.perf_counter()
         model = compile_with(proto, None)
-        build = time.perf_counter() - t0
-        models = [model] + ([compile_with(proto, base)] if base else [])
+        builds = [("default", model, time.perf_counter() - t0, "")]
+        if args.tune:
+            src = tmp / f"{name}.onnx"
+            onnx.save(proto, src)
+            dim = {d.dim_param for d in proto.graph.input[0].type.tensor_type.shape.dim if d.dim_param}
+            assert dim == {"batch"}, dim  # tuned_build measures every symbolic dim at 1
+            t = tuned_build(src, proto, tmp, args.tune, 1, args.time_budget)
+            if isinstance(t, str):
+                print(f"{name:20s} tuning failed: {t}", flush=True)
+            else:
+                builds.append(("tuned", mlc.load(t[0]), t[1], str(trials_in(t[2]))))
+        models = [m for _, m, _, _ in builds] + ([compile_with(proto, base)] if base else [])
         sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
         in_name = proto.graph.input[0].name
         for n in args.batch:
             x = np.random.default_rng(n).standard_normal((n, 3, 64, 64)).astype(np.float32)
-            ours_feeds = {model.input_names[0]: x}
             want = sess.run(None, {in_name: x})[0]
-            errs = [float(np.abs(list(m(**ours_feeds).values())[0] - want).max()
+            errs = [float(np.abs(list(m(**{m.input_names[0]: x}).values())[0] - want).max()
                           / max(float(np.abs(want).max()), 1e-30)) for m in models]
-            ts = block_medians([lambda m=m, f=ours_feeds: m(**f) for m in models]
+            ts = block_medians([lambda m=m, f={m.input_names[0]: x}: m(**f) for m in models]
                                + [lambda s=sess, f={in_name: x}: s.run(None, f)], runs=args.runs, rounds=args.rounds)
-            ours, peer = ts[0], ts[-1]
-            line = f"{name:20s} {n:5d} {build:8.1f} {ours * 1e3:9.3f} {peer * 1e3:9.3f} {peer / ours:8.2f} {max(errs):11.1e}"
-            if base:
-                line += f" {ts[1] * 1e3:9.3f} {peer / ts[1]:8.2f}"
-            print(line, flush=True)
+            peer = ts[-1]
+            for i, (label, _, secs, trials) in enumerate(builds):
+                line = (f"{name:20s} {n:5d} {label:>8s} {secs:8.1f} {ts[i] * 1e3:9.3f} {peer * 1e3:9.3f} "
+                        f"{peer / ts[i]:8.2f} {errs[i]:11.1e} {trials:>6s}")
+                if base and i == 0:
+                    line += f" {ts[-2] * 1e3:9.3f} {peer / ts[-2]:8.2f} (base err {errs[-1]:.1e})"
+                print(line, flush=True)
             if args.profile:
-                print_profile(model, ours_feeds, args.runs, args.top)
+                for label, m, _, _ in builds:
+                    print(f"    {label}:")
+                    print_profile(m, {m.input_names[0]: x}, args.runs, args.top)
 
 
 if __name__ == "__main__":

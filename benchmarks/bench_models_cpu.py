@@ -53,8 +53,10 @@ def invoke(args: list[str]) -> str | None:
     return None if r.exit_code == 0 else (r.output.strip() or repr(r.exception))
 
 
-def tuned_build(src: Path, proto: onnx.ModelProto, d: Path, trials: int, dim: int) -> tuple[Path, float] | str:
-    """import -> lower -> tune -> build --db: the artifact and the tuning seconds, or an error."""
+def tuned_build(src: Path, proto: onnx.ModelProto, d: Path, trials: int, dim: int,
+                time_budget: float | None = None) -> tuple[Path, float, Path] | str:
+    """import -> lower -> tune (`--time-budget` if given) -> build --db: the artifact, the tuning seconds
+    and the database, or an error."""
     name = src.stem
     lowered, db, art = d / f"{name}.lowered.ir", d / f"{name}.tune.jsonl", d / f"{name}.tuned.mlc"
     err = invoke(["import", str(src), "-o", str(d / f"{name}.ir")]) \
@@ -63,13 +65,14 @@ def tuned_build(src: Path, proto: onnx.ModelProto, d: Path, trials: int, dim: in
         return err
     dims = [x for n in dim_names(proto) for x in ("--dim", f"{n}={dim}")]
     t0 = time.perf_counter()
-    err = invoke(["tune", str(lowered), "--trials", str(trials), "--db", str(db), "--quiet", *dims,
+    budget = ["--time-budget", str(time_budget)] if time_budget is not None else []
+    err = invoke(["tune", str(lowered), "--trials", str(trials), *budget, "--db", str(db), "--quiet", *dims,
                   "-o", str(d / f"{name}.tuned.ir")])
     wall = time.perf_counter() - t0
     if err:
         return err
     err = invoke(["build", str(src), "-o", str(art), "--db", str(db)])
-    return err if err else (art, wall)
+    return err if err else (art, wall, db)
 
 
 def main() -> None:
