@@ -16,8 +16,9 @@ element (`accesses`), at least one is a channel vector, and no windowed convolut
 it (`channels_last`). A one-block program vectorized over the width by its default schedule (a max
 pool, a concatenation, a batch-norm-ReLU chain) would gather a channels-last operand: it is scheduled
 again over channel vectors (`rescheduled`: ResNet's and SqueezeNet's stems feed a max pool, DenseNet
-concatenates), but only where all its 4-D operands are channels-last, since the new schedule gathers
-any NCHW one (programs that would are banned and the choice is made again).
+concatenates), but only where all its 4-D inputs are channels-last, since the new schedule gathers
+an NCHW input (programs that would are banned and the choice is made again); an NCHW result is
+written lane by lane, as a convolution's write-back is.
 Windowed readers are left out because they measured slower on a channels-last input: VGG-19's 3x3s
 at 224, 112 and 56 (64-256 channels) 0.85-0.89x as kernels, though its stem, whose NCHW write-back
 was most of its time, went 6x faster; on ResNet-50, Inception v1/v2 and SqueezeNet the models were
@@ -264,13 +265,14 @@ class ActivationLayout(ModulePass):
             a, r = own(fn, i), alt(fn)
             return a if a is not None or r is None else accesses(r, i)
 
-        # a rescheduled program gathers whatever operand stays NCHW: used only where all its 4-D
-        # operands are channels-last, else banned and the choice made again
+        # a rescheduled program gathers an input that stays NCHW: used only where all its 4-D inputs
+        # are channels-last, else banned and the choice made again (an NCHW result it writes lane by
+        # lane, as a convolution's write-back does)
         while True:
             chosen = {g.name: self.choose(g, prims, uses) for g in module.graph_functions()}
             bad = {fn for g in module.graph_functions() for fn, four in self.operands(g, prims)
                    if alt(fn) is not None and any(v in chosen[g.name] and own(fn, i) is None for i, v in four)
-                   and not all(v in chosen[g.name] for _, v in four)}
+                   and not all(v in chosen[g.name] for i, v in four if i < len(prims[fn].params) - 1)}
             if not bad:
                 break
             banned |= bad

@@ -163,20 +163,33 @@ def test_rescheduled_programs_match_interpreter() -> None:
     assert done >= 1
 
 
-def test_tensor_read_by_a_pool_whose_result_is_returned_stays_nchw() -> None:
-    """The pool's result is returned (NCHW), so its rescheduled form would gather; it keeps its
-    schedule, and its input stays NCHW (the ban of `ActivationLayout.apply`)."""
+def test_pool_of_an_nchw_input_keeps_its_schedule() -> None:
+    """A max pool reading the graph's input (NCHW, never rewritten) would gather in its rescheduled
+    form: it is banned, keeps its schedule, and its result stays NCHW though a 1x1 conv reads it."""
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("MaxPool", ["x"], ["p"], kernel_shape=[3, 3], strides=[2, 2]),
+             helper.make_node("Conv", ["p", "w"], ["c"]), helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("GlobalAveragePool", ["r"], ["y"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 32, 41, 41])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                          [numpy_helper.from_array(rng.standard_normal((64, 32, 1, 1)).astype(np.float32), "w")])
+    proto = onnx.shape_inference.infer_shapes(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
+    main = _build(proto).module.graph_functions()[0]
+    pool = [b for b in main.body.bindings if isinstance(b.node, CallTensor) and "max_pool" in b.node.func]
+    assert pool and not pool[0].node.func.endswith("_nhwc"), str(main)  # type: ignore[attr-defined]
+    assert [arith.as_int(d) for d in pool[0].var.type.shape] == [1, 32, 20, 20]  # type: ignore[union-attr]
+    _check(proto, np.random.default_rng(1).standard_normal((1, 32, 41, 41)).astype(np.float32))
+
+
+def test_pool_result_returned_stays_nchw() -> None:
+    """A bottleneck's max pool reads its channels-last input rescheduled; what is returned stays NCHW."""
     proto = _graph(64, 32, 56, batch=1, pool=True)
-    m = _build(proto)
-    main = m.module.graph_functions()[0]
-    pool_in = [b.node.args[0].name for b in main.body.bindings
-               if isinstance(b.node, CallTensor) and "max_pool" in b.node.func]
-    assert pool_in
-    for b in main.body.bindings:
-        if b.var.name in pool_in:  # the max pool vectorizes over the width: its input stays NCHW
-            assert arith.as_int(b.var.type.shape[1]) == 64, str(main)  # type: ignore[union-attr]
+    main = _build(proto).module.graph_functions()[0]
+    pool = [b for b in main.body.bindings if isinstance(b.node, CallTensor) and "max_pool" in b.node.func]
+    assert pool and pool[0].node.func.endswith("_nhwc"), str(main)  # type: ignore[attr-defined]
     for r in main.body.results:
         assert [arith.as_int(d) for d in r.type.shape] == [1, 64, 1, 1]  # type: ignore[union-attr]
+    _check(proto, np.random.default_rng(2).standard_normal((1, 64, 56, 56)).astype(np.float32))
 
 
 def test_channels_last_rule() -> None:
