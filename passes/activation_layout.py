@@ -183,8 +183,8 @@ def with_nhwc_params(func: PrimFunc, params: set[int], name: str) -> PrimFunc:
 
 def rescheduled(func: PrimFunc, lanes: int) -> PrimFunc | None:
     """A one-block program (an elementwise chain, a concatenation, a pool) scheduled afresh for
-    channels-last operands: loops (n, h, w) fused and parallel, then its reduction (a pool's window),
-    then the channels, split by the widest of 64, 32, 16 or `lanes` that divides them and vectorized.
+    channels-last operands: loops (n, h) fused and parallel, w, the channel blocks, its reduction (a
+    pool's window), then a channel vector: the widest of 64, 32, 16 or `lanes` that divides them.
     None when the program is not one block writing one (n, c, h, w) output at its iterators, or its
     channels are not a constant multiple of `lanes`. Its default schedule vectorized the width, which
     channels-last makes a gather; rebuilt, every access of a 4-D operand is a channel vector."""
@@ -223,8 +223,8 @@ def rescheduled(func: PrimFunc, lanes: int) -> PrimFunc | None:
     red = [lp[k] for k, iv in enumerate(b.iters) if iv.kind == "R"]
     rest = [lp[k] for k in range(len(b.iters)) if k not in axis and b.iters[k].kind == "S"]
     vec = next(v for v in (64, 32, 16, lanes) if c_ext % v == 0)
-    c0, c1 = sch.split(lp[axis[1]], [c_ext // vec, vec])
     try:
+        c0, c1 = sch.split(lp[axis[1]], [c_ext // vec, vec])
         sch.reorder(*rest, lp[axis[0]], lp[axis[2]], lp[axis[3]], c0, *red, c1)
         sch.parallel(sch.fuse(*rest, lp[axis[0]], lp[axis[2]]))
         sch.vectorize(c1)
