@@ -14,6 +14,7 @@ caller keep their in-kernel packing.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Container
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -100,6 +101,23 @@ def without_packs(func: PrimFunc, packs: list[PackNest]) -> PrimFunc:
     return dataclasses.replace(f, params=params)
 
 
+def constant_params(module: Module, known: Container[str] | None = None) -> dict[str, set[int]]:
+    """Per called tensor program, the parameters every call passes a graph constant bound at the
+    top level of the calling function (with `known`: a constant whose key is in it): the operands
+    whose packing this pass folds. The tuner reads it too, so that it times candidates without the
+    packs the build removes (tune/worker.py)."""
+    out: dict[str, set[int]] = {}
+    for g in module.graph_functions():
+        consts = {b.var.name for b in g.body.bindings
+                  if isinstance(b.node, Constant) and (known is None or b.node.key in known)}
+        top = set(map(id, g.body.bindings))
+        for b in walk_bindings(g.body):
+            if isinstance(b.node, CallTensor):
+                here = {i for i, a in enumerate(b.node.args) if id(b) in top and a.name in consts}
+                out[b.node.func] = out[b.node.func] & here if b.node.func in out else here
+    return out
+
+
 @register_pass
 @dataclass(frozen=True)
 class AlterLayout(ModulePass):
@@ -115,21 +133,13 @@ class AlterLayout(ModulePass):
         if not plans:
             return module
         # every call site of a program must pass known constants for all its packed parameters
+        fixed = constant_params(module, consts)
+        plans = {k: v for k, v in plans.items() if k in fixed and all(p.param in fixed[k] for p in v)}
         const_of: dict[tuple[str, str], str] = {}  # (graph function, value) -> constant key
         for g in module.graph_functions():
             for b in g.body.bindings:
                 if isinstance(b.node, Constant) and b.node.key in consts:
                     const_of[(g.name, b.var.name)] = b.node.key
-        for g in module.graph_functions():
-            top = set(map(id, g.body.bindings))
-            for b in walk_bindings(g.body):
-                if not isinstance(b.node, CallTensor) or b.node.func not in plans:
-                    continue
-                ok = id(b) in top and all(p.param < len(b.node.args)
-                                          and (g.name, b.node.args[p.param].name) in const_of
-                                          for p in plans[b.node.func])
-                if not ok:
-                    plans.pop(b.node.func)
         if not plans:
             return module
         funcs = {f.name: f for f in module.prim_functions()}
@@ -169,4 +179,4 @@ class AlterLayout(ModulePass):
         return module
 
 
-__all__ = ["AlterLayout", "PackNest", "pack_nests", "run_pack", "without_packs"]
+__all__ = ["AlterLayout", "PackNest", "constant_params", "pack_nests", "run_pack", "without_packs"]

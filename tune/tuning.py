@@ -16,6 +16,7 @@ from mlc.ir.module import Module
 from mlc.ir.rewrite import walk_bindings
 from mlc.ir.target import Target
 from mlc.ir.tir import PrimFunc
+from mlc.passes.alter_layout import constant_params
 from mlc.passes.tune.database import Database
 from mlc.passes.tune.space import design_space
 
@@ -79,6 +80,16 @@ class Progress:
             self.live.stop()
 
 
+CONSTANT_PARAMS = "constant_params"  # program attribute: parameters every call passes a graph constant
+
+
+def with_constant_params(func: PrimFunc, params: set[int]) -> PrimFunc:
+    """`func` carrying `CONSTANT_PARAMS` (for the measuring worker), if any."""
+    if not params:
+        return func
+    return replace(func, attrs=tuple(sorted(dict(func.attrs, **{CONSTANT_PARAMS: tuple(sorted(params))}).items())))
+
+
 def unscheduled(module: Module) -> list[PrimFunc]:
     """The tensor programs of `module` that no schedule has been applied to: what `tune_module` tunes."""
     return [f for f in module.prim_functions() if not any(k == "schedule" for k, _ in f.attrs)]
@@ -93,7 +104,11 @@ def tune_module(module: Module, cfg: SearchConfig, db: Database, runner: Measure
     funcs = unscheduled(module)
     if not funcs:
         return module
-    tasks = [Task(f, float(weights.get(f.name, 1))) for f in funcs]
+    # candidates are timed without the packs of constant operands that alter-layout folds in the
+    # build (tune/worker.py); which operands are constant rides along as a program attribute,
+    # which the workload key leaves out
+    fixed = constant_params(module)
+    tasks = [Task(with_constant_params(f, fixed.get(f.name, set())), float(weights.get(f.name, 1))) for f in funcs]
     progress = Progress(cfg.trials, cfg.time_budget, quiet, runner)
     try:
         tuner = Tuner(tasks, db, runner, cfg, progress)

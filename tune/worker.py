@@ -37,10 +37,24 @@ def _inputs(func, dims: dict[str, int]) -> list[np.ndarray]:  # type: ignore[no-
     return out
 
 
+def timed_program(base, func):  # type: ignore[no-untyped-def]
+    """What the build runs of candidate `func` (the trace applied to `base`): without the packing nests
+    of the parameters `base` marks constant (`tuning.CONSTANT_PARAMS`), which alter-layout folds into
+    the constants at build time; timed with them, a trace that packs a weight paid a copy per call
+    the built model never makes, and the search preferred traces that drop the pack (0.28-0.81x in
+    the model: docs/performance.md, "Tuned CNN exports")."""
+    from mlc.passes.alter_layout import pack_nests, without_packs
+    from mlc.tune.tuning import CONSTANT_PARAMS
+
+    fixed = set(dict(base.attrs).get(CONSTANT_PARAMS, ()))
+    packs = [p for p in pack_nests(func) if p.param in fixed]
+    return without_packs(func, packs) if packs else func
+
+
 def run_job(job: dict) -> dict:  # type: ignore[type-arg]
     from mlc.runtime.cpu import compile_module
 
-    _, func = _candidate(job)
+    func = timed_program(*_candidate(job))
     lib = compile_module([func])
     kernel = lib.kernel(func.name)
     dims = {str(k): int(v) for k, v in (job.get("dims") or {}).items()}

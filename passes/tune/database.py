@@ -30,7 +30,8 @@ from ..schedule.trace import Trace
 
 def mlc_version() -> str:
     """Part of every record's key: a release that changes code generation or how candidates are
-    timed (0.2.0: the native entry, not the checked Python call) starts from fresh records."""
+    timed (0.2.0: the native entry, not the checked Python call; 0.3.0: constant operands' packs folded,
+    as the build does) starts from fresh records."""
     from mlc import __version__
 
     return __version__
