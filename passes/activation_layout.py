@@ -22,8 +22,9 @@ written lane by lane, as a convolution's write-back is.
 Windowed readers are left out because they measured slower on a channels-last input: VGG-19's 3x3s
 at 224, 112 and 56 (64-256 channels) 0.85-0.89x as kernels, though its stem, whose NCHW write-back
 was most of its time, went 6x faster; on ResNet-50, Inception v1/v2 and SqueezeNet the models were
-as fast or faster without them, on DenseNet-121 3% slower (docs/performance.md, tenth pass). Every access `t[n, c, h, w]` becomes `t[n, h, w, c]`; a
-program called with different layouts at different sites is cloned per layout (`_nhwc`).
+as fast or faster without them, on DenseNet-121 3% slower (docs/performance.md, tenth pass).
+Every access `t[n, c, h, w]` becomes `t[n, h, w, c]`; a program called with different layouts at
+different sites is cloned per layout (`_nhwc`).
 
 Why channels-last and not NCHW[16]c (TVM's conv2d_NCHWc, onnxruntime's NchwcTransformer): blocked,
 an input read inside the reduction is `x[n, c // 16, h, w, c % 16]`, and the row-major flat index of
@@ -48,7 +49,7 @@ from mlc.ir.module import Module
 from mlc.ir.names import fresh_name
 from mlc.ir.rewrite import remap_args, used_names, walk_bindings
 from mlc.ir.tir import BlockStmt, Buffer, For, GemmCall, PrimFunc, Stmt, Store
-from mlc.ir.tir_visit import StmtMutator, StmtVisitor, loads_in, nodes, rewrite, subst
+from mlc.ir.tir_visit import StmtMutator, StmtVisitor, loads_in, nodes, rewrite, stores_in, subst
 from mlc.ir.types import TensorType
 
 from .registry import ModulePass, PassContext, option, register_pass
@@ -192,12 +193,12 @@ def rescheduled(func: PrimFunc, lanes: int) -> PrimFunc | None:
     if not isinstance(body, BlockStmt) or body.alloc_buffers or func.num_outputs != 1:
         return None
     inner = [s for s in nodes(body) if isinstance(s, BlockStmt) and s is not body]
-    if len(inner) == 2 and inner[0].name == inner[1].name + "_init":
-        inner = [inner[1], inner[0]]
-    if len(inner) == 2 and inner[1].name == inner[0].name + "_init":  # a decomposed reduction: whole again
-        b, ini = inner
+    if len(inner) == 2:  # a decomposed reduction (`decompose_reduction`): made whole again
+        b, ini = sorted(inner, key=lambda x: all(iv.kind == "S" for iv in x.iters))
         sp = [iv for iv in b.iters if iv.kind == "S"]
-        if b.init is not None or [arith.as_int(iv.extent) for iv in ini.iters] != [arith.as_int(iv.extent) for iv in sp]:
+        if b.init is not None or any(iv.kind != "S" for iv in ini.iters) or len(sp) == len(b.iters) \
+                or {st.buffer.name for st in stores_in(ini.body)} != {func.params[-1].name} \
+                or [arith.as_int(iv.extent) for iv in ini.iters] != [arith.as_int(iv.extent) for iv in sp]:
             return None
         inner = [dataclasses.replace(b, init=subst(ini.body, {iv.var: sv.var for iv, sv in zip(ini.iters, sp)}))]
     if len(inner) != 1 or inner[0].alloc_buffers:
@@ -262,8 +263,11 @@ class ActivationLayout(ModulePass):
             return cache[(fn, i)]
 
         def uses(fn: str, i: int) -> list[Access] | None:
-            a, r = own(fn, i), alt(fn)
-            return a if a is not None or r is None else accesses(r, i)
+            a = own(fn, i)
+            if a is not None:
+                return a
+            r = alt(fn)  # rescheduled only for a program whose own schedule is unfriendly
+            return None if r is None else accesses(r, i)
 
         # a rescheduled program gathers an input that stays NCHW: used only where all its 4-D inputs
         # are channels-last, else banned and the choice made again (an NCHW result it writes lane by
@@ -271,7 +275,7 @@ class ActivationLayout(ModulePass):
         while True:
             chosen = {g.name: self.choose(g, prims, uses) for g in module.graph_functions()}
             bad = {fn for g in module.graph_functions() for fn, four in self.operands(g, prims)
-                   if alt(fn) is not None and any(v in chosen[g.name] and own(fn, i) is None for i, v in four)
+                   if any(v in chosen[g.name] and own(fn, i) is None for i, v in four) and alt(fn) is not None
                    and not all(v in chosen[g.name] for i, v in four if i < len(prims[fn].params) - 1)}
             if not bad:
                 break
